@@ -1,0 +1,181 @@
+"""The adapter contract shared by every method.
+
+Two parts:
+
+* ``AdapterConfig``: the dataclass every method's config extends. Class attributes describe the
+  method to the registry, the CLI and the contract tests (backend, what trains, the parameter
+  formula, whether the model equals the base at init, whether the update can be merged).
+* ``AdapterLayer``: the native layer contract, following peft's conventions. A layer keeps the
+  wrapped module as ``base_layer``; its adapter weights live in ``nn.ModuleDict`` /
+  ``nn.ParameterDict`` attributes whose names start with the method prefix (``lora_A``) and whose keys
+  are adapter names, so several named adapters sit on one layer. ``delta_weight(name)`` returns the
+  dense update (out, in); ``merge`` / ``unmerge`` add and subtract it; ``active_adapters`` chooses
+  which adapters run; ``disable_adapters`` bypasses all of them.
+
+A method adds a config subclass (registered by name in ``ADAPTERS``) and, for native methods, an
+``AdapterLayer`` subclass implementing ``update_layer``, ``adapter_forward`` and ``delta_weight``.
+Not covered here: convolution and embedding layers (native layers wrap ``nn.Linear``), quantized
+base weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AdapterConfig:
+    """Fields shared by every method.
+
+    target_modules: ``"all-linear"``, a preset (``"attention"``, ``"mlp"``, ``"attention+mlp"``)
+      resolved per architecture, a list of module names (a name matches a module whose dotted
+      path equals it or ends with ``.name``), or a single regex matched against full paths.
+    exclude_modules: names or a regex removed from the matches.
+    modules_to_save: modules trained fully and saved with the adapter (ProLLaMA stage 1 trains
+      ``embed_tokens`` and ``lm_head`` this way).
+    """
+
+    target_modules: list[str] | str = "all-linear"
+    exclude_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+
+    # --- class-level description of the method (not config fields) ---
+    method: ClassVar[str] = ""
+    backend: ClassVar[Literal["native", "peft"]] = "native"
+    trains: ClassVar[str] = ""
+    param_formula: ClassVar[str] = ""
+    init_is_identity: ClassVar[bool] = True
+    supports_merge: ClassVar[bool] = True
+    atol: ClassVar[float] = 1e-5
+    paper: ClassVar[str] = ""
+    #: the native ``AdapterLayer`` subclass (None for peft-backed methods)
+    layer_cls: ClassVar[type | None] = None
+
+    def identity_at_init(self) -> bool:
+        """Whether a freshly injected adapter leaves the model's outputs unchanged."""
+        return self.init_is_identity
+
+    def expected_params(self, in_features: int, out_features: int, bias: bool) -> int:
+        """Trainable parameters this method adds to one targeted ``nn.Linear``."""
+        raise NotImplementedError
+
+    @classmethod
+    def examples(cls) -> list["AdapterConfig"]:
+        """Small configs run by the contract tests (non-zero init where the method allows it)."""
+        return [cls()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class AdapterLayer(nn.Module):
+    """Base of native layers that wrap one ``nn.Linear`` and add a weight update to it."""
+
+    #: attribute names holding per-adapter trainable weights (each a ModuleDict or ParameterDict)
+    adapter_layer_names: ClassVar[tuple[str, ...]] = ()
+    #: attribute names holding per-adapter non-trainable state saved with the adapter (buffers)
+    other_param_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+        self.configs: dict[str, AdapterConfig] = {}
+        if isinstance(base_layer, nn.Linear):
+            self.in_features = base_layer.in_features
+            self.out_features = base_layer.out_features
+        else:
+            raise TypeError(f"{type(self).__name__} wraps nn.Linear, got {type(base_layer).__name__}")
+
+    # -- to implement per method -------------------------------------------------------------
+    def update_layer(self, adapter_name: str, cfg: AdapterConfig) -> None:
+        raise NotImplementedError
+
+    def adapter_forward(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's additive contribution to the output for input ``x`` (..., in)."""
+        raise NotImplementedError
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """Dense update (out, in) such that the merged weight is ``W0 + delta_weight``."""
+        raise NotImplementedError
+
+    # -- shared behaviour ----------------------------------------------------------------------
+    def add_adapter(self, adapter_name: str, cfg: AdapterConfig) -> None:
+        if adapter_name in self.configs:
+            raise ValueError(f"adapter {adapter_name!r} already exists on this layer")
+        self.configs[adapter_name] = cfg
+        self.update_layer(adapter_name, cfg)
+        self._match_device(adapter_name)
+        if not self.active_adapters:
+            self.active_adapters = [adapter_name]
+
+    def _match_device(self, adapter_name: str) -> None:
+        w = self.base_layer.weight
+        for attr in self.adapter_layer_names + self.other_param_names:
+            holder = getattr(self, attr)
+            if adapter_name in holder:
+                item = holder[adapter_name]
+                if isinstance(item, nn.Module):
+                    item.to(w.device)
+                else:
+                    holder[adapter_name] = nn.Parameter(item.data.to(w.device), requires_grad=item.requires_grad)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"adapter {adapter_name!r} is merged; unmerge it before deleting")
+        for attr in self.adapter_layer_names + self.other_param_names:
+            holder = getattr(self, attr)
+            if adapter_name in holder:
+                del holder[adapter_name]
+        self.configs.pop(adapter_name, None)
+        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
+
+    def set_adapter(self, names: str | list[str]) -> None:
+        names = [names] if isinstance(names, str) else list(names)
+        for n in names:
+            if n not in self.configs:
+                raise ValueError(f"unknown adapter {n!r}; this layer has {sorted(self.configs)}")
+        self.active_adapters = names
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def merge(self, adapter_names: list[str] | None = None) -> None:
+        """Add the active (or given) adapters' updates into ``base_layer.weight``."""
+        names = list(self.active_adapters if adapter_names is None else adapter_names)
+        for name in names:
+            if name in self.merged_adapters:
+                continue
+            w = self.base_layer.weight
+            w.data += self.delta_weight(name).to(w.dtype)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Subtract every merged update from ``base_layer.weight`` (in reverse order)."""
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            w = self.base_layer.weight
+            w.data -= self.delta_weight(name).to(w.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disabled:
+            if self.merged:
+                raise RuntimeError("adapters are merged into the weights; unmerge before disabling them")
+            return result
+        for name in self.active_adapters:
+            if name in self.merged_adapters:
+                continue
+            result = result + self.adapter_forward(name, x).to(result.dtype)
+        return result
+
+    def extra_repr(self) -> str:
+        return f"adapters={sorted(self.configs)}, active={self.active_adapters}, merged={self.merged_adapters}"

@@ -1,0 +1,169 @@
+"""Save and load adapters as safetensors + JSON, and merged standalone checkpoints.
+
+An adapter folder holds ``adapter_model.safetensors`` (adapter tensors only, keys without the
+adapter name), ``adapter_config.json`` and ``adaptome.json`` (method name, backend, the method's
+config, the base model's class). For peft-backed methods the first two are written by peft itself,
+so ``peft.PeftModel.from_pretrained`` loads the folder. Writes are atomic: everything goes to a
+temporary sibling folder that is renamed into place; an existing folder is replaced only with
+``overwrite=True`` and is kept until the new one is complete. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from adaptome.core.adapters import inject
+from adaptome.core.adapters.api import (adapter_config_of, adapter_state_dict, apply_adapter, is_peft_model,
+                                        make_config, merge_and_unload)
+
+WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+META = "adaptome.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete or does not fit the model."""
+
+
+def atomic_dir(target: Path, overwrite: bool) -> tuple[Path, callable]:
+    """A temporary folder beside ``target`` and a ``commit()`` that renames it into place."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: already exists; pass overwrite=True (or --overwrite) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+
+    def commit() -> Path:
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    return tmp, commit
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.base_model.model if is_peft_model(model) else model
+
+
+def save_adapter(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str = "default",
+                 overwrite: bool = False, extra: dict | None = None) -> Path:
+    """Write adapter ``adapter_name`` of ``model`` to ``out_dir`` atomically."""
+    cfg = adapter_config_of(model, adapter_name)
+    tmp, commit = atomic_dir(Path(out_dir), overwrite)
+    try:
+        if cfg.backend == "peft":
+            model.save_pretrained(tmp, selected_adapters=[adapter_name])
+            if adapter_name != "default":  # peft puts non-default adapters in a sub-folder
+                sub = tmp / adapter_name
+                for f in sub.iterdir():
+                    os.replace(f, tmp / f.name)
+                sub.rmdir()
+        else:
+            state = {k: v.contiguous() for k, v in adapter_state_dict(model, adapter_name).items()}
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "method": cfg.method})
+            (tmp / PEFT_CONFIG).write_text(json.dumps(
+                {"adaptome_method": cfg.method, **cfg.to_dict()}, indent=2), encoding="utf-8")
+        meta = {
+            "format": "adaptome-adapter",
+            "version": 1,
+            "method": cfg.method,
+            "backend": cfg.backend,
+            "adapter_name": adapter_name,
+            "config": cfg.to_dict(),
+            "base_model_class": type(_base_model(model)).__name__,
+            **(extra or {}),
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit()
+
+
+def read_adapter_meta(path: str | os.PathLike) -> dict:
+    """The ``adaptome.json`` of an adapter folder, checking the folder is complete."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: adapter folder not found")
+    for name in (META, WEIGHTS):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: incomplete adapter folder, {name} is missing")
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / META}: not valid JSON ({e})") from None
+    if meta.get("format") != "adaptome-adapter" or "method" not in meta:
+        raise CheckpointError(f"{path / META}: not an adaptome adapter description")
+    return meta
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
+                 is_trainable: bool = False) -> nn.Module:
+    """Add the adapter saved in ``path`` to ``model`` and return the model to use."""
+    path = Path(path)
+    meta = read_adapter_meta(path)
+    cfg = make_config(meta["method"], meta["config"], source=str(path / META))
+    if cfg.backend == "peft":
+        import peft
+
+        try:
+            if is_peft_model(model):
+                model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+                model.set_adapter(adapter_name)
+            else:
+                model = peft.PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name,
+                                                       is_trainable=is_trainable)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: does not fit this model: {str(e).splitlines()[0]}") from None
+        model.adaptome_method = {**getattr(model, "adaptome_method", {}), adapter_name: cfg}
+        return model
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{path / WEIGHTS}: unreadable ({e})") from None
+    model = apply_adapter(model, cfg, adapter_name)
+    try:
+        inject.set_adapter_state_dict(model, state, adapter_name, source=str(path / WEIGHTS))
+    except ValueError as e:
+        inject.delete_adapter(model, adapter_name)
+        raise CheckpointError(str(e)) from None
+    if not is_trainable:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def save_merged(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> Path:
+    """Merge the active adapters into a copy of the base model and save it as a standalone
+    transformers checkpoint (safetensors) that ``AutoModel*.from_pretrained`` loads.
+
+    ``model`` itself is left as it was. The copy costs one model's memory.
+    """
+    import copy
+
+    merged = merge_and_unload(copy.deepcopy(model))
+    if not hasattr(merged, "save_pretrained"):
+        raise TypeError(f"{type(merged).__name__} is not a transformers model; cannot write a standalone checkpoint")
+    tmp, commit = atomic_dir(Path(out_dir), overwrite)
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit()

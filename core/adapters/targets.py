@@ -1,0 +1,135 @@
+"""Which modules an adapter wraps: target patterns and per-architecture presets.
+
+``resolve_targets(model, target_modules, exclude_modules)`` returns the dotted paths of the
+``nn.Linear`` modules to wrap. Patterns follow peft: a list entry matches a path equal to it or
+ending in ``.entry``; a single string other than a preset is a regex matched against the full path.
+``"all-linear"`` takes every linear layer except the output head (the module the model reports as
+its output embeddings, or one named ``lm_head`` / ``classifier`` / ``head``). Presets
+(``attention``, ``mlp``, ``attention+mlp``) are resolved from the architecture: LLaMA, Phi-3 (fused
+``qkv_proj`` / ``gate_up_proj``), BERT / XLM-R / ESM, Hugging Face ViT and timm ViT.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+#: model_type -> preset -> module-name suffixes
+ARCH_PRESETS: dict[str, dict[str, list[str]]] = {
+    "llama": {
+        "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "mlp": ["gate_proj", "up_proj", "down_proj"],
+    },
+    "mistral": {
+        "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "mlp": ["gate_proj", "up_proj", "down_proj"],
+    },
+    "phi3": {"attention": ["qkv_proj", "o_proj"], "mlp": ["gate_up_proj", "down_proj"]},
+    "bert": {
+        "attention": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"],
+        "mlp": ["intermediate.dense", "layer.*.output.dense"],
+    },
+    "vit": {
+        "attention": ["attention.attention.query", "attention.attention.key", "attention.attention.value",
+                      "attention.output.dense"],
+        "mlp": ["intermediate.dense", "layer.*.output.dense"],
+    },
+    "timm_vit": {"attention": ["attn.qkv", "attn.proj"], "mlp": ["mlp.fc1", "mlp.fc2"]},
+}
+ARCH_PRESETS["xlm-roberta"] = ARCH_PRESETS["bert"]
+ARCH_PRESETS["roberta"] = ARCH_PRESETS["bert"]
+ARCH_PRESETS["esm"] = ARCH_PRESETS["bert"]
+
+PRESETS = ("attention", "mlp", "attention+mlp")
+_HEAD_NAMES = ("lm_head", "classifier", "head", "score")
+
+
+class TargetError(ValueError):
+    """Target patterns that match nothing or name an unknown preset."""
+
+
+def model_type(model: nn.Module) -> str:
+    """The architecture key used for presets (``config.model_type`` or a timm class name)."""
+    cfg = getattr(model, "config", None)
+    mt = getattr(cfg, "model_type", None)
+    if isinstance(mt, str):
+        return mt
+    inner = getattr(model, "model", None)  # peft / wrapper models
+    if isinstance(inner, nn.Module) and inner is not model:
+        return model_type(inner)
+    if type(model).__name__ == "VisionTransformer":
+        return "timm_vit"
+    return type(model).__name__.lower()
+
+
+def _pattern_matches(path: str, pattern: str) -> bool:
+    if "*" in pattern:  # a glob over one dotted segment, e.g. layer.*.output.dense
+        rx = re.escape(pattern).replace(r"\*", r"[^.]+")
+        return re.fullmatch(rf"(.*\.)?{rx}", path) is not None
+    return path == pattern or path.endswith("." + pattern)
+
+
+def _matches(path: str, spec: list[str] | str) -> bool:
+    if isinstance(spec, str):
+        return re.fullmatch(spec, path) is not None
+    return any(_pattern_matches(path, p) for p in spec)
+
+
+def _head_paths(model: nn.Module) -> set[str]:
+    heads = set()
+    get_out = getattr(model, "get_output_embeddings", None)
+    out_emb = get_out() if callable(get_out) else None
+    for path, mod in model.named_modules():
+        if out_emb is not None and mod is out_emb:
+            heads.add(path)
+        elif path.split(".")[-1] in _HEAD_NAMES and isinstance(mod, nn.Linear):
+            heads.add(path)
+    return heads
+
+
+def expand_preset(model: nn.Module, target_modules: list[str] | str) -> list[str] | str:
+    """Turn a preset name into the architecture's module suffixes; other values pass through."""
+    if not isinstance(target_modules, str) or target_modules == "all-linear":
+        return target_modules
+    if target_modules in PRESETS:
+        mt = model_type(model)
+        if mt not in ARCH_PRESETS:
+            raise TargetError(
+                f"no target preset for architecture {mt!r}; known: {', '.join(sorted(ARCH_PRESETS))}. "
+                "Give target_modules as a list of module names or 'all-linear'"
+            )
+        parts = target_modules.split("+")
+        return [name for part in parts for name in ARCH_PRESETS[mt][part]]
+    return target_modules
+
+
+def resolve_targets(
+    model: nn.Module,
+    target_modules: list[str] | str,
+    exclude_modules: list[str] | str | None = None,
+    layer_types: tuple[type, ...] = (nn.Linear,),
+) -> list[str]:
+    """Dotted paths of the modules to wrap, in model order; an error if none match."""
+    spec = expand_preset(model, target_modules)
+    heads = _head_paths(model) if spec == "all-linear" else set()
+    found = []
+    for path, mod in model.named_modules():
+        if not path or not isinstance(mod, layer_types):
+            continue
+        if spec == "all-linear":
+            ok = path not in heads
+        else:
+            ok = _matches(path, spec)
+        if ok and exclude_modules and _matches(path, exclude_modules):
+            ok = False
+        if ok:
+            found.append(path)
+    if not found:
+        linears = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
+        sample = ", ".join(linears[:6]) + (" ..." if len(linears) > 6 else "")
+        raise TargetError(
+            f"target_modules {target_modules!r} matched no linear module in {type(model).__name__} "
+            f"(linear modules: {sample or 'none'})"
+        )
+    return found

@@ -1,0 +1,202 @@
+"""Strict YAML <-> dataclass configs.
+
+A config is a dataclass of plain values (str, int, float, bool, None, lists, dicts, nested
+dataclasses, ``Literal`` choices). ``load_config(Cls, path, overrides)`` reads YAML, applies
+``--set a.b=value`` overrides (the value is parsed as YAML, so ``--set train.lr=1e-4`` gives a
+float) and checks every key and type: an unknown key or a wrong type is a ``ConfigError`` naming
+the dotted key and the file. ``save_config`` writes the resolved config (``config.yaml``) beside a
+run's outputs. YAML never holds import paths: what a name means is decided by a registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the file and the dotted key."""
+
+
+def _where(source: str | os.PathLike | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def _check(value: Any, tp: Any, key: str, source: str | None) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{_where(source)}{key}: {value!r} does not match {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{_where(source)}{key}: {value!r} is not one of {choices}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(source)}{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, source=source, prefix=key)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{_where(source)}{key}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{_where(source)}{key}: expected {len(args)} items, got {len(value)}")
+            return tuple(_check(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_check(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(source)}{key}: expected a mapping, got {value!r}")
+        kt, vt = (get_args(tp) or (Any, Any))
+        return {_check(k, kt, f"{key}.{k}", source): _check(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{_where(source)}{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{_where(source)}{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{_where(source)}{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{_where(source)}{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{_where(source)}{key}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def from_dict(cls: type[C], data: dict, source: str | os.PathLike | None = None, prefix: str = "") -> C:
+    """Build ``cls`` from a mapping, strictly: unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(source)}{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        known = ", ".join(fields)
+        raise ConfigError(f"{_where(source)}unknown key {key!r} (known: {known})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check(value, hints[name], key, str(source) if source else None)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{_where(source)}{prefix or cls.__name__}: {e}") from None
+    except ValueError as e:  # __post_init__ validation
+        raise ConfigError(f"{_where(source)}{prefix or cls.__name__}: {e}") from None
+    return obj
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict of a config dataclass (tuples become lists, for YAML)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def apply_overrides(data: dict, overrides: typing.Iterable[str], source: str = "--set") -> dict:
+    """Apply ``a.b=value`` strings to a nested dict; the value is parsed as YAML."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: {item!r} is not of the form key.path=value")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: cannot parse value of {path!r}: {e}") from None
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[k] = child
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping; a syntax error or a non-mapping is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = ()) -> C:
+    """Load ``cls`` from YAML (optional) plus ``--set`` overrides, strictly checked."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data, source=path or "--set")
+
+
+def save_config(cfg: Any, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config beside a run's outputs (atomically) and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    tmp = out / f".{name}.tmp"
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,1 @@
+"""adaptome.domains: protein, pathology, multilingual and codegen packages built on adaptome.core."""

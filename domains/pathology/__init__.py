@@ -1,0 +1,1 @@
+"""WeakSTIL-style weakly supervised sTIL% regression from whole-slide images."""

@@ -1,0 +1,1 @@
+"""ProLLaMA-style protein language-model tuning, sampling, classification and mutation scoring."""
