@@ -1,0 +1,111 @@
+"""The ``adaptome`` command: core commands plus one sub-app per domain.
+
+Entry points stay thin: each command parses its options, calls a library function and prints a
+summary. Domain sub-apps live in ``adaptome.domains.<name>.cli`` (a module-level ``app``) and are
+imported when the command line is built; they keep heavy imports inside their commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DOMAINS = ("protein", "pathology", "multilingual", "codegen")
+
+app = typer.Typer(
+    name="adaptome",
+    help="Parameter- and memory-efficient training for protein, pathology, multilingual and code models.\n\n"
+    "Example: adaptome quickstart --out runs/quickstart",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+adapters_app = typer.Typer(help="Adapter methods: list, merge, truncate.\n\nExample: adaptome adapters list",
+                           no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """List registered adapter methods: backend, what trains, parameter formula per linear layer.
+
+    Example: adaptome adapters list
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from adaptome.core.adapters import ADAPTERS
+
+    table = Table(title="adapter methods (per targeted linear: in -> out)")
+    for col in ("name", "backend", "what is trained", "trainable parameters", "merge"):
+        table.add_column(col)
+    for name in ADAPTERS.names():
+        cls = ADAPTERS.get(name)
+        table.add_row(name, cls.backend, cls.trains, cls.param_formula, "yes" if cls.supports_merge else "no")
+    Console().print(table)
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="run YAML (see core/configs/train_example.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key: --set train.lr=1e-4 (repeatable)"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Train an adapter on a causal-LM or masked-LM task from text or FASTA files.
+
+    Example: adaptome train --config run.yaml --set train.max_steps=200
+    """
+    from adaptome.core.config import ConfigError
+    from adaptome.core.generic_train import RunConfig, run_generic
+    from adaptome.core.config import load_config
+
+    try:
+        cfg = load_config(RunConfig, config, set_)
+        summary = run_generic(cfg, overwrite=overwrite)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(summary)
+
+
+@app.command("quickstart")
+def quickstart_cmd(
+    out: Path = typer.Option(Path("runs/quickstart"), help="output folder"),
+    steps: int = typer.Option(300, help="LoRA training steps for the core demo"),
+    domains: Optional[str] = typer.Option(None, help="comma-separated domains to run (default: all that are ready)"),
+) -> None:
+    """Train, save, reload and merge a LoRA adapter on a tiny model with shipped data, then run each
+    domain's demo. CPU only, a few minutes.
+
+    Example: adaptome quickstart --out runs/quickstart
+    """
+    from adaptome.core.quickstart import run_quickstart
+
+    run_quickstart(out, steps=steps, domains=domains.split(",") if domains else None)
+
+
+def _add_domain_apps() -> None:
+    for name in DOMAINS:
+        try:
+            mod = importlib.import_module(f"adaptome.domains.{name}.cli")
+        except ModuleNotFoundError as e:
+            if e.name == f"adaptome.domains.{name}.cli":
+                continue  # domain without commands yet
+            raise
+        app.add_typer(mod.app, name=name)
+
+
+def main() -> None:
+    _add_domain_apps()
+    app()
+
+
+if __name__ == "__main__":
+    main()
