@@ -1,0 +1,48 @@
+"""Step hooks: how methods change the training step without living inside layers.
+
+A hook is any object with some of these methods (all optional), called by ``loop.fit``:
+
+* ``on_step_start(state)``: before the first micro-batch of an optimizer step (DyLoRA samples its
+  rank here);
+* ``before_optimizer_step(state)``: gradients are complete (accumulated, all-reduced) and not yet
+  clipped (gradient rescaling, column freezing);
+* ``after_optimizer_step(state)``: the parameters are updated (proximal steps, freezing fix-ups);
+* ``state_dict()`` / ``load_state_dict(d)``: tensors and plain values saved with checkpoints so
+  that resume is exact.
+
+``TrainState`` is what hooks see. ``state.step`` counts optimizer steps already completed, so
+inside ``on_step_start`` of the first step it is 0, and in ``after_optimizer_step`` it is the
+number of the step just taken (1-based).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from torch import nn
+
+
+@runtime_checkable
+class StepHook(Protocol):  # documentation of the shape; every method is optional
+    def on_step_start(self, state: "TrainState") -> None: ...
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # the unwrapped model (no DDP wrapper)
+    optimizer: Any
+    scheduler: Any
+    accelerator: Any
+    max_steps: int
+    step: int = 0
+    epoch: int = 0
+    loss: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+
+def call_hooks(hooks, event: str, state: TrainState) -> None:
+    for h in hooks:
+        fn = getattr(h, event, None)
+        if fn is not None:
+            fn(state)
