@@ -1,0 +1,44 @@
+"""Run by tests/core/test_train_distributed.py under torchrun (and once in a single process).
+
+Trains a native LoRA on a tiny LLaMA with the core loop and writes the trainable weights of
+rank 0 (and of every rank, for the equality check) to ``<out>/rank<R>.safetensors``.
+Usage: python ddp_worker.py OUT_DIR PER_PROCESS_BATCH
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from adaptome.core.adapters.api import apply_adapter, make_config
+from adaptome.core.train.loop import fit, make_accelerator
+
+
+def main() -> None:
+    out, batch = Path(sys.argv[1]), int(sys.argv[2])
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = apply_adapter(LlamaForCausalLM(cfg), make_config("lora_native", {"r": 4, "init_lora_weights": "random_b"}))
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": t, "labels": t} for t in torch.randint(0, 32, (32, 10), generator=g)]
+
+    def collate(b):
+        return {k: torch.stack([x[k] for x in b]) for k in b[0]}  # (B, T)
+
+    acc = make_accelerator("no", cpu=True)
+    if acc.is_main_process:
+        save_file({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                  str(out / "init.safetensors"))
+    res = fit(model, data, collate_fn=collate, accelerator=acc, output_dir=out / "run", max_steps=6,
+              batch_size=batch, lr=5e-3, progress=False, log_every=0, resume=False, max_grad_norm=None)
+    weights = {n: p.detach().contiguous() for n, p in res.model.named_parameters() if p.requires_grad}
+    save_file(weights, str(out / f"rank{acc.process_index}.safetensors"))
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+if __name__ == "__main__":
+    main()
