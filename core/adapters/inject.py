@@ -53,8 +53,9 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
     # wrapped layers are found through their base_layer; exclude those paths' inner modules
     paths = resolve_targets(model, cfg.target_modules, cfg.exclude_modules,
                             layer_types=(nn.Linear, AdapterLayer))
+    wrapped = [p for p, _ in adapter_layers(model)]
     for path in paths:
-        if path.endswith(".base_layer"):
+        if any(path.startswith(w + ".") for w in wrapped):  # base_layer or an adapter's own linears
             continue
         mod = model.get_submodule(path)
         if isinstance(mod, AdapterLayer):

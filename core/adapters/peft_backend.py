@@ -60,7 +60,7 @@ class LoraConfig(AdapterConfig):
         targets = expand_preset(model, self.target_modules)
         if isinstance(targets, list) or targets != "all-linear":
             # resolve globs and check there is a match, with our error message
-            targets = resolve_targets(model, targets, self.exclude_modules)
+            targets = _unwrapped_targets(model, targets, self.exclude_modules)
         return peft.LoraConfig(
             r=self.r,
             lora_alpha=self.lora_alpha,
@@ -87,3 +87,14 @@ class DoraConfig(LoraConfig):
 
     def expected_params(self, in_features: int, out_features: int, bias: bool) -> int:
         return self.r * (in_features + out_features) + out_features
+
+
+def _unwrapped_targets(model: nn.Module, targets, exclude) -> list[str]:
+    """``resolve_targets`` on a model that may already hold peft layers (a second named adapter):
+    a wrapped linear is matched through its peft layer, never through its ``base_layer`` or the
+    adapter's own linears inside it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    tuned = [p for p, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    paths = resolve_targets(model, targets, exclude, layer_types=(nn.Linear, BaseTunerLayer))
+    return [p for p in paths if not any(p.startswith(t + ".") for t in tuned)]
