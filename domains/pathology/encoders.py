@@ -1,0 +1,180 @@
+"""Tile encoders: a registry of builders, timm models by name, and a weight-free baseline.
+
+``build_encoder(name, weights=None, options=None)`` returns a ``TileEncoder``: a module mapping a
+batch of uint8 RGB tiles (B x T x T x 3) to features (B x D), with ``dim``. Names:
+
+- ``baseline``: no weights. Colour deconvolution into haematoxylin / eosin optical densities
+  (Ruifrok & Johnston, Anal. Quant. Cytol. Histol. 23:291, 2001: OD = -ln(I / I0), C = OD M^-1
+  with M the rows of the H, E and residual stain vectors) followed by intensity and texture
+  statistics of each stain (means, spread, quantiles, dense-stain fractions, gradient energy,
+  neighbour differences) and RGB moments: 35 numbers that work on a fresh machine with no download.
+- ``timm:<model>``: any timm model by name, headless (``num_classes=0``), its features the pooled
+  output. ``weights``: ``hf-hub:<org>/<name>`` (timm's hub loader; pathology foundation encoders
+  such as UNI or Virchow ship this way), or a local ``.safetensors`` / ``.pth`` / ``.bin`` file;
+  ``None`` leaves the random init (tests, benchmarks). ``options`` go to ``timm.create_model``
+  (e.g. ``img_size``, ``depth``, ``embed_dim`` to build a tiny ViT from config).
+
+``add_adapter(encoder, method, options)`` puts an adapter of the core (``apply_adapter``) on the
+encoder's timm model, e.g. LoRA on a ViT's attention (``target_modules: attention`` resolves to
+``attn.qkv`` / ``attn.proj`` for model type ``timm_vit``).
+
+Dimension letters: B batch, T tile side, C channels (3), P pixels per tile (T*T), D feature dim.
+
+Not covered: slide-level encoders (TITAN, PRISM ...), test-time augmentation, stain normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptome.core.registry import Registry
+
+ENCODERS: Registry = Registry("tile encoder")
+
+#: Ruifrok & Johnston H&E(+residual) optical-density stain vectors, rows normalised in __init__.
+_STAINS = [[0.650, 0.704, 0.286], [0.072, 0.990, 0.105]]
+
+
+class TileEncoder(nn.Module):
+    """Wraps a feature network: uint8 B x T x T x 3 tiles -> float B x D features."""
+
+    def __init__(self, net: nn.Module, dim: int, name: str, input_size: int | None = None,
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), normalise: bool = True):
+        super().__init__()
+        self.net, self.dim, self.name, self.input_size, self.normalise = net, dim, name, input_size, normalise
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def prepare(self, tiles: torch.Tensor) -> torch.Tensor:
+        """uint8 B x T x T x 3 -> float B x 3 x S x S, resized and normalised as the net expects."""
+        x = tiles.permute(0, 3, 1, 2).float() / 255.0  # (B, T, T, C) -> (B, C, T, T)
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        if self.normalise:
+            x = (x - self.mean) / self.std
+        return x
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.net(self.prepare(tiles))
+
+
+class StainTextureFeatures(nn.Module):
+    """The baseline encoder's feature network (no parameters); input B x 3 x T x T in [0, 1]."""
+
+    dim = 35
+
+    def __init__(self):
+        super().__init__()
+        h, e = torch.tensor(_STAINS[0]), torch.tensor(_STAINS[1])
+        h, e = h / h.norm(), e / e.norm()
+        r = torch.linalg.cross(h, e)
+        m = torch.stack([h, e, r / r.norm()])  # (3 stains, 3 channels)
+        self.register_buffer("m_inv", torch.linalg.inv(m), persistent=False)
+
+    def deconvolve(self, x: torch.Tensor) -> torch.Tensor:
+        """Stain concentrations B x 3 x T x T (H, E, residual) from RGB in [0, 1]."""
+        od = -torch.log(x.clamp(min=1.0 / 255.0) * (255.0 / 250.0)).clamp(min=0)  # I0 = 250 background
+        conc = torch.einsum("bcyx,cs->bsyx", od, self.m_inv)  # OD (B,C,T,T) @ M^-1 (C,S) -> (B,S,T,T)
+        return conc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conc = self.deconvolve(x)
+        feats = []
+        for s in range(2):  # H, E
+            c = conc[:, s]  # (B, T, T)
+            flat = c.flatten(1)  # (B, T, T) -> (B, P)
+            q = torch.quantile(flat, torch.tensor([0.1, 0.5, 0.9, 0.99], device=x.device), dim=1).T  # (B, 4)
+            thr = torch.tensor([0.25, 0.5, 0.8, 1.1], device=x.device)
+            frac = (flat[:, :, None] > thr).float().mean(1)  # (B, P, 1) > (4,) -> (B, 4)
+            gx = (c[:, :, 1:] - c[:, :, :-1]).abs().flatten(1).mean(1)
+            gy = (c[:, 1:, :] - c[:, :-1, :]).abs().flatten(1).mean(1)
+            gmag = ((c[:, 1:, 1:] - c[:, :-1, 1:]) ** 2 + (c[:, 1:, 1:] - c[:, 1:, :-1]) ** 2).sqrt()
+            pooled = F.avg_pool2d(c[:, None], 4)[:, 0]  # (B, T/4, T/4): coarse-scale spread
+            feats += [flat.mean(1, keepdim=True), flat.std(1, keepdim=True), q, frac,
+                      torch.stack([gx, gy, gmag.flatten(1).mean(1), pooled.flatten(1).std(1)], 1)]
+        rgb = x.flatten(2)  # (B, C, T, T) -> (B, C, P)
+        od_res = conc[:, 2].flatten(1)
+        feats += [rgb.mean(2), rgb.std(2), od_res.abs().mean(1, keepdim=True)]
+        out = torch.cat(feats, 1)
+        assert out.shape[1] == self.dim, out.shape
+        return out
+
+
+@ENCODERS.register("baseline")
+def build_baseline(weights: str | None = None, options: dict | None = None) -> TileEncoder:
+    """Stain-deconvolution + texture features; takes no weights and no options."""
+    if weights is not None or options:
+        raise ValueError("the baseline encoder takes no weights or options")
+    return TileEncoder(StainTextureFeatures(), StainTextureFeatures.dim, "baseline", normalise=False)
+
+
+@ENCODERS.register("timm")
+def build_timm(model_name: str, weights: str | None = None, options: dict | None = None) -> TileEncoder:
+    """A headless timm model with weights from a hub id (``hf-hub:org/name``), a local file, or none."""
+    import timm
+
+    options = dict(options or {})
+    if weights and weights.startswith("hf-hub:"):
+        net = timm.create_model(weights, pretrained=True, num_classes=0, **options)
+    else:
+        net = timm.create_model(model_name, pretrained=False, num_classes=0, **options)
+        if weights:
+            _load_weights(net, weights)
+    cfg = net.pretrained_cfg or {}
+    size = options.get("img_size") or (cfg.get("input_size") or (3, 224, 224))[-1]
+    return TileEncoder(net, int(net.num_features), f"timm:{model_name}", input_size=int(size),
+                       mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                       std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+
+
+def _load_weights(net: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local state dict (safetensors, or a weights-only torch file); classifier-head keys that
+    the headless model lacks are dropped, any other mismatch is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
+    own = net.state_dict()
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if k in own or not k.startswith(("head", "fc.", "classifier"))}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def build_encoder(name: str, weights: str | None = None, options: dict | None = None) -> TileEncoder:
+    """An encoder by name: a registered one (``baseline``) or ``timm:<model name>``."""
+    if name.startswith("timm:"):
+        return ENCODERS.get("timm")(name.split(":", 1)[1], weights=weights, options=options)
+    if name == "timm":
+        raise ValueError("name a timm model as 'timm:<model name>', e.g. timm:resnet18")
+    return ENCODERS.get(name)(weights=weights, options=options)
+
+
+def encoder_tag(name: str) -> str:
+    """A folder-safe form of an encoder name (``timm:vit_small`` -> ``timm-vit_small``)."""
+    return name.replace(":", "-").replace("/", "_")
+
+
+def add_adapter(encoder: TileEncoder, method: str = "lora_native", options: dict | None = None,
+                adapter_name: str = "default") -> TileEncoder:
+    """Put an adapter of the core on the encoder's network (only the adapter then trains)."""
+    from adaptome.core.adapters.api import apply_adapter, make_config
+
+    cfg = make_config(method, options or {"target_modules": "attention"})
+    for p in encoder.net.parameters():
+        p.requires_grad_(False)
+    encoder.net = apply_adapter(encoder.net, cfg, adapter_name)
+    return encoder

@@ -1,0 +1,183 @@
+"""Tile coordinates at a target resolution, and reading a tile from the best pyramid level.
+
+A tile is ``tile_size`` pixels at the target resolution ``mpp_t`` (from a magnification or an
+MPP), i.e. ``tile_size * mpp_t / mpp_0`` pixels at level 0. Tiles lie on a grid with stride
+``(tile_size - overlap) * mpp_t / mpp_0`` level-0 pixels; the coordinates stored are the tile's
+top-left corner in level-0 pixels (CLAM / TRIDENT convention), so a tile maps back to the slide
+independently of which level it was read from. A tile is read from the coarsest level whose
+downsample does not exceed the needed one, and resized to ``tile_size`` (box filter).
+
+Kept tiles: tissue (mask from ``segment.tissue_mask``; optionally intersected with an ROI such as
+the tumour bed) covers at least ``min_tissue`` of the tile.
+
+Dimension letters: N tiles, H, W mask height / width, T tile size.
+
+Not covered: tiles that straddle the slide's right / bottom edge (dropped, as CLAM does), stain
+normalisation, blur / pen-mark QC per tile.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptome.domains.pathology.slide import best_level, open_slide, slide_mpp
+
+
+def stage_tag(magnification: float | None, mpp: float | None, tile_size: int, overlap: int) -> str:
+    """The tiling stage folder name, e.g. ``tiles_20x_256px_0ov`` or ``tiles_0.5mpp_256px_0ov``."""
+    res = f"{magnification:g}x" if magnification is not None else f"{mpp:g}mpp"
+    return f"tiles_{res}_{tile_size}px_{overlap}ov"
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """How tiles map to level 0: ``size0`` and ``stride0`` in level-0 pixels, read ``level``."""
+
+    mpp0: float
+    target_mpp: float
+    tile_size: int
+    overlap: int
+    size0: float
+    stride0: float
+    level: int
+    level_downsample: float
+
+    @property
+    def read_size(self) -> int:
+        """Pixels to read at ``level`` to cover one tile."""
+        return max(1, math.ceil(self.size0 / self.level_downsample - 1e-6))
+
+
+def geometry(level_downsamples, mpp0: float, target_mpp: float, tile_size: int, overlap: int = 0) -> TileGeometry:
+    """Tile geometry for a slide with the given level downsamples and level-0 resolution."""
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap must be in [0, tile_size), got {overlap}")
+    factor = target_mpp / mpp0  # level-0 pixels per target pixel
+    level = best_level(level_downsamples, factor)
+    return TileGeometry(mpp0, target_mpp, tile_size, overlap, tile_size * factor,
+                        (tile_size - overlap) * factor, level, float(level_downsamples[level]))
+
+
+def grid(dimensions: tuple[int, int], geom: TileGeometry) -> np.ndarray:
+    """All tile corners (N x 2, level-0 x, y) of tiles lying wholly inside the slide."""
+    w, h = dimensions
+    nx = int(math.floor((w - geom.size0) / geom.stride0 + 1e-9)) + 1 if w >= geom.size0 else 0
+    ny = int(math.floor((h - geom.size0) / geom.stride0 + 1e-9)) + 1 if h >= geom.size0 else 0
+    xs = np.round(np.arange(nx) * geom.stride0).astype(np.int64)
+    ys = np.round(np.arange(ny) * geom.stride0).astype(np.int64)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([xx.ravel(), yy.ravel()], axis=1)  # (ny, nx) -> (N, 2), row-major
+
+
+def coverage(mask: np.ndarray, scale: float, coords: np.ndarray, size0: float) -> np.ndarray:
+    """Fraction of each tile covered by ``mask`` (H x W at ``scale`` mask pixels per level-0 pixel),
+    from a summed-area table; returns N values in [0, 1]."""
+    h, w = mask.shape
+    sat = np.zeros((h + 1, w + 1), np.float64)
+    sat[1:, 1:] = mask.astype(np.float64).cumsum(0).cumsum(1)
+    x0 = np.clip(np.floor(coords[:, 0] * scale).astype(int), 0, w)
+    y0 = np.clip(np.floor(coords[:, 1] * scale).astype(int), 0, h)
+    x1 = np.clip(np.ceil((coords[:, 0] + size0) * scale).astype(int), 0, w)
+    y1 = np.clip(np.ceil((coords[:, 1] + size0) * scale).astype(int), 0, h)
+    area = np.maximum((x1 - x0) * (y1 - y0), 1)
+    inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+    return inside / area
+
+
+class TileReader:
+    """Reads tiles of one slide at a fixed geometry; opens the slide lazily (safe to pickle into
+    DataLoader worker processes, each of which opens its own handle)."""
+
+    def __init__(self, path: str | os.PathLike, geom: TileGeometry):
+        self.path = str(path)
+        self.geom = geom
+        self._slide = None
+
+    def __getstate__(self):
+        return {"path": self.path, "geom": self.geom, "_slide": None}
+
+    def read(self, x: int, y: int) -> np.ndarray:
+        """The tile with level-0 top-left (x, y) as T x T x 3 uint8 RGB."""
+        from PIL import Image
+
+        if self._slide is None:
+            self._slide = open_slide(self.path)
+        g = self.geom
+        n = g.read_size
+        region = self._slide.read_region((int(x), int(y)), g.level, (n, n)).convert("RGB")
+        if region.size != (g.tile_size, g.tile_size):
+            # crop the exact extent (size0 / downsample may be fractional), then resize
+            exact = g.size0 / g.level_downsample
+            region = region.resize((g.tile_size, g.tile_size), Image.BOX, box=(0, 0, exact, exact))
+        return np.asarray(region)
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overlap: int = 0,
+               min_tissue: float = 0.5, mpp_overrides: dict[str, float] | None = None,
+               thumb_size: int = 1024, roi_geojson: str | os.PathLike | None = None,
+               seg_params: dict | None = None) -> dict:
+    """Tile one slide: returns ``coords`` (N x 2 level-0), ``tissue`` (N coverage) and ``attrs``
+    (mpp, target mpp, tile size, level-0 size, read level, slide dimensions)."""
+    from adaptome.domains.pathology.segment import load_roi_mask, tissue_mask
+    from adaptome.domains.pathology.slide import thumbnail
+
+    slide = open_slide(path)
+    try:
+        mpp0 = slide_mpp(slide, path, mpp_overrides)
+        geom = geometry(slide.level_downsamples, mpp0, target_mpp, tile_size, overlap)
+        coords = grid(slide.dimensions, geom)
+        thumb, scale = thumbnail(slide, thumb_size)
+        mask = tissue_mask(np.asarray(thumb), **(seg_params or {}))
+        if roi_geojson is not None:
+            mask &= load_roi_mask(roi_geojson, mask.shape, scale)
+        cov = coverage(mask, scale, coords, geom.size0) if len(coords) else np.zeros(0)
+        keep = cov >= min_tissue
+        attrs = {
+            "slide_id": Path(path).stem, "mpp": mpp0, "target_mpp": target_mpp, "tile_size": tile_size,
+            "overlap": overlap, "tile_size_level0": geom.size0, "read_level": geom.level,
+            "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
+            "height": slide.dimensions[1],
+        }
+        return {"coords": coords[keep], "tissue": cov[keep], "attrs": attrs, "geometry": geom}
+    finally:
+        slide.close()
+
+
+def write_coords(out_file: str | os.PathLike, coords: np.ndarray, tissue: np.ndarray, attrs: dict) -> None:
+    """One HDF5 per slide: dataset ``coords`` (N x 2 int64, level-0) with the tiling attributes,
+    written to a temporary name and renamed so that a crash never leaves a half file."""
+    import h5py
+
+    out_file = Path(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        d = f.create_dataset("coords", data=np.asarray(coords, np.int64))
+        f.create_dataset("tissue", data=np.asarray(tissue, np.float32))
+        for k, v in attrs.items():
+            d.attrs[k] = v
+            f.attrs[k] = v
+    os.replace(tmp, out_file)
+
+
+def read_coords(h5_file: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """(coords N x 2, attrs) from a tiling or feature HDF5."""
+    import h5py
+
+    with h5py.File(h5_file, "r") as f:
+        return f["coords"][:], dict(f.attrs)
+
+
+def geometry_from_attrs(attrs: dict, level_downsamples) -> TileGeometry:
+    """Rebuild the geometry stored with a tiling file (for reading its tiles)."""
+    return geometry(level_downsamples, float(attrs["mpp"]), float(attrs["target_mpp"]),
+                    int(attrs["tile_size"]), int(attrs["overlap"]))

@@ -1,0 +1,217 @@
+"""k-fold cross-validated training of the MIL regressor on stored tile features.
+
+Labels: a CSV ``slide_id,case_id,target[,site]`` (target = sTIL % in 0..100). Folds are grouped
+by ``case_id`` (patient-level, CLAM's splits) or ``site`` (centre-level, ECTIL's TCGA splits):
+all slides of a group fall in one test fold (``sklearn.model_selection.GroupKFold``). Inside
+each fold, a grouped share ``val_frac`` of the training slides is held out to choose the best
+step (lowest validation MSE, checked every ``eval_every`` steps); that fold model is saved as
+``fold_<k>/model.safetensors`` + ``model.json`` (architecture, feature standardisation is in the
+weights) and its out-of-fold predictions go to ``predictions.csv`` (``slide_id,fold,pred,target``,
+in %). Training runs through the core loop ``adaptome.core.train.loop.fit``. A fold whose model
+exists is reused on re-run. ``shuffle_labels`` permutes the targets across slides first: the
+negative control, which must score R^2 near zero.
+
+Not covered: nested CV for hyper-parameters, class-balanced sampling, survival targets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adaptome.domains.pathology.extract import read_features
+from adaptome.domains.pathology.mil import MILRegressor, collate_bags, mil_loss
+
+
+def read_labels(path: str | os.PathLike) -> list[dict]:
+    """Rows of a label CSV ``slide_id,case_id,target[,site]``; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: label CSV not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        missing = [c for c in ("slide_id", "case_id", "target") if c not in cols]
+        if missing:
+            raise ValueError(f"{path}: label CSV lacks column(s) {missing} (has {cols})")
+        rows = []
+        for i, r in enumerate(reader, start=2):
+            try:
+                t = float(r["target"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {i}: target {r['target']!r} is not a number") from None
+            if not 0.0 <= t <= 100.0:
+                raise ValueError(f"{path}: line {i}: target {t} outside 0..100 (sTIL %)")
+            rows.append({"slide_id": r["slide_id"], "case_id": r["case_id"], "target": t,
+                         "site": r.get("site") or ""})
+    if not rows:
+        raise ValueError(f"{path}: label CSV has no rows")
+    return rows
+
+
+def load_bags(features_dir: str | os.PathLike, slide_ids: list[str]) -> dict[str, torch.Tensor]:
+    """Feature bags (N x D float32) of the given slides from ``<features_dir>/<slide_id>.h5``."""
+    out = {}
+    missing = [s for s in slide_ids if not (Path(features_dir) / f"{s}.h5").is_file()]
+    if missing:
+        raise ValueError(f"{features_dir}: no feature file for {len(missing)} labelled slide(s), e.g. {missing[:3]}")
+    for s in slide_ids:
+        feats, _, _ = read_features(Path(features_dir) / f"{s}.h5")
+        if len(feats) == 0:
+            raise ValueError(f"{Path(features_dir) / (s + '.h5')}: no tiles (nothing passed the tissue filter)")
+        out[s] = torch.from_numpy(feats)
+    return out
+
+
+class _BagDataset(torch.utils.data.Dataset):
+    def __init__(self, bags: list[torch.Tensor], targets: list[float]):
+        self.bags, self.targets = bags, targets
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def __getitem__(self, i):
+        return self.bags[i], self.targets[i] / 100.0
+
+
+@torch.no_grad()
+def predict(model: MILRegressor, bags: list[torch.Tensor]) -> np.ndarray:
+    """Slide scores in % for each bag."""
+    model.eval()
+    dev = next(model.parameters()).device
+    return np.array([float(model(b.to(dev)).slide[0]) * 100.0 for b in bags])
+
+
+def save_model(model: MILRegressor, out_dir: str | os.PathLike, meta: dict) -> None:
+    """``model.safetensors`` + ``model.json`` (constructor arguments and metadata)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(out / ".model.safetensors.tmp"))
+    (out / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(out / ".model.safetensors.tmp", out / "model.safetensors")
+
+
+def load_model(model_dir: str | os.PathLike) -> MILRegressor:
+    """A saved fold model; a missing or mismatched file is an error naming it."""
+    from safetensors.torch import load_file
+
+    d = Path(model_dir)
+    if not (d / "model.json").is_file() or not (d / "model.safetensors").is_file():
+        raise ValueError(f"{d}: not a MIL model folder (needs model.json and model.safetensors)")
+    meta = json.loads((d / "model.json").read_text(encoding="utf-8"))
+    model = MILRegressor(meta["in_dim"], meta["hidden"], meta["attn_hidden"], meta["aggregation"], meta["dropout"])
+    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    return model.eval()
+
+
+def make_folds(rows: list[dict], k: int, group_by: str, seed: int) -> list[np.ndarray]:
+    """Test indices per fold, grouped by ``case_id`` or ``site`` (groups shuffled by ``seed``)."""
+    from sklearn.model_selection import GroupKFold
+
+    if group_by not in ("case_id", "site"):
+        raise ValueError(f"group_by must be 'case_id' or 'site', got {group_by!r}")
+    groups = np.array([r[group_by] or r["case_id"] for r in rows])
+    uniq = np.unique(groups)
+    if len(uniq) < k:
+        raise ValueError(f"{k}-fold CV needs at least {k} distinct {group_by} values, found {len(uniq)}")
+    perm = np.random.default_rng(seed).permutation(len(uniq))
+    gid = perm[np.searchsorted(uniq, groups)]  # shuffle group order so folds are not sorted by id
+    return [test for _, test in GroupKFold(n_splits=k).split(np.zeros(len(rows)), groups=gid)]
+
+
+def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
+             k: int = 5, group_by: str = "case_id", aggregation: str = "attention", hidden: int = 128,
+             attn_hidden: int = 64, dropout: float = 0.1, max_steps: int = 300, batch_size: int = 8,
+             lr: float = 1e-3, weight_decay: float = 1e-4, val_frac: float = 0.2, eval_every: int = 25,
+             seed: int = 0, shuffle_labels: bool = False, progress: bool = False) -> dict:
+    """Cross-validate; returns ``{"folds": [...], "predictions": path, "best_fold": k}``."""
+    from adaptome.core.train.loop import fit
+
+    rows = read_labels(labels_csv)
+    if shuffle_labels:
+        perm = np.random.default_rng(seed + 1).permutation(len(rows))
+        targets = [rows[i]["target"] for i in perm]
+        rows = [{**r, "target": t} for r, t in zip(rows, targets)]
+    bags = load_bags(features_dir, [r["slide_id"] for r in rows])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    folds = make_folds(rows, k, group_by, seed)
+    all_preds, fold_info = [], []
+    for f, test_idx in enumerate(folds):
+        fdir = out / f"fold_{f}"
+        test_set = set(test_idx.tolist())
+        train_idx = np.array([i for i in range(len(rows)) if i not in test_set])
+        val_idx, fit_idx = _split_val(rows, train_idx, val_frac, group_by, seed + f)
+        if (fdir / "model.safetensors").is_file():
+            model = load_model(fdir)
+            info = json.loads((fdir / "model.json").read_text())["fold"]
+        else:
+            model, info = _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hidden,
+                                      dropout, fit, dict(max_steps=max_steps, batch_size=batch_size, lr=lr,
+                                                         weight_decay=weight_decay, seed=seed + f,
+                                                         eval_every=eval_every, progress=progress))
+            info.update(fold=f, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(test_idx))
+            save_model(model, fdir, {"in_dim": int(model.feat_mean.numel()), "hidden": hidden,
+                                     "attn_hidden": attn_hidden, "aggregation": aggregation,
+                                     "dropout": dropout, "fold": info})
+        preds = predict(model, [bags[rows[i]["slide_id"]] for i in test_idx])
+        for i, p in zip(test_idx, preds):
+            all_preds.append({"slide_id": rows[i]["slide_id"], "fold": f, "pred": round(float(p), 4),
+                              "target": rows[i]["target"]})
+        fold_info.append(info)
+    pred_csv = out / "predictions.csv"
+    with pred_csv.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["slide_id", "fold", "pred", "target"])
+        w.writeheader()
+        w.writerows(all_preds)
+    best = min(fold_info, key=lambda d: d["best_val_mse"])["fold"]
+    summary = {"folds": fold_info, "predictions": str(pred_csv), "best_fold": best}
+    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def _split_val(rows, train_idx, val_frac, group_by, seed):
+    groups = np.array([rows[i][group_by] or rows[i]["case_id"] for i in train_idx])
+    uniq = np.unique(groups)
+    n_val = max(1, int(round(val_frac * len(uniq)))) if val_frac > 0 and len(uniq) > 1 else 0
+    val_groups = set(np.random.default_rng(seed).choice(uniq, size=n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.array([g in val_groups for g in groups], bool)
+    return train_idx[is_val], train_idx[~is_val]
+
+
+def _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hidden, dropout, fit, train_kw):
+    train_bags = [bags[rows[i]["slide_id"]] for i in fit_idx]
+    allf = torch.cat(train_bags)
+    model = MILRegressor(allf.shape[1], hidden, attn_hidden, aggregation, dropout,
+                         feature_mean=allf.mean(0), feature_std=allf.std(0).clamp(min=1e-6))
+    ds = _BagDataset(train_bags, [rows[i]["target"] for i in fit_idx])
+    val_bags = [bags[rows[i]["slide_id"]] for i in val_idx] or train_bags
+    val_y = np.array([rows[i]["target"] for i in val_idx]) if len(val_idx) else np.array(ds.targets)
+    best = {"mse": float("inf"), "step": 0, "state": None}
+    state = {"calls": 0}
+
+    def eval_fn(m):
+        state["calls"] += 1
+        mse = float(np.mean((predict(m, val_bags) - val_y) ** 2))
+        if mse < best["mse"]:
+            best.update(mse=mse, step=state["calls"], state={k: v.detach().clone() for k, v in m.state_dict().items()})
+        m.train()
+        return {"val_mse": mse}
+
+    res = fit(model, ds, loss_fn=mil_loss, collate_fn=collate_bags, eval_fn=eval_fn, output_dir=str(fdir / "train"),
+              schedule="cosine", max_grad_norm=0.5, log_every=25, resume=False, **train_kw)
+    model = res.model.cpu()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    first = res.history[0]["loss"] if res.history and "loss" in res.history[0] else float("nan")
+    last = [h["loss"] for h in res.history if "loss" in h]
+    return model.eval(), {"best_val_mse": best["mse"], "best_eval_index": best["step"],
+                          "first_loss": first, "last_loss": last[-1] if last else float("nan")}
