@@ -1,0 +1,160 @@
+"""SoRA: sparse low-rank adaptation with a gate between A and B (Ding et al., EMNLP 2023,
+arXiv 2311.11696, eq. 4-6).
+
+    h = W0 x + s * B (g ⊙ (A x)),    s = alpha / r
+
+A (r, in) kaiming, B (out, r) zero, gate g (r,) drawn N(0, 1) as in the official code
+(``gate_init="normal"``) or ones (``"ones"``). B = 0 keeps the model equal to the base at init.
+Sparsity comes from the optimizer, not from the layer: ``core.optim.sora_prox`` soft-thresholds g
+after each step (the proximal step of eq. 6), with the sparsifying scheduler and optional L1 term.
+``prune(model)`` then drops the zero-gate ranks, folds g into A and returns a plain peft LoRA
+(per-layer rank via ``rank_pattern``) with the same outputs, which ``PeftModel.from_pretrained``
+loads.
+
+Dimension letters: N batch*tokens, I in_features, O out_features, R rank, K kept rank.
+Not covered: unfreezing LayerNorms as the official scripts do (use ``modules_to_save``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from adaptome.core.adapters import ADAPTERS
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+
+
+@ADAPTERS.register("sora")
+@dataclass
+class SoraConfig(AdapterConfig):
+    r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    gate_init: Literal["normal", "ones"] = "normal"
+    init_lora_weights: Literal["default", "random_b"] = "default"
+
+    method: ClassVar[str] = "sora"
+    trains: ClassVar[str] = "A (r x in), B (out x r), gate g (r) per targeted linear; g sparsified by a proximal step"
+    param_formula: ClassVar[str] = "r*(in+out) + r"
+    paper: ClassVar[str] = "Ding et al. 2023, SoRA, arXiv 2311.11696, eq. 4-6"
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"r must be positive, got {self.r}")
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.r
+
+    def identity_at_init(self) -> bool:
+        return self.init_lora_weights == "default"
+
+    def expected_params(self, in_features: int, out_features: int, bias: bool) -> int:
+        return self.r * (in_features + out_features) + self.r
+
+    @classmethod
+    def examples(cls) -> list[AdapterConfig]:
+        return [cls(r=4, lora_alpha=8, init_lora_weights="random_b", target_modules="attention"),
+                cls(r=3, lora_alpha=6, gate_init="ones", init_lora_weights="random_b")]
+
+
+class SoraLinear(AdapterLayer):
+    adapter_layer_names = ("sora_A", "sora_B", "sora_gate")
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.sora_A = nn.ParameterDict()
+        self.sora_B = nn.ParameterDict()
+        self.sora_gate = nn.ParameterDict()
+        self.sora_dropout = nn.ModuleDict()
+
+    def update_layer(self, adapter_name: str, cfg: SoraConfig) -> None:
+        a = torch.empty(cfg.r, self.in_features)  # (R, I)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        b = torch.zeros(self.out_features, cfg.r)  # (O, R)
+        if cfg.init_lora_weights == "random_b":
+            nn.init.normal_(b, std=0.02)
+        g = torch.randn(cfg.r) if cfg.gate_init == "normal" else torch.ones(cfg.r)  # (R,)
+        dtype = self.base_layer.weight.dtype
+        dtype = dtype if dtype.is_floating_point else torch.float32
+        self.sora_A[adapter_name] = nn.Parameter(a.to(dtype))
+        self.sora_B[adapter_name] = nn.Parameter(b.to(dtype))
+        self.sora_gate[adapter_name] = nn.Parameter(g.to(dtype))
+        self.sora_dropout[adapter_name] = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
+
+    def adapter_forward(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        a, b, g = self.sora_A[adapter_name], self.sora_B[adapter_name], self.sora_gate[adapter_name]
+        x = self.sora_dropout[adapter_name](x.to(a.dtype))
+        s = self.configs[adapter_name].scaling
+        return ((x @ a.T) * g) @ b.T * s  # (N, I) @ (I, R) -> (N, R) * (R,) -> @ (R, O) -> (N, O)
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        a, b, g = self.sora_A[adapter_name], self.sora_B[adapter_name], self.sora_gate[adapter_name]
+        return (b * g) @ a * self.configs[adapter_name].scaling  # (O, R) * (R,) @ (R, I) -> (O, I)
+
+
+SoraConfig.layer_cls = SoraLinear
+
+
+def sora_layers(model: nn.Module, adapter_name: str = "default") -> list[tuple[str, SoraLinear]]:
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, SoraLinear) and adapter_name in m.configs]
+
+
+def gate_parameters(model: nn.Module, adapter_name: str = "default") -> list[nn.Parameter]:
+    return [m.sora_gate[adapter_name] for _, m in sora_layers(model, adapter_name)]
+
+
+def sparsity_report(model: nn.Module, adapter_name: str = "default") -> dict[str, int]:
+    """Kept ranks (non-zero gates) of all layers, and of all ranks."""
+    gates = gate_parameters(model, adapter_name)
+    return {"kept": int(sum((g != 0).sum() for g in gates)), "total": int(sum(g.numel() for g in gates))}
+
+
+@torch.no_grad()
+def prune(model: nn.Module, adapter_name: str = "default"):
+    """Drop zero-gate ranks and return a ``peft.PeftModel`` holding an equivalent plain LoRA.
+
+    Per layer with K kept ranks: A' = g_keep ⊙ A_keep (K, I), B' = B_keep (O, K), and the peft
+    scale alpha'/K is set to SoRA's s through ``alpha_pattern`` (alpha' = s K), so
+    s' B' A' = s B diag(g) A exactly. Layers with no kept rank are left without an adapter. The
+    SoRA layers are removed from ``model`` (it is consumed). Save with ``save_pretrained``.
+    """
+    import peft
+
+    from adaptome.core.adapters.inject import unload
+
+    layers = sora_layers(model, adapter_name)
+    if not layers:
+        raise ValueError(f"the model has no SoRA adapter named {adapter_name!r}")
+    if any(m.merged for _, m in layers):
+        raise ValueError("unmerge the SoRA adapter before pruning it")
+    kept: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    for path, m in layers:
+        g = m.sora_gate[adapter_name]
+        keep = g != 0
+        if keep.any():
+            a = m.sora_A[adapter_name][keep] * g[keep, None]  # (K, I) * (K, 1) -> (K, I)
+            b = m.sora_B[adapter_name][:, keep]  # (O, K)
+            kept[path] = (a.detach().clone(), b.detach().clone(), m.configs[adapter_name].scaling)
+    if not kept:
+        raise ValueError("every SoRA gate is zero: the pruned adapter would be empty")
+    base = unload(model, merge=False)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    ranks = {re.escape(p): a.shape[0] for p, (a, _, _) in kept.items()}
+    alphas = {re.escape(p): s * a.shape[0] for p, (a, _, s) in kept.items()}
+    r0 = max(ranks.values())
+    pcfg = peft.LoraConfig(r=r0, lora_alpha=float(r0),  # every layer is in alpha_pattern
+                           target_modules=list(kept), rank_pattern=ranks, alpha_pattern=alphas,
+                           init_lora_weights=False)
+    pmodel = peft.get_peft_model(base, pcfg, adapter_name=adapter_name)
+    for path, (a, b, _) in kept.items():
+        layer = pmodel.base_model.model.get_submodule(path)
+        layer.lora_A[adapter_name].weight.copy_(a)
+        layer.lora_B[adapter_name].weight.copy_(b)
+    return pmodel
