@@ -63,14 +63,14 @@ def train_cmd(
 
     Example: adaptome train --config run.yaml --set train.max_steps=200
     """
-    from adaptome.core.config import ConfigError
-    from adaptome.core.generic_train import RunConfig, run_generic
     from adaptome.core.config import load_config
+    from adaptome.core.generic_train import RunConfig, run_generic
+    from adaptome.core.registry import RegistryError
 
     try:
         cfg = load_config(RunConfig, config, set_)
         summary = run_generic(cfg, overwrite=overwrite)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (RegistryError, FileNotFoundError, FileExistsError, ValueError) as e:
         _fail(str(e))
     typer.echo(summary)
 
@@ -88,7 +88,10 @@ def quickstart_cmd(
     """
     from adaptome.core.quickstart import run_quickstart
 
-    run_quickstart(out, steps=steps, domains=domains.split(",") if domains else None)
+    try:
+        run_quickstart(out, steps=steps, domains=[d for d in domains.split(",") if d] if domains else None)
+    except ValueError as e:
+        _fail(str(e))
 
 
 def _add_domain_apps() -> None:
