@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adaptome.core.adapters import inject
-from adaptome.core.adapters.api import (adapter_config_of, adapter_state_dict, apply_adapter, is_peft_model,
-                                        make_config, merge_and_unload)
+from adaptome.core.adapters.api import (adapter_config_of, adapter_names, adapter_state_dict, apply_adapter,
+                                        is_peft_model, make_config, merge_and_unload)
 
 WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -116,34 +116,75 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     path = Path(path)
     meta = read_adapter_meta(path)
     cfg = make_config(meta["method"], meta["config"], source=str(path / META))
+    if adapter_name in adapter_names(model):
+        raise ValueError(f"model already has an adapter named {adapter_name!r}; load {path} under another name")
     if cfg.backend == "peft":
         import peft
 
+        was_peft = is_peft_model(model)
         try:
-            if is_peft_model(model):
+            if was_peft:
                 model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
                 model.set_adapter(adapter_name)
             else:
                 model = peft.PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name,
                                                        is_trainable=is_trainable)
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: does not fit this model: {str(e).splitlines()[0]}") from None
+            if was_peft:
+                if adapter_name in model.peft_config:
+                    model.delete_adapter(adapter_name)
+            else:  # peft injected its layers into ``model`` before the weights failed to load
+                _strip_peft_layers(model)
+            raise CheckpointError(f"{path}: does not fit this model: {_first_problem(e)}") from None
         model.adaptome_method = {**getattr(model, "adaptome_method", {}), adapter_name: cfg}
         return model
     try:
         state = load_file(str(path / WEIGHTS))
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"{path / WEIGHTS}: unreadable ({e})") from None
-    model = apply_adapter(model, cfg, adapter_name)
+    had_adapters = bool(inject.adapter_configs(model))
     try:
+        model = apply_adapter(model, cfg, adapter_name)
         inject.set_adapter_state_dict(model, state, adapter_name, source=str(path / WEIGHTS))
-    except ValueError as e:
-        inject.delete_adapter(model, adapter_name)
-        raise CheckpointError(str(e)) from None
+    except ValueError as e:  # shapes or keys that do not fit, targets missing from this model
+        _drop_native(model, adapter_name, had_adapters)
+        msg = str(e) if str(path) in str(e) else f"{path}: does not fit this model: {e}"
+        raise CheckpointError(msg) from None
     if not is_trainable:
         for p in model.parameters():
             p.requires_grad_(False)
     return model
+
+
+def _first_problem(err: BaseException) -> str:
+    """One line of a (possibly long, multi-line) loading error: the first size mismatch if any."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+    return next((ln for ln in lines if "size mismatch" in ln), lines[0])
+
+
+def _strip_peft_layers(model: nn.Module) -> None:
+    """Put back the modules that a failed ``PeftModel.from_pretrained`` wrapped in ``model``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper as PeftModulesToSave
+
+    for path, mod in list(model.named_modules()):
+        if isinstance(mod, BaseTunerLayer):
+            inject._set_submodule(model, path, mod.get_base_layer())
+        elif isinstance(mod, PeftModulesToSave):
+            inject._set_submodule(model, path, mod.original_module)
+    model.__dict__.pop("peft_config", None)  # set on the model by peft's tuner
+
+
+def _drop_native(model: nn.Module, adapter_name: str, had_adapters: bool) -> None:
+    """Remove what a failed native load added: everything when the model held no adapter before."""
+    if not had_adapters:
+        inject.unload(model)  # every wrapped module goes back, untouched
+        return
+    for _, layer in inject.adapter_layers(model):
+        if adapter_name in layer.configs:
+            layer.delete_adapter(adapter_name)
+    if adapter_name in inject.adapter_configs(model):
+        inject.delete_adapter(model, adapter_name)
 
 
 @torch.no_grad()
