@@ -1,0 +1,289 @@
+"""``adaptome pathology ...``: segment | tile | extract | pretrain-encoder | train | score | heatmap |
+evaluate | synth.
+
+Every command takes an optional ``--config`` YAML (``configs/*.yaml``) and ``--set key=value``
+overrides; the common options are also flags. Bad input gives a one-line error naming the file
+and exit code 2; finished outputs are never overwritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Whole-slide images -> tiles -> features -> MIL sTIL % regression, scores, heatmaps.\n\n"
+                  "Example: adaptome pathology synth --out runs/synth", no_args_is_help=True)
+
+_CFG = typer.Option(None, "--config", "-c", help="YAML config (see domains/pathology/configs/)")
+_SET = typer.Option([], "--set", help="override a key: --set tile_size=512 (repeatable)")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _build(cls, config: Optional[Path], set_: list[str], **flags):
+    from adaptome.core.config import apply_overrides, from_dict, read_yaml
+
+    data = read_yaml(config) if config else {}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    data = apply_overrides(data, set_)
+    return from_dict(cls, data, source=config or "--set")
+
+
+def _run(fn):
+    """Run a stage, turning expected input errors into a one-line message + exit 2."""
+    from adaptome.core.config import ConfigError
+    from adaptome.core.registry import RegistryError
+    from adaptome.domains.pathology.slide import SlideError
+
+    try:
+        return fn()
+    except (ConfigError, SlideError, RegistryError, ValueError, FileNotFoundError) as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _report(summary) -> None:
+    typer.echo(summary.line())
+    for sid, msg in summary.failed.items():
+        typer.secho(f"  failed {sid}: {msg}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def segment(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
+            out: Optional[str] = typer.Option(None, help="job folder"),
+            skip_errors: Optional[bool] = typer.Option(None, "--skip-errors", help="go on past bad slides"),
+            config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """Tissue mask (Otsu on saturation + morphology): mask PNG, GeoJSON contours, QC thumbnail.
+
+    Example: adaptome pathology segment slides/ --out runs/job
+    """
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import SegmentConfig
+
+    cfg = _run(lambda: _build(SegmentConfig, config, set_, slides=slides, out_dir=out, skip_errors=skip_errors))
+    _report(_run(lambda: stages.segment(cfg)))
+
+
+@app.command()
+def tile(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
+         out: Optional[str] = typer.Option(None, help="job folder"),
+         mag: Optional[float] = typer.Option(None, "--mag", help="target magnification (10/mag um per px)"),
+         mpp: Optional[float] = typer.Option(None, "--mpp", help="target microns per pixel (instead of --mag)"),
+         tile_size: Optional[int] = typer.Option(None, "--tile-size"),
+         overlap: Optional[int] = typer.Option(None, help="overlap in target pixels"),
+         mpp_csv: Optional[str] = typer.Option(None, "--mpp-csv", help="CSV slide,mpp for slides without MPP"),
+         skip_errors: Optional[bool] = typer.Option(None, "--skip-errors"),
+         config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """Tile coordinates at a magnification or MPP, kept where tissue (and an optional ROI) covers them.
+
+    Example: adaptome pathology tile slides/ --out runs/job --mag 20 --tile-size 256
+    """
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import TileConfig
+
+    flags = {k: v for k, v in dict(slides=slides, out_dir=out, tile_size=tile_size, overlap=overlap,
+                                   mpp_csv=mpp_csv, skip_errors=skip_errors, magnification=mag).items()
+             if v is not None}
+    if mpp is not None:  # --mpp replaces the default magnification
+        flags.update(mpp=mpp, magnification=mag)
+    cfg = _run(lambda: _build_none(TileConfig, config, set_, flags))
+    _report(_run(lambda: stages.tile(cfg)))
+
+
+def _build_none(cls, config, set_, flags):
+    """Like ``_build`` but keeps explicit ``None`` flags (``--mpp`` clears the magnification)."""
+    from adaptome.core.config import apply_overrides, from_dict, read_yaml
+
+    data = read_yaml(config) if config else {}
+    data.update(flags)
+    return from_dict(cls, apply_overrides(data, set_), source=config or "--set")
+
+
+@app.command()
+def extract(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
+            tiles_dir: Optional[str] = typer.Option(None, "--tiles-dir", help="a tiles_* stage folder"),
+            encoder: Optional[str] = typer.Option(None, help="baseline | timm:<model name>"),
+            weights: Optional[str] = typer.Option(None, help="hf-hub:<id> or a local weights file"),
+            num_workers: Optional[int] = typer.Option(None, "--num-workers", help="tile reader processes"),
+            batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+            device: Optional[str] = typer.Option(None),
+            skip_errors: Optional[bool] = typer.Option(None, "--skip-errors"),
+            config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """Tile features (one HDF5 per slide: features, coords, attributes) with an encoder.
+
+    Example: adaptome pathology extract slides/ --tiles-dir runs/job/tiles_20x_256px_0ov --encoder baseline
+    """
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import ExtractConfig
+
+    cfg = _run(lambda: _build(ExtractConfig, config, set_, slides=slides, tiles_dir=tiles_dir, encoder=encoder,
+                              weights=weights, num_workers=num_workers, batch_size=batch_size, device=device,
+                              skip_errors=skip_errors))
+    _report(_run(lambda: stages.extract(cfg)))
+
+
+@app.command("pretrain-encoder")
+def pretrain_encoder(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
+                     tiles_dir: Optional[str] = typer.Option(None, "--tiles-dir"),
+                     out: Optional[str] = typer.Option(None),
+                     encoder: Optional[str] = typer.Option(None, help="timm:<model name>"),
+                     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+                     config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """SimCLR pretraining of a tile encoder on unlabeled tiles; writes encoder.safetensors.
+
+    Example: adaptome pathology pretrain-encoder slides/ --tiles-dir runs/job/tiles_20x_256px_0ov --encoder timm:resnet18
+    """
+    from adaptome.core.config import save_config
+    from adaptome.domains.pathology.config import PretrainConfig
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.slide import list_slides
+    from adaptome.domains.pathology.ssl import collect_tiles, pretrain
+
+    cfg = _run(lambda: _build(PretrainConfig, config, set_, slides=slides, tiles_dir=tiles_dir, out_dir=out,
+                              encoder=encoder, max_steps=max_steps))
+    if Path(cfg.out_dir, "encoder.safetensors").exists():
+        _fail(f"{cfg.out_dir}: already holds encoder.safetensors; choose another --out")
+
+    def go():
+        pairs = [(str(p), str(Path(cfg.tiles_dir) / f"{p.stem}.h5")) for p in list_slides(cfg.slides)
+                 if (Path(cfg.tiles_dir) / f"{p.stem}.h5").is_file()]
+        enc = build_encoder(cfg.encoder, None, cfg.encoder_options)
+        save_config(cfg, cfg.out_dir)
+        return pretrain(enc, collect_tiles(pairs, cfg.max_tiles, cfg.seed), cfg.out_dir, cfg.max_steps,
+                        cfg.batch_size, cfg.lr, cfg.tau, cfg.proj_dim, cfg.seed, progress=True,
+                        encoder_meta={"options": cfg.encoder_options})
+
+    res = _run(go)
+    typer.echo(f"SimCLR loss {res['losses'][0]:.3f} -> {res['losses'][-1]:.3f}; weights: {res['weights']}")
+
+
+@app.command()
+def train(features_dir: Optional[str] = typer.Option(None, "--features-dir"),
+          labels: Optional[str] = typer.Option(None, help="CSV slide_id,case_id,target[,site]"),
+          out: Optional[str] = typer.Option(None, help="parent folder (default: the features folder)"),
+          k: Optional[int] = typer.Option(None, help="folds"),
+          group_by: Optional[str] = typer.Option(None, "--group-by", help="case_id | site"),
+          aggregation: Optional[str] = typer.Option(None, help="mean | attention"),
+          shuffle_labels: Optional[bool] = typer.Option(None, "--shuffle-labels", help="negative control"),
+          config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """k-fold CV training of the MIL sTIL regressor (MSE on label/100); best fold models saved.
+
+    Example: adaptome pathology train --features-dir runs/job/tiles_20x_256px_0ov/features_baseline --labels labels.csv
+    """
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import MILTrainConfig
+
+    cfg = _run(lambda: _build(MILTrainConfig, config, set_, features_dir=features_dir, labels=labels, out_dir=out,
+                              k=k, group_by=group_by, aggregation=aggregation, shuffle_labels=shuffle_labels))
+    res = _run(lambda: stages.train(cfg))
+    typer.echo(f"trained {len(res['folds'])} folds (best fold {res['best_fold']}) -> {res['out_dir']}; "
+               f"predictions: {res['predictions']}")
+
+
+@app.command()
+def score(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
+          model: Optional[str] = typer.Option(None, help="a mil_* CV folder or one fold folder"),
+          features_dir: Optional[str] = typer.Option(None, "--features-dir"),
+          out: Optional[str] = typer.Option(None),
+          skip_errors: Optional[bool] = typer.Option(None, "--skip-errors"),
+          config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """Slide sTIL % (CSV), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
+
+    Example: adaptome pathology score slides/ --model runs/job/.../mil_attention_case_id_k5 --features-dir runs/job/.../features_baseline
+    """
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import ScoreConfig
+
+    cfg = _run(lambda: _build(ScoreConfig, config, set_, slides=slides, model=model, features_dir=features_dir,
+                              out_dir=out, skip_errors=skip_errors))
+    summary, csv_path = _run(lambda: stages.score(cfg))
+    _report(summary)
+    typer.echo(f"slide scores: {csv_path}")
+
+
+@app.command()
+def heatmap(slide: Path = typer.Argument(..., help="slide file"),
+            tiles_csv: Path = typer.Argument(..., help="tiles/<slide>.csv written by 'score'"),
+            out: Path = typer.Option(..., help="output PNG"),
+            column: str = typer.Option("score_pct", help="score_pct | attention"),
+            cmap: str = typer.Option("jet"), alpha: float = typer.Option(0.45),
+            thumb_size: int = typer.Option(1024, "--thumb-size")) -> None:
+    """Re-render a heatmap of per-tile values over the slide thumbnail.
+
+    Example: adaptome pathology heatmap slide.svs scores/tiles/slide.csv --out slide_attention.png --column attention
+    """
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from adaptome.domains.pathology.score import heatmap_image
+    from adaptome.domains.pathology.slide import open_slide, thumbnail
+
+    if out.exists():
+        _fail(f"{out}: exists; not overwritten")
+
+    def go():
+        if not tiles_csv.is_file():
+            raise ValueError(f"{tiles_csv}: tiles CSV not found")
+        rows = list(csv.DictReader(tiles_csv.open()))
+        if not rows or column not in rows[0]:
+            raise ValueError(f"{tiles_csv}: no column {column!r}")
+        coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+        vals = np.array([float(r[column]) for r in rows])
+        s = open_slide(slide)
+        thumb, scale = thumbnail(s, thumb_size)
+        lo, hi = (0.0, 100.0) if column == "score_pct" else (None, None)
+        img = heatmap_image(np.asarray(thumb), scale, coords, float(rows[0]["size"]), vals, lo, hi, cmap, alpha)
+        Image.fromarray(img).save(out)
+
+    _run(go)
+    typer.echo(f"heatmap: {out}")
+
+
+@app.command()
+def evaluate(predictions: Optional[str] = typer.Argument(None, help="predictions.csv (slide_id,fold,pred,target)"),
+             out: Optional[str] = typer.Option(None, help="output folder (default: beside the predictions)"),
+             cutoff: Optional[float] = typer.Option(None, help="sTIL-high cut-off in %"),
+             config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """R^2, Pearson, Spearman, MSE, ROC AUC (mean +- sd over folds), scatter PNG, JSON + Markdown report.
+
+    Example: adaptome pathology evaluate runs/job/.../mil_attention_case_id_k5/predictions.csv --cutoff 30
+    """
+    from adaptome.domains.pathology.config import EvaluateConfig
+    from adaptome.domains.pathology.evaluate import evaluate_predictions
+
+    cfg = _run(lambda: _build(EvaluateConfig, config, set_, predictions=predictions, out_dir=out, cutoff=cutoff))
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.predictions).parent / f"eval_cut{cfg.cutoff:g}"
+    res = _run(lambda: evaluate_predictions(cfg.predictions, out_dir, cfg.cutoff))
+    s = res["mean_sd"]
+    typer.echo(f"R2 {s['r2']['mean']:.3f} ± {s['r2']['sd']:.3f}, AUC {s['auc']['mean']:.3f} ± {s['auc']['sd']:.3f} "
+               f"(WeakSTIL ref R2 0.45, AUC 0.89) -> {out_dir / 'report.md'}")
+
+
+@app.command()
+def synth(out: Optional[str] = typer.Option(None, help="output folder"),
+          n_slides: Optional[int] = typer.Option(None, "--n-slides"),
+          seed: Optional[int] = typer.Option(None),
+          compression: Optional[str] = typer.Option(None, help="zlib | jpeg"),
+          config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
+    """Write a SYNTHETIC cohort: pyramidal TIFFs with a planted sTIL % + labels.csv + per-cell truth.
+
+    Example: adaptome pathology synth --out runs/synth --n-slides 24
+    """
+    from adaptome.core.config import save_config
+    from adaptome.domains.pathology.config import SynthConfig
+    from adaptome.domains.pathology.synth import make_cohort
+
+    cfg = _run(lambda: _build(SynthConfig, config, set_, out_dir=out, n_slides=n_slides, seed=seed,
+                              compression=compression))
+    if (Path(cfg.out_dir) / "labels.csv").exists():
+        _fail(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
+    save_config(cfg, cfg.out_dir)
+    labels = _run(lambda: make_cohort(cfg.out_dir, cfg.n_slides, cfg.seed, cfg.grid, cfg.cell_px, cfg.mpp,
+                                      cfg.n_sites, cfg.compression))
+    typer.echo(f"{cfg.n_slides} synthetic slides -> {cfg.out_dir}; labels: {labels}")
