@@ -1,0 +1,100 @@
+"""LoRA-SB: LoRA-XS's B R A with all three factors from an approximate first full-fine-tuning step
+(Ponkshe, Singhal et al. 2024, arXiv 2411.19557, Sec. 4 and Alg. 1).
+
+    G_hat = -eta * sign(sum_batches dL/dW0)     (the first Adam step, as the official code does;
+                                                 ``use_sign=False`` gives the SGD step -eta * mean grad)
+    G_hat ≈ U_r S_r V_r^T,  B = U_r,  R = S_r / s,  A = V_r^T   so   s B R A = rank-r truncation of G_hat
+
+Only R trains (r^2 per layer). Until ``init_lorasb`` runs, the layer is LoRA-XS's (SVD of W0 with
+R = 0: the base model). After it, the model is W0 + the truncated approximate update, NOT the base
+model (as in the paper). The official code takes eta = lr / (warmup_ratio * total_steps), the first
+warmup step's learning rate: pass that as ``step_size``.
+
+Dimension letters: O out_features, I in_features, R rank.
+Not covered: bf16 randomized SVD (we use exact float32 SVD), distributed gradient accumulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from adaptome.core.adapters import ADAPTERS
+from adaptome.core.adapters.base import AdapterConfig
+from adaptome.core.adapters.loraxs import LoraXSConfig, LoraXSLinear, truncated_svd
+
+
+@ADAPTERS.register("lorasb")
+@dataclass
+class LoraSBConfig(LoraXSConfig):
+    method: ClassVar[str] = "lorasb"
+    trains: ClassVar[str] = "R (r x r) between frozen B, A from the SVD of an approximate first full-FT update"
+    paper: ClassVar[str] = "Ponkshe et al. 2024, LoRA-SB, arXiv 2411.19557, Alg. 1"
+
+    @classmethod
+    def examples(cls) -> list[AdapterConfig]:
+        return [cls(r=3, init_r="normal", r_init_std=0.1, target_modules="mlp")]
+
+
+LoraSBConfig.layer_cls = LoraXSLinear
+
+
+def approximate_update(model: nn.Module, paths: list[str], batches: Iterable[Any],
+                       loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+                       step_size: float = 1e-3, use_sign: bool = True) -> dict[str, torch.Tensor]:
+    """G_hat (O, I) for each ``path`` (a plain ``nn.Linear``) of ``model`` from ``batches``.
+
+    The weights' ``requires_grad`` and gradients are restored afterwards.
+    """
+    loss_fn = loss_fn or (lambda m, b: m(**b).loss)
+    weights = {p: model.get_submodule(p).weight for p in paths}
+    saved = {p: (w.requires_grad, w.grad) for p, w in weights.items()}
+    acc = {p: torch.zeros_like(w, dtype=torch.float32) for p, w in weights.items()}
+    n = 0
+    try:
+        for w in weights.values():
+            w.requires_grad_(True)
+            w.grad = None
+        for batch in batches:
+            loss_fn(model, batch).backward()
+            n += 1
+            for p, w in weights.items():
+                acc[p] += w.grad.float()
+                w.grad = None
+    finally:
+        for p, w in weights.items():
+            w.requires_grad_(saved[p][0])
+            w.grad = saved[p][1]
+    if n == 0:
+        raise ValueError("LoRA-SB init needs at least one batch")
+    return {p: -step_size * (torch.sign(g) if use_sign else g / n) for p, g in acc.items()}
+
+
+def init_lorasb(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+                step_size: float = 1e-3, use_sign: bool = True, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """Set B, R, A of every LoRA-SB layer of ``adapter_name`` from the approximate first update of the
+    base model on ``batches``; returns that update per layer path (O, I)."""
+    from adaptome.core.adapters.inject import disable_adapters
+
+    layers = {p: m for p, m in model.named_modules()
+              if isinstance(m, LoraXSLinear) and isinstance(m.configs.get(adapter_name), LoraSBConfig)}
+    if not layers:
+        raise ValueError(f"the model has no LoRA-SB adapter named {adapter_name!r}")
+    if any(m.merged for m in layers.values()):
+        raise ValueError("unmerge the adapter before re-initialising it")
+    was_training = model.training
+    with disable_adapters(model):  # gradients at W0
+        updates = approximate_update(model, [f"{p}.base_layer" for p in layers], batches, loss_fn,
+                                     step_size, use_sign)
+    model.train(was_training)
+    out = {}
+    for p, layer in layers.items():
+        g = updates[f"{p}.base_layer"]
+        cfg = layer.configs[adapter_name]
+        u, s, vh = truncated_svd(g, cfg.r)  # (O, R), (R,), (R, I)
+        layer.set_factors(adapter_name, u, torch.diag(s) / cfg.scaling, vh)
+        out[p] = g
+    return out
