@@ -79,7 +79,7 @@ class StainTextureFeatures(nn.Module):
 
     def deconvolve(self, x: torch.Tensor) -> torch.Tensor:
         """Stain concentrations B x 3 x T x T (H, E, residual) from RGB in [0, 1]."""
-        od = -torch.log(x.clamp(min=1.0 / 255.0) * (255.0 / 250.0)).clamp(min=0)  # I0 = 250 background
+        od = (-torch.log(x.clamp(min=1.0 / 255.0) * (255.0 / 250.0))).clamp(min=0)  # OD, I0 = 250 (background)
         conc = torch.einsum("bcyx,cs->bsyx", od, self.m_inv)  # OD (B,C,T,T) @ M^-1 (C,S) -> (B,S,T,T)
         return conc
 

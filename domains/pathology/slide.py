@@ -18,6 +18,11 @@ import csv
 import os
 from pathlib import Path
 
+#: The shipped real slide (CMU-1-Small-Region, Aperio, CC0; see data_cards/pathology_cmu_small_region.md).
+SAMPLE_SLIDE = Path(__file__).parent / "data" / "cmu_small_region" / "CMU-1-Small-Region.svs"
+#: The shipped Digi-sTILs label table (111 TCGA cases; see data_cards/pathology_digi_stils_tcga.md).
+SAMPLE_LABELS = Path(__file__).parent / "data" / "digi_stils_tcga" / "TCGA-cohort.csv"
+
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 
 
