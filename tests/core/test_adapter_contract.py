@@ -17,11 +17,15 @@ Hooks a config class may define (all optional):
 
 * ``architectures``: a class attribute, a collection of ``config.model_type`` values (``"llama"``,
   ``"bert"``) the method supports; other architectures are skipped, saying so.
+* ``resolve_paths(model) -> list[str]``: the modules the method wraps, when they are not found by
+  ``target_modules`` (the same hook native injection uses); a ``TargetError`` from it skips the
+  architecture, as for ``target_modules`` below.
 * ``count_expected(model) -> int``: a method (on the config instance) returning the expected
   trainable-parameter count for ``model`` (the base model, before injection), for methods whose
   parameters do not sit one-per-``nn.Linear`` (bottleneck adapters after a block, ...). Without it
   the expected count is the sum of ``cfg.expected_params(in, out, bias)`` over the ``nn.Linear``
-  modules that ``targets.resolve_targets`` selects, plus the parameters of ``modules_to_save``.
+  modules that ``resolve_paths`` or else ``targets.resolve_targets`` selects, plus the parameters
+  of ``modules_to_save``.
 
 An example whose ``target_modules`` match nothing in an architecture is skipped there (with the
 ``TargetError`` as the reason); the bad-input tests check that error itself.
@@ -111,12 +115,18 @@ def _setup(bases, arch: str, name: str, i: int | str):
     if archs is not None and arch not in archs:
         pytest.skip(f"{name} supports architectures {sorted(archs)}, not {arch}")
     base = bases[arch]
-    if hasattr(cfg, "target_modules") and not hasattr(cfg, "count_expected"):
-        try:
-            resolve_targets(base, cfg.target_modules, getattr(cfg, "exclude_modules", None))
-        except TargetError as e:
-            pytest.skip(f"example does not apply to {arch}: {e}")
+    try:
+        _target_paths(cfg, base)
+    except TargetError as e:
+        pytest.skip(f"example does not apply to {arch}: {e}")
     return cls, cfg, copy.deepcopy(base)
+
+
+def _target_paths(cfg, base: nn.Module) -> list[str]:
+    """The modules ``cfg`` wraps in ``base``: its ``resolve_paths`` hook, else ``resolve_targets``."""
+    if callable(getattr(cfg, "resolve_paths", None)):
+        return list(cfg.resolve_paths(base))
+    return resolve_targets(base, cfg.target_modules, cfg.exclude_modules)
 
 
 def _apply(model: nn.Module, cfg, adapter_name: str = "default") -> nn.Module:
@@ -261,8 +271,10 @@ def test_trainable_count_matches_formula(bases, inputs, arch, name, i):
         expected = cfg.count_expected(base)
     else:
         expected = 0
-        for path in resolve_targets(base, cfg.target_modules, cfg.exclude_modules):
+        for path in _target_paths(cfg, base):
             lin = base.get_submodule(path)
+            assert isinstance(lin, nn.Linear), \
+                f"{name} wraps {path} ({type(lin).__name__}), not a linear: give the config a count_expected(model)"
             expected += cfg.expected_params(lin.in_features, lin.out_features, lin.bias is not None)
         for target in cfg.modules_to_save or []:
             for path, mod in base.named_modules():
