@@ -1,0 +1,341 @@
+"""``adaptome protein ...``: build-dataset, pretrain, instruct, sample, classify, score-mutations,
+evaluate. Thin: each command parses options, calls the library and prints a summary. Bad input is
+a one-line error naming the file and the problem (exit code 2); existing outputs are never replaced
+without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="ProLLaMA-style protein LM tuning, sampling, classification, mutation scoring.\n\n"
+                  "Example: adaptome protein sample --model runs/protein/stage2/merged --label Cyclin_N -n 8",
+                  no_args_is_help=True)
+
+_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _check_new(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        _fail(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _task(name: str, key: str):
+    from adaptome.domains.protein.data import LabelTask
+
+    return LabelTask(name, key)
+
+
+def _candidates(path: Optional[Path], key: str, model_labels: list[str] | None = None) -> list[str]:
+    from adaptome.domains.protein.formats import read_vocab
+
+    if path is None:
+        if model_labels:
+            return model_labels
+        _fail("give --labels FILE (one label or Key=<label> per line)")
+    return read_vocab(path, key if key else None)
+
+
+@app.command("build-dataset")
+def build_dataset(
+    fasta: Optional[Path] = typer.Option(None, help="FASTA of the labelled sequences"),
+    labels: Optional[Path] = typer.Option(None, help="CSV/TSV label table with a header row"),
+    shipped: Optional[str] = typer.Option(None, help="use shipped data instead: pfam | ec"),
+    id_column: str = typer.Option("id"), label_column: str = typer.Option("label"),
+    task_name: str = typer.Option("superfamily", help="label kind used in the instructions"),
+    task_key: str = typer.Option("", help="field name (default: task name capitalised)"),
+    vocab: Optional[str] = typer.Option(None, help="vocabulary file, or 'superfamilies' for ProLLaMA's list"),
+    policy: str = typer.Option("error", help="non-standard residues: error | skip | keep"),
+    max_residues: Optional[int] = typer.Option(None, help="keep only the first N residues"),
+    out: Path = typer.Option(..., help="output folder (instructions.jsonl, sequences.txt)"),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Turn FASTA + a label table into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
+
+    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab superfamilies --out runs/protein/data
+    """
+    from adaptome.core.adapters.io import atomic_dir
+    from adaptome.domains.protein import data, formats
+
+    try:
+        if shipped == "pfam":
+            recs = data.pfam_families(max_residues=max_residues, policy=policy)
+        elif shipped == "ec":
+            recs = data.ec_records(max_residues=max_residues, policy=policy)
+        elif shipped is not None:
+            _fail(f"--shipped {shipped!r}: known: pfam, ec")
+        else:
+            if fasta is None or labels is None:
+                _fail("give --fasta and --labels (or --shipped pfam|ec)")
+            voc = None
+            if vocab == "superfamilies":
+                voc = data.superfamily_vocab()
+            elif vocab:
+                voc = formats.read_vocab(vocab)
+            table = data.read_label_table(labels, id_column, label_column)
+            recs = data.crop(data.attach_labels(formats.read_fasta(fasta, policy), table, str(labels), voc),
+                             max_residues)
+        task = _task(task_name, task_key)
+        tmp, commit = atomic_dir(out, overwrite)
+        formats.write_instructions(data.instruction_records(recs, task), tmp / "instructions.jsonl")
+        formats.write_seq_lines([r.seq for r in recs], tmp / "sequences.txt")
+        formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in recs), tmp / "sequences.fasta")
+        commit()
+    except typer.Exit:
+        raise
+    except _ERRORS as e:
+        _fail(str(e))
+    typer.echo(f"{len(recs)} sequences, {len({r.label for r in recs})} labels -> {out}")
+
+
+def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
+    import dataclasses
+
+    from adaptome.core.config import load_config, save_config
+    from adaptome.domains.protein.config import InstructConfig, PretrainConfig
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    cls = PretrainConfig if kind == "pretrain" else InstructConfig
+    cfg = load_config(cls, config, set_)
+    m = cfg.model
+    model, tok = load_model_and_tokenizer(m.name_or_path, m.dtype, m.hidden_size, m.intermediate_size,
+                                          m.num_layers, m.num_heads, m.max_position_embeddings, cfg.train.seed)
+    train_kwargs = dataclasses.asdict(cfg.train)
+    if kind == "pretrain":
+        from adaptome.domains.protein.pretrain import pretrain
+
+        s = pretrain(cfg.train_files, model, tok, cfg.block_size, cfg.adapter.method, cfg.adapter.options,
+                     train_kwargs, cfg.residue_policy, cfg.max_residues, cfg.merge, overwrite)
+    else:
+        from adaptome.domains.protein.instruct import instruct
+
+        s = instruct(cfg.train_files, model, tok, cfg.max_seq_length, cfg.adapter.method, cfg.adapter.options,
+                     train_kwargs, cfg.merge, overwrite)
+    save_config(cfg, cfg.train.output_dir)
+    typer.echo(f"{kind}: {s['steps']} steps, loss {s.get('first_loss', float('nan')):.4f} -> "
+               f"{s.get('last_loss', float('nan')):.4f}, trainable {s['trainable']['percent']:.2f}%; "
+               f"adapter {s['adapter']}" + (f", merged {s['merged']}" if "merged" in s else ""))
+
+
+@app.command("pretrain")
+def pretrain_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, e.g. configs/pretrain_tiny.yaml"),
+                 set_: list[str] = typer.Option([], "--set", help="override: --set train.max_steps=100"),
+                 overwrite: bool = typer.Option(False)) -> None:
+    """Stage 1: causal LM on Seq=<...> blocks with an adapter (+ embeddings, LM head), then merge.
+
+    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml --set train_files=[runs/protein/data/sequences.txt]
+    """
+    try:
+        _stage("pretrain", config, set_, overwrite)
+    except _ERRORS as e:
+        _fail(str(e))
+
+
+@app.command("instruct")
+def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, e.g. configs/instruct_tiny.yaml"),
+                 set_: list[str] = typer.Option([], "--set", help="override: --set model.name_or_path=DIR"),
+                 overwrite: bool = typer.Option(False)) -> None:
+    """Stage 2: instruction tuning with the prompt masked out of the loss, then merge.
+
+    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml --set model.name_or_path=runs/protein/stage1_tiny/merged --set train_files=[runs/protein/data/instructions.jsonl]
+    """
+    try:
+        _stage("instruct", config, set_, overwrite)
+    except _ERRORS as e:
+        _fail(str(e))
+
+
+@app.command("sample")
+def sample_cmd(
+    model: Path = typer.Option(..., help="merged checkpoint folder (or hub id)"),
+    label: list[str] = typer.Option([], help="condition label (repeatable); none = unconditional Seq=<"),
+    task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
+    n: int = typer.Option(4, "-n", help="samples per label"),
+    prefix: str = typer.Option("", help="sequence prefix after Seq=<"),
+    temperature: float = typer.Option(0.2), top_k: int = typer.Option(40), top_p: float = typer.Option(0.9),
+    repetition_penalty: float = typer.Option(1.2), max_new_tokens: int = typer.Option(400),
+    seed: int = typer.Option(0), batch_size: int = typer.Option(16),
+    out: Path = typer.Option(..., help="output FASTA"), overwrite: bool = typer.Option(False),
+) -> None:
+    """Generate sequences (ProLLaMA defaults), stop at '>', write FASTA with condition + parameters.
+
+    Example: adaptome protein sample --model runs/protein/stage2/merged --task-name family --label Cyclin_N -n 8 --out gen.fasta
+    """
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.sample import SamplingParams, sample, write_samples
+
+    _check_new(out, overwrite)
+    try:
+        m, tok = load_model_and_tokenizer(str(model))
+        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, batch_size)
+        samples = sample(m, tok, _task(task_name, task_key), label or [None], n, params, prefix, progress=True)
+        _atomic_write(out, lambda p: write_samples(samples, params, p))
+    except _ERRORS as e:
+        _fail(str(e))
+    bad = sum(not s.valid for s in samples)
+    typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
+
+
+@app.command("classify")
+def classify_cmd(
+    model: Path = typer.Option(...), fasta: Path = typer.Option(..., help="sequences to label"),
+    labels: Path = typer.Option(..., help="candidate labels, one per line (or Key=<label>)"),
+    task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
+    method: str = typer.Option("determine", help="determine | bayes | generate"),
+    policy: str = typer.Option("error"), out: Path = typer.Option(..., help="output CSV"),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Predict a label per sequence ([Determine superfamily] or any task) -> CSV id,prediction.
+
+    Example: adaptome protein classify --model runs/protein/stage2/merged --fasta test.fa --labels families.txt --task-name family --out pred.csv
+    """
+    import csv
+
+    from adaptome.domains.protein.classify import classify
+    from adaptome.domains.protein.formats import read_fasta
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    _check_new(out, overwrite)
+    try:
+        task = _task(task_name, task_key)
+        recs = read_fasta(fasta, policy)
+        cands = _candidates(labels, task.key)
+        m, tok = load_model_and_tokenizer(str(model))
+        preds = classify(m, tok, task, [r.seq for r in recs], cands, method)
+
+        def write(p: Path) -> None:
+            with p.open("w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["id", "prediction"])
+                w.writerows((r.id, pr["pred"]) for r, pr in zip(recs, preds))
+
+        _atomic_write(out, write)
+    except typer.Exit:
+        raise
+    except _ERRORS as e:
+        _fail(str(e))
+    typer.echo(f"{len(recs)} predictions -> {out}")
+
+
+@app.command("score-mutations")
+def score_mutations_cmd(
+    model: Path = typer.Option(...),
+    mutants: Optional[Path] = typer.Option(None, help="CSV with a mutant column (e.g. H24C); default: shipped TEM-1"),
+    wildtype: Optional[str] = typer.Option(None, help="wild-type FASTA file or sequence; default: shipped TEM-1"),
+    offset: int = typer.Option(0, help="position p is residue p - offset of the wild type (TEM-1: 24)"),
+    mutant_column: str = typer.Option("mutant"),
+    fitness_column: Optional[str] = typer.Option(None, help="measured fitness column -> Spearman"),
+    out: Path = typer.Option(..., help="output CSV"), overwrite: bool = typer.Option(False),
+) -> None:
+    """Fitness = NLL(wild type) - NLL(mutant) per mutant -> CSV; Spearman when fitness is given.
+
+    Example: adaptome protein score-mutations --model runs/protein/stage1/merged --out tem1_scores.csv
+    """
+    import csv
+
+    from adaptome.core.evaluation import spearman
+    from adaptome.domains.protein import data
+    from adaptome.domains.protein.formats import read_fasta
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.mutations import read_mutants_csv, score_mutants
+
+    _check_new(out, overwrite)
+    try:
+        if mutants is None:
+            wt, offset, rows = data.tem1()
+            muts, fit = [r[0] for r in rows], [r[1] for r in rows]
+        else:
+            muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
+            if wildtype is None:
+                _fail("give --wildtype with --mutants")
+            wt = read_fasta(wildtype)[0].seq if Path(wildtype).is_file() else wildtype.strip().upper()
+        m, tok = load_model_and_tokenizer(str(model))
+        scores = score_mutants(m, tok, wt, muts, offset)
+
+        def write(p: Path) -> None:
+            with p.open("w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["mutant", "score"] + (["fitness"] if fit else []))
+                for i, (mu, sc) in enumerate(zip(muts, scores)):
+                    w.writerow([mu, f"{sc:.6f}"] + ([fit[i]] if fit else []))
+
+        _atomic_write(out, write)
+    except typer.Exit:
+        raise
+    except _ERRORS as e:
+        _fail(str(e))
+    msg = f"{len(muts)} mutants -> {out}"
+    if fit:
+        msg += f"; Spearman vs measured fitness {spearman(scores, fit):.3f}"
+    typer.echo(msg)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., help="instruction-tuned merged checkpoint"),
+    shipped: str = typer.Option("pfam", help="labelled set: pfam | ec (split 3 per label, seed 0)"),
+    samples: Optional[Path] = typer.Option(None, help="generated FASTA written by `sample`"),
+    method: str = typer.Option("determine", help="classification: determine | bayes | generate"),
+    max_residues: int = typer.Option(128), out: Path = typer.Option(..., help="report folder"),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics.
+
+    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out runs/protein/report
+    """
+    from adaptome.domains.protein import classify, data, evaluate, formats
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.sample import Sample, parse_header
+
+    _check_new(out, overwrite)
+    try:
+        if shipped == "pfam":
+            task, recs = data.FAMILY, data.pfam_families(max_residues=max_residues)
+        elif shipped == "ec":
+            task, recs = data.EC_CLASS, data.ec_records(max_residues=max_residues)
+        else:
+            _fail(f"--shipped {shipped!r}: known: pfam, ec")
+        train, test = data.split_by_label(recs, 3)
+        labels = sorted({r.label for r in train})
+        m, tok = load_model_and_tokenizer(str(model))
+        report = {"task": task.name, "perplexity": evaluate.perplexity_on(m, tok, [r.seq for r in test]),
+                  "n_perplexity_sequences": len(test)}
+        preds = classify.classify(m, tok, task, [r.seq for r in test], labels, method)
+        report["classification"] = {**evaluate.classification_report(
+            [r.label for r in test], [p["pred"] for p in preds], train, [r.seq for r in test]), "method": method}
+        if samples is not None:
+            gen = []
+            for h, seq in formats.read_fasta_headers(samples):
+                meta = parse_header(h)
+                lab = formats.parse_field(meta["condition"])[1] if meta["condition"] != "unconditional" else None
+                gen.append(Sample(meta["condition"], lab, "", seq, meta.get("complete") == "yes",
+                                  tuple(formats.invalid_positions(seq)), 0))
+            report["generation"] = evaluate.generation_report(gen, train, recs)
+        report["structure"] = evaluate.structure_plugins()
+        evaluate.write_report(report, out, overwrite)
+    except typer.Exit:
+        raise
+    except _ERRORS as e:
+        _fail(str(e))
+    typer.echo(evaluate.markdown(report))

@@ -1,0 +1,184 @@
+"""Datasets: label tasks as templates, the shipped families / EC classes / TEM-1 scan, splits, and
+the builders for stage 1 (``Seq=<...>`` lines) and stage 2 (instruction records).
+
+A label kind is a ``LabelTask``: ProLLaMA's superfamily task is ``LabelTask("superfamily")`` ->
+``[Generate by superfamily]`` / ``Superfamily=<...>`` / ``[Determine superfamily]``; the Pfam
+families shipped here are ``LabelTask("family")``; the six EC top-level classes of Shah &
+Jayaratnam (arXiv 2411.05966) are ``LabelTask("enzyme class", key="EC")``. The ten-property setup of
+that paper is a list of tasks in a config, not code.
+
+Shipped data (``data/``, cards in ``data_cards/protein_*.md``): nine Pfam seed alignments
+(Biopython test suite), a 165-chain subset of DeepFRI's nrPDB-EC test split, a TEM-1
+beta-lactamase single-mutant subset (ampicillin 2500 ug/mL fitness) and ProLLaMA's
+``superfamilies.txt`` (gzipped). Not covered: UniRef50-scale streaming; splits by sequence identity.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+from adaptome.domains.protein.formats import (FormatError, Policy, Record, field, instruction_record, read_fasta,
+                                              read_stockholm, read_vocab, seq_line, validate_labels)
+
+
+def data_dir() -> Path:
+    return Path(str(resources.files("adaptome.domains.protein") / "data"))
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    """One label kind: the words used in ProLLaMA's instructions for it.
+
+    ``name`` goes into the instructions (``[Generate by {name}]``, ``[Determine {name}]``), ``key``
+    names the field (``{key}=<label>``, default ``name`` capitalised without spaces).
+    """
+
+    name: str
+    key: str = ""
+    generate: str = ""
+    determine: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name.title().replace(" ", ""))
+        if not self.generate:
+            object.__setattr__(self, "generate", f"[Generate by {self.name}]")
+        if not self.determine:
+            object.__setattr__(self, "determine", f"[Determine {self.name}]")
+
+    def label_field(self, label: str) -> str:
+        return field(self.key, label)
+
+    def generate_prompt(self, label: str | None, prefix: str = "") -> str:
+        """Prompt for conditional (``label``) or unconditional (``None``) generation."""
+        if label is None:
+            return "Seq=<" + prefix
+        base = f"{self.generate} {self.label_field(label)}"
+        return base + (" Seq=<" + prefix if prefix else "")
+
+    def determine_prompt(self, seq: str) -> str:
+        return f"{self.determine} {seq_line(seq)}"
+
+
+SUPERFAMILY = LabelTask("superfamily")
+FAMILY = LabelTask("family")
+EC_CLASS = LabelTask("enzyme class", key="EC")
+
+
+def instruction_records(records: Iterable[Record], task: LabelTask,
+                        kinds: tuple[str, ...] = ("generate", "determine")) -> list[dict[str, str]]:
+    """ProLLaMA records for labelled ``records``: generation and/or determination, in that order."""
+    out = []
+    for r in records:
+        if r.label is None:
+            raise FormatError(f"record {r.id!r} has no label; attach labels before building instructions")
+        if "generate" in kinds:
+            out.append(instruction_record(task.generate, task.label_field(r.label), seq_line(r.seq)))
+        if "determine" in kinds:
+            out.append(instruction_record(task.determine, seq_line(r.seq), task.label_field(r.label)))
+    return out
+
+
+# --- label tables ---------------------------------------------------------------------------------
+def read_label_table(path: str | os.PathLike, id_column: str = "id", label_column: str = "label") -> dict[str, str]:
+    """``id -> label`` from a CSV or TSV (by extension) with a header row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: label table not found")
+    delim = "\t" if path.suffix in (".tsv", ".tab") else ","
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delim)
+        cols = reader.fieldnames or []
+        for c in (id_column, label_column):
+            if c not in cols:
+                raise FormatError(f"{path}: no column {c!r} (columns: {', '.join(cols)})")
+        table = {row[id_column]: row[label_column] for row in reader}
+    if not table:
+        raise FormatError(f"{path}: label table has no rows")
+    return table
+
+
+def attach_labels(records: list[Record], table: dict[str, str], source: str = "labels",
+                  vocab: Iterable[str] | None = None) -> list[Record]:
+    """Records with their label from ``table`` (every record must have one; labels checked
+    against ``vocab`` when given)."""
+    missing = [r.id for r in records if r.id not in table]
+    if missing:
+        raise FormatError(f"{source}: no label for {len(missing)} record(s), e.g. {missing[0]!r}")
+    out = [Record(r.id, r.seq, table[r.id]) for r in records]
+    if vocab is not None:
+        validate_labels((r.label for r in out), vocab, source)
+    return out
+
+
+def superfamily_vocab() -> list[str]:
+    """ProLLaMA's 11,268 accepted superfamily labels (``superfamilies.txt``)."""
+    return read_vocab(data_dir() / "prollama" / "superfamilies.txt.gz", key="Superfamily")
+
+
+# --- shipped sets ------------------------------------------------------------------------------------
+def pfam_families(min_count: int = 7, max_per_family: int | None = 12, max_residues: int | None = None,
+                  seed: int = 0, policy: Policy = "error") -> list[Record]:
+    """Ungapped Pfam seed sequences labelled by family ID (``#=GF ID``).
+
+    Families with fewer than ``min_count`` members are left out; larger ones are subsampled to
+    ``max_per_family`` (seeded) so the classes are balanced; ``max_residues`` keeps the N-terminal
+    part of longer sequences (a cropping step for tiny CPU models).
+    """
+    rng = random.Random(seed)
+    out: list[Record] = []
+    for path in sorted((data_dir() / "pfam").glob("pfam*.seed.txt")):
+        fam = read_stockholm(path, policy)
+        recs = fam.records
+        if len(recs) < min_count:
+            continue
+        if max_per_family is not None and len(recs) > max_per_family:
+            recs = sorted(rng.sample(recs, max_per_family), key=lambda r: r.id)
+        out.extend(crop(recs, max_residues))
+    return out
+
+
+def ec_records(max_residues: int | None = None, policy: Policy = "error") -> list[Record]:
+    """The shipped nrPDB-EC subset labelled ``EC1`` ... ``EC6`` (top-level enzyme class)."""
+    d = data_dir() / "ec"
+    recs = read_fasta(d / "nrPDB-EC_test_subset.fasta", policy)
+    table = read_label_table(d / "nrPDB-EC_test_subset_labels.tsv", "id", "ec_class")
+    return crop(attach_labels(recs, table, str(d)), max_residues)
+
+
+def tem1() -> tuple[str, int, list[tuple[str, float]]]:
+    """(mature wild type, position offset 24, [(mutant like 'H24C', fitness)]) of the TEM-1 scan."""
+    d = data_dir() / "tem1"
+    wt = read_fasta(d / "wildtype.fasta")[0].seq
+    with (d / "BLAT_ECOLX_Ranganathan2015.subset.csv").open(encoding="utf-8", newline="") as f:
+        rows = [(r["mutant"], float(r["fitness_amp2500"])) for r in csv.DictReader(f)]
+    return wt, 24, rows
+
+
+def crop(records: Iterable[Record], max_residues: int | None) -> list[Record]:
+    if not max_residues:
+        return list(records)
+    return [Record(r.id, r.seq[:max_residues], r.label) for r in records]
+
+
+def split_by_label(records: list[Record], n_test: int = 3, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """Stratified hold-out: ``n_test`` random records of every label go to the test side."""
+    rng = random.Random(seed)
+    by: dict[str, list[Record]] = {}
+    for r in records:
+        by.setdefault(r.label, []).append(r)
+    train, test = [], []
+    for label in sorted(by):
+        recs = list(by[label])
+        rng.shuffle(recs)
+        if len(recs) <= n_test:
+            raise FormatError(f"label {label!r} has {len(recs)} records; need more than n_test={n_test}")
+        test.extend(recs[:n_test])
+        train.extend(recs[n_test:])
+    return train, test

@@ -1,0 +1,289 @@
+"""ProLLaMA's text forms and the sequence files around them.
+
+ProLLaMA (Lyu et al. 2024, arXiv 2402.16445; code ``Lyu6PosHao/ProLLaMA``) writes a protein as one
+line ``Seq=<MKRVL...>`` (stage 1) and a labelled example as an Alpaca record
+``{instruction, input, output}`` (stage 2), e.g. ``[Generate by superfamily]`` /
+``Superfamily=<Gnk2-homologous domain superfamily>`` -> ``Seq=<EDAIIW...>``. This module writes and
+parses those forms exactly, reads FASTA and Stockholm through Biopython, and checks labels against a
+vocabulary (ProLLaMA's ``superfamilies.txt`` ships gzipped in ``data/``).
+
+Residue policy (``policy`` argument): sequences are upper-cased; gap characters ``-`` and ``.``
+(Stockholm) and one trailing stop ``*`` are removed. Then
+
+* ``"error"`` (default): any letter outside the 20 standard amino acids raises ``ResidueError``
+  naming the file, the record and the first offending position;
+* ``"skip"``: records with such letters are dropped (the caller gets the count);
+* ``"keep"``: the IUPAC extras ``B Z X U O J`` are accepted; anything else still raises.
+
+An empty file or an empty record is always an error. Not covered: multi-line ``Seq=<`` values,
+lower-case residues as a signal (they are upper-cased), nucleotide input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
+EXTRA_AA = "BZXUOJ"
+Policy = Literal["error", "skip", "keep"]
+
+_FIELD_RX = re.compile(r"^([A-Za-z][A-Za-z0-9_ \-]*)=<(.*)>$", re.S)
+
+
+class FormatError(ValueError):
+    """A file or line does not follow the expected format; the message names the file."""
+
+
+class ResidueError(FormatError):
+    """A sequence holds a residue outside the allowed alphabet."""
+
+
+class LabelError(FormatError):
+    """A label is not in the vocabulary."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One protein: identifier, residues (clean, upper case), optional label."""
+
+    id: str
+    seq: str
+    label: str | None = None
+
+
+# --- ProLLaMA text forms -------------------------------------------------------------------------
+def field(key: str, value: str) -> str:
+    """``Key=<value>``, ProLLaMA's way to write a sequence or a label."""
+    if ">" in value or "\n" in value:
+        raise FormatError(f"value for {key} must not contain '>' or a newline: {value!r}")
+    return f"{key}=<{value}>"
+
+
+def seq_line(seq: str) -> str:
+    return field("Seq", seq)
+
+
+def parse_field(text: str, key: str | None = None, source: str = "<text>") -> tuple[str, str]:
+    """Split ``Key=<value>`` into (key, value); ``key`` given means it must match."""
+    m = _FIELD_RX.match(text.strip())
+    if not m:
+        raise FormatError(f"{source}: expected Key=<value>, got {text[:60]!r}")
+    if key is not None and m.group(1) != key:
+        raise FormatError(f"{source}: expected {key}=<...>, got {m.group(1)}=<...>")
+    return m.group(1), m.group(2)
+
+
+def parse_seq_line(text: str, source: str = "<text>") -> str:
+    return parse_field(text, "Seq", source)[1]
+
+
+def write_seq_lines(seqs: Iterable[str], path: str | os.PathLike) -> Path:
+    """Stage-1 text file: one ``Seq=<...>`` line per protein."""
+    path = Path(path)
+    path.write_text("".join(seq_line(s) + "\n" for s in seqs), encoding="utf-8")
+    return path
+
+
+def read_seq_lines(path: str | os.PathLike) -> list[str]:
+    path = Path(path)
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            out.append(parse_seq_line(line, f"{path}:{i}"))
+    if not out:
+        raise FormatError(f"{path}: no Seq=<...> lines")
+    return out
+
+
+# --- instruction records ---------------------------------------------------------------------------
+_KEYS = ("instruction", "input", "output")
+
+
+def instruction_record(instruction: str, input: str, output: str) -> dict[str, str]:
+    return {"instruction": instruction, "input": input, "output": output}
+
+
+def _check_record(rec: object, where: str) -> dict[str, str]:
+    if not isinstance(rec, dict) or set(rec) != set(_KEYS) or not all(isinstance(rec[k], str) for k in _KEYS):
+        raise FormatError(f"{where}: an instruction record has exactly the string keys {', '.join(_KEYS)}")
+    return {k: rec[k] for k in _KEYS}
+
+
+def write_instructions(records: Iterable[dict], path: str | os.PathLike) -> Path:
+    """JSONL, one ``{instruction, input, output}`` per line, keys in that order."""
+    path = Path(path)
+    lines = [json.dumps(_check_record(r, str(path)), ensure_ascii=False) for r in records]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def read_instructions(path: str | os.PathLike) -> list[dict[str, str]]:
+    """JSONL records, or a JSON array as in ProLLaMA's ``example.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise FormatError(f"{path}: empty file, no instruction records")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}: invalid JSON ({e})") from None
+        return [_check_record(r, f"{path}[{i}]") for i, r in enumerate(data)]
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(_check_record(json.loads(line), f"{path}:{i}"))
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+    return out
+
+
+def prompt_of(rec: dict[str, str]) -> str:
+    """ProLLaMA's source text: ``instruction + ' ' + input`` (its ``PROMPT_TEMPLATE='{instruction}'``)."""
+    return f"{rec['instruction']} {rec['input']}"
+
+
+# --- residues ---------------------------------------------------------------------------------------
+def clean_sequence(raw: str, policy: Policy = "error", where: str = "<sequence>") -> str | None:
+    """Upper-case, drop gaps and a trailing ``*``, apply the residue policy (None = skipped)."""
+    seq = re.sub(r"[\s.\-]", "", str(raw)).upper()
+    if seq.endswith("*"):
+        seq = seq[:-1]
+    if not seq:
+        raise FormatError(f"{where}: empty sequence")
+    allowed = STANDARD_AA + (EXTRA_AA if policy == "keep" else "")
+    for pos, ch in enumerate(seq, 1):
+        if ch not in allowed:
+            if policy == "skip" and ch in EXTRA_AA:
+                return None
+            raise ResidueError(f"{where}: non-standard residue {ch!r} at position {pos} "
+                               f"(residue policy {policy!r}; use 'keep' for B/Z/X/U/O/J or 'skip')")
+    return seq
+
+
+def invalid_positions(seq: str) -> list[int]:
+    """1-based positions of letters outside the 20 standard amino acids."""
+    return [i for i, ch in enumerate(seq, 1) if ch not in STANDARD_AA]
+
+
+# --- FASTA and Stockholm ------------------------------------------------------------------------------
+def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record]:
+    """Records of a FASTA file (Biopython). The label is None; see ``data.attach_labels``."""
+    from Bio import SeqIO
+
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    if not path.read_text(encoding="utf-8", errors="replace").strip():
+        raise FormatError(f"{path}: empty FASTA file, no records")
+    out = []
+    n = 0
+    for rec in SeqIO.parse(str(path), "fasta"):
+        n += 1
+        seq = clean_sequence(str(rec.seq), policy, f"{path}: record {rec.id!r}")
+        if seq is not None:
+            out.append(Record(rec.id, seq))
+    if n == 0:
+        raise FormatError(f"{path}: no FASTA records (does the file start with '>'?)")
+    return out
+
+
+def write_fasta(records: Iterable[tuple[str, str]], path: str | os.PathLike, width: int = 60) -> Path:
+    """(header, sequence) pairs to FASTA, wrapped at ``width`` columns; headers are kept verbatim."""
+    path = Path(path)
+    chunks = []
+    for header, seq in records:
+        if "\n" in header:
+            raise FormatError(f"{path}: FASTA header must be one line: {header!r}")
+        body = "\n".join(seq[i:i + width] for i in range(0, len(seq), width)) if seq else ""
+        chunks.append(f">{header}\n{body}\n" if body else f">{header}\n")
+    path.write_text("".join(chunks), encoding="utf-8")
+    return path
+
+
+def read_fasta_headers(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(full header, raw sequence) pairs, no residue policy (for generated files)."""
+    path = Path(path)
+    out: list[tuple[str, str]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith(">"):
+            out.append((line[1:], ""))
+        elif out:
+            out[-1] = (out[-1][0], out[-1][1] + line.strip())
+    if not out:
+        raise FormatError(f"{path}: no FASTA records")
+    return out
+
+
+@dataclass(frozen=True)
+class StockholmFamily:
+    """One Pfam-style Stockholm alignment, ungapped: ``#=GF ID``, ``AC``, clan ``CL`` and records."""
+
+    id: str
+    accession: str | None
+    clan: str | None
+    records: list[Record]
+
+
+def read_stockholm(path: str | os.PathLike, policy: Policy = "error") -> StockholmFamily:
+    """Read a Stockholm alignment (Biopython); sequences are returned without gaps."""
+    from Bio import AlignIO
+
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    try:
+        aln = AlignIO.read(str(path), "stockholm")
+    except ValueError as e:
+        raise FormatError(f"{path}: not a single Stockholm alignment ({e})") from None
+    gf = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("#=GF "):
+            tag, _, val = line[5:].partition(" ")
+            gf.setdefault(tag.strip(), val.strip())
+    fam_id = gf.get("ID") or path.stem
+    recs = []
+    for r in aln:
+        seq = clean_sequence(str(r.seq), policy, f"{path}: record {r.id!r}")
+        if seq is not None:
+            recs.append(Record(r.id, seq, fam_id))
+    return StockholmFamily(fam_id, gf.get("AC"), gf.get("CL"), recs)
+
+
+# --- label vocabulary -----------------------------------------------------------------------------------
+def read_vocab(path: str | os.PathLike, key: str | None = None) -> list[str]:
+    """Labels from a file with one ``Key=<label>`` (or bare label) per line; ``.gz`` is read too."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: vocabulary file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+    out = []
+    for i, ln in enumerate(lines, 1):
+        out.append(parse_field(ln, key, f"{path}:{i}")[1] if "=<" in ln else ln.strip())
+    if not out:
+        raise FormatError(f"{path}: empty vocabulary")
+    return out
+
+
+def validate_labels(labels: Iterable[str], vocab: Iterable[str], source: str = "labels") -> None:
+    """Raise ``LabelError`` listing labels absent from ``vocab`` (with the closest known ones)."""
+    import difflib
+
+    known = set(vocab)
+    bad = sorted({lab for lab in labels if lab not in known})
+    if bad:
+        near = difflib.get_close_matches(bad[0], list(known), n=3)
+        hint = f"; closest known: {near}" if near else ""
+        raise LabelError(f"{source}: {len(bad)} label(s) not in the vocabulary, e.g. {bad[0]!r}{hint}")

@@ -1,0 +1,77 @@
+"""Mutation-effect scoring: fitness = NLL(wild type) - NLL(mutant) (ProLLaMA ``scripts/mutation.py``,
+Tranception-style zero-shot scoring).
+
+Both sequences are scored as ``<s>Seq=<...></s>`` under the causal LM; NLL is the summed negative
+log-likelihood of every token after ``<s>``, so a positive score means the model prefers the mutant.
+Mutants are written ``H24C`` (wild-type residue, position, new residue), several joined by ``:``;
+position p refers to residue ``p - offset`` (0-based) of the given wild-type string (TEM-1 as shipped:
+offset 24, as in the ESM variant-prediction example). A wrong wild-type letter is an error.
+
+Not covered: insertions and deletions, length normalisation (ProLLaMA leaves it to the user).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from adaptome.domains.protein.formats import STANDARD_AA, FormatError, seq_line
+
+_MUT_RX = re.compile(r"^([A-Z])(\d+)([A-Z])$")
+
+
+def parse_mutant(code: str) -> list[tuple[str, int, str]]:
+    """``'H24C:A30G'`` -> ``[('H', 24, 'C'), ('A', 30, 'G')]``."""
+    out = []
+    for part in code.strip().split(":"):
+        m = _MUT_RX.match(part.strip())
+        if not m:
+            raise FormatError(f"mutant {code!r}: expected e.g. H24C (or H24C:A30G)")
+        if m.group(3) not in STANDARD_AA:
+            raise FormatError(f"mutant {code!r}: {m.group(3)!r} is not a standard amino acid")
+        out.append((m.group(1), int(m.group(2)), m.group(3)))
+    return out
+
+
+def apply_mutant(wt: str, code: str, offset: int = 0) -> str:
+    """The mutant sequence; each position p is index ``p - offset`` of ``wt``."""
+    seq = list(wt)
+    for ref, pos, alt in parse_mutant(code):
+        i = pos - offset
+        if not 0 <= i < len(wt):
+            raise FormatError(f"mutant {code!r}: position {pos} is outside the wild type (offset {offset}, length {len(wt)})")
+        if wt[i] != ref:
+            raise FormatError(f"mutant {code!r}: wild type has {wt[i]!r} at position {pos}, not {ref!r} (check --offset)")
+        seq[i] = alt
+    return "".join(seq)
+
+
+def score_mutants(model, tok, wt: str, mutants: list[str], offset: int = 0, batch_size: int = 16) -> list[float]:
+    """NLL(wt) - NLL(mutant) for each mutant code."""
+    from adaptome.domains.protein.classify import score_targets
+
+    seqs = [wt] + [apply_mutant(wt, m, offset) for m in mutants]
+    lps = score_targets(model, tok, [("", seq_line(s)) for s in seqs], batch_size)
+    nll = [-lp for lp, _ in lps]
+    return [nll[0] - x for x in nll[1:]]
+
+
+def read_mutants_csv(path: str | Path, mutant_column: str = "mutant",
+                     fitness_column: str | None = None) -> tuple[list[str], list[float] | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if mutant_column not in cols:
+            raise FormatError(f"{path}: no column {mutant_column!r} (columns: {', '.join(cols)})")
+        if fitness_column and fitness_column not in cols:
+            raise FormatError(f"{path}: no column {fitness_column!r} (columns: {', '.join(cols)})")
+        rows = list(reader)
+    if not rows:
+        raise FormatError(f"{path}: no mutants")
+    muts = [r[mutant_column] for r in rows]
+    fit = [float(r[fitness_column]) for r in rows] if fitness_column else None
+    return muts, fit

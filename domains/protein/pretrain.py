@@ -1,0 +1,124 @@
+"""Stage 1: continual causal-LM pretraining on ``Seq=<...>`` lines (ProLLaMA ``run_pt.sh``).
+
+Every protein becomes ``<s>Seq=<MKRV...></s>`` (ProLLaMA sets ``add_eos_token``); the token
+streams are concatenated and cut into blocks of ``block_size`` tokens, the remainder dropped
+(``group_texts``). The loss is the usual next-token cross-entropy over every position
+(labels = inputs, shifted inside the model). The adapter is any registered method applied with
+``adaptome.core.adapters.api.apply_adapter``; the default is LoRA r 128 / alpha 256 on the seven
+LLaMA projections with ``embed_tokens`` and ``lm_head`` trained fully (``modules_to_save``).
+Training runs through ``adaptome.core.train.loop.fit``; the adapter is saved to
+``<output_dir>/adapter`` and, with ``merge``, a standalone checkpoint to ``<output_dir>/merged``.
+
+Dimension letters: N blocks, T tokens per block.
+Not covered: DeepSpeed, gradient checkpointing, a validation split during training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from adaptome.domains.protein.formats import FormatError, Policy, read_fasta, read_seq_lines, seq_line
+from adaptome.domains.protein.tokenizer import encode
+
+
+def load_sequences(files: list[str], policy: Policy = "error", max_residues: int | None = None) -> list[str]:
+    """Sequences from FASTA files or ``Seq=<...>`` text files (by content), cropped to ``max_residues``."""
+    from adaptome.domains.protein.formats import clean_sequence
+
+    if not files:
+        raise FormatError("no training files given")
+    seqs: list[str] = []
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise FormatError(f"{path}: file not found")
+        head = path.read_text(encoding="utf-8", errors="replace").lstrip()[:1]
+        if head == ">" or not head:
+            seqs += [r.seq for r in read_fasta(path, policy)]
+        else:
+            for i, s in enumerate(read_seq_lines(path), 1):
+                c = clean_sequence(s, policy, f"{path}:{i}")
+                if c is not None:
+                    seqs.append(c)
+    return [s[:max_residues] if max_residues else s for s in seqs]
+
+
+def pack_blocks(tok, seqs: list[str], block_size: int) -> list[list[int]]:
+    """ProLLaMA's ``group_texts``: concatenate ``<s>Seq=<...></s>`` streams, cut into full blocks."""
+    stream: list[int] = []
+    for s in seqs:
+        stream += encode(tok, seq_line(s)) + [tok.eos_token_id]
+    n = len(stream) // block_size
+    if n == 0:
+        raise FormatError(f"{len(stream)} tokens in all; fewer than one block of {block_size}")
+    return [stream[i * block_size:(i + 1) * block_size] for i in range(n)]
+
+
+class BlockDataset:
+    """Map-style dataset of packed blocks: ``{"input_ids": (T,), "labels": (T,)}``."""
+
+    def __init__(self, blocks: list[list[int]]):
+        import torch
+
+        self.blocks = [torch.tensor(b, dtype=torch.long) for b in blocks]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+def stack_collate(items: list[dict]) -> dict:
+    import torch
+
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}  # (N, T) each
+
+
+def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, adapter_options: dict[str, Any],
+              train_kwargs: dict[str, Any], merge: bool = True, eval_fn: Callable | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Apply the adapter, train with ``fit``, save adapter (+ merged checkpoint); a summary dict.
+
+    Outputs under ``train_kwargs['output_dir']``: ``metrics.jsonl``, ``checkpoints/``,
+    ``adapter/``, ``merged/``. Existing ``adapter/`` or ``merged/`` folders are never replaced
+    unless ``overwrite``.
+    """
+    from adaptome.core.adapters.api import apply_adapter, make_config, trainable_report
+    from adaptome.core.adapters.io import save_adapter, save_merged
+    from adaptome.core.train.loop import fit
+
+    out = Path(train_kwargs["output_dir"])
+    for sub in ("adapter", "merged"):
+        if (out / sub).exists() and not overwrite:
+            raise FileExistsError(f"{out / sub}: already exists; pass --overwrite to replace it")
+    cfg = make_config(adapter_method, adapter_options)
+    model = apply_adapter(model, cfg)
+    report = trainable_report(model)
+    result = fit(model, dataset, collate_fn=collate_fn, eval_fn=eval_fn, **train_kwargs)
+    model = result.model
+    model.eval()
+    save_adapter(model, out / "adapter", overwrite=overwrite)
+    summary: dict[str, Any] = {"adapter": str(out / "adapter"), "steps": result.step, "trainable": report,
+                               "history": result.history}
+    if merge:
+        save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
+        summary["merged"] = str(out / "merged")
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    if losses:
+        summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
+    summary["model"] = model
+    return summary
+
+
+def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str, adapter_options: dict,
+             train_kwargs: dict, residue_policy: Policy = "error", max_residues: int | None = None,
+             merge: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Stage 1 end to end from sequence files; see the module docstring."""
+    seqs = load_sequences(files, residue_policy, max_residues)
+    blocks = pack_blocks(tok, seqs, block_size)
+    summary = run_stage(model, tok, BlockDataset(blocks), stack_collate, adapter_method, adapter_options,
+                        train_kwargs, merge=merge, overwrite=overwrite)
+    summary.update(n_sequences=len(seqs), n_blocks=len(blocks))
+    return summary
