@@ -51,8 +51,9 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
     if adapter_name in configs:
         raise ValueError(f"model already has an adapter named {adapter_name!r}")
     # wrapped layers are found through their base_layer; exclude those paths' inner modules
-    paths = resolve_targets(model, cfg.target_modules, cfg.exclude_modules,
-                            layer_types=(nn.Linear, AdapterLayer))
+    resolver = getattr(cfg, "resolve_paths", None)  # methods that wrap blocks, not linears (bottleneck)
+    paths = resolver(model) if callable(resolver) else resolve_targets(
+        model, cfg.target_modules, cfg.exclude_modules, layer_types=(nn.Linear, AdapterLayer))
     wrapped = [p for p, _ in adapter_layers(model)]
     for path in paths:
         if any(path.startswith(w + ".") for w in wrapped):  # base_layer or an adapter's own linears
@@ -66,6 +67,9 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
             layer = layer_cls(mod)
             _set_submodule(model, path, layer)
         layer.add_adapter(adapter_name, cfg)
+    after = getattr(cfg, "after_inject", None)  # fix-ups that need layer paths (per-layer ranks, shared modules)
+    if callable(after):
+        after(model, adapter_name)
     if cfg.modules_to_save:
         wrap_modules_to_save(model, cfg.modules_to_save, adapter_name)
     configs[adapter_name] = cfg
