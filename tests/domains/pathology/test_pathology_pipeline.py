@@ -1,0 +1,164 @@
+"""Stage behaviour: reuse on re-run, corrupt slides (error or skip), CLI errors, SimCLR, heatmaps."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adaptome.domains.pathology import stages
+from adaptome.domains.pathology.config import ExtractConfig, SegmentConfig, TileConfig
+from adaptome.domains.pathology.slide import SlideError
+
+
+@pytest.fixture()
+def small_job(cohort, tmp_path):
+    """Three copies of synthetic slides plus one truncated slide in a fresh folder."""
+    d = tmp_path / "slides"
+    d.mkdir()
+    for sid in ("train_000", "train_001", "train_002"):
+        shutil.copy(cohort["slides"] / f"{sid}.tiff", d / f"{sid}.tiff")
+    data = (cohort["slides"] / "train_003.tiff").read_bytes()
+    (d / "bad_slide.tiff").write_bytes(data[: len(data) // 3])
+    return d
+
+
+def _tile_cfg(slides, out, skip):
+    return TileConfig(slides=str(slides), out_dir=str(out), magnification=20, tile_size=64, thumb_size=256,
+                      skip_errors=skip)
+
+
+def test_corrupt_slide_error_names_file_and_keeps_other_outputs(small_job, tmp_path):
+    out = tmp_path / "job"
+    with pytest.raises(SlideError, match="bad_slide.tiff"):
+        stages.tile(_tile_cfg(small_job, out, skip=False), progress=False)
+    tdir = out / "tiles_20x_64px_0ov"
+    assert not list(tdir.glob("*.h5"))  # bad_slide sorts first: nothing done, nothing half-written
+    summary = stages.tile(_tile_cfg(small_job, out, skip=True), progress=False)
+    assert summary.failed.keys() == {"bad_slide"} and "bad_slide.tiff" in summary.failed["bad_slide"]
+    assert sorted(summary.done) == ["train_000", "train_001", "train_002"]
+    assert "bad_slide" in (tdir / "summary.md").read_text()
+    before = {p.name: p.stat().st_mtime_ns for p in tdir.glob("*.h5")}
+    again = stages.tile(_tile_cfg(small_job, out, skip=True), progress=False)
+    assert sorted(again.skipped) == ["train_000", "train_001", "train_002"] and not again.done
+    assert {p.name: p.stat().st_mtime_ns for p in tdir.glob("*.h5")} == before  # reused, not rewritten
+    assert (tdir / "config.yaml").read_text().count("tile_size: 64") == 1
+    # the extract stage reuses and skips the same way; its features match the reference run
+    ecfg = ExtractConfig(slides=str(small_job), tiles_dir=str(tdir), num_workers=0, skip_errors=True)
+    s1 = stages.extract(ecfg, progress=False)
+    s2 = stages.extract(ecfg, progress=False)
+    assert len(s1.done) == 3 and len(s2.skipped) == 3 and not s2.done
+
+
+def test_failure_midway_keeps_finished_slides(small_job, tmp_path):
+    (small_job / "zz_broken.tiff").write_bytes(b"II*\x00garbage")  # sorts last
+    (small_job / "bad_slide.tiff").unlink()
+    out = tmp_path / "job"
+    with pytest.raises(SlideError, match="zz_broken.tiff"):
+        stages.tile(_tile_cfg(small_job, out, skip=False), progress=False)
+    tdir = out / "tiles_20x_64px_0ov"
+    assert sorted(p.stem for p in tdir.glob("*.h5")) == ["train_000", "train_001", "train_002"]
+    assert not list(tdir.glob(".*.tmp"))
+
+
+def test_segment_stage_outputs(small_job, tmp_path):
+    import json
+
+    (small_job / "bad_slide.tiff").unlink()
+    s = stages.segment(SegmentConfig(slides=str(small_job), out_dir=str(tmp_path), thumb_size=256), progress=False)
+    d = tmp_path / "segment_otsu_b5_c2"
+    assert len(s.done) == 3 and (d / "config.yaml").is_file()
+    gj = json.loads((d / "contours" / "train_000.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and gj["features"][0]["geometry"]["type"] == "Polygon"
+    from PIL import Image
+
+    m = np.asarray(Image.open(d / "masks" / "train_000.png")) > 0
+    assert 0.3 < m.mean() < 0.85  # 45-75 % of the cells are tissue
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    from adaptome.domains.pathology.cli import app
+
+    r = CliRunner().invoke(app, ["tile", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "nope: no such slide file or folder" in r.output
+    r = CliRunner().invoke(app, ["tile", str(tmp_path), "--set", "tile_sz=3"])
+    assert r.exit_code == 2 and "tile_sz" in r.output
+    bad = tmp_path / "labels.csv"
+    bad.write_text("slide,target\na,3\n")
+    r = CliRunner().invoke(app, ["train", "--features-dir", str(tmp_path), "--labels", str(bad)])
+    assert r.exit_code == 2 and "labels.csv: label CSV lacks column(s) ['slide_id', 'case_id']" in r.output
+    r = CliRunner().invoke(app, ["extract", str(tmp_path), "--tiles-dir", str(tmp_path), "--encoder", "nonsense"])
+    assert r.exit_code == 2 and "not a tiling stage folder" in r.output
+
+
+def test_cli_synth_refuses_to_overwrite(tmp_path):
+    from adaptome.domains.pathology.cli import app
+
+    out = tmp_path / "syn"
+    r = CliRunner().invoke(app, ["synth", "--out", str(out), "--n-slides", "2", "--set", "grid=4"])
+    assert r.exit_code == 0, r.output
+    before = (out / "labels.csv").read_text()
+    r = CliRunner().invoke(app, ["synth", "--out", str(out), "--n-slides", "3"])
+    assert r.exit_code == 2 and "already holds a cohort" in r.output
+    assert (out / "labels.csv").read_text() == before
+
+
+def test_score_writes_geojson_and_heatmaps(trained, heldout, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from adaptome.domains.pathology.config import ScoreConfig
+
+    cfg = ScoreConfig(slides=str(heldout["slides"] / "test_000.tiff"), model=trained["real"]["out_dir"],
+                      features_dir=str(heldout["features_dir"]), out_dir=str(tmp_path), thumb_size=256)
+    stages.score(cfg, progress=False)
+    gj = json.loads((tmp_path / "tiles" / "test_000.geojson").read_text())
+    feats = gj["features"]
+    ring = feats[0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and ring[2][0] - ring[0][0] == pytest.approx(64)
+    assert 0 <= feats[0]["properties"]["measurements"]["sTIL_pct"] <= 100
+    att = sum(f["properties"]["measurements"]["attention"] for f in feats)
+    assert att == pytest.approx(1.0, abs=1e-3)  # ensemble attention still sums to one
+    score_png = np.asarray(Image.open(tmp_path / "heatmaps" / "test_000_score.png"))
+    assert score_png.shape[:2] == (256, 256)
+    thumb_bg = score_png[:4, :4].astype(int)
+    # tissue tiles are tinted: the painted area differs from the untouched thumbnail
+    assert (np.abs(score_png.astype(int) - score_png[0, 0]).sum(2) > 30).mean() > 0.2 and thumb_bg.std() < 20
+
+
+def test_nt_xent_matches_explicit_formula():
+    from adaptome.domains.pathology.ssl import nt_xent
+
+    torch.manual_seed(0)
+    z = torch.randn(6, 5)
+    tau = 0.5
+    zn = torch.nn.functional.normalize(z, dim=1)
+    total = 0.0
+    for i in range(6):
+        j = (i + 3) % 6
+        sims = torch.stack([zn[i] @ zn[k] / tau for k in range(6) if k != i])
+        total += -(zn[i] @ zn[j] / tau - torch.logsumexp(sims, 0))
+    assert torch.allclose(nt_xent(z, tau), total / 6, atol=1e-5)
+
+
+def test_simclr_pretraining_lowers_loss_and_saves_loadable_encoder(cohort, tmp_path):
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.ssl import collect_tiles, pretrain
+
+    opts = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    pairs = [(str(cohort["slides"] / f"train_00{i}.tiff"), str(cohort["tiles_dir"] / f"train_00{i}.h5"))
+             for i in range(4)]
+    tiles = collect_tiles(pairs, max_tiles=64)
+    assert tiles.shape[1:] == (64, 64, 3)
+    enc = build_encoder("timm:vit_tiny_patch16_224", options=opts)
+    res = pretrain(enc, tiles, tmp_path, max_steps=100, batch_size=16, lr=1e-3)
+    # chance level is log(2B - 1) = log(31) = 3.43
+    assert np.mean(res["losses"][-2:]) < res["losses"][0] - 0.5
+    enc2 = build_encoder("timm:vit_tiny_patch16_224", weights=res["weights"], options=opts)
+    x = torch.from_numpy(tiles[:4])
+    enc.eval()
+    assert torch.allclose(enc2.eval()(x), enc(x), atol=1e-5)
