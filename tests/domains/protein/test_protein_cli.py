@@ -1,0 +1,82 @@
+from typer.testing import CliRunner
+
+from adaptome.domains.protein.cli import app
+
+runner = CliRunner()
+
+
+def test_build_dataset_from_fasta_and_labels(tmp_path):
+    (tmp_path / "s.fa").write_text(">a\nMKRV\n>b\nACDE\n")
+    (tmp_path / "l.csv").write_text("id,label\na,Cyclin-like superfamily\nb,SH3-like domain superfamily\n")
+    r = runner.invoke(app, ["build-dataset", "--fasta", str(tmp_path / "s.fa"), "--labels", str(tmp_path / "l.csv"),
+                            "--vocab", "superfamilies", "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    lines = (tmp_path / "ds" / "instructions.jsonl").read_text().splitlines()
+    assert lines[0] == ('{"instruction": "[Generate by superfamily]", "input": "Superfamily=<Cyclin-like superfamily>", '
+                        '"output": "Seq=<MKRV>"}')
+    assert (tmp_path / "ds" / "sequences.txt").read_text() == "Seq=<MKRV>\nSeq=<ACDE>\n"
+    # existing output is never replaced without --overwrite
+    r = runner.invoke(app, ["build-dataset", "--shipped", "pfam", "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 2 and "already exists" in r.output
+    assert len((tmp_path / "ds" / "instructions.jsonl").read_text().splitlines()) == 4
+
+
+def test_bad_inputs_exit_2_with_the_file_named(tmp_path):
+    (tmp_path / "s.fa").write_text(">a\nMKRV\n")
+    (tmp_path / "l.csv").write_text("id,label\na,Not a real superfamily\n")
+    r = runner.invoke(app, ["build-dataset", "--fasta", str(tmp_path / "s.fa"), "--labels", str(tmp_path / "l.csv"),
+                            "--vocab", "superfamilies", "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 2 and "l.csv" in r.output and "not in the vocabulary" in r.output
+    assert not (tmp_path / "ds").exists()
+    (tmp_path / "e.fa").write_text("")
+    r = runner.invoke(app, ["build-dataset", "--fasta", str(tmp_path / "e.fa"), "--labels", str(tmp_path / "l.csv"),
+                            "--out", str(tmp_path / "ds2")])
+    assert r.exit_code == 2 and "e.fa: empty FASTA file" in r.output
+    (tmp_path / "bad.yaml").write_text("train_files: []\nblock_sise: 3\n")
+    r = runner.invoke(app, ["pretrain", "-c", str(tmp_path / "bad.yaml")])
+    assert r.exit_code == 2 and "bad.yaml" in r.output and "block_sise" in r.output
+
+
+def test_cli_commands_on_the_tuned_model(two_stage_run, tmp_path):
+    out, rep = two_stage_run
+    model = str(out / "stage2" / "merged")
+    r = runner.invoke(app, ["sample", "--model", model, "--task-name", "family", "--label", "Cyclin_N", "-n", "2",
+                            "--max-new-tokens", "40", "--out", str(tmp_path / "g.fa")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "g.fa").read_text().count(">gen-") == 2
+    (tmp_path / "labels.txt").write_text("\n".join(rep["labels"]) + "\n")
+    (tmp_path / "q.fa").write_text(">q\n" + (out / "data" / "train.fasta").read_text().split("\n")[1] + "\n")
+    r = runner.invoke(app, ["classify", "--model", model, "--fasta", str(tmp_path / "q.fa"), "--labels",
+                            str(tmp_path / "labels.txt"), "--task-name", "family", "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "id,prediction" and rows[1].split(",")[1] in rep["labels"]
+    r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"), "--out", str(tmp_path / "m.csv")])
+    assert r.exit_code == 0 and "Spearman" in r.output, r.output
+    assert len((tmp_path / "m.csv").read_text().splitlines()) == 504
+    r = runner.invoke(app, ["evaluate", "--model", model, "--samples", str(tmp_path / "g.fa"), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "majority class" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_cli_two_stages_from_tiny_configs(tmp_path):
+    import yaml
+
+    from adaptome.domains.protein.data import data_dir
+
+    cfgs = data_dir().parent / "configs"
+    r = runner.invoke(app, ["build-dataset", "--shipped", "pfam", "--task-name", "family", "--max-residues", "40",
+                            "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    s1 = tmp_path / "s1"
+    r = runner.invoke(app, ["pretrain", "-c", str(cfgs / "pretrain_tiny.yaml"), "--set",
+                            f"train_files=[{tmp_path / 'ds' / 'sequences.txt'}]", "--set", "train.max_steps=3",
+                            "--set", "block_size=64", "--set", f"train.output_dir={s1}", "--set", "train.progress=false"])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((s1 / "config.yaml").read_text())["train"]["max_steps"] == 3
+    r = runner.invoke(app, ["instruct", "-c", str(cfgs / "instruct_tiny.yaml"), "--set",
+                            f"train_files=[{tmp_path / 'ds' / 'instructions.jsonl'}]", "--set", "train.max_steps=3",
+                            "--set", f"model.name_or_path={s1 / 'merged'}", "--set", f"train.output_dir={tmp_path / 's2'}",
+                            "--set", "train.progress=false"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s2" / "merged" / "tokenizer.json").is_file()
