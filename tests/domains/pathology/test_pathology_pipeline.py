@@ -162,3 +162,27 @@ def test_simclr_pretraining_lowers_loss_and_saves_loadable_encoder(cohort, tmp_p
     x = torch.from_numpy(tiles[:4])
     enc.eval()
     assert torch.allclose(enc2.eval()(x), enc(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,cls", [("segment", "SegmentConfig"), ("tile_20x_256", "TileConfig"),
+                                      ("extract_baseline", "ExtractConfig"), ("extract_timm_vit", "ExtractConfig"),
+                                      ("pretrain_simclr", "PretrainConfig"), ("train_mil", "MILTrainConfig"),
+                                      ("evaluate", "EvaluateConfig"), ("synth_small", "SynthConfig")])
+def test_shipped_configs_load_strictly(name, cls):
+    from pathlib import Path
+
+    from adaptome.core.config import ConfigError, load_config
+    from adaptome.domains.pathology import config as pc
+
+    path = Path(pc.__file__).parent / "configs" / f"{name}.yaml"
+    cfg = load_config(getattr(pc, cls), path)
+    assert cfg is not None
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(getattr(pc, cls), path, ["not_a_key=1"])
+
+
+def test_tile_config_needs_one_resolution():
+    from adaptome.core.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="exactly one of magnification or mpp"):
+        from_dict(TileConfig, {"magnification": 20.0, "mpp": 0.5})
