@@ -182,3 +182,27 @@ def split_by_label(records: list[Record], n_test: int = 3, seed: int = 0) -> tup
         test.extend(recs[:n_test])
         train.extend(recs[n_test:])
     return train, test
+
+
+@dataclass
+class TaskSpec:
+    """A label task and its label set, as written in a tasks YAML (``configs/ten_properties.yaml``)."""
+
+    name: str
+    labels: list[str]
+    key: str = ""
+    generate: str = ""
+    determine: str = ""
+
+
+@dataclass
+class TasksFile:
+    tasks: list[TaskSpec]
+
+
+def load_tasks(path: str | os.PathLike) -> list[tuple[LabelTask, list[str]]]:
+    """(task, labels) pairs from a tasks YAML, strictly checked (unknown keys are errors)."""
+    from adaptome.core.config import load_config
+
+    cfg = load_config(TasksFile, path)
+    return [(LabelTask(t.name, t.key, t.generate, t.determine), list(t.labels)) for t in cfg.tasks]

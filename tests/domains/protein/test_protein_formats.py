@@ -90,3 +90,12 @@ def test_label_table_attach_and_split(tmp_path):
     assert len(test) == 15 and not {r.id for r in train} & {r.id for r in test}
     ec = data.ec_records()
     assert sorted({r.label for r in ec}) == [f"EC{i}" for i in range(1, 7)]
+
+
+def test_ten_property_setup_is_configuration():
+    tasks = data.load_tasks(data.data_dir().parent / "configs" / "ten_properties.yaml")
+    prompts = [t.generate_prompt(lab) for t, labels in tasks for lab in labels]
+    assert len(prompts) == 10
+    assert prompts[0] == "[Generate by superfamily] Superfamily=<SAM-MT>"
+    assert prompts[-1] == "[Generate by enzyme class] EC=<EC6>"
+    assert tasks[1][0].determine_prompt("MK") == "[Determine enzyme class] Seq=<MK>"

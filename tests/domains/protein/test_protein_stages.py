@@ -82,3 +82,25 @@ def test_stage1_then_stage2_merge_loads_with_identical_logits(tmp_path, tiny):
         pretrain.run_stage(merged2, tok, pretrain.BlockDataset([[1, 2, 3]]), pretrain.stack_collate, "lora", {},
                            train | {"output_dir": str(tmp_path / "s2")})
     assert (tmp_path / "s2" / "merged" / "config.json").is_file()  # untouched
+
+
+def test_phi3_fused_projections_through_preset(tmp_path):
+    """Phi-3 fuses q/k/v and gate/up; the ``attention+mlp`` preset finds them and the merge is exact."""
+    from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(Phi3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id))
+    blocks = pretrain.pack_blocks(tok, [r.seq for r in data.pfam_families(max_residues=32)], 32)
+    s = pretrain.run_stage(model, tok, pretrain.BlockDataset(blocks), pretrain.stack_collate, "lora",
+                           {"r": 4, "lora_alpha": 8.0, "target_modules": "attention+mlp", "init_lora_weights": False,
+                            "modules_to_save": ["embed_tokens", "lm_head"]},
+                           dict(output_dir=str(tmp_path), max_steps=2, batch_size=4, progress=False, resume=False))
+    names = {n.split(".lora_A.")[0].split(".")[-1] for n, _ in s["model"].named_parameters() if ".lora_A." in n}
+    assert names == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    ids = torch.tensor([encode(tok, "Seq=<MKRV>")])
+    merged = AutoModelForCausalLM.from_pretrained(s["merged"])
+    torch.testing.assert_close(_logits(merged, ids), _logits(s["model"], ids), atol=1e-5, rtol=1e-4)
