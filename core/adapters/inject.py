@@ -71,13 +71,26 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
     if callable(after):
         after(model, adapter_name)
     if cfg.modules_to_save:
-        wrap_modules_to_save(model, cfg.modules_to_save, adapter_name)
+        wrap_modules_to_save(model, _inside_adapter_layers(model, cfg.modules_to_save), adapter_name)
     configs[adapter_name] = cfg
     setattr(model, CONFIGS_ATTR, configs)
     if len(configs) == 1:
         set_adapter(model, adapter_name)
     mark_trainable(model)
     return model
+
+
+def _inside_adapter_layers(model: nn.Module, names: list[str]) -> list[str]:
+    """``modules_to_save`` entries, with a module that an adapter layer wraps (a bottleneck adapter's
+    embeddings or LM head) named by its ``base_layer`` path, so the trained copy sits inside the layer."""
+    out = []
+    for name in names:
+        hits = [p for p, m in model.named_modules() if (p == name or p.endswith("." + name))
+                and isinstance(m, AdapterLayer)]
+        out.extend(f"{p}.base_layer" for p in hits)
+        if not hits:
+            out.append(name)
+    return out
 
 
 def mark_trainable(model: nn.Module) -> None:
