@@ -53,6 +53,27 @@ def adapters_list() -> None:
     Console().print(table)
 
 
+@adapters_app.command("truncate")
+def adapters_truncate(
+    src: Path = typer.Argument(..., help="a saved DyLoRA adapter folder"),
+    out: Path = typer.Argument(..., help="the folder to write (must not exist unless --overwrite)"),
+    rank: int = typer.Option(..., "--rank", help="the rank k to keep (1..r)"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Write a rank-k copy of a DyLoRA adapter (same outputs as set_rank(model, k)).
+
+    Example: adaptome adapters truncate runs/dylora/adapter runs/dylora/adapter-r2 --rank 2
+    """
+    from adaptome.core.adapters.io import CheckpointError
+    from adaptome.core.adapters.truncate import truncate_adapter_dir
+
+    try:
+        path = truncate_adapter_dir(src, out, rank, overwrite=overwrite)
+    except (CheckpointError, FileExistsError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path} (rank {rank})")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="run YAML (see core/configs/train_example.yaml)"),

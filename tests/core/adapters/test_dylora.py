@@ -126,3 +126,23 @@ def test_truncate_dir_equals_set_rank(tmp_path):
 def test_set_rank_rejects_bad_rank():
     with pytest.raises(ValueError, match="rank must be in 1..4"):
         set_rank(_adapted(), 0)
+
+
+def test_cli_truncate_and_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from adaptome.core.cli import app
+
+    m = _adapted()
+    src = io.save_adapter(m, tmp_path / "full")
+    runner = CliRunner()
+    res = runner.invoke(app, ["adapters", "truncate", str(src), str(tmp_path / "r3"), "--rank", "3"])
+    assert res.exit_code == 0, res.output
+    x = torch.randn(2, 12)
+    set_rank(m, 3)
+    torch.testing.assert_close(io.load_adapter(_model(), tmp_path / "r3")(x), m(x))
+    res = runner.invoke(app, ["adapters", "truncate", str(tmp_path / "nope"), str(tmp_path / "o"), "--rank", "1"])
+    assert res.exit_code == 2 and "nope" in res.output and "not found" in res.output
+    res = runner.invoke(app, ["adapters", "truncate", str(src), str(tmp_path / "r3"), "--rank", "1"])
+    assert res.exit_code == 2 and "already exists" in res.output
+    assert json.loads((tmp_path / "r3" / "adaptome.json").read_text())["config"]["r"] == 3  # kept
