@@ -3,7 +3,8 @@
 ``lora`` (Hu et al. 2021, eq. 3) and ``dora`` (Liu et al. 2024, arXiv 2402.09353, eq. 5: the
 weight split into magnitude m and direction, W' = m * (W0 + BA) / ||W0 + BA||_c). Target presets
 (``attention``, ``mlp``) are expanded by ``targets.expand_preset`` before they reach peft, and
-``all-linear`` is passed through (peft then skips the output head, as we do).
+``all-linear`` are resolved by ``targets.resolve_targets`` too, so peft wraps exactly the modules a native
+method would (the output head and prediction-head linears excluded).
 
 Not covered: peft's other init schemes are reachable through ``init_lora_weights`` only where the
 value is plain (``gaussian``, ``pissa``, ``olora``, ``orthogonal``); LoftQ needs its own config.
@@ -57,10 +58,9 @@ class LoraConfig(AdapterConfig):
     def to_peft(self, model: nn.Module):
         import peft
 
-        targets = expand_preset(model, self.target_modules)
-        if isinstance(targets, list) or targets != "all-linear":
-            # resolve globs and check there is a match, with our error message
-            targets = _unwrapped_targets(model, targets, self.exclude_modules)
+        # resolve presets, globs and all-linear ourselves, so native and peft methods wrap the same
+        # modules (peft's all-linear would also adapt linears inside prediction heads)
+        targets = _unwrapped_targets(model, expand_preset(model, self.target_modules), self.exclude_modules)
         return peft.LoraConfig(
             r=self.r,
             lora_alpha=self.lora_alpha,
@@ -69,7 +69,6 @@ class LoraConfig(AdapterConfig):
             bias=self.bias,
             init_lora_weights=self.init_lora_weights,
             target_modules=targets,
-            exclude_modules=self.exclude_modules if targets == "all-linear" else None,
             modules_to_save=self.modules_to_save,
             use_dora=self.use_dora,
         )

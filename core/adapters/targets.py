@@ -30,10 +30,12 @@ ARCH_PRESETS: dict[str, dict[str, list[str]]] = {
         "attention": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"],
         "mlp": ["intermediate.dense", "layer.*.output.dense"],
     },
+    # transformers 5 names (attention.q_proj ..., mlp.fc1) and the 4.x names, so either version works
     "vit": {
-        "attention": ["attention.attention.query", "attention.attention.key", "attention.attention.value",
+        "attention": ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
+                      "attention.attention.query", "attention.attention.key", "attention.attention.value",
                       "attention.output.dense"],
-        "mlp": ["intermediate.dense", "layer.*.output.dense"],
+        "mlp": ["mlp.fc1", "mlp.fc2", "intermediate.dense", "layer.*.output.dense"],
     },
     "timm_vit": {"attention": ["attn.qkv", "attn.proj"], "mlp": ["mlp.fc1", "mlp.fc2"]},
 }
@@ -77,13 +79,17 @@ def _matches(path: str, spec: list[str] | str) -> bool:
 
 
 def _head_paths(model: nn.Module) -> set[str]:
+    """The output layer and every linear inside a prediction head (``lm_head.dense`` of RoBERTa,
+    ``cls.predictions.transform.dense`` of BERT): task heads are trained fully or left alone,
+    not adapted."""
     heads = set()
     get_out = getattr(model, "get_output_embeddings", None)
     out_emb = get_out() if callable(get_out) else None
     for path, mod in model.named_modules():
-        if out_emb is not None and mod is out_emb:
-            heads.add(path)
-        elif path.split(".")[-1] in _HEAD_NAMES and isinstance(mod, nn.Linear):
+        if not isinstance(mod, nn.Linear):
+            continue
+        parts = path.split(".")
+        if (out_emb is not None and mod is out_emb) or any(p in _HEAD_NAMES for p in parts) or parts[0] == "cls":
             heads.add(path)
     return heads
 
