@@ -28,9 +28,13 @@ Method = Literal["determine", "bayes", "generate"]
 
 
 def score_targets(model, tok, pairs: list[tuple[str, str]], batch_size: int = 16,
-                  add_eos: bool = True) -> list[tuple[float, int]]:
+                  add_eos: bool = True, progress: bool = False) -> list[tuple[float, int]]:
     """(sum log p(target | prompt), target tokens) per pair; prompt gets ``<s>``, target ``</s>``."""
     import torch
+
+    from adaptome.domains.protein.sample import _bar
+
+    bar = _bar(progress, len(pairs), "scoring")
 
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = []
@@ -55,11 +59,15 @@ def score_targets(model, tok, pairs: list[tuple[str, str]], batch_size: int = 16
         for j, r in enumerate(rows):
             lo, hi = starts[j] - 1, len(r) - 1  # positions predicting the target tokens
             out.append((float(tok_lp[j, lo:hi].sum()), hi - lo))
+        if bar:
+            bar[0].update(bar[1], advance=len(chunk))
+    if bar:
+        bar[0].stop()
     return out
 
 
 def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str], method: Method = "determine",
-             batch_size: int = 16) -> list[dict]:
+             batch_size: int = 16, progress: bool = False) -> list[dict]:
     """One dict per sequence: ``pred`` and, for likelihood methods, ``scores`` per candidate."""
     if not candidates:
         raise ValueError("classify needs at least one candidate label")
@@ -69,7 +77,7 @@ def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str]
 
         params = SamplingParams(temperature=0.0, max_new_tokens=max(len(task.label_field(c)) for c in candidates) + 4,
                                 batch_size=batch_size)
-        conts = generate_continuations(model, tok, [task.determine_prompt(s) for s in seqs], params)
+        conts = generate_continuations(model, tok, [task.determine_prompt(s) for s in seqs], params, progress)
         preds = []
         for text, _ in conts:
             try:
@@ -83,7 +91,7 @@ def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str]
         pairs = [(task.generate_prompt(c), seq_line(s)) for s in seqs for c in candidates]
     else:
         raise ValueError(f"unknown classification method {method!r}; known: determine, bayes, generate")
-    scores = score_targets(model, tok, pairs, batch_size)
+    scores = score_targets(model, tok, pairs, batch_size, progress=progress)
     out = []
     k = len(candidates)
     for i in range(len(seqs)):

@@ -222,7 +222,7 @@ def classify_cmd(
         recs = read_fasta(fasta, policy)
         cands = _candidates(labels, task.key)
         m, tok = load_model_and_tokenizer(str(model))
-        preds = classify(m, tok, task, [r.seq for r in recs], cands, method)
+        preds = classify(m, tok, task, [r.seq for r in recs], cands, method, progress=True)
 
         def write(p: Path) -> None:
             with p.open("w", newline="", encoding="utf-8") as f:
@@ -271,7 +271,7 @@ def score_mutations_cmd(
                 _fail("give --wildtype with --mutants")
             wt = read_fasta(wildtype)[0].seq if Path(wildtype).is_file() else wildtype.strip().upper()
         m, tok = load_model_and_tokenizer(str(model))
-        scores = score_mutants(m, tok, wt, muts, offset)
+        scores = score_mutants(m, tok, wt, muts, offset, progress=True)
 
         def write(p: Path) -> None:
             with p.open("w", newline="", encoding="utf-8") as f:
@@ -321,7 +321,7 @@ def evaluate_cmd(
         m, tok = load_model_and_tokenizer(str(model))
         report = {"task": task.name, "perplexity": evaluate.perplexity_on(m, tok, [r.seq for r in test]),
                   "n_perplexity_sequences": len(test)}
-        preds = classify.classify(m, tok, task, [r.seq for r in test], labels, method)
+        preds = classify.classify(m, tok, task, [r.seq for r in test], labels, method, progress=True)
         report["classification"] = {**evaluate.classification_report(
             [r.label for r in test], [p["pred"] for p in preds], train, [r.seq for r in test]), "method": method}
         if samples is not None:

@@ -47,12 +47,13 @@ def apply_mutant(wt: str, code: str, offset: int = 0) -> str:
     return "".join(seq)
 
 
-def score_mutants(model, tok, wt: str, mutants: list[str], offset: int = 0, batch_size: int = 16) -> list[float]:
+def score_mutants(model, tok, wt: str, mutants: list[str], offset: int = 0, batch_size: int = 16,
+                  progress: bool = False) -> list[float]:
     """NLL(wt) - NLL(mutant) for each mutant code."""
     from adaptome.domains.protein.classify import score_targets
 
     seqs = [wt] + [apply_mutant(wt, m, offset) for m in mutants]
-    lps = score_targets(model, tok, [("", seq_line(s)) for s in seqs], batch_size)
+    lps = score_targets(model, tok, [("", seq_line(s)) for s in seqs], batch_size, progress=progress)
     nll = [-lp for lp, _ in lps]
     return [nll[0] - x for x in nll[1:]]
 

@@ -155,11 +155,12 @@ def write_samples(samples: list[Sample], params: SamplingParams, path: str | Pat
     return write_fasta(((header(i, s, params), s.seq) for i, s in enumerate(samples, 1)), path)
 
 
-def _bar(enabled: bool, total: int):
+def _bar(enabled: bool, total: int, what: str = "sampling"):
+    """A started rich progress bar and its task id, or None."""
     if not enabled:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    p = Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn())
+    p = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn())
     p.start()
-    return p, p.add_task("sampling", total=total)
+    return p, p.add_task(what, total=total)
