@@ -53,6 +53,7 @@ class ExtractConfig:
     batch_size: int = 64
     num_workers: int = 2
     device: str = "cpu"
+    shared_loader: bool = True  # one reader-worker pool for all slides (False: one loader per slide)
     skip_errors: bool = False
 
 

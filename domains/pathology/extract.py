@@ -82,6 +82,71 @@ def read_features(h5_file: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, d
         raise ValueError(f"{h5_file}: not a feature file ({e})") from None
 
 
+class MultiSlideTiles(torch.utils.data.Dataset):
+    """The tiles of several slides as one dataset (slide by slide, coordinate order), so that one
+    pool of reader workers serves a whole stage instead of starting per slide. Each worker keeps
+    its own small cache of open slide handles. Items are (tile T x T x 3 uint8, slide index)."""
+
+    def __init__(self, jobs: list[tuple[str, object, np.ndarray]], max_open: int = 4):
+        self.paths = [str(p) for p, _, _ in jobs]
+        self.geoms = [g for _, g, _ in jobs]
+        self.coords = np.concatenate([np.asarray(c).reshape(-1, 2) for _, _, c in jobs]) if jobs else np.zeros((0, 2))
+        self.slide_of = np.concatenate([np.full(len(c), i) for i, (_, _, c) in enumerate(jobs)]) if jobs else \
+            np.zeros(0, int)
+        self.max_open = max_open
+        self._readers: dict[int, TileReader] = {}
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_readers": {}}
+
+    def __getitem__(self, i: int):
+        s = int(self.slide_of[i])
+        reader = self._readers.get(s)
+        if reader is None:
+            if len(self._readers) >= self.max_open:
+                old = next(iter(self._readers))
+                self._readers.pop(old).close()
+            reader = self._readers[s] = TileReader(self.paths[s], self.geoms[s])
+        x, y = self.coords[i]
+        return torch.from_numpy(np.array(reader.read(int(x), int(y)))), s
+
+
+@torch.no_grad()
+def encode_many(encoder, jobs: list[tuple[str, object, np.ndarray]], on_slide, batch_size: int = 64,
+                num_workers: int = 0, device: str | torch.device = "cpu") -> None:
+    """Encode the tiles of several slides through one loader; ``on_slide(index, features N x D)`` is
+    called as each slide completes (in order; slides with no tiles get an empty array)."""
+    ds = MultiSlideTiles(jobs)
+    kw = {"num_workers": num_workers}
+    if num_workers > 0:
+        kw.update(prefetch_factor=4, pin_memory=str(device).startswith("cuda"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
+    encoder = encoder.to(device).eval()
+    sizes = [len(c) for _, _, c in jobs]
+    parts: list[np.ndarray] = []
+    have, cur = 0, 0
+
+    def flush_ready():
+        nonlocal cur, have, parts
+        while cur < len(jobs) and have >= sizes[cur]:
+            allf = np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+            on_slide(cur, allf[: sizes[cur]])
+            rest = allf[sizes[cur]:]
+            parts = [rest] if len(rest) else []
+            have -= sizes[cur]
+            cur += 1
+
+    flush_ready()  # leading slides without tiles
+    for tiles, _ in loader:
+        parts.append(encoder(tiles.to(device, non_blocking=True)).float().cpu().numpy())
+        have += len(tiles)
+        flush_ready()
+    flush_ready()
+
+
 def extract_slide(slide_path: str | os.PathLike, coords_file: str | os.PathLike, encoder, out_file,
                   batch_size: int = 64, num_workers: int = 0, device: str = "cpu") -> int:
     """Extract features for the tiles listed in ``coords_file``; returns the number of tiles."""

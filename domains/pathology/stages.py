@@ -18,7 +18,7 @@ import numpy as np
 
 from adaptome.core.config import save_config
 from adaptome.domains.pathology.pipeline import StageSummary, run_stage
-from adaptome.domains.pathology.slide import list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
+from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
 
 
 def _items(slides: str) -> list[tuple[str, Path]]:
@@ -95,11 +95,59 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
     out = tiles_dir / f"features_{encoder_tag(cfg.encoder)}"
     save_config(cfg, out)
     items = [(sid, p) for sid, p in _items(cfg.slides) if (tiles_dir / f"{sid}.h5").is_file()]
+    if cfg.shared_loader:
+        return _extract_shared(cfg, encoder, items, tiles_dir, out, progress)
 
     def work(sid: str, path: Path, target: Path) -> None:
         extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.num_workers, cfg.device)
 
     return run_stage("extract", items, out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress)
+
+
+def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: bool) -> StageSummary:
+    """Extraction with one reader-worker pool for all slides: first check each slide (open, coords;
+    failures recorded as usual), then encode every valid slide's tiles through one loader, writing
+    each slide's file as soon as its last tile is encoded. If the shared pass fails midway, the
+    remaining slides are redone one by one so that the bad one is named and the others finish."""
+    from adaptome.domains.pathology.extract import encode_many, extract_slide, write_features
+    from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
+
+    jobs, meta = [], []
+
+    def check(sid: str, path: Path, target: Path) -> None:
+        coords, attrs = read_coords(tiles_dir / f"{sid}.h5")
+        s = open_slide(path)
+        geom = geometry_from_attrs(attrs, s.level_downsamples)
+        s.close()
+        jobs.append((str(path), geom, coords))
+        meta.append((sid, path, target, coords, attrs))
+
+    summary = run_stage("extract", items, out, lambda sid: out / f"{sid}.h5", check, cfg.skip_errors, False)
+    done = set()
+
+    def on_slide(i: int, feats: np.ndarray) -> None:
+        sid, _, target, coords, attrs = meta[i]
+        keep = {k: attrs[k] for k in ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap")
+                if k in attrs}
+        write_features(target, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
+        done.add(i)
+
+    try:
+        encode_many(encoder, jobs, on_slide, cfg.batch_size, cfg.num_workers, cfg.device)
+    except Exception:  # a slide broke mid-read: finish the rest one by one, naming the bad one
+        for i, (sid, path, target, _, _) in enumerate(meta):
+            if i in done:
+                continue
+            try:
+                extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, 0, cfg.device)
+            except (SlideError, ValueError, OSError) as e:
+                summary.done.remove(sid)
+                summary.failed[sid] = str(e).splitlines()[0]
+                if not cfg.skip_errors:
+                    summary.write()
+                    raise SlideError(summary.failed[sid]) from None
+    summary.write()
+    return summary
 
 
 def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:

@@ -186,3 +186,33 @@ def test_tile_config_needs_one_resolution():
 
     with pytest.raises(ConfigError, match="exactly one of magnification or mpp"):
         from_dict(TileConfig, {"magnification": 20.0, "mpp": 0.5})
+
+
+def test_shared_worker_pool_equals_per_slide_and_survives_a_slide_broken_after_tiling(small_job, tmp_path):
+    from adaptome.domains.pathology.extract import read_features
+
+    (small_job / "bad_slide.tiff").unlink()
+    out = tmp_path / "job"
+    stages.tile(_tile_cfg(small_job, out, skip=False), progress=False)
+    tdir = out / "tiles_20x_64px_0ov"
+    shared = stages.extract(ExtractConfig(slides=str(small_job), tiles_dir=str(tdir), num_workers=2), progress=False)
+    assert sorted(shared.done) == ["train_000", "train_001", "train_002"]
+    ref_dir = tmp_path / "ref"
+    shutil.copytree(tdir, ref_dir, ignore=shutil.ignore_patterns("features_*"))
+    stages.extract(ExtractConfig(slides=str(small_job), tiles_dir=str(ref_dir), num_workers=0, shared_loader=False),
+                   progress=False)
+    for sid in shared.done:
+        a, ca, _ = read_features(tdir / "features_baseline" / f"{sid}.h5")
+        b, cb, _ = read_features(ref_dir / "features_baseline" / f"{sid}.h5")
+        assert np.array_equal(ca, cb) and np.allclose(a, b, atol=1e-5)
+    # a slide truncated after tiling: named in the summary, the other slides' features are written
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tdir, fresh, ignore=shutil.ignore_patterns("features_*"))
+    data = (small_job / "train_001.tiff").read_bytes()
+    (small_job / "train_001.tiff").write_bytes(data[: len(data) // 2])
+    cfg = ExtractConfig(slides=str(small_job), tiles_dir=str(fresh), num_workers=2, skip_errors=True)
+    s = stages.extract(cfg, progress=False)
+    assert list(s.failed) == ["train_001"] and "train_001.tiff" in s.failed["train_001"]
+    assert sorted(p.stem for p in (fresh / "features_baseline").glob("*.h5")) == ["train_000", "train_002"]
+    with pytest.raises(SlideError, match="train_001.tiff"):
+        stages.extract(ExtractConfig(slides=str(small_job), tiles_dir=str(fresh), num_workers=2), progress=False)
