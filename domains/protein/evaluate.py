@@ -168,7 +168,7 @@ def markdown(report: dict[str, Any]) -> str:
     if c:
         lines += ["## Classification (held-out)", "", "| predictor | accuracy |", "|---|---|",
                   f"| model ({c.get('method', 'determine')}) | {fmt(c['model_accuracy'])} |",
-                  *([f"| model (p(seq | label), uniform prior) | {fmt(c['bayes_accuracy'])} |"]
+                  *([f"| model (p(seq \\| label), uniform prior) | {fmt(c['bayes_accuracy'])} |"]
                     if "bayes_accuracy" in c else []),
                   f"| majority class ({c['majority_class']}) | {fmt(c['majority_accuracy'])} |",
                   f"| k-mer logistic regression | {fmt(c['kmer_lr_accuracy'])} |", "",

@@ -4,9 +4,11 @@ with the tiny LLaMA, a few conditional samples and the evaluation report, in abo
 Steps (each writes into ``out_dir``): the five Pfam families with at least seven seed sequences,
 balanced to at most 12 each, cropped to their first 128 residues (so every stage-2 record fits
 in 256 tokens), split 3 per family for testing ->
-``data/train.fasta``, ``data/instructions.jsonl`` -> stage 1 (``configs/pretrain_tiny.yaml``) ->
+``data/stage1.fasta`` (every shipped Pfam seed and nrPDB-EC chain except the held-out ones, as
+ProLLaMA's stage 1 reads far more sequences than are labelled), ``data/instructions.jsonl`` (the
+labelled training families) -> stage 1 (``configs/pretrain_tiny.yaml``) ->
 stage 2 from the stage-1 merged checkpoint (``configs/instruct_tiny.yaml``) -> held-out family
-prediction (``determine`` and ``bayes``, see ``classify.py``) -> 8 samples per family ->
+prediction (``determine`` and ``bayes``, see ``classify.py``) -> 12 samples per family ->
 ``report/report.{json,md}``. Not covered: EC classes and mutation scoring (see the CLI).
 """
 
@@ -23,7 +25,7 @@ def _config(name: str, cls, overrides: list[str]):
     return load_config(cls, Path(str(resources.files("adaptome.domains.protein") / "configs" / name)), overrides)
 
 
-def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None = None, n_per_label: int = 8,
+def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None = None, n_per_label: int = 12,
               seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Run the whole demo; returns the report dict (also written to ``out_dir/report``)."""
     import dataclasses
@@ -38,7 +40,11 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     task = data.FAMILY
     recs = data.pfam_families(min_count=7, max_per_family=12, max_residues=128, seed=seed)
     train, test = data.split_by_label(recs, n_test=3, seed=seed)
-    fasta = formats.write_fasta(((r.id, r.seq) for r in train), out_dir / "data" / "train.fasta")
+    # stage 1 sees every shipped sequence except the held-out ones: all Pfam seeds and the EC chains
+    held = {r.id for r in test}
+    unlabelled = [r for r in data.pfam_families(min_count=1, max_per_family=None, max_residues=128) if r.id not in held]
+    unlabelled += data.ec_records(max_residues=128)
+    fasta = formats.write_fasta(((r.id, r.seq) for r in unlabelled), out_dir / "data" / "stage1.fasta")
     jsonl = formats.write_instructions(data.instruction_records(train, task), out_dir / "data" / "instructions.jsonl")
 
     o1 = [f"train.output_dir={out_dir / 'stage1'}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]

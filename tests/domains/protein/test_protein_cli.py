@@ -45,7 +45,7 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "g.fa").read_text().count(">gen-") == 2
     (tmp_path / "labels.txt").write_text("\n".join(rep["labels"]) + "\n")
-    (tmp_path / "q.fa").write_text(">q\n" + (out / "data" / "train.fasta").read_text().split("\n")[1] + "\n")
+    (tmp_path / "q.fa").write_text(">q\n" + (out / "data" / "stage1.fasta").read_text().split("\n")[1] + "\n")
     r = runner.invoke(app, ["classify", "--model", model, "--fasta", str(tmp_path / "q.fa"), "--labels",
                             str(tmp_path / "labels.txt"), "--task-name", "family", "--out", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output

@@ -8,14 +8,14 @@ from adaptome.domains.protein import data, formats, sample
 def test_two_stages_learn_families_and_report_baselines(two_stage_run):
     out, rep = two_stage_run
     c, g = rep["classification"], rep["generation"]
-    assert rep["stage1"]["last_loss"] < rep["stage1"]["first_loss"] - 1.0
+    assert rep["stage1"]["last_loss"] < rep["stage1"]["first_loss"] - 0.5
     assert rep["stage2"]["last_loss"] < rep["stage2"]["first_loss"] - 1.0
     # held-out family prediction clearly beats the majority class (0.2 with 5 balanced families)
     assert c["majority_accuracy"] == 0.2
     assert c["model_accuracy"] >= c["majority_accuracy"] + 0.2
     assert c["bayes_accuracy"] >= c["majority_accuracy"] + 0.4
     # conditional samples are recognised as the requested family clearly above chance (0.2)
-    assert g["n_generated"] == 40
+    assert g["n_generated"] == 60
     assert g["control_accuracy"] >= g["control_chance"] + 0.15
     assert g["validity"] > 0.3
     md = (out / "report" / "report.md").read_text()
