@@ -99,3 +99,21 @@ def test_ten_property_setup_is_configuration():
     assert prompts[0] == "[Generate by superfamily] Superfamily=<SAM-MT>"
     assert prompts[-1] == "[Generate by enzyme class] EC=<EC6>"
     assert tasks[1][0].determine_prompt("MK") == "[Determine enzyme class] Seq=<MK>"
+
+
+def test_shipped_configs_carry_prollama_defaults():
+    from adaptome.core.config import ConfigError, load_config
+    from adaptome.domains.protein.config import InstructConfig, PretrainConfig
+
+    cfgs = data.data_dir().parent / "configs"
+    p = load_config(PretrainConfig, cfgs / "pretrain.yaml")
+    assert (p.adapter.method, p.adapter.options["r"], p.adapter.options["lora_alpha"]) == ("lora", 128, 256.0)
+    assert p.adapter.options["modules_to_save"] == ["embed_tokens", "lm_head"] and len(p.adapter.options["target_modules"]) == 7
+    assert (p.block_size, p.train.lr, p.train.schedule) == (2048, 5e-5, "cosine")
+    i = load_config(InstructConfig, cfgs / "instruct.yaml")
+    assert (i.adapter.options["r"], i.adapter.options["lora_alpha"], i.max_seq_length) == (64, 128.0, 256)
+    assert "modules_to_save" not in i.adapter.options
+    tiny = load_config(PretrainConfig, cfgs / "pretrain_tiny.yaml")
+    assert tiny.model.name_or_path is None and tiny.adapter.options["r"] == 16
+    with pytest.raises(ConfigError, match="train.max_stepz"):
+        load_config(PretrainConfig, cfgs / "pretrain_tiny.yaml", ["train.max_stepz=3"])

@@ -13,7 +13,7 @@ def test_two_stages_learn_families_and_report_baselines(two_stage_run):
     # held-out family prediction clearly beats the majority class (0.2 with 5 balanced families)
     assert c["majority_accuracy"] == 0.2
     assert c["model_accuracy"] >= c["majority_accuracy"] + 0.2
-    assert c["bayes_accuracy"] >= c["majority_accuracy"] + 0.4
+    assert c["bayes_accuracy"] >= c["majority_accuracy"] + 0.3
     # conditional samples are recognised as the requested family clearly above chance (0.2)
     assert g["n_generated"] == 60
     assert g["control_accuracy"] >= g["control_chance"] + 0.15
