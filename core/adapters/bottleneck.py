@@ -203,7 +203,7 @@ class BottleneckLayer(AdapterLayer):
 
     adapter_layer_names = ("bn_down", "bn_up", "bn_nice")
 
-    def __init__(self, base_layer: nn.Module):  # noqa: super().__init__ requires an nn.Linear
+    def __init__(self, base_layer: nn.Module):  # not super().__init__: that one accepts only nn.Linear
         nn.Module.__init__(self)
         self.base_layer = base_layer
         self.active_adapters: list[str] = []
