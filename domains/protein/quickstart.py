@@ -26,8 +26,13 @@ def _config(name: str, cls, overrides: list[str]):
 
 
 def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None = None, n_per_label: int = 12,
-              seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Run the whole demo; returns the report dict (also written to ``out_dir/report``)."""
+              seed: int = 0, progress: bool = False, stage1_set: tuple[str, ...] = (),
+              stage2_set: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the whole demo; returns the report dict (also written to ``out_dir/report``).
+
+    ``stage1_set`` / ``stage2_set`` are ``--set``-style overrides of the tiny configs
+    (e.g. ``("model.hidden_size=128",)``).
+    """
     import dataclasses
 
     from adaptome.domains import protein as _  # noqa: F401  (package import only)
@@ -48,7 +53,7 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     jsonl = formats.write_instructions(data.instruction_records(train, task), out_dir / "data" / "instructions.jsonl")
 
     o1 = [f"train.output_dir={out_dir / 'stage1'}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
-    o1 += [f"train.max_steps={s1_steps}"] if s1_steps else []
+    o1 += ([f"train.max_steps={s1_steps}"] if s1_steps else []) + list(stage1_set)
     c1 = _config("pretrain_tiny.yaml", PretrainConfig, o1)
     model, tok = load_model_and_tokenizer(None, **_tiny(c1.model), seed=seed)
     s1 = pretrain.pretrain([str(fasta)], model, tok, c1.block_size, c1.adapter.method, c1.adapter.options,
@@ -56,7 +61,7 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
 
     o2 = [f"train.output_dir={out_dir / 'stage2'}", f"train.seed={seed}", f"model.name_or_path={s1['merged']}",
           f"train.progress={str(progress).lower()}"]
-    o2 += [f"train.max_steps={s2_steps}"] if s2_steps else []
+    o2 += ([f"train.max_steps={s2_steps}"] if s2_steps else []) + list(stage2_set)
     c2 = _config("instruct_tiny.yaml", InstructConfig, o2)
     model2, tok = load_model_and_tokenizer(c2.model.name_or_path, c2.model.dtype)
     s2 = instruct.instruct([str(jsonl)], model2, tok, c2.max_seq_length, c2.adapter.method, c2.adapter.options,
