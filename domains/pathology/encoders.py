@@ -47,8 +47,8 @@ class TileEncoder(nn.Module):
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), normalise: bool = True):
         super().__init__()
         self.net, self.dim, self.name, self.input_size, self.normalise = net, dim, name, input_size, normalise
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)  # (C,) -> (1, C, 1, 1)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)  # (C,) -> (1, C, 1, 1)
 
     def prepare(self, tiles: torch.Tensor) -> torch.Tensor:
         """uint8 B x T x T x 3 -> float B x 3 x S x S, resized and normalised as the net expects."""
@@ -92,14 +92,15 @@ class StainTextureFeatures(nn.Module):
             q = torch.quantile(flat, torch.tensor([0.1, 0.5, 0.9, 0.99], device=x.device), dim=1).T  # (B, 4)
             thr = torch.tensor([0.25, 0.5, 0.8, 1.1], device=x.device)
             frac = (flat[:, :, None] > thr).float().mean(1)  # (B, P, 1) > (4,) -> (B, 4)
-            gx = (c[:, :, 1:] - c[:, :, :-1]).abs().flatten(1).mean(1)
-            gy = (c[:, 1:, :] - c[:, :-1, :]).abs().flatten(1).mean(1)
+            gx = (c[:, :, 1:] - c[:, :, :-1]).abs().flatten(1).mean(1)  # (B, T, T-1) -> (B, P') -> (B,)
+            gy = (c[:, 1:, :] - c[:, :-1, :]).abs().flatten(1).mean(1)  # (B, T-1, T) -> (B, P') -> (B,)
             gmag = ((c[:, 1:, 1:] - c[:, :-1, 1:]) ** 2 + (c[:, 1:, 1:] - c[:, 1:, :-1]) ** 2).sqrt()
             pooled = F.avg_pool2d(c[:, None], 4)[:, 0]  # (B, T/4, T/4): coarse-scale spread
             feats += [flat.mean(1, keepdim=True), flat.std(1, keepdim=True), q, frac,
+                      # (B, T-1, T-1) and (B, T/4, T/4) flattened to (B, P'') -> 4 x (B,) -> (B, 4)
                       torch.stack([gx, gy, gmag.flatten(1).mean(1), pooled.flatten(1).std(1)], 1)]
         rgb = x.flatten(2)  # (B, C, T, T) -> (B, C, P)
-        od_res = conc[:, 2].flatten(1)
+        od_res = conc[:, 2].flatten(1)  # (B, T, T) -> (B, P)
         feats += [rgb.mean(2), rgb.std(2), od_res.abs().mean(1, keepdim=True)]
         out = torch.cat(feats, 1)
         assert out.shape[1] == self.dim, out.shape

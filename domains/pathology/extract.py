@@ -90,6 +90,7 @@ class MultiSlideTiles(torch.utils.data.Dataset):
     def __init__(self, jobs: list[tuple[str, object, np.ndarray]], max_open: int = 4):
         self.paths = [str(p) for p, _, _ in jobs]
         self.geoms = [g for _, g, _ in jobs]
+        # per slide (N_s, 2) -> all slides (N, 2)
         self.coords = np.concatenate([np.asarray(c).reshape(-1, 2) for _, _, c in jobs]) if jobs else np.zeros((0, 2))
         self.slide_of = np.concatenate([np.full(len(c), i) for i, (_, _, c) in enumerate(jobs)]) if jobs else \
             np.zeros(0, int)
