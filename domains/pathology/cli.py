@@ -187,7 +187,8 @@ def train(features_dir: Optional[str] = typer.Option(None, "--features-dir"),
 @app.command()
 def score(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
           model: Optional[str] = typer.Option(None, help="a mil_* CV folder or one fold folder"),
-          features_dir: Optional[str] = typer.Option(None, "--features-dir"),
+          features_dir: Optional[str] = typer.Option(None, "--features-dir",
+                                                     help="stored features; omit to tile + encode on the fly"),
           out: Optional[str] = typer.Option(None),
           skip_errors: Optional[bool] = typer.Option(None, "--skip-errors"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:

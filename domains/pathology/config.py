@@ -82,8 +82,13 @@ class MILTrainConfig:
 class ScoreConfig:
     slides: str = ""
     model: str = ""
-    features_dir: str = ""
+    features_dir: str = ""  # empty: tile + encode on the fly with the recipe in model.json
     out_dir: Optional[str] = None
+    encoder_weights: Optional[str] = None  # on the fly: weights of the recorded timm encoder
+    mpp_csv: Optional[str] = None
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "cpu"
     heatmaps: bool = True
     thumb_size: int = 1024
     skip_errors: bool = False

@@ -23,6 +23,11 @@ import torch
 from adaptome.domains.pathology.tiling import TileReader
 
 
+#: tiling attributes copied into every feature file (they let a model re-create its inputs)
+FEATURE_ATTRS = ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap", "min_tissue",
+                 "thumb_size")
+
+
 class TileDataset(torch.utils.data.Dataset):
     """The tiles at ``coords`` of one slide, read lazily (one slide handle per worker)."""
 
@@ -159,7 +164,7 @@ def extract_slide(slide_path: str | os.PathLike, coords_file: str | os.PathLike,
     geom = geometry_from_attrs(attrs, slide.level_downsamples)
     slide.close()
     feats = encode_tiles(encoder, tile_loader(TileReader(slide_path, geom), coords, batch_size, num_workers), device)
-    keep = {k: attrs[k] for k in ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap")
+    keep = {k: attrs[k] for k in FEATURE_ATTRS
             if k in attrs}
     write_features(out_file, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
     return len(coords)

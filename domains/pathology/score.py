@@ -2,7 +2,8 @@
 
 Given trained MIL fold models (a CV folder ``mil_*/`` holding ``fold_<k>/``, or one fold folder)
 and a slide's tile features (stored ``features_<encoder>/<slide>.h5``, or computed on the fly by
-tiling + extracting with the encoder recorded in the model), each fold model gives a slide score,
+tiling + encoding in memory with the recipe recorded in ``model.json``: encoder, resolution, tile
+size, overlap, tissue threshold), each fold model gives a slide score,
 tile scores and attention; the ensemble is their mean. Outputs under the scoring folder:
 ``slides.csv`` (``slide_id,stil_pct,n_tiles,n_models``), ``tiles/<slide>.csv``
 (``x,y,size,score_pct,attention``, level-0 pixels), ``tiles/<slide>.geojson`` (one Polygon per
@@ -131,13 +132,21 @@ def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLi
     from adaptome.domains.pathology.extract import read_features
 
     feats, coords, attrs = read_features(feature_file)
+    return score_features(slide_path, feats, coords, attrs, models, out_dir, heatmaps, thumb_size, str(feature_file))
+
+
+def score_features(slide_path, feats: np.ndarray, coords: np.ndarray, attrs: dict, models: list, out_dir,
+                   heatmaps: bool = True, thumb_size: int = 1024, source: str = "") -> dict:
+    """Score one slide from its features (N x D) and coordinates (N x 2); ``source`` names the input
+    in errors."""
+    source = source or str(slide_path)
     if len(feats) == 0:
-        raise ValueError(f"{feature_file}: no tiles to score")
+        raise ValueError(f"{source}: no tiles to score")
     in_dim = int(models[0].feat_mean.numel())
     if feats.shape[1] != in_dim:
-        raise ValueError(f"{feature_file}: features have {feats.shape[1]} dims, the model expects {in_dim} "
+        raise ValueError(f"{source}: features have {feats.shape[1]} dims, the model expects {in_dim} "
                          f"(encoder {attrs.get('encoder')!r})")
-    sid = str(attrs.get("slide_id", Path(feature_file).stem))
+    sid = str(attrs.get("slide_id", Path(source).stem))
     res = score_bag(models, feats)
     out = Path(out_dir)
     size0 = float(attrs["tile_size_level0"])
@@ -145,6 +154,19 @@ def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLi
     if heatmaps and slide_path is not None:
         write_heatmaps(slide_path, out, sid, coords, size0, res, thumb_size)
     return {"slide_id": sid, "stil_pct": round(res["slide"], 4), "n_tiles": len(coords), "n_models": len(models)}
+
+
+def features_on_the_fly(slide_path, recipe: dict, encoder, mpp_overrides: dict | None = None,
+                        batch_size: int = 64, num_workers: int = 0, device: str = "cpu") -> tuple:
+    """Tile and encode one slide in memory with the recipe a model was trained on (``model.json``
+    ``features``: encoder, target_mpp, tile_size, overlap, min_tissue); returns (feats, coords, attrs)."""
+    from adaptome.domains.pathology.extract import encode_tiles, tile_loader
+    from adaptome.domains.pathology.tiling import TileReader, tile_slide
+
+    res = tile_slide(slide_path, float(recipe["target_mpp"]), int(recipe["tile_size"]), int(recipe.get("overlap", 0)),
+                     float(recipe.get("min_tissue", 0.5)), mpp_overrides, int(recipe.get("thumb_size", 1024)))
+    loader = tile_loader(TileReader(slide_path, res["geometry"]), res["coords"], batch_size, num_workers)
+    return encode_tiles(encoder, loader, device), res["coords"], {**res["attrs"], "encoder": encoder.name}
 
 
 def write_slide_csv(rows: list[dict], path: str | os.PathLike) -> None:

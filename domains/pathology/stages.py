@@ -109,7 +109,7 @@ def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: b
     failures recorded as usual), then encode every valid slide's tiles through one loader, writing
     each slide's file as soon as its last tile is encoded. If the shared pass fails midway, the
     remaining slides are redone one by one so that the bad one is named and the others finish."""
-    from adaptome.domains.pathology.extract import encode_many, extract_slide, write_features
+    from adaptome.domains.pathology.extract import FEATURE_ATTRS, encode_many, extract_slide, write_features
     from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
 
     jobs, meta = [], []
@@ -127,7 +127,7 @@ def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: b
 
     def on_slide(i: int, feats: np.ndarray) -> None:
         sid, _, target, coords, attrs = meta[i]
-        keep = {k: attrs[k] for k in ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap")
+        keep = {k: attrs[k] for k in FEATURE_ATTRS
                 if k in attrs}
         write_features(target, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
         done.add(i)
@@ -153,15 +153,34 @@ def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: b
 def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
     """Score slides with stored features and trained fold models (``cfg``: ``config.ScoreConfig``);
     returns the summary and the ``slides.csv`` path."""
-    from adaptome.domains.pathology.score import load_models, score_slide, write_slide_csv
+    import json
+
+    from adaptome.domains.pathology.score import features_on_the_fly, load_models, score_features, score_slide, \
+        write_slide_csv
 
     models = load_models(cfg.model)
     out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model) / "scores"
     save_config(cfg, out)
-    fdir = Path(cfg.features_dir)
+    fdir = Path(cfg.features_dir) if cfg.features_dir else None
     rows = []
+    encoder = recipe = None
+    if fdir is None:  # compute features on the fly with the recipe the models were trained on
+        from adaptome.domains.pathology.encoders import build_encoder
+
+        mj = Path(cfg.model) / "model.json"
+        mj = mj if mj.is_file() else sorted(Path(cfg.model).glob("fold_*/model.json"))[0]
+        recipe = json.loads(mj.read_text()).get("features")
+        if not recipe:
+            raise ValueError(f"{mj}: no feature recipe recorded; give --features-dir")
+        encoder = build_encoder(recipe["encoder"], cfg.encoder_weights)
+        overrides = read_mpp_csv(cfg.mpp_csv)
 
     def work(sid: str, path: Path, target: Path) -> None:
+        if fdir is None:
+            feats, coords, attrs = features_on_the_fly(path, recipe, encoder, overrides, cfg.batch_size,
+                                                       cfg.num_workers, cfg.device)
+            rows.append(score_features(path, feats, coords, attrs, models, out, cfg.heatmaps, cfg.thumb_size))
+            return
         feat = fdir / f"{sid}.h5"
         if not feat.is_file():
             raise ValueError(f"{feat}: no features for slide {sid}; run 'tile' and 'extract' first")

@@ -144,7 +144,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
         keep = cov >= min_tissue
         attrs = {
             "slide_id": Path(path).stem, "mpp": mpp0, "target_mpp": target_mpp, "tile_size": tile_size,
-            "overlap": overlap, "tile_size_level0": geom.size0, "read_level": geom.level,
+            "overlap": overlap, "min_tissue": min_tissue, "thumb_size": thumb_size, "tile_size_level0": geom.size0, "read_level": geom.level,
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
             "height": slide.dimensions[1],
         }

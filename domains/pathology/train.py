@@ -141,6 +141,9 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
         targets = [rows[i]["target"] for i in perm]
         rows = [{**r, "target": t} for r, t in zip(rows, targets)]
     bags = load_bags(features_dir, [r["slide_id"] for r in rows])
+    _, _, fattrs = read_features(Path(features_dir) / f"{rows[0]['slide_id']}.h5")
+    recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
+              if k in ("encoder", "target_mpp", "tile_size", "overlap", "min_tissue", "thumb_size")}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     folds = make_folds(rows, k, group_by, seed)
@@ -161,7 +164,7 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
             info.update(fold=f, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(test_idx))
             save_model(model, fdir, {"in_dim": int(model.feat_mean.numel()), "hidden": hidden,
                                      "attn_hidden": attn_hidden, "aggregation": aggregation,
-                                     "dropout": dropout, "fold": info})
+                                     "dropout": dropout, "features": recipe, "fold": info})
         preds = predict(model, [bags[rows[i]["slide_id"]] for i in test_idx])
         for i, p in zip(test_idx, preds):
             all_preds.append({"slide_id": rows[i]["slide_id"], "fold": f, "pred": round(float(p), 4),

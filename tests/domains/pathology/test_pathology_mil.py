@@ -139,3 +139,24 @@ def test_fold_models_saved_as_safetensors_and_reload(trained, cohort):
     assert 0 <= p <= 100
     best = json.loads((d / "cv_summary.json").read_text())["best_fold"]
     assert best in range(4)
+
+
+def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
+    import json
+    from pathlib import Path
+
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import ScoreConfig
+
+    meta = json.loads((Path(trained["real"]["out_dir"]) / "fold_0" / "model.json").read_text())
+    assert meta["features"] == {"encoder": "baseline", "target_mpp": 0.5, "tile_size": 64, "overlap": 0,
+                                "min_tissue": 0.5, "thumb_size": 256}
+    slide = str(heldout["slides"] / "test_004.tiff")
+    rows = {}
+    for name, fdir in (("stored", str(heldout["features_dir"])), ("fly", "")):
+        cfg = ScoreConfig(slides=slide, model=trained["real"]["out_dir"], features_dir=fdir,
+                          out_dir=str(tmp_path / name), heatmaps=False)
+        _, csv_path = stages.score(cfg, progress=False)
+        rows[name] = next(csv.DictReader(open(csv_path)))
+    assert rows["fly"]["n_tiles"] == rows["stored"]["n_tiles"]
+    assert float(rows["fly"]["stil_pct"]) == pytest.approx(float(rows["stored"]["stil_pct"]), abs=1e-3)
