@@ -9,6 +9,9 @@ Generation stops at the closing ``>`` (a stop token when ``>`` is one token, ``s
 otherwise) or at EOS. A sample is *complete* when its ``>`` was produced; letters outside the 20
 standard amino acids are flagged in the header (``invalid=<count>``), never silently dropped.
 
+Caveat: with the character tokenizer, repetition penalty 1.2 soon applies to every amino acid (each
+has been seen), so it mostly rescales the logits; it is kept as ProLLaMA's default and can be set to 1.
+
 Dimension letters: B prompts per batch, P padded prompt length, G generated tokens.
 Not covered: beam search, constrained decoding to the amino-acid alphabet.
 """
