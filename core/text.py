@@ -70,9 +70,13 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     return lines
 
 
-def char_tokenizer(model_max_length: int = 4096):
-    """One token per printable ASCII character; pad 0, bos 1, eos 2, unk 3, mask 4."""
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+def char_tokenizer(model_max_length: int = 4096, add_bos: bool = False):
+    """One token per printable ASCII character; pad 0, bos 1, eos 2, unk 3, mask 4.
+
+    With ``add_bos`` a post-processor puts ``<s>`` first (as LLaMA's tokenizer does); EOS is left
+    to the callers that need it.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
@@ -82,6 +86,9 @@ def char_tokenizer(model_max_length: int = 4096):
     core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
+    if add_bos:
+        core.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         mask_token="<mask>", model_max_length=model_max_length)
@@ -101,13 +108,13 @@ def pack_blocks(token_lists: list[list[int]], block_size: int, eos_id: int) -> l
 
 def tiny_causal_lm(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                    intermediate_size: int = 128, max_position_embeddings: int = 1024, pad_token_id: int = 0,
-                   bos_token_id: int = 1, eos_token_id: int = 2):
-    """A small LLaMA (untied LM head, as LLaMA-2) with random weights."""
+                   bos_token_id: int = 1, eos_token_id: int = 2, num_kv_heads: int | None = None):
+    """A small LLaMA (untied LM head, as LLaMA-2) with random weights from the global RNG."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
                       num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                      num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=max_position_embeddings,
+                      num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_position_embeddings,
                       tie_word_embeddings=False, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
                       eos_token_id=eos_token_id)
     return LlamaForCausalLM(cfg)

@@ -19,15 +19,14 @@ def tiny_llama(tok, hidden_size: int = 64, intermediate_size: int = 128, num_lay
                num_heads: int = 4, max_position_embeddings: int = 1024, seed: int = 0):
     """A randomly initialised, seeded LLaMA sized for CPU (about 0.1 M parameters at the defaults)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    from adaptome.core.text import tiny_causal_lm
+
     torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg)
+    return tiny_causal_lm(len(tok), hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                          intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id)
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32"):

@@ -1,8 +1,8 @@
 """A character-level tokenizer for ProLLaMA's text forms, as a real ``transformers`` tokenizer.
 
 ProLLaMA keeps LLaMA-2's SentencePiece vocabulary; a tiny model trained from scratch on CPU learns
-far faster with one token per character. The vocabulary is the four specials (``<pad> <s> </s>
-<unk>``) followed by every printable ASCII character, so amino-acid letters, ``=<>[]``, spaces and
+far faster with one token per character. The vocabulary (the core's character tokenizer) is the
+specials ``<pad> <s> </s> <unk> <mask>`` followed by every printable ASCII character, so amino-acid letters, ``=<>[]``, spaces and
 label words (``[Generate by superfamily] Superfamily=<...>``) all encode. ``<s>`` is prepended by
 the post-processor; ``</s>`` is appended by the callers that need it (stage 1 and stage 2, as
 ProLLaMA's ``add_eos_token``). It is a ``PreTrainedTokenizerFast`` built from a ``tokenizers``
@@ -14,30 +14,13 @@ Not covered: non-ASCII label text (it maps to ``<unk>``).
 
 from __future__ import annotations
 
-import string
-
-SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
-CHARS = "".join(ch for ch in string.printable if ch not in "\t\n\r\x0b\x0c")
-
 
 def build_tokenizer(model_max_length: int = 4096):
-    """The character-level ``PreTrainedTokenizerFast`` (pad 0, bos 1, eos 2, unk 3)."""
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
+    """The character-level ``PreTrainedTokenizerFast`` with ``<s>`` prepended (pad 0, bos 1, eos 2,
+    unk 3); the core's ``adaptome.core.text.char_tokenizer``."""
+    from adaptome.core.text import char_tokenizer
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for ch in CHARS:
-        vocab[ch] = len(vocab)
-    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        model_max_length=model_max_length, padding_side="right")
-    return tok
+    return char_tokenizer(model_max_length=model_max_length, add_bos=True)
 
 
 def load_tokenizer(name_or_path: str | None):
