@@ -37,7 +37,7 @@ def run(out_dir: Path) -> dict:
                                  num_workers=0), progress=False)
     console.print(f"[bold]real slide[/] {SAMPLE_SLIDE.name} (2220x2967, 0.499 um/px): "
                   f"{counts[20.0]} tissue tiles at 20x, {counts[10.0]} at 10x (256 px); baseline features, "
-                  f"mask + QC + GeoJSON in {real}")
+                  f"mask + QC + GeoJSON in <out>/{real.relative_to(out)}")
 
     syn = out / "synthetic"
     cohorts = {}
@@ -74,7 +74,7 @@ def run(out_dir: Path) -> dict:
                                            out_dir=str(real / "scores_demo")), progress=False)
     real_pct = float(next(csv.DictReader(open(real_csv)))["stil_pct"])
     console.print(f"real slide scored by the synthetic-trained model (a demo of the outputs, not a valid sTIL): "
-                  f"{real_pct:.1f} %; heatmaps in {real / 'scores_demo' / 'heatmaps'}")
+                  f"{real_pct:.1f} %; heatmaps in <out>/{(real / 'scores_demo' / 'heatmaps').relative_to(out)}")
 
     table = Table(title="synthetic cohort (planted sTIL %), attention MIL on baseline features")
     for col in ("labels", "CV R² (4 site folds)", "CV AUC (≥30 %)", "held-out R²", "held-out AUC"):
@@ -83,7 +83,7 @@ def run(out_dir: Path) -> dict:
         table.add_row(k, f"{r['cv_r2']:.3f} ± {r['cv_r2_sd']:.3f}", f"{r['cv_auc']:.3f}", f"{r['heldout_r2']:.3f}",
                       f"{r['heldout_auc']:.3f}")
     console.print(table)
-    console.print(f"heatmaps and per-tile GeoJSON: {Path(results['real']['scores']).parent}; "
+    console.print(f"heatmaps and per-tile GeoJSON: <out>/{Path(results['real']['scores']).parent.relative_to(out)}; "
                   "reference WeakSTIL (real TCGA-like cohort): R² 0.45, AUC 0.89")
     return {"real_slide_tiles_20x": counts[20.0], "real_slide_tiles_10x": counts[10.0],
             "heldout_r2": results["real"]["heldout_r2"], "heldout_auc": results["real"]["heldout_auc"],

@@ -193,6 +193,7 @@ def _split_val(rows, train_idx, val_frac, group_by, seed):
 def _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hidden, dropout, fit, train_kw):
     train_bags = [bags[rows[i]["slide_id"]] for i in fit_idx]
     allf = torch.cat(train_bags)
+    torch.manual_seed(train_kw["seed"])  # the init depends on the fold's seed only, not on earlier RNG use
     model = MILRegressor(allf.shape[1], hidden, attn_hidden, aggregation, dropout,
                          feature_mean=allf.mean(0), feature_std=allf.std(0).clamp(min=1e-6))
     ds = _BagDataset(train_bags, [rows[i]["target"] for i in fit_idx])

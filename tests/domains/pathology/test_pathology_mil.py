@@ -160,3 +160,15 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
         rows[name] = next(csv.DictReader(open(csv_path)))
     assert rows["fly"]["n_tiles"] == rows["stored"]["n_tiles"]
     assert float(rows["fly"]["stil_pct"]) == pytest.approx(float(rows["stored"]["stil_pct"]), abs=1e-3)
+
+
+def test_training_is_reproducible(cohort, tmp_path):
+    from adaptome.domains.pathology.train import train_cv
+
+    preds = []
+    for run in range(2):
+        torch.randn(7 + run)  # disturb the global RNG differently before each run
+        res = train_cv(cohort["features_dir"], cohort["labels"], tmp_path / f"r{run}", k=2, group_by="site",
+                       max_steps=20, eval_every=10)
+        preds.append([r["pred"] for r in csv.DictReader(open(res["predictions"]))])
+    assert preds[0] == preds[1]
