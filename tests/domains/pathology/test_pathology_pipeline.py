@@ -216,3 +216,29 @@ def test_shared_worker_pool_equals_per_slide_and_survives_a_slide_broken_after_t
     assert sorted(p.stem for p in (fresh / "features_baseline").glob("*.h5")) == ["train_000", "train_002"]
     with pytest.raises(SlideError, match="train_001.tiff"):
         stages.extract(ExtractConfig(slides=str(small_job), tiles_dir=str(fresh), num_workers=2), progress=False)
+
+
+def test_cli_corrupt_slide_one_line_error_then_skip(small_job, tmp_path):
+    from adaptome.domains.pathology.cli import app
+
+    args = ["tile", str(small_job), "--out", str(tmp_path / "job"), "--tile-size", "64", "--set", "thumb_size=256"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2
+    err = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "bad_slide.tiff" in err[0]
+    r = CliRunner().invoke(app, args + ["--skip-errors"])
+    assert r.exit_code == 0 and "3 done" in r.output and "1 failed" in r.output and "failed bad_slide" in r.output
+
+
+def test_jpeg_synthetic_slide_opens_with_mpp(tmp_path):
+    from adaptome.domains.pathology.slide import open_slide, slide_mpp
+    from adaptome.domains.pathology.synth import make_cohort
+
+    make_cohort(tmp_path, n_slides=1, grid=4, compression="jpeg", prefix="j")
+    s = open_slide(tmp_path / "j_000.tiff")
+    assert s.level_count == 3 and s.dimensions == (256, 256) and slide_mpp(s, tmp_path / "j_000.tiff") == 0.5
+    import tifffile
+
+    with tifffile.TiffFile(tmp_path / "j_000.tiff") as tf:
+        assert [p.compression.name for p in tf.pages] == ["JPEG"] * 3
+        assert [p.is_tiled for p in tf.pages] == [True] * 3
