@@ -102,7 +102,7 @@ def measure(arch: str, batch: int = 8, seq: int = 128, steps: int = 12, warmup: 
     def step(model):
         return model(input_ids=ids, labels=ids).loss
 
-    rows = []
+    setups = []
     for label, method, opts in methods:
         model = copy.deepcopy(base).to(device)
         if method is not None:
@@ -112,20 +112,29 @@ def measure(arch: str, batch: int = 8, seq: int = 128, steps: int = 12, warmup: 
 
                 init_lorasb(model, [{"input_ids": ids, "labels": ids}], step_size=1e-3)
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4)
-        times = []
-        for i in range(warmup + steps):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            step(model).backward()
-            opt.step()
-            if device == "cuda":
-                torch.cuda.synchronize()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        setups.append((label, method, model, opt))
+
+    def timed_step(model, opt) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        step(model).backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    # round-robin: every round times one step of every method, so load on a shared machine hits all alike
+    times: dict[str, list[float]] = {label: [] for label, *_ in setups}
+    for i in range(warmup + steps):
+        for label, _, model, opt in setups:
+            t = timed_step(model, opt)
             if i >= warmup:
-                times.append(time.perf_counter() - t0)
+                times[label].append(t)
+    rows = []
+    for label, method, model, opt in setups:
         if device == "cuda":
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
@@ -140,8 +149,8 @@ def measure(arch: str, batch: int = 8, seq: int = 128, steps: int = 12, warmup: 
         rows.append({"arch": arch, "method": label, "name": method or "full",
                      "trainable": int(api.trainable_report(model)["trainable"]),
                      "checkpoint_bytes": _ckpt_bytes(model.cpu(), method),
-                     "step_s": statistics.median(times), "memory_bytes": int(mem)})
-        del model, opt
+                     "step_s": statistics.median(times[label]), "memory_bytes": int(mem)})
+    del setups
     ref = rows[0]
     for r in rows:
         r["step_ratio"] = r["step_s"] / ref["step_s"]

@@ -92,6 +92,7 @@ QUALITY = [
     ("full fine-tuning", "full", {}, 1e-3),
     ("peft lora r=8", "lora", {"r": 8, "lora_alpha": 16}, LR),
     ("dylora r=8", "dylora", {"r": 8, "lora_alpha": 16}, LR),
+    ("dylora r=8, nested mode, lr 2e-3", "dylora", {"r": 8, "lora_alpha": 16, "mode": "nested"}, 2e-3),
     ("sora r=8", "sora", {"r": 8, "lora_alpha": 16}, LR),
     ("nola r=8, 64+64 bases", "nola", {"r": 8, "num_basis_a": 64, "num_basis_b": 64}, LR),
     ("loraxs r=8", "loraxs", {"r": 8}, LR),
@@ -174,7 +175,7 @@ def quality(seeds=(0, 1, 2), steps: int = 120, pretrain_steps: int = 300) -> dic
         encoder = pretrain_mlm(unlabeled, pretrain_steps, f"{d}/mlm")
         rows = []
         for label, method, opts, lr in QUALITY:
-            runs = [run_one(encoder, method, opts, lr, train, test, labels, s, steps, f"{d}/{method}-{s}")
+            runs = [run_one(encoder, method, opts, lr, train, test, labels, s, steps, f"{d}/{method}-{lr}-{s}")
                     for s in seeds]
             acc = [r["accuracy"] for r in runs]
             f1 = [r["macro_f1"] for r in runs]

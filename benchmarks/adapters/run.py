@@ -30,7 +30,7 @@ def markdown(res: dict) -> str:
              f"Command: `{res['command']}` ({res['device']}, torch {res['torch']}, {res['seconds']:.0f} s).", "",
              "### Efficiency vs peft LoRA r=8 (all linear layers; bottleneck: after every FFN block)", "",
              f"Tiny models: hidden {res['config']['hidden']}, 2 layers, vocab 512, batch 8 x 128 tokens, AdamW; "
-             f"step time = median of {res['config']['steps']} steps after warm-up. Memory: "
+             f"step time = median of {res['config']['steps']} steps after warm-up, timed round-robin over the methods (one step of each per round). Memory: "
              + ("true CUDA peak of one step." if res["device"] == "cuda" else
                 "training-state bytes (tensors saved for backward + gradients + optimizer state + method "
                 "caches such as NOLA's bases), not process RSS; see `efficiency.py`."), ""]
@@ -64,6 +64,17 @@ def markdown(res: dict) -> str:
                          f"{100 * r['f1_mean']:.1f} ± {100 * r['f1_std']:.1f} | "
                          f"{', '.join(f'{100 * a:.0f}' for a in r['acc_per_seed'])} |")
         lines.append("")
+        lines += ["Notes:",
+                  "- The frozen MLM encoder with a trained head is already a strong baseline on this small task; "
+                  "most adapters land within a seed's spread of it, and the test set is 15 sequences.",
+                  "- DyLoRA loses clearly: each step trains at a random rank k with scale alpha/k (8x LoRA's scale at "
+                  "k = 1) while the shared head sees a different rank every step; the nested mode at a lower lr "
+                  "recovers part of the gap. We report it as measured.",
+                  "- NOLA's checkpoint is seeds + coefficients, but its cached bases (64 per factor) cost more "
+                  "memory than LoRA at this tiny width; regenerating them every forward trades memory for time.",
+                  "- LoRA-XS, LoRA-SB and LaMDA train few parameters, but their checkpoints hold the frozen SVD "
+                  "factors, so they are as large as a LoRA checkpoint of the same rank.",
+                  ""]
     return "\n".join(lines)
 
 
