@@ -236,7 +236,7 @@ def fit(
     try:
         while state.step < max_steps:
             call_hooks(hooks, "on_step_start", state)
-            step_loss = 0.0
+            loss_sum = None  # a device tensor: reading it once per step keeps the GPU queue full
             for i in range(grad_accum):
                 batch = _move(next(it), acc.device)
                 sync = i == grad_accum - 1
@@ -244,10 +244,12 @@ def fit(
                 with ctx:
                     with acc.autocast():
                         loss = loss_fn(wrapped, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {state.step + 1}")
                     acc.backward(loss / grad_accum)
-                step_loss += loss.detach().float().item() / grad_accum
+                part = loss.detach().float() / grad_accum
+                loss_sum = part if loss_sum is None else loss_sum + part
+            step_loss = loss_sum.item()
+            if not math.isfinite(step_loss):  # before the update, so the weights stay usable
+                raise FloatingPointError(f"loss is {step_loss} at step {state.step + 1}")
             call_hooks(hooks, "before_optimizer_step", state)
             if max_grad_norm is not None and max_grad_norm > 0:
                 acc.clip_grad_norm_(wrapped.parameters(), max_grad_norm)

@@ -141,3 +141,16 @@ def test_schedules_warmup_then_decay(kind):
         assert lrs[9] == pytest.approx(0.5)
     else:
         assert lrs[9] == pytest.approx(0.5) and lrs[-1] < 0.03
+
+
+def test_non_finite_loss_stops_before_the_update(tmp_path):
+    model = _model(0.0)
+    before = _trainable(model)
+
+    def nan_loss(m, batch):
+        return m(**batch).loss * float("nan")
+
+    with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+        fit(model, _data(), loss_fn=nan_loss, output_dir=tmp_path, **KW)
+    after = _trainable(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
