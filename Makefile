@@ -26,7 +26,7 @@ install-dev: $(PY)
 	$(PIP) install -e '.[all,dev]'
 
 quickstart: install
-	$(VENV)/bin/adaptome quickstart --out $(OUT)
+	$(VENV)/bin/adaptome quickstart --out $(OUT) --overwrite
 
 test: install-dev
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)

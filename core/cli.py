@@ -101,6 +101,7 @@ def quickstart_cmd(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder"),
     steps: int = typer.Option(300, help="LoRA training steps for the core demo"),
     domains: Optional[str] = typer.Option(None, help="comma-separated domains to run (default: all that are ready)"),
+    overwrite: bool = typer.Option(False, help="replace the outputs of an earlier quickstart in --out"),
 ) -> None:
     """Train, save, reload and merge a LoRA adapter on a tiny model with shipped data, then run each
     domain's demo. CPU only, a few minutes.
@@ -110,8 +111,9 @@ def quickstart_cmd(
     from adaptome.core.quickstart import run_quickstart
 
     try:
-        run_quickstart(out, steps=steps, domains=[d for d in domains.split(",") if d] if domains else None)
-    except ValueError as e:
+        run_quickstart(out, steps=steps, domains=[d for d in domains.split(",") if d] if domains else None,
+                       overwrite=overwrite)
+    except (ValueError, FileExistsError) as e:
         _fail(str(e))
 
 

@@ -105,18 +105,18 @@ def core_demo(out: Path, steps: int, console) -> dict:
     ok = reload_diff < 1e-4 and merged_diff < 1e-3 and ppl_after < ppl_before
     console.print(f"held-out perplexity {ppl_before:.2f} -> {ppl_after:.2f} (20 amino acids + format: "
                   f"uniform would be ~{len(tok)}); adapter saved, reloaded (max |diff| {reload_diff:.1e}), "
-                  f"merged into core/merged/ and reloaded with AutoModelForCausalLM (max |diff| "
+                  f"merged into {out / 'merged'} and reloaded with AutoModelForCausalLM (max |diff| "
                   f"{merged_diff:.1e}): {'[green]OK[/]' if ok else '[red]CHECK FAILED[/]'}")
     summary["ok"] = ok
     return summary
 
 
-def run_quickstart(out: Path, steps: int = 300, domains: list[str] | None = None) -> dict:
-    from rich.console import Console
-
-    from adaptome.core.adapters.io import atomic_dir
-
+def run_quickstart(out: Path, steps: int = 300, domains: list[str] | None = None, overwrite: bool = False) -> dict:
+    """Run the demos into ``out``; an existing non-empty ``out`` is replaced only with ``overwrite``."""
+    import shutil
     import warnings
+
+    from rich.console import Console
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     console = Console()
@@ -124,8 +124,11 @@ def run_quickstart(out: Path, steps: int = 300, domains: list[str] | None = None
     if unknown:
         raise ValueError(f"unknown domain {unknown[0]!r}; known: {', '.join(DOMAINS)}")
     out = Path(out)
-    tmp, commit = atomic_dir(out, overwrite=True)
-    results: dict = {"core": core_demo(tmp / "core", steps, console)}
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: already holds outputs; pass --overwrite to replace them or choose --out")
+        shutil.rmtree(out)
+    results: dict = {"core": core_demo(out / "core", steps, console)}
     for name in domains or DOMAINS:
         try:
             mod = importlib.import_module(f"adaptome.domains.{name}.quickstart")
@@ -137,10 +140,9 @@ def run_quickstart(out: Path, steps: int = 300, domains: list[str] | None = None
             raise
         console.rule(f"[bold]{name}")
         t0 = time.perf_counter()
-        results[name] = mod.run(tmp / name)
+        results[name] = mod.run(out / name)
         console.print(f"{name} done in {time.perf_counter() - t0:.0f} s")
-    (tmp / "summary.json").write_text(json.dumps(results, indent=2, default=str))
-    commit()
+    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
     console.rule("[bold]summary")
     console.print_json(json.dumps(results, default=str))
     console.print(f"outputs in {out}")
