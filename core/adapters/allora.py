@@ -12,7 +12,6 @@ Not covered: the paper's per-sample gradient scaling (we scale the batch gradien
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
-from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, lora_factors
 
 
 @ADAPTERS.register("allora")
@@ -59,15 +58,9 @@ class ALLoraLinear(AdapterLayer):
         self.allora_B = nn.ParameterDict()
 
     def update_layer(self, adapter_name: str, cfg: ALLoraConfig) -> None:
-        a = torch.empty(cfg.r, self.in_features)  # (R, I)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        b = torch.zeros(self.out_features, cfg.r)  # (O, R)
-        if cfg.init_lora_weights == "random_b":
-            nn.init.normal_(b, std=0.02)
-        dtype = self.base_layer.weight.dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
-        self.allora_A[adapter_name] = nn.Parameter(a.to(dtype))
-        self.allora_B[adapter_name] = nn.Parameter(b.to(dtype))
+        a, b = lora_factors(cfg.r, self.in_features, self.out_features, cfg.init_lora_weights,
+                            self.base_layer.weight.dtype)
+        self.allora_A[adapter_name], self.allora_B[adapter_name] = a, b
 
     def adapter_forward(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         a, b = self.allora_A[adapter_name], self.allora_B[adapter_name]

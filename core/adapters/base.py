@@ -21,7 +21,7 @@ base weights.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -71,6 +71,27 @@ class AdapterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def lora_factors(r: int, in_features: int, out_features: int, init: str, dtype: torch.dtype) -> tuple[nn.Parameter, nn.Parameter]:
+    """LoRA's A (r, in) and B (out, r) as parameters in ``dtype`` (float32 for integer bases).
+
+    A ~ kaiming-uniform(a=sqrt(5)) as ``nn.Linear`` (``init="gaussian"``: N(0, 1/r^2) as peft);
+    B = 0, so the update starts at zero, or N(0, 0.02) for ``init="random_b"`` (a non-zero start
+    the contract tests use to see real merges and round trips).
+    """
+    import math
+
+    a = torch.empty(r, in_features)  # (R, I)
+    if init == "gaussian":
+        nn.init.normal_(a, std=1.0 / r)
+    else:
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    b = torch.zeros(out_features, r)  # (O, R)
+    if init == "random_b":
+        nn.init.normal_(b, std=0.02)
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    return nn.Parameter(a.to(dtype)), nn.Parameter(b.to(dtype))
 
 
 class AdapterLayer(nn.Module):

@@ -19,7 +19,6 @@ Not covered: the paper's non-uniform rank distributions p_B (only uniform), per-
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
-from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, lora_factors
 
 
 @ADAPTERS.register("dylora")
@@ -75,15 +74,9 @@ class DyLoraLinear(AdapterLayer):
         self.rank: dict[str, int] = {}
 
     def update_layer(self, adapter_name: str, cfg: DyLoraConfig) -> None:
-        a = torch.empty(cfg.r, self.in_features)  # (R, I)
-        b = torch.zeros(self.out_features, cfg.r)  # (O, R)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        if cfg.init_lora_weights == "random_b":
-            nn.init.normal_(b, std=0.02)
-        dtype = self.base_layer.weight.dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
-        self.dylora_A[adapter_name] = nn.Parameter(a.to(dtype))
-        self.dylora_B[adapter_name] = nn.Parameter(b.to(dtype))
+        a, b = lora_factors(cfg.r, self.in_features, self.out_features, cfg.init_lora_weights,
+                            self.base_layer.weight.dtype)
+        self.dylora_A[adapter_name], self.dylora_B[adapter_name] = a, b
         self.dylora_dropout[adapter_name] = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
         self.rank[adapter_name] = cfg.r
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
-from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, lora_factors
 
 
 @ADAPTERS.register("lora_native")
@@ -80,16 +80,8 @@ class LoraNativeLinear(AdapterLayer):
         self.lora_B[adapter_name] = nn.Linear(cfg.r, self.out_features, bias=False)
         self.lora_dropout[adapter_name] = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
         self.scaling[adapter_name] = cfg.scaling
-        a, b = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
-        with torch.no_grad():
-            if cfg.init_lora_weights == "gaussian":
-                nn.init.normal_(a, std=1.0 / cfg.r)
-            else:
-                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-            if cfg.init_lora_weights == "random_b":
-                nn.init.normal_(b, std=0.02)
-            else:
-                nn.init.zeros_(b)
+        a, b = lora_factors(cfg.r, self.in_features, self.out_features, cfg.init_lora_weights, torch.float32)
+        self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight = a, b
         dtype = self.base_layer.weight.dtype
         if dtype.is_floating_point and dtype != torch.float32:
             self.lora_A[adapter_name].to(dtype)

@@ -17,7 +17,6 @@ Not covered: unfreezing LayerNorms as the official scripts do (use ``modules_to_
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
-from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, lora_factors
 
 
 @ADAPTERS.register("sora")
@@ -74,17 +73,11 @@ class SoraLinear(AdapterLayer):
         self.sora_dropout = nn.ModuleDict()
 
     def update_layer(self, adapter_name: str, cfg: SoraConfig) -> None:
-        a = torch.empty(cfg.r, self.in_features)  # (R, I)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        b = torch.zeros(self.out_features, cfg.r)  # (O, R)
-        if cfg.init_lora_weights == "random_b":
-            nn.init.normal_(b, std=0.02)
+        a, b = lora_factors(cfg.r, self.in_features, self.out_features, cfg.init_lora_weights,
+                            self.base_layer.weight.dtype)
         g = torch.randn(cfg.r) if cfg.gate_init == "normal" else torch.ones(cfg.r)  # (R,)
-        dtype = self.base_layer.weight.dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
-        self.sora_A[adapter_name] = nn.Parameter(a.to(dtype))
-        self.sora_B[adapter_name] = nn.Parameter(b.to(dtype))
-        self.sora_gate[adapter_name] = nn.Parameter(g.to(dtype))
+        self.sora_A[adapter_name], self.sora_B[adapter_name] = a, b
+        self.sora_gate[adapter_name] = nn.Parameter(g.to(a.dtype))
         self.sora_dropout[adapter_name] = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
 
     def adapter_forward(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:

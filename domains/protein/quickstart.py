@@ -35,7 +35,6 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     """
     import dataclasses
 
-    from adaptome.domains import protein as _  # noqa: F401  (package import only)
     from adaptome.domains.protein import classify, data, evaluate, formats, instruct, pretrain, sample
     from adaptome.domains.protein.config import InstructConfig, PretrainConfig
     from adaptome.domains.protein.model import load_model_and_tokenizer

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import api, io
-from adaptome.core.adapters.nola import NolaConfig, NolaLinear, generate_basis
+from adaptome.core.adapters.nola import NolaConfig, generate_basis
 
 
 def _net(seed=0):
