@@ -154,3 +154,17 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
         fit(model, _data(), loss_fn=nan_loss, output_dir=tmp_path, **KW)
     after = _trainable(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    rec, dtypes = _Record(), set()
+
+    def loss_fn(model, batch):
+        out = model(**batch)
+        dtypes.add((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return out.loss
+
+    fit(_model(0.0), _data(), output_dir=tmp_path, hooks=[rec], mixed_precision="bf16", cpu=True, loss_fn=loss_fn,
+        **{**KW, "max_steps": 40, "schedule": "constant"})
+    assert dtypes == {(True, torch.bfloat16)}, dtypes
+    assert sum(rec.losses[-5:]) / 5 < 0.85 * sum(rec.losses[:5]) / 5, rec.losses
