@@ -63,6 +63,13 @@ class NolaConfig(AdapterConfig):
     def identity_at_init(self) -> bool:
         return self.init_coefficients == "zeros"
 
+    def after_inject(self, model: nn.Module, adapter_name: str) -> None:
+        """Give every layer its own seed, mixed from the config's seed and the layer's module path,
+        so no two layers share their random bases (each official NOLALinear has its own seed)."""
+        for path, mod in model.named_modules():
+            if isinstance(mod, NolaLinear) and adapter_name in mod.nola_seed:
+                mod.nola_seed[adapter_name].data.fill_(layer_seed(self.seed, adapter_name, path))
+
     def expected_params(self, in_features: int, out_features: int, bias: bool) -> int:
         return self.num_basis_a + self.num_basis_b
 
@@ -70,6 +77,11 @@ class NolaConfig(AdapterConfig):
     def examples(cls) -> list[AdapterConfig]:
         return [cls(r=4, num_basis_a=16, num_basis_b=8, init_coefficients="random", target_modules="attention"),
                 cls(r=2, num_basis_a=4, num_basis_b=4, seed=7, init_coefficients="random", cache_basis=False)]
+
+
+def layer_seed(seed: int, adapter_name: str, path: str) -> int:
+    """A deterministic int64 seed for one layer of one adapter (no RNG involved)."""
+    return (seed * 1_000_003 + zlib.crc32(f"{adapter_name}:{path}".encode())) % (2**62)
 
 
 def generate_basis(seed: int, r: int, in_features: int, out_features: int, ka: int, kb: int
@@ -97,10 +109,8 @@ class NolaLinear(AdapterLayer):
         self.generations = 0
 
     def update_layer(self, adapter_name: str, cfg: NolaConfig) -> None:
-        # the layer's seed: the config's seed mixed with the adapter name and the layer shape (layers of
-        # one shape share their bases within an adapter; the coefficients are per layer)
-        seed = (cfg.seed * 1_000_003 + zlib.crc32(adapter_name.encode()) * 65_537
-                + self.in_features * 7919 + self.out_features) % (2**62)
+        # a provisional seed; ``NolaConfig.after_inject`` replaces it with one mixed from the layer's path
+        seed = layer_seed(cfg.seed, adapter_name, f"{self.in_features}x{self.out_features}")
         alpha, beta = torch.zeros(cfg.num_basis_a), torch.zeros(cfg.num_basis_b)
         if cfg.init_coefficients == "random":
             gen = torch.Generator().manual_seed(seed + 1)

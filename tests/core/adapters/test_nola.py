@@ -1,7 +1,7 @@
 """NOLA numerics: forward == s B A with A, B rebuilt by hand from the seeded bases; bases depend
 only on the seed (local generator, global RNG untouched); only the coefficients train and their
 gradient is the projection of dL/dA, dL/dB on the bases; the checkpoint is seed + coefficients;
-the bases are generated once and cached."""
+the bases are generated once and cached; every layer has its own seed."""
 
 import os
 
@@ -106,3 +106,18 @@ def test_nola_learns_a_planted_update():
         opt.step()
     with torch.no_grad():
         assert (m(x) - y).pow(2).mean().item() < 0.05 * before
+
+
+def test_each_layer_has_its_own_seed_and_bases(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 6), nn.Linear(6, 6))
+    m = api.apply_adapter(net, _cfg(target_modules=["0", "2", "3"]))
+    seeds = [int(m[i].nola_seed["default"]) for i in (0, 2, 3)]
+    assert len(set(seeds)) == 3  # layers 2 and 3 have one shape but not one basis
+    assert not torch.equal(m[2].bases("default", torch.device("cpu"), torch.float32)[1],
+                           m[3].bases("default", torch.device("cpu"), torch.float32)[1])
+    # the same config on the same architecture gives the same seeds (nothing random)
+    torch.manual_seed(1)
+    net2 = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 6), nn.Linear(6, 6))
+    m2 = api.apply_adapter(net2, _cfg(target_modules=["0", "2", "3"]))
+    assert [int(m2[i].nola_seed["default"]) for i in (0, 2, 3)] == seeds
