@@ -109,11 +109,14 @@ class AdapterLayer(nn.Module):
         self.merged_adapters: list[str] = []
         self.disabled = False
         self.configs: dict[str, AdapterConfig] = {}
-        if isinstance(base_layer, nn.Linear):
-            self.in_features = base_layer.in_features
-            self.out_features = base_layer.out_features
-        else:
+        self.in_features, self.out_features = self.feature_sizes(base_layer)
+
+    def feature_sizes(self, base_layer: nn.Module) -> tuple[int, int]:
+        """(in, out) of the wrapped module; layers that wrap other modules than ``nn.Linear``
+        (bottleneck adapters wrap blocks) override this."""
+        if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"{type(self).__name__} wraps nn.Linear, got {type(base_layer).__name__}")
+        return base_layer.in_features, base_layer.out_features
 
     # -- to implement per method -------------------------------------------------------------
     def update_layer(self, adapter_name: str, cfg: AdapterConfig) -> None:

@@ -203,17 +203,15 @@ class BottleneckLayer(AdapterLayer):
 
     adapter_layer_names = ("bn_down", "bn_up", "bn_nice")
 
-    def __init__(self, base_layer: nn.Module):  # not super().__init__: that one accepts only nn.Linear
-        nn.Module.__init__(self)
-        self.base_layer = base_layer
-        self.active_adapters: list[str] = []
-        self.merged_adapters: list[str] = []
-        self.disabled = False
-        self.configs: dict[str, AdapterConfig] = {}
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
         self.bn_down, self.bn_up, self.bn_nice = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.composition: str = "stack"
         self.weights: list[float] | None = None
         self._nice_owner: list[BottleneckLayer] = []
+
+    def feature_sizes(self, base_layer: nn.Module) -> tuple[int, int]:
+        """The hidden size d (in = out = d), and the role: what the wrapped module is."""
         if isinstance(base_layer, nn.Linear):
             self.role, d = "head", base_layer.in_features
         elif isinstance(base_layer, nn.Embedding):
@@ -224,7 +222,7 @@ class BottleneckLayer(AdapterLayer):
             self.role, d = "post_ln", base_layer.dense.out_features
         else:
             self.role, d = "pre_ln", _hidden_size(base_layer)
-        self.in_features = self.out_features = d
+        return d, d
 
     def __getattr__(self, name: str) -> Any:  # reach the wrapped module's attributes (word_embeddings, weight)
         try:
