@@ -307,27 +307,26 @@ def _layers(model: nn.Module) -> list[BottleneckLayer]:
 
 
 def stack_adapters(model: nn.Module, names: list[str], train: list[str] | None = None) -> None:
-    """Run ``names`` in sequence (bottom first) and train only ``train`` (default: the top one)."""
-    from adaptome.core.adapters.inject import set_adapter
+    """Run ``names`` in sequence (bottom first) and train only ``train`` (default: the top one);
+    the others are frozen (``inject.freeze_adapters``), so a later ``set_adapter`` keeps them fixed."""
+    from adaptome.core.adapters.inject import freeze_adapters, set_adapter
 
-    set_adapter(model, names)
     train = [names[-1]] if train is None else train
+    set_adapter(model, names)
     for layer in _layers(model):
         layer.composition, layer.weights = "stack", None
-        for holder in (layer.bn_down, layer.bn_up, layer.bn_nice):
-            for n, mod in holder.items():
-                mod.requires_grad_(n in train and n in names)
+    freeze_adapters(model, [n for n in names if n not in train])
+    freeze_adapters(model, [n for n in names if n in train], frozen=False)
 
 
 def average_adapters(model: nn.Module, names: list[str], weights: list[float] | None = None) -> None:
-    """Add the (weighted) mean of the adapters' deltas; nothing trains unless made trainable again."""
-    from adaptome.core.adapters.inject import set_adapter
+    """Add the (weighted) mean of the adapters' deltas; all of them are frozen
+    (``inject.freeze_adapters(model, names, frozen=False)`` makes them trainable again)."""
+    from adaptome.core.adapters.inject import freeze_adapters, set_adapter
 
     if weights is not None and len(weights) != len(names):
         raise ValueError(f"{len(weights)} weights for {len(names)} adapters")
     set_adapter(model, names)
     for layer in _layers(model):
         layer.composition, layer.weights = "average", weights
-        for holder in (layer.bn_down, layer.bn_up, layer.bn_nice):
-            for mod in holder.values():
-                mod.requires_grad_(False)
+    freeze_adapters(model, names)

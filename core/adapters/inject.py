@@ -21,6 +21,7 @@ from adaptome.core.adapters.modules_to_save import ModulesToSaveWrapper, wrap_mo
 from adaptome.core.adapters.targets import resolve_targets
 
 CONFIGS_ATTR = "adaptome_configs"
+FROZEN_ATTR = "adaptome_frozen"  # adapters that run but do not train (a language adapter under a task one)
 
 
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -94,14 +95,16 @@ def _inside_adapter_layers(model: nn.Module, names: list[str]) -> list[str]:
 
 
 def mark_trainable(model: nn.Module) -> None:
-    """Freeze everything except the active adapters' weights and their modules_to_save copies."""
+    """Freeze everything except the active, not frozen adapters' weights and their
+    modules_to_save copies."""
+    frozen = getattr(model, FROZEN_ATTR, set())
     for p in model.parameters():
         p.requires_grad_(False)
     for _, layer in adapter_layers(model):
         for attr in layer.adapter_layer_names:
             holder = getattr(layer, attr)
             for name in layer.active_adapters:
-                if name in holder:
+                if name in holder and name not in frozen:
                     item = holder[name]
                     params = item.parameters() if isinstance(item, nn.Module) else [item]
                     for p in params:
@@ -109,6 +112,19 @@ def mark_trainable(model: nn.Module) -> None:
     for mod in model.modules():
         if isinstance(mod, ModulesToSaveWrapper):
             mod.mark_trainable()
+
+
+def freeze_adapters(model: nn.Module, names: list[str], frozen: bool = True) -> None:
+    """Keep ``names`` fixed while they stay active (``frozen=False`` lets them train again);
+    ``set_adapter`` and every later ``mark_trainable`` respect it."""
+    known = adapter_configs(model)
+    for n in names:
+        if n not in known:
+            raise ValueError(f"unknown adapter {n!r}; the model has {sorted(known)}")
+    current = set(getattr(model, FROZEN_ATTR, set()))
+    current = current | set(names) if frozen else current - set(names)
+    setattr(model, FROZEN_ATTR, current)
+    mark_trainable(model)
 
 
 def set_adapter(model: nn.Module, names: str | list[str]) -> None:
@@ -169,8 +185,9 @@ def unload(model: nn.Module, merge: bool = False) -> nn.Module:
     for path, mod in list(model.named_modules()):
         if isinstance(mod, ModulesToSaveWrapper):
             _set_submodule(model, path, mod.active_module() if merge else mod.original_module)
-    if hasattr(model, CONFIGS_ATTR):
-        delattr(model, CONFIGS_ATTR)
+    for attr in (CONFIGS_ATTR, FROZEN_ATTR):
+        if hasattr(model, attr):
+            delattr(model, attr)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
