@@ -299,8 +299,11 @@ def evaluate_cmd(
     method: str = typer.Option("determine", help="classification: determine | bayes | generate"),
     max_residues: int = typer.Option(128), out: Path = typer.Option(..., help="report folder"),
     overwrite: bool = typer.Option(False),
+    esmfold: Optional[str] = typer.Option(None, help="ESMFold checkpoint (folder or hub id): pLDDT of the samples"),
+    reference_pdbs: Optional[Path] = typer.Option(None, help="folder of reference PDB files: Foldseek TM-score"),
 ) -> None:
-    """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics.
+    """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics and,
+    with --esmfold (and --reference-pdbs with foldseek on PATH), structure metrics of the samples.
 
     Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out runs/protein/report
     """
@@ -332,8 +335,16 @@ def evaluate_cmd(
                 gen.append(Sample(meta["condition"], lab, "", seq, meta.get("complete") == "yes",
                                   tuple(formats.invalid_positions(seq)), 0))
             report["generation"] = evaluate.generation_report(gen, train, recs)
-        report["structure"] = evaluate.structure_plugins()
-        evaluate.write_report(report, out, overwrite)
+        import tempfile
+
+        from adaptome.domains.protein import structure
+
+        pdb_dir = Path(tempfile.mkdtemp(prefix="adaptome-structures-")) if esmfold and samples else None
+        seqs = [g.seq for g in gen] if samples is not None else []
+        names = [f"sample{i}" for i in range(len(seqs))]
+        report["structure"] = structure.structure_report(seqs, names, esmfold if samples else None,
+                                                         reference_pdbs, pdb_dir)
+        evaluate.write_report(report, out, overwrite, structures=pdb_dir)
     except typer.Exit:
         raise
     except _ERRORS as e:

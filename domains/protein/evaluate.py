@@ -14,14 +14,13 @@
 
 Identity of two sequences: a global alignment with Biopython's ``PairwiseAligner`` (BLOSUM62, gap
 open -10, extend -0.5); identical aligned pairs / length of the shorter sequence.
-Structure metrics (pLDDT through ESMFold or OmegaFold, Foldseek TM-score) are plug-ins that run
-only when the tool is present; otherwise the report says they were skipped and why. None ships
-here, so none runs in the tests. Not covered: HHblits H-Prob, SC-Perp.
+Structure metrics (ESMFold pLDDT, Foldseek TM-score) come from ``structure.py``: they run when a
+model path / the ``foldseek`` command is given, otherwise the report says why they were skipped.
+Not covered: HHblits H-Prob, SC-Perp.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -141,18 +140,6 @@ def generation_report(samples, train: list[Record], all_real: list[Record], k: i
     return out
 
 
-def structure_plugins() -> dict[str, str]:
-    """Which structure metrics could run here; each missing tool is a note, never an error."""
-    notes = {}
-    notes["plddt_esmfold"] = ("available (not run by default)" if importlib.util.find_spec("esm")
-                              else "skipped: the `esm` package (ESMFold) is not installed")
-    notes["plddt_omegafold"] = ("available (not run by default)" if shutil.which("omegafold")
-                                else "skipped: the `omegafold` command is not on PATH")
-    notes["tm_score_foldseek"] = ("available (not run by default)" if shutil.which("foldseek")
-                                  else "skipped: the `foldseek` command is not on PATH")
-    return notes
-
-
 def markdown(report: dict[str, Any]) -> str:
     """A readable Markdown rendering of the report (numbers to 3 decimals)."""
     def fmt(v):
@@ -190,15 +177,25 @@ def markdown(report: dict[str, Any]) -> str:
                       ", ".join(f"{k} {fmt(v)}" for k, v in g["control_per_label"].items()), ""]
     s = report.get("structure")
     if s:
-        lines += ["## Structure metrics", ""] + [f"- {k}: {v}" for k, v in s.items()] + [""]
+        lines += ["## Structure metrics", ""]
+        for k, v in s.items():
+            if isinstance(v, dict):  # a metric that ran: its summary, not the per-sequence table
+                summary = ", ".join(f"{kk} {fmt(vv)}" for kk, vv in v.items() if kk != "per_sequence")
+                lines.append(f"- {k}: {summary}")
+            else:
+                lines.append(f"- {k}: {v}")
+        lines.append("")
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, overwrite: bool = False) -> Path:
-    """``report.json`` + ``report.md`` in ``out_dir``, written atomically."""
+def write_report(report: dict[str, Any], out_dir: str | Path, overwrite: bool = False,
+                 structures: str | Path | None = None) -> Path:
+    """``report.json`` + ``report.md`` (and the predicted ``structures/``) in ``out_dir``, atomically."""
     from adaptome.core.adapters.io import atomic_dir
 
     tmp, commit = atomic_dir(Path(out_dir), overwrite)
+    if structures is not None and Path(structures).is_dir():
+        shutil.move(str(structures), str(tmp / "structures"))
     (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (tmp / "report.md").write_text(markdown(report), encoding="utf-8")
     return commit()

@@ -1,3 +1,5 @@
+import json
+
 from typer.testing import CliRunner
 
 from adaptome.domains.protein.cli import app
@@ -37,7 +39,7 @@ def test_bad_inputs_exit_2_with_the_file_named(tmp_path):
     assert r.exit_code == 2 and "bad.yaml" in r.output and "block_sise" in r.output
 
 
-def test_cli_commands_on_the_tuned_model(two_stage_run, tmp_path):
+def test_cli_commands_on_the_tuned_model(two_stage_run, tiny_esmfold, tmp_path):
     out, rep = two_stage_run
     model = str(out / "stage2" / "merged")
     r = runner.invoke(app, ["sample", "--model", model, "--task-name", "family", "--label", "Cyclin_N", "-n", "2",
@@ -54,9 +56,15 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tmp_path):
     r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"), "--out", str(tmp_path / "m.csv")])
     assert r.exit_code == 0 and "Spearman" in r.output, r.output
     assert len((tmp_path / "m.csv").read_text().splitlines()) == 504
-    r = runner.invoke(app, ["evaluate", "--model", model, "--samples", str(tmp_path / "g.fa"), "--out", str(tmp_path / "rep")])
+    r = runner.invoke(app, ["evaluate", "--model", model, "--samples", str(tmp_path / "g.fa"), "--out", str(tmp_path / "rep"),
+                            "--esmfold", str(tiny_esmfold)])
     assert r.exit_code == 0, r.output
-    assert "majority class" in (tmp_path / "rep" / "report.md").read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "majority class" in md and "plddt_esmfold: mean" in md
+    plddt = json.loads((tmp_path / "rep" / "report.json").read_text())["structure"]["plddt_esmfold"]
+    done = [k for k, v in plddt["per_sequence"].items() if v == v]  # not NaN: a non-empty sample
+    assert plddt["n"] == len(done) and all(0 <= plddt["per_sequence"][k] <= 100 for k in done)
+    assert sorted(p.name for p in (tmp_path / "rep" / "structures").iterdir()) == sorted(f"{k}.pdb" for k in done)
 
 
 def test_cli_two_stages_from_tiny_configs(tmp_path):
