@@ -60,12 +60,23 @@ def _trainable(model):
 
 def test_loss_falls_and_metrics_written(tmp_path):
     rec = _Record()
-    res = fit(_model(0.0), _data(), output_dir=tmp_path, hooks=[rec], **{**KW, "max_steps": 40, "lr": 1e-2,
-                                                                         "schedule": "constant"})
+    held = _collate(_data(8))
+    calls = []
+
+    def eval_fn(model):
+        calls.append(model.training)
+        return {"loss": model(**held).loss.item()}
+
+    res = fit(_model(0.0), _data(), output_dir=tmp_path, hooks=[rec], eval_fn=eval_fn, eval_every=10,
+              **{**KW, "max_steps": 40, "lr": 1e-2, "schedule": "constant"})
     assert sum(rec.losses[-5:]) / 5 < 0.85 * sum(rec.losses[:5]) / 5, rec.losses
     lines = read_metrics(tmp_path / "metrics.jsonl")
-    assert [ln["step"] for ln in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
-    assert all({"loss", "lr", "epoch"} <= set(ln) for ln in lines)
+    train_lines = [ln for ln in lines if "loss" in ln]
+    assert [ln["step"] for ln in train_lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert all({"loss", "lr", "epoch"} <= set(ln) for ln in train_lines)
+    evals = [ln for ln in lines if "eval/loss" in ln]
+    assert [ln["step"] for ln in evals] == [10, 20, 30, 40] and calls == [False] * 4  # eval mode inside
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
     assert res.step == 40
 
 
