@@ -138,6 +138,7 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
     adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
+    torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size,
                                cfg.data.prollama_seq_format)
@@ -147,7 +148,6 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     model = apply_adapter(model, adapter_cfg)
     report = trainable_report(model)
     save_config(cfg, out)
-    torch.manual_seed(cfg.train.seed)
     eval_fn = (lambda m: {"perplexity": eval_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
     res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, **asdict(cfg.train))
     save_adapter(res.model, out / "adapter", overwrite=overwrite)
