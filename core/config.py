@@ -6,6 +6,9 @@ dataclasses, ``Literal`` choices). ``load_config(Cls, path, overrides)`` reads Y
 float) and checks every key and type: an unknown key or a wrong type is a ``ConfigError`` naming
 the dotted key and the file. ``save_config`` writes the resolved config (``config.yaml``) beside a
 run's outputs. YAML never holds import paths: what a name means is decided by a registry.
+
+Not covered: environment-variable interpolation, config inheritance between files, unions of
+dataclasses.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ a tiny one from config, apply the adapter by registry name, train with ``train.l
 perplexity on the eval files, save the adapter (and optionally a merged standalone checkpoint).
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
+
+Not covered: instruction / chat formats (the domain packages own those), streaming corpora,
+sequence classification heads.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Names are written in one place, the ``@REGISTRY.register("name")`` decorator. Re
 is an error (timm silently overwrites; we do not). Asking for an unknown name is an error listing the
 known ones. A registry may be given ``loader``: a function that imports the modules whose decorators
 fill it, called on first lookup so that importing the registry itself does no work.
+
+Not covered: entry-point plugins from other installed packages.
 """
 
 from __future__ import annotations

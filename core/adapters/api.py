@@ -2,6 +2,8 @@
 
 ``apply_adapter(model, cfg, name)`` returns the model to train: the same module with native layers
 swapped in, or a ``peft.PeftModel`` for peft-backed methods. The other functions accept either.
+
+Not covered: mixing native and peft methods on one model (an error), peft's prompt-learning methods.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ model a weight is ``<path>.lora_A.<adapter>.weight``; ``adapter_state_dict`` dro
 (``<path>.lora_A.weight``), which is also how an adapter is saved.
 
 Per-model bookkeeping (the config of each named adapter) is kept in ``model.adaptome_configs``.
+
+Not covered: non-linear targets other than through a method's own ``resolve_paths`` hook;
+adapters on quantized (bitsandbytes / GPTQ) base layers.
 """
 
 from __future__ import annotations

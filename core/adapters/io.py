@@ -6,6 +6,8 @@ config, the base model's class). For peft-backed methods the first two are writt
 so ``peft.PeftModel.from_pretrained`` loads the folder. Writes are atomic: everything goes to a
 temporary sibling folder that is renamed into place; an existing folder is replaced only with
 ``overwrite=True`` and is kept until the new one is complete. Nothing is pickled.
+
+Not covered: sharded adapter files (one safetensors file per adapter), pushing to a hub.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ ending in ``.entry``; a single string other than a preset is a regex matched aga
 its output embeddings, or one named ``lm_head`` / ``classifier`` / ``head``). Presets
 (``attention``, ``mlp``, ``attention+mlp``) are resolved from the architecture: LLaMA, Phi-3 (fused
 ``qkv_proj`` / ``gate_up_proj``), BERT / XLM-R / ESM, Hugging Face ViT and timm ViT.
+
+Not covered: convolution and embedding targets (native layers wrap ``nn.Linear``); presets for
+architectures not listed in ``ARCH_PRESETS`` (give module names or a regex).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 and dropout of a run do not change when the hook is added) and sets it on every DyLoRA layer of
 the adapter. ``on_train_end``-style restoring is explicit: call ``set_rank(model, r)`` (or any k)
 after training. The generator state is saved with checkpoints for exact resume.
+
+Not covered: sampling distributions other than uniform (the paper's is uniform); different layers
+at different ranks in one step.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-<N>/`` holding
 It is written into a temporary sibling folder and renamed into place, so a crash never leaves a
 half-written ``step-N``; only the last ``keep_last`` are kept. Resuming checks the fingerprint:
 a checkpoint from another config is an error naming the file, never silently loaded or replaced.
+
+Not covered: sharded (FSDP) model states; frozen base weights are not saved (a resumed run
+rebuilds the base model the same way).
 """
 
 from __future__ import annotations

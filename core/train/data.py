@@ -6,6 +6,8 @@ global batch; process ``rank`` takes its slice of each. The last incomplete glob
 dropped, so every process does the same number of steps. Resuming at (epoch, batch) skips indices
 without loading them. One process with batch B*W sees exactly the samples that W processes with
 batch B see together.
+
+Not covered: iterable (streaming) datasets, length-grouped or weighted sampling.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ A hook is any object with some of these methods (all optional), called by ``loop
 ``TrainState`` is what hooks see. ``state.step`` counts optimizer steps already completed, so
 inside ``on_step_start`` of the first step it is 0, and in ``after_optimizer_step`` it is the
 number of the step just taken (1-based).
+
+Not covered: hooks around evaluation or checkpointing (eval_fn and the loop own those).
 """
 
 from __future__ import annotations

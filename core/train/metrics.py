@@ -3,6 +3,8 @@
 Training lines carry ``step``, ``loss``, ``lr`` and ``elapsed_s``; evaluation lines carry ``step``
 and ``eval/<name>`` keys. On resume the lines after the resumed step are dropped, so the file reads
 as one uninterrupted run.
+
+Not covered: TensorBoard / W&B trackers (accelerate's trackers can be added beside it).
 """
 
 from __future__ import annotations

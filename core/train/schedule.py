@@ -3,6 +3,8 @@
 ``lr_lambda(step)``: warmup rises linearly from 1/(warmup+1) to 1 over ``warmup_steps``; then
 ``constant`` stays at 1, ``linear`` decays to 0 at ``max_steps``, ``cosine`` follows
 0.5 * (1 + cos(pi * progress)) down to ``min_ratio``.
+
+Not covered: restarts, inverse-square-root and WSD schedules.
 """
 
 from __future__ import annotations
