@@ -19,15 +19,10 @@ Not covered: hooks around evaluation or checkpointing (eval_fn and the loop own 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
-
-
-@runtime_checkable
-class StepHook(Protocol):  # documentation of the shape; every method is optional
-    def on_step_start(self, state: "TrainState") -> None: ...
 
 
 @dataclass
@@ -40,7 +35,6 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     loss: float = float("nan")
-    extra: dict = field(default_factory=dict)
 
 
 def call_hooks(hooks, event: str, state: TrainState) -> None:

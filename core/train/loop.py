@@ -23,7 +23,7 @@ datasets (map-style datasets only), and early stopping.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -240,7 +240,7 @@ def fit(
             for i in range(grad_accum):
                 batch = _move(next(it), acc.device)
                 sync = i == grad_accum - 1
-                ctx = acc.no_sync(wrapped) if not sync else _nullcontext()
+                ctx = acc.no_sync(wrapped) if not sync else contextlib.nullcontext()
                 with ctx:
                     with acc.autocast():
                         loss = loss_fn(wrapped, batch)
@@ -284,14 +284,6 @@ def fit(
     return FitResult(model=model, step=state.step, history=history, output_dir=output_dir, resumed_from=resumed_from)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _progress(enabled: bool, total: int, start: int):
     if not enabled:
         return None
@@ -303,7 +295,3 @@ def _progress(enabled: bool, total: int, start: int):
     p.start()
     return p, task
 
-
-def config_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """``TrainConfig`` as keyword arguments of ``fit``."""
-    return dataclasses.asdict(cfg)
