@@ -1,19 +1,17 @@
 """The ``adaptome`` command: core commands plus one sub-app per domain.
 
 Entry points stay thin: each command parses its options, calls a library function and prints a
-summary. Domain sub-apps live in ``adaptome.domains.<name>.cli`` (a module-level ``app``) and are
-imported when the command line is built; they keep heavy imports inside their commands.
+summary. Domain sub-apps come from the installed domain plug-ins (``core/plugins.py``, entry point
+group ``adaptome.domains``); core names none of them. Sub-apps keep heavy imports inside their
+commands.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-DOMAINS = ("protein", "pathology", "multilingual", "codegen")
 
 app = typer.Typer(
     name="adaptome",
@@ -118,14 +116,10 @@ def quickstart_cmd(
 
 
 def _add_domain_apps() -> None:
-    for name in DOMAINS:
-        try:
-            mod = importlib.import_module(f"adaptome.domains.{name}.cli")
-        except ModuleNotFoundError as e:
-            if e.name == f"adaptome.domains.{name}.cli":
-                continue  # domain without commands yet
-            raise
-        app.add_typer(mod.app, name=name)
+    from adaptome.core.plugins import discover
+
+    for plugin in discover():
+        app.add_typer(plugin.cli(), name=plugin.name, help=plugin.help)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ dataclasses.
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 import dataclasses
 import os
 import re
@@ -42,7 +43,7 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(AdaptomeError, ValueError):
     """A config value or key is wrong; the message names the file and the dotted key."""
 
 

@@ -4,18 +4,14 @@ Core part: a tiny LLaMA with the character tokenizer learns the shipped enzyme s
 (nrPDB-EC subset, ``Seq=<...>`` lines as in ProLLaMA stage 1) through a LoRA adapter (peft
 backend) for a few hundred steps; the held-out perplexity before and after, the loss curve, then
 save -> reload -> merge -> reload as a plain transformers model, each checked to give the same
-logits. Then each domain's own demo runs (``adaptome.domains.<name>.quickstart.run``) where the
-domain provides one.
+logits. Then each installed domain plug-in's quickstart part runs (``core/plugins.py``).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from pathlib import Path
-
-DOMAINS = ("protein", "pathology", "multilingual", "codegen")
 
 
 def _sequences_file() -> Path:
@@ -118,29 +114,28 @@ def run_quickstart(out: Path, steps: int = 300, domains: list[str] | None = None
 
     from rich.console import Console
 
+    from adaptome.core.plugins import discover
+
     warnings.filterwarnings("ignore", category=FutureWarning)
     console = Console()
-    unknown = [d for d in domains or () if d not in DOMAINS]
+    plugins = [p for p in discover() if p.quickstart is not None]
+    known = [p.name for p in plugins]
+    unknown = [d for d in domains or () if d not in known]
     if unknown:
-        raise ValueError(f"unknown domain {unknown[0]!r}; known: {', '.join(DOMAINS)}")
+        raise ValueError(f"unknown domain {unknown[0]!r}; domains with a quickstart: {', '.join(known)}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out}: already holds outputs; pass --overwrite to replace them or choose --out")
         shutil.rmtree(out)
     results: dict = {"core": core_demo(out / "core", steps, console)}
-    for name in domains or DOMAINS:
-        try:
-            mod = importlib.import_module(f"adaptome.domains.{name}.quickstart")
-        except ModuleNotFoundError as e:
-            if e.name == f"adaptome.domains.{name}.quickstart":
-                if domains:
-                    console.print(f"[yellow]{name}: no quickstart in this version[/]")
-                continue
-            raise
+    for plugin in plugins:
+        if domains and plugin.name not in domains:
+            continue
+        name = plugin.name
         console.rule(f"[bold]{name}")
         t0 = time.perf_counter()
-        results[name] = mod.run(out / name)
+        results[name] = plugin.quickstart(out / name)
         console.print(f"{name} done in {time.perf_counter() - t0:.0f} s")
     (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
     console.rule("[bold]summary")

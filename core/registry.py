@@ -10,16 +10,14 @@ Not covered: entry-point plugins from other installed packages.
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
-    """Unknown or duplicate name. ``str()`` gives the plain message (KeyError would quote it)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+class RegistryError(AdaptomeError, KeyError):
+    """Unknown or duplicate name. ``str()`` gives the plain message (``AdaptomeError.__str__``)."""
 
 
 class Registry(Generic[T]):

@@ -18,6 +18,7 @@ character tokenizer (use a hub tokenizer for such text).
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 import os
 import string
 from pathlib import Path
@@ -27,7 +28,7 @@ SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
 CHARS = "".join(ch for ch in string.printable if ch not in "\t\n\r\x0b\x0c")
 
 
-class InputError(ValueError):
+class InputError(AdaptomeError, ValueError):
     """An input file is missing, empty or malformed; the message names the file."""
 
 

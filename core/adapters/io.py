@@ -12,6 +12,7 @@ Not covered: sharded adapter files (one safetensors file per adapter), pushing t
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ PEFT_CONFIG = "adapter_config.json"
 META = "adaptome.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AdaptomeError, ValueError):
     """A checkpoint folder is missing, incomplete or does not fit the model."""
 
 

@@ -14,6 +14,7 @@ architectures not listed in ``ARCH_PRESETS`` (give module names or a regex).
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 import re
 
 from torch import nn
@@ -50,7 +51,7 @@ PRESETS = ("attention", "mlp", "attention+mlp")
 _HEAD_NAMES = ("lm_head", "classifier", "head", "score")
 
 
-class TargetError(ValueError):
+class TargetError(AdaptomeError, ValueError):
     """Target patterns that match nothing or name an unknown preset."""
 
 

@@ -20,6 +20,7 @@ rebuilds the base model the same way).
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ STATE_FILE = "trainer_state.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
-class ResumeError(ValueError):
+class ResumeError(AdaptomeError, ValueError):
     """A checkpoint cannot be resumed (incomplete, or written by another config)."""
 
 

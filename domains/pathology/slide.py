@@ -14,6 +14,7 @@ objective-power fallback when MPP is missing (a guess we refuse to make silently
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 import csv
 import os
 from pathlib import Path
@@ -26,7 +27,7 @@ SAMPLE_LABELS = Path(__file__).parent / "data" / "digi_stils_tcga" / "TCGA-cohor
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 
 
-class SlideError(RuntimeError):
+class SlideError(AdaptomeError, RuntimeError):
     """A slide cannot be opened or read; the message names the file."""
 
 

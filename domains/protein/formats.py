@@ -21,6 +21,7 @@ lower-case residues as a signal (they are upper-cased), nucleotide input.
 
 from __future__ import annotations
 
+from adaptome.core.errors import AdaptomeError
 import gzip
 import json
 import os
@@ -36,7 +37,7 @@ Policy = Literal["error", "skip", "keep"]
 _FIELD_RX = re.compile(r"^([A-Za-z][A-Za-z0-9_ \-]*)=<(.*)>$", re.S)
 
 
-class FormatError(ValueError):
+class FormatError(AdaptomeError, ValueError):
     """A file or line does not follow the expected format; the message names the file."""
 
 

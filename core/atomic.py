@@ -1,0 +1,84 @@
+"""Atomic writes: a file or a folder appears whole under its final name, or not at all.
+
+``atomic_dir(target)`` yields a temporary sibling folder; on a clean exit it is renamed to
+``target`` (an existing ``target`` is replaced only with ``overwrite=True`` and kept until the new
+one is complete); on an exception the temporary folder is removed and ``target`` is untouched.
+``atomic_file(target)`` does the same for one file (written next to it, fsynced, then renamed).
+``clean_stale(parent, name)`` removes temporary siblings that a killed process left behind.
+
+Not covered: atomicity across file systems (the temporary path is always a sibling, so a rename
+never crosses one) and durability of the parent folder's entry on power loss (no fsync of the
+folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+TMP_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``target`` when the block exits without error."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: already exists; pass --overwrite (overwrite=True) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
+    """Yield an open file whose content replaces ``target`` when the block exits without error."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``target`` atomically; returns ``target``."""
+    with atomic_file(target) as fh:
+        fh.write(text)
+    return Path(target)
+
+
+def clean_stale(parent: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove temporary siblings left in ``parent`` by a killed writer (of ``name`` only, if given)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    prefix = f".{name}{TMP_MARK}" if name else "."
+    removed = []
+    for p in parent.iterdir():
+        if p.name.startswith(prefix) and (TMP_MARK in p.name or ".old-" in p.name):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
