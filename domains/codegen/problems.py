@@ -1,0 +1,141 @@
+"""Problems and completions: MultiPL-E JSONL, a user's own JSONL, program assembly, stop tokens.
+
+A problem is one JSON object per line with at least ``name, language, prompt, tests``
+(MultiPL-E's records also carry ``doctests, original, prompt_terminology, stop_tokens``; kept
+as they are). ``stop_tokens`` defaults to the language's. The program that runs is
+``prompt + completion + "\\n" + tests`` (MultiPL-E's rule). A completion is cut at the first
+occurrence of any stop token (``truncate``).
+
+The shipped MultiPL-E subset (``data/multipl_e``: HumanEval and MBPP, R and Racket, the
+"reworded" prompts) is for evaluation only: its licence forbids training on it
+(``data_cards/codegen_multipl_e.md``).
+
+Not covered: MultiPL-E's Hugging Face parquet copy (export it to JSONL first), the ``keep`` /
+``remove`` / ``transform`` prompt variants (they load the same way if you have the files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+from adaptome.core.errors import AdaptomeError
+from adaptome.domains.codegen.languages import get_language
+
+REQUIRED = ("name", "language", "prompt", "tests")
+SHIPPED = {"humaneval-r": "humaneval-r-reworded.jsonl", "humaneval-rkt": "humaneval-rkt-reworded.jsonl",
+           "mbpp-r": "mbpp-r-reworded.jsonl", "mbpp-rkt": "mbpp-rkt-reworded.jsonl"}
+
+
+class ProblemError(AdaptomeError, ValueError):
+    """A problems or completions file is missing or malformed; the message names the file and line."""
+
+
+@dataclass
+class Problem:
+    name: str
+    language: str  # MultiPL-E key: "r" or "rkt"
+    prompt: str
+    tests: str
+    stop_tokens: list[str]
+    extra: dict = field(default_factory=dict)  # any other fields, written back unchanged
+
+    def program(self, completion: str) -> str:
+        """MultiPL-E's program: prompt + completion + newline + tests."""
+        return self.prompt + completion + "\n" + self.tests
+
+    def to_json(self) -> dict:
+        return {**self.extra, "name": self.name, "language": self.language, "prompt": self.prompt,
+                "tests": self.tests, "stop_tokens": list(self.stop_tokens)}
+
+
+def truncate(completion: str, stop_tokens: list[str] | tuple[str, ...]) -> str:
+    """Cut ``completion`` at the earliest stop token (the token itself is dropped)."""
+    cut = len(completion)
+    for tok in stop_tokens:
+        i = completion.find(tok)
+        if i != -1:
+            cut = min(cut, i)
+    return completion[:cut]
+
+
+def shipped_path(dataset: str) -> Path:
+    """Path of a shipped MultiPL-E subset: humaneval-r, humaneval-rkt, mbpp-r or mbpp-rkt."""
+    if dataset not in SHIPPED:
+        raise ProblemError(f"unknown shipped dataset {dataset!r}; known: {', '.join(SHIPPED)}")
+    return Path(str(files("adaptome.domains.codegen") / "data" / "multipl_e" / SHIPPED[dataset]))
+
+
+def resolve(source: str | os.PathLike) -> Path:
+    """A shipped dataset name or a path to a JSONL file."""
+    s = str(source)
+    return shipped_path(s) if s in SHIPPED else Path(s)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ProblemError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ProblemError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ProblemError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise ProblemError(f"{path}: no records")
+    return rows
+
+
+def load_problems(source: str | os.PathLike, limit: int | None = None) -> list[Problem]:
+    """Problems from a shipped dataset name or a JSONL path; names must be unique."""
+    path = resolve(source)
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for i, row in enumerate(read_jsonl(path), 1):
+        missing = [k for k in REQUIRED if not isinstance(row.get(k), str)]
+        if missing:
+            raise ProblemError(f"{path}: record {i}: missing or non-string field(s) {', '.join(missing)}")
+        try:
+            lang = get_language(row["language"])
+        except AdaptomeError as e:
+            raise ProblemError(f"{path}: record {i} ({row['name']}): {e}") from None
+        if row["name"] in seen:
+            raise ProblemError(f"{path}: record {i}: duplicate problem name {row['name']!r}")
+        seen.add(row["name"])
+        stops = row.get("stop_tokens", list(lang.stop_tokens))
+        if not (isinstance(stops, list) and all(isinstance(s, str) and s for s in stops)):
+            raise ProblemError(f"{path}: record {i} ({row['name']}): stop_tokens must be a list of non-empty strings")
+        extra = {k: v for k, v in row.items() if k not in (*REQUIRED, "stop_tokens")}
+        out.append(Problem(row["name"], lang.name, row["prompt"], row["tests"], stops, extra))
+    return out[:limit] if limit else out
+
+
+def load_completions(path: str | os.PathLike) -> dict[str, list[str]]:
+    """``{name: [completion, ...]}`` from a completions JSONL (one ``{name, completions}`` or
+    ``{name, completion}`` object per line; several lines per name are concatenated)."""
+    path = Path(path)
+    out: dict[str, list[str]] = {}
+    for i, row in enumerate(read_jsonl(path), 1):
+        name = row.get("name")
+        if not isinstance(name, str):
+            raise ProblemError(f"{path}: record {i}: missing field 'name'")
+        if "completions" in row:
+            comps = row["completions"]
+        elif "completion" in row:
+            comps = [row["completion"]]
+        else:
+            raise ProblemError(f"{path}: record {i} ({name}): needs 'completions' (a list) or 'completion'")
+        if not (isinstance(comps, list) and all(isinstance(c, str) for c in comps)):
+            raise ProblemError(f"{path}: record {i} ({name}): completions must be a list of strings")
+        out.setdefault(name, []).extend(comps)
+    return out

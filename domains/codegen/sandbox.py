@@ -1,0 +1,405 @@
+"""Run one untrusted program in a sandbox: ``run_sandboxed(argv, workdir, limits)``.
+
+The run, at the strongest level ``isolation.detect()`` finds (see ``isolation.py`` for the
+levels and for what each does *not* cover):
+
+1. The harness makes per-run cgroups (memory with ``memory.limit_in_bytes`` and the same
+   ``memsw`` limit so swap is no way out; pids with ``pids.max``) and starts a child in a new
+   session that joins them before anything else happens.
+2. That child (the *waiter*, outside the namespaces) unshares PID, network, mount, IPC and UTS
+   namespaces and forks the namespace's *init* (pid 1), then only waits. It and init die with
+   SIGKILL when their parent dies (``PR_SET_PDEATHSIG``).
+3. init makes every mount private, bind-mounts the working directory over itself, remounts
+   every other mount point read-only (``MS_REMOUNT|MS_BIND|MS_RDONLY``, keeping nosuid / nodev /
+   noexec), mounts a fresh ``/proc`` (the host's processes and their environments are not
+   visible), and forks the program. It reaps every orphan and, when the program exits, reports
+   its wait status on a pipe and exits; the kernel then SIGKILLs whatever is left in the
+   namespace, ``setsid`` daemons included.
+4. The program's process drops to uid/gid ``nobody`` (no capabilities: it cannot remount, and
+   it owns nothing outside the working directory), sets ``RLIMIT_CPU``, ``RLIMIT_FSIZE``,
+   ``RLIMIT_NOFILE``, ``RLIMIT_CORE`` = 0 (and ``RLIMIT_AS`` / ``RLIMIT_NPROC`` where no cgroup
+   bounds memory / processes), enters the working directory and execs the interpreter with a
+   scrubbed environment (``PATH``, ``HOME`` and ``TMPDIR`` = the working directory, ``LANG``,
+   plus the variables the caller lists).
+5. The harness reads stdout and stderr, keeps the first ``capture_bytes`` of each and counts the
+   rest; past ``max_output_bytes`` in total, or past the wall-clock ``timeout_s``, it SIGKILLs the
+   waiter (init follows through PDEATHSIG, the namespace through init) and then SIGKILLs every
+   process still listed in the pids cgroup. Network: the namespace has only ``lo``, down, so no
+   connection to anything, the host's loopback included.
+
+Statuses, beyond the language's own classification (``languages.py``): ``Timeout`` (wall clock
+or ``RLIMIT_CPU``), ``OutputLimit``, ``MemoryError`` (the memory cgroup hit its limit and the
+program died of it).
+
+Not covered: CPU share between concurrent runs (each run is single-threaded in practice; no cpu
+cgroup), disk space inside the working directory beyond ``RLIMIT_FSIZE`` per file, side channels
+(timing, /sys reads), and kernel exploits; the sandbox is a containment for buggy and mildly
+hostile generated code, not a security boundary against a determined attacker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaptome.domains.codegen import isolation as iso
+
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+@dataclass
+class Limits:
+    """Resource limits of one run.
+
+    Args:
+        timeout_s: wall-clock limit; the whole process tree is killed at it.
+        cpu_s: ``RLIMIT_CPU`` per process (seconds of CPU).
+        memory_mb: memory of the whole run (cgroup) or virtual memory per process (``RLIMIT_AS``).
+        max_procs: processes of the run (pids cgroup) or ``RLIMIT_NPROC``.
+        file_size_mb: largest file the program may write (``RLIMIT_FSIZE``).
+        capture_bytes: bytes of stdout and of stderr kept in the result (MultiPL-E keeps 2048).
+        max_output_bytes: stdout + stderr beyond this kills the run with status ``OutputLimit``.
+        nofile: open file descriptors per process.
+        env_pass: names of the caller's environment variables passed through (default: none).
+    """
+
+    timeout_s: float = 15.0
+    cpu_s: int = 15
+    memory_mb: int = 512
+    max_procs: int = 32
+    file_size_mb: int = 16
+    capture_bytes: int = 2048
+    max_output_bytes: int = 1 << 20
+    nofile: int = 256
+    env_pass: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 16 or self.max_procs < 1:
+            raise ValueError(f"sandbox limits out of range: {self}")
+
+
+@dataclass
+class RunResult:
+    """What happened to one run."""
+
+    exit_code: int  # the program's exit code, or -signal when a signal ended it
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    output_limited: bool = False
+    memory_exceeded: bool = False
+    signal: int | None = None
+    wall_s: float = 0.0
+    isolation: dict = field(default_factory=dict)
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not be set up (not the program's fault)."""
+
+
+class _Cgroups:
+    """Per-run memory and pids cgroups (cgroup v1), created before the run and removed after."""
+
+    def __init__(self, isolation: iso.Isolation, limits: Limits) -> None:
+        name = f"adaptome-run-{uuid.uuid4().hex[:12]}"
+        self.dirs: list[Path] = []
+        self.memory = self.pids = None
+        if isolation.memory_cgroup:
+            self.memory = Path(isolation.memory_cgroup) / name
+            self.memory.mkdir()
+            self.dirs.append(self.memory)
+            nbytes = str(limits.memory_mb << 20)
+            (self.memory / "memory.limit_in_bytes").write_text(nbytes)
+            sw = self.memory / "memory.memsw.limit_in_bytes"
+            if sw.exists():
+                sw.write_text(nbytes)
+        if isolation.pids_cgroup:
+            self.pids = Path(isolation.pids_cgroup) / name
+            self.pids.mkdir()
+            self.dirs.append(self.pids)
+            (self.pids / "pids.max").write_text(str(limits.max_procs + 2))  # + waiter and init
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def memory_hit(self) -> bool:
+        if self.memory is None:
+            return False
+        try:
+            return int((self.memory / "memory.failcnt").read_text()) > 0
+        except (OSError, ValueError):
+            return False
+
+    def live_pids(self) -> list[int]:
+        pids: set[int] = set()
+        for d in self.dirs:
+            try:
+                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return sorted(pids)
+
+    def sweep_and_remove(self) -> None:
+        """SIGKILL anything left in the cgroups, then remove them."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            left = self.live_pids()
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                raise SandboxError(f"processes {left} survived SIGKILL in {self.dirs}")
+            time.sleep(0.005)
+        for d in self.dirs:
+            for _ in range(200):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.005)
+
+
+def _limit(which: int, value: int) -> None:
+    resource.setrlimit(which, (value, value))
+
+
+def _child_setup(plan: dict) -> None:
+    """``preexec_fn``: runs in the forked child, before exec. Only the program's process returns."""
+    lib = plan["libc"]
+    status_w = plan["status_w"]
+    try:
+        for procs in plan["cgroup_procs"]:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        level = plan["level"]
+        if level != "rlimits":
+            flags = iso.NS_FLAGS | (iso.CLONE_NEWUSER if level == "userns" else 0)
+            if lib.unshare(flags) != 0:
+                raise OSError(ctypes_errno(), "unshare")
+            if level == "userns":
+                iso._write_id_maps(plan["uid"], plan["gid"])
+            init = os.fork()
+            if init:
+                _waiter(lib, init)  # never returns
+            lib.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            _mount_setup(lib, plan)
+            prog = os.fork()
+            if prog:
+                _init_loop(prog, status_w)  # never returns
+        os.close(status_w)
+        _drop_and_limit(plan)
+    except BaseException as e:  # setup failed: report it, never exec the program
+        try:
+            os.write(status_w, f"setup {type(e).__name__}: {e}".encode()[:400])
+        finally:
+            os._exit(126)
+
+
+def ctypes_errno() -> int:
+    return ctypes.get_errno()
+
+
+def _waiter(lib, init: int) -> None:
+    """The child outside the namespaces: dies with the harness, waits for init, exits."""
+    lib.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _close_all(keep=-1)
+    os.waitpid(init, 0)
+    os._exit(0)
+
+
+def _init_loop(prog: int, status_w: int) -> None:
+    """pid 1 of the namespace: reap everything; report the program's status; exit (kills the rest)."""
+    _close_all(keep=status_w)
+    while True:
+        try:
+            pid, st = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == prog:
+            os.write(status_w, f"status {st}".encode())
+            os._exit(0)
+
+
+def _close_all(keep: int) -> None:
+    for fd in (0, 1, 2):
+        os.close(fd)
+    if keep < 0:
+        os.closerange(3, 1 << 20)
+    else:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+
+
+def _mount_setup(lib, plan: dict) -> None:
+    def mount(src, target, fstype, flags):
+        if lib.mount(src, target, fstype, flags, None) != 0:
+            raise OSError(ctypes_errno(), f"mount {target!r}")
+
+    mount(b"none", b"/", None, iso.MS_REC | iso.MS_PRIVATE)
+    wd = plan["workdir"].encode()
+    mount(wd, wd, None, iso.MS_BIND | iso.MS_REC)
+    for target, keep in plan["remounts"]:
+        if lib.mount(b"none", target.encode(), None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY | keep, None) != 0:
+            if target == "/":
+                raise OSError(ctypes_errno(), "remount / read-only")
+    mount(b"proc", b"/proc", b"proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)
+
+
+def _drop_and_limit(plan: dict) -> None:
+    lim: Limits = plan["limits"]
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_CPU, lim.cpu_s)
+    _limit(resource.RLIMIT_FSIZE, lim.file_size_mb << 20)
+    _limit(resource.RLIMIT_NOFILE, lim.nofile)
+    if not plan["memory_cgroup"]:
+        _limit(resource.RLIMIT_AS, lim.memory_mb << 20)
+    if not plan["pids_cgroup"]:
+        _limit(resource.RLIMIT_NPROC, lim.max_procs)
+    if plan["run_as"] is not None:
+        os.setgroups([])
+        os.setgid(plan["run_as"])
+        os.setuid(plan["run_as"])
+    os.chdir(plan["workdir"])
+
+
+def _kill_run(proc: subprocess.Popen, cg: _Cgroups | None, level: str) -> None:
+    try:
+        if level == "rlimits":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()  # the waiter; init dies by PDEATHSIG, the namespace with init
+    except ProcessLookupError:
+        pass
+
+
+def run_sandboxed(argv: list[str], workdir: str | os.PathLike, limits: Limits | None = None,
+                  isolation: iso.Isolation | None = None) -> RunResult:
+    """Run ``argv`` in ``workdir`` (which must exist and is the only writable place)."""
+    limits = limits or Limits()
+    isolation = isolation or iso.detect()
+    workdir = os.path.realpath(workdir)
+    if isolation.run_as is not None:
+        os.chown(workdir, isolation.run_as, isolation.run_as)
+        for p in Path(workdir).iterdir():
+            os.chown(p, isolation.run_as, isolation.run_as)
+    env = dict(BASE_ENV, HOME=workdir, TMPDIR=workdir)
+    env.update({k: os.environ[k] for k in limits.env_pass if k in os.environ})
+    status_r, status_w = os.pipe()
+    cg = _Cgroups(isolation, limits) if (isolation.memory_cgroup or isolation.pids_cgroup) else None
+    plan = {"libc": iso.libc(), "status_w": status_w, "level": isolation.level, "workdir": workdir,
+            "cgroup_procs": cg.procs_files() if cg else [], "limits": limits,
+            "memory_cgroup": bool(cg and cg.memory), "pids_cgroup": bool(cg and cg.pids),
+            "run_as": isolation.run_as,
+            "uid": os.getuid(), "gid": os.getgid(),
+            "remounts": iso.readonly_remounts(workdir) if isolation.level != "rlimits" else []}
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, pass_fds=(status_w,),
+                                preexec_fn=lambda: _child_setup(plan))
+    except BaseException:
+        os.close(status_r)
+        os.close(status_w)
+        if cg:
+            cg.sweep_and_remove()
+        raise
+    os.close(status_w)
+    try:
+        out = _collect(proc, status_r, limits, t0)
+        if out["timed_out"] or out["output_limited"]:
+            _kill_run(proc, cg, isolation.level)
+        proc.wait()
+        if isolation.level == "rlimits":
+            _kill_run(proc, cg, isolation.level)  # the group may outlive its leader
+        out["status"] += _drain(status_r)
+    finally:
+        os.close(status_r)
+        memory_hit = cg.memory_hit() if cg else False
+        if cg:
+            cg.sweep_and_remove()
+    return _result(out, proc, memory_hit, isolation, time.monotonic() - t0)
+
+
+def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float) -> dict:
+    """Read stdout / stderr / the status pipe until all close, the deadline, or the output cap."""
+    sel = selectors.DefaultSelector()
+    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    for f in (proc.stdout, proc.stderr):
+        os.set_blocking(f.fileno(), False)
+        sel.register(f.fileno(), selectors.EVENT_READ)
+    sel.register(status_r, selectors.EVENT_READ)
+    status = bytearray()
+    total = 0
+    timed_out = output_limited = False
+    open_fds = {proc.stdout.fileno(), proc.stderr.fileno(), status_r}
+    while open_fds:
+        left = limits.timeout_s - (time.monotonic() - t0)
+        if left <= 0:
+            timed_out = True
+            break
+        for key, _ in sel.select(timeout=min(left, 0.5)):
+            fd = key.fd
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                sel.unregister(fd)
+                open_fds.discard(fd)
+                continue
+            if fd == status_r:
+                status += chunk
+                continue
+            total += len(chunk)
+            buf = bufs[fd]
+            if len(buf) < limits.capture_bytes:
+                buf += chunk[: limits.capture_bytes - len(buf)]
+        if total > limits.max_output_bytes:
+            output_limited = True
+            break
+    sel.close()
+    proc.stdout.close()
+    proc.stderr.close()
+    return {"bufs": list(bufs.values()), "timed_out": timed_out, "output_limited": output_limited,
+            "status": status}
+
+
+def _drain(fd: int) -> bytes:
+    out = bytearray()
+    os.set_blocking(fd, False)
+    try:
+        while chunk := os.read(fd, 4096):
+            out += chunk
+    except BlockingIOError:
+        pass
+    return bytes(out)
+
+
+def _result(out: dict, proc: subprocess.Popen, memory_hit: bool, isolation: iso.Isolation, wall: float) -> RunResult:
+    stdout, stderr = (bytes(b).decode("utf-8", "replace") for b in out["bufs"])
+    status = bytes(out["status"]).decode("utf-8", "replace")
+    if status.startswith("setup"):
+        raise SandboxError(f"sandbox set-up failed ({isolation.level}): {status[6:]}")
+    if isolation.level == "rlimits":
+        code = proc.returncode
+    elif status.startswith("status "):
+        code = os.waitstatus_to_exitcode(int(status.split()[1]))
+    else:  # killed before init reported: the harness killed it (timeout / output cap)
+        code = -signal.SIGKILL
+    sig = -code if code < 0 else None
+    timed_out = out["timed_out"] or sig == signal.SIGXCPU
+    return RunResult(exit_code=code, stdout=stdout, stderr=stderr, timed_out=timed_out,
+                     output_limited=out["output_limited"], memory_exceeded=memory_hit and code != 0,
+                     signal=sig, wall_s=wall, isolation=isolation.describe())
