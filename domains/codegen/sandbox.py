@@ -133,10 +133,19 @@ class _Cgroups:
     def memory_hit(self) -> bool:
         if self.memory is None:
             return False
-        try:
-            return int((self.memory / "memory.failcnt").read_text()) > 0
+        hits = 0
+        for name in ("memory.failcnt", "memory.memsw.failcnt"):
+            try:
+                hits += int((self.memory / name).read_text())
+            except (OSError, ValueError):
+                pass
+        try:  # "oom_kill N" (Linux >= 4.13)
+            for line in (self.memory / "memory.oom_control").read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    hits += int(line.split()[1])
         except (OSError, ValueError):
-            return False
+            pass
+        return hits > 0
 
     def live_pids(self) -> list[int]:
         pids: set[int] = set()
@@ -194,6 +203,7 @@ def _child_setup(plan: dict) -> None:
             if init:
                 _waiter(lib, init)  # never returns
             lib.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            lib.prctl(iso.PR_SET_DUMPABLE, 0, 0, 0, 0)  # its /proc/1/environ (the harness's) stays unreadable
             _mount_setup(lib, plan)
             prog = os.fork()
             if prog:
@@ -214,6 +224,7 @@ def ctypes_errno() -> int:
 def _waiter(lib, init: int) -> None:
     """The child outside the namespaces: dies with the harness, waits for init, exits."""
     lib.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    lib.prctl(iso.PR_SET_DUMPABLE, 0, 0, 0, 0)
     _close_all(keep=-1)
     os.waitpid(init, 0)
     os._exit(0)
