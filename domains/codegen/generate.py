@@ -1,0 +1,141 @@
+"""``codegen generate``: n completions per problem from a backend, with batching, seeding and resume.
+
+Output folder: ``generate_config.json`` (every setting that shapes the completions) and
+``completions.jsonl``, one line per finished batch: ``{"name", "batch_start", "seed",
+"completions": [...]}``. The n samples of a problem are drawn in batches of ``batch_size``; batch
+b of problem p uses the seed ``derive_seed(seed, p, b)``, so each batch is reproducible on its
+own and an interrupted run, resumed, ends with exactly the completions of an uninterrupted one.
+Resuming is allowed only when ``generate_config.json`` matches the new settings (model, backend
+URL, prompt builder, n, temperature, top_p, max_tokens, seed, problems file digest); otherwise
+the run refuses and names the differing settings (or pass ``overwrite``). A half-written last line
+(a killed run) is dropped.
+
+Not covered: sharding one run over several processes (run one per problem subset instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from adaptome.core.errors import AdaptomeError
+from adaptome.domains.codegen.backends import Backend
+from adaptome.domains.codegen.problems import Problem
+from adaptome.domains.codegen.prompts import build_prompt
+
+
+class ResumeMismatch(AdaptomeError, ValueError):
+    """An output folder holds a run made with other settings."""
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of a generation run.
+
+    Args:
+        model: model spec of the local backend, or the model name sent to the HTTP server.
+        url: base URL of an OpenAI-compatible server (empty: the local backend).
+        prompt_builder: registered prompt builder (zero-shot, few-shot, translation, reference).
+        n: completions per problem.
+        batch_size: completions drawn per backend call.
+        temperature: sampling temperature; 0 is greedy.
+        top_p: nucleus sampling mass.
+        max_tokens: new tokens per completion.
+        seed: base seed; each batch derives its own from it.
+        problems_digest: sha256 of the problems (filled in by ``run_generate``).
+    """
+
+    model: str = "tiny"
+    url: str = ""
+    prompt_builder: str = "zero-shot"
+    n: int = 1
+    batch_size: int = 8
+    temperature: float = 0.2
+    top_p: float = 0.95
+    max_tokens: int = 256
+    seed: int = 0
+    problems_digest: str = ""
+
+
+def derive_seed(seed: int, name: str, batch_start: int) -> int:
+    h = hashlib.sha256(f"{seed}/{name}/{batch_start}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def problems_digest(problems: list[Problem]) -> str:
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps(p.to_json(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _done_batches(path: Path) -> dict[tuple[str, int], list[str]]:
+    done: dict[tuple[str, int], list[str]] = {}
+    if not path.exists():
+        return done
+    raw = path.read_bytes()
+    good_end = raw.rfind(b"\n") + 1
+    if good_end < len(raw):  # a killed run left half a line: drop it
+        with path.open("r+b") as f:
+            f.truncate(good_end)
+    for line in raw[:good_end].decode("utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            done[(row["name"], row["batch_start"])] = row["completions"]
+    return done
+
+
+def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig, out_dir: str | os.PathLike,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Generate (or finish generating) ``cfg.n`` completions per problem into ``out_dir``."""
+    from adaptome.core.atomic import write_text_atomic
+    from adaptome.core.progress import progress_bar
+
+    if cfg.n < 1 or cfg.batch_size < 1 or cfg.max_tokens < 1:
+        raise ValueError(f"n, batch_size and max_tokens must be >= 1 (got {cfg.n}, {cfg.batch_size}, {cfg.max_tokens})")
+    cfg.problems_digest = problems_digest(problems)
+    out = Path(out_dir)
+    cfg_path, comp_path = out / "generate_config.json", out / "completions.jsonl"
+    if cfg_path.exists() and not overwrite:
+        old = json.loads(cfg_path.read_text())
+        diff = sorted(k for k, v in asdict(cfg).items() if old.get(k) != v)
+        if diff:
+            raise ResumeMismatch(f"{cfg_path}: made with other settings ({', '.join(diff)}); "
+                                 "pass --overwrite to start again or choose another --out")
+    elif cfg_path.exists() and overwrite:
+        comp_path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg_path, json.dumps(asdict(cfg), indent=1))
+    done = _done_batches(comp_path)
+    todo = [(p, b) for p in problems for b in range(0, cfg.n, cfg.batch_size) if (p.name, b) not in done]
+    with progress_bar("generating", total=len(todo), enabled=progress) as bar, comp_path.open("a") as f:
+        for p, b in todo:
+            size = min(cfg.batch_size, cfg.n - b)
+            seed = derive_seed(cfg.seed, p.name, b)
+            texts = backend.complete(build_prompt(cfg.prompt_builder, p), size, seed, cfg.temperature, cfg.top_p,
+                                     cfg.max_tokens, list(p.stop_tokens))
+            f.write(json.dumps({"name": p.name, "batch_start": b, "seed": seed, "completions": texts}) + "\n")
+            f.flush()
+            bar.advance(1)
+    return {"problems": len(problems), "batches_run": len(todo), "batches_reused": len(done),
+            "completions": str(comp_path)}
+
+
+def read_completions(out_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """``{name: completions in sample order}`` from a generation folder or a completions JSONL."""
+    from adaptome.domains.codegen.problems import ProblemError, load_completions
+
+    path = Path(out_dir)
+    if not path.is_dir():
+        return load_completions(path)
+    path = path / "completions.jsonl"
+    if not path.is_file():
+        raise ProblemError(f"{path}: no completions file (run `adaptome codegen generate` first)")
+    rows = _done_batches(path)
+    out: dict[str, list[str]] = {}
+    for (name, _), comps in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        out.setdefault(name, []).extend(comps)
+    return out
