@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 OUT    ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test install install-dev venv clean
+.PHONY: quickstart test install install-dev interpreters venv clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -19,10 +19,15 @@ $(PY):
 
 venv: $(PY)
 
-install: $(PY)
+# R and Racket run the codegen domain's programs (Debian packages; CI runs as root on Debian).
+interpreters:
+	command -v Rscript >/dev/null && command -v racket >/dev/null || \
+		(apt-get update && apt-get install -y r-base-core racket)
+
+install: $(PY) interpreters
 	$(PIP) install -e '.[all]'
 
-install-dev: $(PY)
+install-dev: $(PY) interpreters
 	$(PIP) install -e '.[all,dev]'
 
 quickstart: install

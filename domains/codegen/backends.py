@@ -62,9 +62,14 @@ class LocalBackend:
         self.max_context = max_context or cfg_max or 4096
 
     @classmethod
-    def load(cls, spec: str = "tiny", seed: int = 0, device: str = "cpu") -> "LocalBackend":
+    def load(cls, spec: str = "tiny", seed: int = 0, device: str = "cpu", threads: int | None = None) -> "LocalBackend":
+        """Load ``spec``; the tiny model runs on one CPU thread (more threads only add contention at its size)."""
+        import torch
+
         from adaptome.domains.codegen.models import load_model
 
+        if threads or spec in ("", "tiny"):
+            torch.set_num_threads(threads or 1)
         model, tok = load_model(spec, seed=seed, device=device)
         return cls(model, tok, name=spec or "tiny")
 

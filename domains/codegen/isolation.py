@@ -73,8 +73,8 @@ class Isolation:
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
-        return {"level": self.level, "network": self.level != "rlimits",
-                "pid_namespace": self.level != "rlimits", "readonly_root": self.level != "rlimits",
+        ns = self.level != "rlimits"
+        return {"level": self.level, "network_namespace": ns, "pid_namespace": ns, "readonly_mounts": ns,
                 "memory": "cgroup" if self.memory_cgroup else "rlimit_as",
                 "processes": "cgroup" if self.pids_cgroup else "rlimit_nproc",
                 "run_as": self.run_as, "notes": list(self.notes)}

@@ -1,0 +1,271 @@
+"""``codegen train``: adapter fine-tuning of a causal LM on R / Racket code, and the translation objective.
+
+Training data (``read_training_data``):
+
+* a folder of source files (``.r``, ``.R``, ``.rkt``; searched recursively): one example per file,
+  the loss on every token;
+* a ``{prompt, solution}`` JSONL (MultiPL-T style): one example per line, text = prompt + solution,
+  the loss on every token;
+* a translation JSONL ``{source, target}`` (optional ``source_language``, default Python, and
+  ``target_language``, ``r`` or ``rkt``): the translation objective of "No Silver Bullet": text =
+  the source program as comments under a ``<source language>:`` header, then a ``<target>:`` header
+  and the target program; the loss only on the target program's tokens.
+
+**Evaluation data is never training data** (MultiPL-E's licence forbids it, and it would make
+pass@k meaningless): ``check_no_overlap`` refuses a training example that shares a distinctive
+line (>= 20 characters after whitespace is collapsed, and not boilerplate found in 3 or more
+problems, such as ``test_humaneval <- function() {``) with any evaluation problem's prompt or
+tests: the shipped MultiPL-E subset always, plus any problems file passed as ``eval_problems``.
+The error names the training file, the example and the problem.
+
+Training goes through ``adaptome.core.train.loop.fit`` with any registered adapter
+(``core.adapters``, default LoRA on all linear layers); outputs: ``train_config.json``,
+``metrics.jsonl``, ``checkpoints/``, ``adapter/``, ``merged/`` (a standalone model + tokenizer that
+``codegen serve`` / ``generate --model`` load), ``summary.json``.
+
+Not covered: near-duplicate detection beyond shared lines (renamed variables pass the check),
+packing several examples into one block (each example is its own padded sequence, truncated
+to ``block_size``), multi-process training (``fit`` supports it; this command runs one process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from adaptome.core.errors import AdaptomeError
+from adaptome.domains.codegen.languages import get_language
+from adaptome.domains.codegen.problems import SHIPPED, Problem, ProblemError, load_problems, read_jsonl
+
+SOURCE_SUFFIXES = (".r", ".R", ".rkt")
+MIN_LINE = 20
+
+
+class OverlapError(AdaptomeError, ValueError):
+    """Training data overlaps evaluation problems."""
+
+
+@dataclass
+class Example:
+    text: str
+    loss_from: int  # characters before this offset carry no loss (the translation source)
+    origin: str  # "file" or "file:line"
+
+
+@dataclass
+class CodegenTrainConfig:
+    """Settings of ``codegen train``.
+
+    Args:
+        model: ``tiny``, a local folder or a hub id.
+        data: training files / folders (see the module docstring for the formats).
+        eval_problems: extra problems files the data must not overlap (the shipped subset always counts).
+        method: registered adapter method.
+        adapter_options: options of the method's config.
+        block_size: tokens per example (longer examples are truncated).
+        output_dir: where everything goes.
+        max_steps: optimizer steps.
+        batch_size: examples per step.
+        lr: learning rate.
+        warmup_steps: linear warm-up steps.
+        seed: seed of the tiny model's weights and of training.
+    """
+
+    model: str = "tiny"
+    data: list[str] = field(default_factory=list)
+    eval_problems: list[str] = field(default_factory=list)
+    method: str = "lora"
+    adapter_options: dict = field(default_factory=lambda: {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"})
+    block_size: int = 512
+    output_dir: str = "runs/codegen/train"
+    max_steps: int = 100
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 10
+    seed: int = 0
+
+
+def _norm(line: str) -> str:
+    return re.sub(r"\s+", " ", line).strip()
+
+
+def _comment(text: str, prefix: str) -> str:
+    return "\n".join(f"{prefix} {ln}".rstrip() for ln in text.splitlines())
+
+
+def translation_text(source: str, target: str, target_language: str, source_language: str = "Python") -> tuple[str, int]:
+    """The translation example and the offset where the loss starts (the target program)."""
+    lang = get_language(target_language)
+    head = f"{lang.comment} {source_language}:\n{_comment(source, lang.comment)}\n{lang.comment} {lang.display}:\n"
+    return head + target, len(head)
+
+
+def read_training_data(paths: list[str]) -> list[Example]:
+    """Examples from folders of source files and JSONL files ({prompt, solution} or {source, target})."""
+    out: list[Example] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix in SOURCE_SUFFIXES and f.is_file())
+            if not files:
+                raise ProblemError(f"{p}: holds no .r / .R / .rkt files")
+            out.extend(Example(f.read_text(encoding="utf-8"), 0, str(f)) for f in files)
+        elif p.suffix in SOURCE_SUFFIXES and p.is_file():
+            out.append(Example(p.read_text(encoding="utf-8"), 0, str(p)))
+        else:
+            for i, row in enumerate(read_jsonl(p), 1):
+                where = f"{p}:{i}"
+                if isinstance(row.get("prompt"), str) and isinstance(row.get("solution"), str):
+                    out.append(Example(row["prompt"] + row["solution"], 0, where))
+                elif isinstance(row.get("source"), str) and isinstance(row.get("target"), str):
+                    if "target_language" not in row:
+                        raise ProblemError(f"{where}: a translation pair needs 'target_language' (r or rkt)")
+                    try:
+                        text, start = translation_text(row["source"], row["target"], row["target_language"],
+                                                       row.get("source_language", "Python"))
+                    except AdaptomeError as e:
+                        raise ProblemError(f"{where}: {e}") from None
+                    out.append(Example(text, start, where))
+                else:
+                    raise ProblemError(f"{where}: expected {{prompt, solution}} or {{source, target, target_language}}")
+    if not out:
+        raise ProblemError("no training examples")
+    return out
+
+
+def evaluation_lines(problems: list[Problem]) -> dict[str, str]:
+    """Distinctive normalized lines of the problems' prompts and tests -> a problem holding them."""
+    owners: dict[str, set[str]] = defaultdict(set)
+    for p in problems:
+        for line in (p.prompt + "\n" + p.tests).splitlines():
+            n = _norm(line)
+            if len(n) >= MIN_LINE:
+                owners[n].add(p.name)
+    return {line: sorted(names)[0] for line, names in owners.items() if len(names) < 3}
+
+
+def check_no_overlap(examples: list[Example], eval_problems: list[Problem]) -> None:
+    lines = evaluation_lines(eval_problems)
+    for ex in examples:
+        for line in ex.text.splitlines():
+            n = _norm(line)
+            if n in lines:
+                raise OverlapError(f"{ex.origin}: training data overlaps evaluation problem {lines[n]} "
+                                   f"(shared line {n[:80]!r}); MultiPL-E prompts and tests are for evaluation only")
+
+
+def all_eval_problems(extra: list[str]) -> list[Problem]:
+    probs = [p for name in SHIPPED for p in load_problems(name)]
+    for f in extra:
+        probs.extend(load_problems(f))
+    return probs
+
+
+def _encode(examples: list[Example], tok, block_size: int) -> list[dict]:
+    import torch
+
+    rows = []
+    for ex in examples:
+        enc = tok(ex.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = (enc["input_ids"] + [tok.eos_token_id])[:block_size]
+        offs = (enc["offset_mapping"] + [(len(ex.text), len(ex.text))])[:block_size]
+        labels = [i if start >= ex.loss_from else -100 for i, (start, _) in zip(ids, offs)]
+        rows.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
+    return rows
+
+
+def _collate(pad_id: int):
+    import torch
+
+    def collate(batch: list[dict]) -> dict:
+        t = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), t), pad_id)  # (B, T)
+        labels = torch.full((len(batch), t), -100)  # (B, T)
+        mask = torch.zeros((len(batch), t), dtype=torch.long)  # (B, T)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = b["input_ids"], b["labels"], 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    return collate
+
+
+def mean_loss(model, rows: list[dict], collate, batch_size: int = 8) -> float:
+    """Mean per-token loss over ``rows`` (tokens with labels only)."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            b = collate(rows[i:i + batch_size])
+            out = model(**{k: v.to(model.device) for k, v in b.items()})
+            n = int((b["labels"][:, 1:] != -100).sum())
+            total += out.loss.item() * n
+            count += n
+    return total / max(1, count)
+
+
+def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Check the data, train the adapter, save adapter + merged model; returns the summary."""
+    import torch
+
+    from adaptome.core.adapters.api import apply_adapter, make_config, trainable_report
+    from adaptome.core.adapters.io import save_adapter, save_merged
+    from adaptome.core.atomic import write_text_atomic
+    from adaptome.core.train.loop import fit
+    from adaptome.domains.codegen.models import load_model
+
+    out = Path(cfg.output_dir)
+    if (out / "adapter").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'adapter'}: already exists; pass --overwrite or choose another --out")
+    if not cfg.data:
+        raise ProblemError("no training data given (--data FILE_OR_FOLDER)")
+    examples = read_training_data(cfg.data)
+    check_no_overlap(examples, all_eval_problems(cfg.eval_problems))  # before anything is written
+    adapter_cfg = make_config(cfg.method, cfg.adapter_options)
+    model, tok = load_model(cfg.model, seed=cfg.seed)
+    model.train()
+    rows = _encode(examples, tok, cfg.block_size)
+    collate = _collate(tok.pad_token_id)
+    loss_before = mean_loss(model, rows, collate)
+    model = apply_adapter(model, adapter_cfg)
+    report = trainable_report(model)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=1))
+    res = fit(model, rows, collate_fn=collate, output_dir=out, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+              lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", seed=cfg.seed,
+              log_every=max(1, cfg.max_steps // 10), resume=not overwrite, progress=progress, cpu=not torch.cuda.is_available())
+    model = res.model.eval()
+    loss_after = mean_loss(model, rows, collate)
+    save_adapter(model, out / "adapter", overwrite=overwrite)
+    tok.save_pretrained(out / "adapter")
+    if adapter_cfg.supports_merge:
+        save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
+    summary = {"examples": len(examples), "translation_examples": sum(e.loss_from > 0 for e in examples),
+               "method": cfg.method, "trainable": report["trainable"], "steps": res.step,
+               "train_loss_before": round(loss_before, 4), "train_loss_after": round(loss_after, 4),
+               "merged": str(out / "merged") if adapter_cfg.supports_merge else None}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def default_training_files(out_dir: str | os.PathLike) -> list[str]:
+    """Write the package's own ICL examples as training files (for the quickstart and tests):
+    a folder of R / Racket sources and a translation JSONL. Not MultiPL-E data."""
+    from adaptome.domains.codegen.prompts import icl_examples
+
+    out = Path(out_dir)
+    src = out / "sources"
+    src.mkdir(parents=True, exist_ok=True)
+    ex = icl_examples()
+    for lang, items in ex["few_shot"].items():
+        for item in items:
+            suffix = get_language(lang).suffix
+            (src / f"{item['name']}{suffix}").write_text(item["prompt"] + item["solution"] + "\n" + item["check"] + "\n")
+    pairs = out / "translation.jsonl"
+    pairs.write_text("".join(json.dumps({"source": p["python"], "target": p["target"], "target_language": lang}) + "\n"
+                             for lang, items in ex["translation"].items() for p in items))
+    return [str(src), str(pairs)]
