@@ -56,22 +56,19 @@ class _StopOnStrings:
 class LocalBackend:
     """A transformers causal LM in this process."""
 
-    def __init__(self, model, tokenizer, name: str = "local", max_context: int | None = None):
-        self.model, self.tok, self.name = model, tokenizer, name
+    def __init__(self, model, tokenizer, name: str = "local", max_context: int | None = None,
+                 threads: int | None = None):
+        self.model, self.tok, self.name, self.threads = model, tokenizer, name, threads
         cfg_max = getattr(model.config, "max_position_embeddings", None)
         self.max_context = max_context or cfg_max or 4096
 
     @classmethod
     def load(cls, spec: str = "tiny", seed: int = 0, device: str = "cpu", threads: int | None = None) -> "LocalBackend":
-        """Load ``spec``; the tiny model runs on one CPU thread (more threads only add contention at its size)."""
-        import torch
-
+        """Load ``spec``; the tiny model generates on one CPU thread (more only add contention at its size)."""
         from adaptome.domains.codegen.models import load_model
 
-        if threads or spec in ("", "tiny"):
-            torch.set_num_threads(threads or 1)
         model, tok = load_model(spec, seed=seed, device=device)
-        return cls(model, tok, name=spec or "tiny")
+        return cls(model, tok, name=spec or "tiny", threads=threads or (1 if spec in ("", "tiny") else None))
 
     def complete(self, prompt: str, n: int, seed: int, temperature: float, top_p: float, max_tokens: int,
                  stop: list[str]) -> list[str]:
@@ -83,14 +80,19 @@ class LocalBackend:
         ids = ids[:, -keep:].to(self.model.device)  # left-truncate: the end of the prompt (the header) matters
         greedy = temperature <= 0
         torch.manual_seed(seed)
+        saved = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)  # restored below: other work in this process keeps its setting
         kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        with torch.no_grad():
-            out = self.model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                num_return_sequences=1 if greedy else n,
-                pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
-                stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tok, ids.shape[1], stop)]) if stop else None,
-                **kw)  # out: (n, T + new)
+        stopping = StoppingCriteriaList([_StopOnStrings(self.tok, ids.shape[1], stop)]) if stop else None
+        try:
+            with torch.no_grad():
+                out = self.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                    num_return_sequences=1 if greedy else n, pad_token_id=self.tok.pad_token_id,
+                    eos_token_id=self.tok.eos_token_id, stopping_criteria=stopping, **kw)  # out: (n, T + new)
+        finally:
+            torch.set_num_threads(saved)
         texts = [truncate(self.tok.decode(row[ids.shape[1]:], skip_special_tokens=True), stop) for row in out]
         return texts * n if greedy else texts  # greedy: the n samples are one and the same
 

@@ -1,0 +1,113 @@
+"""The executor grades as MultiPL-E does: hand-written correct solutions pass; wrong, crashing,
+non-terminating and malformed ones get the right status. Results are MultiPL-E results files."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from adaptome.domains.codegen import isolation as iso
+from adaptome.domains.codegen.execute import execute_one, execute_run
+from adaptome.domains.codegen.problems import load_completions, load_problems
+
+from .conftest import need, short_limits
+
+REF = Path(str(files("adaptome.domains.codegen") / "data" / "reference"))
+
+
+def _run_references(tmp_path_factory, sets: tuple[str, ...]) -> dict:
+    need("Rscript")
+    need("racket")
+    out = {}
+    for lang in ("r", "rkt"):
+        probs = [p for s in sets for p in load_problems(f"{s}-{lang}")]
+        names = {p.name for p in probs}
+        comps = {k: v for k, v in load_completions(REF / f"{lang}.jsonl").items() if k in names}
+        folder = tmp_path_factory.mktemp(f"ref_{lang}")
+        summary = execute_run(probs, comps, folder, workers=2, limits=short_limits(timeout_s=15, cpu_s=15),
+                              progress=False)
+        out[lang] = (probs, comps, folder, summary)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    return _run_references(tmp_path_factory, ("humaneval",))
+
+
+@pytest.mark.parametrize("lang", ["r", "rkt"])
+def test_hand_written_solutions_pass(reference_run, lang):
+    probs, comps, folder, summary = reference_run[lang]
+    assert len(comps) >= 18  # 18 of the 20 shipped HumanEval problems per language (all 40 in the slow test)
+    assert summary["status_counts"]["OK"] == len(comps), summary["status_counts"]
+    doc = json.loads((folder / f"{next(iter(comps))}.results.json").read_text())
+    assert set(doc["results"][0]) >= {"program", "stdout", "stderr", "exit_code", "status", "timestamp"}
+    assert doc["isolation"]["level"] == iso.detect().level
+
+
+@pytest.mark.slow
+def test_all_hand_written_solutions_pass_humaneval_and_mbpp(tmp_path_factory):
+    runs = _run_references(tmp_path_factory, ("humaneval", "mbpp"))
+    for lang, (probs, comps, _, summary) in runs.items():
+        assert len(comps) >= 36, lang  # 36 of 40 per language
+        assert summary["status_counts"]["OK"] == len(comps), (lang, summary["status_counts"])
+
+
+def test_results_are_reused_only_for_the_same_programs_and_limits(reference_run):
+    probs, comps, folder, _ = reference_run["r"]
+    name = "HumanEval_24_largest_divisor"
+    p = [q for q in probs if q.name == name]
+    again = execute_run(p, {name: comps[name]}, folder, limits=short_limits(timeout_s=15, cpu_s=15), progress=False)
+    assert again["reused_problems"] == 1
+    wrong = {name: ["\n  n - 1\n}"]}
+    redo = execute_run(p, wrong, folder, limits=short_limits(timeout_s=15, cpu_s=15), progress=False)
+    assert redo["reused_problems"] == 0 and redo["status_counts"]["Exception"] == 1
+
+
+R_BAD = {
+    "wrong": ("\n  n - 1\n}", "Exception"),  # stopifnot fails: stderr holds the error (MultiPL-E: Exception)
+    "crash": ("\n  stop('boom')\n}", "Exception"),
+    "syntax": ("\n  n +* ) 1\n}", "SyntaxError"),
+    "silent_exit": ("\n  quit(status = 1)\n}", "AssertionError"),  # failure with empty stderr
+    "loop": ("\n  while (TRUE) {}\n}", "Timeout"),
+}
+RKT_BAD = {
+    "wrong": ("  (- n 1))", "Exception"),  # rackunit failure: exit 0 but stderr not empty
+    "crash": ("  (car '()))", "Exception"),
+    "syntax": ("  (+ 1 2", "SyntaxError"),
+    "loop": ("  (let loop () (loop)))", "Timeout"),
+}
+
+
+@pytest.mark.parametrize("lang,case", [("r", c) for c in R_BAD] + [("rkt", c) for c in RKT_BAD])
+def test_bad_completions_get_the_right_status(lang, case):
+    need("Rscript" if lang == "r" else "racket")
+    completion, status = (R_BAD if lang == "r" else RKT_BAD)[case]
+    p = next(q for q in load_problems(f"humaneval-{lang}") if q.name == "HumanEval_24_largest_divisor")
+    r = execute_one(lang, p.program(completion), short_limits(timeout_s=2.5, cpu_s=3))
+    assert r["status"] == status, (r["exit_code"], r["stderr"][:300])
+    if case == "wrong" and lang == "rkt":
+        assert r["exit_code"] == 0 and "FAILURE" in r["stderr"]  # why Racket needs the stderr rule
+
+
+def test_weakest_isolation_still_kills_setsid_daemons_and_loops():
+    need("Rscript")
+    weak = iso.detect("rlimits")
+    assert weak.level == "rlimits"
+    mark = "8888.5"
+    prog = f"system(\"setsid sh -c 'exec sleep {mark}' &\")\nrepeat {{}}\n"
+    r = execute_one("r", prog, short_limits(timeout_s=1.5), isolation=weak)
+    assert r["status"] == "Timeout" and r["isolation"]["level"] == "rlimits"
+    left = [d for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(d).find(mark) >= 0]
+    if weak.pids_cgroup:  # the pids cgroup sweep is what reaches a process that left the group
+        assert left == []
+
+
+def _cmd(d: Path) -> str:
+    try:
+        return (d / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
