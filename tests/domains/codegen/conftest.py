@@ -28,3 +28,14 @@ def short_limits(**kw) -> Limits:
     base = dict(timeout_s=4.0, cpu_s=4, memory_mb=256, max_procs=16, file_size_mb=4, max_output_bytes=1 << 20)
     base.update(kw)
     return Limits(**base)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny models train and generate faster on one thread than on two contended ones."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -1,0 +1,66 @@
+"""The codegen CLI through the real `adaptome` entry point and typer: help with examples, execute and
+generate end to end, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptome.domains.codegen.cli import app
+
+from .conftest import need
+
+COMMANDS = ["generate", "execute", "serve", "pass-at-k", "plansearch", "train"]
+
+
+def test_entry_point_lists_codegen_commands_with_examples():
+    out = subprocess.run([sys.executable, "-c", "from adaptome.core.cli import main; main()", "codegen", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for cmd in COMMANDS:
+        assert cmd in out.stdout
+    for cmd in COMMANDS:
+        res = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0 and "Example: adaptome codegen " + cmd in res.output, cmd
+
+
+def test_generate_then_execute_then_score(tmp_path):
+    need("racket")
+    runner = CliRunner()
+    gen = tmp_path / "gen"
+    res = runner.invoke(app, ["generate", "--problems", "humaneval-rkt", "--limit", "2", "--n", "2", "--max-tokens",
+                              "8", "--temperature", "0.8", "--out", str(gen)])
+    assert res.exit_code == 0, res.output
+    ex = tmp_path / "exec"
+    res = runner.invoke(app, ["execute", "--problems", "humaneval-rkt", "--completions", str(gen), "--out", str(ex),
+                              "--timeout", "5"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["programs"] == 4 and summary["status_counts"]["OK"] == 0  # random tiny model
+    res = runner.invoke(app, ["pass-at-k", "--run", f"humaneval-rkt={ex}", "--out", str(tmp_path / "s"), "--k", "1"])
+    assert res.exit_code == 0 and "| humaneval-rkt | 1 | 0.0% | 2 |" in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["execute", "--problems", "nope.jsonl", "--completions", "x.jsonl", "--out", "o"], "nope.jsonl: file not found"),
+    (["generate", "--problems", "humaneval-r", "--prompt-builder", "many-shot", "--out", "o"],
+     "unknown prompt builder 'many-shot'"),
+    (["plansearch", "--problems", "humaneval-r", "--num-layers", "3", "--out", "o"], "num_layers must be 1 or 2"),
+    (["train", "--data", "d", "--out", "o", "--options", "[1]"], "--options must be a JSON object"),
+])
+def test_errors_are_one_line(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_execute_refuses_completions_for_unknown_problems(tmp_path):
+    comps = tmp_path / "c.jsonl"
+    comps.write_text('{"name": "not_a_problem", "completions": ["1"]}\n')
+    res = CliRunner().invoke(app, ["execute", "--problems", "humaneval-r", "--completions", str(comps), "--out",
+                                   str(tmp_path / "o")])
+    assert res.exit_code == 2 and "not_a_problem" in res.output
