@@ -172,7 +172,8 @@ def render(res: dict) -> str:
         lines.append(f"- {lang}: median sandbox / bare = {o['median_ratio']:.3f}, which {ok} the target <= 1.1x.")
     for lang, t in thr.items():
         ok = "meets" if t["speedup"] >= 1.7 else "misses"
-        lines.append(f"- {lang}: 2 workers give {t['speedup']:.2f}x the throughput of 1, which {ok} the target >= 1.7x.")
+        lines.append(f"- {lang}: 2 workers give {t['speedup']:.2f}x the throughput of 1, "
+                     f"which {ok} the target >= 1.7x.")
     noisy = max(lb, la) > res["cpus"]
     lines.append(f"- Load average (1 min) was {lb:.1f} before and {la:.1f} after on {res['cpus']} CPUs"
                  + (": the machine was shared and oversubscribed during the run, so absolute times and the "

@@ -18,7 +18,8 @@ app = typer.Typer(help="Low-resource code generation (R, Racket): generation, sa
                   "PLANSEARCH, adapter training.\n\nExample: adaptome codegen generate --problems humaneval-r "
                   "--n 4 --out runs/codegen/gen", no_args_is_help=True)
 
-PROBLEMS_HELP = "a shipped set (humaneval-r, humaneval-rkt, mbpp-r, mbpp-rkt) or a JSONL of {name, language, prompt, tests}"
+PROBLEMS_HELP = ("a shipped set (humaneval-r, humaneval-rkt, mbpp-r, mbpp-rkt) or a JSONL of "
+                 "{name, language, prompt, tests}")
 
 
 def _problems(sources: list[str], limit: Optional[int]):
@@ -43,7 +44,8 @@ def generate(
     problems: List[str] = typer.Option(..., help=PROBLEMS_HELP),
     out: Path = typer.Option(..., help="output folder (generate_config.json, completions.jsonl)"),
     model: str = typer.Option("tiny", help="tiny, a local model folder, or a hub id (or the model name for --url)"),
-    url: str = typer.Option("", help="base URL of an OpenAI-compatible server (completions API) instead of a local model"),
+    url: str = typer.Option("", help="base URL of an OpenAI-compatible server (completions API) "
+                            "instead of a local model"),
     prompt_builder: str = typer.Option("zero-shot", help="zero-shot | few-shot | translation | reference"),
     n: int = typer.Option(1, help="completions per problem"),
     batch_size: int = typer.Option(8, help="completions per backend call"),
@@ -56,7 +58,7 @@ def generate(
 ) -> None:
     """Sample n completions per problem (stop tokens applied); an interrupted run resumes.
 
-    Example: adaptome codegen generate --problems humaneval-rkt --model tiny --n 4 --temperature 0.8 --out runs/codegen/gen
+    Example: adaptome codegen generate --problems humaneval-rkt --n 4 --temperature 0.8 --out runs/cg/gen
     """
     from adaptome.domains.codegen.backends import make_backend
     from adaptome.domains.codegen.generate import GenerateConfig, run_generate
@@ -138,7 +140,7 @@ def pass_at_k_cmd(
 ) -> None:
     """pass@k per dataset and k (n may differ per problem), and McNemar's test between two runs.
 
-    Example: adaptome codegen pass-at-k --run humaneval-r=runs/codegen/exec --out runs/codegen/score --compare runs/a --compare runs/b
+    Example: adaptome codegen pass-at-k --run humaneval-r=runs/cg/exec --out runs/cg/score --compare A --compare B
     """
     from adaptome.core.atomic import write_text_atomic
     from adaptome.domains.codegen.passk import mcnemar, pass_at_k_rows, read_run, write_tables
@@ -181,14 +183,13 @@ def plansearch(
 ) -> None:
     """PLANSEARCH: observations -> subsets -> 2nd-order observations -> plans (+ critique/fix) -> pseudocode -> code.
 
-    Example: adaptome codegen plansearch --problems humaneval-r --limit 5 --num-observations 4 --max-observation-k 2 --out runs/codegen/ps
+    Example: adaptome codegen plansearch --problems humaneval-r --limit 5 --num-observations 4 --out runs/cg/ps
     """
     from adaptome.domains.codegen.backends import make_backend
     from adaptome.domains.codegen.execute import execute_run
     from adaptome.domains.codegen.generate import read_completions
     from adaptome.domains.codegen.passk import pass_at_k_rows, read_run, write_tables
-    from adaptome.domains.codegen.plansearch import (PlanSearchConfig, expected_counts, repeated_sampling,
-                                                     run_plansearch)
+    from adaptome.domains.codegen.plansearch import PlanSearchConfig, expected_counts, repeated_sampling, run_plansearch
 
     with user_errors():
         if alg not in ("plansearch", "repeated"):
@@ -231,7 +232,7 @@ def train(
 ) -> None:
     """Fine-tune an adapter on R / Racket code (or translation pairs); refuses data overlapping evaluation problems.
 
-    Example: adaptome codegen train --data my_r_code/ --data pairs.jsonl --method lora --max-steps 200 --out runs/codegen/train
+    Example: adaptome codegen train --data my_r_code/ --data pairs.jsonl --max-steps 200 --out runs/cg/train
     """
     from adaptome.domains.codegen.train import CodegenTrainConfig, run_train
 

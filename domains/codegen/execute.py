@@ -31,7 +31,7 @@ from adaptome.core.atomic import write_text_atomic
 from adaptome.domains.codegen import isolation as iso
 from adaptome.domains.codegen.languages import get_language, require_interpreter
 from adaptome.domains.codegen.problems import Problem
-from adaptome.domains.codegen.sandbox import Limits, RunResult, run_sandboxed
+from adaptome.domains.codegen.sandbox import Limits, RunResult, check_address_space, run_sandboxed
 
 STATUSES = ("OK", "SyntaxError", "AssertionError", "Exception", "Timeout", "MemoryError", "OutputLimit")
 
@@ -88,10 +88,12 @@ def execute_run(problems: list[Problem], completions: dict[str, list[str]], out_
 
     limits = limits or Limits()
     isolation = isolation or iso.detect()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for lang in sorted({p.language for p in problems}):
         require_interpreter(get_language(lang))
+        if not isolation.memory_cgroup:
+            check_address_space(tuple(get_language(lang).argv_probe()), limits)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     lim = asdict(limits)
     lim["env_pass"] = list(lim["env_pass"])
     jobs, reused, todo = [], 0, []

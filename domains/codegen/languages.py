@@ -75,6 +75,10 @@ class Language:
     def argv(self, program_file: str) -> list[str]:
         return [self.interpreter, program_file]
 
+    def argv_probe(self) -> list[str]:
+        """A trivial program, for measuring what the interpreter needs to start."""
+        return [self.interpreter, "-e", "1"]
+
     def available(self) -> bool:
         return shutil.which(self.interpreter) is not None
 

@@ -40,6 +40,7 @@ hostile generated code, not a security boundary against a determined attacker.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import resource
 import selectors
@@ -50,6 +51,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaptome.core.errors import AdaptomeError
 from adaptome.domains.codegen import isolation as iso
 
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
@@ -101,8 +103,8 @@ class RunResult:
     isolation: dict = field(default_factory=dict)
 
 
-class SandboxError(RuntimeError):
-    """The sandbox itself could not be set up (not the program's fault)."""
+class SandboxError(AdaptomeError, RuntimeError):
+    """The sandbox itself could not be set up, or its limits cannot work here (not the program's fault)."""
 
 
 class _Cgroups:
@@ -178,6 +180,34 @@ class _Cgroups:
                     break
                 except OSError:
                     time.sleep(0.005)
+
+
+@functools.cache
+def min_address_space_mb(argv: tuple[str, ...], lo: int = 32, hi: int = 4096) -> int:
+    """The smallest ``RLIMIT_AS`` (MB, to within 1/8) under which ``argv`` still exits 0, by bisection.
+
+    Runtimes reserve large virtual ranges at start, so this is measured, not guessed, before
+    ``RLIMIT_AS`` is used as the memory bound (machines without a memory cgroup).
+    """
+    def starts(mb: int) -> bool:
+        r = subprocess.run(list(argv), capture_output=True, timeout=60,
+                           preexec_fn=lambda: _limit(resource.RLIMIT_AS, mb << 20))
+        return r.returncode == 0
+
+    if not starts(hi):
+        raise SandboxError(f"{argv[0]} does not start even with {hi} MB of address space")
+    while hi - lo > max(1, lo // 8):
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if starts(mid) else (mid, hi)
+    return hi
+
+
+def check_address_space(argv: tuple[str, ...], limits: Limits) -> None:
+    """Refuse a memory limit under which the interpreter cannot even start (RLIMIT_AS machines only)."""
+    need = min_address_space_mb(argv)
+    if limits.memory_mb < need + 64:
+        raise SandboxError(f"memory limit {limits.memory_mb} MB is too small for {argv[0]} under RLIMIT_AS "
+                           f"(it needs {need} MB of address space just to start); raise --memory-mb")
 
 
 def _limit(which: int, value: int) -> None:

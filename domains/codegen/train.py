@@ -97,7 +97,8 @@ def _comment(text: str, prefix: str) -> str:
     return "\n".join(f"{prefix} {ln}".rstrip() for ln in text.splitlines())
 
 
-def translation_text(source: str, target: str, target_language: str, source_language: str = "Python") -> tuple[str, int]:
+def translation_text(source: str, target: str, target_language: str,
+                     source_language: str = "Python") -> tuple[str, int]:
     """The translation example and the offset where the loss starts (the target program)."""
     lang = get_language(target_language)
     head = f"{lang.comment} {source_language}:\n{_comment(source, lang.comment)}\n{lang.comment} {lang.display}:\n"
@@ -237,7 +238,8 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
     write_text_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=1))
     res = fit(model, rows, collate_fn=collate, output_dir=out, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
               lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", seed=cfg.seed,
-              log_every=max(1, cfg.max_steps // 10), resume=not overwrite, progress=progress, cpu=not torch.cuda.is_available())
+              log_every=max(1, cfg.max_steps // 10), resume=not overwrite, progress=progress,
+              cpu=not torch.cuda.is_available())
     model = res.model.eval()
     loss_after = mean_loss(model, rows, collate)
     save_adapter(model, out / "adapter", overwrite=overwrite)
@@ -264,7 +266,8 @@ def default_training_files(out_dir: str | os.PathLike) -> list[str]:
     for lang, items in ex["few_shot"].items():
         for item in items:
             suffix = get_language(lang).suffix
-            (src / f"{item['name']}{suffix}").write_text(item["prompt"] + item["solution"] + "\n" + item["check"] + "\n")
+            text = item["prompt"] + item["solution"] + "\n" + item["check"] + "\n"
+            (src / f"{item['name']}{suffix}").write_text(text)
     pairs = out / "translation.jsonl"
     pairs.write_text("".join(json.dumps({"source": p["python"], "target": p["target"], "target_language": lang}) + "\n"
                              for lang, items in ex["translation"].items() for p in items))

@@ -111,3 +111,23 @@ def _cmd(d: Path) -> str:
         return (d / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.slow
+def test_without_a_memory_cgroup_rlimit_as_is_measured_and_bounds_memory(tmp_path):
+    import dataclasses
+
+    from adaptome.domains.codegen.sandbox import SandboxError, min_address_space_mb
+
+    need("Rscript")
+    no_cg = dataclasses.replace(iso.detect(), memory_cgroup=None)
+    start = min_address_space_mb(("Rscript", "-e", "1"))
+    assert 16 < start < 1024
+    p = next(q for q in load_problems("humaneval-r") if q.name == "HumanEval_24_largest_divisor")
+    bomb = "\n  x <- list(); repeat { x[[length(x) + 1]] <- runif(5e6) }\n}"
+    r = execute_one("r", p.program(bomb), short_limits(memory_mb=start + 200), isolation=no_cg)
+    assert r["status"] == "MemoryError" and r["isolation"]["memory"] == "rlimit_as", r["stderr"][:300]
+    with pytest.raises(SandboxError, match="too small"):
+        execute_run([p], {p.name: ["\n  1\n}"]}, tmp_path / "never", limits=short_limits(memory_mb=start),
+                    isolation=no_cg, progress=False)
+    assert not (tmp_path / "never").exists()

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from adaptome.domains.codegen.problems import (ProblemError, load_completions, load_problems, shipped_path,
-                                               truncate)
+from adaptome.domains.codegen.problems import ProblemError, load_completions, load_problems, shipped_path, truncate
 
 
 def test_shipped_sets_load_with_multipl_e_fields():
@@ -25,8 +24,8 @@ def test_shipped_sets_load_with_multipl_e_fields():
 
 def test_user_problems_default_to_the_language_stop_tokens(tmp_path):
     f = tmp_path / "mine.jsonl"
-    f.write_text(json.dumps({"name": "inc", "language": "R", "prompt": "inc <- function(x) {", "tests": "stopifnot(inc(1) == 2)"})
-                 + "\n")
+    row = {"name": "inc", "language": "R", "prompt": "inc <- function(x) {", "tests": "stopifnot(inc(1) == 2)"}
+    f.write_text(json.dumps(row) + "\n")
     (p,) = load_problems(f)
     assert p.language == "r" and p.stop_tokens == ["\n#", "\n```"]
 

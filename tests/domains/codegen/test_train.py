@@ -11,8 +11,15 @@ from typer.testing import CliRunner
 from adaptome.domains.codegen.cli import app
 from adaptome.domains.codegen.models import code_tokenizer
 from adaptome.domains.codegen.problems import load_problems
-from adaptome.domains.codegen.train import (OverlapError, _encode, all_eval_problems, check_no_overlap,
-                                            default_training_files, read_training_data, translation_text)
+from adaptome.domains.codegen.train import (
+    OverlapError,
+    _encode,
+    all_eval_problems,
+    check_no_overlap,
+    default_training_files,
+    read_training_data,
+    translation_text,
+)
 
 
 def test_overlap_with_evaluation_problems_is_refused(tmp_path):
@@ -60,8 +67,8 @@ def test_cli_train_learns_and_refuses_overlap_without_writing(tmp_path):
     files = default_training_files(tmp_path / "data")
     runner = CliRunner()
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--data", files[0], "--data", files[1], "--out", str(out), "--max-steps", "12", "--block-size", "256",
-                              "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "2"])
+    res = runner.invoke(app, ["train", "--data", files[0], "--data", files[1], "--out", str(out), "--max-steps", "12",
+                              "--block-size", "256", "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "2"])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["examples"] == 12 and summary["translation_examples"] == 4
