@@ -64,3 +64,10 @@ def test_execute_refuses_completions_for_unknown_problems(tmp_path):
     res = CliRunner().invoke(app, ["execute", "--problems", "humaneval-r", "--completions", str(comps), "--out",
                                    str(tmp_path / "o")])
     assert res.exit_code == 2 and "not_a_problem" in res.output
+
+
+def test_plugin_is_discovered_with_cli_and_quickstart():
+    from adaptome.core.plugins import discover
+
+    plugin = next(p for p in discover() if p.name == "codegen")
+    assert plugin.cli() is app and callable(plugin.quickstart)
