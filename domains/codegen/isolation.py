@@ -17,7 +17,13 @@ Three levels, strongest first (``detect()`` picks the strongest that works here)
   **Not covered** at this level: network access (the program can connect anywhere the user
   can), writes outside the working directory (anything the user may write), a child that
   leaves the process group with ``setsid`` (it survives the timeout unless a pids cgroup is
-  available to sweep it), and reading other processes' ``/proc`` entries of the same user.
+  available to sweep it), signals to other processes of the user the program runs as (``kill -9 -1``
+  as ``nobody`` reaches every ``nobody`` process on the machine), and reading other processes'
+  ``/proc`` entries (environments included) of that user.
+
+Per-run cgroups are named ``adaptome-run-<random>`` and removed after each run; a harness killed
+in the middle of a run leaves an empty one behind (remove it with ``rmdir``; it is not removed
+automatically because another harness may be about to use a fresh one).
 
 Facts this relies on (measured on the project's machines, see the sandbox notes): killing the
 init process of a PID namespace kills every process in it, including ``setsid`` daemons;
