@@ -131,3 +131,38 @@ def test_without_a_memory_cgroup_rlimit_as_is_measured_and_bounds_memory(tmp_pat
         execute_run([p], {p.name: ["\n  1\n}"]}, tmp_path / "never", limits=short_limits(memory_mb=start),
                     isolation=no_cg, progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_user_namespace_path_contains_network_writes_and_daemons(tmp_path):
+    """The non-root path (a user namespace holding the PID / network / mount namespaces)."""
+    need("Rscript")
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    userns = iso.detect("userns")
+    if userns.level != "userns":
+        pytest.skip(f"user namespaces are not allowed here: {userns.notes}")
+    target = Path(tempfile.mkdtemp(prefix="adaptome-outside-"))
+    os.chmod(target, 0o777)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    mark = "9191.5"
+    prog = (f"system(\"setsid sh -c 'exec sleep {mark}' &\")\n"
+            f"try(writeLines('x', '{target}/f.txt'))\n"
+            f"try(socketConnection('127.0.0.1', {listener.getsockname()[1]}, blocking = TRUE, open = 'r+', "
+            f"timeout = 2))\n"
+            "cat(Sys.getenv('HOME'), '\\n')\nrepeat {}\n")
+    try:
+        r = execute_one("r", prog, short_limits(timeout_s=3), isolation=userns)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        assert list(target.iterdir()) == []
+    finally:
+        listener.close()
+        shutil.rmtree(target, ignore_errors=True)
+    assert r["status"] == "Timeout" and r["isolation"]["level"] == "userns"
+    assert "Read-only file system" in r["stderr"] and "adaptome-exec-" in r["stdout"]
+    left = [d for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(d).find(mark) >= 0]
+    assert left == []
