@@ -358,7 +358,7 @@ def run_sandboxed(argv: list[str], workdir: str | os.PathLike, limits: Limits | 
         raise
     os.close(status_w)
     try:
-        out = _collect(proc, status_r, limits, t0)
+        out = _collect(proc, status_r, limits, t0, leader_exit_ends=isolation.level == "rlimits")
         if out["timed_out"] or out["output_limited"]:
             _kill_run(proc, cg, isolation.level)
         proc.wait()
@@ -373,8 +373,12 @@ def run_sandboxed(argv: list[str], workdir: str | os.PathLike, limits: Limits | 
     return _result(out, proc, memory_hit, isolation, time.monotonic() - t0)
 
 
-def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float) -> dict:
-    """Read stdout / stderr / the status pipe until all close, the deadline, or the output cap."""
+def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float, leader_exit_ends: bool = False) -> dict:
+    """Read stdout / stderr / the status pipe until all close, the deadline, or the output cap.
+
+    ``leader_exit_ends`` (no PID namespace): the run ends when the program's own process exits,
+    even if a child it left behind still holds the pipes open (it is killed afterwards).
+    """
     sel = selectors.DefaultSelector()
     bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
     for f in (proc.stdout, proc.stderr):
@@ -409,6 +413,14 @@ def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float) -
                 buf += chunk[: limits.capture_bytes - len(buf)]
         if total > limits.max_output_bytes:
             output_limited = True
+            break
+        if leader_exit_ends and proc.poll() is not None:
+            for fd, buf in bufs.items():  # what is already in the pipes
+                try:
+                    while len(buf) < limits.capture_bytes and (chunk := os.read(fd, 65536)):
+                        buf += chunk[: limits.capture_bytes - len(buf)]
+                except BlockingIOError:
+                    pass
             break
     sel.close()
     proc.stdout.close()

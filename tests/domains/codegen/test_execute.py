@@ -166,3 +166,15 @@ def test_user_namespace_path_contains_network_writes_and_daemons(tmp_path):
     assert "Read-only file system" in r["stderr"] and "adaptome-exec-" in r["stdout"]
     left = [d for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(d).find(mark) >= 0]
     assert left == []
+
+
+def test_weakest_isolation_does_not_wait_for_a_daemon_holding_the_pipes():
+    need("Rscript")
+    weak = iso.detect("rlimits")
+    mark = "8787.5"
+    r = execute_one("r", f"system(\"setsid sh -c 'exec sleep {mark}' &\")\ncat('done\\n')\n",
+                    short_limits(timeout_s=3), isolation=weak)
+    assert r["status"] == "OK" and "done" in r["stdout"] and r["wall_s"] < 2.5
+    left = [d for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(d).find(mark) >= 0]
+    if weak.pids_cgroup:
+        assert left == []
