@@ -25,7 +25,7 @@ def need_racket():
 
 
 def short_limits(**kw) -> Limits:
-    base = dict(timeout_s=4.0, cpu_s=4, memory_mb=256, max_procs=16, file_size_mb=4, max_output_bytes=1 << 20)
+    base = dict(timeout_s=20.0, cpu_s=20, memory_mb=256, max_procs=16, file_size_mb=4, max_output_bytes=1 << 20)
     base.update(kw)
     return Limits(**base)
 

@@ -87,7 +87,9 @@ def test_bad_completions_get_the_right_status(lang, case):
     need("Rscript" if lang == "r" else "racket")
     completion, status = (R_BAD if lang == "r" else RKT_BAD)[case]
     p = next(q for q in load_problems(f"humaneval-{lang}") if q.name == "HumanEval_24_largest_divisor")
-    r = execute_one(lang, p.program(completion), short_limits(timeout_s=2.5, cpu_s=3))
+    # a generous limit for programs that end on their own: a loaded machine can take seconds to start racket
+    timeout = 2.5 if case == "loop" else 20.0
+    r = execute_one(lang, p.program(completion), short_limits(timeout_s=timeout, cpu_s=int(timeout) + 1))
     assert r["status"] == status, (r["exit_code"], r["stderr"][:300])
     if case == "wrong" and lang == "rkt":
         assert r["exit_code"] == 0 and "FAILURE" in r["stderr"]  # why Racket needs the stderr rule
@@ -99,7 +101,7 @@ def test_weakest_isolation_still_kills_setsid_daemons_and_loops():
     assert weak.level == "rlimits"
     mark = "8888.5"
     prog = f"system(\"setsid sh -c 'exec sleep {mark}' &\")\nrepeat {{}}\n"
-    r = execute_one("r", prog, short_limits(timeout_s=1.5), isolation=weak)
+    r = execute_one("r", prog, short_limits(timeout_s=4), isolation=weak)
     assert r["status"] == "Timeout" and r["isolation"]["level"] == "rlimits"
     left = [d for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(d).find(mark) >= 0]
     if weak.pids_cgroup:  # the pids cgroup sweep is what reaches a process that left the group
@@ -155,7 +157,7 @@ def test_user_namespace_path_contains_network_writes_and_daemons(tmp_path):
             f"timeout = 2))\n"
             "cat(Sys.getenv('HOME'), '\\n')\nrepeat {}\n")
     try:
-        r = execute_one("r", prog, short_limits(timeout_s=3), isolation=userns)
+        r = execute_one("r", prog, short_limits(timeout_s=8), isolation=userns)
         with pytest.raises(TimeoutError):
             listener.accept()
         assert list(target.iterdir()) == []
@@ -173,8 +175,8 @@ def test_weakest_isolation_does_not_wait_for_a_daemon_holding_the_pipes():
     weak = iso.detect("rlimits")
     mark = "8787.5"
     r = execute_one("r", f"system(\"setsid sh -c 'exec sleep {mark}' &\")\ncat('done\\n')\n",
-                    short_limits(timeout_s=3), isolation=weak)
-    assert r["status"] == "OK" and "done" in r["stdout"] and r["wall_s"] < 2.5
+                    short_limits(timeout_s=20), isolation=weak)
+    assert r["status"] == "OK" and "done" in r["stdout"] and r["wall_s"] < 10  # not the 20 s timeout
     left = [d for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(d).find(mark) >= 0]
     if weak.pids_cgroup:
         assert left == []

