@@ -71,3 +71,28 @@ def test_plugin_is_discovered_with_cli_and_quickstart():
 
     plugin = next(p for p in discover() if p.name == "codegen")
     assert plugin.cli() is app and callable(plugin.quickstart)
+
+
+@pytest.mark.slow
+def test_serve_command_and_generate_with_url_equal_local_generation(tmp_path):
+    from adaptome.domains.codegen.generate import read_completions
+
+    server = subprocess.Popen([sys.executable, "-c", "from adaptome.core.cli import main; main()", "codegen", "serve",
+                               "--port", "0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        url = None
+        for line in server.stderr:
+            if line.startswith("serving"):
+                url = line.split(" on ")[1].split("/v1/")[0]
+                break
+        assert url and url.startswith("http://127.0.0.1:")
+        args = ["generate", "--problems", "mbpp-r", "--limit", "2", "--n", "2", "--temperature", "0.7",
+                "--max-tokens", "12"]
+        runner = CliRunner()
+        assert runner.invoke(app, args + ["--out", str(tmp_path / "local")]).exit_code == 0
+        res = runner.invoke(app, args + ["--url", url, "--out", str(tmp_path / "http")])
+        assert res.exit_code == 0, res.output
+        assert read_completions(tmp_path / "http") == read_completions(tmp_path / "local")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
