@@ -133,20 +133,22 @@ class _Cgroups:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
     def memory_hit(self) -> bool:
+        """Whether the run met its memory limit: the OOM killer acted in the cgroup (``oom_kill``, Linux >=
+        4.13), or, on older kernels, the limit was hit at all (``failcnt``, which page cache also bumps)."""
         if self.memory is None:
             return False
+        try:
+            for line in (self.memory / "memory.oom_control").read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1]) > 0
+        except (OSError, ValueError):
+            pass
         hits = 0
         for name in ("memory.failcnt", "memory.memsw.failcnt"):
             try:
                 hits += int((self.memory / name).read_text())
             except (OSError, ValueError):
                 pass
-        try:  # "oom_kill N" (Linux >= 4.13)
-            for line in (self.memory / "memory.oom_control").read_text().splitlines():
-                if line.startswith("oom_kill "):
-                    hits += int(line.split()[1])
-        except (OSError, ValueError):
-            pass
         return hits > 0
 
     def live_pids(self) -> list[int]:
