@@ -10,7 +10,8 @@ Grading follows MultiPL-E's evaluation scripts (``evaluation/src/eval_r.py``, ``
   failed check to stderr and still exits 0); ``read-syntax`` in stderr -> ``SyntaxError``; else
   ``Exception``.
 
-The sandbox adds ``Timeout``, ``MemoryError`` and ``OutputLimit`` before the language rule applies
+The sandbox adds ``Timeout``, ``MemoryError`` and ``OutputLimit`` (output or a file too large) before the
+language rule applies
 (``execute.classify``). R's own "cannot allocate vector" and Racket's "out of memory" messages also
 count as ``MemoryError``.
 

@@ -28,8 +28,9 @@ levels and for what each does *not* cover):
    connection to anything, the host's loopback included.
 
 Statuses, beyond the language's own classification (``languages.py``): ``Timeout`` (wall clock
-or ``RLIMIT_CPU``), ``OutputLimit``, ``MemoryError`` (the memory cgroup hit its limit and the
-program died of it).
+or ``RLIMIT_CPU``), ``OutputLimit`` (stdout + stderr past ``max_output_bytes``, or a file past
+``RLIMIT_FSIZE``: SIGXFSZ), ``MemoryError`` (the cgroup's OOM killer ended the program, or the
+interpreter reported an allocation failure).
 
 Not covered: CPU share between concurrent runs (each run is single-threaded in practice; no cpu
 cgroup), disk space inside the working directory beyond ``RLIMIT_FSIZE`` per file, side channels
@@ -456,5 +457,5 @@ def _result(out: dict, proc: subprocess.Popen, memory_hit: bool, isolation: iso.
     sig = -code if code < 0 else None
     timed_out = out["timed_out"] or sig == signal.SIGXCPU
     return RunResult(exit_code=code, stdout=stdout, stderr=stderr, timed_out=timed_out,
-                     output_limited=out["output_limited"], memory_exceeded=memory_hit and code != 0,
-                     signal=sig, wall_s=wall, isolation=isolation.describe())
+                     output_limited=out["output_limited"] or sig == signal.SIGXFSZ,
+                     memory_exceeded=memory_hit and code != 0, signal=sig, wall_s=wall, isolation=isolation.describe())

@@ -180,3 +180,15 @@ def test_weakest_isolation_does_not_wait_for_a_daemon_holding_the_pipes():
     left = [d for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(d).find(mark) >= 0]
     if weak.pids_cgroup:
         assert left == []
+
+
+@pytest.mark.parametrize("lang,prog", [
+    ("r", 'writeBin(raw(10e6), "big.bin")\n'),
+    ("rkt", '#lang racket\n(with-output-to-file "big.bin" (lambda () (write-bytes (make-bytes 10000000 65))))\n'),
+])
+def test_a_file_past_the_size_limit_is_an_output_limit(lang, prog):
+    need("Rscript" if lang == "r" else "racket")
+    r = execute_one(lang, prog, short_limits(file_size_mb=4))
+    assert r["status"] == "OutputLimit" and r["exit_code"] == -25  # SIGXFSZ
+    r = execute_one(lang, prog, short_limits(file_size_mb=16))  # the same program within the limit
+    assert r["status"] == "OK"
