@@ -304,7 +304,8 @@ def _mount_setup(lib, plan: dict) -> None:
 def _drop_and_limit(plan: dict) -> None:
     lim: Limits = plan["limits"]
     _limit(resource.RLIMIT_CORE, 0)
-    _limit(resource.RLIMIT_CPU, lim.cpu_s)
+    # soft < hard: SIGXCPU (graded Timeout) at the soft limit; with soft == hard the kernel sends SIGKILL
+    resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_s, lim.cpu_s + 1))
     _limit(resource.RLIMIT_FSIZE, lim.file_size_mb << 20)
     _limit(resource.RLIMIT_NOFILE, lim.nofile)
     if not plan["memory_cgroup"]:

@@ -192,3 +192,9 @@ def test_a_file_past_the_size_limit_is_an_output_limit(lang, prog):
     assert r["status"] == "OutputLimit" and r["exit_code"] == -25  # SIGXFSZ
     r = execute_one(lang, prog, short_limits(file_size_mb=16))  # the same program within the limit
     assert r["status"] == "OK"
+
+
+def test_cpu_time_limit_ends_a_busy_program_before_the_wall_clock():
+    need("Rscript")
+    r = execute_one("r", "repeat {}\n", short_limits(timeout_s=20, cpu_s=1))
+    assert r["status"] == "Timeout" and r["exit_code"] in (-24, -9) and r["wall_s"] < 15  # SIGXCPU, not the 20 s
