@@ -125,14 +125,16 @@ def main() -> None:
     from adaptome.domains.codegen.sandbox import Limits
 
     limits = Limits(timeout_s=30, cpu_s=30)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "domains", "benchmarks/codegen/run.py"],
+                                capture_output=True, text=True, cwd=HERE).stdout.strip())
     progs = _programs()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     over = overhead(progs, limits)
     thr = throughput(progs, limits)
     res = {
-        "command": CMD, "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                                      cwd=HERE).stdout.strip(),
+        "command": CMD, "git_commit": commit, "uncommitted_changes": dirty,
         "versions": {"python": platform.python_version(), "R": _version(["Rscript", "--version"]),
                      "racket": _version(["racket", "--version"]), "kernel": platform.release()},
         "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
