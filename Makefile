@@ -22,7 +22,7 @@ venv: $(PY)
 # R and Racket run the codegen domain's programs (Debian packages; CI runs as root on Debian).
 interpreters:
 	command -v Rscript >/dev/null && command -v racket >/dev/null || \
-		(apt-get update && apt-get install -y r-base-core racket)
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y r-base-core racket)
 
 install: $(PY) interpreters
 	$(PIP) install -e '.[all]'
