@@ -72,6 +72,35 @@ def adapters_truncate(
     typer.echo(f"wrote {path} (rank {rank})")
 
 
+@adapters_app.command("export")
+def adapters_export(
+    src: Path = typer.Argument(..., help="a saved adaptome adapter folder"),
+    out: Path = typer.Argument(..., help="the peft LoRA folder to write (must not exist unless --overwrite)"),
+    to: str = typer.Option("peft-lora", "--to", help="output format (only peft-lora)"),
+    base: Optional[str] = typer.Option(None, "--base", help="the base model (local path or hub id); default: the one "
+                                       "the adapter folder records"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="DyLoRA: the rank k <= r to export"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Export a LoRA-family adapter (DyLoRA, SoRA, NOLA, LoRA-XS, LoRA-SB, LaMDA, ALLoRA, lora_native,
+    lora) as a plain peft LoRA that PeftModel.from_pretrained loads.
+
+    Example: adaptome adapters export --to peft-lora runs/nola/adapter runs/nola/peft-lora --base runs/base
+    """
+    from adaptome.core.adapters.export import ExportError, export_adapter_dir
+    from adaptome.core.cli_errors import user_errors
+
+    with user_errors():
+        if to != "peft-lora":
+            raise ExportError(f"--to {to!r}: the only export format is 'peft-lora'")
+        report = export_adapter_dir(src, out, base=base, rank=rank, overwrite=overwrite)
+    ranks = sorted(set(report.ranks.values()))
+    typer.echo(f"wrote {report.path}: {report.method} as a peft LoRA, {report.layers} layers, "
+               f"rank {'/'.join(map(str, ranks))}" + (f", {len(report.dropped)} layers dropped (rank 0)"
+                                                      if report.dropped else ""))
+    typer.echo(f"size: {report.size_line()}")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="run YAML (see core/configs/train_example.yaml)"),

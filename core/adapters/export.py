@@ -291,6 +291,9 @@ def export_adapter_dir(src: str | os.PathLike, out: str | os.PathLike, base: str
     why = refusal(cls)
     if why:
         raise ExportError(why)
+    if rank is not None and not callable(getattr(cls.layer_cls, "set_rank", None)):
+        raise ExportError(f"--rank applies to methods trained for every prefix rank (dylora); cutting "
+                          f"{cls.method}'s factors to rank {rank} would change its outputs")
     if out.resolve() == src.resolve():
         raise ExportError(f"{out}: the output folder is the source folder; choose another")
     if out.exists() and not overwrite:
