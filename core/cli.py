@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-adapters_app = typer.Typer(help="Adapter methods: list, merge, truncate.\n\nExample: adaptome adapters list",
+adapters_app = typer.Typer(help="Adapter methods: list, export, merge, truncate.\n\nExample: adaptome adapters list",
                            no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 
@@ -99,6 +99,45 @@ def adapters_export(
                f"rank {'/'.join(map(str, ranks))}" + (f", {len(report.dropped)} layers dropped (rank 0)"
                                                       if report.dropped else ""))
     typer.echo(f"size: {report.size_line()}")
+
+
+@adapters_app.command("merge")
+def adapters_merge(
+    adapters: list[Path] = typer.Argument(..., help="two or more peft LoRA folders"),
+    method: str = typer.Option(..., "--method", help="lego, linear, cat, ties or dare"),
+    out: Path = typer.Option(..., "--out", help="the merged peft LoRA folder (must not exist unless --overwrite)"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="rank k of the merged LoRA (not for cat)"),
+    weights: Optional[str] = typer.Option(None, help="comma-separated weight per adapter (linear, cat, ties, dare)"),
+    density: Optional[float] = typer.Option(None, help="ties / dare: fraction of entries kept"),
+    variant: Optional[str] = typer.Option(None, help="dare: linear or ties"),
+    seed: Optional[int] = typer.Option(None, help="lego: k-means seed; dare: drop seed"),
+    reweight: Optional[bool] = typer.Option(None, "--reweight/--no-reweight", help="lego: dual reweighting"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Merge LoRAs into one peft LoRA (LoRA-LEGO rank-wise clustering, or linear / cat / TIES / DARE).
+
+    Example: adaptome adapters merge --method lego runs/a/peft runs/b/peft runs/c/peft --rank 8 --out runs/merged
+    """
+    from adaptome.core.cli_errors import user_errors
+    from adaptome.core.merge.api import merge_adapters
+    from adaptome.core.merge.factors import MergeError
+
+    with user_errors():
+        options: dict = {}
+        if weights is not None:
+            try:
+                options["weights"] = [float(w) for w in weights.split(",")]
+            except ValueError:
+                raise MergeError(f"--weights {weights!r}: give numbers separated by commas") from None
+        for key, value in (("density", density), ("variant", variant), ("seed", seed)):
+            if value is not None:
+                options[key] = value
+        if reweight is not None:
+            options.update(param_reweight=reweight, output_reweight=reweight)
+        summary = merge_adapters(adapters, method, out, rank=rank, overwrite=overwrite, **options)
+    typer.echo(f"wrote {out}: {method} merge of {len(adapters)} LoRAs (ranks {summary['ranks_in']}) at rank "
+               f"{summary['rank'] or 'sum of ranks'}, {summary['modules']} modules; relative distance to the "
+               f"weighted sum of their updates {summary['relative_distance_to_weighted_sum']:.3g}")
 
 
 @app.command("train")
