@@ -162,6 +162,45 @@ def train_cmd(
     typer.echo(summary)
 
 
+@app.command("select-data")
+def select_data_cmd(
+    model: str = typer.Option(..., "--model", help="causal LM (local path or hub id) with its tokenizer"),
+    train: list[Path] = typer.Option(..., "--train", help="JSONL pool to select from, field 'text' (repeatable)"),
+    target: list[Path] = typer.Option(..., "--target", help="JSONL target examples; each file is a subtask unless "
+                                      "records carry 'subtask' (repeatable)"),
+    out: Path = typer.Option(..., "--out", help="JSONL of the selected examples with their 'less_score'"),
+    percentage: float = typer.Option(0.05, help="share of the pool to select"),
+    warmup_fraction: float = typer.Option(0.05, help="share of the pool the warm-up LoRA trains on"),
+    epochs: int = typer.Option(4, help="warm-up epochs (one checkpoint each)"),
+    lr: float = typer.Option(2e-5, help="warm-up learning rate"),
+    batch_size: int = typer.Option(32, help="warm-up batch size"),
+    lora_r: int = typer.Option(128, help="warm-up LoRA rank"),
+    lora_alpha: float = typer.Option(512.0, help="warm-up LoRA alpha"),
+    proj_dim: int = typer.Option(8192, help="gradient feature dimension"),
+    max_length: int = typer.Option(512, help="tokens per example"),
+    seed: int = typer.Option(0, help="seed of the warm-up subset, training and projection"),
+    work_dir: Optional[Path] = typer.Option(None, help="warm-up checkpoints (default: OUT.less-work)"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
+) -> None:
+    """Select the training examples whose LoRA gradients best match the target examples (LESS).
+
+    Example: adaptome select-data --model runs/base --train pool.jsonl --target dev.jsonl --out picked.jsonl
+    """
+    import json
+
+    from adaptome.core.cli_errors import user_errors
+    from adaptome.core.select.less import LessConfig, select_data
+
+    with user_errors():
+        cfg = LessConfig(percentage=percentage, warmup_fraction=warmup_fraction, warmup_epochs=epochs, lr=lr,
+                         batch_size=batch_size, lora_r=lora_r, lora_alpha=lora_alpha, proj_dim=proj_dim,
+                         max_length=max_length, seed=seed)
+        summary = select_data(model, [str(p) for p in train], [str(p) for p in target], out, cfg,
+                              work_dir=work_dir, overwrite=overwrite)
+    summary.pop("config")
+    typer.echo(json.dumps(summary, indent=2))
+
+
 @app.command("quickstart")
 def quickstart_cmd(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder"),
