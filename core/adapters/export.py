@@ -18,6 +18,8 @@ peft writes the folder itself: a skeleton of the base model is built on the meta
 for its weights), wrapped by ``peft.get_peft_model`` with the exported config, given the factors, and
 saved with peft's ``save_pretrained``, so the key names are the installed peft's own.
 
+Dimension letters: O out_features, I in_features, K exported rank.
+
 Not covered: models that are not transformers ``PreTrainedModel`` s (the skeleton needs a config),
 cutting the rank of methods other than DyLoRA (a truncated SVD would change the outputs), tied
 ``modules_to_save`` copies, several adapters in one export (export each by name).

@@ -1,7 +1,7 @@
 """``merge_adapters``: read peft LoRA folders, merge them with one method, write a peft LoRA folder.
 
-The methods (name -> (config dataclass, merge function)) are listed in ``METHODS``; options are
-checked against the method's config. The summary reports, per merge, how far the merged update is
+The methods are the ``MERGERS`` registry's (name -> config dataclass); options are checked against
+the method's config. The summary reports, per merge, how far the merged update is
 from the weighted sum of the inputs' updates (relative Frobenius distance over all modules), so a
 user sees what a rank-k merge gave up.
 
@@ -17,22 +17,14 @@ from typing import Any
 
 import torch
 
-from adaptome.core.merge import cat, dare, lego, linear, ties
+from adaptome.core.merge import MERGERS
 from adaptome.core.merge.factors import MergeError, check_compatible, modules, read_lora, write_lora
-
-METHODS = {
-    "lego": (lego.LegoConfig, lego.merge),
-    "linear": (linear.LinearConfig, linear.merge),
-    "cat": (cat.CatConfig, cat.merge),
-    "ties": (ties.TiesConfig, ties.merge),
-    "dare": (dare.DareConfig, dare.merge),
-}
+from adaptome.core.merge.linear import weighted_delta
 
 
 def make_config(method: str, options: dict[str, Any] | None = None):
-    if method not in METHODS:
-        raise MergeError(f"unknown merge method {method!r}; choose one of {sorted(METHODS)}")
-    cls = METHODS[method][0]
+    """The registered method's config from ``options`` (unknown options are an error)."""
+    cls = MERGERS.get(method)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options or {}) - names)
     if unknown:
@@ -58,11 +50,11 @@ def merge_adapters(paths: list[str | os.PathLike], method: str, out: str | os.Pa
         raise FileExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
     loras = [read_lora(p) for p in paths]
     check_compatible(loras)
-    factors = METHODS[method][1](loras, rank, cfg)
+    factors = cfg.merge(loras, rank)
     w = weights or [1.0] * len(loras)
     num = den = 0.0
     for m in modules(loras):
-        target = linear.weighted_delta(loras, m, w)  # (O, I)
+        target = weighted_delta(loras, m, w)  # (O, I)
         b, a = factors[m]
         num += float(torch.linalg.matrix_norm(b @ a - target) ** 2)
         den += float(torch.linalg.matrix_norm(target) ** 2)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from adaptome.core.merge import MERGERS
 from adaptome.core.merge.factors import Factors, LoraFolder, modules
 
 
+@MERGERS.register("cat")
 @dataclass
 class CatConfig:
     """Args:
@@ -21,6 +23,9 @@ class CatConfig:
     """
 
     weights: list[float] | None = None
+
+    def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
+        return merge(loras, rank, self)
 
 
 def merge(loras: list[LoraFolder], rank: int | None = None, cfg: CatConfig | None = None) -> Factors:

@@ -14,10 +14,12 @@ from typing import Literal
 
 import torch
 
+from adaptome.core.merge import MERGERS
 from adaptome.core.merge.factors import Factors, LoraFolder, modules, refactor
 from adaptome.core.merge.ties import updates
 
 
+@MERGERS.register("dare")
 @dataclass
 class DareConfig:
     """Args:
@@ -31,6 +33,9 @@ class DareConfig:
     density: float = 0.5
     variant: Literal["linear", "ties"] = "linear"
     seed: int = 0
+
+    def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
+        return merge(loras, rank, self)
 
 
 def merge(loras: list[LoraFolder], rank: int, cfg: DareConfig | None = None) -> Factors:

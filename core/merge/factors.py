@@ -9,6 +9,8 @@ The merged folder has scale 1 (``lora_alpha = r``), the base model named by the 
 key names of peft's own files (``base_model.model.<path>.lora_A.weight``), so
 ``PeftModel.from_pretrained`` loads it without adaptome.
 
+Dimension letters: O out_features, I in_features, R rank, K merged rank, M min(O, I).
+
 Not covered: DoRA, LoRA bias terms, embedding / convolution LoRAs, ``modules_to_save`` (refused:
 there is no single right way to merge fully trained copies), adaptome's native folders (export them
 first with ``adaptome adapters export --to peft-lora``).

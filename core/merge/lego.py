@@ -25,6 +25,8 @@ unit to -u (the same rank-1 update) so that its largest-magnitude entry is posit
 in one cluster instead of cancelling; the pooled units are sorted before k-means, so the result does
 not depend on the order of the inputs or of the ranks (seeded k-means++ is otherwise order-dependent).
 
+Dimension letters: O out_features, I in_features, n pooled units, k clusters (merged rank).
+
 Not covered: the paper's pruning use (merging one LoRA into fewer ranks works, it is k < r, but is
 not evaluated here), the paper's exact reweighting formulas (see above), per-input weights.
 """
@@ -36,9 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from adaptome.core.merge import MERGERS
 from adaptome.core.merge.factors import Factors, LoraFolder, modules
 
 
+@MERGERS.register("lego")
 @dataclass
 class LegoConfig:
     """Args:
@@ -54,6 +58,9 @@ class LegoConfig:
     canonical_sign: bool = True
     seed: int = 0
     n_init: int = 10
+
+    def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
+        return merge(loras, rank, self)
 
 
 def units(loras: list[LoraFolder], module: str) -> torch.Tensor:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adaptome.core.merge import MERGERS
 from adaptome.core.merge.factors import Factors, LoraFolder, modules, refactor
 
 
+@MERGERS.register("linear")
 @dataclass
 class LinearConfig:
     """Args:
@@ -22,6 +24,9 @@ class LinearConfig:
     """
 
     weights: list[float] | None = None
+
+    def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
+        return merge(loras, rank, self)
 
 
 def weighted_delta(loras: list[LoraFolder], module: str, weights: list[float]):

@@ -13,9 +13,11 @@ from typing import Literal
 
 import torch
 
+from adaptome.core.merge import MERGERS
 from adaptome.core.merge.factors import Factors, LoraFolder, modules, refactor
 
 
+@MERGERS.register("ties")
 @dataclass
 class TiesConfig:
     """Args:
@@ -27,6 +29,9 @@ class TiesConfig:
     weights: list[float] | None = None
     density: float = 0.5
     majority_sign_method: Literal["total", "frequency"] = "total"
+
+    def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
+        return merge(loras, rank, self)
 
 
 def updates(loras: list[LoraFolder], module: str) -> list[torch.Tensor]:

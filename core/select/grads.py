@@ -7,6 +7,8 @@ with right padding and no attention mask: a causal model's real tokens never att
 each padded row gives the same loss as the unpadded example (this is also what keeps the forward
 free of data-dependent mask code that ``vmap`` cannot trace).
 
+Dimension letters: N examples, T tokens, D trainable parameters (flattened).
+
 Not covered: masked LMs (they need the attention mask), models whose forward ``vmap`` cannot trace
 (``batched=None`` falls back to the loop and says so).
 """

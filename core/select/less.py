@@ -17,6 +17,9 @@ ICML 2024, arXiv 2402.04333, Sec. 4 and eq. 2-3).
 The LoRA defaults follow the paper's warm-up (r 128, alpha 512, dropout 0.1, q/k/v/o, lr 2e-5, linear
 schedule with 3 % warm-up); tiny models need a larger lr.
 
+Dimension letters: N pool examples, M target examples, T tokens, D LoRA parameters, d projected
+dimension, S subtasks.
+
 Not covered: selecting with a model other than the warm-up one, the paper's 4096-dimensional second
 projection, multi-GPU feature extraction, masked LMs (``grads.py``), prompt-masked losses (every
 token of an example counts).

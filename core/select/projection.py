@@ -7,6 +7,8 @@ generator seeded by (seed, c) when needed, so the same seed gives the same R on 
 every chunk size that divides the work differently only if ``chunk`` is the same (the chunk size is
 part of the projection's identity, like the seed).
 
+Dimension letters: N rows, D input dimension, d output dimension.
+
 Not covered: TRAK's fast_jl CUDA kernel, fp16 projection (we project in float32).
 """
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from adaptome.core import cli
-from adaptome.core.merge import lego
+from adaptome.core.merge import MERGERS, lego
 from adaptome.core.merge.factors import read_lora
 
 runner = CliRunner()
@@ -148,10 +148,17 @@ def test_lego_k_sum_of_ranks_without_reweighting_is_the_sum_of_updates(setup, tm
     torch.testing.assert_close(_logits(loaded), _logits_with(base, want), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method,extra", [
+LOAD_CASES = [
     ("lego", ["--rank", 3]), ("lego", ["--rank", 2, "--no-reweight"]), ("linear", ["--rank", 4]),
     ("cat", []), ("ties", ["--rank", 4, "--density", 0.5]), ("dare", ["--rank", 4, "--density", 0.7]),
-])
+]
+
+
+def test_every_registered_merge_method_is_load_tested():
+    assert {m for m, _ in LOAD_CASES} == set(MERGERS.names())
+
+
+@pytest.mark.parametrize("method,extra", LOAD_CASES)
 def test_merged_adapter_loads_in_plain_peft_with_its_updates(setup, tmp_path, method, extra):
     root, base, paths = setup
     res = _merge("--method", method, *paths, *extra, "--out", tmp_path / "m")
