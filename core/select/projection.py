@@ -3,9 +3,8 @@ al. 2024, arXiv 2402.04333, Sec. 4.1, after TRAK's projector, Park et al. 2023, 
 
 x (N, D) -> x R (N, d) with R (D, d) of independent +-1 / sqrt(d) entries, so E ||x R||^2 = ||x||^2
 (Johnson-Lindenstrauss). R is never held whole: rows [c * chunk, (c + 1) * chunk) are drawn from a CPU
-generator seeded by (seed, c) when needed, so the same seed gives the same R on every device and for
-every chunk size that divides the work differently only if ``chunk`` is the same (the chunk size is
-part of the projection's identity, like the seed).
+generator seeded by (seed, c) when needed. R depends on (seed, chunk) only: the same pair gives the
+same R on every device (the chunk size is part of the projection's identity, like the seed).
 
 Dimension letters: N rows, D input dimension, d output dimension.
 
