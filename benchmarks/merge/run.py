@@ -176,7 +176,7 @@ def write_md(res: dict) -> str:
              "(NLL gain of the merged LoRA over the base on the task's training sequences) / (gain of that task's own "
              "LoRA there); mean +- std over "
              f"{res['args']['seeds']} seeds. 'distance to sum' is the merged update's relative Frobenius distance to "
-             "the sum of the three updates.", "",
+             "the weighted sum of the three updates (the plain sum unless the merge has weights).", "",
              "| merge | " + " | ".join(f"retained {t}" for t in TASKS) + " | retained, mean | distance to sum |",
              "|---|" + "---:|" * (len(TASKS) + 2)]
     for label in labels:
