@@ -273,12 +273,21 @@ def load_base(base: str, meta: dict) -> nn.Module:
     return cls.from_pretrained(base).eval()
 
 
+def _peft_recorded_base(src: Path) -> str | None:
+    try:
+        cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return cfg.get("base_model_name_or_path") if cfg.get("peft_type") else None
+
+
 def export_adapter_dir(src: str | os.PathLike, out: str | os.PathLike, base: str | nn.Module | None = None,
                        rank: int | None = None, overwrite: bool = False) -> ExportReport:
     """Export the adaptome adapter folder ``src`` as a plain peft LoRA in ``out``.
 
     ``base``: the base model the adapter was trained on, as a loaded model or a local path / hub id
-    (default: ``base_model_name_or_path`` in the folder's ``adaptome.json`` when it records one). The
+    (default: the base the folder records, ``base_model_name_or_path`` in ``adaptome.json`` or, for
+    peft-backed methods, in peft's ``adapter_config.json``). The
     base is needed because some methods' checkpoints do not hold their factors (NOLA keeps a seed and
     coefficients; the layer shapes come from the base).
     """
@@ -300,8 +309,9 @@ def export_adapter_dir(src: str | os.PathLike, out: str | os.PathLike, base: str
         raise ExportError(f"{out}: the output folder is the source folder; choose another")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
-    base = base if base is not None else meta.get("base_model_name_or_path")
-    if base is None:
+    if base is None:  # what the folder records: adaptome.json, else peft's own config (peft-backed methods)
+        base = meta.get("base_model_name_or_path") or _peft_recorded_base(src)
+    if not base:
         raise ExportError(f"{src / META} does not record the base model; pass it (--base PATH_OR_HUB_ID)")
     name = base if isinstance(base, str) else None
     model = load_base(base, meta) if isinstance(base, str) else copy.deepcopy(base)
