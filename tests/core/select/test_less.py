@@ -151,3 +151,26 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"\n')
     with pytest.raises(less.SelectError, match=r"broken.jsonl:1: not valid JSON"):
         less.read_jsonl(tmp_path / "broken.jsonl")
+
+
+def test_load_epoch_moments_line_up_with_the_saved_update(tmp_path):
+    """One AdamW step from W0: W1 - W0 = -lr m_hat / (sqrt(v_hat) + eps) entry by entry, so the moments
+    that ``load_epoch`` flattens are in the same order as the trainable parameters."""
+    from adaptome.core.train.loop import fit
+
+    torch.manual_seed(0)
+    tok = text.char_tokenizer()
+    model = text.tiny_causal_lm(len(tok), hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
+    model = apply_adapter(model, make_config("lora", {"r": 2, "target_modules": "attention",
+                                                      "init_lora_weights": False}))
+    x, y = less.encode(tok, ["MKVLA", "GGSA", "PPLKW", "AAAT"], 16)
+    w0 = torch.cat([p.detach().reshape(-1).clone() for p in trainable(model).values()])
+    data = [{"input_ids": a, "labels": b} for a, b in zip(x, y)]
+    fit(model, data, collate_fn=lambda b: {k: torch.stack([e[k] for e in b]) for k in b[0]}, output_dir=tmp_path,
+        max_steps=1, batch_size=4, lr=0.01, max_grad_norm=None, save_every=1, progress=False, log_every=0)
+    ckpt = tmp_path / "checkpoints" / "step-1"
+    m, v = less.load_epoch(model, ckpt)
+    w1 = torch.cat([p.detach().reshape(-1) for p in trainable(model).values()])
+    step = -0.01 * (m / 0.1) / ((v / 0.001).sqrt() + 1e-8)  # bias-corrected first Adam step
+    assert m.abs().sum() > 0
+    torch.testing.assert_close(w1 - w0, step, atol=1e-6, rtol=1e-4)
