@@ -143,7 +143,8 @@ def main() -> None:
         base_nll = nll(base, test_ex)
         speed = throughput(base, tok, [r["text"] for r in pool])
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    res = {"command": "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/select/run.py", "args": vars(args), "commit": commit,
+    res = {"command": "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/select/run.py", "args": vars(args),
+           "commit": commit,
            "platform": platform.platform(), "seconds": time.time() - t0,
            "versions": {p: version(p) for p in ("torch", "peft", "transformers")}, "pool": len(pool),
            "pool_target_like": sum(r["source"] == "Cyclin_N" for r in pool), "base_test_nll": base_nll,
