@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-adapters_app = typer.Typer(help="Adapter methods: list, merge, truncate.\n\nExample: adaptome adapters list",
+adapters_app = typer.Typer(help="Adapter methods: list, export, merge, truncate.\n\nExample: adaptome adapters list",
                            no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 
@@ -72,6 +72,74 @@ def adapters_truncate(
     typer.echo(f"wrote {path} (rank {rank})")
 
 
+@adapters_app.command("export")
+def adapters_export(
+    src: Path = typer.Argument(..., help="a saved adaptome adapter folder"),
+    out: Path = typer.Argument(..., help="the peft LoRA folder to write (must not exist unless --overwrite)"),
+    to: str = typer.Option("peft-lora", "--to", help="output format (only peft-lora)"),
+    base: Optional[str] = typer.Option(None, "--base", help="the base model (local path or hub id); default: the one "
+                                       "the adapter folder records"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="DyLoRA: the rank k <= r to export"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Export a LoRA-family adapter (DyLoRA, SoRA, NOLA, LoRA-XS, LoRA-SB, LaMDA, ALLoRA, lora_native,
+    lora) as a plain peft LoRA that PeftModel.from_pretrained loads.
+
+    Example: adaptome adapters export --to peft-lora runs/nola/adapter runs/nola/peft-lora --base runs/base
+    """
+    from adaptome.core.adapters.export import ExportError, export_adapter_dir
+    from adaptome.core.cli_errors import user_errors
+
+    with user_errors():
+        if to != "peft-lora":
+            raise ExportError(f"--to {to!r}: the only export format is 'peft-lora'")
+        report = export_adapter_dir(src, out, base=base, rank=rank, overwrite=overwrite)
+    ranks = sorted(set(report.ranks.values()))
+    typer.echo(f"wrote {report.path}: {report.method} as a peft LoRA, {report.layers} layers, "
+               f"rank {'/'.join(map(str, ranks))}" + (f", {len(report.dropped)} layers dropped (rank 0)"
+                                                      if report.dropped else ""))
+    typer.echo(f"size: {report.size_line()}")
+
+
+@adapters_app.command("merge")
+def adapters_merge(
+    adapters: list[Path] = typer.Argument(..., help="two or more peft LoRA folders"),
+    method: str = typer.Option(..., "--method", help="lego, linear, cat, ties or dare"),
+    out: Path = typer.Option(..., "--out", help="the merged peft LoRA folder (must not exist unless --overwrite)"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="rank k of the merged LoRA (not for cat)"),
+    weights: Optional[str] = typer.Option(None, help="comma-separated weight per adapter (linear, cat, ties, dare)"),
+    density: Optional[float] = typer.Option(None, help="ties / dare: fraction of entries kept"),
+    variant: Optional[str] = typer.Option(None, help="dare: linear or ties"),
+    seed: Optional[int] = typer.Option(None, help="lego: k-means seed; dare: drop seed"),
+    reweight: Optional[bool] = typer.Option(None, "--reweight/--no-reweight", help="lego: dual reweighting"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Merge LoRAs into one peft LoRA (LoRA-LEGO rank-wise clustering, or linear / cat / TIES / DARE).
+
+    Example: adaptome adapters merge --method lego runs/a/peft runs/b/peft runs/c/peft --rank 8 --out runs/merged
+    """
+    from adaptome.core.cli_errors import user_errors
+    from adaptome.core.merge.api import merge_adapters
+    from adaptome.core.merge.factors import MergeError
+
+    with user_errors():
+        options: dict = {}
+        if weights is not None:
+            try:
+                options["weights"] = [float(w) for w in weights.split(",")]
+            except ValueError:
+                raise MergeError(f"--weights {weights!r}: give numbers separated by commas") from None
+        for key, value in (("density", density), ("variant", variant), ("seed", seed)):
+            if value is not None:
+                options[key] = value
+        if reweight is not None:
+            options.update(param_reweight=reweight, output_reweight=reweight)
+        summary = merge_adapters(adapters, method, out, rank=rank, overwrite=overwrite, **options)
+    typer.echo(f"wrote {out}: {method} merge of {len(adapters)} LoRAs (ranks {summary['ranks_in']}) at rank "
+               f"{summary['rank'] or 'sum of ranks'}, {summary['modules']} modules; relative distance to the "
+               f"weighted sum of their updates {summary['relative_distance_to_weighted_sum']:.3g}")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="run YAML (see core/configs/train_example.yaml)"),
@@ -92,6 +160,45 @@ def train_cmd(
     except (RegistryError, FileNotFoundError, FileExistsError, ValueError) as e:
         _fail(str(e))
     typer.echo(summary)
+
+
+@app.command("select-data")
+def select_data_cmd(
+    model: str = typer.Option(..., "--model", help="causal LM (local path or hub id) with its tokenizer"),
+    train: list[Path] = typer.Option(..., "--train", help="JSONL pool to select from, field 'text' (repeatable)"),
+    target: list[Path] = typer.Option(..., "--target", help="JSONL target examples; each file is a subtask unless "
+                                      "records carry 'subtask' (repeatable)"),
+    out: Path = typer.Option(..., "--out", help="JSONL of the selected examples with their 'less_score'"),
+    percentage: float = typer.Option(0.05, help="share of the pool to select"),
+    warmup_fraction: float = typer.Option(0.05, help="share of the pool the warm-up LoRA trains on"),
+    epochs: int = typer.Option(4, help="warm-up epochs (one checkpoint each)"),
+    lr: float = typer.Option(2e-5, help="warm-up learning rate"),
+    batch_size: int = typer.Option(32, help="warm-up batch size"),
+    lora_r: int = typer.Option(128, help="warm-up LoRA rank"),
+    lora_alpha: float = typer.Option(512.0, help="warm-up LoRA alpha"),
+    proj_dim: int = typer.Option(8192, help="gradient feature dimension"),
+    max_length: int = typer.Option(512, help="tokens per example"),
+    seed: int = typer.Option(0, help="seed of the warm-up subset, training and projection"),
+    work_dir: Optional[Path] = typer.Option(None, help="warm-up checkpoints (default: OUT.less-work)"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
+) -> None:
+    """Select the training examples whose LoRA gradients best match the target examples (LESS).
+
+    Example: adaptome select-data --model runs/base --train pool.jsonl --target dev.jsonl --out picked.jsonl
+    """
+    import json
+
+    from adaptome.core.cli_errors import user_errors
+    from adaptome.core.select.less import LessConfig, select_data
+
+    with user_errors():
+        cfg = LessConfig(percentage=percentage, warmup_fraction=warmup_fraction, warmup_epochs=epochs, lr=lr,
+                         batch_size=batch_size, lora_r=lora_r, lora_alpha=lora_alpha, proj_dim=proj_dim,
+                         max_length=max_length, seed=seed)
+        summary = select_data(model, [str(p) for p in train], [str(p) for p in target], out, cfg,
+                              work_dir=work_dir, overwrite=overwrite)
+    summary.pop("config")
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("quickstart")

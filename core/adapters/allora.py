@@ -69,6 +69,10 @@ class ALLoraLinear(AdapterLayer):
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         return self.allora_B[adapter_name] @ self.allora_A[adapter_name]  # (O, R) @ (R, I) -> (O, I)
 
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """B, A with scale 1 (ALLoRA has no alpha / r)."""
+        return self.allora_B[adapter_name].detach(), self.allora_A[adapter_name].detach(), 1.0  # (O, R), (R, I)
+
 
 ALLoraConfig.layer_cls = ALLoraLinear
 

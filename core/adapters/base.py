@@ -55,6 +55,9 @@ class AdapterConfig:
     paper: ClassVar[str] = ""
     #: the native ``AdapterLayer`` subclass (None for peft-backed methods)
     layer_cls: ClassVar[type | None] = None
+    #: None when the update is a product of rank-r factors that ``export.py`` writes as a plain peft
+    #: LoRA (native layers then implement ``AdapterLayer.lora_factors``); otherwise one line saying why not
+    no_lora_form: ClassVar[str | None] = None
 
     def identity_at_init(self) -> bool:
         """Whether a freshly injected adapter leaves the model's outputs unchanged."""
@@ -128,6 +131,12 @@ class AdapterLayer(nn.Module):
 
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         """Dense update (out, in) such that the merged weight is ``W0 + delta_weight``."""
+        raise NotImplementedError
+
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(B (out, k), A (k, in), s) with ``delta_weight == s * B @ A``, detached: the update as a plain
+        LoRA (``export.py`` writes it for peft). Methods whose update has no such form do not implement it
+        and say why in their config's ``no_lora_form``."""
         raise NotImplementedError
 
     # -- shared behaviour ----------------------------------------------------------------------

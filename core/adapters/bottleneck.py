@@ -60,6 +60,8 @@ class SeqBnConfig(AdapterConfig):
     param_formula: ClassVar[str] = "per FFN block: 2*d*(d/r) + d/r + d"
     paper: ClassVar[str] = "Pfeiffer et al. 2021, AdapterFusion, arXiv 2005.00247, Sec. 3"
     supports_merge: ClassVar[bool] = False
+    no_lora_form: ClassVar[str | None] = ("a bottleneck adapter is a ReLU MLP after each FFN block, not a weight "
+                                          "update B A of a linear layer")
     init_is_identity: ClassVar[bool] = False
     architectures: ClassVar[set[str]] = {"bert", "roberta", "xlm-roberta", "llama", "mistral"}
     invertible: ClassVar[bool] = False

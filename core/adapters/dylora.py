@@ -109,6 +109,13 @@ class DyLoraLinear(AdapterLayer):
         b = self.dylora_B[adapter_name][:, :k]  # (O, K)
         return (b @ a) * (self.configs[adapter_name].lora_alpha / k)  # (O, K) @ (K, I) -> (O, I)
 
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The first k components at the active rank k (``set_rank``), scale alpha / k."""
+        k = self.rank[adapter_name]
+        a = self.dylora_A[adapter_name][:k].detach()  # (K, I)
+        b = self.dylora_B[adapter_name][:, :k].detach()  # (O, K)
+        return b, a, self.configs[adapter_name].lora_alpha / k
+
 
 DyLoraConfig.layer_cls = DyLoraLinear
 

@@ -136,6 +136,11 @@ class LamdaLinear(AdapterLayer):
         a, core, b = self.lamda_A[adapter_name], self.lamda_S[adapter_name], self.lamda_B[adapter_name]
         return b @ core @ a * self.scaling(adapter_name)  # (O, R) @ (R, R) @ (R, I) -> (O, I)
 
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """B S A as (B S) A at this layer's rank (LaMDA++ ranks differ per layer)."""
+        a, core, b = (t[adapter_name].detach() for t in (self.lamda_A, self.lamda_S, self.lamda_B))
+        return b @ core, a, self.scaling(adapter_name)  # (O, R) @ (R, R) -> (O, R); A (R, I)
+
 
 LamdaConfig.layer_cls = LamdaLinear
 

@@ -99,5 +99,10 @@ class LoraNativeLinear(AdapterLayer):
         b = self.lora_B[adapter_name].weight  # (O, R)
         return (b @ a) * self.scaling[adapter_name]  # (O, R) @ (R, I) -> (O, I)
 
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        b = self.lora_B[adapter_name].weight.detach()  # (O, R)
+        a = self.lora_A[adapter_name].weight.detach()  # (R, I)
+        return b, a, self.scaling[adapter_name]
+
 
 LoraNativeConfig.layer_cls = LoraNativeLinear

@@ -108,5 +108,10 @@ class LoraXSLinear(AdapterLayer):
         a, b, rr = self.loraxs_A[adapter_name], self.loraxs_B[adapter_name], self.loraxs_R[adapter_name]
         return b @ rr @ a * self.configs[adapter_name].scaling  # (O, R) @ (R, R) @ (R, I) -> (O, I)
 
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """B R A as (B R) A: the trained core folded into the frozen B."""
+        a, b, rr = (t[adapter_name].detach() for t in (self.loraxs_A, self.loraxs_B, self.loraxs_R))
+        return b @ rr, a, self.configs[adapter_name].scaling  # (O, R) @ (R, R) -> (O, R); A (R, I)
+
 
 LoraXSConfig.layer_cls = LoraXSLinear

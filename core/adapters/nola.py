@@ -151,6 +151,13 @@ class NolaLinear(AdapterLayer):
         a, b = self.factors(adapter_name)
         return (b @ a) * self.configs[adapter_name].scaling  # (O, R) @ (R, I) -> (O, I)
 
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The materialised A = A0 + sum alpha_i A_i and B = sum beta_j B_j (r (in + out) numbers per
+        layer instead of the seed and k_a + k_b coefficients)."""
+        with torch.no_grad():
+            a, b = self.factors(adapter_name)  # (R, I), (O, R)
+        return b, a, self.configs[adapter_name].scaling
+
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         self._basis.pop(adapter_name, None)

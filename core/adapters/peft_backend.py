@@ -82,6 +82,8 @@ class DoraConfig(LoraConfig):
     param_formula: ClassVar[str] = "r*(in+out) + out"
     paper: ClassVar[str] = "Liu et al. 2024, DoRA, arXiv 2402.09353, eq. 5"
     use_dora: ClassVar[bool] = True
+    no_lora_form: ClassVar[str | None] = ("DoRA rescales each column of W0 + B A by a learned magnitude, which a "
+                                          "plain LoRA cannot express (its folder already loads in peft, use_dora)")
     atol: ClassVar[float] = 1e-4
 
     def expected_params(self, in_features: int, out_features: int, bias: bool) -> int:

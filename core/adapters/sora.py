@@ -90,6 +90,14 @@ class SoraLinear(AdapterLayer):
         a, b, g = self.sora_A[adapter_name], self.sora_B[adapter_name], self.sora_gate[adapter_name]
         return (b * g) @ a * self.configs[adapter_name].scaling  # (O, R) * (R,) @ (R, I) -> (O, I)
 
+    def lora_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Zero-gate ranks dropped, the kept gates folded into A: B_keep (g_keep ⊙ A_keep), K may be 0."""
+        g = self.sora_gate[adapter_name].detach()  # (R,)
+        keep = g != 0
+        a = self.sora_A[adapter_name].detach()[keep] * g[keep, None]  # (K, I) * (K, 1) -> (K, I)
+        b = self.sora_B[adapter_name].detach()[:, keep]  # (O, K)
+        return b, a, self.configs[adapter_name].scaling
+
 
 SoraConfig.layer_cls = SoraLinear
 

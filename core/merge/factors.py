@@ -1,0 +1,170 @@
+"""Read plain peft LoRA folders as scaled factors, write merged factors as a peft LoRA folder, and
+re-factorise a dense update to rank k.
+
+A LoRA is read as ``{module path: (B (out, r), A (r, in))}`` with its scale s folded in as sqrt(s)
+on each factor, so ``B @ A`` is the module's update s B A and every rank i is a unit
+``[B[:, i]; A[i, :]]`` whose size does not depend on how the scale was split between alpha and r.
+peft's ``rank_pattern`` / ``alpha_pattern`` and ``use_rslora`` give each module its own r and s.
+The merged folder has scale 1 (``lora_alpha = r``), the base model named by the first input, and the
+key names of peft's own files (``base_model.model.<path>.lora_A.weight``), so
+``PeftModel.from_pretrained`` loads it without adaptome.
+
+Dimension letters: O out_features, I in_features, R rank, K merged rank, M min(O, I).
+
+Not covered: DoRA, LoRA bias terms, embedding / convolution LoRAs, ``modules_to_save`` (refused:
+there is no single right way to merge fully trained copies), adaptome's native folders (export them
+first with ``adaptome adapters export --to peft-lora``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from adaptome.core.atomic import atomic_dir
+from adaptome.core.errors import AdaptomeError
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class MergeError(AdaptomeError, ValueError):
+    """Adapters that cannot be merged as asked."""
+
+
+@dataclass
+class LoraFolder:
+    """One input LoRA.
+
+    Args:
+        path: the folder.
+        config: its ``adapter_config.json``.
+        factors: ``{module path: (B (out, r), A (r, in))}`` with sqrt(s) folded into each factor.
+    """
+
+    path: Path
+    config: dict
+    factors: Factors
+
+    def delta(self, module: str) -> torch.Tensor:
+        b, a = self.factors[module]
+        return b @ a  # (O, R) @ (R, I) -> (O, I)
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    for key, value in patterns.items():  # peft's rule: the key matches a suffix of the module path
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def read_lora(path: str | os.PathLike) -> LoraFolder:
+    """Read a peft LoRA folder (float64 factors with the scale folded in)."""
+    path = Path(path)
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        hint = " (an adaptome adapter? export it first: adaptome adapters export --to peft-lora)" \
+            if (path / "adaptome.json").is_file() else ""
+        raise MergeError(f"{path}: not a peft LoRA folder, {CONFIG} or {WEIGHTS} is missing{hint}")
+    try:
+        cfg = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MergeError(f"{path / CONFIG}: not valid JSON ({e})") from None
+    if cfg.get("peft_type") != "LORA":
+        hint = " (an adaptome adapter? export it first: adaptome adapters export --to peft-lora)" \
+            if "adaptome_method" in cfg else ""
+        raise MergeError(f"{path / CONFIG}: peft_type is {cfg.get('peft_type')!r}, not 'LORA'{hint}")
+    for key, why in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save")):
+        if cfg.get(key):
+            raise MergeError(f"{path / CONFIG}: {why} adapters cannot be merged here (not covered)")
+    if cfg.get("bias", "none") != "none":
+        raise MergeError(f"{path / CONFIG}: LoRA bias terms are not covered")
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise MergeError(f"{path / WEIGHTS}: unreadable ({e})") from None
+    factors: Factors = {}
+    for key in state:
+        m = re.fullmatch(r"(.*)\.lora_A(?:\.[^.]+)?\.weight", key)
+        if not m:
+            if not re.fullmatch(r"(.*)\.lora_B(?:\.[^.]+)?\.weight", key):
+                raise MergeError(f"{path / WEIGHTS}: unexpected tensor {key} (only LoRA A and B are covered)")
+            continue
+        module = m.group(1).removeprefix(PREFIX)
+        b_key = key.replace(".lora_A", ".lora_B")
+        if b_key not in state:
+            raise MergeError(f"{path / WEIGHTS}: {key} has no matching {b_key}")
+        a, b = state[key].double(), state[b_key].double()  # (R, I), (O, R)
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise MergeError(f"{path / WEIGHTS}: {module}: A {tuple(a.shape)} and B {tuple(b.shape)} "
+                             "do not form a LoRA")
+        r = _pattern_value(cfg.get("rank_pattern") or {}, module, cfg["r"])
+        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"])
+        if r != a.shape[0]:
+            raise MergeError(f"{path}: {module} has rank {a.shape[0]} but the config says {r}")
+        s = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+        root = math.sqrt(abs(s))
+        factors[module] = (b * (root if s >= 0 else -root), a * root)
+    if not factors:
+        raise MergeError(f"{path / WEIGHTS}: holds no LoRA weights")
+    return LoraFolder(path, cfg, factors)
+
+
+def check_compatible(loras: list[LoraFolder]) -> None:
+    """Modules present in several inputs must have the same shape."""
+    shapes: dict[str, tuple[tuple[int, int], Path]] = {}
+    for lora in loras:
+        for module, (b, a) in lora.factors.items():
+            shape = (b.shape[0], a.shape[1])
+            if module in shapes and shapes[module][0] != shape:
+                raise MergeError(f"{lora.path}: {module} is {shape[0]} x {shape[1]} but {shapes[module][1]} has "
+                                 f"{shapes[module][0][0]} x {shapes[module][0][1]}: different base models?")
+            shapes.setdefault(module, (shape, lora.path))
+
+
+def modules(loras: list[LoraFolder]) -> list[str]:
+    return sorted({m for lora in loras for m in lora.factors})
+
+
+def refactor(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-k factors (B (O, k), A (k, I)) of ``delta`` (O, I) by SVD, sqrt(S) on each side;
+    zero-padded when k exceeds min(O, I)."""
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)  # (O, M), (M,), (M, I)
+    m = min(k, s.numel())
+    root = s[:m].sqrt()
+    b = torch.zeros(delta.shape[0], k, dtype=delta.dtype)
+    a = torch.zeros(k, delta.shape[1], dtype=delta.dtype)
+    b[:, :m] = u[:, :m] * root  # (O, M) * (M,) -> (O, M)
+    a[:m] = root[:, None] * vh[:m]  # (M, 1) * (M, I) -> (M, I)
+    return b, a
+
+
+def write_lora(out: str | os.PathLike, factors: Factors, template: dict, meta: dict, overwrite: bool = False,
+               dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``factors`` (scale folded in) as a peft LoRA folder with scale 1 (``lora_alpha = r`` per
+    module); ``template`` is an input's ``adapter_config.json`` (base model, task type)."""
+    ranks = {m: a.shape[0] for m, (_, a) in factors.items()}
+    r0 = max(set(ranks.values()), key=list(ranks.values()).count)
+    cfg = dict(template)
+    cfg.update(r=r0, lora_alpha=r0, target_modules=sorted(factors), use_rslora=False, lora_dropout=0.0,
+               rank_pattern={re.escape(m): k for m, k in ranks.items() if k != r0},
+               alpha_pattern={re.escape(m): k for m, k in ranks.items() if k != r0},
+               init_lora_weights=True, inference_mode=True, layers_to_transform=None, layers_pattern=None)
+    state = {}
+    for m, (b, a) in factors.items():
+        state[f"{PREFIX}{m}.lora_A.weight"] = a.to(dtype).contiguous()  # (K, I)
+        state[f"{PREFIX}{m}.lora_B.weight"] = b.to(dtype).contiguous()  # (O, K)
+    with atomic_dir(out, overwrite) as tmp:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+        (tmp / "adaptome_merge.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return Path(out)
