@@ -88,7 +88,7 @@ def test_solver_on_a_hand_made_spectrum():
 def test_lrc_only_finetuning_trains_exactly_the_lrc_factors(llama, tmp_path, token_data):
     from adaptome.core.train.loop import fit
 
-    rows = WELORE.compress(llama, resolve_targets(llama, "all-linear"), WeLoreConfig(keep_fraction=0.6))
+    rows = WELORE.compress(llama, resolve_targets(llama, "all-linear"), WeLoreConfig(keep_fraction=0.8))
     lrc = {r["path"] for r in rows if r["lrc"]}
     assert lrc and len(lrc) < len(rows)  # both kinds present: N-LRCs must stay frozen
     keep = WELORE.mark_trainable(llama)
