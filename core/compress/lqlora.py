@@ -259,17 +259,15 @@ class LQLoRA:
                 for p in (layer.lora_A, layer.lora_B)]
 
 
-def loftq_uniform(w: torch.Tensor, rank: int, qcfg: QuantConfig, iters: int = 1) -> tuple[torch.Tensor, float]:
+def loftq_uniform(w: torch.Tensor, rank: int, qcfg: QuantConfig, iters: int = 1) -> dict[str, Any]:
     """LoftQ (Li et al., arXiv 2310.08659, Alg. 1) with one uniform configuration: A, B = 0; T times
-    Q = NF(W − AB), A, B = SVD_r(W − Q). Returns (Q + AB, relative Frobenius error). This is the
-    algorithm of peft's ``loftq_init``, which needs bitsandbytes; used beside LQ-LoRA at equal bits."""
+    Q = NF(W − AB), A, B = SVD_r(W − Q). This is the algorithm of peft's ``loftq_init`` (which needs
+    bitsandbytes); it is used beside LQ-LoRA at equal bits. Returns q (NFTensor), q_dense, l1, l2
+    and rel_error = ‖W − Q − L1L2‖ / ‖W‖."""
     lr = torch.zeros_like(w)
-    for _ in range(iters):
-        q = quantize(w - lr, qcfg).dequantize()
+    for _ in range(max(1, iters)):
+        qt = quantize(w - lr, qcfg)
+        q = qt.dequantize()
         l1, l2 = weighted_svd(w - q, rank)
         lr = l1 @ l2  # (o, r) @ (r, i)
-    approx = q + lr
-    return approx, float((w - approx).norm() / w.norm())
-
-
-
+    return {"q": qt, "q_dense": q, "l1": l1, "l2": l2, "rel_error": float((w - q - lr).norm() / w.norm())}
