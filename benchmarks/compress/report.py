@@ -9,7 +9,8 @@ def _f(x: float, d: int = 3) -> str:
 
 def _find(rows, method, budget=None, fisher=False):
     for r in rows:
-        if r["method"] == method and bool(r.get("fisher")) == fisher and (budget is None or abs(r["budget"] - budget) < 1e-9):
+        same = budget is None or abs(r["budget"] - budget) < 1e-9
+        if r["method"] == method and bool(r.get("fisher")) == fisher and same:
             return r
     return None
 
@@ -18,22 +19,26 @@ def write_markdown(res: dict) -> str:
     v = res["versions"]
     out = ["### Compression: parameters / bits against held-out perplexity", "",
            f"Command: `{res['command']}` (git {res['git_commit'][:10]}, torch {v['torch']}, transformers "
-           f"{v['transformers']}, peft {v['peft']}, scipy {v['scipy']}; {res['seconds']:.0f} s on CPU, 1 thread).", "",
+           f"{v['transformers']}, peft {v['peft']}, scipy {v['scipy']}; {res['seconds']:.0f} s on CPU, "
+           "1 thread).", "",
            f"Tiny models pretrained for {res['pretrain_steps']} steps through `fit` on `{res['data']}` (80 % of the "
            f"records; perplexity on the other 20 %, character tokens; BERT: 15 % masks from a fixed seed). Every "
            f"compressed model is then fine-tuned for {res['finetune_steps']} steps at lr {res['lr']} on what its "
            "method trains (WeLore: LRC factors; LRT: both factors; DSFormer: D and the latent S; LQ-LoRA / LoftQ: "
            "the LoRA factors over a frozen Q). 'kept bits' = stored bits of the target matrices / their dense fp32 "
            "bits (factors and low-rank parts counted at 32 bits, DSFormer indices at ⌈log2 r⌉ bits, NF codes and "
-           "scales at their packed sizes). 'trainable' counts DSFormer's dense latent S (r x in), which is not stored.", "", "![curves](curves.png)", ""]
+           "scales at their packed sizes). 'trainable' counts DSFormer's dense latent S (r x in), which is not "
+           "stored.", "", "![curves](curves.png)", ""]
     for kind, m in res["models"].items():
-        out += [f"**tiny {m['architecture']}** ({m['params']:,} parameters): dense perplexity {_f(m['dense_ppl'])}; "
-                f"dense with all weights trained for the same {res['finetune_steps']} steps {_f(m['dense_finetuned_ppl'])}.",
+        out += [f"**tiny {m['architecture']}** ({m['params']:,} parameters): dense perplexity "
+                f"{_f(m['dense_ppl'])}; dense with all weights trained for the same {res['finetune_steps']} "
+                f"steps {_f(m['dense_finetuned_ppl'])}.",
                 "", "| method | budget | kept params | kept bits | Q bits/param | rel. error | ppl compressed | "
                 "ppl + fine-tuning | trainable |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in m["runs"]:
             name = r["method"] + (" + Fisher" if r.get("fisher") else "")
-            out.append(f"| {name} | {r['budget']:g} | {_f(r['kept_fraction_params'])} | {_f(r['kept_fraction_bits'])} | "
+            out.append(f"| {name} | {r['budget']:g} | {_f(r['kept_fraction_params'])} | "
+                       f"{_f(r['kept_fraction_bits'])} | "
                        f"{_f(r['q_bits_per_param'], 2) if 'q_bits_per_param' in r else ''} | "
                        f"{_f(r['rel_error'], 4) if 'rel_error' in r else ''} | {_f(r['ppl_after'])} | "
                        f"{_f(r['ppl_finetuned'])} | {r.get('trainable', '')} |")

@@ -52,7 +52,7 @@ def split_data(tmp: Path) -> tuple[Path, Path]:
 def pretrain(kind: str, train: Path, eval_: Path, out: Path, args) -> dict:
     """Build the tiny model from config, train it fully through ``fit``, save it with its tokenizer."""
     from adaptome.core import text
-    from adaptome.core.compress.run import _collate, perplexity
+    from adaptome.core.compress.run import lm_collate, perplexity
     from adaptome.core.generic_train import build_datasets
     from adaptome.core.train.loop import fit
 
@@ -62,7 +62,7 @@ def pretrain(kind: str, train: Path, eval_: Path, out: Path, args) -> dict:
     model = build(len(tok), hidden_size=args.hidden, num_layers=2, num_heads=4, intermediate_size=2 * args.hidden)
     tr = build_datasets([str(train)], tok, kind, args.block, False)
     ev = build_datasets([str(eval_)], tok, kind, args.block, False)
-    collate = _collate(tok, kind)
+    collate = lm_collate(tok, kind)
     t0 = time.perf_counter()
     res = fit(model, tr, collate_fn=collate, output_dir=out.parent / f"pretrain_{kind}", max_steps=args.pretrain_steps,
               batch_size=16, lr=3e-3, warmup_steps=50, schedule="cosine", progress=False, log_every=0, resume=False)
@@ -77,7 +77,7 @@ def dense_finetune(kind: str, base: Path, train: Path, eval_: Path, tmp: Path, a
     """The uncompressed model trained (all weights) for the same steps: the reference for recovery."""
     import transformers
 
-    from adaptome.core.compress.run import _collate, perplexity
+    from adaptome.core.compress.run import lm_collate, perplexity
     from adaptome.core.generic_train import build_datasets
     from adaptome.core.train.loop import fit
 
@@ -86,7 +86,7 @@ def dense_finetune(kind: str, base: Path, train: Path, eval_: Path, tmp: Path, a
     model = cls.from_pretrained(base)
     tr = build_datasets([str(train)], tok, kind, args.block, False)
     ev = build_datasets([str(eval_)], tok, kind, args.block, False)
-    collate = _collate(tok, kind)
+    collate = lm_collate(tok, kind)
     res = fit(model, tr, collate_fn=collate, output_dir=tmp / f"dense_ft_{kind}", max_steps=args.finetune_steps,
               batch_size=8, lr=args.lr, schedule="constant", progress=False, log_every=0, resume=False)
     return perplexity(res.model.cpu(), ev, collate, kind)
@@ -101,7 +101,7 @@ def loftq_run(kind: str, base: Path, train: Path, eval_: Path, bits: int, tmp: P
     from adaptome.core.compress.layers import freeze_all_but, linear_weight, replace_module
     from adaptome.core.compress.lqlora import LQLoRALinear, loftq_uniform
     from adaptome.core.compress.nf_quant import QuantConfig
-    from adaptome.core.compress.run import _collate, perplexity
+    from adaptome.core.compress.run import lm_collate, perplexity
     from adaptome.core.generic_train import build_datasets
     from adaptome.core.train.loop import fit
 
@@ -121,7 +121,7 @@ def loftq_run(kind: str, base: Path, train: Path, eval_: Path, bits: int, tmp: P
         replace_module(model, p, LQLoRALinear(r["q"], r["q_dense"], r["l1"], r["l2"], b))
     tr = build_datasets([str(train)], tok, kind, args.block, False)
     ev = build_datasets([str(eval_)], tok, kind, args.block, False)
-    collate = _collate(tok, kind)
+    collate = lm_collate(tok, kind)
     after = perplexity(model, ev, collate, kind)
     trainable = freeze_all_but(model, COMPRESSORS.get("lqlora").mark_trainable(model))
     res = fit(model, tr, collate_fn=collate, output_dir=tmp / f"loftq_{kind}_{bits}", max_steps=args.finetune_steps,
@@ -188,7 +188,8 @@ def plot(results: dict, path: Path) -> None:
                 continue
             x = [p[0] for p in pts]
             ax.plot(x, [p[1] for p in pts], "--o", color=colors[name], alpha=0.5, label=f"{name} (compressed)")
-            ax.plot(x, [p[2] for p in pts], "-s", color=colors[name], label=f"{name} (+{results['finetune_steps']} steps)")
+            ax.plot(x, [p[2] for p in pts], "-s", color=colors[name],
+                    label=f"{name} (+{results['finetune_steps']} steps)")
         ax.axhline(m["dense_ppl"], color="k", lw=1, label="dense")
         ax.axhline(m["dense_finetuned_ppl"], color="k", ls=":", lw=1, label="dense + same steps")
         ax.set_yscale("log")

@@ -37,8 +37,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from adaptome.core.compress import COMPRESSORS
-from adaptome.core.compress.layers import LAYER_KINDS, CompressedLayer, CompressError, compressed_layers, linear_weight
-from adaptome.core.compress.layers import replace_module
+from adaptome.core.compress.layers import (
+    LAYER_KINDS,
+    CompressedLayer,
+    CompressError,
+    compressed_layers,
+    linear_weight,
+    replace_module,
+)
 
 
 @dataclass
@@ -68,7 +74,8 @@ def _refit_values(w: torch.Tensor, d: torch.Tensor, idx: torch.Tensor) -> torch.
     return torch.linalg.lstsq(sub, w.t().unsqueeze(-1)).solution.squeeze(-1).t()  # (i, k, 1) -> (k, i)
 
 
-def init_factors(w: torch.Tensor, r: int, k: int, iters: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def init_factors(w: torch.Tensor, r: int, k: int, iters: int,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """D (o, r) and the dense latent S̃ (r, i) for W (o, i); see the module docstring."""
     o, i = w.shape
     u, s, vh = torch.linalg.svd(w, full_matrices=False)  # (o, m), (m,), (m, i)

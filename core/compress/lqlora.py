@@ -14,13 +14,14 @@ Finetuning" (ICLR 2024, arXiv 2311.12023). Dimension letters: o out, i in, r ran
   min Σ cost[m, c]·x[m, c] s.t. Σ_c x[m, c] = 1, Σ storage(c)·numel(m)·x[m, c] ≤ budget·Σ numel(m),
   x binary, is solved with ``scipy.optimize.milp`` (the reference uses Gurobi).
 * LoRA on top (Sec. 3.4): Q is frozen (stored as codes), L1 and L2 are the trainable LoRA factors
-  (``lora_B`` = L1, ``lora_A`` = L2, scale 1; for peft, A = L2/√s and B = L1/√s give the same output).
+  (``lora_B`` = L1, ``lora_A`` = L2, scale 1). ``to_peft(model)`` gives the same model as a peft LoRA
+  over a dense base holding the dequantised Q (α = r, so s = 1 and A = L2, B = L1).
 
 Our choices: the default grid is a 32-point subset of the paper's 432 (b ∈ {2, 3, 4, 8}, b0 ∈ {4, 8},
 b1 = fp16, B0 ∈ {32, 64}, B1 ∈ {64, 256}); every field can be set to the full grid. The budget counts Q
 only (as the paper's 2.75 bits); the report gives the low-rank part separately.
 Not covered: the reference's randomised SVD, bitsandbytes NF4 interoperability (bitsandbytes is
-not a dependency and is never imported), and exporting to a peft folder (the layer is native).
+not a dependency and is never imported), and a quantised peft export (``to_peft`` writes Q dense).
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from adaptome.core.compress import COMPRESSORS
-from adaptome.core.compress.layers import LAYER_KINDS, CompressedLayer, CompressError, compressed_layers, linear_weight
-from adaptome.core.compress.layers import replace_module
+from adaptome.core.compress.layers import (
+    LAYER_KINDS,
+    CompressedLayer,
+    CompressError,
+    compressed_layers,
+    linear_weight,
+    replace_module,
+)
 from adaptome.core.compress.nf_quant import NFTensor, QuantConfig, quantize
 
 
@@ -271,3 +278,37 @@ def loftq_uniform(w: torch.Tensor, rank: int, qcfg: QuantConfig, iters: int = 1)
         l1, l2 = weighted_svd(w - q, rank)
         lr = l1 @ l2  # (o, r) @ (r, i)
     return {"q": qt, "q_dense": q, "l1": l1, "l2": l2, "rel_error": float((w - q - lr).norm() / w.norm())}
+
+
+def to_peft(model: nn.Module) -> nn.Module:
+    """A peft ``PeftModel`` with the same outputs: each LQ-LoRA layer becomes an ``nn.Linear`` holding the
+    dequantised Q, with a peft LoRA (r = rank, α = r so s = 1; A = L2, B = L1) on it. ``save_pretrained``
+    of the result writes a plain peft adapter; the base with Q must be saved beside it
+    (``result.get_base_model()``). The copy is dense (fp32 Q), not quantised."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model = copy.deepcopy(model)
+    layers = dict((p, layer) for p, layer in compressed_layers(model) if isinstance(layer, LQLoRALinear))
+    if not layers:
+        raise CompressError("the model has no LQ-LoRA layers to export")
+    ranks = {layer.rank for layer in layers.values()}
+    if len(ranks) != 1:
+        raise CompressError(f"LQ-LoRA layers have different ranks {sorted(ranks)}; peft export needs one")
+    for path, layer in layers.items():
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(layer.q_weight)
+            if layer.bias is not None:
+                lin.bias.copy_(layer.bias)
+        replace_module(model, path, lin)
+    r = ranks.pop()
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=list(layers),
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for path, layer in layers.items():
+            mod = peft_model.base_model.model.get_submodule(path)
+            mod.lora_A["default"].weight.copy_(layer.lora_A)
+            mod.lora_B["default"].weight.copy_(layer.lora_B)
+    return peft_model

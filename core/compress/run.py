@@ -35,7 +35,7 @@ def _kind(arch: str) -> str | None:
     return None
 
 
-def _collate(tok, kind: str):
+def lm_collate(tok, kind: str):
     if kind == "causal":
         return lambda b: {k: torch.stack([x[k] for x in b]) for k in b[0]}  # (B, T)
     from transformers import DataCollatorForLanguageModeling
@@ -73,7 +73,8 @@ def totals(rows: list[dict], dtype_bits: int) -> dict[str, Any]:
     return {"matrices": len(rows), "params_before": before, "params_after": after,
             "bits_before": before * dtype_bits, "bits_after": bits_after,
             "bits_per_param_after": bits_after / max(1, before),
-            "kept_fraction_params": after / max(1, before), "kept_fraction_bits": bits_after / max(1, before * dtype_bits)}
+            "kept_fraction_params": after / max(1, before),
+            "kept_fraction_bits": bits_after / max(1, before * dtype_bits)}
 
 
 def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: float | None = None,
@@ -116,7 +117,7 @@ def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: f
         tok = transformers.AutoTokenizer.from_pretrained(model_path)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-    collate = _collate(tok, kind) if tok is not None else None
+    collate = lm_collate(tok, kind) if tok is not None else None
     eval_set = build_datasets([eval_text], tok, kind, block_size, False) if eval_text else []
     train_set = build_datasets([train_text], tok, kind, block_size, False) if train_text else []
 
@@ -146,7 +147,8 @@ def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: f
                       resume=False, log_every=max(1, finetune_steps // 10))
             model = res.model.cpu()
             losses = [h["loss"] for h in res.history if "loss" in h]
-            report["finetune"].update(first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None)
+            report["finetune"].update(first_loss=losses[0] if losses else None,
+                                      last_loss=losses[-1] if losses else None)
             if eval_set:
                 report["perplexity_finetuned"] = perplexity(model, eval_set, collate, kind, seed)
         for p in model.parameters():

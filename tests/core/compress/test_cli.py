@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from adaptome.core import cli, text
 from adaptome.core.compress.io import load_compressed
 from adaptome.core.compress.layers import LowRankLinear
-from adaptome.core.compress.run import _collate, perplexity
+from adaptome.core.compress.run import lm_collate, perplexity
 from adaptome.core.generic_train import build_datasets
 
 runner = CliRunner()
@@ -56,9 +56,9 @@ def test_welore_end_to_end_with_lrc_finetuning(model_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(model_dir / "tiny")
     ev = build_datasets([str(model_dir / "eval.txt")], tok, "causal", 32, False)
     orig = LlamaForCausalLM.from_pretrained(model_dir / "tiny")
-    assert perplexity(orig, ev, _collate(tok, "causal"), "causal") == pytest.approx(report["perplexity_before"])
+    assert perplexity(orig, ev, lm_collate(tok, "causal"), "causal") == pytest.approx(report["perplexity_before"])
     loaded = load_compressed(out)
-    assert perplexity(loaded, ev, _collate(tok, "causal"), "causal") == pytest.approx(report["perplexity_finetuned"])
+    assert perplexity(loaded, ev, lm_collate(tok, "causal"), "causal") == pytest.approx(report["perplexity_finetuned"])
     assert report["perplexity_finetuned"] != pytest.approx(report["perplexity_after"])  # fine-tuning did something
     # only LRC factors were trained: every other weight equals the original (or its rank-k reconstruction)
     lrc = {r["path"] for r in report["matrices"] if r["lrc"]}
@@ -84,7 +84,7 @@ def test_other_methods_through_the_cli(model_dir, tmp_path, method, budget, extr
 
     tok = AutoTokenizer.from_pretrained(out)
     ev = build_datasets([str(model_dir / "eval.txt")], tok, "causal", 32, False)
-    assert perplexity(load_compressed(out), ev, _collate(tok, "causal"), "causal") == pytest.approx(
+    assert perplexity(load_compressed(out), ev, lm_collate(tok, "causal"), "causal") == pytest.approx(
         report["perplexity_after"])
     if method == "lqlora":
         assert report["totals"]["bits_per_param_after"] > 0

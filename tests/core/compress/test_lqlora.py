@@ -14,8 +14,14 @@ import torch
 from adaptome.core.adapters.targets import resolve_targets
 from adaptome.core.compress import COMPRESSORS
 from adaptome.core.compress.layers import CompressError
-from adaptome.core.compress.lqlora import LQLoRAConfig, LQLoRALinear, decompose, loftq_uniform, solve_allocation
-from adaptome.core.compress.lqlora import weighted_svd
+from adaptome.core.compress.lqlora import (
+    LQLoRAConfig,
+    LQLoRALinear,
+    decompose,
+    loftq_uniform,
+    solve_allocation,
+    weighted_svd,
+)
 from adaptome.core.compress.nf_quant import QuantConfig, encode, nf_codebook, quantize
 
 LQ = COMPRESSORS.get("lqlora")
@@ -153,3 +159,21 @@ def test_lqlora_beside_loftq_at_equal_bits():
     ours = float((w - r["q_dense"] - r["l1"] @ r["l2"]).norm() / w.norm())
     assert grid[int(choice[0])].bits_per_param() <= bits
     assert ours <= loftq_err
+
+
+def test_peft_export_gives_the_same_outputs(llama, batch, tmp_path):
+    import peft
+
+    from adaptome.core.compress.lqlora import to_peft
+
+    cfg = LQLoRAConfig(bits_budget=3.0, rank=4, bits=(2, 3, 4), bits0=(8,), block0=(32,), block1=(64,), max_iters=3)
+    LQ.compress(llama, resolve_targets(llama, "attention+mlp"), cfg)
+    with torch.no_grad():
+        for p in LQ.mark_trainable(llama):  # move off the init so that A and B both matter
+            p.add_(0.01 * torch.randn_like(p))
+        ref = llama(batch).logits
+        exported = to_peft(llama)
+        assert isinstance(exported, peft.PeftModel)
+        assert torch.allclose(exported(input_ids=batch).logits, ref, atol=1e-5)
+    exported.save_pretrained(tmp_path / "adapter")
+    assert peft.PeftConfig.from_pretrained(tmp_path / "adapter").r == 4
