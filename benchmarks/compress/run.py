@@ -65,7 +65,7 @@ def pretrain(kind: str, train: Path, eval_: Path, out: Path, args) -> dict:
     collate = lm_collate(tok, kind)
     t0 = time.perf_counter()
     res = fit(model, tr, collate_fn=collate, output_dir=out.parent / f"pretrain_{kind}", max_steps=args.pretrain_steps,
-              batch_size=16, lr=3e-3, warmup_steps=50, schedule="cosine", progress=False, log_every=0, resume=False)
+              batch_size=16, lr=2e-3, schedule="constant", progress=False, log_every=0, resume=False)
     model = res.model.cpu().eval()
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -140,7 +140,7 @@ def weight_norms(base: Path) -> dict[str, float]:
 
     cfg = transformers.AutoConfig.from_pretrained(base)
     model = getattr(transformers, cfg.architectures[0]).from_pretrained(base)
-    return {p: float(model.get_submodule(p).weight.norm()) for p in resolve_targets(model, "all-linear")}
+    return {p: float(model.get_submodule(p).weight.detach().norm()) for p in resolve_targets(model, "all-linear")}
 
 
 def method_run(method: str, budget: float, kind: str, base: Path, train: Path, eval_: Path, tmp: Path, args,
@@ -203,8 +203,10 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pretrain-steps", type=int, default=1500)
-    ap.add_argument("--finetune-steps", type=int, default=150)
+    # 300 steps: held-out perplexity is lowest near there (a probe with evaluation every 100 steps: 17.7 at
+    # 200-400 for LLaMA, 14.3 at 300 for BERT, rising after), the data being 132 training sequences
+    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--finetune-steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--block", type=int, default=64)
