@@ -17,9 +17,10 @@ gradient of the loss w.r.t. S reaches S̃ unchanged (all entries, also those out
 support) and the support can move during training. ``mark_trainable`` trains D and S̃ on the task loss
 (through ``fit``); the rest of the model stays frozen.
 
-Initialisation (task-unaware, before STF): D, S̃ from the top-r SVD (D = U√Σ, S̃ = √ΣVᵀ; random extra
-atoms when r > min(o, i)), then ``init_iters`` rounds of: project S, refit the kept values of every
-column by least squares on its support, refit D = W Sᵀ(SSᵀ + εI)⁻¹, and S̃ = D⁺W.
+Initialisation (task-unaware, before STF; our choice, the paper's initialiser is not public): D from
+the top-r SVD (D = U√Σ, random extra atoms when r > min(o, i)); S by orthogonal matching pursuit
+(k atoms per column, values refit by least squares on the support); then ``init_iters`` rounds of
+D = W Sᵀ(SSᵀ + εI)⁻¹ and matching pursuit again. S̃ starts equal to S (zero off the support).
 Budget: ``keep_fraction`` of the dense parameters is met per matrix by r = ⌊(f·o·i − k·i)/o⌋.
 
 Not covered: the paper's joint factorisation of all layers at once with a distillation loss, and
@@ -74,22 +75,37 @@ def _refit_values(w: torch.Tensor, d: torch.Tensor, idx: torch.Tensor) -> torch.
     return torch.linalg.lstsq(sub, w.t().unsqueeze(-1)).solution.squeeze(-1).t()  # (i, k, 1) -> (k, i)
 
 
+def sparse_code(w: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor:
+    """Orthogonal matching pursuit, all columns at once: S (r, i) with k non-zeros per column, W ≈ D·S."""
+    r = d.shape[1]
+    dn = d / d.norm(dim=0).clamp_min(1e-12)  # unit atoms, (o, r)
+    chosen = torch.zeros(r, w.shape[1], dtype=torch.bool)
+    idx = torch.empty(0, w.shape[1], dtype=torch.long)
+    resid = w
+    for _ in range(k):
+        corr = (dn.t() @ resid).abs().masked_fill(chosen, -1.0)  # (r, o) @ (o, i) -> (r, i)
+        pick = corr.argmax(dim=0)  # (i,)
+        chosen[pick, torch.arange(w.shape[1])] = True
+        idx = torch.cat([idx, pick[None]], 0)  # (t, i)
+        vals = _refit_values(w, d, idx)  # (t, i)
+        resid = w - torch.einsum("otj,tj->oj", d[:, idx], vals)  # (o, t, i) · (t, i) -> (o, i)
+    return torch.zeros(r, w.shape[1]).scatter_(0, idx, vals)
+
+
 def init_factors(w: torch.Tensor, r: int, k: int, iters: int,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """D (o, r) and the dense latent S̃ (r, i) for W (o, i); see the module docstring."""
+    """D (o, r) and the latent S̃ (r, i) for W (o, i); see the module docstring."""
     o, i = w.shape
     u, s, vh = torch.linalg.svd(w, full_matrices=False)  # (o, m), (m,), (m, i)
     m = min(r, s.numel())
     root = s[:m].sqrt()
     d = torch.cat([u[:, :m] * root, torch.randn(o, r - m, generator=gen) * float(s[-1].sqrt()) / math.sqrt(o)], 1)
-    lat = torch.cat([root[:, None] * vh[:m], torch.zeros(r - m, i)], 0)  # (r, i)
+    code = sparse_code(w, d, k)  # (r, i)
     for _ in range(iters):
-        idx = lat.abs().topk(k, dim=0).indices  # (k, i)
-        sparse = torch.zeros_like(lat).scatter_(0, idx, _refit_values(w, d, idx))  # (r, i)
-        gram = sparse @ sparse.t() + 1e-6 * torch.eye(r)  # (r, i) @ (i, r) -> (r, r)
-        d = torch.linalg.solve(gram, sparse @ w.t()).t()  # (r, r)⁻¹ (r, o) -> (o, r)
-        lat = torch.linalg.lstsq(d, w).solution  # (o, r) \ (o, i) -> (r, i)
-    return d, lat
+        gram = code @ code.t() + 1e-6 * torch.eye(r)  # (r, i) @ (i, r) -> (r, r)
+        d = torch.linalg.solve(gram, code @ w.t()).t()  # (r, r)⁻¹ (r, o) -> (o, r)
+        code = sparse_code(w, d, k)
+    return d, code
 
 
 @LAYER_KINDS.register("dsformer")
