@@ -28,11 +28,14 @@ def write_markdown(res: dict) -> str:
            "the LoRA factors over a frozen Q). 'kept bits' = stored bits of the target matrices / their dense fp32 "
            "bits (factors and low-rank parts counted at 32 bits, DSFormer indices at ⌈log2 r⌉ bits, NF codes and "
            "scales at their packed sizes). 'trainable' counts DSFormer's dense latent S (r x in), which is not "
-           "stored.", "", "![curves](curves.png)", ""]
+           "stored.", "", "![curves](compress/curves.png)", ""]
     for kind, m in res["models"].items():
         out += [f"**tiny {m['architecture']}** ({m['params']:,} parameters): dense perplexity "
                 f"{_f(m['dense_ppl'])}; dense with all weights trained for the same {res['finetune_steps']} "
-                f"steps {_f(m['dense_finetuned_ppl'])}.",
+                f"steps {_f(m['dense_finetuned_ppl'])}; baseline (character frequencies of the training text, "
+                f"no model) {_f(m['unigram_ppl'])}. The model is {(1 - m['dense_ppl'] / m['unigram_ppl']) * 100:.1f} % "
+                "below that baseline, so held-out perplexity can only move within that margin; the relative weight "
+                "error ‖W − Ŵ‖/‖W‖ of the target matrices measures the compression itself.",
                 "", "| method | budget | kept params | kept bits | Q bits/param | rel. error | ppl compressed | "
                 "ppl + fine-tuning | trainable |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in m["runs"]:

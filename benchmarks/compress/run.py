@@ -49,6 +49,20 @@ def split_data(tmp: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def unigram_ppl(train: Path, eval_: Path) -> float:
+    """Baseline: character frequencies of the training text (add-one), perplexity on the held-out text."""
+    import collections
+    import math
+
+    from adaptome.core.text import read_texts
+
+    counts = collections.Counter("".join(read_texts(train)))
+    total, vocab = sum(counts.values()), len(counts) + 1
+    held = "".join(read_texts(eval_))
+    nll = -sum(math.log((counts.get(c, 0) + 1) / (total + vocab)) for c in held) / len(held)
+    return math.exp(nll)
+
+
 def pretrain(kind: str, train: Path, eval_: Path, out: Path, args) -> dict:
     """Build the tiny model from config, train it fully through ``fit``, save it with its tokenizer."""
     from adaptome.core import text
@@ -156,12 +170,12 @@ def method_run(method: str, budget: float, kind: str, base: Path, train: Path, e
            "kept_fraction_params": t["kept_fraction_params"], "kept_fraction_bits": t["kept_fraction_bits"],
            "ppl_after": rep["perplexity_after"], "ppl_finetuned": rep["perplexity_finetuned"],
            "trainable": rep["finetune"]["trainable_params"], "seconds": time.perf_counter() - t0}
+    if norms:  # ‖W − Ŵ‖ / ‖W‖ over all target matrices, at compression (before fine-tuning)
+        err2 = sum((r["rel_error"] * norms[r["path"]]) ** 2 for r in rep["matrices"])
+        row["rel_error"] = (err2 / sum(v ** 2 for v in norms.values())) ** 0.5
     if method == "lqlora":
         row["q_bits_per_param"] = sum(r["extra_bits"] for r in rep["matrices"]) / t["params_before"]
         row["configs"] = sorted({r["config"] for r in rep["matrices"]})
-        if norms:
-            err2 = sum((r["rel_error"] * norms[r["path"]]) ** 2 for r in rep["matrices"])
-            row["rel_error"] = (err2 / sum(v ** 2 for v in norms.values())) ** 0.5
     if method == "welore":
         row["threshold"] = rep["matrices"][0]["threshold"]
         row["lrc"] = sum(r["lrc"] for r in rep["matrices"])
@@ -230,6 +244,7 @@ def main() -> None:
             info = pretrain(kind, train, eval_, base, args)
             print(f"[{kind}] pretrained: ppl {info['ppl']:.3f} ({info['pretrain_s']:.0f} s)", flush=True)
             m = {"architecture": "LLaMA" if kind == "causal" else "BERT", "dense_ppl": info["ppl"],
+                 "unigram_ppl": unigram_ppl(train, eval_),
                  "params": info["params"], "pretrain_s": info["pretrain_s"],
                  "dense_finetuned_ppl": dense_finetune(kind, base, train, eval_, tmp, args), "runs": []}
             norms = weight_norms(base)

@@ -90,10 +90,13 @@ class LowRankTransformer:
             row = {"path": path, "shape": [o, i], "rank": r, "break_even_rank": r_star, "params_before": o * i}
             if r >= r_star and cfg.skip_at_break_even:
                 row.update(rank=min(o, i), skipped=f"rank {r} >= break-even {r_star}: factors would not be smaller",
-                           params_after=o * i)
+                           params_after=o * i, rel_error=0.0)
             else:
                 dtype = model.get_submodule(path).weight.dtype
-                replace_module(model, path, factorize(w, b, r, cfg.init, gen).to(dtype))
+                layer = factorize(w, b, r, cfg.init, gen)
+                with torch.no_grad():
+                    row["rel_error"] = float((w - layer.weight_product()).norm() / w.norm().clamp_min(1e-30))
+                replace_module(model, path, layer.to(dtype))
                 row["params_after"] = r * (o + i)
             rows.append(row)
         return rows

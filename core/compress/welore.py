@@ -138,8 +138,9 @@ class WeLore:
             elif k < min(o, i):
                 with torch.no_grad():
                     mod.weight.copy_((u[:, :k] * s[:k]) @ vh[:k])  # (o, k) @ (k, i) -> (o, i)
+            rel = float(s[k:].square().sum().sqrt() / s.square().sum().sqrt().clamp_min(1e-30))
             rows.append({"path": path, "shape": [o, i], "rank": k, "full_rank": min(o, i), "lrc": lrc,
-                         "params_before": o * i, "params_after": stored})
+                         "rel_error": rel, "params_before": o * i, "params_after": stored})
         for r in rows:
             r["threshold"] = t
         return rows
