@@ -17,8 +17,8 @@ codes them as 8-bit floats. Codes are held as uint8 tensors (one byte each, not 
 bit counts in reports are those of the packed format. ``encode(x, ŝ)`` maps decoded values back to
 exactly their own codes (codebook levels are fixed points of nearest-level rounding).
 
-Not covered: bit-packing on disk, fused dequantise-matmul kernels, bitsandbytes' NF4 layout (see
-``to_bnb_nf4`` in ``lqlora.py`` docs: interoperability only where bitsandbytes is installed).
+Not covered: bit-packing on disk, fused dequantise-matmul kernels, and conversion to or from
+bitsandbytes' NF4 layout (bitsandbytes is not a dependency; nothing here imports it).
 """
 
 from __future__ import annotations
