@@ -21,8 +21,9 @@ def write_markdown(res: dict) -> str:
            f"Command: `{res['command']}` (git {res['git_commit'][:10]}, torch {v['torch']}, transformers "
            f"{v['transformers']}, peft {v['peft']}, scipy {v['scipy']}; {res['seconds']:.0f} s on CPU, "
            "1 thread).", "",
-           f"Tiny models pretrained for {res['pretrain_steps']} steps through `fit` on `{res['data']}` (80 % of the "
-           f"records; perplexity on the other 20 %, character tokens; BERT: 15 % masks from a fixed seed). Every "
+           f"Tiny models pretrained for {res['pretrain_steps']} steps through `fit` on `{res['data']}` (ungapped "
+           f"Pfam seed members; every 5th member of each family held out for perplexity; character tokens; "
+           f"BERT: 15 % masks from a fixed seed). Every "
            f"compressed model is then fine-tuned for {res['finetune_steps']} steps at lr {res['lr']} on what its "
            "method trains (WeLore: LRC factors; LRT: both factors; DSFormer: D and the latent S; LQ-LoRA / LoftQ: "
            "the LoRA factors over a frozen Q). 'kept bits' = stored bits of the target matrices / their dense fp32 "
