@@ -177,3 +177,20 @@ def test_peft_export_gives_the_same_outputs(llama, batch, tmp_path):
         assert torch.allclose(exported(input_ids=batch).logits, ref, atol=1e-5)
     exported.save_pretrained(tmp_path / "adapter")
     assert peft.PeftConfig.from_pretrained(tmp_path / "adapter").r == 4
+
+
+def test_empirical_fisher_is_the_sum_of_squared_gradients(llama):
+    from adaptome.core.compress.lqlora import empirical_fisher
+
+    g = torch.Generator().manual_seed(9)
+    batches = [{"input_ids": (x := torch.randint(3, 40, (1, 8), generator=g)), "labels": x} for _ in range(3)]
+    path = "model.layers.1.mlp.down_proj"
+    fisher = empirical_fisher(llama, [path], batches, lambda m, b: m(**b).loss)
+    w = llama.get_submodule(path).weight
+    expected = torch.zeros_like(w)
+    for b in batches:
+        (grad,) = torch.autograd.grad(llama(**b).loss, [w.requires_grad_(True)])
+        expected += grad.square()
+    assert torch.allclose(fisher[path], expected, rtol=1e-4, atol=1e-12)
+    with pytest.raises(CompressError, match="train-text"):
+        LQ.compress(llama, [path], LQLoRAConfig(fisher_batches=2))
