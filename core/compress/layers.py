@@ -96,10 +96,6 @@ class LowRankLinear(CompressedLayer):
         return cls.from_factors(tensors["second"], tensors["first"], tensors.get("bias"))
 
 
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
-
-
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     """Put ``new`` at dotted ``path`` (same device and dtype as the module it replaces)."""
     parent_path, _, name = path.rpartition(".")
