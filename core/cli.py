@@ -222,6 +222,46 @@ def quickstart_cmd(
         _fail(str(e))
 
 
+@app.command("compress")
+def compress_cmd(
+    method: str = typer.Option(..., "--method", help="welore | lqlora | dsformer | lrt"),
+    model: str = typer.Option(..., "--model", help="a transformers model folder (or hub id) with its tokenizer"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="welore / lrt / dsformer: fraction of the target "
+                                           "parameters kept (0.5); lqlora: bits per parameter of Q (3)"),
+    out: Path = typer.Option(..., "--out", help="folder to write (must not exist unless --overwrite)"),
+    eval_text: Optional[Path] = typer.Option(None, "--eval-text", help="held-out .txt / FASTA for perplexity"),
+    train_text: Optional[Path] = typer.Option(None, "--train-text", help="text for fine-tuning and Fisher weights"),
+    targets: str = typer.Option("all-linear", help="all-linear | attention | mlp | attention+mlp | a regex"),
+    finetune_steps: int = typer.Option(0, help="fine-tuning steps of what the method trains (0 = none)"),
+    lr: float = typer.Option(1e-4, help="fine-tuning learning rate"),
+    batch_size: int = typer.Option(8, help="fine-tuning batch size"),
+    block_size: int = typer.Option(128, help="tokens per example"),
+    set_: list[str] = typer.Option([], "--set", help="a method option: --set rank=16 (repeatable)"),
+    seed: int = typer.Option(0, help="seed for masks, random inits and fine-tuning"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out folder"),
+) -> None:
+    """Compress a model's linear layers (WeLore, LQ-LoRA, DSFormer, low-rank transformer) and report
+    per-matrix rank / bits / non-zeros and perplexity before and after.
+
+    Example: adaptome compress --method welore --model runs/tiny --budget 0.5 --eval-text val.txt --out runs/welore
+    """
+    from adaptome.core.cli_errors import user_errors
+    from adaptome.core.compress.run import run_compress
+
+    with user_errors():
+        report = run_compress(method, model, out, budget=budget, eval_text=str(eval_text) if eval_text else None,
+                              train_text=str(train_text) if train_text else None, targets=targets,
+                              finetune_steps=finetune_steps, lr=lr, batch_size=batch_size, block_size=block_size,
+                              options=set_, overwrite=overwrite, seed=seed, progress=True)
+    t = report["totals"]
+    msg = (f"wrote {out}: {t['matrices']} matrices, parameters kept {t['kept_fraction_params']:.3f}, "
+           f"{t['bits_per_param_after']:.3f} bits per original parameter")
+    for key in ("perplexity_before", "perplexity_after", "perplexity_finetuned"):
+        if key in report:
+            msg += f"; {key.replace('_', ' ')} {report[key]:.3f}"
+    typer.echo(msg)
+
+
 def _add_domain_apps() -> None:
     from adaptome.core.plugins import discover
 
