@@ -174,9 +174,10 @@ def fit(
     model = model.to(acc.device)
     model.train()
     if make_optimizer:
-        methods.warn_if_groups_ignored()
-    optimizer = make_optimizer(model) if make_optimizer else _default_optimizer(model, lr, weight_decay, betas,
-                                                                              methods.optimizer_groups(model, weight_decay))
+        optimizer = make_optimizer(model)
+        methods.check_optimizer(optimizer)  # warns when the methods' groups (SoRA's gates) are not applied
+    else:
+        optimizer = _default_optimizer(model, lr, weight_decay, betas, methods.optimizer_groups(model, weight_decay))
     scheduler = make_scheduler(optimizer, schedule, warmup_steps, max_steps)
     sampler = ResumableBatchSampler(len(train_data), batch_size, seed, acc.process_index, acc.num_processes)
     # a private generator: creating a loader iterator would otherwise draw from the global RNG, and

@@ -17,7 +17,8 @@ returns one ``MethodTraining``; ``fit`` calls it before building the optimizer, 
 
 Only adapters that train are collected: a frozen or inactive adapter (a language adapter under a
 task adapter) gets no hook. Not covered: methods whose behaviour needs a custom optimizer class
-(the groups are for ``torch.optim.AdamW``; a user's ``make_optimizer`` gets no groups, with a warning).
+(the groups are for ``torch.optim.AdamW``; an optimizer from a user's ``make_optimizer`` that does
+not apply them gets a warning).
 """
 
 from __future__ import annotations
@@ -54,11 +55,20 @@ class MethodTraining:
         rest = [p for p in trainable if id(p) not in claimed]
         return ([{"params": rest, "weight_decay": weight_decay}] if rest else []) + groups
 
-    def warn_if_groups_ignored(self) -> None:
-        if self.groups:
-            warnings.warn("fit: make_optimizer was given, so the adapter methods' optimizer groups (e.g. SoRA's "
-                          "gates without weight decay) are not applied; build them with "
-                          "method_training.collect(model).optimizer_groups(...)", stacklevel=3)
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Warn when a caller's optimizer (``fit(make_optimizer=...)``) misses a method group's options
+        (e.g. SoRA's gates with weight decay): build it from ``optimizer_groups`` to keep them."""
+        where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        for group in self.groups:
+            options = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                got = where.get(id(p))
+                if p.requires_grad and (got is None or any(got.get(k) != v for k, v in options.items())):
+                    warnings.warn(f"fit: the optimizer from make_optimizer does not apply an adapter method's group "
+                                  f"options {options} (e.g. SoRA's gates without weight decay); build its groups "
+                                  "with method_training.collect(model).optimizer_groups(model, weight_decay)",
+                                  stacklevel=3)
+                    return
 
     def initialise(self, model: nn.Module, dataset: Sequence[Any], collate_fn: Callable | None,
                    loss_fn: Callable[[nn.Module, Any], torch.Tensor], lr: float, device: torch.device,
@@ -76,19 +86,23 @@ class MethodTraining:
 
 
 def _adapters(model: nn.Module) -> list[tuple[str, Any]]:
+    """(adapter name, config) of every adapter on ``model`` or on any of its submodules (a classifier
+    that wraps an adapted encoder); the first config of a name wins."""
     from adaptome.core.adapters import api, inject
 
-    if api.is_peft_model(model):
-        return list(getattr(model, "adaptome_method", {}).items())
-    return list(inject.adapter_configs(model).items())
+    found: dict[str, Any] = {}
+    for m in model.modules():
+        configs = getattr(m, "adaptome_method", {}) if api.is_peft_model(m) else inject.adapter_configs(m)
+        for name, cfg in configs.items():
+            found.setdefault(name, cfg)
+    return list(found.items())
 
 
 def _trains(model: nn.Module, adapter_name: str) -> bool:
-    """Whether any of the adapter's own weights train (native layers); peft adapters: whether active."""
-    from adaptome.core.adapters import api, inject
+    """Whether any of the adapter's own weights train; a peft-backed adapter (no native layer) counts as
+    training (peft's own ``requires_grad`` bookkeeping is not read)."""
+    from adaptome.core.adapters import inject
 
-    if api.is_peft_model(model):
-        return adapter_name in (model.active_adapters if hasattr(model, "active_adapters") else [])
     for _, layer in inject.adapter_layers(model):
         for attr in layer.adapter_layer_names:
             holder = getattr(layer, attr)
@@ -97,7 +111,7 @@ def _trains(model: nn.Module, adapter_name: str) -> bool:
                 params = item.parameters() if isinstance(item, nn.Module) else [item]
                 if any(p.requires_grad for p in params):
                     return True
-    return False
+    return not any(adapter_name in layer.configs for _, layer in inject.adapter_layers(model))
 
 
 def _data_init_params(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
@@ -114,7 +128,8 @@ def _data_init_params(model: nn.Module, adapter_name: str) -> dict[str, nn.Param
 
 
 def collect(model: nn.Module) -> MethodTraining:
-    """The training behaviour of every adapter on ``model`` that trains."""
+    """The training behaviour of every adapter on ``model`` (or a submodule) that trains; the methods'
+    hooks and inits get the whole ``model`` (the one ``fit`` trains and passes to the loss)."""
     out = MethodTraining()
     for name, cfg in _adapters(model):
         if not _trains(model, name):
