@@ -25,8 +25,8 @@ Mean +- sd over ``SEEDS`` seeds (adapter and head init, data order) of the poole
 macro-F1.
 
 Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality``
-(about 15-20 minutes on one shared CPU core; one thread, because a loaded machine makes torch's
-thread pool spin).
+(about 15-25 minutes on 2 shared CPU cores: ``WORKERS`` processes of one thread each, because a loaded
+machine makes torch's thread pool spin).
 Not covered: a real-size encoder (the ranking of methods on a tiny model need not transfer), GPU.
 """
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import platform
 import random
 import statistics
@@ -58,11 +59,12 @@ MAX_LEN = 64
 MIN_FAMILY = 7
 FOLDS = 3
 SEEDS = (0, 1, 2)
-STEPS = 80
+STEPS = 50
 BATCH = 8
 HEAD_LR = 3e-3
-PRETRAIN_STEPS = 300
+PRETRAIN_STEPS = 200
 SORA_SHRINK = 0.8
+WORKERS = 2
 RANK = 4
 ALPHA = 16.0
 ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
@@ -309,6 +311,32 @@ def evaluate_row(encoder, d, method, opts, lr, tmp, acc, ranks: list[int] | None
     return out
 
 
+def _worker_setup():
+    from adaptome.core.train.loop import make_accelerator
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", FutureWarning)
+    return make_accelerator("no", cpu=True)
+
+
+def _row_job(encoder, d, label, method, opts, grid, tmp) -> dict:
+    t0 = time.time()
+    acc = _worker_setup()
+    sel = select_lr(encoder, d, method, opts, grid, tmp, acc)
+    ranks = list(range(1, RANK + 1)) if method == "dylora" else None
+    row = evaluate_row(encoder, d, method, opts, sel["chosen"], tmp, acc, ranks)
+    print(f"{label}: lr {sel['chosen']:g} of {grid}, accuracy {row['accuracy']['mean']:.3f}, "
+          f"macro-F1 {row['macro_f1']['mean']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    return {"label": label, "method": method, "options": opts, "selection": sel, **row}
+
+
+def _rank_job(encoder, d, k, lr, tmp) -> dict:
+    t0 = time.time()
+    row = evaluate_row(encoder, d, "lora", {"r": k, "lora_alpha": ALPHA}, lr, tmp, _worker_setup())
+    print(f"lora r={k}: accuracy {row['accuracy']['mean']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    return row
+
+
 def environment() -> dict:
     import importlib.metadata as md
 
@@ -345,22 +373,17 @@ def run() -> dict:
         encoder = pretrain_mlm(d["unlabeled"], f"{tmp}/mlm", acc)
         for p in encoder.parameters():
             p.requires_grad_(False)
-        for label, method, opts, grid in ROWS:
-            print(f"{label}: selecting lr over {grid}", flush=True)
-            sel = select_lr(encoder, d, method, opts, grid, tmp, acc)
-            ranks = list(range(1, RANK + 1)) if method == "dylora" else None
-            row = evaluate_row(encoder, d, method, opts, sel["chosen"], tmp, acc, ranks)
-            res["rows"].append({"label": label, "method": method, "options": opts, "selection": sel, **row})
-            print(f"  lr {sel['chosen']:g}: accuracy {row['accuracy']['mean']:.3f}, "
-                  f"macro-F1 {row['macro_f1']['mean']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-        lora_lr = next(r for r in res["rows"] if r["method"] == "lora")["lr"]
-        for k in range(1, RANK + 1):
-            if k == RANK:
-                row = next(r for r in res["rows"] if r["method"] == "lora")
-            else:
-                row = evaluate_row(encoder, d, "lora", {"r": k, "lora_alpha": ALPHA}, lora_lr, tmp, acc)
+        # rows are independent: WORKERS processes (one thread each) run them; the order of results is ROWS'
+        ctx = multiprocessing.get_context("fork")  # workers inherit the settings (and --smoke)
+        with ctx.Pool(WORKERS) as pool:
+            jobs = [(encoder, d, label, method, opts, grid, tmp) for label, method, opts, grid in ROWS]
+            res["rows"] = pool.starmap(_row_job, jobs)
+            lora_lr = next(r for r in res["rows"] if r["method"] == "lora")["lr"]
+            ranks = [k for k in range(1, RANK + 1) if k != RANK]
+            extra = pool.starmap(_rank_job, [(encoder, d, k, lora_lr, tmp) for k in ranks])
+        lora = next(r for r in res["rows"] if r["method"] == "lora")
+        for k, row in zip(ranks + [RANK], extra + [lora]):
             res["lora_by_rank"][str(k)] = {k2: row[k2] for k2 in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
-            print(f"lora r={k}: accuracy {row['accuracy']['mean']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     res["seconds"] = time.time() - t0
     return res
 
@@ -371,8 +394,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
     args = ap.parse_args()
     if args.smoke:
-        global STEPS, SEEDS, PRETRAIN_STEPS
-        STEPS, SEEDS, PRETRAIN_STEPS = 6, (0, 1), 10
+        global STEPS, SEEDS, PRETRAIN_STEPS, ROWS
+        STEPS, SEEDS, PRETRAIN_STEPS, ROWS = 6, (0, 1), 10, ROWS[:4]
     from benchmarks.adapters.quality_report import markdown
 
     res = run()

@@ -65,19 +65,20 @@ def markdown(res: dict) -> str:
               f"\"DyLoRA within 5 points of LoRA at every rank\": {'met' if met else 'not met'}; the largest "
               f"shortfall is {gaps[worst]:+.1f} points at rank {worst}.", ""]
 
-    so, lo = rows["sora"], rows["lora"]
-    s = so["sora"]
-    kept_frac = s["kept_fraction_mean"]
-    d_sora = 100 * (so["accuracy"]["mean"] - lo["accuracy"]["mean"])
-    sora_met = kept_frac <= 0.5 and d_sora >= -2
-    lines += ["### SoRA sparsity", "",
-              f"SoRA (paper rule, lambda = {st['sora_shrink']} / (lr x steps) = {s['sparse_lambda']:.3g} at its "
-              f"chosen rate {_lr(so['lr'])}) kept {statistics_str(s['kept_gates_per_seed'])} of "
-              f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
-              f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} "
-              f"adapter parameters on average against LoRA r={st['rank']}'s "
-              f"{lo['trainable_encoder']:,}. Its accuracy is {d_sora:+.1f} points from LoRA's. Target \"half or "
-              f"fewer gates non-zero within 2 points of LoRA\": {'met' if sora_met else 'not met'}.", ""]
+    if "sora" in rows:
+        so, lo = rows["sora"], rows["lora"]
+        s = so["sora"]
+        kept_frac = s["kept_fraction_mean"]
+        d_sora = 100 * (so["accuracy"]["mean"] - lo["accuracy"]["mean"])
+        sora_met = kept_frac <= 0.5 and d_sora >= -2
+        lines += ["### SoRA sparsity", "",
+                  f"SoRA (paper rule, lambda = {st['sora_shrink']} / (lr x steps) = {s['sparse_lambda']:.3g} at its "
+                  f"chosen rate {_lr(so['lr'])}) kept {statistics_str(s['kept_gates_per_seed'])} of "
+                  f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
+                  f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} "
+                  f"adapter parameters on average against LoRA r={st['rank']}'s "
+                  f"{lo['trainable_encoder']:,}. Its accuracy is {d_sora:+.1f} points from LoRA's. Target \"half or "
+                  f"fewer gates non-zero within 2 points of LoRA\": {'met' if sora_met else 'not met'}.", ""]
 
     head = rows["head"]["accuracy"]["mean"]
     below = [(r["label"], 100 * (r["accuracy"]["mean"] - head)) for r in res["rows"]
