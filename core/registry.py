@@ -3,16 +3,17 @@
 Names are written in one place, the ``@REGISTRY.register("name")`` decorator. Registering a name twice
 is an error (timm silently overwrites; we do not). Asking for an unknown name is an error listing the
 known ones. With ``name_attr`` the decorator also sets the name on the registered object (the
-adapter registry sets ``cls.method``). A registry may be given ``loader``: a function that imports the modules whose decorators
-fill it, called on first lookup so that importing the registry itself does no work.
+adapter registry sets ``cls.method``). A registry may be given ``loader``: a function that imports the
+modules whose decorators fill it, called on first lookup so that importing the registry itself does no work.
 
 Not covered: entry-point plugins from other installed packages.
 """
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
 from typing import Callable, Generic, Iterator, TypeVar
+
+from adaptome.core.errors import AdaptomeError
 
 T = TypeVar("T")
 

@@ -298,7 +298,8 @@ def evaluate_row(encoder, d, method, opts, lr, tmp, acc, ranks: list[int] | None
         for k in by_rank:
             per_rank[k].append(_score(gold, by_rank[k]))
         facts_all.append(facts_seed)
-    out = {"lr": lr, "head_lr": head_lr, **_summary(per_seed), "trainable_encoder": facts_all[0][0]["trainable_encoder"]}
+    out = {"lr": lr, "head_lr": head_lr, **_summary(per_seed),
+           "trainable_encoder": facts_all[0][0]["trainable_encoder"]}
     if method == "sora":
         kept = [sum(f["kept_gates"] for f in fs) for fs in facts_all]
         total = sum(f["total_gates"] for f in facts_all[0])

@@ -33,7 +33,8 @@ def markdown(res: dict) -> str:
              "### Efficiency vs peft LoRA r=8 (all linear layers; bottleneck: after every FFN block)", "",
              f"Tiny models: hidden {res['config']['hidden']}, {res['config']['layers']} layers, vocab "
              f"{res['config']['vocab']}, batch {res['config']['batch']} x {res['config']['seq']} tokens, AdamW; "
-             f"step time = median of {res['config']['steps']} steps after warm-up, timed round-robin over the methods (one step of each per round). Memory: "
+             f"step time = median of {res['config']['steps']} steps after warm-up, timed round-robin over the "
+             "methods (one step of each per round). Memory: "
              + ("true CUDA peak of one step." if res["device"] == "cuda" else
                 "training-state bytes (tensors saved for backward + gradients + optimizer state + method "
                 "caches such as NOLA's bases), not process RSS; see `efficiency.py`."), ""]

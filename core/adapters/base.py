@@ -127,7 +127,8 @@ class AdapterConfig:
         return dataclasses.asdict(self)
 
 
-def lora_factors(r: int, in_features: int, out_features: int, init: str, dtype: torch.dtype) -> tuple[nn.Parameter, nn.Parameter]:
+def lora_factors(r: int, in_features: int, out_features: int, init: str,
+                 dtype: torch.dtype) -> tuple[nn.Parameter, nn.Parameter]:
     """LoRA's A (r, in) and B (out, r) as parameters in ``dtype`` (float32 for integer bases).
 
     A ~ kaiming-uniform(a=sqrt(5)) as ``nn.Linear`` (``init="gaussian"``: N(0, 1/r^2) as peft);

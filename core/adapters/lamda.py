@@ -7,7 +7,8 @@ al., EMNLP 2024 Findings, arXiv 2406.12832, Sec. 3), and LaMDA++'s per-layer ran
 frozen column by column in the order of the singular values, "PMB"), S = 0, so the model equals the
 base at init and S gets the first gradients. ``init="code"`` (the official code): A kaiming and
 frozen, B = 0, S with nn.Linear's default kaiming init. The progressive freezing of B is a step hook,
-``core.optim.lamda_freeze.LamdaFreezeB`` (declared by ``training_hooks``, attached by ``fit``), that really keeps frozen columns fixed (the official
+``core.optim.lamda_freeze.LamdaFreezeB`` (declared by ``training_hooks``, attached by ``fit``), that
+really keeps frozen columns fixed (the official
 trainer only zeroes their gradients, so AdamW momentum and weight decay still move them).
 
 LaMDA++ (missing from the official code): ``lamda_pp_ranks`` gives each targeted layer a rank from

@@ -98,8 +98,9 @@ def approximate_update(model: nn.Module, paths: list[str], batches: Iterable[Any
     return {p: -step_size * (torch.sign(g) if use_sign else g / n) for p, g in acc.items()}
 
 
-def init_lorasb(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-                step_size: float = 1e-3, use_sign: bool = True, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+def init_lorasb(model: nn.Module, batches: Iterable[Any],
+                loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, step_size: float = 1e-3,
+                use_sign: bool = True, adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """Set B, R, A of every LoRA-SB layer of ``adapter_name`` from the approximate first update of the
     base model on ``batches``; returns that update per layer path (O, I)."""
     from adaptome.core.adapters.inject import disable_adapters

@@ -9,8 +9,14 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import api, io
-from adaptome.core.adapters.bottleneck import (BottleneckLayer, NiceBlock, SeqBnConfig, SeqBnInvConfig,
-                                               average_adapters, stack_adapters)
+from adaptome.core.adapters.bottleneck import (
+    BottleneckLayer,
+    NiceBlock,
+    SeqBnConfig,
+    SeqBnInvConfig,
+    average_adapters,
+    stack_adapters,
+)
 
 
 def _llama(tie=False):

@@ -1,6 +1,7 @@
 """SoRA numerics: the gated forward formula, the soft threshold, the official L1 term and
-sparsifying schedules, the paper and code rules, the proximal hook that ``fit`` attaches from the config (gates become exactly zero, loss still falls) and ``prune`` giving a
-plain peft LoRA with identical outputs that ``PeftModel.from_pretrained`` loads."""
+sparsifying schedules, the paper and code rules, the proximal hook that ``fit`` attaches from the
+config (gates become exactly zero, loss still falls) and ``prune`` giving a plain peft LoRA with
+identical outputs that ``PeftModel.from_pretrained`` loads."""
 
 import math
 import os
@@ -12,8 +13,14 @@ from torch import nn
 
 from adaptome.core.adapters import api
 from adaptome.core.adapters.sora import SoraConfig, gate_parameters, prune, sparsity_report
-from adaptome.core.optim.sora_prox import (SoraProximalStep, l1_penalty, schedule_values, soft_threshold,
-                                           sora_param_groups, value_at)
+from adaptome.core.optim.sora_prox import (
+    SoraProximalStep,
+    l1_penalty,
+    schedule_values,
+    soft_threshold,
+    sora_param_groups,
+    value_at,
+)
 
 
 def _llama():
