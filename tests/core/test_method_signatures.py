@@ -272,3 +272,10 @@ def test_method_signature_through_entry_point(method, ep, tmp_path, monkeypatch)
     out = ep.run(tmp_path, method, OPTIONS.get(method, {}), 8)
     first, last = ep.losses(out)
     assert last < first, (first, last)
+
+
+def test_adapters_list_labels_allora_an_interpretation():
+    res = runner.invoke(cli.app, ["adapters", "list"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if line.strip("│ ").startswith("allora"))
+    assert "interpretation" in row
