@@ -35,8 +35,9 @@ def markdown(res: dict) -> str:
         f"rate {_lr(st['head_lr'])}; the adapter's rate is chosen from the row's grid by validation macro-F1 "
         f"({st['n_select_train']} training / {st['n_select_val']} validation sequences from fold 0's training part, "
         "seed 0).", "",
+        "Loss: cross-entropy weighted by inverse class frequency. "
         f"Baselines on the same folds: majority class {100 * base['majority']['accuracy']:.1f} % accuracy "
-        f"(macro-F1 {100 * base['majority']['macro_f1']:.1f}); logistic regression on amino-acid composition "
+        f"(macro-F1 {100 * base['majority']['macro_f1']:.1f}); logistic regression on amino-acid composition (C = 100, balanced) "
         f"{100 * base['composition_logreg']['accuracy']:.1f} % (macro-F1 "
         f"{100 * base['composition_logreg']['macro_f1']:.1f}).", "",
         "| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
