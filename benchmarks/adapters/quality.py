@@ -218,7 +218,8 @@ def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train
         groups.append({"params": list(m.head.parameters()), "lr": head_lr, "weight_decay": 0.0})
         return torch.optim.AdamW(groups, lr=adapter_lr, weight_decay=0.0)
 
-    fit(model, rows, loss_fn=_loss_fn(weights), collate_fn=_collate, make_optimizer=make, accelerator=acc, output_dir=out_dir,
+    fit(model, rows, loss_fn=_loss_fn(weights), collate_fn=_collate, make_optimizer=make, accelerator=acc,
+        output_dir=out_dir,
         max_steps=STEPS, batch_size=BATCH, lr=adapter_lr, schedule="constant", warmup_steps=0, progress=False,
         log_every=0, seed=seed, resume=False)
     facts: dict = {"trainable_encoder": trainable}

@@ -37,7 +37,8 @@ def markdown(res: dict) -> str:
         "seed 0).", "",
         "Loss: cross-entropy weighted by inverse class frequency. "
         f"Baselines on the same folds: majority class {100 * base['majority']['accuracy']:.1f} % accuracy "
-        f"(macro-F1 {100 * base['majority']['macro_f1']:.1f}); logistic regression on amino-acid composition (C = 100, balanced) "
+        f"(macro-F1 {100 * base['majority']['macro_f1']:.1f}); logistic regression on amino-acid composition "
+        "(C = 100, balanced) "
         f"{100 * base['composition_logreg']['accuracy']:.1f} % (macro-F1 "
         f"{100 * base['composition_logreg']['macro_f1']:.1f}).", "",
         "| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
