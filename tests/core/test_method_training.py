@@ -87,6 +87,21 @@ def test_resume_is_exact(method, tmp_path):
         assert not torch.equal(a[key], fresh[key])
 
 
+def test_lorasb_loaded_adapter_is_not_reinitialised(tmp_path):
+    """Continuing to train a saved LoRA-SB adapter keeps its factors (the gradient init is not redone)."""
+    from adaptome.core.adapters import io
+
+    first = fit(_model("lorasb"), _data(), output_dir=tmp_path / "a", **KW)
+    saved = io.save_adapter(first.model, tmp_path / "adapter")
+    torch.manual_seed(0)
+    loaded = io.load_adapter(LlamaForCausalLM(CFG), saved, is_trainable=True)
+    before = adapter_state_dict(loaded)
+    fit(loaded, _data(), output_dir=tmp_path / "b", **{**KW, "max_steps": 1, "lr": 0.0})  # lr 0: only an init moves
+    after = adapter_state_dict(loaded)
+    for k in before:  # a redone init would reset the trained R to S / s
+        assert torch.equal(before[k], after[k]), k
+
+
 def test_sora_gates_have_their_own_group_without_weight_decay():
     m = _model("sora", gate_lr=0.5)
     groups = collect(m).optimizer_groups(m, weight_decay=0.1)
