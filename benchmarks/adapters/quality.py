@@ -403,7 +403,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Adapter quality benchmark (Pfam families, tiny BERT)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
+    ap.add_argument("--report-only", action="store_true", help="rewrite results_quality.md from the .json")
     args = ap.parse_args()
+    if args.report_only:
+        from benchmarks.adapters.quality_report import markdown
+
+        res = json.loads((args.out / "results_quality.json").read_text(encoding="utf-8"))
+        (args.out / "results_quality.md").write_text(markdown(res), encoding="utf-8")
+        return
     if args.smoke:
         global STEPS, SEEDS, PRETRAIN_STEPS, ROWS
         STEPS, SEEDS, PRETRAIN_STEPS, ROWS = 6, (0, 1), 10, ROWS[:4]

@@ -82,17 +82,26 @@ def markdown(res: dict) -> str:
                   f"{lo['trainable_encoder']:,}. Its accuracy is {d_sora:+.1f} points from LoRA's. Target \"half or "
                   f"fewer gates non-zero within 2 points of LoRA\": {'met' if sora_met else 'not met'}.", ""]
 
-    head = rows["head"]["accuracy"]["mean"]
-    below = [(r["label"], 100 * (r["accuracy"]["mean"] - head)) for r in res["rows"]
-             if r["method"] != "head" and r["accuracy"]["mean"] < head]
-    if below:
-        lines += ["### Below the head-only baseline", "",
-                  "Rows whose mean accuracy is below the head-only row's "
-                  f"({100 * head:.1f} %): " + "; ".join(f"{lab} ({d:+.1f} points)" for lab, d in below)
-                  + ". Each such row's seeds are listed in results_quality.json; with "
-                  f"{n} test sequences one sequence is {100 / n:.1f} points.", ""]
-    else:
-        lines += [f"No row is below the head-only baseline ({100 * head:.1f} % accuracy).", ""]
+    hd = rows["head"]
+    lines += ["### Against the baselines", ""]
+    for metric, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        head = hd[metric]
+        below = [r for r in res["rows"] if r["method"] != "head" and r[metric]["mean"] < head["mean"]]
+        if not below:
+            lines += [f"No row is below the head-only row in mean {name} ({100 * head['mean']:.1f} %).", ""]
+            continue
+        parts = []
+        for r in below:
+            d = 100 * (r[metric]["mean"] - head["mean"])
+            noise = 100 * (r[metric]["sd"] + head["sd"])
+            verdict = "within the two rows' summed seed sd" if -d <= noise else "beyond the two rows' summed seed sd"
+            parts.append(f"{r['label']} ({d:+.1f} points; {verdict} of {noise:.1f})")
+        lines += [f"Below the head-only row in mean {name} ({100 * head['mean']:.1f} %): " + "; ".join(parts) + ".",
+                  ""]
+    comp = base["composition_logreg"]["macro_f1"]
+    above = [r["label"] for r in res["rows"] if r["macro_f1"]["mean"] > comp]
+    lines += [f"{len(above)} of {len(res['rows'])} rows beat the amino-acid-composition baseline's macro-F1 "
+              f"({100 * comp:.1f})" + (f": {', '.join(above)}." if above else "."), ""]
     best = max(res["rows"], key=lambda r: r["accuracy"]["mean"])
     lines += [f"Best mean accuracy: {best['label']} ({_pm(best['accuracy'])} %). One test sequence is "
               f"{100 / n:.1f} points; differences within a row's sd are not resolved by this benchmark.", ""]
