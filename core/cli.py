@@ -43,11 +43,12 @@ def adapters_list() -> None:
     from adaptome.core.adapters import ADAPTERS
 
     table = Table(title="adapter methods (per targeted linear: in -> out)")
-    for col in ("name", "backend", "what is trained", "trainable parameters", "merge"):
+    for col in ("name", "backend", "what is trained", "trainable parameters", "merge", "note"):
         table.add_column(col)
     for name in ADAPTERS.names():
         cls = ADAPTERS.get(name)
-        table.add_row(name, cls.backend, cls.trains, cls.param_formula, "yes" if cls.supports_merge else "no")
+        table.add_row(name, cls.backend, cls.trains, cls.param_formula, "yes" if cls.supports_merge else "no",
+                      cls.note)
     Console().print(table)
 
 

@@ -2,16 +2,18 @@
 
 Names are written in one place, the ``@REGISTRY.register("name")`` decorator. Registering a name twice
 is an error (timm silently overwrites; we do not). Asking for an unknown name is an error listing the
-known ones. A registry may be given ``loader``: a function that imports the modules whose decorators
-fill it, called on first lookup so that importing the registry itself does no work.
+known ones. With ``name_attr`` the decorator also sets the name on the registered object (the
+adapter registry sets ``cls.method``). A registry may be given ``loader``: a function that imports the
+modules whose decorators fill it, called on first lookup so that importing the registry itself does no work.
 
 Not covered: entry-point plugins from other installed packages.
 """
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
 from typing import Callable, Generic, Iterator, TypeVar
+
+from adaptome.core.errors import AdaptomeError
 
 T = TypeVar("T")
 
@@ -23,8 +25,11 @@ class RegistryError(AdaptomeError, KeyError):
 class Registry(Generic[T]):
     """Maps names to registered objects of one kind."""
 
-    def __init__(self, kind: str, loader: Callable[[], None] | None = None):
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None, name_attr: str | None = None):
         self.kind = kind
+        #: when set, ``register`` writes the name onto the registered object under this attribute, so a
+        #: name is written once (in the decorator) and the object still knows it (``cfg.method``)
+        self.name_attr = name_attr
         self._items: dict[str, T] = {}
         self._loader = loader
         self._loaded = loader is None
@@ -46,6 +51,8 @@ class Registry(Generic[T]):
                     f"{self.kind} {name!r} is already registered (by {self._items[name]!r}); "
                     "pick another name"
                 )
+            if self.name_attr is not None:
+                setattr(obj, self.name_attr, name)
             self._items[name] = obj
             return obj
 

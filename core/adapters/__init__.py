@@ -2,7 +2,8 @@
 
 Method modules in this package register themselves with ``@ADAPTERS.register("name")``. They are
 imported on the first registry lookup (not at package import), so a new method file is picked up
-by the CLI and the contract tests with no other edit.
+by the CLI and the contract tests with no other edit. The decorator also sets the config class's
+``method`` attribute, so the name is written once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pkgutil
 from adaptome.core.registry import Registry
 
 #: modules of this package that hold infrastructure, not methods
-_INFRA = {"base", "inject", "io", "targets", "peft_backend", "api", "report", "modules_to_save"}
+_INFRA = {"base", "inject", "io", "targets", "peft_backend", "api", "modules_to_save", "truncate"}
 
 
 def _load_methods() -> None:
@@ -24,6 +25,6 @@ def _load_methods() -> None:
     importlib.import_module(f"{__name__}.peft_backend")
 
 
-ADAPTERS: Registry = Registry("adapter method", loader=_load_methods)
+ADAPTERS: Registry = Registry("adapter method", loader=_load_methods, name_attr="method")
 
 __all__ = ["ADAPTERS"]

@@ -3,8 +3,14 @@ Balestriero 2024, arXiv 2410.09692).
 
     h = W0 x + B A x            (no dropout, no scaling factor)
 
-The adaptive rate is optimizer behaviour (``core.optim.allora``), not part of the layer. Init as
-LoRA: A kaiming-uniform, B = 0 (identity at init); ``init_lora_weights="random_b"`` for tests.
+The adaptive rate is optimizer behaviour (``core.optim.allora``), not part of the layer; the config
+declares it as a step hook (``training_hooks``) and ``fit`` attaches it. Init as LoRA:
+A kaiming-uniform, B = 0 (identity at init); ``init_lora_weights="random_b"`` for tests.
+
+An interpretation, labelled so in ``adaptome adapters list``: no official code exists and the exact
+coefficient is not in any source we could reach (see ``core/optim/allora.py``). The defaults follow
+the abstract's stated purpose, that B leaves zero faster: ``mode="update"`` (a per-row factor on the
+gradient is normalised away by Adam) and ``eta=4`` (c = eta at a zero row; eta = 1 would only damp).
 
 Dimension letters: N batch*tokens, I in_features, O out_features, R rank.
 Not covered: the paper's per-sample gradient scaling (we scale the batch gradient, see optim/allora).
@@ -27,15 +33,31 @@ from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, lora_factor
 class ALLoraConfig(AdapterConfig):
     r: int = 8
     init_lora_weights: Literal["default", "random_b"] = "default"
+    #: the coefficient's bound: c = 1 / sqrt(1/eta^2 + ||row||^2) is eta at a zero row (B at init), so a
+    #: row leaving zero moves eta times faster than plain LoRA's; eta = 1 gives no boost, only damping
+    eta: float = 4.0
+    #: the norm the coefficient reads: "row" (one per rank component of A, per output unit of B) or "tensor"
+    norm: Literal["row", "tensor"] = "row"
+    #: "update": scale each row's optimizer update by c (survives Adam's normalisation); "grad": scale the
+    #: gradient, the abstract's wording, which Adam largely normalises away
+    mode: Literal["update", "grad"] = "update"
 
-    method: ClassVar[str] = "allora"
     trains: ClassVar[str] = "A (r x in), B (out x r); no dropout, no scale; norm-adaptive rate in the optimizer"
     param_formula: ClassVar[str] = "r*(in+out)"
     paper: ClassVar[str] = "Huang & Balestriero 2024, ALLoRA, arXiv 2410.09692"
+    note: ClassVar[str] = ("interpretation: the exact coefficient is in no reachable source; we use "
+                           "c = 1/sqrt(1/eta^2 + ||row||^2) on the update")
 
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise ValueError(f"r must be positive, got {self.r}")
+        if self.eta <= 0:
+            raise ValueError(f"eta must be positive, got {self.eta}")
+
+    def training_hooks(self, model: nn.Module, adapter_name: str) -> list:
+        from adaptome.core.optim.allora import ALLoRARate
+
+        return [ALLoRARate(allora_parameters(model, adapter_name), self.eta, self.norm, self.mode)]
 
     def identity_at_init(self) -> bool:
         return self.init_lora_weights == "default"
@@ -77,6 +99,8 @@ class ALLoraLinear(AdapterLayer):
 ALLoraConfig.layer_cls = ALLoraLinear
 
 
-def allora_parameters(model: nn.Module) -> list[nn.Parameter]:
+def allora_parameters(model: nn.Module, adapter_name: str | None = None) -> list[nn.Parameter]:
+    """The trainable ALLoRA matrices of ``adapter_name`` (every adapter when None)."""
     return [p for m in model.modules() if isinstance(m, ALLoraLinear)
-            for holder in (m.allora_A, m.allora_B) for p in holder.values() if p.requires_grad]
+            for holder in (m.allora_A, m.allora_B) for name, p in holder.items()
+            if p.requires_grad and (adapter_name is None or name == adapter_name)]

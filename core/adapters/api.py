@@ -14,8 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from adaptome.core.adapters import ADAPTERS
-from adaptome.core.adapters import inject
+from adaptome.core.adapters import ADAPTERS, inject
 from adaptome.core.adapters.base import AdapterConfig
 from adaptome.core.config import from_dict
 

@@ -14,6 +14,10 @@ Two parts:
 
 A method adds a config subclass (registered by name in ``ADAPTERS``) and, for native methods, an
 ``AdapterLayer`` subclass implementing ``update_layer``, ``adapter_forward`` and ``delta_weight``.
+Every member a method may override is declared below with one comment; nothing is read with
+``getattr``. The config also declares the method's training behaviour (step hooks, optimizer groups,
+a data-driven init); ``core.train.method_training`` collects them and ``fit`` attaches them, so no
+train path can forget them.
 Not covered here: convolution and embedding layers (native layers wrap ``nn.Linear``), quantized
 base weights.
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import torch
 from torch import nn
@@ -45,19 +49,31 @@ class AdapterConfig:
     modules_to_save: list[str] | None = None
 
     # --- class-level description of the method (not config fields) ---
+    #: the registry name, set by ``@ADAPTERS.register(name)`` (written once, in the decorator)
     method: ClassVar[str] = ""
+    #: "native": our own layers (``layer_cls``) injected by ``inject.py``; "peft": applied through peft
     backend: ClassVar[Literal["native", "peft"]] = "native"
+    #: one line for ``adaptome adapters list``: which tensors train
     trains: ClassVar[str] = ""
+    #: trainable parameters per targeted layer, as a formula in in / out / r (shown by ``adapters list``)
     param_formula: ClassVar[str] = ""
+    #: whether the default config leaves the model equal to the base at init (``identity_at_init``)
     init_is_identity: ClassVar[bool] = True
+    #: whether the update is a weight delta that ``merge`` can add to the base weights
     supports_merge: ClassVar[bool] = True
+    #: absolute tolerance of the contract tests' output comparisons for this method
     atol: ClassVar[float] = 1e-5
+    #: the paper and equations the method follows (docs and ``adapters list``)
     paper: ClassVar[str] = ""
+    #: a note shown by ``adapters list`` where our implementation is a reading, not the paper's exact rule
+    note: ClassVar[str] = ""
     #: the native ``AdapterLayer`` subclass (None for peft-backed methods)
     layer_cls: ClassVar[type | None] = None
     #: None when the update is a product of rank-r factors that ``export.py`` writes as a plain peft
     #: LoRA (native layers then implement ``AdapterLayer.lora_factors``); otherwise one line saying why not
     no_lora_form: ClassVar[str | None] = None
+    #: ``config.model_type`` values the method supports (None: any model that has the targeted modules)
+    architectures: ClassVar[frozenset[str] | None] = None
 
     def identity_at_init(self) -> bool:
         """Whether a freshly injected adapter leaves the model's outputs unchanged."""
@@ -72,11 +88,50 @@ class AdapterConfig:
         """Small configs run by the contract tests (non-zero init where the method allows it)."""
         return [cls()]
 
+    # --- injection (native methods; ``inject.inject_adapter`` calls these) ---
+    def resolve_paths(self, model: nn.Module) -> list[str] | None:
+        """The modules this method wraps when they are not the ``target_modules`` linears (bottleneck
+        adapters wrap FFN blocks and embeddings); None: ``targets.resolve_targets`` picks them."""
+        return None
+
+    def after_inject(self, model: nn.Module, adapter_name: str) -> None:
+        """Fix-ups once every wrapped layer holds adapter ``adapter_name`` (per-layer ranks, modules shared
+        between layers, hooks on neighbouring modules)."""
+
+    def count_expected(self, model: nn.Module) -> int | None:
+        """The trainable parameters this adapter adds to ``model`` (the base, before injection) when they
+        do not sit one per targeted ``nn.Linear``; None: the sum of ``expected_params`` over the targets."""
+        return None
+
+    # --- training behaviour (collected by ``core.train.method_training.collect``, which ``fit`` calls) ---
+    def training_hooks(self, model: nn.Module, adapter_name: str) -> list[Any]:
+        """Step hooks (``core.train.hooks``) every training run of this adapter needs (rank sampling,
+        proximal steps, freezing, adaptive rates). Their ``state_dict`` goes into checkpoints."""
+        return []
+
+    def param_groups(self, model: nn.Module, adapter_name: str) -> list[dict[str, Any]]:
+        """Optimizer groups for some of this adapter's parameters, each ``{"params": [...], **options}``
+        (e.g. ``weight_decay``); the other trainable parameters stay in the default group."""
+        return []
+
+    #: whether ``data_init`` must run before the first step of a fresh (not resumed) run
+    needs_data_init: ClassVar[bool] = False
+
+    def data_init(self, model: nn.Module, adapter_name: str, batches: Iterable[Any],
+                  loss_fn: Callable[[nn.Module, Any], torch.Tensor], lr: float) -> None:
+        """A data-driven initialisation from training ``batches``, the training loss and the first step's
+        learning rate ``lr`` (LoRA-SB). Not run on resume: the checkpoint restores the factors."""
+
+    def init_batches(self) -> tuple[int, int]:
+        """(examples, batch size) that ``data_init`` reads from the start of the training set."""
+        return 0, 1
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def lora_factors(r: int, in_features: int, out_features: int, init: str, dtype: torch.dtype) -> tuple[nn.Parameter, nn.Parameter]:
+def lora_factors(r: int, in_features: int, out_features: int, init: str,
+                 dtype: torch.dtype) -> tuple[nn.Parameter, nn.Parameter]:
     """LoRA's A (r, in) and B (out, r) as parameters in ``dtype`` (float32 for integer bases).
 
     A ~ kaiming-uniform(a=sqrt(5)) as ``nn.Linear`` (``init="gaussian"``: N(0, 1/r^2) as peft);
@@ -209,6 +264,9 @@ class AdapterLayer(nn.Module):
                 continue
             result = result + self.adapter_forward(name, x).to(result.dtype)
         return result
+
+    def release(self) -> None:
+        """Undo what the layer installed outside itself (hooks on other modules); ``unload`` calls it."""
 
     def extra_repr(self) -> str:
         return f"adapters={sorted(self.configs)}, active={self.active_adapters}, merged={self.merged_adapters}"

@@ -8,7 +8,11 @@ reduction factor and delta(z) = s * up(ReLU(down(z))) (down: d -> d/r, up: d/r -
 * post-LN blocks (BERT, XLM-R, RoBERTa; the layer's ``output`` module):
   out = LN(h + x + delta(LN(h + x)))  (AdapterHub's seq_bn: original LN before and after, residual
   before LN, no new LayerNorm);
-* pre-LN decoders (LLaMA-style ``mlp``): out = h + delta(h), before the decoder's own residual add.
+* pre-LN decoders (LLaMA-style ``mlp``): the adapter reads the residual stream x + h, as AdapterHub
+  does for LLaMA (no LayerNorm passed, residual before LN): the block's output becomes
+  x + h + delta(x + h). The wrapped ``mlp`` returns h + delta(x + h) and the decoder adds x itself;
+  x (the input of ``post_attention_layernorm``) is read by a forward pre-hook on that norm, which
+  ``after_inject`` installs and ``unload`` removes.
 
 ``seq_bn_inv`` adds MAD-X's invertible NICE block on the embedding output (BERT: the whole
 ``embeddings`` module; LLaMA: ``embed_tokens``): x = [x1, x2], y1 = x1 + F(x2), y2 = x2 + G(y1), with
@@ -16,11 +20,14 @@ F, G = Linear(d/2 -> d/(2 r_inv)) - ReLU - Linear(-> d/2); its exact inverse run
 output embeddings (the LM head, tied or not) when the model has one.
 
 Init: ``"bert"`` (AdapterHub's default: N(0, 0.02) weights, zero biases, so the model is NOT exactly
-the base at init) or ``"mam"`` (up-projection and the NICE output layers zero: exact identity).
+the base at init) or ``"mam"`` (AdapterHub's ``mam_adapter``: down-projection kaiming-uniform(a=sqrt(5)),
+up-projection and biases zero; our NICE output layers zero too: exact identity).
 
 Several named adapters: with more than one active, ``stack_adapters(model, names)`` runs them in
 sequence (adapter k+1 reads LN of the stream that adapter k wrote; on pre-LN decoders the stream
-itself) and trains only the top one (MAD-X: a frozen language adapter under a task adapter);
+itself) and trains only the top one (MAD-X: a frozen language adapter under a task adapter). Of the
+invertible blocks only the first active adapter's runs (AdapterHub's ``Stack``: the language
+adapter's NICE; ``invertible="all"`` chains every one);
 ``average_adapters(model, names, weights)`` adds the weighted mean of their deltas.
 
 Merging is NOT supported (``supports_merge = False``): a ReLU bottleneck is not a weight update.
@@ -31,6 +38,7 @@ invertible blocks, parallel adapters.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -55,7 +63,6 @@ class SeqBnConfig(AdapterConfig):
     scaling: float = 1.0
     init_weights: Literal["bert", "mam"] = "bert"
 
-    method: ClassVar[str] = "seq_bn"
     trains: ClassVar[str] = "down (d -> d/r) and up (d/r -> d) with biases after every FFN block"
     param_formula: ClassVar[str] = "per FFN block: 2*d*(d/r) + d/r + d"
     paper: ClassVar[str] = "Pfeiffer et al. 2021, AdapterFusion, arXiv 2005.00247, Sec. 3"
@@ -63,7 +70,7 @@ class SeqBnConfig(AdapterConfig):
     no_lora_form: ClassVar[str | None] = ("a bottleneck adapter is a ReLU MLP after each FFN block, not a weight "
                                           "update B A of a linear layer")
     init_is_identity: ClassVar[bool] = False
-    architectures: ClassVar[set[str]] = {"bert", "roberta", "xlm-roberta", "llama", "mistral"}
+    architectures: ClassVar[frozenset[str]] = frozenset({"bert", "roberta", "xlm-roberta", "llama", "mistral"})
     invertible: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -109,11 +116,19 @@ class SeqBnConfig(AdapterConfig):
         return total
 
     def after_inject(self, model: nn.Module, adapter_name: str) -> None:
-        layers = [m for m in model.modules() if isinstance(m, BottleneckLayer) and adapter_name in m.configs]
-        embed = [m for m in layers if m.role == "embed"]
-        for m in layers:
+        layers = [(p, m) for p, m in model.named_modules()
+                  if isinstance(m, BottleneckLayer) and adapter_name in m.configs]
+        embed = [m for _, m in layers if m.role == "embed"]
+        for path, m in layers:
             if m.role == "head":
                 m._nice_owner = embed[:1]
+            elif m.role == "pre_ln":
+                parent = model.get_submodule(path.rpartition(".")[0])
+                norm = getattr(parent, "post_attention_layernorm", None)
+                if norm is None:
+                    raise TargetError(f"{self.method}: {path} has no sibling post_attention_layernorm to read the "
+                                      "residual stream from (pre-LN decoders: LLaMA, Mistral)")
+                m.read_residual_from(norm)
 
 
 @ADAPTERS.register("seq_bn_inv")
@@ -121,7 +136,6 @@ class SeqBnConfig(AdapterConfig):
 class SeqBnInvConfig(SeqBnConfig):
     inv_reduction_factor: int = 2
 
-    method: ClassVar[str] = "seq_bn_inv"
     trains: ClassVar[str] = "seq_bn per FFN block + an invertible NICE block (F, G) on the embeddings"
     param_formula: ClassVar[str] = "seq_bn + NICE: 2*(2*(d/2)*(d/(2r_inv)) + d/(2r_inv) + d/2)"
     paper: ClassVar[str] = "Pfeiffer et al. 2020, MAD-X, arXiv 2005.00052, eq. 1-2"
@@ -185,15 +199,23 @@ class NiceBlock(nn.Module):
         return torch.cat([x1, x2], dim=-1)  # (B, T, D)
 
 
-def _init(module: nn.Module, kind: str, zero_last: list[nn.Linear]) -> None:
+def _init(module: nn.Module, kind: str, zero_last: list[nn.Linear], down: nn.Linear | None = None) -> None:
+    """AdapterHub's inits: "bert" N(0, 0.02) everywhere; "mam" kaiming-uniform ``down``, zero ``zero_last``."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
     if kind == "mam":
+        if down is not None:
+            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
         for lin in zero_last:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+
+
+def _stash_residual(norm: nn.Module, args: tuple) -> None:
+    """Forward pre-hook on a decoder's ``post_attention_layernorm``: keep its input, the residual x."""
+    norm.adaptome_residual = args[0]
 
 
 class BottleneckLayer(AdapterLayer):
@@ -210,7 +232,10 @@ class BottleneckLayer(AdapterLayer):
         self.bn_down, self.bn_up, self.bn_nice = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.composition: str = "stack"
         self.weights: list[float] | None = None
+        #: "first": only the first active adapter's NICE block runs (AdapterHub's Stack); "all": every one
+        self.invertible: str = "first"
         self._nice_owner: list[BottleneckLayer] = []
+        self._residual_norm: list[nn.Module] = []  # pre-LN: the norm whose input is the residual (not a submodule)
 
     def feature_sizes(self, base_layer: nn.Module) -> tuple[int, int]:
         """The hidden size d (in = out = d), and the role: what the wrapped module is."""
@@ -240,7 +265,7 @@ class BottleneckLayer(AdapterLayer):
             m = max(1, d // cfg.reduction_factor)
             self.bn_down[adapter_name] = nn.Linear(d, m)
             self.bn_up[adapter_name] = nn.Linear(m, d)
-            _init(self.bn_down[adapter_name], cfg.init_weights, [])
+            _init(self.bn_down[adapter_name], cfg.init_weights, [], down=self.bn_down[adapter_name])
             _init(self.bn_up[adapter_name], cfg.init_weights, [self.bn_up[adapter_name]])
         elif self.role == "embed":
             nice = NiceBlock(d, cfg.inv_reduction_factor)
@@ -264,15 +289,37 @@ class BottleneckLayer(AdapterLayer):
         s = self.configs[name].scaling
         return self.bn_up[name](torch.relu(self.bn_down[name](z))) * s  # (B, T, D) -> (B, T, M) -> (B, T, D)
 
-    def _adapt(self, r: torch.Tensor, norm) -> torch.Tensor:
+    def _deltas(self, r: torch.Tensor, norm) -> torch.Tensor | float:
+        """The active adapters' summed deltas on the stream ``r``: stacked (each reads the stream the ones
+        below wrote) or averaged (all read ``r``)."""
         names = [n for n in self.active_adapters if n in self.bn_down]
         if self.composition == "average" and len(names) > 1:
             w = self.weights or [1.0 / len(names)] * len(names)
             z = norm(r) if norm is not None else r
-            return r + sum(wi * self._delta(n, z) for wi, n in zip(w, names))
+            return sum(wi * self._delta(n, z) for wi, n in zip(w, names))
+        total: torch.Tensor | float = 0.0
         for n in names:
-            r = r + self._delta(n, norm(r) if norm is not None else r)
-        return r
+            s = r + total
+            total = total + self._delta(n, norm(s) if norm is not None else s)
+        return total
+
+    def read_residual_from(self, norm: nn.Module) -> None:
+        """Pre-LN: take the residual x from the input of ``norm`` (installed once per layer)."""
+        if not self._residual_norm:
+            norm.register_forward_pre_hook(_stash_residual)
+            self._residual_norm = [norm]
+
+    def release(self) -> None:
+        for norm in self._residual_norm:
+            for key, fn in list(norm._forward_pre_hooks.items()):
+                if fn is _stash_residual:
+                    del norm._forward_pre_hooks[key]
+            norm.__dict__.pop("adaptome_residual", None)
+        self._residual_norm = []
+
+    def _nice_names(self) -> list[str]:
+        names = [n for n in self.active_adapters if n in self.bn_nice]
+        return names[:1] if self.invertible == "first" else names
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disabled or not self.active_adapters:
@@ -281,22 +328,25 @@ class BottleneckLayer(AdapterLayer):
             base = self.base_layer
             hidden, residual = args[0], args[1] if len(args) > 1 else kwargs["input_tensor"]
             r = base.dropout(base.dense(hidden)) + residual  # (B, T, D)
-            return base.LayerNorm(self._adapt(r, base.LayerNorm))
+            return base.LayerNorm(r + self._deltas(r, base.LayerNorm))
         if self.role == "pre_ln":
-            return self._adapt(self.base_layer(*args, **kwargs), None)
+            x = self._residual_norm[0].__dict__.pop("adaptome_residual", None) if self._residual_norm else None
+            if x is None:
+                raise RuntimeError("seq_bn on a pre-LN decoder reads the residual from post_attention_layernorm's "
+                                   "input; call the decoder layer, not its mlp alone")
+            h = self.base_layer(*args, **kwargs)  # (B, T, D)
+            return h + self._deltas(x + h, None)
         if self.role == "embed":
             out = self.base_layer(*args, **kwargs)
-            for n in self.active_adapters:
-                if n in self.bn_nice:
-                    out = self.bn_nice[n](out)
+            for n in self._nice_names():
+                out = self.bn_nice[n](out)
             return out
         # head: undo the NICE blocks (in reverse order) before the output embeddings
         h = args[0]
         owner = self._nice_owner[0] if self._nice_owner else None
         if owner is not None and not owner.disabled:
-            for n in reversed(owner.active_adapters):
-                if n in owner.bn_nice:
-                    h = owner.bn_nice[n].inverse(h)
+            for n in reversed(owner._nice_names()):
+                h = owner.bn_nice[n].inverse(h)
         return self.base_layer(h, *args[1:], **kwargs)
 
 
@@ -308,15 +358,19 @@ def _layers(model: nn.Module) -> list[BottleneckLayer]:
     return [m for m in model.modules() if isinstance(m, BottleneckLayer)]
 
 
-def stack_adapters(model: nn.Module, names: list[str], train: list[str] | None = None) -> None:
+def stack_adapters(model: nn.Module, names: list[str], train: list[str] | None = None,
+                   invertible: Literal["first", "all"] = "first") -> None:
     """Run ``names`` in sequence (bottom first) and train only ``train`` (default: the top one);
-    the others are frozen (``inject.freeze_adapters``), so a later ``set_adapter`` keeps them fixed."""
+    the others are frozen (``inject.freeze_adapters``), so a later ``set_adapter`` keeps them fixed.
+    ``invertible``: "first" runs only the first adapter's NICE block (AdapterHub), "all" chains them."""
     from adaptome.core.adapters.inject import freeze_adapters, set_adapter
 
+    if invertible not in ("first", "all"):
+        raise ValueError(f"invertible must be 'first' or 'all', got {invertible!r}")
     train = [names[-1]] if train is None else train
     set_adapter(model, names)
     for layer in _layers(model):
-        layer.composition, layer.weights = "stack", None
+        layer.composition, layer.weights, layer.invertible = "stack", None, invertible
     freeze_adapters(model, [n for n in names if n not in train])
     freeze_adapters(model, [n for n in names if n in train], frozen=False)
 

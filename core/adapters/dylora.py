@@ -2,14 +2,18 @@
 arXiv 2210.07558, eq. 5-7).
 
 At each training step a rank k ~ U{1..r} is drawn (``core.optim.dylora_rank.DyLoRARankSampler``,
-a step hook) and the layer uses only the first k components with scale alpha / k:
+a step hook that ``fit`` attaches from the config, see ``training_hooks``) and the layer uses only
+the first k components with scale alpha / k:
 
     h = W0 x + (alpha / k) B[:, :k] A[:k] x
 
 The official code indexes the rank by b = k - 1 and writes the scale as alpha / (b + 1); it is the
 same number. Two training modes: ``"frozen"`` (the paper's "update only the b-th" and the official
 default: components < k-1 are detached, only index k-1 gets gradient) and ``"nested"`` (every
-component <= k trains). After training, ``set_rank(model, k)`` runs, merges and saves the adapter
+component <= k trains). Outside a training step the adapter runs at its resting rank, ``eval_rank``
+(the full rank r by default): the sampler puts it back after every optimizer step, so evaluation
+inside ``fit``, checkpoints, saving, merging and a reloaded adapter all use that rank, never the rank
+drawn last. ``set_rank(model, k)`` runs, merges and saves the adapter
 at any rank k <= r; ``truncate.truncate_adapter_dir`` writes a smaller rank-k adapter that is a
 plain rank-k DyLoRA with the same alpha (so its full-rank scale alpha / k is unchanged).
 
@@ -38,8 +42,12 @@ class DyLoraConfig(AdapterConfig):
     #: "frozen": only component k-1 trains at a sampled rank k; "nested": all components < k train
     mode: Literal["frozen", "nested"] = "frozen"
     init_lora_weights: Literal["default", "random_b"] = "default"
+    #: the rank the adapter runs at outside a training step (evaluation inside ``fit``, saving, merging,
+    #: inference after loading); None: the full rank r
+    eval_rank: int | None = None
+    #: seed of the rank sampler's own generator (the run's data order and dropout do not depend on it)
+    rank_seed: int = 0
 
-    method: ClassVar[str] = "dylora"
     trains: ClassVar[str] = "A (r x in), B (out x r); a random prefix rank k per step"
     param_formula: ClassVar[str] = "r*(in+out)"
     paper: ClassVar[str] = "Valipour et al. 2023, DyLoRA, arXiv 2210.07558, eq. 5-7"
@@ -49,6 +57,18 @@ class DyLoraConfig(AdapterConfig):
             raise ValueError(f"r must be positive, got {self.r}")
         if self.mode not in ("frozen", "nested"):
             raise ValueError(f"mode must be 'frozen' or 'nested', got {self.mode!r}")
+        if self.eval_rank is not None and not 1 <= self.eval_rank <= self.r:
+            raise ValueError(f"eval_rank must be in 1..r = 1..{self.r}, got {self.eval_rank}")
+
+    @property
+    def resting_rank(self) -> int:
+        """The rank outside training steps: ``eval_rank`` or r."""
+        return self.eval_rank or self.r
+
+    def training_hooks(self, model: nn.Module, adapter_name: str) -> list:
+        from adaptome.core.optim.dylora_rank import DyLoRARankSampler
+
+        return [DyLoRARankSampler(adapter_name, seed=self.rank_seed)]
 
     def identity_at_init(self) -> bool:
         return self.init_lora_weights == "default"
@@ -78,7 +98,7 @@ class DyLoraLinear(AdapterLayer):
                             self.base_layer.weight.dtype)
         self.dylora_A[adapter_name], self.dylora_B[adapter_name] = a, b
         self.dylora_dropout[adapter_name] = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
-        self.rank[adapter_name] = cfg.r
+        self.rank[adapter_name] = cfg.resting_rank
 
     def set_rank(self, adapter_name: str, k: int) -> None:
         r = self.configs[adapter_name].r

@@ -7,7 +7,7 @@ model a weight is ``<path>.lora_A.<adapter>.weight``; ``adapter_state_dict`` dro
 
 Per-model bookkeeping (the config of each named adapter) is kept in ``model.adaptome_configs``.
 
-Not covered: non-linear targets other than through a method's own ``resolve_paths`` hook;
+Not covered: non-linear targets other than through a method's own ``resolve_paths``;
 adapters on quantized (bitsandbytes / GPTQ) base layers.
 """
 
@@ -48,16 +48,16 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
 
     The base model's parameters are frozen; the adapter's parameters and ``modules_to_save`` train.
     """
-    layer_cls = getattr(type(cfg), "layer_cls", None)
+    layer_cls = type(cfg).layer_cls
     if layer_cls is None:
         raise TypeError(f"{type(cfg).__name__} has no native layer (backend={cfg.backend!r})")
     configs = dict(adapter_configs(model))
     if adapter_name in configs:
         raise ValueError(f"model already has an adapter named {adapter_name!r}")
     # wrapped layers are found through their base_layer; exclude those paths' inner modules
-    resolver = getattr(cfg, "resolve_paths", None)  # methods that wrap blocks, not linears (bottleneck)
-    paths = resolver(model) if callable(resolver) else resolve_targets(
-        model, cfg.target_modules, cfg.exclude_modules, layer_types=(nn.Linear, AdapterLayer))
+    paths = cfg.resolve_paths(model)  # methods that wrap blocks, not linears (bottleneck)
+    if paths is None:
+        paths = resolve_targets(model, cfg.target_modules, cfg.exclude_modules, layer_types=(nn.Linear, AdapterLayer))
     wrapped = [p for p, _ in adapter_layers(model)]
     for path in paths:
         if any(path.startswith(w + ".") for w in wrapped):  # base_layer or an adapter's own linears
@@ -71,9 +71,7 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
             layer = layer_cls(mod)
             _set_submodule(model, path, layer)
         layer.add_adapter(adapter_name, cfg)
-    after = getattr(cfg, "after_inject", None)  # fix-ups that need layer paths (per-layer ranks, shared modules)
-    if callable(after):
-        after(model, adapter_name)
+    cfg.after_inject(model, adapter_name)  # fix-ups that need layer paths (per-layer ranks, shared modules)
     if cfg.modules_to_save:
         wrap_modules_to_save(model, _inside_adapter_layers(model, cfg.modules_to_save), adapter_name)
     configs[adapter_name] = cfg
@@ -184,6 +182,7 @@ def unload(model: nn.Module, merge: bool = False) -> nn.Module:
             layer.merge()
         else:
             layer.unmerge()
+        layer.release()
         _set_submodule(model, path, layer.base_layer)
     for path, mod in list(model.named_modules()):
         if isinstance(mod, ModulesToSaveWrapper):
@@ -209,15 +208,6 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     del configs[adapter_name]
     setattr(model, CONFIGS_ATTR, configs)
     mark_trainable(model)
-
-
-def _adapter_key(key: str, adapter_name: str) -> str | None:
-    """``a.lora_A.<name>.weight`` -> ``a.lora_A.weight``; ``None`` when the key is another adapter's."""
-    parts = key.split(".")
-    if adapter_name in parts:
-        i = parts.index(adapter_name)
-        return ".".join(parts[:i] + parts[i + 1:])
-    return None
 
 
 def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:

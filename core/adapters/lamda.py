@@ -7,7 +7,8 @@ al., EMNLP 2024 Findings, arXiv 2406.12832, Sec. 3), and LaMDA++'s per-layer ran
 frozen column by column in the order of the singular values, "PMB"), S = 0, so the model equals the
 base at init and S gets the first gradients. ``init="code"`` (the official code): A kaiming and
 frozen, B = 0, S with nn.Linear's default kaiming init. The progressive freezing of B is a step hook,
-``core.optim.lamda_freeze.LamdaFreezeB``, that really keeps frozen columns fixed (the official
+``core.optim.lamda_freeze.LamdaFreezeB`` (declared by ``training_hooks``, attached by ``fit``), that
+really keeps frozen columns fixed (the official
 trainer only zeroes their gradients, so AdamW momentum and weight decay still move them).
 
 LaMDA++ (missing from the official code): ``lamda_pp_ranks`` gives each targeted layer a rank from
@@ -45,8 +46,11 @@ class LamdaConfig(AdapterConfig):
     rank_pattern: dict[str, int] = field(default_factory=dict)
     #: tests: start S at N(0, 0.1) so the update is non-zero
     random_core: bool = False
+    #: B's columns are frozen within this fraction of the training steps (the official 0.3)
+    freeze_fraction: float = 0.3
+    #: "paper": every column frozen by freeze_fraction * T; "code": the official count floor(t / (0.3 T))
+    freeze_schedule: Literal["paper", "code"] = "paper"
 
-    method: ClassVar[str] = "lamda"
     trains: ClassVar[str] = "core S (r x r) and B (out x r, frozen progressively by a step hook); A frozen"
     param_formula: ClassVar[str] = "r*r + out*r (until B is frozen)"
     paper: ClassVar[str] = "Azizi et al. 2024, LaMDA, arXiv 2406.12832, Sec. 3"
@@ -54,6 +58,15 @@ class LamdaConfig(AdapterConfig):
     def __post_init__(self) -> None:
         if self.r <= 0 or any(k <= 0 for k in self.rank_pattern.values()):
             raise ValueError("r and every rank_pattern rank must be positive")
+        if not 0 < self.freeze_fraction <= 1:
+            raise ValueError(f"freeze_fraction must be in (0, 1], got {self.freeze_fraction}")
+        if self.freeze_schedule not in ("paper", "code"):
+            raise ValueError(f"freeze_schedule must be 'paper' or 'code', got {self.freeze_schedule!r}")
+
+    def training_hooks(self, model: nn.Module, adapter_name: str) -> list:
+        from adaptome.core.optim.lamda_freeze import LamdaFreezeB
+
+        return [LamdaFreezeB(self.freeze_fraction, self.freeze_schedule, adapter_name)]
 
     def rank_for(self, path: str) -> int:
         for key, k in self.rank_pattern.items():

@@ -36,7 +36,6 @@ class LoraNativeConfig(AdapterConfig):
     use_rslora: bool = False
     init_lora_weights: Literal["default", "gaussian", "random_b"] = "default"
 
-    method: ClassVar[str] = "lora_native"
     backend: ClassVar[str] = "native"
     trains: ClassVar[str] = "A (r x in), B (out x r) per targeted linear"
     param_formula: ClassVar[str] = "r*(in+out)"

@@ -37,7 +37,6 @@ class LoraXSConfig(AdapterConfig):
     init_r: Literal["zeros", "normal"] = "zeros"
     r_init_std: float = 1e-5
 
-    method: ClassVar[str] = "loraxs"
     trains: ClassVar[str] = "R (r x r) between frozen SVD factors B = U_r, A = S_r V_r^T of W0"
     param_formula: ClassVar[str] = "r*r"
     paper: ClassVar[str] = "Bałazy et al. 2024, LoRA-XS, arXiv 2405.17604, eq. 2-3"

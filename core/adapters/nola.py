@@ -46,7 +46,6 @@ class NolaConfig(AdapterConfig):
     #: "zeros" (the paper: identity at init) or "random" (tests: a non-zero update)
     init_coefficients: Literal["zeros", "random"] = "zeros"
 
-    method: ClassVar[str] = "nola"
     trains: ClassVar[str] = "coefficients alpha (k_a), beta (k_b) of seeded random bases per targeted linear"
     param_formula: ClassVar[str] = "num_basis_a + num_basis_b"
     paper: ClassVar[str] = "Koohpayegani et al. 2024, NOLA, arXiv 2310.02556, eq. 3-4"

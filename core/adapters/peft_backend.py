@@ -33,7 +33,6 @@ class LoraConfig(AdapterConfig):
     #: True (B = 0), False (B random, for tests), or one of peft's named schemes
     init_lora_weights: bool | str = True
 
-    method: ClassVar[str] = "lora"
     backend: ClassVar[str] = "peft"
     trains: ClassVar[str] = "A (r x in), B (out x r) per targeted linear, via peft"
     param_formula: ClassVar[str] = "r*(in+out)"
@@ -77,7 +76,6 @@ class LoraConfig(AdapterConfig):
 @ADAPTERS.register("dora")
 @dataclass
 class DoraConfig(LoraConfig):
-    method: ClassVar[str] = "dora"
     trains: ClassVar[str] = "A, B and the column magnitude m (out) per targeted linear, via peft"
     param_formula: ClassVar[str] = "r*(in+out) + out"
     paper: ClassVar[str] = "Liu et al. 2024, DoRA, arXiv 2402.09353, eq. 5"

@@ -6,7 +6,9 @@ arXiv 2311.11696, eq. 4-6).
 A (r, in) kaiming, B (out, r) zero, gate g (r,) drawn N(0, 1) as in the official code
 (``gate_init="normal"``) or ones (``"ones"``). B = 0 keeps the model equal to the base at init.
 Sparsity comes from the optimizer, not from the layer: ``core.optim.sora_prox`` soft-thresholds g
-after each step (the proximal step of eq. 6), with the sparsifying scheduler and optional L1 term.
+after each step (the proximal step of eq. 6; or the official code's rule, ``prox_rule="code"``),
+with the official sparsifying schedules; the config declares that hook and the gates' optimizer
+group (no weight decay), and ``fit`` attaches both.
 ``prune(model)`` then drops the zero-gate ranks, folds g into A and returns a plain peft LoRA
 (per-layer rank via ``rank_pattern``) with the same outputs, which ``PeftModel.from_pretrained``
 loads.
@@ -36,8 +38,22 @@ class SoraConfig(AdapterConfig):
     lora_dropout: float = 0.0
     gate_init: Literal["normal", "ones"] = "normal"
     init_lora_weights: Literal["default", "random_b"] = "default"
+    #: "paper": proximal step g <- T_{eta*lambda}(g) (eq. 6); "code": the official code's L1 loss term
+    #: lambda * sum|g| / (number of gates) plus a threshold xi = sparse_lambda_2 not scaled by the rate
+    prox_rule: Literal["paper", "code"] = "paper"
+    #: lambda: the L1 weight (the proximal threshold is eta * lambda under "paper")
+    sparse_lambda: float = 1.0
+    #: xi: the official SparseAdamW threshold (used by prox_rule "code" only)
+    sparse_lambda_2: float = 3e-4
+    #: sparsifying scheduler of lambda ("paper") or xi ("code"): none | linear | log_linear | exp_linear
+    lambda_schedule: Literal["none", "linear", "log_linear", "exp_linear"] = "none"
+    #: the scheduled value's last stage (None: no schedule)
+    max_lambda: float | None = None
+    #: number of stages, splitting the training steps evenly
+    lambda_num: int = 1
+    #: learning rate of the gates' optimizer group (None: the run's lr); the group has no weight decay
+    gate_lr: float | None = None
 
-    method: ClassVar[str] = "sora"
     trains: ClassVar[str] = "A (r x in), B (out x r), gate g (r) per targeted linear; g sparsified by a proximal step"
     param_formula: ClassVar[str] = "r*(in+out) + r"
     paper: ClassVar[str] = "Ding et al. 2023, SoRA, arXiv 2311.11696, eq. 4-6"
@@ -45,6 +61,27 @@ class SoraConfig(AdapterConfig):
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise ValueError(f"r must be positive, got {self.r}")
+        if self.prox_rule not in ("paper", "code"):
+            raise ValueError(f"prox_rule must be 'paper' or 'code', got {self.prox_rule!r}")
+        self.schedule()  # validates the schedule
+
+    def schedule(self) -> list[float]:
+        """The stage values of the scheduled quantity (lambda under "paper", xi under "code")."""
+        from adaptome.core.optim.sora_prox import schedule_values
+
+        start = self.sparse_lambda if self.prox_rule == "paper" else self.sparse_lambda_2
+        return schedule_values(start, self.max_lambda, self.lambda_num, self.lambda_schedule)
+
+    def training_hooks(self, model: nn.Module, adapter_name: str) -> list:
+        from adaptome.core.optim.sora_prox import SoraProximalStep
+
+        l1 = self.sparse_lambda if self.prox_rule == "code" else 0.0
+        return [SoraProximalStep(self.schedule(), self.prox_rule, l1, adapter_name)]
+
+    def param_groups(self, model: nn.Module, adapter_name: str) -> list[dict]:
+        from adaptome.core.optim.sora_prox import sora_param_groups
+
+        return sora_param_groups(model, self.gate_lr, adapter_name)
 
     @property
     def scaling(self) -> float:

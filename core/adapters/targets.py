@@ -14,10 +14,11 @@ architectures not listed in ``ARCH_PRESETS`` (give module names or a regex).
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
 import re
 
 from torch import nn
+
+from adaptome.core.errors import AdaptomeError
 
 #: model_type -> preset -> module-name suffixes
 ARCH_PRESETS: dict[str, dict[str, list[str]]] = {

@@ -38,7 +38,7 @@ def truncate_adapter_dir(src: str | Path, dst: str | Path, rank: int, overwrite:
             out[key] = t[:, :rank].contiguous()  # (O, R) -> (O, K)
         else:
             out[key] = t
-    meta = dict(meta, config=dict(meta["config"], r=rank), truncated_from=str(src))
+    meta = dict(meta, config=dict(meta["config"], r=rank, eval_rank=None), truncated_from=str(src))
     tmp, commit = atomic_dir(dst, overwrite)
     try:
         save_file(out, str(tmp / WEIGHTS), metadata={"format": "pt", "method": "dylora"})

@@ -1,4 +1,5 @@
 """ALLoRA's norm-adaptive learning rate (Huang & Balestriero 2024, arXiv 2410.09692, Sec. 4).
+An interpretation: see below.
 
 The paper scales "the per sample and per parameter gradients with a coefficient inversely
 proportional to parameters' l2 norm". No official code exists; the exact coefficient is not in the
@@ -13,9 +14,11 @@ with all norms equal it is a uniform rescale of the learning rate.
 
 ``mode="grad"`` scales gradients before the optimizer (the paper's wording); with Adam a per-row
 constant factor is largely normalised away, so ``mode="update"`` instead scales the optimizer's
-update of each row by c_i (a per-row adaptive learning rate that survives Adam). Either way it is an
-optimizer pre/post step hook: ``attach_allora(optimizer, params, eta)``; ``ALLoRARate`` is the same
-as a training-loop hook.
+update of each row by c_i (a per-row adaptive learning rate that survives Adam); it is the default
+of ``ALLoraConfig``, with eta = 4, so that a zero row (B at init) moves 4x faster than under plain
+LoRA (the abstract's purpose; eta = 1 would only damp). ``ALLoraConfig.training_hooks`` declares
+``ALLoRARate`` as a training-loop hook and ``fit`` attaches it; ``attach_allora(optimizer, params,
+eta)`` is the same as optimizer pre/post step hooks for code that does not train through ``fit``.
 
 Not covered: per-sample gradients (we scale the mini-batch gradient).
 """
@@ -72,7 +75,8 @@ def attach_allora(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], 
 
 def make_allora_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, eta: float = 1.0,
                           norm: str = "row", mode: str = "grad") -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters with ALLoRA attached to the ALLoRA matrices."""
+    """AdamW over the trainable parameters with ALLoRA attached to the ALLoRA matrices (outside ``fit``:
+    ``fit`` attaches the config's hook itself, so do not pass this optimizer to ``fit`` too)."""
     from adaptome.core.adapters.allora import allora_parameters
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)

@@ -1,21 +1,30 @@
-"""SoRA's optimizer side (Ding et al. 2023, arXiv 2311.11696, eq. 6 and Sec. 3.3).
+"""SoRA's optimizer side (Ding et al. 2023, arXiv 2311.11696, eq. 6 and Sec. 3.3): a step hook.
 
-The proximal gate step after the ordinary optimizer step:
+Two rules, chosen by ``SoraConfig.prox_rule``:
 
-    g <- T_xi(g),   T_xi(v) = sign(v) * max(|v| - xi, 0)          (soft threshold)
+* ``"paper"`` (the default): proximal gradient descent on the L1-regularised loss, eq. 6. After the
+  ordinary optimizer step the gates are soft-thresholded,
 
-with xi = lambda * eta in the paper (proximal SGD, ``scale_by_lr=True``, eta the gates' current
-learning rate) or xi = ``sparse_lambda_2`` without the learning rate in the official
-``SparseAdamW`` (``scale_by_lr=False``). The official trainer also adds ``lambda * mean|g|`` to the
-loss: ``l1_penalty``. The sparsifying scheduler raises xi in stages from ``xi0`` to ``xi_max``
-over ``num_stages`` equal slices of training, along a ``linear``, ``log_linear`` (fast then slow:
-xi0 + (xi_max - xi0) log(1 + (e - 1) t)) or ``exp_linear`` (slow then fast:
-xi0 + (xi_max - xi0) (e^t - 1) / (e - 1)) ramp of t = stage / (num_stages - 1). The shapes of the
-two non-linear ramps are our reading of the official option names; the official code retrains
-every stage for a fixed number of epochs, here the stages simply split ``max_steps``.
+      g <- T_xi(g),   T_xi(v) = sign(v) * max(|v| - xi, 0),   xi = eta_g * lambda
 
-``sora_param_groups`` puts the gates in their own group without weight decay.
-Not covered: the official second optimizer for the gates with its own warmup (use the param group).
+  with eta_g the gates' current learning rate and lambda = ``sparse_lambda``. No L1 term is added
+  to the loss (the proximal step is the L1 term's update).
+* ``"code"``: the official code's effective rule. The trainer adds the L1 term
+  lambda * sum|g| / (total number of gates) to the loss (here: its gradient, lambda * sign(g) / N, is
+  added to the gates' gradients before clipping, which is the same update; the logged loss is the
+  task loss), and ``SparseAdamW`` soft-thresholds with xi = ``sparse_lambda_2`` after the AdamW step,
+  not multiplied by the learning rate.
+
+The sparsifying scheduler (``lambda_schedule``) raises the scheduled value (lambda under "paper",
+xi under "code", as the official code schedules ``sparse_lambda_2``) in ``lambda_num`` stages from
+its start value to ``max_lambda``, on the official grids: ``linear`` linspace(l0, lmax, n),
+``log_linear`` log(linspace(e^l0, e^lmax, n)), ``exp_linear`` exp(linspace(log l0, log lmax, n))
+(geometric; needs l0 > 0). The official code retrains every stage for a fixed number of epochs;
+here the stages split ``max_steps`` evenly.
+
+``SoraConfig.training_hooks`` and ``SoraConfig.param_groups`` (gates without weight decay) declare
+these; ``fit`` attaches them. Not covered: the official second optimizer for the gates with its own
+warmup (the gate group has its own ``gate_lr`` but shares the run's schedule).
 """
 
 from __future__ import annotations
@@ -27,63 +36,79 @@ from torch import nn
 
 from adaptome.core.adapters.sora import gate_parameters
 
+SCHEDULES = ("none", "linear", "log_linear", "exp_linear")
+
 
 def soft_threshold(v: torch.Tensor, xi: float) -> torch.Tensor:
     return torch.sign(v) * torch.clamp(v.abs() - xi, min=0.0)
 
 
-def threshold_at(step: int, max_steps: int, xi0: float, xi_max: float | None = None, num_stages: int = 1,
-                 kind: str = "linear") -> float:
-    """The scheduled threshold xi for ``step`` (0-based) of ``max_steps``."""
-    if xi_max is None or num_stages <= 1:
-        return xi0
-    stage = min(num_stages - 1, step * num_stages // max(max_steps, 1))
-    t = stage / (num_stages - 1)
+def schedule_values(start: float, end: float | None, num: int, kind: str) -> list[float]:
+    """The official grid of ``num`` stage values from ``start`` to ``end``."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown lambda schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+    if kind == "none" or end is None or num <= 1:
+        return [start]
+    ts = [i / (num - 1) for i in range(num)]
     if kind == "linear":
-        f = t
-    elif kind == "log_linear":
-        f = math.log1p((math.e - 1) * t)
-    elif kind == "exp_linear":
-        f = (math.exp(t) - 1) / (math.e - 1)
-    else:
-        raise ValueError(f"unknown schedule {kind!r}; known: linear, log_linear, exp_linear")
-    return xi0 + (xi_max - xi0) * f
+        return [start + (end - start) * t for t in ts]
+    if kind == "log_linear":  # log(linspace(e^l0, e^lmax))
+        return [math.log(math.exp(start) + (math.exp(end) - math.exp(start)) * t) for t in ts]
+    if start <= 0 or end <= 0:
+        raise ValueError(f"exp_linear (geometric) needs positive start and end, got {start}, {end}")
+    return [math.exp(math.log(start) + (math.log(end) - math.log(start)) * t) for t in ts]
+
+
+def value_at(step: int, max_steps: int, values: list[float]) -> float:
+    """The stage value for ``step`` (0-based): the stages split ``max_steps`` evenly."""
+    stage = min(len(values) - 1, step * len(values) // max(max_steps, 1))
+    return values[stage]
 
 
 def l1_penalty(model: nn.Module, weight: float, adapter_name: str = "default") -> torch.Tensor:
-    """``weight * sum_layers mean|g|``, the official trainer's extra loss term."""
+    """``weight * sum|g| / (number of gates)`` over every SoRA layer: the official trainer's term."""
     gates = gate_parameters(model, adapter_name)
-    return weight * sum(g.abs().mean() for g in gates)
+    return weight * sum(g.abs().sum() for g in gates) / sum(g.numel() for g in gates)
 
 
-def sora_param_groups(model: nn.Module, lr: float, weight_decay: float, gate_lr: float | None = None,
-                      adapter_name: str = "default") -> list[dict]:
-    gates = {id(p) for p in gate_parameters(model, adapter_name)}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in gates]
-    return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
-            {"params": [p for p in model.parameters() if id(p) in gates], "lr": gate_lr or lr, "weight_decay": 0.0}]
+def sora_param_groups(model: nn.Module, gate_lr: float | None = None, adapter_name: str = "default") -> list[dict]:
+    """The gates' optimizer group: no weight decay (and ``gate_lr`` when given)."""
+    group: dict = {"params": gate_parameters(model, adapter_name), "weight_decay": 0.0}
+    if gate_lr is not None:
+        group["lr"] = gate_lr
+    return [group]
 
 
 class SoraProximalStep:
-    """Step hook: soft-threshold every gate after the optimizer step (``after_optimizer_step``)."""
+    """Step hook: the L1 gradient (rule "code") before, the soft threshold after the optimizer step."""
 
-    def __init__(self, xi0: float, xi_max: float | None = None, num_stages: int = 1, schedule: str = "linear",
-                 scale_by_lr: bool = False, adapter_name: str = "default"):
-        threshold_at(0, 1, xi0, xi_max, num_stages, schedule)  # validate the schedule name
-        self.xi0, self.xi_max, self.num_stages, self.schedule = xi0, xi_max, num_stages, schedule
-        self.scale_by_lr, self.adapter_name = scale_by_lr, adapter_name
+    def __init__(self, values: list[float], rule: str = "paper", l1_weight: float = 0.0,
+                 adapter_name: str = "default"):
+        if rule not in ("paper", "code"):
+            raise ValueError(f"prox_rule must be 'paper' or 'code', got {rule!r}")
+        self.values, self.rule, self.l1_weight, self.adapter_name = list(values), rule, l1_weight, adapter_name
         self.last_xi = 0.0
 
     def _lr_of(self, optimizer, p: nn.Parameter) -> float:
         for group in optimizer.param_groups:
             if any(q is p for q in group["params"]):
                 return float(group["lr"])
-        raise ValueError("a SoRA gate is not in the optimizer; build it with sora_param_groups")
+        raise ValueError("a SoRA gate is not in the optimizer; build it from the gates' param group")
+
+    @torch.no_grad()
+    def before_optimizer_step(self, state) -> None:
+        if self.rule != "code" or self.l1_weight == 0:
+            return
+        gates = gate_parameters(state.model, self.adapter_name)
+        n = sum(g.numel() for g in gates)
+        for g in gates:  # d/dg of l1_weight * sum|g| / n
+            if g.grad is not None:
+                g.grad.add_(torch.sign(g) * (self.l1_weight / n))
 
     @torch.no_grad()
     def after_optimizer_step(self, state) -> None:
-        xi = threshold_at(state.step - 1, state.max_steps, self.xi0, self.xi_max, self.num_stages, self.schedule)
+        v = value_at(state.step - 1, state.max_steps, self.values)
         for g in gate_parameters(state.model, self.adapter_name):
-            xi_g = xi * self._lr_of(state.optimizer, g) if self.scale_by_lr else xi
-            g.copy_(soft_threshold(g, xi_g))
-        self.last_xi = xi
+            xi = v * self._lr_of(state.optimizer, g) if self.rule == "paper" else v
+            g.copy_(soft_threshold(g, xi))
+        self.last_xi = v

@@ -5,7 +5,9 @@ micro-batches of ``batch_size`` examples per process (gradients of the mean loss
 DDP across processes, so W processes with batch B behave like one process with batch W*B). In
 order, a step does: hooks ``on_step_start`` -> forward/backward per micro-batch (no DDP sync but
 the last) -> hooks ``before_optimizer_step`` -> gradient clipping -> optimizer step -> LR scheduler
-step -> hooks ``after_optimizer_step`` -> zero grads -> logging / eval / checkpoint.
+step -> hooks ``after_optimizer_step`` -> zero grads -> logging / eval / checkpoint. The adapter
+methods' own training behaviour (step hooks, optimizer groups, data-driven inits) is collected from
+the model by ``method_training.collect`` and attached here; the caller's ``hooks`` run after them.
 
 It owns seeding, the data order (``data.ResumableBatchSampler``), warmup + decay schedules, mixed
 precision (``bf16`` / ``fp16`` through ``accelerator.autocast`` where the device allows), JSONL
@@ -36,6 +38,7 @@ from torch import nn
 from adaptome.core.train.checkpoint import ResumeError, fingerprint, list_checkpoints, load_checkpoint, save_checkpoint
 from adaptome.core.train.data import ResumableBatchSampler
 from adaptome.core.train.hooks import TrainState, call_hooks
+from adaptome.core.train.method_training import collect as collect_method_training
 from adaptome.core.train.metrics import MetricsLog
 from adaptome.core.train.schedule import make_scheduler
 
@@ -106,11 +109,11 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
         return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
-def _default_optimizer(model: nn.Module, lr: float, weight_decay: float, betas) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def _default_optimizer(model: nn.Module, lr: float, weight_decay: float, betas,
+                       groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters (did you apply an adapter?)")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
 
 
 def _move(batch: Any, device: torch.device) -> Any:
@@ -154,7 +157,8 @@ def fit(
     resume: bool = True,
 ) -> FitResult:
     """Train ``model`` on ``train_data``; see the module docstring for the step's anatomy."""
-    hooks = list(hooks)
+    methods = collect_method_training(model)  # the adapters' own hooks, optimizer groups, data inits
+    hooks = methods.hooks + list(hooks)
     loss_fn = loss_fn or default_loss
     output_dir = Path(output_dir)
     acc = accelerator or make_accelerator(mixed_precision, cpu)
@@ -164,11 +168,16 @@ def fit(
                     weight_decay=weight_decay, betas=list(betas), warmup_steps=warmup_steps, schedule=schedule,
                     seed=seed, world_size=acc.num_processes, n_examples=len(train_data))
     named_trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    named_trainable.update(methods.checkpoint_params)  # frozen tensors a data init writes (LoRA-SB's A, B)
     fp = fingerprint(named_trainable, settings)
 
     model = model.to(acc.device)
     model.train()
-    optimizer = make_optimizer(model) if make_optimizer else _default_optimizer(model, lr, weight_decay, betas)
+    if make_optimizer:
+        optimizer = make_optimizer(model)
+        methods.check_optimizer(optimizer)  # warns when the methods' groups (SoRA's gates) are not applied
+    else:
+        optimizer = _default_optimizer(model, lr, weight_decay, betas, methods.optimizer_groups(model, weight_decay))
     scheduler = make_scheduler(optimizer, schedule, warmup_steps, max_steps)
     sampler = ResumableBatchSampler(len(train_data), batch_size, seed, acc.process_index, acc.num_processes)
     # a private generator: creating a loader iterator would otherwise draw from the global RNG, and
@@ -195,6 +204,8 @@ def fit(
                           "or choose another output_dir (nothing was overwritten)")
     elif acc.is_main_process and (output_dir / "metrics.jsonl").exists():
         (output_dir / "metrics.jsonl").unlink()  # a fresh run with no checkpoint: old partial log
+    if resumed_from is None:  # data-driven inits (LoRA-SB) at the first step's rate; on resume the checkpoint has them
+        methods.initialise(model, train_data, collate_fn, loss_fn, scheduler.get_last_lr()[0], acc.device, _move)
 
     history: list[dict[str, Any]] = []
     per_epoch = sampler.batches_per_epoch()

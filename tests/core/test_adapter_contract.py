@@ -13,19 +13,11 @@ adapter's parameters (and modules_to_save), base weights stay bit-identical; (f)
 count equals the method's formula; (g) several named adapters on one model; (h) LLaMA only:
 ``merge_and_unload`` + ``save_pretrained`` loads with ``AutoModelForCausalLM`` to the same logits.
 
-Hooks a config class may define (all optional):
-
-* ``architectures``: a class attribute, a collection of ``config.model_type`` values (``"llama"``,
-  ``"bert"``) the method supports; other architectures are skipped, saying so.
-* ``resolve_paths(model) -> list[str]``: the modules the method wraps, when they are not found by
-  ``target_modules`` (the same hook native injection uses); a ``TargetError`` from it skips the
-  architecture, as for ``target_modules`` below.
-* ``count_expected(model) -> int``: a method (on the config instance) returning the expected
-  trainable-parameter count for ``model`` (the base model, before injection), for methods whose
-  parameters do not sit one-per-``nn.Linear`` (bottleneck adapters after a block, ...). Without it
-  the expected count is the sum of ``cfg.expected_params(in, out, bias)`` over the ``nn.Linear``
-  modules that ``resolve_paths`` or else ``targets.resolve_targets`` selects, plus the parameters
-  of ``modules_to_save``.
+The members of the contract a method may override (``architectures``, ``resolve_paths``,
+``count_expected``, ...) are declared, one comment each, on ``AdapterConfig`` in
+``core/adapters/base.py``. ``resolve_paths`` raising ``TargetError`` skips the architecture, as an
+example whose ``target_modules`` match nothing does; a method whose parameters do not sit one per
+``nn.Linear`` gives ``count_expected``.
 
 An example whose ``target_modules`` match nothing in an architecture is skipped there (with the
 ``TargetError`` as the reason); the bad-input tests check that error itself.
@@ -111,7 +103,7 @@ def _example(name: str, i: int | str, arch: str):
 def _setup(bases, arch: str, name: str, i: int | str):
     """(config class, example config, a fresh copy of the base model); skips what does not apply."""
     cls, cfg = _example(name, i, arch)
-    archs = getattr(cls, "architectures", None)
+    archs = cls.architectures
     if archs is not None and arch not in archs:
         pytest.skip(f"{name} supports architectures {sorted(archs)}, not {arch}")
     base = bases[arch]
@@ -124,9 +116,8 @@ def _setup(bases, arch: str, name: str, i: int | str):
 
 def _target_paths(cfg, base: nn.Module) -> list[str]:
     """The modules ``cfg`` wraps in ``base``: its ``resolve_paths`` hook, else ``resolve_targets``."""
-    if callable(getattr(cfg, "resolve_paths", None)):
-        return list(cfg.resolve_paths(base))
-    return resolve_targets(base, cfg.target_modules, cfg.exclude_modules)
+    paths = cfg.resolve_paths(base)
+    return list(paths) if paths is not None else resolve_targets(base, cfg.target_modules, cfg.exclude_modules)
 
 
 def _apply(model: nn.Module, cfg, adapter_name: str = "default") -> nn.Module:
@@ -267,9 +258,8 @@ def test_one_step_changes_only_adapter_parameters(bases, inputs, arch, name, i):
 def test_trainable_count_matches_formula(bases, inputs, arch, name, i):
     cls, cfg, model = _setup(bases, arch, name, i)
     base = bases[arch]
-    if hasattr(cfg, "count_expected"):
-        expected = cfg.count_expected(base)
-    else:
+    expected = cfg.count_expected(base)
+    if expected is None:
         expected = 0
         for path in _target_paths(cfg, base):
             lin = base.get_submodule(path)

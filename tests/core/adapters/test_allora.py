@@ -8,7 +8,7 @@ from torch import nn
 
 from adaptome.core.adapters import api
 from adaptome.core.adapters.allora import ALLoraConfig, allora_parameters
-from adaptome.core.optim.allora import ALLoRARate, allora_coefficient, attach_allora, make_allora_optimizer
+from adaptome.core.optim.allora import ALLoRARate, allora_coefficient, attach_allora
 
 
 def _adapted():
@@ -80,7 +80,7 @@ def test_training_through_fit_lowers_loss(tmp_path):
     loss_fn = lambda mm, b: (mm(b["x"]) - b["y"]).pow(2).mean()  # noqa: E731
     with torch.no_grad():
         before = loss_fn(m, {"x": x, "y": y}).item()
-    fit(m, data, loss_fn=loss_fn, make_optimizer=lambda mm: make_allora_optimizer(mm, lr=3e-2, eta=1.0),
+    fit(m, data, loss_fn=loss_fn,  # the config's rate (a step hook) is attached by fit itself
         output_dir=tmp_path / "run", max_steps=150, batch_size=64, lr=3e-2, schedule="constant",
         max_grad_norm=None, progress=False, log_every=0)
     with torch.no_grad():

@@ -9,8 +9,14 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import api, io
-from adaptome.core.adapters.bottleneck import (BottleneckLayer, NiceBlock, SeqBnConfig, SeqBnInvConfig,
-                                               average_adapters, stack_adapters)
+from adaptome.core.adapters.bottleneck import (
+    BottleneckLayer,
+    NiceBlock,
+    SeqBnConfig,
+    SeqBnInvConfig,
+    average_adapters,
+    stack_adapters,
+)
 
 
 def _llama(tie=False):
@@ -91,13 +97,68 @@ def test_post_ln_formula_by_hand():
     torch.testing.assert_close(layer(hidden, x), want)
 
 
+def _decoder_io(m, i: int = 1) -> dict:
+    """Run the model; capture layer i's residual x (post_attention_layernorm's input), the plain FFN
+    output h (the wrapped mlp's base) and the decoder layer's output."""
+    seen = {}
+    layer = m.model.layers[i]
+    hooks = [layer.post_attention_layernorm.register_forward_pre_hook(lambda mod, a: seen.__setitem__("x", a[0])),
+             layer.mlp.base_layer.register_forward_hook(lambda mod, a, out: seen.__setitem__("h", out)),
+             layer.register_forward_hook(lambda mod, a, out: seen.__setitem__(
+                 "out", out[0] if isinstance(out, tuple) else out))]
+    _out(m)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
 def test_pre_ln_formula_by_hand():
+    """AdapterHub's LLaMA seq_bn: the block's output is x + h + delta(x + h) (the adapter reads x + h)."""
     m = api.apply_adapter(_llama(), SeqBnConfig(reduction_factor=8))
     _randomize(m)
-    layer = m.model.layers[1].mlp
-    x = torch.randn(2, 3, 32)
-    h = layer.base_layer(x)
-    torch.testing.assert_close(layer(x), h + layer.bn_up["default"](torch.relu(layer.bn_down["default"](h))))
+    mlp = m.model.layers[1].mlp
+    io_ = _decoder_io(m)
+    z = io_["x"] + io_["h"]
+    torch.testing.assert_close(io_["out"], z + mlp.bn_up["default"](torch.relu(mlp.bn_down["default"](z))))
+    with pytest.raises(RuntimeError, match="post_attention_layernorm"):
+        mlp(torch.randn(1, 2, 32))  # the mlp alone has no residual to read
+
+
+def test_unload_removes_the_residual_hook():
+    base = _llama()
+    want = _out(base)
+    m = api.apply_adapter(base, SeqBnConfig(reduction_factor=8))
+    norm = m.model.layers[0].post_attention_layernorm
+    assert len(norm._forward_pre_hooks) == 1
+    m = api.unload(m)
+    assert len(norm._forward_pre_hooks) == 0 and "adaptome_residual" not in norm.__dict__
+    torch.testing.assert_close(_out(m), want)
+
+
+def test_mam_init_draws_down_projection_kaiming_uniform():
+    m = api.apply_adapter(_bert(), SeqBnConfig(reduction_factor=4, init_weights="mam"))
+    down = m.encoder.layer[0].output.bn_down["default"]
+    up = m.encoder.layer[0].output.bn_up["default"]
+    bound = 1 / 32 ** 0.5  # kaiming_uniform(a=sqrt(5)) on fan_in 32: U(-1/sqrt(32), 1/sqrt(32))
+    assert down.weight.abs().max() <= bound and down.weight.abs().max() > 0.8 * bound
+    assert down.weight.std() > 0.5 * bound / 3 ** 0.5  # a uniform draw, not N(0, 0.02)
+    assert not down.bias.any() and not up.weight.any() and not up.bias.any()
+
+
+@pytest.mark.parametrize("mode", ["first", "all"])
+def test_stack_runs_the_first_invertible_block_only(mode):
+    m = api.apply_adapter(_llama(), SeqBnInvConfig(reduction_factor=4), "lang")
+    api.apply_adapter(m, SeqBnInvConfig(reduction_factor=4), "task")
+    stack_adapters(m, ["lang", "task"], invertible=mode)
+    seen = {}
+    m.model.layers[0].register_forward_pre_hook(lambda mod, a, kw: seen.__setitem__("in", kw.get(
+        "hidden_states", a[0] if a else None)), with_kwargs=True)
+    _out(m)
+    emb = m.model.embed_tokens
+    want = emb.bn_nice["lang"](emb.base_layer(IDS))
+    if mode == "all":
+        want = emb.bn_nice["task"](want)
+    torch.testing.assert_close(seen["in"], want)
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -130,11 +191,11 @@ def test_stack_trains_only_the_top_and_runs_in_sequence(tmp_path):
     assert trainable() == ["task"]
     api.set_adapter(m, ["lang", "task"])  # re-activating keeps the language adapter frozen
     assert trainable() == ["task"]
-    layer = m.model.layers[0].mlp
-    x = torch.randn(2, 3, 32)
-    h = layer.base_layer(x)
-    r1 = h + layer._delta("lang", h)
-    torch.testing.assert_close(layer(x), r1 + layer._delta("task", r1))
+    layer = m.model.layers[1].mlp
+    io_ = _decoder_io(m)
+    r0 = io_["x"] + io_["h"]
+    r1 = r0 + layer._delta("lang", r0)
+    torch.testing.assert_close(io_["out"], r1 + layer._delta("task", r1))
     lang_before = {n: p.detach().clone() for n, p in m.named_parameters() if ".lang." in n}
     m.train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)

@@ -123,6 +123,32 @@ def test_truncate_dir_equals_set_rank(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("eval_rank", [None, 2])
+def test_rank_between_steps_saving_and_loading_is_the_resting_rank(eval_rank, tmp_path):
+    """The sampler draws a rank for a step and puts the resting rank (eval_rank, or r) back after it, so
+    evaluation, saving and a reloaded adapter never see the rank drawn last."""
+    m = api.apply_adapter(_model(), DyLoraConfig(r=4, lora_alpha=6, init_lora_weights="random_b",
+                                                  target_modules=["0", "2"], eval_rank=eval_rank))
+    rest = eval_rank or 4
+    ranks = lambda mm: {layer.rank["default"] for layer in mm.modules() if isinstance(layer, DyLoraLinear)}  # noqa: E731
+    assert ranks(m) == {rest}
+    hook, state = DyLoRARankSampler(seed=1), type("S", (), {"model": m})()
+    drawn = set()
+    for _ in range(20):
+        hook.on_step_start(state)
+        drawn |= ranks(m)
+        hook.after_optimizer_step(state)
+        assert ranks(m) == {rest}
+    assert len(drawn) >= 3
+    x = torch.randn(3, 12)
+    want = m(x)
+    back = io.load_adapter(_model(), io.save_adapter(m, tmp_path / "a"))
+    assert ranks(back) == {rest}
+    torch.testing.assert_close(back(x), want)
+    with pytest.raises(ValueError, match="eval_rank"):
+        DyLoraConfig(r=4, eval_rank=5)
+
+
 def test_set_rank_rejects_bad_rank():
     with pytest.raises(ValueError, match="rank must be in 1..4"):
         set_rank(_adapted(), 0)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import api
-from adaptome.core.adapters.loraxs import LoraXSConfig
 from adaptome.core.adapters.lorasb import LoraSBConfig, init_lorasb
+from adaptome.core.adapters.loraxs import LoraXSConfig
 
 
 def _net():

@@ -1,6 +1,7 @@
-"""SoRA numerics: the gated forward formula, the soft threshold, the sparsifying schedules, the
-proximal hook inside ``fit`` (gates become exactly zero, loss still falls) and ``prune`` giving a
-plain peft LoRA with identical outputs that ``PeftModel.from_pretrained`` loads."""
+"""SoRA numerics: the gated forward formula, the soft threshold, the official L1 term and
+sparsifying schedules, the paper and code rules, the proximal hook that ``fit`` attaches from the
+config (gates become exactly zero, loss still falls) and ``prune`` giving a plain peft LoRA with
+identical outputs that ``PeftModel.from_pretrained`` loads."""
 
 import math
 import os
@@ -12,8 +13,14 @@ from torch import nn
 
 from adaptome.core.adapters import api
 from adaptome.core.adapters.sora import SoraConfig, gate_parameters, prune, sparsity_report
-from adaptome.core.optim.sora_prox import (SoraProximalStep, l1_penalty, soft_threshold, sora_param_groups,
-                                           threshold_at)
+from adaptome.core.optim.sora_prox import (
+    SoraProximalStep,
+    l1_penalty,
+    schedule_values,
+    soft_threshold,
+    sora_param_groups,
+    value_at,
+)
 
 
 def _llama():
@@ -39,36 +46,65 @@ def test_soft_threshold():
     torch.testing.assert_close(soft_threshold(v, 0.5), torch.tensor([-1.5, 0.0, 0.0, 0.0, 0.0, 2.5]))
 
 
-def test_threshold_schedules():
-    xs = {k: [threshold_at(s, 100, 0.0, 1.0, 5, k) for s in range(0, 100, 20)] for k in
-          ("linear", "log_linear", "exp_linear")}
-    assert xs["linear"] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
-    for k in xs:
-        assert xs[k][0] == 0 and xs[k][-1] == pytest.approx(1.0) and xs[k] == sorted(xs[k])
-    assert xs["log_linear"][1] > 0.25 > xs["exp_linear"][1]  # concave vs convex ramps
-    assert xs["log_linear"][1] == pytest.approx(math.log1p((math.e - 1) * 0.25))
-    assert threshold_at(50, 100, 0.3) == 0.3
-    with pytest.raises(ValueError, match="unknown schedule"):
-        threshold_at(0, 1, 0.0, 1.0, 3, "cubic")
+def test_official_schedules():
+    """The official grids: linspace, log(linspace(e^l0, e^lmax)), exp(linspace(log l0, log lmax))."""
+    assert schedule_values(0.0, 1.0, 5, "linear") == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    want = [math.log(1 + (math.e - 1) * t) for t in (0, 0.25, 0.5, 0.75, 1.0)]
+    assert schedule_values(0.0, 1.0, 5, "log_linear") == pytest.approx(want)
+    assert schedule_values(1e-4, 1e-2, 3, "exp_linear") == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert schedule_values(0.3, None, 4, "linear") == [0.3] and schedule_values(0.3, 1.0, 4, "none") == [0.3]
+    assert [value_at(s, 100, [0, 1, 2, 3]) for s in (0, 24, 25, 99)] == [0, 0, 1, 3]
+    with pytest.raises(ValueError, match="unknown lambda schedule"):
+        schedule_values(0.0, 1.0, 3, "cubic")
+    with pytest.raises(ValueError, match="positive"):
+        schedule_values(0.0, 1.0, 3, "exp_linear")
 
 
-def test_proximal_hook_scales_by_lr_or_not():
+def test_l1_term_is_lambda_sum_abs_over_all_gates():
+    """The official term: lambda * sum|g| / (total number of gates), not a sum of per-layer means."""
+    m = api.apply_adapter(_llama(), SoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    gates = gate_parameters(m)
+    assert len(gates) == 4
+    want = 0.5 * sum(g.abs().sum() for g in gates) / (4 * 4)
+    torch.testing.assert_close(l1_penalty(m, 0.5), want)
+
+
+def _state(m, opt):
+    return type("S", (), {"model": m, "optimizer": opt, "step": 1, "max_steps": 10})()
+
+
+def test_proximal_hook_paper_scales_by_lr_code_does_not():
     torch.manual_seed(0)
     m = api.apply_adapter(nn.Sequential(nn.Linear(4, 4)), SoraConfig(r=4, gate_init="ones", target_modules=["0"]))
-    opt = torch.optim.SGD(sora_param_groups(m, lr=0.1, weight_decay=0.0, gate_lr=0.5), lr=0.1)
-    state = type("S", (), {"model": m, "optimizer": opt, "step": 1, "max_steps": 10})()
-    SoraProximalStep(0.2, scale_by_lr=True).after_optimizer_step(state)
+    groups = [{"params": [p for p in m.parameters() if p.requires_grad and p.dim() == 2]}]
+    opt = torch.optim.SGD(groups + sora_param_groups(m, gate_lr=0.5), lr=0.1)
+    SoraProximalStep([0.2], "paper").after_optimizer_step(_state(m, opt))
     torch.testing.assert_close(gate_parameters(m)[0].detach(), torch.full((4,), 0.9))  # 1 - 0.2 * 0.5
-    SoraProximalStep(0.2, scale_by_lr=False).after_optimizer_step(state)
+    SoraProximalStep([0.2], "code").after_optimizer_step(_state(m, opt))
     torch.testing.assert_close(gate_parameters(m)[0].detach(), torch.full((4,), 0.7))
 
 
-def test_training_with_prox_sparsifies_gates_and_learns(tmp_path):
+def test_code_rule_adds_the_l1_gradient_before_the_step():
+    """Rule "code": the gates' gradient gains d/dg of the official L1 term (as autograd gives it)."""
+    m = api.apply_adapter(_llama(), SoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    gates = gate_parameters(m)
+    for g in gates:
+        g.grad = torch.zeros_like(g)
+    SoraProximalStep([0.0], "code", l1_weight=0.7).before_optimizer_step(_state(m, None))
+    want = torch.autograd.grad(l1_penalty(m, 0.7), gates)
+    for g, w in zip(gates, want):
+        torch.testing.assert_close(g.grad, w)
+
+
+def test_fit_attaches_the_prox_step_from_the_config(tmp_path):
+    """No hook and no optimizer passed: ``fit`` takes SoRA's step and gate group from the config."""
     from adaptome.core.train.loop import fit
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 16))
-    m = api.apply_adapter(net, SoraConfig(r=8, lora_alpha=8, target_modules=["0"]))
+    m = api.apply_adapter(net, SoraConfig(r=8, lora_alpha=8, target_modules=["0"], prox_rule="code",
+                                          sparse_lambda=1e-2, sparse_lambda_2=0.0, lambda_schedule="linear",
+                                          max_lambda=5e-3, lambda_num=4, gate_lr=2e-3))
     u, v = torch.randn(16, 2), torch.randn(2, 16)  # planted rank-2 change
     x = torch.randn(512, 16)
     with torch.no_grad():
@@ -76,20 +112,17 @@ def test_training_with_prox_sparsifies_gates_and_learns(tmp_path):
     data = [{"x": x[i], "y": y[i]} for i in range(len(x))]
 
     def loss_fn(model, batch):
-        return (model(batch["x"]) - batch["y"]).pow(2).mean() + l1_penalty(model, 1e-2)
+        return (model(batch["x"]) - batch["y"]).pow(2).mean()
 
     with torch.no_grad():
         before = (m(x) - y).pow(2).mean().item()
-    hook = SoraProximalStep(0.0, xi_max=5e-3, num_stages=4, schedule="linear")
-    fit(m, data, loss_fn=loss_fn, hooks=[hook], output_dir=tmp_path / "run", max_steps=300, batch_size=64,
-        lr=2e-2, schedule="constant", max_grad_norm=None, progress=False, log_every=0,
-        make_optimizer=lambda mm: torch.optim.AdamW(sora_param_groups(mm, 2e-2, 0.0, gate_lr=2e-3), lr=2e-2))
+    fit(m, data, loss_fn=loss_fn, output_dir=tmp_path / "run", max_steps=300, batch_size=64,
+        lr=2e-2, schedule="constant", max_grad_norm=None, progress=False, log_every=0)
     with torch.no_grad():
         after = (m(x) - y).pow(2).mean().item()
     rep = sparsity_report(m)
     assert after < 0.2 * before
     assert 2 <= rep["kept"] < 8  # some gates are exactly zero, the planted rank survives
-    assert hook.last_xi == pytest.approx(5e-3)
 
 
 def test_prune_gives_identical_plain_peft_lora(tmp_path):
