@@ -63,7 +63,7 @@ def bench_training(steps: int, warmup: int, tmp: Path) -> dict:
     from adaptome.domains.protein.model import load_model_and_tokenizer
 
     base, tok = load_model_and_tokenizer(None)
-    blocks = pretrain.pack_blocks(tok, [r.seq for r in data.pfam_families(max_residues=128)], 256)
+    blocks = pretrain.sequence_blocks(tok, [r.seq for r in data.pfam_families(max_residues=128)], 256)
     ds = pretrain.BlockDataset(blocks)
 
     class Timer:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from adaptome.domains.protein.data import LabelTask
-from adaptome.domains.protein.formats import invalid_positions, write_fasta
+from adaptome.domains.protein.formats import fasta_text, invalid_positions
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,16 @@ def parse_header(h: str) -> dict[str, str]:
     return out
 
 
+def samples_fasta(samples: list[Sample], params: SamplingParams) -> str:
+    """The samples as FASTA text, each header holding its condition and the sampling parameters."""
+    return fasta_text((header(i, s, params), s.seq) for i, s in enumerate(samples, 1))
+
+
 def write_samples(samples: list[Sample], params: SamplingParams, path: str | Path) -> Path:
-    return write_fasta(((header(i, s, params), s.seq) for i, s in enumerate(samples, 1)), path)
+    """``samples_fasta`` written to ``path`` atomically."""
+    from adaptome.core.atomic import write_text_atomic
+
+    return write_text_atomic(path, samples_fasta(samples, params))
 
 
 def _bar(enabled: bool, total: int, what: str = "sampling"):
