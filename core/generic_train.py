@@ -4,7 +4,8 @@ The run: read the files (``text.read_texts``: plain text, one example per non-em
 Lines with the text in ``data.text_field``), tokenize, pack into blocks (causal) or pad per
 example (masked, 15% of tokens masked as BERT does), load the model by hub id / local path or build
 a tiny one from config, apply the adapter by registry name, train with ``train.loop.fit``, report
-perplexity on the eval files (``evaluation.lm_perplexity``), save the adapter (and optionally a merged standalone checkpoint).
+perplexity on the eval files (``evaluation.lm_perplexity``), save the adapter (and optionally a
+merged standalone checkpoint).
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 

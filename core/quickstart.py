@@ -67,8 +67,8 @@ def core_demo(out: Path, steps: int, console) -> dict:
     table = Table(title="training loss")
     table.add_column("step")
     table.add_column("loss")
-    for s, l in losses:
-        table.add_row(str(s), f"{l:.3f}")
+    for step, loss in losses:
+        table.add_row(str(step), f"{loss:.3f}")
     console.print(table)
     model = res.model.eval()
     ppl_after = lm_perplexity(model, held_set, collate)
@@ -100,7 +100,8 @@ def core_demo(out: Path, steps: int, console) -> dict:
     }
     ok = reload_diff < 1e-4 and merged_diff < 1e-3 and ppl_after < ppl_before
     console.print(f"held-out perplexity {ppl_before:.2f} -> {ppl_after:.2f} (uniform over the "
-                  f"{len(tok)} characters would be {len(tok)}); adapter saved, reloaded (max |diff| {reload_diff:.1e}), "
+                  f"{len(tok)} characters would be {len(tok)}); adapter saved, reloaded (max |diff| "
+                  f"{reload_diff:.1e}), "
                   f"merged into {out / 'merged'} and reloaded with AutoModelForCausalLM (max |diff| "
                   f"{merged_diff:.1e}): {'[green]OK[/]' if ok else '[red]CHECK FAILED[/]'}")
     summary["ok"] = ok

@@ -2,8 +2,9 @@
 evaluate | synth.
 
 Every command takes an optional ``--config`` YAML (``configs/*.yaml``) and ``--set key=value``
-overrides; the common options are also flags. Bad input gives a one-line error naming the file
-and exit code 2; finished outputs are never overwritten.
+overrides; the common options are also flags. Bad input (an ``AdaptomeError`` or ``OSError``,
+``core.cli_errors.user_errors``) gives a one-line error naming the file and exit code 2; anything
+else is a bug and surfaces as a traceback. Finished outputs are never overwritten.
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ from typing import Optional
 
 import typer
 
+from adaptome.core.cli_errors import fail, user_errors
+
 app = typer.Typer(help="Whole-slide images -> tiles -> features -> MIL sTIL % regression, scores, heatmaps.\n\n"
                   "Example: adaptome pathology synth --out runs/synth", no_args_is_help=True)
 
 _CFG = typer.Option(None, "--config", "-c", help="YAML config (see domains/pathology/configs/)")
 _SET = typer.Option([], "--set", help="override a key: --set tile_size=512 (repeatable)")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _build(cls, config: Optional[Path], set_: list[str], **flags):
@@ -35,15 +33,9 @@ def _build(cls, config: Optional[Path], set_: list[str], **flags):
 
 
 def _run(fn):
-    """Run a stage, turning expected input errors into a one-line message + exit 2."""
-    from adaptome.core.config import ConfigError
-    from adaptome.core.registry import RegistryError
-    from adaptome.domains.pathology.slide import SlideError
-
-    try:
+    """Run a stage; a user error (``AdaptomeError``, ``OSError``) becomes one line + exit 2."""
+    with user_errors():
         return fn()
-    except (ConfigError, SlideError, RegistryError, ValueError, FileNotFoundError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _report(summary) -> None:
@@ -135,7 +127,8 @@ def pretrain_encoder(slides: Optional[str] = typer.Argument(None, help="slide fi
                      config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """SimCLR pretraining of a tile encoder on unlabeled tiles; writes encoder.safetensors.
 
-    Example: adaptome pathology pretrain-encoder slides/ --tiles-dir runs/job/tiles_20x_256px_0ov --encoder timm:resnet18
+    Example: adaptome pathology pretrain-encoder slides/ --tiles-dir runs/job/tiles_20x_256px_0ov
+    --encoder timm:resnet18
     """
     from adaptome.core.config import save_config
     from adaptome.domains.pathology.config import PretrainConfig
@@ -146,7 +139,7 @@ def pretrain_encoder(slides: Optional[str] = typer.Argument(None, help="slide fi
     cfg = _run(lambda: _build(PretrainConfig, config, set_, slides=slides, tiles_dir=tiles_dir, out_dir=out,
                               encoder=encoder, max_steps=max_steps))
     if Path(cfg.out_dir, "encoder.safetensors").exists():
-        _fail(f"{cfg.out_dir}: already holds encoder.safetensors; choose another --out")
+        fail(f"{cfg.out_dir}: already holds encoder.safetensors; choose another --out")
 
     def go():
         pairs = [(str(p), str(Path(cfg.tiles_dir) / f"{p.stem}.h5")) for p in list_slides(cfg.slides)
@@ -194,7 +187,8 @@ def score(slides: Optional[str] = typer.Argument(None, help="slide file or folde
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Slide sTIL % (CSV), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
 
-    Example: adaptome pathology score slides/ --model runs/job/.../mil_attention_case_id_k5 --features-dir runs/job/.../features_baseline
+    Example: adaptome pathology score slides/ --model runs/job/.../mil_attention_case_id_k5
+    --features-dir runs/job/.../features_baseline
     """
     from adaptome.domains.pathology import stages
     from adaptome.domains.pathology.config import ScoreConfig
@@ -222,18 +216,19 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
     import numpy as np
     from PIL import Image
 
+    from adaptome.domains.pathology.errors import PathologyError
     from adaptome.domains.pathology.score import heatmap_image
     from adaptome.domains.pathology.slide import open_slide, thumbnail
 
     if out.exists():
-        _fail(f"{out}: exists; not overwritten")
+        fail(f"{out}: exists; not overwritten")
 
     def go():
         if not tiles_csv.is_file():
-            raise ValueError(f"{tiles_csv}: tiles CSV not found")
+            raise PathologyError(f"{tiles_csv}: tiles CSV not found")
         rows = list(csv.DictReader(tiles_csv.open()))
         if not rows or column not in rows[0]:
-            raise ValueError(f"{tiles_csv}: no column {column!r}")
+            raise PathologyError(f"{tiles_csv}: no column {column!r}")
         coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
         vals = np.array([float(r[column]) for r in rows])
         s = open_slide(slide)
@@ -283,7 +278,7 @@ def synth(out: Optional[str] = typer.Option(None, help="output folder"),
     cfg = _run(lambda: _build(SynthConfig, config, set_, out_dir=out, n_slides=n_slides, seed=seed,
                               compression=compression))
     if (Path(cfg.out_dir) / "labels.csv").exists():
-        _fail(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
+        fail(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
     save_config(cfg, cfg.out_dir)
     labels = _run(lambda: make_cohort(cfg.out_dir, cfg.n_slides, cfg.seed, cfg.grid, cfg.cell_px, cfg.mpp,
                                       cfg.n_sites, cfg.compression))

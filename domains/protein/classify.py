@@ -76,7 +76,8 @@ def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str]
         from adaptome.domains.protein.sample import SamplingParams, generate_continuations
 
         # greedy, no repetition penalty: the label's letters already occur in the prompt
-        params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max(len(task.label_field(c)) for c in candidates) + 4,
+        longest = max(len(task.label_field(c)) for c in candidates)
+        params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=longest + 4,
                                 batch_size=batch_size)
         conts = generate_continuations(model, tok, [task.determine_prompt(s) for s in seqs], params, progress)
         preds = []

@@ -56,7 +56,8 @@ def build_dataset(
 ) -> None:
     """Turn FASTA + a label table into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
 
-    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab superfamilies --out runs/protein/data
+    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab
+    superfamilies --out runs/protein/data
     """
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.protein import data, formats
@@ -107,7 +108,8 @@ def pretrain_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 1: causal LM on Seq=<...> blocks with an adapter (+ embeddings, LM head), then merge.
 
-    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml --set train_files=[runs/protein/data/sequences.txt]
+    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml --set
+    train_files=[runs/protein/data/sequences.txt]
     """
     with user_errors():
         _stage("pretrain", config, set_, overwrite)
@@ -119,7 +121,8 @@ def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 2: instruction tuning with the prompt masked out of the loss, then merge.
 
-    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml --set model.name_or_path=runs/protein/stage1_tiny/merged --set train_files=[runs/protein/data/instructions.jsonl]
+    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml --set
+    model.name_or_path=runs/protein/stage1_tiny/merged --set train_files=[runs/protein/data/instructions.jsonl]
     """
     with user_errors():
         _stage("instruct", config, set_, overwrite)
@@ -139,7 +142,8 @@ def sample_cmd(
 ) -> None:
     """Generate sequences (ProLLaMA defaults), stop at '>', write FASTA with condition + parameters.
 
-    Example: adaptome protein sample --model runs/protein/stage2/merged --task-name family --label Cyclin_N -n 8 --out gen.fasta
+    Example: adaptome protein sample --model runs/protein/stage2/merged --task-name family --label Cyclin_N -n 8
+    --out gen.fasta
     """
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.sample import SamplingParams, sample, write_samples
@@ -165,7 +169,8 @@ def classify_cmd(
 ) -> None:
     """Predict a label per sequence ([Determine superfamily] or any task) -> CSV id,prediction.
 
-    Example: adaptome protein classify --model runs/protein/stage2/merged --fasta test.fa --labels families.txt --task-name family --out pred.csv
+    Example: adaptome protein classify --model runs/protein/stage2/merged --fasta test.fa --labels families.txt
+    --task-name family --out pred.csv
     """
     import csv
 
@@ -250,7 +255,8 @@ def evaluate_cmd(
     """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics and,
     with --esmfold (and --reference-pdbs with foldseek on PATH), structure metrics of the samples.
 
-    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out runs/protein/report
+    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out
+    runs/protein/report
     """
     from adaptome.domains.protein import classify, data, evaluate, formats
     from adaptome.domains.protein.model import load_model_and_tokenizer

@@ -23,8 +23,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from adaptome.domains.protein.formats import (FormatError, Policy, Record, field, instruction_record, read_fasta,
-                                              read_stockholm, read_vocab, seq_line, validate_labels)
+from adaptome.domains.protein.formats import (
+    FormatError,
+    Policy,
+    Record,
+    field,
+    instruction_record,
+    read_fasta,
+    read_stockholm,
+    read_vocab,
+    seq_line,
+    validate_labels,
+)
 
 
 def data_dir() -> Path:

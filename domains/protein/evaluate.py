@@ -175,7 +175,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
         if c and "control_accuracy" in g:
             lines += [f"The control judge is a k-mer classifier like the baseline above; its held-out accuracy on "
-                      f"real sequences ({fmt(c['kmer_lr_accuracy'])}) bounds how far control accuracy can be trusted.", ""]
+                      f"real sequences ({fmt(c['kmer_lr_accuracy'])}) bounds how far control accuracy can be "
+                      "trusted.", ""]
         if "control_per_label" in g:
             lines += ["Control accuracy per requested label: " +
                       ", ".join(f"{k} {fmt(v)}" for k, v in g["control_per_label"].items()), ""]

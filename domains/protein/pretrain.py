@@ -1,13 +1,14 @@
 """Stage 1: continual causal-LM pretraining on ``Seq=<...>`` lines (ProLLaMA ``run_pt.sh``).
 
-Every protein becomes ``<s>Seq=<MKRV...></s>`` (ProLLaMA sets ``add_eos_token``); the token
-streams are concatenated and cut into blocks of ``block_size`` tokens, the remainder dropped
+Every protein becomes ``<s>Seq=<MKRV...></s>`` (ProLLaMA sets ``add_eos_token``); the token streams
+are concatenated and cut into blocks of ``block_size`` tokens, the remainder dropped
 (``group_texts``; the packing is core's ``adaptome.core.text.pack_blocks``). The loss is the usual
-next-token cross-entropy over every position (labels = inputs, shifted inside the model). The adapter is any registered method applied with
-``adaptome.core.adapters.api.apply_adapter``; the default is LoRA r 128 / alpha 256 on the seven
-LLaMA projections with ``embed_tokens`` and ``lm_head`` trained fully (``modules_to_save``).
-Training runs through ``adaptome.core.train.loop.fit``; the adapter is saved to
-``<output_dir>/adapter`` and, with ``merge``, a standalone checkpoint to ``<output_dir>/merged``.
+next-token cross-entropy over every position (labels = inputs, shifted inside the model). The
+adapter is any registered method applied with ``adaptome.core.adapters.api.apply_adapter``; the
+default is LoRA r 128 / alpha 256 on the seven LLaMA projections with ``embed_tokens`` and
+``lm_head`` trained fully (``modules_to_save``). Training runs through
+``adaptome.core.train.loop.fit``; the adapter is saved to ``<output_dir>/adapter`` and, with
+``merge``, a standalone checkpoint to ``<output_dir>/merged``.
 
 Dimension letters: N blocks, T tokens per block.
 Not covered: DeepSpeed, gradient checkpointing, a validation split during training.

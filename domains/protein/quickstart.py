@@ -78,7 +78,8 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     report["n_perplexity_sequences"] = len(test_c)
     y = [r.label for r in test_c]
     seqs = [r.seq for r in test_c]
-    preds = {m: [p["pred"] for p in classify.classify(tuned, tok, task, seqs, labels, m)] for m in ("determine", "bayes")}
+    preds = {m: [p["pred"] for p in classify.classify(tuned, tok, task, seqs, labels, m)]
+             for m in ("determine", "bayes")}
     cls = evaluate.classification_report(y, preds["determine"], train_c, seqs)
     cls["method"] = "determine"
     cls["bayes_accuracy"] = sum(a == b for a, b in zip(y, preds["bayes"])) / len(y)
