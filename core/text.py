@@ -2,10 +2,11 @@
 tiny models built from config.
 
 * ``read_texts(path, text_field="text")``: one example per non-empty line of a plain-text file
-  (``.txt`` or any suffix other than ``.jsonl``; surrounding white space stripped), or one example
-  per line of a JSON Lines file (``.jsonl``: each line a JSON object whose ``text_field`` holds a
-  string). A missing or empty file, a line that is not JSON, or an object without a string
-  ``text_field`` is an error naming the file (and line).
+  (``.txt`` / ``.text``; surrounding white space stripped), or one example per line of a JSON
+  Lines file (``.jsonl``: each line a JSON object whose ``text_field`` holds a string). Any other
+  suffix is an error (a domain's file format is read by that domain's commands, never taken as
+  text); so is a missing or empty file, a line that is not JSON, or an object without a string
+  ``text_field``; each error names the file (and line).
 * ``char_tokenizer()``: a real ``transformers.PreTrainedTokenizerFast`` with one token per printable
   ASCII character plus ``<pad> <s> </s> <unk> <mask>``; it saves and loads with
   ``save_pretrained`` / ``AutoTokenizer.from_pretrained``. Tiny models trained from scratch on a
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from adaptome.core.errors import AdaptomeError
 
+TEXT_SUFFIXES = (".txt", ".text")
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
 CHARS = "".join(ch for ch in string.printable if ch not in "\t\n\r\x0b\x0c")
 
@@ -43,10 +45,14 @@ class InputError(AdaptomeError, ValueError):
 def read_texts(path: str | os.PathLike, text_field: str = "text") -> list[str]:
     """Examples of a plain-text file (one a non-empty line) or a ``.jsonl`` file (``text_field``)."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES + (".jsonl",):
+        raise InputError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; the generic reader takes "
+                         f"plain text ({', '.join(TEXT_SUFFIXES)}: one example per line) or .jsonl")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix.lower() != ".jsonl":
+    if suffix != ".jsonl":
         texts = [ln.strip() for ln in lines if ln.strip()]
         if not texts:
             raise InputError(f"{path}: no text lines")
