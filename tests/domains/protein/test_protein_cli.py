@@ -14,8 +14,8 @@ def test_build_dataset_from_fasta_and_labels(tmp_path):
                             "--vocab", "superfamilies", "--out", str(tmp_path / "ds")])
     assert r.exit_code == 0, r.output
     lines = (tmp_path / "ds" / "instructions.jsonl").read_text().splitlines()
-    assert lines[0] == ('{"instruction": "[Generate by superfamily]", "input": "Superfamily=<Cyclin-like superfamily>", '
-                        '"output": "Seq=<MKRV>"}')
+    assert lines[0] == ('{"instruction": "[Generate by superfamily]", '
+                        '"input": "Superfamily=<Cyclin-like superfamily>", "output": "Seq=<MKRV>"}')
     assert (tmp_path / "ds" / "sequences.txt").read_text() == "Seq=<MKRV>\nSeq=<ACDE>\n"
     # existing output is never replaced without --overwrite
     r = runner.invoke(app, ["build-dataset", "--shipped", "pfam", "--out", str(tmp_path / "ds")])
@@ -53,11 +53,12 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tiny_esmfold, tmp_path):
     assert r.exit_code == 0, r.output
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "id,prediction" and rows[1].split(",")[1] in rep["labels"]
-    r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"), "--out", str(tmp_path / "m.csv")])
+    r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"),
+                            "--out", str(tmp_path / "m.csv")])
     assert r.exit_code == 0 and "Spearman" in r.output, r.output
     assert len((tmp_path / "m.csv").read_text().splitlines()) == 504
-    r = runner.invoke(app, ["evaluate", "--model", model, "--samples", str(tmp_path / "g.fa"), "--out", str(tmp_path / "rep"),
-                            "--esmfold", str(tiny_esmfold)])
+    r = runner.invoke(app, ["evaluate", "--model", model, "--samples", str(tmp_path / "g.fa"),
+                            "--out", str(tmp_path / "rep"), "--esmfold", str(tiny_esmfold)])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "majority class" in md and "plddt_esmfold: mean" in md
@@ -79,12 +80,14 @@ def test_cli_two_stages_from_tiny_configs(tmp_path):
     s1 = tmp_path / "s1"
     r = runner.invoke(app, ["pretrain", "-c", str(cfgs / "pretrain_tiny.yaml"), "--set",
                             f"train_files=[{tmp_path / 'ds' / 'sequences.txt'}]", "--set", "train.max_steps=3",
-                            "--set", "block_size=64", "--set", f"train.output_dir={s1}", "--set", "train.progress=false"])
+                            "--set", "block_size=64", "--set", f"train.output_dir={s1}",
+                            "--set", "train.progress=false"])
     assert r.exit_code == 0, r.output
     assert yaml.safe_load((s1 / "config.yaml").read_text())["train"]["max_steps"] == 3
     r = runner.invoke(app, ["instruct", "-c", str(cfgs / "instruct_tiny.yaml"), "--set",
                             f"train_files=[{tmp_path / 'ds' / 'instructions.jsonl'}]", "--set", "train.max_steps=3",
-                            "--set", f"model.name_or_path={s1 / 'merged'}", "--set", f"train.output_dir={tmp_path / 's2'}",
+                            "--set", f"model.name_or_path={s1 / 'merged'}",
+                            "--set", f"train.output_dir={tmp_path / 's2'}",
                             "--set", "train.progress=false"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s2" / "merged" / "tokenizer.json").is_file()

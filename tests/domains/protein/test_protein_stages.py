@@ -42,7 +42,8 @@ def test_prompt_mask_covers_exactly_the_prompt(tiny):
     assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]
     assert tok.decode(enc["input_ids"][n_prompt:-1]) == "Family=<Cyclin_N>"
     assert enc["input_ids"][-1] == tok.eos_token_id
-    batch = instruct.pad_collate(tok.pad_token_id)([enc, instruct.encode_record(tok, rec | {"output": "Family=<X>"}, 256)])
+    other = instruct.encode_record(tok, rec | {"output": "Family=<X>"}, 256)
+    batch = instruct.pad_collate(tok.pad_token_id)([enc, other])
     short = len(encode(tok, "[Determine family] Seq=<MKRV>Family=<X>")) + 1
     assert batch["attention_mask"][1].sum() == short and (batch["labels"][1, short:] == -100).all()
 
@@ -59,7 +60,8 @@ def test_stage1_then_stage2_merge_loads_with_identical_logits(tmp_path, tiny):
     recs = data.pfam_families(max_residues=48)
     train = dict(max_steps=30, batch_size=4, lr=5e-3, log_every=5, progress=False, resume=False)
     s1 = pretrain.run_stage(
-        model, tok, pretrain.BlockDataset(pretrain.sequence_blocks(tok, [r.seq for r in recs], 64)), pretrain.stack_collate,
+        model, tok, pretrain.BlockDataset(pretrain.sequence_blocks(tok, [r.seq for r in recs], 64)),
+        pretrain.stack_collate,
         "lora", {"r": 8, "lora_alpha": 16.0, "target_modules": LLAMA_PROJECTIONS,
                  "modules_to_save": ["embed_tokens", "lm_head"]}, train | {"output_dir": str(tmp_path / "s1")})
     assert is_peft_model(s1["model"]) and s1["last_loss"] < s1["first_loss"] - 0.3
