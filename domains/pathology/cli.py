@@ -147,26 +147,11 @@ def pretrain_encoder(slides: Optional[str] = _arg(PretrainConfig, "slides"),
     Example: adaptome pathology pretrain-encoder slides/ --tiles-dir runs/job/tiles_20x_256px_0ov
     --encoder timm:resnet18
     """
-    from adaptome.core.config import save_config
-    from adaptome.domains.pathology.encoders import build_encoder
-    from adaptome.domains.pathology.slide import list_slides
-    from adaptome.domains.pathology.ssl import collect_tiles, pretrain
+    from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(PretrainConfig, config, set_, slides=slides, tiles_dir=tiles_dir, out_dir=out,
                               encoder=encoder, max_steps=max_steps))
-    if Path(cfg.out_dir, "encoder.safetensors").exists():
-        fail(f"{cfg.out_dir}: already holds encoder.safetensors; choose another --out")
-
-    def go():
-        pairs = [(str(p), str(Path(cfg.tiles_dir) / f"{p.stem}.h5")) for p in list_slides(cfg.slides)
-                 if (Path(cfg.tiles_dir) / f"{p.stem}.h5").is_file()]
-        enc = build_encoder(cfg.encoder, None, cfg.encoder_options)
-        save_config(cfg, cfg.out_dir)
-        return pretrain(enc, collect_tiles(pairs, cfg.max_tiles, cfg.seed), cfg.out_dir, cfg.max_steps,
-                        cfg.batch_size, cfg.lr, cfg.tau, cfg.proj_dim, cfg.seed, progress=True,
-                        encoder_meta={"options": cfg.encoder_options})
-
-    res = _run(go)
+    res = _run(lambda: stages.pretrain_encoder(cfg))
     typer.echo(f"SimCLR loss {res['losses'][0]:.3f} -> {res['losses'][-1]:.3f}; weights: {res['weights']}")
 
 
@@ -283,14 +268,9 @@ def synth(out: Optional[str] = _opt(SynthConfig, "out_dir", "--out"),
 
     Example: adaptome pathology synth --out runs/synth --n-slides 24
     """
-    from adaptome.core.config import save_config
-    from adaptome.domains.pathology.synth import make_cohort
+    from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(SynthConfig, config, set_, out_dir=out, n_slides=n_slides, seed=seed,
                               compression=compression))
-    if (Path(cfg.out_dir) / "labels.csv").exists():
-        fail(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
-    save_config(cfg, cfg.out_dir)
-    labels = _run(lambda: make_cohort(cfg.out_dir, cfg.n_slides, cfg.seed, cfg.grid, cfg.cell_px, cfg.mpp,
-                                      cfg.n_sites, cfg.compression))
+    labels = _run(lambda: stages.synth(cfg))
     typer.echo(f"{cfg.n_slides} synthetic slides -> {cfg.out_dir}; labels: {labels}")

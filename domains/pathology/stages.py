@@ -215,3 +215,34 @@ def train(cfg, progress: bool = True) -> dict:
     res = train_cv(cfg.features_dir, cfg.labels, out, progress=progress, **kw)
     res["out_dir"] = str(out)
     return res
+
+
+def pretrain_encoder(cfg, progress: bool = True) -> dict:
+    """SimCLR pretraining of a tile encoder (``cfg``: ``config.PretrainConfig``); an existing
+    ``encoder.safetensors`` in ``cfg.out_dir`` is never replaced."""
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.ssl import collect_tiles, pretrain
+
+    if (Path(cfg.out_dir) / "encoder.safetensors").exists():
+        raise PathologyError(f"{cfg.out_dir}: already holds encoder.safetensors; choose another --out")
+    tiles_dir = Path(cfg.tiles_dir)
+    pairs = [(str(p), str(tiles_dir / f"{p.stem}.h5")) for p in list_slides(cfg.slides)
+             if (tiles_dir / f"{p.stem}.h5").is_file()]
+    enc = build_encoder(cfg.encoder, None, cfg.encoder_options)
+    save_config(cfg, cfg.out_dir)
+    return pretrain(enc, collect_tiles(pairs, max_tiles=cfg.max_tiles, seed=cfg.seed), cfg.out_dir,
+                    max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr, tau=cfg.tau,
+                    proj_dim=cfg.proj_dim, seed=cfg.seed, progress=progress,
+                    encoder_meta={"options": cfg.encoder_options})
+
+
+def synth(cfg) -> Path:
+    """A synthetic cohort (``cfg``: ``config.SynthConfig``); returns ``labels.csv``. A folder that
+    already holds a cohort is never overwritten."""
+    from adaptome.domains.pathology.synth import make_cohort
+
+    if (Path(cfg.out_dir) / "labels.csv").exists():
+        raise PathologyError(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
+    save_config(cfg, cfg.out_dir)
+    return make_cohort(cfg.out_dir, n_slides=cfg.n_slides, seed=cfg.seed, grid=cfg.grid, cell_px=cfg.cell_px,
+                       mpp=cfg.mpp, n_sites=cfg.n_sites, compression=cfg.compression)
