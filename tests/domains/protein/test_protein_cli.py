@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -91,3 +92,36 @@ def test_cli_two_stages_from_tiny_configs(tmp_path):
                             "--set", "train.progress=false"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s2" / "merged" / "tokenizer.json").is_file()
+
+
+def test_a_programming_error_is_a_traceback_not_a_user_error(tmp_path, monkeypatch):
+    """The CLI prints AdaptomeError / OSError as one line; a KeyError (a bug) is not swallowed."""
+    from adaptome.domains.protein import stages
+
+    def broken(cfg, overwrite=False):
+        return {}["steps"]
+
+    monkeypatch.setattr(stages, "run_stage_config", broken)
+    tiny = Path(stages.__file__).parent / "configs" / "pretrain_tiny.yaml"
+    r = runner.invoke(app, ["pretrain", "-c", str(tiny),
+                            "--set", f"train.output_dir={tmp_path / 's1'}"])
+    assert r.exit_code == 1 and isinstance(r.exception, KeyError) and "error:" not in r.output
+
+
+def test_stage_kwargs_name_every_config_field():
+    """The one flattening of a stage config covers every field (none is silently dropped)."""
+    import dataclasses
+    import inspect
+
+    from adaptome.domains.protein import config, instruct, pretrain
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    for cls, fn in ((config.PretrainConfig, pretrain.pretrain), (config.InstructConfig, instruct.instruct)):
+        cfg = cls(train_files=["x"])
+        kw = config.stage_kwargs(cfg)
+        assert set(kw) <= set(inspect.signature(fn).parameters)
+        used = {"model", "train"} | {k for k in kw if k in {f.name for f in dataclasses.fields(cls)}}
+        used |= {"train_files", "adapter"}  # as files, adapter_method / adapter_options
+        assert used == {f.name for f in dataclasses.fields(cls)}, cls
+    model_params = set(inspect.signature(load_model_and_tokenizer).parameters)
+    assert set(config.model_kwargs(config.PretrainConfig())) <= model_params
