@@ -34,6 +34,7 @@ quickstart: install
 	$(VENV)/bin/adaptome quickstart --out $(OUT) --overwrite
 
 test: install-dev
+	$(PY) -m ruff check .
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

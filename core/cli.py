@@ -15,7 +15,7 @@ import typer
 
 app = typer.Typer(
     name="adaptome",
-    help="Parameter- and memory-efficient training for protein, pathology, multilingual and code models.\n\n"
+    help="Parameter- and memory-efficient training methods; each installed domain plug-in adds its commands.\n\n"
     "Example: adaptome quickstart --out runs/quickstart",
     no_args_is_help=True,
     add_completion=False,
@@ -147,7 +147,7 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", help="override a key: --set train.lr=1e-4 (repeatable)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
-    """Train an adapter on a causal-LM or masked-LM task from text or FASTA files.
+    """Train an adapter on a causal-LM or masked-LM task from plain-text or JSONL files.
 
     Example: adaptome train --config run.yaml --set train.max_steps=200
     """
@@ -214,13 +214,14 @@ def quickstart_cmd(
 
     Example: adaptome quickstart --out runs/quickstart
     """
+    from adaptome.core.cli_errors import fail, user_errors
     from adaptome.core.quickstart import run_quickstart
 
-    try:
-        run_quickstart(out, steps=steps, domains=[d for d in domains.split(",") if d] if domains else None,
-                       overwrite=overwrite)
-    except (ValueError, FileExistsError) as e:
-        _fail(str(e))
+    with user_errors():
+        results = run_quickstart(out, steps=steps, domains=[d for d in domains.split(",") if d] if domains else None,
+                                 overwrite=overwrite)
+    if not results["core"]["ok"]:
+        fail(f"the core checks failed (see {out / 'summary.json'})", code=1)
 
 
 @app.command("compress")

@@ -60,14 +60,13 @@ def _check(value: Any, tp: Any, key: str, source: str | None) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _check(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member; the error below names the whole union
         raise ConfigError(f"{_where(source)}{key}: {value!r} does not match {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):

@@ -14,7 +14,9 @@ Dimension letters: N samples (or problems), T tokens of one tag sequence, C clas
 * ``accuracy``, ``macro_f1``, ``roc_auc``: classification scores (``roc_auc`` binary only).
 * ``entity_f1`` / ``entity_scores``: entity-level precision, recall and F1 over BIO (IOB2) spans,
   as CoNLL-2003's ``conlleval`` and seqeval's default mode count them.
-* ``perplexity`` / ``perplexity_from_losses``: exp of the mean token negative log-likelihood.
+* ``perplexity`` / ``perplexity_from_losses``: exp of the mean token negative log-likelihood;
+  ``lm_perplexity``: the same over a language model's predictions on a list of examples (the one
+  perplexity of the code base: ``adaptome train``, the quickstart and the domains call it).
 
 Not covered: multi-label or multi-class ROC AUC, sample weights, IOBES / BILOU tag schemes,
 confidence intervals (bootstrap them over problems if needed).
@@ -24,14 +26,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
 __all__ = [
     "pass_at_k", "mean_pass_at_k", "r2_score", "mse", "pearson", "spearman", "accuracy", "macro_f1",
     "roc_auc", "entity_spans", "entity_scores", "entity_f1", "perplexity", "perplexity_from_losses",
-    "rankdata",
+    "lm_perplexity", "rankdata",
 ]
 
 
@@ -314,3 +316,37 @@ def perplexity_from_losses(total_nll: float, n_tokens: int) -> float:
     if n_tokens <= 0:
         raise ValueError(f"perplexity_from_losses: n_tokens must be positive, got {n_tokens}")
     return perplexity(float(total_nll) / n_tokens)
+
+
+def lm_perplexity(model, examples: Sequence[Any], collate: Callable[[list], dict],
+                  kind: Literal["causal", "masked"] = "causal", batch_size: int = 8) -> float:
+    """Perplexity of a transformers language model on ``examples``: exp(sum of token NLL / N tokens).
+
+    ``collate`` turns a list of examples into a batch of tensors with ``input_ids`` (B, L),
+    ``labels`` (B, L; -100 marks a position that is not scored) and optionally ``attention_mask``.
+    The NLL of a scored token y is -log softmax(logits)[y], summed over every scored token of every
+    batch (not a mean of batch means). Causal LMs: the logits at position t predict token t+1, so
+    the labels shift left by one (the first token is never scored, as in transformers' own loss);
+    masked LMs: the logits at a labelled position predict that position. The model's train / eval
+    mode is left as the caller set it; no gradients are kept.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if kind not in ("causal", "masked"):
+        raise ValueError(f"lm_perplexity: kind must be 'causal' or 'masked', got {kind!r}")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = collate(list(examples[i:i + batch_size]))
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask") if k in batch}
+            labels = batch["labels"].to(device)  # (B, L)
+            logits = model(**inputs).logits.float()  # (B, L, V)
+            if kind == "causal":
+                logits, labels = logits[:, :-1], labels[:, 1:]  # (B, L-1, V), (B, L-1): t predicts t+1
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),  # (B*L', V), (B*L',)
+                                  ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((labels != -100).sum())
+    return perplexity_from_losses(total, count)

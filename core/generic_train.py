@@ -1,20 +1,21 @@
-"""``adaptome train``: a generic adapter run for a causal LM or a masked LM on text or FASTA files.
+"""``adaptome train``: a generic adapter run for a causal LM or a masked LM on text or JSONL files.
 
-The run: read the files (``text.read_texts``), tokenize, pack into blocks (causal) or pad per
+The run: read the files (``text.read_texts``: plain text, one example per non-empty line, or JSON
+Lines with the text in ``data.text_field``), tokenize, pack into blocks (causal) or pad per
 example (masked, 15% of tokens masked as BERT does), load the model by hub id / local path or build
 a tiny one from config, apply the adapter by registry name, train with ``train.loop.fit``, report
-perplexity on the eval files, save the adapter (and optionally a merged standalone checkpoint).
+perplexity on the eval files (``evaluation.lm_perplexity``), save the adapter (and optionally a
+merged standalone checkpoint).
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 
-Not covered: instruction / chat formats (the domain packages own those), streaming corpora,
-sequence classification heads.
+Not covered: instruction / chat formats and domain file formats such as FASTA (the domain packages
+own those), streaming corpora, sequence classification heads.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,15 @@ from adaptome.core.train.loop import TrainConfig
 
 @dataclass
 class TinyModelConfig:
+    """A model built from config when no ``name_or_path`` is given (random weights, seeded by ``train.seed``).
+
+    Args:
+        hidden_size: width of the residual stream.
+        num_layers: transformer blocks.
+        num_heads: attention heads (must divide ``hidden_size``).
+        intermediate_size: width of the feed-forward layer.
+    """
+
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -32,7 +42,15 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    #: hub id or local path; empty -> a tiny model built from ``tiny`` with the character tokenizer
+    """The base model.
+
+    Args:
+        name_or_path: hub id or local folder loaded with ``AutoModelFor{CausalLM,MaskedLM}`` and its
+            tokenizer; empty builds a tiny model from ``tiny`` with the character tokenizer.
+        kind: ``causal`` (next-token loss on packed blocks) or ``masked`` (BERT-style masked LM).
+        tiny: the architecture built when ``name_or_path`` is empty.
+    """
+
     name_or_path: str = ""
     kind: Literal["causal", "masked"] = "causal"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
@@ -40,22 +58,48 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """The text to train and evaluate on (see ``text.read_texts`` for the formats).
+
+    Args:
+        train_files: plain-text files (one example per non-empty line) or ``.jsonl`` files.
+        eval_files: the same formats; held-out perplexity is reported on them (none: no evaluation).
+        block_size: tokens per packed block (causal) or the truncation length per example (masked).
+        text_field: the JSON field holding the text in ``.jsonl`` files.
+        mlm_probability: share of tokens masked for a masked LM (BERT: 0.15).
+    """
+
     train_files: list[str] = field(default_factory=list)
     eval_files: list[str] = field(default_factory=list)
     block_size: int = 128
-    #: wrap each example as ProLLaMA's ``Seq=<...>`` (protein sequences)
-    prollama_seq_format: bool = False
+    text_field: str = "text"
     mlm_probability: float = 0.15
 
 
 @dataclass
 class AdapterSpec:
+    """The adapter method.
+
+    Args:
+        method: a registered method name (``adaptome adapters list``).
+        options: the method's config fields, e.g. ``{r: 8, target_modules: all-linear}``.
+    """
+
     method: str = "lora"
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RunConfig:
+    """One ``adaptome train`` run.
+
+    Args:
+        model: the base model.
+        data: the training and evaluation text.
+        adapter: the adapter method and its options.
+        train: the training loop's options (``train.loop.TrainConfig``).
+        save_merged: also write a standalone merged checkpoint to ``merged/`` (methods that merge).
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
@@ -82,15 +126,13 @@ def _load(model_cfg: ModelConfig):
     return model, tok
 
 
-def build_datasets(files: list[str], tok, kind: str, block_size: int, prollama: bool) -> list[dict]:
+def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field: str = "text") -> list[dict]:
     """Tokenized examples: packed blocks for causal LMs, one truncated example each for masked LMs."""
     import torch
 
     from adaptome.core import text
 
-    texts = [t for f in files for t in text.read_texts(f)]
-    if prollama:
-        texts = [f"Seq=<{t}>" for t in texts]
+    texts = [t for f in files for t in text.read_texts(f, text_field)]
     if kind == "causal":
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         blocks = text.pack_blocks(ids, block_size, tok.eos_token_id)
@@ -109,23 +151,6 @@ def _collator(tok, kind: str, mlm_probability: float):
     return DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=mlm_probability)
 
 
-def eval_perplexity(model, examples: list[dict], collate, kind: str = "causal", batch_size: int = 8) -> float:
-    """exp(mean token NLL) over ``examples`` (masked LMs: over the masked positions)."""
-    import torch
-
-    total, count = 0.0, 0
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            batch = {k: v.to(dev) for k, v in collate(examples[i:i + batch_size]).items()}
-            out = model(**batch)
-            labels = batch["labels"][:, 1:] if kind == "causal" else batch["labels"]  # causal LMs shift by one
-            n = int((labels != -100).sum())
-            total += out.loss.item() * n
-            count += n
-    return math.exp(total / max(1, count))
-
-
 def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     """Train, evaluate and save; returns a one-paragraph summary."""
     import torch
@@ -133,25 +158,25 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     from adaptome.core.adapters.api import apply_adapter, make_config, trainable_report
     from adaptome.core.adapters.io import save_adapter, save_merged
     from adaptome.core.config import save_config
+    from adaptome.core.evaluation import lm_perplexity
     from adaptome.core.train.loop import fit
 
     if not cfg.data.train_files:
-        raise ValueError("data.train_files is empty: give at least one .txt or FASTA file")
+        raise ValueError("data.train_files is empty: give at least one text (.txt) or JSONL (.jsonl) file")
     out = Path(cfg.train.output_dir)
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
     adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
-    train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size,
-                               cfg.data.prollama_seq_format)
+    train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
-                              cfg.data.prollama_seq_format) if cfg.data.eval_files else []
+                              cfg.data.text_field) if cfg.data.eval_files else []
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
     model = apply_adapter(model, adapter_cfg)
     report = trainable_report(model)
     save_config(cfg, out)
-    eval_fn = (lambda m: {"perplexity": eval_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
+    eval_fn = (lambda m: {"perplexity": lm_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
     res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, **asdict(cfg.train))
     save_adapter(res.model, out / "adapter", overwrite=overwrite)
     tok.save_pretrained(out / "adapter")

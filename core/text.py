@@ -1,29 +1,39 @@
 """Text inputs for the generic language-model run: readers, a character tokenizer, block packing and
 tiny models built from config.
 
-* ``read_texts(path)``: ``.txt`` (one example a non-empty line) or FASTA (``.fasta .fa .faa``: one
-  example a record, wrapped lines joined). An empty file or a FASTA without records is an error
-  naming the file.
+* ``read_texts(path, text_field="text")``: one example per non-empty line of a plain-text file
+  (``.txt`` / ``.text``; surrounding white space stripped), or one example per line of a JSON
+  Lines file (``.jsonl``: each line a JSON object whose ``text_field`` holds a string). Any other
+  suffix is an error (a domain's file format is read by that domain's commands, never taken as
+  text); so is a missing or empty file, a line that is not JSON, or an object without a string
+  ``text_field``; each error names the file (and line).
 * ``char_tokenizer()``: a real ``transformers.PreTrainedTokenizerFast`` with one token per printable
   ASCII character plus ``<pad> <s> </s> <unk> <mask>``; it saves and loads with
   ``save_pretrained`` / ``AutoTokenizer.from_pretrained``. Tiny models trained from scratch on a
   CPU learn much faster with it than with a subword vocabulary.
-* ``pack_blocks(ids, block_size)``: concatenate tokenized examples (each ending in EOS) and cut
-  fixed blocks, dropping the remainder (as transformers' ``run_clm`` does).
+* ``pack_blocks(ids, block_size, eos_id)``: concatenate tokenized examples (each followed by EOS)
+  and cut fixed blocks, dropping the remainder (as transformers' ``run_clm`` ``group_texts`` does);
+  the one block packer of the code base.
 * ``tiny_causal_lm`` / ``tiny_masked_lm``: LLaMA / BERT architectures from config, no weights.
+* ``example_text_files()``: core's shipped example text (``core/data/example_*.txt``, card
+  ``data_cards/core_example_text.md``), a training and a held-out file.
 
-Not covered: streaming of corpora larger than memory; non-ASCII text maps to ``<unk>`` in the
-character tokenizer (use a hub tokenizer for such text).
+Not covered: paragraph examples spanning several lines (join them into one line or one JSONL
+record); streaming of corpora larger than memory; domain formats (a domain package reads its own,
+e.g. sequence files); non-ASCII text maps to ``<unk>`` in the character tokenizer (use a hub
+tokenizer for such text).
 """
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
+import json
 import os
 import string
 from pathlib import Path
 
-FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
+from adaptome.core.errors import AdaptomeError
+
+TEXT_SUFFIXES = (".txt", ".text")
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
 CHARS = "".join(ch for ch in string.printable if ch not in "\t\n\r\x0b\x0c")
 
@@ -32,43 +42,46 @@ class InputError(AdaptomeError, ValueError):
     """An input file is missing, empty or malformed; the message names the file."""
 
 
-def read_fasta_sequences(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(header, sequence) pairs of a FASTA file; errors name the file and line."""
+def read_texts(path: str | os.PathLike, text_field: str = "text") -> list[str]:
+    """Examples of a plain-text file (one a non-empty line) or a ``.jsonl`` file (``text_field``)."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES + (".jsonl",):
+        raise InputError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; the generic reader takes "
+                         f"plain text ({', '.join(TEXT_SUFFIXES)}: one example per line) or .jsonl")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    records: list[tuple[str, list[str]]] = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith(">"):
-                records.append((line[1:].strip(), []))
-            elif not records:
-                raise InputError(f"{path}:{lineno}: sequence data before the first '>' header; not FASTA")
-            else:
-                records[-1][1].append(line)
-    if not records:
-        raise InputError(f"{path}: no FASTA records")
-    out = [(h, "".join(parts)) for h, parts in records]
-    empty = [h for h, s in out if not s]
-    if empty:
-        raise InputError(f"{path}: record {empty[0]!r} has an empty sequence")
-    return out
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if suffix != ".jsonl":
+        texts = [ln.strip() for ln in lines if ln.strip()]
+        if not texts:
+            raise InputError(f"{path}: no text lines")
+        return texts
+    texts = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
+        value = obj.get(text_field) if isinstance(obj, dict) else None
+        if not isinstance(value, str):
+            raise InputError(f"{path}:{lineno}: no string field {text_field!r} "
+                             f"(set data.text_field to the field holding the text)")
+        if value.strip():
+            texts.append(value)
+    if not texts:
+        raise InputError(f"{path}: no JSONL records with text in field {text_field!r}")
+    return texts
 
 
-def read_texts(path: str | os.PathLike) -> list[str]:
-    """Examples from a text or FASTA file (chosen by suffix)."""
-    path = Path(path)
-    if path.suffix.lower() in FASTA_SUFFIXES:
-        return [s for _, s in read_fasta_sequences(path)]
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines:
-        raise InputError(f"{path}: no text lines")
-    return lines
+def example_text_files() -> tuple[Path, Path]:
+    """Core's shipped example text: (training file, held-out file)."""
+    from importlib.resources import files
+
+    base = Path(str(files("adaptome.core") / "data"))
+    return base / "example_train.txt", base / "example_heldout.txt"
 
 
 def char_tokenizer(model_max_length: int = 4096, add_bos: bool = False):
@@ -96,7 +109,7 @@ def char_tokenizer(model_max_length: int = 4096, add_bos: bool = False):
 
 
 def pack_blocks(token_lists: list[list[int]], block_size: int, eos_id: int) -> list[list[int]]:
-    """Concatenate examples (each followed by EOS) and cut ``block_size`` blocks."""
+    """Concatenate examples (each followed by EOS) and cut ``block_size`` blocks; the rest is dropped."""
     stream: list[int] = []
     for ids in token_lists:
         stream.extend(ids)

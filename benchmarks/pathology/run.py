@@ -180,8 +180,8 @@ def _markdown(tag: str, r: dict) -> str:
     w = r["workers"]
     lines = [
         f"### run `{tag}`", "",
-        f"{r['n_slides']} synthetic {r['compression']} pyramidal slides, {r['n_tiles']} tiles of {r['tile_size']} px at 20x "
-        f"(read at level 0, resized), batch {r['batch_size']}, device `{r['device']}`, "
+        f"{r['n_slides']} synthetic {r['compression']} pyramidal slides, {r['n_tiles']} tiles of "
+        f"{r['tile_size']} px at 20x (read at level 0, resized), batch {r['batch_size']}, device `{r['device']}`, "
         f"{r['torch_threads']} torch thread(s), {r['cpu_count']} CPU cores visible. "
         "Random-init timm models built from config (no download). Rates in tiles/s.", "",
         f"| encoder | D | forward only (tiles/s) | extract, 0 workers | extract, {w} workers, loader per slide "
@@ -191,8 +191,9 @@ def _markdown(tag: str, r: dict) -> str:
     ]
     for k, e in r["encoders"].items():
         nan = float("nan")
-        lines.append(f"| {e['encoder']} | {e['dim']} | {e['forward_tiles_per_s']:.1f} | {e['extract_tiles_per_s_w0']:.1f} "
-                     f"| {e.get(f'extract_tiles_per_s_w{w}', nan):.1f} | {e.get('extract_tiles_per_s_shared', nan):.1f} "
+        lines.append(f"| {e['encoder']} | {e['dim']} | {e['forward_tiles_per_s']:.1f} "
+                     f"| {e['extract_tiles_per_s_w0']:.1f} | {e.get(f'extract_tiles_per_s_w{w}', nan):.1f} "
+                     f"| {e.get('extract_tiles_per_s_shared', nan):.1f} "
                      f"| {e['ratio_w0']:.2f} | {e.get(f'ratio_w{w}', nan):.2f} | {e.get('ratio_shared', nan):.2f} |")
     lines += ["", f"Scoring (4-fold MIL ensemble on stored features, tile CSV + GeoJSON + 2 heatmaps): "
               f"{r['score_s_per_slide']:.2f} s per slide ({r['tiles_per_slide']:.0f} tiles per slide).", "",

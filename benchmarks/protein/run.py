@@ -63,7 +63,7 @@ def bench_training(steps: int, warmup: int, tmp: Path) -> dict:
     from adaptome.domains.protein.model import load_model_and_tokenizer
 
     base, tok = load_model_and_tokenizer(None)
-    blocks = pretrain.pack_blocks(tok, [r.seq for r in data.pfam_families(max_residues=128)], 256)
+    blocks = pretrain.sequence_blocks(tok, [r.seq for r in data.pfam_families(max_residues=128)], 256)
     ds = pretrain.BlockDataset(blocks)
 
     class Timer:
@@ -101,12 +101,13 @@ def bench_training(steps: int, warmup: int, tmp: Path) -> dict:
 def markdown(res: dict) -> str:
     s = res["sampling"]
     lines = ["## protein: sampling throughput and training step time (tiny LLaMA, CPU, 1 thread)", "",
-             f"Sampling: {res['config']['n_prompts']} conditional prompts, {res['config']['max_new_tokens']} new tokens "
-             "each (ProLLaMA defaults: temperature 0.2, top-k 40, top-p 0.9, repetition penalty 1.2).", "",
+             f"Sampling: {res['config']['n_prompts']} conditional prompts, {res['config']['max_new_tokens']} new "
+             "tokens each (ProLLaMA defaults: temperature 0.2, top-k 40, top-p 0.9, repetition penalty 1.2).", "",
              "| decoding | seconds | sequences/s | tokens/s |", "|---|---|---|---|"]
     for k in ("batch_1", "batch_16"):
         v = s[k]
-        lines.append(f"| {k.replace('_', ' ')} | {v['seconds']:.2f} | {v['seqs_per_s']:.2f} | {v['tokens_per_s']:.0f} |")
+        lines.append(f"| {k.replace('_', ' ')} | {v['seconds']:.2f} | {v['seqs_per_s']:.2f} "
+                     f"| {v['tokens_per_s']:.0f} |")
     lines += ["", f"Batched (16) / one at a time: **{s['speedup_seqs_per_s']:.1f}x** sequences/s (target >= 4x).", "",
               f"Training step (stage-1 blocks of 256 tokens, batch 8, median of {res['config']['steps']} steps "
               "through `fit`, default options, all-linear targets):", "",

@@ -2,8 +2,9 @@
 evaluate | synth.
 
 Every command takes an optional ``--config`` YAML (``configs/*.yaml``) and ``--set key=value``
-overrides; the common options are also flags. Bad input gives a one-line error naming the file
-and exit code 2; finished outputs are never overwritten.
+overrides; the common options are also flags. Bad input (an ``AdaptomeError`` or ``OSError``,
+``core.cli_errors.user_errors``) gives a one-line error naming the file and exit code 2; anything
+else is a bug and surfaces as a traceback. Finished outputs are never overwritten.
 """
 
 from __future__ import annotations
@@ -13,16 +14,33 @@ from typing import Optional
 
 import typer
 
+from adaptome.core.cli_errors import fail, user_errors
+from adaptome.domains.pathology.config import (
+    EvaluateConfig,
+    ExtractConfig,
+    MILTrainConfig,
+    PretrainConfig,
+    ScoreConfig,
+    SegmentConfig,
+    SynthConfig,
+    TileConfig,
+    field_help,
+)
+
 app = typer.Typer(help="Whole-slide images -> tiles -> features -> MIL sTIL % regression, scores, heatmaps.\n\n"
                   "Example: adaptome pathology synth --out runs/synth", no_args_is_help=True)
 
 _CFG = typer.Option(None, "--config", "-c", help="YAML config (see domains/pathology/configs/)")
+
+
+def _opt(cls, name: str, flag: str):
+    """An option that sets config field ``name``; its help is the field's documentation."""
+    return typer.Option(None, flag, help=field_help(cls, name).replace("``", ""))
+
+
+def _arg(cls, name: str):
+    return typer.Argument(None, help=field_help(cls, name).replace("``", ""))
 _SET = typer.Option([], "--set", help="override a key: --set tile_size=512 (repeatable)")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _build(cls, config: Optional[Path], set_: list[str], **flags):
@@ -35,15 +53,9 @@ def _build(cls, config: Optional[Path], set_: list[str], **flags):
 
 
 def _run(fn):
-    """Run a stage, turning expected input errors into a one-line message + exit 2."""
-    from adaptome.core.config import ConfigError
-    from adaptome.core.registry import RegistryError
-    from adaptome.domains.pathology.slide import SlideError
-
-    try:
+    """Run a stage; a user error (``AdaptomeError``, ``OSError``) becomes one line + exit 2."""
+    with user_errors():
         return fn()
-    except (ConfigError, SlideError, RegistryError, ValueError, FileNotFoundError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _report(summary) -> None:
@@ -53,37 +65,35 @@ def _report(summary) -> None:
 
 
 @app.command()
-def segment(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
-            out: Optional[str] = typer.Option(None, help="job folder"),
-            skip_errors: Optional[bool] = typer.Option(None, "--skip-errors", help="go on past bad slides"),
+def segment(slides: Optional[str] = _arg(SegmentConfig, "slides"),
+            out: Optional[str] = _opt(SegmentConfig, "out_dir", "--out"),
+            skip_errors: Optional[bool] = _opt(SegmentConfig, "skip_errors", "--skip-errors"),
             config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Tissue mask (Otsu on saturation + morphology): mask PNG, GeoJSON contours, QC thumbnail.
 
     Example: adaptome pathology segment slides/ --out runs/job
     """
     from adaptome.domains.pathology import stages
-    from adaptome.domains.pathology.config import SegmentConfig
 
     cfg = _run(lambda: _build(SegmentConfig, config, set_, slides=slides, out_dir=out, skip_errors=skip_errors))
     _report(_run(lambda: stages.segment(cfg)))
 
 
 @app.command()
-def tile(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
-         out: Optional[str] = typer.Option(None, help="job folder"),
-         mag: Optional[float] = typer.Option(None, "--mag", help="target magnification (10/mag um per px)"),
-         mpp: Optional[float] = typer.Option(None, "--mpp", help="target microns per pixel (instead of --mag)"),
-         tile_size: Optional[int] = typer.Option(None, "--tile-size"),
-         overlap: Optional[int] = typer.Option(None, help="overlap in target pixels"),
-         mpp_csv: Optional[str] = typer.Option(None, "--mpp-csv", help="CSV slide,mpp for slides without MPP"),
-         skip_errors: Optional[bool] = typer.Option(None, "--skip-errors"),
+def tile(slides: Optional[str] = _arg(TileConfig, "slides"),
+         out: Optional[str] = _opt(TileConfig, "out_dir", "--out"),
+         mag: Optional[float] = _opt(TileConfig, "magnification", "--mag"),
+         mpp: Optional[float] = _opt(TileConfig, "mpp", "--mpp"),
+         tile_size: Optional[int] = _opt(TileConfig, "tile_size", "--tile-size"),
+         overlap: Optional[int] = _opt(TileConfig, "overlap", "--overlap"),
+         mpp_csv: Optional[str] = _opt(TileConfig, "mpp_csv", "--mpp-csv"),
+         skip_errors: Optional[bool] = _opt(TileConfig, "skip_errors", "--skip-errors"),
          config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Tile coordinates at a magnification or MPP, kept where tissue (and an optional ROI) covers them.
 
     Example: adaptome pathology tile slides/ --out runs/job --mag 20 --tile-size 256
     """
     from adaptome.domains.pathology import stages
-    from adaptome.domains.pathology.config import TileConfig
 
     flags = {k: v for k, v in dict(slides=slides, out_dir=out, tile_size=tile_size, overlap=overlap,
                                    mpp_csv=mpp_csv, skip_errors=skip_errors, magnification=mag).items()
@@ -104,21 +114,20 @@ def _build_none(cls, config, set_, flags):
 
 
 @app.command()
-def extract(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
-            tiles_dir: Optional[str] = typer.Option(None, "--tiles-dir", help="a tiles_* stage folder"),
-            encoder: Optional[str] = typer.Option(None, help="baseline | timm:<model name>"),
-            weights: Optional[str] = typer.Option(None, help="hf-hub:<id> or a local weights file"),
-            num_workers: Optional[int] = typer.Option(None, "--num-workers", help="tile reader processes"),
-            batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-            device: Optional[str] = typer.Option(None),
-            skip_errors: Optional[bool] = typer.Option(None, "--skip-errors"),
+def extract(slides: Optional[str] = _arg(ExtractConfig, "slides"),
+            tiles_dir: Optional[str] = _opt(ExtractConfig, "tiles_dir", "--tiles-dir"),
+            encoder: Optional[str] = _opt(ExtractConfig, "encoder", "--encoder"),
+            weights: Optional[str] = _opt(ExtractConfig, "weights", "--weights"),
+            num_workers: Optional[int] = _opt(ExtractConfig, "num_workers", "--num-workers"),
+            batch_size: Optional[int] = _opt(ExtractConfig, "batch_size", "--batch-size"),
+            device: Optional[str] = _opt(ExtractConfig, "device", "--device"),
+            skip_errors: Optional[bool] = _opt(ExtractConfig, "skip_errors", "--skip-errors"),
             config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Tile features (one HDF5 per slide: features, coords, attributes) with an encoder.
 
     Example: adaptome pathology extract slides/ --tiles-dir runs/job/tiles_20x_256px_0ov --encoder baseline
     """
     from adaptome.domains.pathology import stages
-    from adaptome.domains.pathology.config import ExtractConfig
 
     cfg = _run(lambda: _build(ExtractConfig, config, set_, slides=slides, tiles_dir=tiles_dir, encoder=encoder,
                               weights=weights, num_workers=num_workers, batch_size=batch_size, device=device,
@@ -127,55 +136,39 @@ def extract(slides: Optional[str] = typer.Argument(None, help="slide file or fol
 
 
 @app.command("pretrain-encoder")
-def pretrain_encoder(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
-                     tiles_dir: Optional[str] = typer.Option(None, "--tiles-dir"),
-                     out: Optional[str] = typer.Option(None),
-                     encoder: Optional[str] = typer.Option(None, help="timm:<model name>"),
-                     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+def pretrain_encoder(slides: Optional[str] = _arg(PretrainConfig, "slides"),
+                     tiles_dir: Optional[str] = _opt(PretrainConfig, "tiles_dir", "--tiles-dir"),
+                     out: Optional[str] = _opt(PretrainConfig, "out_dir", "--out"),
+                     encoder: Optional[str] = _opt(PretrainConfig, "encoder", "--encoder"),
+                     max_steps: Optional[int] = _opt(PretrainConfig, "max_steps", "--max-steps"),
                      config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """SimCLR pretraining of a tile encoder on unlabeled tiles; writes encoder.safetensors.
 
-    Example: adaptome pathology pretrain-encoder slides/ --tiles-dir runs/job/tiles_20x_256px_0ov --encoder timm:resnet18
+    Example: adaptome pathology pretrain-encoder slides/ --tiles-dir runs/job/tiles_20x_256px_0ov
+    --encoder timm:resnet18
     """
-    from adaptome.core.config import save_config
-    from adaptome.domains.pathology.config import PretrainConfig
-    from adaptome.domains.pathology.encoders import build_encoder
-    from adaptome.domains.pathology.slide import list_slides
-    from adaptome.domains.pathology.ssl import collect_tiles, pretrain
+    from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(PretrainConfig, config, set_, slides=slides, tiles_dir=tiles_dir, out_dir=out,
                               encoder=encoder, max_steps=max_steps))
-    if Path(cfg.out_dir, "encoder.safetensors").exists():
-        _fail(f"{cfg.out_dir}: already holds encoder.safetensors; choose another --out")
-
-    def go():
-        pairs = [(str(p), str(Path(cfg.tiles_dir) / f"{p.stem}.h5")) for p in list_slides(cfg.slides)
-                 if (Path(cfg.tiles_dir) / f"{p.stem}.h5").is_file()]
-        enc = build_encoder(cfg.encoder, None, cfg.encoder_options)
-        save_config(cfg, cfg.out_dir)
-        return pretrain(enc, collect_tiles(pairs, cfg.max_tiles, cfg.seed), cfg.out_dir, cfg.max_steps,
-                        cfg.batch_size, cfg.lr, cfg.tau, cfg.proj_dim, cfg.seed, progress=True,
-                        encoder_meta={"options": cfg.encoder_options})
-
-    res = _run(go)
+    res = _run(lambda: stages.pretrain_encoder(cfg))
     typer.echo(f"SimCLR loss {res['losses'][0]:.3f} -> {res['losses'][-1]:.3f}; weights: {res['weights']}")
 
 
 @app.command()
-def train(features_dir: Optional[str] = typer.Option(None, "--features-dir"),
-          labels: Optional[str] = typer.Option(None, help="CSV slide_id,case_id,target[,site]"),
-          out: Optional[str] = typer.Option(None, help="parent folder (default: the features folder)"),
-          k: Optional[int] = typer.Option(None, help="folds"),
-          group_by: Optional[str] = typer.Option(None, "--group-by", help="case_id | site"),
-          aggregation: Optional[str] = typer.Option(None, help="mean | attention"),
-          shuffle_labels: Optional[bool] = typer.Option(None, "--shuffle-labels", help="negative control"),
+def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--features-dir"),
+          labels: Optional[str] = _opt(MILTrainConfig, "labels", "--labels"),
+          out: Optional[str] = _opt(MILTrainConfig, "out_dir", "--out"),
+          k: Optional[int] = _opt(MILTrainConfig, "k", "--k"),
+          group_by: Optional[str] = _opt(MILTrainConfig, "group_by", "--group-by"),
+          aggregation: Optional[str] = _opt(MILTrainConfig, "aggregation", "--aggregation"),
+          shuffle_labels: Optional[bool] = _opt(MILTrainConfig, "shuffle_labels", "--shuffle-labels"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """k-fold CV training of the MIL sTIL regressor (MSE on label/100); best fold models saved.
 
     Example: adaptome pathology train --features-dir runs/job/tiles_20x_256px_0ov/features_baseline --labels labels.csv
     """
     from adaptome.domains.pathology import stages
-    from adaptome.domains.pathology.config import MILTrainConfig
 
     cfg = _run(lambda: _build(MILTrainConfig, config, set_, features_dir=features_dir, labels=labels, out_dir=out,
                               k=k, group_by=group_by, aggregation=aggregation, shuffle_labels=shuffle_labels))
@@ -185,19 +178,18 @@ def train(features_dir: Optional[str] = typer.Option(None, "--features-dir"),
 
 
 @app.command()
-def score(slides: Optional[str] = typer.Argument(None, help="slide file or folder"),
-          model: Optional[str] = typer.Option(None, help="a mil_* CV folder or one fold folder"),
-          features_dir: Optional[str] = typer.Option(None, "--features-dir",
-                                                     help="stored features; omit to tile + encode on the fly"),
-          out: Optional[str] = typer.Option(None),
-          skip_errors: Optional[bool] = typer.Option(None, "--skip-errors"),
+def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
+          model: Optional[str] = _opt(ScoreConfig, "model", "--model"),
+          features_dir: Optional[str] = _opt(ScoreConfig, "features_dir", "--features-dir"),
+          out: Optional[str] = _opt(ScoreConfig, "out_dir", "--out"),
+          skip_errors: Optional[bool] = _opt(ScoreConfig, "skip_errors", "--skip-errors"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Slide sTIL % (CSV), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
 
-    Example: adaptome pathology score slides/ --model runs/job/.../mil_attention_case_id_k5 --features-dir runs/job/.../features_baseline
+    Example: adaptome pathology score slides/ --model runs/job/.../mil_attention_case_id_k5
+    --features-dir runs/job/.../features_baseline
     """
     from adaptome.domains.pathology import stages
-    from adaptome.domains.pathology.config import ScoreConfig
 
     cfg = _run(lambda: _build(ScoreConfig, config, set_, slides=slides, model=model, features_dir=features_dir,
                               out_dir=out, skip_errors=skip_errors))
@@ -222,18 +214,19 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
     import numpy as np
     from PIL import Image
 
+    from adaptome.domains.pathology.errors import PathologyError
     from adaptome.domains.pathology.score import heatmap_image
     from adaptome.domains.pathology.slide import open_slide, thumbnail
 
     if out.exists():
-        _fail(f"{out}: exists; not overwritten")
+        fail(f"{out}: exists; not overwritten")
 
     def go():
         if not tiles_csv.is_file():
-            raise ValueError(f"{tiles_csv}: tiles CSV not found")
+            raise PathologyError(f"{tiles_csv}: tiles CSV not found")
         rows = list(csv.DictReader(tiles_csv.open()))
         if not rows or column not in rows[0]:
-            raise ValueError(f"{tiles_csv}: no column {column!r}")
+            raise PathologyError(f"{tiles_csv}: no column {column!r}")
         coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
         vals = np.array([float(r[column]) for r in rows])
         s = open_slide(slide)
@@ -247,15 +240,14 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
 
 
 @app.command()
-def evaluate(predictions: Optional[str] = typer.Argument(None, help="predictions.csv (slide_id,fold,pred,target)"),
-             out: Optional[str] = typer.Option(None, help="output folder (default: beside the predictions)"),
-             cutoff: Optional[float] = typer.Option(None, help="sTIL-high cut-off in %"),
+def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
+             out: Optional[str] = _opt(EvaluateConfig, "out_dir", "--out"),
+             cutoff: Optional[float] = _opt(EvaluateConfig, "cutoff", "--cutoff"),
              config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """R^2, Pearson, Spearman, MSE, ROC AUC (mean +- sd over folds), scatter PNG, JSON + Markdown report.
 
     Example: adaptome pathology evaluate runs/job/.../mil_attention_case_id_k5/predictions.csv --cutoff 30
     """
-    from adaptome.domains.pathology.config import EvaluateConfig
     from adaptome.domains.pathology.evaluate import evaluate_predictions
 
     cfg = _run(lambda: _build(EvaluateConfig, config, set_, predictions=predictions, out_dir=out, cutoff=cutoff))
@@ -267,24 +259,18 @@ def evaluate(predictions: Optional[str] = typer.Argument(None, help="predictions
 
 
 @app.command()
-def synth(out: Optional[str] = typer.Option(None, help="output folder"),
-          n_slides: Optional[int] = typer.Option(None, "--n-slides"),
-          seed: Optional[int] = typer.Option(None),
-          compression: Optional[str] = typer.Option(None, help="zlib | jpeg"),
+def synth(out: Optional[str] = _opt(SynthConfig, "out_dir", "--out"),
+          n_slides: Optional[int] = _opt(SynthConfig, "n_slides", "--n-slides"),
+          seed: Optional[int] = _opt(SynthConfig, "seed", "--seed"),
+          compression: Optional[str] = _opt(SynthConfig, "compression", "--compression"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Write a SYNTHETIC cohort: pyramidal TIFFs with a planted sTIL % + labels.csv + per-cell truth.
 
     Example: adaptome pathology synth --out runs/synth --n-slides 24
     """
-    from adaptome.core.config import save_config
-    from adaptome.domains.pathology.config import SynthConfig
-    from adaptome.domains.pathology.synth import make_cohort
+    from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(SynthConfig, config, set_, out_dir=out, n_slides=n_slides, seed=seed,
                               compression=compression))
-    if (Path(cfg.out_dir) / "labels.csv").exists():
-        _fail(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
-    save_config(cfg, cfg.out_dir)
-    labels = _run(lambda: make_cohort(cfg.out_dir, cfg.n_slides, cfg.seed, cfg.grid, cfg.cell_px, cfg.mpp,
-                                      cfg.n_sites, cfg.compression))
+    labels = _run(lambda: stages.synth(cfg))
     typer.echo(f"{cfg.n_slides} synthetic slides -> {cfg.out_dir}; labels: {labels}")

@@ -1,16 +1,36 @@
 """Config dataclasses of the pathology stages (plain values; YAML in ``configs/``, ``--set`` overrides).
 
-Each stage's resolved config is written as ``config.yaml`` into the folder the stage writes.
+Each stage's resolved config is written as ``config.yaml`` into the folder the stage writes. Every
+field is documented in its class's ``Args:`` block; ``field_help(cls, name)`` returns that text, so
+the command-line flags that set a field show the same words in ``--help``.
+
+Not covered: validation across stages (e.g. that ``tiles_dir`` was made from ``slides``; the stages
+check that when they read their inputs).
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 
 @dataclass
 class SegmentConfig:
+    """Tissue segmentation (``segment``): Otsu threshold on the saturation of a thumbnail.
+
+    Args:
+        slides: a slide file or a folder of slides.
+        out_dir: the job folder; outputs go to ``<out_dir>/segment_otsu_b<blur>_c<close>/``.
+        thumb_size: longest side of the thumbnail the mask is computed on, in pixels.
+        blur: median-filter size applied to the saturation before thresholding (<= 1: none).
+        close: iterations of binary closing after thresholding (0: none).
+        min_area_frac: tissue pieces smaller than this share of the thumbnail are dropped.
+        fill_holes: fill holes inside tissue pieces.
+        skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+    """
+
     slides: str = ""
     out_dir: str = "runs/pathology"
     thumb_size: int = 1024
@@ -23,6 +43,27 @@ class SegmentConfig:
 
 @dataclass
 class TileConfig:
+    """Tiling (``tile``): a grid of tiles at one magnification over the tissue mask.
+
+    Args:
+        slides: a slide file or a folder of slides.
+        out_dir: the job folder; tiles go to ``<out_dir>/tiles_<mag>x_<size>px_<overlap>ov/``.
+        magnification: target objective magnification (20x = 0.5 um/px); set exactly one of this
+            and ``mpp``.
+        mpp: target resolution in microns per pixel (instead of ``magnification``).
+        tile_size: tile side in pixels at the target resolution.
+        overlap: pixels shared by neighbouring tiles (0 <= overlap < tile_size).
+        min_tissue: keep a tile when at least this share of it is tissue.
+        mpp_csv: CSV ``slide,mpp`` giving the resolution of slides without it in their metadata.
+        roi_dir: folder of ``<slide_id>.geojson`` regions of interest (e.g. the tumour bed); tiles
+            outside them are dropped.
+        thumb_size: longest side of the thumbnail the tissue mask is computed on, in pixels.
+        blur: median-filter size of the tissue mask (see ``SegmentConfig``).
+        close: closing iterations of the tissue mask.
+        min_area_frac: smallest tissue piece kept, as a share of the thumbnail.
+        skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+    """
+
     slides: str = ""
     out_dir: str = "runs/pathology"
     magnification: Optional[float] = 20.0
@@ -31,7 +72,7 @@ class TileConfig:
     overlap: int = 0
     min_tissue: float = 0.5
     mpp_csv: Optional[str] = None
-    roi_dir: Optional[str] = None  # folder of <slide_id>.geojson ROIs (e.g. tumour bed)
+    roi_dir: Optional[str] = None
     thumb_size: int = 1024
     blur: int = 5
     close: int = 2
@@ -45,6 +86,23 @@ class TileConfig:
 
 @dataclass
 class ExtractConfig:
+    """Feature extraction (``extract``): one HDF5 feature file per slide.
+
+    Args:
+        slides: a slide file or a folder of slides.
+        tiles_dir: the tiling folder written by ``tile``; features go to
+            ``<tiles_dir>/features_<encoder>/``.
+        encoder: ``baseline`` (stain + texture features, no weights) or ``timm:<model name>``.
+        weights: ``hf-hub:<org>/<name>`` (timm's hub loader) or a local weights file (e.g. from
+            ``pretrain-encoder``); null: random weights.
+        encoder_options: keyword arguments of the encoder constructor (timm ``create_model``).
+        batch_size: tiles per forward pass.
+        num_workers: tile-reading worker processes.
+        device: torch device of the encoder (``cpu``, ``cuda``).
+        shared_loader: one reader-worker pool for all slides (False: one loader per slide).
+        skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+    """
+
     slides: str = ""
     tiles_dir: str = ""
     encoder: str = "baseline"
@@ -53,15 +111,38 @@ class ExtractConfig:
     batch_size: int = 64
     num_workers: int = 2
     device: str = "cpu"
-    shared_loader: bool = True  # one reader-worker pool for all slides (False: one loader per slide)
+    shared_loader: bool = True
     skip_errors: bool = False
 
 
 @dataclass
 class MILTrainConfig:
+    """Cross-validated MIL regression of the slide sTIL % (``train``; see ``train.py``).
+
+    Args:
+        features_dir: the feature folder written by ``extract``.
+        labels: CSV ``slide_id,case_id,target[,site]`` with target = sTIL % in 0..100.
+        out_dir: parent folder of the ``mil_<aggregation>_<group_by>_k<k>`` run folder (default:
+            ``features_dir``).
+        k: cross-validation folds.
+        group_by: slides sharing this column fall in one fold: ``case_id`` (patient) or ``site``.
+        aggregation: tile scores to a slide score: ``mean`` or gated ``attention``.
+        hidden: width H of the per-tile hidden layer.
+        attn_hidden: width A of the gated-attention layer.
+        dropout: dropout on the per-tile hidden features.
+        max_steps: optimizer steps per fold.
+        batch_size: slides (bags) per step.
+        lr: AdamW learning rate (cosine schedule).
+        weight_decay: AdamW weight decay.
+        val_frac: grouped share of each fold's training slides held out to pick the best step.
+        eval_every: steps between validation checks.
+        seed: seed of the folds, the validation split, the weights and the label shuffle.
+        shuffle_labels: permute the targets across slides first (the negative control).
+    """
+
     features_dir: str = ""
     labels: str = ""
-    out_dir: Optional[str] = None  # default: inside features_dir
+    out_dir: Optional[str] = None
     k: int = 5
     group_by: Literal["case_id", "site"] = "case_id"
     aggregation: Literal["mean", "attention"] = "attention"
@@ -80,11 +161,29 @@ class MILTrainConfig:
 
 @dataclass
 class ScoreConfig:
+    """Scoring slides with a trained MIL model (``score``).
+
+    Args:
+        slides: a slide file or a folder of slides.
+        model: a ``mil_*`` CV folder (its folds are averaged) or one ``fold_<k>`` folder.
+        features_dir: stored features of the slides; empty: tile and encode on the fly with the
+            recipe recorded in the model's ``model.json``.
+        out_dir: output folder (default: ``<model>/scores``).
+        encoder_weights: on the fly: weights of the recorded timm encoder.
+        mpp_csv: CSV ``slide,mpp`` for slides without resolution metadata (on the fly).
+        batch_size: tiles per forward pass (on the fly).
+        num_workers: tile-reading worker processes (on the fly).
+        device: torch device.
+        heatmaps: also write heatmap PNGs of the tile scores and attention.
+        thumb_size: longest side of the heatmap thumbnail, in pixels.
+        skip_errors: record a slide that cannot be scored and go on (default: stop at the first).
+    """
+
     slides: str = ""
     model: str = ""
-    features_dir: str = ""  # empty: tile + encode on the fly with the recipe in model.json
+    features_dir: str = ""
     out_dir: Optional[str] = None
-    encoder_weights: Optional[str] = None  # on the fly: weights of the recorded timm encoder
+    encoder_weights: Optional[str] = None
     mpp_csv: Optional[str] = None
     batch_size: int = 64
     num_workers: int = 0
@@ -96,6 +195,14 @@ class ScoreConfig:
 
 @dataclass
 class EvaluateConfig:
+    """Evaluating cross-validated predictions (``evaluate``).
+
+    Args:
+        predictions: ``predictions.csv`` written by ``train`` (``slide_id,fold,pred,target``).
+        out_dir: report folder (default: ``eval_cut<cutoff>`` beside the predictions).
+        cutoff: sTIL-high cut-off in % for the ROC AUC (target >= cutoff is positive).
+    """
+
     predictions: str = ""
     out_dir: Optional[str] = None
     cutoff: float = 30.0
@@ -103,6 +210,23 @@ class EvaluateConfig:
 
 @dataclass
 class PretrainConfig:
+    """SimCLR pretraining of a tile encoder on unlabelled tiles (``pretrain-encoder``; see ``ssl.py``).
+
+    Args:
+        slides: a slide file or a folder of slides.
+        tiles_dir: the tiling folder written by ``tile``.
+        out_dir: output folder (``encoder.safetensors``, ``train/``).
+        encoder: ``timm:<model name>`` built with random weights.
+        encoder_options: keyword arguments of timm ``create_model``.
+        max_tiles: tiles read for training, sampled evenly over the slides.
+        max_steps: optimizer steps.
+        batch_size: tiles per step (two augmented views each).
+        lr: learning rate (cosine schedule).
+        tau: temperature of the NT-Xent loss.
+        proj_dim: output width of the projection head.
+        seed: seed of the tile sample, the augmentations and the weights.
+    """
+
     slides: str = ""
     tiles_dir: str = ""
     out_dir: str = "runs/pathology/ssl"
@@ -119,6 +243,19 @@ class PretrainConfig:
 
 @dataclass
 class SynthConfig:
+    """A SYNTHETIC cohort with a planted sTIL % (``synth``; see ``synth.py``).
+
+    Args:
+        out_dir: output folder (slides, ``labels.csv``, ``truth/``).
+        n_slides: slides to write.
+        seed: seed of every random choice (tissue shape, densities, sites).
+        grid: cells per side of the slide's square grid.
+        cell_px: side of one cell in level-0 pixels at 0.5 um/px.
+        mpp: level-0 resolution; 0.5 / k for an integer k (0.25 writes a 40x-like slide).
+        n_sites: acquisition sites the slides are spread over (the ``site`` column).
+        compression: TIFF tile compression, ``zlib`` (lossless) or ``jpeg``.
+    """
+
     out_dir: str = "runs/pathology/synth"
     n_slides: int = 24
     seed: int = 0
@@ -127,3 +264,13 @@ class SynthConfig:
     mpp: float = 0.5
     n_sites: int = 4
     compression: Literal["zlib", "jpeg"] = "zlib"
+
+
+def field_help(cls: type, name: str) -> str:
+    """The ``Args:`` text of field ``name`` in ``cls``'s docstring (one line, white space joined)."""
+    doc = inspect.getdoc(cls) or ""
+    args = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    m = re.search(rf"^\s*{re.escape(name)}: (.*?)(?=^\s*\w+: |\Z)", args, re.S | re.M)
+    if m is None:
+        raise KeyError(f"{cls.__name__}.{name} has no entry in its Args: block")
+    return " ".join(m.group(1).split())

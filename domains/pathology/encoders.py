@@ -33,11 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptome.core.registry import Registry
+from adaptome.domains.pathology.errors import PathologyError
+from adaptome.domains.pathology.stains import HE_OD
 
 ENCODERS: Registry = Registry("tile encoder")
-
-#: Ruifrok & Johnston H&E(+residual) optical-density stain vectors, rows normalised in __init__.
-_STAINS = [[0.650, 0.704, 0.286], [0.072, 0.990, 0.105]]
 
 
 class TileEncoder(nn.Module):
@@ -71,7 +70,7 @@ class StainTextureFeatures(nn.Module):
 
     def __init__(self):
         super().__init__()
-        h, e = torch.tensor(_STAINS[0]), torch.tensor(_STAINS[1])
+        h, e = torch.tensor(HE_OD[0]), torch.tensor(HE_OD[1])  # stains.py; H&E + residual, rows normalised
         h, e = h / h.norm(), e / e.norm()
         r = torch.linalg.cross(h, e)
         m = torch.stack([h, e, r / r.norm()])  # (3 stains, 3 channels)
@@ -111,7 +110,7 @@ class StainTextureFeatures(nn.Module):
 def build_baseline(weights: str | None = None, options: dict | None = None) -> TileEncoder:
     """Stain-deconvolution + texture features; takes no weights and no options."""
     if weights is not None or options:
-        raise ValueError("the baseline encoder takes no weights or options")
+        raise PathologyError("the baseline encoder takes no weights or options")
     return TileEncoder(StainTextureFeatures(), StainTextureFeatures.dim, "baseline", normalise=False)
 
 
@@ -152,7 +151,8 @@ def _load_weights(net: nn.Module, path: str | os.PathLike) -> None:
     sd = {k: v for k, v in sd.items() if k in own or not k.startswith(("head", "fc.", "classifier"))}
     missing, unexpected = net.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise PathologyError(f"{path}: weights do not fit the model (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
 
 
 def build_encoder(name: str, weights: str | None = None, options: dict | None = None) -> TileEncoder:
@@ -160,7 +160,7 @@ def build_encoder(name: str, weights: str | None = None, options: dict | None = 
     if name.startswith("timm:"):
         return ENCODERS.get("timm")(name.split(":", 1)[1], weights=weights, options=options)
     if name == "timm":
-        raise ValueError("name a timm model as 'timm:<model name>', e.g. timm:resnet18")
+        raise PathologyError("name a timm model as 'timm:<model name>', e.g. timm:resnet18")
     return ENCODERS.get(name)(weights=weights, options=options)
 
 

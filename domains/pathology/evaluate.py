@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from adaptome.core import evaluation as ev
+from adaptome.domains.pathology.errors import PathologyError
 
 WEAKSTIL_REFERENCE = {"r2": 0.45, "r2_sd": 0.15, "auc": 0.89, "auc_sd": 0.05,
                       "source": "Schirris et al. 2022, WeakSTIL, arXiv 2109.05892 (own cohort)"}
@@ -42,12 +43,12 @@ def slide_metrics(target, pred, cutoff: float) -> dict[str, float]:
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: predictions CSV not found")
+        raise PathologyError(f"{path}: predictions CSV not found")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     need = {"slide_id", "pred", "target"}
     if not rows or not need <= set(rows[0]):
-        raise ValueError(f"{path}: predictions CSV needs columns slide_id,pred,target[,fold]")
+        raise PathologyError(f"{path}: predictions CSV needs columns slide_id,pred,target[,fold]")
     return [{"slide_id": r["slide_id"], "fold": int(r.get("fold") or 0), "pred": float(r["pred"]),
              "target": float(r["target"])} for r in rows]
 

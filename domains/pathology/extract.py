@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.tiling import TileReader
-
 
 #: tiling attributes copied into every feature file (they let a model re-create its inputs)
 FEATURE_ATTRS = ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap", "min_tissue",
@@ -84,7 +84,7 @@ def read_features(h5_file: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, d
         with h5py.File(h5_file, "r") as f:
             return f["features"][:], f["coords"][:], dict(f.attrs)
     except (OSError, KeyError) as e:
-        raise ValueError(f"{h5_file}: not a feature file ({e})") from None
+        raise PathologyError(f"{h5_file}: not a feature file ({e})") from None
 
 
 class MultiSlideTiles(torch.utils.data.Dataset):

@@ -16,12 +16,14 @@ import csv
 import os
 from pathlib import Path
 
+from adaptome.domains.pathology.errors import PathologyError
+
 
 def tcga_site(barcode: str) -> str:
     """Tissue source site of a TCGA barcode (``TCGA-A1-A0SK`` -> ``A1``)."""
     parts = barcode.split("-")
     if len(parts) < 3 or parts[0] != "TCGA":
-        raise ValueError(f"{barcode!r} is not a TCGA barcode")
+        raise PathologyError(f"{barcode!r} is not a TCGA barcode")
     return parts[1]
 
 
@@ -32,14 +34,14 @@ def digi_stils_rows(path: str | os.PathLike) -> list[dict]:
         reader = csv.DictReader(f)
         need = {"TCGA Cases IDs", "Digi-sTILs Score"}
         if not need <= set(reader.fieldnames or []):
-            raise ValueError(f"{path}: not a Digi-sTILs table (needs columns {sorted(need)})")
+            raise PathologyError(f"{path}: not a Digi-sTILs table (needs columns {sorted(need)})")
         rows = []
         for i, r in enumerate(reader, start=2):
             case = r["TCGA Cases IDs"].strip()
             try:
                 score = float(r["Digi-sTILs Score"])
             except ValueError:
-                raise ValueError(f"{path}: line {i}: score {r['Digi-sTILs Score']!r} is not a number") from None
+                raise PathologyError(f"{path}: line {i}: score {r['Digi-sTILs Score']!r} is not a number") from None
             rows.append({"slide_id": case, "case_id": case, "target": round(100.0 * score, 4),
                          "site": tcga_site(case)})
     return rows

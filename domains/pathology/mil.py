@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adaptome.domains.pathology.errors import PathologyError
+
 
 @dataclass
 class MILOutput:
@@ -40,7 +42,7 @@ class MILRegressor(nn.Module):
                  dropout: float = 0.1, feature_mean=None, feature_std=None):
         super().__init__()
         if aggregation not in ("mean", "attention"):
-            raise ValueError(f"aggregation must be 'mean' or 'attention', got {aggregation!r}")
+            raise PathologyError(f"aggregation must be 'mean' or 'attention', got {aggregation!r}")
         self.aggregation = aggregation
         # feature standardisation fitted on the training bags (stored with the weights)
         self.register_buffer("feat_mean", torch.zeros(in_dim) if feature_mean is None else torch.as_tensor(

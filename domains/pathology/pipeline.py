@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from adaptome.core.errors import AdaptomeError
 from adaptome.domains.pathology.slide import SlideError
 
 
@@ -65,7 +66,7 @@ def run_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.PathL
                 try:
                     work(sid, path, target)
                     summary.done.append(sid)
-                except (SlideError, ValueError, OSError, KeyError) as e:
+                except (AdaptomeError, OSError) as e:  # a user's bad slide or file; a bug propagates
                     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                     if str(path) not in msg:
                         msg = f"{path}: {msg}"

@@ -19,8 +19,7 @@ def run(out_dir: Path) -> dict:
 
     from adaptome.core import evaluation as ev
     from adaptome.domains.pathology import stages
-    from adaptome.domains.pathology.config import (ExtractConfig, MILTrainConfig, ScoreConfig, SegmentConfig,
-                                                   TileConfig)
+    from adaptome.domains.pathology.config import ExtractConfig, MILTrainConfig, ScoreConfig, SegmentConfig, TileConfig
     from adaptome.domains.pathology.evaluate import evaluate_predictions
     from adaptome.domains.pathology.slide import SAMPLE_SLIDE
     from adaptome.domains.pathology.synth import make_cohort

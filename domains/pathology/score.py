@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptome.domains.pathology.errors import PathologyError
+
 
 def load_models(model_path: str | os.PathLike) -> list:
     """Fold models from a CV folder (every ``fold_*``) or a single model folder."""
@@ -36,7 +38,7 @@ def load_models(model_path: str | os.PathLike) -> list:
         return [load_model(p)]
     folds = sorted(d for d in p.glob("fold_*") if (d / "model.safetensors").is_file())
     if not folds:
-        raise ValueError(f"{p}: no MIL model here (expected model.safetensors or fold_*/model.safetensors)")
+        raise PathologyError(f"{p}: no MIL model here (expected model.safetensors or fold_*/model.safetensors)")
     return [load_model(d) for d in folds]
 
 
@@ -141,10 +143,10 @@ def score_features(slide_path, feats: np.ndarray, coords: np.ndarray, attrs: dic
     in errors."""
     source = source or str(slide_path)
     if len(feats) == 0:
-        raise ValueError(f"{source}: no tiles to score")
+        raise PathologyError(f"{source}: no tiles to score")
     in_dim = int(models[0].feat_mean.numel())
     if feats.shape[1] != in_dim:
-        raise ValueError(f"{source}: features have {feats.shape[1]} dims, the model expects {in_dim} "
+        raise PathologyError(f"{source}: features have {feats.shape[1]} dims, the model expects {in_dim} "
                          f"(encoder {attrs.get('encoder')!r})")
     sid = str(attrs.get("slide_id", Path(source).stem))
     res = score_bag(models, feats)

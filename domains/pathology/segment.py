@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptome.domains.pathology.errors import PathologyError
+
 
 def otsu_threshold(values: np.ndarray) -> float:
     """Otsu's threshold on 0..255 values (maximises the between-class variance)."""
@@ -97,7 +99,7 @@ def load_roi_mask(geojson_path: str | os.PathLike, shape: tuple[int, int], scale
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read ROI GeoJSON ({e})") from None
+        raise PathologyError(f"{path}: cannot read ROI GeoJSON ({e})") from None
     feats = data.get("features", [data]) if isinstance(data, dict) else data
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -114,7 +116,7 @@ def load_roi_mask(geojson_path: str | os.PathLike, shape: tuple[int, int], scale
                 inside &= ~MplPath(np.asarray(hole, float)).contains_points(centres)
             out |= inside
     if not out.any():
-        raise ValueError(f"{path}: ROI GeoJSON has no polygon inside the slide")
+        raise PathologyError(f"{path}: ROI GeoJSON has no polygon inside the slide")
     return out.reshape(h, w)  # (H*W,) -> (H, W)
 
 

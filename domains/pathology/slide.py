@@ -14,10 +14,12 @@ objective-power fallback when MPP is missing (a guess we refuse to make silently
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
 import csv
 import os
 from pathlib import Path
+
+from adaptome.core.errors import AdaptomeError
+from adaptome.domains.pathology.errors import PathologyError
 
 #: The shipped real slide (CMU-1-Small-Region, Aperio, CC0; see data_cards/pathology_cmu_small_region.md).
 SAMPLE_SLIDE = Path(__file__).parent / "data" / "cmu_small_region" / "CMU-1-Small-Region.svs"
@@ -66,7 +68,8 @@ def open_slide(path: str | os.PathLike):
     except openslide.OpenSlideUnsupportedFormatError:
         raise SlideError(f"{path}: not a slide format OpenSlide can read (corrupt or unsupported file)") from None
     except (openslide.OpenSlideError, OSError) as e:
-        raise SlideError(f"{path}: cannot read slide ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SlideError(f"{path}: cannot read slide ({why})") from None
     return slide
 
 
@@ -120,13 +123,13 @@ def slide_mpp(slide, path: str | os.PathLike, overrides: dict[str, float] | None
 def target_mpp(magnification: float | None = None, mpp: float | None = None) -> float:
     """Resolve the requested resolution: exactly one of magnification (``10 / mag``) or mpp."""
     if (magnification is None) == (mpp is None):
-        raise ValueError("give exactly one of magnification or mpp")
+        raise PathologyError("give exactly one of magnification or mpp")
     if mpp is not None:
         if mpp <= 0:
-            raise ValueError(f"mpp must be positive, got {mpp}")
+            raise PathologyError(f"mpp must be positive, got {mpp}")
         return float(mpp)
     if magnification <= 0:
-        raise ValueError(f"magnification must be positive, got {magnification}")
+        raise PathologyError(f"magnification must be positive, got {magnification}")
     return 10.0 / float(magnification)
 
 

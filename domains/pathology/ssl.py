@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaptome.domains.pathology.errors import PathologyError
+
 
 def nt_xent(z: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
     """NT-Xent over V = 2B projections ordered [view1 (B), view2 (B)]; eq. 1 averaged over anchors."""
@@ -111,7 +113,7 @@ def collect_tiles(slides_and_coords: list[tuple[str, str]], max_tiles: int = 204
             tiles.append(reader.read(*coords[i]))
         reader.close()
     if not tiles:
-        raise ValueError("no tiles to pretrain on (empty tiling outputs)")
+        raise PathologyError("no tiles to pretrain on (empty tiling outputs)")
     return np.stack(tiles)
 
 
@@ -124,7 +126,8 @@ def pretrain(encoder, tiles: np.ndarray, out_dir: str | os.PathLike, max_steps: 
     from adaptome.core.train.loop import fit
 
     model = SimCLRModel(encoder, proj_dim, tau)
-    res = fit(model, _TileTensorDataset(tiles), loss_fn=lambda m, batch: m(batch), output_dir=str(Path(out_dir) / "train"),
+    res = fit(model, _TileTensorDataset(tiles), loss_fn=lambda m, batch: m(batch),
+              output_dir=str(Path(out_dir) / "train"),
               max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=1e-4, schedule="cosine",
               log_every=max(1, max_steps // 10), seed=seed, progress=progress, resume=False)
     out = Path(out_dir)

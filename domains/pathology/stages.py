@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from adaptome.core.config import save_config
+from adaptome.core.errors import AdaptomeError
+from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.pipeline import StageSummary, run_stage
 from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
 
@@ -24,7 +26,7 @@ from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide
 def _items(slides: str) -> list[tuple[str, Path]]:
     paths = list_slides(slides)
     if not paths:
-        raise ValueError(f"{slides}: no slide files found")
+        raise PathologyError(f"{slides}: no slide files found")
     return [(slide_id(p), p) for p in paths]
 
 
@@ -75,7 +77,7 @@ def tile(cfg, progress: bool = True) -> StageSummary:
         if cfg.roi_dir:
             roi = Path(cfg.roi_dir) / f"{sid}.geojson"
             if not roi.is_file():
-                raise ValueError(f"{roi}: ROI GeoJSON for slide {sid} not found")
+                raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac})
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})
@@ -90,7 +92,7 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
 
     tiles_dir = Path(cfg.tiles_dir)
     if not (tiles_dir / "config.yaml").is_file():
-        raise ValueError(f"{tiles_dir}: not a tiling stage folder (no config.yaml); run 'tile' first")
+        raise PathologyError(f"{tiles_dir}: not a tiling stage folder (no config.yaml); run 'tile' first")
     encoder = encoder or build_encoder(cfg.encoder, cfg.weights, cfg.encoder_options)
     out = tiles_dir / f"features_{encoder_tag(cfg.encoder)}"
     save_config(cfg, out)
@@ -140,7 +142,7 @@ def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: b
                 continue
             try:
                 extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, 0, cfg.device)
-            except (SlideError, ValueError, OSError) as e:
+            except (AdaptomeError, OSError) as e:
                 summary.done.remove(sid)
                 summary.failed[sid] = str(e).splitlines()[0]
                 if not cfg.skip_errors:
@@ -155,8 +157,13 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
     returns the summary and the ``slides.csv`` path."""
     import json
 
-    from adaptome.domains.pathology.score import features_on_the_fly, load_models, score_features, score_slide, \
-        write_slide_csv
+    from adaptome.domains.pathology.score import (
+        features_on_the_fly,
+        load_models,
+        score_features,
+        score_slide,
+        write_slide_csv,
+    )
 
     models = load_models(cfg.model)
     out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model) / "scores"
@@ -171,7 +178,7 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
         mj = mj if mj.is_file() else sorted(Path(cfg.model).glob("fold_*/model.json"))[0]
         recipe = json.loads(mj.read_text()).get("features")
         if not recipe:
-            raise ValueError(f"{mj}: no feature recipe recorded; give --features-dir")
+            raise PathologyError(f"{mj}: no feature recipe recorded; give --features-dir")
         encoder = build_encoder(recipe["encoder"], cfg.encoder_weights)
         overrides = read_mpp_csv(cfg.mpp_csv)
 
@@ -183,7 +190,7 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
             return
         feat = fdir / f"{sid}.h5"
         if not feat.is_file():
-            raise ValueError(f"{feat}: no features for slide {sid}; run 'tile' and 'extract' first")
+            raise PathologyError(f"{feat}: no features for slide {sid}; run 'tile' and 'extract' first")
         rows.append(score_slide(path, feat, models, out, cfg.heatmaps, cfg.thumb_size))
 
     summary = run_stage("score", _items(cfg.slides), out, lambda sid: out / "tiles" / f"{sid}.csv", work,
@@ -208,3 +215,34 @@ def train(cfg, progress: bool = True) -> dict:
     res = train_cv(cfg.features_dir, cfg.labels, out, progress=progress, **kw)
     res["out_dir"] = str(out)
     return res
+
+
+def pretrain_encoder(cfg, progress: bool = True) -> dict:
+    """SimCLR pretraining of a tile encoder (``cfg``: ``config.PretrainConfig``); an existing
+    ``encoder.safetensors`` in ``cfg.out_dir`` is never replaced."""
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.ssl import collect_tiles, pretrain
+
+    if (Path(cfg.out_dir) / "encoder.safetensors").exists():
+        raise PathologyError(f"{cfg.out_dir}: already holds encoder.safetensors; choose another --out")
+    tiles_dir = Path(cfg.tiles_dir)
+    pairs = [(str(p), str(tiles_dir / f"{p.stem}.h5")) for p in list_slides(cfg.slides)
+             if (tiles_dir / f"{p.stem}.h5").is_file()]
+    enc = build_encoder(cfg.encoder, None, cfg.encoder_options)
+    save_config(cfg, cfg.out_dir)
+    return pretrain(enc, collect_tiles(pairs, max_tiles=cfg.max_tiles, seed=cfg.seed), cfg.out_dir,
+                    max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr, tau=cfg.tau,
+                    proj_dim=cfg.proj_dim, seed=cfg.seed, progress=progress,
+                    encoder_meta={"options": cfg.encoder_options})
+
+
+def synth(cfg) -> Path:
+    """A synthetic cohort (``cfg``: ``config.SynthConfig``); returns ``labels.csv``. A folder that
+    already holds a cohort is never overwritten."""
+    from adaptome.domains.pathology.synth import make_cohort
+
+    if (Path(cfg.out_dir) / "labels.csv").exists():
+        raise PathologyError(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
+    save_config(cfg, cfg.out_dir)
+    return make_cohort(cfg.out_dir, n_slides=cfg.n_slides, seed=cfg.seed, grid=cfg.grid, cell_px=cfg.cell_px,
+                       mpp=cfg.mpp, n_sites=cfg.n_sites, compression=cfg.compression)

@@ -31,11 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: Ruifrok & Johnston optical-density vectors (rows H, E), normalised to unit length.
-H_VEC = np.array([0.650, 0.704, 0.286])
-E_VEC = np.array([0.072, 0.990, 0.105])
-H_VEC = H_VEC / np.linalg.norm(H_VEC)
-E_VEC = E_VEC / np.linalg.norm(E_VEC)
+from adaptome.domains.pathology.errors import PathologyError
+from adaptome.domains.pathology.stains import E_VEC, H_VEC  # Ruifrok & Johnston, unit length
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -114,7 +111,7 @@ def write_pyramid_tiff(path: str | os.PathLike, rgb: np.ndarray, mpp: float | No
     from PIL import Image
 
     if compression not in ("zlib", "jpeg"):
-        raise ValueError(f"compression must be 'zlib' or 'jpeg', got {compression!r}")
+        raise PathologyError(f"compression must be 'zlib' or 'jpeg', got {compression!r}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with tifffile.TiffWriter(tmp) as tif:
@@ -143,7 +140,7 @@ def make_cohort(out_dir: str | os.PathLike, n_slides: int = 24, seed: int = 0, g
     rows = []
     up = int(round(0.5 / mpp))
     if up < 1 or abs(0.5 / mpp - up) > 1e-6:
-        raise ValueError(f"mpp must be 0.5 / k for an integer k, got {mpp}")
+        raise PathologyError(f"mpp must be 0.5 / k for an integer k, got {mpp}")
     for i in range(n_slides):
         sid = f"{prefix}_{i:03d}"
         m = float(rng.uniform(*density_range))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.slide import best_level, open_slide, slide_mpp
 
 
@@ -56,7 +57,7 @@ class TileGeometry:
 def geometry(level_downsamples, mpp0: float, target_mpp: float, tile_size: int, overlap: int = 0) -> TileGeometry:
     """Tile geometry for a slide with the given level downsamples and level-0 resolution."""
     if not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap must be in [0, tile_size), got {overlap}")
+        raise PathologyError(f"overlap must be in [0, tile_size), got {overlap}")
     factor = target_mpp / mpp0  # level-0 pixels per target pixel
     level = best_level(level_downsamples, factor)
     return TileGeometry(mpp0, target_mpp, tile_size, overlap, tile_size * factor,
@@ -144,7 +145,8 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
         keep = cov >= min_tissue
         attrs = {
             "slide_id": Path(path).stem, "mpp": mpp0, "target_mpp": target_mpp, "tile_size": tile_size,
-            "overlap": overlap, "min_tissue": min_tissue, "thumb_size": thumb_size, "tile_size_level0": geom.size0, "read_level": geom.level,
+            "overlap": overlap, "min_tissue": min_tissue, "thumb_size": thumb_size, "tile_size_level0": geom.size0,
+            "read_level": geom.level,
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
             "height": slide.dimensions[1],
         }

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.extract import read_features
 from adaptome.domains.pathology.mil import MILRegressor, collate_bags, mil_loss
 
@@ -32,25 +33,25 @@ def read_labels(path: str | os.PathLike) -> list[dict]:
     """Rows of a label CSV ``slide_id,case_id,target[,site]``; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: label CSV not found")
+        raise PathologyError(f"{path}: label CSV not found")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         missing = [c for c in ("slide_id", "case_id", "target") if c not in cols]
         if missing:
-            raise ValueError(f"{path}: label CSV lacks column(s) {missing} (has {cols})")
+            raise PathologyError(f"{path}: label CSV lacks column(s) {missing} (has {cols})")
         rows = []
         for i, r in enumerate(reader, start=2):
             try:
                 t = float(r["target"])
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: line {i}: target {r['target']!r} is not a number") from None
+                raise PathologyError(f"{path}: line {i}: target {r['target']!r} is not a number") from None
             if not 0.0 <= t <= 100.0:
-                raise ValueError(f"{path}: line {i}: target {t} outside 0..100 (sTIL %)")
+                raise PathologyError(f"{path}: line {i}: target {t} outside 0..100 (sTIL %)")
             rows.append({"slide_id": r["slide_id"], "case_id": r["case_id"], "target": t,
                          "site": r.get("site") or ""})
     if not rows:
-        raise ValueError(f"{path}: label CSV has no rows")
+        raise PathologyError(f"{path}: label CSV has no rows")
     return rows
 
 
@@ -59,11 +60,12 @@ def load_bags(features_dir: str | os.PathLike, slide_ids: list[str]) -> dict[str
     out = {}
     missing = [s for s in slide_ids if not (Path(features_dir) / f"{s}.h5").is_file()]
     if missing:
-        raise ValueError(f"{features_dir}: no feature file for {len(missing)} labelled slide(s), e.g. {missing[:3]}")
+        raise PathologyError(f"{features_dir}: no feature file for {len(missing)} labelled slide(s), "
+                             f"e.g. {missing[:3]}")
     for s in slide_ids:
         feats, _, _ = read_features(Path(features_dir) / f"{s}.h5")
         if len(feats) == 0:
-            raise ValueError(f"{Path(features_dir) / (s + '.h5')}: no tiles (nothing passed the tissue filter)")
+            raise PathologyError(f"{Path(features_dir) / (s + '.h5')}: no tiles (nothing passed the tissue filter)")
         out[s] = torch.from_numpy(feats)
     return out
 
@@ -105,7 +107,7 @@ def load_model(model_dir: str | os.PathLike) -> MILRegressor:
 
     d = Path(model_dir)
     if not (d / "model.json").is_file() or not (d / "model.safetensors").is_file():
-        raise ValueError(f"{d}: not a MIL model folder (needs model.json and model.safetensors)")
+        raise PathologyError(f"{d}: not a MIL model folder (needs model.json and model.safetensors)")
     meta = json.loads((d / "model.json").read_text(encoding="utf-8"))
     model = MILRegressor(meta["in_dim"], meta["hidden"], meta["attn_hidden"], meta["aggregation"], meta["dropout"])
     model.load_state_dict(load_file(str(d / "model.safetensors")))
@@ -117,11 +119,11 @@ def make_folds(rows: list[dict], k: int, group_by: str, seed: int) -> list[np.nd
     from sklearn.model_selection import GroupKFold
 
     if group_by not in ("case_id", "site"):
-        raise ValueError(f"group_by must be 'case_id' or 'site', got {group_by!r}")
+        raise PathologyError(f"group_by must be 'case_id' or 'site', got {group_by!r}")
     groups = np.array([r[group_by] or r["case_id"] for r in rows])
     uniq = np.unique(groups)
     if len(uniq) < k:
-        raise ValueError(f"{k}-fold CV needs at least {k} distinct {group_by} values, found {len(uniq)}")
+        raise PathologyError(f"{k}-fold CV needs at least {k} distinct {group_by} values, found {len(uniq)}")
     perm = np.random.default_rng(seed).permutation(len(uniq))
     gid = perm[np.searchsorted(uniq, groups)]  # shuffle group order so folds are not sorted by id
     return [test for _, test in GroupKFold(n_splits=k).split(np.zeros(len(rows)), groups=gid)]

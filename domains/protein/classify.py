@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 from adaptome.domains.protein.data import LabelTask
-from adaptome.domains.protein.formats import seq_line
+from adaptome.domains.protein.formats import ProteinError, seq_line
 from adaptome.domains.protein.tokenizer import encode
 
 Method = Literal["determine", "bayes", "generate"]
@@ -70,13 +70,14 @@ def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str]
              batch_size: int = 16, progress: bool = False) -> list[dict]:
     """One dict per sequence: ``pred`` and, for likelihood methods, ``scores`` per candidate."""
     if not candidates:
-        raise ValueError("classify needs at least one candidate label")
+        raise ProteinError("classify needs at least one candidate label")
     if method == "generate":
         from adaptome.domains.protein.formats import FormatError, parse_field
         from adaptome.domains.protein.sample import SamplingParams, generate_continuations
 
         # greedy, no repetition penalty: the label's letters already occur in the prompt
-        params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max(len(task.label_field(c)) for c in candidates) + 4,
+        longest = max(len(task.label_field(c)) for c in candidates)
+        params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=longest + 4,
                                 batch_size=batch_size)
         conts = generate_continuations(model, tok, [task.determine_prompt(s) for s in seqs], params, progress)
         preds = []
@@ -91,7 +92,7 @@ def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str]
     elif method == "bayes":
         pairs = [(task.generate_prompt(c), seq_line(s)) for s in seqs for c in candidates]
     else:
-        raise ValueError(f"unknown classification method {method!r}; known: determine, bayes, generate")
+        raise ProteinError(f"unknown classification method {method!r}; known: determine, bayes, generate")
     scores = score_targets(model, tok, pairs, batch_size, progress=progress)
     out = []
     k = len(candidates)

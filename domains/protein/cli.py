@@ -1,44 +1,27 @@
 """``adaptome protein ...``: build-dataset, pretrain, instruct, sample, classify, score-mutations,
 evaluate. Thin: each command parses options, calls the library and prints a summary. Bad input is
-a one-line error naming the file and the problem (exit code 2); existing outputs are never replaced
-without ``--overwrite``.
+a one-line error naming the file and the problem (exit code 2, ``core.cli_errors.user_errors``:
+``AdaptomeError`` and ``OSError`` only, anything else is a bug and a traceback); existing outputs are
+never replaced without ``--overwrite``, and every output appears whole or not at all
+(``core.atomic``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from adaptome.core.cli_errors import fail, user_errors
+
 app = typer.Typer(help="ProLLaMA-style protein LM tuning, sampling, classification, mutation scoring.\n\n"
                   "Example: adaptome protein sample --model runs/protein/stage2/merged --label Cyclin_N -n 8",
                   no_args_is_help=True)
 
-_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
 def _check_new(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        _fail(f"{path}: already exists; pass --overwrite to replace it")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        fail(f"{path}: already exists; pass --overwrite to replace it")
 
 
 def _task(name: str, key: str):
@@ -53,7 +36,7 @@ def _candidates(path: Optional[Path], key: str, model_labels: list[str] | None =
     if path is None:
         if model_labels:
             return model_labels
-        _fail("give --labels FILE (one label or Key=<label> per line)")
+        fail("give --labels FILE (one label or Key=<label> per line)")
     return read_vocab(path, key if key else None)
 
 
@@ -73,21 +56,22 @@ def build_dataset(
 ) -> None:
     """Turn FASTA + a label table into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
 
-    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab superfamilies --out runs/protein/data
+    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab
+    superfamilies --out runs/protein/data
     """
-    from adaptome.core.adapters.io import atomic_dir
+    from adaptome.core.atomic import atomic_dir
     from adaptome.domains.protein import data, formats
 
-    try:
+    with user_errors():
         if shipped == "pfam":
             recs = data.pfam_families(max_residues=max_residues, policy=policy)
         elif shipped == "ec":
             recs = data.ec_records(max_residues=max_residues, policy=policy)
         elif shipped is not None:
-            _fail(f"--shipped {shipped!r}: known: pfam, ec")
+            fail(f"--shipped {shipped!r}: known: pfam, ec")
         else:
             if fasta is None or labels is None:
-                _fail("give --fasta and --labels (or --shipped pfam|ec)")
+                fail("give --fasta and --labels (or --shipped pfam|ec)")
             voc = None
             if vocab == "superfamilies":
                 voc = data.superfamily_vocab()
@@ -97,41 +81,21 @@ def build_dataset(
             recs = data.crop(data.attach_labels(formats.read_fasta(fasta, policy), table, str(labels), voc),
                              max_residues)
         task = _task(task_name, task_key)
-        tmp, commit = atomic_dir(out, overwrite)
-        formats.write_instructions(data.instruction_records(recs, task), tmp / "instructions.jsonl")
-        formats.write_seq_lines([r.seq for r in recs], tmp / "sequences.txt")
-        formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in recs), tmp / "sequences.fasta")
-        commit()
-    except typer.Exit:
-        raise
-    except _ERRORS as e:
-        _fail(str(e))
+        with atomic_dir(out, overwrite) as tmp:
+            formats.write_instructions(data.instruction_records(recs, task), tmp / "instructions.jsonl")
+            formats.write_seq_lines([r.seq for r in recs], tmp / "sequences.txt")
+            formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in recs),
+                                tmp / "sequences.fasta")
     typer.echo(f"{len(recs)} sequences, {len({r.label for r in recs})} labels -> {out}")
 
 
 def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
-    import dataclasses
-
     from adaptome.core.config import load_config, save_config
     from adaptome.domains.protein.config import InstructConfig, PretrainConfig
-    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.stages import run_stage_config
 
-    cls = PretrainConfig if kind == "pretrain" else InstructConfig
-    cfg = load_config(cls, config, set_)
-    m = cfg.model
-    model, tok = load_model_and_tokenizer(m.name_or_path, m.dtype, m.hidden_size, m.intermediate_size,
-                                          m.num_layers, m.num_heads, m.max_position_embeddings, cfg.train.seed)
-    train_kwargs = dataclasses.asdict(cfg.train)
-    if kind == "pretrain":
-        from adaptome.domains.protein.pretrain import pretrain
-
-        s = pretrain(cfg.train_files, model, tok, cfg.block_size, cfg.adapter.method, cfg.adapter.options,
-                     train_kwargs, cfg.residue_policy, cfg.max_residues, cfg.merge, overwrite)
-    else:
-        from adaptome.domains.protein.instruct import instruct
-
-        s = instruct(cfg.train_files, model, tok, cfg.max_seq_length, cfg.adapter.method, cfg.adapter.options,
-                     train_kwargs, cfg.merge, overwrite)
+    cfg = load_config(PretrainConfig if kind == "pretrain" else InstructConfig, config, set_)
+    s = run_stage_config(cfg, overwrite)
     save_config(cfg, cfg.train.output_dir)
     typer.echo(f"{kind}: {s['steps']} steps, loss {s.get('first_loss', float('nan')):.4f} -> "
                f"{s.get('last_loss', float('nan')):.4f}, trainable {s['trainable']['percent']:.2f}%; "
@@ -144,12 +108,11 @@ def pretrain_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 1: causal LM on Seq=<...> blocks with an adapter (+ embeddings, LM head), then merge.
 
-    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml --set train_files=[runs/protein/data/sequences.txt]
+    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml --set
+    train_files=[runs/protein/data/sequences.txt]
     """
-    try:
+    with user_errors():
         _stage("pretrain", config, set_, overwrite)
-    except _ERRORS as e:
-        _fail(str(e))
 
 
 @app.command("instruct")
@@ -158,12 +121,11 @@ def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 2: instruction tuning with the prompt masked out of the loss, then merge.
 
-    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml --set model.name_or_path=runs/protein/stage1_tiny/merged --set train_files=[runs/protein/data/instructions.jsonl]
+    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml --set
+    model.name_or_path=runs/protein/stage1_tiny/merged --set train_files=[runs/protein/data/instructions.jsonl]
     """
-    try:
+    with user_errors():
         _stage("instruct", config, set_, overwrite)
-    except _ERRORS as e:
-        _fail(str(e))
 
 
 @app.command("sample")
@@ -180,19 +142,18 @@ def sample_cmd(
 ) -> None:
     """Generate sequences (ProLLaMA defaults), stop at '>', write FASTA with condition + parameters.
 
-    Example: adaptome protein sample --model runs/protein/stage2/merged --task-name family --label Cyclin_N -n 8 --out gen.fasta
+    Example: adaptome protein sample --model runs/protein/stage2/merged --task-name family --label Cyclin_N -n 8
+    --out gen.fasta
     """
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.sample import SamplingParams, sample, write_samples
 
     _check_new(out, overwrite)
-    try:
+    with user_errors():
         m, tok = load_model_and_tokenizer(str(model))
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, batch_size)
         samples = sample(m, tok, _task(task_name, task_key), label or [None], n, params, prefix, progress=True)
-        _atomic_write(out, lambda p: write_samples(samples, params, p))
-    except _ERRORS as e:
-        _fail(str(e))
+        write_samples(samples, params, out)
     bad = sum(not s.valid for s in samples)
     typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
 
@@ -208,33 +169,28 @@ def classify_cmd(
 ) -> None:
     """Predict a label per sequence ([Determine superfamily] or any task) -> CSV id,prediction.
 
-    Example: adaptome protein classify --model runs/protein/stage2/merged --fasta test.fa --labels families.txt --task-name family --out pred.csv
+    Example: adaptome protein classify --model runs/protein/stage2/merged --fasta test.fa --labels families.txt
+    --task-name family --out pred.csv
     """
     import csv
 
+    from adaptome.core.atomic import atomic_file
     from adaptome.domains.protein.classify import classify
     from adaptome.domains.protein.formats import read_fasta
     from adaptome.domains.protein.model import load_model_and_tokenizer
 
     _check_new(out, overwrite)
-    try:
+    with user_errors():
         task = _task(task_name, task_key)
         recs = read_fasta(fasta, policy)
         cands = _candidates(labels, task.key)
         m, tok = load_model_and_tokenizer(str(model))
         preds = classify(m, tok, task, [r.seq for r in recs], cands, method, progress=True)
 
-        def write(p: Path) -> None:
-            with p.open("w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f)
-                w.writerow(["id", "prediction"])
-                w.writerows((r.id, pr["pred"]) for r, pr in zip(recs, preds))
-
-        _atomic_write(out, write)
-    except typer.Exit:
-        raise
-    except _ERRORS as e:
-        _fail(str(e))
+        with atomic_file(out) as f:
+            w = csv.writer(f)
+            w.writerow(["id", "prediction"])
+            w.writerows((r.id, pr["pred"]) for r, pr in zip(recs, preds))
     typer.echo(f"{len(recs)} predictions -> {out}")
 
 
@@ -254,6 +210,7 @@ def score_mutations_cmd(
     """
     import csv
 
+    from adaptome.core.atomic import atomic_file
     from adaptome.core.evaluation import spearman
     from adaptome.domains.protein import data
     from adaptome.domains.protein.formats import read_fasta
@@ -261,30 +218,23 @@ def score_mutations_cmd(
     from adaptome.domains.protein.mutations import read_mutants_csv, score_mutants
 
     _check_new(out, overwrite)
-    try:
+    with user_errors():
         if mutants is None:
             wt, offset, rows = data.tem1()
             muts, fit = [r[0] for r in rows], [r[1] for r in rows]
         else:
             muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
             if wildtype is None:
-                _fail("give --wildtype with --mutants")
+                fail("give --wildtype with --mutants")
             wt = read_fasta(wildtype)[0].seq if Path(wildtype).is_file() else wildtype.strip().upper()
         m, tok = load_model_and_tokenizer(str(model))
         scores = score_mutants(m, tok, wt, muts, offset, progress=True)
 
-        def write(p: Path) -> None:
-            with p.open("w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f)
-                w.writerow(["mutant", "score"] + (["fitness"] if fit else []))
-                for i, (mu, sc) in enumerate(zip(muts, scores)):
-                    w.writerow([mu, f"{sc:.6f}"] + ([fit[i]] if fit else []))
-
-        _atomic_write(out, write)
-    except typer.Exit:
-        raise
-    except _ERRORS as e:
-        _fail(str(e))
+        with atomic_file(out) as f:
+            w = csv.writer(f)
+            w.writerow(["mutant", "score"] + (["fitness"] if fit else []))
+            for i, (mu, sc) in enumerate(zip(muts, scores)):
+                w.writerow([mu, f"{sc:.6f}"] + ([fit[i]] if fit else []))
     msg = f"{len(muts)} mutants -> {out}"
     if fit:
         msg += f"; Spearman vs measured fitness {spearman(scores, fit):.3f}"
@@ -305,20 +255,21 @@ def evaluate_cmd(
     """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics and,
     with --esmfold (and --reference-pdbs with foldseek on PATH), structure metrics of the samples.
 
-    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out runs/protein/report
+    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out
+    runs/protein/report
     """
     from adaptome.domains.protein import classify, data, evaluate, formats
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.sample import Sample, parse_header
 
     _check_new(out, overwrite)
-    try:
+    with user_errors():
         if shipped == "pfam":
             task, recs = data.FAMILY, data.pfam_families(max_residues=max_residues)
         elif shipped == "ec":
             task, recs = data.EC_CLASS, data.ec_records(max_residues=max_residues)
         else:
-            _fail(f"--shipped {shipped!r}: known: pfam, ec")
+            fail(f"--shipped {shipped!r}: known: pfam, ec")
         train, test = data.split_by_label(recs, 3)
         labels = sorted({r.label for r in train})
         m, tok = load_model_and_tokenizer(str(model))
@@ -345,8 +296,4 @@ def evaluate_cmd(
         report["structure"] = structure.structure_report(seqs, names, esmfold if samples else None,
                                                          reference_pdbs, pdb_dir)
         evaluate.write_report(report, out, overwrite, structures=pdb_dir)
-    except typer.Exit:
-        raise
-    except _ERRORS as e:
-        _fail(str(e))
     typer.echo(evaluate.markdown(report))

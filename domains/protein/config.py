@@ -3,12 +3,17 @@
 ``configs/pretrain.yaml`` / ``configs/instruct.yaml`` hold ProLLaMA's settings (stage 1: LoRA r 128 /
 alpha 256 on the seven projections, ``embed_tokens`` and ``lm_head`` trained fully, blocks of 2048,
 lr 5e-5 cosine, warmup 5 %; stage 2: r 64 / alpha 128, answer-only loss, 256 tokens);
-``configs/*_tiny.yaml`` are the CPU presets the quickstart uses. Commands turn these into plain
-arguments; library functions never see a config object.
+``configs/*_tiny.yaml`` are the CPU presets the quickstart uses. Library functions never see a
+config object: ``model_kwargs`` and ``stage_kwargs`` flatten a config into the keyword arguments
+of ``model.load_model_and_tokenizer`` and ``pretrain.pretrain`` / ``instruct.instruct``, in this one
+place, for both the command line and the quickstart (``stages.run_stage_config``).
+
+Not covered: configs of the sampling, classification and evaluation commands (they take options).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +22,19 @@ from adaptome.core.train.loop import TrainConfig
 
 @dataclass
 class ModelSection:
-    #: hub id or folder of a causal LM; None = the tiny LLaMA built from the fields below
+    """The causal LM a stage starts from.
+
+    Args:
+        name_or_path: hub id or folder of a causal LM (with its tokenizer); None builds the tiny
+            LLaMA from the fields below with the character tokenizer, seeded by ``train.seed``.
+        dtype: torch dtype name the checkpoint is loaded in (``float32``, ``bfloat16``, ``float16``).
+        hidden_size: tiny LLaMA width (only when ``name_or_path`` is None).
+        intermediate_size: tiny LLaMA feed-forward width.
+        num_layers: tiny LLaMA decoder layers.
+        num_heads: tiny LLaMA attention heads (must divide ``hidden_size``).
+        max_position_embeddings: tiny LLaMA context length in tokens.
+    """
+
     name_or_path: str | None = None
     dtype: str = "float32"
     hidden_size: int = 64
@@ -29,6 +46,14 @@ class ModelSection:
 
 @dataclass
 class AdapterSection:
+    """The adapter a stage trains.
+
+    Args:
+        method: a registered method name (``adaptome adapters list``).
+        options: the method's config fields (ProLLaMA stage 1: LoRA r 128, alpha 256, dropout 0.05
+            on the seven LLaMA projections, ``embed_tokens`` and ``lm_head`` trained fully).
+    """
+
     method: str = "lora"
     options: dict[str, Any] = field(default_factory=lambda: {
         "r": 128, "lora_alpha": 256.0, "lora_dropout": 0.05,
@@ -37,18 +62,21 @@ class AdapterSection:
 
 
 @dataclass
-class TaskSection:
-    name: str = "superfamily"
-    key: str = ""
-    generate: str = ""
-    determine: str = ""
-
-
-@dataclass
 class PretrainConfig:
-    """Stage 1: causal LM on ``Seq=<...>`` lines packed into blocks."""
+    """Stage 1: causal LM on ``Seq=<...>`` lines packed into blocks.
 
-    #: FASTA files or text files of ``Seq=<...>`` lines
+    Args:
+        train_files: FASTA files or text files of ``Seq=<...>`` lines (told apart by content).
+        residue_policy: letters outside the 20 standard amino acids: ``error``, ``skip`` the
+            record, or ``keep`` the IUPAC extras B Z X U O J (``formats.clean_sequence``).
+        max_residues: crop every sequence to its first N residues (None: no crop).
+        block_size: tokens per packed training block.
+        model: the base model.
+        adapter: the adapter method and options.
+        train: the training loop's options (``core.train.loop.TrainConfig``).
+        merge: also write a standalone merged checkpoint to ``<output_dir>/merged``.
+    """
+
     train_files: list[str] = field(default_factory=list)
     residue_policy: str = "error"
     max_residues: int | None = None
@@ -63,11 +91,18 @@ class PretrainConfig:
 
 @dataclass
 class InstructConfig:
-    """Stage 2: instruction tuning on ``{instruction, input, output}`` records."""
+    """Stage 2: instruction tuning on ``{instruction, input, output}`` records (answer-only loss).
 
-    #: JSONL (or JSON array) instruction files
+    Args:
+        train_files: JSONL (or JSON array) instruction files.
+        model: the stage-1 merged checkpoint (or any causal LM).
+        max_seq_length: prompt + answer tokens kept per record (longer records are cut).
+        adapter: the adapter method and options (ProLLaMA stage 2: LoRA r 64, alpha 128).
+        train: the training loop's options (``core.train.loop.TrainConfig``).
+        merge: also write a standalone merged checkpoint to ``<output_dir>/merged``.
+    """
+
     train_files: list[str] = field(default_factory=list)
-    #: the stage-1 merged checkpoint (or any causal LM)
     model: ModelSection = field(default_factory=ModelSection)
     max_seq_length: int = 256
     adapter: AdapterSection = field(default_factory=lambda: AdapterSection(options={
@@ -77,3 +112,19 @@ class InstructConfig:
         output_dir="runs/protein/stage2", max_steps=1000, batch_size=16, grad_accum=4, lr=5e-5,
         warmup_steps=30, schedule="cosine", seed=42))
     merge: bool = True
+
+
+def model_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
+    """Keyword arguments of ``model.load_model_and_tokenizer`` (the tiny model is seeded by ``train.seed``)."""
+    return {**dataclasses.asdict(cfg.model), "seed": cfg.train.seed}
+
+
+def stage_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
+    """Keyword arguments of ``pretrain.pretrain`` (a ``PretrainConfig``) or ``instruct.instruct``."""
+    common = {"files": list(cfg.train_files), "adapter_method": cfg.adapter.method,
+              "adapter_options": dict(cfg.adapter.options), "train_kwargs": dataclasses.asdict(cfg.train),
+              "merge": cfg.merge}
+    if isinstance(cfg, PretrainConfig):
+        return {**common, "block_size": cfg.block_size, "residue_policy": cfg.residue_policy,
+                "max_residues": cfg.max_residues}
+    return {**common, "max_seq_length": cfg.max_seq_length}

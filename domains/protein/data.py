@@ -23,8 +23,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from adaptome.domains.protein.formats import (FormatError, Policy, Record, field, instruction_record, read_fasta,
-                                              read_stockholm, read_vocab, seq_line, validate_labels)
+from adaptome.domains.protein.formats import (
+    FormatError,
+    Policy,
+    Record,
+    field,
+    instruction_record,
+    read_fasta,
+    read_stockholm,
+    read_vocab,
+    seq_line,
+    validate_labels,
+)
 
 
 def data_dir() -> Path:
@@ -35,8 +45,11 @@ def data_dir() -> Path:
 class LabelTask:
     """One label kind: the words used in ProLLaMA's instructions for it.
 
-    ``name`` goes into the instructions (``[Generate by {name}]``, ``[Determine {name}]``), ``key``
-    names the field (``{key}=<label>``, default ``name`` capitalised without spaces).
+    Args:
+        name: the label kind as written in the instructions (``superfamily``).
+        key: the field name, ``{key}=<label>`` (default: ``name`` capitalised, spaces removed).
+        generate: the generation instruction (default ``[Generate by {name}]``).
+        determine: the understanding instruction (default ``[Determine {name}]``).
     """
 
     name: str
@@ -186,7 +199,15 @@ def split_by_label(records: list[Record], n_test: int = 3, seed: int = 0) -> tup
 
 @dataclass
 class TaskSpec:
-    """A label task and its label set, as written in a tasks YAML (``configs/ten_properties.yaml``)."""
+    """A label task and its label set, as written in a tasks YAML (``configs/ten_properties.yaml``).
+
+    Args:
+        name: the label kind (``LabelTask.name``).
+        labels: the allowed labels.
+        key: the field name (``LabelTask.key``; default from ``name``).
+        generate: the generation instruction (``LabelTask.generate``; default from ``name``).
+        determine: the understanding instruction (``LabelTask.determine``; default from ``name``).
+    """
 
     name: str
     labels: list[str]
@@ -197,6 +218,12 @@ class TaskSpec:
 
 @dataclass
 class TasksFile:
+    """A tasks YAML file.
+
+    Args:
+        tasks: the label tasks, one ``TaskSpec`` each.
+    """
+
     tasks: list[TaskSpec]
 
 

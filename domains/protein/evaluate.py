@@ -1,6 +1,7 @@
 """The evaluator: a JSON + Markdown report on a model and, optionally, a generated set.
 
-* **perplexity** on held-out sequences: exp of the mean token NLL of ``Seq=<...></s>``;
+* **perplexity** on held-out sequences: exp of the mean token NLL of ``Seq=<...></s>`` after
+  ``<s>`` (core's ``evaluation.lm_perplexity``);
 * **classification accuracy** of the model (``classify.classify``) beside two baselines fitted on
   the training side: the majority class and k-mer logistic regression (``kmer.py``);
 * for a **generated set**: validity (closing ``>`` produced, non-empty, only standard residues);
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 import shutil
 from collections import Counter
@@ -34,12 +34,16 @@ from adaptome.domains.protein.formats import STANDARD_AA, Record, seq_line
 
 
 def perplexity_on(model, tok, seqs: list[str], batch_size: int = 16) -> float:
-    from adaptome.domains.protein.classify import score_targets
+    """Perplexity of ``<s>Seq=<...></s>`` lines: every token after ``<s>`` is scored."""
+    from adaptome.core.evaluation import lm_perplexity
+    from adaptome.domains.protein.instruct import pad_collate
+    from adaptome.domains.protein.tokenizer import encode
 
-    scored = score_targets(model, tok, [("", seq_line(s)) for s in seqs], batch_size)
-    total = -sum(lp for lp, _ in scored)
-    n = sum(k for _, k in scored)
-    return math.exp(total / n)
+    examples = []
+    for s in seqs:
+        ids = encode(tok, "", bos=True) + encode(tok, seq_line(s), bos=False) + [tok.eos_token_id]
+        examples.append({"input_ids": ids, "labels": ids})
+    return lm_perplexity(model, examples, pad_collate(tok.pad_token_id), "causal", batch_size)
 
 
 def classification_report(y_true: list[str], y_model: list[str], train: list[Record],
@@ -171,7 +175,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
         if c and "control_accuracy" in g:
             lines += [f"The control judge is a k-mer classifier like the baseline above; its held-out accuracy on "
-                      f"real sequences ({fmt(c['kmer_lr_accuracy'])}) bounds how far control accuracy can be trusted.", ""]
+                      f"real sequences ({fmt(c['kmer_lr_accuracy'])}) bounds how far control accuracy can be "
+                      "trusted.", ""]
         if "control_per_label" in g:
             lines += ["Control accuracy per requested label: " +
                       ", ".join(f"{k} {fmt(v)}" for k, v in g["control_per_label"].items()), ""]
@@ -191,11 +196,11 @@ def markdown(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], out_dir: str | Path, overwrite: bool = False,
                  structures: str | Path | None = None) -> Path:
     """``report.json`` + ``report.md`` (and the predicted ``structures/``) in ``out_dir``, atomically."""
-    from adaptome.core.adapters.io import atomic_dir
+    from adaptome.core.atomic import atomic_dir
 
-    tmp, commit = atomic_dir(Path(out_dir), overwrite)
-    if structures is not None and Path(structures).is_dir():
-        shutil.move(str(structures), str(tmp / "structures"))
-    (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    (tmp / "report.md").write_text(markdown(report), encoding="utf-8")
-    return commit()
+    with atomic_dir(Path(out_dir), overwrite) as tmp:
+        if structures is not None and Path(structures).is_dir():
+            shutil.move(str(structures), str(tmp / "structures"))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        (tmp / "report.md").write_text(markdown(report), encoding="utf-8")
+    return Path(out_dir)

@@ -21,7 +21,6 @@ lower-case residues as a signal (they are upper-cased), nucleotide input.
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
 import gzip
 import json
 import os
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
 
+from adaptome.core.errors import AdaptomeError
+
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 EXTRA_AA = "BZXUOJ"
 Policy = Literal["error", "skip", "keep"]
@@ -37,7 +38,11 @@ Policy = Literal["error", "skip", "keep"]
 _FIELD_RX = re.compile(r"^([A-Za-z][A-Za-z0-9_ \-]*)=<(.*)>$", re.S)
 
 
-class FormatError(AdaptomeError, ValueError):
+class ProteinError(AdaptomeError, ValueError):
+    """Base of the protein domain's user errors (a bad option, file or label); one-line message."""
+
+
+class FormatError(ProteinError):
     """A file or line does not follow the expected format; the message names the file."""
 
 
@@ -178,8 +183,8 @@ def invalid_positions(seq: str) -> list[int]:
 
 
 # --- FASTA and Stockholm ------------------------------------------------------------------------------
-def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record]:
-    """Records of a FASTA file (Biopython). The label is None; see ``data.attach_labels``."""
+def _fasta_records(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """(id, full header, raw sequence) per record, parsed with Biopython; the one FASTA parser."""
     from Bio import SeqIO
 
     path = Path(path)
@@ -187,43 +192,45 @@ def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record
         raise FormatError(f"{path}: file not found")
     if not path.read_text(encoding="utf-8", errors="replace").strip():
         raise FormatError(f"{path}: empty FASTA file, no records")
-    out = []
-    n = 0
-    for rec in SeqIO.parse(str(path), "fasta"):
-        n += 1
-        seq = clean_sequence(str(rec.seq), policy, f"{path}: record {rec.id!r}")
-        if seq is not None:
-            out.append(Record(rec.id, seq))
-    if n == 0:
+    out = [(rec.id, rec.description, str(rec.seq)) for rec in SeqIO.parse(str(path), "fasta")]
+    if not out:
         raise FormatError(f"{path}: no FASTA records (does the file start with '>'?)")
     return out
 
 
-def write_fasta(records: Iterable[tuple[str, str]], path: str | os.PathLike, width: int = 60) -> Path:
-    """(header, sequence) pairs to FASTA, wrapped at ``width`` columns; headers are kept verbatim."""
-    path = Path(path)
+def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record]:
+    """Records of a FASTA file (Biopython), residues cleaned by ``policy``. The label is None; see
+    ``data.attach_labels``."""
+    out = []
+    for rid, _, raw in _fasta_records(path):
+        seq = clean_sequence(raw, policy, f"{Path(path)}: record {rid!r}")
+        if seq is not None:
+            out.append(Record(rid, seq))
+    return out
+
+
+def fasta_text(records: Iterable[tuple[str, str]], width: int = 60, where: str = "FASTA") -> str:
+    """(header, sequence) pairs as FASTA text, wrapped at ``width`` columns; headers kept verbatim."""
     chunks = []
     for header, seq in records:
         if "\n" in header:
-            raise FormatError(f"{path}: FASTA header must be one line: {header!r}")
+            raise FormatError(f"{where}: FASTA header must be one line: {header!r}")
         body = "\n".join(seq[i:i + width] for i in range(0, len(seq), width)) if seq else ""
         chunks.append(f">{header}\n{body}\n" if body else f">{header}\n")
-    path.write_text("".join(chunks), encoding="utf-8")
+    return "".join(chunks)
+
+
+def write_fasta(records: Iterable[tuple[str, str]], path: str | os.PathLike, width: int = 60) -> Path:
+    """(header, sequence) pairs to a FASTA file (``fasta_text``)."""
+    path = Path(path)
+    path.write_text(fasta_text(records, width, str(path)), encoding="utf-8")
     return path
 
 
 def read_fasta_headers(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(full header, raw sequence) pairs, no residue policy (for generated files)."""
-    path = Path(path)
-    out: list[tuple[str, str]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith(">"):
-            out.append((line[1:], ""))
-        elif out:
-            out[-1] = (out[-1][0], out[-1][1] + line.strip())
-    if not out:
-        raise FormatError(f"{path}: no FASTA records")
-    return out
+    """(full header, raw sequence) pairs, no residue policy (for generated files, which may hold
+    empty or flagged sequences)."""
+    return [(header, raw) for _, header, raw in _fasta_records(path)]
 
 
 @dataclass(frozen=True)

@@ -62,13 +62,13 @@ def pad_collate(pad_id: int):
     return collate
 
 
-def instruct(files_or_records: list[str] | list[dict], model, tok, max_seq_length: int, adapter_method: str,
+def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, adapter_method: str,
              adapter_options: dict, train_kwargs: dict, merge: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Stage 2 end to end from instruction files (or records already in memory)."""
     from adaptome.domains.protein.pretrain import run_stage
 
     records: list[dict] = []
-    for item in files_or_records:
+    for item in files:
         records += [item] if isinstance(item, dict) else read_instructions(item)
     ds = InstructionDataset(tok, records, max_seq_length)
     summary = run_stage(model, tok, ds, pad_collate(tok.pad_token_id), adapter_method, adapter_options,

@@ -8,6 +8,8 @@ sequence (``CountVectorizer(analyzer="char")`` + ``normalize``); the model is a 
 
 from __future__ import annotations
 
+from adaptome.domains.protein.formats import ProteinError
+
 
 class KmerClassifier:
     def __init__(self, k: int = 3, C: float = 10.0, seed: int = 0):
@@ -24,7 +26,7 @@ class KmerClassifier:
         from sklearn.preprocessing import normalize
 
         if len(set(labels)) < 2:
-            raise ValueError("the k-mer classifier needs at least two classes")
+            raise ProteinError("the k-mer classifier needs at least two classes")
         self.vec = CountVectorizer(analyzer="char", ngram_range=(1, self.k), lowercase=False)
         x = normalize(self.vec.fit_transform(seqs))  # (n, n_kmers)
         self.clf = LogisticRegression(C=self.C, max_iter=5000, random_state=self.seed).fit(x, labels)

@@ -37,13 +37,6 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
 
 
-def base_of(model):
-    """The plain transformers model under a peft wrapper (or the model itself)."""
-    from adaptome.core.adapters.api import is_peft_model
-
-    return model.base_model.model if is_peft_model(model) else model
-
-
 def load_model_and_tokenizer(name_or_path: str | None, dtype: str = "float32", hidden_size: int = 64,
                              intermediate_size: int = 128, num_layers: int = 2, num_heads: int = 4,
                              max_position_embeddings: int = 1024, seed: int = 0):

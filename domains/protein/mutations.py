@@ -40,9 +40,11 @@ def apply_mutant(wt: str, code: str, offset: int = 0) -> str:
     for ref, pos, alt in parse_mutant(code):
         i = pos - offset
         if not 0 <= i < len(wt):
-            raise FormatError(f"mutant {code!r}: position {pos} is outside the wild type (offset {offset}, length {len(wt)})")
+            raise FormatError(f"mutant {code!r}: position {pos} is outside the wild type "
+                              f"(offset {offset}, length {len(wt)})")
         if wt[i] != ref:
-            raise FormatError(f"mutant {code!r}: wild type has {wt[i]!r} at position {pos}, not {ref!r} (check --offset)")
+            raise FormatError(f"mutant {code!r}: wild type has {wt[i]!r} at position {pos}, not {ref!r} "
+                              "(check --offset)")
         seq[i] = alt
     return "".join(seq)
 

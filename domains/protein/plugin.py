@@ -19,5 +19,6 @@ def _quickstart(out_dir: Path) -> dict:
     return run(out_dir)
 
 
-plugin = DomainPlugin(name="protein", help="ProLLaMA-style protein LM tuning, sampling, classification, mutation scoring.",
+plugin = DomainPlugin(name="protein",
+                      help="ProLLaMA-style protein LM tuning, sampling, classification, mutation scoring.",
                       cli=_cli, quickstart=_quickstart, order=10)

@@ -1,13 +1,14 @@
 """Stage 1: continual causal-LM pretraining on ``Seq=<...>`` lines (ProLLaMA ``run_pt.sh``).
 
-Every protein becomes ``<s>Seq=<MKRV...></s>`` (ProLLaMA sets ``add_eos_token``); the token
-streams are concatenated and cut into blocks of ``block_size`` tokens, the remainder dropped
-(``group_texts``). The loss is the usual next-token cross-entropy over every position
-(labels = inputs, shifted inside the model). The adapter is any registered method applied with
-``adaptome.core.adapters.api.apply_adapter``; the default is LoRA r 128 / alpha 256 on the seven
-LLaMA projections with ``embed_tokens`` and ``lm_head`` trained fully (``modules_to_save``).
-Training runs through ``adaptome.core.train.loop.fit``; the adapter is saved to
-``<output_dir>/adapter`` and, with ``merge``, a standalone checkpoint to ``<output_dir>/merged``.
+Every protein becomes ``<s>Seq=<MKRV...></s>`` (ProLLaMA sets ``add_eos_token``); the token streams
+are concatenated and cut into blocks of ``block_size`` tokens, the remainder dropped
+(``group_texts``; the packing is core's ``adaptome.core.text.pack_blocks``). The loss is the usual
+next-token cross-entropy over every position (labels = inputs, shifted inside the model). The
+adapter is any registered method applied with ``adaptome.core.adapters.api.apply_adapter``; the
+default is LoRA r 128 / alpha 256 on the seven LLaMA projections with ``embed_tokens`` and
+``lm_head`` trained fully (``modules_to_save``). Training runs through
+``adaptome.core.train.loop.fit``; the adapter is saved to ``<output_dir>/adapter`` and, with
+``merge``, a standalone checkpoint to ``<output_dir>/merged``.
 
 Dimension letters: N blocks, T tokens per block.
 Not covered: DeepSpeed, gradient checkpointing, a validation split during training.
@@ -44,15 +45,12 @@ def load_sequences(files: list[str], policy: Policy = "error", max_residues: int
     return [s[:max_residues] if max_residues else s for s in seqs]
 
 
-def pack_blocks(tok, seqs: list[str], block_size: int) -> list[list[int]]:
-    """ProLLaMA's ``group_texts``: concatenate ``<s>Seq=<...></s>`` streams, cut into full blocks."""
-    stream: list[int] = []
-    for s in seqs:
-        stream += encode(tok, seq_line(s)) + [tok.eos_token_id]
-    n = len(stream) // block_size
-    if n == 0:
-        raise FormatError(f"{len(stream)} tokens in all; fewer than one block of {block_size}")
-    return [stream[i * block_size:(i + 1) * block_size] for i in range(n)]
+def sequence_blocks(tok, seqs: list[str], block_size: int) -> list[list[int]]:
+    """ProLLaMA's ``group_texts``: ``<s>Seq=<...></s>`` token streams packed into full blocks
+    (``core.text.pack_blocks``; fewer tokens than one block is an ``InputError``)."""
+    from adaptome.core.text import pack_blocks
+
+    return pack_blocks([encode(tok, seq_line(s)) for s in seqs], block_size, tok.eos_token_id)
 
 
 class BlockDataset:
@@ -117,7 +115,7 @@ def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str,
              merge: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Stage 1 end to end from sequence files; see the module docstring."""
     seqs = load_sequences(files, residue_policy, max_residues)
-    blocks = pack_blocks(tok, seqs, block_size)
+    blocks = sequence_blocks(tok, seqs, block_size)
     summary = run_stage(model, tok, BlockDataset(blocks), stack_collate, adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite)
     summary.update(n_sequences=len(seqs), n_blocks=len(blocks))

@@ -35,9 +35,10 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     """
     import dataclasses
 
-    from adaptome.domains.protein import classify, data, evaluate, formats, instruct, pretrain, sample, structure
+    from adaptome.domains.protein import classify, data, evaluate, formats, sample, structure
     from adaptome.domains.protein.config import InstructConfig, PretrainConfig
     from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.stages import run_stage_config
 
     out_dir = Path(out_dir)
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
@@ -53,18 +54,14 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
 
     o1 = [f"train.output_dir={out_dir / 'stage1'}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
     o1 += ([f"train.max_steps={s1_steps}"] if s1_steps else []) + list(stage1_set)
-    c1 = _config("pretrain_tiny.yaml", PretrainConfig, o1)
-    model, tok = load_model_and_tokenizer(None, **_tiny(c1.model), seed=seed)
-    s1 = pretrain.pretrain([str(fasta)], model, tok, c1.block_size, c1.adapter.method, c1.adapter.options,
-                           dataclasses.asdict(c1.train), c1.residue_policy, c1.max_residues, merge=True)
+    c1 = dataclasses.replace(_config("pretrain_tiny.yaml", PretrainConfig, o1), train_files=[str(fasta)], merge=True)
+    s1 = run_stage_config(c1)
 
     o2 = [f"train.output_dir={out_dir / 'stage2'}", f"train.seed={seed}", f"model.name_or_path={s1['merged']}",
           f"train.progress={str(progress).lower()}"]
     o2 += ([f"train.max_steps={s2_steps}"] if s2_steps else []) + list(stage2_set)
-    c2 = _config("instruct_tiny.yaml", InstructConfig, o2)
-    model2, tok = load_model_and_tokenizer(c2.model.name_or_path, c2.model.dtype)
-    s2 = instruct.instruct([str(jsonl)], model2, tok, c2.max_seq_length, c2.adapter.method, c2.adapter.options,
-                           dataclasses.asdict(c2.train), merge=True)
+    c2 = dataclasses.replace(_config("instruct_tiny.yaml", InstructConfig, o2), train_files=[str(jsonl)], merge=True)
+    s2 = run_stage_config(c2)
     tuned = s2["model"]
 
     crop = 128
@@ -75,13 +72,14 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
                                          "steps": s1["steps"], "trainable": s1["trainable"]},
                               "stage2": {"first_loss": s2.get("first_loss"), "last_loss": s2.get("last_loss"),
                                          "steps": s2["steps"], "trainable": s2["trainable"]}}
-    stage1_model, _ = load_model_and_tokenizer(s1["merged"])
+    stage1_model, tok = load_model_and_tokenizer(s1["merged"])
     report["perplexity"] = evaluate.perplexity_on(stage1_model, tok, [r.seq for r in test_c])
     report["perplexity_stage2"] = evaluate.perplexity_on(tuned, tok, [r.seq for r in test_c])
     report["n_perplexity_sequences"] = len(test_c)
     y = [r.label for r in test_c]
     seqs = [r.seq for r in test_c]
-    preds = {m: [p["pred"] for p in classify.classify(tuned, tok, task, seqs, labels, m)] for m in ("determine", "bayes")}
+    preds = {m: [p["pred"] for p in classify.classify(tuned, tok, task, seqs, labels, m)]
+             for m in ("determine", "bayes")}
     cls = evaluate.classification_report(y, preds["determine"], train_c, seqs)
     cls["method"] = "determine"
     cls["bayes_accuracy"] = sum(a == b for a, b in zip(y, preds["bayes"])) / len(y)
@@ -94,11 +92,6 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     report["structure"] = structure.structure_report([], [])  # notes only: no ESMFold ships here
     evaluate.write_report(report, out_dir / "report", overwrite=True)
     return report
-
-
-def _tiny(m) -> dict:
-    return {"hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size, "num_layers": m.num_layers,
-            "num_heads": m.num_heads, "max_position_embeddings": m.max_position_embeddings}
 
 
 def run(out_dir: Path) -> dict[str, float]:

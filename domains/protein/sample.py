@@ -23,11 +23,24 @@ from pathlib import Path
 from typing import Iterable
 
 from adaptome.domains.protein.data import LabelTask
-from adaptome.domains.protein.formats import invalid_positions, write_fasta
+from adaptome.domains.protein.formats import fasta_text, invalid_positions
 
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """Decoding settings (defaults: ProLLaMA's); recorded in every FASTA header written.
+
+    Args:
+        temperature: softmax temperature; 0 decodes greedily (then top_k / top_p are unused).
+        top_k: sample among the k most likely tokens.
+        top_p: nucleus sampling: the smallest token set holding this probability mass.
+        repetition_penalty: CTRL-style penalty on tokens already in the sequence (1.0: none).
+        max_new_tokens: stop after this many generated tokens (a sequence without its closing
+            ``>`` by then is flagged incomplete).
+        seed: seed of the sampling RNG.
+        batch_size: prompts decoded together.
+    """
+
     temperature: float = 0.2
     top_k: int = 40
     top_p: float = 0.9
@@ -39,7 +52,19 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Sample:
-    condition: str  # "Family=<Cyclin_N>" or "unconditional"
+    """One generated sequence.
+
+    Args:
+        condition: the label field it was conditioned on (``Family=<Cyclin_N>``) or ``unconditional``.
+        label: the label (None when unconditional).
+        prefix: the residues given after ``Seq=<``.
+        seq: the generated residues (prefix included), up to the closing ``>``.
+        complete: the closing ``>`` was generated within ``max_new_tokens``.
+        invalid: 1-based positions of letters outside the 20 standard amino acids.
+        n_tokens: tokens generated.
+    """
+
+    condition: str
     label: str | None
     prefix: str
     seq: str
@@ -154,8 +179,16 @@ def parse_header(h: str) -> dict[str, str]:
     return out
 
 
+def samples_fasta(samples: list[Sample], params: SamplingParams) -> str:
+    """The samples as FASTA text, each header holding its condition and the sampling parameters."""
+    return fasta_text((header(i, s, params), s.seq) for i, s in enumerate(samples, 1))
+
+
 def write_samples(samples: list[Sample], params: SamplingParams, path: str | Path) -> Path:
-    return write_fasta(((header(i, s, params), s.seq) for i, s in enumerate(samples, 1)), path)
+    """``samples_fasta`` written to ``path`` atomically."""
+    from adaptome.core.atomic import write_text_atomic
+
+    return write_text_atomic(path, samples_fasta(samples, params))
 
 
 def _bar(enabled: bool, total: int, what: str = "sampling"):

@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from adaptome.domains.protein.formats import ProteinError
+
 CA = 1  # atom37 index of the C-alpha atom
 
 
@@ -74,7 +76,7 @@ def foldseek_tm(query_dir: str | Path, reference_dir: str | Path, foldseek: str 
                "--format-output", "query,target,alntmscore"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise RuntimeError(f"foldseek failed ({res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
+            raise ProteinError(f"foldseek failed ({res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
         best: dict[str, float] = {}
         with hits.open() as f:
             for query, _target, tm in csv.reader(f, delimiter="\t"):

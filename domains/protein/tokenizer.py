@@ -2,12 +2,12 @@
 
 ProLLaMA keeps LLaMA-2's SentencePiece vocabulary; a tiny model trained from scratch on CPU learns
 far faster with one token per character. The vocabulary (the core's character tokenizer) is the
-specials ``<pad> <s> </s> <unk> <mask>`` followed by every printable ASCII character, so amino-acid letters, ``=<>[]``, spaces and
-label words (``[Generate by superfamily] Superfamily=<...>``) all encode. ``<s>`` is prepended by
-the post-processor; ``</s>`` is appended by the callers that need it (stage 1 and stage 2, as
-ProLLaMA's ``add_eos_token``). It is a ``PreTrainedTokenizerFast`` built from a ``tokenizers``
-WordLevel model with a split-every-character pre-tokenizer and a ``Fuse`` decoder, so it saves and
-loads with ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
+specials ``<pad> <s> </s> <unk> <mask>`` followed by every printable ASCII character, so amino-acid
+letters, ``=<>[]``, spaces and label words (``[Generate by superfamily] Superfamily=<...>``) all
+encode. ``<s>`` is prepended by the post-processor; ``</s>`` is appended by the callers that need it
+(stage 1 and stage 2, as ProLLaMA's ``add_eos_token``). It is a ``PreTrainedTokenizerFast`` built
+from a ``tokenizers`` WordLevel model with a split-every-character pre-tokenizer and a ``Fuse``
+decoder, so it saves and loads with ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
 
 Not covered: non-ASCII label text (it maps to ``<unk>``).
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from adaptome.core.adapters import api, io
 from adaptome.core.adapters.targets import TargetError
@@ -98,11 +98,8 @@ def test_unknown_method_option_names_the_key():
 
 
 @pytest.fixture(scope="module")
-def base() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+def base(tiny_llama_factory) -> LlamaForCausalLM:
+    return tiny_llama_factory()
 
 
 IDS = torch.tensor([[1, 5, 9, 3, 7]])
@@ -179,11 +176,8 @@ def test_truncated_weights_file(base, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["lora_native", "lora"])
-def test_adapter_from_another_config_leaves_no_half_loaded_adapter(base, method, tmp_path):
-    torch.manual_seed(0)
-    wider = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2,
-                                         tie_word_embeddings=False)).eval()
+def test_adapter_from_another_config_leaves_no_half_loaded_adapter(base, method, tmp_path, tiny_llama_factory):
+    wider = tiny_llama_factory(hidden_size=48)
     path = io.save_adapter(_adapted(wider, method), tmp_path / "adapter")
     model = copy.deepcopy(base)
     with pytest.raises(io.CheckpointError) as e:
@@ -193,11 +187,8 @@ def test_adapter_from_another_config_leaves_no_half_loaded_adapter(base, method,
     _assert_plain(model, base)
 
 
-def test_failed_second_adapter_keeps_the_first(base, tmp_path):
-    torch.manual_seed(0)
-    wider = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2,
-                                         tie_word_embeddings=False)).eval()
+def test_failed_second_adapter_keeps_the_first(base, tmp_path, tiny_llama_factory):
+    wider = tiny_llama_factory(hidden_size=48)
     bad = io.save_adapter(_adapted(wider, "lora_native"), tmp_path / "bad")
     model = _adapted(base, "lora_native")
     want = _logits(model)

@@ -232,3 +232,55 @@ def test_perplexity():
         ev.perplexity_from_losses(1.0, 0)
     with pytest.raises(ValueError, match="NaN"):
         ev.perplexity(float("nan"))
+
+
+def _pad_collate(items):
+    import torch
+
+    n = max(len(it["input_ids"]) for it in items)
+    ids = torch.zeros((len(items), n), dtype=torch.long)  # (B, L)
+    labels = torch.full((len(items), n), -100, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(items), n), dtype=torch.long)  # (B, L)
+    for i, it in enumerate(items):
+        k = len(it["input_ids"])
+        ids[i, :k], labels[i, :k], mask[i, :k] = torch.tensor(it["input_ids"]), torch.tensor(it["labels"]), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def test_lm_perplexity_causal_equals_the_formula_per_sequence(tiny_llama):
+    """exp(sum over every scored token of -log p(token | prefix) / number of scored tokens), with
+    ragged, right-padded batches: each sequence scored alone, one position at a time."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, 32, (n,), generator=g).tolist() for n in (5, 9, 3, 7, 6)]
+    examples = [{"input_ids": s, "labels": s} for s in seqs]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in seqs:
+            logp = torch.log_softmax(tiny_llama(input_ids=torch.tensor([s])).logits[0], -1)  # (L, V)
+            for t in range(1, len(s)):
+                total -= float(logp[t - 1, s[t]])
+                count += 1
+    want = math.exp(total / count)
+    for bs in (1, 2, 8):  # the batch size (and so the padding) does not change the value
+        got = ev.lm_perplexity(tiny_llama, examples, _pad_collate, "causal", batch_size=bs)
+        assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_lm_perplexity_masked_scores_only_labelled_positions(tiny_bert_factory):
+    import torch
+
+    model = tiny_bert_factory()
+    ids = [[2, 7, 9, 11, 3], [2, 5, 3]]
+    labels = [[-100, 7, -100, 11, -100], [-100, -100, 5]]
+    examples = [{"input_ids": i, "labels": lab} for i, lab in zip(ids, labels)]
+    with torch.no_grad():
+        lp0 = torch.log_softmax(model(input_ids=torch.tensor([ids[0]])).logits[0], -1)  # (5, V)
+        lp1 = torch.log_softmax(model(input_ids=torch.tensor([ids[1]])).logits[0], -1)  # (3, V)
+    want = math.exp(-(float(lp0[1, 7]) + float(lp0[3, 11]) + float(lp1[2, 5])) / 3)
+    assert ev.lm_perplexity(model, examples, _pad_collate, "masked", batch_size=2) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="kind"):
+        ev.lm_perplexity(model, examples, _pad_collate, "seq2seq")
+    with pytest.raises(ValueError, match="n_tokens must be positive"):  # nothing scored: no perplexity
+        ev.lm_perplexity(model, [{"input_ids": [2, 3], "labels": [-100, -100]}], _pad_collate, "masked")

@@ -13,7 +13,7 @@ import copy
 import peft
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from adaptome.core.adapters import api, io
 
@@ -21,11 +21,8 @@ TARGETS = "attention+mlp"
 
 
 @pytest.fixture(scope="module")
-def base() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+def base(tiny_llama_factory) -> LlamaForCausalLM:
+    return tiny_llama_factory()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adaptome.core.registry import RegistryError
-from adaptome.domains.pathology.encoders import (StainTextureFeatures, add_adapter, build_encoder)
+from adaptome.domains.pathology.encoders import StainTextureFeatures, add_adapter, build_encoder
 from adaptome.domains.pathology.extract import encode_tiles, read_features, tile_loader, write_features
 from adaptome.domains.pathology.synth import E_VEC, H_VEC
 from adaptome.domains.pathology.tiling import TileReader, geometry_from_attrs, read_coords

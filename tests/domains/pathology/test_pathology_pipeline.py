@@ -106,6 +106,54 @@ def test_cli_synth_refuses_to_overwrite(tmp_path):
     assert (out / "labels.csv").read_text() == before
 
 
+def test_cli_pretrain_encoder_refuses_to_overwrite(tmp_path):
+    from adaptome.domains.pathology.cli import app
+
+    out = tmp_path / "ssl"
+    out.mkdir()
+    (out / "encoder.safetensors").write_bytes(b"mine")
+    r = CliRunner().invoke(app, ["pretrain-encoder", str(tmp_path), "--tiles-dir", str(tmp_path), "--out", str(out)])
+    assert r.exit_code == 2 and "already holds encoder.safetensors" in r.output
+    assert (out / "encoder.safetensors").read_bytes() == b"mine"
+
+
+def test_cli_lets_a_programming_error_through(tmp_path, monkeypatch):
+    """Only user errors (AdaptomeError, OSError) become one-line messages; a bug stays a traceback."""
+    from adaptome.domains.pathology.cli import app
+
+    def broken(cfg):
+        return {}["missing key"]
+
+    monkeypatch.setattr(stages, "synth", broken)
+    r = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "syn")])
+    assert r.exit_code == 1 and isinstance(r.exception, KeyError) and "error:" not in r.output
+
+
+def test_failed_slide_records_user_errors_only(tmp_path):
+    """run_stage records a bad slide (an AdaptomeError) and goes on; a bug in the work function
+    (KeyError) is raised, not recorded as a 'failed slide'."""
+    from adaptome.domains.pathology.errors import PathologyError
+    from adaptome.domains.pathology.pipeline import run_stage
+
+    items = [("a", tmp_path / "a.svs"), ("b", tmp_path / "b.svs")]
+
+    def bad_input(sid, path, target):
+        if sid == "a":
+            raise PathologyError(f"{path}: unreadable")
+        target.write_text("ok")
+
+    summary = run_stage("t", items, tmp_path / "out1", lambda sid: tmp_path / "out1" / sid, bad_input,
+                        skip_errors=True, progress=False)
+    assert summary.done == ["b"] and list(summary.failed) == ["a"]
+
+    def bug(sid, path, target):
+        return {}["oops"]
+
+    with pytest.raises(KeyError):
+        run_stage("t", items, tmp_path / "out2", lambda sid: tmp_path / "out2" / sid, bug, skip_errors=True,
+                  progress=False)
+
+
 def test_score_writes_geojson_and_heatmaps(trained, heldout, tmp_path):
     import json
 

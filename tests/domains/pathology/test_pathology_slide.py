@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from adaptome.domains.pathology.slide import SAMPLE_SLIDE as REAL_SLIDE
-from adaptome.domains.pathology.slide import (MissingMPPError, SlideError, best_level, open_slide, read_mpp_csv,
-                                              slide_mpp, target_mpp)
+from adaptome.domains.pathology.slide import (
+    MissingMPPError,
+    SlideError,
+    best_level,
+    open_slide,
+    read_mpp_csv,
+    slide_mpp,
+    target_mpp,
+)
 from adaptome.domains.pathology.synth import render_slide, write_pyramid_tiff
 from adaptome.domains.pathology.tiling import geometry, grid, tile_slide
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -14,8 +15,8 @@ def test_build_dataset_from_fasta_and_labels(tmp_path):
                             "--vocab", "superfamilies", "--out", str(tmp_path / "ds")])
     assert r.exit_code == 0, r.output
     lines = (tmp_path / "ds" / "instructions.jsonl").read_text().splitlines()
-    assert lines[0] == ('{"instruction": "[Generate by superfamily]", "input": "Superfamily=<Cyclin-like superfamily>", '
-                        '"output": "Seq=<MKRV>"}')
+    assert lines[0] == ('{"instruction": "[Generate by superfamily]", '
+                        '"input": "Superfamily=<Cyclin-like superfamily>", "output": "Seq=<MKRV>"}')
     assert (tmp_path / "ds" / "sequences.txt").read_text() == "Seq=<MKRV>\nSeq=<ACDE>\n"
     # existing output is never replaced without --overwrite
     r = runner.invoke(app, ["build-dataset", "--shipped", "pfam", "--out", str(tmp_path / "ds")])
@@ -53,11 +54,12 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tiny_esmfold, tmp_path):
     assert r.exit_code == 0, r.output
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "id,prediction" and rows[1].split(",")[1] in rep["labels"]
-    r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"), "--out", str(tmp_path / "m.csv")])
+    r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"),
+                            "--out", str(tmp_path / "m.csv")])
     assert r.exit_code == 0 and "Spearman" in r.output, r.output
     assert len((tmp_path / "m.csv").read_text().splitlines()) == 504
-    r = runner.invoke(app, ["evaluate", "--model", model, "--samples", str(tmp_path / "g.fa"), "--out", str(tmp_path / "rep"),
-                            "--esmfold", str(tiny_esmfold)])
+    r = runner.invoke(app, ["evaluate", "--model", model, "--samples", str(tmp_path / "g.fa"),
+                            "--out", str(tmp_path / "rep"), "--esmfold", str(tiny_esmfold)])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "majority class" in md and "plddt_esmfold: mean" in md
@@ -79,12 +81,47 @@ def test_cli_two_stages_from_tiny_configs(tmp_path):
     s1 = tmp_path / "s1"
     r = runner.invoke(app, ["pretrain", "-c", str(cfgs / "pretrain_tiny.yaml"), "--set",
                             f"train_files=[{tmp_path / 'ds' / 'sequences.txt'}]", "--set", "train.max_steps=3",
-                            "--set", "block_size=64", "--set", f"train.output_dir={s1}", "--set", "train.progress=false"])
+                            "--set", "block_size=64", "--set", f"train.output_dir={s1}",
+                            "--set", "train.progress=false"])
     assert r.exit_code == 0, r.output
     assert yaml.safe_load((s1 / "config.yaml").read_text())["train"]["max_steps"] == 3
     r = runner.invoke(app, ["instruct", "-c", str(cfgs / "instruct_tiny.yaml"), "--set",
                             f"train_files=[{tmp_path / 'ds' / 'instructions.jsonl'}]", "--set", "train.max_steps=3",
-                            "--set", f"model.name_or_path={s1 / 'merged'}", "--set", f"train.output_dir={tmp_path / 's2'}",
+                            "--set", f"model.name_or_path={s1 / 'merged'}",
+                            "--set", f"train.output_dir={tmp_path / 's2'}",
                             "--set", "train.progress=false"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s2" / "merged" / "tokenizer.json").is_file()
+
+
+def test_a_programming_error_is_a_traceback_not_a_user_error(tmp_path, monkeypatch):
+    """The CLI prints AdaptomeError / OSError as one line; a KeyError (a bug) is not swallowed."""
+    from adaptome.domains.protein import stages
+
+    def broken(cfg, overwrite=False):
+        return {}["steps"]
+
+    monkeypatch.setattr(stages, "run_stage_config", broken)
+    tiny = Path(stages.__file__).parent / "configs" / "pretrain_tiny.yaml"
+    r = runner.invoke(app, ["pretrain", "-c", str(tiny),
+                            "--set", f"train.output_dir={tmp_path / 's1'}"])
+    assert r.exit_code == 1 and isinstance(r.exception, KeyError) and "error:" not in r.output
+
+
+def test_stage_kwargs_name_every_config_field():
+    """The one flattening of a stage config covers every field (none is silently dropped)."""
+    import dataclasses
+    import inspect
+
+    from adaptome.domains.protein import config, instruct, pretrain
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    for cls, fn in ((config.PretrainConfig, pretrain.pretrain), (config.InstructConfig, instruct.instruct)):
+        cfg = cls(train_files=["x"])
+        kw = config.stage_kwargs(cfg)
+        assert set(kw) <= set(inspect.signature(fn).parameters)
+        used = {"model", "train"} | {k for k in kw if k in {f.name for f in dataclasses.fields(cls)}}
+        used |= {"train_files", "adapter"}  # as files, adapter_method / adapter_options
+        assert used == {f.name for f in dataclasses.fields(cls)}, cls
+    model_params = set(inspect.signature(load_model_and_tokenizer).parameters)
+    assert set(config.model_kwargs(config.PretrainConfig())) <= model_params

@@ -31,7 +31,8 @@ def test_builder_reproduces_prollama_records():
     label = formats.parse_field(rec[0]["output"], "Superfamily")[1]
     built = data.instruction_records([formats.Record("x", seq, label)], data.SUPERFAMILY)
     assert built == [rec[1], rec[0]]  # generate first, then determine
-    assert data.SUPERFAMILY.generate_prompt(label) == "[Generate by superfamily] Superfamily=<Gnk2-homologous domain superfamily>"
+    assert (data.SUPERFAMILY.generate_prompt(label)
+            == "[Generate by superfamily] Superfamily=<Gnk2-homologous domain superfamily>")
     assert data.SUPERFAMILY.generate_prompt(None, "MK") == "Seq=<MK"
     assert data.EC_CLASS.generate_prompt("EC3", "MK") == "[Generate by enzyme class] EC=<EC3> Seq=<MK"
 
@@ -108,7 +109,8 @@ def test_shipped_configs_carry_prollama_defaults():
     cfgs = data.data_dir().parent / "configs"
     p = load_config(PretrainConfig, cfgs / "pretrain.yaml")
     assert (p.adapter.method, p.adapter.options["r"], p.adapter.options["lora_alpha"]) == ("lora", 128, 256.0)
-    assert p.adapter.options["modules_to_save"] == ["embed_tokens", "lm_head"] and len(p.adapter.options["target_modules"]) == 7
+    assert p.adapter.options["modules_to_save"] == ["embed_tokens", "lm_head"]
+    assert len(p.adapter.options["target_modules"]) == 7
     assert (p.block_size, p.train.lr, p.train.schedule) == (2048, 5e-5, "cosine")
     i = load_config(InstructConfig, cfgs / "instruct.yaml")
     assert (i.adapter.options["r"], i.adapter.options["lora_alpha"], i.max_seq_length) == (64, 128.0, 256)

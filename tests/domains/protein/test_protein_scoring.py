@@ -42,7 +42,10 @@ def test_mutation_notation_offset_and_score(tiny):
     with pytest.raises(FormatError, match="expected e.g. H24C"):
         mutations.parse_mutant("24C")
     scores = mutations.score_mutants(model, tok, "MKRVLA", ["K2A", "M1M"], offset=1)
-    nll = lambda s: -_explicit_logprob(model, tok, "", seq_line(s))[0]
+
+    def nll(s):
+        return -_explicit_logprob(model, tok, "", seq_line(s))[0]
+
     assert scores[0] == pytest.approx(nll("MKRVLA") - nll("MARVLA"), abs=1e-4)
     assert scores[1] == pytest.approx(0.0, abs=1e-5)
 
@@ -60,7 +63,10 @@ def test_identity_divergence_and_kmer_judge():
     # planted signal: class A is K/R-rich, class B is L/V-rich
     import random
     rng = random.Random(0)
-    mk = lambda alpha: "".join(rng.choice(alpha) for _ in range(60))
+
+    def mk(alpha):
+        return "".join(rng.choice(alpha) for _ in range(60))
+
     seqs = [mk("KRKRAG") for _ in range(10)] + [mk("LVLVAG") for _ in range(10)]
     km = KmerClassifier(3).fit(seqs, ["A"] * 10 + ["B"] * 10)
     assert km.predict([mk("KRKRAG"), mk("LVLVAG")]) == ["A", "B"]
@@ -78,3 +84,13 @@ def test_generation_report_on_real_sequences_as_samples():
     assert g["composition_js_divergence"] < 0.05 and g["length_ks_pvalue"] > 0.05
     shuffled = [Sample(s.condition, s.label, "", "".join(sorted(s.seq)), True, (), 0) for s in as_samples]
     assert evaluate.generation_report(shuffled, train, train)["novelty"] > g["novelty"]
+
+
+def test_perplexity_on_is_core_perplexity_of_the_scored_sequence_lines(tiny):
+    """``evaluate.perplexity_on`` (through core's ``lm_perplexity``) equals exp(-sum log p / n) of the
+    ``Seq=<...></s>`` targets scored after ``<s>`` by ``classify.score_targets``."""
+    model, tok = tiny
+    seqs = ["MKV", "ACDEFGHIK", "WY"]
+    scored = classify.score_targets(model, tok, [("", seq_line(s)) for s in seqs], batch_size=2)
+    want = math.exp(-sum(lp for lp, _ in scored) / sum(n for _, n in scored))
+    assert evaluate.perplexity_on(model, tok, seqs, batch_size=2) == pytest.approx(want, rel=1e-5)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from adaptome.core.adapters.api import is_peft_model
+from adaptome.core.text import InputError
 from adaptome.domains.protein import data, formats, instruct, pretrain
 from adaptome.domains.protein.model import LLAMA_PROJECTIONS
 from adaptome.domains.protein.tokenizer import build_tokenizer, encode
@@ -21,14 +22,14 @@ def test_tokenizer_is_char_level_and_saves(tmp_path):
     assert back(text)["input_ids"] == ids and back.pad_token_id == tok.pad_token_id
 
 
-def test_pack_blocks_concatenates_with_eos(tiny):
+def test_sequence_blocks_concatenates_with_eos(tiny):
     _, tok = tiny
-    blocks = pretrain.pack_blocks(tok, ["MK", "AC"], 6)
+    blocks = pretrain.sequence_blocks(tok, ["MK", "AC"], 6)
     flat = encode(tok, "Seq=<MK>") + [tok.eos_token_id] + encode(tok, "Seq=<AC>") + [tok.eos_token_id]
     assert len(flat) == 20 and flat[0] == tok.bos_token_id and flat[9] == tok.eos_token_id
     assert blocks == [flat[0:6], flat[6:12], flat[12:18]]  # the 2-token remainder is dropped
-    with pytest.raises(formats.FormatError, match="fewer than one block"):
-        pretrain.pack_blocks(tok, ["MK"], 1000)
+    with pytest.raises(InputError, match="fewer than one block"):
+        pretrain.sequence_blocks(tok, ["MK"], 1000)
 
 
 def test_prompt_mask_covers_exactly_the_prompt(tiny):
@@ -41,7 +42,8 @@ def test_prompt_mask_covers_exactly_the_prompt(tiny):
     assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]
     assert tok.decode(enc["input_ids"][n_prompt:-1]) == "Family=<Cyclin_N>"
     assert enc["input_ids"][-1] == tok.eos_token_id
-    batch = instruct.pad_collate(tok.pad_token_id)([enc, instruct.encode_record(tok, rec | {"output": "Family=<X>"}, 256)])
+    other = instruct.encode_record(tok, rec | {"output": "Family=<X>"}, 256)
+    batch = instruct.pad_collate(tok.pad_token_id)([enc, other])
     short = len(encode(tok, "[Determine family] Seq=<MKRV>Family=<X>")) + 1
     assert batch["attention_mask"][1].sum() == short and (batch["labels"][1, short:] == -100).all()
 
@@ -58,7 +60,8 @@ def test_stage1_then_stage2_merge_loads_with_identical_logits(tmp_path, tiny):
     recs = data.pfam_families(max_residues=48)
     train = dict(max_steps=30, batch_size=4, lr=5e-3, log_every=5, progress=False, resume=False)
     s1 = pretrain.run_stage(
-        model, tok, pretrain.BlockDataset(pretrain.pack_blocks(tok, [r.seq for r in recs], 64)), pretrain.stack_collate,
+        model, tok, pretrain.BlockDataset(pretrain.sequence_blocks(tok, [r.seq for r in recs], 64)),
+        pretrain.stack_collate,
         "lora", {"r": 8, "lora_alpha": 16.0, "target_modules": LLAMA_PROJECTIONS,
                  "modules_to_save": ["embed_tokens", "lm_head"]}, train | {"output_dir": str(tmp_path / "s1")})
     assert is_peft_model(s1["model"]) and s1["last_loss"] < s1["first_loss"] - 0.3
@@ -92,7 +95,7 @@ def test_phi3_fused_projections_through_preset(tmp_path):
                                        num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
                                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                                        eos_token_id=tok.eos_token_id))
-    blocks = pretrain.pack_blocks(tok, [r.seq for r in data.pfam_families(max_residues=32)], 32)
+    blocks = pretrain.sequence_blocks(tok, [r.seq for r in data.pfam_families(max_residues=32)], 32)
     s = pretrain.run_stage(model, tok, pretrain.BlockDataset(blocks), pretrain.stack_collate, "lora",
                            {"r": 4, "lora_alpha": 8.0, "target_modules": "attention+mlp", "init_lora_weights": False,
                             "modules_to_save": ["embed_tokens", "lm_head"]},

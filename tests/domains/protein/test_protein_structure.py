@@ -15,7 +15,6 @@ SEQS = ["MKTAYIAKQR", "GAVLIWE"]
 
 def test_plddt_is_the_mean_ca_plddt_and_pdbs_parse(tiny_esmfold, tmp_path):
     from Bio.PDB import PDBParser
-
     from transformers.models.esm.openfold_utils import residue_constants
 
     model = structure.load_esmfold(str(tiny_esmfold))
