@@ -55,11 +55,20 @@ class AdapterSpec:
 
 
 @dataclass
+class OptimizerSpec:
+    #: a name of ``core.optim.registry.OPTIMIZERS`` (``adamw``, ``galore``); see ``adaptome optimizers list``
+    name: str = "adamw"
+    #: that optimizer's options (``galore``: rank, update_proj_gap, scale, target_modules, layerwise, ...)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     save_merged: bool = True
 
 
@@ -140,7 +149,19 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     out = Path(cfg.train.output_dir)
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
-    adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
+    from adaptome.core.adapters.sltrain import PRETRAIN_METHODS, save_pretrained_model
+    from adaptome.core.optim.registry import make_optimizer_factory
+
+    from_scratch = cfg.adapter.method in PRETRAIN_METHODS  # sltrain: replaces the layers, trains the whole model
+    if from_scratch:
+        from adaptome.core.config import from_dict
+
+        adapter_cfg = from_dict(PRETRAIN_METHODS.get(cfg.adapter.method), dict(cfg.adapter.options),
+                                prefix=f"adapter[{cfg.adapter.method}]")
+    else:
+        adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
+    t = cfg.train
+    make_optimizer = make_optimizer_factory(cfg.optimizer.name, cfg.optimizer.options, t.lr, t.weight_decay, t.betas)
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size,
@@ -148,18 +169,23 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
                               cfg.data.prollama_seq_format) if cfg.data.eval_files else []
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
-    model = apply_adapter(model, adapter_cfg)
+    model = adapter_cfg.apply(model) if from_scratch else apply_adapter(model, adapter_cfg)
     report = trainable_report(model)
     save_config(cfg, out)
     eval_fn = (lambda m: {"perplexity": eval_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
-    res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, **asdict(cfg.train))
-    save_adapter(res.model, out / "adapter", overwrite=overwrite)
+    res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, make_optimizer=make_optimizer,
+              **asdict(cfg.train))
+    if from_scratch:  # no base to adapt: the whole model goes to adapter/ (model.safetensors + method.json)
+        save_pretrained_model(res.model, out / "adapter", overwrite=overwrite)
+    else:
+        save_adapter(res.model, out / "adapter", overwrite=overwrite)
     tok.save_pretrained(out / "adapter")
-    if cfg.save_merged and adapter_cfg.supports_merge:
+    if cfg.save_merged and not from_scratch and adapter_cfg.supports_merge:
         save_merged(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
     losses = [h["loss"] for h in res.history if "loss" in h]
     summary = {
         "method": cfg.adapter.method,
+        "optimizer": cfg.optimizer.name,
         "trainable": report["trainable"],
         "trainable_percent": round(report["percent"], 3),
         "steps": res.step,
