@@ -38,7 +38,7 @@ without gradient accumulation). Here:
 
 State (tensors and plain values, so ``torch.load(weights_only=True)`` reads a checkpoint): per
 parameter ``step`` (int), ``exp_avg`` / ``exp_avg_sq`` (projected shape for targets), and for targets
-``proj`` (the projector: (M, R) left or (R, N) right) and ``proj_side`` ("left" / "right").
+``proj`` (the projector: (M, R) left or (R, N) right) and ``proj_side`` (0 left, 1 right).
 8-bit moments (``eight_bit=True``) store the moments blockwise-quantized through bitsandbytes
 (``exp_avg_q`` / ``exp_avg_absmax`` ...), dequantized around each update; bitsandbytes is imported only then.
 
@@ -116,6 +116,10 @@ def svd_projector(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:
     """Top-``rank`` singular vectors of ``grad`` (M, N) in float32: (M, R) for ``left``, (R, N) for ``right``."""
     u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)  # u (M, K), vh (K, N), K = min(M, N)
     return u[:, :rank].contiguous() if side == "left" else vh[:rank].contiguous()
+
+
+#: ``state["proj_side"]`` is an index into this (an int: optimizer state dicts hold tensors and numbers)
+_SIDES = ("left", "right")
 
 
 def _side(shape: torch.Size, proj_type: str) -> str:
@@ -211,12 +215,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
             state["adam_step"] = 0
         state["step"] += 1
         if galore:
-            side = state.get("proj_side") or _side(p.shape, group["proj_type"])
+            side = _SIDES[state["proj_side"]] if "proj_side" in state else _side(p.shape, group["proj_type"])
             if (state["step"] - 1) % group["update_proj_gap"] == 0:
                 rank = min(group["rank"], *p.shape)
                 new = svd_projector(grad, rank, side)
                 self._on_refresh(state, state.get("proj"), new, side)
-                state["proj"], state["proj_side"] = new, side
+                state["proj"], state["proj_side"] = new, _SIDES.index(side)
             g = project(grad.float(), state["proj"], side)  # (M, R) or (R, N)
         else:
             g = grad
@@ -231,7 +235,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
         if galore:
-            n = project_back(m / denom, state["proj"], state["proj_side"]) * group["scale"]  # (M, N)
+            n = project_back(m / denom, state["proj"], side) * group["scale"]  # (M, N)
             p.add_(n.to(p.dtype), alpha=-group["lr"] / bc1)
         else:
             p.addcdiv_(m, denom, value=-group["lr"] / bc1)
