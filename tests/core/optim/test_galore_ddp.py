@@ -26,8 +26,9 @@ def test_layerwise_two_processes_with_accumulation_match_one_process(tmp_path):
     for d in (two, one):
         d.mkdir()
     cmds = [
-        ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541", str(WORKER), str(two), "2", "2", "1"]),
-        ([sys.executable, str(WORKER), str(one), "4", "2", "1"]),  # layerwise, one process, same global batch 8
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+         str(WORKER), str(two), "2", "2", "1"],  # 2 processes x batch 2 x 2 micro-batches, layerwise
+        [sys.executable, str(WORKER), str(one), "4", "2", "1"],  # layerwise, one process, same global batch 8
     ]
     for cmd in cmds:
         r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=280)
