@@ -24,8 +24,8 @@ app = typer.Typer(
 adapters_app = typer.Typer(help="Adapter methods: list, merge, truncate.\n\nExample: adaptome adapters list",
                            no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
-optimizers_app = typer.Typer(help="Optimizers a run's `optimizer:` section can name.\n\nExample: adaptome optimizers list",
-                             no_args_is_help=True)
+optimizers_app = typer.Typer(help="Optimizers a run's `optimizer:` section can name.\n\n"
+                             "Example: adaptome optimizers list", no_args_is_help=True)
 app.add_typer(optimizers_app, name="optimizers")
 
 
@@ -52,7 +52,7 @@ def adapters_list() -> None:
         cls = ADAPTERS.get(name)
         table.add_row(name, cls.backend, cls.trains, cls.param_formula, "yes" if cls.supports_merge else "no")
     Console().print(table)
-    from adaptome.core.adapters.sltrain import PRETRAIN_METHODS
+    from adaptome.core.adapters.from_scratch import PRETRAIN_METHODS
 
     table = Table(title="methods that replace the layers and train from scratch (no base weight)")
     for col in ("name", "what is trained", "trainable parameters per replaced linear", "paper"):

@@ -13,7 +13,7 @@ import pkgutil
 from adaptome.core.registry import Registry
 
 #: modules of this package that hold infrastructure, not methods
-_INFRA = {"base", "inject", "io", "targets", "peft_backend", "api", "report", "modules_to_save"}
+_INFRA = {"base", "inject", "io", "targets", "peft_backend", "api", "report", "modules_to_save", "from_scratch"}
 
 
 def _load_methods() -> None:

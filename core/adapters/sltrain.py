@@ -21,8 +21,8 @@ Not an adapter (why it is not in ``ADAPTERS``): the adapter contract (``base.py`
 weight W0, can unload back to it and trains only its own tensors; SLTrain deletes W0 and trains the
 whole model from scratch (embeddings, norms and head stay dense and trainable), so "unload restores
 the base" and "the base stays bit-identical" do not apply. It is registered in ``PRETRAIN_METHODS``
-instead; ``adaptome train`` / ``adaptome protein pretrain`` accept its name in ``adapter.method`` and
-``adaptome adapters list`` shows it in a second table.
+(``from_scratch.py``) instead; ``apply_method`` there lets ``adaptome train`` / ``adaptome protein
+pretrain`` accept its name in ``adapter.method``, and ``adaptome adapters list`` shows it in a second table.
 
 Seeding differs from the reference (which draws supports from the global RNG): each layer's support
 and init come from a private generator seeded with ``seed + layer number``, so a support is reproducible
@@ -41,10 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptome.core.registry import Registry
-
-#: whole-model reparameterizations for training from scratch (name -> config class with ``apply(model)``)
-PRETRAIN_METHODS: Registry = Registry("pretraining method")
+from adaptome.core.adapters.from_scratch import ATTR, PRETRAIN_METHODS
 
 
 def dense_weight(a: torch.Tensor, b: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
@@ -205,41 +202,6 @@ class SLTrainConfig:
             setattr(model.get_submodule(parent_path) if parent_path else model, child, new)
         for p in model.parameters():
             p.requires_grad_(True)
-        model.adaptome_pretrain_method = {"sltrain": self}
+        setattr(model, ATTR, {"sltrain": self})
         return model
 
-
-def save_pretrained_model(model: nn.Module, out_dir, overwrite: bool = False):
-    """Write a model trained with a ``PRETRAIN_METHODS`` method: ``model.safetensors`` (every parameter and
-    buffer, including the supports) and ``method.json`` (the method's config), atomically."""
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from adaptome.core.atomic import atomic_dir
-
-    (name, cfg), = getattr(model, "adaptome_pretrain_method").items()
-    with atomic_dir(Path(out_dir), overwrite) as tmp:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "method": name})
-        (tmp / "method.json").write_text(json.dumps({"method": name, "config": dataclasses.asdict(cfg)}, indent=2))
-    return Path(out_dir)
-
-
-def load_pretrained_model(model: nn.Module, path) -> nn.Module:
-    """Rebuild the method's layers on a freshly built ``model`` of the same architecture and load the weights."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from adaptome.core.config import from_dict
-
-    path = Path(path)
-    meta = json.loads((path / "method.json").read_text())
-    cfg = from_dict(PRETRAIN_METHODS.get(meta["method"]), meta["config"], source=str(path / "method.json"))
-    model = cfg.apply(model)
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    return model

@@ -11,7 +11,7 @@ Not covered: optimizers over parameter groups that a method declares itself (tho
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from adaptome.core.registry import Registry
@@ -44,6 +44,19 @@ class AdamWOptions:
         if not params:
             raise ValueError("the model has no trainable parameters (did you apply an adapter?)")
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=self.eps)
+
+
+@dataclass
+class OptimizerSpec:
+    """The ``optimizer:`` section of a run's YAML.
+
+    Args:
+      name: an ``OPTIMIZERS`` name (``adamw``, ``galore``); see ``adaptome optimizers list``.
+      options: that optimizer's options (``galore``: rank, update_proj_gap, scale, target_modules, layerwise ...).
+    """
+
+    name: str = "adamw"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def make_optimizer_options(name: str, options: dict[str, Any] | None = None, source: str | None = None):

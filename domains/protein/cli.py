@@ -126,7 +126,8 @@ def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
         from adaptome.domains.protein.pretrain import pretrain
 
         s = pretrain(cfg.train_files, model, tok, cfg.block_size, cfg.adapter.method, cfg.adapter.options,
-                     train_kwargs, cfg.residue_policy, cfg.max_residues, cfg.merge, overwrite)
+                     train_kwargs, cfg.residue_policy, cfg.max_residues, cfg.merge, overwrite,
+                     optimizer_name=cfg.optimizer.name, optimizer_options=cfg.optimizer.options)
     else:
         from adaptome.domains.protein.instruct import instruct
 

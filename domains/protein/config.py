@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from adaptome.core.optim.registry import OptimizerSpec
 from adaptome.core.train.loop import TrainConfig
 
 
@@ -58,6 +59,8 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         output_dir="runs/protein/stage1", max_steps=1000, batch_size=4, grad_accum=8, lr=5e-5,
         weight_decay=0.01, warmup_steps=50, schedule="cosine", seed=42))
+    #: ``adamw`` (default) or ``galore`` with its options; ``adapter.method: sltrain`` pretrains from scratch
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     merge: bool = True
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import yaml
 from typer.testing import CliRunner
 
-from adaptome.core.adapters.sltrain import PRETRAIN_METHODS, SLTrainConfig, SLTrainLinear, load_pretrained_model
+from adaptome.core.adapters.from_scratch import PRETRAIN_METHODS, load_pretrained_model
+from adaptome.core.adapters.sltrain import SLTrainConfig, SLTrainLinear
 
 
 def _layer(trainable_scaling=False, seed=3):
@@ -155,3 +156,33 @@ def test_registered_as_a_pretraining_method_not_an_adapter():
     cfg = SLTrainConfig(rank=4, delta=0.05)
     layer = SLTrainLinear(37, 23, 4, 32.0, 0.05)
     assert sum(p.numel() for p in layer.parameters()) == cfg.expected_params(37, 23, True)
+
+
+def test_protein_pretrain_cli_with_sltrain_and_layerwise_galore(tmp_path):
+    from pathlib import Path
+
+    from adaptome.domains.protein.cli import app as protein_app
+
+    root = Path(__file__).resolve().parents[3]
+    preset = yaml.safe_load((root / "domains/protein/configs/pretrain_sltrain_tiny.yaml").read_text())
+    fasta = root / "domains/protein/data/ec/nrPDB-EC_test_subset.fasta"
+    preset["train_files"] = [str(fasta)]
+    preset["block_size"] = 64
+    preset["train"].update(output_dir=str(tmp_path / "run"), max_steps=25, progress=False, log_every=5,
+                           max_grad_norm=None)
+    # layerwise GaLore on the dense LM head (SLTrain replaced the projections; the rest takes AdamW)
+    preset["optimizer"] = {"name": "galore", "options": {"rank": 4, "update_proj_gap": 10, "scale": 1.0,
+                                                         "target_modules": ["lm_head"], "layerwise": True}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    res = CliRunner().invoke(protein_app, ["pretrain", "-c", str(path)])
+    assert res.exit_code == 0, res.output
+    metrics = [yaml.safe_load(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert losses[-1] < losses[0] - 0.3
+    assert (tmp_path / "run" / "adapter" / "method.json").exists() and not (tmp_path / "run" / "merged").exists()
+    preset["train"]["max_grad_norm"] = 1.0  # clipping cannot work with layerwise updates: refused, not ignored
+    preset["train"]["output_dir"] = str(tmp_path / "run2")
+    path.write_text(yaml.safe_dump(preset))
+    bad = CliRunner().invoke(protein_app, ["pretrain", "-c", str(path)])
+    assert bad.exit_code != 0 and "max_grad_norm" in (bad.output + repr(bad.exception))

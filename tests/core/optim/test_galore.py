@@ -152,6 +152,7 @@ def test_layerwise_with_accumulation_equals_one_big_batch():
     cfg = dict(rank=2, update_proj_gap=2, layerwise=True)
     oa = G.galore_optimizer(a, G.GaLoreConfig(**cfg), lr=1e-2)
     ob = G.galore_optimizer(b, G.GaLoreConfig(**cfg), lr=1e-2)
+    assert oa.updates_in_backward  # ``a`` trains in its hooks: one micro-batch of 8 per step
     for x, y in _batches(4):
         _loss(a, (x, y)).backward()
         for i in range(2):  # two micro-batches of 4, loss / 2 each
