@@ -246,3 +246,34 @@ def test_eight_bit_without_bitsandbytes_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
     with pytest.raises(G.GaLoreError, match="galore8bit"):
         G.galore_optimizer(_net(), G.GaLoreConfig(rank=2, eight_bit=True), lr=1e-3)
+
+
+class _StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def after_optimizer_step(self, state):
+        if state.step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_fit_resume_with_layerwise_galore_and_accumulation_is_bit_identical(tmp_path):
+    from adaptome.core.train.loop import fit
+
+    xs, ys = zip(*_batches(4))
+    data = [{"x": x, "y": y} for x, y in zip(torch.cat(xs), torch.cat(ys))]  # 32 examples
+
+    def make(model):
+        return G.galore_optimizer(model, G.GaLoreConfig(rank=2, update_proj_gap=3, layerwise=True), lr=1e-2)
+
+    kw = dict(loss_fn=lambda m, b: _loss(m, (b["x"], b["y"])), make_optimizer=make, cpu=True, max_steps=8,
+              batch_size=4, grad_accum=2, max_grad_norm=None, progress=False, log_every=0,
+              collate_fn=lambda b: {k: torch.stack([e[k] for e in b]) for k in b[0]})
+    full = fit(_net(), data, output_dir=tmp_path / "full", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_net(), data, output_dir=tmp_path / "cut", save_every=4, hooks=[_StopAt(6)], **kw)
+    resumed = fit(_net(), data, output_dir=tmp_path / "cut", save_every=4, hooks=[_StopAt(-1)], **kw)
+    assert resumed.resumed_from == 4
+    for (n, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), n
+    assert not torch.equal(full.model[2].weight, _net()[2].weight)
