@@ -30,7 +30,11 @@ without gradient accumulation). Here:
   and ``fit`` runs every micro-batch of a layerwise optimizer under ``no_sync`` so that DDP does not
   reduce it a second time. Ranks run the same graph, so their hooks fire in the same order and
   the collectives match. Every rank must produce a gradient for the same parameters each step
-  (DDP's rule without ``find_unused_parameters``).
+  (DDP's rule without ``find_unused_parameters``). A user's own DDP loop must likewise run backward
+  inside ``ddp_model.no_sync()``. Memory under DDP: DDP's reducer still allocates its buckets (one
+  gradient-sized buffer) at wrap time; what layerwise saves there is the ``.grad`` copy and the
+  optimizer-side temporaries. The blocking per-parameter all-reduce gives up DDP's bucketing and
+  overlap: more, smaller messages.
 * gradient clipping needs the global norm of all gradients before any update and is refused; fp16
   loss scaling (a GradScaler unscales before ``step``) is refused too; bf16 works.
 * ``step()`` updates nothing in layerwise mode (the updates already happened); ``zero_grad`` is a no-op
@@ -38,7 +42,8 @@ without gradient accumulation). Here:
 
 State (tensors and plain values, so ``torch.load(weights_only=True)`` reads a checkpoint): per
 parameter ``step`` (int), ``exp_avg`` / ``exp_avg_sq`` (projected shape for targets), and for targets
-``proj`` (the projector: (M, R) left or (R, N) right) and ``proj_side`` (0 left, 1 right).
+``proj`` (the projector: (M, R) left or (R, N) right) and ``proj_side`` (0 left, 1 right);
+``adam_step`` counts the steps since the moments started (bias correction; ``reset`` restarts it).
 8-bit moments (``eight_bit=True``) store the moments blockwise-quantized through bitsandbytes
 (``exp_avg_q`` / ``exp_avg_absmax`` ...), dequantized around each update; bitsandbytes is imported only then.
 
