@@ -36,6 +36,9 @@ PRETRAIN_MODEL = dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_s
 LARGE = {"galore": dict(hidden_size=1024, num_layers=12, num_heads=16, intermediate_size=2752),
          "pretrain": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1376)}
 BLOCK = 64
+#: GaLore cases: a small batch, so that weights, gradients and optimizer state (what GaLore and layerwise
+#: updates change) and not activations dominate the memory, as in the paper's large models
+GALORE_BATCH = 2
 HELD_OUT = 16  # sequences kept for perplexity
 
 
@@ -135,7 +138,7 @@ def case_galore(name: str, steps: int, device: str = "cpu") -> dict:
     g = torch.Generator().manual_seed(0)
     times = []
     for step in range(steps):
-        idx = torch.randint(0, len(train), (8,), generator=g).tolist()
+        idx = torch.randint(0, len(train), (GALORE_BATCH,), generator=g).tolist()
         batch = {k: v.to(device) for k, v in _collate([train[i] for i in idx]).items()}
         if device == "cuda":
             torch.cuda.synchronize()
@@ -157,8 +160,6 @@ def case_galore(name: str, steps: int, device: str = "cpu") -> dict:
 
 
 def case_pretrain(name: str, steps: int, device: str = "cpu") -> dict:
-    import torch
-
     from adaptome.core.adapters.api import apply_adapter, make_config
     from adaptome.core.adapters.sltrain import SLTrainConfig
     from adaptome.core.train.loop import fit
@@ -220,17 +221,20 @@ def _md(res: dict) -> str:
     lines = [
         "# GaLore and SLTrain vs their papers' memory claims (CPU, tiny LLaMA, protein sequences)", "",
         f"Command: `{res['command']}`  ", f"Git commit: `{res['git_commit']}`  ",
+        *([f"GaLore section re-run alone: `{res['galore_command']}` at commit `{res['galore_git_commit']}`  "]
+          if "galore_command" in res else []),
         f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}  ",
         f"Data: {res['data']}", "",
         f"## GaLore (hidden {GALORE_MODEL['hidden_size']}, {GALORE_MODEL['num_layers']} layers, "
-        f"rank {ga['rank']}, {ad['steps']} steps of batch 8 x {BLOCK})", "",
+        f"rank {ga['rank']}, {ad['steps']} steps of batch {res.get('galore_batch', 8)} x {BLOCK})", "",
         f"| case | optimizer state (MiB) | peak gradient bytes alive (MiB) | {peak_name} (MiB) | {peak_name} "
         "increase during training (MiB) | median step (s) | first step, with the SVD (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in (ad, ga, lw):
         lines.append(f"| {r['case']} | {r['optimizer_state_bytes'] / mb:.2f} | {r['peak_gradient_bytes'] / mb:.2f} | "
-                     f"{r['peak_rss_bytes'] / mb:.0f} | {r['peak_increase_bytes'] / mb:.0f} | {r['step_s_median']:.3f} | "
+                     f"{r['peak_rss_bytes'] / mb:.0f} | {r['peak_increase_bytes'] / mb:.0f} | {r['step_s_median']:.3f} "
+                     f"| "
                      f"{r['step_s_first']:.3f} |")
     lines += [
         "",
@@ -246,6 +250,9 @@ def _md(res: dict) -> str:
         f"{ad['peak_increase_bytes'] / mb:.0f} MiB (weights {ad['param_bytes'] / mb:.0f} MiB); layerwise / AdamW = "
         f"{lw['peak_increase_bytes'] / max(1, ad['peak_increase_bytes']):.2f}, GaLore / AdamW = "
         f"{ga['peak_increase_bytes'] / max(1, ad['peak_increase_bytes']):.2f}.",
+        f"- Layerwise vs non-layerwise GaLore: the peak is "
+        f"{(ga['peak_increase_bytes'] - lw['peak_increase_bytes']) / mb:.0f} MiB lower, against a full gradient of "
+        f"{lw['full_gradient_bytes'] / mb:.0f} MiB.",
         f"- Median step time: GaLore {ga['step_s_median'] / ad['step_s_median']:.2f}x AdamW, layerwise "
         f"{lw['step_s_median'] / ad['step_s_median']:.2f}x; the SVD (every 200 steps) falls in the first step: "
         f"{ga['step_s_first']:.3f} s vs {ad['step_s_first']:.3f} s for AdamW's first step. On this shared 2-core "
@@ -258,8 +265,9 @@ def _md(res: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in (full, sl, lo):
-        lines.append(f"| {r['case']} | {r['trainable_params']} | {r['heldout_ppl_init']:.2f} | {r['heldout_ppl']:.2f} | "
-                     f"{', '.join(f'{st}: {v:.2f}' for st, v in r['heldout_ppl_curve'])} | {r['first_loss']:.3f} / {r['last_loss']:.3f} | {r['peak_rss_bytes'] / mb:.0f} |")
+        curve = ", ".join(f"{st}: {v:.2f}" for st, v in r["heldout_ppl_curve"])
+        lines.append(f"| {r['case']} | {r['trainable_params']} | {r['heldout_ppl_init']:.2f} | {r['heldout_ppl']:.2f} "
+                     f"| {curve} | {r['first_loss']:.3f} / {r['last_loss']:.3f} | {r['peak_rss_bytes'] / mb:.0f} |")
     lines += [
         "",
         f"- SLTrain trains {share:.1%} of the full-rank model's parameters (target <= 50 %: "
@@ -283,6 +291,8 @@ def main() -> None:
     ap.add_argument("--case")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--quick", action="store_true", help="few steps: check the script, not the numbers")
+    ap.add_argument("--only", choices=["galore", "pretrain"],
+                    help="run one section and replace it in an existing results file (its command and commit are kept)")
     ap.add_argument("--large", action="store_true", help="wider models on CUDA (gpu.sh); peak = max_memory_allocated")
     a = ap.parse_args()
     device = "cuda" if a.large else "cpu"
@@ -300,7 +310,16 @@ def main() -> None:
                                         text=True).stdout.strip(),
            "versions": _versions(), "data": f"{FASTA.relative_to(ROOT)} ({HELD_OUT} sequences held out)",
            "galore": [], "pretrain": []}
-    for case in GALORE_CASES + PRETRAIN_CASES:
+    suffix = "_quick" * a.quick + "_gpu" * a.large
+    if a.only:
+        old = json.loads((HERE / f"results{suffix}.json").read_text())
+        old[f"{a.only}_command"] = res["command"] + f" --only {a.only}"
+        old[f"{a.only}_git_commit"] = res["git_commit"]
+        old[a.only] = []
+        res = old
+    res["galore_batch"] = GALORE_BATCH
+    cases = {"galore": GALORE_CASES, "pretrain": PRETRAIN_CASES}.get(a.only, GALORE_CASES + PRETRAIN_CASES)
+    for case in cases:
         steps = g_steps if case.startswith("galore") else p_steps
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, __file__, "--case", case, "--steps", str(steps), *flags.split()],
@@ -314,7 +333,6 @@ def main() -> None:
         rec = json.loads(line[len("RESULT "):])
         res["galore" if case.startswith("galore") else "pretrain"].append(rec)
         print(f"{case}: {time.perf_counter() - t0:.0f}s {rec}", flush=True)
-    suffix = "_quick" * a.quick + "_gpu" * a.large
     (HERE / f"results{suffix}.json").write_text(json.dumps(res, indent=2))
     (HERE / f"results{suffix}.md").write_text(_md(res))
     print(_md(res))
