@@ -260,13 +260,14 @@ def _md(res: dict) -> str:
         "",
         f"## SLTrain (hidden {PRETRAIN_MODEL['hidden_size']}, {PRETRAIN_MODEL['num_layers']} layers, "
         f"{full['steps']} steps x 16 x {BLOCK} = {full['tokens']} tokens each)", "",
-        f"| case | trainable params | held-out ppl at init | held-out ppl (end) | held-out ppl along training "
-        f"(step: ppl) | first / last train loss | {peak_name} (MiB) |",
-        "|---|---|---|---|---|---|---|",
+        f"| case | trainable params | params held (weights in memory) | held-out ppl at init | held-out ppl (end) "
+        f"| held-out ppl along training (step: ppl) | first / last train loss | {peak_name} (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in (full, sl, lo):
         curve = ", ".join(f"{st}: {v:.2f}" for st, v in r["heldout_ppl_curve"])
-        lines.append(f"| {r['case']} | {r['trainable_params']} | {r['heldout_ppl_init']:.2f} | {r['heldout_ppl']:.2f} "
+        lines.append(f"| {r['case']} | {r['trainable_params']} | {r['params_alive']} | {r['heldout_ppl_init']:.2f} "
+                     f"| {r['heldout_ppl']:.2f} "
                      f"| {curve} | {r['first_loss']:.3f} / {r['last_loss']:.3f} | {r['peak_rss_bytes'] / mb:.0f} |")
     lines += [
         "",
@@ -274,6 +275,8 @@ def _md(res: dict) -> str:
         f"{'met' if share <= 0.5 else 'NOT met'}) and ends at held-out perplexity {sl['heldout_ppl']:.2f} vs "
         f"{full['heldout_ppl']:.2f} full-rank ({ppl_gap:+.1%}; target within 10 %: "
         f"{'met' if abs(ppl_gap) <= 0.10 or ppl_gap < 0 else 'NOT met'}).",
+        f"- Weights held in memory: SLTrain {sl['params_alive'] / full['params_alive']:.1%} of full-rank (no dense W); "
+        f"LoRA-only {lo['params_alive'] / full['params_alive']:.1%} (the frozen random W0 plus the factors).",
         f"- LoRA alone on the frozen random init ends at {lo['heldout_ppl']:.2f}, "
         f"{lo['heldout_ppl'] / full['heldout_ppl']:.2f}x the full-rank perplexity: a low-rank update of a random "
         "base does not pretrain.",
@@ -293,6 +296,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few steps: check the script, not the numbers")
     ap.add_argument("--only", choices=["galore", "pretrain"],
                     help="run one section and replace it in an existing results file (its command and commit are kept)")
+    ap.add_argument("--md-only", action="store_true", help="rewrite results.md from results.json")
     ap.add_argument("--large", action="store_true", help="wider models on CUDA (gpu.sh); peak = max_memory_allocated")
     a = ap.parse_args()
     device = "cuda" if a.large else "cpu"
@@ -302,6 +306,10 @@ def main() -> None:
     if a.case:
         fn = case_galore if a.case.startswith("galore") else case_pretrain
         print("RESULT " + json.dumps(fn(a.case, a.steps, device)))
+        return
+    if a.md_only:
+        suffix = "_quick" * a.quick + "_gpu" * a.large
+        (HERE / f"results{suffix}.md").write_text(_md(json.loads((HERE / f"results{suffix}.json").read_text())))
         return
     g_steps, p_steps = (3, 8) if a.quick else (20, 400) if not a.large else (50, 2000)
     flags = " --quick" * a.quick + " --large" * a.large

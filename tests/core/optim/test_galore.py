@@ -62,7 +62,8 @@ def test_full_rank_identity_projector_equals_adamw_step_for_step(layerwise):
                 o.step()
             for pa, pb in zip(a.parameters(), b.parameters()):
                 torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
-    assert opt.state[a[0].weight]["proj"].shape == (10, 10) or opt.state[a[0].weight]["proj"].shape == (6, 6)
+    st = opt.state[a[0].weight]  # (6, 10): projected on the left by the (6, 6) identity, moments (6, 10)
+    assert st["proj_side"] == 0 and st["proj"].shape == (6, 6) and st["exp_avg"].shape == (6, 10)
 
 
 def test_every_update_lies_in_the_projector_span_and_scale_is_linear():
