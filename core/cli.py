@@ -24,6 +24,9 @@ app = typer.Typer(
 adapters_app = typer.Typer(help="Adapter methods: list, export, merge, truncate.\n\nExample: adaptome adapters list",
                            no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
+optimizers_app = typer.Typer(help="Optimizers a run's `optimizer:` section can name.\n\n"
+                             "Example: adaptome optimizers list", no_args_is_help=True)
+app.add_typer(optimizers_app, name="optimizers")
 
 
 def _fail(message: str) -> None:
@@ -49,6 +52,38 @@ def adapters_list() -> None:
         cls = ADAPTERS.get(name)
         table.add_row(name, cls.backend, cls.trains, cls.param_formula, "yes" if cls.supports_merge else "no",
                       cls.note)
+    Console().print(table)
+    from adaptome.core.adapters.from_scratch import PRETRAIN_METHODS
+
+    table = Table(title="methods that replace the layers and train from scratch (no base weight)")
+    for col in ("name", "what is trained", "trainable parameters per replaced linear", "paper"):
+        table.add_column(col)
+    for name in PRETRAIN_METHODS.names():
+        cls = PRETRAIN_METHODS.get(name)
+        table.add_row(name, cls.trains, cls.param_formula, cls.paper)
+    Console().print(table)
+
+
+@optimizers_app.command("list")
+def optimizers_list() -> None:
+    """List registered optimizers and their options (pick one with `optimizer: {name: ..., options: ...}`).
+
+    Example: adaptome optimizers list
+    """
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from adaptome.core.optim.registry import OPTIMIZERS
+
+    table = Table(title="optimizers")
+    for col in ("name", "what it does", "options (default)"):
+        table.add_column(col)
+    for name in OPTIMIZERS.names():
+        cls = OPTIMIZERS.get(name)
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        table.add_row(name, cls.summary, opts)
     Console().print(table)
 
 

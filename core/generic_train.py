@@ -3,9 +3,11 @@
 The run: read the files (``text.read_texts``: plain text, one example per non-empty line, or JSON
 Lines with the text in ``data.text_field``), tokenize, pack into blocks (causal) or pad per
 example (masked, 15% of tokens masked as BERT does), load the model by hub id / local path or build
-a tiny one from config, apply the adapter by registry name, train with ``train.loop.fit``, report
-perplexity on the eval files (``evaluation.lm_perplexity``), save the adapter (and optionally a
-merged standalone checkpoint).
+a tiny one from config, apply the adapter by registry name (or a from-scratch method such as
+``sltrain``: ``adapters.from_scratch``), build the ``optimizer:`` section's optimizer, train with
+``train.loop.fit``, report perplexity on the eval files (``evaluation.lm_perplexity``), save the adapter
+(and optionally a merged standalone checkpoint; a from-scratch method saves the whole model to
+``adapter/`` and merges nothing).
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 
@@ -20,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from adaptome.core.optim.registry import OptimizerSpec
 from adaptome.core.train.loop import TrainConfig
 
 
@@ -104,6 +107,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     save_merged: bool = True
 
 
@@ -155,10 +159,12 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     """Train, evaluate and save; returns a one-paragraph summary."""
     import torch
 
-    from adaptome.core.adapters.api import apply_adapter, make_config, trainable_report
-    from adaptome.core.adapters.io import save_adapter, save_merged
+    from adaptome.core.adapters.api import trainable_report
+    from adaptome.core.adapters.from_scratch import apply_method, save_trained
+    from adaptome.core.adapters.io import save_merged
     from adaptome.core.config import save_config
     from adaptome.core.evaluation import lm_perplexity
+    from adaptome.core.optim.registry import make_optimizer_factory
     from adaptome.core.train.loop import fit
 
     if not cfg.data.train_files:
@@ -166,25 +172,30 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     out = Path(cfg.train.output_dir)
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
-    adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
+    t = cfg.train
+    make_optimizer = make_optimizer_factory(cfg.optimizer.name, cfg.optimizer.options, t.lr, t.weight_decay,
+                                            t.betas)
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
                               cfg.data.text_field) if cfg.data.eval_files else []
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
-    model = apply_adapter(model, adapter_cfg)
+    # an adapter, or a method that replaces the layers and trains the whole model (sltrain)
+    model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options)
     report = trainable_report(model)
     save_config(cfg, out)
     eval_fn = (lambda m: {"perplexity": lm_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
-    res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, **asdict(cfg.train))
-    save_adapter(res.model, out / "adapter", overwrite=overwrite)
+    res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, make_optimizer=make_optimizer,
+              **asdict(cfg.train))
+    save_trained(res.model, out / "adapter", overwrite=overwrite)  # from scratch: model.safetensors + method.json
     tok.save_pretrained(out / "adapter")
-    if cfg.save_merged and adapter_cfg.supports_merge:
+    if cfg.save_merged and not from_scratch and adapter_cfg.supports_merge:
         save_merged(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
     losses = [h["loss"] for h in res.history if "loss" in h]
     summary = {
         "method": cfg.adapter.method,
+        "optimizer": cfg.optimizer.name,
         "trainable": report["trainable"],
         "trainable_percent": round(report["percent"], 3),
         "steps": res.step,

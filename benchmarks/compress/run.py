@@ -86,8 +86,8 @@ def pretrain(kind: str, train: Path, eval_: Path, out: Path, args) -> dict:
     tok = text.char_tokenizer()
     build = text.tiny_causal_lm if kind == "causal" else text.tiny_masked_lm
     model = build(len(tok), hidden_size=args.hidden, num_layers=2, num_heads=4, intermediate_size=2 * args.hidden)
-    tr = build_datasets([str(train)], tok, kind, args.block, False)
-    ev = build_datasets([str(eval_)], tok, kind, args.block, False)
+    tr = build_datasets([str(train)], tok, kind, args.block, "text")
+    ev = build_datasets([str(eval_)], tok, kind, args.block, "text")
     collate = lm_collate(tok, kind)
     t0 = time.perf_counter()
     res = fit(model, tr, collate_fn=collate, output_dir=out.parent / f"pretrain_{kind}", max_steps=args.pretrain_steps,
@@ -110,8 +110,8 @@ def dense_finetune(kind: str, base: Path, train: Path, eval_: Path, tmp: Path, a
     tok = transformers.AutoTokenizer.from_pretrained(base)
     cls = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModelForMaskedLM
     model = cls.from_pretrained(base)
-    tr = build_datasets([str(train)], tok, kind, args.block, False)
-    ev = build_datasets([str(eval_)], tok, kind, args.block, False)
+    tr = build_datasets([str(train)], tok, kind, args.block, "text")
+    ev = build_datasets([str(eval_)], tok, kind, args.block, "text")
     collate = lm_collate(tok, kind)
     res = fit(model, tr, collate_fn=collate, output_dir=tmp / f"dense_ft_{kind}", max_steps=args.finetune_steps,
               batch_size=8, lr=args.lr, schedule="constant", progress=False, log_every=0, resume=False)
@@ -145,8 +145,8 @@ def loftq_run(kind: str, base: Path, train: Path, eval_: Path, bits: int, tmp: P
         lowrank += 4 * sum(w.shape)
         numel += w.numel()
         replace_module(model, p, LQLoRALinear(r["q"], r["q_dense"], r["l1"], r["l2"], b))
-    tr = build_datasets([str(train)], tok, kind, args.block, False)
-    ev = build_datasets([str(eval_)], tok, kind, args.block, False)
+    tr = build_datasets([str(train)], tok, kind, args.block, "text")
+    ev = build_datasets([str(eval_)], tok, kind, args.block, "text")
     collate = lm_collate(tok, kind)
     after = perplexity(model, ev, collate, kind)
     trainable = freeze_all_but(model, COMPRESSORS.get("lqlora").mark_trainable(model))

@@ -14,7 +14,8 @@ import pkgutil
 from adaptome.core.registry import Registry
 
 #: modules of this package that hold infrastructure, not methods
-_INFRA = {"base", "inject", "io", "targets", "peft_backend", "api", "modules_to_save", "truncate"}
+_INFRA = {"base", "inject", "io", "targets", "peft_backend", "api", "modules_to_save", "truncate",
+          "from_scratch"}
 
 
 def _load_methods() -> None:

@@ -45,13 +45,13 @@ def lm_collate(tok, kind: str):
 
 def perplexity(model: nn.Module, examples: list[dict], collate, kind: str, seed: int = 0) -> float:
     """Held-out perplexity with masks drawn from ``seed`` (so two calls see the same masks)."""
-    from adaptome.core.generic_train import eval_perplexity
+    from adaptome.core.evaluation import lm_perplexity
 
     was = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ppl = eval_perplexity(model, examples, collate, kind)
+        ppl = lm_perplexity(model, examples, collate, kind)
     model.train(was)
     return ppl
 
@@ -118,8 +118,8 @@ def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: f
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
     collate = lm_collate(tok, kind) if tok is not None else None
-    eval_set = build_datasets([eval_text], tok, kind, block_size, False) if eval_text else []
-    train_set = build_datasets([train_text], tok, kind, block_size, False) if train_text else []
+    eval_set = build_datasets([eval_text], tok, kind, block_size, "text") if eval_text else []
+    train_set = build_datasets([train_text], tok, kind, block_size, "text") if train_text else []
 
     report: dict[str, Any] = {"method": method, "model": str(model_path), "architecture": arch,
                               "config": to_dict(cfg), "targets": targets if isinstance(targets, str) else list(targets)}

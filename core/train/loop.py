@@ -116,6 +116,21 @@ def _default_optimizer(model: nn.Module, lr: float, weight_decay: float, betas,
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
 
 
+def _check_updates_in_backward(optimizer, max_grad_norm, mixed_precision: str) -> bool:
+    """Optimizers with ``updates_in_backward`` (layerwise GaLore) update each parameter inside backward:
+    ``fit`` tells them the micro-batch (``set_micro_batch``) and leaves the gradient all-reduce to them;
+    clipping by the global norm and fp16 loss scaling cannot work there and are refused."""
+    if not getattr(optimizer, "updates_in_backward", False):
+        return False
+    if max_grad_norm is not None and max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm={max_grad_norm}: a layerwise optimizer updates each parameter during "
+                         "backward, before a global gradient norm exists; set max_grad_norm to null")
+    if mixed_precision == "fp16":
+        raise ValueError("mixed_precision=fp16 needs loss scaling before the update; a layerwise optimizer "
+                         "updates during backward: use bf16 or no")
+    return True
+
+
 def _move(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
@@ -178,6 +193,8 @@ def fit(
         methods.check_optimizer(optimizer)  # warns when the methods' groups (SoRA's gates) are not applied
     else:
         optimizer = _default_optimizer(model, lr, weight_decay, betas, methods.optimizer_groups(model, weight_decay))
+    in_backward = _check_updates_in_backward(optimizer, max_grad_norm, mixed_precision)
+    raw_optimizer = optimizer
     scheduler = make_scheduler(optimizer, schedule, warmup_steps, max_steps)
     sampler = ResumableBatchSampler(len(train_data), batch_size, seed, acc.process_index, acc.num_processes)
     # a private generator: creating a loader iterator would otherwise draw from the global RNG, and
@@ -250,7 +267,9 @@ def fit(
             loss_sum = None  # a device tensor: reading it once per step keeps the GPU queue full
             for i in range(grad_accum):
                 batch = _move(next(it), acc.device)
-                sync = i == grad_accum - 1
+                sync = i == grad_accum - 1 and not in_backward  # a layerwise optimizer all-reduces per parameter
+                if in_backward:
+                    raw_optimizer.set_micro_batch(i, grad_accum)
                 ctx = acc.no_sync(wrapped) if not sync else contextlib.nullcontext()
                 with ctx:
                     with acc.autocast():

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from adaptome.core.optim.registry import OptimizerSpec
 from adaptome.core.train.loop import TrainConfig
 
 
@@ -86,6 +87,8 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         output_dir="runs/protein/stage1", max_steps=1000, batch_size=4, grad_accum=8, lr=5e-5,
         weight_decay=0.01, warmup_steps=50, schedule="cosine", seed=42))
+    #: ``adamw`` (default) or ``galore`` with its options; ``adapter.method: sltrain`` pretrains from scratch
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     merge: bool = True
 
 
@@ -126,5 +129,6 @@ def stage_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
               "merge": cfg.merge}
     if isinstance(cfg, PretrainConfig):
         return {**common, "block_size": cfg.block_size, "residue_policy": cfg.residue_policy,
-                "max_residues": cfg.max_residues}
+                "max_residues": cfg.max_residues, "optimizer_name": cfg.optimizer.name,
+                "optimizer_options": dict(cfg.optimizer.options)}
     return {**common, "max_seq_length": cfg.max_seq_length}

@@ -76,31 +76,39 @@ def stack_collate(items: list[dict]) -> dict:
 
 def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, adapter_options: dict[str, Any],
               train_kwargs: dict[str, Any], merge: bool = True, eval_fn: Callable | None = None,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, optimizer_name: str = "adamw",
+              optimizer_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the adapter, train with ``fit``, save adapter (+ merged checkpoint); a summary dict.
 
     Outputs under ``train_kwargs['output_dir']``: ``metrics.jsonl``, ``checkpoints/``,
     ``adapter/``, ``merged/``. Existing ``adapter/`` or ``merged/`` folders are never replaced
-    unless ``overwrite``.
+    unless ``overwrite``. ``adapter_method`` may also be a from-scratch method (``sltrain``: the whole
+    model trains and is saved to ``adapter/``; nothing is merged); ``optimizer_name`` / ``_options``
+    pick a ``core.optim.registry.OPTIMIZERS`` entry (``galore``).
     """
-    from adaptome.core.adapters.api import apply_adapter, make_config, trainable_report
-    from adaptome.core.adapters.io import save_adapter, save_merged
+    from adaptome.core.adapters.api import trainable_report
+    from adaptome.core.adapters.from_scratch import apply_method, save_trained
+    from adaptome.core.adapters.io import save_merged
+    from adaptome.core.optim.registry import make_optimizer_factory
     from adaptome.core.train.loop import fit
 
     out = Path(train_kwargs["output_dir"])
     for sub in ("adapter", "merged"):
         if (out / sub).exists() and not overwrite:
             raise FileExistsError(f"{out / sub}: already exists; pass --overwrite to replace it")
-    cfg = make_config(adapter_method, adapter_options)
-    model = apply_adapter(model, cfg)
+    make_optimizer = make_optimizer_factory(optimizer_name, optimizer_options, train_kwargs.get("lr", 1e-3),
+                                            train_kwargs.get("weight_decay", 0.0),
+                                            train_kwargs.get("betas", (0.9, 0.999)))
+    model, _, from_scratch = apply_method(model, adapter_method, adapter_options)
     report = trainable_report(model)
-    result = fit(model, dataset, collate_fn=collate_fn, eval_fn=eval_fn, **train_kwargs)
+    result = fit(model, dataset, collate_fn=collate_fn, eval_fn=eval_fn, make_optimizer=make_optimizer,
+                 **train_kwargs)
     model = result.model
     model.eval()
-    save_adapter(model, out / "adapter", overwrite=overwrite)
+    save_trained(model, out / "adapter", overwrite=overwrite)
     summary: dict[str, Any] = {"adapter": str(out / "adapter"), "steps": result.step, "trainable": report,
                                "history": result.history}
-    if merge:
+    if merge and not from_scratch:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
         summary["merged"] = str(out / "merged")
     losses = [h["loss"] for h in result.history if "loss" in h]
@@ -112,11 +120,13 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
 
 def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str, adapter_options: dict,
              train_kwargs: dict, residue_policy: Policy = "error", max_residues: int | None = None,
-             merge: bool = True, overwrite: bool = False) -> dict[str, Any]:
+             merge: bool = True, overwrite: bool = False, optimizer_name: str = "adamw",
+             optimizer_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 1 end to end from sequence files; see the module docstring."""
     seqs = load_sequences(files, residue_policy, max_residues)
     blocks = sequence_blocks(tok, seqs, block_size)
     summary = run_stage(model, tok, BlockDataset(blocks), stack_collate, adapter_method, adapter_options,
-                        train_kwargs, merge=merge, overwrite=overwrite)
+                        train_kwargs, merge=merge, overwrite=overwrite, optimizer_name=optimizer_name,
+                        optimizer_options=optimizer_options)
     summary.update(n_sequences=len(seqs), n_blocks=len(blocks))
     return summary

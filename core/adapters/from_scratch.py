@@ -1,0 +1,85 @@
+"""Methods that replace a model's layers and train the whole model from scratch (SLTrain), beside adapters.
+
+``PRETRAIN_METHODS`` maps a name to a config dataclass with ``apply(model) -> model``. ``apply_method``
+is what a train command calls with the YAML's ``adapter.method`` / ``options``: an adapter name goes to
+``api.apply_adapter``, a from-scratch name to its ``apply``; ``save_trained`` writes either the adapter
+(``io.save_adapter``) or, for a from-scratch method, every weight and buffer (``model.safetensors``)
+with ``method.json``; ``load_pretrained_model`` rebuilds such a model on a fresh base of the same
+architecture.
+
+Not covered: merging (a from-scratch model has no base to merge into; its layers can be materialized
+with ``dense_weight()``), peft-format export of these models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from adaptome.core.registry import Registry
+
+ATTR = "adaptome_pretrain_method"
+
+
+def _load() -> None:
+    importlib.import_module("adaptome.core.adapters.sltrain")
+
+
+#: whole-model reparameterizations for training from scratch (name -> config class with ``apply(model)``)
+PRETRAIN_METHODS: Registry = Registry("pretraining method", loader=_load)
+
+
+def apply_method(model: nn.Module, method: str, options: dict[str, Any] | None = None,
+                 source: str | None = None) -> tuple[nn.Module, Any, bool]:
+    """(model to train, the method's config, whether it trains from scratch) for a method name of
+    ``ADAPTERS`` or ``PRETRAIN_METHODS``; options are checked strictly either way."""
+    from adaptome.core.adapters.api import apply_adapter, make_config
+    from adaptome.core.config import from_dict
+
+    if method in PRETRAIN_METHODS:
+        cfg = from_dict(PRETRAIN_METHODS.get(method), dict(options or {}), source=source, prefix=f"adapter[{method}]")
+        return cfg.apply(model), cfg, True
+    cfg = make_config(method, options, source=source)
+    return apply_adapter(model, cfg), cfg, False
+
+
+def save_trained(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """The adapter (``io.save_adapter``), or the whole model of a from-scratch method, to ``out_dir``."""
+    if not hasattr(model, ATTR):
+        from adaptome.core.adapters.io import save_adapter
+
+        return save_adapter(model, out_dir, overwrite=overwrite)
+    return save_pretrained_model(model, out_dir, overwrite)
+
+
+def save_pretrained_model(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """``model.safetensors`` (every parameter and buffer, supports included) and ``method.json``, atomically."""
+    from safetensors.torch import save_file
+
+    from adaptome.core.atomic import atomic_dir
+
+    (name, cfg), = getattr(model, ATTR).items()
+    with atomic_dir(Path(out_dir), overwrite) as tmp:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "method": name})
+        (tmp / "method.json").write_text(json.dumps({"method": name, "config": dataclasses.asdict(cfg)}, indent=2))
+    return Path(out_dir)
+
+
+def load_pretrained_model(model: nn.Module, path: str | Path) -> nn.Module:
+    """Rebuild the method's layers on a freshly built ``model`` of the same architecture and load the weights."""
+    from safetensors.torch import load_file
+
+    from adaptome.core.config import from_dict
+
+    path = Path(path)
+    meta = json.loads((path / "method.json").read_text())
+    cfg = from_dict(PRETRAIN_METHODS.get(meta["method"]), meta["config"], source=str(path / "method.json"))
+    model = cfg.apply(model)
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    return model
