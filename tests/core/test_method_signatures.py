@@ -57,13 +57,24 @@ def _has_training_behaviour(cls) -> bool:
             or cls.needs_data_init)
 
 
-def _fasta(tmp_path: Path) -> Path:
+def _sequences() -> list[str]:
     import random
 
     rng = random.Random(0)
+    return ["".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(60)) for _ in range(16)]
+
+
+def _fasta(tmp_path: Path) -> Path:
+    """The sequences as FASTA (the protein domain's input)."""
     path = tmp_path / "seqs.fasta"
-    path.write_text("".join(f">s{i}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(60))}\n"
-                            for i in range(16)))
+    path.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(_sequences())))
+    return path
+
+
+def _text(tmp_path: Path) -> Path:
+    """The same sequences as plain text, one per line (core's generic input)."""
+    path = tmp_path / "seqs.txt"
+    path.write_text("".join(f"{s}\n" for s in _sequences()))
     return path
 
 
@@ -81,10 +92,10 @@ class GenericTrain:
     name = "train"
 
     def run(self, tmp_path: Path, method: str, options: dict, steps: int) -> Path:
-        fasta = _fasta(tmp_path)
+        text_file = _text(tmp_path)
         out = tmp_path / "run"
         cfg = {"model": {"tiny": TINY},
-               "data": {"train_files": [str(fasta)], "eval_files": [str(fasta)], "block_size": 32},
+               "data": {"train_files": [str(text_file)], "eval_files": [str(text_file)], "block_size": 32},
                "adapter": {"method": method, "options": options},
                "train": {"output_dir": str(out), "max_steps": steps, "batch_size": 4, "lr": LR, "progress": False,
                          "log_every": 1, "schedule": "constant", "weight_decay": 0.0},
@@ -102,7 +113,7 @@ class GenericTrain:
         torch.manual_seed(0)
         tok = text.char_tokenizer()
         model = text.tiny_causal_lm(len(tok), **TINY)
-        data = generic_train.build_datasets([str(tmp_path / "seqs.fasta")], tok, "causal", 32, False)
+        data = generic_train.build_datasets([str(tmp_path / "seqs.txt")], tok, "causal", 32, "text")
         return model, data, generic_train._collator(tok, "causal", 0.15)
 
     def losses(self, out: Path) -> list[float]:
@@ -133,11 +144,11 @@ class ProteinPretrain:
 
     def rebuild(self, tmp_path: Path):
         from adaptome.domains.protein.model import load_model_and_tokenizer
-        from adaptome.domains.protein.pretrain import BlockDataset, load_sequences, pack_blocks, stack_collate
+        from adaptome.domains.protein.pretrain import BlockDataset, load_sequences, sequence_blocks, stack_collate
 
         model, tok = load_model_and_tokenizer(None, "float32", TINY["hidden_size"], TINY["intermediate_size"],
                                               TINY["num_layers"], TINY["num_heads"], 2048, 0)
-        blocks = pack_blocks(tok, load_sequences([str(tmp_path / "seqs.fasta")], "error", 128), 32)
+        blocks = sequence_blocks(tok, load_sequences([str(tmp_path / "seqs.fasta")], "error", 128), 32)
         return model, BlockDataset(blocks), stack_collate
 
     def losses(self, out: Path) -> list[float]:

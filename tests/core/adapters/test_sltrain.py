@@ -119,8 +119,8 @@ def test_pretraining_tiny_llama_from_scratch_through_fit(tmp_path):
 def test_adaptome_train_yaml_with_sltrain_and_galore(tmp_path):
     from adaptome.core.cli import app
 
-    fasta = tmp_path / "seqs.fasta"
-    fasta.write_text("".join(f">s{i}\n{'MKTAYIAKQRQISFVKSHFSRQ'[i % 5:] * 3}\n" for i in range(20)))
+    fasta = tmp_path / "seqs.txt"  # plain text, one sequence per line (core's generic reader)
+    fasta.write_text("".join(f"{'MKTAYIAKQRQISFVKSHFSRQ'[i % 5:] * 3}\n" for i in range(20)))
     cfg = {
         "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
         "data": {"train_files": [str(fasta)], "eval_files": [str(fasta)], "block_size": 32},
