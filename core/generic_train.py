@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adaptome.core.train.loop import TrainConfig
+from adaptome.core.config import InvalidValue
+from adaptome.core.train.config import TrainConfig
 
 
 @dataclass
@@ -46,6 +47,12 @@ class DataConfig:
     #: wrap each example as ProLLaMA's ``Seq=<...>`` (protein sequences)
     prollama_seq_format: bool = False
     mlm_probability: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise InvalidValue("block_size", f"must be >= 1 (tokens per example), got {self.block_size}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise InvalidValue("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
 
 
 @dataclass
@@ -126,21 +133,55 @@ def eval_perplexity(model, examples: list[dict], collate, kind: str = "causal", 
     return math.exp(total / max(1, count))
 
 
+def run_identity_of(cfg: RunConfig) -> dict[str, Any]:
+    """What of ``cfg`` beyond the training options shapes the result (``train.identity``): the model,
+    data and adapter sections, with each data file by size and SHA-256 instead of its path (so an
+    edited file of the same size is seen, a moved one is not a change)."""
+    from adaptome.core.config import to_dict
+    from adaptome.core.train.identity import file_digest
+
+    data = to_dict(cfg.data)
+    for key in ("train_files", "eval_files"):
+        data[key] = [{k: v for k, v in file_digest(f).items() if k != "path"} for f in data[key]]
+    return {"model": to_dict(cfg.model), "data": data, "adapter": to_dict(cfg.adapter), "save_merged": cfg.save_merged}
+
+
+class _WriteConfig:
+    """Hook: writes the resolved ``config.yaml`` once the resume check has passed (main process only),
+    so a refused run leaves the earlier run's config as it was."""
+
+    def __init__(self, cfg: RunConfig, out: Path):
+        self.cfg, self.out = cfg, out
+
+    def on_train_start(self, state) -> None:
+        from adaptome.core.config import save_config
+
+        if state.accelerator.is_main_process:
+            save_config(self.cfg, self.out)
+
+
 def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
-    """Train, evaluate and save; returns a one-paragraph summary."""
+    """Train, evaluate and save; returns a one-paragraph summary.
+
+    Under ``torchrun`` every process trains its share of each batch; only the main process writes
+    ``config.yaml``, ``adapter/``, ``merged/`` and ``summary.json`` while the others wait.
+    """
     import torch
 
     from adaptome.core.adapters.api import apply_adapter, make_config, trainable_report
-    from adaptome.core.adapters.io import save_adapter, save_merged
-    from adaptome.core.config import save_config
-    from adaptome.core.train.loop import fit
+    from adaptome.core.atomic import clean_stale
+    from adaptome.core.config import ConfigError
+    from adaptome.core.train.loop import fit, make_accelerator
 
     if not cfg.data.train_files:
-        raise ValueError("data.train_files is empty: give at least one .txt or FASTA file")
+        raise ConfigError("data.train_files: is empty; give at least one training file")
     out = Path(cfg.train.output_dir)
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
     adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
+    acc = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu, cfg.train.dist_timeout_s)
+    if acc.is_main_process:
+        clean_stale(out)  # temporary folders and files of a killed run (.adapter.tmp-*, .config.yaml.tmp-*)
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size,
@@ -150,22 +191,42 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
     model = apply_adapter(model, adapter_cfg)
     report = trainable_report(model)
-    save_config(cfg, out)
     eval_fn = (lambda m: {"perplexity": eval_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
-    res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, **asdict(cfg.train))
+    res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn, hooks=[_WriteConfig(cfg, out)],
+              accelerator=acc, identity=run_identity_of(cfg))
+    summary = None
+    if acc.is_main_process:
+        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, adapter_cfg.supports_merge, overwrite)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return json.dumps(summary, indent=2) if summary is not None else ""
+
+
+def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_merge: bool,
+                   overwrite: bool) -> dict[str, Any]:
+    """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's,
+    read from ``metrics.jsonl`` (so a resumed or re-saved run reports its first loss, not the resume's)."""
+    from adaptome.core.adapters.io import save_adapter, save_merged
+    from adaptome.core.atomic import write_text_atomic
+    from adaptome.core.train.metrics import read_metrics
+
+    out = Path(cfg.train.output_dir)
     save_adapter(res.model, out / "adapter", overwrite=overwrite)
     tok.save_pretrained(out / "adapter")
-    if cfg.save_merged and adapter_cfg.supports_merge:
+    if cfg.save_merged and can_merge:
         save_merged(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
-    losses = [h["loss"] for h in res.history if "loss" in h]
+    records = read_metrics(out / "metrics.jsonl")
+    losses = [r["loss"] for r in records if "loss" in r]
     summary = {
         "method": cfg.adapter.method,
         "trainable": report["trainable"],
         "trainable_percent": round(report["percent"], 3),
         "steps": res.step,
+        "world_size": world_size,
+        "resumed_from": res.resumed_from,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        **{k: v for h in res.history for k, v in h.items() if k.startswith("eval/")},
+        **{k: v for r in records for k, v in r.items() if k.startswith("eval/")},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return json.dumps(summary, indent=2)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary

@@ -75,7 +75,7 @@ def build_dataset(
 
     Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab superfamilies --out runs/protein/data
     """
-    from adaptome.core.adapters.io import atomic_dir
+    from adaptome.core.atomic import atomic_dir
     from adaptome.domains.protein import data, formats
 
     try:
@@ -97,11 +97,11 @@ def build_dataset(
             recs = data.crop(data.attach_labels(formats.read_fasta(fasta, policy), table, str(labels), voc),
                              max_residues)
         task = _task(task_name, task_key)
-        tmp, commit = atomic_dir(out, overwrite)
-        formats.write_instructions(data.instruction_records(recs, task), tmp / "instructions.jsonl")
-        formats.write_seq_lines([r.seq for r in recs], tmp / "sequences.txt")
-        formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in recs), tmp / "sequences.fasta")
-        commit()
+        with atomic_dir(out, overwrite) as tmp:
+            formats.write_instructions(data.instruction_records(recs, task), tmp / "instructions.jsonl")
+            formats.write_seq_lines([r.seq for r in recs], tmp / "sequences.txt")
+            formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in recs),
+                                tmp / "sequences.fasta")
     except typer.Exit:
         raise
     except _ERRORS as e:

@@ -191,11 +191,11 @@ def markdown(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], out_dir: str | Path, overwrite: bool = False,
                  structures: str | Path | None = None) -> Path:
     """``report.json`` + ``report.md`` (and the predicted ``structures/``) in ``out_dir``, atomically."""
-    from adaptome.core.adapters.io import atomic_dir
+    from adaptome.core.atomic import atomic_dir
 
-    tmp, commit = atomic_dir(Path(out_dir), overwrite)
-    if structures is not None and Path(structures).is_dir():
-        shutil.move(str(structures), str(tmp / "structures"))
-    (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    (tmp / "report.md").write_text(markdown(report), encoding="utf-8")
-    return commit()
+    with atomic_dir(Path(out_dir), overwrite) as tmp:
+        if structures is not None and Path(structures).is_dir():
+            shutil.move(str(structures), str(tmp / "structures"))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        (tmp / "report.md").write_text(markdown(report), encoding="utf-8")
+    return Path(out_dir)
