@@ -51,10 +51,12 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool = False, timeout_s: 
 
 
 class Heartbeat:
-    """Each process records the last step it finished in the process group's store."""
+    """Each process counts the collective points it reached (``beat(where)``) in the group's store;
+    after a timeout, the ranks with a lower count are the ones that did not keep up."""
 
     def __init__(self, accelerator):
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.count = 0
         self.store = None
         if self.world > 1 and torch.distributed.is_initialized():
             try:
@@ -64,20 +66,26 @@ class Heartbeat:
             except (ImportError, RuntimeError, ValueError):  # a private helper: without it ranks go unnamed
                 self.store = None
 
-    def beat(self, step: int) -> None:
+    def beat(self, where: str) -> None:
         if self.store is not None:
-            self.store.set(_BEAT.format(rank=self.rank), str(step))
+            self.count += 1
+            self.store.set(_BEAT.format(rank=self.rank), f"{self.count}|{where}")
 
-    def behind(self, step: int) -> dict[int, int | None]:
-        """Ranks whose last finished step is below ``step`` (None: not one step finished)."""
+    def behind(self) -> dict[int, str]:
+        """Other ranks that did not reach this process's last point, with where they were last seen."""
         if self.store is None:
             return {}
         out = {}
         for r in range(self.world):
             key = _BEAT.format(rank=r)
-            last = int(self.store.get(key)) if self.store.check([key]) else None
-            if last is None or last < step:
-                out[r] = last
+            if r == self.rank:
+                continue
+            if not self.store.check([key]):
+                out[r] = "before the first step"
+                continue
+            count, _, where = self.store.get(key).decode().partition("|")
+            if int(count) < self.count:
+                out[r] = where
         return out
 
 
@@ -91,13 +99,13 @@ def is_collective_failure(err: BaseException) -> bool:
                             "NCCL communicator was aborted", "Watchdog caught collective operation timeout"))
 
 
-def peer_timeout(err: BaseException, heartbeat: Heartbeat, step: int, timeout_s: float, last_ckpt: str) -> PeerTimeout:
-    """The one-line error for a collective failure at ``step`` (the step this process was taking)."""
-    behind = {r: s for r, s in heartbeat.behind(step).items() if r != heartbeat.rank}
+def peer_timeout(err: BaseException, heartbeat: Heartbeat, timeout_s: float, resume_hint: str) -> PeerTimeout:
+    """The one-line error for a collective that failed (the ranks that fell behind are named)."""
+    behind = heartbeat.behind()
     if behind:
-        who = ", ".join(f"rank {r} (last finished step {s if s is not None else 'none'})" for r, s in behind.items())
+        who = ", ".join(f"rank {r} (last seen in {where})" for r, where in behind.items())
     else:
         who = "another rank (could not tell which)"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return PeerTimeout(f"rank {heartbeat.rank}: no answer from {who} within train.dist_timeout_s={timeout_s:g} s "
-                       f"at step {step + 1} (a peer process stalled or died: {first[-120:]}); {last_ckpt}")
+                       f"(a peer process stalled or died: {first[-100:]}); {resume_hint}")

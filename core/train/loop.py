@@ -152,12 +152,13 @@ def fit(
                 loss = _train_step(run)
                 bar.advance(description=f"loss {loss:.4f}")
                 _log_evaluate_save(run, loss)
+                run.heartbeat.beat(f"end of step {run.state.step}")
                 if stop.agreed(acc):
                     _stop_on_request(run)
             _finish(run)
         except RuntimeError as e:
             if acc.num_processes > 1 and is_collective_failure(e):
-                raise peer_timeout(e, run.heartbeat, run.state.step, cfg.dist_timeout_s, _resume_hint(run)) from None
+                raise peer_timeout(e, run.heartbeat, cfg.dist_timeout_s, _resume_hint(run)) from None
             raise
     acc.wait_for_everyone()
     if accelerator is None:
@@ -247,6 +248,7 @@ def _batches(run: _Run) -> Iterator[Any]:
 def _train_step(run: _Run) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns its mean loss."""
     acc, cfg, state = run.acc, run.cfg, run.state
+    run.heartbeat.beat(f"step {state.step + 1}")
     call_hooks(run.hooks, "on_step_start", state)
     loss_sum = None  # a device tensor: reading it once per step keeps the GPU queue full
     for i in range(cfg.grad_accum):
@@ -258,6 +260,8 @@ def _train_step(run: _Run) -> float:
             acc.backward(loss / cfg.grad_accum)
         part = loss.detach().float() / cfg.grad_accum
         loss_sum = part if loss_sum is None else loss_sum + part
+    if acc.num_processes > 1:  # the global batch's loss, the same on every process
+        loss_sum = acc.reduce(loss_sum, reduction="mean")
     step_loss = loss_sum.item()
     if not math.isfinite(step_loss):  # before the update, so the weights stay usable
         raise NonFiniteLoss(f"loss is {step_loss} at step {state.step + 1}; lower train.lr or check the data")
@@ -299,7 +303,6 @@ def _log_evaluate_save(run: _Run, loss: float) -> None:
         _evaluate(run)
     if cfg.save_every and step % cfg.save_every == 0 and step != cfg.max_steps:  # the last one: _finish
         _checkpoint(run)
-    run.heartbeat.beat(step)
 
 
 def _record(run: _Run, rec: dict[str, Any]) -> None:
@@ -331,6 +334,7 @@ def _rng_preserved(device: torch.device) -> Iterator[None]:
 
 def _checkpoint(run: _Run) -> None:
     acc, state = run.acc, run.state
+    run.heartbeat.beat(f"checkpoint of step {state.step}")
     acc.wait_for_everyone()
     if acc.is_main_process:
         save_checkpoint(run.ckpt_root, state.step, trainable=run.trainable, optimizer=run.optimizer,
