@@ -137,13 +137,16 @@ def run_identity_of(cfg: RunConfig) -> dict[str, Any]:
     """What of ``cfg`` beyond the training options shapes the result (``train.identity``): the model,
     data and adapter sections, with each data file by size and SHA-256 instead of its path (so an
     edited file of the same size is seen, a moved one is not a change)."""
+    from adaptome.core.adapters.api import make_config
     from adaptome.core.config import to_dict
     from adaptome.core.train.identity import file_digest
 
     data = to_dict(cfg.data)
     for key in ("train_files", "eval_files"):
         data[key] = [{k: v for k, v in file_digest(f).items() if k != "path"} for f in data[key]]
-    return {"model": to_dict(cfg.model), "data": data, "adapter": to_dict(cfg.adapter), "save_merged": cfg.save_merged}
+    adapter = make_config(cfg.adapter.method, cfg.adapter.options).to_dict()  # resolved: 8 and 8.0 are one value
+    return {"model": to_dict(cfg.model), "data": data, "adapter": {"method": cfg.adapter.method, "options": adapter},
+            "save_merged": cfg.save_merged}
 
 
 class _WriteConfig:

@@ -6,7 +6,7 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-<N>/`` holding
 * ``optimizer.pt`` and ``scheduler.pt``: state dicts (tensors and plain values, read back with
   ``torch.load(weights_only=True)``: nothing is unpickled);
 * ``rng.pt``: torch CPU / CUDA generator states and Python's ``random`` state; ``rng_numpy.json``;
-* ``hooks.pt``: each step hook's ``state_dict()``;
+* ``hooks.pt``: the ``state_dict()`` of each step hook that has one, in order;
 * ``trainer_state.json`` (written last, so its presence marks a complete checkpoint): step, data
   position, the run's identity and fingerprint (``identity.py``), and the size and SHA-256 of every
   other file.
@@ -124,12 +124,17 @@ def save_checkpoint(ckpt_root: Path, step: int, *, trainable: dict[str, torch.Te
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
         (tmp / "rng_numpy.json").write_text(json.dumps(_numpy_state()))
-        torch.save([h.state_dict() if hasattr(h, "state_dict") else None for h in hooks], tmp / "hooks.pt")
+        torch.save([h.state_dict() for h in _stateful(hooks)], tmp / "hooks.pt")
         files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in FILES}
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "files": files}, indent=2))
     for _, old in list_checkpoints(ckpt_root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _stateful(hooks) -> list:
+    """The hooks whose state is checkpointed (those with ``state_dict``); stateless ones may come and go."""
+    return [h for h in hooks if hasattr(h, "state_dict")]
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
@@ -208,16 +213,17 @@ def load_checkpoint(path: Path, *, named_params: dict[str, torch.nn.Parameter], 
     hook_states = _load_file(path / "hooks.pt", torch_load)
     rng = _load_file(path / "rng.pt", torch_load)
     rng_numpy = _load_file(path / "rng_numpy.json", lambda p: json.loads(p.read_text()))
-    if len(hook_states) != len(hooks):
-        raise ResumeError(f"{path / 'hooks.pt'}: saved {len(hook_states)} hook states, the run has {len(hooks)} hooks")
+    stateful = _stateful(hooks)
+    if len(hook_states) != len(stateful):
+        raise ResumeError(f"{path / 'hooks.pt'}: saved {len(hook_states)} hook states, the run has {len(stateful)} "
+                          "hooks with a state")
     with torch.no_grad():
         for name, p in named_params.items():
             p.copy_(weights[name].to(p.device, p.dtype))
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(sched_state)
-    for h, s in zip(hooks, hook_states):
-        if s is not None and hasattr(h, "load_state_dict"):
-            h.load_state_dict(s)
+    for h, s in zip(stateful, hook_states):
+        h.load_state_dict(s)
     _set_rng_state(rng)
     _set_numpy_state(rng_numpy)
     return trainer_state
