@@ -7,6 +7,14 @@ perplexity on the eval files, save the adapter (and optionally a merged standalo
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 
+Under ``torchrun`` every process joins the group and trains its share of each batch; only the main
+process writes outputs. A folder with checkpoints is resumed only when the run's identity matches
+(``train.identity``: these sections, each data file's size and SHA-256, the training options but
+those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is written once that check has
+passed, so a refused run changes no file. ``summary.json`` reports the whole run (its losses come
+from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``. Temporary files a
+killed run left in the folder are removed.
+
 Not covered: instruction / chat formats (the domain packages own those), streaming corpora,
 sequence classification heads.
 """
@@ -14,6 +22,7 @@ sequence classification heads.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +30,8 @@ from typing import Any, Literal
 
 from adaptome.core.config import InvalidValue
 from adaptome.core.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -184,7 +195,8 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
     acc = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu, cfg.train.dist_timeout_s)
     if acc.is_main_process:
-        clean_stale(out)  # temporary folders and files of a killed run (.adapter.tmp-*, .config.yaml.tmp-*)
+        for p in clean_stale(out):  # temporary folders and files of a killed run (.adapter.tmp-*, ...)
+            log.warning(f"removed {p}: left half-written by an interrupted run")
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size,

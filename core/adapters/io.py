@@ -25,8 +25,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adaptome.core.adapters import inject
-from adaptome.core.adapters.api import (adapter_config_of, adapter_names, adapter_state_dict, apply_adapter,
-                                        is_peft_model, make_config, merge_and_unload)
+from adaptome.core.adapters.api import (
+    adapter_config_of,
+    adapter_names,
+    adapter_state_dict,
+    apply_adapter,
+    is_peft_model,
+    make_config,
+    merge_and_unload,
+)
 from adaptome.core.atomic import atomic_dir
 from adaptome.core.errors import AdaptomeError
 

@@ -19,8 +19,15 @@ def truncate_adapter_dir(src: str | Path, dst: str | Path, rank: int, overwrite:
     """Copy the DyLoRA adapter in ``src`` to ``dst`` keeping its first ``rank`` components."""
     from safetensors.torch import save_file
 
-    from adaptome.core.adapters.io import (META, PEFT_CONFIG, WEIGHTS, CheckpointError, read_adapter_meta,
-                                           read_adapter_weights, weights_sha256)
+    from adaptome.core.adapters.io import (
+        META,
+        PEFT_CONFIG,
+        WEIGHTS,
+        CheckpointError,
+        read_adapter_meta,
+        read_adapter_weights,
+        weights_sha256,
+    )
     from adaptome.core.atomic import atomic_dir
 
     src, dst = Path(src), Path(dst)

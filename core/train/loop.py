@@ -45,8 +45,14 @@ from torch import nn
 
 from adaptome.core.errors import AdaptomeError
 from adaptome.core.progress import progress_bar
-from adaptome.core.train.checkpoint import (ResumeError, check_identity, clean_checkpoint_root, find_resumable,
-                                            load_checkpoint, save_checkpoint)
+from adaptome.core.train.checkpoint import (
+    ResumeError,
+    check_identity,
+    clean_checkpoint_root,
+    find_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from adaptome.core.train.config import TrainConfig
 from adaptome.core.train.data import ResumableBatchSampler
 from adaptome.core.train.distributed import Heartbeat, is_collective_failure, make_accelerator, peer_timeout
@@ -56,11 +62,15 @@ from adaptome.core.train.interrupt import Interrupted, StopRequest
 from adaptome.core.train.metrics import MetricsLog
 from adaptome.core.train.schedule import make_scheduler
 
-__all__ = ["FitResult", "TrainConfig", "fit", "make_accelerator", "NonFiniteLoss"]
+__all__ = ["FitResult", "NonFiniteLoss", "NothingToTrain", "TrainConfig", "fit", "make_accelerator"]
 
 
 class NonFiniteLoss(AdaptomeError, FloatingPointError):
     """The loss became inf or NaN (the weights are those of the step before)."""
+
+
+class NothingToTrain(AdaptomeError, ValueError):
+    """The model has no trainable parameter."""
 
 
 @dataclass
@@ -202,7 +212,7 @@ def _build_optimizer(model: nn.Module, cfg: TrainConfig, make_optimizer=None) ->
         return make_optimizer(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters (did you apply an adapter?)")
+        raise NothingToTrain("the model has no trainable parameters (did you apply an adapter?)")
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
 
 

@@ -42,7 +42,8 @@ def _run_yaml(tmp_path: Path, name: str, batch_size: int) -> Path:
         text.write_text("".join("".join(rng.choice("abcdefgh") for _ in range(40)) + "\n" for _ in range(64)))
     cfg = {"model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
            "data": {"train_files": [str(text)], "block_size": 32},
-           "adapter": {"method": "lora_native", "options": {"r": 4, "lora_dropout": 0.0, "init_lora_weights": "random_b"}},
+           "adapter": {"method": "lora_native",
+                       "options": {"r": 4, "lora_dropout": 0.0, "init_lora_weights": "random_b"}},
            "train": {"output_dir": str(tmp_path / name), "max_steps": 4, "batch_size": batch_size, "lr": 0.01,
                      "progress": False, "log_every": 1, "save_every": 2}}
     path = tmp_path / f"{name}.yaml"
