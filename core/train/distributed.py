@@ -8,7 +8,9 @@ did not keep up, found from a per-step heartbeat each process leaves in the laun
 store.
 
 Not covered: elastic membership changes (a lost peer ends the run; resume it from its checkpoint),
-multi-node rendezvous set-up (whatever the launcher configures is used as is).
+multi-node rendezvous set-up (whatever the launcher configures is used as is). With NCCL the
+watchdog may end a process itself after the timeout (with its own message naming the collective)
+before Python sees an error; the gloo path (CPU) is the tested one.
 """
 
 from __future__ import annotations
