@@ -82,7 +82,7 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", help="override a key: --set train.lr=1e-4 (repeatable)"),
     overwrite: bool = typer.Option(False, help="replace the adapter/ and merged/ of an earlier run in the folder"),
 ) -> None:
-    """Train an adapter on a causal-LM or masked-LM task from text files.
+    """Train an adapter on a causal-LM or masked-LM task from text or FASTA files.
 
     Runs as one process or under torchrun (every process joins the group; only the main one writes).
     A folder holding checkpoints of the same configuration is resumed; of another one, refused.

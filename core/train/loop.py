@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adaptome.core.atomic import clean_stale
 from adaptome.core.errors import AdaptomeError
 from adaptome.core.progress import progress_bar
 from adaptome.core.train.checkpoint import (
@@ -221,6 +222,7 @@ def _resume_or_start(run: _Run) -> None:
     acc, cfg = run.acc, run.cfg
     if acc.is_main_process:
         clean_checkpoint_root(run.ckpt_root)
+        clean_stale(run.log.path.parent, run.log.path.name)  # a metrics rewrite cut short
     acc.wait_for_everyone()
     found = find_resumable(run.ckpt_root, warn=acc.is_main_process)
     if found and not cfg.resume:

@@ -254,10 +254,12 @@ def test_stale_temp_folder_and_empty_stray_step_do_not_block_resume(tmp_path, cu
     stale.mkdir()
     (stale / "optimizer.pt").write_bytes(b"half")
     (out / "checkpoints" / "step-999").mkdir()
+    (out / ".metrics.jsonl.tmp-x1").write_text("half")  # a metrics rewrite cut short
     (out / ".adapter.tmp-abc").mkdir()  # not fit's to clean (adaptome train cleans its own folder)
     with caplog.at_level(logging.WARNING):
         res = _fit(out)
-    assert res.resumed_from == 6 and not stale.exists()
+    assert res.resumed_from == 6 and not stale.exists() and not (out / ".metrics.jsonl.tmp-x1").exists()
+    assert (out / ".adapter.tmp-abc").exists()
     assert f"ignoring {out / 'checkpoints' / 'step-999'}: not a complete checkpoint" in caplog.text
     _assert_same(res.model, reference.model)
 
