@@ -12,7 +12,6 @@ elsewhere the signals keep their usual meaning).
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 
 import torch
@@ -29,9 +28,8 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce: bool = True):
+    def __init__(self):
         self.requested = False
-        self.announce = announce
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -49,8 +47,6 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        if self.announce:
-            print("stopping after this step to save a checkpoint (press Ctrl-C again to stop now)", file=sys.stderr)
 
     def agreed(self, accelerator) -> bool:
         """True when any process was asked to stop (a collective with several processes)."""

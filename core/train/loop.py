@@ -156,7 +156,7 @@ def fit(
                   eval_fn=eval_fn, hooks=list(hooks), make_optimizer=make_optimizer, identity=identity)
     call_hooks(run.hooks, "on_train_start", run.state)
     bar_on = cfg.progress and acc.is_main_process
-    with StopRequest(announce=acc.is_main_process) as stop, \
+    with StopRequest() as stop, \
             progress_bar("train", cfg.max_steps, run.state.step, enabled=bar_on) as bar:
         try:
             while run.state.step < cfg.max_steps:

@@ -407,6 +407,30 @@ def test_adaptome_train_cleans_temp_folders_of_a_killed_run(app, tmp_path):
     assert load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
+def test_ctrl_c_in_adaptome_train_is_one_line_and_the_run_resumes(app, tmp_path, monkeypatch):
+    from adaptome.core.train import loop
+
+    cfg = _run_yaml(tmp_path, max_steps=6, save_every=4)
+    real_step = loop._train_step
+
+    def step_then_ctrl_c(run):
+        loss = real_step(run)
+        if run.state.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_train_step", step_then_ctrl_c)
+        res = _train(app, cfg)
+    out = tmp_path / "run"
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith("error: interrupted at step 3 of 6") and str(out / "checkpoints" / "step-3") in res.output
+    res = _train(app, cfg)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] == 3 and summary["steps"] == 6
+
+
 def test_every_torch_load_reads_weights_only():
     """No pickle payload runs: every ``torch.load`` call in the package passes ``weights_only=True``."""
     import re
