@@ -13,7 +13,8 @@ process writes outputs. A folder with checkpoints is resumed only when the run's
 those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is written once that check has
 passed, so a refused run changes no file. ``summary.json`` reports the whole run (its losses come
 from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``. Temporary files a
-killed run left in the folder are removed.
+killed run left in the folder are removed. A data file that is not UTF-8 is refused naming its file
+and line before anything is read or written.
 
 Not covered: instruction / chat formats (the domain packages own those), streaming corpora,
 sequence classification heads.
@@ -160,6 +161,25 @@ def run_identity_of(cfg: RunConfig) -> dict[str, Any]:
             "save_merged": cfg.save_merged}
 
 
+def _check_utf8(files: list[str]) -> None:
+    """Refuse a data file that is not UTF-8 text, naming the file, line and column of the first bad byte
+    (before any reader sees it, so the message is the same whatever the format)."""
+    from adaptome.core.text import InputError
+
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            continue  # the reader names a missing file
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+            raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                             "convert the file to UTF-8") from None
+
+
 class _WriteConfig:
     """Hook: writes the resolved ``config.yaml`` once the resume check has passed (main process only),
     so a refused run leaves the earlier run's config as it was."""
@@ -193,6 +213,7 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
     adapter_cfg = make_config(cfg.adapter.method, cfg.adapter.options)
+    _check_utf8(cfg.data.train_files + cfg.data.eval_files)
     acc = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu, cfg.train.dist_timeout_s)
     if acc.is_main_process:
         for p in clean_stale(out):  # temporary folders and files of a killed run (.adapter.tmp-*, ...)

@@ -330,3 +330,18 @@ def test_fit_refuses_unknown_and_impossible_options():
         fit(torch.nn.Linear(2, 2), [], lr=float("nan"))
     with pytest.raises(ConfigError, match="warmup_steps"):
         fit(torch.nn.Linear(2, 2), [], TrainConfig(max_steps=5), warmup_steps=6)
+
+
+def test_non_utf8_training_file_names_the_file_and_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from adaptome.core import cli
+
+    bad = tmp_path / "t.txt"
+    bad.write_bytes("first line\nsecond line caf\u00e9\n".encode() + b"third \xff line\n")
+    path = tmp_path / "run.yaml"
+    path.write_text(f"data:\n  train_files: [{bad}]\ntrain:\n  output_dir: {tmp_path / 'out'}\n")
+    res = CliRunner().invoke(cli.app, ["train", "--config", str(path)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"{bad}:3: not UTF-8 text (byte 0xff at column 7)" in res.output
+    assert not (tmp_path / "out").exists()
