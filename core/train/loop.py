@@ -164,7 +164,7 @@ def fit(
                 bar.advance(description=f"loss {loss:.4f}")
                 _log_evaluate_save(run, loss)
                 run.heartbeat.beat(f"end of step {run.state.step}")
-                if stop.agreed(acc):
+                if stop.agreed(acc) and run.state.step < cfg.max_steps:  # at the last step: finish normally
                     _stop_on_request(run)
             _finish(run)
         except RuntimeError as e:
@@ -374,9 +374,7 @@ def _resume_hint(run: _Run) -> str:
 
 def _stop_on_request(run: _Run) -> None:
     """Ctrl-C: checkpoint at this step (unless checkpoints are off) and raise ``Interrupted``."""
-    if run.cfg.save_every:
+    if run.cfg.save_every and run.last_checkpoint != run.ckpt_root / f"step-{run.state.step}":
         _checkpoint(run)
-    else:
-        run.acc.wait_for_everyone()
     where = _resume_hint(run) if run.cfg.save_every else "no checkpoint written (train.save_every is 0)"
     raise Interrupted(f"interrupted at step {run.state.step} of {run.cfg.max_steps}: {where}")

@@ -186,6 +186,12 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, reference):
     _assert_same(res.model, reference.model)
 
 
+def test_ctrl_c_at_the_last_step_finishes_the_run(tmp_path):
+    res = _fit(tmp_path / "run", hooks=[_CtrlCAt(8)], eval_fn=lambda m: {"x": 1.0})
+    assert res.step == 8 and [r["step"] for r in res.history if "eval/x" in r] == [8]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [6, 8]
+
+
 # ---------------------------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------------------------
