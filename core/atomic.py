@@ -33,6 +33,11 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent))
     try:
         yield tmp
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.filename:
+            raise
+        raise _at(e, target) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -58,9 +63,19 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename:
+            raise
+        raise _at(e, target) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _at(e: OSError, target: Path) -> OSError:
+    """``e`` naming ``target`` (a write that fails on a full disk names no file)."""
+    return type(e)(e.errno, e.strerror or str(e), str(target)) if e.errno else OSError(f"{target}: {e}")
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> Path:

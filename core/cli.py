@@ -98,13 +98,11 @@ def adapters_truncate(
 
     Example: adaptome adapters truncate runs/dylora/adapter runs/dylora/adapter-r2 --rank 2
     """
-    from adaptome.core.adapters.io import CheckpointError
     from adaptome.core.adapters.truncate import truncate_adapter_dir
+    from adaptome.core.cli_errors import user_errors
 
-    try:
+    with user_errors():
         path = truncate_adapter_dir(src, out, rank, overwrite=overwrite)
-    except (CheckpointError, FileExistsError) as e:
-        _fail(str(e))
     typer.echo(f"wrote {path} (rank {rank})")
 
 
@@ -176,26 +174,34 @@ def adapters_merge(
                f"weighted sum of their updates {summary['relative_distance_to_weighted_sum']:.3g}")
 
 
-@app.command("train")
+def _train_epilog() -> str:
+    from adaptome.core.train.config import options_help
+
+    return "Training options (--set train.<name>=value):\n\n" + options_help().replace("\n", "\n\n")
+
+
+@app.command("train", epilog=_train_epilog())
 def train_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="run YAML (see core/configs/train_example.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="override a key: --set train.lr=1e-4 (repeatable)"),
-    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+    overwrite: bool = typer.Option(False, help="replace the adapter/ and merged/ of an earlier run in the folder"),
 ) -> None:
     """Train an adapter on a causal-LM or masked-LM task from plain-text or JSONL files.
 
+    Runs as one process or under torchrun (every process joins the group; only the main one writes).
+    A folder holding checkpoints of the same configuration is resumed; of another one, refused.
+
     Example: adaptome train --config run.yaml --set train.max_steps=200
     """
+    from adaptome.core.cli_errors import user_errors
     from adaptome.core.config import load_config
     from adaptome.core.generic_train import RunConfig, run_generic
-    from adaptome.core.registry import RegistryError
 
-    try:
+    with user_errors():
         cfg = load_config(RunConfig, config, set_)
         summary = run_generic(cfg, overwrite=overwrite)
-    except (RegistryError, FileNotFoundError, FileExistsError, ValueError) as e:
-        _fail(str(e))
-    typer.echo(summary)
+    if summary:
+        typer.echo(summary)
 
 
 @app.command("select-data")

@@ -13,7 +13,6 @@ dataclasses.
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
 import dataclasses
 import os
 import re
@@ -23,6 +22,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from adaptome.core.atomic import write_text_atomic
+from adaptome.core.errors import AdaptomeError
 
 C = TypeVar("C")
 
@@ -45,6 +47,15 @@ def _load_yaml(text: str) -> Any:
 
 class ConfigError(AdaptomeError, ValueError):
     """A config value or key is wrong; the message names the file and the dotted key."""
+
+
+class InvalidValue(ConfigError):
+    """A value of the right type that cannot work (``lr: inf``, ``block_size: 0``), raised by a config's
+    ``__post_init__``; ``from_dict`` prefixes the section, so the message names the dotted key."""
+
+    def __init__(self, key: str, problem: str, source: str | os.PathLike | None = None):
+        super().__init__(f"{_where(source)}{key}: {problem}")
+        self.key, self.problem = key, problem
 
 
 def _where(source: str | os.PathLike | None) -> str:
@@ -141,6 +152,9 @@ def from_dict(cls: type[C], data: dict, source: str | os.PathLike | None = None,
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{_where(source)}{prefix or cls.__name__}: {e}") from None
+    except InvalidValue as e:  # __post_init__ validation of one field
+        key = f"{prefix}.{e.key}" if prefix else e.key
+        raise InvalidValue(key, e.problem, source) from None
     except ValueError as e:  # __post_init__ validation
         raise ConfigError(f"{_where(source)}{prefix or cls.__name__}: {e}") from None
     return obj
@@ -213,10 +227,4 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
 
 def save_config(cfg: Any, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved config beside a run's outputs (atomically) and return its path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / name
-    tmp = out / f".{name}.tmp"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(Path(out_dir) / name, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -11,6 +11,15 @@ a tiny one from config, apply the adapter by registry name (or a from-scratch me
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 
+Under ``torchrun`` every process joins the group and trains its share of each batch; only the main
+process writes outputs. A folder with checkpoints is resumed only when the run's identity matches
+(``train.identity``: these sections, each data file's size and SHA-256, the training options but
+those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is written once that check has
+passed, so a refused run changes no file. ``summary.json`` reports the whole run (its losses come
+from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``. Temporary files a
+killed run left in the folder are removed. A data file that is not UTF-8 is refused naming its file
+and line before anything is read or written.
+
 Not covered: instruction / chat formats and domain file formats such as FASTA (the domain packages
 own those), streaming corpora, sequence classification heads.
 """
@@ -18,12 +27,16 @@ own those), streaming corpora, sequence classification heads.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from adaptome.core.config import InvalidValue
 from adaptome.core.optim.registry import OptimizerSpec
-from adaptome.core.train.loop import TrainConfig
+from adaptome.core.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +89,12 @@ class DataConfig:
     block_size: int = 128
     text_field: str = "text"
     mlm_probability: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise InvalidValue("block_size", f"must be >= 1 (tokens per example), got {self.block_size}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise InvalidValue("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
 
 
 @dataclass
@@ -155,26 +174,84 @@ def _collator(tok, kind: str, mlm_probability: float):
     return DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=mlm_probability)
 
 
+def run_identity_of(cfg: RunConfig, method_cfg: Any) -> dict[str, Any]:
+    """What of ``cfg`` beyond the training options shapes the result (``train.identity``): the model,
+    data and adapter sections, with each data file by size and SHA-256 instead of its path (so an
+    edited file of the same size is seen, a moved one is not a change)."""
+    from adaptome.core.config import to_dict
+    from adaptome.core.train.identity import file_digest
+
+    data = to_dict(cfg.data)
+    for key in ("train_files", "eval_files"):
+        data[key] = [{k: v for k, v in file_digest(f).items() if k != "path"} for f in data[key]]
+    # the method's resolved config (8 and 8.0 are one value)
+    adapter = method_cfg.to_dict() if hasattr(method_cfg, "to_dict") else to_dict(method_cfg)
+    return {"model": to_dict(cfg.model), "data": data, "adapter": {"method": cfg.adapter.method, "options": adapter},
+            "optimizer": to_dict(cfg.optimizer), "save_merged": cfg.save_merged}
+
+
+def _check_utf8(files: list[str]) -> None:
+    """Refuse a data file that is not UTF-8 text, naming the file, line and column of the first bad byte
+    (before any reader sees it, so the message is the same whatever the format)."""
+    from adaptome.core.text import InputError
+
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            continue  # the reader names a missing file
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+            raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                             "convert the file to UTF-8") from None
+
+
+class _WriteConfig:
+    """Hook: writes the resolved ``config.yaml`` once the resume check has passed (main process only),
+    so a refused run leaves the earlier run's config as it was."""
+
+    def __init__(self, cfg: RunConfig, out: Path):
+        self.cfg, self.out = cfg, out
+
+    def on_train_start(self, state) -> None:
+        from adaptome.core.config import save_config
+
+        if state.accelerator.is_main_process:
+            save_config(self.cfg, self.out)
+
+
 def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
-    """Train, evaluate and save; returns a one-paragraph summary."""
+    """Train, evaluate and save; returns a one-paragraph summary.
+
+    Under ``torchrun`` every process trains its share of each batch; only the main process writes
+    ``config.yaml``, ``adapter/``, ``merged/`` and ``summary.json`` while the others wait.
+    """
     import torch
 
     from adaptome.core.adapters.api import trainable_report
-    from adaptome.core.adapters.from_scratch import apply_method, save_trained
-    from adaptome.core.adapters.io import save_merged
-    from adaptome.core.config import save_config
+    from adaptome.core.adapters.from_scratch import apply_method
+    from adaptome.core.atomic import clean_stale
+    from adaptome.core.config import ConfigError
     from adaptome.core.evaluation import lm_perplexity
     from adaptome.core.optim.registry import make_optimizer_factory
-    from adaptome.core.train.loop import fit
+    from adaptome.core.train.loop import fit, make_accelerator
 
     if not cfg.data.train_files:
-        raise ValueError("data.train_files is empty: give at least one text (.txt) or JSONL (.jsonl) file")
+        raise ConfigError("data.train_files: is empty; give at least one text (.txt) or JSONL (.jsonl) file")
     out = Path(cfg.train.output_dir)
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
     t = cfg.train
     make_optimizer = make_optimizer_factory(cfg.optimizer.name, cfg.optimizer.options, t.lr, t.weight_decay,
                                             t.betas)
+    _check_utf8(cfg.data.train_files + cfg.data.eval_files)
+    acc = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu, cfg.train.dist_timeout_s)
+    if acc.is_main_process:
+        for p in clean_stale(out):  # temporary folders and files of a killed run (.adapter.tmp-*, ...)
+            log.warning(f"removed {p}: left half-written by an interrupted run")
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
@@ -184,24 +261,46 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     # an adapter, or a method that replaces the layers and trains the whole model (sltrain)
     model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options)
     report = trainable_report(model)
-    save_config(cfg, out)
     eval_fn = (lambda m: {"perplexity": lm_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
-    res = fit(model, train_set, collate_fn=collate, eval_fn=eval_fn, make_optimizer=make_optimizer,
-              **asdict(cfg.train))
+    res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn, hooks=[_WriteConfig(cfg, out)],
+              accelerator=acc, identity=run_identity_of(cfg, adapter_cfg), make_optimizer=make_optimizer)
+    summary = None
+    if acc.is_main_process:
+        can_merge = not from_scratch and adapter_cfg.supports_merge
+        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return json.dumps(summary, indent=2) if summary is not None else ""
+
+
+def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_merge: bool,
+                   overwrite: bool) -> dict[str, Any]:
+    """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's,
+    read from ``metrics.jsonl`` (so a resumed or re-saved run reports its first loss, not the resume's).
+    A from-scratch method (sltrain) saves the whole model to ``adapter/`` and merges nothing."""
+    from adaptome.core.adapters.from_scratch import save_trained
+    from adaptome.core.adapters.io import save_merged
+    from adaptome.core.atomic import write_text_atomic
+    from adaptome.core.train.metrics import read_metrics
+
+    out = Path(cfg.train.output_dir)
     save_trained(res.model, out / "adapter", overwrite=overwrite)  # from scratch: model.safetensors + method.json
     tok.save_pretrained(out / "adapter")
-    if cfg.save_merged and not from_scratch and adapter_cfg.supports_merge:
+    if cfg.save_merged and can_merge:
         save_merged(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
-    losses = [h["loss"] for h in res.history if "loss" in h]
+    records = read_metrics(out / "metrics.jsonl")
+    losses = [r["loss"] for r in records if "loss" in r]
     summary = {
         "method": cfg.adapter.method,
         "optimizer": cfg.optimizer.name,
         "trainable": report["trainable"],
         "trainable_percent": round(report["percent"], 3),
         "steps": res.step,
+        "world_size": world_size,
+        "resumed_from": res.resumed_from,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        **{k: v for h in res.history for k, v in h.items() if k.startswith("eval/")},
+        **{k: v for r in records for k, v in r.items() if k.startswith("eval/")},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return json.dumps(summary, indent=2)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary

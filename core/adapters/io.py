@@ -2,30 +2,40 @@
 
 An adapter folder holds ``adapter_model.safetensors`` (adapter tensors only, keys without the
 adapter name), ``adapter_config.json`` and ``adaptome.json`` (method name, backend, the method's
-config, the base model's class). For peft-backed methods the first two are written by peft itself,
-so ``peft.PeftModel.from_pretrained`` loads the folder. Writes are atomic: everything goes to a
-temporary sibling folder that is renamed into place; an existing folder is replaced only with
-``overwrite=True`` and is kept until the new one is complete. Nothing is pickled.
+config, the base model's class, the SHA-256 of the weights file). For peft-backed methods the
+first two are written by peft itself, so ``peft.PeftModel.from_pretrained`` loads the folder.
+Writes are atomic (``core.atomic.atomic_dir``): an existing folder is replaced only with
+``overwrite=True`` and is kept until the new one is complete. Loading checks the weights' checksum
+and reads them before the model is touched, so a truncated or altered file is an error naming it
+and leaves the caller's model as it was. Nothing is pickled.
 
 Not covered: sharded adapter files (one safetensors file per adapter), pushing to a hub.
 """
 
 from __future__ import annotations
 
-from adaptome.core.errors import AdaptomeError
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adaptome.core.adapters import inject
-from adaptome.core.adapters.api import (adapter_config_of, adapter_names, adapter_state_dict, apply_adapter,
-                                        is_peft_model, make_config, merge_and_unload)
+from adaptome.core.adapters.api import (
+    adapter_config_of,
+    adapter_names,
+    adapter_state_dict,
+    apply_adapter,
+    is_peft_model,
+    make_config,
+    merge_and_unload,
+)
+from adaptome.core.atomic import atomic_dir
+from adaptome.core.errors import AdaptomeError
 
 WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -36,25 +46,12 @@ class CheckpointError(AdaptomeError, ValueError):
     """A checkpoint folder is missing, incomplete or does not fit the model."""
 
 
-def atomic_dir(target: Path, overwrite: bool) -> tuple[Path, callable]:
-    """A temporary folder beside ``target`` and a ``commit()`` that renames it into place."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target}: already exists; pass overwrite=True (or --overwrite) to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-
-    def commit() -> Path:
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return target
-
-    return tmp, commit
+def weights_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -65,8 +62,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str
                  overwrite: bool = False, extra: dict | None = None) -> Path:
     """Write adapter ``adapter_name`` of ``model`` to ``out_dir`` atomically."""
     cfg = adapter_config_of(model, adapter_name)
-    tmp, commit = atomic_dir(Path(out_dir), overwrite)
-    try:
+    with atomic_dir(Path(out_dir), overwrite) as tmp:
         if cfg.backend == "peft":
             model.save_pretrained(tmp, selected_adapters=[adapter_name])
             if adapter_name != "default":  # peft puts non-default adapters in a sub-folder
@@ -87,13 +83,11 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str
             "adapter_name": adapter_name,
             "config": cfg.to_dict(),
             "base_model_class": type(_base_model(model)).__name__,
+            "weights_sha256": weights_sha256(tmp / WEIGHTS),
             **(extra or {}),
         }
         (tmp / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return commit()
+    return Path(out_dir)
 
 
 def read_adapter_meta(path: str | os.PathLike) -> dict:
@@ -110,7 +104,19 @@ def read_adapter_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path / META}: not valid JSON ({e})") from None
     if meta.get("format") != "adaptome-adapter" or "method" not in meta:
         raise CheckpointError(f"{path / META}: not an adaptome adapter description")
+    want = meta.get("weights_sha256")  # folders written before checksums were recorded have none
+    if want is not None and weights_sha256(path / WEIGHTS) != want:
+        raise CheckpointError(f"{path / WEIGHTS}: corrupt (its checksum differs from the one in {META})")
     return meta
+
+
+def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter folder; an unreadable (truncated) file is a CheckpointError naming it."""
+    try:
+        return load_file(str(Path(path) / WEIGHTS))
+    except (SafetensorError, OSError) as e:  # a truncated or garbled file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{Path(path) / WEIGHTS}: unreadable ({first})") from None
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
@@ -121,6 +127,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     cfg = make_config(meta["method"], meta["config"], source=str(path / META))
     if adapter_name in adapter_names(model):
         raise ValueError(f"model already has an adapter named {adapter_name!r}; load {path} under another name")
+    state = read_adapter_weights(path)  # before the model is touched
     if cfg.backend == "peft":
         import peft
 
@@ -132,7 +139,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
             else:
                 model = peft.PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name,
                                                        is_trainable=is_trainable)
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError, KeyError, OSError, SafetensorError) as e:
             if was_peft:
                 if adapter_name in model.peft_config:
                     model.delete_adapter(adapter_name)
@@ -141,10 +148,6 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
             raise CheckpointError(f"{path}: does not fit this model: {_first_problem(e)}") from None
         model.adaptome_method = {**getattr(model, "adaptome_method", {}), adapter_name: cfg}
         return model
-    try:
-        state = load_file(str(path / WEIGHTS))
-    except Exception as e:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"{path / WEIGHTS}: unreadable ({e})") from None
     had_adapters = bool(inject.adapter_configs(model))
     try:
         model = apply_adapter(model, cfg, adapter_name)
@@ -202,12 +205,8 @@ def save_merged(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None, ov
     merged = merge_and_unload(copy.deepcopy(model))
     if not hasattr(merged, "save_pretrained"):
         raise TypeError(f"{type(merged).__name__} is not a transformers model; cannot write a standalone checkpoint")
-    tmp, commit = atomic_dir(Path(out_dir), overwrite)
-    try:
+    with atomic_dir(Path(out_dir), overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return commit()
+    return Path(out_dir)

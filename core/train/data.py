@@ -17,13 +17,21 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from adaptome.core.errors import AdaptomeError
+
+
+class TooFewExamples(AdaptomeError, ValueError):
+    """The data set is smaller than one global batch (batch_size x processes)."""
+
 
 class ResumableBatchSampler(Sampler[list[int]]):
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True):
         global_batch = batch_size * world_size
         if n < global_batch:
-            raise ValueError(f"dataset has {n} examples, fewer than one global batch ({global_batch})")
+            raise TooFewExamples(f"the training data has {n} examples, fewer than one global batch ({global_batch} = "
+                                 f"train.batch_size {batch_size} x {world_size} processes); add data or lower "
+                                 "train.batch_size")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.epoch = 0

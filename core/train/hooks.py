@@ -2,6 +2,9 @@
 
 A hook is any object with some of these methods (all optional), called by ``loop.fit``:
 
+* ``on_train_start(state)``: once, after set-up and before the first step; ``state.resumed_from``
+  says whether the run continues a checkpoint (None: a fresh run). A run records what it is here
+  (``adaptome train`` writes its resolved ``config.yaml`` once the resume check has passed);
 * ``on_step_start(state)``: before the first micro-batch of an optimizer step (DyLoRA samples its
   rank here);
 * ``before_optimizer_step(state)``: gradients are complete (accumulated, all-reduced) and not yet
@@ -35,6 +38,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     loss: float = float("nan")
+    resumed_from: int | None = None  # the checkpoint step this run continues (None: a fresh run)
 
 
 def call_hooks(hooks, event: str, state: TrainState) -> None:

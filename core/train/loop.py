@@ -1,74 +1,81 @@
 """The training loop every domain trains through: explicit, on ``accelerate``.
 
-``fit(model, dataset, ...)`` runs ``max_steps`` optimizer steps. One step is ``grad_accum``
-micro-batches of ``batch_size`` examples per process (gradients of the mean loss, all-reduced by
-DDP across processes, so W processes with batch B behave like one process with batch W*B). In
-order, a step does: hooks ``on_step_start`` -> forward/backward per micro-batch (no DDP sync but
-the last) -> hooks ``before_optimizer_step`` -> gradient clipping -> optimizer step -> LR scheduler
-step -> hooks ``after_optimizer_step`` -> zero grads -> logging / eval / checkpoint. The adapter
-methods' own training behaviour (step hooks, optimizer groups, data-driven inits) is collected from
-the model by ``method_training.collect`` and attached here; the caller's ``hooks`` run after them.
+``fit(model, dataset, cfg)`` (or ``fit(model, dataset, max_steps=..., lr=...)``: the options are
+``config.TrainConfig``'s, validated into one) runs ``max_steps`` optimizer steps. It reads top to
+bottom in named parts. The adapter methods' own training behaviour (step hooks, optimizer groups,
+data-driven inits, ``method_training.collect``) is attached in ``_set_up``; the caller's ``hooks``
+run after the methods' hooks:
 
-It owns seeding, the data order (``data.ResumableBatchSampler``), warmup + decay schedules, mixed
-precision (``bf16`` / ``fp16`` through ``accelerator.autocast`` where the device allows), JSONL
-metrics, a rich progress bar, atomic checkpoints (``checkpoint.py``) and exact resume: with
-``resume=True`` the latest complete checkpoint in ``output_dir`` is loaded (model, optimizer,
-scheduler, RNG states, hook states, data position) and a resumed run ends with the same weights
-as an uninterrupted one.
+* ``_set_up``: seeding, the run's identity, optimizer (``_build_optimizer``), schedule, data order,
+  process group, then ``_resume_or_start``: the newest intact checkpoint of the same identity is
+  loaded (model, optimizer, scheduler, RNG states, hook states, data position), a checkpoint of
+  another configuration is refused naming what changed; hooks ``on_train_start`` then run once;
+* ``_train_step``: hooks ``on_step_start`` -> forward/backward per micro-batch (``grad_accum`` of
+  ``batch_size`` examples per process; no DDP sync but the last) -> hooks ``before_optimizer_step``
+  -> gradient clipping -> optimizer step -> LR scheduler step -> hooks ``after_optimizer_step`` ->
+  zero grads;
+* ``_log_evaluate_save``: a metrics line every ``log_every`` steps, ``_evaluate`` every
+  ``eval_every``, ``_checkpoint`` every ``save_every``;
+* ``_finish``: the last evaluation and checkpoint.
 
-Distributed: run the same script under ``torchrun`` or ``accelerate launch``; the Accelerator
-picks up the process group (gloo on CPU, NCCL on GPUs). ``end_training()`` is called at the end.
-Not covered: FSDP-sharded checkpoints (trainable parameters are gathered on the main process, fine
-for adapters; full-model FSDP training should save through ``accelerator.save_state``), iterable
-datasets (map-style datasets only), and early stopping.
+W processes with batch B behave like one process with batch W*B (gradients of the mean loss are
+all-reduced by DDP). A resumed run ends with the same weights as an uninterrupted one. Ctrl-C stops
+at the end of the step with a checkpoint and a one-line ``Interrupted`` saying how to resume; a
+collective that waits longer than ``dist_timeout_s`` is a ``PeerTimeout`` naming the stalled rank.
+
+Distributed: run the same script under ``torchrun`` or ``accelerate launch``;
+``distributed.make_accelerator`` joins the launcher's process group (gloo on CPU, NCCL on GPUs).
+When ``fit`` creates the Accelerator it also ends it (``end_training``); a caller that writes
+outputs after training passes its own. Only the main process writes metrics and checkpoints.
+Not covered: FSDP-sharded checkpoints (trainable parameters are saved from the main process, fine
+for adapters), iterable datasets (map-style datasets only), and early stopping.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
-from adaptome.core.train.checkpoint import ResumeError, fingerprint, list_checkpoints, load_checkpoint, save_checkpoint
+from adaptome.core.atomic import clean_stale
+from adaptome.core.config import InvalidValue
+from adaptome.core.errors import AdaptomeError
+from adaptome.core.progress import progress_bar
+from adaptome.core.train.checkpoint import (
+    ResumeError,
+    check_identity,
+    clean_checkpoint_root,
+    find_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
+from adaptome.core.train.config import TrainConfig
 from adaptome.core.train.data import ResumableBatchSampler
+from adaptome.core.train.distributed import Heartbeat, is_collective_failure, make_accelerator, peer_timeout
 from adaptome.core.train.hooks import TrainState, call_hooks
+from adaptome.core.train.identity import fingerprint, run_identity
+from adaptome.core.train.interrupt import Interrupted, StopRequest
 from adaptome.core.train.method_training import collect as collect_method_training
 from adaptome.core.train.metrics import MetricsLog
 from adaptome.core.train.schedule import make_scheduler
 
+__all__ = ["FitResult", "NonFiniteLoss", "NothingToTrain", "TrainConfig", "fit", "make_accelerator"]
 
-@dataclass
-class TrainConfig:
-    output_dir: str = "runs/train"
-    max_steps: int = 100
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
-    max_grad_norm: float | None = 1.0
-    eval_every: int = 0
-    save_every: int = 0
-    keep_last: int = 2
-    log_every: int = 10
-    seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    cpu: bool = False
-    progress: bool = True
-    resume: bool = True
 
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+class NonFiniteLoss(AdaptomeError, FloatingPointError):
+    """The loss became inf or NaN (the weights are those of the step before)."""
+
+
+class NothingToTrain(AdaptomeError, ValueError):
+    """The model has no trainable parameter."""
 
 
 @dataclass
@@ -80,40 +87,150 @@ class FitResult:
     resumed_from: int | None = None
 
 
+@dataclass
+class _Run:
+    """What one ``fit`` call works with: built by ``_set_up``, advanced by the other parts."""
+
+    cfg: TrainConfig
+    acc: Any
+    model: nn.Module  # unwrapped
+    wrapped: nn.Module  # what the forward pass goes through (DDP wrapper with several processes)
+    optimizer: Any
+    scheduler: Any
+    sampler: ResumableBatchSampler
+    loader: Any
+    hooks: list[Any]
+    loss_fn: Callable
+    eval_fn: Callable | None
+    state: TrainState
+    log: MetricsLog
+    trainable: dict[str, nn.Parameter]
+    identity: dict[str, Any]
+    fingerprint: str
+    heartbeat: Heartbeat
+    raw_optimizer: Any = None  # the optimizer before ``accelerate`` wrapped it
+    in_backward: bool = False  # it updates inside backward (layerwise GaLore): ``_check_updates_in_backward``
+    batches: Iterator[Any] | None = None  # micro-batches from the data position on (``_batches``)
+    micro: int = 0  # micro-batches consumed in the current epoch
+    start_step: int = 0
+    resumed_from: int | None = None
+    last_checkpoint: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    running: float = 0.0
+    last_logged: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return Path(self.cfg.output_dir) / "checkpoints"
+
+
 def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """``model(**batch).loss``: the transformers convention."""
     return model(**batch).loss
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
-def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
-    """An Accelerator; in a single process, an earlier one with other settings is replaced."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+def fit(
+    model: nn.Module,
+    train_data: torch.utils.data.Dataset,
+    config: TrainConfig | None = None,
+    *,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    collate_fn: Callable | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    hooks: Iterable[Any] = (),
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    accelerator: Any = None,
+    identity: dict[str, Any] | None = None,
+    **options: Any,
+) -> FitResult:
+    """Train ``model`` on ``train_data``; see the module docstring for the parts.
 
-    try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    except ValueError:
-        if PartialState._shared_state and PartialState().num_processes > 1:
+    ``config`` and ``options`` are ``TrainConfig``'s options (``options`` replace fields of
+    ``config``). ``identity``: what else made this run (model options, data file digests...), part
+    of the resume check (``identity.run_identity``).
+    """
+    cfg = TrainConfig.from_options(config, **options)
+    acc = accelerator or make_accelerator(cfg.mixed_precision, cfg.cpu, cfg.dist_timeout_s)
+    run = _set_up(model, train_data, cfg, acc, loss_fn=loss_fn or default_loss, collate_fn=collate_fn,
+                  eval_fn=eval_fn, hooks=list(hooks), make_optimizer=make_optimizer, identity=identity)
+    call_hooks(run.hooks, "on_train_start", run.state)
+    bar_on = cfg.progress and acc.is_main_process
+    with StopRequest() as stop, \
+            progress_bar("train", cfg.max_steps, run.state.step, enabled=bar_on) as bar:
+        try:
+            while run.state.step < cfg.max_steps:
+                loss = _train_step(run)
+                bar.advance(description=f"loss {loss:.4f}")
+                _log_evaluate_save(run, loss)
+                run.heartbeat.beat(f"end of step {run.state.step}")
+                if stop.agreed(acc) and run.state.step < cfg.max_steps:  # at the last step: finish normally
+                    _stop_on_request(run)
+            _finish(run)
+        except RuntimeError as e:
+            if acc.num_processes > 1 and is_collective_failure(e):
+                raise peer_timeout(e, run.heartbeat, cfg.dist_timeout_s, _resume_hint(run)) from None
             raise
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    acc.wait_for_everyone()
+    if accelerator is None:
+        acc.end_training()
+    return FitResult(model=run.model, step=run.state.step, history=run.history, output_dir=Path(cfg.output_dir),
+                     resumed_from=run.resumed_from)
 
 
-def _default_optimizer(model: nn.Module, lr: float, weight_decay: float, betas,
-                       groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+# ---------------------------------------------------------------------------------------------
+# set-up or resume
+# ---------------------------------------------------------------------------------------------
+def _set_up(model, train_data, cfg: TrainConfig, acc, *, loss_fn, collate_fn, eval_fn, hooks, make_optimizer,
+            identity) -> _Run:
+    seed_everything(cfg.seed)
+    methods = collect_method_training(model)  # the adapters' own hooks, optimizer groups, data inits
+    hooks = methods.hooks + hooks
+    ident = run_identity(model, cfg, n_examples=len(train_data), world_size=acc.num_processes, extra=identity)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainable.update(methods.checkpoint_params)  # frozen tensors a data init writes (LoRA-SB's A, B)
+    model = model.to(acc.device)
+    model.train()
+    optimizer = _build_optimizer(model, cfg, make_optimizer, methods)
+    raw_optimizer = optimizer
+    in_backward = _check_updates_in_backward(optimizer, cfg.max_grad_norm, cfg.mixed_precision)
+    scheduler = make_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, cfg.max_steps)
+    sampler = ResumableBatchSampler(len(train_data), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes)
+    # a private generator: creating a loader iterator would otherwise draw from the global RNG, and
+    # a resumed run creates one more iterator than an uninterrupted run does
+    loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate_fn,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    wrapped, optimizer = acc.prepare(model, optimizer)
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, accelerator=acc,
+                       max_steps=cfg.max_steps)
+    run = _Run(cfg=cfg, acc=acc, model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler,
+               sampler=sampler, loader=loader, hooks=hooks, loss_fn=loss_fn, eval_fn=eval_fn, state=state,
+               log=MetricsLog(Path(cfg.output_dir) / "metrics.jsonl", enabled=acc.is_main_process),
+               trainable=trainable, identity=ident, fingerprint=fingerprint(ident), heartbeat=Heartbeat(acc),
+               raw_optimizer=raw_optimizer, in_backward=in_backward)
+    _resume_or_start(run)
+    if run.resumed_from is None:  # data-driven inits (LoRA-SB) at the first step's rate; a checkpoint holds them
+        methods.initialise(model, train_data, collate_fn, loss_fn, scheduler.get_last_lr()[0], acc.device, _move)
+    run.batches = _batches(run)
+    return run
+
+
+def _build_optimizer(model: nn.Module, cfg: TrainConfig, make_optimizer, methods) -> torch.optim.Optimizer:
+    """The caller's optimizer, or AdamW over the methods' parameter groups with the config's options."""
+    if make_optimizer is not None:
+        optimizer = make_optimizer(model)
+        methods.check_optimizer(optimizer)  # warns when the methods' groups (SoRA's gates) are not applied
+        return optimizer
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("the model has no trainable parameters (did you apply an adapter?)")
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        raise NothingToTrain("the model has no trainable parameters (did you apply an adapter?)")
+    groups = methods.optimizer_groups(model, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
 
 
 def _check_updates_in_backward(optimizer, max_grad_norm, mixed_precision: str) -> bool:
@@ -123,12 +240,86 @@ def _check_updates_in_backward(optimizer, max_grad_norm, mixed_precision: str) -
     if not getattr(optimizer, "updates_in_backward", False):
         return False
     if max_grad_norm is not None and max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm={max_grad_norm}: a layerwise optimizer updates each parameter during "
-                         "backward, before a global gradient norm exists; set max_grad_norm to null")
+        raise InvalidValue("max_grad_norm", f"{max_grad_norm}: a layerwise optimizer updates each parameter during "
+                           "backward, before a global gradient norm exists; set max_grad_norm to null")
     if mixed_precision == "fp16":
-        raise ValueError("mixed_precision=fp16 needs loss scaling before the update; a layerwise optimizer "
-                         "updates during backward: use bf16 or no")
+        raise InvalidValue("mixed_precision", "fp16 needs loss scaling before the update; a layerwise optimizer "
+                           "updates during backward: use bf16 or no")
     return True
+
+
+def _resume_or_start(run: _Run) -> None:
+    """Load the newest intact checkpoint of this identity, or start fresh; sets ``run.resumed_from``."""
+    acc, cfg = run.acc, run.cfg
+    if acc.is_main_process:
+        clean_checkpoint_root(run.ckpt_root)
+        clean_stale(run.log.path.parent, run.log.path.name)  # a metrics rewrite cut short
+    acc.wait_for_everyone()
+    found = find_resumable(run.ckpt_root, warn=acc.is_main_process)
+    if found and not cfg.resume:
+        raise ResumeError(f"{run.ckpt_root}: holds checkpoints of an earlier run; resume=True continues it, "
+                          "or choose another output_dir (nothing was overwritten)")
+    if found:
+        path, trainer_state = found
+        check_identity(path, trainer_state, run.identity, run.fingerprint)
+        ts = load_checkpoint(path, named_params=run.trainable, optimizer=run.optimizer, scheduler=run.scheduler,
+                             hooks=run.hooks)
+        run.state.step, run.state.epoch, run.micro = ts["step"], ts["epoch"], ts["micro_batch"]
+        run.resumed_from = run.state.resumed_from = run.state.step
+        run.last_checkpoint = path
+        run.log.truncate_after(run.state.step)
+    else:
+        run.log.remove()  # a fresh run with no checkpoint: an old partial log is not this run's
+    run.start_step = run.last_logged = run.state.step
+    acc.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------
+# one training step
+# ---------------------------------------------------------------------------------------------
+def _batches(run: _Run) -> Iterator[Any]:
+    """Micro-batches from the data position onward, epoch after epoch."""
+    while True:
+        run.sampler.set_position(run.state.epoch, run.micro)
+        for batch in run.loader:
+            run.micro += 1
+            yield batch
+        run.state.epoch += 1
+        run.micro = 0
+
+
+def _train_step(run: _Run) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns its mean loss."""
+    acc, cfg, state = run.acc, run.cfg, run.state
+    run.heartbeat.beat(f"step {state.step + 1}")
+    call_hooks(run.hooks, "on_step_start", state)
+    loss_sum = None  # a device tensor: reading it once per step keeps the GPU queue full
+    for i in range(cfg.grad_accum):
+        batch = _move(next(run.batches), acc.device)
+        sync = i == cfg.grad_accum - 1 and not run.in_backward  # a layerwise optimizer all-reduces per parameter
+        if run.in_backward:
+            run.raw_optimizer.set_micro_batch(i, cfg.grad_accum)
+        with (acc.no_sync(run.wrapped) if not sync else contextlib.nullcontext()):
+            with acc.autocast():
+                loss = run.loss_fn(run.wrapped, batch)
+            acc.backward(loss / cfg.grad_accum)
+        part = loss.detach().float() / cfg.grad_accum
+        loss_sum = part if loss_sum is None else loss_sum + part
+    if acc.num_processes > 1:  # the global batch's loss, the same on every process
+        loss_sum = acc.reduce(loss_sum, reduction="mean")
+    step_loss = loss_sum.item()
+    if not math.isfinite(step_loss):  # before the update, so the weights stay usable
+        raise NonFiniteLoss(f"loss is {step_loss} at step {state.step + 1}; lower train.lr or check the data")
+    call_hooks(run.hooks, "before_optimizer_step", state)
+    if cfg.max_grad_norm:
+        acc.clip_grad_norm_(run.wrapped.parameters(), cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    state.step += 1
+    state.loss = step_loss
+    call_hooks(run.hooks, "after_optimizer_step", state)
+    run.optimizer.zero_grad(set_to_none=True)
+    return step_loss
 
 
 def _move(batch: Any, device: torch.device) -> Any:
@@ -141,187 +332,82 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def fit(
-    model: nn.Module,
-    train_data: torch.utils.data.Dataset,
-    *,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-    collate_fn: Callable | None = None,
-    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-    hooks: Iterable[Any] = (),
-    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
-    accelerator: Any = None,
-    output_dir: str | Path = "runs/train",
-    max_steps: int = 100,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    warmup_steps: int = 0,
-    schedule: str = "linear",
-    max_grad_norm: float | None = 1.0,
-    eval_every: int = 0,
-    save_every: int = 0,
-    keep_last: int = 2,
-    log_every: int = 10,
-    seed: int = 0,
-    mixed_precision: str = "no",
-    cpu: bool = False,
-    progress: bool = True,
-    resume: bool = True,
-) -> FitResult:
-    """Train ``model`` on ``train_data``; see the module docstring for the step's anatomy."""
-    methods = collect_method_training(model)  # the adapters' own hooks, optimizer groups, data inits
-    hooks = methods.hooks + list(hooks)
-    loss_fn = loss_fn or default_loss
-    output_dir = Path(output_dir)
-    acc = accelerator or make_accelerator(mixed_precision, cpu)
-    seed_everything(seed)
+# ---------------------------------------------------------------------------------------------
+# log, evaluate, save
+# ---------------------------------------------------------------------------------------------
+def _log_evaluate_save(run: _Run, loss: float) -> None:
+    cfg, step = run.cfg, run.state.step
+    run.running += loss
+    if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
+        per_epoch = max(1, run.sampler.batches_per_epoch())
+        _record(run, {"step": step, "loss": run.running / max(1, step - run.last_logged),
+                      "lr": run.scheduler.get_last_lr()[0], "epoch": run.state.epoch + run.micro / per_epoch,
+                      "elapsed_s": time.perf_counter() - run.t0})
+        run.running, run.last_logged = 0.0, step
+    if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.max_steps:
+        _evaluate(run)
+    if cfg.save_every and step % cfg.save_every == 0 and step != cfg.max_steps:  # the last one: _finish
+        _checkpoint(run)
 
-    settings = dict(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                    weight_decay=weight_decay, betas=list(betas), warmup_steps=warmup_steps, schedule=schedule,
-                    seed=seed, world_size=acc.num_processes, n_examples=len(train_data))
-    named_trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    named_trainable.update(methods.checkpoint_params)  # frozen tensors a data init writes (LoRA-SB's A, B)
-    fp = fingerprint(named_trainable, settings)
 
-    model = model.to(acc.device)
-    model.train()
-    if make_optimizer:
-        optimizer = make_optimizer(model)
-        methods.check_optimizer(optimizer)  # warns when the methods' groups (SoRA's gates) are not applied
-    else:
-        optimizer = _default_optimizer(model, lr, weight_decay, betas, methods.optimizer_groups(model, weight_decay))
-    in_backward = _check_updates_in_backward(optimizer, max_grad_norm, mixed_precision)
-    raw_optimizer = optimizer
-    scheduler = make_scheduler(optimizer, schedule, warmup_steps, max_steps)
-    sampler = ResumableBatchSampler(len(train_data), batch_size, seed, acc.process_index, acc.num_processes)
-    # a private generator: creating a loader iterator would otherwise draw from the global RNG, and
-    # a resumed run creates one more iterator than an uninterrupted run does
-    loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate_fn,
-                                         generator=torch.Generator().manual_seed(seed))
-    wrapped, optimizer = acc.prepare(model, optimizer)
-    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, accelerator=acc, max_steps=max_steps)
+def _record(run: _Run, rec: dict[str, Any]) -> None:
+    run.history.append(rec)
+    run.log.write(rec)
 
-    ckpt_root = output_dir / "checkpoints"
-    log = MetricsLog(output_dir / "metrics.jsonl", enabled=acc.is_main_process)
-    micro = 0  # micro-batches consumed in the current epoch
-    resumed_from = None
-    existing = list_checkpoints(ckpt_root)
-    if existing and resume:
-        step0, path = existing[-1]
-        ts = load_checkpoint(path, named_params=named_trainable, optimizer=optimizer, scheduler=scheduler,
-                             hooks=hooks, expected_fingerprint=fp)
-        state.step, state.epoch, micro = ts["step"], ts["epoch"], ts["micro_batch"]
-        resumed_from = step0
-        log.truncate_after(state.step)
-    elif existing and not resume:
-        raise ResumeError(f"{ckpt_root}: holds checkpoints of an earlier run; resume=True continues it, "
-                          "or choose another output_dir (nothing was overwritten)")
-    elif acc.is_main_process and (output_dir / "metrics.jsonl").exists():
-        (output_dir / "metrics.jsonl").unlink()  # a fresh run with no checkpoint: old partial log
-    if resumed_from is None:  # data-driven inits (LoRA-SB) at the first step's rate; on resume the checkpoint has them
-        methods.initialise(model, train_data, collate_fn, loss_fn, scheduler.get_last_lr()[0], acc.device, _move)
 
-    history: list[dict[str, Any]] = []
-    per_epoch = sampler.batches_per_epoch()
+def _evaluate(run: _Run) -> None:
+    """``eval_fn`` in eval mode without gradients; the training RNG streams are left as they were, so
+    evaluating (a masked-LM collator draws masks) never changes the training trajectory."""
+    if run.eval_fn is None:
+        return
+    run.model.eval()
+    with torch.no_grad(), _rng_preserved(run.acc.device):
+        metrics = run.eval_fn(run.model)
+    run.model.train()
+    _record(run, {"step": run.state.step, **{f"eval/{k}": float(v) for k, v in metrics.items()}})
 
-    def batches():
-        nonlocal micro
-        while True:
-            sampler.set_position(state.epoch, micro)
-            for batch in loader:
-                micro += 1
-                yield batch
-            state.epoch += 1
-            micro = 0
 
-    def checkpoint() -> None:
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_checkpoint(ckpt_root, state.step, trainable=named_trainable, optimizer=optimizer,
-                            scheduler=scheduler, hooks=hooks, keep_last=keep_last,
-                            trainer_state={"step": state.step, "epoch": state.epoch, "micro_batch": micro,
-                                           "fingerprint": fp, "settings": settings})
-        acc.wait_for_everyone()
+@contextlib.contextmanager
+def _rng_preserved(device: torch.device) -> Iterator[None]:
+    py, npy = random.getstate(), np.random.get_state()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
 
-    def evaluate() -> None:
-        if eval_fn is None:
-            return
-        model.eval()
-        with torch.no_grad():
-            metrics = eval_fn(model)
-        model.train()
-        rec = {"step": state.step, **{f"eval/{k}": float(v) for k, v in metrics.items()}}
-        history.append(rec)
-        log.write(rec)
 
-    bar = _progress(progress and acc.is_main_process, max_steps, state.step)
-    it = batches()
-    t0 = time.perf_counter()
-    running, last_logged = 0.0, state.step
-    try:
-        while state.step < max_steps:
-            call_hooks(hooks, "on_step_start", state)
-            loss_sum = None  # a device tensor: reading it once per step keeps the GPU queue full
-            for i in range(grad_accum):
-                batch = _move(next(it), acc.device)
-                sync = i == grad_accum - 1 and not in_backward  # a layerwise optimizer all-reduces per parameter
-                if in_backward:
-                    raw_optimizer.set_micro_batch(i, grad_accum)
-                ctx = acc.no_sync(wrapped) if not sync else contextlib.nullcontext()
-                with ctx:
-                    with acc.autocast():
-                        loss = loss_fn(wrapped, batch)
-                    acc.backward(loss / grad_accum)
-                part = loss.detach().float() / grad_accum
-                loss_sum = part if loss_sum is None else loss_sum + part
-            step_loss = loss_sum.item()
-            if not math.isfinite(step_loss):  # before the update, so the weights stay usable
-                raise FloatingPointError(f"loss is {step_loss} at step {state.step + 1}")
-            call_hooks(hooks, "before_optimizer_step", state)
-            if max_grad_norm is not None and max_grad_norm > 0:
-                acc.clip_grad_norm_(wrapped.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-            state.loss = step_loss
-            call_hooks(hooks, "after_optimizer_step", state)
-            optimizer.zero_grad(set_to_none=True)
-            running += step_loss
-            if bar is not None:
-                bar[0].update(bar[1], advance=1, description=f"loss {step_loss:.4f}")
-            if log_every and (state.step % log_every == 0 or state.step == max_steps):
-                rec = {"step": state.step, "loss": running / max(1, state.step - last_logged), "lr": scheduler.get_last_lr()[0],
-                       "epoch": state.epoch + micro / max(1, per_epoch), "elapsed_s": time.perf_counter() - t0}
-                history.append(rec)
-                log.write(rec)
-                running, last_logged = 0.0, state.step
-            if eval_every and state.step % eval_every == 0 and state.step != max_steps:
-                evaluate()
-            if save_every and state.step % save_every == 0:
-                checkpoint()
-        evaluate()
-        if save_every and (not list_checkpoints(ckpt_root) or list_checkpoints(ckpt_root)[-1][0] != state.step):
-            checkpoint()
-    finally:
-        if bar is not None:
-            bar[0].stop()
+def _checkpoint(run: _Run) -> None:
+    acc, state = run.acc, run.state
+    run.heartbeat.beat(f"checkpoint of step {state.step}")
     acc.wait_for_everyone()
-    if accelerator is None:
-        acc.end_training()
-    return FitResult(model=model, step=state.step, history=history, output_dir=output_dir, resumed_from=resumed_from)
+    if acc.is_main_process:
+        save_checkpoint(run.ckpt_root, state.step, trainable=run.trainable, optimizer=run.optimizer,
+                        scheduler=run.scheduler, hooks=run.hooks, keep_last=run.cfg.keep_last,
+                        trainer_state={"step": state.step, "epoch": state.epoch, "micro_batch": run.micro,
+                                       "fingerprint": run.fingerprint, "identity": run.identity})
+    acc.wait_for_everyone()
+    run.last_checkpoint = run.ckpt_root / f"step-{state.step}"
 
 
-def _progress(enabled: bool, total: int, start: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _finish(run: _Run) -> None:
+    """The last evaluation and checkpoint (skipped when this call took no step: a finished run resumed)."""
+    if run.state.step == run.start_step:
+        return
+    _evaluate(run)
+    if run.cfg.save_every:
+        _checkpoint(run)
 
-    p = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                 TimeRemainingColumn(), transient=False)
-    task = p.add_task("", total=total, completed=start)
-    p.start()
-    return p, task
 
+def _resume_hint(run: _Run) -> str:
+    if run.last_checkpoint is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint is {run.last_checkpoint}; run the same command again to resume from it"
+
+
+def _stop_on_request(run: _Run) -> None:
+    """Ctrl-C: checkpoint at this step (unless checkpoints are off) and raise ``Interrupted``."""
+    if run.cfg.save_every and run.last_checkpoint != run.ckpt_root / f"step-{run.state.step}":
+        _checkpoint(run)
+    where = _resume_hint(run) if run.cfg.save_every else "no checkpoint written (train.save_every is 0)"
+    raise Interrupted(f"interrupted at step {run.state.step} of {run.cfg.max_steps}: {where}")

@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-SCHEDULES = ("constant", "linear", "cosine")
+from adaptome.core.train.config import SCHEDULES
 
 
 def _multiplier(step: int, *, kind: str, warmup_steps: int, max_steps: int, min_ratio: float) -> float:

@@ -129,7 +129,7 @@ def pretrain(encoder, tiles: np.ndarray, out_dir: str | os.PathLike, max_steps: 
     res = fit(model, _TileTensorDataset(tiles), loss_fn=lambda m, batch: m(batch),
               output_dir=str(Path(out_dir) / "train"),
               max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=1e-4, schedule="cosine",
-              log_every=max(1, max_steps // 10), seed=seed, progress=progress, resume=False)
+              log_every=max(1, max_steps // 10), seed=seed, progress=progress, resume=False, save_every=0)
     out = Path(out_dir)
     sd = {k: v.detach().cpu().contiguous() for k, v in res.model.encoder.net.state_dict().items()}
     save_file(sd, str(out / ".encoder.safetensors.tmp"))

@@ -213,7 +213,7 @@ def _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hi
         return {"val_mse": mse}
 
     res = fit(model, ds, loss_fn=mil_loss, collate_fn=collate_bags, eval_fn=eval_fn, output_dir=str(fdir / "train"),
-              schedule="cosine", max_grad_norm=0.5, log_every=25, resume=False, **train_kw)
+              schedule="cosine", max_grad_norm=0.5, log_every=25, resume=False, save_every=0, **train_kw)
     model = res.model.cpu()
     if best["state"] is not None:
         model.load_state_dict(best["state"])

@@ -229,3 +229,110 @@ def test_overwrite_that_fails_midway_keeps_the_old_folder(base, tmp_path, monkey
         io.save_adapter(_adapted(base, "lora_native", r=4), target, overwrite=True)
     assert _snapshot(target) == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@pytest.mark.parametrize("method", ["lora_native", "lora"])
+def test_truncated_adapter_leaves_the_model_unchanged_and_names_the_file(base, method, tmp_path):
+    path = io.save_adapter(_adapted(base, method), tmp_path / "adapter")
+    data = (path / io.WEIGHTS).read_bytes()
+    (path / io.WEIGHTS).write_bytes(data[: len(data) // 2])
+    model = copy.deepcopy(base)
+    with pytest.raises(io.CheckpointError) as e:
+        io.load_adapter(model, path)
+    assert str(path / io.WEIGHTS) in _one_line(e.value)
+    _assert_plain(model, base)
+
+
+@pytest.mark.parametrize("method", ["lora_native", "lora"])
+def test_flipped_bytes_in_adapter_weights_fail_the_checksum(base, method, tmp_path):
+    path = io.save_adapter(_adapted(base, method), tmp_path / "adapter")
+    data = bytearray((path / io.WEIGHTS).read_bytes())
+    data[-5] ^= 0xFF  # inside a tensor: safetensors itself would load it silently
+    (path / io.WEIGHTS).write_bytes(bytes(data))
+    model = copy.deepcopy(base)
+    with pytest.raises(io.CheckpointError) as e:
+        io.load_adapter(model, path)
+    msg = _one_line(e.value)
+    assert str(path / io.WEIGHTS) in msg and "checksum" in msg
+    _assert_plain(model, base)
+
+
+def test_adapters_truncate_on_a_corrupt_file_is_one_line(base, tmp_path):
+    from typer.testing import CliRunner
+
+    from adaptome.core import cli
+
+    torch.manual_seed(1)
+    model = api.apply_adapter(copy.deepcopy(base), api.make_config("dylora", {"r": 4, "target_modules": "attention"}))
+    path = io.save_adapter(model, tmp_path / "adapter")
+    ok = CliRunner().invoke(cli.app, ["adapters", "truncate", str(path), str(tmp_path / "r2"), "--rank", "2"])
+    assert ok.exit_code == 0, ok.output
+    io.load_adapter(copy.deepcopy(base), tmp_path / "r2")  # its checksum is recorded and right
+    data = (path / io.WEIGHTS).read_bytes()
+    (path / io.WEIGHTS).write_bytes(data[: len(data) // 2])
+    res = CliRunner().invoke(cli.app, ["adapters", "truncate", str(path), str(tmp_path / "r1"), "--rank", "1"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and str(path / io.WEIGHTS) in res.output
+    assert not (tmp_path / "r1").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# training options that cannot work
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, named", [
+    ("train.lr=.inf", "train.lr: must be a finite number > 0, got inf"),
+    ("train.lr=0", "train.lr: must be a finite number > 0"),
+    ("data.block_size=0", "data.block_size: must be >= 1"),
+    ("train.warmup_steps=200", "train.warmup_steps: 200 is more than max_steps (100)"),
+    ("train.save_every=-1", "train.save_every: must be >= 0, got -1"),
+    ("train.max_grad_norm=-1.0", "train.max_grad_norm: must be a finite number >= 0"),
+    ("train.dist_timeout_s=0", "train.dist_timeout_s: must be a finite number > 0"),
+    ("train.betas=[0.9, 1.5]", "train.betas: must be two numbers in [0, 1)"),
+])
+def test_impossible_training_values_are_refused_naming_the_key(tmp_path, override, named):
+    from adaptome.core.generic_train import RunConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  max_steps: 100\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, path, [override])
+    msg = _one_line(e.value)
+    assert str(path) in msg and named in msg, msg
+
+
+def test_impossible_value_through_the_cli_is_one_line_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from adaptome.core import cli
+
+    (tmp_path / "t.txt").write_text("abc\n")
+    path = tmp_path / "run.yaml"
+    path.write_text(f"data:\n  train_files: [{tmp_path / 't.txt'}]\ntrain:\n  output_dir: {tmp_path / 'out'}\n")
+    res = CliRunner().invoke(cli.app, ["train", "--config", str(path), "--set", "train.lr=.inf"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "train.lr" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_fit_refuses_unknown_and_impossible_options():
+    from adaptome.core.train.loop import TrainConfig, fit
+
+    with pytest.raises(TypeError, match=r"unknown training option\(s\) \['max_step'\]"):
+        fit(torch.nn.Linear(2, 2), [], max_step=3)
+    with pytest.raises(ConfigError, match=r"^lr: must be a finite number > 0, got nan$"):
+        fit(torch.nn.Linear(2, 2), [], lr=float("nan"))
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        fit(torch.nn.Linear(2, 2), [], TrainConfig(max_steps=5), warmup_steps=6)
+
+
+def test_non_utf8_training_file_names_the_file_and_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from adaptome.core import cli
+
+    bad = tmp_path / "t.txt"
+    bad.write_bytes("first line\nsecond line caf\u00e9\n".encode() + b"third \xff line\n")
+    path = tmp_path / "run.yaml"
+    path.write_text(f"data:\n  train_files: [{bad}]\ntrain:\n  output_dir: {tmp_path / 'out'}\n")
+    res = CliRunner().invoke(cli.app, ["train", "--config", str(path)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"{bad}:3: not UTF-8 text (byte 0xff at column 7)" in res.output
+    assert not (tmp_path / "out").exists()

@@ -179,3 +179,49 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
         **{**KW, "max_steps": 40, "schedule": "constant"})
     assert dtypes == {(True, torch.bfloat16)}, dtypes
     assert sum(rec.losses[-5:]) / 5 < 0.85 * sum(rec.losses[:5]) / 5, rec.losses
+
+
+def test_one_config_or_keywords_give_the_same_run(tmp_path):
+    from adaptome.core.train.config import TrainConfig
+
+    opts = {k: v for k, v in KW.items() if k != "collate_fn"}
+    cfg = TrainConfig(**{**opts, "max_steps": 5, "output_dir": str(tmp_path / "a")})
+    a = fit(_model(), _data(), cfg, collate_fn=_collate)
+    b = fit(_model(), _data(), output_dir=tmp_path / "b", **{**KW, "max_steps": 5})
+    for k, v in _trainable(a.model).items():
+        assert torch.equal(v, _trainable(b.model)[k]), k
+
+
+def test_evaluation_does_not_change_the_training_trajectory(tmp_path):
+    import random
+
+    import numpy as np
+
+    def noisy_eval(model):  # draws from every global RNG, as a masked-LM collator does
+        return {"x": torch.rand(1).item() + random.random() + float(np.random.rand())}
+
+    plain = fit(_model(), _data(), output_dir=tmp_path / "plain", **{**KW, "max_steps": 6})
+    evald = fit(_model(), _data(), output_dir=tmp_path / "eval", eval_fn=noisy_eval, eval_every=2,
+                **{**KW, "max_steps": 6})
+    assert [r["step"] for r in evald.history if "eval/x" in r] == [2, 4, 6]
+    for k, v in _trainable(plain.model).items():  # dropout is on: an RNG draw would show
+        assert torch.equal(v, _trainable(evald.model)[k]), k
+
+
+def test_every_training_option_is_documented_and_listed_in_help():
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from adaptome.core import cli
+    from adaptome.core.train.config import TrainConfig, options_help
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    lines = options_help().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [f"train.{n}" for n in names]
+    assert all(len(ln.split(": ", 1)[1].split(" (default")[0]) > 15 for ln in lines), lines
+    res = CliRunner().invoke(cli.app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for n in names:
+        assert f"train.{n}:" in res.output, n
+    assert TrainConfig().save_every > 0  # a run of any length keeps a checkpoint
