@@ -27,7 +27,6 @@ not a dependency and is never imported), and a quantised peft export (``to_peft`
 from __future__ import annotations
 
 import itertools
-
 from dataclasses import dataclass
 from typing import Any
 

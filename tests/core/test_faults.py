@@ -430,7 +430,8 @@ def test_ctrl_c_in_adaptome_train_is_one_line_and_the_run_resumes(app, tmp_path,
         res = _train(app, cfg)
     out = tmp_path / "run"
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
-    assert res.output.startswith("error: interrupted at step 3 of 6") and str(out / "checkpoints" / "step-3") in res.output
+    assert res.output.startswith("error: interrupted at step 3 of 6")
+    assert str(out / "checkpoints" / "step-3") in res.output
     res = _train(app, cfg)
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())

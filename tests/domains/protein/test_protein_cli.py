@@ -122,6 +122,7 @@ def test_stage_kwargs_name_every_config_field():
         assert set(kw) <= set(inspect.signature(fn).parameters)
         used = {"model", "train"} | {k for k in kw if k in {f.name for f in dataclasses.fields(cls)}}
         used |= {"train_files", "adapter"}  # as files, adapter_method / adapter_options
+        used |= {"optimizer"} if "optimizer_name" in kw else set()  # as optimizer_name / optimizer_options
         assert used == {f.name for f in dataclasses.fields(cls)}, cls
     model_params = set(inspect.signature(load_model_and_tokenizer).parameters)
     assert set(config.model_kwargs(config.PretrainConfig())) <= model_params
