@@ -3,7 +3,8 @@
 ``atomic_dir(target)`` yields a temporary sibling folder; on a clean exit it is renamed to
 ``target`` (an existing ``target`` is replaced only with ``overwrite=True`` and kept until the new
 one is complete); on an exception the temporary folder is removed and ``target`` is untouched.
-``atomic_file(target)`` does the same for one file (written next to it, fsynced, then renamed).
+``atomic_file(target)`` does the same for one file (written next to it, fsynced, then renamed);
+``atomic_path(target)`` yields the temporary path itself, for libraries that write by path.
 ``clean_stale(parent, name)`` removes temporary siblings that a killed process left behind.
 
 Not covered: atomicity across file systems (the temporary path is always a sibling, so a rename
@@ -51,17 +52,16 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
-    """Yield an open file whose content replaces ``target`` when the block exits without error."""
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path (same suffix) for a library that writes by path (h5py, safetensors,
+    PIL, tifffile); it replaces ``target`` when the block exits without error and is removed otherwise."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
     tmp = Path(name)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -71,6 +71,16 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
+    """Yield an open file whose content replaces ``target`` when the block exits without error."""
+    with atomic_path(target) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _at(e: OSError, target: Path) -> OSError:

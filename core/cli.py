@@ -29,11 +29,6 @@ optimizers_app = typer.Typer(help="Optimizers a run's `optimizer:` section can n
 app.add_typer(optimizers_app, name="optimizers")
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
 @adapters_app.command("list")
 def adapters_list() -> None:
     """List registered adapter methods: backend, what trains, parameter formula per linear layer.

@@ -15,11 +15,11 @@ Not covered: several GPUs, caching the tiles themselves, augmentation.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.tiling import TileReader
 
@@ -66,14 +66,11 @@ def write_features(out_file: str | os.PathLike, features: np.ndarray, coords: np
     """Write one slide's features atomically (temporary name, then rename)."""
     import h5py
 
-    out_file = Path(out_file)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out_file) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("features", data=np.asarray(features, np.float32))
         f.create_dataset("coords", data=np.asarray(coords, np.int64))
         for k, v in attrs.items():
             f.attrs[k] = v
-    os.replace(tmp, out_file)
 
 
 def read_features(h5_file: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:

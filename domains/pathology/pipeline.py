@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from adaptome.core.errors import AdaptomeError
+from adaptome.core.progress import progress_bar
 from adaptome.domains.pathology.slide import SlideError
 
 
@@ -56,8 +57,7 @@ def run_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.PathL
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = StageSummary(stage, str(out))
-    bar = _progress(progress, stage, len(items))
-    try:
+    with progress_bar(stage, len(items), enabled=progress, transient=True) as bar:
         for sid, path in items:
             target = output_of(sid)
             if target.exists():
@@ -74,21 +74,6 @@ def run_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.PathL
                     if not skip_errors:
                         summary.write()
                         raise SlideError(msg) from None
-            if bar is not None:
-                bar[0].update(bar[1], advance=1)
-    finally:
-        if bar is not None:
-            bar[0].stop()
+            bar.advance()
     summary.write()
     return summary
-
-
-def _progress(enabled: bool, stage: str, total: int):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    p = Progress(transient=True)
-    task = p.add_task(stage, total=total)
-    p.start()
-    return p, task

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptome.core.atomic import atomic_path, write_text_atomic
 from adaptome.domains.pathology.errors import PathologyError
 
 
@@ -90,16 +91,12 @@ def write_tile_outputs(out_dir: Path, sid: str, coords: np.ndarray, size0: float
     """``tiles/<sid>.csv`` and ``tiles/<sid>.geojson`` (each written atomically)."""
     tdir = out_dir / "tiles"
     tdir.mkdir(parents=True, exist_ok=True)
-    tmp = tdir / f".{sid}.csv.tmp"
-    with tmp.open("w", newline="") as f:
+    with atomic_path(tdir / f"{sid}.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["x", "y", "size", "score_pct", "attention"])
         for (x, y), s, a in zip(coords.tolist(), res["tiles"].tolist(), res["attention"].tolist()):
             w.writerow([x, y, round(size0, 3), round(s, 4), round(a, 6)])
-    os.replace(tmp, tdir / f"{sid}.csv")
-    gj = tdir / f".{sid}.geojson.tmp"
-    gj.write_text(json.dumps(tiles_geojson(coords, size0, res["tiles"], res["attention"])), encoding="utf-8")
-    os.replace(gj, tdir / f"{sid}.geojson")
+    write_text_atomic(tdir / f"{sid}.geojson", json.dumps(tiles_geojson(coords, size0, res["tiles"], res["attention"])))
 
 
 def write_heatmaps(slide_path, out_dir: Path, sid: str, coords: np.ndarray, size0: float, res: dict,
@@ -121,8 +118,8 @@ def write_heatmaps(slide_path, out_dir: Path, sid: str, coords: np.ndarray, size
     for name, vals, lo, hi in (("score", res["tiles"], 0.0, 100.0), ("attention", res["attention"], None, None)):
         img = heatmap_image(t, scale, coords, size0, np.asarray(vals), lo, hi, cmap, alpha)
         p = hdir / f"{sid}_{name}.png"
-        Image.fromarray(img).save(hdir / f".{sid}_{name}.png.tmp", format="PNG")
-        os.replace(hdir / f".{sid}_{name}.png.tmp", p)
+        with atomic_path(p) as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
         paths.append(p)
     return paths
 
@@ -180,9 +177,7 @@ def write_slide_csv(rows: list[dict], path: str | os.PathLike) -> None:
             old = {r["slide_id"]: r for r in csv.DictReader(f)}
     for r in rows:
         old[r["slide_id"]] = r
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["slide_id", "stil_pct", "n_tiles", "n_models"])
         w.writeheader()
         w.writerows(old[k] for k in sorted(old))
-    os.replace(tmp, path)

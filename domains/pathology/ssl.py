@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
 
 
@@ -132,8 +133,8 @@ def pretrain(encoder, tiles: np.ndarray, out_dir: str | os.PathLike, max_steps: 
               log_every=max(1, max_steps // 10), seed=seed, progress=progress, resume=False, save_every=0)
     out = Path(out_dir)
     sd = {k: v.detach().cpu().contiguous() for k, v in res.model.encoder.net.state_dict().items()}
-    save_file(sd, str(out / ".encoder.safetensors.tmp"))
-    os.replace(out / ".encoder.safetensors.tmp", out / "encoder.safetensors")
+    with atomic_path(out / "encoder.safetensors") as tmp:
+        save_file(sd, str(tmp))
     losses = [h["loss"] for h in res.history if "loss" in h]
     (out / "encoder.json").write_text(json.dumps({"encoder": encoder.name, "dim": encoder.dim, "losses": losses,
                                                   **(encoder_meta or {})}, indent=2), encoding="utf-8")

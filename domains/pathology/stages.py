@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptome.core.atomic import write_text_atomic
 from adaptome.core.config import save_config
 from adaptome.core.errors import AdaptomeError
 from adaptome.domains.pathology.errors import PathologyError
@@ -55,9 +56,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
                            fill_holes=cfg.fill_holes)
         Image.fromarray((mask * 255).astype(np.uint8)).save(out / "masks" / f"{sid}.png")
         Image.fromarray(qc_image(rgb, mask)).save(out / "qc" / f"{sid}.png")
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(mask_to_geojson(mask, scale)), encoding="utf-8")
-        tmp.replace(target)  # the contour file marks the slide done
+        write_text_atomic(target, json.dumps(mask_to_geojson(mask, scale)))  # the contour file marks the slide done
 
     return run_stage("segment", _items(cfg.slides), out, lambda sid: out / "contours" / f"{sid}.geojson", work,
                      cfg.skip_errors, progress)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.stains import E_VEC, H_VEC  # Ruifrok & Johnston, unit length
 
@@ -113,8 +114,7 @@ def write_pyramid_tiff(path: str | os.PathLike, rgb: np.ndarray, mpp: float | No
     if compression not in ("zlib", "jpeg"):
         raise PathologyError(f"compression must be 'zlib' or 'jpeg', got {compression!r}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tifffile.TiffWriter(tmp) as tif:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
         img = rgb
         for i in range(levels):
             kw = {}
@@ -126,7 +126,6 @@ def write_pyramid_tiff(path: str | os.PathLike, rgb: np.ndarray, mpp: float | No
             if i + 1 < levels:
                 h, w = img.shape[:2]
                 img = np.asarray(Image.fromarray(img).resize((max(1, w // 2), max(1, h // 2)), Image.BOX))
-    os.replace(tmp, path)
 
 
 def make_cohort(out_dir: str | os.PathLike, n_slides: int = 24, seed: int = 0, grid: int = 12,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.slide import best_level, open_slide, slide_mpp
 
@@ -160,15 +161,12 @@ def write_coords(out_file: str | os.PathLike, coords: np.ndarray, tissue: np.nda
     written to a temporary name and renamed so that a crash never leaves a half file."""
     import h5py
 
-    out_file = Path(out_file)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out_file) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("coords", data=np.asarray(coords, np.int64))
         f.create_dataset("tissue", data=np.asarray(tissue, np.float32))
         for k, v in attrs.items():
             d.attrs[k] = v
             f.attrs[k] = v
-    os.replace(tmp, out_file)
 
 
 def read_coords(h5_file: str | os.PathLike) -> tuple[np.ndarray, dict]:

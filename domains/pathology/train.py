@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.extract import read_features
 from adaptome.domains.pathology.mil import MILRegressor, collate_bags, mil_loss
@@ -96,9 +97,9 @@ def save_model(model: MILRegressor, out_dir: str | os.PathLike, meta: dict) -> N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(out / ".model.safetensors.tmp"))
-    (out / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(out / ".model.safetensors.tmp", out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:  # model.json first: the weights mark the model done
+        save_file(sd, str(tmp))
+        (out / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def load_model(model_dir: str | os.PathLike) -> MILRegressor:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+from adaptome.core.progress import progress_bar
 from adaptome.domains.protein.data import LabelTask
 from adaptome.domains.protein.formats import fasta_text, invalid_positions
 
@@ -86,40 +87,43 @@ def _stop_ids(tok) -> tuple[list[int], bool]:
 def generate_continuations(model, tok, prompts: list[str], params: SamplingParams,
                            progress: bool = False) -> list[tuple[str, int]]:
     """(decoded continuation, generated-token count) per prompt, in order."""
-    import torch
-
     eos_ids, single = _stop_ids(tok)
     extra = {} if single else {"stop_strings": [">"], "tokenizer": tok}
     out: list[tuple[str, int]] = []
     batches = [prompts[i:i + params.batch_size] for i in range(0, len(prompts), params.batch_size)]
     old_side = tok.padding_side
     tok.padding_side = "left"
-    bar = _bar(progress, len(prompts))
     device = next(model.parameters()).device
     try:
-        for b, chunk in enumerate(batches):
-            enc = tok(chunk, return_tensors="pt", padding=True).to(device)  # (B, P)
-            torch.manual_seed(params.seed + b)
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc, **_decoding(params), repetition_penalty=params.repetition_penalty,
-                    max_new_tokens=params.max_new_tokens, num_beams=1, eos_token_id=eos_ids,
-                    pad_token_id=tok.pad_token_id, **extra)  # (B, P + G)
-            new = gen[:, enc["input_ids"].shape[1]:]  # (B, G)
-            for row in new.tolist():
-                n = len(row)
-                for j, t in enumerate(row):
-                    if t in eos_ids:
-                        n = j + 1
-                        break
-                out.append((tok.decode(row[:n], skip_special_tokens=True), n))
-            if bar:
-                bar[0].update(bar[1], advance=len(chunk))
+        with progress_bar("sampling", len(prompts), enabled=progress) as bar:
+            _generate_batches(model, tok, batches, params, eos_ids, extra, device, bar, out)
     finally:
         tok.padding_side = old_side
-        if bar:
-            bar[0].stop()
     return out
+
+
+def _generate_batches(model, tok, batches: list[list[str]], params: SamplingParams, eos_ids, extra: dict,
+                      device, bar, out: list[tuple[str, int]]) -> None:
+    """Decode each batch of prompts, appending (continuation, generated-token count) to ``out``."""
+    import torch
+
+    for b, chunk in enumerate(batches):
+        enc = tok(chunk, return_tensors="pt", padding=True).to(device)  # (B, P)
+        torch.manual_seed(params.seed + b)
+        with torch.no_grad():
+            gen = model.generate(
+                **enc, **_decoding(params), repetition_penalty=params.repetition_penalty,
+                max_new_tokens=params.max_new_tokens, num_beams=1, eos_token_id=eos_ids,
+                pad_token_id=tok.pad_token_id, **extra)  # (B, P + G)
+        new = gen[:, enc["input_ids"].shape[1]:]  # (B, G)
+        for row in new.tolist():
+            n = len(row)
+            for j, t in enumerate(row):
+                if t in eos_ids:
+                    n = j + 1
+                    break
+            out.append((tok.decode(row[:n], skip_special_tokens=True), n))
+        bar.advance(len(chunk))
 
 
 def _decoding(params: SamplingParams) -> dict:
@@ -190,13 +194,3 @@ def write_samples(samples: list[Sample], params: SamplingParams, path: str | Pat
 
     return write_text_atomic(path, samples_fasta(samples, params))
 
-
-def _bar(enabled: bool, total: int, what: str = "sampling"):
-    """A started rich progress bar and its task id, or None."""
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    p = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn())
-    p.start()
-    return p, p.add_task(what, total=total)

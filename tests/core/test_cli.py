@@ -168,10 +168,11 @@ def test_train_reads_jsonl_with_a_configured_text_field(app, tmp_path):
                               "--set", "data.text_field=body"])
     assert res.exit_code == 0, res.output
     from_jsonl = json.loads((tmp_path / "run" / "summary.json").read_text())
-    res = runner.invoke(app, ["train", "--config", str(_run_yaml(tmp_path, _text(tmp_path), max_steps=10)),
-                              "--overwrite"])
+    other = tmp_path / "text"  # a run of other data files: another folder (resuming the first is refused)
+    other.mkdir()
+    res = runner.invoke(app, ["train", "--config", str(_run_yaml(other, _text(tmp_path), max_steps=10))])
     assert res.exit_code == 0, res.output
-    from_text = json.loads((tmp_path / "run" / "summary.json").read_text())
+    from_text = json.loads((other / "run" / "summary.json").read_text())
     assert from_jsonl["first_loss"] == from_text["first_loss"] and from_jsonl["last_loss"] == from_text["last_loss"]
 
 
