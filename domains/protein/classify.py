@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from adaptome.core.progress import progress_bar
 from adaptome.domains.protein.data import LabelTask
 from adaptome.domains.protein.formats import ProteinError, seq_line
 from adaptome.domains.protein.tokenizer import encode
@@ -32,37 +33,31 @@ def score_targets(model, tok, pairs: list[tuple[str, str]], batch_size: int = 16
     """(sum log p(target | prompt), target tokens) per pair; prompt gets ``<s>``, target ``</s>``."""
     import torch
 
-    from adaptome.domains.protein.sample import _bar
-
-    bar = _bar(progress, len(pairs), "scoring")
-
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = []
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        rows, starts = [], []
-        for prompt, target in chunk:
-            src = encode(tok, prompt, bos=True)
-            tgt = encode(tok, target, bos=False) + ([tok.eos_token_id] if add_eos else [])
-            rows.append(src + tgt)
-            starts.append(len(src))
-        n = max(len(r) for r in rows)
-        ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)  # (B, L)
-        mask = torch.zeros_like(ids)  # (B, L)
-        for j, r in enumerate(rows):
-            ids[j, :len(r)] = torch.tensor(r)
-            mask[j, :len(r)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, L, V)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, L-1, V): predicts token t+1
-        tok_lp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
-        for j, r in enumerate(rows):
-            lo, hi = starts[j] - 1, len(r) - 1  # positions predicting the target tokens
-            out.append((float(tok_lp[j, lo:hi].sum()), hi - lo))
-        if bar:
-            bar[0].update(bar[1], advance=len(chunk))
-    if bar:
-        bar[0].stop()
+    with progress_bar("scoring", len(pairs), enabled=progress) as bar:
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            rows, starts = [], []
+            for prompt, target in chunk:
+                src = encode(tok, prompt, bos=True)
+                tgt = encode(tok, target, bos=False) + ([tok.eos_token_id] if add_eos else [])
+                rows.append(src + tgt)
+                starts.append(len(src))
+            n = max(len(r) for r in rows)
+            ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)  # (B, L)
+            mask = torch.zeros_like(ids)  # (B, L)
+            for j, r in enumerate(rows):
+                ids[j, :len(r)] = torch.tensor(r)
+                mask[j, :len(r)] = 1
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, L, V)
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, L-1, V): predicts token t+1
+            tok_lp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+            for j, r in enumerate(rows):
+                lo, hi = starts[j] - 1, len(r) - 1  # positions predicting the target tokens
+                out.append((float(tok_lp[j, lo:hi].sum()), hi - lo))
+            bar.advance(len(chunk))
     return out
 
 

@@ -96,10 +96,11 @@ def test_lorasb_loaded_adapter_is_not_reinitialised(tmp_path):
     torch.manual_seed(0)
     loaded = io.load_adapter(LlamaForCausalLM(CFG), saved, is_trainable=True)
     before = adapter_state_dict(loaded)
-    fit(loaded, _data(), output_dir=tmp_path / "b", **{**KW, "max_steps": 1, "lr": 0.0})  # lr 0: only an init moves
+    # lr 1e-12 (0 is refused): one Adam step moves a weight by about 1e-12, a redone init moves it grossly
+    fit(loaded, _data(), output_dir=tmp_path / "b", **{**KW, "max_steps": 1, "lr": 1e-12})
     after = adapter_state_dict(loaded)
     for k in before:  # a redone init would reset the trained R to S / s
-        assert torch.equal(before[k], after[k]), k
+        assert torch.allclose(before[k], after[k], rtol=0, atol=1e-9), k
 
 
 def test_sora_gates_have_their_own_group_without_weight_decay():
