@@ -165,7 +165,7 @@ def train_task_cmd(
     pooling: str = typer.Option("mean", help="topic/sentiment: mean of the last hidden states, or cls (first token)"),
     steps: int = typer.Option(200, help="optimizer steps per seed"),
     batch_size: int = typer.Option(16, help="examples per step"),
-    lr: float = typer.Option(3e-3, help="peak learning rate"),
+    lr: float = typer.Option(1e-2, help="peak learning rate"),
     max_length: int = typer.Option(128, help="longest tokenized input"),
     seeds: str = typer.Option("1,2,3", help="comma-separated seeds, one run each"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),

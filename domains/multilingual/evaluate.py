@@ -108,23 +108,24 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
     """Pseudo-perplexity of each language adapter (and of its base, once) on ``text_file``."""
     from adaptome.core.adapters.io import load_adapter, read_adapter_meta
     from adaptome.domains.multilingual.base import load_base
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
     from adaptome.domains.multilingual.mlm import pseudo_perplexity
 
     lines = readers.read_text(text_file)[:max_sentences or None]
     rows, bases_done = [], set()
     for run in adapter_runs:
-        adapter_dir = Path(run) / "adapter" if (Path(run) / "adapter").is_dir() else Path(run)
-        meta = read_adapter_meta(adapter_dir)
+        folder = adapter_dir(run)
+        meta = read_adapter_meta(folder)
         base = meta.get("base")
         if not base:
-            raise readers.DataError(f"{adapter_dir}: the adapter does not name its base model")
+            raise readers.DataError(f"{folder}: the adapter does not name its base model")
         tok, model = load_base(base, "mlm")
         lang = meta.get("language", "?")
         if base not in bases_done:
             bases_done.add(base)
             rows.append(_row(lang, "mlm", base, "none", "-", "-", "pseudo_perplexity",
                              pseudo_perplexity(model, tok, lines, max_length)))
-        model = load_adapter(model, adapter_dir)
+        model = load_adapter(model, folder)
         rows.append(_row(lang, "mlm", base, meta["method"], meta.get("source", "?"), "-", "pseudo_perplexity",
                          pseudo_perplexity(model, tok, lines, max_length)))
     return rows

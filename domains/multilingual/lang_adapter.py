@@ -68,6 +68,12 @@ class LanguageAdapterConfig:
     seed: int = 0
 
 
+def adapter_dir(path: str | Path) -> Path:
+    """The adapter folder of a ``train-language-adapter`` run (``<run>/adapter``), or ``path`` itself."""
+    path = Path(path)
+    return path / "adapter" if (path / "adapter").is_dir() else path
+
+
 def build_adapter_model(base: str, method: str, options: dict, seed: int):
     """``(tokenizer, model with adapter "default", resolved options)``."""
     import torch

@@ -29,11 +29,17 @@ from torch.utils.data import Dataset
 from adaptome.core.evaluation import perplexity_from_losses
 
 
+def fit_length(tokenizer, max_length: int) -> int:
+    """``max_length`` capped at the tokenizer's ``model_max_length`` (the base's position limit)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return min(max_length, int(limit)) if isinstance(limit, int) and limit > 0 else max_length
+
+
 class TextDataset(Dataset):
     """Sentences tokenized once: ``input_ids`` and ``word_ids`` (None for special tokens)."""
 
     def __init__(self, lines: Sequence[str], tokenizer, max_length: int):
-        enc = tokenizer(list(lines), truncation=True, max_length=max_length)
+        enc = tokenizer(list(lines), truncation=True, max_length=fit_length(tokenizer, max_length))
         self.items = [{"input_ids": enc["input_ids"][i], "word_ids": enc.word_ids(i)} for i in range(len(lines))]
 
     def __len__(self) -> int:
@@ -127,7 +133,7 @@ def pseudo_perplexity(model, tokenizer, sentences: Sequence[str], max_length: in
     model.eval()
     specials = set(tokenizer.all_special_ids)
     nll, n = 0.0, 0
-    for ids in tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]:
+    for ids in tokenizer(list(sentences), truncation=True, max_length=fit_length(tokenizer, max_length))["input_ids"]:
         pos = _scored_positions(ids, specials)
         if pos:
             nll += sentence_nll(model, ids, pos, tokenizer.mask_token_id, max_batch)

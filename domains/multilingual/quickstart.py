@@ -55,7 +55,7 @@ def run(out: Path, steps: int = 150) -> dict:
     for name, mode, adapters in (("task_only", "task", []), ("stacked", "stack", [str(out / "lang_adapter_hau")])):
         cfg = TaskConfig(base=str(base), task="topic", language="hau", train_file=str(sib / "train.tsv"),
                          eval_file=str(sib / "dev.tsv"), mode=mode, lang_adapters=adapters, steps=steps,
-                         batch_size=16, lr=3e-3, max_length=64, seeds=[1, 2])
+                         batch_size=16, lr=1e-2, max_length=64, seeds=[1, 2])
         train_task(cfg, out / name)
         runs.append(out / name)
     rows = evaluate_task_runs(runs)

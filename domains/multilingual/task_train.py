@@ -63,7 +63,7 @@ class TaskConfig:
     pooling: str = "mean"
     steps: int = 200
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 1e-2
     max_length: int = 128
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
 
@@ -91,8 +91,9 @@ def read_task_data(task: str, train_file: str, eval_file: str) -> tuple[list, li
 
 def lang_adapter_info(path: str | Path) -> dict:
     from adaptome.core.adapters.io import read_adapter_meta
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
 
-    meta = read_adapter_meta(path)
+    meta = read_adapter_meta(adapter_dir(path))
     return {"method": meta["method"], "source": meta.get("source", "?"), "language": meta.get("language", "?")}
 
 

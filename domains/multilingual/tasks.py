@@ -6,7 +6,8 @@ loads into it unchanged, plus a ``classifier`` (dropout + linear) on the pooled 
 (topic, sentiment) or on every token (NER). Sentence pooling is the masked mean of the last hidden
 states by default; ``cls`` takes the first token as AdapterHub's heads do. (The tiny base pretrained
 here never trains its first-token output, whose spread across sentences we measured at a tenth of
-the mean-pooled one's, so mean pooling is the default.)
+the mean-pooled one's, so mean pooling is the default.) For sentence tasks the classifier starts
+with a BatchNorm over the pooled features, so the head sees features of unit scale whatever the base.
 
 NER label alignment (subword tokenizers split words): with ``label_mode="first"`` the first
 subword of a word carries the word's tag and the others are ignored in the loss (-100); with
@@ -72,7 +73,10 @@ class TaskModel(nn.Module):
         self.prefix, self.token_level, self.pooling = prefix, token_level, pooling
         setattr(self, prefix, encoder)
         d = encoder.config.hidden_size
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, num_labels))
+        # sentence tasks: batch-normalised pooled features (mean pooling shrinks the spread between
+        # sentences by about 1/sqrt(T), which a plain linear head trained for a few hundred steps cannot undo)
+        norm = [] if token_level else [nn.BatchNorm1d(d)]
+        self.classifier = nn.Sequential(*norm, nn.Dropout(dropout), nn.Linear(d, num_labels))
 
     @property
     def encoder_model(self) -> nn.Module:
@@ -127,7 +131,9 @@ class SentenceDataset(Dataset):
     """Tokenized sentences with integer labels."""
 
     def __init__(self, examples: Sequence[Example], tokenizer, label2id: dict[str, int], max_length: int):
-        enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
+        from adaptome.domains.multilingual.mlm import fit_length
+
+        enc = tokenizer([e.text for e in examples], truncation=True, max_length=fit_length(tokenizer, max_length))
         self.items = [{"input_ids": enc["input_ids"][i], "labels": label2id[e.label]} for i, e in enumerate(examples)]
 
     def __len__(self) -> int:
@@ -175,8 +181,10 @@ class TokenDataset(Dataset):
 
     def __init__(self, sentences: Sequence[Sentence], tokenizer, label2id: dict[str, int], max_length: int,
                  mode: str = "first"):
+        from adaptome.domains.multilingual.mlm import fit_length
+
         enc = tokenizer([s.words for s in sentences], is_split_into_words=True, truncation=True,
-                        max_length=max_length)
+                        max_length=fit_length(tokenizer, max_length))
         self.items = []
         for i, s in enumerate(sentences):
             wids = enc.word_ids(i)
@@ -231,8 +239,10 @@ def setup_model(model, mode: Literal["task", "stack", "fuse", "full"], task_meth
             p.requires_grad_(True)
         return model
     lang_names = [f"lang{i}" for i in range(len(lang_adapters))]
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
+
     for name, path in zip(lang_names, lang_adapters):
-        model = load_adapter(model, path, adapter_name=name)
+        model = load_adapter(model, adapter_dir(path), adapter_name=name)
         if inject.adapter_configs(model)[name].backend != "native":
             raise SetupError(f"{path}: a {inject.adapter_configs(model)[name].method} adapter (peft backend) cannot "
                              "be stacked with a native task adapter; train the language adapter with a native method "

@@ -1,3 +1,4 @@
+import functools
 import os
 from pathlib import Path
 
@@ -8,13 +9,25 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 DATA = Path(__file__).resolve().parents[3] / "domains" / "multilingual" / "data"
 
 
+@functools.cache
+def _app():
+    """``adaptome`` with the multilingual sub-app found through the entry-point group, as ``main`` mounts it."""
+    import typer
+
+    from adaptome.core.plugins import discover
+
+    app = typer.Typer()
+    plugin = next(p for p in discover() if p.name == "multilingual")
+    app.add_typer(plugin.cli(), name=plugin.name, help=plugin.help)
+    app.command("noop", hidden=True)(lambda: None)  # keeps typer from collapsing a single sub-app
+    return app
+
+
 def invoke(args: list[str]):
-    """Run ``adaptome <args>`` in-process through the real CLI (plug-in discovery included)."""
+    """Run ``adaptome <args>`` in-process through the multilingual plug-in's CLI."""
     from typer.testing import CliRunner
 
-    from adaptome.core.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return CliRunner().invoke(_app(), [str(a) for a in args])
 
 
 @pytest.fixture(scope="session")

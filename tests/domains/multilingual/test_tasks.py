@@ -18,7 +18,7 @@ from adaptome.domains.multilingual.task_train import TaskConfig, build_task_mode
 from .conftest import DATA, invoke
 
 SIB = DATA / "sib200" / "hau_Latn"
-COMMON = ["--max-length", 48, "--batch-size", 16, "--lr", "3e-2"]
+COMMON = ["--max-length", 48, "--batch-size", 16, "--lr", "1e-2"]
 
 
 def _sha(path):
