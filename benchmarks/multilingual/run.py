@@ -175,8 +175,10 @@ def render(r: dict) -> str:
              f"Tiny XLM-R base: {r['base']['parameters']:,} parameters pretrained from scratch on "
              f"{r['base']['sentences']} sentences (MLM loss {r['base']['loss_first']:.2f} -> "
              f"{r['base']['loss_last']:.2f}).", "",
-             f"## Language adapters ({b['language_adapter_steps']} steps, batch {b['batch_size']}, same for every method)",
-             "", "| language | method | trainable params | s / step | PPPL base | PPPL adapter |", "|---|---|---|---|---|---|"]
+             f"## Language adapters ({b['language_adapter_steps']} steps, batch {b['batch_size']}, "
+             "same for every method)", "",
+             "| language | method | trainable params | s / step | PPPL base | PPPL adapter |",
+             "|---|---|---|---|---|---|"]
     for lang, las in r["language_adapters"].items():
         for m, s in las.items():
             lines.append(f"| {lang} | {m} | {s['trainable_parameters']:,} | {s['step_seconds']:.3f} | "
@@ -192,15 +194,18 @@ def render(r: dict) -> str:
     for lang, rows in r["sib200"].items():
         none = statistics.mean(rows["none"])
         diffs = ", ".join(f"{m} {statistics.mean(rows[m]) - none:+.3f}" for m in METHODS)
+        maj, ngram = rows["majority class"][0], rows["char n-gram logreg"][0]
         lines.append(f"\n{lang}: stacked minus task adapter alone: {diffs}; task adapter alone minus majority "
-                     f"{none - rows['majority class'][0]:+.3f}; minus n-gram {none - rows['char n-gram logreg'][0]:+.3f}.")
+                     f"{none - maj:+.3f}; minus n-gram {none - ngram:+.3f}.")
     sc, ps = r["step_cost"], r["pppl_speed"]
     lines += ["", "## Costs", "",
-              f"Stacked task-adapter step {sc['stack'] * 1000:.1f} ms vs task adapter alone {sc['task'] * 1000:.1f} ms: "
-              f"{sc['ratio']:.2f}x (target <= 1.1x: {'met' if sc['ratio'] <= 1.1 else 'NOT met'}).", "",
-              f"Pseudo-perplexity of {ps['sentences']} sentences: batched {ps['batched_s']:.2f} s vs one forward per "
-              f"masked token {ps['naive_s']:.2f} s, {ps['speedup']:.1f}x (target >= 5x: "
-              f"{'met' if ps['speedup'] >= 5 else 'NOT met'}); values {ps['pppl_batched']:.4f} and {ps['pppl_naive']:.4f}."]
+              f"Stacked task-adapter step {sc['stack'] * 1000:.1f} ms vs task adapter alone "
+              f"{sc['task'] * 1000:.1f} ms: {sc['ratio']:.2f}x (target <= 1.1x: "
+              f"{'met' if sc['ratio'] <= 1.1 else 'NOT met'}).", "",
+              f"Pseudo-perplexity of {ps['sentences']} sentences: batched {ps['batched_s']:.2f} s vs one forward "
+              f"per masked token {ps['naive_s']:.2f} s, {ps['speedup']:.1f}x (target >= 5x: "
+              f"{'met' if ps['speedup'] >= 5 else 'NOT met'}); values {ps['pppl_batched']:.4f} and "
+              f"{ps['pppl_naive']:.4f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -88,7 +88,8 @@ def fuse_adapters(model: nn.Module, names: list[str], top: list[str] | None = No
         layer.composition, layer.weights = "stack", None
         if FUSION_ATTR not in layer._modules:
             ref = layer.bn_up[names[0]].weight
-            layer.add_module(FUSION_ATTR, AdapterFusion(layer.in_features, names, temperature).to(ref.device, ref.dtype))
+            fusion = AdapterFusion(layer.in_features, names, temperature).to(ref.device, ref.dtype)
+            layer.add_module(FUSION_ATTR, fusion)
         getattr(layer, FUSION_ATTR).requires_grad_(True)
     return [p for p, _ in blocks]
 

@@ -189,10 +189,10 @@ def train_task_cmd(
         except ValueError:
             fail(f"--seeds {seeds!r}: expected comma-separated integers")
         opts = {"reduction_factor": reduction_factor} if task_method in ("seq_bn", "seq_bn_inv") else {}
-        cfg = TaskConfig(base=base, task=task, language=lang, train_file=str(train), eval_file=str(eval), mode=mode,
-                         lang_adapters=[str(p) for p in ([stack] if stack else fuse)], task_method=task_method,
-                         task_options=opts, label_mode=label_mode, pooling=pooling, steps=steps, batch_size=batch_size, lr=lr,
-                         max_length=max_length, seeds=seed_list)
+        cfg = TaskConfig(base=base, task=task, language=lang, train_file=str(train), eval_file=str(eval),
+                         mode=mode, lang_adapters=[str(p) for p in ([stack] if stack else fuse)],
+                         task_method=task_method, task_options=opts, label_mode=label_mode, pooling=pooling,
+                         steps=steps, batch_size=batch_size, lr=lr, max_length=max_length, seeds=seed_list)
         s = train_task(cfg, out, overwrite=overwrite, progress=True)
     metric = "entity_f1" if task == "ner" else "macro_f1"
     vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])

@@ -152,7 +152,8 @@ def _save_seed(model, cfg: TaskConfig, tok, seed_dir: Path) -> None:
         return
     save_adapter(model, seed_dir / "task_adapter", adapter_name="task")
     if cfg.mode == "fuse":
-        save_file({k: v.contiguous() for k, v in fusion_state_dict(model).items()}, str(seed_dir / "fusion.safetensors"))
+        state = {k: v.contiguous() for k, v in fusion_state_dict(model).items()}
+        save_file(state, str(seed_dir / "fusion.safetensors"))
 
 
 def _write_predictions(path: Path, dev, preds, task: str) -> None:

@@ -44,7 +44,8 @@ def text_splits(tmp_path_factory):
 def tiny_base(tmp_path_factory, text_splits):
     """A tiny XLM-R-architecture MLM pretrained from scratch through the CLI, saved as a transformers folder."""
     out = tmp_path_factory.mktemp("ml_base") / "base"
-    res = invoke(["multilingual", "pretrain-tiny-base", *[text_splits / lang / "train.txt" for lang in ("hau", "yor", "swa")],
+    files = [text_splits / lang / "train.txt" for lang in ("hau", "yor", "swa")]
+    res = invoke(["multilingual", "pretrain-tiny-base", *files,
                   "--out", out, "--hidden-size", 32, "--layers", 2, "--max-length", 48, "--steps", 80,
                   "--batch-size", 32, "--vocab-size", 1500])
     assert res.exit_code == 0, res.output

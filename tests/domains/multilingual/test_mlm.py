@@ -92,9 +92,10 @@ def test_bert_architecture_and_errors(tmp_path, text_splits):
     assert res.exit_code == 0, res.output
     tok, model = load_base(str(tmp_path / "b"))
     assert type(model).__name__ == "BertForMaskedLM" and tok.cls_token == "[CLS]"
-    res = invoke(["multilingual", "train-language-adapter", "--base", tmp_path / "missing", "--train",
-                  text_splits / "swa" / "train.txt", "--eval", text_splits / "swa" / "test.txt", "--out", tmp_path / "x"])
+    splits = ["--train", text_splits / "swa" / "train.txt", "--eval", text_splits / "swa" / "test.txt"]
+    res = invoke(["multilingual", "train-language-adapter", "--base", tmp_path / "missing", *splits,
+                  "--out", tmp_path / "x"])
     assert res.exit_code == 2 and "missing: cannot load a tokenizer" in res.output
-    res = invoke(["multilingual", "train-language-adapter", "--base", tmp_path / "b", "--method", "nope", "--train",
-                  text_splits / "swa" / "train.txt", "--eval", text_splits / "swa" / "test.txt", "--out", tmp_path / "x"])
+    res = invoke(["multilingual", "train-language-adapter", "--base", tmp_path / "b", "--method", "nope", *splits,
+                  "--out", tmp_path / "x"])
     assert res.exit_code == 2 and "nope" in res.output and not (tmp_path / "x").exists()
