@@ -206,7 +206,7 @@ def load_task_run(run_dir: str | Path, seed: int):
 
     from adaptome.core.adapters import inject
     from adaptome.core.adapters.fusion import load_fusion_state_dict
-    from adaptome.core.adapters.io import CheckpointError, WEIGHTS
+    from adaptome.core.adapters.io import WEIGHTS, CheckpointError
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
