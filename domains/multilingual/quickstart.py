@@ -24,7 +24,7 @@ def data_dir() -> Path:
     return Path(str(files("adaptome.domains.multilingual") / "data"))
 
 
-def run(out: Path, steps: int = 150) -> dict:
+def run(out: Path, steps: int = 100) -> dict:
     from rich.console import Console
 
     from adaptome.domains.multilingual.base import TinyBaseConfig, pretrain_tiny_base
@@ -47,7 +47,7 @@ def run(out: Path, steps: int = 150) -> dict:
     la = train_language_adapter(LanguageAdapterConfig(
         base=str(base), method="seq_bn", options={"reduction_factor": 2}, language="hau", source="text",
         train_file=str(out / "text" / "hau" / "train.txt"), eval_file=str(out / "text" / "hau" / "test.txt"),
-        eval_sentences=60, steps=steps, batch_size=16, lr=3e-3, max_length=64), out / "lang_adapter_hau")
+        eval_sentences=40, steps=steps, batch_size=16, lr=3e-3, max_length=64), out / "lang_adapter_hau")
     console.print(f"seq_bn language adapter (hau, {la['trainable_parameters']:,} trainable parameters): held-out "
                   f"pseudo-perplexity {la['pppl_base']:.1f} (base) -> {la['pppl_adapter']:.1f} (adapter)")
     sib = data / "sib200" / "hau_Latn"
@@ -63,7 +63,7 @@ def run(out: Path, steps: int = 150) -> dict:
     (out / "results.csv").write_text(to_csv(rows), encoding="utf-8")
     (out / "results.md").write_text(table, encoding="utf-8")
     console.print("SIB-200 hau dev, macro-F1 (reloaded from the saved adapters):")
-    console.print(table)
+    console.print(table, markup=False)  # adapter names hold brackets: seq_bn[text]
 
     def mean(adapter: str) -> float:
         vals = [r["value"] for r in rows if r["adapter"] == adapter]
