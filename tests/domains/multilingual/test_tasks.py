@@ -133,3 +133,19 @@ def test_every_command_has_help_with_an_example():
     for cmd in ("prepare-text", "prepare-kg", "pretrain-tiny-base", "train-language-adapter", "train-task", "evaluate"):
         res = invoke(["multilingual", cmd, "--help"])
         assert res.exit_code == 0 and "Example: adaptome multilingual" in res.output, cmd
+
+
+def test_installed_adaptome_command_mounts_the_domain():
+    """The real console script finds the plug-in through the ``adaptome.domains`` entry point."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from adaptome.core.plugins import discover
+
+    plugin = next(p for p in discover() if p.name == "multilingual")
+    assert callable(plugin.quickstart)
+    exe = shutil.which("adaptome") or str(Path(sys.executable).with_name("adaptome"))
+    out = subprocess.run([exe, "multilingual", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "train-language-adapter" in out.stdout and "prepare-kg" in out.stdout
