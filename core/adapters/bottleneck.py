@@ -293,6 +293,11 @@ class BottleneckLayer(AdapterLayer):
         """The active adapters' summed deltas on the stream ``r``: stacked (each reads the stream the ones
         below wrote) or averaged (all read ``r``)."""
         names = [n for n in self.active_adapters if n in self.bn_down]
+        fusion = self._modules.get("adapter_fusion")  # set by fusion.fuse_adapters; the rest stack above it
+        if fusion is not None and all(n in names for n in fusion.names):
+            z = norm(r) if norm is not None else r
+            r = r + fusion(z, torch.stack([self._delta(n, z) for n in fusion.names]))  # (N, B, T, D) -> (B, T, D)
+            names = [n for n in names if n not in fusion.names]
         if self.composition == "average" and len(names) > 1:
             w = self.weights or [1.0 / len(names)] * len(names)
             z = norm(r) if norm is not None else r

@@ -1,0 +1,231 @@
+"""``adaptome multilingual ...``: prepare-text, prepare-kg, pretrain-tiny-base, train-language-adapter,
+train-task, evaluate. Thin: parse options, call the library, print a summary. Errors a user can
+cause print one line (``core.cli_errors.user_errors``); outputs are written atomically and an
+existing folder is replaced only with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from adaptome.core.cli_errors import fail, user_errors
+
+app = typer.Typer(help="Language and task adapters for low-resource languages (MAD-X style stacking, fusion).\n\n"
+                  "Example: adaptome multilingual train-task --base runs/base --task topic "
+                  "--train sib200/hau_Latn/train.tsv --eval sib200/hau_Latn/dev.tsv --stack runs/la_hau --out runs/tc",
+                  no_args_is_help=True)
+
+
+def _parse_options(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--option {item!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command("prepare-text")
+def prepare_text_cmd(
+    files: List[Path] = typer.Argument(..., help="raw text files of one language, one sentence or document per line"),
+    out: Path = typer.Option(..., help="output folder: train.txt, validation.txt, test.txt, report.json"),
+    max_lines: Optional[int] = typer.Option(None, help="keep at most this many lines (after deduplication)"),
+    min_chars: int = typer.Option(1, help="drop lines shorter than this (characters, after normalisation)"),
+    seed: int = typer.Option(0, help="shuffle seed"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Normalise (NFC), deduplicate, cap and split raw text 80/10/10, reporting what was dropped.
+
+    Example: adaptome multilingual prepare-text glotcc_hau.txt --out runs/text/hau --max-lines 100000
+    """
+    from adaptome.core.atomic import atomic_dir
+    from adaptome.domains.multilingual.prepare import prepare_text
+
+    with user_errors():
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            report = prepare_text(files, tmp, max_lines, min_chars, seed)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    typer.echo(json.dumps(report))
+
+
+@app.command("prepare-kg")
+def prepare_kg_cmd(
+    files: List[Path] = typer.Argument(..., help="ConceptNet assertion dumps (tab-separated CSV, JSON or JSON lines)"),
+    lang: str = typer.Option(..., help="ConceptNet language code; both ends of an assertion must be in it"),
+    out: Path = typer.Option(..., help="output folder: train.txt, validation.txt, test.txt, report.json"),
+    predicate_map: Optional[Path] = typer.Option(None, help="JSON {relation: English phrase} replacing the default"),
+    max_lines: Optional[int] = typer.Option(None, help="keep at most this many sentences"),
+    seed: int = typer.Option(0, help="shuffle seed"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Turn ConceptNet assertions into sentences "{start} {phrase} {end}." and split them 80/10/10.
+
+    Example: adaptome multilingual prepare-kg conceptnet-assertions-5.7.0.csv --lang sw --out runs/kg/swa
+    """
+    from adaptome.core.atomic import atomic_dir
+    from adaptome.domains.multilingual.prepare import prepare_kg, read_predicate_map
+
+    with user_errors():
+        preds = read_predicate_map(predicate_map) if predicate_map else None
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            report = prepare_kg(files, lang, tmp, preds, max_lines, seed)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    typer.echo(json.dumps(report))
+
+
+@app.command("pretrain-tiny-base")
+def pretrain_cmd(
+    files: List[Path] = typer.Argument(..., help="text files of all languages, one sentence per line"),
+    out: Path = typer.Option(..., help="output folder (a transformers model + tokenizer)"),
+    arch: str = typer.Option("xlm-roberta", help="xlm-roberta (Unigram tokenizer) or bert (WordPiece)"),
+    vocab_size: int = typer.Option(2000, help="tokenizer vocabulary size"),
+    hidden_size: int = typer.Option(64, help="model width"),
+    layers: int = typer.Option(2, help="transformer layers"),
+    max_length: int = typer.Option(128, help="longest tokenized sentence"),
+    steps: int = typer.Option(300, help="MLM pretraining steps"),
+    batch_size: int = typer.Option(32, help="sentences per step"),
+    lr: float = typer.Option(2e-3, help="peak learning rate"),
+    seed: int = typer.Option(0, help="seed"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Pretrain a tiny multilingual masked LM from scratch (no hub here); load it like a hub model.
+
+    Example: adaptome multilingual pretrain-tiny-base data/text/*.txt --out runs/base --steps 300
+    """
+    from adaptome.domains.multilingual.base import TinyBaseConfig, pretrain_tiny_base
+
+    with user_errors():
+        cfg = TinyBaseConfig(arch=arch, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers,
+                             num_heads=max(1, hidden_size // 16), intermediate_size=2 * hidden_size,
+                             max_length=max_length, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        summary = pretrain_tiny_base(files, out, cfg, overwrite=overwrite, progress=True)
+    typer.echo(f"{out}: {summary['parameters']:,} parameters, MLM loss {summary['loss_first']:.3f} -> "
+               f"{summary['loss_last']:.3f}")
+
+
+@app.command("train-language-adapter")
+def train_lang_cmd(
+    base: str = typer.Option(..., help="hub id or folder of the base masked LM (xlm-roberta-base, runs/base)"),
+    train: Path = typer.Option(..., help="training text, one sentence per line"),
+    eval: Path = typer.Option(..., help="held-out text for pseudo-perplexity"),
+    out: Path = typer.Option(..., help="output folder: adapter/, run.json"),
+    method: str = typer.Option("seq_bn", help="adapter method: seq_bn, seq_bn_inv, lora_native, lora, ..."),
+    option: List[str] = typer.Option([], help="method option key=value (repeatable), e.g. reduction_factor=8"),
+    lang: str = typer.Option("", help="language code written into the results"),
+    source: str = typer.Option("text", help="data source label written into the results (text, conceptnet)"),
+    steps: int = typer.Option(200, help="optimizer steps"),
+    batch_size: int = typer.Option(16, help="sentences per step"),
+    lr: float = typer.Option(1e-3, help="peak learning rate"),
+    max_length: int = typer.Option(128, help="longest tokenized sentence"),
+    mlm_probability: float = typer.Option(0.15, help="share of tokens masked"),
+    whole_word: bool = typer.Option(False, help="mask whole words"),
+    eval_sentences: int = typer.Option(200, help="held-out sentences scored (0: all)"),
+    seed: int = typer.Option(0, help="seed"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Train a language adapter by masked-LM; report held-out pseudo-perplexity of base and adapter.
+
+    Example: adaptome multilingual train-language-adapter --base runs/base --method seq_bn_inv
+    --train runs/text/hau/train.txt --eval runs/text/hau/test.txt --lang hau --out runs/la_hau
+    """
+    from adaptome.domains.multilingual.lang_adapter import LanguageAdapterConfig, train_language_adapter
+
+    with user_errors():
+        cfg = LanguageAdapterConfig(base=base, method=method, options=_parse_options(option), language=lang,
+                                    source=source, train_file=str(train), eval_file=str(eval),
+                                    eval_sentences=eval_sentences, steps=steps, batch_size=batch_size, lr=lr,
+                                    max_length=max_length, mlm_probability=mlm_probability, whole_word=whole_word,
+                                    seed=seed)
+        s = train_language_adapter(cfg, out, overwrite=overwrite, progress=True)
+    typer.echo(f"{out}: {method}, {s['trainable_parameters']:,} trainable parameters; held-out pseudo-perplexity "
+               f"{s['pppl_base']:.2f} (base) -> {s['pppl_adapter']:.2f} (adapter)")
+
+
+@app.command("train-task")
+def train_task_cmd(
+    base: str = typer.Option(..., help="hub id or folder of the base encoder"),
+    task: str = typer.Option(..., help="topic (SIB-200 TSV), sentiment (tweet/label TSV) or ner (CoNLL BIO)"),
+    train: Path = typer.Option(..., help="training split"),
+    eval: Path = typer.Option(..., help="evaluation (dev) split"),
+    out: Path = typer.Option(..., help="output folder: run.json, seed<k>/"),
+    lang: str = typer.Option("", help="language code written into the results"),
+    stack: Optional[Path] = typer.Option(None, help="language adapter folder to stack the task adapter on"),
+    fuse: List[Path] = typer.Option([], help="two language adapter folders to fuse (give --fuse twice)"),
+    full: bool = typer.Option(False, help="full fine-tuning of the base instead of a task adapter"),
+    task_method: str = typer.Option("seq_bn", help="task adapter method"),
+    reduction_factor: int = typer.Option(2, help="task adapter reduction factor (bottleneck methods)"),
+    label_mode: str = typer.Option("first", help="NER: label the first subword of a word, or all"),
+    pooling: str = typer.Option("mean", help="topic/sentiment: mean of the last hidden states, or cls (first token)"),
+    steps: int = typer.Option(200, help="optimizer steps per seed"),
+    batch_size: int = typer.Option(16, help="examples per step"),
+    lr: float = typer.Option(1e-2, help="peak learning rate"),
+    max_length: int = typer.Option(128, help="longest tokenized input"),
+    seeds: str = typer.Option("1,2,3", help="comma-separated seeds, one run each"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Train a task adapter (alone, stacked on a language adapter, or on a fusion of two) over seeds.
+
+    Example: adaptome multilingual train-task --base runs/base --task topic --lang hau
+    --train data/sib200/hau_Latn/train.tsv --eval data/sib200/hau_Latn/dev.tsv --stack runs/la_hau --out runs/tc_hau
+    """
+    from adaptome.domains.multilingual.task_train import TaskConfig, train_task
+
+    chosen = [name for name, on in (("--stack", stack is not None), ("--fuse", bool(fuse)), ("--full", full)) if on]
+    if len(chosen) > 1:
+        fail(f"{' and '.join(chosen)} exclude each other")
+    if fuse and len(fuse) != 2:
+        fail(f"--fuse takes two language adapters (give it twice), got {len(fuse)}")
+    mode = "stack" if stack else "fuse" if fuse else "full" if full else "task"
+    with user_errors():
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            fail(f"--seeds {seeds!r}: expected comma-separated integers")
+        opts = {"reduction_factor": reduction_factor} if task_method in ("seq_bn", "seq_bn_inv") else {}
+        cfg = TaskConfig(base=base, task=task, language=lang, train_file=str(train), eval_file=str(eval),
+                         mode=mode, lang_adapters=[str(p) for p in ([stack] if stack else fuse)],
+                         task_method=task_method, task_options=opts, label_mode=label_mode, pooling=pooling,
+                         steps=steps, batch_size=batch_size, lr=lr, max_length=max_length, seeds=seed_list)
+        s = train_task(cfg, out, overwrite=overwrite, progress=True)
+    metric = "entity_f1" if task == "ner" else "macro_f1"
+    vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])
+    typer.echo(f"{out}: {task} with adapter {s['adapter']}, {metric} on {eval.name}: {vals}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    runs: List[Path] = typer.Argument(..., help="train-task folders and/or train-language-adapter folders"),
+    out: Path = typer.Option(..., help="output folder: results.csv, results.md"),
+    eval: Optional[Path] = typer.Option(None, help="task runs: score this split instead of the run's own"),
+    text: Optional[Path] = typer.Option(None, help="language adapters: held-out text for pseudo-perplexity"),
+    max_sentences: int = typer.Option(200, help="pseudo-perplexity: sentences scored (0: all)"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Score runs (macro-F1, entity F1, pseudo-perplexity) beside majority and char n-gram baselines.
+
+    Example: adaptome multilingual evaluate runs/tc_hau runs/tc_hau_none --out runs/results
+    """
+    from adaptome.core.atomic import atomic_dir
+    from adaptome.domains.multilingual.evaluate import (evaluate_language_adapters, evaluate_task_runs, to_csv,
+                                                        to_markdown)
+
+    task_runs = [r for r in runs if (r / "run.json").is_file() and not (r / "adapter").is_dir()]
+    lang_runs = [r for r in runs if r not in task_runs]
+    if lang_runs and text is None:
+        fail(f"{lang_runs[0]}: a language adapter run; give --text FILE to score pseudo-perplexity")
+    with user_errors():
+        rows = evaluate_task_runs(task_runs, str(eval) if eval else None) if task_runs else []
+        if lang_runs:
+            rows += evaluate_language_adapters(lang_runs, str(text), max_sentences)
+        table = to_markdown(rows)
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            (tmp / "results.csv").write_text(to_csv(rows), encoding="utf-8")
+            (tmp / "results.md").write_text(table, encoding="utf-8")
+    typer.echo(table)

@@ -1,0 +1,166 @@
+"""``evaluate``: score finished runs, with baselines on the same split, into a CSV and a Markdown table.
+
+Task runs (``train-task`` folders) are reloaded seed by seed from their saved adapters and scored on
+the evaluation split (the run's own, or ``eval_file``): macro-F1 for topic and sentiment,
+entity-level F1 (``core.evaluation.entity_f1``, conlleval / seqeval default rules) on words for
+NER. Language-adapter runs are scored by pseudo-perplexity on a text file, beside the base.
+
+Beside every (language, task, split) the same split gets two baselines:
+* majority class: the most frequent training label for every example (NER: ``O`` everywhere,
+  which finds no entity, F1 0);
+* character n-gram logistic regression: TF-IDF of character 1-4-grams within word boundaries
+  (scikit-learn ``char_wb``), multinomial logistic regression trained on the training split; for
+  NER one word at a time (the word's n-grams and its neighbours', predicting its tag).
+
+``results.csv`` has one row per (language, base, adapter, data source, seed, metric, value);
+``results.md`` gives mean +- sample standard deviation over seeds.
+
+Not covered: significance tests, confidence intervals, per-class reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from adaptome.core.evaluation import entity_f1, macro_f1
+from adaptome.domains.multilingual import readers
+
+FIELDS = ["language", "task", "base", "adapter", "data_source", "seed", "metric", "value"]
+
+
+def majority_baseline(task: str, train, dev) -> float:
+    if task == "ner":
+        return entity_f1([s.tags for s in dev], [["O"] * len(s.tags) for s in dev])
+    top = Counter(e.label for e in train).most_common(1)[0][0]
+    return macro_f1([e.label for e in dev], [top] * len(dev))
+
+
+def _word_features(words: list[str], i: int) -> str:
+    prev = words[i - 1] if i > 0 else "<s>"
+    nxt = words[i + 1] if i + 1 < len(words) else "</s>"
+    return f"{words[i]} | {prev.lower()} {nxt.lower()}"
+
+
+def ngram_baseline(task: str, train, dev, seed: int = 0) -> float:
+    """Character 1-4-gram TF-IDF + logistic regression (module docstring)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    if task == "ner":
+        x_tr = [_word_features(s.words, i) for s in train for i in range(len(s.words))]
+        y_tr = [t for s in train for t in s.tags]
+        x_dev = [_word_features(s.words, i) for s in dev for i in range(len(s.words))]
+    else:
+        x_tr, y_tr = [e.text for e in train], [e.label for e in train]
+        x_dev = [e.text for e in dev]
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1)
+    clf = LogisticRegression(max_iter=1000, C=10.0, random_state=seed)
+    clf.fit(vec.fit_transform(x_tr), y_tr)
+    pred = clf.predict(vec.transform(x_dev)).tolist()
+    if task == "ner":
+        out, k = [], 0
+        for s in dev:
+            out.append(pred[k:k + len(s.words)])
+            k += len(s.words)
+        return entity_f1([s.tags for s in dev], out)
+    return macro_f1([e.label for e in dev], pred)
+
+
+def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None) -> list[dict]:
+    """Result rows of every seed of every run, plus the two baselines per (language, task, split)."""
+    from adaptome.domains.multilingual.task_train import (adapter_label, load_task_run, make_datasets,
+                                                          read_task_data, score)
+    from adaptome.domains.multilingual.tasks import PadCollator
+
+    rows, baselines_done = [], set()
+    for run_dir in run_dirs:
+        meta_path = Path(run_dir) / "run.json"
+        if not meta_path.is_file():
+            raise readers.DataError(f"{run_dir}: not a train-task run (run.json is missing)")
+        seeds = [r["seed"] for r in json.loads(meta_path.read_text(encoding="utf-8"))["runs"]]
+        for seed in seeds:
+            cfg, labels, tok, model = load_task_run(run_dir, seed)
+            split = eval_file or cfg.eval_file
+            train, dev, _ = read_task_data(cfg.task, cfg.train_file, split)
+            _, dev_set = make_datasets(cfg, tok, train[:1], dev, labels)
+            metrics, _ = score(cfg.task, model, dev, dev_set, PadCollator(tok.pad_token_id), labels)
+            metric = "entity_f1" if cfg.task == "ner" else "macro_f1"
+            label = adapter_label(cfg)
+            sources = "+".join(_source(p) for p in cfg.lang_adapters) or "-"
+            rows.append(_row(cfg.language, cfg.task, cfg.base, label, sources, seed, metric, metrics[metric]))
+            key = (cfg.language, cfg.task, str(Path(split).resolve()))
+            if key not in baselines_done:
+                baselines_done.add(key)
+                rows.append(_row(cfg.language, cfg.task, "-", "majority class", "-", "-", metric,
+                                 majority_baseline(cfg.task, train, dev)))
+                rows.append(_row(cfg.language, cfg.task, "-", "char n-gram logreg", "-", "-", metric,
+                                 ngram_baseline(cfg.task, train, dev)))
+    return rows
+
+
+def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, max_sentences: int = 200,
+                               max_length: int = 128) -> list[dict]:
+    """Pseudo-perplexity of each language adapter (and of its base, once) on ``text_file``."""
+    from adaptome.core.adapters.io import load_adapter, read_adapter_meta
+    from adaptome.domains.multilingual.base import load_base
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
+    from adaptome.domains.multilingual.mlm import pseudo_perplexity
+
+    lines = readers.read_text(text_file)[:max_sentences or None]
+    rows, bases_done = [], set()
+    for run in adapter_runs:
+        folder = adapter_dir(run)
+        meta = read_adapter_meta(folder)
+        base = meta.get("base")
+        if not base:
+            raise readers.DataError(f"{folder}: the adapter does not name its base model")
+        tok, model = load_base(base, "mlm")
+        lang = meta.get("language", "?")
+        if base not in bases_done:
+            bases_done.add(base)
+            rows.append(_row(lang, "mlm", base, "none", "-", "-", "pseudo_perplexity",
+                             pseudo_perplexity(model, tok, lines, max_length)))
+        model = load_adapter(model, folder)
+        rows.append(_row(lang, "mlm", base, meta["method"], meta.get("source", "?"), "-", "pseudo_perplexity",
+                         pseudo_perplexity(model, tok, lines, max_length)))
+    return rows
+
+
+def _source(path: str) -> str:
+    from adaptome.domains.multilingual.task_train import lang_adapter_info
+
+    return lang_adapter_info(path)["source"]
+
+
+def _row(language, task, base, adapter, source, seed, metric, value) -> dict:
+    return {"language": language, "task": task, "base": base, "adapter": adapter, "data_source": source,
+            "seed": seed, "metric": metric, "value": float(value)}
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "value": f"{r['value']:.6g}"})
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """Mean +- sample sd over seeds per (language, task, base, adapter, source, metric)."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        groups[(r["language"], r["task"], r["base"], r["adapter"], r["data_source"], r["metric"])].append(r["value"])
+    lines = ["| language | task | base | adapter | data source | metric | mean +- sd | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (lang, task, base, adapter, src, metric), vals in groups.items():
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        base_s = Path(base).name if base != "-" else "-"
+        lines.append(f"| {lang} | {task} | {base_s} | {adapter} | {src} | {metric} | "
+                     f"{statistics.mean(vals):.4f} +- {sd:.4f} | {len(vals)} |")
+    return "\n".join(lines) + "\n"

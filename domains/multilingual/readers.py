@@ -1,0 +1,179 @@
+"""Readers and writers for the multilingual domain's file formats.
+
+* raw text: one sentence or document per line (GlotCC style), UTF-8;
+* topic classification, SIB-200 style: TSV with header ``index_id<TAB>category<TAB>text`` (read
+  without CSV quoting, as the SIB-200 repository does), plus an optional ``labels.txt``;
+* sentiment: TSV with a header holding a text column (``tweet`` or ``text``) and ``label``
+  (AfriSenti);
+* NER: CoNLL / BIO, one ``token tag`` pair per line (space or tab separated; the tag is the last
+  field), a blank line between sentences (MasakhaNER, WikiANN, UNER after conversion to BIO).
+
+Every reader names the file and the 1-based line number of a malformed line. Labels of a dev /
+test split are checked against the training label set with ``check_labels``: an unseen label is an
+error, never a silent new class.
+
+Not covered: CoNLL-U (UNER's native format; convert its NER column to BIO first), multi-column
+CoNLL-2003 files with POS / chunk columns in the middle (the last column is read as the tag, so
+these work when the tag is last), compressed inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from adaptome.core.errors import AdaptomeError
+
+
+class DataError(AdaptomeError, ValueError):
+    """A data file is missing, malformed or inconsistent with the training data."""
+
+
+@dataclass
+class Example:
+    """One classification example.
+
+    Args:
+        text: the sentence or tweet.
+        label: its class name.
+        ident: the source id (SIB-200 ``index_id``) or the 1-based line number.
+    """
+
+    text: str
+    label: str
+    ident: str = ""
+
+
+@dataclass
+class Sentence:
+    """One NER sentence: words and their BIO tags (same length)."""
+
+    words: list[str]
+    tags: list[str]
+
+
+def _read_lines(path: str | os.PathLike) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_text(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a raw text file, stripped."""
+    return [ln.strip() for ln in _read_lines(path) if ln.strip()]
+
+
+def _header(path: Path, lines: list[str], required: Sequence[Sequence[str]]) -> list[int]:
+    if not lines:
+        raise DataError(f"{path}: empty file (expected a header line)")
+    cols = lines[0].split("\t")
+    idx = []
+    for options in required:
+        found = [c for c in options if c in cols]
+        if not found:
+            raise DataError(f"{path}:1: header {cols} lacks a column named {' or '.join(options)}")
+        idx.append(cols.index(found[0]))
+    return idx
+
+
+def _read_tsv(path: str | os.PathLike, text_cols: Sequence[str], label_col: str,
+              id_col: str | None) -> list[Example]:
+    path = Path(path)
+    lines = _read_lines(path)
+    required = [text_cols, [label_col]] + ([[id_col]] if id_col else [])
+    idx = _header(path, lines, required)
+    ncols = len(lines[0].split("\t"))
+    out = []
+    for no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != ncols:
+            raise DataError(f"{path}:{no}: expected {ncols} tab-separated fields, found {len(fields)}")
+        text, label = fields[idx[0]].strip(), fields[idx[1]].strip()
+        if not text or not label:
+            raise DataError(f"{path}:{no}: empty {'text' if not text else 'label'}")
+        out.append(Example(text, label, fields[idx[2]].strip() if id_col else str(no)))
+    if not out:
+        raise DataError(f"{path}: no examples after the header")
+    return out
+
+
+def read_topic_tsv(path: str | os.PathLike) -> list[Example]:
+    """SIB-200 ``index_id<TAB>category<TAB>text``."""
+    return _read_tsv(path, ["text"], "category", "index_id")
+
+
+def read_sentiment_tsv(path: str | os.PathLike) -> list[Example]:
+    """AfriSenti ``tweet<TAB>label`` (a ``text`` column is accepted as well)."""
+    return _read_tsv(path, ["tweet", "text"], "label", None)
+
+
+def write_topic_tsv(path: str | os.PathLike, examples: Iterable[Example]) -> None:
+    lines = ["index_id\tcategory\ttext"] + [f"{e.ident}\t{e.label}\t{e.text}" for e in examples]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_sentiment_tsv(path: str | os.PathLike, examples: Iterable[Example]) -> None:
+    lines = ["tweet\tlabel"] + [f"{e.text}\t{e.label}" for e in examples]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _check_tag(path: Path, no: int, tag: str) -> None:
+    if tag == "O":
+        return
+    prefix, sep, etype = tag.partition("-")
+    if prefix not in ("B", "I") or not sep or not etype:
+        raise DataError(f"{path}:{no}: tag {tag!r} is not O, B-<type> or I-<type>")
+
+
+def read_conll(path: str | os.PathLike) -> list[Sentence]:
+    """CoNLL / BIO: ``token tag`` per line, blank line between sentences; ``-DOCSTART-`` is skipped."""
+    path = Path(path)
+    out: list[Sentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    for no, line in enumerate(_read_lines(path) + [""], start=1):
+        fields = line.split()
+        if not fields:
+            if words:
+                out.append(Sentence(words, tags))
+                words, tags = [], []
+            continue
+        if fields[0] == "-DOCSTART-":
+            continue
+        if len(fields) < 2:
+            raise DataError(f"{path}:{no}: expected 'token tag', found {line.strip()!r}")
+        _check_tag(path, no, fields[-1])
+        words.append(fields[0])
+        tags.append(fields[-1])
+    if not out:
+        raise DataError(f"{path}: no sentences")
+    return out
+
+
+def write_conll(path: str | os.PathLike, sentences: Iterable[Sentence]) -> None:
+    blocks = ["\n".join(f"{w} {t}" for w, t in zip(s.words, s.tags)) for s in sentences]
+    Path(path).write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """A ``labels.txt``: one class name per line."""
+    labels = read_text(path)
+    if len(set(labels)) != len(labels):
+        raise DataError(f"{path}: repeated label")
+    return labels
+
+
+def check_labels(path: str | os.PathLike, found: Iterable[str], known: Sequence[str]) -> None:
+    """An error naming ``path`` when ``found`` holds a label outside ``known`` (the training labels)."""
+    unknown = sorted(set(found) - set(known))
+    if unknown:
+        raise DataError(f"{path}: label(s) {unknown} do not occur in the training data {sorted(known)}; "
+                        "an evaluation split cannot add classes")

@@ -1,0 +1,228 @@
+"""``train-task``: topic classification, sentiment or NER with a task adapter, over several seeds.
+
+For each seed the task model is built from the base (``tasks.setup_model``: task adapter alone,
+stacked on a frozen language adapter, on a fusion of two, or full fine-tuning), trained through
+``core.train.loop.fit`` and scored on the evaluation split. The folder holds ``run.json`` (the
+resolved config, the label list, the per-seed numbers) and per seed ``seed<k>/`` with the task
+adapter (its classifier head inside, as ``modules_to_save``), the fusion weights when fused, or
+the whole model for full fine-tuning, plus ``predictions.tsv``. ``evaluate`` reloads them.
+
+The label set is the training split's (``labels.txt`` beside a SIB-200 file when present); a
+label of the evaluation split outside it is an error.
+
+Not covered: early stopping and model selection on a separate split (the last step is scored),
+gradient accumulation options (use a smaller batch).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from adaptome.domains.multilingual import readers
+from adaptome.domains.multilingual.readers import DataError
+
+TASKS = ("topic", "sentiment", "ner")
+
+
+@dataclass
+class TaskConfig:
+    """One task run.
+
+    Args:
+        base: hub id or folder of the base encoder (the language adapters' base).
+        task: ``topic`` (SIB-200 TSV), ``sentiment`` (``tweet``/``text`` + ``label`` TSV) or ``ner`` (CoNLL BIO).
+        language: language code written into the results.
+        train_file: training split.
+        eval_file: evaluation split (dev).
+        mode: ``task``, ``stack``, ``fuse`` or ``full`` (see ``tasks.setup_model``).
+        lang_adapters: language adapter folders (one for ``stack``, two for ``fuse``).
+        task_method: registered method of the task adapter (the reference: AdapterHub's default seq_bn).
+        task_options: its options (``reduction_factor``...).
+        label_mode: NER subword labels, ``first`` or ``all``.
+        pooling: sentence tasks: ``mean`` of the last hidden states or the first (``cls``) token.
+        steps: optimizer steps per seed.
+        batch_size: examples per step.
+        lr: peak learning rate (linear warmup 10 %, linear decay).
+        max_length: longest tokenized input.
+        seeds: one run per seed.
+    """
+
+    base: str = ""
+    task: str = "topic"
+    language: str = ""
+    train_file: str = ""
+    eval_file: str = ""
+    mode: str = "task"
+    lang_adapters: list[str] = field(default_factory=list)
+    task_method: str = "seq_bn"
+    task_options: dict = field(default_factory=lambda: {"reduction_factor": 2})
+    label_mode: str = "first"
+    pooling: str = "mean"
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-2
+    max_length: int = 128
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+
+
+def read_task_data(task: str, train_file: str, eval_file: str) -> tuple[list, list, list[str]]:
+    """``(train, eval, labels)``; labels of the evaluation split must occur in training."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task == "ner":
+        train, dev = readers.read_conll(train_file), readers.read_conll(eval_file)
+        tags = sorted({t for s in train for t in s.tags})
+        readers.check_labels(eval_file, {t for s in dev for t in s.tags}, tags)
+        # I-X for every B-X, so "all" subword labelling always has its continuation tag
+        tags = sorted(set(tags) | {"I-" + t[2:] for t in tags if t.startswith("B-")})
+        return train, dev, tags
+    read = readers.read_topic_tsv if task == "topic" else readers.read_sentiment_tsv
+    train, dev = read(train_file), read(eval_file)
+    labels_file = Path(train_file).with_name("labels.txt")
+    labels = readers.read_labels(labels_file) if task == "topic" and labels_file.is_file() else sorted(
+        {e.label for e in train})
+    readers.check_labels(train_file, {e.label for e in train}, labels)
+    readers.check_labels(eval_file, {e.label for e in dev}, labels)
+    return train, dev, labels
+
+
+def lang_adapter_info(path: str | Path) -> dict:
+    from adaptome.core.adapters.io import read_adapter_meta
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
+
+    meta = read_adapter_meta(adapter_dir(path))
+    return {"method": meta["method"], "source": meta.get("source", "?"), "language": meta.get("language", "?")}
+
+
+def adapter_label(cfg: TaskConfig) -> str:
+    """How the results name this setup (``seq_bn[text]``, ``fuse(seq_bn[text],seq_bn[conceptnet])``...)."""
+    if cfg.mode == "full":
+        return "full fine-tuning"
+    langs = [f"{i['method']}[{i['source']}]" for i in map(lang_adapter_info, cfg.lang_adapters)]
+    return {"task": "none", "stack": langs[0] if langs else "", "fuse": f"fuse({','.join(langs)})"}[cfg.mode]
+
+
+def build_task_model(cfg: TaskConfig, labels: list[str]):
+    from adaptome.domains.multilingual import tasks
+
+    tok, model = tasks.build_task_model(cfg.base, len(labels), cfg.task == "ner", cfg.pooling)
+    return tok, tasks.setup_model(model, cfg.mode, cfg.task_method, cfg.task_options, cfg.lang_adapters)
+
+
+def make_datasets(cfg: TaskConfig, tok, train, dev, labels):
+    from adaptome.domains.multilingual.tasks import SentenceDataset, TokenDataset
+
+    label2id = {lab: i for i, lab in enumerate(labels)}
+    if cfg.task == "ner":
+        return (TokenDataset(train, tok, label2id, cfg.max_length, cfg.label_mode),
+                TokenDataset(dev, tok, label2id, cfg.max_length, cfg.label_mode))
+    return SentenceDataset(train, tok, label2id, cfg.max_length), SentenceDataset(dev, tok, label2id, cfg.max_length)
+
+
+def score(task: str, model, dev, dev_set, collate, labels: list[str]) -> tuple[dict, list]:
+    """The task's metric on the evaluation split and the predicted labels (per sentence or per word)."""
+    from adaptome.core.evaluation import entity_f1, macro_f1
+    from adaptome.domains.multilingual.tasks import predict, word_predictions
+
+    preds = predict(model, dev_set, collate)
+    if task == "ner":
+        id2label = dict(enumerate(labels))
+        words, cut = [], 0
+        for item, p in zip(dev_set.items, preds):
+            tags, missing = word_predictions(item["word_ids"], p, item["n_words"], id2label)
+            words.append(tags)
+            cut += missing
+        return {"entity_f1": entity_f1([s.tags for s in dev], words), "truncated_words": cut}, words
+    pred_labels = [labels[p] for p in preds]
+    return {"macro_f1": macro_f1([e.label for e in dev], pred_labels)}, pred_labels
+
+
+def _save_seed(model, cfg: TaskConfig, tok, seed_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    from adaptome.core.adapters.fusion import fusion_state_dict
+    from adaptome.core.adapters.io import save_adapter
+
+    if cfg.mode == "full":
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(seed_dir / "model.safetensors"))
+        return
+    save_adapter(model, seed_dir / "task_adapter", adapter_name="task")
+    if cfg.mode == "fuse":
+        state = {k: v.contiguous() for k, v in fusion_state_dict(model).items()}
+        save_file(state, str(seed_dir / "fusion.safetensors"))
+
+
+def _write_predictions(path: Path, dev, preds, task: str) -> None:
+    if task == "ner":
+        readers.write_conll(path, [readers.Sentence(s.words, p) for s, p in zip(dev, preds)])
+    else:
+        lines = ["gold\tpredicted\ttext"] + [f"{e.label}\t{p}\t{e.text}" for e, p in zip(dev, preds)]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, progress: bool = False) -> dict:
+    import torch
+
+    from adaptome.core.adapters.api import trainable_report
+    from adaptome.core.atomic import atomic_dir
+    from adaptome.core.train.loop import fit
+    from adaptome.domains.multilingual.tasks import PadCollator
+
+    if not cfg.seeds:
+        raise DataError("give at least one seed")
+    train, dev, labels = read_task_data(cfg.task, cfg.train_file, cfg.eval_file)
+    label = adapter_label(cfg)
+    runs = []
+    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
+        for seed in cfg.seeds:
+            torch.manual_seed(seed)
+            tok, model = build_task_model(cfg, labels)
+            train_set, dev_set = make_datasets(cfg, tok, train, dev, labels)
+            collate = PadCollator(tok.pad_token_id)
+            seed_dir = Path(tmp) / f"seed{seed}"
+            t0 = time.perf_counter()
+            res = fit(model, train_set, collate_fn=collate, output_dir=seed_dir / "train", max_steps=cfg.steps,
+                      batch_size=min(cfg.batch_size, len(train_set)), lr=cfg.lr,
+                      warmup_steps=max(1, cfg.steps // 10), log_every=max(1, cfg.steps // 10), seed=seed,
+                      progress=progress, resume=False)
+            train_s = time.perf_counter() - t0
+            metrics, preds = score(cfg.task, res.model, dev, dev_set, collate, labels)
+            _save_seed(res.model, cfg, tok, seed_dir)
+            _write_predictions(seed_dir / "predictions.tsv", dev, preds, cfg.task)
+            runs.append({"seed": seed, **metrics, "trainable_parameters": trainable_report(res.model)["trainable"],
+                         "train_seconds": train_s, "step_seconds": train_s / res.step})
+        summary = {"config": asdict(cfg), "labels": labels, "adapter": label, "runs": runs}
+        (Path(tmp) / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def load_task_run(run_dir: str | Path, seed: int):
+    """``(config, labels, tokenizer, model)`` of one seed of a finished ``train-task`` run."""
+    from safetensors.torch import load_file
+
+    from adaptome.core.adapters import inject
+    from adaptome.core.adapters.fusion import load_fusion_state_dict
+    from adaptome.core.adapters.io import WEIGHTS, CheckpointError
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{run_dir}: not a train-task run (run.json is missing)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    cfg = TaskConfig(**meta["config"])
+    labels = meta["labels"]
+    seed_dir = run_dir / f"seed{seed}"
+    tok, model = build_task_model(cfg, labels)
+    if cfg.mode == "full":
+        model.load_state_dict(load_file(str(seed_dir / "model.safetensors")))
+        return cfg, labels, tok, model.eval()
+    adapter_dir = seed_dir / "task_adapter"
+    if not (adapter_dir / WEIGHTS).is_file():
+        raise CheckpointError(f"{adapter_dir}: task adapter missing")
+    inject.set_adapter_state_dict(model, load_file(str(adapter_dir / WEIGHTS)), "task", source=str(adapter_dir))
+    if cfg.mode == "fuse":
+        load_fusion_state_dict(model, load_file(str(seed_dir / "fusion.safetensors")), str(seed_dir))
+    return cfg, labels, tok, model.eval()
