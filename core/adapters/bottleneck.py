@@ -293,20 +293,22 @@ class BottleneckLayer(AdapterLayer):
         """The active adapters' summed deltas on the stream ``r``: stacked (each reads the stream the ones
         below wrote) or averaged (all read ``r``)."""
         names = [n for n in self.active_adapters if n in self.bn_down]
+        fused: torch.Tensor | float = 0.0
         fusion = self._modules.get("adapter_fusion")  # set by fusion.fuse_adapters; the rest stack above it
         if fusion is not None and all(n in names for n in fusion.names):
             z = norm(r) if norm is not None else r
-            r = r + fusion(z, torch.stack([self._delta(n, z) for n in fusion.names]))  # (N, B, T, D) -> (B, T, D)
+            fused = fusion(z, torch.stack([self._delta(n, z) for n in fusion.names]))  # (N, B, T, D) -> (B, T, D)
+            r = r + fused
             names = [n for n in names if n not in fusion.names]
         if self.composition == "average" and len(names) > 1:
             w = self.weights or [1.0 / len(names)] * len(names)
             z = norm(r) if norm is not None else r
-            return sum(wi * self._delta(n, z) for wi, n in zip(w, names))
+            return fused + sum(wi * self._delta(n, z) for wi, n in zip(w, names))
         total: torch.Tensor | float = 0.0
         for n in names:
             s = r + total
             total = total + self._delta(n, norm(s) if norm is not None else s)
-        return total
+        return fused + total
 
     def read_residual_from(self, norm: nn.Module) -> None:
         """Pre-LN: take the residual x from the input of ``norm`` (installed once per layer)."""

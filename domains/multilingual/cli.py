@@ -213,8 +213,12 @@ def evaluate_cmd(
     Example: adaptome multilingual evaluate runs/tc_hau runs/tc_hau_none --out runs/results
     """
     from adaptome.core.atomic import atomic_dir
-    from adaptome.domains.multilingual.evaluate import (evaluate_language_adapters, evaluate_task_runs, to_csv,
-                                                        to_markdown)
+    from adaptome.domains.multilingual.evaluate import (
+        evaluate_language_adapters,
+        evaluate_task_runs,
+        to_csv,
+        to_markdown,
+    )
 
     task_runs = [r for r in runs if (r / "run.json").is_file() and not (r / "adapter").is_dir()]
     lang_runs = [r for r in runs if r not in task_runs]

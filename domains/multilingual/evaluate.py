@@ -73,8 +73,13 @@ def ngram_baseline(task: str, train, dev, seed: int = 0) -> float:
 
 def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None) -> list[dict]:
     """Result rows of every seed of every run, plus the two baselines per (language, task, split)."""
-    from adaptome.domains.multilingual.task_train import (adapter_label, load_task_run, make_datasets,
-                                                          read_task_data, score)
+    from adaptome.domains.multilingual.task_train import (
+        adapter_label,
+        load_task_run,
+        make_datasets,
+        read_task_data,
+        score,
+    )
     from adaptome.domains.multilingual.tasks import PadCollator
 
     rows, baselines_done = [], set()

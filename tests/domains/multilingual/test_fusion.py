@@ -8,8 +8,13 @@ import torch
 from adaptome.core.adapters import inject
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.adapters.bottleneck import average_adapters
-from adaptome.core.adapters.fusion import (AdapterFusion, fuse_adapters, fusion_state_dict, load_fusion_state_dict,
-                                           unfuse)
+from adaptome.core.adapters.fusion import (
+    AdapterFusion,
+    fuse_adapters,
+    fusion_state_dict,
+    load_fusion_state_dict,
+    unfuse,
+)
 from adaptome.core.text import tiny_masked_lm
 
 

@@ -10,8 +10,7 @@ import math
 import torch
 
 from adaptome.domains.multilingual.base import load_base
-from adaptome.domains.multilingual.mlm import (MaskingCollator, TextDataset, pseudo_perplexity,
-                                               pseudo_perplexity_naive)
+from adaptome.domains.multilingual.mlm import MaskingCollator, TextDataset, pseudo_perplexity, pseudo_perplexity_naive
 from adaptome.domains.multilingual.readers import read_text
 
 from .conftest import invoke
