@@ -42,6 +42,29 @@ class InputError(AdaptomeError, ValueError):
     """An input file is missing, empty or malformed; the message names the file."""
 
 
+def read_jsonl_records(path: str | os.PathLike, error: type[Exception] = InputError) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-empty line of a JSON Lines file. A missing file, a line that is
+    not a JSON object, or a file without records is ``error`` naming the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found")
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            records.append((lineno, obj))
+    if not records:
+        raise error(f"{path}: no records")
+    return records
+
+
 def read_texts(path: str | os.PathLike, text_field: str = "text") -> list[str]:
     """Examples of a plain-text file (one a non-empty line) or a ``.jsonl`` file (``text_field``)."""
     path = Path(path)
@@ -51,21 +74,14 @@ def read_texts(path: str | os.PathLike, text_field: str = "text") -> list[str]:
                          f"plain text ({', '.join(TEXT_SUFFIXES)}: one example per line) or .jsonl")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
     if suffix != ".jsonl":
-        texts = [ln.strip() for ln in lines if ln.strip()]
+        texts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not texts:
             raise InputError(f"{path}: no text lines")
         return texts
     texts = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
-        value = obj.get(text_field) if isinstance(obj, dict) else None
+    for lineno, obj in read_jsonl_records(path):
+        value = obj.get(text_field)
         if not isinstance(value, str):
             raise InputError(f"{path}:{lineno}: no string field {text_field!r} "
                              f"(set data.text_field to the field holding the text)")

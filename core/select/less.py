@@ -94,23 +94,15 @@ class LessConfig:
 # -- data -----------------------------------------------------------------------------------------
 def read_jsonl(path: str | os.PathLike, subtask: str | None = None) -> list[dict[str, Any]]:
     """Records with a ``text`` field; ``subtask`` is set to the file's stem where a record has none."""
-    path = Path(path)
+    from adaptome.core.text import read_jsonl_records
+
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SelectError(f"{path}:{n}: not valid JSON ({e})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or not rec["text"]:
-                raise SelectError(f"{path}:{n}: a record needs a non-empty string field 'text'")
-            if subtask is not None:
-                rec.setdefault("subtask", subtask)
-            out.append(rec)
-    if not out:
-        raise SelectError(f"{path}: no records")
+    for n, rec in read_jsonl_records(path, SelectError):
+        if not isinstance(rec.get("text"), str) or not rec["text"]:
+            raise SelectError(f"{path}:{n}: a record needs a non-empty string field 'text'")
+        if subtask is not None:
+            rec.setdefault("subtask", subtask)
+        out.append(rec)
     return out
 
 

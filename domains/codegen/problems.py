@@ -16,7 +16,6 @@ Not covered: MultiPL-E's Hugging Face parquet copy (export it to JSONL first), t
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -76,24 +75,10 @@ def resolve(source: str | os.PathLike) -> Path:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise ProblemError(f"{path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ProblemError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ProblemError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    if not rows:
-        raise ProblemError(f"{path}: no records")
-    return rows
+    """The records of a JSONL file (``core.text.read_jsonl_records``: errors name the file and line)."""
+    from adaptome.core.text import read_jsonl_records
+
+    return [row for _, row in read_jsonl_records(path, ProblemError)]
 
 
 def load_problems(source: str | os.PathLike, limit: int | None = None) -> list[Problem]:

@@ -186,7 +186,7 @@ def test_read_texts_formats_and_errors(tmp_path):
     jl.write_text('{"text": "x y"}\n\n{"text": "z"}\n')
     assert read_texts(jl) == ["x y", "z"]
     jl.write_text('{"text": "x"}\nnot json\n')
-    with pytest.raises(InputError, match=r"a.jsonl:2: not a JSON object"):
+    with pytest.raises(InputError, match=r"a.jsonl:2: not valid JSON"):
         read_texts(jl)
     with pytest.raises(InputError, match="file not found"):
         read_texts(tmp_path / "missing.txt")
