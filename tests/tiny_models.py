@@ -16,6 +16,8 @@ weights therefore depend only on the arguments.
 * ``xlmr``: ``XLMRobertaForMaskedLM``; ``esm``: ``EsmForMaskedLM`` (``head="folding"``:
   ``EsmForProteinFolding``); ``phi3``: ``Phi3ForCausalLM`` (fused q/k/v and gate/up projections);
   ``vit``: ``ViTModel`` (``head="classification"``: ``ViTForImageClassification``).
+* ``timm_vit``: timm's ``vit_tiny_patch16_224`` architecture shrunk (2 blocks, 32-pixel images, 3 classes),
+  ``pretrained=False``.
 * ``text_causal_lm`` / ``text_masked_lm``: the library's own tiny builders (``adaptome.core.text``),
   seeded the same way, for tests that must rebuild exactly what the CLI's ``model: tiny:`` builds.
 
@@ -128,6 +130,18 @@ def vit_config(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32,
 def vit(*, head: str | None = None, seed: int | None = 0, eval_mode: bool = True, **config):
     cls = _pick(head, {None: "ViTModel", "classification": "ViTForImageClassification"}, "vit")
     return _build(cls, vit_config(**config), seed, eval_mode)
+
+
+def timm_vit(*, seed: int | None = 0, eval_mode: bool = True, img_size: int = 32, patch_size: int = 8,
+             num_classes: int = 3, depth: int = 2, **extra):
+    import timm
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img_size, patch_size=patch_size,
+                              num_classes=num_classes, depth=depth, **extra)
+    return model.eval() if eval_mode else model
 
 
 def text_causal_lm(vocab_size: int, *, seed: int | None = 0, **sizes):

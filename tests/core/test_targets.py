@@ -36,9 +36,7 @@ def _vit():
 
 
 def _timm_vit():
-    import timm
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3,
-                             depth=2)
+    return tiny.timm_vit(seed=None, eval_mode=False)
 
 
 def test_llama_presets():
