@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.train.loop import fit, make_accelerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared tiny models
+import tiny_models as tiny  # noqa: E402
 
 
 class _StopRank1After3:
@@ -33,10 +35,8 @@ class _StopRank1After3:
 def main() -> None:
     out, batch = Path(sys.argv[1]), int(sys.argv[2])
     stall = len(sys.argv) > 3 and sys.argv[3] == "stall"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model = apply_adapter(LlamaForCausalLM(cfg), make_config("lora_native", {"r": 4, "init_lora_weights": "random_b"}))
+    model = apply_adapter(tiny.llama(eval_mode=False),
+                          make_config("lora_native", {"r": 4, "init_lora_weights": "random_b"}))
     g = torch.Generator().manual_seed(1)
     data = [{"input_ids": t, "labels": t} for t in torch.randint(0, 32, (32, 10), generator=g)]
 

@@ -29,6 +29,7 @@ import copy
 import dataclasses
 
 import pytest
+import tiny_models as tiny
 import torch
 from torch import nn
 
@@ -58,21 +59,9 @@ ARCHS = ["llama", "bert"]
 
 
 def _build(arch: str) -> nn.Module:
-    torch.manual_seed(0)
     if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-        model = LlamaForCausalLM(cfg)
-    else:
-        from transformers import BertConfig, BertModel
-
-        cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0)
-        model = BertModel(cfg)
-    return model.eval()
+        return tiny.llama()
+    return tiny.bert(head=None, vocab_size=64, max_position_embeddings=32)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tiny_models as tiny
 import typer
 from typer.testing import CliRunner
 
@@ -147,8 +148,7 @@ def test_train_masked_lm_merges_to_a_loadable_checkpoint(app, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert 1 < summary["eval/perplexity"] < 200
     # the same seed rebuilds the same tiny base; adapter on it == the merged standalone checkpoint
-    torch.manual_seed(0)
-    base = text.tiny_masked_lm(len(text.char_tokenizer()), hidden_size=32, num_layers=1, num_heads=2,
+    base = tiny.text_masked_lm(len(text.char_tokenizer()), hidden_size=32, num_layers=1, num_heads=2,
                                intermediate_size=64)
     adapted = load_adapter(base, out / "adapter").eval()
     merged = AutoModelForMaskedLM.from_pretrained(out / "merged").eval()

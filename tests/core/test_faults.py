@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_models as tiny
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.errors import AdaptomeError
@@ -34,16 +34,16 @@ from adaptome.core.train.interrupt import Interrupted
 from adaptome.core.train.loop import fit
 from adaptome.core.train.metrics import read_metrics
 
-CFG = LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  num_key_value_heads=1, tie_word_embeddings=False)
+# the tiny LLaMA's sizes (tests/tiny_models.py), built seeded and in train mode as a fresh module is
+TINY = dict(vocab_size=16, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+            eval_mode=False)
 # constant schedule: a run may be extended (max_steps may change on resume) and still equal the reference
 KW = dict(max_steps=8, batch_size=4, lr=1e-2, schedule="constant", progress=False, log_every=1, save_every=2,
           keep_last=2)
 
 
 def _model():
-    torch.manual_seed(0)
-    return apply_adapter(LlamaForCausalLM(CFG), make_config("lora_native", {"r": 2, "lora_dropout": 0.1}))
+    return apply_adapter(tiny.llama(**TINY), make_config("lora_native", {"r": 2, "lora_dropout": 0.1}))
 
 
 def _data(n=32, t=8):
@@ -133,7 +133,9 @@ def _worker(out: str, mode: str) -> None:
 @pytest.fixture(scope="module")
 def killed_runs(tmp_path_factory):
     """Both killed runs, started together (each spends most of its time importing)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    tests_dir = str(Path(__file__).resolve().parents[1])  # this file, run as a script, imports tiny_models
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])))
     outs = {mode: tmp_path_factory.mktemp(mode) / "run" for mode in ("after5", "mid_ckpt6")}
     procs = {mode: subprocess.Popen([sys.executable, __file__, str(out), mode], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True) for mode, out in outs.items()}

@@ -3,11 +3,11 @@
 import copy
 
 import pytest
+import tiny_models as tiny
 import torch
 
 from adaptome.core.adapters import ADAPTERS
 from adaptome.core.adapters.api import apply_adapter, make_config
-from adaptome.core.text import tiny_causal_lm
 from adaptome.core.train.loop import fit
 
 pytestmark = [pytest.mark.gpu,
@@ -27,8 +27,7 @@ def _collate(b):
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_fit_on_cuda_loss_falls(tmp_path, precision):
-    torch.manual_seed(0)
-    model = apply_adapter(tiny_causal_lm(16), make_config("lora_native", {"r": 8}))
+    model = apply_adapter(tiny.text_causal_lm(16), make_config("lora_native", {"r": 8}))
     losses = []
 
     class Rec:
@@ -48,8 +47,7 @@ def test_every_method_same_outputs_on_cpu_and_cuda(method):
     cfg = cls.examples()[0]
     if getattr(cls, "architectures", None) and "llama" not in cls.architectures:
         pytest.skip(f"{method} does not apply to LLaMA")
-    torch.manual_seed(0)
-    base = tiny_causal_lm(32)
+    base = tiny.text_causal_lm(32)
     cpu_model = apply_adapter(copy.deepcopy(base), cfg)
     gpu_model = copy.deepcopy(cpu_model).cuda()
     x = torch.randint(0, 32, (2, 12))

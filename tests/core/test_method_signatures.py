@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny_models as tiny
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -110,9 +111,8 @@ class GenericTrain:
         """(the base model, the training examples, the collator) exactly as the run built them."""
         from adaptome.core import generic_train, text
 
-        torch.manual_seed(0)
         tok = text.char_tokenizer()
-        model = text.tiny_causal_lm(len(tok), **TINY)
+        model = tiny.text_causal_lm(len(tok), **TINY)
         data = generic_train.build_datasets([str(tmp_path / "seqs.txt")], tok, "causal", 32, "text")
         return model, data, generic_train._collator(tok, "causal", 0.15)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import tiny_models as tiny
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaptome.core.adapters import ADAPTERS
 from adaptome.core.adapters.api import adapter_state_dict, apply_adapter, make_config
@@ -26,8 +26,8 @@ from adaptome.core.adapters.inject import freeze_adapters, set_adapter
 from adaptome.core.train.loop import fit
 from adaptome.core.train.method_training import collect
 
-CFG = LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+# the tiny LLaMA's sizes (tests/tiny_models.py), built seeded and in train mode as a fresh module is
+TINY = dict(vocab_size=16, num_layers=1, eval_mode=False)
 OPTIONS = {"dylora": {"r": 4}, "sora": {"r": 4, "sparse_lambda": 20.0}, "lamda": {"r": 4},
            "allora": {"r": 4}, "lorasb": {"r": 4, "init_samples": 6, "init_batch_size": 3}}
 WITH_BEHAVIOUR = [n for n in ADAPTERS.names()
@@ -36,8 +36,7 @@ WITH_BEHAVIOUR = [n for n in ADAPTERS.names()
 
 
 def _model(method: str, **options):
-    torch.manual_seed(0)
-    return apply_adapter(LlamaForCausalLM(CFG), make_config(method, {**OPTIONS.get(method, {}), **options}))
+    return apply_adapter(tiny.llama(**TINY), make_config(method, {**OPTIONS.get(method, {}), **options}))
 
 
 def _data(n=32, t=10):
@@ -93,8 +92,7 @@ def test_lorasb_loaded_adapter_is_not_reinitialised(tmp_path):
 
     first = fit(_model("lorasb"), _data(), output_dir=tmp_path / "a", **KW)
     saved = io.save_adapter(first.model, tmp_path / "adapter")
-    torch.manual_seed(0)
-    loaded = io.load_adapter(LlamaForCausalLM(CFG), saved, is_trainable=True)
+    loaded = io.load_adapter(tiny.llama(**TINY), saved, is_trainable=True)
     before = adapter_state_dict(loaded)
     # lr 1e-12 (0 is refused): one Adam step moves a weight by about 1e-12, a redone init moves it grossly
     fit(loaded, _data(), output_dir=tmp_path / "b", **{**KW, "max_steps": 1, "lr": 1e-12})
@@ -128,8 +126,7 @@ def test_an_optimizer_that_ignores_the_groups_is_warned_about(tmp_path):
 
 
 def test_frozen_adapter_gets_no_hook_and_wrapped_models_are_searched():
-    torch.manual_seed(0)
-    m = apply_adapter(LlamaForCausalLM(CFG), make_config("dylora", {"r": 4}), "lang")
+    m = apply_adapter(tiny.llama(**TINY), make_config("dylora", {"r": 4}), "lang")
     apply_adapter(m, make_config("dylora", {"r": 2}), "task")
     set_adapter(m, ["lang", "task"])
     freeze_adapters(m, ["lang"])

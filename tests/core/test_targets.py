@@ -2,6 +2,7 @@
 ViT, timm ViT); all-linear skips the output head."""
 
 import pytest
+import tiny_models as tiny
 import torch
 from torch import nn
 
@@ -13,38 +14,29 @@ def _suffixes(paths):
     return sorted({".".join(p.split(".")[-2:]) if p.split(".")[-1] == "dense" else p.split(".")[-1] for p in paths})
 
 
+# built as the tests found them: unseeded and in train mode (only module names and shapes matter here)
 def _llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2))
+    return tiny.llama(seed=None, eval_mode=False)
 
 
 def _phi3():
-    from transformers import Phi3Config, Phi3ForCausalLM
-    return Phi3ForCausalLM(Phi3Config(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, pad_token_id=0))
+    return tiny.phi3(seed=None, eval_mode=False, pad_token_id=0)
 
 
 def _bert_like(kind):
-    import transformers as tf
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     if kind == "bert":
-        return tf.BertForMaskedLM(tf.BertConfig(vocab_size=40, **common))
+        return tiny.bert(seed=None, eval_mode=False, dropout=0.1)
     if kind == "xlm-roberta":
-        return tf.XLMRobertaForMaskedLM(tf.XLMRobertaConfig(vocab_size=40, **common))
-    return tf.EsmForMaskedLM(tf.EsmConfig(vocab_size=33, pad_token_id=1, mask_token_id=32, **common))
+        return tiny.xlmr(seed=None, eval_mode=False, dropout=0.1)
+    return tiny.esm(seed=None, eval_mode=False, dropout=0.1)
 
 
 def _vit():
-    from transformers import ViTConfig, ViTModel
-    return ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                              image_size=32, patch_size=8))
+    return tiny.vit(seed=None, eval_mode=False)
 
 
 def _timm_vit():
-    import timm
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3,
-                             depth=2)
+    return tiny.timm_vit(seed=None, eval_mode=False)
 
 
 def test_llama_presets():

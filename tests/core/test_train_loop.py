@@ -3,8 +3,8 @@
 import json
 
 import pytest
+import tiny_models as tiny
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.train.checkpoint import ResumeError, list_checkpoints
@@ -12,13 +12,12 @@ from adaptome.core.train.loop import fit
 from adaptome.core.train.metrics import read_metrics
 from adaptome.core.train.schedule import make_scheduler
 
-CFG = LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+# the tiny LLaMA's sizes (tests/tiny_models.py), built seeded and in train mode as a fresh module is
+TINY = dict(vocab_size=16, eval_mode=False)
 
 
 def _model(dropout=0.1):
-    torch.manual_seed(0)
-    return apply_adapter(LlamaForCausalLM(CFG), make_config("lora_native", {"r": 4, "lora_dropout": dropout}))
+    return apply_adapter(tiny.llama(**TINY), make_config("lora_native", {"r": 4, "lora_dropout": dropout}))
 
 
 def _data(n=40, t=12):

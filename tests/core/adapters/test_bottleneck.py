@@ -5,6 +5,7 @@ trains only its top and computes the sequential formula; averaging; merging is r
 import copy
 
 import pytest
+import tiny_models as tiny
 import torch
 from torch import nn
 
@@ -20,29 +21,15 @@ from adaptome.core.adapters.bottleneck import (
 
 
 def _llama(tie=False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2,
-                                        tie_word_embeddings=tie)).eval()
+    return tiny.llama(tie=tie)
 
 
 def _bert():
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    return BertModel(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=64)).eval()
+    return tiny.bert(head=None, dropout=0.1)
 
 
 def _xlmr():
-    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
-
-    torch.manual_seed(0)
-    return XLMRobertaForMaskedLM(XLMRobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
-                                                  num_attention_heads=4, intermediate_size=64,
-                                                  max_position_embeddings=40)).eval()
+    return tiny.xlmr(dropout=0.1, max_position_embeddings=40)
 
 
 IDS = torch.randint(3, 30, (2, 7), generator=torch.Generator().manual_seed(1))

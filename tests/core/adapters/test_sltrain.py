@@ -5,6 +5,7 @@ is fixed and exact, the init follows the reference, and a tiny LLaMA pretrains f
 import math
 
 import pytest
+import tiny_models as tiny
 import torch
 import torch.nn.functional as F
 import yaml
@@ -91,13 +92,9 @@ def test_backward_keeps_no_dense_weight_alive():
 
 
 def test_pretraining_tiny_llama_from_scratch_through_fit(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from adaptome.core.train.loop import fit
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    model = tiny.llama(vocab_size=16, eval_mode=False)
     SLTrainConfig(rank=4, lora_alpha=8.0, delta=0.1).apply(model)
     layers = [m for m in model.modules() if isinstance(m, SLTrainLinear)]
     assert len(layers) == 2 * 7 and not isinstance(model.lm_head, SLTrainLinear)
@@ -139,7 +136,7 @@ def test_adaptome_train_yaml_with_sltrain_and_galore(tmp_path):
     assert summary["last_loss"] < summary["first_loss"]
     from adaptome.core import text
 
-    fresh = text.tiny_causal_lm(len(text.char_tokenizer()), hidden_size=32, num_layers=1, num_heads=2,
+    fresh = tiny.text_causal_lm(len(text.char_tokenizer()), seed=None, hidden_size=32, num_layers=1, num_heads=2,
                                 intermediate_size=64)
     model = load_pretrained_model(fresh, tmp_path / "run" / "adapter")
     assert isinstance(model.model.layers[0].self_attn.q_proj, SLTrainLinear)

@@ -8,6 +8,7 @@ import os
 
 import peft
 import pytest
+import tiny_models as tiny
 import torch
 from torch import nn
 
@@ -24,11 +25,7 @@ from adaptome.core.optim.sora_prox import (
 
 
 def _llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+    return tiny.llama()
 
 
 def test_forward_matches_formula():

@@ -1,4 +1,4 @@
-"""Tiny models for the compression tests (built from config, seeded) and one torch thread.
+"""Tiny models for the compression tests (from ``tests/tiny_models.py``, seeded) and one torch thread.
 
 One thread: the small SVDs and quantisations here are far faster single-threaded on a shared
 machine (thread spin-waits dominate); the previous setting is restored after each test.
@@ -7,6 +7,7 @@ machine (thread spin-waits dominate); the previous setting is restored after eac
 from __future__ import annotations
 
 import pytest
+import tiny_models as tiny
 import torch
 
 
@@ -19,39 +20,19 @@ def _one_thread():
 
 
 def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny.llama(seed=seed, vocab_size=40)
 
 
 def tiny_bert(seed: int = 0):
-    from transformers import BertConfig, BertForMaskedLM
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=64)
-    return BertForMaskedLM(cfg).eval()
+    return tiny.bert(seed=seed, dropout=0.1, max_position_embeddings=64)
 
 
 def tiny_phi3(seed: int = 0):
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Phi3Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)
-    return Phi3ForCausalLM(cfg).eval()
+    return tiny.phi3(seed=seed, vocab_size=40, pad_token_id=0)
 
 
 def tiny_vit(seed: int = 0):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(seed)
-    cfg = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, intermediate_size=64,
-                    num_hidden_layers=2, num_attention_heads=4, num_labels=3)
-    return ViTForImageClassification(cfg).eval()
+    return tiny.vit(head="classification", seed=seed, image_size=16, num_labels=3)
 
 
 def token_batch(seed: int = 1, vocab: int = 40, shape=(2, 12)) -> torch.Tensor:

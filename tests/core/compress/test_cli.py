@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tiny_models as tiny
 import torch
 from typer.testing import CliRunner
 
@@ -26,9 +27,8 @@ SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "MSDNGPQNQRNAPRITFGGPSDS", "MKVLAAGIVGLLLAQAWE
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmp")
-    torch.manual_seed(0)
     tok = text.char_tokenizer()
-    model = text.tiny_causal_lm(len(tok), hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    model = tiny.text_causal_lm(len(tok), hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
     model.save_pretrained(root / "tiny")
     tok.save_pretrained(root / "tiny")
     (root / "train.txt").write_text("\n".join(SEQS * 6) + "\n")

@@ -14,6 +14,7 @@ import json
 
 import peft
 import pytest
+import tiny_models as tiny
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -31,12 +32,7 @@ SPECS = [  # (rank, alpha, rslora, targets)
 
 
 def _base():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2,
-                                        tie_word_embeddings=False)).eval()
+    return tiny.llama()
 
 
 @pytest.fixture(scope="module")

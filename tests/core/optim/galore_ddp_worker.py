@@ -9,18 +9,17 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaptome.core.optim.registry import make_optimizer_factory
 from adaptome.core.train.loop import fit, make_accelerator
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared tiny models
+import tiny_models as tiny  # noqa: E402
+
 
 def main() -> None:
     out, batch, accum, layerwise = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg)
+    model = tiny.llama(num_layers=1, eval_mode=False)
     g = torch.Generator().manual_seed(1)
     data = [{"input_ids": t, "labels": t} for t in torch.randint(0, 32, (48, 10), generator=g)]
 

@@ -10,6 +10,7 @@ import math
 import random
 
 import pytest
+import tiny_models as tiny
 import torch
 from typer.testing import CliRunner
 
@@ -24,9 +25,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def lm():
-    torch.manual_seed(0)
     tok = text.char_tokenizer()
-    model = text.tiny_causal_lm(len(tok), hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    model = tiny.text_causal_lm(len(tok), hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
     model = apply_adapter(model, make_config("lora", {"r": 4, "target_modules": "attention",
                                                       "init_lora_weights": False}))
     return tok, model.eval()
@@ -115,9 +115,8 @@ def _write(path, texts, **extra):
 
 
 def test_select_data_cli_picks_the_target_like_half(tmp_path):
-    torch.manual_seed(0)
     tok = text.char_tokenizer()
-    model = text.tiny_causal_lm(len(tok), hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    model = tiny.text_causal_lm(len(tok), hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     rng = random.Random(0)
@@ -158,9 +157,8 @@ def test_load_epoch_moments_line_up_with_the_saved_update(tmp_path):
     that ``load_epoch`` flattens are in the same order as the trainable parameters."""
     from adaptome.core.train.loop import fit
 
-    torch.manual_seed(0)
     tok = text.char_tokenizer()
-    model = text.tiny_causal_lm(len(tok), hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
+    model = tiny.text_causal_lm(len(tok), hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
     model = apply_adapter(model, make_config("lora", {"r": 2, "target_modules": "attention",
                                                       "init_lora_weights": False}))
     x, y = less.encode(tok, ["MKVLA", "GGSA", "PPLKW", "AAAT"], 16)

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import tiny_models
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -37,18 +38,12 @@ ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "
 @pytest.fixture(scope="session")
 def tiny_esmfold(tmp_path_factory):
     """A tiny ESMFold (random weights, built from config) saved as a checkpoint folder."""
-    import torch
-    from transformers import EsmConfig, EsmForProteinFolding
-
     folder = tmp_path_factory.mktemp("esmfold")
     sm = {"sequence_dim": 32, "pairwise_dim": 32, "num_blocks": 1, "ipa_dim": 16, "num_heads_ipa": 2,
           "num_qk_points": 2, "num_v_points": 2, "resnet_dim": 16, "num_resnet_blocks": 1}
-    cfg = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, pad_token_id=1, mask_token_id=32, is_folding_model=True,
-                    vocab_list=ESM_VOCAB,
-                    esmfold_config={"trunk": {"num_blocks": 1, "sequence_state_dim": 32, "pairwise_state_dim": 32,
-                                              "sequence_head_width": 8, "pairwise_head_width": 8,
-                                              "structure_module": sm}})
-    torch.manual_seed(0)
-    EsmForProteinFolding(cfg).save_pretrained(folder)
+    trunk = {"num_blocks": 1, "sequence_state_dim": 32, "pairwise_state_dim": 32, "sequence_head_width": 8,
+             "pairwise_head_width": 8, "structure_module": sm}
+    model = tiny_models.esm(head="folding", eval_mode=False, dropout=0.1, vocab_size=len(ESM_VOCAB),
+                            is_folding_model=True, vocab_list=ESM_VOCAB, esmfold_config={"trunk": trunk})
+    model.save_pretrained(folder)
     return folder

@@ -1,4 +1,5 @@
 import pytest
+import tiny_models
 import torch
 
 from adaptome.core.adapters.api import is_peft_model
@@ -87,14 +88,12 @@ def test_stage1_then_stage2_merge_loads_with_identical_logits(tmp_path, tiny):
 
 def test_phi3_fused_projections_through_preset(tmp_path):
     """Phi-3 fuses q/k/v and gate/up; the ``attention+mlp`` preset finds them and the merge is exact."""
-    from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     tok = build_tokenizer()
-    torch.manual_seed(0)
-    model = Phi3ForCausalLM(Phi3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
-                                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                       eos_token_id=tok.eos_token_id))
+    model = tiny_models.phi3(eval_mode=False, vocab_size=len(tok), num_layers=1, num_heads=2, num_kv_heads=2,
+                             tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     blocks = pretrain.sequence_blocks(tok, [r.seq for r in data.pfam_families(max_residues=32)], 32)
     s = pretrain.run_stage(model, tok, pretrain.BlockDataset(blocks), pretrain.stack_collate, "lora",
                            {"r": 4, "lora_alpha": 8.0, "target_modules": "attention+mlp", "init_lora_weights": False,
