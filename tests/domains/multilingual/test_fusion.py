@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tiny_models as tiny
 import torch
 
 from adaptome.core.adapters import inject
@@ -15,12 +16,10 @@ from adaptome.core.adapters.fusion import (
     load_fusion_state_dict,
     unfuse,
 )
-from adaptome.core.text import tiny_masked_lm
 
 
 def _model():
-    torch.manual_seed(0)
-    m = tiny_masked_lm(50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32).eval()
+    m = tiny.text_masked_lm(50, seed=0, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32).eval()
     for name in ("a", "b", "task"):
         m = apply_adapter(m, make_config("seq_bn", {"reduction_factor": 2}), name)
     return m
@@ -86,8 +85,7 @@ def test_fusion_trains_only_fusion_and_top_adapter_and_round_trips():
 
 
 def test_fusion_refuses_non_bottleneck_adapters():
-    torch.manual_seed(0)
-    m = tiny_masked_lm(50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    m = tiny.text_masked_lm(50, seed=0, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     m = apply_adapter(m, make_config("lora_native", {"r": 2, "target_modules": ["query", "value"]}), "a")
     m = apply_adapter(m, make_config("seq_bn", {"reduction_factor": 2}), "b")
     with pytest.raises(ValueError, match="fusion mixes bottleneck adapters"):
