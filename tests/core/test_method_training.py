@@ -17,6 +17,7 @@ import warnings
 import pytest
 import tiny_models as tiny
 import torch
+from stop_hooks import StopAt as _StopAt
 from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
@@ -50,15 +51,6 @@ def _collate(b):
 
 
 KW = dict(collate_fn=_collate, max_steps=10, batch_size=4, lr=1e-2, progress=False, log_every=0)
-
-
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def after_optimizer_step(self, state):
-        if state.step == self.step:
-            raise KeyboardInterrupt
 
 
 class _Nothing:

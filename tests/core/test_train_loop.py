@@ -5,6 +5,7 @@ import json
 import pytest
 import tiny_models as tiny
 import torch
+from stop_hooks import StopAt as _StopAt
 
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.train.checkpoint import ResumeError, list_checkpoints
@@ -42,15 +43,6 @@ class _Record:
 
     def after_optimizer_step(self, state):
         self.losses.append(state.loss)
-
-
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def after_optimizer_step(self, state):
-        if state.step == self.step:
-            raise KeyboardInterrupt
 
 
 def _trainable(model):

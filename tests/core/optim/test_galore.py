@@ -7,6 +7,7 @@ from unittest import mock
 
 import pytest
 import torch
+from stop_hooks import StopAt as _StopAt
 from torch import nn
 
 from adaptome.core.optim import galore as G
@@ -247,15 +248,6 @@ def test_eight_bit_without_bitsandbytes_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
     with pytest.raises(G.GaLoreError, match="galore8bit"):
         G.galore_optimizer(_net(), G.GaLoreConfig(rank=2, eight_bit=True), lr=1e-3)
-
-
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def after_optimizer_step(self, state):
-        if state.step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_fit_resume_with_layerwise_galore_and_accumulation_is_bit_identical(tmp_path):
