@@ -9,8 +9,9 @@ with probability ``p`` and all of its subwords are masked together.
 Pseudo-perplexity (Salazar et al. 2020, "Masked Language Model Scoring", eq. 2-3):
 PPPL = exp(-(1/N) sum_sentences sum_t log P(w_t | W without t)), N the number of scored tokens
 (special tokens are not scored). ``pseudo_perplexity`` builds, for a sentence of n scored tokens,
-n copies each with one position masked and runs them as one batch (chunked at ``max_batch``
-copies); ``pseudo_perplexity_naive`` runs one forward pass per masked token; both give the same
+n copies each with one position masked, packs the copies of all sentences into padded batches
+(``max_batch`` copies at most) and applies the LM head only at each copy's masked position;
+``pseudo_perplexity_naive`` runs one full forward pass per masked token; both give the same
 number (tested).
 
 Dimension letters: B batch, T tokens, V vocabulary, K masked copies of one sentence.
@@ -109,38 +110,85 @@ def _scored_positions(ids: list[int], specials: set[int]) -> list[int]:
     return [i for i, t in enumerate(ids) if t not in specials]
 
 
-@torch.no_grad()
-def sentence_nll(model, ids: list[int], positions: list[int], mask_id: int, max_batch: int) -> float:
-    """Summed -log P(w_t | rest) over ``positions``: K masked copies per forward pass."""
+def encoder_and_head(model):
+    """``(encoder, head)`` of a transformers ``*ForMaskedLM`` whose head maps each hidden state to its
+    logits on its own (BERT's ``cls``, RoBERTa / XLM-R / ESM ``lm_head``: dense, activation, layer norm,
+    decoder), or ``None`` when the model is not split that way. With the split, the head runs only at
+    the masked position of each copy instead of at every position."""
+    enc = getattr(model, "base_model", None)
+    for name in ("lm_head", "cls"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module) and isinstance(enc, torch.nn.Module) and enc is not model:
+            return enc, head
+    return None
+
+
+def _copies(sentences_ids: list[list[int]], specials: set[int]) -> list[tuple[int, int]]:
+    """Every (sentence, scored position) pair, sentences sorted by length so a batch pads little."""
+    order = sorted(range(len(sentences_ids)), key=lambda i: len(sentences_ids[i]))
+    return [(i, p) for i in order for p in _scored_positions(sentences_ids[i], specials)]
+
+
+@torch.inference_mode()
+def masked_copies_nll(model, sentences_ids: list[list[int]], specials: set[int], mask_id: int, pad_id: int,
+                      max_batch: int) -> tuple[float, int]:
+    """Summed -log P(w_t | rest) over every scored position of every sentence, and the number of positions.
+
+    The masked copies of all sentences are packed into batches of at most ``max_batch`` copies (right
+    padding, attention mask); with ``encoder_and_head`` the LM head runs on the K masked states only.
+    """
     device = next(model.parameters()).device
-    base = torch.tensor(ids, device=device)  # (T,)
+    split = encoder_and_head(model)
+    copies = _copies(sentences_ids, specials)
     total = 0.0
-    for lo in range(0, len(positions), max_batch):
-        pos = torch.tensor(positions[lo:lo + max_batch], device=device)  # (K,)
-        batch = base.unsqueeze(0).repeat(len(pos), 1)  # (K, T)
-        rows = torch.arange(len(pos), device=device)  # (K,)
+    for lo in range(0, len(copies), max_batch):
+        chunk = copies[lo:lo + max_batch]
+        t = max(len(sentences_ids[i]) for i, _ in chunk)
+        batch = torch.full((len(chunk), t), pad_id, dtype=torch.long)  # (K, T)
+        attn = torch.zeros((len(chunk), t), dtype=torch.long)  # (K, T)
+        for k, (i, _) in enumerate(chunk):
+            batch[k, :len(sentences_ids[i])] = torch.tensor(sentences_ids[i])
+            attn[k, :len(sentences_ids[i])] = 1
+        batch, attn = batch.to(device), attn.to(device)
+        rows = torch.arange(len(chunk), device=device)  # (K,)
+        pos = torch.tensor([p for _, p in chunk], device=device)  # (K,)
+        target = batch[rows, pos].clone()  # (K,)
         batch[rows, pos] = mask_id
-        logits = model(input_ids=batch, attention_mask=torch.ones_like(batch)).logits  # (K, T, V)
-        logp = torch.log_softmax(logits[rows, pos].float(), dim=-1)  # (K, V)
-        total -= float(logp[rows, base[pos]].sum())
-    return total
+        if split is not None:
+            enc, head = split
+            hidden = enc(input_ids=batch, attention_mask=attn)[0]  # (K, T, H)
+            logits = head(hidden[rows, pos])  # (K, H) -> (K, V)
+        else:
+            logits = model(input_ids=batch, attention_mask=attn).logits[rows, pos]  # (K, T, V) -> (K, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (K, V)
+        total -= float(logp[rows, target].sum())
+    return total, len(copies)
 
 
 def pseudo_perplexity(model, tokenizer, sentences: Sequence[str], max_length: int = 128,
                       max_batch: int = 128) -> float:
-    """PPPL of ``sentences`` (module docstring), all masked copies of a sentence in one forward pass
-    (``max_batch`` copies at most per pass)."""
+    """PPPL of ``sentences`` (module docstring): the masked copies of all sentences in batches of at most
+    ``max_batch`` copies, the LM head applied only at the masked positions."""
     model.eval()
     specials = set(tokenizer.all_special_ids)
-    nll, n = 0.0, 0
-    for ids in tokenizer(list(sentences), truncation=True, max_length=fit_length(tokenizer, max_length))["input_ids"]:
-        pos = _scored_positions(ids, specials)
-        if pos:
-            nll += sentence_nll(model, ids, pos, tokenizer.mask_token_id, max_batch)
-            n += len(pos)
+    ids = tokenizer(list(sentences), truncation=True, max_length=fit_length(tokenizer, max_length))["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.mask_token_id
+    nll, n = masked_copies_nll(model, ids, specials, tokenizer.mask_token_id, pad_id, max_batch)
     return perplexity_from_losses(nll, n) if n else math.nan
 
 
+@torch.inference_mode()
 def pseudo_perplexity_naive(model, tokenizer, sentences: Sequence[str], max_length: int = 128) -> float:
-    """The reference: one forward pass per masked token."""
-    return pseudo_perplexity(model, tokenizer, sentences, max_length, max_batch=1)
+    """The reference: one full forward pass (the head at every position) per masked token."""
+    model.eval()
+    device = next(model.parameters()).device
+    specials = set(tokenizer.all_special_ids)
+    nll, n = 0.0, 0
+    for ids in tokenizer(list(sentences), truncation=True, max_length=fit_length(tokenizer, max_length))["input_ids"]:
+        for p in _scored_positions(ids, specials):
+            x = torch.tensor([ids], device=device)  # (1, T)
+            x[0, p] = tokenizer.mask_token_id
+            logits = model(input_ids=x).logits[0, p]  # (1, T, V) -> (V,)
+            nll -= float(torch.log_softmax(logits.float(), dim=-1)[ids[p]])
+            n += 1
+    return perplexity_from_losses(nll, n) if n else math.nan

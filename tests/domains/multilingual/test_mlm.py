@@ -10,8 +10,16 @@ import math
 import torch
 
 from adaptome.domains.multilingual.base import load_base
-from adaptome.domains.multilingual.mlm import MaskingCollator, TextDataset, pseudo_perplexity, pseudo_perplexity_naive
+from adaptome.domains.multilingual.mlm import (
+    MaskingCollator,
+    TextDataset,
+    encoder_and_head,
+    pseudo_perplexity,
+    pseudo_perplexity_naive,
+)
 from adaptome.domains.multilingual.readers import read_text
+
+import tiny_models
 
 from .conftest import invoke
 
@@ -68,6 +76,29 @@ def test_batched_pseudo_perplexity_equals_one_forward_per_token(tiny_base, text_
         with torch.no_grad():
             nll.append(-torch.log_softmax(model(input_ids=x).logits[0, t], -1)[ids[t]].item())
     assert math.isclose(pseudo_perplexity(model, tok, sents[:1], 48), math.exp(sum(nll) / len(nll)), rel_tol=1e-4)
+
+
+def test_head_only_at_masked_positions_on_bert_and_without_split(tiny_base, text_splits):
+    """The packed, head-at-mask path gives the naive number on a BERT (``cls`` head) too, and a model
+    without a known encoder/head split falls back to the full forward pass with the same result."""
+    tok, _ = load_base(str(tiny_base))
+    bert = tiny_models.bert(head="masked_lm", vocab_size=len(tok), max_position_embeddings=64)
+    assert encoder_and_head(bert)[1] is bert.cls
+    sents = read_text(text_splits / "hau" / "test.txt")[:4]  # different lengths: padded batches
+    naive = pseudo_perplexity_naive(bert, tok, sents, 40)
+    assert math.isclose(pseudo_perplexity(bert, tok, sents, 40, max_batch=7), naive, rel_tol=1e-4)
+
+    class Wrapped(torch.nn.Module):  # no base_model / lm_head attributes
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            return self.inner(**kw)
+
+    wrapped = Wrapped(bert)
+    assert encoder_and_head(wrapped) is None
+    assert math.isclose(pseudo_perplexity(wrapped, tok, sents, 40, max_batch=7), naive, rel_tol=1e-4)
 
 
 def test_language_adapter_lowers_heldout_pseudo_perplexity(lang_adapter, tiny_base, text_splits, tmp_path):
