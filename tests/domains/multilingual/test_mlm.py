@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import tiny_models
 import torch
 
 from adaptome.domains.multilingual.base import load_base
@@ -18,8 +19,6 @@ from adaptome.domains.multilingual.mlm import (
     pseudo_perplexity_naive,
 )
 from adaptome.domains.multilingual.readers import read_text
-
-import tiny_models
 
 from .conftest import invoke
 
