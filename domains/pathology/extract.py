@@ -210,14 +210,15 @@ def shard_items(items: list[tuple[str, Path]], tiles_dir: Path, rank: int, world
     return shard_of(items, rank, world, weights)
 
 
-def join_shards(device: str) -> tuple[int, int]:
+def join_shards(device: str, timeout_s: float = 3600.0) -> tuple[int, int]:
     """(rank, world size) of this process; when a launcher started several, join its process group
-    (gloo on CPU, NCCL with ``device`` cuda: each rank then uses its local GPU as ``cuda``)."""
+    (gloo on CPU, NCCL with ``device`` cuda: each rank then uses its local GPU as ``cuda``), whose
+    collectives fail after ``timeout_s`` instead of waiting for a stalled peer forever."""
     from adaptome.core.train.distributed import launched_world_size, make_accelerator
 
     if launched_world_size() <= 1:
         return 0, 1
-    acc = make_accelerator(cpu=not str(device).startswith("cuda"))
+    acc = make_accelerator(cpu=not str(device).startswith("cuda"), timeout_s=timeout_s)
     return acc.process_index, acc.num_processes
 
 

@@ -100,7 +100,7 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
     tiles_dir = Path(cfg.tiles_dir)
     if not (tiles_dir / "config.yaml").is_file():
         raise PathologyError(f"{tiles_dir}: not a tiling stage folder (no config.yaml); run 'tile' first")
-    rank, world = join_shards(cfg.device)  # launched as several processes: each extracts a shard of the slides
+    rank, world = join_shards(cfg.device, cfg.dist_timeout_s)  # several launched processes: a shard of slides each
     encoder = encoder or build_encoder(cfg.encoder, cfg.weights, cfg.encoder_options)
     out = tiles_dir / f"features_{encoder_tag(cfg.encoder)}"
     save_config(cfg, out)
@@ -109,11 +109,17 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
         shard_summary_dir(out, rank, world)
     # with several ranks each records its failures and goes on; gather_summary then applies skip_errors
     run_cfg, progress = replace(cfg, skip_errors=cfg.skip_errors or world > 1), progress and rank == 0
-    if cfg.shared_loader:
+    if cfg.shared_loader and cfg.reader == "openslide":
         return gather_summary(_extract_shared(run_cfg, encoder, items, tiles_dir, out, progress, sdir), out, order,
                               rank, world, cfg.skip_errors)
 
     def work(sid: str, path: Path, target: Path) -> None:
+        if cfg.reader != "openslide":  # tiles decoded on cfg.device (readers_gpu.py), OpenSlide the fallback
+            from adaptome.domains.pathology.readers_gpu import extract_slide_decoded
+
+            extract_slide_decoded(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.device,
+                                  cfg.reader, cfg.num_workers)
+            return
         extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.num_workers, cfg.device)
 
     return gather_summary(run_stage("extract", items, sdir, lambda sid: out / f"{sid}.h5", work,

@@ -63,7 +63,8 @@ def test_score_heatmaps_say_their_scale(tmp_path):
     res = {"tiles": np.array([20.0, 40.0, 60.0, 80.0]), "attention": np.array([0.1, 0.2, 0.3, 0.4])}
     paths = write_heatmaps(slide, tmp_path, "s", coords, 128.0, res, thumb_size=256)
     score, att = (Image.open(p) for p in paths)
-    assert score.text["scale"] == "sTIL tile score, 0-100 %" and (score.text["vmin"], score.text["vmax"]) == ("0", "100")
+    assert score.text["scale"] == "sTIL tile score, 0-100 %"
+    assert (score.text["vmin"], score.text["vmax"]) == ("0", "100")
     assert att.text["scale"].startswith("attention weight, min-max of this slide (0.1 to 0.4)")
     s, a = np.asarray(score.convert("RGB")), np.asarray(att.convert("RGB"))
     assert s.shape == a.shape == (256 + 44, 256, 3)

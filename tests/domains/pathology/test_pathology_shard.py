@@ -91,7 +91,8 @@ def test_torchrun_two_processes_write_the_same_files_as_one(tmp_path):
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("extract:")]
     assert any("4 done, 1 already done (reused), 1 failed" in ln and ln.endswith("features_baseline") for ln in lines)
     assert any("shards/rank1" in ln and "0 done" not in ln for ln in lines), p.stdout
-    assert sorted(f.name for f in feats.glob("*.h5")) == sorted(f.name for f in (one / "features_baseline").glob("*.h5"))
+    names = sorted(f.name for f in feats.glob("*.h5"))
+    assert names == sorted(f.name for f in (one / "features_baseline").glob("*.h5"))
     for i in range(5):
         f2, c2, a2 = read_features(feats / f"sh_{i:03d}.h5")
         f1, c1, a1 = read_features(one / "features_baseline" / f"sh_{i:03d}.h5")
