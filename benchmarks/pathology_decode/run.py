@@ -41,14 +41,20 @@ ROOT = HERE.parent.parent
 
 
 def _median_rate(n: int, fn, repeats: int, sync=lambda: None) -> float:
-    times = []
+    return _median_rates(n, {"": fn}, repeats, sync)[""]
+
+
+def _median_rates(n: int, fns: dict, repeats: int, sync=lambda: None) -> dict:
+    """Items/s of each function (n items per call), the median over ``repeats`` rounds; the functions
+    take turns within a round, so that the load of a shared machine weighs on all of them alike."""
+    times: dict = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return n / times[len(times) // 2]
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: n / sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def _slides(work: Path, grid: int) -> dict:
@@ -86,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", type=int, default=32, help="cells per side of the synthetic slides (64 px each)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="cpu", help="name of this run's section in results.json / results.md")
     ap.add_argument("--out", default=str(HERE))
@@ -132,10 +138,11 @@ def main() -> None:
                         reader.read_batch(coords[i:i + args.batch_size])
                 return run
 
+            rates = _median_rates(len(coords), {"openslide": read_openslide, "tiff_jpeg": batches(cpu_reader)},
+                                  args.repeats)
             row = {"slide": path.name, "level": g.level, "tile_size": size, "read_size": g.read_size,
                    "n_tiles": len(coords), "tiff_jpeg_equals_openslide_cpu": bool(same),
-                   "openslide_tiles_per_s": _median_rate(len(coords), read_openslide, args.repeats),
-                   "tiff_jpeg_cpu_tiles_per_s": _median_rate(len(coords), batches(cpu_reader), args.repeats)}
+                   "openslide_tiles_per_s": rates["openslide"], "tiff_jpeg_cpu_tiles_per_s": rates["tiff_jpeg"]}
             row["cpu_ratio_tiff_jpeg_vs_openslide"] = row["tiff_jpeg_cpu_tiles_per_s"] / row["openslide_tiles_per_s"]
             cpu_reader.close()
             if device_part:
@@ -193,7 +200,8 @@ def render(runs: dict) -> str:
           "OpenSlide = `read_region` + Pillow box resize one tile at a time (what each reader worker does); "
           "tiff-jpeg = the JPEG tiles a batch needs read with tifffile and decoded by `torchvision.io.decode_jpeg` "
           "(`extract --set reader=tiff-jpeg`). Rates are tiles/s on one core (one process, one torch thread), "
-          "the median of repeated passes; both readers were checked to return the same tiles first.", ""]
+          "the median of repeated rounds in which the readers take turns (so that the load of a shared machine "
+          "weighs on both alike); both readers were checked to return the same tiles first.", ""]
     return "\n".join(md + [_markdown(tag, r) for tag, r in runs.items()])
 
 

@@ -245,8 +245,9 @@ def gather_summary(summary, out: Path, order: list[str], rank: int, world: int, 
     torch.distributed.all_gather_object(parts, summary)
     pos = {sid: i for i, sid in enumerate(order)}
 
-    def key(v):
-        return pos.get(v[0] if isinstance(v, tuple) else v, len(pos)) if isinstance(v, (str, tuple)) else len(pos)
+    def key(v):  # a slide id, or a tuple that starts with one, sorts by the slide order
+        sid = v[0] if isinstance(v, tuple) and v else v
+        return pos.get(sid, len(pos)) if isinstance(sid, str) else len(pos)
 
     merged = dataclasses.replace(parts[0], out_dir=str(out))
     for f in dataclasses.fields(merged):

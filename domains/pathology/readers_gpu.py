@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,22 @@ _PRECISION = 32 - 8 - 2
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LevelTiles:
+    """Where the JPEG tiles of one pyramid level lie in the TIFF file."""
+
+    width: int  # level size in pixels
+    height: int
+    tile_w: int  # TIFF tile size in pixels
+    tile_h: int
+    offsets: np.ndarray  # byte offset of each TIFF tile, row-major
+    counts: np.ndarray  # byte count of each TIFF tile
+    tables: bytes  # JPEGTables (SOI, DQT / DHT, EOI) shared by abbreviated tile streams, or b""
+    rgb: bool  # photometric RGB: the JPEG components are R, G, B (no YCbCr conversion)
+
+
 def level_page(path: str | os.PathLike, level_dimensions, level: int, vendor: str | None):
-    """(tifffile page of OpenSlide level ``level``, "") when the tiff-jpeg reader can decode it, else
+    """(``LevelTiles`` of OpenSlide level ``level``, "") when the tiff-jpeg reader can decode it, else
     (None, why not)."""
     import tifffile
 
@@ -81,27 +96,29 @@ def level_page(path: str | os.PathLike, level_dimensions, level: int, vendor: st
             return None, f"level {level} is not 8-bit contiguous RGB / YCbCr"
         if p.imagedepth > 1 or p.tiledepth > 1:
             return None, f"level {level} is a volume"
-        return p, ""
+        if len(p.dataoffsets) != -(-p.imagewidth // p.tilewidth) * -(-p.imagelength // p.tilelength):
+            return None, f"level {level} has {len(p.dataoffsets)} tile offsets, not one per tile"
+        tables = p.jpegtables
+        return LevelTiles(p.imagewidth, p.imagelength, p.tilewidth, p.tilelength,
+                          np.asarray(p.dataoffsets, np.int64), np.asarray(p.databytecounts, np.int64),
+                          bytes(tables) if tables is not None else b"", p.photometric == 2), ""
 
 
 class TiffJpegReader:
     """Batches of tiles of one slide level, decoded on ``device``; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike, geom, page, device: str | torch.device = "cpu",
+    def __init__(self, path: str | os.PathLike, geom, page: LevelTiles, device: str | torch.device = "cpu",
                  torch_resize: bool | None = None):
         self.path, self.geom, self.device = Path(path), geom, torch.device(device)
         # the box resize: torch ops on an accelerator; on the CPU Pillow's own (same numbers, one fused C loop)
         self.torch_resize = self.device.type != "cpu" if torch_resize is None else torch_resize
-        self.width, self.height = page.imagewidth, page.imagelength
-        self.tw, self.th = page.tilewidth, page.tilelength
+        self.width, self.height = page.width, page.height
+        self.tw, self.th = page.tile_w, page.tile_h
         self.nx, self.ny = -(-self.width // self.tw), -(-self.height // self.th)
-        self.offsets = np.asarray(page.dataoffsets, np.int64)
-        self.counts = np.asarray(page.databytecounts, np.int64)
-        tables = page.jpegtables
-        self.tables = bytes(tables) if tables is not None else b""
+        self.offsets, self.counts, self.tables = page.offsets, page.counts, page.tables
         if self.tables and not (self.tables.startswith(b"\xff\xd8") and self.tables.endswith(b"\xff\xd9")):
             raise SlideError(f"{self.path}: JPEGTables of level {geom.level} are not a JPEG tables stream")
-        self.rgb = page.photometric == 2
+        self.rgb = page.rgb
         self.fd = os.open(self.path, os.O_RDONLY)
         n, t = geom.read_size, geom.tile_size
         exact = geom.size0 / geom.level_downsample
@@ -128,15 +145,17 @@ class TiffJpegReader:
         """TIFF tiles ``ks`` decoded together on the device: tile index -> h x w x 3 uint8."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        out = {k: torch.zeros((self.th, self.tw, 3), dtype=torch.uint8, device=self.device)
+               for k in ks if self.counts[k] == 0}  # a tile the file leaves out (sparse TIFF) reads as blank
+        ks = [k for k in ks if k not in out]
         if not ks:
-            return {}
+            return out
         data = [torch.frombuffer(bytearray(self._stream(k)), dtype=torch.uint8) for k in ks]
         try:
             imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SlideError(f"{self.path}: level {self.geom.level}: cannot decode a JPEG tile ({why})") from None
-        out = {}
         for k, im in zip(ks, imgs):
             if tuple(im.shape) != (3, self.th, self.tw):
                 raise SlideError(f"{self.path}: level {self.geom.level} tile {k} decodes to {tuple(im.shape[1:])}, "
