@@ -156,3 +156,22 @@ def test_extract_cli_with_the_tiff_jpeg_reader_equals_openslide(tmp_path, caplog
         assert len(fa) > 5 and np.array_equal(ca, cb)
         np.testing.assert_array_equal(fb, fa)  # the same tiles, so the same features
         assert attrs.get("reader") == ("tiff-jpeg" if i < 2 else None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_decoding_is_within_jpeg_tolerance_of_openslide(jpeg_pyramid):
+    # nvJPEG's IDCT and upsampling are not libjpeg-turbo's: allowed up to 8 grey levels at a pixel and
+    # a mean absolute difference below 1 grey level (the same JPEG data, decoded twice)
+    s = open_slide(jpeg_pyramid)
+    for target, size in ((0.5, 64), (0.6, 50)):
+        g = geometry(s.level_downsamples, 0.25, target, size)
+        coords = grid(s.dimensions, g)
+        reader, why = open_reader(jpeg_pyramid, g, s.level_dimensions, s.properties.get("openslide.vendor"), "cuda")
+        assert reader is not None, why
+        got = reader.read_batch(coords)
+        assert got.is_cuda and got.dtype == torch.uint8
+        ref = TileReader(jpeg_pyramid, g)
+        diff = np.abs(got.cpu().numpy().astype(int) - np.stack([ref.read(int(x), int(y)) for x, y in coords]))
+        assert diff.max() <= 8 and diff.mean() < 1.0, (diff.max(), diff.mean())
+    s.close()
