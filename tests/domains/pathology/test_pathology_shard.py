@@ -99,3 +99,32 @@ def test_torchrun_two_processes_write_the_same_files_as_one(tmp_path):
         assert len(f1) > 0 and np.array_equal(c2, c1)
         np.testing.assert_array_equal(f2, f1)  # same tiles, same encoder: the same values
         assert {k: str(v) for k, v in a2.items()} == {k: str(v) for k, v in a1.items()}
+
+
+@pytest.mark.slow  # ~15-25 s: one torchrun start-up of two processes
+@pytest.mark.timeout(300)
+def test_torchrun_without_skip_errors_names_the_failed_slide_and_keeps_the_others(tmp_path):
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import TileConfig
+    from adaptome.domains.pathology.synth import make_cohort
+
+    slides = tmp_path / "slides"
+    make_cohort(slides, n_slides=5, seed=4, grid=6, prefix="sh", compression="jpeg")
+    stages.tile(TileConfig(slides=str(slides), out_dir=str(tmp_path / "job"), tile_size=64, thumb_size=128),
+                progress=False)
+    tiles = tmp_path / "job" / "tiles_20x_64px_0ov"
+    (slides / "sh_001.tiff").write_bytes(b"II*\x00" + bytes(60))
+    cmd = [*TORCHRUN, "--master_port", _port(), "-m", "adaptome.core.cli", "pathology", "extract", str(slides),
+           "--tiles-dir", str(tiles), "--num-workers", "0", "--set", "reader=tiff-jpeg"]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    assert p.returncode != 0
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert errors and all("sh_001.tiff" in ln for ln in errors), p.stderr[-2000:]
+    assert "Traceback" not in p.stderr.split("error:")[0]  # a user error, not a crash
+    feats = tiles / "features_baseline"
+    summary = json.loads((feats / "summary.json").read_text())
+    assert summary["done"] == ["sh_000", "sh_002", "sh_003", "sh_004"] and list(summary["failed"]) == ["sh_001"]
+    assert sorted(f.stem for f in feats.glob("*.h5")) == summary["done"]
+    from adaptome.domains.pathology.extract import read_features
+
+    assert all(read_features(feats / f"{s}.h5")[2]["reader"] == "tiff-jpeg" for s in summary["done"])
