@@ -169,10 +169,11 @@ def main() -> None:
 
 
 def _resnet18(reader, coords, ref, args, sync) -> dict:
-    """Forward-only rate of a random-init timm ResNet-18 on preloaded tiles vs read_batch + forward."""
+    """Forward-only rate of a random-init timm ResNet-18 on preloaded tiles vs decoding + forward."""
     import torch
 
     from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.readers_gpu import encode_decoded
 
     enc = build_encoder("timm:resnet18", None, {}).to(args.device).eval()
     pre = torch.from_numpy(ref).to(args.device)  # (N, T, T, 3) uint8 on the device
@@ -185,9 +186,8 @@ def _resnet18(reader, coords, ref, args, sync) -> dict:
             for i in range(0, len(pre), bs):
                 enc(pre[i:i + bs])
 
-        def extract():
-            for i in range(0, len(coords), bs):
-                enc(reader.read_batch(coords[i:i + bs]))
+        def extract():  # what `extract --set reader=tiff-jpeg` runs: decoding one batch ahead in a thread
+            encode_decoded(enc, reader, coords, bs)
 
         fwd = _median_rate(len(pre), forward, args.repeats, sync)
         ext = _median_rate(len(coords), extract, args.repeats, sync)

@@ -27,9 +27,13 @@ nvJPEG's IDCT may differ from libjpeg-turbo's by a few grey levels (not measured
 Dimension letters: B tiles in a batch, K decoded TIFF tiles, h, w TIFF tile height / width,
 n side of the region read at the level, T tile side.
 
+During extraction the next batch is read and decoded in a background thread while the encoder
+runs on the current one.
+
 Not covered: cuCIM (a WSI reader with its own GPU decoding; not installable on CPU machines), JPEG
-2000 tiles (nvJPEG2000), prefetching the compressed bytes in a background thread, scoring on the
-fly (``score`` reads through OpenSlide).
+2000 tiles (nvJPEG2000), several decoding threads, scoring on the fly (``score`` reads through
+OpenSlide). torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; the call
+used here (``decode_jpeg`` on a list, with ``device``) still works and is tested.
 """
 
 from __future__ import annotations
@@ -253,6 +257,23 @@ def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
 
 
 @torch.no_grad()
+def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """N x D float32 features of the tiles at ``coords``; the next batch is read and decoded in a
+    background thread while the encoder runs on the current one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = []
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(tiles.read_batch, coords[:batch_size]) if len(coords) else None
+        for i in range(0, len(coords), batch_size):
+            batch = nxt.result()
+            if i + batch_size < len(coords):
+                nxt = pool.submit(tiles.read_batch, coords[i + batch_size:i + 2 * batch_size])
+            parts.append(encoder(batch).float().cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
+
+
+@torch.no_grad()
 def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.PathLike, encoder, out_file,
                           batch_size: int = 64, device: str = "cpu", reader: str = "tiff-jpeg",
                           num_workers: int = 0) -> str:
@@ -279,12 +300,9 @@ def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.P
         extract_slide(slide_path, coords_file, encoder, out_file, batch_size, num_workers, device)
         return "openslide"
     try:
-        encoder = encoder.to(device).eval()
-        parts = [encoder(tiles.read_batch(coords[i:i + batch_size])).float().cpu().numpy()
-                 for i in range(0, len(coords), batch_size)]
+        feats = encode_decoded(encoder.to(device).eval(), tiles, coords, batch_size)
     finally:
         tiles.close()
-    feats = np.concatenate(parts) if parts else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
     keep = {k: attrs[k] for k in FEATURE_ATTRS if k in attrs}
     write_features(out_file, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1]),
                                              "reader": reader})
