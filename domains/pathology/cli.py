@@ -212,10 +212,9 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
     import csv
 
     import numpy as np
-    from PIL import Image
 
     from adaptome.domains.pathology.errors import PathologyError
-    from adaptome.domains.pathology.score import heatmap_image
+    from adaptome.domains.pathology.score import heatmap_image, save_heatmap_png, scale_label
     from adaptome.domains.pathology.slide import open_slide, thumbnail
 
     if out.exists():
@@ -231,9 +230,10 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
         vals = np.array([float(r[column]) for r in rows])
         s = open_slide(slide)
         thumb, scale = thumbnail(s, thumb_size)
-        lo, hi = (0.0, 100.0) if column == "score_pct" else (None, None)
-        img = heatmap_image(np.asarray(thumb), scale, coords, float(rows[0]["size"]), vals, lo, hi, cmap, alpha)
-        Image.fromarray(img).save(out)
+        lo, hi = (0.0, 100.0) if column == "score_pct" else (float(vals.min()), float(vals.max()))
+        label = scale_label(column, lo, hi)
+        img = heatmap_image(np.asarray(thumb), scale, coords, float(rows[0]["size"]), vals, lo, hi, cmap, alpha, label)
+        save_heatmap_png(img, out, label, lo, hi, cmap)
 
     _run(go)
     typer.echo(f"heatmap: {out}")

@@ -101,6 +101,13 @@ class ExtractConfig:
         device: torch device of the encoder (``cpu``, ``cuda``).
         shared_loader: one reader-worker pool for all slides (False: one loader per slide).
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+        reader: how tiles are decoded: ``openslide`` (reader worker processes on the CPU) or
+            ``tiff-jpeg`` (the raw JPEG tiles of generic / Aperio TIFFs read with tifffile and decoded
+            by torchvision on ``device``, nvJPEG on a GPU; slides it cannot decode are read by
+            OpenSlide, with a warning naming them; see ``readers_gpu.py``).
+        dist_timeout_s: launched as several processes (``torchrun``, ``accelerate launch``): how long a
+            rank that finished its share of the slides waits for the others before the run fails
+            (a stalled peer); the slides are shared out by tile count so that ranks finish together.
     """
 
     slides: str = ""
@@ -113,6 +120,8 @@ class ExtractConfig:
     device: str = "cpu"
     shared_loader: bool = True
     skip_errors: bool = False
+    reader: Literal["openslide", "tiff-jpeg"] = "openslide"
+    dist_timeout_s: float = 3600.0
 
 
 @dataclass

@@ -9,12 +9,17 @@ int64, level-0 top-left, the same order) and attributes: ``mpp``, ``target_mpp``
 
 Dimension letters: N tiles, B batch, T tile side, D feature dim.
 
-Not covered: several GPUs, caching the tiles themselves, augmentation.
+Several processes (``torchrun`` / ``accelerate launch``; one GPU or CPU share each): ``shard_items``
+splits the slides between ranks by tile count, each rank writes its own slides' files (the same
+reuse rules as one process), and the main rank merges the ranks' summaries (``gather_summary``).
+
+Not covered: caching the tiles themselves, augmentation, moving work between ranks once started.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -165,3 +170,99 @@ def extract_slide(slide_path: str | os.PathLike, coords_file: str | os.PathLike,
             if k in attrs}
     write_features(out_file, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
     return len(coords)
+
+
+# --- several processes (torchrun / accelerate launch): each rank extracts a shard of the slides ---
+
+
+def shard_of(items: list, rank: int, world: int, weights: list[float] | None = None) -> list:
+    """The items rank ``rank`` of ``world`` processes handles: round robin over the given order, or
+    with ``weights`` (e.g. tiles per slide) greedily, heaviest first, onto the least-loaded rank (ties
+    to the lower rank), so that ranks finish at about the same time. Every rank computes the same
+    partition from the same list; the shards are disjoint, cover every item and keep the list order."""
+    if not 0 <= rank < world:
+        raise PathologyError(f"rank {rank} is not in 0..{world - 1}")
+    if weights is None:
+        return items[rank::world]
+    load = [0.0] * world
+    owner = [0] * len(items)
+    for i in sorted(range(len(items)), key=lambda i: (-weights[i], i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += weights[i]
+    return [it for it, r in zip(items, owner) if r == rank]
+
+
+def shard_items(items: list[tuple[str, Path]], tiles_dir: Path, rank: int, world: int) -> list[tuple[str, Path]]:
+    """This rank's (slide id, path) items, balanced by the tiles each slide's tiling file lists (a file
+    that cannot be read weighs 0: the stage then records its failure)."""
+    if world == 1:
+        return items
+    import h5py
+
+    weights = []
+    for sid, _ in items:
+        try:
+            with h5py.File(tiles_dir / f"{sid}.h5", "r") as f:
+                weights.append(float(len(f["coords"])))
+        except (OSError, KeyError):
+            weights.append(0.0)
+    return shard_of(items, rank, world, weights)
+
+
+def join_shards(device: str, timeout_s: float = 3600.0) -> tuple[int, int]:
+    """(rank, world size) of this process; when a launcher started several, join its process group
+    (gloo on CPU, NCCL with ``device`` cuda: each rank then uses its local GPU as ``cuda``), whose
+    collectives fail after ``timeout_s`` instead of waiting for a stalled peer forever."""
+    from adaptome.core.train.distributed import launched_world_size, make_accelerator
+
+    if launched_world_size() <= 1:
+        return 0, 1
+    acc = make_accelerator(cpu=not str(device).startswith("cuda"), timeout_s=timeout_s)
+    return acc.process_index, acc.num_processes
+
+
+def shard_summary_dir(out: Path, rank: int, world: int) -> Path:
+    """Where a rank's own summary goes: the stage folder in one process, ``shards/rank<r>/`` in it
+    with several (merged into the stage folder's summary by the main rank, then removed)."""
+    return out if world == 1 else out / "shards" / f"rank{rank}"
+
+
+def gather_summary(summary, out: Path, order: list[str], rank: int, world: int, skip_errors: bool):
+    """Merge the ranks' stage summaries (every ``list`` / ``dict`` field, in slide ``order``) after all
+    ranks finished; the main rank writes it into ``out``. Returns the merged summary on the main rank
+    and this rank's own on the others. Without ``skip_errors`` a failed slide on any rank then fails
+    every rank, naming it (each rank finished its other slides first; a rank that crashes ends the
+    launch through the launcher, and a stalled one fails the collective after its timeout)."""
+    import dataclasses
+    import shutil
+
+    from adaptome.domains.pathology.slide import SlideError
+
+    if world == 1:
+        return summary
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, summary)
+    pos = {sid: i for i, sid in enumerate(order)}
+
+    def key(v):  # a slide id, or a tuple that starts with one, sorts by the slide order
+        sid = v[0] if isinstance(v, tuple) and v else v
+        return pos.get(sid, len(pos)) if isinstance(sid, str) else len(pos)
+
+    merged = dataclasses.replace(parts[0], out_dir=str(out))
+    for f in dataclasses.fields(merged):
+        first = getattr(parts[0], f.name)
+        if isinstance(first, list):
+            setattr(merged, f.name, sorted((v for p in parts for v in getattr(p, f.name)), key=key))
+        elif isinstance(first, dict):
+            items = [kv for p in parts for kv in getattr(p, f.name).items()]
+            setattr(merged, f.name, dict(sorted(items, key=lambda kv: key(kv[0]))))
+    if rank == 0:
+        merged.write()
+        shutil.rmtree(out / "shards", ignore_errors=True)
+    if not skip_errors and merged.failed:
+        sid, msg = next(iter(merged.failed.items()))
+        more = f" (and {len(merged.failed) - 1} more failed slides, see {out / 'summary.md'})" \
+            if len(merged.failed) > 1 else ""
+        raise SlideError(msg + more)
+    return merged if rank == 0 else summary

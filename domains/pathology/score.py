@@ -9,7 +9,8 @@ tile scores and attention; the ensemble is their mean. Outputs under the scoring
 (``x,y,size,score_pct,attention``, level-0 pixels), ``tiles/<slide>.geojson`` (one Polygon per
 tile with its measurements: QuPath imports it as detections), and ``heatmaps/<slide>_score.png`` /
 ``<slide>_attention.png``: the thumbnail with each tile painted by value (no full-resolution
-canvas: memory is the thumbnail's, the CLAM complaint #143 / #226).
+canvas: memory is the thumbnail's, the CLAM complaint #143 / #226), above a colour bar that says
+the scale ("sTIL tile score, 0-100 %"; attention: min-max of the slide, its range printed).
 
 Dimension letters: N tiles, H, W thumbnail height / width.
 
@@ -65,10 +66,25 @@ def tiles_geojson(coords: np.ndarray, size0: float, scores: np.ndarray, attentio
     return {"type": "FeatureCollection", "features": feats}
 
 
+#: what the tile-score heatmap shows, written under its colour bar and into the PNG's ``scale`` text
+SCORE_SCALE = "sTIL tile score, 0-100 %"
+
+
+def scale_label(column: str, vmin: float, vmax: float) -> str:
+    """The words under a heatmap's colour bar for a ``tiles/<slide>.csv`` column."""
+    if column == "score_pct":
+        return SCORE_SCALE
+    if column == "attention":
+        return f"attention weight, min-max of this slide ({vmin:.3g} to {vmax:.3g})"
+    return f"{column}, {vmin:.3g} to {vmax:.3g}"
+
+
 def heatmap_image(thumb: np.ndarray, scale: float, coords: np.ndarray, size0: float, values: np.ndarray,
                   vmin: float | None = None, vmax: float | None = None, cmap: str = "jet",
-                  alpha: float = 0.45) -> np.ndarray:
-    """Paint each tile's value (colour map) over the thumbnail (H x W x 3 uint8)."""
+                  alpha: float = 0.45, label: str | None = None, colour_bar: bool = True) -> np.ndarray:
+    """Paint each tile's value (colour map, ``vmin``..``vmax``) over the thumbnail (H x W x 3 uint8);
+    with ``colour_bar`` a strip below it shows the colour map, its end values and ``label`` (the
+    scale's meaning; default: the value range)."""
     import matplotlib
 
     h, w = thumb.shape[:2]
@@ -84,7 +100,63 @@ def heatmap_image(thumb: np.ndarray, scale: float, coords: np.ndarray, size0: fl
     colours = matplotlib.colormaps[cmap](np.nan_to_num(canvas))[..., :3] * 255.0  # (H, W) -> (H, W, 4) -> RGB
     out = thumb.astype(np.float32)
     out[covered] = (1 - alpha) * out[covered] + alpha * colours[covered]
-    return out.astype(np.uint8)
+    out = out.astype(np.uint8)
+    if not colour_bar:
+        return out
+    return with_colour_bar(out, vmin, vmax, cmap, label if label is not None else f"{vmin:.3g} to {vmax:.3g}")
+
+
+#: layout of the colour-bar strip, in pixels: margin, label line, bar height, tick labels
+_BAR = {"margin": 8, "label_h": 16, "bar_h": 12, "ticks_h": 16, "min_width": 240}
+
+
+def colour_bar_box(width: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the bar inside a strip of ``width`` pixels (x1, y1 exclusive)."""
+    b = _BAR
+    return b["margin"], b["label_h"], max(width, b["min_width"]) - b["margin"], b["label_h"] + b["bar_h"]
+
+
+def with_colour_bar(img: np.ndarray, vmin: float, vmax: float, cmap: str, label: str) -> np.ndarray:
+    """``img`` (H x W x 3) above a white strip holding ``label``, a horizontal colour bar (``vmin`` at
+    the left end, ``vmax`` at the right, linear) and tick values at both ends and the middle; the
+    result is at least ``_BAR['min_width']`` pixels wide (a narrow image is padded white)."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = img.shape[:2]
+    b = _BAR
+    width = max(w, b["min_width"])
+    strip_h = b["label_h"] + b["bar_h"] + b["ticks_h"]
+    out = np.full((h + strip_h, width, 3), 255, np.uint8)
+    out[:h, :w] = img
+    x0, y0, x1, y1 = colour_bar_box(width)
+    ramp = matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, x1 - x0))[:, :3] * 255.0  # (L,) -> (L, 4) -> RGB
+    out[h + y0:h + y1, x0:x1] = np.round(ramp).astype(np.uint8)[None]
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    font = ImageFont.load_default()
+    draw.text((x0, h + 2), label, fill=(0, 0, 0), font=font)
+    for frac in (0.0, 0.5, 1.0):
+        x = int(round(x0 + frac * (x1 - x0 - 1)))
+        draw.line([(x, h + y1), (x, h + y1 + 3)], fill=(0, 0, 0))
+        text = f"{vmin + frac * (vmax - vmin):.3g}"
+        tw = draw.textlength(text, font=font)
+        tx = min(max(x - tw / 2, 0), width - tw)
+        draw.text((tx, h + y1 + 4), text, fill=(0, 0, 0), font=font)
+    return np.asarray(pil)
+
+
+def save_heatmap_png(img: np.ndarray, path: str | os.PathLike, label: str, vmin: float, vmax: float,
+                     cmap: str) -> None:
+    """Write a heatmap PNG atomically, its scale also as PNG text (``scale``, ``vmin``, ``vmax``, ``cmap``)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for k, v in (("scale", label), ("vmin", f"{vmin:.6g}"), ("vmax", f"{vmax:.6g}"), ("cmap", cmap)):
+        info.add_text(k, v)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG", pnginfo=info)
 
 
 def write_tile_outputs(out_dir: Path, sid: str, coords: np.ndarray, size0: float, res: dict) -> None:
@@ -101,9 +173,8 @@ def write_tile_outputs(out_dir: Path, sid: str, coords: np.ndarray, size0: float
 
 def write_heatmaps(slide_path, out_dir: Path, sid: str, coords: np.ndarray, size0: float, res: dict,
                    thumb_size: int = 1024, cmap: str = "jet", alpha: float = 0.45) -> list[Path]:
-    """Tile-score heatmap (0-100 % scale) and attention heatmap (min-max) over the thumbnail."""
-    from PIL import Image
-
+    """Tile-score heatmap (0-100 % scale) and attention heatmap (min-max) over the thumbnail, each
+    with a colour bar saying its scale."""
     from adaptome.domains.pathology.slide import open_slide, thumbnail
 
     slide = open_slide(slide_path)
@@ -115,11 +186,13 @@ def write_heatmaps(slide_path, out_dir: Path, sid: str, coords: np.ndarray, size
     hdir.mkdir(parents=True, exist_ok=True)
     t = np.asarray(thumb)
     paths = []
-    for name, vals, lo, hi in (("score", res["tiles"], 0.0, 100.0), ("attention", res["attention"], None, None)):
-        img = heatmap_image(t, scale, coords, size0, np.asarray(vals), lo, hi, cmap, alpha)
+    for name, column, vals in (("score", "score_pct", res["tiles"]), ("attention", "attention", res["attention"])):
+        vals = np.asarray(vals)
+        lo, hi = (0.0, 100.0) if column == "score_pct" else (float(vals.min()), float(vals.max()))
+        label = scale_label(column, lo, hi)
+        img = heatmap_image(t, scale, coords, size0, vals, lo, hi, cmap, alpha, label)
         p = hdir / f"{sid}_{name}.png"
-        with atomic_path(p) as tmp:
-            Image.fromarray(img).save(tmp, format="PNG")
+        save_heatmap_png(img, p, label, lo, hi, cmap)
         paths.append(p)
     return paths
 

@@ -1,9 +1,11 @@
 """Whole-slide image access: open a slide with a clear error, its microns per pixel, pyramid levels.
 
 A slide is read through OpenSlide (Aperio ``.svs``, generic tiled TIFF, ``.ndpi``, ``.mrxs`` ...).
-Resolution comes from ``openslide.mpp-x`` / ``mpp-y``; slides without it (single-level TIFFs,
-some Philips / Ventana exports: CLAM #60, TRIDENT #14, slideflow #266) need an MPP override CSV
-(``slide,mpp``, keyed by file name or stem), otherwise ``MissingMPPError`` names the file.
+Resolution comes from an MPP override CSV (``slide,mpp``, keyed by file name or stem) when it has
+the slide, else ``openslide.mpp-x`` / ``mpp-y``, else the TIFF resolution tags (``tiff.XResolution``
+with ``tiff.ResolutionUnit`` centimeter or inch: OpenSlide 3.4 reports only those for generic TIFFs);
+slides with none of them (some Philips / Ventana exports: CLAM #60, TRIDENT #14, slideflow #266)
+raise ``MissingMPPError`` naming the file, and so does an implausible value (a 72 dpi default).
 
 Magnification is converted to resolution by the convention ``mpp = 10 / magnification``
 (20x = 0.5 um/px, 10x = 1.0 um/px), so a 40x scan and a 20x scan give the same field per tile.
@@ -100,24 +102,64 @@ def read_mpp_csv(path: str | os.PathLike | None) -> dict[str, float]:
     return out
 
 
+#: TIFF ``ResolutionUnit`` values as OpenSlide reports them (``tiff.ResolutionUnit``) -> microns per unit
+_UNIT_UM = {"centimeter": 1e4, "inch": 25400.0}
+#: level-0 resolutions outside this range (um/px) are not a slide scan: most often a 72 / 96 dpi default
+PLAUSIBLE_MPP = (0.02, 10.0)
+
+
+def _tiff_tag_mpp(props) -> tuple[float | None, str]:
+    """Microns per pixel from ``tiff.XResolution`` / ``tiff.YResolution`` (pixels per unit) and
+    ``tiff.ResolutionUnit`` (``centimeter`` or ``inch``), as OpenSlide 3.4 reports them for generic
+    TIFFs without computing ``openslide.mpp-x``; returns (mpp or None, why not)."""
+    xres, unit = props.get("tiff.XResolution"), props.get("tiff.ResolutionUnit")
+    if not xres:
+        return None, "no tiff.XResolution"
+    if unit not in _UNIT_UM:
+        return None, f"tiff.ResolutionUnit is {unit!r}, not centimeter or inch"
+    try:
+        rx = float(xres)
+        ry = float(props.get("tiff.YResolution") or xres)
+    except ValueError:
+        return None, f"tiff.XResolution {xres!r} is not a number"
+    if rx <= 0 or ry <= 0:
+        return None, f"tiff.XResolution {xres!r} is not positive"
+    return (_UNIT_UM[unit] / rx + _UNIT_UM[unit] / ry) / 2, ""
+
+
 def slide_mpp(slide, path: str | os.PathLike, overrides: dict[str, float] | None = None) -> float:
-    """Level-0 microns per pixel: the override for this slide if given, else the slide's metadata."""
+    """Level-0 microns per pixel, from the first source that has it: the override CSV row for this
+    slide (an explicit override wins, so that it can correct wrong metadata), ``openslide.mpp-x`` /
+    ``-y``, then the TIFF resolution tags (``_tiff_tag_mpp``). A resolution from metadata outside
+    ``PLAUSIBLE_MPP`` (e.g. 352.8 um/px from a 72 dpi default) is refused, naming the slide, rather
+    than tiling at a wrong scale; no source at all raises ``MissingMPPError`` naming the slide."""
     path = Path(path)
     overrides = overrides or {}
     for key in (path.name, path.stem):
         if key in overrides:
             return float(overrides[key])
     props = slide.properties
+    fix = f"give an MPP override CSV with a row '{path.name},<microns per pixel>' (--mpp-csv)"
+    mpp, source, why = None, "", ""
     mpp_x, mpp_y = props.get("openslide.mpp-x"), props.get("openslide.mpp-y")
     if mpp_x:
-        mx = float(mpp_x)
-        my = float(mpp_y) if mpp_y else mx
-        if mx > 0:
-            return (mx + my) / 2
-    raise MissingMPPError(
-        f"{path}: no resolution metadata (openslide.mpp-x missing); give an MPP override CSV "
-        f"with a row '{path.name},<microns per pixel>' (--mpp-csv)"
-    )
+        try:
+            mx = float(mpp_x)
+            my = float(mpp_y) if mpp_y else mx
+            if mx > 0 and my > 0:
+                mpp, source = (mx + my) / 2, "openslide.mpp-x"
+        except ValueError:
+            pass
+    if mpp is None:
+        mpp, why = _tiff_tag_mpp(props)
+        source = f"tiff.XResolution {props.get('tiff.XResolution')} per {props.get('tiff.ResolutionUnit')}"
+    if mpp is None:
+        raise MissingMPPError(f"{path}: no resolution metadata (openslide.mpp-x missing, {why}); {fix}")
+    lo, hi = PLAUSIBLE_MPP
+    if not lo <= mpp <= hi:
+        raise MissingMPPError(f"{path}: resolution {mpp:.4g} um/px from {source} is implausible for a slide scan "
+                              f"(expected {lo:g}-{hi:g} um/px; a 72 or 96 dpi default?); {fix}")
+    return mpp
 
 
 def target_mpp(magnification: float | None = None, mpp: float | None = None) -> float:

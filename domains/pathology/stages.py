@@ -11,7 +11,7 @@ Not covered: running several stage processes on one folder at once (no lock file
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,27 +85,49 @@ def tile(cfg, progress: bool = True) -> StageSummary:
 
 
 def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
-    """Tile features with an encoder from the registry (``cfg``: ``config.ExtractConfig``)."""
+    """Tile features with an encoder from the registry (``cfg``: ``config.ExtractConfig``). Launched as
+    several processes (``torchrun`` / ``accelerate launch``), each rank extracts its shard of the slides
+    (``extract.shard_items``) with the same reuse rules, and the main rank writes the merged summary."""
     from adaptome.domains.pathology.encoders import build_encoder, encoder_tag
-    from adaptome.domains.pathology.extract import extract_slide
+    from adaptome.domains.pathology.extract import (
+        extract_slide,
+        gather_summary,
+        join_shards,
+        shard_items,
+        shard_summary_dir,
+    )
 
     tiles_dir = Path(cfg.tiles_dir)
     if not (tiles_dir / "config.yaml").is_file():
         raise PathologyError(f"{tiles_dir}: not a tiling stage folder (no config.yaml); run 'tile' first")
+    rank, world = join_shards(cfg.device, cfg.dist_timeout_s)  # several launched processes: a shard of slides each
     encoder = encoder or build_encoder(cfg.encoder, cfg.weights, cfg.encoder_options)
     out = tiles_dir / f"features_{encoder_tag(cfg.encoder)}"
     save_config(cfg, out)
     items = [(sid, p) for sid, p in _items(cfg.slides) if (tiles_dir / f"{sid}.h5").is_file()]
-    if cfg.shared_loader:
-        return _extract_shared(cfg, encoder, items, tiles_dir, out, progress)
+    order, items, sdir = [sid for sid, _ in items], shard_items(items, tiles_dir, rank, world), \
+        shard_summary_dir(out, rank, world)
+    # with several ranks each records its failures and goes on; gather_summary then applies skip_errors
+    run_cfg, progress = replace(cfg, skip_errors=cfg.skip_errors or world > 1), progress and rank == 0
+    if cfg.shared_loader and cfg.reader == "openslide":
+        return gather_summary(_extract_shared(run_cfg, encoder, items, tiles_dir, out, progress, sdir), out, order,
+                              rank, world, cfg.skip_errors)
 
     def work(sid: str, path: Path, target: Path) -> None:
+        if cfg.reader != "openslide":  # tiles decoded on cfg.device (readers_gpu.py), OpenSlide the fallback
+            from adaptome.domains.pathology.readers_gpu import extract_slide_decoded
+
+            extract_slide_decoded(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.device,
+                                  cfg.reader, cfg.num_workers)
+            return
         extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.num_workers, cfg.device)
 
-    return run_stage("extract", items, out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress)
+    return gather_summary(run_stage("extract", items, sdir, lambda sid: out / f"{sid}.h5", work,
+                                    run_cfg.skip_errors, progress), out, order, rank, world, cfg.skip_errors)
 
 
-def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: bool) -> StageSummary:
+def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: bool,
+                    summary_dir: Path | None = None) -> StageSummary:
     """Extraction with one reader-worker pool for all slides: first check each slide (open, coords;
     failures recorded as usual), then encode every valid slide's tiles through one loader, writing
     each slide's file as soon as its last tile is encoded. If the shared pass fails midway, the
@@ -123,7 +145,8 @@ def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: b
         jobs.append((str(path), geom, coords))
         meta.append((sid, path, target, coords, attrs))
 
-    summary = run_stage("extract", items, out, lambda sid: out / f"{sid}.h5", check, cfg.skip_errors, False)
+    summary = run_stage("extract", items, summary_dir or out, lambda sid: out / f"{sid}.h5", check, cfg.skip_errors,
+                        False)
     done = set()
 
     def on_slide(i: int, feats: np.ndarray) -> None:

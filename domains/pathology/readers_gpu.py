@@ -1,0 +1,309 @@
+"""Tile decoding off the CPU path: raw JPEG tiles of a pyramidal TIFF decoded on the encoder's device.
+
+``extract --set reader=tiff-jpeg``: the compressed tiles a batch of slide tiles needs are read as
+bytes with ``tifffile`` (offsets and byte counts of the level's TIFF page, ``JPEGTables`` merged in
+front of abbreviated streams) and decoded together by ``torchvision.io.decode_jpeg`` on the
+device: nvJPEG on a GPU, libjpeg-turbo on the CPU (so the path runs, and is tested, without a GPU).
+The tiles of the batch are then cut out of the decoded TIFF tiles and resized with
+the same box filter as the OpenSlide path (on an accelerator ``box_resize`` reproduces Pillow's
+``Image.BOX`` with torch ops, fixed-point weights and rounding included; on the CPU Pillow itself
+does it, faster there), so a batch goes to the encoder as B x T x T x 3 uint8 already on the device.
+
+Where the reader applies: OpenSlide vendors ``generic-tiff`` and ``aperio`` (their pyramid levels
+are the TIFF's tiled pages, checked against OpenSlide's level sizes), 8-bit 3-sample contiguous
+JPEG tiles, photometric YCbCr or RGB (Aperio's RGB JPEG is decoded without colour conversion by
+marking the stream with an Adobe APP14 "no transform" segment, as libtiff does). Anything else
+(JPEG 2000 SVS, NDPI, MRXS, zlib / LZW TIFFs, other vendors) falls back to OpenSlide, slide by
+slide, with a warning naming the slide and the reason; the feature file records which reader
+made it (attribute ``reader``).
+
+Agreement with OpenSlide (tested on CPU): tiles equal to the last bit where a tile starts on a
+whole pixel of its level (every level of the synthetic and 20x / 40x grids); equal within 1 grey
+level after a fractional box resize. A tile whose level-0 corner divided by the level's downsample
+is fractional (e.g. Aperio levels at downsample 4.0002) is placed at the nearest pixel, while
+OpenSlide shifts it by the sub-pixel remainder with bilinear filtering: up to half a pixel apart.
+nvJPEG's IDCT may differ from libjpeg-turbo's by a few grey levels (not measured here: no GPU).
+
+Dimension letters: B tiles in a batch, K decoded TIFF tiles, h, w TIFF tile height / width,
+n side of the region read at the level, T tile side.
+
+During extraction the next batch is read and decoded in a background thread while the encoder
+runs on the current one.
+
+Not covered: cuCIM (a WSI reader with its own GPU decoding; not installable on CPU machines), JPEG
+2000 tiles (nvJPEG2000), several decoding threads, scoring on the fly (``score`` reads through
+OpenSlide). torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; the call
+used here (``decode_jpeg`` on a list, with ``device``) still works and is tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adaptome.domains.pathology.slide import SlideError
+
+#: extraction readers by name (``ExtractConfig.reader``)
+READERS = ("openslide", "tiff-jpeg")
+#: OpenSlide vendors whose pyramid levels are plain tiled TIFF pages
+_VENDORS = ("generic-tiff", "aperio")
+#: Adobe APP14 segment, transform 0: the three JPEG components are R, G, B (no YCbCr conversion)
+_ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+#: Pillow's fixed-point precision for 8-bit resampling (``PRECISION_BITS`` in Resample.c)
+_PRECISION = 32 - 8 - 2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LevelTiles:
+    """Where the JPEG tiles of one pyramid level lie in the TIFF file."""
+
+    width: int  # level size in pixels
+    height: int
+    tile_w: int  # TIFF tile size in pixels
+    tile_h: int
+    offsets: np.ndarray  # byte offset of each TIFF tile, row-major
+    counts: np.ndarray  # byte count of each TIFF tile
+    tables: bytes  # JPEGTables (SOI, DQT / DHT, EOI) shared by abbreviated tile streams, or b""
+    rgb: bool  # photometric RGB: the JPEG components are R, G, B (no YCbCr conversion)
+
+
+def level_page(path: str | os.PathLike, level_dimensions, level: int, vendor: str | None):
+    """(``LevelTiles`` of OpenSlide level ``level``, "") when the tiff-jpeg reader can decode it, else
+    (None, why not)."""
+    import tifffile
+
+    if vendor not in _VENDORS:
+        return None, f"OpenSlide vendor {vendor!r} is not one of {', '.join(_VENDORS)}"
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError, ValueError) as e:
+        return None, f"not a TIFF tifffile reads ({e})"
+    with tif:
+        pages = [p for p in tif.pages if p.is_tiled]  # OpenSlide's levels: the tiled pages, largest first
+        pages.sort(key=lambda p: -p.imagewidth)
+        if len(pages) != len(level_dimensions):
+            return None, f"{len(pages)} tiled TIFF pages for {len(level_dimensions)} OpenSlide levels"
+        p = pages[level]
+        if (p.imagewidth, p.imagelength) != tuple(level_dimensions[level]):
+            return None, (f"level {level} is {p.imagewidth}x{p.imagelength} in the TIFF, "
+                          f"{level_dimensions[level]} in OpenSlide")
+        if p.compression != 7:
+            return None, f"level {level} compression is {p.compression.name}, not JPEG"
+        if p.samplesperpixel != 3 or p.bitspersample != 8 or p.planarconfig != 1 or p.photometric not in (2, 6):
+            return None, f"level {level} is not 8-bit contiguous RGB / YCbCr"
+        if p.imagedepth > 1 or p.tiledepth > 1:
+            return None, f"level {level} is a volume"
+        if len(p.dataoffsets) != -(-p.imagewidth // p.tilewidth) * -(-p.imagelength // p.tilelength):
+            return None, f"level {level} has {len(p.dataoffsets)} tile offsets, not one per tile"
+        tables = p.jpegtables
+        return LevelTiles(p.imagewidth, p.imagelength, p.tilewidth, p.tilelength,
+                          np.asarray(p.dataoffsets, np.int64), np.asarray(p.databytecounts, np.int64),
+                          bytes(tables) if tables is not None else b"", p.photometric == 2), ""
+
+
+class TiffJpegReader:
+    """Batches of tiles of one slide level, decoded on ``device``; see the module docstring."""
+
+    def __init__(self, path: str | os.PathLike, geom, page: LevelTiles, device: str | torch.device = "cpu",
+                 torch_resize: bool | None = None):
+        self.path, self.geom, self.device = Path(path), geom, torch.device(device)
+        # the box resize: torch ops on an accelerator; on the CPU Pillow's own (same numbers, one fused C loop)
+        self.torch_resize = self.device.type != "cpu" if torch_resize is None else torch_resize
+        self.width, self.height = page.width, page.height
+        self.tw, self.th = page.tile_w, page.tile_h
+        self.nx, self.ny = -(-self.width // self.tw), -(-self.height // self.th)
+        self.offsets, self.counts, self.tables = page.offsets, page.counts, page.tables
+        if self.tables and not (self.tables.startswith(b"\xff\xd8") and self.tables.endswith(b"\xff\xd9")):
+            raise SlideError(f"{self.path}: JPEGTables of level {geom.level} are not a JPEG tables stream")
+        self.rgb = page.rgb
+        self.fd = os.open(self.path, os.O_RDONLY)
+        n, t = geom.read_size, geom.tile_size
+        exact = geom.size0 / geom.level_downsample
+        self.taps = None if (n == t and abs(exact - n) < 1e-9) else box_taps(n, exact, t, self.device)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _stream(self, k: int) -> bytes:
+        """TIFF tile ``k`` as a complete JPEG stream."""
+        raw = os.pread(self.fd, int(self.counts[k]), int(self.offsets[k]))
+        if len(raw) != self.counts[k] or not raw.startswith(b"\xff\xd8"):
+            raise SlideError(f"{self.path}: level {self.geom.level} tile {k} at byte {self.offsets[k]} is not a "
+                             f"JPEG stream (truncated or corrupt file)")
+        if self.tables:
+            raw = self.tables[:-2] + raw[2:]  # SOI + tables (without their EOI) + the tile after its SOI
+        if self.rgb:
+            raw = raw[:2] + _ADOBE_RGB + raw[2:]
+        return raw
+
+    def _decode(self, ks: list[int]) -> dict[int, torch.Tensor]:
+        """TIFF tiles ``ks`` decoded together on the device: tile index -> h x w x 3 uint8."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        out = {k: torch.zeros((self.th, self.tw, 3), dtype=torch.uint8, device=self.device)
+               for k in ks if self.counts[k] == 0}  # a tile the file leaves out (sparse TIFF) reads as blank
+        ks = [k for k in ks if k not in out]
+        if not ks:
+            return out
+        data = [torch.frombuffer(bytearray(self._stream(k)), dtype=torch.uint8) for k in ks]
+        try:
+            imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SlideError(f"{self.path}: level {self.geom.level}: cannot decode a JPEG tile ({why})") from None
+        for k, im in zip(ks, imgs):
+            if tuple(im.shape) != (3, self.th, self.tw):
+                raise SlideError(f"{self.path}: level {self.geom.level} tile {k} decodes to {tuple(im.shape[1:])}, "
+                                 f"not the TIFF tile size {(self.th, self.tw)}")
+            out[k] = im.permute(1, 2, 0)  # (3, h, w) -> (h, w, 3)
+        return out
+
+    def read_batch(self, coords: np.ndarray) -> torch.Tensor:
+        """The tiles with level-0 top-left ``coords`` (B x 2) as B x T x T x 3 uint8 on the device."""
+        g = self.geom
+        n = g.read_size
+        coords = np.asarray(coords, np.float64).reshape(-1, 2)
+        lx = np.rint(coords[:, 0] / g.level_downsample).astype(np.int64)  # level pixels, nearest
+        ly = np.rint(coords[:, 1] / g.level_downsample).astype(np.int64)
+        # per tile: the TIFF tiles its n x n region overlaps, clipped to the level (outside stays black)
+        spans = []
+        for x, y in zip(lx.tolist(), ly.tolist()):
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + n, self.width), min(y + n, self.height)
+            spans.append((x, y, x0, y0, x1, y1))
+        needed = sorted({ty * self.nx + tx for x, y, x0, y0, x1, y1 in spans if x1 > x0 and y1 > y0
+                         for ty in range(y0 // self.th, (y1 - 1) // self.th + 1)
+                         for tx in range(x0 // self.tw, (x1 - 1) // self.tw + 1)})
+        tiles = self._decode(needed)
+        region = torch.zeros((len(spans), n, n, 3), dtype=torch.uint8, device=self.device)  # (B, n, n, 3)
+        for b, (x, y, x0, y0, x1, y1) in enumerate(spans):
+            for ty in range(y0 // self.th, (y1 - 1) // self.th + 1) if y1 > y0 else ():
+                for tx in range(x0 // self.tw, (x1 - 1) // self.tw + 1) if x1 > x0 else ():
+                    # the overlap of the region and TIFF tile (tx, ty), in level pixels
+                    ax, ay = max(x0, tx * self.tw), max(y0, ty * self.th)
+                    bx, by = min(x1, (tx + 1) * self.tw), min(y1, (ty + 1) * self.th)
+                    ox, oy = tx * self.tw, ty * self.th  # the TIFF tile's corner
+                    region[b, ay - y:by - y, ax - x:bx - x] = tiles[ty * self.nx + tx][ay - oy:by - oy, ax - ox:bx - ox]
+        if self.taps is None:
+            return region
+        if self.torch_resize:
+            return box_resize(region, self.taps)
+        from PIL import Image
+
+        t, exact = g.tile_size, g.size0 / g.level_downsample
+        box = (0, 0, exact, exact)
+        return torch.from_numpy(np.stack([np.asarray(Image.fromarray(r).resize((t, t), Image.BOX, box=box))
+                                          for r in region.numpy()]))
+
+
+def box_taps(n_in: int, extent: float, n_out: int, device: str | torch.device = "cpu"):
+    """Pillow's ``Image.BOX`` weights for resizing the input span [0, ``extent``) of ``n_in`` pixels
+    to ``n_out`` (``precompute_coeffs`` + ``normalize_coeffs_8bpc`` in Pillow's Resample.c): output
+    pixel i averages the input pixels whose centres fall in its footprint, weights in fixed point
+    with ``_PRECISION`` bits. Returns (index n_out x K int64, weight n_out x K int64)."""
+    scale = float(np.float32(extent)) / n_out  # Pillow takes the box as C floats
+    support = 0.5 * max(scale, 1.0)
+    ss = 1.0 / max(scale, 1.0)
+    ksize = int(np.ceil(support)) * 2 + 1
+    idx = np.zeros((n_out, ksize), np.int64)
+    wts = np.zeros((n_out, ksize), np.int64)
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), n_in) - xmin
+        w = np.array([1.0 if -0.5 < (x + xmin - center + 0.5) * ss <= 0.5 else 0.0 for x in range(xmax)])
+        w = w / w.sum() if w.sum() else w
+        idx[i, :xmax] = xmin + np.arange(xmax)
+        idx[i, xmax:] = xmin
+        wts[i, :xmax] = np.where(w < 0, np.trunc(-0.5 + w * (1 << _PRECISION)), np.trunc(0.5 + w * (1 << _PRECISION)))
+    return torch.from_numpy(idx).to(device), torch.from_numpy(wts).to(device)
+
+
+def _box_pass(x: torch.Tensor, idx: torch.Tensor, wts: torch.Tensor) -> torch.Tensor:
+    """One Pillow box pass along dim 1 of B x n x m x 3 uint8 -> B x T x m x 3 uint8 (whole rows are
+    gathered per tap, which is fast on every device)."""
+    acc = torch.full((x.shape[0], idx.shape[0], x.shape[2], x.shape[3]), 1 << (_PRECISION - 1), dtype=torch.int32,
+                     device=x.device)
+    for k in range(idx.shape[1]):
+        acc += x.index_select(1, idx[:, k]).to(torch.int32) * wts[:, k][None, :, None, None]
+    return (acc >> _PRECISION).clamp_(0, 255).to(torch.uint8)
+
+
+def box_resize(x: torch.Tensor, taps) -> torch.Tensor:
+    """Resize B x n x n x 3 uint8 to B x T x T x 3 with ``box_taps``: the horizontal pass, rounded to
+    uint8, then the vertical pass (Pillow's order and rounding). Sums fit int32: weights sum to
+    2^22 and pixels are below 2^8."""
+    idx, wts = taps
+    wts = wts.to(torch.int32)
+    x = _box_pass(x.transpose(1, 2).contiguous(), idx, wts)  # columns as rows: (B, n, n, 3) -> (B, T, n, 3)
+    return _box_pass(x.transpose(1, 2).contiguous(), idx, wts)  # back: (B, n, T, 3) -> (B, T, T, 3)
+
+
+def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
+                torch_resize: bool | None = None) -> tuple[TiffJpegReader | None, str]:
+    """A ``TiffJpegReader`` for this slide's level, or (None, why OpenSlide must read it)."""
+    page, why = level_page(slide_path, level_dimensions, geom.level, vendor)
+    if page is None:
+        return None, why
+    return TiffJpegReader(slide_path, geom, page, device, torch_resize), ""
+
+
+@torch.no_grad()
+def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """N x D float32 features of the tiles at ``coords``; the next batch is read and decoded in a
+    background thread while the encoder runs on the current one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = []
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(tiles.read_batch, coords[:batch_size]) if len(coords) else None
+        for i in range(0, len(coords), batch_size):
+            batch = nxt.result()
+            if i + batch_size < len(coords):
+                nxt = pool.submit(tiles.read_batch, coords[i + batch_size:i + 2 * batch_size])
+            parts.append(encoder(batch).float().cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
+
+
+@torch.no_grad()
+def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.PathLike, encoder, out_file,
+                          batch_size: int = 64, device: str = "cpu", reader: str = "tiff-jpeg",
+                          num_workers: int = 0) -> str:
+    """``extract.extract_slide`` with tiles decoded on ``device`` by ``reader``; a slide that reader
+    cannot decode is read by OpenSlide (a warning names it). Returns the reader that was used."""
+    from adaptome.domains.pathology.extract import FEATURE_ATTRS, extract_slide, write_features
+    from adaptome.domains.pathology.slide import open_slide
+    from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
+
+    if reader not in READERS:
+        raise SlideError(f"unknown reader {reader!r}; known: {', '.join(READERS)}")
+    coords, attrs = read_coords(coords_file)
+    slide = open_slide(slide_path)
+    try:
+        geom = geometry_from_attrs(attrs, slide.level_downsamples)
+        dims, vendor = slide.level_dimensions, slide.properties.get("openslide.vendor")
+    finally:
+        slide.close()
+    tiles, why = (None, "reader openslide") if reader == "openslide" else \
+        open_reader(slide_path, geom, dims, vendor, device)
+    if tiles is None:
+        if reader != "openslide":
+            log.warning("%s: read with OpenSlide, not %s (%s)", slide_path, reader, why)
+        extract_slide(slide_path, coords_file, encoder, out_file, batch_size, num_workers, device)
+        return "openslide"
+    try:
+        feats = encode_decoded(encoder.to(device).eval(), tiles, coords, batch_size)
+    finally:
+        tiles.close()
+    keep = {k: attrs[k] for k in FEATURE_ATTRS if k in attrs}
+    write_features(out_file, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1]),
+                                             "reader": reader})
+    return reader
