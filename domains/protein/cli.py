@@ -130,7 +130,7 @@ def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
 
 @app.command("sample")
 def sample_cmd(
-    model: Path = typer.Option(..., help="merged checkpoint folder (or hub id)"),
+    model: str = typer.Option(..., help="merged checkpoint folder (or hub id)"),
     label: list[str] = typer.Option([], help="condition label (repeatable); none = unconditional Seq=<"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
     n: int = typer.Option(4, "-n", help="samples per label"),
@@ -160,7 +160,7 @@ def sample_cmd(
 
 @app.command("classify")
 def classify_cmd(
-    model: Path = typer.Option(...), fasta: Path = typer.Option(..., help="sequences to label"),
+    model: str = typer.Option(...), fasta: Path = typer.Option(..., help="sequences to label"),
     labels: Path = typer.Option(..., help="candidate labels, one per line (or Key=<label>)"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
     method: str = typer.Option("determine", help="determine | bayes | generate"),
@@ -196,54 +196,69 @@ def classify_cmd(
 
 @app.command("score-mutations")
 def score_mutations_cmd(
-    model: Path = typer.Option(...),
+    model: str = typer.Option(..., help="causal LM or ESM-style masked LM: folder or hub id"),
     mutants: Optional[Path] = typer.Option(None, help="CSV with a mutant column (e.g. H24C); default: shipped TEM-1"),
-    wildtype: Optional[str] = typer.Option(None, help="wild-type FASTA file or sequence; default: shipped TEM-1"),
-    offset: int = typer.Option(0, help="position p is residue p - offset of the wild type (TEM-1: 24)"),
+    wildtype: Optional[str] = typer.Option(None, help="wild-type FASTA file or the sequence itself (with --mutants)"),
+    offset: Optional[int] = typer.Option(None, help="position p is residue p - offset of the wild type "
+                                         "(default 0; shipped TEM-1: 24)"),
     mutant_column: str = typer.Option("mutant"),
     fitness_column: Optional[str] = typer.Option(None, help="measured fitness column -> Spearman"),
     out: Path = typer.Option(..., help="output CSV"), overwrite: bool = typer.Option(False),
 ) -> None:
-    """Fitness = NLL(wild type) - NLL(mutant) per mutant -> CSV; Spearman when fitness is given.
+    """Score mutants (higher = the model prefers the mutant) -> CSV with the BLOSUM62 baseline; Spearman of
+    both against measured fitness when it is given.
 
-    Example: adaptome protein score-mutations --model runs/protein/stage1/merged --out tem1_scores.csv
+    A causal LM scores NLL(wild type) - NLL(mutant); an ESM-style masked LM scores masked marginals as
+    ESM-1v, log p(mutant) - log p(wild type) at the masked position, a multi-mutant (A24C:G50T) the sum
+    of its single effects.
+
+    Example: adaptome protein score-mutations --model runs/protein/stage1_tiny/merged --out tem1_scores.csv
     """
     import csv
 
     from adaptome.core.atomic import atomic_file
     from adaptome.core.evaluation import spearman
     from adaptome.domains.protein import data
-    from adaptome.domains.protein.formats import read_fasta
-    from adaptome.domains.protein.model import load_model_and_tokenizer
-    from adaptome.domains.protein.mutations import read_mutants_csv, score_mutants
+    from adaptome.domains.protein.model import is_masked_lm, load_masked_lm, load_model_and_tokenizer
+    from adaptome.domains.protein.mutations import blosum62_scores, read_mutants_csv, read_wildtype, score_mutants
 
     _check_new(out, overwrite)
     with user_errors():
         if mutants is None:
-            wt, offset, rows = data.tem1()
+            if wildtype is not None or fitness_column is not None:
+                fail("--wildtype and --fitness-column go with --mutants (without it the shipped TEM-1 scan is scored)")
+            wt, tem1_offset, rows = data.tem1()
+            if offset not in (None, tem1_offset):
+                fail(f"--offset {offset}: the shipped TEM-1 scan numbers residues with offset {tem1_offset}")
+            offset = tem1_offset
             muts, fit = [r[0] for r in rows], [r[1] for r in rows]
         else:
-            muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
             if wildtype is None:
                 fail("give --wildtype with --mutants")
-            wt = read_fasta(wildtype)[0].seq if Path(wildtype).is_file() else wildtype.strip().upper()
-        m, tok = load_model_and_tokenizer(str(model))
+            muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
+            wt = read_wildtype(wildtype)
+            offset = offset or 0
+        masked = is_masked_lm(model)
+        m, tok = load_masked_lm(model) if masked else load_model_and_tokenizer(model)
         scores = score_mutants(m, tok, wt, muts, offset, progress=True)
+        blosum = blosum62_scores(muts)
 
         with atomic_file(out) as f:
             w = csv.writer(f)
-            w.writerow(["mutant", "score"] + (["fitness"] if fit else []))
+            w.writerow(["mutant", "score", "blosum62"] + (["fitness"] if fit else []))
             for i, (mu, sc) in enumerate(zip(muts, scores)):
-                w.writerow([mu, f"{sc:.6f}"] + ([fit[i]] if fit else []))
-    msg = f"{len(muts)} mutants -> {out}"
+                w.writerow([mu, f"{sc:.6f}", f"{blosum[i]:g}"] + ([fit[i]] if fit else []))
+    how = "masked marginals, multi-mutants summed" if masked else "NLL(wild type) - NLL(mutant)"
+    msg = f"{len(muts)} mutants scored by {how} -> {out}"
     if fit:
-        msg += f"; Spearman vs measured fitness {spearman(scores, fit):.3f}"
+        msg += (f"\nSpearman vs measured fitness: model {spearman(scores, fit):.3f}, "
+                f"BLOSUM62 baseline {spearman(blosum, fit):.3f} (same {len(muts)} mutants)")
     typer.echo(msg)
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Option(..., help="instruction-tuned merged checkpoint"),
+    model: str = typer.Option(..., help="instruction-tuned merged checkpoint"),
     shipped: str = typer.Option("pfam", help="labelled set: pfam | ec (split 3 per label, seed 0)"),
     samples: Optional[Path] = typer.Option(None, help="generated FASTA written by `sample`"),
     method: str = typer.Option("determine", help="classification: determine | bayes | generate"),
