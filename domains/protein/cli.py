@@ -160,37 +160,68 @@ def sample_cmd(
 
 @app.command("classify")
 def classify_cmd(
-    model: str = typer.Option(...), fasta: Path = typer.Option(..., help="sequences to label"),
-    labels: Path = typer.Option(..., help="candidate labels, one per line (or Key=<label>)"),
+    model: str = typer.Option(..., help="instruction-tuned causal LM, or an ESM-style masked LM: folder or hub id"),
+    fasta: Path = typer.Option(..., help="sequences to label"),
+    labels: Optional[Path] = typer.Option(None, help="candidate labels, one per line (or Key=<label>); "
+                                          "ESM: default the training labels"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
-    method: str = typer.Option("determine", help="determine | bayes | generate"),
+    method: str = typer.Option("determine", help="causal LM: determine | bayes | generate"),
     policy: str = typer.Option("error"), out: Path = typer.Option(..., help="output CSV"),
     overwrite: bool = typer.Option(False),
+    train_fasta: Optional[Path] = typer.Option(None, help="ESM: labelled training sequences (FASTA)"),
+    train_labels: Optional[Path] = typer.Option(None, help="ESM: CSV/TSV id,label table of --train-fasta"),
+    test_labels: Optional[Path] = typer.Option(None, help="ESM: CSV/TSV id,label table of --fasta: accuracy "
+                                               "beside the majority class and a 3-mer baseline"),
+    id_column: str = typer.Option("id"), label_column: str = typer.Option("label"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="ESM: YAML, e.g. configs/esm_classify.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="ESM: override, e.g. --set adapter.method=dora"),
 ) -> None:
-    """Predict a label per sequence ([Determine superfamily] or any task) -> CSV id,prediction.
+    """Predict a label per sequence -> CSV id,prediction.
 
-    Example: adaptome protein classify --model runs/protein/stage2/merged --fasta test.fa --labels families.txt
-    --task-name family --out pred.csv
+    A causal LM (ProLLaMA stage 2) ranks the candidate labels ([Determine superfamily] or any task).
+    An ESM-style masked LM (chosen by its config, model_type esm) gets a classification head and an
+    adapter trained on --train-fasta / --train-labels (core's training loop, configs/esm_classify.yaml);
+    a classifier saved that way (<output_dir>/merged) predicts without them.
+
+    Example: adaptome protein classify --model runs/protein/stage2_tiny/merged --fasta test.fa --labels
+    families.txt --task-name family --out pred.csv
+
+    Example: adaptome protein classify --model facebook/esm2_t6_8M_UR50D --train-fasta train.fa --train-labels
+    train_labels.csv --fasta test.fa --test-labels test_labels.csv --out esm_pred.csv
     """
     import csv
 
     from adaptome.core.atomic import atomic_file
     from adaptome.domains.protein.classify import classify
     from adaptome.domains.protein.formats import read_fasta
-    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.model import is_masked_lm, load_model_and_tokenizer
 
     _check_new(out, overwrite)
     with user_errors():
-        task = _task(task_name, task_key)
-        recs = read_fasta(fasta, policy)
-        cands = _candidates(labels, task.key)
-        m, tok = load_model_and_tokenizer(str(model))
-        preds = classify(m, tok, task, [r.seq for r in recs], cands, method, progress=True)
+        if is_masked_lm(model):
+            from adaptome.domains.protein.esm_cli import classify_with_esm
+
+            if method != "determine" or task_key:
+                fail("--method and --task-key choose a causal LM's prompt; an ESM classifier has none")
+            recs, preds, lines = classify_with_esm(model, fasta, labels, train_fasta, train_labels, test_labels,
+                                                   id_column, label_column, policy, config, set_, overwrite)
+        else:
+            if train_fasta or train_labels or test_labels or config or set_:
+                fail("--train-fasta, --train-labels, --test-labels, --config and --set train an ESM classifier; "
+                     f"{model} is a causal LM, which classifies with its instruction prompt")
+            task = _task(task_name, task_key)
+            recs = read_fasta(fasta, policy)
+            cands = _candidates(labels, task.key)
+            m, tok = load_model_and_tokenizer(model)
+            preds = classify(m, tok, task, [r.seq for r in recs], cands, method, progress=True)
+            lines = []
 
         with atomic_file(out) as f:
             w = csv.writer(f)
             w.writerow(["id", "prediction"])
             w.writerows((r.id, pr["pred"]) for r, pr in zip(recs, preds))
+    for line in lines:
+        typer.echo(line)
     typer.echo(f"{len(recs)} predictions -> {out}")
 
 
