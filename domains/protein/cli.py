@@ -16,7 +16,8 @@ import typer
 from adaptome.core.cli_errors import fail, user_errors
 
 app = typer.Typer(help="ProLLaMA-style protein LM tuning, sampling, classification, mutation scoring.\n\n"
-                  "Example: adaptome protein sample --model runs/protein/stage2/merged --label Cyclin_N -n 8",
+                  "Example: adaptome protein sample --model runs/protein/stage2_tiny/merged "
+                  "--label 'Cyclin-like superfamily' -n 8 --out gen.fasta",
                   no_args_is_help=True)
 
 def _check_new(path: Path, overwrite: bool) -> None:
@@ -56,12 +57,13 @@ def build_dataset(
 ) -> None:
     """Turn FASTA + a label table into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
 
-    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab
-    superfamilies --out runs/protein/data
+    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily \\
+        --vocab superfamilies --out runs/protein/data
     """
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.protein import data, formats
 
+    _check_new(out, overwrite)
     with user_errors():
         if shipped == "pfam":
             recs = data.pfam_families(max_residues=max_residues, policy=policy)
@@ -108,8 +110,8 @@ def pretrain_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 1: causal LM on Seq=<...> blocks with an adapter (+ embeddings, LM head), then merge.
 
-    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml --set
-    train_files=[runs/protein/data/sequences.txt]
+    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml \\
+        --set train_files=\\[runs/protein/data/sequences.fasta]
     """
     with user_errors():
         _stage("pretrain", config, set_, overwrite)
@@ -121,8 +123,9 @@ def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 2: instruction tuning with the prompt masked out of the loss, then merge.
 
-    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml --set
-    model.name_or_path=runs/protein/stage1_tiny/merged --set train_files=[runs/protein/data/instructions.jsonl]
+    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml \\
+        --set model.name_or_path=runs/protein/stage1_tiny/merged \\
+        --set train_files=\\[runs/protein/data/instructions.jsonl]
     """
     with user_errors():
         _stage("instruct", config, set_, overwrite)
@@ -142,8 +145,8 @@ def sample_cmd(
 ) -> None:
     """Generate sequences (ProLLaMA defaults), stop at '>', write FASTA with condition + parameters.
 
-    Example: adaptome protein sample --model runs/protein/stage2/merged --task-name family --label Cyclin_N -n 8
-    --out gen.fasta
+    Example: adaptome protein sample --model runs/protein/stage2_tiny/merged --task-name superfamily \\
+        --label 'Cyclin-like superfamily' -n 8 --out gen.fasta
     """
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.sample import SamplingParams, sample, write_samples
@@ -183,11 +186,11 @@ def classify_cmd(
     adapter trained on --train-fasta / --train-labels (core's training loop, configs/esm_classify.yaml);
     a classifier saved that way (<output_dir>/merged) predicts without them.
 
-    Example: adaptome protein classify --model runs/protein/stage2_tiny/merged --fasta test.fa --labels
-    families.txt --task-name family --out pred.csv
+    Example: adaptome protein classify --model runs/protein/stage2_tiny/merged --fasta test.fa \\
+        --labels candidates.txt --task-name superfamily --out pred.csv
 
-    Example: adaptome protein classify --model facebook/esm2_t6_8M_UR50D --train-fasta train.fa --train-labels
-    train_labels.csv --fasta test.fa --test-labels test_labels.csv --out esm_pred.csv
+    Example: adaptome protein classify --model facebook/esm2_t6_8M_UR50D --train-fasta seqs.fa \\
+        --train-labels labels.csv --fasta test.fa --test-labels test_labels.csv --out esm_pred.csv
     """
     import csv
 
@@ -244,6 +247,8 @@ def score_mutations_cmd(
     of its single effects.
 
     Example: adaptome protein score-mutations --model runs/protein/stage1_tiny/merged --out tem1_scores.csv
+
+    Example: adaptome protein score-mutations --model facebook/esm2_t6_8M_UR50D --out tem1_esm_scores.csv
     """
     import csv
 
@@ -301,8 +306,8 @@ def evaluate_cmd(
     """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics and,
     with --esmfold (and --reference-pdbs with foldseek on PATH), structure metrics of the samples.
 
-    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out
-    runs/protein/report
+    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta \\
+        --out runs/protein/report
     """
     from adaptome.domains.protein import classify, data, evaluate, formats
     from adaptome.domains.protein.model import load_model_and_tokenizer
