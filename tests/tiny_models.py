@@ -15,7 +15,8 @@ weights therefore depend only on the arguments.
   model in train mode is deterministic too.
 * ``xlmr``: ``XLMRobertaForMaskedLM``; ``esm``: ``EsmForMaskedLM`` (``head="folding"``:
   ``EsmForProteinFolding``, ``head="sequence_classification"``: ``EsmForSequenceClassification``;
-  ``esm_checkpoint`` saves one with ESM-2's vocabulary and ``EsmTokenizer`` as a folder); ``phi3``: ``Phi3ForCausalLM`` (fused q/k/v and gate/up projections);
+  ``esm_checkpoint`` saves one with ESM-2's vocabulary and ``EsmTokenizer`` as a folder); ``phi3``:
+  ``Phi3ForCausalLM`` (fused q/k/v and gate/up projections);
   ``vit``: ``ViTModel`` (``head="classification"``: ``ViTForImageClassification``).
 * ``timm_vit``: timm's ``vit_tiny_patch16_224`` architecture shrunk (2 blocks, 32-pixel images, 3 classes),
   ``pretrained=False``.

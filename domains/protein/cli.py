@@ -176,7 +176,8 @@ def classify_cmd(
     test_labels: Optional[Path] = typer.Option(None, help="ESM: CSV/TSV id,label table of --fasta: accuracy "
                                                "beside the majority class and a 3-mer baseline"),
     id_column: str = typer.Option("id"), label_column: str = typer.Option("label"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="ESM: YAML, e.g. configs/esm_classify.yaml"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="ESM: YAML (default: the shipped configs/esm_classify.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="ESM: override, e.g. --set adapter.method=dora"),
 ) -> None:
     """Predict a label per sequence -> CSV id,prediction.

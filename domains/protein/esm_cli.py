@@ -33,7 +33,10 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
 
     if (train_fasta is None) != (train_labels is None):
         raise ProteinError("give --train-fasta and --train-labels together")
-    cfg = load_config(esm_classify.EsmClassifyConfig, config, overrides)
+    # the shipped YAML is the default, not the dataclass alone: a ``--set train.x`` on a config without a
+    # ``train`` section would rebuild that section from TrainConfig's own defaults
+    shipped = Path(str(data.data_dir().parent / "configs" / "esm_classify.yaml"))
+    cfg = load_config(esm_classify.EsmClassifyConfig, config or shipped, overrides)
     if train_fasta is None and (config is not None or overrides):
         raise ProteinError("--config / --set set up training; give --train-fasta and --train-labels too")
     queries = read_fasta(fasta, policy)
