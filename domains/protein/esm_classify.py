@@ -68,9 +68,9 @@ def trained_labels(name_or_path: str) -> list[str] | None:
     """The labels of a classifier this module saved (``architectures`` and ``id2label``), else None."""
     from transformers import AutoConfig
 
-    from adaptome.domains.protein.model import _from_pretrained
+    from adaptome.domains.protein.model import from_pretrained_checked
 
-    cfg = _from_pretrained(AutoConfig, name_or_path)
+    cfg = from_pretrained_checked(AutoConfig, name_or_path)
     if CLASSIFIER_ARCH not in (cfg.architectures or []):
         return None
     return [cfg.id2label[i] for i in range(len(cfg.id2label))]
@@ -83,7 +83,7 @@ def load_classifier(name_or_path: str, labels: list[str], dtype: str = "float32"
     from transformers import AutoTokenizer, EsmForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from adaptome.domains.protein.model import _from_pretrained, model_type
+    from adaptome.domains.protein.model import from_pretrained_checked, model_type
 
     kind = model_type(name_or_path)
     if kind != "esm":
@@ -93,13 +93,13 @@ def load_classifier(name_or_path: str, labels: list[str], dtype: str = "float32"
     if not keep_head:  # the head is new by design: transformers' report of its missing weights is no news
         hf_logging.set_verbosity_error()
     try:
-        model = _from_pretrained(EsmForSequenceClassification, name_or_path, dtype=getattr(torch, dtype),
+        model = from_pretrained_checked(EsmForSequenceClassification, name_or_path, dtype=getattr(torch, dtype),
                                  num_labels=len(labels), id2label=dict(enumerate(labels)),
                                  label2id={lab: i for i, lab in enumerate(labels)},
                                  ignore_mismatched_sizes=not keep_head)
     finally:
         hf_logging.set_verbosity(level)
-    return model, _from_pretrained(AutoTokenizer, name_or_path)
+    return model, from_pretrained_checked(AutoTokenizer, name_or_path)
 
 
 class _Encoded:

@@ -152,7 +152,7 @@ def resolve_model(name_or_path: str) -> tuple[str, dict[str, Any]]:
     return name_or_path, {}
 
 
-def _from_pretrained(cls, name_or_path: str, **kwargs):
+def from_pretrained_checked(cls, name_or_path: str, **kwargs):
     """``cls.from_pretrained`` on the resolved source; an unreadable weights file is one line."""
     from safetensors import SafetensorError
 
@@ -167,7 +167,7 @@ def model_type(name_or_path: str) -> str:
     """``config.model_type`` of a checkpoint (``llama``, ``esm``, ...)."""
     from transformers import AutoConfig
 
-    return _from_pretrained(AutoConfig, name_or_path).model_type
+    return from_pretrained_checked(AutoConfig, name_or_path).model_type
 
 
 def is_masked_lm(name_or_path: str) -> bool:
@@ -183,7 +183,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32"):
     kind = model_type(name_or_path)
     if kind in MASKED_LM_TYPES:
         raise ProteinError(f"{name_or_path}: a masked LM ({kind}); this command needs a causal LM (LLaMA, Phi-3...)")
-    return _from_pretrained(AutoModelForCausalLM, name_or_path, dtype=getattr(torch, dtype))
+    return from_pretrained_checked(AutoModelForCausalLM, name_or_path, dtype=getattr(torch, dtype))
 
 
 def load_masked_lm(name_or_path: str, dtype: str = "float32"):
@@ -191,8 +191,8 @@ def load_masked_lm(name_or_path: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    model = _from_pretrained(AutoModelForMaskedLM, name_or_path, dtype=getattr(torch, dtype)).eval()
-    return model, _from_pretrained(AutoTokenizer, name_or_path)
+    model = from_pretrained_checked(AutoModelForMaskedLM, name_or_path, dtype=getattr(torch, dtype)).eval()
+    return model, from_pretrained_checked(AutoTokenizer, name_or_path)
 
 
 def load_model_and_tokenizer(name_or_path: str | None, dtype: str = "float32", hidden_size: int = 64,
