@@ -137,6 +137,7 @@ def test_esm_classify_resume_refuses_changed_training_data(esm_dir, tmp_path):
     _write_split(tmp_path, "train", 8, 0)
     args = ["classify", "--model", str(esm_dir), "--train-fasta", str(tmp_path / "train.fa"), "--train-labels",
             str(tmp_path / "train.csv"), "--fasta", str(tmp_path / "train.fa"), "--set", "train.max_steps=4",
+            "--set", "train.warmup_steps=0", "--set", "train.batch_size=4",
             "--set", "train.save_every=2", "--set", f"train.output_dir={tmp_path / 'run'}", "--set", "merge=false",
             "--set", "train.progress=false"]
     r = runner.invoke(app, args + ["--out", str(tmp_path / "a.csv")])
