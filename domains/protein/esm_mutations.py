@@ -50,6 +50,11 @@ def masked_log_probs(model, tok, wt: str, positions: list[int], batch_size: int 
     if tok.mask_token_id is None:
         raise ProteinError("the model's tokenizer has no mask token; masked-marginal scoring needs a masked LM")
     ids, start = encode_residues(tok, wt)
+    cfg = model.config
+    if getattr(cfg, "position_embedding_type", "") == "absolute" and len(ids) > cfg.max_position_embeddings - 2:
+        fit = cfg.max_position_embeddings - 2 - (len(ids) - len(wt))
+        raise ProteinError(f"the wild type has {len(wt)} residues; this model's absolute position embeddings fit at "
+                           f"most {fit} (no sliding window)")
     device = next(model.parameters()).device
     base = torch.tensor(ids, dtype=torch.long)  # (T,)
     out: dict[int, list[float]] = {}
