@@ -14,7 +14,9 @@ weights therefore depend only on the arguments.
 * ``bert``: ``BertForMaskedLM`` (``head=None``: the bare ``BertModel``); dropout 0 by default so a
   model in train mode is deterministic too.
 * ``xlmr``: ``XLMRobertaForMaskedLM``; ``esm``: ``EsmForMaskedLM`` (``head="folding"``:
-  ``EsmForProteinFolding``); ``phi3``: ``Phi3ForCausalLM`` (fused q/k/v and gate/up projections);
+  ``EsmForProteinFolding``, ``head="sequence_classification"``: ``EsmForSequenceClassification``;
+  ``esm_checkpoint`` saves one with ESM-2's vocabulary and ``EsmTokenizer`` as a folder); ``phi3``:
+  ``Phi3ForCausalLM`` (fused q/k/v and gate/up projections);
   ``vit``: ``ViTModel`` (``head="classification"``: ``ViTForImageClassification``).
 * ``timm_vit``: timm's ``vit_tiny_patch16_224`` architecture shrunk (2 blocks, 32-pixel images, 3 classes),
   ``pretrained=False``.
@@ -114,8 +116,36 @@ def esm_config(vocab_size: int = 33, hidden_size: int = 32, intermediate_size: i
 
 
 def esm(*, head: str = "masked_lm", seed: int | None = 0, eval_mode: bool = True, **config):
-    cls = _pick(head, {"masked_lm": "EsmForMaskedLM", "folding": "EsmForProteinFolding"}, "esm")
+    cls = _pick(head, {"masked_lm": "EsmForMaskedLM", "folding": "EsmForProteinFolding",
+                       "sequence_classification": "EsmForSequenceClassification"}, "esm")
     return _build(cls, esm_config(**config), seed, eval_mode)
+
+
+#: ESM-2's 33-token vocabulary in its order (``<cls>`` 0, ``<pad>`` 1, ``<eos>`` 2, ``<unk>`` 3, ``<mask>`` 32)
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q",
+             "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>"]
+
+
+def esm_tokenizer(folder):
+    """transformers' ``EsmTokenizer`` over ``ESM_VOCAB`` (its ``vocab.txt`` written into ``folder``)."""
+    from pathlib import Path
+
+    from transformers import EsmTokenizer
+
+    path = Path(folder) / "vocab.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(ESM_VOCAB) + "\n")
+    return EsmTokenizer(str(path))
+
+
+def esm_checkpoint(folder, *, head: str = "masked_lm", seed: int | None = 0, **config):
+    """A tiny ESM (``esm``, vocabulary ``ESM_VOCAB``) saved with its tokenizer as a checkpoint folder;
+    returns (model, tokenizer)."""
+    model = esm(head=head, seed=seed, vocab_size=len(ESM_VOCAB), **config)
+    tok = esm_tokenizer(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
 
 
 def vit_config(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, intermediate_size: int = 64,

@@ -16,7 +16,8 @@ import typer
 from adaptome.core.cli_errors import fail, user_errors
 
 app = typer.Typer(help="ProLLaMA-style protein LM tuning, sampling, classification, mutation scoring.\n\n"
-                  "Example: adaptome protein sample --model runs/protein/stage2/merged --label Cyclin_N -n 8",
+                  "Example: adaptome protein sample --model runs/protein/stage2_tiny/merged "
+                  "--label 'Cyclin-like superfamily' -n 8 --out gen.fasta",
                   no_args_is_help=True)
 
 def _check_new(path: Path, overwrite: bool) -> None:
@@ -56,12 +57,13 @@ def build_dataset(
 ) -> None:
     """Turn FASTA + a label table into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
 
-    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily --vocab
-    superfamilies --out runs/protein/data
+    Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily \\
+        --vocab superfamilies --out runs/protein/data
     """
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.protein import data, formats
 
+    _check_new(out, overwrite)
     with user_errors():
         if shipped == "pfam":
             recs = data.pfam_families(max_residues=max_residues, policy=policy)
@@ -108,8 +110,8 @@ def pretrain_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 1: causal LM on Seq=<...> blocks with an adapter (+ embeddings, LM head), then merge.
 
-    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml --set
-    train_files=[runs/protein/data/sequences.txt]
+    Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml \\
+        --set train_files=\\[runs/protein/data/sequences.fasta]
     """
     with user_errors():
         _stage("pretrain", config, set_, overwrite)
@@ -121,8 +123,9 @@ def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
                  overwrite: bool = typer.Option(False)) -> None:
     """Stage 2: instruction tuning with the prompt masked out of the loss, then merge.
 
-    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml --set
-    model.name_or_path=runs/protein/stage1_tiny/merged --set train_files=[runs/protein/data/instructions.jsonl]
+    Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml \\
+        --set model.name_or_path=runs/protein/stage1_tiny/merged \\
+        --set train_files=\\[runs/protein/data/instructions.jsonl]
     """
     with user_errors():
         _stage("instruct", config, set_, overwrite)
@@ -130,7 +133,7 @@ def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
 
 @app.command("sample")
 def sample_cmd(
-    model: Path = typer.Option(..., help="merged checkpoint folder (or hub id)"),
+    model: str = typer.Option(..., help="merged checkpoint folder (or hub id)"),
     label: list[str] = typer.Option([], help="condition label (repeatable); none = unconditional Seq=<"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
     n: int = typer.Option(4, "-n", help="samples per label"),
@@ -142,8 +145,8 @@ def sample_cmd(
 ) -> None:
     """Generate sequences (ProLLaMA defaults), stop at '>', write FASTA with condition + parameters.
 
-    Example: adaptome protein sample --model runs/protein/stage2/merged --task-name family --label Cyclin_N -n 8
-    --out gen.fasta
+    Example: adaptome protein sample --model runs/protein/stage2_tiny/merged --task-name superfamily \\
+        --label 'Cyclin-like superfamily' -n 8 --out gen.fasta
     """
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.sample import SamplingParams, sample, write_samples
@@ -160,90 +163,139 @@ def sample_cmd(
 
 @app.command("classify")
 def classify_cmd(
-    model: Path = typer.Option(...), fasta: Path = typer.Option(..., help="sequences to label"),
-    labels: Path = typer.Option(..., help="candidate labels, one per line (or Key=<label>)"),
+    model: str = typer.Option(..., help="instruction-tuned causal LM, or an ESM-style masked LM: folder or hub id"),
+    fasta: Path = typer.Option(..., help="sequences to label"),
+    labels: Optional[Path] = typer.Option(None, help="candidate labels, one per line (or Key=<label>); "
+                                          "ESM: default the training labels"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
-    method: str = typer.Option("determine", help="determine | bayes | generate"),
+    method: str = typer.Option("determine", help="causal LM: determine | bayes | generate"),
     policy: str = typer.Option("error"), out: Path = typer.Option(..., help="output CSV"),
     overwrite: bool = typer.Option(False),
+    train_fasta: Optional[Path] = typer.Option(None, help="ESM: labelled training sequences (FASTA)"),
+    train_labels: Optional[Path] = typer.Option(None, help="ESM: CSV/TSV id,label table of --train-fasta"),
+    test_labels: Optional[Path] = typer.Option(None, help="ESM: CSV/TSV id,label table of --fasta: accuracy "
+                                               "beside the majority class and a 3-mer baseline"),
+    id_column: str = typer.Option("id"), label_column: str = typer.Option("label"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="ESM: YAML (default: the shipped configs/esm_classify.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="ESM: override, e.g. --set adapter.method=dora"),
 ) -> None:
-    """Predict a label per sequence ([Determine superfamily] or any task) -> CSV id,prediction.
+    """Predict a label per sequence -> CSV id,prediction.
 
-    Example: adaptome protein classify --model runs/protein/stage2/merged --fasta test.fa --labels families.txt
-    --task-name family --out pred.csv
+    A causal LM (ProLLaMA stage 2) ranks the candidate labels ([Determine superfamily] or any task).
+    An ESM-style masked LM (chosen by its config, model_type esm) gets a classification head and an
+    adapter trained on --train-fasta / --train-labels (core's training loop, configs/esm_classify.yaml);
+    a classifier saved that way (<output_dir>/merged) predicts without them.
+
+    Example: adaptome protein classify --model runs/protein/stage2_tiny/merged --fasta test.fa \\
+        --labels candidates.txt --task-name superfamily --out pred.csv
+
+    Example: adaptome protein classify --model facebook/esm2_t6_8M_UR50D --train-fasta seqs.fa \\
+        --train-labels labels.csv --fasta test.fa --test-labels test_labels.csv --out esm_pred.csv
     """
     import csv
 
     from adaptome.core.atomic import atomic_file
     from adaptome.domains.protein.classify import classify
     from adaptome.domains.protein.formats import read_fasta
-    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.model import is_masked_lm, load_model_and_tokenizer
 
     _check_new(out, overwrite)
     with user_errors():
-        task = _task(task_name, task_key)
-        recs = read_fasta(fasta, policy)
-        cands = _candidates(labels, task.key)
-        m, tok = load_model_and_tokenizer(str(model))
-        preds = classify(m, tok, task, [r.seq for r in recs], cands, method, progress=True)
+        if is_masked_lm(model):
+            from adaptome.domains.protein.esm_cli import classify_with_esm
+
+            if method != "determine" or task_key:
+                fail("--method and --task-key choose a causal LM's prompt; an ESM classifier has none")
+            recs, preds, lines = classify_with_esm(model, fasta, labels, train_fasta, train_labels, test_labels,
+                                                   id_column, label_column, policy, config, set_, overwrite)
+        else:
+            if train_fasta or train_labels or test_labels or config or set_:
+                fail("--train-fasta, --train-labels, --test-labels, --config and --set train an ESM classifier; "
+                     f"{model} is a causal LM, which classifies with its instruction prompt")
+            task = _task(task_name, task_key)
+            recs = read_fasta(fasta, policy)
+            cands = _candidates(labels, task.key)
+            m, tok = load_model_and_tokenizer(model)
+            preds = classify(m, tok, task, [r.seq for r in recs], cands, method, progress=True)
+            lines = []
 
         with atomic_file(out) as f:
             w = csv.writer(f)
             w.writerow(["id", "prediction"])
             w.writerows((r.id, pr["pred"]) for r, pr in zip(recs, preds))
+    for line in lines:
+        typer.echo(line)
     typer.echo(f"{len(recs)} predictions -> {out}")
 
 
 @app.command("score-mutations")
 def score_mutations_cmd(
-    model: Path = typer.Option(...),
+    model: str = typer.Option(..., help="causal LM or ESM-style masked LM: folder or hub id"),
     mutants: Optional[Path] = typer.Option(None, help="CSV with a mutant column (e.g. H24C); default: shipped TEM-1"),
-    wildtype: Optional[str] = typer.Option(None, help="wild-type FASTA file or sequence; default: shipped TEM-1"),
-    offset: int = typer.Option(0, help="position p is residue p - offset of the wild type (TEM-1: 24)"),
+    wildtype: Optional[str] = typer.Option(None, help="wild-type FASTA file or the sequence itself (with --mutants)"),
+    offset: Optional[int] = typer.Option(None, help="position p is residue p - offset of the wild type "
+                                         "(default 0; shipped TEM-1: 24)"),
     mutant_column: str = typer.Option("mutant"),
     fitness_column: Optional[str] = typer.Option(None, help="measured fitness column -> Spearman"),
     out: Path = typer.Option(..., help="output CSV"), overwrite: bool = typer.Option(False),
 ) -> None:
-    """Fitness = NLL(wild type) - NLL(mutant) per mutant -> CSV; Spearman when fitness is given.
+    """Score mutants (higher = the model prefers the mutant) -> CSV with the BLOSUM62 baseline; Spearman of
+    both against measured fitness when it is given.
 
-    Example: adaptome protein score-mutations --model runs/protein/stage1/merged --out tem1_scores.csv
+    A causal LM scores NLL(wild type) - NLL(mutant); an ESM-style masked LM scores masked marginals as
+    ESM-1v, log p(mutant) - log p(wild type) at the masked position, a multi-mutant (A24C:G50T) the sum
+    of its single effects.
+
+    Example: adaptome protein score-mutations --model runs/protein/stage1_tiny/merged --out tem1_scores.csv
+
+    Example: adaptome protein score-mutations --model facebook/esm2_t6_8M_UR50D --out tem1_esm_scores.csv
     """
     import csv
 
     from adaptome.core.atomic import atomic_file
     from adaptome.core.evaluation import spearman
     from adaptome.domains.protein import data
-    from adaptome.domains.protein.formats import read_fasta
-    from adaptome.domains.protein.model import load_model_and_tokenizer
-    from adaptome.domains.protein.mutations import read_mutants_csv, score_mutants
+    from adaptome.domains.protein.model import is_masked_lm, load_masked_lm, load_model_and_tokenizer
+    from adaptome.domains.protein.mutations import blosum62_scores, read_mutants_csv, read_wildtype, score_mutants
 
     _check_new(out, overwrite)
     with user_errors():
         if mutants is None:
-            wt, offset, rows = data.tem1()
+            if wildtype is not None or fitness_column is not None:
+                fail("--wildtype and --fitness-column go with --mutants (without it the shipped TEM-1 scan is scored)")
+            wt, tem1_offset, rows = data.tem1()
+            if offset not in (None, tem1_offset):
+                fail(f"--offset {offset}: the shipped TEM-1 scan numbers residues with offset {tem1_offset}")
+            offset = tem1_offset
             muts, fit = [r[0] for r in rows], [r[1] for r in rows]
         else:
-            muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
             if wildtype is None:
                 fail("give --wildtype with --mutants")
-            wt = read_fasta(wildtype)[0].seq if Path(wildtype).is_file() else wildtype.strip().upper()
-        m, tok = load_model_and_tokenizer(str(model))
+            muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
+            wt = read_wildtype(wildtype)
+            offset = offset or 0
+        masked = is_masked_lm(model)
+        m, tok = load_masked_lm(model) if masked else load_model_and_tokenizer(model)
         scores = score_mutants(m, tok, wt, muts, offset, progress=True)
+        blosum = blosum62_scores(muts)
 
         with atomic_file(out) as f:
             w = csv.writer(f)
-            w.writerow(["mutant", "score"] + (["fitness"] if fit else []))
+            w.writerow(["mutant", "score", "blosum62"] + (["fitness"] if fit else []))
             for i, (mu, sc) in enumerate(zip(muts, scores)):
-                w.writerow([mu, f"{sc:.6f}"] + ([fit[i]] if fit else []))
-    msg = f"{len(muts)} mutants -> {out}"
+                w.writerow([mu, f"{sc:.6f}", f"{blosum[i]:g}"] + ([fit[i]] if fit else []))
+    how = "masked marginals, multi-mutants summed" if masked else "NLL(wild type) - NLL(mutant)"
+    msg = f"{len(muts)} mutants scored by {how} -> {out}"
     if fit:
-        msg += f"; Spearman vs measured fitness {spearman(scores, fit):.3f}"
+        msg += (f"\nSpearman vs measured fitness: model {spearman(scores, fit):.3f}, "
+                f"BLOSUM62 baseline {spearman(blosum, fit):.3f} (same {len(muts)} mutants)")
     typer.echo(msg)
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Option(..., help="instruction-tuned merged checkpoint"),
+    model: str = typer.Option(..., help="instruction-tuned merged checkpoint"),
     shipped: str = typer.Option("pfam", help="labelled set: pfam | ec (split 3 per label, seed 0)"),
     samples: Optional[Path] = typer.Option(None, help="generated FASTA written by `sample`"),
     method: str = typer.Option("determine", help="classification: determine | bayes | generate"),
@@ -255,8 +307,8 @@ def evaluate_cmd(
     """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics and,
     with --esmfold (and --reference-pdbs with foldseek on PATH), structure metrics of the samples.
 
-    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta --out
-    runs/protein/report
+    Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta \\
+        --out runs/protein/report
     """
     from adaptome.domains.protein import classify, data, evaluate, formats
     from adaptome.domains.protein.model import load_model_and_tokenizer

@@ -190,8 +190,12 @@ def _fasta_records(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
-    if not path.read_text(encoding="utf-8", errors="replace").strip():
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
         raise FormatError(f"{path}: empty FASTA file, no records")
+    first = next((i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip())
+    if not first[1].startswith(">"):
+        raise FormatError(f"{path}: not FASTA: line {first[0]} should be a '>' header line, got {first[1][:40]!r}")
     out = [(rec.id, rec.description, str(rec.seq)) for rec in SeqIO.parse(str(path), "fasta")]
     if not out:
         raise FormatError(f"{path}: no FASTA records (does the file start with '>'?)")

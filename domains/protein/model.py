@@ -1,5 +1,13 @@
-"""The causal LM: any ``transformers`` checkpoint by hub id or local path, or the tiny LLaMA built
-from config that the tests, quickstart and benchmarks use.
+"""The protein models: any ``transformers`` causal LM or ESM-style masked LM by hub id or local path,
+or the tiny LLaMA built from config that the tests, quickstart and benchmarks use.
+
+Where a model comes from (``resolve_model``): an argument that looks like a path (it exists, starts
+with ``.``, ``~`` or ``/``, holds a backslash or more than one ``/``, or is not a valid hub id) is a
+local folder, and a missing one is the one-line ``model folder not found: <path>``; only a bare hub
+id (``name`` or ``org/name``) goes to the hub. With ``HF_HUB_OFFLINE`` set, or when the hub's host
+does not answer within a few seconds, a hub id is loaded from the local cache or refused with one
+line saying the machine is offline (no download retries). Every ``*.safetensors`` file of a local
+folder is checked against its own header first, so a truncated file is one line naming it.
 
 The tiny model is ``LlamaForCausalLM`` with ``tie_word_embeddings=False`` (ProLLaMA stage 1 trains
 ``embed_tokens`` and ``lm_head`` as separate modules, see ``core/adapters/modules_to_save.py``).
@@ -11,6 +19,16 @@ Not covered: quantized loading, gradient checkpointing, flash attention.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from adaptome.domains.protein.formats import ProteinError
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -29,12 +47,152 @@ def tiny_llama(tok, hidden_size: int = 64, intermediate_size: int = 128, num_lay
                           eos_token_id=tok.eos_token_id)
 
 
+#: ``config.model_type`` of the masked protein LMs (scored by masked marginals, classified with a head)
+MASKED_LM_TYPES = ("esm",)
+_HUB_ID_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+class ModelNotFound(ProteinError, FileNotFoundError):
+    """``--model`` names a local folder that does not exist."""
+
+
+class HubUnavailable(ProteinError):
+    """A hub id was given while the machine is offline and the model is not in the local cache."""
+
+
+class CorruptCheckpoint(ProteinError):
+    """A weights file of the checkpoint cannot be read (truncated or not safetensors)."""
+
+
+def looks_like_path(arg: str) -> bool:
+    """True unless ``arg`` is a bare hub id (``name`` or ``org/name``) that does not exist locally."""
+    try:
+        if Path(arg).expanduser().exists():
+            return True
+    except OSError:  # a name too long for the file system is no folder, and no hub id either
+        return True
+    if arg.startswith((".", "~", "/")) or "\\" in arg or arg.count("/") > 1:
+        return True
+    return not _HUB_ID_RX.match(arg)
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise ``CorruptCheckpoint`` naming ``path`` when the file is shorter than its header says or
+    its header is not safetensors JSON (8-byte little-endian length, JSON, then the tensor bytes)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise CorruptCheckpoint(f"{path}: truncated or not a safetensors file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CorruptCheckpoint(f"{path}: corrupt safetensors header") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and "data_offsets" in v]
+    need = 8 + n + max(ends, default=0)
+    if need > size:
+        raise CorruptCheckpoint(f"{path}: truncated safetensors file ({size} bytes, its header describes {need}); "
+                                "save or download the checkpoint again")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_host() -> str:
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One TCP connection to the hub's host (``HF_ENDPOINT``), no retries."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((_hub_host(), port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def resolve_model(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """(what to pass to ``from_pretrained``, its extra keyword arguments); see the module docstring."""
+    if looks_like_path(name_or_path):
+        folder = Path(name_or_path).expanduser()
+        try:
+            is_dir = folder.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            if folder.is_file():
+                raise ModelNotFound(f"{name_or_path}: a file, not a model folder")
+            raise ModelNotFound(f"model folder not found: {name_or_path}")
+        for weights in sorted(folder.glob("*.safetensors")):
+            check_safetensors(weights)
+        return str(folder), {}
+    if _hub_offline():
+        if _in_hub_cache(name_or_path):
+            return name_or_path, {"local_files_only": True}
+        raise HubUnavailable(f"model folder not found: {name_or_path}; as a hub id it cannot be downloaded: the "
+                             "machine is offline (HF_HUB_OFFLINE is set) and it is not in the local hub cache")
+    if not _hub_reachable():
+        if _in_hub_cache(name_or_path):
+            return name_or_path, {"local_files_only": True}
+        raise HubUnavailable(f"model folder not found: {name_or_path}; as a hub id it cannot be downloaded: the "
+                             f"machine is offline ({_hub_host()} does not answer) and it is not in the local hub "
+                             "cache")
+    return name_or_path, {}
+
+
+def from_pretrained_checked(cls, name_or_path: str, **kwargs):
+    """``cls.from_pretrained`` on the resolved source; an unreadable weights file is one line."""
+    from safetensors import SafetensorError
+
+    src, extra = resolve_model(name_or_path)
+    try:
+        return cls.from_pretrained(src, **extra, **kwargs)
+    except SafetensorError as e:
+        raise CorruptCheckpoint(f"{name_or_path}: cannot read the weights ({e})") from None
+
+
+def model_type(name_or_path: str) -> str:
+    """``config.model_type`` of a checkpoint (``llama``, ``esm``, ...)."""
+    from transformers import AutoConfig
+
+    return from_pretrained_checked(AutoConfig, name_or_path).model_type
+
+
+def is_masked_lm(name_or_path: str) -> bool:
+    """True for an ESM-style masked protein LM (``MASKED_LM_TYPES``)."""
+    return model_type(name_or_path) in MASKED_LM_TYPES
+
+
 def load_causal_lm(name_or_path: str, dtype: str = "float32"):
     """``AutoModelForCausalLM.from_pretrained`` (hub id or folder) in ``dtype``."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    kind = model_type(name_or_path)
+    if kind in MASKED_LM_TYPES:
+        raise ProteinError(f"{name_or_path}: a masked LM ({kind}); this command needs a causal LM (LLaMA, Phi-3...)")
+    return from_pretrained_checked(AutoModelForCausalLM, name_or_path, dtype=getattr(torch, dtype))
+
+
+def load_masked_lm(name_or_path: str, dtype: str = "float32"):
+    """(``AutoModelForMaskedLM`` in eval mode, its tokenizer) of an ESM-style checkpoint."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = from_pretrained_checked(AutoModelForMaskedLM, name_or_path, dtype=getattr(torch, dtype)).eval()
+    return model, from_pretrained_checked(AutoTokenizer, name_or_path)
 
 
 def load_model_and_tokenizer(name_or_path: str | None, dtype: str = "float32", hidden_size: int = 64,
@@ -48,4 +206,6 @@ def load_model_and_tokenizer(name_or_path: str | None, dtype: str = "float32", h
         tok = build_tokenizer()
         return tiny_llama(tok, hidden_size, intermediate_size, num_layers, num_heads,
                           max_position_embeddings, seed), tok
-    return load_causal_lm(name_or_path, dtype), load_tokenizer(name_or_path)
+    model = load_causal_lm(name_or_path, dtype)
+    src, extra = resolve_model(name_or_path)
+    return model, load_tokenizer(src, **extra)

@@ -37,7 +37,9 @@ def load_esmfold(name_or_path: str, device: str = "cpu"):
     ``EsmForProteinFolding.infer`` maps residues to the model's own (AlphaFold) residue order."""
     from transformers import EsmForProteinFolding
 
-    return EsmForProteinFolding.from_pretrained(name_or_path).to(device).eval()
+    from adaptome.domains.protein.model import from_pretrained_checked
+
+    return from_pretrained_checked(EsmForProteinFolding, name_or_path).to(device).eval()
 
 
 def esmfold_plddt(model, seqs: list[str], pdb_dir: str | Path | None = None,

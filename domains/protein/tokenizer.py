@@ -23,16 +23,17 @@ def build_tokenizer(model_max_length: int = 4096):
     return char_tokenizer(model_max_length=model_max_length, add_bos=True)
 
 
-def load_tokenizer(name_or_path: str | None):
+def load_tokenizer(name_or_path: str | None, **kwargs):
     """The tokenizer saved beside a checkpoint, or the character tokenizer when ``None``.
 
-    A tokenizer without a pad token gets ``pad = eos`` (as ProLLaMA does).
+    ``kwargs`` go to ``from_pretrained`` (``local_files_only``). A tokenizer without a pad token gets
+    ``pad = eos`` (as ProLLaMA does).
     """
     if name_or_path is None:
         return build_tokenizer()
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name_or_path)
+    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -96,9 +96,9 @@ def test_label_table_attach_and_split(tmp_path):
 def test_ten_property_setup_is_configuration():
     tasks = data.load_tasks(data.data_dir().parent / "configs" / "ten_properties.yaml")
     prompts = [t.generate_prompt(lab) for t, labels in tasks for lab in labels]
-    assert len(prompts) == 10
+    assert len(prompts) == 11  # the paper's ten properties and EC7 (translocases)
     assert prompts[0] == "[Generate by superfamily] Superfamily=<SAM-MT>"
-    assert prompts[-1] == "[Generate by enzyme class] EC=<EC6>"
+    assert prompts[-1] == "[Generate by enzyme class] EC=<EC7>"
     assert tasks[1][0].determine_prompt("MK") == "[Determine enzyme class] Seq=<MK>"
 
 
