@@ -133,8 +133,37 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (calling its factory), or ``dataclasses.MISSING``."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _is_instance(x: Any) -> bool:
+    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+
+
+def _overlay(default: Any, value: dict) -> dict:
+    """The init fields of the dataclass instance ``default`` with ``value``'s keys laid over them (recursively).
+
+    So a partial section (``train: {max_steps: 3}`` or ``--set train.max_steps=3``) keeps the enclosing
+    config's defaults for that section (e.g. a stage's own output folder and learning rate) instead of
+    falling back to the section class's generic defaults. Unknown keys pass through and are refused by
+    ``from_dict``."""
+    out = {f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}
+    for k, v in value.items():
+        cur = out.get(k)
+        out[k] = _overlay(cur, v) if isinstance(v, dict) and _is_instance(cur) else v
+    return out
+
+
 def from_dict(cls: type[C], data: dict, source: str | os.PathLike | None = None, prefix: str = "") -> C:
-    """Build ``cls`` from a mapping, strictly: unknown keys and wrong types raise ConfigError."""
+    """Build ``cls`` from a mapping, strictly: unknown keys and wrong types raise ConfigError.
+
+    A nested section given as a mapping starts from the field's own default (see ``_overlay``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(source)}{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
@@ -147,6 +176,10 @@ def from_dict(cls: type[C], data: dict, source: str | os.PathLike | None = None,
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, dict):
+            default = _default_of(fields[name])
+            if _is_instance(default):
+                value = _overlay(default, value)
         kwargs[name] = _check(value, hints[name], key, str(source) if source else None)
     try:
         obj = cls(**kwargs)

@@ -114,3 +114,33 @@ def test_exponent_without_dot_is_a_float_in_yaml_files_too(tmp_path):
     cfg = load_config(Run, path)
     assert cfg.optim.lr == 3e-4 and cfg.extra == {"w": -20.0}
     assert cfg.name == "1e-4"  # quoted stays a string
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    out: str = "runs/generic"
+
+
+@dataclass
+class Middle:
+    inner: Inner = field(default_factory=lambda: Inner(lr=5e-5, out="runs/stage1"))
+    steps: int = 1
+
+
+@dataclass
+class Stage:
+    middle: Middle = field(default_factory=lambda: Middle(inner=Inner(lr=2e-4, out="runs/stage2"), steps=7))
+
+
+def test_partial_section_keeps_the_enclosing_configs_defaults(tmp_path):
+    """``--set train.x=...`` (or a YAML with half a section) must not reset the section's other fields to the
+    section class's generic defaults: the stage's own output folder and rate stay."""
+    cfg = load_config(Stage, None, ["middle.inner.lr=0.1"])
+    assert cfg.middle.inner == Inner(lr=0.1, out="runs/stage2") and cfg.middle.steps == 7
+    path = tmp_path / "stage.yaml"
+    path.write_text("middle:\n  steps: 3\n")
+    cfg = load_config(Stage, path)
+    assert cfg.middle.inner == Inner(lr=2e-4, out="runs/stage2") and cfg.middle.steps == 3
+    with pytest.raises(ConfigError, match=r"unknown key 'middle\.inner\.lrr'"):
+        load_config(Stage, None, ["middle.inner.lrr=0.1"])
