@@ -29,6 +29,8 @@ class SegmentConfig:
         min_area_frac: tissue pieces smaller than this share of the thumbnail are dropped.
         fill_holes: fill holes inside tissue pieces.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -39,6 +41,7 @@ class SegmentConfig:
     min_area_frac: float = 0.001
     fill_holes: bool = True
     skip_errors: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -62,6 +65,8 @@ class TileConfig:
         close: closing iterations of the tissue mask.
         min_area_frac: smallest tissue piece kept, as a share of the thumbnail.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -78,6 +83,7 @@ class TileConfig:
     close: int = 2
     min_area_frac: float = 0.001
     skip_errors: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if (self.magnification is None) == (self.mpp is None):
@@ -101,6 +107,8 @@ class ExtractConfig:
         device: torch device of the encoder (``cpu``, ``cuda``).
         shared_loader: one reader-worker pool for all slides (False: one loader per slide).
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -113,6 +121,7 @@ class ExtractConfig:
     device: str = "cpu"
     shared_loader: bool = True
     skip_errors: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -138,6 +147,10 @@ class MILTrainConfig:
         eval_every: steps between validation checks.
         seed: seed of the folds, the validation split, the weights and the label shuffle.
         shuffle_labels: permute the targets across slides first (the negative control).
+        cutoff: sTIL-high cut-off in % for the per-fold ROC AUC in the run's summary (does not
+            change the models).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     features_dir: str = ""
@@ -157,6 +170,8 @@ class MILTrainConfig:
     eval_every: int = 25
     seed: int = 0
     shuffle_labels: bool = False
+    cutoff: float = 30.0
+    overwrite: bool = False
 
 
 @dataclass
@@ -177,6 +192,8 @@ class ScoreConfig:
         heatmaps: also write heatmap PNGs of the tile scores and attention.
         thumb_size: longest side of the heatmap thumbnail, in pixels.
         skip_errors: record a slide that cannot be scored and go on (default: stop at the first).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -191,6 +208,7 @@ class ScoreConfig:
     heatmaps: bool = True
     thumb_size: int = 1024
     skip_errors: bool = False
+    overwrite: bool = False
 
 
 @dataclass
