@@ -88,7 +88,7 @@ def compare(stored: dict | None, current: dict) -> Verdict:
     cp = flatten({"params": current["params"], "slide": current.get("slide", {})})
     if sp != cp:
         return Verdict("refuse", describe_changes(sp, cp))
-    si, ci = flatten(stored.get("inputs", {})), flatten(current.get("inputs", {}))
+    si, ci = flatten({"inputs": stored.get("inputs", {})}), flatten({"inputs": current.get("inputs", {})})
     if si != ci:
         return Verdict("redo", "input changed: " + describe_changes(si, ci))
     return Verdict("reuse")
