@@ -100,7 +100,8 @@ class ExtractConfig:
             ``<tiles_dir>/features_<encoder>/``.
         encoder: ``baseline`` (stain + texture features, no weights) or ``timm:<model name>``.
         weights: ``hf-hub:<org>/<name>`` (timm's hub loader) or a local weights file (e.g. from
-            ``pretrain-encoder``); null: random weights.
+            ``pretrain-encoder``); null: random weights, drawn from a fixed seed (the same features on
+            every run; the CLI warns that they are not pretrained).
         encoder_options: keyword arguments of the encoder constructor (timm ``create_model``).
         batch_size: tiles per forward pass.
         num_workers: tile-reading worker processes.

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adaptome.core.atomic import write_text_atomic
 from adaptome.core.train.identity import describe_changes, file_digest, flatten
 
@@ -51,7 +53,7 @@ def content_stamp(path: str | os.PathLike) -> dict:
 
 def plain(v: Any) -> Any:
     """A JSON value for ``v``: numpy scalars unwrapped, tuples as lists, non-finite floats as ``None``."""
-    if hasattr(v, "item") and not isinstance(v, (list, tuple, dict)):
+    if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
