@@ -144,7 +144,7 @@ def begin_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.Pat
             if verdict.action != "reuse":
                 (remove if overwrite else refused).append(f"{sid}: {verdict.why}" if not overwrite else sid)
     if refused:
-        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        more = f" (and {len(refused) - 1} more slide(s))" if len(refused) > 1 else ""
         raise StaleResultError(f"{out}: results were made with other parameters ({refused[0]}){more}; pass "
                                f"--overwrite to redo them, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +166,8 @@ def user_failure(e: BaseException, path: Path) -> str | None:
     if not isinstance(e, (AdaptomeError, OSError, openslide.OpenSlideError)):
         return None
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, openslide.OpenSlideError):  # raised by OpenSlide itself: a libtiff / codec message
+        msg = f"cannot read the slide ({msg})"
     return msg if str(path) in msg else f"{path}: {msg}"
 
 

@@ -25,11 +25,11 @@ def _errors(output: str) -> list[str]:
     return [ln for ln in output.splitlines() if ln.startswith("error:")]
 
 
-def _zero_level0(path) -> None:
-    """Zero every compressed tile of the slide's level 0: it still opens, its thumbnail (from a
-    coarser level) still reads, but no level-0 tile decodes."""
+def _zero_level0(path, page: int = 0) -> None:
+    """Zero every compressed tile of the slide's level 0 (or ``page``): it still opens, its thumbnail
+    (from a coarser level) still reads, but no level-0 tile decodes."""
     with tifffile.TiffFile(path) as tf:
-        page = tf.pages[0]
+        page = tf.pages[page]
         spans = list(zip(page.dataoffsets, page.databytecounts))
     data = bytearray(path.read_bytes())
     for off, n in spans:
@@ -156,3 +156,20 @@ def test_train_summary_and_metrics_are_strict_json_and_name_a_fold_without_auc(c
     assert r.exit_code == 0, r.output
     metrics = _strict((tmp_path / "eval2" / "metrics.json").read_text())
     assert metrics["pooled"]["auc"] is None and metrics["mean_sd"]["auc"]["mean"] is None
+
+
+def test_corrupt_level_read_in_the_main_process_is_one_line_then_skipped(cohort, tmp_path):
+    """The tile stage reads the thumbnail in the main process: a corrupt level there is named too."""
+    d = tmp_path / "slides"
+    d.mkdir()
+    for sid in ("train_000", "train_001"):
+        shutil.copy2(cohort["slides"] / f"{sid}.tiff", d / f"{sid}.tiff")
+    _zero_level0(d / "train_000.tiff", page=1)  # the level the 256-px thumbnail is read from
+    args = ["tile", d, "--out", tmp_path / "job", "--tile-size", 64, "--set", "thumb_size=256"]
+    r = _cli(*args)
+    err = _errors(r.output)
+    assert r.exit_code == 2 and len(err) == 1 and "train_000.tiff: " in err[0] and "Traceback" not in r.output
+    r = _cli(*args, "--skip-errors")
+    assert r.exit_code == 0 and "1 done, 0 reused (same inputs), 0 skipped, 1 failed" in r.output
+    summary = json.loads((tmp_path / "job" / "tiles_20x_64px_0ov" / "summary.json").read_text())
+    assert list(summary["failed"]) == ["train_000"] and summary["done"] == ["train_001"]
