@@ -146,7 +146,7 @@ def begin_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.Pat
     if refused:
         more = f" (and {len(refused) - 1} more slide(s))" if len(refused) > 1 else ""
         raise StaleResultError(f"{out}: results were made with other parameters ({refused[0]}){more}; pass "
-                               f"--overwrite to redo them, or choose another --out")
+                               f"--overwrite to redo them, or write to another folder")
     out.mkdir(parents=True, exist_ok=True)
     for sid in remove:
         output_of(sid).unlink(missing_ok=True)
