@@ -198,3 +198,22 @@ def test_train_retrains_on_new_labels_and_refuses_another_feature_width(cohort, 
     r = _train(fdir, labels, tmp_path / "mil3")
     err = _errors(r.output)
     assert r.exit_code == 2 and len(err) == 1 and "train_005.h5: 5-wide features" in err[0]
+
+
+def test_score_redone_when_the_model_changes_and_refused_with_other_options(trained, heldout, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained["real"]["out_dir"], model, ignore=shutil.ignore_patterns("scores"))
+    args = ["score", heldout["slides"] / "test_000.tiff", "--model", model, "--features-dir", heldout["features_dir"],
+            "--out", tmp_path / "scores", "--set", "heatmaps=false"]
+    r = _cli(*args)
+    assert r.exit_code == 0 and "score: 1 done" in r.output, r.output
+    r = _cli(*args)
+    assert r.exit_code == 0 and "score: 0 done, 1 reused" in r.output
+    w = model / "fold_0" / "model.safetensors"
+    st = w.stat()
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # a retrained fold model
+    r = _cli(*args)
+    assert r.exit_code == 0 and "redone test_000: input changed: inputs.models.fold_0.mtime_ns" in r.output
+    r = _cli(*args[:-1], "heatmaps=true")
+    err = _errors(r.output)
+    assert r.exit_code == 2 and len(err) == 1 and "params.heatmaps: false -> true" in err[0]
