@@ -4,7 +4,9 @@ evaluate | synth.
 Every command takes an optional ``--config`` YAML (``configs/*.yaml``) and ``--set key=value``
 overrides; the common options are also flags. Bad input (an ``AdaptomeError`` or ``OSError``,
 ``core.cli_errors.user_errors``) gives a one-line error naming the file and exit code 2; anything
-else is a bug and surfaces as a traceback. Finished outputs are never overwritten.
+else is a bug and surfaces as a traceback. A finished result is reused only when the same parameters
+and input files made it (``made_by.py``); one made from other input files is redone (the reason is
+printed), one made with other parameters is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -60,14 +62,30 @@ def _run(fn):
 
 def _report(summary) -> None:
     typer.echo(summary.line())
+    for sid, why in summary.redone.items():
+        typer.echo(f"  redone {sid}: {why}")
+    for sid in summary.removed:
+        typer.echo(f"  removed {sid}: made with other parameters (--overwrite)")
+    for sid, why in summary.skipped.items():
+        typer.secho(f"  skipped {sid}: {why}", fg=typer.colors.YELLOW)
     for sid, msg in summary.failed.items():
         typer.secho(f"  failed {sid}: {msg}", fg=typer.colors.YELLOW)
+
+
+def _warn_random(encoder: str, weights) -> None:
+    """A timm encoder without weights is random (seeded, so reproducible): say so."""
+    if encoder.startswith("timm:") and not weights:
+        from adaptome.domains.pathology.encoders import RANDOM_WEIGHTS_SEED
+
+        typer.secho(f"warning: {encoder} has no --weights: its weights are random (seed {RANDOM_WEIGHTS_SEED}, the "
+                    f"same on every run), not pretrained", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
 def segment(slides: Optional[str] = _arg(SegmentConfig, "slides"),
             out: Optional[str] = _opt(SegmentConfig, "out_dir", "--out"),
             skip_errors: Optional[bool] = _opt(SegmentConfig, "skip_errors", "--skip-errors"),
+            overwrite: Optional[bool] = _opt(SegmentConfig, "overwrite", "--overwrite"),
             config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Tissue mask (Otsu on saturation + morphology): mask PNG, GeoJSON contours, QC thumbnail.
 
@@ -75,7 +93,8 @@ def segment(slides: Optional[str] = _arg(SegmentConfig, "slides"),
     """
     from adaptome.domains.pathology import stages
 
-    cfg = _run(lambda: _build(SegmentConfig, config, set_, slides=slides, out_dir=out, skip_errors=skip_errors))
+    cfg = _run(lambda: _build(SegmentConfig, config, set_, slides=slides, out_dir=out, skip_errors=skip_errors,
+                              overwrite=overwrite))
     _report(_run(lambda: stages.segment(cfg)))
 
 
@@ -88,6 +107,7 @@ def tile(slides: Optional[str] = _arg(TileConfig, "slides"),
          overlap: Optional[int] = _opt(TileConfig, "overlap", "--overlap"),
          mpp_csv: Optional[str] = _opt(TileConfig, "mpp_csv", "--mpp-csv"),
          skip_errors: Optional[bool] = _opt(TileConfig, "skip_errors", "--skip-errors"),
+         overwrite: Optional[bool] = _opt(TileConfig, "overwrite", "--overwrite"),
          config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Tile coordinates at a magnification or MPP, kept where tissue (and an optional ROI) covers them.
 
@@ -96,7 +116,8 @@ def tile(slides: Optional[str] = _arg(TileConfig, "slides"),
     from adaptome.domains.pathology import stages
 
     flags = {k: v for k, v in dict(slides=slides, out_dir=out, tile_size=tile_size, overlap=overlap,
-                                   mpp_csv=mpp_csv, skip_errors=skip_errors, magnification=mag).items()
+                                   mpp_csv=mpp_csv, skip_errors=skip_errors, magnification=mag,
+                                   overwrite=overwrite).items()
              if v is not None}
     if mpp is not None:  # --mpp replaces the default magnification
         flags.update(mpp=mpp, magnification=mag)
@@ -122,6 +143,7 @@ def extract(slides: Optional[str] = _arg(ExtractConfig, "slides"),
             batch_size: Optional[int] = _opt(ExtractConfig, "batch_size", "--batch-size"),
             device: Optional[str] = _opt(ExtractConfig, "device", "--device"),
             skip_errors: Optional[bool] = _opt(ExtractConfig, "skip_errors", "--skip-errors"),
+            overwrite: Optional[bool] = _opt(ExtractConfig, "overwrite", "--overwrite"),
             config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Tile features (one HDF5 per slide: features, coords, attributes) with an encoder.
 
@@ -131,7 +153,8 @@ def extract(slides: Optional[str] = _arg(ExtractConfig, "slides"),
 
     cfg = _run(lambda: _build(ExtractConfig, config, set_, slides=slides, tiles_dir=tiles_dir, encoder=encoder,
                               weights=weights, num_workers=num_workers, batch_size=batch_size, device=device,
-                              skip_errors=skip_errors))
+                              skip_errors=skip_errors, overwrite=overwrite))
+    _warn_random(cfg.encoder, cfg.weights)
     _report(_run(lambda: stages.extract(cfg)))
 
 
@@ -163,6 +186,7 @@ def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--
           group_by: Optional[str] = _opt(MILTrainConfig, "group_by", "--group-by"),
           aggregation: Optional[str] = _opt(MILTrainConfig, "aggregation", "--aggregation"),
           shuffle_labels: Optional[bool] = _opt(MILTrainConfig, "shuffle_labels", "--shuffle-labels"),
+          overwrite: Optional[bool] = _opt(MILTrainConfig, "overwrite", "--overwrite"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """k-fold CV training of the MIL sTIL regressor (MSE on label/100); best fold models saved.
 
@@ -171,10 +195,20 @@ def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--
     from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(MILTrainConfig, config, set_, features_dir=features_dir, labels=labels, out_dir=out,
-                              k=k, group_by=group_by, aggregation=aggregation, shuffle_labels=shuffle_labels))
+                              k=k, group_by=group_by, aggregation=aggregation, shuffle_labels=shuffle_labels,
+                              overwrite=overwrite))
     res = _run(lambda: stages.train(cfg))
-    typer.echo(f"trained {len(res['folds'])} folds (best fold {res['best_fold']}) -> {res['out_dir']}; "
-               f"predictions: {res['predictions']}")
+    s = res["summary"]
+    if res["redo_reason"]:
+        typer.echo(f"retraining the earlier fold models: {res['redo_reason']}")
+    done = [f"{len(s['trained'])} folds trained"] + [f"{len(s['reused'])} reused (same inputs)"] * bool(s["reused"])
+    auc = s["auc"]
+    auc_txt = "n/a" if auc["mean"] is None else f"{auc['mean']:.3f}"
+    r2_txt = "n/a" if s["r2"]["mean"] is None else f"{s['r2']['mean']:.3f}"
+    typer.echo(f"{', '.join(done)} -> {res['out_dir']}; fold R2 {r2_txt}, AUC {auc_txt} over {auc['n_folds']} of "
+               f"{auc['of_folds']} folds; predictions: {res['predictions']}")
+    for f, why in auc["folds_without_auc"].items():
+        typer.secho(f"  fold {f} has no AUC: {why}", fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -183,6 +217,7 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
           features_dir: Optional[str] = _opt(ScoreConfig, "features_dir", "--features-dir"),
           out: Optional[str] = _opt(ScoreConfig, "out_dir", "--out"),
           skip_errors: Optional[bool] = _opt(ScoreConfig, "skip_errors", "--skip-errors"),
+          overwrite: Optional[bool] = _opt(ScoreConfig, "overwrite", "--overwrite"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Slide sTIL % (CSV), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
 
@@ -192,7 +227,7 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
     from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(ScoreConfig, config, set_, slides=slides, model=model, features_dir=features_dir,
-                              out_dir=out, skip_errors=skip_errors))
+                              out_dir=out, skip_errors=skip_errors, overwrite=overwrite))
     summary, csv_path = _run(lambda: stages.score(cfg))
     _report(summary)
     typer.echo(f"slide scores: {csv_path}")
@@ -255,6 +290,7 @@ def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
     res = _run(lambda: evaluate_predictions(cfg.predictions, out_dir, cfg.cutoff))
     s = res["mean_sd"]
     typer.echo(f"R2 {s['r2']['mean']:.3f} ± {s['r2']['sd']:.3f}, AUC {s['auc']['mean']:.3f} ± {s['auc']['sd']:.3f} "
+               f"over {s['auc']['n_folds']} of {len(res['per_fold'])} folds "
                f"(WeakSTIL ref R2 0.45, AUC 0.89) -> {out_dir / 'report.md'}")
 
 

@@ -29,6 +29,8 @@ class SegmentConfig:
         min_area_frac: tissue pieces smaller than this share of the thumbnail are dropped.
         fill_holes: fill holes inside tissue pieces.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -39,6 +41,7 @@ class SegmentConfig:
     min_area_frac: float = 0.001
     fill_holes: bool = True
     skip_errors: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -62,6 +65,8 @@ class TileConfig:
         close: closing iterations of the tissue mask.
         min_area_frac: smallest tissue piece kept, as a share of the thumbnail.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -78,6 +83,7 @@ class TileConfig:
     close: int = 2
     min_area_frac: float = 0.001
     skip_errors: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if (self.magnification is None) == (self.mpp is None):
@@ -94,7 +100,8 @@ class ExtractConfig:
             ``<tiles_dir>/features_<encoder>/``.
         encoder: ``baseline`` (stain + texture features, no weights) or ``timm:<model name>``.
         weights: ``hf-hub:<org>/<name>`` (timm's hub loader) or a local weights file (e.g. from
-            ``pretrain-encoder``); null: random weights.
+            ``pretrain-encoder``); null: random weights, drawn from a fixed seed (the same features on
+            every run; the CLI warns that they are not pretrained).
         encoder_options: keyword arguments of the encoder constructor (timm ``create_model``).
         batch_size: tiles per forward pass.
         num_workers: tile-reading worker processes.
@@ -108,6 +115,8 @@ class ExtractConfig:
         dist_timeout_s: launched as several processes (``torchrun``, ``accelerate launch``): how long a
             rank that finished its share of the slides waits for the others before the run fails
             (a stalled peer); the slides are shared out by tile count so that ranks finish together.
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -122,6 +131,7 @@ class ExtractConfig:
     skip_errors: bool = False
     reader: Literal["openslide", "tiff-jpeg"] = "openslide"
     dist_timeout_s: float = 3600.0
+    overwrite: bool = False
 
 
 @dataclass
@@ -147,6 +157,10 @@ class MILTrainConfig:
         eval_every: steps between validation checks.
         seed: seed of the folds, the validation split, the weights and the label shuffle.
         shuffle_labels: permute the targets across slides first (the negative control).
+        cutoff: sTIL-high cut-off in % for the per-fold ROC AUC in the run's summary (does not
+            change the models).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     features_dir: str = ""
@@ -166,6 +180,8 @@ class MILTrainConfig:
     eval_every: int = 25
     seed: int = 0
     shuffle_labels: bool = False
+    cutoff: float = 30.0
+    overwrite: bool = False
 
 
 @dataclass
@@ -186,6 +202,8 @@ class ScoreConfig:
         heatmaps: also write heatmap PNGs of the tile scores and attention.
         thumb_size: longest side of the heatmap thumbnail, in pixels.
         skip_errors: record a slide that cannot be scored and go on (default: stop at the first).
+        overwrite: redo results in the output folder that were made with other parameters (default:
+            refuse and name what changed; results made from other input files are redone anyway).
     """
 
     slides: str = ""
@@ -200,6 +218,7 @@ class ScoreConfig:
     heatmaps: bool = True
     thumb_size: int = 1024
     skip_errors: bool = False
+    overwrite: bool = False
 
 
 @dataclass

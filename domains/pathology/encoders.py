@@ -11,8 +11,9 @@ batch of uint8 RGB tiles (B x T x T x 3) to features (B x D), with ``dim``. Name
 - ``timm:<model>``: any timm model by name, headless (``num_classes=0``), its features the pooled
   output. ``weights``: ``hf-hub:<org>/<name>`` (timm's hub loader; pathology foundation encoders
   such as UNI or Virchow ship this way), or a local ``.safetensors`` / ``.pth`` / ``.bin`` file;
-  ``None`` leaves the random init (tests, benchmarks). ``options`` go to ``timm.create_model``
-  (e.g. ``img_size``, ``depth``, ``embed_dim`` to build a tiny ViT from config).
+  ``None`` leaves the random init (tests, benchmarks), drawn from a seed (``RANDOM_WEIGHTS_SEED``)
+  so that every run gives the same features (``encoder.random_weights`` is then true). ``options``
+  go to ``timm.create_model`` (e.g. ``img_size``, ``depth``, ``embed_dim`` to build a tiny ViT from config).
 
 ``add_adapter(encoder, method, options)`` puts an adapter of the core (``apply_adapter``) on the
 encoder's timm model, e.g. LoRA on a ViT's attention (``target_modules: attention`` resolves to
@@ -37,6 +38,8 @@ from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.stains import HE_OD
 
 ENCODERS: Registry = Registry("tile encoder")
+#: seed of a timm encoder built without weights, so that its (random) features are reproducible
+RANDOM_WEIGHTS_SEED = 0
 
 
 class TileEncoder(nn.Module):
@@ -115,22 +118,29 @@ def build_baseline(weights: str | None = None, options: dict | None = None) -> T
 
 
 @ENCODERS.register("timm")
-def build_timm(model_name: str, weights: str | None = None, options: dict | None = None) -> TileEncoder:
-    """A headless timm model with weights from a hub id (``hf-hub:org/name``), a local file, or none."""
+def build_timm(model_name: str, weights: str | None = None, options: dict | None = None,
+               seed: int = RANDOM_WEIGHTS_SEED) -> TileEncoder:
+    """A headless timm model with weights from a hub id (``hf-hub:org/name``), a local file, or none
+    (random, drawn from ``seed``)."""
     import timm
 
     options = dict(options or {})
     if weights and weights.startswith("hf-hub:"):
         net = timm.create_model(weights, pretrained=True, num_classes=0, **options)
-    else:
+    elif weights:
         net = timm.create_model(model_name, pretrained=False, num_classes=0, **options)
-        if weights:
-            _load_weights(net, weights)
+        _load_weights(net, weights)
+    else:  # random weights, drawn from a fixed seed: the same features on every run (global RNG untouched)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = timm.create_model(model_name, pretrained=False, num_classes=0, **options)
     cfg = net.pretrained_cfg or {}
     size = options.get("img_size") or (cfg.get("input_size") or (3, 224, 224))[-1]
-    return TileEncoder(net, int(net.num_features), f"timm:{model_name}", input_size=int(size),
-                       mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                       std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+    enc = TileEncoder(net, int(net.num_features), f"timm:{model_name}", input_size=int(size),
+                      mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                      std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+    enc.random_weights = not weights
+    return enc
 
 
 def _load_weights(net: nn.Module, path: str | os.PathLike) -> None:
@@ -155,10 +165,12 @@ def _load_weights(net: nn.Module, path: str | os.PathLike) -> None:
                              f"unexpected {unexpected[:3]})")
 
 
-def build_encoder(name: str, weights: str | None = None, options: dict | None = None) -> TileEncoder:
-    """An encoder by name: a registered one (``baseline``) or ``timm:<model name>``."""
+def build_encoder(name: str, weights: str | None = None, options: dict | None = None,
+                  seed: int = RANDOM_WEIGHTS_SEED) -> TileEncoder:
+    """An encoder by name: a registered one (``baseline``) or ``timm:<model name>`` (``seed``: of its
+    random weights when it has none)."""
     if name.startswith("timm:"):
-        return ENCODERS.get("timm")(name.split(":", 1)[1], weights=weights, options=options)
+        return ENCODERS.get("timm")(name.split(":", 1)[1], weights=weights, options=options, seed=seed)
     if name == "timm":
         raise PathologyError("name a timm model as 'timm:<model name>', e.g. timm:resnet18")
     return ENCODERS.get(name)(weights=weights, options=options)

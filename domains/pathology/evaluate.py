@@ -14,7 +14,6 @@ Not covered: calibration curves, confidence intervals by bootstrap, survival ana
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from adaptome.core import evaluation as ev
 from adaptome.domains.pathology.errors import PathologyError
+from adaptome.domains.pathology.pipeline import write_json
 
 WEAKSTIL_REFERENCE = {"r2": 0.45, "r2_sd": 0.15, "auc": 0.89, "auc_sd": 0.05,
                       "source": "Schirris et al. 2022, WeakSTIL, arXiv 2109.05892 (own cohort)"}
@@ -72,7 +72,7 @@ def evaluate_predictions(pred_csv: str | os.PathLike, out_dir: str | os.PathLike
     pooled = slide_metrics([r["target"] for r in rows], [r["pred"] for r in rows], cutoff)
     result = {"cutoff": cutoff, "n_slides": len(rows), "per_fold": {str(k): v for k, v in per_fold.items()},
               "mean_sd": summary, "pooled": pooled, "reference": WEAKSTIL_REFERENCE}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_json(out / "metrics.json", result)  # strict JSON: an undefined metric is null, never NaN
     _scatter(rows, out / "scatter.png", title, pooled)
     (out / "report.md").write_text(_markdown(result), encoding="utf-8")
     return result
@@ -89,12 +89,15 @@ def _markdown(res: dict) -> str:
         f"{res['n_slides']} slides, {len(res['per_fold'])} folds, sTIL-high cut-off {res['cutoff']:g} %.", "",
         "| metric | ours (mean ± sd over folds) | pooled | WeakSTIL reference |", "|---|---|---|---|",
         f"| R² | {_fmt(s['r2'])} | {p['r2']:.3f} | {ref['r2']} ± {ref['r2_sd']} |",
-        f"| ROC AUC (sTIL-high) | {_fmt(s['auc'])} | {p['auc']:.3f} | {ref['auc']} ± {ref['auc_sd']} |",
+        f"| ROC AUC (sTIL-high; over {s['auc']['n_folds']} of {len(res['per_fold'])} folds) | {_fmt(s['auc'])} | "
+        f"{p['auc']:.3f} | {ref['auc']} ± {ref['auc_sd']} |",
         f"| Pearson r | {_fmt(s['pearson'])} | {p['pearson']:.3f} | – |",
         f"| Spearman ρ | {_fmt(s['spearman'])} | {p['spearman']:.3f} | – |",
         f"| MSE (%²) | {_fmt(s['mse'])} | {p['mse']:.2f} | – |", "",
         f"Reference: {ref['source']}; a different cohort and label source, shown for orientation only.", "",
     ]
+    lines += [f"Fold {f} has no AUC: all its test slides are on one side of the cut-off." for f, m in
+              res["per_fold"].items() if math.isnan(m["auc"])]
     return "\n".join(lines)
 
 

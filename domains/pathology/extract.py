@@ -42,9 +42,26 @@ class TileDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.coords)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        """(tile T x T x 3 uint8, '') or, when the tile cannot be read, (zeros, one-line error)."""
         x, y = self.coords[i]
-        return torch.from_numpy(np.array(self.reader.read(int(x), int(y))))  # (T, T, 3) uint8
+        return read_or_error(self.reader, int(x), int(y))
+
+
+def read_or_error(reader: TileReader, x: int, y: int) -> tuple[torch.Tensor, str]:
+    """A tile, or zeros and the error line naming the slide: a reader worker hands its failure to the
+    main process as data, so the slide is named there (a worker's exception would arrive as a
+    multi-line ``Caught ... in DataLoader worker`` wrapper that names no slide)."""
+    from adaptome.domains.pathology.pipeline import user_failure
+
+    try:
+        return torch.from_numpy(np.array(reader.read(x, y))), ""
+    except Exception as e:
+        msg = user_failure(e, reader.path)
+        if msg is None:
+            raise
+        t = reader.geom.tile_size
+        return torch.zeros((t, t, 3), dtype=torch.uint8), msg
 
 
 def tile_loader(reader: TileReader, coords: np.ndarray, batch_size: int = 64, num_workers: int = 0):
@@ -58,10 +75,16 @@ def tile_loader(reader: TileReader, coords: np.ndarray, batch_size: int = 64, nu
 
 @torch.no_grad()
 def encode_tiles(encoder, loader, device: str | torch.device = "cpu") -> np.ndarray:
-    """Run ``encoder`` over every batch; returns N x D float32 features."""
+    """Run ``encoder`` over every batch of ``tile_loader``; returns N x D float32 features. A tile that
+    cannot be read raises ``SlideError`` naming the slide."""
+    from adaptome.domains.pathology.slide import SlideError
+
     encoder = encoder.to(device).eval()
     out = []
-    for batch in loader:
+    for batch, errs in loader:
+        bad = next((e for e in errs if e), None)
+        if bad:
+            raise SlideError(bad)
         out.append(encoder(batch.to(device, non_blocking=True)).float().cpu().numpy())
     dim = getattr(encoder, "dim", 0)
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
@@ -92,7 +115,9 @@ def read_features(h5_file: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, d
 class MultiSlideTiles(torch.utils.data.Dataset):
     """The tiles of several slides as one dataset (slide by slide, coordinate order), so that one
     pool of reader workers serves a whole stage instead of starting per slide. Each worker keeps
-    its own small cache of open slide handles. Items are (tile T x T x 3 uint8, slide index)."""
+    its own small cache of open slide handles. Items are (tile T x T x 3 uint8, slide index, error):
+    a tile that cannot be read is zeros with a one-line error, and the worker reads no more of that
+    slide (its remaining items are zeros with the same error)."""
 
     def __init__(self, jobs: list[tuple[str, object, np.ndarray]], max_open: int = 4):
         self.paths = [str(p) for p, _, _ in jobs]
@@ -103,12 +128,13 @@ class MultiSlideTiles(torch.utils.data.Dataset):
             np.zeros(0, int)
         self.max_open = max_open
         self._readers: dict[int, TileReader] = {}
+        self._failed: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.coords)
 
     def __getstate__(self):
-        return {**self.__dict__, "_readers": {}}
+        return {**self.__dict__, "_readers": {}, "_failed": {}}
 
     def __getitem__(self, i: int):
         s = int(self.slide_of[i])
@@ -119,14 +145,30 @@ class MultiSlideTiles(torch.utils.data.Dataset):
                 self._readers.pop(old).close()
             reader = self._readers[s] = TileReader(self.paths[s], self.geoms[s])
         x, y = self.coords[i]
-        return torch.from_numpy(np.array(reader.read(int(x), int(y)))), s
+        if s in self._failed:
+            t = self.geoms[s].tile_size
+            return torch.zeros((t, t, 3), dtype=torch.uint8), s, self._failed[s]
+        tile, err = read_or_error(reader, int(x), int(y))
+        if err:
+            self._failed[s] = err
+            self._readers.pop(s).close()
+        return tile, s, err
 
 
 @torch.no_grad()
 def encode_many(encoder, jobs: list[tuple[str, object, np.ndarray]], on_slide, batch_size: int = 64,
-                num_workers: int = 0, device: str | torch.device = "cpu") -> None:
+                num_workers: int = 0, device: str | torch.device = "cpu", on_fail=None) -> None:
     """Encode the tiles of several slides through one loader; ``on_slide(index, features N x D)`` is
-    called as each slide completes (in order; slides with no tiles get an empty array)."""
+    called as each slide completes (slides with no tiles get an empty array). A slide with a tile that
+    cannot be read (in a worker or here) calls ``on_fail(index, one-line error)`` instead and the other
+    slides go on; without ``on_fail`` that error is raised as ``SlideError``."""
+    from adaptome.domains.pathology.slide import SlideError
+
+    def failed_slide(i: int, msg: str) -> None:
+        if on_fail is None:
+            raise SlideError(msg)
+        on_fail(i, msg)
+
     ds = MultiSlideTiles(jobs)
     kw = {"num_workers": num_workers}
     if num_workers > 0:
@@ -134,25 +176,30 @@ def encode_many(encoder, jobs: list[tuple[str, object, np.ndarray]], on_slide, b
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
     encoder = encoder.to(device).eval()
     sizes = [len(c) for _, _, c in jobs]
-    parts: list[np.ndarray] = []
-    have, cur = 0, 0
-
-    def flush_ready():
-        nonlocal cur, have, parts
-        while cur < len(jobs) and have >= sizes[cur]:
-            allf = np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
-            on_slide(cur, allf[: sizes[cur]])
-            rest = allf[sizes[cur]:]
-            parts = [rest] if len(rest) else []
-            have -= sizes[cur]
-            cur += 1
-
-    flush_ready()  # leading slides without tiles
-    for tiles, _ in loader:
-        parts.append(encoder(tiles.to(device, non_blocking=True)).float().cpu().numpy())
-        have += len(tiles)
-        flush_ready()
-    flush_ready()
+    parts: dict[int, list[np.ndarray]] = {i: [] for i in range(len(jobs))}
+    got = [0] * len(jobs)
+    failed: dict[int, str] = {}
+    for i, n in enumerate(sizes):
+        if n == 0:
+            on_slide(i, np.zeros((0, encoder.dim), np.float32))
+    for tiles, sidx, errs in loader:
+        sidx = sidx.numpy()
+        for s, err in zip(sidx.tolist(), errs):
+            if err and s not in failed:
+                failed[s] = err
+        ok = np.array([s not in failed for s in sidx.tolist()])
+        if ok.any():
+            feats = encoder(tiles[torch.from_numpy(ok)].to(device, non_blocking=True)).float().cpu().numpy()
+            for s in np.unique(sidx[ok]).tolist():
+                parts[s].append(feats[sidx[ok] == s])
+        for s in np.unique(sidx).tolist():
+            got[s] += int((sidx == s).sum())
+            if got[s] == sizes[s]:  # the slide's last tile: hand it over, free its parts
+                if s in failed:
+                    failed_slide(s, failed[s])
+                else:
+                    on_slide(s, np.concatenate(parts[s]))
+                parts[s] = []
 
 
 def extract_slide(slide_path: str | os.PathLike, coords_file: str | os.PathLike, encoder, out_file,
@@ -249,14 +296,15 @@ def gather_summary(summary, out: Path, order: list[str], rank: int, world: int, 
         sid = v[0] if isinstance(v, tuple) and v else v
         return pos.get(sid, len(pos)) if isinstance(sid, str) else len(pos)
 
-    merged = dataclasses.replace(parts[0], out_dir=str(out))
+    merged = dataclasses.replace(parts[0], out_dir=str(out), summary_dir=None)
     for f in dataclasses.fields(merged):
         first = getattr(parts[0], f.name)
-        if isinstance(first, list):
-            setattr(merged, f.name, sorted((v for p in parts for v in getattr(p, f.name)), key=key))
+        if isinstance(first, list):  # a slide listed by several ranks (e.g. ``removed``) once
+            setattr(merged, f.name, sorted(dict.fromkeys(v for p in parts for v in getattr(p, f.name)), key=key))
         elif isinstance(first, dict):
             items = [kv for p in parts for kv in getattr(p, f.name).items()]
             setattr(merged, f.name, dict(sorted(items, key=lambda kv: key(kv[0]))))
+    merged.status = "complete" if not merged.failed else "complete, with failed slides"
     if rank == 0:
         merged.write()
         shutil.rmtree(out / "shards", ignore_errors=True)

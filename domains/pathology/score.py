@@ -241,13 +241,13 @@ def features_on_the_fly(slide_path, recipe: dict, encoder, mpp_overrides: dict |
     return encode_tiles(encoder, loader, device), res["coords"], {**res["attrs"], "encoder": encoder.name}
 
 
-def write_slide_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    """Merge ``rows`` into ``slides.csv`` (rows of slides scored earlier are kept)."""
+def write_slide_csv(rows: list[dict], path: str | os.PathLike, drop=()) -> None:
+    """Merge ``rows`` into ``slides.csv`` (rows of slides scored earlier are kept, except ``drop``)."""
     path = Path(path)
     old = {}
     if path.is_file():
         with path.open(newline="") as f:
-            old = {r["slide_id"]: r for r in csv.DictReader(f)}
+            old = {r["slide_id"]: r for r in csv.DictReader(f) if r["slide_id"] not in set(drop)}
     for r in rows:
         old[r["slide_id"]] = r
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:

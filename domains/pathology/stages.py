@@ -3,25 +3,39 @@
 ``segment`` -> ``<out>/segment_otsu_b<blur>_c<close>/`` (``masks/``, ``contours/`` GeoJSON,
 ``qc/``); ``tile`` -> ``<out>/tiles_20x_256px_0ov/<slide>.h5`` (coords); ``extract`` ->
 ``<tiles_dir>/features_<encoder>/<slide>.h5``; ``score`` -> ``<model>/scores/``. Every stage
-writes its resolved config, reuses finished slides and, with ``skip_errors``, records failed
-slides in ``summary.json`` / ``summary.md`` and goes on (``pipeline.run_stage``).
+writes its resolved config and reuses a slide's result only when the same parameters and input
+files made it (``made_by.py``; otherwise it redoes it saying why, or refuses naming ``--overwrite``);
+a failed slide is one line naming it, recorded in ``summary.json`` / ``summary.md``, and with
+``skip_errors`` the run goes on (``pipeline.py``).
 
 Not covered: running several stage processes on one folder at once (no lock files).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from adaptome.core.atomic import write_text_atomic
 from adaptome.core.config import save_config
-from adaptome.core.errors import AdaptomeError
+from adaptome.core.progress import progress_bar
 from adaptome.domains.pathology.errors import PathologyError
-from adaptome.domains.pathology.pipeline import StageSummary, run_stage
-from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
+from adaptome.domains.pathology.made_by import file_stamp, identity
+from adaptome.domains.pathology.pipeline import (
+    Job,
+    StageSummary,
+    begin_stage,
+    do_job,
+    fail,
+    finishing,
+    job_done,
+    run_stage,
+    start_job,
+    user_failure,
+)
+from adaptome.domains.pathology.slide import list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
 
 
 def _items(slides: str) -> list[tuple[str, Path]]:
@@ -29,6 +43,11 @@ def _items(slides: str) -> list[tuple[str, Path]]:
     if not paths:
         raise PathologyError(f"{slides}: no slide files found")
     return [(slide_id(p), p) for p in paths]
+
+
+def _override(overrides: dict[str, float], path: Path) -> float | None:
+    """The MPP override of one slide (keyed by file name or stem, as ``slide.slide_mpp`` reads it)."""
+    return overrides.get(path.name, overrides.get(path.stem))
 
 
 def segment(cfg, progress: bool = True) -> StageSummary:
@@ -41,9 +60,15 @@ def segment(cfg, progress: bool = True) -> StageSummary:
     from adaptome.domains.pathology.slide import thumbnail
 
     out = Path(cfg.out_dir) / f"segment_otsu_b{cfg.blur}_c{cfg.close}"
-    save_config(cfg, out)
-    for sub in ("masks", "contours", "qc"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    params = {k: getattr(cfg, k) for k in ("thumb_size", "blur", "close", "min_area_frac", "fill_holes")}
+
+    def made_by(sid: str, path: Path) -> dict:
+        return identity(params, {"slide": file_stamp(path)})
+
+    def start() -> None:
+        save_config(cfg, out)
+        for sub in ("masks", "contours", "qc"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
 
     def work(sid: str, path: Path, target: Path) -> None:
         s = open_slide(path)
@@ -59,7 +84,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
         write_text_atomic(target, json.dumps(mask_to_geojson(mask, scale)))  # the contour file marks the slide done
 
     return run_stage("segment", _items(cfg.slides), out, lambda sid: out / "contours" / f"{sid}.geojson", work,
-                     cfg.skip_errors, progress)
+                     cfg.skip_errors, progress, made_by, cfg.overwrite, on_start=start)
 
 
 def tile(cfg, progress: bool = True) -> StageSummary:
@@ -69,24 +94,41 @@ def tile(cfg, progress: bool = True) -> StageSummary:
     out = Path(cfg.out_dir) / stage_tag(cfg.magnification, cfg.mpp, cfg.tile_size, cfg.overlap)
     overrides = read_mpp_csv(cfg.mpp_csv)
     tmpp = target_mpp(cfg.magnification, cfg.mpp)
-    save_config(cfg, out)
+    params = {k: getattr(cfg, k) for k in ("magnification", "mpp", "tile_size", "overlap", "min_tissue",
+                                            "thumb_size", "blur", "close", "min_area_frac")}
+    params["roi"] = bool(cfg.roi_dir)
+
+    def roi_of(sid: str) -> Path | None:
+        return Path(cfg.roi_dir) / f"{sid}.geojson" if cfg.roi_dir else None
+
+    def made_by(sid: str, path: Path) -> dict:
+        roi = roi_of(sid)
+        return identity(params, {"slide": file_stamp(path), "roi": file_stamp(roi) if roi and roi.is_file() else None},
+                        slide={"mpp_override": _override(overrides, path)})
 
     def work(sid: str, path: Path, target: Path) -> None:
-        roi = None
-        if cfg.roi_dir:
-            roi = Path(cfg.roi_dir) / f"{sid}.geojson"
-            if not roi.is_file():
-                raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
+        roi = roi_of(sid)
+        if roi is not None and not roi.is_file():
+            raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac})
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})
 
-    return run_stage("tile", _items(cfg.slides), out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress)
+    return run_stage("tile", _items(cfg.slides), out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress,
+                     made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))
+
+
+def _weights_stamp(weights: str | None) -> dict | None:
+    """A local weights file's stamp (its content may change under the same name); hub ids and none: ``None``."""
+    if weights and not weights.startswith("hf-hub:") and Path(weights).is_file():
+        return file_stamp(weights)
+    return None
 
 
 def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
-    """Tile features with an encoder from the registry (``cfg``: ``config.ExtractConfig``). Launched as
-    several processes (``torchrun`` / ``accelerate launch``), each rank extracts its shard of the slides
+    """Tile features with an encoder from the registry (``cfg``: ``config.ExtractConfig``). A slide
+    without a tiles file is listed as skipped with the reason. Launched as several processes
+    (``torchrun`` / ``accelerate launch``), each rank extracts its shard of the slides
     (``extract.shard_items``) with the same reuse rules, and the main rank writes the merged summary."""
     from adaptome.domains.pathology.encoders import build_encoder, encoder_tag
     from adaptome.domains.pathology.extract import (
@@ -103,75 +145,85 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
     rank, world = join_shards(cfg.device, cfg.dist_timeout_s)  # several launched processes: a shard of slides each
     encoder = encoder or build_encoder(cfg.encoder, cfg.weights, cfg.encoder_options)
     out = tiles_dir / f"features_{encoder_tag(cfg.encoder)}"
-    save_config(cfg, out)
-    items = [(sid, p) for sid, p in _items(cfg.slides) if (tiles_dir / f"{sid}.h5").is_file()]
-    order, items, sdir = [sid for sid, _ in items], shard_items(items, tiles_dir, rank, world), \
-        shard_summary_dir(out, rank, world)
+    params = {"encoder": cfg.encoder, "weights": cfg.weights, "encoder_options": cfg.encoder_options,
+              "random_weights": bool(getattr(encoder, "random_weights", False)), "reader": cfg.reader}
+    all_items = _items(cfg.slides)
+    order = [sid for sid, _ in all_items]
+    skipped = {sid: f"no tiles file {tiles_dir / f'{sid}.h5'} (the tile stage did not finish this slide; see "
+                    f"{tiles_dir / 'summary.md'})" for sid, _ in all_items if not (tiles_dir / f"{sid}.h5").is_file()}
+    ready = [(sid, p) for sid, p in all_items if sid not in skipped]
+    items = shard_items(ready, tiles_dir, rank, world)
+    mine = {sid for sid, _ in items}
     # with several ranks each records its failures and goes on; gather_summary then applies skip_errors
     run_cfg, progress = replace(cfg, skip_errors=cfg.skip_errors or world > 1), progress and rank == 0
-    if cfg.shared_loader and cfg.reader == "openslide":
-        return gather_summary(_extract_shared(run_cfg, encoder, items, tiles_dir, out, progress, sdir), out, order,
-                              rank, world, cfg.skip_errors)
 
-    def work(sid: str, path: Path, target: Path) -> None:
-        if cfg.reader != "openslide":  # tiles decoded on cfg.device (readers_gpu.py), OpenSlide the fallback
-            from adaptome.domains.pathology.readers_gpu import extract_slide_decoded
+    def made_by(sid: str, path: Path) -> dict:
+        return identity(params, {"slide": file_stamp(path), "tiles": file_stamp(tiles_dir / f"{sid}.h5"),
+                                 "weights": _weights_stamp(cfg.weights)})
 
-            extract_slide_decoded(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.device,
-                                  cfg.reader, cfg.num_workers)
-            return
-        extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.num_workers, cfg.device)
+    summary, jobs = begin_stage("extract", items, out, lambda sid: out / f"{sid}.h5", made_by, cfg.overwrite,
+                                skipped if rank == 0 else {}, on_start=lambda: save_config(cfg, out) if rank == 0
+                                else None, others=[sid for sid in order if sid not in mine],
+                                summary_dir=shard_summary_dir(out, rank, world))
+    with finishing(summary):
+        if cfg.shared_loader and cfg.reader == "openslide":
+            _extract_shared(run_cfg, encoder, summary, jobs, tiles_dir, progress)
+        else:
+            def work(sid: str, path: Path, target: Path) -> None:
+                if cfg.reader != "openslide":  # tiles decoded on cfg.device (readers_gpu.py), OpenSlide the fallback
+                    from adaptome.domains.pathology.readers_gpu import extract_slide_decoded
 
-    return gather_summary(run_stage("extract", items, sdir, lambda sid: out / f"{sid}.h5", work,
-                                    run_cfg.skip_errors, progress), out, order, rank, world, cfg.skip_errors)
+                    extract_slide_decoded(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size,
+                                          cfg.device, cfg.reader, cfg.num_workers)
+                    return
+                extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.num_workers,
+                              cfg.device)
+
+            with progress_bar("extract", len(jobs), enabled=progress, transient=True) as bar:
+                for job in jobs:
+                    do_job(summary, job, work, run_cfg.skip_errors)
+                    bar.advance()
+    return gather_summary(summary, out, order, rank, world, cfg.skip_errors)
 
 
-def _extract_shared(cfg, encoder, items, tiles_dir: Path, out: Path, progress: bool,
-                    summary_dir: Path | None = None) -> StageSummary:
+def _extract_shared(cfg, encoder, summary: StageSummary, jobs: list[Job], tiles_dir: Path, progress: bool) -> None:
     """Extraction with one reader-worker pool for all slides: first check each slide (open, coords;
     failures recorded as usual), then encode every valid slide's tiles through one loader, writing
-    each slide's file as soon as its last tile is encoded. If the shared pass fails midway, the
-    remaining slides are redone one by one so that the bad one is named and the others finish."""
-    from adaptome.domains.pathology.extract import FEATURE_ATTRS, encode_many, extract_slide, write_features
+    each slide's file as soon as its last tile is encoded. A tile that cannot be read (in a reader
+    worker or here) fails its slide only: named in one line, recorded, and the others go on."""
+    from adaptome.domains.pathology.extract import FEATURE_ATTRS, encode_many, write_features
     from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
 
-    jobs, meta = [], []
+    ready, meta = [], []
+    for job in jobs:
+        try:
+            coords, attrs = read_coords(tiles_dir / f"{job.sid}.h5")
+            s = open_slide(job.path)
+            geom = geometry_from_attrs(attrs, s.level_downsamples)
+            s.close()
+        except Exception as e:
+            msg = user_failure(e, job.path)
+            if msg is None:
+                raise
+            fail(summary, job.sid, msg, cfg.skip_errors)
+            continue
+        start_job(summary, job)
+        ready.append((str(job.path), geom, coords))
+        meta.append((job, coords, attrs))
 
-    def check(sid: str, path: Path, target: Path) -> None:
-        coords, attrs = read_coords(tiles_dir / f"{sid}.h5")
-        s = open_slide(path)
-        geom = geometry_from_attrs(attrs, s.level_downsamples)
-        s.close()
-        jobs.append((str(path), geom, coords))
-        meta.append((sid, path, target, coords, attrs))
+    with progress_bar("extract", len(ready), enabled=progress, transient=True) as bar:
+        def on_slide(i: int, feats: np.ndarray) -> None:
+            job, coords, attrs = meta[i]
+            keep = {k: attrs[k] for k in FEATURE_ATTRS if k in attrs}
+            write_features(job.target, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
+            job_done(summary, job)
+            bar.advance()
 
-    summary = run_stage("extract", items, summary_dir or out, lambda sid: out / f"{sid}.h5", check, cfg.skip_errors,
-                        False)
-    done = set()
+        def on_fail(i: int, msg: str) -> None:
+            bar.advance()
+            fail(summary, meta[i][0].sid, msg, cfg.skip_errors)
 
-    def on_slide(i: int, feats: np.ndarray) -> None:
-        sid, _, target, coords, attrs = meta[i]
-        keep = {k: attrs[k] for k in FEATURE_ATTRS
-                if k in attrs}
-        write_features(target, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
-        done.add(i)
-
-    try:
-        encode_many(encoder, jobs, on_slide, cfg.batch_size, cfg.num_workers, cfg.device)
-    except Exception:  # a slide broke mid-read: finish the rest one by one, naming the bad one
-        for i, (sid, path, target, _, _) in enumerate(meta):
-            if i in done:
-                continue
-            try:
-                extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, 0, cfg.device)
-            except (AdaptomeError, OSError) as e:
-                summary.done.remove(sid)
-                summary.failed[sid] = str(e).splitlines()[0]
-                if not cfg.skip_errors:
-                    summary.write()
-                    raise SlideError(summary.failed[sid]) from None
-    summary.write()
-    return summary
+        encode_many(encoder, ready, on_slide, cfg.batch_size, cfg.num_workers, cfg.device, on_fail=on_fail)
 
 
 def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
@@ -189,10 +241,10 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
 
     models = load_models(cfg.model)
     out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model) / "scores"
-    save_config(cfg, out)
     fdir = Path(cfg.features_dir) if cfg.features_dir else None
     rows = []
     encoder = recipe = None
+    overrides: dict[str, float] = {}
     if fdir is None:  # compute features on the fly with the recipe the models were trained on
         from adaptome.domains.pathology.encoders import build_encoder
 
@@ -203,6 +255,16 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
             raise PathologyError(f"{mj}: no feature recipe recorded; give --features-dir")
         encoder = build_encoder(recipe["encoder"], cfg.encoder_weights)
         overrides = read_mpp_csv(cfg.mpp_csv)
+    model_files = sorted(Path(cfg.model).glob("**/model.safetensors"))
+    params = {"features": "stored" if fdir else recipe, "encoder_weights": cfg.encoder_weights,
+              "heatmaps": cfg.heatmaps, "thumb_size": cfg.thumb_size}
+
+    def made_by(sid: str, path: Path) -> dict:
+        feat = fdir / f"{sid}.h5" if fdir else None
+        return identity(params, {"slide": file_stamp(path), "features": file_stamp(feat) if feat else None,
+                                 "models": {str(p.parent.name): file_stamp(p) for p in model_files},
+                                 "encoder_weights": _weights_stamp(cfg.encoder_weights)},
+                        slide={"mpp_override": _override(overrides, path)})
 
     def work(sid: str, path: Path, target: Path) -> None:
         if fdir is None:
@@ -216,8 +278,8 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
         rows.append(score_slide(path, feat, models, out, cfg.heatmaps, cfg.thumb_size))
 
     summary = run_stage("score", _items(cfg.slides), out, lambda sid: out / "tiles" / f"{sid}.csv", work,
-                        cfg.skip_errors, progress)
-    write_slide_csv(rows, out / "slides.csv")
+                        cfg.skip_errors, progress, made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))
+    write_slide_csv(rows, out / "slides.csv", drop=summary.removed)
     return summary, out / "slides.csv"
 
 
@@ -228,14 +290,30 @@ def train_dir(cfg) -> Path:
 
 
 def train(cfg, progress: bool = True) -> dict:
-    """k-fold CV of the MIL regressor (``cfg``: ``config.MILTrainConfig``)."""
-    from adaptome.domains.pathology.train import train_cv
+    """k-fold CV of the MIL regressor (``cfg``: ``config.MILTrainConfig``). Fold models are reused only
+    when the same parameters, label file contents and feature files made them; other labels or
+    features: retrained, saying why; other parameters or another feature width: refused unless
+    ``overwrite``. Writes ``summary.json`` / ``summary.md`` (see ``train_summary.py``)."""
+    from adaptome.domains.pathology.train import TRAIN_OPTIONS, read_labels, train_cv, train_identity
+    from adaptome.domains.pathology.train_summary import prepare_run, record_run, write_train_summary
 
     out = train_dir(cfg)
+    rows = read_labels(cfg.labels)
+    params = {k: getattr(cfg, k) for k in TRAIN_OPTIONS}
+    current = train_identity(cfg.features_dir, cfg.labels, rows, params)
+    redo = prepare_run(out, current, cfg.features_dir, cfg.overwrite)  # refuses before anything is written
     save_config(cfg, out)
-    kw = {k: v for k, v in asdict(cfg).items() if k not in ("features_dir", "labels", "out_dir")}
-    res = train_cv(cfg.features_dir, cfg.labels, out, progress=progress, **kw)
-    res["out_dir"] = str(out)
+    record_run(out, current)
+    write_train_summary(out, {"status": "running"}, cfg.cutoff)
+    try:
+        kw = {k: getattr(cfg, k) for k in TRAIN_OPTIONS}
+        res = train_cv(cfg.features_dir, cfg.labels, out, progress=progress, made_by=current, **kw)
+    except BaseException as e:
+        why = str(e).splitlines()[0] if str(e) else ""
+        write_train_summary(out, {"status": f"stopped ({type(e).__name__}: {why}); no complete result"}, cfg.cutoff)
+        raise
+    res.update(out_dir=str(out), redo_reason=redo)
+    res["summary"] = write_train_summary(out, {**res, "status": "complete"}, cfg.cutoff)
     return res
 
 
@@ -250,7 +328,7 @@ def pretrain_encoder(cfg, progress: bool = True) -> dict:
     tiles_dir = Path(cfg.tiles_dir)
     pairs = [(str(p), str(tiles_dir / f"{p.stem}.h5")) for p in list_slides(cfg.slides)
              if (tiles_dir / f"{p.stem}.h5").is_file()]
-    enc = build_encoder(cfg.encoder, None, cfg.encoder_options)
+    enc = build_encoder(cfg.encoder, None, cfg.encoder_options, seed=cfg.seed)
     save_config(cfg, cfg.out_dir)
     return pretrain(enc, collect_tiles(pairs, max_tiles=cfg.max_tiles, seed=cfg.seed), cfg.out_dir,
                     max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr, tau=cfg.tau,

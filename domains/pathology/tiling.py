@@ -27,7 +27,7 @@ import numpy as np
 
 from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
-from adaptome.domains.pathology.slide import best_level, open_slide, slide_mpp
+from adaptome.domains.pathology.slide import SlideError, best_level, open_slide, slide_mpp
 
 
 def stage_tag(magnification: float | None, mpp: float | None, tile_size: int, overlap: int) -> str:
@@ -105,13 +105,19 @@ class TileReader:
 
     def read(self, x: int, y: int) -> np.ndarray:
         """The tile with level-0 top-left (x, y) as T x T x 3 uint8 RGB."""
+        import openslide
         from PIL import Image
 
         if self._slide is None:
             self._slide = open_slide(self.path)
         g = self.geom
         n = g.read_size
-        region = self._slide.read_region((int(x), int(y)), g.level, (n, n)).convert("RGB")
+        try:
+            region = self._slide.read_region((int(x), int(y)), g.level, (n, n)).convert("RGB")
+        except (openslide.OpenSlideError, OSError) as e:  # a corrupt tile: name the slide, not a libtiff call
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SlideError(f"{self.path}: cannot read the tile at ({int(x)}, {int(y)}) of level {g.level} "
+                             f"({why})") from None
         if region.size != (g.tile_size, g.tile_size):
             # crop the exact extent (size0 / downsample may be fractional), then resize
             exact = g.size0 / g.level_downsample

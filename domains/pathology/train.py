@@ -7,8 +7,11 @@ each fold, a grouped share ``val_frac`` of the training slides is held out to ch
 step (lowest validation MSE, checked every ``eval_every`` steps); that fold model is saved as
 ``fold_<k>/model.safetensors`` + ``model.json`` (architecture, feature standardisation is in the
 weights) and its out-of-fold predictions go to ``predictions.csv`` (``slide_id,fold,pred,target``,
-in %). Training runs through the core loop ``adaptome.core.train.loop.fit``. A fold whose model
-exists is reused on re-run. ``shuffle_labels`` permutes the targets across slides first: the
+in %). Training runs through the core loop ``adaptome.core.train.loop.fit``. A fold model records
+the fingerprint of what made it (``train_identity``: the training options, the feature width and
+encoder, the label file's SHA-256 and each feature file's size and time) and is reused on re-run
+only when that fingerprint is the same; ``stages.train`` decides for a whole run folder (reuse,
+retrain saying why, or refuse naming ``--overwrite``). ``shuffle_labels`` permutes the targets across slides first: the
 negative control, which must score R^2 near zero.
 
 Not covered: nested CV for hyper-parameters, class-balanced sampling, survival targets.
@@ -25,9 +28,12 @@ import numpy as np
 import torch
 
 from adaptome.core.atomic import atomic_path
+from adaptome.core.train.identity import fingerprint
 from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.extract import read_features
+from adaptome.domains.pathology.made_by import content_stamp, identity, plain
 from adaptome.domains.pathology.mil import MILRegressor, collate_bags, mil_loss
+from adaptome.domains.pathology.pipeline import write_json
 
 
 def read_labels(path: str | os.PathLike) -> list[dict]:
@@ -64,11 +70,59 @@ def load_bags(features_dir: str | os.PathLike, slide_ids: list[str]) -> dict[str
         raise PathologyError(f"{features_dir}: no feature file for {len(missing)} labelled slide(s), "
                              f"e.g. {missing[:3]}")
     for s in slide_ids:
-        feats, _, _ = read_features(Path(features_dir) / f"{s}.h5")
+        path = Path(features_dir) / f"{s}.h5"
+        feats, _, _ = read_features(path)
         if len(feats) == 0:
-            raise PathologyError(f"{Path(features_dir) / (s + '.h5')}: no tiles (nothing passed the tissue filter)")
+            raise PathologyError(f"{path}: no tiles (nothing passed the tissue filter)")
+        first = next(iter(out.items()), None)
+        if first is not None and feats.shape[1] != first[1].shape[1]:
+            raise PathologyError(f"{path}: {feats.shape[1]}-wide features, but {first[0]}.h5 has "
+                                 f"{first[1].shape[1]}; extract every slide with the same encoder")
         out[s] = torch.from_numpy(feats)
     return out
+
+
+#: the options of ``train_cv`` that shape the fold models (all of them are in a run's fingerprint)
+TRAIN_OPTIONS = ("k", "group_by", "aggregation", "hidden", "attn_hidden", "dropout", "max_steps", "batch_size", "lr",
+                 "weight_decay", "val_frac", "eval_every", "seed", "shuffle_labels")
+
+
+def feature_width(path: str | os.PathLike) -> tuple[int, str]:
+    """(D, encoder name) of a feature file, read from its header only."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["features"].shape[1]), str(f.attrs.get("encoder", ""))
+    except (OSError, KeyError, IndexError) as e:
+        raise PathologyError(f"{path}: not a feature file ({e})") from None
+
+
+def train_identity(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, rows: list[dict],
+                   options: dict) -> dict:
+    """What makes a CV run (``made_by.identity``): ``options`` (``TRAIN_OPTIONS``) plus the feature
+    width and encoder as params; the label file's content and each labelled slide's feature file
+    (size and time) as inputs. Features of different widths are an error naming the file."""
+    from adaptome.domains.pathology.made_by import file_stamp
+
+    fdir = Path(features_dir)
+    missing = [r["slide_id"] for r in rows if not (fdir / f"{r['slide_id']}.h5").is_file()]
+    if missing:
+        raise PathologyError(f"{fdir}: no feature file for {len(missing)} labelled slide(s), e.g. {missing[:3]}")
+    width = enc = None
+    stamps = {}
+    for r in rows:
+        path = fdir / f"{r['slide_id']}.h5"
+        w, e = feature_width(path)
+        if width is None:
+            width, enc, first = w, e, path.name
+        elif w != width:
+            raise PathologyError(f"{path}: {w}-wide features ({e or 'unknown encoder'}), but {first} has {width}; "
+                                 f"extract every slide with the same encoder")
+        st = file_stamp(path)
+        stamps[r["slide_id"]] = f"{st['size']} bytes, mtime {st['mtime_ns']}"
+    return identity({**options, "feature_width": width, "encoder": enc},
+                    {"labels": content_stamp(labels_csv), "features": stamps})
 
 
 class _BagDataset(torch.utils.data.Dataset):
@@ -99,7 +153,7 @@ def save_model(model: MILRegressor, out_dir: str | os.PathLike, meta: dict) -> N
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / "model.safetensors") as tmp:  # model.json first: the weights mark the model done
         save_file(sd, str(tmp))
-        (out / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (out / "model.json").write_text(json.dumps(plain(meta), indent=2, allow_nan=False), encoding="utf-8")
 
 
 def load_model(model_dir: str | os.PathLike) -> MILRegressor:
@@ -134,11 +188,19 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
              k: int = 5, group_by: str = "case_id", aggregation: str = "attention", hidden: int = 128,
              attn_hidden: int = 64, dropout: float = 0.1, max_steps: int = 300, batch_size: int = 8,
              lr: float = 1e-3, weight_decay: float = 1e-4, val_frac: float = 0.2, eval_every: int = 25,
-             seed: int = 0, shuffle_labels: bool = False, progress: bool = False) -> dict:
-    """Cross-validate; returns ``{"folds": [...], "predictions": path, "best_fold": k}``."""
+             seed: int = 0, shuffle_labels: bool = False, progress: bool = False, made_by: dict | None = None) -> dict:
+    """Cross-validate; returns ``{"folds": [...], "predictions": path, "best_fold": k}`` (each fold's
+    info says whether its model was ``reused``). ``made_by``: the run's ``train_identity`` (computed
+    here when not given); a fold model is reused only when it was made by the same."""
     from adaptome.core.train.loop import fit
 
     rows = read_labels(labels_csv)
+    if made_by is None:
+        opts = dict(k=k, group_by=group_by, aggregation=aggregation, hidden=hidden, attn_hidden=attn_hidden,
+                    dropout=dropout, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                    val_frac=val_frac, eval_every=eval_every, seed=seed, shuffle_labels=shuffle_labels)
+        made_by = train_identity(features_dir, labels_csv, rows, opts)
+    run_fp = fingerprint(made_by)
     if shuffle_labels:
         perm = np.random.default_rng(seed + 1).permutation(len(rows))
         targets = [rows[i]["target"] for i in perm]
@@ -156,9 +218,9 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
         test_set = set(test_idx.tolist())
         train_idx = np.array([i for i in range(len(rows)) if i not in test_set])
         val_idx, fit_idx = _split_val(rows, train_idx, val_frac, group_by, seed + f)
-        if (fdir / "model.safetensors").is_file():
+        if _made_by(fdir) == run_fp:
             model = load_model(fdir)
-            info = json.loads((fdir / "model.json").read_text())["fold"]
+            info = {**json.loads((fdir / "model.json").read_text())["fold"], "reused": True}
         else:
             model, info = _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hidden,
                                       dropout, fit, dict(max_steps=max_steps, batch_size=batch_size, lr=lr,
@@ -167,21 +229,32 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
             info.update(fold=f, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(test_idx))
             save_model(model, fdir, {"in_dim": int(model.feat_mean.numel()), "hidden": hidden,
                                      "attn_hidden": attn_hidden, "aggregation": aggregation,
-                                     "dropout": dropout, "features": recipe, "fold": info})
+                                     "dropout": dropout, "features": recipe, "fold": info, "made_by": run_fp})
+            info = {**info, "reused": False}
         preds = predict(model, [bags[rows[i]["slide_id"]] for i in test_idx])
         for i, p in zip(test_idx, preds):
             all_preds.append({"slide_id": rows[i]["slide_id"], "fold": f, "pred": round(float(p), 4),
                               "target": rows[i]["target"]})
         fold_info.append(info)
     pred_csv = out / "predictions.csv"
-    with pred_csv.open("w", newline="") as fh:
+    with atomic_path(pred_csv) as tmp, tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["slide_id", "fold", "pred", "target"])
         w.writeheader()
         w.writerows(all_preds)
     best = min(fold_info, key=lambda d: d["best_val_mse"])["fold"]
     summary = {"folds": fold_info, "predictions": str(pred_csv), "best_fold": best}
-    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(out / "cv_summary.json", summary)
     return summary
+
+
+def _made_by(fold_dir: Path) -> str | None:
+    """The fingerprint a saved fold model records (``None``: no model, or one without a record)."""
+    if not (fold_dir / "model.safetensors").is_file() or not (fold_dir / "model.json").is_file():
+        return None
+    try:
+        return json.loads((fold_dir / "model.json").read_text(encoding="utf-8")).get("made_by")
+    except ValueError:
+        return None
 
 
 def _split_val(rows, train_idx, val_frac, group_by, seed):

@@ -43,14 +43,14 @@ def test_corrupt_slide_error_names_file_and_keeps_other_outputs(small_job, tmp_p
     assert "bad_slide" in (tdir / "summary.md").read_text()
     before = {p.name: p.stat().st_mtime_ns for p in tdir.glob("*.h5")}
     again = stages.tile(_tile_cfg(small_job, out, skip=True), progress=False)
-    assert sorted(again.skipped) == ["train_000", "train_001", "train_002"] and not again.done
+    assert sorted(again.reused) == ["train_000", "train_001", "train_002"] and not again.done
     assert {p.name: p.stat().st_mtime_ns for p in tdir.glob("*.h5")} == before  # reused, not rewritten
     assert (tdir / "config.yaml").read_text().count("tile_size: 64") == 1
     # the extract stage reuses and skips the same way; its features match the reference run
     ecfg = ExtractConfig(slides=str(small_job), tiles_dir=str(tdir), num_workers=0, skip_errors=True)
     s1 = stages.extract(ecfg, progress=False)
     s2 = stages.extract(ecfg, progress=False)
-    assert len(s1.done) == 3 and len(s2.skipped) == 3 and not s2.done
+    assert len(s1.done) == 3 and len(s2.reused) == 3 and not s2.done
 
 
 def test_failure_midway_keeps_finished_slides(small_job, tmp_path):

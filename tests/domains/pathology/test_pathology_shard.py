@@ -76,6 +76,8 @@ def test_torchrun_two_processes_write_the_same_files_as_one(tmp_path):
     # one slide already extracted in the two-process folder: it is reused there, not redone
     (two / "features_baseline").mkdir()
     shutil.copy2(one / "features_baseline" / "sh_002.h5", two / "features_baseline" / "sh_002.h5")
+    (two / "features_baseline" / "made_by").mkdir()  # with the record of what made it (same slide, same tiles)
+    shutil.copy2(one / "features_baseline" / "made_by" / "sh_002.json", two / "features_baseline" / "made_by")
     before = (two / "features_baseline" / "sh_002.h5").stat().st_mtime_ns
 
     cmd = [*TORCHRUN, "--master_port", _port(), "-m", "adaptome.core.cli", "pathology", *args, "--tiles-dir", str(two)]
@@ -83,13 +85,14 @@ def test_torchrun_two_processes_write_the_same_files_as_one(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     feats = two / "features_baseline"
     summary = json.loads((feats / "summary.json").read_text())
-    assert summary["done"] == ["sh_000", "sh_001", "sh_003", "sh_004"] and summary["skipped"] == ["sh_002"]
+    assert summary["done"] == ["sh_000", "sh_001", "sh_003", "sh_004"] and summary["reused"] == ["sh_002"]
     assert list(summary["failed"]) == ["sh_005"] and "sh_005.tiff" in summary["failed"]["sh_005"]
     assert not (feats / "shards").exists()  # the ranks' own summaries were merged and removed
     assert (feats / "sh_002.h5").stat().st_mtime_ns == before
     # both ranks worked: the main rank reports the merged run, rank 1 its own share
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("extract:")]
-    assert any("4 done, 1 already done (reused), 1 failed" in ln and ln.endswith("features_baseline") for ln in lines)
+    assert any("4 done, 1 reused (same inputs), 0 skipped, 1 failed" in ln and ln.endswith("features_baseline")
+               for ln in lines)
     assert any("shards/rank1" in ln and "0 done" not in ln for ln in lines), p.stdout
     names = sorted(f.name for f in feats.glob("*.h5"))
     assert names == sorted(f.name for f in (one / "features_baseline").glob("*.h5"))

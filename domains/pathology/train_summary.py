@@ -1,0 +1,126 @@
+"""The ``train`` stage's bookkeeping: whether earlier fold models may stand, and its summary.
+
+``prepare_run`` compares the run folder's record (``made_by.json``, see ``made_by.py``) with what
+this run would train from: the same -> the fold models are reused; other label contents or
+feature files -> they are removed and retrained, and the reason is returned; other training
+options, another feature width or encoder, or fold models without a record -> refused (one line
+naming what changed and ``--overwrite``) before any file is touched.
+
+``write_train_summary`` writes ``summary.json`` / ``summary.md`` like every other stage: status,
+folds trained or reused (and why they were retrained), per-fold R^2 / MSE / ROC AUC of the
+out-of-fold predictions (``evaluate.slide_metrics``), the mean +- sd over the folds where each is
+defined, and the folds whose test slides are all on one side of the cut-off (no AUC), by name.
+Strict JSON: an undefined number is ``null``.
+
+Not covered: metrics of the fold models on their validation slides (only ``best_val_mse``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from adaptome.core.atomic import write_text_atomic
+from adaptome.domains.pathology.made_by import compare, read_record, write_record
+from adaptome.domains.pathology.pipeline import StaleResultError, write_json
+
+RECORD = "made_by.json"
+
+
+def prepare_run(out: Path, current: dict, features_dir, overwrite: bool) -> str | None:
+    """Check earlier fold models in ``out`` against ``current``; returns why they are retrained
+    (``None``: nothing to retrain, or a fresh folder). Raises ``StaleResultError`` to refuse."""
+    models = sorted(out.glob("fold_*/model.safetensors"))
+    if not models:
+        return None
+    stored = read_record(out / RECORD)
+    verdict = compare(stored, current)
+    if verdict.action == "reuse":
+        return None
+    if verdict.action == "refuse" and not overwrite:
+        old_w = (stored or {}).get("params", {}).get("feature_width")
+        new_w = current["params"]["feature_width"]
+        if old_w is not None and old_w != new_w:
+            raise StaleResultError(
+                f"{out}: the fold models take {old_w}-wide features but {features_dir} holds {new_w}-wide ones "
+                f"(encoder {current['params']['encoder'] or '?'}); pass --overwrite to retrain them on these "
+                f"features, or choose another --out")
+        raise StaleResultError(f"{out}: the fold models were trained with other parameters ({verdict.why}); "
+                               f"pass --overwrite to retrain them, or choose another --out")
+    for d in out.glob("fold_*"):
+        shutil.rmtree(d)
+    for name in ("predictions.csv", "cv_summary.json", RECORD):
+        (out / name).unlink(missing_ok=True)
+    return verdict.why
+
+
+def record_run(out: Path, current: dict) -> None:
+    """Write the run's record (after ``prepare_run`` and before training)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_record(out / RECORD, current)
+
+
+def _mean_sd(vals: list[float]) -> dict:
+    return {"mean": float(np.mean(vals)) if vals else None,
+            "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else None), "n_folds": len(vals)}
+
+
+def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
+    """``summary.json`` / ``summary.md`` of a CV run (``res``: ``train_cv``'s result plus ``status``,
+    ``redo_reason``); a run that is not complete gets its status only. Returns the summary."""
+    from adaptome.domains.pathology.evaluate import read_predictions, slide_metrics
+
+    summary: dict = {"stage": "train", "status": res["status"]}
+    if "folds" not in res:
+        write_json(out / "summary.json", summary)
+        write_text_atomic(out / "summary.md", f"# train summary\n\n- status: {res['status']}\n")
+        return summary
+    rows = read_predictions(res["predictions"])
+    folds, no_auc = [], {}
+    for info in res["folds"]:
+        sel = [r for r in rows if r["fold"] == info["fold"]]
+        m = slide_metrics([r["target"] for r in sel], [r["pred"] for r in sel], cutoff)
+        high = sum(r["target"] >= cutoff for r in sel)
+        if math.isnan(m["auc"]):
+            side = "no" if high == 0 else "only"
+            no_auc[info["fold"]] = f"{side} test slides with target >= {cutoff:g} % ({len(sel)} slides)"
+        folds.append({"fold": info["fold"], "model": "reused" if info.get("reused") else "trained",
+                      "n_train": info.get("n_train"), "n_val": info.get("n_val"), "n_test": len(sel),
+                      "best_val_mse": info.get("best_val_mse"), "r2": m["r2"], "mse": m["mse"], "auc": m["auc"]})
+    pooled = slide_metrics([r["target"] for r in rows], [r["pred"] for r in rows], cutoff)
+    finite = lambda key: [f[key] for f in folds if not math.isnan(f[key])]  # noqa: E731
+    summary.update(
+        out_dir=str(out), k=len(folds), cutoff=cutoff, retrained_because=res.get("redo_reason"),
+        trained=[f["fold"] for f in folds if f["model"] == "trained"],
+        reused=[f["fold"] for f in folds if f["model"] == "reused"],
+        r2=_mean_sd(finite("r2")), mse=_mean_sd(finite("mse")),
+        auc={**_mean_sd(finite("auc")), "of_folds": len(folds), "folds_without_auc": no_auc},
+        pooled={k: pooled[k] for k in ("r2", "mse", "auc", "pearson", "spearman")}, folds=folds,
+        predictions=res["predictions"], best_fold=res.get("best_fold"))
+    write_json(out / "summary.json", summary)
+    write_text_atomic(out / "summary.md", _markdown(summary))
+    return summary
+
+
+def _num(v, fmt: str = ".3f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _markdown(s: dict) -> str:
+    auc = s["auc"]
+    lines = ["# train summary", "", f"- status: {s['status']}",
+             f"- folds: {s['k']} ({len(s['trained'])} trained, {len(s['reused'])} reused with the same inputs)"]
+    if s["retrained_because"]:
+        lines.append(f"- earlier fold models retrained because {s['retrained_because']}")
+    lines += [f"- R² over {s['r2']['n_folds']} folds: {_num(s['r2']['mean'])} ± {_num(s['r2']['sd'])}; "
+              f"pooled {_num(s['pooled']['r2'])}",
+              f"- ROC AUC (target >= {s['cutoff']:g} %) over {auc['n_folds']} of {auc['of_folds']} folds: "
+              f"{_num(auc['mean'])} ± {_num(auc['sd'])}; pooled {_num(s['pooled']['auc'])}"]
+    lines += [f"  - fold {f} has no AUC: {why}" for f, why in auc["folds_without_auc"].items()]
+    lines += ["", "| fold | model | train | val | test | R² | MSE (%²) | AUC |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {f['fold']} | {f['model']} | {f['n_train']} | {f['n_val']} | {f['n_test']} | {_num(f['r2'])} | "
+              f"{_num(f['mse'], '.1f')} | {_num(f['auc'])} |" for f in s["folds"]]
+    return "\n".join(lines) + "\n"
