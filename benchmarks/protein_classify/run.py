@@ -84,6 +84,20 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) 
     return out
 
 
+def _run_seed(job: tuple[int, int | None, int | None]) -> dict:
+    """One seed in a temporary folder, on one CPU thread (a worker process when ``--jobs`` > 1)."""
+    import torch
+
+    torch.set_num_threads(1)
+    seed, s1_steps, s2_steps = job
+    with tempfile.TemporaryDirectory() as d:
+        run = one_seed(seed, Path(d), s1_steps, s2_steps)
+    print(json.dumps({k: run[k] for k in ("seed", "crop_message", "majority_accuracy", "kmer_lr_accuracy",
+                                          "train_seconds")}
+                     | {m: v["accuracy"] for m, v in run["methods"].items()}), flush=True)
+    return run
+
+
 def summarise(runs: list[dict]) -> dict:
     from adaptome.domains.protein import classify
 
@@ -146,16 +160,28 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--s1-steps", type=int, default=None, help="override the tiny config's stage-1 steps")
     ap.add_argument("--s2-steps", type=int, default=None, help="override the tiny config's stage-2 steps")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json / results.md")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite results.md from results.json (the summary recomputed with the current default)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    if args.render_only:
+        res = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+        res["summary"] = summarise(res["runs"])
+        (args.out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+        (args.out / "results.md").write_text(markdown(res), encoding="utf-8")
+        print(markdown(res))
+        return
     t0 = time.perf_counter()
-    runs = []
-    for seed in args.seeds:
-        with tempfile.TemporaryDirectory() as d:
-            runs.append(one_seed(seed, Path(d), args.s1_steps, args.s2_steps))
-        print(json.dumps({k: runs[-1][k] for k in ("seed", "crop_message", "majority_accuracy", "kmer_lr_accuracy")}
-                         | {m: v["accuracy"] for m, v in runs[-1]["methods"].items()}), flush=True)
+    jobs = [(seed, args.s1_steps, args.s2_steps) for seed in args.seeds]
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as ex:
+            runs = list(ex.map(_run_seed, jobs))
+    else:
+        runs = [_run_seed(j) for j in jobs]
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout
     res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps},
            "git": git.strip(), "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

@@ -15,7 +15,7 @@ Four ways to predict a label for sequence s from candidates C:
   experts; neither score is rescaled otherwise);
 * ``generate``: greedy decoding after the determine prompt, ProLLaMA's exact-match accuracy. An
   answer is a label only when it is exactly ``{Key}=<c>`` with its closing ``>``; anything else
-  (``Pki=<``, a missing ``>``) is reported as ``malformed`` and a well-formed label outside C as
+  (``Pki=<``, a missing ``>``, ``Family=<Cycli=<CS>``) is reported as ``malformed`` and a well-formed label outside C as
   ``unknown_label``, never mapped to a candidate.
 
 Queries are cropped exactly as ``build-dataset`` cropped the training records
@@ -117,7 +117,7 @@ def parse_answer(text: str, task: LabelTask, candidates: list[str]) -> tuple[str
         label = parse_field(text[:end + 1], task.key)[1]
     except FormatError:
         return None, "malformed"
-    if not label:
+    if not label or "<" in label:  # empty, or a second field run into the first (``Cycli=<CS``)
         return None, "malformed"
     return label, ("ok" if label in candidates else "unknown_label")
 

@@ -63,23 +63,24 @@ def test_determine_bayes_combined_match_hand_computed_scores(tiny):
 
 def test_a_malformed_generated_answer_is_counted_as_malformed_not_as_a_label(tiny, monkeypatch):
     model, tok = tiny
-    texts = ["Family=<A>", "Pki=<", "Family=<Zzz>", "Family=<A", "Family=<>", "Seq=<MKV>"]
+    texts = ["Family=<A>", "Pki=<", "Family=<Zzz>", "Family=<A", "Family=<>", "Seq=<MKV>", "Family=<Cycli=<CS>"]
     monkeypatch.setattr(sample, "generate_continuations", lambda m, t, prompts, params, progress=False:
                         [(x, len(x)) for x in texts[:len(prompts)]])
-    got = classify.classify(model, tok, TASK, [SHORT] * 6, ["A", "B"], "generate")
+    got = classify.classify(model, tok, TASK, [SHORT] * 7, ["A", "B"], "generate")
     assert [(g["pred"], g["status"]) for g in got] == [
         ("A", "ok"), (None, "malformed"), ("Zzz", "unknown_label"), (None, "malformed"), (None, "malformed"),
-        (None, "malformed")]
+        (None, "malformed"), (None, "malformed")]
     train = [formats.Record(f"t{i}", s, lab) for i, (s, lab) in enumerate(
         [("MKVLA", "A"), ("MKVLL", "A"), ("WWPCH", "B")])]
-    rep = classify.with_baselines(train, [SHORT] * 6, got, ["A", "B", "A", "A", "A", "B"])
-    assert rep["n_malformed"] == 4 and rep["n_unknown_label"] == 1
-    assert rep["model_accuracy"] == pytest.approx(1 / 6)  # only the first answer counts as right
+    rep = classify.with_baselines(train, [SHORT] * 7, got, ["A", "B", "A", "A", "A", "B", "A"])
+    assert rep["n_malformed"] == 5 and rep["n_unknown_label"] == 1
+    assert rep["model_accuracy"] == pytest.approx(1 / 7)  # only the first answer counts as right
     # the real decoding path on the random tiny model: every answer gets one of the three statuses
     monkeypatch.undo()
     real = classify.classify(model, tok, TASK, [SHORT, LONG], ["A", "B"], "generate", max_seq_length=80)
     for g in real:
-        assert g["status"] in ("ok", "unknown_label", "malformed") and (g["pred"] is None) == (g["status"] == "malformed")
+        assert g["status"] in ("ok", "unknown_label", "malformed")
+        assert (g["pred"] is None) == (g["status"] == "malformed")
 
 
 @pytest.fixture
