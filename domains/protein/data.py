@@ -1,5 +1,7 @@
 """Datasets: label tasks as templates, the shipped families / EC classes / TEM-1 scan, splits, and
-the builders for stage 1 (``Seq=<...>`` lines) and stage 2 (instruction records).
+the builders for stage 1 (``Seq=<...>`` lines) and stage 2 (instruction records;
+``fit_instruction_records`` fits each to the instruction stage's token limit by cropping the
+protein, never the answer, and reports the crop).
 
 A label kind is a ``LabelTask``: ProLLaMA's superfamily task is ``LabelTask("superfamily")`` ->
 ``[Generate by superfamily]`` / ``Superfamily=<...>`` / ``[Determine superfamily]``; the Pfam

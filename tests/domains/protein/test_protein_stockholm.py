@@ -84,3 +84,11 @@ def test_stockholm_and_fasta_of_the_same_sequences_give_the_same_dataset(tmp_pat
     # FASTA without labels and no table: a clear error
     r = runner.invoke(app, ["build-dataset", "--fasta", str(tmp_path / "same.fa"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "has no label" in r.output
+
+
+def test_stage1_reads_stockholm_beside_fasta(tmp_path):
+    from adaptome.domains.protein.pretrain import load_sequences
+
+    (tmp_path / "two.sto").write_text(TWO)
+    (tmp_path / "x.fa").write_text(">q\nWW\n")
+    assert load_sequences([str(tmp_path / "two.sto"), str(tmp_path / "x.fa")]) == ["MKV", "MKVL", "ACD", "WW"]
