@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -30,6 +31,25 @@ from pathlib import Path
 HERE = Path(__file__).parent
 CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py"
 LIKELIHOOD = ("determine", "bayes", "combined")
+
+
+def answers_cut_without_fitting(seed: int, max_seq_length: int = 256) -> dict:
+    """What ProLLaMA's cut of the token row would have done to this seed's training records: the
+    records whose answer (and its ``</s>``) would not have fitted, split by kind."""
+    from adaptome.domains.protein import data
+    from adaptome.domains.protein.formats import prompt_of
+    from adaptome.domains.protein.instruct import n_tokens
+    from adaptome.domains.protein.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    recs = data.pfam_families(min_count=7, max_per_family=12, max_residues=None, seed=seed)
+    train, _ = data.split_by_label(recs, n_test=3, seed=seed)
+    out = {"n_records": 0, "determine_answer_cut": 0, "generate_answer_cut": 0}
+    for r in data.instruction_records(train, data.FAMILY):
+        out["n_records"] += 1
+        if n_tokens(tok, prompt_of(r), r["output"]) > max_seq_length:
+            out["determine_answer_cut" if r["instruction"].startswith("[Determine") else "generate_answer_cut"] += 1
+    return out
 
 
 def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) -> dict:
@@ -81,17 +101,22 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) 
         out["majority_accuracy"], out["kmer_lr_accuracy"] = rep["majority_accuracy"], rep["kmer_lr_accuracy"]
         out["majority_class"] = rep["majority_class"]
     out["truth"] = y
+    out["without_fitting"] = answers_cut_without_fitting(seed, c2.max_seq_length)
     return out
 
 
-def _run_seed(job: tuple[int, int | None, int | None]) -> dict:
-    """One seed in a temporary folder, on one CPU thread (a worker process when ``--jobs`` > 1)."""
+def _run_seed(job: tuple[int, int | None, int | None, str]) -> dict:
+    """One seed in a temporary folder, on one CPU thread (a worker process when ``--jobs`` > 1); the
+    result is also written to ``<out>/.partial/seed<N>.json`` at once, so a lost parent loses nothing."""
     import torch
 
     torch.set_num_threads(1)
-    seed, s1_steps, s2_steps = job
+    seed, s1_steps, s2_steps, out = job
     with tempfile.TemporaryDirectory() as d:
         run = one_seed(seed, Path(d), s1_steps, s2_steps)
+    part = Path(out) / ".partial"
+    part.mkdir(parents=True, exist_ok=True)
+    (part / f"seed{seed}.json").write_text(json.dumps(run), encoding="utf-8")
     print(json.dumps({k: run[k] for k in ("seed", "crop_message", "majority_accuracy", "kmer_lr_accuracy",
                                           "train_seconds")}
                      | {m: v["accuracy"] for m, v in run["methods"].items()}), flush=True)
@@ -145,7 +170,12 @@ def markdown(res: dict) -> str:
               f"`generate`: {s['malformed_generate']} malformed answers and {s['unknown_generate']} well-formed "
               f"labels outside the candidates in {s['n_predictions']} predictions (counted as wrong).", "",
               "Instruction records (per seed): " + "; ".join(f"seed {r['seed']}: {r['crop_message']}" for r in runs)
-              + ".", "",
+              + ".",
+              "Without fitting (ProLLaMA's cut of the token row at the limit) the same records would have lost "
+              "their answer: " + "; ".join(
+                  f"seed {r['seed']}: {w['determine_answer_cut']} understanding (label) and "
+                  f"{w['generate_answer_cut']} generation answers of {w['n_records']} records"
+                  for r in runs for w in [r["without_fitting"]]) + ".", "",
               f"Time: {res['seconds']:.0f} s in all. git {res['git']}, torch {res['versions']['torch']}, "
               f"transformers {res['versions']['transformers']}, python {res['versions']['python']}.", "",
               f"Reproduce: `{CMD}`", ""]
@@ -167,13 +197,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.render_only:
         res = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+        for r in res["runs"]:
+            r.setdefault("without_fitting", answers_cut_without_fitting(r["seed"], r["crops"]["max_seq_length"]))
         res["summary"] = summarise(res["runs"])
         (args.out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
         (args.out / "results.md").write_text(markdown(res), encoding="utf-8")
         print(markdown(res))
         return
     t0 = time.perf_counter()
-    jobs = [(seed, args.s1_steps, args.s2_steps) for seed in args.seeds]
+    jobs = [(seed, args.s1_steps, args.s2_steps, str(args.out)) for seed in args.seeds]
     if args.jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -188,6 +220,7 @@ def main() -> None:
                                             "python": platform.python_version()},
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}
     args.out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(args.out / ".partial", ignore_errors=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     (args.out / "results.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))

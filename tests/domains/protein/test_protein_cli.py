@@ -57,7 +57,7 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tiny_esmfold, tmp_path):
     assert r.exit_code == 0, r.output
     assert "majority class of the training set: Cyclin_N" in r.output
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert rows[0] == "id,prediction" and rows[1].split(",")[1] in rep["labels"]
+    assert rows[0] == "id,prediction,status,kmer_prediction" and rows[1].split(",")[1] in rep["labels"]
     r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"),
                             "--out", str(tmp_path / "m.csv")])
     assert r.exit_code == 0 and "Spearman" in r.output, r.output
