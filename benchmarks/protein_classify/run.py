@@ -12,7 +12,9 @@ majority class and the 3-mer logistic regression fitted on the same training sid
 ``classify.DEFAULT_METHOD`` should name; the report says whether it does.
 
 Writes ``results.json`` and ``results.md`` beside this file.
-Reproduce: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py``
+Reproduce: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3``
+(``--jobs 1`` runs the seeds one after another with the same numbers; ``--render-only`` rewrites
+``results.md`` from ``results.json``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py"
+CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3"
 LIKELIHOOD = ("determine", "bayes", "combined")
 
 
@@ -171,21 +173,32 @@ def markdown(res: dict) -> str:
               f"labels outside the candidates in {s['n_predictions']} predictions (counted as wrong).", "",
               "Instruction records (per seed): " + "; ".join(f"seed {r['seed']}: {r['crop_message']}" for r in runs)
               + ".",
-              "Without fitting (ProLLaMA's cut of the token row at the limit) the same records would have lost "
-              "their answer: " + "; ".join(
-                  f"seed {r['seed']}: {w['determine_answer_cut']} understanding (label) and "
-                  f"{w['generate_answer_cut']} generation answers of {w['n_records']} records"
-                  for r in runs for w in [r["without_fitting"]]) + ".", "",
-              f"Time: {res['seconds']:.0f} s in all. git {res['git']}, torch {res['versions']['torch']}, "
+              "Without fitting (ProLLaMA's cut of the token row at the limit), of the same records "
+              + "; ".join(f"seed {r['seed']}: {w['determine_answer_cut']} understanding records would have lost "
+                          f"their label (all or part of `Family=<...>` and its `</s>`) and "
+                          f"{w['generate_answer_cut']} generation records the end of their sequence, of "
+                          f"{w['n_records']}" for r in runs for w in [r["without_fitting"]]) + ".", "",
+              f"Time: {res['seconds']:.0f} s wall in all (one thread per seed, seeds in "
+              f"{res['config'].get('jobs', 3)} parallel processes, on a shared 2-core machine). "
+              f"git {res['git']}, torch {res['versions']['torch']}, "
               f"transformers {res['versions']['transformers']}, python {res['versions']['python']}.", "",
               f"Reproduce: `{CMD}`", ""]
     return "\n".join(lines)
 
 
-def main() -> None:
+def _git() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=HERE).stdout.strip()
+
+
+def _versions() -> dict:
     import torch
     import transformers
 
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--s1-steps", type=int, default=None, help="override the tiny config's stage-1 steps")
@@ -196,7 +209,13 @@ def main() -> None:
                     help="rewrite results.md from results.json (the summary recomputed with the current default)")
     args = ap.parse_args()
     if args.render_only:
-        res = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+        part = sorted((args.out / ".partial").glob("seed*.json"))
+        if part:  # seeds finished by workers whose parent was lost: assemble them
+            runs = [json.loads(x.read_text(encoding="utf-8")) for x in part]
+            res = {"config": {"seeds": [r["seed"] for r in runs], "assembled_from_partial": True},
+                   "git": _git(), "versions": _versions(), "seconds": float("nan"), "runs": runs}
+        else:
+            res = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
         for r in res["runs"]:
             r.setdefault("without_fitting", answers_cut_without_fitting(r["seed"], r["crops"]["max_seq_length"]))
         res["summary"] = summarise(res["runs"])
@@ -214,10 +233,9 @@ def main() -> None:
             runs = list(ex.map(_run_seed, jobs))
     else:
         runs = [_run_seed(j) for j in jobs]
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout
-    res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps},
-           "git": git.strip(), "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                            "python": platform.python_version()},
+    res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps,
+                      "jobs": args.jobs},
+           "git": _git(), "versions": _versions(),
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.out / ".partial", ignore_errors=True)
