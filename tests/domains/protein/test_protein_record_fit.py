@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from adaptome.domains.protein import data, instruct
 from adaptome.domains.protein.cli import app
-from adaptome.domains.protein.formats import FormatError, prompt_of
+from adaptome.domains.protein.formats import FormatError, Record, prompt_of
 from adaptome.domains.protein.tokenizer import build_tokenizer
 
 runner = CliRunner()
@@ -116,3 +116,21 @@ def test_instruct_cli_prints_the_cropped_count(tmp_path, monkeypatch):
     removed = 600 - (64 - 2 - len("[Determine family] Seq=<>Family=<A>"))
     assert f"1 of 2 records cropped to max_seq_length 64 ({removed} residues" in r.output
     assert [len(it["input_ids"]) for it in seen["dataset"].items] == [64, 2 + len(prompt_of(ok)) + len("Family=<B>")]
+
+
+def test_classify_crops_a_query_exactly_as_build_dataset_cropped_its_record(tiny, monkeypatch):
+    """The prompts ``classify`` scores for a long query are the training records' prompts."""
+    from adaptome.domains.protein import classify
+
+    tok = build_tokenizer()
+    recs = [Record("long", LONG, "Pkinase"), Record("short", SHORT, "SH3_1")]
+    written, _ = data.fit_instruction_records(recs, data.FAMILY, tok, 120)
+    seen = []
+    monkeypatch.setattr(classify, "score_targets", lambda m, t, pairs, *a, **k: seen.extend(pairs) or
+                        [(0.0, 1)] * len(pairs))
+    classify.classify(tiny[0], tok, data.FAMILY, [LONG], ["Pkinase", "SH3_1"], "combined", max_seq_length=120)
+    det = [p for p in seen if p[0].startswith("[Determine")]
+    gen = [p for p in seen if p[0].startswith("[Generate")]
+    assert {p[0] for p in det} == {prompt_of(written[1])}  # '[Determine family] Seq=<crop>'
+    assert sorted(det)[0][1] == written[1]["output"]  # Family=<Pkinase>
+    assert {p[1] for p in gen} == {written[0]["output"]}  # the same open crop 'Seq=<MKT...'
