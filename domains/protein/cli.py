@@ -41,30 +41,56 @@ def _candidates(path: Optional[Path], key: str, model_labels: list[str] | None =
     return read_vocab(path, key if key else None)
 
 
+def _read_labelled(files: list[Path], policy: str, key: str, stockholm_label: str, labels: Optional[Path] = None,
+                   id_column: str = "id", label_column: str = "label", what: str = "--fasta"):
+    """Records of FASTA / Stockholm files, labelled by a table, a Stockholm family or a ``Key=<label>``
+    header field (in that order); None labels stay None."""
+    from adaptome.domains.protein import data, formats
+
+    if not files:
+        fail(f"give {what} FILE (FASTA or Stockholm)")
+    recs = [r for f in files for r in formats.read_sequences(f, policy, key, stockholm_label)]
+    if labels is not None:
+        recs = data.attach_labels(recs, data.read_label_table(labels, id_column, label_column), str(labels))
+    return recs
+
+
 @app.command("build-dataset")
 def build_dataset(
-    fasta: Optional[Path] = typer.Option(None, help="FASTA of the labelled sequences"),
-    labels: Optional[Path] = typer.Option(None, help="CSV/TSV label table with a header row"),
+    fasta: list[Path] = typer.Option([], help="FASTA or Stockholm file(s) of the labelled sequences (repeatable; "
+                                    "Stockholm by extension .sto/.stk/.seed/.sth or a '# STOCKHOLM' first line)"),
+    labels: Optional[Path] = typer.Option(None, help="CSV/TSV label table with a header row (not needed for "
+                                          "Stockholm files, labelled by family, or FASTA headers with Key=<label>)"),
     shipped: Optional[str] = typer.Option(None, help="use shipped data instead: pfam | ec"),
     id_column: str = typer.Option("id"), label_column: str = typer.Option("label"),
     task_name: str = typer.Option("superfamily", help="label kind used in the instructions"),
     task_key: str = typer.Option("", help="field name (default: task name capitalised)"),
     vocab: Optional[str] = typer.Option(None, help="vocabulary file, or 'superfamilies' for ProLLaMA's list"),
     policy: str = typer.Option("error", help="non-standard residues: error | skip | keep"),
+    stockholm_label: str = typer.Option("id", help="Stockholm label: the family's #=GF ID or AC line (id | ac)"),
     max_residues: Optional[int] = typer.Option(None, help="keep only the first N residues"),
-    out: Path = typer.Option(..., help="output folder (instructions.jsonl, sequences.txt)"),
+    max_seq_length: int = typer.Option(256, help="token limit of an instruction record (the instruct config's "
+                                       "max_seq_length): the protein is cropped to fit, never the answer"),
+    tokenizer: Optional[str] = typer.Option(None, help="tokenizer that counts the tokens (the model folder or hub "
+                                            "id the instruct stage uses; default: the character tokenizer)"),
+    out: Path = typer.Option(..., help="output folder (instructions.jsonl, sequences.txt, sequences.fasta)"),
     overwrite: bool = typer.Option(False),
 ) -> None:
-    """Turn FASTA + a label table into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
+    """Turn labelled FASTA / Stockholm into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
+
+    Every instruction record fits --max-seq-length tokens with its answer whole: a long protein is
+    cropped (a generation answer is left open, without '>'), and the crop is printed.
 
     Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily \\
         --vocab superfamilies --out runs/protein/data
     """
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.protein import data, formats
+    from adaptome.domains.protein.tokenizer import load_tokenizer
 
     _check_new(out, overwrite)
     with user_errors():
+        task = _task(task_name, task_key)
         if shipped == "pfam":
             recs = data.pfam_families(max_residues=max_residues, policy=policy)
         elif shipped == "ec":
@@ -72,23 +98,30 @@ def build_dataset(
         elif shipped is not None:
             fail(f"--shipped {shipped!r}: known: pfam, ec")
         else:
-            if fasta is None or labels is None:
-                fail("give --fasta and --labels (or --shipped pfam|ec)")
+            if not fasta:
+                fail("give --fasta (FASTA or Stockholm; --labels for FASTA) or --shipped pfam|ec")
+            recs = _read_labelled(fasta, policy, task.key, stockholm_label, labels, id_column, label_column)
+            unlabelled = [r for r in recs if r.label is None]
+            if unlabelled:
+                fail(f"record {unlabelled[0].id!r} (and {len(unlabelled) - 1} more) has no label: give --labels, "
+                     f"a Stockholm file, or FASTA headers with {task.key}=<label>")
             voc = None
             if vocab == "superfamilies":
                 voc = data.superfamily_vocab()
             elif vocab:
                 voc = formats.read_vocab(vocab)
-            table = data.read_label_table(labels, id_column, label_column)
-            recs = data.crop(data.attach_labels(formats.read_fasta(fasta, policy), table, str(labels), voc),
-                             max_residues)
-        task = _task(task_name, task_key)
+            if voc is not None:
+                formats.validate_labels((r.label for r in recs), voc, str(labels or fasta[0]))
+            recs = data.crop(recs, max_residues)
+        tok = load_tokenizer(tokenizer)
+        records, crops = data.fit_instruction_records(recs, task, tok, max_seq_length)
         with atomic_dir(out, overwrite) as tmp:
-            formats.write_instructions(data.instruction_records(recs, task), tmp / "instructions.jsonl")
+            formats.write_instructions(records, tmp / "instructions.jsonl")
             formats.write_seq_lines([r.seq for r in recs], tmp / "sequences.txt")
             formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in recs),
                                 tmp / "sequences.fasta")
     typer.echo(f"{len(recs)} sequences, {len({r.label for r in recs})} labels -> {out}")
+    typer.echo(f"instruction records: {crops.message()}")
 
 
 def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
@@ -99,6 +132,9 @@ def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
     cfg = load_config(PretrainConfig if kind == "pretrain" else InstructConfig, config, set_)
     s = run_stage_config(cfg, overwrite)
     save_config(cfg, cfg.train.output_dir)
+    if kind == "instruct":
+        typer.echo(f"instruct: {s['n_truncated']} of {s['n_records']} records cropped to max_seq_length "
+                   f"{cfg.max_seq_length} ({s['residues_cropped']} residues; answers kept whole)")
     typer.echo(f"{kind}: {s['steps']} steps, loss {s.get('first_loss', float('nan')):.4f} -> "
                f"{s.get('last_loss', float('nan')):.4f}, trainable {s['trainable']['percent']:.2f}%; "
                f"adapter {s['adapter']}" + (f", merged {s['merged']}" if "merged" in s else ""))
@@ -164,11 +200,18 @@ def sample_cmd(
 @app.command("classify")
 def classify_cmd(
     model: str = typer.Option(..., help="instruction-tuned causal LM, or an ESM-style masked LM: folder or hub id"),
-    fasta: Path = typer.Option(..., help="sequences to label"),
-    labels: Optional[Path] = typer.Option(None, help="candidate labels, one per line (or Key=<label>); "
-                                          "ESM: default the training labels"),
+    fasta: list[Path] = typer.Option(..., help="sequences to label: FASTA or Stockholm (repeatable; ESM: one FASTA); "
+                                     "true labels from a Stockholm family or Key=<label> headers give accuracies"),
+    train: list[Path] = typer.Option([], help="causal LM: labelled training sequences for the majority-class and "
+                                     "k-mer baselines (repeatable): build-dataset's sequences.fasta, or Stockholm"),
+    labels: Optional[Path] = typer.Option(None, help="candidate labels, one per line or Key=<label> "
+                                          "(default: the labels of --train; ESM: the training labels)"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
-    method: str = typer.Option("determine", help="causal LM: determine | bayes | generate"),
+    method: str = typer.Option("", help="causal LM: combined | determine | bayes | generate (default: the measured "
+                               "best, see benchmarks/protein_classify)"),
+    max_seq_length: int = typer.Option(256, help="causal LM: the instruct stage's max_seq_length: queries are cropped "
+                                       "as build-dataset cropped the training records (0: no crop)"),
+    stockholm_label: str = typer.Option("id", help="label of Stockholm records: #=GF ID or AC (id | ac)"),
     policy: str = typer.Option("error"), out: Path = typer.Option(..., help="output CSV"),
     overwrite: bool = typer.Option(False),
     train_fasta: Optional[Path] = typer.Option(None, help="ESM: labelled training sequences (FASTA)"),
@@ -180,15 +223,16 @@ def classify_cmd(
                                           help="ESM: YAML (default: the shipped configs/esm_classify.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="ESM: override, e.g. --set adapter.method=dora"),
 ) -> None:
-    """Predict a label per sequence -> CSV id,prediction.
+    """Predict a label per sequence -> CSV.
 
-    A causal LM (ProLLaMA stage 2) ranks the candidate labels ([Determine superfamily] or any task).
-    An ESM-style masked LM (chosen by its config, model_type esm) gets a classification head and an
-    adapter trained on --train-fasta / --train-labels (core's training loop, configs/esm_classify.yaml);
-    a classifier saved that way (<output_dir>/merged) predicts without them.
+    A causal LM (ProLLaMA stage 2) ranks the candidate labels ([Determine superfamily] or any task), and
+    the majority class and the 3-mer logistic regression (fitted on --train) are printed beside it on the
+    same sequences. An ESM-style masked LM (chosen by its config, model_type esm) gets a classification
+    head and an adapter trained on --train-fasta / --train-labels (core's training loop,
+    configs/esm_classify.yaml); a classifier saved that way (<output_dir>/merged) predicts without them.
 
     Example: adaptome protein classify --model runs/protein/stage2_tiny/merged --fasta test.fa \\
-        --labels candidates.txt --task-name superfamily --out pred.csv
+        --train runs/protein/data/sequences.fasta --task-name superfamily --out pred.csv
 
     Example: adaptome protein classify --model facebook/esm2_t6_8M_UR50D --train-fasta seqs.fa \\
         --train-labels labels.csv --fasta test.fa --test-labels test_labels.csv --out esm_pred.csv
@@ -196,37 +240,66 @@ def classify_cmd(
     import csv
 
     from adaptome.core.atomic import atomic_file
-    from adaptome.domains.protein.classify import classify
-    from adaptome.domains.protein.formats import read_fasta
+    from adaptome.domains.protein import classify as cl
     from adaptome.domains.protein.model import is_masked_lm, load_model_and_tokenizer
 
     _check_new(out, overwrite)
+    rep, overlap, meth = None, set(), ""
     with user_errors():
         if is_masked_lm(model):
             from adaptome.domains.protein.esm_cli import classify_with_esm
 
-            if method != "determine" or task_key:
-                fail("--method and --task-key choose a causal LM's prompt; an ESM classifier has none")
-            recs, preds, lines = classify_with_esm(model, fasta, labels, train_fasta, train_labels, test_labels,
+            if method or task_key or train:
+                fail("--method, --task-key and --train belong to a causal LM's prompt classifier; an ESM classifier "
+                     "trains on --train-fasta / --train-labels")
+            if len(fasta) != 1:
+                fail("an ESM classifier labels one --fasta file at a time")
+            recs, preds, lines = classify_with_esm(model, fasta[0], labels, train_fasta, train_labels, test_labels,
                                                    id_column, label_column, policy, config, set_, overwrite)
+            with atomic_file(out) as f:
+                w = csv.writer(f)
+                w.writerow(["id", "prediction"])
+                w.writerows((r.id, pr["pred"]) for r, pr in zip(recs, preds))
         else:
             if train_fasta or train_labels or test_labels or config or set_:
                 fail("--train-fasta, --train-labels, --test-labels, --config and --set train an ESM classifier; "
-                     f"{model} is a causal LM, which classifies with its instruction prompt")
+                     f"{model} is a causal LM, which classifies with its instruction prompt (use --train)")
             task = _task(task_name, task_key)
-            recs = read_fasta(fasta, policy)
-            cands = _candidates(labels, task.key)
+            meth = method or cl.DEFAULT_METHOD
+            if meth not in cl.METHODS:
+                fail(f"--method {meth!r}: known: {', '.join(cl.METHODS)}")
+            if not train:
+                fail("give --train FILE (labelled training sequences, e.g. build-dataset's sequences.fasta): "
+                     "classify reports the majority class and the 3-mer baseline beside the model")
+            recs = _read_labelled(fasta, policy, task.key, stockholm_label)
+            train_recs = _read_labelled(train, policy, task.key, stockholm_label, what="--train")
+            bad = [r for r in train_recs if r.label is None]
+            if bad:
+                fail(f"--train record {bad[0].id!r} has no label (Stockholm family or a {task.key}=<label> header)")
+            cands = _candidates(labels, task.key, sorted({r.label for r in train_recs}))
+            overlap = {r.seq for r in recs} & {r.seq for r in train_recs}
             m, tok = load_model_and_tokenizer(model)
-            preds = classify(m, tok, task, [r.seq for r in recs], cands, method, progress=True)
+            seqs = [r.seq for r in recs]
+            preds = cl.classify(m, tok, task, seqs, cands, meth, progress=True,
+                                max_seq_length=max_seq_length or None)
+            truth = [r.label for r in recs] if all(r.label is not None for r in recs) else None
+            rep = cl.with_baselines(train_recs, seqs, preds, truth)
             lines = []
-
-        with atomic_file(out) as f:
-            w = csv.writer(f)
-            w.writerow(["id", "prediction"])
-            w.writerows((r.id, pr["pred"]) for r, pr in zip(recs, preds))
+            with atomic_file(out) as f:
+                w = csv.writer(f)
+                w.writerow(["id", "prediction", "status", "kmer_prediction"] + (["label"] if truth else []))
+                for i, (r, pr) in enumerate(zip(recs, preds)):
+                    row = [r.id, pr["pred"] or "", pr["status"], rep["kmer_predictions"][i]]
+                    w.writerow(row + ([r.label] if truth else []))
+    typer.echo(f"{len(recs)} predictions -> {out}")
     for line in lines:
         typer.echo(line)
-    typer.echo(f"{len(recs)} predictions -> {out}")
+    if rep is not None:
+        for line in cl.baseline_lines(rep, meth):
+            typer.echo(line)
+    if overlap:
+        typer.echo(f"warning: {len(overlap)} query sequence(s) also occur in --train: not held out")
+
 
 
 @app.command("score-mutations")

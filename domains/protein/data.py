@@ -1,5 +1,7 @@
 """Datasets: label tasks as templates, the shipped families / EC classes / TEM-1 scan, splits, and
-the builders for stage 1 (``Seq=<...>`` lines) and stage 2 (instruction records).
+the builders for stage 1 (``Seq=<...>`` lines) and stage 2 (instruction records;
+``fit_instruction_records`` fits each to the instruction stage's token limit by cropping the
+protein, never the answer, and reports the crop).
 
 A label kind is a ``LabelTask``: ProLLaMA's superfamily task is ``LabelTask("superfamily")`` ->
 ``[Generate by superfamily]`` / ``Superfamily=<...>`` / ``[Determine superfamily]``; the Pfam
@@ -96,6 +98,109 @@ def instruction_records(records: Iterable[Record], task: LabelTask,
         if "determine" in kinds:
             out.append(instruction_record(task.determine, seq_line(r.seq), task.label_field(r.label)))
     return out
+
+
+@dataclass
+class CropReport:
+    """What fitting instruction records to the token limit cropped (``fit_instruction_records``).
+
+    Args:
+        max_seq_length: the token limit every record now fits (prompt + answer + ``</s>``).
+        n_records: records written.
+        n_cropped: records whose protein was cropped (never their answer).
+        n_sequences: proteins the records were built from.
+        n_sequences_cropped: proteins cropped in at least one of their records.
+        residues_removed: residues cropped, summed over records.
+        max_removed: the most residues cropped from one record.
+    """
+
+    max_seq_length: int
+    n_records: int = 0
+    n_cropped: int = 0
+    n_sequences: int = 0
+    n_sequences_cropped: int = 0
+    residues_removed: int = 0
+    max_removed: int = 0
+
+    def message(self) -> str:
+        if not self.n_cropped:
+            return f"no record cropped: all {self.n_records} fit {self.max_seq_length} tokens"
+        return (f"cropped {self.n_cropped} of {self.n_records} records ({self.n_sequences_cropped} of "
+                f"{self.n_sequences} proteins) to fit {self.max_seq_length} tokens: {self.residues_removed} "
+                f"residues removed in all, at most {self.max_removed} from one record; every answer kept whole")
+
+
+def widest_label(tok, labels: Iterable[str], render) -> str:
+    """The label whose rendered text (``render(label)``) takes the most tokens."""
+    from adaptome.domains.protein.tokenizer import encode
+
+    return max(sorted(set(labels)), key=lambda lab: len(encode(tok, render(lab), bos=False)))
+
+
+def generate_answer(tok, task: LabelTask, seq: str, label: str, max_seq_length: int | None) -> str:
+    """The answer of a generation record for ``seq``: ``Seq=<seq>`` when it fits ``max_seq_length``
+    tokens after ``task.generate_prompt(label)`` (with ``</s>``), else its longest fitting N-terminal
+    part left open (``Seq=<MKV...``, no ``>``: the protein's real end is not in the record)."""
+    from adaptome.domains.protein.instruct import crop_to_fit, n_tokens
+
+    prompt, full = task.generate_prompt(label), seq_line(seq)
+    if not max_seq_length or n_tokens(tok, prompt, full) <= max_seq_length:
+        return full
+    return "Seq=<" + crop_to_fit(tok, seq, lambda s: (prompt, "Seq=<" + s), max_seq_length)
+
+
+def determine_input(tok, task: LabelTask, seq: str, label: str, max_seq_length: int | None) -> str:
+    """The residues of ``seq`` an understanding record keeps: the longest N-terminal part with which
+    ``task.determine_prompt(part)`` + ``task.label_field(label)`` + ``</s>`` fits ``max_seq_length``."""
+    from adaptome.domains.protein.instruct import crop_to_fit
+
+    if not max_seq_length:
+        return seq
+    return crop_to_fit(tok, seq, lambda s: (task.determine_prompt(s), task.label_field(label)), max_seq_length)
+
+
+def fit_instruction_records(records: Iterable[Record], task: LabelTask, tok, max_seq_length: int,
+                            kinds: tuple[str, ...] = ("generate", "determine")) -> tuple[list[dict], CropReport]:
+    """``instruction_records`` that fit ``max_seq_length`` tokens of ``tok`` with every answer whole.
+
+    The protein is cropped, never the answer (see ``instruct.py``). The crop of a protein does not
+    depend on its own label: it is computed with the label that takes the most tokens, so that
+    ``classify`` (which does not know the label) crops a query exactly as training did.
+    """
+    records = list(records)
+    for r in records:
+        if r.label is None:
+            raise FormatError(f"record {r.id!r} has no label; attach labels before building instructions")
+    labels = [r.label for r in records]
+    rep = CropReport(max_seq_length, n_sequences=len(records))
+    out: list[dict] = []
+    if not records:
+        return out, rep
+    gen_label = widest_label(tok, labels, task.generate_prompt)
+    det_label = widest_label(tok, labels, task.label_field)
+    for r in records:
+        removed = []
+        if "generate" in kinds:
+            ans = generate_answer(tok, task, r.seq, gen_label, max_seq_length)
+            removed.append(len(r.seq) - len(parse_open_seq(ans)))
+            out.append(instruction_record(task.generate, task.label_field(r.label), ans))
+        if "determine" in kinds:
+            kept = determine_input(tok, task, r.seq, det_label, max_seq_length)
+            removed.append(len(r.seq) - len(kept))
+            out.append(instruction_record(task.determine, seq_line(kept), task.label_field(r.label)))
+        cut = [n for n in removed if n > 0]
+        rep.n_cropped += len(cut)
+        rep.n_sequences_cropped += bool(cut)
+        rep.residues_removed += sum(cut)
+        rep.max_removed = max([rep.max_removed] + cut)
+    rep.n_records = len(out)
+    return out, rep
+
+
+def parse_open_seq(text: str) -> str:
+    """The residues of ``Seq=<...>`` or of an open ``Seq=<...`` answer."""
+    body = text[len("Seq=<"):] if text.startswith("Seq=<") else text
+    return body[:-1] if body.endswith(">") else body
 
 
 # --- label tables ---------------------------------------------------------------------------------

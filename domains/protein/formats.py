@@ -36,6 +36,7 @@ EXTRA_AA = "BZXUOJ"
 Policy = Literal["error", "skip", "keep"]
 
 _FIELD_RX = re.compile(r"^([A-Za-z][A-Za-z0-9_ \-]*)=<(.*)>$", re.S)
+_OPEN_RX = re.compile(r"^[A-Za-z][A-Za-z0-9_ \-]*=<[^>]*$")
 
 
 class ProteinError(AdaptomeError, ValueError):
@@ -83,6 +84,11 @@ def parse_field(text: str, key: str | None = None, source: str = "<text>") -> tu
     if key is not None and m.group(1) != key:
         raise FormatError(f"{source}: expected {key}=<...>, got {m.group(1)}=<...>")
     return m.group(1), m.group(2)
+
+
+def is_open_field(text: str) -> bool:
+    """``Key=<value`` without the closing ``>``: a sequence cropped before its real end."""
+    return bool(_OPEN_RX.match(text.strip()))
 
 
 def parse_seq_line(text: str, source: str = "<text>") -> str:
@@ -239,7 +245,8 @@ def read_fasta_headers(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class StockholmFamily:
-    """One Pfam-style Stockholm alignment, ungapped: ``#=GF ID``, ``AC``, clan ``CL`` and records."""
+    """One Pfam-style Stockholm alignment, ungapped: ``#=GF ID``, ``AC``, clan ``CL`` and records
+    (each labelled with the family's ID or AC, see ``read_stockholm_families``)."""
 
     id: str
     accession: str | None
@@ -247,29 +254,105 @@ class StockholmFamily:
     records: list[Record]
 
 
-def read_stockholm(path: str | os.PathLike, policy: Policy = "error") -> StockholmFamily:
-    """Read a Stockholm alignment (Biopython); sequences are returned without gaps."""
+STOCKHOLM_SUFFIXES = (".sto", ".stk", ".seed", ".sth")
+StockholmLabel = Literal["id", "ac"]
+
+
+def _gf_blocks(path: Path) -> list[dict[str, str]]:
+    """The ``#=GF`` tags (first value of each) of every alignment block, in file order."""
+    blocks: list[dict[str, str]] = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("# STOCKHOLM"):
+                blocks.append({})
+            elif line.startswith("#=GF ") and blocks:
+                tag, _, val = line[5:].strip().partition(" ")
+                blocks[-1].setdefault(tag, val.strip())
+    return blocks
+
+
+def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error",
+                            label: StockholmLabel = "id") -> list[StockholmFamily]:
+    """Every alignment of a Stockholm file (a Pfam ``Pfam-A.seed`` holds thousands), gaps removed.
+
+    Sequences are parsed with Biopython's ``AlignIO.parse(..., "stockholm")``; the ``#=GF ID / AC / CL``
+    lines, which ``AlignIO`` does not keep, are read from the same blocks (``# STOCKHOLM 1.0`` ...
+    ``//``), so each family in a multi-alignment file keeps its own. Each record's label is the
+    family's ``#=GF ID`` (``label="id"``) or ``#=GF AC`` (``"ac"``); an alignment without that line
+    is an error, except that a file holding one alignment without ``#=GF ID`` is named after the file.
+    """
     from Bio import AlignIO
 
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
+    if label not in ("id", "ac"):
+        raise FormatError(f"Stockholm label {label!r}: known: id, ac")
     try:
-        aln = AlignIO.read(str(path), "stockholm")
-    except ValueError as e:
-        raise FormatError(f"{path}: not a single Stockholm alignment ({e})") from None
-    gf = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("#=GF "):
-            tag, _, val = line[5:].partition(" ")
-            gf.setdefault(tag.strip(), val.strip())
-    fam_id = gf.get("ID") or path.stem
-    recs = []
-    for r in aln:
-        seq = clean_sequence(str(r.seq), policy, f"{path}: record {r.id!r}")
+        alignments = list(AlignIO.parse(str(path), "stockholm"))
+    except (ValueError, AssertionError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"{path}: not a Stockholm alignment ({msg})") from None
+    blocks = _gf_blocks(path)
+    if not alignments or len(blocks) != len(alignments):
+        raise FormatError(f"{path}: no Stockholm alignment (expected '# STOCKHOLM 1.0' ... '//' blocks)")
+    out = []
+    for i, (aln, gf) in enumerate(zip(alignments, blocks), 1):
+        fam_id = gf.get("ID") or (path.name.split(".")[0] if len(alignments) == 1 else None)
+        acc = gf.get("AC")
+        name = fam_id if label == "id" else acc
+        if not name:
+            tag = "ID" if label == "id" else "AC"
+            raise FormatError(f"{path}: alignment {i} has no '#=GF {tag}' line to label its sequences")
+        recs = []
+        for r in aln:
+            seq = clean_sequence(str(r.seq), policy, f"{path}: record {r.id!r}")
+            if seq is not None:
+                recs.append(Record(r.id, seq, name))
+        out.append(StockholmFamily(fam_id or name, acc, gf.get("CL"), recs))
+    return out
+
+
+def read_stockholm(path: str | os.PathLike, policy: Policy = "error") -> StockholmFamily:
+    """The one alignment of a Stockholm file (``read_stockholm_families``; more than one is an error)."""
+    fams = read_stockholm_families(path, policy)
+    if len(fams) != 1:
+        raise FormatError(f"{Path(path)}: {len(fams)} alignments; expected one (use read_stockholm_families)")
+    return fams[0]
+
+
+def is_stockholm(path: str | os.PathLike) -> bool:
+    """A Stockholm file by extension (``.sto .stk .seed .sth``) or content (``# STOCKHOLM`` first)."""
+    path = Path(path)
+    if path.suffix.lower() in STOCKHOLM_SUFFIXES:
+        return True
+    with path.open("rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace").lstrip().upper()
+    return head.startswith("# STOCKHOLM")
+
+
+def read_sequences(path: str | os.PathLike, policy: Policy = "error", key: str | None = None,
+                   stockholm_label: StockholmLabel = "id") -> list[Record]:
+    """Records of a FASTA or Stockholm file, told apart by ``is_stockholm``; the one reader wherever a
+    sequence file is an input (``build-dataset``, ``classify``).
+
+    Labels: a Stockholm record is labelled by its family (``read_stockholm_families``); a FASTA record
+    by a ``{key}=<label>`` field in its header when ``key`` is given and the header holds one (the
+    ``sequences.fasta`` that ``build-dataset`` writes), otherwise None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
+    if is_stockholm(path):
+        return [r for fam in read_stockholm_families(path, policy, stockholm_label) for r in fam.records]
+    rx = re.compile(re.escape(key) + r"=<([^>]*)>") if key else None
+    out = []
+    for rid, header, raw in _fasta_records(path):
+        seq = clean_sequence(raw, policy, f"{path}: record {rid!r}")
         if seq is not None:
-            recs.append(Record(r.id, seq, fam_id))
-    return StockholmFamily(fam_id, gf.get("AC"), gf.get("CL"), recs)
+            m = rx.search(header) if rx else None
+            out.append(Record(rid, seq, m.group(1) if m else None))
+    return out
 
 
 # --- label vocabulary -----------------------------------------------------------------------------------

@@ -2,8 +2,24 @@
 ``build_instruction_dataset.py``).
 
 Each record becomes source = ``<s>`` + ``instruction + ' ' + input`` and target = ``output`` +
-``</s>``, concatenated with no separator and truncated to ``max_seq_length`` tokens. Labels are -100
-on every source token, so the loss covers only the answer and its EOS (the "prompt mask").
+``</s>``, concatenated with no separator. Labels are -100 on every source token, so the loss covers
+only the answer and its EOS (the "prompt mask").
+
+No record is ever cut past ``max_seq_length`` tokens with its answer lost (ProLLaMA truncates the
+token row, which drops the label of a ``[Determine ...]`` record on a long protein). A record that
+does not fit is *fitted* instead (``fit_record``): the protein is cropped, never the answer --
+
+* the answer is a sequence (``Seq=<...>``, a generation record): it keeps its longest N-terminal part
+  that fits and is left *open* (``Seq=<MKV...`` without ``>``), and no ``</s>`` follows an open answer,
+  so the model never learns an end that is not the protein's real end;
+* the prompt holds the sequence (``input`` is ``Seq=<...>``, an understanding record): the input is
+  cropped to its longest N-terminal part that fits beside the whole answer (and stays closed, ``>``
+  being the delimiter before the answer).
+
+``build-dataset`` fits its records the same way when it writes them (``data.fit_instruction_records``,
+cropping to the longest label so that ``classify`` can reproduce the crop); records read from other
+files are fitted here, and their count is reported (``n_truncated``). A record that cannot be
+fitted (no sequence to crop, or an answer longer than the limit) is an error naming it.
 Batches are right-padded; padding is masked out of attention and loss. Default adapter: LoRA r 64 /
 alpha 128 on the seven projections, no ``modules_to_save``; the stage-1 merged checkpoint is the
 base. Training goes through ``adaptome.core.train.loop.fit`` (see ``pretrain.run_stage``).
@@ -14,26 +30,92 @@ Not covered: multi-turn records, packing several records per row.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from adaptome.domains.protein.formats import prompt_of, read_instructions
+from adaptome.domains.protein.formats import FormatError, is_open_field, parse_field, prompt_of, read_instructions
 from adaptome.domains.protein.tokenizer import encode
 
 IGNORE = -100
 
 
+def n_tokens(tok, prompt: str, target: str) -> int:
+    """Tokens of ``<s>`` + prompt + target (+ ``</s>`` unless the target is an open field)."""
+    return (len(encode(tok, prompt, bos=True)) + len(encode(tok, target, bos=False))
+            + (0 if is_open_field(target) else 1))
+
+
+def crop_to_fit(tok, seq: str, render: Callable[[str], tuple[str, str]], max_seq_length: int) -> str:
+    """The longest N-terminal part ``seq[:k]`` whose rendered (prompt, target) fits ``max_seq_length``
+    tokens (``n_tokens``); ``seq`` itself when it fits. Raises ``FormatError`` when not one residue fits.
+
+    A binary search over k (token counts grow with k for the character tokenizer and, up to merges at
+    the edge, for subword ones; the result is checked).
+    """
+    if n_tokens(tok, *render(seq)) <= max_seq_length:
+        return seq
+    lo, hi = 0, len(seq)  # fits(lo) unknown yet, fits(hi) false
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if n_tokens(tok, *render(seq[:mid])) <= max_seq_length:
+            lo = mid
+        else:
+            hi = mid
+    while lo > 0 and n_tokens(tok, *render(seq[:lo])) > max_seq_length:
+        lo -= 1
+    if lo == 0:
+        prompt, target = render(seq[:1])
+        raise FormatError(f"max_seq_length {max_seq_length} leaves no room for a residue beside "
+                          f"{prompt[:60]!r} -> {target[:40]!r}; raise max_seq_length")
+    return seq[:lo]
+
+
+def _seq_of(text: str) -> str | None:
+    try:
+        return parse_field(text, "Seq")[1]
+    except FormatError:
+        return None
+
+
+def fit_record(tok, rec: dict[str, str], max_seq_length: int, where: str = "record") -> tuple[dict[str, str], int]:
+    """(record that fits ``max_seq_length`` tokens, residues cropped); see the module docstring."""
+    if n_tokens(tok, prompt_of(rec), rec["output"]) <= max_seq_length:
+        return rec, 0
+    out_seq, in_seq = _seq_of(rec["output"]), _seq_of(rec["input"])
+    if out_seq is not None:  # generation record: crop the answer's sequence, leave it open
+        kept = crop_to_fit(tok, out_seq, lambda s: (prompt_of(rec), "Seq=<" + s), max_seq_length)
+        return {**rec, "output": "Seq=<" + kept}, len(out_seq) - len(kept)
+    if in_seq is not None:  # understanding record: crop the prompt's sequence, keep the whole answer
+        def render(s: str) -> tuple[str, str]:
+            return prompt_of({**rec, "input": f"Seq=<{s}>"}), rec["output"]
+
+        kept = crop_to_fit(tok, in_seq, render, max_seq_length)
+        return {**rec, "input": f"Seq=<{kept}>"}, len(in_seq) - len(kept)
+    n = n_tokens(tok, prompt_of(rec), rec["output"])
+    raise FormatError(f"{where}: {n} tokens > max_seq_length {max_seq_length} and no Seq=<...> to crop; "
+                      "its answer would be cut")
+
+
 def encode_record(tok, rec: dict[str, str], max_seq_length: int) -> dict[str, list[int]]:
-    """``input_ids`` and ``labels`` (-100 over the prompt) of one record."""
+    """``input_ids`` and ``labels`` (-100 over the prompt) of one record that fits (``fit_record``).
+
+    An open answer (a cropped ``Seq=<...`` without ``>``) gets no ``</s>``.
+    """
     src = encode(tok, prompt_of(rec), bos=True)
-    tgt = encode(tok, rec["output"], bos=False) + [tok.eos_token_id]
-    ids = (src + tgt)[:max_seq_length]
-    labels = ([IGNORE] * len(src) + tgt)[:max_seq_length]
-    return {"input_ids": ids, "labels": labels}
+    tgt = encode(tok, rec["output"], bos=False) + ([] if is_open_field(rec["output"]) else [tok.eos_token_id])
+    if len(src) + len(tgt) > max_seq_length:
+        raise FormatError(f"instruction record of {len(src) + len(tgt)} tokens > max_seq_length {max_seq_length}; "
+                          "fit it first (fit_record)")
+    return {"input_ids": src + tgt, "labels": [IGNORE] * len(src) + tgt}
 
 
 class InstructionDataset:
+    """Encoded records, each fitted to ``max_seq_length`` first; ``n_cropped`` records were cropped."""
+
     def __init__(self, tok, records: list[dict[str, str]], max_seq_length: int):
-        self.items = [encode_record(tok, r, max_seq_length) for r in records]
+        fitted = [fit_record(tok, r, max_seq_length, f"instruction record {i}") for i, r in enumerate(records, 1)]
+        self.n_cropped = sum(n > 0 for _, n in fitted)
+        self.residues_cropped = sum(n for _, n in fitted)
+        self.items = [encode_record(tok, r, max_seq_length) for r, _ in fitted]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -74,5 +156,6 @@ def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, ada
     summary = run_stage(model, tok, ds, pad_collate(tok.pad_token_id), adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite)
     summary["n_records"] = len(records)
-    summary["n_truncated"] = sum(it["labels"][-1] != tok.eos_token_id for it in ds.items)
+    summary["n_truncated"] = ds.n_cropped  # records whose protein was cropped here (never an answer)
+    summary["residues_cropped"] = ds.residues_cropped
     return summary

@@ -24,8 +24,9 @@ from adaptome.domains.protein.tokenizer import encode
 
 
 def load_sequences(files: list[str], policy: Policy = "error", max_residues: int | None = None) -> list[str]:
-    """Sequences from FASTA files or ``Seq=<...>`` text files (by content), cropped to ``max_residues``."""
-    from adaptome.domains.protein.formats import clean_sequence
+    """Sequences from FASTA, Stockholm or ``Seq=<...>`` text files (by content; Stockholm also by
+    extension), cropped to ``max_residues``."""
+    from adaptome.domains.protein.formats import clean_sequence, is_stockholm, read_sequences
 
     if not files:
         raise FormatError("no training files given")
@@ -35,7 +36,9 @@ def load_sequences(files: list[str], policy: Policy = "error", max_residues: int
         if not path.is_file():
             raise FormatError(f"{path}: file not found")
         head = path.read_text(encoding="utf-8", errors="replace").lstrip()[:1]
-        if head == ">" or not head:
+        if is_stockholm(path):
+            seqs += [r.seq for r in read_sequences(path, policy)]
+        elif head == ">" or not head:
             seqs += [r.seq for r in read_fasta(path, policy)]
         else:
             for i, s in enumerate(read_seq_lines(path), 1):

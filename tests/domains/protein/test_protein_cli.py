@@ -4,6 +4,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from adaptome.domains.protein.cli import app
+from adaptome.domains.protein.data import data_dir
 
 runner = CliRunner()
 
@@ -49,11 +50,14 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tiny_esmfold, tmp_path):
     assert (tmp_path / "g.fa").read_text().count(">gen-") == 2
     (tmp_path / "labels.txt").write_text("\n".join(rep["labels"]) + "\n")
     (tmp_path / "q.fa").write_text(">q\n" + (out / "data" / "stage1.fasta").read_text().split("\n")[1] + "\n")
+    pfam = data_dir() / "pfam"  # labelled training sequences for the baselines: Stockholm seeds
     r = runner.invoke(app, ["classify", "--model", model, "--fasta", str(tmp_path / "q.fa"), "--labels",
-                            str(tmp_path / "labels.txt"), "--task-name", "family", "--out", str(tmp_path / "p.csv")])
+                            str(tmp_path / "labels.txt"), "--task-name", "family", "--out", str(tmp_path / "p.csv"),
+                            "--train", str(pfam / "pfam6.seed.txt"), "--train", str(pfam / "pfam8.seed.txt")])
     assert r.exit_code == 0, r.output
+    assert "majority class of the training set: Cyclin_N" in r.output
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert rows[0] == "id,prediction" and rows[1].split(",")[1] in rep["labels"]
+    assert rows[0] == "id,prediction,status,kmer_prediction" and rows[1].split(",")[1] in rep["labels"]
     r = runner.invoke(app, ["score-mutations", "--model", str(out / "stage1" / "merged"),
                             "--out", str(tmp_path / "m.csv")])
     assert r.exit_code == 0 and "Spearman" in r.output, r.output
@@ -71,8 +75,6 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tiny_esmfold, tmp_path):
 
 def test_cli_two_stages_from_tiny_configs(tmp_path):
     import yaml
-
-    from adaptome.domains.protein.data import data_dir
 
     cfgs = data_dir().parent / "configs"
     r = runner.invoke(app, ["build-dataset", "--shipped", "pfam", "--task-name", "family", "--max-residues", "40",

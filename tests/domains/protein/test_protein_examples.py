@@ -90,7 +90,7 @@ def test_every_readme_and_help_example_runs(tmp_path, monkeypatch):
             r = runner.invoke(app, _adapt(cmd, esm_dir, overwrite))
             assert r.exit_code == 0, f"{cmd}\n{r.output}"
     assert len(seen) >= 11
-    assert (tmp_path / "pred.csv").read_text().startswith("id,prediction\n")
+    assert (tmp_path / "pred.csv").read_text().startswith("id,prediction,status,kmer_prediction")
     assert (tmp_path / "runs" / "protein" / "esm_classify" / "merged").is_dir()
 
 
