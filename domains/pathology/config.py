@@ -243,17 +243,32 @@ class PretrainConfig:
 
 @dataclass
 class SynthConfig:
-    """A SYNTHETIC cohort with a planted sTIL % (``synth``; see ``synth.py``).
+    """A SYNTHETIC cohort with a planted sTIL % (``synth``; see ``synth.py`` and ``synth_hard.py``).
 
     Args:
         out_dir: output folder (slides, ``labels.csv``, ``truth/``).
         n_slides: slides to write.
-        seed: seed of every random choice (tissue shape, densities, sites).
-        grid: cells per side of the slide's square grid.
-        cell_px: side of one cell in level-0 pixels at 0.5 um/px.
+        seed: seed of every random choice (tissue shape, densities, sites, artefacts).
+        grid: cells per side of the slide's square grid (the slide is ``grid * cell_px`` pixels wide).
+        cell_px: side of one cell in level-0 pixels at 0.5 um/px (``hard``: the truth-table tile).
         mpp: level-0 resolution; 0.5 / k for an integer k (0.25 writes a 40x-like slide).
-        n_sites: acquisition sites the slides are spread over (the ``site`` column).
+        n_sites: acquisition sites the slides are spread over (the ``site`` column); ``hard``:
+            balanced against the target, each with its own stain.
         compression: TIFF tile compression, ``zlib`` (lossless) or ``jpeg``.
+        kind: ``hard`` (stroma-only label among confounders, ``synth_hard.py``) or ``simple`` (the
+            easy tissue-wide cohort of ``synth.render_slide``; the switches below do not apply).
+        stain_variation: per-site stain vectors, strengths and background: 0 = every site stains
+            like the reference, 1 = the full site table of ``synth_hard.SITES``.
+        pen_prob: share of slides with pen strokes (blue, green, black ink over glass and tissue).
+        fold_prob: share of slides with a tissue fold (a band where the tissue lies twice).
+        blur_prob: share of slides with an out-of-focus patch.
+        intratumoral: draw lymphocytes inside tumour nests (not counted; density independent of the target).
+        grade_variation: tumour nuclear grade 1-3 per slide (size and darkness); off: grade 2 everywhere.
+        tumour_share_min: smallest tumour share of the tissue (drawn uniformly per slide).
+        tumour_share_max: largest tumour share of the tissue.
+        dark_confounders: fibroblasts at a per-slide density, vessels with red cells; off: few pale
+            fibroblasts, no vessels.
+        pair_frac: share of cases with a second slide (another section of the same case).
     """
 
     out_dir: str = "runs/pathology/synth"
@@ -264,6 +279,24 @@ class SynthConfig:
     mpp: float = 0.5
     n_sites: int = 4
     compression: Literal["zlib", "jpeg"] = "zlib"
+    kind: Literal["hard", "simple"] = "hard"
+    stain_variation: float = 1.0
+    pen_prob: float = 0.3
+    fold_prob: float = 0.25
+    blur_prob: float = 0.25
+    intratumoral: bool = True
+    grade_variation: bool = True
+    tumour_share_min: float = 0.15
+    tumour_share_max: float = 0.65
+    dark_confounders: bool = True
+    pair_frac: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("pen_prob", "fold_prob", "blur_prob", "stain_variation", "pair_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.tumour_share_min <= self.tumour_share_max < 1.0:
+            raise ValueError("need 0 <= tumour_share_min <= tumour_share_max < 1")
 
 
 def field_help(cls: type, name: str) -> str:

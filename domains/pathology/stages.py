@@ -238,10 +238,9 @@ def pretrain_encoder(cfg, progress: bool = True) -> dict:
 def synth(cfg) -> Path:
     """A synthetic cohort (``cfg``: ``config.SynthConfig``); returns ``labels.csv``. A folder that
     already holds a cohort is never overwritten."""
-    from adaptome.domains.pathology.synth import make_cohort
+    from adaptome.domains.pathology.synth import cohort_from_config
 
     if (Path(cfg.out_dir) / "labels.csv").exists():
         raise PathologyError(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
     save_config(cfg, cfg.out_dir)
-    return make_cohort(cfg.out_dir, n_slides=cfg.n_slides, seed=cfg.seed, grid=cfg.grid, cell_px=cfg.cell_px,
-                       mpp=cfg.mpp, n_sites=cfg.n_sites, compression=cfg.compression)
+    return cohort_from_config(cfg)
