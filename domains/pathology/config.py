@@ -28,6 +28,7 @@ class SegmentConfig:
         close: iterations of binary closing after thresholding (0: none).
         min_area_frac: tissue pieces smaller than this share of the thumbnail are dropped.
         fill_holes: fill holes inside tissue pieces.
+        artefacts: remove pen ink (blue, green, black) from the tissue mask (``segment.artefact_mask``).
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
     """
 
@@ -38,6 +39,7 @@ class SegmentConfig:
     close: int = 2
     min_area_frac: float = 0.001
     fill_holes: bool = True
+    artefacts: bool = True
     skip_errors: bool = False
 
 
@@ -61,6 +63,9 @@ class TileConfig:
         blur: median-filter size of the tissue mask (see ``SegmentConfig``).
         close: closing iterations of the tissue mask.
         min_area_frac: smallest tissue piece kept, as a share of the thumbnail.
+        artefacts: remove pen ink from the tissue mask before choosing tiles (``segment.artefact_mask``).
+        stain_norm: ``macenko``: estimate each slide's stain from its tiles and read every tile
+            normalised to the reference stain (``stain_norm.py``); ``none``: tiles as scanned.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
     """
 
@@ -77,6 +82,8 @@ class TileConfig:
     blur: int = 5
     close: int = 2
     min_area_frac: float = 0.001
+    artefacts: bool = True
+    stain_norm: Literal["macenko", "none"] = "macenko"
     skip_errors: bool = False
 
     def __post_init__(self) -> None:
@@ -201,11 +208,19 @@ class EvaluateConfig:
         predictions: ``predictions.csv`` written by ``train`` (``slide_id,fold,pred,target``).
         out_dir: report folder (default: ``eval_cut<cutoff>`` beside the predictions).
         cutoff: sTIL-high cut-off in % for the ROC AUC (target >= cutoff is positive).
+        baselines: also fit the simple baselines (constant, dark-pixel fraction, mean baseline-encoder
+            features) on the same folds and report them beside the MIL result.
+        tiles_dir: tiling folder the baselines read tiles from (default: the one the run's features
+            were made from, found through the run's ``config.yaml``).
+        labels: label CSV for the per-site MAE (default: the run's).
     """
 
     predictions: str = ""
     out_dir: Optional[str] = None
     cutoff: float = 30.0
+    baselines: bool = True
+    tiles_dir: Optional[str] = None
+    labels: Optional[str] = None
 
 
 @dataclass

@@ -53,7 +53,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
             s.close()
         rgb = np.asarray(thumb)
         mask = tissue_mask(rgb, blur=cfg.blur, close=cfg.close, min_area_frac=cfg.min_area_frac,
-                           fill_holes=cfg.fill_holes)
+                           fill_holes=cfg.fill_holes, artefacts=cfg.artefacts)
         Image.fromarray((mask * 255).astype(np.uint8)).save(out / "masks" / f"{sid}.png")
         Image.fromarray(qc_image(rgb, mask)).save(out / "qc" / f"{sid}.png")
         write_text_atomic(target, json.dumps(mask_to_geojson(mask, scale)))  # the contour file marks the slide done
@@ -78,7 +78,8 @@ def tile(cfg, progress: bool = True) -> StageSummary:
             if not roi.is_file():
                 raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
-                         {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac})
+                         {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
+                          "artefacts": cfg.artefacts}, cfg.stain_norm)
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})
 
     return run_stage("tile", _items(cfg.slides), out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress)
