@@ -191,9 +191,10 @@ def render_hard_slide(seed: int, slide_index: int, m: float, site: int, size: in
         bl = rng["blur"]
         region = d.ellipse_region(shape, d.random_point(bl, tissue), bl.uniform(0.12, 0.25) * size,
                                   bl.uniform(0.12, 0.25) * size)
-        soft = ndimage.gaussian_filter(region.astype(np.float32), 4)[..., None]  # (H, W) -> (H, W, 1)
+        soft = ndimage.gaussian_filter(region.astype(np.float32), 4)
+        soft = np.where(soft > 0.01, soft, 0.0)[..., None]  # feathered edge, (H, W) -> (H, W, 1)
         od = soft * ndimage.gaussian_filter(od, (3, 3, 0)) + (1 - soft) * od
-        artefact[region & tissue] |= 4
+        artefact[region] |= 4
         facts["blur"] = bool((region & tissue).any())
     if rng["pen"].uniform() < conf.pen_prob:  # ink over glass and tissue
         pr = rng["pen"]
