@@ -32,10 +32,10 @@ HERE = Path(__file__).resolve().parent
 #: variant -> (TileConfig overrides, encoder, ExtractConfig encoder options)
 VARIANTS = {
     "default": ({}, "baseline", {}),
-    "no_artefact_mask": ({"artefacts": False}, "baseline", {}),
-    "no_stain_norm": ({"stain_norm": "none"}, "baseline", {}),
-    "no_lymph_features": ({}, "baseline", {"lymph": False}),
     "none_of_them": ({"artefacts": False, "stain_norm": "none"}, "baseline", {"lymph": False}),
+    "no_lymph_features": ({}, "baseline", {"lymph": False}),
+    "no_stain_norm": ({"stain_norm": "none"}, "baseline", {}),
+    "no_artefact_mask": ({"artefacts": False}, "baseline", {}),
 }
 
 
@@ -158,38 +158,45 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args()
 
-    import numpy as np
-
     from adaptome.domains.pathology.synth import make_hard_cohort
 
     results = {"versions": _versions(), "args": vars(args), "seeds": {}}
+    names = args.variants.split(",")
     for seed in [int(s) for s in args.seeds.split(",")]:
         work = Path(tempfile.mkdtemp(prefix="patho_hard_"))
         try:
             t0 = time.perf_counter()
             labels = make_hard_cohort(work / "slides", n_slides=args.n_slides, seed=seed, grid=args.grid)
             results["seeds"][seed] = {"synth_s": time.perf_counter() - t0}
-            for name in args.variants.split(","):
+            for name in names:
                 r = run_variant(work, work / "slides", labels, name, args)
                 results["seeds"][seed][name] = r
                 print(seed, name, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}),
                       flush=True)
+                write(results, args, Path(args.out))  # after every variant, so a long run keeps what it measured
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    names = args.variants.split(",")
+    print((Path(args.out) / "hard_cohort.md").read_text())
+
+
+def write(results: dict, args, out: Path) -> None:
+    """Aggregate over the seeds measured so far and write ``hard_cohort.json`` / ``hard_cohort.md``."""
+    import numpy as np
+
     agg = {}
-    for name in names:
-        per = [results["seeds"][s][name] for s in results["seeds"]]
+    for name in args.variants.split(","):
+        per = [results["seeds"][s][name] for s in results["seeds"] if name in results["seeds"][s]]
+        if not per:
+            continue
         agg[name] = {k: float(np.mean([p[k] for p in per])) for k in per[0] if isinstance(per[0][k], (int, float))}
+        agg[name]["n_seeds"] = len(per)
         agg[name]["sd_over_seeds_pooled_r2"] = float(np.std([p["pooled_r2"] for p in per], ddof=1)) if len(per) > 1 else 0.0
     results["mean_over_seeds"] = agg
     results["command"] = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/pathology/hard_cohort.py "
                           f"--seeds {args.seeds} --n-slides {args.n_slides} --grid {args.grid} --mag {args.mag:g} "
                           f"--tile-size {args.tile_size} --max-steps {args.max_steps} --variants {args.variants}")
-    out = Path(args.out)
     (out / "hard_cohort.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "hard_cohort.md").write_text(render(results))
-    print((out / "hard_cohort.md").read_text())
 
 
 def render(res: dict) -> str:
@@ -200,14 +207,14 @@ def render(res: dict) -> str:
              f"{a['n_slides']} synthetic slides per cohort ({a['grid'] * 64} px square at 0.5 um/px, "
              f"4 sites, artefacts, intratumoral lymphocytes ...; `synth_hard.py`), tiles of {a['tile_size']} px "
              f"at {a['mag']:g}x, `baseline` encoder, attention MIL ({a['max_steps']} steps), 5-fold CV grouped by case; "
-             f"cohort seeds {', '.join(map(str, seeds))} (numbers are means over them). Baselines are fitted on the "
-             "MIL's own folds.", "",
-             "| variant | pooled R² | fold R² mean ± sd | dark-pixel pooled R² | dark-pixel fold R² | "
+             f"cohort seeds {', '.join(map(str, seeds))} (numbers are means over the seeds each variant ran on, "
+             "column n). Baselines are fitted on the MIL's own folds.", "",
+             "| variant | n | pooled R² | fold R² mean ± sd | dark-pixel pooled R² | dark-pixel fold R² | "
              "mean-features fold R² | MAE artefact / clean | site MAE max/min | tile Spearman (≥ ½ stroma) | "
              "median within-slide Spearman |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in agg.items():
-        lines.append(f"| {name} | {r['pooled_r2']:.3f} | {r['fold_r2_mean']:.3f} ± {r['fold_r2_sd']:.3f} "
+        lines.append(f"| {name} | {r['n_seeds']:.0f} | {r['pooled_r2']:.3f} | {r['fold_r2_mean']:.3f} ± {r['fold_r2_sd']:.3f} "
                      f"| {r['dark_pooled_r2']:.3f} | {r['dark_fold_r2_mean']:.3f} | {r['meanfeat_fold_r2_mean']:.3f} "
                      f"| {r['mae_artefact']:.2f} / {r['mae_clean']:.2f} | {r['site_mae_ratio']:.2f} "
                      f"| {r['tile_spearman']:.3f} | {r['within_slide_spearman_median']:.3f} |")
