@@ -135,7 +135,8 @@ def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict
     b = ev["baselines"]
     return {"pooled_r2": ev["pooled"]["r2"], "fold_r2_mean": ev["mean_sd"]["r2"]["mean"],
             "fold_r2_sd": ev["mean_sd"]["r2"]["sd"], "auc_mean": ev["mean_sd"]["auc"]["mean"],
-            "dark_pooled_r2": b["dark_pixels"]["pooled"]["r2"], "dark_fold_r2_mean": b["dark_pixels"]["mean_sd"]["r2"]["mean"],
+            "dark_pooled_r2": b["dark_pixels"]["pooled"]["r2"],
+            "dark_fold_r2_mean": b["dark_pixels"]["mean_sd"]["r2"]["mean"],
             "dark_fold_r2_sd": b["dark_pixels"]["mean_sd"]["r2"]["sd"],
             "meanfeat_pooled_r2": b["mean_features"]["pooled"]["r2"],
             "meanfeat_fold_r2_mean": b["mean_features"]["mean_sd"]["r2"]["mean"],
@@ -190,7 +191,8 @@ def write(results: dict, args, out: Path) -> None:
             continue
         agg[name] = {k: float(np.mean([p[k] for p in per])) for k in per[0] if isinstance(per[0][k], (int, float))}
         agg[name]["n_seeds"] = len(per)
-        agg[name]["sd_over_seeds_pooled_r2"] = float(np.std([p["pooled_r2"] for p in per], ddof=1)) if len(per) > 1 else 0.0
+        sd = float(np.std([p["pooled_r2"] for p in per], ddof=1)) if len(per) > 1 else 0.0
+        agg[name]["sd_over_seeds_pooled_r2"] = sd
     results["mean_over_seeds"] = agg
     results["command"] = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/pathology/hard_cohort.py "
                           f"--seeds {args.seeds} --n-slides {args.n_slides} --grid {args.grid} --mag {args.mag:g} "
@@ -206,7 +208,8 @@ def render(res: dict) -> str:
     lines = ["## Pathology: the default pipeline vs simple baselines on the HARD synthetic cohort", "",
              f"{a['n_slides']} synthetic slides per cohort ({a['grid'] * 64} px square at 0.5 um/px, "
              f"4 sites, artefacts, intratumoral lymphocytes ...; `synth_hard.py`), tiles of {a['tile_size']} px "
-             f"at {a['mag']:g}x, `baseline` encoder, attention MIL ({a['max_steps']} steps), 5-fold CV grouped by case; "
+             f"at {a['mag']:g}x, `baseline` encoder, attention MIL ({a['max_steps']} steps), 5-fold CV grouped "
+             "by case; "
              f"cohort seeds {', '.join(map(str, seeds))} (numbers are means over the seeds each variant ran on, "
              "column n). Baselines are fitted on the MIL's own folds.", "",
              "| variant | n | pooled R² | fold R² mean ± sd | dark-pixel pooled R² | dark-pixel fold R² | "
@@ -214,7 +217,8 @@ def render(res: dict) -> str:
              "median within-slide Spearman |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in agg.items():
-        lines.append(f"| {name} | {r['n_seeds']:.0f} | {r['pooled_r2']:.3f} | {r['fold_r2_mean']:.3f} ± {r['fold_r2_sd']:.3f} "
+        lines.append(f"| {name} | {r['n_seeds']:.0f} | {r['pooled_r2']:.3f} "
+                     f"| {r['fold_r2_mean']:.3f} ± {r['fold_r2_sd']:.3f} "
                      f"| {r['dark_pooled_r2']:.3f} | {r['dark_fold_r2_mean']:.3f} | {r['meanfeat_fold_r2_mean']:.3f} "
                      f"| {r['mae_artefact']:.2f} / {r['mae_clean']:.2f} | {r['site_mae_ratio']:.2f} "
                      f"| {r['tile_spearman']:.3f} | {r['within_slide_spearman_median']:.3f} |")
@@ -234,7 +238,8 @@ def render(res: dict) -> str:
         site = " , ".join(f"{g} {v:.2f}" for g, v in res["seeds"][seeds[0]]["default"]["site_mae"].items())
         lines += ["", f"Per-site MAE of the default pipeline on cohort seed {seeds[0]} (%): {site}."]
     v = res["versions"]
-    lines += ["", f"Versions: git {v['git_commit'][:12]}, python {v['python']}, torch {v['torch']}, numpy {v['numpy']}, "
+    lines += ["", f"Versions: git {v['git_commit'][:12]}, python {v['python']}, torch {v['torch']}, "
+              f"numpy {v['numpy']}, "
               f"scikit-learn {v['scikit-learn']}, openslide-python {v['openslide-python']}. Reproduce:", "",
               f"    {res['command']}", ""]
     return "\n".join(lines)

@@ -20,7 +20,11 @@ density) in ``truth/``; labels: ``labels.csv`` (``slide_id,case_id,target,site``
 
 Dimension letters: H, W image height / width (level-0 pixels), G grid side (cells).
 
-Not covered: realistic morphology, stain variation between sites, slides with several cases.
+The HARD cohort (stroma-only label among site stains, artefacts and dark confounders) is drawn by
+``synth_hard.py`` and written by ``make_hard_cohort`` below; ``cohort_from_config`` picks one.
+
+Not covered (simple cohort): realistic morphology, stain variation between sites, slides with
+several cases.
 """
 
 from __future__ import annotations
@@ -181,7 +185,13 @@ def make_hard_cohort(out_dir: str | os.PathLike, n_slides: int = 40, seed: int =
     ``truth/<slide>.npz`` (the drawn masks at the 0.5 um/px render, ``scale`` = mask pixels per
     level-0 pixel) and ``truth/<slide>_tiles.csv`` (the per-tile truth table on the ``cell_px`` grid
     of the render); returns the label CSV path."""
-    from adaptome.domains.pathology.synth_hard import Confounders, case_plan, render_hard_slide, slide_target, tile_truth
+    from adaptome.domains.pathology.synth_hard import (
+        Confounders,
+        case_plan,
+        render_hard_slide,
+        slide_target,
+        tile_truth,
+    )
 
     conf = confounders or Confounders()
     out = Path(out_dir)

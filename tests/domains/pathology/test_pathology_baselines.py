@@ -39,7 +39,8 @@ def test_baselines_are_fitted_on_the_other_folds_by_the_stated_formulas():
         line = np.polyval(np.polyfit(dark[tr], y[tr], 1), dark[te])
         sc = StandardScaler().fit(feat[tr])
         ridge = Ridge(alpha=1.0).fit(sc.transform(feat[tr]), y[tr]).predict(sc.transform(feat[te]))
-        for name, ref in (("dark_pixels", line), ("mean_features", ridge), ("majority", np.full(te.sum(), y[tr].mean()))):
+        const = np.full(te.sum(), y[tr].mean())
+        for name, ref in (("dark_pixels", line), ("mean_features", ridge), ("majority", const)):
             pred = np.array([r["pred"] for r in got[name]])[te]
             assert pred == pytest.approx(np.clip(ref, 0, 100), abs=1e-8), name
     assert all([r["fold"] for r in got[k]] == fold.tolist() for k in got)
