@@ -29,13 +29,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: variant -> (TileConfig overrides, encoder, ExtractConfig encoder options)
+#: variant -> (TileConfig overrides, encoder, ExtractConfig encoder options); "default" is the pipeline's defaults
 VARIANTS = {
     "default": ({}, "baseline", {}),
-    "none_of_them": ({"artefacts": False, "stain_norm": "none"}, "baseline", {"lymph": False}),
     "no_lymph_features": ({}, "baseline", {"lymph": False}),
-    "no_stain_norm": ({"stain_norm": "none"}, "baseline", {}),
-    "no_artefact_mask": ({"artefacts": False}, "baseline", {}),
+    "with_artefact_mask": ({"artefacts": True}, "baseline", {}),
+    "with_stain_norm": ({"stain_norm": "macenko"}, "baseline", {}),
 }
 
 

@@ -28,7 +28,8 @@ class SegmentConfig:
         close: iterations of binary closing after thresholding (0: none).
         min_area_frac: tissue pieces smaller than this share of the thumbnail are dropped.
         fill_holes: fill holes inside tissue pieces.
-        artefacts: remove pen ink (blue, green, black) from the tissue mask (``segment.artefact_mask``).
+        artefacts: remove pen ink (blue, green, black) from the tissue mask (``segment.artefact_mask``;
+            off by default: on the shipped real slide it also cut 6 of 33 tissue tiles).
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
     """
 
@@ -39,7 +40,7 @@ class SegmentConfig:
     close: int = 2
     min_area_frac: float = 0.001
     fill_holes: bool = True
-    artefacts: bool = True
+    artefacts: bool = False
     skip_errors: bool = False
 
 
@@ -63,9 +64,11 @@ class TileConfig:
         blur: median-filter size of the tissue mask (see ``SegmentConfig``).
         close: closing iterations of the tissue mask.
         min_area_frac: smallest tissue piece kept, as a share of the thumbnail.
-        artefacts: remove pen ink from the tissue mask before choosing tiles (``segment.artefact_mask``).
+        artefacts: remove pen ink from the tissue mask before choosing tiles (``segment.artefact_mask``;
+            off by default, see ``benchmarks/pathology/hard_cohort.md``).
         stain_norm: ``macenko``: estimate each slide's stain from its tiles and read every tile
-            normalised to the reference stain (``stain_norm.py``); ``none``: tiles as scanned.
+            normalised to the reference stain (``stain_norm.py``); ``none`` (default, see
+            ``benchmarks/pathology/hard_cohort.md``): tiles as scanned.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
     """
 
@@ -82,8 +85,8 @@ class TileConfig:
     blur: int = 5
     close: int = 2
     min_area_frac: float = 0.001
-    artefacts: bool = True
-    stain_norm: Literal["macenko", "none"] = "macenko"
+    artefacts: bool = False
+    stain_norm: Literal["macenko", "none"] = "none"
     skip_errors: bool = False
 
     def __post_init__(self) -> None:

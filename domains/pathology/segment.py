@@ -65,7 +65,7 @@ def artefact_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def tissue_mask(rgb: np.ndarray, blur: int = 5, close: int = 2, min_area_frac: float = 0.001,
-                fill_holes: bool = True, min_saturation: float = 15.0, artefacts: bool = True) -> np.ndarray:
+                fill_holes: bool = True, min_saturation: float = 15.0, artefacts: bool = False) -> np.ndarray:
     """Boolean H x W tissue mask of an RGB thumbnail. ``min_saturation`` floors the Otsu threshold
     so that an almost-all-tissue or all-background image does not split on noise; ``artefacts``
     removes pen ink (``artefact_mask``)."""

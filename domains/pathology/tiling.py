@@ -136,7 +136,7 @@ class TileReader:
 def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overlap: int = 0,
                min_tissue: float = 0.5, mpp_overrides: dict[str, float] | None = None,
                thumb_size: int = 1024, roi_geojson: str | os.PathLike | None = None,
-               seg_params: dict | None = None, stain_norm: str = "macenko") -> dict:
+               seg_params: dict | None = None, stain_norm: str = "none") -> dict:
     """Tile one slide: returns ``coords`` (N x 2 level-0), ``tissue`` (N coverage) and ``attrs``
     (mpp, target mpp, tile size, level-0 size, read level, slide dimensions, and with ``stain_norm``
     ``macenko`` the slide's stain estimate from up to 32 of its tiles, ``stain_norm.py``)."""
@@ -160,7 +160,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "read_level": geom.level,
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
             "height": slide.dimensions[1], "stain_norm": stain_norm,
-            "artefacts": bool((seg_params or {}).get("artefacts", True)),
+            "artefacts": bool((seg_params or {}).get("artefacts", False)),
         }
         if stain_norm == "macenko" and keep.any():
             from dataclasses import replace
