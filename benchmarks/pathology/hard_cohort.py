@@ -12,7 +12,7 @@ per site, Spearman of tile scores with the planted tile density on tiles that ar
 (pooled over slides) and the median within-slide Spearman.
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/pathology/hard_cohort.py`` (add
-``--seeds 0,1,2``). Writes ``hard_cohort.json`` and ``hard_cohort.md`` beside this file.
+``--seeds 0,1,2``). Writes ``results_hard_cohort.json`` and ``results_hard_cohort.md`` beside this file.
 """
 
 from __future__ import annotations
@@ -156,7 +156,12 @@ def main() -> None:
     ap.add_argument("--seed-offset", type=int, default=0, help="MIL training seed")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=str(HERE))
+    ap.add_argument("--merge", nargs="*", default=None,
+                    help="only merge these results_hard_cohort.json files (runs of other seeds / variants) into --out")
     args = ap.parse_args()
+    if args.merge:
+        merge([Path(p) for p in args.merge], args, Path(args.out))
+        return
 
     from adaptome.domains.pathology.synth import make_hard_cohort
 
@@ -176,11 +181,30 @@ def main() -> None:
                 write(results, args, Path(args.out))  # after every variant, so a long run keeps what it measured
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print((Path(args.out) / "hard_cohort.md").read_text())
+    print((Path(args.out) / "results_hard_cohort.md").read_text())
+
+
+def merge(paths: list[Path], args, out: Path) -> None:
+    """Join the seeds of several runs (same cohort size and settings) and rewrite the aggregate."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    results = {"versions": runs[0]["versions"], "args": runs[0]["args"], "seeds": {},
+               "commands": [r["command"] for r in runs]}
+    names = []
+    for r in runs:
+        for seed, res in r["seeds"].items():
+            results["seeds"].setdefault(seed, {}).update(res)
+        names += [n for n in r["args"]["variants"].split(",") if n not in names]
+    args.variants, args.seeds = ",".join(names), ",".join(sorted(results["seeds"]))
+    write(results, args, out)
+    results = json.loads((out / "results_hard_cohort.json").read_text())
+    results["command"] = " ; ".join(results["commands"])
+    (out / "results_hard_cohort.json").write_text(json.dumps(results, indent=2, default=float))
+    (out / "results_hard_cohort.md").write_text(render(results))
+    print((out / "results_hard_cohort.md").read_text())
 
 
 def write(results: dict, args, out: Path) -> None:
-    """Aggregate over the seeds measured so far and write ``hard_cohort.json`` / ``hard_cohort.md``."""
+    """Aggregate over the seeds measured so far and write ``results_hard_cohort.json`` / ``results_hard_cohort.md``."""
     import numpy as np
 
     agg = {}
@@ -196,8 +220,8 @@ def write(results: dict, args, out: Path) -> None:
     results["command"] = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/pathology/hard_cohort.py "
                           f"--seeds {args.seeds} --n-slides {args.n_slides} --grid {args.grid} --mag {args.mag:g} "
                           f"--tile-size {args.tile_size} --max-steps {args.max_steps} --variants {args.variants}")
-    (out / "hard_cohort.json").write_text(json.dumps(results, indent=2, default=float))
-    (out / "hard_cohort.md").write_text(render(results))
+    (out / "results_hard_cohort.json").write_text(json.dumps(results, indent=2, default=float))
+    (out / "results_hard_cohort.md").write_text(render(results))
 
 
 def render(res: dict) -> str:

@@ -65,10 +65,10 @@ class TileConfig:
         close: closing iterations of the tissue mask.
         min_area_frac: smallest tissue piece kept, as a share of the thumbnail.
         artefacts: remove pen ink from the tissue mask before choosing tiles (``segment.artefact_mask``;
-            off by default, see ``benchmarks/pathology/hard_cohort.md``).
+            off by default, see ``benchmarks/pathology/results_hard_cohort.md``).
         stain_norm: ``macenko``: estimate each slide's stain from its tiles and read every tile
             normalised to the reference stain (``stain_norm.py``); ``none`` (default, see
-            ``benchmarks/pathology/hard_cohort.md``): tiles as scanned.
+            ``benchmarks/pathology/results_hard_cohort.md``): tiles as scanned.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
     """
 
