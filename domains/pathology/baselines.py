@@ -34,16 +34,21 @@ def dark_fraction(tiles: np.ndarray) -> np.ndarray:
     return (grey < DARK_GREY).reshape(len(tiles), -1).mean(1)  # (N, T, T) -> (N, T*T) -> (N,)
 
 
+#: per-process memo of slide summaries, keyed by the tiles file and the slide file (path, size, mtime)
+_MEMO: dict[tuple, dict] = {}
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 def slide_summaries(tiles_dir: str | os.PathLike, slide_ids: list[str], batch: int = 256) -> dict[str, dict]:
     """For each slide: ``dark`` (mean tile dark fraction) and ``feat`` (mean baseline-encoder features),
-    from the tiles listed in ``<tiles_dir>/<slide>.h5`` read from the slide recorded there."""
-    import torch
+    from the tiles listed in ``<tiles_dir>/<slide>.h5`` read from the slide recorded there. A slide
+    summarised before in this process is reused only when both files are unchanged (size, mtime)."""
+    from adaptome.domains.pathology.tiling import read_coords
 
-    from adaptome.domains.pathology.encoders import build_encoder
-    from adaptome.domains.pathology.slide import open_slide
-    from adaptome.domains.pathology.tiling import TileReader, geometry_from_attrs, read_coords
-
-    enc = build_encoder("baseline").eval()
     out = {}
     for sid in slide_ids:
         h5 = Path(tiles_dir) / f"{sid}.h5"
@@ -55,20 +60,35 @@ def slide_summaries(tiles_dir: str | os.PathLike, slide_ids: list[str], batch: i
             raise PathologyError(f"{h5}: its slide {path!r} is not found")
         if len(coords) == 0:
             raise PathologyError(f"{h5}: slide {sid} has no tiles")
-        s = open_slide(path)
-        reader = TileReader(path, geometry_from_attrs(attrs, s.level_downsamples))
-        s.close()
-        darks, feats = [], []
-        try:
-            for i in range(0, len(coords), batch):
-                tiles = np.stack([reader.read(x, y) for x, y in coords[i:i + batch]])  # (n, T, T, 3)
-                darks.append(dark_fraction(tiles))
-                with torch.no_grad():
-                    feats.append(enc(torch.from_numpy(tiles)).numpy())
-        finally:
-            reader.close()
-        out[sid] = {"dark": float(np.concatenate(darks).mean()), "feat": np.concatenate(feats).mean(0)}
+        key = (_stamp(h5), _stamp(Path(path)))
+        if key not in _MEMO:
+            _MEMO[key] = _summarise(path, coords, attrs, batch)
+        out[sid] = _MEMO[key]
     return out
+
+
+def _summarise(path: str, coords: np.ndarray, attrs: dict, batch: int) -> dict:
+    """Read a slide's tiles once: mean dark fraction and mean baseline-encoder features."""
+    import torch
+
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.slide import open_slide
+    from adaptome.domains.pathology.tiling import TileReader, geometry_from_attrs
+
+    enc = build_encoder("baseline").eval()
+    s = open_slide(path)
+    reader = TileReader(path, geometry_from_attrs(attrs, s.level_downsamples))
+    s.close()
+    darks, feats = [], []
+    try:
+        for i in range(0, len(coords), batch):
+            tiles = np.stack([reader.read(x, y) for x, y in coords[i:i + batch]])  # (n, T, T, 3)
+            darks.append(dark_fraction(tiles))
+            with torch.no_grad():
+                feats.append(enc(torch.from_numpy(tiles)).numpy())
+    finally:
+        reader.close()
+    return {"dark": float(np.concatenate(darks).mean()), "feat": np.concatenate(feats).mean(0)}
 
 
 def _ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, alpha: float) -> np.ndarray:

@@ -69,3 +69,17 @@ def test_cli_evaluate_reports_the_baselines_on_the_mil_folds(trained, tmp_path):
     shutil.copy(pred, lone / "predictions.csv")
     r = CliRunner().invoke(app, ["evaluate", str(lone / "predictions.csv")])
     assert r.exit_code == 0 and "baselines not computed" in r.output and "config.yaml not found" in r.output
+
+
+def test_slide_summaries_are_reused_only_while_the_files_are_unchanged(cohort):
+    import os
+
+    from adaptome.domains.pathology.baselines import slide_summaries
+
+    a = slide_summaries(cohort["tiles_dir"], ["train_000"])["train_000"]
+    assert slide_summaries(cohort["tiles_dir"], ["train_000"])["train_000"] is a  # same files: reused
+    h5 = cohort["tiles_dir"] / "train_000.h5"
+    st = os.stat(h5)
+    os.utime(h5, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the tiles file changed
+    b = slide_summaries(cohort["tiles_dir"], ["train_000"])["train_000"]
+    assert b is not a and b["dark"] == a["dark"] and np.allclose(b["feat"], a["feat"])
