@@ -36,7 +36,10 @@ so switching one confounder off changes only what that confounder drew.
 Dimension letters: H, W image height / width (level-0 pixels at the 0.5 um/px render).
 
 Not covered: realistic morphology (no glands, no mitoses), tissue tears, bubbles, uneven
-illumination, JPEG block artefacts beyond the file's own compression.
+illumination, JPEG block artefacts beyond the file's own compression. Known gap: a lymphocyte in
+the reference stain has luma ~110 (RGB ~108, 100, 172), just above the dark-pixel baseline's cut at
+105, so that baseline is weaker on this cohort (pooled R^2 0.05-0.25) than on the issue's external
+cohort (0.75); darker lymphocytes (c_H ~1.6) would make it a fairer opponent.
 """
 
 from __future__ import annotations
