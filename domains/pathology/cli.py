@@ -278,6 +278,8 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
 def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
              out: Optional[str] = _opt(EvaluateConfig, "out_dir", "--out"),
              cutoff: Optional[float] = _opt(EvaluateConfig, "cutoff", "--cutoff"),
+             baselines: Optional[bool] = _opt(EvaluateConfig, "baselines", "--baselines/--no-baselines"),
+             tiles_dir: Optional[str] = _opt(EvaluateConfig, "tiles_dir", "--tiles-dir"),
              config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """R^2, Pearson, Spearman, MSE, ROC AUC (mean +- sd over folds), scatter PNG, JSON + Markdown report.
 
@@ -285,13 +287,21 @@ def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
     """
     from adaptome.domains.pathology.evaluate import evaluate_predictions
 
-    cfg = _run(lambda: _build(EvaluateConfig, config, set_, predictions=predictions, out_dir=out, cutoff=cutoff))
+    cfg = _run(lambda: _build(EvaluateConfig, config, set_, predictions=predictions, out_dir=out, cutoff=cutoff,
+                              baselines=baselines, tiles_dir=tiles_dir))
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.predictions).parent / f"eval_cut{cfg.cutoff:g}"
-    res = _run(lambda: evaluate_predictions(cfg.predictions, out_dir, cfg.cutoff))
+    res = _run(lambda: evaluate_predictions(cfg.predictions, out_dir, cfg.cutoff, tiles_dir=cfg.tiles_dir,
+                                            labels=cfg.labels, baselines=cfg.baselines))
     s = res["mean_sd"]
-    typer.echo(f"R2 {s['r2']['mean']:.3f} ± {s['r2']['sd']:.3f}, AUC {s['auc']['mean']:.3f} ± {s['auc']['sd']:.3f} "
-               f"over {s['auc']['n_folds']} of {len(res['per_fold'])} folds "
-               f"(WeakSTIL ref R2 0.45, AUC 0.89) -> {out_dir / 'report.md'}")
+    typer.echo(f"MIL: R2 {s['r2']['mean']:.3f} ± {s['r2']['sd']:.3f} (pooled {res['pooled']['r2']:.3f}), "
+               f"AUC {s['auc']['mean']:.3f} ± {s['auc']['sd']:.3f} over {s['auc']['n_folds']} of "
+               f"{len(res['per_fold'])} folds (WeakSTIL ref R2 0.45, AUC 0.89)")
+    for name, b in res["baselines"].items():
+        typer.echo(f"  baseline {name}: R2 {b['mean_sd']['r2']['mean']:.3f} ± {b['mean_sd']['r2']['sd']:.3f} "
+                   f"(pooled {b['pooled']['r2']:.3f})")
+    if not res["baselines"]:
+        typer.secho(f"  baselines {res['baselines_note']}", fg=typer.colors.YELLOW)
+    typer.echo(f"report: {out_dir / 'report.md'}")
 
 
 @app.command()

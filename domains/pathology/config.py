@@ -28,6 +28,8 @@ class SegmentConfig:
         close: iterations of binary closing after thresholding (0: none).
         min_area_frac: tissue pieces smaller than this share of the thumbnail are dropped.
         fill_holes: fill holes inside tissue pieces.
+        artefacts: remove pen ink (blue, green, black) from the tissue mask (``segment.artefact_mask``;
+            off by default: on the shipped real slide it also cut 6 of 33 tissue tiles).
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
         overwrite: redo results in the output folder that were made with other parameters (default:
             refuse and name what changed; results made from other input files are redone anyway).
@@ -40,6 +42,7 @@ class SegmentConfig:
     close: int = 2
     min_area_frac: float = 0.001
     fill_holes: bool = True
+    artefacts: bool = False
     skip_errors: bool = False
     overwrite: bool = False
 
@@ -64,6 +67,11 @@ class TileConfig:
         blur: median-filter size of the tissue mask (see ``SegmentConfig``).
         close: closing iterations of the tissue mask.
         min_area_frac: smallest tissue piece kept, as a share of the thumbnail.
+        artefacts: remove pen ink from the tissue mask before choosing tiles (``segment.artefact_mask``;
+            off by default, see ``benchmarks/pathology/results_hard_cohort.md``).
+        stain_norm: ``macenko``: estimate each slide's stain from its tiles and read every tile
+            normalised to the reference stain (``stain_norm.py``); ``none`` (default, see
+            ``benchmarks/pathology/results_hard_cohort.md``): tiles as scanned.
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
         overwrite: redo results in the output folder that were made with other parameters (default:
             refuse and name what changed; results made from other input files are redone anyway).
@@ -82,6 +90,8 @@ class TileConfig:
     blur: int = 5
     close: int = 2
     min_area_frac: float = 0.001
+    artefacts: bool = False
+    stain_norm: Literal["macenko", "none"] = "none"
     skip_errors: bool = False
     overwrite: bool = False
 
@@ -229,11 +239,19 @@ class EvaluateConfig:
         predictions: ``predictions.csv`` written by ``train`` (``slide_id,fold,pred,target``).
         out_dir: report folder (default: ``eval_cut<cutoff>`` beside the predictions).
         cutoff: sTIL-high cut-off in % for the ROC AUC (target >= cutoff is positive).
+        baselines: also fit the simple baselines (constant, dark-pixel fraction, mean baseline-encoder
+            features) on the same folds and report them beside the MIL result.
+        tiles_dir: tiling folder the baselines read tiles from (default: the one the run's features
+            were made from, found through the run's ``config.yaml``).
+        labels: label CSV for the per-site MAE (default: the run's).
     """
 
     predictions: str = ""
     out_dir: Optional[str] = None
     cutoff: float = 30.0
+    baselines: bool = True
+    tiles_dir: Optional[str] = None
+    labels: Optional[str] = None
 
 
 @dataclass
@@ -271,17 +289,32 @@ class PretrainConfig:
 
 @dataclass
 class SynthConfig:
-    """A SYNTHETIC cohort with a planted sTIL % (``synth``; see ``synth.py``).
+    """A SYNTHETIC cohort with a planted sTIL % (``synth``; see ``synth.py`` and ``synth_hard.py``).
 
     Args:
         out_dir: output folder (slides, ``labels.csv``, ``truth/``).
         n_slides: slides to write.
-        seed: seed of every random choice (tissue shape, densities, sites).
-        grid: cells per side of the slide's square grid.
-        cell_px: side of one cell in level-0 pixels at 0.5 um/px.
+        seed: seed of every random choice (tissue shape, densities, sites, artefacts).
+        grid: cells per side of the slide's square grid (the slide is ``grid * cell_px`` pixels wide).
+        cell_px: side of one cell in level-0 pixels at 0.5 um/px (``hard``: the truth-table tile).
         mpp: level-0 resolution; 0.5 / k for an integer k (0.25 writes a 40x-like slide).
-        n_sites: acquisition sites the slides are spread over (the ``site`` column).
+        n_sites: acquisition sites the slides are spread over (the ``site`` column); ``hard``:
+            balanced against the target, each with its own stain.
         compression: TIFF tile compression, ``zlib`` (lossless) or ``jpeg``.
+        kind: ``hard`` (stroma-only label among confounders, ``synth_hard.py``) or ``simple`` (the
+            easy tissue-wide cohort of ``synth.render_slide``; the switches below do not apply).
+        stain_variation: per-site stain vectors, strengths and background: 0 = every site stains
+            like the reference, 1 = the full site table of ``synth_hard.SITES``.
+        pen_prob: share of slides with pen strokes (blue, green, black ink over glass and tissue).
+        fold_prob: share of slides with a tissue fold (a band where the tissue lies twice).
+        blur_prob: share of slides with an out-of-focus patch.
+        intratumoral: draw lymphocytes inside tumour nests (not counted; density independent of the target).
+        grade_variation: tumour nuclear grade 1-3 per slide (size and darkness); off: grade 2 everywhere.
+        tumour_share_min: smallest tumour share of the tissue (drawn uniformly per slide).
+        tumour_share_max: largest tumour share of the tissue.
+        dark_confounders: fibroblasts at a per-slide density, vessels with red cells; off: few pale
+            fibroblasts, no vessels.
+        pair_frac: share of cases with a second slide (another section of the same case).
     """
 
     out_dir: str = "runs/pathology/synth"
@@ -292,6 +325,24 @@ class SynthConfig:
     mpp: float = 0.5
     n_sites: int = 4
     compression: Literal["zlib", "jpeg"] = "zlib"
+    kind: Literal["hard", "simple"] = "hard"
+    stain_variation: float = 1.0
+    pen_prob: float = 0.3
+    fold_prob: float = 0.25
+    blur_prob: float = 0.25
+    intratumoral: bool = True
+    grade_variation: bool = True
+    tumour_share_min: float = 0.15
+    tumour_share_max: float = 0.65
+    dark_confounders: bool = True
+    pair_frac: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("pen_prob", "fold_prob", "blur_prob", "stain_variation", "pair_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.tumour_share_min <= self.tumour_share_max < 1.0:
+            raise ValueError("need 0 <= tumour_share_min <= tumour_share_max < 1")
 
 
 def field_help(cls: type, name: str) -> str:

@@ -7,7 +7,9 @@ batch of uint8 RGB tiles (B x T x T x 3) to features (B x D), with ``dim``. Name
   (Ruifrok & Johnston, Anal. Quant. Cytol. Histol. 23:291, 2001: OD = -ln(I / I0), C = OD M^-1
   with M the rows of the H, E and residual stain vectors) followed by intensity and texture
   statistics of each stain (means, spread, quantiles, dense-stain fractions, gradient energy,
-  neighbour differences) and RGB moments: 35 numbers that work on a fresh machine with no download.
+  neighbour differences) and RGB moments: 35 numbers that work on a fresh machine with no download;
+  then (option ``lymph``, default on) 9 lymphocyte-object numbers (``lymph_features.py``: small
+  round dense haematoxylin objects inside eosin-rich stroma, per-tile sTIL estimate, sharpness).
 - ``timm:<model>``: any timm model by name, headless (``num_classes=0``), its features the pooled
   output. ``weights``: ``hf-hub:<org>/<name>`` (timm's hub loader; pathology foundation encoders
   such as UNI or Virchow ship this way), or a local ``.safetensors`` / ``.pth`` / ``.bin`` file;
@@ -67,12 +69,15 @@ class TileEncoder(nn.Module):
 
 
 class StainTextureFeatures(nn.Module):
-    """The baseline encoder's feature network (no parameters); input B x 3 x T x T in [0, 1]."""
+    """The baseline encoder's feature network (no parameters); input B x 3 x T x T in [0, 1]. With
+    ``lymph`` it appends the lymphocyte-object features of ``lymph_features.py`` (9 more numbers)."""
 
-    dim = 35
-
-    def __init__(self):
+    def __init__(self, lymph: bool = True, lymph_radius: float = 3.0):
         super().__init__()
+        from adaptome.domains.pathology.lymph_features import LymphObjectFeatures
+
+        self.lymph = LymphObjectFeatures(lymph_radius) if lymph else None
+        self.dim = 35 + (LymphObjectFeatures.dim if lymph else 0)
         h, e = torch.tensor(HE_OD[0]), torch.tensor(HE_OD[1])  # stains.py; H&E + residual, rows normalised
         h, e = h / h.norm(), e / e.norm()
         r = torch.linalg.cross(h, e)
@@ -104,6 +109,8 @@ class StainTextureFeatures(nn.Module):
         rgb = x.flatten(2)  # (B, C, T, T) -> (B, C, P)
         od_res = conc[:, 2].flatten(1)  # (B, T, T) -> (B, P)
         feats += [rgb.mean(2), rgb.std(2), od_res.abs().mean(1, keepdim=True)]
+        if self.lymph is not None:
+            feats.append(self.lymph(conc[:, :2]))
         out = torch.cat(feats, 1)
         assert out.shape[1] == self.dim, out.shape
         return out
@@ -111,10 +118,15 @@ class StainTextureFeatures(nn.Module):
 
 @ENCODERS.register("baseline")
 def build_baseline(weights: str | None = None, options: dict | None = None) -> TileEncoder:
-    """Stain-deconvolution + texture features; takes no weights and no options."""
-    if weights is not None or options:
-        raise PathologyError("the baseline encoder takes no weights or options")
-    return TileEncoder(StainTextureFeatures(), StainTextureFeatures.dim, "baseline", normalise=False)
+    """Stain-deconvolution + texture (+ lymphocyte-object) features; no weights. Options: ``lymph``
+    (default true) and ``lymph_radius`` (pixels at the tile resolution, default 3)."""
+    options = dict(options or {})
+    unknown = set(options) - {"lymph", "lymph_radius"}
+    if weights is not None or unknown:
+        raise PathologyError(f"the baseline encoder takes no weights and only the options lymph, lymph_radius "
+                             f"(got weights={weights!r}, unknown options {sorted(unknown)})")
+    net = StainTextureFeatures(bool(options.get("lymph", True)), float(options.get("lymph_radius", 3.0)))
+    return TileEncoder(net, net.dim, "baseline", normalise=False)
 
 
 @ENCODERS.register("timm")

@@ -8,6 +8,12 @@ reference R^2 0.45 +- 0.15, AUC 0.89 +- 0.05 of WeakSTIL on its own cohort, whic
 beside ours for orientation, not as a like-for-like comparison) and pooled over all
 out-of-fold predictions. Outputs: ``metrics.json``, ``report.md``, ``scatter.png``.
 
+Beside the MIL result, always: the simple baselines of ``baselines.py`` (constant, dark-pixel
+fraction, mean baseline-encoder features + ridge) on the MIL run's own folds, found through the
+``config.yaml`` files the stages write (``mil_*/config.yaml`` -> features folder ->
+``tiles_dir``); when they cannot be computed the report says why. With a label CSV holding
+``site`` the MAE per site is reported too.
+
 Not covered: calibration curves, confidence intervals by bootstrap, survival analysis.
 """
 
@@ -29,9 +35,9 @@ WEAKSTIL_REFERENCE = {"r2": 0.45, "r2_sd": 0.15, "auc": 0.89, "auc_sd": 0.05,
 
 
 def slide_metrics(target, pred, cutoff: float) -> dict[str, float]:
-    """R^2, Pearson, Spearman, MSE and AUC (target >= cutoff) of one set of slides."""
+    """R^2, Pearson, Spearman, MSE, MAE and AUC (target >= cutoff) of one set of slides."""
     y, p = np.asarray(target, float), np.asarray(pred, float)
-    out = {"n": float(len(y)), "r2": ev.r2_score(y, p), "mse": ev.mse(y, p)}
+    out = {"n": float(len(y)), "r2": ev.r2_score(y, p), "mse": ev.mse(y, p), "mae": float(np.mean(np.abs(y - p)))}
     const = np.std(y) == 0 or np.std(p) == 0
     out["pearson"] = float("nan") if const else ev.pearson(y, p)
     out["spearman"] = float("nan") if const else ev.spearman(y, p)
@@ -53,25 +59,81 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
              "target": float(r["target"])} for r in rows]
 
 
-def evaluate_predictions(pred_csv: str | os.PathLike, out_dir: str | os.PathLike, cutoff: float = 30.0,
-                         title: str = "sTIL % (out-of-fold)") -> dict:
-    """Compute per-fold and pooled metrics; write ``metrics.json``, ``report.md``, ``scatter.png``."""
-    rows = read_predictions(pred_csv)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def find_run_inputs(pred_csv: str | os.PathLike) -> tuple[Path | None, Path | None, str]:
+    """(tiles folder, label CSV, why-not) of the MIL run that wrote ``pred_csv``, from the configs
+    the stages wrote beside it; a missing piece gives None and the reason."""
+    from adaptome.core.config import read_yaml
+
+    run = Path(pred_csv).parent
+    if not (run / "config.yaml").is_file():
+        return None, None, f"{run / 'config.yaml'} not found (not a 'train' run folder)"
+    cfg = read_yaml(run / "config.yaml")
+    labels = Path(cfg["labels"]) if cfg.get("labels") else None
+    fdir = Path(cfg.get("features_dir") or "")
+    if not (fdir / "config.yaml").is_file():
+        return None, labels, f"{fdir / 'config.yaml'} not found (features folder of the run)"
+    tiles = read_yaml(fdir / "config.yaml").get("tiles_dir")
+    return (Path(tiles) if tiles else None), labels, "" if tiles else f"{fdir / 'config.yaml'} names no tiles_dir"
+
+
+def _fold_summary(rows: list[dict], cutoff: float) -> tuple[dict, dict, dict]:
     folds = sorted({r["fold"] for r in rows})
     per_fold = {}
     for f in folds:
         sel = [r for r in rows if r["fold"] == f]
         per_fold[f] = slide_metrics([r["target"] for r in sel], [r["pred"] for r in sel], cutoff)
     summary = {}
-    for key in ("r2", "pearson", "spearman", "mse", "auc"):
+    for key in ("r2", "pearson", "spearman", "mse", "auc", "mae"):
         vals = [m[key] for m in per_fold.values() if not math.isnan(m[key])]
         summary[key] = {"mean": float(np.mean(vals)) if vals else float("nan"),
                         "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, "n_folds": len(vals)}
     pooled = slide_metrics([r["target"] for r in rows], [r["pred"] for r in rows], cutoff)
+    return per_fold, summary, pooled
+
+
+def group_mae(rows: list[dict], group_of: dict[str, str]) -> dict[str, dict]:
+    """MAE and slide count per group (e.g. site) of prediction rows."""
+    out = {}
+    for g in sorted({group_of.get(r["slide_id"], "") for r in rows}):
+        err = [abs(r["pred"] - r["target"]) for r in rows if group_of.get(r["slide_id"], "") == g]
+        out[g] = {"n": len(err), "mae": float(np.mean(err))}
+    return out
+
+
+def evaluate_predictions(pred_csv: str | os.PathLike, out_dir: str | os.PathLike, cutoff: float = 30.0,
+                         title: str = "sTIL % (out-of-fold)", tiles_dir: str | os.PathLike | None = None,
+                         labels: str | os.PathLike | None = None, baselines: bool = True) -> dict:
+    """Compute per-fold and pooled metrics of the MIL and of the baselines on the same folds; write
+    ``metrics.json``, ``report.md``, ``scatter.png``. ``tiles_dir`` / ``labels`` default to the run's."""
+    from adaptome.domains.pathology.baselines import grouped_baselines, slide_summaries
+
+    rows = read_predictions(pred_csv)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_fold, summary, pooled = _fold_summary(rows, cutoff)
     result = {"cutoff": cutoff, "n_slides": len(rows), "per_fold": {str(k): v for k, v in per_fold.items()},
-              "mean_sd": summary, "pooled": pooled, "reference": WEAKSTIL_REFERENCE}
+              "mean_sd": summary, "pooled": pooled, "reference": WEAKSTIL_REFERENCE, "baselines": {},
+              "baselines_note": "", "site_mae": {}}
+    run_tiles, run_labels, why = find_run_inputs(pred_csv)
+    tiles_dir = Path(tiles_dir) if tiles_dir else run_tiles
+    labels = Path(labels) if labels else run_labels
+    if not baselines:
+        result["baselines_note"] = "not computed (turned off)"
+    elif tiles_dir is None:
+        result["baselines_note"] = f"not computed: {why}; pass the tiles folder"
+    else:
+        base = grouped_baselines(rows, slide_summaries(tiles_dir, [r["slide_id"] for r in rows]))
+        for name, brows in base.items():
+            _, bs, bp = _fold_summary(brows, cutoff)
+            result["baselines"][name] = {"mean_sd": bs, "pooled": bp, "rows": brows}
+    if labels is not None and Path(labels).is_file():
+        from adaptome.domains.pathology.train import read_labels
+
+        site = {r["slide_id"]: r["site"] for r in read_labels(labels)}
+        if any(site.values()):
+            result["site_mae"] = {"mil": group_mae(rows, site)}
+            for name, b in result["baselines"].items():
+                result["site_mae"][name] = group_mae(b["rows"], site)
     write_json(out / "metrics.json", result)  # strict JSON: an undefined metric is null, never NaN
     _scatter(rows, out / "scatter.png", title, pooled)
     (out / "report.md").write_text(_markdown(result), encoding="utf-8")
@@ -93,9 +155,31 @@ def _markdown(res: dict) -> str:
         f"{p['auc']:.3f} | {ref['auc']} ± {ref['auc_sd']} |",
         f"| Pearson r | {_fmt(s['pearson'])} | {p['pearson']:.3f} | – |",
         f"| Spearman ρ | {_fmt(s['spearman'])} | {p['spearman']:.3f} | – |",
-        f"| MSE (%²) | {_fmt(s['mse'])} | {p['mse']:.2f} | – |", "",
+        f"| MSE (%²) | {_fmt(s['mse'])} | {p['mse']:.2f} | – |",
+        f"| MAE (%) | {_fmt(s['mae'])} | {p['mae']:.2f} | – |", "",
         f"Reference: {ref['source']}; a different cohort and label source, shown for orientation only.", "",
+        "## Beside the simple baselines (same folds)", "",
     ]
+    if res["baselines"]:
+        lines += ["| model | pooled R² | R² mean ± sd over folds | AUC mean ± sd | MAE (pooled, %) |",
+                  "|---|---|---|---|---|",
+                  f"| MIL (this run) | {p['r2']:.3f} | {_fmt(s['r2'])} | {_fmt(s['auc'])} | {p['mae']:.2f} |"]
+        for name, b in res["baselines"].items():
+            lines.append(f"| {name} | {b['pooled']['r2']:.3f} | {_fmt(b['mean_sd']['r2'])} "
+                         f"| {_fmt(b['mean_sd']['auc'])} | {b['pooled']['mae']:.2f} |")
+        lines += ["", "majority = mean target of the training folds; dark_pixels = mean share of pixels with grey "
+                  "< 105 over the tiles, line fit; mean_features = mean baseline-encoder features, ridge.", ""]
+    else:
+        lines += [f"Baselines {res['baselines_note']}.", ""]
+    if res["site_mae"]:
+        names = list(res["site_mae"])
+        sites = list(res["site_mae"]["mil"])
+        lines += ["## MAE per site (%)", "", "| site | n | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for g in sites:
+            lines.append(f"| {g} | {res['site_mae']['mil'][g]['n']} | "
+                         + " | ".join(f"{res['site_mae'][n][g]['mae']:.2f}" for n in names) + " |")
+        lines.append("")
     lines += [f"Fold {f} has no AUC: all its test slides are on one side of the cut-off." for f, m in
               res["per_fold"].items() if math.isnan(m["auc"])]
     return "\n".join(lines)

@@ -236,7 +236,9 @@ def features_on_the_fly(slide_path, recipe: dict, encoder, mpp_overrides: dict |
     from adaptome.domains.pathology.tiling import TileReader, tile_slide
 
     res = tile_slide(slide_path, float(recipe["target_mpp"]), int(recipe["tile_size"]), int(recipe.get("overlap", 0)),
-                     float(recipe.get("min_tissue", 0.5)), mpp_overrides, int(recipe.get("thumb_size", 1024)))
+                     float(recipe.get("min_tissue", 0.5)), mpp_overrides, int(recipe.get("thumb_size", 1024)),
+                     seg_params={"artefacts": bool(recipe.get("artefacts", False))},
+                     stain_norm=str(recipe.get("stain_norm", "none")))
     loader = tile_loader(TileReader(slide_path, res["geometry"]), res["coords"], batch_size, num_workers)
     return encode_tiles(encoder, loader, device), res["coords"], {**res["attrs"], "encoder": encoder.name}
 

@@ -7,10 +7,19 @@ with parameters exposed: ``blur`` (median filter size), ``close`` (closing itera
 contours in level-0 pixel coordinates (QuPath reads a FeatureCollection of Polygons), and a
 QC thumbnail with the contour drawn over it.
 
+Artefacts (``artefacts=True``): pen ink leaves the tissue mask. H and E both absorb green at least
+as much as red and much more green than blue, so a pixel is ink when it is greener than red by 20
+grey levels (blue, green ink) or dark with a blue optical density above 0.6 of its green one (black
+ink); the mask is opened and dilated by 2 pixels (``artefact_mask``). Measured on 12 hard synthetic
+slides (6 sites, 512 px thumbnails) it finds 87 % of the ink pixels and cuts 0.4 % of clean tissue;
+a rule on darkness for folds (a local OD floor above 1.8x the slide's) cut 10-20 % of clean
+lymphocyte-rich tissue and was dropped.
+
 Dimension letters: H, W thumbnail height / width.
 
-Not covered: artifact removal (pen marks, bubbles, folds; TRIDENT's GrandQC), learned
-segmenters, holes as GeoJSON interior rings (holes are filled or left in the mask only).
+Not covered: folds, bubbles, tears, learned artefact segmenters (TRIDENT's GrandQC), blur (no focus
+measure on a thumbnail; the baseline encoder's sharpness features stand in), holes as GeoJSON
+interior rings (holes are filled or left in the mask only).
 """
 
 from __future__ import annotations
@@ -43,10 +52,23 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0) * 255.0
 
 
+def artefact_mask(rgb: np.ndarray) -> np.ndarray:
+    """Boolean H x W mask of pen ink in an RGB thumbnail (see the module docstring)."""
+    from scipy import ndimage
+
+    x = rgb.astype(np.float32)
+    od = -np.log(np.clip(x, 1.0, 250.0) / 250.0)  # (H, W, 3)
+    coloured = x[..., 1] - x[..., 0] > 20  # blue / green ink pass more green than red; H and E never do
+    neutral = (od[..., 2] > 0.6 * od[..., 1]) & (od[..., 1] > 1.0)  # black ink absorbs blue like green
+    mask = ndimage.binary_opening(coloured | neutral, iterations=1)
+    return ndimage.binary_dilation(mask, iterations=2)
+
+
 def tissue_mask(rgb: np.ndarray, blur: int = 5, close: int = 2, min_area_frac: float = 0.001,
-                fill_holes: bool = True, min_saturation: float = 15.0) -> np.ndarray:
+                fill_holes: bool = True, min_saturation: float = 15.0, artefacts: bool = False) -> np.ndarray:
     """Boolean H x W tissue mask of an RGB thumbnail. ``min_saturation`` floors the Otsu threshold
-    so that an almost-all-tissue or all-background image does not split on noise."""
+    so that an almost-all-tissue or all-background image does not split on noise; ``artefacts``
+    removes pen ink (``artefact_mask``)."""
     from scipy import ndimage
 
     sat = saturation(rgb)
@@ -64,6 +86,8 @@ def tissue_mask(rgb: np.ndarray, blur: int = 5, close: int = 2, min_area_frac: f
         keep = np.zeros(n + 1, bool)
         keep[1:] = areas >= min_area_frac * mask.size
         mask = keep[labels]
+    if artefacts:
+        mask &= ~artefact_mask(rgb)
     return mask
 
 

@@ -60,7 +60,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
     from adaptome.domains.pathology.slide import thumbnail
 
     out = Path(cfg.out_dir) / f"segment_otsu_b{cfg.blur}_c{cfg.close}"
-    params = {k: getattr(cfg, k) for k in ("thumb_size", "blur", "close", "min_area_frac", "fill_holes")}
+    params = {k: getattr(cfg, k) for k in ("thumb_size", "blur", "close", "min_area_frac", "fill_holes", "artefacts")}
 
     def made_by(sid: str, path: Path) -> dict:
         return identity(params, {"slide": file_stamp(path)})
@@ -78,7 +78,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
             s.close()
         rgb = np.asarray(thumb)
         mask = tissue_mask(rgb, blur=cfg.blur, close=cfg.close, min_area_frac=cfg.min_area_frac,
-                           fill_holes=cfg.fill_holes)
+                           fill_holes=cfg.fill_holes, artefacts=cfg.artefacts)
         Image.fromarray((mask * 255).astype(np.uint8)).save(out / "masks" / f"{sid}.png")
         Image.fromarray(qc_image(rgb, mask)).save(out / "qc" / f"{sid}.png")
         write_text_atomic(target, json.dumps(mask_to_geojson(mask, scale)))  # the contour file marks the slide done
@@ -95,7 +95,8 @@ def tile(cfg, progress: bool = True) -> StageSummary:
     overrides = read_mpp_csv(cfg.mpp_csv)
     tmpp = target_mpp(cfg.magnification, cfg.mpp)
     params = {k: getattr(cfg, k) for k in ("magnification", "mpp", "tile_size", "overlap", "min_tissue",
-                                            "thumb_size", "blur", "close", "min_area_frac")}
+                                            "thumb_size", "blur", "close", "min_area_frac", "artefacts",
+                                            "stain_norm")}
     params["roi"] = bool(cfg.roi_dir)
 
     def roi_of(sid: str) -> Path | None:
@@ -111,7 +112,8 @@ def tile(cfg, progress: bool = True) -> StageSummary:
         if roi is not None and not roi.is_file():
             raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
-                         {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac})
+                         {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
+                          "artefacts": cfg.artefacts}, cfg.stain_norm)
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})
 
     return run_stage("tile", _items(cfg.slides), out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress,
@@ -339,10 +341,9 @@ def pretrain_encoder(cfg, progress: bool = True) -> dict:
 def synth(cfg) -> Path:
     """A synthetic cohort (``cfg``: ``config.SynthConfig``); returns ``labels.csv``. A folder that
     already holds a cohort is never overwritten."""
-    from adaptome.domains.pathology.synth import make_cohort
+    from adaptome.domains.pathology.synth import cohort_from_config
 
     if (Path(cfg.out_dir) / "labels.csv").exists():
         raise PathologyError(f"{cfg.out_dir}: already holds a cohort (labels.csv); choose another --out")
     save_config(cfg, cfg.out_dir)
-    return make_cohort(cfg.out_dir, n_slides=cfg.n_slides, seed=cfg.seed, grid=cfg.grid, cell_px=cfg.cell_px,
-                       mpp=cfg.mpp, n_sites=cfg.n_sites, compression=cfg.compression)
+    return cohort_from_config(cfg)

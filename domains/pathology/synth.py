@@ -20,7 +20,11 @@ density) in ``truth/``; labels: ``labels.csv`` (``slide_id,case_id,target,site``
 
 Dimension letters: H, W image height / width (level-0 pixels), G grid side (cells).
 
-Not covered: realistic morphology, stain variation between sites, slides with several cases.
+The HARD cohort (stroma-only label among site stains, artefacts and dark confounders) is drawn by
+``synth_hard.py`` and written by ``make_hard_cohort`` below; ``cohort_from_config`` picks one.
+
+Not covered (simple cohort): realistic morphology, stain variation between sites, slides with
+several cases.
 """
 
 from __future__ import annotations
@@ -171,3 +175,86 @@ def read_truth(csv_path: str | os.PathLike) -> dict[tuple[int, int], tuple[int, 
         for r in csv.DictReader(f):
             out[(int(r["x"]), int(r["y"]))] = (int(r["size"]), r["type"], float(r["density"]))
     return out
+
+
+def make_hard_cohort(out_dir: str | os.PathLike, n_slides: int = 40, seed: int = 0, grid: int = 16,
+                     cell_px: int = 64, mpp: float = 0.5, n_sites: int = 4, compression: str = "zlib",
+                     prefix: str = "hard", confounders=None) -> Path:
+    """Write the HARD cohort (``synth_hard.py``): slides, ``labels.csv`` (``slide_id,case_id,target,
+    site``), ``truth/slides.csv`` (per-slide facts: case mean, grade, tumour share, artefacts ...),
+    ``truth/<slide>.npz`` (the drawn masks at the 0.5 um/px render, ``scale`` = mask pixels per
+    level-0 pixel) and ``truth/<slide>_tiles.csv`` (the per-tile truth table on the ``cell_px`` grid
+    of the render); returns the label CSV path."""
+    from adaptome.domains.pathology.synth_hard import (
+        Confounders,
+        case_plan,
+        render_hard_slide,
+        slide_target,
+        tile_truth,
+    )
+
+    conf = confounders or Confounders()
+    out = Path(out_dir)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    up = int(round(0.5 / mpp))
+    if up < 1 or abs(0.5 / mpp - up) > 1e-6:
+        raise PathologyError(f"mpp must be 0.5 / k for an integer k, got {mpp}")
+    if n_sites < 1 or n_slides < 1:
+        raise PathologyError(f"n_slides and n_sites must be >= 1, got {n_slides}, {n_sites}")
+    size = grid * cell_px
+    rows, facts_rows = [], []
+    for i, p in enumerate(case_plan(n_slides, n_sites, seed, conf.pair_frac)):
+        sid = f"{prefix}_{i:03d}"
+        rgb, truth, facts = render_hard_slide(seed, i, p["m"], p["site"], size, grid, conf)
+        target = slide_target(truth)
+        if up > 1:
+            rgb = np.repeat(np.repeat(rgb, up, axis=0), up, axis=1)  # (H, W, 3) -> (H*up, W*up, 3)
+        write_pyramid_tiff(out / f"{sid}.tiff", rgb, mpp=mpp, compression=compression)
+        np.savez_compressed(out / "truth" / f"{sid}.npz", scale=1.0 / up, **truth)
+        yy, xx = np.mgrid[0:grid, 0:grid] * cell_px
+        cells = np.stack([xx.ravel(), yy.ravel()], 1)  # (G, G) -> (G*G, 2) corners at the render
+        tt = tile_truth(truth, cells, cell_px)
+        with (out / "truth" / f"{sid}_tiles.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["x", "y", "size", *tt])
+            for j, (x, y) in enumerate(cells):
+                w.writerow([x * up, y * up, cell_px * up, *(round(float(tt[k][j]), 6) for k in tt)])
+        case = f"case_{p['case']:03d}"
+        rows.append({"slide_id": sid, "case_id": case, "target": round(target, 4), "site": f"site_{p['site']}"})
+        facts_rows.append({"slide_id": sid, "case_id": case, "site": f"site_{p['site']}", "target": round(target, 4),
+                           "case_mean": round(p["m"], 4), "section": p["section"], **facts,
+                           "artefact_frac": round(float((truth["artefact"] > 0).mean()), 4)})
+    with (out / "truth" / "slides.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(facts_rows[0]))
+        w.writeheader()
+        w.writerows(facts_rows)
+    labels = out / "labels.csv"
+    with atomic_path(labels) as tmp, open(tmp, "w", newline="") as f:  # written last: marks the cohort done
+        w = csv.DictWriter(f, fieldnames=["slide_id", "case_id", "target", "site"])
+        w.writeheader()
+        w.writerows(rows)
+    return labels
+
+
+def read_hard_truth(npz_path: str | os.PathLike) -> tuple[dict, float]:
+    """(masks ``classes`` / ``lymph`` / ``artefact``, scale = mask pixels per level-0 pixel) of one slide."""
+    path = Path(npz_path)
+    if not path.is_file():
+        raise PathologyError(f"{path}: truth file not found")
+    with np.load(path) as z:
+        return {k: z[k] for k in ("classes", "lymph", "artefact")}, float(z["scale"])
+
+
+def cohort_from_config(cfg) -> Path:
+    """Write the cohort ``cfg`` (``config.SynthConfig``) asks for: ``hard`` or ``simple``."""
+    from adaptome.domains.pathology.synth_hard import Confounders
+
+    common = dict(n_slides=cfg.n_slides, seed=cfg.seed, grid=cfg.grid, cell_px=cfg.cell_px, mpp=cfg.mpp,
+                  n_sites=cfg.n_sites, compression=cfg.compression)
+    if cfg.kind == "simple":
+        return make_cohort(cfg.out_dir, **common)
+    conf = Confounders(stain_variation=cfg.stain_variation, pen_prob=cfg.pen_prob, fold_prob=cfg.fold_prob,
+                       blur_prob=cfg.blur_prob, intratumoral=cfg.intratumoral, grade_variation=cfg.grade_variation,
+                       tumour_share=(cfg.tumour_share_min, cfg.tumour_share_max),
+                       dark_confounders=cfg.dark_confounders, pair_frac=cfg.pair_frac)
+    return make_hard_cohort(cfg.out_dir, prefix="hard", confounders=conf, **common)

@@ -12,8 +12,12 @@ the tumour bed) covers at least ``min_tissue`` of the tile.
 
 Dimension letters: N tiles, H, W mask height / width, T tile size.
 
-Not covered: tiles that straddle the slide's right / bottom edge (dropped, as CLAM does), stain
-normalisation, blur / pen-mark QC per tile.
+With ``stain_norm`` ``macenko`` the slide's stain estimate (``stain_norm.py``) is stored with the
+coordinates and every tile read through ``TileReader`` is normalised to the reference stain; pen ink
+and folds leave the tissue mask when the segmenter's ``artefacts`` switch is on (``segment.py``).
+
+Not covered: tiles that straddle the slide's right / bottom edge (dropped, as CLAM does), blur QC
+per tile (the baseline encoder's sharpness features stand in for it).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class TileGeometry:
     stride0: float
     level: int
     level_downsample: float
+    stain: tuple[float, ...] | None = None  # Macenko estimate (stain_norm.to_tuple); None: tiles as stored
 
     @property
     def read_size(self) -> int:
@@ -122,6 +127,10 @@ class TileReader:
             # crop the exact extent (size0 / downsample may be fractional), then resize
             exact = g.size0 / g.level_downsample
             region = region.resize((g.tile_size, g.tile_size), Image.BOX, box=(0, 0, exact, exact))
+        if g.stain is not None:
+            from adaptome.domains.pathology.stain_norm import from_tuple, normalise
+
+            return normalise(np.asarray(region), from_tuple(g.stain))
         return np.asarray(region)
 
     def close(self) -> None:
@@ -133,9 +142,10 @@ class TileReader:
 def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overlap: int = 0,
                min_tissue: float = 0.5, mpp_overrides: dict[str, float] | None = None,
                thumb_size: int = 1024, roi_geojson: str | os.PathLike | None = None,
-               seg_params: dict | None = None) -> dict:
+               seg_params: dict | None = None, stain_norm: str = "none") -> dict:
     """Tile one slide: returns ``coords`` (N x 2 level-0), ``tissue`` (N coverage) and ``attrs``
-    (mpp, target mpp, tile size, level-0 size, read level, slide dimensions)."""
+    (mpp, target mpp, tile size, level-0 size, read level, slide dimensions, and with ``stain_norm``
+    ``macenko`` the slide's stain estimate from up to 32 of its tiles, ``stain_norm.py``)."""
     from adaptome.domains.pathology.segment import load_roi_mask, tissue_mask
     from adaptome.domains.pathology.slide import thumbnail
 
@@ -155,8 +165,19 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "overlap": overlap, "min_tissue": min_tissue, "thumb_size": thumb_size, "tile_size_level0": geom.size0,
             "read_level": geom.level,
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
-            "height": slide.dimensions[1],
+            "height": slide.dimensions[1], "stain_norm": stain_norm,
+            "artefacts": bool((seg_params or {}).get("artefacts", False)),
         }
+        if stain_norm == "macenko" and keep.any():
+            from dataclasses import replace
+
+            from adaptome.domains.pathology.stain_norm import sample_estimate, to_attrs, to_tuple
+
+            est = sample_estimate(TileReader(path, geom), coords[keep], path)
+            attrs.update(to_attrs(est))
+            geom = replace(geom, stain=to_tuple(est))
+        elif stain_norm not in ("macenko", "none"):
+            raise PathologyError(f"stain_norm must be 'macenko' or 'none', got {stain_norm!r}")
         return {"coords": coords[keep], "tissue": cov[keep], "attrs": attrs, "geometry": geom}
     finally:
         slide.close()
@@ -184,6 +205,12 @@ def read_coords(h5_file: str | os.PathLike) -> tuple[np.ndarray, dict]:
 
 
 def geometry_from_attrs(attrs: dict, level_downsamples) -> TileGeometry:
-    """Rebuild the geometry stored with a tiling file (for reading its tiles)."""
-    return geometry(level_downsamples, float(attrs["mpp"]), float(attrs["target_mpp"]),
+    """Rebuild the geometry stored with a tiling file (for reading its tiles), with its stain estimate."""
+    from dataclasses import replace
+
+    from adaptome.domains.pathology.stain_norm import from_attrs, to_tuple
+
+    geom = geometry(level_downsamples, float(attrs["mpp"]), float(attrs["target_mpp"]),
                     int(attrs["tile_size"]), int(attrs["overlap"]))
+    est = from_attrs(attrs)
+    return geom if est is None else replace(geom, stain=to_tuple(est))

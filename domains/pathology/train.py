@@ -208,7 +208,8 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
     bags = load_bags(features_dir, [r["slide_id"] for r in rows])
     _, _, fattrs = read_features(Path(features_dir) / f"{rows[0]['slide_id']}.h5")
     recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
-              if k in ("encoder", "target_mpp", "tile_size", "overlap", "min_tissue", "thumb_size")}
+              if k in ("encoder", "target_mpp", "tile_size", "overlap", "min_tissue", "thumb_size", "stain_norm",
+                       "artefacts")}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     folds = make_folds(rows, k, group_by, seed)

@@ -92,7 +92,7 @@ def test_extracted_features_match_direct_encoding_with_workers(cohort):
     sid = "train_003"
     feats, coords, attrs = read_features(cohort["features_dir"] / f"{sid}.h5")
     tc, _ = read_coords(cohort["tiles_dir"] / f"{sid}.h5")
-    assert np.array_equal(coords, tc) and feats.shape == (len(tc), 35)
+    assert np.array_equal(coords, tc) and feats.shape == (len(tc), 44)
     assert attrs["encoder"] == "baseline" and attrs["target_mpp"] == 0.5 and attrs["tile_size"] == 64
     path = cohort["slides"] / f"{sid}.tiff"
     s = open_slide(path)

@@ -131,7 +131,7 @@ def test_fold_models_saved_as_safetensors_and_reload(trained, cohort):
 
     d = Path(trained["real"]["out_dir"])
     meta = json.loads((d / "fold_0" / "model.json").read_text())
-    assert meta["aggregation"] == "attention" and meta["in_dim"] == 35
+    assert meta["aggregation"] == "attention" and meta["in_dim"] == 44
     m = load_model(d / "fold_0")
     feats, _, _ = read_features(cohort["features_dir"] / "train_000.h5")
     with torch.no_grad():
@@ -150,7 +150,7 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
 
     meta = json.loads((Path(trained["real"]["out_dir"]) / "fold_0" / "model.json").read_text())
     assert meta["features"] == {"encoder": "baseline", "target_mpp": 0.5, "tile_size": 64, "overlap": 0,
-                                "min_tissue": 0.5, "thumb_size": 256}
+                                "min_tissue": 0.5, "thumb_size": 256, "stain_norm": "none", "artefacts": False}
     slide = str(heldout["slides"] / "test_004.tiff")
     rows = {}
     for name, fdir in (("stored", str(heldout["features_dir"])), ("fly", "")):

@@ -188,7 +188,7 @@ def test_train_retrains_on_new_labels_and_refuses_another_feature_width(cohort, 
     r = _train(fdir, labels, tmp_path / "mil2")
     err = _errors(r.output)
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and len(err) == 1
-    assert "take 35-wide features" in err[0] and "8-wide" in err[0] and "--overwrite" in err[0]
+    assert "take 44-wide features" in err[0] and "8-wide" in err[0] and "--overwrite" in err[0]
     assert {p: p.read_bytes() for p in sorted(run2.rglob("*")) if p.is_file()} == before
     # mixed widths in one folder: the odd file is named
     with h5py.File(fdir / "train_005.h5", "r+") as f:
