@@ -44,7 +44,6 @@ CMD = "OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/protein_generate
 SETTINGS = {
     "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2),
     "t0.6": dict(temperature=0.6, top_k=40, top_p=0.9, repetition_penalty=1.2),
-    "t0.8-rp1.1": dict(temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.1),
     "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0),
     "t1.0-p0.95": dict(temperature=1.0, top_k=0, top_p=0.95, repetition_penalty=1.0),
     "t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0),
@@ -202,7 +201,8 @@ def write_md(res: dict) -> str:
                      f"{fr[0]['real_low_complexity_share']:.3f} | "
                      f"{statistics.mean(r['low_complexity_share'] or 0 for r in fr):.3f} |")
     lines += ["", f"Commit {res['commit'][:12]}, torch {res['versions']['torch']}, transformers "
-              f"{res['versions']['transformers']}, scipy {res['versions']['scipy']}; {res['seconds'] / 60:.1f} min.",
+              f"{res['versions']['transformers']}, scipy {res['versions']['scipy']}; {res['seconds'] / 60:.1f} min wall"
+              + (f", {res['cpu_seconds'] / 60:.1f} CPU min" if "cpu_seconds" in res else "") + ".",
               f"Reproduce: `{res['command']}`", ""]
     return "\n".join(lines)
 
@@ -225,7 +225,11 @@ def main() -> None:
     ap.add_argument("--baseline-seeds", type=int, nargs="*", default=[0], help="seeds of the crop128 pipeline")
     ap.add_argument("--s1-steps", type=int, default=None, help="stage-1 steps (default: the tiny preset's)")
     ap.add_argument("--s2-steps", type=int, default=None, help="stage-2 steps (default: the tiny preset's)")
+    ap.add_argument("--part", type=Path, default=None, help="write this process's rows here (runs in parallel)")
+    ap.add_argument("--collect", type=Path, nargs="+", default=None, help="merge --part files into the results")
     args = ap.parse_args()
+    if args.collect:
+        return collect(args.collect)
     t0 = time.time()
     real = data.pfam_families(min_count=7, max_per_family=None)
     rows, losses = [], {}
@@ -241,15 +245,43 @@ def main() -> None:
             print(f"  losses {loss}", flush=True)
             rows += [{"pipeline": pipe, "seed": seed, **r} for r in sample_rows(merged, labels, real, args.n, seed,
                                                                                     args.settings)]
+            if args.part is not None:
+                args.part.write_text(json.dumps({"command": command, "args": vars(args) | {"part": str(args.part)},
+                                                 "commit": commit, "seconds": time.time() - t0,
+                                                 "cpu_seconds": time.process_time(), "runs_done": runs[:i],
+                                                 "complete": i == len(runs), "losses": losses, "rows": rows}))
+                continue
             summary = summarise(rows)
             res = {"command": command, "args": vars(args), "commit": commit, "platform": platform.platform(),
                    "threads": torch.get_num_threads(), "seconds": time.time() - t0,
-                   "complete": i == len(runs), "runs_done": runs[:i],
+                   "cpu_seconds": time.process_time(), "complete": i == len(runs), "runs_done": runs[:i],
                    "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scipy")},
                    "settings": SETTINGS, "losses": losses, "summary": summary, "best_setting": best_setting(summary),
                    "rows": rows}
             (HERE / "results.json").write_text(json.dumps(res, indent=2))  # after every run: partial results survive
             (HERE / "results.md").write_text(write_md(res))
+            print(write_md(res))
+
+
+def collect(parts: list[Path]) -> None:
+    """results.json / results.md from the --part files of processes run side by side."""
+    import torch
+
+    data = [json.loads(p.read_text()) for p in parts]
+    rows = [r for d in data for r in d["rows"]]
+    summary = summarise(rows)
+    seeds = sorted({r["seed"] for r in rows if r["pipeline"] == "windows"})
+    res = {"command": " && ".join(d["command"] for d in data) + " && .venv/bin/python "
+           f"benchmarks/protein_generate/run.py --collect {' '.join(map(str, parts))}",
+           "args": {"n": data[0]["args"]["n"], "seeds": seeds, "settings": data[0]["args"]["settings"]},
+           "commit": data[0]["commit"], "platform": platform.platform(), "threads": torch.get_num_threads(),
+           "seconds": max(d["seconds"] for d in data), "cpu_seconds": sum(d["cpu_seconds"] for d in data),
+           "complete": all(d["complete"] for d in data), "runs_done": [r for d in data for r in d["runs_done"]],
+           "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scipy")},
+           "settings": SETTINGS, "losses": {k: v for d in data for k, v in d["losses"].items()},
+           "summary": summary, "best_setting": best_setting(summary), "rows": rows}
+    (HERE / "results.json").write_text(json.dumps(res, indent=2))
+    (HERE / "results.md").write_text(write_md(res))
     print(write_md(res))
 
 
