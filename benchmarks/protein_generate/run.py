@@ -219,7 +219,7 @@ def main() -> None:
     from adaptome.domains.protein import data
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the windows pipeline")
     ap.add_argument("--n", type=int, default=12, help="samples per family and setting")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--baseline-seeds", type=int, nargs="*", default=[0], help="seeds of the crop128 pipeline")
