@@ -337,8 +337,9 @@ def evaluate_cmd(
         from adaptome.domains.protein import structure
 
         pdb_dir = Path(tempfile.mkdtemp(prefix="adaptome-structures-")) if esmfold and samples else None
-        seqs = [g.seq for g in gen] if gen is not None else []
-        names = [f"sample{i}" for i in range(len(seqs))]
+        # only samples of standard residues can be folded (flagged ones are counted in validity)
+        foldable = [(f"sample{i}", g.seq) for i, g in enumerate(gen or []) if not g.invalid]
+        names, seqs = [n for n, _ in foldable], [x for _, x in foldable]
         report["structure"] = structure.structure_report(seqs, names, esmfold if samples else None,
                                                          reference_pdbs, pdb_dir)
         evaluate.write_report(report, out, overwrite, structures=pdb_dir)

@@ -28,8 +28,11 @@ def test_two_stages_learn_families_and_report_baselines(two_stage_run):
     # the FASTA records condition and sampling parameters
     heads = formats.read_fasta_headers(out / "samples.fasta")
     meta = sample.parse_header(heads[0][0])
-    assert meta["condition"] == "Family=<12TM_1>" and meta["temperature"] == "0.2" and meta["top_k"] == "40"
-    assert meta["repetition_penalty"] == "1.2" and meta["complete"] in ("yes", "no")
+    used = rep["sampling"]  # the tiny model samples with the `small` preset (sample.PRESETS)
+    assert used["preset"] == "small" and meta["condition"] == "Family=<12TM_1>"
+    assert meta["temperature"] == str(sample.PRESETS["small"].temperature) == str(used["temperature"])
+    assert meta["top_k"] == str(used["top_k"]) and meta["repetition_penalty"] == str(used["repetition_penalty"])
+    assert meta["max_new_tokens"] == str(used["max_new_tokens"]) and meta["complete"] in ("yes", "no")
 
 
 def test_fixed_seed_sampling_is_reproducible_and_stops_at_gt(tuned):
