@@ -38,7 +38,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CMD = "OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/protein_generate/run.py"
+CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_generate/run.py"
 
 #: decoding settings compared (top_k 0 = no top-k cut; top_p 1.0 = no nucleus cut)
 SETTINGS = {
