@@ -206,7 +206,10 @@ def write_md(res: dict) -> str:
                      f"{ps} | "
                      f"{fr[0]['real_low_complexity_share']:.3f} | "
                      f"{statistics.mean(r['low_complexity_share'] or 0 for r in fr):.3f} |")
-    lines += ["", f"Commit {res['commit'][:12]}, torch {res['versions']['torch']}, transformers "
+    lines += ["", "Not measured here: control accuracy of these samples (the quickstart's tests check it for the "
+              "preset). Seen in the per-family table: the tiny model's sample lengths follow the family only "
+              "loosely (short families get too long samples), which no decoding setting repairs.",
+              "", f"Commit {res['commit']}, torch {res['versions']['torch']}, transformers "
               f"{res['versions']['transformers']}, scipy {res['versions']['scipy']}; {res['seconds'] / 60:.1f} min wall"
               + (f", {res['cpu_seconds'] / 60:.1f} CPU min" if "cpu_seconds" in res else "") + ".",
               f"Reproduce: `{res['command']}`", ""]
@@ -287,7 +290,8 @@ def collect(parts: list[Path]) -> None:
     res = {"command": " & ".join(local(d["command"]) for d in data) + "; wait; .venv/bin/python "
            f"benchmarks/protein_generate/run.py --collect {' '.join(p.name for p in parts)}",
            "args": {"n": data[0]["args"]["n"], "seeds": seeds, "settings": data[0]["args"]["settings"]},
-           "commit": data[0]["commit"], "platform": platform.platform(), "threads": torch.get_num_threads(),
+           "commit": " / ".join(sorted({d["commit"][:12] for d in data})), "platform": platform.platform(),
+           "threads": torch.get_num_threads(),
            "seconds": max(d["seconds"] for d in data), "cpu_seconds": sum(d["cpu_seconds"] for d in data),
            "complete": all(d["complete"] for d in data), "runs_done": [r for d in data for r in d["runs_done"]],
            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scipy")},
