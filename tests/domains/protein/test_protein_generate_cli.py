@@ -6,6 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from adaptome.domains.protein import sample
 from adaptome.domains.protein.cli import app
 from adaptome.domains.protein.data import data_dir
 
@@ -72,7 +73,7 @@ def test_sample_refuses_a_label_the_model_never_saw(stages, tmp_path):
     assert r.exit_code == 0, r.output
     assert "sampling preset: small" in r.output and "max_new_tokens 69: 1.5 x the longest training sequence" in r.output
     head = (tmp_path / "h.fa").read_text().splitlines()[0]
-    assert "max_new_tokens=69" in head and "temperature=1.0" in head
+    assert "max_new_tokens=69" in head and f"temperature={sample.PRESETS['small'].temperature}" in head
     r = runner.invoke(app, ["sample", "--model", model, "--task-name", "family", "--label", "Cyclin_N", "-n", "1",
                             "--max-new-tokens", "5000", "--out", str(tmp_path / "i.fa")])
     assert r.exit_code == 2 and "position limit 1024" in r.output
