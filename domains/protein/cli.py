@@ -68,7 +68,8 @@ def build_dataset(
     vocab: Optional[str] = typer.Option(None, help="vocabulary file, or 'superfamilies' for ProLLaMA's list"),
     policy: str = typer.Option("error", help="non-standard residues: error | skip | keep"),
     stockholm_label: str = typer.Option("id", help="Stockholm label: the family's #=GF ID or AC line (id | ac)"),
-    max_residues: Optional[int] = typer.Option(None, help="keep only the first N residues"),
+    max_residues: Optional[int] = typer.Option(None, help="keep only the first N residues in the instructions "
+                                               "(the stage-1 sequence files stay whole)"),
     max_seq_length: int = typer.Option(256, help="token limit of an instruction record (the instruct config's "
                                        "max_seq_length): the protein is cropped to fit, never the answer"),
     tokenizer: Optional[str] = typer.Option(None, help="tokenizer that counts the tokens (the model folder or hub "
@@ -92,9 +93,9 @@ def build_dataset(
     with user_errors():
         task = _task(task_name, task_key)
         if shipped == "pfam":
-            recs = data.pfam_families(max_residues=max_residues, policy=policy)
+            whole = data.pfam_families(policy=policy)
         elif shipped == "ec":
-            recs = data.ec_records(max_residues=max_residues, policy=policy)
+            whole = data.ec_records(policy=policy)
         elif shipped is not None:
             fail(f"--shipped {shipped!r}: known: pfam, ec")
         else:
@@ -112,13 +113,15 @@ def build_dataset(
                 voc = formats.read_vocab(vocab)
             if voc is not None:
                 formats.validate_labels((r.label for r in recs), voc, str(labels or fasta[0]))
-            recs = data.crop(recs, max_residues)
+            whole = recs
+        recs = data.crop(whole, max_residues)
         tok = load_tokenizer(tokenizer)
         records, crops = data.fit_instruction_records(recs, task, tok, max_seq_length)
         with atomic_dir(out, overwrite) as tmp:
             formats.write_instructions(records, tmp / "instructions.jsonl")
-            formats.write_seq_lines([r.seq for r in recs], tmp / "sequences.txt")
-            formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in recs),
+            # stage-1 files hold whole sequences: pretrain cuts windows with markers only at the real ends
+            formats.write_seq_lines([r.seq for r in whole], tmp / "sequences.txt")
+            formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in whole),
                                 tmp / "sequences.fasta")
     typer.echo(f"{len(recs)} sequences, {len({r.label for r in recs})} labels -> {out}")
     typer.echo(f"instruction records: {crops.message()}")
@@ -174,24 +177,52 @@ def sample_cmd(
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
     n: int = typer.Option(4, "-n", help="samples per label"),
     prefix: str = typer.Option("", help="sequence prefix after Seq=<"),
-    temperature: float = typer.Option(0.2), top_k: int = typer.Option(40), top_p: float = typer.Option(0.9),
-    repetition_penalty: float = typer.Option(1.2), max_new_tokens: int = typer.Option(400),
+    preset: str = typer.Option("auto", help="decoding preset: prollama | small | auto (small under 100 M "
+                               "parameters); the options below override single fields"),
+    temperature: Optional[float] = typer.Option(None), top_k: Optional[int] = typer.Option(None),
+    top_p: Optional[float] = typer.Option(None), repetition_penalty: Optional[float] = typer.Option(None),
+    max_new_tokens: Optional[int] = typer.Option(None, help="default: 1.5 x the longest training sequence "
+                                                 "saved with the model, else 1024; within the position limit"),
     seed: int = typer.Option(0), batch_size: int = typer.Option(16),
+    allow_unseen_labels: bool = typer.Option(False, help="sample a label the model was not trained on"),
     out: Path = typer.Option(..., help="output FASTA"), overwrite: bool = typer.Option(False),
 ) -> None:
-    """Generate sequences (ProLLaMA defaults), stop at '>', write FASTA with condition + parameters.
+    """Generate sequences, stop at '>', write FASTA with condition + parameters.
+
+    A label the model's training records never held (training_data.json beside the weights) is refused.
 
     Example: adaptome protein sample --model runs/protein/stage2_tiny/merged --task-name superfamily \\
         --label 'Cyclin-like superfamily' -n 8 --out gen.fasta
     """
+    import dataclasses
+
     from adaptome.domains.protein.model import load_model_and_tokenizer
-    from adaptome.domains.protein.sample import SamplingParams, sample, write_samples
+    from adaptome.domains.protein.sample import (
+        preset_for,
+        prompt_plan,
+        resolve_max_new_tokens,
+        sample,
+        with_preset,
+        write_samples,
+    )
+    from adaptome.domains.protein.training_data import check_labels, read_training_data
 
     _check_new(out, overwrite)
     with user_errors():
+        task = _task(task_name, task_key)
+        labels = label or [None]
+        info = read_training_data(model)
+        notes = check_labels(labels, task.key, info, str(model), allow_unseen_labels)
         m, tok = load_model_and_tokenizer(str(model))
-        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, batch_size)
-        samples = sample(m, tok, _task(task_name, task_key), label or [None], n, params, prefix, progress=True)
+        name = preset_for(m) if preset == "auto" else preset
+        params = with_preset(name, temperature=temperature, top_k=top_k, top_p=top_p,
+                             repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size)
+        prompts = sorted({p for _, p in prompt_plan(task, labels, 1, prefix)})
+        limit, more = resolve_max_new_tokens(m, tok, prompts, max_new_tokens, info)
+        params = dataclasses.replace(params, max_new_tokens=limit)
+        for note in [f"sampling preset: {name}"] + notes + more:
+            typer.echo(note)
+        samples = sample(m, tok, task, labels, n, params, prefix, progress=True)
         write_samples(samples, params, out)
     bad = sum(not s.valid for s in samples)
     typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
@@ -369,55 +400,74 @@ def score_mutations_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = typer.Option(..., help="instruction-tuned merged checkpoint"),
-    shipped: str = typer.Option("pfam", help="labelled set: pfam | ec (split 3 per label, seed 0)"),
+    shipped: str = typer.Option("pfam", help="labelled set when no --reference: pfam | ec (split 3 per label, seed 0)"),
+    reference: list[Path] = typer.Option([], help="labelled real sequences instead of --shipped (repeatable): "
+                                         "Stockholm (label: #=GF ID) or FASTA (label: a Key=<label> header "
+                                         "field, as build-dataset writes, or --reference-labels)"),
+    reference_labels: Optional[Path] = typer.Option(None, help="CSV/TSV id,label table for --reference FASTA"),
+    id_column: str = typer.Option("id"), label_column: str = typer.Option("label"),
+    task_name: Optional[str] = typer.Option(None, help="label kind (default: family for pfam and --reference, "
+                                            "enzyme class for ec)"),
+    task_key: str = typer.Option(""),
     samples: Optional[Path] = typer.Option(None, help="generated FASTA written by `sample`"),
-    method: str = typer.Option("determine", help="classification: determine | bayes | generate"),
-    max_residues: int = typer.Option(128), out: Path = typer.Option(..., help="report folder"),
+    method: str = typer.Option("", help="classification: combined | determine | bayes | generate (default: the "
+                               "measured best, as classify)"),
+    max_residues: int = typer.Option(128, help="crop held-out sequences for perplexity and classification "
+                                     "(generation is compared with whole sequences)"),
+    out: Path = typer.Option(..., help="report folder"),
     overwrite: bool = typer.Option(False),
     esmfold: Optional[str] = typer.Option(None, help="ESMFold checkpoint (folder or hub id): pLDDT of the samples"),
     reference_pdbs: Optional[Path] = typer.Option(None, help="folder of reference PDB files: Foldseek TM-score"),
 ) -> None:
-    """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics and,
-    with --esmfold (and --reference-pdbs with foldseek on PATH), structure metrics of the samples.
+    """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics (length
+    KS test, low-complexity share, per label) and, with --esmfold (and --reference-pdbs with foldseek on
+    PATH), structure metrics of the samples. Samples conditioned on a label the reference does not hold
+    are refused.
 
     Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta \\
-        --out runs/protein/report
+        --reference runs/protein/data/sequences.fasta --task-name superfamily --out runs/protein/report
     """
-    from adaptome.domains.protein import classify, data, evaluate, formats
+    from adaptome.domains.protein import classify, data, evaluate
     from adaptome.domains.protein.model import load_model_and_tokenizer
-    from adaptome.domains.protein.sample import Sample, parse_header
 
     _check_new(out, overwrite)
     with user_errors():
-        if shipped == "pfam":
-            task, recs = data.FAMILY, data.pfam_families(max_residues=max_residues)
+        if reference:
+            recs = evaluate.read_reference(reference, reference_labels, id_column, label_column)
+            task, where = _task(task_name or "family", task_key), ", ".join(map(str, reference))
+        elif shipped == "pfam":
+            task, recs, where = data.FAMILY, data.pfam_families(), "shipped Pfam seeds"
         elif shipped == "ec":
-            task, recs = data.EC_CLASS, data.ec_records(max_residues=max_residues)
+            task, recs, where = data.EC_CLASS, data.ec_records(), "shipped nrPDB-EC subset"
         else:
             fail(f"--shipped {shipped!r}: known: pfam, ec")
+        if task_name and not reference:
+            task = _task(task_name, task_key)
+        gen = evaluate.read_samples(samples) if samples is not None else None
+        if gen is not None:
+            evaluate.check_sample_labels(gen, [r.label for r in recs])
         train, test = data.split_by_label(recs, 3)
+        train_c, test_c = data.crop(train, max_residues), data.crop(test, max_residues)
         labels = sorted({r.label for r in train})
         m, tok = load_model_and_tokenizer(str(model))
-        report = {"task": task.name, "perplexity": evaluate.perplexity_on(m, tok, [r.seq for r in test]),
-                  "n_perplexity_sequences": len(test)}
-        preds = classify.classify(m, tok, task, [r.seq for r in test], labels, method, progress=True)
+        report = {"model": str(model), "reference": where, "task": task.name,
+                  "perplexity": evaluate.perplexity_on(m, tok, [r.seq for r in test_c]),
+                  "n_perplexity_sequences": len(test_c)}
+        method = method or classify.DEFAULT_METHOD
+        preds = classify.classify(m, tok, task, [r.seq for r in test_c], labels, method, progress=True)
         report["classification"] = {**evaluate.classification_report(
-            [r.label for r in test], [p["pred"] for p in preds], train, [r.seq for r in test]), "method": method}
-        if samples is not None:
-            gen = []
-            for h, seq in formats.read_fasta_headers(samples):
-                meta = parse_header(h)
-                lab = formats.parse_field(meta["condition"])[1] if meta["condition"] != "unconditional" else None
-                gen.append(Sample(meta["condition"], lab, "", seq, meta.get("complete") == "yes",
-                                  tuple(formats.invalid_positions(seq)), 0))
+            [r.label for r in test_c], [p["pred"] for p in preds], train_c, [r.seq for r in test_c]),
+            "method": method}
+        if gen is not None:
             report["generation"] = evaluate.generation_report(gen, train, recs)
         import tempfile
 
         from adaptome.domains.protein import structure
 
         pdb_dir = Path(tempfile.mkdtemp(prefix="adaptome-structures-")) if esmfold and samples else None
-        seqs = [g.seq for g in gen] if samples is not None else []
-        names = [f"sample{i}" for i in range(len(seqs))]
+        # only samples of standard residues can be folded (flagged ones are counted in validity)
+        foldable = [(f"sample{i}", g.seq) for i, g in enumerate(gen or []) if not g.invalid]
+        names, seqs = [n for n, _ in foldable], [x for _, x in foldable]
         report["structure"] = structure.structure_report(seqs, names, esmfold if samples else None,
                                                          reference_pdbs, pdb_dir)
         evaluate.write_report(report, out, overwrite, structures=pdb_dir)

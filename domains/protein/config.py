@@ -70,7 +70,9 @@ class PretrainConfig:
         train_files: FASTA files or text files of ``Seq=<...>`` lines (told apart by content).
         residue_policy: letters outside the 20 standard amino acids: ``error``, ``skip`` the
             record, or ``keep`` the IUPAC extras B Z X U O J (``formats.clean_sequence``).
-        max_residues: crop every sequence to its first N residues (None: no crop).
+        max_residues: cut longer sequences into windows of at most N residues at a random phase, with
+            ``Seq=<`` only on the window holding the real start and ``>`` only on the one holding the real
+            end (``data.crop_windows``; None: whole sequences).
         block_size: tokens per packed training block.
         model: the base model.
         adapter: the adapter method and options.

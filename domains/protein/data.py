@@ -285,6 +285,36 @@ def crop(records: Iterable[Record], max_residues: int | None) -> list[Record]:
     return [Record(r.id, r.seq[:max_residues], r.label) for r in records]
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A stage-1 training window of one protein.
+
+    Args:
+        seq: the residues of the window.
+        start: the window holds the protein's real first residue (it is written after ``Seq=<``).
+        end: the window holds the real last residue (it is followed by the closing ``>``).
+    """
+
+    seq: str
+    start: bool
+    end: bool
+
+
+def crop_windows(seq: str, max_residues: int | None, rng: random.Random) -> list[Piece]:
+    """Cut ``seq`` into windows of at most ``max_residues`` at a random phase; markers only at real ends.
+
+    A protein that fits is one window with both markers. A longer one is cut at ``o, o + W, o + 2W,
+    ...`` (``W = max_residues``, offset ``o`` drawn from ``1..W``), so every residue is in exactly one
+    window, only the first window opens with ``Seq=<`` and only the last one closes with ``>``: a crop
+    never teaches the model that a protein ends where the crop ends, and long proteins still show
+    their real ends. Not covered: overlapping windows, several phases per epoch.
+    """
+    if not max_residues or len(seq) <= max_residues:
+        return [Piece(seq, True, True)]
+    cuts = [0] + list(range(rng.randint(1, max_residues), len(seq), max_residues)) + [len(seq)]
+    return [Piece(seq[a:b], a == 0, b == len(seq)) for a, b in zip(cuts, cuts[1:])]
+
+
 def split_by_label(records: list[Record], n_test: int = 3, seed: int = 0) -> tuple[list[Record], list[Record]]:
     """Stratified hold-out: ``n_test`` random records of every label go to the test side."""
     rng = random.Random(seed)

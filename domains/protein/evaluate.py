@@ -9,9 +9,13 @@
   amino-acid composition divergence (Jensen-Shannon divergence, base 2, of the pooled 20-residue
   frequencies); diversity (mean pairwise identity within the set, lower is more diverse); novelty
   (for each sequence the highest identity to any training sequence; reported as the mean, and
-  novelty = 1 - mean); **control accuracy**: a k-mer classifier fitted on all real labelled
-  sequences predicts each conditional sample's class, compared with the requested label (empty
-  samples count as misses), beside chance = 1 / number of classes.
+  novelty = 1 - mean); **low-complexity share** (``lowcomplexity.py``, SEG's trigger windows) of
+  samples and reference and their ratio; **per requested label**: sample vs real lengths (mean and
+  KS test against that label's real sequences) and low-complexity shares; **control accuracy**: a
+  k-mer classifier fitted on all real labelled sequences predicts each conditional sample's class,
+  compared with the requested label (empty samples count as misses), beside chance = 1 / number of
+  classes. A sample label outside the judge's label set is refused (``ForeignLabelError``): such
+  samples would score 0 without being wrong, so the caller must pass the real sequences of that label.
 
 Identity of two sequences: a global alignment with Biopython's ``PairwiseAligner`` (BLOSUM62, gap
 open -10, extend -0.5); identical aligned pairs / length of the shorter sequence.
@@ -30,7 +34,67 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from adaptome.domains.protein.formats import STANDARD_AA, Record, seq_line
+from adaptome.domains.protein.formats import STANDARD_AA, LabelError, Record, seq_line
+
+
+class ForeignLabelError(LabelError):
+    """Samples were conditioned on labels that the reference (the judge's label set) does not hold."""
+
+
+def _is_stockholm(path: Path) -> bool:
+    if path.suffix.lower() in (".sto", ".stk", ".sth", ".stockholm"):
+        return True
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return f.readline().startswith("# STOCKHOLM")
+
+
+def read_reference(paths: list[Path], label_table: Path | None = None, id_column: str = "id",
+                   label_column: str = "label") -> list[Record]:
+    """Labelled real sequences from Stockholm files (label: ``#=GF ID``, told apart by extension or
+    the ``# STOCKHOLM`` first line) and FASTA files (label: the table's, else a ``Key=<label>`` field in
+    the header, as ``build-dataset`` writes ``sequences.fasta``). A record without a label is an error
+    naming the file. (A local reader: the Stockholm support of ``formats`` is used as it stands.)"""
+    from adaptome.domains.protein.data import attach_labels, read_label_table
+    from adaptome.domains.protein.formats import FormatError, read_fasta_headers, read_stockholm
+
+    table = read_label_table(label_table, id_column, label_column) if label_table else None
+    out: list[Record] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FormatError(f"{path}: reference file not found")
+        if _is_stockholm(path):
+            recs = read_stockholm(path).records
+        else:
+            from adaptome.domains.protein.formats import clean_sequence
+
+            recs = []
+            for header, raw in read_fasta_headers(path):
+                rid, _, desc = header.partition(" ")
+                m = re.search(r"\b[A-Za-z][A-Za-z0-9_]*=<([^>]*)>", desc)
+                recs.append(Record(rid, clean_sequence(raw, "error", f"{path}: record {rid!r}"),
+                                   m.group(1) if m else None))
+        if table is not None:
+            recs = attach_labels(recs, table, str(label_table))
+        missing = [r.id for r in recs if r.label is None]
+        if missing:
+            raise FormatError(f"{path}: {len(missing)} record(s) without a label, e.g. {missing[0]!r} (give "
+                              "--reference-labels, or Key=<label> in the FASTA headers)")
+        out += recs
+    return out
+
+
+def read_samples(path: str | Path) -> list:
+    """``sample.Sample`` objects back from a FASTA written by ``sample`` (condition from the header)."""
+    from adaptome.domains.protein.formats import invalid_positions, parse_field, read_fasta_headers
+    from adaptome.domains.protein.sample import Sample, parse_header
+
+    out = []
+    for h, seq in read_fasta_headers(path):
+        meta = parse_header(h)
+        lab = parse_field(meta["condition"])[1] if meta["condition"] != "unconditional" else None
+        out.append(Sample(meta["condition"], lab, "", seq, meta.get("complete") == "yes",
+                          tuple(invalid_positions(seq)), 0))
+    return out
 
 
 def perplexity_on(model, tok, seqs: list[str], batch_size: int = 16) -> float:
@@ -105,13 +169,54 @@ def js_divergence(p, q) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def generation_report(samples, train: list[Record], all_real: list[Record], k: int = 3,
-                      max_pairs: int = 2000) -> dict[str, Any]:
-    """Metrics of a generated set (``sample.Sample`` objects) against real sequences."""
+def length_ks(sample_seqs: list[str], real_seqs: list[str]) -> dict[str, float]:
+    """Two-sample Kolmogorov-Smirnov test of the residue counts (scipy ``ks_2samp``, two-sided)."""
     from scipy.stats import ks_2samp
 
-    from adaptome.domains.protein.kmer import KmerClassifier
+    ks = ks_2samp([len(s) for s in sample_seqs], [len(s) for s in real_seqs])
+    return {"length_ks_statistic": float(ks.statistic), "length_ks_pvalue": float(ks.pvalue)}
 
+
+def per_label_report(samples, all_real: list[Record]) -> dict[str, dict[str, Any]]:
+    """Per requested label: sample count, mean lengths, KS test of lengths against the label's real
+    sequences, low-complexity share of samples and real sequences and their ratio."""
+    from adaptome.domains.protein.lowcomplexity import low_complexity_share
+
+    out: dict[str, dict[str, Any]] = {}
+    for lab in sorted({s.label for s in samples if s.label is not None}):
+        gen = [s.seq for s in samples if s.label == lab and s.seq]
+        real = [r.seq for r in all_real if r.label == lab]
+        row: dict[str, Any] = {"n_samples": sum(s.label == lab for s in samples), "n_nonempty": len(gen),
+                               "n_real": len(real), "real_mean_length": sum(map(len, real)) / len(real),
+                               "real_low_complexity_share": low_complexity_share(real)}
+        if gen:
+            lc = low_complexity_share(gen)
+            row.update(mean_length=sum(map(len, gen)) / len(gen), **length_ks(gen, real), low_complexity_share=lc,
+                       low_complexity_ratio=lc / row["real_low_complexity_share"]
+                       if row["real_low_complexity_share"] else None)
+        out[lab] = row
+    return out
+
+
+def check_sample_labels(samples, real_labels) -> None:
+    """``ForeignLabelError`` when a sample's label is not among ``real_labels``."""
+    known = sorted(set(real_labels))
+    foreign = sorted({s.label for s in samples if s.label is not None and s.label not in known})
+    if foreign:
+        raise ForeignLabelError(
+            f"{len(foreign)} sample label(s) not in the reference label set, e.g. {foreign[0]!r} (reference: "
+            f"{', '.join(known[:20])}{' ...' if len(known) > 20 else ''}); give the real sequences of those labels "
+            "as the reference (evaluate --reference FILE)")
+
+
+def generation_report(samples, train: list[Record], all_real: list[Record], k: int = 3,
+                      max_pairs: int = 2000) -> dict[str, Any]:
+    """Metrics of a generated set (``sample.Sample`` objects) against real sequences: ``train`` for
+    lengths, composition and novelty, ``all_real`` (labelled) for the judge and the per-label rows."""
+    from adaptome.domains.protein.kmer import KmerClassifier
+    from adaptome.domains.protein.lowcomplexity import low_complexity_share
+
+    check_sample_labels(samples, [r.label for r in all_real])
     seqs = [s.seq for s in samples]
     nonempty = [s for s in seqs if s]
     ref = [r.seq for r in train]
@@ -119,9 +224,12 @@ def generation_report(samples, train: list[Record], all_real: list[Record], k: i
                            "validity": sum(s.valid for s in samples) / max(len(samples), 1),
                            "mean_length": sum(map(len, seqs)) / max(len(seqs), 1),
                            "reference_mean_length": sum(map(len, ref)) / len(ref)}
+    out["reference_low_complexity_share"] = low_complexity_share(ref)
     if len(nonempty) >= 1:
-        ks = ks_2samp([len(s) for s in nonempty], [len(s) for s in ref])
-        out["length_ks_statistic"], out["length_ks_pvalue"] = float(ks.statistic), float(ks.pvalue)
+        out.update(length_ks(nonempty, ref))
+        out["low_complexity_share"] = low_complexity_share(nonempty)
+        out["low_complexity_ratio"] = (out["low_complexity_share"] / out["reference_low_complexity_share"]
+                                       if out["reference_low_complexity_share"] else None)
         out["composition_js_divergence"] = js_divergence(composition(nonempty), composition(ref))
         al = _aligner()
         pairs = list(itertools.combinations(range(len(nonempty)), 2))[:max_pairs]
@@ -141,6 +249,7 @@ def generation_report(samples, train: list[Record], all_real: list[Record], k: i
         out["control_accuracy"] = sum(hits) / len(hits)
         out["control_chance"] = 1.0 / len(judge.classes)
         out["control_per_label"] = {lab: sum(v) / len(v) for lab, v in sorted(per.items())}
+        out["per_label"] = per_label_report(cond, all_real)
     return out
 
 
@@ -150,11 +259,16 @@ def markdown(report: dict[str, Any]) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["# Protein model evaluation", ""]
+    if "model" in report:
+        lines += [f"Model: `{report['model']}`" + (f"; reference: {report['reference']}" if "reference" in report
+                                                   else ""), ""]
     if "perplexity" in report:
-        lines += [f"Held-out perplexity (``Seq=<...>`` lines, stage-1 model): **{fmt(report['perplexity'])}** "
+        who = report.get("perplexity_model", report.get("model", "the model"))
+        lines += [f"Held-out perplexity (``Seq=<...>`` lines) of `{who}`: **{fmt(report['perplexity'])}** "
                   f"(on {report.get('n_perplexity_sequences', '?')} sequences)", ""]
         if "perplexity_stage2" in report:
-            lines += [f"Same sequences under the instruction-tuned model: {fmt(report['perplexity_stage2'])}", ""]
+            who2 = report.get("model", "the instruction-tuned model")
+            lines += [f"Same sequences under `{who2}`: {fmt(report['perplexity_stage2'])}", ""]
     c = report.get("classification")
     if c:
         lines += ["## Classification (held-out)", "", "| predictor | accuracy |", "|---|---|",
@@ -168,7 +282,8 @@ def markdown(report: dict[str, Any]) -> str:
     if g:
         lines += ["## Generated set", "", "| metric | value |", "|---|---|"]
         for k in ("n_generated", "validity", "mean_length", "reference_mean_length", "length_ks_statistic",
-                  "length_ks_pvalue", "composition_js_divergence", "diversity_mean_pairwise_identity",
+                  "length_ks_pvalue", "low_complexity_share", "reference_low_complexity_share",
+                  "low_complexity_ratio", "composition_js_divergence", "diversity_mean_pairwise_identity",
                   "novelty_mean_max_identity_to_train", "novelty", "control_accuracy", "control_chance"):
             if k in g:
                 lines.append(f"| {k} | {fmt(g[k])} |")
@@ -180,6 +295,15 @@ def markdown(report: dict[str, Any]) -> str:
         if "control_per_label" in g:
             lines += ["Control accuracy per requested label: " +
                       ", ".join(f"{k} {fmt(v)}" for k, v in g["control_per_label"].items()), ""]
+        if g.get("per_label"):
+            lines += ["| label | samples | mean length (real) | length KS p | low-complexity share (real) |",
+                      "|---|---|---|---|---|"]
+            for lab, r in g["per_label"].items():
+                lines.append(f"| {lab} | {r['n_samples']} | {fmt(r.get('mean_length', float('nan')))} "
+                             f"({fmt(r['real_mean_length'])}) | {fmt(r.get('length_ks_pvalue', float('nan')))} | "
+                             f"{fmt(r.get('low_complexity_share', float('nan')))} "
+                             f"({fmt(r['real_low_complexity_share'])}) |")
+            lines.append("")
     s = report.get("structure")
     if s:
         lines += ["## Structure metrics", ""]

@@ -148,13 +148,15 @@ def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, ada
              adapter_options: dict, train_kwargs: dict, merge: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Stage 2 end to end from instruction files (or records already in memory)."""
     from adaptome.domains.protein.pretrain import run_stage
+    from adaptome.domains.protein.training_data import records_summary
 
     records: list[dict] = []
     for item in files:
         records += [item] if isinstance(item, dict) else read_instructions(item)
     ds = InstructionDataset(tok, records, max_seq_length)
     summary = run_stage(model, tok, ds, pad_collate(tok.pad_token_id), adapter_method, adapter_options,
-                        train_kwargs, merge=merge, overwrite=overwrite)
+                        train_kwargs, merge=merge, overwrite=overwrite,
+                        training_data={"stage": "instruct", **records_summary(tok, records)})
     summary["n_records"] = len(records)
     summary["n_truncated"] = ds.n_cropped  # records whose protein was cropped here (never an answer)
     summary["residues_cropped"] = ds.residues_cropped

@@ -1,14 +1,19 @@
 """Stage 1: continual causal-LM pretraining on ``Seq=<...>`` lines (ProLLaMA ``run_pt.sh``).
 
 Every protein becomes ``<s>Seq=<MKRV...></s>`` (ProLLaMA sets ``add_eos_token``); the token streams
-are concatenated and cut into blocks of ``block_size`` tokens, the remainder dropped
-(``group_texts``; the packing is core's ``adaptome.core.text.pack_blocks``). The loss is the usual
-next-token cross-entropy over every position (labels = inputs, shifted inside the model). The
+are concatenated and cut into blocks of ``block_size`` tokens, the remainder dropped (``group_texts``).
+With ``max_residues`` a longer protein is cut into windows at a random phase (``data.crop_windows``):
+only the window holding the real start opens with ``<s>Seq=<`` and only the one holding the real end
+closes with ``></s>``, so a crop never teaches a false end; the label of the first token of every
+window is -100 (predicting across the junction of two unrelated windows teaches nothing true). The
+loss is otherwise the usual next-token cross-entropy (labels = inputs, shifted inside the model). The
 adapter is any registered method applied with ``adaptome.core.adapters.api.apply_adapter``; the
 default is LoRA r 128 / alpha 256 on the seven LLaMA projections with ``embed_tokens`` and
 ``lm_head`` trained fully (``modules_to_save``). Training runs through
 ``adaptome.core.train.loop.fit``; the adapter is saved to ``<output_dir>/adapter`` and, with
-``merge``, a standalone checkpoint to ``<output_dir>/merged``.
+``merge``, a standalone checkpoint to ``<output_dir>/merged``; both folders get a
+``training_data.json`` (``training_data.py``: sequence lengths, and the labels of stage 2) that the
+sampler reads.
 
 Dimension letters: N blocks, T tokens per block.
 Not covered: DeepSpeed, gradient checkpointing, a validation split during training.
@@ -23,9 +28,9 @@ from adaptome.domains.protein.formats import FormatError, Policy, read_fasta, re
 from adaptome.domains.protein.tokenizer import encode
 
 
-def load_sequences(files: list[str], policy: Policy = "error", max_residues: int | None = None) -> list[str]:
-    """Sequences from FASTA, Stockholm or ``Seq=<...>`` text files (by content; Stockholm also by
-    extension), cropped to ``max_residues``."""
+def load_sequences(files: list[str], policy: Policy = "error") -> list[str]:
+    """Whole sequences from FASTA, Stockholm or ``Seq=<...>`` text files (by content; Stockholm also by
+    extension)."""
     from adaptome.domains.protein.formats import clean_sequence, is_stockholm, read_sequences
 
     if not files:
@@ -45,7 +50,7 @@ def load_sequences(files: list[str], policy: Policy = "error", max_residues: int
                 c = clean_sequence(s, policy, f"{path}:{i}")
                 if c is not None:
                     seqs.append(c)
-    return [s[:max_residues] if max_residues else s for s in seqs]
+    return seqs
 
 
 def sequence_blocks(tok, seqs: list[str], block_size: int) -> list[list[int]]:
@@ -56,19 +61,55 @@ def sequence_blocks(tok, seqs: list[str], block_size: int) -> list[list[int]]:
     return pack_blocks([encode(tok, seq_line(s)) for s in seqs], block_size, tok.eos_token_id)
 
 
-class BlockDataset:
-    """Map-style dataset of packed blocks: ``{"input_ids": (T,), "labels": (T,)}``."""
+def piece_tokens(tok, piece) -> list[int]:
+    """Tokens of one ``data.Piece``: ``<s>Seq=<`` only at the real start, ``></s>`` only at the real end.
 
-    def __init__(self, blocks: list[list[int]]):
+    Not covered: sub-word tokenizers may split a window's first residues differently from the same
+    residues inside the whole protein (the character tokenizer does not)."""
+    ids = encode(tok, ("Seq=<" if piece.start else "") + piece.seq + (">" if piece.end else ""), bos=piece.start)
+    return ids + ([tok.eos_token_id] if piece.end else [])
+
+
+def window_blocks(tok, seqs: list[str], block_size: int, max_residues: int | None,
+                  seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """(blocks, labels): the windows of every protein (``data.crop_windows``, seeded) packed into full
+    blocks of ``block_size`` tokens, the remainder dropped; labels equal the tokens except -100 on the
+    first token of each window (a junction). Fewer tokens than one block is an ``InputError``."""
+    import random
+
+    from adaptome.core.text import InputError
+    from adaptome.domains.protein.data import crop_windows
+
+    rng = random.Random(seed)
+    stream: list[int] = []
+    target: list[int] = []
+    for s in seqs:
+        for piece in crop_windows(s, max_residues, rng):
+            ids = piece_tokens(tok, piece)
+            stream += ids
+            target += [-100] + ids[1:]
+    n = len(stream) // block_size
+    if n == 0:
+        raise InputError(f"the data holds {len(stream)} tokens, fewer than one block of {block_size}")
+    cut = [(i * block_size, (i + 1) * block_size) for i in range(n)]  # (N, T) once stacked
+    return [stream[a:b] for a, b in cut], [target[a:b] for a, b in cut]
+
+
+class BlockDataset:
+    """Map-style dataset of packed blocks: ``{"input_ids": (T,), "labels": (T,)}`` (labels = the
+    blocks unless given)."""
+
+    def __init__(self, blocks: list[list[int]], labels: list[list[int]] | None = None):
         import torch
 
         self.blocks = [torch.tensor(b, dtype=torch.long) for b in blocks]
+        self.labels = self.blocks if labels is None else [torch.tensor(b, dtype=torch.long) for b in labels]
 
     def __len__(self) -> int:
         return len(self.blocks)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+        return {"input_ids": self.blocks[i], "labels": self.labels[i]}
 
 
 def stack_collate(items: list[dict]) -> dict:
@@ -80,20 +121,23 @@ def stack_collate(items: list[dict]) -> dict:
 def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, adapter_options: dict[str, Any],
               train_kwargs: dict[str, Any], merge: bool = True, eval_fn: Callable | None = None,
               overwrite: bool = False, optimizer_name: str = "adamw",
-              optimizer_options: dict[str, Any] | None = None) -> dict[str, Any]:
+              optimizer_options: dict[str, Any] | None = None,
+              training_data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the adapter, train with ``fit``, save adapter (+ merged checkpoint); a summary dict.
 
     Outputs under ``train_kwargs['output_dir']``: ``metrics.jsonl``, ``checkpoints/``,
     ``adapter/``, ``merged/``. Existing ``adapter/`` or ``merged/`` folders are never replaced
     unless ``overwrite``. ``adapter_method`` may also be a from-scratch method (``sltrain``: the whole
     model trains and is saved to ``adapter/``; nothing is merged); ``optimizer_name`` / ``_options``
-    pick a ``core.optim.registry.OPTIMIZERS`` entry (``galore``).
+    pick a ``core.optim.registry.OPTIMIZERS`` entry (``galore``). ``training_data`` (see
+    ``training_data.py``) is written as ``training_data.json`` into ``adapter/`` and ``merged/``.
     """
     from adaptome.core.adapters.api import trainable_report
     from adaptome.core.adapters.from_scratch import apply_method, save_trained
     from adaptome.core.adapters.io import save_merged
     from adaptome.core.optim.registry import make_optimizer_factory
     from adaptome.core.train.loop import fit
+    from adaptome.domains.protein.training_data import write_training_data
 
     out = Path(train_kwargs["output_dir"])
     for sub in ("adapter", "merged"):
@@ -111,9 +155,13 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
     save_trained(model, out / "adapter", overwrite=overwrite)
     summary: dict[str, Any] = {"adapter": str(out / "adapter"), "steps": result.step, "trainable": report,
                                "history": result.history}
+    if training_data is not None:
+        write_training_data(out / "adapter", training_data)
     if merge and not from_scratch:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
         summary["merged"] = str(out / "merged")
+        if training_data is not None:
+            write_training_data(out / "merged", training_data)
     losses = [h["loss"] for h in result.history if "loss" in h]
     if losses:
         summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
@@ -125,11 +173,15 @@ def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str,
              train_kwargs: dict, residue_policy: Policy = "error", max_residues: int | None = None,
              merge: bool = True, overwrite: bool = False, optimizer_name: str = "adamw",
              optimizer_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stage 1 end to end from sequence files; see the module docstring."""
-    seqs = load_sequences(files, residue_policy, max_residues)
-    blocks = sequence_blocks(tok, seqs, block_size)
-    summary = run_stage(model, tok, BlockDataset(blocks), stack_collate, adapter_method, adapter_options,
+    """Stage 1 end to end from sequence files; see the module docstring. The windows are seeded by
+    ``train_kwargs['seed']``."""
+    from adaptome.domains.protein.training_data import sequences_summary
+
+    seqs = load_sequences(files, residue_policy)
+    blocks, labels = window_blocks(tok, seqs, block_size, max_residues, train_kwargs.get("seed", 0))
+    summary = run_stage(model, tok, BlockDataset(blocks, labels), stack_collate, adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite, optimizer_name=optimizer_name,
-                        optimizer_options=optimizer_options)
+                        optimizer_options=optimizer_options,
+                        training_data={"stage": "pretrain", **sequences_summary(tok, seqs)})
     summary.update(n_sequences=len(seqs), n_blocks=len(blocks))
     return summary

@@ -4,11 +4,13 @@ with the tiny LLaMA, a few conditional samples and the evaluation report, in abo
 Steps (each writes into ``out_dir``): the five Pfam families with at least seven seed sequences,
 balanced to at most 12 each, cropped to their first 128 residues (so every stage-2 record fits
 in 256 tokens), split 3 per family for testing ->
-``data/stage1.fasta`` (every shipped Pfam seed and nrPDB-EC chain except the held-out ones, as
-ProLLaMA's stage 1 reads far more sequences than are labelled), ``data/instructions.jsonl`` (the
-labelled training families) -> stage 1 (``configs/pretrain_tiny.yaml``) ->
+``data/stage1.fasta`` (every shipped Pfam seed and nrPDB-EC chain except the held-out ones, whole, as
+ProLLaMA's stage 1 reads far more sequences than are labelled; stage 1 cuts its own windows),
+``data/instructions.jsonl`` (the labelled training families) -> stage 1 (``configs/pretrain_tiny.yaml``) ->
 stage 2 from the stage-1 merged checkpoint (``configs/instruct_tiny.yaml``) -> held-out family
-prediction (``determine`` and ``bayes``, see ``classify.py``) -> 12 samples per family ->
+prediction (``determine`` and ``bayes``, see ``classify.py``) -> 12 samples per family (the sampling
+preset for the model's size, the length limit from its saved training data; ``sample.py``), compared
+with the families' whole sequences ->
 ``report/report.{json,md}``. Not covered: EC classes and mutation scoring (see the CLI).
 """
 
@@ -47,8 +49,9 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     train, test = data.split_by_label(recs, n_test=3, seed=seed)
     # stage 1 sees every shipped sequence except the held-out ones: all Pfam seeds and the EC chains
     held = {r.id for r in test}
-    unlabelled = [r for r in data.pfam_families(min_count=1, max_per_family=None, max_residues=128) if r.id not in held]
-    unlabelled += data.ec_records(max_residues=128)
+    # whole sequences: stage 1 cuts them into windows itself, with markers only at the real ends
+    unlabelled = [r for r in data.pfam_families(min_count=1, max_per_family=None) if r.id not in held]
+    unlabelled += data.ec_records()
     fasta = formats.write_fasta(((r.id, r.seq) for r in unlabelled), out_dir / "data" / "stage1.fasta")
     jsonl = formats.write_instructions(data.instruction_records(train, task), out_dir / "data" / "instructions.jsonl")
 
@@ -64,10 +67,13 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     s2 = run_stage_config(c2)
     tuned = s2["model"]
 
-    crop = 128
-    test_c, train_c, all_c = test, train, recs
+    test_c, train_c = test, train
+    # samples are compared with whole sequences, not with the 128-residue crops of the instructions
+    all_full = data.pfam_families(min_count=7, max_per_family=12, seed=seed)
+    train_full = [r for r in all_full if r.id not in held]
     labels = sorted({r.label for r in train})
-    report: dict[str, Any] = {"task": task.name, "labels": labels,
+    report: dict[str, Any] = {"task": task.name, "labels": labels, "model": s2["merged"],
+                              "perplexity_model": s1["merged"],
                               "stage1": {"first_loss": s1.get("first_loss"), "last_loss": s1.get("last_loss"),
                                          "steps": s1["steps"], "trainable": s1["trainable"]},
                               "stage2": {"first_loss": s2.get("first_loss"), "last_loss": s2.get("last_loss"),
@@ -84,11 +90,16 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     cls["method"] = "determine"
     cls["bayes_accuracy"] = sum(a == b for a, b in zip(y, preds["bayes"])) / len(y)
     report["classification"] = cls
-    params = sample.SamplingParams(max_new_tokens=crop + 16, seed=seed)
+    from adaptome.domains.protein.training_data import read_training_data
+
+    prompts = sorted({p for _, p in sample.prompt_plan(task, labels, 1)})
+    limit, _ = sample.resolve_max_new_tokens(tuned, tok, prompts, None, read_training_data(s2["merged"]))
+    preset = sample.preset_for(tuned)
+    params = sample.with_preset(preset, max_new_tokens=limit, seed=seed)
     samples = sample.sample(tuned, tok, task, labels, n_per_label, params)
     sample.write_samples(samples, params, out_dir / "samples.fasta")
-    report["generation"] = evaluate.generation_report(samples, train_c, all_c)
-    report["sampling"] = dataclasses.asdict(params)
+    report["generation"] = evaluate.generation_report(samples, train_full, all_full)
+    report["sampling"] = {"preset": preset, **dataclasses.asdict(params)}
     report["structure"] = structure.structure_report([], [])  # notes only: no ESMFold ships here
     evaluate.write_report(report, out_dir / "report", overwrite=True)
     return report

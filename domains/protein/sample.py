@@ -2,9 +2,23 @@
 
 Prompts follow ProLLaMA (``scripts/infer.py``): ``Seq=<`` for unconditional generation,
 ``[Generate by superfamily] Superfamily=<X>`` for a label (any ``LabelTask``), optionally followed by
-``Seq=<PREFIX`` left open. Decoding uses ``model.generate`` with ProLLaMA's defaults (temperature 0.2,
-top-k 40, top-p 0.9, repetition penalty 1.2, 400 new tokens), batched with left padding; each batch
+``Seq=<PREFIX`` left open. Decoding uses ``model.generate``, batched with left padding; each batch
 reseeds the RNG with ``seed + batch index`` so a fixed seed and batch size reproduce the same FASTA.
+
+Settings come in two presets (``PRESETS``): ``prollama`` is ProLLaMA's (temperature 0.2, top-k 40,
+top-p 0.9, repetition penalty 1.2), made for a 7 B model; ``small`` (temperature 0.8, no top-k, top-p
+0.95, no repetition penalty) is the setting that ``benchmarks/protein_generate`` found to keep the
+length distribution and the low-complexity share of tiny models' samples nearest the real family's:
+with ProLLaMA's setting the tiny model's samples ran 2.3x the real length with 0 of 5 families
+within 1.5x the real low-complexity share (near-greedy decoding drives a small model into repeats
+that never close), with ``small`` 1.6x and 3 of 5 families at most 1.5x the real share.
+``preset_for(model)`` picks ``small`` below ``SMALL_MODEL_PARAMS`` parameters (a threshold we chose;
+only tiny models were measured); every option can still be set one by one.
+
+Length limit: ``resolve_max_new_tokens`` takes an explicit limit as given (an error if the prompt plus
+the limit passes the model's position limit, ``config.max_position_embeddings``) or derives one:
+1.5 x the longest training ``Seq=<...>`` line the model folder records (``training_data.py``), else
+``DEFAULT_MAX_NEW_TOKENS`` (1024), cut to the position limit with a note saying so.
 Generation stops at the closing ``>`` (a stop token when ``>`` is one token, ``stop_strings``
 otherwise) or at EOS. A sample is *complete* when its ``>`` was produced; letters outside the 20
 standard amino acids are flagged in the header (``invalid=<count>``), never silently dropped.
@@ -18,13 +32,17 @@ Not covered: beam search, constrained decoding to the amino-acid alphabet.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 from adaptome.core.progress import progress_bar
 from adaptome.domains.protein.data import LabelTask
-from adaptome.domains.protein.formats import fasta_text, invalid_positions
+from adaptome.domains.protein.formats import ProteinError, fasta_text, invalid_positions
+
+DEFAULT_MAX_NEW_TOKENS = 1024
+SMALL_MODEL_PARAMS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -37,7 +55,7 @@ class SamplingParams:
         top_p: nucleus sampling: the smallest token set holding this probability mass.
         repetition_penalty: CTRL-style penalty on tokens already in the sequence (1.0: none).
         max_new_tokens: stop after this many generated tokens (a sequence without its closing
-            ``>`` by then is flagged incomplete).
+            ``>`` by then is flagged incomplete); see ``resolve_max_new_tokens``.
         seed: seed of the sampling RNG.
         batch_size: prompts decoded together.
     """
@@ -46,9 +64,61 @@ class SamplingParams:
     top_k: int = 40
     top_p: float = 0.9
     repetition_penalty: float = 1.2
-    max_new_tokens: int = 400
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     seed: int = 0
     batch_size: int = 16
+
+
+#: decoding presets; ``small`` is measured in benchmarks/protein_generate (results.md there)
+PRESETS = {
+    "prollama": SamplingParams(),
+    "small": SamplingParams(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0),
+}
+
+
+def n_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def preset_for(model) -> str:
+    """``small`` for a model under ``SMALL_MODEL_PARAMS`` parameters, else ``prollama``."""
+    return "small" if n_parameters(model) < SMALL_MODEL_PARAMS else "prollama"
+
+
+def position_limit(model) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def resolve_max_new_tokens(model, tok, prompts: list[str], requested: int | None,
+                           info: dict | None = None) -> tuple[int, list[str]]:
+    """(the limit, notes to print): ``requested`` as given (``ProteinError`` when it passes the
+    position limit), else derived as the module docstring says."""
+    longest = max((len(tok(p)["input_ids"]) for p in prompts), default=1)
+    limit = position_limit(model)
+    room = None if limit is None else limit - longest
+    if requested is not None:
+        if requested < 1:
+            raise ProteinError(f"max_new_tokens must be >= 1, got {requested}")
+        if room is not None and requested > room:
+            raise ProteinError(f"max_new_tokens {requested} plus the longest prompt ({longest} tokens) passes the "
+                               f"model's position limit {limit} (max_position_embeddings); use at most {room}")
+        return requested, []
+    notes = []
+    train_max = (info or {}).get("max_sequence_tokens")
+    if train_max:
+        want = math.ceil(1.5 * train_max)
+        notes.append(f"max_new_tokens {want}: 1.5 x the longest training sequence ({train_max} tokens)")
+    else:
+        want = DEFAULT_MAX_NEW_TOKENS
+        notes.append(f"max_new_tokens {want}: the default (no training lengths saved with the model)")
+    if room is not None and want > room:
+        if room < 1:
+            raise ProteinError(f"the prompt ({longest} tokens) fills the model's position limit {limit}")
+        cut = f"; training sequences reach {train_max} tokens, longer samples are cut and flagged incomplete" \
+            if train_max and train_max > room else ""
+        notes.append(f"cut to {room} by the model's position limit {limit} (max_position_embeddings){cut}")
+        want = room
+    return want, notes
 
 
 @dataclass(frozen=True)
@@ -148,13 +218,12 @@ def parse_continuation(prompt: str, text: str) -> tuple[str, bool]:
 
 def sample(model, tok, task: LabelTask | None, labels: Iterable[str | None], n_per_label: int,
            params: SamplingParams = SamplingParams(), prefix: str = "", progress: bool = False) -> list[Sample]:
-    """``n_per_label`` samples per label (``None`` = unconditional), in label order."""
-    plan: list[tuple[str | None, str]] = []
-    for label in labels:
-        if label is not None and task is None:
-            raise ValueError("a label needs a LabelTask")
-        prompt = task.generate_prompt(label, prefix) if (task and label is not None) else "Seq=<" + prefix
-        plan += [(label, prompt)] * n_per_label
+    """``n_per_label`` samples per label (``None`` = unconditional), in label order.
+
+    ``ProteinError`` when ``params.max_new_tokens`` plus a prompt passes the model's position limit
+    (``resolve_max_new_tokens`` picks a limit that fits)."""
+    plan = prompt_plan(task, labels, n_per_label, prefix)
+    resolve_max_new_tokens(model, tok, sorted({p for _, p in plan}), params.max_new_tokens)
     conts = generate_continuations(model, tok, [p for _, p in plan], params, progress)
     out = []
     for (label, prompt), (text, n) in zip(plan, conts):
@@ -162,6 +231,25 @@ def sample(model, tok, task: LabelTask | None, labels: Iterable[str | None], n_p
         cond = task.label_field(label) if (task and label is not None) else "unconditional"
         out.append(Sample(cond, label, prefix, seq, complete, tuple(invalid_positions(seq)), n))
     return out
+
+
+def prompt_plan(task: LabelTask | None, labels: Iterable[str | None], n_per_label: int,
+                prefix: str = "") -> list[tuple[str | None, str]]:
+    """(label, prompt) per sample, ``n_per_label`` per label, in label order."""
+    plan: list[tuple[str | None, str]] = []
+    for label in labels:
+        if label is not None and task is None:
+            raise ValueError("a label needs a LabelTask")
+        prompt = task.generate_prompt(label, prefix) if (task and label is not None) else "Seq=<" + prefix
+        plan += [(label, prompt)] * n_per_label
+    return plan
+
+
+def with_preset(name: str, **overrides) -> SamplingParams:
+    """A preset with the given fields replaced (``None`` values keep the preset's)."""
+    if name not in PRESETS:
+        raise ProteinError(f"unknown sampling preset {name!r}; known: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def header(i: int, s: Sample, params: SamplingParams) -> str:

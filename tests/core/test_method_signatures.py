@@ -144,12 +144,12 @@ class ProteinPretrain:
 
     def rebuild(self, tmp_path: Path):
         from adaptome.domains.protein.model import load_model_and_tokenizer
-        from adaptome.domains.protein.pretrain import BlockDataset, load_sequences, sequence_blocks, stack_collate
+        from adaptome.domains.protein.pretrain import BlockDataset, load_sequences, stack_collate, window_blocks
 
         model, tok = load_model_and_tokenizer(None, "float32", TINY["hidden_size"], TINY["intermediate_size"],
                                               TINY["num_layers"], TINY["num_heads"], 2048, 0)
-        blocks = sequence_blocks(tok, load_sequences([str(tmp_path / "seqs.fasta")], "error", 128), 32)
-        return model, BlockDataset(blocks), stack_collate
+        blocks, labels = window_blocks(tok, load_sequences([str(tmp_path / "seqs.fasta")], "error"), 32, 128, 0)
+        return model, BlockDataset(blocks, labels), stack_collate
 
     def losses(self, out: Path) -> list[float]:
         return _logged_losses(out)

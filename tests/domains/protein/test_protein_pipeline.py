@@ -7,7 +7,7 @@ import pytest
 from adaptome.domains.protein import data, formats, sample
 
 
-def test_two_stages_learn_families_and_report_baselines(two_stage_run):
+def test_two_stages_learn_families_and_report_baselines(two_stage_run, tuned):
     out, rep = two_stage_run
     c, g = rep["classification"], rep["generation"]
     assert rep["stage1"]["last_loss"] < rep["stage1"]["first_loss"] - 0.5
@@ -18,7 +18,18 @@ def test_two_stages_learn_families_and_report_baselines(two_stage_run):
     assert c["bayes_accuracy"] >= c["majority_accuracy"] + 0.3
     # conditional samples are recognised as the requested family clearly above chance (0.2)
     assert g["n_generated"] == 60
-    assert g["control_accuracy"] >= g["control_chance"] + 0.15
+    # the small-model preset trades some control for lengths and low-complexity nearer the real ones
+    # (benchmarks/protein_generate); ProLLaMA's near-greedy setting, on the same model, controls more strongly
+    assert g["control_accuracy"] >= g["control_chance"] + 0.1
+    from adaptome.domains.protein.kmer import KmerClassifier
+
+    model, tok = tuned
+    params = sample.with_preset("prollama", max_new_tokens=rep["sampling"]["max_new_tokens"])
+    near_greedy = sample.sample(model, tok, data.FAMILY, rep["labels"], 12, params)
+    real = data.pfam_families(min_count=7, max_per_family=12)
+    judge = KmerClassifier(3).fit([r.seq for r in real], [r.label for r in real])
+    hits = [bool(s.seq) and p == s.label for s, p in zip(near_greedy, judge.predict([s.seq for s in near_greedy]))]
+    assert sum(hits) / len(hits) >= g["control_chance"] + 0.15
     assert g["validity"] > 0.3
     md = (out / "report" / "report.md").read_text()
     assert "majority class" in md and "k-mer logistic regression" in md and "control_accuracy" in md
@@ -28,8 +39,11 @@ def test_two_stages_learn_families_and_report_baselines(two_stage_run):
     # the FASTA records condition and sampling parameters
     heads = formats.read_fasta_headers(out / "samples.fasta")
     meta = sample.parse_header(heads[0][0])
-    assert meta["condition"] == "Family=<12TM_1>" and meta["temperature"] == "0.2" and meta["top_k"] == "40"
-    assert meta["repetition_penalty"] == "1.2" and meta["complete"] in ("yes", "no")
+    used = rep["sampling"]  # the tiny model samples with the `small` preset (sample.PRESETS)
+    assert used["preset"] == "small" and meta["condition"] == "Family=<12TM_1>"
+    assert meta["temperature"] == str(sample.PRESETS["small"].temperature) == str(used["temperature"])
+    assert meta["top_k"] == str(used["top_k"]) and meta["repetition_penalty"] == str(used["repetition_penalty"])
+    assert meta["max_new_tokens"] == str(used["max_new_tokens"]) and meta["complete"] in ("yes", "no")
 
 
 def test_fixed_seed_sampling_is_reproducible_and_stops_at_gt(tuned):

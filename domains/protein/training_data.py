@@ -1,0 +1,104 @@
+"""What a model was trained on, saved beside its weights as ``training_data.json``.
+
+Both stages write it into ``adapter/`` and ``merged/`` (``pretrain.run_stage``):
+
+* ``sequence_lengths``: residues per training sequence (n, min, median, p95, max) and
+  ``max_sequence_tokens``, the longest ``Seq=<...>`` line in the model's own tokens; the sampler
+  derives its default length limit from it;
+* ``labels`` (stage 2): ``{key: {label: count}}`` of every ``Key=<label>`` field of the instruction
+  records (``Family``, ``Superfamily``, ``EC``...); ``sample`` refuses a label the model never saw.
+
+A model without the file (a hub checkpoint, an older run) is sampled with the documented limits and
+an explicit note that its labels cannot be checked. Not covered: inheriting the stage-1 file into the
+stage-2 folder (stage 2 records its own sequences, those of its generation records).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+from adaptome.domains.protein.formats import FormatError, LabelError, parse_field, seq_line
+
+FILE = "training_data.json"
+
+
+def _lengths(lengths: list[int]) -> dict[str, float]:
+    v = sorted(lengths)
+
+    def q(p: float) -> int:  # nearest-rank quantile
+        return v[max(0, math.ceil(p * len(v)) - 1)]
+
+    return {"n": len(v), "min": v[0], "median": q(0.5), "p95": q(0.95), "max": v[-1]}
+
+
+def sequences_summary(tok, seqs: Iterable[str]) -> dict[str, Any]:
+    """Length statistics of the training sequences, in residues and in the model's tokens."""
+    seqs = [s for s in seqs if s]
+    if not seqs:
+        return {}
+    ids = tok([seq_line(s) for s in seqs], add_special_tokens=False)["input_ids"]
+    return {"sequence_lengths": _lengths([len(s) for s in seqs]), "max_sequence_tokens": max(map(len, ids))}
+
+
+def records_summary(tok, records: Iterable[dict[str, str]]) -> dict[str, Any]:
+    """Labels (``{key: {label: count}}``) and sequence lengths of instruction records."""
+    labels: dict[str, Counter] = {}
+    seqs: list[str] = []
+    for rec in records:
+        for part in (rec.get("input", ""), rec.get("output", "")):
+            try:
+                key, value = parse_field(part)
+            except FormatError:
+                continue  # free text, not a Key=<value> field
+            if key == "Seq":
+                seqs.append(value)
+            else:
+                labels.setdefault(key, Counter())[value] += 1
+    out = {"labels": {k: dict(sorted(c.items())) for k, c in sorted(labels.items())}}
+    out.update(sequences_summary(tok, seqs))
+    return out
+
+
+def write_training_data(folder: str | Path, info: dict[str, Any]) -> Path:
+    from adaptome.core.atomic import write_text_atomic
+
+    return write_text_atomic(Path(folder) / FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def read_training_data(model: str | Path) -> dict[str, Any] | None:
+    """The saved record of a model folder, or None (a hub id, or a folder without one)."""
+    path = Path(model) / FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise FormatError(f"{path}: expected a JSON object")
+    return info
+
+
+def check_labels(labels: Iterable[str | None], key: str, info: dict[str, Any] | None, model: str,
+                 allow_unseen: bool = False) -> list[str]:
+    """Refuse (``LabelError``) a requested label that the model's training records never held under
+    ``key``; returns notes to print (the check that could not run, or labels forced through)."""
+    wanted = sorted({lab for lab in labels if lab is not None})
+    if not wanted:
+        return []
+    if info is None:
+        return [f"{model} has no {FILE}: cannot check that it was trained on {key}=<...> labels"]
+    seen = info.get("labels", {}).get(key, {})
+    unseen = [lab for lab in wanted if lab not in seen]
+    if not unseen:
+        return []
+    known = ", ".join(sorted(seen)[:20]) + (" ..." if len(seen) > 20 else "") if seen else f"no {key} labels at all"
+    msg = (f"{len(unseen)} label(s) never seen in the training of {model}, e.g. {key}=<{unseen[0]}> "
+           f"(trained on: {known})")
+    if not allow_unseen:
+        raise LabelError(msg + "; pass --allow-unseen-labels to sample anyway")
+    return [msg + "; sampling anyway (--allow-unseen-labels)"]
