@@ -3,33 +3,44 @@
 Set-up (every number below is written into results_quality.json and the sentences of
 results_quality.md are computed from it):
 
-* data: the Pfam families of ``domains/protein/data/pfam`` with at least ``MIN_FAMILY`` members,
-  every sequence cropped to ``MAX_LEN`` residues. Stratified ``FOLDS``-fold cross-validation: every
-  sequence is a test sequence exactly once, so the pooled test set is every sequence of those
-  families. Learning rates are chosen on a validation split carved out of fold 0's training part.
-* encoder: a tiny BERT trained by masked-LM on shipped protein sequences that are never test
-  sequences (nrPDB-EC and the Pfam families too small for the task); frozen base for every row.
+* data: the Pfam families of ``domains/protein/data/pfam`` with at least ``MIN_FAMILY`` sequences. Each
+  sequence is tiled into ``WINDOW``-residue windows; a family keeps the first window of every sequence, then
+  further windows sequence by sequence up to ``FAMILY_CAP`` windows, so that the largest family (Cyclin_N,
+  95 of the 132 sequences) no longer holds most of the examples while every sequence is still tested.
+  Stratified ``FOLDS``-fold cross-validation grouped by sequence (all windows of a sequence in one fold):
+  every window is a test window exactly once. Learning rates are chosen on a validation split of
+  sequences carved out of fold 0's training part, never on test windows.
+* encoder: a tiny BERT trained by masked-LM on random ``WINDOW``-residue crops of shipped protein
+  sequences that are never task sequences (nrPDB-EC and the Pfam families too small for the task); it
+  is cached under ``CACHE`` keyed by every setting it depends on (``encoder_settings``), so a rerun or a
+  changed row reuses it and a changed setting retrains it. Frozen base for every row.
 * each row trains an adapter (or nothing, or everything) plus a linear head on the mean-pooled last
   hidden state, through ``core.train.loop.fit``, which attaches each method's own training
   behaviour (DyLoRA's rank sampling, SoRA's proximal step and gate group, LaMDA's freezing, ALLoRA's
-  rate, LoRA-SB's gradient init). Separate learning rates: the head's is ``HEAD_LR`` (the head-only
-  row tunes it), the adapter's is chosen from the row's grid on the validation split (seed 0).
-* DyLoRA is trained once and scored at every rank 1..r; LoRA is trained at each of those ranks with
-  the same alpha (so its scale alpha / k equals DyLoRA's at rank k) at LoRA's chosen learning rate.
-* SoRA's lambda is set from the learning rate so that the soft threshold removes ``SORA_SHRINK``
-  in total over the run (lambda = SORA_SHRINK / (lr * steps)); its final non-zero gates and the
-  parameters of the pruned adapter are reported.
+  rate, LoRA-SB's gradient init), with a linear warm-up over ``WARMUP`` of the steps (DyLoRA's official
+  0.06) and a linear decay to 0. Separate learning rates: the head-only row chooses the head's rate
+  from ``HEAD_GRID``, and every row then uses it for its head; each row's adapter rate is chosen from
+  its grid on the validation split (seed 0).
+* DyLoRA (official "frozen" mode, alpha 16) is trained once and scored at every rank 1..r; LoRA is
+  trained at each of those ranks with the same alpha (so its scale alpha / k equals DyLoRA's at rank k)
+  at LoRA's chosen learning rate.
+* SoRA's lambda is set from its learning rate so that the paper's soft threshold (lambda * eta_t at
+  step t) removes ``SORA_SHRINK`` in total over the run (lambda = SORA_SHRINK / sum_t eta_t, the sum
+  taken over the warm-up + decay schedule); its final non-zero gates and the parameters of the pruned
+  adapter are reported.
 * baselines on the same folds: the majority class, and logistic regression on amino-acid
   composition (scikit-learn, C = 100, balanced class weights).
-* the training loss is cross-entropy weighted by inverse class frequency (the largest family has
-  most of the sequences), so macro-F1 is the metric that separates the rows; both are reported.
+* the training loss is cross-entropy weighted by inverse class frequency; accuracy and macro-F1
+  are both reported.
 Mean +- sd over ``SEEDS`` seeds (adapter and head init, data order) of the pooled test accuracy and
-macro-F1.
+macro-F1. Every training is an independent job for a pool of ``WORKERS`` processes (one thread each):
+the head-only grid first, then every row's grid, then every row's seeds.
 
 Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality``
-(about 15-25 minutes on 2 shared CPU cores: ``WORKERS`` processes of one thread each, because a loaded
-machine makes torch's thread pool spin).
-Not covered: a real-size encoder (the ranking of methods on a tiny model need not transfer), GPU.
+(the time depends on the machine's other load; one thread per worker, because a loaded machine makes
+torch's thread pool spin). The first run pretrains the encoder (minutes); later runs load it.
+Not covered: a real-size encoder (the ranking of methods on a tiny model need not transfer), GPU,
+DyLoRA's non-uniform rank distributions, SoRA's staged lambda schedules (one constant lambda here).
 """
 
 from __future__ import annotations

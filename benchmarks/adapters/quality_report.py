@@ -12,12 +12,12 @@ def _lr(x: float) -> str:
     return f"{x:g}"
 
 
-def _versus(a: dict, b: dict) -> str:
-    """'+x.x points (beyond / within the two rows' summed seed sd of y.y)' for mean a - mean b."""
+def _versus(a: dict, b: dict, of: str = "") -> str:
+    """'+x.x points [from <of>] (within / beyond the two rows' summed seed sd of y.y)' for mean a - mean b."""
     d = 100 * (a["mean"] - b["mean"])
     noise = 100 * (a["sd"] + b["sd"])
     verdict = "within" if abs(d) <= noise else "beyond"
-    return f"{d:+.1f} points, {verdict} the two rows' summed seed sd of {noise:.1f}"
+    return f"{d:+.1f} points{' from ' + of if of else ''} ({verdict} the two rows' summed seed sd of {noise:.1f})"
 
 
 def _header(res: dict) -> list[str]:
@@ -30,8 +30,8 @@ def _header(res: dict) -> list[str]:
     mlm = enc["mlm_losses"]
     return [
         "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol", "",
-        f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes of "
-        f"{env['threads']} thread). Git commit `{env['git_commit'][:12]}`"
+        f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
+        f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
         f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}.", "",
         f"Task: {len(st['class_counts'])} Pfam families with at least {st['min_family']} seed sequences, each "
         f"sequence tiled into {st['window']}-residue windows (every {st['window']} residues, plus one ending at the "
@@ -70,7 +70,7 @@ def _separation(res: dict, rows: dict) -> list[str]:
     out = [f"Separation of the baselines: head-only {_pm(hd['accuracy'])} % accuracy is "
            f"{100 * hd['accuracy']['mean'] - maj:+.1f} points from the majority class ({maj:.1f} %)"]
     if "full" in rows:
-        out[0] += f"; full fine-tuning is {_versus(rows['full']['accuracy'], hd['accuracy'])} from head-only"
+        out[0] += f"; full fine-tuning is {_versus(rows['full']['accuracy'], hd['accuracy'], 'head-only')}"
     sds = [100 * r["accuracy"]["sd"] for r in res["rows"]]
     out[0] += (f". Seed sd of accuracy over the rows: median {sorted(sds)[len(sds) // 2]:.1f}, largest "
                f"{max(sds):.1f} points.")
@@ -85,6 +85,10 @@ def _table(res: dict) -> list[str]:
         val = sel["val"][str(sel["chosen"])]["macro_f1"]
         lines.append(f"| {r['label']} | {r['trainable_encoder']:,} | {', '.join(_lr(x) for x in sel['grid'])} | "
                      f"{_lr(r['lr'])} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
+    edge = [f"{r['label']} ({_lr(r['lr'])}, the {'largest' if r['lr'] == max(r['selection']['grid']) else 'smallest'})"
+            for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
+    lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
+              f"{'; '.join(edge)}." if edge else "Every chosen rate is inside its grid."]
     return lines + [""]
 
 
@@ -108,9 +112,9 @@ def _dylora(res: dict, rows: dict) -> list[str]:
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
               f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}."]
     if not met:
-        lines[-1] += (f" Likely reason: with ranks drawn uniformly from 1..{st['rank']}, each component receives a "
-                      f"gradient on about {st['steps'] / st['rank']:.0f} of the {st['steps']} steps, while each "
-                      f"LoRA trains all its components on every step.")
+        lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, each component "
+                      f"receives a gradient on about {st['steps'] / st['rank']:.0f} of the {st['steps']} steps, "
+                      f"while each LoRA trains all its components on every step.")
     return lines + [""]
 
 
@@ -127,9 +131,9 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
             f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} adapter "
             f"parameters on average against LoRA r={st['rank']}'s {lo['trainable_encoder']:,}. Its accuracy is "
-            f"{_versus(so['accuracy'], lo['accuracy'])} from LoRA's. Target \"half or fewer gates non-zero within 2 "
-            f"points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, {d_sora:+.1f} "
-            "points).", ""]
+            f"{_versus(so['accuracy'], lo['accuracy'], 'LoRA r=' + str(st['rank']))}. Target \"half or fewer gates "
+            f"non-zero within 2 points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, "
+            f"{d_sora:+.1f} points).", ""]
 
 
 def _baselines(res: dict, rows: dict) -> list[str]:
@@ -140,7 +144,7 @@ def _baselines(res: dict, rows: dict) -> list[str]:
         if not below:
             lines += [f"No row is below the head-only row in mean {name} ({100 * hd[metric]['mean']:.1f} %).", ""]
             continue
-        parts = [f"{r['label']} ({_versus(r[metric], hd[metric])})" for r in below]
+        parts = [f"{r['label']} {_versus(r[metric], hd[metric])}" for r in below]
         lines += [f"Below the head-only row in mean {name} ({100 * hd[metric]['mean']:.1f} %): " + "; ".join(parts)
                   + ".", ""]
     comp = base["composition_logreg"]["macro_f1"]
