@@ -548,11 +548,58 @@ def run() -> dict:
     return res
 
 
+def rerun(methods: list[str], res: dict) -> dict:
+    """Rerun the rows of ``methods`` into ``res`` (an earlier run's results) with its head rate; the encoder
+    and every setting must be the ones that run used. The head-only and LoRA rows feed other rows: not here."""
+    from adaptome.core.train.loop import make_accelerator
+
+    if {"head", "lora"} & set(methods):
+        raise SystemExit("error: the head-only and LoRA rows feed other rows; rerun the whole benchmark instead")
+    unknown = set(methods) - {r[1] for r in ROWS}
+    if unknown:
+        raise SystemExit(f"error: no row for {', '.join(sorted(unknown))}")
+    t0 = time.time()
+    torch.set_num_threads(1)
+    acc = make_accelerator("no", cpu=True)
+    d = data()
+    st = res["setup"]
+    now = {"steps": STEPS, "batch": BATCH, "warmup_steps": warmup_steps(), "n_windows": len(d["records"]),
+           "rank": RANK, "alpha": ALPHA, "sora_shrink": SORA_SHRINK, "seeds": list(SEEDS), "folds": FOLDS}
+    if any(st[k] != v for k, v in now.items()):
+        raise SystemExit("error: the settings differ from the earlier run's; rerun the whole benchmark instead")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        encoder, info = cached_encoder(d["unlabeled"], acc)
+        if info["key"] != res["encoder"]["key"]:
+            raise SystemExit("error: the cached encoder differs from the earlier run's")
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        _SHARED.update(encoder=encoder, data=d)
+        head_lr = res["head_lr"]
+        rows = [r for r in ROWS if r[1] in methods]
+        with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+            jobs = [(m, o, lr, head_lr, tmp) for _, m, o, g in rows for lr in g]
+            flat = iter(pool.starmap(_select_job, jobs, chunksize=1))
+            sels = [_choose(g, [next(flat) for _ in g]) for _, _, _, g in rows]
+            jobs = [(m, o, sel["chosen"], head_lr, seed, list(range(1, RANK + 1)) if m == "dylora" else None, tmp)
+                    for (_, m, o, _), sel in zip(rows, sels) for seed in SEEDS]
+            flat = iter(pool.starmap(_eval_job, jobs, chunksize=1))
+            done = [_row(sel["chosen"], head_lr, m, [next(flat) for _ in SEEDS])
+                    for (_, m, _, _), sel in zip(rows, sels)]
+    for (lab, m, o, _), sel, row in zip(rows, sels, done):
+        i = next(i for i, r in enumerate(res["rows"]) if r["method"] == m)
+        res["rows"][i] = {"label": lab, "method": m, "options": o, "selection": sel, **row}
+    res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0})
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Adapter quality benchmark (Pfam families, tiny BERT)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
     ap.add_argument("--report-only", action="store_true", help="rewrite results_quality.md from the .json")
+    ap.add_argument("--rerun", nargs="+", metavar="METHOD",
+                    help="rerun these rows into the existing results_quality.json (same settings and encoder)")
     args = ap.parse_args()
     if args.report_only:
         from benchmarks.adapters.quality_report import markdown
@@ -568,7 +615,10 @@ def main() -> None:
                 ("sora r=2", "sora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2])]
     from benchmarks.adapters.quality_report import markdown
 
-    res = run()
+    if args.rerun:
+        res = rerun(args.rerun, json.loads((args.out / "results_quality.json").read_text(encoding="utf-8")))
+    else:
+        res = run()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results_quality.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     (args.out / "results_quality.md").write_text(markdown(res), encoding="utf-8")

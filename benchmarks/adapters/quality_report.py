@@ -32,7 +32,11 @@ def _header(res: dict) -> list[str]:
         "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol", "",
         f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
         f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
-        f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}.", "",
+        f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}." + "".join(
+            f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
+            f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
+            f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate."
+            for x in res.get("reruns", [])), "",
         f"Task: {len(st['class_counts'])} Pfam families with at least {st['min_family']} seed sequences, each "
         f"sequence tiled into {st['window']}-residue windows (every {st['window']} residues, plus one ending at the "
         "last residue); "
