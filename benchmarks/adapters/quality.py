@@ -78,7 +78,7 @@ SEEDS = (0, 1, 2)
 STEPS = 120  # optimizer steps per training
 BATCH = 8
 WARMUP = 0.06  # fraction of STEPS with a linear warm-up (DyLoRA's official 0.06), then linear decay to 0
-HEAD_GRID = (1e-2, 3e-2, 1e-1)  # the head-only row's grid; its chosen rate is every row's head rate
+HEAD_GRID = (1e-2, 3e-2, 1e-1, 3e-1)  # the head-only row's grid; its chosen rate is every row's head rate
 ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 PRETRAIN_STEPS = 1500
 PRETRAIN_BATCH = 32
@@ -88,16 +88,16 @@ SORA_SHRINK = 0.8  # total soft-threshold over a run: lambda * sum of the per-st
 WORKERS = 2
 RANK = 4  # the issue asks for 8: 4 halves the LoRA-per-rank trainings, to fit the shared 2-core budget
 ALPHA = 16.0
-LORA_GRID = (1e-3, 3e-3, 1e-2)
+LORA_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 #: (row label, method, options, adapter learning-rate grid)
 ROWS = [
-    ("full fine-tuning", "full", {}, (1e-4, 3e-4, 1e-3)),
+    ("full fine-tuning", "full", {}, (1e-4, 3e-4, 1e-3, 3e-3)),
     (f"lora r={RANK}", "lora", {"r": RANK, "lora_alpha": ALPHA}, LORA_GRID),
     (f"dylora r={RANK}", "dylora", {"r": RANK, "lora_alpha": ALPHA}, LORA_GRID),
     (f"sora r={RANK}", "sora", {"r": RANK, "lora_alpha": ALPHA}, LORA_GRID),
     (f"nola r={RANK}, 32+32 bases", "nola", {"r": RANK, "num_basis_a": 32, "num_basis_b": 32}, LORA_GRID),
-    (f"loraxs r={RANK}", "loraxs", {"r": RANK}, (3e-3, 1e-2, 3e-2)),
-    (f"lorasb r={RANK}", "lorasb", {"r": RANK}, (3e-3, 1e-2, 3e-2)),
+    (f"loraxs r={RANK}", "loraxs", {"r": RANK}, (3e-3, 1e-2, 3e-2, 1e-1)),
+    (f"lorasb r={RANK}", "lorasb", {"r": RANK}, (3e-3, 1e-2, 3e-2, 1e-1)),
     (f"lamda r={RANK}", "lamda", {"r": RANK, "lora_alpha": ALPHA}, (3e-3, 1e-2, 3e-2)),
     (f"allora r={RANK}", "allora", {"r": RANK}, LORA_GRID),
     ("seq_bn (d/16)", "seq_bn", {"reduction_factor": 16}, LORA_GRID),
