@@ -39,6 +39,8 @@ the head-only grid first, then every row's grid, then every row's seeds.
 Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality``
 (the time depends on the machine's other load; one thread per worker, because a loaded machine makes
 torch's thread pool spin). The first run pretrains the encoder (minutes); later runs load it.
+``--rerun METHOD ...`` retrains only those rows into the existing results (same settings, encoder and
+head rate; recorded in the report), e.g. after a fix to one method; ``--report-only`` rewrites the .md.
 Not covered: a real-size encoder (the ranking of methods on a tiny model need not transfer), GPU,
 DyLoRA's non-uniform rank distributions, SoRA's staged lambda schedules (one constant lambda here).
 """

@@ -115,6 +115,10 @@ def _dylora(res: dict, rows: dict) -> list[str]:
               f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
               f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}."]
+    hd, top = rows["head"], lora_r[str(st["rank"])]
+    lines[-1] += (f" For scale: LoRA r={st['rank']} is {_versus(top['accuracy'], hd['accuracy'], 'head-only')} and "
+                  f"DyLoRA at full rank is {_versus(dy['accuracy'], hd['accuracy'], 'head-only')}, so a gap to LoRA "
+                  "is only as informative as the adapters' lead over the frozen encoder with its head.")
     if not met:
         lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, each component "
                       f"receives a gradient on about {st['steps'] / st['rank']:.0f} of the {st['steps']} steps, "
