@@ -3,33 +3,46 @@
 Set-up (every number below is written into results_quality.json and the sentences of
 results_quality.md are computed from it):
 
-* data: the Pfam families of ``domains/protein/data/pfam`` with at least ``MIN_FAMILY`` members,
-  every sequence cropped to ``MAX_LEN`` residues. Stratified ``FOLDS``-fold cross-validation: every
-  sequence is a test sequence exactly once, so the pooled test set is every sequence of those
-  families. Learning rates are chosen on a validation split carved out of fold 0's training part.
-* encoder: a tiny BERT trained by masked-LM on shipped protein sequences that are never test
-  sequences (nrPDB-EC and the Pfam families too small for the task); frozen base for every row.
+* data: the Pfam families of ``domains/protein/data/pfam`` with at least ``MIN_FAMILY`` sequences. Each
+  sequence is tiled into ``WINDOW``-residue windows; a family keeps the first window of every sequence, then
+  further windows sequence by sequence up to ``FAMILY_CAP`` windows, so that the largest family (Cyclin_N,
+  95 of the 132 sequences) no longer holds most of the examples while every sequence is still tested.
+  Stratified ``FOLDS``-fold cross-validation grouped by sequence (all windows of a sequence in one fold):
+  every window is a test window exactly once. Learning rates are chosen on a validation split of
+  sequences carved out of fold 0's training part, never on test windows.
+* encoder: a tiny BERT trained by masked-LM on random ``WINDOW``-residue crops of shipped protein
+  sequences that are never task sequences (nrPDB-EC and the Pfam families too small for the task); it
+  is cached under ``CACHE`` keyed by every setting it depends on (``encoder_settings``), so a rerun or a
+  changed row reuses it and a changed setting retrains it. Frozen base for every row.
 * each row trains an adapter (or nothing, or everything) plus a linear head on the mean-pooled last
   hidden state, through ``core.train.loop.fit``, which attaches each method's own training
   behaviour (DyLoRA's rank sampling, SoRA's proximal step and gate group, LaMDA's freezing, ALLoRA's
-  rate, LoRA-SB's gradient init). Separate learning rates: the head's is ``HEAD_LR`` (the head-only
-  row tunes it), the adapter's is chosen from the row's grid on the validation split (seed 0).
-* DyLoRA is trained once and scored at every rank 1..r; LoRA is trained at each of those ranks with
-  the same alpha (so its scale alpha / k equals DyLoRA's at rank k) at LoRA's chosen learning rate.
-* SoRA's lambda is set from the learning rate so that the soft threshold removes ``SORA_SHRINK``
-  in total over the run (lambda = SORA_SHRINK / (lr * steps)); its final non-zero gates and the
-  parameters of the pruned adapter are reported.
+  rate, LoRA-SB's gradient init), with a linear warm-up over ``WARMUP`` of the steps (DyLoRA's official
+  0.06) and a linear decay to 0. Separate learning rates: the head-only row chooses the head's rate
+  from ``HEAD_GRID``, and every row then uses it for its head; each row's adapter rate is chosen from
+  its grid on the validation split (seed 0).
+* DyLoRA (official "frozen" mode, alpha 16) is trained once and scored at every rank 1..r; LoRA is
+  trained at each of those ranks with the same alpha (so its scale alpha / k equals DyLoRA's at rank k)
+  at LoRA's chosen learning rate.
+* SoRA's lambda is set from its learning rate so that the paper's soft threshold (lambda * eta_t at
+  step t) removes ``SORA_SHRINK`` in total over the run (lambda = SORA_SHRINK / sum_t eta_t, the sum
+  taken over the warm-up + decay schedule); its final non-zero gates and the parameters of the pruned
+  adapter are reported.
 * baselines on the same folds: the majority class, and logistic regression on amino-acid
   composition (scikit-learn, C = 100, balanced class weights).
-* the training loss is cross-entropy weighted by inverse class frequency (the largest family has
-  most of the sequences), so macro-F1 is the metric that separates the rows; both are reported.
+* the training loss is cross-entropy weighted by inverse class frequency; accuracy and macro-F1
+  are both reported.
 Mean +- sd over ``SEEDS`` seeds (adapter and head init, data order) of the pooled test accuracy and
-macro-F1.
+macro-F1. Every training is an independent job for a pool of ``WORKERS`` processes (one thread each):
+the head-only grid first, then every row's grid, then every row's seeds.
 
 Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality``
-(about 15-25 minutes on 2 shared CPU cores: ``WORKERS`` processes of one thread each, because a loaded
-machine makes torch's thread pool spin).
-Not covered: a real-size encoder (the ranking of methods on a tiny model need not transfer), GPU.
+(the time depends on the machine's other load; one thread per worker, because a loaded machine makes
+torch's thread pool spin). The first run pretrains the encoder (minutes); later runs load it.
+``--rerun METHOD ...`` retrains only those rows into the existing results (same settings, encoder and
+head rate; recorded in the report), e.g. after a fix to one method; ``--report-only`` rewrites the .md.
+Not covered: a real-size encoder (the ranking of methods on a tiny model need not transfer), GPU,
+DyLoRA's non-uniform rank distributions, SoRA's staged lambda schedules (one constant lambda here).
 """
 
 from __future__ import annotations
@@ -54,42 +67,49 @@ from adaptome.core.adapters import api
 from adaptome.core.evaluation import accuracy, macro_f1
 
 HERE = Path(__file__).resolve().parent
+#: the pretrained encoder is cached here (ignored by git), one folder per settings key
+CACHE = HERE / "out" / "quality_cache"
 COMMAND = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality"
 AA = "ACDEFGHIKLMNPQRSTVWY"
 PAD, MASK, UNK = 0, 1, 2
-MAX_LEN = 64
-MIN_FAMILY = 7
+WINDOW = 64  # residues per example (tiles of the Pfam domains; random crops for the MLM)
+MIN_FAMILY = 7  # families with fewer sequences cannot fill 3 folds: they go to the MLM corpus
+FAMILY_CAP = 60  # windows per family, beyond the first tile of every sequence
 FOLDS = 3
 SEEDS = (0, 1, 2)
-STEPS = 60
+STEPS = 120  # optimizer steps per training
 BATCH = 8
-HEAD_LR = 1e-2
-PRETRAIN_STEPS = 200
-SORA_SHRINK = 0.8
-WORKERS = 2
-RANK = 4
-ALPHA = 16.0
+WARMUP = 0.06  # fraction of STEPS with a linear warm-up (DyLoRA's official 0.06), then linear decay to 0
+HEAD_GRID = (1e-2, 3e-2, 1e-1, 3e-1)  # the head-only row's grid; its chosen rate is every row's head rate
 ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
-LORA_GRID = (1e-3, 3e-3, 1e-2)
+PRETRAIN_STEPS = 1500
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 1e-3
+PRETRAIN_WARMUP = 100
+SORA_SHRINK = 0.8  # total soft-threshold over a run: lambda * sum of the per-step rates
+WORKERS = 2
+RANK = 4  # the issue asks for 8: 4 halves the LoRA-per-rank trainings, to fit the shared 2-core budget
+ALPHA = 16.0
+LORA_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 #: (row label, method, options, adapter learning-rate grid)
 ROWS = [
-    ("head only (frozen encoder)", "head", {}, (3e-3, 1e-2, 3e-2)),
-    ("full fine-tuning", "full", {}, (3e-4, 1e-3, 3e-3)),
+    ("full fine-tuning", "full", {}, (1e-4, 3e-4, 1e-3, 3e-3)),
     (f"lora r={RANK}", "lora", {"r": RANK, "lora_alpha": ALPHA}, LORA_GRID),
-    (f"dylora r={RANK}", "dylora", {"r": RANK, "lora_alpha": ALPHA}, (5e-4, 1e-3, 3e-3)),
+    (f"dylora r={RANK}", "dylora", {"r": RANK, "lora_alpha": ALPHA}, LORA_GRID),
     (f"sora r={RANK}", "sora", {"r": RANK, "lora_alpha": ALPHA}, LORA_GRID),
     (f"nola r={RANK}, 32+32 bases", "nola", {"r": RANK, "num_basis_a": 32, "num_basis_b": 32}, LORA_GRID),
-    (f"loraxs r={RANK}", "loraxs", {"r": RANK}, (3e-3, 1e-2, 3e-2)),
-    (f"lorasb r={RANK}", "lorasb", {"r": RANK}, (3e-3, 1e-2, 3e-2)),
+    (f"loraxs r={RANK}", "loraxs", {"r": RANK}, (3e-3, 1e-2, 3e-2, 1e-1)),
+    (f"lorasb r={RANK}", "lorasb", {"r": RANK}, (3e-3, 1e-2, 3e-2, 1e-1)),
     (f"lamda r={RANK}", "lamda", {"r": RANK, "lora_alpha": ALPHA}, (3e-3, 1e-2, 3e-2)),
     (f"allora r={RANK}", "allora", {"r": RANK}, LORA_GRID),
     ("seq_bn (d/16)", "seq_bn", {"reduction_factor": 16}, LORA_GRID),
     ("seq_bn_inv (d/16)", "seq_bn_inv", {"reduction_factor": 16}, LORA_GRID),
 ]
+HEAD_ROW = ("head only (frozen encoder)", "head", {}, HEAD_GRID)
 
 
 def encode(seq: str) -> list[int]:
-    return [AA.index(c) + 3 if c in AA else UNK for c in seq[:MAX_LEN]]
+    return [AA.index(c) + 3 if c in AA else UNK for c in seq[:WINDOW]]
 
 
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,30 +121,66 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- data -----------------------------------------------------------------------------------------
+def tiles(seq: str, width: int) -> list[tuple[int, str]]:
+    """(start, window) tiles of ``seq``: every ``width`` residues from 0, plus one ending at the last residue
+    when the length is not a multiple of ``width`` (it overlaps the previous tile); a shorter sequence is one tile."""
+    if len(seq) <= width:
+        return [(0, seq)]
+    starts = list(range(0, len(seq) - width + 1, width))
+    if starts[-1] != len(seq) - width:
+        starts.append(len(seq) - width)
+    return [(s, seq[s: s + width]) for s in starts]
+
+
+def _windows(members: list, cap: int) -> list:
+    """A family's windows: the first tile of every sequence, then the second tile of every sequence, ...
+    until the family has ``cap`` windows (every sequence keeps at least its first tile)."""
+    from adaptome.domains.protein.formats import Record
+
+    per_seq = [[Record(f"{r.id}@{s}", w, r.label) for s, w in tiles(r.seq, WINDOW)] for r in members]
+    out: list = []
+    for t in range(max(len(p) for p in per_seq)):
+        if t > 0 and len(out) >= cap:
+            break
+        for p in per_seq:
+            if t < len(p) and (t == 0 or len(out) < cap):
+                out.append(p[t])
+    return out
+
+
 def data() -> dict:
-    """Labelled records, stratified folds, the validation split, and the MLM corpus (no test sequence)."""
+    """Labelled windows, stratified folds grouped by sequence, the validation split, and the MLM corpus
+    (no sequence of a task family)."""
     from adaptome.domains.protein.data import ec_records, pfam_families
 
-    recs = pfam_families(min_count=MIN_FAMILY, max_per_family=None, max_residues=MAX_LEN)
-    labels = sorted({r.label for r in recs})
+    seqs = pfam_families(min_count=MIN_FAMILY, max_per_family=None)
+    labels = sorted({r.label for r in seqs})
     rng = random.Random(0)
-    fold_of: dict[str, int] = {}
+    fold_of: dict[str, int] = {}  # sequence id -> fold
+    recs, seq_of = [], {}
     for label in labels:
-        members = sorted((r for r in recs if r.label == label), key=lambda r: r.id)
+        members = sorted((r for r in seqs if r.label == label), key=lambda r: r.id)
         rng.shuffle(members)
         for i, r in enumerate(members):
             fold_of[r.id] = i % FOLDS
-    small = [r.seq for r in pfam_families(min_count=1, max_per_family=None, max_residues=MAX_LEN)
-             if r.label not in labels]
-    unlabeled = small + [r.seq for r in ec_records(max_residues=MAX_LEN)]
-    train0 = [r for r in recs if fold_of[r.id] != 0]
-    val_ids = set()
-    for label in labels:  # a stratified fifth of fold 0's training part (at least one per family)
-        members = [r for r in train0 if r.label == label]
-        val_ids.update(r.id for r in members[: max(1, len(members) // 5)])
-    return {"records": recs, "labels": labels, "fold_of": fold_of, "unlabeled": unlabeled,
-            "n_small_pfam": len(small), "select_train": [r for r in train0 if r.id not in val_ids],
-            "select_val": [r for r in train0 if r.id in val_ids]}
+        for w in _windows(members, FAMILY_CAP):
+            recs.append(w)
+            seq_of[w.id] = w.id.rsplit("@", 1)[0]
+    small = [r.seq for r in pfam_families(min_count=1, max_per_family=None) if r.label not in labels]
+    unlabeled = small + [r.seq for r in ec_records()]
+    train0 = sorted({seq_of[r.id] for r in recs if fold_of[seq_of[r.id]] != 0})
+    val_seqs = set()
+    for label in labels:  # a stratified quarter of fold 0's training sequences (at least one per family)
+        members = [s for s in train0 if any(seq_of[r.id] == s and r.label == label for r in recs)]
+        val_seqs.update(members[: max(1, len(members) // 4)])
+    win_fold = {r.id: fold_of[seq_of[r.id]] for r in recs}
+    sel = [r for r in recs if win_fold[r.id] != 0]
+    return {"records": recs, "labels": labels, "fold_of": win_fold, "unlabeled": unlabeled,
+            "n_sequences": len(seqs), "n_small_pfam": len(small),
+            "unlabeled_residues": sum(len(s) for s in unlabeled),
+            "select_train": [r for r in sel if seq_of[r.id] not in val_seqs],
+            "select_val": [r for r in sel if seq_of[r.id] in val_seqs],
+            "n_select_val_sequences": len(val_seqs)}
 
 
 def folds(d: dict) -> list[tuple[list, list]]:
@@ -133,26 +189,82 @@ def folds(d: dict) -> list[tuple[list, list]]:
 
 
 # -- models ---------------------------------------------------------------------------------------
+def pretrain_warmup() -> int:
+    return min(PRETRAIN_WARMUP, PRETRAIN_STEPS // 10)
+
+
+def encoder_settings(unlabeled: list[str]) -> dict:
+    """Everything the pretrained encoder depends on (its cache key)."""
+    import hashlib
+
+    corpus = hashlib.sha256("\n".join(unlabeled).encode()).hexdigest()
+    return {"encoder": ENCODER, "steps": PRETRAIN_STEPS, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR,
+            "warmup": pretrain_warmup(), "window": WINDOW, "mask": 0.15, "seed": 0, "corpus_sha256": corpus,
+            "torch": torch.__version__}
+
+
 def pretrain_mlm(unlabeled: list[str], out_dir: str, acc) -> nn.Module:
+    """A BERT trained by masked-LM on random ``WINDOW``-residue crops of ``unlabeled`` (15 % masked)."""
     from transformers import BertConfig, BertForMaskedLM
 
     from adaptome.core.train.loop import fit
 
     torch.manual_seed(0)
-    mlm = BertForMaskedLM(BertConfig(vocab_size=len(AA) + 3, max_position_embeddings=MAX_LEN + 2, pad_token_id=PAD,
+    mlm = BertForMaskedLM(BertConfig(vocab_size=len(AA) + 3, max_position_embeddings=WINDOW + 2, pad_token_id=PAD,
                                      **ENCODER))
     rows = [{"seq": s} for s in unlabeled]
+    crop_rng = random.Random(0)
 
     def collate(batch):
-        ids, att = _pad([encode(b["seq"]) for b in batch])
+        crops = []
+        for b in batch:
+            start = crop_rng.randint(0, max(0, len(b["seq"]) - WINDOW))
+            crops.append(encode(b["seq"][start: start + WINDOW]))
+        ids, att = _pad(crops)
         labels = ids.clone()
         chosen = (torch.rand(ids.shape) < 0.15) & (ids != PAD)
         labels[~chosen] = -100
         return {"input_ids": ids.masked_fill(chosen, MASK), "attention_mask": att, "labels": labels}
 
-    fit(mlm, rows, collate_fn=collate, accelerator=acc, output_dir=out_dir, max_steps=PRETRAIN_STEPS, batch_size=16,
-        lr=2e-3, schedule="linear", warmup_steps=10, progress=False, log_every=0, seed=0)
+    res = fit(mlm, rows, collate_fn=collate, accelerator=acc, output_dir=out_dir, max_steps=PRETRAIN_STEPS,
+              batch_size=PRETRAIN_BATCH, lr=PRETRAIN_LR, schedule="linear", warmup_steps=pretrain_warmup(),
+              progress=False, log_every=max(1, PRETRAIN_STEPS // 10), save_every=0, seed=0)
+    mlm.bert.mlm_losses = [h["loss"] for h in res.history if "loss" in h]
     return mlm.bert
+
+
+def unigram_entropy(seqs: list[str]) -> float:
+    """Entropy (nats) of the corpus' residue frequencies: the MLM loss of a model that ignores context."""
+    import math
+    from collections import Counter
+
+    c = Counter("".join(seqs))
+    n = sum(c.values())
+    return -sum(v / n * math.log(v / n) for v in c.values())
+
+
+def cached_encoder(unlabeled: list[str], acc) -> tuple[nn.Module, dict]:
+    """The pretrained encoder from ``CACHE`` (keyed by its settings), pretraining it on a miss."""
+    import hashlib
+
+    from transformers import BertModel
+
+    from adaptome.core.atomic import atomic_dir
+
+    settings = encoder_settings(unlabeled)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    where = CACHE / f"encoder-{key}"
+    if (where / "settings.json").is_file():
+        info = json.loads((where / "settings.json").read_text(encoding="utf-8"))
+        return BertModel.from_pretrained(where, add_pooling_layer=False), {**info, "cached": True, "key": key}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = pretrain_mlm(unlabeled, tmp, acc)
+    info = {"settings": settings, "seconds": time.time() - t0, "mlm_losses": enc.mlm_losses}
+    with atomic_dir(where, overwrite=True) as tmp_dir:
+        enc.save_pretrained(tmp_dir)
+        (tmp_dir / "settings.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return BertModel.from_pretrained(where, add_pooling_layer=False), {**info, "cached": False, "key": key}
 
 
 class Classifier(nn.Module):
@@ -186,6 +298,29 @@ def _predict(model, recs, labels) -> list[int]:
         return model(b["input_ids"], b["attention_mask"]).argmax(-1).tolist()
 
 
+def warmup_steps() -> int:
+    return max(1, round(WARMUP * STEPS))
+
+
+def rate_sum(lr: float) -> float:
+    """Sum over the run's steps of the adapter's learning rate under the warm-up + linear-decay schedule."""
+    from adaptome.core.train.schedule import make_scheduler
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make_scheduler(opt, "linear", warmup_steps(), STEPS)
+    total = 0.0
+    for _ in range(STEPS):
+        total += opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    return total
+
+
+def sora_lambda(lr: float) -> float:
+    """SoRA's lambda such that the paper's soft threshold (lambda * eta_t per step) sums to SORA_SHRINK."""
+    return SORA_SHRINK / rate_sum(lr)
+
+
 def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train, labels, seed: int, out_dir: str,
               acc) -> tuple[nn.Module, nn.Module, dict]:
     """(classifier, adapted encoder, facts) after STEPS steps of ``method`` on ``train``."""
@@ -199,7 +334,7 @@ def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train
             p.requires_grad_(method == "full")
     else:
         if method == "sora":
-            opts = {**opts, "sparse_lambda": SORA_SHRINK / (lr * STEPS)}
+            opts = {**opts, "sparse_lambda": sora_lambda(lr)}
         enc = api.apply_adapter(enc, api.make_config(method, {"target_modules": "all-linear", **opts}))
     model = Classifier(enc, len(labels), encoder.config.hidden_size)
     rows = [{"seq": r.seq, "y": labels.index(r.label)} for r in train]
@@ -219,9 +354,8 @@ def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train
         return torch.optim.AdamW(groups, lr=adapter_lr, weight_decay=0.0)
 
     fit(model, rows, loss_fn=_loss_fn(weights), collate_fn=_collate, make_optimizer=make, accelerator=acc,
-        output_dir=out_dir,
-        max_steps=STEPS, batch_size=BATCH, lr=adapter_lr, schedule="constant", warmup_steps=0, progress=False,
-        log_every=0, seed=seed, resume=False)
+        output_dir=out_dir, max_steps=STEPS, batch_size=BATCH, lr=adapter_lr, schedule="linear",
+        warmup_steps=warmup_steps(), progress=False, log_every=0, save_every=0, seed=seed, resume=False)
     facts: dict = {"trainable_encoder": trainable}
     if method == "sora":
         from adaptome.core.adapters.sora import sora_layers
@@ -231,8 +365,7 @@ def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train
             k = int((layer.sora_gate["default"] != 0).sum())
             kept, total = kept + k, total + layer.sora_gate["default"].numel()
             params += k * (layer.in_features + layer.out_features) + k
-        facts.update(kept_gates=kept, total_gates=total, pruned_params=params,
-                     sparse_lambda=SORA_SHRINK / (lr * STEPS))
+        facts.update(kept_gates=kept, total_gates=total, pruned_params=params, sparse_lambda=sora_lambda(lr))
     return model, enc, facts
 
 
@@ -272,54 +405,8 @@ def _summary(per_seed: list[dict]) -> dict:
     return out
 
 
-def select_lr(encoder, d, method, opts, grid, tmp, acc) -> dict:
-    labels, scores = d["labels"], {}
-    gold = [labels.index(r.label) for r in d["select_val"]]
-    for lr in grid:
-        head_lr = lr if method == "head" else HEAD_LR
-        model, _, _ = train_one(encoder, method, opts, lr, head_lr, d["select_train"], labels, 0,
-                                f"{tmp}/sel-{method}-{lr}", acc)
-        scores[lr] = _score(gold, _predict(model, d["select_val"], labels))
-    best = max(grid, key=lambda lr: (scores[lr]["macro_f1"], scores[lr]["accuracy"], -lr))
-    return {"grid": list(grid), "val": {str(k): v for k, v in scores.items()}, "chosen": best}
-
-
-def evaluate_row(encoder, d, method, opts, lr, tmp, acc, ranks: list[int] | None = None) -> dict:
-    """Pooled test predictions over the folds, per seed; DyLoRA also at every rank in ``ranks``."""
-    labels = d["labels"]
-    head_lr = lr if method == "head" else HEAD_LR
-    per_seed, per_rank, facts_all = [], {k: [] for k in ranks or []}, []
-    for seed in SEEDS:
-        gold, pred, by_rank, facts_seed = [], [], {k: [] for k in ranks or []}, []
-        for f, (train, test) in enumerate(folds(d)):
-            model, enc, facts = train_one(encoder, method, opts, lr, head_lr, train, labels, seed,
-                                          f"{tmp}/{method}-{opts.get('r', '')}-{seed}-{f}", acc)
-            gold += [labels.index(r.label) for r in test]
-            pred += _predict(model, test, labels)
-            facts_seed.append(facts)
-            if ranks:
-                from adaptome.core.adapters.dylora import set_rank
-
-                for k in ranks:
-                    set_rank(enc, k)
-                    by_rank[k] += _predict(model, test, labels)
-                set_rank(enc, max(ranks))
-        per_seed.append(_score(gold, pred))
-        for k in by_rank:
-            per_rank[k].append(_score(gold, by_rank[k]))
-        facts_all.append(facts_seed)
-    out = {"lr": lr, "head_lr": head_lr, **_summary(per_seed),
-           "trainable_encoder": facts_all[0][0]["trainable_encoder"]}
-    if method == "sora":
-        kept = [sum(f["kept_gates"] for f in fs) for fs in facts_all]
-        total = sum(f["total_gates"] for f in facts_all[0])
-        out["sora"] = {"kept_gates_per_seed": kept, "gates_per_seed": total,
-                       "kept_fraction_mean": statistics.mean(kept) / total,
-                       "pruned_params_mean": statistics.mean(f["pruned_params"] for fs in facts_all for f in fs),
-                       "sparse_lambda": facts_all[0][0]["sparse_lambda"]}
-    if ranks:
-        out["by_rank"] = {str(k): _summary(v) for k, v in per_rank.items()}
-    return out
+#: the encoder and the data, set before the worker pool forks (the workers read them, never pickle them)
+_SHARED: dict = {}
 
 
 def _worker_setup():
@@ -330,22 +417,59 @@ def _worker_setup():
     return make_accelerator("no", cpu=True)
 
 
-def _row_job(encoder, d, label, method, opts, grid, tmp) -> dict:
-    t0 = time.time()
-    acc = _worker_setup()
-    sel = select_lr(encoder, d, method, opts, grid, tmp, acc)
-    ranks = list(range(1, RANK + 1)) if method == "dylora" else None
-    row = evaluate_row(encoder, d, method, opts, sel["chosen"], tmp, acc, ranks)
-    print(f"{label}: lr {sel['chosen']:g} of {grid}, accuracy {row['accuracy']['mean']:.3f}, "
-          f"macro-F1 {row['macro_f1']['mean']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    return {"label": label, "method": method, "options": opts, "selection": sel, **row}
+def _select_job(method: str, opts: dict, lr: float, head_lr: float, tmp: str) -> dict:
+    """Validation scores of one grid point (trained on the selection split, seed 0)."""
+    encoder, d = _SHARED["encoder"], _SHARED["data"]
+    labels = d["labels"]
+    model, _, _ = train_one(encoder, method, opts, lr, head_lr, d["select_train"], labels, 0,
+                            f"{tmp}/sel-{method}-{opts.get('r', '')}-{lr}", _worker_setup())
+    return _score([labels.index(r.label) for r in d["select_val"]], _predict(model, d["select_val"], labels))
 
 
-def _rank_job(encoder, d, k, lr, tmp) -> dict:
-    t0 = time.time()
-    row = evaluate_row(encoder, d, "lora", {"r": k, "lora_alpha": ALPHA}, lr, tmp, _worker_setup())
-    print(f"lora r={k}: accuracy {row['accuracy']['mean']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    return row
+def _eval_job(method: str, opts: dict, lr: float, head_lr: float, seed: int, ranks: list[int] | None,
+              tmp: str) -> dict:
+    """One seed of a row: every fold trained, its test windows predicted (DyLoRA also at every rank in ``ranks``)."""
+    encoder, d = _SHARED["encoder"], _SHARED["data"]
+    labels, acc = d["labels"], _worker_setup()
+    gold, pred, by_rank, facts_seed = [], [], {k: [] for k in ranks or []}, []
+    for f, (train, test) in enumerate(folds(d)):
+        model, enc, facts = train_one(encoder, method, opts, lr, head_lr, train, labels, seed,
+                                      f"{tmp}/{method}-{opts.get('r', '')}-{seed}-{f}", acc)
+        gold += [labels.index(r.label) for r in test]
+        pred += _predict(model, test, labels)
+        facts_seed.append(facts)
+        if ranks:
+            from adaptome.core.adapters.dylora import set_rank
+
+            for k in ranks:
+                set_rank(enc, k)
+                by_rank[k] += _predict(model, test, labels)
+            set_rank(enc, max(ranks))
+    return {"score": _score(gold, pred), "by_rank": {k: _score(gold, v) for k, v in by_rank.items()},
+            "facts": facts_seed}
+
+
+def _choose(grid, scores: list[dict]) -> dict:
+    by_lr = dict(zip(grid, scores))
+    best = max(grid, key=lambda lr: (by_lr[lr]["macro_f1"], by_lr[lr]["accuracy"], -lr))
+    return {"grid": list(grid), "val": {str(k): v for k, v in by_lr.items()}, "chosen": best}
+
+
+def _row(lr: float, head_lr: float, method: str, seeds: list[dict]) -> dict:
+    """A row's summary over seeds from its ``_eval_job`` results."""
+    facts_all = [s["facts"] for s in seeds]
+    out = {"lr": lr, "head_lr": head_lr, **_summary([s["score"] for s in seeds]),
+           "trainable_encoder": facts_all[0][0]["trainable_encoder"]}
+    if method == "sora":
+        kept = [sum(f["kept_gates"] for f in fs) for fs in facts_all]
+        total = sum(f["total_gates"] for f in facts_all[0])
+        out["sora"] = {"kept_gates_per_seed": kept, "gates_per_seed": total,
+                       "kept_fraction_mean": statistics.mean(kept) / total,
+                       "pruned_params_mean": statistics.mean(f["pruned_params"] for fs in facts_all for f in fs),
+                       "sparse_lambda": facts_all[0][0]["sparse_lambda"]}
+    if seeds[0]["by_rank"]:
+        out["by_rank"] = {str(k): _summary([s["by_rank"][k] for s in seeds]) for k in seeds[0]["by_rank"]}
+    return out
 
 
 def environment() -> dict:
@@ -370,32 +494,104 @@ def run() -> dict:
     torch.set_num_threads(1)
     acc = make_accelerator("no", cpu=True)
     d = data()
+    counts = {lab: sum(r.label == lab for r in d["records"]) for lab in d["labels"]}
+    seq_counts = {lab: len({r.id.rsplit("@", 1)[0] for r in d["records"] if r.label == lab}) for lab in d["labels"]}
     res: dict = {"command": COMMAND, "env": environment(),
-                 "setup": {"families": d["labels"], "n_sequences": len(d["records"]), "folds": FOLDS,
-                           "seeds": list(SEEDS), "steps": STEPS, "batch": BATCH, "head_lr": HEAD_LR,
-                           "max_len": MAX_LEN, "min_family": MIN_FAMILY, "encoder": ENCODER, "rank": RANK,
-                           "alpha": ALPHA, "pretrain_steps": PRETRAIN_STEPS, "n_unlabeled": len(d["unlabeled"]),
+                 "setup": {"families": d["labels"], "n_sequences": d["n_sequences"], "n_windows": len(d["records"]),
+                           "window": WINDOW, "family_cap": FAMILY_CAP, "folds": FOLDS, "seeds": list(SEEDS),
+                           "steps": STEPS, "batch": BATCH, "warmup_steps": warmup_steps(), "schedule": "linear",
+                           "min_family": MIN_FAMILY, "encoder": ENCODER, "rank": RANK, "alpha": ALPHA,
+                           "pretrain": {"steps": PRETRAIN_STEPS, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR,
+                                        "warmup": PRETRAIN_WARMUP},
+                           "n_unlabeled": len(d["unlabeled"]), "unlabeled_residues": d["unlabeled_residues"],
                            "n_small_pfam": d["n_small_pfam"], "sora_shrink": SORA_SHRINK,
                            "n_select_train": len(d["select_train"]), "n_select_val": len(d["select_val"]),
-                           "class_counts": {lab: sum(r.label == lab for r in d["records"]) for lab in d["labels"]}},
+                           "n_select_val_sequences": d["n_select_val_sequences"],
+                           "class_counts": counts, "class_sequences": seq_counts},
                  "baselines": baselines(d), "rows": [], "lora_by_rank": {}}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        encoder = pretrain_mlm(d["unlabeled"], f"{tmp}/mlm", acc)
+        encoder, info = cached_encoder(d["unlabeled"], acc)
+        res["encoder"] = {**{k: info[k] for k in ("key", "cached", "seconds", "mlm_losses")},
+                          "unigram_entropy": unigram_entropy(d["unlabeled"])}
         for p in encoder.parameters():
             p.requires_grad_(False)
-        # rows are independent: WORKERS processes (one thread each) run them; the order of results is ROWS'
-        ctx = multiprocessing.get_context("fork")  # workers inherit the settings (and --smoke)
+        _SHARED.update(encoder=encoder, data=d)
+        # every training is independent: WORKERS processes (one thread each) run them, in three phases
+        ctx = multiprocessing.get_context("fork")
         with ctx.Pool(WORKERS) as pool:
-            jobs = [(encoder, d, label, method, opts, grid, tmp) for label, method, opts, grid in ROWS]
-            res["rows"] = pool.starmap(_row_job, jobs)
-            lora_lr = next(r for r in res["rows"] if r["method"] == "lora")["lr"]
-            ranks = [k for k in range(1, RANK + 1) if k != RANK]
-            extra = pool.starmap(_rank_job, [(encoder, d, k, lora_lr, tmp) for k in ranks])
+            label, method, opts, grid = HEAD_ROW
+            head_jobs = [(method, opts, lr, lr, tmp) for lr in grid]
+            head_sel = _choose(grid, pool.starmap(_select_job, head_jobs, chunksize=1))
+            head_lr = head_sel["chosen"]
+            print(f"head-only: rate {head_lr:g}", flush=True)
+            jobs = [(m, o, lr, head_lr, tmp) for _, m, o, g in ROWS for lr in g]
+            flat = iter(pool.starmap(_select_job, jobs, chunksize=1))
+            sels = [head_sel] + [_choose(g, [next(flat) for _ in g]) for _, _, _, g in ROWS]
+            rows = [HEAD_ROW] + ROWS
+            lora_lr = sels[[r[1] for r in rows].index("lora")]["chosen"]
+            extra = [(f"lora r={k}", "lora", {"r": k, "lora_alpha": ALPHA}) for k in range(1, RANK)]
+            units = [(lab, m, o, sel["chosen"]) for (lab, m, o, _), sel in zip(rows, sels)]
+            units += [(lab, m, o, lora_lr) for lab, m, o in extra]
+            jobs = [(m, o, lr, head_lr, seed, list(range(1, RANK + 1)) if m == "dylora" else None, tmp)
+                    for _, m, o, lr in units for seed in SEEDS]
+            flat = iter(pool.starmap(_eval_job, jobs, chunksize=1))
+            done = [_row(lr, head_lr if m != "head" else lr, m, [next(flat) for _ in SEEDS]) for _, m, _, lr in units]
+        for (lab, m, o, _), sel, row in zip(units, sels, done):
+            res["rows"].append({"label": lab, "method": m, "options": o, "selection": sel, **row})
+            print(f"{lab}: lr {row['lr']:g}, accuracy {row['accuracy']['mean']:.3f}, "
+                  f"macro-F1 {row['macro_f1']['mean']:.3f}", flush=True)
+        for (lab, m, o, lr), row in zip(units[len(rows):], done[len(rows):]):
+            res["lora_by_rank"][str(o["r"])] = {k: row[k] for k in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
         lora = next(r for r in res["rows"] if r["method"] == "lora")
-        for k, row in zip(ranks + [RANK], extra + [lora]):
-            res["lora_by_rank"][str(k)] = {k2: row[k2] for k2 in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
+        res["lora_by_rank"][str(RANK)] = {k: lora[k] for k in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
+    res["head_lr"], res["workers"] = head_lr, WORKERS
     res["seconds"] = time.time() - t0
+    return res
+
+
+def rerun(methods: list[str], res: dict) -> dict:
+    """Rerun the rows of ``methods`` into ``res`` (an earlier run's results) with its head rate; the encoder
+    and every setting must be the ones that run used. The head-only and LoRA rows feed other rows: not here."""
+    from adaptome.core.train.loop import make_accelerator
+
+    if {"head", "lora"} & set(methods):
+        raise SystemExit("error: the head-only and LoRA rows feed other rows; rerun the whole benchmark instead")
+    unknown = set(methods) - {r[1] for r in ROWS}
+    if unknown:
+        raise SystemExit(f"error: no row for {', '.join(sorted(unknown))}")
+    t0 = time.time()
+    torch.set_num_threads(1)
+    acc = make_accelerator("no", cpu=True)
+    d = data()
+    st = res["setup"]
+    now = {"steps": STEPS, "batch": BATCH, "warmup_steps": warmup_steps(), "n_windows": len(d["records"]),
+           "rank": RANK, "alpha": ALPHA, "sora_shrink": SORA_SHRINK, "seeds": list(SEEDS), "folds": FOLDS}
+    if any(st[k] != v for k, v in now.items()):
+        raise SystemExit("error: the settings differ from the earlier run's; rerun the whole benchmark instead")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        encoder, info = cached_encoder(d["unlabeled"], acc)
+        if info["key"] != res["encoder"]["key"]:
+            raise SystemExit("error: the cached encoder differs from the earlier run's")
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        _SHARED.update(encoder=encoder, data=d)
+        head_lr = res["head_lr"]
+        rows = [r for r in ROWS if r[1] in methods]
+        with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+            jobs = [(m, o, lr, head_lr, tmp) for _, m, o, g in rows for lr in g]
+            flat = iter(pool.starmap(_select_job, jobs, chunksize=1))
+            sels = [_choose(g, [next(flat) for _ in g]) for _, _, _, g in rows]
+            jobs = [(m, o, sel["chosen"], head_lr, seed, list(range(1, RANK + 1)) if m == "dylora" else None, tmp)
+                    for (_, m, o, _), sel in zip(rows, sels) for seed in SEEDS]
+            flat = iter(pool.starmap(_eval_job, jobs, chunksize=1))
+            done = [_row(sel["chosen"], head_lr, m, [next(flat) for _ in SEEDS])
+                    for (_, m, _, _), sel in zip(rows, sels)]
+    for (lab, m, o, _), sel, row in zip(rows, sels, done):
+        i = next(i for i, r in enumerate(res["rows"]) if r["method"] == m)
+        res["rows"][i] = {"label": lab, "method": m, "options": o, "selection": sel, **row}
+    res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0})
     return res
 
 
@@ -404,6 +600,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
     ap.add_argument("--report-only", action="store_true", help="rewrite results_quality.md from the .json")
+    ap.add_argument("--rerun", nargs="+", metavar="METHOD",
+                    help="rerun these rows into the existing results_quality.json (same settings and encoder)")
     args = ap.parse_args()
     if args.report_only:
         from benchmarks.adapters.quality_report import markdown
@@ -412,11 +610,18 @@ def main() -> None:
         (args.out / "results_quality.md").write_text(markdown(res), encoding="utf-8")
         return
     if args.smoke:
-        global STEPS, SEEDS, PRETRAIN_STEPS, ROWS
-        STEPS, SEEDS, PRETRAIN_STEPS, ROWS = 6, (0, 1), 10, ROWS[:4]
+        global STEPS, SEEDS, PRETRAIN_STEPS, ROWS, RANK
+        STEPS, SEEDS, PRETRAIN_STEPS, RANK = 6, (0, 1), 10, 2
+        ROWS = [("lora r=2", "lora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2]),
+                ("dylora r=2", "dylora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2]),
+                ("sora r=2", "sora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2])]
     from benchmarks.adapters.quality_report import markdown
 
-    res = run()
+    if args.rerun:
+        res = rerun(args.rerun, json.loads((args.out / "results_quality.json").read_text(encoding="utf-8")))
+    else:
+        res = run()
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results_quality.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     (args.out / "results_quality.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))

@@ -12,48 +12,95 @@ def _lr(x: float) -> str:
     return f"{x:g}"
 
 
-def markdown(res: dict) -> str:
-    st, env, base = res["setup"], res["env"], res["baselines"]
-    rows = {r["method"]: r for r in res["rows"]}
-    n, counts = st["n_sequences"], st["class_counts"]
-    fams = ", ".join(f"{k} ({v})" for k, v in counts.items())
+def _versus(a: dict, b: dict, of: str = "") -> str:
+    """'+x.x points [from <of>] (within / beyond the two rows' summed seed sd of y.y)' for mean a - mean b."""
+    d = 100 * (a["mean"] - b["mean"])
+    noise = 100 * (a["sd"] + b["sd"])
+    verdict = "within" if abs(d) <= noise else "beyond"
+    return f"{d:+.1f} points{' from ' + of if of else ''} ({verdict} the two rows' summed seed sd of {noise:.1f})"
+
+
+def _header(res: dict) -> list[str]:
+    st, env, base, enc = res["setup"], res["env"], res["baselines"], res["encoder"]
+    n, w = st["n_sequences"], st["n_windows"]
+    fams = ", ".join(f"{k} ({st['class_sequences'][k]} sequences, {v} windows)" for k, v in st["class_counts"].items())
     pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-    lines = [
-        "## Adapter methods II: quality on Pfam families (tiny BERT), a fair protocol", "",
-        f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {env['threads']} threads). "
-        f"Git commit `{env['git_commit'][:12]}`{' with uncommitted changes' if env['git_dirty'] else ''}; "
-        f"{pk}; {env['platform']}.", "",
-        f"Task: {len(counts)} Pfam families with at least {st['min_family']} members ({fams}), "
-        f"{n} sequences cropped to {st['max_len']} residues. Stratified {st['folds']}-fold cross-validation: "
-        f"each sequence is tested once, so every score below is over {n} test sequences, pooled over the folds, "
-        f"mean ± sd over {len(st['seeds'])} seeds (adapter and head init, data order).", "",
+    top = max(st["class_counts"].values())
+    pre = st["pretrain"]
+    mlm = enc["mlm_losses"]
+    return [
+        "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol", "",
+        f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
+        f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
+        f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}." + "".join(
+            f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
+            f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
+            f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate."
+            for x in res.get("reruns", [])), "",
+        f"Task: {len(st['class_counts'])} Pfam families with at least {st['min_family']} seed sequences, each "
+        f"sequence tiled into {st['window']}-residue windows (every {st['window']} residues, plus one ending at the "
+        "last residue); "
+        f"a family keeps the first window of every sequence and then further windows, sequence by sequence, up to "
+        f"{st['family_cap']} windows: {fams}. {w} windows of {n} sequences; the largest family has "
+        f"{100 * top / w:.1f} % of the windows. Stratified {st['folds']}-fold cross-validation grouped by sequence "
+        f"(all windows of a sequence are in one fold): every sequence is tested once, so every score below is over "
+        f"{w} test windows of {n} sequences, pooled over the folds, mean ± sd over {len(st['seeds'])} seeds "
+        "(adapter and head init, data order).", "",
         f"Encoder: a BERT with hidden {st['encoder']['hidden_size']}, {st['encoder']['num_hidden_layers']} layers, "
-        f"trained {st['pretrain_steps']} steps by masked-LM on {st['n_unlabeled']} shipped sequences that are "
-        f"never test sequences (nrPDB-EC and {st['n_small_pfam']} sequences of smaller Pfam families). "
-        f"Each row trains {st['steps']} steps, batch {st['batch']}, constant rate, through `fit` (which attaches "
-        f"each method's own hooks, optimizer groups and inits), with a linear head on mean-pooled states at "
-        f"rate {_lr(st['head_lr'])}; the adapter's rate is chosen from the row's grid by validation macro-F1 "
-        f"({st['n_select_train']} training / {st['n_select_val']} validation sequences from fold 0's training part, "
-        "seed 0).", "",
-        "Loss: cross-entropy weighted by inverse class frequency. "
+        f"trained {pre['steps']} steps (batch {pre['batch']}, rate {_lr(pre['lr'])}, {pre['warmup']} warm-up steps, "
+        f"linear decay) by masked-LM on random {st['window']}-residue crops of {st['n_unlabeled']} shipped sequences "
+        f"({st['unlabeled_residues']:,} residues) that are never task sequences (nrPDB-EC and the "
+        f"{st['n_small_pfam']} sequences of smaller Pfam families); cached on disk by its settings (key "
+        f"`{enc['key']}`{', reused' if enc['cached'] else ', pretrained in this run'}). Its MLM loss went from "
+        f"{mlm[0]:.3f} to {mlm[-1]:.3f} nats; the corpus' residue-frequency entropy (a model that ignores context) "
+        f"is {enc['unigram_entropy']:.3f} nats, so the encoder is {enc['unigram_entropy'] - mlm[-1]:.3f} nats "
+        "better than context-free guessing.", "",
+        f"Each training runs {st['steps']} steps, batch {st['batch']}, {st['warmup_steps']} linear warm-up steps then "
+        f"linear decay to 0, through `fit` (which attaches each method's own hooks, optimizer groups and inits), "
+        f"with a linear head on mean-pooled states. Rates are chosen by validation macro-F1 on "
+        f"{st['n_select_train']} training / {st['n_select_val']} validation windows ({st['n_select_val_sequences']} "
+        f"sequences) from fold 0's training part, seed 0, never on test windows: first the head-only row's rate, "
+        f"{_lr(res['head_lr'])}, which is then every row's head rate; then each row's adapter rate from its grid. "
+        "Loss: cross-entropy weighted by inverse class frequency.", "",
         f"Baselines on the same folds: majority class {100 * base['majority']['accuracy']:.1f} % accuracy "
         f"(macro-F1 {100 * base['majority']['macro_f1']:.1f}); logistic regression on amino-acid composition "
-        "(C = 100, balanced) "
-        f"{100 * base['composition_logreg']['accuracy']:.1f} % (macro-F1 "
-        f"{100 * base['composition_logreg']['macro_f1']:.1f}).", "",
-        "| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
-        "macro-F1 % |", "|---|---:|---|---:|---:|---:|---:|"]
+        f"(C = 100, balanced) {100 * base['composition_logreg']['accuracy']:.1f} % (macro-F1 "
+        f"{100 * base['composition_logreg']['macro_f1']:.1f}).", ""]
+
+
+def _separation(res: dict, rows: dict) -> list[str]:
+    base, hd = res["baselines"], rows["head"]
+    maj = 100 * base["majority"]["accuracy"]
+    out = [f"Separation of the baselines: head-only {_pm(hd['accuracy'])} % accuracy is "
+           f"{100 * hd['accuracy']['mean'] - maj:+.1f} points from the majority class ({maj:.1f} %)"]
+    if "full" in rows:
+        out[0] += f"; full fine-tuning is {_versus(rows['full']['accuracy'], hd['accuracy'], 'head-only')}"
+    sds = [100 * r["accuracy"]["sd"] for r in res["rows"]]
+    out[0] += (f". Seed sd of accuracy over the rows: median {sorted(sds)[len(sds) // 2]:.1f}, largest "
+               f"{max(sds):.1f} points.")
+    return out + [""]
+
+
+def _table(res: dict) -> list[str]:
+    lines = ["| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
+             "macro-F1 % |", "|---|---:|---|---:|---:|---:|---:|"]
     for r in res["rows"]:
         sel = r["selection"]
         val = sel["val"][str(sel["chosen"])]["macro_f1"]
         lines.append(f"| {r['label']} | {r['trainable_encoder']:,} | {', '.join(_lr(x) for x in sel['grid'])} | "
                      f"{_lr(r['lr'])} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
-    lines.append("")
+    edge = [f"{r['label']} ({_lr(r['lr'])}, the {'largest' if r['lr'] == max(r['selection']['grid']) else 'smallest'})"
+            for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
+    lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
+              f"{'; '.join(edge)}." if edge else "Every chosen rate is inside its grid."]
+    return lines + [""]
 
-    dy, lora_r = rows["dylora"], res["lora_by_rank"]
-    lines += [f"### DyLoRA at every rank from one training vs LoRA trained at that rank (alpha {st['alpha']:g})", "",
-              "| rank | DyLoRA accuracy % | LoRA accuracy % | gap (points) | DyLoRA macro-F1 % | LoRA macro-F1 % |",
-              "|---:|---:|---:|---:|---:|---:|"]
+
+def _dylora(res: dict, rows: dict) -> list[str]:
+    st, dy, lora_r = res["setup"], rows["dylora"], res["lora_by_rank"]
+    lines = [f"### DyLoRA at every rank from one training vs LoRA trained at that rank (alpha {st['alpha']:g})", "",
+             "| rank | DyLoRA accuracy % | LoRA accuracy % | gap (points) | DyLoRA macro-F1 % | LoRA macro-F1 % |",
+             "|---:|---:|---:|---:|---:|---:|"]
     gaps = {}
     for k, s in dy["by_rank"].items():
         lr_ = lora_r[k]
@@ -62,51 +109,66 @@ def markdown(res: dict) -> str:
                      f"{_pm(s['macro_f1'])} | {_pm(lr_['macro_f1'])} |")
     worst = min(gaps, key=gaps.get)
     met = all(g >= -5 for g in gaps.values())
-    lines += ["", f"DyLoRA was trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
-              f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}). Target "
-              f"\"DyLoRA within 5 points of LoRA at every rank\": {'met' if met else 'not met'}; the largest "
-              f"shortfall is {gaps[worst]:+.1f} points at rank {worst}.", ""]
+    mode = dy["options"].get("mode", "frozen")
+    lines += ["", f"DyLoRA ({mode} mode, the official default: at a sampled rank k only component k trains) was "
+              f"trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
+              f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
+              f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
+              f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}."]
+    hd, top = rows["head"], lora_r[str(st["rank"])]
+    lines[-1] += (f" For scale: LoRA r={st['rank']} is {_versus(top['accuracy'], hd['accuracy'], 'head-only')} and "
+                  f"DyLoRA at full rank is {_versus(dy['accuracy'], hd['accuracy'], 'head-only')}, so a gap to LoRA "
+                  "is only as informative as the adapters' lead over the frozen encoder with its head.")
+    if not met:
+        lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, each component "
+                      f"receives a gradient on about {st['steps'] / st['rank']:.0f} of the {st['steps']} steps, "
+                      f"while each LoRA trains all its components on every step.")
+    return lines + [""]
 
-    if "sora" in rows:
-        so, lo = rows["sora"], rows["lora"]
-        s = so["sora"]
-        kept_frac = s["kept_fraction_mean"]
-        d_sora = 100 * (so["accuracy"]["mean"] - lo["accuracy"]["mean"])
-        sora_met = kept_frac <= 0.5 and d_sora >= -2
-        lines += ["### SoRA sparsity", "",
-                  f"SoRA (paper rule, lambda = {st['sora_shrink']} / (lr x steps) = {s['sparse_lambda']:.3g} at its "
-                  f"chosen rate {_lr(so['lr'])}) kept {statistics_str(s['kept_gates_per_seed'])} of "
-                  f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
-                  f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} "
-                  f"adapter parameters on average against LoRA r={st['rank']}'s "
-                  f"{lo['trainable_encoder']:,}. Its accuracy is {d_sora:+.1f} points from LoRA's. Target \"half or "
-                  f"fewer gates non-zero within 2 points of LoRA\": {'met' if sora_met else 'not met'}.", ""]
 
-    hd = rows["head"]
-    lines += ["### Against the baselines", ""]
+def _sora(res: dict, rows: dict) -> list[str]:
+    st, so, lo = res["setup"], rows["sora"], rows["lora"]
+    s = so["sora"]
+    kept_frac = s["kept_fraction_mean"]
+    d_sora = 100 * (so["accuracy"]["mean"] - lo["accuracy"]["mean"])
+    met = kept_frac <= 0.5 and d_sora >= -2
+    return ["### SoRA sparsity", "",
+            f"SoRA (paper rule, constant lambda = {st['sora_shrink']} / (sum of the run's per-step rates) = "
+            f"{s['sparse_lambda']:.3g} at its chosen rate {_lr(so['lr'])}, so the soft threshold removes "
+            f"{st['sora_shrink']} in total over a run) kept {'/'.join(str(v) for v in s['kept_gates_per_seed'])} of "
+            f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
+            f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} adapter "
+            f"parameters on average against LoRA r={st['rank']}'s {lo['trainable_encoder']:,}. Its accuracy is "
+            f"{_versus(so['accuracy'], lo['accuracy'], 'LoRA r=' + str(st['rank']))}. Target \"half or fewer gates "
+            f"non-zero within 2 points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, "
+            f"{d_sora:+.1f} points).", ""]
+
+
+def _baselines(res: dict, rows: dict) -> list[str]:
+    base, hd = res["baselines"], rows["head"]
+    lines = ["### Against the baselines", ""]
     for metric, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
-        head = hd[metric]
-        below = [r for r in res["rows"] if r["method"] != "head" and r[metric]["mean"] < head["mean"]]
+        below = [r for r in res["rows"] if r["method"] != "head" and r[metric]["mean"] < hd[metric]["mean"]]
         if not below:
-            lines += [f"No row is below the head-only row in mean {name} ({100 * head['mean']:.1f} %).", ""]
+            lines += [f"No row is below the head-only row in mean {name} ({100 * hd[metric]['mean']:.1f} %).", ""]
             continue
-        parts = []
-        for r in below:
-            d = 100 * (r[metric]["mean"] - head["mean"])
-            noise = 100 * (r[metric]["sd"] + head["sd"])
-            verdict = "within the two rows' summed seed sd" if -d <= noise else "beyond the two rows' summed seed sd"
-            parts.append(f"{r['label']} ({d:+.1f} points; {verdict} of {noise:.1f})")
-        lines += [f"Below the head-only row in mean {name} ({100 * head['mean']:.1f} %): " + "; ".join(parts) + ".",
-                  ""]
+        parts = [f"{r['label']} {_versus(r[metric], hd[metric])}" for r in below]
+        lines += [f"Below the head-only row in mean {name} ({100 * hd[metric]['mean']:.1f} %): " + "; ".join(parts)
+                  + ".", ""]
     comp = base["composition_logreg"]["macro_f1"]
     above = [r["label"] for r in res["rows"] if r["macro_f1"]["mean"] > comp]
     lines += [f"{len(above)} of {len(res['rows'])} rows beat the amino-acid-composition baseline's macro-F1 "
               f"({100 * comp:.1f})" + (f": {', '.join(above)}." if above else "."), ""]
     best = max(res["rows"], key=lambda r: r["accuracy"]["mean"])
-    lines += [f"Best mean accuracy: {best['label']} ({_pm(best['accuracy'])} %). One test sequence is "
-              f"{100 / n:.1f} points; differences within a row's sd are not resolved by this benchmark.", ""]
-    return "\n".join(lines)
+    lines += [f"Best mean accuracy: {best['label']} ({_pm(best['accuracy'])} %). One test window is "
+              f"{100 / res['setup']['n_windows']:.2f} points; differences within the rows' seed sd are not resolved "
+              "by this benchmark.", ""]
+    return lines
 
 
-def statistics_str(values: list[int]) -> str:
-    return "/".join(str(v) for v in values)
+def markdown(res: dict) -> str:
+    rows = {r["method"]: r for r in res["rows"]}
+    lines = _header(res) + _separation(res, rows) + _table(res) + _dylora(res, rows)
+    if "sora" in rows:
+        lines += _sora(res, rows)
+    return "\n".join(lines + _baselines(res, rows))

@@ -7,7 +7,10 @@ Two rules, chosen by ``SoraConfig.prox_rule``:
 
       g <- T_xi(g),   T_xi(v) = sign(v) * max(|v| - xi, 0),   xi = eta_g * lambda
 
-  with eta_g the gates' current learning rate and lambda = ``sparse_lambda``. No L1 term is added
+  with eta_g the gates' learning rate of the step just taken (read before the step: ``fit`` steps the
+  LR scheduler between the optimizer step and this hook, so the rate read afterwards is the next
+  step's, which is 0 at the end of a decay-to-0 schedule and would leave Adam's last step unthresholded)
+  and lambda = ``sparse_lambda``. No L1 term is added
   to the loss (the proximal step is the L1 term's update).
 * ``"code"``: the official code's effective rule. The trainer adds the L1 term
   lambda * sum|g| / (total number of gates) to the loss (here: its gradient, lambda * sign(g) / N, is
@@ -88,6 +91,7 @@ class SoraProximalStep:
             raise ValueError(f"prox_rule must be 'paper' or 'code', got {rule!r}")
         self.values, self.rule, self.l1_weight, self.adapter_name = list(values), rule, l1_weight, adapter_name
         self.last_xi = 0.0
+        self._rates: dict[int, float] = {}  # id(gate) -> the gate's rate for the step being taken
 
     def _lr_of(self, optimizer, p: nn.Parameter) -> float:
         for group in optimizer.param_groups:
@@ -97,9 +101,11 @@ class SoraProximalStep:
 
     @torch.no_grad()
     def before_optimizer_step(self, state) -> None:
+        gates = gate_parameters(state.model, self.adapter_name)
+        if self.rule == "paper":  # the rates this optimizer step uses (the scheduler moves them right after it)
+            self._rates = {id(g): self._lr_of(state.optimizer, g) for g in gates}
         if self.rule != "code" or self.l1_weight == 0:
             return
-        gates = gate_parameters(state.model, self.adapter_name)
         n = sum(g.numel() for g in gates)
         for g in gates:  # d/dg of l1_weight * sum|g| / n
             if g.grad is not None:
@@ -109,6 +115,10 @@ class SoraProximalStep:
     def after_optimizer_step(self, state) -> None:
         v = value_at(state.step - 1, state.max_steps, self.values)
         for g in gate_parameters(state.model, self.adapter_name):
-            xi = v * self._lr_of(state.optimizer, g) if self.rule == "paper" else v
+            if self.rule == "paper":
+                rate = self._rates.get(id(g))
+                xi = v * (rate if rate is not None else self._lr_of(state.optimizer, g))
+            else:
+                xi = v
             g.copy_(soft_threshold(g, xi))
         self.last_xi = v

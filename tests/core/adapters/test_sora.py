@@ -153,3 +153,33 @@ def test_prune_all_zero_is_an_error():
             g.zero_()
     with pytest.raises(ValueError, match="every SoRA gate is zero"):
         prune(model)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_fit_thresholds_with_the_rate_of_the_step_taken(tmp_path, schedule):
+    """Paper rule through ``fit``: step t soft-thresholds by lambda * eta_t, the rate its optimizer step used.
+
+    A and B frozen (B = 0), so the gates' gradient is exactly 0 and Adam leaves them alone: only the
+    proximal steps move them, g_T = 1 - lambda * sum_{t<T} eta_t. ``fit`` steps the scheduler before
+    the hook; reading the rate then would use eta_{t+1} (sum shifted by one step, and a last threshold
+    of 0 under a decay to 0, which let Adam's last step revive zeroed gates)."""
+    from adaptome.core.train.loop import fit
+    from adaptome.core.train.schedule import make_scheduler
+
+    steps, warmup, lr, lam = 10, 2, 0.05, 1.5
+    m = api.apply_adapter(nn.Sequential(nn.Linear(4, 4)),
+                          SoraConfig(r=4, gate_init="ones", target_modules=["0"], sparse_lambda=lam))
+    for n, p in m.named_parameters():
+        p.requires_grad_("sora_gate" in n)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    sched, rates = make_scheduler(opt, schedule, warmup, steps), []
+    for _ in range(steps):  # eta_0 .. eta_{T-1}
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    data = [{"x": torch.randn(4)} for _ in range(8)]
+    fit(m, data, loss_fn=lambda model, b: model(b["x"]).pow(2).mean(), output_dir=tmp_path / "run",
+        max_steps=steps, batch_size=4, lr=lr, schedule=schedule, warmup_steps=warmup, progress=False,
+        log_every=0, save_every=0)
+    want = torch.full((4,), 1.0 - lam * sum(rates))
+    torch.testing.assert_close(gate_parameters(m)[0].detach(), want)
