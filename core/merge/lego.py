@@ -89,11 +89,17 @@ def units(loras: list[LoraFolder], module: str) -> torch.Tensor:
 
 def canonical(u: np.ndarray, sign: bool) -> np.ndarray:
     """Units with a canonical sign (optional) in a canonical row order (lexicographic)."""
+    return canonical_order(u, sign)[0]
+
+
+def canonical_order(u: np.ndarray, sign: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(``canonical(u, sign)``, the row order: canonical row i is input row order[i])."""
     if sign:
         idx = np.abs(u).argmax(axis=1)  # (n,)
         flip = np.sign(u[np.arange(len(u)), idx])
         u = u * np.where(flip == 0, 1.0, flip)[:, None]
-    return u[np.lexsort(u.T[::-1])]
+    order = np.lexsort(u.T[::-1])
+    return u[order], order
 
 
 def cluster(u: np.ndarray, k: int, cfg: LegoConfig) -> tuple[np.ndarray, np.ndarray]:
