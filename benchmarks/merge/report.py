@@ -136,9 +136,10 @@ def write_md(res: dict) -> str:
     lego_none = agg["lego (no reweighting)"]["retained_mean"][0]
     lego_full = agg["lego (rank 24, dual reweighting)"]["retained_mean"][0]
     cat = agg["cat (rank 24, the exact sum)"]["retained_mean"][0]
-    lines += ["", f"Variants: LEGO with the largest-magnitude norm in the parameter reweighting retains {lego_max:.2f}, "
-              f"without any reweighting {lego_none:.2f}; at rank {3 * RANK} (every unit its own cluster, so the merge is "
-              f"sqrt({RANK}/{3 * RANK}) times the exact sum) {lego_full:.2f}, against {cat:.2f} for the exact sum (cat). "
+    lines += ["", "Variants: LEGO with the largest-magnitude norm in the parameter reweighting retains "
+              f"{lego_max:.2f}, without any reweighting {lego_none:.2f}; at rank {3 * RANK} (every unit its own "
+              f"cluster, so the merge is sqrt({RANK}/{3 * RANK}) times the exact sum) {lego_full:.2f}, against "
+              f"{cat:.2f} for the exact sum (cat). "
               "The dual reweighting formulas are our reading of the paper's description (see core/merge/lego.py), "
               "not verified against its text.", ""]
     return "\n".join(lines)

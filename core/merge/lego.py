@@ -26,7 +26,9 @@ official code (methods.md Sec. 10). The two formulas above follow the paper's de
 reweighting corrects the centroids' norm decay, output reweighting corrects the variance expansion of
 the merged output") and agree with a public third-party re-implementation that we read (it rescales
 each centroid to its members' mean largest magnitude, our ``param_norm="max"``, and multiplies the
-merged update by sqrt(r / k)); the exact norm the paper uses is not verified. An earlier version of
+merged update by sqrt(r / k)); the exact norm the paper uses is not verified. That re-implementation
+clusters the units by direction (each half L2-normalised); we cluster the raw units, as the paper's
+description of k-means over MSUs reads, and do not offer the other. An earlier version of
 this file rescaled B and A halves separately and matched the merged update's Frobenius norm to the
 inputs' mean; that is not the paper's method and was replaced.
 
