@@ -65,7 +65,8 @@ def write_md(res: dict) -> str:
     lines = ["## Merging three task LoRAs (three languages, held-out retention)", "",
              f"Command: `{res['command']}` (cpu, torch {v['torch']}, peft {v['peft']}, transformers "
              f"{v['transformers']}, scikit-learn {v['scikit-learn']}, commit {res['commit'][:10]}, "
-             f"{res['seconds']:.0f} s).", "",
+             f"{res['seconds']:.0f} s" + (f" wall, {res['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in res else "")
+             + ").", "",
              "Tiny LLaMA (hidden 64, 2 layers, character tokens, blocks of 128) trained fully for "
              f"{a['base_steps']} steps on core's English example text ({res['generic_blocks']} blocks): the base. "
              f"Three peft LoRAs (rank {RANK}, alpha {2 * RANK}, attention + MLP) trained from it for {a['steps']} "
@@ -139,7 +140,10 @@ def write_md(res: dict) -> str:
     lines += ["", "Variants: LEGO with the largest-magnitude norm in the parameter reweighting retains "
               f"{lego_max:.2f}, without any reweighting {lego_none:.2f}; at rank {3 * RANK} (every unit its own "
               f"cluster, so the merge is sqrt({RANK}/{3 * RANK}) times the exact sum) {lego_full:.2f}, against "
-              f"{cat:.2f} for the exact sum (cat). "
+              f"{cat:.2f} for the exact sum (cat). The scale of the merged update matters more here than how it is "
+              f"formed: the same rank-{RANK} SVD merge retains {agg['linear (mean)']['retained_mean'][0]:.2f} "
+              f"at 1/3 of the sum and {agg['linear (sum)']['retained_mean'][0]:.2f} at the full sum, and LEGO's "
+              f"clustering alone (no reweighting, {lego_none:.2f}) stays below the plain mean. "
               "The dual reweighting formulas are our reading of the paper's description (see core/merge/lego.py), "
               "not verified against its text.", ""]
     return "\n".join(lines)

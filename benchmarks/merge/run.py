@@ -179,7 +179,7 @@ def main() -> None:
     command = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/merge/run.py" + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v != ap.get_default(k))
     res = {"command": command, "args": vars(args), "commit": commit,
-           "platform": platform.platform(), "seconds": time.time() - t0,
+           "platform": platform.platform(), "seconds": time.time() - t0, "cpu_seconds": time.process_time(),
            "versions": {p: version(p) for p in ("torch", "peft", "transformers", "scikit-learn")},
            "blocks": {t: {"train": len(task_train[t]), "held_out": len(task_test[t])} for t in TASKS},
            "generic_blocks": len(generic), "unk_share": unk, "base_heldout_nll": base_held, "rows": rows}

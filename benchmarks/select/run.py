@@ -159,7 +159,7 @@ def main() -> None:
         f" --{k} {v}" for k, v in vars(args).items() if v != ap.get_default(k))
     res = {"command": command, "args": vars(args),
            "commit": commit,
-           "platform": platform.platform(), "seconds": time.time() - t0,
+           "platform": platform.platform(), "seconds": time.time() - t0, "cpu_seconds": time.process_time(),
            "versions": {p: version(p) for p in ("torch", "peft", "transformers")}, "pool": len(pool),
            "pool_target_like": sum(r["source"] == "yor" for r in pool), "base_test_nll": base_nll,
            "rows": rows, "throughput_examples_per_s": speed}
@@ -178,7 +178,8 @@ def write_md(res: dict) -> str:
     sp = res["throughput_examples_per_s"]
     lines = ["## LESS: selecting 5 % of a three-language pool for a Yoruba target (planted language shift)", "",
              f"Command: `{res['command']}` (cpu, torch {v['torch']}, peft {v['peft']}, commit {res['commit'][:10]}, "
-             f"{res['seconds']:.0f} s).", "",
+             f"{res['seconds']:.0f} s" + (f" wall, {res['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in res else "")
+             + ").", "",
              f"Pool: {res['pool']} real news sentences (Hausa, Swahili and {res['pool_target_like']} Yoruba, "
              f"{100 * res['pool_target_like'] / res['pool']:.1f} %); target: 8 other Yoruba sentences; test: 60 more. "
              "The base is a tiny LLaMA trained on core's English example text. Each selection trains a fresh rank-8 "
