@@ -6,19 +6,31 @@ A minimal semantic unit (MSU) is one rank of a LoRA with its scale folded in: u_
 LoRA can be permuted (permutation invariance) and the units of several LoRAs concatenated into one
 LoRA whose update is the sum of theirs (concatenation-summation equivalence, Sec. 3). Per module, the
 units of all N input LoRAs are pooled (LoRAs of different ranks allowed), clustered into k groups by
-k-means (scikit-learn), and the k centroids become the ranks of the merged rank-k LoRA. With k equal
-to the number of units and no reweighting, every unit is its own centroid and the merged update is
-exactly the sum of the inputs' updates.
+k-means on the raw units (scikit-learn), and the k centroids c_j = mean of the cluster's units become
+the ranks of the merged rank-k LoRA. With k equal to the number of units and no reweighting, every
+unit is its own centroid and the merged update is exactly the sum of the inputs' updates.
 
-Dual reweighting (Sec. 4): we could not read the paper's Sec. 4 (no text of it and no official code
-were available to us), so both steps follow the description "parameter reweighting corrects the
-centroids' norm decay, output reweighting corrects the variance expansion of the merged output" in
-our own data-free reading, and are switchable:
+Dual reweighting (Sec. 4), both switchable:
 
-* ``param_reweight``: each centroid's B half and A half are rescaled to the mean norm of that half
-  over the cluster's members (averaging units that point in different directions shrinks them);
-* ``output_reweight``: the merged module update is rescaled to the mean Frobenius norm of the inputs'
-  updates of that module (summing k units grows the output).
+* parameter reweighting (norm decay): averaging units that point in different directions shrinks
+  them, so each centroid is rescaled to the mean norm of its members,
+  c_j <- c_j * mean_{u in C_j} ||u|| / ||c_j||, the norm taken over the whole unit [B-half; A-half]
+  (``param_norm``: "l2", or "max" for the largest magnitude);
+* output reweighting (variance expansion): a rank-k LoRA's output B A x is a sum of k rank-1 terms,
+  so with units of typical size its variance grows like k; the inputs had rank r, so the merged
+  update is scaled by sqrt(r / k) (r: the mean rank of the inputs holding the module, k: the number
+  of centroids). At k = r this step changes nothing.
+
+What we could and could not verify: the paper's Sec. 4 text was not available to us and there is no
+official code (methods.md Sec. 10). The two formulas above follow the paper's description ("parameter
+reweighting corrects the centroids' norm decay, output reweighting corrects the variance expansion of
+the merged output") and agree with a public third-party re-implementation that we read (it rescales
+each centroid to its members' mean largest magnitude, our ``param_norm="max"``, and multiplies the
+merged update by sqrt(r / k)); the exact norm the paper uses is not verified. That re-implementation
+clusters the units by direction (each half L2-normalised); we cluster the raw units, as the paper's
+description of k-means over MSUs reads, and do not offer the other. An earlier version of
+this file rescaled B and A halves separately and matched the merged update's Frobenius norm to the
+inputs' mean; that is not the paper's method and was replaced.
 
 Two choices of ours (the paper does not discuss them as far as we know): ``canonical_sign`` flips a
 unit to -u (the same rank-1 update) so that its largest-magnitude entry is positive, so u and -u fall
@@ -28,26 +40,28 @@ not depend on the order of the inputs or of the ranks (seeded k-means++ is other
 Dimension letters: O out_features, I in_features, n pooled units, k clusters (merged rank).
 
 Not covered: the paper's pruning use (merging one LoRA into fewer ranks works, it is k < r, but is
-not evaluated here), the paper's exact reweighting formulas (see above), per-input weights.
+not evaluated here), per-input weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from adaptome.core.merge import MERGERS
-from adaptome.core.merge.factors import Factors, LoraFolder, modules
+from adaptome.core.merge.factors import Factors, LoraFolder, MergeError, modules
 
 
 @MERGERS.register("lego")
 @dataclass
 class LegoConfig:
     """Args:
-        param_reweight: rescale each centroid's halves to its members' mean norms (norm decay).
-        output_reweight: rescale each merged module update to the inputs' mean update norm.
+        param_reweight: rescale each centroid to its members' mean norm (norm decay).
+        output_reweight: scale each merged update by sqrt(r / k) (variance expansion).
+        param_norm: the unit norm of the parameter reweighting, "l2" or "max" (largest magnitude).
         canonical_sign: flip units so the largest-magnitude entry is positive before clustering.
         seed: k-means random state.
         n_init: k-means restarts (the best inertia wins).
@@ -55,9 +69,14 @@ class LegoConfig:
 
     param_reweight: bool = True
     output_reweight: bool = True
+    param_norm: Literal["l2", "max"] = "l2"
     canonical_sign: bool = True
     seed: int = 0
     n_init: int = 10
+
+    def __post_init__(self):
+        if self.param_norm not in ("l2", "max"):
+            raise MergeError(f"lego: param_norm must be 'l2' or 'max', not {self.param_norm!r}")
 
     def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
         return merge(loras, rank, self)
@@ -72,11 +91,17 @@ def units(loras: list[LoraFolder], module: str) -> torch.Tensor:
 
 def canonical(u: np.ndarray, sign: bool) -> np.ndarray:
     """Units with a canonical sign (optional) in a canonical row order (lexicographic)."""
+    return canonical_order(u, sign)[0]
+
+
+def canonical_order(u: np.ndarray, sign: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(``canonical(u, sign)``, the row order: canonical row i is input row order[i])."""
     if sign:
         idx = np.abs(u).argmax(axis=1)  # (n,)
         flip = np.sign(u[np.arange(len(u)), idx])
         u = u * np.where(flip == 0, 1.0, flip)[:, None]
-    return u[np.lexsort(u.T[::-1])]
+    order = np.lexsort(u.T[::-1])
+    return u[order], order
 
 
 def cluster(u: np.ndarray, k: int, cfg: LegoConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +111,29 @@ def cluster(u: np.ndarray, k: int, cfg: LegoConfig) -> tuple[np.ndarray, np.ndar
     from sklearn.cluster import KMeans
 
     km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=cfg.seed).fit(u)
-    return km.cluster_centers_, km.labels_
+    labels = km.labels_
+    cent = np.stack([u[labels == j].mean(axis=0) for j in range(k)])  # (k, D): exact member means
+    return cent, labels
+
+
+def unit_norm(x: np.ndarray, kind: str) -> np.ndarray:
+    """Norm of each row of ``x`` (m, D) -> (m,): L2 or the largest magnitude."""
+    return np.linalg.norm(x, axis=1) if kind == "l2" else np.abs(x).max(axis=1)
+
+
+def param_reweight(cent: np.ndarray, u: np.ndarray, labels: np.ndarray, kind: str) -> np.ndarray:
+    """c_j * mean_{i in C_j} ||u_i|| / ||c_j|| for every centroid (norm decay, Sec. 4)."""
+    out = cent.copy()
+    for j in range(len(cent)):
+        norm = unit_norm(cent[j:j + 1], kind)[0]
+        if norm > 0:
+            out[j] *= unit_norm(u[labels == j], kind).mean() / norm
+    return out
+
+
+def output_scale(ranks_in: list[int], k: int) -> float:
+    """sqrt(r / k): r the inputs' mean rank, k the number of merged ranks (variance expansion, Sec. 4)."""
+    return float(np.sqrt(np.mean(ranks_in) / k))
 
 
 def merge(loras: list[LoraFolder], rank: int, cfg: LegoConfig | None = None) -> Factors:
@@ -99,22 +146,13 @@ def merge(loras: list[LoraFolder], rank: int, cfg: LegoConfig | None = None) -> 
         u = canonical(units(holders, module).numpy(), cfg.canonical_sign)  # (n, O + I)
         cent, labels = cluster(u, rank, cfg)  # (k', O + I), (n,)
         if cfg.param_reweight:
-            for j in range(len(cent)):
-                members = u[labels == j]
-                for part in (slice(0, n_out), slice(n_out, None)):
-                    norm = np.linalg.norm(cent[j, part])
-                    if norm > 0:
-                        cent[j, part] *= np.linalg.norm(members[:, part], axis=1).mean() / norm
+            cent = param_reweight(cent, u, labels, cfg.param_norm)
         c = torch.from_numpy(np.ascontiguousarray(cent))
+        if cfg.output_reweight:  # sqrt(r / k) on the update, its square root on each factor
+            c = c * output_scale([h.factors[module][1].shape[0] for h in holders], len(c)) ** 0.5
         b = torch.zeros(n_out, rank, dtype=torch.float64)
         a = torch.zeros(rank, c.shape[1] - n_out, dtype=torch.float64)
         b[:, :len(c)] = c[:, :n_out].T  # (k', O) -> (O, k')
         a[:len(c)] = c[:, n_out:]  # (k', I)
-        if cfg.output_reweight:
-            merged = torch.linalg.matrix_norm(b @ a)  # (O, k) @ (k, I) -> (O, I)
-            target = torch.stack([torch.linalg.matrix_norm(h.delta(module)) for h in holders]).mean()
-            if merged > 0:
-                g = (target / merged).sqrt()
-                b, a = b * g, a * g
         out[module] = (b, a)
     return out

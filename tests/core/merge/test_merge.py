@@ -144,6 +144,21 @@ def test_lego_k_sum_of_ranks_without_reweighting_is_the_sum_of_updates(setup, tm
     torch.testing.assert_close(_logits(loaded), _logits_with(base, want), atol=1e-5, rtol=0)
 
 
+def test_lego_k_sum_of_ranks_with_dual_reweighting_is_sqrt_r_over_k_times_the_sum(setup, tmp_path):
+    """Through the CLI, default reweighting: every unit is its own centroid (parameter reweighting is the
+    identity) and the update is sqrt(r / k) times the sum, r the holders' mean rank, k their unit count:
+    q/v are held by ranks 2, 3, 4 (sqrt(3 / 9)); o_proj only by the rank-4 input (sqrt(4 / 4) = 1)."""
+    _, base, paths = setup
+    res = _merge("--method", "lego", *paths, "--rank", 9, "--out", tmp_path / "m")
+    assert res.exit_code == 0, res.output
+    want = _sum_deltas(base, paths)
+    got = _merged_deltas(tmp_path / "m")
+    assert sorted(got) == sorted(want)
+    for m in want:
+        scale = 1.0 if m.endswith("o_proj") else (3 / 9) ** 0.5
+        torch.testing.assert_close(got[m], scale * want[m], atol=1e-6, rtol=0)
+
+
 LOAD_CASES = [
     ("lego", ["--rank", 3]), ("lego", ["--rank", 2, "--no-reweight"]), ("linear", ["--rank", 4]),
     ("cat", []), ("ties", ["--rank", 4, "--density", 0.5]), ("dare", ["--rank", 4, "--density", 0.7]),
