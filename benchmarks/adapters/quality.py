@@ -596,10 +596,13 @@ def rerun(methods: list[str], res: dict) -> dict:
 
 
 def main() -> None:
+    global STEPS, SEEDS, PRETRAIN_STEPS, ROWS, RANK
     ap = argparse.ArgumentParser(description="Adapter quality benchmark (Pfam families, tiny BERT)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
     ap.add_argument("--report-only", action="store_true", help="rewrite results_quality.md from the .json")
+    ap.add_argument("--rank", type=int, default=None, help=f"adapter rank of every row (default {RANK}); DyLoRA is "
+                    "compared with LoRA trained at every rank 1..rank")
     ap.add_argument("--rerun", nargs="+", metavar="METHOD",
                     help="rerun these rows into the existing results_quality.json (same settings and encoder)")
     args = ap.parse_args()
@@ -609,8 +612,11 @@ def main() -> None:
         res = json.loads((args.out / "results_quality.json").read_text(encoding="utf-8"))
         (args.out / "results_quality.md").write_text(markdown(res), encoding="utf-8")
         return
+    if args.rank is not None and not args.smoke:
+        old, RANK = RANK, args.rank
+        ROWS = [(name.replace(f"r={old}", f"r={RANK}"), m, {**o, "r": RANK} if "r" in o else o, grid)
+                for name, m, o, grid in ROWS]
     if args.smoke:
-        global STEPS, SEEDS, PRETRAIN_STEPS, ROWS, RANK
         STEPS, SEEDS, PRETRAIN_STEPS, RANK = 6, (0, 1), 10, 2
         ROWS = [("lora r=2", "lora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2]),
                 ("dylora r=2", "dylora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2]),
