@@ -15,24 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launch import TORCHRUN, free_port, launch_env
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from adaptome.core import cli
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
-def _port() -> str:
-    return str(29500 + random.Random(os.getpid() + time.time_ns()).randrange(1, 400))
 
 
 def _run_yaml(tmp_path: Path, name: str, batch_size: int) -> Path:
@@ -54,8 +47,8 @@ def _run_yaml(tmp_path: Path, name: str, batch_size: int) -> Path:
 @pytest.mark.timeout(300)
 def test_torchrun_cli_two_processes_equal_one_process(tmp_path):
     two = _run_yaml(tmp_path, "two", batch_size=2)
-    r = subprocess.run([*TORCHRUN, "--master_port", _port(), "-m", "adaptome.core.cli", "train", "--config", str(two)],
-                       env=_env(), capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    r = subprocess.run([*TORCHRUN, "--master_port", free_port(), "-m", "adaptome.core.cli", "train", "--config",
+                        str(two)], env=launch_env(), capture_output=True, text=True, timeout=280, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     one = _run_yaml(tmp_path, "one", batch_size=4)
     res = CliRunner().invoke(cli.app, ["train", "--config", str(one)])
@@ -89,10 +82,10 @@ def test_library_fit_under_torchrun_without_cpu_flag(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
     one.mkdir()
-    r = subprocess.run([*TORCHRUN, "--master_port", _port(), str(WORKER), str(two), "4"], env=_env(),
+    r = subprocess.run([*TORCHRUN, "--master_port", free_port(), str(WORKER), str(two), "4"], env=launch_env(),
                        capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stderr[-3000:]
-    r1 = subprocess.run([sys.executable, str(WORKER), str(one), "8"], env=_env(), capture_output=True, text=True,
+    r1 = subprocess.run([sys.executable, str(WORKER), str(one), "8"], env=launch_env(), capture_output=True, text=True,
                         timeout=280)
     assert r1.returncode == 0, r1.stderr[-3000:]
     w0, w1 = load_file(str(two / "rank0.safetensors")), load_file(str(two / "rank1.safetensors"))
@@ -113,8 +106,8 @@ def test_stalled_peer_fails_the_run_naming_its_rank(tmp_path):
     naming rank 1, and the checkpoint of step 2 stays intact."""
     out = tmp_path / "run"
     out.mkdir()
-    proc = subprocess.Popen([*TORCHRUN, "--master_port", _port(), str(WORKER), str(out), "4", "stall"], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*TORCHRUN, "--master_port", free_port(), str(WORKER), str(out), "4", "stall"],
+                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid_file = out / "stalled.pid"
 
     def wake_later():  # torchrun's SIGTERM reaches a stopped process only once it continues

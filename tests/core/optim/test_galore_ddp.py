@@ -2,22 +2,18 @@
 the weights of one process with the same global batch (layerwise == ``step()`` is checked in process in
 test_galore.py)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import free_port, launch_env
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("galore_ddp_worker.py")
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 @pytest.mark.timeout(300)
@@ -26,12 +22,12 @@ def test_layerwise_two_processes_with_accumulation_match_one_process(tmp_path):
     for d in (two, one):
         d.mkdir()
     cmds = [
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
          str(WORKER), str(two), "2", "2", "1"],  # 2 processes x batch 2 x 2 micro-batches, layerwise
         [sys.executable, str(WORKER), str(one), "4", "2", "1"],  # layerwise, one process, same global batch 8
     ]
     for cmd in cmds:
-        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=280)
+        r = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=280)
         assert r.returncode == 0, r.stderr[-3000:]
     w0, w1 = load_file(str(two / "rank0.safetensors")), load_file(str(two / "rank1.safetensors"))
     single = load_file(str(one / "rank0.safetensors"))

@@ -5,19 +5,14 @@ and one merged summary written by the main rank."""
 from __future__ import annotations
 
 import json
-import os
-import random
 import shutil
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
+from launch import TORCHRUN, free_port, launch_env
 
 from adaptome.domains.pathology.extract import shard_of
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -37,15 +32,8 @@ def test_shards_are_disjoint_cover_everything_and_balance_weights(world, weighte
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
-def _port() -> str:
-    return str(29500 + random.Random(os.getpid() + time.time_ns()).randrange(400, 900))
 
 
 @pytest.mark.slow  # ~15-25 s: one torchrun start-up of two processes
@@ -80,8 +68,9 @@ def test_torchrun_two_processes_write_the_same_files_as_one(tmp_path):
     shutil.copy2(one / "features_baseline" / "made_by" / "sh_002.json", two / "features_baseline" / "made_by")
     before = (two / "features_baseline" / "sh_002.h5").stat().st_mtime_ns
 
-    cmd = [*TORCHRUN, "--master_port", _port(), "-m", "adaptome.core.cli", "pathology", *args, "--tiles-dir", str(two)]
-    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    cmd = [*TORCHRUN, "--master_port", free_port(), "-m", "adaptome.core.cli", "pathology", *args, "--tiles-dir",
+           str(two)]
+    p = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=280, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     feats = two / "features_baseline"
     summary = json.loads((feats / "summary.json").read_text())
@@ -117,9 +106,9 @@ def test_torchrun_without_skip_errors_names_the_failed_slide_and_keeps_the_other
                 progress=False)
     tiles = tmp_path / "job" / "tiles_20x_64px_0ov"
     (slides / "sh_001.tiff").write_bytes(b"II*\x00" + bytes(60))
-    cmd = [*TORCHRUN, "--master_port", _port(), "-m", "adaptome.core.cli", "pathology", "extract", str(slides),
+    cmd = [*TORCHRUN, "--master_port", free_port(), "-m", "adaptome.core.cli", "pathology", "extract", str(slides),
            "--tiles-dir", str(tiles), "--num-workers", "0", "--set", "reader=tiff-jpeg"]
-    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    p = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=280, cwd=tmp_path)
     assert p.returncode != 0
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert errors and all("sh_001.tiff" in ln for ln in errors), p.stderr[-2000:]
