@@ -55,6 +55,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -496,7 +497,7 @@ def run() -> dict:
     d = data()
     counts = {lab: sum(r.label == lab for r in d["records"]) for lab in d["labels"]}
     seq_counts = {lab: len({r.id.rsplit("@", 1)[0] for r in d["records"] if r.label == lab}) for lab in d["labels"]}
-    res: dict = {"command": COMMAND, "env": environment(),
+    res: dict = {"command": " ".join([COMMAND] + sys.argv[1:]), "env": environment(),
                  "setup": {"families": d["labels"], "n_sequences": d["n_sequences"], "n_windows": len(d["records"]),
                            "window": WINDOW, "family_cap": FAMILY_CAP, "folds": FOLDS, "seeds": list(SEEDS),
                            "steps": STEPS, "batch": BATCH, "warmup_steps": warmup_steps(), "schedule": "linear",
@@ -601,6 +602,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
     ap.add_argument("--report-only", action="store_true", help="rewrite results_quality.md from the .json")
+    ap.add_argument("--name", default="results_quality", help="file stem of the results (.json and .md)")
     ap.add_argument("--rank", type=int, default=None, help=f"adapter rank of every row (default {RANK}); DyLoRA is "
                     "compared with LoRA trained at every rank 1..rank")
     ap.add_argument("--rerun", nargs="+", metavar="METHOD",
@@ -609,8 +611,8 @@ def main() -> None:
     if args.report_only:
         from benchmarks.adapters.quality_report import markdown
 
-        res = json.loads((args.out / "results_quality.json").read_text(encoding="utf-8"))
-        (args.out / "results_quality.md").write_text(markdown(res), encoding="utf-8")
+        res = json.loads((args.out / f"{args.name}.json").read_text(encoding="utf-8"))
+        (args.out / f"{args.name}.md").write_text(markdown(res), encoding="utf-8")
         return
     if args.rank is not None and not args.smoke:
         old, RANK = RANK, args.rank
@@ -624,12 +626,12 @@ def main() -> None:
     from benchmarks.adapters.quality_report import markdown
 
     if args.rerun:
-        res = rerun(args.rerun, json.loads((args.out / "results_quality.json").read_text(encoding="utf-8")))
+        res = rerun(args.rerun, json.loads((args.out / f"{args.name}.json").read_text(encoding="utf-8")))
     else:
         res = run()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results_quality.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-    (args.out / "results_quality.md").write_text(markdown(res), encoding="utf-8")
+    (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+    (args.out / f"{args.name}.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))
 
 
