@@ -2,11 +2,12 @@
 with the tiny LLaMA, a few conditional samples and the evaluation report, in about a CPU minute.
 
 Steps (each writes into ``out_dir``): the five Pfam families with at least seven seed sequences,
-balanced to at most 12 each, cropped to their first 128 residues (so every stage-2 record fits
-in 256 tokens), split 3 per family for testing ->
+balanced to at most 12 each, whole, split 3 per family for testing ->
 ``data/stage1.fasta`` (every shipped Pfam seed and nrPDB-EC chain except the held-out ones, whole, as
 ProLLaMA's stage 1 reads far more sequences than are labelled; stage 1 cuts its own windows),
-``data/instructions.jsonl`` (the labelled training families) -> stage 1 (``configs/pretrain_tiny.yaml``) ->
+``data/instructions.jsonl`` (the labelled training families, each record fitted to the instruct config's
+``max_seq_length`` as ``build-dataset`` does: a long protein is cropped and a generation answer left open,
+never a false end) -> stage 1 (``configs/pretrain_tiny.yaml``) ->
 stage 2 from the stage-1 merged checkpoint (``configs/instruct_tiny.yaml``) -> held-out family
 prediction (``determine`` and ``bayes``, see ``classify.py``) -> 12 samples per family (the sampling
 preset for the model's size, the length limit from its saved training data; ``sample.py``), compared
@@ -41,11 +42,12 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     from adaptome.domains.protein.config import InstructConfig, PretrainConfig
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.stages import run_stage_config
+    from adaptome.domains.protein.tokenizer import load_tokenizer
 
     out_dir = Path(out_dir)
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     task = data.FAMILY
-    recs = data.pfam_families(min_count=7, max_per_family=12, max_residues=128, seed=seed)
+    recs = data.pfam_families(min_count=7, max_per_family=12, seed=seed)  # whole sequences
     train, test = data.split_by_label(recs, n_test=3, seed=seed)
     # stage 1 sees every shipped sequence except the held-out ones: all Pfam seeds and the EC chains
     held = {r.id for r in test}
@@ -53,7 +55,9 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     unlabelled = [r for r in data.pfam_families(min_count=1, max_per_family=None) if r.id not in held]
     unlabelled += data.ec_records()
     fasta = formats.write_fasta(((r.id, r.seq) for r in unlabelled), out_dir / "data" / "stage1.fasta")
-    jsonl = formats.write_instructions(data.instruction_records(train, task), out_dir / "data" / "instructions.jsonl")
+    c2_defaults = _config("instruct_tiny.yaml", InstructConfig, list(stage2_set))
+    records, crops = data.fit_instruction_records(train, task, load_tokenizer(None), c2_defaults.max_seq_length)
+    jsonl = formats.write_instructions(records, out_dir / "data" / "instructions.jsonl")
 
     o1 = [f"train.output_dir={out_dir / 'stage1'}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
     o1 += ([f"train.max_steps={s1_steps}"] if s1_steps else []) + list(stage1_set)
@@ -68,12 +72,10 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     tuned = s2["model"]
 
     test_c, train_c = test, train
-    # samples are compared with whole sequences, not with the 128-residue crops of the instructions
-    all_full = data.pfam_families(min_count=7, max_per_family=12, seed=seed)
-    train_full = [r for r in all_full if r.id not in held]
+    all_full, train_full = recs, train  # samples are compared with whole sequences
     labels = sorted({r.label for r in train})
     report: dict[str, Any] = {"task": task.name, "labels": labels, "model": s2["merged"],
-                              "perplexity_model": s1["merged"],
+                              "perplexity_model": s1["merged"], "instruction_crops": crops.message(),
                               "stage1": {"first_loss": s1.get("first_loss"), "last_loss": s1.get("last_loss"),
                                          "steps": s1["steps"], "trainable": s1["trainable"]},
                               "stage2": {"first_loss": s2.get("first_loss"), "last_loss": s2.get("last_loss"),
