@@ -51,10 +51,8 @@ import argparse
 import copy
 import json
 import multiprocessing
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -474,18 +472,9 @@ def _row(lr: float, head_lr: float, method: str, seeds: list[dict]) -> dict:
 
 
 def environment() -> dict:
-    import importlib.metadata as md
+    from benchmarks.provenance import environment as made_with
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE,
-                                    check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
-    pkgs = {p: md.version(p) for p in ("torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy")}
-    return {"git_commit": commit, "git_dirty": dirty, "packages": pkgs, "platform": platform.platform(),
-            "threads": torch.get_num_threads()}
+    return made_with(("torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy"))
 
 
 def run() -> dict:

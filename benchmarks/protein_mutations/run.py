@@ -20,8 +20,6 @@ Reproduce from the repository root:
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -85,18 +83,9 @@ def train_mlm(model, tok, seqs: list[str], seed: int, out_dir: Path) -> dict:
 
 
 def environment() -> dict:
-    import importlib.metadata as md
+    from benchmarks.provenance import environment as made_with
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE,
-                                    check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
-    pkgs = {p: md.version(p) for p in ("torch", "transformers", "biopython", "numpy")}
-    return {"git_commit": commit, "git_dirty": dirty, "packages": pkgs, "platform": platform.platform(),
-            "threads": torch.get_num_threads()}
+    return made_with(("torch", "transformers", "biopython", "numpy"))
 
 
 def run() -> dict:
