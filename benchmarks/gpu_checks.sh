@@ -1,19 +1,38 @@
 #!/usr/bin/env bash
 # GPU checks in one go (used on a lent H200; any CUDA machine with torch, transformers, peft,
-# accelerate, typer, rich installed works). Writes logs and results under ${OUT:-gpu_out}.
-# Usage: bash benchmarks/gpu_checks.sh
+# accelerate, typer, rich, timm, tifffile installed works; openslide-python, openslide-bin and
+# imagecodecs for the pathology parts). Writes logs and results under ${OUT:-gpu_out}.
+# Usage: bash benchmarks/gpu_checks.sh [PART ...]   PART: tests lora decode less (default: all)
+#   tests   pytest -m gpu (core CUDA checks, GPU JPEG decoding vs OpenSlide)
+#   lora    benchmarks/lora/run.py on a 1024-wide, 8-layer LLaMA (ours vs peft)
+#   decode  benchmarks/pathology_decode/run.py --device cuda (GPU decode rate, ResNet-18 extraction / forward)
+#   less    benchmarks/select/throughput.py --device cuda (batched vs one-at-a-time per-example gradients)
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+parts=${*:-tests lora decode less}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, transformers, peft, accelerate; print(torch.__version__, transformers.__version__, peft.__version__, accelerate.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -m gpu tests/core/test_gpu_cuda.py -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/pytest_gpu.log"
-timeout 200 python3 benchmarks/lora/run.py --device cuda --hidden 1024 --layers 8 --batch 8 --seq 512 --steps 30 --out "$OUT" 2>&1 | grep -v -i warn | tail -15
-for b in adapters protein; do
-  if [ -f benchmarks/$b/run.py ] && grep -q -- "--device" benchmarks/$b/run.py; then
-    timeout 150 python3 benchmarks/$b/run.py --device cuda --out "$OUT/$b" 2>&1 | grep -v -i warn | tail -20
-  fi
+python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
+  | tee -a "$OUT/gpu.txt"
+for part in $parts; do
+  echo "=== $part ($(date +%T))"
+  case $part in
+    tests)
+      timeout 200 python3 -m pytest -q -m gpu tests/domains/pathology/test_pathology_readers_gpu.py \
+        tests/core/test_gpu_cuda.py -p no:cacheprovider 2>&1 | tail -25 ;;
+    lora)
+      timeout 200 python3 benchmarks/lora/run.py --device cuda --hidden 1024 --layers 8 --batch 8 --seq 512 \
+        --steps 30 --out "$OUT" 2>&1 | grep -v -i warn | tail -15 ;;
+    decode)  # the repo's results.json is copied first so that the GPU run is added beside the CPU one
+      mkdir -p "$OUT/decode" && cp benchmarks/pathology_decode/results.json "$OUT/decode/"
+      OMP_NUM_THREADS=1 timeout 300 python3 benchmarks/pathology_decode/run.py --grid 96 --batch-size 128 \
+        --repeats 5 --device cuda --tag h200 --out "$OUT/decode" 2>&1 | grep -v -i warn | tail -30 ;;
+    less)
+      OMP_NUM_THREADS=1 timeout 120 python3 benchmarks/select/throughput.py --device cuda 2>&1 | tail -12
+      cp benchmarks/select/results_throughput_cuda.* "$OUT/" ;;
+    *) echo "unknown part $part" ;;
+  esac
 done
-ls -R "$OUT"
+echo "=== done ($(date +%T))"

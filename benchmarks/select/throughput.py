@@ -6,8 +6,9 @@ attention, 48 pool sentences of up to 128 tokens, 16 per call); the weights are 
 not depend on them). Each round times both modes back to back, batched first on even rounds and the
 loop first on odd ones; the ratio is taken per round, and the median is reported.
 
-Usage: python benchmarks/select/throughput.py [--rounds 7]
-Writes benchmarks/select/results_throughput.json and results_throughput.md.
+Usage: python benchmarks/select/throughput.py [--rounds 7] [--device cuda]
+Writes benchmarks/select/results_throughput.json and results_throughput.md (``--device cpu``), or
+results_throughput_<device>.json / .md for another device.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU run writes its own results files)")
     args = ap.parse_args()
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     t0 = time.time()
     from adaptome.core import text
     from adaptome.core.adapters.api import apply_adapter, make_config
@@ -46,8 +50,9 @@ def main() -> None:
     torch.manual_seed(0)
     base = text.tiny_causal_lm(len(tok), hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     model = apply_adapter(copy.deepcopy(base), make_config("lora", {"r": 8, "lora_alpha": 16,
-                                                                     "target_modules": "attention"})).eval()
+                                                                     "target_modules": "attention"})).eval().to(dev)
     x, y = encode(tok, [r["text"] for r in pool[:args.n]], MAX_LEN)  # (n, T), (n, T)
+    x, y = x.to(dev), y.to(dev)
     for batched in (True, False):
         per_example_grads(model, x[:4], y[:4], batched=batched)  # warm-up
     rounds = []
@@ -57,6 +62,7 @@ def main() -> None:
             t = time.perf_counter()
             for lo in range(0, args.n, 16):
                 per_example_grads(model, x[lo:lo + 16], y[lo:lo + 16], batched=name == "batched")
+            sync()
             speed[name] = args.n / (time.perf_counter() - t)
         rounds.append({**speed, "ratio": speed["batched"] / speed["loop"]})
         print(rounds[-1], flush=True)
@@ -66,18 +72,22 @@ def main() -> None:
     res = {"command": command, "args": vars(args), "commit": commit, "platform": platform.platform(),
            "seconds": time.time() - t0, "cpu_seconds": time.process_time(),
            "versions": {p: version(p) for p in ("torch", "peft", "transformers")}, "rounds": rounds}
-    (HERE / "results_throughput.json").write_text(json.dumps(res, indent=2))
-    (HERE / "results_throughput.md").write_text(write_md(res))
-    print(f"wrote {HERE / 'results_throughput.md'}")
+    if dev.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(dev)
+    stem = "results_throughput" + ("" if dev.type == "cpu" else f"_{dev.type}")
+    (HERE / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    (HERE / f"{stem}.md").write_text(write_md(res))
+    print(f"wrote {HERE / f'{stem}.md'}")
 
 
 def write_md(res: dict) -> str:
     r = res["rounds"]
     med = {k: statistics.median(x[k] for x in r) for k in ("batched", "loop", "ratio")}
     v = res["versions"]
+    where = res.get("gpu") or "cpu"
     return "\n".join([
         "## LESS feature extraction: batched vs one-at-a-time per-example gradients (interleaved rounds)", "",
-        f"Command: `{res['command']}` (cpu, torch {v['torch']}, peft {v['peft']}, commit {res['commit'][:10]}, "
+        f"Command: `{res['command']}` ({where}, torch {v['torch']}, peft {v['peft']}, commit {res['commit'][:10]}, "
         f"{res['seconds']:.0f} s wall, {res['cpu_seconds']:.0f} s CPU).", "",
         f"Rank-8 LoRA on attention of the tiny LLaMA, {res['args']['n']} pool sentences (up to {MAX_LEN} tokens), "
         f"16 per call, {len(r)} rounds, both modes back to back in each round (order alternating).", "",
@@ -86,7 +96,7 @@ def write_md(res: dict) -> str:
         "",
         f"Median over rounds: {med['batched']:.1f} examples/s batched vs {med['loop']:.1f} one at a time; median "
         f"per-round ratio {med['ratio']:.2f}x (range {min(x['ratio'] for x in r):.2f}x to "
-        f"{max(x['ratio'] for x in r):.2f}x; target >= 3x: {'met' if med['ratio'] >= 3 else 'not met'} on this CPU).",
+        f"{max(x['ratio'] for x in r):.2f}x; target >= 3x: {'met' if med['ratio'] >= 3 else 'not met'} on {where}).",
         ""])
 
 
