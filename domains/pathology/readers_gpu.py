@@ -54,6 +54,12 @@ READERS = ("openslide", "tiff-jpeg")
 _VENDORS = ("generic-tiff", "aperio")
 #: Adobe APP14 segment, transform 0: the three JPEG components are R, G, B (no YCbCr conversion)
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+#: the largest mean absolute difference (grey levels) allowed between the device's JPEG decoder and
+#: libjpeg on a slide's check tiles (``check_device_decoding``). Two correct decoders differ by their
+#: IDCT and chroma upsampling (nvJPEG's hardware decoder does not smooth upsampled chroma as libjpeg's
+#: "fancy upsampling" does): a few grey levels on average, more at sharp colour edges. A wrong colour
+#: transform or a misread stream moves the average by tens of levels.
+DEVICE_CHECK_MAX_MEAN_DIFF = 4.0
 #: Pillow's fixed-point precision for 8-bit resampling (``PRECISION_BITS`` in Resample.c)
 _PRECISION = 32 - 8 - 2
 
@@ -112,7 +118,7 @@ class TiffJpegReader:
     """Batches of tiles of one slide level, decoded on ``device``; see the module docstring."""
 
     def __init__(self, path: str | os.PathLike, geom, page: LevelTiles, device: str | torch.device = "cpu",
-                 torch_resize: bool | None = None):
+                 torch_resize: bool | None = None, gather: bool | None = None):
         self.path, self.geom, self.device = Path(path), geom, torch.device(device)
         # the box resize: torch ops on an accelerator; on the CPU Pillow's own (same numbers, one fused C loop)
         self.torch_resize = self.device.type != "cpu" if torch_resize is None else torch_resize
@@ -127,6 +133,9 @@ class TiffJpegReader:
         n, t = geom.read_size, geom.tile_size
         exact = geom.size0 / geom.level_downsample
         self.taps = None if (n == t and abs(exact - n) < 1e-9) else box_taps(n, exact, t, self.device)
+        # cutting tiles out of the decoded TIFF tiles: one gather on an accelerator (few kernel launches),
+        # slice copies on the CPU (no index tensors to build there)
+        self.gather = self.device.type != "cpu" if gather is None else gather
 
     def close(self) -> None:
         if self.fd is not None:
@@ -145,26 +154,35 @@ class TiffJpegReader:
             raw = raw[:2] + _ADOBE_RGB + raw[2:]
         return raw
 
-    def _decode(self, ks: list[int]) -> dict[int, torch.Tensor]:
-        """TIFF tiles ``ks`` decoded together on the device: tile index -> h x w x 3 uint8."""
+    def _decode(self, ks: list[int], device: torch.device | None = None) -> torch.Tensor:
+        """TIFF tiles ``ks`` decoded together on ``device`` (default: the reader's): K x h x w x 3 uint8.
+
+        Photometric-RGB JPEG (Aperio) on an accelerator is decoded with ``ImageReadMode.UNCHANGED``:
+        nvJPEG's hardware decoder ignores the Adobe "no transform" marker in RGB mode and would apply a
+        YCbCr conversion to components that are already R, G, B. ``open_reader`` checks the result
+        against libjpeg on the CPU before the reader is used."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        out = {k: torch.zeros((self.th, self.tw, 3), dtype=torch.uint8, device=self.device)
-               for k in ks if self.counts[k] == 0}  # a tile the file leaves out (sparse TIFF) reads as blank
-        ks = [k for k in ks if k not in out]
-        if not ks:
+        dev = self.device if device is None else device
+        todo = [i for i, k in enumerate(ks) if self.counts[k] > 0]  # a tile the file leaves out reads as blank
+        if len(todo) < len(ks) or not ks:
+            out = torch.zeros((len(ks), self.th, self.tw, 3), dtype=torch.uint8, device=dev)  # (K, h, w, 3)
+        if not todo:
             return out
-        data = [torch.frombuffer(bytearray(self._stream(k)), dtype=torch.uint8) for k in ks]
+        data = [torch.frombuffer(bytearray(self._stream(ks[i])), dtype=torch.uint8) for i in todo]
+        mode = ImageReadMode.UNCHANGED if self.rgb and dev.type != "cpu" else ImageReadMode.RGB
         try:
-            imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            imgs = decode_jpeg(data, mode=mode, device=dev)
         except RuntimeError as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SlideError(f"{self.path}: level {self.geom.level}: cannot decode a JPEG tile ({why})") from None
-        for k, im in zip(ks, imgs):
+        for i, im in zip(todo, imgs):
             if tuple(im.shape) != (3, self.th, self.tw):
-                raise SlideError(f"{self.path}: level {self.geom.level} tile {k} decodes to {tuple(im.shape[1:])}, "
-                                 f"not the TIFF tile size {(self.th, self.tw)}")
-            out[k] = im.permute(1, 2, 0)  # (3, h, w) -> (h, w, 3)
+                raise SlideError(f"{self.path}: level {self.geom.level} tile {ks[i]} decodes to "
+                                 f"{tuple(im.shape)}, not 3 x the TIFF tile size {(self.th, self.tw)}")
+        if len(todo) == len(ks):
+            return torch.stack(imgs).permute(0, 2, 3, 1)  # (K, 3, h, w) -> (K, h, w, 3)
+        out[todo] = torch.stack(imgs).permute(0, 2, 3, 1)  # (K', 3, h, w) -> (K', h, w, 3)
         return out
 
     def read_batch(self, coords: np.ndarray) -> torch.Tensor:
@@ -182,16 +200,8 @@ class TiffJpegReader:
         needed = sorted({ty * self.nx + tx for x, y, x0, y0, x1, y1 in spans if x1 > x0 and y1 > y0
                          for ty in range(y0 // self.th, (y1 - 1) // self.th + 1)
                          for tx in range(x0 // self.tw, (x1 - 1) // self.tw + 1)})
-        tiles = self._decode(needed)
-        region = torch.zeros((len(spans), n, n, 3), dtype=torch.uint8, device=self.device)  # (B, n, n, 3)
-        for b, (x, y, x0, y0, x1, y1) in enumerate(spans):
-            for ty in range(y0 // self.th, (y1 - 1) // self.th + 1) if y1 > y0 else ():
-                for tx in range(x0 // self.tw, (x1 - 1) // self.tw + 1) if x1 > x0 else ():
-                    # the overlap of the region and TIFF tile (tx, ty), in level pixels
-                    ax, ay = max(x0, tx * self.tw), max(y0, ty * self.th)
-                    bx, by = min(x1, (tx + 1) * self.tw), min(y1, (ty + 1) * self.th)
-                    ox, oy = tx * self.tw, ty * self.th  # the TIFF tile's corner
-                    region[b, ay - y:by - y, ax - x:bx - x] = tiles[ty * self.nx + tx][ay - oy:by - oy, ax - ox:bx - ox]
+        tiles = self._decode(needed)  # (K, h, w, 3)
+        region = self._gather(tiles, needed, lx, ly) if self.gather else self._paste(tiles, needed, spans)
         if self.taps is None:
             return region
         if self.torch_resize:
@@ -202,6 +212,43 @@ class TiffJpegReader:
         box = (0, 0, exact, exact)
         return torch.from_numpy(np.stack([np.asarray(Image.fromarray(r).resize((t, t), Image.BOX, box=box))
                                           for r in region.numpy()]))
+
+    def _paste(self, tiles: torch.Tensor, needed: list[int], spans: list[tuple]) -> torch.Tensor:
+        """B x n x n x 3: each region pasted from the TIFF tiles it overlaps, one slice copy per overlap."""
+        n = self.geom.read_size
+        pos = {k: i for i, k in enumerate(needed)}
+        region = torch.zeros((len(spans), n, n, 3), dtype=torch.uint8, device=tiles.device)  # (B, n, n, 3)
+        for b, (x, y, x0, y0, x1, y1) in enumerate(spans):
+            for ty in range(y0 // self.th, (y1 - 1) // self.th + 1) if y1 > y0 else ():
+                for tx in range(x0 // self.tw, (x1 - 1) // self.tw + 1) if x1 > x0 else ():
+                    # the overlap of the region and TIFF tile (tx, ty), in level pixels
+                    ax, ay = max(x0, tx * self.tw), max(y0, ty * self.th)
+                    bx, by = min(x1, (tx + 1) * self.tw), min(y1, (ty + 1) * self.th)
+                    ox, oy = tx * self.tw, ty * self.th  # the TIFF tile's corner
+                    t = tiles[pos[ty * self.nx + tx]]
+                    region[b, ay - y:by - y, ax - x:bx - x] = t[ay - oy:by - oy, ax - ox:bx - ox]
+        return region
+
+    def _gather(self, tiles: torch.Tensor, needed: list[int], lx: np.ndarray, ly: np.ndarray) -> torch.Tensor:
+        """B x n x n x 3: the same regions as ``_paste`` in one gather. Pixel (b, i, j) lies at level
+        (ly_b + i, lx_b + j), in TIFF tile (row // h, col // w) at (row % h, col % w); pixels outside
+        the level read an all-black extra tile."""
+        n, dev = self.geom.read_size, tiles.device
+        k = len(needed)
+        tiles = torch.cat([tiles, tiles.new_zeros((1,) + tuple(tiles.shape[1:]))])  # (K + 1, h, w, 3)
+        lut = np.full(self.nx * self.ny + 1, k, np.int64)  # TIFF tile index -> row of ``tiles``; last: outside
+        lut[np.asarray(needed, np.int64)] = np.arange(k)
+        rows = ly[:, None] + np.arange(n)[None, :]  # (B, n) level rows
+        cols = lx[:, None] + np.arange(n)[None, :]  # (B, n) level columns
+        ty = np.where((rows >= 0) & (rows < self.height), rows // self.th, -1)  # (B, n) TIFF tile row; -1 outside
+        tx = np.where((cols >= 0) & (cols < self.width), cols // self.tw, -1)  # (B, n) TIFF tile column
+        ty, tx = torch.from_numpy(ty).to(dev), torch.from_numpy(tx).to(dev)
+        flat = ty[:, :, None] * self.nx + tx[:, None, :]  # (B, n, n) TIFF tile index
+        flat = flat.masked_fill_((ty[:, :, None] < 0) | (tx[:, None, :] < 0), self.nx * self.ny)
+        which = torch.from_numpy(lut).to(dev)[flat]  # (B, n, n) row of ``tiles``
+        yy = torch.from_numpy(rows % self.th).to(dev)  # (B, n) row inside the TIFF tile
+        xx = torch.from_numpy(cols % self.tw).to(dev)  # (B, n) column inside the TIFF tile
+        return tiles[which, yy[:, :, None], xx[:, None, :]]  # (B, n, n, 3)
 
 
 def box_taps(n_in: int, extent: float, n_out: int, device: str | torch.device = "cpu"):
@@ -247,13 +294,40 @@ def box_resize(x: torch.Tensor, taps) -> torch.Tensor:
     return _box_pass(x.transpose(1, 2).contiguous(), idx, wts)  # back: (B, n, T, 3) -> (B, T, T, 3)
 
 
+def check_device_decoding(reader: TiffJpegReader, n_tiles: int = 4) -> str:
+    """"" when ``reader``'s device decodes this level's JPEG tiles as libjpeg does on the CPU (mean
+    absolute difference at most ``DEVICE_CHECK_MAX_MEAN_DIFF``), else why the reader must not be used.
+    The check tiles are the level's ``n_tiles`` largest streams (the most tissue, the most detail)."""
+    ks = [int(k) for k in np.argsort(-reader.counts, kind="stable")[:n_tiles] if reader.counts[k] > 0]
+    if not ks:
+        return ""
+    try:
+        got = reader._decode(ks).cpu()  # (K, h, w, 3)
+    except SlideError as e:
+        return f"the {reader.device} JPEG decoder failed ({e})"
+    ref = reader._decode(ks, device=torch.device("cpu"))  # (K, h, w, 3)
+    diff = float((got.int() - ref.int()).abs().float().mean())
+    if diff > DEVICE_CHECK_MAX_MEAN_DIFF:
+        return (f"the {reader.device} JPEG decoder differs from libjpeg by {diff:.1f} grey levels on average on "
+                f"{len(ks)} tiles of level {reader.geom.level} (at most {DEVICE_CHECK_MAX_MEAN_DIFF:g} allowed)")
+    return ""
+
+
 def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
-                torch_resize: bool | None = None) -> tuple[TiffJpegReader | None, str]:
-    """A ``TiffJpegReader`` for this slide's level, or (None, why OpenSlide must read it)."""
+                torch_resize: bool | None = None, gather: bool | None = None) -> tuple[TiffJpegReader | None, str]:
+    """A ``TiffJpegReader`` for this slide's level, or (None, why OpenSlide must read it). On an
+    accelerator the device's decoding of a few tiles is first checked against libjpeg
+    (``check_device_decoding``)."""
     page, why = level_page(slide_path, level_dimensions, geom.level, vendor)
     if page is None:
         return None, why
-    return TiffJpegReader(slide_path, geom, page, device, torch_resize), ""
+    reader = TiffJpegReader(slide_path, geom, page, device, torch_resize, gather)
+    if reader.device.type != "cpu":
+        why = check_device_decoding(reader)
+        if why:
+            reader.close()
+            return None, why
+    return reader, ""
 
 
 @torch.no_grad()
