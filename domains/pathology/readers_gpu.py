@@ -22,7 +22,14 @@ whole pixel of its level (every level of the synthetic and 20x / 40x grids); equ
 level after a fractional box resize. A tile whose level-0 corner divided by the level's downsample
 is fractional (e.g. Aperio levels at downsample 4.0002) is placed at the nearest pixel, while
 OpenSlide shifts it by the sub-pixel remainder with bilinear filtering: up to half a pixel apart.
-nvJPEG's IDCT may differ from libjpeg-turbo's by a few grey levels (not measured here: no GPU).
+On a GPU (measured on an H200, torchvision 0.26, nvJPEG's hardware decoder; ``benchmarks/pathology_decode``):
+the luma plane equals libjpeg-turbo's to the last bit, and the RGB tiles differ from OpenSlide's by
+2.6 grey levels on average (37 at most, at colour edges): nvJPEG upsamples chroma without libjpeg's
+smoothing. Aperio's RGB JPEG (Adobe "no transform" marker added) came out wrong in both modes tried:
+up to 254 grey levels off in RGB mode, 48 on average in UNCHANGED mode. So before a reader is used on an accelerator,
+``check_device_decoding`` compares the device's decoding of the slide's 4 largest tiles with libjpeg's
+and leaves the slide to OpenSlide when they differ by more than ``DEVICE_CHECK_MAX_MEAN_DIFF`` on
+average (on the H200: the shipped Aperio RGB slide is left to OpenSlide; the synthetic YCbCr TIFFs pass).
 
 Dimension letters: B tiles in a batch, K decoded TIFF tiles, h, w TIFF tile height / width,
 n side of the region read at the level, T tile side.
@@ -155,12 +162,7 @@ class TiffJpegReader:
         return raw
 
     def _decode(self, ks: list[int], device: torch.device | None = None) -> torch.Tensor:
-        """TIFF tiles ``ks`` decoded together on ``device`` (default: the reader's): K x h x w x 3 uint8.
-
-        Photometric-RGB JPEG (Aperio) on an accelerator is decoded with ``ImageReadMode.UNCHANGED``:
-        nvJPEG's hardware decoder ignores the Adobe "no transform" marker in RGB mode and would apply a
-        YCbCr conversion to components that are already R, G, B. ``open_reader`` checks the result
-        against libjpeg on the CPU before the reader is used."""
+        """TIFF tiles ``ks`` decoded together on ``device`` (default: the reader's): K x h x w x 3 uint8."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         dev = self.device if device is None else device
@@ -170,9 +172,8 @@ class TiffJpegReader:
         if not todo:
             return out
         data = [torch.frombuffer(bytearray(self._stream(ks[i])), dtype=torch.uint8) for i in todo]
-        mode = ImageReadMode.UNCHANGED if self.rgb and dev.type != "cpu" else ImageReadMode.RGB
         try:
-            imgs = decode_jpeg(data, mode=mode, device=dev)
+            imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
         except RuntimeError as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SlideError(f"{self.path}: level {self.geom.level}: cannot decode a JPEG tile ({why})") from None

@@ -257,10 +257,14 @@ def test_gpu_luma_is_libjpegs_and_tiles_are_within_the_device_check(jpeg_pyramid
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_reads_aperio_rgb_jpeg_without_a_colour_transform():
-    # the shipped Aperio slide stores R, G, B JPEG components: decoded UNCHANGED on the GPU, not as YCbCr
+def test_gpu_never_reads_aperio_rgb_jpeg_with_wrong_colours():
+    # the shipped Aperio slide stores R, G, B JPEG components; nvJPEG's hardware decoder applies a YCbCr
+    # transform to them (H200: 48 grey levels off on average), so the device check must leave the slide
+    # to OpenSlide there; where a device decodes it right, the tiles must be within the check's bound
     reader, why = _reader(SAMPLE_SLIDE, 0.499, 0.499, 240, device="cuda")
-    assert reader is not None, why
+    if reader is None:
+        assert "differs from libjpeg by" in why
+        return
     s = open_slide(SAMPLE_SLIDE)
     g = geometry(s.level_downsamples, 0.499, 0.499, 240)
     coords = grid(s.dimensions, g)
