@@ -34,8 +34,8 @@ average (on the H200: the shipped Aperio RGB slide is left to OpenSlide; the syn
 Dimension letters: B tiles in a batch, K decoded TIFF tiles, h, w TIFF tile height / width,
 n side of the region read at the level, T tile side.
 
-During extraction the next batch is read and decoded in a background thread while the encoder
-runs on the current one.
+During extraction the next batch is read and decoded in a background thread (on its own CUDA
+stream on a GPU) while the encoder runs on the current one.
 
 Not covered: cuCIM (a WSI reader with its own GPU decoding; not installable on CPU machines), JPEG
 2000 tiles (nvJPEG2000), several decoding threads, scoring on the fly (``score`` reads through
@@ -332,20 +332,48 @@ def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
 
 
 @torch.no_grad()
-def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_size: int = 64,
+                   sync_every: int = 32) -> np.ndarray:
     """N x D float32 features of the tiles at ``coords``; the next batch is read and decoded in a
-    background thread while the encoder runs on the current one."""
+    background thread while the encoder runs on the current one.
+
+    On a CUDA device the thread works on its own stream (its host-to-device copies then wait for its
+    own work only, not for the encoder's kernels on the main stream), and the main stream waits for
+    each batch's event before using it. Features stay on the device and are copied to the host every
+    ``sync_every`` batches, so the encoder's kernels are queued without waiting for the previous
+    batch's result."""
     from concurrent.futures import ThreadPoolExecutor
 
-    parts = []
+    cuda = tiles.device.type == "cuda"
+    side = torch.cuda.Stream(tiles.device) if cuda else None
+
+    def read(chunk):  # -> (B x T x T x 3 uint8 on the device, the event after it on the side stream)
+        if side is None:
+            return tiles.read_batch(chunk), None
+        with torch.cuda.stream(side):
+            batch = tiles.read_batch(chunk)
+            done = torch.cuda.Event()
+            done.record(side)
+        return batch, done
+
+    host, pending = [], []
     with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(tiles.read_batch, coords[:batch_size]) if len(coords) else None
+        nxt = pool.submit(read, coords[:batch_size]) if len(coords) else None
         for i in range(0, len(coords), batch_size):
-            batch = nxt.result()
+            batch, done = nxt.result()
+            if done is not None:
+                main = torch.cuda.current_stream(tiles.device)
+                main.wait_event(done)
+                batch.record_stream(main)  # the allocator must not hand its memory out while main uses it
             if i + batch_size < len(coords):
-                nxt = pool.submit(tiles.read_batch, coords[i + batch_size:i + 2 * batch_size])
-            parts.append(encoder(batch).float().cpu().numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
+                nxt = pool.submit(read, coords[i + batch_size:i + 2 * batch_size])
+            pending.append(encoder(batch).float())  # (B, D) on the device
+            if len(pending) >= sync_every:
+                host.append(torch.cat(pending).cpu().numpy())
+                pending = []
+    if pending:
+        host.append(torch.cat(pending).cpu().numpy())
+    return np.concatenate(host) if host else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
 
 
 @torch.no_grad()

@@ -95,6 +95,25 @@ def test_gather_reads_black_outside_the_level(jpeg_pyramid):
     s.close()
 
 
+def test_pipelined_encoding_equals_one_batch_at_a_time(jpeg_pyramid):
+    # batches decoded one ahead in a thread, features copied to the host every 2 batches
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.readers_gpu import encode_decoded
+
+    reader, why = _reader(jpeg_pyramid, 0.25, 0.5, 64)
+    assert reader is not None, why
+    s = open_slide(jpeg_pyramid)
+    coords = grid(s.dimensions, reader.geom)
+    s.close()
+    enc = build_encoder("baseline").eval()
+    with torch.no_grad():
+        want = torch.cat([enc(reader.read_batch(coords[i:i + 3])).float() for i in range(0, len(coords), 3)])
+    got = encode_decoded(enc, reader, coords, batch_size=3, sync_every=2)
+    assert len(coords) > 7 and got.shape == tuple(want.shape)
+    np.testing.assert_array_equal(got, want.numpy())
+    reader.close()
+
+
 def _reader(path, mpp0, target, size, device="cpu"):
     s = open_slide(path)
     g = geometry(s.level_downsamples, mpp0, target, size)
