@@ -172,6 +172,11 @@ class TiffJpegReader:
         if not todo:
             return out
         data = [torch.frombuffer(bytearray(self._stream(ks[i])), dtype=torch.uint8) for i in todo]
+        if dev.type == "cuda":
+            # torchvision's decoder writes on its own stream into memory it allocates now, without waiting
+            # for this stream: memory freed by tensors that queued kernels here still read (the previous
+            # batch's decoded tiles, say) could be overwritten under them. Let those kernels finish first.
+            torch.cuda.current_stream(dev).synchronize()
         try:
             imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
         except RuntimeError as e:
