@@ -37,6 +37,16 @@ unit to -u (the same rank-1 update) so that its largest-magnitude entry is posit
 in one cluster instead of cancelling; the pooled units are sorted before k-means, so the result does
 not depend on the order of the inputs or of the ranks (seeded k-means++ is otherwise order-dependent).
 
+Unit basis (``basis``, our choice, not the paper's): a LoRA's ranks are not identifiable, since
+B A = (B R)(R^-1 A) for any invertible R (r x r), so the trained units [B[:, i]; A[i, :]] are one
+arbitrary basis of the LoRA's row and column spaces, set by its random init and its training run;
+two LoRAs that learned the same rank-1 direction need not hold it as one unit each. ``basis="svd"``
+first re-factors each input's update by its SVD, s B A = U S V^T, and takes the units
+[sqrt(s_i) u_i; sqrt(s_i) v_i]: unique up to sign (``canonical_sign`` fixes the sign) when the singular
+values are distinct, ordered by size, and with the same update (sum_i sqrt(s_i) u_i sqrt(s_i) v_i^T =
+B A). The paper clusters the MSUs as trained ("raw", the default); we found no SVD step in its
+description or in the re-implementation we read. benchmarks/merge/results.md reports both.
+
 Dimension letters: O out_features, I in_features, n pooled units, k clusters (merged rank).
 
 Not covered: the paper's pruning use (merging one LoRA into fewer ranks works, it is k < r, but is
@@ -65,6 +75,9 @@ class LegoConfig:
         canonical_sign: flip units so the largest-magnitude entry is positive before clustering.
         seed: k-means random state.
         n_init: k-means restarts (the best inertia wins).
+        basis: the units of each input: "raw" (its trained ranks [B[:, i]; A[i, :]], the paper's MSUs) or
+            "svd" (its update re-factored by SVD, s B A = U S V^T, units [sqrt(s_i) u_i; sqrt(s_i) v_i];
+            our choice, not the paper's: see the module docstring).
     """
 
     param_reweight: bool = True
@@ -73,19 +86,39 @@ class LegoConfig:
     canonical_sign: bool = True
     seed: int = 0
     n_init: int = 10
+    basis: Literal["raw", "svd"] = "raw"
 
     def __post_init__(self):
         if self.param_norm not in ("l2", "max"):
             raise MergeError(f"lego: param_norm must be 'l2' or 'max', not {self.param_norm!r}")
+        if self.basis not in ("raw", "svd"):
+            raise MergeError(f"lego: basis must be 'raw' or 'svd', not {self.basis!r}")
 
     def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
         return merge(loras, rank, self)
 
 
-def units(loras: list[LoraFolder], module: str) -> torch.Tensor:
-    """The pooled units of ``module``: (n, O + I), one row per rank of every input holding it."""
-    rows = [torch.cat([b.T, a], dim=1) for lora in loras if module in lora.factors
-            for b, a in [lora.factors[module]]]  # (R, O) ++ (R, I) -> (R, O + I)
+def svd_factors(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SVD basis of the update b @ a: (U sqrt(S) (O, R), sqrt(S) V^T (R, I)) with the same product,
+    computed from QR factors of b and a^T (no O x I matrix): b = Qb Rb, a^T = Qa Ra, Rb Ra^T = W S Z^T,
+    so b a = (Qb W) S (Qa Z)^T. Singular values in decreasing order; a rank-deficient update gets zero units."""
+    qb, rb = torch.linalg.qr(b)  # (O, R), (R, R)
+    qa, ra = torch.linalg.qr(a.T)  # (I, R), (R, R)
+    w, sv, zh = torch.linalg.svd(rb @ ra.T)  # (R, R) @ (R, R) -> (R, R); (R, R), (R,), (R, R)
+    root = sv.sqrt()
+    return (qb @ w) * root, root[:, None] * (zh @ qa.T)  # (O, R) * (R,); (R, 1) * ((R, R) @ (R, I))
+
+
+def units(loras: list[LoraFolder], module: str, basis: str = "raw") -> torch.Tensor:
+    """The pooled units of ``module``: (n, O + I), one row per rank of every input holding it, in the
+    inputs' trained basis ("raw") or in each input's SVD basis ("svd")."""
+    rows = []
+    for lora in loras:
+        if module in lora.factors:
+            b, a = lora.factors[module]
+            if basis == "svd":
+                b, a = svd_factors(b, a)
+            rows.append(torch.cat([b.T, a], dim=1))  # (R, O) ++ (R, I) -> (R, O + I)
     return torch.cat(rows, dim=0)
 
 
@@ -143,7 +176,7 @@ def merge(loras: list[LoraFolder], rank: int, cfg: LegoConfig | None = None) -> 
     for module in modules(loras):
         holders = [lora for lora in loras if module in lora.factors]
         n_out = holders[0].factors[module][0].shape[0]
-        u = canonical(units(holders, module).numpy(), cfg.canonical_sign)  # (n, O + I)
+        u = canonical(units(holders, module, cfg.basis).numpy(), cfg.canonical_sign)  # (n, O + I)
         cent, labels = cluster(u, rank, cfg)  # (k', O + I), (n,)
         if cfg.param_reweight:
             cent = param_reweight(cent, u, labels, cfg.param_norm)
