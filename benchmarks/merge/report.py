@@ -15,9 +15,13 @@ NAMES = {"hau": "Hausa", "swa": "Swahili", "yor": "Yoruba"}
 RANK = 8
 #: (label, method, rank, options)
 MERGES = [
-    ("lego (dual reweighting)", "lego", RANK, {}),
-    ("lego (dual reweighting, max norm)", "lego", RANK, {"param_norm": "max"}),
-    ("lego (no reweighting)", "lego", RANK, {"param_reweight": False, "output_reweight": False}),
+    ("lego (dual reweighting)", "lego", RANK, {"basis": "raw"}),
+    ("lego (dual reweighting, max norm)", "lego", RANK, {"basis": "raw", "param_norm": "max"}),
+    ("lego (no reweighting)", "lego", RANK, {"basis": "raw", "param_reweight": False, "output_reweight": False}),
+    ("lego svd units (dual reweighting)", "lego", RANK, {"basis": "svd"}),
+    ("lego svd units (dual reweighting, max norm)", "lego", RANK, {"basis": "svd", "param_norm": "max"}),
+    ("lego svd units (no reweighting)", "lego", RANK, {"basis": "svd", "param_reweight": False,
+                                                       "output_reweight": False}),
     ("linear (sum)", "linear", RANK, {}),
     ("linear (mean)", "linear", RANK, {"weights": [1 / 3] * 3}),
     ("ties (density 0.5)", "ties", RANK, {"density": 0.5}),
@@ -121,7 +125,7 @@ def write_md(res: dict) -> str:
               f"{'met' if not not_beaten else 'not met'} in this run. On the language-specific share: LEGO "
               f"{agg[LEGO]['specific'][0]:.2f} vs " + ", ".join(f"{k} {agg[k]['specific'][0]:.2f}" for k in RIVALS) +
               "."]
-    mixed = [r for r in res["rows"] if r["merge"] == "lego clusters"]
+    mixed = [r for r in res["rows"] if r["merge"] == "lego clusters raw"]
     if mixed:
         share = statistics.mean(r["mixed_cluster_share"] for r in mixed)
         units = statistics.mean(r["units_in_mixed_clusters"] for r in mixed)

@@ -105,7 +105,7 @@ def data(tok):
     return train, val, test, generic, unk
 
 
-def clusters(paths: list[Path], seed: int) -> dict:
+def clusters(paths: list[Path], seed: int, basis: str) -> dict:
     """How LEGO's k-means at k = RANK groups the units: share of clusters (and of units) mixing inputs,
     and the mean ratio ||centroid|| / mean ||member|| of the clusters with more than one member."""
     import numpy as np
@@ -118,7 +118,7 @@ def clusters(paths: list[Path], seed: int) -> dict:
     ratios = []
     for m in modules(loras):
         source = np.concatenate([np.full(lo.factors[m][1].shape[0], i) for i, lo in enumerate(loras)])  # (n,)
-        u, order = lego.canonical_order(lego.units(loras, m).numpy(), True)
+        u, order = lego.canonical_order(lego.units(loras, m, basis).numpy(), True)
         cent, labels = lego.cluster(u, RANK, lego.LegoConfig(seed=seed))
         for j in range(len(cent)):
             members = labels == j
@@ -227,7 +227,9 @@ def main() -> None:
                       flush=True)
             if args.train_only:
                 continue
-            rows.append({"seed": seed, "merge": "lego clusters", **clusters([paths[t] for t in TASKS], seed)})
+            for basis in ("raw", "svd"):
+                rows.append({"seed": seed, "merge": f"lego clusters {basis}",
+                             **clusters([paths[t] for t in TASKS], seed, basis)})
             own = {p: {t: next(r for r in rows if r["seed"] == seed and r["merge"] == f"single {t}")[f"{p}/{t}"]
                        for t in TASKS} for p in splits}
             for label, method, rank, opts in MERGES:
