@@ -24,6 +24,7 @@ MERGES = [
                                                        "output_reweight": False}),
     ("linear (sum)", "linear", RANK, {}),
     ("linear (mean)", "linear", RANK, {"weights": [1 / 3] * 3}),
+    ("linear (weights 0.5, diagnostic)", "linear", RANK, {"weights": [0.5] * 3}),
     ("ties (density 0.5)", "ties", RANK, {"density": 0.5}),
     ("dare (density 0.5)", "dare", RANK, {"density": 0.5}),
     ("lego (rank 24, dual reweighting)", "lego", 3 * RANK, {}),

@@ -133,6 +133,28 @@ def clusters(paths: list[Path], seed: int, basis: str) -> dict:
             "centroid_norm_ratio": float(np.mean(ratios))}
 
 
+def geometry(inputs: list[Path], merged: Path) -> dict:
+    """The merged update G against the inputs' updates D_t, Frobenius over all modules: ||G|| / ||mean_t D_t||,
+    cos(G, mean_t D_t), and the mean over tasks of <G, D_t> / ||D_t||^2 (how much of each task's own update
+    the merge carries: 1 for the sum of mutually orthogonal updates, 1/3 for their mean)."""
+    from adaptome.core.merge.factors import modules, read_lora
+
+    loras, out = [read_lora(p) for p in inputs], read_lora(merged)
+    gg = gm = mm = 0.0
+    along = [0.0] * len(loras)
+    own = [0.0] * len(loras)
+    for m in modules(loras):
+        g = out.delta(m)  # (O, I)
+        deltas = [lo.delta(m) for lo in loras]
+        mean = sum(deltas) / len(deltas)
+        gg, gm, mm = gg + float((g * g).sum()), gm + float((g * mean).sum()), mm + float((mean * mean).sum())
+        for i, d in enumerate(deltas):
+            along[i] += float((g * d).sum())
+            own[i] += float((d * d).sum())
+    return {"norm_to_mean": (gg / mm) ** 0.5, "cos_to_mean": gm / (gg * mm) ** 0.5,
+            "along_own": statistics.mean(a / o for a, o in zip(along, own))}
+
+
 def train_base(args, generic, vocab: int, cache_dir: Path, tmp: Path):
     """The base model (trained, or read from the cache) and whether it came from the cache."""
     from safetensors.torch import load_file, save_file
@@ -237,6 +259,7 @@ def main() -> None:
                 opts = dict(opts, seed=seed) if method in ("lego", "dare") else opts
                 summary = merge_adapters([paths[t] for t in TASKS], method, out, rank=rank, **opts)
                 scores = evaluate(base, out, splits)
+                shape = geometry([paths[t] for t in TASKS], out)
                 retained = retention(scores, base_nll, own["nll"], "nll")
                 val = retention(scores, base_nll, own["val"], "val")
                 rows.append({"seed": seed, "merge": label, **scores,
@@ -244,7 +267,7 @@ def main() -> None:
                              "retained_mean": statistics.mean(retained.values()),
                              **{f"val_retained/{u}": val[u] for u in TASKS},
                              "val_retained_mean": statistics.mean(val.values()),
-                             "distance_to_sum": summary["relative_distance_to_weighted_sum"]})
+                             "distance_to_sum": summary["relative_distance_to_weighted_sum"], **shape})
                 print(label, seed, "test", {u: round(v, 3) for u, v in retained.items()},
                       "val", round(rows[-1]["val_retained_mean"], 3), flush=True)
     if args.train_only:
