@@ -6,9 +6,10 @@ A minimal semantic unit (MSU) is one rank of a LoRA with its scale folded in: u_
 LoRA can be permuted (permutation invariance) and the units of several LoRAs concatenated into one
 LoRA whose update is the sum of theirs (concatenation-summation equivalence, Sec. 3). Per module, the
 units of all N input LoRAs are pooled (LoRAs of different ranks allowed), clustered into k groups by
-k-means on the raw units (scikit-learn), and the k centroids c_j = mean of the cluster's units become
-the ranks of the merged rank-k LoRA. With k equal to the number of units and no reweighting, every
-unit is its own centroid and the merged update is exactly the sum of the inputs' updates.
+k-means on the raw units (scikit-learn; by default, see ``cluster_on``), and the k centroids c_j =
+mean of the cluster's units become the ranks of the merged rank-k LoRA. With k equal to the number
+of units and no reweighting, every unit is its own centroid and the merged update is exactly the sum
+of the inputs' updates.
 
 Dual reweighting (Sec. 4), both switchable:
 
@@ -27,8 +28,9 @@ reweighting corrects the centroids' norm decay, output reweighting corrects the 
 the merged output") and agree with a public third-party re-implementation that we read (it rescales
 each centroid to its members' mean largest magnitude, our ``param_norm="max"``, and multiplies the
 merged update by sqrt(r / k)); the exact norm the paper uses is not verified. That re-implementation
-clusters the units by direction (each half L2-normalised); we cluster the raw units, as the paper's
-description of k-means over MSUs reads, and do not offer the other. An earlier version of
+clusters the units by direction (each half L2-normalised, centroids the raw members' means); we
+cluster the raw units by default, as the paper's description of k-means over MSUs reads, and offer the
+other as ``cluster_on="directions"``. An earlier version of
 this file rescaled B and A halves separately and matched the merged update's Frobenius norm to the
 inputs' mean; that is not the paper's method and was replaced.
 
@@ -78,6 +80,9 @@ class LegoConfig:
         basis: the units of each input: "raw" (its trained ranks [B[:, i]; A[i, :]], the paper's MSUs) or
             "svd" (its update re-factored by SVD, s B A = U S V^T, units [sqrt(s_i) u_i; sqrt(s_i) v_i];
             our choice, not the paper's: see the module docstring).
+        cluster_on: what k-means sees: "units" (the raw units, as the paper describes) or "directions" (each
+            half of a unit L2-normalised, as the re-implementation we read does); centroids are the raw
+            members' means either way.
     """
 
     param_reweight: bool = True
@@ -87,10 +92,13 @@ class LegoConfig:
     seed: int = 0
     n_init: int = 10
     basis: Literal["raw", "svd"] = "raw"
+    cluster_on: Literal["units", "directions"] = "units"
 
     def __post_init__(self):
         if self.param_norm not in ("l2", "max"):
             raise MergeError(f"lego: param_norm must be 'l2' or 'max', not {self.param_norm!r}")
+        if self.cluster_on not in ("units", "directions"):
+            raise MergeError(f"lego: cluster_on must be 'units' or 'directions', not {self.cluster_on!r}")
         if self.basis not in ("raw", "svd"):
             raise MergeError(f"lego: basis must be 'raw' or 'svd', not {self.basis!r}")
 
@@ -137,13 +145,23 @@ def canonical_order(u: np.ndarray, sign: bool) -> tuple[np.ndarray, np.ndarray]:
     return u[order], order
 
 
-def cluster(u: np.ndarray, k: int, cfg: LegoConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (k', D), labels (n,)) with k' = min(k, n); every unit its own cluster when k >= n."""
+def directions(u: np.ndarray, n_out: int) -> np.ndarray:
+    """Each unit (n, O + I) with its B-half and its A-half L2-normalised (zero halves stay zero)."""
+    halves = [u[:, :n_out], u[:, n_out:]]
+    return np.concatenate([h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-30) for h in halves], axis=1)
+
+
+def cluster(u: np.ndarray, k: int, cfg: LegoConfig, n_out: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (k', D), labels (n,)) with k' = min(k, n); every unit its own cluster when k >= n.
+    ``n_out`` (O, the B-half's length) is needed for ``cluster_on="directions"``."""
     if k >= len(u):
         return u.copy(), np.arange(len(u))
     from sklearn.cluster import KMeans
 
-    km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=cfg.seed).fit(u)
+    if cfg.cluster_on == "directions" and n_out is None:
+        raise ValueError("cluster_on='directions' needs n_out")
+    feats = directions(u, n_out) if cfg.cluster_on == "directions" else u  # (n, O + I)
+    km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=cfg.seed).fit(feats)
     labels = km.labels_
     cent = np.stack([u[labels == j].mean(axis=0) for j in range(k)])  # (k, D): exact member means
     return cent, labels
@@ -177,7 +195,7 @@ def merge(loras: list[LoraFolder], rank: int, cfg: LegoConfig | None = None) -> 
         holders = [lora for lora in loras if module in lora.factors]
         n_out = holders[0].factors[module][0].shape[0]
         u = canonical(units(holders, module, cfg.basis).numpy(), cfg.canonical_sign)  # (n, O + I)
-        cent, labels = cluster(u, rank, cfg)  # (k', O + I), (n,)
+        cent, labels = cluster(u, rank, cfg, n_out)  # (k', O + I), (n,)
         if cfg.param_reweight:
             cent = param_reweight(cent, u, labels, cfg.param_norm)
         c = torch.from_numpy(np.ascontiguousarray(cent))

@@ -78,3 +78,19 @@ def test_svd_units_at_full_rank_without_reweighting_give_the_exact_sum():
 def test_bad_basis_is_a_clear_error():
     with pytest.raises(MergeError, match="basis must be 'raw' or 'svd'"):
         lego.LegoConfig(basis="qr")
+
+
+def test_clustering_on_directions_groups_by_direction_not_size():
+    """Units u, 10 u, v, 10 v (u, v orthogonal): on directions k = 2 pairs each unit with its scaled copy
+    and the centroid is the raw members' mean; on the raw units the two small ones share a cluster."""
+    e = torch.eye(6, dtype=torch.float64)
+    b = torch.stack([e[0, :3], 10 * e[0, :3], e[1, :3], 10 * e[1, :3]], dim=1)  # (3, 4): B-halves
+    a = torch.stack([e[0, 3:], 10 * e[0, 3:], e[1, 3:], 10 * e[1, 3:]])  # (4, 3): A-halves
+    u = lego.units([_lora("x", b, a)], "m").numpy()  # (4, 6), in input order (no canonical reordering)
+    cent, labels = lego.cluster(u, 2, lego.LegoConfig(cluster_on="directions"), n_out=3)
+    assert labels[0] == labels[1] and labels[2] == labels[3] and labels[0] != labels[2]
+    torch.testing.assert_close(torch.from_numpy(cent[labels[0]]), torch.from_numpy((u[0] + u[1]) / 2))
+    _, raw = lego.cluster(u, 2, lego.LegoConfig(cluster_on="units"))
+    assert raw[0] == raw[2]
+    with pytest.raises(MergeError, match="cluster_on must be"):
+        lego.LegoConfig(cluster_on="norms")
