@@ -105,7 +105,7 @@ def data(tok):
     return train, val, test, generic, unk
 
 
-def clusters(paths: list[Path], seed: int, basis: str) -> dict:
+def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
     """How LEGO's k-means at k = RANK groups the units: share of clusters (and of units) mixing inputs,
     and the mean ratio ||centroid|| / mean ||member|| of the clusters with more than one member."""
     import numpy as np
@@ -119,7 +119,8 @@ def clusters(paths: list[Path], seed: int, basis: str) -> dict:
     for m in modules(loras):
         source = np.concatenate([np.full(lo.factors[m][1].shape[0], i) for i, lo in enumerate(loras)])  # (n,)
         u, order = lego.canonical_order(lego.units(loras, m, basis).numpy(), True)
-        cent, labels = lego.cluster(u, RANK, lego.LegoConfig(seed=seed))
+        cfg = lego.LegoConfig(seed=seed, basis=basis, cluster_on=cluster_on)
+        cent, labels = lego.cluster(u, RANK, cfg, n_out=loras[0].factors[m][0].shape[0])
         for j in range(len(cent)):
             members = labels == j
             mixed = len(set(source[order][members].tolist())) > 1
@@ -250,8 +251,9 @@ def main() -> None:
             if args.train_only:
                 continue
             for basis in ("raw", "svd"):
-                rows.append({"seed": seed, "merge": f"lego clusters {basis}",
-                             **clusters([paths[t] for t in TASKS], seed, basis)})
+                for cluster_on in ("directions", "units"):
+                    rows.append({"seed": seed, "merge": f"lego clusters {basis} {cluster_on}",
+                                 **clusters([paths[t] for t in TASKS], seed, basis, cluster_on)})
             own = {p: {t: next(r for r in rows if r["seed"] == seed and r["merge"] == f"single {t}")[f"{p}/{t}"]
                        for t in TASKS} for p in splits}
             for label, method, rank, opts in MERGES:
