@@ -13,8 +13,11 @@ pay for the pool's longest one.
 Speed notes (benchmarks/select/results_throughput.md): ``vmap`` runs every op once for the whole call
 instead of once per example; the examples per call (``LessConfig.grad_batch``) trade speed for memory
 (the call holds N x D gradients). PyTorch has no ``vmap`` batching rule for CPU SDPA attention, so that
-op falls back to a per-example loop inside ``vmap``; switching the model to eager attention under
-``vmap`` was measured and was slower on CPU, so the model's attention is left as it is.
+op falls back to a per-example loop inside ``vmap``; switching the model to eager attention, or SDPA
+to its decomposed math backend, under ``vmap`` was measured and was slower on CPU than that fallback
+(the fused per-example kernel wins), so the model's attention is left as it is. Differentiating the
+sum of a vmapped per-example loss with respect to per-example copies of the LoRA parameters (grad of
+vmap instead of vmap of grad) was also measured and was slower.
 
 Dimension letters: N examples, T tokens, D trainable parameters (flattened).
 

@@ -60,7 +60,8 @@ class LessConfig:
         max_length: tokens per example (longer ones are cut).
         proj_dim: feature dimension after projection.
         proj_chunk: projection rows generated at a time (bounds memory).
-        grad_batch: examples per batched per-example-gradient call.
+        grad_batch: examples per batched per-example-gradient call (a call holds grad_batch x D gradients;
+            examples are grouped by length into calls, see ``features``).
         batched: True: vmap; False: one backward per example; None: vmap with the loop as fallback.
         eps: Adam's epsilon inside the square root.
         seed: warm-up subset, training and projection seed.
