@@ -89,8 +89,7 @@ def header(res: dict) -> list[str]:
              f"cache (benchmarks/merge/cache.py: keyed by a hash of every training setting, the training data's "
              f"token ids and the package versions): {n_cached} of {len(cached)} (the base and "
              f"{len(cached) - 1} task LoRAs)" + ("; none was trained in this run" if n_cached == len(cached) else
-                                                 "; the rest were trained in this run") +
-             " (without the cache: 874 s more for the training on this machine).", "",
+                                                 "; the rest were trained in this run") + ".", "",
              "Tiny LLaMA (hidden 64, 2 layers, character tokens, blocks of 128) trained fully for "
              f"{a['base_steps']} steps on core's English example text ({res['generic_blocks']} blocks): the base. "
              f"Three peft LoRAs (rank {RANK}, alpha {2 * RANK}, attention + MLP) trained from it for {a['steps']} "
