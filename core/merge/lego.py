@@ -29,10 +29,11 @@ the merged output") and agree with a public third-party re-implementation that w
 each centroid to its members' mean largest magnitude, our ``param_norm="max"``, and multiplies the
 merged update by sqrt(r / k)); the exact norm the paper uses is not verified. That re-implementation
 clusters the units by direction (each half L2-normalised, centroids the raw members' means). The
-paper's description ("k-means over the MSUs") does not say, as far as we could read, whether the units
-are normalised first; both readings are offered (``cluster_on``: "directions" or "units"), and the
-default, "directions", is the one that retained more on the validation split of
-benchmarks/merge (3 of 3 seeds; results.md reports both on the test split). An earlier version of
+paper's k-means objective, as the summaries we could read render it, is sum_j sum_{s in C_j}
+||s - mu_j||^2 over the MSUs s, with no normalisation stated: read literally, the raw units. Both
+readings are offered (``cluster_on``: "directions" or "units"); the default, "directions", is the one
+that retained more on the validation split of benchmarks/merge (3 of 3 seeds; results.md reports both
+on the test split), so it departs from the literal reading on measured grounds. An earlier version of
 this file rescaled B and A halves separately and matched the merged update's Frobenius norm to the
 inputs' mean; that is not the paper's method and was replaced.
 
