@@ -2,8 +2,9 @@
 variants can be re-evaluated without re-training.
 
 An entry's key is the SHA-256 of everything that made it: the training settings, the token ids of its
-training data, the key of the model it started from, and the torch / peft / transformers versions. A
-changed setting, data file or package version gives a new key (a re-train), never a stale model.
+training data, the key of the model it started from, the torch / peft / transformers versions, and the
+source of the adaptome modules that build and train the models (``CODE``). A changed setting, data
+file, package version or training code gives a new key (a re-train), never a stale model.
 Entries are written atomically (``adaptome.core.atomic.atomic_dir``), so an interrupted run leaves no
 half-written entry.
 """
@@ -11,11 +12,23 @@ half-written entry.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
+
+#: adaptome modules whose source is part of every key (model construction, adapters, training loop)
+CODE = ("adaptome.core.text", "adaptome.core.adapters.api", "adaptome.core.train.loop")
+
+
+def code_digest() -> str:
+    """SHA-256 of the source files of ``CODE``."""
+    h = hashlib.sha256()
+    for name in CODE:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()
 
 
 def data_digest(examples: list[dict]) -> str:
@@ -29,7 +42,7 @@ def data_digest(examples: list[dict]) -> str:
 
 def key(settings: dict) -> str:
     """The cache key of a model made by ``settings`` (JSON-serialisable) with the current packages."""
-    full = dict(settings, versions={p: version(p) for p in ("torch", "peft", "transformers")})
+    full = dict(settings, versions={p: version(p) for p in ("torch", "peft", "transformers")}, code=code_digest())
     return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:24]
 
 
