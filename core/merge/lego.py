@@ -50,7 +50,8 @@ first re-factors each input's update by its SVD, s B A = U S V^T, and takes the 
 [sqrt(s_i) u_i; sqrt(s_i) v_i]: unique up to sign (``canonical_sign`` fixes the sign) when the singular
 values are distinct, ordered by size, and with the same update (sum_i sqrt(s_i) u_i sqrt(s_i) v_i^T =
 B A). The paper clusters the MSUs as trained ("raw", the default); we found no SVD step in its
-description or in the re-implementation we read. benchmarks/merge/results.md reports both.
+description or in the re-implementation we read. On benchmarks/merge the SVD basis retained less
+than the trained units with either clustering (results.md has the numbers and the reason).
 
 Dimension letters: O out_features, I in_features, n pooled units, k clusters (merged rank).
 
