@@ -187,13 +187,14 @@ def train_lora(args, base, base_where: Path, task: str, seed: int, examples, cac
     from adaptome.core.train.loop import fit
 
     lora = {"r": RANK, "lora_alpha": 2 * RANK, "target_modules": "attention+mlp"}
-    settings = {"kind": "lora", "base": base_where.name, "task": task, "seed": seed, "lora": lora,
-                "steps": args.steps, "batch": BATCH, "lr": LORA_LR, "data": cache.data_digest(examples)}
+    init_seed = 1000 * seed + TASKS.index(task)  # independent inits per task, as for LoRAs trained apart
+    settings = {"kind": "lora", "base": base_where.name, "task": task, "seed": seed, "init_seed": init_seed,
+                "lora": lora, "steps": args.steps, "batch": BATCH, "lr": LORA_LR, "data": cache.data_digest(examples)}
     where = cache.entry(cache_dir, f"lora-{task}-s{seed}", settings)
     if (where / "adapter" / "adapter_config.json").is_file():
         return where / "adapter", True
+    torch.manual_seed(settings["init_seed"])  # the LoRA's random init depends on nothing but its settings
     model = apply_adapter(copy.deepcopy(base), make_config("lora", lora))
-    torch.manual_seed(seed)
     fit(model, examples, collate_fn=collate, output_dir=tmp / f"s{seed}-{task}", max_steps=args.steps,
         batch_size=BATCH, lr=LORA_LR, progress=False, log_every=0, seed=seed)
     where.mkdir(parents=True, exist_ok=True)
