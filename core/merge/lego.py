@@ -32,8 +32,8 @@ clusters the units by direction (each half L2-normalised, centroids the raw memb
 paper's k-means objective, as the summaries we could read render it, is sum_j sum_{s in C_j}
 ||s - mu_j||^2 over the MSUs s, with no normalisation stated: read literally, the raw units. Both
 readings are offered (``cluster_on``: "directions" or "units"); the default, "directions", is the one
-that retained more on the validation split of benchmarks/merge (3 of 3 seeds; results.md reports both
-on the test split), so it departs from the literal reading on measured grounds. An earlier version of
+that retained more on the validation split of benchmarks/merge (mean over 3 seeds; results.md reports
+both on the test split), so it departs from the literal reading on measured grounds. An earlier version of
 this file rescaled B and A halves separately and matched the merged update's Frobenius norm to the
 inputs' mean; that is not the paper's method and was replaced.
 
