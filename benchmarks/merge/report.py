@@ -87,7 +87,7 @@ def header(res: dict) -> list[str]:
              f"{v['transformers']}, scikit-learn {v['scikit-learn']}, commit {res['commit'][:10]}, "
              f"{res['seconds']:.0f} s wall, {res['cpu_seconds']:.0f} s CPU). Trained models read from the on-disk "
              f"cache (benchmarks/merge/cache.py: keyed by a hash of every training setting, the training data's "
-             f"token ids and the package versions): {n_cached} of {len(cached)} (the base and "
+             f"token ids, the package versions and the training code): {n_cached} of {len(cached)} (the base and "
              f"{len(cached) - 1} task LoRAs)" + ("; none was trained in this run" if n_cached == len(cached) else
                                                  "; the rest were trained in this run") + ".", "",
              "Tiny LLaMA (hidden 64, 2 layers, character tokens, blocks of 128) trained fully for "
