@@ -9,12 +9,18 @@ Three task LoRAs (peft, rank 8 on the attention and MLP linears) are trained fro
 ``adaptome.core.train.loop.fit`` on three languages of the shipped MasakhaNER news text
 (``domains/multilingual/data/text``: Hausa, Swahili, Yoruba; Yoruba's tone marks and dots below are
 dropped by NFKD so that the ASCII tokenizer sees its letters). Each language's last 200 lines are
-held out. The LoRAs are merged with ``adaptome.core.merge.api.merge_adapters`` and loaded with
-plain peft. Score on a task: the gain in token NLL over the base on the task's HELD-OUT blocks,
-NLL_base - NLL_model. Retained share of task t: gain(merged, t) / gain(single LoRA t, t). Three
-seeds (LoRA init, data order, k-means, DARE's drop); the base is the same for all.
+held out (the test split), the 200 lines before them are the validation split (for any choice
+between merge variants), the rest is training data. The LoRAs are merged with
+``adaptome.core.merge.api.merge_adapters`` and loaded with plain peft. Score on a task: the gain in
+token NLL over the base on the task's held-out blocks, NLL_base - NLL_model. Retained share of task
+t: gain(merged, t) / gain(single LoRA t, t), on the validation and on the test split. Three seeds
+(LoRA init, data order, k-means, DARE's drop); the base is the same for all.
 
-Usage: python benchmarks/merge/run.py [--steps 300] [--seeds 3]
+The trained base and task LoRAs are cached under ``--cache`` (``cache.py``: keyed by a hash of every
+setting, the training data's token ids and the package versions), so a second run only merges and
+evaluates (minutes); results record which models came from the cache.
+
+Usage: python benchmarks/merge/run.py [--steps 300] [--seeds 3] [--cache DIR] [--train-only]
 Writes benchmarks/merge/results.json and results.md (report.py writes the text).
 """
 
@@ -38,10 +44,16 @@ import torch
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+import cache  # noqa: E402
 from report import MERGES, RANK, TASKS, write_md  # noqa: E402
 
 BLOCK = 128
+MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128}
 HELD_OUT_LINES = 200
+VAL_LINES = 200
+LORA_LR = 5e-3
+BASE_LR = 3e-3
+BATCH = 16
 
 
 def ascii_text(line: str) -> str:
@@ -79,19 +91,21 @@ def nll(model, examples, batch: int = 64) -> float:
 def data(tok):
     from adaptome.core.text import example_text_files, read_texts
 
-    train, test = {}, {}
+    train, val, test = {}, {}, {}
     for t in TASKS:
         lines = (ROOT / "domains" / "multilingual" / "data" / "text" / f"{t}.txt").read_text(
             encoding="utf-8").splitlines()
         lines = [s for s in lines if s.strip()]
-        train[t], test[t] = blocks(tok, lines[:-HELD_OUT_LINES]), blocks(tok, lines[-HELD_OUT_LINES:])
+        cut = -HELD_OUT_LINES - VAL_LINES
+        train[t], val[t], test[t] = (blocks(tok, lines[:cut]), blocks(tok, lines[cut:-HELD_OUT_LINES]),
+                                     blocks(tok, lines[-HELD_OUT_LINES:]))
     generic = blocks(tok, read_texts(example_text_files()[0]))
     unk = {t: float(sum((b["input_ids"] == tok.unk_token_id).sum() for b in train[t])) / (len(train[t]) * BLOCK)
            for t in TASKS}
-    return train, test, generic, unk
+    return train, val, test, generic, unk
 
 
-def clusters(paths: list[Path], seed: int) -> dict:
+def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
     """How LEGO's k-means at k = RANK groups the units: share of clusters (and of units) mixing inputs,
     and the mean ratio ||centroid|| / mean ||member|| of the clusters with more than one member."""
     import numpy as np
@@ -104,8 +118,9 @@ def clusters(paths: list[Path], seed: int) -> dict:
     ratios = []
     for m in modules(loras):
         source = np.concatenate([np.full(lo.factors[m][1].shape[0], i) for i, lo in enumerate(loras)])  # (n,)
-        u, order = lego.canonical_order(lego.units(loras, m).numpy(), True)
-        cent, labels = lego.cluster(u, RANK, lego.LegoConfig(seed=seed))
+        u, order = lego.canonical_order(lego.units(loras, m, basis).numpy(), True)
+        cfg = lego.LegoConfig(seed=seed, basis=basis, cluster_on=cluster_on)
+        cent, labels = lego.cluster(u, RANK, cfg, n_out=loras[0].factors[m][0].shape[0])
         for j in range(len(cent)):
             members = labels == j
             mixed = len(set(source[order][members].tolist())) > 1
@@ -119,70 +134,160 @@ def clusters(paths: list[Path], seed: int) -> dict:
             "centroid_norm_ratio": float(np.mean(ratios))}
 
 
+def geometry(inputs: list[Path], merged: Path) -> dict:
+    """The merged update G against the inputs' updates D_t, Frobenius over all modules: ||G|| / ||mean_t D_t||,
+    cos(G, mean_t D_t), and the mean over tasks of <G, D_t> / ||D_t||^2 (how much of each task's own update
+    the merge carries: 1 for the sum of mutually orthogonal updates, 1/3 for their mean)."""
+    from adaptome.core.merge.factors import modules, read_lora
+
+    loras, out = [read_lora(p) for p in inputs], read_lora(merged)
+    gg = gm = mm = 0.0
+    along = [0.0] * len(loras)
+    own = [0.0] * len(loras)
+    for m in modules(loras):
+        g = out.delta(m)  # (O, I)
+        deltas = [lo.delta(m) for lo in loras]
+        mean = sum(deltas) / len(deltas)
+        gg, gm, mm = gg + float((g * g).sum()), gm + float((g * mean).sum()), mm + float((mean * mean).sum())
+        for i, d in enumerate(deltas):
+            along[i] += float((g * d).sum())
+            own[i] += float((d * d).sum())
+    return {"norm_to_mean": (gg / mm) ** 0.5, "cos_to_mean": gm / (gg * mm) ** 0.5,
+            "along_own": statistics.mean(a / o for a, o in zip(along, own))}
+
+
+def train_base(args, generic, vocab: int, cache_dir: Path, tmp: Path):
+    """The base model (trained, or read from the cache) and whether it came from the cache."""
+    from safetensors.torch import load_file, save_file
+
+    from adaptome.core import text
+    from adaptome.core.atomic import atomic_dir
+    from adaptome.core.train.loop import fit
+
+    settings = {"kind": "base", "model": MODEL, "vocab": vocab, "steps": args.base_steps, "batch": BATCH,
+                "lr": BASE_LR, "seed": 0, "data": cache.data_digest(generic)}
+    where = cache.entry(cache_dir, "base", settings)
+    torch.manual_seed(0)
+    base = text.tiny_causal_lm(vocab, **MODEL)
+    if (where / "model.safetensors").is_file():
+        base.load_state_dict(load_file(str(where / "model.safetensors")))
+        return base.eval(), where, True
+    fit(base, generic, collate_fn=collate, output_dir=tmp / "base-run", max_steps=args.base_steps, batch_size=BATCH,
+        lr=BASE_LR, progress=False, log_every=0, seed=0)
+    with atomic_dir(where, overwrite=True) as d:
+        save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(d / "model.safetensors"))
+        (d / "settings.json").write_text(json.dumps(settings, indent=2))
+    return base.eval(), where, False
+
+
+def train_lora(args, base, base_where: Path, task: str, seed: int, examples, cache_dir: Path, tmp: Path):
+    """(the task LoRA's peft folder, whether it came from the cache)."""
+    from adaptome.core.adapters.api import apply_adapter, make_config
+    from adaptome.core.adapters.io import save_adapter
+    from adaptome.core.train.loop import fit
+
+    lora = {"r": RANK, "lora_alpha": 2 * RANK, "target_modules": "attention+mlp"}
+    init_seed = 1000 * seed + TASKS.index(task)  # independent inits per task, as for LoRAs trained apart
+    settings = {"kind": "lora", "base": base_where.name, "task": task, "seed": seed, "init_seed": init_seed,
+                "lora": lora, "steps": args.steps, "batch": BATCH, "lr": LORA_LR, "data": cache.data_digest(examples)}
+    where = cache.entry(cache_dir, f"lora-{task}-s{seed}", settings)
+    if (where / "adapter" / "adapter_config.json").is_file():
+        return where / "adapter", True
+    torch.manual_seed(settings["init_seed"])  # the LoRA's random init depends on nothing but its settings
+    model = apply_adapter(copy.deepcopy(base), make_config("lora", lora))
+    fit(model, examples, collate_fn=collate, output_dir=tmp / f"s{seed}-{task}", max_steps=args.steps,
+        batch_size=BATCH, lr=LORA_LR, progress=False, log_every=0, seed=seed)
+    where.mkdir(parents=True, exist_ok=True)
+    save_adapter(model, where / "adapter", overwrite=True)
+    (where / "settings.json").write_text(json.dumps(settings, indent=2))
+    return where / "adapter", False
+
+
+def evaluate(base, folder: Path, splits: dict) -> dict:
+    """NLL of the base with the peft LoRA ``folder`` on every split and task: {"val/hau": ..., "nll/hau": ...}."""
+    import peft
+
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
+    return {f"{name}/{t}": nll(model, examples[t]) for name, examples in splits.items() for t in TASKS}
+
+
+def retention(scores: dict, base_nll: dict, single: dict, prefix: str) -> dict:
+    """gain(merged) / gain(own LoRA) per task on one split ("nll": test, "val": validation)."""
+    return {t: (base_nll[f"{prefix}/{t}"] - scores[f"{prefix}/{t}"]) / (base_nll[f"{prefix}/{t}"] - single[t])
+            for t in TASKS}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--base-steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=HERE / "out" / "cache", help="trained-model cache folder")
+    ap.add_argument("--train-only", action="store_true", help="train (or find) the models, merge nothing")
     args = ap.parse_args()
     t0 = time.time()
-    import peft
-
     from adaptome.core import text
-    from adaptome.core.adapters.api import apply_adapter, make_config
-    from adaptome.core.adapters.io import save_adapter
     from adaptome.core.merge.api import merge_adapters
-    from adaptome.core.train.loop import fit
 
     tok = text.char_tokenizer()
-    task_train, task_test, generic, unk = data(tok)
-    print({t: (len(task_train[t]), len(task_test[t])) for t in TASKS}, "generic", len(generic), "unk", unk, flush=True)
-    torch.manual_seed(0)
-    base = text.tiny_causal_lm(len(tok), hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
-    rows = []
+    task_train, task_val, task_test, generic, unk = data(tok)
+    splits = {"nll": task_test, "val": task_val}
+    print({t: (len(task_train[t]), len(task_val[t]), len(task_test[t])) for t in TASKS}, "generic", len(generic),
+          "unk", unk, flush=True)
+    rows, cached = [], {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        fit(base, generic, collate_fn=collate, output_dir=tmp / "base-run", max_steps=args.base_steps, batch_size=16,
-            lr=3e-3, progress=False, log_every=0, seed=0)
-        base.eval()
-        base_held = {t: nll(base, task_test[t]) for t in TASKS}
-        print(f"base trained ({time.time() - t0:.0f} s): held-out NLL {base_held}", flush=True)
+        base, base_where, cached["base"] = train_base(args, generic, len(tok), args.cache, tmp)
+        base_nll = {f"{name}/{t}": nll(base, ex[t]) for name, ex in splits.items() for t in TASKS}
+        print(f"base ({time.time() - t0:.0f} s, cached {cached['base']}): {base_nll}", flush=True)
         for seed in range(args.seeds):
             paths = {}
             for t in TASKS:
-                model = apply_adapter(copy.deepcopy(base), make_config("lora", {
-                    "r": RANK, "lora_alpha": 2 * RANK, "target_modules": "attention+mlp"}))
-                torch.manual_seed(seed)
-                fit(model, task_train[t], collate_fn=collate, output_dir=tmp / f"s{seed}-{t}", max_steps=args.steps,
-                    batch_size=16, lr=5e-3, progress=False, log_every=0, seed=seed)
-                paths[t] = save_adapter(model, tmp / f"s{seed}-{t}" / "adapter")
-                held = {u: nll(model, task_test[u]) for u in TASKS}
-                rows.append({"seed": seed, "merge": f"single {t}", **{f"nll/{u}": held[u] for u in TASKS}})
-                print(f"seed {seed} {t} LoRA ({time.time() - t0:.0f} s): held-out NLL "
-                      f"{ {u: round(v, 3) for u, v in held.items()} }", flush=True)
-            rows.append({"seed": seed, "merge": "lego clusters", **clusters([paths[t] for t in TASKS], seed)})
-            single = {t: next(r for r in rows if r["seed"] == seed and r["merge"] == f"single {t}")[f"nll/{t}"]
-                      for t in TASKS}
+                paths[t], cached[f"lora {t} s{seed}"] = train_lora(args, base, base_where, t, seed, task_train[t],
+                                                                   args.cache, tmp)
+                if not args.train_only:
+                    rows.append({"seed": seed, "merge": f"single {t}", **evaluate(base, paths[t], splits)})
+                print(f"seed {seed} {t} LoRA ({time.time() - t0:.0f} s, cached {cached[f'lora {t} s{seed}']})",
+                      flush=True)
+            if args.train_only:
+                continue
+            for basis in ("raw", "svd"):
+                for cluster_on in ("directions", "units"):
+                    rows.append({"seed": seed, "merge": f"lego clusters {basis} {cluster_on}",
+                                 **clusters([paths[t] for t in TASKS], seed, basis, cluster_on)})
+            own = {p: {t: next(r for r in rows if r["seed"] == seed and r["merge"] == f"single {t}")[f"{p}/{t}"]
+                       for t in TASKS} for p in splits}
             for label, method, rank, opts in MERGES:
                 out = tmp / f"s{seed}-{method}-{len(rows)}"
                 opts = dict(opts, seed=seed) if method in ("lego", "dare") else opts
                 summary = merge_adapters([paths[t] for t in TASKS], method, out, rank=rank, **opts)
-                merged = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(out))
-                scores = {u: nll(merged, task_test[u]) for u in TASKS}
-                retained = {u: (base_held[u] - scores[u]) / (base_held[u] - single[u]) for u in TASKS}
-                rows.append({"seed": seed, "merge": label, **{f"nll/{u}": scores[u] for u in TASKS},
+                scores = evaluate(base, out, splits)
+                shape = geometry([paths[t] for t in TASKS], out)
+                retained = retention(scores, base_nll, own["nll"], "nll")
+                val = retention(scores, base_nll, own["val"], "val")
+                rows.append({"seed": seed, "merge": label, **scores,
                              **{f"retained/{u}": retained[u] for u in TASKS},
                              "retained_mean": statistics.mean(retained.values()),
-                             "distance_to_sum": summary["relative_distance_to_weighted_sum"]})
-                print(label, seed, {u: round(v, 3) for u, v in retained.items()}, flush=True)
+                             **{f"val_retained/{u}": val[u] for u in TASKS},
+                             "val_retained_mean": statistics.mean(val.values()),
+                             "distance_to_sum": summary["relative_distance_to_weighted_sum"], **shape})
+                print(label, seed, "test", {u: round(v, 3) for u, v in retained.items()},
+                      "val", round(rows[-1]["val_retained_mean"], 3), flush=True)
+    if args.train_only:
+        print(f"trained / found all models in {time.time() - t0:.0f} s: {cached}")
+        return
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     command = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/merge/run.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v != ap.get_default(k))
-    res = {"command": command, "args": vars(args), "commit": commit,
+        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if v != ap.get_default(k) and k not in ("cache", "train_only"))
+    res = {"command": command, "args": {k: v for k, v in vars(args).items() if k != "cache"}, "commit": commit,
            "platform": platform.platform(), "seconds": time.time() - t0, "cpu_seconds": time.process_time(),
            "versions": {p: version(p) for p in ("torch", "peft", "transformers", "scikit-learn")},
-           "blocks": {t: {"train": len(task_train[t]), "held_out": len(task_test[t])} for t in TASKS},
-           "generic_blocks": len(generic), "unk_share": unk, "base_heldout_nll": base_held, "rows": rows}
+           "cached": cached, "blocks": {t: {"train": len(task_train[t]), "val": len(task_val[t]),
+                                            "held_out": len(task_test[t])} for t in TASKS},
+           "generic_blocks": len(generic), "unk_share": unk,
+           "base_heldout_nll": {t: base_nll[f"nll/{t}"] for t in TASKS},
+           "base_val_nll": {t: base_nll[f"val/{t}"] for t in TASKS}, "rows": rows}
     (HERE / "results.json").write_text(json.dumps(res, indent=2))
     (HERE / "results.md").write_text(write_md(res))
     print(f"wrote {HERE / 'results.md'}")

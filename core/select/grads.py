@@ -5,7 +5,19 @@ loop as the fallback and the reference (LESS, arXiv 2402.04333, Sec. 4.1, uses b
 The loss of one example is the causal-LM loss over its non-padding tokens (labels -100 are ignored),
 with right padding and no attention mask: a causal model's real tokens never attend to later pads, so
 each padded row gives the same loss as the unpadded example (this is also what keeps the forward
-free of data-dependent mask code that ``vmap`` cannot trace).
+free of data-dependent mask code that ``vmap`` cannot trace). For the same reason the columns after
+the last labelled token of a call's rows are cut off before the gradients are taken (``trim``):
+nothing before them attends to them, so the gradients are unchanged and a call of short rows does not
+pay for the pool's longest one.
+
+Speed notes (benchmarks/select/results_throughput.md): ``vmap`` runs every op once for the whole call
+instead of once per example; the examples per call (``LessConfig.grad_batch``) trade speed for memory
+(the call holds N x D gradients). PyTorch has no ``vmap`` batching rule for CPU SDPA attention, so that
+op falls back to a per-example loop inside ``vmap``; switching the model to eager attention, or SDPA
+to its decomposed math backend, under ``vmap`` was measured and was slower on CPU than that fallback
+(the fused per-example kernel wins), so the model's attention is left as it is. Differentiating the
+sum of a vmapped per-example loss with respect to per-example copies of the LoRA parameters (grad of
+vmap instead of vmap of grad) was also measured and was slower.
 
 Dimension letters: N examples, T tokens, D trainable parameters (flattened).
 
@@ -35,6 +47,13 @@ def _loss_one(model: nn.Module):
     return loss
 
 
+def trim(input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) (N, T) without the trailing columns where no row has a label (N, T' <= T)."""
+    labelled = (labels != -100).any(dim=0).nonzero()  # (k, 1)
+    width = int(labelled.max()) + 1 if labelled.numel() else 1
+    return input_ids[:, :width], labels[:, :width]
+
+
 def _flat(g: dict[str, torch.Tensor], names: list[str], n: int) -> torch.Tensor:
     return torch.cat([g[k].reshape(n, -1) for k in names], dim=1)  # (N, D)
 
@@ -51,6 +70,7 @@ def per_example_grads(model: nn.Module, input_ids: torch.Tensor, labels: torch.T
     params = trainable(model)
     names = list(params)
     fn = grad(_loss_one(model))
+    input_ids, labels = trim(input_ids, labels)
     if batched is not False:
         try:
             g = vmap(fn, in_dims=(None, 0, 0))(params, input_ids, labels)  # name -> (N, *shape)

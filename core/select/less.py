@@ -60,7 +60,8 @@ class LessConfig:
         max_length: tokens per example (longer ones are cut).
         proj_dim: feature dimension after projection.
         proj_chunk: projection rows generated at a time (bounds memory).
-        grad_batch: examples per batched per-example-gradient call.
+        grad_batch: examples per batched per-example-gradient call (a call holds grad_batch x D gradients;
+            examples are grouped by length into calls, see ``features``).
         batched: True: vmap; False: one backward per example; None: vmap with the loop as fallback.
         eps: Adam's epsilon inside the square root.
         seed: warm-up subset, training and projection seed.
@@ -199,9 +200,13 @@ def adam_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, betas: tup
 
 def features(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, proj: RademacherProjector, cfg: LessConfig,
              adam: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, bool]:
-    """L2-normalised projected gradient features (N, d); with ``adam`` the Adam direction."""
+    """L2-normalised projected gradient features (N, d), in the order of ``ids``; with ``adam`` the Adam
+    direction. Examples are grouped into calls by length (longest first) so that each call is cut to
+    its own longest example (``grads.trim``); the rows are put back in input order."""
     model.eval()
     dev = next(model.parameters()).device
+    order = torch.argsort((labels != -100).sum(dim=1), descending=True, stable=True)  # (N,)
+    ids, labels = ids[order], labels[order]
     rows, used_vmap = [], True
     for lo in range(0, ids.shape[0], cfg.grad_batch):
         g, batched = per_example_grads(model, ids[lo:lo + cfg.grad_batch].to(dev),
@@ -210,8 +215,9 @@ def features(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, proj: Ra
         if adam is not None:
             g = adam_direction(g, adam[0].to(dev), adam[1].to(dev), cfg.betas, cfg.eps)
         rows.append(proj.project(g))
-    f = torch.cat(rows)  # (N, d)
-    return torch.nn.functional.normalize(f, dim=1).cpu(), used_vmap
+    f = torch.empty(ids.shape[0], proj.dim_out)
+    f[order] = torch.cat(rows).cpu()  # (N, d), row order[i] of the input is sorted row i
+    return torch.nn.functional.normalize(f, dim=1), used_vmap
 
 
 def scores(train_feats: list[torch.Tensor], target_feats: list[torch.Tensor], weights: list[float],

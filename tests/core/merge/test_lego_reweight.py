@@ -82,7 +82,7 @@ def test_centroids_are_the_exact_means_of_their_members():
     g = torch.Generator().manual_seed(3)
     loras = [_lora(f"l{i}", torch.randn(6, 3, generator=g), torch.randn(3, 4, generator=g)) for i in range(3)]
     u = lego.canonical(lego.units(loras, "m").numpy(), True)  # (9, 10)
-    cent, labels = lego.cluster(u, 4, lego.LegoConfig())
+    cent, labels = lego.cluster(u, 4, lego.LegoConfig(), n_out=6)
     for j in range(4):
         assert (labels == j).any()
         torch.testing.assert_close(torch.from_numpy(cent[j]), torch.from_numpy(u[labels == j].mean(axis=0)),

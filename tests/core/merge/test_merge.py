@@ -224,7 +224,8 @@ def test_lego_at_one_input_rank_is_closer_than_no_merge(setup):
     out = lego.merge(loras, 4)
     for m, (b, a) in out.items():
         assert b.shape[1] == a.shape[0] == 4 and torch.isfinite(b).all() and torch.isfinite(a).all()
-        _, labels = lego.cluster(lego.canonical(lego.units(loras, m).numpy(), True), 4, lego.LegoConfig())
+        u = lego.canonical(lego.units(loras, m).numpy(), True)  # (n, O + I)
+        _, labels = lego.cluster(u, 4, lego.LegoConfig(), n_out=b.shape[0])
         assert len(set(labels.tolist())) == 4
 
 

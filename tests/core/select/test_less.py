@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from adaptome.core import cli, text
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.select import less
-from adaptome.core.select.grads import per_example_grads, trainable
+from adaptome.core.select.grads import per_example_grads, trainable, trim
 from adaptome.core.select.projection import RademacherProjector
 
 runner = CliRunner()
@@ -172,3 +172,33 @@ def test_load_epoch_moments_line_up_with_the_saved_update(tmp_path):
     step = -0.01 * (m / 0.1) / ((v / 0.001).sqrt() + 1e-8)  # bias-corrected first Adam step
     assert m.abs().sum() > 0
     torch.testing.assert_close(w1 - w0, step, atol=1e-6, rtol=1e-4)
+
+
+def test_trailing_padding_is_cut_and_changes_no_gradient(lm):
+    """Columns after the last labelled token are cut (grads.trim); the gradients equal those of the
+    uncut rows, in both modes."""
+    tok, model = lm
+    x, y = less.encode(tok, ["a short one", "xyz", "0123 abc"], 64)  # (3, 12)
+    wide_x = torch.cat([x, torch.full((3, 9), tok.pad_token_id)], dim=1)  # (3, 21)
+    wide_y = torch.cat([y, torch.full((3, 9), -100)], dim=1)
+    tx, ty = trim(wide_x, wide_y)
+    assert tx.shape == (3, int((y != -100).sum(dim=1).max())) and torch.equal(tx, x) and torch.equal(ty, y)
+    for batched in (True, False):
+        torch.testing.assert_close(per_example_grads(model, wide_x, wide_y, batched=batched)[0],
+                                   per_example_grads(model, x, y, batched=False)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_features_come_back_in_input_order(lm):
+    """features() groups examples by length; row i is still example i: normalize(g_i R) with g_i the
+    example's own gradient (one at a time) and R the projection."""
+    tok, model = lm
+    texts = ["xyz", "a much longer example here", "mid size", "ab", "0123456789"]
+    x, y = less.encode(tok, texts, 64)
+    d = sum(p.numel() for p in trainable(model).values())
+    proj = RademacherProjector(d, 32, seed=0, chunk=100)
+    got, _ = less.features(model, x, y, proj, less.LessConfig(proj_dim=32, proj_chunk=100, grad_batch=2))
+    for i in range(len(texts)):
+        n = int((y[i] != -100).sum())
+        g, _ = per_example_grads(model, x[i:i + 1, :n], y[i:i + 1, :n], batched=False)  # (1, D)
+        want = torch.nn.functional.normalize(proj.project(g), dim=1)[0]  # (1, D) @ (D, 32) -> (32,)
+        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-4)
