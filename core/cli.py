@@ -141,6 +141,8 @@ def adapters_merge(
     variant: Optional[str] = typer.Option(None, help="dare: linear or ties"),
     seed: Optional[int] = typer.Option(None, help="lego: k-means seed; dare: drop seed"),
     reweight: Optional[bool] = typer.Option(None, "--reweight/--no-reweight", help="lego: dual reweighting"),
+    basis: Optional[str] = typer.Option(None, help="lego: units from the trained ranks (raw) or each LoRA's SVD (svd)"),
+    cluster_on: Optional[str] = typer.Option(None, help="lego: k-means on unit directions (default) or raw units"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Merge LoRAs into one peft LoRA (LoRA-LEGO rank-wise clustering, or linear / cat / TIES / DARE).
@@ -158,7 +160,8 @@ def adapters_merge(
                 options["weights"] = [float(w) for w in weights.split(",")]
             except ValueError:
                 raise MergeError(f"--weights {weights!r}: give numbers separated by commas") from None
-        for key, value in (("density", density), ("variant", variant), ("seed", seed)):
+        for key, value in (("density", density), ("variant", variant), ("seed", seed), ("basis", basis),
+                           ("cluster_on", cluster_on)):
             if value is not None:
                 options[key] = value
         if reweight is not None:

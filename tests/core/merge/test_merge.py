@@ -259,3 +259,20 @@ def test_bad_input_one_line(setup, tmp_path):
     (other / "adapter_config.json").write_text((paths[0] / "adapter_config.json").read_text())
     res = _merge("--method", "linear", paths[0], other, "--rank", 2, "--out", tmp_path / "x")
     assert res.exit_code == 2 and "different base models?" in res.output, res.output
+
+
+def test_cli_lego_options_reach_the_config_and_bad_ones_are_named(setup, tmp_path):
+    _, _, paths = setup
+    loras = [read_lora(p) for p in paths]
+    for basis, cluster_on in (("svd", "units"), ("raw", "directions")):
+        res = _merge("--method", "lego", *paths, "--rank", 3, "--basis", basis, "--cluster-on", cluster_on,
+                     "--out", tmp_path / f"{basis}-{cluster_on}")
+        assert res.exit_code == 0, res.output
+        want = lego.LegoConfig(basis=basis, cluster_on=cluster_on).merge(loras, 3)
+        got = read_lora(tmp_path / f"{basis}-{cluster_on}").factors
+        for m in want:
+            torch.testing.assert_close(got[m][0] @ got[m][1], want[m][0] @ want[m][1], atol=1e-6, rtol=0)
+    res = _merge("--method", "lego", *paths, "--rank", 3, "--basis", "qr", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and "basis must be 'raw' or 'svd'" in res.output and not (tmp_path / "bad").exists()
+    res = _merge("--method", "linear", *paths, "--rank", 3, "--basis", "svd", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and "linear does not take ['basis']" in res.output
