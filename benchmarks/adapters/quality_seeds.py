@@ -61,7 +61,7 @@ def add_seeds(res: dict, seeds: list[int], q) -> dict:
     benchmark module whose settings apply (``quality`` as run, ``__main__`` under ``python -m``)."""
     from adaptome.core.train.loop import make_accelerator
 
-    t0 = time.time()
+    t0, env = time.time(), q.environment()  # the code as it starts (files may be edited while it runs)
     torch.set_num_threads(1)
     acc = make_accelerator("no", cpu=True)
     d = q.data()
@@ -113,6 +113,6 @@ def add_seeds(res: dict, seeds: list[int], q) -> dict:
     lora = next(r for r in res["rows"] if r["method"] == "lora")
     top.update({k: lora[k] for k in ("accuracy", "macro_f1")})
     st["seeds"] = list(st["seeds"]) + list(seeds)
-    res.setdefault("added_seeds", []).append({"seeds": list(seeds), "env": q.environment(),
+    res.setdefault("added_seeds", []).append({"seeds": list(seeds), "env": env,
                                               "seconds": time.time() - t0, "checked_seed0": list(CHECK_METHODS)})
     return res
