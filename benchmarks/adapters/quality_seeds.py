@@ -79,19 +79,19 @@ def add_seeds(res: dict, seeds: list[int], q) -> dict:
         q._SHARED.update(encoder=encoder, data=d)
         head_lr = res["head_lr"]
         check = [u for u in units if u[0] == "rows" and u[1] in CHECK_METHODS]
-        jobs = [(m, o, lr, head_lr, 0, None, tmp) for _, m, o, lr, _ in check]
-        jobs += [(m, o, lr, head_lr, seed, ranks if m == "dylora" else None, tmp)
-                 for _, m, o, lr, _ in units for seed in seeds]
+        rows = {r["label"]: r for r in res["rows"]}
         with multiprocessing.get_context("fork").Pool(q.WORKERS) as pool:
+            checked = pool.starmap(q._eval_job, [(m, o, lr, head_lr, 0, None, tmp) for _, m, o, lr, _ in check],
+                                   chunksize=1)
+            for (_, m, _, _, label), got in zip(check, checked):
+                stored = {k: rows[label][k]["per_seed"][st["seeds"].index(0)] for k in ("accuracy", "macro_f1")}
+                if got["score"] != stored:
+                    raise SystemExit(f"error: seed 0 of the {label} row gives {got['score']}, the stored run "
+                                     f"{stored}: this code or encoder does not reproduce it; rerun the whole benchmark")
+            jobs = [(m, o, lr, head_lr, seed, ranks if m == "dylora" else None, tmp)
+                    for _, m, o, lr, _ in units for seed in seeds]
             flat = iter(pool.starmap(q._eval_job, jobs, chunksize=1))
-            checked = [next(flat) for _ in check]
             done = [[next(flat) for _ in seeds] for _ in units]
-    rows = {r["label"]: r for r in res["rows"]}
-    for (_, m, _, _, label), got in zip(check, checked):
-        stored = {k: rows[label][k]["per_seed"][st["seeds"].index(0)] for k in ("accuracy", "macro_f1")}
-        if got["score"] != stored:
-            raise SystemExit(f"error: seed 0 of the {label} row gives {got['score']}, the stored run {stored}: this "
-                             "code or encoder does not reproduce it; rerun the whole benchmark instead")
     for (where, m, _, _, label), new in zip(units, done):
         if where == "lora_by_rank":
             row = res["lora_by_rank"][label]
