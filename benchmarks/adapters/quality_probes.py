@@ -38,7 +38,7 @@ from benchmarks.adapters import quality as q
 HERE = Path(__file__).resolve().parent
 COMMAND = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_probes"
 HELD_OUT = 0.1  # share of the corpus' sequences held out of pretraining
-LONG = 3  # the longer pretraining: LONG x quality.PRETRAIN_STEPS
+LONG = 2  # the longer pretraining: LONG x quality.PRETRAIN_STEPS
 EVAL_EVERY = 500  # pretraining steps between held-out evaluations
 LENGTH = 3  # the longer adapter training: LENGTH x quality.STEPS
 PROBE_SEEDS = (0, 1, 2)
