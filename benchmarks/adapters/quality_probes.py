@@ -15,7 +15,9 @@ never a test window (results_quality_probes.json / .md; every sentence of the .m
    head's rates divided by ``LENGTH`` (the same summed rate); validation macro-F1 and accuracy, mean over
    ``PROBE_SEEDS``.
 
-Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_probes``.
+Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_probes``
+(each of the three parts can also run alone, side by side: ``--part pretrain-1`` / ``pretrain-2`` / ``length``
+write ``out/probe-PART.json``; the plain command then runs only the missing parts and writes the results).
 Not covered: other corpora (none is shipped), other encoder sizes, masking schemes or rate grids.
 """
 
@@ -42,6 +44,7 @@ LONG = 2  # the longer pretraining: LONG x quality.PRETRAIN_STEPS
 EVAL_EVERY = 500  # pretraining steps between held-out evaluations
 LENGTH = 3  # the longer adapter training: LENGTH x quality.STEPS
 PROBE_SEEDS = (0, 1, 2)
+PARTS = ("pretrain-1", "pretrain-2", "length")
 
 
 def _mask(ids: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +128,8 @@ def length_probe(res8: dict, enc, d: dict, acc) -> list[dict]:
     return out
 
 
-def run() -> dict:
+def run(part: str) -> dict:
+    """One part of the probes: "pretrain-1" / "pretrain-2" (1x / LONG x the pretraining steps) or "length"."""
     from adaptome.core.train.loop import make_accelerator
 
     t0, env = time.time(), q.environment()
@@ -133,31 +137,43 @@ def run() -> dict:
     warnings.simplefilter("ignore", FutureWarning)
     acc = make_accelerator("no", cpu=True)
     d = q.data()
+    if part == "length":
+        res8 = json.loads((HERE / "results_quality_r8.json").read_text(encoding="utf-8"))
+        enc, info = q.cached_encoder(d["unlabeled"], acc)
+        if info["key"] != res8["encoder"]["key"]:
+            raise SystemExit("error: the cached encoder differs from results_quality_r8's")
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        return {"env": env, "length": length_probe(res8, enc, d, acc), "n_select_train": len(d["select_train"]),
+                "n_select_val": len(d["select_val"]), "seconds": time.time() - t0}
     corpus = sorted(d["unlabeled"])
     random.Random(0).shuffle(corpus)
     n_held = round(HELD_OUT * len(corpus))
     held, train = corpus[:n_held], corpus[n_held:]
-    res = {"command": COMMAND, "env": env, "held_out_sequences": n_held, "train_sequences": len(train),
-           "held_out_residues": sum(map(len, held)), "benchmark_steps": q.STEPS, "pretrain": []}
-    for steps in (q.PRETRAIN_STEPS, LONG * q.PRETRAIN_STEPS):
-        res["pretrain"].append(pretrain_probe(train, held, steps))
-        print(res["pretrain"][-1]["curve"][-1], flush=True)
-    res8 = json.loads((HERE / "results_quality_r8.json").read_text(encoding="utf-8"))
-    enc, info = q.cached_encoder(d["unlabeled"], acc)
-    if info["key"] != res8["encoder"]["key"]:
-        raise SystemExit("error: the cached encoder differs from results_quality_r8's")
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    res["length"] = length_probe(res8, enc, d, acc)
-    res["n_select_train"], res["n_select_val"] = len(d["select_train"]), len(d["select_val"])
-    res["seconds"] = time.time() - t0
+    steps = q.PRETRAIN_STEPS * (LONG if part == "pretrain-2" else 1)
+    return {"env": env, "held_out_sequences": n_held, "train_sequences": len(train),
+            "held_out_residues": sum(map(len, held)), "pretrain": [pretrain_probe(train, held, steps)],
+            "seconds": time.time() - t0}
+
+
+def combine(parts: list[dict]) -> dict:
+    """The parts' results as one (the environment of the first part, the sum of their CPU-bound seconds)."""
+    res = {"command": COMMAND, "env": parts[0]["env"], "pretrain": [], "seconds": sum(p["seconds"] for p in parts),
+           "parts_envs": [p["env"] for p in parts]}
+    for p in parts:
+        for k, v in p.items():
+            if k == "pretrain":
+                res["pretrain"] += v
+            elif k not in ("env", "seconds"):
+                res[k] = v
+    res["pretrain"].sort(key=lambda x: x["steps"])
     return res
 
 
 def markdown(res: dict) -> str:
     pk = ", ".join(f"{k} {v}" for k, v in res["env"]["packages"].items())
     lines = ["## Adapter quality: why this encoder and this training length (probes, no test windows)", "",
-             f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min). Git commit "
+             f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min summed over its parts). Git commit "
              f"`{res['env']['git_commit'][:12]}`{' with uncommitted changes' if res['env']['git_dirty'] else ''}; "
              f"{pk}.", "",
              f"Encoder: the benchmark's BERT pretrained by masked-LM on {res['train_sequences']} corpus sequences, "
@@ -200,7 +216,20 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    res = run()
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Adapter quality probes: encoder pretraining length, training length")
+    ap.add_argument("--part", choices=PARTS, help="run one part into out/probe-PART.json (parts can run side by "
+                    "side); without it, run every part not yet there, then write the results")
+    args = ap.parse_args()
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    for part in [args.part] if args.part else PARTS:
+        if args.part or not (out / f"probe-{part}.json").is_file():
+            (out / f"probe-{part}.json").write_text(json.dumps(run(part), indent=2), encoding="utf-8")
+    if args.part:
+        return
+    res = combine([json.loads((out / f"probe-{p}.json").read_text(encoding="utf-8")) for p in PARTS])
     (HERE / "results_quality_probes.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     (HERE / "results_quality_probes.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))
