@@ -173,7 +173,8 @@ def combine(parts: list[dict]) -> dict:
 def markdown(res: dict) -> str:
     pk = ", ".join(f"{k} {v}" for k, v in res["env"]["packages"].items())
     lines = ["## Adapter quality: why this encoder and this training length (probes, no test windows)", "",
-             f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min summed over its parts). Git commit "
+             f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min of wall time summed over its parts, "
+             "which ran side by side). Git commit "
              f"`{res['env']['git_commit'][:12]}`{' with uncommitted changes' if res['env']['git_dirty'] else ''}; "
              f"{pk}.", "",
              f"Encoder: the benchmark's BERT pretrained by masked-LM on {res['train_sequences']} corpus sequences, "

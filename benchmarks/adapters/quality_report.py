@@ -25,6 +25,24 @@ def _se(a: dict, b: dict) -> float:
     return 100 * (a["sd"] ** 2 / len(a["per_seed"]) + b["sd"] ** 2 / len(b["per_seed"])) ** 0.5
 
 
+def _probe_note() -> str:
+    """What the probes measured about the training length (results_quality_probes.json), when they were run."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results_quality_probes.json"
+    if not path.is_file():
+        return ""
+    by: dict = {}
+    for x in json.loads(path.read_text(encoding="utf-8"))["length"]:
+        by.setdefault(x["method"], []).append(x)
+    parts = [f"{xs[0]['label']} {100 * (max(x['macro_f1'] for x in xs[1:]) - xs[0]['macro_f1']):+.1f}"
+             for xs in by.values()]
+    long_ = next(iter(by.values()))[1]["steps"]
+    return (f" (on the validation split, {long_} steps changed the macro-F1 by: " + ", ".join(parts)
+            + " points, best of two rates; results_quality_probes.md)")
+
+
 def _header(res: dict) -> list[str]:
     st, env, base, enc = res["setup"], res["env"], res["baselines"], res["encoder"]
     n, w = st["n_sequences"], st["n_windows"]
@@ -69,7 +87,7 @@ def _header(res: dict) -> list[str]:
         "pretraining, see results_quality_probes.md).", "",
         f"Each training runs {st['steps']} steps, batch {st['batch']}, {st['warmup_steps']} linear warm-up steps then "
         f"linear decay to 0, through `fit` (which attaches each method's own hooks, optimizer groups and inits), "
-        f"with a linear head on mean-pooled states. Rates are chosen by validation macro-F1 on "
+        f"with a linear head on mean-pooled states{_probe_note()}. Rates are chosen by validation macro-F1 on "
         f"{st['n_select_train']} training / {st['n_select_val']} validation windows ({st['n_select_val_sequences']} "
         f"sequences) from fold 0's training part, seed 0, never on test windows: first the head-only row's rate, "
         f"{_lr(res['head_lr'])}, which is then every row's head rate; then each row's adapter rate from its grid. "
