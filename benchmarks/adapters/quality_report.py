@@ -20,6 +20,29 @@ def _versus(a: dict, b: dict, of: str = "") -> str:
     return f"{d:+.1f} points{' from ' + of if of else ''} ({verdict} the two rows' summed seed sd of {noise:.1f})"
 
 
+def _se(a: dict, b: dict) -> float:
+    """Standard error (points) of mean a - mean b over independent seeds: sqrt(sd_a^2 / n_a + sd_b^2 / n_b)."""
+    return 100 * (a["sd"] ** 2 / len(a["per_seed"]) + b["sd"] ** 2 / len(b["per_seed"])) ** 0.5
+
+
+def _probe_note() -> str:
+    """What the probes measured about the training length (results_quality_probes.json), when they were run."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results_quality_probes.json"
+    if not path.is_file():
+        return ""
+    by: dict = {}
+    for x in json.loads(path.read_text(encoding="utf-8"))["length"]:
+        by.setdefault(x["method"], []).append(x)
+    parts = [f"{xs[0]['label']} {100 * (max(x['macro_f1'] for x in xs[1:]) - xs[0]['macro_f1']):+.1f}"
+             for xs in by.values()]
+    long_ = next(iter(by.values()))[1]["steps"]
+    return (f" (on the validation split, {long_} steps changed the macro-F1 by: " + ", ".join(parts)
+            + " points, best of two rates; results_quality_probes.md)")
+
+
 def _header(res: dict) -> list[str]:
     st, env, base, enc = res["setup"], res["env"], res["baselines"], res["encoder"]
     n, w = st["n_sequences"], st["n_windows"]
@@ -36,7 +59,13 @@ def _header(res: dict) -> list[str]:
             f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
             f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
             f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate."
-            for x in res.get("reruns", [])), "",
+            for x in res.get("reruns", [])) + "".join(
+            f" Seeds {', '.join(str(v) for v in x['seeds'])} added afterwards with `--add-seeds "
+            f"{' '.join(str(v) for v in x['seeds'])}` at commit `{x['env']['git_commit'][:12]}`"
+            f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): every "
+            f"row at the rates already chosen, after seed 0 of the {' and '.join(x['checked_seed0'])} rows was "
+            "retrained and gave exactly the stored scores."
+            for x in res.get("added_seeds", [])), "",
         f"Task: {len(st['class_counts'])} Pfam families with at least {st['min_family']} seed sequences, each "
         f"sequence tiled into {st['window']}-residue windows (every {st['window']} residues, plus one ending at the "
         "last residue); "
@@ -54,10 +83,11 @@ def _header(res: dict) -> list[str]:
         f"`{enc['key']}`{', reused' if enc['cached'] else ', pretrained in this run'}). Its MLM loss went from "
         f"{mlm[0]:.3f} to {mlm[-1]:.3f} nats; the corpus' residue-frequency entropy (a model that ignores context) "
         f"is {enc['unigram_entropy']:.3f} nats, so the encoder is {enc['unigram_entropy'] - mlm[-1]:.3f} nats "
-        "better than context-free guessing.", "",
+        "better than context-free guessing on its own training corpus (on held-out sequences, and after longer "
+        "pretraining, see results_quality_probes.md).", "",
         f"Each training runs {st['steps']} steps, batch {st['batch']}, {st['warmup_steps']} linear warm-up steps then "
         f"linear decay to 0, through `fit` (which attaches each method's own hooks, optimizer groups and inits), "
-        f"with a linear head on mean-pooled states. Rates are chosen by validation macro-F1 on "
+        f"with a linear head on mean-pooled states{_probe_note()}. Rates are chosen by validation macro-F1 on "
         f"{st['n_select_train']} training / {st['n_select_val']} validation windows ({st['n_select_val_sequences']} "
         f"sequences) from fold 0's training part, seed 0, never on test windows: first the head-only row's rate, "
         f"{_lr(res['head_lr'])}, which is then every row's head rate; then each row's adapter rate from its grid. "
@@ -114,7 +144,14 @@ def _dylora(res: dict, rows: dict) -> list[str]:
               f"trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
               f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
-              f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}."]
+              f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
+              f" (standard error of that gap over the {len(dy['accuracy']['per_seed'])} seeds "
+              f"{_se(dy['by_rank'][str(worst)]['accuracy'], lora_r[str(worst)]['accuracy']):.1f} points)."]
+    if not met:
+        over = {k: -5 - g for k, g in gaps.items() if g < -5}
+        lines[-1] += (" Ranks beyond the 5-point margin: " + "; ".join(
+            f"rank {k} by {v:.1f} points ({v / _se(dy['by_rank'][str(k)]['accuracy'], lora_r[str(k)]['accuracy']):.1f}"
+            " standard errors)" for k, v in sorted(over.items())) + ".")
     hd, top = rows["head"], lora_r[str(st["rank"])]
     lines[-1] += (f" For scale: LoRA r={st['rank']} is {_versus(top['accuracy'], hd['accuracy'], 'head-only')} and "
                   f"DyLoRA at full rank is {_versus(dy['accuracy'], hd['accuracy'], 'head-only')}, so a gap to LoRA "
@@ -139,9 +176,13 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
             f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} adapter "
             f"parameters on average against LoRA r={st['rank']}'s {lo['trainable_encoder']:,}. Its accuracy is "
-            f"{_versus(so['accuracy'], lo['accuracy'], 'LoRA r=' + str(st['rank']))}. Target \"half or fewer gates "
+            f"{_versus(so['accuracy'], lo['accuracy'], 'LoRA r=' + str(st['rank']))}; standard error of the gap over "
+            f"the seeds {_se(so['accuracy'], lo['accuracy']):.1f} points. Target \"half or fewer gates "
             f"non-zero within 2 points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, "
-            f"{d_sora:+.1f} points).", ""]
+            f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
+                x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
+                            else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
+                            if d_sora < -2 else "") if x) + "."), ""]
 
 
 def _baselines(res: dict, rows: dict) -> list[str]:
