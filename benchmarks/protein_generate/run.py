@@ -41,12 +41,14 @@ HERE = Path(__file__).parent
 CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_generate/run.py"
 
 #: decoding settings compared (top_k 0 = no top-k cut; top_p 1.0 = no nucleus cut)
+#: ``res-`` settings sample residues and the closing '>' only (``SamplingParams.residues_only``)
 SETTINGS = {
-    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2),
-    "t0.6": dict(temperature=0.6, top_k=40, top_p=0.9, repetition_penalty=1.2),
-    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0),
-    "t1.0-p0.95": dict(temperature=1.0, top_k=0, top_p=0.95, repetition_penalty=1.0),
-    "t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0),
+    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2, residues_only=False),
+    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False),
+    "t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=False),
+    "res-t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True),
+    "res-t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True),
+    "res-t0.6": dict(temperature=0.6, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True),
 }
 PIPELINES = ("windows", "crop128")
 KS_ALPHA, LC_FACTOR = 0.05, 1.5

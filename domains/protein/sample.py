@@ -39,7 +39,7 @@ from typing import Iterable
 
 from adaptome.core.progress import progress_bar
 from adaptome.domains.protein.data import LabelTask
-from adaptome.domains.protein.formats import ProteinError, fasta_text, invalid_positions
+from adaptome.domains.protein.formats import STANDARD_AA, ProteinError, fasta_text, invalid_positions
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 SMALL_MODEL_PARAMS = 100_000_000
@@ -58,6 +58,10 @@ class SamplingParams:
             ``>`` by then is flagged incomplete); see ``resolve_max_new_tokens``.
         seed: seed of the sampling RNG.
         batch_size: prompts decoded together.
+        residues_only: inside the sequence, sample only the 20 standard amino-acid letters and the
+            closing ``>``: every other token (``</s>``, ``<unk>``, ``=``, digits...) gets probability 0
+            before temperature and top-k / top-p (see the module docstring). False: ProLLaMA's
+            unconstrained decoding.
     """
 
     temperature: float = 0.2
@@ -67,12 +71,13 @@ class SamplingParams:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     seed: int = 0
     batch_size: int = 16
+    residues_only: bool = False
 
 
 #: decoding presets; ``small`` is measured in benchmarks/protein_generate (results.md there)
 PRESETS = {
     "prollama": SamplingParams(),
-    "small": SamplingParams(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0),
+    "small": SamplingParams(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True),
 }
 
 
@@ -154,11 +159,31 @@ def _stop_ids(tok) -> tuple[list[int], bool]:
     return ([tok.eos_token_id] + (ids if single else [])), single
 
 
+def residue_suppression(tok) -> list[int]:
+    """Token ids ``residues_only`` suppresses: all but the 20 standard amino-acid letters and ``>``.
+
+    ``ProteinError`` when one of those is not a single token (a subword vocabulary): the constraint is
+    defined for one token per residue only."""
+    keep = []
+    for ch in STANDARD_AA + ">":
+        ids = tok(ch, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1 or tok.convert_ids_to_tokens(ids[0]).strip("▁Ġ") != ch:
+            raise ProteinError(f"residues_only needs one token per residue, but {ch!r} is {len(ids)} token(s) "
+                               "in this tokenizer; sample with residues_only off")
+        keep.append(ids[0])
+    return sorted(set(range(len(tok))) - set(keep))
+
+
 def generate_continuations(model, tok, prompts: list[str], params: SamplingParams,
                            progress: bool = False) -> list[tuple[str, int]]:
-    """(decoded continuation, generated-token count) per prompt, in order."""
+    """(decoded continuation, generated-token count) per prompt, in order.
+
+    With ``params.residues_only`` every generated token is constrained to a residue or ``>``: the
+    prompts must leave ``Seq=<`` open (``prompt_plan`` does)."""
     eos_ids, single = _stop_ids(tok)
     extra = {} if single else {"stop_strings": [">"], "tokenizer": tok}
+    if params.residues_only:
+        extra["suppress_tokens"] = residue_suppression(tok)
     out: list[tuple[str, int]] = []
     batches = [prompts[i:i + params.batch_size] for i in range(0, len(prompts), params.batch_size)]
     old_side = tok.padding_side
@@ -235,12 +260,14 @@ def sample(model, tok, task: LabelTask | None, labels: Iterable[str | None], n_p
 
 def prompt_plan(task: LabelTask | None, labels: Iterable[str | None], n_per_label: int,
                 prefix: str = "") -> list[tuple[str | None, str]]:
-    """(label, prompt) per sample, ``n_per_label`` per label, in label order."""
+    """(label, prompt) per sample, ``n_per_label`` per label, in label order; every prompt leaves the
+    answer's ``Seq=<`` open (with the prefix), as the generation records' training text runs on into it."""
     plan: list[tuple[str | None, str]] = []
     for label in labels:
         if label is not None and task is None:
             raise ValueError("a label needs a LabelTask")
-        prompt = task.generate_prompt(label, prefix) if (task and label is not None) else "Seq=<" + prefix
+        prompt = (task.generate_prompt(label, prefix, open_seq=True) if (task and label is not None)
+                  else "Seq=<" + prefix)
         plan += [(label, prompt)] * n_per_label
     return plan
 
