@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3 --s2-steps 1500"
+CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3 --s2-steps 1000"
 LIKELIHOOD = ("determine", "bayes", "combined")
 
 
