@@ -163,7 +163,8 @@ def write_md(res: dict) -> str:
     nf = next(iter(summ.values()))["n_families"]
     lines = ["## protein_generate: sample lengths and low-complexity share vs the real families (tiny LLaMA, CPU)", "",
              f"{nf} shipped Pfam seed families, {res['args']['n']} samples per family and setting, seeds "
-             f"{res['args']['seeds']}; both stages trained per seed and pipeline (tiny presets). Targets: length KS "
+             f"{res['args']['seeds']}; " + ("" if res.get("models_note") else "both stages trained per seed and "
+                                             "pipeline (tiny presets). ") + "Targets: length KS "
              f"p > {KS_ALPHA} for at least half of the families; low-complexity share within {LC_FACTOR}x the "
              "real one. Cells: families passing, per seed. Settings named `res-` sample only the 20 amino-acid "
              "letters and the closing '>' (`SamplingParams.residues_only`)."

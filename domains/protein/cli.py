@@ -186,7 +186,7 @@ def sample_cmd(
     seed: int = typer.Option(0), batch_size: int = typer.Option(16),
     residues_only: Optional[bool] = typer.Option(None, "--residues-only/--any-token",
                                                  help="sample only amino-acid letters and the closing '>' inside "
-                                                 "the sequence (default: the preset's; small: on, prollama: off)"),
+                                                 "the sequence (default: the preset's, off in both)"),
     allow_unseen_labels: bool = typer.Option(False, help="sample a label the model was not trained on"),
     out: Path = typer.Option(..., help="output FASTA"), overwrite: bool = typer.Option(False),
 ) -> None:

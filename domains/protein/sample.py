@@ -1,19 +1,32 @@
 """The sampler: ProLLaMA-style unconditional and conditional generation written to FASTA.
 
 Prompts follow ProLLaMA (``scripts/infer.py``): ``Seq=<`` for unconditional generation,
-``[Generate by superfamily] Superfamily=<X>`` for a label (any ``LabelTask``), optionally followed by
-``Seq=<PREFIX`` left open. Decoding uses ``model.generate``, batched with left padding; each batch
-reseeds the RNG with ``seed + batch index`` so a fixed seed and batch size reproduce the same FASTA.
+``[Generate by superfamily] Superfamily=<X>`` for a label (any ``LabelTask``). The prompt always runs on
+into the answer's ``Seq=<`` (and a prefix), left open, with no separator: exactly the training text of a
+generation record (``instruction + ' ' + input`` then the output ``Seq=<...>``). Decoding uses
+``model.generate``, batched with left padding; each batch reseeds the RNG with ``seed + batch index`` so
+a fixed seed and batch size reproduce the same FASTA.
+
+``residues_only`` (off in both presets; ``--residues-only``): every token but the 20 standard amino-acid letters and
+the closing ``>`` is suppressed (``generate``'s ``suppress_tokens``, applied before temperature and
+top-k / top-p), i.e. sampling from the model's distribution conditioned on the sequence continuing
+or closing properly. Without it a tiny stage-2 model, which also learned to write label answers
+(``Family=<...>``), spends a few per cent of every step's probability on ``</s>``, ``_``, digits and
+label letters, so that at temperature 1 many samples stop at a stray ``</s>`` or run into label text
+long before the family's length. With it every sample ends at ``>`` or at the length limit
+(``benchmarks/protein_generate``, ``res-t1.0``: complete 1.00), but the tiny model's lengths are
+then its own, family-blind ones (0.59 x the real mean at temperature 1, 1.73 x at temperature 0.8 /
+top-p 0.95), so it did not bring lengths or the low-complexity share nearer the real families and is
+not in a preset. ProLLaMA decodes unconstrained.
 
 Settings come in two presets (``PRESETS``): ``prollama`` is ProLLaMA's (temperature 0.2, top-k 40,
 top-p 0.9, repetition penalty 1.2), made for a 7 B model; ``small`` (temperature 0.8, no top-k, top-p
-0.95, no repetition penalty) is the setting that ``benchmarks/protein_generate`` found to keep the
-length distribution and the low-complexity share of tiny models' samples nearest the real family's:
-with ProLLaMA's setting the tiny model's samples ran 2.3x the real length with 0 of 5 families
-within 1.5x the real low-complexity share (near-greedy decoding drives a small model into repeats
-that never close), with ``small`` 1.6x and 3 of 5 families at most 1.5x the real share.
-``preset_for(model)`` picks ``small`` below ``SMALL_MODEL_PARAMS`` parameters (a threshold we chose;
-only tiny models were measured); every option can still be set one by one.
+0.95, no repetition penalty) for tiny models: the best of the settings compared in
+``benchmarks/protein_generate/results.md`` by families meeting the length (KS) and low-complexity
+targets, though it meets neither target there (ProLLaMA's setting passes the KS test for more
+families but collapses into low complexity: 0 families within 1.5x the real share).
+``preset_for(model)`` picks ``small`` below ``SMALL_MODEL_PARAMS`` parameters (a threshold we
+chose; only tiny models were measured); every option can still be set one by one.
 
 Length limit: ``resolve_max_new_tokens`` takes an explicit limit as given (an error if the prompt plus
 the limit passes the model's position limit, ``config.max_position_embeddings``) or derives one:
@@ -27,7 +40,8 @@ Caveat: with the character tokenizer, repetition penalty 1.2 soon applies to eve
 has been seen), so it mostly rescales the logits; it is kept as ProLLaMA's default and can be set to 1.
 
 Dimension letters: B prompts per batch, P padded prompt length, G generated tokens.
-Not covered: beam search, constrained decoding to the amino-acid alphabet.
+Not covered: beam search; residues outside the 20 standard letters under ``residues_only``; the
+constraint for subword vocabularies (it needs one token per residue and says so).
 """
 
 from __future__ import annotations
@@ -77,7 +91,7 @@ class SamplingParams:
 #: decoding presets; ``small`` is measured in benchmarks/protein_generate (results.md there)
 PRESETS = {
     "prollama": SamplingParams(),
-    "small": SamplingParams(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True),
+    "small": SamplingParams(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0),
 }
 
 

@@ -124,11 +124,12 @@ def test_residues_only_samples_residues_and_stops_only_at_the_closing_marker(tin
     assert sample.prompt_plan(data.FAMILY, ["X"], 1)[0][1].endswith("Family=<X>Seq=<")
     free = sample.SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=40,
                                  seed=3, batch_size=8)
-    on = sample.sample(model, tok, data.FAMILY, ["Cyclin_N"], 8, sample.with_preset("small", max_new_tokens=40, seed=3))
+    on = sample.sample(model, tok, data.FAMILY, ["Cyclin_N"], 8, sample.with_preset("small", max_new_tokens=40, seed=3,
+                                                                                      residues_only=True))
     off = sample.sample(model, tok, data.FAMILY, ["Cyclin_N"], 8, free)
     # a random model over ~100 tokens: unconstrained, it soon writes a non-residue (or stops at </s>)
     assert any(s.invalid or (not s.complete and s.n_tokens < 40) for s in off)
     for s in on:  # constrained: residues only; a sample ends at '>' or runs to the limit, never at </s>
         assert not s.invalid and set(s.seq) <= set(STANDARD_AA)
         assert s.complete or s.n_tokens == 40
-    assert sample.header(1, on[0], sample.with_preset("small")).count("residues_only=True") == 1
+    assert sample.header(1, on[0], sample.with_preset("small", residues_only=True)).count("residues_only=True") == 1
