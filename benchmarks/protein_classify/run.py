@@ -3,9 +3,16 @@
 For each seed: the shipped Pfam seed families with at least 7 members (5 families, at most 12
 sequences each, full length: 58-481 residues), 3 per family held out (``data.split_by_label``);
 stage 1 (``configs/pretrain_tiny.yaml``) on every shipped Pfam seed and nrPDB-EC chain except the
-held-out ones; stage 2 (``configs/instruct_tiny.yaml``, 256 tokens) on the training families'
-instruction records as ``build-dataset`` writes them (``data.fit_instruction_records``: the protein
-cropped to fit, every answer whole). Then on the held-out sequences (cropped exactly as training
+held-out ones; stage 2 (``configs/instruct_tiny.yaml``; ``--s2-steps`` overrides its 600 steps) on the
+training families' instruction records as ``build-dataset`` writes them (``data.fit_instruction_records``),
+whole by default (``max_seq_length`` = the longest protein + 64, as benchmarks/protein_generate does,
+so the model reads every residue the 3-mer baseline reads; ``--max-seq-length 256`` crops the protein,
+never an answer). The raw per-candidate ``determine`` / ``bayes`` scores of the held-out and the
+training sequences are saved, and the report computes from them the length-normalised variant of
+``combined``, the training-side accuracies (how far training got), the per-family confusion and the
+stage-2 loss curve. With ``--samples N`` the same models also sample N sequences per family with
+every setting of benchmarks/protein_generate (read there with ``--from-classify``).
+Then on the held-out sequences (cropped exactly as training
 cropped them): ``determine``, ``bayes``, ``combined`` and ``generate`` (``classify.py``), beside the
 majority class and the 3-mer logistic regression fitted on the same training side
 (``classify.with_baselines``). The best likelihood method by mean accuracy over the seeds is the one
