@@ -19,7 +19,7 @@ majority class and the 3-mer logistic regression fitted on the same training sid
 ``classify.DEFAULT_METHOD`` should name; the report says whether it does.
 
 Writes ``results.json`` and ``results.md`` beside this file.
-Reproduce: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3 --s2-steps 1000``
+Reproduce: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3``
 (``--jobs 1`` runs the seeds one after another with the same numbers; ``--render-only`` rewrites
 ``results.md`` from ``results.json``).
 """
@@ -40,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3 --s2-steps 1000"
+CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3"
 LIKELIHOOD = ("determine", "bayes", "combined")
 
 

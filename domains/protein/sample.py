@@ -15,9 +15,9 @@ or closing properly. Without it a tiny stage-2 model, which also learned to writ
 label letters, so that at temperature 1 many samples stop at a stray ``</s>`` or run into label text
 long before the family's length. With it every sample ends at ``>`` or at the length limit
 (``benchmarks/protein_generate``, ``res-t1.0``: complete 1.00), but the tiny model's lengths are
-then its own, family-blind ones (0.59 x the real mean at temperature 1, 1.73 x at temperature 0.8 /
-top-p 0.95), so it did not bring lengths or the low-complexity share nearer the real families and is
-not in a preset. ProLLaMA decodes unconstrained.
+then its own, family-blind ones (0.51 x the real mean at temperature 1, 1.98 x at temperature 0.8 /
+top-p 0.95, vs 1.37 x unconstrained), so it did not bring lengths or the low-complexity share nearer
+the real families and is not in a preset. ProLLaMA decodes unconstrained.
 
 Settings come in two presets (``PRESETS``): ``prollama`` is ProLLaMA's (temperature 0.2, top-k 40,
 top-p 0.9, repetition penalty 1.2), made for a 7 B model; ``small`` (temperature 0.8, no top-k, top-p
