@@ -3,9 +3,16 @@
 For each seed: the shipped Pfam seed families with at least 7 members (5 families, at most 12
 sequences each, full length: 58-481 residues), 3 per family held out (``data.split_by_label``);
 stage 1 (``configs/pretrain_tiny.yaml``) on every shipped Pfam seed and nrPDB-EC chain except the
-held-out ones; stage 2 (``configs/instruct_tiny.yaml``, 256 tokens) on the training families'
-instruction records as ``build-dataset`` writes them (``data.fit_instruction_records``: the protein
-cropped to fit, every answer whole). Then on the held-out sequences (cropped exactly as training
+held-out ones; stage 2 (``configs/instruct_tiny.yaml``; ``--s2-steps`` overrides its 600 steps) on the
+training families' instruction records as ``build-dataset`` writes them (``data.fit_instruction_records``),
+whole by default (``max_seq_length`` = the longest protein + 64, as benchmarks/protein_generate does,
+so the model reads every residue the 3-mer baseline reads; ``--max-seq-length 256`` crops the protein,
+never an answer). The raw per-candidate ``determine`` / ``bayes`` scores of the held-out and the
+training sequences are saved, and the report computes from them the length-normalised variant of
+``combined``, the training-side accuracies (how far training got), the per-family confusion and the
+stage-2 loss curve. With ``--samples N`` the same models also sample N sequences per family with
+every setting of benchmarks/protein_generate (read there with ``--from-classify``).
+Then on the held-out sequences (cropped exactly as training
 cropped them): ``determine``, ``bayes``, ``combined`` and ``generate`` (``classify.py``), beside the
 majority class and the 3-mer logistic regression fitted on the same training side
 (``classify.with_baselines``). The best likelihood method by mean accuracy over the seeds is the one
@@ -22,12 +29,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -54,7 +63,8 @@ def answers_cut_without_fitting(seed: int, max_seq_length: int = 256) -> dict:
     return out
 
 
-def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) -> dict:
+def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
+             max_seq_length: int | None = None, n_samples: int = 0) -> dict:
     from importlib import resources
 
     from adaptome.core.config import load_config
@@ -64,6 +74,7 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) 
     from adaptome.domains.protein.tokenizer import build_tokenizer
 
     cfgs = Path(str(resources.files("adaptome.domains.protein") / "configs"))
+    gen = _generate_benchmark() if n_samples else None  # loaded now: later edits of that file cannot reach this run
     task = data.FAMILY
     recs = data.pfam_families(min_count=7, max_per_family=12, max_residues=None, seed=seed)
     train, test = data.split_by_label(recs, n_test=3, seed=seed)
@@ -72,8 +83,10 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) 
     unlabelled += data.ec_records()
     fasta = formats.write_fasta(((r.id, r.seq) for r in unlabelled), work / "stage1.fasta")
     tok = build_tokenizer()
-    c2 = load_config(InstructConfig, cfgs / "instruct_tiny.yaml")
-    records, crops = data.fit_instruction_records(train, task, tok, c2.max_seq_length)
+    # whole records by default: the longest training record plus room for the prompt (as
+    # benchmarks/protein_generate does), so the model reads every residue the 3-mer baseline reads
+    msl = max_seq_length or max(256, max(len(r.seq) for r in recs) + 64)
+    records, crops = data.fit_instruction_records(train, task, tok, msl)
     jsonl = formats.write_instructions(records, work / "instructions.jsonl")
 
     o1 = [f"train.output_dir={work / 's1'}", f"train.seed={seed}", "train.progress=false"]
@@ -82,7 +95,7 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) 
     t0 = time.perf_counter()
     s1 = run_stage_config(c1)
     o2 = [f"train.output_dir={work / 's2'}", f"train.seed={seed}", f"model.name_or_path={s1['merged']}",
-          "train.progress=false"] + ([f"train.max_steps={s2_steps}"] if s2_steps else [])
+          "train.progress=false", f"max_seq_length={msl}"] + ([f"train.max_steps={s2_steps}"] if s2_steps else [])
     c2 = dataclasses.replace(load_config(InstructConfig, cfgs / "instruct_tiny.yaml", o2), train_files=[str(jsonl)])
     s2 = run_stage_config(c2)
     train_s = time.perf_counter() - t0
@@ -92,7 +105,17 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) 
     seqs, y = [r.seq for r in test], [r.label for r in test]
     out = {"seed": seed, "n_train": len(train), "n_test": len(test), "labels": labels,
            "test_lengths": [len(s) for s in seqs], "crops": dataclasses.asdict(crops), "crop_message": crops.message(),
-           "stage2_loss": [s2.get("first_loss"), s2.get("last_loss")], "train_seconds": train_s, "methods": {}}
+           "stage2_loss": [s2.get("first_loss"), s2.get("last_loss")], "train_seconds": train_s, "methods": {},
+           "stage1_curve": _curve(s1), "stage2_curve": _curve(s2), "steps": [s1["steps"], s2["steps"]]}
+    # raw per-candidate scores, held-out and training side: every variant in the report is computed from them
+    for side, rs in (("test", test), ("train", train)):
+        q = [r.seq for r in rs]
+        out[f"scores_{side}"] = {k: classify._score_rows(model, tok, task, q, labels, k, c2.max_seq_length, 16, False)
+                                 for k in ("determine", "bayes")}
+        widest = data.widest_label(tok, labels, task.generate_prompt)
+        out[f"bayes_tokens_{side}"] = [len(tok(data.generate_answer(tok, task, x, widest, c2.max_seq_length),
+                                               add_special_tokens=False)["input_ids"]) + 1 for x in q]
+        out[f"truth_{side}"] = [r.label for r in rs]
     for m in classify.METHODS:
         t0 = time.perf_counter()
         preds = classify.classify(model, tok, task, seqs, labels, m, max_seq_length=c2.max_seq_length)
@@ -102,20 +125,43 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None) 
                              "predictions": [p["pred"] for p in preds]}
         out["majority_accuracy"], out["kmer_lr_accuracy"] = rep["majority_accuracy"], rep["kmer_lr_accuracy"]
         out["majority_class"] = rep["majority_class"]
+        out["kmer_predictions"] = rep["kmer_predictions"]
     out["truth"] = y
     out["without_fitting"] = answers_cut_without_fitting(seed, c2.max_seq_length)
+    if n_samples:  # the same model's samples, for benchmarks/protein_generate (--from-classify)
+        t0 = time.perf_counter()
+        real = data.pfam_families(min_count=7, max_per_family=None)
+        out["generation_rows"] = [{"pipeline": "windows", "seed": seed, **r} for r in
+                                  gen.sample_rows(s2["merged"], labels, real, n_samples, seed, list(gen.SETTINGS))]
+        out["generation_seconds"] = time.perf_counter() - t0
     return out
 
 
-def _run_seed(job: tuple[int, int | None, int | None, str]) -> dict:
+def _generate_benchmark():
+    """``benchmarks/protein_generate/run.py`` as a module (its ``sample_rows`` and ``SETTINGS``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("protein_generate_run", HERE.parent / "protein_generate" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _curve(stage: dict, n: int = 10) -> list[list[float]]:
+    """(step, loss) at about ``n`` evenly spaced logged points of a stage's history."""
+    pts = [(h["step"], h["loss"]) for h in stage["history"] if "loss" in h and "step" in h]
+    return [list(p) for p in pts[::max(1, len(pts) // n)]] + ([list(pts[-1])] if pts else [])
+
+
+def _run_seed(job: tuple[int, int | None, int | None, int | None, int, str]) -> dict:
     """One seed in a temporary folder, on one CPU thread (a worker process when ``--jobs`` > 1); the
     result is also written to ``<out>/.partial/seed<N>.json`` at once, so a lost parent loses nothing."""
     import torch
 
     torch.set_num_threads(1)
-    seed, s1_steps, s2_steps, out = job
+    seed, s1_steps, s2_steps, msl, n_samples, out = job
     with tempfile.TemporaryDirectory() as d:
-        run = one_seed(seed, Path(d), s1_steps, s2_steps)
+        run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples)
     part = Path(out) / ".partial"
     part.mkdir(parents=True, exist_ok=True)
     (part / f"seed{seed}.json").write_text(json.dumps(run), encoding="utf-8")
@@ -123,6 +169,31 @@ def _run_seed(job: tuple[int, int | None, int | None, str]) -> dict:
                                           "train_seconds")}
                      | {m: v["accuracy"] for m, v in run["methods"].items()}), flush=True)
     return run
+
+
+def _log_softmax(row: dict[str, float]) -> dict[str, float]:
+    top = max(row.values())
+    lse = top + math.log(sum(math.exp(v - top) for v in row.values()))
+    return {c: v - lse for c, v in row.items()}
+
+
+def variant_predictions(run: dict, side: str = "test") -> dict[str, list[str]]:
+    """Predictions of the likelihood methods and of the variants the report compares, from the raw scores:
+    ``combined`` is log_softmax(determine) + log_softmax(bayes) over the candidates (``classify.py``);
+    ``combined_per_residue`` divides the bayes score by its token count first (length-normalised)."""
+    sc, ntok = run[f"scores_{side}"], run[f"bayes_tokens_{side}"]
+    out: dict[str, list[str]] = {"determine": [], "bayes": [], "combined": [], "combined_per_residue": []}
+    for d, b, n in zip(sc["determine"], sc["bayes"], ntok):
+        ld, lb, lbn = _log_softmax(d), _log_softmax(b), _log_softmax({c: v / n for c, v in b.items()})
+        rows = {"determine": d, "bayes": b, "combined": {c: ld[c] + lb[c] for c in d},
+                "combined_per_residue": {c: ld[c] + lbn[c] for c in d}}
+        for k, row in rows.items():
+            out[k].append(max(row, key=row.get))
+    return out
+
+
+def _acc(pred: list[str], truth: list[str]) -> float:
+    return sum(a == b for a, b in zip(pred, truth)) / len(truth)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -136,7 +207,23 @@ def summarise(runs: list[dict]) -> dict:
     s["kmer_lr"] = ms([r["kmer_lr_accuracy"] for r in runs])
     best = max(LIKELIHOOD, key=lambda m: (s[m]["mean"], -LIKELIHOOD.index(m)))
     default = classify.DEFAULT_METHOD
-    return {"accuracy": s, "best_likelihood_method": best, "default_method": default,
+    raw = [r for r in runs if "scores_test" in r]
+    variants = {}
+    if raw:
+        for side in ("test", "train"):
+            preds = [variant_predictions(r, side) for r in raw]
+            variants[side] = {k: ms([_acc(p[k], r[f"truth_{side}"]) for p, r in zip(preds, raw)]) for k in preds[0]}
+        conf: dict[str, Counter] = {}
+        for r in raw:
+            for t, p in zip(r["truth_test"], variant_predictions(r)[default]):
+                conf.setdefault(t, Counter())[p] += 1
+        variants["confusion_default"] = {t: dict(c) for t, c in sorted(conf.items())}
+        kconf: dict[str, Counter] = {}
+        for r in raw:
+            for t, p in zip(r["truth_test"], r["kmer_predictions"]):
+                kconf.setdefault(t, Counter())[p] += 1
+        variants["confusion_kmer"] = {t: dict(c) for t, c in sorted(kconf.items())}
+    return {"accuracy": s, "variants": variants, "best_likelihood_method": best, "default_method": default,
             "default_is_best": s[default]["mean"] >= s[best]["mean"],
             "default_matches_kmer": s[default]["mean"] >= s["kmer_lr"]["mean"],
             "malformed_generate": sum(r["methods"]["generate"]["n_malformed"] for r in runs),
@@ -171,6 +258,7 @@ def markdown(res: dict) -> str:
               f"{a['kmer_lr']['mean']:.3f} -> " + ("met" if s["default_matches_kmer"] else "NOT met") + ".",
               f"`generate`: {s['malformed_generate']} malformed answers and {s['unknown_generate']} well-formed "
               f"labels outside the candidates in {s['n_predictions']} predictions (counted as wrong).", "",
+              ] + variant_lines(res) + [
               "Instruction records (per seed): " + "; ".join(f"seed {r['seed']}: {r['crop_message']}" for r in runs)
               + ".",
               "Without fitting (ProLLaMA's cut of the token row at the limit), of the same records "
@@ -184,6 +272,32 @@ def markdown(res: dict) -> str:
               f"transformers {res['versions']['transformers']}, python {res['versions']['python']}.", "",
               f"Reproduce: `{CMD}`", ""]
     return "\n".join(lines)
+
+
+def variant_lines(res: dict) -> list[str]:
+    """The report's part computed from the raw per-candidate scores (absent in results without them)."""
+    v = res["summary"].get("variants") or {}
+    if not v:
+        return []
+    runs = [r for r in res["runs"] if "scores_test" in r]
+    names = {"determine": "`determine`", "bayes": "`bayes`", "combined": "`combined` (bayes summed over residues)",
+             "combined_per_residue": "`combined`, bayes per residue (length-normalised)"}
+    lines = ["", "From the raw scores: held-out and training-side accuracy (the model's own training sequences: "
+             "how far training got).", "", "| method | held-out mean | per seed | training side mean | per seed |",
+             "|---|---|---|---|---|"]
+    for k, name in names.items():
+        te, tr = v["test"][k], v["train"][k]
+        lines.append(f"| {name} | {te['mean']:.3f} | " + ", ".join(f"{x:.3f}" for x in te["per_seed"])
+                     + f" | {tr['mean']:.3f} | " + ", ".join(f"{x:.3f}" for x in tr["per_seed"]) + " |")
+    d = res["summary"]["default_method"]
+    lines += ["", f"Held-out confusion over the seeds (true family: predicted counts), default `{d}` | 3-mer LR:", ""]
+    lines += [f"- {t}: " + ", ".join(f"{p} {n}" for p, n in sorted(c.items(), key=lambda x: -x[1])) + " | "
+              + ", ".join(f"{p} {n}" for p, n in sorted(v["confusion_kmer"][t].items(), key=lambda x: -x[1]))
+              for t, c in v["confusion_default"].items()]
+    lines += ["", "Loss curves (step: loss), stage 2: " + "; ".join(
+        f"seed {r['seed']} ({r['steps'][1]} steps) " + ", ".join(f"{int(a)}: {b:.2f}" for a, b in r["stage2_curve"])
+        for r in runs) + ".", ""]
+    return lines
 
 
 def _git() -> str:
@@ -203,6 +317,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--s1-steps", type=int, default=None, help="override the tiny config's stage-1 steps")
     ap.add_argument("--s2-steps", type=int, default=None, help="override the tiny config's stage-2 steps")
+    ap.add_argument("--max-seq-length", type=int, default=None,
+                    help="stage-2 token limit (default: the longest record whole, at least 256)")
+    ap.add_argument("--samples", type=int, default=12,
+                    help="also sample this many sequences per family with every setting of benchmarks/protein_generate "
+                    "(0: none); that benchmark reads them with --from-classify")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json / results.md")
     ap.add_argument("--render-only", action="store_true",
@@ -224,7 +343,8 @@ def main() -> None:
         print(markdown(res))
         return
     t0 = time.perf_counter()
-    jobs = [(seed, args.s1_steps, args.s2_steps, str(args.out)) for seed in args.seeds]
+    jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(args.out))
+            for seed in args.seeds]
     if args.jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -234,7 +354,7 @@ def main() -> None:
     else:
         runs = [_run_seed(j) for j in jobs]
     res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps,
-                      "jobs": args.jobs},
+                      "max_seq_length": args.max_seq_length, "samples": args.samples, "jobs": args.jobs},
            "git": _git(), "versions": _versions(),
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}
     args.out.mkdir(parents=True, exist_ok=True)

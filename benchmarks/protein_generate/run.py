@@ -20,6 +20,12 @@ share (``lowcomplexity.py``, SEG trigger windows: 12 residues, 2.2 bits) and its
 one, and the share of complete samples (closing ``>`` produced). Targets (issue #14): KS p > 0.05 for
 at least half of the families; low-complexity share within 1.5x of the real one.
 
+``--from-classify results.json`` builds the results instead from the samples that
+``benchmarks/protein_classify/run.py --samples N`` draws with every setting here from its own models
+(stage 2 on the training side of that benchmark's split, 3 sequences per family held out): one
+training per seed serves both benchmarks (the results.md shipped here is made that way; its first
+paragraph names the models).
+
 Writes ``results.json`` and ``results.md`` beside this file; every sentence of the Markdown is
 computed from the numbers. Reproduce: see ``CMD`` (about 15 CPU minutes with the defaults).
 """
@@ -41,12 +47,12 @@ HERE = Path(__file__).parent
 CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_generate/run.py"
 
 #: decoding settings compared (top_k 0 = no top-k cut; top_p 1.0 = no nucleus cut)
+#: ``res-`` settings sample residues and the closing '>' only (``SamplingParams.residues_only``)
 SETTINGS = {
-    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2),
-    "t0.6": dict(temperature=0.6, top_k=40, top_p=0.9, repetition_penalty=1.2),
-    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0),
-    "t1.0-p0.95": dict(temperature=1.0, top_k=0, top_p=0.95, repetition_penalty=1.0),
-    "t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0),
+    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2, residues_only=False),
+    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False),
+    "res-t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True),
+    "res-t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True),
 }
 PIPELINES = ("windows", "crop128")
 KS_ALPHA, LC_FACTOR = 0.05, 1.5
@@ -163,9 +169,12 @@ def write_md(res: dict) -> str:
     nf = next(iter(summ.values()))["n_families"]
     lines = ["## protein_generate: sample lengths and low-complexity share vs the real families (tiny LLaMA, CPU)", "",
              f"{nf} shipped Pfam seed families, {res['args']['n']} samples per family and setting, seeds "
-             f"{res['args']['seeds']}; both stages trained per seed and pipeline (tiny presets). Targets: length KS "
+             f"{res['args']['seeds']}; " + ("" if res.get("models_note") else "both stages trained per seed and "
+                                             "pipeline (tiny presets). ") + "Targets: length KS "
              f"p > {KS_ALPHA} for at least half of the families; low-complexity share within {LC_FACTOR}x the "
-             "real one. Cells: families passing, per seed."
+             "real one. Cells: families passing, per seed. Settings named `res-` sample only the 20 amino-acid "
+             "letters and the closing '>' (`SamplingParams.residues_only`)."
+             + (" " + res["models_note"] if res.get("models_note") else "")
              + ("" if res.get("complete", True) else f" PARTIAL: only the runs {res['runs_done']} finished."), "",
              "| pipeline | setting | KS p > 0.05 | low-complexity within 1.5x (both ways) | low-complexity <= 1.5x "
              "| mean KS p | median abs log2 LC ratio | complete | mean length / real |",
@@ -186,6 +195,11 @@ def write_md(res: dict) -> str:
               f"({SETTINGS_TEXT(best)}). With it, the KS target (at least {half} of {nf} families) is met in "
               f"{ks_met} of {len(b['seeds'])} seeds, and the low-complexity target holds for all {nf} families in "
               f"{lc_all} of {len(b['seeds'])} seeds."]
+    from adaptome.domains.protein.sample import PRESETS
+
+    small = {k: getattr(PRESETS["small"], k) for k in SETTINGS[best]}
+    lines.append("The sampler's `small` preset (`sample.PRESETS`, used below 100 M parameters) is "
+                 + ("this setting." if small == SETTINGS[best] else f"NOT this setting ({small})."))
     if p is not None:
         lines.append(f"ProLLaMA's setting on the same models: KS passes {p['ks_pass_per_seed']}, low-complexity "
                      f"within 1.5x {p['lc_within_per_seed']}, complete {p['complete']:.2f}, mean length / real "
@@ -238,9 +252,13 @@ def main() -> None:
     ap.add_argument("--s2-steps", type=int, default=None, help="stage-2 steps (default: the tiny preset's)")
     ap.add_argument("--part", type=Path, default=None, help="write this process's rows here (runs in parallel)")
     ap.add_argument("--collect", type=Path, nargs="+", default=None, help="merge --part files into the results")
+    ap.add_argument("--from-classify", type=Path, default=None,
+                    help="results.json of benchmarks/protein_classify run with --samples: its models' samples")
     args = ap.parse_args()
     if args.collect:
         return collect(args.collect)
+    if args.from_classify:
+        return from_classify(args.from_classify)
     t0 = time.time()
     real = data.pfam_families(min_count=7, max_per_family=None)
     rows, losses = [], {}
@@ -272,6 +290,40 @@ def main() -> None:
             (HERE / "results.json").write_text(json.dumps(res, indent=2))  # after every run: partial results survive
             (HERE / "results.md").write_text(write_md(res))
             print(write_md(res))
+
+
+def from_classify(path: Path) -> None:
+    """results.json / results.md from the samples that ``benchmarks/protein_classify/run.py --samples N`` drew
+    with every setting of ``SETTINGS`` from its own models (one training per seed serves both benchmarks)."""
+    import torch
+
+    cls = json.loads(path.read_text())
+    runs = [r for r in cls["runs"] if r.get("generation_rows")]
+    if not runs:
+        raise SystemExit(f"{path}: no generation rows (run the classify benchmark with --samples N)")
+    rows = [x for r in runs for x in r["generation_rows"]]
+    summary = summarise(rows)
+    cfg = cls["config"]
+    cmd = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3"
+           + (f" --s2-steps {cfg['s2_steps']}" if cfg.get("s2_steps") else "")
+           + "; .venv/bin/python benchmarks/protein_generate/run.py --from-classify "
+           "benchmarks/protein_classify/results.json")
+    r0 = runs[0]
+    note = (f"Models: those of benchmarks/protein_classify (per seed, stage 1 on every shipped sequence but the "
+            f"held-out ones, {r0['steps'][0]} steps; stage 2 on whole records of {r0['n_train']} training sequences of "
+            f"the {len(r0['labels'])} families, {r0['steps'][1]} steps; 3 sequences per family held out, never "
+            "trained on); samples are compared with all seed sequences of the family.")
+    res = {"command": cmd, "args": {"n": len(rows[0]["lengths"]), "seeds": sorted({x["seed"] for x in rows}),
+                                    "settings": list(SETTINGS)},
+           "commit": cls["git"], "platform": platform.platform(), "threads": torch.get_num_threads(),
+           "seconds": cls["seconds"], "complete": True, "runs_done": [["windows", r["seed"]] for r in runs],
+           "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scipy")},
+           "settings": SETTINGS, "losses": {f"windows/{r['seed']}": {"stage2": r["stage2_loss"]} for r in runs},
+           "summary": summary, "best_setting": best_setting(summary), "rows": rows, "models_note": note,
+           "sampling_seconds": sum(r.get("generation_seconds", 0) for r in runs)}
+    (HERE / "results.json").write_text(json.dumps(res, indent=2))
+    (HERE / "results.md").write_text(write_md(res))
+    print(write_md(res))
 
 
 def collect(parts: list[Path]) -> None:

@@ -184,6 +184,9 @@ def sample_cmd(
     max_new_tokens: Optional[int] = typer.Option(None, help="default: 1.5 x the longest training sequence "
                                                  "saved with the model, else 1024; within the position limit"),
     seed: int = typer.Option(0), batch_size: int = typer.Option(16),
+    residues_only: Optional[bool] = typer.Option(None, "--residues-only/--any-token",
+                                                 help="sample only amino-acid letters and the closing '>' inside "
+                                                 "the sequence (default: the preset's, off in both)"),
     allow_unseen_labels: bool = typer.Option(False, help="sample a label the model was not trained on"),
     out: Path = typer.Option(..., help="output FASTA"), overwrite: bool = typer.Option(False),
 ) -> None:
@@ -216,7 +219,8 @@ def sample_cmd(
         m, tok = load_model_and_tokenizer(str(model))
         name = preset_for(m) if preset == "auto" else preset
         params = with_preset(name, temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size)
+                             repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size,
+                             residues_only=residues_only)
         prompts = sorted({p for _, p in prompt_plan(task, labels, 1, prefix)})
         limit, more = resolve_max_new_tokens(m, tok, prompts, max_new_tokens, info)
         params = dataclasses.replace(params, max_new_tokens=limit)

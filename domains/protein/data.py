@@ -70,12 +70,16 @@ class LabelTask:
     def label_field(self, label: str) -> str:
         return field(self.key, label)
 
-    def generate_prompt(self, label: str | None, prefix: str = "") -> str:
-        """Prompt for conditional (``label``) or unconditional (``None``) generation."""
+    def generate_prompt(self, label: str | None, prefix: str = "", open_seq: bool = False) -> str:
+        """Prompt for conditional (``label``) or unconditional (``None``) generation.
+
+        With ``prefix`` or ``open_seq`` the answer's ``Seq=<`` (and the prefix) follows the label field
+        directly, as in the training text of a generation record (``instruction + ' ' + input`` then the
+        output, no separator: ``Family=<X>Seq=<MK``)."""
         if label is None:
             return "Seq=<" + prefix
         base = f"{self.generate} {self.label_field(label)}"
-        return base + (" Seq=<" + prefix if prefix else "")
+        return base + ("Seq=<" + prefix if prefix or open_seq else "")
 
     def determine_prompt(self, seq: str) -> str:
         return f"{self.determine} {seq_line(seq)}"

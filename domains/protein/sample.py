@@ -1,19 +1,32 @@
 """The sampler: ProLLaMA-style unconditional and conditional generation written to FASTA.
 
 Prompts follow ProLLaMA (``scripts/infer.py``): ``Seq=<`` for unconditional generation,
-``[Generate by superfamily] Superfamily=<X>`` for a label (any ``LabelTask``), optionally followed by
-``Seq=<PREFIX`` left open. Decoding uses ``model.generate``, batched with left padding; each batch
-reseeds the RNG with ``seed + batch index`` so a fixed seed and batch size reproduce the same FASTA.
+``[Generate by superfamily] Superfamily=<X>`` for a label (any ``LabelTask``). The prompt always runs on
+into the answer's ``Seq=<`` (and a prefix), left open, with no separator: exactly the training text of a
+generation record (``instruction + ' ' + input`` then the output ``Seq=<...>``). Decoding uses
+``model.generate``, batched with left padding; each batch reseeds the RNG with ``seed + batch index`` so
+a fixed seed and batch size reproduce the same FASTA.
+
+``residues_only`` (off in both presets; ``--residues-only``): every token but the 20 standard amino-acid letters and
+the closing ``>`` is suppressed (``generate``'s ``suppress_tokens``, applied before temperature and
+top-k / top-p), i.e. sampling from the model's distribution conditioned on the sequence continuing
+or closing properly. Without it a tiny stage-2 model, which also learned to write label answers
+(``Family=<...>``), spends a few per cent of every step's probability on ``</s>``, ``_``, digits and
+label letters, so that at temperature 1 many samples stop at a stray ``</s>`` or run into label text
+long before the family's length. With it every sample ends at ``>`` or at the length limit
+(``benchmarks/protein_generate``, ``res-t1.0``: complete 1.00), but the tiny model's lengths are
+then its own, family-blind ones (0.51 x the real mean at temperature 1, 1.98 x at temperature 0.8 /
+top-p 0.95, vs 1.37 x unconstrained), so it did not bring lengths or the low-complexity share nearer
+the real families and is not in a preset. ProLLaMA decodes unconstrained.
 
 Settings come in two presets (``PRESETS``): ``prollama`` is ProLLaMA's (temperature 0.2, top-k 40,
 top-p 0.9, repetition penalty 1.2), made for a 7 B model; ``small`` (temperature 0.8, no top-k, top-p
-0.95, no repetition penalty) is the setting that ``benchmarks/protein_generate`` found to keep the
-length distribution and the low-complexity share of tiny models' samples nearest the real family's:
-with ProLLaMA's setting the tiny model's samples ran 2.3x the real length with 0 of 5 families
-within 1.5x the real low-complexity share (near-greedy decoding drives a small model into repeats
-that never close), with ``small`` 1.6x and 3 of 5 families at most 1.5x the real share.
-``preset_for(model)`` picks ``small`` below ``SMALL_MODEL_PARAMS`` parameters (a threshold we chose;
-only tiny models were measured); every option can still be set one by one.
+0.95, no repetition penalty) for tiny models: the best of the settings compared in
+``benchmarks/protein_generate/results.md`` by families meeting the length (KS) and low-complexity
+targets, though it meets neither target there (ProLLaMA's setting passes the KS test for more
+families but collapses into low complexity: 0 families within 1.5x the real share).
+``preset_for(model)`` picks ``small`` below ``SMALL_MODEL_PARAMS`` parameters (a threshold we
+chose; only tiny models were measured); every option can still be set one by one.
 
 Length limit: ``resolve_max_new_tokens`` takes an explicit limit as given (an error if the prompt plus
 the limit passes the model's position limit, ``config.max_position_embeddings``) or derives one:
@@ -27,7 +40,8 @@ Caveat: with the character tokenizer, repetition penalty 1.2 soon applies to eve
 has been seen), so it mostly rescales the logits; it is kept as ProLLaMA's default and can be set to 1.
 
 Dimension letters: B prompts per batch, P padded prompt length, G generated tokens.
-Not covered: beam search, constrained decoding to the amino-acid alphabet.
+Not covered: beam search; residues outside the 20 standard letters under ``residues_only``; the
+constraint for subword vocabularies (it needs one token per residue and says so).
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ from typing import Iterable
 
 from adaptome.core.progress import progress_bar
 from adaptome.domains.protein.data import LabelTask
-from adaptome.domains.protein.formats import ProteinError, fasta_text, invalid_positions
+from adaptome.domains.protein.formats import STANDARD_AA, ProteinError, fasta_text, invalid_positions
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 SMALL_MODEL_PARAMS = 100_000_000
@@ -58,6 +72,10 @@ class SamplingParams:
             ``>`` by then is flagged incomplete); see ``resolve_max_new_tokens``.
         seed: seed of the sampling RNG.
         batch_size: prompts decoded together.
+        residues_only: inside the sequence, sample only the 20 standard amino-acid letters and the
+            closing ``>``: every other token (``</s>``, ``<unk>``, ``=``, digits...) gets probability 0
+            before temperature and top-k / top-p (see the module docstring). False: ProLLaMA's
+            unconstrained decoding.
     """
 
     temperature: float = 0.2
@@ -67,6 +85,7 @@ class SamplingParams:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     seed: int = 0
     batch_size: int = 16
+    residues_only: bool = False
 
 
 #: decoding presets; ``small`` is measured in benchmarks/protein_generate (results.md there)
@@ -154,11 +173,31 @@ def _stop_ids(tok) -> tuple[list[int], bool]:
     return ([tok.eos_token_id] + (ids if single else [])), single
 
 
+def residue_suppression(tok) -> list[int]:
+    """Token ids ``residues_only`` suppresses: all but the 20 standard amino-acid letters and ``>``.
+
+    ``ProteinError`` when one of those is not a single token (a subword vocabulary): the constraint is
+    defined for one token per residue only."""
+    keep = []
+    for ch in STANDARD_AA + ">":
+        ids = tok(ch, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1 or tok.convert_ids_to_tokens(ids[0]).strip("▁Ġ") != ch:
+            raise ProteinError(f"residues_only needs one token per residue, but {ch!r} is {len(ids)} token(s) "
+                               "in this tokenizer; sample with residues_only off")
+        keep.append(ids[0])
+    return sorted(set(range(len(tok))) - set(keep))
+
+
 def generate_continuations(model, tok, prompts: list[str], params: SamplingParams,
                            progress: bool = False) -> list[tuple[str, int]]:
-    """(decoded continuation, generated-token count) per prompt, in order."""
+    """(decoded continuation, generated-token count) per prompt, in order.
+
+    With ``params.residues_only`` every generated token is constrained to a residue or ``>``: the
+    prompts must leave ``Seq=<`` open (``prompt_plan`` does)."""
     eos_ids, single = _stop_ids(tok)
     extra = {} if single else {"stop_strings": [">"], "tokenizer": tok}
+    if params.residues_only:
+        extra["suppress_tokens"] = residue_suppression(tok)
     out: list[tuple[str, int]] = []
     batches = [prompts[i:i + params.batch_size] for i in range(0, len(prompts), params.batch_size)]
     old_side = tok.padding_side
@@ -235,12 +274,14 @@ def sample(model, tok, task: LabelTask | None, labels: Iterable[str | None], n_p
 
 def prompt_plan(task: LabelTask | None, labels: Iterable[str | None], n_per_label: int,
                 prefix: str = "") -> list[tuple[str | None, str]]:
-    """(label, prompt) per sample, ``n_per_label`` per label, in label order."""
+    """(label, prompt) per sample, ``n_per_label`` per label, in label order; every prompt leaves the
+    answer's ``Seq=<`` open (with the prefix), as the generation records' training text runs on into it."""
     plan: list[tuple[str | None, str]] = []
     for label in labels:
         if label is not None and task is None:
             raise ValueError("a label needs a LabelTask")
-        prompt = task.generate_prompt(label, prefix) if (task and label is not None) else "Seq=<" + prefix
+        prompt = (task.generate_prompt(label, prefix, open_seq=True) if (task and label is not None)
+                  else "Seq=<" + prefix)
         plan += [(label, prompt)] * n_per_label
     return plan
 

@@ -34,7 +34,11 @@ def test_builder_reproduces_prollama_records():
     assert (data.SUPERFAMILY.generate_prompt(label)
             == "[Generate by superfamily] Superfamily=<Gnk2-homologous domain superfamily>")
     assert data.SUPERFAMILY.generate_prompt(None, "MK") == "Seq=<MK"
-    assert data.EC_CLASS.generate_prompt("EC3", "MK") == "[Generate by enzyme class] EC=<EC3> Seq=<MK"
+    # a prefix continues the training text of a generation record: no separator before the answer's Seq=<
+    assert data.EC_CLASS.generate_prompt("EC3", "MK") == "[Generate by enzyme class] EC=<EC3>Seq=<MK"
+    assert data.EC_CLASS.generate_prompt("EC3", open_seq=True) == "[Generate by enzyme class] EC=<EC3>Seq=<"
+    r = data.instruction_records([formats.Record("x", "MKV", "EC3")], data.EC_CLASS, ("generate",))[0]
+    assert formats.prompt_of(r) + r["output"] == data.EC_CLASS.generate_prompt("EC3", "MKV") + ">"
 
 
 def test_fasta_round_trip_and_stockholm_counts(tmp_path):

@@ -109,3 +109,27 @@ def test_length_limit_follows_training_data_and_the_position_limit(tiny):
     assert sample.preset_for(model) == "small" and sample.with_preset("prollama").temperature == 0.2
     with pytest.raises(ProteinError, match="known: prollama, small"):
         sample.with_preset("big")
+
+
+def test_residues_only_samples_residues_and_stops_only_at_the_closing_marker(tiny):
+    from adaptome.domains.protein.formats import STANDARD_AA
+
+    model, tok = tiny
+    banned = sample.residue_suppression(tok)
+    kept = sorted(set(range(len(tok))) - set(banned))
+    assert sorted(tok.convert_ids_to_tokens(kept)) == sorted(STANDARD_AA + ">") and tok.eos_token_id in banned
+    # the prompt runs on into the answer's Seq=< exactly as a generation record's training text does
+    plan = sample.prompt_plan(data.FAMILY, ["Cyclin_N"], 1, "MK")
+    assert plan == [("Cyclin_N", "[Generate by family] Family=<Cyclin_N>Seq=<MK")]
+    assert sample.prompt_plan(data.FAMILY, ["X"], 1)[0][1].endswith("Family=<X>Seq=<")
+    free = sample.SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=40,
+                                 seed=3, batch_size=8)
+    on = sample.sample(model, tok, data.FAMILY, ["Cyclin_N"], 8, sample.with_preset("small", max_new_tokens=40, seed=3,
+                                                                                      residues_only=True))
+    off = sample.sample(model, tok, data.FAMILY, ["Cyclin_N"], 8, free)
+    # a random model over ~100 tokens: unconstrained, it soon writes a non-residue (or stops at </s>)
+    assert any(s.invalid or (not s.complete and s.n_tokens < 40) for s in off)
+    for s in on:  # constrained: residues only; a sample ends at '>' or runs to the limit, never at </s>
+        assert not s.invalid and set(s.seq) <= set(STANDARD_AA)
+        assert s.complete or s.n_tokens == 40
+    assert sample.header(1, on[0], sample.with_preset("small", residues_only=True)).count("residues_only=True") == 1
