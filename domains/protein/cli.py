@@ -232,6 +232,21 @@ def sample_cmd(
     typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
 
 
+
+def _trained_max_seq_length(model: Path) -> int:
+    """The token limit the model's instruction records were fitted to (its ``training_data.json``), or
+    the instruct config's default 256 with a note when the folder does not record one."""
+    from adaptome.domains.protein.classify import DEFAULT_MAX_SEQ_LENGTH
+    from adaptome.domains.protein.training_data import read_training_data
+
+    info = read_training_data(model) or {}
+    limit = info.get("max_seq_length")
+    if isinstance(limit, int) and limit > 0:
+        return limit
+    typer.echo(f"note: {model} does not record its instruct max_seq_length; queries are cropped to "
+               f"{DEFAULT_MAX_SEQ_LENGTH} tokens (pass --max-seq-length to change it)")
+    return DEFAULT_MAX_SEQ_LENGTH
+
 @app.command("classify")
 def classify_cmd(
     model: str = typer.Option(..., help="instruction-tuned causal LM, or an ESM-style masked LM: folder or hub id"),
@@ -244,8 +259,9 @@ def classify_cmd(
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
     method: str = typer.Option("", help="causal LM: combined | determine | bayes | generate (default: the measured "
                                "best, see benchmarks/protein_classify)"),
-    max_seq_length: int = typer.Option(256, help="causal LM: the instruct stage's max_seq_length: queries are cropped "
-                                       "as build-dataset cropped the training records (0: no crop)"),
+    max_seq_length: Optional[int] = typer.Option(None, help="causal LM: crop queries as the instruct stage's records "
+                                                 "were cropped (default: the limit the model folder's "
+                                                 "training_data.json records, else 256; 0: no crop)"),
     stockholm_label: str = typer.Option("id", help="label of Stockholm records: #=GF ID or AC (id | ac)"),
     policy: str = typer.Option("error"), out: Path = typer.Option(..., help="output CSV"),
     overwrite: bool = typer.Option(False),
@@ -313,6 +329,8 @@ def classify_cmd(
                 fail(f"--train record {bad[0].id!r} has no label (Stockholm family or a {task.key}=<label> header)")
             cands = _candidates(labels, task.key, sorted({r.label for r in train_recs}))
             overlap = {r.seq for r in recs} & {r.seq for r in train_recs}
+            if max_seq_length is None:
+                max_seq_length = _trained_max_seq_length(model)
             m, tok = load_model_and_tokenizer(model)
             seqs = [r.seq for r in recs]
             preds = cl.classify(m, tok, task, seqs, cands, meth, progress=True,

@@ -156,7 +156,8 @@ def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, ada
     ds = InstructionDataset(tok, records, max_seq_length)
     summary = run_stage(model, tok, ds, pad_collate(tok.pad_token_id), adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite,
-                        training_data={"stage": "instruct", **records_summary(tok, records)})
+                        training_data={"stage": "instruct", "max_seq_length": max_seq_length,
+                                       **records_summary(tok, records)})
     summary["n_records"] = len(records)
     summary["n_truncated"] = ds.n_cropped  # records whose protein was cropped here (never an answer)
     summary["residues_cropped"] = ds.residues_cropped

@@ -6,7 +6,9 @@ Both stages write it into ``adapter/`` and ``merged/`` (``pretrain.run_stage``):
   ``max_sequence_tokens``, the longest ``Seq=<...>`` line in the model's own tokens; the sampler
   derives its default length limit from it;
 * ``labels`` (stage 2): ``{key: {label: count}}`` of every ``Key=<label>`` field of the instruction
-  records (``Family``, ``Superfamily``, ``EC``...); ``sample`` refuses a label the model never saw.
+  records (``Family``, ``Superfamily``, ``EC``...); ``sample`` refuses a label the model never saw;
+* ``max_seq_length`` (stage 2): the token limit its instruction records were fitted to; ``classify``
+  crops its queries to it unless told otherwise.
 
 A model without the file (a hub checkpoint, an older run) is sampled with the documented limits and
 an explicit note that its labels cannot be checked. Not covered: inheriting the stage-1 file into the

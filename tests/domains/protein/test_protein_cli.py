@@ -134,3 +134,38 @@ def test_stage_kwargs_name_every_config_field():
         assert used == {f.name for f in dataclasses.fields(cls)}, cls
     model_params = set(inspect.signature(load_model_and_tokenizer).parameters)
     assert set(config.model_kwargs(config.PretrainConfig())) <= model_params
+
+
+def test_classify_crops_queries_as_the_model_was_trained(two_stage_run, tmp_path, monkeypatch):
+    from adaptome.domains.protein import classify as cl
+    from adaptome.domains.protein.training_data import read_training_data
+
+    out, rep = two_stage_run
+    model = out / "stage2" / "merged"
+    trained = read_training_data(model)["max_seq_length"]
+    assert isinstance(trained, int) and trained > 0
+    seen = []
+    real = cl.classify
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["max_seq_length"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cl, "classify", spy)
+    (tmp_path / "q.fa").write_text(">q\n" + (out / "data" / "stage1.fasta").read_text().split("\n")[1] + "\n")
+    (tmp_path / "labels.txt").write_text("\n".join(rep["labels"]) + "\n")
+    pfam = data_dir() / "pfam"
+    base = ["classify", "--fasta", str(tmp_path / "q.fa"), "--labels", str(tmp_path / "labels.txt"), "--task-name",
+            "family", "--train", str(pfam / "pfam6.seed.txt"), "--train", str(pfam / "pfam8.seed.txt")]
+    r = runner.invoke(app, base + ["--model", str(model), "--out", str(tmp_path / "a.csv")])
+    assert r.exit_code == 0 and "does not record" not in r.output, r.output
+    r = runner.invoke(app, base + ["--model", str(model), "--max-seq-length", "0", "--out", str(tmp_path / "b.csv")])
+    assert r.exit_code == 0, r.output
+    bare = tmp_path / "bare"  # the same weights without training_data.json: the documented default, said
+    bare.mkdir()
+    for f in model.iterdir():
+        if f.name != "training_data.json":
+            (bare / f.name).symlink_to(f)
+    r = runner.invoke(app, base + ["--model", str(bare), "--out", str(tmp_path / "c.csv")])
+    assert r.exit_code == 0 and "does not record its instruct max_seq_length" in r.output, r.output
+    assert seen == [trained, None, cl.DEFAULT_MAX_SEQ_LENGTH]
