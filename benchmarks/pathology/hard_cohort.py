@@ -29,12 +29,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: variant -> (TileConfig overrides, encoder, ExtractConfig encoder options); "default" is the pipeline's defaults
+#: variant -> (TileConfig overrides, encoder, ExtractConfig encoder options, MILTrainConfig overrides); "default"
+#: is the pipeline's defaults. Variants with the same tiling and encoder share one job folder (tiled and encoded once).
 VARIANTS = {
-    "default": ({}, "baseline", {}),
-    "no_lymph_features": ({}, "baseline", {"lymph": False}),
-    "with_artefact_mask": ({"artefacts": True}, "baseline", {}),
-    "with_stain_norm": ({"stain_norm": "macenko"}, "baseline", {}),
+    "default": ({}, "baseline", {}, {}),
+    "attention": ({}, "baseline", {}, {"aggregation": "attention"}),
+    "attention_lr1e-3": ({}, "baseline", {}, {"aggregation": "attention", "lr": 1e-3}),
+    "mean": ({}, "baseline", {}, {"aggregation": "mean"}),
+    "no_lymph_features": ({}, "baseline", {"lymph": False}, {}),
+    "with_artefact_mask": ({"artefacts": True}, "baseline", {}, {}),
+    "with_stain_norm": ({"stain_norm": "macenko"}, "baseline", {}, {}),
 }
 
 
@@ -107,8 +111,8 @@ def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict
     from adaptome.domains.pathology.evaluate import evaluate_predictions, read_predictions
     from adaptome.domains.pathology.tiling import read_coords
 
-    tile_kw, enc, enc_opts = VARIANTS[name]
-    job = work / f"job_{name}"
+    tile_kw, enc, enc_opts, train_kw = VARIANTS[name]
+    job = work / ("job_" + "_".join(f"{k}-{v}" for k, v in sorted({**tile_kw, **enc_opts}.items())))
     t0 = time.perf_counter()
     tcfg = TileConfig(slides=str(slides), out_dir=str(job), magnification=args.mag, tile_size=args.tile_size,
                       thumb_size=512, **tile_kw)
@@ -117,8 +121,9 @@ def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict
     stages.extract(ExtractConfig(slides=str(slides), tiles_dir=str(tiles_dir), encoder=enc, encoder_options=enc_opts,
                                  num_workers=0), progress=False)
     fdir = tiles_dir / f"features_{enc}"
-    res = stages.train(MILTrainConfig(features_dir=str(fdir), labels=str(labels), k=5, group_by="case_id",
-                                      max_steps=args.max_steps, seed=args.seed_offset), progress=False)
+    res = stages.train(MILTrainConfig(features_dir=str(fdir), labels=str(labels), out_dir=str(job / f"train_{name}"),
+                                      k=5, group_by="case_id", max_steps=args.max_steps, seed=args.seed_offset,
+                                      **train_kw), progress=False)
     t_pipe = time.perf_counter() - t0
     ev = evaluate_predictions(res["predictions"], Path(res["out_dir"]) / "eval", cutoff=30.0)
     rows = read_predictions(res["predictions"])

@@ -155,7 +155,9 @@ class MILTrainConfig:
             ``features_dir``).
         k: cross-validation folds.
         group_by: slides sharing this column fall in one fold: ``case_id`` (patient) or ``site``.
-        aggregation: tile scores to a slide score: ``mean`` or gated ``attention``.
+        aggregation: tile scores to a slide score: ``mean``, gated ``attention`` (softmax weights) or
+            ``ratio`` (sum_i w_i s_i / sum_i w_i with a learned stroma amount w_i >= 0, the form of the
+            sTIL label; ``mil.py``).
         hidden: width H of the per-tile hidden layer.
         attn_hidden: width A of the gated-attention layer.
         dropout: dropout on the per-tile hidden features.
@@ -178,7 +180,7 @@ class MILTrainConfig:
     out_dir: Optional[str] = None
     k: int = 5
     group_by: Literal["case_id", "site"] = "case_id"
-    aggregation: Literal["mean", "attention"] = "attention"
+    aggregation: Literal["mean", "attention", "ratio"] = "attention"
     hidden: int = 128
     attn_hidden: int = 64
     dropout: float = 0.1

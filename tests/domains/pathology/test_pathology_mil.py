@@ -39,6 +39,25 @@ def test_gated_attention_formula_and_padding_invariance():
     assert out.attention[1, 3:].abs().max() == 0  # padding gets no weight
 
 
+def test_ratio_aggregation_is_softplus_weighted_ratio_and_padding_invariant():
+    torch.manual_seed(0)
+    m = MILRegressor(6, hidden=8, attn_hidden=4, aggregation="ratio", dropout=0.0).eval()
+    a, b = torch.randn(5, 6), torch.randn(3, 6)
+    h = torch.relu(a @ m.post[0].weight.T + m.post[0].bias)  # (N, D) @ (D, H) -> (N, H)
+    gate = torch.tanh(m.attn_v(h)) * torch.sigmoid(m.attn_u(h))  # (N, H) -> (N, A)
+    w = torch.log1p(torch.exp(m.attn_w(gate).squeeze(-1)))  # softplus, (N, A) @ (A, 1) -> (N,)
+    s = torch.sigmoid(h @ m.head[1].weight.T + m.head[1].bias).squeeze(-1)  # (N, H) @ (H, 1) -> (N,)
+    out_a = m(a)
+    assert torch.allclose(out_a.slide[0], (w * s).sum() / w.sum(), atol=1e-6)  # sum w_i s_i / sum w_i
+    assert torch.allclose(out_a.attention[0], w / w.sum(), atol=1e-6)
+    feats, mask = pad_bags([a, b])
+    out = m(feats, mask)
+    assert torch.allclose(out.slide, torch.stack([m(a).slide[0], m(b).slide[0]]), atol=1e-6)
+    assert out.attention[1, 3:].abs().max() == 0  # padding gets no weight
+    with pytest.raises(Exception, match="aggregation must be one of"):
+        MILRegressor(6, aggregation="max")
+
+
 def test_mil_loss_is_mse_on_fraction():
     torch.manual_seed(0)
     m = MILRegressor(4, aggregation="mean", dropout=0.0).eval()
