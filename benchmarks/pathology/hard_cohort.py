@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "default": ({}, "baseline", {}, {}),
     "attention": ({}, "baseline", {}, {"aggregation": "attention"}),
-    "attention_lr1e-3": ({}, "baseline", {}, {"aggregation": "attention", "lr": 1e-3}),
+    "attention_old_training": ({}, "baseline", {}, {"aggregation": "attention", "lr": 1e-3, "val_frac": 0.2}),
+    "ratio_old_training": ({}, "baseline", {}, {"lr": 1e-3, "val_frac": 0.2}),
     "mean": ({}, "baseline", {}, {"aggregation": "mean"}),
     "no_lymph_features": ({}, "baseline", {"lymph": False}, {}),
     "with_artefact_mask": ({"artefacts": True}, "baseline", {}, {}),
@@ -103,6 +104,30 @@ def tile_agreement(slides_dir: Path, scores: dict, size0: float) -> dict:
             "n_slides_within": len(per_slide)}
 
 
+def stain_diagnosis(tiles_dir: Path, slides: Path, facts: dict) -> dict:
+    """Does the per-slide Macenko estimate track the site's stain, or the slide's content? Pearson r of
+    (estimated strength / drawn site strength) with the target, per stain, and that ratio's coefficient
+    of variation (0 for a perfect estimate)."""
+    import numpy as np
+
+    from adaptome.domains.pathology.synth_hard import site_stain
+    from adaptome.domains.pathology.tiling import read_coords
+
+    rows = []
+    for h5 in sorted(tiles_dir.glob("*.h5")):
+        attrs = read_coords(h5)[1]
+        f = facts[h5.stem]
+        _, _, s_h, s_e, _ = site_stain(int(f["site"].split("_")[1]), 1.0)
+        est = np.asarray(attrs["stain_max"], float)
+        rows.append((est[0] / s_h, est[1] / s_e, float(f["target"])))
+    r = np.array(rows)
+    out = {}
+    for j, name in enumerate(("h", "e")):
+        out[f"stain_{name}_r_target"] = float(np.corrcoef(r[:, j], r[:, 2])[0, 1])
+        out[f"stain_{name}_cv"] = float(r[:, j].std() / r[:, j].mean())
+    return out
+
+
 def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict:
     import numpy as np
 
@@ -137,7 +162,8 @@ def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict
     size0 = float(read_coords(next(tiles_dir.glob("*.h5")))[1]["tile_size_level0"])
     agree = tile_agreement(slides, tile_scores(Path(res["out_dir"]), fdir, rows), size0)
     b = ev["baselines"]
-    return {"pooled_r2": ev["pooled"]["r2"], "fold_r2_mean": ev["mean_sd"]["r2"]["mean"],
+    extra = stain_diagnosis(tiles_dir, slides, facts) if tile_kw.get("stain_norm") == "macenko" else {}
+    return {**extra, "pooled_r2": ev["pooled"]["r2"], "fold_r2_mean": ev["mean_sd"]["r2"]["mean"],
             "fold_r2_sd": ev["mean_sd"]["r2"]["sd"], "auc_mean": ev["mean_sd"]["auc"]["mean"],
             "dark_pooled_r2": b["dark_pixels"]["pooled"]["r2"],
             "dark_fold_r2_mean": b["dark_pixels"]["mean_sd"]["r2"]["mean"],
@@ -236,11 +262,14 @@ def render(res: dict) -> str:
     lines = ["## Pathology: the default pipeline vs simple baselines on the HARD synthetic cohort", "",
              f"{a['n_slides']} synthetic slides per cohort ({a['grid'] * 64} px square at 0.5 um/px, "
              f"4 sites, artefacts, intratumoral lymphocytes ...; `synth_hard.py`), tiles of {a['tile_size']} px "
-             f"at {a['mag']:g}x, `baseline` encoder, attention MIL ({a['max_steps']} steps), 5-fold CV grouped "
-             "by case; "
+             f"at {a['mag']:g}x, `baseline` encoder, MIL ({a['max_steps']} steps; aggregation and training options "
+             "per variant below), 5-fold CV grouped by case; "
              f"cohort seeds {', '.join(map(str, seeds))} (numbers are means over the seeds each variant ran on, "
              "column n). Baselines are fitted on the MIL's own folds and read the variant's own tiles (normalised "
              "ones in `with_stain_norm`).", "",
+             "Variants (each is the default pipeline with the options shown changed; `{}` = none): "
+             + "; ".join(f"`{n}`: tiling {VARIANTS[n][0] or '{}'}, encoder options {VARIANTS[n][2] or '{}'}, "
+                         f"train {VARIANTS[n][3] or '{}'}" for n in agg if n in VARIANTS) + ".", "",
              "| variant | n | pooled R² | fold R² mean ± sd | dark-pixel pooled R² | dark-pixel fold R² | "
              "mean-features fold R² | MAE artefact / clean | site MAE max/min | tile Spearman (≥ ½ stroma) | "
              "median within-slide Spearman |",
@@ -280,6 +309,27 @@ def render(res: dict) -> str:
                   f"{len(seeds)} cohorts."]
         site = " , ".join(f"{g} {v:.2f}" for g, v in res["seeds"][seeds[0]]["default"]["site_mae"].items())
         lines += ["", f"Per-site MAE of the default pipeline on cohort seed {seeds[0]} (%): {site}."]
+        fr = [res["seeds"][sd]["default"]["fold_r2_mean"] for sd in seeds]
+        fsd = ", ".join(f"{res['seeds'][sd]['default']['fold_r2_sd']:.2f}" for sd in seeds)
+        pr = [res["seeds"][sd]["default"]["pooled_r2"] for sd in seeds]
+        lines += ["", f"Noise: with 40 slides a fold holds 8, so a fold's R² rests on few targets; the default's "
+                  f"fold R² sd within a cohort is {fsd} "
+                  f"(seeds {', '.join(seeds)}), and over cohorts its pooled R² spans {min(pr):.3f}-{max(pr):.3f}, "
+                  f"its fold-mean R² {min(fr):.3f}-{max(fr):.3f}."]
+    sn = [res["seeds"][sd]["with_stain_norm"] for sd in seeds if "stain_h_r_target" in res["seeds"][sd].get(
+        "with_stain_norm", {})]
+    if sn:
+        import numpy as np
+
+        m = {k: float(np.mean([x[k] for x in sn])) for k in ("stain_h_r_target", "stain_h_cv", "stain_e_r_target",
+                                                              "stain_e_cv")}
+        lines += ["", f"Why stain normalisation does not help (mean over {len(sn)} cohort(s)): the per-slide "
+                  "Macenko strength estimate divided by the site's drawn strength should be constant; for "
+                  f"haematoxylin its coefficient of variation is {m['stain_h_cv']:.2f} and it correlates with the "
+                  f"slide's target (r = {m['stain_h_r_target']:.2f}); for eosin cv {m['stain_e_cv']:.2f}, r = "
+                  f"{m['stain_e_r_target']:.2f}. The 75th-percentile concentration that sets the strength rises with "
+                  "the lymphocyte coverage (and moves with the tumour share), so normalising divides part of the "
+                  "signal out of every slide."]
     v = res["versions"]
     lines += ["", f"Versions: git {v['git_commit'][:12]}, python {v['python']}, torch {v['torch']}, "
               f"numpy {v['numpy']}, "

@@ -150,7 +150,7 @@ def test_fold_models_saved_as_safetensors_and_reload(trained, cohort):
 
     d = Path(trained["real"]["out_dir"])
     meta = json.loads((d / "fold_0" / "model.json").read_text())
-    assert meta["aggregation"] == "attention" and meta["in_dim"] == 44
+    assert meta["aggregation"] == "ratio" and meta["in_dim"] == 44
     m = load_model(d / "fold_0")
     feats, _, _ = read_features(cohort["features_dir"] / "train_000.h5")
     with torch.no_grad():
