@@ -58,6 +58,25 @@ def test_ratio_aggregation_is_softplus_weighted_ratio_and_padding_invariant():
         MILRegressor(6, aggregation="max")
 
 
+def test_tile_dropout_draws_subsets_of_a_training_bag_and_is_part_of_the_run_identity():
+    from adaptome.domains.pathology.config import MILTrainConfig
+    from adaptome.domains.pathology.train import TRAIN_OPTIONS, _BagDataset
+
+    bag = torch.arange(400, dtype=torch.float32).reshape(200, 2)  # 200 tiles, rows tell which tile it is
+    whole = _BagDataset([bag], [40.0])
+    b, t = whole[0]
+    assert torch.equal(b, bag) and t == pytest.approx(0.4)
+    torch.manual_seed(0)
+    sub = _BagDataset([bag], [40.0], tile_dropout=0.5)
+    draws = [sub[0][0] for _ in range(20)]
+    sizes = np.array([len(d) for d in draws])
+    assert 0.4 * 200 < sizes.mean() < 0.6 * 200 and len(set(sizes.tolist())) > 1  # about half, a new subset each time
+    assert all(torch.equal(d, bag[(d[:, 0] / 2).long()]) for d in draws)  # real rows of the bag, in order
+    one = _BagDataset([bag[:2]], [40.0], tile_dropout=0.999)
+    assert all(len(one[0][0]) >= 1 for _ in range(20))  # never an empty bag
+    assert "tile_dropout" in TRAIN_OPTIONS and MILTrainConfig().tile_dropout == 0.0
+
+
 def test_mil_loss_is_mse_on_fraction():
     torch.manual_seed(0)
     m = MILRegressor(4, aggregation="mean", dropout=0.0).eval()
