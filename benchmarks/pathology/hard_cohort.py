@@ -258,6 +258,7 @@ def write(results: dict, args, out: Path) -> None:
 def render(res: dict) -> str:
     """Markdown with every sentence computed from the numbers."""
     agg, a = res["mean_over_seeds"], res["args"]
+    res = {**res, "seeds": {str(k): v for k, v in res["seeds"].items()}}  # int keys in a run, str from JSON
     seeds = list(res["seeds"])
     lines = ["## Pathology: the default pipeline vs simple baselines on the HARD synthetic cohort", "",
              f"{a['n_slides']} synthetic slides per cohort ({a['grid'] * 64} px square at 0.5 um/px, "
