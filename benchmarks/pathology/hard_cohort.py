@@ -308,8 +308,12 @@ def render(res: dict) -> str:
                      for sd in seeds)
         lines += ["", f"The mean-features ridge baseline has a higher pooled R² than the MIL on {better} of "
                   f"{len(seeds)} cohorts."]
-        site = " , ".join(f"{g} {v:.2f}" for g, v in res["seeds"][seeds[0]]["default"]["site_mae"].items())
-        lines += ["", f"Per-site MAE of the default pipeline on cohort seed {seeds[0]} (%): {site}."]
+        lines += ["", "Per-site MAE of the default pipeline (%), per cohort seed: " + "; ".join(
+            f"{sd}: " + ", ".join(f"{g} {v:.2f}" for g, v in res["seeds"][sd]["default"]["site_mae"].items())
+            for sd in seeds) + "."]
+        worst = [max(res["seeds"][sd]["default"]["site_mae"].items(), key=lambda kv: kv[1])[0] for sd in seeds]
+        lines += ["", f"The site with the largest MAE: {', '.join(worst)} (seeds {', '.join(seeds)}; site_1 is the "
+                  "haematoxylin-heavy one, site_2 the pale one, site_3 the eosin-heavy one)."]
         fr = [res["seeds"][sd]["default"]["fold_r2_mean"] for sd in seeds]
         fsd = ", ".join(f"{res['seeds'][sd]['default']['fold_r2_sd']:.2f}" for sd in seeds)
         pr = [res["seeds"][sd]["default"]["pooled_r2"] for sd in seeds]
