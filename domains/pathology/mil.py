@@ -13,9 +13,10 @@ only the slide label; its successor ECTIL (NKI-AI/ectil, ``MeanMIL``) fixes the 
 
 The ratio form is the label's own: sTIL % = (lymphocyte area in stroma) / (stroma area) summed over
 the slide, so with w_i the tile's stroma area and s_i its stromal lymphocyte share the slide score is
-exact. Softmax attention reaches the same weights only as w_i = exp(a_i) (a tile without stroma needs
-a_i -> -inf); softplus lets w_i grow linearly with a stroma feature and reach 0. Our own variant
-(ECTIL and WeakSTIL use mean / attention), measured in ``benchmarks/pathology/results_hard_cohort.md``.
+exact. Softmax attention reaches the same weights only as w_i = exp(a_i): the network must learn the
+logarithm of the stroma amount (a tile without stroma needs a_i -> -inf); softplus is linear above 0,
+so w_i can follow a stroma feature directly. Our own variant (ECTIL and WeakSTIL use mean /
+attention), measured in ``benchmarks/pathology/results_hard_cohort.md``.
 
 trained with MSE against ``target / 100``. Bags have different sizes, so a batch is a list of
 bags; ``bag_mask`` pads them into one tensor.
