@@ -4,7 +4,8 @@ Labels: a CSV ``slide_id,case_id,target[,site]`` (target = sTIL % in 0..100). Fo
 by ``case_id`` (patient-level, CLAM's splits) or ``site`` (centre-level, ECTIL's TCGA splits):
 all slides of a group fall in one test fold (``sklearn.model_selection.GroupKFold``). Inside
 each fold, a grouped share ``val_frac`` of the training slides is held out to choose the best
-step (lowest validation MSE, checked every ``eval_every`` steps); that fold model is saved as
+step (lowest validation MSE, checked every ``eval_every`` steps; with ``val_frac`` 0, the default, all
+training slides are fitted and the step with the lowest training MSE is kept); that fold model is saved as
 ``fold_<k>/model.safetensors`` + ``model.json`` (architecture, feature standardisation is in the
 weights) and its out-of-fold predictions go to ``predictions.csv`` (``slide_id,fold,pred,target``,
 in %). Training runs through the core loop ``adaptome.core.train.loop.fit``. A fold model records
