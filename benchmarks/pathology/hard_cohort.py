@@ -29,12 +29,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: variant -> (TileConfig overrides, encoder, ExtractConfig encoder options); "default" is the pipeline's defaults
+#: variant -> (TileConfig overrides, encoder, ExtractConfig encoder options, MILTrainConfig overrides); "default"
+#: is the pipeline's defaults. Variants with the same tiling and encoder share one job folder (tiled and encoded once).
 VARIANTS = {
-    "default": ({}, "baseline", {}),
-    "no_lymph_features": ({}, "baseline", {"lymph": False}),
-    "with_artefact_mask": ({"artefacts": True}, "baseline", {}),
-    "with_stain_norm": ({"stain_norm": "macenko"}, "baseline", {}),
+    "default": ({}, "baseline", {}, {}),
+    "attention": ({}, "baseline", {}, {"aggregation": "attention"}),
+    "attention_old_training": ({}, "baseline", {}, {"aggregation": "attention", "lr": 1e-3, "val_frac": 0.2}),
+    "ratio_old_training": ({}, "baseline", {}, {"lr": 1e-3, "val_frac": 0.2}),
+    "mean": ({}, "baseline", {}, {"aggregation": "mean"}),
+    "no_lymph_features": ({}, "baseline", {"lymph": False}, {}),
+    "with_artefact_mask": ({"artefacts": True}, "baseline", {}, {}),
+    "with_stain_norm": ({"stain_norm": "macenko"}, "baseline", {}, {}),
 }
 
 
@@ -99,6 +104,30 @@ def tile_agreement(slides_dir: Path, scores: dict, size0: float) -> dict:
             "n_slides_within": len(per_slide)}
 
 
+def stain_diagnosis(tiles_dir: Path, slides: Path, facts: dict) -> dict:
+    """Does the per-slide Macenko estimate track the site's stain, or the slide's content? Pearson r of
+    (estimated strength / drawn site strength) with the target, per stain, and that ratio's coefficient
+    of variation (0 for a perfect estimate)."""
+    import numpy as np
+
+    from adaptome.domains.pathology.synth_hard import site_stain
+    from adaptome.domains.pathology.tiling import read_coords
+
+    rows = []
+    for h5 in sorted(tiles_dir.glob("*.h5")):
+        attrs = read_coords(h5)[1]
+        f = facts[h5.stem]
+        _, _, s_h, s_e, _ = site_stain(int(f["site"].split("_")[1]), 1.0)
+        est = np.asarray(attrs["stain_max"], float)
+        rows.append((est[0] / s_h, est[1] / s_e, float(f["target"])))
+    r = np.array(rows)
+    out = {}
+    for j, name in enumerate(("h", "e")):
+        out[f"stain_{name}_r_target"] = float(np.corrcoef(r[:, j], r[:, 2])[0, 1])
+        out[f"stain_{name}_cv"] = float(r[:, j].std() / r[:, j].mean())
+    return out
+
+
 def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict:
     import numpy as np
 
@@ -107,8 +136,8 @@ def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict
     from adaptome.domains.pathology.evaluate import evaluate_predictions, read_predictions
     from adaptome.domains.pathology.tiling import read_coords
 
-    tile_kw, enc, enc_opts = VARIANTS[name]
-    job = work / f"job_{name}"
+    tile_kw, enc, enc_opts, train_kw = VARIANTS[name]
+    job = work / ("job_" + "_".join(f"{k}-{v}" for k, v in sorted({**tile_kw, **enc_opts}.items())))
     t0 = time.perf_counter()
     tcfg = TileConfig(slides=str(slides), out_dir=str(job), magnification=args.mag, tile_size=args.tile_size,
                       thumb_size=512, **tile_kw)
@@ -117,8 +146,9 @@ def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict
     stages.extract(ExtractConfig(slides=str(slides), tiles_dir=str(tiles_dir), encoder=enc, encoder_options=enc_opts,
                                  num_workers=0), progress=False)
     fdir = tiles_dir / f"features_{enc}"
-    res = stages.train(MILTrainConfig(features_dir=str(fdir), labels=str(labels), k=5, group_by="case_id",
-                                      max_steps=args.max_steps, seed=args.seed_offset), progress=False)
+    res = stages.train(MILTrainConfig(features_dir=str(fdir), labels=str(labels), out_dir=str(job / f"train_{name}"),
+                                      k=5, group_by="case_id", max_steps=args.max_steps, seed=args.seed_offset,
+                                      **train_kw), progress=False)
     t_pipe = time.perf_counter() - t0
     ev = evaluate_predictions(res["predictions"], Path(res["out_dir"]) / "eval", cutoff=30.0)
     rows = read_predictions(res["predictions"])
@@ -132,7 +162,8 @@ def run_variant(work: Path, slides: Path, labels: Path, name: str, args) -> dict
     size0 = float(read_coords(next(tiles_dir.glob("*.h5")))[1]["tile_size_level0"])
     agree = tile_agreement(slides, tile_scores(Path(res["out_dir"]), fdir, rows), size0)
     b = ev["baselines"]
-    return {"pooled_r2": ev["pooled"]["r2"], "fold_r2_mean": ev["mean_sd"]["r2"]["mean"],
+    extra = stain_diagnosis(tiles_dir, slides, facts) if tile_kw.get("stain_norm") == "macenko" else {}
+    return {**extra, "pooled_r2": ev["pooled"]["r2"], "fold_r2_mean": ev["mean_sd"]["r2"]["mean"],
             "fold_r2_sd": ev["mean_sd"]["r2"]["sd"], "auc_mean": ev["mean_sd"]["auc"]["mean"],
             "dark_pooled_r2": b["dark_pixels"]["pooled"]["r2"],
             "dark_fold_r2_mean": b["dark_pixels"]["mean_sd"]["r2"]["mean"],
@@ -226,16 +257,22 @@ def write(results: dict, args, out: Path) -> None:
 
 def render(res: dict) -> str:
     """Markdown with every sentence computed from the numbers."""
+    import numpy as np
+
     agg, a = res["mean_over_seeds"], res["args"]
+    res = {**res, "seeds": {str(k): v for k, v in res["seeds"].items()}}  # int keys in a run, str from JSON
     seeds = list(res["seeds"])
     lines = ["## Pathology: the default pipeline vs simple baselines on the HARD synthetic cohort", "",
              f"{a['n_slides']} synthetic slides per cohort ({a['grid'] * 64} px square at 0.5 um/px, "
              f"4 sites, artefacts, intratumoral lymphocytes ...; `synth_hard.py`), tiles of {a['tile_size']} px "
-             f"at {a['mag']:g}x, `baseline` encoder, attention MIL ({a['max_steps']} steps), 5-fold CV grouped "
-             "by case; "
+             f"at {a['mag']:g}x, `baseline` encoder, MIL ({a['max_steps']} steps; aggregation and training options "
+             "per variant below), 5-fold CV grouped by case; "
              f"cohort seeds {', '.join(map(str, seeds))} (numbers are means over the seeds each variant ran on, "
              "column n). Baselines are fitted on the MIL's own folds and read the variant's own tiles (normalised "
              "ones in `with_stain_norm`).", "",
+             "Variants (each is the default pipeline with the options shown changed; `{}` = none): "
+             + "; ".join(f"`{n}`: tiling {VARIANTS[n][0] or '{}'}, encoder options {VARIANTS[n][2] or '{}'}, "
+                         f"train {VARIANTS[n][3] or '{}'}" for n in agg if n in VARIANTS) + ".", "",
              "| variant | n | pooled R² | fold R² mean ± sd | dark-pixel pooled R² | dark-pixel fold R² | "
              "mean-features fold R² | MAE artefact / clean | site MAE max/min | tile Spearman (≥ ½ stroma) | "
              "median within-slide Spearman |",
@@ -269,12 +306,46 @@ def render(res: dict) -> str:
                          f"{r['meanfeat_fold_r2_mean']:.3f} "
                          f"| {r['mae_artefact']:.2f} / {r['mae_clean']:.2f} | {r['site_mae_ratio']:.2f} "
                          f"| {r['tile_spearman']:.3f} |")
+        diffs = []
+        for n in agg:
+            both = [sd for sd in seeds if n != "default" and n in res["seeds"][sd] and "default" in res["seeds"][sd]]
+            if both:
+                dp = np.mean([res["seeds"][sd][n]["pooled_r2"] - res["seeds"][sd]["default"]["pooled_r2"]
+                              for sd in both])
+                df = np.mean([res["seeds"][sd][n]["fold_r2_mean"] - res["seeds"][sd]["default"]["fold_r2_mean"]
+                              for sd in both])
+                diffs.append(f"`{n}` {dp:+.3f} / {df:+.3f} (over {len(both)} cohort(s))")
+        if diffs:
+            lines += ["", "Each variant minus the default on the same cohorts, pooled R² / fold-mean R²: "
+                      + "; ".join(diffs) + "."]
         better = sum(res["seeds"][sd]["default"]["meanfeat_pooled_r2"] > res["seeds"][sd]["default"]["pooled_r2"]
                      for sd in seeds)
         lines += ["", f"The mean-features ridge baseline has a higher pooled R² than the MIL on {better} of "
                   f"{len(seeds)} cohorts."]
-        site = " , ".join(f"{g} {v:.2f}" for g, v in res["seeds"][seeds[0]]["default"]["site_mae"].items())
-        lines += ["", f"Per-site MAE of the default pipeline on cohort seed {seeds[0]} (%): {site}."]
+        lines += ["", "Per-site MAE of the default pipeline (%), per cohort seed: " + "; ".join(
+            f"{sd}: " + ", ".join(f"{g} {v:.2f}" for g, v in res["seeds"][sd]["default"]["site_mae"].items())
+            for sd in seeds) + "."]
+        worst = [max(res["seeds"][sd]["default"]["site_mae"].items(), key=lambda kv: kv[1])[0] for sd in seeds]
+        lines += ["", f"The site with the largest MAE: {', '.join(worst)} (seeds {', '.join(seeds)}; site_1 is the "
+                  "haematoxylin-heavy one, site_2 the pale one, site_3 the eosin-heavy one)."]
+        fr = [res["seeds"][sd]["default"]["fold_r2_mean"] for sd in seeds]
+        fsd = ", ".join(f"{res['seeds'][sd]['default']['fold_r2_sd']:.2f}" for sd in seeds)
+        pr = [res["seeds"][sd]["default"]["pooled_r2"] for sd in seeds]
+        lines += ["", f"Noise: with 40 slides a fold holds 8, so a fold's R² rests on few targets; the default's "
+                  f"fold R² sd within a cohort is {fsd} "
+                  f"(seeds {', '.join(seeds)}), and over cohorts its pooled R² spans {min(pr):.3f}-{max(pr):.3f}, "
+                  f"its fold-mean R² {min(fr):.3f}-{max(fr):.3f}."]
+    sn = [res["seeds"][sd]["with_stain_norm"] for sd in seeds if "stain_h_r_target" in res["seeds"][sd].get(
+        "with_stain_norm", {})]
+    if sn:
+        m = {k: float(np.mean([x[k] for x in sn])) for k in ("stain_h_r_target", "stain_h_cv", "stain_e_r_target",
+                                                              "stain_e_cv")}
+        lines += ["", f"Why stain normalisation does not help (mean over {len(sn)} cohort(s)): the per-slide "
+                  "Macenko strength estimate divided by the site's drawn strength should be constant; for "
+                  f"haematoxylin its coefficient of variation is {m['stain_h_cv']:.2f} and it correlates with the "
+                  f"slide's target (r = {m['stain_h_r_target']:.2f}); for eosin cv {m['stain_e_cv']:.2f}, r = "
+                  f"{m['stain_e_r_target']:.2f}. The 75th-percentile concentration that sets the strength rises with "
+                  "the lymphocyte coverage, so normalising divides part of the signal out of every slide."]
     v = res["versions"]
     lines += ["", f"Versions: git {v['git_commit'][:12]}, python {v['python']}, torch {v['torch']}, "
               f"numpy {v['numpy']}, "

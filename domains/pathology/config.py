@@ -155,7 +155,9 @@ class MILTrainConfig:
             ``features_dir``).
         k: cross-validation folds.
         group_by: slides sharing this column fall in one fold: ``case_id`` (patient) or ``site``.
-        aggregation: tile scores to a slide score: ``mean`` or gated ``attention``.
+        aggregation: tile scores to a slide score: ``mean``, gated ``attention`` (softmax weights) or
+            ``ratio`` (default: sum_i w_i s_i / sum_i w_i with a learned stroma amount w_i >= 0, the form
+            of the sTIL label; ``mil.py``; see ``benchmarks/pathology/results_hard_cohort.md``).
         hidden: width H of the per-tile hidden layer.
         attn_hidden: width A of the gated-attention layer.
         dropout: dropout on the per-tile hidden features.
@@ -163,10 +165,14 @@ class MILTrainConfig:
         batch_size: slides (bags) per step.
         lr: AdamW learning rate (cosine schedule).
         weight_decay: AdamW weight decay.
-        val_frac: grouped share of each fold's training slides held out to pick the best step.
+        val_frac: grouped share of each fold's training slides held out to pick the best step (default
+            0: every training slide is fitted and the step with the lowest training MSE is kept; on the
+            hard cohort a 20 % hold-out of ~6 slides picked noisy steps and cost R^2, see the benchmark).
         eval_every: steps between validation checks.
         seed: seed of the folds, the validation split, the weights and the label shuffle.
         shuffle_labels: permute the targets across slides first (the negative control).
+        tile_dropout: training augmentation: each time a bag is drawn, each of its tiles is left out with
+            this probability (ECTIL's tile dropout; 0 = whole bags). Predictions use whole bags.
         cutoff: sTIL-high cut-off in % for the per-fold ROC AUC in the run's summary (does not
             change the models).
         overwrite: redo results in the output folder that were made with other parameters (default:
@@ -178,18 +184,19 @@ class MILTrainConfig:
     out_dir: Optional[str] = None
     k: int = 5
     group_by: Literal["case_id", "site"] = "case_id"
-    aggregation: Literal["mean", "attention"] = "attention"
+    aggregation: Literal["mean", "attention", "ratio"] = "ratio"
     hidden: int = 128
     attn_hidden: int = 64
     dropout: float = 0.1
     max_steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
-    val_frac: float = 0.2
+    val_frac: float = 0.0
     eval_every: int = 25
     seed: int = 0
     shuffle_labels: bool = False
+    tile_dropout: float = 0.0
     cutoff: float = 30.0
     overwrite: bool = False
 

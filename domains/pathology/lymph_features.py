@@ -3,9 +3,12 @@
 The baseline encoder's second part (``encoders.build_baseline``). From the stain concentrations of
 Ruifrok & Johnston's deconvolution (c_H, c_E; tiles are best stain-normalised first, ``stain_norm.py``):
 
-- small dense objects: a white top-hat of c_H (c_H minus its grey opening with a square of side
-  2 ceil(r) + 3, which removes objects of radius r or less) above 0.5, where c_H > 0.9: lymphocyte
-  nuclei survive, larger tumour nuclei and smooth dark areas (folds, ink) do not;
+- small round dense objects: a white top-hat of c_H (c_H minus its grey opening with a square of side
+  2 ceil(r) + 3, which removes objects of radius r or less) above 0.5, where c_H > 0.9, and (round)
+  within one pixel of a core that survives the grey opening with a square of side 2 ceil(r) - 1 at
+  c_H > 0.9 (that square fits in a disc of radius r, not in a spindle nucleus 3-4 px wide):
+  lymphocyte nuclei survive, larger tumour nuclei, thin fibroblast nuclei and smooth dark areas
+  (folds, ink) do not;
 - stroma: pixels whose local mean eosin (box of 15 px) exceeds 0.42 (stroma is eosin-rich, tumour
   nests are not);
 - features: stroma share, lymphocyte-object share, lymphocyte share inside stroma, the per-tile
@@ -36,17 +39,21 @@ class LymphObjectFeatures(nn.Module):
 
     def __init__(self, radius: float = 3.0):
         super().__init__()
-        self.k = 2 * int(math.ceil(radius)) + 3
+        self.k = 2 * int(math.ceil(radius)) + 3  # opening that removes a lymphocyte (top-hat)
+        self.k_core = max(2 * int(math.ceil(radius)) - 1, 1)  # opening that a lymphocyte survives, a spindle not
 
-    def _open(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.k // 2
-        lo = -F.max_pool2d(-x, self.k, stride=1, padding=p)  # grey erosion, (B, 1, T, T)
-        return F.max_pool2d(lo, self.k, stride=1, padding=p)  # then dilation: the opening
+    @staticmethod
+    def _open(x: torch.Tensor, k: int) -> torch.Tensor:
+        p = k // 2
+        lo = -F.max_pool2d(-x, k, stride=1, padding=p)  # grey erosion, (B, 1, T, T)
+        return F.max_pool2d(lo, k, stride=1, padding=p)  # then dilation: the opening
 
     def forward(self, conc: torch.Tensor) -> torch.Tensor:
         ch, ce = conc[:, :1], conc[:, 1:2]  # (B, 1, T, T) each
-        tophat = ch - self._open(ch)
-        lymph = (tophat > 0.5) & (ch > 0.9)
+        tophat = ch - self._open(ch, self.k)
+        core = (self._open(ch, self.k_core) > 0.9).float()  # (B, 1, T, T)
+        round_ = F.max_pool2d(core, 3, stride=1, padding=1) > 0  # the core and its one-pixel rim
+        lymph = (tophat > 0.5) & (ch > 0.9) & round_
         local_e = F.avg_pool2d(ce, 15, stride=1, padding=7, count_include_pad=False)
         stroma = local_e > 0.42
         n = float(ch.shape[-1] * ch.shape[-2])

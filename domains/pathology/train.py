@@ -4,7 +4,8 @@ Labels: a CSV ``slide_id,case_id,target[,site]`` (target = sTIL % in 0..100). Fo
 by ``case_id`` (patient-level, CLAM's splits) or ``site`` (centre-level, ECTIL's TCGA splits):
 all slides of a group fall in one test fold (``sklearn.model_selection.GroupKFold``). Inside
 each fold, a grouped share ``val_frac`` of the training slides is held out to choose the best
-step (lowest validation MSE, checked every ``eval_every`` steps); that fold model is saved as
+step (lowest validation MSE, checked every ``eval_every`` steps; with ``val_frac`` 0, the default, all
+training slides are fitted and the step with the lowest training MSE is kept); that fold model is saved as
 ``fold_<k>/model.safetensors`` + ``model.json`` (architecture, feature standardisation is in the
 weights) and its out-of-fold predictions go to ``predictions.csv`` (``slide_id,fold,pred,target``,
 in %). Training runs through the core loop ``adaptome.core.train.loop.fit``. A fold model records
@@ -84,7 +85,7 @@ def load_bags(features_dir: str | os.PathLike, slide_ids: list[str]) -> dict[str
 
 #: the options of ``train_cv`` that shape the fold models (all of them are in a run's fingerprint)
 TRAIN_OPTIONS = ("k", "group_by", "aggregation", "hidden", "attn_hidden", "dropout", "max_steps", "batch_size", "lr",
-                 "weight_decay", "val_frac", "eval_every", "seed", "shuffle_labels")
+                 "weight_decay", "val_frac", "eval_every", "seed", "shuffle_labels", "tile_dropout")
 
 
 def feature_width(path: str | os.PathLike) -> tuple[int, str]:
@@ -126,14 +127,22 @@ def train_identity(features_dir: str | os.PathLike, labels_csv: str | os.PathLik
 
 
 class _BagDataset(torch.utils.data.Dataset):
-    def __init__(self, bags: list[torch.Tensor], targets: list[float]):
-        self.bags, self.targets = bags, targets
+    """Training bags; with ``tile_dropout`` > 0 each draw keeps a random subset of the bag's tiles (each
+    tile dropped with that probability, at least one kept; torch's global RNG, seeded by the loop)."""
+
+    def __init__(self, bags: list[torch.Tensor], targets: list[float], tile_dropout: float = 0.0):
+        self.bags, self.targets, self.tile_dropout = bags, targets, tile_dropout
 
     def __len__(self) -> int:
         return len(self.bags)
 
     def __getitem__(self, i):
-        return self.bags[i], self.targets[i] / 100.0
+        bag = self.bags[i]
+        if self.tile_dropout > 0 and len(bag) > 1:
+            keep = torch.rand(len(bag)) >= self.tile_dropout
+            keep[torch.randint(len(bag), (1,))] = True
+            bag = bag[keep]  # (N, D) -> (N', D)
+        return bag, self.targets[i] / 100.0
 
 
 @torch.no_grad()
@@ -185,10 +194,11 @@ def make_folds(rows: list[dict], k: int, group_by: str, seed: int) -> list[np.nd
 
 
 def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
-             k: int = 5, group_by: str = "case_id", aggregation: str = "attention", hidden: int = 128,
+             k: int = 5, group_by: str = "case_id", aggregation: str = "ratio", hidden: int = 128,
              attn_hidden: int = 64, dropout: float = 0.1, max_steps: int = 300, batch_size: int = 8,
-             lr: float = 1e-3, weight_decay: float = 1e-4, val_frac: float = 0.2, eval_every: int = 25,
-             seed: int = 0, shuffle_labels: bool = False, progress: bool = False, made_by: dict | None = None) -> dict:
+             lr: float = 3e-3, weight_decay: float = 1e-4, val_frac: float = 0.0, eval_every: int = 25,
+             seed: int = 0, shuffle_labels: bool = False, tile_dropout: float = 0.0, progress: bool = False,
+             made_by: dict | None = None) -> dict:
     """Cross-validate; returns ``{"folds": [...], "predictions": path, "best_fold": k}`` (each fold's
     info says whether its model was ``reused``). ``made_by``: the run's ``train_identity`` (computed
     here when not given); a fold model is reused only when it was made by the same."""
@@ -198,7 +208,8 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
     if made_by is None:
         opts = dict(k=k, group_by=group_by, aggregation=aggregation, hidden=hidden, attn_hidden=attn_hidden,
                     dropout=dropout, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                    val_frac=val_frac, eval_every=eval_every, seed=seed, shuffle_labels=shuffle_labels)
+                    val_frac=val_frac, eval_every=eval_every, seed=seed, shuffle_labels=shuffle_labels,
+                    tile_dropout=tile_dropout)
         made_by = train_identity(features_dir, labels_csv, rows, opts)
     run_fp = fingerprint(made_by)
     if shuffle_labels:
@@ -223,10 +234,10 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
             model = load_model(fdir)
             info = {**json.loads((fdir / "model.json").read_text())["fold"], "reused": True}
         else:
+            loop_kw = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                           seed=seed + f, eval_every=eval_every, progress=progress)
             model, info = _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hidden,
-                                      dropout, fit, dict(max_steps=max_steps, batch_size=batch_size, lr=lr,
-                                                         weight_decay=weight_decay, seed=seed + f,
-                                                         eval_every=eval_every, progress=progress))
+                                      dropout, tile_dropout, fit, loop_kw)
             info.update(fold=f, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(test_idx))
             save_model(model, fdir, {"in_dim": int(model.feat_mean.numel()), "hidden": hidden,
                                      "attn_hidden": attn_hidden, "aggregation": aggregation,
@@ -267,13 +278,14 @@ def _split_val(rows, train_idx, val_frac, group_by, seed):
     return train_idx[is_val], train_idx[~is_val]
 
 
-def _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hidden, dropout, fit, train_kw):
+def _train_fold(bags, rows, fit_idx, val_idx, fdir, aggregation, hidden, attn_hidden, dropout, tile_dropout, fit,
+                train_kw):
     train_bags = [bags[rows[i]["slide_id"]] for i in fit_idx]
     allf = torch.cat(train_bags)
     torch.manual_seed(train_kw["seed"])  # the init depends on the fold's seed only, not on earlier RNG use
     model = MILRegressor(allf.shape[1], hidden, attn_hidden, aggregation, dropout,
                          feature_mean=allf.mean(0), feature_std=allf.std(0).clamp(min=1e-6))
-    ds = _BagDataset(train_bags, [rows[i]["target"] for i in fit_idx])
+    ds = _BagDataset(train_bags, [rows[i]["target"] for i in fit_idx], tile_dropout)
     val_bags = [bags[rows[i]["slide_id"]] for i in val_idx] or train_bags
     val_y = np.array([rows[i]["target"] for i in val_idx]) if len(val_idx) else np.array(ds.targets)
     best = {"mse": float("inf"), "step": 0, "state": None}

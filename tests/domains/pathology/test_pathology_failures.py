@@ -118,7 +118,7 @@ def _strict(text: str):
 
 def test_train_summary_and_metrics_are_strict_json_and_name_a_fold_without_auc(cohort, tmp_path):
     out = tmp_path / "mil"
-    run = out / "mil_attention_case_id_k3"
+    run = out / "mil_ratio_case_id_k3"
     base = ["train", "--features-dir", cohort["features_dir"], "--labels", cohort["labels"], "--out", out, "--k", 3,
             "--set", "max_steps=10", "--set", "eval_every=5"]
     r = _cli(*base)

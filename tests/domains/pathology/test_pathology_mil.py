@@ -39,6 +39,44 @@ def test_gated_attention_formula_and_padding_invariance():
     assert out.attention[1, 3:].abs().max() == 0  # padding gets no weight
 
 
+def test_ratio_aggregation_is_softplus_weighted_ratio_and_padding_invariant():
+    torch.manual_seed(0)
+    m = MILRegressor(6, hidden=8, attn_hidden=4, aggregation="ratio", dropout=0.0).eval()
+    a, b = torch.randn(5, 6), torch.randn(3, 6)
+    h = torch.relu(a @ m.post[0].weight.T + m.post[0].bias)  # (N, D) @ (D, H) -> (N, H)
+    gate = torch.tanh(m.attn_v(h)) * torch.sigmoid(m.attn_u(h))  # (N, H) -> (N, A)
+    w = torch.log1p(torch.exp(m.attn_w(gate).squeeze(-1)))  # softplus, (N, A) @ (A, 1) -> (N,)
+    s = torch.sigmoid(h @ m.head[1].weight.T + m.head[1].bias).squeeze(-1)  # (N, H) @ (H, 1) -> (N,)
+    out_a = m(a)
+    assert torch.allclose(out_a.slide[0], (w * s).sum() / w.sum(), atol=1e-6)  # sum w_i s_i / sum w_i
+    assert torch.allclose(out_a.attention[0], w / w.sum(), atol=1e-6)
+    feats, mask = pad_bags([a, b])
+    out = m(feats, mask)
+    assert torch.allclose(out.slide, torch.stack([m(a).slide[0], m(b).slide[0]]), atol=1e-6)
+    assert out.attention[1, 3:].abs().max() == 0  # padding gets no weight
+    with pytest.raises(Exception, match="aggregation must be one of"):
+        MILRegressor(6, aggregation="max")
+
+
+def test_tile_dropout_draws_subsets_of_a_training_bag_and_is_part_of_the_run_identity():
+    from adaptome.domains.pathology.config import MILTrainConfig
+    from adaptome.domains.pathology.train import TRAIN_OPTIONS, _BagDataset
+
+    bag = torch.arange(400, dtype=torch.float32).reshape(200, 2)  # 200 tiles, rows tell which tile it is
+    whole = _BagDataset([bag], [40.0])
+    b, t = whole[0]
+    assert torch.equal(b, bag) and t == pytest.approx(0.4)
+    torch.manual_seed(0)
+    sub = _BagDataset([bag], [40.0], tile_dropout=0.5)
+    draws = [sub[0][0] for _ in range(20)]
+    sizes = np.array([len(d) for d in draws])
+    assert 0.4 * 200 < sizes.mean() < 0.6 * 200 and len(set(sizes.tolist())) > 1  # about half, a new subset each time
+    assert all(torch.equal(d, bag[(d[:, 0] / 2).long()]) for d in draws)  # real rows of the bag, in order
+    one = _BagDataset([bag[:2]], [40.0], tile_dropout=0.999)
+    assert all(len(one[0][0]) >= 1 for _ in range(20))  # never an empty bag
+    assert "tile_dropout" in TRAIN_OPTIONS and MILTrainConfig().tile_dropout == 0.0
+
+
 def test_mil_loss_is_mse_on_fraction():
     torch.manual_seed(0)
     m = MILRegressor(4, aggregation="mean", dropout=0.0).eval()
@@ -131,7 +169,7 @@ def test_fold_models_saved_as_safetensors_and_reload(trained, cohort):
 
     d = Path(trained["real"]["out_dir"])
     meta = json.loads((d / "fold_0" / "model.json").read_text())
-    assert meta["aggregation"] == "attention" and meta["in_dim"] == 44
+    assert meta["aggregation"] == "ratio" and meta["in_dim"] == 44
     m = load_model(d / "fold_0")
     feats, _, _ = read_features(cohort["features_dir"] / "train_000.h5")
     with torch.no_grad():

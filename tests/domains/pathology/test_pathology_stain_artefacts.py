@@ -81,11 +81,12 @@ def _tile(coverage: float, stroma: bool, rng) -> np.ndarray:
     """A 64-px tile on a uniform eosin (stroma) or pale (tumour) background with lymphocyte discs."""
     from adaptome.domains.pathology import synth_draw as d
     from adaptome.domains.pathology.stains import E_VEC, H_VEC
+    from adaptome.domains.pathology.synth_hard import LYMPH_H
 
     region = np.ones((64, 64), bool)
     fp = d.disc(3)
     lym = d.stamp(rng, d.rate_for_coverage(coverage, fp), region, fp)
-    od = (1.3 * lym)[..., None] * H_VEC + (0.55 if stroma else 0.25) * E_VEC  # (T, T, 1) * (3,)
+    od = (LYMPH_H * lym)[..., None] * H_VEC + (0.55 if stroma else 0.25) * E_VEC  # (T, T, 1) * (3,)
     return np.clip(250 * np.exp(-od), 0, 255).astype(np.uint8), lym.mean()
 
 
@@ -104,3 +105,23 @@ def test_lymph_features_estimate_stromal_coverage_and_ignore_tumour_lymphocytes(
     with pytest.raises(Exception, match="unknown options"):
         build_encoder("baseline", options={"lymf": True})
     assert build_encoder("baseline", options={"lymph": False}).dim == 35
+
+
+def test_lymph_features_do_not_count_spindle_fibroblasts():
+    """Fibroblast nuclei are dark (c_H above the 0.9 cut) and small across, but not round: the core
+    opening (a square that fits in a lymphocyte's disc, not in a 3.6-px-wide spindle) drops them."""
+    from adaptome.domains.pathology import synth_draw as d
+    from adaptome.domains.pathology.lymph_features import LymphObjectFeatures
+    from adaptome.domains.pathology.synth_hard import FIBRO_H, LYMPH_H
+
+    rng = np.random.default_rng(1)
+    region = np.ones((64, 64), bool)
+    spindles = d.spindles(rng, 0.15, region)
+    fp = d.disc(3)
+    lym = d.stamp(rng, d.rate_for_coverage(0.15, fp), region, fp)  # each kind on its own tile
+    feats = LymphObjectFeatures(3.0)
+    for mask, value, lo, hi in [(spindles, FIBRO_H, 0.0, 0.25), (spindles, 1.6, 0.0, 0.25), (lym, LYMPH_H, 0.9, 1.01)]:
+        ch = torch.tensor(np.where(mask, value, 0.05), dtype=torch.float32)[None, None]  # (1, 1, T, T)
+        f = feats(torch.cat([ch, torch.full_like(ch, 0.55)], 1))  # H and E planes, (1, 2, T, T) -> (1, 9)
+        share = float(f[0, 1]) / mask.mean()  # detected lymphocyte area over the drawn area
+        assert lo <= share <= hi, (value, share)

@@ -148,7 +148,7 @@ def test_train_retrains_on_new_labels_and_refuses_another_feature_width(cohort, 
     labels = tmp_path / "labels.csv"
     shutil.copy(cohort["labels"], labels)
     out = tmp_path / "mil"
-    run = out / "mil_attention_case_id_k2"
+    run = out / "mil_ratio_case_id_k2"
     r = _train(cohort["features_dir"], labels, out)
     assert r.exit_code == 0, r.output
     assert "2 folds trained" in r.output
