@@ -239,19 +239,18 @@ class TiffJpegReader:
         """B x n x n x 3: the same regions as ``_paste`` in one gather. Pixel (b, i, j) lies at level
         (ly_b + i, lx_b + j), in TIFF tile (row // h, col // w) at (row % h, col % w); pixels outside
         the level read an all-black extra tile."""
-        n, dev = self.geom.read_size, tiles.device
-        k = len(needed)
+        n, dev, outside = self.geom.read_size, tiles.device, self.nx * self.ny
         tiles = torch.cat([tiles, tiles.new_zeros((1,) + tuple(tiles.shape[1:]))])  # (K + 1, h, w, 3)
-        lut = np.full(self.nx * self.ny + 1, k, np.int64)  # TIFF tile index -> row of ``tiles``; last: outside
-        lut[np.asarray(needed, np.int64)] = np.arange(k)
+        # sorted TIFF tile indices of the rows of ``tiles``; the last one (beyond every tile) is outside
+        keys = torch.tensor(needed + [outside], dtype=torch.int64, device=dev)  # (K + 1,)
         rows = ly[:, None] + np.arange(n)[None, :]  # (B, n) level rows
         cols = lx[:, None] + np.arange(n)[None, :]  # (B, n) level columns
         ty = np.where((rows >= 0) & (rows < self.height), rows // self.th, -1)  # (B, n) TIFF tile row; -1 outside
         tx = np.where((cols >= 0) & (cols < self.width), cols // self.tw, -1)  # (B, n) TIFF tile column
         ty, tx = torch.from_numpy(ty).to(dev), torch.from_numpy(tx).to(dev)
         flat = ty[:, :, None] * self.nx + tx[:, None, :]  # (B, n, n) TIFF tile index
-        flat = flat.masked_fill_((ty[:, :, None] < 0) | (tx[:, None, :] < 0), self.nx * self.ny)
-        which = torch.from_numpy(lut).to(dev)[flat]  # (B, n, n) row of ``tiles``
+        flat = flat.masked_fill_((ty[:, :, None] < 0) | (tx[:, None, :] < 0), outside)
+        which = torch.searchsorted(keys, flat)  # (B, n, n) row of ``tiles``: every inside tile is in ``needed``
         yy = torch.from_numpy(rows % self.th).to(dev)  # (B, n) row inside the TIFF tile
         xx = torch.from_numpy(cols % self.tw).to(dev)  # (B, n) column inside the TIFF tile
         return tiles[which, yy[:, :, None], xx[:, None, :]]  # (B, n, n, 3)

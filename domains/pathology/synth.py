@@ -193,7 +193,7 @@ def make_hard_cohort(out_dir: str | os.PathLike, n_slides: int = 40, seed: int =
         tile_truth,
     )
 
-    conf = confounders or Confounders()
+    conf = confounders or Confounders.from_config()
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     up = int(round(0.5 / mpp))
@@ -253,8 +253,4 @@ def cohort_from_config(cfg) -> Path:
                   n_sites=cfg.n_sites, compression=cfg.compression)
     if cfg.kind == "simple":
         return make_cohort(cfg.out_dir, **common)
-    conf = Confounders(stain_variation=cfg.stain_variation, pen_prob=cfg.pen_prob, fold_prob=cfg.fold_prob,
-                       blur_prob=cfg.blur_prob, intratumoral=cfg.intratumoral, grade_variation=cfg.grade_variation,
-                       tumour_share=(cfg.tumour_share_min, cfg.tumour_share_max),
-                       dark_confounders=cfg.dark_confounders, pair_frac=cfg.pair_frac)
-    return make_hard_cohort(cfg.out_dir, prefix="hard", confounders=conf, **common)
+    return make_hard_cohort(cfg.out_dir, prefix="hard", confounders=Confounders.from_config(cfg), **common)

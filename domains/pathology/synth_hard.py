@@ -76,17 +76,29 @@ FIBRO_H, FIBRO_H_OFF, WALL_H, RBC_E = 1.1, 0.6, 0.9, 2.6
 
 @dataclass(frozen=True)
 class Confounders:
-    """Switches of the hard cohort (every one documented in ``config.SynthConfig``)."""
+    """Switches of the hard cohort, as the drawing code takes them. Every one is documented, with its
+    default, in ``config.SynthConfig``; build them with ``from_config`` (the defaults live there only)."""
 
-    stain_variation: float = 1.0
-    pen_prob: float = 0.3
-    fold_prob: float = 0.25
-    blur_prob: float = 0.25
-    intratumoral: bool = True
-    grade_variation: bool = True
-    tumour_share: tuple[float, float] = (0.15, 0.65)
-    dark_confounders: bool = True
-    pair_frac: float = 0.25
+    stain_variation: float
+    pen_prob: float
+    fold_prob: float
+    blur_prob: float
+    intratumoral: bool
+    grade_variation: bool
+    tumour_share: tuple[float, float]
+    dark_confounders: bool
+    pair_frac: float
+
+    @classmethod
+    def from_config(cls, cfg=None) -> "Confounders":
+        """The switches of ``cfg`` (a ``config.SynthConfig``; default: its defaults)."""
+        from adaptome.domains.pathology.config import SynthConfig
+
+        cfg = SynthConfig() if cfg is None else cfg
+        return cls(stain_variation=cfg.stain_variation, pen_prob=cfg.pen_prob, fold_prob=cfg.fold_prob,
+                   blur_prob=cfg.blur_prob, intratumoral=cfg.intratumoral, grade_variation=cfg.grade_variation,
+                   tumour_share=(cfg.tumour_share_min, cfg.tumour_share_max),
+                   dark_confounders=cfg.dark_confounders, pair_frac=cfg.pair_frac)
 
 
 def site_stain(site: int, strength: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float, float, float]:

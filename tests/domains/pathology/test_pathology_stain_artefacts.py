@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from adaptome.domains.pathology.config import SynthConfig
 from adaptome.domains.pathology.synth_hard import Confounders, render_hard_slide
 
-CLEAN = Confounders(pen_prob=0.0, fold_prob=0.0, blur_prob=0.0)
+CLEAN = Confounders.from_config(SynthConfig(pen_prob=0.0, fold_prob=0.0, blur_prob=0.0))
 
 
 @pytest.mark.parametrize("site, raw_min, norm_max", [(1, 15.0, 8.0), (2, 15.0, 4.0), (3, 12.0, 11.5)])

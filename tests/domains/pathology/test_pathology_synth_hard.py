@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from adaptome.domains.pathology.config import SynthConfig
 from adaptome.domains.pathology.stains import E_VEC, H_VEC
 from adaptome.domains.pathology.synth_hard import Confounders, case_plan, render_hard_slide, slide_target, tile_truth
 
-CLEAN = Confounders(pen_prob=0.0, fold_prob=0.0, blur_prob=0.0)
+CLEAN = Confounders.from_config(SynthConfig(pen_prob=0.0, fold_prob=0.0, blur_prob=0.0))
 
 
 def _render(conf: Confounders, site: int = 0, m: float = 0.3, index: int = 3):
@@ -20,7 +21,7 @@ def _render(conf: Confounders, site: int = 0, m: float = 0.3, index: int = 3):
 
 
 def test_label_is_stromal_lymphocyte_coverage_of_the_drawn_masks():
-    rgb, truth, _ = _render(Confounders(pen_prob=1.0, fold_prob=1.0, blur_prob=0.0))
+    rgb, truth, _ = _render(Confounders.from_config(SynthConfig(pen_prob=1.0, fold_prob=1.0, blur_prob=0.0)))
     stroma = truth["classes"] == 1
     expected = 100.0 * np.logical_and(truth["lymph"], stroma).sum() / stroma.sum()
     assert slide_target(truth) == pytest.approx(expected, abs=1e-12)
