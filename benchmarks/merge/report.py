@@ -1,6 +1,6 @@
 """results.md of the merge benchmark, every sentence computed from results.json.
 
-Usage: python benchmarks/merge/report.py  (rewrites results.md from results.json)
+Usage: python benchmarks/merge/report.py  (rewrites results.md from results.json and results_proteins.json)
 """
 
 from __future__ import annotations
@@ -40,15 +40,24 @@ def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def tasks_of(res: dict) -> list[str]:
+    """The setting's tasks (results written before the protein setting hold no "tasks": the languages)."""
+    return res.get("tasks", TASKS)
+
+
+def names_of(res: dict) -> dict[str, str]:
+    return NAMES if res.get("setting", "languages") == "languages" else {t: t for t in tasks_of(res)}
+
+
 def specific(res: dict, row: dict) -> float:
     """Language-specific share kept, mean over tasks: (F_t - NLL_merged) / (F_t - NLL_own), F_t the mean
     held-out NLL on t of the two other languages' LoRAs (same seed): 1 = as good as t's own LoRA,
     0 = no better than a LoRA of another language."""
     single = {r["merge"].removeprefix("single "): r for r in res["rows"]
               if r["seed"] == row["seed"] and r["merge"].startswith("single ")}
-    out = []
-    for t in TASKS:
-        foreign = statistics.mean(single[s][f"nll/{t}"] for s in TASKS if s != t)
+    out, tasks = [], tasks_of(res)
+    for t in measurable(res):
+        foreign = statistics.mean(single[s][f"nll/{t}"] for s in tasks if s != t)
         out.append((foreign - row[f"nll/{t}"]) / (foreign - single[t][f"nll/{t}"]))
     return statistics.mean(out)
 
@@ -57,11 +66,33 @@ GEOMETRY = ["distance_to_sum", "norm_to_mean", "cos_to_mean", "along_own"]
 LEGO_VARIANTS = [m[0] for m in MERGES if m[1] == "lego" and m[2] == RANK]
 
 
+#: a task enters the mean retention only if its own LoRA gains more than this (nats per token) over the base on
+#: the validation split (mean over seeds); below it, retention divides by a gain that is noise or negative
+MIN_GAIN = 0.02
+
+
+def own_gain(res: dict, split: str = "val") -> dict[str, float]:
+    """Mean over seeds of each task's own-LoRA gain over the base on ``split`` ("val" or "nll": test)."""
+    base = res["base_val_nll"] if split == "val" else res["base_heldout_nll"]
+    return {t: base[t] - statistics.mean(r[f"{split}/{t}"] for r in res["rows"] if r["merge"] == f"single {t}")
+            for t in tasks_of(res)}
+
+
+def measurable(res: dict) -> list[str]:
+    """The tasks whose own LoRA gains more than MIN_GAIN on the validation split (retention is averaged over them)."""
+    return [t for t, g in own_gain(res).items() if g > MIN_GAIN]
+
+
 def aggregate(res: dict) -> dict:
-    agg = {}
+    """Per merge: mean and std over seeds of each task's retention, of the mean retention over the measurable tasks
+    (test and validation), of the task-specific share kept and of the geometry; the per-seed mean retention."""
+    agg, keep = {}, measurable(res)
     for label, *_ in MERGES:
-        rs = [dict(r, specific=specific(res, r)) for r in res["rows"] if r["merge"] == label]
-        keys = [f"retained/{t}" for t in TASKS] + ["retained_mean", "val_retained_mean", "specific", *GEOMETRY]
+        rs = [dict(r, specific=specific(res, r),
+                   retained_mean=statistics.mean(r[f"retained/{t}"] for t in keep),
+                   val_retained_mean=statistics.mean(r[f"val_retained/{t}"] for t in keep))
+              for r in res["rows"] if r["merge"] == label]
+        keys = [f"retained/{t}" for t in tasks_of(res)] + ["retained_mean", "val_retained_mean", "specific", *GEOMETRY]
         agg[label] = {k: _ms([r[k] for r in rs]) for k in keys}
         agg[label]["per_seed"] = [r["retained_mean"] for r in sorted(rs, key=lambda r: r["seed"])]
     return agg
@@ -75,14 +106,83 @@ def _clusters(res: dict, kind: str) -> tuple[float, float, float]:
                  for k in ("mixed_cluster_share", "units_in_mixed_clusters", "centroid_norm_ratio"))
 
 
+TITLES = {"languages": "Merging three task LoRAs (three languages, held-out retention)",
+          "proteins": "Merging three task LoRAs (three protein families, held-out retention)"}
+#: what one task is called in the text of each setting
+WORD = {"languages": "language", "proteins": "family"}
+
+
+def word(res: dict) -> tuple[str, str]:
+    """(one task, several tasks) in the setting's words: ("language", "languages") or ("family", "families")."""
+    w = WORD[res.get("setting", "languages")]
+    return w, ("families" if w == "family" else w + "s")
+
+
+def describe(res: dict) -> str:
+    """The setting's paragraph: base model, task data, splits, LoRA training."""
+    a, tasks, names = res["args"], tasks_of(res), names_of(res)
+    if res.get("setting", "languages") == "languages":
+        return ("Tiny LLaMA (hidden 64, 2 layers, character tokens, blocks of 128) trained fully for "
+                f"{a['base_steps']} steps on core's English example text ({res['generic_blocks']} blocks): the base. "
+                f"Three peft LoRAs (rank {RANK}, alpha {2 * RANK}, attention + MLP) trained from it for {a['steps']} "
+                "steps (batch 16) on Hausa, Swahili and Yoruba news text (MasakhaNER 2.0 sentences, "
+                "domains/multilingual/data/text). Per language the last 200 lines are the test split, the 200 before "
+                "them the validation split (the only split any choice below is made on), the rest training data "
+                "(training blocks " + ", ".join(f"{names[t]} {res['blocks'][t]['train']}" for t in tasks) +
+                "; validation " + ", ".join(f"{names[t]} {res['blocks'][t]['val']}" for t in tasks) + "; test " +
+                ", ".join(f"{names[t]} {res['blocks'][t]['held_out']}" for t in tasks) + "; share of characters "
+                "outside the ASCII tokenizer " + ", ".join(f"{names[t]} {100 * res['unk_share'][t]:.1f} %"
+                                                            for t in tasks) + ").")
+    seqs, blocks = res["sequences"], res["blocks"]
+    sweep = json.loads((HERE / "protein_sweep.json").read_text())
+    base_val = sweep["base_val_nll"]
+    length = lambda x: f"{x['steps']} steps" if "steps" in x else f"{x['epochs']:g} epochs"  # noqa: E731
+    tried = "; ".join(f"{length(x)} at lr {x['lr']:g}: " + ", ".join(f"{base_val[t] - x[t]:.3f}" for t in tasks)
+                      for x in sweep["own_val_nll"])
+    lr = a.get("lora_lr", 5e-3)
+    ran = {"epochs": a["epochs"]} if a.get("epochs") else {"steps": a["steps"]}
+    best = max(sweep["own_val_nll"], key=lambda x: statistics.mean(base_val[t] - x[t] for t in tasks))
+    is_best = all(best.get(k) == ran.get(k) for k in ("steps", "epochs")) and best["lr"] == lr
+    never = [t for t in tasks if all(x[t] >= base_val[t] for x in sweep["own_val_nll"])]
+    return ("Tiny LLaMA (hidden 64, 2 layers, the protein domain's character tokenizer, blocks of 128, "
+            "sequences packed with </s> between them) trained fully for "
+            f"{a['base_steps']} steps on every shipped protein sequence outside the three families "
+            f"({res['base_sequences']} sequences, {res['base_residues']} residues, {res['generic_blocks']} blocks: "
+            "the package's nrPDB-EC subset, the other Pfam seeds, the TEM-1 wild type; "
+            f"{res['family_chains_dropped']} chains of the families and {res['homologs_dropped']} sequences sharing "
+            "many 5-mers with a family left out): the base. Three families, the only ones the shipped and shared data "
+            "hold with enough sequences for three splits: Cyclin_N (the shipped Pfam seed, 95 sequences; the other "
+            "shipped Pfam seeds hold at most 11), serine/threonine protein kinases (76 PDB chains with EC 2.7.11.*) "
+            "and beta-lactamases (18 chains with EC 3.5.2.6), both from DeepFRI's nrPDB-EC test split "
+            "(benchmarks/merge/data, made by make_families.py). Three peft LoRAs (rank "
+            f"{RANK}, alpha {2 * RANK}, attention + MLP) trained from the base for " +
+            (f"{a['epochs']:g} epochs (ceil(epochs x training blocks / 16) steps per family)" if a.get("epochs")
+             else f"{a['steps']} steps") + f" (batch 16, lr {lr:g}). Per family a fixed shuffle holds out max(5, 15 %) "
+            "of the sequences as the test split and as many as the validation split (the only split any choice "
+            "below is made on; benchmarks/merge/proteins.py), the rest is training data (training sequences / "
+            "blocks " + ", ".join(f"{names[t]} {seqs[t]['train']} / {blocks[t]['train']}" for t in tasks) +
+            "; validation " + ", ".join(f"{seqs[t]['val']} / {blocks[t]['val']}" for t in tasks) + "; test " +
+            ", ".join(f"{seqs[t]['held_out']} / {blocks[t]['held_out']}" for t in tasks) + "). The LoRA training "
+            "length and learning rate were chosen on the validation gain of seed 0's LoRAs (benchmarks/merge/"
+            "protein_sweep.json; own-LoRA validation gain on " + ", ".join(tasks) + " in nats per token: " + tried +
+            "); the run's setting is " + ("the one with the largest mean gain." if is_best else
+                                          f"NOT the one with the largest mean gain ({length(best)} at lr "
+                                          f"{best['lr']:g}).") +
+            ("" if not never else " In no setting tried did the own LoRA of " + ", ".join(never) + " beat the base "
+             "on validation: nrPDB is non-redundant, so the held-out chains share few sequence motifs with the few "
+             "training chains, unlike the members of a Pfam seed."))
+
+
 def header(res: dict) -> list[str]:
-    v, a = res["versions"], res["args"]
+    v = res["versions"]
+    tasks, names = tasks_of(res), names_of(res)
+    w, ws = word(res)
     base = res["base_heldout_nll"]
     single = {t: {u: statistics.mean(r[f"nll/{u}"] for r in res["rows"] if r["merge"] == f"single {t}")
-                  for u in TASKS} for t in TASKS}
+                  for u in tasks} for t in tasks}
     cached = res.get("cached", {})
     n_cached = sum(bool(x) for x in cached.values())
-    lines = ["## Merging three task LoRAs (three languages, held-out retention)", "",
+    lines = [f"## {TITLES[res.get('setting', 'languages')]}", "",
              f"Command: `{res['command']}` (cpu, torch {v['torch']}, peft {v['peft']}, transformers "
              f"{v['transformers']}, scikit-learn {v['scikit-learn']}, commit {res['commit'][:10]}, "
              f"{res['seconds']:.0f} s wall, {res['cpu_seconds']:.0f} s CPU). Trained models read from the on-disk "
@@ -90,76 +190,83 @@ def header(res: dict) -> list[str]:
              f"token ids, the package versions and the training code): {n_cached} of {len(cached)} (the base and "
              f"{len(cached) - 1} task LoRAs)" + ("; none was trained in this run" if n_cached == len(cached) else
                                                  "; the rest were trained in this run") + ".", "",
-             "Tiny LLaMA (hidden 64, 2 layers, character tokens, blocks of 128) trained fully for "
-             f"{a['base_steps']} steps on core's English example text ({res['generic_blocks']} blocks): the base. "
-             f"Three peft LoRAs (rank {RANK}, alpha {2 * RANK}, attention + MLP) trained from it for {a['steps']} "
-             "steps (batch 16) on Hausa, Swahili and Yoruba news text (MasakhaNER 2.0 sentences, "
-             "domains/multilingual/data/text). Per language the last 200 lines are the test split, the 200 before "
-             "them the validation split (the only split any choice below is made on), the rest training data "
-             "(training blocks " + ", ".join(f"{NAMES[t]} {res['blocks'][t]['train']}" for t in TASKS) +
-             "; validation " + ", ".join(f"{NAMES[t]} {res['blocks'][t]['val']}" for t in TASKS) + "; test " +
-             ", ".join(f"{NAMES[t]} {res['blocks'][t]['held_out']}" for t in TASKS) + "; share of characters "
-             "outside the ASCII tokenizer " + ", ".join(f"{NAMES[t]} {100 * res['unk_share'][t]:.1f} %"
-                                                         for t in TASKS) + ").", "",
-             "Test NLL (nats per token, mean over seeds) of the base and of each single LoRA on each language; "
+             describe(res), "",
+             f"Test NLL (nats per token, mean over seeds) of the base and of each single LoRA on each {w}; "
              "the diagonal is what each task LoRA learned:", "",
-             "| model | " + " | ".join(NAMES[t] for t in TASKS) + " |", "|---|" + "---:|" * len(TASKS),
-             "| base | " + " | ".join(f"{base[t]:.3f}" for t in TASKS) + " |"]
-    for t in TASKS:
-        lines.append(f"| {NAMES[t]} LoRA | " + " | ".join(f"{single[t][u]:.3f}" for u in TASKS) + " |")
-    gains = {t: base[t] - single[t][t] for t in TASKS}
-    cross = {t: statistics.mean(base[t] - single[s][t] for s in TASKS if s != t) for t in TASKS}
+             "| model | " + " | ".join(names[t] for t in tasks) + " |", "|---|" + "---:|" * len(tasks),
+             "| base | " + " | ".join(f"{base[t]:.3f}" for t in tasks) + " |"]
+    for t in tasks:
+        lines.append(f"| {names[t]} LoRA | " + " | ".join(f"{single[t][u]:.3f}" for u in tasks) + " |")
+    gains = {t: base[t] - single[t][t] for t in tasks}
+    cross = {t: statistics.mean(base[t] - single[s][t] for s in tasks if s != t) for t in tasks}
     lines += ["", "Test gain of each task's own LoRA over the base: " +
-              ", ".join(f"{NAMES[t]} {gains[t]:.3f}" for t in TASKS) + " nats per token; mean gain of the two "
-              "other languages' LoRAs on that language: " + ", ".join(f"{NAMES[t]} {cross[t]:.3f}" for t in TASKS) +
+              ", ".join(f"{names[t]} {gains[t]:.3f}" for t in tasks) + " nats per token; mean gain of the two "
+              f"other {ws}' LoRAs on that {w}: " + ", ".join(f"{names[t]} {cross[t]:.3f}" for t in tasks) +
               "."]
     return lines
 
 
 def table(res: dict, agg: dict) -> list[str]:
     a = res["args"]
+    tasks, names = tasks_of(res), names_of(res)
+    w, ws = word(res)
     lines = ["", f"Merged at rank {RANK} (the rank of one input) unless the label says otherwise. Retained = (NLL gain "
-             "of the merged LoRA over the base on a language) / (gain of that language's own LoRA), on the test split "
-             f"unless marked 'val'; mean +- std over {a['seeds']} seeds. 'language-specific kept' is (F_t - "
-             "NLL_merged) / (F_t - NLL_own LoRA), F_t the mean test NLL on language t of the other two languages' "
-             "LoRAs, averaged over the languages (1 = as good as the language's own LoRA, 0 = no better than a LoRA "
-             "of another language). Geometry of the merged update G over all modules (Frobenius; D_t the inputs' "
+             f"of the merged LoRA over the base on a {w}) / (gain of that {w}'s own LoRA), on the test split "
+             f"unless marked 'val'; mean +- std over {a['seeds']} seeds. '{w}-specific kept' is (F_t - "
+             f"NLL_merged) / (F_t - NLL_own LoRA), F_t the mean test NLL on {w} t of the other two {ws}' "
+             f"LoRAs, averaged over the {ws} (1 = as good as the {w}'s own LoRA, 0 = no better than a LoRA "
+             f"of another {w}). Geometry of the merged update G over all modules (Frobenius; D_t the inputs' "
              "updates, M their mean): 'dist. to sum' = ||G - sum_t D_t|| / ||sum_t D_t|| (weighted sum where the "
              "merge has weights), 'norm / M' = ||G|| / ||M||, 'cos to M', and 'own share' = mean_t <G, D_t> / "
              "||D_t||^2 (about 1 for the sum, 1/3 for the mean, if the updates were orthogonal).", "",
-             "| merge | " + " | ".join(f"retained {NAMES[t]}" for t in TASKS) +
-             " | retained, mean | retained, mean (val) | language-specific kept | dist. to sum | norm / M | cos to M "
-             "| own share |", "|---|" + "---:|" * (len(TASKS) + 7)]
+             "| merge | " + " | ".join(f"retained {names[t]}" for t in tasks) +
+             f" | retained, mean | retained, mean (val) | {w}-specific kept | dist. to sum | norm / M | cos to M "
+             "| own share |", "|---|" + "---:|" * (len(tasks) + 7)]
     for label, *_ in MERGES:
         g = agg[label]
-        cells = [f"{g[f'retained/{t}'][0]:.2f} +- {g[f'retained/{t}'][1]:.2f}" for t in TASKS]
+        cells = [f"{g[f'retained/{t}'][0]:.2f} +- {g[f'retained/{t}'][1]:.2f}" for t in tasks]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {g['retained_mean'][0]:.3f} +- "
                      f"{g['retained_mean'][1]:.3f} | {g['val_retained_mean'][0]:.3f} | {g['specific'][0]:.2f} +- "
                      f"{g['specific'][1]:.2f} | " + " | ".join(f"{g[k][0]:.2f}" for k in GEOMETRY) + " |")
     return lines
 
 
+def verdict(res: dict, agg: dict, label: str) -> tuple[str, bool]:
+    """(the sentence comparing LEGO variant ``label`` with linear and TIES at rank RANK on the test split,
+    whether it retains more than every one of them on average)."""
+    a = res["args"]
+    lego = agg[label]["retained_mean"][0]
+    others = {k: agg[k]["retained_mean"][0] for k in RIVALS}
+    beaten = [k for k, x in others.items() if lego > x]
+    not_beaten = [k for k, x in others.items() if lego <= x]
+    per_seed = {k: sum(x > y for x, y in zip(agg[label]["per_seed"], agg[k]["per_seed"])) for k in RIVALS}
+    name = ("LoRA-LEGO (the default: k-means on directions, dual reweighting)" if label == LEGO else
+            f"LoRA-LEGO as '{label}' (the LEGO variant best on validation)")
+    text = (f"{name} retains more on average than " + ", ".join(beaten) if beaten else
+            f"{name} does not retain more than any of linear and TIES")
+    if beaten and not_beaten:
+        text += ", but not more than " + ", ".join(not_beaten)
+    text = (f"At rank {RANK}: {text} ({lego:.3f} vs " + ", ".join(f"{k} {x:.3f}" for k, x in others.items()) +
+            "; LEGO ahead in " + ", ".join(f"{per_seed[k]} of {a['seeds']} seeds against {k}" for k in RIVALS) +
+            "). The target (LEGO above linear and TIES at the rank of one input) is "
+            f"{'met' if not not_beaten else 'not met'} in this run" +
+            ("." if label == LEGO else " with the LEGO variant chosen on validation."))
+    return text, not not_beaten
+
+
+def best_on_val(agg: dict) -> str:
+    """The LEGO variant (at rank RANK) with the highest mean retention on the validation split."""
+    return max(LEGO_VARIANTS, key=lambda k: agg[k]["val_retained_mean"][0])
+
+
 def write_md(res: dict) -> str:
     agg = aggregate(res)
-    a = res["args"]
     r = lambda k: agg[k]["retained_mean"][0]  # noqa: E731
     val = lambda k: agg[k]["val_retained_mean"][0]  # noqa: E731
     geo = lambda k, m: agg[k][m][0]  # noqa: E731
     lines = header(res) + table(res, agg)
     lego = r(LEGO)
-    others = {k: r(k) for k in RIVALS}
-    beaten = [k for k, x in others.items() if lego > x]
-    not_beaten = [k for k, x in others.items() if lego <= x]
-    per_seed = {k: sum(x > y for x, y in zip(agg[LEGO]["per_seed"], agg[k]["per_seed"])) for k in RIVALS}
-    verdict = ("LoRA-LEGO (the default: k-means on directions, dual reweighting) retains more on average than "
-               + ", ".join(beaten) if beaten else
-               "LoRA-LEGO (the default) does not retain more than any of linear and TIES")
-    if beaten and not_beaten:
-        verdict += ", but not more than " + ", ".join(not_beaten)
-    lines += ["", f"At rank {RANK}: {verdict} ({lego:.3f} vs " + ", ".join(f"{k} {x:.3f}" for k, x in others.items())
-              + "; LEGO ahead in " + ", ".join(f"{per_seed[k]} of {a['seeds']} seeds against {k}" for k in RIVALS) +
-              "). The target (LEGO above linear and TIES at the rank of one input) is "
-              f"{'met' if not not_beaten else 'not met'} in this run."]
+    lines += ["", verdict(res, agg, LEGO)[0]]
     best = max(LEGO_VARIANTS, key=val)
     lines += ["", "Choice of the default (validation split only): " + ", ".join(
         f"{k} {val(k):.3f}" for k in sorted(LEGO_VARIANTS, key=val, reverse=True)) + f". Best on validation: {best}"
@@ -218,5 +325,137 @@ def write_md(res: dict) -> str:
     return "\n".join(lines)
 
 
+
+def protein_md(res: dict) -> str:
+    """The protein setting's section: the same tables, the verdicts, the choice on validation and the sizes."""
+    agg = aggregate(res)
+    r = lambda k: agg[k]["retained_mean"][0]  # noqa: E731
+    val = lambda k: agg[k]["val_retained_mean"][0]  # noqa: E731
+    geo = lambda k, m: agg[k][m][0]  # noqa: E731
+    lines = header(res) + table(res, agg)
+    best = best_on_val(agg)
+    gain, keep = own_gain(res), measurable(res)
+    out = [t for t in tasks_of(res) if t not in keep]
+    lines += ["", "Own-LoRA validation gain (mean over seeds): " + ", ".join(
+        f"{t} {g:.3f}" for t, g in gain.items()) + f" nats per token. Mean retention (the 'retained, mean' columns "
+        f"and every comparison below) is taken over the families whose own LoRA gains more than {MIN_GAIN} on "
+        "validation: " + ", ".join(keep) + "." + (
+            "" if not out else " Left out: " + ", ".join(out) + "; their retention columns divide by a gain that is "
+            "noise or negative, and say nothing about the merge.")]
+    lines += ["", verdict(res, agg, LEGO)[0]]
+    lines += ["", "Choice of a LEGO variant (validation split only): " + ", ".join(
+        f"{k} {val(k):.3f}" for k in sorted(LEGO_VARIANTS, key=val, reverse=True)) + f". Best on validation: {best}"
+        + (" = the default." if best == LEGO else f", not the default {LEGO} ({val(LEGO):.3f}).")]
+    if best != LEGO:
+        lines += ["", verdict(res, agg, best)[0]]
+    w3, w2, w1 = "linear (mean)", "linear (weights 0.5, diagnostic)", "linear (sum)"
+    none, cat = "lego (no reweighting)", "cat (rank 24, the exact sum)"
+    mix = _clusters(res, "raw directions")
+    tasks = tasks_of(res)
+    cross = cross_gain(res)
+    lines += ["", "The other families' LoRAs change a family's test NLL by " + ", ".join(
+        f"{-cross[t]:+.3f} on {t}" for t in tasks) + " nats per token (the own LoRAs: " + ", ".join(
+        f"{-g:+.3f}" for g in own_gain(res, "nll").values()) + "); " + (
+            "on every family another family's LoRA is worse than the base, so the updates conflict."
+            if all(c < 0 for c in cross.values()) else
+            "on " + ", ".join(t for t in tasks if cross[t] < 0) + " another family's LoRA is worse than the base."
+            if any(c < 0 for c in cross.values()) else "no family's LoRA makes another worse than the base.")]
+    if out:
+        lines += ["", "Test NLL change over the base on the families left out of the mean (nats per token, mean "
+                  "over seeds; negative = better than the base; the own LoRA: " + ", ".join(
+                      f"{t} {-own_gain(res, 'nll')[t]:+.3f}" for t in out) + "):", "",
+                  "| merge | " + " | ".join(out) + " |", "|---|" + "---:|" * len(out)]
+        for label, *_ in MERGES:
+            lines.append(f"| {label} | " + " | ".join(f"{nll_change(res, label, t):+.3f}" for t in out) + " |")
+        worse = {k: [t for t in out if nll_change(res, k, t) > 0] for k in (LEGO, best, *RIVALS)}
+        lines += ["", "Merges that leave a left-out family worse than the base on test: " + "; ".join(
+            f"{k}: {', '.join(v) if v else 'none'}" for k, v in worse.items()) + "."]
+    lines += ["", f"Sizes: the rank-{RANK} truncated SVD of the summed update retains {r(w3):.3f} at weight 1/3 "
+              f"(norm / M {geo(w3, 'norm_to_mean'):.2f}), {r(w2):.3f} at 1/2 ({geo(w2, 'norm_to_mean'):.2f}) and "
+              f"{r(w1):.3f} at 1 ({geo(w1, 'norm_to_mean'):.2f}); the exact sum (cat) retains {r(cat):.3f}. LEGO's "
+              f"dual reweighting makes its update {geo(LEGO, 'norm_to_mean'):.2f} times M (cos "
+              f"{geo(LEGO, 'cos_to_mean'):.2f} to M; {100 * mix[0]:.0f} % of its clusters mix families) and it retains "
+              f"{r(LEGO):.3f}; without reweighting the update is {geo(none, 'norm_to_mean'):.2f} times M (cos "
+              f"{geo(none, 'cos_to_mean'):.2f}) and retains {r(none):.3f}; ties (density 0.5) is "
+              f"{geo('ties (density 0.5)', 'norm_to_mean'):.2f} times M and retains {r('ties (density 0.5)'):.3f}. "
+              "The retention above is measured on " + ", ".join(keep) + " only" + (
+                  "; the table of the left-out families shows what each merge costs them." if out else "."), ""]
+    return "\n".join(lines)
+
+
+def cross_gain(res: dict) -> dict[str, float]:
+    """Per task t: the mean test gain over the base of the other tasks' LoRAs on t (mean over seeds)."""
+    tasks, base = tasks_of(res), res["base_heldout_nll"]
+    return {t: statistics.mean(base[t] - r[f"nll/{t}"] for r in res["rows"] for s in tasks
+                               if s != t and r["merge"] == f"single {s}") for t in tasks}
+
+
+def nll_change(res: dict, label: str, task: str) -> float:
+    """Mean over seeds of the test NLL of merge ``label`` on ``task`` minus the base's."""
+    return statistics.mean(r[f"nll/{task}"] for r in res["rows"] if r["merge"] == label) - \
+        res["base_heldout_nll"][task]
+
+
+def setting_stats(res: dict, on: list[str] | None = None) -> dict:
+    """Mean over the tasks ``on`` (default: all) of the own LoRA's test gain and of the other tasks' LoRAs' test
+    gain on them, and the share ``cross / own`` (how much the tasks share)."""
+    tasks, base = tasks_of(res), res["base_heldout_nll"]
+    on = on or tasks
+    single = {t: {u: statistics.mean(r[f"nll/{u}"] for r in res["rows"] if r["merge"] == f"single {t}")
+                  for u in tasks} for t in tasks}
+    own = statistics.mean(base[t] - single[t][t] for t in on)
+    cross = statistics.mean(base[t] - single[s][t] for t in on for s in tasks if s != t)
+    return {"own": own, "cross": cross, "shared": cross / own}
+
+
+def summary(settings: dict[str, dict]) -> str:
+    """The two settings side by side: what the tasks share, retention per method, whether the target is met."""
+    aggs = {k: aggregate(res) for k, res in settings.items()}
+    cols = ["lego (dual reweighting)", "lego (no reweighting)", "linear (sum)", "linear (mean)",
+            "ties (density 0.5)", "dare (density 0.5)"]
+    lines = ["## Merging three task LoRAs: both settings side by side", "",
+             f"Test retention (mean over seeds) at rank {RANK}, the rank of one input; 'LEGO chosen on val' is the "
+             "LEGO variant with the best validation retention in that setting; retention is averaged over the "
+             f"'tasks in the mean', those whose own LoRA gains more than {MIN_GAIN} nats per token on validation; "
+             "'other LoRAs' gain "
+             "/ own' is the mean test gain over the base of the two other tasks' LoRAs on those tasks, divided by the "
+             "mean gain of the task's own LoRA (how much the tasks share: 1 = everything, negative = they conflict). "
+             "Sections below give every number, the setup and the reasons.", "",
+             "| setting | own LoRA test gain per task (nats/token) | tasks in the mean | other LoRAs' gain / own | " +
+             " | ".join(cols) +
+             " | LEGO chosen on val | target met (default LEGO) | target met (LEGO chosen on val) |",
+             "|---|---|---|" + "---:|" * (1 + len(cols)) + "---|---|---|"]
+    met = {}
+    for k, res in settings.items():
+        agg, keep = aggs[k], measurable(res)
+        st, gain = setting_stats(res, keep), own_gain(res, "nll")
+        best = best_on_val(agg)
+        met[k] = (verdict(res, agg, LEGO)[1], verdict(res, agg, best)[1])
+        lines.append(f"| {k} | " + ", ".join(f"{names_of(res)[t]} {gain[t]:.3f}" for t in tasks_of(res)) +
+                     f" | {', '.join(keep)} | {st['shared']:.2f} | " +
+                     " | ".join(f"{agg[c]['retained_mean'][0]:.3f}" for c in cols) +
+                     f" | {best.removeprefix('lego ')} {agg[best]['retained_mean'][0]:.3f} | "
+                     f"{'yes' if met[k][0] else 'no'} | {'yes' if met[k][1] else 'no'} |")
+    both = [k for k in settings if met[k][0]]
+    both_val = [k for k in settings if met[k][1]]
+    lines += ["", "The target (LEGO at the rank of one input retains more than linear, both the sum and the mean, and "
+              "TIES) is met by the default LEGO in " + (" and ".join(f"the {k} setting" for k in both) if both else
+                                                       "neither setting") +
+              " and by the LEGO variant chosen on validation in " + (
+                  " and ".join(f"the {k} setting" for k in both_val) if both_val else "neither setting") + ".", ""]
+    return "\n".join(lines)
+
+
+def write_md_all() -> str:
+    """results.md: the side-by-side summary, then the language section, then the protein section (when the
+    protein setting has been run)."""
+    lang = json.loads((HERE / "results.json").read_text())
+    prot_path = HERE / "results_proteins.json"
+    if not prot_path.is_file():
+        return write_md(lang)
+    prot = json.loads(prot_path.read_text())
+    return summary({"languages": lang, "proteins": prot}) + "\n" + write_md(lang) + "\n" + protein_md(prot)
+
+
 if __name__ == "__main__":
-    (HERE / "results.md").write_text(write_md(json.loads((HERE / "results.json").read_text())))
+    (HERE / "results.md").write_text(write_md_all())

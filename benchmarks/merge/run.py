@@ -16,12 +16,21 @@ token NLL over the base on the task's held-out blocks, NLL_base - NLL_model. Ret
 t: gain(merged, t) / gain(single LoRA t, t), on the validation and on the test split. Three seeds
 (LoRA init, data order, k-means, DARE's drop); the base is the same for all.
 
+Second setting (``--setting proteins``, ``proteins.py``): three protein families (the shipped Cyclin_N Pfam
+seed, serine/threonine kinases and beta-lactamases from nrPDB-EC) as the tasks, a tiny LLaMA trained on the
+other shipped protein sequences as the base, held-out sequences of each family as its validation and test
+splits; the same merges, scores and report (``report.py`` puts both settings side by side in results.md,
+averaging retention over the tasks whose own LoRA gains more than ``report.MIN_GAIN`` on validation).
+
 The trained base and task LoRAs are cached under ``--cache`` (``cache.py``: keyed by a hash of every
 setting, the training data's token ids and the package versions), so a second run only merges and
 evaluates (minutes); results record which models came from the cache.
 
-Usage: python benchmarks/merge/run.py [--steps 300] [--seeds 3] [--cache DIR] [--train-only]
-Writes benchmarks/merge/results.json and results.md (report.py writes the text).
+Usage: python benchmarks/merge/run.py [--setting languages|proteins] [--steps 300 | --epochs E] [--lora-lr LR]
+    [--seeds 3] [--cache DIR] [--train-only]
+Writes benchmarks/merge/results.json (languages) or results_proteins.json, and results.md from both.
+The protein setting's numbers in results.md come from
+``--setting proteins --epochs 20 --lora-lr 0.002`` (chosen on validation, protein_sweep.json).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -45,7 +55,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import cache  # noqa: E402
-from report import MERGES, RANK, TASKS, write_md  # noqa: E402
+from report import MERGES, RANK, TASKS, write_md_all  # noqa: E402
 
 BLOCK = 128
 MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128}
@@ -180,23 +190,30 @@ def train_base(args, generic, vocab: int, cache_dir: Path, tmp: Path):
     return base.eval(), where, False
 
 
-def train_lora(args, base, base_where: Path, task: str, seed: int, examples, cache_dir: Path, tmp: Path):
-    """(the task LoRA's peft folder, whether it came from the cache)."""
+def lora_steps(args, n_examples: int) -> int:
+    """A task LoRA's training steps: ``--steps``, or with ``--epochs`` ceil(epochs * examples / batch)."""
+    return math.ceil(args.epochs * n_examples / BATCH) if getattr(args, "epochs", None) else args.steps
+
+
+def train_lora(args, base, base_where: Path, task: str, seed: int, examples, cache_dir: Path, tmp: Path,
+               tasks: list[str] = TASKS):
+    """(the task LoRA's peft folder, whether it came from the cache); ``tasks`` (the setting's) number the inits."""
     from adaptome.core.adapters.api import apply_adapter, make_config
     from adaptome.core.adapters.io import save_adapter
     from adaptome.core.train.loop import fit
 
     lora = {"r": RANK, "lora_alpha": 2 * RANK, "target_modules": "attention+mlp"}
-    init_seed = 1000 * seed + TASKS.index(task)  # independent inits per task, as for LoRAs trained apart
+    steps = lora_steps(args, len(examples))
+    init_seed = 1000 * seed + tasks.index(task)  # independent inits per task, as for LoRAs trained apart
     settings = {"kind": "lora", "base": base_where.name, "task": task, "seed": seed, "init_seed": init_seed,
-                "lora": lora, "steps": args.steps, "batch": BATCH, "lr": LORA_LR, "data": cache.data_digest(examples)}
+                "lora": lora, "steps": steps, "batch": BATCH, "lr": args.lora_lr, "data": cache.data_digest(examples)}
     where = cache.entry(cache_dir, f"lora-{task}-s{seed}", settings)
     if (where / "adapter" / "adapter_config.json").is_file():
         return where / "adapter", True
     torch.manual_seed(settings["init_seed"])  # the LoRA's random init depends on nothing but its settings
     model = apply_adapter(copy.deepcopy(base), make_config("lora", lora))
-    fit(model, examples, collate_fn=collate, output_dir=tmp / f"s{seed}-{task}", max_steps=args.steps,
-        batch_size=BATCH, lr=LORA_LR, progress=False, log_every=0, seed=seed)
+    fit(model, examples, collate_fn=collate, output_dir=tmp / f"s{seed}-{task}", max_steps=steps,
+        batch_size=BATCH, lr=args.lora_lr, progress=False, log_every=0, seed=seed)
     where.mkdir(parents=True, exist_ok=True)
     save_adapter(model, where / "adapter", overwrite=True)
     (where / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -208,67 +225,88 @@ def evaluate(base, folder: Path, splits: dict) -> dict:
     import peft
 
     model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
-    return {f"{name}/{t}": nll(model, examples[t]) for name, examples in splits.items() for t in TASKS}
+    return {f"{name}/{t}": nll(model, examples[t]) for name, examples in splits.items() for t in examples}
 
 
 def retention(scores: dict, base_nll: dict, single: dict, prefix: str) -> dict:
-    """gain(merged) / gain(own LoRA) per task on one split ("nll": test, "val": validation)."""
+    """gain(merged) / gain(own LoRA) per task (the keys of ``single``) on one split ("nll": test, "val")."""
     return {t: (base_nll[f"{prefix}/{t}"] - scores[f"{prefix}/{t}"]) / (base_nll[f"{prefix}/{t}"] - single[t])
-            for t in TASKS}
+            for t in single}
+
+
+def setting_data(setting: str):
+    """(tokenizer, tasks, train, val, test, base corpus, info) of ``setting`` ("languages" or "proteins")."""
+    from adaptome.core import text
+
+    if setting == "languages":
+        tok = text.char_tokenizer()
+        train, val, test, generic, unk = data(tok)
+        return tok, TASKS, train, val, test, generic, {"unk_share": unk}
+    import proteins
+
+    from adaptome.domains.protein.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    train, val, test, generic, info = proteins.data(tok, BLOCK)
+    return tok, proteins.TASKS, train, val, test, generic, info
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--setting", choices=("languages", "proteins"), default="languages",
+                    help="three languages (results.json) or three Pfam families (results_proteins.json)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--base-steps", type=int, default=300)
+    ap.add_argument("--lora-lr", type=float, default=LORA_LR)
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="train each task LoRA for this many passes over its data (instead of --steps)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=HERE / "out" / "cache", help="trained-model cache folder")
     ap.add_argument("--train-only", action="store_true", help="train (or find) the models, merge nothing")
     args = ap.parse_args()
     t0 = time.time()
-    from adaptome.core import text
     from adaptome.core.merge.api import merge_adapters
 
-    tok = text.char_tokenizer()
-    task_train, task_val, task_test, generic, unk = data(tok)
+    tok, tasks, task_train, task_val, task_test, generic, info = setting_data(args.setting)
     splits = {"nll": task_test, "val": task_val}
-    print({t: (len(task_train[t]), len(task_val[t]), len(task_test[t])) for t in TASKS}, "generic", len(generic),
-          "unk", unk, flush=True)
+    print({t: (len(task_train[t]), len(task_val[t]), len(task_test[t])) for t in tasks}, "generic", len(generic),
+          info, flush=True)
     rows, cached = [], {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         base, base_where, cached["base"] = train_base(args, generic, len(tok), args.cache, tmp)
-        base_nll = {f"{name}/{t}": nll(base, ex[t]) for name, ex in splits.items() for t in TASKS}
+        base_nll = {f"{name}/{t}": nll(base, ex[t]) for name, ex in splits.items() for t in tasks}
         print(f"base ({time.time() - t0:.0f} s, cached {cached['base']}): {base_nll}", flush=True)
         for seed in range(args.seeds):
             paths = {}
-            for t in TASKS:
+            for t in tasks:
                 paths[t], cached[f"lora {t} s{seed}"] = train_lora(args, base, base_where, t, seed, task_train[t],
-                                                                   args.cache, tmp)
+                                                                   args.cache, tmp, tasks)
                 if not args.train_only:
                     rows.append({"seed": seed, "merge": f"single {t}", **evaluate(base, paths[t], splits)})
                 print(f"seed {seed} {t} LoRA ({time.time() - t0:.0f} s, cached {cached[f'lora {t} s{seed}']})",
                       flush=True)
             if args.train_only:
                 continue
+            inputs = [paths[t] for t in tasks]
             for basis in ("raw", "svd"):
                 for cluster_on in ("directions", "units"):
                     rows.append({"seed": seed, "merge": f"lego clusters {basis} {cluster_on}",
-                                 **clusters([paths[t] for t in TASKS], seed, basis, cluster_on)})
+                                 **clusters(inputs, seed, basis, cluster_on)})
             own = {p: {t: next(r for r in rows if r["seed"] == seed and r["merge"] == f"single {t}")[f"{p}/{t}"]
-                       for t in TASKS} for p in splits}
+                       for t in tasks} for p in splits}
             for label, method, rank, opts in MERGES:
                 out = tmp / f"s{seed}-{method}-{len(rows)}"
                 opts = dict(opts, seed=seed) if method in ("lego", "dare") else opts
-                summary = merge_adapters([paths[t] for t in TASKS], method, out, rank=rank, **opts)
+                summary = merge_adapters(inputs, method, out, rank=rank, **opts)
                 scores = evaluate(base, out, splits)
-                shape = geometry([paths[t] for t in TASKS], out)
+                shape = geometry(inputs, out)
                 retained = retention(scores, base_nll, own["nll"], "nll")
                 val = retention(scores, base_nll, own["val"], "val")
                 rows.append({"seed": seed, "merge": label, **scores,
-                             **{f"retained/{u}": retained[u] for u in TASKS},
+                             **{f"retained/{u}": retained[u] for u in tasks},
                              "retained_mean": statistics.mean(retained.values()),
-                             **{f"val_retained/{u}": val[u] for u in TASKS},
+                             **{f"val_retained/{u}": val[u] for u in tasks},
                              "val_retained_mean": statistics.mean(val.values()),
                              "distance_to_sum": summary["relative_distance_to_weighted_sum"], **shape})
                 print(label, seed, "test", {u: round(v, 3) for u, v in retained.items()},
@@ -281,16 +319,18 @@ def main() -> None:
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if v != ap.get_default(k) and k not in ("cache", "train_only"))
     res = {"command": command, "args": {k: v for k, v in vars(args).items() if k != "cache"}, "commit": commit,
+           "setting": args.setting, "tasks": tasks,
            "platform": platform.platform(), "seconds": time.time() - t0, "cpu_seconds": time.process_time(),
            "versions": {p: version(p) for p in ("torch", "peft", "transformers", "scikit-learn")},
            "cached": cached, "blocks": {t: {"train": len(task_train[t]), "val": len(task_val[t]),
-                                            "held_out": len(task_test[t])} for t in TASKS},
-           "generic_blocks": len(generic), "unk_share": unk,
-           "base_heldout_nll": {t: base_nll[f"nll/{t}"] for t in TASKS},
-           "base_val_nll": {t: base_nll[f"val/{t}"] for t in TASKS}, "rows": rows}
-    (HERE / "results.json").write_text(json.dumps(res, indent=2))
-    (HERE / "results.md").write_text(write_md(res))
-    print(f"wrote {HERE / 'results.md'}")
+                                            "held_out": len(task_test[t])} for t in tasks},
+           "generic_blocks": len(generic), **info,
+           "base_heldout_nll": {t: base_nll[f"nll/{t}"] for t in tasks},
+           "base_val_nll": {t: base_nll[f"val/{t}"] for t in tasks}, "rows": rows}
+    name = "results.json" if args.setting == "languages" else "results_proteins.json"
+    (HERE / name).write_text(json.dumps(res, indent=2))
+    (HERE / "results.md").write_text(write_md_all())
+    print(f"wrote {HERE / name} and {HERE / 'results.md'}")
 
 
 if __name__ == "__main__":

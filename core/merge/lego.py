@@ -23,7 +23,14 @@ Dual reweighting (Sec. 4), both switchable:
   of centroids). At k = r this step changes nothing.
 
 What we could and could not verify: the paper's Sec. 4 text was not available to us and there is no
-official code (methods.md Sec. 10). The two formulas above follow the paper's description ("parameter
+official code (methods.md Sec. 10). A later search of stored public copies (the ICLR 2025 proceedings
+abstract, the opening of the arXiv 2409.16167v3 HTML, two third-party summaries; no repository named for
+LoRA-LEGO in the code index) confirms the parts above: MSUs are the per-rank parameters, with permutation
+invariance and concatenation-summation equivalence; k-means groups the pooled MSUs of several LoRAs into k
+clusters whose centroids are the ranks of the merged rank-k LoRA; the dual reweighting has a parameter
+reweighting against norm decay and an output reweighting against variance expansion, to set the merged LoRA's
+scale. None of them gives Sec. 4's formulas, the norm, or whether k-means runs on raw or normalised units;
+those remain our reading. The two formulas above follow the paper's description ("parameter
 reweighting corrects the centroids' norm decay, output reweighting corrects the variance expansion of
 the merged output") and agree with a public third-party re-implementation that we read (it rescales
 each centroid to its members' mean largest magnitude, our ``param_norm="max"``, and multiplies the
