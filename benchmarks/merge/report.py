@@ -29,10 +29,13 @@ MERGES = [
     ("linear (weights 0.5, diagnostic)", "linear", RANK, {"weights": [0.5] * 3}),
     ("ties (density 0.5)", "ties", RANK, {"density": 0.5}),
     ("dare (density 0.5)", "dare", RANK, {"density": 0.5}),
+    ("peft linear (factor-wise, weights 1/3)", "peft-linear", RANK, {"weights": [1 / 3] * 3}),
+    ("peft linear (factor-wise, weights 1)", "peft-linear", RANK, {"weights": [1.0] * 3}),
     ("lego (rank 24, dual reweighting)", "lego", 3 * RANK, {}),
     ("cat (rank 24, the exact sum)", "cat", None, {}),
 ]
 LEGO = "lego (dual reweighting)"
+PEFT_LINEAR = ("peft linear (factor-wise, weights 1/3)", "peft linear (factor-wise, weights 1)")
 RIVALS = ("linear (sum)", "linear (mean)", "ties (density 0.5)")
 
 
@@ -251,6 +254,12 @@ def verdict(res: dict, agg: dict, label: str) -> tuple[str, bool]:
             "). The target (LEGO above linear and TIES at the rank of one input) is "
             f"{'met' if not not_beaten else 'not met'} in this run" +
             ("." if label == LEGO else " with the LEGO variant chosen on validation."))
+    pl = {k: agg[k]["retained_mean"][0] for k in PEFT_LINEAR if k in agg}
+    if pl:
+        text += (" For reference, peft's own factor-wise linear merge (A's and B's summed separately, not the "
+                 "target's linear baseline) retains " + ", ".join(f"{x:.3f} ({k})" for k, x in pl.items()) +
+                 "; LEGO is " + ("ahead of both." if all(lego > x for x in pl.values()) else
+                                 "behind both." if all(lego <= x for x in pl.values()) else "between them."))
     return text, not not_beaten
 
 

@@ -144,6 +144,35 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
             "centroid_norm_ratio": float(np.mean(ratios))}
 
 
+def peft_linear(base, inputs: list[Path], weights: list[float], out: Path) -> Path:
+    """peft's own factor-wise linear merge (``add_weighted_adapter(combination_type="linear")``: the A's and the
+    B's summed separately, each weighted by sqrt(w_i s_i), so the product has cross terms B_i A_j), saved as a
+    peft folder; returns the folder that holds the merged adapter."""
+    import peft
+
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(inputs[0]), adapter_name="in0")
+    for i, path in enumerate(inputs[1:], 1):
+        model.load_adapter(str(path), adapter_name=f"in{i}")
+    model.add_weighted_adapter([f"in{i}" for i in range(len(inputs))], list(weights), "merged",
+                               combination_type="linear")
+    model.save_pretrained(str(out), selected_adapters=["merged"])
+    return out / "merged"
+
+
+def distance_to_sum(inputs: list[Path], merged: Path, weights: list[float]) -> float:
+    """||G - sum_t w_t D_t|| / ||sum_t w_t D_t|| over all modules (Frobenius), as merge_adapters reports it."""
+    from adaptome.core.merge.factors import modules, read_lora
+    from adaptome.core.merge.linear import weighted_delta
+
+    loras, out = [read_lora(p) for p in inputs], read_lora(merged)
+    num = den = 0.0
+    for m in modules(loras):
+        target = weighted_delta(loras, m, weights)  # (O, I)
+        num += float(((out.delta(m) - target) ** 2).sum())
+        den += float((target ** 2).sum())
+    return (num / den) ** 0.5
+
+
 def geometry(inputs: list[Path], merged: Path) -> dict:
     """The merged update G against the inputs' updates D_t, Frobenius over all modules: ||G|| / ||mean_t D_t||,
     cos(G, mean_t D_t), and the mean over tasks of <G, D_t> / ||D_t||^2 (how much of each task's own update
@@ -298,7 +327,12 @@ def main() -> None:
             for label, method, rank, opts in MERGES:
                 out = tmp / f"s{seed}-{method}-{len(rows)}"
                 opts = dict(opts, seed=seed) if method in ("lego", "dare") else opts
-                summary = merge_adapters(inputs, method, out, rank=rank, **opts)
+                if method == "peft-linear":
+                    out = peft_linear(base, inputs, opts["weights"], out)
+                    distance = distance_to_sum(inputs, out, opts["weights"])
+                else:
+                    distance = merge_adapters(inputs, method, out, rank=rank, **opts)[
+                        "relative_distance_to_weighted_sum"]
                 scores = evaluate(base, out, splits)
                 shape = geometry(inputs, out)
                 retained = retention(scores, base_nll, own["nll"], "nll")
@@ -308,7 +342,7 @@ def main() -> None:
                              "retained_mean": statistics.mean(retained.values()),
                              **{f"val_retained/{u}": val[u] for u in tasks},
                              "val_retained_mean": statistics.mean(val.values()),
-                             "distance_to_sum": summary["relative_distance_to_weighted_sum"], **shape})
+                             "distance_to_sum": distance, **shape})
                 print(label, seed, "test", {u: round(v, 3) for u, v in retained.items()},
                       "val", round(rows[-1]["val_retained_mean"], 3), flush=True)
     if args.train_only:
