@@ -95,6 +95,8 @@ def aggregate(res: dict) -> dict:
                    retained_mean=statistics.mean(r[f"retained/{t}"] for t in keep),
                    val_retained_mean=statistics.mean(r[f"val_retained/{t}"] for t in keep))
               for r in res["rows"] if r["merge"] == label]
+        if not rs:  # a merge added after these results were written
+            continue
         keys = [f"retained/{t}" for t in tasks_of(res)] + ["retained_mean", "val_retained_mean", "specific", *GEOMETRY]
         agg[label] = {k: _ms([r[k] for r in rs]) for k in keys}
         agg[label]["per_seed"] = [r["retained_mean"] for r in sorted(rs, key=lambda r: r["seed"])]
@@ -225,7 +227,7 @@ def table(res: dict, agg: dict) -> list[str]:
              "| merge | " + " | ".join(f"retained {names[t]}" for t in tasks) +
              f" | retained, mean | retained, mean (val) | {w}-specific kept | dist. to sum | norm / M | cos to M "
              "| own share |", "|---|" + "---:|" * (len(tasks) + 7)]
-    for label, *_ in MERGES:
+    for label in (m[0] for m in MERGES if m[0] in agg):
         g = agg[label]
         cells = [f"{g[f'retained/{t}'][0]:.2f} +- {g[f'retained/{t}'][1]:.2f}" for t in tasks]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {g['retained_mean'][0]:.3f} +- "
@@ -374,7 +376,7 @@ def protein_md(res: dict) -> str:
                   "over seeds; negative = better than the base; the own LoRA: " + ", ".join(
                       f"{t} {-own_gain(res, 'nll')[t]:+.3f}" for t in out) + "):", "",
                   "| merge | " + " | ".join(out) + " |", "|---|" + "---:|" * len(out)]
-        for label, *_ in MERGES:
+        for label in (m[0] for m in MERGES if m[0] in agg):
             lines.append(f"| {label} | " + " | ".join(f"{nll_change(res, label, t):+.3f}" for t in out) + " |")
         worse = {k: [t for t in out if nll_change(res, k, t) > 0] for k in (LEGO, best, *RIVALS)}
         lines += ["", "Merges that leave a left-out family worse than the base on test: " + "; ".join(
@@ -451,7 +453,18 @@ def summary(settings: dict[str, dict]) -> str:
               "TIES) is met by the default LEGO in " + (" and ".join(f"the {k} setting" for k in both) if both else
                                                        "neither setting") +
               " and by the LEGO variant chosen on validation in " + (
-                  " and ".join(f"the {k} setting" for k in both_val) if both_val else "neither setting") + ".", ""]
+                  " and ".join(f"the {k} setting" for k in both_val) if both_val else "neither setting") + "."]
+    for k, res in settings.items():
+        out = [t for t in tasks_of(res) if t not in measurable(res)]
+        if not out:
+            continue
+        best = best_on_val(aggs[k])
+        worse = {m: [t for t in out if nll_change(res, m, t) > 0] for m in dict.fromkeys((LEGO, best, *RIVALS))}
+        lines += ["", f"In the {k} setting the retention is that of " + ", ".join(measurable(res)) + " alone; on the "
+                  "families left out (" + ", ".join(out) + ") these merges leave at least one worse than the base on "
+                  "test: " + (", ".join(m for m, v in worse.items() if v) or "none") + "; not: " +
+                  (", ".join(m for m, v in worse.items() if not v) or "none") + "."]
+    lines += [""]
     return "\n".join(lines)
 
 
