@@ -443,9 +443,9 @@ def summary(settings: dict[str, dict]) -> str:
         best = best_on_val(agg)
         met[k] = (verdict(res, agg, LEGO)[1], verdict(res, agg, best)[1])
         lines.append(f"| {k} | " + ", ".join(f"{names_of(res)[t]} {gain[t]:.3f}" for t in tasks_of(res)) +
-                     f" | {', '.join(keep)} | {st['shared']:.2f} | " +
+                     f" | {', '.join(names_of(res)[t] for t in keep)} | {st['shared']:.2f} | " +
                      " | ".join(f"{agg[c]['retained_mean'][0]:.3f}" for c in cols) +
-                     f" | {best.removeprefix('lego ')} {agg[best]['retained_mean'][0]:.3f} | "
+                     f" | {best} {agg[best]['retained_mean'][0]:.3f} | "
                      f"{'yes' if met[k][0] else 'no'} | {'yes' if met[k][1] else 'no'} |")
     both = [k for k in settings if met[k][0]]
     both_val = [k for k in settings if met[k][1]]
