@@ -1,4 +1,5 @@
-"""results.md of the merge benchmark, every sentence computed from results.json.
+"""results.md of the merge benchmark, every sentence computed from results.json (the language setting) and
+results_proteins.json (the protein setting, whose own paragraphs are in report_proteins.py).
 
 Usage: python benchmarks/merge/report.py  (rewrites results.md from results.json and results_proteins.json)
 """
@@ -86,6 +87,17 @@ def measurable(res: dict) -> list[str]:
     return [t for t, g in own_gain(res).items() if g > MIN_GAIN]
 
 
+def pooled(res: dict, row: dict, prefix: str = "nll") -> float:
+    """sum_t gain(merged, t) / sum_t gain(own LoRA t, t) over all tasks, same seed, on one split ("nll": test,
+    "val"): the share of the tasks' summed gain the merge keeps; well defined while one task's own gain is ~0."""
+    base = res["base_heldout_nll"] if prefix == "nll" else res["base_val_nll"]
+    own = {r["merge"].removeprefix("single "): r for r in res["rows"]
+           if r["seed"] == row["seed"] and r["merge"].startswith("single ")}
+    tasks = tasks_of(res)
+    return (sum(base[t] - row[f"{prefix}/{t}"] for t in tasks) /
+            sum(base[t] - own[t][f"{prefix}/{t}"] for t in tasks))
+
+
 def aggregate(res: dict) -> dict:
     """Per merge: mean and std over seeds of each task's retention, of the mean retention over the measurable tasks
     (test and validation), of the task-specific share kept and of the geometry; the per-seed mean retention."""
@@ -93,12 +105,15 @@ def aggregate(res: dict) -> dict:
     for label, *_ in MERGES:
         rs = [dict(r, specific=specific(res, r),
                    retained_mean=statistics.mean(r[f"retained/{t}"] for t in keep),
-                   val_retained_mean=statistics.mean(r[f"val_retained/{t}"] for t in keep))
+                   val_retained_mean=statistics.mean(r[f"val_retained/{t}"] for t in keep),
+                   pooled=pooled(res, r), val_pooled=pooled(res, r, "val"))
               for r in res["rows"] if r["merge"] == label]
         if not rs:  # a merge added after these results were written
             continue
-        keys = [f"retained/{t}" for t in tasks_of(res)] + ["retained_mean", "val_retained_mean", "specific", *GEOMETRY]
+        keys = [f"retained/{t}" for t in tasks_of(res)] + ["retained_mean", "val_retained_mean", "specific", "pooled",
+                                                         "val_pooled", *GEOMETRY]
         agg[label] = {k: _ms([r[k] for r in rs]) for k in keys}
+        agg[label]["per_seed_pooled"] = [r["pooled"] for r in sorted(rs, key=lambda r: r["seed"])]
         agg[label]["per_seed"] = [r["retained_mean"] for r in sorted(rs, key=lambda r: r["seed"])]
     return agg
 
@@ -138,44 +153,9 @@ def describe(res: dict) -> str:
                 ", ".join(f"{names[t]} {res['blocks'][t]['held_out']}" for t in tasks) + "; share of characters "
                 "outside the ASCII tokenizer " + ", ".join(f"{names[t]} {100 * res['unk_share'][t]:.1f} %"
                                                             for t in tasks) + ").")
-    seqs, blocks = res["sequences"], res["blocks"]
-    sweep = json.loads((HERE / "protein_sweep.json").read_text())
-    base_val = sweep["base_val_nll"]
-    length = lambda x: f"{x['steps']} steps" if "steps" in x else f"{x['epochs']:g} epochs"  # noqa: E731
-    tried = "; ".join(f"{length(x)} at lr {x['lr']:g}: " + ", ".join(f"{base_val[t] - x[t]:.3f}" for t in tasks)
-                      for x in sweep["own_val_nll"])
-    lr = a.get("lora_lr", 5e-3)
-    ran = {"epochs": a["epochs"]} if a.get("epochs") else {"steps": a["steps"]}
-    best = max(sweep["own_val_nll"], key=lambda x: statistics.mean(base_val[t] - x[t] for t in tasks))
-    is_best = all(best.get(k) == ran.get(k) for k in ("steps", "epochs")) and best["lr"] == lr
-    never = [t for t in tasks if all(x[t] >= base_val[t] for x in sweep["own_val_nll"])]
-    return ("Tiny LLaMA (hidden 64, 2 layers, the protein domain's character tokenizer, blocks of 128, "
-            "sequences packed with </s> between them) trained fully for "
-            f"{a['base_steps']} steps on every shipped protein sequence outside the three families "
-            f"({res['base_sequences']} sequences, {res['base_residues']} residues, {res['generic_blocks']} blocks: "
-            "the package's nrPDB-EC subset, the other Pfam seeds, the TEM-1 wild type; "
-            f"{res['family_chains_dropped']} chains of the families and {res['homologs_dropped']} sequences sharing "
-            "many 5-mers with a family left out): the base. Three families, the only ones the shipped and shared data "
-            "hold with enough sequences for three splits: Cyclin_N (the shipped Pfam seed, 95 sequences; the other "
-            "shipped Pfam seeds hold at most 11), serine/threonine protein kinases (76 PDB chains with EC 2.7.11.*) "
-            "and beta-lactamases (18 chains with EC 3.5.2.6), both from DeepFRI's nrPDB-EC test split "
-            "(benchmarks/merge/data, made by make_families.py). Three peft LoRAs (rank "
-            f"{RANK}, alpha {2 * RANK}, attention + MLP) trained from the base for " +
-            (f"{a['epochs']:g} epochs (ceil(epochs x training blocks / 16) steps per family)" if a.get("epochs")
-             else f"{a['steps']} steps") + f" (batch 16, lr {lr:g}). Per family a fixed shuffle holds out max(5, 15 %) "
-            "of the sequences as the test split and as many as the validation split (the only split any choice "
-            "below is made on; benchmarks/merge/proteins.py), the rest is training data (training sequences / "
-            "blocks " + ", ".join(f"{names[t]} {seqs[t]['train']} / {blocks[t]['train']}" for t in tasks) +
-            "; validation " + ", ".join(f"{seqs[t]['val']} / {blocks[t]['val']}" for t in tasks) + "; test " +
-            ", ".join(f"{seqs[t]['held_out']} / {blocks[t]['held_out']}" for t in tasks) + "). The LoRA training "
-            "length and learning rate were chosen on the validation gain of seed 0's LoRAs (benchmarks/merge/"
-            "protein_sweep.json; own-LoRA validation gain on " + ", ".join(tasks) + " in nats per token: " + tried +
-            "); the run's setting is " + ("the one with the largest mean gain." if is_best else
-                                          f"NOT the one with the largest mean gain ({length(best)} at lr "
-                                          f"{best['lr']:g}).") +
-            ("" if not never else " In no setting tried did the own LoRA of " + ", ".join(never) + " beat the base "
-             "on validation: nrPDB is non-redundant, so the held-out chains share few sequence motifs with the few "
-             "training chains, unlike the members of a Pfam seed."))
+    from report_proteins import describe_proteins
+
+    return describe_proteins(res)
 
 
 def header(res: dict) -> list[str]:
@@ -337,76 +317,6 @@ def write_md(res: dict) -> str:
 
 
 
-def protein_md(res: dict) -> str:
-    """The protein setting's section: the same tables, the verdicts, the choice on validation and the sizes."""
-    agg = aggregate(res)
-    r = lambda k: agg[k]["retained_mean"][0]  # noqa: E731
-    val = lambda k: agg[k]["val_retained_mean"][0]  # noqa: E731
-    geo = lambda k, m: agg[k][m][0]  # noqa: E731
-    lines = header(res) + table(res, agg)
-    best = best_on_val(agg)
-    gain, keep = own_gain(res), measurable(res)
-    out = [t for t in tasks_of(res) if t not in keep]
-    lines += ["", "Own-LoRA validation gain (mean over seeds): " + ", ".join(
-        f"{t} {g:.3f}" for t, g in gain.items()) + f" nats per token. Mean retention (the 'retained, mean' columns "
-        f"and every comparison below) is taken over the families whose own LoRA gains more than {MIN_GAIN} on "
-        "validation: " + ", ".join(keep) + "." + (
-            "" if not out else " Left out: " + ", ".join(out) + "; their retention columns divide by a gain that is "
-            "noise or negative, and say nothing about the merge.")]
-    lines += ["", verdict(res, agg, LEGO)[0]]
-    lines += ["", "Choice of a LEGO variant (validation split only): " + ", ".join(
-        f"{k} {val(k):.3f}" for k in sorted(LEGO_VARIANTS, key=val, reverse=True)) + f". Best on validation: {best}"
-        + (" = the default." if best == LEGO else f", not the default {LEGO} ({val(LEGO):.3f}).")]
-    if best != LEGO:
-        lines += ["", verdict(res, agg, best)[0]]
-    w3, w2, w1 = "linear (mean)", "linear (weights 0.5, diagnostic)", "linear (sum)"
-    none, cat = "lego (no reweighting)", "cat (rank 24, the exact sum)"
-    mix = _clusters(res, "raw directions")
-    tasks = tasks_of(res)
-    cross = cross_gain(res)
-    lines += ["", "The other families' LoRAs change a family's test NLL by " + ", ".join(
-        f"{-cross[t]:+.3f} on {t}" for t in tasks) + " nats per token (the own LoRAs: " + ", ".join(
-        f"{-g:+.3f}" for g in own_gain(res, "nll").values()) + "); " + (
-            "on every family another family's LoRA is worse than the base, so the updates conflict."
-            if all(c < 0 for c in cross.values()) else
-            "on " + ", ".join(t for t in tasks if cross[t] < 0) + " another family's LoRA is worse than the base."
-            if any(c < 0 for c in cross.values()) else "no family's LoRA makes another worse than the base.")]
-    if out:
-        lines += ["", "Test NLL change over the base on the families left out of the mean (nats per token, mean "
-                  "over seeds; negative = better than the base; the own LoRA: " + ", ".join(
-                      f"{t} {-own_gain(res, 'nll')[t]:+.3f}" for t in out) + "):", "",
-                  "| merge | " + " | ".join(out) + " |", "|---|" + "---:|" * len(out)]
-        for label in (m[0] for m in MERGES if m[0] in agg):
-            lines.append(f"| {label} | " + " | ".join(f"{nll_change(res, label, t):+.3f}" for t in out) + " |")
-        worse = {k: [t for t in out if nll_change(res, k, t) > 0] for k in (LEGO, best, *RIVALS)}
-        lines += ["", "Merges that leave a left-out family worse than the base on test: " + "; ".join(
-            f"{k}: {', '.join(v) if v else 'none'}" for k, v in worse.items()) + "."]
-    lines += ["", f"Sizes: the rank-{RANK} truncated SVD of the summed update retains {r(w3):.3f} at weight 1/3 "
-              f"(norm / M {geo(w3, 'norm_to_mean'):.2f}), {r(w2):.3f} at 1/2 ({geo(w2, 'norm_to_mean'):.2f}) and "
-              f"{r(w1):.3f} at 1 ({geo(w1, 'norm_to_mean'):.2f}); the exact sum (cat) retains {r(cat):.3f}. LEGO's "
-              f"dual reweighting makes its update {geo(LEGO, 'norm_to_mean'):.2f} times M (cos "
-              f"{geo(LEGO, 'cos_to_mean'):.2f} to M; {100 * mix[0]:.0f} % of its clusters mix families) and it retains "
-              f"{r(LEGO):.3f}; without reweighting the update is {geo(none, 'norm_to_mean'):.2f} times M (cos "
-              f"{geo(none, 'cos_to_mean'):.2f}) and retains {r(none):.3f}; ties (density 0.5) is "
-              f"{geo('ties (density 0.5)', 'norm_to_mean'):.2f} times M and retains {r('ties (density 0.5)'):.3f}. "
-              "The retention above is measured on " + ", ".join(keep) + " only" + (
-                  "; the table of the left-out families shows what each merge costs them." if out else "."), ""]
-    return "\n".join(lines)
-
-
-def cross_gain(res: dict) -> dict[str, float]:
-    """Per task t: the mean test gain over the base of the other tasks' LoRAs on t (mean over seeds)."""
-    tasks, base = tasks_of(res), res["base_heldout_nll"]
-    return {t: statistics.mean(base[t] - r[f"nll/{t}"] for r in res["rows"] for s in tasks
-                               if s != t and r["merge"] == f"single {s}") for t in tasks}
-
-
-def nll_change(res: dict, label: str, task: str) -> float:
-    """Mean over seeds of the test NLL of merge ``label`` on ``task`` minus the base's."""
-    return statistics.mean(r[f"nll/{task}"] for r in res["rows"] if r["merge"] == label) - \
-        res["base_heldout_nll"][task]
-
-
 def setting_stats(res: dict, on: list[str] | None = None) -> dict:
     """Mean over the tasks ``on`` (default: all) of the own LoRA's test gain and of the other tasks' LoRAs' test
     gain on them, and the share ``cross / own`` (how much the tasks share)."""
@@ -421,6 +331,8 @@ def setting_stats(res: dict, on: list[str] | None = None) -> dict:
 
 def summary(settings: dict[str, dict]) -> str:
     """The two settings side by side: what the tasks share, retention per method, whether the target is met."""
+    from report_proteins import nll_change
+
     aggs = {k: aggregate(res) for k, res in settings.items()}
     cols = ["lego (dual reweighting)", "lego (no reweighting)", "linear (sum)", "linear (mean)",
             "ties (density 0.5)", "dare (density 0.5)"]
@@ -463,7 +375,9 @@ def summary(settings: dict[str, dict]) -> str:
         lines += ["", f"In the {k} setting the retention is that of " + ", ".join(measurable(res)) + " alone; on the "
                   "families left out (" + ", ".join(out) + ") these merges leave at least one worse than the base on "
                   "test: " + (", ".join(m for m, v in worse.items() if v) or "none") + "; not: " +
-                  (", ".join(m for m, v in worse.items() if not v) or "none") + "."]
+                  (", ".join(m for m, v in worse.items() if not v) or "none") + ". Pooled over all its tasks (sum "
+                  "of the merged test gains / sum of the own LoRAs' test gains): " + ", ".join(
+                      f"{m} {aggs[k][m]['pooled'][0]:.3f}" for m in worse) + "."]
     lines += [""]
     return "\n".join(lines)
 
@@ -476,6 +390,8 @@ def write_md_all() -> str:
     if not prot_path.is_file():
         return write_md(lang)
     prot = json.loads(prot_path.read_text())
+    from report_proteins import protein_md
+
     return summary({"languages": lang, "proteins": prot}) + "\n" + write_md(lang) + "\n" + protein_md(prot)
 
 
