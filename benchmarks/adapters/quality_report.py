@@ -87,10 +87,20 @@ def _header(res: dict) -> list[str]:
         "pretraining, see results_quality_probes.md).", "",
         f"Each training runs {st['steps']} steps, batch {st['batch']}, {st['warmup_steps']} linear warm-up steps then "
         f"linear decay to 0, through `fit` (which attaches each method's own hooks, optimizer groups and inits), "
-        f"with a linear head on mean-pooled states{_probe_note()}. Rates are chosen by validation macro-F1 on "
-        f"{st['n_select_train']} training / {st['n_select_val']} validation windows ({st['n_select_val_sequences']} "
-        f"sequences) from fold 0's training part, seed 0, never on test windows: first the head-only row's rate, "
-        f"{_lr(res['head_lr'])}, which is then every row's head rate; then each row's adapter rate from its grid. "
+        f"with a linear head on mean-pooled states{_probe_note()}. Selection rule, the same for every row: fold 0's "
+        f"training part ({st['n_select_sequences']} sequences, {st['n_select_windows']} windows; never fold 0's test "
+        f"windows) is split into {st['select_folds']} stratified folds grouped by sequence; every grid point is "
+        f"trained once per selection fold on the other {st['select_folds'] - 1} "
+        f"({'/'.join(str(n) for n in st['n_select_train'])} training windows; seed = the selection fold's index) "
+        f"and scored on it, and the point with the best macro-F1 pooled over all {st['n_select_windows']} "
+        "validation windows wins (ties: accuracy, then the smaller rate). DyLoRA's point is scored by the mean over "
+        "ranks 1..r of its pooled macro-F1 at each rank, and its mode is chosen with its rate; SoRA's shrink is "
+        f"chosen with its rate among the points with at most {100 * st['sora_max_kept']:.0f} % of the gates "
+        "non-zero on validation (the target's own condition). "
+        f"First the head-only row's rate, {_lr(res['head_lr'])}, which is then every row's head rate; then each "
+        f"row's adapter rate. The selection windows are test windows of folds 1 and 2 of the {st['folds']}-fold "
+        "cross-validation (as in every earlier version of this benchmark): the rates are chosen on data the fold-1 "
+        "and fold-2 models are tested on, never on fold 0's test windows. "
         "Loss: cross-entropy weighted by inverse class frequency.", "",
         f"Baselines on the same folds: majority class {100 * base['majority']['accuracy']:.1f} % accuracy "
         f"(macro-F1 {100 * base['majority']['macro_f1']:.1f}); logistic regression on amino-acid composition "
@@ -111,14 +121,23 @@ def _separation(res: dict, rows: dict) -> list[str]:
     return out + [""]
 
 
+def _variant(v: dict) -> str:
+    return ", ".join(f"{k} {x}" for k, x in v.items())
+
+
+def _chosen_point(sel: dict) -> dict:
+    return next(p for p in sel["points"] if p["lr"] == sel["chosen"] and p["variant"] == sel["chosen_variant"])
+
+
 def _table(res: dict) -> list[str]:
     lines = ["| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
              "macro-F1 % |", "|---|---:|---|---:|---:|---:|---:|"]
     for r in res["rows"]:
         sel = r["selection"]
-        val = sel["val"][str(sel["chosen"])]["macro_f1"]
+        val = _chosen_point(sel)["macro_f1"]
+        var = f" ({_variant(sel['chosen_variant'])})" if sel["chosen_variant"] else ""
         lines.append(f"| {r['label']} | {r['trainable_encoder']:,} | {', '.join(_lr(x) for x in sel['grid'])} | "
-                     f"{_lr(r['lr'])} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
+                     f"{_lr(r['lr'])}{var} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
     edge = [f"{r['label']} ({_lr(r['lr'])}, the {'largest' if r['lr'] == max(r['selection']['grid']) else 'smallest'})"
             for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
     lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
@@ -140,8 +159,10 @@ def _dylora(res: dict, rows: dict) -> list[str]:
     worst = min(gaps, key=gaps.get)
     met = all(g >= -5 for g in gaps.values())
     mode = dy["options"].get("mode", "frozen")
-    lines += ["", f"DyLoRA ({mode} mode, the official default: at a sampled rank k only component k trains) was "
-              f"trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
+    how = ("the official default: at a sampled rank k only component k trains" if mode == "frozen" else
+           "at a sampled rank k every component <= k trains")
+    lines += ["", f"DyLoRA ({mode} mode, {how}; chosen with its rate on validation, see below; rank sampler seeded "
+              f"with the run's seed) was trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
               f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
               f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
@@ -156,10 +177,34 @@ def _dylora(res: dict, rows: dict) -> list[str]:
     lines[-1] += (f" For scale: LoRA r={st['rank']} is {_versus(top['accuracy'], hd['accuracy'], 'head-only')} and "
                   f"DyLoRA at full rank is {_versus(dy['accuracy'], hd['accuracy'], 'head-only')}, so a gap to LoRA "
                   "is only as informative as the adapters' lead over the frozen encoder with its head.")
-    if not met:
+    if not met and mode == "frozen":
         lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, each component "
                       f"receives a gradient on about {st['steps'] / st['rank']:.0f} of the {st['steps']} steps, "
                       f"while each LoRA trains all its components on every step.")
+    elif not met:
+        lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, component k receives "
+                      f"a gradient on (r - k + 1) / r of the steps, so the last one on about "
+                      f"{st['steps'] / st['rank']:.0f} of the {st['steps']}, while each LoRA trains all its "
+                      "components on every step.")
+    return lines + [""] + _dylora_selection(res, dy)
+
+
+def _dylora_selection(res: dict, dy: dict) -> list[str]:
+    sel, r = dy["selection"], res["setup"]["rank"]
+    lines = [f"DyLoRA's selection grid (validation macro-F1 %, pooled over the {res['setup']['select_folds']} "
+             "selection folds; the score is the mean over ranks):", "",
+             f"| mode | rate | mean over ranks 1..{r} | rank 1 | rank {r} |", "|---|---:|---:|---:|---:|"]
+    for p in sel["points"]:
+        br = p["by_rank_macro_f1"]
+        lines.append(f"| {p['variant'].get('mode', 'frozen')} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
+                     f"{100 * br['1']:.1f} | {100 * br[str(r)]:.1f} |")
+    best = {}
+    for p in sel["points"]:
+        m = p["variant"].get("mode", "frozen")
+        if m not in best or p["macro_f1"] > best[m]["macro_f1"]:
+            best[m] = p
+    lines += ["", "Best point per mode: " + "; ".join(
+        f"{m} at rate {_lr(p['lr'])}, {100 * p['macro_f1']:.1f}" for m, p in best.items()) + "."]
     return lines + [""]
 
 
@@ -169,10 +214,12 @@ def _sora(res: dict, rows: dict) -> list[str]:
     kept_frac = s["kept_fraction_mean"]
     d_sora = 100 * (so["accuracy"]["mean"] - lo["accuracy"]["mean"])
     met = kept_frac <= 0.5 and d_sora >= -2
+    shrink = so["options"]["sora_shrink"]
     return ["### SoRA sparsity", "",
-            f"SoRA (paper rule, constant lambda = {st['sora_shrink']} / (sum of the run's per-step rates) = "
+            f"SoRA (paper rule, constant lambda = {shrink} / (sum of the run's per-step rates) = "
             f"{s['sparse_lambda']:.3g} at its chosen rate {_lr(so['lr'])}, so the soft threshold removes "
-            f"{st['sora_shrink']} in total over a run) kept {'/'.join(str(v) for v in s['kept_gates_per_seed'])} of "
+            f"{shrink} in total over a run; the shrink chosen with the rate on validation, see below) kept "
+            f"{'/'.join(str(v) for v in s['kept_gates_per_seed'])} of "
             f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
             f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} adapter "
             f"parameters on average against LoRA r={st['rank']}'s {lo['trainable_encoder']:,}. Its accuracy is "
@@ -182,7 +229,27 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
                             else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
-                            if d_sora < -2 else "") if x) + "."), ""]
+                            if d_sora < -2 else "") if x) + "."), ""] + _sora_selection(res, so)
+
+
+def _sora_selection(res: dict, so: dict) -> list[str]:
+    sel, cap = so["selection"], res["setup"]["sora_max_kept"]
+    lines = [f"SoRA's selection grid (validation macro-F1 % pooled over the {res['setup']['select_folds']} selection "
+             "folds, and the share of gates non-zero at the end of those trainings):", "",
+             "| total shrink | rate | validation macro-F1 % | gates non-zero % | eligible |",
+             "|---:|---:|---:|---:|---|"]
+    for p in sel["points"]:
+        lines.append(f"| {p['variant']['sora_shrink']} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
+                     f"{100 * p['kept_fraction']:.0f} | {'yes' if p['kept_fraction'] <= cap else 'no'} |")
+    n_ok = sum(p["kept_fraction"] <= cap for p in sel["points"])
+    best_all = max(sel["points"], key=lambda p: (p["macro_f1"], p["accuracy"], -p["lr"]))
+    lines += ["", f"{n_ok} of {len(sel['points'])} points keep at most {100 * cap:.0f} % of the gates on validation"
+              + ("; the chosen one is the best of those." if sel["constraint_met"] else
+                 "; none does, so the best point overall was taken.")
+              + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "
+              f"{_lr(best_all['lr'])}, {100 * best_all['macro_f1']:.1f} with {100 * best_all['kept_fraction']:.0f} % "
+              "of the gates non-zero."]
+    return lines + [""]
 
 
 def _baselines(res: dict, rows: dict) -> list[str]:
