@@ -339,10 +339,11 @@ def sora_lambda(lr: float, shrink: float = SORA_SHRINK) -> float:
 
 
 def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train, labels, seed: int, out_dir: str,
-              acc) -> tuple[nn.Module, nn.Module, dict]:
+              acc, hooks=(), log_every: int = 0) -> tuple[nn.Module, nn.Module, dict]:
     """(classifier, adapted encoder, facts) after STEPS steps of ``method`` on ``train``. ``opts`` are the
     adapter's config options, except SoRA's ``sora_shrink`` (the total soft threshold, turned into lambda here);
-    DyLoRA's rank sampler is seeded with ``seed`` unless ``opts`` names a ``rank_seed``."""
+    DyLoRA's rank sampler is seeded with ``seed`` unless ``opts`` names a ``rank_seed``. ``hooks``: extra step
+    hooks (after the method's own); ``log_every`` > 0 puts the logged training losses in the facts."""
     from adaptome.core.train.loop import fit
     from adaptome.core.train.method_training import collect
 
@@ -375,10 +376,12 @@ def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train
         groups.append({"params": list(m.head.parameters()), "lr": head_lr, "weight_decay": 0.0})
         return torch.optim.AdamW(groups, lr=adapter_lr, weight_decay=0.0)
 
-    fit(model, rows, loss_fn=_loss_fn(weights), collate_fn=_collate, make_optimizer=make, accelerator=acc,
-        output_dir=out_dir, max_steps=STEPS, batch_size=BATCH, lr=adapter_lr, schedule="linear",
-        warmup_steps=warmup_steps(), progress=False, log_every=0, save_every=0, seed=seed, resume=False)
+    res = fit(model, rows, loss_fn=_loss_fn(weights), collate_fn=_collate, make_optimizer=make, accelerator=acc,
+              hooks=hooks, output_dir=out_dir, max_steps=STEPS, batch_size=BATCH, lr=adapter_lr, schedule="linear",
+              warmup_steps=warmup_steps(), progress=False, log_every=log_every, save_every=0, seed=seed, resume=False)
     facts: dict = {"trainable_encoder": trainable}
+    if log_every:
+        facts["losses"] = [h["loss"] for h in res.history if "loss" in h]
     if method == "sora":
         from adaptome.core.adapters.sora import sora_layers
 
