@@ -43,6 +43,40 @@ def _probe_note() -> str:
             + " points, best of two rates; results_quality_probes.md)")
 
 
+def _trace_note(rank: int) -> str:
+    """What the DyLoRA loss trace (results_quality_dylora_trace.json) measured, when it was run at ``rank``."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results_quality_dylora_trace.json"
+    if not path.is_file():
+        return ""
+    tr = json.loads(path.read_text(encoding="utf-8"))
+    if tr["rank"] != rank:
+        return ""
+    by = {r["label"]: r for r in tr["runs"]}
+    lo, hi, slow = (by[f"dylora frozen, rate {x}"] for x in ("0.001", "0.01", "0.01, head rate / 10"))
+    l8 = by[f"lora r={rank}, rate 0.01"]
+    a, b = tr["mid"]
+
+    def mid(x):
+        return statistics.mean(x["losses"][a - 1: b])
+
+    def over_ranks(x):
+        return 100 * statistics.mean(v["macro_f1"] for v in x["val_by_rank"].values())
+
+    return (f" The loss trace (results_quality_dylora_trace.md, one training per setting on a selection fold): "
+            f"frozen DyLoRA at rate 0.001 ends with a rank-{rank} update of "
+            f"{lo['update_norm_by_rank'][str(rank)] / l8['update_norm']:.2f} x the norm of LoRA r={rank}'s at 0.01"
+            f"; at rate 0.01 its update is {hi['update_norm_by_rank'][str(rank)] / l8['update_norm']:.1f} x LoRA's, "
+            f"and differs with the drawn rank "
+            f"(rank 1 {hi['update_norm_by_rank']['1'] / hi['update_norm_by_rank'][str(rank)]:.1f} x rank {rank}), "
+            f"its training loss over steps {a}-{b} averages {mid(hi):.2f} against LoRA's {mid(l8):.2f}, and its "
+            f"validation macro-F1 averaged over ranks is {over_ranks(hi):.1f} ({over_ranks(slow):.1f} with the head's "
+            f"rate divided by 10, loss {mid(slow):.2f}; {over_ranks(lo):.1f} at rate 0.001).")
+
+
 def _header(res: dict) -> list[str]:
     st, env, base, enc = res["setup"], res["env"], res["baselines"], res["encoder"]
     n, w = st["n_sequences"], st["n_windows"]
@@ -186,6 +220,8 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                       f"a gradient on (r - k + 1) / r of the steps, so the last one on about "
                       f"{st['steps'] / st['rank']:.0f} of the {st['steps']}, while each LoRA trains all its "
                       "components on every step.")
+    if not met:
+        lines[-1] += _trace_note(st["rank"])
     return lines + [""] + _dylora_selection(res, dy)
 
 
