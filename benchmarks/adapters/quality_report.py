@@ -176,7 +176,24 @@ def _table(res: dict) -> list[str]:
             for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
     lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
               f"{'; '.join(edge)}." if edge else "Every chosen rate is inside its grid."]
-    return lines + [""]
+    return lines + [""] + _validation_gap(res)
+
+
+def _validation_gap(res: dict) -> list[str]:
+    """How far the validation split separates the adapter rows from head-only, beside the test folds' gap."""
+    rows = {r["method"]: r for r in res["rows"]}
+    hd = rows["head"]
+    h_val = _chosen_point(hd["selection"])["macro_f1"]
+    ad = [r for r in res["rows"] if r["method"] not in ("head", "full")]
+    val = {r["label"]: _chosen_point(r["selection"])["macro_f1"] for r in ad}
+    above = [lab for lab, v in val.items() if v > h_val]
+    best = max(val, key=val.get)
+    top = max(ad, key=lambda r: r["macro_f1"]["mean"])
+    return [f"Validation against test: at their chosen points, {len(above)} of the {len(ad)} adapter rows score "
+            f"above the head-only row's validation macro-F1 ({100 * h_val:.1f}); the best, {best}, by "
+            f"{100 * (val[best] - h_val):+.1f} points. On the test folds the best adapter row, {top['label']}, is "
+            f"{100 * (top['macro_f1']['mean'] - hd['macro_f1']['mean']):+.1f} points of macro-F1 from head-only "
+            f"(its validation score {100 * val[top['label']]:.1f}).", ""]
 
 
 def _dylora(res: dict, rows: dict) -> list[str]:
