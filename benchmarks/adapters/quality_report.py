@@ -238,6 +238,15 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                       f"{st['steps'] / st['rank']:.0f} of the {st['steps']}, while each LoRA trains all its "
                       "components on every step.")
     if not met:
+        v_dy, v_lo = _chosen_point(dy["selection"])["macro_f1"], _chosen_point(rows["lora"]["selection"])["macro_f1"]
+        v_hd = _chosen_point(hd["selection"])["macro_f1"]
+        where = ("the smallest of its grid" if dy["lr"] == min(dy["selection"]["grid"]) else
+                 "the largest of its grid" if dy["lr"] == max(dy["selection"]["grid"]) else "inside its grid")
+        lines[-1] += (f" On validation, DyLoRA's chosen point (rate {_lr(dy['lr'])}, {where}) scores "
+                      f"{100 * v_dy:.1f} macro-F1 averaged over ranks, LoRA r={st['rank']}'s {100 * v_lo:.1f} and "
+                      f"head-only {100 * v_hd:.1f}; DyLoRA minus LoRA r={st['rank']} is {100 * (v_dy - v_lo):+.1f} points of "
+                      f"macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} on the test "
+                      "folds at full rank.")
         lines[-1] += _trace_note(st["rank"])
     return lines + [""] + _dylora_selection(res, dy)
 
@@ -277,7 +286,9 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} adapter "
             f"parameters on average against LoRA r={st['rank']}'s {lo['trainable_encoder']:,}. Its accuracy is "
             f"{_versus(so['accuracy'], lo['accuracy'], 'LoRA r=' + str(st['rank']))}; standard error of the gap over "
-            f"the seeds {_se(so['accuracy'], lo['accuracy']):.1f} points. Target \"half or fewer gates "
+            f"the seeds {_se(so['accuracy'], lo['accuracy']):.1f} points (on validation: SoRA's chosen point "
+            f"{100 * _chosen_point(so['selection'])['macro_f1']:.1f} macro-F1, LoRA's "
+            f"{100 * _chosen_point(lo['selection'])['macro_f1']:.1f}). Target \"half or fewer gates "
             f"non-zero within 2 points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, "
             f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
