@@ -245,8 +245,8 @@ def _dylora(res: dict, rows: dict) -> list[str]:
         lines[-1] += (f" On validation, DyLoRA's chosen point (rate {_lr(dy['lr'])}, {where}) scores "
                       f"{100 * v_dy:.1f} macro-F1 averaged over ranks, LoRA r={st['rank']}'s {100 * v_lo:.1f} and "
                       f"head-only {100 * v_hd:.1f}; DyLoRA minus LoRA r={st['rank']} is {100 * (v_dy - v_lo):+.1f} "
-                      f"points of macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} on the test "
-                      "folds at full rank.")
+                      f"points of macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} "
+                      "on the test folds at full rank.")
         lines[-1] += _trace_note(st["rank"])
     return lines + [""] + _dylora_selection(res, dy)
 
