@@ -34,12 +34,14 @@ def _probe_note() -> str:
     if not path.is_file():
         return ""
     by: dict = {}
-    for x in json.loads(path.read_text(encoding="utf-8"))["length"]:
+    probes = json.loads(path.read_text(encoding="utf-8"))
+    for x in probes["length"]:
         by.setdefault(x["method"], []).append(x)
     parts = [f"{xs[0]['label']} {100 * (max(x['macro_f1'] for x in xs[1:]) - xs[0]['macro_f1']):+.1f}"
              for xs in by.values()]
     long_ = next(iter(by.values()))[1]["steps"]
-    return (f" (on the validation split, {long_} steps changed the macro-F1 by: " + ", ".join(parts)
+    return (f" (on a {probes['n_select_train']}-window training / {probes['n_select_val']}-window validation "
+            f"split inside fold 0's training part, {long_} steps changed the macro-F1 by: " + ", ".join(parts)
             + " points, best of two rates; results_quality_probes.md)")
 
 
