@@ -9,10 +9,11 @@ never a test window (results_quality_probes.json / .md; every sentence of the .m
    benchmark's step count and for ``LONG`` times it, and its masked-LM loss on the held-out windows
    (3 fixed mask draws) is compared with the loss of a context-free predictor (the training residues'
    frequencies) on the same masked positions.
-2. Training length: on the benchmark's rate-selection split (fold 0's training part; validation windows
-   only), head-only, LoRA r=8 and DyLoRA r=8 at their chosen rates of results_quality_r8.json train for
-   ``quality.STEPS`` and for ``LENGTH`` times as many steps, the latter also with the adapter's and the
-   head's rates divided by ``LENGTH`` (the same summed rate); validation macro-F1 and accuracy, mean over
+2. Training length: on the benchmark's first rate-selection fold (inside fold 0's training part; validation
+   windows only; the stored results were measured on the earlier single selection split), head-only, LoRA
+   r=8 and DyLoRA r=8 at their chosen rates of results_quality_r8.json train for ``quality.STEPS`` and for
+   ``LENGTH`` times as many steps, the latter also with the adapter's and the head's rates divided by
+   ``LENGTH`` (the same summed rate); validation macro-F1 and accuracy, mean over
    ``PROBE_SEEDS``.
 
 Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_probes``
@@ -108,7 +109,8 @@ def length_probe(res8: dict, enc, d: dict, acc) -> list[dict]:
     """Validation scores of head-only, LoRA r=8 and DyLoRA r=8 at quality.STEPS and LENGTH x as many steps."""
     rows = {r["method"]: r for r in res8["rows"]}
     labels, head_lr = d["labels"], res8["head_lr"]
-    gold = [labels.index(r.label) for r in d["select_val"]]
+    sel_train, sel_val = d["select"][0]
+    gold = [labels.index(r.label) for r in sel_val]
     base = q.STEPS
     out = []
     for method in ("head", "lora", "dylora"):
@@ -119,8 +121,8 @@ def length_probe(res8: dict, enc, d: dict, acc) -> list[dict]:
             for seed in PROBE_SEEDS:
                 with tempfile.TemporaryDirectory() as tmp:
                     model, _, _ = q.train_one(enc, method, r["options"], lr, head_lr * factor if method != "head"
-                                              else lr, d["select_train"], labels, seed, tmp, acc)
-                scores.append(q._score(gold, q._predict(model, d["select_val"], labels)))
+                                              else lr, sel_train, labels, seed, tmp, acc)
+                scores.append(q._score(gold, q._predict(model, sel_val, labels)))
             out.append({"method": method, "label": r["label"], "steps": steps, "lr": lr, "rate_factor": factor,
                         **{k: statistics.mean(s[k] for s in scores) for k in ("accuracy", "macro_f1")}})
             print(out[-1], flush=True)
@@ -144,8 +146,8 @@ def run(part: str) -> dict:
             raise SystemExit("error: the cached encoder differs from results_quality_r8's")
         for p in enc.parameters():
             p.requires_grad_(False)
-        return {"env": env, "length": length_probe(res8, enc, d, acc), "n_select_train": len(d["select_train"]),
-                "n_select_val": len(d["select_val"]), "seconds": time.time() - t0}
+        return {"env": env, "length": length_probe(res8, enc, d, acc), "n_select_train": len(d["select"][0][0]),
+                "n_select_val": len(d["select"][0][1]), "seconds": time.time() - t0}
     corpus = sorted(d["unlabeled"])
     random.Random(0).shuffle(corpus)
     n_held = round(HELD_OUT * len(corpus))

@@ -34,13 +34,49 @@ def _probe_note() -> str:
     if not path.is_file():
         return ""
     by: dict = {}
-    for x in json.loads(path.read_text(encoding="utf-8"))["length"]:
+    probes = json.loads(path.read_text(encoding="utf-8"))
+    for x in probes["length"]:
         by.setdefault(x["method"], []).append(x)
     parts = [f"{xs[0]['label']} {100 * (max(x['macro_f1'] for x in xs[1:]) - xs[0]['macro_f1']):+.1f}"
              for xs in by.values()]
     long_ = next(iter(by.values()))[1]["steps"]
-    return (f" (on the validation split, {long_} steps changed the macro-F1 by: " + ", ".join(parts)
+    return (f" (on a {probes['n_select_train']}-window training / {probes['n_select_val']}-window validation "
+            f"split inside fold 0's training part, {long_} steps changed the macro-F1 by: " + ", ".join(parts)
             + " points, best of two rates; results_quality_probes.md)")
+
+
+def _trace_note(rank: int) -> str:
+    """What the DyLoRA loss trace (results_quality_dylora_trace.json) measured, when it was run at ``rank``."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results_quality_dylora_trace.json"
+    if not path.is_file():
+        return ""
+    tr = json.loads(path.read_text(encoding="utf-8"))
+    if tr["rank"] != rank:
+        return ""
+    by = {r["label"]: r for r in tr["runs"]}
+    lo, hi, slow = (by[f"dylora frozen, rate {x}"] for x in ("0.001", "0.01", "0.01, head rate / 10"))
+    l8 = by[f"lora r={rank}, rate 0.01"]
+    a, b = tr["mid"]
+
+    def mid(x):
+        return statistics.mean(x["losses"][a - 1: b])
+
+    def over_ranks(x):
+        return 100 * statistics.mean(v["macro_f1"] for v in x["val_by_rank"].values())
+
+    return (f" The loss trace (results_quality_dylora_trace.md, one training per setting on a selection fold): "
+            f"frozen DyLoRA at rate 0.001 ends with a rank-{rank} update of "
+            f"{lo['update_norm_by_rank'][str(rank)] / l8['update_norm']:.2f} x the norm of LoRA r={rank}'s at 0.01"
+            f"; at rate 0.01 its update is {hi['update_norm_by_rank'][str(rank)] / l8['update_norm']:.1f} x LoRA's, "
+            f"and differs with the drawn rank "
+            f"(rank 1 {hi['update_norm_by_rank']['1'] / hi['update_norm_by_rank'][str(rank)]:.1f} x rank {rank}), "
+            f"its training loss over steps {a}-{b} averages {mid(hi):.2f} against LoRA's {mid(l8):.2f}, and its "
+            f"validation macro-F1 averaged over ranks is {over_ranks(hi):.1f} ({over_ranks(slow):.1f} with the head's "
+            f"rate divided by 10, loss {mid(slow):.2f}; {over_ranks(lo):.1f} at rate 0.001).")
 
 
 def _header(res: dict) -> list[str]:
@@ -87,10 +123,20 @@ def _header(res: dict) -> list[str]:
         "pretraining, see results_quality_probes.md).", "",
         f"Each training runs {st['steps']} steps, batch {st['batch']}, {st['warmup_steps']} linear warm-up steps then "
         f"linear decay to 0, through `fit` (which attaches each method's own hooks, optimizer groups and inits), "
-        f"with a linear head on mean-pooled states{_probe_note()}. Rates are chosen by validation macro-F1 on "
-        f"{st['n_select_train']} training / {st['n_select_val']} validation windows ({st['n_select_val_sequences']} "
-        f"sequences) from fold 0's training part, seed 0, never on test windows: first the head-only row's rate, "
-        f"{_lr(res['head_lr'])}, which is then every row's head rate; then each row's adapter rate from its grid. "
+        f"with a linear head on mean-pooled states{_probe_note()}. Selection rule, the same for every row: fold 0's "
+        f"training part ({st['n_select_sequences']} sequences, {st['n_select_windows']} windows; never fold 0's test "
+        f"windows) is split into {st['select_folds']} stratified folds grouped by sequence; every grid point is "
+        f"trained once per selection fold on the other {st['select_folds'] - 1} "
+        f"({'/'.join(str(n) for n in st['n_select_train'])} training windows; seed = the selection fold's index) "
+        f"and scored on it, and the point with the best macro-F1 pooled over all {st['n_select_windows']} "
+        "validation windows wins (ties: accuracy, then the smaller rate). DyLoRA's point is scored by the mean over "
+        "ranks 1..r of its pooled macro-F1 at each rank, and its mode is chosen with its rate; SoRA's shrink is "
+        f"chosen with its rate among the points with at most {100 * st['sora_max_kept']:.0f} % of the gates "
+        "non-zero on validation (the target's own condition). "
+        f"First the head-only row's rate, {_lr(res['head_lr'])}, which is then every row's head rate; then each "
+        f"row's adapter rate. The selection windows are test windows of folds 1 and 2 of the {st['folds']}-fold "
+        "cross-validation (as in every earlier version of this benchmark): the rates are chosen on data the fold-1 "
+        "and fold-2 models are tested on, never on fold 0's test windows. "
         "Loss: cross-entropy weighted by inverse class frequency.", "",
         f"Baselines on the same folds: majority class {100 * base['majority']['accuracy']:.1f} % accuracy "
         f"(macro-F1 {100 * base['majority']['macro_f1']:.1f}); logistic regression on amino-acid composition "
@@ -111,19 +157,45 @@ def _separation(res: dict, rows: dict) -> list[str]:
     return out + [""]
 
 
+def _variant(v: dict) -> str:
+    return ", ".join(f"{k} {x}" for k, x in v.items())
+
+
+def _chosen_point(sel: dict) -> dict:
+    return next(p for p in sel["points"] if p["lr"] == sel["chosen"] and p["variant"] == sel["chosen_variant"])
+
+
 def _table(res: dict) -> list[str]:
     lines = ["| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
              "macro-F1 % |", "|---|---:|---|---:|---:|---:|---:|"]
     for r in res["rows"]:
         sel = r["selection"]
-        val = sel["val"][str(sel["chosen"])]["macro_f1"]
+        val = _chosen_point(sel)["macro_f1"]
+        var = f" ({_variant(sel['chosen_variant'])})" if sel["chosen_variant"] else ""
         lines.append(f"| {r['label']} | {r['trainable_encoder']:,} | {', '.join(_lr(x) for x in sel['grid'])} | "
-                     f"{_lr(r['lr'])} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
+                     f"{_lr(r['lr'])}{var} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
     edge = [f"{r['label']} ({_lr(r['lr'])}, the {'largest' if r['lr'] == max(r['selection']['grid']) else 'smallest'})"
             for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
     lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
               f"{'; '.join(edge)}." if edge else "Every chosen rate is inside its grid."]
-    return lines + [""]
+    return lines + [""] + _validation_gap(res)
+
+
+def _validation_gap(res: dict) -> list[str]:
+    """How far the validation split separates the adapter rows from head-only, beside the test folds' gap."""
+    rows = {r["method"]: r for r in res["rows"]}
+    hd = rows["head"]
+    h_val = _chosen_point(hd["selection"])["macro_f1"]
+    ad = [r for r in res["rows"] if r["method"] not in ("head", "full")]
+    val = {r["label"]: _chosen_point(r["selection"])["macro_f1"] for r in ad}
+    above = [lab for lab, v in val.items() if v > h_val]
+    best = max(val, key=val.get)
+    top = max(ad, key=lambda r: r["macro_f1"]["mean"])
+    return [f"Validation against test: at their chosen points, {len(above)} of the {len(ad)} adapter rows score "
+            f"above the head-only row's validation macro-F1 ({100 * h_val:.1f}); the best, {best}, by "
+            f"{100 * (val[best] - h_val):+.1f} points. On the test folds the best adapter row, {top['label']}, is "
+            f"{100 * (top['macro_f1']['mean'] - hd['macro_f1']['mean']):+.1f} points of macro-F1 from head-only "
+            f"(its validation score {100 * val[top['label']]:.1f}).", ""]
 
 
 def _dylora(res: dict, rows: dict) -> list[str]:
@@ -140,8 +212,10 @@ def _dylora(res: dict, rows: dict) -> list[str]:
     worst = min(gaps, key=gaps.get)
     met = all(g >= -5 for g in gaps.values())
     mode = dy["options"].get("mode", "frozen")
-    lines += ["", f"DyLoRA ({mode} mode, the official default: at a sampled rank k only component k trains) was "
-              f"trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
+    how = ("the official default: at a sampled rank k only component k trains" if mode == "frozen" else
+           "at a sampled rank k every component <= k trains")
+    lines += ["", f"DyLoRA ({mode} mode, {how}; chosen with its rate on validation, see below; rank sampler seeded "
+              f"with the run's seed) was trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
               f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
               f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
@@ -156,10 +230,45 @@ def _dylora(res: dict, rows: dict) -> list[str]:
     lines[-1] += (f" For scale: LoRA r={st['rank']} is {_versus(top['accuracy'], hd['accuracy'], 'head-only')} and "
                   f"DyLoRA at full rank is {_versus(dy['accuracy'], hd['accuracy'], 'head-only')}, so a gap to LoRA "
                   "is only as informative as the adapters' lead over the frozen encoder with its head.")
-    if not met:
+    if not met and mode == "frozen":
         lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, each component "
                       f"receives a gradient on about {st['steps'] / st['rank']:.0f} of the {st['steps']} steps, "
                       f"while each LoRA trains all its components on every step.")
+    elif not met:
+        lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, component k receives "
+                      f"a gradient on (r - k + 1) / r of the steps, so the last one on about "
+                      f"{st['steps'] / st['rank']:.0f} of the {st['steps']}, while each LoRA trains all its "
+                      "components on every step.")
+    if not met:
+        v_dy, v_lo = _chosen_point(dy["selection"])["macro_f1"], _chosen_point(rows["lora"]["selection"])["macro_f1"]
+        v_hd = _chosen_point(hd["selection"])["macro_f1"]
+        where = ("the smallest of its grid" if dy["lr"] == min(dy["selection"]["grid"]) else
+                 "the largest of its grid" if dy["lr"] == max(dy["selection"]["grid"]) else "inside its grid")
+        lines[-1] += (f" On validation, DyLoRA's chosen point (rate {_lr(dy['lr'])}, {where}) scores "
+                      f"{100 * v_dy:.1f} macro-F1 averaged over ranks, LoRA r={st['rank']}'s {100 * v_lo:.1f} and "
+                      f"head-only {100 * v_hd:.1f}; DyLoRA minus LoRA r={st['rank']} is {100 * (v_dy - v_lo):+.1f} "
+                      f"points of macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} "
+                      "on the test folds at full rank.")
+        lines[-1] += _trace_note(st["rank"])
+    return lines + [""] + _dylora_selection(res, dy)
+
+
+def _dylora_selection(res: dict, dy: dict) -> list[str]:
+    sel, r = dy["selection"], res["setup"]["rank"]
+    lines = [f"DyLoRA's selection grid (validation macro-F1 %, pooled over the {res['setup']['select_folds']} "
+             "selection folds; the score is the mean over ranks):", "",
+             f"| mode | rate | mean over ranks 1..{r} | rank 1 | rank {r} |", "|---|---:|---:|---:|---:|"]
+    for p in sel["points"]:
+        br = p["by_rank_macro_f1"]
+        lines.append(f"| {p['variant'].get('mode', 'frozen')} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
+                     f"{100 * br['1']:.1f} | {100 * br[str(r)]:.1f} |")
+    best = {}
+    for p in sel["points"]:
+        m = p["variant"].get("mode", "frozen")
+        if m not in best or p["macro_f1"] > best[m]["macro_f1"]:
+            best[m] = p
+    lines += ["", "Best point per mode: " + "; ".join(
+        f"{m} at rate {_lr(p['lr'])}, {100 * p['macro_f1']:.1f}" for m, p in best.items()) + "."]
     return lines + [""]
 
 
@@ -169,20 +278,44 @@ def _sora(res: dict, rows: dict) -> list[str]:
     kept_frac = s["kept_fraction_mean"]
     d_sora = 100 * (so["accuracy"]["mean"] - lo["accuracy"]["mean"])
     met = kept_frac <= 0.5 and d_sora >= -2
+    shrink = so["options"]["sora_shrink"]
     return ["### SoRA sparsity", "",
-            f"SoRA (paper rule, constant lambda = {st['sora_shrink']} / (sum of the run's per-step rates) = "
+            f"SoRA (paper rule, constant lambda = {shrink} / (sum of the run's per-step rates) = "
             f"{s['sparse_lambda']:.3g} at its chosen rate {_lr(so['lr'])}, so the soft threshold removes "
-            f"{st['sora_shrink']} in total over a run) kept {'/'.join(str(v) for v in s['kept_gates_per_seed'])} of "
+            f"{shrink} in total over a run; the shrink chosen with the rate on validation, see below) kept "
+            f"{'/'.join(str(v) for v in s['kept_gates_per_seed'])} of "
             f"{s['gates_per_seed']} gates (the {st['folds']} fold models together; one number per seed), "
             f"{100 * kept_frac:.0f} % on average; pruned, a fold model has {s['pruned_params_mean']:,.0f} adapter "
             f"parameters on average against LoRA r={st['rank']}'s {lo['trainable_encoder']:,}. Its accuracy is "
             f"{_versus(so['accuracy'], lo['accuracy'], 'LoRA r=' + str(st['rank']))}; standard error of the gap over "
-            f"the seeds {_se(so['accuracy'], lo['accuracy']):.1f} points. Target \"half or fewer gates "
+            f"the seeds {_se(so['accuracy'], lo['accuracy']):.1f} points (on validation: SoRA's chosen point "
+            f"{100 * _chosen_point(so['selection'])['macro_f1']:.1f} macro-F1, LoRA's "
+            f"{100 * _chosen_point(lo['selection'])['macro_f1']:.1f}). Target \"half or fewer gates "
             f"non-zero within 2 points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, "
             f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
                             else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
-                            if d_sora < -2 else "") if x) + "."), ""]
+                            if d_sora < -2 else "") if x) + "."), ""] + _sora_selection(res, so)
+
+
+def _sora_selection(res: dict, so: dict) -> list[str]:
+    sel, cap = so["selection"], res["setup"]["sora_max_kept"]
+    lines = [f"SoRA's selection grid (validation macro-F1 % pooled over the {res['setup']['select_folds']} selection "
+             "folds, and the share of gates non-zero at the end of those trainings):", "",
+             "| total shrink | rate | validation macro-F1 % | gates non-zero % | eligible |",
+             "|---:|---:|---:|---:|---|"]
+    for p in sel["points"]:
+        lines.append(f"| {p['variant']['sora_shrink']} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
+                     f"{100 * p['kept_fraction']:.0f} | {'yes' if p['kept_fraction'] <= cap else 'no'} |")
+    n_ok = sum(p["kept_fraction"] <= cap for p in sel["points"])
+    best_all = max(sel["points"], key=lambda p: (p["macro_f1"], p["accuracy"], -p["lr"]))
+    lines += ["", f"{n_ok} of {len(sel['points'])} points keep at most {100 * cap:.0f} % of the gates on validation"
+              + ("; the chosen one is the best of those." if sel["constraint_met"] else
+                 "; none does, so the best point overall was taken.")
+              + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "
+              f"{_lr(best_all['lr'])}, {100 * best_all['macro_f1']:.1f} with {100 * best_all['kept_fraction']:.0f} % "
+              "of the gates non-zero."]
+    return lines + [""]
 
 
 def _baselines(res: dict, rows: dict) -> list[str]:

@@ -46,8 +46,8 @@ def _merge_summary(old: dict, new: list[dict]) -> dict:
 def _check_settings(q, res: dict, d: dict, seeds: list[int]) -> None:
     st = res["setup"]
     now = {"steps": q.STEPS, "batch": q.BATCH, "warmup_steps": q.warmup_steps(), "n_windows": len(d["records"]),
-           "alpha": q.ALPHA, "sora_shrink": q.SORA_SHRINK, "folds": q.FOLDS}
-    diff = [k for k, v in now.items() if st[k] != v]
+           "alpha": q.ALPHA, "folds": q.FOLDS, "select_folds": q.SELECT_FOLDS, "sora_max_kept": q.SORA_MAX_KEPT}
+    diff = [k for k, v in now.items() if st.get(k) != v]
     if diff:
         raise SystemExit(f"error: the settings differ from the stored run's ({', '.join(diff)}); rerun the whole "
                          "benchmark instead")
