@@ -325,7 +325,8 @@ def render(res: dict) -> str:
              + "; ".join(f"`{n}`: tiling {VARIANTS[n][0] or '{}'}, encoder options {VARIANTS[n][2] or '{}'}, "
                          f"train {VARIANTS[n][3] or '{}'}" for n in agg if n in VARIANTS) + ".", "",
              "| variant | n | pooled R² | fold R² mean ± sd | dark-pixel pooled R² | dark-pixel fold R² | "
-             "mean-features fold R² | MAE artefact / clean | site MAE max/min | tile Spearman (≥ ½ stroma) | "
+             "mean-features fold R² | MAE artefact / clean | site MAE max/min (mean of per-cohort) | "
+             "tile Spearman (≥ ½ stroma) | "
              "median within-slide Spearman |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in agg.items():
@@ -424,6 +425,11 @@ def render(res: dict) -> str:
         worst = [max(res["seeds"][sd]["default"]["site_mae"].items(), key=lambda kv: kv[1])[0] for sd in seeds]
         lines += ["", f"The site with the largest MAE: {', '.join(worst)} (seeds {', '.join(seeds)}; site_1 is the "
                   "haematoxylin-heavy one, site_2 the pale one, site_3 the eosin-heavy one)."]
+        n_sites = len(res["seeds"][seeds[0]]["default"]["site_mae"])
+        if len(seeds) > 1 and len(set(worst)) == 1:
+            lines[-1] += (f" The same site in all {len(seeds)} cohorts: with exchangeable sites that happens with "
+                          f"probability {n_sites ** (1 - len(seeds)):.3f}, so {worst[0]} is systematically the "
+                          "weakest site (by how much: the pooled per-site MAE above).")
         fr = [res["seeds"][sd]["default"]["fold_r2_mean"] for sd in seeds]
         fsd = ", ".join(f"{res['seeds'][sd]['default']['fold_r2_sd']:.2f}" for sd in seeds)
         pr = [res["seeds"][sd]["default"]["pooled_r2"] for sd in seeds]
