@@ -231,7 +231,8 @@ def merge(paths: list[Path], args, out: Path) -> None:
     args.variants, args.seeds = ",".join(names), ",".join(sorted(results["seeds"]))
     write(results, args, out)
     results = json.loads((out / "results_hard_cohort.json").read_text())
-    results["command"] = " ; ".join(results["commands"])
+    results["command"] = (" ; ".join(results["commands"]) + " ; then .venv/bin/python benchmarks/pathology/"
+                          "hard_cohort.py --merge <each run's results_hard_cohort.json, in that order>")
     (out / "results_hard_cohort.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "results_hard_cohort.md").write_text(render(results))
     print((out / "results_hard_cohort.md").read_text())
@@ -381,6 +382,15 @@ def render(res: dict) -> str:
                       + ", ".join(pe["site_ratio_per_cohort"]) + ": "
                       + ", ".join(f"{v:.2f}" for v in pe["site_ratio_per_cohort"].values())
                       + ") are reported, not judged on."]
+            split = []  # where each site's error sits: low- vs high-sTIL slides, pooled over the cohorts
+            for g in pe["site_mae"]:
+                sl = [r for sd in seeds for r in res["seeds"][sd]["default"]["slides"] if r["site"] == g]
+                lo = [abs(r["pred"] - r["target"]) for r in sl if r["target"] <= 25]
+                hi = [abs(r["pred"] - r["target"]) for r in sl if r["target"] > 25]
+                split.append(f"{g} {np.mean(lo) if lo else float('nan'):.2f} (n {len(lo)}) / "
+                             f"{np.mean(hi) if hi else float('nan'):.2f} (n {len(hi)})")
+            lines += ["", "Pooled MAE of the default on slides with target <= 25 % / > 25 %, per site: "
+                      + "; ".join(split) + "."]
         rows = [(n, pooled_errors(res, n, n_perm=2000)) for n in agg]
         rows = [(n, q) for n, q in rows if q is not None]
         if len(rows) > 1:
