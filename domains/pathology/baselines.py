@@ -72,6 +72,7 @@ def _summarise(path: str, coords: np.ndarray, attrs: dict, batch: int) -> dict:
     import torch
 
     from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.extract import finish_slide
     from adaptome.domains.pathology.slide import open_slide
     from adaptome.domains.pathology.tiling import TileReader, geometry_from_attrs
 
@@ -88,7 +89,8 @@ def _summarise(path: str, coords: np.ndarray, attrs: dict, batch: int) -> dict:
                 feats.append(enc(torch.from_numpy(tiles)).numpy())
     finally:
         reader.close()
-    return {"dark": float(np.concatenate(darks).mean()), "feat": np.concatenate(feats).mean(0)}
+    # the encoder's per-slide step (its per-slide stroma cut) needs all the slide's tiles
+    return {"dark": float(np.concatenate(darks).mean()), "feat": finish_slide(enc, np.concatenate(feats)).mean(0)}
 
 
 def _ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, alpha: float) -> np.ndarray:

@@ -9,7 +9,10 @@ batch of uint8 RGB tiles (B x T x T x 3) to features (B x D), with ``dim``. Name
   statistics of each stain (means, spread, quantiles, dense-stain fractions, gradient energy,
   neighbour differences) and RGB moments: 35 numbers that work on a fresh machine with no download;
   then (option ``lymph``, default on) 9 lymphocyte-object numbers (``lymph_features.py``: small
-  round dense haematoxylin objects inside eosin-rich stroma, per-tile sTIL estimate, sharpness).
+  round dense haematoxylin objects inside eosin-rich stroma, per-tile sTIL estimate, sharpness),
+  with the stroma's eosin cut set per slide (option ``stroma_cut``, default ``slide``; a number
+  fixes it): the encoder's ``finish_slide`` completes a slide's features once all its tiles are
+  encoded, and every extraction path calls it (``extract.finish_slide``).
 - ``timm:<model>``: any timm model by name, headless (``num_classes=0``), its features the pooled
   output. ``weights``: ``hf-hub:<org>/<name>`` (timm's hub loader; pathology foundation encoders
   such as UNI or Virchow ship this way), or a local ``.safetensors`` / ``.pth`` / ``.bin`` file;
@@ -67,17 +70,30 @@ class TileEncoder(nn.Module):
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         return self.net(self.prepare(tiles))
 
+    @property
+    def needs_slide_pass(self) -> bool:
+        """True when ``forward``'s output is raw and ``finish_slide`` must see a whole slide's tiles."""
+        return bool(getattr(self.net, "needs_slide_pass", False))
+
+    def finish_slide(self, raw):
+        """N x D' numbers ``forward`` gave for ALL tiles of one slide (numpy) -> N x ``dim`` features
+        (identity for a network without a per-slide step)."""
+        finish = getattr(self.net, "finish_slide", None)
+        return raw if finish is None else finish(raw)
+
 
 class StainTextureFeatures(nn.Module):
     """The baseline encoder's feature network (no parameters); input B x 3 x T x T in [0, 1]. With
     ``lymph`` it appends the lymphocyte-object features of ``lymph_features.py`` (9 more numbers)."""
 
-    def __init__(self, lymph: bool = True, lymph_radius: float = 3.0):
+    def __init__(self, lymph: bool = True, lymph_radius: float = 3.0, stroma_cut: float | str = "slide"):
         super().__init__()
         from adaptome.domains.pathology.lymph_features import LymphObjectFeatures
 
-        self.lymph = LymphObjectFeatures(lymph_radius) if lymph else None
+        self.lymph = LymphObjectFeatures(lymph_radius, stroma_cut) if lymph else None
         self.dim = 35 + (LymphObjectFeatures.dim if lymph else 0)
+        #: forward gives raw numbers that finish_slide completes per slide (the per-slide stroma cut)
+        self.needs_slide_pass = bool(self.lymph is not None and self.lymph.per_slide)
         h, e = torch.tensor(HE_OD[0]), torch.tensor(HE_OD[1])  # stains.py; H&E + residual, rows normalised
         h, e = h / h.norm(), e / e.norm()
         r = torch.linalg.cross(h, e)
@@ -112,21 +128,42 @@ class StainTextureFeatures(nn.Module):
         if self.lymph is not None:
             feats.append(self.lymph(conc[:, :2]))
         out = torch.cat(feats, 1)
-        assert out.shape[1] == self.dim, out.shape
+        assert out.shape[1] == self.dim or self.needs_slide_pass, out.shape
         return out
+
+    def finish_slide(self, raw):
+        """N x D' raw numbers of one slide's tiles -> N x ``dim`` (the lymphocyte part at the slide's cut)."""
+        import numpy as np
+
+        if not self.needs_slide_pass:
+            return raw
+        raw = np.asarray(raw, np.float32)
+        return np.concatenate([raw[:, :35], self.lymph.finish_slide(raw[:, 35:])], 1)  # (N, 35) + (N, 9)
 
 
 @ENCODERS.register("baseline")
 def build_baseline(weights: str | None = None, options: dict | None = None) -> TileEncoder:
     """Stain-deconvolution + texture (+ lymphocyte-object) features; no weights. Options: ``lymph``
-    (default true) and ``lymph_radius`` (pixels at the tile resolution, default 3)."""
+    (default true), ``lymph_radius`` (pixels at the tile resolution, default 3) and ``stroma_cut``
+    (``slide``, the default: the stroma's eosin cut estimated per slide; or a number: that fixed cut)."""
     options = dict(options or {})
-    unknown = set(options) - {"lymph", "lymph_radius"}
+    unknown = set(options) - {"lymph", "lymph_radius", "stroma_cut"}
     if weights is not None or unknown:
-        raise PathologyError(f"the baseline encoder takes no weights and only the options lymph, lymph_radius "
-                             f"(got weights={weights!r}, unknown options {sorted(unknown)})")
-    net = StainTextureFeatures(bool(options.get("lymph", True)), float(options.get("lymph_radius", 3.0)))
-    return TileEncoder(net, net.dim, "baseline", normalise=False)
+        raise PathologyError(f"the baseline encoder takes no weights and only the options lymph, lymph_radius, "
+                             f"stroma_cut (got weights={weights!r}, unknown options {sorted(unknown)})")
+    cut = options.get("stroma_cut", "slide")
+    if cut != "slide":
+        try:
+            cut = float(cut)
+        except (TypeError, ValueError):
+            raise PathologyError(f"baseline encoder option stroma_cut must be 'slide' or a number, got {cut!r}") \
+                from None
+    net = StainTextureFeatures(bool(options.get("lymph", True)), float(options.get("lymph_radius", 3.0)), cut)
+    enc = TileEncoder(net, net.dim, "baseline", normalise=False)
+    #: every option with its value in force (defaults included): what made the features, for reuse checks
+    enc.recipe = {"lymph": bool(options.get("lymph", True)), "lymph_radius": float(options.get("lymph_radius", 3.0)),
+                  "stroma_cut": cut}
+    return enc
 
 
 @ENCODERS.register("timm")

@@ -73,10 +73,19 @@ def tile_loader(reader: TileReader, coords: np.ndarray, batch_size: int = 64, nu
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
 
 
+def finish_slide(encoder, raw: np.ndarray) -> np.ndarray:
+    """A slide's N x D features from the encoder's output for ALL its tiles: the encoder's per-slide step
+    (``TileEncoder.finish_slide``, e.g. the baseline encoder's per-slide stroma cut); identity for an
+    encoder without one. Every extraction path calls it once per slide, before writing."""
+    fin = getattr(encoder, "finish_slide", None)
+    return np.asarray(raw if fin is None or len(raw) == 0 else fin(raw), np.float32)
+
+
 @torch.no_grad()
 def encode_tiles(encoder, loader, device: str | torch.device = "cpu") -> np.ndarray:
-    """Run ``encoder`` over every batch of ``tile_loader``; returns N x D float32 features. A tile that
-    cannot be read raises ``SlideError`` naming the slide."""
+    """Run ``encoder`` over every batch of ``tile_loader`` (the tiles of ONE slide); returns N x D float32
+    features after the encoder's per-slide step (``finish_slide``). A tile that cannot be read raises
+    ``SlideError`` naming the slide."""
     from adaptome.domains.pathology.slide import SlideError
 
     encoder = encoder.to(device).eval()
@@ -87,7 +96,7 @@ def encode_tiles(encoder, loader, device: str | torch.device = "cpu") -> np.ndar
             raise SlideError(bad)
         out.append(encoder(batch.to(device, non_blocking=True)).float().cpu().numpy())
     dim = getattr(encoder, "dim", 0)
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    return finish_slide(encoder, np.concatenate(out)) if out else np.zeros((0, dim), np.float32)
 
 
 def write_features(out_file: str | os.PathLike, features: np.ndarray, coords: np.ndarray, attrs: dict) -> None:
@@ -159,9 +168,10 @@ class MultiSlideTiles(torch.utils.data.Dataset):
 def encode_many(encoder, jobs: list[tuple[str, object, np.ndarray]], on_slide, batch_size: int = 64,
                 num_workers: int = 0, device: str | torch.device = "cpu", on_fail=None) -> None:
     """Encode the tiles of several slides through one loader; ``on_slide(index, features N x D)`` is
-    called as each slide completes (slides with no tiles get an empty array). A slide with a tile that
-    cannot be read (in a worker or here) calls ``on_fail(index, one-line error)`` instead and the other
-    slides go on; without ``on_fail`` that error is raised as ``SlideError``."""
+    called as each slide completes, after the encoder's per-slide step (``finish_slide``); slides with
+    no tiles get an empty array. A slide with a tile that cannot be read (in a worker or here) calls
+    ``on_fail(index, one-line error)`` instead and the other slides go on; without ``on_fail`` that
+    error is raised as ``SlideError``."""
     from adaptome.domains.pathology.slide import SlideError
 
     def failed_slide(i: int, msg: str) -> None:
@@ -198,7 +208,7 @@ def encode_many(encoder, jobs: list[tuple[str, object, np.ndarray]], on_slide, b
                 if s in failed:
                     failed_slide(s, failed[s])
                 else:
-                    on_slide(s, np.concatenate(parts[s]))
+                    on_slide(s, finish_slide(encoder, np.concatenate(parts[s])))
                 parts[s] = []
 
 

@@ -148,7 +148,9 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
     encoder = encoder or build_encoder(cfg.encoder, cfg.weights, cfg.encoder_options)
     out = tiles_dir / f"features_{encoder_tag(cfg.encoder)}"
     params = {"encoder": cfg.encoder, "weights": cfg.weights, "encoder_options": cfg.encoder_options,
-              "random_weights": bool(getattr(encoder, "random_weights", False)), "reader": cfg.reader}
+              "random_weights": bool(getattr(encoder, "random_weights", False)), "reader": cfg.reader,
+              # the encoder's options with their defaults in force (a changed default redoes the features)
+              "encoder_recipe": getattr(encoder, "recipe", None)}
     all_items = _items(cfg.slides)
     order = [sid for sid, _ in all_items]
     skipped = {sid: f"no tiles file {tiles_dir / f'{sid}.h5'} (the tile stage did not finish this slide; see "

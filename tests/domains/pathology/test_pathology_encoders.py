@@ -8,7 +8,7 @@ import torch
 
 from adaptome.core.registry import RegistryError
 from adaptome.domains.pathology.encoders import StainTextureFeatures, add_adapter, build_encoder
-from adaptome.domains.pathology.extract import encode_tiles, read_features, tile_loader, write_features
+from adaptome.domains.pathology.extract import encode_tiles, finish_slide, read_features, tile_loader, write_features
 from adaptome.domains.pathology.synth import E_VEC, H_VEC
 from adaptome.domains.pathology.tiling import TileReader, geometry_from_attrs, read_coords
 
@@ -30,7 +30,7 @@ def test_deconvolution_inverts_beer_lambert():
 def test_baseline_shapes_and_no_weights():
     enc = build_encoder("baseline")
     tiles = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
-    assert enc(tiles).shape == (3, enc.dim)
+    assert finish_slide(enc, enc(tiles).numpy()).shape == (3, enc.dim)  # after the per-slide step
     with pytest.raises(ValueError, match="no weights"):
         build_encoder("baseline", weights="x.safetensors")
 
@@ -99,8 +99,9 @@ def test_extracted_features_match_direct_encoding_with_workers(cohort):
     geom = geometry_from_attrs(attrs | {"overlap": 0}, s.level_downsamples)
     reader = TileReader(path, geom)
     enc = build_encoder("baseline")
-    direct = enc(torch.from_numpy(np.stack([reader.read(*c) for c in coords[:4]]))).numpy()
-    assert np.allclose(direct, feats[:4], atol=1e-5)
+    with torch.no_grad():  # every tile of the slide: the per-slide stroma cut needs them all
+        direct = finish_slide(enc, enc(torch.from_numpy(np.stack([reader.read(*c) for c in coords]))).numpy())
+    assert np.allclose(direct, feats, atol=1e-5)
     # two reader worker processes give the same features in the same order
     par = encode_tiles(enc, tile_loader(TileReader(path, geom), coords, batch_size=8, num_workers=2))
     assert np.allclose(par, feats, atol=1e-5)

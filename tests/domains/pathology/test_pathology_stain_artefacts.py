@@ -93,13 +93,14 @@ def _tile(coverage: float, stroma: bool, rng) -> np.ndarray:
 
 def test_lymph_features_estimate_stromal_coverage_and_ignore_tumour_lymphocytes():
     from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.extract import finish_slide
 
     enc = build_encoder("baseline").eval()
     rng = np.random.default_rng(0)
     tiles, cov = zip(*[_tile(c, True, rng) for c in (0.05, 0.15, 0.3, 0.45)], _tile(0.3, False, rng))
-    with torch.no_grad():
-        f = enc(torch.from_numpy(np.stack(tiles))).numpy()[:, 35:]  # the 9 lymphocyte-object numbers
-    assert enc.dim == 44
+    with torch.no_grad():  # the five tiles as one slide: the per-slide stroma cut falls between 0.25 and 0.55
+        f = finish_slide(enc, enc(torch.from_numpy(np.stack(tiles))).numpy())[:, 35:]  # the 9 lymphocyte numbers
+    assert enc.dim == 44 and f.shape == (5, 9)
     est = f[:4, 3]  # per-tile sTIL estimate |lymph & stroma| / |stroma|
     assert np.allclose(est, cov[:4], atol=0.08) and np.all(np.diff(est) > 0)
     assert f[4, 0] < 0.05 and f[4, 3] < 0.05 and f[4, 4] > 0.15  # tumour tile: no stroma, lymphocytes outside it
@@ -126,3 +127,58 @@ def test_lymph_features_do_not_count_spindle_fibroblasts():
         f = feats(torch.cat([ch, torch.full_like(ch, 0.55)], 1))  # H and E planes, (1, 2, T, T) -> (1, 9)
         share = float(f[0, 1]) / mask.mean()  # detected lymphocyte area over the drawn area
         assert lo <= share <= hi, (value, share)
+
+
+def _eosin_slide(strength: float, rng) -> np.ndarray:
+    """Six 64-px tiles of one slide stained at eosin ``strength``: four stroma tiles (eosin 0.55 x strength,
+    lymphocytes at 10 %) and two tumour tiles (eosin 0.3 x strength, no lymphocytes)."""
+    from adaptome.domains.pathology import synth_draw as d
+    from adaptome.domains.pathology.stains import E_VEC, H_VEC
+    from adaptome.domains.pathology.synth_hard import LYMPH_H
+
+    tiles = []
+    for stroma in (True, True, True, True, False, False):
+        fp = d.disc(3)
+        lym = d.stamp(rng, d.rate_for_coverage(0.1, fp), np.ones((64, 64), bool), fp) if stroma else \
+            np.zeros((64, 64), bool)
+        od = (LYMPH_H * lym)[..., None] * H_VEC + ((0.55 if stroma else 0.3) * strength) * E_VEC  # (T, T, 3)
+        tiles.append(np.clip(250 * np.exp(-od), 0, 255).astype(np.uint8))
+    return np.stack(tiles)
+
+
+@pytest.mark.parametrize("strength", [0.7, 1.0, 1.4])
+def test_per_slide_stroma_cut_follows_the_eosin_strength(strength):
+    """A pale (0.7) or eosin-heavy (1.4) slide: the fixed cut 0.42 calls pale stroma (0.385) tumour or
+    heavy tumour (0.42) stroma; the per-slide cut (0.76 x the median eosin of the eosin-rich side after
+    Otsu's split) finds the stroma at every strength, and equals the fixed-cut encoder run at that cut."""
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.extract import finish_slide
+    from adaptome.domains.pathology.lymph_features import SLIDE_CUT_FRACTION
+
+    x = torch.from_numpy(_eosin_slide(strength, np.random.default_rng(3)))
+    enc = build_encoder("baseline").eval()
+    with torch.no_grad():
+        raw = enc(x).numpy()
+        fixed = build_encoder("baseline", options={"stroma_cut": 0.42})(x).numpy()
+    cut = enc.net.lymph.slide_cut(raw[:, 35:])
+    # the eosin-rich side is the stroma at 0.55 x strength (deconvolution exact to ~1e-3; grid step 0.025)
+    assert cut == pytest.approx(SLIDE_CUT_FRACTION * 0.55 * strength, abs=0.02)
+    f = finish_slide(enc, raw)
+    assert f.shape == (6, 44)
+    np.testing.assert_allclose(f[:, :35], fixed[:, :35])  # only the lymphocyte part depends on the cut
+    assert np.all(f[:4, 35] > 0.99) and np.all(f[4:, 35] < 0.01)  # stroma share: stroma tiles only
+    with torch.no_grad():
+        at_cut = build_encoder("baseline", options={"stroma_cut": cut})(x).numpy()
+    np.testing.assert_allclose(f, at_cut, atol=1e-5)  # = the fixed-cut encoder at the slide's cut
+    fixed_ok = np.all(fixed[:4, 35] > 0.99) and np.all(fixed[4:, 35] < 0.01)
+    assert fixed_ok == (strength == 1.0)  # the fixed cut fails on the pale and the eosin-heavy slide
+
+
+def test_stroma_cut_option_is_checked_and_recorded():
+    from adaptome.domains.pathology.encoders import build_encoder
+
+    with pytest.raises(ValueError, match="stroma_cut must be 'slide' or a number, got 'otsu'"):
+        build_encoder("baseline", options={"stroma_cut": "otsu"})
+    assert build_encoder("baseline").recipe == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"}
+    enc = build_encoder("baseline", options={"stroma_cut": "0.4"})
+    assert enc.recipe["stroma_cut"] == 0.4 and not enc.needs_slide_pass

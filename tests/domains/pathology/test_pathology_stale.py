@@ -217,3 +217,25 @@ def test_score_redone_when_the_model_changes_and_refused_with_other_options(trai
     r = _cli(*args[:-1], "heatmaps=true")
     err = _errors(r.output)
     assert r.exit_code == 2 and len(err) == 1 and "params.heatmaps: false -> true" in err[0]
+
+
+def test_extract_refuses_features_made_before_the_per_slide_stroma_cut(slides, tmp_path):
+    """A features folder whose records lack the encoder's resolved options (made before the baseline
+    encoder's stroma cut became per slide, same options and width) is not reused: one line naming
+    ``encoder_recipe`` and ``--overwrite``; with ``--overwrite`` the features are redone."""
+    out = tmp_path / "job"
+    assert _tile(slides, out).exit_code == 0
+    tdir = out / "tiles_20x_64px_0ov"
+    assert _cli("extract", slides, "--tiles-dir", tdir, "--num-workers", 0).exit_code == 0
+    rec_dir = tdir / "features_baseline" / "made_by"
+    for p in rec_dir.glob("*.json"):  # what an older version wrote: no encoder_recipe
+        rec = json.loads(p.read_text())
+        assert rec["params"].pop("encoder_recipe") == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"}
+        p.write_text(json.dumps(rec))
+    before = (tdir / "features_baseline" / "train_000.h5").stat().st_mtime_ns
+    r = _cli("extract", slides, "--tiles-dir", tdir, "--num-workers", 0)
+    err = _errors(r.output)
+    assert r.exit_code == 2 and len(err) == 1 and "encoder_recipe" in err[0] and "--overwrite" in err[0], r.output
+    assert (tdir / "features_baseline" / "train_000.h5").stat().st_mtime_ns == before  # nothing rewritten
+    r = _cli("extract", slides, "--tiles-dir", tdir, "--num-workers", 0, "--overwrite")
+    assert r.exit_code == 0 and "3 done" in r.output, r.output
