@@ -189,6 +189,8 @@ def build_timm(model_name: str, weights: str | None = None, options: dict | None
                       mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
                       std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
     enc.random_weights = not weights
+    #: the timm keyword options it was built with (None: none), recorded in feature files for ``score``
+    enc.recipe = options or None
     return enc
 
 

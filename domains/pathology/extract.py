@@ -99,6 +99,17 @@ def encode_tiles(encoder, loader, device: str | torch.device = "cpu") -> np.ndar
     return finish_slide(encoder, np.concatenate(out)) if out else np.zeros((0, dim), np.float32)
 
 
+def feature_attrs(encoder, tile_attrs: dict, dim: int, **extra) -> dict:
+    """The attributes of a feature file: the tiling attributes (``FEATURE_ATTRS``), the encoder's name,
+    the feature width and the encoder's options in force (``encoder.recipe``, JSON; ``{}`` when the
+    encoder has none), so that a model trained on these features can re-create them (``score``)."""
+    import json
+
+    keep = {k: tile_attrs[k] for k in FEATURE_ATTRS if k in tile_attrs}
+    options = json.dumps(getattr(encoder, "recipe", None) or {}, sort_keys=True)
+    return {**keep, "encoder": encoder.name, "dim": int(dim), "encoder_options": options, **extra}
+
+
 def write_features(out_file: str | os.PathLike, features: np.ndarray, coords: np.ndarray, attrs: dict) -> None:
     """Write one slide's features atomically (temporary name, then rename)."""
     import h5py
@@ -223,9 +234,7 @@ def extract_slide(slide_path: str | os.PathLike, coords_file: str | os.PathLike,
     geom = geometry_from_attrs(attrs, slide.level_downsamples)
     slide.close()
     feats = encode_tiles(encoder, tile_loader(TileReader(slide_path, geom), coords, batch_size, num_workers), device)
-    keep = {k: attrs[k] for k in FEATURE_ATTRS
-            if k in attrs}
-    write_features(out_file, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
+    write_features(out_file, feats, coords, feature_attrs(encoder, attrs, feats.shape[1]))
     return len(coords)
 
 

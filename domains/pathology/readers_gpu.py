@@ -386,7 +386,7 @@ def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.P
                           num_workers: int = 0) -> str:
     """``extract.extract_slide`` with tiles decoded on ``device`` by ``reader``; a slide that reader
     cannot decode is read by OpenSlide (a warning names it). Returns the reader that was used."""
-    from adaptome.domains.pathology.extract import FEATURE_ATTRS, extract_slide, finish_slide, write_features
+    from adaptome.domains.pathology.extract import extract_slide, feature_attrs, finish_slide, write_features
     from adaptome.domains.pathology.slide import open_slide
     from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
 
@@ -410,7 +410,5 @@ def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.P
         feats = finish_slide(encoder, encode_decoded(encoder.to(device).eval(), tiles, coords, batch_size))
     finally:
         tiles.close()
-    keep = {k: attrs[k] for k in FEATURE_ATTRS if k in attrs}
-    write_features(out_file, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1]),
-                                             "reader": reader})
+    write_features(out_file, feats, coords, feature_attrs(encoder, attrs, feats.shape[1], reader=reader))
     return reader

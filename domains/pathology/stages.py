@@ -195,7 +195,7 @@ def _extract_shared(cfg, encoder, summary: StageSummary, jobs: list[Job], tiles_
     failures recorded as usual), then encode every valid slide's tiles through one loader, writing
     each slide's file as soon as its last tile is encoded. A tile that cannot be read (in a reader
     worker or here) fails its slide only: named in one line, recorded, and the others go on."""
-    from adaptome.domains.pathology.extract import FEATURE_ATTRS, encode_many, write_features
+    from adaptome.domains.pathology.extract import encode_many, feature_attrs, write_features
     from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
 
     ready, meta = [], []
@@ -218,8 +218,7 @@ def _extract_shared(cfg, encoder, summary: StageSummary, jobs: list[Job], tiles_
     with progress_bar("extract", len(ready), enabled=progress, transient=True) as bar:
         def on_slide(i: int, feats: np.ndarray) -> None:
             job, coords, attrs = meta[i]
-            keep = {k: attrs[k] for k in FEATURE_ATTRS if k in attrs}
-            write_features(job.target, feats, coords, {**keep, "encoder": encoder.name, "dim": int(feats.shape[1])})
+            write_features(job.target, feats, coords, feature_attrs(encoder, attrs, feats.shape[1]))
             job_done(summary, job)
             bar.advance()
 
@@ -257,7 +256,11 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
         recipe = json.loads(mj.read_text()).get("features")
         if not recipe:
             raise PathologyError(f"{mj}: no feature recipe recorded; give --features-dir")
-        encoder = build_encoder(recipe["encoder"], cfg.encoder_weights)
+        if "encoder_options" not in recipe and recipe["encoder"] == "baseline":
+            raise PathologyError(f"{mj}: the model records no encoder options (trained on features made before "
+                                 "they were recorded), so its features cannot be re-created exactly; give "
+                                 "--features-dir with the features it was trained on, or retrain it")
+        encoder = build_encoder(recipe["encoder"], cfg.encoder_weights, recipe.get("encoder_options") or None)
         overrides = read_mpp_csv(cfg.mpp_csv)
     model_files = sorted(Path(cfg.model).glob("**/model.safetensors"))
     params = {"features": "stored" if fdir else recipe, "encoder_weights": cfg.encoder_weights,

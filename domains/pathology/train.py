@@ -221,6 +221,8 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
     recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
               if k in ("encoder", "target_mpp", "tile_size", "overlap", "min_tissue", "thumb_size", "stain_norm",
                        "artefacts")}
+    if "encoder_options" in fattrs:  # the encoder's options in force at extraction (score re-creates them)
+        recipe["encoder_options"] = json.loads(str(fattrs["encoder_options"]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     folds = make_folds(rows, k, group_by, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,7 +189,8 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
 
     meta = json.loads((Path(trained["real"]["out_dir"]) / "fold_0" / "model.json").read_text())
     assert meta["features"] == {"encoder": "baseline", "target_mpp": 0.5, "tile_size": 64, "overlap": 0,
-                                "min_tissue": 0.5, "thumb_size": 256, "stain_norm": "none", "artefacts": False}
+                                "min_tissue": 0.5, "thumb_size": 256, "stain_norm": "none", "artefacts": False,
+                                "encoder_options": {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"}}
     slide = str(heldout["slides"] / "test_004.tiff")
     rows = {}
     for name, fdir in (("stored", str(heldout["features_dir"])), ("fly", "")):
@@ -198,6 +200,48 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
         rows[name] = next(csv.DictReader(open(csv_path)))
     assert rows["fly"]["n_tiles"] == rows["stored"]["n_tiles"]
     assert float(rows["fly"]["stil_pct"]) == pytest.approx(float(rows["stored"]["stil_pct"]), abs=1e-3)
+
+
+def test_score_on_the_fly_uses_the_encoder_options_the_model_was_trained_on(heldout, tmp_path):
+    """Features made with a non-default encoder option (a fixed stroma cut) train a model; scoring on the
+    fly re-creates them with that option (not the default per-slide cut), and a model that records no
+    options is refused rather than scored with today's defaults."""
+    import json
+    import shutil
+
+    from adaptome.domains.pathology import stages
+    from adaptome.domains.pathology.config import ExtractConfig, MILTrainConfig, ScoreConfig
+    from adaptome.domains.pathology.errors import PathologyError
+
+    tiles = tmp_path / "tiles"
+    shutil.copytree(heldout["tiles_dir"], tiles, ignore=shutil.ignore_patterns("features_*"))
+    stages.extract(ExtractConfig(slides=str(heldout["slides"]), tiles_dir=str(tiles), num_workers=0,
+                                 encoder_options={"stroma_cut": 0.3}), progress=False)
+    fdir = tiles / "features_baseline"
+    res = stages.train(MILTrainConfig(features_dir=str(fdir), labels=str(heldout["labels"]), out_dir=str(tmp_path),
+                                      k=2, group_by="site", max_steps=30, batch_size=4),
+                       progress=False)
+    model = Path(res["out_dir"])
+    mj = model / "fold_0" / "model.json"
+    assert json.loads(mj.read_text())["features"]["encoder_options"]["stroma_cut"] == 0.3
+    slide = str(heldout["slides"] / "test_004.tiff")
+
+    def stil(features_dir: str, name: str) -> float:
+        cfg = ScoreConfig(slides=slide, model=str(model), features_dir=features_dir, out_dir=str(tmp_path / name),
+                          heatmaps=False)
+        return float(next(csv.DictReader(open(stages.score(cfg, progress=False)[1])))["stil_pct"])
+
+    stored, fly = stil(str(fdir), "stored"), stil("", "fly")
+    assert fly == pytest.approx(stored, abs=1e-3)
+    # the same model on features made with the default per-slide cut scores differently: ignoring the
+    # recorded option would have changed the score
+    assert abs(stil(str(heldout["features_dir"]), "default_cut") - stored) > 1e-3
+    for f in model.glob("fold_*/model.json"):  # what a model trained before options were recorded holds
+        meta = json.loads(f.read_text())
+        del meta["features"]["encoder_options"]
+        f.write_text(json.dumps(meta))
+    with pytest.raises(PathologyError, match="records no encoder options"):
+        stil("", "old_model")
 
 
 def test_training_is_reproducible(cohort, tmp_path):
