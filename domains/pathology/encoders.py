@@ -221,10 +221,33 @@ def build_encoder(name: str, weights: str | None = None, options: dict | None = 
     """An encoder by name: a registered one (``baseline``) or ``timm:<model name>`` (``seed``: of its
     random weights when it has none)."""
     if name.startswith("timm:"):
-        return ENCODERS.get("timm")(name.split(":", 1)[1], weights=weights, options=options, seed=seed)
+        enc = ENCODERS.get("timm")(name.split(":", 1)[1], weights=weights, options=options, seed=seed)
+        enc.weights_id = weights_id(weights, seed)  # recorded in feature files; ``score`` checks it
+        return enc
     if name == "timm":
         raise PathologyError("name a timm model as 'timm:<model name>', e.g. timm:resnet18")
-    return ENCODERS.get(name)(weights=weights, options=options)
+    enc = ENCODERS.get(name)(weights=weights, options=options)
+    enc.weights_id = weights_id(weights, seed) if weights else "none"
+    return enc
+
+
+def weights_id(weights: str | None, seed: int = RANDOM_WEIGHTS_SEED) -> str:
+    """What identifies an encoder's weights across machines and copies: ``sha256:<hex>`` of a local file
+    (its content, not its name or time), the hub id, or ``random:<seed>`` / ``none``-like random init."""
+    import hashlib
+
+    if not weights:
+        return f"random:{seed}"
+    if weights.startswith("hf-hub:"):
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder weights file not found")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
 
 
 def encoder_tag(name: str) -> str:

@@ -101,13 +101,17 @@ def encode_tiles(encoder, loader, device: str | torch.device = "cpu") -> np.ndar
 
 def feature_attrs(encoder, tile_attrs: dict, dim: int, **extra) -> dict:
     """The attributes of a feature file: the tiling attributes (``FEATURE_ATTRS``), the encoder's name,
-    the feature width and the encoder's options in force (``encoder.recipe``, JSON; ``{}`` when the
-    encoder has none), so that a model trained on these features can re-create them (``score``)."""
+    the feature width, the encoder's options in force (``encoder.recipe``, JSON; ``{}`` when the
+    encoder has none) and its weights (``encoder.weights_id``, when built by ``build_encoder``), so that
+    a model trained on these features can re-create them (``score``)."""
     import json
 
     keep = {k: tile_attrs[k] for k in FEATURE_ATTRS if k in tile_attrs}
     options = json.dumps(getattr(encoder, "recipe", None) or {}, sort_keys=True)
-    return {**keep, "encoder": encoder.name, "dim": int(dim), "encoder_options": options, **extra}
+    out = {**keep, "encoder": encoder.name, "dim": int(dim), "encoder_options": options, **extra}
+    if getattr(encoder, "weights_id", None):  # the weights' content hash, hub id, or random:<seed>
+        out["encoder_weights"] = encoder.weights_id
+    return out
 
 
 def write_features(out_file: str | os.PathLike, features: np.ndarray, coords: np.ndarray, attrs: dict) -> None:

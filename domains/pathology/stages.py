@@ -261,6 +261,11 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
                                  "they were recorded), so its features cannot be re-created exactly; give "
                                  "--features-dir with the features it was trained on, or retrain it")
         encoder = build_encoder(recipe["encoder"], cfg.encoder_weights, recipe.get("encoder_options") or None)
+        trained_on = recipe.get("encoder_weights")
+        if trained_on and trained_on != encoder.weights_id:
+            raise PathologyError(f"{mj}: the model was trained on features of encoder weights {trained_on}, but "
+                                 f"--encoder-weights {cfg.encoder_weights or '(none)'} gives {encoder.weights_id}; "
+                                 "pass the weights the features were extracted with, or --features-dir")
         overrides = read_mpp_csv(cfg.mpp_csv)
     model_files = sorted(Path(cfg.model).glob("**/model.safetensors"))
     params = {"features": "stored" if fdir else recipe, "encoder_weights": cfg.encoder_weights,

@@ -190,7 +190,8 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
     meta = json.loads((Path(trained["real"]["out_dir"]) / "fold_0" / "model.json").read_text())
     assert meta["features"] == {"encoder": "baseline", "target_mpp": 0.5, "tile_size": 64, "overlap": 0,
                                 "min_tissue": 0.5, "thumb_size": 256, "stain_norm": "none", "artefacts": False,
-                                "encoder_options": {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"}}
+                                "encoder_options": {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"},
+                                "encoder_weights": "none"}
     slide = str(heldout["slides"] / "test_004.tiff")
     rows = {}
     for name, fdir in (("stored", str(heldout["features_dir"])), ("fly", "")):
@@ -236,12 +237,33 @@ def test_score_on_the_fly_uses_the_encoder_options_the_model_was_trained_on(held
     # the same model on features made with the default per-slide cut scores differently: ignoring the
     # recorded option would have changed the score
     assert abs(stil(str(heldout["features_dir"]), "default_cut") - stored) > 1e-3
-    for f in model.glob("fold_*/model.json"):  # what a model trained before options were recorded holds
-        meta = json.loads(f.read_text())
+    metas = {f: f.read_text() for f in model.glob("fold_*/model.json")}
+    for f, text in metas.items():  # features made with other encoder weights than scoring would use
+        meta = json.loads(text)
+        meta["features"]["encoder_weights"] = "sha256:" + "0" * 64
+        f.write_text(json.dumps(meta))
+    with pytest.raises(PathologyError, match="trained on features of encoder weights sha256:0+, but"):
+        stil("", "other_weights")
+    for f, text in metas.items():  # what a model trained before options were recorded holds
+        meta = json.loads(text)
         del meta["features"]["encoder_options"]
         f.write_text(json.dumps(meta))
     with pytest.raises(PathologyError, match="records no encoder options"):
         stil("", "old_model")
+
+
+def test_weights_id_follows_the_file_content_not_its_name(tmp_path):
+    from adaptome.domains.pathology.encoders import weights_id
+
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "copy.safetensors", tmp_path / "c.safetensors"
+    a.write_bytes(b"weights-1")
+    b.write_bytes(b"weights-1")
+    c.write_bytes(b"weights-2")
+    assert weights_id(str(a)) == weights_id(str(b)) != weights_id(str(c))
+    assert weights_id(str(a)).startswith("sha256:") and len(weights_id(str(a))) == 7 + 64
+    assert weights_id(None, seed=3) == "random:3" and weights_id("hf-hub:org/uni") == "hf-hub:org/uni"
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        weights_id(str(tmp_path / "missing.pt"))
 
 
 def test_training_is_reproducible(cohort, tmp_path):
