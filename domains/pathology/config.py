@@ -210,9 +210,10 @@ class ScoreConfig:
         slides: a slide file or a folder of slides.
         model: a ``mil_*`` CV folder (its folds are averaged) or one ``fold_<k>`` folder.
         features_dir: stored features of the slides; empty: tile and encode on the fly with the
-            recipe recorded in the model's ``model.json``.
+            recipe recorded in the model's ``model.json`` (tiling, encoder, its options and weights).
         out_dir: output folder (default: ``<model>/scores``).
-        encoder_weights: on the fly: weights of the recorded timm encoder.
+        encoder_weights: on the fly: weights of the recorded timm encoder; they must be the ones the
+            training features were made with (checked by content hash), or scoring is refused.
         mpp_csv: CSV ``slide,mpp`` for slides without resolution metadata (on the fly).
         batch_size: tiles per forward pass (on the fly).
         num_workers: tile-reading worker processes (on the fly).
