@@ -50,8 +50,8 @@ from adaptome.domains.protein.data import LabelTask, determine_input, generate_a
 from adaptome.domains.protein.formats import FormatError, ProteinError, Record, is_open_field, parse_field
 from adaptome.domains.protein.tokenizer import encode
 
-Method = Literal["determine", "bayes", "combined", "generate"]
-METHODS = ("determine", "bayes", "combined", "generate")
+Method = Literal["determine", "bayes", "combined", "generate", "probe"]
+METHODS = ("determine", "bayes", "combined", "generate", "probe")
 #: the best of determine / bayes / combined on held-out Pfam sequences, 3 seeds (module docstring)
 DEFAULT_METHOD: Method = "combined"
 #: the instruction stage's default token limit (``InstructConfig.max_seq_length``)
@@ -154,11 +154,14 @@ def _generate(model, tok, task: LabelTask, seqs: list[str], candidates: list[str
 
 def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str], method: Method = DEFAULT_METHOD,
              batch_size: int = 16, progress: bool = False,
-             max_seq_length: int | None = DEFAULT_MAX_SEQ_LENGTH) -> list[dict]:
+             max_seq_length: int | None = DEFAULT_MAX_SEQ_LENGTH, train: list[Record] | None = None) -> list[dict]:
     """One dict per sequence: ``pred`` (None for a malformed answer), ``status`` (``ok``,
-    ``unknown_label``, ``malformed``) and, for the likelihood methods, ``scores`` per candidate.
+    ``unknown_label``, ``malformed``) and, for the likelihood methods and ``probe``, ``scores`` per
+    candidate (``probe``: log-probabilities; its first dict also holds ``probe``, what cross-validation
+    chose, see ``probe.ProbeFit``).
 
     ``max_seq_length``: the instruction stage's token limit the queries are cropped to (None: no crop).
+    ``train``: labelled training sequences, required by ``probe`` (its logistic regression is fitted on them).
     """
     if not candidates:
         raise ProteinError("classify needs at least one candidate label")
@@ -167,6 +170,8 @@ def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str]
     candidates = list(dict.fromkeys(candidates))
     if method == "generate":
         return _generate(model, tok, task, seqs, candidates, max_seq_length, batch_size, progress)
+    if method == "probe":
+        return _probe(model, tok, task, seqs, candidates, max_seq_length, batch_size, train)
     kinds = ["determine", "bayes"] if method == "combined" else [method]
     rows = {k: _score_rows(model, tok, task, seqs, candidates, k, max_seq_length, batch_size, progress)
             for k in kinds}
@@ -178,6 +183,22 @@ def classify(model, tok, task: LabelTask, seqs: list[str], candidates: list[str]
         else:
             row = rows[method][i]
         out.append({"pred": max(row, key=row.get), "status": "ok", "scores": row})
+    return out
+
+
+def _probe(model, tok, task: LabelTask, seqs: list[str], candidates: list[str], max_seq_length: int | None,
+           batch_size: int, train: list[Record] | None) -> list[dict]:
+    from adaptome.domains.protein.probe import ProbeConfig, fit_probe, predict_probe
+
+    if not train or any(r.label is None for r in train):
+        raise ProteinError("the probe method needs labelled training sequences (train=..., --train)")
+    cfg = ProbeConfig(batch_size=batch_size)
+    fit = fit_probe(model, tok, task, [r.seq for r in train], [r.label for r in train], candidates,
+                    max_seq_length, cfg)
+    rows = predict_probe(model, tok, task, fit, seqs, candidates, max_seq_length, batch_size)
+    out = [{"pred": max(row, key=row.get), "status": "ok", "scores": row} for row in rows]
+    if out:
+        out[0]["probe"] = {"layers": fit.layers, "C": fit.c, "cv_accuracy": fit.cv_accuracy}
     return out
 
 
