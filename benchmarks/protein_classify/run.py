@@ -41,7 +41,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3"
-LIKELIHOOD = ("determine", "bayes", "combined")
+#: the methods a default is chosen from (``generate`` decodes freely and is reported, never chosen)
+CANDIDATES = ("determine", "bayes", "combined", "probe")
 
 
 def answers_cut_without_fitting(seed: int, max_seq_length: int = 256) -> dict:
@@ -118,8 +119,11 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
         out[f"truth_{side}"] = [r.label for r in rs]
     for m in classify.METHODS:
         t0 = time.perf_counter()
-        preds = classify.classify(model, tok, task, seqs, labels, m, max_seq_length=c2.max_seq_length)
+        preds = classify.classify(model, tok, task, seqs, labels, m, max_seq_length=c2.max_seq_length, train=train)
         rep = classify.with_baselines(train, seqs, preds, y)
+        if m == "probe":  # what cross-validation on the training sequences chose, and the probe's scores
+            out["probe_choice"] = preds[0]["probe"]
+            out["scores_test"]["probe"] = [p["scores"] for p in preds]
         out["methods"][m] = {"accuracy": rep["model_accuracy"], "seconds": time.perf_counter() - t0,
                              "n_malformed": rep["n_malformed"], "n_unknown_label": rep["n_unknown_label"],
                              "predictions": [p["pred"] for p in preds]}
@@ -130,6 +134,8 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
     out["without_fitting"] = answers_cut_without_fitting(seed, c2.max_seq_length)
     if n_samples:  # the same model's samples, for benchmarks/protein_generate (--from-classify)
         t0 = time.perf_counter()
+        out["end_marker"] = gen.end_marker_stats(s1["merged"], s2["merged"], train, test,
+                                                 [r.seq for r in unlabelled], seed)
         real = data.pfam_families(min_count=7, max_per_family=None)
         out["generation_rows"] = [{"pipeline": "windows", "seed": seed, **r} for r in
                                   gen.sample_rows(s2["merged"], labels, real, n_samples, seed, list(gen.SETTINGS))]
@@ -205,7 +211,7 @@ def summarise(runs: list[dict]) -> dict:
     s = {m: ms([r["methods"][m]["accuracy"] for r in runs]) for m in classify.METHODS}
     s["majority"] = ms([r["majority_accuracy"] for r in runs])
     s["kmer_lr"] = ms([r["kmer_lr_accuracy"] for r in runs])
-    best = max(LIKELIHOOD, key=lambda m: (s[m]["mean"], -LIKELIHOOD.index(m)))
+    best = max(CANDIDATES, key=lambda m: (s[m]["mean"], -CANDIDATES.index(m)))
     default = classify.DEFAULT_METHOD
     raw = [r for r in runs if "scores_test" in r]
     variants = {}

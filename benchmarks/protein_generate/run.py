@@ -48,11 +48,19 @@ CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_generate
 
 #: decoding settings compared (top_k 0 = no top-k cut; top_p 1.0 = no nucleus cut)
 #: ``res-`` settings sample residues and the closing '>' only (``SamplingParams.residues_only``)
+#: ``+lenprior`` settings are NOT plain sampling (``SamplingParams.length_prior``: each sample's length is
+#: drawn from its family's training lengths): reported beside the others, never a candidate for a preset
 SETTINGS = {
-    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2, residues_only=False),
-    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False),
-    "res-t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True),
-    "res-t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True),
+    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2, residues_only=False,
+                     length_prior=False),
+    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
+                       length_prior=False),
+    "res-t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True,
+                     length_prior=False),
+    "res-t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True,
+                           length_prior=False),
+    "t0.8-p0.95+lenprior": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
+                                length_prior=True),
 }
 PIPELINES = ("windows", "crop128")
 KS_ALPHA, LC_FACTOR = 0.05, 1.5
@@ -98,13 +106,15 @@ def sample_rows(merged: str, labels: list[str], real, n: int, seed: int, setting
     model, tok = load_model_and_tokenizer(merged)
     model.eval()
     prompts = sorted({p for _, p in sample.prompt_plan(data.FAMILY, labels, 1)})
-    limit, _ = sample.resolve_max_new_tokens(model, tok, prompts, None, read_training_data(merged))
+    info = read_training_data(merged) or {}
+    limit, _ = sample.resolve_max_new_tokens(model, tok, prompts, None, info)
+    lengths = (info.get("label_lengths") or {}).get(data.FAMILY.key)
     rows = []
     for name in settings:
         kw = SETTINGS[name]
         params = sample.SamplingParams(**kw, max_new_tokens=limit, seed=seed, batch_size=n * len(labels))
         t0 = time.time()
-        gen = sample.sample(model, tok, data.FAMILY, labels, n, params)
+        gen = sample.sample(model, tok, data.FAMILY, labels, n, params, label_lengths=lengths)
         per = evaluate.per_label_report(gen, real)
         for lab in labels:
             mine = [s for s in gen if s.label == lab]
@@ -120,6 +130,71 @@ def sample_rows(merged: str, labels: list[str], real, n: int, seed: int, setting
             f"p={x['length_ks_pvalue'] or 0:.2f} lc {x['low_complexity_share'] or 0:.2f}/"
             f"{x['real_low_complexity_share']:.2f}" for x in rows[-len(labels):]), flush=True)
     return rows
+
+
+def end_marker_stats(s1_merged: str, s2_merged: str, train, test, stage1_seqs: list[str], seed: int,
+                     max_residues: int = 128, block_size: int = 256) -> dict:
+    """Where does the model learn that a family ends? Per family:
+
+    * stage 1 (``pretrain.window_blocks`` rebuilt with the run's seed): the closing ``>`` of the family's
+      proteins inside the packed blocks, and how many of them share their block with the protein's own
+      ``<s>Seq=<`` (only then is the distance from the start, the length, visible to the model);
+    * stage 2: generation records with the closing ``>`` (whole answers) per family;
+    * both models, on the family's training and held-out sequences: p(``>``) right after the last residue
+      (prompt ``Seq=<`` for stage 1, the family's generation prompt for stage 2), the largest p(``>``) at
+      an earlier position, and the probability that sampling at temperature 1 runs past every earlier
+      position without closing, prod_{t < L} (1 - p_t(``>``)).
+    """
+    import random
+
+    import torch
+
+    from adaptome.domains.protein import data, pretrain
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.tokenizer import encode
+
+    fam_of = {r.seq: r.label for r in list(train) + list(test)}
+    fam_of.update({r.seq: r.label for r in data.pfam_families(min_count=1, max_per_family=None)})
+    m1, tok = load_model_and_tokenizer(s1_merged)
+    close, eos, bos = tok.convert_tokens_to_ids(">"), tok.eos_token_id, tok.bos_token_id
+    blocks, _ = pretrain.window_blocks(tok, stage1_seqs, block_size, max_residues, seed)
+    owners: list[str] = []
+    rng = random.Random(seed)
+    for s in stage1_seqs:  # the owner of every stream token, in window_blocks' order
+        for piece in data.crop_windows(s, max_residues, rng):
+            owners += [fam_of.get(s, "other")] * len(pretrain.piece_tokens(tok, piece))
+    s1: dict[str, dict[str, int]] = {}
+    for b, blk in enumerate(blocks):
+        for i, t in enumerate(blk):
+            if t == close and (i + 1 == len(blk) or blk[i + 1] == eos):
+                j = i
+                while j > 0 and blk[j - 1] != eos:
+                    j -= 1
+                d = s1.setdefault(owners[b * block_size + i], {"ends": 0, "ends_with_start": 0})
+                d["ends"] += 1
+                d["ends_with_start"] += int(blk[j] == bos)
+    models = {"stage1": m1.eval(), "stage2": load_model_and_tokenizer(s2_merged)[0].eval()}
+    out: dict = {"stage1_blocks": len(blocks), "families": {}}
+    for side, recs in (("train", train), ("test", test)):
+        for r in recs:
+            fam = out["families"].setdefault(r.label, {"stage1_ends": s1.get(r.label, {}).get("ends", 0),
+                                                       "stage1_ends_with_start":
+                                                           s1.get(r.label, {}).get("ends_with_start", 0),
+                                                       "stage2_closed_records": sum(x.label == r.label
+                                                                                    for x in train)})
+            for stage, model in models.items():
+                prompt = "" if stage == "stage1" else data.FAMILY.generate_prompt(r.label)
+                ids = encode(tok, prompt + "Seq=<" + r.seq, bos=True)
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids])).logits[0].float()  # (T, V)
+                # (L + 1,): p('>') after 0..L residues
+                pe = torch.softmax(logits[len(ids) - len(r.seq) - 1:], -1)[:, close]
+                surv = float(torch.log1p(-pe[:-1].clamp(max=1 - 1e-9)).sum().exp())
+                d = fam.setdefault(f"{stage}_{side}", {"p_end_at_end": [], "max_p_end_before": [], "survive": []})
+                d["p_end_at_end"].append(float(pe[-1]))
+                d["max_p_end_before"].append(float(pe[:-1].max()))
+                d["survive"].append(surv)
+    return out
 
 
 def lc_ok(r: dict, upper_only: bool = False) -> bool:
@@ -204,6 +279,14 @@ def write_md(res: dict) -> str:
         lines.append(f"ProLLaMA's setting on the same models: KS passes {p['ks_pass_per_seed']}, low-complexity "
                      f"within 1.5x {p['lc_within_per_seed']}, complete {p['complete']:.2f}, mean length / real "
                      f"{p['mean_length_ratio']:.2f}.")
+    for v in summ.values():
+        if v["pipeline"] == "windows" and SETTINGS[v["setting"]].get("length_prior"):
+            lines.append(f"Length-aware sampler `{v['setting']}` (`SamplingParams.length_prior`, "
+                         "`sample --length-prior`; NOT plain sampling: each sample's length is drawn from its "
+                         "family's training lengths and '>' is forced there, "
+                         "so its KS result measures the prior, not the model): KS passes "
+                         f"{v['ks_pass_per_seed']}, low-complexity within 1.5x {v['lc_within_per_seed']}, "
+                         f"<= 1.5x {v['lc_not_above_per_seed']}, mean length / real {v['mean_length_ratio']:.2f}.")
     c = summ.get(f"crop128/{best}")
     if c is not None:
         lines.append(f"The old data pipeline (first-128 crops closed with '>') with the same setting: KS passes "
@@ -220,6 +303,19 @@ def write_md(res: dict) -> str:
                      f"{ps} | "
                      f"{fr[0]['real_low_complexity_share']:.3f} | "
                      f"{statistics.mean(r['low_complexity_share'] or 0 for r in fr):.3f} |")
+    prior = [r for r in res["rows"]
+             if r["pipeline"] == "windows" and SETTINGS.get(r["setting"], {}).get("length_prior")]
+    if prior:
+        lines += ["", f"Per family with the length-aware sampler `{prior[0]['setting']}` (mean over seeds):", "",
+                  "| family | real mean length | sample mean length | KS p (per seed) | LC share real | "
+                  "LC share samples |", "|---|---|---|---|---|---|"]
+        for fam in sorted({r["family"] for r in prior}):
+            fr = [r for r in prior if r["family"] == fam]
+            lines.append(f"| {fam} | {fr[0]['real_mean_length']:.0f} | "
+                         f"{statistics.mean(r['mean_length'] or 0 for r in fr):.0f} | "
+                         + ", ".join(f"{r['length_ks_pvalue'] or 0:.3f}" for r in fr) + " | "
+                         f"{fr[0]['real_low_complexity_share']:.3f} | "
+                         f"{statistics.mean(r['low_complexity_share'] or 0 for r in fr):.3f} |")
     ratio = {fam: statistics.mean(r["mean_length"] or 0 for r in rows if r["family"] == fam)
              / next(r["real_mean_length"] for r in rows if r["family"] == fam) for fam in {r["family"] for r in rows}}
     worst = max(ratio, key=ratio.get)
