@@ -228,7 +228,9 @@ def summarise(runs: list[dict]) -> dict:
             variants[side] = {k: ms([_acc(p[k], r[f"truth_{side}"]) for p, r in zip(preds, raw)]) for k in preds[0]}
         conf: dict[str, Counter] = {}
         for r in raw:
-            for t, p in zip(r["truth_test"], variant_predictions(r)[default]):
+            vp = variant_predictions(r)
+            pred = vp[default] if default in vp else r["methods"][default]["predictions"]
+            for t, p in zip(r["truth_test"], pred):
                 conf.setdefault(t, Counter())[p] += 1
         variants["confusion_default"] = {t: dict(c) for t, c in sorted(conf.items())}
         kconf: dict[str, Counter] = {}
@@ -287,7 +289,8 @@ def markdown(res: dict) -> str:
               f"Time: {res['seconds']:.0f} s wall in all (one thread per seed, seeds in "
               f"{res['config'].get('jobs', 3)} parallel processes, on a shared 2-core machine). "
               f"git {res['git']}, torch {res['versions']['torch']}, "
-              f"transformers {res['versions']['transformers']}, python {res['versions']['python']}.", "",
+              f"transformers {res['versions']['transformers']}, python {res['versions']['python']}."
+              + (f" Assembled: {res['config']['assembled']}." if res["config"].get("assembled") else ""), "",
               f"Reproduce: `{command(res['config'])}`", ""]
     return "\n".join(lines)
 

@@ -52,8 +52,8 @@ from adaptome.domains.protein.tokenizer import encode
 
 Method = Literal["determine", "bayes", "combined", "generate", "probe"]
 METHODS = ("determine", "bayes", "combined", "generate", "probe")
-#: the best of determine / bayes / combined on held-out Pfam sequences, 3 seeds (module docstring)
-DEFAULT_METHOD: Method = "combined"
+#: the best of determine / bayes / combined / probe on held-out Pfam sequences, 3 seeds (module docstring)
+DEFAULT_METHOD: Method = "probe"
 #: the instruction stage's default token limit (``InstructConfig.max_seq_length``)
 DEFAULT_MAX_SEQ_LENGTH = 256
 
