@@ -304,6 +304,8 @@ def command(cfg: dict) -> str:
     for key, flag in (("s1_set", "--s1-set"), ("s2_set", "--s2-set")):
         if cfg.get(key):
             out += f" {flag} " + " ".join(cfg[key])
+    if cfg.get("name", "results") != "results":
+        out += f" --name {cfg['name']}"
     return out
 
 
@@ -370,6 +372,7 @@ def main() -> None:
     ap.add_argument("--s2-set", nargs="*", default=[], help="stage-2 config overrides, e.g. train.weight_decay=0.1")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json / results.md")
+    ap.add_argument("--name", default="results", help="file stem of the outputs: <name>.json / <name>.md")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite results.md from results.json (the summary recomputed with the current default)")
     args = ap.parse_args()
@@ -380,12 +383,12 @@ def main() -> None:
             res = {"config": {"seeds": [r["seed"] for r in runs], "assembled_from_partial": True},
                    "git": _git(), "versions": _versions(), "seconds": float("nan"), "runs": runs}
         else:
-            res = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+            res = json.loads((args.out / f"{args.name}.json").read_text(encoding="utf-8"))
         for r in res["runs"]:
             r.setdefault("without_fitting", answers_cut_without_fitting(r["seed"], r["crops"]["max_seq_length"]))
         res["summary"] = summarise(res["runs"])
-        (args.out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-        (args.out / "results.md").write_text(markdown(res), encoding="utf-8")
+        (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+        (args.out / f"{args.name}.md").write_text(markdown(res), encoding="utf-8")
         print(markdown(res))
         return
     t0 = time.perf_counter()
@@ -400,14 +403,14 @@ def main() -> None:
     else:
         runs = [_run_seed(j) for j in jobs]
     res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps,
-                      "s1_set": args.s1_set, "s2_set": args.s2_set,
+                      "s1_set": args.s1_set, "s2_set": args.s2_set, "name": args.name,
                       "max_seq_length": args.max_seq_length, "samples": args.samples, "jobs": args.jobs},
            "git": _git(), "versions": _versions(),
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.out / ".partial", ignore_errors=True)
-    (args.out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-    (args.out / "results.md").write_text(markdown(res), encoding="utf-8")
+    (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+    (args.out / f"{args.name}.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))
 
 

@@ -460,7 +460,8 @@ def from_classify(path: Path, name: str = "results") -> None:
     cmd = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 2"
            + (f" --s2-steps {cfg['s2_steps']}" if cfg.get("s2_steps") else "")
            + "".join(f" --{k.replace('_', '-')} " + " ".join(cfg[k]) for k in ("s1_set", "s2_set") if cfg.get(k))
-           + f" --out {path.parent}; .venv/bin/python benchmarks/protein_generate/run.py --from-classify {path}"
+           + (f" --name {path.stem}" if path.stem != "results" else "")
+           + f"; .venv/bin/python benchmarks/protein_generate/run.py --from-classify {path}"
            + (f" --name {name}" if name != "results" else ""))
     r0 = runs[0]
     note = (f"Models: those of benchmarks/protein_classify (per seed, stage 1 on every shipped sequence but the "
