@@ -68,7 +68,7 @@ def answers_cut_without_fitting(seed: int, max_seq_length: int = 256) -> dict:
 
 def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
              max_seq_length: int | None = None, n_samples: int = 0, s1_set: tuple[str, ...] = (),
-             s2_set: tuple[str, ...] = ()) -> dict:
+             s2_set: tuple[str, ...] = (), validation: bool = False) -> dict:
     from importlib import resources
 
     from adaptome.core.config import load_config
@@ -83,6 +83,9 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
     recs = data.pfam_families(min_count=7, max_per_family=12, max_residues=None, seed=seed)
     train, test = data.split_by_label(recs, n_test=3, seed=seed)
     held = {r.id for r in test}
+    if validation:  # choices on the training side only: 2 per family of it become the evaluated set
+        train, test = data.split_by_label(train, n_test=2, seed=seed + 1000)
+        held |= {r.id for r in test}  # neither stage sees them, as the held-out sequences
     unlabelled = [r for r in data.pfam_families(min_count=1, max_per_family=None) if r.id not in held]
     unlabelled += data.ec_records()
     fasta = formats.write_fasta(((r.id, r.seq) for r in unlabelled), work / "stage1.fasta")
@@ -170,9 +173,9 @@ def _run_seed(job: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    seed, s1_steps, s2_steps, msl, n_samples, out, s1_set, s2_set = job
+    seed, s1_steps, s2_steps, msl, n_samples, out, s1_set, s2_set, validation = job
     with tempfile.TemporaryDirectory() as d:
-        run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples, tuple(s1_set), tuple(s2_set))
+        run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples, tuple(s1_set), tuple(s2_set), validation)
     part = Path(out) / ".partial"
     part.mkdir(parents=True, exist_ok=True)
     (part / f"seed{seed}.json").write_text(json.dumps(run), encoding="utf-8")
@@ -249,8 +252,14 @@ def summarise(runs: list[dict]) -> dict:
 def markdown(res: dict) -> str:
     s, a = res["summary"], res["summary"]["accuracy"]
     runs = res["runs"]
-    lines = ["## protein: which label classifier by default (held-out Pfam sequences, tiny LLaMA, CPU)", "",
-             f"{len(runs)} seeds; each: {runs[0]['n_train']} training / {runs[0]['n_test']} held-out sequences of "
+    val = res["config"].get("validation")
+    lines = ["## protein: which label classifier by default (held-out Pfam sequences, tiny LLaMA, CPU)"
+             + (" -- VALIDATION split" if val else ""), ""]
+    if val:
+        lines += ["VALIDATION run: the evaluated sequences are 2 per family split off each seed's training side "
+                  "(kept out of both stages); the benchmark's held-out sequences are not used. 'held-out' below "
+                  "means these validation sequences.", ""]
+    lines += [f"{len(runs)} seeds; each: {runs[0]['n_train']} training / {runs[0]['n_test']} held-out sequences of "
              f"{len(runs[0]['labels'])} Pfam families (full length, "
              f"{min(min(r['test_lengths']) for r in runs)}-{max(max(r['test_lengths']) for r in runs)} residues "
              "held out), both ProLLaMA stages with the tiny configs, instruction records of at most "
@@ -304,6 +313,8 @@ def command(cfg: dict) -> str:
     for key, flag in (("s1_set", "--s1-set"), ("s2_set", "--s2-set")):
         if cfg.get(key):
             out += f" {flag} " + " ".join(cfg[key])
+    if cfg.get("validation"):
+        out += " --validation"
     if cfg.get("name", "results") != "results":
         out += f" --name {cfg['name']}"
     return out
@@ -373,6 +384,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json / results.md")
     ap.add_argument("--name", default="results", help="file stem of the outputs: <name>.json / <name>.md")
+    ap.add_argument("--validation", action="store_true",
+                    help="evaluate on 2 sequences per family split off the TRAINING side (held out from both "
+                    "stages too); the held-out sequences are not used: for choosing settings")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite results.md from results.json (the summary recomputed with the current default)")
     args = ap.parse_args()
@@ -393,7 +407,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(args.out), args.s1_set,
-             args.s2_set) for seed in args.seeds]
+             args.s2_set, args.validation) for seed in args.seeds]
     if args.jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -404,6 +418,7 @@ def main() -> None:
         runs = [_run_seed(j) for j in jobs]
     res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps,
                       "s1_set": args.s1_set, "s2_set": args.s2_set, "name": args.name,
+                      "validation": args.validation,
                       "max_seq_length": args.max_seq_length, "samples": args.samples, "jobs": args.jobs},
            "git": _git(), "versions": _versions(),
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}
