@@ -350,6 +350,11 @@ def classify_cmd(
             truth = [r.label for r in recs] if all(r.label is not None for r in recs) else None
             rep = cl.with_baselines(train_recs, seqs, preds, truth)
             lines = []
+            if preds and "probe" in preds[0]:
+                pc = preds[0]["probe"]
+                cv = pc["cv_accuracy"][f"{pc['layers']} C={pc['C']:g}"]
+                lines.append(f"probe: {pc['layers']} layer(s), C={pc['C']:g}, chosen by cross-validation on --train "
+                             f"(accuracy {cv:.3f})")
             with atomic_file(out) as f:
                 w = csv.writer(f)
                 w.writerow(["id", "prediction", "status", "kmer_prediction"] + (["label"] if truth else []))

@@ -102,3 +102,4 @@ def test_classify_cli_method_probe_reports_beside_the_baselines(tiny, tmp_path):
     acc = sum(row["prediction"] == row["label"] for row in rows) / len(rows)
     assert f"accuracy on 6 sequences: model (probe) {acc:.3f}" in r.output
     assert "majority class" in r.output and "3-mer logistic regression" in r.output
+    assert "chosen by cross-validation on --train" in r.output
