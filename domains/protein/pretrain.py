@@ -5,7 +5,8 @@ are concatenated and cut into blocks of ``block_size`` tokens, the remainder dro
 With ``max_residues`` a longer protein is cut into windows at a random phase (``data.crop_windows``):
 only the window holding the real start opens with ``<s>Seq=<`` and only the one holding the real end
 closes with ``></s>``, so a crop never teaches a false end; the label of the first token of every
-window is -100 (predicting across the junction of two unrelated windows teaches nothing true). The
+window is -100 (predicting across the junction of two unrelated windows teaches nothing true);
+``whole_windows`` packs without ever splitting a window across two blocks (``window_blocks``). The
 loss is otherwise the usual next-token cross-entropy (labels = inputs, shifted inside the model). The
 adapter is any registered method applied with ``adaptome.core.adapters.api.apply_adapter``; the
 default is LoRA r 128 / alpha 256 on the seven LLaMA projections with ``embed_tokens`` and
