@@ -263,7 +263,9 @@ def markdown(res: dict) -> str:
              f"{len(runs[0]['labels'])} Pfam families (full length, "
              f"{min(min(r['test_lengths']) for r in runs)}-{max(max(r['test_lengths']) for r in runs)} residues "
              "held out), both ProLLaMA stages with the tiny configs, instruction records of at most "
-             f"{runs[0]['crops']['max_seq_length']} tokens.", "",
+             f"{runs[0]['crops']['max_seq_length']} tokens."
+             + "".join(f" Config overrides, stage {k[1]}: {' '.join(res['config'][k])}." for k in ("s1_set", "s2_set")
+                       if res["config"].get(k)), "",
              "| classifier | mean accuracy | std | per seed |", "|---|---|---|---|"]
     names = {"determine": "model, `determine` (p(label | seq))", "bayes": "model, `bayes` (p(seq | label))",
              "combined": "model, `combined` (sum of both, each log-softmax-normalised)",

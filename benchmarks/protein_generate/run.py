@@ -467,7 +467,9 @@ def from_classify(path: Path, name: str = "results") -> None:
     note = (f"Models: those of benchmarks/protein_classify (per seed, stage 1 on every shipped sequence but the "
             f"held-out ones, {r0['steps'][0]} steps; stage 2 on whole records of {r0['n_train']} training sequences of "
             f"the {len(r0['labels'])} families, {r0['steps'][1]} steps; 3 sequences per family held out, never "
-            "trained on); samples are compared with all seed sequences of the family.")
+            "trained on); samples are compared with all seed sequences of the family."
+            + "".join(f" Config overrides, stage {k[1]}: {' '.join(cfg[k])}." for k in ("s1_set", "s2_set")
+                      if cfg.get(k)))
     res = {"command": cmd, "args": {"n": len(rows[0]["lengths"]), "seeds": sorted({x["seed"] for x in rows}),
                                     "settings": list(SETTINGS)},
            "commit": cls["git"], "platform": platform.platform(), "threads": torch.get_num_threads(),
