@@ -11,15 +11,17 @@ never an answer). The raw per-candidate ``determine`` / ``bayes`` scores of the 
 training sequences are saved, and the report computes from them the length-normalised variant of
 ``combined``, the training-side accuracies (how far training got), the per-family confusion and the
 stage-2 loss curve. With ``--samples N`` the same models also sample N sequences per family with
-every setting of benchmarks/protein_generate (read there with ``--from-classify``).
+every setting of benchmarks/protein_generate and measure where they learned that a family ends
+(``end_marker_stats`` there; both read there with ``--from-classify``).
 Then on the held-out sequences (cropped exactly as training
-cropped them): ``determine``, ``bayes``, ``combined`` and ``generate`` (``classify.py``), beside the
+cropped them): ``determine``, ``bayes``, ``combined``, ``generate`` and ``probe`` (``classify.py``; the
+probe's layers and C are chosen by cross-validation on the training side only, ``probe.py``), beside the
 majority class and the 3-mer logistic regression fitted on the same training side
-(``classify.with_baselines``). The best likelihood method by mean accuracy over the seeds is the one
-``classify.DEFAULT_METHOD`` should name; the report says whether it does.
+(``classify.with_baselines``). The best of ``CANDIDATES`` by mean held-out accuracy over the seeds is the
+one ``classify.DEFAULT_METHOD`` should name; the report says whether it does.
 
 Writes ``results.json`` and ``results.md`` beside this file.
-Reproduce: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3``
+Reproduce: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 2``
 (``--jobs 1`` runs the seeds one after another with the same numbers; ``--render-only`` rewrites
 ``results.md`` from ``results.json``).
 """
@@ -40,8 +42,9 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3"
-LIKELIHOOD = ("determine", "bayes", "combined")
+CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 2"
+#: the methods a default is chosen from (``generate`` decodes freely and is reported, never chosen)
+CANDIDATES = ("determine", "bayes", "combined", "probe")
 
 
 def answers_cut_without_fitting(seed: int, max_seq_length: int = 256) -> dict:
@@ -64,7 +67,8 @@ def answers_cut_without_fitting(seed: int, max_seq_length: int = 256) -> dict:
 
 
 def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
-             max_seq_length: int | None = None, n_samples: int = 0) -> dict:
+             max_seq_length: int | None = None, n_samples: int = 0, s1_set: tuple[str, ...] = (),
+             s2_set: tuple[str, ...] = (), validation: bool = False) -> dict:
     from importlib import resources
 
     from adaptome.core.config import load_config
@@ -79,6 +83,9 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
     recs = data.pfam_families(min_count=7, max_per_family=12, max_residues=None, seed=seed)
     train, test = data.split_by_label(recs, n_test=3, seed=seed)
     held = {r.id for r in test}
+    if validation:  # choices on the training side only: 2 per family of it become the evaluated set
+        train, test = data.split_by_label(train, n_test=2, seed=seed + 1000)
+        held |= {r.id for r in test}  # neither stage sees them, as the held-out sequences
     unlabelled = [r for r in data.pfam_families(min_count=1, max_per_family=None) if r.id not in held]
     unlabelled += data.ec_records()
     fasta = formats.write_fasta(((r.id, r.seq) for r in unlabelled), work / "stage1.fasta")
@@ -90,12 +97,13 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
     jsonl = formats.write_instructions(records, work / "instructions.jsonl")
 
     o1 = [f"train.output_dir={work / 's1'}", f"train.seed={seed}", "train.progress=false"]
-    o1 += [f"train.max_steps={s1_steps}"] if s1_steps else []
+    o1 += ([f"train.max_steps={s1_steps}"] if s1_steps else []) + list(s1_set)
     c1 = dataclasses.replace(load_config(PretrainConfig, cfgs / "pretrain_tiny.yaml", o1), train_files=[str(fasta)])
     t0 = time.perf_counter()
     s1 = run_stage_config(c1)
     o2 = [f"train.output_dir={work / 's2'}", f"train.seed={seed}", f"model.name_or_path={s1['merged']}",
           "train.progress=false", f"max_seq_length={msl}"] + ([f"train.max_steps={s2_steps}"] if s2_steps else [])
+    o2 += list(s2_set)
     c2 = dataclasses.replace(load_config(InstructConfig, cfgs / "instruct_tiny.yaml", o2), train_files=[str(jsonl)])
     s2 = run_stage_config(c2)
     train_s = time.perf_counter() - t0
@@ -118,8 +126,11 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
         out[f"truth_{side}"] = [r.label for r in rs]
     for m in classify.METHODS:
         t0 = time.perf_counter()
-        preds = classify.classify(model, tok, task, seqs, labels, m, max_seq_length=c2.max_seq_length)
+        preds = classify.classify(model, tok, task, seqs, labels, m, max_seq_length=c2.max_seq_length, train=train)
         rep = classify.with_baselines(train, seqs, preds, y)
+        if m == "probe":  # what cross-validation on the training sequences chose, and the probe's scores
+            out["probe_choice"] = preds[0]["probe"]
+            out["scores_test"]["probe"] = [p["scores"] for p in preds]
         out["methods"][m] = {"accuracy": rep["model_accuracy"], "seconds": time.perf_counter() - t0,
                              "n_malformed": rep["n_malformed"], "n_unknown_label": rep["n_unknown_label"],
                              "predictions": [p["pred"] for p in preds]}
@@ -130,6 +141,9 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
     out["without_fitting"] = answers_cut_without_fitting(seed, c2.max_seq_length)
     if n_samples:  # the same model's samples, for benchmarks/protein_generate (--from-classify)
         t0 = time.perf_counter()
+        out["end_marker"] = gen.end_marker_stats(s1["merged"], s2["merged"], train, test,
+                                                 [r.seq for r in unlabelled], seed, c1.max_residues, c1.block_size,
+                                                 c1.whole_windows)
         real = data.pfam_families(min_count=7, max_per_family=None)
         out["generation_rows"] = [{"pipeline": "windows", "seed": seed, **r} for r in
                                   gen.sample_rows(s2["merged"], labels, real, n_samples, seed, list(gen.SETTINGS))]
@@ -153,15 +167,15 @@ def _curve(stage: dict, n: int = 10) -> list[list[float]]:
     return [list(p) for p in pts[::max(1, len(pts) // n)]] + ([list(pts[-1])] if pts else [])
 
 
-def _run_seed(job: tuple[int, int | None, int | None, int | None, int, str]) -> dict:
+def _run_seed(job: tuple) -> dict:
     """One seed in a temporary folder, on one CPU thread (a worker process when ``--jobs`` > 1); the
     result is also written to ``<out>/.partial/seed<N>.json`` at once, so a lost parent loses nothing."""
     import torch
 
     torch.set_num_threads(1)
-    seed, s1_steps, s2_steps, msl, n_samples, out = job
+    seed, s1_steps, s2_steps, msl, n_samples, out, s1_set, s2_set, validation = job
     with tempfile.TemporaryDirectory() as d:
-        run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples)
+        run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples, tuple(s1_set), tuple(s2_set), validation)
     part = Path(out) / ".partial"
     part.mkdir(parents=True, exist_ok=True)
     (part / f"seed{seed}.json").write_text(json.dumps(run), encoding="utf-8")
@@ -202,10 +216,12 @@ def summarise(runs: list[dict]) -> dict:
     def ms(vals):
         return {"mean": statistics.mean(vals), "std": statistics.pstdev(vals), "per_seed": vals}
 
-    s = {m: ms([r["methods"][m]["accuracy"] for r in runs]) for m in classify.METHODS}
+    s = {m: ms([r["methods"][m]["accuracy"] for r in runs]) for m in classify.METHODS
+         if all(m in r["methods"] for r in runs)}
     s["majority"] = ms([r["majority_accuracy"] for r in runs])
     s["kmer_lr"] = ms([r["kmer_lr_accuracy"] for r in runs])
-    best = max(LIKELIHOOD, key=lambda m: (s[m]["mean"], -LIKELIHOOD.index(m)))
+    cands = [m for m in CANDIDATES if m in s]
+    best = max(cands, key=lambda m: (s[m]["mean"], -cands.index(m)))
     default = classify.DEFAULT_METHOD
     raw = [r for r in runs if "scores_test" in r]
     variants = {}
@@ -215,7 +231,9 @@ def summarise(runs: list[dict]) -> dict:
             variants[side] = {k: ms([_acc(p[k], r[f"truth_{side}"]) for p, r in zip(preds, raw)]) for k in preds[0]}
         conf: dict[str, Counter] = {}
         for r in raw:
-            for t, p in zip(r["truth_test"], variant_predictions(r)[default]):
+            vp = variant_predictions(r)
+            pred = vp[default] if default in vp else r["methods"][default]["predictions"]
+            for t, p in zip(r["truth_test"], pred):
                 conf.setdefault(t, Counter())[p] += 1
         variants["confusion_default"] = {t: dict(c) for t, c in sorted(conf.items())}
         kconf: dict[str, Counter] = {}
@@ -234,31 +252,44 @@ def summarise(runs: list[dict]) -> dict:
 def markdown(res: dict) -> str:
     s, a = res["summary"], res["summary"]["accuracy"]
     runs = res["runs"]
-    lines = ["## protein: which label classifier by default (held-out Pfam sequences, tiny LLaMA, CPU)", "",
-             f"{len(runs)} seeds; each: {runs[0]['n_train']} training / {runs[0]['n_test']} held-out sequences of "
+    val = res["config"].get("validation")
+    lines = ["## protein: which label classifier by default (held-out Pfam sequences, tiny LLaMA, CPU)"
+             + (" -- VALIDATION split" if val else ""), ""]
+    if val:
+        lines += ["VALIDATION run: the evaluated sequences are 2 per family split off each seed's training side "
+                  "(kept out of both stages); the benchmark's held-out sequences are not used. 'held-out' below "
+                  "means these validation sequences.", ""]
+    lines += [f"{len(runs)} seeds; each: {runs[0]['n_train']} training / {runs[0]['n_test']} held-out sequences of "
              f"{len(runs[0]['labels'])} Pfam families (full length, "
              f"{min(min(r['test_lengths']) for r in runs)}-{max(max(r['test_lengths']) for r in runs)} residues "
              "held out), both ProLLaMA stages with the tiny configs, instruction records of at most "
-             f"{runs[0]['crops']['max_seq_length']} tokens.", "",
+             f"{runs[0]['crops']['max_seq_length']} tokens."
+             + "".join(f" Config overrides, stage {k[1]}: {' '.join(res['config'][k])}." for k in ("s1_set", "s2_set")
+                       if res["config"].get(k)), "",
              "| classifier | mean accuracy | std | per seed |", "|---|---|---|---|"]
     names = {"determine": "model, `determine` (p(label | seq))", "bayes": "model, `bayes` (p(seq | label))",
              "combined": "model, `combined` (sum of both, each log-softmax-normalised)",
              "generate": "model, `generate` (greedy decoding, exact match)",
+             "probe": "model, `probe` (logistic regression on mean-pooled hidden states, fitted on the training "
+                      "sequences)",
              "majority": "majority class", "kmer_lr": "3-mer logistic regression"}
-    for k in ("determine", "bayes", "combined", "generate", "majority", "kmer_lr"):
+    for k in ("determine", "bayes", "combined", "generate", "probe", "majority", "kmer_lr"):
+        if k not in a:
+            continue  # results from before the method existed
         v = a[k]
         mark = " (default)" if k == s["default_method"] else ""
         lines.append(f"| {names[k]}{mark} | {v['mean']:.3f} | {v['std']:.3f} | "
                      + ", ".join(f"{x:.3f}" for x in v["per_seed"]) + " |")
     d = s["default_method"]
-    lines += ["", f"Best likelihood method by mean accuracy: **{s['best_likelihood_method']}** "
+    lines += ["", f"Best model method ({', '.join(CANDIDATES)}) by mean held-out accuracy: "
+              f"**{s['best_likelihood_method']}** "
               f"({a[s['best_likelihood_method']]['mean']:.3f}); the default `classify.DEFAULT_METHOD` is "
               f"**{d}**, which " + ("is" if s["default_is_best"] else "is NOT") + " the best.",
               f"Target \"the default at least matches the 3-mer baseline\": default {a[d]['mean']:.3f} vs 3-mer "
               f"{a['kmer_lr']['mean']:.3f} -> " + ("met" if s["default_matches_kmer"] else "NOT met") + ".",
               f"`generate`: {s['malformed_generate']} malformed answers and {s['unknown_generate']} well-formed "
               f"labels outside the candidates in {s['n_predictions']} predictions (counted as wrong).", "",
-              ] + variant_lines(res) + [
+              ] + probe_lines(res) + variant_lines(res) + [
               "Instruction records (per seed): " + "; ".join(f"seed {r['seed']}: {r['crop_message']}" for r in runs)
               + ".",
               "Without fitting (ProLLaMA's cut of the token row at the limit), of the same records "
@@ -269,9 +300,37 @@ def markdown(res: dict) -> str:
               f"Time: {res['seconds']:.0f} s wall in all (one thread per seed, seeds in "
               f"{res['config'].get('jobs', 3)} parallel processes, on a shared 2-core machine). "
               f"git {res['git']}, torch {res['versions']['torch']}, "
-              f"transformers {res['versions']['transformers']}, python {res['versions']['python']}.", "",
-              f"Reproduce: `{CMD}`", ""]
+              f"transformers {res['versions']['transformers']}, python {res['versions']['python']}."
+              + (f" Assembled: {res['config']['assembled']}." if res["config"].get("assembled") else ""), "",
+              f"Reproduce: `{command(res['config'])}`", ""]
     return "\n".join(lines)
+
+
+def command(cfg: dict) -> str:
+    """The reproducing command of a run with this ``config`` (the options that differ from the defaults)."""
+    out = CMD
+    for key, flag in (("s1_steps", "--s1-steps"), ("s2_steps", "--s2-steps"), ("max_seq_length", "--max-seq-length")):
+        if cfg.get(key):
+            out += f" {flag} {cfg[key]}"
+    for key, flag in (("s1_set", "--s1-set"), ("s2_set", "--s2-set")):
+        if cfg.get(key):
+            out += f" {flag} " + " ".join(cfg[key])
+    if cfg.get("validation"):
+        out += " --validation"
+    if cfg.get("name", "results") != "results":
+        out += f" --name {cfg['name']}"
+    return out
+
+
+def probe_lines(res: dict) -> list[str]:
+    """What the probe's cross-validation on the training sequences chose per seed (absent in older results)."""
+    runs = [r for r in res["runs"] if "probe_choice" in r]
+    if not runs:
+        return []
+    return ["`probe`: layers and C chosen per seed by 3-fold cross-validation on that seed's training sequences only "
+            "(grid: `last` / `all` layers x C in 0.01, 0.1, 1, 10): " + "; ".join(
+                f"seed {r['seed']}: {r['probe_choice']['layers']}, C={r['probe_choice']['C']:g} (CV accuracy "
+                f"{max(r['probe_choice']['cv_accuracy'].values()):.3f})" for r in runs) + ".", ""]
 
 
 def variant_lines(res: dict) -> list[str]:
@@ -322,8 +381,14 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=12,
                     help="also sample this many sequences per family with every setting of benchmarks/protein_generate "
                     "(0: none); that benchmark reads them with --from-classify")
+    ap.add_argument("--s1-set", nargs="*", default=[], help="stage-1 config overrides, e.g. whole_windows=true")
+    ap.add_argument("--s2-set", nargs="*", default=[], help="stage-2 config overrides, e.g. train.weight_decay=0.1")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json / results.md")
+    ap.add_argument("--name", default="results", help="file stem of the outputs: <name>.json / <name>.md")
+    ap.add_argument("--validation", action="store_true",
+                    help="evaluate on 2 sequences per family split off the TRAINING side (held out from both "
+                    "stages too); the held-out sequences are not used: for choosing settings")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite results.md from results.json (the summary recomputed with the current default)")
     args = ap.parse_args()
@@ -334,17 +399,17 @@ def main() -> None:
             res = {"config": {"seeds": [r["seed"] for r in runs], "assembled_from_partial": True},
                    "git": _git(), "versions": _versions(), "seconds": float("nan"), "runs": runs}
         else:
-            res = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+            res = json.loads((args.out / f"{args.name}.json").read_text(encoding="utf-8"))
         for r in res["runs"]:
             r.setdefault("without_fitting", answers_cut_without_fitting(r["seed"], r["crops"]["max_seq_length"]))
         res["summary"] = summarise(res["runs"])
-        (args.out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-        (args.out / "results.md").write_text(markdown(res), encoding="utf-8")
+        (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+        (args.out / f"{args.name}.md").write_text(markdown(res), encoding="utf-8")
         print(markdown(res))
         return
     t0 = time.perf_counter()
-    jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(args.out))
-            for seed in args.seeds]
+    jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(args.out), args.s1_set,
+             args.s2_set, args.validation) for seed in args.seeds]
     if args.jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -354,13 +419,15 @@ def main() -> None:
     else:
         runs = [_run_seed(j) for j in jobs]
     res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps,
+                      "s1_set": args.s1_set, "s2_set": args.s2_set, "name": args.name,
+                      "validation": args.validation,
                       "max_seq_length": args.max_seq_length, "samples": args.samples, "jobs": args.jobs},
            "git": _git(), "versions": _versions(),
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.out / ".partial", ignore_errors=True)
-    (args.out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-    (args.out / "results.md").write_text(markdown(res), encoding="utf-8")
+    (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+    (args.out / f"{args.name}.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))
 
 

@@ -18,7 +18,15 @@ Each trained model then samples ``--n`` sequences per family with every decoding
 compared with all of the family's real seed sequences: KS test of lengths (scipy), low-complexity
 share (``lowcomplexity.py``, SEG trigger windows: 12 residues, 2.2 bits) and its ratio to the real
 one, and the share of complete samples (closing ``>`` produced). Targets (issue #14): KS p > 0.05 for
-at least half of the families; low-complexity share within 1.5x of the real one.
+at least half of the families; low-complexity share within 1.5x of the real one. The setting
+``t0.8-p0.95+lenprior`` is the length-aware sampler (``SamplingParams.length_prior``): each sample's
+length is drawn from its family's training lengths, so its KS result measures that prior, not the
+model; it is reported beside the plain settings and is never chosen as a preset.
+
+``end_marker_stats`` (run on the classify benchmark's models) measures where a model could learn that a
+family ends: the closing markers of each family in the stage-1 blocks (and whether the protein's start
+shares the block), the stage-2 records closed with ``>``, and both models' p(``>``) at the real end of
+training and held-out sequences.
 
 ``--from-classify results.json`` builds the results instead from the samples that
 ``benchmarks/protein_classify/run.py --samples N`` draws with every setting here from its own models
@@ -48,11 +56,19 @@ CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_generate
 
 #: decoding settings compared (top_k 0 = no top-k cut; top_p 1.0 = no nucleus cut)
 #: ``res-`` settings sample residues and the closing '>' only (``SamplingParams.residues_only``)
+#: ``+lenprior`` settings are NOT plain sampling (``SamplingParams.length_prior``: each sample's length is
+#: drawn from its family's training lengths): reported beside the others, never a candidate for a preset
 SETTINGS = {
-    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2, residues_only=False),
-    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False),
-    "res-t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True),
-    "res-t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True),
+    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2, residues_only=False,
+                     length_prior=False),
+    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
+                       length_prior=False),
+    "res-t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True,
+                     length_prior=False),
+    "res-t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True,
+                           length_prior=False),
+    "t0.8-p0.95+lenprior": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
+                                length_prior=True),
 }
 PIPELINES = ("windows", "crop128")
 KS_ALPHA, LC_FACTOR = 0.05, 1.5
@@ -98,13 +114,15 @@ def sample_rows(merged: str, labels: list[str], real, n: int, seed: int, setting
     model, tok = load_model_and_tokenizer(merged)
     model.eval()
     prompts = sorted({p for _, p in sample.prompt_plan(data.FAMILY, labels, 1)})
-    limit, _ = sample.resolve_max_new_tokens(model, tok, prompts, None, read_training_data(merged))
+    info = read_training_data(merged) or {}
+    limit, _ = sample.resolve_max_new_tokens(model, tok, prompts, None, info)
+    lengths = (info.get("label_lengths") or {}).get(data.FAMILY.key)
     rows = []
     for name in settings:
         kw = SETTINGS[name]
         params = sample.SamplingParams(**kw, max_new_tokens=limit, seed=seed, batch_size=n * len(labels))
         t0 = time.time()
-        gen = sample.sample(model, tok, data.FAMILY, labels, n, params)
+        gen = sample.sample(model, tok, data.FAMILY, labels, n, params, label_lengths=lengths)
         per = evaluate.per_label_report(gen, real)
         for lab in labels:
             mine = [s for s in gen if s.label == lab]
@@ -120,6 +138,75 @@ def sample_rows(merged: str, labels: list[str], real, n: int, seed: int, setting
             f"p={x['length_ks_pvalue'] or 0:.2f} lc {x['low_complexity_share'] or 0:.2f}/"
             f"{x['real_low_complexity_share']:.2f}" for x in rows[-len(labels):]), flush=True)
     return rows
+
+
+def end_marker_stats(s1_merged: str, s2_merged: str, train, test, stage1_seqs: list[str], seed: int,
+                     max_residues: int | None = 128, block_size: int = 256, whole_windows: bool = False) -> dict:
+    """Where does the model learn that a family ends? Per family:
+
+    * stage 1 (``pretrain.window_blocks`` rebuilt with the run's seed): the closing ``>`` of the family's
+      proteins inside the packed blocks, and how many of them share their block with the protein's own
+      ``<s>Seq=<`` (only then is the distance from the start, the length, visible to the model);
+    * stage 2: generation records with the closing ``>`` (whole answers) per family;
+    * both models, on the family's training and held-out sequences: p(``>``) right after the last residue
+      (prompt ``Seq=<`` for stage 1, the family's generation prompt for stage 2), the largest p(``>``) at
+      an earlier position, and the probability that sampling at temperature 1 runs past every earlier
+      position without closing, prod_{t < L} (1 - p_t(``>``)).
+    """
+    import random
+
+    import torch
+
+    from adaptome.domains.protein import data, pretrain
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+    from adaptome.domains.protein.tokenizer import encode
+
+    fam_of = {r.seq: r.label for r in list(train) + list(test)}
+    fam_of.update({r.seq: r.label for r in data.pfam_families(min_count=1, max_per_family=None)})
+    m1, tok = load_model_and_tokenizer(s1_merged)
+    close, eos, bos = tok.convert_tokens_to_ids(">"), tok.eos_token_id, tok.bos_token_id
+    blocks, _ = pretrain.window_blocks(tok, stage1_seqs, block_size, max_residues, seed, whole_windows)
+    owners: list[str] = []
+    rng = random.Random(seed)
+    for s in stage1_seqs:  # the owner of every stream token, in window_blocks' order (and padding)
+        for piece in data.crop_windows(s, max_residues, rng):
+            n = len(pretrain.piece_tokens(tok, piece))
+            room = block_size - len(owners) % block_size
+            if whole_windows and n > room:
+                owners += ["pad"] * room
+            owners += [fam_of.get(s, "other")] * n
+    s1: dict[str, dict[str, int]] = {}
+    for b, blk in enumerate(blocks):
+        for i, t in enumerate(blk):
+            if t == close and (i + 1 == len(blk) or blk[i + 1] == eos):
+                j = i
+                while j > 0 and blk[j - 1] != eos:
+                    j -= 1
+                d = s1.setdefault(owners[b * block_size + i], {"ends": 0, "ends_with_start": 0})
+                d["ends"] += 1
+                d["ends_with_start"] += int(blk[j] == bos)
+    models = {"stage1": m1.eval(), "stage2": load_model_and_tokenizer(s2_merged)[0].eval()}
+    out: dict = {"stage1_blocks": len(blocks), "families": {}}
+    for side, recs in (("train", train), ("test", test)):
+        for r in recs:
+            fam = out["families"].setdefault(r.label, {"stage1_ends": s1.get(r.label, {}).get("ends", 0),
+                                                       "stage1_ends_with_start":
+                                                           s1.get(r.label, {}).get("ends_with_start", 0),
+                                                       "stage2_closed_records": sum(x.label == r.label
+                                                                                    for x in train)})
+            for stage, model in models.items():
+                prompt = "" if stage == "stage1" else data.FAMILY.generate_prompt(r.label)
+                ids = encode(tok, prompt + "Seq=<" + r.seq, bos=True)
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids])).logits[0].float()  # (T, V)
+                # (L + 1,): p('>') after 0..L residues
+                pe = torch.softmax(logits[len(ids) - len(r.seq) - 1:], -1)[:, close]
+                surv = float(torch.log1p(-pe[:-1].clamp(max=1 - 1e-9)).sum().exp())
+                d = fam.setdefault(f"{stage}_{side}", {"p_end_at_end": [], "max_p_end_before": [], "survive": []})
+                d["p_end_at_end"].append(float(pe[-1]))
+                d["max_p_end_before"].append(float(pe[:-1].max()))
+                d["survive"].append(surv)
+    return out
 
 
 def lc_ok(r: dict, upper_only: bool = False) -> bool:
@@ -156,8 +243,10 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def best_setting(summary: dict, pipe: str = "windows") -> str:
-    """Most families passing both targets (mean over seeds), then the larger mean KS p-value."""
-    cands = [v for v in summary.values() if v["pipeline"] == pipe] or list(summary.values())
+    """Most families passing both targets (mean over seeds), then the larger mean KS p-value; plain
+    sampling settings only (a ``length_prior`` setting is not a candidate for a preset)."""
+    plain = [v for v in summary.values() if not SETTINGS[v["setting"]].get("length_prior")]
+    cands = [v for v in plain if v["pipeline"] == pipe] or plain
     def score(v):
         return statistics.mean(v["ks_pass_per_seed"]) + statistics.mean(v["lc_within_per_seed"]), v["mean_ks_pvalue"]
 
@@ -204,6 +293,14 @@ def write_md(res: dict) -> str:
         lines.append(f"ProLLaMA's setting on the same models: KS passes {p['ks_pass_per_seed']}, low-complexity "
                      f"within 1.5x {p['lc_within_per_seed']}, complete {p['complete']:.2f}, mean length / real "
                      f"{p['mean_length_ratio']:.2f}.")
+    for v in summ.values():
+        if v["pipeline"] == "windows" and SETTINGS[v["setting"]].get("length_prior"):
+            lines.append(f"Length-aware sampler `{v['setting']}` (`SamplingParams.length_prior`, "
+                         "`sample --length-prior`; NOT plain sampling: each sample's length is drawn from its "
+                         "family's training lengths and '>' is forced there, "
+                         "so its KS result measures the prior, not the model): KS passes "
+                         f"{v['ks_pass_per_seed']}, low-complexity within 1.5x {v['lc_within_per_seed']}, "
+                         f"<= 1.5x {v['lc_not_above_per_seed']}, mean length / real {v['mean_length_ratio']:.2f}.")
     c = summ.get(f"crop128/{best}")
     if c is not None:
         lines.append(f"The old data pipeline (first-128 crops closed with '>') with the same setting: KS passes "
@@ -220,6 +317,20 @@ def write_md(res: dict) -> str:
                      f"{ps} | "
                      f"{fr[0]['real_low_complexity_share']:.3f} | "
                      f"{statistics.mean(r['low_complexity_share'] or 0 for r in fr):.3f} |")
+    prior = [r for r in res["rows"]
+             if r["pipeline"] == "windows" and SETTINGS.get(r["setting"], {}).get("length_prior")]
+    if prior:
+        lines += ["", f"Per family with the length-aware sampler `{prior[0]['setting']}` (mean over seeds):", "",
+                  "| family | real mean length | sample mean length | KS p (per seed) | LC share real | "
+                  "LC share samples |", "|---|---|---|---|---|---|"]
+        for fam in sorted({r["family"] for r in prior}):
+            fr = [r for r in prior if r["family"] == fam]
+            lines.append(f"| {fam} | {fr[0]['real_mean_length']:.0f} | "
+                         f"{statistics.mean(r['mean_length'] or 0 for r in fr):.0f} | "
+                         + ", ".join(f"{r['length_ks_pvalue'] or 0:.3f}" for r in fr) + " | "
+                         f"{fr[0]['real_low_complexity_share']:.3f} | "
+                         f"{statistics.mean(r['low_complexity_share'] or 0 for r in fr):.3f} |")
+    lines += end_marker_lines(res.get("end_marker") or {})
     ratio = {fam: statistics.mean(r["mean_length"] or 0 for r in rows if r["family"] == fam)
              / next(r["real_mean_length"] for r in rows if r["family"] == fam) for fam in {r["family"] for r in rows}}
     worst = max(ratio, key=ratio.get)
@@ -230,6 +341,47 @@ def write_md(res: dict) -> str:
               + (f", {res['cpu_seconds'] / 60:.1f} CPU min" if "cpu_seconds" in res else "") + ".",
               f"Reproduce: `{res['command']}`", ""]
     return "\n".join(lines)
+
+
+def end_marker_lines(em: dict) -> list[str]:
+    """The ``end_marker_stats`` of every seed as a per-family table (means over seeds and sequences)."""
+    if not em:
+        return []
+    fams = sorted({f for v in em.values() for f in v["families"]})
+
+    def avg(f: str, key: str, stat: str | None = None) -> float:
+        vals = []
+        for v in em.values():
+            x = v["families"].get(f, {}).get(key)
+            if x is None:
+                continue
+            vals += x[stat] if stat else [x]
+        return statistics.mean(vals) if vals else float("nan")
+
+    lines = ["", "Where the models learned that a family ends (`end_marker_stats`, mean over seeds; p(>) is the "
+             "probability of the closing '>' right after the real last residue; 'survive' is the chance that "
+             "temperature-1 sampling passes every earlier position without closing):", "",
+             "| family | stage-1 ends per seed | of them with the start in the same block | stage-2 closed records "
+             "| stage 1 p(>) at end, train / held-out | stage 2 p(>) at end, train / held-out "
+             "| stage 2 max p(>) before the end, held-out | stage 2 survive, held-out |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f in fams:
+        lines.append(f"| {f} | {avg(f, 'stage1_ends'):.1f} | {avg(f, 'stage1_ends_with_start'):.1f} | "
+                     f"{avg(f, 'stage2_closed_records'):.1f} | "
+                     f"{avg(f, 'stage1_train', 'p_end_at_end'):.3f} / {avg(f, 'stage1_test', 'p_end_at_end'):.3f} | "
+                     f"{avg(f, 'stage2_train', 'p_end_at_end'):.3f} / {avg(f, 'stage2_test', 'p_end_at_end'):.3f} | "
+                     f"{avg(f, 'stage2_test', 'max_p_end_before'):.3f} | {avg(f, 'stage2_test', 'survive'):.3f} |")
+    worst = min(fams, key=lambda f: avg(f, "stage2_test", "p_end_at_end"))
+    top = max(avg(f, "stage2_test", "p_end_at_end") for f in fams)
+    never = [f for f in fams if avg(f, "stage1_ends_with_start") == 0]
+    below = [f for f in fams if avg(f, "stage2_test", "p_end_at_end") < avg(f, "stage2_test", "max_p_end_before")]
+    lines += ["", "Stage 1 never shows the start and the end of a protein in one block for: "
+              f"{', '.join(never) or 'no family'}. Stage 2 shows every training record whole with its '>'; the "
+              f"largest mean p(>) at the real end of a held-out sequence is {top:.3f}, the smallest "
+              f"{avg(worst, 'stage2_test', 'p_end_at_end'):.3f} ({worst}), and for {len(below)} of {len(fams)} "
+              f"families ({', '.join(below) or '-'}) it is below the largest p(>) at an earlier position"
+              + (": no family's end is a likely next token after its last residue." if top < 0.5 else ".")]
+    return lines
 
 
 def SETTINGS_TEXT(name: str) -> str:  # noqa: N802 - reads as a table lookup
@@ -254,11 +406,12 @@ def main() -> None:
     ap.add_argument("--collect", type=Path, nargs="+", default=None, help="merge --part files into the results")
     ap.add_argument("--from-classify", type=Path, default=None,
                     help="results.json of benchmarks/protein_classify run with --samples: its models' samples")
+    ap.add_argument("--name", default="results", help="with --from-classify: write <name>.json / <name>.md here")
     args = ap.parse_args()
     if args.collect:
         return collect(args.collect)
     if args.from_classify:
-        return from_classify(args.from_classify)
+        return from_classify(args.from_classify, args.name)
     t0 = time.time()
     real = data.pfam_families(min_count=7, max_per_family=None)
     rows, losses = [], {}
@@ -292,7 +445,7 @@ def main() -> None:
             print(write_md(res))
 
 
-def from_classify(path: Path) -> None:
+def from_classify(path: Path, name: str = "results") -> None:
     """results.json / results.md from the samples that ``benchmarks/protein_classify/run.py --samples N`` drew
     with every setting of ``SETTINGS`` from its own models (one training per seed serves both benchmarks)."""
     import torch
@@ -304,15 +457,19 @@ def from_classify(path: Path) -> None:
     rows = [x for r in runs for x in r["generation_rows"]]
     summary = summarise(rows)
     cfg = cls["config"]
-    cmd = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 3"
+    cmd = ("OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_classify/run.py --jobs 2"
            + (f" --s2-steps {cfg['s2_steps']}" if cfg.get("s2_steps") else "")
-           + "; .venv/bin/python benchmarks/protein_generate/run.py --from-classify "
-           "benchmarks/protein_classify/results.json")
+           + "".join(f" --{k.replace('_', '-')} " + " ".join(cfg[k]) for k in ("s1_set", "s2_set") if cfg.get(k))
+           + (f" --name {path.stem}" if path.stem != "results" else "")
+           + f"; .venv/bin/python benchmarks/protein_generate/run.py --from-classify {path}"
+           + (f" --name {name}" if name != "results" else ""))
     r0 = runs[0]
     note = (f"Models: those of benchmarks/protein_classify (per seed, stage 1 on every shipped sequence but the "
             f"held-out ones, {r0['steps'][0]} steps; stage 2 on whole records of {r0['n_train']} training sequences of "
             f"the {len(r0['labels'])} families, {r0['steps'][1]} steps; 3 sequences per family held out, never "
-            "trained on); samples are compared with all seed sequences of the family.")
+            "trained on); samples are compared with all seed sequences of the family."
+            + "".join(f" Config overrides, stage {k[1]}: {' '.join(cfg[k])}." for k in ("s1_set", "s2_set")
+                      if cfg.get(k)))
     res = {"command": cmd, "args": {"n": len(rows[0]["lengths"]), "seeds": sorted({x["seed"] for x in rows}),
                                     "settings": list(SETTINGS)},
            "commit": cls["git"], "platform": platform.platform(), "threads": torch.get_num_threads(),
@@ -320,9 +477,10 @@ def from_classify(path: Path) -> None:
            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scipy")},
            "settings": SETTINGS, "losses": {f"windows/{r['seed']}": {"stage2": r["stage2_loss"]} for r in runs},
            "summary": summary, "best_setting": best_setting(summary), "rows": rows, "models_note": note,
+           "end_marker": {str(r["seed"]): r["end_marker"] for r in runs if "end_marker" in r},
            "sampling_seconds": sum(r.get("generation_seconds", 0) for r in runs)}
-    (HERE / "results.json").write_text(json.dumps(res, indent=2))
-    (HERE / "results.md").write_text(write_md(res))
+    (HERE / f"{name}.json").write_text(json.dumps(res, indent=2))
+    (HERE / f"{name}.md").write_text(write_md(res))
     print(write_md(res))
 
 

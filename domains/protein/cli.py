@@ -187,6 +187,10 @@ def sample_cmd(
     residues_only: Optional[bool] = typer.Option(None, "--residues-only/--any-token",
                                                  help="sample only amino-acid letters and the closing '>' inside "
                                                  "the sequence (default: the preset's, off in both)"),
+    length_prior: bool = typer.Option(False, "--length-prior/--model-length",
+                                      help="NOT plain sampling: draw each sample's length from its label's training "
+                                      "lengths (training_data.json) and end it there; default: the model decides "
+                                      "where to stop"),
     allow_unseen_labels: bool = typer.Option(False, help="sample a label the model was not trained on"),
     out: Path = typer.Option(..., help="output FASTA"), overwrite: bool = typer.Option(False),
 ) -> None:
@@ -220,13 +224,20 @@ def sample_cmd(
         name = preset_for(m) if preset == "auto" else preset
         params = with_preset(name, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size,
-                             residues_only=residues_only)
+                             residues_only=residues_only, length_prior=length_prior or None)
         prompts = sorted({p for _, p in prompt_plan(task, labels, 1, prefix)})
         limit, more = resolve_max_new_tokens(m, tok, prompts, max_new_tokens, info)
         params = dataclasses.replace(params, max_new_tokens=limit)
+        lengths = ((info or {}).get("label_lengths") or {}).get(task.key)
+        if length_prior:
+            if not lengths:
+                fail(f"--length-prior: {model} records no training lengths for {task.key}=<...> labels "
+                     "(training_data.json label_lengths, written by instruct); sample without --length-prior")
+            more.append("length prior: each sample's length is drawn from its label's training lengths "
+                        "(not the model's own stopping)")
         for note in [f"sampling preset: {name}"] + notes + more:
             typer.echo(note)
-        samples = sample(m, tok, task, labels, n, params, prefix, progress=True)
+        samples = sample(m, tok, task, labels, n, params, prefix, progress=True, label_lengths=lengths)
         write_samples(samples, params, out)
     bad = sum(not s.valid for s in samples)
     typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
@@ -257,7 +268,8 @@ def classify_cmd(
     labels: Optional[Path] = typer.Option(None, help="candidate labels, one per line or Key=<label> "
                                           "(default: the labels of --train; ESM: the training labels)"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
-    method: str = typer.Option("", help="causal LM: combined | determine | bayes | generate (default: the measured "
+    method: str = typer.Option("", help="causal LM: combined | determine | bayes | generate | probe (a logistic "
+                               "regression on mean-pooled hidden states, fitted on --train) (default: the measured "
                                "best, see benchmarks/protein_classify)"),
     max_seq_length: Optional[int] = typer.Option(None, help="causal LM: crop queries as the instruct stage's records "
                                                  "were cropped (default: the limit the model folder's "
@@ -334,10 +346,15 @@ def classify_cmd(
             m, tok = load_model_and_tokenizer(model)
             seqs = [r.seq for r in recs]
             preds = cl.classify(m, tok, task, seqs, cands, meth, progress=True,
-                                max_seq_length=max_seq_length or None)
+                                max_seq_length=max_seq_length or None, train=train_recs)
             truth = [r.label for r in recs] if all(r.label is not None for r in recs) else None
             rep = cl.with_baselines(train_recs, seqs, preds, truth)
             lines = []
+            if preds and "probe" in preds[0]:
+                pc = preds[0]["probe"]
+                cv = pc["cv_accuracy"][f"{pc['layers']} C={pc['C']:g}"]
+                lines.append(f"probe: {pc['layers']} layer(s), C={pc['C']:g}, chosen by cross-validation on --train "
+                             f"(accuracy {cv:.3f})")
             with atomic_file(out) as f:
                 w = csv.writer(f)
                 w.writerow(["id", "prediction", "status", "kmer_prediction"] + (["label"] if truth else []))
@@ -432,8 +449,8 @@ def evaluate_cmd(
                                             "enzyme class for ec)"),
     task_key: str = typer.Option(""),
     samples: Optional[Path] = typer.Option(None, help="generated FASTA written by `sample`"),
-    method: str = typer.Option("", help="classification: combined | determine | bayes | generate (default: the "
-                               "measured best, as classify)"),
+    method: str = typer.Option("", help="classification: combined | determine | bayes | generate | probe "
+                               "(default: the measured best, as classify)"),
     max_residues: int = typer.Option(128, help="crop held-out sequences for perplexity and classification "
                                      "(generation is compared with whole sequences)"),
     out: Path = typer.Option(..., help="report folder"),
@@ -476,7 +493,8 @@ def evaluate_cmd(
                   "perplexity": evaluate.perplexity_on(m, tok, [r.seq for r in test_c]),
                   "n_perplexity_sequences": len(test_c)}
         method = method or classify.DEFAULT_METHOD
-        preds = classify.classify(m, tok, task, [r.seq for r in test_c], labels, method, progress=True)
+        preds = classify.classify(m, tok, task, [r.seq for r in test_c], labels, method, progress=True,
+                                  train=train_c)
         report["classification"] = {**evaluate.classification_report(
             [r.label for r in test_c], [p["pred"] for p in preds], train_c, [r.seq for r in test_c]),
             "method": method}

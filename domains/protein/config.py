@@ -74,6 +74,10 @@ class PretrainConfig:
             ``Seq=<`` only on the window holding the real start and ``>`` only on the one holding the real
             end (``data.crop_windows``; None: whole sequences).
         block_size: tokens per packed training block.
+        whole_windows: never split a window across two blocks: a window that does not fit the rest of
+            the current block starts the next one, and the rest is padding without loss (False:
+            ProLLaMA's ``group_texts``, which cuts the token stream anywhere, so a protein's start and
+            end may land in different blocks; see ``pretrain.window_blocks``).
         model: the base model.
         adapter: the adapter method and options.
         train: the training loop's options (``core.train.loop.TrainConfig``).
@@ -84,6 +88,7 @@ class PretrainConfig:
     residue_policy: str = "error"
     max_residues: int | None = None
     block_size: int = 2048
+    whole_windows: bool = False
     model: ModelSection = field(default_factory=ModelSection)
     adapter: AdapterSection = field(default_factory=AdapterSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -131,6 +136,7 @@ def stage_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
               "merge": cfg.merge}
     if isinstance(cfg, PretrainConfig):
         return {**common, "block_size": cfg.block_size, "residue_policy": cfg.residue_policy,
-                "max_residues": cfg.max_residues, "optimizer_name": cfg.optimizer.name,
+                "max_residues": cfg.max_residues, "whole_windows": cfg.whole_windows,
+                "optimizer_name": cfg.optimizer.name,
                 "optimizer_options": dict(cfg.optimizer.options)}
     return {**common, "max_seq_length": cfg.max_seq_length}

@@ -5,7 +5,8 @@ are concatenated and cut into blocks of ``block_size`` tokens, the remainder dro
 With ``max_residues`` a longer protein is cut into windows at a random phase (``data.crop_windows``):
 only the window holding the real start opens with ``<s>Seq=<`` and only the one holding the real end
 closes with ``></s>``, so a crop never teaches a false end; the label of the first token of every
-window is -100 (predicting across the junction of two unrelated windows teaches nothing true). The
+window is -100 (predicting across the junction of two unrelated windows teaches nothing true);
+``whole_windows`` packs without ever splitting a window across two blocks (``window_blocks``). The
 loss is otherwise the usual next-token cross-entropy (labels = inputs, shifted inside the model). The
 adapter is any registered method applied with ``adaptome.core.adapters.api.apply_adapter``; the
 default is LoRA r 128 / alpha 256 on the seven LLaMA projections with ``embed_tokens`` and
@@ -71,10 +72,16 @@ def piece_tokens(tok, piece) -> list[int]:
 
 
 def window_blocks(tok, seqs: list[str], block_size: int, max_residues: int | None,
-                  seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+                  seed: int = 0, whole_windows: bool = False) -> tuple[list[list[int]], list[list[int]]]:
     """(blocks, labels): the windows of every protein (``data.crop_windows``, seeded) packed into full
     blocks of ``block_size`` tokens, the remainder dropped; labels equal the tokens except -100 on the
-    first token of each window (a junction). Fewer tokens than one block is an ``InputError``."""
+    first token of each window (a junction). Fewer tokens than one block is an ``InputError``.
+
+    ``whole_windows``: a window that does not fit the rest of the current block starts the next block;
+    the rest is filled with ``<pad>`` labelled -100 (causal attention: padding after a window cannot
+    change what the window's tokens see). So a window is always read with its own ``<s>Seq=<`` when it
+    has one, and a protein that fits one window shows the model its start and its end together. A window
+    longer than ``block_size`` is an ``InputError`` (raise ``block_size`` or set ``max_residues``)."""
     import random
 
     from adaptome.core.text import InputError
@@ -86,8 +93,20 @@ def window_blocks(tok, seqs: list[str], block_size: int, max_residues: int | Non
     for s in seqs:
         for piece in crop_windows(s, max_residues, rng):
             ids = piece_tokens(tok, piece)
+            if whole_windows:
+                if len(ids) > block_size:
+                    raise InputError(f"a window of {len(ids)} tokens does not fit block_size {block_size} "
+                                     "(whole_windows); raise block_size or set max_residues")
+                room = block_size - len(stream) % block_size
+                if len(ids) > room:
+                    stream += [tok.pad_token_id] * room
+                    target += [-100] * room
             stream += ids
             target += [-100] + ids[1:]
+    if whole_windows and len(stream) % block_size:  # the last block, padded rather than dropped
+        room = block_size - len(stream) % block_size
+        stream += [tok.pad_token_id] * room
+        target += [-100] * room
     n = len(stream) // block_size
     if n == 0:
         raise InputError(f"the data holds {len(stream)} tokens, fewer than one block of {block_size}")
@@ -172,13 +191,13 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
 def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str, adapter_options: dict,
              train_kwargs: dict, residue_policy: Policy = "error", max_residues: int | None = None,
              merge: bool = True, overwrite: bool = False, optimizer_name: str = "adamw",
-             optimizer_options: dict[str, Any] | None = None) -> dict[str, Any]:
+             optimizer_options: dict[str, Any] | None = None, whole_windows: bool = False) -> dict[str, Any]:
     """Stage 1 end to end from sequence files; see the module docstring. The windows are seeded by
-    ``train_kwargs['seed']``."""
+    ``train_kwargs['seed']``; ``whole_windows`` as ``window_blocks``."""
     from adaptome.domains.protein.training_data import sequences_summary
 
     seqs = load_sequences(files, residue_policy)
-    blocks, labels = window_blocks(tok, seqs, block_size, max_residues, train_kwargs.get("seed", 0))
+    blocks, labels = window_blocks(tok, seqs, block_size, max_residues, train_kwargs.get("seed", 0), whole_windows)
     summary = run_stage(model, tok, BlockDataset(blocks, labels), stack_collate, adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite, optimizer_name=optimizer_name,
                         optimizer_options=optimizer_options,

@@ -9,9 +9,9 @@ ProLLaMA's stage 1 reads far more sequences than are labelled; stage 1 cuts its 
 ``max_seq_length`` as ``build-dataset`` does: a long protein is cropped and a generation answer left open,
 never a false end) -> stage 1 (``configs/pretrain_tiny.yaml``) ->
 stage 2 from the stage-1 merged checkpoint (``configs/instruct_tiny.yaml``) -> held-out family
-prediction (``determine`` and ``bayes``, see ``classify.py``) -> 12 samples per family (the sampling
-preset for the model's size, the length limit from its saved training data; ``sample.py``), compared
-with the families' whole sequences ->
+prediction (``determine``, ``bayes`` and the default ``probe``, see ``classify.py``) -> 12 samples per
+family (the sampling preset for the model's size, the length limit from its saved training data;
+``sample.py``), compared with the families' whole sequences ->
 ``report/report.{json,md}``. Not covered: EC classes and mutation scoring (see the CLI).
 """
 
@@ -91,6 +91,8 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     cls = evaluate.classification_report(y, preds["determine"], train_c, seqs)
     cls["method"] = "determine"
     cls["bayes_accuracy"] = sum(a == b for a, b in zip(y, preds["bayes"])) / len(y)
+    probe = [p["pred"] for p in classify.classify(tuned, tok, task, seqs, labels, "probe", train=train_c)]
+    cls["probe_accuracy"] = sum(a == b for a, b in zip(y, probe)) / len(y)
     report["classification"] = cls
     from adaptome.domains.protein.training_data import read_training_data
 
@@ -120,6 +122,7 @@ def run(out_dir: Path) -> dict[str, float]:
     rows = [("held-out perplexity", rep["perplexity"]),
             ("family accuracy, model [Determine family]", c["model_accuracy"]),
             ("family accuracy, model p(seq | family)", c["bayes_accuracy"]),
+            ("family accuracy, model probe (classify's default)", c["probe_accuracy"]),
             ("family accuracy, majority class", c["majority_accuracy"]),
             ("family accuracy, k-mer logistic regression", c["kmer_lr_accuracy"]),
             ("samples: validity", g["validity"]),

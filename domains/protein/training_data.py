@@ -8,7 +8,10 @@ Both stages write it into ``adapter/`` and ``merged/`` (``pretrain.run_stage``):
 * ``labels`` (stage 2): ``{key: {label: count}}`` of every ``Key=<label>`` field of the instruction
   records (``Family``, ``Superfamily``, ``EC``...); ``sample`` refuses a label the model never saw;
 * ``max_seq_length`` (stage 2): the token limit its instruction records were fitted to; ``classify``
-  crops its queries to it unless told otherwise.
+  crops its queries to it unless told otherwise;
+* ``label_lengths`` (stage 2): ``{key: {label: [residues, ...]}}``, the length of every whole
+  (closed ``Seq=<...>``) answer of a generation record, by its label; the sampler's ``length_prior``
+  option draws sample lengths from it. A cropped (open) answer is not a length and is left out.
 
 A model without the file (a hub checkpoint, an older run) is sampled with the documented limits and
 an explicit note that its labels cannot be checked. Not covered: inheriting the stage-1 file into the
@@ -49,18 +52,26 @@ def sequences_summary(tok, seqs: Iterable[str]) -> dict[str, Any]:
 def records_summary(tok, records: Iterable[dict[str, str]]) -> dict[str, Any]:
     """Labels (``{key: {label: count}}``) and sequence lengths of instruction records."""
     labels: dict[str, Counter] = {}
+    lengths: dict[str, dict[str, list[int]]] = {}
     seqs: list[str] = []
     for rec in records:
+        fields = []
         for part in (rec.get("input", ""), rec.get("output", "")):
             try:
                 key, value = parse_field(part)
             except FormatError:
-                continue  # free text, not a Key=<value> field
+                fields.append(None)
+                continue  # free text, or an open (cropped) Seq=<... answer
+            fields.append((key, value))
             if key == "Seq":
                 seqs.append(value)
             else:
                 labels.setdefault(key, Counter())[value] += 1
-    out = {"labels": {k: dict(sorted(c.items())) for k, c in sorted(labels.items())}}
+        cond, answer = fields
+        if cond and answer and cond[0] != "Seq" and answer[0] == "Seq":  # a generation record, answer whole
+            lengths.setdefault(cond[0], {}).setdefault(cond[1], []).append(len(answer[1]))
+    out = {"labels": {k: dict(sorted(c.items())) for k, c in sorted(labels.items())},
+           "label_lengths": {k: {lab: sorted(v) for lab, v in sorted(d.items())} for k, d in sorted(lengths.items())}}
     out.update(sequences_summary(tok, seqs))
     return out
 

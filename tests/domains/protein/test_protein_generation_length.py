@@ -133,3 +133,26 @@ def test_residues_only_samples_residues_and_stops_only_at_the_closing_marker(tin
         assert not s.invalid and set(s.seq) <= set(STANDARD_AA)
         assert s.complete or s.n_tokens == 40
     assert sample.header(1, on[0], sample.with_preset("small", residues_only=True)).count("residues_only=True") == 1
+
+
+def test_whole_windows_packing_never_splits_a_window_across_blocks(tiny):
+    from adaptome.core.text import InputError
+
+    _, tok = tiny
+    seqs = ["M" + "A" * 20 + "W", "M" + "C" * 5 + "Y", "M" + "D" * 12 + "K"]  # 30, 13 and 20 tokens whole
+    blocks, labels = pretrain.window_blocks(tok, seqs, 32, None, seed=0, whole_windows=True)
+    pad = tok.pad_token_id
+    # block 1: protein 1 (30 tokens) + 2 pads; block 2: protein 2 (13) + protein 3 (20) would be 33 > 32,
+    # so protein 3 opens block 3; the last block is padded, not dropped
+    assert len(blocks) == 3 and all(len(b) == 32 for b in blocks)
+    assert [tok.decode([t for t in b if t != pad]) for b in blocks] == [
+        f"<s>Seq=<{seqs[0]}></s>", f"<s>Seq=<{seqs[1]}></s>", f"<s>Seq=<{seqs[2]}></s>"]
+    for b, lab in zip(blocks, labels):
+        assert b[0] == tok.bos_token_id and lab[0] == -100  # every block opens with a window's start
+        assert all(x == -100 for x, t in zip(lab, b) if t == pad)  # padding carries no loss
+        assert all(x in (-100, t) for x, t in zip(lab, b))
+    # the default packing cuts the stream anywhere: protein 1's end lands in the second block
+    cut, _ = pretrain.window_blocks(tok, seqs, 16, None, seed=0)
+    assert "W></s>" in tok.decode(cut[1]) and not tok.decode(cut[1]).startswith("<s>")
+    with pytest.raises(InputError, match="does not fit block_size 16"):
+        pretrain.window_blocks(tok, seqs, 16, None, seed=0, whole_windows=True)
