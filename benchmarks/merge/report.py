@@ -250,11 +250,16 @@ def best_on_val(agg: dict) -> str:
     return max(LEGO_VARIANTS, key=lambda k: agg[k]["val_retained_mean"][0])
 
 
+def readers(agg: dict) -> tuple:
+    """(test retention, validation retention, geometry field) of a merge, means over seeds, as functions of
+    the merge's key (and the field's name)."""
+    return (lambda k: agg[k]["retained_mean"][0], lambda k: agg[k]["val_retained_mean"][0],
+            lambda k, m: agg[k][m][0])
+
+
 def write_md(res: dict) -> str:
     agg = aggregate(res)
-    r = lambda k: agg[k]["retained_mean"][0]  # noqa: E731
-    val = lambda k: agg[k]["val_retained_mean"][0]  # noqa: E731
-    geo = lambda k, m: agg[k][m][0]  # noqa: E731
+    r, val, geo = readers(agg)
     lines = header(res) + table(res, agg)
     lego = r(LEGO)
     lines += ["", verdict(res, agg, LEGO)[0]]

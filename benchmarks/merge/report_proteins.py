@@ -21,6 +21,7 @@ from report import (
     header,
     measurable,
     own_gain,
+    readers,
     table,
     tasks_of,
     verdict,
@@ -73,9 +74,7 @@ def describe_proteins(res: dict) -> str:
 def protein_md(res: dict) -> str:
     """The protein setting's section: the same tables, the verdicts, the choice on validation and the sizes."""
     agg = aggregate(res)
-    r = lambda k: agg[k]["retained_mean"][0]  # noqa: E731
-    val = lambda k: agg[k]["val_retained_mean"][0]  # noqa: E731
-    geo = lambda k, m: agg[k][m][0]  # noqa: E731
+    r, val, geo = readers(agg)
     lines = header(res) + table(res, agg)
     best = best_on_val(agg)
     gain, keep = own_gain(res), measurable(res)
