@@ -106,19 +106,32 @@ class LymphObjectFeatures(nn.Module):
         out = torch.stack(feats, 1)  # 9 x (B,) -> (B, 9)
         if not self.per_slide:
             return out
-        above = local_e > self.grid.view(1, -1, 1, 1)  # (B, 1, T, T) > (1, K, 1, 1) -> (B, K, T, T)
-        s_k = above.flatten(2).float().mean(2)  # (B, K, T*T) -> (B, K) stroma area at each cut
-        ls_k = (above & lymph).flatten(2).float().mean(2)  # (B, K) stromal-lymphocyte area at each cut
+        s_k, ls_k = self._areas_above(local_e, lymph)  # (B, K) each
         return torch.cat([out, s_k, ls_k], 1)  # (B, 9 + 2K)
+
+    def _areas_above(self, local_e: torch.Tensor, lymph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) shares of each tile's pixels with local eosin above each grid cut, all of them and the
+        lymphocyte ones: mean_p [e_p > g_k] (and [... & lymph_p]) from a per-tile histogram over the cuts,
+        without a (B, K, T, T) mask. bucketize gives b_p with g_{b-1} < e_p <= g_b, so e_p > g_k iff b_p > k."""
+        b, kk = local_e.shape[0], self.grid.numel()
+        idx = torch.bucketize(local_e.flatten(1), self.grid)  # (B, T*T) in 0..K
+        hist = torch.zeros(b, kk + 1, device=local_e.device)
+        hist.scatter_add_(1, idx, torch.ones_like(local_e.flatten(1)))  # (B, K + 1) pixels per bucket
+        hist_l = torch.zeros_like(hist).scatter_add_(1, idx, lymph.flatten(1).float())  # lymphocyte pixels
+        n = float(idx.shape[1])
+        above = lambda h: h.flip(1).cumsum(1).flip(1)[:, 1:] / n  # noqa: E731  (B, K + 1) -> (B, K): buckets > k
+        return above(hist), above(hist_l)
 
     def slide_cut(self, raw: np.ndarray) -> float:
         """The slide's stroma cut from its tiles' raw numbers (N x (9 + 2 K)); the fixed cut when the
         slide has no tissue above ``E_FLOOR``."""
+        if len(raw) == 0:
+            return FIXED_CUT
         grid = self.grid.cpu().numpy().astype(np.float64)
         kk = len(grid)
         surv = np.asarray(raw[:, 9:9 + kk], np.float64).mean(0)  # (K,) share of the slide's pixels above each cut
         counts = np.clip(surv[:-1] - surv[1:], 0, None)  # (K-1,) mass between neighbouring cuts
-        if len(raw) == 0 or counts.sum() <= 0:
+        if counts.sum() <= 0:
             return FIXED_CUT
         centres = (grid[:-1] + grid[1:]) / 2
         t = otsu_from_counts(counts, centres)

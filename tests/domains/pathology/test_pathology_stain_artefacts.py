@@ -182,3 +182,30 @@ def test_stroma_cut_option_is_checked_and_recorded():
     assert build_encoder("baseline").recipe == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"}
     enc = build_encoder("baseline", options={"stroma_cut": "0.4"})
     assert enc.recipe["stroma_cut"] == 0.4 and not enc.needs_slide_pass
+
+
+def test_per_slide_raw_areas_equal_the_explicit_masks_at_every_grid_cut():
+    """The tile pass's raw stroma and stromal-lymphocyte areas at the K grid cuts (computed from a
+    per-tile histogram) equal mean_p [e_p > g_k] and mean_p [e_p > g_k and lymph_p] taken mask by mask."""
+    import torch.nn.functional as F
+
+    from adaptome.domains.pathology.lymph_features import LymphObjectFeatures
+
+    gen = torch.Generator().manual_seed(0)
+    ch = torch.full((3, 1, 48, 48), 0.2)
+    for b in range(3):  # small dense round nuclei (lymphocyte-like) at random places
+        for y, x in torch.randint(3, 45, (12, 2), generator=gen).tolist():
+            ch[b, 0, y - 2:y + 3, x - 2:x + 3] = 2.0
+    ramp = torch.linspace(0.0, 1.4, 48).view(1, 1, 1, 48).expand(3, 1, 48, 48)  # eosin over the whole grid
+    ce = ramp * (0.5 + torch.rand(3, 1, 1, 1, generator=gen))
+    m = LymphObjectFeatures(3.0, "slide")
+    raw = m(torch.cat([ch, ce], 1))
+    local_e = F.avg_pool2d(ce, 15, stride=1, padding=7, count_include_pad=False)  # (B, 1, T, T)
+    core = (m._open(ch, m.k_core) > 0.9).float()
+    lymph = (ch - m._open(ch, m.k) > 0.5) & (ch > 0.9) & (F.max_pool2d(core, 3, 1, 1) > 0)
+    assert lymph.any()
+    k = m.grid.numel()
+    for j, g in enumerate(m.grid.tolist()):
+        above = local_e > g  # (B, 1, T, T)
+        torch.testing.assert_close(raw[:, 9 + j], above.flatten(1).float().mean(1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(raw[:, 9 + k + j], (above & lymph).flatten(1).float().mean(1), rtol=0, atol=1e-6)
