@@ -209,8 +209,9 @@ class ScoreConfig:
     Args:
         slides: a slide file or a folder of slides.
         model: a ``mil_*`` CV folder (its folds are averaged) or one ``fold_<k>`` folder.
-        features_dir: stored features of the slides; empty: tile and encode on the fly with the
-            recipe recorded in the model's ``model.json`` (tiling, encoder, its options and weights).
+        features_dir: stored features of the slides (refused when their encoder, its options or weights,
+            or their resolution differ from the model's recorded recipe); empty: tile and encode on the fly
+            with the recipe recorded in the model's ``model.json`` (tiling, encoder, its options and weights).
         out_dir: output folder (default: ``<model>/scores``).
         encoder_weights: on the fly: weights of the recorded timm encoder; they must be the ones the
             training features were made with (checked by content hash), or scoring is refused.

@@ -197,13 +197,38 @@ def write_heatmaps(slide_path, out_dir: Path, sid: str, coords: np.ndarray, size
     return paths
 
 
+#: what a feature file and a model's feature recipe (``model.json`` ``features``) must agree on
+RECIPE_KEYS = ("encoder", "target_mpp", "tile_size", "stain_norm", "encoder_options", "encoder_weights")
+
+
+def check_recipe(recipe: dict | None, attrs: dict, source: str) -> None:
+    """``PathologyError`` naming ``source`` when its feature attributes differ from the recipe the model was
+    trained on in one of ``RECIPE_KEYS`` (each compared where both record it: older files lack some)."""
+    import json
+
+    def norm(key, v):
+        v = v.item() if hasattr(v, "item") else v
+        if key == "encoder_options" and isinstance(v, str):
+            v = json.loads(v)
+        return round(v, 6) if isinstance(v, float) else v
+
+    for key in RECIPE_KEYS:
+        if recipe and key in recipe and key in attrs:
+            mine, model = norm(key, attrs[key]), norm(key, recipe[key])
+            if mine != model:
+                raise PathologyError(f"{source}: features made with {key} {mine!r}, but the model was trained on "
+                                     f"features with {model!r}; extract them as the model's were, or score "
+                                     "without --features-dir (on the fly, with the model's recipe)")
+
+
 def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLike, heatmaps: bool = True,
-                thumb_size: int = 1024) -> dict:
+                thumb_size: int = 1024, recipe: dict | None = None) -> dict:
     """Score one slide from its feature file; writes tile CSV / GeoJSON and heatmaps, returns the row
-    for ``slides.csv``."""
+    for ``slides.csv``. ``recipe``: the model's feature recipe, checked against the file (``check_recipe``)."""
     from adaptome.domains.pathology.extract import read_features
 
     feats, coords, attrs = read_features(feature_file)
+    check_recipe(recipe, attrs, str(feature_file))
     return score_features(slide_path, feats, coords, attrs, models, out_dir, heatmaps, thumb_size, str(feature_file))
 
 

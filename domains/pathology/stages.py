@@ -246,14 +246,14 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
     out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model) / "scores"
     fdir = Path(cfg.features_dir) if cfg.features_dir else None
     rows = []
-    encoder = recipe = None
+    encoder = None
     overrides: dict[str, float] = {}
+    mj = Path(cfg.model) / "model.json"
+    mj = mj if mj.is_file() else sorted(Path(cfg.model).glob("fold_*/model.json"))[0]
+    recipe = json.loads(mj.read_text()).get("features")  # what made the features the models were trained on
     if fdir is None:  # compute features on the fly with the recipe the models were trained on
         from adaptome.domains.pathology.encoders import build_encoder
 
-        mj = Path(cfg.model) / "model.json"
-        mj = mj if mj.is_file() else sorted(Path(cfg.model).glob("fold_*/model.json"))[0]
-        recipe = json.loads(mj.read_text()).get("features")
         if not recipe:
             raise PathologyError(f"{mj}: no feature recipe recorded; give --features-dir")
         if "encoder_options" not in recipe and recipe["encoder"] == "baseline":
@@ -287,7 +287,7 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
         feat = fdir / f"{sid}.h5"
         if not feat.is_file():
             raise PathologyError(f"{feat}: no features for slide {sid}; run 'tile' and 'extract' first")
-        rows.append(score_slide(path, feat, models, out, cfg.heatmaps, cfg.thumb_size))
+        rows.append(score_slide(path, feat, models, out, cfg.heatmaps, cfg.thumb_size, recipe))
 
     summary = run_stage("score", _items(cfg.slides), out, lambda sid: out / "tiles" / f"{sid}.csv", work,
                         cfg.skip_errors, progress, made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))

@@ -234,9 +234,17 @@ def test_score_on_the_fly_uses_the_encoder_options_the_model_was_trained_on(held
 
     stored, fly = stil(str(fdir), "stored"), stil("", "fly")
     assert fly == pytest.approx(stored, abs=1e-3)
-    # the same model on features made with the default per-slide cut scores differently: ignoring the
-    # recorded option would have changed the score
-    assert abs(stil(str(heldout["features_dir"]), "default_cut") - stored) > 1e-3
+    # the same models on features made with the default per-slide cut score differently, so ignoring the
+    # recorded option would have changed the score; given as stored features, those are refused
+    from adaptome.domains.pathology.extract import read_features
+    from adaptome.domains.pathology.score import load_models, score_bag
+
+    default_feats = read_features(heldout["features_dir"] / "test_004.h5")[0]
+    assert abs(score_bag(load_models(model), default_feats)["slide"] - stored) > 1e-3
+    from adaptome.domains.pathology.slide import SlideError  # the stage names the slide, then the cause
+
+    with pytest.raises(SlideError, match=r"test_004.h5: features made with encoder_options .*'slide'.* 0\.3"):
+        stil(str(heldout["features_dir"]), "default_cut")
     metas = {f: f.read_text() for f in model.glob("fold_*/model.json")}
     for f, text in metas.items():  # features made with other encoder weights than scoring would use
         meta = json.loads(text)
