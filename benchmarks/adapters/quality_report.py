@@ -4,6 +4,31 @@ measured results (no sentence is written by hand)."""
 from __future__ import annotations
 
 
+def _rule(res: dict) -> str:
+    """The selection rule of a results file ("macro_f1" for files written before the rule was recorded)."""
+    return res["setup"].get("select_by", "macro_f1")
+
+
+def _key(res: dict):
+    from benchmarks.adapters.quality_select import rank_key
+
+    return rank_key(_rule(res))
+
+
+def _rule_text(res: dict) -> str:
+    n = res["setup"]["n_select_windows"]
+    if _rule(res) == "nll":
+        return (f"the point with the lowest class-balanced cross-entropy over all {n} validation windows wins (the "
+                "mean over families of the mean -log p(true family): the training loss on held-out windows; ties: "
+                "macro-F1, then the smaller rate)")
+    return f"the point with the best macro-F1 pooled over all {n} validation windows wins (ties: accuracy, then the " \
+           "smaller rate)"
+
+
+def _score_name(res: dict) -> str:
+    return "class-balanced cross-entropy" if _rule(res) == "nll" else "macro-F1"
+
+
 def _pm(s: dict) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}"
 
@@ -128,9 +153,9 @@ def _header(res: dict) -> list[str]:
         f"windows) is split into {st['select_folds']} stratified folds grouped by sequence; every grid point is "
         f"trained once per selection fold on the other {st['select_folds'] - 1} "
         f"({'/'.join(str(n) for n in st['n_select_train'])} training windows; seed = the selection fold's index) "
-        f"and scored on it, and the point with the best macro-F1 pooled over all {st['n_select_windows']} "
-        "validation windows wins (ties: accuracy, then the smaller rate). DyLoRA's point is scored by the mean over "
-        "ranks 1..r of its pooled macro-F1 at each rank, and its mode is chosen with its rate; SoRA's shrink is "
+        f"and scored on it, and {_rule_text(res)}. DyLoRA's point is scored by the mean over "
+        f"ranks 1..r of its pooled {_score_name(res)} at each rank, and its mode is chosen with its rate; SoRA's "
+        "shrink is "
         f"chosen with its rate among the points with at most {100 * st['sora_max_kept']:.0f} % of the gates "
         "non-zero on validation (the target's own condition). "
         f"First the head-only row's rate, {_lr(res['head_lr'])}, which is then every row's head rate; then each "
@@ -166,14 +191,17 @@ def _chosen_point(sel: dict) -> dict:
 
 
 def _table(res: dict) -> list[str]:
-    lines = ["| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
-             "macro-F1 % |", "|---|---:|---|---:|---:|---:|---:|"]
+    nll = _rule(res) == "nll"
+    lines = ["| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | "
+             + ("validation cross-entropy at chosen | " if nll else "") + "accuracy % | macro-F1 % |",
+             "|---|---:|---|---:|---:|" + ("---:|" if nll else "") + "---:|---:|"]
     for r in res["rows"]:
         sel = r["selection"]
         val = _chosen_point(sel)["macro_f1"]
+        ce = f" {_chosen_point(sel)['nll']:.3f} |" if nll else ""
         var = f" ({_variant(sel['chosen_variant'])})" if sel["chosen_variant"] else ""
         lines.append(f"| {r['label']} | {r['trainable_encoder']:,} | {', '.join(_lr(x) for x in sel['grid'])} | "
-                     f"{_lr(r['lr'])}{var} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
+                     f"{_lr(r['lr'])}{var} | {100 * val:.1f} |{ce} {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
     edge = [f"{r['label']} ({_lr(r['lr'])}, the {'largest' if r['lr'] == max(r['selection']['grid']) else 'smallest'})"
             for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
     lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
@@ -255,20 +283,26 @@ def _dylora(res: dict, rows: dict) -> list[str]:
 
 def _dylora_selection(res: dict, dy: dict) -> list[str]:
     sel, r = dy["selection"], res["setup"]["rank"]
-    lines = [f"DyLoRA's selection grid (validation macro-F1 %, pooled over the {res['setup']['select_folds']} "
-             "selection folds; the score is the mean over ranks):", "",
-             f"| mode | rate | mean over ranks 1..{r} | rank 1 | rank {r} |", "|---|---:|---:|---:|---:|"]
+    nll = _rule(res) == "nll"
+    lines = [f"DyLoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''}, "
+             f"pooled over the {res['setup']['select_folds']} selection folds; the score is the mean over ranks):",
+             "", f"| mode | rate | macro-F1, mean over ranks 1..{r} | rank 1 | rank {r} |"
+             + (f" cross-entropy, mean over ranks | rank 1 | rank {r} |" if nll else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if nll else "")]
     for p in sel["points"]:
         br = p["by_rank_macro_f1"]
+        ce = (f" {p['nll']:.3f} | {p['by_rank_nll']['1']:.3f} | {p['by_rank_nll'][str(r)]:.3f} |" if nll else "")
         lines.append(f"| {p['variant'].get('mode', 'frozen')} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
-                     f"{100 * br['1']:.1f} | {100 * br[str(r)]:.1f} |")
+                     f"{100 * br['1']:.1f} | {100 * br[str(r)]:.1f} |{ce}")
     best = {}
     for p in sel["points"]:
         m = p["variant"].get("mode", "frozen")
-        if m not in best or p["macro_f1"] > best[m]["macro_f1"]:
+        if m not in best or _key(res)(p) > _key(res)(best[m]):
             best[m] = p
     lines += ["", "Best point per mode: " + "; ".join(
-        f"{m} at rate {_lr(p['lr'])}, {100 * p['macro_f1']:.1f}" for m, p in best.items()) + "."]
+        f"{m} at rate {_lr(p['lr'])}, " + (f"cross-entropy {p['nll']:.3f} (macro-F1 {100 * p['macro_f1']:.1f})"
+                                           if nll else f"{100 * p['macro_f1']:.1f}")
+        for m, p in best.items()) + "."]
     return lines + [""]
 
 
@@ -300,21 +334,26 @@ def _sora(res: dict, rows: dict) -> list[str]:
 
 def _sora_selection(res: dict, so: dict) -> list[str]:
     sel, cap = so["selection"], res["setup"]["sora_max_kept"]
-    lines = [f"SoRA's selection grid (validation macro-F1 % pooled over the {res['setup']['select_folds']} selection "
-             "folds, and the share of gates non-zero at the end of those trainings):", "",
-             "| total shrink | rate | validation macro-F1 % | gates non-zero % | eligible |",
-             "|---:|---:|---:|---:|---|"]
+    nll = _rule(res) == "nll"
+    lines = [f"SoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''} "
+             f"pooled over the {res['setup']['select_folds']} selection folds, and the share of gates non-zero at the "
+             "end of those trainings):", "",
+             "| total shrink | rate | validation macro-F1 % |" + (" validation cross-entropy |" if nll else "")
+             + " gates non-zero % | eligible |", "|---:|---:|---:|" + ("---:|" if nll else "") + "---:|---|"]
     for p in sel["points"]:
-        lines.append(f"| {p['variant']['sora_shrink']} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
+        ce = f" {p['nll']:.3f} |" if nll else ""
+        lines.append(f"| {p['variant']['sora_shrink']} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} |{ce} "
                      f"{100 * p['kept_fraction']:.0f} | {'yes' if p['kept_fraction'] <= cap else 'no'} |")
     n_ok = sum(p["kept_fraction"] <= cap for p in sel["points"])
-    best_all = max(sel["points"], key=lambda p: (p["macro_f1"], p["accuracy"], -p["lr"]))
+    best_all = max(sel["points"], key=_key(res))
     lines += ["", f"{n_ok} of {len(sel['points'])} points keep at most {100 * cap:.0f} % of the gates on validation"
               + ("; the chosen one is the best of those." if sel["constraint_met"] else
                  "; none does, so the best point overall was taken.")
               + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "
-              f"{_lr(best_all['lr'])}, {100 * best_all['macro_f1']:.1f} with {100 * best_all['kept_fraction']:.0f} % "
-              "of the gates non-zero."]
+              f"{_lr(best_all['lr'])}, " + (f"cross-entropy {best_all['nll']:.3f} (macro-F1 "
+                                            f"{100 * best_all['macro_f1']:.1f})" if nll else
+                                            f"{100 * best_all['macro_f1']:.1f}")
+              + f" with {100 * best_all['kept_fraction']:.0f} % of the gates non-zero."]
     return lines + [""]
 
 
