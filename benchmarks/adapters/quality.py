@@ -87,6 +87,7 @@ FOLDS = 3
 SEEDS = (0, 1, 2, 3, 4)
 STEPS = 120  # optimizer steps per training
 BATCH = 8
+MAX_GRAD_NORM = 1.0  # fit's global gradient-norm clipping over head and adapter together (fit's default, and HF's)
 WARMUP = 0.06  # fraction of STEPS with a linear warm-up (DyLoRA's official 0.06), then linear decay to 0
 HEAD_GRID = (1e-2, 3e-2, 1e-1, 3e-1)  # the head-only row's grid; its chosen rate is every row's head rate
 ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
@@ -389,7 +390,8 @@ def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train
 
     res = fit(model, rows, loss_fn=_loss_fn(weights), collate_fn=_collate, make_optimizer=make, accelerator=acc,
               hooks=hooks, output_dir=out_dir, max_steps=STEPS, batch_size=BATCH, lr=adapter_lr, schedule="linear",
-              warmup_steps=warmup_steps(), progress=False, log_every=log_every, save_every=0, seed=seed, resume=False)
+              warmup_steps=warmup_steps(), progress=False, log_every=log_every, save_every=0, seed=seed, resume=False,
+              max_grad_norm=MAX_GRAD_NORM)
     facts: dict = {"trainable_encoder": trainable}
     if log_every:
         facts["losses"] = [h["loss"] for h in res.history if "loss" in h]
@@ -577,7 +579,7 @@ def run() -> dict:
                            "n_select_windows": sum(len(v) for _, v in d["select"]),
                            "n_select_sequences": d["n_select_sequences"],
                            "n_select_train": [len(t) for t, _ in d["select"]], "sora_max_kept": SORA_MAX_KEPT,
-                           "select_by": SELECT_BY,
+                           "select_by": SELECT_BY, "max_grad_norm": MAX_GRAD_NORM,
                            "class_counts": counts, "class_sequences": seq_counts},
                  "baselines": baselines(d), "rows": [], "lora_by_rank": {}}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
