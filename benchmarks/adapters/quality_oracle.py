@@ -248,7 +248,8 @@ def markdown(res: dict) -> str:
               f"{ch['sora']['options']['sora_shrink']:g} at {ch['sora']['lr']:g}. If the gates never moved from their "
               "N(0, 1) initialisation, the soft threshold alone would keep the share P(|z| > total shrink): "
               + ", ".join(f"{v:.0f} % at shrink {sh:g}" for sh, v in static.items()) + " (the table's shares: "
-              + ", ".join(f"{min(shares[sh]):.0f}-{max(shares[sh]):.0f} %" for sh in static) + "): which gates survive is set by their random initial size, not by "
+              + ", ".join(f"{min(shares[sh]):.0f}-{max(shares[sh]):.0f} %" for sh in static)
+              + "): which gates survive is set by their random initial size, not by "
               "what the task needs, in these runs.", ""]
     if "head_part" in res:
         lines += _head_part(res)
