@@ -3,6 +3,8 @@ measured results (no sentence is written by hand)."""
 
 from __future__ import annotations
 
+import statistics
+
 
 def _rule(res: dict) -> str:
     """The selection rule of a results file ("macro_f1" for files written before the rule was recorded)."""
@@ -73,7 +75,6 @@ def _probe_note() -> str:
 def _trace_note(rank: int) -> str:
     """What the DyLoRA loss trace (results_quality_dylora_trace.json) measured, when it was run at ``rank``."""
     import json
-    import statistics
     from pathlib import Path
 
     path = Path(__file__).resolve().parent / "results_quality_dylora_trace.json"
@@ -102,6 +103,55 @@ def _trace_note(rank: int) -> str:
             f"its training loss over steps {a}-{b} averages {mid(hi):.2f} against LoRA's {mid(l8):.2f}, and its "
             f"validation macro-F1 averaged over ranks is {over_ranks(hi):.1f} ({over_ranks(slow):.1f} with the head's "
             f"rate divided by 10, loss {mid(slow):.2f}; {over_ranks(lo):.1f} at rate 0.001).")
+
+
+_OUT_OF_REACH = ", so the target is out of reach of this grid whatever the selection rule."
+
+
+def _oracle(rank: int) -> dict | None:
+    """The test-fold diagnostic (results_quality_oracle.json) when it was run at ``rank``."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results_quality_oracle.json"
+    if not path.is_file():
+        return None
+    o = json.loads(path.read_text(encoding="utf-8"))
+    return o if o["rank"] == rank else None
+
+
+def _paired_gap(a: list[dict], b: list[float]) -> float:
+    return 100 * statistics.mean(x["accuracy"] - y for x, y in zip(a, b))
+
+
+def _oracle_note(res: dict, method: str) -> str:
+    """What the test-fold diagnostic found for ``method`` ("dylora" or "sora"), when it was run at this rank."""
+    rank = res["setup"]["rank"]
+    o = _oracle(rank)
+    if o is None:
+        return ""
+    lora, ranks = o["lora_by_rank"], [str(k) for k in range(1, rank + 1)]
+    pts = [p for p in o["points"] + o.get("head_part", {}).get("points", []) if p["method"] == method]
+    seeds = ", ".join(str(s) for s in o["seeds"])
+    head = {p.get("head_lr", o["head_lr"]) for p in pts}
+    intro = (f" A diagnostic on the test folds (results_quality_oracle.md; it reads test scores and chose nothing) "
+             f"trained {len(pts)} points of {method} (head rates {', '.join(_lr(h) for h in sorted(head))}) at seeds "
+             f"{seeds} against LoRA at the same seeds: ")
+    if method == "dylora":
+        worst = [(min(_paired_gap(p["by_rank"][k], lora[k]["accuracy"]) for k in ranks), p) for p in pts]
+        met = [w for w, _ in worst if w >= -5]
+        w, p = max(worst, key=lambda x: x[0])
+        return (intro + f"{len(met)} of them are within 5 points of LoRA at every rank; the best, "
+                f"{p['options']['mode']} at rate {_lr(p['lr'])} (head rate {_lr(p.get('head_lr', o['head_lr']))}), "
+                f"falls {w:+.1f} points behind at its worst rank" + (_OUT_OF_REACH if not met else "."))
+    gaps = [(_paired_gap(p["score"], lora[ranks[-1]]["accuracy"]), 100 * statistics.mean(p["kept_fraction"]), p)
+            for p in pts]
+    met = [g for g, kept, _ in gaps if g >= -2 and kept <= 50]
+    g, kept, p = max(gaps, key=lambda x: x[0])
+    return (intro + f"{len(met)} of them keep at most half of the gates within 2 points of LoRA r={rank}; the closest,"
+            f" shrink {p['options']['sora_shrink']} at rate {_lr(p['lr'])} (head rate "
+            f"{_lr(p.get('head_lr', o['head_lr']))}), is {g:+.1f} points with {kept:.0f} % of the gates"
+            + (_OUT_OF_REACH if not met else "."))
 
 
 def _header(res: dict) -> list[str]:
@@ -277,7 +327,7 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                       f"head-only {100 * v_hd:.1f}; DyLoRA minus LoRA r={st['rank']} is {100 * (v_dy - v_lo):+.1f} "
                       f"points of macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} "
                       "on the test folds at full rank.")
-        lines[-1] += _trace_note(st["rank"])
+        lines[-1] += _trace_note(st["rank"]) + _oracle_note(res, "dylora")
     return lines + [""] + _dylora_selection(res, dy)
 
 
@@ -329,7 +379,8 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
                             else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
-                            if d_sora < -2 else "") if x) + "."), ""] + _sora_selection(res, so)
+                            if d_sora < -2 else "") if x) + "." + _oracle_note(res, "sora")), ""] + _sora_selection(
+                res, so)
 
 
 def _sora_selection(res: dict, so: dict) -> list[str]:
