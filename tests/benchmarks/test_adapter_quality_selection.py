@@ -1,8 +1,8 @@
 """The adapter-quality benchmark's selection rule (benchmarks/adapters/quality.py, quality_select.py): the
 selection folds are a grouped partition of fold 0's training part, a grid point's score is pooled over them
-(DyLoRA: the mean over ranks), the default rule picks the lowest class-balanced validation cross-entropy (the
-earlier rule, the best macro-F1, stays available), and SoRA is chosen only among points with at most half of its
-gates non-zero."""
+(DyLoRA: the mean over ranks), the default rule picks the best macro-F1 and the ``nll`` rule the lowest
+class-balanced validation cross-entropy, and SoRA is chosen only among points with at most half of its gates
+non-zero."""
 
 from __future__ import annotations
 
@@ -32,8 +32,13 @@ def _job(gold, pred, by_rank=None, kept=None, total=None, nll=None, by_rank_nll=
 
 
 @pytest.fixture
-def by_macro_f1(monkeypatch):
-    monkeypatch.setattr(q, "SELECT_BY", "macro_f1")
+def by_macro_f1():
+    assert q.SELECT_BY == "macro_f1"  # the default
+
+
+@pytest.fixture
+def by_nll(monkeypatch):
+    monkeypatch.setattr(q, "SELECT_BY", "nll")
 
 
 def test_selection_folds_partition_fold0_training_part_by_sequence():
@@ -105,10 +110,9 @@ def test_point_score_pools_the_balanced_nll_and_dylora_averages_it_over_ranks():
     assert got["full_rank"]["nll"] == pytest.approx(bal(nll[2]))
 
 
-def test_default_rule_picks_the_lowest_validation_nll_not_the_best_macro_f1():
+def test_nll_rule_picks_the_lowest_validation_nll_not_the_best_macro_f1(by_nll):
     """A hand-made grid: the point with the best macro-F1 (one lucky argmax) is confidently wrong elsewhere; the
     rule picks the point whose held-out cross-entropy is lowest, here the middle rate."""
-    assert q.SELECT_BY == "nll"
     gold = [0, 1, 0, 1]
     grid = [1e-3, 3e-3, 1e-2]
     per_point = [
@@ -123,7 +127,7 @@ def test_default_rule_picks_the_lowest_validation_nll_not_the_best_macro_f1():
     assert max(sel["points"], key=lambda p: p["macro_f1"])["lr"] == 1e-3  # the old rule would have taken 1e-3
 
 
-def test_nll_rule_keeps_sora_s_gate_condition_and_dylora_s_mean_over_ranks():
+def test_nll_rule_keeps_sora_s_gate_condition_and_dylora_s_mean_over_ranks(by_nll):
     gold = [0, 1]
     lo, hi = [0.1, 0.1], [1.0, 1.0]
     best_dense = _job(gold, gold, kept=8, total=10, nll=lo)  # lowest NLL, 80 % of the gates
