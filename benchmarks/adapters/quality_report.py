@@ -108,6 +108,22 @@ def _trace_note(rank: int) -> str:
 _OUT_OF_REACH = ", so the target is out of reach of this grid whatever the selection rule."
 
 
+def _hollow(res: dict, rows: dict) -> str:
+    """Why a 'met' against LoRA says little, when LoRA r=rank is not separated from the head-only row on test."""
+    lo, hd = rows["lora"]["accuracy"], rows["head"]["accuracy"]
+    d, noise = 100 * (lo["mean"] - hd["mean"]), 100 * (lo["sd"] + hd["sd"])
+    if d > noise:
+        return ""
+    return (f"vacuously (LoRA r={res['setup']['rank']} at its chosen rate {_lr(rows['lora']['lr'])} is {d:+.1f} points "
+            f"from head-only, within the two rows' summed seed sd of {noise:.1f}: the reference adapter adds nothing "
+            "measurable to the frozen encoder with its head, so the gap cannot show whether the method keeps what an "
+            "adapter adds)")
+
+
+def _verdict(met: bool, hollow: str) -> str:
+    return ("met, but " + hollow) if met and hollow else "met" if met else "not met"
+
+
 def _oracle(rank: int) -> dict | None:
     """The test-fold diagnostic (results_quality_oracle.json) when it was run at ``rank``."""
     import json
@@ -136,7 +152,8 @@ def _oracle_note(res: dict, method: str) -> str:
     head = {p.get("head_lr", o["head_lr"]) for p in pts}
     intro = (f" A diagnostic on the test folds (results_quality_oracle.md; it reads test scores and chose nothing) "
              f"trained {len(pts)} points of {method} (head rates {', '.join(_lr(h) for h in sorted(head))}) at seeds "
-             f"{seeds} against LoRA at the same seeds: ")
+             f"{seeds} against LoRA at the same seeds (rate {_lr(o['source']['chosen']['lora']['lr'])}, head rate "
+             f"{_lr(o['head_lr'])}, the macro-F1 rule's choice): ")
     if method == "dylora":
         worst = [(min(_paired_gap(p["by_rank"][k], lora[k]["accuracy"]) for k in ranks), p) for p in pts]
         met = [w for w, _ in worst if w >= -5]
@@ -166,7 +183,9 @@ def _header(res: dict) -> list[str]:
         "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol", "",
         f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
         f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
-        f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}." + "".join(
+        f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}."
+        + (f" Reproduce with `{res['reproduce']}` (the run's command named the options of that time)."
+           if "reproduce" in res else "") + "".join(
             f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
             f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
             f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate."
@@ -256,7 +275,42 @@ def _table(res: dict) -> list[str]:
             for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
     lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
               f"{'; '.join(edge)}." if edge else "Every chosen rate is inside its grid."]
-    return lines + [""] + _validation_gap(res)
+    return lines + [""] + _validation_gap(res) + _rule_note(res)
+
+
+def _other_rule(res: dict) -> tuple[str, dict] | None:
+    """(file name, results) of the benchmark at the same rank and seeds' protocol under the other selection rule."""
+    import json
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parent.glob("results_quality*.json")):
+        other = json.loads(path.read_text(encoding="utf-8"))
+        st = other.get("setup")
+        if (st and st.get("rank") == res["setup"]["rank"] and st.get("select_by", "macro_f1") != _rule(res)
+                and st.get("steps") == res["setup"]["steps"]):
+            return path.stem, other
+    return None
+
+
+def _rule_note(res: dict) -> list[str]:
+    """The chosen rates and test accuracy of every row under the other selection rule, beside this file's."""
+    found = _other_rule(res)
+    if found is None:
+        return []
+    name, other = found
+    mine = {r["label"]: r for r in res["rows"]}
+    parts = []
+    for r in other["rows"]:
+        m = mine.get(r["label"])
+        if m is None:
+            continue
+        var = f" {_variant(r['selection']['chosen_variant'])}" if r["selection"]["chosen_variant"] else ""
+        parts.append(f"{r['label']} {_lr(r['lr'])}{var}, {100 * r['accuracy']['mean']:.1f} % "
+                     f"({100 * (r['accuracy']['mean'] - m['accuracy']['mean']):+.1f})")
+    rule = "class-balanced cross-entropy" if other["setup"].get("select_by") == "nll" else "macro-F1"
+    return [f"The other selection rule, {rule} ({name}.md, {len(other['setup']['seeds'])} seeds, same encoder and "
+            f"grids), chose per row (rate, test accuracy, difference from this file's): " + "; ".join(parts) + ".",
+            ""]
 
 
 def _validation_gap(res: dict) -> list[str]:
@@ -289,6 +343,7 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                      f"{_pm(s['macro_f1'])} | {_pm(lr_['macro_f1'])} |")
     worst = min(gaps, key=gaps.get)
     met = all(g >= -5 for g in gaps.values())
+    hollow = _hollow(res, rows)
     mode = dy["options"].get("mode", "frozen")
     how = ("the official default: at a sampled rank k only component k trains" if mode == "frozen" else
            "at a sampled rank k every component <= k trains")
@@ -296,7 +351,7 @@ def _dylora(res: dict, rows: dict) -> list[str]:
               f"with the run's seed) was trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
               f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
-              f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
+              f"{_verdict(met, hollow)}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
               f" (standard error of that gap over the {len(dy['accuracy']['per_seed'])} seeds "
               f"{_se(dy['by_rank'][str(worst)]['accuracy'], lora_r[str(worst)]['accuracy']):.1f} points)."]
     if not met:
@@ -327,7 +382,8 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                       f"head-only {100 * v_hd:.1f}; DyLoRA minus LoRA r={st['rank']} is {100 * (v_dy - v_lo):+.1f} "
                       f"points of macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} "
                       "on the test folds at full rank.")
-        lines[-1] += _trace_note(st["rank"]) + _oracle_note(res, "dylora")
+        lines[-1] += _trace_note(st["rank"])
+    lines[-1] += _oracle_note(res, "dylora")
     return lines + [""] + _dylora_selection(res, dy)
 
 
@@ -375,11 +431,12 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"the seeds {_se(so['accuracy'], lo['accuracy']):.1f} points (on validation: SoRA's chosen point "
             f"{100 * _chosen_point(so['selection'])['macro_f1']:.1f} macro-F1, LoRA's "
             f"{100 * _chosen_point(lo['selection'])['macro_f1']:.1f}). Target \"half or fewer gates "
-            f"non-zero within 2 points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, "
+            f"non-zero within 2 points of LoRA\": {_verdict(met, _hollow(res, rows))} ({100 * kept_frac:.0f} % of "
+            "gates, "
             f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
                             else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
-                            if d_sora < -2 else "") if x) + "." + _oracle_note(res, "sora")), ""] + _sora_selection(
+                            if d_sora < -2 else "") if x) + ".") + _oracle_note(res, "sora"), ""] + _sora_selection(
                 res, so)
 
 

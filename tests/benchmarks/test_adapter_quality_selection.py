@@ -148,3 +148,10 @@ def test_unknown_rule_is_refused():
 
     with pytest.raises(ValueError, match="unknown selection rule"):
         rank_key("accuracy")
+
+
+def test_default_rule_is_macro_f1_and_takes_the_other_point_of_the_same_grid(by_macro_f1):
+    gold = [0, 1, 0, 1]
+    per_point = [_job(gold, [0, 1, 0, 1], nll=[0.1, 0.1, 3.0, 3.0]), _job(gold, [0, 1, 0, 0], nll=[0.3, 0.3, 0.4, 0.8])]
+    sel = q._choose("lora", [1e-3, 3e-3], [p for p in per_point for _ in range(q.SELECT_FOLDS)])
+    assert sel["rule"] == "macro_f1" and sel["chosen"] == 1e-3
