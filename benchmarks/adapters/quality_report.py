@@ -115,9 +115,9 @@ def _hollow(res: dict, rows: dict) -> str:
     if d > noise:
         return ""
     return (f"vacuously (LoRA r={res['setup']['rank']} at its chosen rate {_lr(rows['lora']['lr'])} is {d:+.1f} points "
-            f"from head-only, within the two rows' summed seed sd of {noise:.1f}: the reference adapter adds nothing "
-            "measurable to the frozen encoder with its head, so the gap cannot show whether the method keeps what an "
-            "adapter adds)")
+            f"from head-only, within the two rows' summed seed sd of {noise:.1f}: the reference adapter's lead over the "
+            "frozen encoder with its head is within seed noise, so the gap cannot show whether the method keeps what "
+            "an adapter adds)")
 
 
 def _verdict(met: bool, hollow: str) -> str:
@@ -160,7 +160,7 @@ def _oracle_note(res: dict, method: str) -> str:
         w, p = max(worst, key=lambda x: x[0])
         return (intro + f"{len(met)} of them are within 5 points of LoRA at every rank; the best, "
                 f"{p['options']['mode']} at rate {_lr(p['lr'])} (head rate {_lr(p.get('head_lr', o['head_lr']))}), "
-                f"falls {w:+.1f} points behind at its worst rank" + (_OUT_OF_REACH if not met else "."))
+                f"is {w:+.1f} points from LoRA at its worst rank" + (_OUT_OF_REACH if not met else "."))
     gaps = [(_paired_gap(p["score"], lora[ranks[-1]]["accuracy"]), 100 * statistics.mean(p["kept_fraction"]), p)
             for p in pts]
     met = [g for g, kept, _ in gaps if g >= -2 and kept <= 50]
