@@ -115,9 +115,9 @@ def _hollow(res: dict, rows: dict) -> str:
     if d > noise:
         return ""
     return (f"vacuously (LoRA r={res['setup']['rank']} at its chosen rate {_lr(rows['lora']['lr'])} is {d:+.1f} points "
-            f"from head-only, within the two rows' summed seed sd of {noise:.1f}: the reference adapter's lead over the "
-            "frozen encoder with its head is within seed noise, so the gap cannot show whether the method keeps what "
-            "an adapter adds)")
+            f"from head-only, within the two rows' summed seed sd of {noise:.1f}: the reference adapter's lead over "
+            "the frozen encoder with its head is within seed noise, so the gap cannot show whether the method keeps "
+            "what an adapter adds)")
 
 
 def _verdict(met: bool, hollow: str) -> str:
