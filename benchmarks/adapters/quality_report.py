@@ -3,6 +3,33 @@ measured results (no sentence is written by hand)."""
 
 from __future__ import annotations
 
+import statistics
+
+
+def _rule(res: dict) -> str:
+    """The selection rule of a results file ("macro_f1" for files written before the rule was recorded)."""
+    return res["setup"].get("select_by", "macro_f1")
+
+
+def _key(res: dict):
+    from benchmarks.adapters.quality_select import rank_key
+
+    return rank_key(_rule(res))
+
+
+def _rule_text(res: dict) -> str:
+    n = res["setup"]["n_select_windows"]
+    if _rule(res) == "nll":
+        return (f"the point with the lowest class-balanced cross-entropy over all {n} validation windows wins (the "
+                "mean over families of the mean -log p(true family): the training loss on held-out windows; ties: "
+                "macro-F1, then the smaller rate)")
+    return f"the point with the best macro-F1 pooled over all {n} validation windows wins (ties: accuracy, then the " \
+           "smaller rate)"
+
+
+def _score_name(res: dict) -> str:
+    return "class-balanced cross-entropy" if _rule(res) == "nll" else "macro-F1"
+
 
 def _pm(s: dict) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}"
@@ -48,7 +75,6 @@ def _probe_note() -> str:
 def _trace_note(rank: int) -> str:
     """What the DyLoRA loss trace (results_quality_dylora_trace.json) measured, when it was run at ``rank``."""
     import json
-    import statistics
     from pathlib import Path
 
     path = Path(__file__).resolve().parent / "results_quality_dylora_trace.json"
@@ -79,6 +105,72 @@ def _trace_note(rank: int) -> str:
             f"rate divided by 10, loss {mid(slow):.2f}; {over_ranks(lo):.1f} at rate 0.001).")
 
 
+_OUT_OF_REACH = ", so the target is out of reach of this grid whatever the selection rule."
+
+
+def _hollow(res: dict, rows: dict) -> str:
+    """Why a 'met' against LoRA says little, when LoRA r=rank is not separated from the head-only row on test."""
+    lo, hd = rows["lora"]["accuracy"], rows["head"]["accuracy"]
+    d, noise = 100 * (lo["mean"] - hd["mean"]), 100 * (lo["sd"] + hd["sd"])
+    if d > noise:
+        return ""
+    return (f"vacuously (LoRA r={res['setup']['rank']} at its chosen rate {_lr(rows['lora']['lr'])} is {d:+.1f} points "
+            f"from head-only, within the two rows' summed seed sd of {noise:.1f}: the reference adapter's lead over "
+            "the frozen encoder with its head is within seed noise, so the gap cannot show whether the method keeps "
+            "what an adapter adds)")
+
+
+def _verdict(met: bool, hollow: str) -> str:
+    return ("met, but " + hollow) if met and hollow else "met" if met else "not met"
+
+
+def _oracle(rank: int) -> dict | None:
+    """The test-fold diagnostic (results_quality_oracle.json) when it was run at ``rank``."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results_quality_oracle.json"
+    if not path.is_file():
+        return None
+    o = json.loads(path.read_text(encoding="utf-8"))
+    return o if o["rank"] == rank else None
+
+
+def _paired_gap(a: list[dict], b: list[float]) -> float:
+    return 100 * statistics.mean(x["accuracy"] - y for x, y in zip(a, b))
+
+
+def _oracle_note(res: dict, method: str) -> str:
+    """What the test-fold diagnostic found for ``method`` ("dylora" or "sora"), when it was run at this rank."""
+    rank = res["setup"]["rank"]
+    o = _oracle(rank)
+    if o is None:
+        return ""
+    lora, ranks = o["lora_by_rank"], [str(k) for k in range(1, rank + 1)]
+    pts = [p for p in o["points"] + o.get("head_part", {}).get("points", []) if p["method"] == method]
+    seeds = ", ".join(str(s) for s in o["seeds"])
+    head = {p.get("head_lr", o["head_lr"]) for p in pts}
+    intro = (f" A diagnostic on the test folds (results_quality_oracle.md; it reads test scores and chose nothing) "
+             f"trained {len(pts)} points of {method} (head rates {', '.join(_lr(h) for h in sorted(head))}) at seeds "
+             f"{seeds} against LoRA at the same seeds (rate {_lr(o['source']['chosen']['lora']['lr'])}, head rate "
+             f"{_lr(o['head_lr'])}, the macro-F1 rule's choice): ")
+    if method == "dylora":
+        worst = [(min(_paired_gap(p["by_rank"][k], lora[k]["accuracy"]) for k in ranks), p) for p in pts]
+        met = [w for w, _ in worst if w >= -5]
+        w, p = max(worst, key=lambda x: x[0])
+        return (intro + f"{len(met)} of them are within 5 points of LoRA at every rank; the best, "
+                f"{p['options']['mode']} at rate {_lr(p['lr'])} (head rate {_lr(p.get('head_lr', o['head_lr']))}), "
+                f"is {w:+.1f} points from LoRA at its worst rank" + (_OUT_OF_REACH if not met else "."))
+    gaps = [(_paired_gap(p["score"], lora[ranks[-1]]["accuracy"]), 100 * statistics.mean(p["kept_fraction"]), p)
+            for p in pts]
+    met = [g for g, kept, _ in gaps if g >= -2 and kept <= 50]
+    g, kept, p = max(gaps, key=lambda x: x[0])
+    return (intro + f"{len(met)} of them keep at most half of the gates within 2 points of LoRA r={rank}; the closest,"
+            f" shrink {p['options']['sora_shrink']} at rate {_lr(p['lr'])} (head rate "
+            f"{_lr(p.get('head_lr', o['head_lr']))}), is {g:+.1f} points with {kept:.0f} % of the gates"
+            + (_OUT_OF_REACH if not met else "."))
+
+
 def _header(res: dict) -> list[str]:
     st, env, base, enc = res["setup"], res["env"], res["baselines"], res["encoder"]
     n, w = st["n_sequences"], st["n_windows"]
@@ -91,7 +183,9 @@ def _header(res: dict) -> list[str]:
         "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol", "",
         f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
         f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
-        f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}." + "".join(
+        f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}."
+        + (f" Reproduce with `{res['reproduce']}` (the run's command named the options of that time)."
+           if "reproduce" in res else "") + "".join(
             f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
             f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
             f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate."
@@ -128,9 +222,9 @@ def _header(res: dict) -> list[str]:
         f"windows) is split into {st['select_folds']} stratified folds grouped by sequence; every grid point is "
         f"trained once per selection fold on the other {st['select_folds'] - 1} "
         f"({'/'.join(str(n) for n in st['n_select_train'])} training windows; seed = the selection fold's index) "
-        f"and scored on it, and the point with the best macro-F1 pooled over all {st['n_select_windows']} "
-        "validation windows wins (ties: accuracy, then the smaller rate). DyLoRA's point is scored by the mean over "
-        "ranks 1..r of its pooled macro-F1 at each rank, and its mode is chosen with its rate; SoRA's shrink is "
+        f"and scored on it, and {_rule_text(res)}. DyLoRA's point is scored by the mean over "
+        f"ranks 1..r of its pooled {_score_name(res)} at each rank, and its mode is chosen with its rate; SoRA's "
+        "shrink is "
         f"chosen with its rate among the points with at most {100 * st['sora_max_kept']:.0f} % of the gates "
         "non-zero on validation (the target's own condition). "
         f"First the head-only row's rate, {_lr(res['head_lr'])}, which is then every row's head rate; then each "
@@ -166,19 +260,57 @@ def _chosen_point(sel: dict) -> dict:
 
 
 def _table(res: dict) -> list[str]:
-    lines = ["| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | accuracy % | "
-             "macro-F1 % |", "|---|---:|---|---:|---:|---:|---:|"]
+    nll = _rule(res) == "nll"
+    lines = ["| method | trainable (encoder) | lr grid | chosen lr | validation macro-F1 at chosen | "
+             + ("validation cross-entropy at chosen | " if nll else "") + "accuracy % | macro-F1 % |",
+             "|---|---:|---|---:|---:|" + ("---:|" if nll else "") + "---:|---:|"]
     for r in res["rows"]:
         sel = r["selection"]
         val = _chosen_point(sel)["macro_f1"]
+        ce = f" {_chosen_point(sel)['nll']:.3f} |" if nll else ""
         var = f" ({_variant(sel['chosen_variant'])})" if sel["chosen_variant"] else ""
         lines.append(f"| {r['label']} | {r['trainable_encoder']:,} | {', '.join(_lr(x) for x in sel['grid'])} | "
-                     f"{_lr(r['lr'])}{var} | {100 * val:.1f} | {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
+                     f"{_lr(r['lr'])}{var} | {100 * val:.1f} |{ce} {_pm(r['accuracy'])} | {_pm(r['macro_f1'])} |")
     edge = [f"{r['label']} ({_lr(r['lr'])}, the {'largest' if r['lr'] == max(r['selection']['grid']) else 'smallest'})"
             for r in res["rows"] if r["lr"] in (min(r["selection"]["grid"]), max(r["selection"]["grid"]))]
     lines += ["", f"Rows whose chosen rate is at an end of their grid (a better rate may lie outside it): "
               f"{'; '.join(edge)}." if edge else "Every chosen rate is inside its grid."]
-    return lines + [""] + _validation_gap(res)
+    return lines + [""] + _validation_gap(res) + _rule_note(res)
+
+
+def _other_rule(res: dict) -> tuple[str, dict] | None:
+    """(file name, results) of the benchmark at the same rank and seeds' protocol under the other selection rule."""
+    import json
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parent.glob("results_quality*.json")):
+        other = json.loads(path.read_text(encoding="utf-8"))
+        st = other.get("setup")
+        if (st and st.get("rank") == res["setup"]["rank"] and st.get("select_by", "macro_f1") != _rule(res)
+                and st.get("steps") == res["setup"]["steps"]):
+            return path.stem, other
+    return None
+
+
+def _rule_note(res: dict) -> list[str]:
+    """The chosen rates and test accuracy of every row under the other selection rule, beside this file's."""
+    found = _other_rule(res)
+    if found is None:
+        return []
+    name, other = found
+    mine = {r["label"]: r for r in res["rows"]}
+    parts = []
+    for r in other["rows"]:
+        m = mine.get(r["label"])
+        if m is None:
+            continue
+        var = f" {_variant(r['selection']['chosen_variant'])}" if r["selection"]["chosen_variant"] else ""
+        parts.append(f"{r['label']} {_lr(r['lr'])}{var}, {100 * r['accuracy']['mean']:.1f} % "
+                     f"({100 * (r['accuracy']['mean'] - m['accuracy']['mean']):+.1f})")
+    rule = "class-balanced cross-entropy" if other["setup"].get("select_by") == "nll" else "macro-F1"
+    return [f"The other selection rule, {rule} ({name}.md, {len(other['setup']['seeds'])} seeds, same encoder and "
+            f"grids), chose per row (rate, test accuracy, difference from this file's): " + "; ".join(parts) + ".",
+            ""]
 
 
 def _validation_gap(res: dict) -> list[str]:
@@ -211,6 +343,7 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                      f"{_pm(s['macro_f1'])} | {_pm(lr_['macro_f1'])} |")
     worst = min(gaps, key=gaps.get)
     met = all(g >= -5 for g in gaps.values())
+    hollow = _hollow(res, rows)
     mode = dy["options"].get("mode", "frozen")
     how = ("the official default: at a sampled rank k only component k trains" if mode == "frozen" else
            "at a sampled rank k every component <= k trains")
@@ -218,7 +351,7 @@ def _dylora(res: dict, rows: dict) -> list[str]:
               f"with the run's seed) was trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
               f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
-              f"{'met' if met else 'not met'}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
+              f"{_verdict(met, hollow)}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
               f" (standard error of that gap over the {len(dy['accuracy']['per_seed'])} seeds "
               f"{_se(dy['by_rank'][str(worst)]['accuracy'], lora_r[str(worst)]['accuracy']):.1f} points)."]
     if not met:
@@ -250,25 +383,32 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                       f"points of macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} "
                       "on the test folds at full rank.")
         lines[-1] += _trace_note(st["rank"])
+    lines[-1] += _oracle_note(res, "dylora")
     return lines + [""] + _dylora_selection(res, dy)
 
 
 def _dylora_selection(res: dict, dy: dict) -> list[str]:
     sel, r = dy["selection"], res["setup"]["rank"]
-    lines = [f"DyLoRA's selection grid (validation macro-F1 %, pooled over the {res['setup']['select_folds']} "
-             "selection folds; the score is the mean over ranks):", "",
-             f"| mode | rate | mean over ranks 1..{r} | rank 1 | rank {r} |", "|---|---:|---:|---:|---:|"]
+    nll = _rule(res) == "nll"
+    lines = [f"DyLoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''}, "
+             f"pooled over the {res['setup']['select_folds']} selection folds; the score is the mean over ranks):",
+             "", f"| mode | rate | macro-F1, mean over ranks 1..{r} | rank 1 | rank {r} |"
+             + (f" cross-entropy, mean over ranks | rank 1 | rank {r} |" if nll else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if nll else "")]
     for p in sel["points"]:
         br = p["by_rank_macro_f1"]
+        ce = (f" {p['nll']:.3f} | {p['by_rank_nll']['1']:.3f} | {p['by_rank_nll'][str(r)]:.3f} |" if nll else "")
         lines.append(f"| {p['variant'].get('mode', 'frozen')} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
-                     f"{100 * br['1']:.1f} | {100 * br[str(r)]:.1f} |")
+                     f"{100 * br['1']:.1f} | {100 * br[str(r)]:.1f} |{ce}")
     best = {}
     for p in sel["points"]:
         m = p["variant"].get("mode", "frozen")
-        if m not in best or p["macro_f1"] > best[m]["macro_f1"]:
+        if m not in best or _key(res)(p) > _key(res)(best[m]):
             best[m] = p
     lines += ["", "Best point per mode: " + "; ".join(
-        f"{m} at rate {_lr(p['lr'])}, {100 * p['macro_f1']:.1f}" for m, p in best.items()) + "."]
+        f"{m} at rate {_lr(p['lr'])}, " + (f"cross-entropy {p['nll']:.3f} (macro-F1 {100 * p['macro_f1']:.1f})"
+                                           if nll else f"{100 * p['macro_f1']:.1f}")
+        for m, p in best.items()) + "."]
     return lines + [""]
 
 
@@ -291,30 +431,37 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"the seeds {_se(so['accuracy'], lo['accuracy']):.1f} points (on validation: SoRA's chosen point "
             f"{100 * _chosen_point(so['selection'])['macro_f1']:.1f} macro-F1, LoRA's "
             f"{100 * _chosen_point(lo['selection'])['macro_f1']:.1f}). Target \"half or fewer gates "
-            f"non-zero within 2 points of LoRA\": {'met' if met else 'not met'} ({100 * kept_frac:.0f} % of gates, "
+            f"non-zero within 2 points of LoRA\": {_verdict(met, _hollow(res, rows))} ({100 * kept_frac:.0f} % of "
+            "gates, "
             f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
                             else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
-                            if d_sora < -2 else "") if x) + "."), ""] + _sora_selection(res, so)
+                            if d_sora < -2 else "") if x) + ".") + _oracle_note(res, "sora"), ""] + _sora_selection(
+                res, so)
 
 
 def _sora_selection(res: dict, so: dict) -> list[str]:
     sel, cap = so["selection"], res["setup"]["sora_max_kept"]
-    lines = [f"SoRA's selection grid (validation macro-F1 % pooled over the {res['setup']['select_folds']} selection "
-             "folds, and the share of gates non-zero at the end of those trainings):", "",
-             "| total shrink | rate | validation macro-F1 % | gates non-zero % | eligible |",
-             "|---:|---:|---:|---:|---|"]
+    nll = _rule(res) == "nll"
+    lines = [f"SoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''} "
+             f"pooled over the {res['setup']['select_folds']} selection folds, and the share of gates non-zero at the "
+             "end of those trainings):", "",
+             "| total shrink | rate | validation macro-F1 % |" + (" validation cross-entropy |" if nll else "")
+             + " gates non-zero % | eligible |", "|---:|---:|---:|" + ("---:|" if nll else "") + "---:|---|"]
     for p in sel["points"]:
-        lines.append(f"| {p['variant']['sora_shrink']} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
+        ce = f" {p['nll']:.3f} |" if nll else ""
+        lines.append(f"| {p['variant']['sora_shrink']} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} |{ce} "
                      f"{100 * p['kept_fraction']:.0f} | {'yes' if p['kept_fraction'] <= cap else 'no'} |")
     n_ok = sum(p["kept_fraction"] <= cap for p in sel["points"])
-    best_all = max(sel["points"], key=lambda p: (p["macro_f1"], p["accuracy"], -p["lr"]))
+    best_all = max(sel["points"], key=_key(res))
     lines += ["", f"{n_ok} of {len(sel['points'])} points keep at most {100 * cap:.0f} % of the gates on validation"
               + ("; the chosen one is the best of those." if sel["constraint_met"] else
                  "; none does, so the best point overall was taken.")
               + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "
-              f"{_lr(best_all['lr'])}, {100 * best_all['macro_f1']:.1f} with {100 * best_all['kept_fraction']:.0f} % "
-              "of the gates non-zero."]
+              f"{_lr(best_all['lr'])}, " + (f"cross-entropy {best_all['nll']:.3f} (macro-F1 "
+                                            f"{100 * best_all['macro_f1']:.1f})" if nll else
+                                            f"{100 * best_all['macro_f1']:.1f}")
+              + f" with {100 * best_all['kept_fraction']:.0f} % of the gates non-zero."]
     return lines + [""]
 
 

@@ -1,10 +1,13 @@
-"""The adapter-quality benchmark's selection rule (benchmarks/adapters/quality.py): the selection folds are a
-grouped partition of fold 0's training part, a grid point's score is pooled over them (DyLoRA: the mean over
-ranks), and SoRA is chosen only among points with at most half of its gates non-zero."""
+"""The adapter-quality benchmark's selection rule (benchmarks/adapters/quality.py, quality_select.py): the
+selection folds are a grouped partition of fold 0's training part, a grid point's score is pooled over them
+(DyLoRA: the mean over ranks), the default rule picks the best macro-F1 and the ``nll`` rule the lowest
+class-balanced validation cross-entropy, and SoRA is chosen only among points with at most half of its gates
+non-zero."""
 
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -18,11 +21,24 @@ if ROOT not in sys.path:
 q = importlib.import_module("benchmarks.adapters.quality")
 
 
-def _job(gold, pred, by_rank=None, kept=None, total=None):
+def _job(gold, pred, by_rank=None, kept=None, total=None, nll=None, by_rank_nll=None):
     facts = {"trainable_encoder": 1}
     if kept is not None:
         facts.update(kept_gates=kept, total_gates=total)
-    return {"gold": gold, "pred": pred, "by_rank": by_rank or {}, "facts": facts}
+    out = {"gold": gold, "pred": pred, "by_rank": by_rank or {}, "facts": facts}
+    if nll is not None:
+        out.update(nll=nll, by_rank_nll=by_rank_nll or {})
+    return out
+
+
+@pytest.fixture
+def by_macro_f1():
+    assert q.SELECT_BY == "macro_f1"  # the default
+
+
+@pytest.fixture
+def by_nll(monkeypatch):
+    monkeypatch.setattr(q, "SELECT_BY", "nll")
 
 
 def test_selection_folds_partition_fold0_training_part_by_sequence():
@@ -45,7 +61,7 @@ def test_point_score_pools_windows_over_folds():
     assert got == {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred)}
 
 
-def test_dylora_point_is_scored_by_the_mean_over_ranks():
+def test_dylora_point_is_scored_by_the_mean_over_ranks(by_macro_f1):
     gold = [0, 1, 0, 1]
     full_good = [_job(gold, gold, {1: [1, 1, 1, 1], 2: gold}) for _ in range(q.SELECT_FOLDS)]  # rank 1 collapses
     even = [_job(gold, [0, 1, 0, 0], {1: [0, 1, 0, 0], 2: [0, 1, 0, 0]}) for _ in range(q.SELECT_FOLDS)]
@@ -58,7 +74,7 @@ def test_dylora_point_is_scored_by_the_mean_over_ranks():
     assert sel["chosen_variant"] == {"mode": "nested"} and sel["chosen"] == 1e-3
 
 
-def test_sora_is_chosen_among_points_with_at_most_half_the_gates():
+def test_sora_is_chosen_among_points_with_at_most_half_the_gates(by_macro_f1):
     gold = [0, 1, 0, 1]
     best = _job(gold, gold, kept=7, total=10)  # the best score, 70 % of the gates
     ok = _job(gold, [0, 1, 0, 0], kept=5, total=10)  # 50 %: eligible
@@ -70,3 +86,72 @@ def test_sora_is_chosen_among_points_with_at_most_half_the_gates():
     none_ok = _job(gold, gold, kept=9, total=10)
     sel = q._choose("sora", [3e-3], [none_ok] * (3 * q.SELECT_FOLDS))
     assert not sel["constraint_met"] and sel["chosen"] == 3e-3
+
+
+def test_balanced_nll_is_the_mean_over_classes_of_the_class_means():
+    from benchmarks.adapters.quality_select import balanced_nll
+
+    gold, nll = [0, 0, 0, 1], [0.1, 0.2, 0.3, 2.0]
+    assert balanced_nll(gold, nll) == pytest.approx((0.2 + 2.0) / 2)  # not the window mean 0.65
+
+
+def test_point_score_pools_the_balanced_nll_and_dylora_averages_it_over_ranks():
+    gold = [0, 1, 1]
+    p_true = {1: [0.5, 0.5, 0.25], 2: [0.9, 0.8, 0.6]}  # p(true class) of each window, per rank
+    nll = {k: [-math.log(p) for p in v] for k, v in p_true.items()}
+    jobs = [_job(gold, gold, {1: gold, 2: gold}, nll=nll[2], by_rank_nll=nll) for _ in range(q.SELECT_FOLDS)]
+    got = q._point_score(jobs)
+
+    def bal(v):  # class 0: one window; class 1: two windows
+        return (v[0] + (v[1] + v[2]) / 2) / 2
+
+    assert got["by_rank_nll"] == {"1": pytest.approx(bal(nll[1])), "2": pytest.approx(bal(nll[2]))}
+    assert got["nll"] == pytest.approx((bal(nll[1]) + bal(nll[2])) / 2)
+    assert got["full_rank"]["nll"] == pytest.approx(bal(nll[2]))
+
+
+def test_nll_rule_picks_the_lowest_validation_nll_not_the_best_macro_f1(by_nll):
+    """A hand-made grid: the point with the best macro-F1 (one lucky argmax) is confidently wrong elsewhere; the
+    rule picks the point whose held-out cross-entropy is lowest, here the middle rate."""
+    gold = [0, 1, 0, 1]
+    grid = [1e-3, 3e-3, 1e-2]
+    per_point = [
+        _job(gold, [0, 1, 0, 1], nll=[0.1, 0.1, 3.0, 3.0]),  # every argmax right, two windows near-certain wrong
+        _job(gold, [0, 1, 0, 0], nll=[0.3, 0.3, 0.4, 0.8]),  # one argmax wrong, calibrated: lowest NLL
+        _job(gold, [1, 1, 1, 1], nll=[0.7, 0.7, 0.7, 0.7]),
+    ]
+    sel = q._choose("lora", grid, [p for p in per_point for _ in range(q.SELECT_FOLDS)])
+    assert sel["rule"] == "nll" and sel["chosen"] == 3e-3
+    nlls = [p["nll"] for p in sel["points"]]
+    assert nlls == pytest.approx([(0.1 + 3.0) / 2, ((0.3 + 0.4) / 2 + (0.3 + 0.8) / 2) / 2, 0.7])  # mean of class means
+    assert max(sel["points"], key=lambda p: p["macro_f1"])["lr"] == 1e-3  # the old rule would have taken 1e-3
+
+
+def test_nll_rule_keeps_sora_s_gate_condition_and_dylora_s_mean_over_ranks(by_nll):
+    gold = [0, 1]
+    lo, hi = [0.1, 0.1], [1.0, 1.0]
+    best_dense = _job(gold, gold, kept=8, total=10, nll=lo)  # lowest NLL, 80 % of the gates
+    sparse = _job(gold, gold, kept=4, total=10, nll=hi)
+    sparser = _job(gold, gold, kept=1, total=10, nll=[2.0, 2.0])
+    sel = q._choose("sora", [1e-3], [p for p in (best_dense, sparse, sparser) for _ in range(q.SELECT_FOLDS)])
+    assert sel["chosen_variant"] == q.VARIANTS["sora"][1] and sel["constraint_met"]
+    # DyLoRA: full rank best, rank 1 poor, vs. an even point: the mean over ranks decides
+    full_good = _job(gold, gold, {1: gold, 2: gold}, nll=lo, by_rank_nll={1: [3.0, 3.0], 2: lo})
+    even = _job(gold, gold, {1: gold, 2: gold}, nll=[0.5, 0.5], by_rank_nll={1: [0.5, 0.5], 2: [0.5, 0.5]})
+    sel = q._choose("dylora", [1e-3], [full_good] * q.SELECT_FOLDS + [even] * q.SELECT_FOLDS)
+    assert sel["chosen_variant"] == {"mode": "nested"}
+    assert sel["points"][0]["full_rank"]["nll"] < sel["points"][1]["full_rank"]["nll"]
+
+
+def test_unknown_rule_is_refused():
+    from benchmarks.adapters.quality_select import rank_key
+
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        rank_key("accuracy")
+
+
+def test_default_rule_is_macro_f1_and_takes_the_other_point_of_the_same_grid(by_macro_f1):
+    gold = [0, 1, 0, 1]
+    per_point = [_job(gold, [0, 1, 0, 1], nll=[0.1, 0.1, 3.0, 3.0]), _job(gold, [0, 1, 0, 0], nll=[0.3, 0.3, 0.4, 0.8])]
+    sel = q._choose("lora", [1e-3, 3e-3], [p for p in per_point for _ in range(q.SELECT_FOLDS)])
+    assert sel["rule"] == "macro_f1" and sel["chosen"] == 1e-3
