@@ -542,8 +542,9 @@ def from_classify(path: Path, name: str = "results", choose_from: Path | None = 
             raise SystemExit(f"{choose_from}: not the results of a validation run (classify benchmark --validation)")
         chosen = {"setting": v["best_setting"], "source": Path(choose_from).name,
                   "validation_summary": v["summary"][f"windows/{v['best_setting']}"]}
-    res = {"validation": val, "chosen": chosen,"command": cmd, "args": {"n": len(rows[0]["lengths"]), "seeds": sorted({x["seed"] for x in rows}),
-                                    "settings": list(SETTINGS)},
+    res = {"validation": val, "chosen": chosen, "command": cmd,
+           "args": {"n": len(rows[0]["lengths"]), "seeds": sorted({x["seed"] for x in rows}),
+                    "settings": list(SETTINGS)},
            "commit": cls["git"], "platform": platform.platform(), "threads": torch.get_num_threads(),
            "seconds": cls["seconds"], "complete": True, "runs_done": [["windows", r["seed"]] for r in runs],
            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scipy")},
