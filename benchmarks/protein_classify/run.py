@@ -311,7 +311,9 @@ def markdown(res: dict) -> str:
 
 def command(cfg: dict) -> str:
     """The reproducing command of a run with this ``config`` (the options that differ from the defaults)."""
-    out = CMD
+    out = CMD.replace("--jobs 2", f"--jobs {cfg.get('jobs', 2)}")
+    if cfg.get("samples", 12) != 12:
+        out += f" --samples {cfg['samples']}"
     for key, flag in (("s1_steps", "--s1-steps"), ("s2_steps", "--s2-steps"), ("max_seq_length", "--max-seq-length")):
         if cfg.get(key):
             out += f" {flag} {cfg[key]}"

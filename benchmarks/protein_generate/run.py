@@ -375,10 +375,11 @@ def write_md(res: dict) -> str:
     for fam in sorted({r["family"] for r in rows}):
         fr = [r for r in rows if r["family"] == fam]
         ps = ", ".join(f"{r['length_ks_pvalue'] or 0:.3f}" for r in fr)
-        lines.append(f"| {fam} | {fr[0]['n_real']} | {fr[0]['real_mean_length']:.0f} | "
+        lines.append(f"| {fam} | {statistics.mean(r['n_real'] for r in fr):.0f} | "
+                     f"{statistics.mean(r['real_mean_length'] for r in fr):.0f} | "
                      f"{statistics.mean(r['mean_length'] or 0 for r in fr):.0f} | "
                      f"{ps} | "
-                     f"{fr[0]['real_low_complexity_share']:.3f} | "
+                     f"{statistics.mean(r['real_low_complexity_share'] for r in fr):.3f} | "
                      f"{statistics.mean(r['low_complexity_share'] or 0 for r in fr):.3f} | "
                      + ", ".join(f"{r['low_complexity_share'] or 0:.3f}" for r in fr) + " | "
                      + ", ".join("yes" if lc_ok(r) else "no" for r in fr) + " |")
@@ -399,6 +400,13 @@ def write_md(res: dict) -> str:
     ratio = {fam: statistics.mean(r["mean_length"] or 0 for r in rows if r["family"] == fam)
              / next(r["real_mean_length"] for r in rows if r["family"] == fam) for fam in {r["family"] for r in rows}}
     worst = max(ratio, key=ratio.get)
+    real_m = {fam: statistics.mean(r["real_mean_length"] for r in rows if r["family"] == fam) for fam in ratio}
+    smp_m = {fam: ratio[fam] * real_m[fam] for fam in ratio}
+    lo, hi = min(real_m, key=real_m.get), max(real_m, key=real_m.get)
+    lines += ["", f"Family lengths with `{best}` (means over seeds): the real mean lengths span "
+              f"{real_m[lo]:.0f} ({lo}) to {real_m[hi]:.0f} ({hi}) residues, the samples' "
+              f"{smp_m[lo]:.0f} to {smp_m[hi]:.0f} for the same families (a ratio of {real_m[hi] / real_m[lo]:.1f} "
+              f"in the real data, {smp_m[hi] / max(smp_m[lo], 1e-9):.1f} in the samples)."]
     lines += ["", f"Largest length mismatch with `{best}`: {worst}, samples {ratio[worst]:.1f}x its real mean "
               "length. Not measured here: control accuracy of these samples (the quickstart's test checks it for the "
               "preset).", "", f"Commit {res['commit']}, torch {res['versions']['torch']}, transformers "
@@ -554,8 +562,10 @@ def from_classify(path: Path, name: str = "results", choose_from: Path | None = 
     res = {"validation": val, "chosen": chosen, "command": cmd,
            "args": {"n": len(rows[0]["lengths"]), "seeds": sorted({x["seed"] for x in rows}),
                     "settings": list(SETTINGS)},
-           "commit": cls["git"], "platform": platform.platform(), "threads": torch.get_num_threads(),
-           "seconds": cls["seconds"], "complete": True, "runs_done": [["windows", r["seed"]] for r in runs],
+           "commit": cls["git"] + (f" (HEAD when the run finished; it started from the tree of {cls['git_started']}, "
+                                   "the later commits changed no code the run read)" if cls.get("git_started") else ""),
+           "platform": platform.platform(), "threads": torch.get_num_threads(), "seconds": cls["seconds"],
+           "complete": True, "runs_done": [["windows", r["seed"]] for r in runs],
            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scipy")},
            "settings": SETTINGS, "losses": {f"windows/{r['seed']}": {"stage2": r["stage2_loss"]} for r in runs},
            "summary": summary, "best_setting": best_setting(summary), "rows": rows, "models_note": note,
