@@ -256,7 +256,9 @@ def markdown(res: dict) -> str:
     s, a = res["summary"], res["summary"]["accuracy"]
     runs = res["runs"]
     val = res["config"].get("validation")
-    lines = ["## protein: which label classifier by default (held-out Pfam sequences, tiny LLaMA, CPU)"
+    preset = next((x.split("=", 1)[1] for x in res["config"].get("s1_set") or [] if x.startswith("model.preset=")),
+                  "tiny")
+    lines = [f"## protein: which label classifier by default (held-out Pfam sequences, {preset} LLaMA, CPU)"
              + (" -- VALIDATION split" if val else ""), ""]
     if val:
         lines += ["VALIDATION run: the evaluated sequences are 2 per family split off each seed's training side "
