@@ -83,6 +83,7 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
     recs = data.pfam_families(min_count=7, max_per_family=12, max_residues=None, seed=seed)
     train, test = data.split_by_label(recs, n_test=3, seed=seed)
     held = {r.id for r in test}
+    benchmark_held = set(held)  # the benchmark's held-out sequences: never a reference in a validation run
     if validation:  # choices on the training side only: 2 per family of it become the evaluated set
         train, test = data.split_by_label(train, n_test=2, seed=seed + 1000)
         held |= {r.id for r in test}  # neither stage sees them, as the held-out sequences
@@ -145,6 +146,8 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
                                                  [r.seq for r in unlabelled], seed, c1.max_residues, c1.block_size,
                                                  c1.whole_windows)
         real = data.pfam_families(min_count=7, max_per_family=None)
+        if validation:  # samples judged against the family's sequences without the benchmark's held-out ones
+            real = [r for r in real if r.id not in benchmark_held]
         out["generation_rows"] = [{"pipeline": "windows", "seed": seed, **r} for r in
                                   gen.sample_rows(s2["merged"], labels, real, n_samples, seed, list(gen.SETTINGS))]
         out["generation_seconds"] = time.perf_counter() - t0
@@ -176,7 +179,7 @@ def _run_seed(job: tuple) -> dict:
     seed, s1_steps, s2_steps, msl, n_samples, out, s1_set, s2_set, validation = job
     with tempfile.TemporaryDirectory() as d:
         run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples, tuple(s1_set), tuple(s2_set), validation)
-    part = Path(out) / ".partial"
+    part = Path(out)
     part.mkdir(parents=True, exist_ok=True)
     (part / f"seed{seed}.json").write_text(json.dumps(run), encoding="utf-8")
     print(json.dumps({k: run[k] for k in ("seed", "crop_message", "majority_accuracy", "kmer_lr_accuracy",
@@ -253,7 +256,9 @@ def markdown(res: dict) -> str:
     s, a = res["summary"], res["summary"]["accuracy"]
     runs = res["runs"]
     val = res["config"].get("validation")
-    lines = ["## protein: which label classifier by default (held-out Pfam sequences, tiny LLaMA, CPU)"
+    preset = next((x.split("=", 1)[1] for x in res["config"].get("s1_set") or [] if x.startswith("model.preset=")),
+                  "tiny")
+    lines = [f"## protein: which label classifier by default (held-out Pfam sequences, {preset} LLaMA, CPU)"
              + (" -- VALIDATION split" if val else ""), ""]
     if val:
         lines += ["VALIDATION run: the evaluated sequences are 2 per family split off each seed's training side "
@@ -308,7 +313,9 @@ def markdown(res: dict) -> str:
 
 def command(cfg: dict) -> str:
     """The reproducing command of a run with this ``config`` (the options that differ from the defaults)."""
-    out = CMD
+    out = CMD.replace("--jobs 2", f"--jobs {cfg.get('jobs', 2)}")
+    if cfg.get("samples", 12) != 12:
+        out += f" --samples {cfg['samples']}"
     for key, flag in (("s1_steps", "--s1-steps"), ("s2_steps", "--s2-steps"), ("max_seq_length", "--max-seq-length")):
         if cfg.get(key):
             out += f" {flag} {cfg[key]}"
@@ -393,7 +400,8 @@ def main() -> None:
                     help="rewrite results.md from results.json (the summary recomputed with the current default)")
     args = ap.parse_args()
     if args.render_only:
-        part = sorted((args.out / ".partial").glob("seed*.json"))
+        stem = ".partial" if args.name == "results" else f".partial-{args.name}"
+        part = sorted((args.out / stem).glob("seed*.json"))
         if part:  # seeds finished by workers whose parent was lost: assemble them
             runs = [json.loads(x.read_text(encoding="utf-8")) for x in part]
             res = {"config": {"seeds": [r["seed"] for r in runs], "assembled_from_partial": True},
@@ -408,7 +416,8 @@ def main() -> None:
         print(markdown(res))
         return
     t0 = time.perf_counter()
-    jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(args.out), args.s1_set,
+    partial = args.out / (".partial" if args.name == "results" else f".partial-{args.name}")  # one per run
+    jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(partial), args.s1_set,
              args.s2_set, args.validation) for seed in args.seeds]
     if args.jobs > 1:
         import multiprocessing as mp
@@ -425,7 +434,7 @@ def main() -> None:
            "git": _git(), "versions": _versions(),
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}
     args.out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(args.out / ".partial", ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     (args.out / f"{args.name}.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))

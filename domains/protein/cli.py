@@ -186,7 +186,7 @@ def sample_cmd(
     seed: int = typer.Option(0), batch_size: int = typer.Option(16),
     residues_only: Optional[bool] = typer.Option(None, "--residues-only/--any-token",
                                                  help="sample only amino-acid letters and the closing '>' inside "
-                                                 "the sequence (default: the preset's, off in both)"),
+                                                 "the sequence (default: the preset's: on in small, off in prollama)"),
     length_prior: bool = typer.Option(False, "--length-prior/--model-length",
                                       help="NOT plain sampling: draw each sample's length from its label's training "
                                       "lengths (training_data.json) and end it there; default: the model decides "

@@ -8,6 +8,14 @@ config object: ``model_kwargs`` and ``stage_kwargs`` flatten a config into the k
 of ``model.load_model_and_tokenizer`` and ``pretrain.pretrain`` / ``instruct.instruct``, in this one
 place, for both the command line and the quickstart (``stages.run_stage_config``).
 
+Model presets (``MODEL_PRESETS``, ``model.preset``): named architectures of the LLaMA built from config.
+``tiny`` (hidden 64, feed-forward 128, 2 layers, 4 heads; the dataclass defaults, the quickstart's) and
+``small`` (hidden 128, feed-forward 256, 4 layers, 8 heads; the generation preset: the smallest measured
+model whose conditional samples keep their family's length for at least half of the families,
+``benchmarks/protein_generate/results_small.md``). A preset sets the four architecture fields; a field
+also set to another value than both the default and the preset's is an error naming both (never a silent
+choice between them), and a preset with ``name_or_path`` (a model that is loaded, not built) is an error.
+
 Not covered: configs of the sampling, classification and evaluation commands (they take options).
 """
 
@@ -19,6 +27,13 @@ from typing import Any
 
 from adaptome.core.optim.registry import OptimizerSpec
 from adaptome.core.train.loop import TrainConfig
+from adaptome.domains.protein.formats import ProteinError
+
+#: named architectures of the LLaMA built from config (``model.preset``; see the module docstring)
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4},
+    "small": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 4, "num_heads": 8},
+}
 
 
 @dataclass
@@ -34,6 +49,9 @@ class ModelSection:
         num_layers: tiny LLaMA decoder layers.
         num_heads: tiny LLaMA attention heads (must divide ``hidden_size``).
         max_position_embeddings: tiny LLaMA context length in tokens.
+        preset: a name of ``MODEL_PRESETS`` (``tiny`` or ``small``, the generation preset) that sets
+            ``hidden_size``, ``intermediate_size``, ``num_layers`` and ``num_heads`` (only when
+            ``name_or_path`` is None); None: the four fields as given.
     """
 
     name_or_path: str | None = None
@@ -43,6 +61,30 @@ class ModelSection:
     num_layers: int = 2
     num_heads: int = 4
     max_position_embeddings: int = 1024
+    preset: str | None = None
+
+
+def resolve_model_section(m: ModelSection) -> dict[str, Any]:
+    """The model section's fields with its ``preset`` applied (``preset`` itself dropped); a
+    ``ProteinError`` for an unknown preset, a preset with ``name_or_path``, or a field set to a value
+    that is neither its default nor the preset's."""
+    out = dataclasses.asdict(m)
+    name = out.pop("preset")
+    if name is None:
+        return out
+    if name not in MODEL_PRESETS:
+        raise ProteinError(f"unknown model.preset {name!r}; known: {', '.join(MODEL_PRESETS)}")
+    if m.name_or_path is not None:
+        raise ProteinError(f"model.preset {name!r} builds a model from config; it cannot be combined with "
+                           f"model.name_or_path={m.name_or_path!r} (remove one of them)")
+    defaults = ModelSection()
+    for key, value in MODEL_PRESETS[name].items():
+        given = getattr(m, key)
+        if given != getattr(defaults, key) and given != value:
+            raise ProteinError(f"model.{key}={given} contradicts model.preset {name!r} ({key} {value}); "
+                               "remove one of them")
+        out[key] = value
+    return out
 
 
 @dataclass
@@ -126,7 +168,7 @@ class InstructConfig:
 
 def model_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
     """Keyword arguments of ``model.load_model_and_tokenizer`` (the tiny model is seeded by ``train.seed``)."""
-    return {**dataclasses.asdict(cfg.model), "seed": cfg.train.seed}
+    return {**resolve_model_section(cfg.model), "seed": cfg.train.seed}
 
 
 def stage_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:

@@ -49,11 +49,11 @@ def test_cli_commands_on_the_tuned_model(two_stage_run, tiny_esmfold, tmp_path):
                             "--max-new-tokens", "40", "--out", str(tmp_path / "g.fa")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "g.fa").read_text().count(">gen-") == 2
-    assert (tmp_path / "g.fa").read_text().count("residues_only=False") == 2  # the tiny model's `small` preset
+    assert (tmp_path / "g.fa").read_text().count("residues_only=True") == 2  # the tiny model's `small` preset
+    assert all(set(r.seq) <= set("ACDEFGHIKLMNPQRSTVWY") for r in read_fasta(tmp_path / "g.fa", "keep"))
     r = runner.invoke(app, ["sample", "--model", model, "--task-name", "family", "--label", "Cyclin_N", "-n", "2",
-                            "--max-new-tokens", "40", "--residues-only", "--out", str(tmp_path / "g2.fa")])
-    assert r.exit_code == 0 and (tmp_path / "g2.fa").read_text().count("residues_only=True") == 2, r.output
-    assert all(set(r.seq) <= set("ACDEFGHIKLMNPQRSTVWY") for r in read_fasta(tmp_path / "g2.fa", "keep"))
+                            "--max-new-tokens", "40", "--any-token", "--out", str(tmp_path / "g2.fa")])
+    assert r.exit_code == 0 and (tmp_path / "g2.fa").read_text().count("residues_only=False") == 2, r.output
     (tmp_path / "labels.txt").write_text("\n".join(rep["labels"]) + "\n")
     (tmp_path / "q.fa").write_text(">q\n" + (out / "data" / "stage1.fasta").read_text().split("\n")[1] + "\n")
     pfam = data_dir() / "pfam"  # labelled training sequences for the baselines: Stockholm seeds
