@@ -9,12 +9,12 @@ of ``model.load_model_and_tokenizer`` and ``pretrain.pretrain`` / ``instruct.ins
 place, for both the command line and the quickstart (``stages.run_stage_config``).
 
 Model presets (``MODEL_PRESETS``, ``model.preset``): named architectures of the LLaMA built from config.
-``tiny`` (hidden 64, feed-forward 128, 2 layers, 4 heads; the dataclass defaults, the quickstart's) and
-``small`` (hidden 128, feed-forward 256, 4 layers, 8 heads; the generation preset: the smallest measured
-model whose conditional samples keep their family's length for at least half of the families,
-``benchmarks/protein_generate/results_small.md``). A preset sets the four architecture fields; a field
-also set to another value than both the default and the preset's is an error naming both (never a silent
-choice between them), and a preset with ``name_or_path`` (a model that is loaded, not built) is an error.
+``tiny`` (hidden 64, feed-forward 128, 2 layers, 4 heads; used for every field not given when no preset is
+named, the quickstart's) and ``small`` (hidden 128, feed-forward 256, 4 layers, 8 heads; the generation preset:
+its samples follow their family's length and low-complexity share more closely than the tiny model's, though
+not yet within the targets of ``benchmarks/protein_generate/results_small.md``). A preset gives the four
+architecture fields; a field given with another value than the named preset's is an error naming both (never
+a silent choice between them), and a preset with ``name_or_path`` (a model that is loaded, not built) is an error.
 
 Not covered: configs of the sampling, classification and evaluation commands (they take options).
 """
@@ -44,46 +44,45 @@ class ModelSection:
         name_or_path: hub id or folder of a causal LM (with its tokenizer); None builds the tiny
             LLaMA from the fields below with the character tokenizer, seeded by ``train.seed``.
         dtype: torch dtype name the checkpoint is loaded in (``float32``, ``bfloat16``, ``float16``).
-        hidden_size: tiny LLaMA width (only when ``name_or_path`` is None).
-        intermediate_size: tiny LLaMA feed-forward width.
-        num_layers: tiny LLaMA decoder layers.
-        num_heads: tiny LLaMA attention heads (must divide ``hidden_size``).
+        hidden_size: tiny LLaMA width (only when ``name_or_path`` is None); None: the preset's.
+        intermediate_size: tiny LLaMA feed-forward width; None: the preset's.
+        num_layers: tiny LLaMA decoder layers; None: the preset's.
+        num_heads: tiny LLaMA attention heads (must divide ``hidden_size``); None: the preset's.
         max_position_embeddings: tiny LLaMA context length in tokens.
-        preset: a name of ``MODEL_PRESETS`` (``tiny`` or ``small``, the generation preset) that sets
+        preset: a name of ``MODEL_PRESETS`` (``tiny`` or ``small``, the generation preset) that gives
             ``hidden_size``, ``intermediate_size``, ``num_layers`` and ``num_heads`` (only when
-            ``name_or_path`` is None); None: the four fields as given.
+            ``name_or_path`` is None); None: ``tiny`` for every field not given. A field given
+            with a named preset must agree with it.
     """
 
     name_or_path: str | None = None
     dtype: str = "float32"
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
     max_position_embeddings: int = 1024
     preset: str | None = None
 
 
 def resolve_model_section(m: ModelSection) -> dict[str, Any]:
-    """The model section's fields with its ``preset`` applied (``preset`` itself dropped); a
-    ``ProteinError`` for an unknown preset, a preset with ``name_or_path``, or a field set to a value
-    that is neither its default nor the preset's."""
+    """The model section's fields with its ``preset`` applied (``preset`` itself dropped): each
+    architecture field not given takes the preset's value (``tiny`` when no preset is named). A
+    ``ProteinError`` for an unknown preset, a named preset with ``name_or_path``, or a field given
+    with another value than the named preset's (an explicit value is never silently replaced)."""
     out = dataclasses.asdict(m)
     name = out.pop("preset")
-    if name is None:
-        return out
-    if name not in MODEL_PRESETS:
+    if name is not None and name not in MODEL_PRESETS:
         raise ProteinError(f"unknown model.preset {name!r}; known: {', '.join(MODEL_PRESETS)}")
-    if m.name_or_path is not None:
+    if name is not None and m.name_or_path is not None:
         raise ProteinError(f"model.preset {name!r} builds a model from config; it cannot be combined with "
                            f"model.name_or_path={m.name_or_path!r} (remove one of them)")
-    defaults = ModelSection()
-    for key, value in MODEL_PRESETS[name].items():
-        given = getattr(m, key)
-        if given != getattr(defaults, key) and given != value:
+    for key, value in MODEL_PRESETS[name or "tiny"].items():
+        given = out[key]
+        if name is not None and given is not None and given != value:
             raise ProteinError(f"model.{key}={given} contradicts model.preset {name!r} ({key} {value}); "
                                "remove one of them")
-        out[key] = value
+        out[key] = value if given is None else given
     return out
 
 

@@ -37,15 +37,21 @@ def test_small_preset_builds_the_stated_architecture(tmp_path):
     want = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8}
     assert {k: cfg[k] for k in want} == want
     assert MODEL_PRESETS["small"] == {"hidden_size": 128, "intermediate_size": 256, "num_layers": 4, "num_heads": 8}
-    # the tiny preset is the dataclass defaults, i.e. what the quickstart's config builds
+    # the tiny preset is what a section naming no preset builds, i.e. what the quickstart's config builds
     from adaptome.domains.protein.config import ModelSection, resolve_model_section
 
-    assert {k: v for k, v in resolve_model_section(ModelSection(preset="tiny")).items() if k in MODEL_PRESETS["tiny"]} \
-        == MODEL_PRESETS["tiny"] == {k: getattr(ModelSection(), k) for k in MODEL_PRESETS["tiny"]}
+    arch = list(MODEL_PRESETS["tiny"])
+    assert {k: resolve_model_section(ModelSection(preset="tiny"))[k] for k in arch} == MODEL_PRESETS["tiny"] \
+        == {k: resolve_model_section(ModelSection())[k] for k in arch}
+    # without a named preset a given field wins over tiny's; the rest stay tiny's
+    got = resolve_model_section(ModelSection(hidden_size=128))
+    assert (got["hidden_size"], got["num_layers"]) == (128, 2)
 
 
 @pytest.mark.parametrize("sets, message", [
     (["model.preset=small", "model.num_layers=3"], "model.num_layers=3 contradicts model.preset 'small'"),
+    # a value equal to tiny's (the old dataclass default) is still a value the user gave: never silently replaced
+    (["model.preset=small", "model.hidden_size=64"], "model.hidden_size=64 contradicts model.preset 'small'"),
     (["model.preset=huge"], "unknown model.preset 'huge'; known: tiny, small"),
     (["model.preset=small", "model.name_or_path=some/folder"], "cannot be combined with model.name_or_path"),
 ])
