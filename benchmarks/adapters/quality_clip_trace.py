@@ -27,12 +27,12 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from benchmarks.adapters import quality as q
+from benchmarks.adapters import quality_diag as diag
 
 HERE = Path(__file__).resolve().parent
 COMMAND = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_clip_trace"
@@ -87,21 +87,11 @@ def trace(label, method, opts, lr, head_lr, enc0, d, acc) -> dict:
 
 
 def run() -> dict:
-    from adaptome.core.train.loop import make_accelerator
-
     t0, env = time.time(), q.environment()
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", FutureWarning)
-    acc = make_accelerator("no", cpu=True)
     oracle = json.loads((HERE / "results_quality_oracle.json").read_text(encoding="utf-8"))
-    q.RANK = RANK
-    d = q.data()
-    enc, info = q.cached_encoder(d["unlabeled"], acc)
-    for p in enc.parameters():
-        p.requires_grad_(False)
+    acc, d, enc, key = diag.frozen_setup(RANK)
     head_lr = oracle["head_lr"]
     runs = [trace(*s, head_lr, enc, d, acc) for s in SETTINGS]
-    q._SHARED.update(encoder=enc, data=d)
     q.MAX_GRAD_NORM = None  # part 2 only; the workers fork after this
     base = {"r": RANK, "lora_alpha": q.ALPHA}
     units = [("head", {}, head_lr)] + [("dylora", {**base, "mode": m}, lr) for m, lr in TEST_POINTS]
@@ -118,7 +108,7 @@ def run() -> dict:
             noclip.append(p)
     q.MAX_GRAD_NORM = 1.0
     return {"command": COMMAND, "env": env, "rank": RANK, "head_lr": head_lr, "max_grad_norm": 1.0,
-            "n_train": len(d["select"][0][0]), "encoder_key": info["key"], "runs": runs, "seeds": list(SEEDS),
+            "n_train": len(d["select"][0][0]), "encoder_key": key, "runs": runs, "seeds": list(SEEDS),
             "noclip": noclip, "seconds": time.time() - t0}
 
 
@@ -195,19 +185,8 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Gradient clipping trace of the adapter-quality benchmark")
-    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
-    args = ap.parse_args()
-    path = HERE / "results_quality_clip_trace.json"
-    if args.report_only:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        res = run()
-        path.write_text(json.dumps(res, indent=2), encoding="utf-8")
-    path.with_suffix(".md").write_text(markdown(res), encoding="utf-8")
-    print(markdown(res))
+    diag.main("Gradient clipping trace of the adapter-quality benchmark", HERE / "results_quality_clip_trace.json",
+              run, markdown)
 
 
 if __name__ == "__main__":

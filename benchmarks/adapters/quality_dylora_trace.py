@@ -19,12 +19,10 @@ import json
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import torch
-
 from benchmarks.adapters import quality as q
+from benchmarks.adapters import quality_diag as diag
 
 HERE = Path(__file__).resolve().parent
 COMMAND = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_dylora_trace"
@@ -105,20 +103,9 @@ def trace(label, method, opts, lr, head_div, head_lr, enc0, d, acc) -> dict:
 
 
 def run() -> dict:
-    from adaptome.core.train.loop import make_accelerator
-
     t0, env = time.time(), q.environment()
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", FutureWarning)
-    acc = make_accelerator("no", cpu=True)
     res8 = json.loads((HERE / "results_quality_r8.json").read_text(encoding="utf-8"))
-    q.RANK = RANK
-    d = q.data()
-    enc, info = q.cached_encoder(d["unlabeled"], acc)
-    if info["key"] != res8["encoder"]["key"]:
-        raise SystemExit("error: the cached encoder differs from results_quality_r8's")
-    for p in enc.parameters():
-        p.requires_grad_(False)
+    acc, d, enc, _ = diag.frozen_setup(RANK, res8["encoder"]["key"])
     runs = [trace(*s, res8["head_lr"], enc, d, acc) for s in SETTINGS]
     return {"command": COMMAND, "env": env, "steps": q.STEPS, "rank": RANK, "mid": list(MID),
             "n_train": len(d["select"][0][0]), "n_val": len(d["select"][0][1]), "runs": runs,
@@ -191,19 +178,8 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="DyLoRA loss trace of the adapter-quality benchmark")
-    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
-    args = ap.parse_args()
-    path = HERE / "results_quality_dylora_trace.json"
-    if args.report_only:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        res = run()
-        path.write_text(json.dumps(res, indent=2), encoding="utf-8")
-    path.with_suffix(".md").write_text(markdown(res), encoding="utf-8")
-    print(markdown(res))
+    diag.main("DyLoRA loss trace of the adapter-quality benchmark", HERE / "results_quality_dylora_trace.json",
+              run, markdown)
 
 
 if __name__ == "__main__":

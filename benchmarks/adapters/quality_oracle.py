@@ -32,12 +32,10 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import torch
-
 from benchmarks.adapters import quality as q
+from benchmarks.adapters import quality_diag as diag
 
 HERE = Path(__file__).resolve().parent
 COMMAND = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_oracle"
@@ -64,23 +62,11 @@ def _points(res8: dict) -> list[tuple[str, dict, float]]:
 
 
 def run() -> dict:
-    from adaptome.core.train.loop import make_accelerator
-
     t0, env = time.time(), q.environment()
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", FutureWarning)
-    acc = make_accelerator("no", cpu=True)
     res8 = json.loads((HERE / "results_quality_r8.json").read_text(encoding="utf-8"))
     st = res8["setup"]
-    q.RANK = st["rank"]
     ranks = list(range(1, st["rank"] + 1))
-    d = q.data()
-    enc, info = q.cached_encoder(d["unlabeled"], acc)
-    if info["key"] != res8["encoder"]["key"]:
-        raise SystemExit("error: the cached encoder differs from results_quality_r8's")
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    q._SHARED.update(encoder=enc, data=d)
+    diag.frozen_setup(st["rank"], res8["encoder"]["key"])
     head_lr = res8["head_lr"]
     rows = {r["method"]: r for r in res8["rows"]}
     check = [rows["lora"], rows["dylora"]]
@@ -120,25 +106,13 @@ def run() -> dict:
 
 def run_head_rates(res: dict, head_rates: list[float]) -> dict:
     """``res`` (this diagnostic's results) with the ``--head-rates`` part: see the module docstring."""
-    from adaptome.core.train.loop import make_accelerator
-
     t0, env = time.time(), q.environment()
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", FutureWarning)
-    acc = make_accelerator("no", cpu=True)
     res8 = json.loads((HERE / "results_quality_r8.json").read_text(encoding="utf-8"))
     st = res8["setup"]
     if res8["env"]["git_commit"] != res["source"]["commit"]:
         raise SystemExit("error: results_quality_r8.json is not the one the first part compared with")
-    q.RANK = st["rank"]
     ranks = list(range(1, st["rank"] + 1))
-    d = q.data()
-    enc, info = q.cached_encoder(d["unlabeled"], acc)
-    if info["key"] != res8["encoder"]["key"]:
-        raise SystemExit("error: the cached encoder differs from results_quality_r8's")
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    q._SHARED.update(encoder=enc, data=d)
+    diag.frozen_setup(st["rank"], res8["encoder"]["key"])
     base = {"r": st["rank"], "lora_alpha": st["alpha"]}
     lora_lr = res["source"]["chosen"]["lora"]["lr"]
     pts = [("lora", base, lora_lr)]
@@ -299,24 +273,10 @@ def _head_part(res: dict) -> list[str]:
 
 
 def main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Test-fold diagnostic of DyLoRA's and SoRA's grids (not a selection)")
-    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
-    ap.add_argument("--head-rates", nargs="+", type=float, metavar="RATE",
-                    help="add the second part (other head rates) to the existing results")
-    args = ap.parse_args()
-    path = HERE / "results_quality_oracle.json"
-    if args.report_only:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    elif args.head_rates:
-        res = run_head_rates(json.loads(path.read_text(encoding="utf-8")), args.head_rates)
-        path.write_text(json.dumps(res, indent=2), encoding="utf-8")
-    else:
-        res = run()
-        path.write_text(json.dumps(res, indent=2), encoding="utf-8")
-    path.with_suffix(".md").write_text(markdown(res), encoding="utf-8")
-    print(markdown(res))
+    more = {"nargs": "+", "type": float, "metavar": "RATE",
+            "help": "add the second part (other head rates) to the existing results"}
+    diag.main("Test-fold diagnostic of DyLoRA's and SoRA's grids (not a selection)",
+              HERE / "results_quality_oracle.json", run, markdown, {"--head-rates": (more, run_head_rates)})
 
 
 if __name__ == "__main__":
