@@ -97,15 +97,7 @@ def run() -> dict:
     units = [("head", {}, head_lr)] + [("dylora", {**base, "mode": m}, lr) for m, lr in TEST_POINTS]
     ranks = list(range(1, RANK + 1))
     with tempfile.TemporaryDirectory() as tmp, multiprocessing.get_context("fork").Pool(q.WORKERS) as pool:
-        jobs = [(m, o, lr, head_lr, s, ranks if m == "dylora" else None, tmp) for m, o, lr in units for s in SEEDS]
-        flat = iter(pool.starmap(q._eval_job, jobs, chunksize=1))
-        noclip = []
-        for m, o, lr in units:
-            seeds = [next(flat) for _ in SEEDS]
-            p = {"method": m, "options": o, "lr": lr, "score": [s["score"] for s in seeds]}
-            if m == "dylora":
-                p["by_rank"] = {str(k): [s["by_rank"][k] for s in seeds] for k in ranks}
-            noclip.append(p)
+        noclip = diag.test_points(pool, [(m, o, lr, head_lr) for m, o, lr in units], SEEDS, ranks, tmp)
     q.MAX_GRAD_NORM = 1.0
     return {"command": COMMAND, "env": env, "rank": RANK, "head_lr": head_lr, "max_grad_norm": 1.0,
             "n_train": len(d["select"][0][0]), "encoder_key": key, "runs": runs, "seeds": list(SEEDS),

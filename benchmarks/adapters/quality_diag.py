@@ -57,3 +57,27 @@ def main(description: str, path: Path, run: Callable[[], dict], markdown: Callab
         path.write_text(json.dumps(res, indent=2), encoding="utf-8")
     path.with_suffix(".md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))
+
+
+def kept(seeds: list[dict]) -> list[float]:
+    """Share of SoRA's gates non-zero in the fold models of each seed (``quality._eval_job`` outputs)."""
+    return [sum(f["kept_gates"] for f in s["facts"]) / sum(f["total_gates"] for f in s["facts"]) for s in seeds]
+
+
+def test_points(pool, units: list[tuple[str, dict, float, float]], seeds: tuple[int, ...], ranks: list[int],
+                tmp: str) -> list[dict]:
+    """Every (method, options, adapter rate, head rate) of ``units`` trained on the test folds at each seed
+    (``quality._eval_job`` on ``pool``): one dict per unit with its per-seed scores, DyLoRA's per-seed scores
+    at every rank of ``ranks``, and SoRA's share of non-zero gates per seed."""
+    jobs = [(m, o, lr, h, s, ranks if m == "dylora" else None, tmp) for m, o, lr, h in units for s in seeds]
+    flat = iter(pool.starmap(q._eval_job, jobs, chunksize=1))
+    out = []
+    for m, o, lr, h in units:
+        got = [next(flat) for _ in seeds]
+        p = {"method": m, "options": o, "lr": lr, "head_lr": h, "score": [g["score"] for g in got]}
+        if m == "dylora":
+            p["by_rank"] = {str(k): [g["by_rank"][k] for g in got] for k in ranks}
+        if m == "sora":
+            p["kept_fraction"] = kept(got)
+        out.append(p)
+    return out

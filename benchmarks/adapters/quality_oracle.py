@@ -46,11 +46,6 @@ HEAD_DYLORA_RATES = (1e-3, 3e-3, 1e-2)  # the --head-rates part's DyLoRA adapter
 HEAD_SORA_SHRINK, HEAD_SORA_RATES = 0.8, (3e-3, 1e-2)  # the --head-rates part's SoRA points
 
 
-def _kept(seeds: list[dict]) -> list[float]:
-    """Share of SoRA's gates non-zero in the fold models of each seed (``_eval_job`` outputs)."""
-    return [sum(f["kept_gates"] for f in s["facts"]) / sum(f["total_gates"] for f in s["facts"]) for s in seeds]
-
-
 def _points(res8: dict) -> list[tuple[str, dict, float]]:
     """(method, options, rate) of every diagnosed point."""
     st = res8["setup"]
@@ -81,17 +76,7 @@ def run() -> dict:
             if g["score"] != stored:
                 raise SystemExit(f"error: seed 0 of {r['label']} gives {g['score']}, stored {stored}")
         print("seed 0 of the stored lora and dylora rows reproduced", flush=True)
-        jobs = [(m, o, lr, head_lr, s, ranks if m == "dylora" else None, tmp) for m, o, lr in pts for s in SEEDS]
-        flat = iter(pool.starmap(q._eval_job, jobs, chunksize=1))
-        out = []
-        for m, o, lr in pts:
-            seeds = [next(flat) for _ in SEEDS]
-            p = {"method": m, "options": o, "lr": lr, "score": [s["score"] for s in seeds]}
-            if m == "dylora":
-                p["by_rank"] = {str(k): [s["by_rank"][k] for s in seeds] for k in ranks}
-            else:
-                p["kept_fraction"] = _kept(seeds)
-            out.append(p)
+        out = diag.test_points(pool, [(m, o, lr, head_lr) for m, o, lr in pts], SEEDS, ranks, tmp)
     idx = [st["seeds"].index(s) for s in SEEDS]
     lora = {k: {m: [v[m]["per_seed"][i] for i in idx] for m in ("accuracy", "macro_f1")}
             for k, v in res8["lora_by_rank"].items()}
@@ -120,17 +105,7 @@ def run_head_rates(res: dict, head_rates: list[float]) -> dict:
     pts += [("sora", {**base, "sora_shrink": HEAD_SORA_SHRINK}, lr) for lr in HEAD_SORA_RATES]
     units = [(m, o, lr, h) for h in head_rates for m, o, lr in pts]
     with tempfile.TemporaryDirectory() as tmp, multiprocessing.get_context("fork").Pool(q.WORKERS) as pool:
-        jobs = [(m, o, lr, h, s, ranks if m == "dylora" else None, tmp) for m, o, lr, h in units for s in SEEDS]
-        flat = iter(pool.starmap(q._eval_job, jobs, chunksize=1))
-        out = []
-        for m, o, lr, h in units:
-            seeds = [next(flat) for _ in SEEDS]
-            p = {"method": m, "options": o, "lr": lr, "head_lr": h, "score": [s["score"] for s in seeds]}
-            if m == "dylora":
-                p["by_rank"] = {str(k): [s["by_rank"][k] for s in seeds] for k in ranks}
-            if m == "sora":
-                p["kept_fraction"] = _kept(seeds)
-            out.append(p)
+        out = diag.test_points(pool, units, SEEDS, ranks, tmp)
     res["head_part"] = {"command": f"{COMMAND} --head-rates {' '.join(f'{h:g}' for h in head_rates)}", "env": env,
                         "head_rates": list(head_rates), "points": out, "seconds": time.time() - t0}
     return res
