@@ -67,9 +67,10 @@ def run(out_dir: Path) -> dict:
             "heldout_auc": ev.roc_auc((y >= 30).astype(int), p) if 0 < (y >= 30).sum() < len(y) else float("nan"),
             "scores": str(slides_csv), "model": res["out_dir"]}
 
-    # demo only: the synthetic-trained model paints the real slide (no real label exists for it)
+    # demo only: the synthetic-trained model paints the real slide (no real label exists for it). Scored on the
+    # fly: the slide is tiled and encoded with the recipe the model records (64-px tiles at 20x, the baseline
+    # encoder with its options), not with the real slide's 256-px features above, which score refuses for it.
     _, real_csv = stages.score(ScoreConfig(slides=str(SAMPLE_SLIDE), model=results["real"]["model"],
-                                           features_dir=str(real / "tiles_20x_256px_0ov" / "features_baseline"),
                                            out_dir=str(real / "scores_demo")), progress=False)
     real_pct = float(next(csv.DictReader(open(real_csv)))["stil_pct"])
     console.print(f"real slide scored by the synthetic-trained model (a demo of the outputs, not a valid sTIL): "
