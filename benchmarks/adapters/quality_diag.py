@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -22,11 +21,7 @@ def frozen_setup(rank: int, expect_key: str | None = None) -> tuple[object, dict
     """(accelerator, task data, frozen encoder, its cache key) for a diagnostic at ``rank``: one torch thread, the CPU
     accelerator, ``quality.RANK`` set, the cached encoder loaded (refused when its cache key is not
     ``expect_key``, the key of the stored run the diagnostic compares with) and shared with the workers."""
-    from adaptome.core.train.loop import make_accelerator
-
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", FutureWarning)
-    acc = make_accelerator("no", cpu=True)
+    acc = q._worker_setup()  # one torch thread, FutureWarnings off, the CPU accelerator
     q.RANK = rank
     d = q.data()
     enc, info = q.cached_encoder(d["unlabeled"], acc)
