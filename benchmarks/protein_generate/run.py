@@ -250,11 +250,14 @@ def summarise(rows: list[dict]) -> dict:
             ks = [sum((r["length_ks_pvalue"] or 0) > KS_ALPHA for r in sel if r["seed"] == s) for s in seeds]
             lc = [sum(lc_ok(r) for r in sel if r["seed"] == s) for s in seeds]
             lc_up = [sum(lc_ok(r, upper_only=True) for r in sel if r["seed"] == s) for s in seeds]
+            both = [sum((r["length_ks_pvalue"] or 0) > KS_ALPHA and lc_ok(r) for r in sel if r["seed"] == s)
+                    for s in seeds]
             ratios = [r["low_complexity_ratio"] for r in sel if r["low_complexity_ratio"]]
             pooled = [pooled_lc([r for r in sel if r["seed"] == s]) for s in seeds]
             out[f"{pipe}/{name}"] = {
                 "pipeline": pipe, "setting": name, "n_families": len({r["family"] for r in sel}), "seeds": seeds,
                 "ks_pass_per_seed": ks, "lc_within_per_seed": lc, "lc_not_above_per_seed": lc_up,
+                "both_per_seed": both,
                 "lc_pooled_per_seed": pooled,
                 "lc_pooled_within_per_seed": [int(real / LC_FACTOR <= smp <= real * LC_FACTOR) for smp, real in pooled],
                 "mean_ks_pvalue": statistics.mean(r["length_ks_pvalue"] or 0 for r in sel),
@@ -276,8 +279,8 @@ def best_setting(summary: dict, pipe: str = "windows") -> str:
     sampling settings only (a ``length_prior`` setting is not a candidate for a preset)."""
     plain = [v for v in summary.values() if not SETTINGS[v["setting"]].get("length_prior")]
     cands = [v for v in plain if v["pipeline"] == pipe] or plain
-    def score(v):
-        return statistics.mean(v["ks_pass_per_seed"]) + statistics.mean(v["lc_within_per_seed"]), v["mean_ks_pvalue"]
+    def score(v):  # families passing the KS test AND the low-complexity target, mean over seeds; then KS p
+        return statistics.mean(v["both_per_seed"]), v["mean_ks_pvalue"]
 
     return max(cands, key=score)["setting"]
 

@@ -94,3 +94,19 @@ def test_setting_choice_counts_families_meeting_both_targets_then_mean_ks_p():
     pooled = summary["windows/t0.8-p0.95"]["lc_pooled_per_seed"]
     assert pooled == [pytest.approx([0.065, 0.055])] * 2
     assert summary["windows/t0.8-p0.95"]["lc_pooled_within_per_seed"] == [1, 1]  # per family it fails for B
+
+
+def test_setting_choice_counts_families_meeting_both_targets_not_passes_of_either():
+    g = _gen()
+    rows = []
+    for seed in (0, 1):
+        # t0.9-p0.95: 3 KS passes + 1 low-complexity pass (4 passes) but only family C meets both
+        rows += [_row("t0.9-p0.95", f, seed, 0.9, 0.03, 0.01) for f in ("A", "B")]
+        rows += [_row("t0.9-p0.95", "C", seed, 0.9, 0.01, 0.01)]
+        # res-t0.9-p0.95: also 4 passes, with a lower KS p, and families A and B meet both: chosen
+        rows += [_row("res-t0.9-p0.95", f, seed, 0.3, 0.01, 0.01) for f in ("A", "B")]
+        rows += [_row("res-t0.9-p0.95", "C", seed, 0.01, 0.03, 0.01)]
+    summary = g.summarise(rows)
+    assert summary["windows/t0.9-p0.95"]["both_per_seed"] == [1, 1]
+    assert summary["windows/res-t0.9-p0.95"]["both_per_seed"] == [2, 2]
+    assert g.best_setting(summary) == "res-t0.9-p0.95"  # a sum of passes would tie and take t0.9 by KS p
