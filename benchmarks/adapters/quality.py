@@ -72,6 +72,7 @@ from torch import nn
 
 from adaptome.core.adapters import api
 from adaptome.core.evaluation import accuracy, macro_f1
+from benchmarks.adapters import quality_task
 from benchmarks.adapters.quality_task import (  # noqa: F401  (the task and the encoder; re-exported for the scripts)
     AA,
     CACHE,
@@ -94,10 +95,12 @@ from benchmarks.adapters.quality_task import (  # noqa: F401  (the task and the 
     encode,
     encoder_settings,
     folds,
+    pretrain_corpus,
     pretrain_mlm,
     pretrain_warmup,
     tiles,
     unigram_entropy,
+    use_corpus,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -421,8 +424,9 @@ def run() -> dict:
                            "window": WINDOW, "family_cap": FAMILY_CAP, "folds": FOLDS, "seeds": list(SEEDS),
                            "steps": STEPS, "batch": BATCH, "warmup_steps": warmup_steps(), "schedule": "linear",
                            "min_family": MIN_FAMILY, "encoder": ENCODER, "rank": RANK, "alpha": ALPHA,
-                           "pretrain": {"steps": PRETRAIN_STEPS, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR,
-                                        "warmup": PRETRAIN_WARMUP},
+                           "pretrain": {"steps": quality_task.PRETRAIN_STEPS, "batch": PRETRAIN_BATCH,
+                                        "lr": PRETRAIN_LR, "warmup": PRETRAIN_WARMUP},
+                           "corpus": quality_task.CORPUS, "n_task_sequences": len(d["task_sequences"]),
                            "n_unlabeled": len(d["unlabeled"]), "unlabeled_residues": d["unlabeled_residues"],
                            "n_small_pfam": d["n_small_pfam"], "select_folds": SELECT_FOLDS,
                            "n_select_windows": sum(len(v) for _, v in d["select"]),
@@ -433,9 +437,9 @@ def run() -> dict:
                  "baselines": baselines(d), "rows": [], "lora_by_rank": {}}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        encoder, info = cached_encoder(d["unlabeled"], acc)
+        encoder, info = cached_encoder(pretrain_corpus(d), acc)
         res["encoder"] = {**{k: info[k] for k in ("key", "cached", "seconds", "mlm_losses")},
-                          "unigram_entropy": unigram_entropy(d["unlabeled"])}
+                          "unigram_entropy": unigram_entropy(pretrain_corpus(d))}
         for p in encoder.parameters():
             p.requires_grad_(False)
         _SHARED.update(encoder=encoder, data=d)
@@ -493,7 +497,8 @@ def rerun(methods: list[str], res: dict) -> dict:
         raise SystemExit("error: the settings differ from the earlier run's; rerun the whole benchmark instead")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        encoder, info = cached_encoder(d["unlabeled"], acc)
+        use_corpus(st.get("corpus", "disjoint"))
+        encoder, info = cached_encoder(pretrain_corpus(d), acc)
         if info["key"] != res["encoder"]["key"]:
             raise SystemExit("error: the cached encoder differs from the earlier run's")
         for p in encoder.parameters():
@@ -518,7 +523,7 @@ def rerun(methods: list[str], res: dict) -> dict:
 
 
 def main() -> None:
-    global STEPS, SEEDS, PRETRAIN_STEPS, ROWS, RANK, SELECT_FOLDS, SELECT_BY
+    global STEPS, SEEDS, ROWS, RANK, SELECT_FOLDS, SELECT_BY
     ap = argparse.ArgumentParser(description="Adapter quality benchmark (Pfam families, tiny BERT)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
@@ -532,10 +537,14 @@ def main() -> None:
                     help=f"test seeds of a full run (default {' '.join(str(x) for x in SEEDS)})")
     ap.add_argument("--add-seeds", nargs="+", type=int, metavar="SEED",
                     help="train every row of the existing results at these further seeds (same chosen rates)")
+    ap.add_argument("--corpus", choices=quality_task.CORPORA, default="disjoint",
+                    help="the encoder's pretraining corpus: 'disjoint' (never task sequences, default) or "
+                    "'transductive' (also every task sequence, without labels, pretrained longer; see quality_task)")
     ap.add_argument("--select-by", choices=("nll", "macro_f1"), default=SELECT_BY,
                     help=f"validation score of the rate selection (default {SELECT_BY}; see quality_select.py)")
     args = ap.parse_args()
     SELECT_BY = args.select_by
+    use_corpus(args.corpus)
     if args.report_only:
         from benchmarks.adapters.quality_report import markdown
 
@@ -549,7 +558,8 @@ def main() -> None:
         ROWS = [(name.replace(f"r={old}", f"r={RANK}"), m, {**o, "r": RANK} if "r" in o else o, grid)
                 for name, m, o, grid in ROWS]
     if args.smoke:
-        STEPS, SEEDS, PRETRAIN_STEPS, RANK = 6, (0, 1), 10, 2
+        STEPS, SEEDS, RANK = 6, (0, 1), 2
+        quality_task.PRETRAIN_STEPS = 10
         SELECT_FOLDS = 2
         ROWS = [("lora r=2", "lora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2]),
                 ("dylora r=2", "dylora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2]),

@@ -24,7 +24,7 @@ def frozen_setup(rank: int, expect_key: str | None = None) -> tuple[object, dict
     acc = q._worker_setup()  # one torch thread, FutureWarnings off, the CPU accelerator
     q.RANK = rank
     d = q.data()
-    enc, info = q.cached_encoder(d["unlabeled"], acc)
+    enc, info = q.cached_encoder(q.pretrain_corpus(d), acc)
     if expect_key is not None and info["key"] != expect_key:
         raise SystemExit("error: the cached encoder differs from the stored run's")
     for p in enc.parameters():

@@ -31,6 +31,12 @@ PRETRAIN_STEPS = 1500
 PRETRAIN_BATCH = 32
 PRETRAIN_LR = 1e-3
 PRETRAIN_WARMUP = 100
+#: the encoder's pretraining corpus (``use_corpus``): "disjoint", shipped sequences that are never task sequences
+#: (the default), or "transductive", those plus every task sequence without its label, pretrained for
+#: ``TRANSDUCTIVE_STEPS`` (as a protein LM pretrained on UniRef has seen the Pfam seeds it is later tuned on)
+CORPUS = "disjoint"
+CORPORA = ("disjoint", "transductive")
+TRANSDUCTIVE_STEPS = 6000
 
 
 def encode(seq: str) -> list[int]:
@@ -108,6 +114,7 @@ def data() -> dict:
     select = [([r for r in sel if inner[seq_of[r.id]] != j], [r for r in sel if inner[seq_of[r.id]] == j])
               for j in range(SELECT_FOLDS)]
     return {"records": recs, "labels": labels, "fold_of": win_fold, "unlabeled": unlabeled,
+            "task_sequences": sorted({r.seq for r in seqs}),
             "n_sequences": len(seqs), "n_small_pfam": len(small),
             "unlabeled_residues": sum(len(s) for s in unlabeled), "select": select,
             "n_select_sequences": len(train0)}
@@ -119,6 +126,20 @@ def folds(d: dict) -> list[tuple[list, list]]:
 
 
 # -- models ---------------------------------------------------------------------------------------
+def use_corpus(kind: str) -> None:
+    """Set the encoder's pretraining corpus (``CORPUS``) and its steps: 1500 for "disjoint",
+    ``TRANSDUCTIVE_STEPS`` for "transductive"."""
+    global CORPUS, PRETRAIN_STEPS
+    if kind not in CORPORA:
+        raise ValueError(f"corpus must be one of {', '.join(CORPORA)}, not {kind!r}")
+    CORPUS, PRETRAIN_STEPS = kind, (1500 if kind == "disjoint" else TRANSDUCTIVE_STEPS)
+
+
+def pretrain_corpus(d: dict) -> list[str]:
+    """The sequences the encoder is pretrained on under ``CORPUS`` (``d``: ``data()``)."""
+    return d["unlabeled"] + (d["task_sequences"] if CORPUS == "transductive" else [])
+
+
 def pretrain_warmup() -> int:
     return min(PRETRAIN_WARMUP, PRETRAIN_STEPS // 10)
 
