@@ -180,7 +180,8 @@ def _header(res: dict) -> list[str]:
     pre = st["pretrain"]
     mlm = enc["mlm_losses"]
     return [
-        "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol", "",
+        "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol"
+        + ("" if _disjoint(st) else ", encoder pretrained on the transductive corpus"), "",
         f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
         f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
         f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}."
@@ -207,17 +208,18 @@ def _header(res: dict) -> list[str]:
         "(adapter and head init, data order).", "",
         f"Encoder: a BERT with hidden {st['encoder']['hidden_size']}, {st['encoder']['num_hidden_layers']} layers, "
         f"trained {pre['steps']} steps (batch {pre['batch']}, rate {_lr(pre['lr'])}, {pre['warmup']} warm-up steps, "
-        f"linear decay) by masked-LM on random {st['window']}-residue crops of {st['n_unlabeled']} shipped sequences "
-        f"({st['unlabeled_residues']:,} residues) that are never task sequences (nrPDB-EC and the "
-        f"{st['n_small_pfam']} sequences of smaller Pfam families); cached on disk by its settings (key "
+        f"linear decay) by masked-LM on random {st['window']}-residue crops of {_corpus_text(st)}; cached on disk "
+        "by its settings (key "
         f"`{enc['key']}`{', reused' if enc['cached'] else ', pretrained in this run'}). Its MLM loss went from "
         f"{mlm[0]:.3f} to {mlm[-1]:.3f} nats; the corpus' residue-frequency entropy (a model that ignores context) "
         f"is {enc['unigram_entropy']:.3f} nats, so the encoder is {enc['unigram_entropy'] - mlm[-1]:.3f} nats "
-        "better than context-free guessing on its own training corpus (on held-out sequences, and after longer "
-        "pretraining, see results_quality_probes.md).", "",
+        "better than context-free guessing on its own training corpus"
+        + (" (on held-out sequences, and after longer pretraining, see results_quality_probes.md)."
+           if _disjoint(st) else "."), "",
         f"Each training runs {st['steps']} steps, batch {st['batch']}, {st['warmup_steps']} linear warm-up steps then "
         f"linear decay to 0, through `fit` (which attaches each method's own hooks, optimizer groups and inits), "
-        f"with a linear head on mean-pooled states{_probe_note()}. Selection rule, the same for every row: fold 0's "
+        f"with a linear head on mean-pooled states{_probe_note() if _disjoint(st) else ''}. Selection rule, the same "
+        f"for every row: fold 0's "
         f"training part ({st['n_select_sequences']} sequences, {st['n_select_windows']} windows; never fold 0's test "
         f"windows) is split into {st['select_folds']} stratified folds grouped by sequence; every grid point is "
         f"trained once per selection fold on the other {st['select_folds'] - 1} "
@@ -485,6 +487,23 @@ def _baselines(res: dict, rows: dict) -> list[str]:
               f"{100 / res['setup']['n_windows']:.2f} points; differences within the rows' seed sd are not resolved "
               "by this benchmark.", ""]
     return lines
+
+
+
+def _disjoint(st: dict) -> bool:
+    """Whether the encoder's corpus held no task sequence (``quality_task.use_corpus``; older runs: always)."""
+    return st.get("corpus", "disjoint") == "disjoint"
+
+
+def _corpus_text(st: dict) -> str:
+    """What the encoder was pretrained on (``quality_task.use_corpus``)."""
+    disjoint = (f"{st['n_unlabeled']} shipped sequences ({st['unlabeled_residues']:,} residues) that are never task "
+                f"sequences (nrPDB-EC and the {st['n_small_pfam']} sequences of smaller Pfam families)")
+    if _disjoint(st):
+        return disjoint
+    return (f"{disjoint} PLUS the {st['n_task_sequences']} sequences of the task's families, without their labels "
+            "(the 'transductive' corpus: the test windows' sequences are in it, as the Pfam seeds are in the UniRef "
+            "corpus a protein LM is pretrained on; no label is)")
 
 
 def markdown(res: dict) -> str:
