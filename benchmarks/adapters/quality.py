@@ -540,6 +540,9 @@ def main() -> None:
     ap.add_argument("--corpus", choices=quality_task.CORPORA, default="disjoint",
                     help="the encoder's pretraining corpus: 'disjoint' (never task sequences, default) or "
                     "'transductive' (also every task sequence, without labels, pretrained longer; see quality_task)")
+    ap.add_argument("--methods", nargs="+", metavar="METHOD",
+                    help="train only these rows besides head-only (e.g. lora dylora sora: the rows the targets name); "
+                    "LoRA is always kept, it feeds the per-rank comparison")
     ap.add_argument("--select-by", choices=("nll", "macro_f1"), default=SELECT_BY,
                     help=f"validation score of the rate selection (default {SELECT_BY}; see quality_select.py)")
     args = ap.parse_args()
@@ -557,6 +560,11 @@ def main() -> None:
         old, RANK = RANK, args.rank
         ROWS = [(name.replace(f"r={old}", f"r={RANK}"), m, {**o, "r": RANK} if "r" in o else o, grid)
                 for name, m, o, grid in ROWS]
+    if args.methods:
+        unknown = set(args.methods) - {r[1] for r in ROWS}
+        if unknown:
+            raise SystemExit(f"error: no row for {', '.join(sorted(unknown))}")
+        ROWS = [r for r in ROWS if r[1] in set(args.methods) | {"lora"}]
     if args.smoke:
         STEPS, SEEDS, RANK = 6, (0, 1), 2
         quality_task.PRETRAIN_STEPS = 10
