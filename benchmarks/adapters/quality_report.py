@@ -136,6 +136,41 @@ def _oracle(rank: int) -> dict | None:
     return o if o["rank"] == rank else None
 
 
+def _encoder_note(res: dict, method: str) -> str:
+    """What the test-fold diagnostic of the transductive encoder (results_quality_encoder.json, ``quality_encoder``)
+    found for ``method`` ("dylora" or "sora"), when it ran on this run's encoder at this rank."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results_quality_encoder.json"
+    if not path.is_file():
+        return ""
+    o = json.loads(path.read_text(encoding="utf-8"))
+    if o["encoder"]["key"] != res["encoder"]["key"] or o["rank"] != res["setup"]["rank"]:
+        return ""
+    ranks = [str(k) for k in range(1, o["rank"] + 1)]
+
+    def acc(scores):
+        return 100 * statistics.mean(x["accuracy"] for x in scores)
+
+    lora = {k: max(acc(p["score"]) for p in o["points"] if p["method"] == "lora" and str(p["options"]["r"]) == k)
+            for k in ranks}
+    pts = [p for p in o["points"] if p["method"] == method]
+    rates = ", ".join(_lr(x) for x in o["rates"])
+    intro = (f" The test-fold diagnostic of this encoder (results_quality_encoder.md; it reads test scores and chose "
+             f"nothing; seeds {', '.join(str(x) for x in o['seeds'])}, LoRA at its better rate of {rates} per rank): ")
+    if method == "dylora":
+        worst = {(p["options"]["mode"], p["lr"]): min(acc(p["by_rank"][k]) - lora[k] for k in ranks) for p in pts}
+        (mode, lr), w = max(worst.items(), key=lambda x: x[1])
+        n = sum(v >= -5 for v in worst.values())
+        return intro + (f"{n} of its {len(worst)} DyLoRA points (both modes at {rates}) are within 5 points at every "
+                        f"rank; the best, {mode} at {_lr(lr)}, has a worst gap of {w:+.1f}.")
+    top = ranks[-1]
+    got = [(p["lr"], 100 * statistics.mean(p["kept_fraction"]), acc(p["score"]) - lora[top]) for p in pts]
+    return intro + "; ".join(f"SoRA (shrink {o['shrink']:g}) at {_lr(lr)} keeps {k:.0f} % of the gates at {g:+.1f} "
+                             f"points from LoRA r={top}" for lr, k, g in got) + "."
+
+
 def _paired_gap(a: list[dict], b: list[float]) -> float:
     return 100 * statistics.mean(x["accuracy"] - y for x, y in zip(a, b))
 
@@ -281,7 +316,7 @@ def _table(res: dict) -> list[str]:
 
 
 def _other_rule(res: dict) -> tuple[str, dict] | None:
-    """(file name, results) of the benchmark at the same rank and seeds' protocol under the other selection rule."""
+    """(file name, results) of the benchmark at the same rank, steps and encoder under the other selection rule."""
     import json
     from pathlib import Path
 
@@ -289,7 +324,7 @@ def _other_rule(res: dict) -> tuple[str, dict] | None:
         other = json.loads(path.read_text(encoding="utf-8"))
         st = other.get("setup")
         if (st and st.get("rank") == res["setup"]["rank"] and st.get("select_by", "macro_f1") != _rule(res)
-                and st.get("steps") == res["setup"]["steps"]):
+                and st.get("steps") == res["setup"]["steps"] and other["encoder"]["key"] == res["encoder"]["key"]):
             return path.stem, other
     return None
 
@@ -384,8 +419,8 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                       f"head-only {100 * v_hd:.1f}; DyLoRA minus LoRA r={st['rank']} is {100 * (v_dy - v_lo):+.1f} "
                       f"points of macro-F1 there and {100 * (dy['macro_f1']['mean'] - top['macro_f1']['mean']):+.1f} "
                       "on the test folds at full rank.")
-        lines[-1] += _trace_note(st["rank"])
-    lines[-1] += _oracle_note(res, "dylora")
+        lines[-1] += _trace_note(st["rank"]) if _disjoint(st) else ""
+    lines[-1] += _oracle_note(res, "dylora") if _disjoint(st) else _encoder_note(res, "dylora")
     return lines + [""] + _dylora_selection(res, dy)
 
 
@@ -438,7 +473,8 @@ def _sora(res: dict, rows: dict) -> list[str]:
             f"{d_sora:+.1f} points)" + ("." if met else "; " + "; ".join(
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
                             else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
-                            if d_sora < -2 else "") if x) + ".") + _oracle_note(res, "sora"), ""] + _sora_selection(
+                            if d_sora < -2 else "") if x) + ".")
+        + (_oracle_note(res, "sora") if _disjoint(st) else _encoder_note(res, "sora")), ""] + _sora_selection(
                 res, so)
 
 
