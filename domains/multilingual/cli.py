@@ -213,6 +213,12 @@ def train_task_cmd(
     metric = "entity_f1" if task == "ner" else "macro_f1"
     vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])
     typer.echo(f"{out}: {task} with adapter {s['adapter']}, {metric} on {eval.name}: {vals}")
+    from adaptome.domains.multilingual.task_train import lang_adapter_info
+
+    for path in cfg.lang_adapters:
+        la_lang = lang_adapter_info(path)["language"]
+        if lang and la_lang not in ("", "?", lang):
+            typer.echo(f"warning: --lang {lang}, but the language adapter {path} was trained for {la_lang!r}")
     cut = max((r.get("truncated_words", 0) for r in s["runs"]), default=0)
     if cut:
         typer.echo(f"warning: {cut} word(s) of {eval.name} got no token from the tokenizer and were predicted O")

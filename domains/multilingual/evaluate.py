@@ -114,8 +114,8 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None)
 def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, max_sentences: int = 200,
                                max_length: int = 128) -> list[dict]:
     """Pseudo-perplexity of each language adapter (and of its base, once) on ``text_file``."""
-    from adaptome.core.adapters.io import load_adapter, read_adapter_meta
-    from adaptome.domains.multilingual.base import load_base
+    from adaptome.core.adapters.io import CheckpointError, load_adapter, read_adapter_meta
+    from adaptome.domains.multilingual.base import base_fingerprint, load_base
     from adaptome.domains.multilingual.lang_adapter import adapter_dir
     from adaptome.domains.multilingual.mlm import pseudo_perplexity
 
@@ -128,6 +128,9 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
         base = meta.get("base")
         if not base:
             raise readers.DataError(f"{folder}: the adapter does not name its base model")
+        if meta.get("base_fingerprint") and base_fingerprint(base) != meta["base_fingerprint"]:
+            raise CheckpointError(f"{folder}: its base {base} changed since the adapter was trained; retrain it "
+                                  "(or restore the base)")
         tok, model = load_base(base, "mlm")
         lang = meta.get("language", "?")
         if base not in bases_done:

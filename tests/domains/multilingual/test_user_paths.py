@@ -38,21 +38,32 @@ def _small_sentiment(tmp_path, n=60):
     return tmp_path / "train.tsv", tmp_path / "dev.tsv"
 
 
-def test_language_adapter_of_another_base_is_refused(tiny_base, lang_adapter, tmp_path):
-    """Same architecture and sizes, other weights (a re-pretrained base): the shapes fit, the adapter does not."""
+def test_language_adapter_of_another_base_is_refused(tiny_base, lang_adapter, text_splits, tmp_path):
+    """Same architecture and sizes, other weights (a base re-pretrained in place): the shapes fit, the adapter
+    does not belong."""
     other = tmp_path / "other_base"
     shutil.copytree(tiny_base, other)
+    hau = text_splits / "hau"
+    res = invoke(["multilingual", "train-language-adapter", "--base", other, "--train", hau / "train.txt",
+                  "--eval", hau / "test.txt", "--out", tmp_path / "la_other", "--steps", 2, "--max-length", 48,
+                  "--eval-sentences", 5])
+    assert res.exit_code == 0, res.output
     weights = load_file(str(other / "model.safetensors"))
     torch.manual_seed(0)
     save_file({k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights.items()},
               str(other / "model.safetensors"))
     tr, dv = _small_sentiment(tmp_path)
-    res = _train(other, tmp_path / "run", "--stack", lang_adapter, train=tr, dev=dv)
-    assert res.exit_code == 2, res.output
-    assert "was trained on the base" in res.output and "Traceback" not in res.output
-    assert not (tmp_path / "run").exists()
-    # on its own base it stacks
+    for base, la in ((other, lang_adapter), (other, tmp_path / "la_other")):
+        res = _train(base, tmp_path / "run", "--stack", la, train=tr, dev=dv)
+        assert res.exit_code == 2, res.output
+        assert "was trained on the base" in res.output and "Traceback" not in res.output
+        assert not (tmp_path / "run").exists()
+    res = invoke(["multilingual", "evaluate", tmp_path / "la_other", "--text", hau / "test.txt", "--out",
+                  tmp_path / "ev"])
+    assert res.exit_code == 2 and "changed since the adapter was trained" in res.output, res.output
+    # on its own base it stacks; the fingerprint is the content: la_other was trained on a byte-for-byte copy
     assert _train(tiny_base, tmp_path / "ok", "--stack", lang_adapter, train=tr, dev=dv).exit_code == 0
+    assert _train(tiny_base, tmp_path / "ok2", "--stack", tmp_path / "la_other", train=tr, dev=dv).exit_code == 0
 
 
 def test_retrained_language_adapter_is_refused_at_reload_and_runs_reload_from_anywhere(
@@ -62,8 +73,9 @@ def test_retrained_language_adapter_is_refused_at_reload_and_runs_reload_from_an
     shutil.copytree(lang_adapter, work / "la")
     tr, dv = _small_sentiment(work)
     monkeypatch.chdir(work)  # relative paths, as a user types them
-    res = _train(tiny_base, "run", "--stack", "la", train="train.tsv", dev="dev.tsv", steps=10)
+    res = _train(tiny_base, "run", "--stack", "la", "--lang", "kin", train="train.tsv", dev="dev.tsv", steps=10)
     assert res.exit_code == 0, res.output
+    assert "warning: --lang kin, but the language adapter la was trained for 'hau'" in res.output
     trained = json.loads((work / "run" / "run.json").read_text())["runs"][0]["macro_f1"]
     # evaluate from another directory reloads the same adapters and reproduces the training-time score
     monkeypatch.chdir(tmp_path)
