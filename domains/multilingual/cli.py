@@ -178,7 +178,7 @@ def train_task_cmd(
     Example: adaptome multilingual train-task --base runs/base --task topic --lang hau
     --train data/sib200/hau_Latn/train.tsv --eval data/sib200/hau_Latn/dev.tsv --stack runs/la_hau --out runs/tc_hau
     """
-    from adaptome.domains.multilingual.task_train import TaskConfig, train_task
+    from adaptome.domains.multilingual.task_train import TaskConfig, lang_adapter_info, train_task
 
     chosen = [name for name, on in (("--stack", stack is not None), ("--fuse", bool(fuse)), ("--full", full)) if on]
     if len(chosen) > 1:
@@ -209,16 +209,14 @@ def train_task_cmd(
                          task_method=task_method, task_options=opts, label_mode=label_mode or "first",
                          pooling=pooling or "mean",
                          steps=steps, batch_size=batch_size, lr=lr, max_length=max_length, seeds=seed_list)
+        for path in cfg.lang_adapters:
+            la_lang = lang_adapter_info(path)["language"]
+            if lang and la_lang not in ("", "?", lang):
+                typer.echo(f"warning: --lang {lang}, but the language adapter {path} was trained for {la_lang!r}")
         s = train_task(cfg, out, overwrite=overwrite, progress=True)
     metric = "entity_f1" if task == "ner" else "macro_f1"
     vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])
     typer.echo(f"{out}: {task} with adapter {s['adapter']}, {metric} on {eval.name}: {vals}")
-    from adaptome.domains.multilingual.task_train import lang_adapter_info
-
-    for path in cfg.lang_adapters:
-        la_lang = lang_adapter_info(path)["language"]
-        if lang and la_lang not in ("", "?", lang):
-            typer.echo(f"warning: --lang {lang}, but the language adapter {path} was trained for {la_lang!r}")
     cut = max((r.get("truncated_words", 0) for r in s["runs"]), default=0)
     if cut:
         typer.echo(f"warning: {cut} word(s) of {eval.name} got no token from the tokenizer and were predicted O")
