@@ -205,7 +205,9 @@ class TokenDataset(Dataset):
 
         limit = fit_length(tokenizer, max_length)
         budget = max(1, limit - tokenizer.num_special_tokens_to_add(pair=False))
-        full = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False)
+        # whole sentences, only to count each word's subwords (verbose=False: no "longer than the maximum" warning)
+        full = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False,
+                         verbose=False)
         windows = []  # (sentence index, first word, end word)
         for i, s in enumerate(sentences):
             counts = [0] * len(s.words)
