@@ -12,9 +12,10 @@ label of the evaluation split outside it is an error, and so is a training split
 
 Provenance: the paths in ``run.json`` are absolute (a run reloads from any directory), and it records
 the fingerprint of the base (``base.base_fingerprint``) and the SHA-256 of every language adapter's
-files. A language adapter trained on another base is refused at training; a base or language adapter
-changed since the run was trained (retrained in place with ``--overwrite``) is refused at reload,
-never silently combined with the old task adapter.
+files, and of the training split. A language adapter trained on another base is refused at training;
+a base or language adapter changed since the run was trained (retrained in place with ``--overwrite``)
+is refused at reload, never silently combined with the old task adapter, and so is a changed training
+split (the evaluator fits its baselines on it).
 
 Not covered: early stopping and model selection on a separate split (the last step is scored),
 gradient accumulation options (use a smaller batch).
@@ -118,7 +119,14 @@ def provenance(cfg: TaskConfig) -> dict:
         if trained_on is not None and trained_on != base_fp:
             raise SetupError(f"{path}: this language adapter was trained on the base {meta.get('base', '?')} "
                              f"({trained_on[:19]}...), not on {cfg.base} ({base_fp[:19]}...); train it on this base")
-    return {"base": base_fp, "lang_adapters": [adapter_fingerprint(p) for p in cfg.lang_adapters]}
+    return {"base": base_fp, "lang_adapters": [adapter_fingerprint(p) for p in cfg.lang_adapters],
+            "train_file": _file_sha256(cfg.train_file)}
+
+
+def _file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_provenance(cfg: TaskConfig, recorded: dict | None, run_dir: Path) -> None:
@@ -135,6 +143,11 @@ def check_provenance(cfg: TaskConfig, recorded: dict | None, run_dir: Path) -> N
         if adapter_fingerprint(path) != fp:
             raise CheckpointError(f"{run_dir}: its language adapter {path} changed since the run was trained; "
                                   "retrain the run (or restore the adapter)")
+    # the baselines are trained on this file beside the run: it must still be the run's training data
+    train_fp = recorded.get("train_file")
+    if train_fp and Path(cfg.train_file).is_file() and _file_sha256(cfg.train_file) != train_fp:
+        raise CheckpointError(f"{run_dir}: its training split {cfg.train_file} changed since the run was trained; "
+                              "the baselines would be fitted on other data than the run")
 
 
 def _absolute(cfg: TaskConfig) -> TaskConfig:

@@ -90,8 +90,16 @@ def test_retrained_language_adapter_is_refused_at_reload_and_runs_reload_from_an
                   "--max-length", 48, "--eval-sentences", 5, "--seed", 7])
     assert res.exit_code == 0, res.output
     res = invoke(["multilingual", "evaluate", work / "run", "--out", tmp_path / "ev2"])
-    assert res.exit_code == 2 and "changed since the run was trained" in res.output, res.output
+    assert res.exit_code == 2 and "language adapter" in res.output and "changed since" in res.output, res.output
     assert not (tmp_path / "ev2").exists()
+    # a run without a language adapter, whose training split is edited afterwards: the baselines would be
+    # fitted on other data than the run, so evaluate refuses
+    res = _train(tiny_base, work / "plain", train=tr, dev=dv, steps=2)
+    assert res.exit_code == 0, res.output
+    with open(tr, "a", encoding="utf-8") as fh:
+        fh.write("sabon misali\tpositive\n")
+    res = invoke(["multilingual", "evaluate", work / "plain", "--out", tmp_path / "ev3"])
+    assert res.exit_code == 2 and "training split" in res.output and "changed since" in res.output, res.output
 
 
 def test_options_that_would_not_act_are_refused(tiny_base, tmp_path):
