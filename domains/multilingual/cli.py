@@ -159,13 +159,13 @@ def train_task_cmd(
     stack: Optional[Path] = typer.Option(None, help="language adapter folder to stack the task adapter on"),
     fuse: List[Path] = typer.Option([], help="two language adapter folders to fuse (give --fuse twice)"),
     full: bool = typer.Option(False, help="full fine-tuning of the base instead of a task adapter"),
-    task_method: Optional[str] = typer.Option(None, help="task adapter method [default: seq_bn]"),
+    task_method: Optional[str] = typer.Option(None, help="task adapter method (default seq_bn)"),
     reduction_factor: Optional[int] = typer.Option(None, help="task adapter reduction factor (seq_bn, seq_bn_inv "
-                                                   "only) [default: 2]"),
+                                                   "only; default 2)"),
     label_mode: Optional[str] = typer.Option(None, help="NER only: label the first subword of a word, or all "
-                                             "[default: first]"),
+                                             "(default first)"),
     pooling: Optional[str] = typer.Option(None, help="topic/sentiment only: mean of the last hidden states, or cls "
-                                          "(first token) [default: mean]"),
+                                          "(first token) (default mean)"),
     steps: int = typer.Option(200, help="optimizer steps per seed"),
     batch_size: int = typer.Option(16, help="examples per step"),
     lr: float = typer.Option(1e-2, help="peak learning rate"),
