@@ -142,6 +142,39 @@ def pretrain_tiny_base(text_files: list[str | os.PathLike], out_dir: str | os.Pa
     return summary
 
 
+#: files whose bytes define a local base: weights and tokenizer (the rest is derived or cosmetic)
+_FINGERPRINTED = ("*.safetensors", "*.bin", "tokenizer.json", "*.model", "vocab.txt", "config.json")
+
+
+def resolve_base(name_or_path: str) -> str:
+    """A local folder as an absolute path (so a run can be reloaded from another directory); a hub id unchanged."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else name_or_path
+
+
+def base_fingerprint(name_or_path: str) -> str:
+    """SHA-256 over the weight, tokenizer and config files of a local base folder (``sha256:...``), or
+    ``hub:<id>`` for a hub id. Adapters and task runs record it, so an adapter is never combined with,
+    or reloaded onto, another base than the one it was trained on (a re-pretrained folder of the same
+    name included)."""
+    import hashlib
+
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    files = sorted({f for pattern in _FINGERPRINTED for f in path.glob(pattern) if f.is_file()})
+    if not files:
+        raise BaseModelError(f"{path}: no model weights or tokenizer files in this folder")
+    total = hashlib.sha256()
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        total.update(f"{f.name}:{digest.hexdigest()}\n".encode())
+    return "sha256:" + total.hexdigest()
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 

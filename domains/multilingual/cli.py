@@ -159,10 +159,13 @@ def train_task_cmd(
     stack: Optional[Path] = typer.Option(None, help="language adapter folder to stack the task adapter on"),
     fuse: List[Path] = typer.Option([], help="two language adapter folders to fuse (give --fuse twice)"),
     full: bool = typer.Option(False, help="full fine-tuning of the base instead of a task adapter"),
-    task_method: str = typer.Option("seq_bn", help="task adapter method"),
-    reduction_factor: int = typer.Option(2, help="task adapter reduction factor (bottleneck methods)"),
-    label_mode: str = typer.Option("first", help="NER: label the first subword of a word, or all"),
-    pooling: str = typer.Option("mean", help="topic/sentiment: mean of the last hidden states, or cls (first token)"),
+    task_method: Optional[str] = typer.Option(None, help="task adapter method (default seq_bn)"),
+    reduction_factor: Optional[int] = typer.Option(None, help="task adapter reduction factor (seq_bn, seq_bn_inv "
+                                                   "only; default 2)"),
+    label_mode: Optional[str] = typer.Option(None, help="NER only: label the first subword of a word, or all "
+                                             "(default first)"),
+    pooling: Optional[str] = typer.Option(None, help="topic/sentiment only: mean of the last hidden states, or cls "
+                                          "(first token) (default mean)"),
     steps: int = typer.Option(200, help="optimizer steps per seed"),
     batch_size: int = typer.Option(16, help="examples per step"),
     lr: float = typer.Option(1e-2, help="peak learning rate"),
@@ -175,7 +178,7 @@ def train_task_cmd(
     Example: adaptome multilingual train-task --base runs/base --task topic --lang hau
     --train data/sib200/hau_Latn/train.tsv --eval data/sib200/hau_Latn/dev.tsv --stack runs/la_hau --out runs/tc_hau
     """
-    from adaptome.domains.multilingual.task_train import TaskConfig, train_task
+    from adaptome.domains.multilingual.task_train import TaskConfig, lang_adapter_info, train_task
 
     chosen = [name for name, on in (("--stack", stack is not None), ("--fuse", bool(fuse)), ("--full", full)) if on]
     if len(chosen) > 1:
@@ -183,20 +186,40 @@ def train_task_cmd(
     if fuse and len(fuse) != 2:
         fail(f"--fuse takes two language adapters (give it twice), got {len(fuse)}")
     mode = "stack" if stack else "fuse" if fuse else "full" if full else "task"
+    if full and task_method is not None:
+        fail("--task-method and --full exclude each other (full fine-tuning trains no adapter)")
+    task_method = task_method or "seq_bn"
+    bottleneck = task_method in ("seq_bn", "seq_bn_inv")
+    # an option that would not act on this run is refused, never silently dropped
+    if reduction_factor is not None and (full or not bottleneck):
+        fail(f"--reduction-factor applies to a seq_bn / seq_bn_inv task adapter, not to "
+             f"{'full fine-tuning' if full else task_method}")
+    if label_mode is not None and task != "ner":
+        fail(f"--label-mode applies to the ner task, not to {task}")
+    if pooling is not None and task == "ner":
+        fail("--pooling applies to topic and sentiment; ner classifies every token")
     with user_errors():
         try:
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
             fail(f"--seeds {seeds!r}: expected comma-separated integers")
-        opts = {"reduction_factor": reduction_factor} if task_method in ("seq_bn", "seq_bn_inv") else {}
+        opts = {"reduction_factor": reduction_factor or 2} if bottleneck and not full else {}
         cfg = TaskConfig(base=base, task=task, language=lang, train_file=str(train), eval_file=str(eval),
                          mode=mode, lang_adapters=[str(p) for p in ([stack] if stack else fuse)],
-                         task_method=task_method, task_options=opts, label_mode=label_mode, pooling=pooling,
+                         task_method=task_method, task_options=opts, label_mode=label_mode or "first",
+                         pooling=pooling or "mean",
                          steps=steps, batch_size=batch_size, lr=lr, max_length=max_length, seeds=seed_list)
+        for path in cfg.lang_adapters:
+            la_lang = lang_adapter_info(path)["language"]
+            if lang and la_lang not in ("", "?", lang):
+                typer.echo(f"warning: --lang {lang}, but the language adapter {path} was trained for {la_lang!r}")
         s = train_task(cfg, out, overwrite=overwrite, progress=True)
     metric = "entity_f1" if task == "ner" else "macro_f1"
     vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])
     typer.echo(f"{out}: {task} with adapter {s['adapter']}, {metric} on {eval.name}: {vals}")
+    cut = max((r.get("truncated_words", 0) for r in s["runs"]), default=0)
+    if cut:
+        typer.echo(f"warning: {cut} word(s) of {eval.name} got no token from the tokenizer and were predicted O")
 
 
 @app.command("evaluate")
@@ -220,6 +243,9 @@ def evaluate_cmd(
         to_markdown,
     )
 
+    for r in runs:
+        if not (r / "run.json").is_file() and not (r / "adaptome.json").is_file():
+            fail(f"{r}: neither a train-task run nor a language adapter (no run.json or adaptome.json)")
     task_runs = [r for r in runs if (r / "run.json").is_file() and not (r / "adapter").is_dir()]
     lang_runs = [r for r in runs if r not in task_runs]
     if lang_runs and text is None:

@@ -12,8 +12,9 @@ Beside every (language, task, split) the same split gets two baselines:
   (scikit-learn ``char_wb``), multinomial logistic regression trained on the training split; for
   NER one word at a time (the word's n-grams and its neighbours', predicting its tag).
 
-``results.csv`` has one row per (language, base, adapter, data source, seed, metric, value);
-``results.md`` gives mean +- sample standard deviation over seeds.
+``results.csv`` has one row per (run, language, task, split, base, adapter, data source, seed, metric,
+value); ``results.md`` gives mean +- sample standard deviation over the seeds of each run on each
+split (two runs whose setups share a name, e.g. two task-adapter sizes, stay two rows).
 
 Not covered: significance tests, confidence intervals, per-class reports.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 from adaptome.core.evaluation import entity_f1, macro_f1
 from adaptome.domains.multilingual import readers
 
-FIELDS = ["language", "task", "base", "adapter", "data_source", "seed", "metric", "value"]
+FIELDS = ["run", "language", "task", "split", "base", "adapter", "data_source", "seed", "metric", "value"]
 
 
 def majority_baseline(task: str, train, dev) -> float:
@@ -97,13 +98,15 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None)
             metric = "entity_f1" if cfg.task == "ner" else "macro_f1"
             label = adapter_label(cfg)
             sources = "+".join(_source(p) for p in cfg.lang_adapters) or "-"
-            rows.append(_row(cfg.language, cfg.task, cfg.base, label, sources, seed, metric, metrics[metric]))
-            key = (cfg.language, cfg.task, str(Path(split).resolve()))
+            where = str(Path(split).resolve())
+            rows.append(_row(str(run_dir), cfg.language, cfg.task, where, cfg.base, label, sources, seed, metric,
+                             metrics[metric]))
+            key = (cfg.language, cfg.task, str(Path(cfg.train_file).resolve()), where)
             if key not in baselines_done:
                 baselines_done.add(key)
-                rows.append(_row(cfg.language, cfg.task, "-", "majority class", "-", "-", metric,
+                rows.append(_row("-", cfg.language, cfg.task, where, "-", "majority class", "-", "-", metric,
                                  majority_baseline(cfg.task, train, dev)))
-                rows.append(_row(cfg.language, cfg.task, "-", "char n-gram logreg", "-", "-", metric,
+                rows.append(_row("-", cfg.language, cfg.task, where, "-", "char n-gram logreg", "-", "-", metric,
                                  ngram_baseline(cfg.task, train, dev)))
     return rows
 
@@ -111,12 +114,13 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None)
 def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, max_sentences: int = 200,
                                max_length: int = 128) -> list[dict]:
     """Pseudo-perplexity of each language adapter (and of its base, once) on ``text_file``."""
-    from adaptome.core.adapters.io import load_adapter, read_adapter_meta
-    from adaptome.domains.multilingual.base import load_base
+    from adaptome.core.adapters.io import CheckpointError, load_adapter, read_adapter_meta
+    from adaptome.domains.multilingual.base import base_fingerprint, load_base
     from adaptome.domains.multilingual.lang_adapter import adapter_dir
     from adaptome.domains.multilingual.mlm import pseudo_perplexity
 
     lines = readers.read_text(text_file)[:max_sentences or None]
+    where = str(Path(text_file).resolve())
     rows, bases_done = [], set()
     for run in adapter_runs:
         folder = adapter_dir(run)
@@ -124,15 +128,18 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
         base = meta.get("base")
         if not base:
             raise readers.DataError(f"{folder}: the adapter does not name its base model")
+        if meta.get("base_fingerprint") and base_fingerprint(base) != meta["base_fingerprint"]:
+            raise CheckpointError(f"{folder}: its base {base} changed since the adapter was trained; retrain it "
+                                  "(or restore the base)")
         tok, model = load_base(base, "mlm")
         lang = meta.get("language", "?")
         if base not in bases_done:
             bases_done.add(base)
-            rows.append(_row(lang, "mlm", base, "none", "-", "-", "pseudo_perplexity",
+            rows.append(_row("-", lang, "mlm", where, base, "none", "-", "-", "pseudo_perplexity",
                              pseudo_perplexity(model, tok, lines, max_length)))
         model = load_adapter(model, folder)
-        rows.append(_row(lang, "mlm", base, meta["method"], meta.get("source", "?"), "-", "pseudo_perplexity",
-                         pseudo_perplexity(model, tok, lines, max_length)))
+        rows.append(_row(str(run), lang, "mlm", where, base, meta["method"], meta.get("source", "?"), "-",
+                         "pseudo_perplexity", pseudo_perplexity(model, tok, lines, max_length)))
     return rows
 
 
@@ -142,9 +149,9 @@ def _source(path: str) -> str:
     return lang_adapter_info(path)["source"]
 
 
-def _row(language, task, base, adapter, source, seed, metric, value) -> dict:
-    return {"language": language, "task": task, "base": base, "adapter": adapter, "data_source": source,
-            "seed": seed, "metric": metric, "value": float(value)}
+def _row(run, language, task, split, base, adapter, source, seed, metric, value) -> dict:
+    return {"run": run, "language": language, "task": task, "split": split, "base": base, "adapter": adapter,
+            "data_source": source, "seed": seed, "metric": metric, "value": float(value)}
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -157,15 +164,17 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    """Mean +- sample sd over seeds per (language, task, base, adapter, source, metric)."""
+    """Mean +- sample sd over seeds per (run, language, task, split, base, adapter, source, metric); folders and
+    files are shown by their last name."""
     groups: dict[tuple, list[float]] = defaultdict(list)
+    keys = ("run", "language", "task", "split", "base", "adapter", "data_source", "metric")
     for r in rows:
-        groups[(r["language"], r["task"], r["base"], r["adapter"], r["data_source"], r["metric"])].append(r["value"])
-    lines = ["| language | task | base | adapter | data source | metric | mean +- sd | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (lang, task, base, adapter, src, metric), vals in groups.items():
+        groups[tuple(r[k] for k in keys)].append(r["value"])
+    lines = ["| run | language | task | split | base | adapter | data source | metric | mean +- sd | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (run, lang, task, split, base, adapter, src, metric), vals in groups.items():
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        base_s = Path(base).name if base != "-" else "-"
-        lines.append(f"| {lang} | {task} | {base_s} | {adapter} | {src} | {metric} | "
+        run_s, split_s, base_s = (Path(v).name if v != "-" else "-" for v in (run, split, base))
+        lines.append(f"| {run_s} | {lang} | {task} | {split_s} | {base_s} | {adapter} | {src} | {metric} | "
                      f"{statistics.mean(vals):.4f} +- {sd:.4f} | {len(vals)} |")
     return "\n".join(lines) + "\n"

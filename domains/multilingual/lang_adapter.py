@@ -9,13 +9,16 @@ config, numbers) and the training log.
 
 Not covered: early stopping / keeping the best checkpoint (the reference keeps the best by
 validation loss; here the last step is kept), training several languages in one run.
+
+The adapter records its base (a local folder as an absolute path) and the base's fingerprint
+(``base.base_fingerprint``); ``train-task`` refuses to stack it on another base.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from adaptome.domains.multilingual.readers import DataError, read_text
@@ -94,8 +97,11 @@ def train_language_adapter(cfg: LanguageAdapterConfig, out_dir: str | Path, over
     from adaptome.core.adapters.io import save_adapter
     from adaptome.core.atomic import atomic_dir
     from adaptome.core.train.loop import fit
+    from adaptome.domains.multilingual.base import base_fingerprint, resolve_base
     from adaptome.domains.multilingual.mlm import MaskingCollator, TextDataset, pseudo_perplexity
 
+    cfg = replace(cfg, base=resolve_base(cfg.base))
+    base_fp = base_fingerprint(cfg.base)
     train_lines, eval_lines = read_text(cfg.train_file), read_text(cfg.eval_file)
     if not train_lines or not eval_lines:
         raise DataError(f"{cfg.train_file if not train_lines else cfg.eval_file}: no text")
@@ -115,7 +121,7 @@ def train_language_adapter(cfg: LanguageAdapterConfig, out_dir: str | Path, over
         model = res.model.eval()
         pppl = pseudo_perplexity(model, tok, eval_lines, cfg.max_length)
         save_adapter(model, Path(tmp) / "adapter", extra={"language": cfg.language, "source": cfg.source,
-                                                          "base": cfg.base})
+                                                          "base": cfg.base, "base_fingerprint": base_fp})
         losses = [h["loss"] for h in res.history if "loss" in h]
         summary = {"config": {**asdict(cfg), "options": opts}, "trainable_parameters": report["trainable"],
                    "total_parameters": report["total"], "train_seconds": train_s,

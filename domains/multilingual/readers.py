@@ -20,7 +20,7 @@ these work when the tag is last), compressed inputs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -39,19 +39,23 @@ class Example:
         text: the sentence or tweet.
         label: its class name.
         ident: the source id (SIB-200 ``index_id``) or the 1-based line number.
+        line: 1-based line number in its file (0: not read from a file).
     """
 
     text: str
     label: str
     ident: str = ""
+    line: int = 0
 
 
 @dataclass
 class Sentence:
-    """One NER sentence: words and their BIO tags (same length)."""
+    """One NER sentence: words and their BIO tags (same length), and the 1-based line of each word in its
+    file (empty when not read from a file)."""
 
     words: list[str]
     tags: list[str]
+    lines: list[int] = field(default_factory=list)
 
 
 def _read_lines(path: str | os.PathLike) -> list[str]:
@@ -59,7 +63,8 @@ def _read_lines(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the first header or token
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -99,7 +104,7 @@ def _read_tsv(path: str | os.PathLike, text_cols: Sequence[str], label_col: str,
         text, label = fields[idx[0]].strip(), fields[idx[1]].strip()
         if not text or not label:
             raise DataError(f"{path}:{no}: empty {'text' if not text else 'label'}")
-        out.append(Example(text, label, fields[idx[2]].strip() if id_col else str(no)))
+        out.append(Example(text, label, fields[idx[2]].strip() if id_col else str(no), no))
     if not out:
         raise DataError(f"{path}: no examples after the header")
     return out
@@ -139,12 +144,13 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
     out: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
+    nos: list[int] = []
     for no, line in enumerate(_read_lines(path) + [""], start=1):
         fields = line.split()
         if not fields:
             if words:
-                out.append(Sentence(words, tags))
-                words, tags = [], []
+                out.append(Sentence(words, tags, nos))
+                words, tags, nos = [], [], []
             continue
         if fields[0] == "-DOCSTART-":
             continue
@@ -153,6 +159,7 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
         _check_tag(path, no, fields[-1])
         words.append(fields[0])
         tags.append(fields[-1])
+        nos.append(no)
     if not out:
         raise DataError(f"{path}: no sentences")
     return out
@@ -171,9 +178,23 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     return labels
 
 
-def check_labels(path: str | os.PathLike, found: Iterable[str], known: Sequence[str]) -> None:
-    """An error naming ``path`` when ``found`` holds a label outside ``known`` (the training labels)."""
+def check_labels(path: str | os.PathLike, found: Iterable[str] | dict[str, int], known: Sequence[str]) -> None:
+    """An error naming ``path`` when ``found`` holds a label outside ``known`` (the training labels);
+    ``found`` may map each label to the first line it occurs on, which the error then names."""
     unknown = sorted(set(found) - set(known))
     if unknown:
-        raise DataError(f"{path}: label(s) {unknown} do not occur in the training data {sorted(known)}; "
+        where = f":{found[unknown[0]]}" if isinstance(found, dict) and found.get(unknown[0]) else ""
+        raise DataError(f"{path}{where}: label(s) {unknown} do not occur in the training data {sorted(known)}; "
                         "an evaluation split cannot add classes")
+
+
+def first_lines(items: Iterable[Example | Sentence]) -> dict[str, int]:
+    """Each label (class or tag) mapped to the first line it occurs on, for ``check_labels``."""
+    out: dict[str, int] = {}
+    for it in items:
+        if isinstance(it, Sentence):
+            for tag, no in zip(it.tags, it.lines or [0] * len(it.tags)):
+                out.setdefault(tag, no)
+        else:
+            out.setdefault(it.label, it.line)
+    return out

@@ -8,7 +8,14 @@ adapter (its classifier head inside, as ``modules_to_save``), the fusion weights
 the whole model for full fine-tuning, plus ``predictions.tsv``. ``evaluate`` reloads them.
 
 The label set is the training split's (``labels.txt`` beside a SIB-200 file when present); a
-label of the evaluation split outside it is an error.
+label of the evaluation split outside it is an error, and so is a training split with one class.
+
+Provenance: the paths in ``run.json`` are absolute (a run reloads from any directory), and it records
+the fingerprint of the base (``base.base_fingerprint``) and the SHA-256 of every language adapter's
+files, and of the training split. A language adapter trained on another base is refused at training;
+a base or language adapter changed since the run was trained (retrained in place with ``--overwrite``)
+is refused at reload, never silently combined with the old task adapter, and so is a changed training
+split (the evaluator fits its baselines on it).
 
 Not covered: early stopping and model selection on a separate split (the last step is scored),
 gradient accumulation options (use a smaller batch).
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from adaptome.domains.multilingual import readers
@@ -68,6 +75,89 @@ class TaskConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
 
 
+def validate(cfg: TaskConfig) -> None:
+    """Options that would otherwise fail late, or be ignored, are errors up front."""
+    from adaptome.domains.multilingual.tasks import SetupError
+
+    if cfg.task not in TASKS:
+        raise DataError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
+    if cfg.label_mode not in ("first", "all"):
+        raise SetupError(f"label mode must be 'first' or 'all', got {cfg.label_mode!r}")
+    if cfg.pooling not in ("mean", "cls"):
+        raise SetupError(f"pooling must be 'mean' or 'cls', got {cfg.pooling!r}")
+    if not cfg.seeds:
+        raise DataError("give at least one seed")
+
+
+def adapter_fingerprint(path: str | Path) -> str:
+    """SHA-256 over a saved adapter's weights and metadata files."""
+    import hashlib
+
+    from adaptome.core.adapters.io import META, WEIGHTS, read_adapter_meta
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
+
+    folder = adapter_dir(path)
+    read_adapter_meta(folder)  # a clear error for a folder that is not an adapter
+    total = hashlib.sha256()
+    for name in (WEIGHTS, META):
+        total.update(hashlib.sha256((folder / name).read_bytes()).digest())
+    return "sha256:" + total.hexdigest()
+
+
+def provenance(cfg: TaskConfig) -> dict:
+    """Fingerprints of the base and of each language adapter; a language adapter whose recorded base
+    fingerprint differs from this base is refused (it was trained on another model)."""
+    from adaptome.core.adapters.io import read_adapter_meta
+    from adaptome.domains.multilingual.base import base_fingerprint
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
+    from adaptome.domains.multilingual.tasks import SetupError
+
+    base_fp = base_fingerprint(cfg.base)
+    for path in cfg.lang_adapters:
+        meta = read_adapter_meta(adapter_dir(path))
+        trained_on = meta.get("base_fingerprint")
+        if trained_on is not None and trained_on != base_fp:
+            raise SetupError(f"{path}: this language adapter was trained on the base {meta.get('base', '?')} "
+                             f"({trained_on[:19]}...), not on {cfg.base} ({base_fp[:19]}...); train it on this base")
+    return {"base": base_fp, "lang_adapters": [adapter_fingerprint(p) for p in cfg.lang_adapters],
+            "train_file": _file_sha256(cfg.train_file)}
+
+
+def _file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_provenance(cfg: TaskConfig, recorded: dict | None, run_dir: Path) -> None:
+    """Refuse to reload a run whose base or language adapters changed since it was trained."""
+    from adaptome.core.adapters.io import CheckpointError
+    from adaptome.domains.multilingual.base import base_fingerprint
+
+    if not recorded:  # a run written before provenance was recorded
+        return
+    if base_fingerprint(cfg.base) != recorded["base"]:
+        raise CheckpointError(f"{run_dir}: its base {cfg.base} changed since the run was trained; retrain the run "
+                              "(or restore the base)")
+    for path, fp in zip(cfg.lang_adapters, recorded["lang_adapters"]):
+        if adapter_fingerprint(path) != fp:
+            raise CheckpointError(f"{run_dir}: its language adapter {path} changed since the run was trained; "
+                                  "retrain the run (or restore the adapter)")
+    # the baselines are trained on this file beside the run: it must still be the run's training data
+    train_fp = recorded.get("train_file")
+    if train_fp and Path(cfg.train_file).is_file() and _file_sha256(cfg.train_file) != train_fp:
+        raise CheckpointError(f"{run_dir}: its training split {cfg.train_file} changed since the run was trained; "
+                              "the baselines would be fitted on other data than the run")
+
+
+def _absolute(cfg: TaskConfig) -> TaskConfig:
+    from adaptome.domains.multilingual.base import resolve_base
+
+    return replace(cfg, base=resolve_base(cfg.base), train_file=str(Path(cfg.train_file).resolve()),
+                   eval_file=str(Path(cfg.eval_file).resolve()),
+                   lang_adapters=[str(Path(p).resolve()) for p in cfg.lang_adapters])
+
+
 def read_task_data(task: str, train_file: str, eval_file: str) -> tuple[list, list, list[str]]:
     """``(train, eval, labels)``; labels of the evaluation split must occur in training."""
     if task not in TASKS:
@@ -75,7 +165,9 @@ def read_task_data(task: str, train_file: str, eval_file: str) -> tuple[list, li
     if task == "ner":
         train, dev = readers.read_conll(train_file), readers.read_conll(eval_file)
         tags = sorted({t for s in train for t in s.tags})
-        readers.check_labels(eval_file, {t for s in dev for t in s.tags}, tags)
+        if not any(t != "O" for t in tags):
+            raise DataError(f"{train_file}: no entity tag in the training split (every tag is O)")
+        readers.check_labels(eval_file, readers.first_lines(dev), tags)
         # I-X for every B-X, so "all" subword labelling always has its continuation tag
         tags = sorted(set(tags) | {"I-" + t[2:] for t in tags if t.startswith("B-")})
         return train, dev, tags
@@ -84,8 +176,11 @@ def read_task_data(task: str, train_file: str, eval_file: str) -> tuple[list, li
     labels_file = Path(train_file).with_name("labels.txt")
     labels = readers.read_labels(labels_file) if task == "topic" and labels_file.is_file() else sorted(
         {e.label for e in train})
-    readers.check_labels(train_file, {e.label for e in train}, labels)
-    readers.check_labels(eval_file, {e.label for e in dev}, labels)
+    readers.check_labels(train_file, readers.first_lines(train), labels)
+    if len({e.label for e in train}) < 2:
+        raise DataError(f"{train_file}: every training example has the label {train[0].label!r}; "
+                        "a classifier needs at least two classes")
+    readers.check_labels(eval_file, readers.first_lines(dev), labels)
     return train, dev, labels
 
 
@@ -125,16 +220,11 @@ def make_datasets(cfg: TaskConfig, tok, train, dev, labels):
 def score(task: str, model, dev, dev_set, collate, labels: list[str]) -> tuple[dict, list]:
     """The task's metric on the evaluation split and the predicted labels (per sentence or per word)."""
     from adaptome.core.evaluation import entity_f1, macro_f1
-    from adaptome.domains.multilingual.tasks import predict, word_predictions
+    from adaptome.domains.multilingual.tasks import predict
 
     preds = predict(model, dev_set, collate)
     if task == "ner":
-        id2label = dict(enumerate(labels))
-        words, cut = [], 0
-        for item, p in zip(dev_set.items, preds):
-            tags, missing = word_predictions(item["word_ids"], p, item["n_words"], id2label)
-            words.append(tags)
-            cut += missing
+        words, cut = dev_set.sentence_tags(preds, dict(enumerate(labels)))
         return {"entity_f1": entity_f1([s.tags for s in dev], words), "truncated_words": cut}, words
     pred_labels = [labels[p] for p in preds]
     return {"macro_f1": macro_f1([e.label for e in dev], pred_labels)}, pred_labels
@@ -172,10 +262,11 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
     from adaptome.core.train.loop import fit
     from adaptome.domains.multilingual.tasks import PadCollator
 
-    if not cfg.seeds:
-        raise DataError("give at least one seed")
+    validate(cfg)
+    cfg = _absolute(cfg)
     train, dev, labels = read_task_data(cfg.task, cfg.train_file, cfg.eval_file)
     label = adapter_label(cfg)
+    recorded = provenance(cfg)
     runs = []
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for seed in cfg.seeds:
@@ -195,7 +286,7 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
             _write_predictions(seed_dir / "predictions.tsv", dev, preds, cfg.task)
             runs.append({"seed": seed, **metrics, "trainable_parameters": trainable_report(res.model)["trainable"],
                          "train_seconds": train_s, "step_seconds": train_s / res.step})
-        summary = {"config": asdict(cfg), "labels": labels, "adapter": label, "runs": runs}
+        summary = {"config": asdict(cfg), "labels": labels, "adapter": label, "provenance": recorded, "runs": runs}
         (Path(tmp) / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
@@ -213,6 +304,7 @@ def load_task_run(run_dir: str | Path, seed: int):
         raise CheckpointError(f"{run_dir}: not a train-task run (run.json is missing)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     cfg = TaskConfig(**meta["config"])
+    check_provenance(cfg, meta.get("provenance"), run_dir)
     labels = meta["labels"]
     seed_dir = run_dir / f"seed{seed}"
     tok, model = build_task_model(cfg, labels)

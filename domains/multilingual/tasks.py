@@ -13,8 +13,9 @@ NER label alignment (subword tokenizers split words): with ``label_mode="first"`
 subword of a word carries the word's tag and the others are ignored in the loss (-100); with
 ``"all"`` every subword carries it, a ``B-X`` becoming ``I-X`` after the first subword (so the
 subword sequence stays valid BIO). Either way a word's prediction is the prediction at its first
-subword, and entity F1 is computed on words. Words cut off by ``max_length`` are predicted ``O``
-and counted in ``truncated_words``.
+subword, and entity F1 is computed on words. A sentence longer than ``max_length`` subwords is
+split into word windows that fit (``TokenDataset``), so every word is predicted; a word with no
+token at all is predicted ``O`` and counted in ``truncated_words``.
 
 How adapters are set up (``setup_model``), following MAD-X / the reference's ``Stack``/``Fuse``:
 
@@ -176,26 +177,71 @@ def word_predictions(word_ids: Sequence[int | None], token_preds: Sequence[int],
     return [t if t is not None else "O" for t in tags], missing
 
 
+def word_windows(token_counts: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive word ranges ``[start, end)`` whose token counts sum to at most ``budget`` (greedy, in
+    order); a word longer than ``budget`` on its own gets a window of its own."""
+    out, start, used = [], 0, 0
+    for w, n in enumerate(token_counts):
+        if w > start and used + n > budget:
+            out.append((start, w))
+            start, used = w, 0
+        used += n
+    if token_counts:
+        out.append((start, len(token_counts)))
+    return out
+
+
 class TokenDataset(Dataset):
-    """Tokenized NER sentences (pre-split words) with aligned token labels and their ``word_ids``."""
+    """Tokenized NER sentences (pre-split words) with aligned token labels and their ``word_ids``.
+
+    A sentence whose subwords do not fit ``max_length`` is split into consecutive word windows that do
+    (``word_windows``), each an item of its own (``sentence``, ``offset``: where its words sit), so no
+    word is cut off: ``sentence_tags`` joins the windows' word predictions back per sentence. Only a
+    single word longer than ``max_length`` alone is truncated, and it keeps its first subword."""
 
     def __init__(self, sentences: Sequence[Sentence], tokenizer, label2id: dict[str, int], max_length: int,
                  mode: str = "first"):
         from adaptome.domains.multilingual.mlm import fit_length
 
-        enc = tokenizer([s.words for s in sentences], is_split_into_words=True, truncation=True,
-                        max_length=fit_length(tokenizer, max_length))
-        self.items = []
+        limit = fit_length(tokenizer, max_length)
+        budget = max(1, limit - tokenizer.num_special_tokens_to_add(pair=False))
+        # whole sentences, only to count each word's subwords (verbose=False: no "longer than the maximum" warning)
+        full = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False,
+                         verbose=False)
+        windows = []  # (sentence index, first word, end word)
         for i, s in enumerate(sentences):
-            wids = enc.word_ids(i)
-            self.items.append({"input_ids": enc["input_ids"][i], "labels": align_labels(wids, s.tags, label2id, mode),
-                               "word_ids": wids, "n_words": len(s.words)})
+            counts = [0] * len(s.words)
+            for w in full.word_ids(i):
+                if w is not None:
+                    counts[w] += 1
+            windows.extend((i, a, b) for a, b in word_windows(counts, budget))
+        enc = tokenizer([sentences[i].words[a:b] for i, a, b in windows], is_split_into_words=True,
+                        truncation=True, max_length=limit)
+        self.n_sentences = len(sentences)
+        self.items = []
+        for k, (i, a, b) in enumerate(windows):
+            wids = enc.word_ids(k)
+            self.items.append({"input_ids": enc["input_ids"][k],
+                               "labels": align_labels(wids, sentences[i].tags[a:b], label2id, mode),
+                               "word_ids": wids, "n_words": b - a, "sentence": i, "offset": a})
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
+
+    def sentence_tags(self, preds: Sequence[Sequence[int]], id2label: dict[int, str]) -> tuple[list[list[str]], int]:
+        """Word tags per sentence from the token predictions of every item (window), and the number of
+        words that got no token (predicted ``O``)."""
+        tags: list[list[str]] = [[] for _ in range(self.n_sentences)]
+        missing = 0
+        for item, p in zip(self.items, preds):
+            words, cut = word_predictions(item["word_ids"], p, item["n_words"], id2label)
+            assert len(tags[item["sentence"]]) == item["offset"], "windows out of order"
+            tags[item["sentence"]].extend(words)
+            missing += cut
+        return tags, missing
 
 
 class PadCollator:

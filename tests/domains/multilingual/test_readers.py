@@ -67,12 +67,12 @@ def test_unknown_label_in_dev_is_an_error(tmp_path):
     train.write_text("tweet\tlabel\na\tpositive\nb\tnegative\n", encoding="utf-8")
     dev = tmp_path / "dev.tsv"
     dev.write_text("tweet\tlabel\nc\tpositive\nd\tneutral\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"dev\.tsv: label\(s\) \['neutral'\] do not occur in the training data"):
+    with pytest.raises(DataError, match=r"dev\.tsv:3: label\(s\) \['neutral'\] do not occur in the training data"):
         read_task_data("sentiment", str(train), str(dev))
     ner_train, ner_dev = tmp_path / "tr.txt", tmp_path / "dv.txt"
     ner_train.write_text("Kano B-LOC\nna O\n", encoding="utf-8")
-    ner_dev.write_text("Musa B-PER\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"dv\.txt: label\(s\) \['B-PER'\]"):
+    ner_dev.write_text("Kano B-LOC\n\nya O\nMusa B-PER\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"dv\.txt:4: label\(s\) \['B-PER'\]"):
         read_task_data("ner", str(ner_train), str(ner_dev))
     # SIB-200: labels.txt beside the training file is the label set
     sib = DATA / "sib200" / "hau_Latn"
