@@ -85,6 +85,8 @@ def execute(
     max_procs: int = typer.Option(32, help="processes per program"),
     cpu_s: Optional[int] = typer.Option(None, help="CPU seconds per process (default: the timeout)"),
     isolation: str = typer.Option("auto", help="auto | namespaces | userns | rlimits (weaker levels for testing)"),
+    overwrite: bool = typer.Option(False, help="remove results in --out of problems that are not in this run "
+                                   "(without it such a folder is refused)"),
 ) -> None:
     """Run every completion in the sandbox and grade it as MultiPL-E does.
 
@@ -101,7 +103,7 @@ def execute(
         if unknown:
             fail(f"{completions}: completions for problems not in --problems: {', '.join(unknown[:5])}")
         summary = execute_run(probs, comps, out, workers=workers, limits=_limits(timeout, memory_mb, max_procs, cpu_s),
-                              isolation=iso.detect(isolation))
+                              isolation=iso.detect(isolation), overwrite=overwrite)
     typer.echo(json.dumps(summary, indent=1))
 
 
@@ -209,7 +211,7 @@ def plansearch(
             summary = repeated_sampling(probs, backend, n, out, code_temperature, top_p, code_tokens, seed)
         if execute_codes:
             summary["execution"] = execute_run(probs, read_completions(out), out / "results", workers=workers,
-                                               limits=_limits(timeout, 512, 32, None))
+                                               limits=_limits(timeout, 512, 32, None), overwrite=True)
             rows = pass_at_k_rows(alg, read_run(out / "results"), (1, 10, 100))
             write_tables(rows, out)
             summary["pass_at_k"] = rows
