@@ -1,0 +1,105 @@
+"""What ``adaptome codegen execute`` does with an output folder that already holds results, and with bad
+input, through the real command: nothing stale is scored, nothing written is lost, errors are one line
+naming the file and its line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptome.domains.codegen.cli import app
+
+from .conftest import need
+
+
+def _problem(name: str, n: int) -> dict:
+    return {"name": name, "language": "r", "prompt": f"# n times x\ntimes_{n} <- function(x) {{\n",
+            "tests": f"stopifnot(times_{n}(2) == {2 * n})"}
+
+
+@pytest.fixture
+def files(tmp_path):
+    need("Rscript")
+    (tmp_path / "ab.jsonl").write_text(json.dumps(_problem("a", 2)) + "\n" + json.dumps(_problem("b", 3)) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps(_problem("b", 3)) + "\n")
+    (tmp_path / "c_ab.jsonl").write_text('{"name": "a", "completions": ["  2 * x\\n}"]}\n'
+                                         '{"name": "b", "completions": ["  x\\n}", "  3 * x\\n}"]}\n')
+    (tmp_path / "c_b.jsonl").write_text('{"name": "b", "completions": ["  x\\n}"]}\n')
+    return tmp_path
+
+
+def _execute(d, problems, comps, out, *extra):
+    return CliRunner().invoke(app, ["execute", "--problems", str(d / problems), "--completions", str(d / comps),
+                                    "--out", str(d / out), "--timeout", "20", *extra])
+
+
+def _score(d, out):
+    res = CliRunner().invoke(app, ["pass-at-k", "--run", f"x={d / out}", "--out", str(d / "score"), "--k", "1"])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_results_of_other_problems_are_refused_not_scored(files):
+    d = files
+    assert _execute(d, "ab.jsonl", "c_ab.jsonl", "ex").exit_code == 0
+    assert "| x | 1 | 75.0% | 2 |" in _score(d, "ex")  # a: 1/1, b: 1/2
+    before = {f.name: f.read_text() for f in (d / "ex").iterdir()}
+    # a second run on problem b alone into the same folder: a.results.json would be scored with it
+    res = _execute(d, "b.jsonl", "c_b.jsonl", "ex")
+    assert res.exit_code == 2 and "a.results.json" in res.output and "--overwrite" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert {f.name: f.read_text() for f in (d / "ex").iterdir()} == before  # nothing touched
+    res = _execute(d, "b.jsonl", "c_b.jsonl", "ex", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert sorted(f.name for f in (d / "ex").iterdir()) == ["b.results.json"]
+    assert "| x | 1 | 0.0% | 1 |" in _score(d, "ex")
+
+
+def test_results_are_not_reused_under_another_isolation(files):
+    d = files
+    res = _execute(d, "b.jsonl", "c_b.jsonl", "ex")
+    assert res.exit_code == 0 and json.loads(res.output[res.output.index("{"):])["reused_problems"] == 0
+    auto_level = json.loads((d / "ex" / "b.results.json").read_text())["isolation"]["level"]
+    res = _execute(d, "b.jsonl", "c_b.jsonl", "ex")  # the same inputs: reused
+    assert json.loads(res.output[res.output.index("{"):])["reused_problems"] == 1
+    res = _execute(d, "b.jsonl", "c_b.jsonl", "ex", "--isolation", "rlimits")
+    summary = json.loads(res.output[res.output.index("{"):])
+    # before: reused the namespaced results and reported the auto-detected level, not the one asked for
+    assert summary["reused_problems"] == 0 and summary["isolation"]["level"] == "rlimits"
+    assert json.loads((d / "ex" / "b.results.json").read_text())["isolation"]["level"] == "rlimits"
+    if auto_level != "rlimits":
+        res = _execute(d, "b.jsonl", "c_b.jsonl", "ex")
+        assert json.loads(res.output[res.output.index("{"):])["reused_problems"] == 0
+
+
+def test_old_results_without_the_grader_version_are_recomputed(files):
+    d = files
+    assert _execute(d, "b.jsonl", "c_b.jsonl", "ex").exit_code == 0
+    f = d / "ex" / "b.results.json"
+    doc = json.loads(f.read_text())
+    del doc["harness"]
+    doc["results"][0]["status"] = "OK"  # graded by a lenient older harness
+    f.write_text(json.dumps(doc))
+    res = _execute(d, "b.jsonl", "c_b.jsonl", "ex")
+    assert json.loads(res.output[res.output.index("{"):])["reused_problems"] == 0
+    assert json.loads(f.read_text())["results"][0]["status"] == "Exception"
+
+
+@pytest.mark.parametrize("content,where", [
+    ("\n" + json.dumps(_problem("a", 2)) + "\n{not json\n", "p.jsonl:3: not valid JSON"),
+    ("\n\n" + json.dumps({**_problem("a", 2), "tests": ""}) + "\n", "p.jsonl:3 (a): empty tests"),
+    ("\n" + json.dumps({k: v for k, v in _problem("a", 2).items() if k != "tests"}) + "\n",
+     "p.jsonl:2: missing or non-string field(s) tests"),
+    ("\n" + json.dumps({**_problem("a", 2), "language": "python"}) + "\n", "p.jsonl:2 (a): unknown language"),
+])
+def test_bad_problems_are_one_line_and_destroy_nothing(files, content, where):
+    d = files
+    assert _execute(d, "ab.jsonl", "c_ab.jsonl", "ex").exit_code == 0
+    before = {f.name: f.read_text() for f in (d / "ex").iterdir()}
+    (d / "p.jsonl").write_text(content)
+    res = _execute(d, "p.jsonl", "c_ab.jsonl", "ex", "--overwrite")
+    assert res.exit_code == 2 and where in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert {f.name: f.read_text() for f in (d / "ex").iterdir()} == before
