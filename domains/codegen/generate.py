@@ -7,7 +7,8 @@ b of problem p uses the seed ``derive_seed(seed, p, b)``, so each batch is repro
 own and an interrupted run, resumed, ends with exactly the completions of an uninterrupted one.
 Resuming is allowed only when ``generate_config.json`` matches the new settings (model, backend
 URL, prompt builder, n, temperature, top_p, max_tokens, seed, problems file digest); otherwise
-the run refuses and names the differing settings (or pass ``overwrite``). A half-written last line
+the run refuses and names the differing settings (or pass ``overwrite``). A ``completions.jsonl`` without
+``generate_config.json`` (another command's output, e.g. PLANSEARCH's) is never resumed. A half-written last line
 (a killed run) is dropped.
 
 Not covered: sharding one run over several processes (run one per problem subset instead).
@@ -105,7 +106,11 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
         if diff:
             raise ResumeMismatch(f"{cfg_path}: made with other settings ({', '.join(diff)}); "
                                  "pass --overwrite to start again or choose another --out")
-    elif cfg_path.exists() and overwrite:
+    elif comp_path.exists() and not overwrite:
+        # generate writes its config before any completion: these are another command's (e.g. plansearch's)
+        raise ResumeMismatch(f"{comp_path}: completions without a generate_config.json (not a generate run); "
+                             "pass --overwrite to start again or choose another --out")
+    elif overwrite:
         comp_path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cfg_path, json.dumps(asdict(cfg), indent=1))
