@@ -94,7 +94,7 @@ def execute(
     """
     from adaptome.domains.codegen import isolation as iso
     from adaptome.domains.codegen.execute import execute_run
-    from adaptome.domains.codegen.generate import read_completions
+    from adaptome.domains.codegen.generate import read_completions, shortfall
 
     with user_errors():
         probs = _problems(problems, None)
@@ -102,8 +102,15 @@ def execute(
         unknown = sorted(set(comps) - {p.name for p in probs})
         if unknown:
             fail(f"{completions}: completions for problems not in --problems: {', '.join(unknown[:5])}")
+        short = shortfall(completions, comps)
+        if short:
+            name, (have, want) = next(iter(short.items()))
+            typer.echo(f"warning: {completions} is an unfinished generate run: {len(short)} problem(s) have fewer "
+                       f"completions than its n = {want} (e.g. {name}: {have}); run generate again to finish it",
+                       err=True)
         summary = execute_run(probs, comps, out, workers=workers, limits=_limits(timeout, memory_mb, max_procs, cpu_s),
                               isolation=iso.detect(isolation), overwrite=overwrite)
+        summary["unfinished_generation"] = short
     typer.echo(json.dumps(summary, indent=1))
 
 

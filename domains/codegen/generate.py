@@ -144,3 +144,15 @@ def read_completions(out_dir: str | os.PathLike) -> dict[str, list[str]]:
     for (name, _), comps in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         out.setdefault(name, []).extend(comps)
     return out
+
+
+def shortfall(out_dir: str | os.PathLike, completions: dict[str, list[str]]) -> dict[str, list[int]]:
+    """``{name: [completions found, n asked]}`` for the problems of an unfinished ``generate`` folder
+    (empty for a complete one, a completions JSONL, or a folder another command wrote)."""
+    cfg_path = Path(out_dir) / "generate_config.json"
+    if not cfg_path.is_file():
+        return {}
+    n = json.loads(cfg_path.read_text()).get("n")
+    if not isinstance(n, int):
+        return {}
+    return {name: [len(c), n] for name, c in sorted(completions.items()) if len(c) < n}

@@ -103,3 +103,27 @@ def test_bad_problems_are_one_line_and_destroy_nothing(files, content, where):
     assert res.exit_code == 2 and where in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert {f.name: f.read_text() for f in (d / "ex").iterdir()} == before
+
+
+def test_executing_an_unfinished_generate_run_says_so(tmp_path):
+    """A killed ``generate`` leaves fewer than n completions; ``execute`` of it ran them without a word, so pass@k
+    silently used a smaller n than the run's config."""
+    need("Rscript")
+    runner = CliRunner()
+    gen = tmp_path / "gen"
+    res = runner.invoke(app, ["generate", "--problems", "humaneval-r", "--limit", "2", "--n", "3", "--batch-size", "1",
+                              "--max-tokens", "4", "--out", str(gen)])
+    assert res.exit_code == 0, res.output
+    lines = (gen / "completions.jsonl").read_text().splitlines(keepends=True)
+    (gen / "completions.jsonl").write_text("".join(lines[:4]))  # killed after 4 of 6 batches
+    res = runner.invoke(app, ["execute", "--problems", "humaneval-r", "--completions", str(gen), "--out",
+                              str(tmp_path / "ex"), "--timeout", "20"])
+    assert res.exit_code == 0, res.output
+    assert "unfinished generate run: 1 problem(s) have fewer completions than its n = 3" in res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["programs"] == 4 and list(summary["unfinished_generation"].values()) == [[1, 3]]
+    res = runner.invoke(app, ["generate", "--problems", "humaneval-r", "--limit", "2", "--n", "3", "--batch-size", "1",
+                              "--max-tokens", "4", "--out", str(gen)])  # finish it
+    res = runner.invoke(app, ["execute", "--problems", "humaneval-r", "--completions", str(gen), "--out",
+                              str(tmp_path / "ex"), "--timeout", "20"])
+    assert "warning" not in res.output and json.loads(res.output[res.output.index("{"):])["programs"] == 6
