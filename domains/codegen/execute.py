@@ -12,6 +12,10 @@ end with their checks intact (``endcheck.py``: else ``EarlyExit`` or ``TestsBypa
      "results": [{"program", "stdout", "stderr", "exit_code", "status", "timestamp"}, ...],
      "isolation": {...}, "limits": {...}}
 
+Each problem's file is written as soon as its last program finishes. Ctrl-C (or any error) stops the
+queued programs and ends the running ones within half a second (``run_sandboxed(cancel=...)``); the
+files of finished problems stay and are reused by a re-run.
+
 A results file is reused on a re-run only when it holds exactly the same programs, limits,
 isolation and grading version (``endcheck.HARNESS``); otherwise it is recomputed (and the summary
 says how many were reused). A folder that holds results of problems outside the run is refused
@@ -27,8 +31,9 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
@@ -62,11 +67,12 @@ def classify(run: RunResult, language: str) -> str:
 
 def execute_one(language: str, program: str, limits: Limits | None = None,
                 isolation: iso.Isolation | None = None, tmp_root: str | None = None,
-                check: endcheck.EndCheck | None = None) -> dict:
+                check: endcheck.EndCheck | None = None, cancel: threading.Event | None = None) -> dict:
     """Run one program; returns a MultiPL-E result entry plus ``wall_s`` and ``isolation``.
 
     ``check`` (``endcheck.for_problem``; default: only that the program reached its end) is what
     the trailer appended after ``program`` verifies; the entry's ``program`` is ``program`` alone.
+    ``cancel`` set stops the run; the entry then has ``status`` ``Cancelled`` (never written to results).
     """
     lang = get_language(language)
     check = check or endcheck.EndCheck(lang.name)
@@ -76,7 +82,7 @@ def execute_one(language: str, program: str, limits: Limits | None = None,
         fname = "program" + lang.suffix
         end_path = os.path.join(os.path.realpath(wd), endcheck.END_FILE)
         Path(wd, fname).write_text(program + endcheck.trailer(check, end_path, nonce), encoding="utf-8")
-        run = run_sandboxed(lang.argv(fname), wd, limits, isolation)
+        run = run_sandboxed(lang.argv(fname), wd, limits, isolation, cancel=cancel)
         try:
             end_text = Path(end_path).read_text(encoding="utf-8", errors="replace")[:4096]
         except OSError:
@@ -84,7 +90,9 @@ def execute_one(language: str, program: str, limits: Limits | None = None,
     finally:
         shutil.rmtree(wd, ignore_errors=True)
     status, note = classify(run, lang.name), ""
-    if status == "OK":
+    if run.cancelled:
+        status, note = "Cancelled", "the run was stopped by the caller"
+    elif status == "OK":
         status, note = endcheck.verdict(check, end_text, nonce)
         status = status or "OK"
     entry = {"program": program, "stdout": run.stdout, "stderr": run.stderr, "exit_code": run.exit_code,
@@ -158,20 +166,35 @@ def execute_run(problems: list[Problem], completions: dict[str, list[str]], out_
         check = endcheck.for_problem(p.language, p.tests, p.prompt)
         jobs.extend((p.name, i, p.language, prog, check) for i, prog in enumerate(programs))
     results: dict[str, list] = {p.name: [None] * len(progs) for p, progs in todo}
-    with progress_bar("executing", total=len(jobs), enabled=progress) as bar, \
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futs = [(name, i, pool.submit(execute_one, language, prog, limits, isolation, None, check))
-                for name, i, language, prog, check in jobs]
-        for name, i, fut in futs:
-            results[name][i] = fut.result()
-            bar.advance(1)
-    for p, _ in todo:
+    left = {p.name: len(progs) for p, progs in todo}
+    by_name = {p.name: p for p, _ in todo}
+    cancel = threading.Event()
+
+    def write(p: Problem) -> None:
         entries = results[p.name]
         for e in entries:
             e.pop("isolation", None)
         doc = {**p.to_json(), "results": entries, "isolation": described, "limits": lim,
                "harness": endcheck.HARNESS}
         write_text_atomic(_results_path(out_dir, p.name), json.dumps(doc, indent=1))
+
+    with progress_bar("executing", total=len(jobs), enabled=progress) as bar, \
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futs = {pool.submit(execute_one, language, prog, limits, isolation, None, check, cancel): (name, i)
+                for name, i, language, prog, check in jobs}
+        try:
+            for fut in as_completed(futs):
+                name, i = futs[fut]
+                results[name][i] = fut.result()
+                bar.advance(1)
+                left[name] -= 1
+                if not left[name]:  # written as soon as complete: an interrupted run keeps (and reuses) it
+                    write(by_name[name])
+        except BaseException:  # Ctrl-C, or a sandbox failure: stop queued and running programs now
+            cancel.set()
+            for fut in futs:
+                fut.cancel()
+            raise
     return summarize(out_dir, [p.name for p in problems if completions.get(p.name)], reused=reused,
                      isolation=isolation)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from adaptome.core.errors import AdaptomeError
 from adaptome.domains.codegen.backends import Backend
-from adaptome.domains.codegen.problems import Problem
+from adaptome.domains.codegen.problems import Problem, ProblemError
 from adaptome.domains.codegen.prompts import build_prompt
 
 
@@ -82,10 +82,18 @@ def _done_batches(path: Path) -> dict[tuple[str, int], list[str]]:
     if good_end < len(raw):  # a killed run left half a line: drop it
         with path.open("r+b") as f:
             f.truncate(good_end)
-    for line in raw[:good_end].decode("utf-8").splitlines():
-        if line.strip():
+    for lineno, line in enumerate(raw[:good_end].decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            done[(row["name"], row["batch_start"])] = row["completions"]
+        except json.JSONDecodeError as e:
+            raise ProblemError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not (isinstance(row, dict) and isinstance(row.get("name"), str) and isinstance(row.get("batch_start"), int)
+                and isinstance(row.get("completions"), list)
+                and all(isinstance(c, str) for c in row["completions"])):
+            raise ProblemError(f"{path}:{lineno}: not a generate batch {{name, batch_start, completions: [str]}}")
+        done[(row["name"], row["batch_start"])] = row["completions"]
     return done
 
 
@@ -131,7 +139,7 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
 
 def read_completions(out_dir: str | os.PathLike) -> dict[str, list[str]]:
     """``{name: completions in sample order}`` from a generation folder or a completions JSONL."""
-    from adaptome.domains.codegen.problems import ProblemError, load_completions
+    from adaptome.domains.codegen.problems import load_completions
 
     path = Path(out_dir)
     if not path.is_dir():

@@ -5,6 +5,12 @@ naming the file and its line."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -111,19 +117,83 @@ def test_executing_an_unfinished_generate_run_says_so(tmp_path):
     need("Rscript")
     runner = CliRunner()
     gen = tmp_path / "gen"
-    res = runner.invoke(app, ["generate", "--problems", "humaneval-r", "--limit", "2", "--n", "3", "--batch-size", "1",
+    res = runner.invoke(app, ["generate", "--problems", "humaneval-r", "--limit", "1", "--n", "3", "--batch-size", "1",
                               "--max-tokens", "4", "--out", str(gen)])
     assert res.exit_code == 0, res.output
     lines = (gen / "completions.jsonl").read_text().splitlines(keepends=True)
-    (gen / "completions.jsonl").write_text("".join(lines[:4]))  # killed after 4 of 6 batches
+    (gen / "completions.jsonl").write_text("".join(lines[:1]))  # killed after 1 of 3 batches
     res = runner.invoke(app, ["execute", "--problems", "humaneval-r", "--completions", str(gen), "--out",
                               str(tmp_path / "ex"), "--timeout", "20"])
     assert res.exit_code == 0, res.output
     assert "unfinished generate run: 1 problem(s) have fewer completions than its n = 3" in res.output
     summary = json.loads(res.output[res.output.index("{"):])
-    assert summary["programs"] == 4 and list(summary["unfinished_generation"].values()) == [[1, 3]]
-    res = runner.invoke(app, ["generate", "--problems", "humaneval-r", "--limit", "2", "--n", "3", "--batch-size", "1",
+    assert summary["programs"] == 1 and list(summary["unfinished_generation"].values()) == [[1, 3]]
+    res = runner.invoke(app, ["generate", "--problems", "humaneval-r", "--limit", "1", "--n", "3", "--batch-size", "1",
                               "--max-tokens", "4", "--out", str(gen)])  # finish it
     res = runner.invoke(app, ["execute", "--problems", "humaneval-r", "--completions", str(gen), "--out",
                               str(tmp_path / "ex"), "--timeout", "20"])
-    assert "warning" not in res.output and json.loads(res.output[res.output.index("{"):])["programs"] == 6
+    assert "warning" not in res.output and json.loads(res.output[res.output.index("{"):])["programs"] == 3
+
+
+def _procs_with(text: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if text in open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace"):
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def test_ctrl_c_stops_running_and_queued_programs_and_keeps_finished_problems(files):
+    """Ctrl-C used to leave the harness running every queued program to its full timeout (minutes), with
+    their daemons alive, and wrote nothing; now it stops within a second or two, leaves no process of
+    the run, and keeps the results of problems that had finished (a re-run reuses them)."""
+    d = files
+    mark = f"{secrets.randbelow(10**6) + 10**6}"
+    loop = "  system('setsid sh -c \"exec sleep " + mark + "\" &'); while (TRUE) {}\n}"
+    (d / "c_loop.jsonl").write_text('{"name": "a", "completions": ["  2 * x\\n}"]}\n'
+                                    f'{{"name": "b", "completions": {json.dumps([loop] * 6)}}}\n')
+    cmd = [sys.executable, "-c", "from adaptome.core.cli import main; main()", "codegen", "execute", "--problems",
+           str(d / "ab.jsonl"), "--completions", str(d / "c_loop.jsonl"), "--out", str(d / "ex"), "--timeout", "120"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((d / "ex" / "a.results.json").exists() and len(_procs_with(f"sleep {mark}")) >= 2):
+            assert time.monotonic() < deadline and proc.poll() is None, "a's results never appeared while b ran"
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 10  # before: 3 rounds of the 120 s timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # the waiters die with it (PDEATHSIG), and the namespaces with them
+            proc.wait()
+    deadline = time.monotonic() + 5
+    while _procs_with(f"sleep {mark}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _procs_with(f"sleep {mark}")
+    assert (d / "ex" / "a.results.json").exists() and not (d / "ex" / "b.results.json").exists()
+    assert json.loads((d / "ex" / "a.results.json").read_text())["results"][0]["status"] == "OK"
+
+
+@pytest.mark.parametrize("bad_line", ['{"name": "HumanEval_1', '{"nam": 1}'])
+def test_a_corrupt_generate_folder_is_one_line_and_is_not_rewritten(tmp_path, bad_line):
+    """A damaged line inside a generate folder's completions.jsonl was a JSONDecodeError / KeyError traceback in
+    execute and in generate's resume."""
+    runner = CliRunner()
+    gen = tmp_path / "gen"
+    args = ["generate", "--problems", "humaneval-r", "--limit", "1", "--n", "2", "--batch-size", "1",
+            "--max-tokens", "4", "--out", str(gen)]
+    assert runner.invoke(app, args).exit_code == 0
+    lines = (gen / "completions.jsonl").read_text().splitlines(keepends=True)
+    damaged = lines[0] + bad_line + "\n"
+    (gen / "completions.jsonl").write_text(damaged)
+    for res in (runner.invoke(app, ["execute", "--problems", "humaneval-r", "--completions", str(gen), "--out",
+                                    str(tmp_path / "ex")]), runner.invoke(app, args)):
+        assert res.exit_code == 2 and "completions.jsonl:2: not" in res.output, res.output
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert (gen / "completions.jsonl").read_text() == damaged
