@@ -3,12 +3,14 @@
 MultiPL-E grades an R program ``OK`` on exit code 0, and a Racket one on exit 0 with empty stderr.
 Neither rule knows whether the tests ran: a completion that calls ``quit(status = 0)`` (R) or
 ``(exit 0)`` (Racket) before them passes, and so does one that disables them (R: defines its own
-``stopifnot`` / ``isTRUE`` / ``quit`` in the global environment; Racket: points
-``current-error-port`` at nowhere, so rackunit's failure reports vanish and the program still exits 0).
+``stopifnot`` / ``isTRUE`` / ``quit`` in the global environment, or sets ``options(error = ...)``, under
+which Rscript goes on after a failed ``stopifnot`` and exits 0; Racket: points ``current-error-port`` at
+nowhere, so rackunit's failure reports vanish and the program still exits 0).
 
-The executor therefore appends a *trailer* after the tests (the program MultiPL-E records, and
-the ``program`` field of the results, stay ``prompt + completion + "\\n" + tests``). The trailer
-writes a file ``.adaptome-end`` in the working directory holding a random nonce (drawn per run)
+The executor therefore appends a *trailer* after the tests (``assemble``: in R, tests and trailer form
+one block, so an error in the tests skips the trailer whatever ``options(error)`` says; the program
+MultiPL-E records, and the ``program`` field of the results, stay ``prompt + completion + "\\n" +
+tests``). The trailer writes a file ``.adaptome-end`` in the working directory holding a random nonce (drawn per run)
 and what it found:
 
 * R: the functions the tests call (``name(`` in the tests, less the names the prompt defines) that
@@ -54,11 +56,13 @@ class EndCheck:
         language: MultiPL-E key, ``r`` or ``rkt``.
         watched: R: functions the tests call that the program must not mask (empty for Racket).
         min_checks: Racket: rackunit checks that must be logged (0: no count is required).
+        tests: R: the problem's tests; a program ending with them runs them and the trailer in one ``{ }`` block.
     """
 
     language: str
     watched: tuple[str, ...] = ()
     min_checks: int = 0
+    tests: str = ""  # R: the tests, run in one block with the trailer (see ``assemble``)
 
 
 def for_problem(language: str, tests: str | None, prompt: str = "") -> EndCheck:
@@ -68,7 +72,7 @@ def for_problem(language: str, tests: str | None, prompt: str = "") -> EndCheck:
     if language == "r":
         defined = set(_R_DEF.findall(prompt))
         names = sorted({n for n in _R_CALL.findall(tests)} - defined - _R_KEYWORDS)
-        return EndCheck(language, watched=tuple(names))
+        return EndCheck(language, watched=tuple(names), tests=tests)
     checks = len(_RKT_CHECK.findall(tests))
     return EndCheck(language, min_checks=min(checks, 1) if _RKT_NESTED.search(tests) else checks)
 
@@ -107,11 +111,26 @@ def trailer(check: EndCheck, path: str, nonce: str) -> str:
         f"    (lambda () (printf \"~a\\n~a ~a\\n\" {json.dumps(nonce)} (car adaptome-log) (cdr adaptome-log)))))\n")
 
 
+def assemble(check: EndCheck, program: str, path: str, nonce: str) -> str:
+    """The source that runs: ``program`` and the trailer.
+
+    R: when ``program`` ends with the check's tests, they and the trailer form one top-level ``{ }`` block.
+    Rscript with ``options(error = <a function>)`` goes on with the next top-level expression after an
+    error, so a trailer of its own would still run after a failed ``stopifnot``; an error inside the
+    block skips the rest of the block, trailer included. (Inside ``{ }`` the tests still assign in the
+    global environment; only the auto-printing of their intermediate values differs.)
+    """
+    tail = trailer(check, path, nonce)
+    if check.language == "r" and check.tests and program.endswith(check.tests):
+        return program[: len(program) - len(check.tests)] + "{\n" + check.tests + "\n" + tail + "}\n"
+    return program + tail
+
+
 def verdict(check: EndCheck, text: str | None, nonce: str) -> tuple[str | None, str]:
     """(refined status or None when the run stands as ``OK``, a note saying why) for an ``OK`` run."""
     lines = (text or "").split("\n")
     if text is None or lines[0] != nonce:
-        return "EarlyExit", "the program exited with status 0 before its tests ran to the end"
+        return "EarlyExit", "the program exited with status 0 but its tests did not run to the end"
     found = lines[1].split() if len(lines) > 1 else []
     if check.language == "r":
         if found:

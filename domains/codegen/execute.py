@@ -81,7 +81,7 @@ def execute_one(language: str, program: str, limits: Limits | None = None,
     try:
         fname = "program" + lang.suffix
         end_path = os.path.join(os.path.realpath(wd), endcheck.END_FILE)
-        Path(wd, fname).write_text(program + endcheck.trailer(check, end_path, nonce), encoding="utf-8")
+        Path(wd, fname).write_text(endcheck.assemble(check, program, end_path, nonce), encoding="utf-8")
         run = run_sandboxed(lang.argv(fname), wd, limits, isolation, cancel=cancel)
         try:
             end_text = Path(end_path).read_text(encoding="utf-8", errors="replace")[:4096]

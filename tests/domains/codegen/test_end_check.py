@@ -3,7 +3,8 @@
 Problems written here (not shipped), in MultiPL-E's format; each completion is graded by
 ``adaptome codegen execute`` and scored by ``adaptome codegen pass-at-k``. Before the end marker, an
 early ``quit(status = 0)`` / ``(exit 0)``, an R completion masking ``stopifnot`` / ``isTRUE`` and a Racket
-one silencing rackunit (error port to nowhere, or its own ``check-equal?``) were all graded ``OK``.
+one silencing rackunit (error port to nowhere, or its own ``check-equal?``) were all graded ``OK``, and so
+was an R one setting ``options(error = ...)`` (Rscript then goes on after a failed ``stopifnot`` and exits 0).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ CASES = {
         ("  sum(x)\n}\nstopifnot <- function(...) invisible(TRUE)\n", "TestsBypassed"),
         ("  sum(x)\n}\nisTRUE <- function(x) TRUE\n", "TestsBypassed"),
         ("  sum(x)\n}\nattach(list(isTRUE = function(x) TRUE), name = 'helpers')\n", "TestsBypassed"),
+        # Rscript goes on after the failed stopifnot and exits 0: the tests' block (and its trailer) stops
+        ("  sum(x)\n}\noptions(error = function() NULL)\n", "EarlyExit"),
         ("  sq(x)\n}\nsq <- function(v) sum(v^2)\nc <- 3\n", "OK"),  # a helper, and a non-function `c`: fine
     ],
     "sq_rkt": [
@@ -83,7 +86,7 @@ def test_pass_at_k_counts_only_real_passes(graded):
     r = CliRunner().invoke(app, ["pass-at-k", "--run", f"u={d / 'exec'}", "--out", str(d / "score"), "--k", "1"])
     assert r.exit_code == 0, r.output
     rows = list(__import__("csv").DictReader((d / "score" / "pass_at_k.csv").open()))
-    want = (2 / 8 + 1 / 5) / 2  # R: the correct solution and the helper one; Racket: the correct one
+    want = (2 / 9 + 1 / 5) / 2  # R: the correct solution and the helper one; Racket: the correct one
     assert float(rows[0]["estimate"]) == pytest.approx(want, abs=1e-6)
 
 
