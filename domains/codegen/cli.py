@@ -97,6 +97,7 @@ def execute(
     from adaptome.domains.codegen.generate import read_completions, shortfall
 
     with user_errors():
+        lim, isol = _limits(timeout, memory_mb, max_procs, cpu_s), iso.detect(isolation)  # bad options first
         probs = _problems(problems, None)
         comps = read_completions(completions)
         unknown = sorted(set(comps) - {p.name for p in probs})
@@ -108,8 +109,7 @@ def execute(
             typer.echo(f"warning: {completions} is an unfinished generate run: {len(short)} problem(s) have fewer "
                        f"completions than its n = {want} (e.g. {name}: {have}); run generate again to finish it",
                        err=True)
-        summary = execute_run(probs, comps, out, workers=workers, limits=_limits(timeout, memory_mb, max_procs, cpu_s),
-                              isolation=iso.detect(isolation), overwrite=overwrite)
+        summary = execute_run(probs, comps, out, workers=workers, limits=lim, isolation=isol, overwrite=overwrite)
         summary["unfinished_generation"] = short
     typer.echo(json.dumps(summary, indent=1))
 
@@ -209,6 +209,7 @@ def plansearch(
                                    code_temperature, top_p, observation_tokens, plan_tokens, code_tokens, seed)
         except ValueError as e:
             fail(str(e))
+        lim = _limits(timeout, 512, 32, None)  # before the search: a bad --timeout must not wait for it
         probs = _problems(problems, limit)
         backend = make_backend(model, url or None, api_model=model, seed=seed)
         if alg == "plansearch":
@@ -218,7 +219,7 @@ def plansearch(
             summary = repeated_sampling(probs, backend, n, out, code_temperature, top_p, code_tokens, seed)
         if execute_codes:
             summary["execution"] = execute_run(probs, read_completions(out), out / "results", workers=workers,
-                                               limits=_limits(timeout, 512, 32, None), overwrite=True)
+                                               limits=lim, overwrite=True)
             rows = pass_at_k_rows(alg, read_run(out / "results"), (1, 10, 100))
             write_tables(rows, out)
             summary["pass_at_k"] = rows

@@ -32,6 +32,10 @@ class ResumeMismatch(AdaptomeError, ValueError):
     """An output folder holds a run made with other settings."""
 
 
+class GenerateError(AdaptomeError, ValueError):
+    """Generation settings out of range."""
+
+
 @dataclass
 class GenerateConfig:
     """Settings of a generation run.
@@ -59,6 +63,12 @@ class GenerateConfig:
     max_tokens: int = 256
     seed: int = 0
     problems_digest: str = ""
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.batch_size < 1 or self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise GenerateError(f"need n, batch size and max tokens >= 1, temperature >= 0 and 0 < top_p <= 1 (got "
+                                f"n {self.n}, batch size {self.batch_size}, max tokens {self.max_tokens}, "
+                                f"temperature {self.temperature}, top_p {self.top_p})")
 
 
 def derive_seed(seed: int, name: str, batch_start: int) -> int:
@@ -103,8 +113,6 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
     from adaptome.core.atomic import write_text_atomic
     from adaptome.core.progress import progress_bar
 
-    if cfg.n < 1 or cfg.batch_size < 1 or cfg.max_tokens < 1:
-        raise ValueError(f"n, batch_size and max_tokens must be >= 1 (got {cfg.n}, {cfg.batch_size}, {cfg.max_tokens})")
     cfg.problems_digest = problems_digest(problems)
     out = Path(out_dir)
     cfg_path, comp_path = out / "generate_config.json", out / "completions.jsonl"

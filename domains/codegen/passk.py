@@ -60,6 +60,8 @@ def pass_at_k_rows(dataset: str, run: dict[str, list[bool]], ks=KS) -> list[dict
     A k that no problem has n >= k for keeps its row, with ``estimate`` None (no unbiased estimate) and
     every problem counted in ``skipped_problems``, so the table says why it has no number.
     """
+    if any(int(k) < 1 for k in ks):
+        raise ResultsError(f"k must be >= 1 (got {', '.join(str(k) for k in ks)})")
     ns = {name: len(v) for name, v in run.items()}
     cs = {name: sum(v) for name, v in run.items()}
     total_n, total_c = sum(ns.values()), sum(cs.values())

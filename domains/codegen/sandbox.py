@@ -59,6 +59,10 @@ from adaptome.domains.codegen import isolation as iso
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
+class LimitsError(AdaptomeError, ValueError):
+    """Sandbox limits out of range (a user's option)."""
+
+
 @dataclass
 class Limits:
     """Resource limits of one run.
@@ -87,7 +91,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 16 or self.max_procs < 1:
-            raise ValueError(f"sandbox limits out of range: {self}")
+            raise LimitsError(f"sandbox limits out of range: need timeout > 0 s, cpu >= 1 s, memory >= 16 MB and "
+                              f"processes >= 1 (got timeout {self.timeout_s} s, cpu {self.cpu_s} s, memory "
+                              f"{self.memory_mb} MB, processes {self.max_procs})")
 
 
 @dataclass

@@ -101,3 +101,10 @@ def test_cli_pass_at_k_matches_the_explicit_formula_at_the_edges(tmp_path):
     assert (rows[4]["num_problems"], rows[4]["skipped_problems"]) == ("3", "1")
     assert (rows[5]["estimate"], rows[5]["num_problems"], rows[5]["skipped_problems"]) == ("", "0", "4")
     assert "| d | 5 | n/a (n < k) | 0 | 4 |" in res.output
+
+
+def test_cli_k_below_one_is_one_line(tmp_path):
+    folder = _write_run(tmp_path / "r", {"a": [True, False]})
+    res = CliRunner().invoke(app, ["pass-at-k", "--run", f"d={folder}", "--out", str(tmp_path / "o"), "--k", "0"])
+    assert res.exit_code == 2 and "k must be >= 1" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()
