@@ -26,9 +26,10 @@ checks is ``TestsBypassed``.
 
 Not covered: a program that reads its own source to learn the nonce and forges the file, one that
 rebinds R's ``base`` namespace itself, ``::`` or the language's special forms, or that mutates
-rackunit's module state; tests whose checks sit in loops or in ``test-case`` forms are counted only
-as "at least one check ran". This is a guard against buggy and mildly hostile completions, not a
-proof of test execution.
+rackunit's module state; in tests that signal failure with ``(exit 1)`` instead of rackunit (none of
+MultiPL-E's), a Racket program replacing ``exit-handler``; tests whose checks sit in loops or in
+``test-case`` forms are counted only as "at least one check ran". This is a guard against buggy and
+mildly hostile completions, not a proof of test execution.
 """
 
 from __future__ import annotations
