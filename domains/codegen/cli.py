@@ -6,7 +6,10 @@ cause print as one line (``core.cli_errors.user_errors``, exit code 2).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,6 +34,25 @@ def _problems(sources: list[str], limit: Optional[int]):
     if dup:
         fail(f"problem names repeat across the problems files: {', '.join(dup[:5])}")
     return probs[:limit] if limit else probs
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM (``kill``, a batch scheduler's time limit) ends ``execute`` as Ctrl-C does: the running programs
+    are killed and their cgroups removed. Python's default would end the harness on the spot, leaving the
+    cgroups (and, at the ``rlimits`` level, ``setsid`` daemons) behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _limits(timeout: float, memory_mb: int, max_procs: int, cpu_s: Optional[int]):
@@ -109,7 +131,8 @@ def execute(
             typer.echo(f"warning: {completions} is an unfinished generate run: {len(short)} problem(s) have fewer "
                        f"completions than its n = {want} (e.g. {name}: {have}); run generate again to finish it",
                        err=True)
-        summary = execute_run(probs, comps, out, workers=workers, limits=lim, isolation=isol, overwrite=overwrite)
+        with _sigterm_stops():
+            summary = execute_run(probs, comps, out, workers=workers, limits=lim, isolation=isol, overwrite=overwrite)
         summary["unfinished_generation"] = short
     typer.echo(json.dumps(summary, indent=1))
 

@@ -147,17 +147,20 @@ def _procs_with(text: str) -> list[int]:
     return out
 
 
-def test_ctrl_c_stops_running_and_queued_programs_and_keeps_finished_problems(files):
+@pytest.mark.parametrize("sig,level", [(signal.SIGINT, "auto"), (signal.SIGTERM, "rlimits")])
+def test_ctrl_c_stops_running_and_queued_programs_and_keeps_finished_problems(files, sig, level):
     """Ctrl-C used to leave the harness running every queued program to its full timeout (minutes), with
     their daemons alive, and wrote nothing; now it stops within a second or two, leaves no process of
-    the run, and keeps the results of problems that had finished (a re-run reuses them)."""
+    the run, and keeps the results of problems that had finished (a re-run reuses them). SIGTERM ended the
+    harness at once, leaving at the rlimits level the programs' setsid daemons alive; now it stops as Ctrl-C."""
     d = files
     mark = f"{secrets.randbelow(10**6) + 10**6}"
     loop = "  system('setsid sh -c \"exec sleep " + mark + "\" &'); while (TRUE) {}\n}"
     (d / "c_loop.jsonl").write_text('{"name": "a", "completions": ["  2 * x\\n}"]}\n'
                                     f'{{"name": "b", "completions": {json.dumps([loop] * 6)}}}\n')
     cmd = [sys.executable, "-c", "from adaptome.core.cli import main; main()", "codegen", "execute", "--problems",
-           str(d / "ab.jsonl"), "--completions", str(d / "c_loop.jsonl"), "--out", str(d / "ex"), "--timeout", "120"]
+           str(d / "ab.jsonl"), "--completions", str(d / "c_loop.jsonl"), "--out", str(d / "ex"), "--timeout", "120",
+           "--isolation", level]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -165,7 +168,7 @@ def test_ctrl_c_stops_running_and_queued_programs_and_keeps_finished_problems(fi
             assert time.monotonic() < deadline and proc.poll() is None, "a's results never appeared while b ran"
             time.sleep(0.1)
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.wait(timeout=30)
         assert time.monotonic() - t0 < 10  # before: 3 rounds of the 120 s timeout
     finally:
