@@ -152,7 +152,8 @@ def test_ctrl_c_stops_running_and_queued_programs_and_keeps_finished_problems(fi
     """Ctrl-C used to leave the harness running every queued program to its full timeout (minutes), with
     their daemons alive, and wrote nothing; now it stops within a second or two, leaves no process of
     the run, and keeps the results of problems that had finished (a re-run reuses them). SIGTERM ended the
-    harness at once, leaving at the rlimits level the programs' setsid daemons alive; now it stops as Ctrl-C."""
+    harness at once, leaving at the rlimits level the looping programs (until RLIMIT_CPU) and their setsid
+    daemons alive, and their cgroups behind; now it stops as Ctrl-C does."""
     d = files
     mark = f"{secrets.randbelow(10**6) + 10**6}"
     loop = "  system('setsid sh -c \"exec sleep " + mark + "\" &'); while (TRUE) {}\n}"
