@@ -6,7 +6,10 @@ cause print as one line (``core.cli_errors.user_errors``, exit code 2).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,6 +34,25 @@ def _problems(sources: list[str], limit: Optional[int]):
     if dup:
         fail(f"problem names repeat across the problems files: {', '.join(dup[:5])}")
     return probs[:limit] if limit else probs
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM (``kill``, a batch scheduler's time limit) ends ``execute`` as Ctrl-C does: the running programs
+    are killed and their cgroups removed. Python's default would end the harness on the spot, leaving the
+    cgroups (and, at the ``rlimits`` level, ``setsid`` daemons) behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _limits(timeout: float, memory_mb: int, max_procs: int, cpu_s: Optional[int]):
@@ -85,6 +107,8 @@ def execute(
     max_procs: int = typer.Option(32, help="processes per program"),
     cpu_s: Optional[int] = typer.Option(None, help="CPU seconds per process (default: the timeout)"),
     isolation: str = typer.Option("auto", help="auto | namespaces | userns | rlimits (weaker levels for testing)"),
+    overwrite: bool = typer.Option(False, help="remove results in --out of problems that are not in this run "
+                                   "(without it such a folder is refused)"),
 ) -> None:
     """Run every completion in the sandbox and grade it as MultiPL-E does.
 
@@ -92,16 +116,24 @@ def execute(
     """
     from adaptome.domains.codegen import isolation as iso
     from adaptome.domains.codegen.execute import execute_run
-    from adaptome.domains.codegen.generate import read_completions
+    from adaptome.domains.codegen.generate import read_completions, shortfall
 
     with user_errors():
+        lim, isol = _limits(timeout, memory_mb, max_procs, cpu_s), iso.detect(isolation)  # bad options first
         probs = _problems(problems, None)
         comps = read_completions(completions)
         unknown = sorted(set(comps) - {p.name for p in probs})
         if unknown:
             fail(f"{completions}: completions for problems not in --problems: {', '.join(unknown[:5])}")
-        summary = execute_run(probs, comps, out, workers=workers, limits=_limits(timeout, memory_mb, max_procs, cpu_s),
-                              isolation=iso.detect(isolation))
+        short = shortfall(completions, comps)
+        if short:
+            name, (have, want) = next(iter(short.items()))
+            typer.echo(f"warning: {completions} is an unfinished generate run: {len(short)} problem(s) have fewer "
+                       f"completions than its n = {want} (e.g. {name}: {have}); run generate again to finish it",
+                       err=True)
+        with _sigterm_stops():
+            summary = execute_run(probs, comps, out, workers=workers, limits=lim, isolation=isol, overwrite=overwrite)
+        summary["unfinished_generation"] = short
     typer.echo(json.dumps(summary, indent=1))
 
 
@@ -200,6 +232,7 @@ def plansearch(
                                    code_temperature, top_p, observation_tokens, plan_tokens, code_tokens, seed)
         except ValueError as e:
             fail(str(e))
+        lim = _limits(timeout, 512, 32, None)  # before the search: a bad --timeout must not wait for it
         probs = _problems(problems, limit)
         backend = make_backend(model, url or None, api_model=model, seed=seed)
         if alg == "plansearch":
@@ -209,7 +242,7 @@ def plansearch(
             summary = repeated_sampling(probs, backend, n, out, code_temperature, top_p, code_tokens, seed)
         if execute_codes:
             summary["execution"] = execute_run(probs, read_completions(out), out / "results", workers=workers,
-                                               limits=_limits(timeout, 512, 32, None))
+                                               limits=lim, overwrite=True)
             rows = pass_at_k_rows(alg, read_run(out / "results"), (1, 10, 100))
             write_tables(rows, out)
             summary["pass_at_k"] = rows

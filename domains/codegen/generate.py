@@ -7,7 +7,8 @@ b of problem p uses the seed ``derive_seed(seed, p, b)``, so each batch is repro
 own and an interrupted run, resumed, ends with exactly the completions of an uninterrupted one.
 Resuming is allowed only when ``generate_config.json`` matches the new settings (model, backend
 URL, prompt builder, n, temperature, top_p, max_tokens, seed, problems file digest); otherwise
-the run refuses and names the differing settings (or pass ``overwrite``). A half-written last line
+the run refuses and names the differing settings (or pass ``overwrite``). A ``completions.jsonl`` without
+``generate_config.json`` (another command's output, e.g. PLANSEARCH's) is never resumed. A half-written last line
 (a killed run) is dropped.
 
 Not covered: sharding one run over several processes (run one per problem subset instead).
@@ -23,12 +24,16 @@ from pathlib import Path
 
 from adaptome.core.errors import AdaptomeError
 from adaptome.domains.codegen.backends import Backend
-from adaptome.domains.codegen.problems import Problem
+from adaptome.domains.codegen.problems import Problem, ProblemError
 from adaptome.domains.codegen.prompts import build_prompt
 
 
 class ResumeMismatch(AdaptomeError, ValueError):
     """An output folder holds a run made with other settings."""
+
+
+class GenerateError(AdaptomeError, ValueError):
+    """Generation settings out of range."""
 
 
 @dataclass
@@ -59,6 +64,12 @@ class GenerateConfig:
     seed: int = 0
     problems_digest: str = ""
 
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.batch_size < 1 or self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise GenerateError(f"need n, batch size and max tokens >= 1, temperature >= 0 and 0 < top_p <= 1 (got "
+                                f"n {self.n}, batch size {self.batch_size}, max tokens {self.max_tokens}, "
+                                f"temperature {self.temperature}, top_p {self.top_p})")
+
 
 def derive_seed(seed: int, name: str, batch_start: int) -> int:
     h = hashlib.sha256(f"{seed}/{name}/{batch_start}".encode()).digest()
@@ -81,10 +92,18 @@ def _done_batches(path: Path) -> dict[tuple[str, int], list[str]]:
     if good_end < len(raw):  # a killed run left half a line: drop it
         with path.open("r+b") as f:
             f.truncate(good_end)
-    for line in raw[:good_end].decode("utf-8").splitlines():
-        if line.strip():
+    for lineno, line in enumerate(raw[:good_end].decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            done[(row["name"], row["batch_start"])] = row["completions"]
+        except json.JSONDecodeError as e:
+            raise ProblemError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not (isinstance(row, dict) and isinstance(row.get("name"), str) and isinstance(row.get("batch_start"), int)
+                and isinstance(row.get("completions"), list)
+                and all(isinstance(c, str) for c in row["completions"])):
+            raise ProblemError(f"{path}:{lineno}: not a generate batch {{name, batch_start, completions: [str]}}")
+        done[(row["name"], row["batch_start"])] = row["completions"]
     return done
 
 
@@ -94,8 +113,6 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
     from adaptome.core.atomic import write_text_atomic
     from adaptome.core.progress import progress_bar
 
-    if cfg.n < 1 or cfg.batch_size < 1 or cfg.max_tokens < 1:
-        raise ValueError(f"n, batch_size and max_tokens must be >= 1 (got {cfg.n}, {cfg.batch_size}, {cfg.max_tokens})")
     cfg.problems_digest = problems_digest(problems)
     out = Path(out_dir)
     cfg_path, comp_path = out / "generate_config.json", out / "completions.jsonl"
@@ -105,7 +122,11 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
         if diff:
             raise ResumeMismatch(f"{cfg_path}: made with other settings ({', '.join(diff)}); "
                                  "pass --overwrite to start again or choose another --out")
-    elif cfg_path.exists() and overwrite:
+    elif comp_path.exists() and not overwrite:
+        # generate writes its config before any completion: these are another command's (e.g. plansearch's)
+        raise ResumeMismatch(f"{comp_path}: completions without a generate_config.json (not a generate run); "
+                             "pass --overwrite to start again or choose another --out")
+    elif overwrite:
         comp_path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cfg_path, json.dumps(asdict(cfg), indent=1))
@@ -126,7 +147,7 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
 
 def read_completions(out_dir: str | os.PathLike) -> dict[str, list[str]]:
     """``{name: completions in sample order}`` from a generation folder or a completions JSONL."""
-    from adaptome.domains.codegen.problems import ProblemError, load_completions
+    from adaptome.domains.codegen.problems import load_completions
 
     path = Path(out_dir)
     if not path.is_dir():
@@ -139,3 +160,15 @@ def read_completions(out_dir: str | os.PathLike) -> dict[str, list[str]]:
     for (name, _), comps in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         out.setdefault(name, []).extend(comps)
     return out
+
+
+def shortfall(out_dir: str | os.PathLike, completions: dict[str, list[str]]) -> dict[str, list[int]]:
+    """``{name: [completions found, n asked]}`` for the problems of an unfinished ``generate`` folder
+    (empty for a complete one, a completions JSONL, or a folder another command wrote)."""
+    cfg_path = Path(out_dir) / "generate_config.json"
+    if not cfg_path.is_file():
+        return {}
+    n = json.loads(cfg_path.read_text()).get("n")
+    if not isinstance(n, int):
+        return {}
+    return {name: [len(c), n] for name, c in sorted(completions.items()) if len(c) < n}

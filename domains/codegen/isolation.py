@@ -41,6 +41,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaptome.core.errors import AdaptomeError
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -61,6 +63,10 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 NOBODY = 65534
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class IsolationError(AdaptomeError, ValueError):
+    """An unknown isolation level was asked for."""
 
 
 @dataclass
@@ -168,7 +174,7 @@ def detect(prefer: str = "auto") -> Isolation:
     root = os.geteuid() == 0
     level = "rlimits"
     if prefer not in ("auto", "namespaces", "userns", "rlimits"):
-        raise ValueError(f"isolation {prefer!r}: choose auto, namespaces, userns or rlimits")
+        raise IsolationError(f"isolation {prefer!r}: choose auto, namespaces, userns or rlimits")
     if prefer in ("auto", "namespaces") and root:
         if _probe_namespaces(NS_FLAGS, userns=False):
             level = "namespaces"

@@ -55,7 +55,13 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, list[bool]]:
 
 
 def pass_at_k_rows(dataset: str, run: dict[str, list[bool]], ks=KS) -> list[dict]:
-    """One row per k: the estimate over problems with n >= k, and the sample-level majority baseline."""
+    """One row per k: the estimate over problems with n >= k, and the sample-level majority baseline.
+
+    A k that no problem has n >= k for keeps its row, with ``estimate`` None (no unbiased estimate) and
+    every problem counted in ``skipped_problems``, so the table says why it has no number.
+    """
+    if any(int(k) < 1 for k in ks):
+        raise ResultsError(f"k must be >= 1 (got {', '.join(str(k) for k in ks)})")
     ns = {name: len(v) for name, v in run.items()}
     cs = {name: sum(v) for name, v in run.items()}
     total_n, total_c = sum(ns.values()), sum(cs.values())
@@ -63,12 +69,12 @@ def pass_at_k_rows(dataset: str, run: dict[str, list[bool]], ks=KS) -> list[dict
     rows = []
     for k in ks:
         used = [name for name in run if ns[name] >= k]
-        if not used:
-            continue
-        est = sum(pass_at_k(ns[p], cs[p], k) for p in used) / len(used)
-        rows.append({"dataset": dataset, "k": k, "estimate": round(est, 6), "num_problems": len(used),
-                     "skipped_problems": len(run) - len(used), "min_completions": min(ns[p] for p in used),
-                     "max_completions": max(ns[p] for p in used), "majority_outcome": maj,
+        est = sum(pass_at_k(ns[p], cs[p], k) for p in used) / len(used) if used else None
+        counted = used or list(run)  # n min / max of the problems used (of all, when none has n >= k)
+        rows.append({"dataset": dataset, "k": k, "estimate": None if est is None else round(est, 6),
+                     "num_problems": len(used), "skipped_problems": len(run) - len(used),
+                     "min_completions": min(ns[p] for p in counted), "max_completions": max(ns[p] for p in counted),
+                     "majority_outcome": maj,
                      "majority_rate": round(max(total_c, total_n - total_c) / total_n, 6) if total_n else 0.0})
     return rows
 
@@ -89,7 +95,8 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Pa
     lines = ["| dataset | k | pass@k | problems | skipped (n < k) | n min | n max | single-sample majority |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['k']} | {100 * r['estimate']:.1f}% | {r['num_problems']} | "
+        est = "n/a (n < k)" if r["estimate"] is None else f"{100 * r['estimate']:.1f}%"
+        lines.append(f"| {r['dataset']} | {r['k']} | {est} | {r['num_problems']} | "
                      f"{r['skipped_problems']} | {r['min_completions']} | {r['max_completions']} | "
                      f"{r['majority_outcome']} ({100 * r['majority_rate']:.1f}%) |")
     with atomic_file(md_path) as f:

@@ -199,6 +199,7 @@ def run_plansearch(problems: list[Problem], backend: Backend, cfg: PlanSearchCon
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "generate_config.json").unlink(missing_ok=True)  # a repeated-sampling run's, if any: not this one's
     write_text_atomic(out / "plansearch_config.json", json.dumps(asdict(cfg), indent=1))
     (out / "plansearch_log.jsonl").unlink(missing_ok=True)
     log = _Logger(out / "plansearch_log.jsonl")
@@ -222,4 +223,6 @@ def repeated_sampling(problems: list[Problem], backend: Backend, n: int, out_dir
 
     cfg = GenerateConfig(model=getattr(backend, "name", "backend"), n=n, batch_size=n, temperature=temperature,
                          top_p=top_p, max_tokens=max_tokens, seed=seed)
+    for stale in ("plansearch_config.json", "plansearch_log.jsonl"):  # a PLANSEARCH run's, if any
+        (Path(out_dir) / stale).unlink(missing_ok=True)
     return run_generate(problems, backend, cfg, out_dir, overwrite=True, progress=False)

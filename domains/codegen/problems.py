@@ -74,32 +74,35 @@ def resolve(source: str | os.PathLike) -> Path:
     return shipped_path(s) if s in SHIPPED else Path(s)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The records of a JSONL file (``core.text.read_jsonl_records``: errors name the file and line)."""
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number, record) of a JSONL file (``core.text.read_jsonl_records``: errors name the file and line)."""
     from adaptome.core.text import read_jsonl_records
 
-    return [row for _, row in read_jsonl_records(path, ProblemError)]
+    return read_jsonl_records(path, ProblemError)
 
 
 def load_problems(source: str | os.PathLike, limit: int | None = None) -> list[Problem]:
-    """Problems from a shipped dataset name or a JSONL path; names must be unique."""
+    """Problems from a shipped dataset name or a JSONL path; names must be unique and tests non-empty
+    (a problem without tests would pass every program that exits 0). Errors name the file and line."""
     path = resolve(source)
     out: list[Problem] = []
     seen: set[str] = set()
-    for i, row in enumerate(read_jsonl(path), 1):
+    for i, row in read_jsonl(path):
         missing = [k for k in REQUIRED if not isinstance(row.get(k), str)]
         if missing:
-            raise ProblemError(f"{path}: record {i}: missing or non-string field(s) {', '.join(missing)}")
+            raise ProblemError(f"{path}:{i}: missing or non-string field(s) {', '.join(missing)}")
         try:
             lang = get_language(row["language"])
         except AdaptomeError as e:
-            raise ProblemError(f"{path}: record {i} ({row['name']}): {e}") from None
+            raise ProblemError(f"{path}:{i} ({row['name']}): {e}") from None
+        if not row["tests"].strip():
+            raise ProblemError(f"{path}:{i} ({row['name']}): empty tests (every program would pass)")
         if row["name"] in seen:
-            raise ProblemError(f"{path}: record {i}: duplicate problem name {row['name']!r}")
+            raise ProblemError(f"{path}:{i}: duplicate problem name {row['name']!r}")
         seen.add(row["name"])
         stops = row.get("stop_tokens", list(lang.stop_tokens))
         if not (isinstance(stops, list) and all(isinstance(s, str) and s for s in stops)):
-            raise ProblemError(f"{path}: record {i} ({row['name']}): stop_tokens must be a list of non-empty strings")
+            raise ProblemError(f"{path}:{i} ({row['name']}): stop_tokens must be a list of non-empty strings")
         extra = {k: v for k, v in row.items() if k not in (*REQUIRED, "stop_tokens")}
         out.append(Problem(row["name"], lang.name, row["prompt"], row["tests"], stops, extra))
     return out[:limit] if limit else out
@@ -110,17 +113,17 @@ def load_completions(path: str | os.PathLike) -> dict[str, list[str]]:
     ``{name, completion}`` object per line; several lines per name are concatenated)."""
     path = Path(path)
     out: dict[str, list[str]] = {}
-    for i, row in enumerate(read_jsonl(path), 1):
+    for i, row in read_jsonl(path):
         name = row.get("name")
         if not isinstance(name, str):
-            raise ProblemError(f"{path}: record {i}: missing field 'name'")
+            raise ProblemError(f"{path}:{i}: missing field 'name'")
         if "completions" in row:
             comps = row["completions"]
         elif "completion" in row:
             comps = [row["completion"]]
         else:
-            raise ProblemError(f"{path}: record {i} ({name}): needs 'completions' (a list) or 'completion'")
+            raise ProblemError(f"{path}:{i} ({name}): needs 'completions' (a list) or 'completion'")
         if not (isinstance(comps, list) and all(isinstance(c, str) for c in comps)):
-            raise ProblemError(f"{path}: record {i} ({name}): completions must be a list of strings")
+            raise ProblemError(f"{path}:{i} ({name}): completions must be a list of strings")
         out.setdefault(name, []).extend(comps)
     return out

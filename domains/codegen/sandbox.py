@@ -47,6 +47,7 @@ import resource
 import selectors
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ from adaptome.core.errors import AdaptomeError
 from adaptome.domains.codegen import isolation as iso
 
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+class LimitsError(AdaptomeError, ValueError):
+    """Sandbox limits out of range (a user's option)."""
 
 
 @dataclass
@@ -86,7 +91,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 16 or self.max_procs < 1:
-            raise ValueError(f"sandbox limits out of range: {self}")
+            raise LimitsError(f"sandbox limits out of range: need timeout > 0 s, cpu >= 1 s, memory >= 16 MB and "
+                              f"processes >= 1 (got timeout {self.timeout_s} s, cpu {self.cpu_s} s, memory "
+                              f"{self.memory_mb} MB, processes {self.max_procs})")
 
 
 @dataclass
@@ -99,6 +106,7 @@ class RunResult:
     timed_out: bool = False
     output_limited: bool = False
     memory_exceeded: bool = False
+    cancelled: bool = False  # the caller stopped the run (``run_sandboxed(cancel=...)``); its status means nothing
     signal: int | None = None
     wall_s: float = 0.0
     isolation: dict = field(default_factory=dict)
@@ -330,8 +338,12 @@ def _kill_run(proc: subprocess.Popen, cg: _Cgroups | None, level: str) -> None:
 
 
 def run_sandboxed(argv: list[str], workdir: str | os.PathLike, limits: Limits | None = None,
-                  isolation: iso.Isolation | None = None) -> RunResult:
-    """Run ``argv`` in ``workdir`` (which must exist and is the only writable place)."""
+                  isolation: iso.Isolation | None = None, cancel: threading.Event | None = None) -> RunResult:
+    """Run ``argv`` in ``workdir`` (which must exist and is the only writable place).
+
+    ``cancel`` set (by another thread) ends the run within half a second as a timeout would, and the
+    result says ``cancelled`` (the caller stopping, e.g. on Ctrl-C: not the program's fault).
+    """
     limits = limits or Limits()
     isolation = isolation or iso.detect()
     workdir = os.path.realpath(workdir)
@@ -362,8 +374,8 @@ def run_sandboxed(argv: list[str], workdir: str | os.PathLike, limits: Limits | 
         raise
     os.close(status_w)
     try:
-        out = _collect(proc, status_r, limits, t0, leader_exit_ends=isolation.level == "rlimits")
-        if out["timed_out"] or out["output_limited"]:
+        out = _collect(proc, status_r, limits, t0, leader_exit_ends=isolation.level == "rlimits", cancel=cancel)
+        if out["timed_out"] or out["output_limited"] or out["cancelled"]:
             _kill_run(proc, cg, isolation.level)
         proc.wait()
         if isolation.level == "rlimits":
@@ -377,7 +389,8 @@ def run_sandboxed(argv: list[str], workdir: str | os.PathLike, limits: Limits | 
     return _result(out, proc, memory_hit, isolation, time.monotonic() - t0)
 
 
-def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float, leader_exit_ends: bool = False) -> dict:
+def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float, leader_exit_ends: bool = False,
+             cancel: threading.Event | None = None) -> dict:
     """Read stdout / stderr / the status pipe until all close, the deadline, or the output cap.
 
     ``leader_exit_ends`` (no PID namespace): the run ends when the program's own process exits,
@@ -391,12 +404,15 @@ def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float, l
     sel.register(status_r, selectors.EVENT_READ)
     status = bytearray()
     total = 0
-    timed_out = output_limited = False
+    timed_out = output_limited = cancelled = False
     open_fds = {proc.stdout.fileno(), proc.stderr.fileno(), status_r}
     while open_fds:
         left = limits.timeout_s - (time.monotonic() - t0)
         if left <= 0:
             timed_out = True
+            break
+        if cancel is not None and cancel.is_set():
+            cancelled = True
             break
         for key, _ in sel.select(timeout=min(left, 0.5)):
             fd = key.fd
@@ -430,7 +446,7 @@ def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float, l
     proc.stdout.close()
     proc.stderr.close()
     return {"bufs": list(bufs.values()), "timed_out": timed_out, "output_limited": output_limited,
-            "status": status}
+            "cancelled": cancelled, "status": status}
 
 
 def _drain(fd: int) -> bytes:
@@ -459,4 +475,5 @@ def _result(out: dict, proc: subprocess.Popen, memory_hit: bool, isolation: iso.
     timed_out = out["timed_out"] or sig == signal.SIGXCPU
     return RunResult(exit_code=code, stdout=stdout, stderr=stderr, timed_out=timed_out,
                      output_limited=out["output_limited"] or sig == signal.SIGXFSZ,
-                     memory_exceeded=memory_hit and code != 0, signal=sig, wall_s=wall, isolation=isolation.describe())
+                     memory_exceeded=memory_hit and code != 0, signal=sig, wall_s=wall, isolation=isolation.describe(),
+                     cancelled=out["cancelled"])

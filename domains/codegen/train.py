@@ -117,7 +117,7 @@ def read_training_data(paths: list[str]) -> list[Example]:
         elif p.suffix in SOURCE_SUFFIXES and p.is_file():
             out.append(Example(p.read_text(encoding="utf-8"), 0, str(p)))
         else:
-            for i, row in enumerate(read_jsonl(p), 1):
+            for i, row in read_jsonl(p):
                 where = f"{p}:{i}"
                 if isinstance(row.get("prompt"), str) and isinstance(row.get("solution"), str):
                     out.append(Example(row["prompt"] + row["solution"], 0, where))

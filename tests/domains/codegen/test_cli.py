@@ -51,11 +51,23 @@ def test_generate_then_execute_then_score(tmp_path):
      "unknown prompt builder 'many-shot'"),
     (["plansearch", "--problems", "humaneval-r", "--num-layers", "3", "--out", "o"], "num_layers must be 1 or 2"),
     (["train", "--data", "d", "--out", "o", "--options", "[1]"], "--options must be a JSON object"),
+    # options out of range were ValueError tracebacks
+    (["execute", "--problems", "nope.jsonl", "--completions", "x.jsonl", "--out", "o", "--timeout", "0"],
+     "sandbox limits out of range: need timeout > 0 s"),
+    (["execute", "--problems", "nope.jsonl", "--completions", "x.jsonl", "--out", "o", "--memory-mb", "8"],
+     "memory 8 MB"),
+    (["execute", "--problems", "nope.jsonl", "--completions", "x.jsonl", "--out", "o", "--isolation", "bogus"],
+     "isolation 'bogus': choose auto"),
+    (["generate", "--problems", "humaneval-r", "--n", "0", "--out", "o"], "need n, batch size and max tokens >= 1"),
+    (["generate", "--problems", "humaneval-r", "--top-p", "0", "--out", "o"], "0 < top_p <= 1"),
+    (["plansearch", "--problems", "humaneval-r", "--limit", "1", "--num-observations", "1", "--observation-tokens", "2",
+      "--plan-tokens", "2", "--code-tokens", "2", "--timeout", "0", "--out", "o"], "sandbox limits out of range"),
 ])
 def test_errors_are_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_execute_refuses_completions_for_unknown_problems(tmp_path):

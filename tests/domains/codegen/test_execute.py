@@ -4,6 +4,7 @@ non-terminating and malformed ones get the right status. Results are MultiPL-E r
 from __future__ import annotations
 
 import json
+import shutil
 from importlib.resources import files
 from pathlib import Path
 
@@ -56,10 +57,13 @@ def test_all_hand_written_solutions_pass_humaneval_and_mbpp(tmp_path_factory):
         assert summary["status_counts"]["OK"] == len(comps), (lang, summary["status_counts"])
 
 
-def test_results_are_reused_only_for_the_same_programs_and_limits(reference_run):
-    probs, comps, folder, _ = reference_run["r"]
+def test_results_are_reused_only_for_the_same_programs_and_limits(reference_run, tmp_path):
+    probs, comps, ref_folder, _ = reference_run["r"]
     name = "HumanEval_24_largest_divisor"
     p = [q for q in probs if q.name == name]
+    folder = tmp_path / "one"  # a folder of this problem alone (others in it would be refused as stale)
+    folder.mkdir()
+    shutil.copy(ref_folder / f"{name}.results.json", folder)
     again = execute_run(p, {name: comps[name]}, folder, limits=short_limits(timeout_s=15, cpu_s=15), progress=False)
     assert again["reused_problems"] == 1
     wrong = {name: ["\n  n - 1\n}"]}

@@ -68,9 +68,12 @@ def test_cli_writes_csv_markdown_and_mcnemar(tmp_path):
                                    str(out), "--compare", str(ra), "--compare", str(rb)])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((out / "pass_at_k.csv").open()))
-    assert [(r["dataset"], r["k"], float(r["estimate"])) for r in rows] == [
-        ("he-r", "1", 0.5), ("he-r", "10", 0.5), ("other", "1", 0.0), ("other", "10", 0.0)]
+    # k = 100 > n = 10: the row stays, without an estimate, every problem counted as skipped
+    assert [(r["dataset"], r["k"], r["estimate"], r["skipped_problems"]) for r in rows] == [
+        ("he-r", "1", "0.5", "0"), ("he-r", "10", "0.5", "0"), ("he-r", "100", "", "2"),
+        ("other", "1", "0.0", "0"), ("other", "10", "0.0", "0"), ("other", "100", "", "2")]
     assert "| he-r | 1 | 50.0% |" in (out / "pass_at_k.md").read_text()
+    assert "| he-r | 100 | n/a (n < k) | 0 | 2 |" in (out / "pass_at_k.md").read_text()
     assert json.loads((out / "mcnemar.json").read_text())["only_a"] == 1
 
 
@@ -79,3 +82,29 @@ def test_cli_bad_results_folder_is_one_line(tmp_path):
     res = CliRunner().invoke(app, ["pass-at-k", "--run", f"d={tmp_path}", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "x.results.json: not a MultiPL-E results file" in res.output
     assert "Traceback" not in res.output
+
+
+def test_cli_pass_at_k_matches_the_explicit_formula_at_the_edges(tmp_path):
+    """c = 0, c = n, c = n - 1, and a k larger than every n (before: that k's row vanished silently)."""
+    run = {"none": [False] * 4, "all": [True] * 4, "most": [True, True, True, False], "few": [False, True, False]}
+    folder = _write_run(tmp_path / "r", run)
+    res = CliRunner().invoke(app, ["pass-at-k", "--run", f"d={folder}", "--out", str(tmp_path / "o"),
+                                   "--k", "1", "--k", "2", "--k", "4", "--k", "5"])
+    assert res.exit_code == 0, res.output
+    rows = {int(r["k"]): r for r in csv.DictReader((tmp_path / "o" / "pass_at_k.csv").open())}
+    for k in (1, 2):
+        want = sum(_explicit(len(v), sum(v), k) for v in run.values()) / 4
+        assert float(rows[k]["estimate"]) == pytest.approx(want, abs=1e-6)
+    assert float(rows[1]["estimate"]) == pytest.approx((0 + 1 + 0.75 + 1 / 3) / 4, abs=1e-6)
+    # k = 4: only the three problems with n = 4 count (0, 1, 1); "few" (n = 3) is skipped and said so
+    assert float(rows[4]["estimate"]) == pytest.approx(2 / 3, abs=1e-6)
+    assert (rows[4]["num_problems"], rows[4]["skipped_problems"]) == ("3", "1")
+    assert (rows[5]["estimate"], rows[5]["num_problems"], rows[5]["skipped_problems"]) == ("", "0", "4")
+    assert "| d | 5 | n/a (n < k) | 0 | 4 |" in res.output
+
+
+def test_cli_k_below_one_is_one_line(tmp_path):
+    folder = _write_run(tmp_path / "r", {"a": [True, False]})
+    res = CliRunner().invoke(app, ["pass-at-k", "--run", f"d={folder}", "--out", str(tmp_path / "o"), "--k", "0"])
+    assert res.exit_code == 2 and "k must be >= 1" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()

@@ -72,3 +72,31 @@ def test_repeated_sampling_baseline(backend, tmp_path):
     probs = load_problems("humaneval-rkt")[:2]
     repeated_sampling(probs, backend, 5, tmp_path, max_tokens=8)
     assert [len(v) for v in read_completions(tmp_path).values()] == [5, 5]
+
+
+def test_repeated_into_a_plansearch_folder_samples_its_own_codes(tmp_path):
+    """``--alg repeated`` into a folder holding a PLANSEARCH run resumed PLANSEARCH's codes as its own
+    (0 batches run) and scored them as the baseline; ``generate`` did the same. Through the real command."""
+    from typer.testing import CliRunner
+
+    from adaptome.domains.codegen.cli import app
+
+    out = tmp_path / "ps"
+    common = ["--problems", "humaneval-rkt", "--limit", "1", "--num-observations", "2", "--max-observation-k", "1",
+              "--num-second-observations", "1", "--observation-tokens", "6", "--plan-tokens", "6", "--code-tokens",
+              "12", "--out", str(out), "--no-execute"]
+    res = CliRunner().invoke(app, ["plansearch", *common])
+    assert res.exit_code == 0, res.output
+    ps_codes = read_completions(out)
+    res = CliRunner().invoke(app, ["generate", "--problems", "humaneval-rkt", "--limit", "1", "--max-tokens", "4",
+                                   "--out", str(out)])
+    assert res.exit_code == 2 and "not a generate run" in res.output, res.output
+    assert read_completions(out) == ps_codes  # refused, nothing lost
+    res = CliRunner().invoke(app, ["plansearch", "--alg", "repeated", *common])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["batches_run"] == 1 and summary["batches_reused"] == 0
+    codes = read_completions(out)
+    name = next(iter(ps_codes))
+    assert len(codes[name]) == len(ps_codes[name]) and codes[name] != ps_codes[name]
+    assert not (out / "plansearch_config.json").exists()  # the folder no longer claims to be a PLANSEARCH run

@@ -31,8 +31,12 @@ def test_user_problems_default_to_the_language_stop_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"name": "a", "language": "r", "prompt": "x"}\n', "record 1: missing or non-string field(s) tests"),
+    ('{"name": "a", "language": "r", "prompt": "x"}\n', ":1: missing or non-string field(s) tests"),
     ('{"name": "a", "language": "cobol", "prompt": "x", "tests": "y"}\n', "unknown language 'cobol'"),
+    # the FILE's line, blank lines counted (it said "record 1" for line 3)
+    ('\n\n{"name": "a", "language": "cobol", "prompt": "x", "tests": "y"}\n', ":3 (a): unknown language 'cobol'"),
+    # a problem without tests passed every program that exits 0
+    ('{"name": "a", "language": "r", "prompt": "x", "tests": " \\n"}\n', ":1 (a): empty tests"),
     ('{"name": "a", "language": "r", "prompt": "x", "tests": "y"}\n{"name": "a", "language": "r", "prompt": "x", '
      '"tests": "y"}\n', "duplicate problem name 'a'"),
     ('{"name": "a"\n', ":1: not valid JSON"),

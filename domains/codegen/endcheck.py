@@ -1,0 +1,148 @@
+"""Did the tests run to their end, with their checks intact? The end-of-tests marker.
+
+MultiPL-E grades an R program ``OK`` on exit code 0, and a Racket one on exit 0 with empty stderr.
+Neither rule knows whether the tests ran: a completion that calls ``quit(status = 0)`` (R) or
+``(exit 0)`` (Racket) before them passes, and so does one that disables them (R: defines its own
+``stopifnot`` / ``isTRUE`` / ``quit`` in the global environment, or sets ``options(error = ...)``, under
+which Rscript goes on after a failed ``stopifnot`` and exits 0; Racket: points ``current-error-port`` at
+nowhere, so rackunit's failure reports vanish and the program still exits 0).
+
+The executor therefore appends a *trailer* after the tests (``assemble``: in R, tests and trailer form
+one block, so an error in the tests skips the trailer whatever ``options(error)`` says; the program
+MultiPL-E records, and the ``program`` field of the results, stay ``prompt + completion + "\\n" +
+tests``). The trailer writes a file ``.adaptome-end`` in the working directory holding a random nonce (drawn per run)
+and what it found:
+
+* R: the functions the tests call (``name(`` in the tests, less the names the prompt defines) that
+  resolve first to the global environment or to an attached non-package environment although a
+  package (base, stats, ...) defines them: the program masked a function the tests rely on.
+* Racket: rackunit's own log (``rackunit/log``'s ``test-log``: failed and total checks), which
+  counts failures whatever port they are printed to. The tests' checks are counted statically
+  (``(check-...`` forms); fewer logged checks than that means checks were disabled or redefined.
+
+``verdict`` turns the file into a status refinement for a run that the language rule grades ``OK``:
+no file (or a wrong nonce) is ``EarlyExit``; a masked function, a logged failure or too few logged
+checks is ``TestsBypassed``.
+
+Not covered: a program that reads its own source to learn the nonce and forges the file, one that
+rebinds R's ``base`` namespace itself, ``::`` or the language's special forms, or that mutates
+rackunit's module state; in tests that signal failure with ``(exit 1)`` instead of rackunit (none of
+MultiPL-E's), a Racket program replacing ``exit-handler``; tests whose checks sit in loops or in
+``test-case`` forms are counted only as "at least one check ran". This is a guard against buggy and
+mildly hostile completions, not a proof of test execution.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+END_FILE = ".adaptome-end"
+#: grading version recorded in every results file; results made under another version are never reused
+HARNESS = "multipl-e+end-marker-1"
+
+_R_CALL = re.compile(r"(?<![\w.$@])([A-Za-z.][A-Za-z0-9._]*)\s*\(")
+_R_DEF = re.compile(r"(?m)^\s*`?([A-Za-z.][A-Za-z0-9._]*)`?\s*(?:<-|=)\s*function\b")
+_R_KEYWORDS = {"function", "if", "for", "while", "repeat", "return", "switch"}
+_RKT_CHECK = re.compile(r"\(\s*check[-\w?!*<>=/+]*")
+_RKT_NESTED = re.compile(r"\(\s*(?:test-case|test-suite|test-begin|for\S*|map|let\s+loop)\b")
+
+
+@dataclass(frozen=True)
+class EndCheck:
+    """What the trailer of one problem's program checks.
+
+    Args:
+        language: MultiPL-E key, ``r`` or ``rkt``.
+        watched: R: functions the tests call that the program must not mask (empty for Racket).
+        min_checks: Racket: rackunit checks that must be logged (0: no count is required).
+        tests: R: the problem's tests; a program ending with them runs them and the trailer in one ``{ }`` block.
+    """
+
+    language: str
+    watched: tuple[str, ...] = ()
+    min_checks: int = 0
+    tests: str = ""  # R: the tests, run in one block with the trailer (see ``assemble``)
+
+
+def for_problem(language: str, tests: str | None, prompt: str = "") -> EndCheck:
+    """The check for a problem's tests (``tests=None``: only that the program reached its end)."""
+    if not tests:
+        return EndCheck(language)
+    if language == "r":
+        defined = set(_R_DEF.findall(prompt))
+        names = sorted({n for n in _R_CALL.findall(tests)} - defined - _R_KEYWORDS)
+        return EndCheck(language, watched=tuple(names), tests=tests)
+    checks = len(_RKT_CHECK.findall(tests))
+    return EndCheck(language, min_checks=min(checks, 1) if _RKT_NESTED.search(tests) else checks)
+
+
+def _r_string(s: str) -> str:
+    return json.dumps(s)  # a JSON string literal is a valid R string literal for these characters
+
+
+def trailer(check: EndCheck, path: str, nonce: str) -> str:
+    """Source appended after the tests; it writes ``nonce`` and its findings to ``path``."""
+    if check.language == "r":
+        names = ", ".join(_r_string(n) for n in check.watched)
+        return (
+            "\nbase::local({\n"
+            f"  .w <- base::c({names})\n"
+            "  .bad <- base::character(0)\n"
+            "  for (.x in .w) {\n"
+            "    .e <- base::globalenv(); .first <- NA; .inpkg <- FALSE\n"
+            "    while (!base::identical(.e, base::emptyenv())) {\n"
+            "      if (base::exists(.x, envir = .e, mode = \"function\", inherits = FALSE)) {\n"
+            "        .nm <- base::environmentName(.e)\n"
+            "        .pkg <- .nm == \"base\" || base::startsWith(.nm, \"package:\")\n"
+            "        if (base::is.na(.first)) .first <- .pkg else if (.pkg) .inpkg <- TRUE\n"
+            "      }\n"
+            "      .e <- base::parent.env(.e)\n"
+            "    }\n"
+            "    if (base::identical(.first, FALSE) && .inpkg) .bad <- base::c(.bad, .x)\n"
+            "  }\n"
+            f"  base::writeLines(base::c({_r_string(nonce)}, base::paste(.bad, collapse = \" \")), {_r_string(path)})\n"
+            "})\n")
+    # a static require (renamed: no clash with the program's names) costs about 10 ms less than dynamic-require
+    return (
+        "\n(require (only-in rackunit/log [test-log adaptome-test-log]))\n"
+        "(let ([adaptome-log (adaptome-test-log)])\n"
+        f"  (with-output-to-file {json.dumps(path)} #:exists 'truncate\n"
+        f"    (lambda () (printf \"~a\\n~a ~a\\n\" {json.dumps(nonce)} (car adaptome-log) (cdr adaptome-log)))))\n")
+
+
+def assemble(check: EndCheck, program: str, path: str, nonce: str) -> str:
+    """The source that runs: ``program`` and the trailer.
+
+    R: when ``program`` ends with the check's tests, they and the trailer form one top-level ``{ }`` block.
+    Rscript with ``options(error = <a function>)`` goes on with the next top-level expression after an
+    error, so a trailer of its own would still run after a failed ``stopifnot``; an error inside the
+    block skips the rest of the block, trailer included. (Inside ``{ }`` the tests still assign in the
+    global environment; only the auto-printing of their intermediate values differs.)
+    """
+    tail = trailer(check, path, nonce)
+    if check.language == "r" and check.tests and program.endswith(check.tests):
+        return program[: len(program) - len(check.tests)] + "{\n" + check.tests + "\n" + tail + "}\n"
+    return program + tail
+
+
+def verdict(check: EndCheck, text: str | None, nonce: str) -> tuple[str | None, str]:
+    """(refined status or None when the run stands as ``OK``, a note saying why) for an ``OK`` run."""
+    lines = (text or "").split("\n")
+    if text is None or lines[0] != nonce:
+        return "EarlyExit", "the program exited with status 0 but its tests did not run to the end"
+    found = lines[1].split() if len(lines) > 1 else []
+    if check.language == "r":
+        if found:
+            return "TestsBypassed", f"the program redefines functions the tests call: {', '.join(found)}"
+        return None, ""
+    try:
+        failed, total = int(found[0]), int(found[1])
+    except (IndexError, ValueError):
+        return "EarlyExit", "the end marker is incomplete"
+    if failed:
+        return "TestsBypassed", f"rackunit logged {failed} failed check(s) of {total}, but stderr was empty"
+    if total < check.min_checks:
+        return "TestsBypassed", f"rackunit logged {total} check(s); the tests hold {check.min_checks}"
+    return None, ""
