@@ -19,7 +19,7 @@ def _labelled(fasta: Path, table: Path, id_column: str, label_column: str, polic
     from adaptome.domains.protein.formats import read_fasta
 
     return data.attach_labels(read_fasta(fasta, policy), data.read_label_table(table, id_column, label_column),
-                              str(table))
+                              str(table), seq_source=str(fasta))
 
 
 def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta: Path | None,

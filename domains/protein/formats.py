@@ -15,7 +15,8 @@ Residue policy (``policy`` argument): sequences are upper-cased; gap characters 
 * ``"skip"``: records with such letters are dropped (the caller gets the count);
 * ``"keep"``: the IUPAC extras ``B Z X U O J`` are accepted; anything else still raises.
 
-An empty file or an empty record is always an error. Not covered: multi-line ``Seq=<`` values,
+An empty file or an empty record is always an error, and so is another policy name. The readers take an
+optional ``skipped`` list that collects the ids of the records ``"skip"`` dropped, for the caller to report. Not covered: multi-line ``Seq=<`` values,
 lower-case residues as a signal (they are upper-cased), nucleotide input.
 """
 
@@ -34,6 +35,7 @@ from adaptome.core.errors import AdaptomeError
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 EXTRA_AA = "BZXUOJ"
 Policy = Literal["error", "skip", "keep"]
+POLICIES = ("error", "skip", "keep")
 
 _FIELD_RX = re.compile(r"^([A-Za-z][A-Za-z0-9_ \-]*)=<(.*)>$", re.S)
 _OPEN_RX = re.compile(r"^[A-Za-z][A-Za-z0-9_ \-]*=<[^>]*$")
@@ -168,6 +170,8 @@ def prompt_of(rec: dict[str, str]) -> str:
 # --- residues ---------------------------------------------------------------------------------------
 def clean_sequence(raw: str, policy: Policy = "error", where: str = "<sequence>") -> str | None:
     """Upper-case, drop gaps and a trailing ``*``, apply the residue policy (None = skipped)."""
+    if policy not in POLICIES:
+        raise ProteinError(f"residue policy {policy!r}: known: {', '.join(POLICIES)}")
     seq = re.sub(r"[\s.\-]", "", str(raw)).upper()
     if seq.endswith("*"):
         seq = seq[:-1]
@@ -208,7 +212,7 @@ def _fasta_records(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     return out
 
 
-def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record]:
+def read_fasta(path: str | os.PathLike, policy: Policy = "error", skipped: list[str] | None = None) -> list[Record]:
     """Records of a FASTA file (Biopython), residues cleaned by ``policy``. The label is None; see
     ``data.attach_labels``."""
     out = []
@@ -216,6 +220,8 @@ def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record
         seq = clean_sequence(raw, policy, f"{Path(path)}: record {rid!r}")
         if seq is not None:
             out.append(Record(rid, seq))
+        elif skipped is not None:
+            skipped.append(rid)
     return out
 
 
@@ -271,8 +277,8 @@ def _gf_blocks(path: Path) -> list[dict[str, str]]:
     return blocks
 
 
-def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error",
-                            label: StockholmLabel = "id") -> list[StockholmFamily]:
+def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error", label: StockholmLabel = "id",
+                            skipped: list[str] | None = None) -> list[StockholmFamily]:
     """Every alignment of a Stockholm file (a Pfam ``Pfam-A.seed`` holds thousands), gaps removed.
 
     Sequences are parsed with Biopython's ``AlignIO.parse(..., "stockholm")``; the ``#=GF ID / AC / CL``
@@ -309,6 +315,8 @@ def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error",
             seq = clean_sequence(str(r.seq), policy, f"{path}: record {r.id!r}")
             if seq is not None:
                 recs.append(Record(r.id, seq, name))
+            elif skipped is not None:
+                skipped.append(r.id)
         out.append(StockholmFamily(fam_id or name, acc, gf.get("CL"), recs))
     return out
 
@@ -332,7 +340,7 @@ def is_stockholm(path: str | os.PathLike) -> bool:
 
 
 def read_sequences(path: str | os.PathLike, policy: Policy = "error", key: str | None = None,
-                   stockholm_label: StockholmLabel = "id") -> list[Record]:
+                   stockholm_label: StockholmLabel = "id", skipped: list[str] | None = None) -> list[Record]:
     """Records of a FASTA or Stockholm file, told apart by ``is_stockholm``; the one reader wherever a
     sequence file is an input (``build-dataset``, ``classify``).
 
@@ -344,7 +352,7 @@ def read_sequences(path: str | os.PathLike, policy: Policy = "error", key: str |
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
     if is_stockholm(path):
-        return [r for fam in read_stockholm_families(path, policy, stockholm_label) for r in fam.records]
+        return [r for fam in read_stockholm_families(path, policy, stockholm_label, skipped) for r in fam.records]
     rx = re.compile(re.escape(key) + r"=<([^>]*)>") if key else None
     out = []
     for rid, header, raw in _fasta_records(path):
@@ -352,6 +360,8 @@ def read_sequences(path: str | os.PathLike, policy: Policy = "error", key: str |
         if seq is not None:
             m = rx.search(header) if rx else None
             out.append(Record(rid, seq, m.group(1) if m else None))
+        elif skipped is not None:
+            skipped.append(rid)
     return out
 
 
