@@ -1,0 +1,141 @@
+"""Inputs a user brings from elsewhere, through the CLI: deep-mutational-scan tables with missing fitness
+values, mutants the scorer cannot apply (a position twice, indels, a wrong numbering), label tables with
+conflicting or duplicated ids, residue policies. Each case either does what the options say or stops with
+one line naming the file (and line) before anything is written."""
+
+import csv
+import re
+
+import pytest
+import tiny_models
+from Bio.Align import substitution_matrices
+from scipy.stats import spearmanr
+from typer.testing import CliRunner
+
+from adaptome.domains.protein.cli import app
+
+runner = CliRunner()
+WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # position p (1-based) is WT[p - 1]
+
+
+@pytest.fixture(scope="module")
+def esm_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_esm_inputs")
+    tiny_models.esm_checkpoint(folder)
+    return folder
+
+
+def _score(esm_dir, tmp_path, rows, *extra):
+    (tmp_path / "m.csv").write_text("mutant,fit\n" + "".join(f"{m},{f}\n" for m, f in rows))
+    return runner.invoke(app, ["score-mutations", "--model", str(esm_dir), "--mutants", str(tmp_path / "m.csv"),
+                               "--wildtype", WT, "--offset", "1", "--out", str(tmp_path / "s.csv"), *extra])
+
+
+def test_missing_fitness_is_left_out_of_both_spearman_correlations_and_counted(esm_dir, tmp_path):
+    rows = [("M1A", "0.5"), ("K2E", ""), ("T3W", "-1.2"), ("A4G", "nan"), ("Y5F", "0.9"), ("I6P", "-2.0"),
+            ("K8R:Q9E", "0.1")]
+    r = _score(esm_dir, tmp_path, rows, "--fitness-column", "fit")
+    assert r.exit_code == 0, r.output
+    out = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert [o["mutant"] for o in out] == [m for m, _ in rows]  # every mutant scored, in order
+    assert [o["fitness"] for o in out] == ["0.5", "", "-1.2", "", "0.9", "-2.0", "0.1"]
+    keep = [i for i, (_, f) in enumerate(rows) if f not in ("", "nan")]
+    fit = [float(rows[i][1]) for i in keep]
+    b62 = substitution_matrices.load("BLOSUM62")
+    blosum = [sum(b62[c[0]][c[-1]] for c in rows[i][0].split(":")) for i in keep]
+    model = [float(out[i]["score"]) for i in keep]
+    m = re.search(r"model (-?[\d.]+), BLOSUM62 baseline (-?[\d.]+) \(same 5 of 7 mutants; left out of both: "
+                  r"2 without a fitness value\)", r.output)
+    assert m, r.output
+    assert float(m.group(1)) == pytest.approx(spearmanr(model, fit)[0], abs=6e-4)
+    assert float(m.group(2)) == pytest.approx(spearmanr(blosum, fit)[0], abs=6e-4)
+
+
+@pytest.mark.parametrize("bad, why", [("K2E:K2W", "position 2 is mutated twice"),
+                                      ("K2del", "insertions and deletions are not supported"),
+                                      ("K2_T3insA", "insertions and deletions are not supported")])
+def test_unappliable_mutant_is_one_line_naming_file_and_line(esm_dir, tmp_path, bad, why):
+    r = _score(esm_dir, tmp_path, [("M1A", "0"), (bad, "1")])
+    assert r.exit_code == 2, r.output
+    assert f"m.csv:3: mutant {bad!r}: {why}" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "s.csv").exists()
+
+
+def test_one_based_list_with_the_default_offset_names_the_line_and_the_offset_that_fits(esm_dir, tmp_path):
+    (tmp_path / "m.csv").write_text("mutant\nM1A\nK2E\nY5F\n")
+    r = runner.invoke(app, ["score-mutations", "--model", str(esm_dir), "--mutants", str(tmp_path / "m.csv"),
+                            "--wildtype", WT, "--out", str(tmp_path / "s.csv")])
+    assert r.exit_code == 2, r.output
+    assert "m.csv:2: mutant 'M1A'" in r.output and "all 3 mutants match with --offset 1" in r.output
+    assert not (tmp_path / "s.csv").exists()
+
+
+def _build(tmp_path, fasta_text, table_text, *extra, name="t.csv"):
+    (tmp_path / "s.fa").write_text(fasta_text)
+    (tmp_path / name).write_text(table_text, encoding="utf-8-sig" if name == "bom.csv" else "utf-8")
+    return runner.invoke(app, ["build-dataset", "--fasta", str(tmp_path / "s.fa"), "--labels", str(tmp_path / name),
+                               "--out", str(tmp_path / "ds"), *extra])
+
+
+FASTA = ">a1\nMKTAYIAKQR\n>a2\nGLIEVQSHFS\n>b1\nWWKKLLPPAA\n"
+
+
+def _labels_written(tmp_path):
+    heads = [ln for ln in (tmp_path / "ds" / "sequences.fasta").read_text().splitlines() if ln.startswith(">")]
+    return dict(re.match(r">(\S+) Superfamily=<(.*)>", h).groups() for h in heads)
+
+
+def test_label_table_with_one_id_given_two_labels_is_refused(tmp_path):
+    r = _build(tmp_path, FASTA, "id,label\na1,A\na2,A\nb1,B\na1,B\n")
+    assert r.exit_code == 2, r.output
+    assert "t.csv:5: id 'a1' has label 'B', but 'A' on line 2" in r.output
+    assert not (tmp_path / "ds").exists()
+    r = _build(tmp_path, FASTA, "id,label\na1,A\na2,A\nb1,B\na1,A\n")  # a repeated identical row is harmless
+    assert r.exit_code == 0, r.output
+    assert _labels_written(tmp_path) == {"a1": "A", "a2": "A", "b1": "B"}
+
+
+def test_duplicate_sequence_ids_labelled_by_a_table_are_refused(tmp_path):
+    r = _build(tmp_path, FASTA + ">a1\nCCCCDDDDEE\n", "id,label\na1,A\na2,A\nb1,B\n")
+    assert r.exit_code == 2, r.output
+    assert "s.fa: record id 'a1' occurs more than once" in r.output
+    assert not (tmp_path / "ds").exists()
+
+
+def test_spreadsheet_byte_order_mark_and_padded_cells_in_the_label_table(tmp_path):
+    r = _build(tmp_path, FASTA, "id,label\r\na1 , A\r\na2,A\r\nb1,B\r\n", name="bom.csv")
+    assert r.exit_code == 0, r.output
+    assert _labels_written(tmp_path) == {"a1": "A", "a2": "A", "b1": "B"}
+
+
+def test_unknown_residue_policy_is_refused(tmp_path):
+    r = _build(tmp_path, FASTA, "id,label\na1,A\na2,A\nb1,B\n", "--policy", "drop")
+    assert r.exit_code == 2, r.output
+    assert "residue policy 'drop': known: error, skip, keep" in r.output
+
+
+def test_skip_policy_says_how_many_records_it_left_out_and_refuses_to_leave_none(tmp_path):
+    table = "id,label\na1,A\na2,A\nb1,B\n"
+    r = _build(tmp_path, ">a1\nMKTAYXAKQR\n>a2\nGLIEVQSHFS\n>b1\nWWKKLLPPAA\n", table, "--policy", "skip")
+    assert r.exit_code == 0, r.output
+    assert "1 record(s) with non-standard residues skipped (--policy skip), e.g. 'a1'" in r.output
+    assert _labels_written(tmp_path) == {"a2": "A", "b1": "B"}
+    (tmp_path / "x.fa").write_text(">a1\nMKXAY\n>a2\nBBQQ\n")
+    r = runner.invoke(app, ["build-dataset", "--fasta", str(tmp_path / "x.fa"), "--labels", str(tmp_path / "t.csv"),
+                            "--policy", "skip", "--out", str(tmp_path / "ds3")])
+    assert r.exit_code == 2, r.output
+    assert "--fasta: no record left to use (--policy skip)" in r.output and not (tmp_path / "ds3").exists()
+
+
+def test_esm_test_labels_are_checked_before_any_training(esm_dir, tmp_path):
+    (tmp_path / "tr.fa").write_text(">t1\nMKTAYIAK\n>t2\nWWKKLLPP\n")
+    (tmp_path / "tr.csv").write_text("id,label\nt1,A\nt2,B\n")
+    (tmp_path / "q.fa").write_text(">q1\nMKTAYIAK\n>q2\nWWKKLLPP\n")
+    (tmp_path / "q.csv").write_text("id,label\nq1,A\n")
+    r = runner.invoke(app, ["classify", "--model", str(esm_dir), "--train-fasta", str(tmp_path / "tr.fa"),
+                            "--train-labels", str(tmp_path / "tr.csv"), "--fasta", str(tmp_path / "q.fa"),
+                            "--test-labels", str(tmp_path / "q.csv"), "--set", f"train.output_dir={tmp_path / 'run'}",
+                            "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 2, r.output
+    assert "q.csv: no label for 1 record(s), e.g. 'q2'" in r.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "p.csv").exists()
