@@ -67,7 +67,12 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
         if labels is not None and read_vocab(labels) != cands:
             raise ProteinError(f"{labels}: the labels differ from those {model} was trained on: {cands}")
         m, tok = esm_classify.load_classifier(model, cands, cfg.dtype)
-    preds = esm_classify.predict(m, tok, [r.seq for r in queries], cands, cfg.max_residues, cfg.predict_batch_size)
+    crop = cfg.max_residues
+    if train_fasta is None:  # a saved classifier predicts with the crop it was trained with
+        saved = esm_classify.trained_max_residues(model)
+        crop = saved or crop
+        lines.append(f"queries cropped to {crop} residues" + (" (as the classifier was trained)" if saved else ""))
+    preds = esm_classify.predict(m, tok, [r.seq for r in queries], cands, crop, cfg.predict_batch_size)
     if truth is not None:
         rep = evaluate.classification_report([truth[r.id] for r in queries], [p["pred"] for p in preds], train,
                                              [r.seq for r in queries])

@@ -139,3 +139,42 @@ def test_esm_test_labels_are_checked_before_any_training(esm_dir, tmp_path):
     assert r.exit_code == 2, r.output
     assert "q.csv: no label for 1 record(s), e.g. 'q2'" in r.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_saved_esm_classifier_predicts_with_the_crop_it_was_trained_with(esm_dir, tmp_path):
+    """Trained on 6-residue crops whose letters carry the class; the tails say the opposite. Reused
+    through ``--model .../merged`` it must crop as in training, not at the shipped config's 1,022."""
+    import torch
+
+    from adaptome.domains.protein import esm_classify
+
+    g = torch.Generator().manual_seed(0)
+    base = "ACDEFGHILMNPQRSTVY"
+    for name, n in (("tr", 24), ("q", 10)):
+        recs = []
+        for i in range(n):
+            a = i % 2 == 0
+            rnd = [base[int(j)] for j in torch.randint(len(base), (26,), generator=g)]
+            head = ["W" if a else "K"] * 3 + rnd[:3]
+            tail = ["K" if a else "W"] * 14 + rnd[3:9]
+            recs.append((f"{name}{i}", "".join(head + tail), "a" if a else "b"))
+        (tmp_path / f"{name}.fa").write_text("".join(f">{i}\n{s}\n" for i, s, _ in recs))
+        (tmp_path / f"{name}.csv").write_text("id,label\n" + "".join(f"{i},{lab}\n" for i, _, lab in recs))
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["classify", "--model", str(esm_dir), "--train-fasta", str(tmp_path / "tr.fa"),
+                            "--train-labels", str(tmp_path / "tr.csv"), "--fasta", str(tmp_path / "q.fa"),
+                            "--out", str(tmp_path / "p.csv"), "--set", f"train.output_dir={run}",
+                            "--set", "max_residues=6", "--set", "train.max_steps=30", "--set", "train.lr=1e-2",
+                            "--set", "train.progress=false"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["classify", "--model", str(run / "merged"), "--fasta", str(tmp_path / "q.fa"),
+                            "--out", str(tmp_path / "p2.csv")])
+    assert r.exit_code == 0, r.output
+    assert "queries cropped to 6 residues (as the classifier was trained)" in r.output
+    reused = [row["prediction"] for row in csv.DictReader((tmp_path / "p2.csv").open())]
+    model, tok = esm_classify.load_classifier(str(run / "merged"), ["a", "b"])
+    seqs = [ln for ln in (tmp_path / "q.fa").read_text().splitlines() if not ln.startswith(">")]
+    at6 = [p["pred"] for p in esm_classify.predict(model, tok, seqs, ["a", "b"], max_residues=6)]
+    whole = [p["pred"] for p in esm_classify.predict(model, tok, seqs, ["a", "b"], max_residues=1022)]
+    assert reused == at6 == [row["prediction"] for row in csv.DictReader((tmp_path / "p.csv").open())]
+    assert at6 != whole  # the crop matters here, so reusing the wrong one would show
