@@ -178,3 +178,31 @@ def test_saved_esm_classifier_predicts_with_the_crop_it_was_trained_with(esm_dir
     whole = [p["pred"] for p in esm_classify.predict(model, tok, seqs, ["a", "b"], max_residues=1022)]
     assert reused == at6 == [row["prediction"] for row in csv.DictReader((tmp_path / "p.csv").open())]
     assert at6 != whole  # the crop matters here, so reusing the wrong one would show
+
+
+def test_evaluate_reads_every_alignment_of_a_multi_family_stockholm_reference(tmp_path):
+    """A Pfam-A.seed-style file holds several alignments; ``--reference`` takes each, labelled by its ID."""
+    import json
+
+    import torch
+
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(None, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    g = torch.Generator().manual_seed(0)
+    blocks = []
+    for fam, rich in (("FamW", "W"), ("FamK", "K")):
+        rows = []
+        for i in range(8):
+            rnd = "".join("ACDEFGHILMNPQRSTVY"[int(j)] for j in torch.randint(18, (10,), generator=g))
+            rows.append(f"{fam}_{i}/1-16 {rnd[:5]}-{rich * 6}.{rnd[5:]}")
+        blocks.append(f"# STOCKHOLM 1.0\n#=GF ID   {fam}\n#=GF AC   PF0000{len(blocks)}.1\n" + "\n".join(rows)
+                      + "\n//\n")
+    (tmp_path / "two.seed").write_text("".join(blocks))
+    r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m"), "--reference", str(tmp_path / "two.seed"),
+                            "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())["classification"]
+    assert rep["n_classes"] == 2 and rep["n_test"] == 6  # 3 held out per label, from both alignments
