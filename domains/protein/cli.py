@@ -406,8 +406,14 @@ def score_mutations_cmd(
     from adaptome.core.atomic import atomic_file
     from adaptome.domains.protein import data
     from adaptome.domains.protein.model import is_masked_lm, load_masked_lm, load_model_and_tokenizer
-    from adaptome.domains.protein.mutations import (blosum62_scores, check_mutants, paired_spearman, read_mutants_csv,
-                                                    read_wildtype, score_mutants)
+    from adaptome.domains.protein.mutations import (
+        blosum62_scores,
+        check_mutants,
+        paired_spearman,
+        read_mutants_csv,
+        read_wildtype,
+        score_mutants,
+    )
 
     _check_new(out, overwrite)
     with user_errors():

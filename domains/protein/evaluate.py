@@ -44,9 +44,9 @@ class ForeignLabelError(LabelError):
 def read_reference(paths: list[Path], label_table: Path | None = None, id_column: str = "id",
                    label_column: str = "label") -> list[Record]:
     """Labelled real sequences from Stockholm files (every alignment of the file, each labelled by its
-    ``#=GF ID``; told apart by ``formats.is_stockholm``) and FASTA files (label: the table's, else a ``Key=<label>`` field in
-    the header, as ``build-dataset`` writes ``sequences.fasta``). A record without a label is an error
-    naming the file. (A local reader: the Stockholm support of ``formats`` is used as it stands.)"""
+    ``#=GF ID``; told apart by ``formats.is_stockholm``) and FASTA files (label: the table's, else a
+    ``Key=<label>`` field in the header, as ``build-dataset`` writes ``sequences.fasta``). A record without
+    a label is an error naming the file."""
     from adaptome.domains.protein.data import attach_labels, read_label_table
     from adaptome.domains.protein.formats import FormatError, is_stockholm, read_fasta_headers, read_stockholm_families
 

@@ -16,8 +16,9 @@ Residue policy (``policy`` argument): sequences are upper-cased; gap characters 
 * ``"keep"``: the IUPAC extras ``B Z X U O J`` are accepted; anything else still raises.
 
 An empty file or an empty record is always an error, and so is another policy name. The readers take an
-optional ``skipped`` list that collects the ids of the records ``"skip"`` dropped, for the caller to report. Not covered: multi-line ``Seq=<`` values,
-lower-case residues as a signal (they are upper-cased), nucleotide input.
+optional ``skipped`` list that collects the ids of the records ``"skip"`` dropped, for the caller to report.
+Not covered: multi-line ``Seq=<`` values, lower-case residues as a signal (they are upper-cased), nucleotide
+input.
 """
 
 from __future__ import annotations
