@@ -429,7 +429,10 @@ def score_mutations_cmd(
             if wildtype is None:
                 fail("give --wildtype with --mutants")
             muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
-            wt = read_wildtype(wildtype)
+            notes: list[str] = []
+            wt = read_wildtype(wildtype, notes)
+            for note in notes:
+                typer.echo(note)
             offset = offset or 0
             check_mutants(wt, muts, offset, [f"{mutants}:{i}" for i in range(2, len(muts) + 2)])
         masked = is_masked_lm(model)

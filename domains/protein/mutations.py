@@ -122,11 +122,12 @@ def blosum62_scores(mutants: list[str]) -> list[float]:
     return [float(sum(m[ref][alt] for ref, _, alt in parse_mutant(code))) for code in mutants]
 
 
-def read_wildtype(arg: str) -> str:
+def read_wildtype(arg: str, notes: list[str] | None = None) -> str:
     """``--wildtype``: a FASTA file (its first record) or the sequence itself.
 
     A string of letters only (after removing white space) that is not an existing file is the
-    sequence; anything else is a file name, so a long sequence never reaches the file system.
+    sequence; anything else is a file name, so a long sequence never reaches the file system. A file
+    of several records adds a line to ``notes`` naming the record used.
     """
     from adaptome.domains.protein.formats import clean_sequence, read_fasta
 
@@ -136,7 +137,11 @@ def read_wildtype(arg: str) -> str:
     except OSError:  # e.g. a name too long for the file system: not a file
         is_file = False
     if is_file:
-        return read_fasta(arg)[0].seq
+        recs = read_fasta(arg)
+        if len(recs) > 1 and notes is not None:
+            notes.append(f"note: --wildtype {arg} holds {len(recs)} records; the first, {recs[0].id!r} "
+                         f"({len(recs[0].seq)} residues), is the wild type")
+        return recs[0].seq
     if compact.isalpha():
         return clean_sequence(compact, "error", "--wildtype")
     raise FormatError(f"--wildtype {arg[:60]!r}: neither a FASTA file nor an amino-acid sequence")

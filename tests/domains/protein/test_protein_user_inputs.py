@@ -206,3 +206,13 @@ def test_evaluate_reads_every_alignment_of_a_multi_family_stockholm_reference(tm
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())["classification"]
     assert rep["n_classes"] == 2 and rep["n_test"] == 6  # 3 held out per label, from both alignments
+
+
+def test_wildtype_file_of_several_records_says_which_one_is_the_wild_type(esm_dir, tmp_path):
+    """A DMS download often ships every variant in one FASTA; the first record is taken, and said."""
+    (tmp_path / "wt.fa").write_text(f">wt first\n{WT}\n>K2E variant\nME{WT[2:]}\n")
+    (tmp_path / "m.csv").write_text("mutant\nK2E\n")
+    r = runner.invoke(app, ["score-mutations", "--model", str(esm_dir), "--mutants", str(tmp_path / "m.csv"),
+                            "--wildtype", str(tmp_path / "wt.fa"), "--offset", "1", "--out", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0, r.output  # K2E applies to the first record (K at 2), not the second (E at 2)
+    assert f"wt.fa holds 2 records; the first, 'wt' ({len(WT)} residues), is the wild type" in r.output
