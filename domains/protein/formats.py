@@ -24,6 +24,7 @@ input.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -201,13 +202,13 @@ def _fasta_records(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: an editor's byte-order mark
     if not text.strip():
         raise FormatError(f"{path}: empty FASTA file, no records")
     first = next((i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip())
     if not first[1].startswith(">"):
         raise FormatError(f"{path}: not FASTA: line {first[0]} should be a '>' header line, got {first[1][:40]!r}")
-    out = [(rec.id, rec.description, str(rec.seq)) for rec in SeqIO.parse(str(path), "fasta")]
+    out = [(rec.id, rec.description, str(rec.seq)) for rec in SeqIO.parse(io.StringIO(text), "fasta")]
     if not out:
         raise FormatError(f"{path}: no FASTA records (does the file start with '>'?)")
     return out
@@ -336,7 +337,7 @@ def is_stockholm(path: str | os.PathLike) -> bool:
     if path.suffix.lower() in STOCKHOLM_SUFFIXES:
         return True
     with path.open("rb") as f:
-        head = f.read(4096).decode("utf-8", errors="replace").lstrip().upper()
+        head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip().upper()
     return head.startswith("# STOCKHOLM")
 
 

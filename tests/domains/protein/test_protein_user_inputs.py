@@ -216,3 +216,17 @@ def test_wildtype_file_of_several_records_says_which_one_is_the_wild_type(esm_di
                             "--wildtype", str(tmp_path / "wt.fa"), "--offset", "1", "--out", str(tmp_path / "s.csv")])
     assert r.exit_code == 0, r.output  # K2E applies to the first record (K at 2), not the second (E at 2)
     assert f"wt.fa holds 2 records; the first, 'wt' ({len(WT)} residues), is the wild type" in r.output
+
+
+def test_fasta_with_a_byte_order_mark_and_windows_line_endings_reads_as_the_plain_file(tmp_path):
+    table = "id,label\na1,A\na2,A\nb1,B\n"
+    (tmp_path / "s.fa").write_bytes(b"\xef\xbb\xbf" + FASTA.replace("\n", "\r\n").encode())
+    (tmp_path / "t.csv").write_text(table)
+    r = runner.invoke(app, ["build-dataset", "--fasta", str(tmp_path / "s.fa"), "--labels", str(tmp_path / "t.csv"),
+                            "--out", str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = _build(plain, FASTA, table)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ds" / "sequences.fasta").read_text() == (plain / "ds" / "sequences.fasta").read_text()
