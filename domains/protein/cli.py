@@ -314,7 +314,7 @@ def classify_cmd(
     from adaptome.domains.protein.model import is_masked_lm, load_model_and_tokenizer
 
     _check_new(out, overwrite)
-    rep, overlap, meth = None, set(), ""
+    rep, overlap, meth, unseen, n_labelled = None, set(), "", [], 0
     with user_errors():
         if is_masked_lm(model):
             from adaptome.domains.protein.esm_cli import classify_with_esm
@@ -355,6 +355,8 @@ def classify_cmd(
             preds = cl.classify(m, tok, task, seqs, cands, meth, progress=True,
                                 max_seq_length=max_seq_length or None, train=train_recs)
             truth = [r.label for r in recs] if all(r.label is not None for r in recs) else None
+            n_labelled = sum(r.label is not None for r in recs)
+            unseen = [r.label for r in recs if r.label is not None and r.label not in set(cands)]
             rep = cl.with_baselines(train_recs, seqs, preds, truth)
             lines = []
             if preds and "probe" in preds[0]:
@@ -376,6 +378,11 @@ def classify_cmd(
             typer.echo(line)
     if overlap:
         typer.echo(f"warning: {len(overlap)} query sequence(s) also occur in --train: not held out")
+    if unseen:
+        typer.echo(f"warning: {len(unseen)} query record(s) carry a label outside the candidates ("
+                   f"{', '.join(sorted(set(unseen))[:3])}): no method can get them right")
+    if 0 < n_labelled < len(recs) and rep is not None:
+        typer.echo(f"note: only {n_labelled} of {len(recs)} query records carry a label: no accuracy computed")
 
 
 

@@ -230,3 +230,26 @@ def test_fasta_with_a_byte_order_mark_and_windows_line_endings_reads_as_the_plai
     r = _build(plain, FASTA, table)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ds" / "sequences.fasta").read_text() == (plain / "ds" / "sequences.fasta").read_text()
+
+
+def test_classify_says_when_query_labels_lie_outside_the_candidates_or_cover_only_some_records(tmp_path):
+    """Labels of a held-out set that the training set never had (a new family) make every accuracy
+    lower; the run says so, and a partly labelled query set says why no accuracy is printed."""
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(None, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    train = [(f"t{i}", "A" if i % 2 else "B", ("MKWK" if i % 2 else "MEYE") + "ACDEFGHIK"[i] + "LL") for i in range(8)]
+    (tmp_path / "tr.fa").write_text("".join(f">{i} Superfamily=<{lab}>\n{seq}\n" for i, lab, seq in train))
+    (tmp_path / "q.fa").write_text(">q1 Superfamily=<A>\nMKWKALL\n>q2 Superfamily=<C>\nMEYECLL\n"
+                                   ">q3 Superfamily=<C>\nMEYEDLL\n")
+    args = ["classify", "--model", str(tmp_path / "m"), "--train", str(tmp_path / "tr.fa"), "--method", "determine"]
+    r = runner.invoke(app, args + ["--fasta", str(tmp_path / "q.fa"), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    assert "accuracy on 3 sequences" in r.output
+    assert "warning: 2 query record(s) carry a label outside the candidates (C)" in r.output
+    (tmp_path / "q2.fa").write_text(">q1 Superfamily=<A>\nMKWKALL\n>q2\nMEYECLL\n")
+    r = runner.invoke(app, args + ["--fasta", str(tmp_path / "q2.fa"), "--out", str(tmp_path / "p2.csv")])
+    assert r.exit_code == 0, r.output
+    assert "note: only 1 of 2 query records carry a label: no accuracy computed" in r.output
