@@ -49,9 +49,16 @@ def _read_labelled(files: list[Path], policy: str, key: str, stockholm_label: st
 
     if not files:
         fail(f"give {what} FILE (FASTA or Stockholm)")
-    recs = [r for f in files for r in formats.read_sequences(f, policy, key, stockholm_label)]
+    skipped: list[str] = []
+    recs = [r for f in files for r in formats.read_sequences(f, policy, key, stockholm_label, skipped)]
+    if skipped:
+        typer.echo(f"note: {what}: {len(skipped)} record(s) with non-standard residues skipped (--policy skip), "
+                   f"e.g. {skipped[0]!r}")
+    if not recs:
+        fail(f"{what}: no record left to use (--policy {policy})")
     if labels is not None:
-        recs = data.attach_labels(recs, data.read_label_table(labels, id_column, label_column), str(labels))
+        recs = data.attach_labels(recs, data.read_label_table(labels, id_column, label_column), str(labels),
+                                  seq_source=", ".join(map(str, files)))
     return recs
 
 
@@ -307,7 +314,7 @@ def classify_cmd(
     from adaptome.domains.protein.model import is_masked_lm, load_model_and_tokenizer
 
     _check_new(out, overwrite)
-    rep, overlap, meth = None, set(), ""
+    rep, overlap, meth, unseen, n_labelled = None, set(), "", [], 0
     with user_errors():
         if is_masked_lm(model):
             from adaptome.domains.protein.esm_cli import classify_with_esm
@@ -348,6 +355,8 @@ def classify_cmd(
             preds = cl.classify(m, tok, task, seqs, cands, meth, progress=True,
                                 max_seq_length=max_seq_length or None, train=train_recs)
             truth = [r.label for r in recs] if all(r.label is not None for r in recs) else None
+            n_labelled = sum(r.label is not None for r in recs)
+            unseen = [r.label for r in recs if r.label is not None and r.label not in set(cands)]
             rep = cl.with_baselines(train_recs, seqs, preds, truth)
             lines = []
             if preds and "probe" in preds[0]:
@@ -369,6 +378,11 @@ def classify_cmd(
             typer.echo(line)
     if overlap:
         typer.echo(f"warning: {len(overlap)} query sequence(s) also occur in --train: not held out")
+    if unseen:
+        typer.echo(f"warning: {len(unseen)} query record(s) carry a label outside the candidates ("
+                   f"{', '.join(sorted(set(unseen))[:3])}): no method can get them right")
+    if 0 < n_labelled < len(recs) and rep is not None:
+        typer.echo(f"note: only {n_labelled} of {len(recs)} query records carry a label: no accuracy computed")
 
 
 
@@ -397,10 +411,16 @@ def score_mutations_cmd(
     import csv
 
     from adaptome.core.atomic import atomic_file
-    from adaptome.core.evaluation import spearman
     from adaptome.domains.protein import data
     from adaptome.domains.protein.model import is_masked_lm, load_masked_lm, load_model_and_tokenizer
-    from adaptome.domains.protein.mutations import blosum62_scores, read_mutants_csv, read_wildtype, score_mutants
+    from adaptome.domains.protein.mutations import (
+        blosum62_scores,
+        check_mutants,
+        paired_spearman,
+        read_mutants_csv,
+        read_wildtype,
+        score_mutants,
+    )
 
     _check_new(out, overwrite)
     with user_errors():
@@ -416,8 +436,12 @@ def score_mutations_cmd(
             if wildtype is None:
                 fail("give --wildtype with --mutants")
             muts, fit = read_mutants_csv(mutants, mutant_column, fitness_column)
-            wt = read_wildtype(wildtype)
+            notes: list[str] = []
+            wt = read_wildtype(wildtype, notes)
+            for note in notes:
+                typer.echo(note)
             offset = offset or 0
+            check_mutants(wt, muts, offset, [f"{mutants}:{i}" for i in range(2, len(muts) + 2)])
         masked = is_masked_lm(model)
         m, tok = load_masked_lm(model) if masked else load_model_and_tokenizer(model)
         scores = score_mutants(m, tok, wt, muts, offset, progress=True)
@@ -427,12 +451,19 @@ def score_mutations_cmd(
             w = csv.writer(f)
             w.writerow(["mutant", "score", "blosum62"] + (["fitness"] if fit else []))
             for i, (mu, sc) in enumerate(zip(muts, scores)):
-                w.writerow([mu, f"{sc:.6f}", f"{blosum[i]:g}"] + ([fit[i]] if fit else []))
+                w.writerow([mu, f"{sc:.6f}", f"{blosum[i]:g}"] + (["" if fit[i] is None else fit[i]] if fit else []))
+        rho = paired_spearman(scores, blosum, fit) if fit else None
     how = "masked marginals, multi-mutants summed" if masked else "NLL(wild type) - NLL(mutant)"
     msg = f"{len(muts)} mutants scored by {how} -> {out}"
-    if fit:
-        msg += (f"\nSpearman vs measured fitness: model {spearman(scores, fit):.3f}, "
-                f"BLOSUM62 baseline {spearman(blosum, fit):.3f} (same {len(muts)} mutants)")
+    if rho is not None:
+        left = [f"{k} {what}" for k, what in ((rho["no_fitness"], "without a fitness value"),
+                                               (rho["nonfinite_score"], "with a non-finite model score")) if k]
+        left_s = f"; left out of both: {', '.join(left)}" if left else ""
+        if rho["model"] is None:
+            msg += f"\nSpearman vs measured fitness: not computed, {rho['n']} mutant(s) with a value{left_s}"
+        else:
+            msg += (f"\nSpearman vs measured fitness: model {rho['model']:.3f}, BLOSUM62 baseline "
+                    f"{rho['baseline']:.3f} (same {rho['n']} of {len(muts)} mutants{left_s})")
     typer.echo(msg)
 
 

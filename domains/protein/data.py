@@ -214,22 +214,36 @@ def read_label_table(path: str | os.PathLike, id_column: str = "id", label_colum
     if not path.is_file():
         raise FormatError(f"{path}: label table not found")
     delim = "\t" if path.suffix in (".tsv", ".tab") else ","
-    with path.open(encoding="utf-8", newline="") as f:
+    table: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f, delimiter=delim)
         cols = reader.fieldnames or []
         for c in (id_column, label_column):
             if c not in cols:
                 raise FormatError(f"{path}: no column {c!r} (columns: {', '.join(cols)})")
-        table = {row[id_column]: row[label_column] for row in reader}
+        for row in reader:
+            rid, lab = (row[id_column] or "").strip(), (row[label_column] or "").strip()
+            if rid in table and table[rid] != lab:
+                raise FormatError(f"{path}:{reader.line_num}: id {rid!r} has label {lab!r}, but {table[rid]!r} on "
+                                  f"line {first_line[rid]}")
+            table.setdefault(rid, lab)
+            first_line.setdefault(rid, reader.line_num)
     if not table:
         raise FormatError(f"{path}: label table has no rows")
     return table
 
 
 def attach_labels(records: list[Record], table: dict[str, str], source: str = "labels",
-                  vocab: Iterable[str] | None = None) -> list[Record]:
-    """Records with their label from ``table`` (every record must have one; labels checked
-    against ``vocab`` when given)."""
+                  vocab: Iterable[str] | None = None, seq_source: str = "the sequences") -> list[Record]:
+    """Records with their label from ``table`` (every record must have one, and a unique id, since the
+    table is keyed by id; labels checked against ``vocab`` when given). ``source`` names the table and
+    ``seq_source`` the sequence file(s) in errors."""
+    seen: set[str] = set()
+    dup = next((r.id for r in records if r.id in seen or seen.add(r.id)), None)
+    if dup is not None:
+        raise FormatError(f"{seq_source}: record id {dup!r} occurs more than once; the label table {source} is "
+                          "keyed by id, so each id must be unique")
     missing = [r.id for r in records if r.id not in table]
     if missing:
         raise FormatError(f"{source}: no label for {len(missing)} record(s), e.g. {missing[0]!r}")

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adaptome.core.atomic import write_text_atomic
 from adaptome.core.train.config import TrainConfig
 from adaptome.domains.protein.config import AdapterSection
 from adaptome.domains.protein.formats import ProteinError, Record
@@ -185,8 +187,24 @@ def train_classifier(name_or_path: str, records: list[Record], labels: list[str]
         summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
     if cfg.merge:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
+        write_text_atomic(out / "merged" / CROP_FILE, json.dumps({"max_residues": cfg.max_residues}) + "\n")
         summary["merged"] = str(out / "merged")
     return summary
+
+
+CROP_FILE = "esm_classify.json"  # beside a merged classifier: the crop it was trained with
+
+
+def trained_max_residues(name_or_path: str) -> int | None:
+    """The ``max_residues`` a classifier saved by ``train_classifier`` was trained with (``CROP_FILE`` in
+    its folder), so that predicting with it later crops as training did; None for any other model."""
+    path = Path(name_or_path) / CROP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["max_residues"])
+    except (ValueError, KeyError, TypeError):
+        raise ProteinError(f"{path}: unreadable (expected {{\"max_residues\": N}})") from None
 
 
 def predict(model, tok, seqs: list[str], labels: list[str], max_residues: int = 1022,

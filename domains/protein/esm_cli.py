@@ -19,7 +19,7 @@ def _labelled(fasta: Path, table: Path, id_column: str, label_column: str, polic
     from adaptome.domains.protein.formats import read_fasta
 
     return data.attach_labels(read_fasta(fasta, policy), data.read_label_table(table, id_column, label_column),
-                              str(table))
+                              str(table), seq_source=str(fasta))
 
 
 def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta: Path | None,
@@ -40,6 +40,13 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
     if train_fasta is None and (config is not None or overrides):
         raise ProteinError("--config / --set set up training; give --train-fasta and --train-labels too")
     queries = read_fasta(fasta, policy)
+    truth: dict[str, str] | None = None
+    if test_labels is not None:  # checked before any training, which may take minutes
+        if train_fasta is None:
+            raise ProteinError("--test-labels needs --train-fasta / --train-labels: the baselines train on them")
+        truth = {r.id: r.label for r in data.attach_labels(queries, data.read_label_table(test_labels, id_column,
+                                                                                           label_column),
+                                                           str(test_labels), seq_source=str(fasta))}
     lines: list[str] = []
     train: list[Record] = []
     if train_fasta is not None:
@@ -60,14 +67,13 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
         if labels is not None and read_vocab(labels) != cands:
             raise ProteinError(f"{labels}: the labels differ from those {model} was trained on: {cands}")
         m, tok = esm_classify.load_classifier(model, cands, cfg.dtype)
-    preds = esm_classify.predict(m, tok, [r.seq for r in queries], cands, cfg.max_residues, cfg.predict_batch_size)
-    if test_labels is not None:
-        truth = data.read_label_table(test_labels, id_column, label_column)
-        missing = [r.id for r in queries if r.id not in truth]
-        if missing:
-            raise ProteinError(f"{test_labels}: no label for {len(missing)} query record(s), e.g. {missing[0]!r}")
-        if not train:
-            raise ProteinError("--test-labels needs --train-fasta / --train-labels: the baselines train on them")
+    crop = cfg.max_residues
+    if train_fasta is None:  # a saved classifier predicts with the crop it was trained with
+        saved = esm_classify.trained_max_residues(model)
+        crop = saved or crop
+        lines.append(f"queries cropped to {crop} residues" + (" (as the classifier was trained)" if saved else ""))
+    preds = esm_classify.predict(m, tok, [r.seq for r in queries], cands, crop, cfg.predict_batch_size)
+    if truth is not None:
         rep = evaluate.classification_report([truth[r.id] for r in queries], [p["pred"] for p in preds], train,
                                              [r.seq for r in queries])
         lines.append(f"accuracy on {rep['n_test']} sequences: model {rep['model_accuracy']:.3f}, majority class "

@@ -41,29 +41,22 @@ class ForeignLabelError(LabelError):
     """Samples were conditioned on labels that the reference (the judge's label set) does not hold."""
 
 
-def _is_stockholm(path: Path) -> bool:
-    if path.suffix.lower() in (".sto", ".stk", ".sth", ".stockholm"):
-        return True
-    with path.open(encoding="utf-8", errors="replace") as f:
-        return f.readline().startswith("# STOCKHOLM")
-
-
 def read_reference(paths: list[Path], label_table: Path | None = None, id_column: str = "id",
                    label_column: str = "label") -> list[Record]:
-    """Labelled real sequences from Stockholm files (label: ``#=GF ID``, told apart by extension or
-    the ``# STOCKHOLM`` first line) and FASTA files (label: the table's, else a ``Key=<label>`` field in
-    the header, as ``build-dataset`` writes ``sequences.fasta``). A record without a label is an error
-    naming the file. (A local reader: the Stockholm support of ``formats`` is used as it stands.)"""
+    """Labelled real sequences from Stockholm files (every alignment of the file, each labelled by its
+    ``#=GF ID``; told apart by ``formats.is_stockholm``) and FASTA files (label: the table's, else a
+    ``Key=<label>`` field in the header, as ``build-dataset`` writes ``sequences.fasta``). A record without
+    a label is an error naming the file."""
     from adaptome.domains.protein.data import attach_labels, read_label_table
-    from adaptome.domains.protein.formats import FormatError, read_fasta_headers, read_stockholm
+    from adaptome.domains.protein.formats import FormatError, is_stockholm, read_fasta_headers, read_stockholm_families
 
     table = read_label_table(label_table, id_column, label_column) if label_table else None
     out: list[Record] = []
     for path in map(Path, paths):
         if not path.is_file():
             raise FormatError(f"{path}: reference file not found")
-        if _is_stockholm(path):
-            recs = read_stockholm(path).records
+        if is_stockholm(path):  # every alignment of the file, each labelled by its #=GF ID
+            recs = [r for fam in read_stockholm_families(path) for r in fam.records]
         else:
             from adaptome.domains.protein.formats import clean_sequence
 

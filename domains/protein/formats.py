@@ -15,13 +15,16 @@ Residue policy (``policy`` argument): sequences are upper-cased; gap characters 
 * ``"skip"``: records with such letters are dropped (the caller gets the count);
 * ``"keep"``: the IUPAC extras ``B Z X U O J`` are accepted; anything else still raises.
 
-An empty file or an empty record is always an error. Not covered: multi-line ``Seq=<`` values,
-lower-case residues as a signal (they are upper-cased), nucleotide input.
+An empty file or an empty record is always an error, and so is another policy name. The readers take an
+optional ``skipped`` list that collects the ids of the records ``"skip"`` dropped, for the caller to report.
+Not covered: multi-line ``Seq=<`` values, lower-case residues as a signal (they are upper-cased), nucleotide
+input.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -34,6 +37,7 @@ from adaptome.core.errors import AdaptomeError
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 EXTRA_AA = "BZXUOJ"
 Policy = Literal["error", "skip", "keep"]
+POLICIES = ("error", "skip", "keep")
 
 _FIELD_RX = re.compile(r"^([A-Za-z][A-Za-z0-9_ \-]*)=<(.*)>$", re.S)
 _OPEN_RX = re.compile(r"^[A-Za-z][A-Za-z0-9_ \-]*=<[^>]*$")
@@ -168,6 +172,8 @@ def prompt_of(rec: dict[str, str]) -> str:
 # --- residues ---------------------------------------------------------------------------------------
 def clean_sequence(raw: str, policy: Policy = "error", where: str = "<sequence>") -> str | None:
     """Upper-case, drop gaps and a trailing ``*``, apply the residue policy (None = skipped)."""
+    if policy not in POLICIES:
+        raise ProteinError(f"residue policy {policy!r}: known: {', '.join(POLICIES)}")
     seq = re.sub(r"[\s.\-]", "", str(raw)).upper()
     if seq.endswith("*"):
         seq = seq[:-1]
@@ -196,19 +202,19 @@ def _fasta_records(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: an editor's byte-order mark
     if not text.strip():
         raise FormatError(f"{path}: empty FASTA file, no records")
     first = next((i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip())
     if not first[1].startswith(">"):
         raise FormatError(f"{path}: not FASTA: line {first[0]} should be a '>' header line, got {first[1][:40]!r}")
-    out = [(rec.id, rec.description, str(rec.seq)) for rec in SeqIO.parse(str(path), "fasta")]
+    out = [(rec.id, rec.description, str(rec.seq)) for rec in SeqIO.parse(io.StringIO(text), "fasta")]
     if not out:
         raise FormatError(f"{path}: no FASTA records (does the file start with '>'?)")
     return out
 
 
-def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record]:
+def read_fasta(path: str | os.PathLike, policy: Policy = "error", skipped: list[str] | None = None) -> list[Record]:
     """Records of a FASTA file (Biopython), residues cleaned by ``policy``. The label is None; see
     ``data.attach_labels``."""
     out = []
@@ -216,6 +222,8 @@ def read_fasta(path: str | os.PathLike, policy: Policy = "error") -> list[Record
         seq = clean_sequence(raw, policy, f"{Path(path)}: record {rid!r}")
         if seq is not None:
             out.append(Record(rid, seq))
+        elif skipped is not None:
+            skipped.append(rid)
     return out
 
 
@@ -271,8 +279,8 @@ def _gf_blocks(path: Path) -> list[dict[str, str]]:
     return blocks
 
 
-def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error",
-                            label: StockholmLabel = "id") -> list[StockholmFamily]:
+def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error", label: StockholmLabel = "id",
+                            skipped: list[str] | None = None) -> list[StockholmFamily]:
     """Every alignment of a Stockholm file (a Pfam ``Pfam-A.seed`` holds thousands), gaps removed.
 
     Sequences are parsed with Biopython's ``AlignIO.parse(..., "stockholm")``; the ``#=GF ID / AC / CL``
@@ -309,6 +317,8 @@ def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error",
             seq = clean_sequence(str(r.seq), policy, f"{path}: record {r.id!r}")
             if seq is not None:
                 recs.append(Record(r.id, seq, name))
+            elif skipped is not None:
+                skipped.append(r.id)
         out.append(StockholmFamily(fam_id or name, acc, gf.get("CL"), recs))
     return out
 
@@ -327,12 +337,12 @@ def is_stockholm(path: str | os.PathLike) -> bool:
     if path.suffix.lower() in STOCKHOLM_SUFFIXES:
         return True
     with path.open("rb") as f:
-        head = f.read(4096).decode("utf-8", errors="replace").lstrip().upper()
+        head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip().upper()
     return head.startswith("# STOCKHOLM")
 
 
 def read_sequences(path: str | os.PathLike, policy: Policy = "error", key: str | None = None,
-                   stockholm_label: StockholmLabel = "id") -> list[Record]:
+                   stockholm_label: StockholmLabel = "id", skipped: list[str] | None = None) -> list[Record]:
     """Records of a FASTA or Stockholm file, told apart by ``is_stockholm``; the one reader wherever a
     sequence file is an input (``build-dataset``, ``classify``).
 
@@ -344,7 +354,7 @@ def read_sequences(path: str | os.PathLike, policy: Policy = "error", key: str |
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
     if is_stockholm(path):
-        return [r for fam in read_stockholm_families(path, policy, stockholm_label) for r in fam.records]
+        return [r for fam in read_stockholm_families(path, policy, stockholm_label, skipped) for r in fam.records]
     rx = re.compile(re.escape(key) + r"=<([^>]*)>") if key else None
     out = []
     for rid, header, raw in _fasta_records(path):
@@ -352,6 +362,8 @@ def read_sequences(path: str | os.PathLike, policy: Policy = "error", key: str |
         if seq is not None:
             m = rx.search(header) if rx else None
             out.append(Record(rid, seq, m.group(1) if m else None))
+        elif skipped is not None:
+            skipped.append(rid)
     return out
 
 

@@ -13,18 +13,26 @@ Mutants are written ``H24C`` (wild-type residue, position, new residue), several
 position p refers to residue ``p - offset`` (0-based) of the given wild-type string (TEM-1 as shipped:
 offset 24, as in the ESM variant-prediction example). A wrong wild-type letter is an error.
 
-Not covered: insertions and deletions, length normalisation (ProLLaMA leaves it to the user).
+A position named twice in one mutant (``H24C:H24A``) is refused. In a mutant table, a missing fitness value
+(empty, ``nan``, ``NA``) keeps the mutant in the scores and leaves it out of both Spearman correlations (model
+and baseline alike, counted in the message); errors name the file and line.
+
+Not covered: insertions and deletions (``H24del``, ``H24_P25insA``: refused), length normalisation (ProLLaMA
+leaves it to the user).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
 from adaptome.domains.protein.formats import STANDARD_AA, FormatError, seq_line
 
 _MUT_RX = re.compile(r"^([A-Z])(\d+)([A-Z])$")
+_INDEL_RX = re.compile(r"(del|ins|dup|fs|_)", re.I)
+MISSING = ("", "nan", "na", "n/a", "none", "null")  # fitness cells read as "no measurement"
 
 
 def parse_mutant(code: str) -> list[tuple[str, int, str]]:
@@ -33,9 +41,14 @@ def parse_mutant(code: str) -> list[tuple[str, int, str]]:
     for part in code.strip().split(":"):
         m = _MUT_RX.match(part.strip())
         if not m:
+            if _INDEL_RX.search(part) or part.strip().endswith("-"):
+                raise FormatError(f"mutant {code!r}: insertions and deletions are not supported (substitutions "
+                                  "only, e.g. H24C)")
             raise FormatError(f"mutant {code!r}: expected e.g. H24C (or H24C:A30G)")
         if m.group(3) not in STANDARD_AA:
             raise FormatError(f"mutant {code!r}: {m.group(3)!r} is not a standard amino acid")
+        if any(pos == int(m.group(2)) for _, pos, _ in out):
+            raise FormatError(f"mutant {code!r}: position {m.group(2)} is mutated twice")
         out.append((m.group(1), int(m.group(2)), m.group(3)))
     return out
 
@@ -55,6 +68,33 @@ def apply_mutant(wt: str, code: str, offset: int = 0) -> str:
     return "".join(seq)
 
 
+def _matching_offset(wt: str, codes: list[str], tried: int) -> int | None:
+    """An offset near ``tried`` (or 0 / 1) under which every mutant's wild-type letter matches, if any."""
+    subs = [s for c in codes for s in parse_mutant(c)]
+    for cand in sorted({0, 1, tried - 1, tried + 1} - {tried}):
+        if all(0 <= pos - cand < len(wt) and wt[pos - cand] == ref for ref, pos, _ in subs):
+            return cand
+    return None
+
+
+def check_mutants(wt: str, codes: list[str], offset: int, where: list[str] | None = None) -> None:
+    """Every code parses and names the wild type's residues (``apply_mutant``); an error names ``where[i]``
+    (e.g. ``file:line``) and, for a wrong wild-type letter, an offset under which all mutants match."""
+    for i, code in enumerate(codes):
+        try:
+            apply_mutant(wt, code, offset)
+        except FormatError as e:
+            msg = f"{where[i]}: {e}" if where else str(e)
+            if "wild type has" in str(e) or "outside the wild type" in str(e):
+                try:
+                    cand = _matching_offset(wt, codes, offset)
+                except FormatError:
+                    cand = None
+                if cand is not None:
+                    msg += f"; all {len(codes)} mutants match with --offset {cand}"
+            raise FormatError(msg) from None
+
+
 def score_mutants(model, tok, wt: str, mutants: list[str], offset: int = 0, batch_size: int = 16,
                   progress: bool = False) -> list[float]:
     """One score per mutant code, higher = the model prefers the mutant: masked marginals (summed over
@@ -62,8 +102,7 @@ def score_mutants(model, tok, wt: str, mutants: list[str], offset: int = 0, batc
     from adaptome.domains.protein.classify import score_targets
     from adaptome.domains.protein.model import MASKED_LM_TYPES
 
-    for m in mutants:  # every code is checked against the wild type before any model call
-        apply_mutant(wt, m, offset)
+    check_mutants(wt, mutants, offset)  # every code is checked against the wild type before any model call
     if getattr(model.config, "model_type", None) in MASKED_LM_TYPES:
         from adaptome.domains.protein.esm_mutations import score_mutants_masked
 
@@ -83,11 +122,12 @@ def blosum62_scores(mutants: list[str]) -> list[float]:
     return [float(sum(m[ref][alt] for ref, _, alt in parse_mutant(code))) for code in mutants]
 
 
-def read_wildtype(arg: str) -> str:
+def read_wildtype(arg: str, notes: list[str] | None = None) -> str:
     """``--wildtype``: a FASTA file (its first record) or the sequence itself.
 
     A string of letters only (after removing white space) that is not an existing file is the
-    sequence; anything else is a file name, so a long sequence never reaches the file system.
+    sequence; anything else is a file name, so a long sequence never reaches the file system. A file
+    of several records adds a line to ``notes`` naming the record used.
     """
     from adaptome.domains.protein.formats import clean_sequence, read_fasta
 
@@ -97,14 +137,20 @@ def read_wildtype(arg: str) -> str:
     except OSError:  # e.g. a name too long for the file system: not a file
         is_file = False
     if is_file:
-        return read_fasta(arg)[0].seq
+        recs = read_fasta(arg)
+        if len(recs) > 1 and notes is not None:
+            notes.append(f"note: --wildtype {arg} holds {len(recs)} records; the first, {recs[0].id!r} "
+                         f"({len(recs[0].seq)} residues), is the wild type")
+        return recs[0].seq
     if compact.isalpha():
         return clean_sequence(compact, "error", "--wildtype")
     raise FormatError(f"--wildtype {arg[:60]!r}: neither a FASTA file nor an amino-acid sequence")
 
 
 def read_mutants_csv(path: str | Path, mutant_column: str = "mutant",
-                     fitness_column: str | None = None) -> tuple[list[str], list[float] | None]:
+                     fitness_column: str | None = None) -> tuple[list[str], list[float | None] | None]:
+    """(mutant codes, fitness or None per row) of a CSV; a missing cell (``MISSING``) is None, other
+    non-numbers are an error naming the line. Every code is parsed here, errors naming ``file:line``."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
@@ -118,13 +164,38 @@ def read_mutants_csv(path: str | Path, mutant_column: str = "mutant",
         rows = list(reader)
     if not rows:
         raise FormatError(f"{path}: no mutants")
-    muts = [r[mutant_column] for r in rows]
+    muts = [(r[mutant_column] or "").strip() for r in rows]
+    for i, code in enumerate(muts, 2):
+        try:
+            parse_mutant(code)
+        except FormatError as e:
+            raise FormatError(f"{path}:{i}: {e}") from None
     fit = None
     if fitness_column:
         fit = []
         for i, r in enumerate(rows, 2):
+            cell = (r[fitness_column] or "").strip()
+            if cell.lower() in MISSING:
+                fit.append(None)
+                continue
             try:
-                fit.append(float(r[fitness_column]))
-            except (TypeError, ValueError):
-                raise FormatError(f"{path}:{i}: {fitness_column} {r[fitness_column]!r} is not a number") from None
+                val = float(cell)
+            except ValueError:
+                raise FormatError(f"{path}:{i}: {fitness_column} {cell!r} is not a number") from None
+            fit.append(val if math.isfinite(val) else None)
     return muts, fit
+
+
+def paired_spearman(scores: list[float], baseline: list[float], fitness: list[float | None]) -> dict:
+    """Spearman of the model's and the baseline's scores against fitness on the same mutants: those with
+    a measured fitness and a finite model score; the counts of the others are returned beside."""
+    from adaptome.core.evaluation import spearman
+
+    no_fit = sum(f is None for f in fitness)
+    bad = sum(f is not None and not math.isfinite(s) for s, f in zip(scores, fitness))
+    keep = [i for i, (s, f) in enumerate(zip(scores, fitness)) if f is not None and math.isfinite(s)]
+    out = {"n": len(keep), "no_fitness": no_fit, "nonfinite_score": bad, "model": None, "baseline": None}
+    if len(keep) >= 2:
+        out["model"] = spearman([scores[i] for i in keep], [fitness[i] for i in keep])
+        out["baseline"] = spearman([baseline[i] for i in keep], [fitness[i] for i in keep])
+    return out
