@@ -84,7 +84,6 @@ from benchmarks.adapters.quality_task import (  # noqa: F401  (the task and the 
     PAD,
     PRETRAIN_BATCH,
     PRETRAIN_LR,
-    PRETRAIN_STEPS,
     PRETRAIN_WARMUP,
     SELECT_FOLDS,
     UNK,

@@ -69,7 +69,16 @@ def run() -> dict:
                         "task_sequences": len(d["task_sequences"]), "corpus_residues": sum(len(s) for s in corpus),
                         "first_loss": losses[0], "last_loss": losses[-1],
                         "context_free": qt.unigram_entropy(corpus)},
-            "points": out, "seconds": time.time() - t0}
+            "baselines": q.baselines(d), "points": out, "seconds": time.time() - t0}
+
+
+def _baselines_text(res: dict) -> str:
+    """The majority class and the amino-acid-composition regression on the same folds (``quality.baselines``)."""
+    b = res.get("baselines")
+    if b is None:
+        return ""
+    return (f" On the same folds: majority class {100 * b['majority']['accuracy']:.1f} %, logistic regression on "
+            f"amino-acid composition {100 * b['composition_logreg']['accuracy']:.1f} %.")
 
 
 def _acc(scores: list[dict]) -> float:
@@ -96,7 +105,7 @@ def markdown(res: dict) -> str:
              "nats on its own training corpus.", "",
              f"Every point trained as a row of quality.py at rank {res['rank']} (3 test folds, 268 windows, head rate "
              f"{res['head_lr']:g}) at seeds {', '.join(str(s) for s in res['seeds'])}; accuracy %, mean over seeds. "
-             f"Head only (frozen encoder): {head:.1f} %.", "",
+             f"Head only (frozen encoder): {head:.1f} %.{_baselines_text(res)}", "",
              "| row | rate | " + " | ".join(f"rank {k}" for k in ranks) + " |", "|---|---:|" + "---:|" * len(ranks)]
     for lr in res["rates"]:
         lines.append(f"| lora (trained at each rank) | {lr:g} | "

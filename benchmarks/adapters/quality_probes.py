@@ -41,7 +41,7 @@ from benchmarks.adapters import quality as q
 HERE = Path(__file__).resolve().parent
 COMMAND = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality_probes"
 HELD_OUT = 0.1  # share of the corpus' sequences held out of pretraining
-LONG = 2  # the longer pretraining: LONG x quality.PRETRAIN_STEPS
+LONG = 2  # the longer pretraining: LONG x quality_task.PRETRAIN_STEPS
 EVAL_EVERY = 500  # pretraining steps between held-out evaluations
 LENGTH = 3  # the longer adapter training: LENGTH x quality.STEPS
 PROBE_SEEDS = (0, 1, 2)
@@ -152,7 +152,7 @@ def run(part: str) -> dict:
     random.Random(0).shuffle(corpus)
     n_held = round(HELD_OUT * len(corpus))
     held, train = corpus[:n_held], corpus[n_held:]
-    steps = q.PRETRAIN_STEPS * (LONG if part == "pretrain-2" else 1)
+    steps = q.quality_task.PRETRAIN_STEPS * (LONG if part == "pretrain-2" else 1)
     return {"env": env, "held_out_sequences": n_held, "train_sequences": len(train),
             "held_out_residues": sum(map(len, held)), "pretrain": [pretrain_probe(train, held, steps)],
             "seconds": time.time() - t0}

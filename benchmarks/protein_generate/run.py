@@ -67,27 +67,24 @@ CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_generate
 #: ``res-`` settings sample residues and the closing '>' only (``SamplingParams.residues_only``)
 #: ``+lenprior`` settings are NOT plain sampling (``SamplingParams.length_prior``: each sample's length is
 #: drawn from its family's training lengths): reported beside the others, never a candidate for a preset
+def _setting(temperature: float, top_p: float = 0.95, top_k: int = 0, repetition_penalty: float = 1.0,
+             residues_only: bool = False, length_prior: bool = False) -> dict:
+    """One decoding setting (``SamplingParams`` fields)."""
+    return dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                residues_only=residues_only, length_prior=length_prior)
+
+
 SETTINGS = {
-    "prollama": dict(temperature=0.2, top_k=40, top_p=0.9, repetition_penalty=1.2, residues_only=False,
-                     length_prior=False),
-    "t0.7-p0.95": dict(temperature=0.7, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
-                       length_prior=False),
-    "t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
-                       length_prior=False),
-    "t0.9-p0.95": dict(temperature=0.9, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
-                       length_prior=False),
-    "res-t0.7-p0.95": dict(temperature=0.7, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True,
-                           length_prior=False),
-    "res-t0.8-p0.95": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True,
-                           length_prior=False),
-    "res-t0.9-p0.95": dict(temperature=0.9, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=True,
-                           length_prior=False),
-    "res-t1.0": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, residues_only=True,
-                     length_prior=False),
-    "res-t0.8-p0.95-rp1.1": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.1, residues_only=True,
-                                 length_prior=False),
-    "t0.8-p0.95+lenprior": dict(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0, residues_only=False,
-                                length_prior=True),
+    "prollama": _setting(0.2, top_p=0.9, top_k=40, repetition_penalty=1.2),
+    "t0.7-p0.95": _setting(0.7),
+    "t0.8-p0.95": _setting(0.8),
+    "t0.9-p0.95": _setting(0.9),
+    "res-t0.7-p0.95": _setting(0.7, residues_only=True),
+    "res-t0.8-p0.95": _setting(0.8, residues_only=True),
+    "res-t0.9-p0.95": _setting(0.9, residues_only=True),
+    "res-t1.0": _setting(1.0, top_p=1.0, residues_only=True),
+    "res-t0.8-p0.95-rp1.1": _setting(0.8, repetition_penalty=1.1, residues_only=True),
+    "t0.8-p0.95+lenprior": _setting(0.8, length_prior=True),
 }
 PIPELINES = ("windows", "crop128")
 KS_ALPHA, LC_FACTOR = 0.05, 1.5
