@@ -476,6 +476,7 @@ def evaluate_cmd(
                                          "field, as build-dataset writes, or --reference-labels)"),
     reference_labels: Optional[Path] = typer.Option(None, help="CSV/TSV id,label table for --reference FASTA"),
     id_column: str = typer.Option("id"), label_column: str = typer.Option("label"),
+    policy: str = typer.Option("error", help="non-standard residues in --reference: error | skip | keep"),
     task_name: Optional[str] = typer.Option(None, help="label kind (default: family for pfam and --reference, "
                                             "enzyme class for ec)"),
     task_key: str = typer.Option(""),
@@ -503,8 +504,16 @@ def evaluate_cmd(
     _check_new(out, overwrite)
     with user_errors():
         if reference:
-            recs = evaluate.read_reference(reference, reference_labels, id_column, label_column)
+            skipped: list[str] = []
+            recs = evaluate.read_reference(reference, reference_labels, id_column, label_column, policy, skipped)
+            if skipped:
+                typer.echo(f"note: --reference: {len(skipped)} record(s) with non-standard residues skipped "
+                           f"(--policy skip), e.g. {skipped[0]!r}")
+            if not recs:
+                fail(f"--reference: no record left to use (--policy {policy})")
             task, where = _task(task_name or "family", task_key), ", ".join(map(str, reference))
+        elif policy != "error":
+            fail("--policy applies to --reference files; the shipped sets hold standard residues only")
         elif shipped == "pfam":
             task, recs, where = data.FAMILY, data.pfam_families(), "shipped Pfam seeds"
         elif shipped == "ec":

@@ -42,11 +42,13 @@ class ForeignLabelError(LabelError):
 
 
 def read_reference(paths: list[Path], label_table: Path | None = None, id_column: str = "id",
-                   label_column: str = "label") -> list[Record]:
+                   label_column: str = "label", policy: str = "error",
+                   skipped: list[str] | None = None) -> list[Record]:
     """Labelled real sequences from Stockholm files (every alignment of the file, each labelled by its
     ``#=GF ID``; told apart by ``formats.is_stockholm``) and FASTA files (label: the table's, else a
     ``Key=<label>`` field in the header, as ``build-dataset`` writes ``sequences.fasta``). A record without
-    a label is an error naming the file."""
+    a label is an error naming the file. ``policy``: the residue policy (``formats.clean_sequence``); the ids of
+    records it skips are appended to ``skipped``."""
     from adaptome.domains.protein.data import attach_labels, read_label_table
     from adaptome.domains.protein.formats import FormatError, is_stockholm, read_fasta_headers, read_stockholm_families
 
@@ -56,7 +58,7 @@ def read_reference(paths: list[Path], label_table: Path | None = None, id_column
         if not path.is_file():
             raise FormatError(f"{path}: reference file not found")
         if is_stockholm(path):  # every alignment of the file, each labelled by its #=GF ID
-            recs = [r for fam in read_stockholm_families(path) for r in fam.records]
+            recs = [r for fam in read_stockholm_families(path, policy, skipped=skipped) for r in fam.records]
         else:
             from adaptome.domains.protein.formats import clean_sequence
 
@@ -64,8 +66,12 @@ def read_reference(paths: list[Path], label_table: Path | None = None, id_column
             for header, raw in read_fasta_headers(path):
                 rid, _, desc = header.partition(" ")
                 m = re.search(r"\b[A-Za-z][A-Za-z0-9_]*=<([^>]*)>", desc)
-                recs.append(Record(rid, clean_sequence(raw, "error", f"{path}: record {rid!r}"),
-                                   m.group(1) if m else None))
+                seq = clean_sequence(raw, policy, f"{path}: record {rid!r}")
+                if seq is None:
+                    if skipped is not None:
+                        skipped.append(rid)
+                    continue
+                recs.append(Record(rid, seq, m.group(1) if m else None))
         if table is not None:
             recs = attach_labels(recs, table, str(label_table))
         missing = [r.id for r in recs if r.label is None]

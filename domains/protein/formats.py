@@ -269,7 +269,7 @@ StockholmLabel = Literal["id", "ac"]
 def _gf_blocks(path: Path) -> list[dict[str, str]]:
     """The ``#=GF`` tags (first value of each) of every alignment block, in file order."""
     blocks: list[dict[str, str]] = []
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
         for line in f:
             if line.startswith("# STOCKHOLM"):
                 blocks.append({})
@@ -296,8 +296,9 @@ def read_stockholm_families(path: str | os.PathLike, policy: Policy = "error", l
         raise FormatError(f"{path}: file not found")
     if label not in ("id", "ac"):
         raise FormatError(f"Stockholm label {label!r}: known: id, ac")
-    try:
-        alignments = list(AlignIO.parse(str(path), "stockholm"))
+    try:  # parsed from the decoded text: an editor's byte-order mark would hide the '# STOCKHOLM 1.0' line
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+        alignments = list(AlignIO.parse(io.StringIO(text), "stockholm"))
     except (ValueError, AssertionError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FormatError(f"{path}: not a Stockholm alignment ({msg})") from None

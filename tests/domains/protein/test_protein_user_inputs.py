@@ -180,17 +180,19 @@ def test_saved_esm_classifier_predicts_with_the_crop_it_was_trained_with(esm_dir
     assert at6 != whole  # the crop matters here, so reusing the wrong one would show
 
 
-def test_evaluate_reads_every_alignment_of_a_multi_family_stockholm_reference(tmp_path):
-    """A Pfam-A.seed-style file holds several alignments; ``--reference`` takes each, labelled by its ID."""
-    import json
-
-    import torch
-
+def _tiny_llama(folder):
     from adaptome.domains.protein.model import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(None, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _two_families(odd_row: str = "") -> str:
+    """A Pfam-A.seed-style text: two alignments (FamW, FamK) of 8 sequences each, plus ``odd_row`` in FamW."""
+    import torch
+
     g = torch.Generator().manual_seed(0)
     blocks = []
     for fam, rich in (("FamW", "W"), ("FamK", "K")):
@@ -198,14 +200,55 @@ def test_evaluate_reads_every_alignment_of_a_multi_family_stockholm_reference(tm
         for i in range(8):
             rnd = "".join("ACDEFGHILMNPQRSTVY"[int(j)] for j in torch.randint(18, (10,), generator=g))
             rows.append(f"{fam}_{i}/1-16 {rnd[:5]}-{rich * 6}.{rnd[5:]}")
+        if odd_row and fam == "FamW":
+            rows.append(odd_row)
         blocks.append(f"# STOCKHOLM 1.0\n#=GF ID   {fam}\n#=GF AC   PF0000{len(blocks)}.1\n" + "\n".join(rows)
                       + "\n//\n")
-    (tmp_path / "two.seed").write_text("".join(blocks))
-    r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m"), "--reference", str(tmp_path / "two.seed"),
-                            "--out", str(tmp_path / "rep")])
+    return "".join(blocks)
+
+
+def _evaluate(tmp_path, ref, *extra):
+    import json
+
+    r = runner.invoke(app, ["evaluate", "--model", str(_tiny_llama(tmp_path / "m")), "--reference", str(ref),
+                            "--out", str(tmp_path / "rep"), *extra])
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())["classification"] if r.exit_code == 0 else None
+    return r, rep
+
+
+def test_evaluate_reads_every_alignment_of_a_multi_family_stockholm_reference(tmp_path):
+    """A Pfam-A.seed-style file holds several alignments; ``--reference`` takes each, labelled by its ID."""
+    (tmp_path / "two.seed").write_text(_two_families())
+    r, rep = _evaluate(tmp_path, tmp_path / "two.seed")
     assert r.exit_code == 0, r.output
-    rep = json.loads((tmp_path / "rep" / "report.json").read_text())["classification"]
     assert rep["n_classes"] == 2 and rep["n_test"] == 6  # 3 held out per label, from both alignments
+
+
+def test_stockholm_saved_with_a_byte_order_mark_and_windows_line_endings_reads_as_the_plain_file(tmp_path):
+    """An editor's byte-order mark hid the '# STOCKHOLM 1.0' line from Biopython: the file was refused."""
+    from adaptome.domains.protein.formats import read_sequences
+
+    (tmp_path / "plain.seed").write_text(_two_families())
+    (tmp_path / "bom.seed").write_bytes(b"\xef\xbb\xbf" + _two_families().replace("\n", "\r\n").encode())
+    assert read_sequences(tmp_path / "bom.seed") == read_sequences(tmp_path / "plain.seed")
+    r, rep = _evaluate(tmp_path, tmp_path / "bom.seed")
+    assert r.exit_code == 0, r.output
+    assert rep["n_classes"] == 2 and rep["n_test"] == 6
+
+
+def test_evaluate_policy_applies_to_the_reference_and_says_what_it_skipped(tmp_path):
+    """``evaluate``'s residue error told the user to use a policy that evaluate did not have."""
+    (tmp_path / "x.seed").write_text(_two_families("FamW_x/1-16 ACDEX-WWWWWW.GHIKL"))
+    r, _ = _evaluate(tmp_path, tmp_path / "x.seed")
+    assert r.exit_code == 2 and "non-standard residue 'X' at position 5" in r.output, r.output
+    r, rep = _evaluate(tmp_path, tmp_path / "x.seed", "--policy", "skip")
+    assert r.exit_code == 0, r.output
+    assert "--reference: 1 record(s) with non-standard residues skipped (--policy skip), e.g. 'FamW_x/1-16'" \
+        in r.output
+    assert rep["n_test"] == 6
+    r, _ = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m"), "--policy", "skip", "--out",
+                               str(tmp_path / "rep2")]), None
+    assert r.exit_code == 2 and "--policy applies to --reference files" in r.output, r.output
 
 
 def test_wildtype_file_of_several_records_says_which_one_is_the_wild_type(esm_dir, tmp_path):
