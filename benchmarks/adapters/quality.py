@@ -10,7 +10,8 @@ results_quality.md are computed from it):
   Stratified ``FOLDS``-fold cross-validation grouped by sequence (all windows of a sequence in one fold):
   every window is a test window exactly once. Learning rates are chosen on fold 0's training part, never on
   fold 0's test windows: it is split into ``SELECT_FOLDS`` stratified folds grouped by sequence, every grid
-  point is trained once per selection fold (seed = its index) on the others and scored on it, and the point
+  point is trained ``SELECT_SEEDS`` times per selection fold (seed = fold index + SELECT_FOLDS x seed index; one
+  by default, ``--select-seeds N`` to average out training noise) on the others and scored on it, and the point
   with the best score pooled over every validation window wins (one rule for every row, ``SELECT_BY``: the
   macro-F1, or with ``--select-by nll`` the class-balanced validation cross-entropy; ``quality_select.py``).
 * encoder: a tiny BERT trained by masked-LM on random ``WINDOW``-residue crops of shipped protein
@@ -119,6 +120,9 @@ SORA_MAX_KEPT = 0.5  # SoRA's target condition: only settings with at most this 
 #: (class-balanced cross-entropy, lowest wins; tried at rank 8, results_quality_r8_nll.md: it took LoRA r=8's
 #: smallest rate too, so it is an option, not the default)
 SELECT_BY = "macro_f1"
+#: trainings per grid point and selection fold (seeds j, j + SELECT_FOLDS, ...); their validation predictions are
+#: pooled, so the score of a point is less a draw of one initialisation and data order (``--select-seeds``)
+SELECT_SEEDS = 1
 WORKERS = 2
 RANK = 4  # the issue asks for 8: 4 halves the LoRA-per-rank trainings, to fit the shared 2-core budget
 ALPHA = 16.0
@@ -307,14 +311,16 @@ def _worker_setup():
 
 
 def _select_job(method: str, opts: dict, lr: float, head_lr: float, j: int, ranks: list[int] | None,
-                tmp: str) -> dict:
+                tmp: str, seed: int | None = None) -> dict:
     """Validation predictions of one grid point on selection fold ``j`` (trained on the other selection folds
-    with seed ``j``; DyLoRA also at every rank in ``ranks``)."""
+    with ``seed``, by default ``j``; DyLoRA also at every rank in ``ranks``)."""
     encoder, d = _SHARED["encoder"], _SHARED["data"]
     labels = d["labels"]
     train, val = d["select"][j]
-    model, enc, facts = train_one(encoder, method, opts, lr, head_lr, train, labels, j,
-                                  f"{tmp}/sel-{method}-{json.dumps(opts, sort_keys=True)}-{lr}-{j}", _worker_setup())
+    seed = j if seed is None else seed
+    model, enc, facts = train_one(encoder, method, opts, lr, head_lr, train, labels, seed,
+                                  f"{tmp}/sel-{method}-{json.dumps(opts, sort_keys=True)}-{lr}-{j}-{seed}",
+                                  _worker_setup())
     pred, nll = _predict_nll(model, val, labels)
     out = {"gold": [labels.index(r.label) for r in val], "pred": pred, "nll": nll, "by_rank": {},
            "by_rank_nll": {}, "facts": facts}
@@ -356,11 +362,11 @@ def _points(method: str, grid) -> list[tuple[dict, float]]:
 
 
 def _select_jobs(method: str, opts: dict, grid, head_lr: float | None, tmp: str) -> list[tuple]:
-    """The ``_select_job`` arguments of a row: every grid point on every selection fold (the head-only row's
-    points use their own rate for the head: ``head_lr`` None)."""
+    """The ``_select_job`` arguments of a row: every grid point on every selection fold, ``SELECT_SEEDS`` times
+    (the head-only row's points use their own rate for the head: ``head_lr`` None)."""
     ranks = list(range(1, opts["r"] + 1)) if method == "dylora" else None
-    return [(method, {**opts, **v}, lr, lr if head_lr is None else head_lr, j, ranks, tmp)
-            for v, lr in _points(method, grid) for j in range(SELECT_FOLDS)]
+    return [(method, {**opts, **v}, lr, lr if head_lr is None else head_lr, j, ranks, tmp, j + SELECT_FOLDS * s)
+            for v, lr in _points(method, grid) for s in range(SELECT_SEEDS) for j in range(SELECT_FOLDS)]
 
 
 def _point_score(folds_out: list[dict]) -> dict:
@@ -375,7 +381,7 @@ def _choose(method: str, grid, results: list[dict]) -> dict:
     with at most ``SORA_MAX_KEPT`` of the gates non-zero). ``results``: ``_select_job`` outputs in job order."""
     from benchmarks.adapters.quality_select import choose
 
-    out = choose(method, _points(method, grid), results, SELECT_FOLDS, SORA_MAX_KEPT, SELECT_BY)
+    out = choose(method, _points(method, grid), results, SELECT_FOLDS * SELECT_SEEDS, SORA_MAX_KEPT, SELECT_BY)
     return {"grid": list(grid), "variants": list(VARIANTS.get(method, ({},))), **out}
 
 
@@ -428,6 +434,7 @@ def run() -> dict:
                            "corpus": quality_task.CORPUS, "n_task_sequences": len(d["task_sequences"]),
                            "n_unlabeled": len(d["unlabeled"]), "unlabeled_residues": d["unlabeled_residues"],
                            "n_small_pfam": d["n_small_pfam"], "select_folds": SELECT_FOLDS,
+                           "select_seeds": SELECT_SEEDS,
                            "n_select_windows": sum(len(v) for _, v in d["select"]),
                            "n_select_sequences": d["n_select_sequences"],
                            "n_select_train": [len(t) for t, _ in d["select"]], "sora_max_kept": SORA_MAX_KEPT,
@@ -491,8 +498,9 @@ def rerun(methods: list[str], res: dict) -> dict:
     st = res["setup"]
     now = {"steps": STEPS, "batch": BATCH, "warmup_steps": warmup_steps(), "n_windows": len(d["records"]),
            "rank": RANK, "alpha": ALPHA, "seeds": list(SEEDS), "folds": FOLDS, "select_folds": SELECT_FOLDS,
+           "select_seeds": SELECT_SEEDS,
            "sora_max_kept": SORA_MAX_KEPT, "select_by": SELECT_BY}
-    if any(st.get(k, "macro_f1" if k == "select_by" else None) != v for k, v in now.items()):
+    if any(st.get(k, {"select_by": "macro_f1", "select_seeds": 1}.get(k)) != v for k, v in now.items()):
         raise SystemExit("error: the settings differ from the earlier run's; rerun the whole benchmark instead")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -522,7 +530,7 @@ def rerun(methods: list[str], res: dict) -> dict:
 
 
 def main() -> None:
-    global STEPS, SEEDS, ROWS, RANK, SELECT_FOLDS, SELECT_BY
+    global STEPS, SEEDS, ROWS, RANK, SELECT_FOLDS, SELECT_BY, SELECT_SEEDS
     ap = argparse.ArgumentParser(description="Adapter quality benchmark (Pfam families, tiny BERT)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
@@ -544,8 +552,12 @@ def main() -> None:
                     "LoRA is always kept, it feeds the per-rank comparison")
     ap.add_argument("--select-by", choices=("nll", "macro_f1"), default=SELECT_BY,
                     help=f"validation score of the rate selection (default {SELECT_BY}; see quality_select.py)")
+    ap.add_argument("--select-seeds", type=int, default=SELECT_SEEDS, metavar="N",
+                    help=f"trainings per grid point and selection fold, pooled (default {SELECT_SEEDS})")
     args = ap.parse_args()
-    SELECT_BY = args.select_by
+    if args.select_seeds < 1:
+        raise SystemExit("error: --select-seeds must be at least 1")
+    SELECT_BY, SELECT_SEEDS = args.select_by, args.select_seeds
     use_corpus(args.corpus)
     if args.report_only:
         from benchmarks.adapters.quality_report import markdown

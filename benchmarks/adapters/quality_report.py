@@ -257,8 +257,8 @@ def _header(res: dict) -> list[str]:
         f"for every row: fold 0's "
         f"training part ({st['n_select_sequences']} sequences, {st['n_select_windows']} windows; never fold 0's test "
         f"windows) is split into {st['select_folds']} stratified folds grouped by sequence; every grid point is "
-        f"trained once per selection fold on the other {st['select_folds'] - 1} "
-        f"({'/'.join(str(n) for n in st['n_select_train'])} training windows; seed = the selection fold's index) "
+        f"trained {_times(st)} per selection fold on the other {st['select_folds'] - 1} "
+        f"({'/'.join(str(n) for n in st['n_select_train'])} training windows; {_seed_text(st)}) "
         f"and scored on it, and {_rule_text(res)}. DyLoRA's point is scored by the mean over "
         f"ranks 1..r of its pooled {_score_name(res)} at each rank, and its mode is chosen with its rate; SoRA's "
         "shrink is "
@@ -424,11 +424,27 @@ def _dylora(res: dict, rows: dict) -> list[str]:
     return lines + [""] + _dylora_selection(res, dy)
 
 
+def _times(st: dict) -> str:
+    n = st.get("select_seeds", 1)
+    return "once" if n == 1 else f"{n} times (seeds pooled)"
+
+
+def _seed_text(st: dict) -> str:
+    if st.get("select_seeds", 1) == 1:
+        return "seed = the selection fold's index"
+    return f"seeds j, j + {st['select_folds']}, ... for selection fold j"
+
+
+def _pooled_over(st: dict) -> str:
+    n = st.get("select_seeds", 1)
+    return f"{st['select_folds']} selection folds" + ("" if n == 1 else f" x {n} seeds")
+
+
 def _dylora_selection(res: dict, dy: dict) -> list[str]:
     sel, r = dy["selection"], res["setup"]["rank"]
     nll = _rule(res) == "nll"
     lines = [f"DyLoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''}, "
-             f"pooled over the {res['setup']['select_folds']} selection folds; the score is the mean over ranks):",
+             f"pooled over the {_pooled_over(res['setup'])}; the score is the mean over ranks):",
              "", f"| mode | rate | macro-F1, mean over ranks 1..{r} | rank 1 | rank {r} |"
              + (f" cross-entropy, mean over ranks | rank 1 | rank {r} |" if nll else ""),
              "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if nll else "")]
@@ -482,7 +498,7 @@ def _sora_selection(res: dict, so: dict) -> list[str]:
     sel, cap = so["selection"], res["setup"]["sora_max_kept"]
     nll = _rule(res) == "nll"
     lines = [f"SoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''} "
-             f"pooled over the {res['setup']['select_folds']} selection folds, and the share of gates non-zero at the "
+             f"pooled over the {_pooled_over(res['setup'])}, and the share of gates non-zero at the "
              "end of those trainings):", "",
              "| total shrink | rate | validation macro-F1 % |" + (" validation cross-entropy |" if nll else "")
              + " gates non-zero % | eligible |", "|---:|---:|---:|" + ("---:|" if nll else "") + "---:|---|"]

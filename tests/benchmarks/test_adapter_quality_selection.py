@@ -155,3 +155,21 @@ def test_default_rule_is_macro_f1_and_takes_the_other_point_of_the_same_grid(by_
     per_point = [_job(gold, [0, 1, 0, 1], nll=[0.1, 0.1, 3.0, 3.0]), _job(gold, [0, 1, 0, 0], nll=[0.3, 0.3, 0.4, 0.8])]
     sel = q._choose("lora", [1e-3, 3e-3], [p for p in per_point for _ in range(q.SELECT_FOLDS)])
     assert sel["rule"] == "macro_f1" and sel["chosen"] == 1e-3
+
+
+def test_select_seeds_train_every_point_with_distinct_seeds_and_pool_them(monkeypatch, by_macro_f1):
+    """``--select-seeds 2``: every grid point is trained on every selection fold at seeds j and j + SELECT_FOLDS,
+    and ``_choose`` scores a point on all of its 2 x SELECT_FOLDS trainings, not on the first SELECT_FOLDS."""
+    monkeypatch.setattr(q, "SELECT_SEEDS", 2)
+    jobs = q._select_jobs("lora", {"r": 2}, [1e-3, 3e-3], 0.1, "tmp")
+    n = q.SELECT_FOLDS
+    assert len(jobs) == 2 * 2 * n
+    first = jobs[:2 * n]  # the first grid point's jobs
+    assert {j[1]["r"] for j in jobs} == {2} and {j[2] for j in first} == {1e-3}
+    assert sorted((j[4], j[7]) for j in first) == sorted((f, f + n * s) for s in range(2) for f in range(n))
+    # point 1: right on its first-seed trainings only; point 2: right on all of them -> point 2 wins
+    right, wrong = _job([0, 1], [0, 1]), _job([0, 1], [1, 0])
+    results = [right] * n + [wrong] * n + [right] * (2 * n)
+    sel = q._choose("lora", [1e-3, 3e-3], results)
+    assert sel["chosen"] == 3e-3
+    assert [p["macro_f1"] for p in sel["points"]] == pytest.approx([0.5, 1.0])
