@@ -1,8 +1,8 @@
 """The adapter-quality benchmark's selection rule (``quality.py``): how a grid point is scored on the selection
 folds and which point wins. The same rule for every row.
 
-A grid point is trained once per selection fold and predicts that fold's validation windows; its score is pooled
-over every validation window of every selection fold:
+A grid point is trained once per selection fold (``--select-seeds N``: N times, with distinct seeds) and predicts
+that fold's validation windows; its score is pooled over every validation prediction of every selection fold:
 
 * ``"macro_f1"`` (the default): the pooled macro-F1; the highest wins (ties: accuracy, then the smaller rate).
 * ``"nll"`` (``--select-by nll``): the class-balanced cross-entropy of the validation windows,
@@ -20,7 +20,7 @@ training serves every rank). SoRA is chosen only among the points with at most `
 at the end of the selection trainings (the target's own condition; all points when none qualifies, recorded as
 ``constraint_met`` False).
 
-Not covered: more than one seed per selection fold, a head rate chosen per row.
+Not covered: a head rate chosen per row.
 """
 
 from __future__ import annotations
