@@ -20,14 +20,14 @@ app = typer.Typer(help="Language and task adapters for low-resource languages (M
                   no_args_is_help=True)
 
 
-def _parse_options(items: list[str]) -> dict:
+def _parse_options(items: list[str], flag: str = "--option") -> dict:
     import yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            fail(f"--option {item!r}: expected key=value")
+            fail(f"{flag} {item!r}: expected key=value")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -162,6 +162,8 @@ def train_task_cmd(
     task_method: Optional[str] = typer.Option(None, help="task adapter method (default seq_bn)"),
     reduction_factor: Optional[int] = typer.Option(None, help="task adapter reduction factor (seq_bn, seq_bn_inv "
                                                    "only; default 2)"),
+    task_option: List[str] = typer.Option([], help="task adapter option key=value (repeatable), e.g. r=16 "
+                                          "lora_alpha=32 for --task-method lora; refused by a method without it"),
     label_mode: Optional[str] = typer.Option(None, help="NER only: label the first subword of a word, or all "
                                              "(default first)"),
     pooling: Optional[str] = typer.Option(None, help="topic/sentiment only: mean of the last hidden states, or cls "
@@ -188,6 +190,11 @@ def train_task_cmd(
     mode = "stack" if stack else "fuse" if fuse else "full" if full else "task"
     if full and task_method is not None:
         fail("--task-method and --full exclude each other (full fine-tuning trains no adapter)")
+    if full and task_option:
+        fail("--task-option and --full exclude each other (full fine-tuning trains no adapter)")
+    extra = _parse_options(task_option, "--task-option")
+    if reduction_factor is not None and "reduction_factor" in extra:
+        fail("--reduction-factor and --task-option reduction_factor=... both given; give one")
     task_method = task_method or "seq_bn"
     bottleneck = task_method in ("seq_bn", "seq_bn_inv")
     # an option that would not act on this run is refused, never silently dropped
@@ -203,7 +210,7 @@ def train_task_cmd(
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
             fail(f"--seeds {seeds!r}: expected comma-separated integers")
-        opts = {"reduction_factor": reduction_factor or 2} if bottleneck and not full else {}
+        opts = {**({"reduction_factor": reduction_factor or 2} if bottleneck and not full else {}), **extra}
         cfg = TaskConfig(base=base, task=task, language=lang, train_file=str(train), eval_file=str(eval),
                          mode=mode, lang_adapters=[str(p) for p in ([stack] if stack else fuse)],
                          task_method=task_method, task_options=opts, label_mode=label_mode or "first",

@@ -235,3 +235,24 @@ def test_one_class_training_split_and_bad_eval_file_destroy_nothing(tiny_base, t
     res = _train(tiny_base, tmp_path / "run", "--overwrite", train=tr, dev=bad, steps=1)
     assert res.exit_code == 2 and "bad.tsv:3: expected 2 tab-separated fields, found 3" in res.output
     assert (tmp_path / "run" / "run.json").read_bytes() == before
+
+
+def test_task_option_sets_the_task_adapters_rank_and_an_option_the_method_lacks_is_refused(tiny_base, tmp_path):
+    """``--task-option r=4`` reaches the LoRA task adapter (its saved factors have rank 4, not the default 8);
+    an option the method does not have, or one given twice, is refused before anything is written."""
+    tr, dv = _small_sentiment(tmp_path, n=20)
+    res = _train(tiny_base, tmp_path / "lora4", "--task-method", "lora_native", "--task-option", "r=4",
+                 "--task-option", "lora_alpha=8", train=tr, dev=dv, steps=1)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "lora4" / "run.json").read_text())["config"]
+    assert cfg["task_options"] == {"r": 4, "lora_alpha": 8}
+    shapes = {tuple(t.shape) for f in (tmp_path / "lora4").rglob("*.safetensors")
+              for k, t in load_file(f).items() if "lora_A" in k}
+    assert shapes and {s[0] for s in shapes} == {4}, shapes
+    for extra, msg in ((["--task-option", "r=4"], "adapter[seq_bn].r' (known: "),
+                       (["--reduction-factor", 4, "--task-option", "reduction_factor=8"], "both given"),
+                       (["--full", "--task-option", "r=4"], "exclude each other"),
+                       (["--task-option", "r"], "expected key=value")):
+        res = _train(tiny_base, tmp_path / "bad", *extra, train=tr, dev=dv, steps=1)
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (extra, res.output)
+        assert not (tmp_path / "bad").exists()
