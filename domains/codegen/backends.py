@@ -72,6 +72,15 @@ class LocalBackend:
 
     def complete(self, prompt: str, n: int, seed: int, temperature: float, top_p: float, max_tokens: int,
                  stop: list[str]) -> list[str]:
+        return [c["text"] for c in self.complete_with_info(prompt, n, seed, temperature, top_p, max_tokens,
+                                                           stop)["choices"]]
+
+    def complete_with_info(self, prompt: str, n: int, seed: int, temperature: float, top_p: float,
+                           max_tokens: int, stop: list[str]) -> dict:
+        """``complete``'s texts with what an OpenAI-style client reads beside them: per choice the
+        ``finish_reason`` (``"stop"``: a stop string or the end-of-sequence token ended it; ``"length"``:
+        ``max_tokens`` new tokens without either) and ``completion_tokens`` (the tokens of the returned text),
+        and the ``prompt_tokens`` the model saw (after left-truncation to the context)."""
         import torch
         from transformers import StoppingCriteriaList
 
@@ -93,8 +102,20 @@ class LocalBackend:
                     eos_token_id=self.tok.eos_token_id, stopping_criteria=stopping, **kw)  # out: (n, T + new)
         finally:
             torch.set_num_threads(saved)
-        texts = [truncate(self.tok.decode(row[ids.shape[1]:], skip_special_tokens=True), stop) for row in out]
-        return texts * n if greedy else texts  # greedy: the n samples are one and the same
+        choices = []
+        for row in out:  # row: (T + new,)
+            new = row[ids.shape[1]:].tolist()
+            ended = self.tok.eos_token_id is not None and self.tok.eos_token_id in new
+            if ended:
+                new = new[:new.index(self.tok.eos_token_id)]
+            raw = self.tok.decode(new, skip_special_tokens=True)
+            text = truncate(raw, stop)
+            why = "stop" if ended or text != raw or any(st in raw for st in stop) or len(new) < max_tokens \
+                else "length"
+            choices.append({"text": text, "finish_reason": why,
+                            "completion_tokens": len(self.tok(text, add_special_tokens=False)["input_ids"])})
+        # greedy: the n samples are one and the same
+        return {"choices": choices * n if greedy else choices, "prompt_tokens": int(ids.shape[1])}
 
 
 class HttpBackend:

@@ -2,8 +2,10 @@
 
 Endpoints: ``POST /v1/completions`` (``prompt`` a string, ``n``, ``max_tokens``, ``temperature``,
 ``top_p``, ``stop`` a string or list, ``seed``), ``GET /v1/models``, ``GET /health``. Generation
-goes through ``backends.LocalBackend.complete`` under a lock (one request at a time on the one
-model), so a request answers exactly what the local backend gives for the same prompt and seed.
+goes through ``backends.LocalBackend.complete_with_info`` under a lock (one request at a time on the one
+model), so a request answers exactly what the local backend gives for the same prompt and seed; each
+choice's ``finish_reason`` is ``"length"`` when ``max_tokens`` ran out, else ``"stop"``, and ``usage`` counts
+the model's tokens (the prompt after left-truncation to the context; the returned texts).
 The server binds 127.0.0.1 only (it runs arbitrary-length generations for whoever connects).
 
 Not covered: the chat API, streaming, batched prompts (``prompt`` as a list), authentication.
@@ -44,12 +46,14 @@ def handle_completion(backend: LocalBackend, lock: threading.Lock, body: dict, m
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else list(stop)
     with lock:
-        texts = backend.complete(prompt, n, seed, temperature, top_p, max_tokens, stop)
+        info = backend.complete_with_info(prompt, n, seed, temperature, top_p, max_tokens, stop)
+    done = sum(c["completion_tokens"] for c in info["choices"])
     return 200, {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": int(time.time()),
                  "model": model_name,
-                 "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": "stop"}
-                             for i, t in enumerate(texts)],
-                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": sum(len(t) for t in texts)}}
+                 "choices": [{"index": i, "text": c["text"], "logprobs": None, "finish_reason": c["finish_reason"]}
+                             for i, c in enumerate(info["choices"])],
+                 "usage": {"prompt_tokens": info["prompt_tokens"], "completion_tokens": done,
+                           "total_tokens": info["prompt_tokens"] + done}}
 
 
 def make_server(backend: LocalBackend, port: int = 8000, model_name: str | None = None) -> ThreadingHTTPServer:

@@ -96,3 +96,31 @@ def test_server_rejects_bad_requests(server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 400
+
+
+def _post(server, body):
+    import urllib.request
+
+    req = urllib.request.Request(f"{server}/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def test_served_finish_reason_and_usage_count_the_models_tokens(local, server):
+    """A client reads ``finish_reason`` to know whether a completion was cut by ``max_tokens`` ("length") or
+    ended ("stop"), and ``usage`` in tokens; the server answered "stop" and counted characters."""
+    p = load_problems("humaneval-r")[0]
+    full = _post(server, {"prompt": p.prompt, "max_tokens": 12, "temperature": 0})
+    text = full["choices"][0]["text"]
+    assert full["choices"][0]["finish_reason"] == "length"
+    n_prompt = len(local.tok(p.prompt, add_special_tokens=False)["input_ids"])
+    n_text = len(local.tok(text, add_special_tokens=False)["input_ids"])
+    assert full["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": n_text,
+                             "total_tokens": n_prompt + n_text}
+    assert n_text <= 12  # (the tiny model's tokenizer is character-level: here tokens and characters agree)
+    stripped = text.strip()
+    assert len(stripped) >= 4, text  # the tiny model's greedy continuation has something to stop at
+    stop = stripped[2:4]
+    cut = _post(server, {"prompt": p.prompt, "max_tokens": 12, "temperature": 0, "stop": [stop]})["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["text"] == text[:text.index(stop)]
