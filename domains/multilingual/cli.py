@@ -235,6 +235,8 @@ def evaluate_cmd(
     out: Path = typer.Option(..., help="output folder: results.csv, results.md"),
     eval: Optional[Path] = typer.Option(None, help="task runs: score this split instead of the run's own"),
     text: Optional[Path] = typer.Option(None, help="language adapters: held-out text for pseudo-perplexity"),
+    text_lang: str = typer.Option("?", help="language code of --text (its rows' language; each adapter's own "
+                                  "language is shown in its adapter column)"),
     max_sentences: int = typer.Option(200, help="pseudo-perplexity: sentences scored (0: all)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
@@ -255,12 +257,14 @@ def evaluate_cmd(
             fail(f"{r}: neither a train-task run nor a language adapter (no run.json or adaptome.json)")
     task_runs = [r for r in runs if (r / "run.json").is_file() and not (r / "adapter").is_dir()]
     lang_runs = [r for r in runs if r not in task_runs]
+    if text_lang != "?" and text is None:
+        fail("--text-lang names the language of --text; give --text FILE")
     if lang_runs and text is None:
         fail(f"{lang_runs[0]}: a language adapter run; give --text FILE to score pseudo-perplexity")
     with user_errors():
         rows = evaluate_task_runs(task_runs, str(eval) if eval else None) if task_runs else []
         if lang_runs:
-            rows += evaluate_language_adapters(lang_runs, str(text), max_sentences)
+            rows += evaluate_language_adapters(lang_runs, str(text), max_sentences, text_language=text_lang)
         table = to_markdown(rows)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             (tmp / "results.csv").write_text(to_csv(rows), encoding="utf-8")

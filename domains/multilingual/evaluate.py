@@ -112,8 +112,10 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None)
 
 
 def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, max_sentences: int = 200,
-                               max_length: int = 128) -> list[dict]:
-    """Pseudo-perplexity of each language adapter (and of its base, once) on ``text_file``."""
+                               max_length: int = 128, text_language: str = "?") -> list[dict]:
+    """Pseudo-perplexity of each language adapter (and of its base, once) on ``text_file``. The rows' language
+    is the text's (``text_language``; "?" when not given), the language an adapter was trained for is in its
+    adapter column (``seq_bn [hau]``): an adapter scored on another language's text is a cross-lingual row."""
     from adaptome.core.adapters.io import CheckpointError, load_adapter, read_adapter_meta
     from adaptome.domains.multilingual.base import base_fingerprint, load_base
     from adaptome.domains.multilingual.lang_adapter import adapter_dir
@@ -132,14 +134,15 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
             raise CheckpointError(f"{folder}: its base {base} changed since the adapter was trained; retrain it "
                                   "(or restore the base)")
         tok, model = load_base(base, "mlm")
-        lang = meta.get("language", "?")
+        trained_for = meta.get("language") or "?"
         if base not in bases_done:
             bases_done.add(base)
-            rows.append(_row("-", lang, "mlm", where, base, "none", "-", "-", "pseudo_perplexity",
+            rows.append(_row("-", text_language, "mlm", where, base, "none", "-", "-", "pseudo_perplexity",
                              pseudo_perplexity(model, tok, lines, max_length)))
         model = load_adapter(model, folder)
-        rows.append(_row(str(run), lang, "mlm", where, base, meta["method"], meta.get("source", "?"), "-",
-                         "pseudo_perplexity", pseudo_perplexity(model, tok, lines, max_length)))
+        rows.append(_row(str(run), text_language, "mlm", where, base, f"{meta['method']} [{trained_for}]",
+                         meta.get("source", "?"), "-", "pseudo_perplexity",
+                         pseudo_perplexity(model, tok, lines, max_length)))
     return rows
 
 

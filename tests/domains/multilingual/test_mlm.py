@@ -111,8 +111,15 @@ def test_language_adapter_lowers_heldout_pseudo_perplexity(lang_adapter, tiny_ba
     rows = (tmp_path / "ev" / "results.csv").read_text().splitlines()
     assert rows[0] == "run,language,task,split,base,adapter,data_source,seed,metric,value"
     vals = {r.split(",")[5]: float(r.split(",")[-1]) for r in rows[1:]}
-    assert math.isclose(vals["seq_bn"], run["pppl_adapter"], rel_tol=1e-4)
+    assert math.isclose(vals[f"seq_bn [{run['config']['language']}]"], run["pppl_adapter"], rel_tol=1e-4)
     assert math.isclose(vals["none"], run["pppl_base"], rel_tol=1e-4)
+    # the rows' language is the text's: the same adapter scored on Swahili text is a Swahili row, said as such
+    res = invoke(["multilingual", "evaluate", lang_adapter, "--text", text_splits / "swa" / "test.txt",
+                  "--text-lang", "swa", "--max-sentences", 10, "--out", tmp_path / "ev_swa"])
+    assert res.exit_code == 0, res.output
+    rows = [r.split(",") for r in (tmp_path / "ev_swa" / "results.csv").read_text().splitlines()[1:]]
+    assert {r[1] for r in rows} == {"swa"}
+    assert sorted(r[5] for r in rows) == sorted(["none", f"seq_bn [{run['config']['language']}]"])
 
 
 def test_bert_architecture_and_errors(tmp_path, text_splits):
