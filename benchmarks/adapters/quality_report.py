@@ -216,7 +216,10 @@ def _header(res: dict) -> list[str]:
     mlm = enc["mlm_losses"]
     return [
         "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol"
-        + ("" if _disjoint(st) else ", encoder pretrained on the transductive corpus"), "",
+        + ("" if _disjoint(st) else ", encoder pretrained on the transductive corpus")
+        + ("" if st.get("select_seeds", 1) == 1
+           else f", rates chosen on {st['select_seeds']} seeds per selection fold"),
+        "",
         f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
         f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
         f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}."
