@@ -207,6 +207,9 @@ def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--
     r2_txt = "n/a" if s["r2"]["mean"] is None else f"{s['r2']['mean']:.3f}"
     typer.echo(f"{', '.join(done)} -> {res['out_dir']}; fold R2 {r2_txt}, AUC {auc_txt} over {auc['n_folds']} of "
                f"{auc['of_folds']} folds; predictions: {res['predictions']}")
+    if s["unlabelled"]:
+        typer.secho(f"  {len(s['unlabelled'])} feature file(s) without a label left out, e.g. {s['unlabelled'][:3]}",
+                    fg=typer.colors.YELLOW)
     for f, why in auc["folds_without_auc"].items():
         typer.secho(f"  fold {f} has no AUC: {why}", fg=typer.colors.YELLOW)
 

@@ -45,13 +45,24 @@ def slide_id(path: str | os.PathLike) -> str:
 
 
 def list_slides(source: str | os.PathLike) -> list[Path]:
-    """Slide files under a folder (sorted), or the single file given."""
+    """Slide files under a folder (sorted), or the single file given. Two files with the same id
+    (``A.svs`` and ``A.tiff``) are refused: every output is named by the id, so one slide's results
+    would replace the other's."""
     src = Path(source)
     if src.is_file():
         return [src]
     if not src.is_dir():
         raise SlideError(f"{src}: no such slide file or folder")
-    return sorted(p for p in src.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS and p.is_file())
+    paths = sorted(p for p in src.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS and p.is_file())
+    by_id: dict[str, list[str]] = {}
+    for p in paths:
+        by_id.setdefault(slide_id(p), []).append(p.name)
+    same = {k: v for k, v in by_id.items() if len(v) > 1}
+    if same:
+        k, names = next(iter(same.items()))
+        raise SlideError(f"{src}: {len(same)} slide id(s) name several files, e.g. {k!r}: {', '.join(names)}; "
+                         f"outputs are named by the id, so rename or move one of each")
+    return paths
 
 
 def open_slide(path: str | os.PathLike):

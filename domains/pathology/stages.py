@@ -306,11 +306,14 @@ def train(cfg, progress: bool = True) -> dict:
     when the same parameters, label file contents and feature files made them; other labels or
     features: retrained, saying why; other parameters or another feature width: refused unless
     ``overwrite``. Writes ``summary.json`` / ``summary.md`` (see ``train_summary.py``)."""
-    from adaptome.domains.pathology.train import TRAIN_OPTIONS, read_labels, train_cv, train_identity
+    from adaptome.domains.pathology.train import TRAIN_OPTIONS, check_groups, read_labels, train_cv, train_identity
     from adaptome.domains.pathology.train_summary import prepare_run, record_run, write_train_summary
 
     out = train_dir(cfg)
     rows = read_labels(cfg.labels)
+    check_groups(rows, cfg.k, cfg.group_by, cfg.labels)  # before anything is written or removed
+    labelled = {r["slide_id"] for r in rows}
+    unlabelled = sorted(p.stem for p in Path(cfg.features_dir).glob("*.h5") if p.stem not in labelled)
     params = {k: getattr(cfg, k) for k in TRAIN_OPTIONS}
     current = train_identity(cfg.features_dir, cfg.labels, rows, params)
     redo = prepare_run(out, current, cfg.features_dir, cfg.overwrite)  # refuses before anything is written
@@ -324,7 +327,7 @@ def train(cfg, progress: bool = True) -> dict:
         why = str(e).splitlines()[0] if str(e) else ""
         write_train_summary(out, {"status": f"stopped ({type(e).__name__}: {why}); no complete result"}, cfg.cutoff)
         raise
-    res.update(out_dir=str(out), redo_reason=redo)
+    res.update(out_dir=str(out), redo_reason=redo, unlabelled=unlabelled)
     res["summary"] = write_train_summary(out, {**res, "status": "complete"}, cfg.cutoff)
     return res
 
