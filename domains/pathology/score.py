@@ -227,8 +227,16 @@ def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLi
     for ``slides.csv``. ``recipe``: the model's feature recipe, checked against the file (``check_recipe``)."""
     from adaptome.domains.pathology.extract import read_features
 
+    from adaptome.domains.pathology.slide import open_slide
+    from adaptome.domains.pathology.tiling import check_same_slide
+
     feats, coords, attrs = read_features(feature_file)
     check_recipe(recipe, attrs, str(feature_file))
+    slide = open_slide(slide_path)
+    try:
+        check_same_slide(attrs, slide, slide_path, feature_file)
+    finally:
+        slide.close()
     return score_features(slide_path, feats, coords, attrs, models, out_dir, heatmaps, thumb_size, str(feature_file))
 
 

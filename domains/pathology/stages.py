@@ -196,15 +196,17 @@ def _extract_shared(cfg, encoder, summary: StageSummary, jobs: list[Job], tiles_
     each slide's file as soon as its last tile is encoded. A tile that cannot be read (in a reader
     worker or here) fails its slide only: named in one line, recorded, and the others go on."""
     from adaptome.domains.pathology.extract import encode_many, feature_attrs, write_features
-    from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
+    from adaptome.domains.pathology.tiling import read_coords, slide_geometry
 
     ready, meta = [], []
     for job in jobs:
         try:
             coords, attrs = read_coords(tiles_dir / f"{job.sid}.h5")
             s = open_slide(job.path)
-            geom = geometry_from_attrs(attrs, s.level_downsamples)
-            s.close()
+            try:
+                geom = slide_geometry(attrs, s, job.path, tiles_dir / f"{job.sid}.h5")
+            finally:
+                s.close()
         except Exception as e:
             msg = user_failure(e, job.path)
             if msg is None:

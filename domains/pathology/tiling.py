@@ -167,6 +167,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
             "height": slide.dimensions[1], "stain_norm": stain_norm,
             "artefacts": bool((seg_params or {}).get("artefacts", False)),
+            "slide_bytes": os.path.getsize(path),  # with width / height: tells this slide from another of its name
         }
         if stain_norm == "macenko" and keep.any():
             from dataclasses import replace
@@ -214,3 +215,25 @@ def geometry_from_attrs(attrs: dict, level_downsamples) -> TileGeometry:
                     int(attrs["tile_size"]), int(attrs["overlap"]))
     est = from_attrs(attrs)
     return geom if est is None else replace(geom, stain=to_tuple(est))
+
+
+def check_same_slide(attrs: dict, slide, path: str | os.PathLike, source: str | os.PathLike) -> None:
+    """Refuse a tiling or feature file (``source``) made from another slide than ``path`` (the same
+    id in another folder, or a slide replaced since): its level-0 size (``width`` / ``height``) or its
+    file size (``slide_bytes``, recorded since it was added) differ. Coordinates of one slide read on
+    another would give wrong features and heatmaps without any error."""
+    w, h = slide.dimensions
+    why = ""
+    if "width" in attrs and (int(attrs["width"]), int(attrs["height"])) != (w, h):
+        why = f"{int(attrs['width'])} x {int(attrs['height'])} px, this slide is {w} x {h}"
+    elif "slide_bytes" in attrs and int(attrs["slide_bytes"]) != os.path.getsize(path):
+        why = f"a {int(attrs['slide_bytes'])}-byte file, this one has {os.path.getsize(path)} bytes"
+    if why:
+        raise PathologyError(f"{source}: made from another slide than {path} ({why}); re-run 'tile' (and "
+                             f"'extract') for this slide, or give the slide it was made from")
+
+
+def slide_geometry(attrs: dict, slide, path: str | os.PathLike, source: str | os.PathLike) -> TileGeometry:
+    """``geometry_from_attrs`` for an open ``slide`` after ``check_same_slide``."""
+    check_same_slide(attrs, slide, path, source)
+    return geometry_from_attrs(attrs, slide.level_downsamples)

@@ -1,0 +1,120 @@
+"""A user's own inputs through the CLI: label tables as people write them (fractions, duplicate ids,
+empty cells, stray spaces, no site column), slide folders with two files of one id, and features or
+tiles of another slide under the same id. Each is refused with one line naming the file and the
+problem, before anything is written, or handled as documented (ids stripped, unlabelled slides
+counted)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptome.domains.pathology.cli import app
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _errors(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if ln.startswith("error:")]
+
+
+def _labels(cohort) -> list[dict]:
+    with open(cohort["labels"], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path, rows, fields=("slide_id", "case_id", "target", "site"), newline="\n", encoding="utf-8"):
+    with open(path, "w", newline="", encoding=encoding) as f:
+        f.write(",".join(fields) + newline)
+        for r in rows:
+            f.write(",".join(str(r.get(k, "")) for k in fields) + newline)
+    return path
+
+
+def _train(cohort, labels, out, *extra):
+    return _cli("train", "--features-dir", cohort["features_dir"], "--labels", labels, "--out", out, "--k", 2,
+                "--set", "max_steps=3", *extra)
+
+
+@pytest.mark.parametrize("case", ["fractions", "duplicate", "duplicate_same", "empty_case", "no_site"])
+def test_train_refuses_label_tables_that_would_be_read_wrong(cohort, tmp_path, case):
+    rows = _labels(cohort)
+    group = ["--group-by", "site"] if case == "no_site" else []
+    fields = ("slide_id", "case_id", "target", "site")
+    if case == "fractions":  # 0-1 fractions: read as %, every slide would be sTIL-low and R2 nonsense
+        rows = [{**r, "target": float(r["target"]) / 100} for r in rows]
+        want = "every target lies within 0..1"
+    elif case == "duplicate":  # the same slide again, another case: it would be in a training and a test fold
+        rows = rows + [{**rows[0], "case_id": "another_case", "target": 80}]
+        want = f"line {len(rows) + 1}: slide '{rows[0]['slide_id']}' is listed again (first on line 2)"
+    elif case == "duplicate_same":
+        rows = rows + [rows[3]]
+        want = f"line {len(rows) + 1}: slide '{rows[3]['slide_id']}' is listed again (first on line 5)"
+    elif case == "empty_case":  # empty case ids would all fall in one group
+        rows = rows[:5] + [{**rows[5], "case_id": ""}] + rows[6:]
+        want = "line 7: empty case_id"
+    else:  # --group-by site without a site column fell back to case-level folds
+        fields = ("slide_id", "case_id", "target")
+        want = f"{len(rows)} of {len(rows)} labelled slides have no site"
+    labels = _write(tmp_path / "labels.csv", rows, fields)
+    r = _train(cohort, labels, tmp_path / "out", *group)
+    assert r.exit_code == 2, r.output
+    assert _errors(r.output) == [_errors(r.output)[0]] and str(labels) in r.output and want in r.output, r.output
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_train_strips_ids_reads_bom_crlf_and_counts_unlabelled_slides(cohort, tmp_path):
+    rows = _labels(cohort)
+    kept = rows[:-3]  # three slides with features but no label
+    labels = _write(tmp_path / "labels.csv", [{**r, "slide_id": f" {r['slide_id']} "} for r in kept],
+                    newline="\r\n", encoding="utf-8-sig")
+    r = _train(cohort, labels, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    left = sorted(r2["slide_id"] for r2 in rows[-3:])
+    assert f"3 feature file(s) without a label left out, e.g. {left}" in r.output
+    run = next((tmp_path / "out").glob("mil_*"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["unlabelled"] == left and summary["n_slides"] == len(kept)
+    with open(run / "predictions.csv", newline="") as f:
+        pred = {p["slide_id"]: float(p["target"]) for p in csv.DictReader(f)}
+    assert pred == {r2["slide_id"]: float(r2["target"]) for r2 in kept}  # every labelled slide, joined by its id
+    assert "3 feature files without a label left out" in (run / "summary.md").read_text()
+
+
+def test_two_slide_files_with_one_id_are_refused(cohort, tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    shutil.copy2(cohort["slides"] / "train_000.tiff", d / "A.tiff")
+    shutil.copy2(cohort["slides"] / "train_001.tiff", d / "A.tif")  # A.tif's tiles would replace A.tiff's
+    shutil.copy2(cohort["slides"] / "train_002.tiff", d / "B.tiff")
+    r = _cli("tile", d, "--out", tmp_path / "job", "--tile-size", 64)
+    assert r.exit_code == 2, r.output
+    assert _errors(r.output) == [f"error: {d}: 1 slide id(s) name several files, e.g. 'A': A.tif, A.tiff; outputs "
+                                 "are named by the id, so rename or move one of each"]
+    assert not (tmp_path / "job").exists()
+
+
+def test_features_or_tiles_of_another_slide_with_the_same_id_are_refused(cohort, trained, tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    shutil.copy2(cohort["slides"] / "train_001.tiff", d / "train_000.tiff")  # another slide under train_000's id
+    model = trained["real"]["out_dir"]
+    r = _cli("score", d, "--model", model, "--features-dir", cohort["features_dir"], "--out", tmp_path / "scores")
+    assert r.exit_code == 2, r.output
+    assert f"{cohort['features_dir'] / 'train_000.h5'}: made from another slide than {d / 'train_000.tiff'}" \
+        in r.output and "-byte file, this one has" in r.output, r.output
+    assert not (tmp_path / "scores" / "tiles" / "train_000.csv").exists()
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for name in ("config.yaml", "train_000.h5"):
+        shutil.copy2(cohort["tiles_dir"] / name, tiles / name)
+    r = _cli("extract", d, "--tiles-dir", tiles, "--set", "num_workers=0")
+    assert r.exit_code == 2, r.output
+    assert f"{tiles / 'train_000.h5'}: made from another slide than {d / 'train_000.tiff'}" in r.output, r.output
+    assert not (tiles / "features_baseline" / "train_000.h5").exists()
