@@ -89,7 +89,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
 
 def tile(cfg, progress: bool = True) -> StageSummary:
     """Tile coordinates at the target magnification / MPP (``cfg``: ``config.TileConfig``)."""
-    from adaptome.domains.pathology.tiling import stage_tag, tile_slide, write_coords
+    from adaptome.domains.pathology.tiling import stage_tag, tile_slide, why_no_tiles, write_coords
 
     out = Path(cfg.out_dir) / stage_tag(cfg.magnification, cfg.mpp, cfg.tile_size, cfg.overlap)
     overrides = read_mpp_csv(cfg.mpp_csv)
@@ -114,6 +114,8 @@ def tile(cfg, progress: bool = True) -> StageSummary:
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
                           "artefacts": cfg.artefacts}, cfg.stain_norm)
+        if len(res["coords"]) == 0:  # an empty bag fails later in train / score; say why here
+            raise PathologyError(f"{path}: no tiles: {why_no_tiles(res['attrs'])}")
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})
 
     return run_stage("tile", _items(cfg.slides), out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress,

@@ -237,3 +237,14 @@ def slide_geometry(attrs: dict, slide, path: str | os.PathLike, source: str | os
     """``geometry_from_attrs`` for an open ``slide`` after ``check_same_slide``."""
     check_same_slide(attrs, slide, path, source)
     return geometry_from_attrs(attrs, slide.level_downsamples)
+
+
+def why_no_tiles(attrs: dict) -> str:
+    """Why a slide tiled with ``attrs`` (``tile_slide``'s) has no tile: it is smaller than one tile at
+    level 0, or no tile has ``min_tissue`` of tissue."""
+    w, h, size0 = int(attrs["width"]), int(attrs["height"]), float(attrs["tile_size_level0"])
+    if w < size0 or h < size0:
+        return (f"the slide ({w} x {h} px at level 0) is smaller than one tile ({int(attrs['tile_size'])} px at "
+                f"{float(attrs['target_mpp']):g} um/px = {size0:.0f} level-0 px); choose a smaller --tile-size")
+    return (f"no tile is at least {float(attrs['min_tissue']):g} tissue (min_tissue; the segment stage's qc/ "
+            f"thumbnail shows the tissue mask)")

@@ -118,3 +118,21 @@ def test_features_or_tiles_of_another_slide_with_the_same_id_are_refused(cohort,
     assert r.exit_code == 2, r.output
     assert f"{tiles / 'train_000.h5'}: made from another slide than {d / 'train_000.tiff'}" in r.output, r.output
     assert not (tiles / "features_baseline" / "train_000.h5").exists()
+
+
+def test_a_slide_smaller_than_one_tile_fails_at_tile_naming_why(cohort, tmp_path):
+    import numpy as np
+    import tifffile
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    shutil.copy2(cohort["slides"] / "train_000.tiff", d / "big.tiff")
+    rgb = np.full((48, 40, 3), 200, np.uint8)
+    tifffile.imwrite(d / "tiny.tiff", rgb, tile=(16, 16), photometric="rgb", compression="zlib", resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")  # 0.5 um/px, 40 x 48 px: a 64-px tile at 20x does not fit
+    r = _cli("tile", d, "--out", tmp_path / "job", "--tile-size", 64, "--skip-errors")
+    assert r.exit_code == 0, r.output
+    assert (f"failed tiny: {d / 'tiny.tiff'}: no tiles: the slide (40 x 48 px at level 0) is smaller than one tile "
+            "(64 px at 0.5 um/px = 64 level-0 px)") in " ".join(r.output.split()), r.output
+    tdir = tmp_path / "job" / "tiles_20x_64px_0ov"
+    assert (tdir / "big.h5").is_file() and not (tdir / "tiny.h5").exists()
