@@ -63,6 +63,9 @@ class TileConfig:
         mpp_csv: CSV ``slide,mpp`` giving the resolution of slides without it in their metadata.
         roi_dir: folder of ``<slide_id>.geojson`` regions of interest (e.g. the tumour bed); tiles
             outside them are dropped.
+        roi_classes: classification names (QuPath's ``properties.classification.name``) of the ROI
+            polygons that bound the region, e.g. ``[Tumor]``; empty: every polygon, and a file whose
+            polygons carry several classes (a region and an ``Ignore*`` one) is refused.
         thumb_size: longest side of the thumbnail the tissue mask is computed on, in pixels.
         blur: median-filter size of the tissue mask (see ``SegmentConfig``).
         close: closing iterations of the tissue mask.
@@ -86,6 +89,7 @@ class TileConfig:
     min_tissue: float = 0.5
     mpp_csv: Optional[str] = None
     roi_dir: Optional[str] = None
+    roi_classes: list = field(default_factory=list)
     thumb_size: int = 1024
     blur: int = 5
     close: int = 2

@@ -98,6 +98,8 @@ def tile(cfg, progress: bool = True) -> StageSummary:
                                             "thumb_size", "blur", "close", "min_area_frac", "artefacts",
                                             "stain_norm")}
     params["roi"] = bool(cfg.roi_dir)
+    if cfg.roi_classes:  # recorded only when set: results made before the option stay valid
+        params["roi_classes"] = sorted(cfg.roi_classes)
 
     def roi_of(sid: str) -> Path | None:
         return Path(cfg.roi_dir) / f"{sid}.geojson" if cfg.roi_dir else None
@@ -113,7 +115,7 @@ def tile(cfg, progress: bool = True) -> StageSummary:
             raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
-                          "artefacts": cfg.artefacts}, cfg.stain_norm)
+                          "artefacts": cfg.artefacts}, cfg.stain_norm, cfg.roi_classes)
         if len(res["coords"]) == 0:  # an empty bag fails later in train / score; say why here
             raise PathologyError(f"{path}: no tiles: {why_no_tiles(res['attrs'])}")
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})

@@ -142,7 +142,7 @@ class TileReader:
 def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overlap: int = 0,
                min_tissue: float = 0.5, mpp_overrides: dict[str, float] | None = None,
                thumb_size: int = 1024, roi_geojson: str | os.PathLike | None = None,
-               seg_params: dict | None = None, stain_norm: str = "none") -> dict:
+               seg_params: dict | None = None, stain_norm: str = "none", roi_classes: list[str] | None = None) -> dict:
     """Tile one slide: returns ``coords`` (N x 2 level-0), ``tissue`` (N coverage) and ``attrs``
     (mpp, target mpp, tile size, level-0 size, read level, slide dimensions, and with ``stain_norm``
     ``macenko`` the slide's stain estimate from up to 32 of its tiles, ``stain_norm.py``)."""
@@ -157,7 +157,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
         thumb, scale = thumbnail(slide, thumb_size)
         mask = tissue_mask(np.asarray(thumb), **(seg_params or {}))
         if roi_geojson is not None:
-            mask &= load_roi_mask(roi_geojson, mask.shape, scale)
+            mask &= load_roi_mask(roi_geojson, mask.shape, scale, roi_classes or ())
         cov = coverage(mask, scale, coords, geom.size0) if len(coords) else np.zeros(0)
         keep = cov >= min_tissue
         attrs = {

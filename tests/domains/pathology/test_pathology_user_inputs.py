@@ -136,3 +136,31 @@ def test_a_slide_smaller_than_one_tile_fails_at_tile_naming_why(cohort, tmp_path
             "(64 px at 0.5 um/px = 64 level-0 px)") in " ".join(r.output.split()), r.output
     tdir = tmp_path / "job" / "tiles_20x_64px_0ov"
     assert (tdir / "big.h5").is_file() and not (tdir / "tiny.h5").exists()
+
+
+def test_roi_of_several_classes_is_refused_and_roi_classes_picks_the_region(cohort, tmp_path):
+    import h5py
+    import openslide
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    shutil.copy2(cohort["slides"] / "train_000.tiff", d / "s.tiff")
+    w, h = openslide.OpenSlide(str(d / "s.tiff")).dimensions
+    box = lambda y0, y1: [[[0, y0], [w, y0], [w, y1], [0, y1], [0, y0]]]  # noqa: E731
+    roi = tmp_path / "roi"
+    roi.mkdir()
+    (roi / "s.geojson").write_text(json.dumps([  # a QuPath export: the tumour bed and an excluded region
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": box(0, h // 2)},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": box(h // 2, h)},
+         "properties": {"objectType": "annotation", "classification": {"name": "Ignore*"}}}]))
+    base = ("tile", d, "--out", tmp_path / "job", "--tile-size", 64, "--set", f"roi_dir={roi}")
+    r = _cli(*base)
+    assert r.exit_code == 2, r.output
+    assert f"{roi / 's.geojson'}: ROI polygons of several classes ['Ignore*', 'Tumor']" in r.output, r.output
+    r = _cli(*base, "--set", "roi_classes=[Tumor]")
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "job" / "tiles_20x_64px_0ov" / "s.h5", "r") as f:
+        y = f["coords"][:, 1]
+        size0 = float(f.attrs["tile_size_level0"])
+    assert len(y) > 0 and (y + size0 / 2).max() <= h // 2  # every kept tile is mostly in the tumour bed
