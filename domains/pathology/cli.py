@@ -224,8 +224,9 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Slide sTIL % (CSV), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
 
-    Example: adaptome pathology score slides/ --model runs/job/.../mil_ratio_case_id_k5
-    --features-dir runs/job/.../features_baseline
+    Example: adaptome pathology score slides/
+    --model runs/job/tiles_20x_256px_0ov/features_baseline/mil_ratio_case_id_k5
+    --features-dir runs/job/tiles_20x_256px_0ov/features_baseline
     """
     from adaptome.domains.pathology import stages
 
@@ -286,7 +287,8 @@ def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
              config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """R^2, Pearson, Spearman, MSE, ROC AUC (mean +- sd over folds), scatter PNG, JSON + Markdown report.
 
-    Example: adaptome pathology evaluate runs/job/.../mil_ratio_case_id_k5/predictions.csv --cutoff 30
+    Example: adaptome pathology evaluate
+    runs/job/tiles_20x_256px_0ov/features_baseline/mil_ratio_case_id_k5/predictions.csv --cutoff 30
     """
     from adaptome.domains.pathology.evaluate import evaluate_predictions
 
