@@ -75,6 +75,9 @@ class TileConfig:
         stain_norm: ``macenko``: estimate each slide's stain from its tiles and read every tile
             normalised to the reference stain (``stain_norm.py``); ``none`` (default, see
             ``benchmarks/pathology/results_hard_cohort.md``): tiles as scanned.
+        allow_upsample: tile a slide scanned coarser than the target resolution (e.g. a 20x scan at
+            ``--mag 40``) by enlarging its pixels; off: such a slide fails, naming both resolutions
+            (10 % slack for scanners' nominal resolutions, e.g. 0.263 um/px at 40x).
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
         overwrite: redo results in the output folder that were made with other parameters (default:
             refuse and name what changed; results made from other input files are redone anyway).
@@ -96,6 +99,7 @@ class TileConfig:
     min_area_frac: float = 0.001
     artefacts: bool = False
     stain_norm: Literal["macenko", "none"] = "none"
+    allow_upsample: bool = False
     skip_errors: bool = False
     overwrite: bool = False
 

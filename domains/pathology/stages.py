@@ -37,6 +37,9 @@ from adaptome.domains.pathology.pipeline import (
 )
 from adaptome.domains.pathology.slide import list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
 
+#: a target resolution finer than this share of a slide's own is refused (``TileConfig.allow_upsample``)
+UPSAMPLE_SLACK = 0.9
+
 
 def _items(slides: str) -> list[tuple[str, Path]]:
     paths = list_slides(slides)
@@ -100,6 +103,8 @@ def tile(cfg, progress: bool = True) -> StageSummary:
     params["roi"] = bool(cfg.roi_dir)
     if cfg.roi_classes:  # recorded only when set: results made before the option stay valid
         params["roi_classes"] = sorted(cfg.roi_classes)
+    if cfg.allow_upsample:
+        params["allow_upsample"] = True
 
     def roi_of(sid: str) -> Path | None:
         return Path(cfg.roi_dir) / f"{sid}.geojson" if cfg.roi_dir else None
@@ -116,6 +121,11 @@ def tile(cfg, progress: bool = True) -> StageSummary:
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
                           "artefacts": cfg.artefacts}, cfg.stain_norm, cfg.roi_classes)
+        mpp0 = float(res["attrs"]["mpp"])
+        if not cfg.allow_upsample and tmpp < UPSAMPLE_SLACK * mpp0:
+            raise PathologyError(f"{path}: scanned at {mpp0:.4g} um/px (about {10 / mpp0:.0f}x), coarser than the "
+                                 f"target {tmpp:.4g} um/px: its tiles would be enlarged {mpp0 / tmpp:.2g}x; tile at "
+                                 f"--mpp {mpp0:.4g} or coarser, or pass --set allow_upsample=true")
         if len(res["coords"]) == 0:  # an empty bag fails later in train / score; say why here
             raise PathologyError(f"{path}: no tiles: {why_no_tiles(res['attrs'])}")
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})

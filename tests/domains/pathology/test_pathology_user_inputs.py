@@ -164,3 +164,62 @@ def test_roi_of_several_classes_is_refused_and_roi_classes_picks_the_region(coho
         y = f["coords"][:, 1]
         size0 = float(f.attrs["tile_size_level0"])
     assert len(y) > 0 and (y + size0 / 2).max() <= h // 2  # every kept tile is mostly in the tumour bed
+
+
+def test_labels_joins_the_digi_stils_table_to_tcga_slide_files_by_case(tmp_path):
+    from adaptome.domains.pathology.slide import SAMPLE_LABELS
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    names = ["TCGA-A1-A0SK-01Z-00-DX1.AB12", "TCGA-A1-A0SK-01Z-00-DX2.CD34", "TCGA-A2-A0CM-01Z-00-DX1.EF56",
+             "TCGA-ZZ-0000-01Z-00-DX1.GH78", "not_tcga"]
+    for n in names:
+        (d / f"{n}.svs").write_bytes(b"")  # only the names are read
+    out = tmp_path / "labels.csv"
+    r = _cli("labels", SAMPLE_LABELS, "--slides", d, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "3 rows (2 cases)" in r.output and "2 slide(s) without a case in TCGA-cohort.csv left out, e.g. " \
+        "['TCGA-ZZ-0000-01Z-00-DX1.GH78', 'not_tcga']" in r.output, r.output
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
+    with open(SAMPLE_LABELS, newline="", encoding="utf-8-sig") as f:  # the published fractions, by case
+        score = {row["TCGA Cases IDs"]: float(row["Digi-sTILs Score"]) for row in csv.DictReader(f)}
+    assert [g["slide_id"] for g in got] == names[:3]
+    for g in got:
+        case = "-".join(g["slide_id"].split("-")[:3])
+        assert g["case_id"] == case and g["site"] == case.split("-")[1]
+        assert float(g["target"]) == pytest.approx(100 * score[case], abs=1e-4)
+    before = out.read_bytes()
+    r = _cli("labels", SAMPLE_LABELS, "--slides", d, "--out", out)
+    assert r.exit_code == 2 and _errors(r.output) == [f"error: {out}: exists; not overwritten"]
+    assert out.read_bytes() == before
+
+
+def test_heatmap_refuses_tiles_beyond_the_slide(cohort, tmp_path):
+    import openslide
+
+    slide = cohort["slides"] / "train_000.tiff"
+    w, h = openslide.OpenSlide(str(slide)).dimensions
+    tiles = tmp_path / "other.csv"  # tiles of a larger slide (a 40x scan of the same field)
+    tiles.write_text(f"x,y,size,score_pct,attention\n0,0,128,10,0.5\n{w},{h},128,20,0.5\n")
+    r = _cli("heatmap", slide, tiles, "--out", tmp_path / "h.png")
+    assert r.exit_code == 2, r.output
+    assert _errors(r.output) == [f"error: {tiles}: tiles reach beyond {slide} ({w} x {h} px at level 0): the "
+                                 "scores of another slide?"]
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_tiling_finer_than_the_scan_is_refused_unless_allowed(cohort, tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    shutil.copy2(cohort["slides"] / "train_000.tiff", d / "s.tiff")  # scanned at 0.5 um/px (20x)
+    base = ("tile", d, "--out", tmp_path / "job", "--mag", 40, "--tile-size", 64)
+    r = _cli(*base)
+    assert r.exit_code == 2, r.output
+    assert _errors(r.output) == [f"error: {d / 's.tiff'}: scanned at 0.5 um/px (about 20x), coarser than the target "
+                                 "0.25 um/px: its tiles would be enlarged 2x; tile at --mpp 0.5 or coarser, or pass "
+                                 "--set allow_upsample=true"]
+    assert not (tmp_path / "job" / "tiles_40x_64px_0ov" / "s.h5").exists()
+    r = _cli(*base, "--set", "allow_upsample=true")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "job" / "tiles_40x_64px_0ov" / "s.h5").is_file()
