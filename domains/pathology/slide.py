@@ -87,13 +87,15 @@ def open_slide(path: str | os.PathLike):
 
 
 def read_mpp_csv(path: str | os.PathLike | None) -> dict[str, float]:
-    """Read an MPP override CSV with columns ``slide,mpp`` (``wsi,mpp`` also accepted)."""
+    """Read an MPP override CSV with columns ``slide,mpp`` (``wsi,mpp`` also accepted), keyed by file name
+    and stem; a slide given two different values (``A.svs`` and ``A`` rows alike) is refused naming the lines."""
     if path is None:
         return {}
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: MPP override CSV not found")
     out: dict[str, float] = {}
+    line_of: dict[str, int] = {}
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
@@ -108,8 +110,11 @@ def read_mpp_csv(path: str | os.PathLike | None) -> dict[str, float]:
             if mpp <= 0:
                 raise SlideError(f"{path}: line {i}: mpp must be positive, got {mpp}")
             name = row[key].strip()
-            out[name] = mpp
-            out[Path(name).stem] = mpp
+            for k in {name, Path(name).stem}:
+                if k in out and out[k] != mpp:  # the last row silently won: which one is right?
+                    raise SlideError(f"{path}: line {i}: slide {k!r} is given mpp {mpp:g} here and {out[k]:g} on "
+                                     f"line {line_of[k]}")
+                out[k], line_of[k] = mpp, i
     return out
 
 

@@ -223,3 +223,15 @@ def test_tiling_finer_than_the_scan_is_refused_unless_allowed(cohort, tmp_path):
     r = _cli(*base, "--set", "allow_upsample=true")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "job" / "tiles_40x_64px_0ov" / "s.h5").is_file()
+
+
+def test_an_mpp_csv_giving_one_slide_two_resolutions_is_refused(cohort, tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    shutil.copy2(cohort["slides"] / "train_000.tiff", d / "s.tiff")
+    mpp = tmp_path / "mpp.csv"
+    mpp.write_text("slide,mpp\ns.tiff,0.25\nother.svs,0.5\ns,0.5\n")  # the last row for s won silently
+    r = _cli("tile", d, "--out", tmp_path / "job", "--tile-size", 64, "--mpp-csv", mpp)
+    assert r.exit_code == 2, r.output
+    assert _errors(r.output) == [f"error: {mpp}: line 4: slide 's' is given mpp 0.5 here and 0.25 on line 2"]
+    assert not (tmp_path / "job").exists()
