@@ -62,24 +62,26 @@ def slide_summaries(tiles_dir: str | os.PathLike, slide_ids: list[str], batch: i
             raise PathologyError(f"{h5}: slide {sid} has no tiles")
         key = (_stamp(h5), _stamp(Path(path)))
         if key not in _MEMO:
-            _MEMO[key] = _summarise(path, coords, attrs, batch)
+            _MEMO[key] = _summarise(path, coords, attrs, batch, h5)
         out[sid] = _MEMO[key]
     return out
 
 
-def _summarise(path: str, coords: np.ndarray, attrs: dict, batch: int) -> dict:
+def _summarise(path: str, coords: np.ndarray, attrs: dict, batch: int, source: Path) -> dict:
     """Read a slide's tiles once: mean dark fraction and mean baseline-encoder features."""
     import torch
 
     from adaptome.domains.pathology.encoders import build_encoder
     from adaptome.domains.pathology.extract import finish_slide
     from adaptome.domains.pathology.slide import open_slide
-    from adaptome.domains.pathology.tiling import TileReader, geometry_from_attrs
+    from adaptome.domains.pathology.tiling import TileReader, slide_geometry
 
     enc = build_encoder("baseline").eval()
     s = open_slide(path)
-    reader = TileReader(path, geometry_from_attrs(attrs, s.level_downsamples))
-    s.close()
+    try:
+        reader = TileReader(path, slide_geometry(attrs, s, path, source))
+    finally:
+        s.close()
     darks, feats = [], []
     try:
         for i in range(0, len(coords), batch):

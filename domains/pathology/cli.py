@@ -1,5 +1,5 @@
 """``adaptome pathology ...``: segment | tile | extract | pretrain-encoder | train | score | heatmap |
-evaluate | synth.
+labels | evaluate | synth.
 
 Every command takes an optional ``--config`` YAML (``configs/*.yaml``) and ``--set key=value``
 overrides; the common options are also flags. Bad input (an ``AdaptomeError`` or ``OSError``,
@@ -207,6 +207,9 @@ def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--
     r2_txt = "n/a" if s["r2"]["mean"] is None else f"{s['r2']['mean']:.3f}"
     typer.echo(f"{', '.join(done)} -> {res['out_dir']}; fold R2 {r2_txt}, AUC {auc_txt} over {auc['n_folds']} of "
                f"{auc['of_folds']} folds; predictions: {res['predictions']}")
+    if s["unlabelled"]:
+        typer.secho(f"  {len(s['unlabelled'])} feature file(s) without a label left out, e.g. {s['unlabelled'][:3]}",
+                    fg=typer.colors.YELLOW)
     for f, why in auc["folds_without_auc"].items():
         typer.secho(f"  fold {f} has no AUC: {why}", fg=typer.colors.YELLOW)
 
@@ -221,8 +224,9 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """Slide sTIL % (CSV), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
 
-    Example: adaptome pathology score slides/ --model runs/job/.../mil_ratio_case_id_k5
-    --features-dir runs/job/.../features_baseline
+    Example: adaptome pathology score slides/
+    --model runs/job/tiles_20x_256px_0ov/features_baseline/mil_ratio_case_id_k5
+    --features-dir runs/job/tiles_20x_256px_0ov/features_baseline
     """
     from adaptome.domains.pathology import stages
 
@@ -264,14 +268,59 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
         coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
         vals = np.array([float(r[column]) for r in rows])
         s = open_slide(slide)
+        w, h = s.dimensions
+        size0 = float(rows[0]["size"])
+        if ((coords + size0) > np.array([w, h]) + 1).any():  # another slide's tiles would be painted out of place
+            raise PathologyError(f"{tiles_csv}: tiles reach beyond {slide} ({w} x {h} px at level 0): the scores of "
+                                 "another slide?")
         thumb, scale = thumbnail(s, thumb_size)
         lo, hi = (0.0, 100.0) if column == "score_pct" else (float(vals.min()), float(vals.max()))
         label = scale_label(column, lo, hi)
-        img = heatmap_image(np.asarray(thumb), scale, coords, float(rows[0]["size"]), vals, lo, hi, cmap, alpha, label)
+        img = heatmap_image(np.asarray(thumb), scale, coords, size0, vals, lo, hi, cmap, alpha, label)
         save_heatmap_png(img, out, label, lo, hi, cmap)
 
     _run(go)
     typer.echo(f"heatmap: {out}")
+
+
+@app.command()
+def labels(table: Path = typer.Argument(..., help="the Digi-sTILs CSV (Number,TCGA Cases IDs,Digi-sTILs Score,"
+                                                  "...; scores as fractions), e.g. the shipped "
+                                                  "data/digi_stils_tcga/TCGA-cohort.csv"),
+           out: Path = typer.Option(..., "--out", help="label CSV to write (slide_id,case_id,target,site; "
+                                                     "target in %); an existing file is not overwritten"),
+           slides: Optional[str] = typer.Option(None, "--slides", help="slide file or folder: one row per slide "
+                                                "whose id starts with a case of the table (TCGA slide barcodes); "
+                                                "default: one row per case, slide_id = case id")) -> None:
+    """Label CSV from the Digi-sTILs TCGA table: scores x 100, TCGA site, joined to your slides by case.
+
+    Example: adaptome pathology labels TCGA-cohort.csv --slides slides/ --out labels.csv
+    """
+    from adaptome.domains.pathology.labels import digi_stils_rows, join_slides, write_label_csv
+    from adaptome.domains.pathology.slide import list_slides, slide_id
+
+    if out.exists():
+        fail(f"{out}: exists; not overwritten")
+
+    def go():
+        rows = digi_stils_rows(table)
+        if slides is None:
+            return rows, [], len(rows)
+        ids = [slide_id(p) for p in list_slides(slides)]
+        joined, unmatched = join_slides(rows, ids)
+        if not joined:
+            from adaptome.domains.pathology.errors import PathologyError
+
+            raise PathologyError(f"{slides}: none of its {len(ids)} slide ids starts with a case of {table} "
+                                 f"(e.g. {ids[:3]}; TCGA slide files are named TCGA-<site>-<patient>-...)")
+        return joined, unmatched, len({r["case_id"] for r in joined})
+
+    rows, unmatched, n_cases = _run(go)
+    _run(lambda: write_label_csv(rows, out))
+    typer.echo(f"{len(rows)} rows ({n_cases} cases) -> {out}; target = Digi-sTILs score x 100 (%)")
+    if unmatched:
+        typer.secho(f"  {len(unmatched)} slide(s) without a case in {table.name} left out, e.g. {unmatched[:3]}",
+                    fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -283,7 +332,8 @@ def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
              config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
     """R^2, Pearson, Spearman, MSE, ROC AUC (mean +- sd over folds), scatter PNG, JSON + Markdown report.
 
-    Example: adaptome pathology evaluate runs/job/.../mil_ratio_case_id_k5/predictions.csv --cutoff 30
+    Example: adaptome pathology evaluate
+    runs/job/tiles_20x_256px_0ov/features_baseline/mil_ratio_case_id_k5/predictions.csv --cutoff 30
     """
     from adaptome.domains.pathology.evaluate import evaluate_predictions
 

@@ -63,6 +63,9 @@ class TileConfig:
         mpp_csv: CSV ``slide,mpp`` giving the resolution of slides without it in their metadata.
         roi_dir: folder of ``<slide_id>.geojson`` regions of interest (e.g. the tumour bed); tiles
             outside them are dropped.
+        roi_classes: classification names (QuPath's ``properties.classification.name``) of the ROI
+            polygons that bound the region, e.g. ``[Tumor]``; empty: every polygon, and a file whose
+            polygons carry several classes (a region and an ``Ignore*`` one) is refused.
         thumb_size: longest side of the thumbnail the tissue mask is computed on, in pixels.
         blur: median-filter size of the tissue mask (see ``SegmentConfig``).
         close: closing iterations of the tissue mask.
@@ -72,6 +75,9 @@ class TileConfig:
         stain_norm: ``macenko``: estimate each slide's stain from its tiles and read every tile
             normalised to the reference stain (``stain_norm.py``); ``none`` (default, see
             ``benchmarks/pathology/results_hard_cohort.md``): tiles as scanned.
+        allow_upsample: tile a slide scanned coarser than the target resolution (e.g. a 20x scan at
+            ``--mag 40``) by enlarging its pixels; off: such a slide fails, naming both resolutions
+            (10 % slack for scanners' nominal resolutions, e.g. 0.263 um/px at 40x).
         skip_errors: record a slide that cannot be read and go on (default: stop at the first).
         overwrite: redo results in the output folder that were made with other parameters (default:
             refuse and name what changed; results made from other input files are redone anyway).
@@ -86,12 +92,14 @@ class TileConfig:
     min_tissue: float = 0.5
     mpp_csv: Optional[str] = None
     roi_dir: Optional[str] = None
+    roi_classes: list = field(default_factory=list)
     thumb_size: int = 1024
     blur: int = 5
     close: int = 2
     min_area_frac: float = 0.001
     artefacts: bool = False
     stain_norm: Literal["macenko", "none"] = "none"
+    allow_upsample: bool = False
     skip_errors: bool = False
     overwrite: bool = False
 

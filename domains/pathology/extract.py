@@ -30,7 +30,7 @@ from adaptome.domains.pathology.tiling import TileReader
 
 #: tiling attributes copied into every feature file (they let a model re-create its inputs)
 FEATURE_ATTRS = ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap", "min_tissue",
-                 "thumb_size", "stain_norm", "artefacts")
+                 "thumb_size", "stain_norm", "artefacts", "width", "height", "slide_bytes")
 
 
 class TileDataset(torch.utils.data.Dataset):
@@ -231,12 +231,14 @@ def extract_slide(slide_path: str | os.PathLike, coords_file: str | os.PathLike,
                   batch_size: int = 64, num_workers: int = 0, device: str = "cpu") -> int:
     """Extract features for the tiles listed in ``coords_file``; returns the number of tiles."""
     from adaptome.domains.pathology.slide import open_slide
-    from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
+    from adaptome.domains.pathology.tiling import read_coords, slide_geometry
 
     coords, attrs = read_coords(coords_file)
     slide = open_slide(slide_path)
-    geom = geometry_from_attrs(attrs, slide.level_downsamples)
-    slide.close()
+    try:
+        geom = slide_geometry(attrs, slide, slide_path, coords_file)
+    finally:
+        slide.close()
     feats = encode_tiles(encoder, tile_loader(TileReader(slide_path, geom), coords, batch_size, num_workers), device)
     write_features(out_file, feats, coords, feature_attrs(encoder, attrs, feats.shape[1]))
     return len(coords)

@@ -7,7 +7,12 @@ The project's label CSV is ``slide_id,case_id,target[,site]`` with ``target`` an
 site code (the second field of a TCGA barcode, e.g. ``A1`` in ``TCGA-A1-A0SK``), the grouping used
 for centre-level cross-validation on TCGA.
 
-Not covered: several slides per case (join your slide list to ``case_id`` first), other TCGA fields.
+``join_slides`` gives each slide file of a case its case's row: TCGA slide files are named by their
+slide barcode (``TCGA-A1-A0SK-01Z-00-DX1.<uuid>.svs``), whose first three fields are the case, so
+every slide of a case gets the case's score and ``case_id`` (its slides then share a fold); slides
+without a case in the table are returned apart, to be reported (``adaptome pathology labels``).
+
+Not covered: other TCGA fields, label tables of other studies (write the label CSV yourself).
 """
 
 from __future__ import annotations
@@ -49,9 +54,32 @@ def digi_stils_rows(path: str | os.PathLike) -> list[dict]:
 
 def write_label_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write rows as the project's label CSV."""
+    from adaptome.core.atomic import atomic_path
+
     path = Path(path)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["slide_id", "case_id", "target", "site"])
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def case_of(slide_id: str) -> str | None:
+    """The TCGA case barcode a slide id starts with (``TCGA-A1-A0SK-01Z-00-DX1.x`` -> ``TCGA-A1-A0SK``), or
+    ``None`` for an id that is not a TCGA barcode."""
+    parts = slide_id.split("-")
+    return "-".join(parts[:3]) if len(parts) >= 3 and parts[0] == "TCGA" else None
+
+
+def join_slides(rows: list[dict], slide_ids: list[str]) -> tuple[list[dict], list[str]]:
+    """Rows for the slides whose case (``case_of``) is in ``rows`` (one per slide, ``slide_id`` = the
+    slide's id, the case's ``case_id``, ``target``, ``site``), and the slide ids without a case in ``rows``."""
+    by_case = {r["case_id"]: r for r in rows}
+    out, unmatched = [], []
+    for sid in slide_ids:
+        case = case_of(sid)
+        if case in by_case:
+            out.append({**by_case[case], "slide_id": sid})
+        else:
+            unmatched.append(sid)
+    return out, unmatched

@@ -388,14 +388,14 @@ def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.P
     cannot decode is read by OpenSlide (a warning names it). Returns the reader that was used."""
     from adaptome.domains.pathology.extract import extract_slide, feature_attrs, finish_slide, write_features
     from adaptome.domains.pathology.slide import open_slide
-    from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
+    from adaptome.domains.pathology.tiling import read_coords, slide_geometry
 
     if reader not in READERS:
         raise SlideError(f"unknown reader {reader!r}; known: {', '.join(READERS)}")
     coords, attrs = read_coords(coords_file)
     slide = open_slide(slide_path)
     try:
-        geom = geometry_from_attrs(attrs, slide.level_downsamples)
+        geom = slide_geometry(attrs, slide, slide_path, coords_file)
         dims, vendor = slide.level_dimensions, slide.properties.get("openslide.vendor")
     finally:
         slide.close()

@@ -226,9 +226,16 @@ def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLi
     """Score one slide from its feature file; writes tile CSV / GeoJSON and heatmaps, returns the row
     for ``slides.csv``. ``recipe``: the model's feature recipe, checked against the file (``check_recipe``)."""
     from adaptome.domains.pathology.extract import read_features
+    from adaptome.domains.pathology.slide import open_slide
+    from adaptome.domains.pathology.tiling import check_same_slide
 
     feats, coords, attrs = read_features(feature_file)
     check_recipe(recipe, attrs, str(feature_file))
+    slide = open_slide(slide_path)
+    try:
+        check_same_slide(attrs, slide, slide_path, feature_file)
+    finally:
+        slide.close()
     return score_features(slide_path, feats, coords, attrs, models, out_dir, heatmaps, thumb_size, str(feature_file))
 
 
@@ -238,7 +245,10 @@ def score_features(slide_path, feats: np.ndarray, coords: np.ndarray, attrs: dic
     in errors."""
     source = source or str(slide_path)
     if len(feats) == 0:
-        raise PathologyError(f"{source}: no tiles to score")
+        from adaptome.domains.pathology.tiling import why_no_tiles
+
+        why = why_no_tiles(attrs) if {"width", "tile_size_level0", "min_tissue"} <= set(attrs) else "empty feature file"
+        raise PathologyError(f"{source}: no tiles to score: {why}")
     in_dim = int(models[0].feat_mean.numel())
     if feats.shape[1] != in_dim:
         raise PathologyError(f"{source}: features have {feats.shape[1]} dims, the model expects {in_dim} "

@@ -114,9 +114,20 @@ def mask_to_geojson(mask: np.ndarray, scale: float) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
-def load_roi_mask(geojson_path: str | os.PathLike, shape: tuple[int, int], scale: float) -> np.ndarray:
+def _class_name(feature) -> str | None:
+    """A GeoJSON feature's classification name (QuPath: ``properties.classification.name``), if any."""
+    props = feature.get("properties") if isinstance(feature, dict) else None
+    cls = (props or {}).get("classification")
+    name = cls.get("name") if isinstance(cls, dict) else cls
+    return str(name) if name is not None else None
+
+
+def load_roi_mask(geojson_path: str | os.PathLike, shape: tuple[int, int], scale: float,
+                  classes: list[str] | tuple[str, ...] = ()) -> np.ndarray:
     """Rasterise the Polygon / MultiPolygon features of a GeoJSON file (level-0 coordinates) into a
-    boolean mask of ``shape`` at ``scale`` (mask pixels per level-0 pixel)."""
+    boolean mask of ``shape`` at ``scale`` (mask pixels per level-0 pixel). ``classes``: only polygons
+    of these classification names count; empty: all of them, and polygons of several classes (a
+    tumour bed and an exclusion drawn in one export) are refused rather than merged into one region."""
     from matplotlib.path import Path as MplPath
 
     path = Path(geojson_path)
@@ -125,14 +136,24 @@ def load_roi_mask(geojson_path: str | os.PathLike, shape: tuple[int, int], scale
     except (OSError, json.JSONDecodeError) as e:
         raise PathologyError(f"{path}: cannot read ROI GeoJSON ({e})") from None
     feats = data.get("features", [data]) if isinstance(data, dict) else data
+    polygons = []  # (class name, geometry)
+    for f in feats:
+        geom = f.get("geometry", f) if isinstance(f, dict) else None
+        if geom and geom.get("type") in ("Polygon", "MultiPolygon"):
+            polygons.append((_class_name(f), geom))
+    found = sorted({str(c) for c, _ in polygons})
+    if classes:
+        polygons = [(c, g) for c, g in polygons if c in set(classes)]
+        if not polygons:
+            raise PathologyError(f"{path}: no ROI polygon of class {list(classes)} (its polygons are of {found})")
+    elif len(found) > 1:
+        raise PathologyError(f"{path}: ROI polygons of several classes {found}; say which bound the region with "
+                             f"--set roi_classes=[<name>]")
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
     centres = np.stack([(xx.ravel() + 0.5) / scale, (yy.ravel() + 0.5) / scale], axis=1)  # (H*W, 2)
     out = np.zeros(h * w, bool)
-    for f in feats:
-        geom = f.get("geometry", f) if isinstance(f, dict) else None
-        if not geom or geom.get("type") not in ("Polygon", "MultiPolygon"):
-            continue
+    for _, geom in polygons:
         polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
         for poly in polys:
             inside = MplPath(np.asarray(poly[0], float)).contains_points(centres)

@@ -45,13 +45,24 @@ def slide_id(path: str | os.PathLike) -> str:
 
 
 def list_slides(source: str | os.PathLike) -> list[Path]:
-    """Slide files under a folder (sorted), or the single file given."""
+    """Slide files under a folder (sorted), or the single file given. Two files with the same id
+    (``A.svs`` and ``A.tiff``) are refused: every output is named by the id, so one slide's results
+    would replace the other's."""
     src = Path(source)
     if src.is_file():
         return [src]
     if not src.is_dir():
         raise SlideError(f"{src}: no such slide file or folder")
-    return sorted(p for p in src.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS and p.is_file())
+    paths = sorted(p for p in src.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS and p.is_file())
+    by_id: dict[str, list[str]] = {}
+    for p in paths:
+        by_id.setdefault(slide_id(p), []).append(p.name)
+    same = {k: v for k, v in by_id.items() if len(v) > 1}
+    if same:
+        k, names = next(iter(same.items()))
+        raise SlideError(f"{src}: {len(same)} slide id(s) name several files, e.g. {k!r}: {', '.join(names)}; "
+                         f"outputs are named by the id, so rename or move one of each")
+    return paths
 
 
 def open_slide(path: str | os.PathLike):
@@ -76,13 +87,15 @@ def open_slide(path: str | os.PathLike):
 
 
 def read_mpp_csv(path: str | os.PathLike | None) -> dict[str, float]:
-    """Read an MPP override CSV with columns ``slide,mpp`` (``wsi,mpp`` also accepted)."""
+    """Read an MPP override CSV with columns ``slide,mpp`` (``wsi,mpp`` also accepted), keyed by file name
+    and stem; a slide given two different values (``A.svs`` and ``A`` rows alike) is refused naming the lines."""
     if path is None:
         return {}
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: MPP override CSV not found")
     out: dict[str, float] = {}
+    line_of: dict[str, int] = {}
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
@@ -97,8 +110,11 @@ def read_mpp_csv(path: str | os.PathLike | None) -> dict[str, float]:
             if mpp <= 0:
                 raise SlideError(f"{path}: line {i}: mpp must be positive, got {mpp}")
             name = row[key].strip()
-            out[name] = mpp
-            out[Path(name).stem] = mpp
+            for k in {name, Path(name).stem}:
+                if k in out and out[k] != mpp:  # the last row silently won: which one is right?
+                    raise SlideError(f"{path}: line {i}: slide {k!r} is given mpp {mpp:g} here and {out[k]:g} on "
+                                     f"line {line_of[k]}")
+                out[k], line_of[k] = mpp, i
     return out
 
 

@@ -99,7 +99,7 @@ class _TileTensorDataset(torch.utils.data.Dataset):
 def collect_tiles(slides_and_coords: list[tuple[str, str]], max_tiles: int = 2048, seed: int = 0) -> np.ndarray:
     """Read up to ``max_tiles`` tiles (K x T x T x 3 uint8), sampled evenly over slides."""
     from adaptome.domains.pathology.slide import open_slide
-    from adaptome.domains.pathology.tiling import TileReader, geometry_from_attrs, read_coords
+    from adaptome.domains.pathology.tiling import TileReader, read_coords, slide_geometry
 
     rng = np.random.default_rng(seed)
     per = max(1, max_tiles // max(1, len(slides_and_coords)))
@@ -107,8 +107,10 @@ def collect_tiles(slides_and_coords: list[tuple[str, str]], max_tiles: int = 204
     for slide_path, coords_file in slides_and_coords:
         coords, attrs = read_coords(coords_file)
         s = open_slide(slide_path)
-        geom = geometry_from_attrs(attrs, s.level_downsamples)
-        s.close()
+        try:
+            geom = slide_geometry(attrs, s, slide_path, coords_file)
+        finally:
+            s.close()
         reader = TileReader(slide_path, geom)
         for i in rng.permutation(len(coords))[:per]:
             tiles.append(reader.read(*coords[i]))

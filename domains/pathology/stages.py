@@ -37,6 +37,9 @@ from adaptome.domains.pathology.pipeline import (
 )
 from adaptome.domains.pathology.slide import list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
 
+#: a target resolution finer than this share of a slide's own is refused (``TileConfig.allow_upsample``)
+UPSAMPLE_SLACK = 0.9
+
 
 def _items(slides: str) -> list[tuple[str, Path]]:
     paths = list_slides(slides)
@@ -89,7 +92,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
 
 def tile(cfg, progress: bool = True) -> StageSummary:
     """Tile coordinates at the target magnification / MPP (``cfg``: ``config.TileConfig``)."""
-    from adaptome.domains.pathology.tiling import stage_tag, tile_slide, write_coords
+    from adaptome.domains.pathology.tiling import stage_tag, tile_slide, why_no_tiles, write_coords
 
     out = Path(cfg.out_dir) / stage_tag(cfg.magnification, cfg.mpp, cfg.tile_size, cfg.overlap)
     overrides = read_mpp_csv(cfg.mpp_csv)
@@ -98,6 +101,10 @@ def tile(cfg, progress: bool = True) -> StageSummary:
                                             "thumb_size", "blur", "close", "min_area_frac", "artefacts",
                                             "stain_norm")}
     params["roi"] = bool(cfg.roi_dir)
+    if cfg.roi_classes:  # recorded only when set: results made before the option stay valid
+        params["roi_classes"] = sorted(cfg.roi_classes)
+    if cfg.allow_upsample:
+        params["allow_upsample"] = True
 
     def roi_of(sid: str) -> Path | None:
         return Path(cfg.roi_dir) / f"{sid}.geojson" if cfg.roi_dir else None
@@ -113,7 +120,14 @@ def tile(cfg, progress: bool = True) -> StageSummary:
             raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
-                          "artefacts": cfg.artefacts}, cfg.stain_norm)
+                          "artefacts": cfg.artefacts}, cfg.stain_norm, cfg.roi_classes)
+        mpp0 = float(res["attrs"]["mpp"])
+        if not cfg.allow_upsample and tmpp < UPSAMPLE_SLACK * mpp0:
+            raise PathologyError(f"{path}: scanned at {mpp0:.4g} um/px (about {10 / mpp0:.0f}x), coarser than the "
+                                 f"target {tmpp:.4g} um/px: its tiles would be enlarged {mpp0 / tmpp:.2g}x; tile at "
+                                 f"--mpp {mpp0:.4g} or coarser, or pass --set allow_upsample=true")
+        if len(res["coords"]) == 0:  # an empty bag fails later in train / score; say why here
+            raise PathologyError(f"{path}: no tiles: {why_no_tiles(res['attrs'])}")
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})
 
     return run_stage("tile", _items(cfg.slides), out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress,
@@ -196,15 +210,17 @@ def _extract_shared(cfg, encoder, summary: StageSummary, jobs: list[Job], tiles_
     each slide's file as soon as its last tile is encoded. A tile that cannot be read (in a reader
     worker or here) fails its slide only: named in one line, recorded, and the others go on."""
     from adaptome.domains.pathology.extract import encode_many, feature_attrs, write_features
-    from adaptome.domains.pathology.tiling import geometry_from_attrs, read_coords
+    from adaptome.domains.pathology.tiling import read_coords, slide_geometry
 
     ready, meta = [], []
     for job in jobs:
         try:
             coords, attrs = read_coords(tiles_dir / f"{job.sid}.h5")
             s = open_slide(job.path)
-            geom = geometry_from_attrs(attrs, s.level_downsamples)
-            s.close()
+            try:
+                geom = slide_geometry(attrs, s, job.path, tiles_dir / f"{job.sid}.h5")
+            finally:
+                s.close()
         except Exception as e:
             msg = user_failure(e, job.path)
             if msg is None:
@@ -306,11 +322,14 @@ def train(cfg, progress: bool = True) -> dict:
     when the same parameters, label file contents and feature files made them; other labels or
     features: retrained, saying why; other parameters or another feature width: refused unless
     ``overwrite``. Writes ``summary.json`` / ``summary.md`` (see ``train_summary.py``)."""
-    from adaptome.domains.pathology.train import TRAIN_OPTIONS, read_labels, train_cv, train_identity
+    from adaptome.domains.pathology.train import TRAIN_OPTIONS, check_groups, read_labels, train_cv, train_identity
     from adaptome.domains.pathology.train_summary import prepare_run, record_run, write_train_summary
 
     out = train_dir(cfg)
     rows = read_labels(cfg.labels)
+    check_groups(rows, cfg.k, cfg.group_by, cfg.labels)  # before anything is written or removed
+    labelled = {r["slide_id"] for r in rows}
+    unlabelled = sorted(p.stem for p in Path(cfg.features_dir).glob("*.h5") if p.stem not in labelled)
     params = {k: getattr(cfg, k) for k in TRAIN_OPTIONS}
     current = train_identity(cfg.features_dir, cfg.labels, rows, params)
     redo = prepare_run(out, current, cfg.features_dir, cfg.overwrite)  # refuses before anything is written
@@ -324,7 +343,7 @@ def train(cfg, progress: bool = True) -> dict:
         why = str(e).splitlines()[0] if str(e) else ""
         write_train_summary(out, {"status": f"stopped ({type(e).__name__}: {why}); no complete result"}, cfg.cutoff)
         raise
-    res.update(out_dir=str(out), redo_reason=redo)
+    res.update(out_dir=str(out), redo_reason=redo, unlabelled=unlabelled)
     res["summary"] = write_train_summary(out, {**res, "status": "complete"}, cfg.cutoff)
     return res
 

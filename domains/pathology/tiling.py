@@ -142,7 +142,7 @@ class TileReader:
 def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overlap: int = 0,
                min_tissue: float = 0.5, mpp_overrides: dict[str, float] | None = None,
                thumb_size: int = 1024, roi_geojson: str | os.PathLike | None = None,
-               seg_params: dict | None = None, stain_norm: str = "none") -> dict:
+               seg_params: dict | None = None, stain_norm: str = "none", roi_classes: list[str] | None = None) -> dict:
     """Tile one slide: returns ``coords`` (N x 2 level-0), ``tissue`` (N coverage) and ``attrs``
     (mpp, target mpp, tile size, level-0 size, read level, slide dimensions, and with ``stain_norm``
     ``macenko`` the slide's stain estimate from up to 32 of its tiles, ``stain_norm.py``)."""
@@ -157,7 +157,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
         thumb, scale = thumbnail(slide, thumb_size)
         mask = tissue_mask(np.asarray(thumb), **(seg_params or {}))
         if roi_geojson is not None:
-            mask &= load_roi_mask(roi_geojson, mask.shape, scale)
+            mask &= load_roi_mask(roi_geojson, mask.shape, scale, roi_classes or ())
         cov = coverage(mask, scale, coords, geom.size0) if len(coords) else np.zeros(0)
         keep = cov >= min_tissue
         attrs = {
@@ -167,6 +167,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
             "height": slide.dimensions[1], "stain_norm": stain_norm,
             "artefacts": bool((seg_params or {}).get("artefacts", False)),
+            "slide_bytes": os.path.getsize(path),  # with width / height: tells this slide from another of its name
         }
         if stain_norm == "macenko" and keep.any():
             from dataclasses import replace
@@ -214,3 +215,36 @@ def geometry_from_attrs(attrs: dict, level_downsamples) -> TileGeometry:
                     int(attrs["tile_size"]), int(attrs["overlap"]))
     est = from_attrs(attrs)
     return geom if est is None else replace(geom, stain=to_tuple(est))
+
+
+def check_same_slide(attrs: dict, slide, path: str | os.PathLike, source: str | os.PathLike) -> None:
+    """Refuse a tiling or feature file (``source``) made from another slide than ``path`` (the same
+    id in another folder, or a slide replaced since): its level-0 size (``width`` / ``height``) or its
+    file size (``slide_bytes``, recorded since it was added) differ. Coordinates of one slide read on
+    another would give wrong features and heatmaps without any error."""
+    w, h = slide.dimensions
+    why = ""
+    if "width" in attrs and (int(attrs["width"]), int(attrs["height"])) != (w, h):
+        why = f"{int(attrs['width'])} x {int(attrs['height'])} px, this slide is {w} x {h}"
+    elif "slide_bytes" in attrs and int(attrs["slide_bytes"]) != os.path.getsize(path):
+        why = f"a {int(attrs['slide_bytes'])}-byte file, this one has {os.path.getsize(path)} bytes"
+    if why:
+        raise PathologyError(f"{source}: made from another slide than {path} ({why}); re-run 'tile' (and "
+                             f"'extract') for this slide, or give the slide it was made from")
+
+
+def slide_geometry(attrs: dict, slide, path: str | os.PathLike, source: str | os.PathLike) -> TileGeometry:
+    """``geometry_from_attrs`` for an open ``slide`` after ``check_same_slide``."""
+    check_same_slide(attrs, slide, path, source)
+    return geometry_from_attrs(attrs, slide.level_downsamples)
+
+
+def why_no_tiles(attrs: dict) -> str:
+    """Why a slide tiled with ``attrs`` (``tile_slide``'s) has no tile: it is smaller than one tile at
+    level 0, or no tile has ``min_tissue`` of tissue."""
+    w, h, size0 = int(attrs["width"]), int(attrs["height"]), float(attrs["tile_size_level0"])
+    if w < size0 or h < size0:
+        return (f"the slide ({w} x {h} px at level 0) is smaller than one tile ({int(attrs['tile_size'])} px at "
+                f"{float(attrs['target_mpp']):g} um/px = {size0:.0f} level-0 px); choose a smaller --tile-size")
+    return (f"no tile is at least {float(attrs['min_tissue']):g} tissue (min_tissue; the segment stage's qc/ "
+            f"thumbnail shows the tissue mask)")

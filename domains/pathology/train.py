@@ -38,28 +38,44 @@ from adaptome.domains.pathology.pipeline import write_json
 
 
 def read_labels(path: str | os.PathLike) -> list[dict]:
-    """Rows of a label CSV ``slide_id,case_id,target[,site]``; errors name the file and line."""
+    """Rows of a label CSV ``slide_id,case_id,target[,site]``; errors name the file and line.
+
+    Ids are stripped of surrounding spaces. Refused, naming the line: an empty ``slide_id`` or
+    ``case_id``, a target that is not a number or outside 0..100, a slide id listed twice (it would
+    be trained on twice, or fall in a training and a test fold at once), and a table whose targets
+    all lie within 0..1 (fractions, not %: they would be read as sTIL below 1 %)."""
     path = Path(path)
     if not path.is_file():
         raise PathologyError(f"{path}: label CSV not found")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
+        cols = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = cols
         missing = [c for c in ("slide_id", "case_id", "target") if c not in cols]
         if missing:
             raise PathologyError(f"{path}: label CSV lacks column(s) {missing} (has {cols})")
-        rows = []
+        rows, line_of = [], {}
         for i, r in enumerate(reader, start=2):
+            sid, case = (r["slide_id"] or "").strip(), (r["case_id"] or "").strip()
+            if not sid or not case:
+                raise PathologyError(f"{path}: line {i}: empty {'slide_id' if not sid else 'case_id'}")
+            if sid in line_of:
+                raise PathologyError(f"{path}: line {i}: slide {sid!r} is listed again (first on line "
+                                     f"{line_of[sid]}); give each slide one row")
+            line_of[sid] = i
             try:
                 t = float(r["target"])
             except (TypeError, ValueError):
                 raise PathologyError(f"{path}: line {i}: target {r['target']!r} is not a number") from None
             if not 0.0 <= t <= 100.0:
                 raise PathologyError(f"{path}: line {i}: target {t} outside 0..100 (sTIL %)")
-            rows.append({"slide_id": r["slide_id"], "case_id": r["case_id"], "target": t,
-                         "site": r.get("site") or ""})
+            rows.append({"slide_id": sid, "case_id": case, "target": t, "site": (r.get("site") or "").strip()})
     if not rows:
         raise PathologyError(f"{path}: label CSV has no rows")
+    top = max(r["target"] for r in rows)
+    if len(rows) > 1 and 0.0 < top <= 1.0:
+        raise PathologyError(f"{path}: every target lies within 0..1 (largest {top:g}): fractions, not the sTIL % "
+                             f"the column holds; multiply them by 100")
     return rows
 
 
@@ -109,7 +125,8 @@ def train_identity(features_dir: str | os.PathLike, labels_csv: str | os.PathLik
     fdir = Path(features_dir)
     missing = [r["slide_id"] for r in rows if not (fdir / f"{r['slide_id']}.h5").is_file()]
     if missing:
-        raise PathologyError(f"{fdir}: no feature file for {len(missing)} labelled slide(s), e.g. {missing[:3]}")
+        raise PathologyError(f"{fdir}: no feature file for {len(missing)} of the {len(rows)} labelled slide(s), e.g. "
+                             f"{missing[:3]}; extract them, or give a label CSV of the slides that have features")
     width = enc = None
     stamps = {}
     for r in rows:
@@ -178,16 +195,30 @@ def load_model(model_dir: str | os.PathLike) -> MILRegressor:
     return model.eval()
 
 
-def make_folds(rows: list[dict], k: int, group_by: str, seed: int) -> list[np.ndarray]:
-    """Test indices per fold, grouped by ``case_id`` or ``site`` (groups shuffled by ``seed``)."""
-    from sklearn.model_selection import GroupKFold
-
+def check_groups(rows: list[dict], k: int, group_by: str, source: str | os.PathLike = "labels") -> None:
+    """Refuse folds that cannot be what ``group_by`` says: an unknown column, slides without a ``site``
+    under ``group_by`` site (they would each fall back to a group of their own case, so the
+    centre-level CV would silently be a patient-level one), fewer groups than ``k``."""
     if group_by not in ("case_id", "site"):
         raise PathologyError(f"group_by must be 'case_id' or 'site', got {group_by!r}")
-    groups = np.array([r[group_by] or r["case_id"] for r in rows])
+    no_site = [r["slide_id"] for r in rows if not r[group_by]]
+    if no_site:
+        raise PathologyError(f"{source}: {len(no_site)} of {len(rows)} labelled slides have no {group_by} "
+                             f"(e.g. {no_site[:3]}); fill the label CSV's {group_by} column or choose another "
+                             f"--group-by")
+    n = len({r[group_by] for r in rows})
+    if n < k:
+        raise PathologyError(f"{source}: {k}-fold CV needs at least {k} distinct {group_by} values, found {n}")
+
+
+def make_folds(rows: list[dict], k: int, group_by: str, seed: int) -> list[np.ndarray]:
+    """Test indices per fold, grouped by ``case_id`` or ``site`` (groups shuffled by ``seed``);
+    ``check_groups`` refuses what cannot be grouped so."""
+    from sklearn.model_selection import GroupKFold
+
+    check_groups(rows, k, group_by)
+    groups = np.array([r[group_by] for r in rows])
     uniq = np.unique(groups)
-    if len(uniq) < k:
-        raise PathologyError(f"{k}-fold CV needs at least {k} distinct {group_by} values, found {len(uniq)}")
     perm = np.random.default_rng(seed).permutation(len(uniq))
     gid = perm[np.searchsorted(uniq, groups)]  # shuffle group order so folds are not sorted by id
     return [test for _, test in GroupKFold(n_splits=k).split(np.zeros(len(rows)), groups=gid)]
@@ -272,7 +303,7 @@ def _made_by(fold_dir: Path) -> str | None:
 
 
 def _split_val(rows, train_idx, val_frac, group_by, seed):
-    groups = np.array([rows[i][group_by] or rows[i]["case_id"] for i in train_idx])
+    groups = np.array([rows[i][group_by] for i in train_idx])
     uniq = np.unique(groups)
     n_val = max(1, int(round(val_frac * len(uniq)))) if val_frac > 0 and len(uniq) > 1 else 0
     val_groups = set(np.random.default_rng(seed).choice(uniq, size=n_val, replace=False).tolist()) if n_val else set()

@@ -99,7 +99,8 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
         r2=_mean_sd(finite("r2")), mse=_mean_sd(finite("mse")),
         auc={**_mean_sd(finite("auc")), "of_folds": len(folds), "folds_without_auc": no_auc},
         pooled={k: pooled[k] for k in ("r2", "mse", "auc", "pearson", "spearman")}, folds=folds,
-        predictions=res["predictions"], best_fold=res.get("best_fold"))
+        predictions=res["predictions"], best_fold=res.get("best_fold"), n_slides=len(rows),
+        unlabelled=res.get("unlabelled", []))
     write_json(out / "summary.json", summary)
     write_text_atomic(out / "summary.md", _markdown(summary))
     return summary
@@ -113,6 +114,9 @@ def _markdown(s: dict) -> str:
     auc = s["auc"]
     lines = ["# train summary", "", f"- status: {s['status']}",
              f"- folds: {s['k']} ({len(s['trained'])} trained, {len(s['reused'])} reused with the same inputs)"]
+    lines.append(f"- slides: {s['n_slides']} labelled with features; {len(s['unlabelled'])} feature files without a "
+                 f"label left out" + (f" ({', '.join(s['unlabelled'][:10])}{' ...' * (len(s['unlabelled']) > 10)})"
+                                      if s["unlabelled"] else ""))
     if s["retrained_because"]:
         lines.append(f"- earlier fold models retrained because {s['retrained_because']}")
     lines += [f"- R² over {s['r2']['n_folds']} folds: {_num(s['r2']['mean'])} ± {_num(s['r2']['sd'])}; "
