@@ -6,6 +6,9 @@ one is complete); on an exception the temporary folder is removed and ``target``
 ``atomic_file(target)`` does the same for one file (written next to it, fsynced, then renamed);
 ``atomic_path(target)`` yields the temporary path itself, for libraries that write by path.
 ``clean_stale(parent, name)`` removes temporary siblings that a killed process left behind.
+The result has the permissions a plain ``open`` / ``mkdir`` would give it (``0o666`` / ``0o777`` less the
+process umask), or a replaced file's own; the temporary files ``tempfile`` makes are owner-only, which left
+every output unreadable to a lab's other users.
 
 Not covered: atomicity across file systems (the temporary path is always a sibling, so a rename
 never crosses one) and durability of the parent folder's entry on power loss (no fsync of the
@@ -34,6 +37,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.filename:
@@ -62,6 +66,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():  # a library may have replaced it (new inode, its own mode); set it at the end
+            os.chmod(tmp, target.stat().st_mode & 0o7777 if target.is_file() else 0o666 & ~_umask())
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -81,6 +87,20 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", encoding: str | None
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc``), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def _at(e: OSError, target: Path) -> OSError:
