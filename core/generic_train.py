@@ -223,8 +223,9 @@ class _WriteConfig:
             save_config(self.cfg, self.out)
 
 
-def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
-    """Train, evaluate and save; returns a one-paragraph summary.
+def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = None) -> str:
+    """Train, evaluate and save; returns a one-paragraph summary. ``source``: the config file, named by
+    errors in the adapter options (checked before the model is loaded).
 
     Under ``torchrun`` every process trains its share of each batch; only the main process writes
     ``config.yaml``, ``adapter/``, ``merged/`` and ``summary.json`` while the others wait.
@@ -232,7 +233,7 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     import torch
 
     from adaptome.core.adapters.api import trainable_report
-    from adaptome.core.adapters.from_scratch import apply_method
+    from adaptome.core.adapters.from_scratch import apply_method, method_config
     from adaptome.core.atomic import clean_stale
     from adaptome.core.config import ConfigError
     from adaptome.core.evaluation import lm_perplexity
@@ -241,6 +242,7 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
 
     if not cfg.data.train_files:
         raise ConfigError("data.train_files: is empty; give at least one text (.txt) or JSONL (.jsonl) file")
+    method_config(cfg.adapter.method, cfg.adapter.options, source, prefix="adapter.options")  # before any loading
     out = Path(cfg.train.output_dir)
     if (out / "adapter").exists() and not overwrite:
         raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
@@ -259,7 +261,8 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
                               cfg.data.text_field) if cfg.data.eval_files else []
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
     # an adapter, or a method that replaces the layers and trains the whole model (sltrain)
-    model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options)
+    model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options, source,
+                                                   prefix="adapter.options")
     report = trainable_report(model)
     eval_fn = (lambda m: {"perplexity": lm_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
     res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn, hooks=[_WriteConfig(cfg, out)],
