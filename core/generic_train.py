@@ -26,11 +26,12 @@ own those), streaming corpora, sequence classification heads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from adaptome.core.config import InvalidValue
 from adaptome.core.optim.registry import OptimizerSpec
@@ -209,6 +210,80 @@ def _check_utf8(files: list[str]) -> None:
                              "convert the file to UTF-8") from None
 
 
+def _check_block_size(model, block_size: int, source: str | None) -> None:
+    """Refuse ``data.block_size`` beyond the positions the model has (learned position tables fail deep
+    inside the forward pass with a shape error; rotary models would run on lengths they never saw)."""
+    from adaptome.core.config import InvalidValue
+
+    mcfg = getattr(model, "config", None)
+    limit = getattr(mcfg, "max_position_embeddings", None) or getattr(mcfg, "n_positions", None)
+    if not isinstance(limit, int):
+        return
+    if getattr(mcfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):  # positions start after pad
+        limit -= (getattr(mcfg, "pad_token_id", None) or 0) + 1
+    if block_size > limit:
+        raise InvalidValue("data.block_size", f"{block_size} tokens is more than the model's {limit} positions "
+                           f"(max_position_embeddings); lower it to at most {limit}", source)
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int) -> Iterator[None]:
+    """The torch RNG (CPU, and CUDA once in use) seeded with ``seed`` inside, restored after."""
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class _SeededPerplexity:
+    """``lm_perplexity`` on the eval set with the torch RNG seeded by ``train.seed`` (and restored after):
+    a masked LM's collator draws the same masks at every evaluation, so the numbers of one run, its
+    baselines and a rerun score the same tokens."""
+
+    def __init__(self, eval_set: list, collate, kind: str, seed: int):
+        self.eval_set, self.collate, self.kind, self.seed = eval_set, collate, kind, seed
+
+    def __call__(self, model) -> float:
+        from adaptome.core.evaluation import lm_perplexity
+
+        with _seeded_rng(self.seed):
+            return lm_perplexity(model, self.eval_set, self.collate, self.kind)
+
+
+class _Baselines:
+    """Hook: at the start of training (the model on its device, nothing trained yet in this call), the
+    held-out perplexity of the base model (adapters disabled; none for a from-scratch method, which has no
+    base) and of a unigram model of the training tokens (``evaluation.unigram_perplexity``), on the tokens
+    the run's own evaluation scores. ``values`` goes into ``summary.json``."""
+
+    def __init__(self, perplexity: _SeededPerplexity, train_set: list, vocab_size: int, from_scratch: bool):
+        self.perplexity, self.train_set, self.vocab_size, self.from_scratch = perplexity, train_set, vocab_size, \
+            from_scratch
+        self.values: dict[str, float] = {}
+
+    def on_train_start(self, state) -> None:
+        import torch
+
+        from adaptome.core.adapters.api import disable_adapters
+        from adaptome.core.evaluation import unigram_perplexity
+
+        p = self.perplexity
+        if not p.eval_set:
+            return
+        model, was_training = state.model, state.model.training
+        model.eval()
+        with torch.no_grad():
+            if not self.from_scratch:
+                with disable_adapters(model):
+                    self.values["eval/perplexity_base"] = p(model)
+            with _seeded_rng(p.seed):
+                self.values["eval/perplexity_unigram"] = unigram_perplexity(self.train_set, p.eval_set, p.collate,
+                                                                            self.vocab_size, p.kind)
+        model.train(was_training)
+
+
 class _WriteConfig:
     """Hook: writes the resolved ``config.yaml`` once the resume check has passed (main process only),
     so a refused run leaves the earlier run's config as it was."""
@@ -236,7 +311,6 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
     from adaptome.core.adapters.from_scratch import apply_method, method_config
     from adaptome.core.atomic import clean_stale
     from adaptome.core.config import ConfigError
-    from adaptome.core.evaluation import lm_perplexity
     from adaptome.core.optim.registry import make_optimizer_factory
     from adaptome.core.train.loop import fit, make_accelerator
 
@@ -256,6 +330,7 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
             log.warning(f"removed {p}: left half-written by an interrupted run")
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
+    _check_block_size(model, cfg.data.block_size, source)
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
                               cfg.data.text_field) if cfg.data.eval_files else []
@@ -264,20 +339,23 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
     model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options, source,
                                                    prefix="adapter.options")
     report = trainable_report(model)
-    eval_fn = (lambda m: {"perplexity": lm_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
-    res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn, hooks=[_WriteConfig(cfg, out)],
+    perplexity = _SeededPerplexity(eval_set, collate, cfg.model.kind, cfg.train.seed)
+    eval_fn = (lambda m: {"perplexity": perplexity(m)}) if eval_set else None
+    baselines = _Baselines(perplexity, train_set, len(tok), from_scratch)
+    res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn,
+              hooks=[_WriteConfig(cfg, out), baselines],
               accelerator=acc, identity=run_identity_of(cfg, adapter_cfg), make_optimizer=make_optimizer)
     summary = None
     if acc.is_main_process:
         can_merge = not from_scratch and adapter_cfg.supports_merge
-        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite)
+        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite, baselines.values)
     acc.wait_for_everyone()
     acc.end_training()
     return json.dumps(summary, indent=2) if summary is not None else ""
 
 
 def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_merge: bool,
-                   overwrite: bool) -> dict[str, Any]:
+                   overwrite: bool, baselines: dict[str, float]) -> dict[str, Any]:
     """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's,
     read from ``metrics.jsonl`` (so a resumed or re-saved run reports its first loss, not the resume's).
     A from-scratch method (sltrain) saves the whole model to ``adapter/`` and merges nothing."""
@@ -304,6 +382,7 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         **{k: v for r in records for k, v in r.items() if k.startswith("eval/")},
+        **baselines,
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -69,13 +69,22 @@ def _peft_names(mod: nn.Module) -> set[str]:
     return names
 
 
-def base_signature(base: nn.Module, adapter_name: str) -> dict[str, Any] | None:
-    """{path: {"shape": [...], "sample": [...]}} for every wrapped layer with a floating weight; None when
-    an adapter is merged into the weights (they are not the base's then)."""
+def _saved_whole(path: str, modules_to_save: list[str] | None) -> bool:
+    """Whether ``path`` is (or sits inside) a module the adapter trains fully and saves itself."""
+    dotted = "." + path + "."
+    return any(f".{t}." in dotted for t in modules_to_save or [])
+
+
+def base_signature(base: nn.Module, adapter_name: str, modules_to_save: list[str] | None = None
+                   ) -> dict[str, Any] | None:
+    """{path: {"shape": [...], "sample": [...]}} for every wrapped layer with a floating weight, but those in
+    ``modules_to_save`` (trained, so no longer the base's); None when an adapter is merged into the weights."""
     from adaptome.core.adapters.base import AdapterLayer
 
     sig = {}
     for path in wrapped_paths(base, adapter_name):
+        if _saved_whole(path, modules_to_save):
+            continue
         mod = base.get_submodule(path)
         if (isinstance(mod, AdapterLayer) and mod.merged) or getattr(mod, "merged_adapters", None):
             return None

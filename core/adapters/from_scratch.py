@@ -45,8 +45,8 @@ def method_config(method: str, options: dict[str, Any] | None = None, source: st
 
     if method not in PRETRAIN_METHODS and method not in ADAPTERS:
         where = f"{source}: " if source else ""
-        raise ConfigError(f"{where}adapter.method: unknown adapter method {method!r}; adapters: {', '.join(ADAPTERS.names())}; "
-                          f"from scratch: {', '.join(PRETRAIN_METHODS.names())}")
+        raise ConfigError(f"{where}adapter.method: unknown adapter method {method!r}; adapters: "
+                          f"{', '.join(ADAPTERS.names())}; from scratch: {', '.join(PRETRAIN_METHODS.names())}")
     prefix = prefix or f"adapter[{method}]"
     if method in PRETRAIN_METHODS:
         return from_dict(PRETRAIN_METHODS.get(method), dict(options or {}), source=source, prefix=prefix), True

@@ -86,7 +86,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str
             "adapter_name": adapter_name,
             "config": cfg.to_dict(),
             "base_model_class": type(_base_model(model)).__name__,
-            "base_signature": base_signature(_base_model(model), adapter_name),
+            "base_signature": base_signature(_base_model(model), adapter_name, cfg.modules_to_save),
             "weights_sha256": weights_sha256(tmp / WEIGHTS),
             **(extra or {}),
         }

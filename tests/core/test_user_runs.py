@@ -87,7 +87,8 @@ def test_seq_bn_trains_only_the_blocks_its_options_select(app, tmp_path):
     assert res.exit_code == 2 and "target_modules 'attention' matched no FFN block" in res.output, res.output
     model = tiny.bert()
     only = apply_adapter(model, make_config("seq_bn", {"target_modules": ["layer.1.output"], "reduction_factor": 4}))
-    assert [p for p, m in only.named_modules() if type(m).__name__ == "BottleneckLayer"] == ["bert.encoder.layer.1.output"]
+    wrapped = [p for p, m in only.named_modules() if type(m).__name__ == "BottleneckLayer"]
+    assert wrapped == ["bert.encoder.layer.1.output"]
 
 
 @pytest.mark.parametrize("method, options", [
@@ -158,3 +159,58 @@ def test_gpt2_conv1d_layers_are_named_when_nothing_matches():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=32))
     with pytest.raises(TargetError, match=r"transformer\.h\.0\.attn\.c_attn.*Conv1D"):
         resolve_targets(model, "all-linear")
+
+
+def test_summary_reports_base_and_unigram_perplexity_recomputed_by_hand(app, tmp_path):
+    """The summary's baselines on the held-out file, recomputed here: the tiny base rebuilt from its seed
+    scored block by block, and add-one unigram counts of the training tokens."""
+    import math
+    from collections import Counter
+
+    train, held = tmp_path / "train.txt", tmp_path / "held.txt"
+    train.write_text("\n".join(_lines(24)) + "\n")
+    held.write_text("\n".join(_lines(40)[24:]) + "\n")
+    cfg = _config(tmp_path, train, save_every=0, max_steps=2)
+    res = runner.invoke(app, ["train", "-c", cfg, "--set", f"data.eval_files=[{held}]"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+
+    tok = text.char_tokenizer()
+    blocks = {name: text.pack_blocks([tok(t, add_special_tokens=False)["input_ids"] for t in text.read_texts(f)], 32,
+                                     tok.eos_token_id) for name, f in (("train", train), ("held", held))}
+    counts = Counter(i for b in blocks["train"] for i in b)
+    n, vocab = sum(counts.values()), len(tok)
+    scored = [i for b in blocks["held"] for i in b[1:]]  # position t predicts t+1: the first is never scored
+    unigram = math.exp(-sum(math.log((counts[i] + 1) / (n + vocab)) for i in scored) / len(scored))
+    assert summary["eval/perplexity_unigram"] == pytest.approx(unigram, rel=1e-9)
+
+    base = tiny.text_causal_lm(vocab, **TINY).eval()  # the run seeds its tiny model with train.seed (0)
+    with torch.no_grad():
+        nll = [base(input_ids=torch.tensor([b]), labels=torch.tensor([b])).loss.item() for b in blocks["held"]]
+    assert summary["eval/perplexity_base"] == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
+    assert summary["eval/perplexity_unigram"] < 12 < summary["eval/perplexity_base"]  # 10 letters vs an untrained LM
+
+
+def test_masked_lm_evaluations_score_the_same_masked_tokens(app, tmp_path):
+    """At a negligible learning rate every evaluation of a masked LM gives the base's number: the masks are
+    drawn from ``train.seed`` each time. Before, each evaluation drew other masks (and no baseline existed)."""
+    f = _text_file(tmp_path)
+    cfg = _config(tmp_path, f, kind="masked", save_every=0, max_steps=3, lr=1e-12, eval_every=1)
+    res = runner.invoke(app, ["train", "-c", cfg, "--set", f"data.eval_files=[{f}]"])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval/perplexity"] for r in records if "eval/perplexity" in r]
+    base = json.loads((tmp_path / "run" / "summary.json").read_text())["eval/perplexity_base"]
+    assert len(evals) == 3 and all(v == pytest.approx(base, rel=1e-6) for v in evals), (evals, base)
+
+
+def test_block_size_beyond_the_models_positions_is_one_line(app, tmp_path):
+    """The tiny BERT has 512 positions; before, block_size 600 failed inside the forward pass with a shape
+    error traceback."""
+    long = tmp_path / "long.txt"
+    long.write_text("\n".join(line * 20 for line in _lines(8)) + "\n")
+    cfg = _config(tmp_path, long, kind="masked", save_every=0, max_steps=1)
+    res = runner.invoke(app, ["train", "-c", cfg, "--set", "data.block_size=600"])
+    assert res.exit_code == 2, res.output
+    assert f"{cfg}: data.block_size: 600 tokens is more than the model's 512 positions" in res.output
+    assert not (tmp_path / "run").exists()
