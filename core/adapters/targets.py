@@ -143,7 +143,7 @@ def resolve_targets(
         sample = ", ".join(linears[:6]) + (" ..." if len(linears) > 6 else "")
         conv1d = [p for p, m in model.named_modules() if type(m).__name__ == "Conv1D"]  # transformers' GPT-2 layer
         why = (f"; its projections ({', '.join(conv1d[:3])}{' ...' if len(conv1d) > 3 else ''}) are transformers "
-               "Conv1D layers (GPT-2 style), which adaptome's adapters do not wrap") if conv1d else ""
+               "Conv1D layers (GPT-2 style), which adaptome does not wrap (nn.Linear only)") if conv1d else ""
         raise TargetError(
             f"target_modules {target_modules!r} matched no linear module in {type(model).__name__} "
             f"(linear modules: {sample or 'none'}){why}"

@@ -214,3 +214,17 @@ def test_block_size_beyond_the_models_positions_is_one_line(app, tmp_path):
     assert res.exit_code == 2, res.output
     assert f"{cfg}: data.block_size: 600 tokens is more than the model's 512 positions" in res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_compress_a_gpt2_names_its_conv1d_layers(app, tmp_path):
+    """Before, ``compress`` called GPT2LMHeadModel 'neither a causal nor a masked LM'."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(text.char_tokenizer()), n_embd=16, n_layer=1, n_head=2,
+                               n_positions=64)).save_pretrained(tmp_path / "gpt2")
+    text.char_tokenizer().save_pretrained(tmp_path / "gpt2")
+    res = runner.invoke(app, ["compress", "--method", "lrt", "--model", str(tmp_path / "gpt2"), "--budget", "0.5",
+                              "--out", str(tmp_path / "out"), "--eval-text", str(_text_file(tmp_path)),
+                              "--block-size", "32"])
+    assert res.exit_code == 2, res.output
+    assert "neither a causal" not in res.output and "Conv1D" in res.output and "c_attn" in res.output
