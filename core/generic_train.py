@@ -13,10 +13,11 @@ Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`
 
 Under ``torchrun`` every process joins the group and trains its share of each batch; only the main
 process writes outputs. A folder with checkpoints is resumed only when the run's identity matches
-(``train.identity``: these sections, each data file's size and SHA-256, the training options but
-those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is written once that check has
-passed, so a refused run changes no file. ``summary.json`` reports the whole run (its losses come
-from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``. Temporary files a
+(``train.identity``: these sections, each data file's size and SHA-256, a sample of the base model's
+weights, the training options but those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is
+written once that check has passed, so a refused run changes no file. ``summary.json`` reports the
+whole run (its losses come from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``,
+with the held-out perplexity of the base model and of a unigram model beside the adapter's. Temporary files a
 killed run left in the folder are removed. A data file that is not UTF-8 is refused naming its file
 and line before anything is read or written.
 
@@ -175,10 +176,11 @@ def _collator(tok, kind: str, mlm_probability: float):
     return DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=mlm_probability)
 
 
-def run_identity_of(cfg: RunConfig, method_cfg: Any) -> dict[str, Any]:
+def run_identity_of(cfg: RunConfig, method_cfg: Any, base_digest: str | None = None) -> dict[str, Any]:
     """What of ``cfg`` beyond the training options shapes the result (``train.identity``): the model,
     data and adapter sections, with each data file by size and SHA-256 instead of its path (so an
-    edited file of the same size is seen, a moved one is not a change)."""
+    edited file of the same size is seen, a moved one is not a change), and the base model's
+    ``identity.weights_digest`` (so a model folder replaced by another checkpoint is a change too)."""
     from adaptome.core.config import to_dict
     from adaptome.core.train.identity import file_digest
 
@@ -187,8 +189,9 @@ def run_identity_of(cfg: RunConfig, method_cfg: Any) -> dict[str, Any]:
         data[key] = [{k: v for k, v in file_digest(f).items() if k != "path"} for f in data[key]]
     # the method's resolved config (8 and 8.0 are one value)
     adapter = method_cfg.to_dict() if hasattr(method_cfg, "to_dict") else to_dict(method_cfg)
-    return {"model": to_dict(cfg.model), "data": data, "adapter": {"method": cfg.adapter.method, "options": adapter},
-            "optimizer": to_dict(cfg.optimizer), "save_merged": cfg.save_merged}
+    return {"model": to_dict(cfg.model), "base_weights": base_digest, "data": data,
+            "adapter": {"method": cfg.adapter.method, "options": adapter}, "optimizer": to_dict(cfg.optimizer),
+            "save_merged": cfg.save_merged}
 
 
 def _check_utf8(files: list[str]) -> None:
@@ -312,6 +315,7 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
     from adaptome.core.atomic import clean_stale
     from adaptome.core.config import ConfigError
     from adaptome.core.optim.registry import make_optimizer_factory
+    from adaptome.core.train.identity import weights_digest
     from adaptome.core.train.loop import fit, make_accelerator
 
     if not cfg.data.train_files:
@@ -331,6 +335,7 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
     _check_block_size(model, cfg.data.block_size, source)
+    base_digest = weights_digest(model)  # before the adapter: the base's own weights
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
                               cfg.data.text_field) if cfg.data.eval_files else []
@@ -344,7 +349,8 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
     baselines = _Baselines(perplexity, train_set, len(tok), from_scratch)
     res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn,
               hooks=[_WriteConfig(cfg, out), baselines],
-              accelerator=acc, identity=run_identity_of(cfg, adapter_cfg), make_optimizer=make_optimizer)
+              accelerator=acc, identity=run_identity_of(cfg, adapter_cfg, base_digest),
+              make_optimizer=make_optimizer)
     summary = None
     if acc.is_main_process:
         can_merge = not from_scratch and adapter_cfg.supports_merge
@@ -365,7 +371,9 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
     from adaptome.core.train.metrics import read_metrics
 
     out = Path(cfg.train.output_dir)
-    save_trained(res.model, out / "adapter", overwrite=overwrite)  # from scratch: model.safetensors + method.json
+    # from scratch: model.safetensors + method.json; an adapter records its base for `adapters export`
+    extra = {"base_model_name_or_path": cfg.model.name_or_path} if cfg.model.name_or_path else None
+    save_trained(res.model, out / "adapter", overwrite=overwrite, extra=extra)
     tok.save_pretrained(out / "adapter")
     if cfg.save_merged and can_merge:
         save_merged(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)

@@ -63,12 +63,13 @@ def apply_method(model: nn.Module, method: str, options: dict[str, Any] | None =
     return (cfg.apply(model) if from_scratch else apply_adapter(model, cfg)), cfg, from_scratch
 
 
-def save_trained(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """The adapter (``io.save_adapter``), or the whole model of a from-scratch method, to ``out_dir``."""
+def save_trained(model: nn.Module, out_dir: str | Path, overwrite: bool = False, extra: dict | None = None) -> Path:
+    """The adapter (``io.save_adapter``, ``extra`` added to its ``adaptome.json``), or the whole model of a
+    from-scratch method, to ``out_dir``."""
     if not hasattr(model, ATTR):
         from adaptome.core.adapters.io import save_adapter
 
-        return save_adapter(model, out_dir, overwrite=overwrite)
+        return save_adapter(model, out_dir, overwrite=overwrite, extra=extra)
     return save_pretrained_model(model, out_dir, overwrite)
 
 

@@ -228,3 +228,23 @@ def test_compress_a_gpt2_names_its_conv1d_layers(app, tmp_path):
                               "--block-size", "32"])
     assert res.exit_code == 2, res.output
     assert "neither a causal" not in res.output and "Conv1D" in res.output and "c_attn" in res.output
+
+
+def test_model_folder_replaced_by_another_checkpoint_is_not_resumed(app, tmp_path):
+    """The same path, config and shapes, other weights: before, the run resumed its adapter on them.
+    The adapter also records its base, so ``adapters export`` needs no --base."""
+    vocab = len(text.char_tokenizer())
+    sizes = dict(vocab_size=vocab, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    model_dir = tmp_path / "my-model"
+    tiny.llama(seed=0, **sizes).save_pretrained(model_dir)
+    text.char_tokenizer().save_pretrained(model_dir)
+    cfg = _config(tmp_path, _text_file(tmp_path), save_every=2, max_steps=2)
+    args = ["train", "-c", cfg, "--set", f"model.name_or_path={model_dir}"]
+    assert runner.invoke(app, args).exit_code == 0
+
+    res = runner.invoke(app, ["adapters", "export", str(tmp_path / "run" / "adapter"), str(tmp_path / "peft")])
+    assert res.exit_code == 0, res.output
+
+    tiny.llama(seed=1, **sizes).save_pretrained(model_dir)  # another checkpoint at the same path
+    res = runner.invoke(app, args + ["--set", "train.max_steps=4", "--overwrite"])
+    assert res.exit_code == 2 and "another configuration (base_weights:" in res.output, res.output
