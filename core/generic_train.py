@@ -320,10 +320,13 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
 
     if not cfg.data.train_files:
         raise ConfigError("data.train_files: is empty; give at least one text (.txt) or JSONL (.jsonl) file")
-    method_config(cfg.adapter.method, cfg.adapter.options, source, prefix="adapter.options")  # before any loading
+    # before any loading or training: the options, and every output folder the run will write at its end
+    method_cfg, from_scratch = method_config(cfg.adapter.method, cfg.adapter.options, source, prefix="adapter.options")
     out = Path(cfg.train.output_dir)
-    if (out / "adapter").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
+    merges = cfg.save_merged and not from_scratch and method_cfg.supports_merge
+    for name in ("adapter", "merged") if merges else ("adapter",):
+        if (out / name).exists() and not overwrite:
+            raise FileExistsError(f"{out / name}: already exists; use --overwrite or another train.output_dir")
     t = cfg.train
     make_optimizer = make_optimizer_factory(cfg.optimizer.name, cfg.optimizer.options, t.lr, t.weight_decay,
                                             t.betas)

@@ -248,3 +248,16 @@ def test_model_folder_replaced_by_another_checkpoint_is_not_resumed(app, tmp_pat
     tiny.llama(seed=1, **sizes).save_pretrained(model_dir)  # another checkpoint at the same path
     res = runner.invoke(app, args + ["--set", "train.max_steps=4", "--overwrite"])
     assert res.exit_code == 2 and "another configuration (base_weights:" in res.output, res.output
+
+
+def test_an_existing_merged_folder_is_refused_before_training(app, tmp_path):
+    """adapter/ removed, merged/ kept: before, the run trained to the end and then failed on merged/."""
+    import shutil
+
+    cfg = _config(tmp_path, _text_file(tmp_path), save_every=0, max_steps=2)
+    assert runner.invoke(app, ["train", "-c", cfg]).exit_code == 0
+    shutil.rmtree(tmp_path / "run" / "adapter")
+    log = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    res = runner.invoke(app, ["train", "-c", cfg])
+    assert res.exit_code == 2 and "merged: already exists; use --overwrite" in res.output, res.output
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == log  # nothing trained, nothing rewritten
