@@ -134,14 +134,21 @@ class RunConfig:
 
 def _load(model_cfg: ModelConfig):
     from adaptome.core import text
+    from adaptome.core.config import ConfigError
 
     if model_cfg.name_or_path:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+        cls = AutoModelForCausalLM if model_cfg.kind == "causal" else AutoModelForMaskedLM
+        _check_model_kind(model_cfg, cls)
         tok = AutoTokenizer.from_pretrained(model_cfg.name_or_path)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        cls = AutoModelForCausalLM if model_cfg.kind == "causal" else AutoModelForMaskedLM
+        needs = ("eos_token", "packed causal blocks end each example with it") if model_cfg.kind == "causal" else \
+            ("pad_token", "masked-LM batches are padded with it")
+        if getattr(tok, needs[0]) is None:
+            raise ConfigError(f"{model_cfg.name_or_path}: the tokenizer has no {needs[0]} ({needs[1]}); add one to "
+                              f"its tokenizer_config.json or check model.kind ({model_cfg.kind!r})")
         return cls.from_pretrained(model_cfg.name_or_path), tok
     tok = text.char_tokenizer()
     t = model_cfg.tiny
@@ -149,6 +156,24 @@ def _load(model_cfg: ModelConfig):
     model = build(len(tok), hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
                   intermediate_size=t.intermediate_size)
     return model, tok
+
+
+def _check_model_kind(model_cfg: ModelConfig, auto_cls) -> None:
+    """Refuse, in one line, a model whose architecture has no ``model.kind`` head (an encoder-decoder such as
+    T5 has neither; a BERT named as causal): transformers' own error lists every architecture it knows."""
+    from transformers import AutoConfig
+
+    from adaptome.core.config import ConfigError
+
+    name = model_cfg.name_or_path
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():  # a path, not a hub id
+        raise ConfigError(f"{name}: model.name_or_path: no such model folder")
+    mcfg = AutoConfig.from_pretrained(name)
+    if type(mcfg) not in auto_cls._model_mapping:
+        other = "masked" if model_cfg.kind == "causal" else "causal"
+        raise ConfigError(f"{model_cfg.name_or_path}: a {mcfg.model_type!r} model has no {model_cfg.kind} LM head "
+                          f"({auto_cls.__name__} does not load it); set model.kind to {other!r} if it is a "
+                          f"{other} LM (encoder-decoder models such as T5 are not covered by adaptome train)")
 
 
 def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field: str = "text") -> list[dict]:

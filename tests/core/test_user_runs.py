@@ -261,3 +261,26 @@ def test_an_existing_merged_folder_is_refused_before_training(app, tmp_path):
     res = runner.invoke(app, ["train", "-c", cfg])
     assert res.exit_code == 2 and "merged: already exists; use --overwrite" in res.output, res.output
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == log  # nothing trained, nothing rewritten
+
+
+def test_a_model_without_the_configured_head_is_one_line(app, tmp_path):
+    """A T5 (encoder-decoder) or a BERT whose tokenizer has no EOS, trained as a causal LM, and a model path
+    that does not exist: before, transformers' traceback (listing every architecture) or a dtype error."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tok = text.char_tokenizer()
+    T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                        d_kv=8, decoder_start_token_id=0)).save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    tiny.bert(vocab_size=len(tok)).save_pretrained(tmp_path / "bert")
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, pad_token="<pad>", mask_token="<mask>",
+                            unk_token="<unk>").save_pretrained(tmp_path / "bert")  # no EOS, as BERT's own
+    cfg = _config(tmp_path, _text_file(tmp_path), save_every=0, max_steps=1)
+    for model, expect in ((tmp_path / "t5", "a 't5' model has no causal LM head"),
+                          (tmp_path / "bert", "the tokenizer has no eos_token"),
+                          (tmp_path / "nowhere", "model.name_or_path: no such model folder")):
+        res = runner.invoke(app, ["train", "-c", cfg, "--set", f"model.name_or_path={model}"])
+        assert res.exit_code == 2 and f"{model}: {expect}" in res.output, res.output
+        assert "Traceback" not in res.output
