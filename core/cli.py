@@ -197,7 +197,7 @@ def train_cmd(
 
     with user_errors():
         cfg = load_config(RunConfig, config, set_)
-        summary = run_generic(cfg, overwrite=overwrite)
+        summary = run_generic(cfg, overwrite=overwrite, source=str(config))
     if summary:
         typer.echo(summary)
 

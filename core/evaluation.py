@@ -16,7 +16,9 @@ Dimension letters: N samples (or problems), T tokens of one tag sequence, C clas
   as CoNLL-2003's ``conlleval`` and seqeval's default mode count them.
 * ``perplexity`` / ``perplexity_from_losses``: exp of the mean token negative log-likelihood;
   ``lm_perplexity``: the same over a language model's predictions on a list of examples (the one
-  perplexity of the code base: ``adaptome train``, the quickstart and the domains call it).
+  perplexity of the code base: ``adaptome train``, the quickstart and the domains call it);
+  ``unigram_perplexity``: the baseline beside it, token frequencies of the training examples (add-one
+  smoothed) scored on the same tokens ``lm_perplexity`` scores.
 
 Not covered: multi-label or multi-class ROC AUC, sample weights, IOBES / BILOU tag schemes,
 confidence intervals (bootstrap them over problems if needed).
@@ -33,7 +35,7 @@ import numpy as np
 __all__ = [
     "pass_at_k", "mean_pass_at_k", "r2_score", "mse", "pearson", "spearman", "accuracy", "macro_f1",
     "roc_auc", "entity_spans", "entity_scores", "entity_f1", "perplexity", "perplexity_from_losses",
-    "lm_perplexity", "rankdata",
+    "lm_perplexity", "unigram_perplexity", "rankdata",
 ]
 
 
@@ -350,3 +352,35 @@ def lm_perplexity(model, examples: Sequence[Any], collate: Callable[[list], dict
             total += float(nll)
             count += int((labels != -100).sum())
     return perplexity_from_losses(total, count)
+
+
+def _scored_labels(batch: dict, kind: str):
+    """The labels ``lm_perplexity`` scores in one collated batch: (B, L-1) for causal LMs (position t
+    predicts t+1), (B, L) for masked LMs; -100 marks positions not scored."""
+    labels = batch["labels"]  # (B, L)
+    return labels[:, 1:] if kind == "causal" else labels
+
+
+def unigram_perplexity(train_examples: Sequence[Any], eval_examples: Sequence[Any], collate: Callable[[list], dict],
+                       vocab_size: int, kind: Literal["causal", "masked"] = "causal", batch_size: int = 8) -> float:
+    """Perplexity of a unigram model on the tokens ``lm_perplexity`` scores: the baseline a language model
+    must beat.
+
+    p(v) = (c_v + 1) / (N + V), with c_v the count of token v over every ``input_ids`` of ``train_examples``
+    (N tokens in all, V = ``vocab_size``: add-one smoothing, so an unseen token has a finite cost);
+    perplexity = exp(-sum log p(y) / n) over the n scored labels y of ``eval_examples`` collated in batches
+    of ``batch_size`` (a masked LM's collator draws its masks from the global RNG: seed it as for the model).
+    """
+    import torch
+
+    counts = torch.zeros(vocab_size, dtype=torch.float64)  # (V,)
+    for ex in train_examples:
+        counts += torch.bincount(torch.as_tensor(ex["input_ids"]).reshape(-1), minlength=vocab_size).double()
+    logp = torch.log((counts + 1.0) / (counts.sum() + vocab_size))  # (V,)
+    total, n = 0.0, 0
+    for i in range(0, len(eval_examples), batch_size):
+        labels = _scored_labels(collate(list(eval_examples[i:i + batch_size])), kind)
+        scored = labels[labels != -100]  # (n_batch,)
+        total -= float(logp[scored].sum())
+        n += int(scored.numel())
+    return perplexity_from_losses(total, n)

@@ -13,10 +13,11 @@ Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`
 
 Under ``torchrun`` every process joins the group and trains its share of each batch; only the main
 process writes outputs. A folder with checkpoints is resumed only when the run's identity matches
-(``train.identity``: these sections, each data file's size and SHA-256, the training options but
-those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is written once that check has
-passed, so a refused run changes no file. ``summary.json`` reports the whole run (its losses come
-from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``. Temporary files a
+(``train.identity``: these sections, each data file's size and SHA-256, a sample of the base model's
+weights, the training options but those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is
+written once that check has passed, so a refused run changes no file. ``summary.json`` reports the
+whole run (its losses come from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``,
+with the held-out perplexity of the base model and of a unigram model beside the adapter's. Temporary files a
 killed run left in the folder are removed. A data file that is not UTF-8 is refused naming its file
 and line before anything is read or written.
 
@@ -26,11 +27,12 @@ own those), streaming corpora, sequence classification heads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from adaptome.core.config import InvalidValue
 from adaptome.core.optim.registry import OptimizerSpec
@@ -132,14 +134,21 @@ class RunConfig:
 
 def _load(model_cfg: ModelConfig):
     from adaptome.core import text
+    from adaptome.core.config import ConfigError
 
     if model_cfg.name_or_path:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+        cls = AutoModelForCausalLM if model_cfg.kind == "causal" else AutoModelForMaskedLM
+        _check_model_kind(model_cfg, cls)
         tok = AutoTokenizer.from_pretrained(model_cfg.name_or_path)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        cls = AutoModelForCausalLM if model_cfg.kind == "causal" else AutoModelForMaskedLM
+        needs = ("eos_token", "packed causal blocks end each example with it") if model_cfg.kind == "causal" else \
+            ("pad_token", "masked-LM batches are padded with it")
+        if getattr(tok, needs[0]) is None:
+            raise ConfigError(f"{model_cfg.name_or_path}: the tokenizer has no {needs[0]} ({needs[1]}); add one to "
+                              f"its tokenizer_config.json or check model.kind ({model_cfg.kind!r})")
         return cls.from_pretrained(model_cfg.name_or_path), tok
     tok = text.char_tokenizer()
     t = model_cfg.tiny
@@ -147,6 +156,24 @@ def _load(model_cfg: ModelConfig):
     model = build(len(tok), hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
                   intermediate_size=t.intermediate_size)
     return model, tok
+
+
+def _check_model_kind(model_cfg: ModelConfig, auto_cls) -> None:
+    """Refuse, in one line, a model whose architecture has no ``model.kind`` head (an encoder-decoder such as
+    T5 has neither; a BERT named as causal): transformers' own error lists every architecture it knows."""
+    from transformers import AutoConfig
+
+    from adaptome.core.config import ConfigError
+
+    name = model_cfg.name_or_path
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():  # a path, not a hub id
+        raise ConfigError(f"{name}: model.name_or_path: no such model folder")
+    mcfg = AutoConfig.from_pretrained(name)
+    if type(mcfg) not in auto_cls._model_mapping:
+        other = "masked" if model_cfg.kind == "causal" else "causal"
+        raise ConfigError(f"{model_cfg.name_or_path}: a {mcfg.model_type!r} model has no {model_cfg.kind} LM head "
+                          f"({auto_cls.__name__} does not load it); set model.kind to {other!r} if it is a "
+                          f"{other} LM (encoder-decoder models such as T5 are not covered by adaptome train)")
 
 
 def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field: str = "text") -> list[dict]:
@@ -174,10 +201,11 @@ def _collator(tok, kind: str, mlm_probability: float):
     return DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=mlm_probability)
 
 
-def run_identity_of(cfg: RunConfig, method_cfg: Any) -> dict[str, Any]:
+def run_identity_of(cfg: RunConfig, method_cfg: Any, base_digest: str | None = None) -> dict[str, Any]:
     """What of ``cfg`` beyond the training options shapes the result (``train.identity``): the model,
     data and adapter sections, with each data file by size and SHA-256 instead of its path (so an
-    edited file of the same size is seen, a moved one is not a change)."""
+    edited file of the same size is seen, a moved one is not a change), and the base model's
+    ``identity.weights_digest`` (so a model folder replaced by another checkpoint is a change too)."""
     from adaptome.core.config import to_dict
     from adaptome.core.train.identity import file_digest
 
@@ -186,8 +214,9 @@ def run_identity_of(cfg: RunConfig, method_cfg: Any) -> dict[str, Any]:
         data[key] = [{k: v for k, v in file_digest(f).items() if k != "path"} for f in data[key]]
     # the method's resolved config (8 and 8.0 are one value)
     adapter = method_cfg.to_dict() if hasattr(method_cfg, "to_dict") else to_dict(method_cfg)
-    return {"model": to_dict(cfg.model), "data": data, "adapter": {"method": cfg.adapter.method, "options": adapter},
-            "optimizer": to_dict(cfg.optimizer), "save_merged": cfg.save_merged}
+    return {"model": to_dict(cfg.model), "base_weights": base_digest, "data": data,
+            "adapter": {"method": cfg.adapter.method, "options": adapter}, "optimizer": to_dict(cfg.optimizer),
+            "save_merged": cfg.save_merged}
 
 
 def _check_utf8(files: list[str]) -> None:
@@ -209,6 +238,80 @@ def _check_utf8(files: list[str]) -> None:
                              "convert the file to UTF-8") from None
 
 
+def _check_block_size(model, block_size: int, source: str | None) -> None:
+    """Refuse ``data.block_size`` beyond the positions the model has (learned position tables fail deep
+    inside the forward pass with a shape error; rotary models would run on lengths they never saw)."""
+    from adaptome.core.config import InvalidValue
+
+    mcfg = getattr(model, "config", None)
+    limit = getattr(mcfg, "max_position_embeddings", None) or getattr(mcfg, "n_positions", None)
+    if not isinstance(limit, int):
+        return
+    if getattr(mcfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):  # positions start after pad
+        limit -= (getattr(mcfg, "pad_token_id", None) or 0) + 1
+    if block_size > limit:
+        raise InvalidValue("data.block_size", f"{block_size} tokens is more than the model's {limit} positions "
+                           f"(max_position_embeddings); lower it to at most {limit}", source)
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int) -> Iterator[None]:
+    """The torch RNG (CPU, and CUDA once in use) seeded with ``seed`` inside, restored after."""
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class _SeededPerplexity:
+    """``lm_perplexity`` on the eval set with the torch RNG seeded by ``train.seed`` (and restored after):
+    a masked LM's collator draws the same masks at every evaluation, so the numbers of one run, its
+    baselines and a rerun score the same tokens."""
+
+    def __init__(self, eval_set: list, collate, kind: str, seed: int):
+        self.eval_set, self.collate, self.kind, self.seed = eval_set, collate, kind, seed
+
+    def __call__(self, model) -> float:
+        from adaptome.core.evaluation import lm_perplexity
+
+        with _seeded_rng(self.seed):
+            return lm_perplexity(model, self.eval_set, self.collate, self.kind)
+
+
+class _Baselines:
+    """Hook: at the start of training (the model on its device, nothing trained yet in this call), the
+    held-out perplexity of the base model (adapters disabled; none for a from-scratch method, which has no
+    base) and of a unigram model of the training tokens (``evaluation.unigram_perplexity``), on the tokens
+    the run's own evaluation scores. ``values`` goes into ``summary.json``."""
+
+    def __init__(self, perplexity: _SeededPerplexity, train_set: list, vocab_size: int, from_scratch: bool):
+        self.perplexity, self.train_set, self.vocab_size, self.from_scratch = perplexity, train_set, vocab_size, \
+            from_scratch
+        self.values: dict[str, float] = {}
+
+    def on_train_start(self, state) -> None:
+        import torch
+
+        from adaptome.core.adapters.api import disable_adapters
+        from adaptome.core.evaluation import unigram_perplexity
+
+        p = self.perplexity
+        if not p.eval_set:
+            return
+        model, was_training = state.model, state.model.training
+        model.eval()
+        with torch.no_grad():
+            if not self.from_scratch:
+                with disable_adapters(model):
+                    self.values["eval/perplexity_base"] = p(model)
+            with _seeded_rng(p.seed):
+                self.values["eval/perplexity_unigram"] = unigram_perplexity(self.train_set, p.eval_set, p.collate,
+                                                                            self.vocab_size, p.kind)
+        model.train(was_training)
+
+
 class _WriteConfig:
     """Hook: writes the resolved ``config.yaml`` once the resume check has passed (main process only),
     so a refused run leaves the earlier run's config as it was."""
@@ -223,8 +326,9 @@ class _WriteConfig:
             save_config(self.cfg, self.out)
 
 
-def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
-    """Train, evaluate and save; returns a one-paragraph summary.
+def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = None) -> str:
+    """Train, evaluate and save; returns a one-paragraph summary. ``source``: the config file, named by
+    errors in the adapter options (checked before the model is loaded).
 
     Under ``torchrun`` every process trains its share of each batch; only the main process writes
     ``config.yaml``, ``adapter/``, ``merged/`` and ``summary.json`` while the others wait.
@@ -232,18 +336,22 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
     import torch
 
     from adaptome.core.adapters.api import trainable_report
-    from adaptome.core.adapters.from_scratch import apply_method
+    from adaptome.core.adapters.from_scratch import apply_method, method_config
     from adaptome.core.atomic import clean_stale
     from adaptome.core.config import ConfigError
-    from adaptome.core.evaluation import lm_perplexity
     from adaptome.core.optim.registry import make_optimizer_factory
+    from adaptome.core.train.identity import weights_digest
     from adaptome.core.train.loop import fit, make_accelerator
 
     if not cfg.data.train_files:
         raise ConfigError("data.train_files: is empty; give at least one text (.txt) or JSONL (.jsonl) file")
+    # before any loading or training: the options, and every output folder the run will write at its end
+    method_cfg, from_scratch = method_config(cfg.adapter.method, cfg.adapter.options, source, prefix="adapter.options")
     out = Path(cfg.train.output_dir)
-    if (out / "adapter").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'adapter'}: already exists; use --overwrite or another train.output_dir")
+    merges = cfg.save_merged and not from_scratch and method_cfg.supports_merge
+    for name in ("adapter", "merged") if merges else ("adapter",):
+        if (out / name).exists() and not overwrite:
+            raise FileExistsError(f"{out / name}: already exists; use --overwrite or another train.output_dir")
     t = cfg.train
     make_optimizer = make_optimizer_factory(cfg.optimizer.name, cfg.optimizer.options, t.lr, t.weight_decay,
                                             t.betas)
@@ -254,27 +362,34 @@ def run_generic(cfg: RunConfig, overwrite: bool = False) -> str:
             log.warning(f"removed {p}: left half-written by an interrupted run")
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run
     model, tok = _load(cfg.model)
+    _check_block_size(model, cfg.data.block_size, source)
+    base_digest = weights_digest(model)  # before the adapter: the base's own weights
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
                               cfg.data.text_field) if cfg.data.eval_files else []
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
     # an adapter, or a method that replaces the layers and trains the whole model (sltrain)
-    model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options)
+    model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options, source,
+                                                   prefix="adapter.options")
     report = trainable_report(model)
-    eval_fn = (lambda m: {"perplexity": lm_perplexity(m, eval_set, collate, cfg.model.kind)}) if eval_set else None
-    res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn, hooks=[_WriteConfig(cfg, out)],
-              accelerator=acc, identity=run_identity_of(cfg, adapter_cfg), make_optimizer=make_optimizer)
+    perplexity = _SeededPerplexity(eval_set, collate, cfg.model.kind, cfg.train.seed)
+    eval_fn = (lambda m: {"perplexity": perplexity(m)}) if eval_set else None
+    baselines = _Baselines(perplexity, train_set, len(tok), from_scratch)
+    res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn,
+              hooks=[_WriteConfig(cfg, out), baselines],
+              accelerator=acc, identity=run_identity_of(cfg, adapter_cfg, base_digest),
+              make_optimizer=make_optimizer)
     summary = None
     if acc.is_main_process:
         can_merge = not from_scratch and adapter_cfg.supports_merge
-        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite)
+        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite, baselines.values)
     acc.wait_for_everyone()
     acc.end_training()
     return json.dumps(summary, indent=2) if summary is not None else ""
 
 
 def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_merge: bool,
-                   overwrite: bool) -> dict[str, Any]:
+                   overwrite: bool, baselines: dict[str, float]) -> dict[str, Any]:
     """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's,
     read from ``metrics.jsonl`` (so a resumed or re-saved run reports its first loss, not the resume's).
     A from-scratch method (sltrain) saves the whole model to ``adapter/`` and merges nothing."""
@@ -284,7 +399,9 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
     from adaptome.core.train.metrics import read_metrics
 
     out = Path(cfg.train.output_dir)
-    save_trained(res.model, out / "adapter", overwrite=overwrite)  # from scratch: model.safetensors + method.json
+    # from scratch: model.safetensors + method.json; an adapter records its base for `adapters export`
+    extra = {"base_model_name_or_path": cfg.model.name_or_path} if cfg.model.name_or_path else None
+    save_trained(res.model, out / "adapter", overwrite=overwrite, extra=extra)
     tok.save_pretrained(out / "adapter")
     if cfg.save_merged and can_merge:
         save_merged(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
@@ -301,6 +418,7 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         **{k: v for r in records for k, v in r.items() if k.startswith("eval/")},
+        **baselines,
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

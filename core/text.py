@@ -6,7 +6,8 @@ tiny models built from config.
   Lines file (``.jsonl``: each line a JSON object whose ``text_field`` holds a string). Any other
   suffix is an error (a domain's file format is read by that domain's commands, never taken as
   text); so is a missing or empty file, a line that is not JSON, or an object without a string
-  ``text_field``; each error names the file (and line).
+  ``text_field``; each error names the file (and line). A leading UTF-8 byte-order mark (as Windows
+  editors write) is dropped, and Windows line endings read as plain ones.
 * ``char_tokenizer()``: a real ``transformers.PreTrainedTokenizerFast`` with one token per printable
   ASCII character plus ``<pad> <s> </s> <unk> <mask>``; it saves and loads with
   ``save_pretrained`` / ``AutoTokenizer.from_pretrained``. Tiny models trained from scratch on a
@@ -49,7 +50,7 @@ def read_jsonl_records(path: str | os.PathLike, error: type[Exception] = InputEr
     if not path.is_file():
         raise error(f"{path}: file not found")
     records = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark (Windows editors) is not text
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -75,7 +76,7 @@ def read_texts(path: str | os.PathLike, text_field: str = "text") -> list[str]:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     if suffix != ".jsonl":
-        texts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        texts = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
         if not texts:
             raise InputError(f"{path}: no text lines")
         return texts

@@ -27,10 +27,12 @@ def is_peft_model(model: nn.Module) -> bool:
     return isinstance(model, peft.PeftModel)
 
 
-def make_config(method: str, options: dict[str, Any] | None = None, source: str | None = None) -> AdapterConfig:
-    """Build a method's config from its registry name and a mapping of options (strictly checked)."""
+def make_config(method: str, options: dict[str, Any] | None = None, source: str | None = None,
+                prefix: str | None = None) -> AdapterConfig:
+    """Build a method's config from its registry name and a mapping of options (strictly checked; an error
+    names ``source`` and the key under ``prefix``, by default ``adapter[<method>]``)."""
     cls = ADAPTERS.get(method)
-    return from_dict(cls, dict(options or {}), source=source, prefix=f"adapter[{method}]")
+    return from_dict(cls, dict(options or {}), source=source, prefix=prefix or f"adapter[{method}]")
 
 
 def apply_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "default") -> nn.Module:

@@ -48,7 +48,7 @@ from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
 from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
-from adaptome.core.adapters.targets import TargetError
+from adaptome.core.adapters.targets import TargetError, matches
 
 _POST_LN = re.compile(r"(.*\.)?layer\.\d+\.output")
 _PRE_LN = re.compile(r"(.*\.)?layers\.\d+\.mlp")
@@ -57,7 +57,9 @@ _PRE_LN = re.compile(r"(.*\.)?layers\.\d+\.mlp")
 @ADAPTERS.register("seq_bn")
 @dataclass
 class SeqBnConfig(AdapterConfig):
-    #: unused (blocks are found by architecture); kept so the shared config fields stay uniform
+    #: ``"ffn"``: every FFN block (found by architecture); else block paths to keep, as names (a path equal
+    #: to one or ending in ``.name``, e.g. ``layer.11.output`` / ``layers.0.mlp``) or one regex; ``exclude_modules``
+    #: removes blocks the same way. Either matching no FFN block is an error.
     target_modules: list[str] | str = "ffn"
     reduction_factor: int = 16
     scaling: float = 1.0
@@ -95,12 +97,29 @@ class SeqBnConfig(AdapterConfig):
         paths = list(dict.fromkeys(paths))
         if not paths:
             raise TargetError(f"{self.method}: no FFN block (layer.N.output or layers.N.mlp) in {type(model).__name__}")
+        paths = self._select_blocks(paths)
         if self.invertible:
             paths = [_embedding_path(model)] + paths
             head = _output_embedding_path(model)
             if head is not None:
                 paths.append(head)
         return paths
+
+    def _select_blocks(self, blocks: list[str]) -> list[str]:
+        """The FFN blocks ``target_modules`` keeps and ``exclude_modules`` does not remove; an option that
+        removes every block (or keeps a name that is no block) is an error, never ignored."""
+        kept = blocks
+        if self.target_modules != "ffn":
+            kept = [p for p in blocks if matches(p, self.target_modules)]
+            if not kept:
+                raise TargetError(f"{self.method}: target_modules {self.target_modules!r} matched no FFN block; "
+                                  f"the blocks are {', '.join(blocks)} (or 'ffn' for all)")
+        if self.exclude_modules:
+            kept = [p for p in kept if not matches(p, self.exclude_modules)]
+            if not kept:
+                raise TargetError(f"{self.method}: exclude_modules {self.exclude_modules!r} removes every FFN block "
+                                  f"({', '.join(blocks)})")
+        return kept
 
     def count_expected(self, model: nn.Module) -> int:
         blocks = [p for p in self.resolve_paths(model) if _POST_LN.fullmatch(p) or _PRE_LN.fullmatch(p)]

@@ -34,26 +34,42 @@ def _load() -> None:
 PRETRAIN_METHODS: Registry = Registry("pretraining method", loader=_load)
 
 
-def apply_method(model: nn.Module, method: str, options: dict[str, Any] | None = None,
-                 source: str | None = None) -> tuple[nn.Module, Any, bool]:
-    """(model to train, the method's config, whether it trains from scratch) for a method name of
-    ``ADAPTERS`` or ``PRETRAIN_METHODS``; options are checked strictly either way."""
-    from adaptome.core.adapters.api import apply_adapter, make_config
-    from adaptome.core.config import from_dict
+def method_config(method: str, options: dict[str, Any] | None = None, source: str | None = None,
+                  prefix: str | None = None) -> tuple[Any, bool]:
+    """(the method's config, whether it trains from scratch) for a name of ``ADAPTERS`` or
+    ``PRETRAIN_METHODS``, options checked strictly (an error names ``source`` and the key under ``prefix``,
+    by default ``adapter[<method>]``). Needs no model, so a run checks its options before loading one."""
+    from adaptome.core.adapters import ADAPTERS
+    from adaptome.core.adapters.api import make_config
+    from adaptome.core.config import ConfigError, from_dict
 
+    if method not in PRETRAIN_METHODS and method not in ADAPTERS:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}adapter.method: unknown adapter method {method!r}; adapters: "
+                          f"{', '.join(ADAPTERS.names())}; from scratch: {', '.join(PRETRAIN_METHODS.names())}")
+    prefix = prefix or f"adapter[{method}]"
     if method in PRETRAIN_METHODS:
-        cfg = from_dict(PRETRAIN_METHODS.get(method), dict(options or {}), source=source, prefix=f"adapter[{method}]")
-        return cfg.apply(model), cfg, True
-    cfg = make_config(method, options, source=source)
-    return apply_adapter(model, cfg), cfg, False
+        return from_dict(PRETRAIN_METHODS.get(method), dict(options or {}), source=source, prefix=prefix), True
+    return make_config(method, options, source=source, prefix=prefix), False
 
 
-def save_trained(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """The adapter (``io.save_adapter``), or the whole model of a from-scratch method, to ``out_dir``."""
+def apply_method(model: nn.Module, method: str, options: dict[str, Any] | None = None,
+                 source: str | None = None, prefix: str | None = None) -> tuple[nn.Module, Any, bool]:
+    """(model to train, the method's config, whether it trains from scratch) for a method name of
+    ``ADAPTERS`` or ``PRETRAIN_METHODS``; options are checked strictly either way (``method_config``)."""
+    from adaptome.core.adapters.api import apply_adapter
+
+    cfg, from_scratch = method_config(method, options, source, prefix)
+    return (cfg.apply(model) if from_scratch else apply_adapter(model, cfg)), cfg, from_scratch
+
+
+def save_trained(model: nn.Module, out_dir: str | Path, overwrite: bool = False, extra: dict | None = None) -> Path:
+    """The adapter (``io.save_adapter``, ``extra`` added to its ``adaptome.json``), or the whole model of a
+    from-scratch method, to ``out_dir``."""
     if not hasattr(model, ATTR):
         from adaptome.core.adapters.io import save_adapter
 
-        return save_adapter(model, out_dir, overwrite=overwrite)
+        return save_adapter(model, out_dir, overwrite=overwrite, extra=extra)
     return save_pretrained_model(model, out_dir, overwrite)
 
 

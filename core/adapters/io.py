@@ -2,12 +2,14 @@
 
 An adapter folder holds ``adapter_model.safetensors`` (adapter tensors only, keys without the
 adapter name), ``adapter_config.json`` and ``adaptome.json`` (method name, backend, the method's
-config, the base model's class, the SHA-256 of the weights file). For peft-backed methods the
+config, the base model's class and a signature of the wrapped base weights (``base_check``), the SHA-256
+of the weights file). For peft-backed methods the
 first two are written by peft itself, so ``peft.PeftModel.from_pretrained`` loads the folder.
 Writes are atomic (``core.atomic.atomic_dir``): an existing folder is replaced only with
 ``overwrite=True`` and is kept until the new one is complete. Loading checks the weights' checksum
 and reads them before the model is touched, so a truncated or altered file is an error naming it
-and leaves the caller's model as it was. Nothing is pickled.
+and leaves the caller's model as it was; so does a model whose wrapped layers differ from the base the
+adapter was trained on (another shape, other weights). Nothing is pickled.
 
 Not covered: sharded adapter files (one safetensors file per adapter), pushing to a hub.
 """
@@ -34,6 +36,7 @@ from adaptome.core.adapters.api import (
     make_config,
     merge_and_unload,
 )
+from adaptome.core.adapters.base_check import base_mismatch, base_signature
 from adaptome.core.atomic import atomic_dir
 from adaptome.core.errors import AdaptomeError
 
@@ -83,6 +86,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str
             "adapter_name": adapter_name,
             "config": cfg.to_dict(),
             "base_model_class": type(_base_model(model)).__name__,
+            "base_signature": base_signature(_base_model(model), adapter_name, cfg.modules_to_save),
             "weights_sha256": weights_sha256(tmp / WEIGHTS),
             **(extra or {}),
         }
@@ -120,14 +124,22 @@ def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
-                 is_trainable: bool = False) -> nn.Module:
-    """Add the adapter saved in ``path`` to ``model`` and return the model to use."""
+                 is_trainable: bool = False, check_base: bool = True) -> nn.Module:
+    """Add the adapter saved in ``path`` to ``model`` and return the model to use.
+
+    ``check_base``: refuse a model whose wrapped layers differ from the base the adapter was trained on
+    (``base_check``: shapes, and sampled weight values); False loads it onto another base on purpose."""
     path = Path(path)
     meta = read_adapter_meta(path)
     cfg = make_config(meta["method"], meta["config"], source=str(path / META))
     if adapter_name in adapter_names(model):
         raise ValueError(f"model already has an adapter named {adapter_name!r}; load {path} under another name")
     state = read_adapter_weights(path)  # before the model is touched
+    if check_base and meta.get("base_signature"):  # folders saved before signatures were recorded have none
+        problem = base_mismatch(_base_model(model), meta["base_signature"])
+        if problem:
+            raise CheckpointError(f"{path}: was trained on another base model: {problem}; load it onto its own "
+                                  "base (or pass check_base=False to load it anyway)")
     if cfg.backend == "peft":
         import peft
 

@@ -8,7 +8,8 @@ its output embeddings, or one named ``lm_head`` / ``classifier`` / ``head``). Pr
 (``attention``, ``mlp``, ``attention+mlp``) are resolved from the architecture: LLaMA, Phi-3 (fused
 ``qkv_proj`` / ``gate_up_proj``), BERT / XLM-R / ESM, Hugging Face ViT and timm ViT.
 
-Not covered: convolution and embedding targets (native layers wrap ``nn.Linear``); presets for
+Not covered: convolution and embedding targets (native layers wrap ``nn.Linear``; GPT-2's ``Conv1D``
+projections are named in the error when nothing matches); presets for
 architectures not listed in ``ARCH_PRESETS`` (give module names or a regex).
 """
 
@@ -77,7 +78,8 @@ def _pattern_matches(path: str, pattern: str) -> bool:
     return path == pattern or path.endswith("." + pattern)
 
 
-def _matches(path: str, spec: list[str] | str) -> bool:
+def matches(path: str, spec: list[str] | str) -> bool:
+    """Whether ``path`` matches a target spec: a list of names (equal, a dotted suffix, or a glob) or one regex."""
     if isinstance(spec, str):
         return re.fullmatch(spec, path) is not None
     return any(_pattern_matches(path, p) for p in spec)
@@ -131,16 +133,19 @@ def resolve_targets(
         if spec == "all-linear":
             ok = path not in heads
         else:
-            ok = _matches(path, spec)
-        if ok and exclude_modules and _matches(path, exclude_modules):
+            ok = matches(path, spec)
+        if ok and exclude_modules and matches(path, exclude_modules):
             ok = False
         if ok:
             found.append(path)
     if not found:
         linears = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
         sample = ", ".join(linears[:6]) + (" ..." if len(linears) > 6 else "")
+        conv1d = [p for p, m in model.named_modules() if type(m).__name__ == "Conv1D"]  # transformers' GPT-2 layer
+        why = (f"; its projections ({', '.join(conv1d[:3])}{' ...' if len(conv1d) > 3 else ''}) are transformers "
+               "Conv1D layers (GPT-2 style), which adaptome does not wrap (nn.Linear only)") if conv1d else ""
         raise TargetError(
             f"target_modules {target_modules!r} matched no linear module in {type(model).__name__} "
-            f"(linear modules: {sample or 'none'})"
+            f"(linear modules: {sample or 'none'}){why}"
         )
     return found

@@ -28,9 +28,16 @@ from adaptome.core.compress.layers import CompressError, freeze_all_but
 
 
 def _kind(arch: str) -> str | None:
-    if arch.endswith("ForCausalLM"):
+    """causal / masked for a transformers architecture name, by the Auto classes' own tables (so
+    ``GPT2LMHeadModel`` is causal), else by its suffix; None for anything else."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if arch.endswith("ForCausalLM") or arch in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
         return "causal"
-    if arch.endswith("ForMaskedLM"):
+    if arch.endswith("ForMaskedLM") or arch in MODEL_FOR_MASKED_LM_MAPPING_NAMES.values():
         return "masked"
     return None
 

@@ -8,9 +8,12 @@ adapter sections, with every data file's size and SHA-256). Keys listed in
 ``config.MAY_CHANGE_ON_RESUME`` are left out. ``fingerprint`` hashes the identity;
 ``describe_changes`` names the keys that differ, so a refused resume says what changed.
 
+``weights_digest`` identifies a base model by a sample of its weights (what ``adaptome train`` adds, so a
+model folder overwritten by another of the same architecture is a change).
+
 Not covered: the content of an in-memory dataset (a library caller passes a digest of its data in
-``extra``; ``fit`` itself sees only its length) and the frozen base weights (the base is identified
-by its config and structure, not by hashing its weights).
+``extra``; ``fit`` itself sees only its length) and, in ``fit`` itself, the frozen base weights (the
+base is identified by its config and structure; a caller adds ``weights_digest`` to ``extra``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,21 @@ def file_digest(path: str | os.PathLike) -> dict[str, Any]:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return {"path": str(path), "size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def weights_digest(model: nn.Module, samples: int = 16) -> str:
+    """SHA-256 over every parameter's name, shape, dtype and ``samples`` values at evenly spaced flat
+    positions: equal for the same weights loaded again, different for another checkpoint of the same
+    architecture (a sample, not a checksum: hashing a 7B model at every start costs seconds)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)  # (numel,)
+        idx = torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).round().long()
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -262,6 +262,9 @@ def _resume_or_start(run: _Run) -> None:
     if found:
         path, trainer_state = found
         check_identity(path, trainer_state, run.identity, run.fingerprint)
+        if trainer_state["step"] > cfg.max_steps:  # else its weights would pass for a run of max_steps
+            raise ResumeError(f"{path}: is step {trainer_state['step']}, beyond max_steps {cfg.max_steps}; raise "
+                              "max_steps to at least that, or choose another output_dir (nothing was overwritten)")
         ts = load_checkpoint(path, named_params=run.trainable, optimizer=run.optimizer, scheduler=run.scheduler,
                              hooks=run.hooks)
         run.state.step, run.state.epoch, run.micro = ts["step"], ts["epoch"], ts["micro_batch"]

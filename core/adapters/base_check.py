@@ -1,0 +1,117 @@
+"""Which base an adapter was trained on: a signature saved with it and checked when it is loaded.
+
+An adapter's update is only meaningful on the weights it was trained beside (LoRA-XS, LoRA-SB and LaMDA
+even take their frozen factors from them), and some methods save no tensor whose shape pins the layer
+(NOLA keeps a seed and coefficients; its bases are regenerated at whatever shape the layer has). So
+``io.save_adapter`` records, for every layer the adapter wraps, the base weight's shape and a sample of
+its values (``SAMPLES`` entries at fixed, evenly spaced flat positions, as float32), and ``io.load_adapter``
+refuses a model whose layer differs: a shape exactly, values beyond a tolerance that bf16 / fp16 rounding
+of the same weights stays well inside (relative 1e-2 of each value plus 1e-3 of the sample's mean size).
+
+Not covered: bases whose weights are not floating point (quantized layers are skipped), modules trained
+fully beside the adapter (``modules_to_save``: they are saved whole), a base that differs only outside
+the sampled positions (a sample, not a checksum: hashing a 7B model at every load costs seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+#: sampled values per wrapped base weight
+SAMPLES = 16
+RTOL, SCALE_TOL = 1e-2, 1e-3
+
+
+def _inner_base(mod: nn.Module) -> nn.Module:
+    """The plain module under any adapter wrappers (ours keep it as ``base_layer``, as peft's do)."""
+    while isinstance(getattr(mod, "base_layer", None), nn.Module):
+        mod = mod.base_layer
+    return mod
+
+
+def _weight(mod: nn.Module) -> torch.Tensor | None:
+    w = getattr(_inner_base(mod), "weight", None)
+    return w if isinstance(w, torch.Tensor) and w.is_floating_point() else None
+
+
+def _sample(w: torch.Tensor) -> list[float]:
+    flat = w.detach().reshape(-1)  # (out * in,)
+    idx = torch.linspace(0, flat.numel() - 1, min(SAMPLES, flat.numel())).round().long().to(flat.device)
+    return [float(v) for v in flat[idx].float().cpu()]
+
+
+def wrapped_paths(base: nn.Module, adapter_name: str) -> list[str]:
+    """Paths (in the plain base model) of the modules adapter ``adapter_name`` wraps, native or peft."""
+    from adaptome.core.adapters.base import AdapterLayer
+
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a core dependency
+        BaseTunerLayer = ()  # noqa: N806
+    out = []
+    for path, mod in base.named_modules():
+        if isinstance(mod, AdapterLayer) and adapter_name in mod.configs:
+            out.append(path)
+        elif BaseTunerLayer and isinstance(mod, BaseTunerLayer) and adapter_name in _peft_names(mod):
+            out.append(path)
+    return out
+
+
+def _peft_names(mod: nn.Module) -> set[str]:
+    names = set()
+    for attr in getattr(mod, "adapter_layer_names", ()):
+        holder = getattr(mod, attr, None)
+        if hasattr(holder, "keys"):
+            names.update(holder.keys())
+    return names
+
+
+def _saved_whole(path: str, modules_to_save: list[str] | None) -> bool:
+    """Whether ``path`` is (or sits inside) a module the adapter trains fully and saves itself."""
+    dotted = "." + path + "."
+    return any(f".{t}." in dotted for t in modules_to_save or [])
+
+
+def base_signature(base: nn.Module, adapter_name: str, modules_to_save: list[str] | None = None
+                   ) -> dict[str, Any] | None:
+    """{path: {"shape": [...], "sample": [...]}} for every wrapped layer with a floating weight, but those in
+    ``modules_to_save`` (trained, so no longer the base's); None when an adapter is merged into the weights."""
+    from adaptome.core.adapters.base import AdapterLayer
+
+    sig = {}
+    for path in wrapped_paths(base, adapter_name):
+        if _saved_whole(path, modules_to_save):
+            continue
+        mod = base.get_submodule(path)
+        if (isinstance(mod, AdapterLayer) and mod.merged) or getattr(mod, "merged_adapters", None):
+            return None
+        w = _weight(mod)
+        if w is not None:
+            sig[path] = {"shape": list(w.shape), "sample": _sample(w)}
+    return sig
+
+
+def base_mismatch(model: nn.Module, signature: dict[str, Any]) -> str | None:
+    """What differs between ``model`` (the plain base, or one holding other adapters) and the recorded
+    signature, in one line; None when every recorded layer that ``model`` has matches. A path the model
+    lacks is left to the loader, which names the missing modules."""
+    for path, rec in signature.items():
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            continue
+        w = _weight(mod)
+        if w is None:
+            continue
+        if list(w.shape) != list(rec["shape"]):
+            return f"{path} has weight shape {tuple(w.shape)}; the adapter was trained on {tuple(rec['shape'])}"
+        want = torch.tensor(rec["sample"], dtype=torch.float32)
+        got = torch.tensor(_sample(w), dtype=torch.float32)
+        tol = RTOL * want.abs() + SCALE_TOL * want.abs().mean()
+        if got.shape != want.shape or bool(((got - want).abs() > tol).any()):
+            return (f"{path} holds other weights than the base the adapter was trained on (sampled values differ "
+                    f"by up to {float((got - want).abs().max()):.3g})")
+    return None
