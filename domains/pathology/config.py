@@ -98,7 +98,7 @@ class TileConfig:
     close: int = 2
     min_area_frac: float = 0.001
     artefacts: bool = False
-    stain_norm: Literal["macenko", "none"] = "none"
+    stain_norm: Literal["macenko", "macenko_tiles", "none"] = "none"
     allow_upsample: bool = False
     skip_errors: bool = False
     overwrite: bool = False
