@@ -76,3 +76,34 @@ def test_cli_tiles_of_an_h_heavy_and_a_pale_site_give_the_reference_features(tmp
     assert h["none", 1] > 1.3 and h["none", 2] < 0.8, h
     assert abs(h["macenko_tiles", 1] - 1) < 0.1 and abs(h["macenko_tiles", 2] - 1) < 0.1, h
     assert stil["macenko_tiles", 1] < stil["none", 1] and stil["macenko_tiles", 2] < stil["none", 2], stil
+
+
+def test_tiff_jpeg_reader_leaves_stain_normalised_tiles_to_openslide(tmp_path, caplog):
+    """The GPU reader decodes raw JPEG tiles and does not normalise them: a slide tiled with stain
+    normalisation is read by OpenSlide (with a warning), so ``--set reader=tiff-jpeg`` gives the same
+    normalised features as the default reader instead of silently un-normalised ones."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from adaptome.domains.pathology.cli import app
+    from adaptome.domains.pathology.extract import read_features
+    from adaptome.domains.pathology.synth import write_pyramid_tiff
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    rgb, _, _ = render_hard_slide(4, 1, 0.3, 1, 320, 5, CLEAN)
+    write_pyramid_tiff(slides / "s.tiff", rgb, mpp=0.5, levels=2, tile=128, compression="jpeg")
+    r = CliRunner().invoke(app, ["tile", str(slides), "--out", str(tmp_path / "job"), "--tile-size", "64", "--set",
+                                 "thumb_size=128", "--set", "stain_norm=macenko_tiles"])
+    assert r.exit_code == 0, r.output
+    tiles = tmp_path / "job" / "tiles_20x_64px_0ov"
+    feats = {}
+    for reader in ("openslide", "tiff-jpeg"):
+        with caplog.at_level(logging.WARNING):
+            r = CliRunner().invoke(app, ["extract", str(slides), "--tiles-dir", str(tiles), "--num-workers", "0",
+                                         "--set", f"reader={reader}", "--overwrite"])
+        assert r.exit_code == 0, r.output
+        feats[reader] = read_features(tiles / "features_baseline" / "s.h5")[0]
+    assert any("read with OpenSlide" in m and "stain-normalised" in m for m in caplog.messages)
+    np.testing.assert_array_equal(feats["tiff-jpeg"], feats["openslide"])
