@@ -23,18 +23,17 @@ def _tiles(rgb: np.ndarray, tissue: np.ndarray, t: int = 64) -> list[np.ndarray]
 @pytest.mark.parametrize("site", [0, 1, 2, 3])
 def test_tile_strength_follows_the_site_stain_not_the_lymphocyte_coverage(site):
     """The same site at a low and a high case mean (5 % / 60 % lymphocyte coverage): the per-tile
-    statistic over the site's drawn H strength stays within 10 % of the reference value (measured within
-    8.5 %, the eosin-heavy site 3 the farthest), while the pooled 75th percentile the ``macenko`` option
+    statistic (under the reference vectors) over the site's drawn H strength stays within 10 % of the
+    reference value (measured within 8.7 %, the bluer H-heavy site 1 the farthest), while the pooled 75th percentile the ``macenko`` option
     uses moves by > 20 % (measured 22-77 %)."""
-    from adaptome.domains.pathology.stain_norm import REF_TILE_H, estimate, tile_strength
+    from adaptome.domains.pathology.stain_norm import REF_STAINS, REF_TILE_H, estimate, tile_strength
 
     got, pooled = [], []
     for m in (0.05, 0.6):
         rgb, truth, _ = render_hard_slide(0, 7, m, site, 512, 8, CLEAN)
         tissue = truth["classes"] > 0
-        est = estimate(rgb[tissue], 250.0)
-        got.append(tile_strength(_tiles(rgb, tissue), est) / SITES[site][2])
-        pooled.append(est["max_c"][0])
+        got.append(tile_strength(_tiles(rgb, tissue), {"stains": REF_STAINS, "i0": 250.0}) / SITES[site][2])
+        pooled.append(estimate(rgb[tissue], 250.0)["max_c"][0])
     assert all(abs(g / REF_TILE_H - 1) < 0.1 for g in got), got
     assert pooled[1] / pooled[0] > 1.2, pooled
 
@@ -45,8 +44,9 @@ def test_cli_tiles_of_an_h_heavy_and_a_pale_site_give_the_reference_features(tmp
     Per slide: the mean over tiles of the haematoxylin 99th percentile and of the lymphocyte-object
     sTIL estimate, compared with the reference slide's. Without normalisation the H-heavy slide's
     haematoxylin is > 1.3 x the reference's and the pale one's < 0.8 x (measured 1.35, 0.71); with it both
-    are within 10 % (1.05, 1.00), and the sTIL estimate moves by less than without (its distance from the
-    reference slide's falls from 8.4 to 4.5 points for the H-heavy site, from 2.0 to 0.5 for the pale one)."""
+    are within 5 % (1.00, 1.00). The pale slide's sTIL estimate moves towards the reference's (distance 2.0
+    -> 0.7 points); the H-heavy one's hardly (8.4 -> 8.0, not asserted): its haematoxylin vector is bluer
+    than the reference, which a strength cannot undo."""
     from typer.testing import CliRunner
 
     from adaptome.domains.pathology.cli import app
@@ -74,8 +74,8 @@ def test_cli_tiles_of_an_h_heavy_and_a_pale_site_give_the_reference_features(tmp
     h = {k: v[0] / got[k[0], 0][0] for k, v in got.items()}
     stil = {k: abs(v[1] - got[k[0], 0][1]) for k, v in got.items()}
     assert h["none", 1] > 1.3 and h["none", 2] < 0.8, h
-    assert abs(h["macenko_tiles", 1] - 1) < 0.1 and abs(h["macenko_tiles", 2] - 1) < 0.1, h
-    assert stil["macenko_tiles", 1] < stil["none", 1] and stil["macenko_tiles", 2] < stil["none", 2], stil
+    assert abs(h["macenko_tiles", 1] - 1) < 0.05 and abs(h["macenko_tiles", 2] - 1) < 0.05, h
+    assert stil["macenko_tiles", 2] < 0.5 * stil["none", 2], stil
 
 
 def test_tiff_jpeg_reader_leaves_stain_normalised_tiles_to_openslide(tmp_path, caplog):
