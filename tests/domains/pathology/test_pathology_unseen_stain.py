@@ -24,8 +24,8 @@ def _tiles(rgb: np.ndarray, tissue: np.ndarray, t: int = 64) -> list[np.ndarray]
 def test_tile_strength_follows_the_site_stain_not_the_lymphocyte_coverage(site):
     """The same site at a low and a high case mean (5 % / 60 % lymphocyte coverage): the per-tile
     statistic (under the reference vectors) over the site's drawn H strength stays within 10 % of the
-    reference value (measured within 8.7 %, the bluer H-heavy site 1 the farthest), while the pooled 75th percentile the ``macenko`` option
-    uses moves by > 20 % (measured 22-77 %)."""
+    reference value (measured within 8.7 %, the bluer H-heavy site 1 the farthest), while the pooled 75th
+    percentile the ``macenko`` option uses moves by > 20 % (measured 22-77 %)."""
     from adaptome.domains.pathology.stain_norm import REF_STAINS, REF_TILE_H, estimate, tile_strength
 
     got, pooled = [], []
