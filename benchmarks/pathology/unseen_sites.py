@@ -17,17 +17,21 @@ import argparse
 import csv
 import json
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: variant -> (TileConfig overrides, MILTrainConfig overrides); variants with the same tiling share one job folder
+#: variant -> (TileConfig overrides, baseline-encoder options, MILTrainConfig overrides), all explicit so that
+#: a variant means the same whatever the package defaults are; variants with the same tiling share the tiles.
+#: ``before``: the pipeline before this benchmark (tiles as scanned, raw stain / texture numbers).
 VARIANTS = {
-    "default": ({}, {}),
-    "stain_norm": ({"stain_norm": "macenko"}, {}),
-    "stain_norm_tiles": ({"stain_norm": "macenko_tiles"}, {}),
+    "before": ({"stain_norm": "none"}, {"centre": False}, {}),
+    "stain_norm_tiles": ({"stain_norm": "macenko_tiles"}, {"centre": False}, {}),
+    "centre": ({"stain_norm": "none"}, {"centre": True}, {}),
+    "both": ({"stain_norm": "macenko_tiles"}, {"centre": True}, {}),
 }
 
 
@@ -98,13 +102,17 @@ def run_cohort(work: Path, seed: int, n_slides: int, n_sites: int, compression: 
     out = {}
     for name in names:
         t0 = time.perf_counter()
-        tile_kw, train_kw = VARIANTS[name]
+        tile_kw, enc_opts, train_kw = VARIANTS[name]
         job = work / ("job_" + "_".join(f"{k}-{v}" for k, v in sorted(tile_kw.items())))
         stages.tile(TileConfig(slides=str(slides), out_dir=str(job), magnification=20, tile_size=64,
                                thumb_size=512, **tile_kw), progress=False)
         tiles_dir = job / "tiles_20x_64px_0ov"
+        tag = "_".join(f"{k}-{v}" for k, v in sorted(enc_opts.items()))
+        if not (tiles_dir.parent / f"tiles_{tag}").is_dir():  # the same tiles, a feature folder per encoder option
+            shutil.copytree(tiles_dir, tiles_dir.parent / f"tiles_{tag}", ignore=shutil.ignore_patterns("features_*"))
+        tiles_dir = tiles_dir.parent / f"tiles_{tag}"
         stages.extract(ExtractConfig(slides=str(slides), tiles_dir=str(tiles_dir), encoder="baseline",
-                                     num_workers=0), progress=False)
+                                     encoder_options=enc_opts, num_workers=0), progress=False)
         fdir = tiles_dir / "features_baseline"
         res = stages.train(MILTrainConfig(features_dir=str(fdir), labels=str(labels),
                                           out_dir=str(work / f"train_{name}"), k=n_sites, group_by="site",
@@ -152,9 +160,9 @@ def render(res: dict) -> str:
              "Synthetic hard cohorts (`synth_hard.py`, every confounder on, 0.5 um/px, 1024 px slides), tiles of "
              "64 px at 20x, `baseline` encoder, ratio MIL (" + str(res["args"]["max_steps"]) + " steps), CV with "
              "k = number of sites grouped by site (each test fold is a site no training slide came from); "
-             "majority, dark-pixel and mean-features ridge baselines fitted on the same folds (from the default "
+             "majority, dark-pixel and mean-features ridge baselines fitted on the same folds (from the first "
              "variant's tiles). Cohort = seed:slides:sites:compression; `" + readme + "` is the README cohort.",
-             "", "Variants: " + "; ".join(f"`{n}`: tiling {VARIANTS[n][0] or '{}'}, train {VARIANTS[n][1] or '{}'}"
+             "", "Variants: " + "; ".join(f"`{n}`: tiling {VARIANTS[n][0]}, encoder {VARIANTS[n][1]}, train {VARIANTS[n][2] or '{}'}"
                                           for n in names) + ".", "",
              "| cohort | variant | pooled R² | fold R² mean ± sd | MAE | worst site MAE | majority pooled R² "
              "| dark-pixel pooled R² | mean-features pooled R² |", "|---|---|---|---|---|---|---|---|---|"]
@@ -175,24 +183,24 @@ def render(res: dict) -> str:
             lines.append(f"- {c} `{n}`: " + "; ".join(
                 f"{g} bias {x['bias']:+.1f}, r {x['r']:.2f}, h99 {x['h99']:.2f}" for g, x in v[n]["sites"].items()))
     d = res["cohorts"]
-    if "default" in names and len(names) > 1:
+    if "before" in names and len(names) > 1:
         lines += [""]
         for n in names[1:]:
-            diffs = {c: d[c][n]["pooled_r2"] - d[c]["default"]["pooled_r2"] for c in d}
-            ci = {c: paired_boot(d[c]["default"]["slides"], d[c][n]["slides"]) for c in d}
+            diffs = {c: d[c][n]["pooled_r2"] - d[c]["before"]["pooled_r2"] for c in d}
+            ci = {c: paired_boot(d[c]["before"]["slides"], d[c][n]["slides"]) for c in d}
             mu = float(np.mean([diffs[c] for c in unseen])) if unseen else float("nan")
-            fd = float(np.mean([d[c][n]["fold_r2_mean"] - d[c]["default"]["fold_r2_mean"] for c in unseen]))
+            fd = float(np.mean([d[c][n]["fold_r2_mean"] - d[c]["before"]["fold_r2_mean"] for c in unseen]))
             wins = sum(diffs[c] > 0 for c in unseen)
             beat = {k: sum(d[c][n]["pooled_r2"] > d[c]["baselines"][k]["pooled_r2"] for c in unseen)
                     for k in ("majority", "dark_pixels")}
-            beat0 = {k: sum(d[c]["default"]["pooled_r2"] > d[c]["baselines"][k]["pooled_r2"] for c in unseen)
+            beat0 = {k: sum(d[c]["before"]["pooled_r2"] > d[c]["baselines"][k]["pooled_r2"] for c in unseen)
                      for k in ("majority", "dark_pixels")}
-            lines.append(f"`{n}` minus `default`, pooled R² per cohort (paired bootstrap 95 % interval over slides): "
+            lines.append(f"`{n}` minus `before`, pooled R² per cohort (paired bootstrap 95 % interval over slides): "
                          + "; ".join(f"{c} {diffs[c]:+.3f} [{ci[c][0]:+.3f}, {ci[c][1]:+.3f}]" for c in d) + ". "
                          f"Over the {len(unseen)} unseen-site cohorts it raises pooled R² on {wins} and by "
                          f"{mu:+.3f} on average (fold-mean R² {fd:+.3f}); it beats the majority predictor on "
                          f"{beat['majority']} and the dark-pixel baseline on {beat['dark_pixels']} of them (the "
-                         f"default: {beat0['majority']} and {beat0['dark_pixels']}).")
+                         f"`before` variant: {beat0['majority']} and {beat0['dark_pixels']}).")
             if readme in d:
                 lo, hi = ci[readme]
                 verdict = ("within the bootstrap noise (its interval holds 0)" if lo <= 0 <= hi else
@@ -208,12 +216,17 @@ def render(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohorts", default="11:24:3:jpeg")
-    ap.add_argument("--variants", default="default")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--work", default=None, help="keep cohorts here (reused on re-run)")
     ap.add_argument("--readme-cohort", default="0:40:4:zlib", help="the cohort the README runs (for the verdict)")
     ap.add_argument("--out", default=str(HERE), help="folder of results_unseen.json / results_unseen.md")
+    ap.add_argument("--render", default=None, help="only rewrite results_unseen.md from this results_unseen.json")
     args = ap.parse_args()
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        (Path(args.out) / "results_unseen.md").write_text(render(res))
+        return
     import tempfile
 
     names = args.variants.split(",")
