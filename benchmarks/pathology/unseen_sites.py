@@ -162,8 +162,8 @@ def render(res: dict) -> str:
              "k = number of sites grouped by site (each test fold is a site no training slide came from); "
              "majority, dark-pixel and mean-features ridge baselines fitted on the same folds (from the first "
              "variant's tiles). Cohort = seed:slides:sites:compression; `" + readme + "` is the README cohort.",
-             "", "Variants: " + "; ".join(f"`{n}`: tiling {VARIANTS[n][0]}, encoder {VARIANTS[n][1]}, train {VARIANTS[n][2] or '{}'}"
-                                          for n in names) + ".", "",
+             "", "Variants: " + "; ".join(f"`{n}`: tiling {VARIANTS[n][0]}, encoder {VARIANTS[n][1]}, "
+                                          f"train {VARIANTS[n][2] or '{}'}" for n in names) + ".", "",
              "| cohort | variant | pooled R² | fold R² mean ± sd | MAE | worst site MAE | majority pooled R² "
              "| dark-pixel pooled R² | mean-features pooled R² |", "|---|---|---|---|---|---|---|---|---|"]
     for c, v in res["cohorts"].items():
