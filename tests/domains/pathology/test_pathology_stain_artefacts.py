@@ -179,9 +179,13 @@ def test_stroma_cut_option_is_checked_and_recorded():
 
     with pytest.raises(ValueError, match="stroma_cut must be 'slide' or a number, got 'otsu'"):
         build_encoder("baseline", options={"stroma_cut": "otsu"})
-    assert build_encoder("baseline").recipe == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"}
-    enc = build_encoder("baseline", options={"stroma_cut": "0.4"})
+    assert build_encoder("baseline").recipe == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide",
+                                                "centre": True}
+    enc = build_encoder("baseline", options={"stroma_cut": "0.4", "centre": False})
     assert enc.recipe["stroma_cut"] == 0.4 and not enc.needs_slide_pass
+    assert build_encoder("baseline", options={"stroma_cut": 0.4}).needs_slide_pass  # the centring needs the slide
+    with pytest.raises(ValueError, match="centre must be true or false, got 'yes'"):
+        build_encoder("baseline", options={"centre": "yes"})
 
 
 def test_per_slide_raw_areas_equal_the_explicit_masks_at_every_grid_cut():
