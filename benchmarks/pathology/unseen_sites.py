@@ -177,12 +177,30 @@ def render(res: dict) -> str:
     unseen = [c for c in res["cohorts"] if c != readme]
     lines += ["", "Per site (held-out fold = that site): mean signed error pred - target (%), Pearson r of pred "
               "with target within the site, and the mean over its slides of the median tile haematoxylin "
-              "99th percentile the encoder sees (`h99`):", ""]
+              "99th percentile the encoder sees (`h99`; not shown for centred features):", ""]
     for c, v in res["cohorts"].items():
         for n in names:
+            h99 = not VARIANTS[n][1].get("centre")  # centred features hold the tile minus the slide mean
             lines.append(f"- {c} `{n}`: " + "; ".join(
-                f"{g} bias {x['bias']:+.1f}, r {x['r']:.2f}, h99 {x['h99']:.2f}" for g, x in v[n]["sites"].items()))
+                f"{g} bias {x['bias']:+.1f}, r {x['r']:.2f}" + (f", h99 {x['h99']:.2f}" if h99 else "")
+                for g, x in v[n]["sites"].items()))
     d = res["cohorts"]
+    if "before" in names:
+        lines += ["", "Cause, from `before` (per cohort): the spread of the per-site mean error against the smallest "
+                  "within-site r (a per-site offset when the r stay high), and the sites whose stain (`h99`) lies "
+                  "outside the range of the training sites (the other sites of the cohort), with their mean error:", ""]
+        for c, v in d.items():
+            st = v["before"]["sites"]
+            out_rng = []
+            for g, x in st.items():
+                others = [y["h99"] for h, y in st.items() if h != g]
+                if x["h99"] > max(others) or x["h99"] < min(others):
+                    out_rng.append(f"{g} (h99 {x['h99']:.2f} vs {min(others):.2f}-{max(others):.2f}, "
+                                   f"error {x['bias']:+.1f})")
+            rs = [x["r"] for x in st.values() if x["r"] is not None]
+            lines.append(f"- {c}: mean error per site {min(x['bias'] for x in st.values()):+.1f} .. "
+                         f"{max(x['bias'] for x in st.values()):+.1f}, within-site r >= {min(rs):.2f}; outside "
+                         "the training stain range: " + (", ".join(out_rng) or "none") + ".")
     if "before" in names and len(names) > 1:
         lines += [""]
         for n in names[1:]:
@@ -207,6 +225,8 @@ def render(res: dict) -> str:
                            "a significant gain" if lo > 0 else "a significant loss (the interval lies below 0)")
                 lines.append(f"On the README cohort the change is {diffs[readme]:+.3f}: {verdict}.")
     v = res["versions"]
+    if res.get("note"):
+        lines += ["", res["note"]]
     lines += ["", f"Versions: git {v['git_commit'][:12]}, python {v['python']}, torch {v['torch']}, "
               f"numpy {v['numpy']}, scikit-learn {v['scikit-learn']}, openslide-python {v['openslide-python']}, "
               f"tifffile {v['tifffile']}. Reproduce:", "", f"    {res['command']}", ""]
