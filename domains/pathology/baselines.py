@@ -76,7 +76,7 @@ def _summarise(path: str, coords: np.ndarray, attrs: dict, batch: int, source: P
     from adaptome.domains.pathology.slide import open_slide
     from adaptome.domains.pathology.tiling import TileReader, slide_geometry
 
-    enc = build_encoder("baseline").eval()
+    enc = build_encoder("baseline", options={"centre": False}).eval()  # slide means are what this baseline uses
     s = open_slide(path)
     try:
         reader = TileReader(path, slide_geometry(attrs, s, path, source))

@@ -98,7 +98,7 @@ class TileConfig:
     close: int = 2
     min_area_frac: float = 0.001
     artefacts: bool = False
-    stain_norm: Literal["macenko", "none"] = "none"
+    stain_norm: Literal["macenko", "macenko_tiles", "none"] = "none"
     allow_upsample: bool = False
     skip_errors: bool = False
     overwrite: bool = False
@@ -121,7 +121,8 @@ class ExtractConfig:
             ``pretrain-encoder``); null: random weights, drawn from a fixed seed (the same features on
             every run; the CLI warns that they are not pretrained).
         encoder_options: keyword arguments of the encoder constructor (timm ``create_model``; for
-            ``baseline``: ``lymph``, ``lymph_radius``, ``stroma_cut`` = ``slide`` or a fixed number).
+            ``baseline``: ``lymph``, ``lymph_radius``, ``stroma_cut`` = ``slide`` or a fixed number,
+            ``centre`` = true (default: stain / texture numbers minus their slide mean) or false).
         batch_size: tiles per forward pass.
         num_workers: tile-reading worker processes.
         device: torch device of the encoder (``cpu``, ``cuda``).

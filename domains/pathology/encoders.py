@@ -12,7 +12,12 @@ batch of uint8 RGB tiles (B x T x T x 3) to features (B x D), with ``dim``. Name
   round dense haematoxylin objects inside eosin-rich stroma, per-tile sTIL estimate, sharpness),
   with the stroma's eosin cut set per slide (option ``stroma_cut``, default ``slide``; a number
   fixes it): the encoder's ``finish_slide`` completes a slide's features once all its tiles are
-  encoded, and every extraction path calls it (``extract.finish_slide``).
+  encoded, and every extraction path calls it (``extract.finish_slide``). Option ``centre`` (default
+  true): ``finish_slide`` subtracts the slide's mean over its tiles from each of the 35 stain / texture
+  numbers, so they say how a tile differs from the rest of its slide, not how strongly its site stains;
+  the slide's level comes from the lymphocyte numbers alone. Measured on synthetic cohorts with folds
+  grouped by site (``benchmarks/pathology/results_unseen.md``): a site whose stain no training site shows
+  made the MIL extrapolate from the raw intensities.
 - ``timm:<model>``: any timm model by name, headless (``num_classes=0``), its features the pooled
   output. ``weights``: ``hf-hub:<org>/<name>`` (timm's hub loader; pathology foundation encoders
   such as UNI or Virchow ship this way), or a local ``.safetensors`` / ``.pth`` / ``.bin`` file;
@@ -86,14 +91,17 @@ class StainTextureFeatures(nn.Module):
     """The baseline encoder's feature network (no parameters); input B x 3 x T x T in [0, 1]. With
     ``lymph`` it appends the lymphocyte-object features of ``lymph_features.py`` (9 more numbers)."""
 
-    def __init__(self, lymph: bool = True, lymph_radius: float = 3.0, stroma_cut: float | str = "slide"):
+    def __init__(self, lymph: bool = True, lymph_radius: float = 3.0, stroma_cut: float | str = "slide",
+                 centre: bool = True):
         super().__init__()
         from adaptome.domains.pathology.lymph_features import LymphObjectFeatures
 
         self.lymph = LymphObjectFeatures(lymph_radius, stroma_cut) if lymph else None
         self.dim = 35 + (LymphObjectFeatures.dim if lymph else 0)
-        #: forward gives raw numbers that finish_slide completes per slide (the per-slide stroma cut)
-        self.needs_slide_pass = bool(self.lymph is not None and self.lymph.per_slide)
+        #: subtract each slide's mean from its tiles' 35 stain / texture numbers (in finish_slide)
+        self.centre = bool(centre)
+        #: forward gives raw numbers that finish_slide completes per slide (the per-slide stroma cut, centring)
+        self.needs_slide_pass = bool(self.lymph is not None and self.lymph.per_slide) or self.centre
         h, e = torch.tensor(HE_OD[0]), torch.tensor(HE_OD[1])  # stains.py; H&E + residual, rows normalised
         h, e = h / h.norm(), e / e.norm()
         r = torch.linalg.cross(h, e)
@@ -132,25 +140,36 @@ class StainTextureFeatures(nn.Module):
         return out
 
     def finish_slide(self, raw):
-        """N x D' raw numbers of one slide's tiles -> N x ``dim`` (the lymphocyte part at the slide's cut)."""
+        """N x D' raw numbers of one slide's tiles -> N x ``dim`` (the lymphocyte part at the slide's cut;
+        with ``centre`` the stain / texture part minus its mean over the slide's tiles)."""
         import numpy as np
 
         if not self.needs_slide_pass:
             return raw
         raw = np.asarray(raw, np.float32)
-        return np.concatenate([raw[:, :35], self.lymph.finish_slide(raw[:, 35:])], 1)  # (N, 35) + (N, 9)
+        stain = raw[:, :35]
+        if self.centre and len(raw):
+            stain = stain - stain.mean(0, keepdims=True)  # (N, 35) - (1, 35)
+        rest = raw[:, 35:]
+        if self.lymph is not None and self.lymph.per_slide:
+            rest = self.lymph.finish_slide(rest)  # (N, 9 + 2K) -> (N, 9)
+        return np.concatenate([stain, rest], 1)  # (N, 35) + (N, 9 or 0)
 
 
 @ENCODERS.register("baseline")
 def build_baseline(weights: str | None = None, options: dict | None = None) -> TileEncoder:
     """Stain-deconvolution + texture (+ lymphocyte-object) features; no weights. Options: ``lymph``
-    (default true), ``lymph_radius`` (pixels at the tile resolution, default 3) and ``stroma_cut``
-    (``slide``, the default: the stroma's eosin cut estimated per slide; or a number: that fixed cut)."""
+    (default true), ``lymph_radius`` (pixels at the tile resolution, default 3), ``stroma_cut``
+    (``slide``, the default: the stroma's eosin cut estimated per slide; or a number: that fixed cut) and
+    ``centre`` (default true: the 35 stain / texture numbers minus their slide mean)."""
     options = dict(options or {})
-    unknown = set(options) - {"lymph", "lymph_radius", "stroma_cut"}
+    unknown = set(options) - {"lymph", "lymph_radius", "stroma_cut", "centre"}
     if weights is not None or unknown:
         raise PathologyError(f"the baseline encoder takes no weights and only the options lymph, lymph_radius, "
-                             f"stroma_cut (got weights={weights!r}, unknown options {sorted(unknown)})")
+                             f"stroma_cut, centre (got weights={weights!r}, unknown options {sorted(unknown)})")
+    centre = options.get("centre", True)
+    if not isinstance(centre, bool):
+        raise PathologyError(f"baseline encoder option centre must be true or false, got {centre!r}")
     cut = options.get("stroma_cut", "slide")
     if cut != "slide":
         try:
@@ -158,11 +177,11 @@ def build_baseline(weights: str | None = None, options: dict | None = None) -> T
         except (TypeError, ValueError):
             raise PathologyError(f"baseline encoder option stroma_cut must be 'slide' or a number, got {cut!r}") \
                 from None
-    net = StainTextureFeatures(bool(options.get("lymph", True)), float(options.get("lymph_radius", 3.0)), cut)
+    net = StainTextureFeatures(bool(options.get("lymph", True)), float(options.get("lymph_radius", 3.0)), cut, centre)
     enc = TileEncoder(net, net.dim, "baseline", normalise=False)
     #: every option with its value in force (defaults included): what made the features, for reuse checks
     enc.recipe = {"lymph": bool(options.get("lymph", True)), "lymph_radius": float(options.get("lymph_radius", 3.0)),
-                  "stroma_cut": cut}
+                  "stroma_cut": cut, "centre": centre}
     return enc
 
 

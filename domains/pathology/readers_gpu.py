@@ -322,7 +322,10 @@ def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
                 torch_resize: bool | None = None, gather: bool | None = None) -> tuple[TiffJpegReader | None, str]:
     """A ``TiffJpegReader`` for this slide's level, or (None, why OpenSlide must read it). On an
     accelerator the device's decoding of a few tiles is first checked against libjpeg
-    (``check_device_decoding``)."""
+    (``check_device_decoding``). A slide tiled with stain normalisation (``geom.stain``) is left to
+    OpenSlide, whose ``TileReader`` normalises every tile (this reader does not)."""
+    if getattr(geom, "stain", None) is not None:
+        return None, "its tiles are stain-normalised (stain_norm), which the OpenSlide reader does"
     page, why = level_page(slide_path, level_dimensions, geom.level, vendor)
     if page is None:
         return None, why

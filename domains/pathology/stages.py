@@ -276,7 +276,10 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
             raise PathologyError(f"{mj}: the model records no encoder options (trained on features made before "
                                  "they were recorded), so its features cannot be re-created exactly; give "
                                  "--features-dir with the features it was trained on, or retrain it")
-        encoder = build_encoder(recipe["encoder"], cfg.encoder_weights, recipe.get("encoder_options") or None)
+        opts = recipe.get("encoder_options") or None
+        if recipe["encoder"] == "baseline" and opts is not None and "centre" not in opts:
+            opts = {**opts, "centre": False}  # recorded before the option existed: raw stain / texture numbers
+        encoder = build_encoder(recipe["encoder"], cfg.encoder_weights, opts)
         trained_on = recipe.get("encoder_weights")
         if trained_on and trained_on != encoder.weights_id:
             raise PathologyError(f"{mj}: the model was trained on features of encoder weights {trained_on}, but "

@@ -169,16 +169,16 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "artefacts": bool((seg_params or {}).get("artefacts", False)),
             "slide_bytes": os.path.getsize(path),  # with width / height: tells this slide from another of its name
         }
-        if stain_norm == "macenko" and keep.any():
+        if stain_norm in ("macenko", "macenko_tiles") and keep.any():
             from dataclasses import replace
 
             from adaptome.domains.pathology.stain_norm import sample_estimate, to_attrs, to_tuple
 
-            est = sample_estimate(TileReader(path, geom), coords[keep], path)
+            est = sample_estimate(TileReader(path, geom), coords[keep], path, per_tile=stain_norm == "macenko_tiles")
             attrs.update(to_attrs(est))
             geom = replace(geom, stain=to_tuple(est))
-        elif stain_norm not in ("macenko", "none"):
-            raise PathologyError(f"stain_norm must be 'macenko' or 'none', got {stain_norm!r}")
+        elif stain_norm not in ("macenko", "macenko_tiles", "none"):
+            raise PathologyError(f"stain_norm must be 'macenko', 'macenko_tiles' or 'none', got {stain_norm!r}")
         return {"coords": coords[keep], "tissue": cov[keep], "attrs": attrs, "geometry": geom}
     finally:
         slide.close()

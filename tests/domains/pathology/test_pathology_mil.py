@@ -190,7 +190,8 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
     meta = json.loads((Path(trained["real"]["out_dir"]) / "fold_0" / "model.json").read_text())
     assert meta["features"] == {"encoder": "baseline", "target_mpp": 0.5, "tile_size": 64, "overlap": 0,
                                 "min_tissue": 0.5, "thumb_size": 256, "stain_norm": "none", "artefacts": False,
-                                "encoder_options": {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"},
+                                "encoder_options": {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide",
+                                                    "centre": True},
                                 "encoder_weights": "none"}
     slide = str(heldout["slides"] / "test_004.tiff")
     rows = {}

@@ -156,10 +156,10 @@ def test_per_slide_stroma_cut_follows_the_eosin_strength(strength):
     from adaptome.domains.pathology.lymph_features import SLIDE_CUT_FRACTION
 
     x = torch.from_numpy(_eosin_slide(strength, np.random.default_rng(3)))
-    enc = build_encoder("baseline").eval()
+    enc = build_encoder("baseline", options={"centre": False}).eval()  # raw stain numbers: the cut alone
     with torch.no_grad():
         raw = enc(x).numpy()
-        fixed = build_encoder("baseline", options={"stroma_cut": 0.42})(x).numpy()
+        fixed = build_encoder("baseline", options={"stroma_cut": 0.42, "centre": False})(x).numpy()
     cut = enc.net.lymph.slide_cut(raw[:, 35:])
     # the eosin-rich side is the stroma at 0.55 x strength (deconvolution exact to ~1e-3; grid step 0.025)
     assert cut == pytest.approx(SLIDE_CUT_FRACTION * 0.55 * strength, abs=0.02)
@@ -168,7 +168,7 @@ def test_per_slide_stroma_cut_follows_the_eosin_strength(strength):
     np.testing.assert_allclose(f[:, :35], fixed[:, :35])  # only the lymphocyte part depends on the cut
     assert np.all(f[:4, 35] > 0.99) and np.all(f[4:, 35] < 0.01)  # stroma share: stroma tiles only
     with torch.no_grad():
-        at_cut = build_encoder("baseline", options={"stroma_cut": cut})(x).numpy()
+        at_cut = build_encoder("baseline", options={"stroma_cut": cut, "centre": False})(x).numpy()
     np.testing.assert_allclose(f, at_cut, atol=1e-5)  # = the fixed-cut encoder at the slide's cut
     fixed_ok = np.all(fixed[:4, 35] > 0.99) and np.all(fixed[4:, 35] < 0.01)
     assert fixed_ok == (strength == 1.0)  # the fixed cut fails on the pale and the eosin-heavy slide
@@ -179,9 +179,13 @@ def test_stroma_cut_option_is_checked_and_recorded():
 
     with pytest.raises(ValueError, match="stroma_cut must be 'slide' or a number, got 'otsu'"):
         build_encoder("baseline", options={"stroma_cut": "otsu"})
-    assert build_encoder("baseline").recipe == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide"}
-    enc = build_encoder("baseline", options={"stroma_cut": "0.4"})
+    assert build_encoder("baseline").recipe == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide",
+                                                "centre": True}
+    enc = build_encoder("baseline", options={"stroma_cut": "0.4", "centre": False})
     assert enc.recipe["stroma_cut"] == 0.4 and not enc.needs_slide_pass
+    assert build_encoder("baseline", options={"stroma_cut": 0.4}).needs_slide_pass  # the centring needs the slide
+    with pytest.raises(ValueError, match="centre must be true or false, got 'yes'"):
+        build_encoder("baseline", options={"centre": "yes"})
 
 
 def test_per_slide_raw_areas_equal_the_explicit_masks_at_every_grid_cut():
