@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -36,17 +34,13 @@ VARIANTS = {
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
+    """Python and package versions and the git commit: the hard-cohort benchmark's record, read from its file."""
+    import importlib.util
 
-    out = {"python": platform.python_version()}
-    for p in ("torch", "numpy", "scikit-learn", "openslide-python", "tifffile"):
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            out[p] = "absent"
-    out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
-                                       text=True).stdout.strip()
-    return out
+    spec = importlib.util.spec_from_file_location("hard_cohort", HERE / "hard_cohort.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._versions()
 
 
 def metrics(rows: list[dict]) -> dict:
