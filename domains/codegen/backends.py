@@ -110,8 +110,8 @@ class LocalBackend:
                 new = new[:new.index(self.tok.eos_token_id)]
             raw = self.tok.decode(new, skip_special_tokens=True)
             text = truncate(raw, stop)
-            why = "stop" if ended or text != raw or any(st in raw for st in stop) or len(new) < max_tokens \
-                else "length"
+            # "stop": the end-of-sequence token, a stop string (truncate cut at it), or fewer than max_tokens
+            why = "stop" if ended or text != raw or len(new) < max_tokens else "length"
             choices.append({"text": text, "finish_reason": why,
                             "completion_tokens": len(self.tok(text, add_special_tokens=False)["input_ids"])})
         # greedy: the n samples are one and the same
