@@ -246,8 +246,8 @@ def test_evaluate_policy_applies_to_the_reference_and_says_what_it_skipped(tmp_p
     assert "--reference: 1 record(s) with non-standard residues skipped (--policy skip), e.g. 'FamW_x/1-16'" \
         in r.output
     assert rep["n_test"] == 6
-    r, _ = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m"), "--policy", "skip", "--out",
-                               str(tmp_path / "rep2")]), None
+    r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m"), "--policy", "skip", "--out",
+                            str(tmp_path / "rep2")])
     assert r.exit_code == 2 and "--policy applies to --reference files" in r.output, r.output
 
 
