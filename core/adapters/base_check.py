@@ -37,10 +37,15 @@ def _weight(mod: nn.Module) -> torch.Tensor | None:
     return w if isinstance(w, torch.Tensor) and w.is_floating_point() else None
 
 
+def sample_values(w: torch.Tensor, n: int = SAMPLES) -> torch.Tensor:
+    """``n`` values of ``w`` at evenly spaced flat positions, as float32 on the CPU (fewer if ``w`` is smaller)."""
+    flat = w.detach().reshape(-1)  # (numel,)
+    idx = torch.linspace(0, max(flat.numel() - 1, 0), min(n, flat.numel())).round().long().to(flat.device)
+    return flat[idx].float().cpu()
+
+
 def _sample(w: torch.Tensor) -> list[float]:
-    flat = w.detach().reshape(-1)  # (out * in,)
-    idx = torch.linspace(0, flat.numel() - 1, min(SAMPLES, flat.numel())).round().long().to(flat.device)
-    return [float(v) for v in flat[idx].float().cpu()]
+    return sample_values(w).tolist()
 
 
 def wrapped_paths(base: nn.Module, adapter_name: str) -> list[str]:

@@ -45,14 +45,12 @@ def weights_digest(model: nn.Module, samples: int = 16) -> str:
     """SHA-256 over every parameter's name, shape, dtype and ``samples`` values at evenly spaced flat
     positions: equal for the same weights loaded again, different for another checkpoint of the same
     architecture (a sample, not a checksum: hashing a 7B model at every start costs seconds)."""
-    import torch
+    from adaptome.core.adapters.base_check import sample_values
 
     h = hashlib.sha256()
     for name, p in model.named_parameters():
-        flat = p.detach().reshape(-1)  # (numel,)
-        idx = torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).round().long()
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
+        h.update(sample_values(p, samples).numpy().tobytes())
     return h.hexdigest()
 
 
