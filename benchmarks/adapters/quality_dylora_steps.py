@@ -78,6 +78,10 @@ def _stored_point(stored: dict, method: str, variant: dict, lr: float) -> float 
     return None
 
 
+def _row_acc(stored: dict, method: str) -> float:
+    return 100 * next(r for r in stored["rows"] if r["method"] == method)["accuracy"]["mean"]
+
+
 def markdown(res: dict) -> str:
     stored = json.loads((HERE / res["stored"]).read_text(encoding="utf-8"))
     env = res["env"]
@@ -115,6 +119,9 @@ def markdown(res: dict) -> str:
               "| DyLoRA, one training | " + " | ".join(f"{dy_acc[k]:.1f}" for k in ranks) + " |",
               "| LoRA at that rank | " + " | ".join(f"{lora[k]:.1f}" for k in ranks) + " |",
               "| gap | " + " | ".join(f"{gaps[k]:+.1f}" for k in ranks) + " |", "",
+              f"On the same test folds (the stored run): head-only {_row_acc(stored, 'head'):.1f} %, majority class "
+              f"{100 * stored['baselines']['majority']['accuracy']:.1f} %, logistic regression on amino-acid "
+              f"composition {100 * stored['baselines']['composition_logreg']['accuracy']:.1f} %.", "",
               f"Worst gap {gaps[worst]:+.1f} points at rank {worst}: within {MARGIN:g} at every rank: "
               f"{'yes' if gaps[worst] >= -MARGIN else 'no'}. This is a diagnostic: the stored benchmark's rows all "
               f"train {res['stored_steps']} steps, and only a rerun in which every row chooses its steps on "
