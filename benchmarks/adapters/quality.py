@@ -106,10 +106,14 @@ from benchmarks.adapters.quality_task import (  # noqa: F401  (the task and the 
 HERE = Path(__file__).resolve().parent
 COMMAND = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.adapters.quality"
 SEEDS = (0, 1, 2, 3, 4)
-STEPS = 120  # optimizer steps per training
+STEPS = 120  # optimizer steps per training (unless ``STEPS_GRID`` is set)
+#: numbers of optimizer steps chosen on validation together with the rate, by every row (``--steps-grid``); empty:
+#: every training runs ``STEPS``. A chosen number of steps is an option of the row's variant (``{"steps": n}``), so
+#: the test-fold trainings and LoRA's per-rank trainings use the number their row chose.
+STEPS_GRID: tuple[int, ...] = ()
 BATCH = 8
 MAX_GRAD_NORM = 1.0  # fit's global gradient-norm clipping over head and adapter together (fit's default, and HF's)
-WARMUP = 0.06  # fraction of STEPS with a linear warm-up (DyLoRA's official 0.06), then linear decay to 0
+WARMUP = 0.06  # fraction of a training's steps with a linear warm-up (DyLoRA's official 0.06), then linear decay to 0
 HEAD_GRID = (1e-2, 3e-2, 1e-1, 3e-1)  # the head-only row's grid; its chosen rate is every row's head rate
 SORA_SHRINK = 0.8  # SoRA's default total soft-threshold over a run (lambda * sum of the per-step rates)
 #: options chosen on validation together with the adapter rate (the grid is their product with the rates)
@@ -182,47 +186,53 @@ def _predict_nll(model, recs, labels) -> tuple[list[int], list[float]]:
         return logits.argmax(-1).tolist(), nll.tolist()
 
 
-def warmup_steps() -> int:
-    return max(1, round(WARMUP * STEPS))
+def warmup_steps(steps: int | None = None) -> int:
+    """Linear warm-up steps of a training of ``steps`` steps (default ``STEPS``)."""
+    return max(1, round(WARMUP * (STEPS if steps is None else steps)))
 
 
-def rate_sum(lr: float) -> float:
-    """Sum over the run's steps of the adapter's learning rate under the warm-up + linear-decay schedule."""
+def rate_sum(lr: float, steps: int | None = None) -> float:
+    """Sum over a training's steps (default ``STEPS``) of the adapter's learning rate under the warm-up +
+    linear-decay schedule."""
     from adaptome.core.train.schedule import make_scheduler
 
+    steps = STEPS if steps is None else steps
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = make_scheduler(opt, "linear", warmup_steps(), STEPS)
+    sched = make_scheduler(opt, "linear", warmup_steps(steps), steps)
     total = 0.0
-    for _ in range(STEPS):
+    for _ in range(steps):
         total += opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
     return total
 
 
-def sora_lambda(lr: float, shrink: float = SORA_SHRINK) -> float:
-    """SoRA's lambda such that the paper's soft threshold (lambda * eta_t per step) sums to ``shrink``."""
-    return shrink / rate_sum(lr)
+def sora_lambda(lr: float, shrink: float = SORA_SHRINK, steps: int | None = None) -> float:
+    """SoRA's lambda such that the paper's soft threshold (lambda * eta_t per step) sums to ``shrink`` over a
+    training of ``steps`` steps (default ``STEPS``)."""
+    return shrink / rate_sum(lr, steps)
 
 
 def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train, labels, seed: int, out_dir: str,
               acc, hooks=(), log_every: int = 0) -> tuple[nn.Module, nn.Module, dict]:
-    """(classifier, adapted encoder, facts) after STEPS steps of ``method`` on ``train``. ``opts`` are the
-    adapter's config options, except SoRA's ``sora_shrink`` (the total soft threshold, turned into lambda here);
+    """(classifier, adapted encoder, facts) after ``opts["steps"]`` (default ``STEPS``) steps of ``method`` on
+    ``train``. ``opts`` are the adapter's config options, except ``steps`` and SoRA's ``sora_shrink`` (the total
+    soft threshold, turned into lambda here);
     DyLoRA's rank sampler is seeded with ``seed`` unless ``opts`` names a ``rank_seed``. ``hooks``: extra step
     hooks (after the method's own); ``log_every`` > 0 puts the logged training losses in the facts."""
     from adaptome.core.train.loop import fit
     from adaptome.core.train.method_training import collect
 
     torch.manual_seed(seed)
+    opts = dict(opts)
+    steps = opts.pop("steps", STEPS)
     enc = copy.deepcopy(encoder)
     if method in ("full", "head"):
         for p in enc.parameters():
             p.requires_grad_(method == "full")
     else:
         if method == "sora":
-            opts = dict(opts)
-            opts["sparse_lambda"] = sora_lambda(lr, opts.pop("sora_shrink", SORA_SHRINK))
+            opts["sparse_lambda"] = sora_lambda(lr, opts.pop("sora_shrink", SORA_SHRINK), steps)
         if method == "dylora":
             opts = {"rank_seed": seed, **opts}
         enc = api.apply_adapter(enc, api.make_config(method, {"target_modules": "all-linear", **opts}))
@@ -244,10 +254,10 @@ def train_one(encoder, method: str, opts: dict, lr: float, head_lr: float, train
         return torch.optim.AdamW(groups, lr=adapter_lr, weight_decay=0.0)
 
     res = fit(model, rows, loss_fn=_loss_fn(weights), collate_fn=_collate, make_optimizer=make, accelerator=acc,
-              hooks=hooks, output_dir=out_dir, max_steps=STEPS, batch_size=BATCH, lr=adapter_lr, schedule="linear",
-              warmup_steps=warmup_steps(), progress=False, log_every=log_every, save_every=0, seed=seed, resume=False,
-              max_grad_norm=MAX_GRAD_NORM)
-    facts: dict = {"trainable_encoder": trainable}
+              hooks=hooks, output_dir=out_dir, max_steps=steps, batch_size=BATCH, lr=adapter_lr, schedule="linear",
+              warmup_steps=warmup_steps(steps), progress=False, log_every=log_every, save_every=0, seed=seed,
+              resume=False, max_grad_norm=MAX_GRAD_NORM)
+    facts: dict = {"trainable_encoder": trainable, "steps": steps}
     if log_every:
         facts["losses"] = [h["loss"] for h in res.history if "loss" in h]
     if method == "sora":
@@ -357,8 +367,10 @@ def _eval_job(method: str, opts: dict, lr: float, head_lr: float, seed: int, ran
 
 
 def _points(method: str, grid) -> list[tuple[dict, float]]:
-    """(option variant, adapter rate) of every grid point of a row: ``VARIANTS`` of the method x its rates."""
-    return [(v, lr) for v in VARIANTS.get(method, ({},)) for lr in grid]
+    """(option variant, adapter rate) of every grid point of a row: ``VARIANTS`` of the method x ``STEPS_GRID``
+    (when set) x its rates."""
+    steps = [{"steps": n} for n in STEPS_GRID] or [{}]
+    return [({**v, **n}, lr) for v in VARIANTS.get(method, ({},)) for n in steps for lr in grid]
 
 
 def _select_jobs(method: str, opts: dict, grid, head_lr: float | None, tmp: str) -> list[tuple]:
@@ -382,7 +394,8 @@ def _choose(method: str, grid, results: list[dict]) -> dict:
     from benchmarks.adapters.quality_select import choose
 
     out = choose(method, _points(method, grid), results, SELECT_FOLDS * SELECT_SEEDS, SORA_MAX_KEPT, SELECT_BY)
-    return {"grid": list(grid), "variants": list(VARIANTS.get(method, ({},))), **out}
+    return {"grid": list(grid), "variants": list(VARIANTS.get(method, ({},))),
+            **({"steps_grid": list(STEPS_GRID)} if STEPS_GRID else {}), **out}
 
 
 def _row(lr: float, head_lr: float, method: str, seeds: list[dict]) -> dict:
@@ -434,7 +447,7 @@ def run() -> dict:
                            "corpus": quality_task.CORPUS, "n_task_sequences": len(d["task_sequences"]),
                            "n_unlabeled": len(d["unlabeled"]), "unlabeled_residues": d["unlabeled_residues"],
                            "n_small_pfam": d["n_small_pfam"], "select_folds": SELECT_FOLDS,
-                           "select_seeds": SELECT_SEEDS,
+                           "select_seeds": SELECT_SEEDS, **({"steps_grid": list(STEPS_GRID)} if STEPS_GRID else {}),
                            "n_select_windows": sum(len(v) for _, v in d["select"]),
                            "n_select_sequences": d["n_select_sequences"],
                            "n_select_train": [len(t) for t, _ in d["select"]], "sora_max_kept": SORA_MAX_KEPT,
@@ -459,8 +472,11 @@ def run() -> dict:
             print(f"head-only: rate {head_lr:g}", flush=True)
             sels = [head_sel] + _select_rows(pool, ROWS, head_lr, tmp)
             rows = [HEAD_ROW] + ROWS
-            lora_lr = sels[[r[1] for r in rows].index("lora")]["chosen"]
-            extra = [(f"lora r={k}", "lora", {"r": k, "lora_alpha": ALPHA}) for k in range(1, RANK)]
+            lora_sel = sels[[r[1] for r in rows].index("lora")]
+            lora_lr = lora_sel["chosen"]
+            # LoRA at every rank below RANK: LoRA's chosen rate and (with STEPS_GRID) its chosen number of steps
+            extra = [(f"lora r={k}", "lora", {"r": k, "lora_alpha": ALPHA, **lora_sel["chosen_variant"]})
+                     for k in range(1, RANK)]
             units = [(lab, m, {**o, **sel["chosen_variant"]}, sel["chosen"])
                      for (lab, m, o, _), sel in zip(rows, sels)]
             units += [(lab, m, o, lora_lr) for lab, m, o in extra]
@@ -474,8 +490,12 @@ def run() -> dict:
                   f"macro-F1 {row['macro_f1']['mean']:.3f}", flush=True)
         for (lab, m, o, lr), row in zip(units[len(rows):], done[len(rows):]):
             res["lora_by_rank"][str(o["r"])] = {k: row[k] for k in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
+            if "steps" in o:
+                res["lora_by_rank"][str(o["r"])]["steps"] = o["steps"]
         lora = next(r for r in res["rows"] if r["method"] == "lora")
         res["lora_by_rank"][str(RANK)] = {k: lora[k] for k in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
+        if "steps" in lora["options"]:
+            res["lora_by_rank"][str(RANK)]["steps"] = lora["options"]["steps"]
     res["head_lr"], res["workers"] = head_lr, WORKERS
     res["seconds"] = time.time() - t0
     return res
@@ -498,9 +518,10 @@ def rerun(methods: list[str], res: dict) -> dict:
     st = res["setup"]
     now = {"steps": STEPS, "batch": BATCH, "warmup_steps": warmup_steps(), "n_windows": len(d["records"]),
            "rank": RANK, "alpha": ALPHA, "seeds": list(SEEDS), "folds": FOLDS, "select_folds": SELECT_FOLDS,
-           "select_seeds": SELECT_SEEDS,
+           "select_seeds": SELECT_SEEDS, "steps_grid": list(STEPS_GRID),
            "sora_max_kept": SORA_MAX_KEPT, "select_by": SELECT_BY}
-    if any(st.get(k, {"select_by": "macro_f1", "select_seeds": 1}.get(k)) != v for k, v in now.items()):
+    if any(st.get(k, {"select_by": "macro_f1", "select_seeds": 1, "steps_grid": []}.get(k)) != v
+           for k, v in now.items()):
         raise SystemExit("error: the settings differ from the earlier run's; rerun the whole benchmark instead")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -530,7 +551,7 @@ def rerun(methods: list[str], res: dict) -> dict:
 
 
 def main() -> None:
-    global STEPS, SEEDS, ROWS, RANK, SELECT_FOLDS, SELECT_BY, SELECT_SEEDS
+    global STEPS, STEPS_GRID, SEEDS, ROWS, RANK, SELECT_FOLDS, SELECT_BY, SELECT_SEEDS
     ap = argparse.ArgumentParser(description="Adapter quality benchmark (Pfam families, tiny BERT)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
@@ -554,9 +575,16 @@ def main() -> None:
                     help=f"validation score of the rate selection (default {SELECT_BY}; see quality_select.py)")
     ap.add_argument("--select-seeds", type=int, default=SELECT_SEEDS, metavar="N",
                     help=f"trainings per grid point and selection fold, pooled (default {SELECT_SEEDS})")
+    ap.add_argument("--steps-grid", nargs="+", type=int, metavar="N",
+                    help="numbers of training steps every row chooses from with its rate on validation (default: "
+                    f"every training runs {STEPS} steps)")
     args = ap.parse_args()
     if args.select_seeds < 1:
         raise SystemExit("error: --select-seeds must be at least 1")
+    if args.steps_grid:
+        if min(args.steps_grid) < 1 or len(set(args.steps_grid)) != len(args.steps_grid):
+            raise SystemExit("error: --steps-grid takes distinct positive numbers of steps")
+        STEPS_GRID = tuple(args.steps_grid)
     SELECT_BY, SELECT_SEEDS = args.select_by, args.select_seeds
     use_corpus(args.corpus)
     if args.report_only:
@@ -578,6 +606,7 @@ def main() -> None:
         ROWS = [r for r in ROWS if r[1] in set(args.methods) | {"lora"}]
     if args.smoke:
         STEPS, SEEDS, RANK = 6, (0, 1), 2
+        STEPS_GRID = (6, 12) if STEPS_GRID else ()
         quality_task.PRETRAIN_STEPS = 10
         SELECT_FOLDS = 2
         ROWS = [("lora r=2", "lora", {"r": 2, "lora_alpha": ALPHA}, LORA_GRID[:2]),

@@ -254,7 +254,7 @@ def _header(res: dict) -> list[str]:
         "better than context-free guessing on its own training corpus"
         + (" (on held-out sequences, and after longer pretraining, see results_quality_probes.md)."
            if _disjoint(st) else "."), "",
-        f"Each training runs {st['steps']} steps, batch {st['batch']}, {st['warmup_steps']} linear warm-up steps then "
+        f"{_steps_text(st)}, batch {st['batch']}, {_warmup_text(st)} then "
         f"linear decay to 0, through `fit` (which attaches each method's own hooks, optimizer groups and inits), "
         f"with a linear head on mean-pooled states{_probe_note() if _disjoint(st) else ''}. Selection rule, the same "
         f"for every row: fold 0's "
@@ -262,7 +262,7 @@ def _header(res: dict) -> list[str]:
         f"windows) is split into {st['select_folds']} stratified folds grouped by sequence; every grid point is "
         f"trained {_times(st)} per selection fold on the other {st['select_folds'] - 1} "
         f"({'/'.join(str(n) for n in st['n_select_train'])} training windows; {_seed_text(st)}) "
-        f"and scored on it, and {_rule_text(res)}. DyLoRA's point is scored by the mean over "
+        f"and scored on it, and {_rule_text(res)}.{_steps_choice_text(st)} DyLoRA's point is scored by the mean over "
         f"ranks 1..r of its pooled {_score_name(res)} at each rank, and its mode is chosen with its rate; SoRA's "
         "shrink is "
         f"chosen with its rate among the points with at most {100 * st['sora_max_kept']:.0f} % of the gates "
@@ -289,6 +289,43 @@ def _separation(res: dict, rows: dict) -> list[str]:
     out[0] += (f". Seed sd of accuracy over the rows: median {sorted(sds)[len(sds) // 2]:.1f}, largest "
                f"{max(sds):.1f} points.")
     return out + [""]
+
+
+def _steps_text(st: dict) -> str:
+    """How many steps a training runs: the fixed number, or the grid every row chose from (``--steps-grid``)."""
+    grid = st.get("steps_grid")
+    if not grid:
+        return f"Each training runs {st['steps']} steps"
+    return (f"Each training runs the number of steps its row chose with its rate on validation, from "
+            f"{', '.join(str(n) for n in grid)} (the benchmark's default is {st['steps']})")
+
+
+def _warmup_text(st: dict) -> str:
+    if not st.get("steps_grid"):
+        return f"{st['warmup_steps']} linear warm-up steps"
+    return f"a linear warm-up over {st['warmup_steps'] / st['steps']:.0%} of its steps"
+
+
+def _steps_choice_text(st: dict) -> str:
+    if not st.get("steps_grid"):
+        return ""
+    return (" The number of steps is part of every grid point: each row's grid is its rates (and options) x "
+            f"{{{', '.join(str(n) for n in st['steps_grid'])}}} steps, one choice per row; the test-fold trainings "
+            "use the row's choice, and LoRA at ranks below r uses LoRA r's rate and number of steps.")
+
+
+def _row_steps(res: dict, row: dict) -> int:
+    """The number of steps a row's trainings ran (its chosen one under ``--steps-grid``)."""
+    return row["options"].get("steps", res["setup"]["steps"])
+
+
+def _steps_note(st: dict, steps: int) -> str:
+    """", N steps" when the rows chose their number of steps (``--steps-grid``), else nothing."""
+    return f", {steps} steps" if st.get("steps_grid") else ""
+
+
+def _steps_cell(p: dict) -> str:
+    return f" {p['variant']['steps']} |" if "steps" in p["variant"] else ""
 
 
 def _variant(v: dict) -> str:
@@ -327,7 +364,8 @@ def _other_rule(res: dict) -> tuple[str, dict] | None:
         other = json.loads(path.read_text(encoding="utf-8"))
         st = other.get("setup")
         if (st and st.get("rank") == res["setup"]["rank"] and st.get("select_by", "macro_f1") != _rule(res)
-                and st.get("steps") == res["setup"]["steps"] and other["encoder"]["key"] == res["encoder"]["key"]):
+                and st.get("steps") == res["setup"]["steps"] and st.get("steps_grid") == res["setup"].get("steps_grid")
+                and other["encoder"]["key"] == res["encoder"]["key"]):
             return path.stem, other
     return None
 
@@ -388,8 +426,9 @@ def _dylora(res: dict, rows: dict) -> list[str]:
     how = ("the official default: at a sampled rank k only component k trains" if mode == "frozen" else
            "at a sampled rank k every component <= k trains")
     lines += ["", f"DyLoRA ({mode} mode, {how}; chosen with its rate on validation, see below; rank sampler seeded "
-              f"with the run's seed) was trained once (rate {_lr(dy['lr'])}) and LoRA {len(gaps)} times (rate "
-              f"{_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}), both with scale "
+              f"with the run's seed) was trained once (rate {_lr(dy['lr'])}{_steps_note(st, _row_steps(res, dy))}) and "
+              f"LoRA {len(gaps)} times (rate {_lr(lora_r[str(st['rank'])]['lr'])}, LoRA's chosen rate at r={st['rank']}"
+              f"{_steps_note(st, _row_steps(res, rows['lora']))}), both with scale "
               f"alpha / k at rank k. Target \"DyLoRA within 5 points of LoRA at every rank\": "
               f"{_verdict(met, hollow)}; the largest shortfall is {gaps[worst]:+.1f} points at rank {worst}"
               f" (standard error of that gap over the {len(dy['accuracy']['per_seed'])} seeds "
@@ -405,12 +444,14 @@ def _dylora(res: dict, rows: dict) -> list[str]:
                   "is only as informative as the adapters' lead over the frozen encoder with its head.")
     if not met and mode == "frozen":
         lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, each component "
-                      f"receives a gradient on about {st['steps'] / st['rank']:.0f} of the {st['steps']} steps, "
+                      f"receives a gradient on about {_row_steps(res, dy) / st['rank']:.0f} of the "
+                      f"{_row_steps(res, dy)} steps, "
                       f"while each LoRA trains all its components on every step.")
     elif not met:
         lines[-1] += (f" A candidate reason: with ranks drawn uniformly from 1..{st['rank']}, component k receives "
                       f"a gradient on (r - k + 1) / r of the steps, so the last one on about "
-                      f"{st['steps'] / st['rank']:.0f} of the {st['steps']}, while each LoRA trains all its "
+                      f"{_row_steps(res, dy) / st['rank']:.0f} of the {_row_steps(res, dy)}, while each LoRA trains "
+                      "all its "
                       "components on every step.")
     if not met:
         v_dy, v_lo = _chosen_point(dy["selection"])["macro_f1"], _chosen_point(rows["lora"]["selection"])["macro_f1"]
@@ -446,15 +487,17 @@ def _pooled_over(st: dict) -> str:
 def _dylora_selection(res: dict, dy: dict) -> list[str]:
     sel, r = dy["selection"], res["setup"]["rank"]
     nll = _rule(res) == "nll"
+    steps_h, steps_s = (" steps |", "---:|") if res["setup"].get("steps_grid") else ("", "")
     lines = [f"DyLoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''}, "
              f"pooled over the {_pooled_over(res['setup'])}; the score is the mean over ranks):",
-             "", f"| mode | rate | macro-F1, mean over ranks 1..{r} | rank 1 | rank {r} |"
+             "", f"| mode |{steps_h} rate | macro-F1, mean over ranks 1..{r} | rank 1 | rank {r} |"
              + (f" cross-entropy, mean over ranks | rank 1 | rank {r} |" if nll else ""),
-             "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if nll else "")]
+             f"|---|{steps_s}---:|---:|---:|---:|" + ("---:|---:|---:|" if nll else "")]
     for p in sel["points"]:
         br = p["by_rank_macro_f1"]
         ce = (f" {p['nll']:.3f} | {p['by_rank_nll']['1']:.3f} | {p['by_rank_nll'][str(r)]:.3f} |" if nll else "")
-        lines.append(f"| {p['variant'].get('mode', 'frozen')} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} | "
+        lines.append(f"| {p['variant'].get('mode', 'frozen')} |{_steps_cell(p)} {_lr(p['lr'])} | "
+                     f"{100 * p['macro_f1']:.1f} | "
                      f"{100 * br['1']:.1f} | {100 * br[str(r)]:.1f} |{ce}")
     best = {}
     for p in sel["points"]:
@@ -462,7 +505,8 @@ def _dylora_selection(res: dict, dy: dict) -> list[str]:
         if m not in best or _key(res)(p) > _key(res)(best[m]):
             best[m] = p
     lines += ["", "Best point per mode: " + "; ".join(
-        f"{m} at rate {_lr(p['lr'])}, " + (f"cross-entropy {p['nll']:.3f} (macro-F1 {100 * p['macro_f1']:.1f})"
+        f"{m} at rate {_lr(p['lr'])}" + (f", {p['variant']['steps']} steps" if "steps" in p["variant"] else "")
+        + ", " + (f"cross-entropy {p['nll']:.3f} (macro-F1 {100 * p['macro_f1']:.1f})"
                                            if nll else f"{100 * p['macro_f1']:.1f}")
         for m, p in best.items()) + "."]
     return lines + [""]
@@ -500,14 +544,17 @@ def _sora(res: dict, rows: dict) -> list[str]:
 def _sora_selection(res: dict, so: dict) -> list[str]:
     sel, cap = so["selection"], res["setup"]["sora_max_kept"]
     nll = _rule(res) == "nll"
+    steps_h, steps_s = (" steps |", "---:|") if res["setup"].get("steps_grid") else ("", "")
     lines = [f"SoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''} "
              f"pooled over the {_pooled_over(res['setup'])}, and the share of gates non-zero at the "
              "end of those trainings):", "",
-             "| total shrink | rate | validation macro-F1 % |" + (" validation cross-entropy |" if nll else "")
-             + " gates non-zero % | eligible |", "|---:|---:|---:|" + ("---:|" if nll else "") + "---:|---|"]
+             f"| total shrink |{steps_h} rate | validation macro-F1 % |"
+             + (" validation cross-entropy |" if nll else "") + " gates non-zero % | eligible |",
+             f"|---:|{steps_s}---:|---:|" + ("---:|" if nll else "") + "---:|---|"]
     for p in sel["points"]:
         ce = f" {p['nll']:.3f} |" if nll else ""
-        lines.append(f"| {p['variant']['sora_shrink']} | {_lr(p['lr'])} | {100 * p['macro_f1']:.1f} |{ce} "
+        lines.append(f"| {p['variant']['sora_shrink']} |{_steps_cell(p)} {_lr(p['lr'])} | "
+                     f"{100 * p['macro_f1']:.1f} |{ce} "
                      f"{100 * p['kept_fraction']:.0f} | {'yes' if p['kept_fraction'] <= cap else 'no'} |")
     n_ok = sum(p["kept_fraction"] <= cap for p in sel["points"])
     best_all = max(sel["points"], key=_key(res))
@@ -515,7 +562,8 @@ def _sora_selection(res: dict, so: dict) -> list[str]:
               + ("; the chosen one is the best of those." if sel["constraint_met"] else
                  "; none does, so the best point overall was taken.")
               + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "
-              f"{_lr(best_all['lr'])}, " + (f"cross-entropy {best_all['nll']:.3f} (macro-F1 "
+              f"{_lr(best_all['lr'])}" + (f", {best_all['variant']['steps']} steps" if "steps" in best_all["variant"]
+                                          else "") + ", " + (f"cross-entropy {best_all['nll']:.3f} (macro-F1 "
                                             f"{100 * best_all['macro_f1']:.1f})" if nll else
                                             f"{100 * best_all['macro_f1']:.1f}")
               + f" with {100 * best_all['kept_fraction']:.0f} % of the gates non-zero."]

@@ -29,8 +29,10 @@ def _units(res: dict) -> list[tuple[str, str, dict, float, str]]:
     LoRA rows at ranks 1..rank-1 (``where`` is "rows" or "lora_by_rank")."""
     st = res["setup"]
     units = [("rows", r["method"], r["options"], r["lr"], r["label"]) for r in res["rows"]]
-    units += [("lora_by_rank", "lora", {"r": k, "lora_alpha": st["alpha"]}, res["lora_by_rank"][str(k)]["lr"],
-               str(k)) for k in range(1, st["rank"])]
+    by = res["lora_by_rank"]
+    units += [("lora_by_rank", "lora", {"r": k, "lora_alpha": st["alpha"],
+                                        **({"steps": by[str(k)]["steps"]} if "steps" in by[str(k)] else {})},
+               by[str(k)]["lr"], str(k)) for k in range(1, st["rank"])]
     return units
 
 
@@ -46,8 +48,9 @@ def _merge_summary(old: dict, new: list[dict]) -> dict:
 def _check_settings(q, res: dict, d: dict, seeds: list[int]) -> None:
     st = res["setup"]
     now = {"steps": q.STEPS, "batch": q.BATCH, "warmup_steps": q.warmup_steps(), "n_windows": len(d["records"]),
-           "alpha": q.ALPHA, "folds": q.FOLDS, "select_folds": q.SELECT_FOLDS, "sora_max_kept": q.SORA_MAX_KEPT}
-    diff = [k for k, v in now.items() if st.get(k) != v]
+           "alpha": q.ALPHA, "folds": q.FOLDS, "select_folds": q.SELECT_FOLDS, "sora_max_kept": q.SORA_MAX_KEPT,
+           "steps_grid": list(q.STEPS_GRID)}
+    diff = [k for k, v in now.items() if st.get(k, [] if k == "steps_grid" else None) != v]
     if diff:
         raise SystemExit(f"error: the settings differ from the stored run's ({', '.join(diff)}); rerun the whole "
                          "benchmark instead")
