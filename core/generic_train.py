@@ -333,6 +333,13 @@ def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = No
     Under ``torchrun`` every process trains its share of each batch; only the main process writes
     ``config.yaml``, ``adapter/``, ``merged/`` and ``summary.json`` while the others wait.
     """
+    from adaptome.core.train.threads import torch_threads
+
+    with torch_threads(cfg.train.threads):  # loading, training, evaluation and saving: the run's thread count
+        return _run_generic(cfg, overwrite, source)
+
+
+def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     import torch
 
     from adaptome.core.adapters.api import trainable_report

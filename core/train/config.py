@@ -30,7 +30,7 @@ SCHEDULES = ("constant", "linear", "cosine")  # warmup then ...: see schedule.py
 #: length. ``save_merged`` is the generic run's (``adaptome train``) choice of outputs.
 MAY_CHANGE_ON_RESUME = (
     "train.output_dir", "train.max_steps", "train.eval_every", "train.save_every", "train.keep_last",
-    "train.log_every", "train.progress", "train.resume", "train.dist_timeout_s", "save_merged",
+    "train.log_every", "train.progress", "train.resume", "train.dist_timeout_s", "train.threads", "save_merged",
 )
 
 
@@ -59,6 +59,9 @@ class TrainConfig:
         progress: show a progress bar (main process only).
         resume: continue from the newest intact checkpoint in output_dir (false: a folder with one is refused).
         dist_timeout_s: seconds a collective may wait for a peer process before the run fails naming it.
+        threads: CPU threads torch uses in each process during the run (0: torch's default, one per core).
+            Tiny models on a shared machine often train many times faster with 1 (``threads.py``). It
+            may change on resume: it changes the speed, and at most the last bits of float sums.
     """
 
     output_dir: str = "runs/train"
@@ -81,6 +84,7 @@ class TrainConfig:
     progress: bool = True
     resume: bool = True
     dist_timeout_s: float = 600.0
+    threads: int = 0
 
     def __post_init__(self) -> None:
         self.output_dir = str(self.output_dir)
@@ -88,7 +92,7 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise InvalidValue(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "keep_last", "log_every", "warmup_steps"):
+        for name in ("eval_every", "save_every", "keep_last", "log_every", "warmup_steps", "threads"):
             if getattr(self, name) < 0:
                 raise InvalidValue(name, f"must be >= 0, got {getattr(self, name)}")
         _finite(self, "lr", low=0.0, strict=True)

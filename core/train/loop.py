@@ -66,6 +66,7 @@ from adaptome.core.train.interrupt import Interrupted, StopRequest
 from adaptome.core.train.method_training import collect as collect_method_training
 from adaptome.core.train.metrics import MetricsLog
 from adaptome.core.train.schedule import make_scheduler
+from adaptome.core.train.threads import torch_threads
 
 __all__ = ["FitResult", "NonFiniteLoss", "NothingToTrain", "TrainConfig", "fit", "make_accelerator"]
 
@@ -157,6 +158,13 @@ def fit(
     of the resume check (``identity.run_identity``).
     """
     cfg = TrainConfig.from_options(config, **options)
+    with torch_threads(cfg.threads):  # cfg.threads CPU threads for the run, the caller's count restored after
+        return _fit(model, train_data, cfg, loss_fn=loss_fn, collate_fn=collate_fn, eval_fn=eval_fn, hooks=hooks,
+                    make_optimizer=make_optimizer, accelerator=accelerator, identity=identity)
+
+
+def _fit(model, train_data, cfg: TrainConfig, *, loss_fn, collate_fn, eval_fn, hooks, make_optimizer, accelerator,
+         identity) -> FitResult:
     acc = accelerator or make_accelerator(cfg.mixed_precision, cfg.cpu, cfg.dist_timeout_s)
     run = _set_up(model, train_data, cfg, acc, loss_fn=loss_fn or default_loss, collate_fn=collate_fn,
                   eval_fn=eval_fn, hooks=list(hooks), make_optimizer=make_optimizer, identity=identity)

@@ -287,6 +287,7 @@ def test_adapters_truncate_on_a_corrupt_file_is_one_line(base, tmp_path):
     ("train.max_grad_norm=-1.0", "train.max_grad_norm: must be a finite number >= 0"),
     ("train.dist_timeout_s=0", "train.dist_timeout_s: must be a finite number > 0"),
     ("train.betas=[0.9, 1.5]", "train.betas: must be two numbers in [0, 1)"),
+    ("train.threads=-1", "train.threads: must be >= 0, got -1"),
 ])
 def test_impossible_training_values_are_refused_naming_the_key(tmp_path, override, named):
     from adaptome.core.generic_train import RunConfig
