@@ -129,7 +129,8 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
     for m in modules(loras):
         source = np.concatenate([np.full(lo.factors[m][1].shape[0], i) for i, lo in enumerate(loras)])  # (n,)
         u, order = lego.canonical_order(lego.units(loras, m, basis).numpy(), True)
-        cfg = lego.LegoConfig(seed=seed, basis=basis, cluster_on=cluster_on)
+        cfg = lego.LegoConfig(seed=seed, basis=basis, cluster_on=cluster_on,
+                              centroid="update" if cluster_on == "updates" else "factors")
         cent, labels = lego.cluster(u, RANK, cfg, n_out=loras[0].factors[m][0].shape[0])
         for j in range(len(cent)):
             members = labels == j
@@ -318,10 +319,10 @@ def main() -> None:
             if args.train_only:
                 continue
             inputs = [paths[t] for t in tasks]
-            for basis in ("raw", "svd"):
-                for cluster_on in ("directions", "units"):
-                    rows.append({"seed": seed, "merge": f"lego clusters {basis} {cluster_on}",
-                                 **clusters(inputs, seed, basis, cluster_on)})
+            for basis, cluster_on in (("raw", "directions"), ("raw", "units"), ("raw", "updates"),
+                                      ("svd", "directions"), ("svd", "units")):
+                rows.append({"seed": seed, "merge": f"lego clusters {basis} {cluster_on}",
+                             **clusters(inputs, seed, basis, cluster_on)})
             own = {p: {t: next(r for r in rows if r["seed"] == seed and r["merge"] == f"single {t}")[f"{p}/{t}"]
                        for t in tasks} for p in splits}
             for label, method, rank, opts in MERGES:
