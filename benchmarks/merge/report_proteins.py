@@ -134,7 +134,10 @@ def protein_md(res: dict) -> str:
               f"{geo(none, 'cos_to_mean'):.2f}) and retains {r(none):.3f}; ties (density 0.5) is "
               f"{geo('ties (density 0.5)', 'norm_to_mean'):.2f} times M and retains {r('ties (density 0.5)'):.3f}. "
               "The retention above is measured on " + ", ".join(keep) + " only" + (
-                  "; the table of the left-out families shows what each merge costs them." if out else "."), ""]
+                  "; the table of the left-out families shows what each merge costs them." if out else ".")]
+    from report_update import update_paragraph
+
+    lines += ["", update_paragraph(res, agg), ""]
     return "\n".join(lines)
 
 
