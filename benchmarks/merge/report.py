@@ -383,8 +383,8 @@ def summary(settings: dict[str, dict]) -> str:
     both = [k for k in settings if met[k][0]]
     both_val = [k for k in settings if met[k][1]]
     lines += ["", "The target (LEGO at the rank of one input retains more than linear, both the sum and the mean, and "
-              "TIES) is met by the default LEGO (the paper's centroid) in " + (" and ".join(f"the {k} setting" for k in both) if both else
-                                                       "neither setting") +
+              "TIES) is met by the default LEGO (the paper's centroid) in " + (
+                  " and ".join(f"the {k} setting" for k in both) if both else "neither setting") +
               " and by the LEGO variant chosen on validation in " + (
                   " and ".join(f"the {k} setting" for k in both_val) if both_val else "neither setting") + "."]
     for k, res in settings.items():

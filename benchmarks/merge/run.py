@@ -116,8 +116,10 @@ def data(tok):
 
 
 def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
-    """How LEGO's k-means at k = RANK groups the units: share of clusters (and of units) mixing inputs,
-    and the mean ratio ||centroid|| / mean ||member|| of the clusters with more than one member."""
+    """How LEGO's k-means at k = RANK groups the units: share of clusters (and of units) mixing inputs, and over
+    the clusters with more than one member the mean ratio ||centroid|| / mean ||member|| and the mean cosine
+    between the paper's centroid's rank-1 update (mean b)(mean a)^T and the members' mean update (1/m) sum b_i a_i^T
+    (how far the cross terms turn it; also over the clusters mixing inputs)."""
     import numpy as np
 
     from adaptome.core.merge import lego
@@ -125,13 +127,14 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
 
     loras = [read_lora(p) for p in paths]
     n_clusters = n_mixed = n_units = n_mixed_units = 0
-    ratios = []
+    ratios, cosines, mixed_cosines = [], [], []
     for m in modules(loras):
         source = np.concatenate([np.full(lo.factors[m][1].shape[0], i) for i, lo in enumerate(loras)])  # (n,)
         u, order = lego.canonical_order(lego.units(loras, m, basis).numpy(), True)
         cfg = lego.LegoConfig(seed=seed, basis=basis, cluster_on=cluster_on,
                               centroid="update" if cluster_on == "updates" else "factors")
-        cent, labels = lego.cluster(u, RANK, cfg, n_out=loras[0].factors[m][0].shape[0])
+        n_out = loras[0].factors[m][0].shape[0]
+        cent, labels = lego.cluster(u, RANK, cfg, n_out=n_out)
         for j in range(len(cent)):
             members = labels == j
             mixed = len(set(source[order][members].tolist())) > 1
@@ -141,8 +144,17 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
             n_mixed_units += int(members.sum()) if mixed else 0
             if members.sum() > 1:
                 ratios.append(float(np.linalg.norm(cent[j]) / np.linalg.norm(u[members], axis=1).mean()))
+                b, a = u[members, :n_out], u[members, n_out:]  # (m, O), (m, I)
+                cb, ca = cent[j, :n_out], cent[j, n_out:]  # (O,), (I,)
+                inner = float((b @ cb) @ (a @ ca))  # <cb ca^T, sum_i b_i a_i^T>: (m,) . (m,)
+                mean_sq = float(((b @ b.T) * (a @ a.T)).sum())  # ||sum_i b_i a_i^T||^2: (m, m) * (m, m)
+                cos = inner / (np.linalg.norm(cb) * np.linalg.norm(ca) * mean_sq ** 0.5)
+                cosines.append(cos)
+                if mixed:
+                    mixed_cosines.append(cos)
     return {"mixed_cluster_share": n_mixed / n_clusters, "units_in_mixed_clusters": n_mixed_units / n_units,
-            "centroid_norm_ratio": float(np.mean(ratios))}
+            "centroid_norm_ratio": float(np.mean(ratios)), "centroid_update_cos": float(np.mean(cosines)),
+            "centroid_update_cos_mixed": float(np.mean(mixed_cosines)) if mixed_cosines else float("nan")}
 
 
 def peft_linear(base, inputs: list[Path], weights: list[float], out: Path) -> Path:
