@@ -257,7 +257,12 @@ def verdict(res: dict, agg: dict, label: str) -> tuple[str, bool]:
 
 def best_on_val(agg: dict) -> str:
     """The LEGO variant (at rank RANK) with the highest mean retention on the validation split."""
-    return max(LEGO_VARIANTS, key=lambda k: agg[k]["val_retained_mean"][0])
+    return max(variants(agg), key=lambda k: agg[k]["val_retained_mean"][0])
+
+
+def variants(agg: dict) -> list[str]:
+    """The LEGO variants at rank RANK that ``agg`` holds (results written before a variant was added lack it)."""
+    return [k for k in LEGO_VARIANTS if k in agg]
 
 
 def readers(agg: dict) -> tuple:
@@ -273,9 +278,9 @@ def write_md(res: dict) -> str:
     lines = header(res) + table(res, agg)
     lego = r(LEGO)
     lines += ["", verdict(res, agg, LEGO)[0]]
-    best = max(LEGO_VARIANTS, key=val)
+    best = best_on_val(agg)
     lines += ["", "Choice of a LEGO variant (validation split only): " + ", ".join(
-        f"{k} {val(k):.3f}" for k in sorted(LEGO_VARIANTS, key=val, reverse=True)) + f". Best on validation: {best}"
+        f"{k} {val(k):.3f}" for k in sorted(variants(agg), key=val, reverse=True)) + f". Best on validation: {best}"
         + (" = the default." if best == LEGO else f"; the default is {LEGO} ({val(LEGO):.3f}).")]
     if best != LEGO:
         lines += ["", verdict(res, agg, best)[0]]
@@ -377,7 +382,7 @@ def summary(settings: dict[str, dict]) -> str:
         met[k] = (verdict(res, agg, LEGO)[1], verdict(res, agg, best)[1])
         lines.append(f"| {k} | " + ", ".join(f"{names_of(res)[t]} {gain[t]:.3f}" for t in tasks_of(res)) +
                      f" | {', '.join(names_of(res)[t] for t in keep)} | {st['shared']:.2f} | " +
-                     " | ".join(f"{agg[c]['retained_mean'][0]:.3f}" for c in cols) +
+                     " | ".join(f"{agg[c]['retained_mean'][0]:.3f}" if c in agg else "not run" for c in cols) +
                      f" | {best} {agg[best]['retained_mean'][0]:.3f} | "
                      f"{'yes' if met[k][0] else 'no'} | {'yes' if met[k][1] else 'no'} |")
     both = [k for k in settings if met[k][0]]

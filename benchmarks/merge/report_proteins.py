@@ -9,7 +9,6 @@ import statistics
 from report import (
     HERE,
     LEGO,
-    LEGO_VARIANTS,
     MERGES,
     MIN_GAIN,
     PEFT_LINEAR,
@@ -24,6 +23,7 @@ from report import (
     readers,
     table,
     tasks_of,
+    variants,
     verdict,
 )
 
@@ -88,7 +88,7 @@ def protein_md(res: dict) -> str:
             "noise or negative, and say nothing about the merge.")]
     lines += ["", verdict(res, agg, LEGO)[0]]
     lines += ["", "Choice of a LEGO variant (validation split only): " + ", ".join(
-        f"{k} {val(k):.3f}" for k in sorted(LEGO_VARIANTS, key=val, reverse=True)) + f". Best on validation: {best}"
+        f"{k} {val(k):.3f}" for k in sorted(variants(agg), key=val, reverse=True)) + f". Best on validation: {best}"
         + (" = the default." if best == LEGO else f", not the default {LEGO} ({val(LEGO):.3f}).")]
     if best != LEGO:
         lines += ["", verdict(res, agg, best)[0]]

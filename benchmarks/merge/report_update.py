@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from report import LEGO, LEGO_VARIANTS, RIVALS, _clusters, best_on_val, readers, word
+from report import LEGO, RIVALS, _clusters, best_on_val, readers, variants, word
 
 UPD = "lego update centroid (dual reweighting)"
 UPD_NONE = "lego update centroid (no reweighting)"
@@ -40,12 +40,17 @@ def update_paragraph(res: dict, agg: dict) -> str:
             if row["merge"] == "lego clusters raw directions" and "centroid_update_cos" in row]
     cos_all = statistics.mean(row["centroid_update_cos"] for row in turn) if turn else None
     cos_mixed = statistics.mean(row["centroid_update_cos_mixed"] for row in turn) if turn else None
+    kept = statistics.mean(row["rank_one_share"] for row in turn) if turn and "rank_one_share" in turn[0] else None
     why = "" if cos_all is None else (
-        f" In the default clustering, a cluster of several units has its paper's centroid's update (mean of the B "
-        f"halves) x (mean of the A halves) at cos {cos_all:.3f} to the members' mean update (clusters mixing {ws}: "
-        f"{cos_mixed:.3f}; 1 = the cross terms do not turn it).")
+        " In the default clustering the paper's centroid turns a cluster's update: for clusters of several units, "
+        f"(mean of the B halves) x (mean of the A halves) is at cos {cos_all:.3f} to the members' mean update "
+        f"({cos_mixed:.3f} in clusters mixing {ws}; 1 = no turn)" + ("." if kept is None else
+                                                                   f", while the best rank-1 approximation of that "
+                                                                   f"mean update keeps {kept:.3f} of its squared "
+                                                                   "norm (the rest, which no single rank can hold, "
+                                                                   "is lost with either centroid)."))
     ours_best = max((k for k in OURS if k in agg), key=val)
-    paper_best = max((k for k in LEGO_VARIANTS if k not in OURS), key=val)
+    paper_best = max((k for k in variants(agg) if k not in OURS), key=val)
     best = best_on_val(agg)
     closer = geo(UPD, "cos_to_mean") > geo(LEGO, "cos_to_mean")
     return ("Update-space centroid (centroid='update', our option, not the paper's method: a cluster's rank is "

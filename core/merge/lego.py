@@ -71,7 +71,10 @@ halves (``top_pair``; no O x I matrix). Its parameter reweighting works in updat
 update's norm is set to the members' mean update norm ||b_i|| ||a_i|| (or max|b_i| max|a_i| for "max"), so a
 cluster of one unit, or of units along one update direction, gives back their mean update exactly (the unit
 norm of the factors would not: it depends on how a unit's size is split between its halves). The output
-reweighting is the same sqrt(r / k).
+reweighting is the same sqrt(r / k). On benchmarks/merge (results.md) it retained less than the paper's centroid
+on validation in the language setting and more in the protein setting, where on raw units it was the best LEGO
+variant on validation; in neither setting did it retain more than the strongest of linear and TIES on test. The
+default stays the paper's centroid (``--method lego`` is the paper's method); this is an option.
 
 Sign-free clustering (``cluster_on="updates"``, ours): b a^T = (-b)(-a)^T, so a unit's sign carries nothing,
 and the largest-entry sign rule can put two units with nearly the same update on opposite sides (the rule
@@ -79,7 +82,8 @@ picks the sign from whichever entry happens to be largest). This option runs k-m
 normalised rank-1 updates vec(b_i a_i^T) / ||b_i a_i^T||, whose inner products are cos(b_i, b_j) cos(a_i, a_j);
 k-means runs on coordinates with that Gram matrix (``update_directions``), which have the same pairwise
 distances, so no O x I matrix is formed. Its clusters say nothing about the halves' signs, so it needs
-``centroid="update"``.
+``centroid="update"``. On benchmarks/merge it mixed tasks in fewer clusters than the default clustering but
+was not the best LEGO variant on validation in either setting; it is an option.
 
 Dimension letters: O out_features, I in_features, n pooled units, m members of a cluster, k clusters
 (merged rank).
