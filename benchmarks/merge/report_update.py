@@ -40,15 +40,21 @@ def update_paragraph(res: dict, agg: dict) -> str:
             if row["merge"] == "lego clusters raw directions" and "centroid_update_cos" in row]
     cos_all = statistics.mean(row["centroid_update_cos"] for row in turn) if turn else None
     cos_mixed = statistics.mean(row["centroid_update_cos_mixed"] for row in turn) if turn else None
-    kept = statistics.mean(row["rank_one_share"] for row in turn) if turn and "rank_one_share" in turn[0] else None
+    kept = {k: statistics.mean(row[k] for row in turn) for k in ("rank_one_share", "rank_one_cos")
+            if turn and k in turn[0]}
     why = "" if cos_all is None else (
-        " In the default clustering the paper's centroid turns a cluster's update: for clusters of several units, "
-        f"(mean of the B halves) x (mean of the A halves) is at cos {cos_all:.3f} to the members' mean update "
-        f"({cos_mixed:.3f} in clusters mixing {ws}; 1 = no turn)" + ("." if kept is None else
-                                                                   f", while the best rank-1 approximation of that "
-                                                                   f"mean update keeps {kept:.3f} of its squared "
-                                                                   "norm (the rest, which no single rank can hold, "
-                                                                   "is lost with either centroid)."))
+        " In the default clustering, for clusters of several units, the paper's centroid's update (mean of the B "
+        f"halves) x (mean of the A halves) is at cos {cos_all:.3f} to the members' mean update ({cos_mixed:.3f} in "
+        f"clusters mixing {ws}; 1 = the cross terms do not turn it)" + ("." if not kept else
+                                                                      f", and the best rank-1 approximation of that "
+                                                                      f"mean update, the update-space centroid, at "
+                                                                      f"cos {kept['rank_one_cos']:.3f} (it keeps "
+                                                                      f"{kept['rank_one_share']:.3f} of its squared "
+                                                                      "norm; the rest no single rank can hold): the "
+                                                                      "cross terms cost "
+                                                                      f"{kept['rank_one_cos'] - cos_all:.3f} in "
+                                                                      "cosine beyond what one rank per cluster "
+                                                                      "must lose."))
     ours_best = max((k for k in OURS if k in agg), key=val)
     paper_best = max((k for k in variants(agg) if k not in OURS), key=val)
     best = best_on_val(agg)

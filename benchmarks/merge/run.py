@@ -120,7 +120,8 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
     the clusters with more than one member the mean ratio ||centroid|| / mean ||member|| and the mean cosine
     between the paper's centroid's rank-1 update (mean b)(mean a)^T and the members' mean update (1/m) sum b_i a_i^T
     (how far the cross terms turn it; also over the clusters mixing inputs), and the share of the members' mean
-    update's squared norm that its best rank-1 approximation keeps (s_1^2 / ||.||^2: what any one rank can hold)."""
+    update's squared norm that its best rank-1 approximation keeps (s_1^2 / ||.||^2: what any one rank can hold)
+    and that approximation's cosine to it (s_1 / ||.||)."""
     import numpy as np
 
     from adaptome.core.merge import lego
@@ -128,7 +129,7 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
 
     loras = [read_lora(p) for p in paths]
     n_clusters = n_mixed = n_units = n_mixed_units = 0
-    ratios, cosines, mixed_cosines, kept = [], [], [], []
+    ratios, cosines, mixed_cosines, kept, kept_cos = [], [], [], [], []
     for m in modules(loras):
         source = np.concatenate([np.full(lo.factors[m][1].shape[0], i) for i, lo in enumerate(loras)])  # (n,)
         u, order = lego.canonical_order(lego.units(loras, m, basis).numpy(), True)
@@ -152,12 +153,13 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
                 cos = inner / (np.linalg.norm(cb) * np.linalg.norm(ca) * mean_sq ** 0.5)
                 cosines.append(cos)
                 kept.append(lego.top_pair(b.T, a)[0] ** 2 / mean_sq)  # (O, m) @ (m, I): the 1/m cancels
+                kept_cos.append(kept[-1] ** 0.5)
                 if mixed:
                     mixed_cosines.append(cos)
     return {"mixed_cluster_share": n_mixed / n_clusters, "units_in_mixed_clusters": n_mixed_units / n_units,
             "centroid_norm_ratio": float(np.mean(ratios)), "centroid_update_cos": float(np.mean(cosines)),
             "centroid_update_cos_mixed": float(np.mean(mixed_cosines)) if mixed_cosines else float("nan"),
-            "rank_one_share": float(np.mean(kept))}
+            "rank_one_share": float(np.mean(kept)), "rank_one_cos": float(np.mean(kept_cos))}
 
 
 def peft_linear(base, inputs: list[Path], weights: list[float], out: Path) -> Path:
