@@ -40,8 +40,9 @@ def update_paragraph(res: dict, agg: dict) -> str:
             if row["merge"] == "lego clusters raw directions" and "centroid_update_cos" in row]
     cos_all = statistics.mean(row["centroid_update_cos"] for row in turn) if turn else None
     cos_mixed = statistics.mean(row["centroid_update_cos_mixed"] for row in turn) if turn else None
-    kept = {k: statistics.mean(row[k] for row in turn) for k in ("rank_one_share", "rank_one_cos")
-            if turn and k in turn[0]}
+    keys = ("rank_one_share", "rank_one_cos")
+    kept = {k: statistics.mean(row[k] for row in turn) for k in keys} if turn and all(k in turn[0] for k in keys) \
+        else {}
     why = "" if cos_all is None else (
         " In the default clustering, for clusters of several units, the paper's centroid's update (mean of the B "
         f"halves) x (mean of the A halves) is at cos {cos_all:.3f} to the members' mean update ({cos_mixed:.3f} in "
