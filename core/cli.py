@@ -142,7 +142,10 @@ def adapters_merge(
     seed: Optional[int] = typer.Option(None, help="lego: k-means seed; dare: drop seed"),
     reweight: Optional[bool] = typer.Option(None, "--reweight/--no-reweight", help="lego: dual reweighting"),
     basis: Optional[str] = typer.Option(None, help="lego: units from the trained ranks (raw) or each LoRA's SVD (svd)"),
-    cluster_on: Optional[str] = typer.Option(None, help="lego: k-means on unit directions (default) or raw units"),
+    cluster_on: Optional[str] = typer.Option(None, help="lego: k-means on unit directions (default), raw units "
+                                             "(units) or normalised rank-1 updates (updates)"),
+    centroid: Optional[str] = typer.Option(None, help="lego: a cluster's rank from the mean factors (factors, "
+                                           "default) or the top singular pair of its mean update (update)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Merge LoRAs into one peft LoRA (LoRA-LEGO rank-wise clustering, or linear / cat / TIES / DARE).
@@ -161,7 +164,7 @@ def adapters_merge(
             except ValueError:
                 raise MergeError(f"--weights {weights!r}: give numbers separated by commas") from None
         for key, value in (("density", density), ("variant", variant), ("seed", seed), ("basis", basis),
-                           ("cluster_on", cluster_on)):
+                           ("cluster_on", cluster_on), ("centroid", centroid)):
             if value is not None:
                 options[key] = value
         if reweight is not None:

@@ -25,6 +25,13 @@ MERGES = [
                                                           "output_reweight": False}),
     ("lego svd units (dual reweighting)", "lego", RANK, {"basis": "svd"}),
     ("lego svd units on raw units (dual reweighting)", "lego", RANK, {"basis": "svd", "cluster_on": "units"}),
+    ("lego update centroid (dual reweighting)", "lego", RANK, {"centroid": "update"}),
+    ("lego update centroid (no reweighting)", "lego", RANK, {"centroid": "update", "param_reweight": False,
+                                                             "output_reweight": False}),
+    ("lego update centroid on raw units (dual reweighting)", "lego", RANK, {"centroid": "update",
+                                                                            "cluster_on": "units"}),
+    ("lego update centroid, sign-free clusters (dual reweighting)", "lego", RANK, {"centroid": "update",
+                                                                                   "cluster_on": "updates"}),
     ("linear (sum)", "linear", RANK, {}),
     ("linear (mean)", "linear", RANK, {"weights": [1 / 3] * 3}),
     ("linear (weights 0.5, diagnostic)", "linear", RANK, {"weights": [0.5] * 3}),
@@ -225,8 +232,11 @@ def verdict(res: dict, agg: dict, label: str) -> tuple[str, bool]:
     beaten = [k for k, x in others.items() if lego > x]
     not_beaten = [k for k, x in others.items() if lego <= x]
     per_seed = {k: sum(x > y for x, y in zip(agg[label]["per_seed"], agg[k]["per_seed"])) for k in RIVALS}
+    from report_update import OURS
+
     name = ("LoRA-LEGO (the default: k-means on directions, dual reweighting)" if label == LEGO else
-            f"LoRA-LEGO as '{label}' (the LEGO variant best on validation)")
+            f"LoRA-LEGO as '{label}' (the LEGO variant best on validation" +
+            ("; our update-space centroid, not the paper's method)" if label in OURS else ")"))
     text = (f"{name} retains more on average than " + ", ".join(beaten) if beaten else
             f"{name} does not retain more than any of linear and TIES")
     if beaten and not_beaten:
@@ -247,7 +257,12 @@ def verdict(res: dict, agg: dict, label: str) -> tuple[str, bool]:
 
 def best_on_val(agg: dict) -> str:
     """The LEGO variant (at rank RANK) with the highest mean retention on the validation split."""
-    return max(LEGO_VARIANTS, key=lambda k: agg[k]["val_retained_mean"][0])
+    return max(variants(agg), key=lambda k: agg[k]["val_retained_mean"][0])
+
+
+def variants(agg: dict) -> list[str]:
+    """The LEGO variants at rank RANK that ``agg`` holds (results written before a variant was added lack it)."""
+    return [k for k in LEGO_VARIANTS if k in agg]
 
 
 def readers(agg: dict) -> tuple:
@@ -263,10 +278,12 @@ def write_md(res: dict) -> str:
     lines = header(res) + table(res, agg)
     lego = r(LEGO)
     lines += ["", verdict(res, agg, LEGO)[0]]
-    best = max(LEGO_VARIANTS, key=val)
-    lines += ["", "Choice of the default (validation split only): " + ", ".join(
-        f"{k} {val(k):.3f}" for k in sorted(LEGO_VARIANTS, key=val, reverse=True)) + f". Best on validation: {best}"
+    best = best_on_val(agg)
+    lines += ["", "Choice of a LEGO variant (validation split only): " + ", ".join(
+        f"{k} {val(k):.3f}" for k in sorted(variants(agg), key=val, reverse=True)) + f". Best on validation: {best}"
         + (" = the default." if best == LEGO else f"; the default is {LEGO} ({val(LEGO):.3f}).")]
+    if best != LEGO:
+        lines += ["", verdict(res, agg, best)[0]]
     mix = {(basis, on): _clusters(res, f"{basis} {on}") for basis in ("raw", "svd") for on in ("directions", "units")}
     raw_u, svd_d, svd_u = "lego on raw units (dual reweighting)", "lego svd units (dual reweighting)", \
         "lego svd units on raw units (dual reweighting)"
@@ -317,7 +334,10 @@ def write_md(res: dict) -> str:
               f"{geo('lego (rank 24, dual reweighting)', 'cos_to_mean'):.2f}) it retains "
               f"{r('lego (rank 24, dual reweighting)'):.3f}, against {r('cat (rank 24, the exact sum)'):.3f} for the "
               "exact sum (cat). The dual reweighting formulas are our reading of the paper's description (see "
-              "core/merge/lego.py), not verified against its text; no official code was available.", ""]
+              "core/merge/lego.py), not verified against its text; no official code was available."]
+    from report_update import update_paragraph
+
+    lines += ["", update_paragraph(res, agg), ""]
     return "\n".join(lines)
 
 
@@ -339,8 +359,8 @@ def summary(settings: dict[str, dict]) -> str:
     from report_proteins import nll_change
 
     aggs = {k: aggregate(res) for k, res in settings.items()}
-    cols = ["lego (dual reweighting)", "lego (no reweighting)", "linear (sum)", "linear (mean)",
-            "ties (density 0.5)", "dare (density 0.5)"]
+    cols = ["lego (dual reweighting)", "lego (no reweighting)", "lego update centroid (dual reweighting)",
+            "linear (sum)", "linear (mean)", "ties (density 0.5)", "dare (density 0.5)"]
     lines = ["## Merging three task LoRAs: both settings side by side", "",
              f"Test retention (mean over seeds) at rank {RANK}, the rank of one input; 'LEGO chosen on val' is the "
              "LEGO variant with the best validation retention in that setting; retention is averaged over the "
@@ -351,7 +371,8 @@ def summary(settings: dict[str, dict]) -> str:
              "Sections below give every number, the setup and the reasons.", "",
              "| setting | own LoRA test gain per task (nats/token) | tasks in the mean | other LoRAs' gain / own | " +
              " | ".join(cols) +
-             " | LEGO chosen on val | target met (default LEGO) | target met (LEGO chosen on val) |",
+             " | LEGO chosen on val | target met (default LEGO, the paper's centroid) | target met (LEGO chosen on "
+             "val) |",
              "|---|---|---|" + "---:|" * (1 + len(cols)) + "---|---|---|"]
     met = {}
     for k, res in settings.items():
@@ -361,14 +382,14 @@ def summary(settings: dict[str, dict]) -> str:
         met[k] = (verdict(res, agg, LEGO)[1], verdict(res, agg, best)[1])
         lines.append(f"| {k} | " + ", ".join(f"{names_of(res)[t]} {gain[t]:.3f}" for t in tasks_of(res)) +
                      f" | {', '.join(names_of(res)[t] for t in keep)} | {st['shared']:.2f} | " +
-                     " | ".join(f"{agg[c]['retained_mean'][0]:.3f}" for c in cols) +
+                     " | ".join(f"{agg[c]['retained_mean'][0]:.3f}" if c in agg else "not run" for c in cols) +
                      f" | {best} {agg[best]['retained_mean'][0]:.3f} | "
                      f"{'yes' if met[k][0] else 'no'} | {'yes' if met[k][1] else 'no'} |")
     both = [k for k in settings if met[k][0]]
     both_val = [k for k in settings if met[k][1]]
     lines += ["", "The target (LEGO at the rank of one input retains more than linear, both the sum and the mean, and "
-              "TIES) is met by the default LEGO in " + (" and ".join(f"the {k} setting" for k in both) if both else
-                                                       "neither setting") +
+              "TIES) is met by the default LEGO (the paper's centroid) in " + (
+                  " and ".join(f"the {k} setting" for k in both) if both else "neither setting") +
               " and by the LEGO variant chosen on validation in " + (
                   " and ".join(f"the {k} setting" for k in both_val) if both_val else "neither setting") + "."]
     for k, res in settings.items():

@@ -9,7 +9,6 @@ import statistics
 from report import (
     HERE,
     LEGO,
-    LEGO_VARIANTS,
     MERGES,
     MIN_GAIN,
     PEFT_LINEAR,
@@ -24,6 +23,7 @@ from report import (
     readers,
     table,
     tasks_of,
+    variants,
     verdict,
 )
 
@@ -88,7 +88,7 @@ def protein_md(res: dict) -> str:
             "noise or negative, and say nothing about the merge.")]
     lines += ["", verdict(res, agg, LEGO)[0]]
     lines += ["", "Choice of a LEGO variant (validation split only): " + ", ".join(
-        f"{k} {val(k):.3f}" for k in sorted(LEGO_VARIANTS, key=val, reverse=True)) + f". Best on validation: {best}"
+        f"{k} {val(k):.3f}" for k in sorted(variants(agg), key=val, reverse=True)) + f". Best on validation: {best}"
         + (" = the default." if best == LEGO else f", not the default {LEGO} ({val(LEGO):.3f}).")]
     if best != LEGO:
         lines += ["", verdict(res, agg, best)[0]]
@@ -134,7 +134,10 @@ def protein_md(res: dict) -> str:
               f"{geo(none, 'cos_to_mean'):.2f}) and retains {r(none):.3f}; ties (density 0.5) is "
               f"{geo('ties (density 0.5)', 'norm_to_mean'):.2f} times M and retains {r('ties (density 0.5)'):.3f}. "
               "The retention above is measured on " + ", ".join(keep) + " only" + (
-                  "; the table of the left-out families shows what each merge costs them." if out else "."), ""]
+                  "; the table of the left-out families shows what each merge costs them." if out else ".")]
+    from report_update import update_paragraph
+
+    lines += ["", update_paragraph(res, agg), ""]
     return "\n".join(lines)
 
 

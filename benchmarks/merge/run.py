@@ -116,8 +116,12 @@ def data(tok):
 
 
 def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
-    """How LEGO's k-means at k = RANK groups the units: share of clusters (and of units) mixing inputs,
-    and the mean ratio ||centroid|| / mean ||member|| of the clusters with more than one member."""
+    """How LEGO's k-means at k = RANK groups the units: share of clusters (and of units) mixing inputs, and over
+    the clusters with more than one member the mean ratio ||centroid|| / mean ||member|| and the mean cosine
+    between the paper's centroid's rank-1 update (mean b)(mean a)^T and the members' mean update (1/m) sum b_i a_i^T
+    (how far the cross terms turn it; also over the clusters mixing inputs), and the share of the members' mean
+    update's squared norm that its best rank-1 approximation keeps (s_1^2 / ||.||^2: what any one rank can hold)
+    and that approximation's cosine to it (s_1 / ||.||)."""
     import numpy as np
 
     from adaptome.core.merge import lego
@@ -125,12 +129,14 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
 
     loras = [read_lora(p) for p in paths]
     n_clusters = n_mixed = n_units = n_mixed_units = 0
-    ratios = []
+    ratios, cosines, mixed_cosines, kept, kept_cos = [], [], [], [], []
     for m in modules(loras):
         source = np.concatenate([np.full(lo.factors[m][1].shape[0], i) for i, lo in enumerate(loras)])  # (n,)
         u, order = lego.canonical_order(lego.units(loras, m, basis).numpy(), True)
-        cfg = lego.LegoConfig(seed=seed, basis=basis, cluster_on=cluster_on)
-        cent, labels = lego.cluster(u, RANK, cfg, n_out=loras[0].factors[m][0].shape[0])
+        cfg = lego.LegoConfig(seed=seed, basis=basis, cluster_on=cluster_on,
+                              centroid="update" if cluster_on == "updates" else "factors")
+        n_out = loras[0].factors[m][0].shape[0]
+        cent, labels = lego.cluster(u, RANK, cfg, n_out=n_out)
         for j in range(len(cent)):
             members = labels == j
             mixed = len(set(source[order][members].tolist())) > 1
@@ -140,8 +146,20 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
             n_mixed_units += int(members.sum()) if mixed else 0
             if members.sum() > 1:
                 ratios.append(float(np.linalg.norm(cent[j]) / np.linalg.norm(u[members], axis=1).mean()))
+                b, a = u[members, :n_out], u[members, n_out:]  # (m, O), (m, I)
+                cb, ca = cent[j, :n_out], cent[j, n_out:]  # (O,), (I,)
+                inner = float((b @ cb) @ (a @ ca))  # <cb ca^T, sum_i b_i a_i^T>: (m,) . (m,)
+                mean_sq = float(((b @ b.T) * (a @ a.T)).sum())  # ||sum_i b_i a_i^T||^2: (m, m) * (m, m)
+                cos = inner / (np.linalg.norm(cb) * np.linalg.norm(ca) * mean_sq ** 0.5)
+                cosines.append(cos)
+                kept.append(lego.top_pair(b.T, a)[0] ** 2 / mean_sq)  # (O, m) @ (m, I): the 1/m cancels
+                kept_cos.append(kept[-1] ** 0.5)
+                if mixed:
+                    mixed_cosines.append(cos)
     return {"mixed_cluster_share": n_mixed / n_clusters, "units_in_mixed_clusters": n_mixed_units / n_units,
-            "centroid_norm_ratio": float(np.mean(ratios))}
+            "centroid_norm_ratio": float(np.mean(ratios)), "centroid_update_cos": float(np.mean(cosines)),
+            "centroid_update_cos_mixed": float(np.mean(mixed_cosines)) if mixed_cosines else float("nan"),
+            "rank_one_share": float(np.mean(kept)), "rank_one_cos": float(np.mean(kept_cos))}
 
 
 def peft_linear(base, inputs: list[Path], weights: list[float], out: Path) -> Path:
@@ -318,10 +336,10 @@ def main() -> None:
             if args.train_only:
                 continue
             inputs = [paths[t] for t in tasks]
-            for basis in ("raw", "svd"):
-                for cluster_on in ("directions", "units"):
-                    rows.append({"seed": seed, "merge": f"lego clusters {basis} {cluster_on}",
-                                 **clusters(inputs, seed, basis, cluster_on)})
+            for basis, cluster_on in (("raw", "directions"), ("raw", "units"), ("raw", "updates"),
+                                      ("svd", "directions"), ("svd", "units")):
+                rows.append({"seed": seed, "merge": f"lego clusters {basis} {cluster_on}",
+                             **clusters(inputs, seed, basis, cluster_on)})
             own = {p: {t: next(r for r in rows if r["seed"] == seed and r["merge"] == f"single {t}")[f"{p}/{t}"]
                        for t in tasks} for p in splits}
             for label, method, rank, opts in MERGES:

@@ -62,7 +62,31 @@ B A). The paper clusters the MSUs as trained ("raw", the default); we found no S
 description or in the re-implementation we read. On benchmarks/merge the SVD basis retained less
 than the trained units with either clustering, in both settings (results.md has the numbers and the reason).
 
-Dimension letters: O out_features, I in_features, n pooled units, k clusters (merged rank).
+Centroid in update space (``centroid="update"``, our choice, not the paper's): a cluster's centroid
+(mean of the B-halves) x (mean of the A-halves) = (1/m^2) sum_{i, l in C_j} b_i a_l^T holds cross terms
+b_i a_l (i != l) that no input has, and when the members come from different inputs, between tasks. The option
+keeps the clusters and replaces the centroid by the best rank-1 approximation (Eckart-Young, the top singular
+pair) of the members' mean update (1/m) sum_{i in C_j} b_i a_i^T, computed from QR factors of the stacked
+halves (``top_pair``; no O x I matrix). Its parameter reweighting works in update space too: the rank-1
+update's norm is set to the members' mean update norm ||b_i|| ||a_i|| (or max|b_i| max|a_i| for "max"), so a
+cluster of one unit, or of units along one update direction, gives back their mean update exactly (the unit
+norm of the factors would not: it depends on how a unit's size is split between its halves). The output
+reweighting is the same sqrt(r / k). On benchmarks/merge (results.md) it retained less than the paper's centroid
+on validation in the language setting and more in the protein setting, where on raw units it was the best LEGO
+variant on validation; in neither setting did it retain more than the strongest of linear and TIES on test. The
+default stays the paper's centroid (``--method lego`` is the paper's method); this is an option.
+
+Sign-free clustering (``cluster_on="updates"``, ours): b a^T = (-b)(-a)^T, so a unit's sign carries nothing,
+and the largest-entry sign rule can put two units with nearly the same update on opposite sides (the rule
+picks the sign from whichever entry happens to be largest). This option runs k-means on the units'
+normalised rank-1 updates vec(b_i a_i^T) / ||b_i a_i^T||, whose inner products are cos(b_i, b_j) cos(a_i, a_j);
+k-means runs on coordinates with that Gram matrix (``update_directions``), which have the same pairwise
+distances, so no O x I matrix is formed. Its clusters say nothing about the halves' signs, so it needs
+``centroid="update"``. On benchmarks/merge it mixed tasks in fewer clusters than the default clustering but
+was not the best LEGO variant on validation in either setting; it is an option.
+
+Dimension letters: O out_features, I in_features, n pooled units, m members of a cluster, k clusters
+(merged rank).
 
 Not covered: the paper's pruning use (merging one LoRA into fewer ranks works, it is k < r, but is
 not evaluated here), per-input weights.
@@ -94,8 +118,12 @@ class LegoConfig:
             "svd" (its update re-factored by SVD, s B A = U S V^T, units [sqrt(s_i) u_i; sqrt(s_i) v_i];
             our choice, not the paper's: see the module docstring).
         cluster_on: what k-means sees: "directions" (each half of a unit L2-normalised, as the
-            re-implementation we read does; chosen on validation, see the module docstring) or "units" (the
-            raw units); centroids are the raw members' means either way.
+            re-implementation we read does; chosen on validation, see the module docstring), "units" (the
+            raw units) or "updates" (each unit's rank-1 update B[:, i] A[i, :] normalised, through its Gram
+            matrix; blind to the sign of the halves; our choice, not the paper's, needs centroid="update").
+        centroid: a cluster's merged rank: "factors" (the paper's: the raw members' mean, i.e. mean of the
+            B-halves x mean of the A-halves) or "update" (ours, not the paper's: the top singular pair of the
+            members' mean rank-1 update, no cross terms B_i A_j; see the module docstring).
     """
 
     param_reweight: bool = True
@@ -105,15 +133,21 @@ class LegoConfig:
     seed: int = 0
     n_init: int = 10
     basis: Literal["raw", "svd"] = "raw"
-    cluster_on: Literal["units", "directions"] = "directions"
+    cluster_on: Literal["units", "directions", "updates"] = "directions"
+    centroid: Literal["factors", "update"] = "factors"
 
     def __post_init__(self):
         if self.param_norm not in ("l2", "max"):
             raise MergeError(f"lego: param_norm must be 'l2' or 'max', not {self.param_norm!r}")
-        if self.cluster_on not in ("units", "directions"):
-            raise MergeError(f"lego: cluster_on must be 'units' or 'directions', not {self.cluster_on!r}")
+        if self.cluster_on not in ("units", "directions", "updates"):
+            raise MergeError(f"lego: cluster_on must be 'units', 'directions' or 'updates', not {self.cluster_on!r}")
         if self.basis not in ("raw", "svd"):
             raise MergeError(f"lego: basis must be 'raw' or 'svd', not {self.basis!r}")
+        if self.centroid not in ("factors", "update"):
+            raise MergeError(f"lego: centroid must be 'factors' or 'update', not {self.centroid!r}")
+        if self.cluster_on == "updates" and self.centroid == "factors":
+            raise MergeError("lego: cluster_on='updates' needs centroid='update' (its clusters ignore the sign of "
+                             "each unit's halves, so a mean of the halves could cancel members with the same update)")
 
     def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
         return merge(loras, rank, self)
@@ -164,16 +198,35 @@ def directions(u: np.ndarray, n_out: int) -> np.ndarray:
     return np.concatenate([h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-30) for h in halves], axis=1)
 
 
+def update_directions(u: np.ndarray, n_out: int) -> np.ndarray:
+    """Coordinates y (n, n) of the units' normalised rank-1 updates x_i = vec(b_i a_i^T) / ||b_i a_i^T|| (the zero
+    vector for a unit with a zero half): y_i . y_j = x_i . x_j = cos(b_i, b_j) cos(a_i, a_j), so every distance
+    between the y's is the distance between the x's, and k-means on y is k-means on the x's, without forming an
+    O x I matrix. Flipping both halves of a unit (the same update) leaves its x unchanged."""
+    d = directions(u, n_out)  # (n, O + I)
+    gram = (d[:, :n_out] @ d[:, :n_out].T) * (d[:, n_out:] @ d[:, n_out:].T)  # (n, O) @ (O, n) * (n, I) @ (I, n)
+    w, v = np.linalg.eigh(gram)  # (n,), (n, n): gram = v diag(w) v^T
+    return v * np.sqrt(np.clip(w, 0.0, None))  # (n, n) * (n,) -> (n, n): y y^T = gram
+
+
+def features(u: np.ndarray, cfg: LegoConfig, n_out: int | None) -> np.ndarray:
+    """What k-means clusters (``cfg.cluster_on``): the raw units (n, O + I), their directions (n, O + I), or the
+    coordinates of their normalised rank-1 updates (n, n)."""
+    if cfg.cluster_on == "units":
+        return u
+    if n_out is None:
+        raise ValueError(f"cluster_on={cfg.cluster_on!r} needs n_out")
+    return directions(u, n_out) if cfg.cluster_on == "directions" else update_directions(u, n_out)
+
+
 def cluster(u: np.ndarray, k: int, cfg: LegoConfig, n_out: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(centroids (k', D), labels (n,)) with k' = min(k, n); every unit its own cluster when k >= n.
-    ``n_out`` (O, the B-half's length) is needed for ``cluster_on="directions"``."""
+    ``n_out`` (O, the B-half's length) is needed for ``cluster_on="directions"`` and ``"updates"``."""
     if k >= len(u):
         return u.copy(), np.arange(len(u))
     from sklearn.cluster import KMeans
 
-    if cfg.cluster_on == "directions" and n_out is None:
-        raise ValueError("cluster_on='directions' needs n_out")
-    feats = directions(u, n_out) if cfg.cluster_on == "directions" else u  # (n, O + I)
+    feats = features(u, cfg, n_out)  # (n, O + I) or (n, n)
     km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=cfg.seed).fit(feats)
     labels = km.labels_
     cent = np.stack([u[labels == j].mean(axis=0) for j in range(k)])  # (k, D): exact member means
@@ -195,6 +248,38 @@ def param_reweight(cent: np.ndarray, u: np.ndarray, labels: np.ndarray, kind: st
     return out
 
 
+def rank_one_norm(b: np.ndarray, a: np.ndarray, kind: str) -> np.ndarray:
+    """Norm of each rank-1 update b_i a_i^T (rows of b (m, O) and a (m, I)) -> (m,): the Frobenius norm
+    ||b_i|| ||a_i|| ("l2") or the largest magnitude max|b_i| max|a_i| ("max"), without forming it."""
+    return unit_norm(b, kind) * unit_norm(a, kind)
+
+
+def top_pair(b: np.ndarray, a: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(s, x (O,), y (I,)): the top singular triple of b @ a (b (O, m), a (m, I)), so s x y^T is its best rank-1
+    approximation (Eckart-Young), from QR factors (no O x I matrix): b = Qb Rb, a^T = Qa Ra,
+    Rb Ra^T = W S Z^T, so b a = (Qb W) S (Qa Z)^T."""
+    qb, rb = np.linalg.qr(b)  # (O, p), (p, m) with p = min(O, m)
+    qa, ra = np.linalg.qr(a.T)  # (I, q), (q, m) with q = min(I, m)
+    w, s, zh = np.linalg.svd(rb @ ra.T, full_matrices=False)  # (p, m) @ (m, q) -> (p, q); (p, t), (t,), (t, q)
+    return float(s[0]), qb @ w[:, 0], zh[0] @ qa.T  # (O, p) @ (p,) -> (O,); (q,) @ (q, I) -> (I,)
+
+
+def update_centroids(u: np.ndarray, labels: np.ndarray, k: int, n_out: int, norm: str | None) -> np.ndarray:
+    """Per cluster j the unit [sqrt(s) x; sqrt(s) y] (k, O + I) of the best rank-1 approximation s x y^T of the
+    members' mean update (1 / |C_j|) sum_{i in C_j} b_i a_i^T (``centroid="update"``, ours). With ``norm``
+    ("l2" or "max": parameter reweighting) s is set so that the rank-1 update's norm is the members' mean
+    ``rank_one_norm``; a single member, or members along one update direction, are then left as they are."""
+    out = np.zeros((k, u.shape[1]))
+    for j in range(k):
+        members = u[labels == j]  # (m, O + I)
+        b, a = members[:, :n_out], members[:, n_out:]  # (m, O), (m, I)
+        s, x, y = top_pair(b.T / len(members), a)  # the mean update (O, m) @ (m, I) / m
+        if norm is not None and s > 0:
+            s = rank_one_norm(b, a, norm).mean() / rank_one_norm(x[None], y[None], norm)[0]
+        out[j] = np.concatenate([np.sqrt(s) * x, np.sqrt(s) * y])
+    return out
+
+
 def output_scale(ranks_in: list[int], k: int) -> float:
     """sqrt(r / k): r the inputs' mean rank, k the number of merged ranks (variance expansion, Sec. 4)."""
     return float(np.sqrt(np.mean(ranks_in) / k))
@@ -209,7 +294,9 @@ def merge(loras: list[LoraFolder], rank: int, cfg: LegoConfig | None = None) -> 
         n_out = holders[0].factors[module][0].shape[0]
         u = canonical(units(holders, module, cfg.basis).numpy(), cfg.canonical_sign)  # (n, O + I)
         cent, labels = cluster(u, rank, cfg, n_out)  # (k', O + I), (n,)
-        if cfg.param_reweight:
+        if cfg.centroid == "update":
+            cent = update_centroids(u, labels, len(cent), n_out, cfg.param_norm if cfg.param_reweight else None)
+        elif cfg.param_reweight:
             cent = param_reweight(cent, u, labels, cfg.param_norm)
         c = torch.from_numpy(np.ascontiguousarray(cent))
         if cfg.output_reweight:  # sqrt(r / k) on the update, its square root on each factor

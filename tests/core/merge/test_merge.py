@@ -160,7 +160,8 @@ def test_lego_k_sum_of_ranks_with_dual_reweighting_is_sqrt_r_over_k_times_the_su
 
 
 LOAD_CASES = [
-    ("lego", ["--rank", 3]), ("lego", ["--rank", 2, "--no-reweight"]), ("linear", ["--rank", 4]),
+    ("lego", ["--rank", 3]), ("lego", ["--rank", 2, "--no-reweight"]),
+    ("lego", ["--rank", 3, "--centroid", "update", "--cluster-on", "updates"]), ("linear", ["--rank", 4]),
     ("cat", []), ("ties", ["--rank", 4, "--density", 0.5]), ("dare", ["--rank", 4, "--density", 0.7]),
 ]
 
@@ -264,14 +265,21 @@ def test_bad_input_one_line(setup, tmp_path):
 def test_cli_lego_options_reach_the_config_and_bad_ones_are_named(setup, tmp_path):
     _, _, paths = setup
     loras = [read_lora(p) for p in paths]
-    for basis, cluster_on in (("svd", "units"), ("raw", "directions")):
+    for basis, cluster_on, centroid in (("svd", "units", "factors"), ("raw", "directions", "update"),
+                                        ("raw", "updates", "update")):
         res = _merge("--method", "lego", *paths, "--rank", 3, "--basis", basis, "--cluster-on", cluster_on,
-                     "--out", tmp_path / f"{basis}-{cluster_on}")
+                     "--centroid", centroid, "--out", tmp_path / f"{basis}-{cluster_on}-{centroid}")
         assert res.exit_code == 0, res.output
-        want = lego.LegoConfig(basis=basis, cluster_on=cluster_on).merge(loras, 3)
-        got = read_lora(tmp_path / f"{basis}-{cluster_on}").factors
+        want = lego.LegoConfig(basis=basis, cluster_on=cluster_on, centroid=centroid).merge(loras, 3)
+        other = (lego.LegoConfig(cluster_on="directions", centroid="update") if cluster_on == "updates" else
+                 lego.LegoConfig(basis=basis, cluster_on=cluster_on,
+                                 centroid="factors" if centroid == "update" else "update")).merge(loras, 3)
+        got = read_lora(tmp_path / f"{basis}-{cluster_on}-{centroid}").factors
         for m in want:
             torch.testing.assert_close(got[m][0] @ got[m][1], want[m][0] @ want[m][1], atol=1e-6, rtol=0)
+        assert any(not torch.allclose(got[m][0] @ got[m][1], other[m][0] @ other[m][1], atol=1e-4) for m in want)
+    res = _merge("--method", "lego", *paths, "--rank", 3, "--cluster-on", "updates", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and "needs centroid='update'" in res.output and not (tmp_path / "bad").exists()
     res = _merge("--method", "lego", *paths, "--rank", 3, "--basis", "qr", "--out", tmp_path / "bad")
     assert res.exit_code == 2 and "basis must be 'raw' or 'svd'" in res.output and not (tmp_path / "bad").exists()
     res = _merge("--method", "linear", *paths, "--rank", 3, "--basis", "svd", "--out", tmp_path / "bad")
