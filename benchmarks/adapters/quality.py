@@ -120,6 +120,9 @@ SORA_SHRINK = 0.8  # SoRA's default total soft-threshold over a run (lambda * su
 VARIANTS = {"dylora": ({"mode": "frozen"}, {"mode": "nested"}),
             "sora": ({"sora_shrink": 0.4}, {"sora_shrink": 0.8}, {"sora_shrink": 1.6})}
 SORA_MAX_KEPT = 0.5  # SoRA's target condition: only settings with at most this share of gates non-zero are chosen
+#: how the condition is checked on a grid point's selection trainings (``--sora-kept``): "pooled" (the share over all
+#: of them, the default) or "max" (each of them: the largest share at most SORA_MAX_KEPT)
+SORA_KEPT_RULE = "pooled"
 #: the validation score a grid point is chosen by (``quality_select``): "macro_f1" (highest wins) or "nll"
 #: (class-balanced cross-entropy, lowest wins; tried at rank 8, results_quality_r8_nll.md: it took LoRA r=8's
 #: smallest rate too, so it is an option, not the default)
@@ -393,7 +396,8 @@ def _choose(method: str, grid, results: list[dict]) -> dict:
     with at most ``SORA_MAX_KEPT`` of the gates non-zero). ``results``: ``_select_job`` outputs in job order."""
     from benchmarks.adapters.quality_select import choose
 
-    out = choose(method, _points(method, grid), results, SELECT_FOLDS * SELECT_SEEDS, SORA_MAX_KEPT, SELECT_BY)
+    out = choose(method, _points(method, grid), results, SELECT_FOLDS * SELECT_SEEDS, SORA_MAX_KEPT, SELECT_BY,
+                 SORA_KEPT_RULE)
     return {"grid": list(grid), "variants": list(VARIANTS.get(method, ({},))),
             **({"steps_grid": list(STEPS_GRID)} if STEPS_GRID else {}), **out}
 
@@ -451,6 +455,7 @@ def run() -> dict:
                            "n_select_windows": sum(len(v) for _, v in d["select"]),
                            "n_select_sequences": d["n_select_sequences"],
                            "n_select_train": [len(t) for t, _ in d["select"]], "sora_max_kept": SORA_MAX_KEPT,
+                           **({"sora_kept_rule": SORA_KEPT_RULE} if SORA_KEPT_RULE != "pooled" else {}),
                            "select_by": SELECT_BY, "max_grad_norm": MAX_GRAD_NORM,
                            "class_counts": counts, "class_sequences": seq_counts},
                  "baselines": baselines(d), "rows": [], "lora_by_rank": {}}
@@ -542,16 +547,19 @@ def rerun(methods: list[str], res: dict) -> dict:
             flat = iter(pool.starmap(_eval_job, jobs, chunksize=1))
             done = [_row(sel["chosen"], head_lr, m, [next(flat) for _ in SEEDS])
                     for (_, m, _, _), sel in zip(rows, sels)]
+    if "sora" in methods and SORA_KEPT_RULE != st.get("sora_kept_rule", "pooled"):
+        st["sora_kept_rule"] = SORA_KEPT_RULE  # only SoRA's row uses it; the rerun entry below says when it changed
     for (lab, m, o, _), sel, row in zip(rows, sels, done):
         i = next(i for i, r in enumerate(res["rows"]) if r["method"] == m)
         res["rows"][i] = {"label": lab, "method": m, "options": {**o, **sel["chosen_variant"]}, "selection": sel,
                           **row}
-    res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0})
+    res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0,
+                                         "sora_kept_rule": SORA_KEPT_RULE})
     return res
 
 
 def main() -> None:
-    global STEPS, STEPS_GRID, SEEDS, ROWS, RANK, SELECT_FOLDS, SELECT_BY, SELECT_SEEDS
+    global STEPS, STEPS_GRID, SEEDS, ROWS, RANK, SELECT_FOLDS, SELECT_BY, SELECT_SEEDS, SORA_KEPT_RULE
     ap = argparse.ArgumentParser(description="Adapter quality benchmark (Pfam families, tiny BERT)")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--smoke", action="store_true", help="a few steps, one seed, to check the script runs")
@@ -578,7 +586,11 @@ def main() -> None:
     ap.add_argument("--steps-grid", nargs="+", type=int, metavar="N",
                     help="numbers of training steps every row chooses from with its rate on validation (default: "
                     f"every training runs {STEPS} steps)")
+    ap.add_argument("--sora-kept", choices=("pooled", "max"), default=SORA_KEPT_RULE,
+                    help="SoRA's gate condition (at most half non-zero) on the share pooled over a grid point's "
+                    "selection trainings (pooled, default) or on each of them (max)")
     args = ap.parse_args()
+    SORA_KEPT_RULE = args.sora_kept
     if args.select_seeds < 1:
         raise SystemExit("error: --select-seeds must be at least 1")
     if args.steps_grid:

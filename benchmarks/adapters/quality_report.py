@@ -227,7 +227,9 @@ def _header(res: dict) -> list[str]:
            if "reproduce" in res else "") + "".join(
             f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
             f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
-            f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate."
+            f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate"
+            + (", SoRA's gate condition checked on each selection training (`--sora-kept max`)."
+               if x.get("sora_kept_rule", "pooled") == "max" else ".")
             for x in res.get("reruns", [])) + "".join(
             f" Seeds {', '.join(str(v) for v in x['seeds'])} added afterwards with `--add-seeds "
             f"{' '.join(str(v) for v in x['seeds'])}` at commit `{x['env']['git_commit'][:12]}`"
@@ -266,7 +268,9 @@ def _header(res: dict) -> list[str]:
         f"ranks 1..r of its pooled {_score_name(res)} at each rank, and its mode is chosen with its rate; SoRA's "
         "shrink is "
         f"chosen with its rate among the points with at most {100 * st['sora_max_kept']:.0f} % of the gates "
-        "non-zero on validation (the target's own condition). "
+        "non-zero on validation (the target's own condition"
+        + ("; checked on each selection training, not on their pooled share" if _kept_rule(st) == "max" else "")
+        + "). "
         f"First the head-only row's rate, {_lr(res['head_lr'])}, which is then every row's head rate; then each "
         f"row's adapter rate. The selection windows are test windows of folds 1 and 2 of the {st['folds']}-fold "
         "cross-validation (as in every earlier version of this benchmark): the rates are chosen on data the fold-1 "
@@ -289,6 +293,11 @@ def _separation(res: dict, rows: dict) -> list[str]:
     out[0] += (f". Seed sd of accuracy over the rows: median {sorted(sds)[len(sds) // 2]:.1f}, largest "
                f"{max(sds):.1f} points.")
     return out + [""]
+
+
+def _kept_rule(st: dict) -> str:
+    """How SoRA's gate condition was checked on a grid point's selection trainings: "pooled" or "max" (each)."""
+    return st.get("sora_kept_rule", "pooled")
 
 
 def _steps_text(st: dict) -> str:
@@ -545,20 +554,26 @@ def _sora_selection(res: dict, so: dict) -> list[str]:
     sel, cap = so["selection"], res["setup"]["sora_max_kept"]
     nll = _rule(res) == "nll"
     steps_h, steps_s = (" steps |", "---:|") if res["setup"].get("steps_grid") else ("", "")
+    each = _kept_rule(res["setup"]) == "max"
+    key = "kept_fraction_max" if each else "kept_fraction"
     lines = [f"SoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''} "
              f"pooled over the {_pooled_over(res['setup'])}, and the share of gates non-zero at the "
-             "end of those trainings):", "",
+             "end of those trainings" + ("; the largest share in one of them decides eligibility" if each else "")
+             + "):", "",
              f"| total shrink |{steps_h} rate | validation macro-F1 % |"
-             + (" validation cross-entropy |" if nll else "") + " gates non-zero % | eligible |",
-             f"|---:|{steps_s}---:|---:|" + ("---:|" if nll else "") + "---:|---|"]
+             + (" validation cross-entropy |" if nll else "") + " gates non-zero % |"
+             + (" largest in one training % |" if each else "") + " eligible |",
+             f"|---:|{steps_s}---:|---:|" + ("---:|" if nll else "") + "---:|" + ("---:|" if each else "") + "---|"]
     for p in sel["points"]:
         ce = f" {p['nll']:.3f} |" if nll else ""
         lines.append(f"| {p['variant']['sora_shrink']} |{_steps_cell(p)} {_lr(p['lr'])} | "
                      f"{100 * p['macro_f1']:.1f} |{ce} "
-                     f"{100 * p['kept_fraction']:.0f} | {'yes' if p['kept_fraction'] <= cap else 'no'} |")
-    n_ok = sum(p["kept_fraction"] <= cap for p in sel["points"])
+                     f"{100 * p['kept_fraction']:.0f} |" + (f" {100 * p[key]:.0f} |" if each else "")
+                     + f" {'yes' if p[key] <= cap else 'no'} |")
+    n_ok = sum(p[key] <= cap for p in sel["points"])
     best_all = max(sel["points"], key=_key(res))
     lines += ["", f"{n_ok} of {len(sel['points'])} points keep at most {100 * cap:.0f} % of the gates on validation"
+              + (" in every one of their selection trainings" if each else "")
               + ("; the chosen one is the best of those." if sel["constraint_met"] else
                  "; none does, so the best point overall was taken.")
               + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "

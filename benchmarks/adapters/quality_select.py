@@ -18,7 +18,8 @@ that fold's validation windows; its score is pooled over every validation predic
 DyLoRA's point is scored by the mean over its ranks 1..r of the pooled score at each rank (its claim: one
 training serves every rank). SoRA is chosen only among the points with at most ``max_kept`` of its gates non-zero
 at the end of the selection trainings (the target's own condition; all points when none qualifies, recorded as
-``constraint_met`` False).
+``constraint_met`` False): by default the share pooled over the point's trainings (``"pooled"``), or, with
+``kept_rule="max"``, the largest share of any one of them (every trained model meets the condition).
 
 Not covered: a head rate chosen per row.
 """
@@ -30,6 +31,7 @@ import statistics
 from adaptome.core.evaluation import accuracy, macro_f1
 
 RULES = ("nll", "macro_f1")
+KEPT_RULES = ("pooled", "max")  # SoRA's gate condition on the share pooled over a point's trainings, or on each
 
 
 def balanced_nll(gold: list[int], nll: list[float]) -> float:
@@ -71,6 +73,7 @@ def point_score(folds_out: list[dict]) -> dict:
     if "kept_gates" in folds_out[0]["facts"]:
         out["kept_fraction"] = (sum(o["facts"]["kept_gates"] for o in folds_out)
                                 / sum(o["facts"]["total_gates"] for o in folds_out))
+        out["kept_fraction_max"] = max(o["facts"]["kept_gates"] / o["facts"]["total_gates"] for o in folds_out)
     return out
 
 
@@ -84,13 +87,16 @@ def rank_key(rule: str):
 
 
 def choose(method: str, points_in: list[tuple[dict, float]], results: list[dict], select_folds: int,
-           max_kept: float, rule: str) -> dict:
+           max_kept: float, rule: str, kept_rule: str = "pooled") -> dict:
     """The winning grid point of a row. ``points_in``: (option variant, rate) of every grid point in job order;
     ``results``: the ``_select_job`` outputs, ``select_folds`` per point in that order."""
     it = iter(results)
     points = [{"variant": v, "lr": lr, **point_score([next(it) for _ in range(select_folds)])}
               for v, lr in points_in]
-    ok = [p for p in points if p.get("kept_fraction", 0.0) <= max_kept]
+    if kept_rule not in KEPT_RULES:
+        raise ValueError(f"unknown gate-share rule {kept_rule!r}; known: {', '.join(KEPT_RULES)}")
+    key = "kept_fraction" if kept_rule == "pooled" else "kept_fraction_max"
+    ok = [p for p in points if p.get(key, 0.0) <= max_kept]
     best = max(ok or points, key=rank_key(rule))
     out = {"rule": rule, "points": points, "chosen": best["lr"], "chosen_variant": best["variant"]}
     if method == "sora":

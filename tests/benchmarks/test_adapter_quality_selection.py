@@ -88,6 +88,24 @@ def test_sora_is_chosen_among_points_with_at_most_half_the_gates(by_macro_f1):
     assert not sel["constraint_met"] and sel["chosen"] == 3e-3
 
 
+def test_sora_gate_condition_on_each_training_with_the_max_rule(by_macro_f1, monkeypatch):
+    """Pooled, a point whose trainings keep 40 % and 60 % of the gates qualifies (50 %); checked on each training
+    (``--sora-kept max``) it does not, and the next eligible point is chosen."""
+    gold = [0, 1, 0, 1]
+    folds = q.SELECT_FOLDS
+    mixed = [_job(gold, gold, kept=4 if j % 2 else 6, total=10) for j in range(folds - 1)]
+    mixed.append(_job(gold, gold, kept=10 * folds // 2 - sum(m["facts"]["kept_gates"] for m in mixed), total=10))
+    low = [_job(gold, [0, 1, 0, 0], kept=3, total=10) for _ in range(folds)]
+    never = [_job(gold, [1, 1, 1, 1], kept=9, total=10) for _ in range(folds)]
+    results = mixed + low + never  # one point per shrink variant, one rate
+    sel = q._choose("sora", [3e-3], results)
+    assert sel["points"][0]["kept_fraction"] == pytest.approx(0.5) and sel["points"][0]["kept_fraction_max"] == 0.6
+    assert sel["chosen_variant"] == q.VARIANTS["sora"][0]  # pooled: the mixed point qualifies and scores best
+    monkeypatch.setattr(q, "SORA_KEPT_RULE", "max")
+    sel = q._choose("sora", [3e-3], results)
+    assert sel["chosen_variant"] == q.VARIANTS["sora"][1] and sel["constraint_met"]
+
+
 def test_balanced_nll_is_the_mean_over_classes_of_the_class_means():
     from benchmarks.adapters.quality_select import balanced_nll
 
