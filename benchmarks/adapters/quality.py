@@ -14,6 +14,7 @@ results_quality.md are computed from it):
   by default, ``--select-seeds N`` to average out training noise) on the others and scored on it, and the point
   with the best score pooled over every validation window wins (one rule for every row, ``SELECT_BY``: the
   macro-F1, or with ``--select-by nll`` the class-balanced validation cross-entropy; ``quality_select.py``).
+  With ``--steps-grid N ...`` the number of training steps is chosen with the rate, by every row (``STEPS_GRID``).
 * encoder: a tiny BERT trained by masked-LM on random ``WINDOW``-residue crops of shipped protein
   sequences that are never task sequences (nrPDB-EC and the Pfam families too small for the task); it
   is cached under ``CACHE`` keyed by every setting it depends on (``encoder_settings``), so a rerun or a
