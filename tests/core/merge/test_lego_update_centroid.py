@@ -7,29 +7,14 @@ matrix). Factors are built by hand, no model; the load-in-peft check is in test_
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
+import lora_factors as lf
 import numpy as np
 import pytest
 import torch
 
 from adaptome.core.merge import lego
-from adaptome.core.merge.factors import LoraFolder, MergeError
-
-
-def _lora(name: str, b: torch.Tensor, a: torch.Tensor, module: str = "m") -> LoraFolder:
-    return LoraFolder(Path(name), {}, {module: (b.double(), a.double())})
-
-
-def _update(factors, module: str = "m") -> torch.Tensor:
-    b, a = factors[module]
-    return b @ a  # (O, k) @ (k, I) -> (O, I)
-
-
-def _random(seed: int, o: int = 7, r: int = 3, i: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(o, r, generator=g, dtype=torch.float64), torch.randn(r, i, generator=g, dtype=torch.float64)
-
+from adaptome.core.merge.factors import MergeError
 
 UPDATE = dict(centroid="update")
 BARE = dict(param_reweight=False, output_reweight=False)
@@ -38,21 +23,21 @@ BARE = dict(param_reweight=False, output_reweight=False)
 def test_one_cluster_is_the_best_rank_one_approximation_of_the_members_mean_update():
     """k = 1 over 2 + 3 units: without reweighting the merged update is s1 u1 v1^T of the dense mean update
     (1/5) sum_i b_i a_i^T (torch's SVD); with parameter reweighting s1 becomes mean_i ||b_i|| ||a_i||."""
-    (b1, a1), (b2, a2) = _random(0, r=2), _random(1, r=3)
-    loras = [_lora("x", b1, a1), _lora("y", b2, a2)]
+    (b1, a1), (b2, a2) = lf.random_factors(0, r=2), lf.random_factors(1, r=3)
+    loras = [lf.lora("x", b1, a1), lf.lora("y", b2, a2)]
     mean = (b1 @ a1 + b2 @ a2) / 5  # (7, 5): sum over the 5 rank-1 updates, / 5
     u, s, vh = torch.linalg.svd(mean)  # (7, 7), (5,), (5, 5)
     top = torch.outer(u[:, 0], vh[0])  # (7,) x (5,) -> (7, 5)
     got = lego.merge(loras, 1, lego.LegoConfig(**UPDATE, **BARE))
-    torch.testing.assert_close(_update(got), s[0] * top, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lf.update(got), s[0] * top, atol=1e-12, rtol=0)
     sizes = [float(b[:, i].norm() * a[i].norm()) for b, a in ((b1, a1), (b2, a2)) for i in range(a.shape[0])]
     got = lego.merge(loras, 1, lego.LegoConfig(**UPDATE, output_reweight=False))
-    torch.testing.assert_close(_update(got), sum(sizes) / 5 * top, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lf.update(got), sum(sizes) / 5 * top, atol=1e-12, rtol=0)
     got = lego.merge(loras, 1, lego.LegoConfig(**UPDATE))  # output reweighting: sqrt(r / k), r = (2 + 3) / 2
-    torch.testing.assert_close(_update(got), math.sqrt(2.5) * sum(sizes) / 5 * top, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lf.update(got), math.sqrt(2.5) * sum(sizes) / 5 * top, atol=1e-12, rtol=0)
     # the paper's centroid is a different matrix: (mean of the B-halves) x (mean of the A-halves)
     paper = lego.merge(loras, 1, lego.LegoConfig(**BARE))
-    assert not torch.allclose(_update(paper), s[0] * top, atol=1e-3)
+    assert not torch.allclose(lf.update(paper), s[0] * top, atol=1e-3)
 
 
 def test_units_along_one_update_direction_give_their_mean_update_with_or_without_param_reweighting():
@@ -65,24 +50,24 @@ def test_units_along_one_update_direction_give_their_mean_update_with_or_without
     a[0] = 10.0  # the largest entry of both units, so the sign rule keeps them on one side (for "directions")
     e, f = torch.zeros(6, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
     e[0], f[3] = 5.0, 5.0
-    loras = [_lora("x", torch.stack([2 * b, -b], 1), torch.stack([a, -3 * a])),  # (6, 2), (2, 4)
-             _lora("y", e[:, None], f[None])]  # (6, 1), (1, 4)
+    loras = [lf.lora("x", torch.stack([2 * b, -b], 1), torch.stack([a, -3 * a])),  # (6, 2), (2, 4)
+             lf.lora("y", e[:, None], f[None])]  # (6, 1), (1, 4)
     want = 2.5 * torch.outer(b, a) + torch.outer(e, f)  # (6, 4)
     for cfg in (lego.LegoConfig(**UPDATE, **BARE), lego.LegoConfig(**UPDATE, output_reweight=False),
                 lego.LegoConfig(centroid="update", cluster_on="updates", output_reweight=False),
                 lego.LegoConfig(**UPDATE, param_norm="max", output_reweight=False)):
-        torch.testing.assert_close(_update(lego.merge(loras, 2, cfg)), want, atol=1e-12, rtol=0)
+        torch.testing.assert_close(lf.update(lego.merge(loras, 2, cfg)), want, atol=1e-12, rtol=0)
 
 
 def test_every_unit_its_own_cluster_gives_the_exact_sum_and_sqrt_r_over_k_with_reweighting():
     """k = the number of units, LoRAs of ranks 2, 3, 4: each cluster is one unit, so the merged update is the
     sum of the inputs' updates (no reweighting or parameter reweighting only), sqrt(3 / 9) of it with both."""
-    loras = [_lora(f"l{r}", *_random(10 + r, r=r)) for r in (2, 3, 4)]
-    total = sum(_update(lo.factors) for lo in loras)  # (7, 5)
+    loras = [lf.lora(f"l{r}", *lf.random_factors(10 + r, r=r)) for r in (2, 3, 4)]
+    total = sum(lf.update(lo.factors) for lo in loras)  # (7, 5)
     for on in ("directions", "units", "updates"):
         for extra, scale in ((BARE, 1.0), (dict(output_reweight=False), 1.0), ({}, math.sqrt(3 / 9))):
             got = lego.merge(loras, 9, lego.LegoConfig(centroid="update", cluster_on=on, **extra))
-            torch.testing.assert_close(_update(got), scale * total, atol=1e-12, rtol=0)
+            torch.testing.assert_close(lf.update(got), scale * total, atol=1e-12, rtol=0)
 
 
 def test_top_pair_from_qr_factors_equals_the_dense_svd_also_with_more_members_than_rows():
@@ -98,9 +83,9 @@ def test_top_pair_from_qr_factors_equals_the_dense_svd_also_with_more_members_th
 def test_update_coordinates_keep_the_distances_of_the_normalised_rank_one_updates():
     """The (n, n) coordinates of ``update_directions`` have the pairwise distances of the dense normalised
     vec(b_i a_i^T) / ||b_i a_i^T|| (n, O * I), and flipping both halves of a unit changes neither."""
-    b, a = _random(4, o=5, r=6, i=4)
+    b, a = lf.random_factors(4, o=5, r=6, i=4)
     b[:, 2] = 0.0  # a unit with a zero half: the zero vector
-    u = lego.units([_lora("x", b, a)], "m").numpy()  # (6, 9)
+    u = lego.units([lf.lora("x", b, a)], "m").numpy()  # (6, 9)
     dense = np.stack([np.outer(u[j, :5], u[j, 5:]).ravel() for j in range(6)])  # (6, 20)
     norms = np.linalg.norm(dense, axis=1, keepdims=True)
     dense = dense / np.where(norms > 0, norms, 1.0)
