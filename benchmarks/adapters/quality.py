@@ -531,7 +531,8 @@ def rerun(methods: list[str], res: dict) -> dict:
         raise SystemExit("error: the settings differ from the earlier run's; rerun the whole benchmark instead")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        use_corpus(st.get("corpus", "disjoint"))
+        if quality_task.CORPUS != st.get("corpus", "disjoint"):  # a set corpus keeps its settings (--smoke's)
+            use_corpus(st.get("corpus", "disjoint"))
         encoder, info = cached_encoder(pretrain_corpus(d), acc)
         if info["key"] != res["encoder"]["key"]:
             raise SystemExit("error: the cached encoder differs from the earlier run's")

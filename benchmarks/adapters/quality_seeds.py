@@ -74,7 +74,8 @@ def add_seeds(res: dict, seeds: list[int], q) -> dict:
     units = _units(res)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        q.use_corpus(st.get("corpus", "disjoint"))
+        if q.quality_task.CORPUS != st.get("corpus", "disjoint"):  # a set corpus keeps its settings (--smoke's)
+            q.use_corpus(st.get("corpus", "disjoint"))
         encoder, info = q.cached_encoder(q.pretrain_corpus(d), acc)
         if info["key"] != res["encoder"]["key"]:
             raise SystemExit("error: the cached encoder differs from the stored run's")
