@@ -218,7 +218,10 @@ def _header(res: dict) -> list[str]:
         "## Adapter methods II: quality on Pfam family windows (tiny BERT), a fair protocol"
         + ("" if _disjoint(st) else ", encoder pretrained on the transductive corpus")
         + ("" if st.get("select_seeds", 1) == 1
-           else f", rates chosen on {st['select_seeds']} seeds per selection fold"),
+           else f", rates chosen on {st['select_seeds']} seeds per selection fold")
+        + (f", training steps chosen with the rate ({', '.join(str(n) for n in st['steps_grid'])})"
+           if st.get("steps_grid") else "")
+        + (", SoRA's gate condition on each selection training" if _kept_rule(st) == "max" else ""),
         "",
         f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min, {res.get('workers', 2)} worker processes, "
         f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
