@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+import tiny_models as tiny
 
 ROOT = str(Path(__file__).resolve().parents[2])  # the repository root: benchmarks/ is not an installed package
 if ROOT not in sys.path:
@@ -56,14 +56,11 @@ def test_rate_sum_and_sora_lambda_follow_the_training_length(n):
 
 
 def test_train_one_runs_the_steps_its_options_name(tmp_path):
-    from transformers import BertConfig, BertModel
-
     from adaptome.core.train.loop import make_accelerator
 
     d = q.data()
-    torch.manual_seed(0)
-    enc = BertModel(BertConfig(vocab_size=len(q.AA) + 3, max_position_embeddings=q.WINDOW + 2, pad_token_id=q.PAD,
-                               hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    enc = tiny.bert(head=None, vocab_size=len(q.AA) + 3, max_position_embeddings=q.WINDOW + 2, pad_token_id=q.PAD,
+                    hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     for p in enc.parameters():
         p.requires_grad_(False)
     train = d["records"][:16]
