@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 #: is the pipeline's defaults. Variants with the same tiling and encoder share one job folder (tiled and encoded once).
 VARIANTS = {
     "default": ({}, "baseline", {}, {}),
+    "uncentred": ({}, "baseline", {"centre": False}, {}),  # the default before the encoder's centring
     "attention": ({}, "baseline", {}, {"aggregation": "attention"}),
     "attention_old_training": ({}, "baseline", {}, {"aggregation": "attention", "lr": 1e-3, "val_frac": 0.2}),
     "ratio_old_training": ({}, "baseline", {}, {"lr": 1e-3, "val_frac": 0.2}),
@@ -313,7 +314,10 @@ def render(res: dict) -> str:
     agg, a = res["mean_over_seeds"], res["args"]
     res = {**res, "seeds": {str(k): v for k, v in res["seeds"].items()}}  # int keys in a run, str from JSON
     seeds = list(res["seeds"])
-    lines = ["## Pathology: the default pipeline vs simple baselines on the HARD synthetic cohort", "",
+    title = "## Pathology: the default pipeline vs simple baselines on the HARD synthetic cohort"
+    if "uncentred" in agg:  # a run that compares the encoder's centring
+        title += " (the default centres the baseline encoder's stain / texture features; `uncentred` does not)"
+    lines = [title, "",
              f"{a['n_slides']} synthetic slides per cohort ({a['grid'] * 64} px square at 0.5 um/px, "
              f"4 sites, artefacts, intratumoral lymphocytes ...; `synth_hard.py`), tiles of {a['tile_size']} px "
              f"at {a['mag']:g}x, `baseline` encoder, MIL ({a['max_steps']} steps; aggregation and training options "
