@@ -494,14 +494,12 @@ def run() -> dict:
             res["rows"].append({"label": lab, "method": m, "options": o, "selection": sel, **row})
             print(f"{lab}: lr {row['lr']:g}, accuracy {row['accuracy']['mean']:.3f}, "
                   f"macro-F1 {row['macro_f1']['mean']:.3f}", flush=True)
-        for (lab, m, o, lr), row in zip(units[len(rows):], done[len(rows):]):
-            res["lora_by_rank"][str(o["r"])] = {k: row[k] for k in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
-            if "steps" in o:
-                res["lora_by_rank"][str(o["r"])]["steps"] = o["steps"]
         lora = next(r for r in res["rows"] if r["method"] == "lora")
-        res["lora_by_rank"][str(RANK)] = {k: lora[k] for k in ("accuracy", "macro_f1", "trainable_encoder", "lr")}
-        if "steps" in lora["options"]:
-            res["lora_by_rank"][str(RANK)]["steps"] = lora["options"]["steps"]
+        for o, row in [(u[2], r) for u, r in zip(units[len(rows):], done[len(rows):])] + [(lora["options"], lora)]:
+            # LoRA at each rank: its scores, rate and (with STEPS_GRID) its number of steps
+            res["lora_by_rank"][str(o["r"])] = {**{k: row[k] for k in ("accuracy", "macro_f1", "trainable_encoder",
+                                                                        "lr")},
+                                                **({"steps": o["steps"]} if "steps" in o else {})}
     res["head_lr"], res["workers"] = head_lr, WORKERS
     res["seconds"] = time.time() - t0
     return res
@@ -556,7 +554,7 @@ def rerun(methods: list[str], res: dict) -> dict:
         res["rows"][i] = {"label": lab, "method": m, "options": {**o, **sel["chosen_variant"]}, "selection": sel,
                           **row}
     res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0,
-                                         "sora_kept_rule": SORA_KEPT_RULE})
+                                         **({"sora_kept_rule": SORA_KEPT_RULE} if "sora" in methods else {})})
     return res
 
 

@@ -336,6 +336,16 @@ def _steps_note(st: dict, steps: int) -> str:
     return f", {steps} steps" if st.get("steps_grid") else ""
 
 
+def _steps_columns(st: dict) -> tuple[str, str]:
+    """(header cell, alignment cell) of a selection table's steps column; empty without ``--steps-grid``."""
+    return (" steps |", "---:|") if st.get("steps_grid") else ("", "")
+
+
+def _point_steps(p: dict) -> str:
+    """", N steps" of a grid point that names its number of steps, else nothing."""
+    return f", {p['variant']['steps']} steps" if "steps" in p["variant"] else ""
+
+
 def _steps_cell(p: dict) -> str:
     return f" {p['variant']['steps']} |" if "steps" in p["variant"] else ""
 
@@ -499,7 +509,7 @@ def _pooled_over(st: dict) -> str:
 def _dylora_selection(res: dict, dy: dict) -> list[str]:
     sel, r = dy["selection"], res["setup"]["rank"]
     nll = _rule(res) == "nll"
-    steps_h, steps_s = (" steps |", "---:|") if res["setup"].get("steps_grid") else ("", "")
+    steps_h, steps_s = _steps_columns(res["setup"])
     lines = [f"DyLoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''}, "
              f"pooled over the {_pooled_over(res['setup'])}; the score is the mean over ranks):",
              "", f"| mode |{steps_h} rate | macro-F1, mean over ranks 1..{r} | rank 1 | rank {r} |"
@@ -517,7 +527,7 @@ def _dylora_selection(res: dict, dy: dict) -> list[str]:
         if m not in best or _key(res)(p) > _key(res)(best[m]):
             best[m] = p
     lines += ["", "Best point per mode: " + "; ".join(
-        f"{m} at rate {_lr(p['lr'])}" + (f", {p['variant']['steps']} steps" if "steps" in p["variant"] else "")
+        f"{m} at rate {_lr(p['lr'])}" + _point_steps(p)
         + ", " + (f"cross-entropy {p['nll']:.3f} (macro-F1 {100 * p['macro_f1']:.1f})"
                                            if nll else f"{100 * p['macro_f1']:.1f}")
         for m, p in best.items()) + "."]
@@ -556,7 +566,7 @@ def _sora(res: dict, rows: dict) -> list[str]:
 def _sora_selection(res: dict, so: dict) -> list[str]:
     sel, cap = so["selection"], res["setup"]["sora_max_kept"]
     nll = _rule(res) == "nll"
-    steps_h, steps_s = (" steps |", "---:|") if res["setup"].get("steps_grid") else ("", "")
+    steps_h, steps_s = _steps_columns(res["setup"])
     each = _kept_rule(res["setup"]) == "max"
     key = "kept_fraction_max" if each else "kept_fraction"
     lines = [f"SoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''} "
@@ -580,10 +590,9 @@ def _sora_selection(res: dict, so: dict) -> list[str]:
               + ("; the chosen one is the best of those." if sel["constraint_met"] else
                  "; none does, so the best point overall was taken.")
               + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "
-              f"{_lr(best_all['lr'])}" + (f", {best_all['variant']['steps']} steps" if "steps" in best_all["variant"]
-                                          else "") + ", " + (f"cross-entropy {best_all['nll']:.3f} (macro-F1 "
-                                            f"{100 * best_all['macro_f1']:.1f})" if nll else
-                                            f"{100 * best_all['macro_f1']:.1f}")
+              f"{_lr(best_all['lr'])}" + _point_steps(best_all) + ", "
+              + (f"cross-entropy {best_all['nll']:.3f} (macro-F1 {100 * best_all['macro_f1']:.1f})" if nll else
+                 f"{100 * best_all['macro_f1']:.1f}")
               + f" with {100 * best_all['kept_fraction']:.0f} % of the gates non-zero."]
     return lines + [""]
 
