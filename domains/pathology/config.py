@@ -225,6 +225,11 @@ class ScoreConfig:
         encoder_weights: on the fly: weights of the recorded timm encoder; they must be the ones the
             training features were made with (checked by content hash), or scoring is refused.
         mpp_csv: CSV ``slide,mpp`` for slides without resolution metadata (on the fly).
+        roi_dir: on the fly: folder of ``<slide_id>.geojson`` regions of interest; only tiles inside them are
+            scored. Required when the model was trained on ROI-restricted tiles (its recipe says so), so that
+            it never scores tissue of a kind it was not trained on; allowed for any model (e.g. the tumour bed).
+        roi_classes: on the fly: the ROI classes that bound the region (default: the ones the model's tiles
+            were restricted by).
         batch_size: tiles per forward pass (on the fly).
         num_workers: tile-reading worker processes (on the fly).
         device: torch device.
@@ -241,6 +246,8 @@ class ScoreConfig:
     out_dir: Optional[str] = None
     encoder_weights: Optional[str] = None
     mpp_csv: Optional[str] = None
+    roi_dir: Optional[str] = None
+    roi_classes: Optional[list] = None
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"

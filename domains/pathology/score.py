@@ -219,6 +219,10 @@ def check_recipe(recipe: dict | None, attrs: dict, source: str) -> None:
                 raise PathologyError(f"{source}: features made with {key} {mine!r}, but the model was trained on "
                                      f"features with {model!r}; extract them as the model's were, or score "
                                      "without --features-dir (on the fly, with the model's recipe)")
+    if recipe and recipe.get("roi") and "roi" in attrs and not bool(attrs["roi"]):  # the other way round is a choice
+        raise PathologyError(f"{source}: features of every tissue tile, but the model was trained on tiles inside "
+                             "regions of interest (tiled with roi_dir); tile these slides with their ROIs too, or "
+                             "score on the fly with --set roi_dir=<folder>")
 
 
 def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLike, heatmaps: bool = True,
@@ -264,16 +268,18 @@ def score_features(slide_path, feats: np.ndarray, coords: np.ndarray, attrs: dic
 
 
 def features_on_the_fly(slide_path, recipe: dict, encoder, mpp_overrides: dict | None = None,
-                        batch_size: int = 64, num_workers: int = 0, device: str = "cpu") -> tuple:
+                        batch_size: int = 64, num_workers: int = 0, device: str = "cpu", roi=None,
+                        roi_classes=()) -> tuple:
     """Tile and encode one slide in memory with the recipe a model was trained on (``model.json``
-    ``features``: encoder, target_mpp, tile_size, overlap, min_tissue); returns (feats, coords, attrs)."""
+    ``features``: encoder, target_mpp, tile_size, overlap, min_tissue), inside ``roi`` (a GeoJSON file,
+    bounded by ``roi_classes``) when given; returns (feats, coords, attrs)."""
     from adaptome.domains.pathology.extract import encode_tiles, tile_loader
     from adaptome.domains.pathology.tiling import TileReader, tile_slide
 
     res = tile_slide(slide_path, float(recipe["target_mpp"]), int(recipe["tile_size"]), int(recipe.get("overlap", 0)),
                      float(recipe.get("min_tissue", 0.5)), mpp_overrides, int(recipe.get("thumb_size", 1024)),
-                     seg_params={"artefacts": bool(recipe.get("artefacts", False))},
-                     stain_norm=str(recipe.get("stain_norm", "none")))
+                     roi_geojson=roi, seg_params={"artefacts": bool(recipe.get("artefacts", False))},
+                     stain_norm=str(recipe.get("stain_norm", "none")), roi_classes=list(roi_classes or ()))
     loader = tile_loader(TileReader(slide_path, res["geometry"]), res["coords"], batch_size, num_workers)
     return encode_tiles(encoder, loader, device), res["coords"], {**res["attrs"], "encoder": encoder.name}
 

@@ -286,21 +286,40 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
                                  f"--encoder-weights {cfg.encoder_weights or '(none)'} gives {encoder.weights_id}; "
                                  "pass the weights the features were extracted with, or --features-dir")
         overrides = read_mpp_csv(cfg.mpp_csv)
+        if recipe.get("roi") and not cfg.roi_dir:
+            raise PathologyError(f"{mj}: the model was trained on tiles inside regions of interest (tiled with "
+                                 "roi_dir); scoring the whole tissue would score tiles of a kind it never saw: give "
+                                 "--set roi_dir=<folder of <slide_id>.geojson>, or --features-dir")
+    elif cfg.roi_dir:
+        raise PathologyError(f"roi_dir {cfg.roi_dir}: used only when scoring on the fly; stored features "
+                             "(--features-dir) keep the tiles they were extracted from")
+    roi_classes = cfg.roi_classes if cfg.roi_classes is not None else json.loads(
+        str((recipe or {}).get("roi_classes", "[]")))
     model_files = sorted(Path(cfg.model).glob("**/model.safetensors"))
     params = {"features": "stored" if fdir else recipe, "encoder_weights": cfg.encoder_weights,
               "heatmaps": cfg.heatmaps, "thumb_size": cfg.thumb_size}
+    if cfg.roi_dir:  # recorded only when set: results made before the option stay valid
+        params["roi_classes"] = sorted(roi_classes)
+
+    def roi_of(sid: str) -> Path | None:
+        return Path(cfg.roi_dir) / f"{sid}.geojson" if cfg.roi_dir else None
 
     def made_by(sid: str, path: Path) -> dict:
         feat = fdir / f"{sid}.h5" if fdir else None
+        roi = roi_of(sid)
         return identity(params, {"slide": file_stamp(path), "features": file_stamp(feat) if feat else None,
+                                 **({"roi": file_stamp(roi) if roi.is_file() else None} if roi else {}),
                                  "models": {str(p.parent.name): file_stamp(p) for p in model_files},
                                  "encoder_weights": _weights_stamp(cfg.encoder_weights)},
                         slide={"mpp_override": _override(overrides, path)})
 
     def work(sid: str, path: Path, target: Path) -> None:
         if fdir is None:
+            roi = roi_of(sid)
+            if roi is not None and not roi.is_file():
+                raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
             feats, coords, attrs = features_on_the_fly(path, recipe, encoder, overrides, cfg.batch_size,
-                                                       cfg.num_workers, cfg.device)
+                                                       cfg.num_workers, cfg.device, roi, roi_classes)
             rows.append(score_features(path, feats, coords, attrs, models, out, cfg.heatmaps, cfg.thumb_size))
             return
         feat = fdir / f"{sid}.h5"

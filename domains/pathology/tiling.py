@@ -22,6 +22,7 @@ per tile (the baseline encoder's sharpness features stand in for it).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -168,6 +169,9 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "height": slide.dimensions[1], "stain_norm": stain_norm,
             "artefacts": bool((seg_params or {}).get("artefacts", False)),
             "slide_bytes": os.path.getsize(path),  # with width / height: tells this slide from another of its name
+            # tiles restricted to a region of interest (and the ROI classes that bound it, JSON): a model trained on
+            # them scores only such tiles (``score`` on the fly needs the ROIs too)
+            "roi": roi_geojson is not None, "roi_classes": json.dumps(sorted(roi_classes or ())),
         }
         if stain_norm in ("macenko", "macenko_tiles") and keep.any():
             from dataclasses import replace

@@ -251,7 +251,7 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
     _, _, fattrs = read_features(Path(features_dir) / f"{rows[0]['slide_id']}.h5")
     recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
               if k in ("encoder", "target_mpp", "tile_size", "overlap", "min_tissue", "thumb_size", "stain_norm",
-                       "artefacts", "encoder_weights")}
+                       "artefacts", "encoder_weights", "roi", "roi_classes")}
     if "encoder_options" in fattrs:  # the encoder's options in force at extraction (score re-creates them)
         recipe["encoder_options"] = json.loads(str(fattrs["encoder_options"]))
     out = Path(out_dir)

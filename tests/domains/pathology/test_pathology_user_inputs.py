@@ -235,3 +235,59 @@ def test_an_mpp_csv_giving_one_slide_two_resolutions_is_refused(cohort, tmp_path
     assert r.exit_code == 2, r.output
     assert _errors(r.output) == [f"error: {mpp}: line 4: slide 's' is given mpp 0.5 here and 0.25 on line 2"]
     assert not (tmp_path / "job").exists()
+
+
+def test_a_model_trained_inside_rois_scores_only_inside_rois(cohort, tmp_path):
+    """Tiles restricted to ROIs are recorded as such (tiles, features, the model's recipe). Scoring on the fly
+    with that model refuses to score the whole tissue (naming its model.json) and, given the ROIs, scores exactly
+    the tiles the training features hold; stored features of every tissue tile are refused too."""
+    import h5py
+    import openslide
+
+    d, roi = tmp_path / "slides", tmp_path / "roi"
+    d.mkdir()
+    roi.mkdir()
+    rows = _labels(cohort)[:4]
+    for r in rows:
+        shutil.copy2(cohort["slides"] / f"{r['slide_id']}.tiff", d / f"{r['slide_id']}.tiff")
+        w, h = openslide.OpenSlide(str(d / f"{r['slide_id']}.tiff")).dimensions
+        (roi / f"{r['slide_id']}.geojson").write_text(json.dumps({"type": "Feature", "geometry": {
+            "type": "Polygon", "coordinates": [[[0, 0], [w, 0], [w, h // 2], [0, h // 2], [0, 0]]]}}))
+    labels = _write(tmp_path / "labels.csv", [{**r, "case_id": r["slide_id"]} for r in rows])
+    for job, extra in (("job", ("--set", f"roi_dir={roi}")), ("whole", ())):
+        r = _cli("tile", d, "--out", tmp_path / job, "--tile-size", 64, *extra)
+        assert r.exit_code == 0, r.output
+        r = _cli("extract", d, "--tiles-dir", tmp_path / job / "tiles_20x_64px_0ov", "--num-workers", 0)
+        assert r.exit_code == 0, r.output
+    feats = tmp_path / "job" / "tiles_20x_64px_0ov" / "features_baseline"
+    n_roi = {}
+    for r in rows:
+        with h5py.File(feats / f"{r['slide_id']}.h5", "r") as f:
+            assert bool(f.attrs["roi"]) and len(f["coords"]) > 0
+            n_roi[r["slide_id"]] = len(f["coords"])
+    with h5py.File(tmp_path / "whole" / "tiles_20x_64px_0ov" / "features_baseline" / f"{rows[0]['slide_id']}.h5",
+                   "r") as f:
+        assert not bool(f.attrs["roi"]) and len(f["coords"]) > n_roi[rows[0]["slide_id"]]
+    r = _cli("train", "--features-dir", feats, "--labels", labels, "--out", tmp_path / "mil", "--k", 2, "--set",
+             "max_steps=3", "--set", "batch_size=1")
+    assert r.exit_code == 0, r.output
+    model = next((tmp_path / "mil").glob("mil_*"))
+    recipe = json.loads((model / "fold_0" / "model.json").read_text())["features"]
+    assert recipe["roi"] is True and json.loads(recipe["roi_classes"]) == []
+    r = _cli("score", d, "--model", model, "--out", tmp_path / "s0")
+    assert r.exit_code == 2, r.output
+    assert "model.json: the model was trained on tiles inside regions of interest" in r.output, r.output
+    assert not (tmp_path / "s0" / "slides.csv").exists()
+    r = _cli("score", d, "--model", model, "--features-dir",
+             tmp_path / "whole" / "tiles_20x_64px_0ov" / "features_baseline", "--out", tmp_path / "s1")
+    assert r.exit_code == 2, r.output
+    assert "features of every tissue tile, but the model was trained on tiles inside regions" in r.output, r.output
+    r = _cli("score", d, "--model", model, "--out", tmp_path / "s2", "--set", f"roi_dir={roi}",
+             "--set", "heatmaps=false")
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "s2" / "slides.csv", newline="") as f:
+        scored = {x["slide_id"]: int(x["n_tiles"]) for x in csv.DictReader(f)}
+    assert scored == n_roi
+    (roi / f"{rows[1]['slide_id']}.geojson").unlink()
+    r = _cli("score", d, "--model", model, "--out", tmp_path / "s3", "--set", f"roi_dir={roi}")
+    assert r.exit_code == 2 and f"{rows[1]['slide_id']}.geojson: ROI GeoJSON for slide" in r.output, r.output
