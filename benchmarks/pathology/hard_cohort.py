@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "default": ({}, "baseline", {}, {}),
     "uncentred": ({}, "baseline", {"centre": False}, {}),  # the default before the encoder's centring
+    "centre_intensity": ({}, "baseline", {"centre": "intensity"}, {}),  # only the stain-amount numbers centred
     "attention": ({}, "baseline", {}, {"aggregation": "attention"}),
     "attention_old_training": ({}, "baseline", {}, {"aggregation": "attention", "lr": 1e-3, "val_frac": 0.2}),
     "ratio_old_training": ({}, "baseline", {}, {"lr": 1e-3, "val_frac": 0.2}),

@@ -87,6 +87,12 @@ class TileEncoder(nn.Module):
         return raw if finish is None else finish(raw)
 
 
+#: the stain-amount numbers among the 35 (per stain H, E at offset 14 s: mean 0, quantiles 2-5, dense-stain fractions
+#: 6-9; then the RGB means 28-30 and the residual OD 34): the ones a site's staining strength shifts as a whole.
+#: The spreads and textures (std 1, gradients 10-13, RGB std 31-33) say how heterogeneous a tile is.
+INTENSITY_COLUMNS = tuple(14 * s + i for s in range(2) for i in (0, 2, 3, 4, 5, 6, 7, 8, 9)) + (28, 29, 30, 34)
+
+
 class StainTextureFeatures(nn.Module):
     """The baseline encoder's feature network (no parameters); input B x 3 x T x T in [0, 1]. With
     ``lymph`` it appends the lymphocyte-object features of ``lymph_features.py`` (9 more numbers)."""
@@ -98,8 +104,9 @@ class StainTextureFeatures(nn.Module):
 
         self.lymph = LymphObjectFeatures(lymph_radius, stroma_cut) if lymph else None
         self.dim = 35 + (LymphObjectFeatures.dim if lymph else 0)
-        #: subtract each slide's mean from its tiles' 35 stain / texture numbers (in finish_slide)
-        self.centre = bool(centre)
+        #: subtract each slide's mean from its tiles' 35 stain / texture numbers (in finish_slide): True, False, or
+        #: "intensity" (only the stain-amount numbers, ``INTENSITY_COLUMNS``)
+        self.centre = centre if centre == "intensity" else bool(centre)
         #: forward gives raw numbers that finish_slide completes per slide (the per-slide stroma cut, centring)
         self.needs_slide_pass = bool(self.lymph is not None and self.lymph.per_slide) or self.centre
         h, e = torch.tensor(HE_OD[0]), torch.tensor(HE_OD[1])  # stains.py; H&E + residual, rows normalised
@@ -149,7 +156,9 @@ class StainTextureFeatures(nn.Module):
         raw = np.asarray(raw, np.float32)
         stain = raw[:, :35]
         if self.centre and len(raw):
-            stain = stain - stain.mean(0, keepdims=True)  # (N, 35) - (1, 35)
+            cols = list(range(35)) if self.centre is True else list(INTENSITY_COLUMNS)
+            stain = stain.copy()
+            stain[:, cols] -= stain[:, cols].mean(0, keepdims=True)  # (N, c) - (1, c)
         rest = raw[:, 35:]
         if self.lymph is not None and self.lymph.per_slide:
             rest = self.lymph.finish_slide(rest)  # (N, 9 + 2K) -> (N, 9)
@@ -168,8 +177,8 @@ def build_baseline(weights: str | None = None, options: dict | None = None) -> T
         raise PathologyError(f"the baseline encoder takes no weights and only the options lymph, lymph_radius, "
                              f"stroma_cut, centre (got weights={weights!r}, unknown options {sorted(unknown)})")
     centre = options.get("centre", True)
-    if not isinstance(centre, bool):
-        raise PathologyError(f"baseline encoder option centre must be true or false, got {centre!r}")
+    if not isinstance(centre, bool) and centre != "intensity":
+        raise PathologyError(f"baseline encoder option centre must be true, false or intensity, got {centre!r}")
     cut = options.get("stroma_cut", "slide")
     if cut != "slide":
         try:

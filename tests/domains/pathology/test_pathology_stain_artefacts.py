@@ -184,7 +184,7 @@ def test_stroma_cut_option_is_checked_and_recorded():
     enc = build_encoder("baseline", options={"stroma_cut": "0.4", "centre": False})
     assert enc.recipe["stroma_cut"] == 0.4 and not enc.needs_slide_pass
     assert build_encoder("baseline", options={"stroma_cut": 0.4}).needs_slide_pass  # the centring needs the slide
-    with pytest.raises(ValueError, match="centre must be true or false, got 'yes'"):
+    with pytest.raises(ValueError, match="centre must be true, false or intensity, got 'yes'"):
         build_encoder("baseline", options={"centre": "yes"})
 
 

@@ -148,3 +148,30 @@ def test_cli_default_features_are_the_raw_stain_numbers_minus_their_slide_mean(t
     sd = feats["raw", 0][:, :35].std(0) + 1e-6
     gap = {n: float(np.mean(np.abs(feats[n, 1][:, :35] - feats[n, 0][:, :35]) / sd)) for n in ("raw", "centred")}
     assert gap["centred"] < 0.3 * gap["raw"], gap
+
+
+def test_centre_intensity_centres_only_the_stain_amount_numbers():
+    """``centre: intensity`` subtracts the slide mean from the 22 stain-amount numbers (H / E mean, quantiles,
+    dense-stain fractions, RGB means, residual OD) and leaves the 13 spreads / textures and the lymphocyte
+    numbers as the raw encoder gives them; any other value is refused, naming the option."""
+    import torch
+
+    from adaptome.domains.pathology.encoders import INTENSITY_COLUMNS, build_encoder
+
+    assert len(INTENSITY_COLUMNS) == 22 and len(set(INTENSITY_COLUMNS)) == 22 and max(INTENSITY_COLUMNS) < 35
+    g = torch.Generator().manual_seed(0)
+    tiles = (torch.rand(6, 32, 32, 3, generator=g) * 255).to(torch.uint8)
+    out = {}
+    for c in (False, "intensity"):
+        enc = build_encoder("baseline", options={"centre": c}).eval()
+        assert enc.recipe["centre"] == c
+        with torch.no_grad():
+            out[c] = enc.finish_slide(enc(tiles).numpy())
+    raw, part = out[False], out["intensity"]
+    rest = [i for i in range(raw.shape[1]) if i not in INTENSITY_COLUMNS]
+    np.testing.assert_allclose(part[:, list(INTENSITY_COLUMNS)],
+                               raw[:, list(INTENSITY_COLUMNS)] - raw[:, list(INTENSITY_COLUMNS)].mean(0), atol=1e-5)
+    np.testing.assert_array_equal(part[:, rest], raw[:, rest])
+    assert np.abs(raw[:, list(INTENSITY_COLUMNS)].mean(0)).max() > 1e-3  # the raw ones were not centred already
+    with pytest.raises(ValueError, match="centre must be true, false or intensity, got 'texture'"):
+        build_encoder("baseline", options={"centre": "texture"})
