@@ -554,8 +554,17 @@ def rerun(methods: list[str], res: dict) -> dict:
         res["rows"][i] = {"label": lab, "method": m, "options": {**o, **sel["chosen_variant"]}, "selection": sel,
                           **row}
     res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0,
-                                         **({"sora_kept_rule": SORA_KEPT_RULE} if "sora" in methods else {})})
+                                         **({"sora_kept_rule": SORA_KEPT_RULE,
+                                             "sora_shrink_grid": [v["sora_shrink"] for v in VARIANTS["sora"]]}
+                                            if "sora" in methods else {})})
     return res
+
+
+def set_sora_shrinks(shrinks: list[float]) -> None:
+    """SoRA's grid of total shrinks (``--sora-shrink-grid``), chosen with its rate on validation."""
+    if not shrinks or min(shrinks) <= 0 or len(set(shrinks)) != len(shrinks):
+        raise SystemExit("error: --sora-shrink-grid takes distinct positive shrinks")
+    VARIANTS["sora"] = tuple({"sora_shrink": float(s)} for s in shrinks)
 
 
 def main() -> None:
@@ -589,8 +598,13 @@ def main() -> None:
     ap.add_argument("--sora-kept", choices=("pooled", "max"), default=SORA_KEPT_RULE,
                     help="SoRA's gate condition (at most half non-zero) on the share pooled over a grid point's "
                     "selection trainings (pooled, default) or on each of them (max)")
+    shrinks = " ".join(f"{v['sora_shrink']:g}" for v in VARIANTS["sora"])
+    ap.add_argument("--sora-shrink-grid", nargs="+", type=float, metavar="S",
+                    help=f"SoRA's total shrinks chosen with its rate on validation (default {shrinks})")
     args = ap.parse_args()
     SORA_KEPT_RULE = args.sora_kept
+    if args.sora_shrink_grid:
+        set_sora_shrinks(args.sora_shrink_grid)
     if args.select_seeds < 1:
         raise SystemExit("error: --select-seeds must be at least 1")
     if args.steps_grid:

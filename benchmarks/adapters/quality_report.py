@@ -231,8 +231,10 @@ def _header(res: dict) -> list[str]:
             f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
             f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
             f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate"
-            + (", SoRA's gate condition checked on each selection training (`--sora-kept max`)."
-               if x.get("sora_kept_rule", "pooled") == "max" else ".")
+            + (", SoRA's gate condition checked on each selection training (`--sora-kept max`)"
+               if x.get("sora_kept_rule", "pooled") == "max" else "")
+            + (f", SoRA's shrink grid {', '.join(f'{v:g}' for v in x['sora_shrink_grid'])}"
+               f" (`--sora-shrink-grid`)" if "sora_shrink_grid" in x else "") + "."
             for x in res.get("reruns", [])) + "".join(
             f" Seeds {', '.join(str(v) for v in x['seeds'])} added afterwards with `--add-seeds "
             f"{' '.join(str(v) for v in x['seeds'])}` at commit `{x['env']['git_commit'][:12]}`"

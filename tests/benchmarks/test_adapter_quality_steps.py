@@ -73,3 +73,14 @@ def test_train_one_runs_the_steps_its_options_name(tmp_path):
                               train, d["labels"], 0, str(tmp_path / "sora"), acc, log_every=1)
     assert len(facts["losses"]) == 4
     assert facts["sparse_lambda"] == pytest.approx(q.sora_lambda(1e-3, 0.8, 4), rel=1e-12)
+
+
+def test_sora_shrink_grid_replaces_soras_variants(monkeypatch):
+    monkeypatch.setattr(q, "VARIANTS", dict(q.VARIANTS))
+    assert [v["sora_shrink"] for v in q.VARIANTS["sora"]] == [0.4, 0.8, 1.6]  # the default grid
+    q.set_sora_shrinks([0.4, 0.8, 1.2, 1.6])
+    assert q._points("sora", (1e-3,)) == [({"sora_shrink": s}, 1e-3) for s in (0.4, 0.8, 1.2, 1.6)]
+    assert q.VARIANTS["dylora"] == ({"mode": "frozen"}, {"mode": "nested"})
+    for bad in ([0.4, 0.4], [0.0, 1.0], []):
+        with pytest.raises(SystemExit, match="distinct positive shrinks"):
+            q.set_sora_shrinks(bad)
