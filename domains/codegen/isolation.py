@@ -21,9 +21,10 @@ Three levels, strongest first (``detect()`` picks the strongest that works here)
   as ``nobody`` reaches every ``nobody`` process on the machine), and reading other processes'
   ``/proc`` entries (environments included) of that user.
 
-Per-run cgroups are named ``adaptome-run-<random>`` and removed after each run; a harness killed
-in the middle of a run leaves an empty one behind (remove it with ``rmdir``; it is not removed
-automatically because another harness may be about to use a fresh one).
+Per-run cgroups are named ``adaptome-run-<owner pid>-<random>`` and removed after each run; one left by a
+harness killed in the middle of a run is removed by the next run that creates one, once its owner process
+no longer exists and it holds no process (``sandbox.remove_stale``; a live owner's cgroup, possibly about to
+receive its run, is never touched).
 
 Facts this relies on (measured on the project's machines, see the sandbox notes): killing the
 init process of a PID namespace kills every process in it, including ``setsid`` daemons;

@@ -116,13 +116,44 @@ class SandboxError(AdaptomeError, RuntimeError):
     """The sandbox itself could not be set up, or its limits cannot work here (not the program's fault)."""
 
 
+def remove_stale(parent: Path) -> list[Path]:
+    """Remove the per-run cgroups under ``parent`` left by a harness that was killed mid-run: those whose owner
+    (the pid in ``adaptome-run-<pid>-<random>``) no longer exists and that hold no process. A live owner's cgroup
+    (possibly about to receive its run) is never touched, nor one of the older ``adaptome-run-<random>`` names
+    (no owner recorded); ``rmdir`` itself refuses a cgroup that still holds a process. Returns the removed ones."""
+    removed = []
+    for d in parent.glob("adaptome-run-*-*"):
+        try:
+            owner = int(d.name.split("-")[2])
+        except ValueError:
+            continue
+        try:
+            os.kill(owner, 0)
+            continue  # the owner lives (or the pid is another live process's now: keep it, to be safe)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # a live process of another user
+        try:
+            if (d / "cgroup.procs").read_text().split():
+                continue
+            d.rmdir()
+            removed.append(d)
+        except OSError:
+            pass  # another harness removed it first, or it is busy
+    return removed
+
+
 class _Cgroups:
     """Per-run memory and pids cgroups (cgroup v1), created before the run and removed after."""
 
     def __init__(self, isolation: iso.Isolation, limits: Limits) -> None:
-        name = f"adaptome-run-{uuid.uuid4().hex[:12]}"
+        name = f"adaptome-run-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # the owner's pid: see remove_stale
         self.dirs: list[Path] = []
         self.memory = self.pids = None
+        for parent in (isolation.memory_cgroup, isolation.pids_cgroup):
+            if parent:
+                remove_stale(Path(parent))
         if isolation.memory_cgroup:
             self.memory = Path(isolation.memory_cgroup) / name
             self.memory.mkdir()

@@ -4,6 +4,7 @@ non-terminating and malformed ones get the right status. Results are MultiPL-E r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from importlib.resources import files
 from pathlib import Path
@@ -202,3 +203,40 @@ def test_cpu_time_limit_ends_a_busy_program_before_the_wall_clock():
     need("Rscript")
     r = execute_one("r", "repeat {}\n", short_limits(timeout_s=20, cpu_s=1))
     assert r["status"] == "Timeout" and r["exit_code"] in (-24, -9) and r["wall_s"] < 15  # SIGXCPU, not the 20 s
+
+
+def test_a_killed_harness_per_run_cgroups_are_removed_by_the_next_run():
+    """A per-run cgroup whose owner process is gone and that holds no process is removed when the next run
+    creates its own; one whose owner lives, and one of the old unowned names, are left alone."""
+    import subprocess
+    from pathlib import Path
+
+    from adaptome.domains.codegen.sandbox import _Cgroups, remove_stale
+
+    i = iso.detect()
+    parents = [Path(p) for p in (i.memory_cgroup, i.pids_cgroup) if p]
+    if not parents:
+        pytest.skip("no memory or pids cgroup to create per-run cgroups in on this machine")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    made = []
+    for parent in parents:
+        for name in (f"adaptome-run-{gone.pid}-deadbeef0001", f"adaptome-run-{os.getpid()}-livebeef0001",
+                     "adaptome-run-0123456789ab"):
+            (parent / name).mkdir()
+            made.append(parent / name)
+    try:
+        cg = _Cgroups(i, short_limits())  # a fresh run's cgroups: the sweep runs first
+        try:
+            for parent in parents:
+                assert not (parent / f"adaptome-run-{gone.pid}-deadbeef0001").exists()
+                assert (parent / f"adaptome-run-{os.getpid()}-livebeef0001").is_dir()
+                assert (parent / "adaptome-run-0123456789ab").is_dir()
+            assert all(d.name.startswith(f"adaptome-run-{os.getpid()}-") for d in cg.dirs)
+        finally:
+            cg.sweep_and_remove()
+        assert remove_stale(parents[0]) == []  # nothing stale is left; live and unowned ones stay
+    finally:
+        for d in made:
+            if d.exists():
+                d.rmdir()
