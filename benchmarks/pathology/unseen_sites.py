@@ -30,7 +30,6 @@ VARIANTS = {
     "stain_norm_tiles": ({"stain_norm": "macenko_tiles"}, {"centre": False}, {}),
     "centre": ({"stain_norm": "none"}, {"centre": True}, {}),
     "both": ({"stain_norm": "macenko_tiles"}, {"centre": True}, {}),
-    "centre_intensity": ({"stain_norm": "none"}, {"centre": "intensity"}, {}),
 }
 
 
