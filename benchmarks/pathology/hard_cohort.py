@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "default": ({}, "baseline", {}, {}),
     "uncentred": ({}, "baseline", {"centre": False}, {}),  # the default before the encoder's centring
+    "centred": ({}, "baseline", {"centre": True}, {}),  # all 35 stain / texture numbers minus their slide mean
     "centre_intensity": ({}, "baseline", {"centre": "intensity"}, {}),  # only the stain-amount numbers centred
     "attention": ({}, "baseline", {}, {"aggregation": "attention"}),
     "attention_old_training": ({}, "baseline", {}, {"aggregation": "attention", "lr": 1e-3, "val_frac": 0.2}),
@@ -317,7 +318,8 @@ def render(res: dict) -> str:
     seeds = list(res["seeds"])
     title = "## Pathology: the default pipeline vs simple baselines on the HARD synthetic cohort"
     if "uncentred" in agg:  # a run that compares the encoder's centring
-        title += " (the default centres the baseline encoder's stain / texture features; `uncentred` does not)"
+        title += (" (the baseline encoder's `centre` option: the default `scale`, beside "
+                  + ", ".join(f"`{n}`" for n in ("centred", "uncentred", "centre_intensity") if n in agg) + ")")
     lines = [title, "",
              f"{a['n_slides']} synthetic slides per cohort ({a['grid'] * 64} px square at 0.5 um/px, "
              f"4 sites, artefacts, intratumoral lymphocytes ...; `synth_hard.py`), tiles of {a['tile_size']} px "

@@ -30,6 +30,7 @@ VARIANTS = {
     "stain_norm_tiles": ({"stain_norm": "macenko_tiles"}, {"centre": False}, {}),
     "centre": ({"stain_norm": "none"}, {"centre": True}, {}),
     "both": ({"stain_norm": "macenko_tiles"}, {"centre": True}, {}),
+    "centre_scale": ({"stain_norm": "none"}, {"centre": "scale"}, {}),
 }
 
 

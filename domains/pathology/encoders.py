@@ -12,12 +12,19 @@ batch of uint8 RGB tiles (B x T x T x 3) to features (B x D), with ``dim``. Name
   round dense haematoxylin objects inside eosin-rich stroma, per-tile sTIL estimate, sharpness),
   with the stroma's eosin cut set per slide (option ``stroma_cut``, default ``slide``; a number
   fixes it): the encoder's ``finish_slide`` completes a slide's features once all its tiles are
-  encoded, and every extraction path calls it (``extract.finish_slide``). Option ``centre`` (default
-  true): ``finish_slide`` subtracts the slide's mean over its tiles from each of the 35 stain / texture
-  numbers, so they say how a tile differs from the rest of its slide, not how strongly its site stains;
-  the slide's level comes from the lymphocyte numbers alone. Measured on synthetic cohorts with folds
-  grouped by site (``benchmarks/pathology/results_unseen.md``): a site whose stain no training site shows
-  made the MIL extrapolate from the raw intensities.
+  encoded, and every extraction path calls it (``extract.finish_slide``). Option ``centre`` says how
+  ``finish_slide`` takes a site's staining strength out of the 35 stain / texture numbers, so that a site
+  whose stain no training site shows does not make the MIL extrapolate from raw intensities (measured on
+  synthetic cohorts with folds grouped by site, ``benchmarks/pathology/results_unseen.md``):
+  ``scale`` (default): under Beer-Lambert a site staining k times stronger multiplies every optical density
+  by k, so the numbers linear in a stain's concentration (``SCALE_COLUMNS``) are divided by the slide's
+  median over its tiles of that stain's 99th percentile (the nuclei's / stroma's own density, which follows
+  the stain more than the lymphocyte coverage), and the fixed-threshold fractions and RGB numbers minus
+  their slide mean; a tile keeps its density relative to its slide's stain, so tile scores stay comparable
+  across slides. ``true``: all 35 minus their slide mean (the slide's level then comes from the
+  lymphocyte numbers alone; tile scores lose their level: tile Spearman 0.66 against 0.86 on the hard
+  cohort, ``results_hard_cohort_centre.md``); ``intensity``: only the 22 stain-amount numbers minus their
+  mean; ``false``: raw.
 - ``timm:<model>``: any timm model by name, headless (``num_classes=0``), its features the pooled
   output. ``weights``: ``hf-hub:<org>/<name>`` (timm's hub loader; pathology foundation encoders
   such as UNI or Virchow ship this way), or a local ``.safetensors`` / ``.pth`` / ``.bin`` file;
@@ -91,6 +98,10 @@ class TileEncoder(nn.Module):
 #: 6-9; then the RGB means 28-30 and the residual OD 34): the ones a site's staining strength shifts as a whole.
 #: The spreads and textures (std 1, gradients 10-13, RGB std 31-33) say how heterogeneous a tile is.
 INTENSITY_COLUMNS = tuple(14 * s + i for s in range(2) for i in (0, 2, 3, 4, 5, 6, 7, 8, 9)) + (28, 29, 30, 34)
+#: within a stain's block, the numbers linear in its concentration (mean, std, quantiles, gradients, coarse spread):
+#: a site staining k times stronger multiplies them by k, so ``centre: scale`` divides them by the slide's median
+#: 99th percentile (offset 5) instead of subtracting a mean; the rest (fixed-threshold fractions, RGB) are centred
+SCALE_COLUMNS = (0, 1, 2, 3, 4, 5, 10, 11, 12, 13)
 
 
 class StainTextureFeatures(nn.Module):
@@ -98,7 +109,7 @@ class StainTextureFeatures(nn.Module):
     ``lymph`` it appends the lymphocyte-object features of ``lymph_features.py`` (9 more numbers)."""
 
     def __init__(self, lymph: bool = True, lymph_radius: float = 3.0, stroma_cut: float | str = "slide",
-                 centre: bool = True):
+                 centre: bool | str = "scale"):
         super().__init__()
         from adaptome.domains.pathology.lymph_features import LymphObjectFeatures
 
@@ -106,9 +117,9 @@ class StainTextureFeatures(nn.Module):
         self.dim = 35 + (LymphObjectFeatures.dim if lymph else 0)
         #: subtract each slide's mean from its tiles' 35 stain / texture numbers (in finish_slide): True, False, or
         #: "intensity" (only the stain-amount numbers, ``INTENSITY_COLUMNS``)
-        self.centre = centre if centre == "intensity" else bool(centre)
+        self.centre = centre if centre in ("intensity", "scale") else bool(centre)
         #: forward gives raw numbers that finish_slide completes per slide (the per-slide stroma cut, centring)
-        self.needs_slide_pass = bool(self.lymph is not None and self.lymph.per_slide) or self.centre
+        self.needs_slide_pass = bool(self.lymph is not None and self.lymph.per_slide) or bool(self.centre)
         h, e = torch.tensor(HE_OD[0]), torch.tensor(HE_OD[1])  # stains.py; H&E + residual, rows normalised
         h, e = h / h.norm(), e / e.norm()
         r = torch.linalg.cross(h, e)
@@ -155,8 +166,18 @@ class StainTextureFeatures(nn.Module):
             return raw
         raw = np.asarray(raw, np.float32)
         stain = raw[:, :35]
-        if self.centre and len(raw):
-            cols = list(range(35)) if self.centre is True else list(INTENSITY_COLUMNS)
+        if self.centre == "scale" and len(raw):
+            stain = stain.copy()
+            for s in range(2):  # H, E: the concentration-linear numbers over the slide's median 99th percentile
+                cols = [14 * s + i for i in SCALE_COLUMNS]
+                ref = max(float(np.median(stain[:, 14 * s + 5])), 1e-3)  # the slide's typical nucleus / stroma OD
+                stain[:, cols] /= ref
+            cols = [c for c in range(35) if c % 14 not in SCALE_COLUMNS or c >= 28]
+            stain[:, cols] -= stain[:, cols].mean(0, keepdims=True)  # (N, c) - (1, c): thresholded and RGB ones
+        elif self.centre is True and len(raw):
+            stain = stain - stain.mean(0, keepdims=True)  # (N, 35) - (1, 35)
+        elif self.centre and len(raw):  # "intensity"
+            cols = list(INTENSITY_COLUMNS)
             stain = stain.copy()
             stain[:, cols] -= stain[:, cols].mean(0, keepdims=True)  # (N, c) - (1, c)
         rest = raw[:, 35:]
@@ -170,15 +191,16 @@ def build_baseline(weights: str | None = None, options: dict | None = None) -> T
     """Stain-deconvolution + texture (+ lymphocyte-object) features; no weights. Options: ``lymph``
     (default true), ``lymph_radius`` (pixels at the tile resolution, default 3), ``stroma_cut``
     (``slide``, the default: the stroma's eosin cut estimated per slide; or a number: that fixed cut) and
-    ``centre`` (default true: the 35 stain / texture numbers minus their slide mean)."""
+    ``centre`` (default ``scale``; ``true``, ``intensity`` or ``false``: see the module docstring)."""
     options = dict(options or {})
     unknown = set(options) - {"lymph", "lymph_radius", "stroma_cut", "centre"}
     if weights is not None or unknown:
         raise PathologyError(f"the baseline encoder takes no weights and only the options lymph, lymph_radius, "
                              f"stroma_cut, centre (got weights={weights!r}, unknown options {sorted(unknown)})")
-    centre = options.get("centre", True)
-    if not isinstance(centre, bool) and centre != "intensity":
-        raise PathologyError(f"baseline encoder option centre must be true, false or intensity, got {centre!r}")
+    centre = options.get("centre", "scale")
+    if not isinstance(centre, bool) and centre not in ("intensity", "scale"):
+        raise PathologyError(f"baseline encoder option centre must be true, false, intensity or scale, got "
+                             f"{centre!r}")
     cut = options.get("stroma_cut", "slide")
     if cut != "slide":
         try:

@@ -76,7 +76,7 @@ def run(out_dir: Path) -> dict:
     console.print(f"real slide scored by the synthetic-trained model (a demo of the outputs, not a valid sTIL): "
                   f"{real_pct:.1f} %; heatmaps in <out>/{(real / 'scores_demo' / 'heatmaps').relative_to(out)}")
 
-    table = Table(title="synthetic cohort (planted sTIL %), attention MIL on baseline features")
+    table = Table(title=f"synthetic cohort (planted sTIL %), {MILTrainConfig().aggregation} MIL on baseline features")
     for col in ("labels", "CV R² (4 site folds)", "CV AUC (≥30 %)", "held-out R²", "held-out AUC"):
         table.add_column(col)
     for k, r in results.items():

@@ -191,7 +191,7 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
     assert meta["features"] == {"encoder": "baseline", "target_mpp": 0.5, "tile_size": 64, "overlap": 0,
                                 "min_tissue": 0.5, "thumb_size": 256, "stain_norm": "none", "artefacts": False,
                                 "encoder_options": {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide",
-                                                    "centre": True},
+                                                    "centre": "scale"},
                                 "encoder_weights": "none", "roi": False, "roi_classes": "[]"}
     slide = str(heldout["slides"] / "test_004.tiff")
     rows = {}

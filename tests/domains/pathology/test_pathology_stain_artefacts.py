@@ -180,11 +180,11 @@ def test_stroma_cut_option_is_checked_and_recorded():
     with pytest.raises(ValueError, match="stroma_cut must be 'slide' or a number, got 'otsu'"):
         build_encoder("baseline", options={"stroma_cut": "otsu"})
     assert build_encoder("baseline").recipe == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide",
-                                                "centre": True}
+                                                "centre": "scale"}
     enc = build_encoder("baseline", options={"stroma_cut": "0.4", "centre": False})
     assert enc.recipe["stroma_cut"] == 0.4 and not enc.needs_slide_pass
     assert build_encoder("baseline", options={"stroma_cut": 0.4}).needs_slide_pass  # the centring needs the slide
-    with pytest.raises(ValueError, match="centre must be true, false or intensity, got 'yes'"):
+    with pytest.raises(ValueError, match="centre must be true, false, intensity or scale, got 'yes'"):
         build_encoder("baseline", options={"centre": "yes"})
 
 

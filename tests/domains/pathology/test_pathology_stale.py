@@ -231,7 +231,7 @@ def test_extract_refuses_features_made_before_the_per_slide_stroma_cut(slides, t
     for p in rec_dir.glob("*.json"):  # what an older version wrote: no encoder_recipe
         rec = json.loads(p.read_text())
         assert rec["params"].pop("encoder_recipe") == {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide",
-                                                       "centre": True}
+                                                       "centre": "scale"}
         p.write_text(json.dumps(rec))
     before = (tdir / "features_baseline" / "train_000.h5").stat().st_mtime_ns
     r = _cli("extract", slides, "--tiles-dir", tdir, "--num-workers", 0)

@@ -110,17 +110,18 @@ def test_tiff_jpeg_reader_leaves_stain_normalised_tiles_to_openslide(tmp_path, c
     np.testing.assert_array_equal(feats["tiff-jpeg"], feats["openslide"])
 
 
-def test_cli_default_features_are_the_raw_stain_numbers_minus_their_slide_mean(tmp_path):
-    """``extract`` with the default ``centre``: the 35 stain / texture numbers of each tile equal the raw
-    ones (``--set encoder_options.centre=false``) minus their mean over the slide's tiles, the 9 lymphocyte
-    numbers are unchanged; so the same tissue at the H-heavy site 1 and at the reference site differs far
-    less per tile (mean |difference| over the 35 numbers, in units of the reference slide's tile sd: measured
-    10.8 raw, 1.6 centred)."""
+def test_cli_default_features_take_the_sites_stain_strength_out(tmp_path):
+    """``extract`` with the default ``centre`` (``scale``): of each stain, the concentration-linear numbers equal the
+    raw ones (``--set encoder_options.centre=false``) over the slide's median 99th percentile of that stain, the
+    fractions and RGB numbers minus their slide mean, the 9 lymphocyte numbers unchanged; so the same tissue at the
+    H-heavy site 1 and at the reference site differs far less per tile (mean |difference| over the 35 numbers, in
+    units of the reference slide's tile sd: measured 10.8 raw, 2.0 scaled, 1.6 centred)."""
     import shutil
 
     from typer.testing import CliRunner
 
     from adaptome.domains.pathology.cli import app
+    from adaptome.domains.pathology.encoders import SCALE_COLUMNS
     from adaptome.domains.pathology.extract import read_features
     from adaptome.domains.pathology.synth import write_pyramid_tiff
 
@@ -133,21 +134,30 @@ def test_cli_default_features_are_the_raw_stain_numbers_minus_their_slide_mean(t
                                  "thumb_size=256"])
     assert r.exit_code == 0, r.output
     tiles = tmp_path / "job" / "tiles_20x_64px_0ov"
-    shutil.copytree(tiles, tmp_path / "raw_tiles")
     feats = {}
-    raw_opt = ["--set", "encoder_options.centre=false"]
-    for name, d, extra in (("centred", tiles, []), ("raw", tmp_path / "raw_tiles", raw_opt)):
-        r = CliRunner().invoke(app, ["extract", str(slides), "--tiles-dir", str(d), "--num-workers", "0", *extra])
+    for name, opt in (("scaled", []), ("raw", ["--set", "encoder_options.centre=false"]),
+                      ("centred", ["--set", "encoder_options.centre=true"])):
+        d = tiles if name == "scaled" else tmp_path / f"{name}_tiles"
+        if d != tiles:
+            shutil.copytree(tiles, d, ignore=shutil.ignore_patterns("features_*"))
+        r = CliRunner().invoke(app, ["extract", str(slides), "--tiles-dir", str(d), "--num-workers", "0", *opt])
         assert r.exit_code == 0, r.output
         for site in (0, 1):
             feats[name, site] = read_features(d / "features_baseline" / f"site{site}.h5")[0]
+    rest = [c for c in range(35) if c % 14 not in SCALE_COLUMNS or c >= 28]
     for site in (0, 1):
-        raw, cen = feats["raw", site], feats["centred", site]
-        np.testing.assert_allclose(cen[:, :35], raw[:, :35] - raw[:, :35].mean(0), atol=1e-5)
-        np.testing.assert_array_equal(cen[:, 35:], raw[:, 35:])
-    sd = feats["raw", 0][:, :35].std(0) + 1e-6
-    gap = {n: float(np.mean(np.abs(feats[n, 1][:, :35] - feats[n, 0][:, :35]) / sd)) for n in ("raw", "centred")}
-    assert gap["centred"] < 0.3 * gap["raw"], gap
+        raw, sc = feats["raw", site], feats["scaled", site]
+        for s in range(2):
+            cols = [14 * s + i for i in SCALE_COLUMNS]
+            np.testing.assert_allclose(sc[:, cols], raw[:, cols] / np.median(raw[:, 14 * s + 5]), rtol=1e-5)
+        np.testing.assert_allclose(sc[:, rest], raw[:, rest] - raw[:, rest].mean(0), atol=1e-5)
+        np.testing.assert_array_equal(sc[:, 35:], raw[:, 35:])
+        np.testing.assert_allclose(feats["centred", site][:, :35], raw[:, :35] - raw[:, :35].mean(0), atol=1e-5)
+    gap = {}
+    for n in ("raw", "scaled", "centred"):
+        sd = feats[n, 0][:, :35].std(0) + 1e-6
+        gap[n] = float(np.mean(np.abs(feats[n, 1][:, :35] - feats[n, 0][:, :35]) / sd))
+    assert gap["scaled"] < 0.3 * gap["raw"] and gap["centred"] < 0.3 * gap["raw"], gap
 
 
 def test_centre_intensity_centres_only_the_stain_amount_numbers():
@@ -173,5 +183,38 @@ def test_centre_intensity_centres_only_the_stain_amount_numbers():
                                raw[:, list(INTENSITY_COLUMNS)] - raw[:, list(INTENSITY_COLUMNS)].mean(0), atol=1e-5)
     np.testing.assert_array_equal(part[:, rest], raw[:, rest])
     assert np.abs(raw[:, list(INTENSITY_COLUMNS)].mean(0)).max() > 1e-3  # the raw ones were not centred already
-    with pytest.raises(ValueError, match="centre must be true, false or intensity, got 'texture'"):
+    with pytest.raises(ValueError, match="centre must be true, false, intensity or scale, got 'texture'"):
         build_encoder("baseline", options={"centre": "texture"})
+
+
+def test_centre_scale_divides_the_concentration_numbers_by_the_slide_q99_and_centres_the_rest():
+    """``centre: scale``: in each stain block the concentration-linear numbers (``SCALE_COLUMNS``) over the slide's
+    median 99th percentile of that stain; the fixed-threshold fractions and the RGB numbers minus their slide mean;
+    the lymphocyte numbers unchanged. Stain k times stronger (every OD times k, through Beer-Lambert) leaves the
+    scaled numbers (nearly) unchanged, where the raw ones grow k-fold."""
+    import torch
+
+    from adaptome.domains.pathology.encoders import SCALE_COLUMNS, build_encoder
+
+    g = torch.Generator().manual_seed(1)
+    tiles = (40 + torch.rand(5, 32, 32, 3, generator=g) * 200).to(torch.uint8)
+    raw_enc = build_encoder("baseline", options={"centre": False}).eval()
+    enc = build_encoder("baseline", options={"centre": "scale"}).eval()
+    with torch.no_grad():
+        raw = raw_enc.finish_slide(raw_enc(tiles).numpy())
+        sc = enc.finish_slide(enc(tiles).numpy())
+    for s in range(2):
+        cols = [14 * s + i for i in SCALE_COLUMNS]
+        np.testing.assert_allclose(sc[:, cols], raw[:, cols] / np.median(raw[:, 14 * s + 5]), rtol=1e-5, atol=1e-6)
+    rest = [c for c in range(35) if c % 14 not in SCALE_COLUMNS or c >= 28]
+    assert len(rest) == 15
+    np.testing.assert_allclose(sc[:, rest], raw[:, rest] - raw[:, rest].mean(0), atol=1e-5)
+    np.testing.assert_array_equal(sc[:, 35:], raw[:, 35:])
+    # twice the optical density everywhere: I -> 250 * (I / 250) ** 2
+    darker = (250.0 * (tiles.float().clamp(max=250) / 250.0) ** 2).round().to(torch.uint8)
+    with torch.no_grad():
+        raw2 = raw_enc.finish_slide(raw_enc(darker).numpy())
+        sc2 = enc.finish_slide(enc(darker).numpy())
+    h = [0, 2, 3, 4]  # H mean and quantiles
+    assert np.abs(raw2[:, h] / raw[:, h] - 2).max() < 0.2
+    assert np.abs(sc2[:, h] / sc[:, h] - 1).max() < 0.1
