@@ -5,7 +5,8 @@
 # Usage: bash benchmarks/gpu_checks.sh [PART ...]   PART: tests lora decode less (default: all)
 #   tests   pytest -m gpu (core CUDA checks, GPU JPEG decoding vs OpenSlide)
 #   lora    benchmarks/lora/run.py on a 1024-wide, 8-layer LLaMA (ours vs peft)
-#   decode  benchmarks/pathology_decode/run.py --device cuda (GPU decode rate, ResNet-18 extraction / forward)
+#   decode  benchmarks/pathology_decode/run.py --device cuda (GPU decode rate, ResNet-18 extraction / forward,
+#           also with CPU threads decoding a share of each batch)
 #   less    benchmarks/select/throughput.py --device cuda (batched vs one-at-a-time per-example gradients)
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -27,8 +28,12 @@ for part in $parts; do
         --steps 30 --out "$OUT" 2>&1 | grep -v -i warn | tail -15 ;;
     decode)  # the repo's results.json is copied first so that the GPU run is added beside the CPU one
       mkdir -p "$OUT/decode" && cp benchmarks/pathology_decode/results.json "$OUT/decode/"
-      OMP_NUM_THREADS=1 timeout 300 python3 benchmarks/pathology_decode/run.py --grid 96 --batch-size 128 \
-        --repeats 5 --device cuda --tag h200 --out "$OUT/decode" 2>&1 | grep -v -i warn | tail -30 ;;
+      # with CPU threads decoding a share of each batch beside nvJPEG (decode_threads): one core is left to the
+      # main thread and one to the batch-ahead reader thread
+      OMP_NUM_THREADS=1 timeout 480 python3 benchmarks/pathology_decode/run.py --grid 96 --batch-size 128 \
+        --repeats 5 --device cuda --tag h200 --out "$OUT/decode" \
+        --decode-threads $(( $(nproc) > 3 ? $(nproc) - 2 : 1 )) --cpu-shares 0.3 0.4 0.5 0.6 \
+        2>&1 | grep -v -i warn | tail -40 ;;
     less)
       OMP_NUM_THREADS=1 timeout 120 python3 benchmarks/select/throughput.py --device cuda 2>&1 | tail -12
       cp benchmarks/select/results_throughput_cuda.* "$OUT/" ;;

@@ -132,6 +132,13 @@ class ExtractConfig:
             ``tiff-jpeg`` (the raw JPEG tiles of generic / Aperio TIFFs read with tifffile and decoded
             by torchvision on ``device``, nvJPEG on a GPU; slides it cannot decode are read by
             OpenSlide, with a warning naming them; see ``readers_gpu.py``).
+        decode_threads: ``tiff-jpeg``: CPU threads (libjpeg-turbo) decoding a share of each batch's JPEG tiles
+            at the same time as the device's decoder (on a CPU device: the batch is decoded by this many
+            threads plus the main one; the features are the same). 0: the device decodes everything.
+        decode_cpu_share: ``tiff-jpeg`` on an accelerator with ``decode_threads``: the share of each batch's
+            JPEG tiles the CPU threads decode (fixed, so every run gives the same features; nvJPEG and
+            libjpeg differ by a few grey levels). Balance it to the two rates: on the H200 machine, 16
+            cores decoded about 14,000 tiles/s and nvJPEG 13,000-16,000, so about 0.5.
         dist_timeout_s: launched as several processes (``torchrun``, ``accelerate launch``): how long a
             rank that finished its share of the slides waits for the others before the run fails
             (a stalled peer); the slides are shared out by tile count so that ranks finish together.
@@ -150,6 +157,8 @@ class ExtractConfig:
     shared_loader: bool = True
     skip_errors: bool = False
     reader: Literal["openslide", "tiff-jpeg"] = "openslide"
+    decode_threads: int = 0
+    decode_cpu_share: float = 0.5
     dist_timeout_s: float = 3600.0
     overwrite: bool = False
 

@@ -37,8 +37,12 @@ n side of the region read at the level, T tile side.
 During extraction the next batch is read and decoded in a background thread (on its own CUDA
 stream on a GPU) while the encoder runs on the current one.
 
+Decoding on the GPU alone ran at 0.59-0.64x of ResNet-18's forward rate on the H200, so no overlap can
+bring extraction to the forward rate: ``decode_threads`` CPU threads (libjpeg-turbo releases the GIL) decode
+a fixed share of each batch's JPEG tiles at the same time as nvJPEG (``TiffJpegReader._split``).
+
 Not covered: cuCIM (a WSI reader with its own GPU decoding; not installable on CPU machines), JPEG
-2000 tiles (nvJPEG2000), several decoding threads, scoring on the fly (``score`` reads through
+2000 tiles (nvJPEG2000), scoring on the fly (``score`` reads through
 OpenSlide). torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; the call
 used here (``decode_jpeg`` on a list, with ``device``) still works and is tested.
 """
@@ -125,8 +129,19 @@ class TiffJpegReader:
     """Batches of tiles of one slide level, decoded on ``device``; see the module docstring."""
 
     def __init__(self, path: str | os.PathLike, geom, page: LevelTiles, device: str | torch.device = "cpu",
-                 torch_resize: bool | None = None, gather: bool | None = None):
+                 torch_resize: bool | None = None, gather: bool | None = None, decode_threads: int = 0,
+                 cpu_share: float = 0.5):
         self.path, self.geom, self.device = Path(path), geom, torch.device(device)
+        #: CPU threads (libjpeg-turbo, which runs without the GIL) that decode ``cpu_share`` of each batch's JPEG
+        #: tiles beside the device's decoder (``_split``). The share is fixed, not fitted to measured rates, so
+        #: the same tiles go to the same decoder on every run (nvJPEG and libjpeg differ by a few grey levels)
+        self.decode_threads = int(decode_threads)
+        if self.decode_threads < 0:
+            raise SlideError(f"decode_threads must be 0 or more, got {decode_threads}")
+        if not 0.0 <= cpu_share <= 1.0:
+            raise SlideError(f"the CPU decoding share must be within 0..1, got {cpu_share}")
+        self.cpu_share = 1.0 if self.device.type == "cpu" else float(cpu_share)  # a CPU device: all of it
+        self._pool = None
         # the box resize: torch ops on an accelerator; on the CPU Pillow's own (same numbers, one fused C loop)
         self.torch_resize = self.device.type != "cpu" if torch_resize is None else torch_resize
         self.width, self.height = page.width, page.height
@@ -148,6 +163,9 @@ class TiffJpegReader:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _stream(self, k: int) -> bytes:
         """TIFF tile ``k`` as a complete JPEG stream."""
@@ -178,7 +196,10 @@ class TiffJpegReader:
             # batch's decoded tiles, say) could be overwritten under them. Let those kernels finish first.
             torch.cuda.current_stream(dev).synchronize()
         try:
-            imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
+            if self.decode_threads and dev == self.device:
+                imgs = self._split(data)
+            else:
+                imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
         except RuntimeError as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SlideError(f"{self.path}: level {self.geom.level}: cannot decode a JPEG tile ({why})") from None
@@ -190,6 +211,29 @@ class TiffJpegReader:
             return torch.stack(imgs).permute(0, 2, 3, 1)  # (K, 3, h, w) -> (K, h, w, 3)
         out[todo] = torch.stack(imgs).permute(0, 2, 3, 1)  # (K', 3, h, w) -> (K', h, w, 3)
         return out
+
+    def _split(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The streams ``data`` decoded by ``decode_threads`` CPU threads beside the device, at the same time:
+        the last ``cpu_share`` of them go to the threads in equal chunks, the rest to the device's decoder in
+        this thread; returned in the streams' order, every image on the reader's device. On a CPU device this
+        thread decodes one more chunk, so a batch is decoded by ``decode_threads + 1`` threads."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        cpu_dev = self.device.type == "cpu"
+        n_dev, spans = share_chunks(len(data), self.cpu_share, self.decode_threads + (1 if cpu_dev else 0))
+        chunks = [data[a:b] for a, b in spans]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="jpeg-cpu")
+        if cpu_dev:  # this thread takes the first chunk
+            head, chunks = (chunks[:1], chunks[1:])
+        else:
+            head = [data[:n_dev]] if n_dev else []
+        futs = [self._pool.submit(decode_jpeg, c, mode=ImageReadMode.RGB) for c in chunks]
+        first = [im for c in head for im in decode_jpeg(c, mode=ImageReadMode.RGB, device=self.device)]
+        rest = [im.to(self.device, non_blocking=True) for f in futs for im in f.result()]
+        return first + rest
 
     def read_batch(self, coords: np.ndarray) -> torch.Tensor:
         """The tiles with level-0 top-left ``coords`` (B x 2) as B x T x T x 3 uint8 on the device."""
@@ -256,6 +300,15 @@ class TiffJpegReader:
         return tiles[which, yy[:, :, None], xx[:, None, :]]  # (B, n, n, 3)
 
 
+def share_chunks(n: int, cpu_share: float, parts: int) -> tuple[int, list[tuple[int, int]]]:
+    """How ``TiffJpegReader._split`` deals out ``n`` streams: the first ``n_dev`` to the device, the last
+    ``round(cpu_share * n)`` in ``parts`` contiguous chunks of sizes differing by at most one (empty ones
+    left out); returns (n_dev, [(start, stop), ...])."""
+    n_dev = n - int(round(cpu_share * n))
+    edges = np.linspace(n_dev, n, parts + 1).round().astype(int)  # chunk edges of the CPU share
+    return n_dev, [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 def box_taps(n_in: int, extent: float, n_out: int, device: str | torch.device = "cpu"):
     """Pillow's ``Image.BOX`` weights for resizing the input span [0, ``extent``) of ``n_in`` pixels
     to ``n_out`` (``precompute_coeffs`` + ``normalize_coeffs_8bpc`` in Pillow's Resample.c): output
@@ -319,7 +372,8 @@ def check_device_decoding(reader: TiffJpegReader, n_tiles: int = 4) -> str:
 
 
 def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
-                torch_resize: bool | None = None, gather: bool | None = None) -> tuple[TiffJpegReader | None, str]:
+                torch_resize: bool | None = None, gather: bool | None = None, decode_threads: int = 0,
+                cpu_share: float = 0.5) -> tuple[TiffJpegReader | None, str]:
     """A ``TiffJpegReader`` for this slide's level, or (None, why OpenSlide must read it). On an
     accelerator the device's decoding of a few tiles is first checked against libjpeg
     (``check_device_decoding``). A slide tiled with stain normalisation (``geom.stain``) is left to
@@ -329,7 +383,7 @@ def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
     page, why = level_page(slide_path, level_dimensions, geom.level, vendor)
     if page is None:
         return None, why
-    reader = TiffJpegReader(slide_path, geom, page, device, torch_resize, gather)
+    reader = TiffJpegReader(slide_path, geom, page, device, torch_resize, gather, decode_threads, cpu_share)
     if reader.device.type != "cpu":
         why = check_device_decoding(reader)
         if why:
@@ -386,7 +440,7 @@ def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_siz
 @torch.no_grad()
 def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.PathLike, encoder, out_file,
                           batch_size: int = 64, device: str = "cpu", reader: str = "tiff-jpeg",
-                          num_workers: int = 0) -> str:
+                          num_workers: int = 0, decode_threads: int = 0, cpu_share: float = 0.5) -> str:
     """``extract.extract_slide`` with tiles decoded on ``device`` by ``reader``; a slide that reader
     cannot decode is read by OpenSlide (a warning names it). Returns the reader that was used."""
     from adaptome.domains.pathology.extract import extract_slide, feature_attrs, finish_slide, write_features
@@ -403,7 +457,7 @@ def extract_slide_decoded(slide_path: str | os.PathLike, coords_file: str | os.P
     finally:
         slide.close()
     tiles, why = (None, "reader openslide") if reader == "openslide" else \
-        open_reader(slide_path, geom, dims, vendor, device)
+        open_reader(slide_path, geom, dims, vendor, device, decode_threads=decode_threads, cpu_share=cpu_share)
     if tiles is None:
         if reader != "openslide":
             log.warning("%s: read with OpenSlide, not %s (%s)", slide_path, reader, why)

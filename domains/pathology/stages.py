@@ -165,6 +165,8 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
               "random_weights": bool(getattr(encoder, "random_weights", False)), "reader": cfg.reader,
               # the encoder's options with their defaults in force (a changed default redoes the features)
               "encoder_recipe": getattr(encoder, "recipe", None)}
+    if cfg.reader == "tiff-jpeg" and cfg.decode_threads and cfg.device != "cpu":  # which decoder made which tile
+        params["decode_cpu_share"] = cfg.decode_cpu_share
     all_items = _items(cfg.slides)
     order = [sid for sid, _ in all_items]
     skipped = {sid: f"no tiles file {tiles_dir / f'{sid}.h5'} (the tile stage did not finish this slide; see "
@@ -192,7 +194,8 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
                     from adaptome.domains.pathology.readers_gpu import extract_slide_decoded
 
                     extract_slide_decoded(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size,
-                                          cfg.device, cfg.reader, cfg.num_workers)
+                                          cfg.device, cfg.reader, cfg.num_workers, cfg.decode_threads,
+                                          cfg.decode_cpu_share)
                     return
                 extract_slide(path, tiles_dir / f"{sid}.h5", encoder, target, cfg.batch_size, cfg.num_workers,
                               cfg.device)

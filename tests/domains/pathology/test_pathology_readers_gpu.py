@@ -237,7 +237,7 @@ def test_extract_cli_with_the_tiff_jpeg_reader_equals_openslide(tmp_path, caplog
     assert r.exit_code == 0, r.output
     with caplog.at_level(logging.WARNING):
         r = runner.invoke(app, ["extract", str(slides), "--tiles-dir", str(b), "--num-workers", "0",
-                                "--batch-size", "7", "--set", "reader=tiff-jpeg"])
+                                "--batch-size", "7", "--set", "reader=tiff-jpeg", "--set", "decode_threads=2"])
     assert r.exit_code == 0, r.output
     assert any("s2.tiff: read with OpenSlide, not tiff-jpeg" in m and "not JPEG" in m for m in caplog.messages)
     for i in range(3):
@@ -297,3 +297,52 @@ def test_gpu_never_reads_aperio_rgb_jpeg_with_wrong_colours():
                   - np.stack([ref.read(int(x), int(y)) for x, y in coords]))
     assert diff.mean() <= DEVICE_CHECK_MAX_MEAN_DIFF, (diff.max(), diff.mean())
     reader.close()
+
+
+def test_share_chunks_deal_out_every_stream_once_in_order():
+    from adaptome.domains.pathology.readers_gpu import share_chunks
+
+    for n in (0, 1, 7, 64, 65):
+        for share in (0.0, 0.3, 0.5, 1.0):
+            for parts in (1, 3, 16):
+                n_dev, spans = share_chunks(n, share, parts)
+                assert n_dev == n - round(share * n)
+                covered = [i for a, b in spans for i in range(a, b)]
+                assert covered == list(range(n_dev, n))  # contiguous, in order, each once
+                sizes = [b - a for a, b in spans]
+                assert not sizes or max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("device,threads,share", [
+    ("cpu", 2, 0.5),
+    ("cpu", 5, 0.5),
+    pytest.param("cuda", 4, 0.5, marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+])
+def test_decode_threads_give_the_same_tiles(jpeg_pyramid, device, threads, share):
+    """Tiles decoded by CPU threads beside the device decoder (``decode_threads``): on a CPU device the same
+    bits as one decoding thread; on a GPU the libjpeg share equals the CPU's bits and the whole is within the
+    device check's tolerance of nvJPEG alone."""
+    s = open_slide(jpeg_pyramid)
+    g = geometry(s.level_downsamples, 0.25, 0.5, 64)
+    coords = grid(s.dimensions, g)
+    args = (jpeg_pyramid, g, s.level_dimensions, s.properties.get("openslide.vendor"), device)
+    s.close()
+    one, _ = open_reader(*args)
+    many, _ = open_reader(*args, decode_threads=threads, cpu_share=share)
+    cpu, _ = open_reader(*args[:-1], "cpu")
+    try:
+        for chunk in (coords[:5], coords, coords[3:4]):  # several batches, the pool reused; a one-tile batch
+            a, b = one.read_batch(chunk).cpu(), many.read_batch(chunk).cpu()
+            assert a.shape == b.shape == (len(chunk), 64, 64, 3)
+            if device == "cpu":
+                assert torch.equal(a, b)
+            else:
+                ref = cpu.read_batch(chunk)
+                assert float((b.int() - a.int()).abs().float().mean()) <= DEVICE_CHECK_MAX_MEAN_DIFF
+                assert float((b.int() - ref.int()).abs().float().mean()) <= DEVICE_CHECK_MAX_MEAN_DIFF
+    finally:
+        for r in (one, many, cpu):
+            r.close()
+    with pytest.raises(SlideError, match="decode_threads must be 0 or more"):
+        open_reader(*args, decode_threads=-1)
