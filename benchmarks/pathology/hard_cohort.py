@@ -468,7 +468,8 @@ def render(res: dict) -> str:
     v = res["versions"]
     lines += ["", f"Versions: git {v['git_commit'][:12]}, python {v['python']}, torch {v['torch']}, "
               f"numpy {v['numpy']}, "
-              f"scikit-learn {v['scikit-learn']}, openslide-python {v['openslide-python']}. Reproduce:", "",
+              f"scikit-learn {v['scikit-learn']}, openslide-python {v['openslide-python']}."
+              + (f" {res['note']}" if res.get("note") else "") + " Reproduce:", "",
               f"    {res['command']}", ""]
     return "\n".join(lines)
 
