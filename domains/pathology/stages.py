@@ -156,6 +156,12 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
     )
 
     tiles_dir = Path(cfg.tiles_dir)
+    if cfg.decode_threads and cfg.reader != "tiff-jpeg":  # it would be ignored: say so instead
+        raise PathologyError(f"decode_threads {cfg.decode_threads}: only the tiff-jpeg reader decodes in threads; "
+                             f"pass --set reader=tiff-jpeg, or leave decode_threads at 0 (reader {cfg.reader})")
+    if cfg.decode_threads < 0 or not 0.0 <= cfg.decode_cpu_share <= 1.0:
+        raise PathologyError(f"decode_threads must be 0 or more and decode_cpu_share within 0..1, got "
+                             f"{cfg.decode_threads} and {cfg.decode_cpu_share}")
     if not (tiles_dir / "config.yaml").is_file():
         raise PathologyError(f"{tiles_dir}: not a tiling stage folder (no config.yaml); run 'tile' first")
     rank, world = join_shards(cfg.device, cfg.dist_timeout_s)  # several launched processes: a shard of slides each
@@ -296,6 +302,9 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
     elif cfg.roi_dir:
         raise PathologyError(f"roi_dir {cfg.roi_dir}: used only when scoring on the fly; stored features "
                              "(--features-dir) keep the tiles they were extracted from")
+    if cfg.roi_classes is not None and not cfg.roi_dir:  # it would be ignored: say so instead
+        raise PathologyError(f"roi_classes {cfg.roi_classes}: names the classes of the ROIs in roi_dir; give "
+                             "--set roi_dir=<folder> too (on the fly), or leave roi_classes out")
     roi_classes = cfg.roi_classes if cfg.roi_classes is not None else json.loads(
         str((recipe or {}).get("roi_classes", "[]")))
     model_files = sorted(Path(cfg.model).glob("**/model.safetensors"))

@@ -291,3 +291,19 @@ def test_a_model_trained_inside_rois_scores_only_inside_rois(cohort, tmp_path):
     (roi / f"{rows[1]['slide_id']}.geojson").unlink()
     r = _cli("score", d, "--model", model, "--out", tmp_path / "s3", "--set", f"roi_dir={roi}")
     assert r.exit_code == 2 and f"{rows[1]['slide_id']}.geojson: ROI GeoJSON for slide" in r.output, r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (("--set", "decode_threads=4"), "decode_threads 4: only the tiff-jpeg reader decodes in threads"),
+    (("--set", "reader=tiff-jpeg", "--set", "decode_cpu_share=1.5"), "decode_cpu_share within 0..1"),
+])
+def test_extract_refuses_decode_options_it_would_ignore(cohort, tmp_path, args, msg):
+    r = _cli("extract", cohort["slides"], "--tiles-dir", cohort["features_dir"].parent, "--num-workers", 0, *args)
+    assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_score_refuses_roi_classes_without_roi_dir(cohort, trained, tmp_path):
+    r = _cli("score", cohort["slides"] / "train_000.tiff", "--model", trained["real"]["out_dir"], "--out",
+             tmp_path / "s", "--set", "roi_classes=[Tumor]")
+    assert r.exit_code == 2 and "roi_classes ['Tumor']: names the classes of the ROIs in roi_dir" in r.output, r.output
+    assert not (tmp_path / "s").exists()
