@@ -299,9 +299,12 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
             raise PathologyError(f"{mj}: the model was trained on tiles inside regions of interest (tiled with "
                                  "roi_dir); scoring the whole tissue would score tiles of a kind it never saw: give "
                                  "--set roi_dir=<folder of <slide_id>.geojson>, or --features-dir")
-    elif cfg.roi_dir:
-        raise PathologyError(f"roi_dir {cfg.roi_dir}: used only when scoring on the fly; stored features "
-                             "(--features-dir) keep the tiles they were extracted from")
+    else:
+        for name in ("roi_dir", "mpp_csv", "encoder_weights"):  # on-the-fly options: with stored features ignored
+            if getattr(cfg, name):
+                raise PathologyError(f"{name} {getattr(cfg, name)}: used only when scoring on the fly; stored "
+                                     "features (--features-dir) keep the tiles and encoder they were extracted "
+                                     f"with; leave {name} out, or score without --features-dir")
     if cfg.roi_classes is not None and not cfg.roi_dir:  # it would be ignored: say so instead
         raise PathologyError(f"roi_classes {cfg.roi_classes}: names the classes of the ROIs in roi_dir; give "
                              "--set roi_dir=<folder> too (on the fly), or leave roi_classes out")

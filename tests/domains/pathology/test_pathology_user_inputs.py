@@ -302,6 +302,15 @@ def test_extract_refuses_decode_options_it_would_ignore(cohort, tmp_path, args, 
     assert r.exit_code == 2 and msg in r.output, r.output
 
 
+@pytest.mark.parametrize("opt", ["roi_dir=rois", "mpp_csv=mpp.csv", "encoder_weights=w.safetensors"])
+def test_score_with_stored_features_refuses_on_the_fly_options(cohort, trained, tmp_path, opt):
+    r = _cli("score", cohort["slides"] / "train_000.tiff", "--model", trained["real"]["out_dir"], "--features-dir",
+             cohort["features_dir"], "--out", tmp_path / "s", "--set", opt)
+    name = opt.split("=")[0]
+    assert r.exit_code == 2 and f"{name} {opt.split('=')[1]}: used only when scoring on the fly" in r.output, r.output
+    assert not (tmp_path / "s").exists()
+
+
 def test_score_refuses_roi_classes_without_roi_dir(cohort, trained, tmp_path):
     r = _cli("score", cohort["slides"] / "train_000.tiff", "--model", trained["real"]["out_dir"], "--out",
              tmp_path / "s", "--set", "roi_classes=[Tumor]")
