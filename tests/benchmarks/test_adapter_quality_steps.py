@@ -84,3 +84,16 @@ def test_sora_shrink_grid_replaces_soras_variants(monkeypatch):
     for bad in ([0.4, 0.4], [0.0, 1.0], []):
         with pytest.raises(SystemExit, match="distinct positive shrinks"):
             q.set_sora_shrinks(bad)
+
+
+def test_sora_final_diagnostic_starts_at_the_default_rules_choice_and_climbs_the_grid():
+    """``quality_sora_final``: the starting point is the best validation macro-F1 among points whose pooled gate
+    share is at most the limit (a better point over it is passed over), and a fold model may then climb only to
+    larger shrinks of the grid, in order."""
+    m = importlib.import_module("benchmarks.adapters.quality_sora_final")
+    pt = lambda s, f, k: {"variant": {"sora_shrink": s, "steps": 480}, "lr": 0.01, "macro_f1": f,  # noqa: E731
+                          "accuracy": f, "kept_fraction": k}
+    sel = {"points": [pt(0.4, 0.70, 0.71), pt(0.8, 0.68, 0.48), pt(1.2, 0.64, 0.28), pt(1.6, 0.66, 0.12)]}
+    assert m.pooled_choice(sel, 0.5)["variant"]["sora_shrink"] == 0.8
+    assert m.pooled_choice(sel, 0.3)["variant"]["sora_shrink"] == 1.6
+    assert m.next_shrinks([1.6, 0.4, 1.2, 0.8], 0.8) == [0.8, 1.2, 1.6]
