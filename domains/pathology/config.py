@@ -122,7 +122,9 @@ class ExtractConfig:
             every run; the CLI warns that they are not pretrained).
         encoder_options: keyword arguments of the encoder constructor (timm ``create_model``; for
             ``baseline``: ``lymph``, ``lymph_radius``, ``stroma_cut`` = ``slide`` or a fixed number,
-            ``centre`` = true (default: stain / texture numbers minus their slide mean) or false).
+            ``centre`` = ``scale`` (default: each stain's concentration numbers over the slide's median 99th
+            percentile, the rest minus their slide mean), true (all minus their slide mean), ``intensity`` or
+            false; see ``encoders.py``).
         batch_size: tiles per forward pass.
         num_workers: tile-reading worker processes.
         device: torch device of the encoder (``cpu``, ``cuda``).
