@@ -164,7 +164,7 @@ def main() -> None:
                     row.update(_resnet18(dev_reader, coords, ref, args, sync))
                     dev_reader.close()
                     if args.decode_threads:
-                        row["split"] = _split(path, g, dims, vendor, coords, args, sync,
+                        row["split"] = _split_rates(path, g, dims, vendor, coords, args, sync,
                                               row["resnet18_forward_tiles_per_s"])
             res["cases"][name] = row
             print(json.dumps(row))
@@ -268,7 +268,7 @@ def _resnet18(reader, coords, ref, args, sync) -> dict:
             "resnet18_extract_rel_err_vs_sequential": err}
 
 
-def _split(path, g, dims, vendor, coords, args, sync, forward_rate: float) -> dict:
+def _split_rates(path, g, dims, vendor, coords, args, sync, forward_rate: float) -> dict:
     """Per CPU share: the decode rate and the ResNet-18 extraction rate (and its ratio to the forward-only rate)
     with ``--decode-threads`` CPU threads decoding that share of each batch beside the device's decoder."""
     import torch

@@ -164,6 +164,14 @@ class ExtractConfig:
     dist_timeout_s: float = 3600.0
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        if self.decode_threads and self.reader != "tiff-jpeg":  # it would be ignored: say so instead
+            raise ValueError(f"decode_threads {self.decode_threads}: only the tiff-jpeg reader decodes in threads; "
+                             f"pass --set reader=tiff-jpeg, or leave decode_threads at 0 (reader {self.reader})")
+        if self.decode_threads < 0 or not 0.0 <= self.decode_cpu_share <= 1.0:
+            raise ValueError(f"decode_threads must be 0 or more and decode_cpu_share within 0..1, got "
+                             f"{self.decode_threads} and {self.decode_cpu_share}")
+
 
 @dataclass
 class MILTrainConfig:
@@ -266,6 +274,16 @@ class ScoreConfig:
     thumb_size: int = 1024
     skip_errors: bool = False
     overwrite: bool = False
+
+    def __post_init__(self) -> None:  # options that would be ignored: say so instead
+        for name in ("roi_dir", "mpp_csv", "encoder_weights") if self.features_dir else ():
+            if getattr(self, name):
+                raise ValueError(f"{name} {getattr(self, name)}: used only when scoring on the fly; stored "
+                                 "features (--features-dir) keep the tiles and encoder they were extracted "
+                                 f"with; leave {name} out, or score without --features-dir")
+        if self.roi_classes is not None and not self.roi_dir:
+            raise ValueError(f"roi_classes {self.roi_classes}: names the classes of the ROIs in roi_dir; give "
+                             "--set roi_dir=<folder> too (on the fly), or leave roi_classes out")
 
 
 @dataclass

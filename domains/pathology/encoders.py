@@ -102,6 +102,8 @@ INTENSITY_COLUMNS = tuple(14 * s + i for s in range(2) for i in (0, 2, 3, 4, 5, 
 #: a site staining k times stronger multiplies them by k, so ``centre: scale`` divides them by the slide's median
 #: 99th percentile (offset 5) instead of subtracting a mean; the rest (fixed-threshold fractions, RGB) are centred
 SCALE_COLUMNS = (0, 1, 2, 3, 4, 5, 10, 11, 12, 13)
+#: the numbers ``centre: scale`` centres instead: each stain's fixed-threshold fractions and every RGB / residual one
+SCALE_CENTRED_COLUMNS = tuple(c for c in range(35) if c % 14 not in SCALE_COLUMNS or c >= 28)
 
 
 class StainTextureFeatures(nn.Module):
@@ -115,8 +117,8 @@ class StainTextureFeatures(nn.Module):
 
         self.lymph = LymphObjectFeatures(lymph_radius, stroma_cut) if lymph else None
         self.dim = 35 + (LymphObjectFeatures.dim if lymph else 0)
-        #: subtract each slide's mean from its tiles' 35 stain / texture numbers (in finish_slide): True, False, or
-        #: "intensity" (only the stain-amount numbers, ``INTENSITY_COLUMNS``)
+        #: how finish_slide takes the slide's staining strength out of the 35 stain / texture numbers: "scale",
+        #: True (all minus their slide mean), "intensity" (``INTENSITY_COLUMNS`` minus it) or False (raw)
         self.centre = centre if centre in ("intensity", "scale") else bool(centre)
         #: forward gives raw numbers that finish_slide completes per slide (the per-slide stroma cut, centring)
         self.needs_slide_pass = bool(self.lymph is not None and self.lymph.per_slide) or bool(self.centre)
@@ -172,7 +174,7 @@ class StainTextureFeatures(nn.Module):
                 cols = [14 * s + i for i in SCALE_COLUMNS]
                 ref = max(float(np.median(stain[:, 14 * s + 5])), 1e-3)  # the slide's typical nucleus / stroma OD
                 stain[:, cols] /= ref
-            cols = [c for c in range(35) if c % 14 not in SCALE_COLUMNS or c >= 28]
+            cols = list(SCALE_CENTRED_COLUMNS)
             stain[:, cols] -= stain[:, cols].mean(0, keepdims=True)  # (N, c) - (1, c): thresholded and RGB ones
         elif self.centre is True and len(raw):
             stain = stain - stain.mean(0, keepdims=True)  # (N, 35) - (1, 35)

@@ -41,6 +41,11 @@ from adaptome.domains.pathology.slide import list_slides, open_slide, read_mpp_c
 UPSAMPLE_SLACK = 0.9
 
 
+def _roi_file(roi_dir: str | None, sid: str) -> Path | None:
+    """``<roi_dir>/<slide_id>.geojson``, or None without ``roi_dir`` (``tile_slide`` refuses a missing one)."""
+    return Path(roi_dir) / f"{sid}.geojson" if roi_dir else None
+
+
 def _items(slides: str) -> list[tuple[str, Path]]:
     paths = list_slides(slides)
     if not paths:
@@ -106,18 +111,13 @@ def tile(cfg, progress: bool = True) -> StageSummary:
     if cfg.allow_upsample:
         params["allow_upsample"] = True
 
-    def roi_of(sid: str) -> Path | None:
-        return Path(cfg.roi_dir) / f"{sid}.geojson" if cfg.roi_dir else None
-
     def made_by(sid: str, path: Path) -> dict:
-        roi = roi_of(sid)
+        roi = _roi_file(cfg.roi_dir, sid)
         return identity(params, {"slide": file_stamp(path), "roi": file_stamp(roi) if roi and roi.is_file() else None},
                         slide={"mpp_override": _override(overrides, path)})
 
     def work(sid: str, path: Path, target: Path) -> None:
-        roi = roi_of(sid)
-        if roi is not None and not roi.is_file():
-            raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
+        roi = _roi_file(cfg.roi_dir, sid)
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
                           "artefacts": cfg.artefacts}, cfg.stain_norm, cfg.roi_classes)
@@ -156,12 +156,6 @@ def extract(cfg, encoder=None, progress: bool = True) -> StageSummary:
     )
 
     tiles_dir = Path(cfg.tiles_dir)
-    if cfg.decode_threads and cfg.reader != "tiff-jpeg":  # it would be ignored: say so instead
-        raise PathologyError(f"decode_threads {cfg.decode_threads}: only the tiff-jpeg reader decodes in threads; "
-                             f"pass --set reader=tiff-jpeg, or leave decode_threads at 0 (reader {cfg.reader})")
-    if cfg.decode_threads < 0 or not 0.0 <= cfg.decode_cpu_share <= 1.0:
-        raise PathologyError(f"decode_threads must be 0 or more and decode_cpu_share within 0..1, got "
-                             f"{cfg.decode_threads} and {cfg.decode_cpu_share}")
     if not (tiles_dir / "config.yaml").is_file():
         raise PathologyError(f"{tiles_dir}: not a tiling stage folder (no config.yaml); run 'tile' first")
     rank, world = join_shards(cfg.device, cfg.dist_timeout_s)  # several launched processes: a shard of slides each
@@ -299,15 +293,6 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
             raise PathologyError(f"{mj}: the model was trained on tiles inside regions of interest (tiled with "
                                  "roi_dir); scoring the whole tissue would score tiles of a kind it never saw: give "
                                  "--set roi_dir=<folder of <slide_id>.geojson>, or --features-dir")
-    else:
-        for name in ("roi_dir", "mpp_csv", "encoder_weights"):  # on-the-fly options: with stored features ignored
-            if getattr(cfg, name):
-                raise PathologyError(f"{name} {getattr(cfg, name)}: used only when scoring on the fly; stored "
-                                     "features (--features-dir) keep the tiles and encoder they were extracted "
-                                     f"with; leave {name} out, or score without --features-dir")
-    if cfg.roi_classes is not None and not cfg.roi_dir:  # it would be ignored: say so instead
-        raise PathologyError(f"roi_classes {cfg.roi_classes}: names the classes of the ROIs in roi_dir; give "
-                             "--set roi_dir=<folder> too (on the fly), or leave roi_classes out")
     roi_classes = cfg.roi_classes if cfg.roi_classes is not None else json.loads(
         str((recipe or {}).get("roi_classes", "[]")))
     model_files = sorted(Path(cfg.model).glob("**/model.safetensors"))
@@ -316,12 +301,9 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
     if cfg.roi_dir:  # recorded only when set: results made before the option stay valid
         params["roi_classes"] = sorted(roi_classes)
 
-    def roi_of(sid: str) -> Path | None:
-        return Path(cfg.roi_dir) / f"{sid}.geojson" if cfg.roi_dir else None
-
     def made_by(sid: str, path: Path) -> dict:
         feat = fdir / f"{sid}.h5" if fdir else None
-        roi = roi_of(sid)
+        roi = _roi_file(cfg.roi_dir, sid)
         return identity(params, {"slide": file_stamp(path), "features": file_stamp(feat) if feat else None,
                                  **({"roi": file_stamp(roi) if roi.is_file() else None} if roi else {}),
                                  "models": {str(p.parent.name): file_stamp(p) for p in model_files},
@@ -330,11 +312,9 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
 
     def work(sid: str, path: Path, target: Path) -> None:
         if fdir is None:
-            roi = roi_of(sid)
-            if roi is not None and not roi.is_file():
-                raise PathologyError(f"{roi}: ROI GeoJSON for slide {sid} not found")
             feats, coords, attrs = features_on_the_fly(path, recipe, encoder, overrides, cfg.batch_size,
-                                                       cfg.num_workers, cfg.device, roi, roi_classes)
+                                                       cfg.num_workers, cfg.device, _roi_file(cfg.roi_dir, sid),
+                                                       roi_classes)
             rows.append(score_features(path, feats, coords, attrs, models, out, cfg.heatmaps, cfg.thumb_size))
             return
         feat = fdir / f"{sid}.h5"

@@ -158,6 +158,8 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
         thumb, scale = thumbnail(slide, thumb_size)
         mask = tissue_mask(np.asarray(thumb), **(seg_params or {}))
         if roi_geojson is not None:
+            if not Path(roi_geojson).is_file():
+                raise PathologyError(f"{roi_geojson}: ROI GeoJSON for slide {Path(path).stem} not found")
             mask &= load_roi_mask(roi_geojson, mask.shape, scale, roi_classes or ())
         cov = coverage(mask, scale, coords, geom.size0) if len(coords) else np.zeros(0)
         keep = cov >= min_tissue
