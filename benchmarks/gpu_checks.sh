@@ -30,8 +30,11 @@ for part in $parts; do
       mkdir -p "$OUT/decode" && cp benchmarks/pathology_decode/results.json "$OUT/decode/"
       # with CPU threads decoding a share of each batch beside nvJPEG (decode_threads): one core is left to the
       # main thread and one to the batch-ahead reader thread
-      OMP_NUM_THREADS=1 timeout 480 python3 benchmarks/pathology_decode/run.py --grid 96 --batch-size 128 \
-        --repeats 5 --device cuda --tag h200 --out "$OUT/decode" \
+      # --passes: the tissue tiles 12 times over (about 40 batches: the pipeline's steady state, as on a real
+      # slide, not dominated by its first and last batch); --switch-intervals: also with a shorter GIL interval
+      OMP_NUM_THREADS=1 timeout 420 python3 benchmarks/pathology_decode/run.py --grid 96 --batch-size 128 \
+        --repeats 5 --device cuda --tag ${DECODE_TAG:-h200-steady} --out "$OUT/decode" --passes 12 \
+        --switch-intervals 0.0005 0.0001 \
         --decode-threads $(( $(nproc) > 3 ? $(nproc) - 2 : 1 )) --cpu-shares 0.3 0.4 0.5 0.6 \
         2>&1 | grep -v -i warn | tail -40 ;;
     less)

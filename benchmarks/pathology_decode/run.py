@@ -103,6 +103,13 @@ def main() -> None:
                     help="device part: also extract with this many CPU threads decoding a share of each batch beside "
                          "the device's decoder (readers_gpu decode_threads), at each --cpu-shares")
     ap.add_argument("--cpu-shares", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
+    ap.add_argument("--passes", type=int, default=1,
+                    help="device part: time decoding, extraction and the forward pass over the slide's tissue tiles "
+                         "repeated this many times (a stand-in for a slide with that many times the tiles: the "
+                         "steady state of the pipeline, not its first and last batch)")
+    ap.add_argument("--switch-intervals", type=float, nargs="+", default=[],
+                    help="device part: also time extraction with each of these GIL switch intervals (seconds; "
+                         "encode_decoded switch_interval)")
     args = ap.parse_args()
 
     import numpy as np
@@ -150,29 +157,23 @@ def main() -> None:
             row["cpu_ratio_tiff_jpeg_vs_openslide"] = row["tiff_jpeg_cpu_tiles_per_s"] / row["openslide_tiles_per_s"]
             cpu_reader.close()
             if device_part:
-                dev_reader, why = open_reader(path, g, dims, vendor, args.device, torch_resize=True)
-                if dev_reader is None:  # the device decoder failed its check against libjpeg: OpenSlide reads it
-                    row["device_reader_refused"] = why
-                else:
-                    diff = np.abs(dev_reader.read_batch(coords).cpu().numpy().astype(int) - ref)
-                    row["device_max_abs_diff_vs_openslide"] = int(diff.max())
-                    row["device_mean_abs_diff_vs_openslide"] = float(diff.mean())
-                    row.update(_luma(dev_reader))
-                    row["tiff_jpeg_device_tiles_per_s"] = _median_rate(len(coords), batches(dev_reader), args.repeats,
-                                                                       sync)
-                    row.update(_breakdown(dev_reader, coords, args.batch_size, sync))
-                    row.update(_resnet18(dev_reader, coords, ref, args, sync))
-                    dev_reader.close()
-                    if args.decode_threads:
-                        row["split"] = _split_rates(path, g, dims, vendor, coords, args, sync,
-                                              row["resnet18_forward_tiles_per_s"])
+                try:
+                    _device_part(row, path, g, dims, vendor, coords, ref, args, sync)
+                except Exception as e:  # noqa: BLE001 - keep the other cases' numbers; the failure is recorded
+                    row["device_error"] = f"{type(e).__name__}: {e}"
             res["cases"][name] = row
-            print(json.dumps(row))
+            print(json.dumps(row), flush=True)
+            if device_part:  # what is measured so far is kept if a later case fails or the run is stopped
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / f"partial_{args.tag}.json").write_text(json.dumps(res, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["command"] = (f"OMP_NUM_THREADS={res['omp_num_threads']} nice -n 10 python benchmarks/pathology_decode/run.py "
                       f"--grid {args.grid} --batch-size {args.batch_size} --repeats {args.repeats} "
                       f"--device {args.device} --tag {args.tag}"
+                      + (f" --passes {args.passes}" if args.passes != 1 else "")
+                      + (f" --switch-intervals {' '.join(f'{s:g}' for s in args.switch_intervals)}"
+                         if args.switch_intervals else "")
                       + (f" --decode-threads {args.decode_threads} --cpu-shares "
                          f"{' '.join(f'{s:g}' for s in args.cpu_shares)}" if args.decode_threads else ""))
     out = Path(args.out)
@@ -182,6 +183,36 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"runs": runs}, indent=2))
     (out / "results.md").write_text(render(runs))
     print((out / "results.md").read_text())
+
+
+def _device_part(row: dict, path, g, dims, vendor, coords, ref, args, sync) -> None:
+    """The device reader's agreement, decode rate, time breakdown, ResNet-18 ratio and CPU-share sweep, into
+    ``row``. Rates are over the tissue tiles repeated ``--passes`` times."""
+    import numpy as np
+
+    from adaptome.domains.pathology.readers_gpu import open_reader
+
+    dev_reader, why = open_reader(path, g, dims, vendor, args.device, torch_resize=True)
+    if dev_reader is None:  # the device decoder failed its check against libjpeg: OpenSlide reads it
+        row["device_reader_refused"] = why
+        return
+    rep = np.tile(coords, (args.passes, 1))  # (passes * N, 2)
+    row["timed_tiles"] = len(rep)
+    diff = np.abs(dev_reader.read_batch(coords).cpu().numpy().astype(int) - ref)
+    row["device_max_abs_diff_vs_openslide"] = int(diff.max())
+    row["device_mean_abs_diff_vs_openslide"] = float(diff.mean())
+    row.update(_luma(dev_reader))
+
+    def decode():
+        for i in range(0, len(rep), args.batch_size):
+            dev_reader.read_batch(rep[i:i + args.batch_size])
+
+    row["tiff_jpeg_device_tiles_per_s"] = _median_rate(len(rep), decode, args.repeats, sync)
+    row.update(_breakdown(dev_reader, rep, args.batch_size, sync))
+    row.update(_resnet18(dev_reader, coords, ref, args, sync))
+    dev_reader.close()
+    if args.decode_threads:
+        row["split"] = _split_rates(path, g, dims, vendor, coords, args, sync, row["resnet18_forward_tiles_per_s"])
 
 
 def _luma(reader, n: int = 64) -> dict:
@@ -244,8 +275,11 @@ def _resnet18(reader, coords, ref, args, sync) -> dict:
     from adaptome.domains.pathology.encoders import build_encoder
     from adaptome.domains.pathology.readers_gpu import encode_decoded
 
+    import numpy as np
+
     enc = build_encoder("timm:resnet18", None, {}).to(args.device).eval()
-    pre = torch.from_numpy(ref).to(args.device)  # (N, T, T, 3) uint8 on the device
+    pre = torch.from_numpy(ref).to(args.device).repeat(args.passes, 1, 1, 1)  # (passes * N, T, T, 3) uint8
+    rep = np.tile(coords, (args.passes, 1))  # (passes * N, 2)
     bs = args.batch_size
     with torch.no_grad():
         enc(pre[:bs])
@@ -255,17 +289,21 @@ def _resnet18(reader, coords, ref, args, sync) -> dict:
             for i in range(0, len(pre), bs):
                 enc(pre[i:i + bs])
 
-        def extract():  # what `extract --set reader=tiff-jpeg` runs: decoding one batch ahead in a thread
-            encode_decoded(enc, reader, coords, bs)
+        def extract(interval=None):  # what `extract --set reader=tiff-jpeg` runs: decoding one batch ahead in a thread
+            return lambda: encode_decoded(enc, reader, rep, bs, switch_interval=interval)
 
-        fwd = _median_rate(len(pre), forward, args.repeats, sync)
-        ext = _median_rate(len(coords), extract, args.repeats, sync)
+        runs = {"forward": forward, "extract": extract()}
+        runs.update({f"extract_si_{si:g}": extract(si) for si in args.switch_intervals})
+        rates = _median_rates(len(pre), runs, args.repeats, sync)
+        fwd, ext = rates["forward"], rates["extract"]
         # the pipelined extraction gives the features of the tiles read in one call
         one = torch.cat([enc(t[None]).float() for t in reader.read_batch(coords)])  # (N, D), one tile at a time
         got = torch.from_numpy(encode_decoded(enc, reader, coords, bs)).to(one.device)
         err = float((got - one).abs().max() / one.abs().max().clamp_min(1e-12))
     return {"resnet18_forward_tiles_per_s": fwd, "resnet18_extract_tiles_per_s": ext, "resnet18_ratio": ext / fwd,
-            "resnet18_extract_rel_err_vs_sequential": err}
+            "resnet18_extract_rel_err_vs_sequential": err,
+            "resnet18_by_switch_interval": {k[len("extract_si_"):]: {"extract_tiles_per_s": v, "ratio": v / fwd}
+                                            for k, v in rates.items() if k.startswith("extract_si_")}}
 
 
 def _split_rates(path, g, dims, vendor, coords, args, sync, forward_rate: float) -> dict:
@@ -276,7 +314,10 @@ def _split_rates(path, g, dims, vendor, coords, args, sync, forward_rate: float)
     from adaptome.domains.pathology.encoders import build_encoder
     from adaptome.domains.pathology.readers_gpu import encode_decoded, open_reader
 
+    import numpy as np
+
     enc = build_encoder("timm:resnet18", None, {}).to(args.device).eval()
+    rep = np.tile(coords, (args.passes, 1))  # (passes * N, 2)
     out = {}
     for share in args.cpu_shares:
         reader, why = open_reader(path, g, dims, vendor, args.device, torch_resize=True,
@@ -286,15 +327,22 @@ def _split_rates(path, g, dims, vendor, coords, args, sync, forward_rate: float)
         bs = args.batch_size
 
         def decode():
-            for i in range(0, len(coords), bs):
-                reader.read_batch(coords[i:i + bs])
+            for i in range(0, len(rep), bs):
+                reader.read_batch(rep[i:i + bs])
 
+        def extract(interval=None):
+            return lambda: encode_decoded(enc, reader, rep, bs, switch_interval=interval)
+
+        runs = {"decode": decode, "extract": extract()}
+        runs.update({f"extract_si_{si:g}": extract(si) for si in args.switch_intervals})
         with torch.no_grad():
-            dec = _median_rate(len(coords), decode, args.repeats, sync)
-            ext = _median_rate(len(coords), lambda: encode_decoded(enc, reader, coords, bs), args.repeats, sync)
+            rates = _median_rates(len(rep), runs, args.repeats, sync)
         reader.close()
-        out[f"{share:g}"] = {"threads": args.decode_threads, "decode_tiles_per_s": dec, "extract_tiles_per_s": ext,
-                             "ratio": ext / forward_rate}
+        out[f"{share:g}"] = {"threads": args.decode_threads, "decode_tiles_per_s": rates["decode"],
+                             "extract_tiles_per_s": rates["extract"], "ratio": rates["extract"] / forward_rate,
+                             "by_switch_interval": {k[len("extract_si_"):]: {"extract_tiles_per_s": v,
+                                                                             "ratio": v / forward_rate}
+                                                    for k, v in rates.items() if k.startswith("extract_si_")}}
     return out
 
 

@@ -197,43 +197,66 @@ class TiffJpegReader:
             torch.cuda.current_stream(dev).synchronize()
         try:
             if self.decode_threads and dev == self.device:
-                imgs = self._split(data)
+                stacked = self._split(data, [ks[i] for i in todo])  # (K', 3, h, w)
             else:
                 imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
+                self._check_shapes(imgs, [ks[i] for i in todo])
+                stacked = torch.stack(imgs)  # K' x (3, h, w) -> (K', 3, h, w)
         except RuntimeError as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SlideError(f"{self.path}: level {self.geom.level}: cannot decode a JPEG tile ({why})") from None
-        for i, im in zip(todo, imgs):
-            if tuple(im.shape) != (3, self.th, self.tw):
-                raise SlideError(f"{self.path}: level {self.geom.level} tile {ks[i]} decodes to "
-                                 f"{tuple(im.shape)}, not 3 x the TIFF tile size {(self.th, self.tw)}")
         if len(todo) == len(ks):
-            return torch.stack(imgs).permute(0, 2, 3, 1)  # (K, 3, h, w) -> (K, h, w, 3)
-        out[todo] = torch.stack(imgs).permute(0, 2, 3, 1)  # (K', 3, h, w) -> (K', h, w, 3)
+            return stacked.permute(0, 2, 3, 1)  # (K, 3, h, w) -> (K, h, w, 3)
+        out[todo] = stacked.permute(0, 2, 3, 1)  # (K', 3, h, w) -> (K', h, w, 3)
         return out
 
-    def _split(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The streams ``data`` decoded by ``decode_threads`` CPU threads beside the device, at the same time:
-        the last ``cpu_share`` of them go to the threads in equal chunks, the rest to the device's decoder in
-        this thread; returned in the streams' order, every image on the reader's device. On a CPU device this
-        thread decodes one more chunk, so a batch is decoded by ``decode_threads + 1`` threads."""
+    def _check_shapes(self, imgs: list[torch.Tensor], ks: list[int]) -> None:
+        for k, im in zip(ks, imgs):
+            if tuple(im.shape) != (3, self.th, self.tw):
+                raise SlideError(f"{self.path}: level {self.geom.level} tile {k} decodes to "
+                                 f"{tuple(im.shape)}, not 3 x the TIFF tile size {(self.th, self.tw)}")
+
+    def _split(self, data: list[torch.Tensor], ks: list[int]) -> torch.Tensor:
+        """The streams ``data`` (of TIFF tiles ``ks``) decoded by ``decode_threads`` CPU threads beside the
+        device, at the same time: the last ``cpu_share`` of them go to the threads in equal chunks, the rest to
+        the device's decoder in this thread. Returns K x 3 x h x w uint8 on the reader's device, in the streams'
+        order. Each CPU thread stacks its images into its slice of one pinned host buffer, which goes to the
+        device in one asynchronous copy (one small synchronous copy per image cost about as much as the
+        decoding). On a CPU device this thread decodes one more chunk, so a batch is decoded by
+        ``decode_threads + 1`` threads."""
         from concurrent.futures import ThreadPoolExecutor
 
         from torchvision.io import ImageReadMode, decode_jpeg
 
         cpu_dev = self.device.type == "cpu"
         n_dev, spans = share_chunks(len(data), self.cpu_share, self.decode_threads + (1 if cpu_dev else 0))
-        chunks = [data[a:b] for a, b in spans]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="jpeg-cpu")
+        host = torch.empty((len(data) - n_dev, 3, self.th, self.tw), dtype=torch.uint8,
+                           pin_memory=not cpu_dev)  # (K_cpu, 3, h, w) the CPU share
+
+        def on_cpu(a: int, b: int) -> None:  # streams a..b decoded by libjpeg into their rows of ``host``
+            imgs = decode_jpeg(data[a:b], mode=ImageReadMode.RGB)
+            self._check_shapes(imgs, ks[a:b])
+            torch.stack(imgs, out=host[a - n_dev:b - n_dev])  # (b - a, 3, h, w)
+
         if cpu_dev:  # this thread takes the first chunk
-            head, chunks = (chunks[:1], chunks[1:])
-        else:
-            head = [data[:n_dev]] if n_dev else []
-        futs = [self._pool.submit(decode_jpeg, c, mode=ImageReadMode.RGB) for c in chunks]
-        first = [im for c in head for im in decode_jpeg(c, mode=ImageReadMode.RGB, device=self.device)]
-        rest = [im.to(self.device, non_blocking=True) for f in futs for im in f.result()]
-        return first + rest
+            (a0, b0), spans = spans[0], spans[1:]
+        futs = [self._pool.submit(on_cpu, a, b) for a, b in spans]
+        if cpu_dev:
+            on_cpu(a0, b0)
+            for f in futs:
+                f.result()
+            return host
+        head = None
+        if n_dev:
+            imgs = decode_jpeg(data[:n_dev], mode=ImageReadMode.RGB, device=self.device)
+            self._check_shapes(imgs, ks[:n_dev])
+            head = torch.stack(imgs)  # (n_dev, 3, h, w) on the device
+        for f in futs:
+            f.result()
+        tail = host.to(self.device, non_blocking=True)  # (K_cpu, 3, h, w); the host block is kept until copied
+        return tail if head is None else torch.cat([head, tail])  # (K, 3, h, w)
 
     def read_batch(self, coords: np.ndarray) -> torch.Tensor:
         """The tiles with level-0 top-left ``coords`` (B x 2) as B x T x T x 3 uint8 on the device."""
@@ -394,7 +417,7 @@ def open_reader(slide_path, geom, level_dimensions, vendor: str | None, device,
 
 @torch.no_grad()
 def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_size: int = 64,
-                   sync_every: int = 32) -> np.ndarray:
+                   sync_every: int = 32, switch_interval: float | None = None) -> np.ndarray:
     """N x D float32 features of the tiles at ``coords``; the next batch is read and decoded in a
     background thread while the encoder runs on the current one.
 
@@ -402,7 +425,25 @@ def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_siz
     own work only, not for the encoder's kernels on the main stream), and the main stream waits for
     each batch's event before using it. Features stay on the device and are copied to the host every
     ``sync_every`` batches, so the encoder's kernels are queued without waiting for the previous
-    batch's result."""
+    batch's result.
+
+    ``switch_interval`` (seconds): Python's GIL switch interval while extracting (``sys.setswitchinterval``,
+    restored after). Every torch call of the encoder releases and retakes the GIL; while the reader thread runs
+    Python, retaking it can wait for a whole interval (5 ms by default, about one ResNet-18 batch on a GPU)."""
+    import sys
+
+    before = sys.getswitchinterval()
+    if switch_interval is not None:
+        sys.setswitchinterval(switch_interval)
+    try:
+        return _encode_pipelined(encoder, tiles, coords, batch_size, sync_every)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _encode_pipelined(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_size: int,
+                      sync_every: int) -> np.ndarray:
+    """``encode_decoded``'s loop."""
     from concurrent.futures import ThreadPoolExecutor
 
     cuda = tiles.device.type == "cuda"
