@@ -37,9 +37,11 @@ n side of the region read at the level, T tile side.
 During extraction the next batch is read and decoded in a background thread (on its own CUDA
 stream on a GPU) while the encoder runs on the current one.
 
-Decoding on the GPU alone ran at 0.59-0.64x of ResNet-18's forward rate on the H200, so no overlap can
-bring extraction to the forward rate: ``decode_threads`` CPU threads (libjpeg-turbo releases the GIL) decode
-a fixed share of each batch's JPEG tiles at the same time as nvJPEG (``TiffJpegReader._split``).
+``decode_threads`` CPU threads (libjpeg-turbo releases the GIL) can decode a fixed share of each batch's JPEG
+tiles at the same time as nvJPEG (``TiffJpegReader._split``). Measured on an H200 with 14 threads
+(``benchmarks/pathology_decode``, run ``h200-steady``) it did not help: ResNet-18 extraction at 0.32-0.58 of
+the forward-only rate with a CPU share, 0.46-0.55 with the device's decoder alone. There, GPU decoding and the
+encoder share the device (``results_gpu_overlap.md``): extraction stays near half of the forward rate.
 
 Not covered: cuCIM (a WSI reader with its own GPU decoding; not installable on CPU machines), JPEG
 2000 tiles (nvJPEG2000), scoring on the fly (``score`` reads through
@@ -258,13 +260,13 @@ class TiffJpegReader:
         tail = host.to(self.device, non_blocking=True)  # (K_cpu, 3, h, w); the host block is kept until copied
         return tail if head is None else torch.cat([head, tail])  # (K, 3, h, w)
 
-    def read_batch(self, coords: np.ndarray) -> torch.Tensor:
-        """The tiles with level-0 top-left ``coords`` (B x 2) as B x T x T x 3 uint8 on the device."""
-        g = self.geom
-        n = g.read_size
+    def plan(self, coords: np.ndarray):
+        """For tiles with level-0 top-left ``coords`` (B x 2): their level corners ``lx``, ``ly`` (B,), each
+        region's clipped span (x, y, x0, y0, x1, y1), and the sorted TIFF tiles the regions overlap."""
+        n = self.geom.read_size
         coords = np.asarray(coords, np.float64).reshape(-1, 2)
-        lx = np.rint(coords[:, 0] / g.level_downsample).astype(np.int64)  # level pixels, nearest
-        ly = np.rint(coords[:, 1] / g.level_downsample).astype(np.int64)
+        lx = np.rint(coords[:, 0] / self.geom.level_downsample).astype(np.int64)  # level pixels, nearest
+        ly = np.rint(coords[:, 1] / self.geom.level_downsample).astype(np.int64)
         # per tile: the TIFF tiles its n x n region overlaps, clipped to the level (outside stays black)
         spans = []
         for x, y in zip(lx.tolist(), ly.tolist()):
@@ -273,6 +275,12 @@ class TiffJpegReader:
         needed = sorted({ty * self.nx + tx for x, y, x0, y0, x1, y1 in spans if x1 > x0 and y1 > y0
                          for ty in range(y0 // self.th, (y1 - 1) // self.th + 1)
                          for tx in range(x0 // self.tw, (x1 - 1) // self.tw + 1)})
+        return lx, ly, spans, needed
+
+    def read_batch(self, coords: np.ndarray) -> torch.Tensor:
+        """The tiles with level-0 top-left ``coords`` (B x 2) as B x T x T x 3 uint8 on the device."""
+        g = self.geom
+        lx, ly, spans, needed = self.plan(coords)
         tiles = self._decode(needed)  # (K, h, w, 3)
         region = self._gather(tiles, needed, lx, ly) if self.gather else self._paste(tiles, needed, spans)
         if self.taps is None:
