@@ -130,15 +130,23 @@ def run_quickstart(out: Path, steps: int = 300, domains: list[str] | None = None
         if not overwrite:
             raise QuickstartError(f"{out}: already holds outputs; pass --overwrite to replace them or choose --out")
         shutil.rmtree(out)
-    results: dict = {"core": core_demo(out / "core", steps, console)}
-    for plugin in plugins:
-        if domains and plugin.name not in domains:
-            continue
-        name = plugin.name
-        console.rule(f"[bold]{name}")
-        t0 = time.perf_counter()
-        results[name] = plugin.quickstart(out / name)
-        console.print(f"{name} done in {time.perf_counter() - t0:.0f} s")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per tiny model among the demos' own lines
+    try:
+        results: dict = {"core": core_demo(out / "core", steps, console)}
+        for plugin in plugins:
+            if domains and plugin.name not in domains:
+                continue
+            name = plugin.name
+            console.rule(f"[bold]{name}")
+            t0 = time.perf_counter()
+            results[name] = plugin.quickstart(out / name)
+            console.print(f"{name} done in {time.perf_counter() - t0:.0f} s")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
     console.rule("[bold]summary")
     console.print_json(json.dumps(results, default=str))

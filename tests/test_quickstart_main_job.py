@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 
+from transformers.utils import logging as hf_logging
 from typer.testing import CliRunner
 
 from adaptome.core.cli import app
@@ -19,6 +20,9 @@ def test_quickstart_runs_every_domain_to_the_end(tmp_path):
     out = tmp_path / "qs"
     res = runner.invoke(app, ["quickstart", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    # the demos' lines are not buried under a "Loading weights" bar per tiny model, and the caller's own
+    # transformers progress-bar setting is given back
+    assert "Loading weights" not in res.output and hf_logging.is_progress_bar_enabled()
     s = json.loads((out / "summary.json").read_text())
     assert set(s) >= {"core", "protein", "pathology", "multilingual", "codegen"}, sorted(s)
 
