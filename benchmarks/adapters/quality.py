@@ -553,7 +553,9 @@ def rerun(methods: list[str], res: dict) -> dict:
         i = next(i for i, r in enumerate(res["rows"]) if r["method"] == m)
         res["rows"][i] = {"label": lab, "method": m, "options": {**o, **sel["chosen_variant"]}, "selection": sel,
                           **row}
+    order = len(res.get("reruns", [])) + len(res.get("added_seeds", []))  # the report lists steps in this order
     res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0,
+                                         "order": order,
                                          **({"sora_kept_rule": SORA_KEPT_RULE,
                                              "sora_shrink_grid": [v["sora_shrink"] for v in VARIANTS["sora"]]}
                                             if "sora" in methods else {})})

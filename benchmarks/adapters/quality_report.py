@@ -206,6 +206,32 @@ def _oracle_note(res: dict, method: str) -> str:
             + (_OUT_OF_REACH if not met else "."))
 
 
+def _history(res: dict) -> list[tuple[str, dict]]:
+    """The run's later steps (``reruns``, ``added_seeds``) in the order they were made: by each entry's
+    ``order`` where recorded; entries from before it was recorded come first, in the order their lists were
+    first written to the file (each list is in the order of its own entries)."""
+    events = [(k, x) for k in res if k in ("reruns", "added_seeds") for x in res[k]]
+    return sorted(events, key=lambda e: e[1].get("order", -1))
+
+
+def _event_text(kind: str, x: dict) -> str:
+    """One sentence of the header for a rerun or an added-seeds step."""
+    dirty = " with uncommitted changes" if x["env"]["git_dirty"] else ""
+    if kind == "reruns":
+        return (f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
+                f"{dirty} ({x['seconds'] / 60:.1f} min): the {', '.join(x['methods'])} row(s), same settings, "
+                "encoder and head rate"
+                + (", SoRA's gate condition checked on each selection training (`--sora-kept max`)"
+                   if x.get("sora_kept_rule", "pooled") == "max" else "")
+                + (f", SoRA's shrink grid {', '.join(f'{v:g}' for v in x['sora_shrink_grid'])}"
+                   f" (`--sora-shrink-grid`)" if "sora_shrink_grid" in x else "") + ".")
+    seeds = [str(v) for v in x["seeds"]]
+    return (f" Seeds {', '.join(seeds)} added afterwards with `--add-seeds {' '.join(seeds)}` at commit "
+            f"`{x['env']['git_commit'][:12]}`{dirty} ({x['seconds'] / 60:.1f} min): every row at the rates already "
+            f"chosen, after seed 0 of the {' and '.join(x['checked_seed0'])} rows was retrained and gave exactly the "
+            "stored scores.")
+
+
 def _header(res: dict) -> list[str]:
     st, env, base, enc = res["setup"], res["env"], res["baselines"], res["encoder"]
     n, w = st["n_sequences"], st["n_windows"]
@@ -227,21 +253,7 @@ def _header(res: dict) -> list[str]:
         f"{env['threads']} torch thread each). Git commit `{env['git_commit'][:12]}`"
         f"{' with uncommitted changes' if env['git_dirty'] else ''}; {pk}; {env['platform']}."
         + (f" Reproduce with `{res['reproduce']}` (the run's command named the options of that time)."
-           if "reproduce" in res else "") + "".join(
-            f" Rerun afterwards with `--rerun {' '.join(x['methods'])}` at commit `{x['env']['git_commit'][:12]}`"
-            f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): the "
-            f"{', '.join(x['methods'])} row(s), same settings, encoder and head rate"
-            + (", SoRA's gate condition checked on each selection training (`--sora-kept max`)"
-               if x.get("sora_kept_rule", "pooled") == "max" else "")
-            + (f", SoRA's shrink grid {', '.join(f'{v:g}' for v in x['sora_shrink_grid'])}"
-               f" (`--sora-shrink-grid`)" if "sora_shrink_grid" in x else "") + "."
-            for x in res.get("reruns", [])) + "".join(
-            f" Seeds {', '.join(str(v) for v in x['seeds'])} added afterwards with `--add-seeds "
-            f"{' '.join(str(v) for v in x['seeds'])}` at commit `{x['env']['git_commit'][:12]}`"
-            f"{' with uncommitted changes' if x['env']['git_dirty'] else ''} ({x['seconds'] / 60:.1f} min): every "
-            f"row at the rates already chosen, after seed 0 of the {' and '.join(x['checked_seed0'])} rows was "
-            "retrained and gave exactly the stored scores."
-            for x in res.get("added_seeds", [])), "",
+           if "reproduce" in res else "") + "".join(_event_text(kind, x) for kind, x in _history(res)), "",
         f"Task: {len(st['class_counts'])} Pfam families with at least {st['min_family']} seed sequences, each "
         f"sequence tiled into {st['window']}-residue windows (every {st['window']} residues, plus one ending at the "
         "last residue); "

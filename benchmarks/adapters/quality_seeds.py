@@ -118,6 +118,7 @@ def add_seeds(res: dict, seeds: list[int], q) -> dict:
     lora = next(r for r in res["rows"] if r["method"] == "lora")
     top.update({k: lora[k] for k in ("accuracy", "macro_f1")})
     st["seeds"] = list(st["seeds"]) + list(seeds)
-    res.setdefault("added_seeds", []).append({"seeds": list(seeds), "env": env,
-                                              "seconds": time.time() - t0, "checked_seed0": list(CHECK_METHODS)})
+    order = len(res.get("reruns", [])) + len(res.get("added_seeds", []))  # the report lists steps in this order
+    res.setdefault("added_seeds", []).append({"seeds": list(seeds), "env": env, "seconds": time.time() - t0,
+                                              "checked_seed0": list(CHECK_METHODS), "order": order})
     return res

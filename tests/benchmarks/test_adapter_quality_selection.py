@@ -191,3 +191,19 @@ def test_select_seeds_train_every_point_with_distinct_seeds_and_pool_them(monkey
     sel = q._choose("lora", [1e-3, 3e-3], results)
     assert sel["chosen"] == 3e-3
     assert [p["macro_f1"] for p in sel["points"]] == pytest.approx([0.5, 1.0])
+
+
+def test_report_lists_reruns_and_added_seeds_in_the_order_they_were_made():
+    """A results file's later steps are told in the order they happened: files from before the ``order`` field
+    by the order in which their lists were first written, newer ones by ``order`` (here interleaved)."""
+    report = importlib.import_module("benchmarks.adapters.quality_report")
+    env = {"git_commit": "0" * 40, "git_dirty": False}
+    seeds = {"seeds": [3, 4], "env": env, "seconds": 60.0, "checked_seed0": ["head", "lora"]}
+    rerun = {"methods": ["sora"], "env": env, "seconds": 60.0}
+    old = {"added_seeds": [seeds], "reruns": [rerun]}  # seeds were added first: their list was written first
+    text = "".join(report._event_text(k, x) for k, x in report._history(old))
+    assert text.index("Seeds 3, 4 added") < text.index("Rerun afterwards")
+    new = {"reruns": [{**rerun, "order": 0}, {**rerun, "methods": ["dylora"], "order": 2}],
+           "added_seeds": [{**seeds, "order": 1}]}
+    text = "".join(report._event_text(k, x) for k, x in report._history(new))
+    assert text.index("--rerun sora") < text.index("Seeds 3, 4 added") < text.index("--rerun dylora")
