@@ -139,8 +139,10 @@ class ExtractConfig:
             threads plus the main one; the features are the same). 0: the device decodes everything.
         decode_cpu_share: ``tiff-jpeg`` on an accelerator with ``decode_threads``: the share of each batch's
             JPEG tiles the CPU threads decode (fixed, so every run gives the same features; nvJPEG and
-            libjpeg differ by a few grey levels). Balance it to the two rates: on the H200 machine, 16
-            cores decoded about 14,000 tiles/s and nvJPEG 13,000-16,000, so about 0.5.
+            libjpeg differ by a few grey levels). Measured on an H200 with 16 cores (14 threads), no share
+            from 0.3 to 0.6 made ResNet-18 extraction faster than nvJPEG alone (0.32-0.58 of the forward
+            rate against 0.46-0.55; ``benchmarks/pathology_decode/results.md``, run ``h200-steady``): keep
+            ``decode_threads`` at 0 there; it may pay on machines with many more cores per GPU.
         dist_timeout_s: launched as several processes (``torchrun``, ``accelerate launch``): how long a
             rank that finished its share of the slides waits for the others before the run fails
             (a stalled peer); the slides are shared out by tile count so that ranks finish together.
