@@ -17,7 +17,6 @@ import importlib.util
 import json
 import shutil
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -29,15 +28,12 @@ from torchvision.io import ImageReadMode, decode_jpeg
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def median_time(fn, reps, sync):
-    ts = []
-    for _ in range(reps):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
+def _load(name: str):
+    """A module of this folder by file name (benchmarks/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location(f"decode_{name}", ROOT / "benchmarks/pathology_decode" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main():
@@ -52,9 +48,8 @@ def main():
     from adaptome.domains.pathology.slide import open_slide
     from adaptome.domains.pathology.tiling import tile_slide
 
-    spec = importlib.util.spec_from_file_location("decode_run", ROOT / "benchmarks/pathology_decode/run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run, ov = _load("run"), _load("overlap")
+    median_time, beside, gil_probe = ov._median_time, ov.beside, ov.gil_probe
     res = {}
     dev = torch.device("cuda")
     sync = torch.cuda.synchronize
@@ -124,12 +119,7 @@ def main():
                     row["tv_decode_tiles_per_s"] = n / t_tv
 
                     def concurrent(fn):
-                        def both():
-                            th = threading.Thread(target=fn)
-                            th.start()
-                            forward()
-                            th.join()
-                        return median_time(both, 5, sync)
+                        return beside(fn, forward, 5, sync)
 
                     row["tv_concurrent_tiles_per_s"] = n / concurrent(tv_loop)
                     if args.graph:  # the encoder captured in a CUDA graph: one replay per batch instead of ~70 launches
@@ -156,12 +146,7 @@ def main():
                         row["graph_forward_tiles_per_s"] = n / t_g
 
                         def concurrent_g(fn):
-                            def both():
-                                th = threading.Thread(target=fn)
-                                th.start()
-                                forward_graph()
-                                th.join()
-                            return median_time(both, 5, sync)
+                            return beside(fn, forward_graph, 5, sync)
 
                         row["graph_tv_concurrent_tiles_per_s"] = n / concurrent_g(tv_loop)
                         row["graph_serial"] = n / (t_g + t_tv)
@@ -223,28 +208,9 @@ def main():
                             r["ideal_overlap"] = n / max(t_nv, t_fwd)
                             r["serial"] = n / (t_nv + t_fwd)
                             # GIL: counting thread progress during decode vs sleep
-                            cnt, stop = [0], threading.Event()
-
-                            def spin():
-                                while not stop.is_set():
-                                    cnt[0] += 1
-
-                            def probe(fn, sec=0.3):
-                                cnt[0] = 0
-                                stop.clear()
-                                th = threading.Thread(target=spin)
-                                th.start()
-                                t = time.perf_counter()
-                                while time.perf_counter() - t < sec:
-                                    fn()
-                                sync()
-                                el = time.perf_counter() - t
-                                stop.set()
-                                th.join()
-                                return cnt[0] / el
-
-                            idle = probe(lambda: time.sleep(0.01))
-                            r["gil_progress"] = probe(lambda: nv_decode(d, lists_np[0]) and sync()) / idle
+                            idle = gil_probe(lambda: time.sleep(0.01), sync, 0.3)
+                            r["gil_progress"] = gil_probe(lambda: nv_decode(d, lists_np[0]) and sync(), sync,
+                                                          0.3) / idle
                         except Exception as e:  # noqa: BLE001 - recorded; the other backends go on
                             r["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
             except Exception:  # noqa: BLE001 - recorded; the other case goes on

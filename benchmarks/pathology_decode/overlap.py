@@ -50,6 +50,37 @@ def _median_time(fn, repeats: int, sync) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def gil_probe(work_fn, sync, seconds: float = 0.4) -> float:
+    """Counts per second of a pure-Python counting thread while this thread calls ``work_fn`` for ``seconds``
+    (divide by the count while this thread sleeps: 1 = the work leaves the GIL free)."""
+    count, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            count[0] += 1
+
+    th = threading.Thread(target=spin)
+    th.start()
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        work_fn()
+    sync()
+    el = time.perf_counter() - t
+    stop.set()
+    th.join()
+    return count[0] / el
+
+
+def beside(thread_fn, main_fn, repeats: int, sync) -> float:
+    """Median wall time of ``thread_fn`` in a thread and ``main_fn`` in this one, started together."""
+    def both():
+        th = threading.Thread(target=thread_fn)
+        th.start()
+        main_fn()
+        th.join()
+    return _median_time(both, repeats, sync)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", type=int, default=96)
@@ -134,30 +165,13 @@ def main() -> None:
                                   "read_batch": t_read}
 
                 # GIL: a counting thread's progress while the main thread decodes vs sleeps
-                def gil_probe(work_fn, seconds=0.4):
-                    count, stop = [0], threading.Event()
-
-                    def spin():
-                        while not stop.is_set():
-                            count[0] += 1
-
-                    th = threading.Thread(target=spin)
-                    th.start()
-                    t = time.perf_counter()
-                    while time.perf_counter() - t < seconds:
-                        work_fn()
-                    sync()
-                    el = time.perf_counter() - t
-                    stop.set()
-                    th.join()
-                    return count[0] / el
-
-                idle = gil_probe(lambda: time.sleep(0.01))
+                idle = gil_probe(lambda: time.sleep(0.01), sync)
                 row["gil_progress"] = {
                     "decode_jpeg_cuda": gil_probe(lambda: decode_jpeg(streams[0], mode=ImageReadMode.RGB,
-                                                                      device=dev)) / idle,
-                    "decode_jpeg_cpu": gil_probe(lambda: decode_jpeg(streams[0][:16], mode=ImageReadMode.RGB)) / idle,
-                    "forward": gil_probe(lambda: (enc(pre[:bs]), sync())) / idle}
+                                                                      device=dev), sync) / idle,
+                    "decode_jpeg_cpu": gil_probe(lambda: decode_jpeg(streams[0][:16], mode=ImageReadMode.RGB),
+                                                 sync) / idle,
+                    "forward": gil_probe(lambda: (enc(pre[:bs]), sync()), sync) / idle}
 
                 # device-wide waits: one decode call issued behind ~busy_ms of matrix products
                 a = torch.randn(4096, 4096, device=dev)
@@ -197,12 +211,7 @@ def main() -> None:
 
                 # independent decode (thread) and forward (main), at the same time
                 def concurrent(thread_fn, stream=None):
-                    def both():
-                        th = threading.Thread(target=thread_fn)
-                        th.start()
-                        forward(stream)
-                        th.join()
-                    return _median_time(both, args.repeats, sync)
+                    return beside(thread_fn, lambda: forward(stream), args.repeats, sync)
 
                 row["concurrent_s"] = {
                     "read_batch+forward_default": concurrent(read_loop),
