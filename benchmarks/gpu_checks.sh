@@ -8,6 +8,8 @@
 #   decode  benchmarks/pathology_decode/run.py --device cuda (GPU decode rate, ResNet-18 extraction / forward,
 #           also with CPU threads decoding a share of each batch)
 #   less    benchmarks/select/throughput.py --device cuda (batched vs one-at-a-time per-example gradients)
+#   overlap the decode diagnostics (overlap.py, decoders_probe.py --graph, cpu_processes.py) and their report;
+#           decoders_probe.py --nvimgcodec also needs nvidia-nvimgcodec-cu13 and nvidia-nvjpeg installed
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -40,6 +42,16 @@ for part in $parts; do
     less)
       OMP_NUM_THREADS=1 timeout 120 python3 benchmarks/select/throughput.py --device cuda 2>&1 | tail -12
       cp benchmarks/select/results_throughput_cuda.* "$OUT/" ;;
+    overlap)
+      mkdir -p "$OUT/overlap"
+      cp benchmarks/pathology_decode/gpu_*.json "$OUT/overlap/" 2>/dev/null
+      OMP_NUM_THREADS=1 timeout 200 python3 benchmarks/pathology_decode/overlap.py --out "$OUT/overlap" \
+        2>&1 | grep -v -i warn | tail -5 && mv "$OUT/overlap/overlap.json" "$OUT/overlap/gpu_overlap.json"
+      OMP_NUM_THREADS=1 timeout 200 python3 benchmarks/pathology_decode/decoders_probe.py "$OUT/overlap" --graph \
+        2>&1 | grep -v -i warn | tail -5 && mv "$OUT/overlap/probe.json" "$OUT/overlap/gpu_decoders_graph.json"
+      OMP_NUM_THREADS=1 timeout 200 python3 benchmarks/pathology_decode/cpu_processes.py "$OUT/overlap" \
+        2>&1 | grep -v -i warn | tail -5 && mv "$OUT/overlap/procs.json" "$OUT/overlap/gpu_cpu_processes.json"
+      echo "copy $OUT/overlap/gpu_*.json into benchmarks/pathology_decode/, then run gpu_overlap_report.py" ;;
     *) echo "unknown part $part" ;;
   esac
 done
