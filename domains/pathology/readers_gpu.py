@@ -213,6 +213,7 @@ class TiffJpegReader:
         return out
 
     def _check_shapes(self, imgs: list[torch.Tensor], ks: list[int]) -> None:
+        """A ``SlideError`` naming the first TIFF tile of ``ks`` whose image is not 3 x the TIFF tile size."""
         for k, im in zip(ks, imgs):
             if tuple(im.shape) != (3, self.th, self.tw):
                 raise SlideError(f"{self.path}: level {self.geom.level} tile {k} decodes to "
@@ -437,7 +438,8 @@ def encode_decoded(encoder, tiles: TiffJpegReader, coords: np.ndarray, batch_siz
 
     ``switch_interval`` (seconds): Python's GIL switch interval while extracting (``sys.setswitchinterval``,
     restored after). Every torch call of the encoder releases and retakes the GIL; while the reader thread runs
-    Python, retaking it can wait for a whole interval (5 ms by default, about one ResNet-18 batch on a GPU)."""
+    Python, retaking it can wait for a whole interval (5 ms by default, about one ResNet-18 batch on a GPU).
+    Measured on an H200 (0.5 and 0.1 ms, run ``h200-steady``): no gain; the GIL is not what limits extraction."""
     import sys
 
     before = sys.getswitchinterval()
