@@ -118,6 +118,33 @@ def test_pipelined_encoding_equals_one_batch_at_a_time(jpeg_pyramid, device):
     reader.close()
 
 
+def test_switch_interval_gives_the_same_features_and_is_restored_even_on_failure(jpeg_pyramid):
+    import sys
+
+    from adaptome.domains.pathology.encoders import build_encoder
+    from adaptome.domains.pathology.readers_gpu import encode_decoded
+
+    reader, why = _reader(jpeg_pyramid, 0.25, 0.5, 64)
+    assert reader is not None, why
+    s = open_slide(jpeg_pyramid)
+    coords = grid(s.dimensions, reader.geom)
+    s.close()
+    enc = build_encoder("baseline").eval()
+    before = sys.getswitchinterval()
+    plain = encode_decoded(enc, reader, coords, batch_size=4)
+    short = encode_decoded(enc, reader, coords, batch_size=4, switch_interval=before / 10)
+    np.testing.assert_array_equal(plain, short)
+    assert sys.getswitchinterval() == before
+
+    def broken(tiles):
+        raise RuntimeError("encoder failed")
+
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        encode_decoded(broken, reader, coords, batch_size=4, switch_interval=before / 10)
+    assert sys.getswitchinterval() == before
+    reader.close()
+
+
 def _reader(path, mpp0, target, size, device="cpu"):
     s = open_slide(path)
     g = geometry(s.level_downsamples, mpp0, target, size)
