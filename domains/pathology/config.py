@@ -140,8 +140,9 @@ class ExtractConfig:
         decode_cpu_share: ``tiff-jpeg`` on an accelerator with ``decode_threads``: the share of each batch's
             JPEG tiles the CPU threads decode (fixed, so every run gives the same features; nvJPEG and
             libjpeg differ by a few grey levels). Measured on an H200 with 16 cores (14 threads), no share
-            from 0.3 to 0.6 made ResNet-18 extraction faster than nvJPEG alone (0.32-0.58 of the forward
-            rate against 0.46-0.55; ``benchmarks/pathology_decode/results.md``, run ``h200-steady``): keep
+            from 0.3 to 0.6 made ResNet-18 extraction clearly faster than nvJPEG alone (of the forward rate:
+            at best 0.54-0.58 against 0.53-0.55 on one slide, 0.35-0.36 against 0.41-0.46 on the other, over
+            the GIL intervals tried; ``benchmarks/pathology_decode/results.md``, run ``h200-steady``): keep
             ``decode_threads`` at 0 there; it may pay on machines with many more cores per GPU.
         dist_timeout_s: launched as several processes (``torchrun``, ``accelerate launch``): how long a
             rank that finished its share of the slides waits for the others before the run fails
