@@ -40,7 +40,7 @@ stream on a GPU) while the encoder runs on the current one.
 ``decode_threads`` CPU threads (libjpeg-turbo releases the GIL) can decode a fixed share of each batch's JPEG
 tiles at the same time as nvJPEG (``TiffJpegReader._split``). Measured on an H200 with 14 threads
 (``benchmarks/pathology_decode``, run ``h200-steady``) it did not help: ResNet-18 extraction, of the forward-only
-rate, at best 0.54-0.58 with a CPU share against 0.53-0.55 with the device's decoder alone on one slide, 0.32-0.36
+rate, at best 0.54-0.58 with a CPU share against 0.53-0.55 with the device's decoder alone on one slide, 0.35-0.36
 against 0.41-0.46 on the other. There, GPU decoding and the encoder share the device
 (``results_gpu_overlap.md``): extraction stays near half of the forward rate.
 
