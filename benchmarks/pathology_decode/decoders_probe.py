@@ -106,6 +106,7 @@ def main():
                     t_fwd = median_time(forward, 5, sync)
                     row["forward_tiles_per_s"] = n / t_fwd
                     # agreement on the first list
+                    # K x (3, h, w) -> (K, 3, h, w) -> (K, h, w, 3): libjpeg on the CPU, then nvJPEG
                     ref = torch.stack(decode_jpeg(lists_t[0], mode=ImageReadMode.RGB)).permute(0, 2, 3, 1).int()
                     tv = torch.stack(decode_jpeg(lists_t[0], mode=ImageReadMode.RGB, device=dev)).permute(0, 2, 3, 1)
                     row["tv_vs_libjpeg_mean_abs"] = float((tv.cpu().int() - ref).abs().float().mean())
@@ -198,7 +199,7 @@ def main():
                                 with torch.cuda.stream(stream or torch.cuda.current_stream(dev)):
                                     for lst in lists_np:
                                         imgs = nv_decode(d, lst, stream)
-                                        torch.stack([torch.as_tensor(im, device=dev) for im in imgs])
+                                        torch.stack([torch.as_tensor(im, device=dev) for im in imgs])  # (K, h, w, 3)
 
                             nv_loop()
                             t_nv = median_time(nv_loop, 5, sync)

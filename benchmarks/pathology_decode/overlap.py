@@ -178,7 +178,7 @@ def main() -> None:
                 sync()
                 t = time.perf_counter()
                 for _ in range(10):
-                    a @ a
+                    a @ a  # (4096, 4096) @ (4096, 4096)
                 sync()
                 per = (time.perf_counter() - t) / 10
                 k_mm = max(1, int(args.busy_ms / 1000 / per))

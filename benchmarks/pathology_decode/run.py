@@ -226,7 +226,7 @@ def _luma(reader, n: int = 64) -> dict:
     ks = [k for k in range(len(reader.counts)) if reader.counts[k] > 0][:n]
     data = [torch.frombuffer(bytearray(reader._stream(k)), dtype=torch.uint8) for k in ks]
     dev = torch.stack([t.cpu() for t in decode_jpeg(data, mode=ImageReadMode.GRAY, device=reader.device)]).int()
-    cpu = torch.stack(decode_jpeg(data, mode=ImageReadMode.GRAY)).int()
+    cpu = torch.stack(decode_jpeg(data, mode=ImageReadMode.GRAY)).int()  # K x (1, h, w) -> (K, 1, h, w), as dev
     d = (dev - cpu).abs()
     return {"device_luma_max_abs_diff": int(d.max()), "device_luma_mean_abs_diff": float(d.float().mean())}
 
