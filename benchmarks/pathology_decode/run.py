@@ -18,7 +18,12 @@ Both readers are checked to return the same tiles before they are timed. Slides:
 Tissue tiles only (``tile_slide`` with ``min_tissue`` 0.5); each rate is the median of ``--repeats``
 passes over the tiles, in one process with one torch thread (``OMP_NUM_THREADS=1``) = one core.
 With ``--device cuda`` it also times tiff-jpeg decoding on the GPU and, for a timm ResNet-18
-(random weights), extraction (read_batch + forward) against forward-only on preloaded tiles.
+(random weights), extraction (read_batch + forward) against forward-only on preloaded tiles; those device
+rates are over the tissue tiles repeated ``--passes`` times (the pipeline's steady state, as on a whole
+slide), optionally also with CPU threads decoding a share (``--decode-threads``, ``--cpu-shares``) and with
+other GIL switch intervals (``--switch-intervals``). Why extraction stays near half of the forward rate on
+a GPU: the diagnostics ``overlap.py``, ``decoders_probe.py``, ``cpu_processes.py`` and their report
+``gpu_overlap_report.py`` -> ``results_gpu_overlap.md``.
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/pathology_decode/run.py`` (add
 ``--device cuda --tag h200`` on a GPU machine). Writes ``results.json`` and ``results.md`` here.
