@@ -35,12 +35,16 @@ def test_quickstart_runs_every_domain_to_the_end(tmp_path):
 
     path = s["pathology"]
     assert path["real_slide_tiles_20x"] > path["real_slide_tiles_10x"] > 0
-    assert path["heldout_r2"] > 0.8 and path["shuffled_heldout_r2"] < 0.3, path  # the planted signal is learned
-    # beside the simple baselines on the same folds, always, and said when one does as well as the MIL
+    # the planted signal is learned on the hard cohort (staining sites, artefacts, confounders), held-out slides
+    # included, and not from shuffled labels
+    assert path["heldout_r2"] > 0.6 and path["shuffled_heldout_r2"] < 0.3, path
+    # beside the simple baselines on the same folds, always: the MIL is ahead of each by at least 0.1 in CV R²
+    # (one staining site held out per fold), and the output says by how much
     assert {"cv_r2_baseline_majority", "cv_r2_baseline_dark_pixels", "cv_r2_baseline_mean_features"} <= set(path)
     assert path["cv_r2_baseline_majority"] < 0.1 < path["cv_r2_baseline_dark_pixels"], path
-    if max(path["cv_r2_baseline_dark_pixels"], path["cv_r2_baseline_mean_features"]) >= path["cv_r2"]:
-        assert "does as well as the MIL" in " ".join(res.output.split()), res.output
+    best = max(path["cv_r2_baseline_dark_pixels"], path["cv_r2_baseline_mean_features"])
+    assert path["cv_r2"] >= best + 0.1, path
+    assert "is ahead of every simple baseline" in " ".join(res.output.split()), res.output
     # the real slide is scored on the fly with the model's recipe: its 64-px tiles at 20x (64 x 0.5 / 0.499
     # level-0 px on this slide), not the 33 tiles of 256 px extracted for it first
     demo = out / "pathology" / "real_slide" / "scores_demo"
