@@ -375,7 +375,8 @@ def _markdown(tag: str, r: dict) -> str:
     ratios = [c["cpu_ratio_tiff_jpeg_vs_openslide"] for c in r["cases"].values()]
     lines += ["", f"On the CPU, tiff-jpeg decodes {min(ratios):.2f}x to {max(ratios):.2f}x as many tiles per core as "
               "OpenSlide across these cases."]
-    if any("tiff_jpeg_device_tiles_per_s" in c or "device_reader_refused" in c for c in r["cases"].values()):
+    if any(k in c for c in r["cases"].values()
+           for k in ("tiff_jpeg_device_tiles_per_s", "device_reader_refused", "device_error")):
         lines += ["", f"On `{r['device']}` (torch box resize; before use, the reader checks the device decoder "
                   "against libjpeg on 4 tiles of the slide and leaves the slide to OpenSlide when they differ "
                   "by more than a few grey levels on average):", "",
@@ -386,6 +387,9 @@ def _markdown(tag: str, r: dict) -> str:
         for name, c in r["cases"].items():
             if "device_reader_refused" in c:
                 lines.append(f"| {name} | refused: {c['device_reader_refused']} | | | | | | |")
+                continue
+            if "resnet18_ratio" not in c:  # the device part stopped (recorded by _device_part's caller)
+                lines.append(f"| {name} | failed: {c.get('device_error', 'not measured')} | | | | | | |")
                 continue
             luma = (f"{c['device_luma_max_abs_diff']} / {c['device_luma_mean_abs_diff']:.2f}"
                     if "device_luma_max_abs_diff" in c else "n/a (RGB JPEG)")

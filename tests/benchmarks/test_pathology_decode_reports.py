@@ -31,3 +31,19 @@ def test_gpu_overlap_report_is_the_rendering_of_its_jsons():
     text = report.render()
     assert text == (HERE / "results_gpu_overlap.md").read_text()
     assert "0 reach 0.8; the best is 0.63" in text
+
+
+def test_a_case_whose_device_part_failed_is_reported_not_a_crash():
+    # run.py keeps the other cases' numbers when one case's device part raises (``device_error``); the report
+    # must then name the failure in that case's row instead of failing on the missing rates
+    import copy
+
+    run = _load("run")
+    r = copy.deepcopy(json.loads((HERE / "results.json").read_text())["runs"]["h200-steady"])
+    case = r["cases"]["synth_20x_224"]
+    for k in [k for k in case if k.startswith("resnet18") or k == "split"]:
+        del case[k]
+    case["device_error"] = "RuntimeError: decoder failed"
+    text = run._markdown("t", r)
+    assert "| synth_20x_224 | failed: RuntimeError: decoder failed |" in text
+    assert "0.58 (synth_40x_to_20x)" in text and "(synth_20x_224)." not in text  # the other case still judged
