@@ -420,11 +420,65 @@ def _row(lr: float, head_lr: float, method: str, seeds: list[dict]) -> dict:
     return out
 
 
-def _select_rows(pool, rows: list, head_lr: float, tmp: str) -> list[dict]:
-    """Each row's selection (``_choose``) from every grid point trained on every selection fold."""
-    per_row = [_select_jobs(m, o, g, head_lr, tmp) for _, m, o, g in rows]
-    flat = iter(pool.starmap(_select_job, [j for js in per_row for j in js], chunksize=1))
-    return [_choose(m, g, [next(flat) for _ in js]) for (_, m, _, g), js in zip(rows, per_row)]
+def _select_rows(pool, rows: list, head_lr: float, tmp: str, reuse: dict | None = None) -> list[dict]:
+    """Each row's selection (``_choose``) from every grid point trained on every selection fold. ``reuse``:
+    method -> an earlier selection of that row (same settings) whose scored points are taken instead of being
+    trained again (``_reuse_plan``)."""
+    if not reuse:
+        per_row = [_select_jobs(m, o, g, head_lr, tmp) for _, m, o, g in rows]
+        flat = iter(pool.starmap(_select_job, [j for js in per_row for j in js], chunksize=1))
+        return [_choose(m, g, [next(flat) for _ in js]) for (_, m, _, g), js in zip(rows, per_row)]
+    return [_select_reusing(pool, m, o, g, head_lr, tmp, reuse.get(m)) for _, m, o, g in rows]
+
+
+def _point_key(variant: dict, lr: float) -> str:
+    return json.dumps({"variant": variant, "lr": lr}, sort_keys=True)
+
+
+def _reuse_plan(points: list[tuple[dict, float]], stored: dict) -> tuple[list[int], int | None]:
+    """(indices of ``points`` to train, index of the stored point trained again as the check) for a grid whose
+    points found in ``stored`` (an earlier selection: its ``points``) are reused. The check is the earlier
+    selection's chosen point when it is in the grid, else the first reused point (None when nothing is reused)."""
+    have = {_point_key(p["variant"], p["lr"]) for p in stored["points"]}
+    new = [i for i, (v, lr) in enumerate(points) if _point_key(v, lr) not in have]
+    reused = [i for i in range(len(points)) if i not in new]
+    if not reused:
+        return new, None
+    chosen = _point_key(stored["chosen_variant"], stored["chosen"])
+    check = next((i for i in reused if _point_key(*points[i]) == chosen), reused[0])
+    return new, check
+
+
+SCORE_KEYS = ("accuracy", "macro_f1", "nll", "kept_fraction", "kept_fraction_max")
+
+
+def _select_reusing(pool, method: str, opts: dict, grid, head_lr: float, tmp: str, stored: dict | None) -> dict:
+    """A row's selection that trains only the grid points not in ``stored`` (an earlier selection of the row, same
+    settings, seeds and folds), plus one stored point trained again: its validation scores must equal the stored
+    ones exactly (the code and encoder reproduce the earlier trainings), else nothing is chosen."""
+    from benchmarks.adapters.quality_select import pick, point_score
+
+    points = _points(method, grid)
+    jobs = _select_jobs(method, opts, grid, head_lr, tmp)
+    per = SELECT_FOLDS * SELECT_SEEDS
+    new, check = _reuse_plan(points, stored or {"points": []})
+    todo = new + ([check] if check is not None else [])
+    flat = iter(pool.starmap(_select_job, [j for i in todo for j in jobs[i * per:(i + 1) * per]], chunksize=1))
+    scored = {i: {"variant": points[i][0], "lr": points[i][1], **point_score([next(flat) for _ in range(per)])}
+              for i in todo}
+    if check is not None:
+        old = next(p for p in stored["points"] if _point_key(p["variant"], p["lr"]) == _point_key(*points[check]))
+        diff = [k for k in SCORE_KEYS if k in old and scored[check].get(k) != old[k]]
+        if diff:
+            raise SystemExit(f"error: the stored selection point {points[check]} trained again differs in "
+                             f"{', '.join(diff)}: this code or encoder does not reproduce it; run without reuse")
+    by_key = {_point_key(p["variant"], p["lr"]): p for p in (stored or {"points": []})["points"]}
+    scored_all = [scored[i] if i in scored else by_key[_point_key(*points[i])] for i in range(len(points))]
+    out = pick(method, scored_all, SORA_MAX_KEPT, SELECT_BY, SORA_KEPT_RULE)
+    return {"grid": list(grid), "variants": list(VARIANTS.get(method, ({},))),
+            **({"steps_grid": list(STEPS_GRID)} if STEPS_GRID else {}), **out,
+            "reused_points": len(points) - len(new),
+            **({"reuse_check": {"variant": points[check][0], "lr": points[check][1]}} if check is not None else {})}
 
 
 def environment() -> dict:
@@ -505,9 +559,11 @@ def run() -> dict:
     return res
 
 
-def rerun(methods: list[str], res: dict) -> dict:
+def rerun(methods: list[str], res: dict, reuse: bool = False) -> dict:
     """Rerun the rows of ``methods`` into ``res`` (an earlier run's results) with its head rate; the encoder
-    and every setting must be the ones that run used. The head-only and LoRA rows feed other rows: not here."""
+    and every setting must be the ones that run used. The head-only and LoRA rows feed other rows: not here.
+    ``reuse``: grid points already in a row's stored selection are not trained again (``_select_reusing``:
+    one of them is, and must give the stored scores), e.g. when a grid is extended."""
     from adaptome.core.train.loop import make_accelerator
 
     if {"head", "lora"} & set(methods):
@@ -540,7 +596,8 @@ def rerun(methods: list[str], res: dict) -> dict:
         head_lr = res["head_lr"]
         rows = [r for r in ROWS if r[1] in methods]
         with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
-            sels = _select_rows(pool, rows, head_lr, tmp)
+            stored = {r["method"]: r["selection"] for r in res["rows"]} if reuse else None
+            sels = _select_rows(pool, rows, head_lr, tmp, stored)
             jobs = [(m, {**o, **sel["chosen_variant"]}, sel["chosen"], head_lr, seed,
                      list(range(1, RANK + 1)) if m == "dylora" else None, tmp)
                     for (_, m, o, _), sel in zip(rows, sels) for seed in SEEDS]
@@ -554,19 +611,37 @@ def rerun(methods: list[str], res: dict) -> dict:
         res["rows"][i] = {"label": lab, "method": m, "options": {**o, **sel["chosen_variant"]}, "selection": sel,
                           **row}
     order = len(res.get("reruns", [])) + len(res.get("added_seeds", []))  # the report lists steps in this order
+    ones = [v["sora_shrink"] for v in VARIANTS["sora"] if v.get("gate_init") == "ones"]
     res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0,
                                          "order": order,
+                                         **({"reused_points": {m: s["reused_points"] for (_, m, _, _), s
+                                                               in zip(rows, sels)}} if reuse else {}),
                                          **({"sora_kept_rule": SORA_KEPT_RULE,
-                                             "sora_shrink_grid": [v["sora_shrink"] for v in VARIANTS["sora"]]}
+                                             "sora_shrink_grid": [v["sora_shrink"] for v in VARIANTS["sora"]
+                                                                  if v.get("gate_init", "normal") == "normal"],
+                                             **({"sora_ones_shrink_grid": ones} if ones else {})}
                                             if "sora" in methods else {})})
     return res
 
 
 def set_sora_shrinks(shrinks: list[float]) -> None:
-    """SoRA's grid of total shrinks (``--sora-shrink-grid``), chosen with its rate on validation."""
+    """SoRA's grid of total shrinks (``--sora-shrink-grid``), chosen with its rate on validation (gates drawn
+    N(0, 1), the official init; variants with gates starting at 1 are kept)."""
     if not shrinks or min(shrinks) <= 0 or len(set(shrinks)) != len(shrinks):
         raise SystemExit("error: --sora-shrink-grid takes distinct positive shrinks")
-    VARIANTS["sora"] = tuple({"sora_shrink": float(s)} for s in shrinks)
+    ones = tuple(v for v in VARIANTS["sora"] if v.get("gate_init") == "ones")
+    VARIANTS["sora"] = tuple({"sora_shrink": float(s)} for s in shrinks) + ones
+
+
+def set_sora_ones_shrinks(shrinks: list[float]) -> None:
+    """Add SoRA variants whose gates all start at 1 (``gate_init="ones"``) at these total shrinks
+    (``--sora-ones-shrink-grid``), chosen on validation with the rate, beside the official N(0, 1) init's. With
+    the N(0, 1) init a gate that training does not move survives exactly when |g0| > shrink
+    (``quality_sora_init.py``); starting every gate at 1 leaves survival to training."""
+    if not shrinks or min(shrinks) <= 0 or len(set(shrinks)) != len(shrinks):
+        raise SystemExit("error: --sora-ones-shrink-grid takes distinct positive shrinks")
+    normal = tuple(v for v in VARIANTS["sora"] if v.get("gate_init", "normal") == "normal")
+    VARIANTS["sora"] = normal + tuple({"sora_shrink": float(s), "gate_init": "ones"} for s in shrinks)
 
 
 def main() -> None:
@@ -603,10 +678,20 @@ def main() -> None:
     shrinks = " ".join(f"{v['sora_shrink']:g}" for v in VARIANTS["sora"])
     ap.add_argument("--sora-shrink-grid", nargs="+", type=float, metavar="S",
                     help=f"SoRA's total shrinks chosen with its rate on validation (default {shrinks})")
+    ap.add_argument("--sora-ones-shrink-grid", nargs="+", type=float, metavar="S",
+                    help="also try SoRA with every gate starting at 1 (gate_init ones) at these total shrinks, chosen "
+                    "with the rate on validation (default: the official N(0, 1) init only)")
+    ap.add_argument("--reuse-selection", action="store_true",
+                    help="with --rerun: grid points already in the stored selection are not trained again (one is, "
+                    "and must give the stored validation scores exactly)")
     args = ap.parse_args()
     SORA_KEPT_RULE = args.sora_kept
     if args.sora_shrink_grid:
         set_sora_shrinks(args.sora_shrink_grid)
+    if args.sora_ones_shrink_grid:
+        set_sora_ones_shrinks(args.sora_ones_shrink_grid)
+    if args.reuse_selection and not args.rerun:
+        raise SystemExit("error: --reuse-selection works with --rerun only")
     if args.select_seeds < 1:
         raise SystemExit("error: --select-seeds must be at least 1")
     if args.steps_grid:
@@ -648,7 +733,8 @@ def main() -> None:
         res = add_seeds(json.loads((args.out / f"{args.name}.json").read_text(encoding="utf-8")), args.add_seeds,
                         sys.modules[__name__])
     elif args.rerun:
-        res = rerun(args.rerun, json.loads((args.out / f"{args.name}.json").read_text(encoding="utf-8")))
+        res = rerun(args.rerun, json.loads((args.out / f"{args.name}.json").read_text(encoding="utf-8")),
+                    reuse=args.reuse_selection)
     else:
         res = run()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,14 @@ def _event_text(kind: str, x: dict) -> str:
                 + (", SoRA's gate condition checked on each selection training (`--sora-kept max`)"
                    if x.get("sora_kept_rule", "pooled") == "max" else "")
                 + (f", SoRA's shrink grid {', '.join(f'{v:g}' for v in x['sora_shrink_grid'])}"
-                   f" (`--sora-shrink-grid`)" if "sora_shrink_grid" in x else "") + ".")
+                   f" (`--sora-shrink-grid`)" if "sora_shrink_grid" in x else "")
+                + (", and SoRA with every gate starting at 1 at shrinks "
+                   f"{', '.join(f'{v:g}' for v in x['sora_ones_shrink_grid'])} (`--sora-ones-shrink-grid`)"
+                   if x.get("sora_ones_shrink_grid") else "")
+                + ("; " + ", ".join(f"{n} grid points of the {m} row reused from the stored selection"
+                                     for m, n in x["reused_points"].items())
+                   + " (`--reuse-selection`: one of them trained again gave exactly its stored validation scores)"
+                   if x.get("reused_points") else "") + ".")
     seeds = [str(v) for v in x["seeds"]]
     return (f" Seeds {', '.join(seeds)} added afterwards with `--add-seeds {' '.join(seeds)}` at commit "
             f"`{x['env']['git_commit'][:12]}`{dirty} ({x['seconds'] / 60:.1f} min): every row at the rates already "
@@ -555,8 +562,10 @@ def _sora(res: dict, rows: dict) -> list[str]:
     d_sora = 100 * (so["accuracy"]["mean"] - lo["accuracy"]["mean"])
     met = kept_frac <= 0.5 and d_sora >= -2
     shrink = so["options"]["sora_shrink"]
+    init = ("every gate starting at 1" if so["options"].get("gate_init") == "ones"
+            else "gates drawn N(0, 1) as in the official code")
     return ["### SoRA sparsity", "",
-            f"SoRA (paper rule, constant lambda = {shrink} / (sum of the run's per-step rates) = "
+            f"SoRA ({init}; paper rule, constant lambda = {shrink} / (sum of the run's per-step rates) = "
             f"{s['sparse_lambda']:.3g} at its chosen rate {_lr(so['lr'])}, so the soft threshold removes "
             f"{shrink} in total over a run; the shrink chosen with the rate on validation, see below) kept "
             f"{'/'.join(str(v) for v in s['kept_gates_per_seed'])} of "
@@ -573,8 +582,39 @@ def _sora(res: dict, rows: dict) -> list[str]:
                 x for x in (f"{100 * kept_frac - 50:.0f} points of the gate share above half" if kept_frac > 0.5
                             else "", f"{-2 - d_sora:.1f} points of accuracy beyond the 2-point margin"
                             if d_sora < -2 else "") if x) + ".")
-        + (_oracle_note(res, "sora") if _disjoint(st) else _encoder_note(res, "sora")), ""] + _sora_selection(
-                res, so)
+        + (_oracle_note(res, "sora") if _disjoint(st) else _encoder_note(res, "sora")), ""] + _sora_by_seed_set(
+                res, so, lo) + _sora_selection(res, so)
+
+
+def seed_sets(res: dict) -> list[list[int]]:
+    """The run's test seeds in the sets they were trained in: the first run's, then each ``--add-seeds`` step's."""
+    added = [list(x["seeds"]) for x in res.get("added_seeds", [])]
+    first = [s for s in res["setup"]["seeds"] if all(s not in a for a in added)]
+    return [first] + added
+
+
+def sora_target_by_seed_set(res: dict, so: dict, lo: dict) -> list[dict]:
+    """SoRA's target on each set of seeds (``seed_sets``): the mean share of gates non-zero over the fold models,
+    the mean accuracy gap to LoRA (points) and whether both hold (at most half, at least -2)."""
+    seeds = res["setup"]["seeds"]
+    out = []
+    for group in seed_sets(res):
+        idx = [seeds.index(x) for x in group]
+        kept = statistics.mean(so["sora"]["kept_gates_per_seed"][i] for i in idx) / so["sora"]["gates_per_seed"]
+        gap = 100 * statistics.mean(so["accuracy"]["per_seed"][i] - lo["accuracy"]["per_seed"][i] for i in idx)
+        out.append({"seeds": group, "kept": kept, "gap": gap, "met": kept <= 0.5 and gap >= -2})
+    return out
+
+
+def _sora_by_seed_set(res: dict, so: dict, lo: dict) -> list[str]:
+    """One sentence per set of seeds when seeds were added afterwards (nothing otherwise)."""
+    sets = sora_target_by_seed_set(res, so, lo)
+    if len(sets) < 2:
+        return []
+    parts = [f"seeds {', '.join(str(x) for x in g['seeds'])}: {100 * g['kept']:.0f} % of gates, {g['gap']:+.1f} "
+             f"points ({'met' if g['met'] else 'not met'})" for g in sets]
+    return ["SoRA's target on each set of seeds as it was trained (the first run's, then each set added): "
+            + "; ".join(parts) + f". Met on {sum(g['met'] for g in sets)} of {len(sets)} sets.", ""]
 
 
 def _sora_selection(res: dict, so: dict) -> list[str]:
@@ -583,17 +623,20 @@ def _sora_selection(res: dict, so: dict) -> list[str]:
     steps_h, steps_s = _steps_columns(res["setup"])
     each = _kept_rule(res["setup"]) == "max"
     key = "kept_fraction_max" if each else "kept_fraction"
+    inits = any("gate_init" in p["variant"] for p in sel["points"])
     lines = [f"SoRA's selection grid (validation macro-F1 %{' and class-balanced cross-entropy' if nll else ''} "
              f"pooled over the {_pooled_over(res['setup'])}, and the share of gates non-zero at the "
              "end of those trainings" + ("; the largest share in one of them decides eligibility" if each else "")
              + "):", "",
-             f"| total shrink |{steps_h} rate | validation macro-F1 % |"
+             f"|{' gate init |' if inits else ''} total shrink |{steps_h} rate | validation macro-F1 % |"
              + (" validation cross-entropy |" if nll else "") + " gates non-zero % |"
              + (" largest in one training % |" if each else "") + " eligible |",
-             f"|---:|{steps_s}---:|---:|" + ("---:|" if nll else "") + "---:|" + ("---:|" if each else "") + "---|"]
+             f"|{'---|' if inits else ''}---:|{steps_s}---:|---:|" + ("---:|" if nll else "") + "---:|"
+             + ("---:|" if each else "") + "---|"]
     for p in sel["points"]:
         ce = f" {p['nll']:.3f} |" if nll else ""
-        lines.append(f"| {p['variant']['sora_shrink']} |{_steps_cell(p)} {_lr(p['lr'])} | "
+        init = f" {p['variant'].get('gate_init', 'normal')} |" if inits else ""
+        lines.append(f"|{init} {p['variant']['sora_shrink']} |{_steps_cell(p)} {_lr(p['lr'])} | "
                      f"{100 * p['macro_f1']:.1f} |{ce} "
                      f"{100 * p['kept_fraction']:.0f} |" + (f" {100 * p[key]:.0f} |" if each else "")
                      + f" {'yes' if p[key] <= cap else 'no'} |")
@@ -603,7 +646,9 @@ def _sora_selection(res: dict, so: dict) -> list[str]:
               + (" in every one of their selection trainings" if each else "")
               + ("; the chosen one is the best of those." if sel["constraint_met"] else
                  "; none does, so the best point overall was taken.")
-              + f" The best point without the gate condition: shrink {best_all['variant']['sora_shrink']}, rate "
+              + " The best point without the gate condition: "
+              + (f"gate init {best_all['variant'].get('gate_init', 'normal')}, " if inits else "")
+              + f"shrink {best_all['variant']['sora_shrink']}, rate "
               f"{_lr(best_all['lr'])}" + _point_steps(best_all) + ", "
               + (f"cross-entropy {best_all['nll']:.3f} (macro-F1 {100 * best_all['macro_f1']:.1f})" if nll else
                  f"{100 * best_all['macro_f1']:.1f}")

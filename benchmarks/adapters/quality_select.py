@@ -93,6 +93,12 @@ def choose(method: str, points_in: list[tuple[dict, float]], results: list[dict]
     it = iter(results)
     points = [{"variant": v, "lr": lr, **point_score([next(it) for _ in range(select_folds)])}
               for v, lr in points_in]
+    return pick(method, points, max_kept, rule, kept_rule)
+
+
+def pick(method: str, points: list[dict], max_kept: float, rule: str, kept_rule: str = "pooled") -> dict:
+    """The winning point among scored ``points`` (each with its ``variant``, ``lr`` and ``point_score``) under
+    ``rule``; SoRA only among those meeting the gate condition (all of them when none does)."""
     if kept_rule not in KEPT_RULES:
         raise ValueError(f"unknown gate-share rule {kept_rule!r}; known: {', '.join(KEPT_RULES)}")
     key = "kept_fraction" if kept_rule == "pooled" else "kept_fraction_max"

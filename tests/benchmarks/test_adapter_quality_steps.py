@@ -97,3 +97,98 @@ def test_sora_final_diagnostic_starts_at_the_default_rules_choice_and_climbs_the
     assert m.pooled_choice(sel, 0.5)["variant"]["sora_shrink"] == 0.8
     assert m.pooled_choice(sel, 0.3)["variant"]["sora_shrink"] == 1.6
     assert m.next_shrinks([1.6, 0.4, 1.2, 0.8], 0.8) == [0.8, 1.2, 1.6]
+
+
+def test_sora_ones_grid_adds_variants_with_every_gate_starting_at_one(monkeypatch):
+    """``--sora-ones-shrink-grid`` adds SoRA points whose gates start at 1 beside the official N(0, 1) ones, and
+    ``--sora-shrink-grid`` then replaces only the N(0, 1) ones."""
+    monkeypatch.setattr(q, "VARIANTS", dict(q.VARIANTS))
+    q.set_sora_ones_shrinks([1.2, 2.4])
+    assert q.VARIANTS["sora"] == ({"sora_shrink": 0.4}, {"sora_shrink": 0.8}, {"sora_shrink": 1.6},
+                                  {"sora_shrink": 1.2, "gate_init": "ones"}, {"sora_shrink": 2.4, "gate_init": "ones"})
+    q.set_sora_shrinks([0.8])
+    assert q.VARIANTS["sora"] == ({"sora_shrink": 0.8}, {"sora_shrink": 1.2, "gate_init": "ones"},
+                                  {"sora_shrink": 2.4, "gate_init": "ones"})
+    for bad in ([1.0, 1.0], [-1.0], []):
+        with pytest.raises(SystemExit, match="distinct positive shrinks"):
+            q.set_sora_ones_shrinks(bad)
+
+
+def test_gate_init_ones_reaches_the_trained_sora_layers(tmp_path):
+    """A ``gate_init`` option of a grid point is the adapter's: every gate is 1 when training starts (and N(0, 1)
+    draws otherwise), read by the init diagnostic's hook."""
+    from adaptome.core.train.loop import make_accelerator
+    from benchmarks.adapters.quality_sora_init import GateRecorder
+
+    d = q.data()
+    enc = tiny.bert(head=None, vocab_size=len(q.AA) + 3, max_position_embeddings=q.WINDOW + 2, pad_token_id=q.PAD,
+                    hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    acc = make_accelerator("no", cpu=True)
+    starts = {}
+    for init in ("ones", "normal"):
+        rec = GateRecorder()
+        q.train_one(enc, "sora", {"r": 4, "lora_alpha": 4.0, "steps": 2, "sora_shrink": 0.8, "gate_init": init},
+                    1e-3, 0.1, d["records"][:8], d["labels"], 0, str(tmp_path / init), acc, hooks=[rec])
+        starts[init] = [v for g in rec.start for v in g.tolist()]
+    assert starts["ones"] and all(v == 1.0 for v in starts["ones"])
+    assert len(set(starts["normal"])) == len(starts["normal"]) and min(starts["normal"]) < 0
+
+
+class _Pool:
+    """A stand-in for the worker pool: runs every job here, in order."""
+
+    def __init__(self):
+        self.jobs: list[tuple] = []
+
+    def starmap(self, fn, jobs, chunksize=1):
+        self.jobs += list(jobs)
+        return [fn(*j) for j in jobs]
+
+
+def _fake_select_job(f1: dict):
+    """A ``_select_job`` whose validation predictions depend only on the point's shrink and rate: ``f1`` maps
+    (shrink, lr) to the share of correct predictions over 10 windows."""
+    def job(method, opts, lr, head_lr, j, ranks, tmp, seed=None):
+        right = round(10 * f1[(opts["sora_shrink"], lr)])
+        gold = list(range(2)) * 5
+        pred = gold[:right] + [1 - g for g in gold[right:]]
+        return {"gold": gold, "pred": pred, "nll": [0.5] * 10, "by_rank": {}, "by_rank_nll": {},
+                "facts": {"kept_gates": 4, "total_gates": 16}}
+    return job
+
+
+def _stored_selection(monkeypatch, f1):
+    monkeypatch.setattr(q, "VARIANTS", dict(q.VARIANTS))
+    q.set_sora_shrinks([0.8])
+    monkeypatch.setattr(q, "_select_job", _fake_select_job(f1))
+    return q._select_rows(_Pool(), [("sora", "sora", {"r": 4}, (1e-3, 1e-2))], 0.1, "/tmp")[0]
+
+
+def test_reuse_selection_trains_only_new_points_and_one_stored_point_again(monkeypatch):
+    f1 = {(0.8, 1e-3): 0.6, (0.8, 1e-2): 0.8, (1.2, 1e-3): 0.9, (1.2, 1e-2): 0.7}
+    stored = _stored_selection(monkeypatch, f1)
+    assert stored["chosen"] == 1e-2 and stored["chosen_variant"] == {"sora_shrink": 0.8}
+    q.set_sora_ones_shrinks([1.2])
+    pool = _Pool()
+    sel = q._select_rows(pool, [("sora", "sora", {"r": 4}, (1e-3, 1e-2))], 0.1, "/tmp", {"sora": stored})[0]
+    trained = [(j[1]["sora_shrink"], j[1].get("gate_init", "normal"), j[2]) for j in pool.jobs]
+    # the two new (ones) points, then the stored chosen point as the check; every one on every selection fold
+    assert trained == ([(1.2, "ones", 1e-3)] * q.SELECT_FOLDS + [(1.2, "ones", 1e-2)] * q.SELECT_FOLDS
+                       + [(0.8, "normal", 1e-2)] * q.SELECT_FOLDS)
+    assert sel["reused_points"] == 2 and sel["reuse_check"] == {"variant": {"sora_shrink": 0.8}, "lr": 1e-2}
+    assert len(sel["points"]) == 4
+    assert sel["chosen"] == 1e-3 and sel["chosen_variant"] == {"sora_shrink": 1.2, "gate_init": "ones"}
+    # the same choice as training every point
+    full = q._select_rows(_Pool(), [("sora", "sora", {"r": 4}, (1e-3, 1e-2))], 0.1, "/tmp")[0]
+    assert (full["chosen"], full["chosen_variant"]) == (sel["chosen"], sel["chosen_variant"])
+
+
+def test_reuse_selection_refuses_when_the_stored_point_is_not_reproduced(monkeypatch):
+    f1 = {(0.8, 1e-3): 0.6, (0.8, 1e-2): 0.8, (1.2, 1e-3): 0.9, (1.2, 1e-2): 0.7}
+    stored = _stored_selection(monkeypatch, f1)
+    q.set_sora_ones_shrinks([1.2])
+    monkeypatch.setattr(q, "_select_job", _fake_select_job({**f1, (0.8, 1e-2): 0.7}))  # the code changed since
+    with pytest.raises(SystemExit, match="does not reproduce it"):
+        q._select_rows(_Pool(), [("sora", "sora", {"r": 4}, (1e-3, 1e-2))], 0.1, "/tmp", {"sora": stored})
