@@ -462,7 +462,7 @@ def _select_reusing(pool, method: str, opts: dict, grid, head_lr: float, tmp: st
     jobs = _select_jobs(method, opts, grid, head_lr, tmp)
     per = SELECT_FOLDS * SELECT_SEEDS
     new, check = _reuse_plan(points, stored or {"points": []})
-    todo = new + ([check] if check is not None else [])
+    todo = ([check] if check is not None else []) + new  # the check first: a run that cannot reuse stops early
     flat = iter(pool.starmap(_select_job, [j for i in todo for j in jobs[i * per:(i + 1) * per]], chunksize=1))
     scored = {i: {"variant": points[i][0], "lr": points[i][1], **point_score([next(flat) for _ in range(per)])}
               for i in todo}

@@ -174,9 +174,9 @@ def test_reuse_selection_trains_only_new_points_and_one_stored_point_again(monke
     pool = _Pool()
     sel = q._select_rows(pool, [("sora", "sora", {"r": 4}, (1e-3, 1e-2))], 0.1, "/tmp", {"sora": stored})[0]
     trained = [(j[1]["sora_shrink"], j[1].get("gate_init", "normal"), j[2]) for j in pool.jobs]
-    # the two new (ones) points, then the stored chosen point as the check; every one on every selection fold
-    assert trained == ([(1.2, "ones", 1e-3)] * q.SELECT_FOLDS + [(1.2, "ones", 1e-2)] * q.SELECT_FOLDS
-                       + [(0.8, "normal", 1e-2)] * q.SELECT_FOLDS)
+    # the stored chosen point first (the check), then the two new (ones) points; each on every selection fold
+    assert trained == ([(0.8, "normal", 1e-2)] * q.SELECT_FOLDS + [(1.2, "ones", 1e-3)] * q.SELECT_FOLDS
+                       + [(1.2, "ones", 1e-2)] * q.SELECT_FOLDS)
     assert sel["reused_points"] == 2 and sel["reuse_check"] == {"variant": {"sora_shrink": 0.8}, "lr": 1e-2}
     assert len(sel["points"]) == 4
     assert sel["chosen"] == 1e-3 and sel["chosen_variant"] == {"sora_shrink": 1.2, "gate_init": "ones"}
