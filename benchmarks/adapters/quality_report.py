@@ -586,9 +586,14 @@ def _sora(res: dict, rows: dict) -> list[str]:
                 res, so, lo) + _sora_selection(res, so)
 
 
-def seed_sets(res: dict) -> list[list[int]]:
-    """The run's test seeds in the sets they were trained in: the first run's, then each ``--add-seeds`` step's."""
-    added = [list(x["seeds"]) for x in res.get("added_seeds", [])]
+def seed_sets(res: dict, method: str = "sora") -> list[list[int]]:
+    """The test seeds of ``method``'s row in the sets they were trained in: the seeds present when the row was
+    last trained (the first run, or its last ``--rerun``, which retrains every seed then present), then each
+    ``--add-seeds`` step's made after that."""
+    reruns = [x for x in res.get("reruns", []) if method in x["methods"]]
+    since = max((x.get("order", -1) for x in reruns), default=None)
+    added = [list(x["seeds"]) for x in res.get("added_seeds", [])
+             if since is None or x.get("order", -1) > since]
     first = [s for s in res["setup"]["seeds"] if all(s not in a for a in added)]
     return [first] + added
 
@@ -613,7 +618,8 @@ def _sora_by_seed_set(res: dict, so: dict, lo: dict) -> list[str]:
         return []
     parts = [f"seeds {', '.join(str(x) for x in g['seeds'])}: {100 * g['kept']:.0f} % of gates, {g['gap']:+.1f} "
              f"points ({'met' if g['met'] else 'not met'})" for g in sets]
-    return ["SoRA's target on each set of seeds as it was trained (the first run's, then each set added): "
+    return ["SoRA's target on each set of seeds as its row was trained (the seeds of its last training, then each "
+            "set added after it): "
             + "; ".join(parts) + f". Met on {sum(g['met'] for g in sets)} of {len(sets)} sets.", ""]
 
 
