@@ -207,3 +207,21 @@ def test_report_lists_reruns_and_added_seeds_in_the_order_they_were_made():
            "added_seeds": [{**seeds, "order": 1}]}
     text = "".join(report._event_text(k, x) for k, x in report._history(new))
     assert text.index("--rerun sora") < text.index("Seeds 3, 4 added") < text.index("--rerun dylora")
+
+
+def test_sora_target_is_judged_per_set_of_seeds_since_the_rows_last_training():
+    """A rerun of SoRA retrains every seed then present, so those seeds are one set; each set added after it is
+    another, and the verdict per set is computed from the per-seed numbers (at most half of the gates, at least
+    -2 points from LoRA)."""
+    report = importlib.import_module("benchmarks.adapters.quality_report")
+    res = {"setup": {"seeds": [0, 1, 2, 3, 4, 5, 6]},
+           "added_seeds": [{"seeds": [3, 4], "order": 0}, {"seeds": [5, 6], "order": 2}],
+           "reruns": [{"methods": ["sora"], "order": 1}]}
+    assert report.seed_sets(res) == [[0, 1, 2, 3, 4], [5, 6]]
+    assert report.seed_sets(res, "dylora") == [[0, 1, 2], [3, 4], [5, 6]]  # never rerun: the first run's, then each
+    so = {"accuracy": {"per_seed": [0.80, 0.80, 0.80, 0.80, 0.80, 0.70, 0.72]},
+          "sora": {"kept_gates_per_seed": [100, 100, 100, 100, 100, 100, 200], "gates_per_seed": 288}}
+    lo = {"accuracy": {"per_seed": [0.81] * 7}}
+    first, added = report.sora_target_by_seed_set(res, so, lo)
+    assert first["met"] and first["gap"] == pytest.approx(-1.0) and first["kept"] == pytest.approx(100 / 288)
+    assert not added["met"] and added["gap"] == pytest.approx(-10.0) and added["kept"] == pytest.approx(150 / 288)
