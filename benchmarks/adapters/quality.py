@@ -571,7 +571,7 @@ def rerun(methods: list[str], res: dict, reuse: bool = False) -> dict:
     unknown = set(methods) - {r[1] for r in ROWS}
     if unknown:
         raise SystemExit(f"error: no row for {', '.join(sorted(unknown))}")
-    t0 = time.time()
+    t0, env = time.time(), environment()  # the code as it starts (files may be edited or committed while it runs)
     torch.set_num_threads(1)
     acc = make_accelerator("no", cpu=True)
     d = data()
@@ -612,7 +612,7 @@ def rerun(methods: list[str], res: dict, reuse: bool = False) -> dict:
                           **row}
     order = len(res.get("reruns", [])) + len(res.get("added_seeds", []))  # the report lists steps in this order
     ones = [v["sora_shrink"] for v in VARIANTS["sora"] if v.get("gate_init") == "ones"]
-    res.setdefault("reruns", []).append({"methods": methods, "env": environment(), "seconds": time.time() - t0,
+    res.setdefault("reruns", []).append({"methods": methods, "env": env, "seconds": time.time() - t0,
                                          "order": order,
                                          **({"reused_points": {m: s["reused_points"] for (_, m, _, _), s
                                                                in zip(rows, sels)}} if reuse else {}),
