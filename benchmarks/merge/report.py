@@ -39,11 +39,13 @@ MERGES = [
     ("dare (density 0.5)", "dare", RANK, {"density": 0.5}),
     ("peft linear (factor-wise, weights 1/3)", "peft-linear", RANK, {"weights": [1 / 3] * 3}),
     ("peft linear (factor-wise, weights 1)", "peft-linear", RANK, {"weights": [1.0] * 3}),
+    ("peft ties (factor-wise, density 0.5)", "peft-ties", RANK, {"weights": [1.0] * 3, "density": 0.5}),
     ("lego (rank 24, dual reweighting)", "lego", 3 * RANK, {}),
     ("cat (rank 24, the exact sum)", "cat", None, {}),
 ]
 LEGO = "lego (dual reweighting)"
-PEFT_LINEAR = ("peft linear (factor-wise, weights 1/3)", "peft linear (factor-wise, weights 1)")
+PEFT_LINEAR = ("peft linear (factor-wise, weights 1/3)", "peft linear (factor-wise, weights 1)",
+               "peft ties (factor-wise, density 0.5)")  # peft's own merges of the factors, for reference
 RIVALS = ("linear (sum)", "linear (mean)", "ties (density 0.5)")
 
 
@@ -248,10 +250,12 @@ def verdict(res: dict, agg: dict, label: str) -> tuple[str, bool]:
             ("." if label == LEGO else " with the LEGO variant chosen on validation."))
     pl = {k: agg[k]["retained_mean"][0] for k in PEFT_LINEAR if k in agg}
     if pl:
-        text += (" For reference, peft's own factor-wise linear merge (A's and B's summed separately, not the "
-                 "target's linear baseline) retains " + ", ".join(f"{x:.3f} ({k})" for k, x in pl.items()) +
-                 "; LEGO is " + ("ahead of both." if all(lego > x for x in pl.values()) else
-                                 "behind both." if all(lego <= x for x in pl.values()) else "between them."))
+        every = "both" if len(pl) == 2 else "all of them"
+        text += (" For reference, peft's own factor-wise merges (`add_weighted_adapter` with combination_type "
+                 "linear or ties on equal-rank LoRAs: the A's and the B's merged separately; not the target's "
+                 "baselines, which merge the updates) retain " + ", ".join(f"{x:.3f} ({k})" for k, x in pl.items())
+                 + "; LEGO is " + (f"ahead of {every}." if all(lego > x for x in pl.values()) else
+                                   f"behind {every}." if all(lego <= x for x in pl.values()) else "between them."))
     return text, not not_beaten
 
 

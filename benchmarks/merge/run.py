@@ -162,17 +162,18 @@ def clusters(paths: list[Path], seed: int, basis: str, cluster_on: str) -> dict:
             "rank_one_share": float(np.mean(kept)), "rank_one_cos": float(np.mean(kept_cos))}
 
 
-def peft_linear(base, inputs: list[Path], weights: list[float], out: Path) -> Path:
-    """peft's own factor-wise linear merge (``add_weighted_adapter(combination_type="linear")``: the A's and the
-    B's summed separately, each weighted by sqrt(w_i s_i), so the product has cross terms B_i A_j), saved as a
-    peft folder; returns the folder that holds the merged adapter."""
+def peft_factorwise(base, inputs: list[Path], weights: list[float], out: Path, combination: str = "linear",
+                    density: float | None = None) -> Path:
+    """peft's own factor-wise merge of equal-rank LoRAs (``add_weighted_adapter(combination_type="linear")`` or
+    ``"ties"``: the A's and the B's merged separately, each weighted by sqrt(w_i s_i), so the product has cross
+    terms B_i A_j), saved as a peft folder; returns the folder that holds the merged adapter."""
     import peft
 
     model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(inputs[0]), adapter_name="in0")
     for i, path in enumerate(inputs[1:], 1):
         model.load_adapter(str(path), adapter_name=f"in{i}")
     model.add_weighted_adapter([f"in{i}" for i in range(len(inputs))], list(weights), "merged",
-                               combination_type="linear")
+                               combination_type=combination, **({"density": density} if density else {}))
     model.save_pretrained(str(out), selected_adapters=["merged"])
     return out / "merged"
 
@@ -345,8 +346,9 @@ def main() -> None:
             for label, method, rank, opts in MERGES:
                 out = tmp / f"s{seed}-{method}-{len(rows)}"
                 opts = dict(opts, seed=seed) if method in ("lego", "dare") else opts
-                if method == "peft-linear":
-                    out = peft_linear(base, inputs, opts["weights"], out)
+                if method.startswith("peft-"):
+                    out = peft_factorwise(base, inputs, opts["weights"], out, method.removeprefix("peft-"),
+                                          opts.get("density"))
                     distance = distance_to_sum(inputs, out, opts["weights"])
                 else:
                     distance = merge_adapters(inputs, method, out, rank=rank, **opts)[

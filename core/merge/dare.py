@@ -1,7 +1,9 @@
 """DARE merging of LoRA updates (Yu et al., ICML 2024, arXiv 2311.03099, eq. 1-2: drop each entry
 with probability 1 - density and rescale the rest by 1 / density), with peft's implementations
 (``peft.utils.merge_utils.dare_linear`` / ``dare_ties``) on the dense updates Delta_i = s_i B_i A_i,
-then re-factorised to rank k by a truncated SVD, as peft's ``add_weighted_adapter`` does. The random
+then re-factorised to rank k by a truncated SVD, as peft's ``add_weighted_adapter`` does with
+``combination_type="dare_linear_svd"`` / ``"dare_ties_svd"`` (its ``"dare_linear"`` / ``"dare_ties"``
+without ``_svd`` drop entries of the A's and the B's separately instead). The random
 drop is seeded (``seed``) inside a forked RNG, so the global RNG is untouched.
 
 Not covered: DARE on the factors themselves (the paper works on full weight deltas).

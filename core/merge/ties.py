@@ -1,9 +1,12 @@
 """TIES merging of LoRA updates (Yadav et al., NeurIPS 2023, arXiv 2306.01708, Sec. 3: trim to the
 top-``density`` magnitudes, elect the sign per entry, disjoint mean), with peft's implementation
 (``peft.utils.merge_utils.ties``) on the dense updates Delta_i = s_i B_i A_i, then re-factorised to
-rank k by a truncated SVD, as peft's ``add_weighted_adapter(combination_type="ties")`` does.
+rank k by a truncated SVD, as peft's ``add_weighted_adapter(combination_type="ties_svd")`` does. peft's
+plain ``combination_type="ties"`` is another method: for inputs of equal rank it applies TIES to the A's
+and to the B's separately (each scaled by sqrt(weight * scale)), so its update is not a TIES merge of
+the updates; benchmarks/merge reports it as a reference beside this one.
 
-Not covered: ``ties_svd``'s per-step clamping options beyond what peft's function takes.
+Not covered: ``ties_svd``'s clamping of the SVD factors (``svd_clamp``); TIES on the factors.
 """
 
 from __future__ import annotations
