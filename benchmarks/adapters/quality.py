@@ -49,7 +49,9 @@ Run from the repository root: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m
 torch's thread pool spin). The first run pretrains the encoder (minutes); later runs load it.
 ``--seeds SEED ...`` sets the test seeds of a full run; ``--rerun METHOD ...`` retrains only those rows into
 the existing results (same settings, encoder and head rate; recorded in the report), e.g. after a fix to one
-method; ``--add-seeds SEED ...`` trains every
+method (with ``--reuse-selection`` the grid points already in the stored selection are not trained again, one of
+them is and must reproduce its stored scores: for an extended grid, e.g. ``--sora-ones-shrink-grid``, SoRA with
+every gate starting at 1); ``--add-seeds SEED ...`` trains every
 row of the existing results at further seeds with the rates already chosen (``quality_seeds.py``: seed 0 of two
 rows is retrained first and must reproduce the stored scores exactly); ``--report-only`` rewrites the .md.
 Not covered: a real-size encoder (the ranking of methods on a tiny model need not transfer), GPU,
@@ -455,7 +457,7 @@ SCORE_KEYS = ("accuracy", "macro_f1", "nll", "kept_fraction", "kept_fraction_max
 def _select_reusing(pool, method: str, opts: dict, grid, head_lr: float, tmp: str, stored: dict | None) -> dict:
     """A row's selection that trains only the grid points not in ``stored`` (an earlier selection of the row, same
     settings, seeds and folds), plus one stored point trained again: its validation scores must equal the stored
-    ones exactly (the code and encoder reproduce the earlier trainings), else nothing is chosen."""
+    ones exactly (the code and encoder reproduce the earlier trainings), else the run stops."""
     from benchmarks.adapters.quality_select import pick, point_score
 
     points = _points(method, grid)
