@@ -401,6 +401,11 @@ def _choose(method: str, grid, results: list[dict]) -> dict:
 
     out = choose(method, _points(method, grid), results, SELECT_FOLDS * SELECT_SEEDS, SORA_MAX_KEPT, SELECT_BY,
                  SORA_KEPT_RULE)
+    return _selection(method, grid, out)
+
+
+def _selection(method: str, grid, out: dict) -> dict:
+    """A row's recorded selection: its grid, variants and (with STEPS_GRID) steps, then the choice ``out``."""
     return {"grid": list(grid), "variants": list(VARIANTS.get(method, ({},))),
             **({"steps_grid": list(STEPS_GRID)} if STEPS_GRID else {}), **out}
 
@@ -477,9 +482,7 @@ def _select_reusing(pool, method: str, opts: dict, grid, head_lr: float, tmp: st
     by_key = {_point_key(p["variant"], p["lr"]): p for p in (stored or {"points": []})["points"]}
     scored_all = [scored[i] if i in scored else by_key[_point_key(*points[i])] for i in range(len(points))]
     out = pick(method, scored_all, SORA_MAX_KEPT, SELECT_BY, SORA_KEPT_RULE)
-    return {"grid": list(grid), "variants": list(VARIANTS.get(method, ({},))),
-            **({"steps_grid": list(STEPS_GRID)} if STEPS_GRID else {}), **out,
-            "reused_points": len(points) - len(new),
+    return {**_selection(method, grid, out), "reused_points": len(points) - len(new),
             **({"reuse_check": {"variant": points[check][0], "lr": points[check][1]}} if check is not None else {})}
 
 
@@ -626,11 +629,15 @@ def rerun(methods: list[str], res: dict, reuse: bool = False) -> dict:
     return res
 
 
+def _check_shrinks(shrinks: list[float], option: str) -> None:
+    if not shrinks or min(shrinks) <= 0 or len(set(shrinks)) != len(shrinks):
+        raise SystemExit(f"error: {option} takes distinct positive shrinks")
+
+
 def set_sora_shrinks(shrinks: list[float]) -> None:
     """SoRA's grid of total shrinks (``--sora-shrink-grid``), chosen with its rate on validation (gates drawn
     N(0, 1), the official init; variants with gates starting at 1 are kept)."""
-    if not shrinks or min(shrinks) <= 0 or len(set(shrinks)) != len(shrinks):
-        raise SystemExit("error: --sora-shrink-grid takes distinct positive shrinks")
+    _check_shrinks(shrinks, "--sora-shrink-grid")
     ones = tuple(v for v in VARIANTS["sora"] if v.get("gate_init") == "ones")
     VARIANTS["sora"] = tuple({"sora_shrink": float(s)} for s in shrinks) + ones
 
@@ -640,8 +647,7 @@ def set_sora_ones_shrinks(shrinks: list[float]) -> None:
     (``--sora-ones-shrink-grid``), chosen on validation with the rate, beside the official N(0, 1) init's. With
     the N(0, 1) init a gate that training does not move survives exactly when |g0| > shrink
     (``quality_sora_init.py``); starting every gate at 1 leaves survival to training."""
-    if not shrinks or min(shrinks) <= 0 or len(set(shrinks)) != len(shrinks):
-        raise SystemExit("error: --sora-ones-shrink-grid takes distinct positive shrinks")
+    _check_shrinks(shrinks, "--sora-ones-shrink-grid")
     normal = tuple(v for v in VARIANTS["sora"] if v.get("gate_init", "normal") == "normal")
     VARIANTS["sora"] = normal + tuple({"sora_shrink": float(s), "gate_init": "ones"} for s in shrinks)
 

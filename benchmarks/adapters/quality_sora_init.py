@@ -21,6 +21,7 @@ rewrites the .md). Not covered: the test folds (this only informs the grid of a 
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import statistics
@@ -89,8 +90,6 @@ def summarise(init: str, shrink: float, lr: float, outs: list[dict]) -> dict:
 
 
 def run() -> dict:
-    import json
-
     t0, env = time.time(), q.environment()
     stored = json.loads(STORED.read_text(encoding="utf-8"))
     qt.use_corpus(stored["setup"]["corpus"])

@@ -44,8 +44,8 @@ MERGES = [
     ("cat (rank 24, the exact sum)", "cat", None, {}),
 ]
 LEGO = "lego (dual reweighting)"
-PEFT_LINEAR = ("peft linear (factor-wise, weights 1/3)", "peft linear (factor-wise, weights 1)",
-               "peft ties (factor-wise, density 0.5)")  # peft's own merges of the factors, for reference
+PEFT_FACTOR_MERGES = ("peft linear (factor-wise, weights 1/3)", "peft linear (factor-wise, weights 1)",
+                      "peft ties (factor-wise, density 0.5)")  # peft's own merges of the factors, for reference
 RIVALS = ("linear (sum)", "linear (mean)", "ties (density 0.5)")
 
 
@@ -248,7 +248,7 @@ def verdict(res: dict, agg: dict, label: str) -> tuple[str, bool]:
             "). The target (LEGO above linear and TIES at the rank of one input) is "
             f"{'met' if not not_beaten else 'not met'} in this run" +
             ("." if label == LEGO else " with the LEGO variant chosen on validation."))
-    pl = {k: agg[k]["retained_mean"][0] for k in PEFT_LINEAR if k in agg}
+    pl = {k: agg[k]["retained_mean"][0] for k in PEFT_FACTOR_MERGES if k in agg}
     if pl:
         every = "both" if len(pl) == 2 else "all of them"
         text += (" For reference, peft's own factor-wise merges (`add_weighted_adapter` with combination_type "

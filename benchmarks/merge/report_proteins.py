@@ -11,7 +11,7 @@ from report import (
     LEGO,
     MERGES,
     MIN_GAIN,
-    PEFT_LINEAR,
+    PEFT_FACTOR_MERGES,
     RANK,
     RIVALS,
     _clusters,
@@ -115,7 +115,7 @@ def protein_md(res: dict) -> str:
         lines += ["", "Merges that leave a left-out family worse than the base on test: " + "; ".join(
             f"{k}: {', '.join(v) if v else 'none'}" for k, v in worse.items()) + "."]
     if out:
-        pool = {k: agg[k]["pooled"][0] for k in dict.fromkeys((LEGO, best, *RIVALS, *PEFT_LINEAR)) if k in agg}
+        pool = {k: agg[k]["pooled"][0] for k in dict.fromkeys((LEGO, best, *RIVALS, *PEFT_FACTOR_MERGES)) if k in agg}
         ahead = {k: sum(x > y for x, y in zip(agg[lg]["per_seed_pooled"], agg[k]["per_seed_pooled"]))
                  for lg in (LEGO,) for k in RIVALS}
         lines += ["", "Pooled over all three families (sum of the merged LoRA's test gains / sum of the own LoRAs' "
