@@ -68,7 +68,7 @@ def answers_cut_without_fitting(seed: int, max_seq_length: int = 256) -> dict:
 
 def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
              max_seq_length: int | None = None, n_samples: int = 0, s1_set: tuple[str, ...] = (),
-             s2_set: tuple[str, ...] = (), validation: bool = False) -> dict:
+             s2_set: tuple[str, ...] = (), validation: bool = False, settings: tuple[str, ...] | None = None) -> dict:
     from importlib import resources
 
     from adaptome.core.config import load_config
@@ -149,7 +149,8 @@ def one_seed(seed: int, work: Path, s1_steps: int | None, s2_steps: int | None,
         if validation:  # samples judged against the family's sequences without the benchmark's held-out ones
             real = [r for r in real if r.id not in benchmark_held]
         out["generation_rows"] = [{"pipeline": "windows", "seed": seed, **r} for r in
-                                  gen.sample_rows(s2["merged"], labels, real, n_samples, seed, list(gen.SETTINGS))]
+                                  gen.sample_rows(s2["merged"], labels, real, n_samples, seed,
+                                                  list(settings or gen.SETTINGS))]
         out["generation_seconds"] = time.perf_counter() - t0
     return out
 
@@ -176,9 +177,10 @@ def _run_seed(job: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    seed, s1_steps, s2_steps, msl, n_samples, out, s1_set, s2_set, validation = job
+    seed, s1_steps, s2_steps, msl, n_samples, out, s1_set, s2_set, validation, settings = job
     with tempfile.TemporaryDirectory() as d:
-        run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples, tuple(s1_set), tuple(s2_set), validation)
+        run = one_seed(seed, Path(d), s1_steps, s2_steps, msl, n_samples, tuple(s1_set), tuple(s2_set), validation,
+                       tuple(settings) if settings else None)
     part = Path(out)
     part.mkdir(parents=True, exist_ok=True)
     (part / f"seed{seed}.json").write_text(json.dumps(run), encoding="utf-8")
@@ -319,7 +321,7 @@ def command(cfg: dict) -> str:
     for key, flag in (("s1_steps", "--s1-steps"), ("s2_steps", "--s2-steps"), ("max_seq_length", "--max-seq-length")):
         if cfg.get(key):
             out += f" {flag} {cfg[key]}"
-    for key, flag in (("s1_set", "--s1-set"), ("s2_set", "--s2-set")):
+    for key, flag in (("s1_set", "--s1-set"), ("s2_set", "--s2-set"), ("settings", "--settings")):
         if cfg.get(key):
             out += f" {flag} " + " ".join(cfg[key])
     if cfg.get("validation"):
@@ -390,6 +392,8 @@ def main() -> None:
                     "(0: none); that benchmark reads them with --from-classify")
     ap.add_argument("--s1-set", nargs="*", default=[], help="stage-1 config overrides, e.g. whole_windows=true")
     ap.add_argument("--s2-set", nargs="*", default=[], help="stage-2 config overrides, e.g. train.weight_decay=0.1")
+    ap.add_argument("--settings", nargs="+", default=None,
+                    help="with --samples: only these settings of benchmarks/protein_generate's SETTINGS (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json / results.md")
     ap.add_argument("--name", default="results", help="file stem of the outputs: <name>.json / <name>.md")
@@ -417,8 +421,12 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     partial = args.out / (".partial" if args.name == "results" else f".partial-{args.name}")  # one per run
+    if args.settings:
+        unknown = sorted(set(args.settings) - set(_generate_benchmark().SETTINGS))
+        if unknown:
+            raise SystemExit(f"--settings: unknown {unknown}; known: {sorted(_generate_benchmark().SETTINGS)}")
     jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(partial), args.s1_set,
-             args.s2_set, args.validation) for seed in args.seeds]
+             args.s2_set, args.validation, args.settings) for seed in args.seeds]
     if args.jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -429,7 +437,7 @@ def main() -> None:
         runs = [_run_seed(j) for j in jobs]
     res = {"config": {"seeds": args.seeds, "s1_steps": args.s1_steps, "s2_steps": args.s2_steps,
                       "s1_set": args.s1_set, "s2_set": args.s2_set, "name": args.name,
-                      "validation": args.validation,
+                      "validation": args.validation, "settings": args.settings,
                       "max_seq_length": args.max_seq_length, "samples": args.samples, "jobs": args.jobs},
            "git": _git(), "versions": _versions(),
            "seconds": time.perf_counter() - t0, "runs": runs, "summary": summarise(runs)}

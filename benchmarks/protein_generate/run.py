@@ -68,10 +68,12 @@ CMD = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/protein_generate
 #: ``+lenprior`` settings are NOT plain sampling (``SamplingParams.length_prior``: each sample's length is
 #: drawn from its family's training lengths): reported beside the others, never a candidate for a preset
 def _setting(temperature: float, top_p: float = 0.95, top_k: int = 0, repetition_penalty: float = 1.0,
-             residues_only: bool = False, length_prior: bool = False) -> dict:
-    """One decoding setting (``SamplingParams`` fields)."""
-    return dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                residues_only=residues_only, length_prior=length_prior)
+             residues_only: bool = False, length_prior: bool = False, guidance: float = 1.0) -> dict:
+    """One decoding setting (``SamplingParams`` fields; ``guidance`` only where it is not 1, so that the settings
+    of earlier runs read the same)."""
+    out = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+               residues_only=residues_only, length_prior=length_prior)
+    return out | ({"guidance": guidance} if guidance != 1.0 else {})
 
 
 SETTINGS = {
@@ -85,6 +87,10 @@ SETTINGS = {
     "res-t1.0": _setting(1.0, top_p=1.0, residues_only=True),
     "res-t0.8-p0.95-rp1.1": _setting(0.8, repetition_penalty=1.1, residues_only=True),
     "t0.8-p0.95+lenprior": _setting(0.8, length_prior=True),
+    # classifier-free guidance (``SamplingParams.guidance``, domains/protein/guidance.py) on the small preset
+    "res-t0.9-p0.95-g1.5": _setting(0.9, residues_only=True, guidance=1.5),
+    "res-t0.9-p0.95-g2": _setting(0.9, residues_only=True, guidance=2.0),
+    "res-t0.9-p0.95-g3": _setting(0.9, residues_only=True, guidance=3.0),
 }
 PIPELINES = ("windows", "crop128")
 KS_ALPHA, LC_FACTOR = 0.05, 1.5
@@ -124,6 +130,7 @@ def train_pipeline(pipeline: str, seed: int, out: Path, s1_steps: int | None, s2
 def sample_rows(merged: str, labels: list[str], real, n: int, seed: int, settings: list[str]) -> list[dict]:
     """Per setting and family: the numbers of the module docstring."""
     from adaptome.domains.protein import data, evaluate, sample
+    from adaptome.domains.protein.kmer import KmerClassifier
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.training_data import read_training_data
 
@@ -133,6 +140,7 @@ def sample_rows(merged: str, labels: list[str], real, n: int, seed: int, setting
     info = read_training_data(merged) or {}
     limit, _ = sample.resolve_max_new_tokens(model, tok, prompts, None, info)
     lengths = (info.get("label_lengths") or {}).get(data.FAMILY.key)
+    judge = KmerClassifier(3).fit([r.seq for r in real], [r.label for r in real])  # control accuracy's judge
     rows = []
     for name in settings:
         kw = SETTINGS[name]
@@ -143,9 +151,11 @@ def sample_rows(merged: str, labels: list[str], real, n: int, seed: int, setting
         for lab in labels:
             mine = [s for s in gen if s.label == lab]
             r = per[lab]
+            judged = judge.predict([s.seq for s in mine])
             rows.append({"setting": name, "family": lab, "n": len(mine), "max_new_tokens": limit,
                          "complete": sum(s.complete for s in mine) / len(mine),
-                         "lengths": [len(s.seq) for s in mine],
+                         "lengths": [len(s.seq) for s in mine], "judged": judged,
+                         "control_accuracy": sum(bool(s.seq) and j == lab for s, j in zip(mine, judged)) / len(mine),
                          **{k: r.get(k) for k in ("mean_length", "real_mean_length", "n_real", "length_ks_statistic",
                                                   "length_ks_pvalue", "low_complexity_share",
                                                   "real_low_complexity_share", "low_complexity_ratio")}})
@@ -261,6 +271,9 @@ def summarise(rows: list[dict]) -> dict:
                 "median_abs_log2_lc_ratio": statistics.median(abs(math.log2(x)) for x in ratios) if ratios else None,
                 "complete": statistics.mean(r["complete"] for r in sel),
                 "mean_length_ratio": statistics.mean((r["mean_length"] or 0) / r["real_mean_length"] for r in sel)}
+            if all("control_accuracy" in r for r in sel):  # runs since the guidance settings record it
+                out[f"{pipe}/{name}"]["control_per_seed"] = [
+                    statistics.mean(r["control_accuracy"] for r in sel if r["seed"] == s) for s in seeds]
     return out
 
 
@@ -307,6 +320,12 @@ def write_md(res: dict) -> str:
                      f"{v['lc_pooled_within_per_seed']} | "
                      f"{v['mean_ks_pvalue']:.3f} | {'n/a' if lc is None else f'{lc:.2f}'} | {v['complete']:.2f} | "
                      f"{v['mean_length_ratio']:.2f} |")
+    ctrl = [v for v in summ.values() if "control_per_seed" in v]
+    if ctrl:
+        lines += ["", "Control accuracy (the share of a family's samples that a 3-mer logistic regression fitted on "
+                  "the families' real seed sequences assigns to that family; chance 1/" f"{nf}), per seed: "
+                  + "; ".join(f"{v['setting']} " + ", ".join(f"{x:.2f}" for x in v["control_per_seed"]) for v in ctrl)
+                  + "."]
     chosen = res.get("chosen")
     best = chosen["setting"] if chosen else res["best_setting"]
     b = summ.get(f"windows/{best}") or next(v for v in summ.values() if v["setting"] == best)
@@ -537,7 +556,8 @@ def from_classify(path: Path, name: str = "results", choose_from: Path | None = 
            + (" --validation" if cfg.get("validation") else "")
            + (f" --s1-steps {cfg['s1_steps']}" if cfg.get("s1_steps") else "")
            + (f" --s2-steps {cfg['s2_steps']}" if cfg.get("s2_steps") else "")
-           + "".join(f" --{k.replace('_', '-')} " + " ".join(cfg[k]) for k in ("s1_set", "s2_set") if cfg.get(k))
+           + "".join(f" --{k.replace('_', '-')} " + " ".join(cfg[k]) for k in ("s1_set", "s2_set", "settings")
+                     if cfg.get(k))
            + (f" --name {path.stem}" if path.stem != "results" else "")
            + f"; .venv/bin/python benchmarks/protein_generate/run.py --from-classify {path}"
            + (f" --name {name}" if name != "results" else "")
@@ -561,7 +581,7 @@ def from_classify(path: Path, name: str = "results", choose_from: Path | None = 
                   "validation_summary": v["summary"][f"windows/{v['best_setting']}"]}
     res = {"validation": val, "chosen": chosen, "command": cmd,
            "args": {"n": len(rows[0]["lengths"]), "seeds": sorted({x["seed"] for x in rows}),
-                    "settings": list(SETTINGS)},
+                    "settings": cfg.get("settings") or list(SETTINGS)},
            "commit": cls["git"] + (f" (HEAD when the run finished; it started from the tree of {cls['git_started']}, "
                                    "the later commits changed no code the run read)" if cls.get("git_started") else ""),
            "platform": platform.platform(), "threads": torch.get_num_threads(), "seconds": cls["seconds"],

@@ -198,6 +198,9 @@ def sample_cmd(
                                       help="NOT plain sampling: draw each sample's length from its label's training "
                                       "lengths (training_data.json) and end it there; default: the model decides "
                                       "where to stop"),
+    guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale (>= 1; 1: off): each step "
+                                             "leans away from the model's unconditional Seq=< prediction, towards the "
+                                             "label's; about twice the sampling cost (default: the preset's)"),
     allow_unseen_labels: bool = typer.Option(False, help="sample a label the model was not trained on"),
     out: Path = typer.Option(..., help="output FASTA"), overwrite: bool = typer.Option(False),
 ) -> None:
@@ -231,9 +234,17 @@ def sample_cmd(
         name = preset_for(m) if preset == "auto" else preset
         params = with_preset(name, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size,
-                             residues_only=residues_only, length_prior=length_prior or None)
+                             residues_only=residues_only, length_prior=length_prior or None, guidance=guidance)
+        more = []
+        if params.guidance != 1.0:
+            from adaptome.domains.protein.guidance import check_scale
+
+            check_scale(params.guidance)
+            more.append(f"classifier-free guidance {params.guidance}: each step also runs the model on Seq=< "
+                        "without the label (about twice the sampling time)")
         prompts = sorted({p for _, p in prompt_plan(task, labels, 1, prefix)})
-        limit, more = resolve_max_new_tokens(m, tok, prompts, max_new_tokens, info)
+        limit, notes_limit = resolve_max_new_tokens(m, tok, prompts, max_new_tokens, info)
+        more = notes_limit + more
         params = dataclasses.replace(params, max_new_tokens=limit)
         lengths = ((info or {}).get("label_lengths") or {}).get(task.key)
         if length_prior:

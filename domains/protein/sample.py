@@ -97,6 +97,9 @@ class SamplingParams:
         length_prior: draw each conditional sample's length from its label's training lengths and
             end it there (``>`` suppressed before, forced at it; module docstring). Not plain sampling:
             lengths come from the data, not from the model. False: the model decides where to stop.
+        guidance: classifier-free guidance scale (``guidance.py``): each step's log-probabilities are
+            log p(w | x) + g (log p(w | label, x) - log p(w | x)), the unconditional branch being the same model
+            on ``Seq=<`` and the same residues. 1.0: plain conditional sampling (no second branch).
     """
 
     temperature: float = 0.2
@@ -108,6 +111,7 @@ class SamplingParams:
     batch_size: int = 16
     residues_only: bool = False
     length_prior: bool = False
+    guidance: float = 1.0
 
 
 #: decoding presets; ``small`` is chosen in benchmarks/protein_generate (results_small-validation.md there)
@@ -217,7 +221,7 @@ def generate_continuations(model, tok, prompts: list[str], params: SamplingParam
     With ``params.residues_only`` every generated token is constrained to a residue or ``>``: the
     prompts must leave ``Seq=<`` open (``prompt_plan`` does). ``stop_at`` (one per prompt): the
     generated-token count at which ``>`` is forced (and before which it is suppressed), as
-    ``length_prior`` uses it."""
+    ``length_prior`` uses it. With ``params.guidance`` > 1 every prompt must be conditional (``guidance.py``)."""
     eos_ids, single = _stop_ids(tok)
     extra = {} if single else {"stop_strings": [">"], "tokenizer": tok}
     if params.residues_only:
@@ -244,12 +248,21 @@ def _generate_batches(model, tok, batches: list[list[str]], params: SamplingPara
     for b, chunk in enumerate(batches):
         enc = tok(chunk, return_tensors="pt", padding=True).to(device)  # (B, P)
         more = dict(extra)
+        processors = []
+        if params.guidance != 1.0:
+            from adaptome.domains.protein.guidance import Guidance, unconditional_prompt
+
+            unc = tok([unconditional_prompt(p) for p in chunk], return_tensors="pt", padding=True).to(device)  # (B, U)
+            processors.append(Guidance(model, unc["input_ids"], unc["attention_mask"], params.guidance,
+                                       enc["input_ids"].shape[1]))
         if stop_at is not None:
+            gt = tok(">", add_special_tokens=False)["input_ids"][0]
+            processors.append(EndAt(stop_at[done:done + len(chunk)], enc["input_ids"].shape[1], gt,
+                                    tok.all_special_ids))
+        if processors:
             from transformers import LogitsProcessorList
 
-            gt = tok(">", add_special_tokens=False)["input_ids"][0]
-            more["logits_processor"] = LogitsProcessorList(
-                [EndAt(stop_at[done:done + len(chunk)], enc["input_ids"].shape[1], gt, tok.all_special_ids)])
+            more["logits_processor"] = LogitsProcessorList(processors)
         done += len(chunk)
         torch.manual_seed(params.seed + b)
         with torch.no_grad():
@@ -348,6 +361,13 @@ def sample(model, tok, task: LabelTask | None, labels: Iterable[str | None], n_p
     lengths, ``training_data.json``) is what ``params.length_prior`` draws from."""
     plan = prompt_plan(task, labels, n_per_label, prefix)
     resolve_max_new_tokens(model, tok, sorted({p for _, p in plan}), params.max_new_tokens)
+    if params.guidance != 1.0:
+        from adaptome.domains.protein.guidance import check_scale
+
+        check_scale(params.guidance)
+        if any(label is None for label, _ in plan):
+            raise ProteinError("guidance needs a label on every sample: an unconditional sample has no condition to "
+                               "guide towards (sample it with guidance 1)")
     stop_at = None
     if params.length_prior:
         residue_suppression(tok)  # one token per residue and a single-token '>', or a clear error
