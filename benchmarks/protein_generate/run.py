@@ -21,7 +21,11 @@ one, and the share of complete samples (closing ``>`` produced). Targets (issue 
 at least half of the families; low-complexity share within 1.5x of the real one. The setting
 ``t0.8-p0.95+lenprior`` is the length-aware sampler (``SamplingParams.length_prior``): each sample's
 length is drawn from its family's training lengths, so its KS result measures that prior, not the
-model; it is reported beside the plain settings and is never chosen as a preset.
+model; it is reported beside the plain settings and is never chosen as a preset. Settings ending in ``-gG``
+add classifier-free guidance at scale G (``SamplingParams.guidance``, domains/protein/guidance.py) to the small
+preset. Since the guidance runs every row also records control accuracy: the share of the family's samples that a
+3-mer logistic regression fitted on the families' real seed sequences (``kmer.KmerClassifier``, as ``evaluate``'s
+judge) assigns to that family; the report gives it per setting and seed.
 
 ``end_marker_stats`` (run on the classify benchmark's models) measures where a model could learn that a
 family ends: the closing markers of each family in the stage-1 blocks (and whether the protein's start

@@ -54,6 +54,11 @@ the real end of a held-out sequence their p(``>``) is below 0.1 for every family
 KS test passes for 4-5 of 5 families, without it for 2-3); it needs one token per residue and a
 single-token ``>``, and a label the model folder records lengths for.
 
+``guidance`` (1.0, off, in both presets; ``--guidance G``): classifier-free guidance (``guidance.py``), each step
+leaning away from the model's prediction on ``Seq=<`` without the label. Measured on the generation benchmark it
+did not bring lengths or low complexity nearer the families (it shortened samples and raised their low-complexity
+share) and did not raise control accuracy; numbers in ``guidance.py``.
+
 Caveat: with the character tokenizer, repetition penalty 1.2 soon applies to every amino acid (each
 has been seen), so it mostly rescales the logits; it is kept as ProLLaMA's default and can be set to 1.
 

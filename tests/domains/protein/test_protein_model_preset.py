@@ -110,3 +110,17 @@ def test_setting_choice_counts_families_meeting_both_targets_not_passes_of_eithe
     assert summary["windows/t0.9-p0.95"]["both_per_seed"] == [1, 1]
     assert summary["windows/res-t0.9-p0.95"]["both_per_seed"] == [2, 2]
     assert g.best_setting(summary) == "res-t0.9-p0.95"  # a sum of passes would tie and take t0.9 by KS p
+
+
+def test_control_accuracy_is_summarised_per_seed_only_where_every_row_records_it():
+    g = _gen()
+    rows = []
+    for seed, accs in ((0, (0.5, 1.0)), (1, (0.0, 0.25))):
+        for fam, acc in zip("AB", accs):
+            rows.append(_row("res-t0.9-p0.95-g2", fam, seed, 0.3, 0.01, 0.01) | {"control_accuracy": acc})
+            rows.append(_row("res-t0.9-p0.95", fam, seed, 0.3, 0.01, 0.01))  # a row of a run before the judge
+    summary = g.summarise(rows)
+    assert summary["windows/res-t0.9-p0.95-g2"]["control_per_seed"] == [0.75, 0.125]  # mean over families
+    assert "control_per_seed" not in summary["windows/res-t0.9-p0.95"]
+    assert g.SETTINGS["res-t0.9-p0.95-g2"]["guidance"] == 2.0
+    assert "guidance" not in g.SETTINGS["res-t0.9-p0.95"]  # earlier runs' settings read the same
