@@ -228,6 +228,12 @@ def sample_cmd(
     with user_errors():
         task = _task(task_name, task_key)
         labels = label or [None]
+        if guidance is not None and guidance != 1.0:
+            from adaptome.domains.protein.guidance import check_scale
+
+            check_scale(guidance)
+            if not label:
+                fail("--guidance needs --label: unconditional samples have no label to guide towards")
         info = read_training_data(model)
         notes = check_labels(labels, task.key, info, str(model), allow_unseen_labels)
         m, tok = load_model_and_tokenizer(str(model))
@@ -237,9 +243,6 @@ def sample_cmd(
                              residues_only=residues_only, length_prior=length_prior or None, guidance=guidance)
         more = []
         if params.guidance != 1.0:
-            from adaptome.domains.protein.guidance import check_scale
-
-            check_scale(params.guidance)
             more.append(f"classifier-free guidance {params.guidance}: each step also runs the model on Seq=< "
                         "without the label (about twice the sampling time)")
         prompts = sorted({p for _, p in prompt_plan(task, labels, 1, prefix)})

@@ -80,3 +80,6 @@ def test_sample_cli_guidance_is_written_in_every_header(tiny, tmp_path):
     assert len(heads) == 2 and all("guidance=2.0" in h for h in heads)
     r = CliRunner().invoke(app, args + ["--guidance", "0.5", "--out", str(tmp_path / "h.fa")])
     assert r.exit_code == 2 and "must be >= 1" in r.output and not (tmp_path / "h.fa").exists()
+    no_label = [a for a in args if a not in ("--label", "X")]
+    r = CliRunner().invoke(app, no_label + ["--guidance", "2", "--out", str(tmp_path / "u.fa")])
+    assert r.exit_code == 2 and "--guidance needs --label" in r.output and not (tmp_path / "u.fa").exists()
