@@ -25,7 +25,11 @@ model; it is reported beside the plain settings and is never chosen as a preset.
 add classifier-free guidance at scale G (``SamplingParams.guidance``, domains/protein/guidance.py) to the small
 preset. Since the guidance runs every row also records control accuracy: the share of the family's samples that a
 3-mer logistic regression fitted on the families' real seed sequences (``kmer.KmerClassifier``, as ``evaluate``'s
-judge) assigns to that family; the report gives it per setting and seed.
+judge) assigns to that family; the report gives it per setting and seed. ``results_s1r128-validation`` is a
+diagnostic, not a candidate recipe: stage 1 with a full-rank LoRA (r 128 = the small preset's hidden size, alpha 256,
+the same learning rate) instead of r 16 on the randomly initialised base, to see whether the low-rank stage 1
+limits the samples; at that learning rate it trained worse in both stages (final losses 2.88-2.91 and 2.73-2.95
+against 2.69-2.73 and 1.93-2.12 with r 16) and its samples mostly ran to the length limit.
 
 ``end_marker_stats`` (run on the classify benchmark's models) measures where a model could learn that a
 family ends: the closing markers of each family in the stage-1 blocks (and whether the protein's start
