@@ -15,16 +15,17 @@ its warpers); tokens the sampler suppresses (``residues_only``) stay at -inf.
 Why it is offered: on ``benchmarks/protein_generate`` the small models' samples for one family often take another
 family's length (``results_small.json``, seed 0: 13 of 24 Cyclin_N samples at 271-385 residues, the 3Beta_HSD /
 ArsP_1 lengths, where real Cyclin_N domains are 123-153; 9 of 24 COX2_TM samples at 271-465, real 82-93): the label
-reaches the residues only weakly, so a sample drifts into another family's mode. Guidance strengthens exactly that dependence. Measured there (``results_guidance-validation.md``, then
-``results_guidance.md`` on the held-out sequences; the ``small`` model preset, 24 samples per family, 3 seeds), it
-does not help these models: on the validation split the plain ``small`` setting was chosen over scales 1.5, 2 and 3
-by the rule fixed before the runs, and on the held-out sequences guidance passed the length KS test for fewer
-families (mean KS p 0.125 plain, 0.046 / 0.022 / 0.018 guided), made samples shorter (mean length / real 1.15 plain,
-1.01 / 0.82 / 0.64) and richer in low complexity (pooled share 0.076-0.082 per seed plain, 0.095-0.331 guided,
-real 0.076), while the share of samples a 3-mer judge assigns to their family stayed where it was (0.30-0.66 per seed plain,
-0.26-0.64 guided; chance 0.2). The unconditional branch is out of the stage-2 model's training distribution (it
-never saw ``Seq=<`` without an instruction in stage 2; stage 1 rarely showed an end), so the difference that
-guidance amplifies is mostly the instruction's, not the family's. It stays an option, off in both presets.
+reaches the residues only weakly, so a sample drifts into another family's mode. Guidance strengthens exactly that
+dependence. Measured there (``results_guidance-validation.md``, then ``results_guidance.md`` on the held-out
+sequences; the ``small`` model preset, 24 samples per family, 3 seeds), it does not help these models: on the
+validation split the plain ``small`` setting was chosen over scales 1.5, 2 and 3 by the rule fixed before the runs,
+and on the held-out sequences guidance passed the length KS test for fewer families (mean KS p 0.125 plain, 0.046 /
+0.022 / 0.018 guided), made samples shorter (mean length / real 1.15 plain, 1.01 / 0.82 / 0.64) and richer in low
+complexity (pooled share 0.076-0.082 per seed plain, 0.095-0.331 guided, real 0.076), while the share of samples a
+3-mer judge assigns to their family stayed where it was (0.30-0.66 per seed plain, 0.26-0.64 guided; chance 0.2).
+The unconditional branch is out of the stage-2 model's training distribution (it never saw ``Seq=<`` without an
+instruction in stage 2; stage 1 rarely showed an end), so the difference that guidance amplifies is mostly the
+instruction's, not the family's. It stays an option, off in both presets.
 
 Not covered: negative prompts (another label as the unconditional branch), guidance of unconditional samples (there
 is nothing to guide: the sampler refuses it), scales below 1.
