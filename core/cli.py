@@ -146,6 +146,8 @@ def adapters_merge(
                                              "(units) or normalised rank-1 updates (updates)"),
     centroid: Optional[str] = typer.Option(None, help="lego: a cluster's rank from the mean factors (factors, "
                                            "default) or the top singular pair of its mean update (update)"),
+    allow_different_bases: bool = typer.Option(False, help="merge LoRAs whose configs name different base models "
+                                               "(e.g. one model under two names)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Merge LoRAs into one peft LoRA (LoRA-LEGO rank-wise clustering, or linear / cat / TIES / DARE).
@@ -169,7 +171,8 @@ def adapters_merge(
                 options[key] = value
         if reweight is not None:
             options.update(param_reweight=reweight, output_reweight=reweight)
-        summary = merge_adapters(adapters, method, out, rank=rank, overwrite=overwrite, **options)
+        summary = merge_adapters(adapters, method, out, rank=rank, overwrite=overwrite,
+                                 allow_different_bases=allow_different_bases, **options)
     typer.echo(f"wrote {out}: {method} merge of {len(adapters)} LoRAs (ranks {summary['ranks_in']}) at rank "
                f"{summary['rank'] or 'sum of ranks'}, {summary['modules']} modules; relative distance to the "
                f"weighted sum of their updates {summary['relative_distance_to_weighted_sum']:.3g}")

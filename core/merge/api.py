@@ -5,7 +5,11 @@ the method's config. The summary reports, per merge, how far the merged update i
 from the weighted sum of the inputs' updates (relative Frobenius distance over all modules), so a
 user sees what a rank-k merge gave up.
 
-Not covered: merging adapters trained on different base models (refused by shape), embedding LoRAs.
+Inputs whose configs name different base models (``base_model_name_or_path``; a local folder compared by its
+resolved path) are refused unless ``allow_different_bases``: LoRAs of two same-shaped bases would otherwise merge
+into an update that fits neither. Bases of different shapes are refused by shape in any case.
+
+Not covered: merging adapters trained on different base models, embedding LoRAs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from typing import Any
 import torch
 
 from adaptome.core.merge import MERGERS
-from adaptome.core.merge.factors import MergeError, check_compatible, modules, read_lora, write_lora
+from adaptome.core.merge.factors import (
+    MergeError,
+    check_compatible,
+    check_same_base,
+    modules,
+    read_lora,
+    write_lora,
+)
 from adaptome.core.merge.linear import weighted_delta
 
 
@@ -33,7 +44,7 @@ def make_config(method: str, options: dict[str, Any] | None = None):
 
 
 def merge_adapters(paths: list[str | os.PathLike], method: str, out: str | os.PathLike, rank: int | None = None,
-                   overwrite: bool = False, **options: Any) -> dict:
+                   overwrite: bool = False, allow_different_bases: bool = False, **options: Any) -> dict:
     """Merge the peft LoRA folders ``paths`` into ``out``; returns a summary."""
     cfg = make_config(method, options)
     if len(paths) < 2:
@@ -49,6 +60,8 @@ def merge_adapters(paths: list[str | os.PathLike], method: str, out: str | os.Pa
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
     loras = [read_lora(p) for p in paths]
+    if not allow_different_bases:
+        check_same_base(loras)
     check_compatible(loras)
     factors = cfg.merge(loras, rank)
     w = weights or [1.0] * len(loras)

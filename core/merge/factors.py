@@ -131,6 +131,30 @@ def check_compatible(loras: list[LoraFolder]) -> None:
             shapes.setdefault(module, (shape, lora.path))
 
 
+def base_name(lora: LoraFolder) -> str | None:
+    """The base model a LoRA names (``base_model_name_or_path``): an existing local folder as its resolved path,
+    a hub id as written, None when the config names none."""
+    name = (lora.config.get("base_model_name_or_path") or "").strip()
+    if not name:
+        return None
+    return os.path.realpath(name) if os.path.isdir(name) else name
+
+
+def check_same_base(loras: list[LoraFolder]) -> None:
+    """Inputs that name their base model must name the same one: LoRAs of two bases of the same shape (two
+    fine-tunes, two checkpoints) pass ``check_compatible``, but their merged update fits neither base. Inputs that
+    name no base are not compared."""
+    named = [(lora, base_name(lora)) for lora in loras]
+    named = [(lora, b) for lora, b in named if b is not None]
+    for lora, b in named[1:]:
+        first, b0 = named[0]
+        if b != b0:
+            raise MergeError(f"{lora.path} was trained on base model {b!r} but {first.path} on {b0!r} "
+                             f"({CONFIG} base_model_name_or_path): a merge of LoRAs of different base models fits "
+                             "neither; pass --allow-different-bases (allow_different_bases=True) if both name the "
+                             "same model")
+
+
 def modules(loras: list[LoraFolder]) -> list[str]:
     return sorted({m for lora in loras for m in lora.factors})
 

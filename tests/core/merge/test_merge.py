@@ -284,3 +284,34 @@ def test_cli_lego_options_reach_the_config_and_bad_ones_are_named(setup, tmp_pat
     assert res.exit_code == 2 and "basis must be 'raw' or 'svd'" in res.output and not (tmp_path / "bad").exists()
     res = _merge("--method", "linear", *paths, "--rank", 3, "--basis", "svd", "--out", tmp_path / "bad")
     assert res.exit_code == 2 and "linear does not take ['basis']" in res.output
+
+
+def _with_base(src, dst, base_name):
+    """A copy of the LoRA folder ``src`` whose config names ``base_name`` as its base model."""
+    dst.mkdir()
+    (dst / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    (dst / "adapter_config.json").write_text(json.dumps(cfg | {"base_model_name_or_path": base_name}))
+    return dst
+
+
+def test_loras_naming_different_base_models_are_refused_unless_allowed(setup, tmp_path):
+    _, _, paths = setup
+    a = _with_base(paths[0], tmp_path / "a", "org/model-a")
+    b = _with_base(paths[1], tmp_path / "b", "org/model-b")
+    res = _merge("--method", "linear", a, b, "--rank", 2, "--out", tmp_path / "x")
+    assert res.exit_code == 2 and "trained on base model 'org/model-b'" in res.output and "'org/model-a'" in res.output
+    assert "--allow-different-bases" in res.output and not (tmp_path / "x").exists()
+    res = _merge("--method", "linear", a, b, "--rank", 2, "--allow-different-bases", "--out", tmp_path / "x")
+    assert res.exit_code == 0, res.output
+    # one local base folder under two spellings (a symlink, a '..' detour) is the same base
+    (tmp_path / "base").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "base")
+    c = _with_base(paths[0], tmp_path / "c", str(tmp_path / "link"))
+    d = _with_base(paths[1], tmp_path / "d", str(tmp_path / "c" / ".." / "base"))
+    res = _merge("--method", "linear", c, d, "--rank", 2, "--out", tmp_path / "y")
+    assert res.exit_code == 0, res.output
+    # an input that names no base is not compared
+    e = _with_base(paths[2], tmp_path / "e", "")
+    res = _merge("--method", "linear", a, e, "--rank", 2, "--out", tmp_path / "z")
+    assert res.exit_code == 0, res.output
