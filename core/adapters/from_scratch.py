@@ -7,8 +7,10 @@ is what a train command calls with the YAML's ``adapter.method`` / ``options``: 
 with ``method.json``; ``load_pretrained_model`` rebuilds such a model on a fresh base of the same
 architecture.
 
-Not covered: merging (a from-scratch model has no base to merge into; its layers can be materialized
-with ``dense_weight()``), peft-format export of these models.
+``save_materialized`` writes a copy with the method's layers made dense (SLTrain: W = s·BA + S per layer) as
+an ordinary transformers checkpoint, which is what a later stage or ``from_pretrained`` loads.
+
+Not covered: merging (a from-scratch model has no base to merge into), peft-format export of these models.
 """
 
 from __future__ import annotations
@@ -99,3 +101,23 @@ def load_pretrained_model(model: nn.Module, path: str | Path) -> nn.Module:
     model = cfg.apply(model)
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     return model
+
+
+def save_materialized(model: nn.Module, out_dir: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
+    """A copy of the from-scratch ``model`` with its layers made dense (the method config's ``materialize``) saved
+    as a standalone transformers checkpoint that ``AutoModel*.from_pretrained`` loads, like an adapter's merged
+    folder. ``model`` itself is left as it was; the copy costs one dense model's memory."""
+    import copy
+
+    from adaptome.core.atomic import atomic_dir
+
+    (name, cfg), = getattr(model, ATTR).items()
+    if not hasattr(cfg, "materialize"):
+        raise TypeError(f"{name} models cannot be written as a dense checkpoint (no materialize)")
+    plain = cfg.materialize(copy.deepcopy(model))
+    with atomic_dir(Path(out_dir), overwrite) as tmp:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+

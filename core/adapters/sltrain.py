@@ -188,6 +188,10 @@ class SLTrainConfig:
         return (self.rank * (in_features + out_features) + int(math.floor(self.delta * in_features * out_features))
                 + (out_features if bias else 0) + (1 if self.trainable_scaling else 0))
 
+    def materialize(self, model: nn.Module) -> nn.Module:
+        """``materialize(model)``: the dense equivalent, for ``from_scratch.save_materialized``."""
+        return materialize(model)
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Replace the targeted ``nn.Linear`` modules of ``model`` in place; every parameter trains."""
         from adaptome.core.adapters.targets import resolve_targets
@@ -204,4 +208,26 @@ class SLTrainConfig:
             p.requires_grad_(True)
         setattr(model, ATTR, {"sltrain": self})
         return model
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """``model`` with every ``SLTrainLinear`` replaced in place by a plain ``nn.Linear`` holding its dense weight
+    W = s · B A + S (``dense_weight``) and its bias, and the from-scratch marker removed: the same function (up to
+    float rounding of the sum), saved and loaded as an ordinary transformers checkpoint (``save_pretrained``,
+    ``from_pretrained``). The dense layers no longer hold the sparse + low-rank structure."""
+    paths = [name for name, m in model.named_modules() if isinstance(m, SLTrainLinear)]
+    for path in paths:
+        old = model.get_submodule(path)
+        with torch.no_grad():
+            weight = old.dense_weight()  # (O, I)
+            lin = nn.Linear(old.in_features, old.out_features, bias=old.bias is not None,
+                            device=weight.device, dtype=weight.dtype)
+            lin.weight.copy_(weight)
+            if old.bias is not None:
+                lin.bias.copy_(old.bias)
+        parent_path, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, child, lin)
+    if hasattr(model, ATTR):
+        delattr(model, ATTR)
+    return model
 

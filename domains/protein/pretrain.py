@@ -147,12 +147,13 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
     Outputs under ``train_kwargs['output_dir']``: ``metrics.jsonl``, ``checkpoints/``,
     ``adapter/``, ``merged/``. Existing ``adapter/`` or ``merged/`` folders are never replaced
     unless ``overwrite``. ``adapter_method`` may also be a from-scratch method (``sltrain``: the whole
-    model trains and is saved to ``adapter/``; nothing is merged); ``optimizer_name`` / ``_options``
+    model trains and is saved to ``adapter/``; with ``merge`` a dense copy, each SLTrain layer materialized as
+    W = s·BA + S, goes to ``merged/``, an ordinary checkpoint that stage 2 loads); ``optimizer_name`` / ``_options``
     pick a ``core.optim.registry.OPTIMIZERS`` entry (``galore``). ``training_data`` (see
     ``training_data.py``) is written as ``training_data.json`` into ``adapter/`` and ``merged/``.
     """
     from adaptome.core.adapters.api import trainable_report
-    from adaptome.core.adapters.from_scratch import apply_method, save_trained
+    from adaptome.core.adapters.from_scratch import apply_method, save_materialized, save_trained
     from adaptome.core.adapters.io import save_merged
     from adaptome.core.optim.registry import make_optimizer_factory
     from adaptome.core.train.loop import fit
@@ -176,8 +177,11 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
                                "history": result.history}
     if training_data is not None:
         write_training_data(out / "adapter", training_data)
-    if merge and not from_scratch:
-        save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
+    if merge:  # a from-scratch model (SLTrain) is written with its layers made dense, so stage 2 can load it
+        if from_scratch:
+            save_materialized(model, out / "merged", tokenizer=tok, overwrite=overwrite)
+        else:
+            save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
         summary["merged"] = str(out / "merged")
         if training_data is not None:
             write_training_data(out / "merged", training_data)

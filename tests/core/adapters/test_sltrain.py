@@ -177,9 +177,42 @@ def test_protein_pretrain_cli_with_sltrain_and_layerwise_galore(tmp_path):
     metrics = [yaml.safe_load(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert losses[-1] < losses[0] - 0.3
-    assert (tmp_path / "run" / "adapter" / "method.json").exists() and not (tmp_path / "run" / "merged").exists()
+    assert (tmp_path / "run" / "adapter" / "method.json").exists()
+    # merged/: the dense equivalent as an ordinary checkpoint (what stage 2 loads), same logits as the SLTrain model
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    dense, _ = load_model_and_tokenizer(str(tmp_path / "run" / "merged"))
+    fresh, _ = load_model_and_tokenizer(None)  # the yaml's model: the tiny LLaMA built from config
+    trained = load_pretrained_model(fresh, tmp_path / "run" / "adapter")
+    ids = torch.randint(3, 20, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(dense(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, SLTrainLinear) for m in dense.modules())
     preset["train"]["max_grad_norm"] = 1.0  # clipping cannot work with layerwise updates: refused, not ignored
     preset["train"]["output_dir"] = str(tmp_path / "run2")
     path.write_text(yaml.safe_dump(preset))
     bad = CliRunner().invoke(protein_app, ["pretrain", "-c", str(path)])
     assert bad.exit_code != 0 and "max_grad_norm" in (bad.output + repr(bad.exception))
+
+
+def test_materialize_gives_plain_linears_with_the_same_function():
+    from adaptome.core.adapters.from_scratch import ATTR
+    from adaptome.core.adapters.sltrain import materialize
+
+    model = SLTrainConfig(rank=4, lora_alpha=8.0, delta=0.05, target_modules="attention+mlp").apply(tiny.llama())
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SLTrainLinear):
+                m.lora_B.normal_()  # a non-zero low-rank part
+    ids = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    layers = {n: m.dense_weight().detach().clone() for n, m in model.named_modules() if isinstance(m, SLTrainLinear)}
+    plain = materialize(model)
+    assert layers and not hasattr(plain, ATTR)
+    for name, w in layers.items():
+        lin = plain.get_submodule(name)
+        assert type(lin) is torch.nn.Linear and torch.equal(lin.weight, w)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+
