@@ -7,7 +7,7 @@ a tiny one from config, apply the adapter by registry name (or a from-scratch me
 ``sltrain``: ``adapters.from_scratch``), build the ``optimizer:`` section's optimizer, train with
 ``train.loop.fit``, report perplexity on the eval files (``evaluation.lm_perplexity``), save the adapter
 (and optionally a merged standalone checkpoint; a from-scratch method saves the whole model to
-``adapter/`` and merges nothing).
+``adapter/`` and its dense equivalent to ``merged/``).
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 
@@ -355,7 +355,7 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     # before any loading or training: the options, and every output folder the run will write at its end
     method_cfg, from_scratch = method_config(cfg.adapter.method, cfg.adapter.options, source, prefix="adapter.options")
     out = Path(cfg.train.output_dir)
-    merges = cfg.save_merged and not from_scratch and method_cfg.supports_merge
+    merges = cfg.save_merged and _writes_merged(method_cfg, from_scratch)
     for name in ("adapter", "merged") if merges else ("adapter",):
         if (out / name).exists() and not overwrite:
             raise FileExistsError(f"{out / name}: already exists; use --overwrite or another train.output_dir")
@@ -388,19 +388,26 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
               make_optimizer=make_optimizer)
     summary = None
     if acc.is_main_process:
-        can_merge = not from_scratch and adapter_cfg.supports_merge
+        can_merge = _writes_merged(adapter_cfg, from_scratch)
         summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite, baselines.values)
     acc.wait_for_everyone()
     acc.end_training()
     return json.dumps(summary, indent=2) if summary is not None else ""
 
 
+def _writes_merged(method_cfg, from_scratch: bool) -> bool:
+    """Whether the method can write ``merged/``: an adapter that merges into its base, or a from-scratch method
+    whose layers can be made dense (SLTrain's ``materialize``)."""
+    return hasattr(method_cfg, "materialize") if from_scratch else bool(method_cfg.supports_merge)
+
+
 def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_merge: bool,
                    overwrite: bool, baselines: dict[str, float]) -> dict[str, Any]:
     """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's,
     read from ``metrics.jsonl`` (so a resumed or re-saved run reports its first loss, not the resume's).
-    A from-scratch method (sltrain) saves the whole model to ``adapter/`` and merges nothing."""
-    from adaptome.core.adapters.from_scratch import save_trained
+    A from-scratch method (sltrain) saves the whole model to ``adapter/``, and its dense equivalent to ``merged/``
+    (``from_scratch.save_materialized``)."""
+    from adaptome.core.adapters.from_scratch import ATTR, save_materialized, save_trained
     from adaptome.core.adapters.io import save_merged
     from adaptome.core.atomic import write_text_atomic
     from adaptome.core.train.metrics import read_metrics
@@ -411,7 +418,8 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
     save_trained(res.model, out / "adapter", overwrite=overwrite, extra=extra)
     tok.save_pretrained(out / "adapter")
     if cfg.save_merged and can_merge:
-        save_merged(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
+        save = save_materialized if hasattr(res.model, ATTR) else save_merged
+        save(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
     records = read_metrics(out / "metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
     summary = {

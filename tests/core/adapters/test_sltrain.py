@@ -140,6 +140,14 @@ def test_adaptome_train_yaml_with_sltrain_and_galore(tmp_path):
                                 intermediate_size=64)
     model = load_pretrained_model(fresh, tmp_path / "run" / "adapter")
     assert isinstance(model.model.layers[0].self_attn.q_proj, SLTrainLinear)
+    # merged/: the dense equivalent, loaded by plain transformers with the same logits
+    from transformers import AutoModelForCausalLM
+
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged")
+    ids = torch.randint(3, 20, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(dense(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    assert type(dense.model.layers[0].self_attn.q_proj) is torch.nn.Linear
     cfg["optimizer"]["options"]["rnak"] = 3  # a typo is an error naming the key, before any training
     path.write_text(yaml.safe_dump(cfg))
     bad = CliRunner().invoke(app, ["train", "--config", str(path), "--overwrite"])
