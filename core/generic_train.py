@@ -406,9 +406,8 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
     """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's,
     read from ``metrics.jsonl`` (so a resumed or re-saved run reports its first loss, not the resume's).
     A from-scratch method (sltrain) saves the whole model to ``adapter/``, and its dense equivalent to ``merged/``
-    (``from_scratch.save_materialized``)."""
-    from adaptome.core.adapters.from_scratch import ATTR, save_materialized, save_trained
-    from adaptome.core.adapters.io import save_merged
+    (``from_scratch.save_standalone``)."""
+    from adaptome.core.adapters.from_scratch import save_standalone, save_trained
     from adaptome.core.atomic import write_text_atomic
     from adaptome.core.train.metrics import read_metrics
 
@@ -418,8 +417,7 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
     save_trained(res.model, out / "adapter", overwrite=overwrite, extra=extra)
     tok.save_pretrained(out / "adapter")
     if cfg.save_merged and can_merge:
-        save = save_materialized if hasattr(res.model, ATTR) else save_merged
-        save(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
+        save_standalone(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
     records = read_metrics(out / "metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
     summary = {

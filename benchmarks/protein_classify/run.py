@@ -422,9 +422,10 @@ def main() -> None:
     t0 = time.perf_counter()
     partial = args.out / (".partial" if args.name == "results" else f".partial-{args.name}")  # one per run
     if args.settings:
-        unknown = sorted(set(args.settings) - set(_generate_benchmark().SETTINGS))
+        known = _generate_benchmark().SETTINGS
+        unknown = sorted(set(args.settings) - set(known))
         if unknown:
-            raise SystemExit(f"--settings: unknown {unknown}; known: {sorted(_generate_benchmark().SETTINGS)}")
+            raise SystemExit(f"--settings: unknown {unknown}; known: {sorted(known)}")
     jobs = [(seed, args.s1_steps, args.s2_steps, args.max_seq_length, args.samples, str(partial), args.s1_set,
              args.s2_set, args.validation, args.settings) for seed in args.seeds]
     if args.jobs > 1:

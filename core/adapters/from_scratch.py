@@ -8,7 +8,8 @@ with ``method.json``; ``load_pretrained_model`` rebuilds such a model on a fresh
 architecture.
 
 ``save_materialized`` writes a copy with the method's layers made dense (SLTrain: W = s·BA + S per layer) as
-an ordinary transformers checkpoint, which is what a later stage or ``from_pretrained`` loads.
+an ordinary transformers checkpoint, which is what a later stage or ``from_pretrained`` loads;
+``save_standalone`` writes either that or an adapter's merged checkpoint, the ``merged/`` of a train command.
 
 Not covered: merging (a from-scratch model has no base to merge into), peft-format export of these models.
 """
@@ -89,6 +90,16 @@ def save_pretrained_model(model: nn.Module, out_dir: str | Path, overwrite: bool
     return Path(out_dir)
 
 
+def save_standalone(model: nn.Module, out_dir: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
+    """The ``merged/`` checkpoint of a trained model, as ``save_trained`` is its ``adapter/``: an adapter merged
+    into a copy of its base (``io.save_merged``), or a from-scratch model's dense copy (``save_materialized``)."""
+    if not hasattr(model, ATTR):
+        from adaptome.core.adapters.io import save_merged
+
+        return save_merged(model, out_dir, tokenizer=tokenizer, overwrite=overwrite)
+    return save_materialized(model, out_dir, tokenizer=tokenizer, overwrite=overwrite)
+
+
 def load_pretrained_model(model: nn.Module, path: str | Path) -> nn.Module:
     """Rebuild the method's layers on a freshly built ``model`` of the same architecture and load the weights."""
     from safetensors.torch import load_file
@@ -120,4 +131,3 @@ def save_materialized(model: nn.Module, out_dir: str | Path, tokenizer=None, ove
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out_dir)
-

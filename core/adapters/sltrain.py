@@ -230,4 +230,3 @@ def materialize(model: nn.Module) -> nn.Module:
     if hasattr(model, ATTR):
         delattr(model, ATTR)
     return model
-

@@ -144,8 +144,7 @@ def check_same_base(loras: list[LoraFolder]) -> None:
     """Inputs that name their base model must name the same one: LoRAs of two bases of the same shape (two
     fine-tunes, two checkpoints) pass ``check_compatible``, but their merged update fits neither base. Inputs that
     name no base are not compared."""
-    named = [(lora, base_name(lora)) for lora in loras]
-    named = [(lora, b) for lora, b in named if b is not None]
+    named = [(lora, b) for lora in loras if (b := base_name(lora)) is not None]
     for lora, b in named[1:]:
         first, b0 = named[0]
         if b != b0:

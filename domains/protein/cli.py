@@ -241,13 +241,11 @@ def sample_cmd(
         params = with_preset(name, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size,
                              residues_only=residues_only, length_prior=length_prior or None, guidance=guidance)
-        more = []
+        prompts = sorted({p for _, p in prompt_plan(task, labels, 1, prefix)})
+        limit, more = resolve_max_new_tokens(m, tok, prompts, max_new_tokens, info)
         if params.guidance != 1.0:
             more.append(f"classifier-free guidance {params.guidance}: each step also runs the model on Seq=< "
                         "without the label (about twice the sampling time)")
-        prompts = sorted({p for _, p in prompt_plan(task, labels, 1, prefix)})
-        limit, notes_limit = resolve_max_new_tokens(m, tok, prompts, max_new_tokens, info)
-        more = notes_limit + more
         params = dataclasses.replace(params, max_new_tokens=limit)
         lengths = ((info or {}).get("label_lengths") or {}).get(task.key)
         if length_prior:

@@ -153,8 +153,7 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
     ``training_data.py``) is written as ``training_data.json`` into ``adapter/`` and ``merged/``.
     """
     from adaptome.core.adapters.api import trainable_report
-    from adaptome.core.adapters.from_scratch import apply_method, save_materialized, save_trained
-    from adaptome.core.adapters.io import save_merged
+    from adaptome.core.adapters.from_scratch import apply_method, save_standalone, save_trained
     from adaptome.core.optim.registry import make_optimizer_factory
     from adaptome.core.train.loop import fit
     from adaptome.domains.protein.training_data import write_training_data
@@ -178,10 +177,7 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
     if training_data is not None:
         write_training_data(out / "adapter", training_data)
     if merge:  # a from-scratch model (SLTrain) is written with its layers made dense, so stage 2 can load it
-        if from_scratch:
-            save_materialized(model, out / "merged", tokenizer=tok, overwrite=overwrite)
-        else:
-            save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
+        save_standalone(model, out / "merged", tokenizer=tok, overwrite=overwrite)
         summary["merged"] = str(out / "merged")
         if training_data is not None:
             write_training_data(out / "merged", training_data)

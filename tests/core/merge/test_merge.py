@@ -304,6 +304,13 @@ def test_loras_naming_different_base_models_are_refused_unless_allowed(setup, tm
     assert "--allow-different-bases" in res.output and not (tmp_path / "x").exists()
     res = _merge("--method", "linear", a, b, "--rank", 2, "--allow-different-bases", "--out", tmp_path / "x")
     assert res.exit_code == 0, res.output
+    # the override merges exactly what the originals (one base) merge to
+    res = _merge("--method", "linear", paths[0], paths[1], "--rank", 2, "--out", tmp_path / "orig")
+    assert res.exit_code == 0, res.output
+    got, want = _merged_deltas(tmp_path / "x"), _merged_deltas(tmp_path / "orig")
+    assert got.keys() == want.keys()
+    for m in want:
+        torch.testing.assert_close(got[m], want[m], atol=0, rtol=0)
     # one local base folder under two spellings (a symlink, a '..' detour) is the same base
     (tmp_path / "base").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "base")
