@@ -246,6 +246,9 @@ def sample_cmd(
         if params.guidance != 1.0:
             more.append(f"classifier-free guidance {params.guidance}: each step also runs the model on Seq=< "
                         "without the label (about twice the sampling time)")
+            if not (info or {}).get("uncond_share"):
+                more.append(f"note: {model} was not trained with conditioning dropout (instruct uncond_share 0 or "
+                            "not recorded), so its unconditional branch is outside its stage-2 training")
         params = dataclasses.replace(params, max_new_tokens=limit)
         lengths = ((info or {}).get("label_lengths") or {}).get(task.key)
         if length_prior:

@@ -151,11 +151,15 @@ class InstructConfig:
         adapter: the adapter method and options (ProLLaMA stage 2: LoRA r 64, alpha 128).
         train: the training loop's options (``core.train.loop.TrainConfig``).
         merge: also write a standalone merged checkpoint to ``<output_dir>/merged``.
+        uncond_share: conditioning dropout, the chance that a generation record is shown without its instruction
+            and label at each read (``instruct.py``; Ho & Salimans 2022 train with 0.1-0.2), so that the model
+            also learns the unconditional branch of classifier-free guidance; 0 (ProLLaMA) is off.
     """
 
     train_files: list[str] = field(default_factory=list)
     model: ModelSection = field(default_factory=ModelSection)
     max_seq_length: int = 256
+    uncond_share: float = 0.0
     adapter: AdapterSection = field(default_factory=lambda: AdapterSection(options={
         "r": 64, "lora_alpha": 128.0, "lora_dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}))
@@ -180,4 +184,4 @@ def stage_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
                 "max_residues": cfg.max_residues, "whole_windows": cfg.whole_windows,
                 "optimizer_name": cfg.optimizer.name,
                 "optimizer_options": dict(cfg.optimizer.options)}
-    return {**common, "max_seq_length": cfg.max_seq_length}
+    return {**common, "max_seq_length": cfg.max_seq_length, "uncond_share": cfg.uncond_share}

@@ -20,16 +20,27 @@ does not fit is *fitted* instead (``fit_record``): the protein is cropped, never
 cropping to the longest label so that ``classify`` can reproduce the crop); records read from other
 files are fitted here, and their count is reported (``n_truncated``). A record that cannot be
 fitted (no sequence to crop, or an answer longer than the limit) is an error naming it.
+Conditioning dropout (``uncond_share`` p, off by default; Ho & Salimans 2022, "Classifier-Free Diffusion
+Guidance", Sec. 3.2, where the condition is set to null with probability p_uncond while training): each time a
+generation record is read, with probability p it is shown without its condition, as source ``<s>`` alone and the
+same answer (``Seq=<...>`` and ``</s>``), the text the sampler writes for an unconditional sample and the
+unconditional branch of classifier-free guidance (``guidance.py``) reads. One model then learns both p(seq | label)
+and p(seq), so that guidance contrasts the label with a branch the model was trained on. The draws are seeded by the
+training seed, the record's index and how often it was read, so a run repeats exactly. Understanding records are
+never changed.
+
 Batches are right-padded; padding is masked out of attention and loss. Default adapter: LoRA r 64 /
 alpha 128 on the seven projections, no ``modules_to_save``; the stage-1 merged checkpoint is the
 base. Training goes through ``adaptome.core.train.loop.fit`` (see ``pretrain.run_stage``).
 
 Dimension letters: B examples per batch, L the longest example in the batch.
-Not covered: multi-turn records, packing several records per row.
+Not covered: multi-turn records, packing several records per row, dropping part of a condition (the whole
+instruction and label go together).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any, Callable
 
 from adaptome.domains.protein.formats import FormatError, is_open_field, parse_field, prompt_of, read_instructions
@@ -108,19 +119,54 @@ def encode_record(tok, rec: dict[str, str], max_seq_length: int) -> dict[str, li
     return {"input_ids": src + tgt, "labels": [IGNORE] * len(src) + tgt}
 
 
-class InstructionDataset:
-    """Encoded records, each fitted to ``max_seq_length`` first; ``n_cropped`` records were cropped."""
+def encode_unconditional(tok, rec: dict[str, str]) -> dict[str, list[int]]:
+    """A fitted generation record without its condition: source ``<s>`` alone, target its answer (and ``</s>``
+    unless the answer is open), as ``encode_record`` encodes the answer."""
+    src = encode(tok, "", bos=True)
+    tgt = encode(tok, rec["output"], bos=False) + ([] if is_open_field(rec["output"]) else [tok.eos_token_id])
+    return {"input_ids": src + tgt, "labels": [IGNORE] * len(src) + tgt}
 
-    def __init__(self, tok, records: list[dict[str, str]], max_seq_length: int):
+
+def _is_generation(rec: dict[str, str]) -> bool:
+    """The answer is a sequence: closed ``Seq=<...>``, or open after a crop (``Seq=<MKV...``)."""
+    return _seq_of(rec["output"]) is not None or (is_open_field(rec["output"]) and rec["output"].startswith("Seq=<"))
+
+
+def check_uncond_share(share: float) -> float:
+    if not 0.0 <= share < 1.0:
+        raise FormatError(f"uncond_share must be in [0, 1) (the chance that a generation record is shown without "
+                          f"its condition), got {share}")
+    return float(share)
+
+
+class InstructionDataset:
+    """Encoded records, each fitted to ``max_seq_length`` first; ``n_cropped`` records were cropped.
+
+    With ``uncond_share`` p > 0 a generation record is returned without its condition (``encode_unconditional``)
+    with probability p at each read; the draw is seeded by ``seed``, the index and the read count (module
+    docstring). ``n_generation`` records can be shown so.
+    """
+
+    def __init__(self, tok, records: list[dict[str, str]], max_seq_length: int, uncond_share: float = 0.0,
+                 seed: int = 0):
         fitted = [fit_record(tok, r, max_seq_length, f"instruction record {i}") for i, r in enumerate(records, 1)]
         self.n_cropped = sum(n > 0 for _, n in fitted)
         self.residues_cropped = sum(n for _, n in fitted)
         self.items = [encode_record(tok, r, max_seq_length) for r, _ in fitted]
+        self.uncond_share, self.seed = check_uncond_share(uncond_share), seed
+        gen = [i for i, (r, _) in enumerate(fitted) if _is_generation(r)]
+        self.uncond = {i: encode_unconditional(tok, fitted[i][0]) for i in gen} if uncond_share else {}
+        self.n_generation = len(gen)
+        self.reads = [0] * len(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, list[int]]:
+        if i in self.uncond:
+            self.reads[i] += 1
+            if random.Random(f"{self.seed}:{i}:{self.reads[i]}").random() < self.uncond_share:
+                return self.uncond[i]
         return self.items[i]
 
 
@@ -145,19 +191,21 @@ def pad_collate(pad_id: int):
 
 
 def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, adapter_method: str,
-             adapter_options: dict, train_kwargs: dict, merge: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Stage 2 end to end from instruction files (or records already in memory)."""
+             adapter_options: dict, train_kwargs: dict, merge: bool = True, overwrite: bool = False,
+             uncond_share: float = 0.0) -> dict[str, Any]:
+    """Stage 2 end to end from instruction files (or records already in memory); ``uncond_share``: conditioning
+    dropout (module docstring), seeded by ``train_kwargs['seed']``."""
     from adaptome.domains.protein.pretrain import run_stage
     from adaptome.domains.protein.training_data import records_summary
 
     records: list[dict] = []
     for item in files:
         records += [item] if isinstance(item, dict) else read_instructions(item)
-    ds = InstructionDataset(tok, records, max_seq_length)
+    ds = InstructionDataset(tok, records, max_seq_length, uncond_share, int(train_kwargs.get("seed", 0)))
     summary = run_stage(model, tok, ds, pad_collate(tok.pad_token_id), adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite,
                         training_data={"stage": "instruct", "max_seq_length": max_seq_length,
-                                       **records_summary(tok, records)})
+                                       "uncond_share": ds.uncond_share, **records_summary(tok, records)})
     summary["n_records"] = len(records)
     summary["n_truncated"] = ds.n_cropped  # records whose protein was cropped here (never an answer)
     summary["residues_cropped"] = ds.residues_cropped

@@ -9,6 +9,8 @@ Both stages write it into ``adapter/`` and ``merged/`` (``pretrain.run_stage``):
   records (``Family``, ``Superfamily``, ``EC``...); ``sample`` refuses a label the model never saw;
 * ``max_seq_length`` (stage 2): the token limit its instruction records were fitted to; ``classify``
   crops its queries to it unless told otherwise;
+* ``uncond_share`` (stage 2): the conditioning dropout it was trained with (``instruct.py``); ``sample --guidance``
+  notes a model trained without it;
 * ``label_lengths`` (stage 2): ``{key: {label: [residues, ...]}}``, the length of every whole
   (closed ``Seq=<...>``) answer of a generation record, by its label; the sampler's ``length_prior``
   option draws sample lengths from it. A cropped (open) answer is not a length and is left out.
