@@ -145,6 +145,9 @@ def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
     if kind == "instruct":
         typer.echo(f"instruct: {s['n_truncated']} of {s['n_records']} records cropped to max_seq_length "
                    f"{cfg.max_seq_length} ({s['residues_cropped']} residues; answers kept whole)")
+        if s.get("uncond_share"):
+            typer.echo(f"instruct: conditioning dropout: each of the {s['n_generation']} generation records was "
+                       f"shown without its instruction and label with probability {s['uncond_share']}")
     typer.echo(f"{kind}: {s['steps']} steps, loss {s.get('first_loss', float('nan')):.4f} -> "
                f"{s.get('last_loss', float('nan')):.4f}, trainable {s['trainable']['percent']:.2f}%; "
                f"adapter {s['adapter']}" + (f", merged {s['merged']}" if "merged" in s else ""))

@@ -158,6 +158,9 @@ class InstructionDataset:
         self.items = [encode_record(tok, r, max_seq_length) for r, _ in fitted]
         self.uncond_share, self.seed = check_uncond_share(uncond_share), seed
         gen = [i for i, (r, _) in enumerate(fitted) if _is_generation(r)]
+        if uncond_share and not gen:
+            raise FormatError(f"uncond_share {uncond_share}: none of the {len(fitted)} instruction records is a "
+                              "generation record (answer Seq=<...>), so there is no condition to drop")
         self.uncond = {i: encode_unconditional(tok, fitted[i][0]) for i in gen} if uncond_share else {}
         self.n_generation = len(gen)
         self.reads = [0] * len(self.items)
@@ -212,4 +215,5 @@ def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, ada
     summary["n_records"] = len(records)
     summary["n_truncated"] = ds.n_cropped  # records whose protein was cropped here (never an answer)
     summary["residues_cropped"] = ds.residues_cropped
+    summary["uncond_share"], summary["n_generation"] = ds.uncond_share, ds.n_generation
     return summary

@@ -45,6 +45,8 @@ def test_generation_records_are_shown_without_their_condition_at_the_given_rate(
     assert off.uncond == {} and _reads(off, 0, 20) == [off.items[0]["input_ids"]] * 20
     with pytest.raises(data.FormatError, match="uncond_share must be in"):
         instruct.InstructionDataset(tok, [GEN], 64, uncond_share=1.0)
+    with pytest.raises(data.FormatError, match="none of the 1 instruction records is a generation record"):
+        instruct.InstructionDataset(tok, [DET], 64, uncond_share=0.2)
 
 
 def _first_residue_probs(model, tok, prompt: str) -> dict[str, float]:
@@ -74,6 +76,8 @@ def test_instruct_cli_learns_the_unconditional_mixture_beside_each_label(tmp_pat
             "--set", f"train.output_dir={tmp_path / 's2'}"]
     r = runner.invoke(app, args + ["--set", "uncond_share=0.5"])
     assert r.exit_code == 0, r.output
+    assert "each of the 8 generation records was shown without its instruction and label with probability 0.5" \
+        in r.output
     assert read_training_data(tmp_path / "s2" / "merged")["uncond_share"] == 0.5
     trained, tok2 = load_model_and_tokenizer(str(tmp_path / "s2" / "merged"))
     free = _first_residue_probs(trained, tok2, "Seq=<")
