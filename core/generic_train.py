@@ -19,7 +19,10 @@ written once that check has passed, so a refused run changes no file. ``summary.
 whole run (its losses come from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``,
 with the held-out perplexity of the base model and of a unigram model beside the adapter's. Temporary files a
 killed run left in the folder are removed. A data file that is not UTF-8 is refused naming its file
-and line before anything is read or written.
+and line before anything is read or written; so is one whose tokens are more than 5 % ``<unk>``
+(``MAX_UNK_SHARE``: the built-in character tokenizer reads printable ASCII only), and ``train.eval_every``
+without eval files. An existing ``merged/`` is refused like ``adapter/``; with ``--overwrite`` a run that
+writes no merged model removes the earlier run's.
 
 Not covered: instruction / chat formats and domain file formats such as FASTA (the domain packages
 own those), streaming corpora, sequence classification heads.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -176,15 +180,41 @@ def _check_model_kind(model_cfg: ModelConfig, auto_cls) -> None:
                           f"{other} LM (encoder-decoder models such as T5 are not covered by adaptome train)")
 
 
+#: a file whose tokens are more than this share ``<unk>`` is refused: the tokenizer does not cover its text
+MAX_UNK_SHARE = 0.05
+
+
+def _check_unk(path: str, ids: list[list[int]], tok) -> None:
+    """Refuse a file that the tokenizer mostly cannot read (the built-in character tokenizer maps every
+    non-ASCII character to ``<unk>``: Georgian or Amharic text would train on spaces alone), naming the share."""
+    from adaptome.core.text import InputError
+
+    unk = getattr(tok, "unk_token_id", None)
+    n = sum(len(x) for x in ids)
+    if unk is None or not n:
+        return
+    share = sum(t == unk for x in ids for t in x) / n
+    if share > MAX_UNK_SHARE:
+        hint = ("the built-in character tokenizer covers printable ASCII only; set model.name_or_path to a model "
+                "whose tokenizer covers this text") if len(tok) < 200 else "this tokenizer does not cover the text"
+        raise InputError(f"{path}: {share:.0%} of its tokens are {tok.unk_token} ({hint})")
+
+
 def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field: str = "text") -> list[dict]:
-    """Tokenized examples: packed blocks for causal LMs, one truncated example each for masked LMs."""
+    """Tokenized examples: packed blocks for causal LMs, one truncated example each for masked LMs. A file
+    whose tokens are more than ``MAX_UNK_SHARE`` unknown to the tokenizer is refused, naming it."""
     import torch
 
     from adaptome.core import text
 
-    texts = [t for f in files for t in text.read_texts(f, text_field)]
+    texts, ids = [], []
+    for f in files:
+        per_file = text.read_texts(f, text_field)
+        per_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in per_file]
+        _check_unk(f, per_ids, tok)
+        texts += per_file
+        ids += per_ids
     if kind == "causal":
-        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         blocks = text.pack_blocks(ids, block_size, tok.eos_token_id)
         return [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
     enc = [tok(t, truncation=True, max_length=block_size)["input_ids"] for t in texts]
@@ -355,10 +385,12 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     # before any loading or training: the options, and every output folder the run will write at its end
     method_cfg, from_scratch = method_config(cfg.adapter.method, cfg.adapter.options, source, prefix="adapter.options")
     out = Path(cfg.train.output_dir)
-    merges = cfg.save_merged and _writes_merged(method_cfg, from_scratch)
-    for name in ("adapter", "merged") if merges else ("adapter",):
+    for name in ("adapter", "merged"):  # a merged/ this run would not write is an earlier run's: refused too
         if (out / name).exists() and not overwrite:
             raise FileExistsError(f"{out / name}: already exists; use --overwrite or another train.output_dir")
+    if cfg.train.eval_every and not cfg.data.eval_files:
+        raise ConfigError(f"train.eval_every {cfg.train.eval_every}: data.eval_files is empty, so there is nothing "
+                          "to evaluate; give eval files or set train.eval_every=0")
     t = cfg.train
     make_optimizer = make_optimizer_factory(cfg.optimizer.name, cfg.optimizer.options, t.lr, t.weight_decay,
                                             t.betas)
@@ -418,6 +450,9 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
     tok.save_pretrained(out / "adapter")
     if cfg.save_merged and can_merge:
         save_standalone(res.model, out / "merged", tokenizer=tok, overwrite=overwrite)
+    elif (out / "merged").exists():  # an earlier run's (--overwrite): it is not this run's model
+        shutil.rmtree(out / "merged")
+        log.warning(f"removed {out / 'merged'}: an earlier run's merged model; this run writes none")
     records = read_metrics(out / "metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
     summary = {

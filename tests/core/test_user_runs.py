@@ -284,3 +284,38 @@ def test_a_model_without_the_configured_head_is_one_line(app, tmp_path):
         res = runner.invoke(app, ["train", "-c", cfg, "--set", f"model.name_or_path={model}"])
         assert res.exit_code == 2 and f"{model}: {expect}" in res.output, res.output
         assert "Traceback" not in res.output
+
+
+def test_text_the_tokenizer_cannot_read_is_refused_naming_the_file(app, tmp_path):
+    """Georgian text through the built-in character tokenizer (printable ASCII): before, every letter became
+    <unk> and the run trained on the spaces alone, reporting perplexities as if it had read the text."""
+    georgian = tmp_path / "ka.txt"
+    georgian.write_text("\n".join(["გამარჯობა როგორ ხარ", "დღეს კარგი ამინდია"] * 10) + "\n", encoding="utf-8")
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, georgian)])
+    assert r.exit_code != 0
+    assert "ka.txt: 89% of its tokens are <unk>" in r.output and "model.name_or_path" in r.output
+    assert not (tmp_path / "run" / "adapter").exists()
+    # a few accented letters in ASCII text stay below the limit (5 %) and train
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("\n".join(line[:38] + "é" for line in _lines()) + "\n", encoding="utf-8")
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, mixed)])
+    assert r.exit_code == 0, r.output
+
+
+def test_overwrite_with_a_run_that_merges_nothing_removes_the_earlier_merged_model(app, tmp_path):
+    """A LoRA run writes merged/; rerun with --overwrite and save_merged false: before, the first run's merged/
+    stayed beside the second run's adapter, a model of another run in its folder."""
+    path = _config(tmp_path, _text_file(tmp_path))
+    assert runner.invoke(app, ["train", "-c", path]).exit_code == 0
+    assert (tmp_path / "run" / "merged" / "config.json").exists()
+    r = runner.invoke(app, ["train", "-c", path, "--set", "save_merged=false", "--set", "train.max_steps=2"])
+    assert r.exit_code != 0 and "already exists" in r.output  # without --overwrite both folders are refused
+    r = runner.invoke(app, ["train", "-c", path, "--set", "save_merged=false", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "adapter").exists() and not (tmp_path / "run" / "merged").exists()
+
+
+def test_eval_every_without_eval_files_is_refused(app, tmp_path):
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, _text_file(tmp_path), eval_every=2)])
+    assert r.exit_code != 0 and "train.eval_every 2: data.eval_files is empty" in r.output
+    assert not (tmp_path / "run").exists()
