@@ -65,18 +65,20 @@ class TinyBaseConfig:
 
 
 def train_tokenizer(files: list[str | os.PathLike], arch: str, vocab_size: int, max_length: int):
-    """A fast tokenizer trained on ``files`` (Unigram + Metaspace for XLM-R, WordPiece for BERT)."""
+    """A fast tokenizer trained on ``files`` (Unigram + Metaspace for XLM-R, WordPiece for BERT), on their lines as
+    ``read_text`` gives them: a byte-order mark, CRLF line ends and blank lines add nothing to the vocabulary."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    names = [str(f) for f in files]
+    lines = [ln for f in files for ln in read_text(f)]
     if arch == "xlm-roberta":
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R's order: <s>=0, <pad>=1, </s>=2
         tok = Tokenizer(models.Unigram())
         tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
-        tok.train(names, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>"))
+        tok.train_from_iterator(lines, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                               unk_token="<unk>"), length=len(lines))
         cls, sep = "<s>", "</s>"
         kw = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
                   cls_token="<s>", sep_token="</s>")
@@ -87,7 +89,8 @@ def train_tokenizer(files: list[str | os.PathLike], arch: str, vocab_size: int, 
         tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        tok.train(names, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+        tok.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials),
+                                length=len(lines))
         cls, sep = "[CLS]", "[SEP]"
         kw = dict(unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]", cls_token="[CLS]", sep_token="[SEP]")
         pair = f"{cls} $A {sep} $B {sep}"

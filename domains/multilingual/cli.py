@@ -16,7 +16,8 @@ from adaptome.core.cli_errors import fail, user_errors
 
 app = typer.Typer(help="Language and task adapters for low-resource languages (MAD-X style stacking, fusion).\n\n"
                   "Example: adaptome multilingual train-task --base runs/base --task topic "
-                  "--train sib200/hau_Latn/train.tsv --eval sib200/hau_Latn/dev.tsv --stack runs/la_hau --out runs/tc",
+                  "--train domains/multilingual/data/sib200/hau_Latn/train.tsv "
+                  "--eval domains/multilingual/data/sib200/hau_Latn/dev.tsv --stack runs/la_hau --out runs/tc",
                   no_args_is_help=True)
 
 
@@ -97,7 +98,7 @@ def pretrain_cmd(
 ) -> None:
     """Pretrain a tiny multilingual masked LM from scratch (no hub here); load it like a hub model.
 
-    Example: adaptome multilingual pretrain-tiny-base data/text/*.txt --out runs/base --steps 300
+    Example: adaptome multilingual pretrain-tiny-base domains/multilingual/data/text/*.txt --out runs/base --steps 300
     """
     from adaptome.domains.multilingual.base import TinyBaseConfig, pretrain_tiny_base
 
@@ -178,7 +179,8 @@ def train_task_cmd(
     """Train a task adapter (alone, stacked on a language adapter, or on a fusion of two) over seeds.
 
     Example: adaptome multilingual train-task --base runs/base --task topic --lang hau
-    --train data/sib200/hau_Latn/train.tsv --eval data/sib200/hau_Latn/dev.tsv --stack runs/la_hau --out runs/tc_hau
+    --train domains/multilingual/data/sib200/hau_Latn/train.tsv --eval domains/multilingual/data/sib200/hau_Latn/dev.tsv
+    --stack runs/la_hau --out runs/tc_hau
     """
     from adaptome.domains.multilingual.task_train import TaskConfig, lang_adapter_info, train_task
 

@@ -5,16 +5,18 @@ the evaluation split (the run's own, or ``eval_file``): macro-F1 for topic and s
 entity-level F1 (``core.evaluation.entity_f1``, conlleval / seqeval default rules) on words for
 NER. Language-adapter runs are scored by pseudo-perplexity on a text file, beside the base.
 
-Beside every (language, task, split) the same split gets two baselines:
+Beside every (language, task, training split, split) the same split gets two baselines, fitted on the
+training split of the runs (one pair per distinct training file; runs sharing one share it):
 * majority class: the most frequent training label for every example (NER: ``O`` everywhere,
   which finds no entity, F1 0);
 * character n-gram logistic regression: TF-IDF of character 1-4-grams within word boundaries
   (scikit-learn ``char_wb``), multinomial logistic regression trained on the training split; for
   NER one word at a time (the word's n-grams and its neighbours', predicting its tag).
 
-``results.csv`` has one row per (run, language, task, split, base, adapter, data source, seed, metric,
-value); ``results.md`` gives mean +- sample standard deviation over the seeds of each run on each
-split (two runs whose setups share a name, e.g. two task-adapter sizes, stay two rows).
+``results.csv`` has one row per (run, language, task, split, base, adapter, data source, training split, seed,
+metric, value); ``results.md`` gives mean +- sample standard deviation over the seeds of each run on each
+split (two runs whose setups share a name, e.g. two task-adapter sizes, stay two rows; baselines fitted on
+different training splits stay two rows).
 
 Not covered: significance tests, confidence intervals, per-class reports.
 """
@@ -31,7 +33,8 @@ from pathlib import Path
 from adaptome.core.evaluation import entity_f1, macro_f1
 from adaptome.domains.multilingual import readers
 
-FIELDS = ["run", "language", "task", "split", "base", "adapter", "data_source", "seed", "metric", "value"]
+FIELDS = ["run", "language", "task", "split", "base", "adapter", "data_source", "train_split", "seed", "metric",
+          "value"]
 
 
 def majority_baseline(task: str, train, dev) -> float:
@@ -73,7 +76,8 @@ def ngram_baseline(task: str, train, dev, seed: int = 0) -> float:
 
 
 def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None) -> list[dict]:
-    """Result rows of every seed of every run, plus the two baselines per (language, task, split)."""
+    """Result rows of every seed of every run, plus the two baselines per (language, task, training split, split);
+    every row names the training split (absolute path) its model or baseline was fitted on."""
     from adaptome.domains.multilingual.task_train import (
         adapter_label,
         load_task_run,
@@ -98,16 +102,16 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None)
             metric = "entity_f1" if cfg.task == "ner" else "macro_f1"
             label = adapter_label(cfg)
             sources = "+".join(_source(p) for p in cfg.lang_adapters) or "-"
-            where = str(Path(split).resolve())
+            where, trained_on = str(Path(split).resolve()), str(Path(cfg.train_file).resolve())
             rows.append(_row(str(run_dir), cfg.language, cfg.task, where, cfg.base, label, sources, seed, metric,
-                             metrics[metric]))
-            key = (cfg.language, cfg.task, str(Path(cfg.train_file).resolve()), where)
+                             metrics[metric], trained_on))
+            key = (cfg.language, cfg.task, trained_on, where)
             if key not in baselines_done:
                 baselines_done.add(key)
                 rows.append(_row("-", cfg.language, cfg.task, where, "-", "majority class", "-", "-", metric,
-                                 majority_baseline(cfg.task, train, dev)))
+                                 majority_baseline(cfg.task, train, dev), trained_on))
                 rows.append(_row("-", cfg.language, cfg.task, where, "-", "char n-gram logreg", "-", "-", metric,
-                                 ngram_baseline(cfg.task, train, dev)))
+                                 ngram_baseline(cfg.task, train, dev), trained_on))
     return rows
 
 
@@ -152,9 +156,9 @@ def _source(path: str) -> str:
     return lang_adapter_info(path)["source"]
 
 
-def _row(run, language, task, split, base, adapter, source, seed, metric, value) -> dict:
+def _row(run, language, task, split, base, adapter, source, seed, metric, value, train_split="-") -> dict:
     return {"run": run, "language": language, "task": task, "split": split, "base": base, "adapter": adapter,
-            "data_source": source, "seed": seed, "metric": metric, "value": float(value)}
+            "data_source": source, "train_split": train_split, "seed": seed, "metric": metric, "value": float(value)}
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -167,17 +171,18 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    """Mean +- sample sd over seeds per (run, language, task, split, base, adapter, source, metric); folders and
-    files are shown by their last name."""
+    """Mean +- sample sd over seeds per (run, language, task, split, base, adapter, source, training split,
+    metric); folders and files are shown by their last name."""
     groups: dict[tuple, list[float]] = defaultdict(list)
-    keys = ("run", "language", "task", "split", "base", "adapter", "data_source", "metric")
+    keys = ("run", "language", "task", "split", "base", "adapter", "data_source", "train_split", "metric")
     for r in rows:
         groups[tuple(r[k] for k in keys)].append(r["value"])
-    lines = ["| run | language | task | split | base | adapter | data source | metric | mean +- sd | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for (run, lang, task, split, base, adapter, src, metric), vals in groups.items():
+    lines = ["| run | language | task | split | base | adapter | data source | train split | metric | mean +- sd | "
+             "seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (run, lang, task, split, base, adapter, src, train, metric), vals in groups.items():
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        run_s, split_s, base_s = (Path(v).name if v != "-" else "-" for v in (run, split, base))
-        lines.append(f"| {run_s} | {lang} | {task} | {split_s} | {base_s} | {adapter} | {src} | {metric} | "
+        run_s, split_s, base_s, train_s = (Path(v).name if v != "-" else "-" for v in (run, split, base, train))
+        lines.append(f"| {run_s} | {lang} | {task} | {split_s} | {base_s} | {adapter} | {src} | {train_s} | {metric} | "
                      f"{statistics.mean(vals):.4f} +- {sd:.4f} | {len(vals)} |")
     return "\n".join(lines) + "\n"

@@ -135,6 +135,28 @@ def test_every_command_has_help_with_an_example():
         assert res.exit_code == 0 and "Example: adaptome multilingual" in res.output, cmd
 
 
+def test_readme_and_help_examples_name_data_that_exists_from_the_repository_root():
+    """The README's commands (and the --help examples) run from the repository root: every shipped file or glob
+    they name (a path with a folder, outside the runs/ they write) is found there."""
+    import glob
+    import re
+    import shlex
+
+    from adaptome.domains.multilingual import cli
+
+    repo = DATA.parents[2]
+    readme = (repo / "domains" / "multilingual" / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1).replace("\\\n", " ")
+    helps = [cli.app.info.help] + [c.callback.__doc__ for c in cli.app.registered_commands]
+    examples = [ln for ln in block.splitlines() if ln.strip()]
+    examples += [" ".join(h.split("Example:", 1)[1].split()) for h in helps if "Example:" in h]
+    named = [w for ln in examples for w in shlex.split(ln, comments=True)
+             if "/" in w and not w.startswith("runs/") and w.endswith((".tsv", ".txt"))]
+    assert sum("sib200/hau_Latn/train.tsv" in w for w in named) >= 3, named  # both README train-task lines + help
+    for w in named:
+        assert glob.glob(str(repo / w)), f"{w}: not found from the repository root"
+
+
 def test_installed_adaptome_command_mounts_the_domain():
     """The real console script finds the plug-in through the ``adaptome.domains`` entry point."""
     import shutil

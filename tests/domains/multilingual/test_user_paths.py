@@ -152,6 +152,39 @@ def test_evaluate_keeps_runs_with_the_same_setup_name_and_splits_apart(tiny_base
     assert res.exit_code == 2 and "neither a train-task run nor a language adapter" in res.output
 
 
+def test_evaluate_fits_one_baseline_per_training_split_and_names_it(tiny_base, tmp_path):
+    """Two runs on one dev file but different training files get a baseline pair each (never averaged into
+    one row of "2 seeds"); a third run on the first training file shares its pair; every row names its split."""
+    from adaptome.domains.multilingual.evaluate import majority_baseline, ngram_baseline
+
+    tr, dv = _small_sentiment(tmp_path)
+    skew = tmp_path / "skew.tsv"
+    full = readers.read_sentiment_tsv(tr)
+    readers.write_sentiment_tsv(skew, [e for lab, n in (("negative", 60), ("neutral", 4), ("positive", 4))
+                                       for e in [r for r in full if r.label == lab][:n]])
+    for name, train in (("a", tr), ("b", skew), ("c", tr)):
+        assert _train(tiny_base, tmp_path / name, train=train, dev=dv, steps=2).exit_code == 0
+    res = invoke(["multilingual", "evaluate", tmp_path / "a", tmp_path / "b", tmp_path / "c", "--out", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "ev" / "results.csv").open()))
+    dev = readers.read_sentiment_tsv(dv)
+    for adapter, fn in (("majority class", majority_baseline), ("char n-gram logreg", ngram_baseline)):
+        got = {r["train_split"]: float(r["value"]) for r in rows if r["adapter"] == adapter}
+        assert len([r for r in rows if r["adapter"] == adapter]) == 2
+        assert got == {str(f.resolve()): pytest.approx(fn("sentiment", readers.read_sentiment_tsv(f), dev), abs=1e-5)
+                       for f in (tr, skew)}, adapter
+    assert {r["run"].rsplit("/", 1)[-1]: r["train_split"] for r in rows if r["run"] != "-"} == {
+        "a": str(tr.resolve()), "b": str(skew.resolve()), "c": str(tr.resolve())}
+    table = (tmp_path / "ev" / "results.md").read_text().splitlines()
+    assert "| data source | train split | metric |" in table[0]
+    for adapter in ("majority class", "char n-gram logreg"):
+        lines = [ln for ln in table if f"| {adapter} |" in ln]
+        assert sorted(ln.split(" | ")[7] for ln in lines) == ["skew.tsv", "train.tsv"], table
+        assert all(ln.endswith("| 1 |") for ln in lines), table
+    for name, train in (("a", "train.tsv"), ("b", "skew.tsv"), ("c", "train.tsv")):
+        assert [ln.split(" | ")[7] for ln in table if ln.startswith(f"| {name} |")] == [train], table
+
+
 def test_word_windows():
     from adaptome.domains.multilingual.tasks import word_windows
 
@@ -220,6 +253,25 @@ def test_bom_crlf_and_blank_lines_read_like_clean_files(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_bytes("\ufeffSannu da zuwa\r\n\r\nIna kwana\r\n".encode("utf-8"))
     assert readers.read_text(raw) == ["Sannu da zuwa", "Ina kwana"]
+
+
+@pytest.mark.parametrize("arch", ["xlm-roberta", "bert"])
+def test_bom_crlf_text_gives_the_tokenizer_of_the_lf_file(arch, tmp_path):
+    """pretrain-tiny-base learns its tokenizer from the lines as read (no '\ufeff' or '\r' entries). The trainer
+    numbers (and, for Unigram, scores) entries differently from run to run even on one file: the entries compared."""
+    lines = (DATA / "text" / "hau.txt").read_text(encoding="utf-8").splitlines()[:400]
+    (tmp_path / "lf.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "bom.txt").write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+    vocab = {}
+    for name in ("lf", "bom"):
+        res = invoke(["multilingual", "pretrain-tiny-base", tmp_path / f"{name}.txt",
+                      "--out", tmp_path / f"base_{name}", "--arch", arch, "--vocab-size", 500, "--hidden-size", 32,
+                      "--layers", 1, "--max-length", 48, "--steps", 1, "--batch-size", 8])
+        assert res.exit_code == 0, res.output
+        model = json.loads((tmp_path / f"base_{name}" / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        vocab[name] = {e[0] for e in model["vocab"]} if isinstance(model["vocab"], list) else set(model["vocab"])
+    assert not {"\r", "\ufeff"} & vocab["bom"]
+    assert vocab["bom"] == vocab["lf"]
 
 
 def test_one_class_training_split_and_bad_eval_file_destroy_nothing(tiny_base, tmp_path):
