@@ -15,7 +15,14 @@ and what it found:
 
 * R: the functions the tests call (``name(`` in the tests, less the names the prompt defines) that
   resolve first to the global environment or to an attached non-package environment although a
-  package (base, stats, ...) defines them: the program masked a function the tests rely on.
+  package (base, stats, ...) defines them: the program masked a function the tests rely on. And,
+  for those that resolve to a package's S3 generic (its body calls ``UseMethod``, or R's list of
+  internal generics holds it: ``all.equal``, ``c``, ``length``, ...), the S3 methods of it the program
+  added: a function ``<name>.<anything>`` in those environments (other than the prompt's own), or one
+  registered in the generic's S3 methods table (``.S3method``, ``registerS3method``) whose environment
+  is no namespace's. ``all.equal.numeric <- function(...) TRUE``, or a result of the program's own
+  class with an ``all.equal`` method for it, makes every ``all.equal`` check pass. (An S4
+  ``setMethod`` on such a function creates a generic in the global environment: masked as above.)
 * Racket: rackunit's own log (``rackunit/log``'s ``test-log``: failed and total checks), which
   counts failures whatever port they are printed to. The tests' checks are counted statically
   (``(check-...`` forms); fewer logged checks than that means checks were disabled or redefined.
@@ -26,10 +33,15 @@ checks is ``TestsBypassed``.
 
 Not covered: a program that reads its own source to learn the nonce and forges the file, one that
 rebinds R's ``base`` namespace itself, ``::`` or the language's special forms, or that mutates
-rackunit's module state; in tests that signal failure with ``(exit 1)`` instead of rackunit (none of
-MultiPL-E's), a Racket program replacing ``exit-handler``; tests whose checks sit in loops or in
-``test-case`` forms are counted only as "at least one check ran". This is a guard against buggy and
-mildly hostile completions, not a proof of test execution.
+rackunit's module state; in R, methods of the functions and operators the tests reach only
+indirectly (``Ops.<class>``, ``length.<class>`` for a result of the program's own class inside
+``all.equal``), S4 methods on primitives, an S3 method registered with a namespace as its
+environment, and a masking function or method the program removes again before the tests end; in
+tests that signal failure with ``(exit 1)`` instead of rackunit (none of MultiPL-E's), a Racket
+program replacing ``exit-handler``; tests whose checks sit in loops or in ``test-case`` forms are
+counted only as "at least one check ran". A right program that defines an S3 method of a generic
+the tests call (``c.myclass`` when the tests call ``c``) is ``TestsBypassed`` too. This is a guard
+against buggy and mildly hostile completions, not a proof of test execution.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ from dataclasses import dataclass
 
 END_FILE = ".adaptome-end"
 #: grading version recorded in every results file; results made under another version are never reused
-HARNESS = "multipl-e+end-marker-1"
+HARNESS = "multipl-e+end-marker-2"
 
 _R_CALL = re.compile(r"(?<![\w.$@])([A-Za-z.][A-Za-z0-9._]*)\s*\(")
 _R_DEF = re.compile(r"(?m)^\s*`?([A-Za-z.][A-Za-z0-9._]*)`?\s*(?:<-|=)\s*function\b")
@@ -58,12 +70,14 @@ class EndCheck:
         watched: R: functions the tests call that the program must not mask (empty for Racket).
         min_checks: Racket: rackunit checks that must be logged (0: no count is required).
         tests: R: the problem's tests; a program ending with them runs them and the trailer in one ``{ }`` block.
+        defined: R: functions the prompt defines (the problem's own, never counted as masking).
     """
 
     language: str
     watched: tuple[str, ...] = ()
     min_checks: int = 0
     tests: str = ""  # R: the tests, run in one block with the trailer (see ``assemble``)
+    defined: tuple[str, ...] = ()
 
 
 def for_problem(language: str, tests: str | None, prompt: str = "") -> EndCheck:
@@ -73,7 +87,7 @@ def for_problem(language: str, tests: str | None, prompt: str = "") -> EndCheck:
     if language == "r":
         defined = set(_R_DEF.findall(prompt))
         names = sorted({n for n in _R_CALL.findall(tests)} - defined - _R_KEYWORDS)
-        return EndCheck(language, watched=tuple(names), tests=tests)
+        return EndCheck(language, watched=tuple(names), tests=tests, defined=tuple(sorted(defined)))
     checks = len(_RKT_CHECK.findall(tests))
     return EndCheck(language, min_checks=min(checks, 1) if _RKT_NESTED.search(tests) else checks)
 
@@ -86,10 +100,22 @@ def trailer(check: EndCheck, path: str, nonce: str) -> str:
     """Source appended after the tests; it writes ``nonce`` and its findings to ``path``."""
     if check.language == "r":
         names = ", ".join(_r_string(n) for n in check.watched)
+        defined = ", ".join(_r_string(n) for n in check.defined)
         return (
             "\nbase::local({\n"
             f"  .w <- base::c({names})\n"
             "  .bad <- base::character(0)\n"
+            "  .own <- base::character(0)\n"  # functions of the global env and attached non-package environments
+            "  .e <- base::globalenv()\n"
+            "  while (!base::identical(.e, base::emptyenv())) {\n"
+            "    .nm <- base::environmentName(.e)\n"
+            "    if (!(.nm == \"base\" || base::startsWith(.nm, \"package:\")))\n"
+            "      for (.y in base::ls(.e, all.names = TRUE, sorted = FALSE))\n"
+            "        if (base::exists(.y, envir = .e, mode = \"function\", inherits = FALSE))\n"
+            "          .own <- base::c(.own, .y)\n"
+            "    .e <- base::parent.env(.e)\n"
+            "  }\n"
+            f"  .own <- base::setdiff(.own, base::c({defined}))\n"
             "  for (.x in .w) {\n"
             "    .e <- base::globalenv(); .first <- NA; .inpkg <- FALSE\n"
             "    while (!base::identical(.e, base::emptyenv())) {\n"
@@ -101,8 +127,29 @@ def trailer(check: EndCheck, path: str, nonce: str) -> str:
             "      .e <- base::parent.env(.e)\n"
             "    }\n"
             "    if (base::identical(.first, FALSE) && .inpkg) .bad <- base::c(.bad, .x)\n"
+            "    if (!base::isTRUE(.first)) next\n"
+            # a package's S3 generic: methods `<name>.<class>` the program defined, or registered in the
+            # generic's S3 methods table (.S3method) from outside any namespace, hide what the tests compare
+            "    .p <- base::paste0(.x, \".\")\n"
+            "    .f <- base::get(.x, envir = base::globalenv(), mode = \"function\")\n"
+            "    .tab <- base::topenv(if (base::is.primitive(.f)) base::.BaseNamespaceEnv else base::environment(.f))\n"
+            "    .tab <- base::get0(\".__S3MethodsTable__.\", envir = .tab, inherits = FALSE)\n"
+            "    .reg <- base::character(0)\n"
+            "    if (base::is.environment(.tab)) .reg <- base::ls(.tab, all.names = TRUE, sorted = FALSE)\n"
+            "    .reg <- base::Filter(function(.n) {\n"
+            "      .m <- .tab[[.n]]\n"
+            "      base::is.function(.m) && !base::is.primitive(.m) &&\n"
+            "        !base::isNamespace(base::topenv(base::environment(.m)))\n"
+            "    }, .reg[base::startsWith(.reg, .p)])\n"
+            "    .m <- base::unique(base::c(.own[base::startsWith(.own, .p)], .reg))\n"
+            "    if (base::length(.m) && ((!base::is.primitive(.f) &&\n"
+            "        base::is.element(\"UseMethod\", base::all.names(base::body(.f)))) ||\n"
+            "        base::is.element(.x, base::get(\".get_internal_S3_generics\",\n"
+            "                                       envir = base::asNamespace(\"tools\"))())))\n"
+            "      .bad <- base::c(.bad, .m)\n"
             "  }\n"
-            f"  base::writeLines(base::c({_r_string(nonce)}, base::paste(.bad, collapse = \" \")), {_r_string(path)})\n"
+            f"  base::writeLines(base::c({_r_string(nonce)}, base::paste(base::unique(.bad), collapse = \" \")),\n"
+            f"                   {_r_string(path)})\n"
             "})\n")
     # a static require (renamed: no clash with the program's names) costs about 10 ms less than dynamic-require
     return (
@@ -135,7 +182,8 @@ def verdict(check: EndCheck, text: str | None, nonce: str) -> tuple[str | None, 
     found = lines[1].split() if len(lines) > 1 else []
     if check.language == "r":
         if found:
-            return "TestsBypassed", f"the program redefines functions the tests call: {', '.join(found)}"
+            return "TestsBypassed", ("the program redefines functions the tests call (or S3 methods of them): "
+                                     f"{', '.join(found)}")
         return None, ""
     try:
         failed, total = int(found[0]), int(found[1])

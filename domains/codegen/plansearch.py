@@ -32,6 +32,7 @@ chat-model prompting (the prompts are plain completion prompts, as base and tiny
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -191,14 +192,29 @@ def search_problem(problem: Problem, backend: Backend, cfg: PlanSearchConfig, lo
     return codes if cfg.num_completions < 0 else codes[: cfg.num_completions]
 
 
+def _remove_earlier_scores(out: Path) -> None:
+    """An earlier run's ``results/*.results.json`` and ``pass_at_k.csv`` / ``.md`` in ``out`` (what ``codegen
+    plansearch`` writes there, nothing else): they grade the earlier codes, not the new ones."""
+    for name in ("pass_at_k.csv", "pass_at_k.md"):
+        (out / name).unlink(missing_ok=True)
+    results = out / "results"
+    if results.is_dir():
+        for f in results.glob("*.results.json"):
+            f.unlink()
+        with contextlib.suppress(OSError):
+            results.rmdir()  # only when nothing else is left in it
+
+
 def run_plansearch(problems: list[Problem], backend: Backend, cfg: PlanSearchConfig, out_dir: str | os.PathLike,
                    progress: bool = True) -> dict:
-    """Search every problem; writes ``plansearch_config.json``, ``plansearch_log.jsonl``, ``completions.jsonl``."""
+    """Search every problem; writes ``plansearch_config.json``, ``plansearch_log.jsonl``, ``completions.jsonl``
+    (an earlier run's results and pass@k tables in ``out_dir`` are removed first)."""
     from adaptome.core.atomic import write_text_atomic
     from adaptome.core.progress import progress_bar
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_scores(out)
     (out / "generate_config.json").unlink(missing_ok=True)  # a repeated-sampling run's, if any: not this one's
     write_text_atomic(out / "plansearch_config.json", json.dumps(asdict(cfg), indent=1))
     (out / "plansearch_log.jsonl").unlink(missing_ok=True)
@@ -218,11 +234,13 @@ def run_plansearch(problems: list[Problem], backend: Backend, cfg: PlanSearchCon
 
 def repeated_sampling(problems: list[Problem], backend: Backend, n: int, out_dir: str | os.PathLike,
                       temperature: float = 0.9, top_p: float = 0.95, max_tokens: int = 512, seed: int = 0) -> dict:
-    """The baseline: ``n`` codes per problem sampled from the bare prompt (zero-shot), written the same way."""
+    """The baseline: ``n`` codes per problem sampled from the bare prompt (zero-shot), written the same way
+    (an earlier run's results and pass@k tables in ``out_dir`` are removed first)."""
     from adaptome.domains.codegen.generate import GenerateConfig, run_generate
 
     cfg = GenerateConfig(model=getattr(backend, "name", "backend"), n=n, batch_size=n, temperature=temperature,
                          top_p=top_p, max_tokens=max_tokens, seed=seed)
     for stale in ("plansearch_config.json", "plansearch_log.jsonl"):  # a PLANSEARCH run's, if any
         (Path(out_dir) / stale).unlink(missing_ok=True)
+    _remove_earlier_scores(Path(out_dir))
     return run_generate(problems, backend, cfg, out_dir, overwrite=True, progress=False)

@@ -4,7 +4,9 @@ Problems written here (not shipped), in MultiPL-E's format; each completion is g
 ``adaptome codegen execute`` and scored by ``adaptome codegen pass-at-k``. Before the end marker, an
 early ``quit(status = 0)`` / ``(exit 0)``, an R completion masking ``stopifnot`` / ``isTRUE`` and a Racket
 one silencing rackunit (error port to nowhere, or its own ``check-equal?``) were all graded ``OK``, and so
-was an R one setting ``options(error = ...)`` (Rscript then goes on after a failed ``stopifnot`` and exits 0).
+was an R one setting ``options(error = ...)`` (Rscript then goes on after a failed ``stopifnot`` and exits 0),
+and (until grading version 2) an R one adding an S3 method of a generic the tests call
+(``all.equal.numeric <- function(...) TRUE``, or ``all.equal.<class>`` for a result of its own class).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ PROBLEMS = [
     {"name": "sq_r", "language": "r", "prompt": "# Sum of squares.\nsum_sq <- function(x) {\n", "tests": R_TESTS},
     {"name": "sq_rkt", "language": "rkt", "prompt": "#lang racket\n;; Sum of squares.\n(define (sum_sq x)\n",
      "tests": RKT_TESTS},
+    # the prompt's own function is named like a method of `sum` (an S3 generic the tests call): not masking
+    {"name": "sos_r", "language": "r", "prompt": "sum.of.squares <- function(x) {\n",
+     "tests": "test_humaneval <- function() {\n    candidate <- sum.of.squares\n"
+              "    stopifnot(isTRUE(all.equal(candidate(c(1, 2)), sum(c(1, 4)))))\n}\ntest_humaneval()"},
 ]
 # (completion, status the executor must give)
 CASES = {
@@ -43,6 +49,15 @@ CASES = {
         # Rscript goes on after the failed stopifnot and exits 0: the tests' block (and its trailer) stops
         ("  sum(x)\n}\noptions(error = function() NULL)\n", "EarlyExit"),
         ("  sq(x)\n}\nsq <- function(v) sum(v^2)\nc <- 3\n", "OK"),  # a helper, and a non-function `c`: fine
+        # S3 methods of a generic the tests call (all.equal) hide their comparison
+        ("  sum(x)\n}\nall.equal.numeric <- function(target, current, ...) TRUE\n", "TestsBypassed"),
+        ("  structure(sum(x), class = 'sq')\n}\nall.equal.sq <- function(target, current, ...) TRUE\n",
+         "TestsBypassed"),
+        ("  sum(x)\n}\n.S3method('all.equal', 'numeric', function(target, current, ...) TRUE)\n", "TestsBypassed"),
+        ("  sum(x)\n}\nsetMethod('all.equal', 'numeric', function(target, current, ...) TRUE)\n", "TestsBypassed"),
+        # a method of a function the tests never call, a dotted name of a non-generic they call: fine
+        ("  sum(x^2)\n}\nprint.sq <- function(x, ...) cat('sq', unclass(x))\n"
+         "isTRUE.strict <- function(x) identical(x, TRUE)\n", "OK"),
     ],
     "sq_rkt": [
         ("  (for/sum ([v x]) (* v v)))\n", "OK"),
@@ -51,7 +66,12 @@ CASES = {
         ("  (for/sum ([v x]) v))\n(current-error-port (open-output-nowhere))\n", "TestsBypassed"),
         ("  (for/sum ([v x]) v))\n(define (check-equal? a b) (void))\n", "TestsBypassed"),
     ],
+    "sos_r": [
+        ("  sum(x^2)\n}\n", "OK"),
+        ("  sum(x)\n}\n", "Exception"),
+    ],
 }
+BY_NAME = {p["name"]: p for p in PROBLEMS}
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +97,8 @@ def test_only_programs_whose_tests_ran_to_the_end_pass(graded, name):
     assert all(note for s, note in got if s in ("EarlyExit", "TestsBypassed"))
     assert docs[name]["harness"] == endcheck.HARNESS
     # the recorded program is MultiPL-E's (prompt + completion + tests), without the marker trailer
-    assert docs[name]["results"][0]["program"] == PROBLEMS[0 if name == "sq_r" else 1]["prompt"] + \
-        CASES[name][0][0] + "\n" + PROBLEMS[0 if name == "sq_r" else 1]["tests"]
+    assert docs[name]["results"][0]["program"] == BY_NAME[name]["prompt"] + CASES[name][0][0] + "\n" + \
+        BY_NAME[name]["tests"]
 
 
 def test_pass_at_k_counts_only_real_passes(graded):
@@ -86,13 +106,15 @@ def test_pass_at_k_counts_only_real_passes(graded):
     r = CliRunner().invoke(app, ["pass-at-k", "--run", f"u={d / 'exec'}", "--out", str(d / "score"), "--k", "1"])
     assert r.exit_code == 0, r.output
     rows = list(__import__("csv").DictReader((d / "score" / "pass_at_k.csv").open()))
-    want = (2 / 9 + 1 / 5) / 2  # R: the correct solution and the helper one; Racket: the correct one
+    # R: the correct solution, the helper one and the one with print / isTRUE.strict; Racket: the correct one
+    want = (3 / 14 + 1 / 5 + 1 / 2) / 3
     assert float(rows[0]["estimate"]) == pytest.approx(want, abs=1e-6)
 
 
 def test_check_extraction():
     r = endcheck.for_problem("r", R_TESTS, PROBLEMS[0]["prompt"])
     assert set(r.watched) == {"candidate", "test_humaneval", "stopifnot", "isTRUE", "all.equal", "c"}
+    assert r.defined == ("sum_sq",)  # the prompt's own functions: never masking, nor methods
     assert endcheck.for_problem("rkt", RKT_TESTS).min_checks == 2
     looped = "(require rackunit)\n(for ([i 3]) (check-equal? i i))\n(check-true #t)"
     assert endcheck.for_problem("rkt", looped).min_checks == 1  # a loop: only "some check ran"

@@ -87,6 +87,24 @@ RKT_BAD = {
 }
 
 
+def test_completions_are_run_as_given_not_cut_at_stop_tokens(tmp_path):
+    """As MultiPL-E's executor, ``execute`` runs a completion as given: only generation cuts at stop tokens.
+    The README said "Completions are cut at the first stop token" of the problems' completions in general."""
+    need("Rscript")
+    p = next(q for q in load_problems("humaneval-r") if q.name == "HumanEval_24_largest_divisor")
+    # right up to the stop token "\n#"; after it, a redefinition that makes the tests fail
+    completion = ("\n  for (d in seq(n - 1, 1)) if (n %% d == 0) return(d)\n}\n# after the stop token\n"
+                  "largest_divisor <- function(n) 0\n")
+    assert "\n#" in p.stop_tokens and "\n#" in completion
+    res = execute_run([p], {p.name: [completion]}, tmp_path, workers=1, limits=short_limits(), progress=False)
+    assert res["status_counts"]["Exception"] == 1, res["status_counts"]
+    doc = json.loads((tmp_path / f"{p.name}.results.json").read_text())
+    assert doc["results"][0]["program"] == p.program(completion)  # uncut
+    readme = Path(__file__).parents[3] / "domains" / "codegen" / "README.md"
+    if readme.is_file():  # a source checkout: the README says where the cut happens
+        assert "`execute` runs the completions it is given as they are" in " ".join(readme.read_text().split())
+
+
 @pytest.mark.parametrize("lang,case", [("r", c) for c in R_BAD] + [("rkt", c) for c in RKT_BAD])
 def test_bad_completions_get_the_right_status(lang, case):
     need("Rscript" if lang == "r" else "racket")

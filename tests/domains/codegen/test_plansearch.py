@@ -100,3 +100,36 @@ def test_repeated_into_a_plansearch_folder_samples_its_own_codes(tmp_path):
     name = next(iter(ps_codes))
     assert len(codes[name]) == len(ps_codes[name]) and codes[name] != ps_codes[name]
     assert not (out / "plansearch_config.json").exists()  # the folder no longer claims to be a PLANSEARCH run
+
+
+def test_a_second_run_leaves_no_scores_of_the_first(tmp_path):
+    """A second ``plansearch`` into the same folder (``--no-execute``, or ``--alg repeated``) kept the first run's
+    ``results/*.results.json`` and ``pass_at_k.*``, which graded codes no longer in ``completions.jsonl``.
+    Through the real command; the user's own files in the folder stay."""
+    from typer.testing import CliRunner
+
+    from adaptome.domains.codegen.cli import app
+
+    need("Rscript")
+    out = tmp_path / "ps"
+    common = ["--problems", "humaneval-r", "--limit", "1", "--num-observations", "1", "--max-observation-k", "1",
+              "--num-layers", "1", "--without-fix", "--observation-tokens", "6", "--plan-tokens", "6",
+              "--code-tokens", "12", "--timeout", "10", "--out", str(out)]
+    res = CliRunner().invoke(app, ["plansearch", *common])
+    assert res.exit_code == 0, res.output
+    scores = sorted(p.relative_to(out) for p in [*out.glob("results/*.results.json"), *out.glob("pass_at_k.*")])
+    assert len(scores) == 3, scores  # one problem's results, pass_at_k.csv and .md
+    saved = {p: (out / p).read_bytes() for p in scores}
+    (out / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(app, ["plansearch", *common, "--seed", "5", "--no-execute"])
+    assert res.exit_code == 0, res.output
+    assert not any((out / p).exists() for p in scores) and not (out / "results").exists()
+    for p, data in saved.items():  # as the first run left them, with a file of the user's in results/
+        (out / p).parent.mkdir(exist_ok=True)
+        (out / p).write_bytes(data)
+    (out / "results" / "README").write_text("mine")
+    res = CliRunner().invoke(app, ["plansearch", *common, "--alg", "repeated", "--num-completions", "2",
+                                   "--no-execute"])
+    assert res.exit_code == 0, res.output
+    assert not any((out / p).exists() for p in scores)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "results" / "README").read_text() == "mine"
