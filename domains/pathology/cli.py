@@ -202,14 +202,17 @@ def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--
     if res["redo_reason"]:
         typer.echo(f"retraining the earlier fold models: {res['redo_reason']}")
     done = [f"{len(s['trained'])} folds trained"] + [f"{len(s['reused'])} reused (same inputs)"] * bool(s["reused"])
-    auc = s["auc"]
+    auc, r2 = s["auc"], s["r2"]
     auc_txt = "n/a" if auc["mean"] is None else f"{auc['mean']:.3f}"
-    r2_txt = "n/a" if s["r2"]["mean"] is None else f"{s['r2']['mean']:.3f}"
-    typer.echo(f"{', '.join(done)} -> {res['out_dir']}; fold R2 {r2_txt}, AUC {auc_txt} over {auc['n_folds']} of "
-               f"{auc['of_folds']} folds; predictions: {res['predictions']}")
+    r2_txt = "n/a" if r2["mean"] is None else f"{r2['mean']:.3f}"
+    typer.echo(f"{', '.join(done)} -> {res['out_dir']}; fold R2 {r2_txt} over {r2['n_folds']} of {r2['of_folds']} "
+               f"folds, AUC {auc_txt} over {auc['n_folds']} of {auc['of_folds']} folds; predictions: "
+               f"{res['predictions']}")
     if s["unlabelled"]:
         typer.secho(f"  {len(s['unlabelled'])} feature file(s) without a label left out, e.g. {s['unlabelled'][:3]}",
                     fg=typer.colors.YELLOW)
+    for f, why in r2["folds_without_r2"].items():
+        typer.secho(f"  fold {f} has no R2: {why}", fg=typer.colors.YELLOW)
     for f, why in auc["folds_without_auc"].items():
         typer.secho(f"  fold {f} has no AUC: {why}", fg=typer.colors.YELLOW)
 
@@ -323,6 +326,14 @@ def labels(table: Path = typer.Argument(..., help="the Digi-sTILs CSV (Number,TC
                     fg=typer.colors.YELLOW)
 
 
+def _mean_sd(m: dict, k: int) -> str:
+    """``0.512 ± 0.101 over 3 of 4 folds`` (``n/a`` for the mean when no fold defines the metric)."""
+    import math
+
+    mean = "n/a" if m["mean"] is None or math.isnan(m["mean"]) else f"{m['mean']:.3f} ± {m['sd']:.3f}"
+    return f"{mean} over {m['n_folds']} of {k} folds"
+
+
 @app.command()
 def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
              out: Optional[str] = _opt(EvaluateConfig, "out_dir", "--out"),
@@ -342,13 +353,11 @@ def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.predictions).parent / f"eval_cut{cfg.cutoff:g}"
     res = _run(lambda: evaluate_predictions(cfg.predictions, out_dir, cfg.cutoff, tiles_dir=cfg.tiles_dir,
                                             labels=cfg.labels, baselines=cfg.baselines))
-    s = res["mean_sd"]
-    typer.echo(f"MIL: R2 {s['r2']['mean']:.3f} ± {s['r2']['sd']:.3f} (pooled {res['pooled']['r2']:.3f}), "
-               f"AUC {s['auc']['mean']:.3f} ± {s['auc']['sd']:.3f} over {s['auc']['n_folds']} of "
-               f"{len(res['per_fold'])} folds (WeakSTIL ref R2 0.45, AUC 0.89)")
+    s, k = res["mean_sd"], len(res["per_fold"])
+    typer.echo(f"MIL: R2 {_mean_sd(s['r2'], k)} (pooled {res['pooled']['r2']:.3f}), AUC {_mean_sd(s['auc'], k)} "
+               "(WeakSTIL ref R2 0.45, AUC 0.89)")
     for name, b in res["baselines"].items():
-        typer.echo(f"  baseline {name}: R2 {b['mean_sd']['r2']['mean']:.3f} ± {b['mean_sd']['r2']['sd']:.3f} "
-                   f"(pooled {b['pooled']['r2']:.3f})")
+        typer.echo(f"  baseline {name}: R2 {_mean_sd(b['mean_sd']['r2'], k)} (pooled {b['pooled']['r2']:.3f})")
     if not res["baselines"]:
         typer.secho(f"  baselines {res['baselines_note']}", fg=typer.colors.YELLOW)
     typer.echo(f"report: {out_dir / 'report.md'}")

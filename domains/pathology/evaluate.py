@@ -35,9 +35,12 @@ WEAKSTIL_REFERENCE = {"r2": 0.45, "r2_sd": 0.15, "auc": 0.89, "auc_sd": 0.05,
 
 
 def slide_metrics(target, pred, cutoff: float) -> dict[str, float]:
-    """R^2, Pearson, Spearman, MSE, MAE and AUC (target >= cutoff) of one set of slides."""
+    """R^2, Pearson, Spearman, MSE, MAE and AUC (target >= cutoff) of one set of slides; an undefined
+    one is NaN: R^2 with fewer than 2 slides or one target for all (not ``r2_score``'s 0.0), the
+    correlations with a constant target or prediction, AUC with one side of the cut-off only."""
     y, p = np.asarray(target, float), np.asarray(pred, float)
-    out = {"n": float(len(y)), "r2": ev.r2_score(y, p), "mse": ev.mse(y, p), "mae": float(np.mean(np.abs(y - p)))}
+    r2 = float("nan") if len(y) < 2 or np.std(y) == 0 else ev.r2_score(y, p)
+    out = {"n": float(len(y)), "r2": r2, "mse": ev.mse(y, p), "mae": float(np.mean(np.abs(y - p)))}
     const = np.std(y) == 0 or np.std(p) == 0
     out["pearson"] = float("nan") if const else ev.pearson(y, p)
     out["spearman"] = float("nan") if const else ev.spearman(y, p)
@@ -150,7 +153,8 @@ def _markdown(res: dict) -> str:
         "# sTIL % regression: evaluation", "",
         f"{res['n_slides']} slides, {len(res['per_fold'])} folds, sTIL-high cut-off {res['cutoff']:g} %.", "",
         "| metric | ours (mean ± sd over folds) | pooled | WeakSTIL reference |", "|---|---|---|---|",
-        f"| R² | {_fmt(s['r2'])} | {p['r2']:.3f} | {ref['r2']} ± {ref['r2_sd']} |",
+        f"| R² (over {s['r2']['n_folds']} of {len(res['per_fold'])} folds) | {_fmt(s['r2'])} | {p['r2']:.3f} | "
+        f"{ref['r2']} ± {ref['r2_sd']} |",
         f"| ROC AUC (sTIL-high; over {s['auc']['n_folds']} of {len(res['per_fold'])} folds) | {_fmt(s['auc'])} | "
         f"{p['auc']:.3f} | {ref['auc']} ± {ref['auc_sd']} |",
         f"| Pearson r | {_fmt(s['pearson'])} | {p['pearson']:.3f} | – |",
@@ -180,6 +184,8 @@ def _markdown(res: dict) -> str:
             lines.append(f"| {g} | {res['site_mae']['mil'][g]['n']} | "
                          + " | ".join(f"{res['site_mae'][n][g]['mae']:.2f}" for n in names) + " |")
         lines.append("")
+    lines += [f"Fold {f} has no R²: fewer than 2 test slides, or one target for all of them." for f, m in
+              res["per_fold"].items() if math.isnan(m["r2"])]
     lines += [f"Fold {f} has no AUC: all its test slides are on one side of the cut-off." for f, m in
               res["per_fold"].items() if math.isnan(m["auc"])]
     return "\n".join(lines)

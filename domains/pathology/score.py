@@ -228,10 +228,12 @@ def check_recipe(recipe: dict | None, attrs: dict, source: str) -> None:
 def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLike, heatmaps: bool = True,
                 thumb_size: int = 1024, recipe: dict | None = None) -> dict:
     """Score one slide from its feature file; writes tile CSV / GeoJSON and heatmaps, returns the row
-    for ``slides.csv``. ``recipe``: the model's feature recipe, checked against the file (``check_recipe``)."""
+    for ``slides.csv``. ``recipe``: the model's feature recipe, checked against the file (``check_recipe``);
+    features of another slide, or of an earlier version of this one, are refused (``tiling.check_same_slide``,
+    ``tiling.check_slide_version``)."""
     from adaptome.domains.pathology.extract import read_features
     from adaptome.domains.pathology.slide import open_slide
-    from adaptome.domains.pathology.tiling import check_same_slide
+    from adaptome.domains.pathology.tiling import check_same_slide, check_slide_version
 
     feats, coords, attrs = read_features(feature_file)
     check_recipe(recipe, attrs, str(feature_file))
@@ -240,6 +242,7 @@ def score_slide(slide_path, feature_file, models: list, out_dir: str | os.PathLi
         check_same_slide(attrs, slide, slide_path, feature_file)
     finally:
         slide.close()
+    check_slide_version(slide_path, feature_file)  # the same sizes, but rewritten since the features were made
     return score_features(slide_path, feats, coords, attrs, models, out_dir, heatmaps, thumb_size, str(feature_file))
 
 
@@ -285,12 +288,18 @@ def features_on_the_fly(slide_path, recipe: dict, encoder, mpp_overrides: dict |
 
 
 def write_slide_csv(rows: list[dict], path: str | os.PathLike, drop=()) -> None:
-    """Merge ``rows`` into ``slides.csv`` (rows of slides scored earlier are kept, except ``drop``)."""
+    """Merge ``rows`` into ``slides.csv`` (rows of slides scored earlier are kept, except ``drop`` and
+    those whose ``tiles/<slide>.csv`` beside it is gone: a slide being redone, stopped by a failure).
+    Nothing is written when there is nothing to change."""
     path = Path(path)
-    old = {}
+    old, kept = {}, {}
     if path.is_file():
         with path.open(newline="") as f:
-            old = {r["slide_id"]: r for r in csv.DictReader(f) if r["slide_id"] not in set(drop)}
+            old = {r["slide_id"]: r for r in csv.DictReader(f)}
+        kept = {k: r for k, r in old.items() if k not in set(drop) and (path.parent / "tiles" / f"{k}.csv").is_file()}
+    if not rows and path.is_file() and len(kept) == len(old):
+        return
+    old = kept
     for r in rows:
         old[r["slide_id"]] = r
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:

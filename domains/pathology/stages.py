@@ -13,6 +13,7 @@ Not covered: running several stage processes on one folder at once (no lock file
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from adaptome.domains.pathology.pipeline import (
     start_job,
     user_failure,
 )
-from adaptome.domains.pathology.slide import list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
+from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
 
 #: a target resolution finer than this share of a slide's own is refused (``TileConfig.allow_upsample``)
 UPSAMPLE_SLACK = 0.9
@@ -322,8 +323,12 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
             raise PathologyError(f"{feat}: no features for slide {sid}; run 'tile' and 'extract' first")
         rows.append(score_slide(path, feat, models, out, cfg.heatmaps, cfg.thumb_size, recipe))
 
-    summary = run_stage("score", _items(cfg.slides), out, lambda sid: out / "tiles" / f"{sid}.csv", work,
-                        cfg.skip_errors, progress, made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))
+    try:
+        summary = run_stage("score", _items(cfg.slides), out, lambda sid: out / "tiles" / f"{sid}.csv", work,
+                            cfg.skip_errors, progress, made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))
+    except SlideError:  # stopped at a failed slide: keep the slides scored so far, drop the failed one's old row
+        write_slide_csv(rows, out / "slides.csv")
+        raise
     write_slide_csv(rows, out / "slides.csv", drop=summary.removed)
     return summary, out / "slides.csv"
 
@@ -338,7 +343,8 @@ def train(cfg, progress: bool = True) -> dict:
     """k-fold CV of the MIL regressor (``cfg``: ``config.MILTrainConfig``). Fold models are reused only
     when the same parameters, label file contents and feature files made them; other labels or
     features: retrained, saying why; other parameters or another feature width: refused unless
-    ``overwrite``. Writes ``summary.json`` / ``summary.md`` (see ``train_summary.py``)."""
+    ``overwrite``. Writes ``summary.json`` / ``summary.md`` (see ``train_summary.py``); a run that stops
+    before any fold model is saved removes the folder it created (nothing half-made is left)."""
     from adaptome.domains.pathology.train import TRAIN_OPTIONS, check_groups, read_labels, train_cv, train_identity
     from adaptome.domains.pathology.train_summary import prepare_run, record_run, write_train_summary
 
@@ -350,6 +356,7 @@ def train(cfg, progress: bool = True) -> dict:
     params = {k: getattr(cfg, k) for k in TRAIN_OPTIONS}
     current = train_identity(cfg.features_dir, cfg.labels, rows, params)
     redo = prepare_run(out, current, cfg.features_dir, cfg.overwrite)  # refuses before anything is written
+    created = next((d for d in (*reversed(out.parents), out) if not d.exists()), None)  # the top folder made here
     save_config(cfg, out)
     record_run(out, current)
     write_train_summary(out, {"status": "running"}, cfg.cutoff)
@@ -357,6 +364,9 @@ def train(cfg, progress: bool = True) -> dict:
         kw = {k: getattr(cfg, k) for k in TRAIN_OPTIONS}
         res = train_cv(cfg.features_dir, cfg.labels, out, progress=progress, made_by=current, **kw)
     except BaseException as e:
+        if created is not None and not any(out.glob("fold_*/model.safetensors")):
+            shutil.rmtree(created, ignore_errors=True)  # made by this run and holding no model: not left half-made
+            raise
         why = str(e).splitlines()[0] if str(e) else ""
         write_train_summary(out, {"status": f"stopped ({type(e).__name__}: {why}); no complete result"}, cfg.cutoff)
         raise

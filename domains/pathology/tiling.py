@@ -227,7 +227,8 @@ def check_same_slide(attrs: dict, slide, path: str | os.PathLike, source: str | 
     """Refuse a tiling or feature file (``source``) made from another slide than ``path`` (the same
     id in another folder, or a slide replaced since): its level-0 size (``width`` / ``height``) or its
     file size (``slide_bytes``, recorded since it was added) differ. Coordinates of one slide read on
-    another would give wrong features and heatmaps without any error."""
+    another would give wrong features and heatmaps without any error. A slide rewritten with the same
+    sizes passes; ``check_slide_version`` tells it by the ``made_by`` record (``score`` calls both)."""
     w, h = slide.dimensions
     why = ""
     if "width" in attrs and (int(attrs["width"]), int(attrs["height"])) != (w, h):
@@ -237,6 +238,32 @@ def check_same_slide(attrs: dict, slide, path: str | os.PathLike, source: str | 
     if why:
         raise PathologyError(f"{source}: made from another slide than {path} ({why}); re-run 'tile' (and "
                              f"'extract') for this slide, or give the slide it was made from")
+
+
+def slide_change(stamp: dict, path: str | os.PathLike) -> str:
+    """What differs between the slide file at ``path`` and ``stamp`` (a ``made_by`` record's
+    ``inputs.slide``): by SHA-256 when the record holds one, else by size and modification time
+    (cheap: no read of the slide); ``""`` when it is the same file."""
+    from adaptome.domains.pathology.made_by import content_stamp, file_stamp
+
+    now = content_stamp(path) if "sha256" in stamp else file_stamp(path)
+    keys = ("size", "sha256") if "sha256" in stamp else ("size", "mtime_ns")
+    return ", ".join(f"{k} {stamp[k]} -> {now[k]}" for k in keys if k in stamp and stamp[k] != now[k])
+
+
+def check_slide_version(path: str | os.PathLike, source: str | os.PathLike) -> None:
+    """Refuse ``source`` (a tiling or feature file) when the ``made_by`` record beside it
+    (``made_by/<slide>.json``) says it was made from another version of the slide file ``path``: a
+    slide rewritten with the same byte size and dimensions passes ``check_same_slide``.
+    A file without a record (made by an older version, or copied alone) is not checked."""
+    from adaptome.domains.pathology.made_by import read_record, record_path
+
+    src = Path(source)
+    stamp = ((read_record(record_path(src.parent, src.stem)) or {}).get("inputs") or {}).get("slide")
+    why = slide_change(stamp, path) if isinstance(stamp, dict) else ""
+    if why:
+        raise PathologyError(f"{source}: made from another version of the slide {path} (changed since: {why}); "
+                             f"re-run 'tile' and 'extract' for this slide")
 
 
 def slide_geometry(attrs: dict, slide, path: str | os.PathLike, source: str | os.PathLike) -> TileGeometry:

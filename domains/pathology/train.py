@@ -247,6 +247,9 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
         perm = np.random.default_rng(seed + 1).permutation(len(rows))
         targets = [rows[i]["target"] for i in perm]
         rows = [{**r, "target": t} for r, t in zip(rows, targets)]
+    folds = make_folds(rows, k, group_by, seed)
+    splits = [_fold_split(rows, test_idx, val_frac, group_by, seed + f) for f, test_idx in enumerate(folds)]
+    check_batch(splits, batch_size, labels_csv)
     bags = load_bags(features_dir, [r["slide_id"] for r in rows])
     _, _, fattrs = read_features(Path(features_dir) / f"{rows[0]['slide_id']}.h5")
     recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
@@ -256,13 +259,9 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
         recipe["encoder_options"] = json.loads(str(fattrs["encoder_options"]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    folds = make_folds(rows, k, group_by, seed)
     all_preds, fold_info = [], []
-    for f, test_idx in enumerate(folds):
+    for f, (test_idx, (val_idx, fit_idx)) in enumerate(zip(folds, splits)):
         fdir = out / f"fold_{f}"
-        test_set = set(test_idx.tolist())
-        train_idx = np.array([i for i in range(len(rows)) if i not in test_set])
-        val_idx, fit_idx = _split_val(rows, train_idx, val_frac, group_by, seed + f)
         if _made_by(fdir) == run_fp:
             model = load_model(fdir)
             info = {**json.loads((fdir / "model.json").read_text())["fold"], "reused": True}
@@ -300,6 +299,26 @@ def _made_by(fold_dir: Path) -> str | None:
         return json.loads((fold_dir / "model.json").read_text(encoding="utf-8")).get("made_by")
     except ValueError:
         return None
+
+
+def _fold_split(rows, test_idx, val_frac, group_by, seed):
+    """(validation, fitted) slide indices of the fold whose test slides are ``test_idx``."""
+    test_set = set(test_idx.tolist())
+    train_idx = np.array([i for i in range(len(rows)) if i not in test_set])
+    return _split_val(rows, train_idx, val_frac, group_by, seed)
+
+
+def check_batch(splits, batch_size: int, source: str | os.PathLike) -> None:
+    """Refuse, before any fold trains, a fold with fewer fitted slides than one global batch (``batch_size``
+    x the launched processes): the core loop's own error names ``train.batch_size``, a key this command
+    does not have."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    n, f = min((len(fit), f) for f, (_, fit) in enumerate(splits))
+    if n < batch_size * world:
+        procs = f" x {world} processes" if world > 1 else ""
+        raise PathologyError(f"{source}: fold {f} trains on {n} slides, fewer than one batch (batch_size "
+                             f"{batch_size}{procs}); add labelled slides or lower it: --set batch_size="
+                             f"{max(1, n // world)}")
 
 
 def _split_val(rows, train_idx, val_frac, group_by, seed):

@@ -9,8 +9,9 @@ naming what changed and ``--overwrite``) before any file is touched.
 ``write_train_summary`` writes ``summary.json`` / ``summary.md`` like every other stage: status,
 folds trained or reused (and why they were retrained), per-fold R^2 / MSE / ROC AUC of the
 out-of-fold predictions (``evaluate.slide_metrics``), the mean +- sd over the folds where each is
-defined, and the folds whose test slides are all on one side of the cut-off (no AUC), by name.
-Strict JSON: an undefined number is ``null``.
+defined (and over how many), and the folds without an R^2 (fewer than 2 test slides, or one target
+for all) or without an AUC (test slides all on one side of the cut-off), by name. Strict JSON: an
+undefined number is ``null``.
 
 Not covered: metrics of the fold models on their validation slides (only ``best_val_mse``).
 """
@@ -79,10 +80,12 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
         write_text_atomic(out / "summary.md", f"# train summary\n\n- status: {res['status']}\n")
         return summary
     rows = read_predictions(res["predictions"])
-    folds, no_auc = [], {}
+    folds, no_auc, no_r2 = [], {}, {}
     for info in res["folds"]:
         sel = [r for r in rows if r["fold"] == info["fold"]]
         m = slide_metrics([r["target"] for r in sel], [r["pred"] for r in sel], cutoff)
+        if math.isnan(m["r2"]):
+            no_r2[info["fold"]] = _why_no_r2([r["target"] for r in sel])
         high = sum(r["target"] >= cutoff for r in sel)
         if math.isnan(m["auc"]):
             side = "no" if high == 0 else "only"
@@ -96,7 +99,8 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
         out_dir=str(out), k=len(folds), cutoff=cutoff, retrained_because=res.get("redo_reason"),
         trained=[f["fold"] for f in folds if f["model"] == "trained"],
         reused=[f["fold"] for f in folds if f["model"] == "reused"],
-        r2=_mean_sd(finite("r2")), mse=_mean_sd(finite("mse")),
+        r2={**_mean_sd(finite("r2")), "of_folds": len(folds), "folds_without_r2": no_r2},
+        mse=_mean_sd(finite("mse")),
         auc={**_mean_sd(finite("auc")), "of_folds": len(folds), "folds_without_auc": no_auc},
         pooled={k: pooled[k] for k in ("r2", "mse", "auc", "pearson", "spearman")}, folds=folds,
         predictions=res["predictions"], best_fold=res.get("best_fold"), n_slides=len(rows),
@@ -104,6 +108,13 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
     write_json(out / "summary.json", summary)
     write_text_atomic(out / "summary.md", _markdown(summary))
     return summary
+
+
+def _why_no_r2(targets: list[float]) -> str:
+    """Why a fold's R^2 is undefined: fewer than 2 test slides, or one target for all of them."""
+    if len(targets) < 2:
+        return f"only {len(targets)} test slide (R² needs at least 2, with different targets)"
+    return f"all its {len(targets)} test slides have target {targets[0]:g} %"
 
 
 def _num(v, fmt: str = ".3f") -> str:
@@ -119,9 +130,11 @@ def _markdown(s: dict) -> str:
                                       if s["unlabelled"] else ""))
     if s["retrained_because"]:
         lines.append(f"- earlier fold models retrained because {s['retrained_because']}")
-    lines += [f"- R² over {s['r2']['n_folds']} folds: {_num(s['r2']['mean'])} ± {_num(s['r2']['sd'])}; "
-              f"pooled {_num(s['pooled']['r2'])}",
-              f"- ROC AUC (target >= {s['cutoff']:g} %) over {auc['n_folds']} of {auc['of_folds']} folds: "
+    r2 = s["r2"]
+    lines += [f"- R² over {r2['n_folds']} of {r2['of_folds']} folds: {_num(r2['mean'])} ± {_num(r2['sd'])}; "
+              f"pooled {_num(s['pooled']['r2'])}"]
+    lines += [f"  - fold {f} has no R²: {why}" for f, why in r2["folds_without_r2"].items()]
+    lines += [f"- ROC AUC (target >= {s['cutoff']:g} %) over {auc['n_folds']} of {auc['of_folds']} folds: "
               f"{_num(auc['mean'])} ± {_num(auc['sd'])}; pooled {_num(s['pooled']['auc'])}"]
     lines += [f"  - fold {f} has no AUC: {why}" for f, why in auc["folds_without_auc"].items()]
     lines += ["", "| fold | model | train | val | test | R² | MSE (%²) | AUC |", "|---|---|---|---|---|---|---|---|"]

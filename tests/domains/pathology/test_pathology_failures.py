@@ -173,3 +173,79 @@ def test_corrupt_level_read_in_the_main_process_is_one_line_then_skipped(cohort,
     assert r.exit_code == 0 and "1 done, 0 reused (same inputs), 0 skipped, 1 failed" in r.output
     summary = json.loads((tmp_path / "job" / "tiles_20x_64px_0ov" / "summary.json").read_text())
     assert list(summary["failed"]) == ["train_000"] and summary["done"] == ["train_001"]
+
+
+def _labels(path, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slide_id", "case_id", "target", "site"])
+        w.writerows(rows)
+
+
+def test_r2_of_a_fold_with_one_target_is_null_and_left_out_of_the_mean(cohort, tmp_path):
+    """Each fold's two test slides share one target (one case): no fold has an R² (not 0.000), train and
+    evaluate say over how many folds (0 of 3), for the MIL and every baseline; pooled R² stays."""
+    from sklearn.metrics import r2_score
+
+    labels = tmp_path / "labels.csv"
+    _labels(labels, [(f"train_00{i}", f"c{i // 2}", 10 + 30 * (i // 2), f"s{i // 2}") for i in range(6)])
+    out = tmp_path / "mil"
+    run = out / "mil_ratio_case_id_k3"
+    r = _cli("train", "--features-dir", cohort["features_dir"], "--labels", labels, "--out", out, "--k", 3,
+             "--set", "max_steps=6", "--set", "eval_every=3", "--set", "batch_size=2")
+    assert r.exit_code == 0, r.output
+    assert "fold R2 n/a over 0 of 3 folds" in r.output and "0.000 ± 0.000" not in r.output
+    assert r.output.count("has no R2: all its 2 test slides have target") == 3
+    rows = list(csv.DictReader(open(run / "predictions.csv")))
+    y, p = [float(r["target"]) for r in rows], [float(r["pred"]) for r in rows]
+    summary = _strict((run / "summary.json").read_text())
+    assert summary["r2"]["mean"] is None and summary["r2"]["n_folds"] == 0 and summary["r2"]["of_folds"] == 3
+    assert [f["r2"] for f in summary["folds"]] == [None] * 3 and len(summary["r2"]["folds_without_r2"]) == 3
+    assert summary["pooled"]["r2"] == pytest.approx(r2_score(y, p))
+    assert "R² over 0 of 3 folds: n/a" in (run / "summary.md").read_text()
+    r = _cli("evaluate", run / "predictions.csv", "--out", tmp_path / "eval")
+    assert r.exit_code == 0, r.output
+    assert "MIL: R2 n/a over 0 of 3 folds" in r.output and "0.000 ± 0.000" not in r.output
+    for name in ("majority", "dark_pixels", "mean_features"):
+        assert f"baseline {name}: R2 n/a over 0 of 3 folds" in r.output, r.output
+    metrics = _strict((tmp_path / "eval" / "metrics.json").read_text())
+    assert all(m["r2"] is None for m in metrics["per_fold"].values())
+    assert metrics["mean_sd"]["r2"]["mean"] is None and metrics["mean_sd"]["r2"]["n_folds"] == 0
+    assert metrics["pooled"]["r2"] == pytest.approx(r2_score(y, p))
+    assert all(b["mean_sd"]["r2"]["mean"] is None and b["pooled"]["r2"] is not None
+               for b in metrics["baselines"].values())
+    assert "R² (over 0 of 3 folds) | n/a" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_fold_mean_r2_is_over_the_folds_that_define_it():
+    """A fold with one target (or one slide) has no R²: NaN, not scikit-learn's 0.0; the mean and sd are over the
+    other folds; the pooled R² is the plain one."""
+    from adaptome.core import evaluation as ev
+    from adaptome.domains.pathology.evaluate import _fold_summary, slide_metrics
+
+    assert np.isnan(slide_metrics([20.0, 20.0], [10.0, 30.0], 30)["r2"])
+    assert np.isnan(slide_metrics([20.0], [10.0], 30)["r2"])
+    rows = [{"slide_id": s, "fold": f, "target": t, "pred": p} for s, f, t, p in
+            (("a", 0, 20.0, 10.0), ("b", 0, 20.0, 30.0), ("c", 1, 10.0, 15.0), ("d", 1, 50.0, 40.0),
+             ("e", 1, 80.0, 70.0), ("f", 2, 40.0, 45.0), ("g", 2, 60.0, 50.0))]
+    per_fold, summary, pooled = _fold_summary(rows, 30)
+    r2 = [ev.r2_score([10.0, 50.0, 80.0], [15.0, 40.0, 70.0]), ev.r2_score([40.0, 60.0], [45.0, 50.0])]
+    assert np.isnan(per_fold[0]["r2"]) and summary["r2"]["n_folds"] == 2
+    assert summary["r2"]["mean"] == pytest.approx(np.mean(r2))
+    assert summary["r2"]["sd"] == pytest.approx(np.std(r2, ddof=1))
+    assert pooled["r2"] == pytest.approx(ev.r2_score([r["target"] for r in rows], [r["pred"] for r in rows]))
+
+
+def test_train_with_fewer_slides_than_a_batch_names_its_own_option_and_leaves_no_folder(cohort, tmp_path):
+    labels = tmp_path / "labels.csv"
+    _labels(labels, [(f"train_00{i}", f"c{i}", 10 + 20 * i, "") for i in range(4)])
+    out = tmp_path / "mil"
+    base = ("train", "--features-dir", cohort["features_dir"], "--labels", labels, "--out", out, "--k", 2)
+    r = _cli(*base)
+    err = _errors(r.output)
+    assert r.exit_code == 2 and len(err) == 1, r.output
+    assert err[0] == (f"error: {labels}: fold 0 trains on 2 slides, fewer than one batch (batch_size 8); add "
+                      "labelled slides or lower it: --set batch_size=2")
+    assert not out.exists()  # made by this run and holding no model: not left behind
+    r = _cli(*base, "--set", "batch_size=2", "--set", "max_steps=2", "--set", "eval_every=1")
+    assert r.exit_code == 0 and "2 folds trained" in r.output, r.output

@@ -240,3 +240,55 @@ def test_extract_refuses_features_made_before_the_per_slide_stroma_cut(slides, t
     assert (tdir / "features_baseline" / "train_000.h5").stat().st_mtime_ns == before  # nothing rewritten
     r = _cli("extract", slides, "--tiles-dir", tdir, "--num-workers", 0, "--overwrite")
     assert r.exit_code == 0 and "3 done" in r.output, r.output
+
+
+def _write_slide(path, seed: int) -> None:
+    """A 512 x 512 tiled RGB TIFF at 0.5 um/px, uncompressed: any content gives the same byte size."""
+    import tifffile
+
+    img = np.full((512, 512, 3), 235, np.uint8)
+    img[64:448, 64:448] = np.random.default_rng(seed).integers(60, 200, (384, 384, 3), dtype=np.uint8)
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")
+
+
+def test_score_refuses_features_of_an_earlier_version_of_a_replaced_slide(trained, tmp_path):
+    """A slide rewritten with other pixels but the same byte size and dimensions: ``score`` with the old
+    features is refused in one line naming the features file and the slide, and nothing of the old slide
+    stays in ``slides.csv``; re-running tile and extract gives its new score."""
+    from adaptome.domains.pathology.extract import read_features
+    from adaptome.domains.pathology.score import load_models, score_bag
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    slide = d / "mine_b.tiff"
+    _write_slide(slide, 0)
+    out, model = tmp_path / "job", trained["real"]["out_dir"]
+    tdir = out / "tiles_20x_64px_0ov"
+    fdir = tdir / "features_baseline"
+    scores = tmp_path / "scores"
+    score = ("score", d, "--model", model, "--features-dir", fdir, "--out", scores, "--set", "heatmaps=false")
+    assert _tile(d, out).exit_code == 0
+    assert _cli("extract", d, "--tiles-dir", tdir, "--num-workers", 0).exit_code == 0
+    r = _cli(*score)
+    assert r.exit_code == 0, r.output
+    old = float(next(csv.DictReader(open(scores / "slides.csv")))["stil_pct"])
+    size = slide.stat().st_size
+    _write_slide(slide, 1)
+    st = slide.stat()
+    os.utime(slide, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # a later copy, whatever the clock
+    assert st.st_size == size
+    r = _cli(*score)
+    err = _errors(r.output)
+    assert r.exit_code == 2 and len(err) == 1, r.output
+    assert f"{fdir / 'mine_b.h5'}: made from another version of the slide {slide}" in err[0], err[0]
+    assert "re-run 'tile' and 'extract'" in err[0]
+    assert not (scores / "tiles" / "mine_b.csv").exists()
+    assert "mine_b" not in (scores / "slides.csv").read_text()  # the old slide's score is not left standing
+    assert "redone mine_b" in _tile(d, out).output
+    assert "redone mine_b" in _cli("extract", d, "--tiles-dir", tdir, "--num-workers", 0).output
+    r = _cli(*score)
+    assert r.exit_code == 0 and "score: 1 done" in r.output, r.output
+    new = float(next(csv.DictReader(open(scores / "slides.csv")))["stil_pct"])
+    feats, _, _ = read_features(fdir / "mine_b.h5")
+    assert new == pytest.approx(score_bag(load_models(model), feats)["slide"], abs=1e-3) and new != old
