@@ -267,8 +267,10 @@ def check_slide_version(path: str | os.PathLike, source: str | os.PathLike) -> N
 
 
 def slide_geometry(attrs: dict, slide, path: str | os.PathLike, source: str | os.PathLike) -> TileGeometry:
-    """``geometry_from_attrs`` for an open ``slide`` after ``check_same_slide``."""
+    """``geometry_from_attrs`` for an open ``slide`` after ``check_same_slide`` and ``check_slide_version``
+    (tile coordinates of an earlier version of the slide would be read on the new pixels)."""
     check_same_slide(attrs, slide, path, source)
+    check_slide_version(path, source)
     return geometry_from_attrs(attrs, slide.level_downsamples)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -27,14 +28,17 @@ def _errors(output: str) -> list[str]:
 
 def _zero_level0(path, page: int = 0) -> None:
     """Zero every compressed tile of the slide's level 0 (or ``page``): it still opens, its thumbnail
-    (from a coarser level) still reads, but no level-0 tile decodes."""
+    (from a coarser level) still reads, but no level-0 tile decodes. The modification time is kept, as with
+    damage on disk that no file stamp sees (a rewritten slide is refused before any read: ``check_slide_version``)."""
     with tifffile.TiffFile(path) as tf:
         page = tf.pages[page]
         spans = list(zip(page.dataoffsets, page.databytecounts))
     data = bytearray(path.read_bytes())
     for off, n in spans:
         data[off:off + n] = bytes(n)
+    st = path.stat()
     path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest.fixture()
@@ -51,6 +55,28 @@ def tiled(cohort, tmp_path):
     _zero_level0(d / "train_001.tiff")
     (tdir / "train_003.h5").unlink()
     return d, tdir
+
+
+def test_extract_refuses_tiles_of_an_earlier_version_of_a_rewritten_slide(tiled):
+    """A slide rewritten after tiling with the same sizes: before, extract read the old tile coordinates on the
+    new pixels (check_same_slide compares sizes only). Now it is refused until the slide is tiled again."""
+    slides, tdir = tiled
+    path = slides / "train_002.tiff"
+    _zero_level0(path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))  # rewritten: a later modification time
+    args = ["extract", slides, "--tiles-dir", tdir]
+    r = _cli(*args, "--skip-errors")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tdir / "features_baseline" / "summary.json").read_text())
+    why = summary["failed"]["train_002"]
+    assert "train_002.h5: made from another version of the slide" in why and "re-run 'tile'" in why
+    assert not (tdir / "features_baseline" / "train_002.h5").exists()
+    r = _cli("tile", slides, "--out", tdir.parent, "--tile-size", 64, "--set", "thumb_size=256")
+    assert r.exit_code == 0 and "redone train_002" in r.output, r.output
+    _cli(*args, "--skip-errors")  # its tiles are the new slide's: past the version check, to the zeroed level
+    summary = json.loads((tdir / "features_baseline" / "summary.json").read_text())
+    assert "train_002.tiff: cannot read the tile at" in summary["failed"]["train_002"]
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-loader", "per-slide-loader"])
