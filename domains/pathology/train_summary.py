@@ -92,7 +92,10 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
             no_auc[info["fold"]] = f"{side} test slides with target >= {cutoff:g} % ({len(sel)} slides)"
         folds.append({"fold": info["fold"], "model": "reused" if info.get("reused") else "trained",
                       "n_train": info.get("n_train"), "n_val": info.get("n_val"), "n_test": len(sel),
-                      "best_val_mse": info.get("best_val_mse"), "r2": m["r2"], "mse": m["mse"], "auc": m["auc"]})
+                      "best_val_mse": info.get("best_val_mse"), "r2": m["r2"], "mse": m["mse"], "auc": m["auc"],
+                      # the weights kept are the lowest-MSE evaluation's; without validation slides that MSE
+                      # (best_val_mse) is on the fold's training slides
+                      "selected_on": "validation slides" if info.get("n_val") else "training slides"})
     pooled = slide_metrics([r["target"] for r in rows], [r["pred"] for r in rows], cutoff)
     finite = lambda key: [f[key] for f in folds if not math.isnan(f[key])]  # noqa: E731
     summary.update(
@@ -140,4 +143,8 @@ def _markdown(s: dict) -> str:
     lines += ["", "| fold | model | train | val | test | R² | MSE (%²) | AUC |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {f['fold']} | {f['model']} | {f['n_train']} | {f['n_val']} | {f['n_test']} | {_num(f['r2'])} | "
               f"{_num(f['mse'], '.1f')} | {_num(f['auc'])} |" for f in s["folds"]]
+    on_train = [str(f["fold"]) for f in s["folds"] if f.get("selected_on") == "training slides"]
+    if on_train:
+        lines += ["", f"Folds {', '.join(on_train)} have no validation slides (val_frac 0): each keeps the weights of "
+                  "its lowest training MSE, and its best_val_mse is measured on its training slides."]
     return "\n".join(lines) + "\n"

@@ -229,6 +229,9 @@ def test_r2_of_a_fold_with_one_target_is_null_and_left_out_of_the_mean(cohort, t
     assert [f["r2"] for f in summary["folds"]] == [None] * 3 and len(summary["r2"]["folds_without_r2"]) == 3
     assert summary["pooled"]["r2"] == pytest.approx(r2_score(y, p))
     assert "R² over 0 of 3 folds: n/a" in (run / "summary.md").read_text()
+    # val_frac 0 (the default): the kept weights were chosen on training slides, and the summary says so
+    assert [f["selected_on"] for f in summary["folds"]] == ["training slides"] * 3
+    assert "Folds 0, 1, 2 have no validation slides (val_frac 0)" in (run / "summary.md").read_text()
     r = _cli("evaluate", run / "predictions.csv", "--out", tmp_path / "eval")
     assert r.exit_code == 0, r.output
     assert "MIL: R2 n/a over 0 of 3 folds" in r.output and "0.000 ± 0.000" not in r.output
