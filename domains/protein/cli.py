@@ -75,8 +75,9 @@ def build_dataset(
     vocab: Optional[str] = typer.Option(None, help="vocabulary file, or 'superfamilies' for ProLLaMA's list"),
     policy: str = typer.Option("error", help="non-standard residues: error | skip | keep"),
     stockholm_label: str = typer.Option("id", help="Stockholm label: the family's #=GF ID or AC line (id | ac)"),
-    max_residues: Optional[int] = typer.Option(None, help="keep only the first N residues in the instructions "
-                                               "(the stage-1 sequence files stay whole)"),
+    max_residues: Optional[int] = typer.Option(None, help="keep only the first N residues in the instructions, "
+                                               "a cropped generation answer left open without '>' (the stage-1 "
+                                               "sequence files stay whole)"),
     max_seq_length: int = typer.Option(256, help="token limit of an instruction record (the instruct config's "
                                        "max_seq_length): the protein is cropped to fit, never the answer"),
     tokenizer: Optional[str] = typer.Option(None, help="tokenizer that counts the tokens (the model folder or hub "
@@ -86,8 +87,8 @@ def build_dataset(
 ) -> None:
     """Turn labelled FASTA / Stockholm into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
 
-    Every instruction record fits --max-seq-length tokens with its answer whole: a long protein is
-    cropped (a generation answer is left open, without '>'), and the crop is printed.
+    Every instruction record fits --max-seq-length tokens (and --max-residues residues) with its answer
+    whole: a long protein is cropped (a generation answer is left open, without '>'), and the crop is printed.
 
     Example: adaptome protein build-dataset --fasta seqs.fa --labels labels.csv --task-name superfamily \\
         --vocab superfamilies --out runs/protein/data
@@ -98,6 +99,7 @@ def build_dataset(
 
     _check_new(out, overwrite)
     with user_errors():
+        _check_build_options(shipped, fasta, labels, vocab, max_residues)
         task = _task(task_name, task_key)
         if shipped == "pfam":
             whole = data.pfam_families(policy=policy)
@@ -121,9 +123,9 @@ def build_dataset(
             if voc is not None:
                 formats.validate_labels((r.label for r in recs), voc, str(labels or fasta[0]))
             whole = recs
-        recs = data.crop(whole, max_residues)
+        recs = whole
         tok = load_tokenizer(tokenizer)
-        records, crops = data.fit_instruction_records(recs, task, tok, max_seq_length)
+        records, crops = data.fit_instruction_records(recs, task, tok, max_seq_length, max_residues=max_residues)
         with atomic_dir(out, overwrite) as tmp:
             formats.write_instructions(records, tmp / "instructions.jsonl")
             # stage-1 files hold whole sequences: pretrain cuts windows with markers only at the real ends
@@ -134,12 +136,38 @@ def build_dataset(
     typer.echo(f"instruction records: {crops.message()}")
 
 
+def _check_build_options(shipped: Optional[str], fasta: list[Path], labels: Optional[Path], vocab: Optional[str],
+                         max_residues: Optional[int]) -> None:
+    """Refuse build-dataset options that would be ignored or make no sense, before anything is read."""
+    if shipped is not None:
+        given = [name for name, v in (("--fasta", fasta), ("--labels", labels), ("--vocab", vocab)) if v]
+        if given:
+            fail(f"--shipped {shipped} and {'/'.join(given)} together: --shipped builds from the shipped data and "
+                 f"would ignore {'/'.join(given)}; give one or the other")
+    if max_residues is not None and max_residues < 1:
+        fail(f"--max-residues {max_residues}: must be at least 1 (leave it out to keep whole proteins)")
+
+
+def _note_skipped(files: list[str]) -> None:
+    """Print how many training sequences residue_policy=skip leaves out, before the model is loaded
+    (``pretrain.load_sequences``; leaving none is its one-line error)."""
+    from adaptome.domains.protein.pretrain import load_sequences
+
+    skipped: list[str] = []
+    load_sequences(files, "skip", skipped)
+    if skipped:
+        typer.echo(f"note: pretrain: {len(skipped)} sequence(s) with non-standard residues skipped "
+                   f"(residue_policy=skip), e.g. {skipped[0]!r}")
+
+
 def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
     from adaptome.core.config import load_config, save_config
     from adaptome.domains.protein.config import InstructConfig, PretrainConfig
     from adaptome.domains.protein.stages import run_stage_config
 
     cfg = load_config(PretrainConfig if kind == "pretrain" else InstructConfig, config, set_)
+    if kind == "pretrain" and cfg.residue_policy == "skip":
+        _note_skipped(cfg.train_files)
     s = run_stage_config(cfg, overwrite)
     save_config(cfg, cfg.train.output_dir)
     if kind == "instruct":
@@ -186,7 +214,7 @@ def sample_cmd(
     label: list[str] = typer.Option([], help="condition label (repeatable); none = unconditional Seq=<"),
     task_name: str = typer.Option("superfamily"), task_key: str = typer.Option(""),
     n: int = typer.Option(4, "-n", help="samples per label"),
-    prefix: str = typer.Option("", help="sequence prefix after Seq=<"),
+    prefix: str = typer.Option("", help="sequence prefix after Seq=<: amino-acid letters (upper-cased)"),
     preset: str = typer.Option("auto", help="decoding preset: prollama | small | auto (small under 100 M "
                                "parameters); the options below override single fields"),
     temperature: Optional[float] = typer.Option(None), top_k: Optional[int] = typer.Option(None),
@@ -218,6 +246,8 @@ def sample_cmd(
 
     from adaptome.domains.protein.model import load_model_and_tokenizer
     from adaptome.domains.protein.sample import (
+        check_header_label,
+        clean_prefix,
         preset_for,
         prompt_plan,
         resolve_max_new_tokens,
@@ -231,6 +261,9 @@ def sample_cmd(
     with user_errors():
         task = _task(task_name, task_key)
         labels = label or [None]
+        prefix = clean_prefix(prefix, "--prefix")
+        for lab in label:
+            check_header_label(lab, "--label")
         if guidance is not None and guidance != 1.0:
             from adaptome.domains.protein.guidance import check_scale
 
@@ -300,7 +333,10 @@ def classify_cmd(
                                                  "were cropped (default: the limit the model folder's "
                                                  "training_data.json records, else 256; 0: no crop)"),
     stockholm_label: str = typer.Option("id", help="label of Stockholm records: #=GF ID or AC (id | ac)"),
-    policy: str = typer.Option("error"), out: Path = typer.Option(..., help="output CSV"),
+    policy: Optional[str] = typer.Option(None, help="non-standard residues: error | skip | keep (default error; "
+                                         "ESM: applies to --fasta and --train-fasta, default the config's "
+                                         "residue_policy)"),
+    out: Path = typer.Option(..., help="output CSV"),
     overwrite: bool = typer.Option(False),
     train_fasta: Optional[Path] = typer.Option(None, help="ESM: labelled training sequences (FASTA)"),
     train_labels: Optional[Path] = typer.Option(None, help="ESM: CSV/TSV id,label table of --train-fasta"),
@@ -353,6 +389,7 @@ def classify_cmd(
                 fail("--train-fasta, --train-labels, --test-labels, --config and --set train an ESM classifier; "
                      f"{model} is a causal LM, which classifies with its instruction prompt (use --train)")
             task = _task(task_name, task_key)
+            policy = policy or "error"
             meth = method or cl.DEFAULT_METHOD
             if meth not in cl.METHODS:
                 fail(f"--method {meth!r}: known: {', '.join(cl.METHODS)}")

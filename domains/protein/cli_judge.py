@@ -94,9 +94,29 @@ def score_mutations_cmd(
     typer.echo(msg)
 
 
+def _held_out_check(model: str, test: list, where: str) -> dict:
+    """How many of the ``test`` records (those ``evaluate`` holds out of the reference) the model was trained
+    on, by the fingerprints of its ``training_data.json``; prints one line when any, or when it cannot tell.
+    Returns the report's ``held_out`` entry: ``n``, ``n_trained_on`` (None: not recorded)."""
+    from adaptome.domains.protein.training_data import FILE, read_training_data, trained_on
+
+    prints = (read_training_data(model) or {}).get("sequence_sha1")
+    if prints is None:
+        typer.echo(f"note: {model} records no training-sequence fingerprints ({FILE}); cannot check that the "
+                   f"{len(test)} held-out reference sequences were not trained on")
+        return {"n": len(test), "n_trained_on": None}
+    seen = sum(trained_on([r.seq for r in test], prints))
+    if seen:
+        typer.echo(f"warning: {seen} of the {len(test)} held-out sequences of the reference ({where}) are among "
+                   f"those {model} was trained on ({FILE}): perplexity and classification are not held-out; give "
+                   "a reference of sequences the model never saw")
+    return {"n": len(test), "n_trained_on": seen}
+
+
 def evaluate_cmd(
     model: str = typer.Option(..., help="instruction-tuned merged checkpoint"),
-    shipped: str = typer.Option("pfam", help="labelled set when no --reference: pfam | ec (split 3 per label, seed 0)"),
+    shipped: Optional[str] = typer.Option(None, help="labelled set when no --reference: pfam | ec (split 3 per "
+                                          "label, seed 0; default pfam)"),
     reference: list[Path] = typer.Option([], help="labelled real sequences instead of --shipped (repeatable): "
                                          "Stockholm (label: #=GF ID) or FASTA (label: a Key=<label> header "
                                          "field, as build-dataset writes, or --reference-labels)"),
@@ -119,7 +139,9 @@ def evaluate_cmd(
     """Report (JSON + Markdown): perplexity, classification vs baselines, generated-set metrics (length
     KS test, low-complexity share, per label) and, with --esmfold (and --reference-pdbs with foldseek on
     PATH), structure metrics of the samples. Samples conditioned on a label the reference does not hold
-    are refused.
+    are refused. Perplexity and classification run on 3 sequences per label split off the reference; when
+    the model's training_data.json shows it was trained on some of them (as on build-dataset's own
+    sequences.fasta), that is said and the report does not call those metrics held-out.
 
     Example: adaptome protein evaluate --model runs/protein/stage2_tiny/merged --samples gen.fasta \\
         --reference runs/protein/data/sequences.fasta --task-name superfamily --out runs/protein/report
@@ -130,6 +152,9 @@ def evaluate_cmd(
 
     _check_new(out, overwrite)
     with user_errors():
+        if reference and shipped is not None:
+            fail(f"--reference and --shipped {shipped} both name the labelled set; give one of them")
+        shipped = shipped or "pfam"
         if reference:
             skipped: list[str] = []
             recs = evaluate.read_reference(reference, reference_labels, id_column, label_column, policy, skipped)
@@ -153,10 +178,11 @@ def evaluate_cmd(
         if gen is not None:
             evaluate.check_sample_labels(gen, [r.label for r in recs])
         train, test = data.split_by_label(recs, 3)
+        overlap = _held_out_check(model, test, where)
         train_c, test_c = data.crop(train, max_residues), data.crop(test, max_residues)
         labels = sorted({r.label for r in train})
         m, tok = load_model_and_tokenizer(str(model))
-        report = {"model": str(model), "reference": where, "task": task.name,
+        report = {"model": str(model), "reference": where, "task": task.name, "held_out": overlap,
                   "perplexity": evaluate.perplexity_on(m, tok, [r.seq for r in test_c]),
                   "n_perplexity_sequences": len(test_c)}
         method = method or classify.DEFAULT_METHOD

@@ -184,4 +184,5 @@ def stage_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
                 "max_residues": cfg.max_residues, "whole_windows": cfg.whole_windows,
                 "optimizer_name": cfg.optimizer.name,
                 "optimizer_options": dict(cfg.optimizer.options)}
-    return {**common, "max_seq_length": cfg.max_seq_length, "uncond_share": cfg.uncond_share}
+    return {**common, "max_seq_length": cfg.max_seq_length, "uncond_share": cfg.uncond_share,
+            "base_model": cfg.model.name_or_path}

@@ -116,6 +116,7 @@ class CropReport:
         n_sequences_cropped: proteins cropped in at least one of their records.
         residues_removed: residues cropped, summed over records.
         max_removed: the most residues cropped from one record.
+        max_residues: the residue limit every record's protein was also cropped to (None: none).
     """
 
     max_seq_length: int
@@ -125,12 +126,14 @@ class CropReport:
     n_sequences_cropped: int = 0
     residues_removed: int = 0
     max_removed: int = 0
+    max_residues: int | None = None
 
     def message(self) -> str:
+        limit = f"{self.max_seq_length} tokens" + (f" and {self.max_residues} residues" if self.max_residues else "")
         if not self.n_cropped:
-            return f"no record cropped: all {self.n_records} fit {self.max_seq_length} tokens"
+            return f"no record cropped: all {self.n_records} fit {limit}"
         return (f"cropped {self.n_cropped} of {self.n_records} records ({self.n_sequences_cropped} of "
-                f"{self.n_sequences} proteins) to fit {self.max_seq_length} tokens: {self.residues_removed} "
+                f"{self.n_sequences} proteins) to fit {limit}: {self.residues_removed} "
                 f"residues removed in all, at most {self.max_removed} from one record; every answer kept whole")
 
 
@@ -164,19 +167,23 @@ def determine_input(tok, task: LabelTask, seq: str, label: str, max_seq_length: 
 
 
 def fit_instruction_records(records: Iterable[Record], task: LabelTask, tok, max_seq_length: int,
-                            kinds: tuple[str, ...] = ("generate", "determine")) -> tuple[list[dict], CropReport]:
+                            kinds: tuple[str, ...] = ("generate", "determine"),
+                            max_residues: int | None = None) -> tuple[list[dict], CropReport]:
     """``instruction_records`` that fit ``max_seq_length`` tokens of ``tok`` with every answer whole.
 
     The protein is cropped, never the answer (see ``instruct.py``). The crop of a protein does not
     depend on its own label: it is computed with the label that takes the most tokens, so that
-    ``classify`` (which does not know the label) crops a query exactly as training did.
+    ``classify`` (which does not know the label) crops a query exactly as training did. With
+    ``max_residues`` each protein is first cut to its first ``max_residues`` residues, by the same
+    rule: a cropped generation answer is left open (no ``>``), a cropped understanding input stays
+    closed; such records are counted as cropped.
     """
     records = list(records)
     for r in records:
         if r.label is None:
             raise FormatError(f"record {r.id!r} has no label; attach labels before building instructions")
     labels = [r.label for r in records]
-    rep = CropReport(max_seq_length, n_sequences=len(records))
+    rep = CropReport(max_seq_length, n_sequences=len(records), max_residues=max_residues)
     out: list[dict] = []
     if not records:
         return out, rep
@@ -184,12 +191,13 @@ def fit_instruction_records(records: Iterable[Record], task: LabelTask, tok, max
     det_label = widest_label(tok, labels, task.label_field)
     for r in records:
         removed = []
+        seq = r.seq[:max_residues] if max_residues else r.seq
         if "generate" in kinds:
-            ans = generate_answer(tok, task, r.seq, gen_label, max_seq_length)
+            ans = open_if_cropped(generate_answer(tok, task, seq, gen_label, max_seq_length), len(seq) < len(r.seq))
             removed.append(len(r.seq) - len(parse_open_seq(ans)))
             out.append(instruction_record(task.generate, task.label_field(r.label), ans))
         if "determine" in kinds:
-            kept = determine_input(tok, task, r.seq, det_label, max_seq_length)
+            kept = determine_input(tok, task, seq, det_label, max_seq_length)
             removed.append(len(r.seq) - len(kept))
             out.append(instruction_record(task.determine, seq_line(kept), task.label_field(r.label)))
         cut = [n for n in removed if n > 0]
@@ -201,6 +209,12 @@ def fit_instruction_records(records: Iterable[Record], task: LabelTask, tok, max
     return out, rep
 
 
+def open_if_cropped(answer: str, cropped: bool) -> str:
+    """A generation ``answer`` without its closing ``>`` when its protein was ``cropped`` before it:
+    the protein's real end is not in the record, so the record must not teach an end there."""
+    return answer[:-1] if cropped and answer.endswith(">") else answer
+
+
 def parse_open_seq(text: str) -> str:
     """The residues of ``Seq=<...>`` or of an open ``Seq=<...`` answer."""
     body = text[len("Seq=<"):] if text.startswith("Seq=<") else text
@@ -209,7 +223,8 @@ def parse_open_seq(text: str) -> str:
 
 # --- label tables ---------------------------------------------------------------------------------
 def read_label_table(path: str | os.PathLike, id_column: str = "id", label_column: str = "label") -> dict[str, str]:
-    """``id -> label`` from a CSV or TSV (by extension) with a header row."""
+    """``id -> label`` from a CSV or TSV (by extension) with a header row; an empty label cell is an error
+    naming the file and line (it would become the label ``<>``)."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: label table not found")
@@ -224,6 +239,9 @@ def read_label_table(path: str | os.PathLike, id_column: str = "id", label_colum
                 raise FormatError(f"{path}: no column {c!r} (columns: {', '.join(cols)})")
         for row in reader:
             rid, lab = (row[id_column] or "").strip(), (row[label_column] or "").strip()
+            if not lab:
+                raise FormatError(f"{path}:{reader.line_num}: id {rid!r} has an empty {label_column!r} cell; "
+                                  "give it a label or leave its row out")
             if rid in table and table[rid] != lab:
                 raise FormatError(f"{path}:{reader.line_num}: id {rid!r} has label {lab!r}, but {table[rid]!r} on "
                                   f"line {first_line[rid]}")

@@ -22,11 +22,28 @@ def _labelled(fasta: Path, table: Path, id_column: str, label_column: str, polic
                               str(table), seq_source=str(fasta))
 
 
+def resolve_policy(policy: str | None, cfg, default: str, where: str) -> str:
+    """The residue policy of both the training and the query files: ``--policy`` when given, else the
+    config's ``residue_policy``. An option that contradicts a ``residue_policy`` the user set (``--config`` /
+    ``--set``, i.e. other than the shipped ``default``) is refused; the chosen policy is written into ``cfg``
+    so that the saved config says what training read."""
+    from adaptome.domains.protein.formats import POLICIES
+
+    if policy is not None and policy not in POLICIES:
+        raise ProteinError(f"--policy {policy!r}: known: {', '.join(POLICIES)}")
+    if policy is not None and cfg.residue_policy not in (default, policy):
+        raise ProteinError(f"--policy {policy} contradicts residue_policy {cfg.residue_policy} of {where}; "
+                           "give one of them")
+    cfg.residue_policy = policy or cfg.residue_policy
+    return cfg.residue_policy
+
+
 def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta: Path | None,
                       train_labels: Path | None, test_labels: Path | None, id_column: str, label_column: str,
-                      policy: str, config: Path | None, overrides: list[str],
+                      policy: str | None, config: Path | None, overrides: list[str],
                       overwrite: bool) -> tuple[list[Record], list[dict[str, Any]], list[str]]:
-    """(query records, predictions, report lines) for ``classify`` with an ESM model."""
+    """(query records, predictions, report lines) for ``classify`` with an ESM model; ``policy`` (None: the
+    config's ``residue_policy``) applies to ``fasta`` and ``train_fasta`` alike (``resolve_policy``)."""
     from adaptome.core.config import load_config, save_config
     from adaptome.domains.protein import data, esm_classify, evaluate
     from adaptome.domains.protein.formats import read_fasta, read_vocab
@@ -39,6 +56,8 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
     cfg = load_config(esm_classify.EsmClassifyConfig, config or shipped, overrides)
     if train_fasta is None and (config is not None or overrides):
         raise ProteinError("--config / --set set up training; give --train-fasta and --train-labels too")
+    policy = resolve_policy(policy, cfg, load_config(esm_classify.EsmClassifyConfig, shipped, []).residue_policy,
+                            f"{config or shipped}" + (" with --set" if overrides else ""))
     queries = read_fasta(fasta, policy)
     truth: dict[str, str] | None = None
     if test_labels is not None:  # checked before any training, which may take minutes
@@ -50,7 +69,7 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
     lines: list[str] = []
     train: list[Record] = []
     if train_fasta is not None:
-        train = _labelled(train_fasta, train_labels, id_column, label_column, cfg.residue_policy)
+        train = _labelled(train_fasta, train_labels, id_column, label_column, policy)
         cands = read_vocab(labels) if labels else sorted({r.label for r in train})
         s = esm_classify.train_classifier(model, train, cands, cfg, overwrite)
         save_config(cfg, cfg.train.output_dir)

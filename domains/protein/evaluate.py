@@ -83,14 +83,16 @@ def read_reference(paths: list[Path], label_table: Path | None = None, id_column
 
 
 def read_samples(path: str | Path) -> list:
-    """``sample.Sample`` objects back from a FASTA written by ``sample`` (condition from the header)."""
+    """``sample.Sample`` objects back from a FASTA written by ``sample`` (condition from the header); a
+    condition that is not ``unconditional`` or ``Key=<label>`` is a ``FormatError`` naming the file and record."""
     from adaptome.domains.protein.formats import invalid_positions, parse_field, read_fasta_headers
     from adaptome.domains.protein.sample import Sample, parse_header
 
     out = []
     for h, seq in read_fasta_headers(path):
         meta = parse_header(h)
-        lab = parse_field(meta["condition"])[1] if meta["condition"] != "unconditional" else None
+        where = f"{path}: sample {meta['id']!r} condition"
+        lab = parse_field(meta["condition"], source=where)[1] if meta["condition"] != "unconditional" else None
         out.append(Sample(meta["condition"], lab, "", seq, meta.get("complete") == "yes",
                           tuple(invalid_positions(seq)), 0))
     return out
@@ -261,16 +263,26 @@ def markdown(report: dict[str, Any]) -> str:
     if "model" in report:
         lines += [f"Model: `{report['model']}`" + (f"; reference: {report['reference']}" if "reference" in report
                                                    else ""), ""]
+    seen = (report.get("held_out") or {}).get("n_trained_on")
+    held = "Held-out" if not seen else "Not held-out"
+    if seen:
+        lines += [f"**Not held-out**: the model was trained on {seen} of the {report['held_out']['n']} reference "
+                  "sequences set aside for perplexity and classification (its `training_data.json`).", ""]
+    elif seen is None and "held_out" in report:
+        lines += ["The model records no training-sequence fingerprints: whether the test sequences were held out "
+                  "of its training is unknown.", ""]
     if "perplexity" in report:
         who = report.get("perplexity_model", report.get("model", "the model"))
-        lines += [f"Held-out perplexity (``Seq=<...>`` lines) of `{who}`: **{fmt(report['perplexity'])}** "
-                  f"(on {report.get('n_perplexity_sequences', '?')} sequences)", ""]
+        lines += [f"{held} perplexity (``Seq=<...>`` lines) of `{who}`: **{fmt(report['perplexity'])}** "
+                  f"(on {report.get('n_perplexity_sequences', '?')} sequences"
+                  + (f", {seen} of them trained on)" if seen else ")"), ""]
         if "perplexity_stage2" in report:
             who2 = report.get("model", "the instruction-tuned model")
             lines += [f"Same sequences under `{who2}`: {fmt(report['perplexity_stage2'])}", ""]
     c = report.get("classification")
     if c:
-        lines += ["## Classification (held-out)", "", "| predictor | accuracy |", "|---|---|",
+        title = f"not held-out: {seen} test sequences trained on" if seen else "held-out"
+        lines += [f"## Classification ({title})", "", "| predictor | accuracy |", "|---|---|",
                   f"| model ({c.get('method', 'determine')}) | {fmt(c['model_accuracy'])} |",
                   *([f"| model (p(seq \\| label), uniform prior) | {fmt(c['bayes_accuracy'])} |"]
                     if "bayes_accuracy" in c else []),

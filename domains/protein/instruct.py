@@ -198,11 +198,13 @@ def pad_collate(pad_id: int):
 
 def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, adapter_method: str,
              adapter_options: dict, train_kwargs: dict, merge: bool = True, overwrite: bool = False,
-             uncond_share: float = 0.0) -> dict[str, Any]:
+             uncond_share: float = 0.0, base_model: str | None = None) -> dict[str, Any]:
     """Stage 2 end to end from instruction files (or records already in memory); ``uncond_share``: conditioning
-    dropout (module docstring), seeded by ``train_kwargs['seed']``."""
+    dropout (module docstring), seeded by ``train_kwargs['seed']``. ``base_model``: the folder ``model`` was
+    loaded from; the fingerprints of its training sequences are carried into this stage's
+    ``training_data.json`` (``training_data.inherit_fingerprints``)."""
     from adaptome.domains.protein.pretrain import run_stage
-    from adaptome.domains.protein.training_data import records_summary
+    from adaptome.domains.protein.training_data import inherit_fingerprints, records_summary
 
     records: list[dict] = []
     for item in files:
@@ -210,8 +212,9 @@ def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, ada
     ds = InstructionDataset(tok, records, max_seq_length, uncond_share, int(train_kwargs.get("seed", 0)))
     summary = run_stage(model, tok, ds, pad_collate(tok.pad_token_id), adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite,
-                        training_data={"stage": "instruct", "max_seq_length": max_seq_length,
-                                       "uncond_share": ds.uncond_share, **records_summary(tok, records)})
+                        training_data=inherit_fingerprints({"stage": "instruct", "max_seq_length": max_seq_length,
+                                                            "uncond_share": ds.uncond_share,
+                                                            **records_summary(tok, records)}, base_model))
     summary["n_records"] = len(records)
     summary["n_truncated"] = ds.n_cropped  # records whose protein was cropped here (never an answer)
     summary["residues_cropped"] = ds.residues_cropped

@@ -186,13 +186,39 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32"):
     return from_pretrained_checked(AutoModelForCausalLM, name_or_path, dtype=getattr(torch, dtype))
 
 
+_FROM_CLASSIFIER = "; give score-mutations the masked LM the classifier was trained from, not the classifier"
+_MASKED_LM = "; give score-mutations a masked LM checkpoint (EsmForMaskedLM, e.g. facebook/esm2_t6_8M_UR50D)"
+
+
+def check_masked_lm_architecture(name_or_path: str) -> None:
+    """Refuse a checkpoint whose ``config.architectures`` names only heads other than a masked LM (a
+    sequence classifier that ``classify`` saved, ESMFold): loading it as a masked LM would give it a
+    randomly initialised LM head."""
+    from transformers import AutoConfig
+
+    archs = from_pretrained_checked(AutoConfig, name_or_path).architectures or []
+    if archs and not any(a.endswith("ForMaskedLM") for a in archs):
+        if any("SequenceClassification" in a for a in archs):
+            raise ProteinError(f"{name_or_path}: holds a sequence classifier ({', '.join(archs)}) without a "
+                               "masked-LM head" + _FROM_CLASSIFIER)
+        raise ProteinError(f"{name_or_path}: holds {', '.join(archs)}, without a masked-LM head" + _MASKED_LM)
+
+
 def load_masked_lm(name_or_path: str, dtype: str = "float32"):
-    """(``AutoModelForMaskedLM`` in eval mode, its tokenizer) of an ESM-style checkpoint."""
+    """(``AutoModelForMaskedLM`` in eval mode, its tokenizer) of an ESM-style checkpoint. A checkpoint
+    without the masked-LM head's weights (``check_masked_lm_architecture``, or ``lm_head.*`` missing from
+    the loaded weights) is refused: its head would be random."""
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    model = from_pretrained_checked(AutoModelForMaskedLM, name_or_path, dtype=getattr(torch, dtype)).eval()
-    return model, from_pretrained_checked(AutoTokenizer, name_or_path)
+    check_masked_lm_architecture(name_or_path)
+    model, info = from_pretrained_checked(AutoModelForMaskedLM, name_or_path, dtype=getattr(torch, dtype),
+                                          output_loading_info=True)
+    missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith("lm_head."))
+    if missing:
+        raise ProteinError(f"{name_or_path}: the checkpoint has no masked-LM head weights ({', '.join(missing[:3])}"
+                           f"{' ...' if len(missing) > 3 else ''} missing)" + _MASKED_LM)
+    return model.eval(), from_pretrained_checked(AutoTokenizer, name_or_path)
 
 
 def load_model_and_tokenizer(name_or_path: str | None, dtype: str = "float32", hidden_size: int = 64,

@@ -29,28 +29,37 @@ from adaptome.domains.protein.formats import FormatError, Policy, read_fasta, re
 from adaptome.domains.protein.tokenizer import encode
 
 
-def load_sequences(files: list[str], policy: Policy = "error") -> list[str]:
-    """Whole sequences from FASTA, Stockholm or ``Seq=<...>`` text files (by content; Stockholm also by
-    extension)."""
+def load_sequences(files: list[str], policy: Policy = "error", skipped: list[str] | None = None) -> list[str]:
+    """Whole sequences from FASTA, Stockholm or ``Seq=<...>`` text files (by content, a byte-order mark
+    ignored; Stockholm also by extension). The records ``"skip"`` drops are added to ``skipped`` (FASTA /
+    Stockholm ids, ``path:line`` for text lines); a policy that leaves no sequence is an error."""
     from adaptome.domains.protein.formats import clean_sequence, is_stockholm, read_sequences
 
     if not files:
         raise FormatError("no training files given")
     seqs: list[str] = []
+    dropped: list[str] = []
     for f in files:
         path = Path(f)
         if not path.is_file():
             raise FormatError(f"{path}: file not found")
-        head = path.read_text(encoding="utf-8", errors="replace").lstrip()[:1]
+        head = path.read_text(encoding="utf-8-sig", errors="replace").lstrip()[:1]  # -sig: an editor's BOM
         if is_stockholm(path):
-            seqs += [r.seq for r in read_sequences(path, policy)]
+            seqs += [r.seq for r in read_sequences(path, policy, skipped=dropped)]
         elif head == ">" or not head:
-            seqs += [r.seq for r in read_fasta(path, policy)]
+            seqs += [r.seq for r in read_fasta(path, policy, dropped)]
         else:
             for i, s in enumerate(read_seq_lines(path), 1):
                 c = clean_sequence(s, policy, f"{path}:{i}")
                 if c is not None:
                     seqs.append(c)
+                else:
+                    dropped.append(f"{path}:{i}")
+    if dropped and not seqs:
+        raise FormatError(f"{', '.join(map(str, files))}: residue policy {policy!r} left out all {len(dropped)} "
+                          "sequences; none left to train on")
+    if skipped is not None:
+        skipped.extend(dropped)
     return seqs
 
 

@@ -363,7 +363,9 @@ def sample(model, tok, task: LabelTask | None, labels: Iterable[str | None], n_p
 
     ``ProteinError`` when ``params.max_new_tokens`` plus a prompt passes the model's position limit
     (``resolve_max_new_tokens`` picks a limit that fits). ``label_lengths`` (label -> whole training
-    lengths, ``training_data.json``) is what ``params.length_prior`` draws from."""
+    lengths, ``training_data.json``) is what ``params.length_prior`` draws from. ``prefix`` is cleaned as a
+    sequence is (``clean_prefix``: upper case, amino-acid letters only)."""
+    prefix = clean_prefix(prefix)
     plan = prompt_plan(task, labels, n_per_label, prefix)
     resolve_max_new_tokens(model, tok, sorted({p for _, p in plan}), params.max_new_tokens)
     if params.guidance != 1.0:
@@ -386,14 +388,42 @@ def sample(model, tok, task: LabelTask | None, labels: Iterable[str | None], n_p
     return out
 
 
+HEADER_SEP = " | "  # between the fields of a sample's FASTA header (``header``)
+
+
+def clean_prefix(prefix: str, what: str = "prefix") -> str:
+    """``prefix`` upper-cased (as FASTA input is), with surrounding blanks dropped; a ``ProteinError`` naming
+    ``what`` when it holds anything but the 20 standard amino-acid letters (the prompt runs on into the
+    answer's ``Seq=<``, so a ``>`` or a label character there would end or corrupt every sample)."""
+    clean = prefix.strip().upper()
+    bad = next((ch for ch in clean if ch not in STANDARD_AA), None)
+    if bad is not None:
+        raise ProteinError(f"{what} {prefix!r}: {bad!r} is not an amino-acid letter (give residues of "
+                           f"{STANDARD_AA}, e.g. MKV)")
+    return clean
+
+
+def check_header_label(label: str | None, what: str = "label") -> None:
+    """Refuse a label that ``header`` could not write into a FASTA header that ``parse_header`` reads back:
+    one holding the field separator ``' | '`` or a line break."""
+    if label is None:
+        return
+    if HEADER_SEP in label or "\n" in label or "\r" in label:
+        sep = "a line break" if HEADER_SEP not in label else repr(HEADER_SEP)
+        raise ProteinError(f"{what} {label!r}: a label with {sep} cannot be written into a sample's FASTA header "
+                           "(its fields are separated by ' | '); rename the label")
+
+
 def prompt_plan(task: LabelTask | None, labels: Iterable[str | None], n_per_label: int,
                 prefix: str = "") -> list[tuple[str | None, str]]:
     """(label, prompt) per sample, ``n_per_label`` per label, in label order; every prompt leaves the
-    answer's ``Seq=<`` open (with the prefix), as the generation records' training text runs on into it."""
+    answer's ``Seq=<`` open (with the prefix), as the generation records' training text runs on into it.
+    A label ``header`` cannot write is refused (``check_header_label``)."""
     plan: list[tuple[str | None, str]] = []
     for label in labels:
         if label is not None and task is None:
             raise ValueError("a label needs a LabelTask")
+        check_header_label(label)
         prompt = (task.generate_prompt(label, prefix, open_seq=True) if (task and label is not None)
                   else "Seq=<" + prefix)
         plan += [(label, prompt)] * n_per_label
@@ -409,15 +439,16 @@ def with_preset(name: str, **overrides) -> SamplingParams:
 
 def header(i: int, s: Sample, params: SamplingParams) -> str:
     """``gen-0001 condition=Family=<X> | prefix=MK | temperature=0.2 | ... | complete=yes | invalid=0``."""
+    check_header_label(s.condition, "condition")
     parts = [f"gen-{i:04d} condition={s.condition}", f"prefix={s.prefix or '-'}"]
     parts += [f"{k}={v}" for k, v in asdict(params).items()]
     parts += [f"complete={'yes' if s.complete else 'no'}", f"invalid={len(s.invalid)}"]
-    return " | ".join(parts)
+    return HEADER_SEP.join(parts)
 
 
 def parse_header(h: str) -> dict[str, str]:
     """Inverse of ``header`` (values as strings; ``id`` holds the record name)."""
-    first, *rest = h.split(" | ")
+    first, *rest = h.split(HEADER_SEP)
     rid, _, cond = first.partition(" condition=")
     out = {"id": rid, "condition": cond}
     for part in rest:
