@@ -102,8 +102,9 @@ class GaLoreConfig:
 
     summary: ClassVar[str] = "AdamW on low-rank projections of the gradient (GaLore, arXiv 2403.03507)"
 
-    def build(self, model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> "GaLoreAdamW":
-        return galore_optimizer(model, self, lr, weight_decay, betas)
+    def build(self, model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+              groups: list[dict] | None = None) -> "GaLoreAdamW":
+        return galore_optimizer(model, self, lr, weight_decay, betas, groups)
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -324,14 +325,19 @@ def galore_param_groups(model: nn.Module, cfg: GaLoreConfig) -> tuple[list[nn.Pa
 
 
 def galore_optimizer(model: nn.Module, cfg: GaLoreConfig, lr: float, weight_decay: float = 0.0,
-                     betas: tuple[float, float] = (0.9, 0.999)) -> GaLoreAdamW:
-    """A ``GaLoreAdamW`` over ``model``'s trainable parameters: targets projected, the rest plain AdamW."""
+                     betas: tuple[float, float] = (0.9, 0.999), method_groups: list[dict] | None = None) -> GaLoreAdamW:
+    """A ``GaLoreAdamW`` over ``model``'s trainable parameters: targets projected, the rest plain AdamW.
+    ``method_groups`` (the adapter methods' parameter groups, as ``fit`` passes them): the parameters that are
+    not projected keep their group's options (SoRA's gates: ``gate_lr``, no weight decay)."""
     targets, others = galore_param_groups(model, cfg)
     if not targets:
         raise GaLoreError(f"galore target_modules {cfg.target_modules!r} matched no trainable nn.Linear weight")
     groups = [{"params": targets, "galore": True}]
-    if others:
-        groups.append({"params": others, "galore": False})
+    rest = {id(p) for p in others}
+    for g in method_groups or [{"params": others}]:
+        params = [p for p in g["params"] if id(p) in rest]
+        if params:
+            groups.append({**g, "params": params, "galore": False})
     return GaLoreAdamW(groups, lr=lr, betas=betas, eps=cfg.eps, weight_decay=weight_decay, rank=cfg.rank,
                        update_proj_gap=cfg.update_proj_gap, scale=cfg.scale, proj_type=cfg.proj_type,
                        moments_on_refresh=cfg.moments_on_refresh, layerwise=cfg.layerwise,

@@ -37,10 +37,13 @@ class AdamWOptions:
 
     summary: ClassVar[str] = "torch.optim.AdamW over every trainable parameter (the default)"
 
-    def build(self, model, lr: float, weight_decay: float, betas: tuple[float, float]):
+    def build(self, model, lr: float, weight_decay: float, betas: tuple[float, float], groups=None):
+        """``groups``: the adapter methods' parameter groups (``fit`` passes
+        ``method_training.MethodTraining.optimizer_groups``: SoRA's gates at ``gate_lr`` without weight decay),
+        used as given; without them, one group of every trainable parameter."""
         import torch
 
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = groups or [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters (did you apply an adapter?)")
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=self.eps)
@@ -68,6 +71,12 @@ def make_optimizer_options(name: str, options: dict[str, Any] | None = None, sou
 
 def make_optimizer_factory(name: str, options: dict[str, Any] | None, lr: float, weight_decay: float,
                            betas: tuple[float, float]) -> Callable:
-    """``model -> optimizer`` for ``fit(make_optimizer=...)``; options are checked now, not at fit time."""
+    """``(model, groups=None) -> optimizer`` for ``fit(make_optimizer=...)``; options are checked now, not at fit
+    time. ``fit`` passes the adapter methods' parameter groups as ``groups``, so their options (SoRA's gate
+    learning rate, no weight decay on its gates) hold under every registered optimizer."""
     opts = make_optimizer_options(name, options)
-    return lambda model: opts.build(model, lr, weight_decay, tuple(betas))
+
+    def make(model, groups=None):
+        return opts.build(model, lr, weight_decay, tuple(betas), groups=groups)
+
+    return make

@@ -34,6 +34,7 @@ for adapters), iterable datasets (map-style datasets only), and early stopping.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import random
 import time
@@ -230,9 +231,13 @@ def _set_up(model, train_data, cfg: TrainConfig, acc, *, loss_fn, collate_fn, ev
 
 
 def _build_optimizer(model: nn.Module, cfg: TrainConfig, make_optimizer, methods) -> torch.optim.Optimizer:
-    """The caller's optimizer, or AdamW over the methods' parameter groups with the config's options."""
+    """The caller's optimizer, or AdamW over the methods' parameter groups with the config's options. A
+    ``make_optimizer`` that takes ``groups`` (the registry's factories) is given the methods' groups."""
     if make_optimizer is not None:
-        optimizer = make_optimizer(model)
+        if "groups" in inspect.signature(make_optimizer).parameters:
+            optimizer = make_optimizer(model, groups=methods.optimizer_groups(model, cfg.weight_decay))
+        else:
+            optimizer = make_optimizer(model)
         methods.check_optimizer(optimizer)  # warns when the methods' groups (SoRA's gates) are not applied
         return optimizer
     if not any(p.requires_grad for p in model.parameters()):

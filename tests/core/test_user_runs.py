@@ -319,3 +319,38 @@ def test_eval_every_without_eval_files_is_refused(app, tmp_path):
     r = runner.invoke(app, ["train", "-c", _config(tmp_path, _text_file(tmp_path), eval_every=2)])
     assert r.exit_code != 0 and "train.eval_every 2: data.eval_files is empty" in r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_sora_gates_keep_their_optimizer_group_through_adaptome_train(app, tmp_path):
+    """SoRA's gates train at gate_lr without weight decay (its optimizer group): with gate_lr 0 and no sparsity
+    they must not move, however large the run's weight decay. Before, adaptome train built one AdamW group over
+    every parameter (the optimizer registry ignored the methods' groups), and the gates decayed at the run's lr."""
+    from safetensors.torch import load_file
+
+    adapter = {"method": "sora", "options": {"r": 4, "sparse_lambda": 0.0, "gate_lr": 0.0, "gate_init": "ones"}}
+    path = _config(tmp_path, _text_file(tmp_path), adapter=adapter, weight_decay=0.5, max_steps=6)
+    r = runner.invoke(app, ["train", "-c", path])
+    assert r.exit_code == 0, r.output
+    weights = load_file(str(next((tmp_path / "run" / "adapter").glob("*.safetensors"))))
+    gates = [v for k, v in weights.items() if "sora_gate" in k]
+    assert gates and all(torch.equal(g, torch.ones_like(g)) for g in gates)
+    others = [v for k, v in weights.items() if "lora_B" in k or k.endswith("B")]
+    assert any(v.abs().sum() > 0 for v in others)  # the rest trained
+
+
+def test_registry_optimizers_keep_the_methods_groups():
+    """Both registered optimizers build from the groups ``fit`` passes: a group's own options (SoRA's gate lr 0,
+    no weight decay) survive; GaLore projects its target weights and keeps the others' group options."""
+    from adaptome.core.optim.registry import make_optimizer_factory
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    gate = torch.nn.Parameter(torch.ones(4))
+    model.register_parameter("gate", gate)
+    rest = [p for n, p in model.named_parameters() if n != "gate"]
+    groups = [{"params": rest, "weight_decay": 0.5}, {"params": [gate], "lr": 0.0, "weight_decay": 0.0}]
+    for name, options in (("adamw", {}), ("galore", {"rank": 2, "target_modules": ["0"]})):
+        opt = make_optimizer_factory(name, options, 1e-2, 0.5, (0.9, 0.999))(model, groups=groups)
+        [g] = [g for g in opt.param_groups if any(p is gate for p in g["params"])]
+        assert g["lr"] == 0.0 and g["weight_decay"] == 0.0, name
+        assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert [len(g["params"]) for g in opt.param_groups if g["galore"]] == [1]  # model[0].weight, projected
