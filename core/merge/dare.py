@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 
 from adaptome.core.merge import MERGERS
-from adaptome.core.merge.factors import Factors, LoraFolder, modules, refactor
-from adaptome.core.merge.ties import updates
+from adaptome.core.merge.factors import Factors, LoraFolder, MergeError, modules, refactor
+from adaptome.core.merge.ties import check_density, updates
 
 
 @MERGERS.register("dare")
@@ -35,6 +35,11 @@ class DareConfig:
     density: float = 0.5
     variant: Literal["linear", "ties"] = "linear"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_density(self.density, "dare")
+        if self.variant not in ("linear", "ties"):
+            raise MergeError(f"dare variant must be 'linear' or 'ties', got {self.variant!r}")
 
     def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
         return merge(loras, rank, self)

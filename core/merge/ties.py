@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from adaptome.core.merge import MERGERS
-from adaptome.core.merge.factors import Factors, LoraFolder, modules, refactor
+from adaptome.core.merge.factors import Factors, LoraFolder, MergeError, modules, refactor
 
 
 @MERGERS.register("ties")
@@ -33,8 +33,20 @@ class TiesConfig:
     density: float = 0.5
     majority_sign_method: Literal["total", "frequency"] = "total"
 
+    def __post_init__(self) -> None:
+        check_density(self.density, "ties")
+        if self.majority_sign_method not in ("total", "frequency"):
+            raise MergeError("ties majority_sign_method must be 'total' or 'frequency', got "
+                             f"{self.majority_sign_method!r}")
+
     def merge(self, loras: list[LoraFolder], rank: int | None) -> Factors:
         return merge(loras, rank, self)
+
+
+def check_density(density: float, method: str) -> None:
+    """Refuse a density outside (0, 1]: 0 keeps nothing (an all-zero merge), above 1 is no density at all."""
+    if not 0.0 < density <= 1.0:
+        raise MergeError(f"{method} density must be in (0, 1] (the share of each update's entries kept), got {density}")
 
 
 def updates(loras: list[LoraFolder], module: str) -> list[torch.Tensor]:

@@ -322,3 +322,16 @@ def test_loras_naming_different_base_models_are_refused_unless_allowed(setup, tm
     e = _with_base(paths[2], tmp_path / "e", "")
     res = _merge("--method", "linear", a, e, "--rank", 2, "--out", tmp_path / "z")
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("method,option,value", [("dare", "--variant", "foo"), ("dare", "--density", "0"),
+                                                 ("ties", "--density", "0"), ("ties", "--density", "-1"),
+                                                 ("ties", "--density", "1.5")])
+def test_merge_options_outside_their_range_are_refused(setup, tmp_path, method, option, value):
+    """Before: --variant foo silently ran DARE-TIES, density 0 gave a traceback (DARE) or an all-zero LoRA (TIES),
+    -1 peft's traceback, 1.5 no pruning."""
+    _, _, paths = setup
+    res = _merge("--method", method, paths[0], paths[1], "--rank", 2, option, value, "--out", tmp_path / "x")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert ("must be in (0, 1]" if option == "--density" else "variant must be 'linear' or 'ties'") in res.output
+    assert not (tmp_path / "x").exists()
