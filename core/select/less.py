@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,11 +231,17 @@ def scores(train_feats: list[torch.Tensor], target_feats: list[torch.Tensor], we
     return cols.max(dim=1).values
 
 
+def n_selected(percentage: float, n: int) -> int:
+    """floor(percentage * n), refused when it is 0 (checked once the pool is read, before any training)."""
+    k = math.floor(round(percentage * n, 9))
+    if k == 0:
+        raise SelectError(f"percentage {percentage} of {n} examples selects none")
+    return k
+
+
 def top_k(score: torch.Tensor, percentage: float) -> list[int]:
     """The indices of the floor(percentage * N) highest scores (ties broken by index)."""
-    k = math.floor(round(percentage * score.numel(), 9))
-    if k == 0:
-        raise SelectError(f"percentage {percentage} of {score.numel()} examples selects none")
+    k = n_selected(percentage, score.numel())
     order = sorted(range(score.numel()), key=lambda i: (-float(score[i]), i))
     return order[:k]
 
@@ -252,10 +259,15 @@ def select_data(model_path: str, train_files: list[str], target_files: list[str]
         raise FileExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".less-work")
     if (work / "checkpoints").exists():
-        raise SelectError(f"{work}: holds a warm-up from an earlier run; remove it or pass another --work-dir "
-                          "(it is never reused, so a selection always comes from this run's data)")
+        if not (overwrite and not work_dir):
+            raise SelectError(f"{work}: holds a warm-up from an earlier run; remove it or pass another --work-dir "
+                              "(it is never reused, so a selection always comes from this run's data)"
+                              + ("" if work_dir else "; --overwrite replaces it with the output"))
     pool = [r for f in train_files for r in read_jsonl(f)]
     targets = [r for f in target_files for r in read_jsonl(f, subtask=Path(f).stem)]
+    n_selected(cfg.percentage, len(pool))  # before the warm-up: a share that selects nothing is refused now
+    if (work / "checkpoints").exists():  # the default work folder of the output being replaced (--overwrite)
+        shutil.rmtree(work)
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

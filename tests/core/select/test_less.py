@@ -138,9 +138,20 @@ def test_select_data_cli_picks_the_target_like_half(tmp_path):
     assert [r["less_score"] for r in rows] == sorted((r["less_score"] for r in rows), reverse=True)
     picked_digits = sum(r["text"] in digits for r in rows)
     assert picked_digits >= 9, [r["text"] for r in rows]  # random choice: 5 of 10 expected
-    # a second run into the same work folder is refused (a warm-up is never reused)
-    res = runner.invoke(cli.app, [str(a) for a in args] + ["--overwrite"])
+    # a warm-up is never reused: a named work folder of an earlier run is refused; --overwrite replaces the output
+    # and its own default work folder (before, it was refused too, so no rerun into one --out could succeed)
+    work = str(tmp_path / "sel.jsonl.less-work")
+    res = runner.invoke(cli.app, [str(a) for a in args] + ["--overwrite", "--work-dir", work])
     assert res.exit_code == 2 and "holds a warm-up from an earlier run" in res.output
+    res = runner.invoke(cli.app, [str(a) for a in args] + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line) for line in (tmp_path / "sel.jsonl").read_text().splitlines()] == rows  # same seed
+    # a share that selects nothing is refused before the warm-up, not after it
+    small = [str(a) for a in args[:7]] + ["--out", str(tmp_path / "none.jsonl"), "--percentage", "0.01"]
+    small += [str(a) for a in args[-14:]]
+    res = runner.invoke(cli.app, small)
+    assert res.exit_code == 2 and "percentage 0.01 of 40 examples selects none" in res.output
+    assert not (tmp_path / "none.jsonl.less-work").exists()
 
 
 def test_bad_jsonl_names_file_and_line(tmp_path):
