@@ -427,6 +427,13 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     return json.dumps(summary, indent=2) if summary is not None else ""
 
 
+def recorded_base(name: str) -> str:
+    """The base model as an adapter records it: a local folder by its absolute path (a relative one would name
+    another folder, or a hub id, when the adapter is used from elsewhere), a hub id as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 def _writes_merged(method_cfg, from_scratch: bool) -> bool:
     """Whether the method can write ``merged/``: an adapter that merges into its base, or a from-scratch method
     whose layers can be made dense (SLTrain's ``materialize``)."""
@@ -445,7 +452,7 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
 
     out = Path(cfg.train.output_dir)
     # from scratch: model.safetensors + method.json; an adapter records its base for `adapters export`
-    extra = {"base_model_name_or_path": cfg.model.name_or_path} if cfg.model.name_or_path else None
+    extra = {"base_model_name_or_path": recorded_base(cfg.model.name_or_path)} if cfg.model.name_or_path else None
     save_trained(res.model, out / "adapter", overwrite=overwrite, extra=extra)
     tok.save_pretrained(out / "adapter")
     if cfg.save_merged and can_merge:

@@ -314,7 +314,16 @@ def export_adapter_dir(src: str | os.PathLike, out: str | os.PathLike, base: str
     if not base:
         raise ExportError(f"{src / META} does not record the base model; pass it (--base PATH_OR_HUB_ID)")
     name = base if isinstance(base, str) else None
-    model = load_base(base, meta) if isinstance(base, str) else copy.deepcopy(base)
+    if isinstance(base, str):
+        if base.startswith(("/", ".", "~")) and not Path(base).expanduser().exists():  # a path: no hub lookup
+            raise ExportError(f"{src}: its base model folder {base} does not exist; pass --base PATH_OR_HUB_ID")
+        try:
+            model = load_base(base, meta)
+        except (OSError, ValueError) as e:  # neither a folder here nor a reachable hub id
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ExportError(f"{src}: its base model {base!r} cannot be loaded ({why}); pass --base PATH_OR_HUB_ID")
+    else:
+        model = copy.deepcopy(base)
     model = load_adapter(model, src).eval()
     report = export_model(model, out, "default", rank, overwrite, base_model_name_or_path=name)
     report.native_bytes = (src / WEIGHTS).stat().st_size

@@ -108,6 +108,8 @@ def read_adapter_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path / META}: not valid JSON ({e})") from None
     if meta.get("format") != "adaptome-adapter" or "method" not in meta:
         raise CheckpointError(f"{path / META}: not an adaptome adapter description")
+    if meta.get("backend") == "peft" and not (path / "adapter_config.json").is_file():  # peft reads it to load
+        raise CheckpointError(f"{path}: incomplete adapter folder, adapter_config.json is missing")
     want = meta.get("weights_sha256")  # folders written before checksums were recorded have none
     if want is not None and weights_sha256(path / WEIGHTS) != want:
         raise CheckpointError(f"{path / WEIGHTS}: corrupt (its checksum differs from the one in {META})")

@@ -354,3 +354,38 @@ def test_registry_optimizers_keep_the_methods_groups():
         assert g["lr"] == 0.0 and g["weight_decay"] == 0.0, name
         assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     assert [len(g["params"]) for g in opt.param_groups if g["galore"]] == [1]  # model[0].weight, projected
+
+
+def test_a_local_base_is_recorded_by_its_absolute_path_and_export_finds_it_from_elsewhere(app, tmp_path,
+                                                                                         monkeypatch):
+    """Before, a run from another folder recorded the relative base 'base', and `adapters export` from elsewhere
+    went to the hub with a message naming neither the adapter nor the base."""
+    tok = text.char_tokenizer()
+    tiny.text_causal_lm(len(tok), hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    path = _config(tmp_path, _text_file(tmp_path))
+    cfg = yaml.safe_load(open(path))
+    cfg["model"] = {"name_or_path": "base", "kind": "causal"}
+    cfg["data"]["block_size"] = 16
+    open(path, "w").write(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["train", "-c", path]).exit_code == 0
+    meta = json.loads((tmp_path / "run" / "adapter" / "adaptome.json").read_text())
+    assert meta["base_model_name_or_path"] == str((tmp_path / "base").resolve())
+    monkeypatch.chdir("/")
+    res = runner.invoke(app, ["adapters", "export", str(tmp_path / "run" / "adapter"), str(tmp_path / "peft")])
+    assert res.exit_code == 0, res.output
+    # an adapter that records a base this machine cannot load: one line naming the adapter and the base
+    meta["base_model_name_or_path"] = str(tmp_path / "moved-base")
+    (tmp_path / "run" / "adapter" / "adaptome.json").write_text(json.dumps(meta))
+    res = runner.invoke(app, ["adapters", "export", str(tmp_path / "run" / "adapter"), str(tmp_path / "p2")])
+    assert res.exit_code == 2 and f"its base model folder {tmp_path / 'moved-base'} does not exist" in res.output
+    assert "--base" in res.output and not (tmp_path / "p2").exists()
+
+
+def test_a_peft_backed_adapter_without_its_config_is_an_incomplete_folder(app, tmp_path):
+    save_adapter(apply_adapter(tiny.llama(seed=0), make_config("lora", {"r": 2})), tmp_path / "a")
+    (tmp_path / "a" / "adapter_config.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete adapter folder, adapter_config.json is missing"):
+        load_adapter(tiny.llama(seed=0), tmp_path / "a")
