@@ -62,6 +62,13 @@ class DSFormerConfig:
     init_iters: int = 3
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.nnz_per_column < 1:
+            raise CompressError(f"nnz_per_column must be >= 1 (non-zeros in every column of S), got "
+                                f"{self.nnz_per_column}")
+        if self.init_iters < 0:
+            raise CompressError(f"init_iters must be >= 0, got {self.init_iters}")
+
 
 def topk_mask(s: torch.Tensor, k: int) -> torch.Tensor:
     """A 0/1 mask of the k largest-|.| entries of every column of s (r, i)."""
@@ -172,7 +179,7 @@ class DSFormer:
             w, b = linear_weight(model, path)
             o, i = w.shape
             r = int((cfg.keep_fraction * o * i - k * i) // o)
-            if r < k or k < 1:
+            if r < k:
                 raise CompressError(f"--budget (keep_fraction) {cfg.keep_fraction} with nnz_per_column {k} leaves a "
                                     f"dictionary of {r} atoms for {path} ({o}x{i}), fewer than k; raise the budget "
                                     "or lower nnz_per_column")

@@ -314,9 +314,13 @@ def _dequant(bnbf, state: dict, key: str) -> torch.Tensor:
 
 def galore_param_groups(model: nn.Module, cfg: GaLoreConfig) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(projected weights, the other trainable parameters) of ``model`` under ``cfg``'s targets."""
-    from adaptome.core.adapters.targets import resolve_targets
+    from adaptome.core.adapters.targets import TargetError, resolve_targets
 
-    paths = resolve_targets(model, cfg.target_modules, cfg.exclude_modules)
+    try:
+        paths = resolve_targets(model, cfg.target_modules, cfg.exclude_modules)
+    except TargetError as e:  # name the optimizer's option: an adapter's own target_modules may be fine
+        raise GaLoreError(f"optimizer.options.target_modules (galore): {e} (an adapter method that replaces the "
+                          "linear layers, such as sltrain, leaves galore nothing to project)") from None
     targets = [model.get_submodule(p).weight for p in paths]
     targets = [w for w in targets if w.requires_grad and w.dim() == 2]
     ids = {id(w) for w in targets}

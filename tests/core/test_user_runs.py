@@ -389,3 +389,18 @@ def test_a_peft_backed_adapter_without_its_config_is_an_incomplete_folder(app, t
     (tmp_path / "a" / "adapter_config.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete adapter folder, adapter_config.json is missing"):
         load_adapter(tiny.llama(seed=0), tmp_path / "a")
+
+
+def test_optimizer_and_compress_options_name_their_key(app, tmp_path):
+    """GaLore's targets after SLTrain replaced the linears: the message names optimizer.options.target_modules
+    (it named target_modules alone, read as the adapter's). DSFormer nnz_per_column 0: 'must be >= 1' (it said
+    the dictionary had fewer atoms than k and to raise the budget)."""
+    adapter = {"method": "sltrain", "options": {"rank": 4, "lora_alpha": 8, "delta": 0.03}}
+    path = _config(tmp_path, _text_file(tmp_path), adapter=adapter)
+    r = runner.invoke(app, ["train", "-c", path, "--set", 'optimizer={"name": "galore", "options": {"rank": 2}}'])
+    assert r.exit_code != 0 and "optimizer.options.target_modules (galore)" in r.output, r.output
+    tiny.llama(seed=0).save_pretrained(tmp_path / "base")
+    r = runner.invoke(app, ["compress", "--method", "dsformer", "--model", str(tmp_path / "base"), "--budget", "0.5",
+                            "--set", "nnz_per_column=0", "--out", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "nnz_per_column must be >= 1" in r.output, r.output
+    assert not (tmp_path / "c").exists()
