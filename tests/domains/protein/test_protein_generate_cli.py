@@ -16,23 +16,9 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
     """build-dataset -> pretrain (3 steps) -> instruct (3 steps) on the shipped Pfam families, tiny."""
-    tmp = tmp_path_factory.mktemp("gen_cli")
-    cfgs = data_dir().parent / "configs"
-    r = runner.invoke(app, ["build-dataset", "--shipped", "pfam", "--task-name", "family", "--max-residues", "40",
-                            "--out", str(tmp / "ds")])
-    assert r.exit_code == 0, r.output
-    common = ["--set", "train.max_steps=3", "--set", "train.progress=false", "--set", "model.hidden_size=32",
-              "--set", "model.intermediate_size=64", "--set", "model.num_layers=1", "--set", "model.num_heads=2"]
-    r = runner.invoke(app, ["pretrain", "-c", str(cfgs / "pretrain_tiny.yaml"), "--set",
-                            f"train_files=[{tmp / 'ds' / 'sequences.txt'}]", "--set", "block_size=64",
-                            "--set", f"train.output_dir={tmp / 's1'}", *common])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["instruct", "-c", str(cfgs / "instruct_tiny.yaml"), "--set",
-                            f"train_files=[{tmp / 'ds' / 'instructions.jsonl'}]", "--set",
-                            f"model.name_or_path={tmp / 's1' / 'merged'}", "--set", f"train.output_dir={tmp / 's2'}",
-                            *common[:4]])
-    assert r.exit_code == 0, r.output
-    return tmp
+    from protein_stages import cli_stages
+
+    return cli_stages(tmp_path_factory.mktemp("gen_cli"), 3)
 
 
 def test_stages_save_lengths_and_labels_with_the_model(stages):
