@@ -123,16 +123,15 @@ def build_dataset(
             if voc is not None:
                 formats.validate_labels((r.label for r in recs), voc, str(labels or fasta[0]))
             whole = recs
-        recs = whole
         tok = load_tokenizer(tokenizer)
-        records, crops = data.fit_instruction_records(recs, task, tok, max_seq_length, max_residues=max_residues)
+        records, crops = data.fit_instruction_records(whole, task, tok, max_seq_length, max_residues=max_residues)
         with atomic_dir(out, overwrite) as tmp:
             formats.write_instructions(records, tmp / "instructions.jsonl")
             # stage-1 files hold whole sequences: pretrain cuts windows with markers only at the real ends
             formats.write_seq_lines([r.seq for r in whole], tmp / "sequences.txt")
             formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in whole),
                                 tmp / "sequences.fasta")
-    typer.echo(f"{len(recs)} sequences, {len({r.label for r in recs})} labels -> {out}")
+    typer.echo(f"{len(whole)} sequences, {len({r.label for r in whole})} labels -> {out}")
     typer.echo(f"instruction records: {crops.message()}")
 
 
@@ -148,28 +147,17 @@ def _check_build_options(shipped: Optional[str], fasta: list[Path], labels: Opti
         fail(f"--max-residues {max_residues}: must be at least 1 (leave it out to keep whole proteins)")
 
 
-def _note_skipped(files: list[str]) -> None:
-    """Print how many training sequences residue_policy=skip leaves out, before the model is loaded
-    (``pretrain.load_sequences``; leaving none is its one-line error)."""
-    from adaptome.domains.protein.pretrain import load_sequences
-
-    skipped: list[str] = []
-    load_sequences(files, "skip", skipped)
-    if skipped:
-        typer.echo(f"note: pretrain: {len(skipped)} sequence(s) with non-standard residues skipped "
-                   f"(residue_policy=skip), e.g. {skipped[0]!r}")
-
-
 def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
     from adaptome.core.config import load_config, save_config
     from adaptome.domains.protein.config import InstructConfig, PretrainConfig
     from adaptome.domains.protein.stages import run_stage_config
 
     cfg = load_config(PretrainConfig if kind == "pretrain" else InstructConfig, config, set_)
-    if kind == "pretrain" and cfg.residue_policy == "skip":
-        _note_skipped(cfg.train_files)
     s = run_stage_config(cfg, overwrite)
     save_config(cfg, cfg.train.output_dir)
+    if s.get("skipped"):  # pretrain with residue_policy=skip
+        typer.echo(f"note: pretrain: {len(s['skipped'])} sequence(s) with non-standard residues skipped "
+                   f"(residue_policy=skip), e.g. {s['skipped'][0]!r}")
     if kind == "instruct":
         typer.echo(f"instruct: {s['n_truncated']} of {s['n_records']} records cropped to max_seq_length "
                    f"{cfg.max_seq_length} ({s['residues_cropped']} residues; answers kept whole)")

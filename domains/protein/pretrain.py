@@ -205,11 +205,12 @@ def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str,
     ``train_kwargs['seed']``; ``whole_windows`` as ``window_blocks``."""
     from adaptome.domains.protein.training_data import sequences_summary
 
-    seqs = load_sequences(files, residue_policy)
+    skipped: list[str] = []
+    seqs = load_sequences(files, residue_policy, skipped)
     blocks, labels = window_blocks(tok, seqs, block_size, max_residues, train_kwargs.get("seed", 0), whole_windows)
     summary = run_stage(model, tok, BlockDataset(blocks, labels), stack_collate, adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite, optimizer_name=optimizer_name,
                         optimizer_options=optimizer_options,
                         training_data={"stage": "pretrain", **sequences_summary(tok, seqs)})
-    summary.update(n_sequences=len(seqs), n_blocks=len(blocks))
+    summary.update(n_sequences=len(seqs), n_blocks=len(blocks), skipped=skipped)
     return summary

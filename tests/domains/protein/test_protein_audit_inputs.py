@@ -87,7 +87,7 @@ def test_pretrain_reads_a_bom_fasta_and_counts_what_skip_leaves_out(tmp_path):
     assert "1 sequence(s) with non-standard residues skipped" in r.output and "'sp|P2|B'" in r.output, r.output
     info = json.loads((tmp_path / "s1" / "merged" / "training_data.json").read_text())
     assert info["sequence_lengths"]["n"] == 2
-    # a policy that leaves nothing is one line, before any model is built
+    # a policy that leaves nothing is one line, before anything is written
     (tmp_path / "all_x.fa").write_text(">a\nMKXV\n>b\nBBB\n")
     r = runner.invoke(app, ["pretrain", "-c", cfg, "--set", f"train_files=[{tmp_path / 'all_x.fa'}]",
                             "--set", "residue_policy=skip", "--set", f"train.output_dir={tmp_path / 's0'}", *TINY])
