@@ -106,10 +106,22 @@ def write_seq_lines(seqs: Iterable[str], path: str | os.PathLike) -> Path:
     return path
 
 
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8, without an editor's byte-order mark; other bytes name the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise FormatError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x})") from None
+
+
 def read_seq_lines(path: str | os.PathLike) -> list[str]:
     path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: file not found")
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
         if line.strip():
             out.append(parse_seq_line(line, f"{path}:{i}"))
     if not out:
@@ -144,7 +156,7 @@ def read_instructions(path: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if not text.strip():
         raise FormatError(f"{path}: empty file, no instruction records")
     if text.lstrip().startswith("["):
@@ -374,9 +386,11 @@ def read_vocab(path: str | os.PathLike, key: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: vocabulary file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8-sig") as f:
+            lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+    else:
+        lines = [ln for ln in _read_text(path).splitlines() if ln.strip()]
     out = []
     for i, ln in enumerate(lines, 1):
         out.append(parse_field(ln, key, f"{path}:{i}")[1] if "=<" in ln else ln.strip())

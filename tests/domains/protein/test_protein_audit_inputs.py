@@ -99,3 +99,30 @@ def _write_labels(tmp_path):
     path = tmp_path / "bom_labels.csv"
     path.write_text("id,label\nsp|P1|A,F1\nsp|P2|B,F1\nsp|P3|C,F2\n")
     return path
+
+
+def test_seq_text_and_instructions_with_a_bom_are_read_and_other_bytes_name_the_line(tmp_path):
+    """An editor's byte-order mark on a ``Seq=<`` text file (stage 1) or an instruction file (stage 2) is read as
+    the same text; a byte that is not UTF-8 is one line naming the file and the line, before anything is written."""
+    cfg1 = str(data_dir().parent / "configs" / "pretrain_tiny.yaml")
+    seqs = tmp_path / "bom.txt"
+    seqs.write_text(f"Seq=<{LONG}>\r\nSeq=<{SHORT}>\r\n", encoding="utf-8-sig")
+    r = runner.invoke(app, ["pretrain", "-c", cfg1, "--set", f"train_files=[{seqs}]", "--set", "block_size=32",
+                            "--set", f"train.output_dir={tmp_path / 's1'}", *TINY])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s1" / "merged" / "training_data.json").read_text())["sequence_lengths"]["n"] == 2
+    ds = tmp_path / "ds"
+    assert runner.invoke(app, ["build-dataset", *_inputs(tmp_path), "--out", str(ds)]).exit_code == 0
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + (ds / "instructions.jsonl").read_bytes())
+    cfg2 = str(data_dir().parent / "configs" / "instruct_tiny.yaml")
+    r = runner.invoke(app, ["instruct", "-c", cfg2, "--set", f"train_files=[{bom}]",
+                            "--set", f"train.output_dir={tmp_path / 's2'}", *TINY])
+    assert r.exit_code == 0, r.output
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(f"Seq=<{SHORT}>\nSeq=<{SHORT}> caf\xe9\n".encode("latin-1"))
+    r = runner.invoke(app, ["pretrain", "-c", cfg1, "--set", f"train_files=[{latin}]",
+                            "--set", f"train.output_dir={tmp_path / 's0'}", *TINY])
+    line = _one_error_line(r.output)
+    assert r.exit_code == 2 and f"{latin}:2: not UTF-8" in line, r.output
+    assert not (tmp_path / "s0").exists()
