@@ -14,12 +14,26 @@ from typing import Any
 from adaptome.domains.protein.formats import ProteinError, Record
 
 
-def _labelled(fasta: Path, table: Path, id_column: str, label_column: str, policy: str) -> list[Record]:
+def _labelled(fasta: Path, table: Path, id_column: str, label_column: str, policy: str,
+              lines: list[str]) -> list[Record]:
     from adaptome.domains.protein import data
+
+    return data.attach_labels(_read(fasta, policy, lines), data.read_label_table(table, id_column, label_column),
+                              str(table), seq_source=str(fasta))
+
+
+def _read(fasta: Path, policy: str, lines: list[str]) -> list[Record]:
+    """The records of ``fasta``; with ``skip``, a report line counts those left out (they get no prediction)."""
     from adaptome.domains.protein.formats import read_fasta
 
-    return data.attach_labels(read_fasta(fasta, policy), data.read_label_table(table, id_column, label_column),
-                              str(table), seq_source=str(fasta))
+    skipped: list[str] = []
+    recs = read_fasta(fasta, policy, skipped)
+    if skipped:
+        lines.append(f"note: {fasta}: {len(skipped)} record(s) with non-standard residues skipped (policy skip), "
+                     f"e.g. {skipped[0]!r}")
+    if not recs:
+        raise ProteinError(f"{fasta}: the residue policy {policy} left no sequence")
+    return recs
 
 
 def resolve_policy(policy: str | None, cfg, default: str, where: str) -> str:
@@ -46,7 +60,7 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
     config's ``residue_policy``) applies to ``fasta`` and ``train_fasta`` alike (``resolve_policy``)."""
     from adaptome.core.config import load_config, save_config
     from adaptome.domains.protein import data, esm_classify, evaluate
-    from adaptome.domains.protein.formats import read_fasta, read_vocab
+    from adaptome.domains.protein.formats import read_vocab
 
     if (train_fasta is None) != (train_labels is None):
         raise ProteinError("give --train-fasta and --train-labels together")
@@ -58,7 +72,8 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
         raise ProteinError("--config / --set set up training; give --train-fasta and --train-labels too")
     policy = resolve_policy(policy, cfg, load_config(esm_classify.EsmClassifyConfig, shipped, []).residue_policy,
                             f"{config or shipped}" + (" with --set" if overrides else ""))
-    queries = read_fasta(fasta, policy)
+    lines: list[str] = []
+    queries = _read(fasta, policy, lines)
     truth: dict[str, str] | None = None
     if test_labels is not None:  # checked before any training, which may take minutes
         if train_fasta is None:
@@ -66,10 +81,9 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
         truth = {r.id: r.label for r in data.attach_labels(queries, data.read_label_table(test_labels, id_column,
                                                                                            label_column),
                                                            str(test_labels), seq_source=str(fasta))}
-    lines: list[str] = []
     train: list[Record] = []
     if train_fasta is not None:
-        train = _labelled(train_fasta, train_labels, id_column, label_column, policy)
+        train = _labelled(train_fasta, train_labels, id_column, label_column, policy, lines)
         cands = read_vocab(labels) if labels else sorted({r.label for r in train})
         s = esm_classify.train_classifier(model, train, cands, cfg, overwrite)
         save_config(cfg, cfg.train.output_dir)

@@ -80,6 +80,19 @@ def test_esm_classify_policy_applies_to_the_training_fasta(tmp_path):
     assert not (tmp_path / "p3.csv").exists() and not (tmp_path / "run3").exists()
 
 
+def test_esm_classify_policy_skip_counts_what_it_leaves_out(tmp_path):
+    """With ``--policy skip`` the training and the query files each say how many records were left out; a
+    skipped query gets no row in the predictions, so the count is the user's only sign of it."""
+    args = _esm_files(tmp_path)
+    r = runner.invoke(app, args + ["--policy", "skip", "--set", f"train.output_dir={tmp_path / 'run'}",
+                                   "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    notes = [ln for ln in r.output.splitlines() if "skipped (policy skip)" in ln]
+    assert len(notes) == 2 and all("1 record(s)" in n and "'s2'" in n for n in notes), r.output
+    assert "trained lora + head on 3 sequences" in r.output
+    assert [ln.split(",")[0] for ln in (tmp_path / "p.csv").read_text().splitlines()[1:]] == ["s0", "s1", "s3"]
+
+
 # --- 3. sample --prefix and labels in headers -------------------------------------------------------------
 @pytest.fixture
 def causal_dir(tmp_path):
