@@ -33,6 +33,16 @@ def _parse_options(items: list[str], flag: str = "--option") -> dict:
     return out
 
 
+def _warn_coverage(summary: dict, files: dict) -> None:
+    """A warning line for each file of a run with more than a few <unk> tokens (``mlm.coverage_warning``)."""
+    from adaptome.domains.multilingual.mlm import coverage_warning
+
+    for split, share in summary.get("unk_share", {}).items():
+        line = coverage_warning(files[split], share)
+        if line:
+            typer.echo(line)
+
+
 @app.command("prepare-text")
 def prepare_text_cmd(
     files: List[Path] = typer.Argument(..., help="raw text files of one language, one sentence or document per line"),
@@ -145,6 +155,7 @@ def train_lang_cmd(
                                     max_length=max_length, mlm_probability=mlm_probability, whole_word=whole_word,
                                     seed=seed)
         s = train_language_adapter(cfg, out, overwrite=overwrite, progress=True)
+    _warn_coverage(s, {"train": train, "eval": eval})
     typer.echo(f"{out}: {method}, {s['trainable_parameters']:,} trainable parameters; held-out pseudo-perplexity "
                f"{s['pppl_base']:.2f} (base) -> {s['pppl_adapter']:.2f} (adapter)")
 
@@ -223,6 +234,7 @@ def train_task_cmd(
             if lang and la_lang not in ("", "?", lang):
                 typer.echo(f"warning: --lang {lang}, but the language adapter {path} was trained for {la_lang!r}")
         s = train_task(cfg, out, overwrite=overwrite, progress=True)
+    _warn_coverage(s, {"train": train, "eval": eval})
     metric = "entity_f1" if task == "ner" else "macro_f1"
     vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])
     typer.echo(f"{out}: {task} with adapter {s['adapter']}, {metric} on {eval.name}: {vals}")

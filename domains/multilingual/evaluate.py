@@ -3,7 +3,8 @@
 Task runs (``train-task`` folders) are reloaded seed by seed from their saved adapters and scored on
 the evaluation split (the run's own, or ``eval_file``): macro-F1 for topic and sentiment,
 entity-level F1 (``core.evaluation.entity_f1``, conlleval / seqeval default rules) on words for
-NER. Language-adapter runs are scored by pseudo-perplexity on a text file, beside the base.
+NER. Language-adapter runs are scored by pseudo-perplexity on a text file, beside the base. An
+evaluation split or text file the base's tokenizer does not cover (``mlm.check_coverage``) is refused.
 
 Beside every (language, task, training split, split) the same split gets two baselines, fitted on the
 training split of the runs (one pair per distinct training file; runs sharing one share it):
@@ -78,12 +79,14 @@ def ngram_baseline(task: str, train, dev, seed: int = 0) -> float:
 def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None) -> list[dict]:
     """Result rows of every seed of every run, plus the two baselines per (language, task, training split, split);
     every row names the training split (absolute path) its model or baseline was fitted on."""
+    from adaptome.domains.multilingual.mlm import check_coverage
     from adaptome.domains.multilingual.task_train import (
         adapter_label,
         load_task_run,
         make_datasets,
         read_task_data,
         score,
+        task_texts,
     )
     from adaptome.domains.multilingual.tasks import PadCollator
 
@@ -97,6 +100,7 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None)
             cfg, labels, tok, model = load_task_run(run_dir, seed)
             split = eval_file or cfg.eval_file
             train, dev, _ = read_task_data(cfg.task, cfg.train_file, split)
+            check_coverage(split, task_texts(cfg.task, dev), tok)
             _, dev_set = make_datasets(cfg, tok, train[:1], dev, labels)
             metrics, _ = score(cfg.task, model, dev, dev_set, PadCollator(tok.pad_token_id), labels)
             metric = "entity_f1" if cfg.task == "ner" else "macro_f1"
@@ -123,7 +127,7 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
     from adaptome.core.adapters.io import CheckpointError, load_adapter, read_adapter_meta
     from adaptome.domains.multilingual.base import base_fingerprint, load_base
     from adaptome.domains.multilingual.lang_adapter import adapter_dir
-    from adaptome.domains.multilingual.mlm import pseudo_perplexity
+    from adaptome.domains.multilingual.mlm import check_coverage, pseudo_perplexity
 
     lines = readers.read_text(text_file)[:max_sentences or None]
     where = str(Path(text_file).resolve())
@@ -138,6 +142,7 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
             raise CheckpointError(f"{folder}: its base {base} changed since the adapter was trained; retrain it "
                                   "(or restore the base)")
         tok, model = load_base(base, "mlm")
+        check_coverage(text_file, lines, tok)
         trained_for = meta.get("language") or "?"
         if base not in bases_done:
             bases_done.add(base)

@@ -10,6 +10,9 @@ config, numbers) and the training log.
 Not covered: early stopping / keeping the best checkpoint (the reference keeps the best by
 validation loss; here the last step is kept), training several languages in one run.
 
+A training or held-out file the base's tokenizer does not cover (``mlm.check_coverage``) is refused;
+``run.json`` records each file's ``<unk>`` share.
+
 The adapter records its base (a local folder as an absolute path) and the base's fingerprint
 (``base.base_fingerprint``); ``train-task`` refuses to stack it on another base.
 """
@@ -98,7 +101,7 @@ def train_language_adapter(cfg: LanguageAdapterConfig, out_dir: str | Path, over
     from adaptome.core.atomic import atomic_dir
     from adaptome.core.train.loop import fit
     from adaptome.domains.multilingual.base import base_fingerprint, resolve_base
-    from adaptome.domains.multilingual.mlm import MaskingCollator, TextDataset, pseudo_perplexity
+    from adaptome.domains.multilingual.mlm import MaskingCollator, TextDataset, check_coverage, pseudo_perplexity
 
     cfg = replace(cfg, base=resolve_base(cfg.base))
     base_fp = base_fingerprint(cfg.base)
@@ -107,6 +110,8 @@ def train_language_adapter(cfg: LanguageAdapterConfig, out_dir: str | Path, over
         raise DataError(f"{cfg.train_file if not train_lines else cfg.eval_file}: no text")
     eval_lines = eval_lines[:cfg.eval_sentences] if cfg.eval_sentences else eval_lines
     tok, model, opts = build_adapter_model(cfg.base, cfg.method, cfg.options, cfg.seed)
+    unk = {"train": check_coverage(cfg.train_file, train_lines, tok),
+           "eval": check_coverage(cfg.eval_file, eval_lines, tok)}
     data = TextDataset(train_lines, tok, cfg.max_length)
     collate = MaskingCollator(tok, cfg.mlm_probability, cfg.whole_word)
     with disable_adapters(model):
@@ -126,6 +131,7 @@ def train_language_adapter(cfg: LanguageAdapterConfig, out_dir: str | Path, over
         summary = {"config": {**asdict(cfg), "options": opts}, "trainable_parameters": report["trainable"],
                    "total_parameters": report["total"], "train_seconds": train_s,
                    "step_seconds": train_s / max(1, res.step), "loss_first": losses[0], "loss_last": losses[-1],
-                   "eval_sentences": len(eval_lines), "pppl_base": pppl_base, "pppl_adapter": pppl}
+                   "eval_sentences": len(eval_lines), "pppl_base": pppl_base, "pppl_adapter": pppl,
+                   "unk_share": unk}
         (Path(tmp) / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -14,6 +14,11 @@ n copies each with one position masked, packs the copies of all sentences into p
 ``pseudo_perplexity_naive`` runs one full forward pass per masked token; both give the same
 number (tested).
 
+Tokenizer coverage (``check_coverage``): a text file more than ``MAX_UNK_SHARE`` of whose tokens are
+the tokenizer's ``<unk>`` is refused, naming the file and the share (a script the base never saw: Ge'ez
+under a Latin-only tokenizer is about half ``<unk>``, one per word; training or pseudo-perplexity on it
+measures nothing); above ``WARN_UNK_SHARE`` the commands warn (emoji-heavy tweets under the tiny base).
+
 Dimension letters: B batch, T tokens, V vocabulary, K masked copies of one sentence.
 Not covered: span masking, dynamic padding to multiples of 8, PPPL of texts longer than the model's
 maximum length (they are truncated to ``max_length`` tokens, as for training).
@@ -34,6 +39,40 @@ def fit_length(tokenizer, max_length: int) -> int:
     """``max_length`` capped at the tokenizer's ``model_max_length`` (the base's position limit)."""
     limit = getattr(tokenizer, "model_max_length", None)
     return min(max_length, int(limit)) if isinstance(limit, int) and limit > 0 else max_length
+
+
+#: a file more than this share of whose tokens are ``<unk>`` is refused (module docstring)
+MAX_UNK_SHARE = 0.2
+#: above this share the commands warn
+WARN_UNK_SHARE = 0.05
+
+
+def unk_share(tokenizer, texts: Sequence[str]) -> float:
+    """Share of the tokens of ``texts`` (special tokens not counted) that are the tokenizer's ``<unk>``."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return 0.0
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    n = sum(len(x) for x in ids)
+    return sum(t == unk for x in ids for t in x) / n if n else 0.0
+
+
+def check_coverage(path, texts: Sequence[str], tokenizer) -> float:
+    """``unk_share`` of a file's texts; an error naming the file above ``MAX_UNK_SHARE``."""
+    from adaptome.domains.multilingual.readers import DataError
+
+    share = unk_share(tokenizer, texts)
+    if share > MAX_UNK_SHARE:
+        raise DataError(f"{path}: {share:.0%} of its tokens are {tokenizer.unk_token} (the base's tokenizer does not "
+                        f"cover this text, e.g. its script); choose a base whose tokenizer covers it")
+    return share
+
+
+def coverage_warning(path, share: float) -> str | None:
+    """The warning line for a file whose ``unk_share`` is above ``WARN_UNK_SHARE`` (None below)."""
+    if share <= WARN_UNK_SHARE:
+        return None
+    return f"warning: {path}: {share:.0%} of its tokens are <unk> (the base's tokenizer does not cover them)"
 
 
 class TextDataset(Dataset):

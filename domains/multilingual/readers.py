@@ -5,14 +5,20 @@
   without CSV quoting, as the SIB-200 repository does), plus an optional ``labels.txt``;
 * sentiment: TSV with a header holding a text column (``tweet`` or ``text``) and ``label``
   (AfriSenti);
-* NER: CoNLL / BIO, one ``token tag`` pair per line (space or tab separated; the tag is the last
-  field), a blank line between sentences (MasakhaNER, WikiANN, UNER after conversion to BIO).
+* NER: CoNLL / BIO, one ``token tag`` pair per line, a blank line between sentences (MasakhaNER,
+  WikiANN, UNER after conversion to BIO). The tag is the last field; a line holding a tab is split on
+  tabs only, so a token with an inner space (``New York<TAB>B-LOC``) is kept whole, a line without
+  one on any whitespace. ``write_conll`` writes ``token<TAB>tag``.
 
-Every reader names the file and the 1-based line number of a malformed line. Labels of a dev /
+Every reader names the file and the 1-based line number of a malformed line. Two labels of one file
+that differ only in case or inner spacing (``Positive`` / ``positive``, ``B-Loc`` / ``B-LOC``) are an
+error naming both lines, never two silent classes (surrounding spaces are stripped from every field).
+Labels of a dev /
 test split are checked against the training label set with ``check_labels``: an unseen label is an
 error, never a silent new class.
 
-Not covered: CoNLL-U (UNER's native format; convert its NER column to BIO first), multi-column
+Not covered: CoNLL-U (UNER's native format; convert its NER column to BIO first: a ``#`` comment line
+is named as such in the error), multi-column
 CoNLL-2003 files with POS / chunk columns in the middle (the last column is read as the tag, so
 these work when the tag is last), compressed inputs.
 """
@@ -107,7 +113,18 @@ def _read_tsv(path: str | os.PathLike, text_cols: Sequence[str], label_col: str,
         out.append(Example(text, label, fields[idx[2]].strip() if id_col else str(no), no))
     if not out:
         raise DataError(f"{path}: no examples after the header")
+    _check_spelling(path, ((e.label, e.line) for e in out))
     return out
+
+
+def _check_spelling(path: Path, labels: Iterable[tuple[str, int]]) -> None:
+    """An error when two labels of one file differ only in case or inner spacing: one class typed two ways."""
+    seen: dict[str, tuple[str, int]] = {}
+    for label, no in labels:
+        first = seen.setdefault(" ".join(label.split()).casefold(), (label, no))
+        if first[0] != label:
+            raise DataError(f"{path}:{no}: label {label!r} differs only in case or spacing from {first[0]!r} "
+                            f"(line {first[1]}); spell each class one way")
 
 
 def read_topic_tsv(path: str | os.PathLike) -> list[Example]:
@@ -130,23 +147,34 @@ def write_sentiment_tsv(path: str | os.PathLike, examples: Iterable[Example]) ->
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _check_tag(path: Path, no: int, tag: str) -> None:
+def _check_tag(path: Path, no: int, tag: str, first: str) -> None:
     if tag == "O":
         return
     prefix, sep, etype = tag.partition("-")
     if prefix not in ("B", "I") or not sep or not etype:
+        if first.startswith("#"):
+            raise DataError(f"{path}:{no}: a CoNLL-U comment line (tag {tag!r} is not O, B-<type> or I-<type>); "
+                            "CoNLL-U is not read: convert the file to 'token tag' BIO lines")
         raise DataError(f"{path}:{no}: tag {tag!r} is not O, B-<type> or I-<type>")
 
 
+def _conll_fields(line: str) -> list[str]:
+    """The fields of one CoNLL line: tab-separated when it holds a tab (a token may hold a space), else
+    whitespace-separated; empty fields dropped."""
+    parts = line.split("\t") if "\t" in line else line.split()
+    return [f.strip() for f in parts if f.strip()]
+
+
 def read_conll(path: str | os.PathLike) -> list[Sentence]:
-    """CoNLL / BIO: ``token tag`` per line, blank line between sentences; ``-DOCSTART-`` is skipped."""
+    """CoNLL / BIO: ``token tag`` per line (module docstring), blank line between sentences; ``-DOCSTART-``
+    is skipped."""
     path = Path(path)
     out: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
     nos: list[int] = []
     for no, line in enumerate(_read_lines(path) + [""], start=1):
-        fields = line.split()
+        fields = _conll_fields(line)
         if not fields:
             if words:
                 out.append(Sentence(words, tags, nos))
@@ -156,17 +184,18 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
             continue
         if len(fields) < 2:
             raise DataError(f"{path}:{no}: expected 'token tag', found {line.strip()!r}")
-        _check_tag(path, no, fields[-1])
+        _check_tag(path, no, fields[-1], fields[0])
         words.append(fields[0])
         tags.append(fields[-1])
         nos.append(no)
     if not out:
         raise DataError(f"{path}: no sentences")
+    _check_spelling(path, ((t, no) for s in out for t, no in zip(s.tags, s.lines)))
     return out
 
 
 def write_conll(path: str | os.PathLike, sentences: Iterable[Sentence]) -> None:
-    blocks = ["\n".join(f"{w} {t}" for w, t in zip(s.words, s.tags)) for s in sentences]
+    blocks = ["\n".join(f"{w}\t{t}" for w, t in zip(s.words, s.tags)) for s in sentences]
     Path(path).write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
 
 

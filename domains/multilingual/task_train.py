@@ -7,8 +7,10 @@ resolved config, the label list, the per-seed numbers) and per seed ``seed<k>/``
 adapter (its classifier head inside, as ``modules_to_save``), the fusion weights when fused, or
 the whole model for full fine-tuning, plus ``predictions.tsv``. ``evaluate`` reloads them.
 
-The label set is the training split's (``labels.txt`` beside a SIB-200 file when present); a
-label of the evaluation split outside it is an error, and so is a training split with one class.
+The label set is the training split's (``labels.txt`` beside a SIB-200 file when present; NER: B-X and
+I-X for every entity type X of the training split); a label of the evaluation split outside it is an
+error, and so is a training split with one class. Seeds are distinct. A split the base's tokenizer does
+not cover (``mlm.check_coverage``) is refused; ``run.json`` records each split's ``<unk>`` share.
 
 Provenance: the paths in ``run.json`` are absolute (a run reloads from any directory), and it records
 the fingerprint of the base (``base.base_fingerprint``) and the SHA-256 of every language adapter's
@@ -87,6 +89,9 @@ def validate(cfg: TaskConfig) -> None:
         raise SetupError(f"pooling must be 'mean' or 'cls', got {cfg.pooling!r}")
     if not cfg.seeds:
         raise DataError("give at least one seed")
+    twice = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+    if twice:  # each seed writes seed<k>/: a repeated one would train into the folder of the first
+        raise DataError(f"--seeds {','.join(map(str, cfg.seeds))!r}: seed {twice[0]} is given twice")
 
 
 def adapter_fingerprint(path: str | Path) -> str:
@@ -164,12 +169,14 @@ def read_task_data(task: str, train_file: str, eval_file: str) -> tuple[list, li
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if task == "ner":
         train, dev = readers.read_conll(train_file), readers.read_conll(eval_file)
-        tags = sorted({t for s in train for t in s.tags})
+        tags = {t for s in train for t in s.tags}
         if not any(t != "O" for t in tags):
             raise DataError(f"{train_file}: no entity tag in the training split (every tag is O)")
+        # B-X and I-X for every entity type X of the training split: "all" subword labelling always has its
+        # continuation tag, and a dev entity of a known type is valid whichever tags training happened to use
+        # (two-word PER names in dev, one-word ones in training); an unseen type stays an error
+        tags = sorted(tags | {f"{p}-{t[2:]}" for t in tags if t != "O" for p in "BI"})
         readers.check_labels(eval_file, readers.first_lines(dev), tags)
-        # I-X for every B-X, so "all" subword labelling always has its continuation tag
-        tags = sorted(set(tags) | {"I-" + t[2:] for t in tags if t.startswith("B-")})
         return train, dev, tags
     read = readers.read_topic_tsv if task == "topic" else readers.read_sentiment_tsv
     train, dev = read(train_file), read(eval_file)
@@ -182,6 +189,11 @@ def read_task_data(task: str, train_file: str, eval_file: str) -> tuple[list, li
                         "a classifier needs at least two classes")
     readers.check_labels(eval_file, readers.first_lines(dev), labels)
     return train, dev, labels
+
+
+def task_texts(task: str, items: list) -> list[str]:
+    """The text of each example (NER: the sentence's words joined by spaces), for ``mlm.check_coverage``."""
+    return [" ".join(s.words) for s in items] if task == "ner" else [e.text for e in items]
 
 
 def lang_adapter_info(path: str | Path) -> dict:
@@ -260,6 +272,8 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
     from adaptome.core.adapters.api import trainable_report
     from adaptome.core.atomic import atomic_dir
     from adaptome.core.train.loop import fit
+    from adaptome.domains.multilingual.base import load_tokenizer
+    from adaptome.domains.multilingual.mlm import check_coverage
     from adaptome.domains.multilingual.tasks import PadCollator
 
     validate(cfg)
@@ -267,6 +281,9 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
     train, dev, labels = read_task_data(cfg.task, cfg.train_file, cfg.eval_file)
     label = adapter_label(cfg)
     recorded = provenance(cfg)
+    tok = load_tokenizer(cfg.base)
+    unk = {"train": check_coverage(cfg.train_file, task_texts(cfg.task, train), tok),
+           "eval": check_coverage(cfg.eval_file, task_texts(cfg.task, dev), tok)}
     runs = []
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for seed in cfg.seeds:
@@ -286,7 +303,8 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
             _write_predictions(seed_dir / "predictions.tsv", dev, preds, cfg.task)
             runs.append({"seed": seed, **metrics, "trainable_parameters": trainable_report(res.model)["trainable"],
                          "train_seconds": train_s, "step_seconds": train_s / res.step})
-        summary = {"config": asdict(cfg), "labels": labels, "adapter": label, "provenance": recorded, "runs": runs}
+        summary = {"config": asdict(cfg), "labels": labels, "adapter": label, "provenance": recorded,
+                   "unk_share": unk, "runs": runs}
         (Path(tmp) / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
