@@ -238,6 +238,8 @@ def train_task_cmd(
     metric = "entity_f1" if task == "ner" else "macro_f1"
     vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])
     typer.echo(f"{out}: {task} with adapter {s['adapter']}, {metric} on {eval.name}: {vals}")
+    if s.get("eval_warning"):
+        typer.echo(s["eval_warning"])
     cut = max((r.get("truncated_words", 0) for r in s["runs"]), default=0)
     if cut:
         typer.echo(f"warning: {cut} word(s) of {eval.name} got no token from the tokenizer and were predicted O")
@@ -248,15 +250,25 @@ def evaluate_cmd(
     runs: List[Path] = typer.Argument(..., help="train-task folders and/or train-language-adapter folders"),
     out: Path = typer.Option(..., help="output folder: results.csv, results.md"),
     eval: Optional[Path] = typer.Option(None, help="task runs: score this split instead of the run's own"),
+    eval_lang: Optional[str] = typer.Option(None, help="language code of --eval (its rows' language; without it "
+                                            "rows on another split than the run's own say '?')"),
+    lang_adapter: Optional[Path] = typer.Option(None, help="task runs trained with --stack: use this language "
+                                                "adapter in place of the run's own (MAD-X zero-shot transfer); it "
+                                                "must be trained on the run's base"),
     text: Optional[Path] = typer.Option(None, help="language adapters: held-out text for pseudo-perplexity"),
     text_lang: str = typer.Option("?", help="language code of --text (its rows' language; each adapter's own "
                                   "language is shown in its adapter column)"),
     max_sentences: int = typer.Option(200, help="pseudo-perplexity: sentences scored (0: all)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
-    """Score runs (macro-F1, entity F1, pseudo-perplexity) beside majority and char n-gram baselines.
+    """Score runs (macro-F1 with accuracy and weighted F1, entity F1, pseudo-perplexity) beside majority and char
+    n-gram baselines; warns when the evaluation split is too small or one-class to be informative.
 
     Example: adaptome multilingual evaluate runs/tc_hau runs/tc_hau_none --out runs/results
+
+    Zero-shot transfer (MAD-X), the Hausa task adapter of runs/tc_hau scored on Yoruba above a Yoruba language
+    adapter: adaptome multilingual evaluate runs/tc_hau --eval domains/multilingual/data/sib200/yor_Latn/dev.tsv
+    --eval-lang yor --lang-adapter runs/la_yor --out runs/results_yor
     """
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.multilingual.evaluate import (
@@ -275,12 +287,20 @@ def evaluate_cmd(
         fail("--text-lang names the language of --text; give --text FILE")
     if lang_runs and text is None:
         fail(f"{lang_runs[0]}: a language adapter run; give --text FILE to score pseudo-perplexity")
+    if eval_lang is not None and eval is None:
+        fail("--eval-lang names the language of --eval; give --eval FILE")
+    if lang_adapter is not None and not task_runs:
+        fail("--lang-adapter replaces the language adapter of train-task runs; none was given")
+    notes: list[str] = []
     with user_errors():
-        rows = evaluate_task_runs(task_runs, str(eval) if eval else None) if task_runs else []
+        rows = evaluate_task_runs(task_runs, str(eval) if eval else None, str(lang_adapter) if lang_adapter else None,
+                                  eval_lang, notes) if task_runs else []
         if lang_runs:
             rows += evaluate_language_adapters(lang_runs, str(text), max_sentences, text_language=text_lang)
         table = to_markdown(rows)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             (tmp / "results.csv").write_text(to_csv(rows), encoding="utf-8")
             (tmp / "results.md").write_text(table, encoding="utf-8")
+    for line in notes:
+        typer.echo(line)
     typer.echo(table)

@@ -17,7 +17,11 @@ the fingerprint of the base (``base.base_fingerprint``) and the SHA-256 of every
 files, and of the training split. A language adapter trained on another base is refused at training;
 a base or language adapter changed since the run was trained (retrained in place with ``--overwrite``)
 is refused at reload, never silently combined with the old task adapter, and so is a changed training
-split (the evaluator fits its baselines on it).
+split (the evaluator fits its baselines on it). ``load_task_run(..., lang_adapter=...)`` puts another language
+adapter of the same base under a stacked run's task adapter (MAD-X zero-shot transfer, ``swap_lang_adapter``).
+
+``run.json`` records, per seed, macro-F1, accuracy and weighted F1 (NER: entity F1; ``metrics.task_metrics``),
+and ``eval_warning`` when the evaluation split is too small or one-class to be informative (``metrics.split_warning``).
 
 Not covered: early stopping and model selection on a separate split (the last step is scored),
 gradient accumulation options (use a smaller batch).
@@ -134,8 +138,10 @@ def _file_sha256(path: str | Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def check_provenance(cfg: TaskConfig, recorded: dict | None, run_dir: Path) -> None:
-    """Refuse to reload a run whose base or language adapters changed since it was trained."""
+def check_provenance(cfg: TaskConfig, recorded: dict | None, run_dir: Path, lang_adapters: bool = True) -> None:
+    """Refuse to reload a run whose base or language adapters changed since it was trained (with
+    ``lang_adapters=False`` the language adapters are not checked: a swapped-in one replaces them,
+    ``swap_lang_adapter``)."""
     from adaptome.core.adapters.io import CheckpointError
     from adaptome.domains.multilingual.base import base_fingerprint
 
@@ -144,7 +150,7 @@ def check_provenance(cfg: TaskConfig, recorded: dict | None, run_dir: Path) -> N
     if base_fingerprint(cfg.base) != recorded["base"]:
         raise CheckpointError(f"{run_dir}: its base {cfg.base} changed since the run was trained; retrain the run "
                               "(or restore the base)")
-    for path, fp in zip(cfg.lang_adapters, recorded["lang_adapters"]):
+    for path, fp in zip(cfg.lang_adapters if lang_adapters else [], recorded["lang_adapters"]):
         if adapter_fingerprint(path) != fp:
             raise CheckpointError(f"{run_dir}: its language adapter {path} changed since the run was trained; "
                                   "retrain the run (or restore the adapter)")
@@ -153,6 +159,35 @@ def check_provenance(cfg: TaskConfig, recorded: dict | None, run_dir: Path) -> N
     if train_fp and Path(cfg.train_file).is_file() and _file_sha256(cfg.train_file) != train_fp:
         raise CheckpointError(f"{run_dir}: its training split {cfg.train_file} changed since the run was trained; "
                               "the baselines would be fitted on other data than the run")
+
+
+def swap_lang_adapter(cfg: TaskConfig, recorded: dict | None, path: str | Path, run_dir: Path) -> TaskConfig:
+    """The run's config with the language adapter ``path`` in place of its own (MAD-X zero-shot transfer: the
+    task adapter trained above a source-language adapter runs above a target-language one).
+
+    Refused: a run without a language adapter in its stack (a task adapter alone, full fine-tuning), a fusion of
+    two (which of them to replace is not defined), and an adapter trained on another base than the run's (its
+    recorded base fingerprint differs from the one the run recorded, or it records none)."""
+    from adaptome.core.adapters.io import read_adapter_meta
+    from adaptome.domains.multilingual.base import base_fingerprint
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
+    from adaptome.domains.multilingual.tasks import SetupError
+
+    if cfg.mode != "stack":
+        how = {"task": "a task adapter alone, with no language adapter in its stack",
+               "full": "full fine-tuning, with no language adapter in its stack",
+               "fuse": "a fusion of two language adapters; only a single stacked one can be swapped"}[cfg.mode]
+        raise SetupError(f"{run_dir}: --lang-adapter replaces the language adapter of a run trained with --stack, "
+                         f"but this run was trained with {how}")
+    meta = read_adapter_meta(adapter_dir(path))
+    run_base = (recorded or {}).get("base") or base_fingerprint(cfg.base)
+    trained_on = meta.get("base_fingerprint")
+    if trained_on != run_base:
+        what = (f"was trained on the base {meta.get('base', '?')} ({trained_on[:19]}...)" if trained_on
+                else "does not record the fingerprint of its base")
+        raise SetupError(f"{path}: this language adapter {what}, not on the base of {run_dir} ({cfg.base}, "
+                         f"{run_base[:19]}...); it cannot replace the run's language adapter")
+    return replace(cfg, lang_adapters=[str(Path(path).resolve())])
 
 
 def _absolute(cfg: TaskConfig) -> TaskConfig:
@@ -230,16 +265,17 @@ def make_datasets(cfg: TaskConfig, tok, train, dev, labels):
 
 
 def score(task: str, model, dev, dev_set, collate, labels: list[str]) -> tuple[dict, list]:
-    """The task's metric on the evaluation split and the predicted labels (per sentence or per word)."""
-    from adaptome.core.evaluation import entity_f1, macro_f1
+    """The task's metrics (``metrics.task_metrics``: macro-F1, accuracy and weighted F1, or NER entity F1) on the
+    evaluation split and the predicted labels (per sentence or per word)."""
+    from adaptome.domains.multilingual.metrics import task_metrics
     from adaptome.domains.multilingual.tasks import predict
 
     preds = predict(model, dev_set, collate)
     if task == "ner":
         words, cut = dev_set.sentence_tags(preds, dict(enumerate(labels)))
-        return {"entity_f1": entity_f1([s.tags for s in dev], words), "truncated_words": cut}, words
+        return {**task_metrics(task, [s.tags for s in dev], words), "truncated_words": cut}, words
     pred_labels = [labels[p] for p in preds]
-    return {"macro_f1": macro_f1([e.label for e in dev], pred_labels)}, pred_labels
+    return task_metrics(task, [e.label for e in dev], pred_labels), pred_labels
 
 
 def _save_seed(model, cfg: TaskConfig, tok, seed_dir: Path) -> None:
@@ -273,6 +309,7 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
     from adaptome.core.atomic import atomic_dir
     from adaptome.core.train.loop import fit
     from adaptome.domains.multilingual.base import load_tokenizer
+    from adaptome.domains.multilingual.metrics import split_warning
     from adaptome.domains.multilingual.mlm import check_coverage
     from adaptome.domains.multilingual.tasks import PadCollator
 
@@ -304,13 +341,15 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
             runs.append({"seed": seed, **metrics, "trainable_parameters": trainable_report(res.model)["trainable"],
                          "train_seconds": train_s, "step_seconds": train_s / res.step})
         summary = {"config": asdict(cfg), "labels": labels, "adapter": label, "provenance": recorded,
-                   "unk_share": unk, "runs": runs}
+                   "unk_share": unk, "eval_warning": split_warning(cfg.eval_file, cfg.task, dev), "runs": runs}
         (Path(tmp) / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
 
-def load_task_run(run_dir: str | Path, seed: int):
-    """``(config, labels, tokenizer, model)`` of one seed of a finished ``train-task`` run."""
+def load_task_run(run_dir: str | Path, seed: int, lang_adapter: str | Path | None = None):
+    """``(config, labels, tokenizer, model)`` of one seed of a finished ``train-task`` run; with ``lang_adapter``,
+    that language adapter replaces the run's own under the saved task adapter (``swap_lang_adapter``; the
+    config returned names it)."""
     from safetensors.torch import load_file
 
     from adaptome.core.adapters import inject
@@ -322,7 +361,9 @@ def load_task_run(run_dir: str | Path, seed: int):
         raise CheckpointError(f"{run_dir}: not a train-task run (run.json is missing)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     cfg = TaskConfig(**meta["config"])
-    check_provenance(cfg, meta.get("provenance"), run_dir)
+    if lang_adapter is not None:
+        cfg = swap_lang_adapter(cfg, meta.get("provenance"), lang_adapter, run_dir)
+    check_provenance(cfg, meta.get("provenance"), run_dir, lang_adapters=lang_adapter is None)
     labels = meta["labels"]
     seed_dir = run_dir / f"seed{seed}"
     tok, model = build_task_model(cfg, labels)

@@ -109,7 +109,8 @@ def test_language_adapter_lowers_heldout_pseudo_perplexity(lang_adapter, tiny_ba
                   "--max-sentences", 40, "--out", tmp_path / "ev"])
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "ev" / "results.csv").read_text().splitlines()
-    assert rows[0] == "run,language,task,split,base,adapter,data_source,train_split,seed,metric,value"
+    assert rows[0] == ("run,language,task,split,base,adapter,lang_adapter,data_source,train_split,seed,accuracy,"
+                       "weighted_f1,metric,value")
     vals = {r.split(",")[5]: float(r.split(",")[-1]) for r in rows[1:]}
     assert math.isclose(vals[f"seq_bn [{run['config']['language']}]"], run["pppl_adapter"], rel_tol=1e-4)
     assert math.isclose(vals["none"], run["pppl_base"], rel_tol=1e-4)
