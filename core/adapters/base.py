@@ -31,6 +31,13 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 import torch
 from torch import nn
 
+from adaptome.core.errors import AdaptomeError
+
+
+class AdapterOptionError(AdaptomeError, ValueError):
+    """An adapter option that one targeted layer cannot honour (a rank above its dimensions);
+    ``inject_adapter`` prefixes the layer's path."""
+
 
 @dataclass
 class AdapterConfig:
@@ -38,8 +45,9 @@ class AdapterConfig:
 
     target_modules: ``"all-linear"``, a preset (``"attention"``, ``"mlp"``, ``"attention+mlp"``)
       resolved per architecture, a list of module names (a name matches a module whose dotted
-      path equals it or ends with ``.name``), or a single regex matched against full paths.
-    exclude_modules: names or a regex removed from the matches.
+      path equals it or ends with ``.name``; every name must match a linear), or a single regex
+      matched against full paths. A linear whose weight is tied to another module is refused.
+    exclude_modules: names (each must match a linear) or a regex removed from the matches.
     modules_to_save: modules trained fully and saved with the adapter (ProLLaMA stage 1 trains
       ``embed_tokens`` and ``lm_head`` this way).
     """

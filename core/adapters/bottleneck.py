@@ -107,13 +107,18 @@ class SeqBnConfig(AdapterConfig):
 
     def _select_blocks(self, blocks: list[str]) -> list[str]:
         """The FFN blocks ``target_modules`` keeps and ``exclude_modules`` does not remove; an option that
-        removes every block (or keeps a name that is no block) is an error, never ignored."""
+        removes every block, or a list entry of either that names no block, is an error, never ignored."""
         kept = blocks
         if self.target_modules != "ffn":
             kept = [p for p in blocks if matches(p, self.target_modules)]
             if not kept:
                 raise TargetError(f"{self.method}: target_modules {self.target_modules!r} matched no FFN block; "
                                   f"the blocks are {', '.join(blocks)} (or 'ffn' for all)")
+        for option, spec in (("target_modules", self.target_modules), ("exclude_modules", self.exclude_modules)):
+            for entry in spec if isinstance(spec, list) else []:  # a misspelt entry is an error, never dropped
+                if not any(matches(p, [entry]) for p in blocks):
+                    raise TargetError(f"{self.method}: {option} entry {entry!r} names no FFN block; the blocks are "
+                                      f"{', '.join(blocks)}")
         if self.exclude_modules:
             kept = [p for p in kept if not matches(p, self.exclude_modules)]
             if not kept:

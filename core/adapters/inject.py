@@ -7,6 +7,10 @@ model a weight is ``<path>.lora_A.<adapter>.weight``; ``adapter_state_dict`` dro
 
 Per-model bookkeeping (the config of each named adapter) is kept in ``model.adaptome_configs``.
 
+A linear whose weight is tied to another module (a tied LM head) is refused as a target: merging an
+update into it would change the other module too. A layer that cannot honour an option (a rank above
+its dimensions) is an ``AdapterOptionError`` naming its path.
+
 Not covered: non-linear targets other than through a method's own ``resolve_paths``;
 adapters on quantized (bitsandbytes / GPTQ) base layers.
 """
@@ -19,9 +23,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, AdapterOptionError
 from adaptome.core.adapters.modules_to_save import ModulesToSaveWrapper, wrap_modules_to_save
-from adaptome.core.adapters.targets import resolve_targets
+from adaptome.core.adapters.targets import refuse_tied, resolve_targets
 
 CONFIGS_ATTR = "adaptome_configs"
 FROZEN_ATTR = "adaptome_frozen"  # adapters that run but do not train (a language adapter under a task one)
@@ -58,6 +62,7 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
     paths = cfg.resolve_paths(model)  # methods that wrap blocks, not linears (bottleneck)
     if paths is None:
         paths = resolve_targets(model, cfg.target_modules, cfg.exclude_modules, layer_types=(nn.Linear, AdapterLayer))
+        refuse_tied(model, paths, "merging an adapter into it would change {other} too")
     wrapped = [p for p, _ in adapter_layers(model)]
     for path in paths:
         if any(path.startswith(w + ".") for w in wrapped):  # base_layer or an adapter's own linears
@@ -70,7 +75,10 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
         else:
             layer = layer_cls(mod)
             _set_submodule(model, path, layer)
-        layer.add_adapter(adapter_name, cfg)
+        try:
+            layer.add_adapter(adapter_name, cfg)
+        except AdapterOptionError as e:
+            raise AdapterOptionError(f"{path}: {e}") from None
     cfg.after_inject(model, adapter_name)  # fix-ups that need layer paths (per-layer ranks, shared modules)
     if cfg.modules_to_save:
         wrap_modules_to_save(model, _inside_adapter_layers(model, cfg.modules_to_save), adapter_name)

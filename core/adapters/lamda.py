@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
-from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, AdapterOptionError
 
 
 @ADAPTERS.register("lamda")
@@ -88,11 +88,19 @@ class LamdaConfig(AdapterConfig):
     def after_inject(self, model: nn.Module, adapter_name: str) -> None:
         if not self.rank_pattern:
             return
+        paths = [p for p, m in model.named_modules() if isinstance(m, LamdaLinear) and m.configs.get(adapter_name) is self]
+        unmatched = [k for k in self.rank_pattern if not any(p == k or p.endswith("." + k) for p in paths)]
+        if unmatched:  # a misspelt key would otherwise leave that layer at rank r silently
+            raise AdapterOptionError(f"adapter.options.rank_pattern: {unmatched[0]!r} names no targeted layer "
+                                     f"(targeted layers are named like {paths[0] if paths else 'none'})")
         for path, layer in model.named_modules():
             if isinstance(layer, LamdaLinear) and layer.configs.get(adapter_name) is self:
                 k = self.rank_for(path)
                 if k != layer.rank[adapter_name]:
-                    layer.resize(adapter_name, k)
+                    try:
+                        layer.resize(adapter_name, k)
+                    except AdapterOptionError as e:
+                        raise AdapterOptionError(f"{path}: {e}") from None
 
 
 class LamdaLinear(AdapterLayer):
@@ -114,7 +122,9 @@ class LamdaLinear(AdapterLayer):
         if cfg.init == "svd":
             u, _, vh = torch.linalg.svd(self.base_layer.weight.detach().float(), full_matrices=False)
             if r > vh.shape[0]:
-                raise ValueError(f"rank {r} exceeds min(out, in) = {vh.shape[0]}")
+                raise AdapterOptionError(f"rank {r} exceeds min(out, in) = {vh.shape[0]} of its "
+                                         f"{tuple(self.base_layer.weight.shape)} weight (init 'svd'); lower "
+                                         "adapter.options.r or its rank_pattern entry")
             a, b, core = vh[:r].clone(), u[:, :r].clone(), torch.zeros(r, r)  # (R, I), (O, R), (R, R)
         else:
             a, b, core = torch.empty(r, self.in_features), torch.zeros(self.out_features, r), torch.empty(r, r)

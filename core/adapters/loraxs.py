@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
-from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
+from adaptome.core.adapters.base import AdapterConfig, AdapterLayer, AdapterOptionError
 
 
 @ADAPTERS.register("loraxs")
@@ -65,7 +65,8 @@ def truncated_svd(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, 
     """(U_r (O, R), S_r (R,), V_r^T (R, I)) of ``w`` (O, I), computed in float32."""
     u, s, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)  # (O, M), (M,), (M, I)
     if r > s.numel():
-        raise ValueError(f"rank {r} exceeds min(out, in) = {s.numel()} of a {tuple(w.shape)} weight")
+        raise AdapterOptionError(f"rank {r} exceeds min(out, in) = {s.numel()} of its {tuple(w.shape)} weight; "
+                                 "lower adapter.options.r")
     return u[:, :r], s[:r], vh[:r]
 
 

@@ -4,7 +4,8 @@
 weight split into magnitude m and direction, W' = m * (W0 + BA) / ||W0 + BA||_c). Target presets
 (``attention``, ``mlp``) are expanded by ``targets.expand_preset`` before they reach peft, and
 ``all-linear`` are resolved by ``targets.resolve_targets`` too, so peft wraps exactly the modules a native
-method would (the output head and prediction-head linears excluded).
+method would (the output head and prediction-head linears excluded), and a target tied to another module
+(a tied LM head) is refused as for native methods.
 
 Not covered: peft's other init schemes are reachable through ``init_lora_weights`` only where the
 value is plain (``gaussian``, ``pissa``, ``olora``, ``orthogonal``); LoftQ needs its own config.
@@ -19,7 +20,7 @@ from torch import nn
 
 from adaptome.core.adapters import ADAPTERS
 from adaptome.core.adapters.base import AdapterConfig
-from adaptome.core.adapters.targets import expand_preset, resolve_targets
+from adaptome.core.adapters.targets import refuse_tied, resolve_targets
 
 
 @ADAPTERS.register("lora")
@@ -59,7 +60,8 @@ class LoraConfig(AdapterConfig):
 
         # resolve presets, globs and all-linear ourselves, so native and peft methods wrap the same
         # modules (peft's all-linear would also adapt linears inside prediction heads)
-        targets = _unwrapped_targets(model, expand_preset(model, self.target_modules), self.exclude_modules)
+        targets = _unwrapped_targets(model, self.target_modules, self.exclude_modules)
+        refuse_tied(model, targets, "merging an adapter into it would change {other} too")
         return peft.LoraConfig(
             r=self.r,
             lora_alpha=self.lora_alpha,

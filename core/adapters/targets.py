@@ -3,6 +3,8 @@
 ``resolve_targets(model, target_modules, exclude_modules)`` returns the dotted paths of the
 ``nn.Linear`` modules to wrap. Patterns follow peft: a list entry matches a path equal to it or
 ending in ``.entry``; a single string other than a preset is a regex matched against the full path.
+Every entry of a ``target_modules`` or ``exclude_modules`` list must match at least one linear (a
+misspelt name or an embedding is an error, not a silent no-op); presets may hold names that only some versions of an architecture use.
 ``"all-linear"`` takes every linear layer except the output head (the module the model reports as
 its output embeddings, or one named ``lm_head`` / ``classifier`` / ``head``). Presets
 (``attention``, ``mlp``, ``attention+mlp``) are resolved from the architecture: LLaMA, Phi-3 (fused
@@ -138,14 +140,66 @@ def resolve_targets(
             ok = False
         if ok:
             found.append(path)
+    if found and isinstance(target_modules, list):  # the user's own names (not a preset): every entry must match
+        _check_entries(model, target_modules, layer_types)
+    if isinstance(exclude_modules, list):  # a misspelt exclusion would leave that module adapted
+        _check_entries(model, exclude_modules, layer_types, "exclude_modules")
     if not found:
         linears = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
         sample = ", ".join(linears[:6]) + (" ..." if len(linears) > 6 else "")
         conv1d = [p for p, m in model.named_modules() if type(m).__name__ == "Conv1D"]  # transformers' GPT-2 layer
         why = (f"; its projections ({', '.join(conv1d[:3])}{' ...' if len(conv1d) > 3 else ''}) are transformers "
                "Conv1D layers (GPT-2 style), which adaptome does not wrap (nn.Linear only)") if conv1d else ""
+        other = _non_linear_matches(model, spec, layer_types) if spec != "all-linear" else ""
         raise TargetError(
             f"target_modules {target_modules!r} matched no linear module in {type(model).__name__} "
-            f"(linear modules: {sample or 'none'}){why}"
+            f"(linear modules: {sample or 'none'}){why}{other}"
         )
     return found
+
+
+def _non_linear_matches(model: nn.Module, spec: list[str] | str, layer_types: tuple[type, ...]) -> str:
+    """'; it matches <path> (<type>) ...' for modules the spec names that are not of ``layer_types``."""
+    hits = [f"{p} ({type(m).__name__})" for p, m in model.named_modules()
+            if p and not isinstance(m, layer_types) and matches(p, spec)]
+    if not hits:
+        return ""
+    return (f"; it matches {', '.join(hits[:3])}{' ...' if len(hits) > 3 else ''}, which adaptome does not "
+            "wrap (nn.Linear only)")
+
+
+def _check_entries(model: nn.Module, entries: list[str], layer_types: tuple[type, ...],
+                   option: str = "target_modules") -> None:
+    """Refuse a ``target_modules`` (or ``exclude_modules``) list with an entry that matches no module of
+    ``layer_types``: a misspelt name or an embedding would otherwise be dropped silently."""
+    paths = [p for p, m in model.named_modules() if p and isinstance(m, layer_types)]
+    if not paths:
+        return
+    for entry in entries:
+        if any(_pattern_matches(p, entry) for p in paths):
+            continue
+        other = _non_linear_matches(model, [entry], layer_types)
+        what = f"matched no linear module{other}" if other else "matched no module"
+        raise TargetError(f"{option} entry {entry!r} {what} (the list was {entries!r}; linear modules "
+                          f"are named like {paths[0]}); remove or correct it")
+
+
+
+def refuse_tied(model: nn.Module, paths: list[str], why: str) -> None:
+    """A ``TargetError`` when the weight of a module at one of ``paths`` is shared with another module (a
+    tied LM head and input embedding); ``why`` says what would go wrong (``{other}``: the other module)."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name.rpartition(".")[0])
+    for path in paths:
+        mod = model.get_submodule(path)
+        weight = getattr(getattr(mod, "base_layer", mod), "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            continue
+        others = [o for o in owners.get(id(weight), []) if o not in (path, f"{path}.base_layer")]
+        if others:
+            raise TargetError(
+                f"target {path}: its weight is tied to {others[0]} (tied embeddings): "
+                f"{why.format(other=others[0])}. Leave it out of the targets, or load the model with its weights "
+                "untied (tie_word_embeddings: false)"
+            )

@@ -167,6 +167,8 @@ class DSFormer:
     Config = DSFormerConfig
     budget_field = "keep_fraction"
     budget_help = "fraction of each matrix's parameters kept (D plus non-zeros of S), e.g. 0.5"
+    #: options that replace the budget when set (``--budget`` beside them is refused, not ignored)
+    overrides_budget: tuple[str, ...] = ()
 
     @staticmethod
     def compress(model: nn.Module, targets: list[str], cfg: DSFormerConfig, calib=None) -> list[dict]:

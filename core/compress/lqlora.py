@@ -221,6 +221,8 @@ class LQLoRA:
     Config = LQLoRAConfig
     budget_field = "bits_budget"
     budget_help = "average bits per parameter of the quantised part, e.g. 3"
+    #: options that replace the budget when set (``--budget`` beside them is refused, not ignored)
+    overrides_budget: tuple[str, ...] = ()
 
     @staticmethod
     def compress(model: nn.Module, targets: list[str], cfg: LQLoRAConfig, calib=None) -> list[dict]:

@@ -72,6 +72,8 @@ class LowRankTransformer:
     Config = LRTConfig
     budget_field = "keep_fraction"
     budget_help = "fraction of each layer's parameters kept, e.g. 0.5"
+    #: options that replace the budget when set (``--budget`` beside them is refused, not ignored)
+    overrides_budget: tuple[str, ...] = ("rank",)
 
     @staticmethod
     def compress(model: nn.Module, targets: list[str], cfg: LRTConfig, calib=None) -> list[dict]:
@@ -84,6 +86,8 @@ class LowRankTransformer:
             o, i = w.shape
             r_star = (o * i) // (o + i)
             r = cfg.rank if cfg.rank is not None else int(cfg.keep_fraction * o * i / (o + i))
+            if cfg.rank is not None and r < 1:
+                raise CompressError(f"rank must be >= 1, got {cfg.rank}")
             if r < 1:
                 raise CompressError(f"--budget (keep_fraction) {cfg.keep_fraction} gives rank 0 for {path} "
                                     f"({o}x{i}); raise it")

@@ -4,7 +4,8 @@
 held-out perplexity on ``eval_text`` (causal LMs: packed blocks; masked LMs: 15 % masks drawn from a
 fixed seed, the same masks before and after), resolves the target linears with the adapters'
 presets (``all-linear``, ``attention``, ``mlp``, ``attention+mlp`` per architecture, or names / a
-regex), compresses them with the registered method, optionally fine-tunes what the method trains
+regex; a target whose weight is tied to another module, such as a tied LM head, is refused), compresses
+them with the registered method, optionally fine-tunes what the method trains
 (``mark_trainable``) through ``adaptome.core.train.loop.fit`` on ``train_text``, measures again and
 writes the model (``io.write_compressed``) with ``report.json`` / ``report.md`` into ``out``
 atomically (a failed run leaves an existing ``out`` untouched).
@@ -64,10 +65,20 @@ def perplexity(model: nn.Module, examples: list[dict], collate, kind: str, seed:
 
 
 def method_config(method_cls, budget: float | None, options: list[str]):
-    """The method's config from ``--set key=value`` options plus ``--budget`` (strictly checked)."""
+    """The method's config from ``--set key=value`` options plus ``--budget`` (strictly checked). A budget
+    given twice, or beside an option that replaces it (WeLore's ``threshold``, LRT's ``rank``), is an error
+    rather than one of them being ignored."""
     from adaptome.core.config import load_config
 
     overrides = list(options)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    field = method_cls.budget_field
+    if budget is not None and field in given:
+        raise CompressError(f"--budget and --set {field}=... both set the budget; give one of them")
+    replacing = [k for k in method_cls.overrides_budget if k in given]
+    if replacing and (budget is not None or field in given):
+        raise CompressError(f"--set {replacing[0]}=... replaces the budget, so --budget ({field}) would be ignored; "
+                            "give one of them")
     if budget is not None:
         overrides.append(f"{method_cls.budget_field}={budget!r}")
     return load_config(method_cls.Config, None, overrides)
@@ -91,7 +102,7 @@ def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: f
     """Compress ``model_path`` with ``method`` into ``out``; returns the report dict."""
     import transformers
 
-    from adaptome.core.adapters.targets import resolve_targets
+    from adaptome.core.adapters.targets import refuse_tied, resolve_targets
     from adaptome.core.atomic import atomic_dir
     from adaptome.core.compress import COMPRESSORS
     from adaptome.core.compress.io import write_compressed
@@ -133,6 +144,8 @@ def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: f
     if eval_set:
         report["perplexity_before"] = perplexity(model, eval_set, collate, kind, seed)
     paths = resolve_targets(model, targets)
+    refuse_tied(model, paths, "compressing it would keep {other} dense beside the compressed copy, so the model "
+                "would grow while the report counted it as saved")
     calib = None
     if train_set:
         calib = {"batches": [collate([ex]) for ex in train_set], "loss_fn": default_loss}

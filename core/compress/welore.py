@@ -107,6 +107,8 @@ class WeLore:
     Config = WeLoreConfig
     budget_field = "keep_fraction"
     budget_help = "fraction of the target matrices' parameters kept, e.g. 0.5"
+    #: options that replace the budget when set (``--budget`` beside them is refused, not ignored)
+    overrides_budget: tuple[str, ...] = ("threshold",)
 
     @staticmethod
     def compress(model: nn.Module, targets: list[str], cfg: WeLoreConfig, calib=None) -> list[dict]:

@@ -53,6 +53,7 @@ SVD, per-layer learning-rate schedules.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Literal
 
@@ -73,7 +74,8 @@ class GaLoreConfig:
     """Options of the ``galore`` optimizer (defaults: transformers 5.24 ``optim_args`` / the C4 scripts).
 
     Args:
-      rank: projection rank R (clipped to min(M, N) per matrix).
+      rank: projection rank R (clipped to min(M, N) per matrix; a warning names how many matrices are then
+        projected at full rank, where the state is not smaller than AdamW's).
       update_proj_gap: steps between projector refreshes (the SVD of the current gradient).
       scale: alpha multiplying the back-projected update.
       proj_type: ``std`` (right if M >= N else left, as the official code), ``left`` or ``right``.
@@ -336,6 +338,12 @@ def galore_optimizer(model: nn.Module, cfg: GaLoreConfig, lr: float, weight_deca
     targets, others = galore_param_groups(model, cfg)
     if not targets:
         raise GaLoreError(f"galore target_modules {cfg.target_modules!r} matched no trainable nn.Linear weight")
+    full = [w for w in targets if cfg.rank >= min(w.shape)]
+    if full:  # the projection is then a rotation: no memory saved, and the projector comes on top
+        warnings.warn(f"galore rank {cfg.rank} is >= min(out, in) of {len(full)} of the {len(targets)} projected "
+                      f"weights (e.g. {tuple(full[0].shape)}): their gradients are projected at full rank, so "
+                      "their optimizer state is not smaller than AdamW's (it adds the projector); set "
+                      "optimizer.options.rank below the smaller dimension", UserWarning, stacklevel=2)
     groups = [{"params": targets, "galore": True}]
     rest = {id(p) for p in others}
     for g in method_groups or [{"params": others}]:

@@ -1,0 +1,42 @@
+"""``adaptome compress`` on a model with a tied LM head: a target pattern that reaches ``lm_head`` used to
+compress it, keep the tied embedding dense beside it, and report the head's parameters as saved while the
+written model had grown. It is refused naming the tie; the untied targets of the same model compress."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from typer.testing import CliRunner
+
+from adaptome.core import cli, text
+
+runner = CliRunner()
+
+
+def _tied(tmp_path):
+    tok = text.char_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tied")
+    tok.save_pretrained(tmp_path / "tied")
+    return tmp_path / "tied"
+
+
+def test_a_tied_head_is_refused_and_nothing_is_written(tmp_path):
+    res = runner.invoke(cli.app, ["compress", "--method", "lrt", "--model", str(_tied(tmp_path)), "--budget", "0.5",
+                                  "--targets", ".*(lm_head|q_proj)", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    assert "lm_head" in res.output and "model.embed_tokens" in res.output and "tied" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_untied_targets_of_a_tied_model_compress(tmp_path):
+    out = tmp_path / "out"
+    res = runner.invoke(cli.app, ["compress", "--method", "lrt", "--model", str(_tied(tmp_path)), "--budget", "0.5",
+                                  "--targets", ".*q_proj", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "report.json").read_text())["totals"]["matrices"] == 1
