@@ -65,7 +65,7 @@ def _report(summary) -> None:
     for sid, why in summary.redone.items():
         typer.echo(f"  redone {sid}: {why}")
     for sid in summary.removed:
-        typer.echo(f"  removed {sid}: made with other parameters (--overwrite)")
+        typer.echo(f"  removed {sid}: made with other parameters or model files (--overwrite)")
     for sid, why in summary.skipped.items():
         typer.secho(f"  skipped {sid}: {why}", fg=typer.colors.YELLOW)
     for sid, msg in summary.failed.items():

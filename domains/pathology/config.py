@@ -186,7 +186,8 @@ class MILTrainConfig:
         out_dir: parent folder of the ``mil_<aggregation>_<group_by>_k<k>`` run folder (default:
             ``features_dir``).
         k: cross-validation folds.
-        group_by: slides sharing this column fall in one fold: ``case_id`` (patient) or ``site``.
+        group_by: slides sharing this column fall in one fold: ``case_id`` (patient) or ``site`` (a case
+            whose slides carry two sites is refused: its slides would be split over folds).
         aggregation: tile scores to a slide score: ``mean``, gated ``attention`` (softmax weights) or
             ``ratio`` (default: sum_i w_i s_i / sum_i w_i with a learned stroma amount w_i >= 0, the form
             of the sTIL label; ``mil.py``; see ``benchmarks/pathology/results_hard_cohort.md``).
@@ -252,6 +253,8 @@ class ScoreConfig:
             it never scores tissue of a kind it was not trained on; allowed for any model (e.g. the tumour bed).
         roi_classes: on the fly: the ROI classes that bound the region (default: the ones the model's tiles
             were restricted by).
+        allow_upsample: on the fly: score a slide scanned coarser than the resolution the model's tiles were
+            made at (its pixels enlarged); off: such a slide fails naming both resolutions, as ``tile`` does.
         batch_size: tiles per forward pass (on the fly).
         num_workers: tile-reading worker processes (on the fly).
         device: torch device.
@@ -270,6 +273,7 @@ class ScoreConfig:
     mpp_csv: Optional[str] = None
     roi_dir: Optional[str] = None
     roi_classes: Optional[list] = None
+    allow_upsample: bool = False
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"
@@ -279,7 +283,7 @@ class ScoreConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:  # options that would be ignored: say so instead
-        for name in ("roi_dir", "mpp_csv", "encoder_weights") if self.features_dir else ():
+        for name in ("roi_dir", "mpp_csv", "encoder_weights", "allow_upsample") if self.features_dir else ():
             if getattr(self, name):
                 raise ValueError(f"{name} {getattr(self, name)}: used only when scoring on the fly; stored "
                                  "features (--features-dir) keep the tiles and encoder they were extracted "

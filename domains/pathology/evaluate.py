@@ -11,7 +11,8 @@ out-of-fold predictions. Outputs: ``metrics.json``, ``report.md``, ``scatter.png
 Beside the MIL result, always: the simple baselines of ``baselines.py`` (constant, dark-pixel
 fraction, mean baseline-encoder features + ridge) on the MIL run's own folds, found through the
 ``config.yaml`` files the stages write (``mil_*/config.yaml`` -> features folder ->
-``tiles_dir``); when they cannot be computed the report says why. With a label CSV holding
+``tiles_dir``); when they cannot be computed the report says why, also when the run's tiles or features
+were made again after the run (the baselines would then read other tiles than the MIL's). With a label CSV holding
 ``site`` the MAE per site is reported too.
 
 Not covered: calibration curves, confidence intervals by bootstrap, survival analysis.
@@ -79,6 +80,36 @@ def find_run_inputs(pred_csv: str | os.PathLike) -> tuple[Path | None, Path | No
     return (Path(tiles) if tiles else None), labels, "" if tiles else f"{fdir / 'config.yaml'} names no tiles_dir"
 
 
+def stale_run_inputs(pred_csv: str | os.PathLike, tiles_dir: Path, slide_ids: list[str]) -> str:
+    """Why the tiles in ``tiles_dir`` (the run's own) are not the ones the MIL run's predictions come from:
+    a feature file made again after the run trained (its ``made_by.json`` records each one's size and time),
+    or a tiles file made again after its features were extracted (``made_by/<slide>.json`` of the features
+    folder); ``""`` when they are, or when the records are missing (older runs are not checked)."""
+    from adaptome.core.config import read_yaml
+    from adaptome.domains.pathology.made_by import file_stamp, read_record, record_path
+
+    run = Path(pred_csv).parent
+    if not (run / "config.yaml").is_file():
+        return ""
+    fdir = Path(read_yaml(run / "config.yaml").get("features_dir") or "")
+    trained_on = (((read_record(run / "made_by.json") or {}).get("inputs") or {}).get("features")) or {}
+    for sid in slide_ids:
+        feat, tiles = fdir / f"{sid}.h5", tiles_dir / f"{sid}.h5"
+        if sid in trained_on and feat.is_file():
+            st = file_stamp(feat)
+            if f"{st['size']} bytes, mtime {st['mtime_ns']}" != trained_on[sid]:
+                return (f"the features of {sid} ({feat}) were made again after this run trained; re-run train "
+                        f"(it retrains on them), then evaluate")
+        made = ((read_record(record_path(fdir, sid)) or {}).get("inputs") or {}).get("tiles")
+        if isinstance(made, dict) and tiles.is_file():
+            st = file_stamp(tiles)
+            if (made.get("size"), made.get("mtime_ns")) != (st["size"], st["mtime_ns"]):
+                return (f"the tiles of {sid} ({tiles}) were made again after the run's features were extracted "
+                        f"from them, so the baselines would read other tiles than the MIL's; re-run extract and "
+                        f"train, then evaluate")
+    return ""
+
+
 def _fold_summary(rows: list[dict], cutoff: float) -> tuple[dict, dict, dict]:
     folds = sorted({r["fold"] for r in rows})
     per_fold = {}
@@ -120,10 +151,14 @@ def evaluate_predictions(pred_csv: str | os.PathLike, out_dir: str | os.PathLike
     run_tiles, run_labels, why = find_run_inputs(pred_csv)
     tiles_dir = Path(tiles_dir) if tiles_dir else run_tiles
     labels = Path(labels) if labels else run_labels
+    own_tiles = tiles_dir is not None and run_tiles is not None and tiles_dir.resolve() == run_tiles.resolve()
+    stale = stale_run_inputs(pred_csv, tiles_dir, [r["slide_id"] for r in rows]) if baselines and own_tiles else ""
     if not baselines:
         result["baselines_note"] = "not computed (turned off)"
     elif tiles_dir is None:
         result["baselines_note"] = f"not computed: {why}; pass the tiles folder"
+    elif stale:
+        result["baselines_note"] = f"not computed: {stale}"
     else:
         base = grouped_baselines(rows, slide_summaries(tiles_dir, [r["slide_id"] for r in rows]))
         for name, brows in base.items():

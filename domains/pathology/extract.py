@@ -30,7 +30,8 @@ from adaptome.domains.pathology.tiling import TileReader
 
 #: tiling attributes copied into every feature file (they let a model re-create its inputs)
 FEATURE_ATTRS = ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap", "min_tissue",
-                 "thumb_size", "stain_norm", "artefacts", "width", "height", "slide_bytes", "roi", "roi_classes")
+                 "thumb_size", "stain_norm", "artefacts", "blur", "close", "min_area_frac", "width", "height",
+                 "slide_bytes", "roi", "roi_classes")
 
 
 class TileDataset(torch.utils.data.Dataset):

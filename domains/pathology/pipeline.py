@@ -87,7 +87,7 @@ class StageSummary:
         lines += [f"- failed: {len(self.failed)}"]
         lines += [f"  - `{k}`: {v}" for k, v in self.failed.items()]
         if self.removed:
-            lines += [f"- removed (made with other parameters): {', '.join(self.removed)}"]
+            lines += [f"- removed (made with other parameters or model files): {', '.join(self.removed)}"]
         write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
 
 
@@ -106,19 +106,23 @@ def begin_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.Pat
                 output_of: Callable[[str], Path], identity: Callable[[str, Path], dict] | None = None,
                 overwrite: bool = False, skipped: dict[str, str] | None = None,
                 on_start: Callable[[], None] | None = None, others: Iterable[str] = (),
-                summary_dir: str | os.PathLike | None = None) -> tuple[StageSummary, list[Job]]:
+                summary_dir: str | os.PathLike | None = None,
+                shared_inputs: tuple[str, ...] = ()) -> tuple[StageSummary, list[Job]]:
     """Decide per slide: reuse, redo or refuse (see the module docstring); then (and only then)
     create the folder, call ``on_start`` (the stage saves its config) and write a ``running``
     summary. ``identity(slide_id, path)`` describes what would make the slide's result; a slide whose
     identity cannot be computed (its file vanished) is left to fail in the work loop. ``others``:
     slides of the same run done by other processes (a launched run's other ranks), never treated
     as results outside the run. ``summary_dir``: where this process's summary goes (``out_dir`` if
-    None)."""
+    None). ``shared_inputs``: keys of the records' ``inputs`` that every slide's result is made from
+    (``score``: the model files); a result of a slide outside the run made from other ones is stale
+    (a ``slides.csv`` would mix two models' scores): refused like other parameters, removed with
+    ``overwrite``."""
     out = Path(out_dir)
     summary = StageSummary(stage, str(out), skipped=dict(skipped or {}),
                            summary_dir=str(summary_dir) if summary_dir is not None and Path(summary_dir) != out
                            else None)
-    jobs, refused, remove = [], [], []
+    jobs, refused, remove, stale = [], [], [], []
     for sid, path in items:
         if sid in summary.skipped:
             continue
@@ -142,9 +146,10 @@ def begin_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.Pat
         jobs.append(job)
     if identity is not None:  # results of slides outside this run must match its parameters too
         in_run = {sid for sid, _ in items} | set(others)
-        params = next((j.record["params"] for j in jobs if j.record), None)
-        if params is None:
-            params = next((r["params"] for s in summary.reused if (r := read_record(record_path(out, s)))), None)
+        src = next((j.record for j in jobs if j.record), None) or next(
+            (r for s in summary.reused if (r := read_record(record_path(out, s)))), None)
+        params = src["params"] if src else None
+        shared = {k: (src.get("inputs") or {}).get(k) for k in shared_inputs} if src and shared_inputs else {}
         for rec in sorted((out / RECORD_DIR).glob("*.json")) if params is not None else []:
             sid = rec.stem
             old = read_record(rec)
@@ -153,6 +158,13 @@ def begin_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.Pat
             verdict = compare(old, {**old, "params": params})
             if verdict.action != "reuse":
                 (remove if overwrite else refused).append(f"{sid}: {verdict.why}" if not overwrite else sid)
+            elif shared and compare(old, {**old, "inputs": {**old.get("inputs", {}), **shared}}).action != "reuse":
+                (remove if overwrite else stale).append(sid)
+    if stale:
+        raise StaleResultError(f"{out}: {len(stale)} slide(s) outside this run (e.g. {', '.join(stale[:3])}) were "
+                               f"made from other {' / '.join(shared_inputs)} than this run's; their results would "
+                               f"stand beside this run's as if made alike: give those slides too, pass --overwrite "
+                               f"to remove them, or write to another folder")
     if refused:
         more = f" (and {len(refused) - 1} more slide(s))" if len(refused) > 1 else ""
         raise StaleResultError(f"{out}: results were made with other parameters ({refused[0]}){more}; pass "
@@ -244,10 +256,11 @@ def run_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.PathL
               output_of: Callable[[str], Path], work: Callable[[str, Path, Path], None],
               skip_errors: bool = False, progress: bool = True, identity: Callable[[str, Path], dict] | None = None,
               overwrite: bool = False, skipped: dict[str, str] | None = None,
-              on_start: Callable[[], None] | None = None) -> StageSummary:
+              on_start: Callable[[], None] | None = None, shared_inputs: tuple[str, ...] = ()) -> StageSummary:
     """Run ``work(slide_id, slide_path, out_file)`` for each slide whose result cannot be reused
     (``begin_stage``); failures as in ``do_job``; the summary is written last."""
-    summary, jobs = begin_stage(stage, items, out_dir, output_of, identity, overwrite, skipped, on_start)
+    summary, jobs = begin_stage(stage, items, out_dir, output_of, identity, overwrite, skipped, on_start,
+                                shared_inputs=shared_inputs)
     with finishing(summary), progress_bar(stage, len(jobs), enabled=progress, transient=True) as bar:
         for job in jobs:
             do_job(summary, job, work, skip_errors)

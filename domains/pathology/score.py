@@ -270,19 +270,35 @@ def score_features(slide_path, feats: np.ndarray, coords: np.ndarray, attrs: dic
     return {"slide_id": sid, "stil_pct": round(res["slide"], 4), "n_tiles": len(coords), "n_models": len(models)}
 
 
+def recipe_seg_params(recipe: dict) -> dict:
+    """The tissue-mask settings a model's tiles were chosen with (its recipe; ``tiling.SEG_DEFAULTS`` for
+    those a recipe of an older version does not hold)."""
+    from adaptome.domains.pathology.tiling import SEG_DEFAULTS
+
+    return {k: type(v)(recipe[k]) if recipe.get(k) is not None else v for k, v in SEG_DEFAULTS.items()}
+
+
 def features_on_the_fly(slide_path, recipe: dict, encoder, mpp_overrides: dict | None = None,
                         batch_size: int = 64, num_workers: int = 0, device: str = "cpu", roi=None,
-                        roi_classes=()) -> tuple:
+                        roi_classes=(), allow_upsample: bool = False) -> tuple:
     """Tile and encode one slide in memory with the recipe a model was trained on (``model.json``
-    ``features``: encoder, target_mpp, tile_size, overlap, min_tissue), inside ``roi`` (a GeoJSON file,
-    bounded by ``roi_classes``) when given; returns (feats, coords, attrs)."""
+    ``features``: encoder, target_mpp, tile_size, overlap, min_tissue, the tissue-mask settings), inside
+    ``roi`` (a GeoJSON file, bounded by ``roi_classes``) when given; returns (feats, coords, attrs). A slide
+    scanned coarser than the recipe's resolution is refused before any tile is encoded, as ``tile`` refuses it,
+    unless ``allow_upsample``."""
     from adaptome.domains.pathology.extract import encode_tiles, tile_loader
     from adaptome.domains.pathology.tiling import TileReader, tile_slide
 
     res = tile_slide(slide_path, float(recipe["target_mpp"]), int(recipe["tile_size"]), int(recipe.get("overlap", 0)),
                      float(recipe.get("min_tissue", 0.5)), mpp_overrides, int(recipe.get("thumb_size", 1024)),
-                     roi_geojson=roi, seg_params={"artefacts": bool(recipe.get("artefacts", False))},
+                     roi_geojson=roi, seg_params=recipe_seg_params(recipe),
                      stain_norm=str(recipe.get("stain_norm", "none")), roi_classes=list(roi_classes or ()))
+    if not allow_upsample:
+        from adaptome.domains.pathology.tiling import check_upsample
+
+        check_upsample(slide_path, float(res["attrs"]["mpp"]), float(recipe["target_mpp"]),
+                       "the model was trained on tiles at that resolution; score slides scanned at least that "
+                       "fine, or pass --set allow_upsample=true")
     loader = tile_loader(TileReader(slide_path, res["geometry"]), res["coords"], batch_size, num_workers)
     return encode_tiles(encoder, loader, device), res["coords"], {**res["attrs"], "encoder": encoder.name}
 

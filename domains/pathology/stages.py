@@ -37,9 +37,7 @@ from adaptome.domains.pathology.pipeline import (
     user_failure,
 )
 from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
-
-#: a target resolution finer than this share of a slide's own is refused (``TileConfig.allow_upsample``)
-UPSAMPLE_SLACK = 0.9
+from adaptome.domains.pathology.tiling import check_upsample
 
 
 def _roi_file(roi_dir: str | None, sid: str) -> Path | None:
@@ -123,10 +121,8 @@ def tile(cfg, progress: bool = True) -> StageSummary:
                          {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
                           "artefacts": cfg.artefacts}, cfg.stain_norm, cfg.roi_classes)
         mpp0 = float(res["attrs"]["mpp"])
-        if not cfg.allow_upsample and tmpp < UPSAMPLE_SLACK * mpp0:
-            raise PathologyError(f"{path}: scanned at {mpp0:.4g} um/px (about {10 / mpp0:.0f}x), coarser than the "
-                                 f"target {tmpp:.4g} um/px: its tiles would be enlarged {mpp0 / tmpp:.2g}x; tile at "
-                                 f"--mpp {mpp0:.4g} or coarser, or pass --set allow_upsample=true")
+        if not cfg.allow_upsample:
+            check_upsample(path, mpp0, tmpp, f"tile at --mpp {mpp0:.4g} or coarser, or pass --set allow_upsample=true")
         if len(res["coords"]) == 0:  # an empty bag fails later in train / score; say why here
             raise PathologyError(f"{path}: no tiles: {why_no_tiles(res['attrs'])}")
         write_coords(target, res["coords"], res["tissue"], {**res["attrs"], "slide_path": str(Path(path).resolve())})
@@ -301,6 +297,8 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
               "heatmaps": cfg.heatmaps, "thumb_size": cfg.thumb_size}
     if cfg.roi_dir:  # recorded only when set: results made before the option stay valid
         params["roi_classes"] = sorted(roi_classes)
+    if cfg.allow_upsample:
+        params["allow_upsample"] = True
 
     def made_by(sid: str, path: Path) -> dict:
         feat = fdir / f"{sid}.h5" if fdir else None
@@ -315,7 +313,7 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
         if fdir is None:
             feats, coords, attrs = features_on_the_fly(path, recipe, encoder, overrides, cfg.batch_size,
                                                        cfg.num_workers, cfg.device, _roi_file(cfg.roi_dir, sid),
-                                                       roi_classes)
+                                                       roi_classes, cfg.allow_upsample)
             rows.append(score_features(path, feats, coords, attrs, models, out, cfg.heatmaps, cfg.thumb_size))
             return
         feat = fdir / f"{sid}.h5"
@@ -324,11 +322,18 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
         rows.append(score_slide(path, feat, models, out, cfg.heatmaps, cfg.thumb_size, recipe))
 
     try:
+        # scores of slides outside this run made by other model files (retrained since) are refused, or with
+        # overwrite removed: slides.csv would otherwise list two models' scores side by side
         summary = run_stage("score", _items(cfg.slides), out, lambda sid: out / "tiles" / f"{sid}.csv", work,
-                            cfg.skip_errors, progress, made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))
+                            cfg.skip_errors, progress, made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out),
+                            shared_inputs=("models",))
     except SlideError:  # stopped at a failed slide: keep the slides scored so far, drop the failed one's old row
         write_slide_csv(rows, out / "slides.csv")
         raise
+    for sid in summary.removed:  # the rest of a removed slide's outputs (its tiles CSV and record are gone)
+        for p in (out / "tiles" / f"{sid}.geojson", out / "heatmaps" / f"{sid}_score.png",
+                  out / "heatmaps" / f"{sid}_attention.png"):
+            p.unlink(missing_ok=True)
     write_slide_csv(rows, out / "slides.csv", drop=summary.removed)
     return summary, out / "slides.csv"
 

@@ -34,6 +34,24 @@ from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
 from adaptome.domains.pathology.slide import SlideError, best_level, open_slide, slide_mpp
 
+#: a target resolution finer than this share of a slide's own is refused (``TileConfig.allow_upsample``; 10 %
+#: slack for scanners' nominal resolutions, e.g. 0.263 um/px at 40x)
+UPSAMPLE_SLACK = 0.9
+
+
+def check_upsample(path: str | os.PathLike, mpp0: float, target_mpp: float, fix: str) -> None:
+    """Refuse, naming the slide and both resolutions, a slide scanned coarser than the target (its tiles would be
+    its pixels enlarged, not the field of view a finer scan gives); ``fix`` says what to pass instead."""
+    if target_mpp < UPSAMPLE_SLACK * mpp0:
+        raise PathologyError(f"{path}: scanned at {mpp0:.4g} um/px (about {10 / mpp0:.0f}x), coarser than the "
+                             f"target {target_mpp:.4g} um/px: its tiles would be enlarged {mpp0 / target_mpp:.2g}x; "
+                             f"{fix}")
+
+
+#: the tissue-mask settings ``tile_slide`` uses when not given (``segment.tissue_mask``'s defaults); the ones in
+#: force are recorded with the tiles, so that a model's recipe holds them
+SEG_DEFAULTS = {"blur": 5, "close": 2, "min_area_frac": 0.001, "artefacts": False}
+
 
 def stage_tag(magnification: float | None, mpp: float | None, tile_size: int, overlap: int) -> str:
     """The tiling stage folder name, e.g. ``tiles_20x_256px_0ov`` or ``tiles_0.5mpp_256px_0ov``."""
@@ -146,7 +164,8 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
                seg_params: dict | None = None, stain_norm: str = "none", roi_classes: list[str] | None = None) -> dict:
     """Tile one slide: returns ``coords`` (N x 2 level-0), ``tissue`` (N coverage) and ``attrs``
     (mpp, target mpp, tile size, level-0 size, read level, slide dimensions, and with ``stain_norm``
-    ``macenko`` the slide's stain estimate from up to 32 of its tiles, ``stain_norm.py``)."""
+    ``macenko`` the slide's stain estimate from up to 32 of its tiles, ``stain_norm.py``, and the tissue-mask
+    settings ``seg_params`` over ``SEG_DEFAULTS``: blur, close, min_area_frac, artefacts)."""
     from adaptome.domains.pathology.segment import load_roi_mask, tissue_mask
     from adaptome.domains.pathology.slide import thumbnail
 
@@ -156,7 +175,8 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
         geom = geometry(slide.level_downsamples, mpp0, target_mpp, tile_size, overlap)
         coords = grid(slide.dimensions, geom)
         thumb, scale = thumbnail(slide, thumb_size)
-        mask = tissue_mask(np.asarray(thumb), **(seg_params or {}))
+        seg = {**SEG_DEFAULTS, **(seg_params or {})}  # recorded below: scoring on the fly re-creates this mask
+        mask = tissue_mask(np.asarray(thumb), **seg)
         if roi_geojson is not None:
             if not Path(roi_geojson).is_file():
                 raise PathologyError(f"{roi_geojson}: ROI GeoJSON for slide {Path(path).stem} not found")
@@ -169,7 +189,8 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "read_level": geom.level,
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
             "height": slide.dimensions[1], "stain_norm": stain_norm,
-            "artefacts": bool((seg_params or {}).get("artefacts", False)),
+            "artefacts": bool(seg["artefacts"]), "blur": int(seg["blur"]), "close": int(seg["close"]),
+            "min_area_frac": float(seg["min_area_frac"]),
             "slide_bytes": os.path.getsize(path),  # with width / height: tells this slide from another of its name
             # tiles restricted to a region of interest (and the ROI classes that bound it, JSON): a model trained on
             # them scores only such tiles (``score`` on the fly needs the ROIs too)

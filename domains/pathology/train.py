@@ -198,7 +198,9 @@ def load_model(model_dir: str | os.PathLike) -> MILRegressor:
 def check_groups(rows: list[dict], k: int, group_by: str, source: str | os.PathLike = "labels") -> None:
     """Refuse folds that cannot be what ``group_by`` says: an unknown column, slides without a ``site``
     under ``group_by`` site (they would each fall back to a group of their own case, so the
-    centre-level CV would silently be a patient-level one), fewer groups than ``k``."""
+    centre-level CV would silently be a patient-level one), a case whose slides carry several ``site`` values
+    under ``group_by`` site (its slides would fall in different folds: the patient in training and in test),
+    fewer groups than ``k``."""
     if group_by not in ("case_id", "site"):
         raise PathologyError(f"group_by must be 'case_id' or 'site', got {group_by!r}")
     no_site = [r["slide_id"] for r in rows if not r[group_by]]
@@ -206,6 +208,18 @@ def check_groups(rows: list[dict], k: int, group_by: str, source: str | os.PathL
         raise PathologyError(f"{source}: {len(no_site)} of {len(rows)} labelled slides have no {group_by} "
                              f"(e.g. {no_site[:3]}); fill the label CSV's {group_by} column or choose another "
                              f"--group-by")
+    if group_by != "case_id":
+        groups_of: dict[str, dict[str, str]] = {}
+        for r in rows:
+            groups_of.setdefault(r["case_id"], {}).setdefault(r[group_by], r["slide_id"])
+        split = {c: g for c, g in groups_of.items() if len(g) > 1}
+        if split:
+            case, g = next(iter(split.items()))
+            where = ", ".join(f"{sid} at {v!r}" for v, sid in g.items())
+            raise PathologyError(f"{source}: {len(split)} case(s) have slides under several {group_by} values, e.g. "
+                                 f"case {case!r} ({where}); --group-by {group_by} would put them in different folds, "
+                                 f"the patient in training and in test; give each case one {group_by}, or "
+                                 f"--group-by case_id")
     n = len({r[group_by] for r in rows})
     if n < k:
         raise PathologyError(f"{source}: {k}-fold CV needs at least {k} distinct {group_by} values, found {n}")
@@ -254,7 +268,7 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
     _, _, fattrs = read_features(Path(features_dir) / f"{rows[0]['slide_id']}.h5")
     recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
               if k in ("encoder", "target_mpp", "tile_size", "overlap", "min_tissue", "thumb_size", "stain_norm",
-                       "artefacts", "encoder_weights", "roi", "roi_classes")}
+                       "artefacts", "blur", "close", "min_area_frac", "encoder_weights", "roi", "roi_classes")}
     if "encoder_options" in fattrs:  # the encoder's options in force at extraction (score re-creates them)
         recipe["encoder_options"] = json.loads(str(fattrs["encoder_options"]))
     out = Path(out_dir)

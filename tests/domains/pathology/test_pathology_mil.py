@@ -190,6 +190,7 @@ def test_score_on_the_fly_equals_stored_features(trained, heldout, tmp_path):
     meta = json.loads((Path(trained["real"]["out_dir"]) / "fold_0" / "model.json").read_text())
     assert meta["features"] == {"encoder": "baseline", "target_mpp": 0.5, "tile_size": 64, "overlap": 0,
                                 "min_tissue": 0.5, "thumb_size": 256, "stain_norm": "none", "artefacts": False,
+                                "blur": 5, "close": 2, "min_area_frac": 0.001,  # the tissue-mask settings
                                 "encoder_options": {"lymph": True, "lymph_radius": 3.0, "stroma_cut": "slide",
                                                     "centre": "scale"},
                                 "encoder_weights": "none", "roi": False, "roi_classes": "[]"}
