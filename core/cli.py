@@ -192,7 +192,8 @@ def train_cmd(
 ) -> None:
     """Train an adapter on a causal-LM or masked-LM task from plain-text or JSONL files.
 
-    Runs as one process or under torchrun (every process joins the group; only the main one writes).
+    Runs as one process or under torchrun (every process joins the group; only the main one writes;
+    train.batch_size is per process): torchrun --nproc_per_node 2 -m adaptome.core.cli train --config run.yaml.
     A folder holding checkpoints of the same configuration is resumed; of another one, refused.
 
     Example: adaptome train --config run.yaml --set train.max_steps=200

@@ -17,7 +17,9 @@ process writes outputs. A folder with checkpoints is resumed only when the run's
 weights, the training options but those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is
 written once that check has passed, so a refused run changes no file. ``summary.json`` reports the
 whole run (its losses come from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``,
-with the held-out perplexity of the base model and of a unigram model beside the adapter's. Temporary files a
+with the held-out perplexity of the base model and of a unigram model beside the adapter's, and the share of
+eval examples that are verbatim training examples (``eval_overlap_with_train``; a warning from 10 %: an eval
+file that repeats the training text gives no held-out perplexity). Temporary files a
 killed run left in the folder are removed. A data file that is not UTF-8 is refused naming its file
 and line before anything is read or written; so is one whose tokens are more than 5 % ``<unk>``
 (``MAX_UNK_SHARE``: the built-in character tokenizer reads printable ASCII only), and ``train.eval_every``
@@ -202,7 +204,8 @@ def _check_unk(path: str, ids: list[list[int]], tok) -> None:
 
 def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field: str = "text") -> list[dict]:
     """Tokenized examples: packed blocks for causal LMs, one truncated example each for masked LMs. A file
-    whose tokens are more than ``MAX_UNK_SHARE`` unknown to the tokenizer is refused, naming it."""
+    whose tokens are more than ``MAX_UNK_SHARE`` unknown to the tokenizer is refused, naming it; so are files
+    that hold fewer tokens than one causal block, naming them and ``data.block_size``."""
     import torch
 
     from adaptome.core import text
@@ -215,10 +218,36 @@ def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field
         texts += per_file
         ids += per_ids
     if kind == "causal":
-        blocks = text.pack_blocks(ids, block_size, tok.eos_token_id)
+        try:
+            blocks = text.pack_blocks(ids, block_size, tok.eos_token_id)
+        except text.InputError as e:  # name the files and the option: train or eval data, and what to change
+            raise text.InputError(f"{', '.join(map(str, files))}: {e} (data.block_size); add text or lower "
+                                  "data.block_size") from None
         return [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
     enc = [tok(t, truncation=True, max_length=block_size)["input_ids"] for t in texts]
     return [{"input_ids": torch.tensor(e)} for e in enc]
+
+
+#: an eval set whose examples are this share or more verbatim training examples is reported as not held out
+MAX_EVAL_OVERLAP = 0.1
+
+
+def eval_overlap(train_files: list[str], eval_files: list[str], text_field: str = "text") -> float:
+    """The share of eval examples (lines, or JSONL texts) that are also training examples, verbatim: the
+    summary's ``eval/perplexity`` is held out only when this is near 0 (an eval file that is a training
+    file, or a copy of one, gives 1.0). A warning names the files at ``MAX_EVAL_OVERLAP`` or more."""
+    from adaptome.core import text
+
+    if not eval_files:
+        return 0.0
+    seen = {t for f in train_files for t in text.read_texts(f, text_field)}
+    evals = [t for f in eval_files for t in text.read_texts(f, text_field)]
+    share = sum(t in seen for t in evals) / len(evals)
+    if share >= MAX_EVAL_OVERLAP:
+        log.warning(f"{', '.join(map(str, eval_files))}: {share:.0%} of the eval examples are also in "
+                    f"data.train_files, so eval/perplexity is not a held-out perplexity; give eval files "
+                    "with other text")
+    return share
 
 
 def _collator(tok, kind: str, mlm_probability: float):
@@ -406,6 +435,8 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
                               cfg.data.text_field) if cfg.data.eval_files else []
+    overlap = eval_overlap(cfg.data.train_files, cfg.data.eval_files, cfg.data.text_field) \
+        if acc.is_main_process else 0.0
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
     # an adapter, or a method that replaces the layers and trains the whole model (sltrain)
     model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options, source,
@@ -421,7 +452,9 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     summary = None
     if acc.is_main_process:
         can_merge = _writes_merged(adapter_cfg, from_scratch)
-        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite, baselines.values)
+        summary = _write_outputs(cfg, res, tok, report, acc.num_processes, can_merge, overwrite,
+                                 {**baselines.values, **({"eval_overlap_with_train": round(overlap, 4)}
+                                                         if eval_set else {})})
     acc.wait_for_everyone()
     acc.end_training()
     return json.dumps(summary, indent=2) if summary is not None else ""

@@ -46,6 +46,7 @@ from adaptome.core.train.identity import describe_changes
 
 STATE_FILE = "trainer_state.json"
 FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "rng_numpy.json", "hooks.pt")
+_POSITION_KEYS = ("step", "epoch", "micro_batch")  # trainer_state.json's data position, read on resume
 _STEP_RE = re.compile(r"^step-(\d+)$")
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,9 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         trainer_state = json.loads(state_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptCheckpoint(f"{state_file}: unreadable ({e})") from None
+    bad = [k for k in _POSITION_KEYS if not isinstance(trainer_state, dict) or type(trainer_state.get(k)) is not int]
+    if bad:  # JSON, but not a trainer state (edited by hand, or another program's file)
+        raise CorruptCheckpoint(f"{state_file}: not a trainer state ({', '.join(bad)} missing or not an integer)")
     for name in FILES:
         if not (path / name).is_file():
             raise CorruptCheckpoint(f"{path}: incomplete checkpoint, {name} is missing")

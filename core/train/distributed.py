@@ -7,6 +7,9 @@ collective waits at most ``timeout_s``; then ``fit`` raises ``PeerTimeout`` nami
 did not keep up, found from a per-step heartbeat each process leaves in the launcher's key-value
 store.
 
+``mixed_precision="fp16"`` on the CPU is a warning: accelerate then autocasts nothing and the run computes
+in float32 (bf16 autocasts on the CPU).
+
 Not covered: elastic membership changes (a lost peer ends the run; resume it from its checkpoint),
 multi-node rendezvous set-up (whatever the launcher configures is used as is). With NCCL the
 watchdog may end a process itself after the timeout (with its own message naming the collective)
@@ -15,6 +18,7 @@ before Python sees an error; the gloo path (CPU) is the tested one.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 
@@ -23,6 +27,7 @@ import torch
 from adaptome.core.errors import AdaptomeError
 
 _BEAT = "adaptome/step/{rank}"
+log = logging.getLogger(__name__)
 
 
 class PeerTimeout(AdaptomeError, RuntimeError):
@@ -44,12 +49,16 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool = False, timeout_s: 
         cpu = True  # accelerate joins a CPU (gloo) group only when asked for the CPU
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
     try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=handlers)
+        acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=handlers)
     except ValueError:
         if PartialState._shared_state and PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=handlers)
+        acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=handlers)
+    if mixed_precision == "fp16" and acc.device.type == "cpu" and acc.is_main_process:
+        log.warning("train.mixed_precision fp16: accelerate has no fp16 autocast on the CPU, so this run computes in "
+                    "float32; use bf16 for mixed precision on the CPU")
+    return acc
 
 
 class Heartbeat:

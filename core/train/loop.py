@@ -14,12 +14,14 @@ run after the methods' hooks:
   ``batch_size`` examples per process; no DDP sync but the last) -> hooks ``before_optimizer_step``
   -> gradient clipping -> optimizer step -> LR scheduler step -> hooks ``after_optimizer_step`` ->
   zero grads;
-* ``_log_evaluate_save``: a metrics line every ``log_every`` steps, ``_evaluate`` every
-  ``eval_every``, ``_checkpoint`` every ``save_every``;
+* ``_log_evaluate_save``: a metrics line every ``log_every`` steps (its ``lr``: the rate that step's
+  update used, before the scheduler moved on), ``_evaluate`` every ``eval_every``, ``_checkpoint``
+  every ``save_every``;
 * ``_finish``: the last evaluation and checkpoint.
 
 W processes with batch B behave like one process with batch W*B (gradients of the mean loss are
-all-reduced by DDP). A resumed run ends with the same weights as an uninterrupted one. Ctrl-C stops
+all-reduced by DDP; with a method's step hooks DDP looks for parameters left out of the loss, as LaMDA's
+B once frozen). A resumed run ends with the same weights as an uninterrupted one. Ctrl-C stops
 at the end of the step with a checkpoint and a one-line ``Interrupted`` saying how to resume; a
 collective that waits longer than ``dist_timeout_s`` is a ``PeerTimeout`` naming the stalled rank.
 
@@ -34,6 +36,7 @@ for adapters), iterable datasets (map-style datasets only), and early stopping.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 import random
@@ -119,6 +122,7 @@ class _Run:
     last_checkpoint: Path | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     running: float = 0.0
+    step_lr: float = 0.0  # the learning rate the last optimizer step used (what metrics record as ``lr``)
     last_logged: int = 0
     t0: float = field(default_factory=time.perf_counter)
 
@@ -215,6 +219,7 @@ def _set_up(model, train_data, cfg: TrainConfig, acc, *, loss_fn, collate_fn, ev
     # a resumed run creates one more iterator than an uninterrupted run does
     loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate_fn,
                                          generator=torch.Generator().manual_seed(cfg.seed))
+    _find_unused_when_methods_change_trainables(acc, methods.hooks)
     wrapped, optimizer = acc.prepare(model, optimizer)
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, accelerator=acc,
                        max_steps=cfg.max_steps)
@@ -244,6 +249,20 @@ def _build_optimizer(model: nn.Module, cfg: TrainConfig, make_optimizer, methods
         raise NothingToTrain("the model has no trainable parameters (did you apply an adapter?)")
     groups = methods.optimizer_groups(model, cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+
+
+def _find_unused_when_methods_change_trainables(acc, method_hooks: list) -> None:
+    """With several processes, let DDP tolerate parameters that stop taking part in the loss: a method's
+    step hook may freeze one mid-run (LaMDA's B once all its columns are frozen: ``requires_grad`` turns
+    off), and DDP built with the default ``find_unused_parameters=False`` then fails the next step with
+    "Expected to have finished reduction". Only runs with method hooks pay for the search; a DDP handler
+    the caller gave the accelerator keeps its other options."""
+    if acc.num_processes == 1 or not method_hooks:
+        return
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    handler = getattr(acc, "ddp_handler", None) or DistributedDataParallelKwargs()
+    acc.ddp_handler = dataclasses.replace(handler, find_unused_parameters=True)
 
 
 def _check_updates_in_backward(optimizer, max_grad_norm, mixed_precision: str) -> bool:
@@ -329,6 +348,7 @@ def _train_step(run: _Run) -> float:
     call_hooks(run.hooks, "before_optimizer_step", state)
     if cfg.max_grad_norm:
         acc.clip_grad_norm_(run.wrapped.parameters(), cfg.max_grad_norm)
+    run.step_lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves to the next one
     run.optimizer.step()
     run.scheduler.step()
     state.step += 1
@@ -357,7 +377,7 @@ def _log_evaluate_save(run: _Run, loss: float) -> None:
     if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
         per_epoch = max(1, run.sampler.batches_per_epoch())
         _record(run, {"step": step, "loss": run.running / max(1, step - run.last_logged),
-                      "lr": run.scheduler.get_last_lr()[0], "epoch": run.state.epoch + run.micro / per_epoch,
+                      "lr": run.step_lr, "epoch": run.state.epoch + run.micro / per_epoch,
                       "elapsed_s": time.perf_counter() - run.t0})
         run.running, run.last_logged = 0.0, step
     if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.max_steps:

@@ -1,10 +1,11 @@
 """JSONL metrics: one JSON object a line in ``<output_dir>/metrics.jsonl``.
 
-Training lines carry ``step``, ``loss``, ``lr`` and ``elapsed_s``; evaluation lines carry ``step``
-and ``eval/<name>`` keys. Each line is appended whole with one ``write`` on a file opened in append
-mode and flushed, so a crash leaves at worst one torn last line. Reading drops a line that does not
-parse, with a warning naming the file and the line. On resume the lines after the resumed step are
-dropped (the file is rewritten atomically), so the file reads as one uninterrupted run.
+Training lines carry ``step``, ``loss``, ``lr`` (the rate that step's update used), ``epoch`` and
+``elapsed_s``; evaluation lines carry ``step`` and ``eval/<name>`` keys. Each line is appended whole
+with one ``write`` on a file opened in append mode and flushed, so a crash leaves at worst one torn
+last line. Reading drops a line that does not parse, with a warning naming the file and the line. On
+resume the lines after the resumed step are dropped (the file is rewritten atomically), so the file
+reads as one uninterrupted run.
 
 Not covered: TensorBoard / W&B trackers (accelerate's trackers can be added beside it).
 """
