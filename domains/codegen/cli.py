@@ -116,7 +116,7 @@ def execute(
     """
     from adaptome.domains.codegen import isolation as iso
     from adaptome.domains.codegen.execute import execute_run
-    from adaptome.domains.codegen.generate import read_completions, shortfall
+    from adaptome.domains.codegen.generate import prompt_mismatches, read_completions, shortfall
 
     with user_errors():
         lim, isol = _limits(timeout, memory_mb, max_procs, cpu_s), iso.detect(isolation)  # bad options first
@@ -125,6 +125,11 @@ def execute(
         unknown = sorted(set(comps) - {p.name for p in probs})
         if unknown:
             fail(f"{completions}: completions for problems not in --problems: {', '.join(unknown[:5])}")
+        if completions.is_dir():
+            other = prompt_mismatches(completions, probs)
+            if other:
+                fail(f"{completions}: {len(other)} problem(s) were generated from another language or prompt than "
+                     f"--problems gives them (e.g. {', '.join(other[:3])}); pass the problems it was generated for")
         short = shortfall(completions, comps)
         if short:
             name, (have, want) = next(iter(short.items()))
@@ -194,6 +199,8 @@ def pass_at_k_cmd(
             write_text_atomic(Path(out) / "mcnemar.json", json.dumps(res, indent=1))
             typer.echo(f"McNemar ({outcome}): {res['problems']} problems, only A {res['only_a']}, only B "
                        f"{res['only_b']}, p = {res['p_value']:.4g}, odds ratio {res['odds_ratio']}")
+        else:  # an earlier comparison's file would sit beside tables of other runs
+            (Path(out) / "mcnemar.json").unlink(missing_ok=True)
 
 
 @app.command()

@@ -25,22 +25,27 @@ and what it found:
   ``setMethod`` on such a function creates a generic in the global environment: masked as above.)
 * Racket: rackunit's own log (``rackunit/log``'s ``test-log``: failed and total checks), which
   counts failures whatever port they are printed to. The tests' checks are counted statically
-  (``(check-...`` forms); fewer logged checks than that means checks were disabled or redefined.
+  (``(check-...`` forms); fewer logged checks than that means checks were disabled or redefined. The
+  check forms the tests use must not be bound by the program's own module or a submodule of it (a
+  ``check-equal?`` macro that logs a passing ``check-true`` keeps the count right), and every name the
+  trailer uses is imported under a per-run prefix, so the program's own ``printf``, ``car`` or
+  ``adaptome-test-log`` cannot forge what it writes.
 
 ``verdict`` turns the file into a status refinement for a run that the language rule grades ``OK``:
-no file (or a wrong nonce) is ``EarlyExit``; a masked function, a logged failure or too few logged
-checks is ``TestsBypassed``.
+no file (or a wrong nonce) is ``EarlyExit``; a masked function, a redefined check, a logged failure or too
+few logged checks is ``TestsBypassed``.
 
 Not covered: a program that reads its own source to learn the nonce and forges the file, one that
-rebinds R's ``base`` namespace itself, ``::`` or the language's special forms, or that mutates
-rackunit's module state; in R, methods of the functions and operators the tests reach only
-indirectly (``Ops.<class>``, ``length.<class>`` for a result of the program's own class inside
-``all.equal``), S4 methods on primitives, an S3 method registered with a namespace as its
-environment, and a masking function or method the program removes again before the tests end; in
-tests that signal failure with ``(exit 1)`` instead of rackunit (none of MultiPL-E's), a Racket
-program replacing ``exit-handler``; tests whose checks sit in loops or in ``test-case`` forms are
-counted only as "at least one check ran". A right program that defines an S3 method of a generic
-the tests call (``c.myclass`` when the tests call ``c``) is ``TestsBypassed`` too. This is a guard
+rebinds R's ``base`` namespace itself, ``::`` or the language's special forms (Racket: ``require``,
+``#%app``, ``#%datum``), or that mutates rackunit's module state; in R, methods of the functions and
+operators the tests reach only indirectly (``Ops.<class>``, ``length.<class>`` for a result of the
+program's own class inside ``all.equal``), S4 methods on primitives, an S3 method registered with a
+namespace as its environment, and a masking function or method the program removes again before the
+tests end; in tests that signal failure with ``(exit 1)`` instead of rackunit (none of MultiPL-E's), a
+Racket program replacing ``exit-handler``; tests whose checks sit in loops or in ``test-case`` forms,
+or that define their own ``check-...`` helper, are counted only as "at least one check ran". A right
+program that defines an S3 method of a generic the tests call (``c.myclass`` when the tests call
+``c``) is ``TestsBypassed`` too. This is a guard
 against buggy and mildly hostile completions, not a proof of test execution.
 """
 
@@ -52,12 +57,13 @@ from dataclasses import dataclass
 
 END_FILE = ".adaptome-end"
 #: grading version recorded in every results file; results made under another version are never reused
-HARNESS = "multipl-e+end-marker-2"
+HARNESS = "multipl-e+end-marker-3"
 
 _R_CALL = re.compile(r"(?<![\w.$@])([A-Za-z.][A-Za-z0-9._]*)\s*\(")
 _R_DEF = re.compile(r"(?m)^\s*`?([A-Za-z.][A-Za-z0-9._]*)`?\s*(?:<-|=)\s*function\b")
 _R_KEYWORDS = {"function", "if", "for", "while", "repeat", "return", "switch"}
-_RKT_CHECK = re.compile(r"\(\s*check[-\w?!*<>=/+]*")
+_RKT_CHECK = re.compile(r"\(\s*(check[-\w?!*<>=/+]*)")
+_RKT_DEF = re.compile(r"\(\s*define(?:-syntax(?:-rule)?)?\s+\(?\s*([^\s()\[\]]+)")
 _RKT_NESTED = re.compile(r"\(\s*(?:test-case|test-suite|test-begin|for\S*|map|let\s+loop)\b")
 
 
@@ -71,6 +77,8 @@ class EndCheck:
         min_checks: Racket: rackunit checks that must be logged (0: no count is required).
         tests: R: the problem's tests; a program ending with them runs them and the trailer in one ``{ }`` block.
         defined: R: functions the prompt defines (the problem's own, never counted as masking).
+        checks: Racket: the check forms the tests use (less those the prompt or tests define), which must
+            be bound by a library (rackunit), not by the program.
     """
 
     language: str
@@ -78,6 +86,7 @@ class EndCheck:
     min_checks: int = 0
     tests: str = ""  # R: the tests, run in one block with the trailer (see ``assemble``)
     defined: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
 
 
 def for_problem(language: str, tests: str | None, prompt: str = "") -> EndCheck:
@@ -88,8 +97,12 @@ def for_problem(language: str, tests: str | None, prompt: str = "") -> EndCheck:
         defined = set(_R_DEF.findall(prompt))
         names = sorted({n for n in _R_CALL.findall(tests)} - defined - _R_KEYWORDS)
         return EndCheck(language, watched=tuple(names), tests=tests, defined=tuple(sorted(defined)))
-    checks = len(_RKT_CHECK.findall(tests))
-    return EndCheck(language, min_checks=min(checks, 1) if _RKT_NESTED.search(tests) else checks)
+    calls = _RKT_CHECK.findall(tests)
+    own = set(_RKT_DEF.findall(prompt + "\n" + tests))
+    names = tuple(sorted(set(calls) - own))
+    # checks in loops, test cases or the tests' own check helpers: the static count is no lower bound
+    counted = not (_RKT_NESTED.search(tests) or own & set(calls))
+    return EndCheck(language, min_checks=len(calls) if counted else min(len(calls), 1), checks=names)
 
 
 def _r_string(s: str) -> str:
@@ -151,12 +164,31 @@ def trailer(check: EndCheck, path: str, nonce: str) -> str:
             f"  base::writeLines(base::c({_r_string(nonce)}, base::paste(base::unique(.bad), collapse = \" \")),\n"
             f"                   {_r_string(path)})\n"
             "})\n")
-    # a static require (renamed: no clash with the program's names) costs about 10 ms less than dynamic-require
+    # Every name the trailer uses is imported with a per-run prefix (``adaptome-<nonce>:``): a program cannot
+    # shadow them (its own ``printf``, ``car`` or ``adaptome-test-log`` would otherwise forge the counts). The
+    # check forms the tests use must not be bound by the program's own module (or a submodule of it): a macro
+    # ``check-equal?`` that logs a passing ``check-true`` keeps the count right. A static require costs about
+    # 10 ms less than dynamic-require.
+    P = f"adaptome-{nonce}:"
+    names = " ".join(check.checks)
     return (
-        "\n(require (only-in rackunit/log [test-log adaptome-test-log]))\n"
-        "(let ([adaptome-log (adaptome-test-log)])\n"
-        f"  (with-output-to-file {json.dumps(path)} #:exists 'truncate\n"
-        f"    (lambda () (printf \"~a\\n~a ~a\\n\" {json.dumps(nonce)} (car adaptome-log) (cdr adaptome-log)))))\n")
+        f"\n(require (prefix-in {P} racket/base) (only-in rackunit/log [test-log {P}test-log]))\n"
+        f"({P}let* ([{P}log ({P}test-log)]\n"
+        f"        [{P}vr ({P}#%variable-reference)]\n"
+        f"        [{P}self ({P}resolved-module-path-name ({P}variable-reference->resolved-module-path {P}vr))]\n"
+        f"        [{P}own? ({P}lambda ({P}s)\n"
+        f"                  ({P}let ([{P}b ({P}identifier-binding ({P}namespace-symbol->identifier {P}s))])\n"
+        f"                    ({P}and ({P}pair? {P}b)\n"
+        f"                      ({P}let ([{P}m ({P}resolved-module-path-name\n"
+        f"                                     ({P}module-path-index-resolve ({P}car {P}b)))])\n"
+        f"                        ({P}or ({P}equal? {P}m {P}self)\n"
+        f"                             ({P}and ({P}pair? {P}m) ({P}equal? ({P}car {P}m) {P}self)))))))]\n"
+        f"        [{P}own ({P}parameterize ([{P}current-namespace ({P}variable-reference->namespace {P}vr)])\n"
+        f"                  ({P}filter {P}own? ({P}quote ({names}))))])\n"
+        f"  ({P}with-output-to-file {json.dumps(path)} #:exists ({P}quote truncate)\n"
+        f"    ({P}lambda () ({P}printf \"~a\\n~a ~a\\n~a\\n\" {json.dumps(nonce)} ({P}car {P}log) ({P}cdr {P}log)\n"
+        f"                  ({P}apply {P}string-append\n"
+        f"                         ({P}map ({P}lambda ({P}s) ({P}format \"~a \" {P}s)) {P}own))))))\n")
 
 
 def assemble(check: EndCheck, program: str, path: str, nonce: str) -> str:
@@ -189,6 +221,9 @@ def verdict(check: EndCheck, text: str | None, nonce: str) -> tuple[str | None, 
         failed, total = int(found[0]), int(found[1])
     except (IndexError, ValueError):
         return "EarlyExit", "the end marker is incomplete"
+    own = lines[2].split() if len(lines) > 2 else []
+    if own:
+        return "TestsBypassed", f"the program redefines the rackunit check(s) the tests use: {', '.join(own)}"
     if failed:
         return "TestsBypassed", f"rackunit logged {failed} failed check(s) of {total}, but stderr was empty"
     if total < check.min_checks:

@@ -16,6 +16,13 @@ Each problem's file is written as soon as its last program finishes. Ctrl-C (or 
 queued programs and ends the running ones within half a second (``run_sandboxed(cancel=...)``); the
 files of finished problems stay and are reused by a re-run.
 
+Each results file also records ``run_problems``, every problem of the run that wrote (or reused) it:
+``pass-at-k`` refuses a folder where some of them have no results (an interrupted run would otherwise
+be scored on the problems that happened to finish). Before any program runs, a results file that will
+be recomputed (other programs, limits, isolation or grading version) is removed, so an interrupted
+re-run never leaves an earlier run's results beside the new ones. Problems of ``problems`` without
+completions are not run; the summary lists them (``problems_without_completions``).
+
 A results file is reused on a re-run only when it holds exactly the same programs, limits,
 isolation and grading version (``endcheck.HARNESS``); otherwise it is recomputed (and the summary
 says how many were reused). A folder that holds results of problems outside the run is refused
@@ -159,9 +166,14 @@ def execute_run(problems: list[Problem], completions: dict[str, list[str]], out_
         programs = [p.program(c) for c in completions.get(p.name, [])]
         if not programs:
             continue
-        if _reusable(_results_path(out_dir, p.name), programs, lim, described) is not None:
+        path = _results_path(out_dir, p.name)
+        old = _reusable(path, programs, lim, described)
+        if old is not None:
             reused += 1
+            if old.get("run_problems") != sorted(run_names):  # reused by this run: it names this run's problems
+                write_text_atomic(path, json.dumps({**old, "run_problems": sorted(run_names)}, indent=1))
             continue
+        path.unlink(missing_ok=True)  # an earlier run's, about to be recomputed: never left beside the new ones
         todo.append((p, programs))
         check = endcheck.for_problem(p.language, p.tests, p.prompt)
         jobs.extend((p.name, i, p.language, prog, check) for i, prog in enumerate(programs))
@@ -175,7 +187,7 @@ def execute_run(problems: list[Problem], completions: dict[str, list[str]], out_
         for e in entries:
             e.pop("isolation", None)
         doc = {**p.to_json(), "results": entries, "isolation": described, "limits": lim,
-               "harness": endcheck.HARNESS}
+               "harness": endcheck.HARNESS, "run_problems": sorted(run_names)}
         write_text_atomic(_results_path(out_dir, p.name), json.dumps(doc, indent=1))
 
     with progress_bar("executing", total=len(jobs), enabled=progress) as bar, \
@@ -195,8 +207,10 @@ def execute_run(problems: list[Problem], completions: dict[str, list[str]], out_
             for fut in futs:
                 fut.cancel()
             raise
-    return summarize(out_dir, [p.name for p in problems if completions.get(p.name)], reused=reused,
-                     isolation=isolation)
+    summary = summarize(out_dir, [p.name for p in problems if completions.get(p.name)], reused=reused,
+                        isolation=isolation)
+    summary["problems_without_completions"] = [p.name for p in problems if not completions.get(p.name)]
+    return summary
 
 
 def summarize(out_dir: Path, names: list[str], reused: int = 0, isolation: iso.Isolation | None = None) -> dict:

@@ -1,10 +1,13 @@
 """``codegen generate``: n completions per problem from a backend, with batching, seeding and resume.
 
 Output folder: ``generate_config.json`` (every setting that shapes the completions) and
-``completions.jsonl``, one line per finished batch: ``{"name", "batch_start", "seed",
-"completions": [...]}``. The n samples of a problem are drawn in batches of ``batch_size``; batch
-b of problem p uses the seed ``derive_seed(seed, p, b)``, so each batch is reproducible on its
-own and an interrupted run, resumed, ends with exactly the completions of an uninterrupted one.
+``completions.jsonl``, one line per finished batch: ``{"name", "batch_start", "seed", "prompt_digest",
+"completions": [...]}`` (``prompt_digest``: the problem's language and prompt, which ``execute`` compares
+with the problems it is given: completions of R prompts run as Racket programs, MultiPL-E's R and Racket
+problems sharing their names, or of an edited prompt, are refused; ``prompt_mismatches``). The n samples
+of a problem are drawn in batches of ``batch_size``; batch b of problem p uses the seed
+``derive_seed(seed, p, b)``, so each batch is reproducible on its own and an interrupted run, resumed,
+ends with exactly the completions of an uninterrupted one.
 Resuming is allowed only when ``generate_config.json`` matches the new settings (model, backend
 URL, prompt builder, n, temperature, top_p, max_tokens, seed, problems file digest); otherwise
 the run refuses and names the differing settings (or pass ``overwrite``). A ``completions.jsonl`` without
@@ -83,6 +86,11 @@ def problems_digest(problems: list[Problem]) -> str:
     return h.hexdigest()[:16]
 
 
+def prompt_digest(problem: Problem) -> str:
+    """What the completions continue: the problem's language and prompt (not its tests)."""
+    return hashlib.sha256(f"{problem.language}\0{problem.prompt}".encode()).hexdigest()[:16]
+
+
 def _done_batches(path: Path) -> dict[tuple[str, int], list[str]]:
     done: dict[tuple[str, int], list[str]] = {}
     if not path.exists():
@@ -138,7 +146,8 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
             seed = derive_seed(cfg.seed, p.name, b)
             texts = backend.complete(build_prompt(cfg.prompt_builder, p), size, seed, cfg.temperature, cfg.top_p,
                                      cfg.max_tokens, list(p.stop_tokens))
-            f.write(json.dumps({"name": p.name, "batch_start": b, "seed": seed, "completions": texts}) + "\n")
+            f.write(json.dumps({"name": p.name, "batch_start": b, "seed": seed, "prompt_digest": prompt_digest(p),
+                                "completions": texts}) + "\n")
             f.flush()
             bar.advance(1)
     return {"problems": len(problems), "batches_run": len(todo), "batches_reused": len(done),
@@ -160,6 +169,25 @@ def read_completions(out_dir: str | os.PathLike) -> dict[str, list[str]]:
     for (name, _), comps in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         out.setdefault(name, []).extend(comps)
     return out
+
+
+def prompt_mismatches(out_dir: str | os.PathLike, problems: list[Problem]) -> list[str]:
+    """Names of ``problems`` whose completions in a generation folder continue another language or prompt
+    (rows without a ``prompt_digest``, from older runs or other commands, are not checked)."""
+    path = Path(out_dir) / "completions.jsonl"
+    if not path.is_file():
+        return []
+    by_name = {p.name: prompt_digest(p) for p in problems}
+    bad = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # _done_batches (read before) names a damaged line
+        if isinstance(row, dict) and row.get("prompt_digest") and row.get("name") in by_name \
+                and row["prompt_digest"] != by_name[row["name"]]:
+            bad.add(row["name"])
+    return sorted(bad)
 
 
 def shortfall(out_dir: str | os.PathLike, completions: dict[str, list[str]]) -> dict[str, list[int]]:

@@ -38,19 +38,31 @@ class ResultsError(AdaptomeError, ValueError):
 
 
 def read_run(run_dir: str | os.PathLike) -> dict[str, list[bool]]:
-    """``{problem name: [sample passed, ...]}`` from a folder of ``*.results.json``."""
+    """``{problem name: [sample passed, ...]}`` from a folder of ``*.results.json``.
+
+    A folder whose results files name (``run_problems``, written by ``execute``) problems of their run that
+    have no results file is an unfinished run and is refused: its score would be over the problems that
+    happened to finish.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ResultsError(f"{run_dir}: not a folder of .results.json files")
     out: dict[str, list[bool]] = {}
+    asked: set[str] = set()
     for f in sorted(run_dir.glob("*.results.json")):
         try:
             doc = json.loads(f.read_text())
             out[doc["name"]] = [r["status"] == "OK" and r["exit_code"] == 0 for r in doc["results"]]
+            asked.update(doc.get("run_problems") or [])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ResultsError(f"{f}: not a MultiPL-E results file ({type(e).__name__}: {e})") from None
     if not out:
         raise ResultsError(f"{run_dir}: holds no .results.json files")
+    missing = sorted(asked - set(out))
+    if missing:
+        raise ResultsError(f"{run_dir}: an unfinished execute run: {len(missing)} of {len(asked)} problems have "
+                           f"no results (e.g. {', '.join(missing[:3])}); run `adaptome codegen execute` again "
+                           "to finish it (finished problems are reused)")
     return out
 
 

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from adaptome.domains.codegen.backends import Backend
-from adaptome.domains.codegen.generate import derive_seed
+from adaptome.domains.codegen.generate import derive_seed, prompt_digest
 from adaptome.domains.codegen.languages import get_language
 from adaptome.domains.codegen.problems import Problem
 
@@ -223,7 +223,8 @@ def run_plansearch(problems: list[Problem], backend: Backend, cfg: PlanSearchCon
     try:
         with progress_bar("plansearch", total=len(problems), enabled=progress) as bar:
             for p in problems:
-                rows.append({"name": p.name, "batch_start": 0, "completions": search_problem(p, backend, cfg, log)})
+                rows.append({"name": p.name, "batch_start": 0, "prompt_digest": prompt_digest(p),
+                             "completions": search_problem(p, backend, cfg, log)})
                 bar.advance(1)
     finally:
         log.close()

@@ -13,7 +13,10 @@ still ``problem.prompt + completion + tests`` (the context before it is for the 
 * ``reference``: a short reference of the language's core functions, as comments, then the problem.
 
 Examples live in ``data/icl/examples.json``; they were written for this package (not taken from
-any benchmark) and each carries a ``check`` that the tests run. Not covered: retrieval of
+any benchmark) and each carries a ``check`` that the tests run. An example that would hand the model
+the problem's answer is skipped for that problem (the next one takes its place, so a problem may get
+fewer than k when none is left): one defining a function the problem's prompt defines, or sharing a
+distinctive line (>= 20 characters, whitespace collapsed) with its prompt or tests. Not covered: retrieval of
 examples similar to the problem; chat templates (the builders produce plain completion prompts).
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from importlib.resources import files
 from typing import Callable
 
@@ -38,6 +42,24 @@ def icl_examples() -> dict:
 
 def _comment(text: str, prefix: str) -> str:
     return "\n".join(f"{prefix} {line}".rstrip() for line in text.splitlines())
+
+
+_DEFINES = {"r": re.compile(r"(?m)^\s*`?([A-Za-z.][A-Za-z0-9._]*)`?\s*(?:<-|=)\s*function\b"),
+            "rkt": re.compile(r"\(\s*define\s+\(\s*([^\s()\[\]]+)")}
+MIN_LINE = 20
+
+
+def _lines(text: str) -> set[str]:
+    return {n for n in (re.sub(r"\s+", " ", ln).strip() for ln in text.splitlines()) if len(n) >= MIN_LINE}
+
+
+def _leaks(example: str, problem: Problem) -> bool:
+    """Whether a worked example's text would show the model the problem's answer (see the module docstring)."""
+    lang = get_language(problem.language)
+    pattern = _DEFINES[lang.name]
+    if set(pattern.findall(problem.prompt)) & set(pattern.findall(example)):
+        return True
+    return bool(_lines(example) & _lines(problem.prompt + "\n" + problem.tests))
 
 
 def _strip_lang_line(prompt: str) -> tuple[str, str]:
@@ -58,7 +80,8 @@ def few_shot(problem: Problem, k: int = 3) -> str:
     lang = get_language(problem.language)
     head, body = _strip_lang_line(problem.prompt)
     parts = []
-    for ex in icl_examples()["few_shot"][lang.name][:k]:
+    usable = [ex for ex in icl_examples()["few_shot"][lang.name] if not _leaks(ex["prompt"] + ex["solution"], problem)]
+    for ex in usable[:k]:
         _, ex_prompt = _strip_lang_line(ex["prompt"])
         parts.append(f"{lang.comment} Example ({ex['feature']}):\n{ex_prompt}{ex['solution']}\n")
     return head + "\n".join(parts) + "\n" + body
@@ -70,7 +93,9 @@ def translation(problem: Problem, k: int = 2) -> str:
     lang = get_language(problem.language)
     head, body = _strip_lang_line(problem.prompt)
     parts = []
-    for ex in icl_examples()["translation"][lang.name][:k]:
+    usable = [ex for ex in icl_examples()["translation"][lang.name]
+              if not _leaks(ex["target"] + "\n" + ex["python"], problem)]
+    for ex in usable[:k]:
         parts.append(f"{lang.comment} Python:\n{_comment(ex['python'], lang.comment)}\n"
                      f"{lang.comment} {lang.display}:\n{ex['target']}\n")
     return head + "\n".join(parts) + "\n" + body

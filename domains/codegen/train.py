@@ -105,6 +105,15 @@ def translation_text(source: str, target: str, target_language: str,
     return head + target, len(head)
 
 
+def _read_source(path: Path) -> str:
+    """A source file's text (UTF-8; anything else is one error naming the file and the byte)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ProblemError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it, e.g. "
+                           f"iconv -f latin1 -t utf-8") from None
+
+
 def read_training_data(paths: list[str]) -> list[Example]:
     """Examples from folders of source files and JSONL files ({prompt, solution} or {source, target})."""
     out: list[Example] = []
@@ -113,9 +122,9 @@ def read_training_data(paths: list[str]) -> list[Example]:
             files = sorted(f for f in p.rglob("*") if f.suffix in SOURCE_SUFFIXES and f.is_file())
             if not files:
                 raise ProblemError(f"{p}: holds no .r / .R / .rkt files")
-            out.extend(Example(f.read_text(encoding="utf-8"), 0, str(f)) for f in files)
+            out.extend(Example(_read_source(f), 0, str(f)) for f in files)
         elif p.suffix in SOURCE_SUFFIXES and p.is_file():
-            out.append(Example(p.read_text(encoding="utf-8"), 0, str(p)))
+            out.append(Example(_read_source(p), 0, str(p)))
         else:
             for i, row in read_jsonl(p):
                 where = f"{p}:{i}"
