@@ -43,24 +43,38 @@ class InputError(AdaptomeError, ValueError):
     """An input file is missing, empty or malformed; the message names the file."""
 
 
+def read_utf8(path: str | os.PathLike, error: type[Exception] = InputError) -> str:
+    """The text of a UTF-8 file without a byte-order mark (Windows editors write one); bytes that are not
+    UTF-8 are ``error`` naming the file, the line and the column of the first bad byte."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                    "convert the file to UTF-8") from None
+
+
 def read_jsonl_records(path: str | os.PathLike, error: type[Exception] = InputError) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-empty line of a JSON Lines file. A missing file, a line that is
-    not a JSON object, or a file without records is ``error`` naming the file (and the line)."""
+    """(line number, record) for every non-empty line of a JSON Lines file. A missing file, bytes that are
+    not UTF-8, a line that is not a JSON object, or a file without records is ``error`` naming the file (and
+    the line)."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: file not found")
     records = []
-    with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark (Windows editors) is not text
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append((lineno, obj))
+    for lineno, line in enumerate(read_utf8(path, error).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        records.append((lineno, obj))
     if not records:
         raise error(f"{path}: no records")
     return records
@@ -76,7 +90,7 @@ def read_texts(path: str | os.PathLike, text_field: str = "text") -> list[str]:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     if suffix != ".jsonl":
-        texts = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        texts = [ln.strip() for ln in read_utf8(path).splitlines() if ln.strip()]
         if not texts:
             raise InputError(f"{path}: no text lines")
         return texts

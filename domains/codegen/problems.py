@@ -78,10 +78,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """(line number, record) of a JSONL file (``core.text.read_jsonl_records``: errors name the file and line)."""
     from adaptome.core.text import read_jsonl_records
 
-    try:
-        return read_jsonl_records(path, ProblemError)
-    except UnicodeDecodeError as e:
-        raise ProblemError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); JSONL is UTF-8") from None
+    return read_jsonl_records(path, ProblemError)  # not UTF-8: one line naming the file, line and byte
 
 
 def load_problems(source: str | os.PathLike, limit: int | None = None) -> list[Problem]:

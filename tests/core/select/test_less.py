@@ -161,6 +161,12 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"\n')
     with pytest.raises(less.SelectError, match=r"broken.jsonl:1: not valid JSON"):
         less.read_jsonl(tmp_path / "broken.jsonl")
+    # bytes that are not UTF-8 (a Latin-1 export) were a UnicodeDecodeError traceback; a byte-order mark is read
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(less.SelectError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\)"):
+        less.read_jsonl(tmp_path / "latin1.jsonl")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "ok"}\r\n{"text": "two"}\r\n')
+    assert [r["text"] for r in less.read_jsonl(tmp_path / "bom.jsonl")] == ["ok", "two"]
 
 
 def test_load_epoch_moments_line_up_with_the_saved_update(tmp_path):

@@ -110,14 +110,14 @@ def test_files_that_are_not_utf8_are_one_line_naming_the_file(tmp_path):
     (tmp_path / "src" / "cafe.r").write_bytes(b"f <- function(x) {\n  # caf\xe9\n  x\n}\n")
     (tmp_path / "c.jsonl").write_bytes(b'{"name": "HumanEval_101_words_string", "completions": ["caf\xe9"]}\n')
     runner = CliRunner()
-    for args, path in [
+    for args, where in [
         (["train", "--data", str(tmp_path / "src"), "--out", str(tmp_path / "tr"), "--max-steps", "1"],
-         tmp_path / "src" / "cafe.r"),
+         f"{tmp_path / 'src' / 'cafe.r'}: not UTF-8"),
         (["execute", "--problems", "humaneval-r", "--completions", str(tmp_path / "c.jsonl"), "--out",
-          str(tmp_path / "ex")], tmp_path / "c.jsonl"),
+          str(tmp_path / "ex")], f"{tmp_path / 'c.jsonl'}:1: not UTF-8 text (byte 0xe9 at column 60)"),
     ]:
         res = runner.invoke(app, args)
-        assert res.exit_code == 2 and f"{path}: not UTF-8" in res.output, res.output
+        assert res.exit_code == 2 and where in res.output, res.output
         assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "tr").exists() and not (tmp_path / "ex").exists()
 
