@@ -88,7 +88,8 @@ class LamdaConfig(AdapterConfig):
     def after_inject(self, model: nn.Module, adapter_name: str) -> None:
         if not self.rank_pattern:
             return
-        paths = [p for p, m in model.named_modules() if isinstance(m, LamdaLinear) and m.configs.get(adapter_name) is self]
+        paths = [p for p, m in model.named_modules()
+                 if isinstance(m, LamdaLinear) and m.configs.get(adapter_name) is self]
         unmatched = [k for k in self.rank_pattern if not any(p == k or p.endswith("." + k) for p in paths)]
         if unmatched:  # a misspelt key would otherwise leave that layer at rank r silently
             raise AdapterOptionError(f"adapter.options.rank_pattern: {unmatched[0]!r} names no targeted layer "

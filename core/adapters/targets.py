@@ -4,7 +4,8 @@
 ``nn.Linear`` modules to wrap. Patterns follow peft: a list entry matches a path equal to it or
 ending in ``.entry``; a single string other than a preset is a regex matched against the full path.
 Every entry of a ``target_modules`` or ``exclude_modules`` list must match at least one linear (a
-misspelt name or an embedding is an error, not a silent no-op); presets may hold names that only some versions of an architecture use.
+misspelt name or an embedding is an error, not a silent no-op); presets may hold names that only some
+versions of an architecture use.
 ``"all-linear"`` takes every linear layer except the output head (the module the model reports as
 its output embeddings, or one named ``lm_head`` / ``classifier`` / ``head``). Presets
 (``attention``, ``mlp``, ``attention+mlp``) are resolved from the architecture: LLaMA, Phi-3 (fused

@@ -2,7 +2,8 @@
 
 Each method file registers a class with ``@COMPRESSORS.register("name")``; the class carries its
 config dataclass (``Config``), the name of the config field that ``--budget`` sets
-(``budget_field``), the options that replace the budget when given (``overrides_budget``), ``compress(model, targets, cfg, calib=None) -> list[dict]`` (replaces the target
+(``budget_field``), the options that replace the budget when given (``overrides_budget``),
+``compress(model, targets, cfg, calib=None) -> list[dict]`` (replaces the target
 ``nn.Linear`` modules in place and returns one report row per matrix) and ``mark_trainable(model)``
 (the parameters its fine-tuning step trains). Method files are imported on the first registry
 lookup, so importing this package does no work.

@@ -188,7 +188,7 @@ def pass_at_k_cmd(
             name, sep, folder = spec.partition("=")
             if not sep:
                 name, folder = Path(spec).name, spec
-            rows.extend(pass_at_k_rows(name, read_run(folder), tuple(k)))
+            rows.extend(pass_at_k_rows(name, read_run(folder), tuple(dict.fromkeys(k))))  # --k 1 --k 1: one row
         csv_path, md_path = write_tables(rows, out)
         typer.echo(md_path.read_text())
         if compare:
@@ -196,9 +196,9 @@ def pass_at_k_cmd(
                 fail("--compare needs exactly two result folders (give --compare twice)")
             res = mcnemar(read_run(compare[0]), read_run(compare[1]), outcome)
             res.update(run_a=compare[0], run_b=compare[1])
-            write_text_atomic(Path(out) / "mcnemar.json", json.dumps(res, indent=1))
+            write_text_atomic(Path(out) / "mcnemar.json", json.dumps(res, indent=1, allow_nan=False))
             typer.echo(f"McNemar ({outcome}): {res['problems']} problems, only A {res['only_a']}, only B "
-                       f"{res['only_b']}, p = {res['p_value']:.4g}, odds ratio {res['odds_ratio']}")
+                       f"{res['only_b']}, p = {res['p_value']:.4g}, odds ratio {res['odds_ratio_text']}")
         else:  # an earlier comparison's file would sit beside tables of other runs
             (Path(out) / "mcnemar.json").unlink(missing_ok=True)
 

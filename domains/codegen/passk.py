@@ -13,7 +13,8 @@ McNemar's test (the comparison of "No Silver Bullet", Giagnorio et al. 2025): ea
 one binary outcome per run (``first``: its first sample passes; ``any``: some sample passes;
 ``majority``: more than half pass). With b = problems only run A solves and c = problems only
 run B solves, the exact two-sided p-value is ``min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``
-and the odds ratio is b / c; the chi-square statistic with continuity correction
+and the odds ratio is b / c (null in the JSON when c = 0, with ``odds_ratio_text`` saying why); the
+chi-square statistic with continuity correction
 ``(|b - c| - 1)^2 / (b + c)`` is given too.
 
 Not covered: confidence intervals, stratification by problem difficulty.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from pathlib import Path
 
@@ -142,7 +142,10 @@ def mcnemar(run_a: dict[str, list[bool]], run_b: dict[str, list[bool]], outcome:
     d = only_a + only_b
     p_exact = 1.0 if d == 0 else min(1.0, 2.0 * float(binom.cdf(min(only_a, only_b), d, 0.5)))
     chi2 = 0.0 if d == 0 else (abs(only_a - only_b) - 1) ** 2 / d
-    odds = math.inf if only_b == 0 and only_a > 0 else (only_a / only_b if only_b else float("nan"))
+    # strict JSON has no Infinity / NaN: an odds ratio that is not finite is null, and odds_ratio_text says why
+    odds = only_a / only_b if only_b else None
+    odds_text = f"{odds:.4g}" if odds is not None else ("inf (B never passes alone)" if only_a else
+                                                         "undefined (no problem passed by one run alone)")
     return {"problems": len(common), "outcome": outcome, "both": both, "only_a": only_a, "only_b": only_b,
-            "neither": neither, "p_value": p_exact, "chi2_cc": chi2, "odds_ratio": odds,
+            "neither": neither, "p_value": p_exact, "chi2_cc": chi2, "odds_ratio": odds, "odds_ratio_text": odds_text,
             "only_in_a": sorted(set(run_a) - set(run_b)), "only_in_b": sorted(set(run_b) - set(run_a))}

@@ -48,6 +48,11 @@ def test_mcnemar_exact_p_value_and_odds_ratio():
     assert res["p_value"] == pytest.approx(p_explicit)
     assert res["odds_ratio"] == 6.0 and res["chi2_cc"] == pytest.approx((5 - 1) ** 2 / 7)
     assert mcnemar(a, a)["p_value"] == 1.0
+    # an odds ratio that is not finite is null (strict JSON), with a text saying why
+    only_a = mcnemar(a, {p: [False] for p in a})
+    assert only_a["odds_ratio"] is None and only_a["odds_ratio_text"].startswith("inf")
+    assert mcnemar(a, a)["odds_ratio"] is None and mcnemar(a, a)["odds_ratio_text"].startswith("undefined")
+    json.dumps(only_a, allow_nan=False)
     with pytest.raises(ResultsError, match="share no problem"):
         mcnemar({"x": [True]}, {"y": [True]})
 
@@ -89,8 +94,10 @@ def test_cli_pass_at_k_matches_the_explicit_formula_at_the_edges(tmp_path):
     run = {"none": [False] * 4, "all": [True] * 4, "most": [True, True, True, False], "few": [False, True, False]}
     folder = _write_run(tmp_path / "r", run)
     res = CliRunner().invoke(app, ["pass-at-k", "--run", f"d={folder}", "--out", str(tmp_path / "o"),
-                                   "--k", "1", "--k", "2", "--k", "4", "--k", "5"])
+                                   "--k", "1", "--k", "2", "--k", "4", "--k", "5", "--k", "1"])
     assert res.exit_code == 0, res.output
+    ks = [int(r["k"]) for r in csv.DictReader((tmp_path / "o" / "pass_at_k.csv").open())]
+    assert ks == [1, 2, 4, 5]  # a k given twice is one row
     rows = {int(r["k"]): r for r in csv.DictReader((tmp_path / "o" / "pass_at_k.csv").open())}
     for k in (1, 2):
         want = sum(_explicit(len(v), sum(v), k) for v in run.values()) / 4
