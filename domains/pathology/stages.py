@@ -46,9 +46,17 @@ def _roi_file(roi_dir: str | None, sid: str) -> Path | None:
 
 
 def _items(slides: str) -> list[tuple[str, Path]]:
+    from adaptome.domains.pathology.slide import SLIDE_EXTENSIONS
+
     paths = list_slides(slides)
     if not paths:
-        raise PathologyError(f"{slides}: no slide files found")
+        others = sorted(p.name for p in Path(slides).iterdir() if p.is_file())
+        seen = f"; it holds {len(others)} other file(s), e.g. {', '.join(others[:3])}" if others else ""
+        images = [n for n in others if Path(n).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")]
+        why = ("; a plain image records no microns per pixel, so tiles could not be cut at a magnification: "
+               "write it as a tiled TIFF with its resolution") if images else ""
+        raise PathologyError(f"{slides}: no slide files found (slide files end in {', '.join(SLIDE_EXTENSIONS)})"
+                             f"{seen}{why}")
     return [(slide_id(p), p) for p in paths]
 
 

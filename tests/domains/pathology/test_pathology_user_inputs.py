@@ -316,3 +316,17 @@ def test_score_refuses_roi_classes_without_roi_dir(cohort, trained, tmp_path):
              tmp_path / "s", "--set", "roi_classes=[Tumor]")
     assert r.exit_code == 2 and "roi_classes ['Tumor']: names the classes of the ROIs in roi_dir" in r.output, r.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_of_plain_images_names_the_slide_formats_and_why(tmp_path):
+    """A folder holding only PNG / JPEG exports said 'no slide files found' and nothing else."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.png", "b.jpg"):
+        Image.new("RGB", (64, 64), (200, 150, 200)).save(tmp_path / "imgs" / name)
+    r = _cli("segment", tmp_path / "imgs", "--out", tmp_path / "job")
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    line = next(ln for ln in r.output.splitlines() if "no slide files found" in ln)
+    assert ".svs" in line and ".tiff" in line and "a.png" in line and "microns per pixel" in line, line
+    assert not (tmp_path / "job").exists()
