@@ -9,14 +9,9 @@ helper, and a correct program with a ``check-...`` helper the tests never call, 
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from typer.testing import CliRunner
 
-from adaptome.domains.codegen.cli import app
-
-from .conftest import need
+from .conftest import grade_cases, need
 
 RKT_TESTS = ("(require rackunit)\n\n(define (test-humaneval) \n\n  (let (( candidate rev))\n"
              "    (check-equal? (candidate (list 1 2 3)) (list 3 2 1))\n"
@@ -51,14 +46,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     need("racket")
-    d = tmp_path_factory.mktemp("forged")
-    (d / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
-    (d / "completions.jsonl").write_text("".join(json.dumps({"name": n, "completions": [c for c, _ in cases]}) + "\n"
-                                                 for n, cases in CASES.items()))
-    r = CliRunner().invoke(app, ["execute", "--problems", str(d / "problems.jsonl"), "--completions",
-                                 str(d / "completions.jsonl"), "--out", str(d / "exec"), "--timeout", "20"])
-    assert r.exit_code == 0, r.output
-    return {n: json.loads((d / "exec" / f"{n}.results.json").read_text()) for n in CASES}
+    return grade_cases(tmp_path_factory.mktemp("forged"), PROBLEMS, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))

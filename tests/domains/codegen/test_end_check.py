@@ -11,15 +11,13 @@ and (until grading version 2) an R one adding an S3 method of a generic the test
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from typer.testing import CliRunner
 
 from adaptome.domains.codegen import endcheck
 from adaptome.domains.codegen.cli import app
 
-from .conftest import need
+from .conftest import grade_cases, need
 
 R_TESTS = ("test_humaneval <- function() {\n    candidate <- sum_sq\n"
            "    stopifnot(isTRUE(all.equal(candidate(c(1, 2, 3)), 14)))\n"
@@ -79,13 +77,7 @@ def graded(tmp_path_factory):
     need("Rscript")
     need("racket")
     d = tmp_path_factory.mktemp("endcheck")
-    (d / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
-    (d / "completions.jsonl").write_text("".join(json.dumps({"name": n, "completions": [c for c, _ in cases]}) + "\n"
-                                                 for n, cases in CASES.items()))
-    r = CliRunner().invoke(app, ["execute", "--problems", str(d / "problems.jsonl"), "--completions",
-                                 str(d / "completions.jsonl"), "--out", str(d / "exec"), "--timeout", "20"])
-    assert r.exit_code == 0, r.output
-    return d, {n: json.loads((d / "exec" / f"{n}.results.json").read_text()) for n in CASES}
+    return d, grade_cases(d, PROBLEMS, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
