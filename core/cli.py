@@ -50,8 +50,9 @@ def adapters_list() -> None:
     Console().print(table)
     from adaptome.core.adapters.from_scratch import PRETRAIN_METHODS
 
-    table = Table(title="methods that replace the layers and train from scratch (no base weight)")
-    for col in ("name", "what is trained", "trainable parameters per replaced linear", "paper"):
+    table = Table(title="whole-model methods: every weight trains (sltrain: layers replaced, from scratch; "
+                        "full: the loaded weights); adapter/ holds the whole model, merged/ a plain checkpoint")
+    for col in ("name", "what is trained", "trainable parameters per linear", "paper"):
         table.add_column(col)
     for name in PRETRAIN_METHODS.names():
         cls = PRETRAIN_METHODS.get(name)

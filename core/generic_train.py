@@ -3,11 +3,12 @@
 The run: read the files (``text.read_texts``: plain text, one example per non-empty line, or JSON
 Lines with the text in ``data.text_field``), tokenize, pack into blocks (causal) or pad per
 example (masked, 15% of tokens masked as BERT does), load the model by hub id / local path or build
-a tiny one from config, apply the adapter by registry name (or a from-scratch method such as
-``sltrain``: ``adapters.from_scratch``), build the ``optimizer:`` section's optimizer, train with
+a tiny one from config, apply the adapter by registry name (or a whole-model method: ``sltrain`` from
+scratch, or ``full`` fine-tuning of every loaded weight: ``adapters.from_scratch``), build the ``optimizer:``
+section's optimizer, train with
 ``train.loop.fit``, report perplexity on the eval files (``evaluation.lm_perplexity``), save the adapter
-(and optionally a merged standalone checkpoint; a from-scratch method saves the whole model to
-``adapter/`` and its dense equivalent to ``merged/``).
+(and optionally a merged standalone checkpoint; a whole-model method saves the whole model to
+``adapter/`` and its dense equivalent, for ``full`` the trained model itself, to ``merged/``).
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 
@@ -17,7 +18,8 @@ process writes outputs. A folder with checkpoints is resumed only when the run's
 weights, the training options but those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is
 written once that check has passed, so a refused run changes no file. ``summary.json`` reports the
 whole run (its losses come from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``,
-with the held-out perplexity of the base model and of a unigram model beside the adapter's, and the share of
+with the held-out perplexity of the base model (for ``full``: the loaded weights, measured before training and
+before any resume) and of a unigram model beside the adapter's, and the share of
 eval examples that are verbatim training examples (``eval_overlap_with_train``; a warning from 10 %: an eval
 file that repeats the training text gives no held-out perplexity). Temporary files a
 killed run left in the folder are removed. A data file that is not UTF-8 is refused naming its file
@@ -342,13 +344,15 @@ class _SeededPerplexity:
 class _Baselines:
     """Hook: at the start of training (the model on its device, nothing trained yet in this call), the
     held-out perplexity of the base model (adapters disabled; none for a from-scratch method, which has no
-    base) and of a unigram model of the training tokens (``evaluation.unigram_perplexity``), on the tokens
-    the run's own evaluation scores. ``values`` goes into ``summary.json``."""
+    base; ``base`` when given: ``full`` measures its loaded weights before ``fit``, since a resumed run's weights
+    are trained ones here) and of a unigram model of the training tokens (``evaluation.unigram_perplexity``),
+    on the tokens the run's own evaluation scores. ``values`` goes into ``summary.json``."""
 
-    def __init__(self, perplexity: _SeededPerplexity, train_set: list, vocab_size: int, from_scratch: bool):
+    def __init__(self, perplexity: _SeededPerplexity, train_set: list, vocab_size: int, from_scratch: bool,
+                 base: float | None = None):
         self.perplexity, self.train_set, self.vocab_size, self.from_scratch = perplexity, train_set, vocab_size, \
             from_scratch
-        self.values: dict[str, float] = {}
+        self.values: dict[str, float] = {} if base is None else {"eval/perplexity_base": base}
 
     def on_train_start(self, state) -> None:
         import torch
@@ -444,7 +448,9 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     report = trainable_report(model)
     perplexity = _SeededPerplexity(eval_set, collate, cfg.model.kind, cfg.train.seed)
     eval_fn = (lambda m: {"perplexity": perplexity(m)}) if eval_set else None
-    baselines = _Baselines(perplexity, train_set, len(tok), from_scratch)
+    base_ppl = _loaded_perplexity(model, perplexity, acc) if getattr(adapter_cfg, "trains_loaded_weights", False) \
+        else None
+    baselines = _Baselines(perplexity, train_set, len(tok), from_scratch, base_ppl)
     res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn,
               hooks=[_WriteConfig(cfg, out), baselines],
               accelerator=acc, identity=run_identity_of(cfg, adapter_cfg, base_digest),
@@ -460,6 +466,21 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     return json.dumps(summary, indent=2) if summary is not None else ""
 
 
+def _loaded_perplexity(model, perplexity: _SeededPerplexity, acc) -> float | None:
+    """Held-out perplexity of ``model`` as loaded, before ``fit`` trains it or a resume loads a checkpoint into it
+    (``full``: the weights that train are the base's); main process only, on the run's device."""
+    import torch
+
+    if not perplexity.eval_set or not acc.is_main_process:
+        return None
+    was_training = model.training
+    model.to(acc.device).eval()
+    with torch.no_grad():
+        value = perplexity(model)
+    model.train(was_training)
+    return value
+
+
 def recorded_base(name: str) -> str:
     """The base model as an adapter records it: a local folder by its absolute path (a relative one would name
     another folder, or a hub id, when the adapter is used from elsewhere), a hub id as given."""
@@ -468,8 +489,8 @@ def recorded_base(name: str) -> str:
 
 
 def _writes_merged(method_cfg, from_scratch: bool) -> bool:
-    """Whether the method can write ``merged/``: an adapter that merges into its base, or a from-scratch method
-    whose layers can be made dense (SLTrain's ``materialize``)."""
+    """Whether the method can write ``merged/``: an adapter that merges into its base, or a whole-model method
+    whose layers can be made dense (SLTrain's ``materialize``; ``full``'s are already)."""
     return hasattr(method_cfg, "materialize") if from_scratch else bool(method_cfg.supports_merge)
 
 

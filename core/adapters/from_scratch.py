@@ -1,4 +1,5 @@
-"""Methods that replace a model's layers and train the whole model from scratch (SLTrain), beside adapters.
+"""Whole-model methods beside adapters: SLTrain replaces a model's layers and trains it from scratch;
+``full`` (``full_finetune.py``) trains every loaded weight as it is (full fine-tuning, e.g. with GaLore).
 
 ``PRETRAIN_METHODS`` maps a name to a config dataclass with ``apply(model) -> model``. ``apply_method``
 is what a train command calls with the YAML's ``adapter.method`` / ``options``: an adapter name goes to
@@ -8,8 +9,11 @@ with ``method.json``; ``load_pretrained_model`` rebuilds such a model on a fresh
 architecture.
 
 ``save_materialized`` writes a copy with the method's layers made dense (SLTrain: W = s·BA + S per layer) as
-an ordinary transformers checkpoint, which is what a later stage or ``from_pretrained`` loads;
+an ordinary transformers checkpoint, which is what a later stage or ``from_pretrained`` loads (``full``: the
+model as trained);
 ``save_standalone`` writes either that or an adapter's merged checkpoint, the ``merged/`` of a train command.
+
+Weights shared by two modules (a tied LM head) are stored once in ``model.safetensors`` and tied again on load.
 
 Not covered: merging (a from-scratch model has no base to merge into), peft-format export of these models.
 """
@@ -31,9 +35,11 @@ ATTR = "adaptome_pretrain_method"
 
 def _load() -> None:
     importlib.import_module("adaptome.core.adapters.sltrain")
+    importlib.import_module("adaptome.core.adapters.full_finetune")
 
 
-#: whole-model reparameterizations for training from scratch (name -> config class with ``apply(model)``)
+#: whole-model methods: reparameterizations for training from scratch, and full fine-tuning
+#: (name -> config class with ``apply(model)``)
 PRETRAIN_METHODS: Registry = Registry("pretraining method", loader=_load)
 
 
@@ -48,8 +54,12 @@ def method_config(method: str, options: dict[str, Any] | None = None, source: st
 
     if method not in PRETRAIN_METHODS and method not in ADAPTERS:
         where = f"{source}: " if source else ""
+        whole = {n: getattr(PRETRAIN_METHODS.get(n), "trains_loaded_weights", False)
+                 for n in PRETRAIN_METHODS.names()}
         raise ConfigError(f"{where}adapter.method: unknown adapter method {method!r}; adapters: "
-                          f"{', '.join(ADAPTERS.names())}; from scratch: {', '.join(PRETRAIN_METHODS.names())}")
+                          f"{', '.join(ADAPTERS.names())}; "
+                          f"from scratch: {', '.join(n for n in whole if not whole[n])}; "
+                          f"every loaded weight: {', '.join(n for n in whole if whole[n])}")
     prefix = prefix or f"adapter[{method}]"
     if method in PRETRAIN_METHODS:
         return from_dict(PRETRAIN_METHODS.get(method), dict(options or {}), source=source, prefix=prefix), True
@@ -77,15 +87,16 @@ def save_trained(model: nn.Module, out_dir: str | Path, overwrite: bool = False,
 
 
 def save_pretrained_model(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """``model.safetensors`` (every parameter and buffer, supports included) and ``method.json``, atomically."""
-    from safetensors.torch import save_file
+    """``model.safetensors`` (every parameter and buffer, supports included; a tensor two modules share, such
+    as a tied LM head, once) and ``method.json``, atomically."""
+    from safetensors.torch import save_model
 
     from adaptome.core.atomic import atomic_dir
 
     (name, cfg), = getattr(model, ATTR).items()
     with atomic_dir(Path(out_dir), overwrite) as tmp:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "method": name})
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "method": name},
+                   force_contiguous=True)
         (tmp / "method.json").write_text(json.dumps({"method": name, "config": dataclasses.asdict(cfg)}, indent=2))
     return Path(out_dir)
 
@@ -102,7 +113,7 @@ def save_standalone(model: nn.Module, out_dir: str | Path, tokenizer=None, overw
 
 def load_pretrained_model(model: nn.Module, path: str | Path) -> nn.Module:
     """Rebuild the method's layers on a freshly built ``model`` of the same architecture and load the weights."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     from adaptome.core.config import from_dict
 
@@ -110,7 +121,7 @@ def load_pretrained_model(model: nn.Module, path: str | Path) -> nn.Module:
     meta = json.loads((path / "method.json").read_text())
     cfg = from_dict(PRETRAIN_METHODS.get(meta["method"]), meta["config"], source=str(path / "method.json"))
     model = cfg.apply(model)
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    load_model(model, str(path / "model.safetensors"), strict=True)  # a tied tensor saved once fills both names
     return model
 
 
