@@ -122,6 +122,9 @@ def esm(*, head: str = "masked_lm", seed: int | None = 0, eval_mode: bool = True
 
 
 #: ESM-2's 33-token vocabulary in its order (``<cls>`` 0, ``<pad>`` 1, ``<eos>`` 2, ``<unk>`` 3, ``<mask>`` 32)
+#: the tiny LLaMA that ``adaptome train`` builds from config in the core CLI tests (``--set model.<key>=...``)
+TINY_TRAIN_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
+
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q",
              "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>"]
 

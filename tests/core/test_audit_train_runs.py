@@ -16,22 +16,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
 import yaml
 from launch import TORCHRUN, free_port, launch_env
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from adaptome.core import cli
-
 runner = CliRunner()
-TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
-
-
-@pytest.fixture(scope="module")
-def app():
-    cli._add_domain_apps()
-    return cli.app
+TINY = tiny_models.TINY_TRAIN_MODEL
 
 
 def _text(path: Path, n: int = 48) -> Path:

@@ -7,16 +7,9 @@ import tiny_models as tiny
 import typer
 from typer.testing import CliRunner
 
-from adaptome.core import cli
 from adaptome.core.adapters import ADAPTERS
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def app():
-    cli._add_domain_apps()
-    return cli.app
 
 
 def _commands(group, prefix=()):

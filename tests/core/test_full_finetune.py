@@ -6,21 +6,16 @@ import os
 import signal
 
 import pytest
+import tiny_models
 import torch
 import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from adaptome.core import cli, text
+from adaptome.core import text
 
 runner = CliRunner()
-TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
-
-
-@pytest.fixture(scope="module")
-def app():
-    cli._add_domain_apps()
-    return cli.app
+TINY = tiny_models.TINY_TRAIN_MODEL
 
 
 def _lines(n, seed):

@@ -10,23 +10,18 @@ model was loaded; a GPT-2 model's Conv1D layers were not named when no target ma
 import json
 
 import pytest
+import tiny_models
 import tiny_models as tiny
 import torch
 import yaml
 from typer.testing import CliRunner
 
-from adaptome.core import cli, text
+from adaptome.core import text
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.adapters.io import CheckpointError, load_adapter, save_adapter
 
 runner = CliRunner()
-TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
-
-
-@pytest.fixture(scope="module")
-def app():
-    cli._add_domain_apps()
-    return cli.app
+TINY = tiny_models.TINY_TRAIN_MODEL
 
 
 def _lines(n=24):
