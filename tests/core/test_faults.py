@@ -415,20 +415,9 @@ def test_adaptome_train_cleans_temp_folders_of_a_killed_run(app, tmp_path):
     assert load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
-def test_ctrl_c_in_adaptome_train_is_one_line_and_the_run_resumes(app, tmp_path, monkeypatch):
-    from adaptome.core.train import loop
-
+def test_ctrl_c_in_adaptome_train_is_one_line_and_the_run_resumes(app, tmp_path, ctrl_c_at):
     cfg = _run_yaml(tmp_path, max_steps=6, save_every=4)
-    real_step = loop._train_step
-
-    def step_then_ctrl_c(run):
-        loss = real_step(run)
-        if run.state.step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "_train_step", step_then_ctrl_c)
+    with ctrl_c_at(3):
         res = _train(app, cfg)
     out = tmp_path / "run"
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output

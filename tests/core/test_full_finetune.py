@@ -2,8 +2,6 @@
 trained model as a transformers checkpoint, the base perplexity is the loaded model's, and a resume is exact."""
 
 import json
-import os
-import signal
 
 import pytest
 import tiny_models
@@ -118,21 +116,10 @@ def test_full_reports_the_loaded_models_perplexity_as_base(app, tmp_path):
     assert summary["eval/perplexity"] < summary["eval/perplexity_base"]
 
 
-def test_full_resume_ends_with_the_uninterrupted_weights(app, tmp_path, monkeypatch):
-    from adaptome.core.train import loop
-
+def test_full_resume_ends_with_the_uninterrupted_weights(app, tmp_path, ctrl_c_at):
     _train(app, _config(tmp_path, name="straight"))
     cfg = _config(tmp_path, name="resumed", save_every=3)
-    real_step = loop._train_step
-
-    def step_then_ctrl_c(run):
-        loss = real_step(run)
-        if run.state.step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "_train_step", step_then_ctrl_c)
+    with ctrl_c_at(3):
         res = runner.invoke(app, ["train", "-c", cfg])
     assert res.exit_code == 2 and "interrupted at step 3 of 6" in res.output, res.output
     assert len(load_file(str(tmp_path / "resumed" / "checkpoints" / "step-3" / "trainable.safetensors"))) == \
