@@ -122,6 +122,9 @@ def tile(slides: Optional[str] = _arg(TileConfig, "slides"),
     if mpp is not None:  # --mpp replaces the default magnification
         flags.update(mpp=mpp, magnification=mag)
     cfg = _run(lambda: _build_none(TileConfig, config, set_, flags))
+    note = stages.segment_mismatch(cfg)
+    if note:
+        typer.secho(note, fg=typer.colors.YELLOW)
     _report(_run(lambda: stages.tile(cfg)))
 
 

@@ -139,6 +139,36 @@ def tile(cfg, progress: bool = True) -> StageSummary:
                      made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))
 
 
+#: the tissue-mask settings ``segment`` and ``tile`` share (``tile`` always fills holes)
+MASK_KEYS = ("thumb_size", "blur", "close", "min_area_frac", "artefacts")
+
+
+def segment_mismatch(cfg) -> str | None:
+    """A note when the job folder holds ``segment`` runs and none used the tissue-mask settings this ``tile``
+    run uses: ``tile`` builds its own mask, so the segment run's QC images (the ones a user checks) would not
+    show the mask that chooses the tiles. ``None`` when there is no segment run or one matches."""
+    from adaptome.core.config import read_yaml
+
+    mine = {**{k: getattr(cfg, k) for k in MASK_KEYS}, "fill_holes": True}
+    differ = []
+    for path in sorted(Path(cfg.out_dir).glob("segment_otsu_*/config.yaml")):
+        try:
+            theirs = read_yaml(path)
+        except Exception:  # noqa: BLE001 - an unreadable old config is no reason to stop tiling
+            continue
+        diff = {k: theirs.get(k) for k in mine if theirs.get(k, mine[k]) != mine[k]}
+        if not diff:
+            return None
+        differ.append((path.parent.name, diff))
+    if not differ:
+        return None
+    name, diff = differ[0]
+    return (f"note: tile makes its own tissue mask ({', '.join(f'{k} {v}' for k, v in mine.items())}), but the segment "
+            f"run {name} of this job used {', '.join(f'{k} {v}' for k, v in diff.items())}: its QC images do not show "
+            "the mask that chooses these tiles; give tile the same settings (--set key=value) to tile what you "
+            "checked")
+
+
 def _weights_stamp(weights: str | None) -> dict | None:
     """A local weights file's stamp (its content may change under the same name); hub ids and none: ``None``."""
     if weights and not weights.startswith("hf-hub:") and Path(weights).is_file():

@@ -330,3 +330,21 @@ def test_a_folder_of_plain_images_names_the_slide_formats_and_why(tmp_path):
     line = next(ln for ln in r.output.splitlines() if "no slide files found" in ln)
     assert ".svs" in line and ".tiff" in line and "a.png" in line and "microns per pixel" in line, line
     assert not (tmp_path / "job").exists()
+
+
+def test_tile_says_when_the_jobs_segment_run_used_another_tissue_mask(cohort, tmp_path):
+    """``segment`` (whose QC images a user checks) and ``tile`` each make a tissue mask; a user who tuned
+    segment's mask and tiled with the defaults got tiles from a mask nobody looked at, without a word."""
+    d = tmp_path / "slides"
+    d.mkdir()
+    shutil.copy2(cohort["slides"] / "train_000.tiff", d / "one.tiff")
+    job = tmp_path / "job"
+    assert _cli("segment", d, "--out", job, "--set", "blur=9", "--set", "close=4").exit_code == 0
+    r = _cli("tile", d, "--out", job, "--tile-size", 64)
+    assert r.exit_code == 0, r.output
+    note = " ".join(r.output.split())
+    assert "segment run segment_otsu_b9_c4 of this job used blur 9, close 4" in note, r.output
+    assert "its QC images do not show the mask that chooses these tiles" in note
+    # the same settings: no note
+    r = _cli("tile", d, "--out", job, "--tile-size", 64, "--set", "blur=9", "--set", "close=4", "--overwrite")
+    assert r.exit_code == 0 and "QC images" not in r.output, r.output
