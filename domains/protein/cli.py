@@ -252,6 +252,9 @@ def sample_cmd(
         prefix = clean_prefix(prefix, "--prefix")
         for lab in label:
             check_header_label(lab, "--label")
+        twice = next((lab for i, lab in enumerate(label) if lab in label[:i]), None)
+        if twice is not None:  # it would get 2 x -n samples
+            fail(f"--label {twice!r} given twice: -n {n} sets the samples per label; give each label once")
         if guidance is not None and guidance != 1.0:
             from adaptome.domains.protein.guidance import check_scale
 
@@ -284,7 +287,9 @@ def sample_cmd(
         for note in [f"sampling preset: {name}"] + notes + more:
             typer.echo(note)
         samples = sample(m, tok, task, labels, n, params, prefix, progress=True, label_lengths=lengths)
-        write_samples(samples, params, out)
+        # a local folder by its absolute path, so that evaluate run from elsewhere still recognises it
+        where = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else str(model)
+        write_samples(samples, params, out, model=where)
     bad = sum(not s.valid for s in samples)
     typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
 
@@ -303,6 +308,15 @@ def _trained_max_seq_length(model: Path) -> int:
     typer.echo(f"note: {model} does not record its instruct max_seq_length; queries are cropped to "
                f"{DEFAULT_MAX_SEQ_LENGTH} tokens (pass --max-seq-length to change it)")
     return DEFAULT_MAX_SEQ_LENGTH
+
+def _n_trained_on(model: str, recs: list) -> int:
+    """How many of the query records the model folder's ``training_data.json`` fingerprints say it was trained on
+    (whole, or an N-terminal crop it read); 0 when it records none."""
+    from adaptome.domains.protein.training_data import read_training_data, trained_on
+
+    prints = (read_training_data(model) or {}).get("sequence_sha1")
+    return sum(trained_on([r.seq for r in recs], prints)) if prints else 0
+
 
 @app.command("classify")
 def classify_cmd(
@@ -356,7 +370,7 @@ def classify_cmd(
     from adaptome.domains.protein.model import is_masked_lm, load_model_and_tokenizer
 
     _check_new(out, overwrite)
-    rep, overlap, meth, unseen, n_labelled = None, set(), "", [], 0
+    rep, overlap, meth, unseen, n_labelled, n_trained = None, set(), "", [], 0, 0
     with user_errors():
         if is_masked_lm(model):
             from adaptome.domains.protein.esm_cli import classify_with_esm
@@ -391,6 +405,7 @@ def classify_cmd(
                 fail(f"--train record {bad[0].id!r} has no label (Stockholm family or a {task.key}=<label> header)")
             cands = _candidates(labels, task.key, sorted({r.label for r in train_recs}))
             overlap = {r.seq for r in recs} & {r.seq for r in train_recs}
+            n_trained = _n_trained_on(model, recs)
             if max_seq_length is None:
                 max_seq_length = _trained_max_seq_length(model)
             m, tok = load_model_and_tokenizer(model)
@@ -421,6 +436,9 @@ def classify_cmd(
             typer.echo(line)
     if overlap:
         typer.echo(f"warning: {len(overlap)} query sequence(s) also occur in --train: not held out")
+    if n_trained:
+        typer.echo(f"warning: {n_trained} of the {len(recs)} query sequence(s) are among those {model} was trained on "
+                   "(the fingerprints of its training_data.json): the accuracy is not held-out")
     if unseen:
         typer.echo(f"warning: {len(unseen)} query record(s) carry a label outside the candidates ("
                    f"{', '.join(sorted(set(unseen))[:3])}): no method can get them right")

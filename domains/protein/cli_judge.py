@@ -71,6 +71,14 @@ def score_mutations_cmd(
             check_mutants(wt, muts, offset, [f"{mutants}:{i}" for i in range(2, len(muts) + 2)])
         masked = is_masked_lm(model)
         m, tok = load_masked_lm(model) if masked else load_model_and_tokenizer(model)
+        if masked:
+            from adaptome.domains.protein.esm_mutations import residue_window
+
+            window = residue_window(m, tok)
+            if window is not None and len(wt) > window:
+                typer.echo(f"note: the wild type has {len(wt)} residues, more than {model} reads at once "
+                           f"(max_position_embeddings): each site is scored in a window of {window} residues around "
+                           "it, so the context differs from site to site")
         scores = score_mutants(m, tok, wt, muts, offset, progress=True)
         blosum = blosum62_scores(muts)
 
@@ -111,6 +119,19 @@ def _held_out_check(model: str, test: list, where: str) -> dict:
                    f"those {model} was trained on ({FILE}): perplexity and classification are not held-out; give "
                    "a reference of sequences the model never saw")
     return {"n": len(test), "n_trained_on": seen}
+
+
+def _check_hold_out(recs: list, where: str, n_test: int = 3) -> None:
+    """Refuse, naming the reference, a label with too few records to hold ``n_test`` out and keep one."""
+    from collections import Counter
+
+    small = sorted((n, lab) for lab, n in Counter(r.label for r in recs).items() if n <= n_test)
+    if small:
+        n, lab = small[0]
+        more = f" (and {len(small) - 1} more label(s) with {n_test} or fewer)" if len(small) > 1 else ""
+        fail(f"{where}: label {lab!r} has {n} record(s){more}; evaluate holds {n_test} per label out for perplexity "
+             f"and classification and needs one more to train the baselines: give at least {n_test + 1} per label, "
+             "or leave that label out")
 
 
 def evaluate_cmd(
@@ -177,6 +198,7 @@ def evaluate_cmd(
         gen = evaluate.read_samples(samples) if samples is not None else None
         if gen is not None:
             evaluate.check_sample_labels(gen, [r.label for r in recs])
+        _check_hold_out(recs, where)
         train, test = data.split_by_label(recs, 3)
         overlap = _held_out_check(model, test, where)
         train_c, test_c = data.crop(train, max_residues), data.crop(test, max_residues)
@@ -193,6 +215,9 @@ def evaluate_cmd(
             "method": method}
         if gen is not None:
             report["generation"] = evaluate.generation_report(gen, train, recs)
+            report["sampling"] = evaluate.sample_settings(samples, str(model))
+            for note in report["sampling"]["notes"]:
+                typer.echo(note)
         import tempfile
 
         from adaptome.domains.protein import structure

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -252,20 +253,40 @@ def read_label_table(path: str | os.PathLike, id_column: str = "id", label_colum
     return table
 
 
+#: a UniProt FASTA id, ``sp|P69905|HBA_HUMAN`` (Swiss-Prot) or ``tr|...`` (TrEMBL): database, accession, entry name
+_UNIPROT_ID = re.compile(r"^(?:sp|tr)\|([^|\s]+)\|([^|\s]+)$")
+
+
+def table_key(rid: str, table: dict[str, str]) -> str | None:
+    """The key of ``table`` that labels record id ``rid``: the id itself, else, for a UniProt id
+    (``sp|ACC|NAME``), its accession, then its entry name (UniProt's own tables are keyed by accession); None."""
+    if rid in table:
+        return rid
+    m = _UNIPROT_ID.match(rid)
+    if m:
+        for key in m.groups():
+            if key in table:
+                return key
+    return None
+
+
 def attach_labels(records: list[Record], table: dict[str, str], source: str = "labels",
                   vocab: Iterable[str] | None = None, seq_source: str = "the sequences") -> list[Record]:
     """Records with their label from ``table`` (every record must have one, and a unique id, since the
-    table is keyed by id; labels checked against ``vocab`` when given). ``source`` names the table and
+    table is keyed by id; a UniProt id ``sp|ACC|NAME`` may be keyed by its accession or entry name, ``table_key``;
+    labels checked against ``vocab`` when given). ``source`` names the table and
     ``seq_source`` the sequence file(s) in errors."""
     seen: set[str] = set()
     dup = next((r.id for r in records if r.id in seen or seen.add(r.id)), None)
     if dup is not None:
         raise FormatError(f"{seq_source}: record id {dup!r} occurs more than once; the label table {source} is "
                           "keyed by id, so each id must be unique")
-    missing = [r.id for r in records if r.id not in table]
+    keys = {r.id: table_key(r.id, table) for r in records}
+    missing = [r.id for r in records if keys[r.id] is None]
     if missing:
-        raise FormatError(f"{source}: no label for {len(missing)} record(s), e.g. {missing[0]!r}")
-    out = [Record(r.id, r.seq, table[r.id]) for r in records]
+        uniprot = " (nor by its UniProt accession or entry name)" if _UNIPROT_ID.match(missing[0]) else ""
+        raise FormatError(f"{source}: no label for {len(missing)} record(s), e.g. {missing[0]!r}{uniprot}")
+    out = [Record(r.id, r.seq, table[keys[r.id]]) for r in records]
     if vocab is not None:
         validate_labels((r.label for r in out), vocab, source)
     return out

@@ -16,8 +16,10 @@ every training record are part of it (``core.train.identity``), so training data
 refused by name, never silently continued.
 
 Dimension letters: B sequences per batch, T tokens, C labels.
-Not covered: regression heads, per-residue (token) labels, sequences longer than ``max_residues``
-(they are cropped to their N-terminal part), class weighting for imbalanced labels.
+Sequences longer than ``max_residues``, or than the model reads at once (``max_position_embeddings`` less the
+specials and ESM's position offset, ``position_crop``), are cropped to their N-terminal part; ``classify`` counts
+them, and the crop used is saved beside the merged classifier. Not covered: regression heads, per-residue (token)
+labels, class weighting for imbalanced labels, windows over a long sequence (only its N-terminal part is read).
 """
 
 from __future__ import annotations
@@ -104,6 +106,19 @@ def load_classifier(name_or_path: str, labels: list[str], dtype: str = "float32"
     return model, from_pretrained_checked(AutoTokenizer, name_or_path)
 
 
+def position_crop(model, tok, max_residues: int) -> tuple[int, int | None]:
+    """(residues kept per sequence, the model's ``max_position_embeddings`` when it rather than ``max_residues``
+    sets that): a longer row would index past an absolute position table, or past what a rotary model was trained
+    on. ESM numbers positions from its padding index + 1, hence 2 positions beside the specials."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return max_residues, None
+    fit = limit - 2 - (len(tok("A", add_special_tokens=True)["input_ids"]) - 1)
+    if fit < 1:
+        raise ProteinError(f"the model's max_position_embeddings {limit} leaves no room for a residue")
+    return (fit, limit) if fit < max_residues else (max_residues, None)
+
+
 class _Encoded:
     """Map-style dataset of tokenized sequences (and label indices when given)."""
 
@@ -170,24 +185,25 @@ def train_classifier(name_or_path: str, records: list[Record], labels: list[str]
     if "classifier" not in (opts.get("modules_to_save") or []):
         raise ProteinError("adapter.options.modules_to_save must hold 'classifier' (the new head has to train)")
     model, tok = load_classifier(name_or_path, labels, cfg.dtype)
+    crop, limit = position_crop(model, tok, cfg.max_residues)
     model, _, _ = apply_method(model, cfg.adapter.method, opts)
     report = trainable_report(model)
     index = {lab: i for i, lab in enumerate(labels)}
-    data = _Encoded(tok, [r.seq for r in records], [index[r.label] for r in records], cfg.max_residues)
-    identity = {"esm_classify": {"model": name_or_path, "labels": list(labels), "max_residues": cfg.max_residues,
+    data = _Encoded(tok, [r.seq for r in records], [index[r.label] for r in records], crop)
+    identity = {"esm_classify": {"model": name_or_path, "labels": list(labels), "max_residues": crop,
                                  "data_sha256": records_digest(records), "n_records": len(records)}}
     result = fit(model, data, collate_fn=PadCollate(tok.pad_token_id), identity=identity,
                  **dataclasses.asdict(cfg.train))
     model = result.model.eval()
     save_trained(model, out / "adapter", overwrite=overwrite)
     summary: dict[str, Any] = {"steps": result.step, "trainable": report, "adapter": str(out / "adapter"),
-                               "model": model, "tokenizer": tok}
+                               "model": model, "tokenizer": tok, "max_residues": crop, "position_limit": limit}
     losses = [h["loss"] for h in result.history if "loss" in h]
     if losses:
         summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
     if cfg.merge:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
-        write_text_atomic(out / "merged" / CROP_FILE, json.dumps({"max_residues": cfg.max_residues}) + "\n")
+        write_text_atomic(out / "merged" / CROP_FILE, json.dumps({"max_residues": crop}) + "\n")
         summary["merged"] = str(out / "merged")
     return summary
 

@@ -88,6 +88,7 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
         s = esm_classify.train_classifier(model, train, cands, cfg, overwrite)
         save_config(cfg, cfg.train.output_dir)
         m, tok = s["model"], s["tokenizer"]
+        crop, limit = s["max_residues"], s["position_limit"]
         lines.append(f"trained {cfg.adapter.method} + head on {len(train)} sequences, {len(cands)} labels: "
                      f"{s['steps']} steps, loss {s.get('first_loss', float('nan')):.4f} -> "
                      f"{s.get('last_loss', float('nan')):.4f}, trainable {s['trainable']['percent']:.2f}%; "
@@ -100,11 +101,20 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
         if labels is not None and read_vocab(labels) != cands:
             raise ProteinError(f"{labels}: the labels differ from those {model} was trained on: {cands}")
         m, tok = esm_classify.load_classifier(model, cands, cfg.dtype)
-    crop = cfg.max_residues
+    n_long = sum(len(r.seq) > crop for r in queries) if train_fasta is not None else 0
     if train_fasta is None:  # a saved classifier predicts with the crop it was trained with
         saved = esm_classify.trained_max_residues(model)
-        crop = saved or crop
-        lines.append(f"queries cropped to {crop} residues" + (" (as the classifier was trained)" if saved else ""))
+        crop, limit = esm_classify.position_crop(m, tok, saved or cfg.max_residues)
+        n_long = sum(len(r.seq) > crop for r in queries)
+        lines.append(f"{n_long} of {len(queries)} queries cropped to {crop} residues"
+                     + (" (as the classifier was trained)" if saved and not limit else "")
+                     + (f" (the model's max_position_embeddings {limit})" if limit else ""))
+    else:
+        n_train = sum(len(r.seq) > crop for r in train)
+        if n_train or n_long:
+            why = f"the model's max_position_embeddings {limit} allows no more" if limit else "max_residues"
+            lines.append(f"{n_train} of {len(train)} training sequences and {n_long} of {len(queries)} queries cropped "
+                         f"to {crop} residues, their N-terminal part ({why})")
     preds = esm_classify.predict(m, tok, [r.seq for r in queries], cands, crop, cfg.predict_batch_size)
     if truth is not None:
         rep = evaluate.classification_report([truth[r.id] for r in queries], [p["pred"] for p in preds], train,

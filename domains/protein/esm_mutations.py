@@ -11,9 +11,17 @@ does; the paper's Eq. 1 masks all mutated positions of a multi-mutant at once, w
 here. A positive score means the model prefers the mutant. One forward pass per distinct mutated
 position, batched.
 
+A wild type longer than the model reads at once (``residue_window``: ``max_position_embeddings`` less the
+tokenizer's specials and ESM's position offset of 2, i.e. 1,022 residues for ESM-1v / ESM-2) is scored in a
+window of that many residues around each masked site: centred on it, shifted to stay inside the protein (so
+the first and last sites get the first and last window). Each site then sees at most the context the model was
+trained with, never positions it has no embedding for (absolute) or never saw (rotary); the context differs from
+site to site, and ``score-mutations`` says so.
+
 Dimension letters: B masked copies per batch, T tokens (residues plus the tokenizer's specials),
 V vocabulary. Not covered: the wild-type-marginal and pseudo-likelihood variants of ESM-1v,
-insertions and deletions, sequences longer than the model's context (no sliding window).
+insertions and deletions; a multi-mutant whose sites lie farther apart than one window still sums single effects,
+each scored in its own window.
 """
 
 from __future__ import annotations
@@ -42,28 +50,51 @@ def encode_residues(tok, wt: str) -> tuple[list[int], int]:
     raise ProteinError("the model's tokenizer does not map the wild type to one token per residue")
 
 
+def residue_window(model, tok) -> int | None:
+    """Residues the model reads at once: ``max_position_embeddings`` less the tokenizer's specials (``<cls>``,
+    ``<eos>``) and ESM's position offset (ids start after the padding index, 2 in all); None when the config
+    sets no limit."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return None
+    n_special = len(tok("A", add_special_tokens=True)["input_ids"]) - 1
+    return limit - 2 - n_special
+
+
+def window_start(i: int, length: int, window: int) -> int:
+    """First residue of the ``window`` residues scored for site ``i`` of a protein of ``length`` residues: the
+    window centred on ``i``, shifted to stay inside the protein (0 when the protein fits)."""
+    if length <= window:
+        return 0
+    return min(max(0, i - window // 2), length - window)
+
+
 def masked_log_probs(model, tok, wt: str, positions: list[int], batch_size: int = 16,
                      progress: bool = False) -> dict[int, list[float]]:
-    """0-based residue index -> log p(x_i = v | x_{-i}) over the vocabulary, residue i masked."""
+    """0-based residue index -> log p(x_i = v | x_{-i}) over the vocabulary, residue i masked; a wild type longer
+    than ``residue_window`` is read in a window around each site (``window_start``, module docstring)."""
     import torch
 
     if tok.mask_token_id is None:
         raise ProteinError("the model's tokenizer has no mask token; masked-marginal scoring needs a masked LM")
-    ids, start = encode_residues(tok, wt)
-    cfg = model.config
-    if getattr(cfg, "position_embedding_type", "") == "absolute" and len(ids) > cfg.max_position_embeddings - 2:
-        fit = cfg.max_position_embeddings - 2 - (len(ids) - len(wt))
-        raise ProteinError(f"the wild type has {len(wt)} residues; this model's absolute position embeddings fit at "
-                           f"most {fit} (no sliding window)")
+    window = residue_window(model, tok) or len(wt)
+    if window < 1:
+        raise ProteinError(f"the model's max_position_embeddings {model.config.max_position_embeddings} leaves no "
+                           "room for a residue")
+    encoded: dict[int, tuple[list[int], int]] = {}  # window start -> (token ids, index of its first residue)
     device = next(model.parameters()).device
-    base = torch.tensor(ids, dtype=torch.long)  # (T,)
     out: dict[int, list[float]] = {}
     todo = sorted(set(positions))
     with progress_bar("masked marginals", len(todo), enabled=progress) as bar, torch.no_grad():
         for k in range(0, len(todo), batch_size):
             chunk = todo[k:k + batch_size]
-            rows = base.unsqueeze(0).repeat(len(chunk), 1)  # (B, T)
-            cols = torch.tensor([start + i for i in chunk])  # (B,)
+            starts = [window_start(i, len(wt), window) for i in chunk]
+            for w0 in starts:
+                if w0 not in encoded:
+                    encoded[w0] = encode_residues(tok, wt[w0:w0 + window])
+            # every window holds min(len(wt), window) residues, so the rows have one length
+            rows = torch.tensor([encoded[w0][0] for w0 in starts], dtype=torch.long)  # (B, T)
+            cols = torch.tensor([encoded[w0][1] + i - w0 for i, w0 in zip(chunk, starts)])  # (B,)
             rows[torch.arange(len(chunk)), cols] = tok.mask_token_id
             logits = model(input_ids=rows.to(device), attention_mask=torch.ones_like(rows).to(device)).logits
             picked = logits.float()[torch.arange(len(chunk)), cols.to(device)]  # (B, T, V) -> (B, V)

@@ -98,6 +98,57 @@ def read_samples(path: str | Path) -> list:
     return out
 
 
+def _same_model(a: str, b: str) -> bool:
+    """The same folder (resolved) or the same hub id."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def sample_settings(path: str | Path, model: str) -> dict[str, Any]:
+    """How the samples of a FASTA written by ``sample`` were drawn, from its headers: ``settings``, the distinct
+    sampling settings (``SamplingParams`` fields and the prefix, values as written), ``models``, the models the
+    headers name, ``length_prior`` (any sample's length drawn from the training lengths), and ``notes``, the
+    lines ``evaluate`` prints and the report shows: no settings recorded, several settings pooled, lengths from
+    the length prior (the length KS test then measures the prior, not the model), samples of a model other than
+    ``model``."""
+    from dataclasses import fields
+
+    from adaptome.domains.protein.formats import read_fasta_headers
+    from adaptome.domains.protein.sample import SamplingParams, parse_header
+
+    keys = [f.name for f in fields(SamplingParams)]
+    settings: list[dict[str, str]] = []
+    models: list[str] = []
+    for h, _ in read_fasta_headers(path):
+        meta = parse_header(h)
+        s = {k: meta[k] for k in keys if k in meta}
+        if s:
+            s["prefix"] = meta.get("prefix", "-")
+            if s not in settings:
+                settings.append(s)
+        if meta.get("model") and meta["model"] not in models:
+            models.append(meta["model"])
+    prior = any(s.get("length_prior") == "True" for s in settings)
+    notes = []
+    if not settings:
+        notes.append(f"note: {path}: the sample headers record no sampling settings (written by `adaptome protein "
+                     "sample`, they do); the report cannot say how the samples were drawn")
+    elif len(settings) > 1:
+        notes.append(f"note: {path} holds samples of {len(settings)} sampling settings; the generation metrics pool "
+                     "them")
+    if prior:
+        notes.append(f"warning: {path}: samples drawn with the length prior (length_prior=True): their lengths were "
+                     "drawn from the training lengths, not the model's, so the length KS test measures the length "
+                     "prior, not the model")
+    other = [m for m in models if not _same_model(m, model)]
+    if other:
+        notes.append(f"warning: the samples were drawn from {', '.join(other)}, not from --model {model}: the "
+                     "generation metrics describe those samples, the rest of the report this model")
+    return {"settings": settings, "models": models, "length_prior": prior, "notes": notes}
+
+
 def perplexity_on(model, tok, seqs: list[str], batch_size: int = 16) -> float:
     """Perplexity of ``<s>Seq=<...></s>`` lines: every token after ``<s>`` is scored."""
     from adaptome.core.evaluation import lm_perplexity
@@ -315,6 +366,15 @@ def markdown(report: dict[str, Any]) -> str:
                              f"{fmt(r.get('low_complexity_share', float('nan')))} "
                              f"({fmt(r['real_low_complexity_share'])}) |")
             lines.append("")
+    sm = report.get("sampling")
+    if sm:
+        # evaluate: the settings read from the sample headers; the quickstart: the one setting it sampled with
+        settings = sm["settings"] if "settings" in sm else [sm]
+        lines += ["## Sampling" + (" (from the sample headers)" if "settings" in sm else ""), ""]
+        lines += [f"- {', '.join(f'{k}={v}' for k, v in s.items())}" for s in settings]
+        lines += [f"- drawn from `{m}`" for m in sm.get("models", [])]
+        lines += [f"- {note}" for note in sm.get("notes", [])]
+        lines.append("")
     s = report.get("structure")
     if s:
         lines += ["## Structure metrics", ""]

@@ -3,7 +3,8 @@ or the tiny LLaMA built from config that the tests, quickstart and benchmarks us
 
 Where a model comes from (``resolve_model``): an argument that looks like a path (it exists, starts
 with ``.``, ``~`` or ``/``, holds a backslash or more than one ``/``, or is not a valid hub id) is a
-local folder, and a missing one is the one-line ``model folder not found: <path>``; only a bare hub
+local folder, and a missing one is the one-line ``model folder not found: <path>`` (one without ``config.json``,
+an adapter folder among them, is one line too, ``check_model_folder``); only a bare hub
 id (``name`` or ``org/name``) goes to the hub. With ``HF_HUB_OFFLINE`` set, or when the hub's host
 does not answer within a few seconds, a hub id is loaded from the local cache or refused with one
 line saying the machine is offline (no download retries). Every ``*.safetensors`` file of a local
@@ -123,6 +124,21 @@ def _in_hub_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
+def check_model_folder(name_or_path: str, folder: Path) -> None:
+    """Refuse, in one line, a folder without the ``config.json`` of a transformers checkpoint: an adapter folder
+    (``adapter_config.json``, e.g. a stage's ``adapter/``, whose base is named, not held) points to the merged
+    checkpoint beside it; any other folder says what is missing."""
+    if (folder / "config.json").is_file():
+        return
+    if (folder / "adapter_config.json").is_file():
+        merged = folder.parent / "merged"
+        hint = (f"give the merged checkpoint {merged}" if (merged / "config.json").is_file()
+                else "give a merged checkpoint (the merged/ folder a stage writes with merge: true)")
+        raise ProteinError(f"{name_or_path}: an adapter folder (adapter_config.json, no config.json), not a model; "
+                           f"{hint}")
+    raise ProteinError(f"{name_or_path}: no config.json: not a transformers model folder")
+
+
 def resolve_model(name_or_path: str) -> tuple[str, dict[str, Any]]:
     """(what to pass to ``from_pretrained``, its extra keyword arguments); see the module docstring."""
     if looks_like_path(name_or_path):
@@ -135,6 +151,7 @@ def resolve_model(name_or_path: str) -> tuple[str, dict[str, Any]]:
             if folder.is_file():
                 raise ModelNotFound(f"{name_or_path}: a file, not a model folder")
             raise ModelNotFound(f"model folder not found: {name_or_path}")
+        check_model_folder(name_or_path, folder)
         for weights in sorted(folder.glob("*.safetensors")):
             check_safetensors(weights)
         return str(folder), {}

@@ -101,7 +101,7 @@ def two_stage(out_dir: Path, s1_steps: int | None = None, s2_steps: int | None =
     preset = sample.preset_for(tuned)
     params = sample.with_preset(preset, max_new_tokens=limit, seed=seed)
     samples = sample.sample(tuned, tok, task, labels, n_per_label, params)
-    sample.write_samples(samples, params, out_dir / "samples.fasta")
+    sample.write_samples(samples, params, out_dir / "samples.fasta", model=str(Path(s2["merged"]).resolve()))
     report["generation"] = evaluate.generation_report(samples, train_full, all_full)
     report["sampling"] = {"preset": preset, **dataclasses.asdict(params)}
     report["structure"] = structure.structure_report([], [])  # notes only: no ESMFold ships here
