@@ -17,8 +17,12 @@ A position named twice in one mutant (``H24C:H24A``) is refused. In a mutant tab
 (empty, ``nan``, ``NA``) keeps the mutant in the scores and leaves it out of both Spearman correlations (model
 and baseline alike, counted in the message); errors name the file and line.
 
+A causal LM scores the whole ``Seq=<...>`` line, so a wild type longer than its ``max_position_embeddings`` is
+refused (a rotary model would run past its positions without an error); a masked LM scores in a window
+(``esm_mutations``).
+
 Not covered: insertions and deletions (``H24del``, ``H24_P25insA``: refused), length normalisation (ProLLaMA
-leaves it to the user).
+leaves it to the user), a sliding window for causal LMs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import math
 import re
 from pathlib import Path
 
-from adaptome.domains.protein.formats import STANDARD_AA, FormatError, seq_line
+from adaptome.domains.protein.formats import STANDARD_AA, FormatError, ProteinError, seq_line
 
 _MUT_RX = re.compile(r"^([A-Z])(\d+)([A-Z])$")
 _INDEL_RX = re.compile(r"(del|ins|dup|fs|_)", re.I)
@@ -108,6 +112,12 @@ def score_mutants(model, tok, wt: str, mutants: list[str], offset: int = 0, batc
 
         return score_mutants_masked(model, tok, wt, [parse_mutant(m) for m in mutants], offset, batch_size,
                                     progress)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    n_tokens = len(tok(seq_line(wt), add_special_tokens=False)["input_ids"]) + 2  # + <s> and </s>
+    if limit and n_tokens > limit:  # a rotary model would run past its positions without an error
+        raise ProteinError(f"the wild type ({len(wt)} residues, {n_tokens} tokens as Seq=<...>) is longer than this "
+                           f"causal LM's {limit} positions: its likelihoods past them mean nothing; score it with an "
+                           "ESM-style masked LM (scored in a window around each site) or a model with a longer context")
     seqs = [wt] + [apply_mutant(wt, m, offset) for m in mutants]
     lps = score_targets(model, tok, [("", seq_line(s)) for s in seqs], batch_size, progress=progress)
     nll = [-lp for lp, _ in lps]

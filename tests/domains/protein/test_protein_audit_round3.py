@@ -211,3 +211,27 @@ def test_build_dataset_labels_uniprot_ids_by_accession(tmp_path):
     r = runner.invoke(app, ["build-dataset", "--fasta", str(fa), "--labels", str(table), "--task-name", "family",
                             "--out", str(tmp_path / "ds2")])
     _one_line_error(r, "no label", "tr|A0A024R161|A0A024R161_HUMAN")
+
+
+def test_causal_score_mutations_refuses_a_wild_type_past_the_models_positions(tmp_path):
+    """A rotary causal LM scored a wild type longer than its positions without a word."""
+    from adaptome.domains.protein.model import load_model_and_tokenizer
+
+    m, tok = load_model_and_tokenizer(None, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                                      max_position_embeddings=64)
+    m.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "muts.csv").write_text("mutant\nM1A\n")
+    for n, ok in ((50, True), (80, False)):
+        wt = "M" + "KTAYIAKQRQ" * 8
+        out = tmp_path / f"s{n}.csv"
+        r = CliRunner().invoke(app, ["score-mutations", "--model", str(tmp_path / "m"), "--mutants",
+                                     str(tmp_path / "muts.csv"), "--wildtype", wt[:n], "--offset", "1",
+                                     "--out", str(out)])
+        if ok:
+            assert r.exit_code == 0 and out.is_file(), r.output
+        else:
+            err = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+            assert r.exit_code == 2 and len(err) == 1, r.output
+            assert "longer than this causal LM's 64 positions" in err[0], r.output
+            assert not out.exists()
