@@ -10,7 +10,8 @@ and puts it in eval mode (``eval_mode=False``: leave it in the train mode a fres
 weights therefore depend only on the arguments.
 
 * ``llama``: ``LlamaForCausalLM``; grouped-query attention (2 key/value heads for 4 query heads) and an
-  untied LM head by default.
+  untied LM head by default; ``tied_llama_checkpoint`` saves one whose LM head is its input embedding, with
+  the character tokenizer, as a folder.
 * ``bert``: ``BertForMaskedLM`` (``head=None``: the bare ``BertModel``); dropout 0 by default so a
   model in train mode is deterministic too.
 * ``xlmr``: ``XLMRobertaForMaskedLM``; ``esm``: ``EsmForMaskedLM`` (``head="folding"``:
@@ -59,6 +60,23 @@ def llama(*, seed: int | None = 0, eval_mode: bool = True, **config):
     from transformers import LlamaForCausalLM
 
     return _build(LlamaForCausalLM, llama_config(**config), seed, eval_mode)
+
+
+def tied_llama_checkpoint(folder, *, seed: int | None = 0, **config):
+    """A 1-layer LLaMA whose LM head is its input embedding (``tie_word_embeddings``), sized for
+    ``adaptome.core.text.char_tokenizer``, saved with that tokenizer to ``folder``; returns the folder."""
+    from pathlib import Path
+
+    from adaptome.core import text
+
+    tok = text.char_tokenizer()
+    sizes = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                 num_kv_heads=2, tie=True, max_position_embeddings=64)
+    model = llama(seed=seed, **{**sizes, **config})
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return Path(folder)
 
 
 def phi3_config(vocab_size: int = 32, hidden_size: int = 32, intermediate_size: int = 64, num_layers: int = 2,

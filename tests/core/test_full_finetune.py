@@ -42,8 +42,7 @@ def _config(tmp_path, optimizer=None, options=None, name="run", **train) -> str:
 
 def _base():
     """The tiny LLaMA ``adaptome train`` builds from TINY with train.seed 0 (the loaded weights)."""
-    torch.manual_seed(0)
-    return text.tiny_causal_lm(len(text.char_tokenizer()), **TINY)
+    return tiny_models.text_causal_lm(len(text.char_tokenizer()), seed=0, **TINY)
 
 
 def _train(app, cfg, *extra):
@@ -182,14 +181,11 @@ def test_protein_pretrain_with_full_and_galore(tmp_path):
 
 def test_full_saves_a_tied_lm_head_once_and_reloads_it_tied(tmp_path):
     """``adapter/model.safetensors`` of a model whose LM head is its embedding (GPT-2, small LLaMAs)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from adaptome.core.adapters.from_scratch import apply_method, load_pretrained_model, save_trained
 
     def tied():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, tie_word_embeddings=True))
+        return tiny_models.llama(vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                                 num_kv_heads=2, tie=True, eval_mode=False)
 
     model, _, _ = apply_method(tied(), "full")
     with torch.no_grad():

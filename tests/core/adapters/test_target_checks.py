@@ -8,12 +8,11 @@
 """
 
 import pytest
-import torch
+import tiny_models as tiny
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from adaptome.core import cli, text
+from adaptome.core import cli
 from adaptome.core.adapters.api import apply_adapter, make_config
 from adaptome.core.adapters.targets import TargetError
 
@@ -55,8 +54,6 @@ def test_a_list_entry_that_names_an_embedding_says_so(tmp_path):
 
 
 def test_presets_and_globs_still_resolve():
-    import tiny_models as tiny
-
     m = tiny.bert(seed=0)
     # the BERT preset holds glob entries; an all-matching user list with a glob is fine too
     apply_adapter(m, make_config("lora_native", {"r": 2, "target_modules": "attention+mlp"}))
@@ -65,16 +62,7 @@ def test_presets_and_globs_still_resolve():
 
 
 def _tied_model(tmp_path):
-    tok = text.char_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg)
-    assert model.lm_head.weight is model.model.embed_tokens.weight
-    model.save_pretrained(tmp_path / "tied")
-    tok.save_pretrained(tmp_path / "tied")
-    return {"name_or_path": str(tmp_path / "tied"), "kind": "causal"}
+    return {"name_or_path": str(tiny.tied_llama_checkpoint(tmp_path / "tied")), "kind": "causal"}
 
 
 @pytest.mark.parametrize("method", ["lora_native", "dylora", "lora"])

@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import json
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+import tiny_models
 from typer.testing import CliRunner
 
-from adaptome.core import cli, text
+from adaptome.core import cli
 
 runner = CliRunner()
 
 
 def _tied(tmp_path):
-    tok = text.char_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=64)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tied")
-    tok.save_pretrained(tmp_path / "tied")
-    return tmp_path / "tied"
+    return tiny_models.tied_llama_checkpoint(tmp_path / "tied")
 
 
 def test_a_tied_head_is_refused_and_nothing_is_written(tmp_path):
