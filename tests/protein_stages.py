@@ -1,4 +1,15 @@
-"""The two protein stages through the CLI on a tiny model, for tests that need a trained pair of folders."""
+"""The two protein stages through the CLI on a tiny model, for tests that need a trained pair of folders, and
+the check that a protein command stopped with one error line."""
+
+
+def one_line_error(r, *needles):
+    """A CLI result that exited 2 with exactly one ``error:`` line holding every needle; returns the line."""
+    assert r.exit_code == 2, r.output
+    err = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1, r.output
+    for needle in needles:
+        assert needle in err[0], err[0]
+    return err[0]
 
 
 def cli_stages(tmp, steps: int, stage1_file: str = "sequences.txt"):

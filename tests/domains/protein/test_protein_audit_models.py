@@ -7,20 +7,12 @@ import json
 
 import pytest
 import tiny_models
+from protein_stages import one_line_error
 from typer.testing import CliRunner
 
 from adaptome.domains.protein.cli import app
 
 runner = CliRunner()
-
-
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    err = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1, r.output
-    for needle in needles:
-        assert needle in err[0], err[0]
-    return err[0]
 
 
 # --- 1. score-mutations on a sequence classifier ---------------------------------------------------------
@@ -29,7 +21,7 @@ def test_score_mutations_refuses_a_classifier_folder_without_masked_lm_head(tmp_
     tiny_models.esm_checkpoint(cls, head="sequence_classification", num_labels=2)
     out = tmp_path / "s.csv"
     r = runner.invoke(app, ["score-mutations", "--model", str(cls), "--out", str(out)])
-    _one_line_error(r, str(cls), "sequence classifier", "without a masked-LM head",
+    one_line_error(r, str(cls), "sequence classifier", "without a masked-LM head",
                     "the masked LM the classifier was trained from")
     assert not out.exists()
     # without `architectures` in its config the missing head weights give it away
@@ -37,7 +29,7 @@ def test_score_mutations_refuses_a_classifier_folder_without_masked_lm_head(tmp_
     cfg.pop("architectures")
     (cls / "config.json").write_text(json.dumps(cfg))
     r = runner.invoke(app, ["score-mutations", "--model", str(cls), "--out", str(out)])
-    _one_line_error(r, str(cls), "no masked-LM head weights", "lm_head.")
+    one_line_error(r, str(cls), "no masked-LM head weights", "lm_head.")
     assert not out.exists()
 
 
@@ -76,7 +68,7 @@ def test_esm_classify_policy_applies_to_the_training_fasta(tmp_path):
     # an explicit --policy that contradicts the config's is refused, never silently dropped
     r = runner.invoke(app, args + ["--policy", "error", "--set", "residue_policy=keep",
                                    "--set", f"train.output_dir={tmp_path / 'run3'}", "--out", str(tmp_path / "p3.csv")])
-    _one_line_error(r, "--policy error contradicts residue_policy keep")
+    one_line_error(r, "--policy error contradicts residue_policy keep")
     assert not (tmp_path / "p3.csv").exists() and not (tmp_path / "run3").exists()
 
 
@@ -117,7 +109,7 @@ def test_sample_prefix_is_cleaned_and_checked(causal_dir, tmp_path):
     for bad, ch in (("MK>", "'>'"), ("MK V", "' '"), ("Family=<X", "'='")):
         r = runner.invoke(app, ["sample", "--model", str(causal_dir), "-n", "1", "--prefix", bad, "--out",
                                 str(tmp_path / "h.fa")])
-        _one_line_error(r, "--prefix", ch, "not an amino-acid letter")
+        one_line_error(r, "--prefix", ch, "not an amino-acid letter")
         assert not (tmp_path / "h.fa").exists()
 
 
@@ -125,13 +117,13 @@ def test_sample_refuses_a_label_its_header_cannot_hold_and_evaluate_names_the_fi
     out = tmp_path / "g.fa"
     r = runner.invoke(app, ["sample", "--model", str(causal_dir), "-n", "1", "--label", "Kin | ase",
                             "--task-name", "family", "--max-new-tokens", "5", "--out", str(out)])
-    _one_line_error(r, "--label 'Kin | ase'", "cannot be written into a sample's FASTA header")
+    one_line_error(r, "--label 'Kin | ase'", "cannot be written into a sample's FASTA header")
     assert not out.exists()
     # a samples file with such a header (written by hand or by an older version): the error names it
     out.write_text(">gen-0001 condition=Family=<Kin | ase> | prefix=- | complete=yes | invalid=0\nMKV\n")
     r = runner.invoke(app, ["evaluate", "--model", str(causal_dir), "--samples", str(out),
                             "--out", str(tmp_path / "rep")])
-    _one_line_error(r, str(out), "gen-0001", "Family=<Kin")
+    one_line_error(r, str(out), "gen-0001", "Family=<Kin")
     assert not (tmp_path / "rep").exists()
 
 
@@ -188,5 +180,5 @@ def test_evaluate_says_the_reference_was_trained_on(stages, tmp_path):
 def test_evaluate_refuses_a_reference_and_a_shipped_set_together(stages, tmp_path):
     r = runner.invoke(app, ["evaluate", "--model", str(stages / "s2" / "merged"), "--reference",
                             str(stages / "ds" / "sequences.fasta"), "--shipped", "ec", "--out", str(tmp_path / "rep")])
-    _one_line_error(r, "--reference", "--shipped ec")
+    one_line_error(r, "--reference", "--shipped ec")
     assert not (tmp_path / "rep").exists()

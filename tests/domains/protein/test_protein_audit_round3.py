@@ -12,22 +12,13 @@ import json
 import pytest
 import tiny_models
 import torch
-from protein_stages import cli_stages
+from protein_stages import cli_stages, one_line_error
 from typer.testing import CliRunner
 
 from adaptome.domains.protein.cli import app
 
 runner = CliRunner()
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues
-
-
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    err = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1, r.output
-    for needle in needles:
-        assert needle in err[0], err[0]
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +31,7 @@ def test_sample_refuses_a_label_given_twice(stages, tmp_path):
     out = tmp_path / "g.fa"
     r = runner.invoke(app, ["sample", "--model", str(stages / "s2" / "merged"), "--task-name", "family", "--label",
                             "12TM_1", "--label", "12TM_1", "-n", "2", "--out", str(out)])
-    _one_line_error(r, "--label", "12TM_1", "twice", "-n")
+    one_line_error(r, "--label", "12TM_1", "twice", "-n")
     assert not out.exists()
 
 
@@ -104,7 +95,7 @@ def test_evaluate_names_the_reference_when_a_label_is_too_small_to_hold_out(stag
     ref.write_text("".join(f">a{i} Family=<A>\nMKVLAAGHT\n" for i in range(5)) + ">b0 Family=<B>\nMKVLAAGHT\n")
     r = runner.invoke(app, ["evaluate", "--model", str(stages / "s2" / "merged"), "--reference", str(ref),
                             "--out", str(tmp_path / "rep")])
-    _one_line_error(r, str(ref), "'B'", "1 record", "3 per label")
+    one_line_error(r, str(ref), "'B'", "1 record", "3 per label")
 
 
 # --- classify -----------------------------------------------------------------------------------------------
@@ -128,11 +119,11 @@ def test_an_adapter_folder_as_model_is_one_line(stages, tmp_path):
     adapter = stages / "s2" / "adapter"
     r = runner.invoke(app, ["sample", "--model", str(adapter), "--task-name", "family", "--label", "12TM_1",
                             "--out", str(tmp_path / "g.fa")])
-    _one_line_error(r, str(adapter), "adapter", str(stages / "s2" / "merged"))
+    one_line_error(r, str(adapter), "adapter", str(stages / "s2" / "merged"))
     empty = tmp_path / "empty"
     empty.mkdir()
     r = runner.invoke(app, ["score-mutations", "--model", str(empty), "--out", str(tmp_path / "s.csv")])
-    _one_line_error(r, str(empty), "config.json")
+    one_line_error(r, str(empty), "config.json")
 
 
 # --- ESM score-mutations: a wild type longer than the model's positions -----------------------------------------
@@ -210,7 +201,7 @@ def test_build_dataset_labels_uniprot_ids_by_accession(tmp_path):
     table.write_text("id,label\nP69905,globin\n")
     r = runner.invoke(app, ["build-dataset", "--fasta", str(fa), "--labels", str(table), "--task-name", "family",
                             "--out", str(tmp_path / "ds2")])
-    _one_line_error(r, "no label", "tr|A0A024R161|A0A024R161_HUMAN")
+    one_line_error(r, "no label", "tr|A0A024R161|A0A024R161_HUMAN")
 
 
 def test_causal_score_mutations_refuses_a_wild_type_past_the_models_positions(tmp_path):
