@@ -12,8 +12,9 @@ key names of peft's own files (``base_model.model.<path>.lora_A.weight``), so
 Dimension letters: O out_features, I in_features, R rank, K merged rank, M min(O, I).
 
 Not covered: DoRA, LoRA bias terms, embedding / convolution LoRAs, ``modules_to_save`` (refused:
-there is no single right way to merge fully trained copies), adaptome's native folders (export them
-first with ``adaptome adapters export --to peft-lora``).
+there is no single right way to merge fully trained copies), LoRAs saved unconverted from an init that
+rewrites the base weights (PiSSA, OLoRA, CorDA, LoftQ: refused, their ``B A`` is not their update),
+adaptome's native folders (export them first with ``adaptome adapters export --to peft-lora``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+#: peft inits that rewrite the base weights (W - B0 A0, or a quantised W): such a folder's B A is not its update
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 class MergeError(AdaptomeError, ValueError):
@@ -86,6 +89,12 @@ def read_lora(path: str | os.PathLike) -> LoraFolder:
     for key, why in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save")):
         if cfg.get(key):
             raise MergeError(f"{path / CONFIG}: {why} adapters cannot be merged here (not covered)")
+    init = cfg.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(BASE_CHANGING_INITS):
+        raise MergeError(f"{path / CONFIG}: init_lora_weights is {init!r}: the LoRA was trained on base weights that "
+                         "its init changed, so its A and B alone are not its update to the base (merging them would be "
+                         "silently wrong); save it converted (peft's save_pretrained(..., "
+                         "path_initial_model_for_weight_conversion=...)) and merge that")
     if cfg.get("bias", "none") != "none":
         raise MergeError(f"{path / CONFIG}: LoRA bias terms are not covered")
     try:

@@ -12,7 +12,9 @@ ICML 2024, arXiv 2402.04333, Sec. 4 and eq. 2-3).
 4. Score(z) = sum_i eta_i <Gamma_i(z), g_i(z')> (eq. 3), eta_i the mean learning rate of epoch i
    renormalised to sum to 1; averaged over the target examples of each subtask (a target file, or a
    ``subtask`` field), then the max over subtasks.
-5. The top ``floor(percentage * N)`` examples, written as JSONL with their scores.
+5. The top ``floor(percentage * N)`` examples, written as JSONL (every field of the record) with their scores.
+   The summary counts the texts cut to ``max_length`` tokens and the pool texts that repeat an earlier one
+   (repeats score alike and are kept).
 
 The LoRA defaults follow the paper's warm-up (r 128, alpha 512, dropout 0.1, q/k/v/o, lr 2e-5, linear
 schedule with 3 % warm-up); tiny models need a larger lr.
@@ -21,7 +23,7 @@ Dimension letters: N pool examples, M target examples, T tokens, D LoRA paramete
 dimension, S subtasks.
 
 Not covered: selecting with a model other than the warm-up one, the paper's 4096-dimensional second
-projection, multi-GPU feature extraction, masked LMs (``grads.py``), prompt-masked losses (every
+projection, multi-GPU feature extraction, masked LMs (refused: ``check_causal``), prompt-masked losses (every
 token of an example counts).
 """
 
@@ -54,7 +56,8 @@ class LessConfig:
         percentage: share of the pool to select (exactly floor(percentage * N) examples).
         warmup_fraction: share of the pool the warm-up LoRA trains on.
         warmup_epochs: warm-up epochs (one checkpoint each).
-        lora_r, lora_alpha, lora_dropout, target_modules: the warm-up LoRA (peft).
+        lora_r, lora_alpha, lora_dropout, target_modules: the warm-up LoRA (peft); ``attention`` is the
+            architecture's preset (``adapters.targets``: q/k/v/o on LLaMA, fused qkv_proj/o_proj on Phi-3).
         lr: warm-up peak learning rate (linear schedule).
         warmup_ratio: share of warm-up steps spent ramping the learning rate up.
         batch_size: warm-up batch size.
@@ -109,7 +112,8 @@ def read_jsonl(path: str | os.PathLike, subtask: str | None = None) -> list[dict
 
 
 def encode(tok, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids (N, T), labels (N, T)); labels are -100 on padding."""
+    """Right-padded (input_ids (N, T), labels (N, T)); labels are -100 on padding. A text of more than
+    ``max_length - 1`` tokens is cut (``n_cut`` counts them)."""
     ids = [tok(t, add_special_tokens=True)["input_ids"][: max_length - 1] + [tok.eos_token_id] for t in texts]
     width = max(len(i) for i in ids)
     x = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
@@ -118,6 +122,35 @@ def encode(tok, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.
         x[row, : len(i)] = torch.tensor(i)
         y[row, : len(i)] = torch.tensor(i)
     return x, y
+
+
+def n_cut(tok, texts: list[str], max_length: int) -> int:
+    """How many of ``texts`` ``encode`` cuts to ``max_length`` tokens."""
+    return sum(len(tok(t, add_special_tokens=True)["input_ids"]) > max_length - 1 for t in texts)
+
+
+def n_repeated(records: list[dict[str, Any]]) -> int:
+    """How many records repeat the ``text`` of an earlier one (they get the same score: kept, and counted)."""
+    return len(records) - len({r["text"] for r in records})
+
+
+def check_causal(model: nn.Module, source: str) -> None:
+    """Refuse a model whose earlier positions see later tokens (a masked LM or an encoder loaded as a causal
+    LM, e.g. BERT as ``BertLMHeadModel`` without ``is_decoder``): its next-token loss and the right-padded,
+    maskless per-example gradients would be wrong. Two forwards of 4 tokens that differ in the last one."""
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.arange(1, 5)[None] % vocab  # (1, 4)
+    other = ids.clone()
+    other[0, -1] = (ids[0, -1] + 1) % vocab
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        a = model(input_ids=ids).logits[:, :-1]  # (1, 3, V)
+        b = model(input_ids=other).logits[:, :-1]  # (1, 3, V)
+    model.train(was)
+    if not torch.allclose(a, b, atol=1e-5, rtol=0):
+        raise SelectError(f"{source}: {type(model).__name__} is not a causal LM (its earlier positions see later "
+                          "tokens: a masked LM or encoder); LESS here needs a causal LM (masked LMs are not covered)")
 
 
 # -- warm-up --------------------------------------------------------------------------------------
@@ -155,11 +188,9 @@ def warmup(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, cfg: LessC
     spe = len(subset) // cfg.batch_size
     steps = spe * cfg.warmup_epochs
     warm_steps = math.ceil(cfg.warmup_ratio * steps)
-    targets = cfg.target_modules
-    if targets == "attention":
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
     model = apply_adapter(model, make_config("lora", {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
-                                                      "lora_dropout": cfg.lora_dropout, "target_modules": targets}))
+                                                      "lora_dropout": cfg.lora_dropout,
+                                                      "target_modules": cfg.target_modules}))
     data = [{"input_ids": ids[i], "labels": labels[i]} for i in subset]
     collate = lambda b: {k: torch.stack([x[k] for x in b]) for k in b[0]}  # noqa: E731  (B, T)
     fit(model, data, collate_fn=collate, output_dir=work_dir, max_steps=steps, batch_size=cfg.batch_size,
@@ -269,10 +300,14 @@ def select_data(model_path: str, train_files: list[str], target_files: list[str]
     if (work / "checkpoints").exists():  # the default work folder of the output being replaced (--overwrite)
         shutil.rmtree(work)
     tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.eos_token_id is None:
+        raise SelectError(f"{model_path}: its tokenizer has no end-of-text token (eos_token), which ends every "
+                          "example here")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(model_path)
+    check_causal(model, model_path)
     x, y = encode(tok, [r["text"] for r in pool], cfg.max_length)
     tx, ty = encode(tok, [r["text"] for r in targets], cfg.max_length)
     model, epochs = warmup(model, x, y, cfg, work)
@@ -292,6 +327,9 @@ def select_data(model_path: str, train_files: list[str], target_files: list[str]
         for i in chosen:
             fh.write(json.dumps({**pool[i], "less_score": float(score[i])}, ensure_ascii=False) + "\n")
     return {"selected": len(chosen), "pool": len(pool), "targets": len(targets),
-            "subtasks": sorted({r["subtask"] for r in targets}), "checkpoints": [str(c) for c, _ in epochs],
+            "subtasks": sorted({r["subtask"] for r in targets}),
+            "cut_to_max_length": {"pool": n_cut(tok, [r["text"] for r in pool], cfg.max_length),
+                                  "targets": n_cut(tok, [r["text"] for r in targets], cfg.max_length)},
+            "repeated_pool_texts": n_repeated(pool), "checkpoints": [str(c) for c, _ in epochs],
             "epoch_weights": [w for _, w in epochs], "batched_gradients": vmapped, "out": str(out),
             "config": asdict(cfg)}
