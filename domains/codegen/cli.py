@@ -212,7 +212,9 @@ def plansearch(
     num_observations: int = typer.Option(10), max_observation_k: int = typer.Option(2, help="S"),
     num_layers: int = typer.Option(2), num_second_observations: int = typer.Option(3),
     without_fix: bool = typer.Option(False), without_pseudocode: bool = typer.Option(False),
-    without_plan: bool = typer.Option(False), num_completions: int = typer.Option(-1, help="-1 keeps all codes"),
+    without_plan: bool = typer.Option(False),
+    num_completions: int = typer.Option(-1, help="codes kept per problem: -1 all, else at most this many "
+                                        "(--alg repeated draws as many as PLANSEARCH keeps)"),
     idea_temperature: float = typer.Option(0.9), code_temperature: float = typer.Option(0.9),
     top_p: float = typer.Option(0.95), observation_tokens: int = typer.Option(64),
     plan_tokens: int = typer.Option(256), code_tokens: int = typer.Option(512), seed: int = typer.Option(0),
@@ -228,7 +230,7 @@ def plansearch(
     from adaptome.domains.codegen.execute import execute_run
     from adaptome.domains.codegen.generate import read_completions
     from adaptome.domains.codegen.passk import pass_at_k_rows, read_run, write_tables
-    from adaptome.domains.codegen.plansearch import PlanSearchConfig, expected_counts, repeated_sampling, run_plansearch
+    from adaptome.domains.codegen.plansearch import PlanSearchConfig, kept_codes, repeated_sampling, run_plansearch
 
     with user_errors():
         if alg not in ("plansearch", "repeated"):
@@ -245,8 +247,8 @@ def plansearch(
         if alg == "plansearch":
             summary = run_plansearch(probs, backend, cfg, out)
         else:
-            n = expected_counts(cfg)["codes"] if num_completions < 0 else num_completions
-            summary = repeated_sampling(probs, backend, n, out, code_temperature, top_p, code_tokens, seed)
+            summary = repeated_sampling(probs, backend, kept_codes(cfg), out, code_temperature, top_p, code_tokens,
+                                        seed)
         if execute_codes:
             summary["execution"] = execute_run(probs, read_completions(out), out / "results", workers=workers,
                                                limits=lim, overwrite=True)
@@ -268,7 +270,8 @@ def train(
     eval_problems: Optional[List[str]] = typer.Option(None, help="more problems files the data must not overlap"),
     block_size: int = typer.Option(512), max_steps: int = typer.Option(100), batch_size: int = typer.Option(8),
     lr: float = typer.Option(2e-3), warmup_steps: int = typer.Option(10), seed: int = typer.Option(0),
-    overwrite: bool = typer.Option(False),
+    overwrite: bool = typer.Option(False, help="start again: replace adapter/ and merged/, remove the folder's "
+                                   "checkpoints/ and metrics.jsonl (without it a stopped run resumes)"),
 ) -> None:
     """Fine-tune an adapter on R / Racket code (or translation pairs); refuses data overlapping evaluation problems.
 

@@ -18,12 +18,13 @@ Per problem:
    problem's own prompt, cut at its stop tokens, with the plan and pseudocode as comments before
    the prompt (``without_plan``: no plan, pseudocode or observations at all; the code is sampled
    from the bare prompt, the "repeated sampling" ablation).
-6. All codes are shuffled with the seed; ``num_completions = -1`` keeps all, else the first k.
+6. All codes are shuffled with the seed; ``num_completions = -1`` keeps all, else the first k (at most all:
+   ``kept_codes``; 0 or below -1 is refused).
 
 Every step is one line of ``plansearch_log.jsonl`` (problem, step, node, seed, prompt, output);
 the codes are written as a completions file that ``execute_run`` grades like any other, and
-**repeated sampling** (``repeated_sampling``) draws the same number of codes from the bare prompt
-as the baseline search.
+**repeated sampling** (``repeated_sampling``) draws as many codes as the search keeps (``kept_codes``)
+from the bare prompt, as the baseline.
 
 Not covered: the reference's list / filter / "format as a Python list" conversation for parsing a
 multi-observation answer (each observation here is its own sample), public-test filtering of codes,
@@ -90,6 +91,15 @@ class PlanSearchConfig:
             raise ValueError(f"num_layers must be 1 or 2, got {self.num_layers}")
         if self.num_observations < 1 or self.max_observation_k < 0 or self.num_second_observations < 1:
             raise ValueError("num_observations and num_second_observations must be >= 1, max_observation_k >= 0")
+        if self.num_completions == 0 or self.num_completions < -1:  # -5 would keep all, 0 none
+            raise ValueError(f"--num-completions {self.num_completions}: give -1 (keep all codes) or a count >= 1")
+
+
+def kept_codes(cfg: PlanSearchConfig) -> int:
+    """Codes per problem the search keeps: all of ``expected_counts``, or ``num_completions`` of them (at most
+    all); the number the repeated-sampling baseline draws."""
+    codes = expected_counts(cfg)["codes"]
+    return codes if cfg.num_completions < 0 else min(cfg.num_completions, codes)
 
 
 def expected_counts(cfg: PlanSearchConfig) -> dict[str, int]:

@@ -21,7 +21,15 @@ The error names the training file, the example and the problem.
 Training goes through ``adaptome.core.train.loop.fit`` with any registered adapter
 (``core.adapters``, default LoRA on all linear layers); outputs: ``train_config.json``,
 ``metrics.jsonl``, ``checkpoints/``, ``adapter/``, ``merged/`` (a standalone model + tokenizer that
-``codegen serve`` / ``generate --model`` load), ``summary.json``.
+``codegen serve`` / ``generate --model`` load), ``summary.json``. A run stopped before ``adapter/`` was
+written resumes from its last checkpoint when the same command is run again; the resume check covers the
+model, ``block_size``, the examples' SHA-256 and the training options, so other data is refused (naming what
+changed), and ``train_config.json`` is written only once that check has passed. ``--overwrite`` starts again:
+the folder's ``checkpoints/`` and ``metrics.jsonl`` are removed once the data have passed their checks.
+
+An example with no token to learn (an empty file, a translation pair whose target starts after
+``block_size`` tokens) is left out with a warning and listed in the summary's ``examples_without_loss``;
+when no example is left the run is refused before anything is written.
 
 Not covered: near-duplicate detection beyond shared lines (renamed variables pass the check),
 packing several examples into one block (each example is its own padded sequence, truncated
@@ -30,9 +38,12 @@ to ``block_size``), multi-process training (``fit`` supports it; this command ru
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +54,7 @@ from adaptome.domains.codegen.problems import SHIPPED, Problem, ProblemError, lo
 
 SOURCE_SUFFIXES = (".r", ".R", ".rkt")
 MIN_LINE = 20
+log = logging.getLogger(__name__)
 
 
 class OverlapError(AdaptomeError, ValueError):
@@ -187,6 +199,22 @@ def _encode(examples: list[Example], tok, block_size: int) -> list[dict]:
     return rows
 
 
+def _drop_without_loss(examples: list[Example], rows: list[dict], block_size: int):
+    """Leave out the examples with no token to learn (an empty file; a translation pair whose target starts
+    after ``block_size`` tokens): the loss predicts token t+1 from t, so such an example trains nothing.
+    Returns the examples and rows kept and the origins left out (logged); none kept is an error."""
+    keep = [int((r["labels"][1:] != -100).sum()) > 0 for r in rows]
+    without = [ex.origin for ex, k in zip(examples, keep) if not k]
+    if not any(keep):
+        raise ProblemError(f"no training example has a token to learn within --block-size {block_size} (e.g. "
+                           f"{without[0]}: an empty file, or a translation source longer than the block); "
+                           "raise --block-size or check the data")
+    if without:
+        log.warning(f"left out {len(without)} training example(s) with no token to learn within --block-size "
+                    f"{block_size} (an empty file, or a translation source longer than the block), e.g. {without[0]}")
+    return ([ex for ex, k in zip(examples, keep) if k], [r for r, k in zip(rows, keep) if k], without)
+
+
 def _collate(pad_id: int):
     import torch
 
@@ -218,6 +246,28 @@ def mean_loss(model, rows: list[dict], collate, batch_size: int = 8) -> float:
     return total / max(1, count)
 
 
+def examples_digest(examples: list[Example]) -> str:
+    """SHA-256 of the examples' texts and loss offsets (part of the resume check: other data is another run)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(f"{ex.loss_from}:{len(ex.text)}:".encode() + ex.text.encode())
+    return h.hexdigest()
+
+
+class _WriteConfig:
+    """Hook: writes ``train_config.json`` once ``fit``'s resume check has passed, so a refused run leaves
+    the earlier run's config as it was."""
+
+    def __init__(self, cfg: CodegenTrainConfig, out: Path):
+        self.cfg, self.out = cfg, out
+
+    def on_train_start(self, state) -> None:
+        from adaptome.core.atomic import write_text_atomic
+
+        if state.accelerator.is_main_process:
+            write_text_atomic(self.out / "train_config.json", json.dumps(asdict(self.cfg), indent=1))
+
+
 def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Check the data, train the adapter, save adapter + merged model; returns the summary."""
     import torch
@@ -233,22 +283,29 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
         raise FileExistsError(f"{out / 'adapter'}: already exists; pass --overwrite or choose another --out")
     if not cfg.data:
         raise ProblemError("no training data given (--data FILE_OR_FOLDER)")
+    if cfg.block_size < 2:
+        raise ProblemError(f"--block-size {cfg.block_size}: must be at least 2 (a token and the next one to predict)")
     examples = read_training_data(cfg.data)
     check_no_overlap(examples, all_eval_problems(cfg.eval_problems))  # before anything is written
     adapter_cfg = make_config(cfg.method, cfg.adapter_options)
     model, tok = load_model(cfg.model, seed=cfg.seed)
     model.train()
     rows = _encode(examples, tok, cfg.block_size)
+    examples, rows, without = _drop_without_loss(examples, rows, cfg.block_size)
     collate = _collate(tok.pad_token_id)
     loss_before = mean_loss(model, rows, collate)
     model = apply_adapter(model, adapter_cfg)
     report = trainable_report(model)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=1))
+    if overwrite:  # start again: an earlier run's checkpoints and metrics are not this run's
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    identity = {"codegen_train": {"model": cfg.model, "block_size": cfg.block_size,
+                                  "data_sha256": examples_digest(examples), "n_examples": len(examples)}}
     res = fit(model, rows, collate_fn=collate, output_dir=out, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
               lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", seed=cfg.seed,
-              log_every=max(1, cfg.max_steps // 10), resume=not overwrite, progress=progress,
-              cpu=not torch.cuda.is_available())
+              log_every=max(1, cfg.max_steps // 10), resume=True, progress=progress,
+              cpu=not torch.cuda.is_available(), identity=identity, hooks=[_WriteConfig(cfg, out)])
     model = res.model.eval()
     loss_after = mean_loss(model, rows, collate)
     save_adapter(model, out / "adapter", overwrite=overwrite)
@@ -256,6 +313,7 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
     if adapter_cfg.supports_merge:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
     summary = {"examples": len(examples), "translation_examples": sum(e.loss_from > 0 for e in examples),
+               "examples_without_loss": without,
                "method": cfg.method, "trainable": report["trainable"], "steps": res.step,
                "train_loss_before": round(loss_before, 4), "train_loss_after": round(loss_after, 4),
                "merged": str(out / "merged") if adapter_cfg.supports_merge else None}
