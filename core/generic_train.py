@@ -191,13 +191,9 @@ MAX_UNK_SHARE = 0.05
 def _check_unk(path: str, ids: list[list[int]], tok) -> None:
     """Refuse a file that the tokenizer mostly cannot read (the built-in character tokenizer maps every
     non-ASCII character to ``<unk>``: Georgian or Amharic text would train on spaces alone), naming the share."""
-    from adaptome.core.text import InputError
+    from adaptome.core.text import InputError, unk_share
 
-    unk = getattr(tok, "unk_token_id", None)
-    n = sum(len(x) for x in ids)
-    if unk is None or not n:
-        return
-    share = sum(t == unk for x in ids for t in x) / n
+    share = unk_share(tok, ids)
     if share > MAX_UNK_SHARE:
         hint = ("the built-in character tokenizer covers printable ASCII only; set model.name_or_path to a model "
                 "whose tokenizer covers this text") if len(tok) < 200 else "this tokenizer does not cover the text"
@@ -375,20 +371,6 @@ class _Baselines:
         model.train(was_training)
 
 
-class _WriteConfig:
-    """Hook: writes the resolved ``config.yaml`` once the resume check has passed (main process only),
-    so a refused run leaves the earlier run's config as it was."""
-
-    def __init__(self, cfg: RunConfig, out: Path):
-        self.cfg, self.out = cfg, out
-
-    def on_train_start(self, state) -> None:
-        from adaptome.core.config import save_config
-
-        if state.accelerator.is_main_process:
-            save_config(self.cfg, self.out)
-
-
 def run_generic(cfg: RunConfig, overwrite: bool = False, source: str | None = None) -> str:
     """Train, evaluate and save; returns a one-paragraph summary. ``source``: the config file, named by
     errors in the adapter options (checked before the model is loaded).
@@ -408,8 +390,9 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     from adaptome.core.adapters.api import trainable_report
     from adaptome.core.adapters.from_scratch import apply_method, method_config
     from adaptome.core.atomic import clean_stale
-    from adaptome.core.config import ConfigError
+    from adaptome.core.config import ConfigError, save_config
     from adaptome.core.optim.registry import make_optimizer_factory
+    from adaptome.core.train.hooks import WriteOnStart
     from adaptome.core.train.identity import weights_digest
     from adaptome.core.train.loop import fit, make_accelerator
 
@@ -452,7 +435,7 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
         else None
     baselines = _Baselines(perplexity, train_set, len(tok), from_scratch, base_ppl)
     res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn,
-              hooks=[_WriteConfig(cfg, out), baselines],
+              hooks=[WriteOnStart(lambda: save_config(cfg, out)), baselines],
               accelerator=acc, identity=run_identity_of(cfg, adapter_cfg, base_digest),
               make_optimizer=make_optimizer)
     summary = None

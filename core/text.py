@@ -43,6 +43,16 @@ class InputError(AdaptomeError, ValueError):
     """An input file is missing, empty or malformed; the message names the file."""
 
 
+def unk_share(tok, ids: list[list[int]]) -> float:
+    """Share of the token ids (lists of ids, special tokens left out by the caller) that are the tokenizer's
+    ``<unk>``: how much of a text the tokenizer cannot read (0.0 for a tokenizer without one, or no tokens)."""
+    unk = getattr(tok, "unk_token_id", None)
+    n = sum(len(x) for x in ids)
+    if unk is None or not n:
+        return 0.0
+    return sum(t == unk for x in ids for t in x) / n
+
+
 def read_utf8(path: str | os.PathLike, error: type[Exception] = InputError) -> str:
     """The text of a UTF-8 file without a byte-order mark (Windows editors write one); bytes that are not
     UTF-8 are ``error`` naming the file, the line and the column of the first bad byte."""

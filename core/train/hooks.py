@@ -23,7 +23,7 @@ Not covered: hooks around evaluation or checkpointing (eval_fn and the loop own 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -46,3 +46,16 @@ def call_hooks(hooks, event: str, state: TrainState) -> None:
         fn = getattr(h, event, None)
         if fn is not None:
             fn(state)
+
+
+class WriteOnStart:
+    """Hook: calls ``write()`` on the main process once the run has started, i.e. once ``fit``'s resume check
+    has passed, so a refused run leaves what an earlier run wrote as it was (``adaptome train``'s
+    ``config.yaml``, ``codegen train``'s ``train_config.json``)."""
+
+    def __init__(self, write: Callable[[], Any]):
+        self.write = write
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.accelerator.is_main_process:
+            self.write()

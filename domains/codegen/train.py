@@ -254,20 +254,6 @@ def examples_digest(examples: list[Example]) -> str:
     return h.hexdigest()
 
 
-class _WriteConfig:
-    """Hook: writes ``train_config.json`` once ``fit``'s resume check has passed, so a refused run leaves
-    the earlier run's config as it was."""
-
-    def __init__(self, cfg: CodegenTrainConfig, out: Path):
-        self.cfg, self.out = cfg, out
-
-    def on_train_start(self, state) -> None:
-        from adaptome.core.atomic import write_text_atomic
-
-        if state.accelerator.is_main_process:
-            write_text_atomic(self.out / "train_config.json", json.dumps(asdict(self.cfg), indent=1))
-
-
 def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Check the data, train the adapter, save adapter + merged model; returns the summary."""
     import torch
@@ -275,6 +261,7 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
     from adaptome.core.adapters.api import apply_adapter, make_config, trainable_report
     from adaptome.core.adapters.io import save_adapter, save_merged
     from adaptome.core.atomic import write_text_atomic
+    from adaptome.core.train.hooks import WriteOnStart
     from adaptome.core.train.loop import fit
     from adaptome.domains.codegen.models import load_model
 
@@ -305,7 +292,9 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
     res = fit(model, rows, collate_fn=collate, output_dir=out, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
               lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", seed=cfg.seed,
               log_every=max(1, cfg.max_steps // 10), resume=True, progress=progress,
-              cpu=not torch.cuda.is_available(), identity=identity, hooks=[_WriteConfig(cfg, out)])
+              cpu=not torch.cuda.is_available(), identity=identity,
+              hooks=[WriteOnStart(lambda: write_text_atomic(out / "train_config.json",
+                                                            json.dumps(asdict(cfg), indent=1)))])
     model = res.model.eval()
     loss_after = mean_loss(model, rows, collate)
     save_adapter(model, out / "adapter", overwrite=overwrite)

@@ -48,13 +48,13 @@ WARN_UNK_SHARE = 0.05
 
 
 def unk_share(tokenizer, texts: Sequence[str]) -> float:
-    """Share of the tokens of ``texts`` (special tokens not counted) that are the tokenizer's ``<unk>``."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None or not texts:
+    """Share of the tokens of ``texts`` (special tokens not counted) that are the tokenizer's ``<unk>``
+    (``core.text.unk_share``)."""
+    from adaptome.core.text import unk_share as share_of_ids
+
+    if not texts:
         return 0.0
-    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-    n = sum(len(x) for x in ids)
-    return sum(t == unk for x in ids for t in x) / n if n else 0.0
+    return share_of_ids(tokenizer, tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def check_coverage(path, texts: Sequence[str], tokenizer) -> float:

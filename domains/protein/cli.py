@@ -287,9 +287,10 @@ def sample_cmd(
         for note in [f"sampling preset: {name}"] + notes + more:
             typer.echo(note)
         samples = sample(m, tok, task, labels, n, params, prefix, progress=True, label_lengths=lengths)
+        from adaptome.core.generic_train import recorded_base
+
         # a local folder by its absolute path, so that evaluate run from elsewhere still recognises it
-        where = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else str(model)
-        write_samples(samples, params, out, model=where)
+        write_samples(samples, params, out, model=recorded_base(str(model)))
     bad = sum(not s.valid for s in samples)
     typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
 

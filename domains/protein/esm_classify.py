@@ -109,11 +109,13 @@ def load_classifier(name_or_path: str, labels: list[str], dtype: str = "float32"
 def position_crop(model, tok, max_residues: int) -> tuple[int, int | None]:
     """(residues kept per sequence, the model's ``max_position_embeddings`` when it rather than ``max_residues``
     sets that): a longer row would index past an absolute position table, or past what a rotary model was trained
-    on. ESM numbers positions from its padding index + 1, hence 2 positions beside the specials."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if not limit:
+    on. The residues a model reads at once are ``esm_mutations.residue_window``'s."""
+    from adaptome.domains.protein.esm_mutations import residue_window
+
+    fit = residue_window(model, tok)
+    if fit is None:
         return max_residues, None
-    fit = limit - 2 - (len(tok("A", add_special_tokens=True)["input_ids"]) - 1)
+    limit = model.config.max_position_embeddings
     if fit < 1:
         raise ProteinError(f"the model's max_position_embeddings {limit} leaves no room for a residue")
     return (fit, limit) if fit < max_residues else (max_residues, None)
