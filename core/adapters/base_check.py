@@ -8,6 +8,11 @@ its values (``SAMPLES`` entries at fixed, evenly spaced flat positions, as float
 refuses a model whose layer differs: a shape exactly, values beyond a tolerance that bf16 / fp16 rounding
 of the same weights stays well inside (relative 1e-2 of each value plus 1e-3 of the sample's mean size).
 
+``base_weights_digest`` identifies the whole base under the adapters (``core.train.identity.weights_digest`` of the
+plain base's parameters, by their plain names), so two adapters saved on one base record the same value whatever
+layers they wrap; ``adaptome adapters merge`` compares it (a merge of LoRAs trained on different weights under one
+name fits neither).
+
 Not covered: bases whose weights are not floating point (quantized layers are skipped), modules trained
 fully beside the adapter (``modules_to_save``: they are saved whole), a base that differs only outside
 the sampled positions (a sample, not a checksum: hashing a 7B model at every load costs seconds).
@@ -120,3 +125,52 @@ def base_mismatch(model: nn.Module, signature: dict[str, Any]) -> str | None:
             return (f"{path} holds other weights than the base the adapter was trained on (sampled values differ "
                     f"by up to {float((got - want).abs().max()):.3g})")
     return None
+
+
+class _PlainBase:
+    """The base parameters of a model that holds adapters, named as in the plain base model (no peft
+    ``base_model.model.`` prefix, no ``base_layer`` / ``original_module`` step, no adapter or
+    modules_to_save copy): what ``weights_digest`` reads (``named_parameters``)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def named_parameters(self):
+        from adaptome.core.adapters.modules_to_save import ModulesToSaveWrapper
+
+        try:
+            from peft import PeftModel
+            from peft.utils import ModulesToSaveWrapper as PeftModulesToSave
+        except ImportError:  # pragma: no cover - peft is a core dependency
+            PeftModel = PeftModulesToSave = ()  # noqa: N806
+        root = self.model.base_model.model if PeftModel and isinstance(self.model, PeftModel) else self.model
+        seen: set[int] = set()
+
+        def walk(mod: nn.Module, prefix: str):
+            while True:  # step through wrappers to the module the plain base has here
+                if isinstance(mod, (ModulesToSaveWrapper, *((PeftModulesToSave,) if PeftModulesToSave else ()))):
+                    mod = mod.original_module
+                elif isinstance(getattr(mod, "base_layer", None), nn.Module):
+                    mod = mod.base_layer
+                else:
+                    break
+            for name, p in mod.named_parameters(recurse=False):
+                if id(p) not in seen:  # a tied weight once, under its first name (as named_parameters does)
+                    seen.add(id(p))
+                    yield prefix + name, p
+            for name, child in mod.named_children():
+                yield from walk(child, f"{prefix}{name}.")
+
+        yield from walk(root, "")
+
+
+def base_weights_digest(model: nn.Module) -> str | None:
+    """``weights_digest`` of the base weights under ``model``'s adapters (equal to that of the plain base model);
+    None when an adapter is merged into them (they are then not the base's)."""
+    from adaptome.core.adapters.base import AdapterLayer
+    from adaptome.core.train.identity import weights_digest
+
+    for mod in model.modules():
+        if (isinstance(mod, AdapterLayer) and mod.merged) or getattr(mod, "merged_adapters", None):
+            return None
+    return weights_digest(_PlainBase(model))

@@ -9,7 +9,9 @@ Per-model bookkeeping (the config of each named adapter) is kept in ``model.adap
 
 A linear whose weight is tied to another module (a tied LM head) is refused as a target: merging an
 update into it would change the other module too. A layer that cannot honour an option (a rank above
-its dimensions) is an ``AdapterOptionError`` naming its path.
+its dimensions) is an ``AdapterOptionError`` naming its path. Injection is all or nothing: when any target
+is refused, the layers already wrapped are put back, so the caller's model (modules and state dict) is
+unchanged.
 
 Not covered: non-linear targets other than through a method's own ``resolve_paths``;
 adapters on quantized (bitsandbytes / GPTQ) base layers.
@@ -64,30 +66,56 @@ def inject_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "de
         paths = resolve_targets(model, cfg.target_modules, cfg.exclude_modules, layer_types=(nn.Linear, AdapterLayer))
         refuse_tied(model, paths, "merging an adapter into it would change {other} too")
     wrapped = [p for p, _ in adapter_layers(model)]
-    for path in paths:
-        if any(path.startswith(w + ".") for w in wrapped):  # base_layer or an adapter's own linears
-            continue
-        mod = model.get_submodule(path)
-        if isinstance(mod, AdapterLayer):
-            if not isinstance(mod, layer_cls):
-                raise TypeError(f"{path} already holds a {type(mod).__name__}; cannot add a {layer_cls.__name__}")
-            layer = mod
-        else:
-            layer = layer_cls(mod)
-            _set_submodule(model, path, layer)
-        try:
-            layer.add_adapter(adapter_name, cfg)
-        except AdapterOptionError as e:
-            raise AdapterOptionError(f"{path}: {e}") from None
-    cfg.after_inject(model, adapter_name)  # fix-ups that need layer paths (per-layer ranks, shared modules)
-    if cfg.modules_to_save:
-        wrap_modules_to_save(model, _inside_adapter_layers(model, cfg.modules_to_save), adapter_name)
+    created: list[tuple[str, AdapterLayer]] = []  # layers this call wrapped (undone on failure)
+    extended: list[AdapterLayer] = []  # layers that already held other adapters
+    try:
+        for path in paths:
+            if any(path.startswith(w + ".") for w in wrapped):  # base_layer or an adapter's own linears
+                continue
+            mod = model.get_submodule(path)
+            if isinstance(mod, AdapterLayer):
+                if not isinstance(mod, layer_cls):
+                    raise TypeError(f"{path} already holds a {type(mod).__name__}; cannot add a {layer_cls.__name__}")
+                layer = mod
+                extended.append(layer)
+            else:
+                layer = layer_cls(mod)
+                _set_submodule(model, path, layer)
+                created.append((path, layer))
+            try:
+                layer.add_adapter(adapter_name, cfg)
+            except AdapterOptionError as e:
+                raise AdapterOptionError(f"{path}: {e}") from None
+        cfg.after_inject(model, adapter_name)  # fix-ups that need layer paths (per-layer ranks, shared modules)
+        if cfg.modules_to_save:
+            wrap_modules_to_save(model, _inside_adapter_layers(model, cfg.modules_to_save), adapter_name)
+    except BaseException:  # all or nothing: a refused later target leaves the model as it was given
+        _undo_inject(model, adapter_name, created, extended)
+        raise
     configs[adapter_name] = cfg
     setattr(model, CONFIGS_ATTR, configs)
     if len(configs) == 1:
         set_adapter(model, adapter_name)
     mark_trainable(model)
     return model
+
+
+def _undo_inject(model: nn.Module, adapter_name: str, created: list[tuple[str, AdapterLayer]],
+                 extended: list[AdapterLayer]) -> None:
+    """Take back what a failed ``inject_adapter`` did: the layers it wrapped go back to their base modules
+    (in reverse order, so a path is restored before its parent), the adapter leaves the layers that held
+    others, and its modules_to_save copies go (a wrapper left with none gives back its original module)."""
+    for path, layer in reversed(created):
+        layer.release()
+        _set_submodule(model, path, layer.base_layer)
+    for layer in extended:
+        if adapter_name in layer.configs:
+            layer.delete_adapter(adapter_name)
+    for path, mod in list(model.named_modules()):
+        if isinstance(mod, ModulesToSaveWrapper) and adapter_name in mod.modules_to_save:
+            mod.delete_adapter(adapter_name)
+            if not len(mod.modules_to_save):
+                _set_submodule(model, path, mod.original_module)
 
 
 def _inside_adapter_layers(model: nn.Module, names: list[str]) -> list[str]:

@@ -2,8 +2,8 @@
 
 An adapter folder holds ``adapter_model.safetensors`` (adapter tensors only, keys without the
 adapter name), ``adapter_config.json`` and ``adaptome.json`` (method name, backend, the method's
-config, the base model's class and a signature of the wrapped base weights (``base_check``), the SHA-256
-of the weights file). For peft-backed methods the
+config, the base model's class, a signature of the wrapped base weights and a digest of the whole base
+(``base_check``; ``adapters merge`` compares the digests), the SHA-256 of the weights file). For peft-backed methods the
 first two are written by peft itself, so ``peft.PeftModel.from_pretrained`` loads the folder.
 Writes are atomic (``core.atomic.atomic_dir``): an existing folder is replaced only with
 ``overwrite=True`` and is kept until the new one is complete. Loading checks the weights' checksum
@@ -36,7 +36,7 @@ from adaptome.core.adapters.api import (
     make_config,
     merge_and_unload,
 )
-from adaptome.core.adapters.base_check import base_mismatch, base_signature
+from adaptome.core.adapters.base_check import base_mismatch, base_signature, base_weights_digest
 from adaptome.core.atomic import atomic_dir
 from adaptome.core.errors import AdaptomeError
 
@@ -87,6 +87,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str
             "config": cfg.to_dict(),
             "base_model_class": type(_base_model(model)).__name__,
             "base_signature": base_signature(_base_model(model), adapter_name, cfg.modules_to_save),
+            "base_weights": base_weights_digest(model),
             "weights_sha256": weights_sha256(tmp / WEIGHTS),
             **(extra or {}),
         }

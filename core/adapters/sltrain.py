@@ -27,6 +27,8 @@ pretrain`` accept its name in ``adapter.method``, and ``adaptome adapters list``
 Seeding differs from the reference (which draws supports from the global RNG): each layer's support
 and init come from a private generator seeded with ``seed + layer number``, so a support is reproducible
 without touching the global RNG. ``lora_dropout`` (accepted but unused by the reference) is absent.
+A rank (with the support) that gives a layer no fewer parameters than its dense weight is warned about,
+naming the layer and both counts (the method then saves nothing).
 Not covered: the reference's C++ extension, quantized factors, per-layer optimizer updates for SLTrain
 (use the ``galore`` optimizer's layerwise mode for that pattern), fine-tuning on top of a W0.
 """
@@ -34,6 +36,7 @@ Not covered: the reference's C++ extension, quantized factors, per-layer optimiz
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -192,11 +195,34 @@ class SLTrainConfig:
         """``materialize(model)``: the dense equivalent, for ``from_scratch.save_materialized``."""
         return materialize(model)
 
+    def _warn_if_not_smaller(self, model: nn.Module, paths: list[str]) -> None:
+        """Warn when a replaced layer's factors and support (r·(in+out) + floor(delta·in·out)) are no fewer than its
+        dense in·out weights: at a rank at or above min(out, in) B A alone is full rank, and the layer then trains
+        and stores more than the dense layer it replaces (its memory saving needs fewer)."""
+        big = []
+        for path in paths:
+            lin = model.get_submodule(path)
+            i, o = lin.in_features, lin.out_features
+            ours = self.rank * (i + o) + int(math.floor(self.delta * i * o))
+            if ours >= i * o:
+                big.append((path, o, i, ours))
+        if big:
+            path, o, i, ours = big[0]
+            nnz = ours - self.rank * (i + o)
+            r_max = -(-(i * o - nnz) // (i + o)) - 1  # the largest r with r·(i+o) + nnz < i·o
+            warnings.warn(f"sltrain rank {self.rank}, delta {self.delta}: {len(big)} of the {len(paths)} replaced "
+                          f"layers get no fewer parameters than their dense weight (e.g. {path} ({o}x{i}): "
+                          f"{self.rank}*({i}+{o}) + {nnz} sparse = {ours} vs {o * i} dense), so they train and store "
+                          f"more than full-rank training would; lower adapter.options.rank (to at most {r_max} there) "
+                          "or delta", UserWarning, stacklevel=3)
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Replace the targeted ``nn.Linear`` modules of ``model`` in place; every parameter trains."""
         from adaptome.core.adapters.targets import resolve_targets
 
-        for k, path in enumerate(resolve_targets(model, self.target_modules, self.exclude_modules)):
+        paths = resolve_targets(model, self.target_modules, self.exclude_modules)
+        self._warn_if_not_smaller(model, paths)
+        for k, path in enumerate(paths):
             lin = model.get_submodule(path)
             new = SLTrainLinear(lin.in_features, lin.out_features, self.rank,
                                 self.lora_alpha, self.delta, bias=lin.bias is not None,

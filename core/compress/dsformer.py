@@ -21,7 +21,10 @@ Initialisation (task-unaware, before STF; our choice, the paper's initialiser is
 the top-r SVD (D = U√Σ, random extra atoms when r > min(o, i)); S by orthogonal matching pursuit
 (k atoms per column, values refit by least squares on the support); then ``init_iters`` rounds of
 D = W Sᵀ(SSᵀ + εI)⁻¹ and matching pursuit again. S̃ starts equal to S (zero off the support).
-Budget: ``keep_fraction`` of the dense parameters is met per matrix by r = ⌊(f·o·i − k·i)/o⌋.
+Budget: ``keep_fraction`` of the dense parameters is met per matrix by r = ⌊(f·o·i − k·i)/o⌋. It counts stored
+values; a budget whose values plus indices take no fewer bits than the dense matrix (1.0, or just below) is refused,
+naming the matrix and both sizes: the lossy D·S would then be larger than W too. The loaded model also keeps the dense
+latent S̃ (r × i) for straight-through training, so it holds r·(o + i) parameters per matrix in memory.
 
 Not covered: the paper's joint factorisation of all layers at once with a distillation loss, and
 packed sparse storage kernels (the saved file holds values and int32 indices).
@@ -115,6 +118,33 @@ def init_factors(w: torch.Tensor, r: int, k: int, iters: int,
     return d, code
 
 
+def _index_bits(r: int) -> int:
+    """Bits of one stored index into a dictionary of r atoms."""
+    return max(1, math.ceil(math.log2(r)))
+
+
+def _dictionary_size(path: str, shape: torch.Size, cfg: DSFormerConfig, value_bits: int = 32) -> int:
+    """r for one (o, i) matrix under ``cfg.keep_fraction``; refused when it leaves fewer than k atoms, or when D, the
+    k·i values and their indices take no fewer bits than the dense matrix (a budget near 1.0): D·S is lossy, so the
+    result would be both worse and larger than the matrix it replaces."""
+    o, i = shape
+    k, f = cfg.nnz_per_column, cfg.keep_fraction
+    r = int((f * o * i - k * i) // o)
+    if r < k:
+        raise CompressError(f"--budget (keep_fraction) {f} with nnz_per_column {k} leaves a "
+                            f"dictionary of {r} atoms for {path} ({o}x{i}), fewer than k; raise the budget "
+                            "or lower nnz_per_column")
+    bits = (o * r + k * i) * value_bits + k * i * _index_bits(r)
+    if bits >= o * i * value_bits:
+        most = 1 - k * _index_bits(r) / (value_bits * o)  # budget where values plus indices reach the dense size
+        raise CompressError(f"--budget (keep_fraction) {f}: {path} ({o}x{i}) would store D ({o}x{r}) and {k * i} "
+                            f"values of S with {_index_bits(r)}-bit indices, {bits} bits, no fewer than its dense "
+                            f"{o * i * value_bits} bits, and D·S with {k} non-zeros per column is lossy (it would also "
+                            f"hold {r * (o + i)} parameters in memory, D and the dense latent S, vs {o * i}); "
+                            f"use a budget below about {most:.3f}")
+    return r
+
+
 @LAYER_KINDS.register("dsformer")
 class DSLinear(CompressedLayer):
     """y = x·(D·P_k(S̃))ᵀ + b, straight-through to S̃ (see the module docstring)."""
@@ -175,23 +205,19 @@ class DSFormer:
         if not 0 < cfg.keep_fraction <= 1:
             raise CompressError(f"--budget (keep_fraction) must be in (0, 1], got {cfg.keep_fraction}")
         k = cfg.nnz_per_column
+        plan = [(path, *linear_weight(model, path)) for path in targets]
+        ranks = [_dictionary_size(path, w.shape, cfg) for path, w, _ in plan]  # every matrix checked before any change
         gen = torch.Generator().manual_seed(cfg.seed)
         rows = []
-        for path in targets:
-            w, b = linear_weight(model, path)
+        for (path, w, b), r in zip(plan, ranks):
             o, i = w.shape
-            r = int((cfg.keep_fraction * o * i - k * i) // o)
-            if r < k:
-                raise CompressError(f"--budget (keep_fraction) {cfg.keep_fraction} with nnz_per_column {k} leaves a "
-                                    f"dictionary of {r} atoms for {path} ({o}x{i}), fewer than k; raise the budget "
-                                    "or lower nnz_per_column")
             d, lat = init_factors(w, r, k, cfg.init_iters, gen)
             layer = DSLinear(d, lat, k, b).to(model.get_submodule(path).weight.dtype)
             replace_module(model, path, layer)
             with torch.no_grad():
                 approx = layer.D @ layer.sparse_s()  # (o, r) @ (r, i) -> (o, i)
             rows.append({"path": path, "shape": [o, i], "rank": r, "k": k, "nnz": k * i,
-                         "extra_bits": k * i * max(1, math.ceil(math.log2(r))),
+                         "extra_bits": k * i * _index_bits(r),
                          "rel_error": float((w - approx.float()).norm() / w.norm()),
                          "params_before": o * i, "params_after": o * r + k * i})
         return rows

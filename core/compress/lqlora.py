@@ -234,7 +234,8 @@ class LQLoRA:
         weights = {p: linear_weight(model, p) for p in targets}
         for p, (w, _) in weights.items():
             if cfg.rank >= min(w.shape):
-                raise CompressError(f"rank {cfg.rank} >= min{tuple(w.shape)} of {p}: nothing left to quantise")
+                raise CompressError(f"rank {cfg.rank} >= min{tuple(w.shape)} of {p}: nothing left to quantise; "
+                                    "lower --set rank=... or leave the matrix out of --targets")
         grid = cfg.grid() if cfg.quantize else [None]
         results = {p: [decompose(w, cfg.rank, c, cfg.max_iters, fishers.get(p)) for c in grid]
                    for p, (w, _) in weights.items()}

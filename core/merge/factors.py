@@ -53,11 +53,14 @@ class LoraFolder:
         path: the folder.
         config: its ``adapter_config.json``.
         factors: ``{module path: (B (out, r), A (r, in))}`` with sqrt(s) folded into each factor.
+        base_weights: the digest of the base weights adaptome recorded beside the folder (``recorded_base_weights``),
+            None for a folder without one (saved by peft itself).
     """
 
     path: Path
     config: dict
     factors: Factors
+    base_weights: str | None = None
 
     def delta(self, module: str) -> torch.Tensor:
         b, a = self.factors[module]
@@ -125,7 +128,24 @@ def read_lora(path: str | os.PathLike) -> LoraFolder:
         factors[module] = (b * (root if s >= 0 else -root), a * root)
     if not factors:
         raise MergeError(f"{path / WEIGHTS}: holds no LoRA weights")
-    return LoraFolder(path, cfg, factors)
+    return LoraFolder(path, cfg, factors, recorded_base_weights(path))
+
+
+#: files adaptome writes beside a peft LoRA (train / save_adapter, export, merge), each may record ``base_weights``
+RECORDS = ("adaptome.json", "adaptome_export.json", "adaptome_merge.json")
+
+
+def recorded_base_weights(path: Path) -> str | None:
+    """The base-weights digest (``adapters.base_check.base_weights_digest``) that adaptome recorded in the folder
+    when it saved, exported or merged it; None when there is none (or the record is unreadable)."""
+    for name in RECORDS:
+        try:
+            value = json.loads((path / name).read_text(encoding="utf-8")).get("base_weights")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def check_compatible(loras: list[LoraFolder]) -> None:
@@ -150,17 +170,33 @@ def base_name(lora: LoraFolder) -> str | None:
 
 
 def check_same_base(loras: list[LoraFolder]) -> None:
-    """Inputs that name their base model must name the same one: LoRAs of two bases of the same shape (two
-    fine-tunes, two checkpoints) pass ``check_compatible``, but their merged update fits neither base. Inputs that
-    name no base are not compared."""
-    named = [(lora, b) for lora in loras if (b := base_name(lora)) is not None]
-    for lora, b in named[1:]:
-        first, b0 = named[0]
-        if b != b0:
-            raise MergeError(f"{lora.path} was trained on base model {b!r} but {first.path} on {b0!r} "
-                             f"({CONFIG} base_model_name_or_path): a merge of LoRAs of different base models fits "
-                             "neither; pass --allow-different-bases (allow_different_bases=True) if both name the "
-                             "same model")
+    """Inputs must come from one base. Two folders that both record adaptome's digest of their base weights
+    (``base_weights``) are compared by it: LoRAs trained on different weights under one name (a base folder
+    re-trained in place, two checkpoints saved to one path) are refused, and one base under two names passes.
+    Other pairs are compared by the base model they name (``base_model_name_or_path``): LoRAs of two bases of the
+    same shape pass ``check_compatible``, but their merged update fits neither base. Inputs that name no base and
+    record no digest are not compared."""
+    for i, lora in enumerate(loras):
+        for first in loras[:i]:
+            if lora.base_weights and first.base_weights:
+                if lora.base_weights != first.base_weights:
+                    raise MergeError(f"{lora.path} and {first.path} were trained on different base weights (the "
+                                     "digests adaptome recorded when it saved them differ"
+                                     f"{_same_name(lora, first)}): a merge of LoRAs of different base models fits "
+                                     "neither; pass --allow-different-bases (allow_different_bases=True) only if "
+                                     "they were trained on one model")
+                continue
+            b, b0 = base_name(lora), base_name(first)
+            if b is not None and b0 is not None and b != b0:
+                raise MergeError(f"{lora.path} was trained on base model {b!r} but {first.path} on {b0!r} "
+                                 f"({CONFIG} base_model_name_or_path): a merge of LoRAs of different base models fits "
+                                 "neither; pass --allow-different-bases (allow_different_bases=True) if both name the "
+                                 "same model")
+
+
+def _same_name(a: LoraFolder, b: LoraFolder) -> str:
+    name = base_name(a)
+    return f", though both name {name!r}" if name is not None and name == base_name(b) else ""
 
 
 def modules(loras: list[LoraFolder]) -> list[str]:

@@ -61,7 +61,7 @@ class LessConfig:
         lr: warm-up peak learning rate (linear schedule).
         warmup_ratio: share of warm-up steps spent ramping the learning rate up.
         batch_size: warm-up batch size.
-        max_length: tokens per example (longer ones are cut).
+        max_length: tokens per example, the end token included (a longer text is cut, without the end token).
         proj_dim: feature dimension after projection.
         proj_chunk: projection rows generated at a time (bounds memory).
         grad_batch: examples per batched per-example-gradient call (a call holds grad_batch x D gradients;
@@ -94,6 +94,8 @@ class LessConfig:
         for name in ("percentage", "warmup_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise SelectError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.max_length < 2:
+            raise SelectError(f"max_length must be >= 2 (a token and the end token), got {self.max_length}")
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -112,9 +114,14 @@ def read_jsonl(path: str | os.PathLike, subtask: str | None = None) -> list[dict
 
 
 def encode(tok, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids (N, T), labels (N, T)); labels are -100 on padding. A text of more than
-    ``max_length - 1`` tokens is cut (``n_cut`` counts them)."""
-    ids = [tok(t, add_special_tokens=True)["input_ids"][: max_length - 1] + [tok.eos_token_id] for t in texts]
+    """Right-padded (input_ids (N, T), labels (N, T)); labels are -100 on padding. A text ends with the end
+    token when it and the end token fit in ``max_length``; a longer text is cut to its first ``max_length`` tokens
+    with no end token (``n_cut`` counts them): an end token there would teach, and score, that the document
+    ends where it was cut."""
+    ids = []
+    for t in texts:
+        i = tok(t, add_special_tokens=True)["input_ids"]
+        ids.append(i + [tok.eos_token_id] if len(i) <= max_length - 1 else i[:max_length])
     width = max(len(i) for i in ids)
     x = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
     y = torch.full((len(ids), width), -100, dtype=torch.long)
