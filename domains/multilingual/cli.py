@@ -1,7 +1,9 @@
 """``adaptome multilingual ...``: prepare-text, prepare-kg, pretrain-tiny-base, train-language-adapter,
 train-task, evaluate. Thin: parse options, call the library, print a summary. Errors a user can
 cause print one line (``core.cli_errors.user_errors``); outputs are written atomically and an
-existing folder is replaced only with ``--overwrite``.
+existing folder is replaced only with ``--overwrite``, never when it is or holds one of the command's
+inputs (a run being evaluated, the base, a language adapter, a data file). ``evaluate`` refuses a run
+given twice.
 """
 
 from __future__ import annotations
@@ -33,6 +35,36 @@ def _parse_options(items: list[str], flag: str = "--option") -> dict:
     return out
 
 
+def _refuse_out_over_inputs(out: Path, inputs: list) -> None:
+    """An error when ``--out`` is, or holds, a file or folder this command reads: replacing it (``--overwrite``)
+    would delete the input (the trained run being evaluated, the base, the language adapter, the data) and
+    leave only the new output."""
+    target = Path(out).expanduser().resolve()
+    for item in inputs:
+        if item is None or not Path(str(item)).expanduser().exists():
+            continue  # a hub id, or an option not given
+        path = Path(str(item)).expanduser().resolve()
+        if path == target or target in path.parents:
+            fail(f"--out {out}: {'is' if path == target else 'holds'} {item}, which this command reads; "
+                 "--overwrite would delete it: write the output to another folder")
+
+
+def _run_inputs(run: Path) -> list:
+    """What a finished run reads when it is reloaded: a train-task run's base, language adapters and splits; a
+    language adapter's base."""
+    from adaptome.core.adapters.io import read_adapter_meta
+    from adaptome.core.errors import AdaptomeError
+    from adaptome.domains.multilingual.lang_adapter import adapter_dir
+
+    try:
+        if (run / "run.json").is_file() and not (run / "adapter").is_dir():
+            cfg = json.loads((run / "run.json").read_text(encoding="utf-8")).get("config", {})
+            return [cfg.get("base"), *cfg.get("lang_adapters", []), cfg.get("train_file"), cfg.get("eval_file")]
+        return [read_adapter_meta(adapter_dir(run)).get("base")]
+    except (OSError, ValueError, AttributeError, AdaptomeError):
+        return []  # an unreadable run is named by the evaluation itself
+
+
 def _warn_coverage(summary: dict, files: dict) -> None:
     """A warning line for each file of a run with more than a few <unk> tokens (``mlm.coverage_warning``)."""
     from adaptome.domains.multilingual.mlm import coverage_warning
@@ -41,6 +73,15 @@ def _warn_coverage(summary: dict, files: dict) -> None:
         line = coverage_warning(files[split], share)
         if line:
             typer.echo(line)
+
+
+def _warn_overlap(summary: dict, train: Path, eval: Path) -> None:
+    """A warning line when the run's evaluation file repeats its training examples (``metrics.overlap_warning``)."""
+    from adaptome.domains.multilingual.metrics import overlap_warning
+
+    line = overlap_warning(eval, train, summary.get("eval_overlap_with_train", 0.0))
+    if line:
+        typer.echo(line)
 
 
 @app.command("prepare-text")
@@ -59,6 +100,7 @@ def prepare_text_cmd(
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.multilingual.prepare import prepare_text
 
+    _refuse_out_over_inputs(out, files)
     with user_errors():
         with atomic_dir(out, overwrite=overwrite) as tmp:
             report = prepare_text(files, tmp, max_lines, min_chars, seed)
@@ -83,6 +125,7 @@ def prepare_kg_cmd(
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.multilingual.prepare import prepare_kg, read_predicate_map
 
+    _refuse_out_over_inputs(out, [*files, predicate_map])
     with user_errors():
         preds = read_predicate_map(predicate_map) if predicate_map else None
         with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -112,6 +155,7 @@ def pretrain_cmd(
     """
     from adaptome.domains.multilingual.base import TinyBaseConfig, pretrain_tiny_base
 
+    _refuse_out_over_inputs(out, files)
     with user_errors():
         cfg = TinyBaseConfig(arch=arch, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers,
                              num_heads=max(1, hidden_size // 16), intermediate_size=2 * hidden_size,
@@ -148,6 +192,7 @@ def train_lang_cmd(
     """
     from adaptome.domains.multilingual.lang_adapter import LanguageAdapterConfig, train_language_adapter
 
+    _refuse_out_over_inputs(out, [base, train, eval])
     with user_errors():
         cfg = LanguageAdapterConfig(base=base, method=method, options=_parse_options(option), language=lang,
                                     source=source, train_file=str(train), eval_file=str(eval),
@@ -156,8 +201,11 @@ def train_lang_cmd(
                                     seed=seed)
         s = train_language_adapter(cfg, out, overwrite=overwrite, progress=True)
     _warn_coverage(s, {"train": train, "eval": eval})
+    _warn_overlap(s, train, eval)
     typer.echo(f"{out}: {method}, {s['trainable_parameters']:,} trainable parameters; held-out pseudo-perplexity "
                f"{s['pppl_base']:.2f} (base) -> {s['pppl_adapter']:.2f} (adapter)")
+    if s.get("eval_warning"):
+        typer.echo(s["eval_warning"])
 
 
 @app.command("train-task")
@@ -201,6 +249,7 @@ def train_task_cmd(
     if fuse and len(fuse) != 2:
         fail(f"--fuse takes two language adapters (give it twice), got {len(fuse)}")
     mode = "stack" if stack else "fuse" if fuse else "full" if full else "task"
+    _refuse_out_over_inputs(out, [base, train, eval, stack, *fuse])
     if full and task_method is not None:
         fail("--task-method and --full exclude each other (full fine-tuning trains no adapter)")
     if full and task_option:
@@ -235,6 +284,10 @@ def train_task_cmd(
                 typer.echo(f"warning: --lang {lang}, but the language adapter {path} was trained for {la_lang!r}")
         s = train_task(cfg, out, overwrite=overwrite, progress=True)
     _warn_coverage(s, {"train": train, "eval": eval})
+    _warn_overlap(s, train, eval)
+    if s.get("labels_without_training_examples"):
+        typer.echo(f"warning: {train.with_name('labels.txt')}: class(es) {s['labels_without_training_examples']} "
+                   f"have no example in {train}; the classifier has outputs it never learns (a header line?)")
     metric = "entity_f1" if task == "ner" else "macro_f1"
     vals = ", ".join(f"seed {r['seed']}: {r[metric]:.4f}" for r in s["runs"])
     typer.echo(f"{out}: {task} with adapter {s['adapter']}, {metric} on {eval.name}: {vals}")
@@ -262,7 +315,7 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
 ) -> None:
     """Score runs (macro-F1 with accuracy and weighted F1, entity F1, pseudo-perplexity) beside majority and char
-    n-gram baselines; warns when the evaluation split is too small or one-class to be informative.
+    n-gram baselines; warns when the evaluation split (or --text) is too small or one-class to be informative.
 
     Example: adaptome multilingual evaluate runs/tc_hau runs/tc_hau_none --out runs/results
 
@@ -291,12 +344,20 @@ def evaluate_cmd(
         fail("--eval-lang names the language of --eval; give --eval FILE")
     if lang_adapter is not None and not task_runs:
         fail("--lang-adapter replaces the language adapter of train-task runs; none was given")
+    seen: dict[Path, Path] = {}
+    for r in runs:  # one run twice would count its seeds twice in results.md (mean +- sd over "2 seeds")
+        first = seen.setdefault(r.resolve(), r)
+        if first is not r:
+            fail(f"{r}: this run is given twice{'' if str(first) == str(r) else f' (also as {first})'}; "
+                 "give each run once")
+    _refuse_out_over_inputs(out, [*runs, eval, text, lang_adapter, *(p for r in runs for p in _run_inputs(r))])
     notes: list[str] = []
     with user_errors():
         rows = evaluate_task_runs(task_runs, str(eval) if eval else None, str(lang_adapter) if lang_adapter else None,
                                   eval_lang, notes) if task_runs else []
         if lang_runs:
-            rows += evaluate_language_adapters(lang_runs, str(text), max_sentences, text_language=text_lang)
+            rows += evaluate_language_adapters(lang_runs, str(text), max_sentences, text_language=text_lang,
+                                               warnings=notes)
         table = to_markdown(rows)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             (tmp / "results.csv").write_text(to_csv(rows), encoding="utf-8")

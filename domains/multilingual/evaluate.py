@@ -6,7 +6,10 @@ sentiment (``metrics.task_metrics``; SIB-200 reports accuracy, AfriSenti weighte
 (``core.evaluation.entity_f1``, conlleval / seqeval default rules) on words for NER. Language-adapter runs
 are scored by pseudo-perplexity on a text file, beside the base. An evaluation split or text file the
 base's tokenizer does not cover (``mlm.check_coverage``) is refused; a split of fewer than 20 examples (NER:
-sentences) or with one class only (NER: no entity) is scored with a warning (``metrics.split_warning``).
+sentences) or with one class only (NER: no entity) is scored with a warning (``metrics.split_warning``), and so
+is pseudo-perplexity on fewer than 20 sentences (``metrics.text_warning``); a split or text 10 % or more of whose
+examples are verbatim training examples (of the run, or of the language adapter's ``run.json``) is warned about
+(``metrics.overlap_warning``).
 
 Zero-shot cross-lingual transfer (MAD-X, Pfeiffer et al. 2020): with ``lang_adapter`` the language adapter
 of a run trained with ``--stack`` is replaced by another one trained on the same base (e.g. the target
@@ -43,7 +46,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from adaptome.domains.multilingual import readers
-from adaptome.domains.multilingual.metrics import headline_metric, split_warning, task_metrics
+from adaptome.domains.multilingual.metrics import (
+    headline_metric,
+    overlap_share,
+    overlap_warning,
+    split_warning,
+    task_metrics,
+    text_warning,
+)
 
 # the headline metric's name and value stay the last two columns (as before accuracy and weighted F1 were added)
 FIELDS = ["run", "language", "task", "split", "base", "adapter", "lang_adapter", "data_source", "train_split", "seed",
@@ -121,7 +131,8 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None,
     language adapter replaces each (stacked) run's own (``task_train.swap_lang_adapter``); the rows name it in
     their adapter (``seq_bn[text] swapped in: hau -> yor (la_yor)``) and lang_adapter columns, and the baselines
     stay fitted on the run's training split. Warning lines (a tiny or one-class split, ``metrics.split_warning``;
-    a swapped adapter of another configuration or language) are appended to ``warnings``."""
+    a split repeating the run's training examples, ``metrics.overlap_warning``; a swapped adapter of another
+    configuration or language) are appended to ``warnings``."""
     from adaptome.domains.multilingual.mlm import check_coverage
     from adaptome.domains.multilingual.task_train import (
         adapter_label,
@@ -171,6 +182,10 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None,
             key = (language, cfg.task, trained_on, where)
             if key not in baselines_done:
                 baselines_done.add(key)
+                line = overlap_warning(split, cfg.train_file,
+                                       overlap_share(task_texts(cfg.task, train), task_texts(cfg.task, dev)))
+                if line and line not in warnings:
+                    warnings.append(line)
                 gold = _gold(cfg.task, dev)
                 for name, pred in (("majority class", majority_predictions(cfg.task, train, dev)),
                                    ("char n-gram logreg", ngram_predictions(cfg.task, train, dev))):
@@ -217,16 +232,22 @@ def _swap_warnings(run_dir, own: str, used: str | Path, eval_language: str | Non
 
 
 def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, max_sentences: int = 200,
-                               max_length: int = 128, text_language: str = "?") -> list[dict]:
+                               max_length: int = 128, text_language: str = "?",
+                               warnings: list[str] | None = None) -> list[dict]:
     """Pseudo-perplexity of each language adapter (and of its base, once) on ``text_file``. The rows' language
     is the text's (``text_language``; "?" when not given), the language an adapter was trained for is in its
-    adapter column (``seq_bn [hau]``): an adapter scored on another language's text is a cross-lingual row."""
+    adapter column (``seq_bn [hau]``): an adapter scored on another language's text is a cross-lingual row.
+    Fewer than 20 sentences scored is a warning line appended to ``warnings`` (``metrics.text_warning``)."""
     from adaptome.core.adapters.io import CheckpointError, load_adapter, read_adapter_meta
     from adaptome.domains.multilingual.base import base_fingerprint, load_base
     from adaptome.domains.multilingual.lang_adapter import adapter_dir
     from adaptome.domains.multilingual.mlm import check_coverage, pseudo_perplexity
 
-    lines = readers.read_text(text_file)[:max_sentences or None]
+    every = readers.read_text(text_file)
+    lines = every[:max_sentences or None]
+    line = text_warning(text_file, len(lines), len(every), "--max-sentences")
+    if line and warnings is not None:
+        warnings.append(line)
     where = str(Path(text_file).resolve())
     rows, bases_done = [], set()
     for run in adapter_runs:
@@ -240,6 +261,11 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
                                   "(or restore the base)")
         tok, model = load_base(base, "mlm")
         check_coverage(text_file, lines, tok)
+        trained_on = _adapter_train_file(run)
+        line = trained_on and overlap_warning(text_file, trained_on, overlap_share(readers.read_text(trained_on),
+                                                                                    lines))
+        if line and warnings is not None and line not in warnings:
+            warnings.append(line)
         trained_for = meta.get("language") or "?"
         if base not in bases_done:
             bases_done.add(base)
@@ -250,6 +276,15 @@ def evaluate_language_adapters(adapter_runs: list[str | Path], text_file: str, m
                          meta.get("source", "?"), "-", "pseudo_perplexity",
                          pseudo_perplexity(model, tok, lines, max_length)))
     return rows
+
+
+def _adapter_train_file(run: str | Path) -> str | None:
+    """The training text of a ``train-language-adapter`` run, when its ``run.json`` names one that still exists."""
+    try:
+        path = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))["config"]["train_file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if path and Path(path).is_file() else None
 
 
 def _source(path: str) -> str:

@@ -11,7 +11,10 @@ Not covered: early stopping / keeping the best checkpoint (the reference keeps t
 validation loss; here the last step is kept), training several languages in one run.
 
 A training or held-out file the base's tokenizer does not cover (``mlm.check_coverage``) is refused;
-``run.json`` records each file's ``<unk>`` share.
+``run.json`` records each file's ``<unk>`` share, the Unicode form the text was read in (``readers.NORMAL_FORM``)
+and ``eval_warning`` when fewer than 20 held-out sentences were scored (``metrics.text_warning``), and
+``eval_overlap_with_train``, the share of scored held-out sentences that are training sentences (the CLI warns
+from 10 %: pseudo-perplexity on training text is not held out).
 
 The adapter records its base (a local folder as an absolute path) and the base's fingerprint
 (``base.base_fingerprint``); ``train-task`` refuses to stack it on another base.
@@ -24,7 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from adaptome.domains.multilingual.readers import DataError, read_text
+from adaptome.domains.multilingual.metrics import overlap_share, text_warning
+from adaptome.domains.multilingual.readers import NORMAL_FORM, DataError, read_text
 
 #: the reference's defaults (AdapterHub SeqBnConfig / SeqBnInvConfig / LoRAConfig)
 DEFAULT_OPTIONS = {
@@ -103,11 +107,14 @@ def train_language_adapter(cfg: LanguageAdapterConfig, out_dir: str | Path, over
     from adaptome.domains.multilingual.base import base_fingerprint, resolve_base
     from adaptome.domains.multilingual.mlm import MaskingCollator, TextDataset, check_coverage, pseudo_perplexity
 
-    cfg = replace(cfg, base=resolve_base(cfg.base))
+    # absolute paths: ``evaluate --text`` finds the training text from any directory (its overlap warning)
+    cfg = replace(cfg, base=resolve_base(cfg.base), train_file=str(Path(cfg.train_file).resolve()),
+                  eval_file=str(Path(cfg.eval_file).resolve()))
     base_fp = base_fingerprint(cfg.base)
     train_lines, eval_lines = read_text(cfg.train_file), read_text(cfg.eval_file)
     if not train_lines or not eval_lines:
         raise DataError(f"{cfg.train_file if not train_lines else cfg.eval_file}: no text")
+    in_file = len(eval_lines)
     eval_lines = eval_lines[:cfg.eval_sentences] if cfg.eval_sentences else eval_lines
     tok, model, opts = build_adapter_model(cfg.base, cfg.method, cfg.options, cfg.seed)
     unk = {"train": check_coverage(cfg.train_file, train_lines, tok),
@@ -132,6 +139,8 @@ def train_language_adapter(cfg: LanguageAdapterConfig, out_dir: str | Path, over
                    "total_parameters": report["total"], "train_seconds": train_s,
                    "step_seconds": train_s / max(1, res.step), "loss_first": losses[0], "loss_last": losses[-1],
                    "eval_sentences": len(eval_lines), "pppl_base": pppl_base, "pppl_adapter": pppl,
-                   "unk_share": unk}
+                   "unk_share": unk, "unicode_normal_form": NORMAL_FORM,
+                   "eval_overlap_with_train": round(overlap_share(train_lines, eval_lines), 4),
+                   "eval_warning": text_warning(cfg.eval_file, len(eval_lines), in_file, "--eval-sentences")}
         (Path(tmp) / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

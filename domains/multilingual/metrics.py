@@ -15,6 +15,15 @@ gold labels hold one class only (NER: no entity at all), gives numbers that say 
 example moves accuracy by 5 points, and on a one-class split a constant predictor (the majority class) scores
 perfectly. It is a warning, not an error: such a split is still scored.
 
+``text_warning``: the same for pseudo-perplexity (language adapters): fewer than ``MIN_EXAMPLES`` held-out sentences
+scored (the file is that short, or ``--eval-sentences`` / ``--max-sentences`` cut it) give a number that one
+sentence moves a lot, and adapters compared on it are not told apart.
+
+``overlap_warning``: an evaluation split (or held-out text) whose examples are, for ``MAX_OVERLAP`` (10 %) or more,
+verbatim training examples (the training file given as ``--eval``, or a copy of it) is not held out: its scores
+measure memorisation. The shipped SIB-200, AfriSenti and MasakhaNER dev splits repeat 0-1 % of their training
+examples. The share is recorded as ``eval_overlap_with_train`` (as ``adaptome train`` does).
+
 Not covered: per-class reports, micro-F1 for sentence tasks (it equals accuracy for single-label data).
 """
 
@@ -25,6 +34,9 @@ from pathlib import Path
 
 #: an evaluation split with fewer examples (NER: sentences) than this gets a warning
 MIN_EXAMPLES = 20
+
+#: an evaluation split this share or more of whose examples are training examples gets a warning
+MAX_OVERLAP = 0.1
 
 #: the metrics of a sentence task, the first one being the task's headline metric
 SENTENCE_METRICS = ("macro_f1", "accuracy", "weighted_f1")
@@ -75,3 +87,27 @@ def split_warning(path: str | Path, task: str, items: list) -> str | None:
     if not problems:
         return None
     return f"warning: {path}: the evaluation split holds {' and '.join(problems)}; its scores are not informative"
+
+
+def text_warning(path: str | Path, scored: int, in_file: int, option: str) -> str | None:
+    """A warning line when fewer than ``MIN_EXAMPLES`` sentences of the held-out text ``path`` were scored by
+    pseudo-perplexity (``in_file`` of them in the file; ``option`` the flag that caps them), else ``None``."""
+    if scored >= MIN_EXAMPLES:
+        return None
+    why = f"{option} {scored} kept {scored} of its {in_file}" if scored < in_file else "the file holds no more"
+    return (f"warning: {path}: pseudo-perplexity on {scored} sentence(s) (fewer than {MIN_EXAMPLES}; {why}); "
+            "it is not informative")
+
+
+def overlap_share(train_texts: list[str], eval_texts: list[str]) -> float:
+    """The share of ``eval_texts`` that are also training texts, verbatim (0 for no evaluation text)."""
+    seen = set(train_texts)
+    return sum(t in seen for t in eval_texts) / len(eval_texts) if eval_texts else 0.0
+
+
+def overlap_warning(eval_path: str | Path, train_path: str | Path, share: float) -> str | None:
+    """The warning line for an evaluation split of which ``share`` (``MAX_OVERLAP`` or more) are training examples."""
+    if share < MAX_OVERLAP:
+        return None
+    return (f"warning: {eval_path}: {share:.0%} of its examples are also in the training split {train_path}; "
+            "it is not held out, its scores measure memorisation")

@@ -8,7 +8,20 @@
 * NER: CoNLL / BIO, one ``token tag`` pair per line, a blank line between sentences (MasakhaNER,
   WikiANN, UNER after conversion to BIO). The tag is the last field; a line holding a tab is split on
   tabs only, so a token with an inner space (``New York<TAB>B-LOC``) is kept whole, a line without
-  one on any whitespace. ``write_conll`` writes ``token<TAB>tag``.
+  one on any whitespace. ``write_conll`` writes ``token<TAB>tag``. Files with more columns (CoNLL-2003's
+  ``token POS chunk NER``) read the first field as the token and the last as the tag, so every token line
+  of a file must have as many fields as its first: a space-separated ``New York B-LOC`` in a two-column
+  file (the token would be ``New``) or a stray third field (``Musa B-PER I-PER``) is an error naming the line.
+
+Every reader gives its text, tokens and labels in Unicode NFC (``NORMAL_FORM``): Yoruba, Vietnamese or Hausa
+text arrives with its diacritics precomposed (``ẹ́`` as U+1EB9 U+0301) or decomposed (``e`` U+0323 U+0301)
+depending on its source, often mixed within one file. Read as is, the two spellings of one word are different
+character n-grams to the baseline, different subwords to a tokenizer that does not normalise (mBERT's), and two
+classes when a label is spelt both ways; NFC (canonical composition, what ``prepare-text`` writes) changes no
+letter. ``predictions.tsv`` therefore holds the NFC form of each token.
+
+Lines end at LF, CRLF or CR only: a line separator (U+2028), NEL (U+0085) or form feed inside a tweet stays
+in its line, as in the TSV / CSV readers of the field, and line numbers are an editor's.
 
 Every reader names the file and the 1-based line number of a malformed line. Two labels of one file
 that differ only in case or inner spacing (``Positive`` / ``positive``, ``B-Loc`` / ``B-LOC``) are an
@@ -26,6 +39,8 @@ these work when the tag is last), compressed inputs.
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -64,15 +79,28 @@ class Sentence:
     lines: list[int] = field(default_factory=list)
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+#: every reader gives text in this Unicode normal form (module docstring)
+NORMAL_FORM = "NFC"
+
+
 def _read_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 file (a byte-order mark dropped), each in Unicode ``NORMAL_FORM``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the first header or token
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    # one spelling per character: a decomposed e + U+0301 and the precomposed U+00E9 are the same letter
+    text = unicodedata.normalize(NORMAL_FORM, text)
+    # LF, CRLF or CR ends a line; str.splitlines would also split at U+2028, U+0085 (NEL), form feeds..., which
+    # tweets and web text hold inside a line: a valid row became two, and every later line number was off
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def read_text(path: str | os.PathLike) -> list[str]:
@@ -173,6 +201,7 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
     words: list[str] = []
     tags: list[str] = []
     nos: list[int] = []
+    width: tuple[int, int] | None = None  # (fields, line) of the first token line: every line has as many
     for no, line in enumerate(_read_lines(path) + [""], start=1):
         fields = _conll_fields(line)
         if not fields:
@@ -184,6 +213,11 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
             continue
         if len(fields) < 2:
             raise DataError(f"{path}:{no}: expected 'token tag', found {line.strip()!r}")
+        width = width or (len(fields), no)
+        if len(fields) != width[0]:
+            raise DataError(f"{path}:{no}: {len(fields)} fields {fields}, but line {width[1]} has {width[0]}; every "
+                            "line needs the same columns (token first, tag last); a token holding a space (New "
+                            "York) must be tab-separated from its tag")
         _check_tag(path, no, fields[-1], fields[0])
         words.append(fields[0])
         tags.append(fields[-1])

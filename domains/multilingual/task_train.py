@@ -7,10 +7,13 @@ resolved config, the label list, the per-seed numbers) and per seed ``seed<k>/``
 adapter (its classifier head inside, as ``modules_to_save``), the fusion weights when fused, or
 the whole model for full fine-tuning, plus ``predictions.tsv``. ``evaluate`` reloads them.
 
-The label set is the training split's (``labels.txt`` beside a SIB-200 file when present; NER: B-X and
-I-X for every entity type X of the training split); a label of the evaluation split outside it is an
-error, and so is a training split with one class. Seeds are distinct. A split the base's tokenizer does
-not cover (``mlm.check_coverage``) is refused; ``run.json`` records each split's ``<unk>`` share.
+The label set is the training split's (``labels.txt`` beside a SIB-200 file when present; NER: B-X and I-X for
+every entity type X of the training split); a label of the evaluation split outside it is an error, and so is a
+training split with one class. ``run.json`` lists the ``labels.txt`` classes that no training example has
+(``labels_without_training_examples``; the CLI warns: a header line such as ``category`` read as a class, or a
+class the sample lacks, is an output the classifier never learns). Seeds are distinct. A split the base's
+tokenizer does not cover (``mlm.check_coverage``) is refused; ``run.json`` records each split's ``<unk>`` share
+and the Unicode form its text was read in (``readers.NORMAL_FORM``: NFC, whatever form the files hold).
 
 Provenance: the paths in ``run.json`` are absolute (a run reloads from any directory), and it records
 the fingerprint of the base (``base.base_fingerprint``) and the SHA-256 of every language adapter's
@@ -21,7 +24,9 @@ split (the evaluator fits its baselines on it). ``load_task_run(..., lang_adapte
 adapter of the same base under a stacked run's task adapter (MAD-X zero-shot transfer, ``swap_lang_adapter``).
 
 ``run.json`` records, per seed, macro-F1, accuracy and weighted F1 (NER: entity F1; ``metrics.task_metrics``),
-and ``eval_warning`` when the evaluation split is too small or one-class to be informative (``metrics.split_warning``).
+and ``eval_warning`` when the evaluation split is too small or one-class to be informative (``metrics.split_warning``),
+and ``eval_overlap_with_train``, the share of evaluation examples that are verbatim training examples
+(``metrics.overlap_share``; the CLI warns from 10 %).
 
 Not covered: early stopping and model selection on a separate split (the last step is scored),
 gradient accumulation options (use a smaller batch).
@@ -309,13 +314,15 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
     from adaptome.core.atomic import atomic_dir
     from adaptome.core.train.loop import fit
     from adaptome.domains.multilingual.base import load_tokenizer
-    from adaptome.domains.multilingual.metrics import split_warning
+    from adaptome.domains.multilingual.metrics import overlap_share, split_warning
     from adaptome.domains.multilingual.mlm import check_coverage
     from adaptome.domains.multilingual.tasks import PadCollator
 
     validate(cfg)
     cfg = _absolute(cfg)
     train, dev, labels = read_task_data(cfg.task, cfg.train_file, cfg.eval_file)
+    # labels.txt classes no training example has: outputs the classifier never learns (a header line read as one)
+    unused = [c for c in labels if c not in {e.label for e in train}] if cfg.task != "ner" else []
     label = adapter_label(cfg)
     recorded = provenance(cfg)
     tok = load_tokenizer(cfg.base)
@@ -341,7 +348,11 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
             runs.append({"seed": seed, **metrics, "trainable_parameters": trainable_report(res.model)["trainable"],
                          "train_seconds": train_s, "step_seconds": train_s / res.step})
         summary = {"config": asdict(cfg), "labels": labels, "adapter": label, "provenance": recorded,
-                   "unk_share": unk, "eval_warning": split_warning(cfg.eval_file, cfg.task, dev), "runs": runs}
+                   "labels_without_training_examples": unused,
+                   "unk_share": unk, "unicode_normal_form": readers.NORMAL_FORM,
+                   "eval_overlap_with_train": round(overlap_share(task_texts(cfg.task, train),
+                                                                  task_texts(cfg.task, dev)), 4),
+                   "eval_warning": split_warning(cfg.eval_file, cfg.task, dev), "runs": runs}
         (Path(tmp) / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
