@@ -55,10 +55,11 @@ def _sigterm_stops():
         signal.signal(signal.SIGTERM, old)
 
 
-def _limits(timeout: float, memory_mb: int, max_procs: int, cpu_s: Optional[int]):
+def _limits(timeout: float, memory_mb: int, max_procs: int, cpu_s: Optional[int], max_output_mb: float = 0.0):
     from adaptome.domains.codegen.sandbox import Limits
 
-    return Limits(timeout_s=timeout, cpu_s=cpu_s or max(1, int(timeout)), memory_mb=memory_mb, max_procs=max_procs)
+    return Limits(timeout_s=timeout, cpu_s=cpu_s or max(1, int(timeout)), memory_mb=memory_mb, max_procs=max_procs,
+                  max_output_bytes=int(max_output_mb * (1 << 20)))
 
 
 @app.command()
@@ -106,6 +107,9 @@ def execute(
     memory_mb: int = typer.Option(512, help="memory per program"),
     max_procs: int = typer.Option(32, help="processes per program"),
     cpu_s: Optional[int] = typer.Option(None, help="CPU seconds per process (default: the timeout)"),
+    max_output_mb: float = typer.Option(0.0, help="end a program whose stdout + stderr pass this many MB, graded "
+                                        "OutputLimit (0: never, as MultiPL-E, which keeps the first 2 KB and "
+                                        "grades the exit status; the timeout ends a program printing forever)"),
     isolation: str = typer.Option("auto", help="auto | namespaces | userns | rlimits (weaker levels for testing)"),
     overwrite: bool = typer.Option(False, help="remove results in --out of problems that are not in this run "
                                    "(without it such a folder is refused)"),
@@ -119,7 +123,8 @@ def execute(
     from adaptome.domains.codegen.generate import prompt_mismatches, read_completions, shortfall
 
     with user_errors():
-        lim, isol = _limits(timeout, memory_mb, max_procs, cpu_s), iso.detect(isolation)  # bad options first
+        # bad options first
+        lim, isol = _limits(timeout, memory_mb, max_procs, cpu_s, max_output_mb), iso.detect(isolation)
         probs = _problems(problems, None)
         comps = read_completions(completions)
         unknown = sorted(set(comps) - {p.name for p in probs})
@@ -270,6 +275,8 @@ def train(
     eval_problems: Optional[List[str]] = typer.Option(None, help="more problems files the data must not overlap"),
     block_size: int = typer.Option(512), max_steps: int = typer.Option(100), batch_size: int = typer.Option(8),
     lr: float = typer.Option(2e-3), warmup_steps: int = typer.Option(10), seed: int = typer.Option(0),
+    holdout: float = typer.Option(0.0, help="share of the examples kept out of training (drawn with --seed); "
+                                  "summary.json reports their loss before and after (heldout_loss_*)"),
     overwrite: bool = typer.Option(False, help="start again: replace adapter/ and merged/, remove the folder's "
                                    "checkpoints/ and metrics.jsonl (without it a stopped run resumes)"),
 ) -> None:
@@ -289,6 +296,6 @@ def train(
         cfg = CodegenTrainConfig(model=model, data=list(data), eval_problems=list(eval_problems or []), method=method,
                                  adapter_options=opts, block_size=block_size, output_dir=str(out),
                                  max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                                 seed=seed)
+                                 seed=seed, holdout=holdout)
         summary = run_train(cfg, overwrite=overwrite)
     typer.echo(json.dumps(summary, indent=1))

@@ -46,6 +46,7 @@ from adaptome.domains.codegen.backends import Backend
 from adaptome.domains.codegen.generate import derive_seed, prompt_digest
 from adaptome.domains.codegen.languages import get_language
 from adaptome.domains.codegen.problems import Problem
+from adaptome.domains.codegen.prompts import split_lang_line
 
 
 @dataclass
@@ -127,7 +128,7 @@ class _Logger:
 
 def _problem_text(problem: Problem) -> str:
     lang = get_language(problem.language)
-    body = problem.prompt.removeprefix("#lang racket\n")
+    _, body = split_lang_line(problem.prompt)
     return f"Language: {lang.display}\n{body}"
 
 
@@ -153,8 +154,7 @@ def search_problem(problem: Problem, backend: Backend, cfg: PlanSearchConfig, lo
         return outs
 
     def code_for(context: str, node: str) -> str:
-        head = "#lang racket\n" if problem.prompt.startswith("#lang racket\n") else ""
-        body = problem.prompt[len(head):]
+        head, body = split_lang_line(problem.prompt)  # the #lang line stays first, before the plan comments
         commented = "\n".join(f"{lang.comment} {ln}".rstrip() for ln in context.splitlines())
         prompt = head + (commented + "\n" if context else "") + body
         return ask("code", node, prompt, 1, cfg.code_temperature, cfg.code_tokens, list(problem.stop_tokens))[0]

@@ -4,7 +4,10 @@ A problem is one JSON object per line with at least ``name, language, prompt, te
 (MultiPL-E's records also carry ``doctests, original, prompt_terminology, stop_tokens``; kept
 as they are). ``stop_tokens`` defaults to the language's. The program that runs is
 ``prompt + completion + "\\n" + tests`` (MultiPL-E's rule). A completion is cut at the first
-occurrence of any stop token (``truncate``).
+occurrence of any stop token (``truncate``). Racket tests inside a ``test`` or ``main`` submodule
+(``(module+ test ...)``, idiomatic for ``raco test``) are refused: ``racket program.rkt``, MultiPL-E's
+runner, never runs a ``test`` submodule (every program exiting 0 would pass) and runs ``main`` only after
+the module body, past the end-of-tests check (every program would fail); the checks belong at module level.
 
 The shipped MultiPL-E subset (``data/multipl_e``: HumanEval and MBPP, R and Racket, the
 "reworded" prompts) is for evaluation only: its licence forbids training on it
@@ -17,6 +20,7 @@ Not covered: MultiPL-E's Hugging Face parquet copy (export it to JSONL first), t
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +29,7 @@ from adaptome.core.errors import AdaptomeError
 from adaptome.domains.codegen.languages import get_language
 
 REQUIRED = ("name", "language", "prompt", "tests")
+_RKT_SUBMODULE = re.compile(r"\(\s*module[+*]?\s+(test|main)\b")
 SHIPPED = {"humaneval-r": "humaneval-r-reworded.jsonl", "humaneval-rkt": "humaneval-rkt-reworded.jsonl",
            "mbpp-r": "mbpp-r-reworded.jsonl", "mbpp-rkt": "mbpp-rkt-reworded.jsonl"}
 
@@ -97,6 +102,12 @@ def load_problems(source: str | os.PathLike, limit: int | None = None) -> list[P
             raise ProblemError(f"{path}:{i} ({row['name']}): {e}") from None
         if not row["tests"].strip():
             raise ProblemError(f"{path}:{i} ({row['name']}): empty tests (every program would pass)")
+        sub = _RKT_SUBMODULE.search(row["tests"]) if lang.name == "rkt" else None
+        if sub:
+            raise ProblemError(f"{path}:{i} ({row['name']}): the tests sit in a `{sub.group(1)}` submodule, which "
+                               f"`racket program.rkt` (MultiPL-E's runner) "
+                               + ("never runs" if sub.group(1) == "test" else "runs only after the module body")
+                               + "; put the checks at module level, as MultiPL-E's tests are")
         if row["name"] in seen:
             raise ProblemError(f"{path}:{i}: duplicate problem name {row['name']!r}")
         seen.add(row["name"])

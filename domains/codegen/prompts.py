@@ -62,10 +62,14 @@ def _leaks(example: str, problem: Problem) -> bool:
     return bool(_lines(example) & _lines(problem.prompt + "\n" + problem.tests))
 
 
-def _strip_lang_line(prompt: str) -> tuple[str, str]:
-    """Racket prompts start with ``#lang racket``; it must stay the file's first line."""
-    head = "#lang racket\n"
-    return (head, prompt[len(head):]) if prompt.startswith(head) else ("", prompt)
+_LANG_LINE = re.compile(r"#lang[ \t][^\n]*\n")
+
+
+def split_lang_line(prompt: str) -> tuple[str, str]:
+    """Racket prompts start with a ``#lang`` line (``#lang racket``, or a user's ``#lang racket/base``); it must
+    stay the file's first line, before any worked example."""
+    m = _LANG_LINE.match(prompt)
+    return (m.group(0), prompt[m.end():]) if m else ("", prompt)
 
 
 @PROMPT_BUILDERS.register("zero-shot")
@@ -78,11 +82,11 @@ def zero_shot(problem: Problem, k: int = 0) -> str:
 def few_shot(problem: Problem, k: int = 3) -> str:
     """``k`` worked examples in the target language, then the problem."""
     lang = get_language(problem.language)
-    head, body = _strip_lang_line(problem.prompt)
+    head, body = split_lang_line(problem.prompt)
     parts = []
     usable = [ex for ex in icl_examples()["few_shot"][lang.name] if not _leaks(ex["prompt"] + ex["solution"], problem)]
     for ex in usable[:k]:
-        _, ex_prompt = _strip_lang_line(ex["prompt"])
+        _, ex_prompt = split_lang_line(ex["prompt"])
         parts.append(f"{lang.comment} Example ({ex['feature']}):\n{ex_prompt}{ex['solution']}\n")
     return head + "\n".join(parts) + "\n" + body
 
@@ -91,7 +95,7 @@ def few_shot(problem: Problem, k: int = 3) -> str:
 def translation(problem: Problem, k: int = 2) -> str:
     """``k`` Python -> target translation pairs (Python as comments), then the problem."""
     lang = get_language(problem.language)
-    head, body = _strip_lang_line(problem.prompt)
+    head, body = split_lang_line(problem.prompt)
     parts = []
     usable = [ex for ex in icl_examples()["translation"][lang.name]
               if not _leaks(ex["target"] + "\n" + ex["python"], problem)]
@@ -105,7 +109,7 @@ def translation(problem: Problem, k: int = 2) -> str:
 def reference(problem: Problem, k: int = 0) -> str:
     """A short language reference as comments, then the problem."""
     lang = get_language(problem.language)
-    head, body = _strip_lang_line(problem.prompt)
+    head, body = split_lang_line(problem.prompt)
     return head + _comment(icl_examples()["reference"][lang.name], lang.comment) + "\n\n" + body
 
 

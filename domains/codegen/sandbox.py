@@ -22,13 +22,15 @@ levels and for what each does *not* cover):
    scrubbed environment (``PATH``, ``HOME`` and ``TMPDIR`` = the working directory, ``LANG``,
    plus the variables the caller lists).
 5. The harness reads stdout and stderr, keeps the first ``capture_bytes`` of each and counts the
-   rest; past ``max_output_bytes`` in total, or past the wall-clock ``timeout_s``, it SIGKILLs the
-   waiter (init follows through PDEATHSIG, the namespace through init) and then SIGKILLs every
+   rest; past ``max_output_bytes`` in total (when set), or past the wall-clock ``timeout_s``, it SIGKILLs the
+   namespace's init (the waiter sees init exit only once the kernel has killed every other process
+   of the namespace, so the run ends after all of them, with or without a pids cgroup; where init
+   cannot be found, the waiter, and init follows through PDEATHSIG) and then SIGKILLs every
    process still listed in the pids cgroup. Network: the namespace has only ``lo``, down, so no
    connection to anything, the host's loopback included.
 
 Statuses, beyond the language's own classification (``languages.py``): ``Timeout`` (wall clock
-or ``RLIMIT_CPU``), ``OutputLimit`` (stdout + stderr past ``max_output_bytes``, or a file past
+or ``RLIMIT_CPU``), ``OutputLimit`` (stdout + stderr past ``max_output_bytes`` when one is set, or a file past
 ``RLIMIT_FSIZE``: SIGXFSZ), ``MemoryError`` (the cgroup's OOM killer ended the program, or the
 interpreter reported an allocation failure).
 
@@ -73,8 +75,10 @@ class Limits:
         memory_mb: memory of the whole run (cgroup) or virtual memory per process (``RLIMIT_AS``).
         max_procs: processes of the run (pids cgroup) or ``RLIMIT_NPROC``.
         file_size_mb: largest file the program may write (``RLIMIT_FSIZE``).
-        capture_bytes: bytes of stdout and of stderr kept in the result (MultiPL-E keeps 2048).
-        max_output_bytes: stdout + stderr beyond this kills the run with status ``OutputLimit``.
+        capture_bytes: bytes of stdout and of stderr kept in the result (MultiPL-E keeps 2048); the rest is
+            read and discarded, so a program printing a lot is graded on its exit status as in MultiPL-E.
+        max_output_bytes: stdout + stderr beyond this kills the run with status ``OutputLimit`` (0: no such
+            limit, MultiPL-E's rule; the wall-clock limit still ends a program that prints forever).
         nofile: open file descriptors per process.
         env_pass: names of the caller's environment variables passed through (default: none).
     """
@@ -85,11 +89,13 @@ class Limits:
     max_procs: int = 32
     file_size_mb: int = 16
     capture_bytes: int = 2048
-    max_output_bytes: int = 1 << 20
+    max_output_bytes: int = 0
     nofile: int = 256
     env_pass: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.max_output_bytes < 0:
+            raise LimitsError(f"sandbox output limit {self.max_output_bytes} bytes: must be 0 (none) or more")
         if self.timeout_s <= 0 or self.cpu_s < 1 or self.memory_mb < 16 or self.max_procs < 1:
             raise LimitsError(f"sandbox limits out of range: need timeout > 0 s, cpu >= 1 s, memory >= 16 MB and "
                               f"processes >= 1 (got timeout {self.timeout_s} s, cpu {self.cpu_s} s, memory "
@@ -358,12 +364,47 @@ def _drop_and_limit(plan: dict) -> None:
     os.chdir(plan["workdir"])
 
 
+def _namespace_init(waiter: int) -> int | None:
+    """The host pid of the namespace's init: the waiter's only child (``/proc/<pid>/task/<pid>/children``)."""
+    try:
+        kids = Path(f"/proc/{waiter}/task/{waiter}/children").read_text().split()
+    except OSError:
+        return None
+    return int(kids[0]) if len(kids) == 1 else None
+
+
+def _kill_init(waiter: int) -> bool:
+    """SIGKILL the namespace's init through a pidfd taken while it is still the waiter's child (its pid cannot
+    then be another process's); False when it cannot be done (no init, no pidfd support)."""
+    init = _namespace_init(waiter)
+    if init is None or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        fd = os.pidfd_open(init)
+    except OSError:
+        return False
+    try:
+        if _namespace_init(waiter) != init:
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _kill_run(proc: subprocess.Popen, cg: _Cgroups | None, level: str) -> None:
+    """SIGKILL the run. In a PID namespace: its init, whose parent (the waiter) sees it exit only once the kernel
+    has killed every other process of the namespace, so the waiter ends (``proc.wait()``) after all of them; the
+    waiter itself when init cannot be found (init then dies by PDEATHSIG and the namespace with it, a moment
+    after the waiter: without a pids cgroup to sweep, its processes could outlive the run by that moment)."""
     try:
         if level == "rlimits":
             os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()  # the waiter; init dies by PDEATHSIG, the namespace with init
+            return
+        if not _kill_init(proc.pid):
+            proc.kill()
     except ProcessLookupError:
         pass
 
@@ -462,7 +503,7 @@ def _collect(proc: subprocess.Popen, status_r: int, limits: Limits, t0: float, l
             buf = bufs[fd]
             if len(buf) < limits.capture_bytes:
                 buf += chunk[: limits.capture_bytes - len(buf)]
-        if total > limits.max_output_bytes:
+        if limits.max_output_bytes and total > limits.max_output_bytes:
             output_limited = True
             break
         if leader_exit_ends and proc.poll() is not None:

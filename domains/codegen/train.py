@@ -15,7 +15,10 @@ Training data (``read_training_data``):
 pass@k meaningless): ``check_no_overlap`` refuses a training example that shares a distinctive
 line (>= 20 characters after whitespace is collapsed, and not boilerplate found in 3 or more
 problems, such as ``test_humaneval <- function() {``) with any evaluation problem's prompt or
-tests: the shipped MultiPL-E subset always, plus any problems file passed as ``eval_problems``.
+tests, or that defines a function with the signature an evaluation problem's prompt gives it
+(same name and parameters, whatever its length: ``(define (add lst)``): the shipped MultiPL-E
+subset always, plus any problems file passed as ``eval_problems``. Lines and signatures compare
+whatever their spacing (``add<-function(lst){`` is ``add <- function(lst) {``; ``=`` for ``<-``).
 The error names the training file, the example and the problem.
 
 Training goes through ``adaptome.core.train.loop.fit`` with any registered adapter
@@ -26,6 +29,13 @@ written resumes from its last checkpoint when the same command is run again; the
 model, ``block_size``, the examples' SHA-256 and the training options, so other data is refused (naming what
 changed), and ``train_config.json`` is written only once that check has passed. ``--overwrite`` starts again:
 the folder's ``checkpoints/`` and ``metrics.jsonl`` are removed once the data have passed their checks.
+
+Examples whose text (and loss offset) repeats an earlier one exactly (the same file copied twice, a
+JSONL line given twice) are dropped with a warning and counted (``duplicate_examples``). ``holdout``
+(a share, e.g. 0.1) keeps that share of the examples (at least one; drawn with ``seed``) out of
+training: the summary reports their loss before and after training (``heldout_loss_*``) beside the
+loss on the training examples themselves (``train_loss_*``, which falls even when the model only
+memorizes).
 
 An example with no token to learn (an empty file, a translation pair whose target starts after
 ``block_size`` tokens) is left out with a warning and listed in the summary's ``examples_without_loss``;
@@ -49,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adaptome.core.errors import AdaptomeError
+from adaptome.core.text import read_utf8
 from adaptome.domains.codegen.languages import get_language
 from adaptome.domains.codegen.problems import SHIPPED, Problem, ProblemError, load_problems, read_jsonl
 
@@ -84,7 +95,8 @@ class CodegenTrainConfig:
         batch_size: examples per step.
         lr: learning rate.
         warmup_steps: linear warm-up steps.
-        seed: seed of the tiny model's weights and of training.
+        seed: seed of the tiny model's weights, of training and of the held-out draw.
+        holdout: share of the examples kept out of training to report a held-out loss (0: none).
     """
 
     model: str = "tiny"
@@ -99,10 +111,31 @@ class CodegenTrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 10
     seed: int = 0
+    holdout: float = 0.0
 
 
 def _norm(line: str) -> str:
     return re.sub(r"\s+", " ", line).strip()
+
+
+def _key(line: str) -> str:
+    """A line's comparison key: whitespace collapsed, and dropped beside punctuation, so that a line
+    reformatted inside (``function(s){`` for ``function (s) {``) is the same line."""
+    return re.sub(r" ?([^\w ]) ?", r"\1", _norm(line))
+
+
+_SIGNATURES = (re.compile(r"(?m)^\s*`?([A-Za-z.][A-Za-z0-9._]*)`?\s*(?:<-|=)\s*function\s*\(([^()]*)\)"),  # R
+               re.compile(r"\(\s*define\s+\(\s*([^\s()\[\]]+)((?:\s+[^\s()\[\]]+)*)\s*\)"))  # Racket
+
+
+def signatures(text: str) -> set[str]:
+    """The functions ``text`` defines, as ``name(param,param)`` (R's defaults and spacing normalized away)."""
+    out = set()
+    for pattern, sep in zip(_SIGNATURES, (",", None)):
+        for name, params in pattern.findall(text):
+            names = [p.split("=")[0].strip() for p in params.split(sep)]  # R: x, y = 2; Racket: x y
+            out.add(f"{name}({','.join(n for n in names if n)})")
+    return out
 
 
 def _comment(text: str, prefix: str) -> str:
@@ -117,15 +150,6 @@ def translation_text(source: str, target: str, target_language: str,
     return head + target, len(head)
 
 
-def _read_source(path: Path) -> str:
-    """A source file's text (UTF-8; anything else is one error naming the file and the byte)."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ProblemError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it, e.g. "
-                           f"iconv -f latin1 -t utf-8") from None
-
-
 def read_training_data(paths: list[str]) -> list[Example]:
     """Examples from folders of source files and JSONL files ({prompt, solution} or {source, target})."""
     out: list[Example] = []
@@ -134,9 +158,9 @@ def read_training_data(paths: list[str]) -> list[Example]:
             files = sorted(f for f in p.rglob("*") if f.suffix in SOURCE_SUFFIXES and f.is_file())
             if not files:
                 raise ProblemError(f"{p}: holds no .r / .R / .rkt files")
-            out.extend(Example(_read_source(f), 0, str(f)) for f in files)
+            out.extend(Example(read_utf8(f, ProblemError), 0, str(f)) for f in files)
         elif p.suffix in SOURCE_SUFFIXES and p.is_file():
-            out.append(Example(_read_source(p), 0, str(p)))
+            out.append(Example(read_utf8(p, ProblemError), 0, str(p)))
         else:
             for i, row in read_jsonl(p):
                 where = f"{p}:{i}"
@@ -159,24 +183,39 @@ def read_training_data(paths: list[str]) -> list[Example]:
 
 
 def evaluation_lines(problems: list[Problem]) -> dict[str, str]:
-    """Distinctive normalized lines of the problems' prompts and tests -> a problem holding them."""
+    """Keys (``_key``) of the distinctive lines of the problems' prompts and tests -> a problem holding them."""
     owners: dict[str, set[str]] = defaultdict(set)
     for p in problems:
         for line in (p.prompt + "\n" + p.tests).splitlines():
-            n = _norm(line)
-            if len(n) >= MIN_LINE:
-                owners[n].add(p.name)
+            if len(_norm(line)) >= MIN_LINE:
+                owners[_key(line)].add(p.name)
     return {line: sorted(names)[0] for line, names in owners.items() if len(names) < 3}
 
 
+def evaluation_signatures(problems: list[Problem]) -> dict[str, str]:
+    """Signatures of the functions the problems' prompts define -> a problem defining it (not ones 3+ share)."""
+    owners: dict[str, set[str]] = defaultdict(set)
+    for p in problems:
+        for sig in signatures(p.prompt):
+            owners[sig].add(p.name)
+    return {sig: sorted(names)[0] for sig, names in owners.items() if len(names) < 3}
+
+
 def check_no_overlap(examples: list[Example], eval_problems: list[Problem]) -> None:
-    lines = evaluation_lines(eval_problems)
+    lines, sigs = evaluation_lines(eval_problems), evaluation_signatures(eval_problems)
     for ex in examples:
         for line in ex.text.splitlines():
-            n = _norm(line)
-            if n in lines:
-                raise OverlapError(f"{ex.origin}: training data overlaps evaluation problem {lines[n]} "
-                                   f"(shared line {n[:80]!r}); MultiPL-E prompts and tests are for evaluation only")
+            k = _key(line)
+            if k in lines:
+                raise OverlapError(f"{ex.origin}: training data overlaps evaluation problem {lines[k]} "
+                                   f"(shared line {_norm(line)[:80]!r}); MultiPL-E prompts and tests are for "
+                                   "evaluation only")
+        hit = sorted(signatures(ex.text) & sigs.keys())
+        if hit:
+            sig = hit[0]
+            raise OverlapError(f"{ex.origin}: defines {sig}, the function of evaluation problem {sigs[sig]} with "
+                               "its parameters (a solution to it?); MultiPL-E prompts and tests are for evaluation "
+                               "only: rename it if it is unrelated code")
 
 
 def all_eval_problems(extra: list[str]) -> list[Problem]:
@@ -197,6 +236,38 @@ def _encode(examples: list[Example], tok, block_size: int) -> list[dict]:
         labels = [i if start >= ex.loss_from else -100 for i, (start, _) in zip(ids, offs)]
         rows.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
     return rows
+
+
+def drop_duplicates(examples: list[Example]) -> tuple[list[Example], list[str]]:
+    """The examples without exact repeats (same text and loss offset; the first one is kept) and the origins
+    of the repeats dropped (logged)."""
+    first: dict[tuple[int, str], str] = {}
+    kept, dropped = [], []
+    for ex in examples:
+        key = (ex.loss_from, ex.text)
+        if key in first:
+            dropped.append(f"{ex.origin} (repeats {first[key]})")
+        else:
+            first[key] = ex.origin
+            kept.append(ex)
+    if dropped:
+        log.warning(f"dropped {len(dropped)} training example(s) repeating an earlier one exactly, e.g. {dropped[0]}")
+    return kept, dropped
+
+
+def split_holdout(n: int, share: float, seed: int) -> list[int]:
+    """Indices of the ``share`` of ``n`` examples held out (at least one, never all), drawn with ``seed``."""
+    import random
+
+    if not 0.0 <= share < 1.0:
+        raise ProblemError(f"--holdout {share}: must be a share in [0, 1)")
+    if not share:
+        return []
+    k = max(1, round(share * n))
+    if k >= n:
+        raise ProblemError(f"--holdout {share}: {n} example(s) leave none to train on after holding out {k}; "
+                           "add data or lower --holdout")
+    return sorted(random.Random(seed).sample(range(n), k))
 
 
 def _drop_without_loss(examples: list[Example], rows: list[dict], block_size: int):
@@ -270,17 +341,24 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
         raise FileExistsError(f"{out / 'adapter'}: already exists; pass --overwrite or choose another --out")
     if not cfg.data:
         raise ProblemError("no training data given (--data FILE_OR_FOLDER)")
+    if not 0.0 <= cfg.holdout < 1.0:
+        raise ProblemError(f"--holdout {cfg.holdout}: must be a share in [0, 1)")
     if cfg.block_size < 2:
         raise ProblemError(f"--block-size {cfg.block_size}: must be at least 2 (a token and the next one to predict)")
-    examples = read_training_data(cfg.data)
+    examples, duplicates = drop_duplicates(read_training_data(cfg.data))
     check_no_overlap(examples, all_eval_problems(cfg.eval_problems))  # before anything is written
     adapter_cfg = make_config(cfg.method, cfg.adapter_options)
     model, tok = load_model(cfg.model, seed=cfg.seed)
     model.train()
     rows = _encode(examples, tok, cfg.block_size)
     examples, rows, without = _drop_without_loss(examples, rows, cfg.block_size)
+    held = set(split_holdout(len(rows), cfg.holdout, cfg.seed))
+    held_rows = [r for i, r in enumerate(rows) if i in held]
+    examples = [ex for i, ex in enumerate(examples) if i not in held]
+    rows = [r for i, r in enumerate(rows) if i not in held]
     collate = _collate(tok.pad_token_id)
     loss_before = mean_loss(model, rows, collate)
+    held_before = mean_loss(model, held_rows, collate) if held_rows else None
     model = apply_adapter(model, adapter_cfg)
     report = trainable_report(model)
     out.mkdir(parents=True, exist_ok=True)
@@ -297,14 +375,18 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
                                                             json.dumps(asdict(cfg), indent=1)))])
     model = res.model.eval()
     loss_after = mean_loss(model, rows, collate)
+    held_after = mean_loss(model, held_rows, collate) if held_rows else None
     save_adapter(model, out / "adapter", overwrite=overwrite)
     tok.save_pretrained(out / "adapter")
     if adapter_cfg.supports_merge:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
     summary = {"examples": len(examples), "translation_examples": sum(e.loss_from > 0 for e in examples),
-               "examples_without_loss": without,
+               "examples_without_loss": without, "duplicate_examples": len(duplicates),
+               "heldout_examples": len(held_rows),
                "method": cfg.method, "trainable": report["trainable"], "steps": res.step,
                "train_loss_before": round(loss_before, 4), "train_loss_after": round(loss_after, 4),
+               "heldout_loss_before": None if held_before is None else round(held_before, 4),
+               "heldout_loss_after": None if held_after is None else round(held_after, 4),
                "merged": str(out / "merged") if adapter_cfg.supports_merge else None}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary

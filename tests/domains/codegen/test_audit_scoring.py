@@ -112,7 +112,7 @@ def test_files_that_are_not_utf8_are_one_line_naming_the_file(tmp_path):
     runner = CliRunner()
     for args, where in [
         (["train", "--data", str(tmp_path / "src"), "--out", str(tmp_path / "tr"), "--max-steps", "1"],
-         f"{tmp_path / 'src' / 'cafe.r'}: not UTF-8"),
+         f"{tmp_path / 'src' / 'cafe.r'}:2: not UTF-8 text (byte 0xe9 at column 8)"),
         (["execute", "--problems", "humaneval-r", "--completions", str(tmp_path / "c.jsonl"), "--out",
           str(tmp_path / "ex")], f"{tmp_path / 'c.jsonl'}:1: not UTF-8 text (byte 0xe9 at column 60)"),
     ]:
