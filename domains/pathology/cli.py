@@ -214,6 +214,9 @@ def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--
     if s["unlabelled"]:
         typer.secho(f"  {len(s['unlabelled'])} feature file(s) without a label left out, e.g. {s['unlabelled'][:3]}",
                     fg=typer.colors.YELLOW)
+    if s["no_target"]:
+        typer.secho(f"  {len(s['no_target'])} labelled slide(s) without a target (empty cell) left out: "
+                    f"{s['no_target'][:10]}{' ...' * (len(s['no_target']) > 10)}", fg=typer.colors.YELLOW)
     for f, why in r2["folds_without_r2"].items():
         typer.secho(f"  fold {f} has no R2: {why}", fg=typer.colors.YELLOW)
     for f, why in auc["folds_without_auc"].items():
@@ -225,6 +228,7 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
           model: Optional[str] = _opt(ScoreConfig, "model", "--model"),
           features_dir: Optional[str] = _opt(ScoreConfig, "features_dir", "--features-dir"),
           out: Optional[str] = _opt(ScoreConfig, "out_dir", "--out"),
+          mpp_csv: Optional[str] = _opt(ScoreConfig, "mpp_csv", "--mpp-csv"),
           skip_errors: Optional[bool] = _opt(ScoreConfig, "skip_errors", "--skip-errors"),
           overwrite: Optional[bool] = _opt(ScoreConfig, "overwrite", "--overwrite"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
@@ -237,7 +241,7 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
     from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(ScoreConfig, config, set_, slides=slides, model=model, features_dir=features_dir,
-                              out_dir=out, skip_errors=skip_errors, overwrite=overwrite))
+                              out_dir=out, mpp_csv=mpp_csv, skip_errors=skip_errors, overwrite=overwrite))
     summary, csv_path = _run(lambda: stages.score(cfg))
     _report(summary)
     typer.echo(f"slide scores: {csv_path}")
@@ -250,7 +254,8 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
             column: str = typer.Option("score_pct", help="score_pct | attention"),
             cmap: str = typer.Option("jet"), alpha: float = typer.Option(0.45),
             thumb_size: int = typer.Option(1024, "--thumb-size")) -> None:
-    """Re-render a heatmap of per-tile values over the slide thumbnail.
+    """Re-render a heatmap of per-tile values over the slide thumbnail (the slide the tiles were scored on: a
+    score run's record beside tiles/ names it, and another file is refused).
 
     Example: adaptome pathology heatmap slide.svs scores/tiles/slide.csv --out slide_attention.png --column attention
     """
@@ -259,7 +264,7 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
     import numpy as np
 
     from adaptome.domains.pathology.errors import PathologyError
-    from adaptome.domains.pathology.score import heatmap_image, save_heatmap_png, scale_label
+    from adaptome.domains.pathology.score import check_scored_slide, heatmap_image, save_heatmap_png, scale_label
     from adaptome.domains.pathology.slide import open_slide, thumbnail
 
     if out.exists():
@@ -274,6 +279,7 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
         coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
         vals = np.array([float(r[column]) for r in rows])
         s = open_slide(slide)
+        check_scored_slide(tiles_csv, slide)  # another scan of the same tissue fits inside it, at another scale
         w, h = s.dimensions
         size0 = float(rows[0]["size"])
         if ((coords + size0) > np.array([w, h]) + 1).any():  # another slide's tiles would be painted out of place
@@ -292,41 +298,61 @@ def heatmap(slide: Path = typer.Argument(..., help="slide file"),
 @app.command()
 def labels(table: Path = typer.Argument(..., help="the Digi-sTILs CSV (Number,TCGA Cases IDs,Digi-sTILs Score,"
                                                   "...; scores as fractions), e.g. the shipped "
-                                                  "data/digi_stils_tcga/TCGA-cohort.csv"),
+                                                  "data/digi_stils_tcga/TCGA-cohort.csv, or a case-level sheet "
+                                                  "case_id,target[,site] (target in %; an empty target leaves "
+                                                  "the case out)"),
            out: Path = typer.Option(..., "--out", help="label CSV to write (slide_id,case_id,target,site; "
                                                      "target in %); an existing file is not overwritten"),
            slides: Optional[str] = typer.Option(None, "--slides", help="slide file or folder: one row per slide "
                                                 "whose id starts with a case of the table (TCGA slide barcodes); "
                                                 "default: one row per case, slide_id = case id")) -> None:
-    """Label CSV from the Digi-sTILs TCGA table: scores x 100, TCGA site, joined to your slides by case.
+    """Label CSV from the Digi-sTILs TCGA table (scores x 100) or a case-level sheet, TCGA site, joined to your
+    slides by case (every slide of a case gets its row).
 
     Example: adaptome pathology labels TCGA-cohort.csv --slides slides/ --out labels.csv
     """
-    from adaptome.domains.pathology.labels import digi_stils_rows, join_slides, write_label_csv
+    from adaptome.domains.pathology.labels import case_of, case_table_rows, join_slides, write_label_csv
     from adaptome.domains.pathology.slide import list_slides, slide_id
 
     if out.exists():
         fail(f"{out}: exists; not overwritten")
 
     def go():
-        rows = digi_stils_rows(table)
+        rows, no_target = case_table_rows(table)
         if slides is None:
-            return rows, [], len(rows)
+            return rows, [], len(rows), no_target, []
         ids = [slide_id(p) for p in list_slides(slides)]
-        joined, unmatched = join_slides(rows, ids)
+        joined, unmatched, normal = join_slides(rows, ids)
         if not joined:
             from adaptome.domains.pathology.errors import PathologyError
 
             raise PathologyError(f"{slides}: none of its {len(ids)} slide ids starts with a case of {table} "
                                  f"(e.g. {ids[:3]}; TCGA slide files are named TCGA-<site>-<patient>-...)")
-        return joined, unmatched, len({r["case_id"] for r in joined})
+        unscored = set(no_target)  # a slide of a case without a target is that case's, not one without a case
+        return joined, [u for u in unmatched if case_of(u) not in unscored], len({r["case_id"] for r in joined}), \
+            no_target, normal
 
-    rows, unmatched, n_cases = _run(go)
+    rows, unmatched, n_cases, no_target, normal = _run(go)
     _run(lambda: write_label_csv(rows, out))
-    typer.echo(f"{len(rows)} rows ({n_cases} cases) -> {out}; target = Digi-sTILs score x 100 (%)")
+    source = "Digi-sTILs score x 100" if "Digi-sTILs Score" in _columns(table) else "the sheet's target"
+    typer.echo(f"{len(rows)} rows ({n_cases} cases) -> {out}; target = {source} (%)")
     if unmatched:
         typer.secho(f"  {len(unmatched)} slide(s) without a case in {table.name} left out, e.g. {unmatched[:3]}",
                     fg=typer.colors.YELLOW)
+    if normal:
+        typer.secho(f"  {len(normal)} slide(s) of normal tissue (TCGA sample type 10-19) left out, e.g. {normal[:3]}",
+                    fg=typer.colors.YELLOW)
+    if no_target:
+        typer.secho(f"  {len(no_target)} case(s) without a target (empty cell) left out: {no_target[:10]}"
+                    f"{' ...' * (len(no_target) > 10)}", fg=typer.colors.YELLOW)
+
+
+def _columns(table: Path) -> list[str]:
+    """The header cells of a CSV."""
+    import csv
+
+    with table.open(newline="", encoding="utf-8-sig") as f:
+        return [c.strip() for c in next(csv.reader(f), [])]
 
 
 def _mean_sd(m: dict, k: int) -> str:

@@ -7,12 +7,15 @@ The project's label CSV is ``slide_id,case_id,target[,site]`` with ``target`` an
 site code (the second field of a TCGA barcode, e.g. ``A1`` in ``TCGA-A1-A0SK``), the grouping used
 for centre-level cross-validation on TCGA.
 
-``join_slides`` gives each slide file of a case its case's row: TCGA slide files are named by their
-slide barcode (``TCGA-A1-A0SK-01Z-00-DX1.<uuid>.svs``), whose first three fields are the case, so
-every slide of a case gets the case's score and ``case_id`` (its slides then share a fold); slides
-without a case in the table are returned apart, to be reported (``adaptome pathology labels``).
+``case_sheet_rows`` reads a pathologist's case-level sheet ``case_id,target[,site]`` (target in %; an
+empty target leaves the case out, listed) the same way. ``join_slides`` gives each slide file of a case its
+case's row: TCGA slide files are named by their slide barcode (``TCGA-A1-A0SK-01Z-00-DX1.<uuid>.svs``),
+whose first three fields are the case, so every slide of a case gets the case's score and ``case_id`` (its
+slides then share a fold); slides without a case in the table, and slides of normal tissue (TCGA sample
+types 10-19, e.g. ``-11A-``: the score is the tumour's), are returned apart, to be reported
+(``adaptome pathology labels``).
 
-Not covered: other TCGA fields, label tables of other studies (write the label CSV yourself).
+Not covered: other TCGA fields, label tables of other layouts (write the label CSV yourself).
 """
 
 from __future__ import annotations
@@ -52,6 +55,52 @@ def digi_stils_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def case_sheet_rows(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """Rows ``slide_id, case_id, target, site`` (``slide_id`` = the case) from a case-level sheet
+    ``case_id,target[,site]`` (target in %, as in the label CSV; ``site`` defaults to the TCGA site code of
+    the case), and the cases whose target cell is empty (left out, to be listed). A case given twice, or a
+    target that is not a number or outside 0..100, is an error naming the line."""
+    from adaptome.domains.pathology.train import check_targets, parse_target
+
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        reader.fieldnames = [c.strip() for c in reader.fieldnames or []]
+        rows, no_target, line_of = [], [], {}
+        for i, r in enumerate(reader, start=2):
+            case = (r["case_id"] or "").strip()
+            if not case:
+                raise PathologyError(f"{path}: line {i}: empty case_id")
+            if case in line_of:
+                raise PathologyError(f"{path}: line {i}: case {case!r} is listed again (first on line "
+                                     f"{line_of[case]}); give each case one row")
+            line_of[case] = i
+            t = parse_target(r["target"], path, i)
+            if t is None:
+                no_target.append(case)
+                continue
+            site = (r.get("site") or "").strip() or (tcga_site(case) if case_of(case) == case else "")
+            rows.append({"slide_id": case, "case_id": case, "target": t, "site": site})
+    check_targets(rows, no_target, path)
+    return rows, no_target
+
+
+def case_table_rows(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """Case rows from the Digi-sTILs table (``digi_stils_rows``) or from a case-level sheet
+    (``case_sheet_rows``), told apart by their columns; and the cases without a target."""
+    path = Path(path)
+    if not path.is_file():
+        raise PathologyError(f"{path}: table not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        cols = [c.strip() for c in next(csv.reader(f), [])]
+    if {"TCGA Cases IDs", "Digi-sTILs Score"} <= set(cols):
+        return digi_stils_rows(path), []
+    if {"case_id", "target"} <= set(cols):
+        return case_sheet_rows(path)
+    raise PathologyError(f"{path}: neither a Digi-sTILs table (columns 'TCGA Cases IDs', 'Digi-sTILs Score') nor a "
+                         f"case-level sheet (columns 'case_id', 'target'[, 'site']); it has {cols}")
+
+
 def write_label_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write rows as the project's label CSV."""
     from adaptome.core.atomic import atomic_path
@@ -71,15 +120,27 @@ def case_of(slide_id: str) -> str | None:
     return "-".join(parts[:3]) if len(parts) >= 3 and parts[0] == "TCGA" else None
 
 
-def join_slides(rows: list[dict], slide_ids: list[str]) -> tuple[list[dict], list[str]]:
+def is_normal_tissue(slide_id: str) -> bool:
+    """Whether a TCGA slide barcode's sample type (the first two digits of its fourth field, ``11`` in
+    ``TCGA-A1-A0SK-11A-01-TS1``) is a normal one (10-19): not the tumour a case's sTIL score describes."""
+    parts = slide_id.split("-")
+    code = parts[3][:2] if len(parts) >= 4 and parts[0] == "TCGA" else ""
+    return code.isdigit() and 10 <= int(code) <= 19
+
+
+def join_slides(rows: list[dict], slide_ids: list[str]) -> tuple[list[dict], list[str], list[str]]:
     """Rows for the slides whose case (``case_of``) is in ``rows`` (one per slide, ``slide_id`` = the
-    slide's id, the case's ``case_id``, ``target``, ``site``), and the slide ids without a case in ``rows``."""
+    slide's id, the case's ``case_id``, ``target``, ``site``), the slide ids without a case in ``rows``,
+    and those of the table's cases whose sample is normal tissue (``is_normal_tissue``: the case's score is a
+    tumour's, so they are left out)."""
     by_case = {r["case_id"]: r for r in rows}
-    out, unmatched = [], []
+    out, unmatched, normal = [], [], []
     for sid in slide_ids:
         case = case_of(sid)
-        if case in by_case:
+        if case in by_case and is_normal_tissue(sid):
+            normal.append(sid)
+        elif case in by_case:
             out.append({**by_case[case], "slide_id": sid})
         else:
             unmatched.append(sid)
-    return out, unmatched
+    return out, unmatched, normal

@@ -197,8 +197,11 @@ def write_heatmaps(slide_path, out_dir: Path, sid: str, coords: np.ndarray, size
     return paths
 
 
-#: what a feature file and a model's feature recipe (``model.json`` ``features``) must agree on
-RECIPE_KEYS = ("encoder", "target_mpp", "tile_size", "stain_norm", "encoder_options", "encoder_weights")
+#: what a feature file and a model's feature recipe (``model.json`` ``features``) must agree on: how each tile
+#: was made and encoded, and which tiles were chosen (overlap, tissue threshold and mask settings: a model
+#: trained on tiles >= 50 % tissue would otherwise score edge and background tiles it never saw)
+RECIPE_KEYS = ("encoder", "target_mpp", "tile_size", "stain_norm", "encoder_options", "encoder_weights", "overlap",
+               "min_tissue", "blur", "close", "min_area_frac", "artefacts")
 
 
 def check_recipe(recipe: dict | None, attrs: dict, source: str) -> None:
@@ -301,6 +304,27 @@ def features_on_the_fly(slide_path, recipe: dict, encoder, mpp_overrides: dict |
                        "fine, or pass --set allow_upsample=true")
     loader = tile_loader(TileReader(slide_path, res["geometry"]), res["coords"], batch_size, num_workers)
     return encode_tiles(encoder, loader, device), res["coords"], {**res["attrs"], "encoder": encoder.name}
+
+
+def check_scored_slide(tiles_csv: str | os.PathLike, slide_path: str | os.PathLike) -> None:
+    """Refuse to draw a ``score`` run's tiles CSV over another slide than the one it was scored on, when the
+    run's record (``made_by/<slide_id>.json`` beside ``tiles/``) names that slide: another scan of the same
+    tissue (another magnification) fits inside the slide and would be painted at the wrong scale. A tiles
+    CSV without its record is checked only against the slide's bounds (by the caller)."""
+    import json
+
+    tiles_csv, slide_path = Path(tiles_csv), Path(slide_path)
+    rec = tiles_csv.parent.parent / "made_by" / f"{tiles_csv.stem}.json"
+    if tiles_csv.parent.name != "tiles" or not rec.is_file():
+        return
+    try:
+        scored = json.loads(rec.read_text(encoding="utf-8"))["inputs"]["slide"]
+        size = int(scored["size"])
+    except (ValueError, KeyError, TypeError):
+        return  # not a record this version wrote: nothing to compare
+    if size != slide_path.stat().st_size:
+        raise PathologyError(f"{tiles_csv}: scores of {scored.get('name')} ({size} bytes, per {rec}), not of "
+                             f"{slide_path} ({slide_path.stat().st_size} bytes)")
 
 
 def write_slide_csv(rows: list[dict], path: str | os.PathLike, drop=()) -> None:

@@ -384,17 +384,24 @@ def train_dir(cfg) -> Path:
 
 def train(cfg, progress: bool = True) -> dict:
     """k-fold CV of the MIL regressor (``cfg``: ``config.MILTrainConfig``). Fold models are reused only
-    when the same parameters, label file contents and feature files made them; other labels or
+    when the same parameters, label file contents and feature files made them (slides whose target cell is
+    empty are left out and listed as ``no_target``); other labels or
     features: retrained, saying why; other parameters or another feature width: refused unless
     ``overwrite``. Writes ``summary.json`` / ``summary.md`` (see ``train_summary.py``); a run that stops
     before any fold model is saved removes the folder it created (nothing half-made is left)."""
-    from adaptome.domains.pathology.train import TRAIN_OPTIONS, check_groups, read_labels, train_cv, train_identity
+    from adaptome.domains.pathology.train import (
+        TRAIN_OPTIONS,
+        check_groups,
+        read_label_sheet,
+        train_cv,
+        train_identity,
+    )
     from adaptome.domains.pathology.train_summary import prepare_run, record_run, write_train_summary
 
     out = train_dir(cfg)
-    rows = read_labels(cfg.labels)
+    rows, no_target = read_label_sheet(cfg.labels)  # slides with an empty target: left out, listed
     check_groups(rows, cfg.k, cfg.group_by, cfg.labels)  # before anything is written or removed
-    labelled = {r["slide_id"] for r in rows}
+    labelled = {r["slide_id"] for r in rows} | set(no_target)
     unlabelled = sorted(p.stem for p in Path(cfg.features_dir).glob("*.h5") if p.stem not in labelled)
     params = {k: getattr(cfg, k) for k in TRAIN_OPTIONS}
     current = train_identity(cfg.features_dir, cfg.labels, rows, params)
@@ -413,7 +420,7 @@ def train(cfg, progress: bool = True) -> dict:
         why = str(e).splitlines()[0] if str(e) else ""
         write_train_summary(out, {"status": f"stopped ({type(e).__name__}: {why}); no complete result"}, cfg.cutoff)
         raise
-    res.update(out_dir=str(out), redo_reason=redo, unlabelled=unlabelled)
+    res.update(out_dir=str(out), redo_reason=redo, unlabelled=unlabelled, no_target=sorted(no_target))
     res["summary"] = write_train_summary(out, {**res, "status": "complete"}, cfg.cutoff)
     return res
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -38,12 +39,21 @@ from adaptome.domains.pathology.pipeline import write_json
 
 
 def read_labels(path: str | os.PathLike) -> list[dict]:
-    """Rows of a label CSV ``slide_id,case_id,target[,site]``; errors name the file and line.
+    """The rows of a label CSV that carry a target (``read_label_sheet``); rows with an empty target are
+    left out."""
+    return read_label_sheet(path)[0]
+
+
+def read_label_sheet(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """Rows of a label CSV ``slide_id,case_id,target[,site]`` that carry a target, and the ids of the slides
+    whose target cell is empty (a case the pathologist did not score: left out of training, to be listed);
+    errors name the file and line.
 
     Ids are stripped of surrounding spaces. Refused, naming the line: an empty ``slide_id`` or
-    ``case_id``, a target that is not a number or outside 0..100, a slide id listed twice (it would
-    be trained on twice, or fall in a training and a test fold at once), and a table whose targets
-    all lie within 0..1 (fractions, not %: they would be read as sTIL below 1 %)."""
+    ``case_id``, a target that is not a number (``NA``, ``nan``: leave the cell empty instead) or outside
+    0..100, a slide id listed twice (it would be trained on twice, or fall in a training and a test fold at
+    once), a sheet without any target, and a table whose targets all lie within 0..1 (fractions, not %:
+    they would be read as sTIL below 1 %)."""
     path = Path(path)
     if not path.is_file():
         raise PathologyError(f"{path}: label CSV not found")
@@ -54,7 +64,7 @@ def read_labels(path: str | os.PathLike) -> list[dict]:
         missing = [c for c in ("slide_id", "case_id", "target") if c not in cols]
         if missing:
             raise PathologyError(f"{path}: label CSV lacks column(s) {missing} (has {cols})")
-        rows, line_of = [], {}
+        rows, no_target, line_of = [], [], {}
         for i, r in enumerate(reader, start=2):
             sid, case = (r["slide_id"] or "").strip(), (r["case_id"] or "").strip()
             if not sid or not case:
@@ -63,20 +73,61 @@ def read_labels(path: str | os.PathLike) -> list[dict]:
                 raise PathologyError(f"{path}: line {i}: slide {sid!r} is listed again (first on line "
                                      f"{line_of[sid]}); give each slide one row")
             line_of[sid] = i
-            try:
-                t = float(r["target"])
-            except (TypeError, ValueError):
-                raise PathologyError(f"{path}: line {i}: target {r['target']!r} is not a number") from None
-            if not 0.0 <= t <= 100.0:
-                raise PathologyError(f"{path}: line {i}: target {t} outside 0..100 (sTIL %)")
+            t = parse_target(r["target"], path, i)
+            if t is None:
+                no_target.append(sid)
+                continue
             rows.append({"slide_id": sid, "case_id": case, "target": t, "site": (r.get("site") or "").strip()})
+    check_targets(rows, no_target, path)
+    return rows, no_target
+
+
+def parse_target(cell: str | None, path, line: int) -> float | None:
+    """An sTIL % cell: ``None`` when empty (no score), else a number in 0..100; anything else is an error
+    naming the file and line."""
+    if not (cell or "").strip():
+        return None
+    try:
+        t = float(cell)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if math.isnan(t):
+        raise PathologyError(f"{path}: line {line}: target {cell!r} is not a number (leave the cell empty for a "
+                             "slide without a score: it is left out and listed)")
+    if not 0.0 <= t <= 100.0:
+        raise PathologyError(f"{path}: line {line}: target {t} outside 0..100 (sTIL %)")
+    return t
+
+
+def check_targets(rows: list[dict], no_target: list[str], path) -> None:
+    """Refuse a sheet without any target, and one whose targets all lie within 0..1 (fractions)."""
     if not rows:
-        raise PathologyError(f"{path}: label CSV has no rows")
+        raise PathologyError(f"{path}: label CSV has no slide with a target"
+                             + (f" ({len(no_target)} rows with an empty target)" if no_target else " (no rows)"))
     top = max(r["target"] for r in rows)
     if len(rows) > 1 and 0.0 < top <= 1.0:
         raise PathologyError(f"{path}: every target lies within 0..1 (largest {top:g}): fractions, not the sTIL % "
                              f"the column holds; multiply them by 100")
-    return rows
+
+
+def _case_keyed_hint(fdir: Path, missing: list[str]) -> str:
+    """When the labelled ids without a feature file are TCGA case ids and the folder holds feature files
+    named by slide barcodes of those cases (a case-level sheet against slide files), a sentence saying so
+    and how to join them; else ``""``."""
+    from adaptome.domains.pathology.labels import case_of
+
+    cases = [m for m in missing if case_of(m) == m]
+    if not cases:
+        return ""
+    by_case: dict[str, list[str]] = {}
+    for p in sorted(fdir.glob("*.h5")):
+        by_case.setdefault(case_of(p.stem) or "", []).append(p.stem)
+    hit = next((c for c in cases if by_case.get(c)), None)
+    if hit is None:
+        return ""
+    return (f"; {len(cases)} labelled slide id(s) are TCGA case ids, e.g. {hit!r}, and the feature files of their "
+            f"slides carry slide barcodes ({', '.join(by_case[hit][:3])}): write one row per slide with "
+            f"'adaptome pathology labels <your case_id,target sheet> --slides <slide folder> --out labels.csv'")
 
 
 def load_bags(features_dir: str | os.PathLike, slide_ids: list[str]) -> dict[str, torch.Tensor]:
@@ -126,7 +177,8 @@ def train_identity(features_dir: str | os.PathLike, labels_csv: str | os.PathLik
     missing = [r["slide_id"] for r in rows if not (fdir / f"{r['slide_id']}.h5").is_file()]
     if missing:
         raise PathologyError(f"{fdir}: no feature file for {len(missing)} of the {len(rows)} labelled slide(s), e.g. "
-                             f"{missing[:3]}; extract them, or give a label CSV of the slides that have features")
+                             f"{missing[:3]}; extract them, or give a label CSV of the slides that have features"
+                             + _case_keyed_hint(fdir, missing))
     width = enc = None
     stamps = {}
     for r in rows:

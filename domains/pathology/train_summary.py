@@ -7,7 +7,8 @@ options, another feature width or encoder, or fold models without a record -> re
 naming what changed and ``--overwrite``) before any file is touched.
 
 ``write_train_summary`` writes ``summary.json`` / ``summary.md`` like every other stage: status,
-folds trained or reused (and why they were retrained), per-fold R^2 / MSE / ROC AUC of the
+folds trained or reused (and why they were retrained), the slides left out (feature files without a
+label row, label rows with an empty target), per-fold R^2 / MSE / ROC AUC of the
 out-of-fold predictions (``evaluate.slide_metrics``), the mean +- sd over the folds where each is
 defined (and over how many), and the folds without an R^2 (fewer than 2 test slides, or one target
 for all) or without an AUC (test slides all on one side of the cut-off), by name. Strict JSON: an
@@ -107,7 +108,7 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
         auc={**_mean_sd(finite("auc")), "of_folds": len(folds), "folds_without_auc": no_auc},
         pooled={k: pooled[k] for k in ("r2", "mse", "auc", "pearson", "spearman")}, folds=folds,
         predictions=res["predictions"], best_fold=res.get("best_fold"), n_slides=len(rows),
-        unlabelled=res.get("unlabelled", []))
+        unlabelled=res.get("unlabelled", []), no_target=res.get("no_target", []))
     write_json(out / "summary.json", summary)
     write_text_atomic(out / "summary.md", _markdown(summary))
     return summary
@@ -131,6 +132,9 @@ def _markdown(s: dict) -> str:
     lines.append(f"- slides: {s['n_slides']} labelled with features; {len(s['unlabelled'])} feature files without a "
                  f"label left out" + (f" ({', '.join(s['unlabelled'][:10])}{' ...' * (len(s['unlabelled']) > 10)})"
                                       if s["unlabelled"] else ""))
+    if s["no_target"]:
+        lines.append(f"- {len(s['no_target'])} labelled slides without a target (empty cell) left out: "
+                     f"{', '.join(s['no_target'][:20])}{' ...' * (len(s['no_target']) > 20)}")
     if s["retrained_because"]:
         lines.append(f"- earlier fold models retrained because {s['retrained_because']}")
     r2 = s["r2"]
