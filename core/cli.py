@@ -8,8 +8,9 @@ commands.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -203,11 +204,34 @@ def train_cmd(
     from adaptome.core.config import load_config
     from adaptome.core.generic_train import RunConfig, run_generic
 
-    with user_errors():
+    with user_errors(), _error_once_under_torchrun():
         cfg = load_config(RunConfig, config, set_)
         summary = run_generic(cfg, overwrite=overwrite, source=str(config))
     if summary:
         typer.echo(summary)
+
+
+@contextlib.contextmanager
+def _error_once_under_torchrun() -> Iterator[None]:
+    """Under ``torchrun``: a user error every process hits alike (same message) is printed by rank 0 alone, the
+    other processes exit with the same status silently; an error only some processes hit is printed by each,
+    as ``error: rank N: ...`` (``distributed.error_reported_by_rank0``). A single process: unchanged."""
+    from adaptome.core.cli_errors import _os_message, fail
+    from adaptome.core.errors import AdaptomeError
+    from adaptome.core.train.distributed import error_reported_by_rank0, launched_rank, launched_world_size
+
+    try:
+        yield
+    except (AdaptomeError, OSError) as e:
+        if launched_world_size() == 1:
+            raise
+        message = str(e) if isinstance(e, AdaptomeError) else _os_message(e)
+        if error_reported_by_rank0(message):
+            raise typer.Exit(2) from None  # user_errors' status; rank 0 printed the line
+        rank = launched_rank()
+        if rank == 0 or message.startswith(f"rank {rank}:"):
+            raise
+        fail(f"rank {rank}: {message}")
 
 
 @app.command("select-data")
@@ -225,7 +249,8 @@ def select_data_cmd(
     lora_r: int = typer.Option(128, help="warm-up LoRA rank"),
     lora_alpha: float = typer.Option(512.0, help="warm-up LoRA alpha"),
     proj_dim: int = typer.Option(8192, help="gradient feature dimension"),
-    max_length: int = typer.Option(512, help="tokens per example"),
+    max_length: int = typer.Option(512, help="tokens per example, the end token included (a longer text is cut "
+                                             "to this many tokens, without the end token)"),
     seed: int = typer.Option(0, help="seed of the warm-up subset, training and projection"),
     work_dir: Optional[Path] = typer.Option(None, help="warm-up checkpoints (default: OUT.less-work)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out file"),

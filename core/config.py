@@ -252,10 +252,34 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = ()) -> C:
-    """Load ``cls`` from YAML (optional) plus ``--set`` overrides, strictly checked."""
+    """Load ``cls`` from YAML (optional) plus ``--set`` overrides, strictly checked. An error names the file, or
+    the ``--set`` item at fault (``_blame_overrides``)."""
+    overrides = list(overrides)
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
-    return from_dict(cls, data, source=path or "--set")
+    try:
+        return from_dict(cls, data, source=path or "--set")
+    except ConfigError as e:
+        if path and overrides:
+            _blame_overrides(cls, path, overrides, e)
+        raise
+
+
+def _blame_overrides(cls: type, path: str | os.PathLike, overrides: list[str], err: ConfigError) -> None:
+    """Make ``err`` (raised naming ``path``) name the ``--set`` item at fault, ``--set <item> (over <path>): ...``,
+    when that item alone, over the defaults, fails with the same message: the unknown key or bad value came from
+    the command line, not from the file (a user looking for ``train.lrr`` in the file would not find it)."""
+    prefix = _where(path)
+    message = str(err)
+    if not message.startswith(prefix):
+        return
+    for item in overrides:
+        try:
+            from_dict(cls, apply_overrides({}, [item]), source=path)
+        except ConfigError as alone:
+            if str(alone) == message:
+                err.args = (f"--set {item} (over {path}): {message[len(prefix):]}",)
+                return
 
 
 def save_config(cfg: Any, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:

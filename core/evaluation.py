@@ -18,7 +18,10 @@ Dimension letters: N samples (or problems), T tokens of one tag sequence, C clas
   ``lm_perplexity``: the same over a language model's predictions on a list of examples (the one
   perplexity of the code base: ``adaptome train``, the quickstart and the domains call it);
   ``unigram_perplexity``: the baseline beside it, token frequencies of the training examples (add-one
-  smoothed) scored on the same tokens ``lm_perplexity`` scores.
+  smoothed) scored on the same tokens ``lm_perplexity`` scores;
+* ``lm_nll_sum`` / ``unigram_nll_sum``: their summed NLL and token count over one shard of the eval batches
+  (``eval_batches``; batch i is shard i mod count's, optionally collated under seed + i), which processes
+  under ``torchrun`` add up to one process's totals.
 
 Not covered: multi-label or multi-class ROC AUC, sample weights, IOBES / BILOU tag schemes,
 confidence intervals (bootstrap them over problems if needed).
@@ -28,14 +31,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
 __all__ = [
     "pass_at_k", "mean_pass_at_k", "r2_score", "mse", "pearson", "spearman", "accuracy", "macro_f1",
     "roc_auc", "entity_spans", "entity_scores", "entity_f1", "perplexity", "perplexity_from_losses",
-    "lm_perplexity", "unigram_perplexity", "rankdata",
+    "lm_perplexity", "lm_nll_sum", "eval_batches", "unigram_perplexity", "unigram_nll_sum", "rankdata",
 ]
 
 
@@ -330,8 +333,45 @@ def lm_perplexity(model, examples: Sequence[Any], collate: Callable[[list], dict
     batch (not a mean of batch means). Causal LMs: the logits at position t predict token t+1, so
     the labels shift left by one (the first token is never scored, as in transformers' own loss);
     masked LMs: the logits at a labelled position predict that position. The model's train / eval
-    mode is left as the caller set it; no gradients are kept.
+    mode is left as the caller set it; no gradients are kept. ``lm_nll_sum`` gives the sums themselves,
+    for a part of the batches (one process's share under ``torchrun``).
     """
+    return perplexity_from_losses(*lm_nll_sum(model, examples, collate, kind, batch_size))
+
+
+def eval_batches(examples: Sequence[Any], collate: Callable[[list], dict], batch_size: int = 8,
+                 shard: tuple[int, int] = (0, 1), batch_seed: int | None = None) -> Iterator[dict]:
+    """The collated batches of ``examples`` (``batch_size`` consecutive examples each) that ``shard`` = (index,
+    count) owns: batch i belongs to shard i mod count, so the shards together hold every batch once.
+
+    With ``batch_seed``, batch i is collated with the torch CPU RNG seeded by ``batch_seed + i`` (and restored
+    after): a masked LM's collator draws the same masks for batch i whichever shard collates it, and one shard
+    draws what a single process draws.
+    """
+    import torch
+
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"eval_batches: shard must be (index, count) with 0 <= index < count, got {shard}")
+    for i, start in enumerate(range(0, len(examples), batch_size)):
+        if i % count != index:
+            continue
+        chunk = list(examples[start:start + batch_size])
+        if batch_seed is None:
+            yield collate(chunk)
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_seed + i)
+            batch = collate(chunk)
+        yield batch
+
+
+def lm_nll_sum(model, examples: Sequence[Any], collate: Callable[[list], dict],
+               kind: Literal["causal", "masked"] = "causal", batch_size: int = 8, shard: tuple[int, int] = (0, 1),
+               batch_seed: int | None = None) -> tuple[float, int]:
+    """The summed token NLL and the number of scored tokens behind ``lm_perplexity``, over the batches of
+    ``eval_batches(examples, collate, batch_size, shard, batch_seed)``: the sums of all shards add up to the sums
+    of one shard holding every batch (``perplexity_from_losses`` of the totals is the perplexity)."""
     import torch
     import torch.nn.functional as F
 
@@ -340,8 +380,7 @@ def lm_perplexity(model, examples: Sequence[Any], collate: Callable[[list], dict
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            batch = collate(list(examples[i:i + batch_size]))
+        for batch in eval_batches(examples, collate, batch_size, shard, batch_seed):
             inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask") if k in batch}
             labels = batch["labels"].to(device)  # (B, L)
             logits = model(**inputs).logits.float()  # (B, L, V)
@@ -351,7 +390,7 @@ def lm_perplexity(model, examples: Sequence[Any], collate: Callable[[list], dict
                                   ignore_index=-100, reduction="sum")
             total += float(nll)
             count += int((labels != -100).sum())
-    return perplexity_from_losses(total, count)
+    return total, count
 
 
 def _scored_labels(batch: dict, kind: str):
@@ -370,7 +409,18 @@ def unigram_perplexity(train_examples: Sequence[Any], eval_examples: Sequence[An
     (N tokens in all, V = ``vocab_size``: add-one smoothing, so an unseen token has a finite cost);
     perplexity = exp(-sum log p(y) / n) over the n scored labels y of ``eval_examples`` collated in batches
     of ``batch_size`` (a masked LM's collator draws its masks from the global RNG: seed it as for the model).
+    ``unigram_nll_sum`` gives the sums over a shard of the batches, as ``lm_nll_sum`` does.
     """
+    return perplexity_from_losses(*unigram_nll_sum(train_examples, eval_examples, collate, vocab_size, kind,
+                                                   batch_size))
+
+
+def unigram_nll_sum(train_examples: Sequence[Any], eval_examples: Sequence[Any], collate: Callable[[list], dict],
+                    vocab_size: int, kind: Literal["causal", "masked"] = "causal", batch_size: int = 8,
+                    shard: tuple[int, int] = (0, 1), batch_seed: int | None = None) -> tuple[float, int]:
+    """The summed unigram NLL and scored-token count behind ``unigram_perplexity``, over the batches of
+    ``eval_batches(eval_examples, collate, batch_size, shard, batch_seed)`` (the tokens ``lm_nll_sum`` scores
+    with the same arguments)."""
     import torch
 
     counts = torch.zeros(vocab_size, dtype=torch.float64)  # (V,)
@@ -378,9 +428,9 @@ def unigram_perplexity(train_examples: Sequence[Any], eval_examples: Sequence[An
         counts += torch.bincount(torch.as_tensor(ex["input_ids"]).reshape(-1), minlength=vocab_size).double()
     logp = torch.log((counts + 1.0) / (counts.sum() + vocab_size))  # (V,)
     total, n = 0.0, 0
-    for i in range(0, len(eval_examples), batch_size):
-        labels = _scored_labels(collate(list(eval_examples[i:i + batch_size])), kind)
+    for batch in eval_batches(eval_examples, collate, batch_size, shard, batch_seed):
+        labels = _scored_labels(batch, kind)
         scored = labels[labels != -100]  # (n_batch,)
         total -= float(logp[scored].sum())
         n += int(scored.numel())
-    return perplexity_from_losses(total, n)
+    return total, n

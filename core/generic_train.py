@@ -12,12 +12,16 @@ section's optimizer, train with
 Outputs go to ``train.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/``, ``adapter/``, ``merged/``, ``summary.json``.
 
-Under ``torchrun`` every process joins the group and trains its share of each batch; only the main
-process writes outputs. A folder with checkpoints is resumed only when the run's identity matches
+Under ``torchrun`` every process joins the group and trains its share of each batch, and evaluates its share
+of the eval batches (the summed losses and token counts are added up, so the perplexities are one process's);
+only the main process writes outputs. A folder with checkpoints is resumed only when the run's identity matches
 (``train.identity``: these sections, each data file's size and SHA-256, a sample of the base model's
-weights, the training options but those in ``train.config.MAY_CHANGE_ON_RESUME``); ``config.yaml`` is
-written once that check has passed, so a refused run changes no file. ``summary.json`` reports the
-whole run (its losses come from ``metrics.jsonl``), also after a resume or a re-save with ``--overwrite``,
+weights, the training options but those in ``train.config.MAY_CHANGE_ON_RESUME``); checkpoints of another
+identity are refused, or with ``--overwrite`` removed (with ``metrics.jsonl``) once every other check has
+passed, and the run starts again; ``config.yaml`` is written once that check has passed, so a refused run
+changes no file. ``summary.json`` reports the whole run (``first_loss``: step 1's loss, ``last_loss``: the
+last step's, whatever ``train.log_every``; kept in checkpoints), also after a resume or a re-save with
+``--overwrite``,
 with the held-out perplexity of the base model (for ``full``: the loaded weights, measured before training and
 before any resume) and of a unigram model beside the adapter's, and the share of
 eval examples that are verbatim training examples (``eval_overlap_with_train``; a warning from 10 %: an eval
@@ -34,13 +38,12 @@ own those), streaming corpora, sequence classification heads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from adaptome.core.config import InvalidValue
 from adaptome.core.optim.registry import OptimizerSpec
@@ -200,10 +203,12 @@ def _check_unk(path: str, ids: list[list[int]], tok) -> None:
         raise InputError(f"{path}: {share:.0%} of its tokens are {tok.unk_token} ({hint})")
 
 
-def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field: str = "text") -> list[dict]:
-    """Tokenized examples: packed blocks for causal LMs, one truncated example each for masked LMs. A file
-    whose tokens are more than ``MAX_UNK_SHARE`` unknown to the tokenizer is refused, naming it; so are files
-    that hold fewer tokens than one causal block, naming them and ``data.block_size``."""
+def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field: str = "text",
+                   warn: bool = True) -> list[dict]:
+    """Tokenized examples: packed blocks for causal LMs, one truncated example each for masked LMs (with ``warn``,
+    masked examples longer than ``block_size`` are counted in a warning naming the files and the share of tokens
+    cut). A file whose tokens are more than ``MAX_UNK_SHARE`` unknown to the tokenizer is refused, naming it; so
+    are files that hold fewer tokens than one causal block, naming them and ``data.block_size``."""
     import torch
 
     from adaptome.core import text
@@ -223,7 +228,20 @@ def build_datasets(files: list[str], tok, kind: str, block_size: int, text_field
                                   "data.block_size") from None
         return [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
     enc = [tok(t, truncation=True, max_length=block_size)["input_ids"] for t in texts]
+    if warn:
+        _warn_cut(files, [len(i) + len(tok("")["input_ids"]) for i in ids], block_size)
     return [{"input_ids": torch.tensor(e)} for e in enc]
+
+
+def _warn_cut(files: list[str], lengths: list[int], block_size: int) -> None:
+    """Say how many masked-LM examples (of ``lengths`` tokens, special tokens included) ``block_size`` cuts, and
+    the share of their tokens that never trains or scores: the model sees only each example's first block."""
+    cut = [n for n in lengths if n > block_size]
+    if cut:
+        lost = sum(n - block_size for n in cut) / sum(lengths)
+        log.warning(f"{', '.join(map(str, files))}: {len(cut)} of {len(lengths)} examples are longer than "
+                    f"data.block_size ({block_size} tokens) and were cut to it, {lost:.0%} of the tokens left out; "
+                    "raise data.block_size (up to the model's positions) or split the examples")
 
 
 #: an eval set whose examples are this share or more verbatim training examples is reported as not held out
@@ -311,38 +329,47 @@ def _check_block_size(model, block_size: int, source: str | None) -> None:
                            f"(max_position_embeddings); lower it to at most {limit}", source)
 
 
-@contextlib.contextmanager
-def _seeded_rng(seed: int) -> Iterator[None]:
-    """The torch RNG (CPU, and CUDA once in use) seeded with ``seed`` inside, restored after."""
-    import torch
-
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 class _SeededPerplexity:
-    """``lm_perplexity`` on the eval set with the torch RNG seeded by ``train.seed`` (and restored after):
-    a masked LM's collator draws the same masks at every evaluation, so the numbers of one run, its
-    baselines and a rerun score the same tokens."""
+    """``lm_perplexity`` on the eval set, its batches shared by the processes (``evaluation.eval_batches``: batch i
+    is process i mod W's) and the summed NLL and token counts added up over them, so W processes report what one
+    process does and each forwards 1/W of the set. Batch i is collated with the torch RNG seeded by
+    ``train.seed + i`` (restored after): a masked LM's collator draws the same masks at every evaluation and
+    whatever the number of processes, so the numbers of one run, its baselines and a rerun score the same tokens.
+    Every process must call it (the sums are all-reduced)."""
 
-    def __init__(self, eval_set: list, collate, kind: str, seed: int):
-        self.eval_set, self.collate, self.kind, self.seed = eval_set, collate, kind, seed
+    def __init__(self, eval_set: list, collate, kind: str, seed: int, acc):
+        self.eval_set, self.collate, self.kind, self.seed, self.acc = eval_set, collate, kind, seed, acc
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.acc.process_index, self.acc.num_processes
+
+    def reduced(self, total: float, count: int) -> float:
+        """exp(sum of every process's ``total`` / sum of their ``count``)."""
+        import torch
+
+        from adaptome.core.evaluation import perplexity_from_losses
+
+        if self.acc.num_processes > 1:
+            sums = torch.tensor([total, float(count)], dtype=torch.float64, device=self.acc.device)  # (2,)
+            torch.distributed.all_reduce(sums)
+            total, count = float(sums[0]), int(round(float(sums[1])))
+        return perplexity_from_losses(total, count)
 
     def __call__(self, model) -> float:
-        from adaptome.core.evaluation import lm_perplexity
+        from adaptome.core.evaluation import lm_nll_sum
 
-        with _seeded_rng(self.seed):
-            return lm_perplexity(model, self.eval_set, self.collate, self.kind)
+        return self.reduced(*lm_nll_sum(model, self.eval_set, self.collate, self.kind, shard=self.shard,
+                                        batch_seed=self.seed))
 
 
 class _Baselines:
     """Hook: at the start of training (the model on its device, nothing trained yet in this call), the
     held-out perplexity of the base model (adapters disabled; none for a from-scratch method, which has no
     base; ``base`` when given: ``full`` measures its loaded weights before ``fit``, since a resumed run's weights
-    are trained ones here) and of a unigram model of the training tokens (``evaluation.unigram_perplexity``),
-    on the tokens the run's own evaluation scores. ``values`` goes into ``summary.json``."""
+    are trained ones here) and of a unigram model of the training tokens (``evaluation.unigram_nll_sum``),
+    on the tokens the run's own evaluation scores, shared by the processes as that one is. ``values`` goes into
+    ``summary.json``."""
 
     def __init__(self, perplexity: _SeededPerplexity, train_set: list, vocab_size: int, from_scratch: bool,
                  base: float | None = None):
@@ -354,7 +381,7 @@ class _Baselines:
         import torch
 
         from adaptome.core.adapters.api import disable_adapters
-        from adaptome.core.evaluation import unigram_perplexity
+        from adaptome.core.evaluation import unigram_nll_sum
 
         p = self.perplexity
         if not p.eval_set:
@@ -365,9 +392,8 @@ class _Baselines:
             if not self.from_scratch:
                 with disable_adapters(model):
                     self.values["eval/perplexity_base"] = p(model)
-            with _seeded_rng(p.seed):
-                self.values["eval/perplexity_unigram"] = unigram_perplexity(self.train_set, p.eval_set, p.collate,
-                                                                            self.vocab_size, p.kind)
+            self.values["eval/perplexity_unigram"] = p.reduced(*unigram_nll_sum(
+                self.train_set, p.eval_set, p.collate, self.vocab_size, p.kind, shard=p.shard, batch_seed=p.seed))
         model.train(was_training)
 
 
@@ -419,9 +445,10 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     model, tok = _load(cfg.model)
     _check_block_size(model, cfg.data.block_size, source)
     base_digest = weights_digest(model)  # before the adapter: the base's own weights
-    train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field)
+    train_set = build_datasets(cfg.data.train_files, tok, cfg.model.kind, cfg.data.block_size, cfg.data.text_field,
+                               warn=acc.is_main_process)
     eval_set = build_datasets(cfg.data.eval_files, tok, cfg.model.kind, cfg.data.block_size,
-                              cfg.data.text_field) if cfg.data.eval_files else []
+                              cfg.data.text_field, warn=acc.is_main_process) if cfg.data.eval_files else []
     overlap = eval_overlap(cfg.data.train_files, cfg.data.eval_files, cfg.data.text_field) \
         if acc.is_main_process else 0.0
     collate = _collator(tok, cfg.model.kind, cfg.data.mlm_probability)
@@ -429,7 +456,7 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     model, adapter_cfg, from_scratch = apply_method(model, cfg.adapter.method, cfg.adapter.options, source,
                                                    prefix="adapter.options")
     report = trainable_report(model)
-    perplexity = _SeededPerplexity(eval_set, collate, cfg.model.kind, cfg.train.seed)
+    perplexity = _SeededPerplexity(eval_set, collate, cfg.model.kind, cfg.train.seed, acc)
     eval_fn = (lambda m: {"perplexity": perplexity(m)}) if eval_set else None
     base_ppl = _loaded_perplexity(model, perplexity, acc) if getattr(adapter_cfg, "trains_loaded_weights", False) \
         else None
@@ -437,7 +464,7 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn,
               hooks=[WriteOnStart(lambda: save_config(cfg, out)), baselines],
               accelerator=acc, identity=run_identity_of(cfg, adapter_cfg, base_digest),
-              make_optimizer=make_optimizer)
+              make_optimizer=make_optimizer, start_again=overwrite)
     summary = None
     if acc.is_main_process:
         can_merge = _writes_merged(adapter_cfg, from_scratch)
@@ -451,10 +478,10 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
 
 def _loaded_perplexity(model, perplexity: _SeededPerplexity, acc) -> float | None:
     """Held-out perplexity of ``model`` as loaded, before ``fit`` trains it or a resume loads a checkpoint into it
-    (``full``: the weights that train are the base's); main process only, on the run's device."""
+    (``full``: the weights that train are the base's), on the run's device; every process takes its share."""
     import torch
 
-    if not perplexity.eval_set or not acc.is_main_process:
+    if not perplexity.eval_set:
         return None
     was_training = model.training
     model.to(acc.device).eval()
@@ -479,8 +506,9 @@ def _writes_merged(method_cfg, from_scratch: bool) -> bool:
 
 def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_merge: bool,
                    overwrite: bool, baselines: dict[str, float]) -> dict[str, Any]:
-    """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's,
-    read from ``metrics.jsonl`` (so a resumed or re-saved run reports its first loss, not the resume's).
+    """``adapter/`` (+ tokenizer), ``merged/`` and ``summary.json``; the losses are the whole run's (``fit``
+    carries step 1's through checkpoints, so a resumed or re-saved run reports its first loss, not the resume's),
+    and the evaluations are read from ``metrics.jsonl``.
     A from-scratch method (sltrain) saves the whole model to ``adapter/``, and its dense equivalent to ``merged/``
     (``from_scratch.save_standalone``)."""
     from adaptome.core.adapters.from_scratch import save_standalone, save_trained
@@ -507,8 +535,10 @@ def _write_outputs(cfg: RunConfig, res, tok, report: dict, world_size: int, can_
         "steps": res.step,
         "world_size": world_size,
         "resumed_from": res.resumed_from,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
+        # step 1's and the last step's loss, whatever train.log_every; a checkpoint of an older version kept
+        # none: then the first and last metrics lines' (means over log_every steps)
+        "first_loss": res.first_loss if res.first_loss is not None else (losses[0] if losses else None),
+        "last_loss": res.last_loss if res.last_loss is not None else (losses[-1] if losses else None),
         **{k: v for r in records for k, v in r.items() if k.startswith("eval/")},
         **baselines,
     }

@@ -8,8 +8,8 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-<N>/`` holding
 * ``rng.pt``: torch CPU / CUDA generator states and Python's ``random`` state; ``rng_numpy.json``;
 * ``hooks.pt``: the ``state_dict()`` of each step hook that has one, in order;
 * ``trainer_state.json`` (written last, so its presence marks a complete checkpoint): step, data
-  position, the run's identity and fingerprint (``identity.py``), and the size and SHA-256 of every
-  other file.
+  position, the losses of step 1 and of the last step, the run's identity and fingerprint (``identity.py``),
+  and the size and SHA-256 of every other file.
 
 It is written into a temporary sibling folder (``core.atomic.atomic_dir``) and renamed into place,
 so a crash never leaves a half-written ``step-N``; temporary folders a kill leaves behind are

@@ -7,6 +7,11 @@ collective waits at most ``timeout_s``; then ``fit`` raises ``PeerTimeout`` nami
 did not keep up, found from a per-step heartbeat each process leaves in the launcher's key-value
 store.
 
+Under ``torchrun`` an error every process hits alike (a config error, a refused folder) is one line, not one
+per process: ``error_reported_by_rank0`` lets a process other than rank 0 leave out an error whose message
+rank 0 reported too (compared through the launcher's key-value store, which exists before the process group
+does); an error only some processes hit is still printed by each, prefixed with its rank.
+
 ``mixed_precision="fp16"`` on the CPU is a warning: accelerate then autocasts nothing and the run computes
 in float32 (bf16 autocasts on the CPU).
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import timedelta
 
 import torch
@@ -27,6 +33,7 @@ import torch
 from adaptome.core.errors import AdaptomeError
 
 _BEAT = "adaptome/step/{rank}"
+_ERROR = "adaptome/error/{attempt}/{rank}"
 log = logging.getLogger(__name__)
 
 
@@ -120,3 +127,44 @@ def peer_timeout(err: BaseException, heartbeat: Heartbeat, timeout_s: float, res
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return PeerTimeout(f"rank {heartbeat.rank}: no answer from {who} within train.dist_timeout_s={timeout_s:g} s "
                        f"(a peer process stalled or died: {first[-100:]}); {resume_hint}")
+
+
+def launched_rank() -> int:
+    """This process's rank among those the launcher started (0 when not launched)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _launcher_store(timeout_s: float):
+    """A client of torchrun's own key-value store (the agent's, on MASTER_ADDR:MASTER_PORT, up before any
+    process joins the group); None when the launcher keeps none (not torchrun)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not os.environ.get("MASTER_PORT"):
+        return None
+    return torch.distributed.TCPStore(os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"]),
+                                      is_master=False, timeout=timedelta(seconds=timeout_s))
+
+
+def error_reported_by_rank0(message: str, wait_s: float = 5.0) -> bool:
+    """Under ``torchrun``: whether rank 0 reports this same error ``message``, so this process need not print it.
+
+    Every process that fails leaves its message in the launcher's store; a process other than rank 0 waits up
+    to ``wait_s`` seconds for rank 0's and compares. False on rank 0, in a single process, when rank 0 left no
+    message in time or another one (an error of this process alone), and when the store cannot be reached.
+    """
+    if launched_world_size() == 1:
+        return False
+    rank, attempt = launched_rank(), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    try:
+        store = _launcher_store(timeout_s=wait_s)
+        if store is None:
+            return False
+        store.set(_ERROR.format(attempt=attempt, rank=rank), message)
+        if rank == 0:
+            return False
+        key, deadline = _ERROR.format(attempt=attempt, rank=0), time.monotonic() + wait_s
+        while not store.check([key]):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return store.get(key).decode() == message
+    except (RuntimeError, ValueError, OSError):  # no store to reach: every process prints its own line
+        return False

@@ -38,8 +38,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +75,8 @@ from adaptome.core.train.metrics import MetricsLog
 from adaptome.core.train.schedule import make_scheduler
 from adaptome.core.train.threads import torch_threads
 
+log = logging.getLogger(__name__)
+
 __all__ = ["FitResult", "NonFiniteLoss", "NothingToTrain", "TrainConfig", "fit", "make_accelerator"]
 
 
@@ -90,6 +95,8 @@ class FitResult:
     history: list[dict[str, Any]]
     output_dir: Path
     resumed_from: int | None = None
+    first_loss: float | None = None  # the loss of step 1 and of the last step, whatever log_every (a resumed run:
+    last_loss: float | None = None  # from its checkpoint; None from a checkpoint of a version that kept none)
 
 
 @dataclass
@@ -123,6 +130,8 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     running: float = 0.0
     step_lr: float = 0.0  # the learning rate the last optimizer step used (what metrics record as ``lr``)
+    first_loss: float | None = None  # step 1's loss (kept in checkpoints, so a resumed run still knows it)
+    last_loss: float | None = None  # the last step's loss
     last_logged: int = 0
     t0: float = field(default_factory=time.perf_counter)
 
@@ -154,25 +163,32 @@ def fit(
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
     accelerator: Any = None,
     identity: dict[str, Any] | None = None,
+    start_again: bool = False,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` on ``train_data``; see the module docstring for the parts.
 
     ``config`` and ``options`` are ``TrainConfig``'s options (``options`` replace fields of
     ``config``). ``identity``: what else made this run (model options, data file digests...), part
-    of the resume check (``identity.run_identity``).
+    of the resume check (``identity.run_identity``). ``start_again`` (a CLI's ``--overwrite``): checkpoints
+    in ``output_dir`` are removed, with ``metrics.jsonl``, and the run starts at step 0, whatever configuration
+    wrote them (resuming a finished run of the same configuration would take no step and save the old weights
+    again, also after an update of the code that trained them); without it checkpoints of this configuration
+    are resumed and those of another are refused.
     """
     cfg = TrainConfig.from_options(config, **options)
     with torch_threads(cfg.threads):  # cfg.threads CPU threads for the run, the caller's count restored after
         return _fit(model, train_data, cfg, loss_fn=loss_fn, collate_fn=collate_fn, eval_fn=eval_fn, hooks=hooks,
-                    make_optimizer=make_optimizer, accelerator=accelerator, identity=identity)
+                    make_optimizer=make_optimizer, accelerator=accelerator, identity=identity,
+                    start_again=start_again)
 
 
 def _fit(model, train_data, cfg: TrainConfig, *, loss_fn, collate_fn, eval_fn, hooks, make_optimizer, accelerator,
-         identity) -> FitResult:
+         identity, start_again: bool = False) -> FitResult:
     acc = accelerator or make_accelerator(cfg.mixed_precision, cfg.cpu, cfg.dist_timeout_s)
     run = _set_up(model, train_data, cfg, acc, loss_fn=loss_fn or default_loss, collate_fn=collate_fn,
-                  eval_fn=eval_fn, hooks=list(hooks), make_optimizer=make_optimizer, identity=identity)
+                  eval_fn=eval_fn, hooks=list(hooks), make_optimizer=make_optimizer, identity=identity,
+                  start_again=start_again)
     call_hooks(run.hooks, "on_train_start", run.state)
     bar_on = cfg.progress and acc.is_main_process
     with StopRequest() as stop, \
@@ -194,14 +210,14 @@ def _fit(model, train_data, cfg: TrainConfig, *, loss_fn, collate_fn, eval_fn, h
     if accelerator is None:
         acc.end_training()
     return FitResult(model=run.model, step=run.state.step, history=run.history, output_dir=Path(cfg.output_dir),
-                     resumed_from=run.resumed_from)
+                     resumed_from=run.resumed_from, first_loss=run.first_loss, last_loss=run.last_loss)
 
 
 # ---------------------------------------------------------------------------------------------
 # set-up or resume
 # ---------------------------------------------------------------------------------------------
 def _set_up(model, train_data, cfg: TrainConfig, acc, *, loss_fn, collate_fn, eval_fn, hooks, make_optimizer,
-            identity) -> _Run:
+            identity, start_again: bool = False) -> _Run:
     seed_everything(cfg.seed)
     methods = collect_method_training(model)  # the adapters' own hooks, optimizer groups, data inits
     hooks = methods.hooks + hooks
@@ -228,7 +244,7 @@ def _set_up(model, train_data, cfg: TrainConfig, acc, *, loss_fn, collate_fn, ev
                log=MetricsLog(Path(cfg.output_dir) / "metrics.jsonl", enabled=acc.is_main_process),
                trainable=trainable, identity=ident, fingerprint=fingerprint(ident), heartbeat=Heartbeat(acc),
                raw_optimizer=raw_optimizer, in_backward=in_backward)
-    _resume_or_start(run)
+    _resume_or_start(run, start_again)
     if run.resumed_from is None:  # data-driven inits (LoRA-SB) at the first step's rate; a checkpoint holds them
         methods.initialise(model, train_data, collate_fn, loss_fn, scheduler.get_last_lr()[0], acc.device, _move)
     run.batches = _batches(run)
@@ -280,8 +296,9 @@ def _check_updates_in_backward(optimizer, max_grad_norm, mixed_precision: str) -
     return True
 
 
-def _resume_or_start(run: _Run) -> None:
-    """Load the newest intact checkpoint of this identity, or start fresh; sets ``run.resumed_from``."""
+def _resume_or_start(run: _Run, start_again: bool = False) -> None:
+    """Load the newest intact checkpoint of this identity, or start fresh; sets ``run.resumed_from``. Checkpoints
+    of another identity are refused; with ``start_again`` any checkpoints are removed (``_remove_checkpoints``)."""
     acc, cfg = run.acc, run.cfg
     if acc.is_main_process:
         clean_checkpoint_root(run.ckpt_root)
@@ -291,6 +308,9 @@ def _resume_or_start(run: _Run) -> None:
     if found and not cfg.resume:
         raise ResumeError(f"{run.ckpt_root}: holds checkpoints of an earlier run; resume=True continues it, "
                           "or choose another output_dir (nothing was overwritten)")
+    if found and start_again:
+        _remove_checkpoints(run, found[0])
+        found = None
     if found:
         path, trainer_state = found
         check_identity(path, trainer_state, run.identity, run.fingerprint)
@@ -300,6 +320,7 @@ def _resume_or_start(run: _Run) -> None:
         ts = load_checkpoint(path, named_params=run.trainable, optimizer=run.optimizer, scheduler=run.scheduler,
                              hooks=run.hooks)
         run.state.step, run.state.epoch, run.micro = ts["step"], ts["epoch"], ts["micro_batch"]
+        run.first_loss, run.last_loss = ts.get("first_loss"), ts.get("last_loss")
         run.resumed_from = run.state.resumed_from = run.state.step
         run.last_checkpoint = path
         run.log.truncate_after(run.state.step)
@@ -307,6 +328,19 @@ def _resume_or_start(run: _Run) -> None:
         run.log.remove()  # a fresh run with no checkpoint: an old partial log is not this run's
     run.start_step = run.last_logged = run.state.step
     acc.wait_for_everyone()
+
+
+def _remove_checkpoints(run: _Run, newest: Path) -> None:
+    """``start_again``: the earlier run's checkpoints go, renamed aside first (a kill leaves a temporary folder
+    ``clean_stale`` removes, never half a ``checkpoints/``), and so does its ``metrics.jsonl``. Every process
+    decided so from the same files; the main process removes them while the others wait."""
+    if run.acc.is_main_process:
+        old = run.ckpt_root.parent / f".{run.ckpt_root.name}.old-{os.getpid()}"
+        os.replace(run.ckpt_root, old)
+        shutil.rmtree(old, ignore_errors=True)
+        log.warning(f"removed {run.ckpt_root} (newest {newest.name}) and {run.log.path.name} of an earlier run: "
+                    "--overwrite starts again")
+    run.acc.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +386,9 @@ def _train_step(run: _Run) -> float:
     run.optimizer.step()
     run.scheduler.step()
     state.step += 1
-    state.loss = step_loss
+    state.loss = run.last_loss = step_loss
+    if state.step == 1:
+        run.first_loss = step_loss
     call_hooks(run.hooks, "after_optimizer_step", state)
     run.optimizer.zero_grad(set_to_none=True)
     return step_loss
@@ -421,6 +457,7 @@ def _checkpoint(run: _Run) -> None:
         save_checkpoint(run.ckpt_root, state.step, trainable=run.trainable, optimizer=run.optimizer,
                         scheduler=run.scheduler, hooks=run.hooks, keep_last=run.cfg.keep_last,
                         trainer_state={"step": state.step, "epoch": state.epoch, "micro_batch": run.micro,
+                                       "first_loss": run.first_loss, "last_loss": run.last_loss,
                                        "fingerprint": run.fingerprint, "identity": run.identity})
     acc.wait_for_everyone()
     run.last_checkpoint = run.ckpt_root / f"step-{state.step}"

@@ -53,7 +53,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -362,15 +361,12 @@ def run_train(cfg: CodegenTrainConfig, overwrite: bool = False, progress: bool =
     model = apply_adapter(model, adapter_cfg)
     report = trainable_report(model)
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite:  # start again: an earlier run's checkpoints and metrics are not this run's
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
     identity = {"codegen_train": {"model": cfg.model, "block_size": cfg.block_size,
                                   "data_sha256": examples_digest(examples), "n_examples": len(examples)}}
     res = fit(model, rows, collate_fn=collate, output_dir=out, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
               lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", seed=cfg.seed,
               log_every=max(1, cfg.max_steps // 10), resume=True, progress=progress,
-              cpu=not torch.cuda.is_available(), identity=identity,
+              cpu=not torch.cuda.is_available(), identity=identity, start_again=overwrite,
               hooks=[WriteOnStart(lambda: write_text_atomic(out / "train_config.json",
                                                             json.dumps(asdict(cfg), indent=1)))])
     model = res.model.eval()

@@ -12,6 +12,7 @@ held out; ``train --help`` did not say how to launch it under torchrun.
 
 import json
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def test_metrics_lr_is_the_rate_each_step_used(app, tmp_path):
         torch.tensor(torch.pi * 3 / 4)).item()))
 
 
+def _as_stopped(run):
+    """The folder as a run stopped after its checkpoints leaves it (no adapter/ or merged/ yet), so the same
+    command resumes it (``--overwrite`` would start again)."""
+    shutil.rmtree(run / "adapter")
+    shutil.rmtree(run / "merged", ignore_errors=True)
+
+
 def test_trainer_state_without_its_step_is_a_named_corrupt_checkpoint(app, tmp_path, caplog):
     """A trainer_state.json that is JSON but lost its data position: the newest checkpoint is named as corrupt
     and the previous one resumed (before: ``KeyError: 'step'`` from the loop)."""
@@ -72,7 +80,8 @@ def test_trainer_state_without_its_step_is_a_named_corrupt_checkpoint(app, tmp_p
     state = json.loads(state_file.read_text())
     del state["step"]
     state_file.write_text(json.dumps(state))
-    res = runner.invoke(app, ["train", "-c", str(cfg), "--set", "train.max_steps=6", "--overwrite"])
+    _as_stopped(tmp_path / "run")
+    res = runner.invoke(app, ["train", "-c", str(cfg), "--set", "train.max_steps=6"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from"] == 2
     assert f"{state_file}: not a trainer state (step missing" in caplog.text
@@ -81,7 +90,8 @@ def test_trainer_state_without_its_step_is_a_named_corrupt_checkpoint(app, tmp_p
         state = json.loads((p / "trainer_state.json").read_text())
         state["micro_batch"] = "7"
         (p / "trainer_state.json").write_text(json.dumps(state))
-    res = runner.invoke(app, ["train", "-c", str(cfg), "--set", "train.max_steps=8", "--overwrite"])
+    _as_stopped(tmp_path / "run")
+    res = runner.invoke(app, ["train", "-c", str(cfg), "--set", "train.max_steps=8"])
     assert res.exit_code == 2 and "not a trainer state" in res.output and "Traceback" not in res.output
 
 

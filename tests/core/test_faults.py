@@ -334,6 +334,8 @@ def test_resume_refuses_another_configuration_naming_what_changed(app, tmp_path)
     res = _train(app, cfg)
     assert res.exit_code == 0, res.output
     out = tmp_path / "run"
+    shutil.rmtree(out / "adapter")  # an interrupted run's folder: checkpoints, no adapter/ yet
+    shutil.rmtree(out / "merged")
     kept = _snapshot(out)
     other_file = _text(tmp_path / "other.txt", 1)  # the same size, another content
     assert other_file.stat().st_size == (tmp_path / "train.txt").stat().st_size
@@ -341,7 +343,7 @@ def test_resume_refuses_another_configuration_naming_what_changed(app, tmp_path)
              (["--set", f"data.train_files=[{other_file}]"], "data.train_files.0.sha256"),
              (["--set", "model.tiny.num_heads=4"], "model.tiny.num_heads: 2 -> 4")]
     for args, named in cases:
-        res = _train(app, cfg, "--overwrite", *args)
+        res = _train(app, cfg, *args)  # --overwrite would start again (test_audit_train3_runs)
         assert res.exit_code == 2, res.output
         line = res.output.strip()
         assert "\n" not in line, repr(res.output)
@@ -355,15 +357,20 @@ def test_summary_reports_the_whole_run_after_resume_and_overwrite(app, tmp_path)
     out = tmp_path / "run"
     first = json.loads((out / "summary.json").read_text())
     assert first["first_loss"] is not None and first["resumed_from"] is None
-    res = _train(app, cfg, "--overwrite")  # a finished run saved again: nothing to train, losses kept
+    res = _train(app, cfg, "--overwrite")  # starts again (the same seeded run: the same losses)
     assert res.exit_code == 0, res.output
     again = json.loads((out / "summary.json").read_text())
-    assert again["resumed_from"] == 4 and again["first_loss"] == first["first_loss"]
-    assert again["last_loss"] == first["last_loss"]
-    res = _train(app, cfg, "--overwrite", "--set", "train.max_steps=6")  # extended: allowed
+    assert again["resumed_from"] is None and again["steps"] == 4
+    assert again["first_loss"] == pytest.approx(first["first_loss"]) and again["last_loss"] == pytest.approx(
+        first["last_loss"])
+    # extending a finished run: its adapter set aside, the same command with more steps resumes from step 4
+    shutil.rmtree(out / "adapter")
+    shutil.rmtree(out / "merged", ignore_errors=True)
+    res = _train(app, cfg, "--set", "train.max_steps=6")
     assert res.exit_code == 0, res.output
     longer = json.loads((out / "summary.json").read_text())
-    assert longer["steps"] == 6 and longer["resumed_from"] == 4 and longer["first_loss"] == first["first_loss"]
+    assert longer["steps"] == 6 and longer["resumed_from"] == 4
+    assert longer["first_loss"] == pytest.approx(first["first_loss"])
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 6
 

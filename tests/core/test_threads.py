@@ -2,6 +2,7 @@
 count is restored afterwards, and a resumed run may change it (it is not part of the run's identity)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -72,8 +73,10 @@ def test_adaptome_train_sets_threads_and_a_resume_may_change_them(tmp_path, call
     assert res.exit_code == 0, res.output
     assert calls[0] == 1 and calls[-1] == caller_threads and torch.get_num_threads() == caller_threads
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["threads"] == 1
+    shutil.rmtree(tmp_path / "run" / "adapter")  # extended: the finished run's adapter set aside, so it resumes
+    shutil.rmtree(tmp_path / "run" / "merged", ignore_errors=True)
     res = CliRunner().invoke(cli.app, ["train", "-c", str(path), "--set", "train.max_steps=3", "--set",
-                                       "train.threads=2", "--overwrite"])
+                                       "train.threads=2"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["resumed_from"] and summary["steps"] == 3

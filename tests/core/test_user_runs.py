@@ -8,6 +8,7 @@ model was loaded; a GPT-2 model's Conv1D layers were not named when no target ma
 """
 
 import json
+import shutil
 
 import pytest
 import tiny_models
@@ -51,17 +52,27 @@ def _text_file(tmp_path):
 
 
 def test_resume_past_max_steps_is_refused_and_keeps_the_adapter(app, tmp_path):
-    """A folder trained to step 4, rerun with max_steps 2: before, the step-4 weights were written as the
-    adapter of a run whose config.yaml says 2 steps."""
+    """A folder trained to step 4, resumed with max_steps 2: before, the step-4 weights were written as the
+    adapter of a run whose config.yaml says 2 steps. Now refused; --overwrite starts again and trains 2 steps."""
     cfg = _config(tmp_path, _text_file(tmp_path), save_every=2)
     assert runner.invoke(app, ["train", "-c", cfg]).exit_code == 0
     adapter = tmp_path / "run" / "adapter" / "adapter_model.safetensors"
     before = adapter.read_bytes()
-    res = runner.invoke(app, ["train", "-c", cfg, "--set", "train.max_steps=2", "--overwrite"])
+    kept = tmp_path / "kept.safetensors"
+    shutil.move(adapter, kept)  # the folder of a run stopped after its step-4 checkpoint
+    shutil.rmtree(tmp_path / "run" / "adapter")
+    shutil.rmtree(tmp_path / "run" / "merged", ignore_errors=True)
+    res = runner.invoke(app, ["train", "-c", cfg, "--set", "train.max_steps=2"])
     assert res.exit_code == 2, res.output
     assert "step-4: is step 4, beyond max_steps 2" in res.output
-    assert adapter.read_bytes() == before
+    assert not adapter.exists()
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["max_steps"] == 4
+    res = runner.invoke(app, ["train", "-c", cfg, "--set", "train.max_steps=2", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["resumed_from"] is None
+    assert adapter.read_bytes() != before
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["max_steps"] == 2
 
 
 def test_seq_bn_trains_only_the_blocks_its_options_select(app, tmp_path):
@@ -241,8 +252,14 @@ def test_model_folder_replaced_by_another_checkpoint_is_not_resumed(app, tmp_pat
     assert res.exit_code == 0, res.output
 
     tiny.llama(seed=1, **sizes).save_pretrained(model_dir)  # another checkpoint at the same path
-    res = runner.invoke(app, args + ["--set", "train.max_steps=4", "--overwrite"])
+    shutil.rmtree(tmp_path / "run" / "adapter")  # as an interrupted run leaves the folder
+    shutil.rmtree(tmp_path / "run" / "merged")
+    res = runner.invoke(app, args + ["--set", "train.max_steps=4"])
     assert res.exit_code == 2 and "another configuration (base_weights:" in res.output, res.output
+    res = runner.invoke(app, args + ["--set", "train.max_steps=4", "--overwrite"])  # starts again, not resumed
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["steps"] == 4
 
 
 def test_an_existing_merged_folder_is_refused_before_training(app, tmp_path):
