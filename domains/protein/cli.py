@@ -82,7 +82,8 @@ def build_dataset(
                                        "max_seq_length): the protein is cropped to fit, never the answer"),
     tokenizer: Optional[str] = typer.Option(None, help="tokenizer that counts the tokens (the model folder or hub "
                                             "id the instruct stage uses; default: the character tokenizer)"),
-    out: Path = typer.Option(..., help="output folder (instructions.jsonl, sequences.txt, sequences.fasta)"),
+    out: Path = typer.Option(..., help="output folder (instructions.jsonl, sequences.txt, sequences.fasta; "
+                             "inputs.json: the digests of the input files)"),
     overwrite: bool = typer.Option(False),
 ) -> None:
     """Turn labelled FASTA / Stockholm into ProLLaMA instruction JSONL and stage-1 ``Seq=<...>`` lines.
@@ -95,6 +96,7 @@ def build_dataset(
     """
     from adaptome.core.atomic import atomic_dir
     from adaptome.domains.protein import data, formats
+    from adaptome.domains.protein.dataset_inputs import write_inputs
     from adaptome.domains.protein.tokenizer import load_tokenizer
 
     _check_new(out, overwrite)
@@ -131,6 +133,12 @@ def build_dataset(
             formats.write_seq_lines([r.seq for r in whole], tmp / "sequences.txt")
             formats.write_fasta(((f"{r.id} {task.label_field(r.label)}", r.seq) for r in whole),
                                 tmp / "sequences.fasta")
+            inputs = [*fasta, *([labels] if labels else []),
+                      *([Path(vocab)] if vocab and vocab != "superfamilies" else [])]
+            write_inputs(tmp, [] if shipped else inputs, {
+                "shipped": shipped, "task_name": task.name, "task_key": task.key, "policy": policy,
+                "stockholm_label": stockholm_label, "id_column": id_column, "label_column": label_column,
+                "max_residues": max_residues, "max_seq_length": max_seq_length, "tokenizer": tokenizer})
     typer.echo(f"{len(whole)} sequences, {len({r.label for r in whole})} labels -> {out}")
     typer.echo(f"instruction records: {crops.message()}")
 
@@ -150,9 +158,12 @@ def _check_build_options(shipped: Optional[str], fasta: list[Path], labels: Opti
 def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
     from adaptome.core.config import load_config, save_config
     from adaptome.domains.protein.config import InstructConfig, PretrainConfig
+    from adaptome.domains.protein.dataset_inputs import stale_inputs
     from adaptome.domains.protein.stages import run_stage_config
 
     cfg = load_config(PretrainConfig if kind == "pretrain" else InstructConfig, config, set_)
+    for line in stale_inputs(cfg.train_files):
+        typer.echo(f"warning: {line}")
     s = run_stage_config(cfg, overwrite)
     save_config(cfg, cfg.train.output_dir)
     if s.get("skipped"):  # pretrain with residue_policy=skip
@@ -169,10 +180,14 @@ def _stage(kind: str, config: Path, set_: list[str], overwrite: bool) -> None:
                f"adapter {s['adapter']}" + (f", merged {s['merged']}" if "merged" in s else ""))
 
 
+_OVERWRITE_HELP = ("replace adapter/ and merged/ and start the stage again (the output folder's checkpoints/ are "
+                   "removed); without it a stopped stage resumes from them")
+
+
 @app.command("pretrain")
 def pretrain_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, e.g. configs/pretrain_tiny.yaml"),
                  set_: list[str] = typer.Option([], "--set", help="override: --set train.max_steps=100"),
-                 overwrite: bool = typer.Option(False)) -> None:
+                 overwrite: bool = typer.Option(False, help=_OVERWRITE_HELP)) -> None:
     """Stage 1: causal LM on Seq=<...> blocks with an adapter (+ embeddings, LM head), then merge.
 
     Example: adaptome protein pretrain -c domains/protein/configs/pretrain_tiny.yaml \\
@@ -185,7 +200,7 @@ def pretrain_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, 
 @app.command("instruct")
 def instruct_cmd(config: Path = typer.Option(..., "--config", "-c", help="YAML, e.g. configs/instruct_tiny.yaml"),
                  set_: list[str] = typer.Option([], "--set", help="override: --set model.name_or_path=DIR"),
-                 overwrite: bool = typer.Option(False)) -> None:
+                 overwrite: bool = typer.Option(False, help=_OVERWRITE_HELP)) -> None:
     """Stage 2: instruction tuning with the prompt masked out of the loss, then merge.
 
     Example: adaptome protein instruct -c domains/protein/configs/instruct_tiny.yaml \\

@@ -183,6 +183,6 @@ def stage_kwargs(cfg: PretrainConfig | InstructConfig) -> dict[str, Any]:
         return {**common, "block_size": cfg.block_size, "residue_policy": cfg.residue_policy,
                 "max_residues": cfg.max_residues, "whole_windows": cfg.whole_windows,
                 "optimizer_name": cfg.optimizer.name,
-                "optimizer_options": dict(cfg.optimizer.options)}
+                "optimizer_options": dict(cfg.optimizer.options), "base_model": cfg.model.name_or_path}
     return {**common, "max_seq_length": cfg.max_seq_length, "uncond_share": cfg.uncond_share,
             "base_model": cfg.model.name_or_path}

@@ -170,7 +170,10 @@ def records_digest(records: list[Record]) -> str:
 def train_classifier(name_or_path: str, records: list[Record], labels: list[str], cfg: EsmClassifyConfig,
                      overwrite: bool = False) -> dict[str, Any]:
     """Apply the adapter to a fresh classifier, train it with ``fit`` on labelled ``records``, save
-    ``adapter/`` (and ``merged/``); a summary with the trained ``model`` and ``tokenizer``."""
+    ``adapter/`` (and ``merged/``); a summary with the trained ``model`` and ``tokenizer``, and ``replaced``: the
+    folders of an earlier classifier that ``overwrite`` replaced (with ``overwrite`` its checkpoints go too and
+    training starts again; without it a stopped run on other data is refused by the resume check, naming
+    ``esm_classify.data_sha256``)."""
     from adaptome.core.adapters.api import trainable_report
     from adaptome.core.adapters.from_scratch import apply_method, save_trained
     from adaptome.core.adapters.io import save_merged
@@ -180,9 +183,9 @@ def train_classifier(name_or_path: str, records: list[Record], labels: list[str]
     if unknown:
         raise ProteinError(f"training labels not among the candidate labels: {unknown[:5]}")
     out = Path(cfg.train.output_dir)
-    for sub in ("adapter", "merged"):
-        if (out / sub).exists() and not overwrite:
-            raise FileExistsError(f"{out / sub}: already exists; pass --overwrite to replace it")
+    replaced = [str(out / sub) for sub in ("adapter", "merged") if (out / sub).exists()]
+    if replaced and not overwrite:
+        raise FileExistsError(f"{replaced[0]}: already exists; pass --overwrite to replace it")
     opts = dict(cfg.adapter.options)
     if "classifier" not in (opts.get("modules_to_save") or []):
         raise ProteinError("adapter.options.modules_to_save must hold 'classifier' (the new head has to train)")
@@ -194,15 +197,18 @@ def train_classifier(name_or_path: str, records: list[Record], labels: list[str]
     data = _Encoded(tok, [r.seq for r in records], [index[r.label] for r in records], crop)
     identity = {"esm_classify": {"model": name_or_path, "labels": list(labels), "max_residues": crop,
                                  "data_sha256": records_digest(records), "n_records": len(records)}}
-    result = fit(model, data, collate_fn=PadCollate(tok.pad_token_id), identity=identity,
+    result = fit(model, data, collate_fn=PadCollate(tok.pad_token_id), identity=identity, start_again=overwrite,
                  **dataclasses.asdict(cfg.train))
     model = result.model.eval()
     save_trained(model, out / "adapter", overwrite=overwrite)
     summary: dict[str, Any] = {"steps": result.step, "trainable": report, "adapter": str(out / "adapter"),
-                               "model": model, "tokenizer": tok, "max_residues": crop, "position_limit": limit}
+                               "model": model, "tokenizer": tok, "max_residues": crop, "position_limit": limit,
+                               "replaced": replaced}
     losses = [h["loss"] for h in result.history if "loss" in h]
     if losses:
         summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
+    elif result.first_loss is not None:
+        summary["first_loss"], summary["last_loss"] = result.first_loss, result.last_loss
     if cfg.merge:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
         write_text_atomic(out / "merged" / CROP_FILE, json.dumps({"max_residues": crop}) + "\n")

@@ -93,6 +93,9 @@ def classify_with_esm(model: str, fasta: Path, labels: Path | None, train_fasta:
                      f"{s['steps']} steps, loss {s.get('first_loss', float('nan')):.4f} -> "
                      f"{s.get('last_loss', float('nan')):.4f}, trainable {s['trainable']['percent']:.2f}%; "
                      f"adapter {s['adapter']}" + (f", merged {s['merged']}" if "merged" in s else ""))
+        if s["replaced"]:  # --overwrite covers the predictions and the classifier alike: say so
+            lines.append(f"note: --overwrite replaced the classifier in {cfg.train.output_dir}; --model "
+                         "<that folder>/merged predicts with a saved classifier without training one")
     else:
         cands = esm_classify.trained_labels(model)
         if cands is None:

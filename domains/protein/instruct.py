@@ -203,7 +203,7 @@ def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, ada
     dropout (module docstring), seeded by ``train_kwargs['seed']``. ``base_model``: the folder ``model`` was
     loaded from; the fingerprints of its training sequences are carried into this stage's
     ``training_data.json`` (``training_data.inherit_fingerprints``)."""
-    from adaptome.domains.protein.pretrain import run_stage
+    from adaptome.domains.protein.pretrain import run_stage, tokens_digest
     from adaptome.domains.protein.training_data import inherit_fingerprints, records_summary
 
     records: list[dict] = []
@@ -214,7 +214,11 @@ def instruct(files: list[str] | list[dict], model, tok, max_seq_length: int, ada
                         train_kwargs, merge=merge, overwrite=overwrite,
                         training_data=inherit_fingerprints({"stage": "instruct", "max_seq_length": max_seq_length,
                                                             "uncond_share": ds.uncond_share,
-                                                            **records_summary(tok, records)}, base_model))
+                                                            **records_summary(tok, records)}, base_model),
+                        data_digest=tokens_digest([it["input_ids"] for it in ds.items],
+                                                  [it["labels"] for it in ds.items],
+                                                  extra=f"uncond_share={ds.uncond_share}"),
+                        base_model=base_model)
     summary["n_records"] = len(records)
     summary["n_truncated"] = ds.n_cropped  # records whose protein was cropped here (never an answer)
     summary["residues_cropped"] = ds.residues_cropped

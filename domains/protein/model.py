@@ -7,8 +7,10 @@ local folder, and a missing one is the one-line ``model folder not found: <path>
 an adapter folder among them, is one line too, ``check_model_folder``); only a bare hub
 id (``name`` or ``org/name``) goes to the hub. With ``HF_HUB_OFFLINE`` set, or when the hub's host
 does not answer within a few seconds, a hub id is loaded from the local cache or refused with one
-line saying the machine is offline (no download retries). Every ``*.safetensors`` file of a local
-folder is checked against its own header first, so a truncated file is one line naming it.
+line saying the machine is offline (no download retries). A local folder is loaded by its absolute path, so
+an adapter trained on it (stage 2 on stage 1's ``merged/``) names its base so in peft's ``adapter_config.json``.
+Every ``*.safetensors`` file of a local folder is checked against its own header first, so a truncated file is
+one line naming it.
 
 The tiny model is ``LlamaForCausalLM`` with ``tie_word_embeddings=False`` (ProLLaMA stage 1 trains
 ``embed_tokens`` and ``lm_head`` as separate modules, see ``core/adapters/modules_to_save.py``).
@@ -154,7 +156,7 @@ def resolve_model(name_or_path: str) -> tuple[str, dict[str, Any]]:
         check_model_folder(name_or_path, folder)
         for weights in sorted(folder.glob("*.safetensors")):
             check_safetensors(weights)
-        return str(folder), {}
+        return str(folder.resolve()), {}  # absolute: an adapter trained on it records its base so (peft's config)
     if _hub_offline():
         if _in_hub_cache(name_or_path):
             return name_or_path, {"local_files_only": True}

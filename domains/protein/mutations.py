@@ -132,12 +132,28 @@ def blosum62_scores(mutants: list[str]) -> list[float]:
     return [float(sum(m[ref][alt] for ref, _, alt in parse_mutant(code))) for code in mutants]
 
 
+def standard_wildtype(seq: str, where: str) -> str:
+    """``seq`` when it holds only the 20 standard amino acids; else a ``FormatError`` naming ``where`` and the first
+    other letter (X, U, B...): no mutant effect is scored against a residue the scores do not model, and
+    score-mutations has no residue policy to choose."""
+    from adaptome.domains.protein.formats import invalid_positions
+
+    bad = invalid_positions(seq)
+    if bad:
+        raise FormatError(f"{where}: the wild type holds {seq[bad[0] - 1]!r} at position {bad[0]} ({len(bad)} "
+                          "residue(s) outside the 20 standard amino acids); score-mutations scores standard residues "
+                          "only: replace it in the wild type with the residue you mean (e.g. a selenocysteine U by C)")
+    return seq
+
+
 def read_wildtype(arg: str, notes: list[str] | None = None) -> str:
     """``--wildtype``: a FASTA file (its first record) or the sequence itself.
 
     A string of letters only (after removing white space) that is not an existing file is the
     sequence; anything else is a file name, so a long sequence never reaches the file system. A file
-    of several records adds a line to ``notes`` naming the record used.
+    of several records adds a line to ``notes`` naming the record used. Case, gaps (``-``, ``.``) and a trailing
+    ``*`` are cleaned; a letter outside the 20 standard amino acids in the wild type is an error
+    (``standard_wildtype``), one in a later record of the file is not read.
     """
     from adaptome.domains.protein.formats import clean_sequence, read_fasta
 
@@ -147,13 +163,13 @@ def read_wildtype(arg: str, notes: list[str] | None = None) -> str:
     except OSError:  # e.g. a name too long for the file system: not a file
         is_file = False
     if is_file:
-        recs = read_fasta(arg)
+        recs = read_fasta(arg, "keep")  # only the first record is read for residues (standard_wildtype)
         if len(recs) > 1 and notes is not None:
             notes.append(f"note: --wildtype {arg} holds {len(recs)} records; the first, {recs[0].id!r} "
                          f"({len(recs[0].seq)} residues), is the wild type")
-        return recs[0].seq
+        return standard_wildtype(recs[0].seq, f"{arg}: record {recs[0].id!r}")
     if compact.isalpha():
-        return clean_sequence(compact, "error", "--wildtype")
+        return standard_wildtype(clean_sequence(compact, "keep", "--wildtype"), "--wildtype")
     raise FormatError(f"--wildtype {arg[:60]!r}: neither a FASTA file nor an amino-acid sequence")
 
 

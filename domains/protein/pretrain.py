@@ -22,6 +22,7 @@ Not covered: DeepSpeed, gradient checkpointing, a validation split during traini
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,11 +147,46 @@ def stack_collate(items: list[dict]) -> dict:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}  # (N, T) each
 
 
+def tokens_digest(*rows: list[list[int]], extra: str = "") -> str:
+    """SHA-256 of the token rows a stage trains on (and ``extra``): what its checkpoints must have been trained on
+    to be resumed."""
+    import hashlib
+
+    h = hashlib.sha256(extra.encode())
+    for part in rows:
+        for row in part:
+            h.update(",".join(map(str, row)).encode() + b";")
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def check_resumed_base(out: Path, base: dict[str, Any]) -> None:
+    """Refuse, in one line naming both folders, to resume ``out/checkpoints`` when they were trained on other base
+    weights than ``base`` holds now (e.g. stage 1 retrained in place since stage 2 stopped)."""
+    from adaptome.core.train.checkpoint import STATE_FILE, list_checkpoints
+    from adaptome.domains.protein.formats import ProteinError
+
+    found = list_checkpoints(out / "checkpoints")
+    if not found:
+        return
+    try:
+        ident = json.loads((found[-1][1] / STATE_FILE).read_text(encoding="utf-8")).get("identity") or {}
+    except (OSError, ValueError):  # a corrupt state is core's to name
+        return
+    old = ident.get("protein_stage.base_weights")
+    if old and old != base["weights_digest"]:
+        name = base["path"] or "the base model"
+        raise ProteinError(f"{name}: holds other weights than when {out / 'checkpoints'} were trained on it (retrained "
+                           "in place since?); resuming would continue on another base: pass --overwrite to train "
+                           "this stage again on it, or give the base it was trained on")
+
+
 def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, adapter_options: dict[str, Any],
               train_kwargs: dict[str, Any], merge: bool = True, eval_fn: Callable | None = None,
               overwrite: bool = False, optimizer_name: str = "adamw",
               optimizer_options: dict[str, Any] | None = None,
-              training_data: dict[str, Any] | None = None) -> dict[str, Any]:
+              training_data: dict[str, Any] | None = None, data_digest: str | None = None,
+              base_model: str | None = None) -> dict[str, Any]:
     """Apply the adapter, train with ``fit``, save adapter (+ merged checkpoint); a summary dict.
 
     Outputs under ``train_kwargs['output_dir']``: ``metrics.jsonl``, ``checkpoints/``,
@@ -159,11 +195,21 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
     model trains and is saved to ``adapter/``; with ``merge`` a dense copy, each SLTrain layer materialized as
     W = s·BA + S, goes to ``merged/``, an ordinary checkpoint that stage 2 loads); ``optimizer_name`` / ``_options``
     pick a ``core.optim.registry.OPTIMIZERS`` entry (``galore``). ``training_data`` (see
-    ``training_data.py``) is written as ``training_data.json`` into ``adapter/`` and ``merged/``.
+    ``training_data.py``) is written as ``training_data.json`` into ``adapter/`` and ``merged/``, with
+    ``base_model``: the folder (absolute) or hub id ``model`` was loaded from and its ``weights_digest``.
+
+    What the stage trained on is part of the run's identity (``core.train.identity``): ``data_digest`` (the caller's
+    digest of the examples) and the base's ``weights_digest``, so a resume on other data of the same size, or on a
+    base retrained in place since, is refused, a changed base in one line naming both folders
+    (``check_resumed_base``). With ``overwrite`` the stage starts again: an earlier run's ``checkpoints/`` are
+    removed first (they were resumed, a finished run writing its old model again, or refused as another
+    configuration's).
     """
     from adaptome.core.adapters.api import trainable_report
     from adaptome.core.adapters.from_scratch import apply_method, save_standalone, save_trained
+    from adaptome.core.generic_train import recorded_base
     from adaptome.core.optim.registry import make_optimizer_factory
+    from adaptome.core.train.identity import weights_digest
     from adaptome.core.train.loop import fit
     from adaptome.domains.protein.training_data import write_training_data
 
@@ -171,19 +217,25 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
     for sub in ("adapter", "merged"):
         if (out / sub).exists() and not overwrite:
             raise FileExistsError(f"{out / sub}: already exists; pass --overwrite to replace it")
+    base = {"path": recorded_base(base_model) if base_model else None, "weights_digest": weights_digest(model)}
+    if base_model and not overwrite:  # a model built from config (seeded) is named by core's check (train.seed)
+        check_resumed_base(out, base)
     make_optimizer = make_optimizer_factory(optimizer_name, optimizer_options, train_kwargs.get("lr", 1e-3),
                                             train_kwargs.get("weight_decay", 0.0),
                                             train_kwargs.get("betas", (0.9, 0.999)))
     model, _, from_scratch = apply_method(model, adapter_method, adapter_options)
     report = trainable_report(model)
+    identity = {"protein_stage": {"data_sha256": data_digest, "base_weights": base["weights_digest"]}}
+    # overwrite: fit removes an earlier run's checkpoints once its own checks passed, and starts again
     result = fit(model, dataset, collate_fn=collate_fn, eval_fn=eval_fn, make_optimizer=make_optimizer,
-                 **train_kwargs)
+                 identity=identity, start_again=overwrite, **train_kwargs)
     model = result.model
     model.eval()
     save_trained(model, out / "adapter", overwrite=overwrite)
     summary: dict[str, Any] = {"adapter": str(out / "adapter"), "steps": result.step, "trainable": report,
                                "history": result.history}
     if training_data is not None:
+        training_data = {**training_data, "base_model": base}
         write_training_data(out / "adapter", training_data)
     if merge:  # a from-scratch model (SLTrain) is written with its layers made dense, so stage 2 can load it
         save_standalone(model, out / "merged", tokenizer=tok, overwrite=overwrite)
@@ -191,8 +243,10 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
         if training_data is not None:
             write_training_data(out / "merged", training_data)
     losses = [h["loss"] for h in result.history if "loss" in h]
-    if losses:
+    if losses:  # the first and last logging windows' means; a resume with nothing left to log: fit's own record
         summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
+    elif result.first_loss is not None:
+        summary["first_loss"], summary["last_loss"] = result.first_loss, result.last_loss
     summary["model"] = model
     return summary
 
@@ -200,7 +254,8 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
 def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str, adapter_options: dict,
              train_kwargs: dict, residue_policy: Policy = "error", max_residues: int | None = None,
              merge: bool = True, overwrite: bool = False, optimizer_name: str = "adamw",
-             optimizer_options: dict[str, Any] | None = None, whole_windows: bool = False) -> dict[str, Any]:
+             optimizer_options: dict[str, Any] | None = None, whole_windows: bool = False,
+             base_model: str | None = None) -> dict[str, Any]:
     """Stage 1 end to end from sequence files; see the module docstring. The windows are seeded by
     ``train_kwargs['seed']``; ``whole_windows`` as ``window_blocks``."""
     from adaptome.domains.protein.training_data import sequences_summary
@@ -211,6 +266,7 @@ def pretrain(files: list[str], model, tok, block_size: int, adapter_method: str,
     summary = run_stage(model, tok, BlockDataset(blocks, labels), stack_collate, adapter_method, adapter_options,
                         train_kwargs, merge=merge, overwrite=overwrite, optimizer_name=optimizer_name,
                         optimizer_options=optimizer_options,
-                        training_data={"stage": "pretrain", **sequences_summary(tok, seqs)})
+                        training_data={"stage": "pretrain", **sequences_summary(tok, seqs)},
+                        data_digest=tokens_digest(blocks, labels), base_model=base_model)
     summary.update(n_sequences=len(seqs), n_blocks=len(blocks), skipped=skipped)
     return summary

@@ -3,6 +3,7 @@ and a planted preference), the BLOSUM62 baseline beside it, and classification w
 adapter trained through ``fit`` (a planted composition signal learned, the saved classifier reused)."""
 
 import csv
+import shutil
 
 import pytest
 import tiny_models
@@ -133,7 +134,8 @@ def test_esm_classify_trains_head_and_adapter_and_learns_a_planted_signal(esm_di
 
 
 def test_esm_classify_resume_refuses_changed_training_data(esm_dir, tmp_path):
-    """A second run into the same folder with other training data is refused by name, not continued."""
+    """A stopped run resumed with other training data is refused by name, not continued; --overwrite starts
+    again."""
     _write_split(tmp_path, "train", 8, 0)
     args = ["classify", "--model", str(esm_dir), "--train-fasta", str(tmp_path / "train.fa"), "--train-labels",
             str(tmp_path / "train.csv"), "--fasta", str(tmp_path / "train.fa"), "--set", "train.max_steps=4",
@@ -143,5 +145,9 @@ def test_esm_classify_resume_refuses_changed_training_data(esm_dir, tmp_path):
     r = runner.invoke(app, args + ["--out", str(tmp_path / "a.csv")])
     assert r.exit_code == 0, r.output
     _write_split(tmp_path, "train", 8, 5)
-    r = runner.invoke(app, args + ["--out", str(tmp_path / "b.csv"), "--overwrite", "--set", "train.max_steps=6"])
+    shutil.rmtree(tmp_path / "run" / "adapter")  # as a run stopped after its checkpoints leaves the folder
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "b.csv"), "--set", "train.max_steps=6"])
     assert r.exit_code == 2 and "data_sha256" in r.output, r.output
+    # --overwrite starts again on the new data (the old checkpoints go), as pretrain / instruct / train do
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "b.csv"), "--overwrite", "--set", "train.max_steps=6"])
+    assert r.exit_code == 0 and "6 steps" in r.output, r.output
