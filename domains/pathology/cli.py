@@ -208,9 +208,17 @@ def train(features_dir: Optional[str] = _opt(MILTrainConfig, "features_dir", "--
     auc, r2 = s["auc"], s["r2"]
     auc_txt = "n/a" if auc["mean"] is None else f"{auc['mean']:.3f}"
     r2_txt = "n/a" if r2["mean"] is None else f"{r2['mean']:.3f}"
-    typer.echo(f"{', '.join(done)} -> {res['out_dir']}; fold R2 {r2_txt} over {r2['n_folds']} of {r2['of_folds']} "
+    c = s["per_case"]
+    per = "per slide " if c["several_slides"] else ""
+    typer.echo(f"{', '.join(done)} -> {res['out_dir']}; {per}fold R2 {r2_txt} over {r2['n_folds']} of {r2['of_folds']} "
                f"folds, AUC {auc_txt} over {auc['n_folds']} of {auc['of_folds']} folds; predictions: "
                f"{res['predictions']}")
+    if c["several_slides"]:  # a case with two slides counts twice per slide
+        from adaptome.domains.pathology.evaluate import case_note
+
+        typer.echo(f"  per case ({case_note(c['n_cases'], c['several_slides'])}; mean of its slides' predictions): "
+                   f"fold R2 {_mean_sd(c['r2'], c['r2']['of_folds'])}, AUC {_mean_sd(c['auc'], c['auc']['of_folds'])}; "
+                   f"pooled R2 {_num(c['pooled']['r2'])}")
     if s["unlabelled"]:
         typer.secho(f"  {len(s['unlabelled'])} feature file(s) without a label left out, e.g. {s['unlabelled'][:3]}",
                     fg=typer.colors.YELLOW)
@@ -231,8 +239,10 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
           mpp_csv: Optional[str] = _opt(ScoreConfig, "mpp_csv", "--mpp-csv"),
           skip_errors: Optional[bool] = _opt(ScoreConfig, "skip_errors", "--skip-errors"),
           overwrite: Optional[bool] = _opt(ScoreConfig, "overwrite", "--overwrite"),
+          labels: Optional[str] = _opt(ScoreConfig, "labels", "--labels"),
           config: Optional[Path] = _CFG, set_: list[str] = _SET) -> None:
-    """Slide sTIL % (CSV), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
+    """Slide sTIL % (CSV), case sTIL % (cases.csv: the mean of a case's slides, for TCGA barcodes or with
+    --labels), per-tile scores (CSV + GeoJSON for QuPath) and heatmap PNGs.
 
     Example: adaptome pathology score slides/
     --model runs/job/tiles_20x_256px_0ov/features_baseline/mil_ratio_case_id_k5
@@ -241,10 +251,15 @@ def score(slides: Optional[str] = _arg(ScoreConfig, "slides"),
     from adaptome.domains.pathology import stages
 
     cfg = _run(lambda: _build(ScoreConfig, config, set_, slides=slides, model=model, features_dir=features_dir,
-                              out_dir=out, mpp_csv=mpp_csv, skip_errors=skip_errors, overwrite=overwrite))
+                              out_dir=out, mpp_csv=mpp_csv, skip_errors=skip_errors, overwrite=overwrite,
+                              labels=labels))
     summary, csv_path = _run(lambda: stages.score(cfg))
     _report(summary)
     typer.echo(f"slide scores: {csv_path}")
+    if (csv_path.parent / "cases.csv").is_file():
+        from adaptome.domains.pathology.score import case_table_line
+
+        typer.echo(case_table_line(csv_path.parent / "cases.csv", cfg.labels))
 
 
 @app.command()
@@ -355,6 +370,13 @@ def _columns(table: Path) -> list[str]:
         return [c.strip() for c in next(csv.reader(f), [])]
 
 
+def _num(v) -> str:
+    """A metric to 3 decimals, ``n/a`` when undefined (``None`` or NaN)."""
+    import math
+
+    return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
+
+
 def _mean_sd(m: dict, k: int) -> str:
     """``0.512 ± 0.101 over 3 of 4 folds`` (``n/a`` for the mean when no fold defines the metric)."""
     import math
@@ -389,6 +411,17 @@ def evaluate(predictions: Optional[str] = _arg(EvaluateConfig, "predictions"),
         typer.echo(f"  baseline {name}: R2 {_mean_sd(b['mean_sd']['r2'], k)} (pooled {b['pooled']['r2']:.3f})")
     if not res["baselines"]:
         typer.secho(f"  baselines {res['baselines_note']}", fg=typer.colors.YELLOW)
+    c = res["per_case"]
+    if c["several_slides"]:  # the lines above are per slide: a case with two slides counts twice there
+        from adaptome.domains.pathology.evaluate import case_note
+
+        cs = c["mean_sd"]
+        typer.echo(f"MIL per case ({case_note(c['n_cases'], c['several_slides'])}): R2 {_mean_sd(cs['r2'], k)} "
+                   f"(pooled {_num(c['pooled']['r2'])}), AUC {_mean_sd(cs['auc'], k)}; a case's prediction is the "
+                   f"mean of its slides'; the lines above are per slide")
+        for name, b in res["baselines"].items():
+            typer.echo(f"  baseline {name} per case: R2 {_mean_sd(b['per_case']['mean_sd']['r2'], k)} "
+                       f"(pooled {_num(b['per_case']['pooled']['r2'])})")
     typer.echo(f"report: {out_dir / 'report.md'}")
 
 

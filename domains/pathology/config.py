@@ -263,6 +263,9 @@ class ScoreConfig:
         skip_errors: record a slide that cannot be scored and go on (default: stop at the first).
         overwrite: redo results in the output folder that were made with other parameters (default:
             refuse and name what changed; results made from other input files are redone anyway).
+        labels: label CSV whose ``slide_id,case_id`` columns give each slide's case (patient) for ``cases.csv``
+            (one row per case, the mean of its slides' sTIL %); without it, or for a slide it does not list,
+            the case is the first three fields of a TCGA slide barcode (``TCGA-<site>-<patient>``).
     """
 
     slides: str = ""
@@ -281,6 +284,7 @@ class ScoreConfig:
     thumb_size: int = 1024
     skip_errors: bool = False
     overwrite: bool = False
+    labels: Optional[str] = None
 
     def __post_init__(self) -> None:  # options that would be ignored: say so instead
         for name in ("roi_dir", "mpp_csv", "encoder_weights", "allow_upsample") if self.features_dir else ():
@@ -298,14 +302,15 @@ class EvaluateConfig:
     """Evaluating cross-validated predictions (``evaluate``).
 
     Args:
-        predictions: ``predictions.csv`` written by ``train`` (``slide_id,fold,pred,target``).
+        predictions: ``predictions.csv`` written by ``train`` (``slide_id,fold,pred,target,case_id``).
         out_dir: report folder (default: ``eval_cut<cutoff>`` beside the predictions).
         cutoff: sTIL-high cut-off in % for the ROC AUC (target >= cutoff is positive).
         baselines: also fit the simple baselines (constant, dark-pixel fraction, mean baseline-encoder
             features) on the same folds and report them beside the MIL result.
         tiles_dir: tiling folder the baselines read tiles from (default: the one the run's features
             were made from, found through the run's ``config.yaml``).
-        labels: label CSV for the per-site MAE (default: the run's).
+        labels: label CSV for the per-site MAE, and for each slide's case when ``predictions`` has no
+            ``case_id`` column (default: the run's).
     """
 
     predictions: str = ""

@@ -8,6 +8,15 @@ reference R^2 0.45 +- 0.15, AUC 0.89 +- 0.05 of WeakSTIL on its own cohort, whic
 beside ours for orientation, not as a like-for-like comparison) and pooled over all
 out-of-fold predictions. Outputs: ``metrics.json``, ``report.md``, ``scatter.png``.
 
+Per case (patient): a TCGA case often has two diagnostic slides (DX1, DX2) under one case-level label;
+per slide it would count twice. ``per_case`` holds the same metrics over cases, each case's prediction the
+mean of its slides' predictions and its target the mean of its slides' targets (``case_rows``; the case
+of a slide: the ``case_id`` column ``train`` writes into ``predictions.csv``, else the label sheet's, else
+the TCGA barcode, else the slide itself, ``case_ids``), for the MIL and for each baseline (fitted per slide
+as the MIL is, their slide predictions averaged the same way). With one slide per case the numbers are the
+per-slide ones; the report adds a per-case table only when some case has several slides. A case whose
+slides lie in two folds is refused.
+
 Beside the MIL result, always: the simple baselines of ``baselines.py`` (constant, dark-pixel
 fraction, mean baseline-encoder features + ridge) on the MIL run's own folds, found through the
 ``config.yaml`` files the stages write (``mil_*/config.yaml`` -> features folder ->
@@ -51,6 +60,8 @@ def slide_metrics(target, pred, cutoff: float) -> dict[str, float]:
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
+    """Rows ``slide_id, fold, pred, target`` (and ``case_id`` where the CSV has the column: ``train`` writes
+    it from the label sheet)."""
     path = Path(path)
     if not path.is_file():
         raise PathologyError(f"{path}: predictions CSV not found")
@@ -58,9 +69,68 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
         rows = list(csv.DictReader(f))
     need = {"slide_id", "pred", "target"}
     if not rows or not need <= set(rows[0]):
-        raise PathologyError(f"{path}: predictions CSV needs columns slide_id,pred,target[,fold]")
+        raise PathologyError(f"{path}: predictions CSV needs columns slide_id,pred,target[,fold][,case_id]")
     return [{"slide_id": r["slide_id"], "fold": int(r.get("fold") or 0), "pred": float(r["pred"]),
-             "target": float(r["target"])} for r in rows]
+             "target": float(r["target"]), **({"case_id": r["case_id"]} if (r.get("case_id") or "").strip() else {})}
+            for r in rows]
+
+
+#: how a slide's case was found, in the order tried (``case_ids``)
+CASE_RULES = {"predictions": "the run's label sheet (case_id column of predictions.csv)",
+              "labels": "the label sheet's case_id column",
+              "barcode": "the first three fields of its TCGA barcode (TCGA-<site>-<patient>)",
+              "slide": "none known: each slide is a case of its own"}
+
+
+def case_ids(rows: list[dict], labels: str | os.PathLike | None = None) -> tuple[dict[str, str], str]:
+    """slide id -> case id of prediction rows, and which rule (``CASE_RULES``) gave them: the rows' own
+    ``case_id`` (``train`` writes it), else a label sheet's ``case_id`` (every slide listed there), else
+    the TCGA barcode of every slide (``labels.case_of``), else each slide its own case."""
+    from adaptome.domains.pathology.labels import case_of
+
+    if rows and all("case_id" in r for r in rows):
+        return {r["slide_id"]: r["case_id"] for r in rows}, "predictions"
+    if labels is not None and Path(labels).is_file():
+        from adaptome.domains.pathology.train import read_label_sheet
+
+        sheet = {r["slide_id"]: r["case_id"] for r in read_label_sheet(labels)[0]}
+        if all(r["slide_id"] in sheet for r in rows):
+            return {r["slide_id"]: sheet[r["slide_id"]] for r in rows}, "labels"
+    if rows and all(case_of(r["slide_id"]) for r in rows):
+        return {r["slide_id"]: case_of(r["slide_id"]) for r in rows}, "barcode"
+    return {r["slide_id"]: r["slide_id"] for r in rows}, "slide"
+
+
+def case_rows(rows: list[dict], case_of: dict[str, str], source: str | os.PathLike = "predictions") -> list[dict]:
+    """One row per case (patient) from slide rows ``slide_id, fold, pred, target``: ``slide_id`` = the case id
+    (so the slide metrics apply), its ``fold``, ``pred`` = the mean of its slides' predictions, ``target`` =
+    the mean of its slides' targets (the case's label when it is per case), ``n_slides``, ``n_targets`` (distinct
+    slide targets), ``slides``. A case
+    with one slide gives that slide's numbers unchanged. A case whose slides lie in several folds is refused
+    (its patient was in training and in test)."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(case_of[r["slide_id"]], []).append(r)
+    out = []
+    for case, rs in by.items():
+        folds = sorted({r["fold"] for r in rs})
+        if len(folds) > 1:
+            where = ", ".join(f"{r['slide_id']} in fold {r['fold']}" for r in rs)
+            raise PathologyError(f"{source}: case {case!r} has slides in folds {folds} ({where}): its patient was in "
+                                 "training and in test; per-case metrics need each case in one fold (train groups "
+                                 "folds by case_id)")
+        if len(rs) == 1:
+            out.append({**rs[0], "slide_id": case, "n_slides": 1, "n_targets": 1, "slides": [rs[0]["slide_id"]]})
+            continue
+        out.append({"slide_id": case, "fold": folds[0], "pred": float(np.mean([r["pred"] for r in rs])),
+                    "target": float(np.mean([r["target"] for r in rs])), "n_slides": len(rs),
+                    "n_targets": len({r["target"] for r in rs}), "slides": [r["slide_id"] for r in rs]})
+    return out
+
+
+def case_note(n_cases: int, several: int) -> str:
+    """``12 cases, 2 with several slides`` (the start of every per-case line)."""
+    return f"{n_cases} cases, {several} with several slides"
 
 
 def find_run_inputs(pred_csv: str | os.PathLike) -> tuple[Path | None, Path | None, str]:
@@ -137,8 +207,9 @@ def group_mae(rows: list[dict], group_of: dict[str, str]) -> dict[str, dict]:
 def evaluate_predictions(pred_csv: str | os.PathLike, out_dir: str | os.PathLike, cutoff: float = 30.0,
                          title: str = "sTIL % (out-of-fold)", tiles_dir: str | os.PathLike | None = None,
                          labels: str | os.PathLike | None = None, baselines: bool = True) -> dict:
-    """Compute per-fold and pooled metrics of the MIL and of the baselines on the same folds; write
-    ``metrics.json``, ``report.md``, ``scatter.png``. ``tiles_dir`` / ``labels`` default to the run's."""
+    """Compute per-fold and pooled metrics of the MIL and of the baselines on the same folds, per slide and
+    per case (``per_case``: ``case_ids``, ``case_rows``); write ``metrics.json``, ``report.md``,
+    ``scatter.png``. ``tiles_dir`` / ``labels`` default to the run's."""
     from adaptome.domains.pathology.baselines import grouped_baselines, slide_summaries
 
     rows = read_predictions(pred_csv)
@@ -164,6 +235,16 @@ def evaluate_predictions(pred_csv: str | os.PathLike, out_dir: str | os.PathLike
         for name, brows in base.items():
             _, bs, bp = _fold_summary(brows, cutoff)
             result["baselines"][name] = {"mean_sd": bs, "pooled": bp, "rows": brows}
+    cases, rule = case_ids(rows, labels)
+    crows = case_rows(rows, cases, pred_csv)
+    c_fold, c_summary, c_pooled = _fold_summary(crows, cutoff)
+    result["per_case"] = {"n_cases": len(crows), "several_slides": sum(c["n_slides"] > 1 for c in crows),
+                          "differing_targets": sum(c["n_targets"] > 1 for c in crows),
+                          "case_from": CASE_RULES[rule], "per_fold": {str(k): v for k, v in c_fold.items()},
+                          "mean_sd": c_summary, "pooled": c_pooled}
+    for b in result["baselines"].values():  # the same cases, each the mean of its slides' baseline predictions
+        _, bs, bp = _fold_summary(case_rows(b["rows"], cases, pred_csv), cutoff)
+        b["per_case"] = {"mean_sd": bs, "pooled": bp}
     if labels is not None and Path(labels).is_file():
         from adaptome.domains.pathology.train import read_labels
 
@@ -218,6 +299,24 @@ def _markdown(res: dict) -> str:
         for g in sites:
             lines.append(f"| {g} | {res['site_mae']['mil'][g]['n']} | "
                          + " | ".join(f"{res['site_mae'][n][g]['mae']:.2f}" for n in names) + " |")
+        lines.append("")
+    c = res["per_case"]
+    if c["several_slides"]:
+        cs, cp, k = c["mean_sd"], c["pooled"], len(c["per_fold"])
+        lines[2] += " The tables are per slide (a case with two slides counts twice) but the one under Per case."
+        lines += ["## Per case", "",
+                  f"{case_note(c['n_cases'], c['several_slides'])}; a case's prediction is the mean of its slides' "
+                  f"predictions, its target the mean of its slides' targets; a slide's case: {c['case_from']}."]
+        if c["differing_targets"]:
+            lines[-1] += f" {c['differing_targets']} case(s) have slides with different targets."
+        lines += ["", "| model | pooled R² | R² mean ± sd over folds | AUC mean ± sd | Pearson r (pooled) | "
+                  "MAE (pooled, %) |", "|---|---|---|---|---|---|",
+                  f"| MIL (this run) | {cp['r2']:.3f} | {_fmt(cs['r2'])} (over {cs['r2']['n_folds']} of {k} folds) | "
+                  f"{_fmt(cs['auc'])} | {cp['pearson']:.3f} | {cp['mae']:.2f} |"]
+        for name, b in res["baselines"].items():
+            bp, bs = b["per_case"]["pooled"], b["per_case"]["mean_sd"]
+            lines.append(f"| {name} | {bp['r2']:.3f} | {_fmt(bs['r2'])} | {_fmt(bs['auc'])} | {bp['pearson']:.3f} | "
+                         f"{bp['mae']:.2f} |")
         lines.append("")
     lines += [f"Fold {f} has no R²: fewer than 2 test slides, or one target for all of them." for f, m in
               res["per_fold"].items() if math.isnan(m["r2"])]

@@ -144,3 +144,28 @@ def join_slides(rows: list[dict], slide_ids: list[str]) -> tuple[list[dict], lis
         else:
             unmatched.append(sid)
     return out, unmatched, normal
+
+
+def read_case_sheet(path: str | os.PathLike) -> dict[str, str]:
+    """slide id -> case id from a sheet with columns ``slide_id,case_id`` (a label CSV; other columns, the
+    target among them, are not read: ``score`` needs no target). An empty id, or a slide listed twice, is an
+    error naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PathologyError(f"{path}: label CSV not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        reader.fieldnames = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("slide_id", "case_id") if c not in reader.fieldnames]
+        if missing:
+            raise PathologyError(f"{path}: label CSV lacks column(s) {missing} (has {reader.fieldnames})")
+        out, line_of = {}, {}
+        for i, r in enumerate(reader, start=2):
+            sid, case = (r["slide_id"] or "").strip(), (r["case_id"] or "").strip()
+            if not sid or not case:
+                raise PathologyError(f"{path}: line {i}: empty {'slide_id' if not sid else 'case_id'}")
+            if sid in line_of:
+                raise PathologyError(f"{path}: line {i}: slide {sid!r} is listed again (first on line "
+                                     f"{line_of[sid]}); give each slide one row")
+            line_of[sid], out[sid] = i, case
+    return out

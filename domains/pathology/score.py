@@ -5,7 +5,9 @@ and a slide's tile features (stored ``features_<encoder>/<slide>.h5``, or comput
 tiling + encoding in memory with the recipe recorded in ``model.json``: encoder, resolution, tile
 size, overlap, tissue threshold), each fold model gives a slide score,
 tile scores and attention; the ensemble is their mean. Outputs under the scoring folder:
-``slides.csv`` (``slide_id,stil_pct,n_tiles,n_models``), ``tiles/<slide>.csv``
+``slides.csv`` (``slide_id,stil_pct,n_tiles,n_models``), ``cases.csv`` (one row per case / patient, the mean
+of its slides' scores, when slide ids are TCGA barcodes or a label sheet gives their cases: ``write_case_csv``),
+``tiles/<slide>.csv``
 (``x,y,size,score_pct,attention``, level-0 pixels), ``tiles/<slide>.geojson`` (one Polygon per
 tile with its measurements: QuPath imports it as detections), and ``heatmaps/<slide>_score.png`` /
 ``<slide>_attention.png``: the thumbnail with each tile painted by value (no full-resolution
@@ -346,3 +348,57 @@ def write_slide_csv(rows: list[dict], path: str | os.PathLike, drop=()) -> None:
         w = csv.DictWriter(f, fieldnames=["slide_id", "stil_pct", "n_tiles", "n_models"])
         w.writeheader()
         w.writerows(old[k] for k in sorted(old))
+
+
+#: how ``cases.csv`` found a slide's case (its ``case_from`` column)
+CASE_FROM = {"labels": "its case_id in the label sheet", "TCGA barcode": "the first three fields of its TCGA "
+             "barcode (TCGA-<site>-<patient>)", "slide": "none: the slide is a case of its own"}
+
+
+def write_case_csv(slides_csv: str | os.PathLike, labels: str | os.PathLike | None = None) -> Path | None:
+    """``cases.csv`` beside ``slides.csv``: one row per case (patient) ``case_id, n_slides, stil_pct, slides,
+    case_from``, ``stil_pct`` the mean of its scored slides' ``stil_pct``, ``slides`` their ids joined by ``;``.
+    A slide's case: its ``case_id`` in the label sheet ``labels`` (``labels.read_case_sheet``), else the first
+    three fields of its TCGA slide barcode (``labels.case_of``), else none (the slide is a case of its own,
+    ``case_from`` ``slide``). Written when at least one slide has a case by the first two rules; otherwise an
+    earlier ``cases.csv`` is removed (it would describe other slides). Returns its path or ``None``."""
+    from adaptome.domains.pathology.labels import case_of, read_case_sheet
+
+    slides_csv = Path(slides_csv)
+    path = slides_csv.parent / "cases.csv"
+    sheet = read_case_sheet(labels) if labels else {}
+    rows = []
+    if slides_csv.is_file():
+        with slides_csv.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    cases: dict[str, dict] = {}
+    for r in rows:
+        sid = r["slide_id"]
+        case, how = ((sheet[sid], "labels") if sid in sheet else (case_of(sid), "TCGA barcode") if case_of(sid)
+                     else (sid, "slide"))
+        c = cases.setdefault(case, {"case_id": case, "slides": [], "scores": [], "case_from": how})
+        c["slides"].append(sid)
+        c["scores"].append(float(r["stil_pct"]))
+    if not any(c["case_from"] != "slide" for c in cases.values()):
+        path.unlink(missing_ok=True)
+        return None
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["case_id", "n_slides", "stil_pct", "slides", "case_from"])
+        w.writeheader()
+        for k in sorted(cases):
+            c = cases[k]
+            w.writerow({"case_id": k, "n_slides": len(c["slides"]), "stil_pct": round(float(np.mean(c["scores"])), 4),
+                        "slides": ";".join(c["slides"]), "case_from": c["case_from"]})
+    return path
+
+
+def case_table_line(cases_csv: str | os.PathLike, labels: str | os.PathLike | None = None) -> str:
+    """``case scores: <path> (N cases, M with several slides; a slide's case: ...)`` for the screen."""
+    with Path(cases_csv).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rules = [CASE_FROM["labels"].replace("the label sheet", str(labels))] if labels else []
+    rules.append(CASE_FROM["TCGA barcode"])
+    alone = sum(r["case_from"] == "slide" for r in rows)
+    return (f"case scores: {cases_csv} ({len(rows)} cases, {sum(int(r['n_slides']) > 1 for r in rows)} with several "
+            f"slides; a case's score is the mean of its slides'; a slide's case: {', else '.join(rules)}"
+            + (f"; {alone} slide(s) without a case id are a case of their own" if alone else "") + ")")

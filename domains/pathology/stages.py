@@ -285,7 +285,7 @@ def _extract_shared(cfg, encoder, summary: StageSummary, jobs: list[Job], tiles_
 
 def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
     """Score slides with stored features and trained fold models (``cfg``: ``config.ScoreConfig``);
-    returns the summary and the ``slides.csv`` path."""
+    returns the summary and the ``slides.csv`` path (``cases.csv`` beside it: ``score.write_case_csv``)."""
     import json
 
     from adaptome.domains.pathology.score import (
@@ -293,9 +293,14 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
         load_models,
         score_features,
         score_slide,
+        write_case_csv,
         write_slide_csv,
     )
 
+    if cfg.labels:  # a bad sheet is refused before any slide is scored
+        from adaptome.domains.pathology.labels import read_case_sheet
+
+        read_case_sheet(cfg.labels)
     models = load_models(cfg.model)
     out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.model) / "scores"
     fdir = Path(cfg.features_dir) if cfg.features_dir else None
@@ -367,12 +372,14 @@ def score(cfg, progress: bool = True) -> tuple[StageSummary, Path]:
                             shared_inputs=("models",))
     except SlideError:  # stopped at a failed slide: keep the slides scored so far, drop the failed one's old row
         write_slide_csv(rows, out / "slides.csv")
+        write_case_csv(out / "slides.csv", cfg.labels)
         raise
     for sid in summary.removed:  # the rest of a removed slide's outputs (its tiles CSV and record are gone)
         for p in (out / "tiles" / f"{sid}.geojson", out / "heatmaps" / f"{sid}_score.png",
                   out / "heatmaps" / f"{sid}_attention.png"):
             p.unlink(missing_ok=True)
     write_slide_csv(rows, out / "slides.csv", drop=summary.removed)
+    write_case_csv(out / "slides.csv", cfg.labels)
     return summary, out / "slides.csv"
 
 

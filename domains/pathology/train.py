@@ -7,8 +7,9 @@ each fold, a grouped share ``val_frac`` of the training slides is held out to ch
 step (lowest validation MSE, checked every ``eval_every`` steps; with ``val_frac`` 0, the default, all
 training slides are fitted and the step with the lowest training MSE is kept); that fold model is saved as
 ``fold_<k>/model.safetensors`` + ``model.json`` (architecture, feature standardisation is in the
-weights) and its out-of-fold predictions go to ``predictions.csv`` (``slide_id,fold,pred,target``,
-in %). Training runs through the core loop ``adaptome.core.train.loop.fit``. A fold model records
+weights) and its out-of-fold predictions go to ``predictions.csv`` (``slide_id,fold,pred,target,case_id``,
+in %; the case lets ``evaluate`` and the summary report per-case metrics). Training runs through the core
+loop ``adaptome.core.train.loop.fit``. A fold model records
 the fingerprint of what made it (``train_identity``: the training options, the feature width and
 encoder, the label file's SHA-256 and each feature file's size and time) and is reused on re-run
 only when that fingerprint is the same; ``stages.train`` decides for a whole run folder (reuse,
@@ -248,7 +249,9 @@ def load_model(model_dir: str | os.PathLike) -> MILRegressor:
 
 
 def check_groups(rows: list[dict], k: int, group_by: str, source: str | os.PathLike = "labels") -> None:
-    """Refuse folds that cannot be what ``group_by`` says: an unknown column, slides without a ``site``
+    """Refuse folds that cannot be what ``group_by`` says: an unknown column, slides of one TCGA patient
+    (slide barcodes ``TCGA-<site>-<patient>-...``) under several ``case_id`` values (the patient's slides could
+    fall in a training and a test fold), slides without a ``site``
     under ``group_by`` site (they would each fall back to a group of their own case, so the
     centre-level CV would silently be a patient-level one), a case whose slides carry several ``site`` values
     under ``group_by`` site (its slides would fall in different folds: the patient in training and in test),
@@ -260,6 +263,21 @@ def check_groups(rows: list[dict], k: int, group_by: str, source: str | os.PathL
         raise PathologyError(f"{source}: {len(no_site)} of {len(rows)} labelled slides have no {group_by} "
                              f"(e.g. {no_site[:3]}); fill the label CSV's {group_by} column or choose another "
                              f"--group-by")
+    from adaptome.domains.pathology.labels import case_of
+
+    ids_of: dict[str, dict[str, str]] = {}  # TCGA patient (slide barcode) -> case_id -> first slide
+    for r in rows:
+        patient = case_of(r["slide_id"])
+        if patient and patient != r["slide_id"]:
+            ids_of.setdefault(patient, {}).setdefault(r["case_id"], r["slide_id"])
+    split = {p: g for p, g in ids_of.items() if len(g) > 1}
+    if split:
+        patient, g = next(iter(split.items()))
+        where = ", ".join(f"{sid} as {c!r}" for c, sid in g.items())
+        raise PathologyError(f"{source}: {len(split)} TCGA patient(s) have slides under several case_id values, e.g. "
+                             f"{patient} ({where}); the folds group by case_id, so the patient could be in training "
+                             f"and in test; give the slides of a patient one case_id (the barcode's first three "
+                             f"fields, as 'adaptome pathology labels' writes)")
     if group_by != "case_id":
         groups_of: dict[str, dict[str, str]] = {}
         for r in rows:
@@ -344,11 +362,11 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
         preds = predict(model, [bags[rows[i]["slide_id"]] for i in test_idx])
         for i, p in zip(test_idx, preds):
             all_preds.append({"slide_id": rows[i]["slide_id"], "fold": f, "pred": round(float(p), 4),
-                              "target": rows[i]["target"]})
+                              "target": rows[i]["target"], "case_id": rows[i]["case_id"]})
         fold_info.append(info)
     pred_csv = out / "predictions.csv"
     with atomic_path(pred_csv) as tmp, tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["slide_id", "fold", "pred", "target"])
+        w = csv.DictWriter(fh, fieldnames=["slide_id", "fold", "pred", "target", "case_id"])
         w.writeheader()
         w.writerows(all_preds)
     best = min(fold_info, key=lambda d: d["best_val_mse"])["fold"]

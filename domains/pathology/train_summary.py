@@ -11,8 +11,10 @@ folds trained or reused (and why they were retrained), the slides left out (feat
 label row, label rows with an empty target), per-fold R^2 / MSE / ROC AUC of the
 out-of-fold predictions (``evaluate.slide_metrics``), the mean +- sd over the folds where each is
 defined (and over how many), and the folds without an R^2 (fewer than 2 test slides, or one target
-for all) or without an AUC (test slides all on one side of the cut-off), by name. Strict JSON: an
-undefined number is ``null``.
+for all) or without an AUC (test slides all on one side of the cut-off), by name. ``per_case``: the same
+metrics over cases (patients), each case's prediction the mean of its slides' predictions (``evaluate.case_rows``);
+with one slide per case they equal the per-slide ones, and ``summary.md`` shows them (and labels the other
+lines per slide) only when some case has several slides. Strict JSON: an undefined number is ``null``.
 
 Not covered: metrics of the fold models on their validation slides (only ``best_val_mse``).
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from adaptome.core.atomic import write_text_atomic
+from adaptome.domains.pathology.evaluate import case_note
 from adaptome.domains.pathology.made_by import compare, read_record, write_record
 from adaptome.domains.pathology.pipeline import StaleResultError, write_json
 
@@ -99,6 +102,7 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
                       "selected_on": "validation slides" if info.get("n_val") else "training slides"})
     pooled = slide_metrics([r["target"] for r in rows], [r["pred"] for r in rows], cutoff)
     finite = lambda key: [f[key] for f in folds if not math.isnan(f[key])]  # noqa: E731
+    per_case = _per_case(rows, [f["fold"] for f in folds], cutoff, res["predictions"])
     summary.update(
         out_dir=str(out), k=len(folds), cutoff=cutoff, retrained_because=res.get("redo_reason"),
         trained=[f["fold"] for f in folds if f["model"] == "trained"],
@@ -108,10 +112,32 @@ def write_train_summary(out: Path, res: dict, cutoff: float) -> dict:
         auc={**_mean_sd(finite("auc")), "of_folds": len(folds), "folds_without_auc": no_auc},
         pooled={k: pooled[k] for k in ("r2", "mse", "auc", "pearson", "spearman")}, folds=folds,
         predictions=res["predictions"], best_fold=res.get("best_fold"), n_slides=len(rows),
-        unlabelled=res.get("unlabelled", []), no_target=res.get("no_target", []))
+        unlabelled=res.get("unlabelled", []), no_target=res.get("no_target", []), per_case=per_case)
     write_json(out / "summary.json", summary)
     write_text_atomic(out / "summary.md", _markdown(summary))
     return summary
+
+
+def _per_case(rows: list[dict], fold_ids: list[int], cutoff: float, source) -> dict:
+    """The summary's metrics over cases (``evaluate.case_rows``: a case's prediction is the mean of its slides'
+    predictions, its target the mean of their targets): per fold, mean +- sd over the folds where each is
+    defined, pooled."""
+    from adaptome.domains.pathology.evaluate import CASE_RULES, case_ids, case_rows, slide_metrics
+
+    cases, rule = case_ids(rows)  # train writes each slide's case_id into predictions.csv
+    crows = case_rows(rows, cases, source)
+    folds = []
+    for f in fold_ids:
+        sel = [c for c in crows if c["fold"] == f]
+        m = slide_metrics([c["target"] for c in sel], [c["pred"] for c in sel], cutoff)
+        folds.append({"fold": f, "n_cases": len(sel), "r2": m["r2"], "mse": m["mse"], "auc": m["auc"]})
+    finite = lambda key: [f[key] for f in folds if not math.isnan(f[key])]  # noqa: E731
+    pooled = slide_metrics([c["target"] for c in crows], [c["pred"] for c in crows], cutoff)
+    return {"n_cases": len(crows), "several_slides": sum(c["n_slides"] > 1 for c in crows),
+            "differing_targets": sum(c["n_targets"] > 1 for c in crows), "case_from": CASE_RULES[rule],
+            "r2": {**_mean_sd(finite("r2")), "of_folds": len(folds)}, "mse": _mean_sd(finite("mse")),
+            "auc": {**_mean_sd(finite("auc")), "of_folds": len(folds)},
+            "pooled": {k: pooled[k] for k in ("r2", "mse", "auc", "pearson", "spearman", "mae")}, "folds": folds}
 
 
 def _why_no_r2(targets: list[float]) -> str:
@@ -138,12 +164,24 @@ def _markdown(s: dict) -> str:
     if s["retrained_because"]:
         lines.append(f"- earlier fold models retrained because {s['retrained_because']}")
     r2 = s["r2"]
-    lines += [f"- R² over {r2['n_folds']} of {r2['of_folds']} folds: {_num(r2['mean'])} ± {_num(r2['sd'])}; "
+    tag = "per slide: " if s["per_case"]["several_slides"] else ""  # beside the per-case line below
+    lines += [f"- {tag}R² over {r2['n_folds']} of {r2['of_folds']} folds: {_num(r2['mean'])} ± {_num(r2['sd'])}; "
               f"pooled {_num(s['pooled']['r2'])}"]
     lines += [f"  - fold {f} has no R²: {why}" for f, why in r2["folds_without_r2"].items()]
-    lines += [f"- ROC AUC (target >= {s['cutoff']:g} %) over {auc['n_folds']} of {auc['of_folds']} folds: "
+    lines += [f"- {tag}ROC AUC (target >= {s['cutoff']:g} %) over {auc['n_folds']} of {auc['of_folds']} folds: "
               f"{_num(auc['mean'])} ± {_num(auc['sd'])}; pooled {_num(s['pooled']['auc'])}"]
     lines += [f"  - fold {f} has no AUC: {why}" for f, why in auc["folds_without_auc"].items()]
+    c = s["per_case"]
+    if c["several_slides"]:  # the lines above are per slide: a case with two slides is counted twice there
+        lines += [f"- per case ({case_note(c['n_cases'], c['several_slides'])}; a case's prediction is the mean of "
+                  f"its slides' predictions, its target the mean of their targets; a slide's case: {c['case_from']}): "
+                  f"R² over {c['r2']['n_folds']} of {c['r2']['of_folds']} folds: {_num(c['r2']['mean'])} ± "
+                  f"{_num(c['r2']['sd'])}; pooled {_num(c['pooled']['r2'])}; ROC AUC over {c['auc']['n_folds']} of "
+                  f"{c['auc']['of_folds']} folds: {_num(c['auc']['mean'])} ± {_num(c['auc']['sd'])}; pooled "
+                  f"{_num(c['pooled']['auc'])}; pooled Pearson r {_num(c['pooled']['pearson'])}, MAE "
+                  f"{_num(c['pooled']['mae'], '.2f')} %"]
+        if c["differing_targets"]:
+            lines.append(f"  - {c['differing_targets']} case(s) have slides with different targets")
     lines += ["", "| fold | model | train | val | test | R² | MSE (%²) | AUC |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {f['fold']} | {f['model']} | {f['n_train']} | {f['n_val']} | {f['n_test']} | {_num(f['r2'])} | "
               f"{_num(f['mse'], '.1f')} | {_num(f['auc'])} |" for f in s["folds"]]
