@@ -31,6 +31,7 @@ import torch
 
 from adaptome.core.atomic import atomic_path, write_text_atomic
 from adaptome.domains.pathology.errors import PathologyError
+from adaptome.domains.pathology.tiling import MASK_KEYS
 
 
 def load_models(model_path: str | os.PathLike) -> list:
@@ -203,7 +204,7 @@ def write_heatmaps(slide_path, out_dir: Path, sid: str, coords: np.ndarray, size
 #: was made and encoded, and which tiles were chosen (overlap, tissue threshold and mask settings: a model
 #: trained on tiles >= 50 % tissue would otherwise score edge and background tiles it never saw)
 RECIPE_KEYS = ("encoder", "target_mpp", "tile_size", "stain_norm", "encoder_options", "encoder_weights", "overlap",
-               "min_tissue", "blur", "close", "min_area_frac", "artefacts")
+               "min_tissue", *MASK_KEYS)
 
 
 def check_recipe(recipe: dict | None, attrs: dict, source: str) -> None:

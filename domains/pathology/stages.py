@@ -37,7 +37,7 @@ from adaptome.domains.pathology.pipeline import (
     user_failure,
 )
 from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
-from adaptome.domains.pathology.tiling import SEG_DEFAULTS, check_upsample
+from adaptome.domains.pathology.tiling import MASK_KEYS, check_upsample
 
 
 def _roi_file(roi_dir: str | None, sid: str) -> Path | None:
@@ -137,10 +137,6 @@ def tile(cfg, progress: bool = True) -> StageSummary:
 
     return run_stage("tile", _items(cfg.slides), out, lambda sid: out / f"{sid}.h5", work, cfg.skip_errors, progress,
                      made_by, cfg.overwrite, on_start=lambda: save_config(cfg, out))
-
-
-#: the tissue-mask settings ``segment`` and ``tile`` share (``tile`` always fills holes)
-MASK_KEYS = ("thumb_size", *SEG_DEFAULTS)
 
 
 def segment_mismatch(cfg) -> str | None:

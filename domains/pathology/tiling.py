@@ -52,6 +52,9 @@ def check_upsample(path: str | os.PathLike, mpp0: float, target_mpp: float, fix:
 #: force are recorded with the tiles, so that a model's recipe holds them
 SEG_DEFAULTS = {"blur": 5, "close": 2, "min_area_frac": 0.001, "artefacts": False}
 
+#: the tissue-mask settings ``segment`` and ``tile`` share (``tile`` always fills holes): they choose the tiles
+MASK_KEYS = ("thumb_size", *SEG_DEFAULTS)
+
 
 def stage_tag(magnification: float | None, mpp: float | None, tile_size: int, overlap: int) -> str:
     """The tiling stage folder name, e.g. ``tiles_20x_256px_0ov`` or ``tiles_0.5mpp_256px_0ov``."""

@@ -85,8 +85,12 @@ def read_label_sheet(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
 
 def parse_target(cell: str | None, path, line: int) -> float | None:
     """An sTIL % cell: ``None`` when empty (no score), else a number in 0..100; anything else is an error
-    naming the file and line."""
-    if not (cell or "").strip():
+    naming the file and line, and so is a row without the target field at all (``cell`` None from
+    ``csv.DictReader``: a line cut short is malformed, not a slide without a score)."""
+    if cell is None:
+        raise PathologyError(f"{path}: line {line}: fewer fields than the header (no target field); give every "
+                             "row each column, with an empty target cell for a slide without a score")
+    if not cell.strip():
         return None
     try:
         t = float(cell)

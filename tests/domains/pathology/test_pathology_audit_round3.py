@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from adaptome.domains.pathology.cli import app
@@ -83,9 +84,10 @@ def test_score_refuses_stored_features_of_tiles_chosen_with_another_tissue_thres
     slides.mkdir()
     for sid in ("train_000", "train_001"):
         shutil.copy2(cohort["slides"] / f"{sid}.tiff", slides / f"{sid}.tiff")
-    for opt in ("min_tissue=0.2", "close=4"):
+    for opt in ("min_tissue=0.2", "close=4", "thumb_size=512"):
         job = tmp_path / f"job_{opt.split('=')[0]}"
-        r = _cli("tile", slides, "--out", job, "--mag", 20, "--tile-size", 64, "--set", opt)
+        same = [] if opt.startswith("thumb_size") else ["--set", "thumb_size=256"]  # the cohort's thumbnails
+        r = _cli("tile", slides, "--out", job, "--mag", 20, "--tile-size", 64, *same, "--set", opt)
         assert r.exit_code == 0, r.output
         r = _cli("extract", slides, "--tiles-dir", job / "tiles_20x_64px_0ov", "--set", "num_workers=0")
         assert r.exit_code == 0, r.output
@@ -231,3 +233,23 @@ def test_labels_leaves_out_slides_of_normal_tissue_of_a_scored_case(tmp_path):
     assert (f"1 slide(s) of normal tissue (TCGA sample type 10-19) left out, e.g. ['{normal}']"
             in " ".join(r.output.split())), r.output
     assert normal not in {row["slide_id"] for row in _labels({"labels": tmp_path / "labels.csv"})}
+
+
+def test_a_label_row_cut_short_is_refused_not_left_out(tmp_path):
+    """A row that lost its target field (``S2,C2`` under ``slide_id,case_id,target``) is a malformed line, named;
+    only an empty cell (``S2,C2,``) means a slide without a score (review of round 3: it was left out silently)."""
+    from adaptome.domains.pathology.errors import PathologyError
+    from adaptome.domains.pathology.labels import case_sheet_rows
+    from adaptome.domains.pathology.train import read_label_sheet
+
+    sheet = tmp_path / "labels.csv"
+    sheet.write_text("slide_id,case_id,target\nS1,C1,10\nS2,C2\nS3,C3,30\n")
+    with pytest.raises(PathologyError, match=r"labels.csv: line 3: fewer fields than the header"):
+        read_label_sheet(sheet)
+    sheet.write_text("slide_id,case_id,target\nS1,C1,10\nS2,C2,\nS3,C3,30\n")
+    rows, no_target = read_label_sheet(sheet)
+    assert [r["slide_id"] for r in rows] == ["S1", "S3"] and no_target == ["S2"]
+    cases = tmp_path / "cases.csv"
+    cases.write_text("case_id,target\nTCGA-A1-A001,10\nTCGA-A1-A002\n")
+    with pytest.raises(PathologyError, match=r"cases.csv: line 3: fewer fields than the header"):
+        case_sheet_rows(cases)
