@@ -10,8 +10,12 @@ of the same weights stays well inside (relative 1e-2 of each value plus 1e-3 of 
 
 ``base_weights_digest`` identifies the whole base under the adapters (``core.train.identity.weights_digest`` of the
 plain base's parameters, by their plain names), so two adapters saved on one base record the same value whatever
-layers they wrap; ``adaptome adapters merge`` compares it (a merge of LoRAs trained on different weights under one
-name fits neither).
+layers they wrap. It hashes each parameter's dtype and exact values, so the same checkpoint loaded in float32 and in
+bfloat16 gets two digests; ``base_weights_sample`` therefore records the sampled values themselves (``SAMPLES`` per
+base parameter, 6 significant digits, with a digest of the parameters' names and shapes), and ``base_weights_differ``
+compares two such records within the tolerance above. ``adaptome adapters merge`` compares the samples where both
+folders hold them, else the digests (a merge of LoRAs trained on different weights under one name fits neither).
+The sample costs ``SAMPLES`` numbers per parameter in ``adaptome.json`` (about 4,700 for a 7B LLaMA).
 
 Not covered: bases whose weights are not floating point (quantized layers are skipped), modules trained
 fully beside the adapter (``modules_to_save``: they are saved whole), a base that differs only outside
@@ -20,6 +24,7 @@ the sampled positions (a sample, not a checksum: hashing a 7B model at every loa
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -28,6 +33,8 @@ from torch import nn
 #: sampled values per wrapped base weight
 SAMPLES = 16
 RTOL, SCALE_TOL = 1e-2, 1e-3
+#: float16's smallest step (its subnormal spacing): values below it in size round by up to this much in an fp16 load
+FP16_STEP = 2.0 ** -24
 
 
 def _inner_base(mod: nn.Module) -> nn.Module:
@@ -164,13 +171,58 @@ class _PlainBase:
         yield from walk(root, "")
 
 
+def _holds_merged(model: nn.Module) -> bool:
+    from adaptome.core.adapters.base import AdapterLayer
+
+    return any((isinstance(mod, AdapterLayer) and mod.merged) or getattr(mod, "merged_adapters", None)
+               for mod in model.modules())
+
+
 def base_weights_digest(model: nn.Module) -> str | None:
     """``weights_digest`` of the base weights under ``model``'s adapters (equal to that of the plain base model);
     None when an adapter is merged into them (they are then not the base's)."""
-    from adaptome.core.adapters.base import AdapterLayer
     from adaptome.core.train.identity import weights_digest
 
-    for mod in model.modules():
-        if (isinstance(mod, AdapterLayer) and mod.merged) or getattr(mod, "merged_adapters", None):
-            return None
-    return weights_digest(_PlainBase(model))
+    return None if _holds_merged(model) else weights_digest(_PlainBase(model))
+
+
+def base_weights_sample(model: nn.Module) -> dict[str, Any] | None:
+    """``{"layout": SHA-256 of the base parameters' names and shapes (no dtype), "values": [[SAMPLES values] per
+    parameter]}`` of the base weights under ``model``'s adapters, in the plain base's order; None when an adapter is
+    merged into them. Unlike ``base_weights_digest`` it is the same, within ``base_weights_differ``'s tolerance, for
+    one checkpoint loaded in float32, bfloat16 or float16."""
+    if _holds_merged(model):
+        return None
+    h = hashlib.sha256()
+    values = []
+    for name, p in _PlainBase(model).named_parameters():
+        h.update(f"{name}:{tuple(p.shape)};".encode())
+        values.append([float(f"{v:.6g}") for v in sample_values(p).tolist()])
+    return {"layout": h.hexdigest(), "values": values}
+
+
+def valid_sample(record: Any) -> bool:
+    """Whether ``record`` has the form ``base_weights_sample`` writes (anything else is ignored, as a missing one)."""
+    return (isinstance(record, dict) and isinstance(record.get("layout"), str)
+            and isinstance(record.get("values"), list)
+            and all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in record["values"]))
+
+
+def base_weights_differ(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """How two ``base_weights_sample`` records differ, in a few words; None when they are one base's (same names
+    and shapes, every sampled value within relative 1e-2 plus 1e-3 of its parameter's mean size, as
+    ``base_mismatch``, plus float16's subnormal step), whatever dtype each was loaded in."""
+    if a["layout"] != b["layout"] or len(a["values"]) != len(b["values"]):
+        return "other parameter names or shapes"
+    worst = 0.0
+    for va, vb in zip(a["values"], b["values"]):
+        x, y = torch.tensor(va, dtype=torch.float64), torch.tensor(vb, dtype=torch.float64)
+        if x.shape != y.shape:
+            return "other parameter names or shapes"
+        if not x.numel():
+            continue
+        size = torch.maximum(x.abs(), y.abs())  # symmetric: either record may be the rounded one
+        diff = (x - y).abs()
+        if bool((diff > RTOL * size + SCALE_TOL * size.mean() + FP16_STEP).any()):
+            worst = max(worst, float(diff.max()))
+    return f"values up to {worst:.3g} apart" if worst else None

@@ -204,17 +204,22 @@ def _mts_copies(model: nn.Module, adapter_name: str) -> dict[str, dict[str, torc
 
 def export_model(model: nn.Module, out: str | os.PathLike, adapter_name: str = "default", rank: int | None = None,
                  overwrite: bool = False, base_model_name_or_path: str | None = None,
-                 base_weights: str | None = None) -> ExportReport:
+                 base_weights: str | None = None, base_weights_sample: dict | None = None) -> ExportReport:
     """Write adapter ``adapter_name`` of ``model`` (native or peft-backed) to ``out`` as a plain peft
     LoRA. ``model`` is left as it was. ``rank``: DyLoRA's rank k (default: its active rank).
-    ``base_weights``: the base's digest recorded in ``adaptome_export.json`` for ``adapters merge`` (default:
-    ``base_check.base_weights_digest`` of ``model``)."""
+    ``base_weights`` / ``base_weights_sample``: the base's digest and sampled values recorded in
+    ``adaptome_export.json`` for ``adapters merge`` (default: ``base_check.base_weights_digest`` /
+    ``base_weights_sample`` of ``model``)."""
     import peft
 
     from adaptome.core.adapters.base_check import base_weights_digest
+    from adaptome.core.adapters.base_check import base_weights_sample as sample_of
 
     if base_weights is None:
         base_weights = base_weights_digest(model)
+    if base_weights_sample is None:
+        base_weights_sample = sample_of(model)
+    base = {"base_weights": base_weights, "base_weights_sample": base_weights_sample}
 
     cfg = adapter_config_of(model, adapter_name)
     why = refusal(cfg)
@@ -230,7 +235,7 @@ def export_model(model: nn.Module, out: str | os.PathLike, adapter_name: str = "
                 for f in (tmp / adapter_name).iterdir():
                     os.replace(f, tmp / f.name)
                 (tmp / adapter_name).rmdir()
-            _write_meta(tmp, cfg, rank, adapter_name, base_weights=base_weights)
+            _write_meta(tmp, cfg, rank, adapter_name, base=base)
         pcfg = model.peft_config[adapter_name]
         ranks = {p: pcfg.r for p in pcfg.target_modules} if isinstance(pcfg.target_modules, (list, set)) else {}
         return ExportReport(out, cfg.method, len(ranks), ranks, [], (out / WEIGHTS).stat().st_size)
@@ -257,15 +262,16 @@ def export_model(model: nn.Module, out: str | os.PathLike, adapter_name: str = "
     pmodel.peft_config["default"].base_model_name_or_path = base_model_name_or_path
     with atomic_dir(out, overwrite) as tmp:
         pmodel.save_pretrained(tmp, save_embedding_layers=False)
-        _write_meta(tmp, cfg, rank, adapter_name, dropped, base_weights)
+        _write_meta(tmp, cfg, rank, adapter_name, dropped, base)
     return ExportReport(out, cfg.method, len(factors), {p: f[1].shape[0] for p, f in factors.items()}, dropped,
                         (out / WEIGHTS).stat().st_size)
 
 
 def _write_meta(tmp: Path, cfg: AdapterConfig, rank: int | None, adapter_name: str,
-                dropped: list[str] | None = None, base_weights: str | None = None) -> None:
+                dropped: list[str] | None = None, base: dict | None = None) -> None:
+    """``base``: ``{"base_weights": digest, "base_weights_sample": sample}`` (``base_check``), for adapters merge."""
     meta = {"format": "adaptome-export", "to": "peft-lora", "method": cfg.method, "config": cfg.to_dict(),
-            "adapter_name": adapter_name, "rank": rank, "dropped_layers": dropped or [], "base_weights": base_weights}
+            "adapter_name": adapter_name, "rank": rank, "dropped_layers": dropped or [], **(base or {})}
     (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
@@ -334,7 +340,8 @@ def export_adapter_dir(src: str | os.PathLike, out: str | os.PathLike, base: str
         model = copy.deepcopy(base)
     model = load_adapter(model, src).eval()
     report = export_model(model, out, "default", rank, overwrite, base_model_name_or_path=name,
-                          base_weights=meta.get("base_weights"))  # the digest recorded when it was trained
+                          base_weights=meta.get("base_weights"),  # the digest and sample recorded when it was
+                          base_weights_sample=meta.get("base_weights_sample"))  # trained
     report.native_bytes = (src / WEIGHTS).stat().st_size
     return report
 

@@ -36,7 +36,12 @@ from adaptome.core.adapters.api import (
     make_config,
     merge_and_unload,
 )
-from adaptome.core.adapters.base_check import base_mismatch, base_signature, base_weights_digest
+from adaptome.core.adapters.base_check import (
+    base_mismatch,
+    base_signature,
+    base_weights_digest,
+    base_weights_sample,
+)
 from adaptome.core.atomic import atomic_dir
 from adaptome.core.errors import AdaptomeError
 
@@ -88,6 +93,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str
             "base_model_class": type(_base_model(model)).__name__,
             "base_signature": base_signature(_base_model(model), adapter_name, cfg.modules_to_save),
             "base_weights": base_weights_digest(model),
+            "base_weights_sample": base_weights_sample(model),  # what adapters merge compares, whatever the dtype
             "weights_sha256": weights_sha256(tmp / WEIGHTS),
             **(extra or {}),
         }

@@ -210,11 +210,12 @@ class SLTrainConfig:
             path, o, i, ours = big[0]
             nnz = ours - self.rank * (i + o)
             r_max = -(-(i * o - nnz) // (i + o)) - 1  # the largest r with r·(i+o) + nnz < i·o
+            fix = (f"lower adapter.options.rank (to at most {r_max} there) or delta" if r_max >= 1 else
+                   f"delta {self.delta} alone gives the layer {nnz} of its {i * o} parameters; lower delta")
             warnings.warn(f"sltrain rank {self.rank}, delta {self.delta}: {len(big)} of the {len(paths)} replaced "
                           f"layers get no fewer parameters than their dense weight (e.g. {path} ({o}x{i}): "
                           f"{self.rank}*({i}+{o}) + {nnz} sparse = {ours} vs {o * i} dense), so they train and store "
-                          f"more than full-rank training would; lower adapter.options.rank (to at most {r_max} there) "
-                          "or delta", UserWarning, stacklevel=3)
+                          f"more than full-rank training would; {fix}", UserWarning, stacklevel=3)
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Replace the targeted ``nn.Linear`` modules of ``model`` in place; every parameter trains."""

@@ -8,8 +8,9 @@ Axis and block choices (the paper's exact block pattern is not public code; thes
 columns of S, i.e. every input feature's weight column W[:, j] is a k-sparse combination of the r
 dictionary atoms (columns of D) — the sparse-coding view of dictionary learning, where the signals
 are the columns of W. A fixed k per column gives a regular pattern (every column costs k values and
-k indices, no per-row imbalance) and the stored size o·r + k·i (+ k·i·⌈log2 r⌉ index bits) does not
-depend on which atoms are chosen. No blocks: the whole matrix shares one dictionary.
+k indices, no per-row imbalance) and the stored size o·r + k·i values (+ k·i indices of 8, 16 or 32 bits, the
+narrowest integer type that holds r − 1) does not depend on which atoms are chosen. No blocks: the whole matrix
+shares one dictionary.
 
 Straight-Through Factoriser (STF): S is kept as a dense latent copy S̃; the forward pass uses
 P_k(S̃), the top-k entries by magnitude of each column, written S = S̃ + (P_k(S̃) − S̃).detach(), so the
@@ -22,12 +23,14 @@ the top-r SVD (D = U√Σ, random extra atoms when r > min(o, i)); S by orthogon
 (k atoms per column, values refit by least squares on the support); then ``init_iters`` rounds of
 D = W Sᵀ(SSᵀ + εI)⁻¹ and matching pursuit again. S̃ starts equal to S (zero off the support).
 Budget: ``keep_fraction`` of the dense parameters is met per matrix by r = ⌊(f·o·i − k·i)/o⌋. It counts stored
-values; a budget whose values plus indices take no fewer bits than the dense matrix (1.0, or just below) is refused,
-naming the matrix and both sizes: the lossy D·S would then be larger than W too. The loaded model also keeps the dense
-latent S̃ (r × i) for straight-through training, so it holds r·(o + i) parameters per matrix in memory.
+values; a budget whose values plus indices (at the width the file stores them) take no fewer bits than the dense
+matrix (1.0, or just below) is refused, naming the matrix and both sizes: the lossy D·S would then be larger than
+W too. The loaded model also keeps the dense latent S̃ (r × i) for straight-through training, so it holds r·(o + i)
+parameters per matrix in memory.
 
 Not covered: the paper's joint factorisation of all layers at once with a distillation loss, and
-packed sparse storage kernels (the saved file holds values and int32 indices).
+packed sparse storage kernels (the saved file holds values and uint8 / int16 / int32 indices, not ⌈log2 r⌉-bit
+packed ones; ``report.json`` counts the stored width).
 """
 
 from __future__ import annotations
@@ -118,9 +121,16 @@ def init_factors(w: torch.Tensor, r: int, k: int, iters: int,
     return d, code
 
 
+def _index_dtype(r: int) -> torch.dtype:
+    """The narrowest integer type the file stores indices 0 .. r − 1 in (safetensors has no packed bits)."""
+    if r <= 256:
+        return torch.uint8
+    return torch.int16 if r <= 32768 else torch.int32
+
+
 def _index_bits(r: int) -> int:
-    """Bits of one stored index into a dictionary of r atoms."""
-    return max(1, math.ceil(math.log2(r)))
+    """Bits of one stored index into a dictionary of r atoms: the width of ``_index_dtype(r)`` (8, 16 or 32)."""
+    return torch.empty(0, dtype=_index_dtype(r)).element_size() * 8
 
 
 def _dictionary_size(path: str, shape: torch.Size, cfg: DSFormerConfig, value_bits: int = 32) -> int:
@@ -138,7 +148,8 @@ def _dictionary_size(path: str, shape: torch.Size, cfg: DSFormerConfig, value_bi
     if bits >= o * i * value_bits:
         most = 1 - k * _index_bits(r) / (value_bits * o)  # budget where values plus indices reach the dense size
         raise CompressError(f"--budget (keep_fraction) {f}: {path} ({o}x{i}) would store D ({o}x{r}) and {k * i} "
-                            f"values of S with {_index_bits(r)}-bit indices, {bits} bits, no fewer than its dense "
+                            f"values of S with {_index_bits(r)}-bit ({str(_index_dtype(r)).removeprefix('torch.')}) "
+                            f"indices, {bits} bits, no fewer than its dense "
                             f"{o * i * value_bits} bits, and D·S with {k} non-zeros per column is lossy (it would also "
                             f"hold {r * (o + i)} parameters in memory, D and the dense latent S, vs {o * i}); "
                             f"use a budget below about {most:.3f}")
@@ -175,7 +186,7 @@ class DSLinear(CompressedLayer):
     def to_tensors(self) -> dict[str, torch.Tensor]:
         lat = self.S_latent.detach()
         idx = lat.abs().topk(self.k, dim=0).indices  # (k, i)
-        out = {"D": self.D.data, "S_values": lat.gather(0, idx), "S_index": idx.to(torch.int32)}
+        out = {"D": self.D.data, "S_values": lat.gather(0, idx), "S_index": idx.to(_index_dtype(lat.shape[0]))}
         if self.bias is not None:
             out["bias"] = self.bias.data
         return out
@@ -206,7 +217,8 @@ class DSFormer:
             raise CompressError(f"--budget (keep_fraction) must be in (0, 1], got {cfg.keep_fraction}")
         k = cfg.nnz_per_column
         plan = [(path, *linear_weight(model, path)) for path in targets]
-        ranks = [_dictionary_size(path, w.shape, cfg) for path, w, _ in plan]  # every matrix checked before any change
+        ranks = [_dictionary_size(path, w.shape, cfg, model.get_submodule(path).weight.element_size() * 8)
+                 for path, w, _ in plan]  # every matrix checked before any change, at the bits its values are kept in
         gen = torch.Generator().manual_seed(cfg.seed)
         rows = []
         for (path, w, b), r in zip(plan, ranks):

@@ -5,9 +5,12 @@ the method's config. The summary reports, per merge, how far the merged update i
 from the weighted sum of the inputs' updates (relative Frobenius distance over all modules), so a
 user sees what a rank-k merge gave up.
 
-Inputs that adaptome saved record a digest of their base weights (``base_weights``); two such inputs with
-different digests are refused (one name, other weights: a base folder trained again in place), naming both
-folders, and the merged folder records the common digest. Other inputs whose configs name different base models
+Inputs that adaptome saved record a sample of their base weights' values (``base_weights_sample``) and a digest
+(``base_weights``); two such inputs whose samples differ beyond bf16 / fp16 rounding are refused (one name, other
+weights: a base folder trained again in place), naming both folders, while one base loaded in float32 and in
+bfloat16 passes. Inputs saved before samples were recorded are compared by their digests (exact, dtype included).
+The merged folder records the first input's sample and digest when every input agrees.
+Other inputs whose configs name different base models
 (``base_model_name_or_path``; a local folder compared by its resolved path) are refused unless
 ``allow_different_bases``: LoRAs of two same-shaped bases would otherwise merge
 into an update that fits neither. Bases of different shapes are refused by shape in any case.
@@ -29,6 +32,7 @@ from adaptome.core.merge.factors import (
     MergeError,
     check_compatible,
     check_same_base,
+    common_base,
     modules,
     read_lora,
     write_lora,
@@ -78,8 +82,6 @@ def merge_adapters(paths: list[str | os.PathLike], method: str, out: str | os.Pa
                "ranks_in": [sorted({a.shape[0] for _, a in lo.factors.values()}) for lo in loras],
                "options": dataclasses.asdict(cfg), "modules": len(factors),
                "relative_distance_to_weighted_sum": (num / den) ** 0.5 if den else 0.0}
-    digests = {lo.base_weights for lo in loras}
-    if len(digests) == 1 and None not in digests:  # so the merged LoRA can be merged again with the same check
-        summary["base_weights"] = digests.pop()
+    summary.update(common_base(loras))  # so the merged LoRA can be merged again with the same check
     write_lora(out, factors, loras[0].config, summary, overwrite=overwrite)
     return summary

@@ -25,6 +25,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -55,12 +56,15 @@ class LoraFolder:
         factors: ``{module path: (B (out, r), A (r, in))}`` with sqrt(s) folded into each factor.
         base_weights: the digest of the base weights adaptome recorded beside the folder (``recorded_base_weights``),
             None for a folder without one (saved by peft itself).
+        base_sample: the sampled base values adaptome recorded beside it (``base_check.base_weights_sample``), None
+            for a folder without them (saved by peft itself, or by adaptome before they were recorded).
     """
 
     path: Path
     config: dict
     factors: Factors
     base_weights: str | None = None
+    base_sample: dict | None = None
 
     def delta(self, module: str) -> torch.Tensor:
         b, a = self.factors[module]
@@ -128,24 +132,37 @@ def read_lora(path: str | os.PathLike) -> LoraFolder:
         factors[module] = (b * (root if s >= 0 else -root), a * root)
     if not factors:
         raise MergeError(f"{path / WEIGHTS}: holds no LoRA weights")
-    return LoraFolder(path, cfg, factors, recorded_base_weights(path))
+    return LoraFolder(path, cfg, factors, recorded_base_weights(path), recorded_base_sample(path))
 
 
 #: files adaptome writes beside a peft LoRA (train / save_adapter, export, merge), each may record ``base_weights``
+#: and ``base_weights_sample``
 RECORDS = ("adaptome.json", "adaptome_export.json", "adaptome_merge.json")
+
+
+def _recorded(path: Path, key: str, valid) -> Any:
+    for name in RECORDS:
+        try:
+            value = json.loads((path / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if valid(value):
+            return value
+    return None
 
 
 def recorded_base_weights(path: Path) -> str | None:
     """The base-weights digest (``adapters.base_check.base_weights_digest``) that adaptome recorded in the folder
     when it saved, exported or merged it; None when there is none (or the record is unreadable)."""
-    for name in RECORDS:
-        try:
-            value = json.loads((path / name).read_text(encoding="utf-8")).get("base_weights")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(value, str) and value:
-            return value
-    return None
+    return _recorded(path, "base_weights", lambda v: isinstance(v, str) and bool(v))
+
+
+def recorded_base_sample(path: Path) -> dict | None:
+    """The sampled base values (``adapters.base_check.base_weights_sample``) adaptome recorded in the folder; None
+    when there are none (a folder saved before they were recorded) or the record is unreadable."""
+    from adaptome.core.adapters.base_check import valid_sample
+
+    return _recorded(path, "base_weights_sample", valid_sample)
 
 
 def check_compatible(loras: list[LoraFolder]) -> None:
@@ -169,19 +186,36 @@ def base_name(lora: LoraFolder) -> str | None:
     return os.path.realpath(name) if os.path.isdir(name) else name
 
 
+def base_difference(lora: LoraFolder, first: LoraFolder) -> str | None:
+    """How the base weights two folders recorded differ (None: one base), by their sampled values where both hold
+    them (one checkpoint loaded in float32 and in bfloat16 / float16 passes), else by their digests (folders saved
+    before the samples were recorded: the digest includes the dtype). For two folders that both record samples, or
+    both digests."""
+    if lora.base_sample is not None and first.base_sample is not None:
+        from adaptome.core.adapters.base_check import base_weights_differ
+
+        why = base_weights_differ(lora.base_sample, first.base_sample)
+        return f"the samples of base weights adaptome recorded when it saved them differ: {why}" if why else None
+    if lora.base_weights != first.base_weights:
+        return "the digests adaptome recorded when it saved them differ"
+    return None
+
+
 def check_same_base(loras: list[LoraFolder]) -> None:
-    """Inputs must come from one base. Two folders that both record adaptome's digest of their base weights
-    (``base_weights``) are compared by it: LoRAs trained on different weights under one name (a base folder
-    re-trained in place, two checkpoints saved to one path) are refused, and one base under two names passes.
+    """Inputs must come from one base. Two folders that both record adaptome's sample or digest of their base
+    weights (``base_weights_sample``, ``base_weights``) are compared by it (``base_difference``): LoRAs trained on
+    different weights under one name (a base folder re-trained in place, two checkpoints saved to one path) are
+    refused, and one base under two names, or loaded in two dtypes, passes.
     Other pairs are compared by the base model they name (``base_model_name_or_path``): LoRAs of two bases of the
     same shape pass ``check_compatible``, but their merged update fits neither base. Inputs that name no base and
     record no digest are not compared."""
     for i, lora in enumerate(loras):
         for first in loras[:i]:
-            if lora.base_weights and first.base_weights:
-                if lora.base_weights != first.base_weights:
-                    raise MergeError(f"{lora.path} and {first.path} were trained on different base weights (the "
-                                     "digests adaptome recorded when it saved them differ"
+            both_samples = lora.base_sample is not None and first.base_sample is not None
+            if both_samples or (lora.base_weights and first.base_weights):
+                why = base_difference(lora, first)
+                if why:
+                    raise MergeError(f"{lora.path} and {first.path} were trained on different base weights ({why}"
                                      f"{_same_name(lora, first)}): a merge of LoRAs of different base models fits "
                                      "neither; pass --allow-different-bases (allow_different_bases=True) only if "
                                      "they were trained on one model")
@@ -192,6 +226,21 @@ def check_same_base(loras: list[LoraFolder]) -> None:
                                  f"({CONFIG} base_model_name_or_path): a merge of LoRAs of different base models fits "
                                  "neither; pass --allow-different-bases (allow_different_bases=True) if both name the "
                                  "same model")
+
+
+def common_base(loras: list[LoraFolder]) -> dict[str, Any]:
+    """``{"base_weights": ..., "base_weights_sample": ...}`` for a merge of ``loras``: the first input's records when
+    every input holds them and ``base_difference`` finds them one base ({} otherwise, e.g. with
+    ``allow_different_bases``), so the merged folder is checked as its inputs were."""
+    first = loras[0]
+    out: dict[str, Any] = {}
+    if all(lo.base_sample is not None for lo in loras) and not any(base_difference(lo, first) for lo in loras[1:]):
+        out["base_weights_sample"] = first.base_sample
+        if first.base_weights:
+            out["base_weights"] = first.base_weights
+    elif len({lo.base_weights for lo in loras}) == 1 and first.base_weights:
+        out["base_weights"] = first.base_weights
+    return out
 
 
 def _same_name(a: LoraFolder, b: LoraFolder) -> str:

@@ -29,7 +29,8 @@ from adaptome.core.errors import AdaptomeError
 from adaptome.domains.codegen.languages import get_language
 
 REQUIRED = ("name", "language", "prompt", "tests")
-_RKT_SUBMODULE = re.compile(r"\(\s*module[+*]?\s+(test|main)\b")
+#: a `test` / `main` submodule: the name ends at a Racket delimiter (`-` is part of an identifier, as in test-utils)
+_RKT_SUBMODULE = re.compile(r"\(\s*module[+*]?\s+(test|main)(?=[\s()\[\]{}\"';]|$)")
 SHIPPED = {"humaneval-r": "humaneval-r-reworded.jsonl", "humaneval-rkt": "humaneval-rkt-reworded.jsonl",
            "mbpp-r": "mbpp-r-reworded.jsonl", "mbpp-rkt": "mbpp-rkt-reworded.jsonl"}
 

@@ -8,7 +8,8 @@
 * NER: CoNLL / BIO, one ``token tag`` pair per line, a blank line between sentences (MasakhaNER,
   WikiANN, UNER after conversion to BIO). The tag is the last field; a line holding a tab is split on
   tabs only, so a token with an inner space (``New York<TAB>B-LOC``) is kept whole, a line without
-  one on any whitespace. ``write_conll`` writes ``token<TAB>tag``. Files with more columns (CoNLL-2003's
+  one on ASCII spaces only, as the field's loaders split (a no-break or narrow space, ``10\u202f000``, stays
+  inside its token). ``write_conll`` writes ``token<TAB>tag``. Files with more columns (CoNLL-2003's
   ``token POS chunk NER``) read the first field as the token and the last as the tag, so every token line
   of a file must have as many fields as its first: a space-separated ``New York B-LOC`` in a two-column
   file (the token would be ``New``) or a stray third field (``Musa B-PER I-PER``) is an error naming the line.
@@ -17,8 +18,9 @@ Every reader gives its text, tokens and labels in Unicode NFC (``NORMAL_FORM``):
 text arrives with its diacritics precomposed (``ẹ́`` as U+1EB9 U+0301) or decomposed (``e`` U+0323 U+0301)
 depending on its source, often mixed within one file. Read as is, the two spellings of one word are different
 character n-grams to the baseline, different subwords to a tokenizer that does not normalise (mBERT's), and two
-classes when a label is spelt both ways; NFC (canonical composition, what ``prepare-text`` writes) changes no
-letter. ``predictions.tsv`` therefore holds the NFC form of each token.
+classes when a label is spelt both ways. NFC (canonical composition, what ``prepare-text`` writes) keeps every
+letter's identity; it only replaces a few canonical duplicates (the OHM SIGN U+2126 by Ω U+03A9, the ANGSTROM SIGN by
+Å, CJK compatibility ideographs by their unified forms). ``predictions.tsv`` therefore holds the NFC form of each token.
 
 Lines end at LF, CRLF or CR only: a line separator (U+2028), NEL (U+0085) or form feed inside a tweet stays
 in its line, as in the TSV / CSV readers of the field, and line numbers are an editor's.
@@ -187,9 +189,10 @@ def _check_tag(path: Path, no: int, tag: str, first: str) -> None:
 
 
 def _conll_fields(line: str) -> list[str]:
-    """The fields of one CoNLL line: tab-separated when it holds a tab (a token may hold a space), else
-    whitespace-separated; empty fields dropped."""
-    parts = line.split("\t") if "\t" in line else line.split()
+    """The fields of one CoNLL line: tab-separated when it holds a tab (a token may hold a space), else separated
+    by ASCII spaces (a no-break or narrow space inside a token, ``10\u202f000``, is part of it); empty fields
+    dropped."""
+    parts = line.split("\t") if "\t" in line else re.split(r"[ ]+", line.strip(" \r"))
     return [f.strip() for f in parts if f.strip()]
 
 
@@ -213,12 +216,12 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
             continue
         if len(fields) < 2:
             raise DataError(f"{path}:{no}: expected 'token tag', found {line.strip()!r}")
+        _check_tag(path, no, fields[-1], fields[0])  # first: a CoNLL-U comment is named as such
         width = width or (len(fields), no)
         if len(fields) != width[0]:
             raise DataError(f"{path}:{no}: {len(fields)} fields {fields}, but line {width[1]} has {width[0]}; every "
                             "line needs the same columns (token first, tag last); a token holding a space (New "
                             "York) must be tab-separated from its tag")
-        _check_tag(path, no, fields[-1], fields[0])
         words.append(fields[0])
         tags.append(fields[-1])
         nos.append(no)

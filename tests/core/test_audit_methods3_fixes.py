@@ -126,23 +126,28 @@ def lm_dir(tmp_path_factory):
 
 
 def test_dsformer_at_budget_one_is_refused_with_the_sizes(lm_dir, tmp_path):
-    """At --budget 1.0 DSFormer stored as many values as the dense matrix plus their indices (32.6 bits per
-    parameter) and was lossy, reported as kept 1.000 without a word; now refused, naming a matrix and both sizes,
-    and nothing is written."""
+    """At --budget 1.0 DSFormer stored as many values as the dense matrix plus their indices (33 bits per
+    parameter) and was lossy, reported as kept 1.000 without a word; now refused, naming a matrix and both sizes
+    (indices counted at the width the file stores them, review 13), and nothing is written."""
     out = tmp_path / "ds"
     res = runner.invoke(cli.app, ["compress", "--method", "dsformer", "--model", str(lm_dir), "--budget", "1.0",
                                   "--targets", "attention", "--out", str(out)])
     assert res.exit_code == 2, res.output
     assert ("error: --budget (keep_fraction) 1.0: model.layers.0.self_attn.q_proj (32x32) "
-                                 "would store D (32x28) and 128 values of S with 5-bit indices, 33408 bits, no fewer "
-                                 "than its dense 32768 bits") in res.output, res.output
-    assert "lossy" in res.output and "1792 parameters in memory" in res.output and "below about 0.980" in res.output
+                                 "would store D (32x28) and 128 values of S with 8-bit (uint8) indices, 33792 bits, "
+                                 "no fewer than its dense 32768 bits") in res.output, res.output
+    assert "lossy" in res.output and "1792 parameters in memory" in res.output and "below about 0.969" in res.output
     assert not out.exists()
     ok = runner.invoke(cli.app, ["compress", "--method", "dsformer", "--model", str(lm_dir), "--budget", "0.9",
                                  "--targets", "attention", "--out", str(out)])
     assert ok.exit_code == 0, ok.output
     report = json.loads((out / "report.json").read_text())
     assert report["totals"]["bits_per_param_after"] < 32
+    from safetensors import safe_open
+
+    with safe_open(str(out / "compressed_layers.safetensors"), "pt") as f:  # what the file holds (review 13: int32
+        stored = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() * 8 for k in f.keys())  # indices)
+    assert stored == report["totals"]["bits_after"] < report["totals"]["bits_before"]
 
 
 def _base_folder(folder, seed):
