@@ -27,7 +27,8 @@ def write_markdown(res: dict) -> str:
            f"compressed model is then fine-tuned for {res['finetune_steps']} steps at lr {res['lr']} on what its "
            "method trains (WeLore: LRC factors; LRT: both factors; DSFormer: D and the latent S; LQ-LoRA / LoftQ: "
            "the LoRA factors over a frozen Q). 'kept bits' = stored bits of the target matrices / their dense fp32 "
-           "bits (factors and low-rank parts counted at 32 bits, DSFormer indices at ⌈log2 r⌉ bits, NF codes and "
+           "bits (factors and low-rank parts counted at 32 bits, DSFormer indices at their stored width (uint8 / "
+           "int16 / int32; ⌈log2 r⌉ bits in results made before that change), NF codes and "
            "scales at their packed sizes). 'trainable' counts DSFormer's dense latent S (r x in), which is not "
            "stored.", "", "![curves](compress/curves.png)", ""]
     for kind, m in res["models"].items():
