@@ -360,8 +360,10 @@ def eval_batches(examples: Sequence[Any], collate: Callable[[list], dict], batch
         if batch_seed is None:
             yield collate(chunk)
             continue
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(batch_seed + i)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator, restored after
+            # the CPU generator alone: torch.manual_seed would also reseed CUDA's, which fork_rng(devices=[]) does
+            # not restore (a GPU run's dropout would then depend on the eval set and a resume would diverge)
+            torch.default_generator.manual_seed(batch_seed + i)
             batch = collate(chunk)
         yield batch
 

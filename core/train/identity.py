@@ -28,7 +28,9 @@ from torch import nn
 
 from adaptome.core.train.config import MAY_CHANGE_ON_RESUME, TrainConfig
 
-_NOISY_MODEL_KEYS = {"transformers_version", "_commit_hash", "architectures"}
+#: model config keys left out of a run's identity: versions, and where the model was loaded from (``_name_or_path``:
+#: a moved project folder is the same model; the weights sample identifies the base)
+_NOISY_MODEL_KEYS = {"transformers_version", "_commit_hash", "architectures", "_name_or_path"}
 
 
 def file_digest(path: str | os.PathLike) -> dict[str, Any]:

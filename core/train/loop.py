@@ -305,12 +305,12 @@ def _resume_or_start(run: _Run, start_again: bool = False) -> None:
         clean_stale(run.log.path.parent, run.log.path.name)  # a metrics rewrite cut short
     acc.wait_for_everyone()
     found = find_resumable(run.ckpt_root, warn=acc.is_main_process)
+    if found and start_again:  # before the resume=False refusal: --overwrite asked for exactly this
+        _remove_checkpoints(run, found[0])
+        found = None
     if found and not cfg.resume:
         raise ResumeError(f"{run.ckpt_root}: holds checkpoints of an earlier run; resume=True continues it, "
                           "or choose another output_dir (nothing was overwritten)")
-    if found and start_again:
-        _remove_checkpoints(run, found[0])
-        found = None
     if found:
         path, trainer_state = found
         check_identity(path, trainer_state, run.identity, run.fingerprint)

@@ -22,17 +22,24 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 from adaptome.domains.pathology.errors import PathologyError
 
+#: a TCGA case (participant) barcode at the start of an id: ``TCGA-<site: 2 letters or digits>-<participant: 4>``,
+#: ended by the id's end, '-' or '.' (``TCGA-BRCA-2019-0001`` is not one: its second field has 4 characters)
+_TCGA_CASE = re.compile(r"^TCGA-([A-Z0-9]{2})-([A-Z0-9]{4})(?=$|[-.])")
+#: a TCGA sample field after the case: two digits of sample type and a vial letter (``-01Z``, ``-11A``)
+_TCGA_SAMPLE = re.compile(r"^-(\d{2})[A-Z]?(?=$|[-.])")
+
 
 def tcga_site(barcode: str) -> str:
     """Tissue source site of a TCGA barcode (``TCGA-A1-A0SK`` -> ``A1``)."""
-    parts = barcode.split("-")
-    if len(parts) < 3 or parts[0] != "TCGA":
+    m = _TCGA_CASE.match(barcode)
+    if not m:
         raise PathologyError(f"{barcode!r} is not a TCGA barcode")
-    return parts[1]
+    return m.group(1)
 
 
 def digi_stils_rows(path: str | os.PathLike) -> list[dict]:
@@ -116,16 +123,16 @@ def write_label_csv(rows: list[dict], path: str | os.PathLike) -> Path:
 def case_of(slide_id: str) -> str | None:
     """The TCGA case barcode a slide id starts with (``TCGA-A1-A0SK-01Z-00-DX1.x`` -> ``TCGA-A1-A0SK``), or
     ``None`` for an id that is not a TCGA barcode."""
-    parts = slide_id.split("-")
-    return "-".join(parts[:3]) if len(parts) >= 3 and parts[0] == "TCGA" else None
+    m = _TCGA_CASE.match(slide_id)
+    return m.group(0) if m else None
 
 
 def is_normal_tissue(slide_id: str) -> bool:
     """Whether a TCGA slide barcode's sample type (the first two digits of its fourth field, ``11`` in
     ``TCGA-A1-A0SK-11A-01-TS1``) is a normal one (10-19): not the tumour a case's sTIL score describes."""
-    parts = slide_id.split("-")
-    code = parts[3][:2] if len(parts) >= 4 and parts[0] == "TCGA" else ""
-    return code.isdigit() and 10 <= int(code) <= 19
+    case = _TCGA_CASE.match(slide_id)
+    sample = _TCGA_SAMPLE.match(slide_id[case.end():]) if case else None
+    return bool(sample) and 10 <= int(sample.group(1)) <= 19
 
 
 def join_slides(rows: list[dict], slide_ids: list[str]) -> tuple[list[dict], list[str], list[str]]:

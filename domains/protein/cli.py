@@ -138,7 +138,7 @@ def build_dataset(
             write_inputs(tmp, [] if shipped else inputs, {
                 "shipped": shipped, "task_name": task.name, "task_key": task.key, "policy": policy,
                 "stockholm_label": stockholm_label, "id_column": id_column, "label_column": label_column,
-                "max_residues": max_residues, "max_seq_length": max_seq_length, "tokenizer": tokenizer})
+                "max_residues": max_residues, "max_seq_length": max_seq_length, "tokenizer": tokenizer}, final=out)
     typer.echo(f"{len(whole)} sequences, {len({r.label for r in whole})} labels -> {out}")
     typer.echo(f"instruction records: {crops.message()}")
 

@@ -10,6 +10,7 @@ package), a dataset file copied out of its folder (nothing beside it to compare 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,21 @@ def inputs_record(files: list[Path], options: dict[str, Any]) -> dict[str, Any]:
     return {"files": [{**file_digest(f), "path": str(Path(f).resolve())} for f in files], "options": options}
 
 
-def write_inputs(folder: Path, files: list[Path], options: dict[str, Any]) -> None:
-    (Path(folder) / INPUTS_FILE).write_text(json.dumps(inputs_record(files, options), indent=2) + "\n",
-                                            encoding="utf-8")
+def write_inputs(folder: Path, files: list[Path], options: dict[str, Any], final: Path | None = None) -> None:
+    """Write ``inputs.json`` into ``folder``; each file also by its path relative to ``final`` (the folder's place
+    once written, default ``folder``), so a project moved with its inputs is still checked."""
+    record = inputs_record(files, options)
+    for rec in record["files"]:
+        rec["relative"] = os.path.relpath(rec["path"], Path(final or folder).resolve())
+    (Path(folder) / INPUTS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _located(folder: Path, rec: dict[str, Any]) -> Path | None:
+    """Where an input is now: its absolute path, else its path relative to the dataset folder (both moved)."""
+    for path in (Path(rec["path"]), folder / rec["relative"] if rec.get("relative") else None):
+        if path is not None and path.is_file():
+            return path
+    return None
 
 
 def stale_inputs(train_files: list[str | Path]) -> list[str]:
@@ -47,9 +60,9 @@ def stale_inputs(train_files: list[str | Path]) -> list[str]:
             out.append(f"{record}: unreadable; cannot check that {folder} is up to date with its inputs")
             continue
         for rec in files:
-            path = Path(rec["path"])
-            if not path.is_file():
-                out.append(f"{folder} was built from {path}, which no longer exists")
+            path = _located(folder, rec)
+            if path is None:
+                out.append(f"{folder} was built from {rec['path']}, which no longer exists")
             elif file_digest(path)["sha256"] != rec.get("sha256"):
                 out.append(f"{folder} was built from {path}, which has changed since (SHA-256 "
                            f"{rec.get('sha256', '?')[:12]} then, {file_digest(path)['sha256'][:12]} now): the stage "

@@ -205,10 +205,10 @@ def train_classifier(name_or_path: str, records: list[Record], labels: list[str]
                                "model": model, "tokenizer": tok, "max_residues": crop, "position_limit": limit,
                                "replaced": replaced}
     losses = [h["loss"] for h in result.history if "loss" in h]
-    if losses:
-        summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
-    elif result.first_loss is not None:
+    if result.first_loss is not None:  # step 1's and the last step's, also after a resume (fit keeps them)
         summary["first_loss"], summary["last_loss"] = result.first_loss, result.last_loss
+    elif losses:  # a checkpoint of a version that kept none: this call's logging windows
+        summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
     if cfg.merge:
         save_merged(model, out / "merged", tokenizer=tok, overwrite=overwrite)
         write_text_atomic(out / "merged" / CROP_FILE, json.dumps({"max_residues": crop}) + "\n")

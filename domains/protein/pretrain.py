@@ -243,10 +243,10 @@ def run_stage(model, tok, dataset, collate_fn: Callable, adapter_method: str, ad
         if training_data is not None:
             write_training_data(out / "merged", training_data)
     losses = [h["loss"] for h in result.history if "loss" in h]
-    if losses:  # the first and last logging windows' means; a resume with nothing left to log: fit's own record
-        summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
-    elif result.first_loss is not None:
+    if result.first_loss is not None:  # step 1's and the last step's, also after a resume (fit keeps them)
         summary["first_loss"], summary["last_loss"] = result.first_loss, result.last_loss
+    elif losses:  # a checkpoint of a version that kept none: this call's logging windows
+        summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
     summary["model"] = model
     return summary
 

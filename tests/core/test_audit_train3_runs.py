@@ -234,3 +234,14 @@ def test_a_bad_set_override_is_named_as_such_not_as_the_file(app, tmp_path):
     res = runner.invoke(app, ["train", "-c", str(bad), "--set", "train.max_steps=3"])
     assert res.exit_code == 2 and res.output.startswith(f"error: {bad}: unknown key 'train.lrr'"), res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_with_resume_false_starts_again(app, tmp_path):
+    """Review 2, finding 4: --overwrite beside train.resume=false was refused with 'resume=True continues it'
+    (the resume=False refusal came first); --overwrite asks to start again, which needs no resume."""
+    cfg = _config(tmp_path, save_every=2, resume=False)
+    assert runner.invoke(app, ["train", "-c", str(cfg)]).exit_code == 0
+    res = runner.invoke(app, ["train", "-c", str(cfg), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["steps"] == 4

@@ -208,3 +208,43 @@ def test_sltrain_whose_delta_alone_fills_the_layer_says_lower_delta(tmp_path):
     assert msgs, [str(w.message) for w in seen]
     assert "at most -1" not in msgs[0] and "at most 0" not in msgs[0]  # before: "lower ... rank (to at most -1 there)"
     assert "delta 1.0 alone gives the layer 1024 of its 1024 parameters; lower delta" in msgs[0], msgs[0]
+
+
+def test_seeded_eval_batches_touch_the_cpu_generator_alone_and_restore_it(monkeypatch):
+    """Review 2, finding 1: eval_batches seeded each batch with torch.manual_seed, which also reseeds the CUDA
+    generators that fork_rng(devices=[]) does not restore: on a GPU, training dropout after an evaluation depended
+    on the eval set. Now only the CPU generator is seeded, and it is restored after."""
+    import torch
+
+    from adaptome.core.evaluation import eval_batches
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    draw = list(eval_batches(list(range(10)), lambda xs: torch.rand(len(xs)), batch_size=4, batch_seed=7))
+    assert calls == []
+    assert torch.equal(torch.get_rng_state(), state)
+    again = list(eval_batches(list(range(10)), lambda xs: torch.rand(len(xs)), batch_size=4, batch_seed=7,
+                              shard=(1, 2)))
+    assert torch.equal(again[0], draw[1])  # batch 1 draws the same whichever shard collates it
+
+
+def test_a_models_load_path_is_not_part_of_a_runs_identity(tmp_path):
+    """Review 2, finding 2: protein loads a local model folder by its absolute path, which reached the resume
+    check through the config's _name_or_path: a stopped stage 2 could not resume once the project folder moved.
+    The path is left out; the weights sample (and the config's other keys) still identify the base."""
+    import tiny_models
+
+    from adaptome.core.train.config import TrainConfig
+    from adaptome.core.train.identity import run_identity
+
+    model = tiny_models.llama(seed=0, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32)
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"))
+    model.config._name_or_path = "/old/place/s1/merged"
+    before = run_identity(model, cfg, n_examples=4, world_size=1)
+    model.config._name_or_path = "/new/place/s1/merged"
+    assert run_identity(model, cfg, n_examples=4, world_size=1) == before
+    model.config.rms_norm_eps = 1e-3
+    assert run_identity(model, cfg, n_examples=4, world_size=1) != before

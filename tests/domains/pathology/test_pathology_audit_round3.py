@@ -253,3 +253,20 @@ def test_a_label_row_cut_short_is_refused_not_left_out(tmp_path):
     cases.write_text("case_id,target\nTCGA-A1-A001,10\nTCGA-A1-A002\n")
     with pytest.raises(PathologyError, match=r"cases.csv: line 3: fewer fields than the header"):
         case_sheet_rows(cases)
+
+
+def test_only_real_tcga_barcodes_are_read_as_cases():
+    """Review 2, finding 5: any id starting with 'TCGA-' was read as a barcode, so TCGA-BRCA-2019-0001 and -0002
+    became one patient (its slides averaged in cases.csv, the sheet refused in train). A case barcode is
+    TCGA-<2 letters or digits>-<4>, ended by the id's end, '-' or '.'."""
+    from adaptome.domains.pathology.errors import PathologyError
+    from adaptome.domains.pathology.labels import case_of, is_normal_tissue, tcga_site
+
+    assert case_of("TCGA-A1-A0SK-01Z-00-DX1.5f1c.svs") == "TCGA-A1-A0SK"
+    assert case_of("TCGA-A1-A0SK") == "TCGA-A1-A0SK" and tcga_site("TCGA-A1-A0SK") == "A1"
+    for other in ("TCGA-BRCA-2019-0001", "TCGA-BRCA-2019-0002", "TCGA-A1-A0SKX-01Z", "TCGA_A1_A0SK", "S1"):
+        assert case_of(other) is None, other
+    with pytest.raises(PathologyError, match="not a TCGA barcode"):
+        tcga_site("TCGA-BRCA-2019-0001")
+    assert is_normal_tissue("TCGA-A1-A0SK-11A-01-TS1") and not is_normal_tissue("TCGA-A1-A0SK-01Z-00-DX1")
+    assert not is_normal_tissue("TCGA-BRCA-2019-1100")

@@ -206,3 +206,48 @@ def test_score_mutations_names_a_non_standard_wild_type_residue_without_a_policy
     r = runner.invoke(app, ["score-mutations", "--model", str(folder), "--mutants", str(dms), "--wildtype", str(wt),
                             "--offset", "1", "--fitness-column", "DMS_score", "--out", str(tmp_path / "s.csv")])
     assert r.exit_code == 0, r.output
+
+
+def test_a_resumed_stage_reports_step_1s_loss(tmp_path):
+    """Review 2, finding 3: a resumed stage reported the resumed part's first loss ('loss 4.47 -> ...' where step 1
+    had 4.61): the stage read its losses from this call's log lines. It now reports fit's step-1 loss, kept in the
+    checkpoints, as adaptome train does."""
+    import re
+    import shutil
+
+    data = _seq_file(tmp_path / "a.txt", SEQS)
+    whole = _pretrain(tmp_path, data, tmp_path / "whole", "--set", "train.max_steps=4")
+    assert whole.exit_code == 0, whole.output
+    first = re.search(r"loss ([0-9.]+) ->", whole.output).group(1)
+    s1 = tmp_path / "s1"
+    assert _pretrain(tmp_path, data, s1, "--set", "train.save_every=2").exit_code == 0
+    for sub in ("adapter", "merged"):  # stopped after its step-2 checkpoint
+        shutil.rmtree(s1 / sub)
+    r = _pretrain(tmp_path, data, s1, "--set", "train.max_steps=4", "--set", "train.save_every=2")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"loss ([0-9.]+) ->", r.output).group(1) == first, (whole.output, r.output)
+
+
+def test_a_dataset_moved_with_its_inputs_is_not_reported_stale(tmp_path):
+    """Review 2, finding 6: inputs.json held absolute paths only, so moving a project (dataset and inputs
+    together) made every stage warn that the inputs were gone. The inputs are also found beside the dataset by
+    their relative path; a changed one is still reported."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    fa = _family_fasta(proj / "fam.fa", SEQS)
+    table = proj / "labels.csv"
+    table.write_text("id,label\n" + "".join(f"p{i},{'EC1' if i % 2 else 'EC2'}\n" for i in range(len(SEQS))))
+    r = runner.invoke(app, ["build-dataset", "--fasta", str(fa), "--labels", str(table), "--task-name", "EC",
+                            "--out", str(proj / "ds")])
+    assert r.exit_code == 0, r.output
+    moved = tmp_path / "moved"
+    shutil.move(proj, moved)
+    ds = moved / "ds"
+    r = _pretrain(tmp_path, ds / "sequences.txt", tmp_path / "s1")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    (moved / "labels.csv").write_text((moved / "labels.csv").read_text().replace("p0,EC2", "p0,EC1"))
+    r = _pretrain(tmp_path, ds / "sequences.txt", tmp_path / "s1b")
+    warn = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "changed" in warn[0], r.output
