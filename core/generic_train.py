@@ -30,7 +30,9 @@ killed run left in the folder are removed. A data file that is not UTF-8 is refu
 and line before anything is read or written; so is one whose tokens are more than 5 % ``<unk>``
 (``MAX_UNK_SHARE``: the built-in character tokenizer reads printable ASCII only), and ``train.eval_every``
 without eval files. An existing ``merged/`` is refused like ``adapter/``; with ``--overwrite`` a run that
-writes no merged model removes the earlier run's.
+writes no merged model removes the earlier run's. An option set to a value the run does not read (``ignored_options``:
+``data.mlm_probability`` on a causal model, ``model.tiny`` beside ``model.name_or_path``, ``data.text_field`` without
+a ``.jsonl`` file) is named in a warning and recorded at its default in the run's identity.
 
 Not covered: instruction / chat formats and domain file formats such as FASTA (the domain packages
 own those), streaming corpora, sequence classification heads.
@@ -266,6 +268,27 @@ def eval_overlap(train_files: list[str], eval_files: list[str], text_field: str 
     return share
 
 
+def ignored_options(cfg: RunConfig) -> list[str]:
+    """One line per option the run was given (a value other than the default) that it does not read: a warning
+    names it, so that a config does not say one thing while the run does another. ``data.mlm_probability`` on a
+    causal model (no token is masked), ``model.tiny`` beside ``model.name_or_path`` (the loaded model is used) and
+    ``data.text_field`` without a ``.jsonl`` file (plain text has no fields). Warnings, not refusals: one config
+    file may serve both kinds of model, or the tiny model until a real one is set with ``--set``.
+    ``run_identity_of`` records them at their defaults, so changing one does not refuse a resume."""
+    out, default = [], DataConfig()
+    if cfg.model.kind == "causal" and cfg.data.mlm_probability != default.mlm_probability:
+        out.append(f"data.mlm_probability {cfg.data.mlm_probability}: has no effect, model.kind is causal (every "
+                   "next token is predicted, none is masked); it applies to masked LMs only")
+    if cfg.model.name_or_path and cfg.model.tiny != TinyModelConfig():
+        out.append(f"model.tiny: has no effect, model.name_or_path {cfg.model.name_or_path!r} is loaded (the tiny "
+                   "model is built only when model.name_or_path is empty)")
+    files = cfg.data.train_files + cfg.data.eval_files
+    if cfg.data.text_field != default.text_field and not any(Path(f).suffix.lower() == ".jsonl" for f in files):
+        out.append(f"data.text_field {cfg.data.text_field!r}: has no effect, no data file is .jsonl (plain-text "
+                   "files are read one example per line, with no fields)")
+    return out
+
+
 def _collator(tok, kind: str, mlm_probability: float):
     import torch
 
@@ -284,12 +307,19 @@ def run_identity_of(cfg: RunConfig, method_cfg: Any, base_digest: str | None = N
     from adaptome.core.config import to_dict
     from adaptome.core.train.identity import file_digest
 
-    data = to_dict(cfg.data)
+    data, model = to_dict(cfg.data), to_dict(cfg.model)
+    # options the run does not read (``ignored_options``) at their defaults: changing one does not refuse a resume
+    if cfg.model.kind == "causal":
+        data["mlm_probability"] = DataConfig.mlm_probability
+    if cfg.model.name_or_path:
+        model["tiny"] = to_dict(TinyModelConfig())
+    if not any(Path(f).suffix.lower() == ".jsonl" for f in cfg.data.train_files + cfg.data.eval_files):
+        data["text_field"] = DataConfig.text_field
     for key in ("train_files", "eval_files"):
         data[key] = [{k: v for k, v in file_digest(f).items() if k != "path"} for f in data[key]]
     # the method's resolved config (8 and 8.0 are one value)
     adapter = method_cfg.to_dict() if hasattr(method_cfg, "to_dict") else to_dict(method_cfg)
-    return {"model": to_dict(cfg.model), "base_weights": base_digest, "data": data,
+    return {"model": model, "base_weights": base_digest, "data": data,
             "adapter": {"method": cfg.adapter.method, "options": adapter}, "optimizer": to_dict(cfg.optimizer),
             "save_merged": cfg.save_merged}
 
@@ -439,6 +469,8 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     _check_utf8(cfg.data.train_files + cfg.data.eval_files)
     acc = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu, cfg.train.dist_timeout_s)
     if acc.is_main_process:
+        for line in ignored_options(cfg):
+            log.warning(line)
         for p in clean_stale(out):  # temporary folders and files of a killed run (.adapter.tmp-*, ...)
             log.warning(f"removed {p}: left half-written by an interrupted run")
     torch.manual_seed(cfg.train.seed)  # a tiny model built from config starts from the same weights each run

@@ -89,6 +89,9 @@ def generate(
 
     with user_errors():
         PROMPT_BUILDERS.get(prompt_builder)
+        if temperature == 0 and top_p != GenerateConfig.top_p:
+            fail(f"--top-p {top_p:g}: has no effect with --temperature 0 (greedy decoding takes the most likely "
+                 "token, nothing is sampled); leave --top-p out, or give a temperature above 0")
         probs = _problems(problems, limit)
         cfg = GenerateConfig(model=model, url=url, prompt_builder=prompt_builder, n=n, batch_size=batch_size,
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
@@ -235,7 +238,13 @@ def plansearch(
     from adaptome.domains.codegen.execute import execute_run
     from adaptome.domains.codegen.generate import read_completions
     from adaptome.domains.codegen.passk import pass_at_k_rows, read_run, write_tables
-    from adaptome.domains.codegen.plansearch import PlanSearchConfig, kept_codes, repeated_sampling, run_plansearch
+    from adaptome.domains.codegen.plansearch import (
+        PlanSearchConfig,
+        ignored_options,
+        kept_codes,
+        repeated_sampling,
+        run_plansearch,
+    )
 
     with user_errors():
         if alg not in ("plansearch", "repeated"):
@@ -246,6 +255,12 @@ def plansearch(
                                    code_temperature, top_p, observation_tokens, plan_tokens, code_tokens, seed)
         except ValueError as e:
             fail(str(e))
+        unused = [f"--{name.replace('_', '-')}: {why}" for name, _, why in
+                  (u.partition(": ") for u in ignored_options(cfg, alg))]  # named as the flags the user typed
+        if unused and alg == "repeated":  # the baseline is run with PLANSEARCH's flags (README): said, not refused
+            typer.echo("warning: has no effect: " + "; ".join(unused), err=True)
+        elif unused:
+            fail("has no effect: " + "; ".join(unused) + "; leave these options out")
         lim = _limits(timeout, 512, 32, None)  # before the search: a bad --timeout must not wait for it
         probs = _problems(problems, limit)
         backend = make_backend(model, url or None, api_model=model, seed=seed)

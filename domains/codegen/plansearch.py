@@ -96,6 +96,36 @@ class PlanSearchConfig:
             raise ValueError(f"--num-completions {self.num_completions}: give -1 (keep all codes) or a count >= 1")
 
 
+#: options only the search's idea steps (observations, plans, critiques, pseudocode) read
+_IDEA_OPTIONS = ("idea_temperature", "observation_tokens", "plan_tokens", "without_pseudocode")
+#: options that shape the search tree (and so the number of codes)
+_TREE_OPTIONS = ("num_observations", "max_observation_k", "num_layers", "num_second_observations", "without_fix")
+
+
+def ignored_options(cfg: PlanSearchConfig, alg: str = "plansearch") -> list[str]:
+    """The options of ``cfg`` set away from their defaults that the run would not read, each with the reason:
+    with ``alg`` ``repeated`` the idea steps' (only the tree's shape counts, for the number of codes); with
+    ``without_plan`` the idea steps' and the tree's (one code per problem, straight from the prompt); with
+    ``num_layers`` 1 ``num_second_observations``; ``top_p`` when every step decodes greedily (temperature 0)."""
+    default, out = PlanSearchConfig(), []
+
+    def given(names):
+        return [n for n in names if getattr(cfg, n) != getattr(default, n)]
+
+    if alg == "repeated":
+        out += [f"{n}: --alg repeated samples the code alone (no observations, plans or pseudocode)"
+                for n in given(_IDEA_OPTIONS)]
+    elif cfg.without_plan:
+        out += [f"{n}: --without-plan samples the code straight from the prompt (no observations or plans)"
+                for n in given(_IDEA_OPTIONS + _TREE_OPTIONS)]
+    elif cfg.num_layers == 1:
+        out += [f"{n}: num_layers 1 derives no second-order observations" for n in given(["num_second_observations"])]
+    ideas = alg != "repeated" and not cfg.without_plan
+    if cfg.top_p != default.top_p and cfg.code_temperature == 0 and (not ideas or cfg.idea_temperature == 0):
+        out.append("top_p: every step decodes greedily (temperature 0), which samples nothing")
+    return out
+
+
 def kept_codes(cfg: PlanSearchConfig) -> int:
     """Codes per problem the search keeps: all of ``expected_counts``, or ``num_completions`` of them (at most
     all); the number the repeated-sampling baseline draws."""

@@ -344,6 +344,16 @@ def evaluate_cmd(
         fail("--eval-lang names the language of --eval; give --eval FILE")
     if lang_adapter is not None and not task_runs:
         fail("--lang-adapter replaces the language adapter of train-task runs; none was given")
+    if eval is not None and not task_runs:  # it would be ignored: only task runs are scored on a split
+        fail(f"--eval {eval}: task runs are scored on it, and none was given (language adapters are scored on "
+             "--text); leave --eval out")
+    if not lang_runs:  # these would be ignored: only language adapters are scored on --text
+        if text is not None:
+            fail(f"--text {text}: language adapters are scored on it, and none was given (task runs are scored on "
+                 "their own split or --eval); leave --text out")
+        if max_sentences != 200:
+            fail(f"--max-sentences {max_sentences}: the sentences of --text scored per language adapter, and none "
+                 "was given; leave --max-sentences out")
     seen: dict[Path, Path] = {}
     for r in runs:  # one run twice would count its seeds twice in results.md (mean +- sd over "2 seeds")
         first = seen.setdefault(r.resolve(), r)

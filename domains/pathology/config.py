@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
 
@@ -106,6 +106,10 @@ class TileConfig:
     def __post_init__(self) -> None:
         if (self.magnification is None) == (self.mpp is None):
             raise ValueError("set exactly one of magnification or mpp (the other to null)")
+        if self.roi_classes and not self.roi_dir:  # it would be ignored: every tissue tile kept
+            raise ValueError(f"roi_classes {self.roi_classes}: names the classes of the ROIs in roi_dir, and no "
+                             "roi_dir is given (every tissue tile would be kept); give --set roi_dir=<folder> too, "
+                             "or leave roi_classes out")
 
 
 @dataclass
@@ -174,6 +178,10 @@ class ExtractConfig:
         if self.decode_threads < 0 or not 0.0 <= self.decode_cpu_share <= 1.0:
             raise ValueError(f"decode_threads must be 0 or more and decode_cpu_share within 0..1, got "
                              f"{self.decode_threads} and {self.decode_cpu_share}")
+        if self.decode_cpu_share != ExtractConfig.decode_cpu_share and not self.decode_threads:
+            raise ValueError(f"decode_cpu_share {self.decode_cpu_share}: the share of each batch the decode_threads "
+                             "decode, and decode_threads is 0 (the device decodes every tile); set decode_threads "
+                             "too (with reader=tiff-jpeg), or leave decode_cpu_share out")
 
 
 @dataclass
@@ -232,6 +240,12 @@ class MILTrainConfig:
     tile_dropout: float = 0.0
     cutoff: float = 30.0
     overwrite: bool = False
+
+    def __post_init__(self) -> None:  # an option the model would not read: say so instead
+        if self.aggregation == "mean" and self.attn_hidden != MILTrainConfig.attn_hidden:
+            raise ValueError(f"attn_hidden {self.attn_hidden}: the width of the attention layer, and aggregation "
+                             "mean has none (the slide score is the plain mean of the tile scores); use aggregation "
+                             "attention or ratio, or leave attn_hidden out")
 
 
 @dataclass
@@ -295,6 +309,9 @@ class ScoreConfig:
         if self.roi_classes is not None and not self.roi_dir:
             raise ValueError(f"roi_classes {self.roi_classes}: names the classes of the ROIs in roi_dir; give "
                              "--set roi_dir=<folder> too (on the fly), or leave roi_classes out")
+        if not self.heatmaps and self.thumb_size != ScoreConfig.thumb_size:
+            raise ValueError(f"thumb_size {self.thumb_size}: the size of the heatmap thumbnail, and heatmaps is off; "
+                             "leave thumb_size out, or turn heatmaps on")
 
 
 @dataclass
@@ -410,6 +427,16 @@ class SynthConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.tumour_share_min <= self.tumour_share_max < 1.0:
             raise ValueError("need 0 <= tumour_share_min <= tumour_share_max < 1")
+        if self.kind == "simple":  # the switches of the hard cohort: the simple one would ignore them
+            hard = [f.name for f in fields(self) if f.name in _HARD_ONLY and getattr(self, f.name) != f.default]
+            if hard:
+                raise ValueError(f"{', '.join(hard)}: only the hard cohort draws these, and kind is simple; set "
+                                 "kind=hard, or leave them out")
+
+
+#: ``SynthConfig`` fields that only ``kind: hard`` reads (``synth_hard.Confounders``)
+_HARD_ONLY = ("stain_variation", "pen_prob", "fold_prob", "blur_prob", "intratumoral", "grade_variation",
+              "tumour_share_min", "tumour_share_max", "dark_confounders", "pair_frac")
 
 
 def field_help(cls: type, name: str) -> str:

@@ -276,6 +276,11 @@ def sample_cmd(
             check_scale(guidance)
             if not label:
                 fail("--guidance needs --label: unconditional samples have no label to guide towards")
+        if temperature == 0:  # greedy: the preset's top-k / top-p are unused too, but these were asked for
+            given = [f"--{flag} {value:g}" for flag, value in (("top-k", top_k), ("top-p", top_p)) if value is not None]
+            if given:
+                fail(f"{' and '.join(given)}: no effect with --temperature 0 (greedy decoding takes the most likely "
+                     "residue, nothing is sampled); leave them out, or give a temperature above 0")
         info = read_training_data(model)
         notes = check_labels(labels, task.key, info, str(model), allow_unseen_labels)
         m, tok = load_model_and_tokenizer(str(model))
