@@ -319,12 +319,9 @@ def compress_cmd(
 
     Example: adaptome compress --method welore --model runs/tiny --budget 0.5 --eval-text val.txt --out runs/welore
     """
-    from adaptome.core.cli_errors import fail, user_errors
+    from adaptome.core.cli_errors import user_errors
     from adaptome.core.compress.run import run_compress
 
-    unused = _compress_ignored(method, finetune_steps, lr, batch_size, train_text, set_)
-    if unused:
-        fail(unused)
     with user_errors():
         report = run_compress(method, model, out, budget=budget, eval_text=str(eval_text) if eval_text else None,
                               train_text=str(train_text) if train_text else None, targets=targets,
@@ -337,29 +334,6 @@ def compress_cmd(
         if key in report:
             msg += f"; {key.replace('_', ' ')} {report[key]:.3f}"
     typer.echo(msg)
-
-
-#: ``compress`` fine-tuning options and their defaults: read only when ``--finetune-steps`` is above 0
-_COMPRESS_FINETUNE_DEFAULTS = {"--lr": 1e-4, "--batch-size": 8}
-
-
-def _compress_ignored(method: str, finetune_steps: int, lr: float, batch_size: int, train_text: Optional[Path],
-                      options: list[str]) -> str | None:
-    """Why an option given to ``compress`` would have no effect, or None: ``--lr`` / ``--batch-size`` set without
-    fine-tuning, and ``--train-text`` that nothing reads (no fine-tuning, and no LQ-LoRA Fisher weights:
-    ``--set fisher_batches=N``, the only calibration any method takes)."""
-    if finetune_steps <= 0:
-        for flag, value in (("--lr", lr), ("--batch-size", batch_size)):
-            if value != _COMPRESS_FINETUNE_DEFAULTS[flag]:
-                return (f"{flag} {value:g}: has no effect without fine-tuning (--finetune-steps is {finetune_steps}); "
-                        f"give --finetune-steps N with --train-text, or leave {flag} out")
-        fisher = [o.partition("=")[2].strip() for o in options if o.partition("=")[0].strip() == "fisher_batches"]
-        reads_calibration = method == "lqlora" and fisher and fisher[-1] not in ("0", "")
-        if train_text is not None and not reads_calibration:
-            return (f"--train-text {train_text}: has no effect: --finetune-steps is {finetune_steps} and {method} "
-                    "reads no calibration text (only lqlora does, with --set fisher_batches=N); give "
-                    "--finetune-steps N to fine-tune on it, or leave --train-text out")
-    return None
 
 
 def _add_domain_apps() -> None:

@@ -95,6 +95,29 @@ def totals(rows: list[dict], dtype_bits: int) -> dict[str, Any]:
             "kept_fraction_bits": bits_after / max(1, before * dtype_bits)}
 
 
+#: the fine-tuning options of ``run_compress`` and their defaults: read only when ``finetune_steps`` is above 0
+FINETUNE_DEFAULTS = {"lr": 1e-4, "batch_size": 8}
+
+
+def unused_option(method: str, cfg: Any, finetune_steps: int, lr: float, batch_size: int,
+                  train_text: str | None) -> str | None:
+    """Why an option given to ``run_compress`` would have no effect, or None: ``lr`` / ``batch_size`` set without
+    fine-tuning, and ``train_text`` that nothing reads (no fine-tuning, and no LQ-LoRA Fisher weights:
+    ``fisher_batches`` above 0, the only calibration any method takes)."""
+    if finetune_steps > 0:
+        return None
+    for name, value in (("lr", lr), ("batch_size", batch_size)):
+        if value != FINETUNE_DEFAULTS[name]:
+            flag = "--" + name.replace("_", "-")
+            return (f"{flag} {value:g}: has no effect without fine-tuning (--finetune-steps is {finetune_steps}); "
+                    f"give --finetune-steps N with --train-text, or leave {flag} out")
+    if train_text is not None and not getattr(cfg, "fisher_batches", 0):
+        return (f"--train-text {train_text}: has no effect: --finetune-steps is {finetune_steps} and {method} reads no "
+                "calibration text (only lqlora does, with --set fisher_batches=N); give --finetune-steps N to "
+                "fine-tune on it, or leave --train-text out")
+    return None
+
+
 def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: float | None = None,
                  eval_text: str | None = None, train_text: str | None = None, targets: str | list[str] = "all-linear",
                  finetune_steps: int = 0, lr: float = 1e-4, batch_size: int = 8, block_size: int = 128,
@@ -117,6 +140,9 @@ def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: f
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
     if finetune_steps > 0 and not train_text:
         raise CompressError("--finetune-steps needs --train-text")
+    unused = unused_option(method, cfg, finetune_steps, lr, batch_size, train_text)
+    if unused:
+        raise CompressError(unused)
     for f in (eval_text, train_text):
         if f and not Path(f).is_file():
             raise CompressError(f"{f}: file not found")

@@ -117,6 +117,24 @@ def test_compress_refuses_train_text_that_nothing_reads(app, model_dir, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_run_compress_from_python_refuses_them_too(model_dir, tmp_path):
+    """The check lives in run_compress, so a library caller gets it as the CLI does; lqlora's Fisher weights do
+    read the calibration text."""
+    from adaptome.core.compress.run import CompressError, run_compress
+
+    with pytest.raises(CompressError, match="--lr 0.01: has no effect without fine-tuning"):
+        run_compress("lrt", str(model_dir / "tiny"), tmp_path / "out", budget=0.5, lr=0.01)
+    with pytest.raises(CompressError, match="lrt reads no calibration text"):
+        run_compress("lrt", str(model_dir / "tiny"), tmp_path / "out", budget=0.5,
+                     train_text=str(model_dir / "train.txt"))
+    assert not (tmp_path / "out").exists()
+    from adaptome.core.compress import COMPRESSORS
+    from adaptome.core.compress.run import method_config, unused_option
+
+    cfg = method_config(COMPRESSORS.get("lqlora"), None, ["fisher_batches=2"])
+    assert unused_option("lqlora", cfg, 0, 1e-4, 8, str(model_dir / "train.txt")) is None
+
+
 def test_compress_with_finetuning_takes_its_options(app, model_dir, tmp_path):
     res = _compress(app, model_dir, tmp_path / "out", "--train-text", model_dir / "train.txt", "--finetune-steps", 1,
                     "--lr", 0.01, "--batch-size", 2, "--block-size", 16)
