@@ -26,12 +26,12 @@ import torch
 
 from adaptome.core.atomic import atomic_path
 from adaptome.domains.pathology.errors import PathologyError
-from adaptome.domains.pathology.tiling import TileReader
+from adaptome.domains.pathology.tiling import MASK_KEYS, TileReader
 
-#: tiling attributes copied into every feature file (they let a model re-create its inputs)
+#: tiling attributes copied into every feature file (they let a model re-create its inputs); the tissue-mask
+#: settings are ``tiling.MASK_KEYS``, so a setting added there is carried into the features (and the recipe)
 FEATURE_ATTRS = ("slide_id", "mpp", "target_mpp", "tile_size", "tile_size_level0", "overlap", "min_tissue",
-                 "thumb_size", "stain_norm", "artefacts", "blur", "close", "min_area_frac", "width", "height",
-                 "slide_bytes", "roi", "roi_classes")
+                 "stain_norm", *MASK_KEYS, "width", "height", "slide_bytes", "roi", "roi_classes")
 
 
 class TileDataset(torch.utils.data.Dataset):

@@ -37,7 +37,7 @@ from adaptome.domains.pathology.pipeline import (
     user_failure,
 )
 from adaptome.domains.pathology.slide import SlideError, list_slides, open_slide, read_mpp_csv, slide_id, target_mpp
-from adaptome.domains.pathology.tiling import MASK_KEYS, check_upsample
+from adaptome.domains.pathology.tiling import MASK_KEYS, SEG_DEFAULTS, check_upsample
 
 
 def _roi_file(roi_dir: str | None, sid: str) -> Path | None:
@@ -75,7 +75,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
     from adaptome.domains.pathology.slide import thumbnail
 
     out = Path(cfg.out_dir) / f"segment_otsu_b{cfg.blur}_c{cfg.close}"
-    params = {k: getattr(cfg, k) for k in ("thumb_size", "blur", "close", "min_area_frac", "fill_holes", "artefacts")}
+    params = {k: getattr(cfg, k) for k in (*MASK_KEYS, "fill_holes")}
 
     def made_by(sid: str, path: Path) -> dict:
         return identity(params, {"slide": file_stamp(path)})
@@ -92,8 +92,7 @@ def segment(cfg, progress: bool = True) -> StageSummary:
         finally:
             s.close()
         rgb = np.asarray(thumb)
-        mask = tissue_mask(rgb, blur=cfg.blur, close=cfg.close, min_area_frac=cfg.min_area_frac,
-                           fill_holes=cfg.fill_holes, artefacts=cfg.artefacts)
+        mask = tissue_mask(rgb, fill_holes=cfg.fill_holes, **{k: getattr(cfg, k) for k in SEG_DEFAULTS})
         Image.fromarray((mask * 255).astype(np.uint8)).save(out / "masks" / f"{sid}.png")
         Image.fromarray(qc_image(rgb, mask)).save(out / "qc" / f"{sid}.png")
         write_text_atomic(target, json.dumps(mask_to_geojson(mask, scale)))  # the contour file marks the slide done
@@ -109,8 +108,7 @@ def tile(cfg, progress: bool = True) -> StageSummary:
     out = Path(cfg.out_dir) / stage_tag(cfg.magnification, cfg.mpp, cfg.tile_size, cfg.overlap)
     overrides = read_mpp_csv(cfg.mpp_csv)
     tmpp = target_mpp(cfg.magnification, cfg.mpp)
-    params = {k: getattr(cfg, k) for k in ("magnification", "mpp", "tile_size", "overlap", "min_tissue",
-                                            "thumb_size", "blur", "close", "min_area_frac", "artefacts",
+    params = {k: getattr(cfg, k) for k in ("magnification", "mpp", "tile_size", "overlap", "min_tissue", *MASK_KEYS,
                                             "stain_norm")}
     params["roi"] = bool(cfg.roi_dir)
     if cfg.roi_classes:  # recorded only when set: results made before the option stay valid
@@ -126,8 +124,7 @@ def tile(cfg, progress: bool = True) -> StageSummary:
     def work(sid: str, path: Path, target: Path) -> None:
         roi = _roi_file(cfg.roi_dir, sid)
         res = tile_slide(path, tmpp, cfg.tile_size, cfg.overlap, cfg.min_tissue, overrides, cfg.thumb_size, roi,
-                         {"blur": cfg.blur, "close": cfg.close, "min_area_frac": cfg.min_area_frac,
-                          "artefacts": cfg.artefacts}, cfg.stain_norm, cfg.roi_classes)
+                         {k: getattr(cfg, k) for k in SEG_DEFAULTS}, cfg.stain_norm, cfg.roi_classes)
         mpp0 = float(res["attrs"]["mpp"])
         if not cfg.allow_upsample:
             check_upsample(path, mpp0, tmpp, f"tile at --mpp {mpp0:.4g} or coarser, or pass --set allow_upsample=true")

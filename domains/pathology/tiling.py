@@ -168,7 +168,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
     """Tile one slide: returns ``coords`` (N x 2 level-0), ``tissue`` (N coverage) and ``attrs``
     (mpp, target mpp, tile size, level-0 size, read level, slide dimensions, and with ``stain_norm``
     ``macenko`` the slide's stain estimate from up to 32 of its tiles, ``stain_norm.py``, and the tissue-mask
-    settings ``seg_params`` over ``SEG_DEFAULTS``: blur, close, min_area_frac, artefacts)."""
+    settings ``seg_params`` over ``SEG_DEFAULTS``, each key of it)."""
     from adaptome.domains.pathology.segment import load_roi_mask, tissue_mask
     from adaptome.domains.pathology.slide import thumbnail
 
@@ -192,8 +192,7 @@ def tile_slide(path: str | os.PathLike, target_mpp: float, tile_size: int, overl
             "read_level": geom.level,
             "level_downsample": geom.level_downsample, "width": slide.dimensions[0],
             "height": slide.dimensions[1], "stain_norm": stain_norm,
-            "artefacts": bool(seg["artefacts"]), "blur": int(seg["blur"]), "close": int(seg["close"]),
-            "min_area_frac": float(seg["min_area_frac"]),
+            **{k: type(v)(seg[k]) for k, v in SEG_DEFAULTS.items()},  # each mask setting, as its default's type
             "slide_bytes": os.path.getsize(path),  # with width / height: tells this slide from another of its name
             # tiles restricted to a region of interest (and the ROI classes that bound it, JSON): a model trained on
             # them scores only such tiles (``score`` on the fly needs the ROIs too)

@@ -312,6 +312,20 @@ def make_folds(rows: list[dict], k: int, group_by: str, seed: int) -> list[np.nd
     return [test for _, test in GroupKFold(n_splits=k).split(np.zeros(len(rows)), groups=gid)]
 
 
+def feature_recipe(fattrs: dict) -> dict:
+    """The feature recipe a model records (``model.json`` ``features``) from a feature file's attributes: each
+    of ``score.RECIPE_KEYS`` the file holds (``encoder_options`` as JSON: the encoder's options in force at
+    extraction, which ``score`` re-creates), and whether the tiles were bounded by ROIs (``roi``,
+    ``roi_classes``). One list: a key ``score`` compares is a key ``train`` records."""
+    from adaptome.domains.pathology.score import RECIPE_KEYS
+
+    recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
+              if k in (*RECIPE_KEYS, "roi", "roi_classes") and k != "encoder_options"}
+    if "encoder_options" in fattrs:
+        recipe["encoder_options"] = json.loads(str(fattrs["encoder_options"]))
+    return recipe
+
+
 def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
              k: int = 5, group_by: str = "case_id", aggregation: str = "ratio", hidden: int = 128,
              attn_hidden: int = 64, dropout: float = 0.1, max_steps: int = 300, batch_size: int = 8,
@@ -340,11 +354,7 @@ def train_cv(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, out
     check_batch(splits, batch_size, labels_csv)
     bags = load_bags(features_dir, [r["slide_id"] for r in rows])
     _, _, fattrs = read_features(Path(features_dir) / f"{rows[0]['slide_id']}.h5")
-    recipe = {k: (v.item() if hasattr(v, "item") else v) for k, v in fattrs.items()
-              if k in ("encoder", "target_mpp", "tile_size", "overlap", "min_tissue", "thumb_size", "stain_norm",
-                       "artefacts", "blur", "close", "min_area_frac", "encoder_weights", "roi", "roi_classes")}
-    if "encoder_options" in fattrs:  # the encoder's options in force at extraction (score re-creates them)
-        recipe["encoder_options"] = json.loads(str(fattrs["encoder_options"]))
+    recipe = feature_recipe(fattrs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     all_preds, fold_info = [], []

@@ -1,6 +1,8 @@
 """Per-case (patient) metrics, through the CLI: a case with two slides (two sections, DX1 / DX2) counts once,
 its prediction the mean of its slides' predictions; per-slide metrics stay beside them; a case never spans
-two folds; ``score`` writes ``cases.csv``."""
+two folds; ``score`` writes ``cases.csv``. A case whose slides carry different targets (either side of the
+cut-off) is counted and reported, its target the mean of theirs; a case of three slides; per-case AUC is
+``sklearn.metrics.roc_auc_score`` on the case means."""
 
 from __future__ import annotations
 
@@ -229,3 +231,97 @@ def test_score_writes_a_case_table_from_tcga_barcodes_or_a_labels_sheet(cohort, 
     assert cases["plain_slide"]["case_from"] == "slide" and cases["plain_slide"]["n_slides"] == "1"
     out = " ".join(r.output.split())
     assert "first three fields of its TCGA barcode" in out and "1 slide(s) without a case id" in out, out
+
+
+# ---- cases whose slides carry different targets, and a case of three slides -------------------------------------
+
+DIFFER = (0, 4)  # one case, slide targets either side of the 30 % cut-off: its mean 30 % is neither slide's target
+DIFFER_TARGETS = (20.0, 40.0)
+TRIPLE = (1, 5, 9)  # one case of three slides (one site), the first slide's target
+SAME = (2, 6)  # one case of two slides with one target
+
+
+def _mixed_sheet(cohort, path):
+    rows = _read(cohort["labels"])
+    i, j = DIFFER
+    rows[i] = {**rows[i], "target": DIFFER_TARGETS[0]}
+    rows[j] = {**rows[j], "case_id": rows[i]["case_id"], "target": DIFFER_TARGETS[1], "site": rows[i]["site"]}
+    for first, *rest in (TRIPLE, SAME):
+        for j in rest:
+            rows[j] = {**rows[j], "case_id": rows[first]["case_id"], "target": rows[first]["target"],
+                       "site": rows[first]["site"]}
+    return _write(path, rows), rows
+
+
+def _auc(cases, fold=None, cutoff=30.0):
+    """sklearn's ROC AUC of the case means (target >= cut-off is positive); NaN with one side only."""
+    from sklearn.metrics import roc_auc_score
+
+    sel = [v for v in cases.values() if fold is None or v[0] == fold]
+    high = np.array([v[2] for v in sel]) >= cutoff
+    return roc_auc_score(high, [v[1] for v in sel]) if 0 < high.sum() < len(high) else float("nan")
+
+
+@pytest.fixture(scope="module")
+def mixed(cohort, tmp_path_factory):
+    """A 2-fold case-grouped run where one case's two slides differ in target and one case has three slides."""
+    root = tmp_path_factory.mktemp("mixed")
+    labels, rows = _mixed_sheet(cohort, root / "labels.csv")
+    r = _train(cohort, labels, root / "out")
+    assert r.exit_code == 0, r.output
+    return {"root": root, "labels": labels, "rows": rows, "run": next((root / "out").glob("mil_*")),
+            "output": r.output}
+
+
+def test_a_case_with_different_slide_targets_and_a_case_of_three_slides(cohort, mixed, tmp_path):
+    run, rows = mixed["run"], mixed["rows"]
+    case_of = {r["slide_id"]: r["case_id"] for r in rows}
+    preds = _read(run / "predictions.csv")
+    by_slide = {p["slide_id"]: p for p in preds}
+    assert [float(by_slide[rows[k]["slide_id"]]["target"]) for k in DIFFER] == list(DIFFER_TARGETS)  # kept per slide
+    cases = _by_case(preds, case_of)
+    differ, triple = cases[rows[DIFFER[0]]["case_id"]], cases[rows[TRIPLE[0]]["case_id"]]
+    assert differ[2] == pytest.approx(30.0) and differ[2] not in DIFFER_TARGETS  # the mean, on the cut-off: high
+    assert triple[1] == pytest.approx(np.mean([float(by_slide[rows[k]["slide_id"]]["pred"]) for k in TRIPLE]))
+    n_cases = len(rows) - 1 - 2 - 1
+    want, auc = _formula(cases), _auc(cases)
+    assert want["n"] == n_cases and not np.isnan(auc)
+
+    pc = json.loads((run / "summary.json").read_text())["per_case"]
+    assert (pc["n_cases"], pc["several_slides"], pc["differing_targets"]) == (n_cases, 3, 1)
+    assert pc["pooled"]["auc"] == pytest.approx(auc, rel=1e-9, abs=1e-12)
+    for key in ("r2", "pearson", "mae", "mse"):
+        assert pc["pooled"][key] == pytest.approx(want[key], rel=1e-9, abs=1e-9), key
+    folds = [_auc(cases, f) for f in (0, 1)]
+    assert [f["auc"] for f in pc["folds"]] == pytest.approx(folds, nan_ok=True)
+    assert pc["auc"]["mean"] == pytest.approx(np.nanmean(folds))
+    md = (run / "summary.md").read_text()
+    assert f"per case ({n_cases} cases, 3 with several slides" in md, md
+    assert "\n  - 1 case(s) have slides with different targets\n" in md, md
+
+    r = _cli("evaluate", run / "predictions.csv", "--out", tmp_path / "ev", "--no-baselines")
+    assert r.exit_code == 0, r.output
+    pc = json.loads((tmp_path / "ev" / "metrics.json").read_text())["per_case"]
+    assert (pc["n_cases"], pc["several_slides"], pc["differing_targets"]) == (n_cases, 3, 1)
+    assert pc["pooled"]["auc"] == pytest.approx(auc, rel=1e-9, abs=1e-12)
+    assert pc["pooled"]["r2"] == pytest.approx(want["r2"], rel=1e-9, abs=1e-9)
+    assert [pc["per_fold"][str(f)]["auc"] for f in (0, 1)] == pytest.approx(folds, nan_ok=True)
+    report = " ".join((tmp_path / "ev" / "report.md").read_text().split())
+    assert "1 case(s) have slides with different targets." in report, report
+    assert f"| MIL (this run) | {want['r2']:.3f} |" in report, report
+
+
+def test_score_averages_a_case_of_three_slides(cohort, mixed, tmp_path):
+    rows = mixed["rows"]
+    r = _cli("score", cohort["slides"], "--model", mixed["run"], "--features-dir", cohort["features_dir"],
+             "--out", tmp_path / "sc", "--labels", mixed["labels"], "--set", "heatmaps=false")
+    assert r.exit_code == 0, r.output
+    slides = {s["slide_id"]: float(s["stil_pct"]) for s in _read(tmp_path / "sc" / "slides.csv")}
+    cases = {c["case_id"]: c for c in _read(tmp_path / "sc" / "cases.csv")}
+    assert len(cases) == len(rows) - 4
+    for group in (DIFFER, TRIPLE, SAME):
+        c, ids = cases[rows[group[0]]["case_id"]], [rows[k]["slide_id"] for k in group]
+        assert c["n_slides"] == str(len(group)) and c["slides"] == ";".join(ids), c
+        assert float(c["stil_pct"]) == pytest.approx(np.mean([slides[s] for s in ids]), abs=1e-4)
+    out = " ".join(r.output.split())
+    assert f"({len(cases)} cases, 3 with several slides" in out, out
