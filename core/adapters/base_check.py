@@ -13,8 +13,10 @@ plain base's parameters, by their plain names), so two adapters saved on one bas
 layers they wrap. It hashes each parameter's dtype and exact values, so the same checkpoint loaded in float32 and in
 bfloat16 gets two digests; ``base_weights_sample`` therefore records the sampled values themselves (``SAMPLES`` per
 base parameter, 6 significant digits, with a digest of the parameters' names and shapes), and ``base_weights_differ``
-compares two such records within the tolerance above. ``adaptome adapters merge`` compares the samples where both
-folders hold them, else the digests (a merge of LoRAs trained on different weights under one name fits neither).
+compares two such records within the tolerance above. ``adaptome adapters merge`` compares the exact digests of two
+folders whose bases were loaded in the same dtypes (the sample records them), the samples within that tolerance only
+across dtypes (a merge of LoRAs trained on different weights under one name fits neither; a child of the base
+fine-tuned a little is another base).
 The sample costs ``SAMPLES`` numbers per parameter in ``adaptome.json`` (about 4,700 for a 7B LLaMA).
 
 Not covered: bases whose weights are not floating point (quantized layers are skipped), modules trained
@@ -193,12 +195,15 @@ def base_weights_sample(model: nn.Module) -> dict[str, Any] | None:
     one checkpoint loaded in float32, bfloat16 or float16."""
     if _holds_merged(model):
         return None
-    h = hashlib.sha256()
+    h, dtypes = hashlib.sha256(), hashlib.sha256()
     values = []
     for name, p in _PlainBase(model).named_parameters():
         h.update(f"{name}:{tuple(p.shape)};".encode())
+        dtypes.update(f"{p.dtype};".encode())
         values.append([float(f"{v:.6g}") for v in sample_values(p).tolist()])
-    return {"layout": h.hexdigest(), "values": values}
+    # dtypes: two records of one dtype layout are compared by their exact digests (``merge.factors``), not within
+    # the rounding tolerance, which a short fine-tune of the base (every weight moved by 0.5 %) would pass
+    return {"layout": h.hexdigest(), "dtypes": dtypes.hexdigest(), "values": values}
 
 
 def valid_sample(record: Any) -> bool:

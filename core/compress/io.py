@@ -116,4 +116,9 @@ def load_compressed(path: str | os.PathLike) -> nn.Module:
             dst = model.get_parameter(key) if key in dict(model.named_parameters()) else None
             if dst is not None and dst.data_ptr() != model.state_dict()[src].data_ptr():
                 dst.copy_(model.state_dict()[src])
+    # the model is built in float32: a model saved in one other floating dtype (bfloat16) is cast back to it, so its
+    # compressed layers and the rest agree (a forward pass mixing them fails) and its outputs equal the saved one's
+    floats = {t.dtype for t in [*packed.values(), *rest.values()] if t.is_floating_point()}
+    if len(floats) == 1:
+        model = model.to(floats.pop())
     return model.eval()

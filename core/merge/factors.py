@@ -187,10 +187,18 @@ def base_name(lora: LoraFolder) -> str | None:
 
 
 def base_difference(lora: LoraFolder, first: LoraFolder) -> str | None:
-    """How the base weights two folders recorded differ (None: one base), by their sampled values where both hold
-    them (one checkpoint loaded in float32 and in bfloat16 / float16 passes), else by their digests (folders saved
-    before the samples were recorded: the digest includes the dtype). For two folders that both record samples, or
-    both digests."""
+    """How the base weights two folders recorded differ (None: one base): by their exact digests when both bases
+    were loaded in the same dtypes (a base fine-tuned a little differs), by their sampled values within bf16 / fp16
+    rounding across dtypes (one checkpoint loaded in float32 and in bfloat16 / float16 passes), else by their
+    digests (folders saved before the samples were recorded: the digest includes the dtype). For two folders that
+    both record samples, or both digests."""
+    same_dtypes = (lora.base_sample is not None and first.base_sample is not None
+                   and lora.base_sample.get("dtypes") is not None
+                   and lora.base_sample.get("dtypes") == first.base_sample.get("dtypes"))
+    if same_dtypes and lora.base_weights and first.base_weights:  # one dtype: the exact digests must agree
+        if lora.base_weights != first.base_weights:
+            return "the digests adaptome recorded when it saved them differ (the bases were loaded in one dtype)"
+        return None
     if lora.base_sample is not None and first.base_sample is not None:
         from adaptome.core.adapters.base_check import base_weights_differ
 

@@ -2,8 +2,9 @@
 
 ``run_identity`` flattens into dotted keys everything that shapes the result: the training options
 (``train.*``), the base model's transformers config (``model_config.*``) and module structure, each
-adapter's options (``adapters.<name>.*``), the trainable parameters' names and shapes, the number of
-examples and processes, plus what the caller adds (``adaptome train`` adds its model, data and
+adapter's options (``adapters.<name>.*``), the trainable parameters' names and shapes, a sample of the frozen
+(base) weights' values (``frozen_weights``: another checkpoint of the architecture at the same path is a change), the
+number of examples and processes, plus what the caller adds (``adaptome train`` adds its model, data and
 adapter sections, with every data file's size and SHA-256). Keys listed in
 ``config.MAY_CHANGE_ON_RESUME`` are left out. ``fingerprint`` hashes the identity;
 ``describe_changes`` names the keys that differ, so a refused resume says what changed.
@@ -12,8 +13,9 @@ adapter sections, with every data file's size and SHA-256). Keys listed in
 model folder overwritten by another of the same architecture is a change).
 
 Not covered: the content of an in-memory dataset (a library caller passes a digest of its data in
-``extra``; ``fit`` itself sees only its length) and, in ``fit`` itself, the frozen base weights (the
-base is identified by its config and structure; a caller adds ``weights_digest`` to ``extra``).
+``extra``; ``fit`` itself sees only its length), and the starting values of weights that train (a full
+fine-tune's base: ``adaptome train`` adds ``weights_digest`` of the loaded model; a library caller can add it
+to ``extra``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 from adaptome.core.train.config import MAY_CHANGE_ON_RESUME, TrainConfig
 
 #: model config keys left out of a run's identity: versions, and where the model was loaded from (``_name_or_path``:
-#: a moved project folder is the same model; the weights sample identifies the base)
+#: a moved project folder is the same model; ``frozen_weights``, a sample of the frozen weights, identifies the base)
 _NOISY_MODEL_KEYS = {"transformers_version", "_commit_hash", "architectures", "_name_or_path"}
 
 
@@ -104,14 +106,20 @@ def _adapter_options(model: nn.Module) -> dict[str, Any]:
 def run_identity(model: nn.Module, cfg: TrainConfig, *, n_examples: int, world_size: int,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The flat identity of a run (see the module docstring); ``extra`` is the caller's part."""
+    from adaptome.core.adapters.base_check import sample_values
+
     base = _base_model(model)
-    trainable = hashlib.sha256()
+    trainable, frozen = hashlib.sha256(), hashlib.sha256()
     count = 0
     for name, p in model.named_parameters():
         if p.requires_grad:
             trainable.update(f"{name}:{tuple(p.shape)};".encode())
             count += 1
+        else:  # the frozen (base) weights: a sample of their values tells one checkpoint of a model from another
+            frozen.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+            frozen.update(sample_values(p).numpy().tobytes())
     tree: dict[str, Any] = {
+        "frozen_weights": frozen.hexdigest()[:16],
         "train": _plain(vars(cfg)),
         "model_class": type(base).__name__,
         "model_structure": hashlib.sha256(repr(base).encode()).hexdigest()[:16],

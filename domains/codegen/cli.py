@@ -89,7 +89,7 @@ def generate(
 
     with user_errors():
         PROMPT_BUILDERS.get(prompt_builder)
-        if temperature == 0 and top_p != GenerateConfig.top_p:
+        if temperature == 0 and top_p not in (GenerateConfig.top_p, 1.0):  # 1.0: no nucleus, what scripts pass
             fail(f"--top-p {top_p:g}: has no effect with --temperature 0 (greedy decoding takes the most likely "
                  "token, nothing is sampled); leave --top-p out, or give a temperature above 0")
         probs = _problems(problems, limit)

@@ -121,7 +121,7 @@ def ignored_options(cfg: PlanSearchConfig, alg: str = "plansearch") -> list[str]
     elif cfg.num_layers == 1:
         out += [f"{n}: num_layers 1 derives no second-order observations" for n in given(["num_second_observations"])]
     ideas = alg != "repeated" and not cfg.without_plan
-    if cfg.top_p != default.top_p and cfg.code_temperature == 0 and (not ideas or cfg.idea_temperature == 0):
+    if cfg.top_p not in (default.top_p, 1.0) and cfg.code_temperature == 0 and (not ideas or cfg.idea_temperature == 0):
         out.append("top_p: every step decodes greedily (temperature 0), which samples nothing")
     return out
 

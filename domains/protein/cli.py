@@ -277,7 +277,8 @@ def sample_cmd(
             if not label:
                 fail("--guidance needs --label: unconditional samples have no label to guide towards")
         if temperature == 0:  # greedy: the preset's top-k / top-p are unused too, but these were asked for
-            given = [f"--{flag} {value:g}" for flag, value in (("top-k", top_k), ("top-p", top_p)) if value is not None]
+            given = [f"--{flag} {value:g}" for flag, value, off in (("top-k", top_k, 0), ("top-p", top_p, 1.0))
+                     if value is not None and value != off]  # the 'off' values (top-k 0, top-p 1) mean plain greedy
             if given:
                 fail(f"{' and '.join(given)}: no effect with --temperature 0 (greedy decoding takes the most likely "
                      "residue, nothing is sampled); leave them out, or give a temperature above 0")

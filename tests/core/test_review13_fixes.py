@@ -107,6 +107,26 @@ def test_merge_refuses_loras_of_other_weights_under_one_name_whatever_the_dtype(
     assert res.exit_code == 2 and "different base weights" in res.output, res.output
 
 
+def test_merge_refuses_a_base_and_its_slightly_fine_tuned_child_in_one_dtype(tmp_path):
+    """Review 3, finding 1: with value samples, only the bf16 rounding tolerance was applied, so a base and a copy
+    whose every weight moved by 0.5 % (a short fine-tune, a merged stage-1 LoRA) merged silently. Bases loaded in one
+    dtype are compared by their exact digests; the tolerance is for one base loaded in two dtypes."""
+    from transformers import AutoModelForCausalLM
+
+    base = _base_folder(tmp_path / "base", seed=1)
+    a = _train_lora_cli(tmp_path, base, "a")
+    child = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        for p in child.parameters():
+            p.mul_(1.005)  # every weight moved by 0.5 %, well inside the rounding tolerance
+    shutil.rmtree(base)
+    child.save_pretrained(base)
+    b = _lora_in_dtype(tmp_path, base, "b", torch.float32)
+    res = _merge(a, b, out=tmp_path / "m")
+    assert res.exit_code == 2 and "different base weights" in res.output and "loaded in one dtype" in res.output, \
+        res.output
+
+
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
     from adaptome.core import text
@@ -248,3 +268,55 @@ def test_a_models_load_path_is_not_part_of_a_runs_identity(tmp_path):
     assert run_identity(model, cfg, n_examples=4, world_size=1) == before
     model.config.rms_norm_eps = 1e-3
     assert run_identity(model, cfg, n_examples=4, world_size=1) != before
+
+
+def test_fit_identity_tells_two_checkpoints_of_one_architecture_apart():
+    """Review 3, finding 3: with _name_or_path out of the identity, a script's fit(resume=True) would resume a
+    checkpoint made on another base of the same architecture (fit's identity held no weights). The frozen weights'
+    sample is now part of it; trainable (adapter) weights are not, so an unseeded adapter init is no change."""
+    import tiny_models
+    import torch
+
+    from adaptome.core.adapters.api import apply_adapter, make_config
+    from adaptome.core.train.config import TrainConfig
+    from adaptome.core.train.identity import run_identity
+
+    sizes = dict(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32)
+    cfg = TrainConfig(output_dir="unused")
+
+    def ident(seed, adapter_seed):
+        model = tiny_models.llama(seed=seed, **sizes)
+        torch.manual_seed(adapter_seed)
+        model = apply_adapter(model, make_config("lora_native", {"r": 2, "init_lora_weights": "random_b"}))
+        return run_identity(model, cfg, n_examples=4, world_size=1)
+
+    assert ident(0, 1) == ident(0, 2)
+    assert ident(0, 1) != ident(1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("inter, budget", [(64, 0.6), (512, 0.9)])  # ranks below and above 256: uint8, int16
+def test_a_compressed_model_saved_in_its_dtype_loads_and_gives_the_same_outputs(tmp_path, dtype, inter, budget):
+    """Review 3, finding 2: load_compressed built the rest of a bfloat16 model in float32, and its forward pass
+    failed ('expected m1 and m2 to have the same dtype'). The loaded model takes the saved dtype."""
+    from safetensors.torch import load_file
+
+    from adaptome.core.compress.dsformer import DSFormer, DSFormerConfig
+    from adaptome.core.compress.io import load_compressed, write_compressed
+
+    model = tiny.llama(seed=0, vocab_size=40, hidden_size=64, intermediate_size=inter).eval().to(dtype)
+    targets = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
+    rows = DSFormer.compress(model, targets, DSFormerConfig(keep_fraction=budget))
+    x = torch.randint(3, 40, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x).logits
+    write_compressed(model, tmp_path / "c", "dsformer", {"keep_fraction": budget})
+    index_dtypes = {str(t.dtype) for n, t in load_file(str(tmp_path / "c" / "compressed_layers.safetensors")).items()
+                    if n.endswith("S_index")}
+    assert index_dtypes == ({"torch.uint8"} if max(r["rank"] for r in rows) <= 256 else
+                            {"torch.uint8", "torch.int16"})
+    loaded = load_compressed(tmp_path / "c")
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    with torch.no_grad():
+        after = loaded(x).logits
+    assert torch.equal(after, before)

@@ -28,6 +28,10 @@ def test_generate_refuses_top_p_with_greedy_decoding(tmp_path):
     res = _run("generate", "--problems", "humaneval-r", "--limit", 1, "--temperature", 0, "--max-tokens", 2,
                "--out", tmp_path / "greedy")
     assert res.exit_code == 0 and "has no effect" not in res.output, res.output
+    # --top-p 1 (no nucleus) is what scripts pass for plain greedy decoding: not refused (review 3)
+    res = _run("generate", "--problems", "humaneval-r", "--limit", 1, "--temperature", 0, "--top-p", 1,
+               "--max-tokens", 2, "--out", tmp_path / "greedy1")
+    assert res.exit_code == 0 and "has no effect" not in res.output, res.output
 
 
 def test_plansearch_refuses_tree_options_without_a_plan(tmp_path):

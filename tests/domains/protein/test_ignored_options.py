@@ -26,5 +26,8 @@ def test_sample_refuses_top_k_and_top_p_with_greedy_decoding(tiny, tmp_path):
     assert not (tmp_path / "g.fasta").exists()
     res = _sample(tmp_path / "m", tmp_path / "g.fasta", "--temperature", 0)
     assert res.exit_code == 0 and "no effect" not in res.output, res.output
+    # the 'off' values, what scripts pass for plain greedy decoding, are not refused (review 3)
+    res = _sample(tmp_path / "m", tmp_path / "g0.fasta", "--temperature", 0, "--top-k", 0, "--top-p", 1.0)
+    assert res.exit_code == 0 and "no effect" not in res.output, res.output
     res = _sample(tmp_path / "m", tmp_path / "s.fasta", "--temperature", 0.8, "--top-k", 5)
     assert res.exit_code == 0 and "no effect" not in res.output, res.output
