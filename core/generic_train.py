@@ -152,7 +152,10 @@ def _load(model_cfg: ModelConfig):
     if model_cfg.name_or_path:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+        from adaptome.core.model_files import check_model_folder
+
         cls = AutoModelForCausalLM if model_cfg.kind == "causal" else AutoModelForMaskedLM
+        check_model_folder(model_cfg.name_or_path)  # a truncated weights / tokenizer file: one line naming it
         _check_model_kind(model_cfg, cls)
         tok = AutoTokenizer.from_pretrained(model_cfg.name_or_path)
         if tok.pad_token is None:
@@ -299,11 +302,24 @@ def _collator(tok, kind: str, mlm_probability: float):
     return DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=mlm_probability)
 
 
-def run_identity_of(cfg: RunConfig, method_cfg: Any, base_digest: str | None = None) -> dict[str, Any]:
+def tokenizer_digest(tok) -> str:
+    """A digest of what turns text into ids: the vocabulary (token -> id) and the special tokens, so a
+    ``tokenizer.json`` edited or replaced beside the same weights is a change (its ids would mean other text)."""
+    import hashlib
+    import json
+
+    vocab = sorted(tok.get_vocab().items())
+    special = {k: str(v) for k, v in sorted(tok.special_tokens_map.items())}
+    return hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()[:16]
+
+
+def run_identity_of(cfg: RunConfig, method_cfg: Any, base_digest: str | None = None,
+                    tok_digest: str | None = None) -> dict[str, Any]:
     """What of ``cfg`` beyond the training options shapes the result (``train.identity``): the model,
     data and adapter sections, with each data file by size and SHA-256 instead of its path (so an
-    edited file of the same size is seen, a moved one is not a change), and the base model's
-    ``identity.weights_digest`` (so a model folder replaced by another checkpoint is a change too)."""
+    edited file of the same size is seen, a moved one is not a change), the base model's
+    ``identity.weights_digest`` (so a model folder replaced by another checkpoint is a change too) and
+    ``tokenizer_digest`` (a tokenizer edited beside unchanged weights, too)."""
     from adaptome.core.config import to_dict
     from adaptome.core.train.identity import file_digest
 
@@ -319,7 +335,7 @@ def run_identity_of(cfg: RunConfig, method_cfg: Any, base_digest: str | None = N
         data[key] = [{k: v for k, v in file_digest(f).items() if k != "path"} for f in data[key]]
     # the method's resolved config (8 and 8.0 are one value)
     adapter = method_cfg.to_dict() if hasattr(method_cfg, "to_dict") else to_dict(method_cfg)
-    return {"model": model, "base_weights": base_digest, "data": data,
+    return {"model": model, "base_weights": base_digest, "tokenizer": tok_digest, "data": data,
             "adapter": {"method": cfg.adapter.method, "options": adapter}, "optimizer": to_dict(cfg.optimizer),
             "save_merged": cfg.save_merged}
 
@@ -495,7 +511,7 @@ def _run_generic(cfg: RunConfig, overwrite: bool, source: str | None) -> str:
     baselines = _Baselines(perplexity, train_set, len(tok), from_scratch, base_ppl)
     res = fit(model, train_set, cfg.train, collate_fn=collate, eval_fn=eval_fn,
               hooks=[WriteOnStart(lambda: save_config(cfg, out)), baselines],
-              accelerator=acc, identity=run_identity_of(cfg, adapter_cfg, base_digest),
+              accelerator=acc, identity=run_identity_of(cfg, adapter_cfg, base_digest, tokenizer_digest(tok)),
               make_optimizer=make_optimizer, start_again=overwrite)
     summary = None
     if acc.is_main_process:

@@ -44,6 +44,7 @@ from adaptome.core.adapters.api import adapter_config_of, is_peft_model
 from adaptome.core.adapters.base import AdapterConfig, AdapterLayer
 from adaptome.core.atomic import atomic_dir
 from adaptome.core.errors import AdaptomeError
+from adaptome.core.model_files import check_model_folder
 from adaptome.core.registry import RegistryError
 
 WEIGHTS = "adapter_model.safetensors"
@@ -284,6 +285,7 @@ def load_base(base: str, meta: dict) -> nn.Module:
     cls = getattr(transformers, name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ExportError(f"adaptome.json names base model class {name!r}, which transformers does not have")
+    check_model_folder(base)  # a truncated weights / config file: one line naming it
     return cls.from_pretrained(base).eval()
 
 

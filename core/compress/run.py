@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from adaptome.core.compress.layers import CompressError, freeze_all_but
+from adaptome.core.model_files import check_model_folder
 
 
 def _kind(arch: str) -> str | None:
@@ -146,6 +147,7 @@ def run_compress(method: str, model_path: str, out: str | os.PathLike, budget: f
     for f in (eval_text, train_text):
         if f and not Path(f).is_file():
             raise CompressError(f"{f}: file not found")
+    check_model_folder(model_path)  # a truncated weights / config / tokenizer file: one line naming it
     config = transformers.AutoConfig.from_pretrained(model_path)
     arch = (config.architectures or [None])[0]
     if arch is None or getattr(transformers, arch, None) is None:

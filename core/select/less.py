@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from adaptome.core.errors import AdaptomeError
+from adaptome.core.model_files import check_model_folder
 from adaptome.core.select.grads import per_example_grads, trainable
 from adaptome.core.select.projection import RademacherProjector
 
@@ -306,6 +307,7 @@ def select_data(model_path: str, train_files: list[str], target_files: list[str]
     n_selected(cfg.percentage, len(pool))  # before the warm-up: a share that selects nothing is refused now
     if (work / "checkpoints").exists():  # the default work folder of the output being replaced (--overwrite)
         shutil.rmtree(work)
+    check_model_folder(model_path)  # a truncated weights / tokenizer file: one line naming it
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.eos_token_id is None:
         raise SelectError(f"{model_path}: its tokenizer has no end-of-text token (eos_token), which ends every "

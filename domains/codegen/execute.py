@@ -118,8 +118,11 @@ def _reusable(path: Path, programs: list[str], limits: dict, isolation: dict) ->
     if not path.is_file():
         return None
     try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # damaged (a killed copy, another tool's): redone
+        return None
+    if not isinstance(old, dict) or not isinstance(old.get("results"), list) \
+            or not all(isinstance(r, dict) for r in old["results"]):
         return None
     if (old.get("limits") != limits or old.get("isolation") != isolation or old.get("harness") != endcheck.HARNESS
             or [r.get("program") for r in old.get("results", [])] != programs):

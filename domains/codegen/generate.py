@@ -9,12 +9,14 @@ of a problem are drawn in batches of ``batch_size``; batch b of problem p uses t
 ``derive_seed(seed, p, b)``, so each batch is reproducible on its own and an interrupted run, resumed,
 ends with exactly the completions of an uninterrupted one.
 Resuming is allowed only when ``generate_config.json`` matches the new settings (model, backend
-URL, prompt builder, n, temperature, top_p, max_tokens, seed, problems file digest); otherwise
+URL, prompt builder, n, temperature, top_p, max_tokens, seed, problems file digest, and a sample of a local
+model's weights: a model retrained into the same folder is a change); otherwise
 the run refuses and names the differing settings (or pass ``overwrite``). A ``completions.jsonl`` without
 ``generate_config.json`` (another command's output, e.g. PLANSEARCH's) is never resumed. A half-written last line
-(a killed run) is dropped.
+(a killed run) is dropped; a damaged ``generate_config.json`` is an error naming it.
 
-Not covered: sharding one run over several processes (run one per problem subset instead).
+Not covered: the weights behind a server's model name (``--url``), sharding one run over several processes
+(run one per problem subset instead).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class GenerateConfig:
         max_tokens: new tokens per completion.
         seed: base seed; each batch derives its own from it.
         problems_digest: sha256 of the problems (filled in by ``run_generate``).
+        model_weights: a sample of the local model's weights (``core.train.identity.weights_digest``; filled in
+            by ``run_generate``, empty for a server): another model saved at the same folder is a change.
     """
 
     model: str = "tiny"
@@ -66,6 +70,7 @@ class GenerateConfig:
     max_tokens: int = 256
     seed: int = 0
     problems_digest: str = ""
+    model_weights: str = ""
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.batch_size < 1 or self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -89,6 +94,34 @@ def problems_digest(problems: list[Problem]) -> str:
 def prompt_digest(problem: Problem) -> str:
     """What the completions continue: the problem's language and prompt (not its tests)."""
     return hashlib.sha256(f"{problem.language}\0{problem.prompt}".encode()).hexdigest()[:16]
+
+
+def backend_weights(backend: Backend) -> str:
+    """``weights_digest`` of a local backend's model (a sample of its values); empty for a server, whose
+    weights cannot be seen from here."""
+    import torch
+
+    model = getattr(backend, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return ""
+    from adaptome.core.train.identity import weights_digest
+
+    return weights_digest(model)[:16]
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The settings in a ``generate_config.json``; a damaged one (cut by a full disk, edited by hand) is an
+    error naming it."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResumeMismatch(f"{path}: damaged, not JSON ({e}); pass --overwrite to start again or choose "
+                             "another --out") from None
+    if not isinstance(doc, dict):
+        raise ResumeMismatch(f"{path}: damaged, not a JSON object of generate settings; pass --overwrite to start "
+                             "again or choose another --out")
+    return doc
 
 
 def _done_batches(path: Path) -> dict[tuple[str, int], list[str]]:
@@ -122,11 +155,17 @@ def run_generate(problems: list[Problem], backend: Backend, cfg: GenerateConfig,
     from adaptome.core.progress import progress_bar
 
     cfg.problems_digest = problems_digest(problems)
+    cfg.model_weights = backend_weights(backend)
     out = Path(out_dir)
     cfg_path, comp_path = out / "generate_config.json", out / "completions.jsonl"
     if cfg_path.exists() and not overwrite:
-        old = json.loads(cfg_path.read_text())
-        diff = sorted(k for k, v in asdict(cfg).items() if old.get(k) != v)
+        old = read_config(cfg_path)
+        # weights unknown on either side (a folder written before they were recorded, a server, a backend that does
+        # not show its model): the model is compared by name and URL only
+        diff = sorted(k for k, v in asdict(cfg).items() if old.get(k) != v
+                      and not (k == "model_weights" and not (old.get(k) and v)))
+        if "model_weights" in diff:
+            diff[diff.index("model_weights")] = f"model_weights: the weights of {cfg.model} changed since"
         if diff:
             raise ResumeMismatch(f"{cfg_path}: made with other settings ({', '.join(diff)}); "
                                  "pass --overwrite to start again or choose another --out")
@@ -196,7 +235,7 @@ def shortfall(out_dir: str | os.PathLike, completions: dict[str, list[str]]) -> 
     cfg_path = Path(out_dir) / "generate_config.json"
     if not cfg_path.is_file():
         return {}
-    n = json.loads(cfg_path.read_text()).get("n")
+    n = read_config(cfg_path).get("n")
     if not isinstance(n, int):
         return {}
     return {name: [len(c), n] for name, c in sorted(completions.items()) if len(c) < n}

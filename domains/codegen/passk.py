@@ -51,10 +51,10 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, list[bool]]:
     asked: set[str] = set()
     for f in sorted(run_dir.glob("*.results.json")):
         try:
-            doc = json.loads(f.read_text())
+            doc = json.loads(f.read_text(encoding="utf-8"))
             out[doc["name"]] = [r["status"] == "OK" and r["exit_code"] == 0 for r in doc["results"]]
             asked.update(doc.get("run_problems") or [])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise ResultsError(f"{f}: not a MultiPL-E results file ({type(e).__name__}: {e})") from None
     if not out:
         raise ResultsError(f"{run_dir}: holds no .results.json files")

@@ -248,7 +248,7 @@ def _remove_earlier_scores(out: Path) -> None:
 def run_plansearch(problems: list[Problem], backend: Backend, cfg: PlanSearchConfig, out_dir: str | os.PathLike,
                    progress: bool = True) -> dict:
     """Search every problem; writes ``plansearch_config.json``, ``plansearch_log.jsonl``, ``completions.jsonl``
-    (an earlier run's results and pass@k tables in ``out_dir`` are removed first)."""
+    (an earlier run's completions, results and pass@k tables in ``out_dir`` are removed first)."""
     from adaptome.core.atomic import write_text_atomic
     from adaptome.core.progress import progress_bar
 
@@ -256,6 +256,9 @@ def run_plansearch(problems: list[Problem], backend: Backend, cfg: PlanSearchCon
     out.mkdir(parents=True, exist_ok=True)
     _remove_earlier_scores(out)
     (out / "generate_config.json").unlink(missing_ok=True)  # a repeated-sampling run's, if any: not this one's
+    # an earlier run's codes: a search stopped before writing its own would leave them beside this config, and
+    # `codegen execute --completions` would grade them as this run's
+    (out / "completions.jsonl").unlink(missing_ok=True)
     write_text_atomic(out / "plansearch_config.json", json.dumps(asdict(cfg), indent=1))
     (out / "plansearch_log.jsonl").unlink(missing_ok=True)
     log = _Logger(out / "plansearch_log.jsonl")

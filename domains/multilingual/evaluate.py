@@ -138,6 +138,7 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None,
         adapter_label,
         load_task_run,
         make_datasets,
+        read_run_meta,
         read_task_data,
         score,
         task_texts,
@@ -147,10 +148,7 @@ def evaluate_task_runs(run_dirs: list[str | Path], eval_file: str | None = None,
     warnings = warnings if warnings is not None else []
     rows, baselines_done, warned = [], set(), set()
     for run_dir in run_dirs:
-        meta_path = Path(run_dir) / "run.json"
-        if not meta_path.is_file():
-            raise readers.DataError(f"{run_dir}: not a train-task run (run.json is missing)")
-        run_meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        run_meta = read_run_meta(run_dir)
         seeds = [r["seed"] for r in run_meta["runs"]]
         for seed in seeds:
             cfg, labels, tok, model = load_task_run(run_dir, seed, lang_adapter)

@@ -20,7 +20,8 @@ the fingerprint of the base (``base.base_fingerprint``) and the SHA-256 of every
 files, and of the training split. A language adapter trained on another base is refused at training;
 a base or language adapter changed since the run was trained (retrained in place with ``--overwrite``)
 is refused at reload, never silently combined with the old task adapter, and so is a changed training
-split (the evaluator fits its baselines on it). ``load_task_run(..., lang_adapter=...)`` puts another language
+split (the evaluator fits its baselines on it). A damaged ``run.json`` or a truncated weights file is an error
+naming it (``read_run_meta``). ``load_task_run(..., lang_adapter=...)`` puts another language
 adapter of the same base under a stacked run's task adapter (MAD-X zero-shot transfer, ``swap_lang_adapter``).
 
 ``run.json`` records, per seed, macro-F1, accuracy and weighted F1 (NER: entity F1; ``metrics.task_metrics``),
@@ -357,20 +358,42 @@ def train_task(cfg: TaskConfig, out_dir: str | Path, overwrite: bool = False, pr
     return summary
 
 
+def read_run_meta(run_dir: str | Path) -> dict:
+    """A train-task run's ``run.json``; a missing, damaged (cut by a killed copy or a full disk, not UTF-8) or
+    incomplete one (no ``config``, ``labels`` or per-seed ``runs``) is an error naming it."""
+    from adaptome.core.adapters.io import CheckpointError
+
+    meta_path = Path(run_dir) / "run.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{run_dir}: not a train-task run (run.json is missing)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: damaged, not JSON ({e}); train the run again") from None
+    fields = ("config", dict), ("labels", list), ("runs", list)
+    lacking = [k for k, kind in fields if not isinstance(meta, dict) or not isinstance(meta.get(k), kind)]
+    if lacking or not all(isinstance(r, dict) and isinstance(r.get("seed"), int) for r in meta["runs"]):
+        what = ", ".join(lacking) if lacking else "a seed in runs"
+        raise CheckpointError(f"{meta_path}: not a complete train-task run.json (no {what}); train the run again")
+    unknown = sorted(set(meta["config"]) - set(TaskConfig.__dataclass_fields__))
+    if unknown:
+        raise CheckpointError(f"{meta_path}: config has keys train-task does not write ({', '.join(unknown[:5])}); "
+                              "train the run again")
+    return meta
+
+
 def load_task_run(run_dir: str | Path, seed: int, lang_adapter: str | Path | None = None):
     """``(config, labels, tokenizer, model)`` of one seed of a finished ``train-task`` run; with ``lang_adapter``,
     that language adapter replaces the run's own under the saved task adapter (``swap_lang_adapter``; the
     config returned names it)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from adaptome.core.adapters import inject
     from adaptome.core.adapters.fusion import load_fusion_state_dict
     from adaptome.core.adapters.io import WEIGHTS, CheckpointError
     run_dir = Path(run_dir)
-    meta_path = run_dir / "run.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"{run_dir}: not a train-task run (run.json is missing)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_run_meta(run_dir)
     cfg = TaskConfig(**meta["config"])
     if lang_adapter is not None:
         cfg = swap_lang_adapter(cfg, meta.get("provenance"), lang_adapter, run_dir)
@@ -378,13 +401,20 @@ def load_task_run(run_dir: str | Path, seed: int, lang_adapter: str | Path | Non
     labels = meta["labels"]
     seed_dir = run_dir / f"seed{seed}"
     tok, model = build_task_model(cfg, labels)
+    def weights(path: Path) -> dict:  # a truncated file (a killed copy) is named, not a SafetensorError traceback
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                  "train the run again") from None
+
     if cfg.mode == "full":
-        model.load_state_dict(load_file(str(seed_dir / "model.safetensors")))
+        model.load_state_dict(weights(seed_dir / "model.safetensors"))
         return cfg, labels, tok, model.eval()
     adapter_dir = seed_dir / "task_adapter"
     if not (adapter_dir / WEIGHTS).is_file():
         raise CheckpointError(f"{adapter_dir}: task adapter missing")
-    inject.set_adapter_state_dict(model, load_file(str(adapter_dir / WEIGHTS)), "task", source=str(adapter_dir))
+    inject.set_adapter_state_dict(model, weights(adapter_dir / WEIGHTS), "task", source=str(adapter_dir))
     if cfg.mode == "fuse":
-        load_fusion_state_dict(model, load_file(str(seed_dir / "fusion.safetensors")), str(seed_dir))
+        load_fusion_state_dict(model, weights(seed_dir / "fusion.safetensors"), str(seed_dir))
     return cfg, labels, tok, model.eval()

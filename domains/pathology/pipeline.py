@@ -7,7 +7,8 @@ file (written under a temporary name and renamed, so a file that exists is compl
 of what made it (``made_by/<slide_id>.json``, see ``made_by.py``). Before any file is written,
 ``begin_stage`` compares every existing result of the folder with what this run would make:
 
-- same parameters and input files: reused;
+- same parameters and input files: reused, unless the output file itself is damaged (empty, or an HDF5
+  file cut short after it was written: ``damaged``), which is redone, the reason listed under ``redone``;
 - other input files (a replaced slide, redone tiles): redone, the reason listed under ``redone``;
 - other parameters (``min_tissue``, an MPP override, the encoder's weights ...) or no record:
   the run is refused with one line naming what changed and ``--overwrite``; nothing is written
@@ -102,6 +103,24 @@ class Job:
     record: dict | None = None
 
 
+def damaged(target: Path) -> str:
+    """Why an existing result file cannot be reused although its record matches ('' if it can): an empty file,
+    or an HDF5 file h5py cannot open (cut short by a killed copy or a full disk after it was written)."""
+    try:
+        if target.is_dir():
+            return "a folder, not a file"
+        if target.stat().st_size == 0:
+            return "an empty file"
+        if target.suffix == ".h5":
+            import h5py
+
+            with h5py.File(target, "r"):
+                pass
+    except OSError as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ""
+
+
 def begin_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.PathLike,
                 output_of: Callable[[str], Path], identity: Callable[[str, Path], dict] | None = None,
                 overwrite: bool = False, skipped: dict[str, str] | None = None,
@@ -134,8 +153,13 @@ def begin_stage(stage: str, items: list[tuple[str, Path]], out_dir: str | os.Pat
         job = Job(sid, Path(path), target, record=current)
         if target.exists() and current is not None:
             verdict = compare(read_record(record_path(out, sid)), current)
-            if verdict.action == "reuse":
+            damage = damaged(target) if verdict.action == "reuse" else ""
+            if verdict.action == "reuse" and not damage:
                 summary.reused.append(sid)
+                continue
+            if damage:  # same inputs, but the file itself was cut (a killed copy, a full disk): redone
+                job.redo = f"the earlier result {target.name} is damaged ({damage})"
+                jobs.append(job)
                 continue
             if verdict.action == "refuse" and not overwrite:
                 refused.append(f"{sid}: {verdict.why}")

@@ -227,11 +227,16 @@ def write_coords(out_file: str | os.PathLike, coords: np.ndarray, tissue: np.nda
 
 
 def read_coords(h5_file: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """(coords N x 2, attrs) from a tiling or feature HDF5."""
+    """(coords N x 2, attrs) from a tiling or feature HDF5; a bad file (truncated by a killed copy, empty, without
+    coordinates) is an error naming it (h5py's own message names no file: the slide was blamed)."""
     import h5py
 
-    with h5py.File(h5_file, "r") as f:
-        return f["coords"][:], dict(f.attrs)
+    try:
+        with h5py.File(h5_file, "r") as f:
+            return f["coords"][:], dict(f.attrs)
+    except (OSError, KeyError) as e:
+        why = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is quoted
+        raise PathologyError(f"{h5_file}: not a tiling file ({why}); re-run 'tile' for this slide") from None
 
 
 def geometry_from_attrs(attrs: dict, level_downsamples) -> TileGeometry:

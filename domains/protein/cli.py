@@ -309,9 +309,11 @@ def sample_cmd(
             typer.echo(note)
         samples = sample(m, tok, task, labels, n, params, prefix, progress=True, label_lengths=lengths)
         from adaptome.core.generic_train import recorded_base
+        from adaptome.core.train.identity import weights_digest
 
-        # a local folder by its absolute path, so that evaluate run from elsewhere still recognises it
-        write_samples(samples, params, out, model=recorded_base(str(model)))
+        # a local folder by its absolute path, so that evaluate run from elsewhere still recognises it; its weights'
+        # digest, so that evaluate tells the model retrained in place since
+        write_samples(samples, params, out, model=recorded_base(str(model)), model_weights=weights_digest(m)[:16])
     bad = sum(not s.valid for s in samples)
     typer.echo(f"{len(samples)} sequences -> {out} ({bad} incomplete or with non-standard residues, flagged)")
 

@@ -215,7 +215,9 @@ def evaluate_cmd(
             "method": method}
         if gen is not None:
             report["generation"] = evaluate.generation_report(gen, train, recs)
-            report["sampling"] = evaluate.sample_settings(samples, str(model))
+            from adaptome.core.train.identity import weights_digest
+
+            report["sampling"] = evaluate.sample_settings(samples, str(model), weights_digest(m)[:16])
             for note in report["sampling"]["notes"]:
                 typer.echo(note)
         import tempfile

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -84,13 +85,27 @@ def read_reference(paths: list[Path], label_table: Path | None = None, id_column
 
 def read_samples(path: str | Path) -> list:
     """``sample.Sample`` objects back from a FASTA written by ``sample`` (condition from the header); a
-    condition that is not ``unconditional`` or ``Key=<label>`` is a ``FormatError`` naming the file and record."""
-    from adaptome.domains.protein.formats import invalid_positions, parse_field, read_fasta_headers
+    condition that is not ``unconditional`` or ``Key=<label>`` is a ``FormatError`` naming the file and record.
+    A file cut mid-record is a ``FormatError`` too: its last line has no line break (``sample`` ends every line
+    with one), or a record holds another number of residues than its header's ``length=`` says."""
+    from adaptome.domains.protein.formats import FormatError, invalid_positions, parse_field, read_fasta_headers
     from adaptome.domains.protein.sample import Sample, parse_header
 
     out = []
-    for h, seq in read_fasta_headers(path):
+    records = read_fasta_headers(path)
+    with Path(path).open("rb") as f:  # read_fasta_headers checked it is a non-empty file
+        f.seek(-1, os.SEEK_END)
+        cut = f.read(1) not in (b"\n", b"\r")
+    if cut:
+        raise FormatError(f"{path}: ends mid-line, in sample {parse_header(records[-1][0])['id']!r} (sample writes "
+                          "a line break after every line): the file was cut; write it again with `adaptome protein "
+                          "sample`")
+    for h, seq in records:
         meta = parse_header(h)
+        if meta.get("length", "").isdigit() and int(meta["length"]) != len(seq):
+            raise FormatError(f"{path}: sample {meta['id']!r} holds {len(seq)} residues, its header says "
+                              f"length={meta['length']}: the file was cut or edited; write it again with `adaptome "
+                              "protein sample`")
         where = f"{path}: sample {meta['id']!r} condition"
         lab = parse_field(meta["condition"], source=where)[1] if meta["condition"] != "unconditional" else None
         out.append(Sample(meta["condition"], lab, "", seq, meta.get("complete") == "yes",
@@ -106,13 +121,14 @@ def _same_model(a: str, b: str) -> bool:
     return a == b
 
 
-def sample_settings(path: str | Path, model: str) -> dict[str, Any]:
+def sample_settings(path: str | Path, model: str, weights: str | None = None) -> dict[str, Any]:
     """How the samples of a FASTA written by ``sample`` were drawn, from its headers: ``settings``, the distinct
     sampling settings (``SamplingParams`` fields and the prefix, values as written), ``models``, the models the
     headers name, ``length_prior`` (any sample's length drawn from the training lengths), and ``notes``, the
     lines ``evaluate`` prints and the report shows: no settings recorded, several settings pooled, lengths from
     the length prior (the length KS test then measures the prior, not the model), samples of a model other than
-    ``model``."""
+    ``model``, and samples of ``model`` when it held other weights than ``weights`` (its ``weights_digest`` now:
+    retrained or replaced in place since they were drawn; headers without ``model_weights`` are not checked)."""
     from dataclasses import fields
 
     from adaptome.domains.protein.formats import read_fasta_headers
@@ -121,8 +137,12 @@ def sample_settings(path: str | Path, model: str) -> dict[str, Any]:
     keys = [f.name for f in fields(SamplingParams)]
     settings: list[dict[str, str]] = []
     models: list[str] = []
+    stale: set[str] = set()
     for h, _ in read_fasta_headers(path):
         meta = parse_header(h)
+        if weights and meta.get("model_weights") and meta["model_weights"] != weights \
+                and _same_model(meta.get("model", ""), model):
+            stale.add(meta["model_weights"])
         s = {k: meta[k] for k in keys if k in meta}
         if s:
             s["prefix"] = meta.get("prefix", "-")
@@ -146,6 +166,10 @@ def sample_settings(path: str | Path, model: str) -> dict[str, Any]:
     if other:
         notes.append(f"warning: the samples were drawn from {', '.join(other)}, not from --model {model}: the "
                      "generation metrics describe those samples, the rest of the report this model")
+    if stale:
+        notes.append(f"warning: {path}: the samples were drawn from {model} when it held other weights "
+                     f"(model_weights {', '.join(sorted(stale))}, now {weights}): it was retrained or replaced since, "
+                     "so the generation metrics describe the old model's samples; sample again to evaluate this one")
     return {"settings": settings, "models": models, "length_prior": prior, "notes": notes}
 
 

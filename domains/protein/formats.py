@@ -212,6 +212,8 @@ def _fasta_records(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     from Bio import SeqIO
 
     path = Path(path)
+    if path.is_dir():
+        raise FormatError(f"{path}: a directory, not a FASTA file")
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
     text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: an editor's byte-order mark

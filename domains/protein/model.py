@@ -9,8 +9,8 @@ id (``name`` or ``org/name``) goes to the hub. With ``HF_HUB_OFFLINE`` set, or w
 does not answer within a few seconds, a hub id is loaded from the local cache or refused with one
 line saying the machine is offline (no download retries). A local folder is loaded by its absolute path, so
 an adapter trained on it (stage 2 on stage 1's ``merged/``) names its base so in peft's ``adapter_config.json``.
-Every ``*.safetensors`` file of a local folder is checked against its own header first, so a truncated file is
-one line naming it.
+Every ``*.safetensors`` file of a local folder is checked against its own header first and every ``*.json`` file
+(config, tokenizer, ``training_data.json``) must parse, so a truncated file is one line naming it.
 
 The tiny model is ``LlamaForCausalLM`` with ``tie_word_embeddings=False`` (ProLLaMA stage 1 trains
 ``embed_tokens`` and ``lm_head`` as separate modules, see ``core/adapters/modules_to_save.py``).
@@ -23,7 +23,6 @@ Not covered: quantized loading, gradient checkpointing, flash attention.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from adaptome.core.model_files import check_model_folder as check_model_folder_files
 from adaptome.domains.protein.formats import ProteinError
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -81,24 +81,10 @@ def looks_like_path(arg: str) -> bool:
 
 def check_safetensors(path: str | os.PathLike) -> None:
     """Raise ``CorruptCheckpoint`` naming ``path`` when the file is shorter than its header says or
-    its header is not safetensors JSON (8-byte little-endian length, JSON, then the tensor bytes)."""
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or 8 + n > size:
-            raise CorruptCheckpoint(f"{path}: truncated or not a safetensors file ({size} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CorruptCheckpoint(f"{path}: corrupt safetensors header") from None
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-            and "data_offsets" in v]
-    need = 8 + n + max(ends, default=0)
-    if need > size:
-        raise CorruptCheckpoint(f"{path}: truncated safetensors file ({size} bytes, its header describes {need}); "
-                                "save or download the checkpoint again")
+    its header is not safetensors JSON (``core.model_files.check_safetensors``)."""
+    from adaptome.core.model_files import check_safetensors as check
+
+    check(path, CorruptCheckpoint)
 
 
 def _hub_offline() -> bool:
@@ -154,8 +140,7 @@ def resolve_model(name_or_path: str) -> tuple[str, dict[str, Any]]:
                 raise ModelNotFound(f"{name_or_path}: a file, not a model folder")
             raise ModelNotFound(f"model folder not found: {name_or_path}")
         check_model_folder(name_or_path, folder)
-        for weights in sorted(folder.glob("*.safetensors")):
-            check_safetensors(weights)
+        check_model_folder_files(folder, CorruptCheckpoint)  # every *.safetensors and *.json file readable
         return str(folder.resolve()), {}  # absolute: an adapter trained on it records its base so (peft's config)
     if _hub_offline():
         if _in_hub_cache(name_or_path):

@@ -437,15 +437,20 @@ def with_preset(name: str, **overrides) -> SamplingParams:
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def header(i: int, s: Sample, params: SamplingParams, model: str | None = None) -> str:
-    """``gen-0001 condition=Family=<X> | prefix=MK | temperature=0.2 | ... | complete=yes | invalid=0``, then
-    ``| model=<folder or hub id>`` when ``model`` is given (``evaluate`` compares it with its ``--model``; a name
-    holding the field separator or a line break is written as ``?``)."""
+def header(i: int, s: Sample, params: SamplingParams, model: str | None = None,
+           model_weights: str | None = None) -> str:
+    """``gen-0001 condition=Family=<X> | prefix=MK | temperature=0.2 | ... | complete=yes | invalid=0 | length=N``
+    (``evaluate`` tells a file cut mid-record by it), then
+    ``| model_weights=<digest>`` (``core.train.identity.weights_digest``: ``evaluate`` tells a model retrained in
+    place since by it) and ``| model=<folder or hub id>`` when ``model`` is given (``evaluate`` compares it with its
+    ``--model``; a name holding the field separator or a line break is written as ``?``)."""
     check_header_label(s.condition, "condition")
     parts = [f"gen-{i:04d} condition={s.condition}", f"prefix={s.prefix or '-'}"]
     parts += [f"{k}={v}" for k, v in asdict(params).items()]
-    parts += [f"complete={'yes' if s.complete else 'no'}", f"invalid={len(s.invalid)}"]
-    if model is not None:
+    parts += [f"complete={'yes' if s.complete else 'no'}", f"invalid={len(s.invalid)}", f"length={len(s.seq)}"]
+    if model_weights is not None:
+        parts.append(f"model_weights={model_weights}")
+    if model is not None:  # last: a path may hold anything but the separator
         unwritable = HEADER_SEP in model or "\n" in model or "\r" in model
         parts.append(f"model={'?' if unwritable else model}")
     return HEADER_SEP.join(parts)
@@ -462,14 +467,16 @@ def parse_header(h: str) -> dict[str, str]:
     return out
 
 
-def samples_fasta(samples: list[Sample], params: SamplingParams, model: str | None = None) -> str:
+def samples_fasta(samples: list[Sample], params: SamplingParams, model: str | None = None,
+                  model_weights: str | None = None) -> str:
     """The samples as FASTA text, each header holding its condition, the sampling parameters and the model."""
-    return fasta_text((header(i, s, params, model), s.seq) for i, s in enumerate(samples, 1))
+    return fasta_text((header(i, s, params, model, model_weights), s.seq) for i, s in enumerate(samples, 1))
 
 
-def write_samples(samples: list[Sample], params: SamplingParams, path: str | Path, model: str | None = None) -> Path:
+def write_samples(samples: list[Sample], params: SamplingParams, path: str | Path, model: str | None = None,
+                  model_weights: str | None = None) -> Path:
     """``samples_fasta`` written to ``path`` atomically."""
     from adaptome.core.atomic import write_text_atomic
 
-    return write_text_atomic(path, samples_fasta(samples, params, model))
+    return write_text_atomic(path, samples_fasta(samples, params, model, model_weights))
 
